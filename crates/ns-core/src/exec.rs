@@ -1,0 +1,310 @@
+//! Chaining: how a stage execs the next program.
+//!
+//! The next program is the rest of argv after `--`. If its name is a stage of this toolkit
+//! (ns-enter, ns-mount, ns-caps, ns-init) it is executed through an fd opened before any
+//! namespace change, because after pivot_root our binaries are no longer reachable by path.
+//! Those fds travel down the chain in `NS_STAGE_FDS=ns-mount=5,ns-caps=6`; the stage that
+//! execs the payload marks every fd above stderr close-on-exec, so the payload receives
+//! exactly stdin, stdout and stderr, and drops the variable from the payload's environment.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{IntoRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::error::{Error, Result, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP};
+
+/// The stage binaries, in chain order.
+pub const STAGES: [&str; 4] = ["ns-enter", "ns-mount", "ns-caps", "ns-init"];
+/// Environment variable carrying the stage fds down the chain.
+pub const STAGE_FDS_ENV: &str = "NS_STAGE_FDS";
+
+/// Is `prog` (a path or a bare name) one of our stages? Returns its canonical name.
+pub fn stage_name(prog: &str) -> Option<&'static str> {
+    let base = Path::new(prog).file_name()?.to_str()?;
+    STAGES.iter().copied().find(|s| *s == base)
+}
+
+/// The stage names a rest-of-argv chain will exec, in order:
+/// `ns-mount -D r -- ns-caps -- sh` gives [ns-mount, ns-caps].
+pub fn chain_stages(rest: &[String]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut cur = rest;
+    while let Some(name) = cur.first().and_then(|p| stage_name(p)) {
+        out.push(name);
+        match cur.iter().position(|a| a == "--") {
+            Some(i) => cur = &cur[i + 1..],
+            None => break,
+        }
+    }
+    out
+}
+
+/// argv of a stage that reads its plan from the state: `ns-mount --state-fd 3 --sync-fd 4`.
+pub fn state_argv(stage: &str, state_fd: RawFd, sync_fd: Option<RawFd>) -> Vec<String> {
+    let mut v = vec![stage.to_string(), "--state-fd".into(), state_fd.to_string()];
+    if let Some(s) = sync_fd {
+        v.extend(["--sync-fd".into(), s.to_string()]);
+    }
+    v
+}
+
+/// Stage name → fd of its binary.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StageFds(Vec<(&'static str, RawFd)>);
+
+impl StageFds {
+    /// What the previous stage handed down, if anything.
+    pub fn from_env() -> Result<StageFds> {
+        let Some(v) = std::env::var_os(STAGE_FDS_ENV) else {
+            return Ok(StageFds::default());
+        };
+        let v = v.to_string_lossy().into_owned();
+        Self::parse(&v).ok_or_else(|| Error::setup(format!("{STAGE_FDS_ENV}={v}: malformed")))
+    }
+
+    fn parse(v: &str) -> Option<StageFds> {
+        let mut out = Vec::new();
+        for item in v.split(',').filter(|s| !s.is_empty()) {
+            let (name, fd) = item.split_once('=')?;
+            out.push((stage_name(name)?, fd.parse().ok()?));
+        }
+        Some(StageFds(out))
+    }
+
+    pub fn get(&self, name: &str) -> Option<RawFd> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, fd)| *fd)
+    }
+
+    /// Open each named stage binary that is not open yet. Must run before any namespace or
+    /// root change. Binaries are found next to the running executable first, then in PATH.
+    pub fn open_missing(&mut self, names: &[&'static str]) -> Result<()> {
+        for &name in names {
+            if self.get(name).is_some() {
+                continue;
+            }
+            let path = locate(name).ok_or_else(|| {
+                Error::setup(format!(
+                    "cannot find the {name} binary next to this program or in PATH \
+                     (a stage running after pivot_root can only reach stages opened before it)"
+                ))
+            })?;
+            let fd = nix::fcntl::open(
+                &path,
+                nix::fcntl::OFlag::O_PATH,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::setup(format!("cannot open {}: {}", path.display(), e.desc())))?;
+            self.0.push((name, fd.into_raw_fd()));
+        }
+        Ok(())
+    }
+
+    pub fn to_env_value(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|(n, fd)| format!("{n}={fd}")).collect();
+        parts.join(",")
+    }
+}
+
+/// Find a stage binary: beside our own executable, else in PATH.
+pub fn locate(name: &str) -> Option<PathBuf> {
+    if let Ok(me) = std::env::current_exe() {
+        if let Some(dir) = me.parent() {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn cstring(s: impl Into<Vec<u8>>) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::setup("argument contains a NUL byte".into()))
+}
+
+/// Exec stage `name` through its fd, with our environment plus the updated stage fds.
+pub fn exec_stage(name: &str, argv: &[String], fds: &StageFds) -> Error {
+    let Some(fd) = fds.get(name) else {
+        return Error::setup(format!("{name} was not opened before the chain started"));
+    };
+    let mut env: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k == STAGE_FDS_ENV {
+            continue;
+        }
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend(v.into_vec());
+        match cstring(kv) {
+            Ok(c) => env.push(c),
+            Err(e) => return e,
+        }
+    }
+    match cstring(format!("{STAGE_FDS_ENV}={}", fds.to_env_value())) {
+        Ok(c) => env.push(c),
+        Err(e) => return e,
+    }
+    let args: Result<Vec<CString>> = argv.iter().map(|a| cstring(a.as_bytes())).collect();
+    let args = match args {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let e = crate::sys::exec_fd(fd, &args, &env);
+    Error::setup(format!("cannot execute {name} (fd {fd}): {}", e.desc()))
+}
+
+/// Exec the next program of a rest-of-argv: a stage through its fd, anything else as the
+/// payload with the current environment (less `NS_STAGE_FDS`).
+pub fn exec_next(rest: &[String], fds: &StageFds) -> Error {
+    if let Some(name) = rest.first().and_then(|p| stage_name(p)) {
+        if fds.get(name).is_some() {
+            return exec_stage(name, rest, fds);
+        }
+    }
+    let env: Vec<String> = std::env::vars_os()
+        .filter(|(k, _)| k != STAGE_FDS_ENV)
+        .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+        .collect();
+    exec_payload(rest, &env)
+}
+
+/// Exec the payload as execvpe does: a name without `/` is searched in the PATH of `env`
+/// (the container's), not ours. Before exec every fd above stderr is marked close-on-exec.
+/// Returns only on failure: 127 when the program does not exist, 126 when it cannot be
+/// executed.
+pub fn exec_payload(argv: &[String], env: &[String]) -> Error {
+    let Some(prog) = argv.first() else {
+        return Error::setup("no program to execute".into());
+    };
+    if let Err(e) = crate::sys::cloexec_from(3) {
+        return Error::setup(format!("cannot mark fds close-on-exec: {}", e.desc()));
+    }
+    let args: Result<Vec<CString>> = argv.iter().map(|a| cstring(a.as_bytes())).collect();
+    let envc: Result<Vec<CString>> = env.iter().map(|a| cstring(a.as_bytes())).collect();
+    let (args, envc) = match (args, envc) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let err = if prog.contains('/') {
+        try_exec(Path::new(prog), &args, &envc)
+    } else {
+        let path = env
+            .iter()
+            .find_map(|kv| kv.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let mut seen_eacces = false;
+        let mut last = Errno::ENOENT;
+        for dir in std::env::split_paths(OsStr::new(path)) {
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            match try_exec(&dir.join(prog), &args, &envc) {
+                Errno::ENOENT | Errno::ENOTDIR => {}
+                Errno::EACCES => seen_eacces = true,
+                e => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        if seen_eacces && last == Errno::ENOENT {
+            Errno::EACCES
+        } else {
+            last
+        }
+    };
+    exec_error(prog, err)
+}
+
+fn try_exec(path: &Path, args: &[CString], env: &[CString]) -> Errno {
+    let Ok(p) = CString::new(path.as_os_str().as_bytes()) else {
+        return Errno::EINVAL;
+    };
+    nix::unistd::execve(&p, args, env).unwrap_err()
+}
+
+/// The error for a failed payload exec, with the exit code users can tell apart.
+pub fn exec_error(prog: &str, e: Errno) -> Error {
+    let code = match e {
+        Errno::ENOENT | Errno::ENOTDIR => EXIT_NOT_FOUND,
+        Errno::EACCES | Errno::ENOEXEC | Errno::EISDIR | Errno::EPERM | Errno::ETXTBSY => {
+            EXIT_CANNOT_EXEC
+        }
+        _ => EXIT_SETUP,
+    };
+    Error {
+        code,
+        msg: format!("cannot execute {prog}: {}", e.desc()),
+    }
+}
+
+/// Our own argv as Strings (non-UTF-8 arguments are refused rather than mangled).
+pub fn args_utf8() -> Result<Vec<String>> {
+    std::env::args_os()
+        .map(|a: OsString| {
+            a.into_string().map_err(|a| {
+                Error::setup(format!("argument is not UTF-8: {}", a.to_string_lossy()))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn chain_stages_walks_double_dashes() {
+        let rest = v(&[
+            "ns-mount",
+            "-D",
+            "r",
+            "--",
+            "/usr/bin/ns-caps",
+            "-u",
+            "x",
+            "--",
+            "ns-init",
+            "--",
+            "sh",
+        ]);
+        assert_eq!(chain_stages(&rest), vec!["ns-mount", "ns-caps", "ns-init"]);
+        assert_eq!(
+            chain_stages(&v(&["sh", "--", "ns-caps"])),
+            Vec::<&str>::new()
+        );
+        assert_eq!(chain_stages(&v(&["ns-caps"])), vec!["ns-caps"]);
+    }
+
+    #[test]
+    fn stage_fds_env_round_trip() {
+        let f = StageFds::parse("ns-mount=5,ns-caps=6").unwrap();
+        assert_eq!(f.get("ns-caps"), Some(6));
+        assert_eq!(f.get("ns-init"), None);
+        assert_eq!(f.to_env_value(), "ns-mount=5,ns-caps=6");
+        assert!(StageFds::parse("ns-bogus=5").is_none());
+        assert!(StageFds::parse("ns-mount=x").is_none());
+    }
+
+    #[test]
+    fn exec_errors_map_to_documented_codes() {
+        assert_eq!(exec_error("x", Errno::ENOENT).code, 127);
+        assert_eq!(exec_error("x", Errno::EACCES).code, 126);
+        assert_eq!(
+            exec_error("/bin/nope", Errno::ENOENT).msg,
+            "cannot execute /bin/nope: No such file or directory"
+        );
+    }
+}

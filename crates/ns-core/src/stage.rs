@@ -1,0 +1,78 @@
+//! The runner every stage's `main` goes through: parse flags (one-line errors), run the job,
+//! and on failure print exactly one line `STAGE: message`, report it on the sync socket when
+//! there is one, and exit with the error's code.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::error::{Error, Result};
+use crate::sync::Msg;
+
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Failures from now on are also sent as `Failed` on this sync socket (SYNC-3).
+pub fn report_to(fd: i32) {
+    REPORT_FD.store(fd, Ordering::Relaxed);
+}
+
+/// Run a stage's job; it returns only with an error (on success it has exec'd).
+pub fn run(stage: &str, job: impl FnOnce() -> Result<Infallible>) -> ! {
+    let e = match job() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    fail(stage, &e)
+}
+
+/// Print the one error line, report it, exit.
+pub fn fail(stage: &str, e: &Error) -> ! {
+    eprintln!("{stage}: {}", e.msg);
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let msg = Msg::Failed {
+            stage: stage.to_string(),
+            code: e.code,
+            message: e.msg.clone(),
+        };
+        let bytes = serde_json::to_vec(&msg).expect("message serializes");
+        // Best effort: the monitor may be gone; the exit code still tells.
+        let _ = nix::sys::socket::send(fd, &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
+    }
+    std::process::exit(e.code)
+}
+
+/// Parse a stage's flags with clap, turning clap's multi-line errors into our one line and
+/// exit code 125. `--help` and `--version` print and exit 0.
+pub fn parse_args<T: clap::Parser>(stage: &str, argv: &[String]) -> T {
+    match T::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            fail(stage, &Error::setup(line.to_string()))
+        }
+    }
+}
+
+/// Per-stage traces on stderr when NS_DEBUG is set.
+pub fn debug(stage: &str, what: impl FnOnce() -> String) {
+    if std::env::var_os("NS_DEBUG").is_some() {
+        eprintln!("{stage}[{}]: {}", std::process::id(), what());
+    }
+}
+
+/// Exit code for a child's wait status: the code itself, or 128+N for a signal.
+pub fn exit_code_of(status: nix::sys::wait::WaitStatus) -> Option<i32> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}

@@ -1,0 +1,263 @@
+//! The container state: one versioned JSON document that ns-run builds and every stage reads.
+//!
+//! ns-run writes it into a sealed memfd and passes its number with `--state-fd N`; a stage
+//! reads it with pread from offset 0 (so the same fd serves every stage of the chain, and no
+//! stage can change what a later one sees). A stage used alone builds its own section from its
+//! flags instead. Each section names the stage that reads it.
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use crate::error::{Context, Error, Result};
+
+/// Bumped on every incompatible change of the schema; stages refuse any other version.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// The machine name (nspawn's `-M`, or derived from the directory).
+    pub machine: String,
+    pub enter: EnterPlan,
+    pub mount: MountPlan,
+    pub exec: ExecPlan,
+    pub monitor: MonitorPlan,
+}
+
+/// Namespaces in the order they are created: user first, since it must own the others.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    User,
+    Mount,
+    Uts,
+    Ipc,
+    Net,
+    Cgroup,
+    Pid,
+}
+
+impl Namespace {
+    pub const ALL: [Namespace; 7] = [
+        Namespace::User,
+        Namespace::Mount,
+        Namespace::Uts,
+        Namespace::Ipc,
+        Namespace::Net,
+        Namespace::Cgroup,
+        Namespace::Pid,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Namespace::User => "user",
+            Namespace::Mount => "mount",
+            Namespace::Uts => "uts",
+            Namespace::Ipc => "ipc",
+            Namespace::Net => "net",
+            Namespace::Cgroup => "cgroup",
+            Namespace::Pid => "pid",
+        }
+    }
+}
+
+/// Read by ns-enter.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EnterPlan {
+    /// Namespaces to create; a new network namespace gets `lo` up.
+    pub namespaces: Vec<Namespace>,
+    /// Kernel hostname to set in the new UTS namespace.
+    pub hostname: Option<String>,
+}
+
+/// Read by ns-mount.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MountPlan {
+    /// Absolute host path of the container's root directory.
+    pub root: PathBuf,
+    /// Mount the root read-only.
+    pub read_only: bool,
+    /// The container has its own network namespace: /proc/sys/net stays writable.
+    pub private_network: bool,
+    /// User mounts, applied in order after the API file systems.
+    pub ops: Vec<MountOp>,
+}
+
+/// One user-requested mount, in command-line order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MountOp {
+    /// `--bind` / `--bind-ro`: host `source` on container `dest`.
+    Bind {
+        source: PathBuf,
+        dest: PathBuf,
+        read_only: bool,
+        recursive: bool,
+    },
+    /// `--tmpfs`: a tmpfs on `dest` with kernel mount options.
+    Tmpfs { dest: PathBuf, options: String },
+}
+
+/// Read by ns-caps (identity, environment, capabilities) and, for `as_pid2`, by ns-init.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExecPlan {
+    /// The payload; empty means the user's login shell.
+    pub argv: Vec<String>,
+    /// `-u`: a user name or number, resolved from the container's own /etc/passwd.
+    pub user: Option<String>,
+    /// `--chdir`: absolute working directory inside the container.
+    pub chdir: Option<String>,
+    /// `-E` assignments (`NAME=VALUE`), applied over the default environment in order.
+    pub setenv: Vec<String>,
+    /// `container_uuid`, formatted 8-4-4-4-12.
+    pub uuid: String,
+    /// Value of `$container`.
+    pub container: String,
+    /// `ID=` and `VERSION_ID=` of the host's os-release, for `container_host_*`.
+    pub host_id: Option<String>,
+    pub host_version_id: Option<String>,
+    /// Capabilities to retain (lower-case names without `cap_`), limited at run time by the
+    /// bounding set ns-caps finds.
+    pub capabilities: Vec<String>,
+    /// Ambient capabilities for the payload.
+    pub ambient: Vec<String>,
+    pub no_new_privileges: bool,
+    /// Run ns-init as PID 1 and the payload as PID 2.
+    pub as_pid2: bool,
+}
+
+/// Read by the monitor in ns-run.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorPlan {
+    /// Signal sent to PID 1 on the first SIGTERM/SIGINT/SIGHUP; none means SIGKILL at once.
+    pub kill_signal: Option<i32>,
+    pub quiet: bool,
+}
+
+impl State {
+    /// Read and check the state behind `fd` (pread from offset 0; the fd is not consumed).
+    pub fn read_fd(fd: BorrowedFd<'_>) -> Result<State> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        loop {
+            let n = nix::sys::uio::pread(fd, &mut chunk, buf.len() as i64)
+                .ctx(|| "cannot read state fd".into())?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Self::from_json(&buf)
+    }
+
+    /// Read the state from an fd number given with `--state-fd`.
+    pub fn from_state_fd(fd: std::os::fd::RawFd) -> Result<State> {
+        Self::read_fd(crate::sys::borrow_fd(fd))
+            .map_err(|e| Error::setup(format!("--state-fd={fd}: {}", e.msg)))
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<State> {
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::setup(format!("invalid state: {e}")))?;
+        match v.get("version").and_then(|v| v.as_u64()) {
+            Some(n) if n == STATE_VERSION as u64 => {}
+            Some(n) => {
+                return Err(Error::setup(format!(
+                    "state version {n} is not supported (this build reads version {STATE_VERSION})"
+                )))
+            }
+            None => return Err(Error::setup("invalid state: no version".into())),
+        }
+        serde_json::from_value(v).map_err(|e| Error::setup(format!("invalid state: {e}")))
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("state serializes")
+    }
+
+    /// Write the state into a sealed memfd that stages can pread but nobody can change.
+    pub fn to_sealed_memfd(&self) -> Result<OwnedFd> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create(c"ns-state", MFdFlags::MFD_ALLOW_SEALING)
+            .ctx(|| "cannot create state memfd".into())?;
+        let json = serde_json::to_vec(self).expect("state serializes");
+        let mut off = 0;
+        while off < json.len() {
+            off += nix::sys::uio::pwrite(fd.as_fd(), &json[off..], off as i64)
+                .ctx(|| "cannot write state memfd".into())?;
+        }
+        let seals = SealFlag::F_SEAL_SEAL
+            | SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_WRITE;
+        fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)).ctx(|| "cannot seal state memfd".into())?;
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        State {
+            version: STATE_VERSION,
+            machine: "m".into(),
+            enter: EnterPlan {
+                namespaces: vec![Namespace::Mount, Namespace::Pid],
+                hostname: Some("m".into()),
+            },
+            mount: MountPlan {
+                root: "/r".into(),
+                ops: vec![MountOp::Tmpfs {
+                    dest: "/x".into(),
+                    options: "mode=755".into(),
+                }],
+                ..Default::default()
+            },
+            exec: ExecPlan::default(),
+            monitor: MonitorPlan::default(),
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let s = sample();
+        let back = State::from_json(s.to_json_pretty().as_bytes()).unwrap();
+        assert_eq!(s, back);
+    }
+
+    #[test]
+    fn rejects_other_versions() {
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v["version"] = 99.into();
+        let e = State::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert!(e.msg.contains("version 99 is not supported"), "{}", e.msg);
+        let e = State::from_json(b"{}").unwrap_err();
+        assert!(e.msg.contains("no version"), "{}", e.msg);
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v["bogus"] = 1.into();
+        assert!(State::from_json(v.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn sealed_memfd_reads_back_and_refuses_writes() {
+        let s = sample();
+        let fd = s.to_sealed_memfd().unwrap();
+        assert_eq!(State::read_fd(fd.as_fd()).unwrap(), s);
+        // Twice: pread does not move an offset.
+        assert_eq!(State::read_fd(fd.as_fd()).unwrap(), s);
+        assert!(nix::sys::uio::pwrite(fd.as_fd(), b"x", 0).is_err());
+    }
+}

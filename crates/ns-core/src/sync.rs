@@ -1,0 +1,137 @@
+//! The sync socket between the monitor and the chain: a SOCK_SEQPACKET pair carrying small
+//! typed messages. The chain keeps its end open (not close-on-exec) through every stage; the
+//! last stage marks it close-on-exec, so the monitor reads EOF exactly when the payload's exec
+//! succeeded.
+//!
+//! Sync points (grep for `SYNC-n` to find both halves):
+//!   SYNC-1  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid)
+//!   SYNC-2  monitor → PID 1      `Go`    host-side setup done, continue the chain
+//!   SYNC-3  any stage → monitor  `Failed` before the stage exits non-zero
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use crate::error::{Context, Error, Result};
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Msg {
+    Pid(i32),
+    Go,
+    Failed {
+        stage: String,
+        code: i32,
+        message: String,
+    },
+}
+
+/// One end of the sync socket.
+#[derive(Debug)]
+pub struct SyncSocket(OwnedFd);
+
+impl SyncSocket {
+    /// A connected pair: (monitor end, chain end). Both close-on-exec; the chain end is made
+    /// inheritable by the monitor's child just before it execs the first stage.
+    pub fn pair() -> Result<(SyncSocket, SyncSocket)> {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .ctx(|| "cannot create sync socket".into())?;
+        Ok((SyncSocket(a), SyncSocket(b)))
+    }
+
+    /// Adopt an fd number given with `--sync-fd`. Refuses an fd that is not a socket, so a
+    /// wrong number fails clearly instead of writing into someone else's file.
+    pub fn from_raw(fd: RawFd) -> Result<SyncSocket> {
+        let st =
+            nix::sys::stat::fstat(crate::sys::borrow_fd(fd)).ctx(|| format!("--sync-fd={fd}"))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(Error::invalid("--sync-fd", &fd.to_string(), "not a socket"));
+        }
+        Ok(SyncSocket(crate::sys::own_fd(fd)))
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    pub fn send(&self, msg: &Msg) -> Result<()> {
+        let bytes = serde_json::to_vec(msg).expect("message serializes");
+        nix::sys::socket::send(self.raw(), &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+            .ctx(|| "cannot write to sync socket".into())?;
+        Ok(())
+    }
+
+    /// The next message, or `None` on EOF (every peer copy closed).
+    pub fn recv(&self) -> Result<Option<Msg>> {
+        let mut buf = [0u8; 4096];
+        let n = loop {
+            match nix::sys::socket::recv(self.raw(), &mut buf, nix::sys::socket::MsgFlags::empty())
+            {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.ctx(|| "cannot read sync socket".into())?,
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&buf[..n])
+            .map(Some)
+            .map_err(|e| Error::setup(format!("bad message on sync socket: {e}")))
+    }
+
+    /// Keep this end open across exec (it travels down the chain).
+    pub fn set_inheritable(&self) -> Result<()> {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        fcntl(self.fd(), FcntlArg::F_SETFD(FdFlag::empty()))
+            .ctx(|| "cannot clear close-on-exec on sync socket".into())?;
+        Ok(())
+    }
+
+    /// Give up ownership without closing (the fd stays open for the next stage).
+    pub fn into_raw(self) -> RawFd {
+        use std::os::fd::IntoRawFd;
+        self.0.into_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_cross_and_eof_is_none() {
+        let (a, b) = SyncSocket::pair().unwrap();
+        b.send(&Msg::Pid(42)).unwrap();
+        b.send(&Msg::Failed {
+            stage: "ns-mount".into(),
+            code: 125,
+            message: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(a.recv().unwrap(), Some(Msg::Pid(42)));
+        assert!(matches!(
+            a.recv().unwrap(),
+            Some(Msg::Failed { code: 125, .. })
+        ));
+        drop(b);
+        assert_eq!(a.recv().unwrap(), None);
+    }
+
+    #[test]
+    fn from_raw_refuses_non_sockets() {
+        use std::os::fd::IntoRawFd;
+        let fd = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let e = SyncSocket::from_raw(fd).unwrap_err();
+        assert_eq!(e.msg, format!("--sync-fd={fd}: not a socket"));
+        assert!(SyncSocket::from_raw(9999).is_err());
+    }
+}

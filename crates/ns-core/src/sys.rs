@@ -1,0 +1,108 @@
+//! Every `unsafe` block of the toolkit lives here; stage crates `#![forbid(unsafe_code)]`.
+//! Each function is a thin wrapper around one kernel effect, named for it.
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// Which side of a fork or clone we are on.
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// fork(2).
+pub fn fork() -> nix::Result<Forked> {
+    // SAFETY: the toolkit never starts threads (design rule: no threads anywhere in the
+    // chain), so the child cannot inherit a lock held by another thread; it only execs or
+    // runs async-signal-safe stage code before exec.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// clone(CLONE_PARENT): like fork, but the child becomes a child of *our* parent (the
+/// monitor). ns-enter uses it so that the container's PID 1 is the monitor's direct child:
+/// the monitor reaps it, and PR_SET_PDEATHSIG in it fires when the monitor dies, not when
+/// ns-enter exits.
+pub fn clone_parent() -> nix::Result<Forked> {
+    // SAFETY: raw clone with a NULL stack behaves like fork (the child runs on a copy of our
+    // stack); the process is single-threaded, as for `fork` above. No CLONE_VM, no TLS change.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match Errno::result(r)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
+/// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): every fd from `first` up closes at the next
+/// successful exec, and stays usable until then (so an exec failure can still be reported).
+pub fn cloexec_from(first: u32) -> nix::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes fd flags; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    Errno::result(r).map(drop)
+}
+
+/// Bring the loopback interface of the current network namespace up (SIOCSIFFLAGS). The
+/// kernel then gives it 127.0.0.1/8 and ::1 by itself.
+pub fn loopback_up() -> nix::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads into `req`, which lives for the whole call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the union's flags member is the one SIOCGIFFLAGS filled in.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`, which lives for the whole call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// Take ownership of an fd number that was handed to this process (`--state-fd`,
+/// `--sync-fd`). Callers check first that it is open and of the expected kind.
+pub fn own_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fd was passed to us on the command line to own; nothing else in this
+    // process holds it, so closing it on drop cannot close an fd someone else uses.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// execveat(fd, "", AT_EMPTY_PATH): run the binary behind an fd opened before the root
+/// changed. Returns only on failure.
+pub fn exec_fd(
+    fd: std::os::fd::RawFd,
+    args: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+) -> Errno {
+    // SAFETY: the fd number comes from NS_STAGE_FDS, which our own chain set up; it stays
+    // open until the exec succeeds (the borrow does not outlive this call).
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::unistd::execveat(bfd, c"", args, env, nix::fcntl::AtFlags::AT_EMPTY_PATH).unwrap_err()
+}
+
+/// Borrow an fd number handed down the chain that this process never closes (the state fd:
+/// every stage reads it and passes it on).
+pub fn borrow_fd(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: the state fd is open for the life of the process: no stage closes it; the last
+    // one only marks it close-on-exec. A bad number makes the following read fail with EBADF.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}

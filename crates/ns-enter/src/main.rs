@@ -1,0 +1,163 @@
+//! ns-enter: unshare the container's namespaces and start PID 1. See lib.rs for the contract.
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::os::fd::AsFd;
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::waitpid;
+use ns_core::exec::{chain_stages, exec_next, state_argv, StageFds};
+use ns_core::stage::{debug, exit_code_of, parse_args, report_to, run};
+use ns_core::state::{Namespace, State};
+use ns_core::sync::{Msg, SyncSocket};
+use ns_core::sys::{clone_parent, fork, loopback_up, Forked};
+use ns_core::{Context, Error, Result};
+use ns_enter::{clone_flags, Args};
+
+const STAGE: &str = "ns-enter";
+
+fn main() {
+    run(STAGE, || {
+        let args: Args = parse_args(STAGE, &ns_core::exec::args_utf8()?);
+        let sync = args.sync_fd.map(SyncSocket::from_raw).transpose()?;
+        if let Some(s) = &sync {
+            report_to(s.raw());
+        }
+        let (plan, rest) = match args.state_fd {
+            Some(fd) => {
+                let state = State::from_state_fd(fd)?;
+                let rest = if args.rest.is_empty() {
+                    state_argv("ns-mount", fd, args.sync_fd)
+                } else {
+                    args.rest.clone()
+                };
+                (state.enter, rest)
+            }
+            None => (args.to_plan(), args.rest.clone()),
+        };
+        if rest.is_empty() {
+            return Err(Error::setup("no program to run: give one after --".into()));
+        }
+        if plan.namespaces.contains(&Namespace::User) {
+            return Err(Error::setup(
+                "--user: user namespaces are not supported yet".into(),
+            ));
+        }
+        // Stage binaries are opened now, before any namespace or root change.
+        let mut fds = StageFds::from_env()?;
+        fds.open_missing(&chain_stages(&rest))?;
+
+        let flags = clone_flags(&plan.namespaces);
+        debug(STAGE, || format!("unshare {:?}", plan.namespaces));
+        nix::sched::unshare(flags)
+            .ctx(|| format!("cannot unshare namespaces {:?}", names(&plan.namespaces)))?;
+        if let Some(h) = &plan.hostname {
+            nix::unistd::sethostname(h).ctx(|| format!("cannot set hostname {h}"))?;
+        }
+        if plan.namespaces.contains(&Namespace::Net) {
+            loopback_up().ctx(|| "cannot bring up lo in the new network namespace".into())?;
+        }
+        if !plan.namespaces.contains(&Namespace::Pid) {
+            if let Some(s) = &sync {
+                s.send(&Msg::Pid(std::process::id() as i32))?;
+                wait_go(s)?;
+            }
+            return Err(exec_next(&rest, &fds));
+        }
+        match &sync {
+            Some(s) => start_under_monitor(s, &rest, &fds),
+            None => start_and_wait(&rest, &fds),
+        }
+    })
+}
+
+fn names(ns: &[Namespace]) -> Vec<&'static str> {
+    ns.iter().map(|n| n.name()).collect()
+}
+
+/// SYNC-2: block until the monitor says go. EOF means the monitor died: stop here.
+fn wait_go(sync: &SyncSocket) -> Result<()> {
+    match sync.recv()? {
+        Some(Msg::Go) => Ok(()),
+        Some(m) => Err(Error::setup(format!(
+            "unexpected message from monitor: {m:?}"
+        ))),
+        None => Err(Error::setup(
+            "monitor went away before the container started".into(),
+        )),
+    }
+}
+
+/// PID 1 is cloned as the monitor's child; we report its pid and leave.
+fn start_under_monitor(sync: &SyncSocket, rest: &[String], fds: &StageFds) -> Result<Infallible> {
+    match clone_parent().ctx(|| "cannot fork PID 1".into())? {
+        Forked::Child => {
+            // Die with the monitor. Set before waiting for Go, so a monitor that died
+            // earlier shows up as EOF below rather than being missed.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .ctx(|| "cannot set parent-death signal".into())?;
+            wait_go(sync)?;
+            Err(exec_next(rest, fds))
+        }
+        Forked::Parent(pid) => {
+            sync.send(&Msg::Pid(pid.as_raw()))?; // SYNC-1
+            std::process::exit(0)
+        }
+    }
+}
+
+/// Alone: fork PID 1 and stay as its minimal monitor.
+fn start_and_wait(rest: &[String], fds: &StageFds) -> Result<Infallible> {
+    let mut signals = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        signals.add(s);
+    }
+    let old = signals
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+        .ctx(|| "cannot block signals".into())?;
+    // Our death is seen by the child as EOF on this pipe (closes the pdeathsig race).
+    let (alive_r, alive_w) = nix::unistd::pipe().ctx(|| "cannot create pipe".into())?;
+    match fork().ctx(|| "cannot fork PID 1".into())? {
+        Forked::Child => {
+            drop(alive_w);
+            old.thread_set_mask()
+                .ctx(|| "cannot restore signal mask".into())?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .ctx(|| "cannot set parent-death signal".into())?;
+            let mut pfd = [nix::poll::PollFd::new(
+                alive_r.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).ctx(|| "poll".into())? > 0 {
+                return Err(Error::setup(
+                    "parent went away before the container started".into(),
+                ));
+            }
+            drop(alive_r);
+            Err(exec_next(rest, fds))
+        }
+        Forked::Parent(child) => {
+            drop(alive_r);
+            loop {
+                match signals.wait().ctx(|| "cannot wait for signals".into())? {
+                    Signal::SIGCHLD => {
+                        let st = waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                            .ctx(|| "cannot wait for PID 1".into())?;
+                        if let Some(code) = exit_code_of(st) {
+                            std::process::exit(code);
+                        }
+                    }
+                    sig => {
+                        debug(STAGE, || format!("{sig} received: killing the container"));
+                        let _ = kill(child, Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
