@@ -53,12 +53,14 @@ impl<T> Context<T> for nix::Result<T> {
 
 impl<T> Context<T> for std::io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| {
-            let why = match e.raw_os_error() {
-                Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
-                None => e.to_string(),
-            };
-            Error::setup(format!("{}: {}", what(), why))
-        })
+        self.map_err(|e| Error::setup(format!("{}: {}", what(), io_desc(&e))))
+    }
+}
+
+/// An io::Error as the one-line strerror text, without Rust's "(os error N)".
+pub fn io_desc(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
     }
 }

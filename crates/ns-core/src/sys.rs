@@ -106,3 +106,39 @@ pub fn borrow_fd(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
     // one only marks it close-on-exec. A bad number makes the following read fail with EBADF.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
+
+/// mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE]) setting MOUNT_ATTR_RDONLY: make the
+/// mount `fd` is the root of (and, if recursive, every mount below it) read-only, keeping
+/// its other flags.
+pub fn mount_setattr_rdonly(fd: std::os::fd::BorrowedFd<'_>, recursive: bool) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `attr` is a properly laid out struct mount_attr that outlives the call, its
+    // size is passed alongside; the path is a valid empty C string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}

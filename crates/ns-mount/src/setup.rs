@@ -1,0 +1,386 @@
+//! The mount sequence, one function per kernel effect, applied by [`build_root`] in order.
+//!
+//! Every target inside the image is opened with openat2(RESOLVE_IN_ROOT) and mounted on
+//! through its `/proc/self/fd/N` path, so a symlink in the image can never redirect a mount
+//! onto the host. A mount point that is missing in the image is created (as nspawn does).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+use ns_core::state::{MountOp, MountPlan};
+use ns_core::{Context, Error, Result};
+
+/// What to create when a mount point is missing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Build the whole root and pivot into it. On return the process's root is the container.
+pub fn build_root(plan: &MountPlan) -> Result<()> {
+    make_rslave()?;
+    let root = bind_root(&plan.root)?;
+    mount_proc(&root, plan.private_network)?;
+    mount_sys(&root)?;
+    mount_dev(&root)?;
+    mount_tmpfs(
+        &root,
+        "/run",
+        "mode=0755,size=20%,nr_inodes=800k",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
+    mount_tmpfs(
+        &root,
+        "/tmp",
+        "mode=01777",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
+    for op in &plan.ops {
+        apply(&root, op)?;
+    }
+    if plan.read_only {
+        ns_core::sys::mount_setattr_rdonly(root.as_fd(), false)
+            .ctx(|| "cannot make the root read-only".into())?;
+    }
+    pivot_into(&root)
+}
+
+/// Cut propagation: nothing mounted from here on reaches the host, while host mounts still
+/// propagate in.
+pub fn make_rslave() -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .ctx(|| "cannot make / a recursive slave mount".into())
+}
+
+/// Bind the root directory on itself so that it is a mount point (pivot_root needs one);
+/// returns an fd of the new mount's root.
+pub fn bind_root(dir: &Path) -> Result<OwnedFd> {
+    mount(
+        Some(dir),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("cannot bind {} on itself", dir.display()))?;
+    nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {}", dir.display()))
+}
+
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Open `path` (absolute, inside the container) without leaving the root; create it, and its
+/// missing parents as directories, when `create` says what it should be.
+pub fn open_in_root(root: &OwnedFd, path: &Path, create: Option<Kind>) -> Result<OwnedFd> {
+    let rel = relative(path);
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match nix::fcntl::openat2(root.as_fd(), &rel, how) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ENOENT) if create.is_some() && rel != Path::new(".") => {
+            let parent = open_in_root(
+                root,
+                path.parent().unwrap_or(Path::new("/")),
+                Some(Kind::Dir),
+            )?;
+            let name = rel.file_name().expect("non-root path has a name");
+            let r = match create {
+                Some(Kind::Dir) => {
+                    nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
+                }
+                _ => nix::sys::stat::mknodat(
+                    parent.as_fd(),
+                    name,
+                    SFlag::S_IFREG,
+                    Mode::from_bits_truncate(0o644),
+                    0,
+                ),
+            };
+            match r {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(Error::setup(format!(
+                        "cannot create mount point {}: {}",
+                        path.display(),
+                        e.desc()
+                    )))
+                }
+            }
+            open_in_root(root, path, None)
+        }
+        Err(e) => Err(Error::setup(format!(
+            "cannot open {} in the container: {}",
+            path.display(),
+            e.desc()
+        ))),
+    }
+}
+
+/// `/a/b` → `a/b`, `/` → `.`; `..` components are kept for RESOLVE_IN_ROOT to clamp.
+fn relative(path: &Path) -> PathBuf {
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir))
+        .collect();
+    if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    }
+}
+
+fn mount_fs(
+    root: &OwnedFd,
+    dest: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    let target = open_in_root(root, Path::new(dest), Some(Kind::Dir))?;
+    mount(
+        Some(fstype),
+        fd_path(&target).as_str(),
+        Some(fstype),
+        flags,
+        data,
+    )
+    .ctx(|| format!("cannot mount {fstype} on {dest}"))
+}
+
+/// Make the mount at `dest` (and below, if `recursive`) read-only.
+fn make_read_only(root: &OwnedFd, dest: &Path, recursive: bool) -> Result<()> {
+    // Re-open after mounting: the path walk now ends in the new mount, not the one below.
+    let fd = open_in_root(root, dest, None)?;
+    ns_core::sys::mount_setattr_rdonly(fd.as_fd(), recursive)
+        .ctx(|| format!("cannot make {} read-only", dest.display()))
+}
+
+/// Bind `dest` on itself and make it read-only.
+fn bind_read_only(root: &OwnedFd, dest: &str) -> Result<()> {
+    let fd = open_in_root(root, Path::new(dest), None)?;
+    let p = fd_path(&fd);
+    mount(
+        Some(p.as_str()),
+        p.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("cannot bind {dest} on itself"))?;
+    make_read_only(root, Path::new(dest), false)
+}
+
+/// A fresh proc for the new PID namespace; /proc/sys and hardware directories read-only as
+/// nspawn sets them, but /proc/sys/net writable when the network is private.
+pub fn mount_proc(root: &OwnedFd, private_network: bool) -> Result<()> {
+    let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs(root, "/proc", "proc", f, None)?;
+    if private_network {
+        let fd = open_in_root(root, Path::new("/proc/sys/net"), None)?;
+        let p = fd_path(&fd);
+        mount(
+            Some(p.as_str()),
+            p.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| "cannot bind /proc/sys/net on itself".into())?;
+    }
+    bind_read_only(root, "/proc/sys")?;
+    for d in ["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"] {
+        let dest = format!("/proc/{d}");
+        match open_in_root(root, Path::new(&dest), None) {
+            Ok(_) => bind_read_only(root, &dest)?,
+            Err(_) => continue, // absent on this kernel
+        }
+    }
+    Ok(())
+}
+
+/// sysfs, read-only.
+pub fn mount_sys(root: &OwnedFd) -> Result<()> {
+    let f = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs(root, "/sys", "sysfs", f, None)
+}
+
+pub fn mount_tmpfs(root: &OwnedFd, dest: &str, opts: &str, flags: MsFlags) -> Result<()> {
+    mount_fs(
+        root,
+        dest,
+        "tmpfs",
+        flags | MsFlags::MS_STRICTATIME,
+        Some(opts),
+    )
+}
+
+/// Device nodes of the minimal /dev: (name, major, minor).
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// A tmpfs /dev holding only the harmless nodes, its own devpts instance, shm, mqueue and
+/// the usual links. No host device node is reachable.
+pub fn mount_dev(root: &OwnedFd) -> Result<()> {
+    mount_tmpfs(root, "/dev", "mode=0755,size=4m", MsFlags::MS_NOSUID)?;
+    let dev = open_in_root(root, Path::new("/dev"), None)?;
+    let devp = fd_path(&dev);
+    nix::sys::stat::mkdirat(dev.as_fd(), "char", Mode::from_bits_truncate(0o755))
+        .ctx(|| "cannot create /dev/char".into())?;
+    for (name, major, minor) in DEVICES {
+        make_device(&dev, &devp, name, major, minor)?;
+        let link = format!("char/{major}:{minor}");
+        nix::unistd::symlinkat(format!("../{name}").as_str(), dev.as_fd(), link.as_str())
+            .ctx(|| format!("cannot create /dev/{link}"))?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        nix::unistd::symlinkat(to, dev.as_fd(), link)
+            .ctx(|| format!("cannot create /dev/{link}"))?;
+    }
+    mount_fs(
+        root,
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+    )?;
+    mount_tmpfs(
+        root,
+        "/dev/shm",
+        "mode=01777",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
+    mount_fs(
+        root,
+        "/dev/mqueue",
+        "mqueue",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
+}
+
+/// mknod the node; where that is not allowed (user namespaces) bind the host's node instead.
+fn make_device(dev: &OwnedFd, devp: &str, name: &str, major: u64, minor: u64) -> Result<()> {
+    let mode = Mode::from_bits_truncate(0o666);
+    let rdev = nix::sys::stat::makedev(major, minor);
+    match nix::sys::stat::mknodat(dev.as_fd(), name, SFlag::S_IFCHR, mode, rdev) {
+        Ok(()) => {
+            // mknod honours the umask; the nodes must be world-usable.
+            nix::sys::stat::fchmodat(
+                dev.as_fd(),
+                name,
+                mode,
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )
+            .ctx(|| format!("cannot chmod /dev/{name}"))
+        }
+        Err(Errno::EPERM) => {
+            nix::sys::stat::mknodat(dev.as_fd(), name, SFlag::S_IFREG, mode, 0)
+                .ctx(|| format!("cannot create /dev/{name}"))?;
+            let host = format!("/dev/{name}");
+            mount(
+                Some(host.as_str()),
+                format!("{devp}/{name}").as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| format!("cannot bind {host} into the container"))
+        }
+        Err(e) => Err(Error::setup(format!(
+            "cannot create /dev/{name}: {}",
+            e.desc()
+        ))),
+    }
+}
+
+/// One user mount.
+pub fn apply(root: &OwnedFd, op: &MountOp) -> Result<()> {
+    match op {
+        MountOp::Bind {
+            source,
+            dest,
+            read_only,
+            recursive,
+        } => {
+            let st =
+                nix::sys::stat::stat(source).ctx(|| format!("cannot bind {}", source.display()))?;
+            let kind = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                Kind::Dir
+            } else {
+                Kind::File
+            };
+            let target = open_in_root(root, dest, Some(kind))?;
+            let mut flags = MsFlags::MS_BIND;
+            if *recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            mount(
+                Some(source.as_path()),
+                fd_path(&target).as_str(),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .ctx(|| format!("cannot bind {} on {}", source.display(), dest.display()))?;
+            if *read_only {
+                make_read_only(root, dest, true)?;
+            }
+            Ok(())
+        }
+        MountOp::Tmpfs { dest, options } => {
+            let target = open_in_root(root, dest, Some(Kind::Dir))?;
+            mount(
+                Some("tmpfs"),
+                fd_path(&target).as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+                Some(options.as_str()),
+            )
+            .ctx(|| {
+                format!(
+                    "cannot mount tmpfs on {} with \"{options}\"",
+                    dest.display()
+                )
+            })
+        }
+    }
+}
+
+/// pivot_root into the prepared root and detach the old one (the `pivot_root(".", ".")`
+/// idiom: no put_old directory is needed in the image).
+pub fn pivot_into(root: &OwnedFd) -> Result<()> {
+    nix::unistd::fchdir(root.as_fd()).ctx(|| "cannot enter the new root".into())?;
+    nix::unistd::pivot_root(".", ".").ctx(|| "cannot pivot_root".into())?;
+    umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the old root".into())?;
+    nix::unistd::chdir("/").ctx(|| "cannot chdir to /".into())
+}
