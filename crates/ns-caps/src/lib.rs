@@ -1,1 +1,162 @@
-//! placeholder
+//! ns-caps: the last privileged stage. Becomes the payload's user, builds its environment,
+//! drops capabilities, sets no_new_privs, changes directory, then execs the payload (or
+//! ns-init with `--as-pid2`).
+//!
+//! Reads `exec` of the state (or its flags). Runs after pivot_root, so users and groups are
+//! resolved from the container's own /etc/passwd and /etc/group without running anything
+//! inside. Every fd above stderr is closed at its exec.
+#![forbid(unsafe_code)]
+
+pub mod caps_spec;
+pub mod identity;
+
+use clap::Parser;
+use ns_core::state::ExecPlan;
+use ns_core::{Error, Result};
+
+/// ns-caps [-u USER] [--capability=CAPS] [--drop-capability=CAPS] [--ambient-capability=CAPS]
+///         [--no-new-privileges=BOOL] [-E NAME=VALUE]... [--chdir DIR] [-a] [-- PROGRAM [ARGS...]]
+///
+/// Without PROGRAM, runs the user's login shell. With --state-fd N, reads `exec` from the
+/// state. fds: --state-fd, --sync-fd (the monitor sees EOF on it when the exec succeeds).
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "ns-caps",
+    version,
+    about = "Drop privileges as nspawn does and exec PROGRAM"
+)]
+pub struct Args {
+    /// Read the plan from this state fd (ns-run sets it).
+    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "capability", "drop_capability", "ambient_capability", "no_new_privileges", "setenv", "chdir", "as_pid2", "uuid"])]
+    pub state_fd: Option<i32>,
+    /// Report failures to a monitor on this sync socket.
+    #[arg(long, value_name = "FD")]
+    pub sync_fd: Option<i32>,
+    /// Run as USER (name or number) from the container's /etc/passwd.
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Retain these capabilities in addition to nspawn's default set.
+    #[arg(long, value_name = "CAPS")]
+    pub capability: Vec<String>,
+    /// Drop these capabilities from the set.
+    #[arg(long, value_name = "CAPS")]
+    pub drop_capability: Vec<String>,
+    /// Give a non-root payload these capabilities as ambient ones.
+    #[arg(long, value_name = "CAPS")]
+    pub ambient_capability: Vec<String>,
+    /// Set PR_SET_NO_NEW_PRIVS.
+    #[arg(long, value_name = "BOOL", value_parser = parse_bool_flag)]
+    pub no_new_privileges: Option<bool>,
+    /// Environment assignment over the defaults (NAME=VALUE, or NAME to copy ours).
+    #[arg(short = 'E', long, value_name = "NAME[=VALUE]")]
+    pub setenv: Vec<String>,
+    /// Working directory (absolute).
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<String>,
+    /// container_uuid (default: /etc/machine-id, else random).
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+    /// Exec ns-init as PID 1, which runs PROGRAM as PID 2.
+    #[arg(short = 'a', long)]
+    pub as_pid2: bool,
+    /// The payload.
+    #[arg(last = true, value_name = "PROGRAM")]
+    pub rest: Vec<String>,
+}
+
+fn parse_bool_flag(v: &str) -> std::result::Result<bool, String> {
+    parse_boolean(v).ok_or_else(|| format!("not a boolean: {v}"))
+}
+
+/// systemd's parse_boolean: 1/yes/y/true/t/on and 0/no/n/false/f/off, any case.
+pub fn parse_boolean(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
+        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl Args {
+    /// The plan these flags describe; relative to nspawn's defaults, as ns-run computes it.
+    pub fn to_plan(&self) -> Result<ExecPlan> {
+        let retained = caps_spec::retained(&self.capability, &self.drop_capability, false)?;
+        let ambient = caps_spec::parse_list("--ambient-capability", &self.ambient_capability)?;
+        caps_spec::check_ambient(ambient, retained, false)?;
+        if let Some(d) = &self.chdir {
+            check_chdir(d)?;
+        }
+        let setenv = self
+            .setenv
+            .iter()
+            .map(|e| identity::parse_setenv(e))
+            .collect::<Result<Vec<_>>>()?;
+        let uuid = match &self.uuid {
+            Some(u) => identity::parse_uuid(u)?,
+            None => identity::machine_uuid(std::path::Path::new("/")),
+        };
+        let (host_id, host_version_id) = identity::host_os_release();
+        Ok(ExecPlan {
+            argv: self.rest.clone(),
+            user: self.user.clone(),
+            chdir: self.chdir.clone(),
+            setenv,
+            uuid,
+            container: identity::container_manager(),
+            host_id,
+            host_version_id,
+            capabilities: caps_spec::names(retained),
+            ambient: caps_spec::names(ambient),
+            no_new_privileges: self.no_new_privileges.unwrap_or(false),
+            as_pid2: self.as_pid2,
+        })
+    }
+}
+
+/// `--chdir` must be absolute (existence is checked inside the container).
+pub fn check_chdir(d: &str) -> Result<()> {
+    if d.starts_with('/') {
+        Ok(())
+    } else {
+        Err(Error::invalid("--chdir", d, "not an absolute path"))
+    }
+}
+
+/// The flags that reproduce `plan` (for `ns-run --print-chain`). Capabilities are written
+/// relative to nspawn's default set, as a user would type them.
+pub fn plan_to_flags(plan: &ExecPlan) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(u) = &plan.user {
+        out.push(format!("--user={u}"));
+    }
+    let retained = caps_spec::mask_of_names(&plan.capabilities);
+    let default = caps_spec::DEFAULT_RETAINED;
+    let added = caps_spec::names(retained & !default);
+    let dropped = caps_spec::names(default & !retained);
+    if !added.is_empty() {
+        out.push(format!("--capability={}", caps_spec::upper(&added)));
+    }
+    if !dropped.is_empty() {
+        out.push(format!("--drop-capability={}", caps_spec::upper(&dropped)));
+    }
+    if !plan.ambient.is_empty() {
+        out.push(format!(
+            "--ambient-capability={}",
+            caps_spec::upper(&plan.ambient)
+        ));
+    }
+    if plan.no_new_privileges {
+        out.push("--no-new-privileges=yes".into());
+    }
+    for e in &plan.setenv {
+        out.push(format!("--setenv={e}"));
+    }
+    if let Some(d) = &plan.chdir {
+        out.push(format!("--chdir={d}"));
+    }
+    out.push(format!("--uuid={}", plan.uuid));
+    if plan.as_pid2 {
+        out.push("--as-pid2".into());
+    }
+    out
+}

@@ -9,7 +9,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{IntoRawFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -28,12 +28,16 @@ pub fn stage_name(prog: &str) -> Option<&'static str> {
 }
 
 /// The stage names a rest-of-argv chain will exec, in order:
-/// `ns-mount -D r -- ns-caps -- sh` gives [ns-mount, ns-caps].
+/// `ns-mount -D r -- ns-caps -- sh` gives [ns-mount, ns-caps]; `ns-caps -a` brings ns-init.
 pub fn chain_stages(rest: &[String]) -> Vec<&'static str> {
     let mut out = Vec::new();
     let mut cur = rest;
     while let Some(name) = cur.first().and_then(|p| stage_name(p)) {
         out.push(name);
+        let end = cur.iter().position(|a| a == "--").unwrap_or(cur.len());
+        if name == "ns-caps" && cur[1..end].iter().any(|a| a == "-a" || a == "--as-pid2") {
+            out.push("ns-init");
+        }
         match cur.iter().position(|a| a == "--") {
             Some(i) => cur = &cur[i + 1..],
             None => break,
@@ -91,12 +95,18 @@ impl StageFds {
                      (a stage running after pivot_root can only reach stages opened before it)"
                 ))
             })?;
-            let fd = nix::fcntl::open(
-                &path,
-                nix::fcntl::OFlag::O_PATH,
-                nix::sys::stat::Mode::empty(),
-            )
-            .map_err(|e| Error::setup(format!("cannot open {}: {}", path.display(), e.desc())))?;
+            let fd = if name == "ns-init" {
+                sealed_copy(&path)?
+            } else {
+                nix::fcntl::open(
+                    &path,
+                    nix::fcntl::OFlag::O_PATH,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| {
+                    Error::setup(format!("cannot open {}: {}", path.display(), e.desc()))
+                })?
+            };
             self.0.push((name, fd.into_raw_fd()));
         }
         Ok(())
@@ -106,6 +116,32 @@ impl StageFds {
         let parts: Vec<String> = self.0.iter().map(|(n, fd)| format!("{n}={fd}")).collect();
         parts.join(",")
     }
+}
+
+/// A sealed memfd holding a copy of the binary at `path`. ns-init stays resident as the
+/// container's PID 1; run from this copy, /proc/1/exe leads to no host file that could be
+/// written through it.
+fn sealed_copy(path: &Path) -> Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let what = || format!("cannot copy {} into a sealed memfd", path.display());
+    let memfd = memfd_create(c"ns-init", MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(|e| Error::setup(format!("{}: {}", what(), e.desc())))?;
+    let mut src =
+        std::fs::File::open(path).map_err(|e| Error::setup(format!("{}: {e}", what())))?;
+    let mut dst = std::fs::File::from(memfd);
+    std::io::copy(&mut src, &mut dst).map_err(|e| Error::setup(format!("{}: {e}", what())))?;
+    let memfd = std::os::fd::OwnedFd::from(dst);
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(
+        std::os::fd::AsFd::as_fd(&memfd),
+        FcntlArg::F_ADD_SEALS(seals),
+    )
+    .map_err(|e| Error::setup(format!("{}: {}", what(), e.desc())))?;
+    Ok(memfd)
 }
 
 /// Find a stage binary: beside our own executable, else in PATH.
@@ -130,33 +166,37 @@ fn cstring(s: impl Into<Vec<u8>>) -> Result<CString> {
 
 /// Exec stage `name` through its fd, with our environment plus the updated stage fds.
 pub fn exec_stage(name: &str, argv: &[String], fds: &StageFds) -> Error {
+    let mut env: Vec<String> = std::env::vars_os()
+        .filter(|(k, _)| k != STAGE_FDS_ENV)
+        .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+        .collect();
+    env.push(format!("{STAGE_FDS_ENV}={}", fds.to_env_value()));
+    exec_stage_with(name, argv, fds, &env)
+}
+
+/// Exec stage `name` as the last one of the chain: with the payload's environment and only
+/// stdin, stdout and stderr open (ns-caps → ns-init).
+pub fn exec_last_stage(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {
+    if let Err(e) = crate::sys::cloexec_from(3) {
+        return Error::setup(format!("cannot mark fds close-on-exec: {}", e.desc()));
+    }
+    exec_stage_with(name, argv, fds, env)
+}
+
+fn exec_stage_with(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {
     let Some(fd) = fds.get(name) else {
         return Error::setup(format!("{name} was not opened before the chain started"));
     };
-    let mut env: Vec<CString> = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if k == STAGE_FDS_ENV {
-            continue;
-        }
-        let mut kv = k.into_vec();
-        kv.push(b'=');
-        kv.extend(v.into_vec());
-        match cstring(kv) {
-            Ok(c) => env.push(c),
-            Err(e) => return e,
-        }
-    }
-    match cstring(format!("{STAGE_FDS_ENV}={}", fds.to_env_value())) {
-        Ok(c) => env.push(c),
-        Err(e) => return e,
-    }
-    let args: Result<Vec<CString>> = argv.iter().map(|a| cstring(a.as_bytes())).collect();
-    let args = match args {
-        Ok(a) => a,
-        Err(e) => return e,
+    let (args, envc) = match (cstrings(argv), cstrings(env)) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return e,
     };
-    let e = crate::sys::exec_fd(fd, &args, &env);
+    let e = crate::sys::exec_fd(fd, &args, &envc);
     Error::setup(format!("cannot execute {name} (fd {fd}): {}", e.desc()))
+}
+
+fn cstrings(v: &[String]) -> Result<Vec<CString>> {
+    v.iter().map(|a| cstring(a.as_bytes())).collect()
 }
 
 /// Exec the next program of a rest-of-argv: a stage through its fd, anything else as the
@@ -182,12 +222,15 @@ pub fn exec_payload(argv: &[String], env: &[String]) -> Error {
     let Some(prog) = argv.first() else {
         return Error::setup("no program to execute".into());
     };
+    exec_program(prog, argv, env)
+}
+
+/// [`exec_payload`] with a program distinct from argv[0] (a login shell's `-sh`).
+pub fn exec_program(prog: &str, argv: &[String], env: &[String]) -> Error {
     if let Err(e) = crate::sys::cloexec_from(3) {
         return Error::setup(format!("cannot mark fds close-on-exec: {}", e.desc()));
     }
-    let args: Result<Vec<CString>> = argv.iter().map(|a| cstring(a.as_bytes())).collect();
-    let envc: Result<Vec<CString>> = env.iter().map(|a| cstring(a.as_bytes())).collect();
-    let (args, envc) = match (args, envc) {
+    let (args, envc) = match (cstrings(argv), cstrings(env)) {
         (Ok(a), Ok(e)) => (a, e),
         (Err(e), _) | (_, Err(e)) => return e,
     };
@@ -286,6 +329,10 @@ mod tests {
             Vec::<&str>::new()
         );
         assert_eq!(chain_stages(&v(&["ns-caps"])), vec!["ns-caps"]);
+        assert_eq!(
+            chain_stages(&v(&["ns-caps", "-a", "--", "sh"])),
+            vec!["ns-caps", "ns-init"]
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub fn report_to(fd: i32) {
 
 /// Run a stage's job; it returns only with an error (on success it has exec'd).
 pub fn run(stage: &str, job: impl FnOnce() -> Result<Infallible>) -> ! {
+    // Executed through an fd, our comm would be the fd number; name ourselves for ps.
+    if let Ok(name) = std::ffi::CString::new(stage) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
     let e = match job() {
         Ok(never) => match never {},
         Err(e) => e,

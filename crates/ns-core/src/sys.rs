@@ -142,3 +142,56 @@ pub fn mount_setattr_rdonly(fd: std::os::fd::BorrowedFd<'_>, recursive: bool) ->
     };
     Errno::result(r).map(drop)
 }
+
+/// A signal set that can hold real-time signals too (nix's `Signal` cannot name them).
+pub struct SignalSet(libc::sigset_t);
+
+impl SignalSet {
+    pub fn new(signals: &[i32]) -> SignalSet {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, exclusively borrowed sigset_t for both calls.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            for &s in signals {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        SignalSet(set)
+    }
+
+    fn mask(&self, how: libc::c_int) -> nix::Result<SignalSet> {
+        let mut old = SignalSet::new(&[]);
+        // SAFETY: both pointers are valid sigset_t for the duration of the call.
+        let r = unsafe { libc::pthread_sigmask(how, &self.0, &mut old.0) };
+        Errno::result(r).map(|_| old)
+    }
+
+    /// Block these signals; returns the previous mask.
+    pub fn block(&self) -> nix::Result<SignalSet> {
+        self.mask(libc::SIG_BLOCK)
+    }
+
+    /// Make this the signal mask (to restore one returned by `block`).
+    pub fn set_mask(&self) -> nix::Result<()> {
+        self.mask(libc::SIG_SETMASK).map(drop)
+    }
+
+    /// Wait for one of these (blocked) signals; returns its number.
+    pub fn wait(&self) -> nix::Result<i32> {
+        loop {
+            // SAFETY: the set is valid; a NULL siginfo pointer is allowed.
+            let r = unsafe { libc::sigwaitinfo(&self.0, std::ptr::null_mut()) };
+            match Errno::result(r) {
+                Err(Errno::EINTR) => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+/// kill(2) with any signal number, real-time ones included.
+pub fn kill_raw(pid: Pid, signo: i32) -> nix::Result<()> {
+    // SAFETY: kill takes plain integers.
+    Errno::result(unsafe { libc::kill(pid.as_raw(), signo) }).map(drop)
+}

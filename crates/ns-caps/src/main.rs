@@ -1,0 +1,172 @@
+//! ns-caps: become the payload's user, drop capabilities, exec. See lib.rs for the contract.
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+
+use caps::CapSet;
+use ns_caps::caps_spec::{mask_of_names, names, to_set, upper};
+use ns_caps::identity::{build_env, login_shells, lookup_user, User};
+use ns_caps::Args;
+use ns_core::exec::{args_utf8, exec_last_stage, exec_payload, exec_program, StageFds};
+use ns_core::stage::{debug, parse_args, report_to, run};
+use ns_core::state::{ExecPlan, State};
+use ns_core::sync::SyncSocket;
+use ns_core::{Context, Error, Result};
+
+const STAGE: &str = "ns-caps";
+
+fn main() {
+    run(STAGE, || {
+        let args: Args = parse_args(STAGE, &args_utf8()?);
+        let sync = args.sync_fd.map(SyncSocket::from_raw).transpose()?;
+        if let Some(s) = &sync {
+            report_to(s.raw());
+        }
+        let plan = match args.state_fd {
+            Some(fd) => {
+                let mut plan = State::from_state_fd(fd)?.exec;
+                if !args.rest.is_empty() {
+                    plan.argv = args.rest.clone();
+                }
+                plan
+            }
+            None => args.to_plan()?,
+        };
+        let fds = StageFds::from_env()?;
+        if plan.as_pid2 && fds.get("ns-init").is_none() {
+            return Err(Error::setup(
+                "--as-pid2: ns-init was not opened before pivot_root (start the chain with ns-enter or ns-mount)".into(),
+            ));
+        }
+        let user = lookup_user(plan.user.as_deref())?;
+        let env = build_env(&plan, &user, std::env::var("TERM").ok());
+        drop_privileges(&plan, &user, sync.as_ref())?;
+        match &plan.chdir {
+            Some(d) => nix::unistd::chdir(d.as_str()).ctx(|| format!("--chdir={d}"))?,
+            None if plan.argv.is_empty() => {
+                let _ = nix::unistd::chdir(user.home.as_deref().unwrap_or("/root"));
+            }
+            None => {}
+        }
+        exec(&plan, &user, &env, &fds)
+    })
+}
+
+/// Bounding set, identity, then the capability sets, in the only order the kernel allows:
+/// dropping from the bounding set and changing ids both need capabilities we give up last.
+fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> Result<()> {
+    let caps_err = |what: &str| {
+        let what = what.to_string();
+        move |e: caps::errors::CapsError| Error::setup(format!("cannot {what}: {e}"))
+    };
+    let bounding = caps::read(None, CapSet::Bounding).map_err(caps_err("read the bounding set"))?;
+    let bounding = bounding.iter().fold(0u64, |m, c| m | c.bitmask());
+    // nspawn: capabilities missing from the host's bounding set are silently not retained.
+    let retain = mask_of_names(&plan.capabilities) & bounding;
+    let ambient = mask_of_names(&plan.ambient);
+    if ambient & !retain != 0 {
+        return Err(Error::invalid(
+            "--ambient-capability",
+            &upper(&names(ambient & !retain)),
+            "not in the bounding set",
+        ));
+    }
+    debug(STAGE, || {
+        format!("retain {retain:#x} ambient {ambient:#x} uid {}", user.uid)
+    });
+    for c in caps::all() {
+        if bounding & c.bitmask() != 0 && retain & c.bitmask() == 0 {
+            caps::drop(None, CapSet::Bounding, c)
+                .map_err(caps_err("drop from the bounding set"))?;
+        }
+    }
+
+    let pdeath =
+        nix::sys::prctl::get_pdeathsig().ctx(|| "cannot read the parent-death signal".into())?;
+    if user.uid != 0 && ambient != 0 {
+        nix::sys::prctl::set_keepcaps(true).ctx(|| "cannot keep capabilities".into())?;
+    }
+    let groups: Vec<nix::unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    let gid = nix::unistd::Gid::from_raw(user.gid);
+    let uid = nix::unistd::Uid::from_raw(user.uid);
+    nix::unistd::setgroups(&groups)
+        .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))?;
+    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", user.gid))?;
+    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", user.uid))?;
+
+    let keep = if user.uid == 0 { retain } else { ambient };
+    caps::set(None, CapSet::Inheritable, &to_set(keep))
+        .map_err(caps_err("set inheritable capabilities"))?;
+    caps::set(None, CapSet::Effective, &to_set(keep))
+        .map_err(caps_err("set effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &to_set(keep))
+        .map_err(caps_err("set permitted capabilities"))?;
+    for c in to_set(ambient) {
+        caps::raise(None, CapSet::Ambient, c).map_err(caps_err("raise ambient capabilities"))?;
+    }
+    if user.uid != 0 {
+        nix::sys::prctl::set_keepcaps(false).ctx(|| "cannot reset keep-capabilities".into())?;
+        // A uid change cleared the parent-death signal: set it again, then make sure the
+        // monitor did not die in between (it holds the other end of the sync socket).
+        if let Some(sig) = pdeath {
+            nix::sys::prctl::set_pdeathsig(sig)
+                .ctx(|| "cannot set the parent-death signal".into())?;
+            if let Some(s) = sync {
+                let mut p = [nix::poll::PollFd::new(
+                    s.fd(),
+                    nix::poll::PollFlags::empty(),
+                )];
+                let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO);
+                if p[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
+                {
+                    return Err(Error::setup("monitor went away".into()));
+                }
+            }
+        }
+    }
+    if plan.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
+    }
+    Ok(())
+}
+
+/// Exec the payload, its login shell, or ns-init in front of either.
+fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Result<Infallible> {
+    if plan.as_pid2 {
+        let mut argv = vec!["ns-init".to_string()];
+        if plan.argv.is_empty() {
+            let (path, argv0) = login_shells(user)
+                .into_iter()
+                .find(|(p, _)| {
+                    nix::unistd::access(p.as_str(), nix::unistd::AccessFlags::X_OK).is_ok()
+                })
+                .ok_or_else(|| Error {
+                    code: ns_core::error::EXIT_NOT_FOUND,
+                    msg: "no login shell found".into(),
+                })?;
+            argv.extend(["--argv0".into(), argv0, "--".into(), path]);
+        } else {
+            argv.push("--".into());
+            argv.extend(plan.argv.iter().cloned());
+        }
+        return Err(exec_last_stage("ns-init", &argv, fds, env));
+    }
+    if !plan.argv.is_empty() {
+        return Err(exec_payload(&plan.argv, env));
+    }
+    let mut last = None;
+    for (path, argv0) in login_shells(user) {
+        let e = exec_program(&path, &[argv0], env);
+        if e.code != ns_core::error::EXIT_NOT_FOUND {
+            return Err(e);
+        }
+        last = Some(e);
+    }
+    Err(last.expect("at least one shell was tried"))
+}

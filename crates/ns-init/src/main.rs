@@ -1,0 +1,62 @@
+//! ns-init: stub PID 1. See lib.rs for the contract.
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use ns_core::exec::{args_utf8, exec_program};
+use ns_core::stage::{exit_code_of, parse_args, run};
+use ns_core::sys::{fork, kill_raw, Forked, SignalSet};
+use ns_core::{Context, Result};
+use ns_init::{handled_signals, is_poweroff, Args};
+
+const STAGE: &str = "ns-init";
+
+fn main() {
+    run(STAGE, || {
+        let args: Args = parse_args(STAGE, &args_utf8()?);
+        nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make PID 1 non-dumpable".into())?;
+        let set = SignalSet::new(&handled_signals());
+        let old = set.block().ctx(|| "cannot block signals".into())?;
+        let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+        match fork().ctx(|| "cannot fork the payload".into())? {
+            Forked::Child => {
+                old.set_mask()
+                    .ctx(|| "cannot restore the signal mask".into())?;
+                nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
+                let mut argv = args.rest.clone();
+                if let Some(a0) = &args.argv0 {
+                    argv[0] = a0.clone();
+                }
+                Err(exec_program(&args.rest[0], &argv, &env))
+            }
+            Forked::Parent(payload) => supervise(payload, &set),
+        }
+    })
+}
+
+/// Reap until the payload exits; pass signals on.
+fn supervise(payload: Pid, set: &SignalSet) -> Result<Infallible> {
+    loop {
+        let sig = set.wait().ctx(|| "cannot wait for signals".into())?;
+        if sig == libc::SIGCHLD {
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(st) if st.pid() == Some(payload) => {
+                        if let Some(code) = exit_code_of(st) {
+                            std::process::exit(code);
+                        }
+                    }
+                    Ok(_) => {} // an orphan, reaped
+                }
+            }
+        } else if is_poweroff(sig) {
+            let _ = kill_raw(payload, libc::SIGTERM);
+            let _ = kill_raw(payload, libc::SIGHUP);
+        } else {
+            let _ = kill_raw(payload, sig);
+        }
+    }
+}
