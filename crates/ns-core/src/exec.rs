@@ -112,6 +112,13 @@ impl StageFds {
         Ok(())
     }
 
+    /// Close every stage fd (the monitor, once the chain has them).
+    pub fn close_all(self) {
+        for (_, fd) in self.0 {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+
     pub fn to_env_value(&self) -> String {
         let parts: Vec<String> = self.0.iter().map(|(n, fd)| format!("{n}={fd}")).collect();
         parts.join(",")
@@ -229,6 +236,9 @@ pub fn exec_payload(argv: &[String], env: &[String]) -> Error {
 pub fn exec_program(prog: &str, argv: &[String], env: &[String]) -> Error {
     if let Err(e) = crate::sys::cloexec_from(3) {
         return Error::setup(format!("cannot mark fds close-on-exec: {}", e.desc()));
+    }
+    if let Err(e) = crate::sys::reset_signals_for_exec() {
+        return Error::setup(format!("cannot reset signals: {}", e.desc()));
     }
     let (args, envc) = match (cstrings(argv), cstrings(env)) {
         (Ok(a), Ok(e)) => (a, e),

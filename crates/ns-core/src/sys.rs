@@ -195,3 +195,17 @@ pub fn kill_raw(pid: Pid, signo: i32) -> nix::Result<()> {
     // SAFETY: kill takes plain integers.
     Errno::result(unsafe { libc::kill(pid.as_raw(), signo) }).map(drop)
 }
+
+/// What a payload must start with: SIGPIPE at its default (the Rust runtime of every stage
+/// ignores it, and an ignored disposition survives exec) and no blocked signals.
+pub fn reset_signals_for_exec() -> nix::Result<()> {
+    // SAFETY: installing SIG_DFL runs no handler code; nothing else in this single-threaded
+    // process depends on SIGPIPE being ignored after this point (the next step is exec).
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    }?;
+    SignalSet::new(&[]).set_mask()
+}

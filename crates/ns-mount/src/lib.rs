@@ -58,9 +58,8 @@ pub struct Args {
 }
 
 impl Args {
-    /// The plan these flags describe. User mounts keep command-line order across the three
-    /// options, so ns-mount reads the raw argv for it.
-    pub fn to_plan(&self, argv: &[String]) -> Result<MountPlan> {
+    /// The plan these flags describe (`m`: the matches they came from, for mount order).
+    pub fn to_plan(&self, m: &clap::ArgMatches) -> Result<MountPlan> {
         let dir = self
             .directory
             .as_deref()
@@ -69,37 +68,28 @@ impl Args {
             root: check_root(dir)?,
             read_only: self.read_only,
             private_network: self.private_network,
-            ops: ops_in_order(argv)?,
+            ops: ops_from_matches(m)?,
         })
     }
 }
 
-/// The user mount options of an argv, parsed, in the order given.
-pub fn ops_in_order(argv: &[String]) -> Result<Vec<MountOp>> {
-    let mut ops = Vec::new();
-    let mut it = argv.iter().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--" {
-            break;
-        }
-        for (opt, ro) in [("--bind", false), ("--bind-ro", true), ("--tmpfs", false)] {
-            let value = if a == opt {
-                it.next().cloned()
-            } else {
-                a.strip_prefix(opt)
-                    .and_then(|v| v.strip_prefix('='))
-                    .map(str::to_string)
-            };
-            if let Some(v) = value {
-                ops.push(if opt == "--tmpfs" {
-                    parse_tmpfs(&v)?
-                } else {
-                    parse_bind(&v, ro)?
-                });
-            }
+/// The user mount options (`--bind`, `--bind-ro`, `--tmpfs`), parsed, in command-line order
+/// across the three (clap reports where each value stood).
+pub fn ops_from_matches(m: &clap::ArgMatches) -> Result<Vec<MountOp>> {
+    let mut found: Vec<(usize, &str, String)> = Vec::new();
+    for id in ["bind", "bind_ro", "tmpfs"] {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            found.extend(idx.zip(vals).map(|(i, v)| (i, id, v.clone())));
         }
     }
-    Ok(ops)
+    found.sort_by_key(|(i, _, _)| *i);
+    found
+        .into_iter()
+        .map(|(_, id, v)| match id {
+            "tmpfs" => parse_tmpfs(&v),
+            _ => parse_bind(&v, id == "bind_ro"),
+        })
+        .collect()
 }
 
 /// Resolve and check a root directory as nspawn does: it must exist, be a directory holding

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, state_argv, StageFds};
-use ns_core::stage::{debug, parse_args, report_to, run};
+use ns_core::stage::{debug, parse_matches, report_to, run};
 use ns_core::state::State;
 use ns_core::sync::SyncSocket;
 use ns_core::Error;
@@ -13,7 +13,7 @@ const STAGE: &str = "ns-mount";
 fn main() {
     run(STAGE, || {
         let argv = args_utf8()?;
-        let args: Args = parse_args(STAGE, &argv);
+        let (args, matches): (Args, _) = parse_matches(STAGE, &argv);
         if let Some(fd) = args.sync_fd {
             report_to(SyncSocket::from_raw(fd)?.into_raw());
         }
@@ -27,7 +27,7 @@ fn main() {
                 };
                 (state.mount, rest)
             }
-            None => (args.to_plan(&argv)?, args.rest.clone()),
+            None => (args.to_plan(&matches)?, args.rest.clone()),
         };
         if rest.is_empty() {
             return Err(Error::setup("no program to run: give one after --".into()));

@@ -1,0 +1,271 @@
+//! systemd-nspawn 252's command line, option for option (same names, short forms, argument
+//! kinds), plus ns-run's own `--print-state` and `--print-chain`.
+
+use clap::{ArgAction, Parser};
+
+/// ns-run [OPTIONS...] [--] [COMMAND [ARGS...]]
+///
+/// Spawn a command or OS in a light-weight container, as systemd-nspawn does.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "ns-run",
+    version,
+    about = "Run a command in a container: systemd-nspawn's options, composed from ns-* stages",
+    disable_help_flag = true
+)]
+pub struct Cli {
+    /// Show this help
+    #[arg(short = 'h', long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+    /// Do not show status information
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Do not pipe output into a pager (accepted; ns-run has no pager)
+    #[arg(long)]
+    pub no_pager: bool,
+    /// Load additional settings from .nspawn file
+    #[arg(long, value_name = "BOOLEAN")]
+    pub settings: Option<String>,
+
+    // Image
+    /// Root directory for the container
+    #[arg(short = 'D', long, value_name = "PATH")]
+    pub directory: Option<String>,
+    /// Initialize root directory from template directory, if missing
+    #[arg(long, value_name = "PATH")]
+    pub template: Option<String>,
+    /// Run container with snapshot of root directory, and remove it after exit
+    #[arg(short = 'x', long)]
+    pub ephemeral: bool,
+    /// Root file system disk image (or device node) for the container
+    #[arg(short = 'i', long, value_name = "PATH")]
+    pub image: Option<String>,
+    /// OCI bundle directory
+    #[arg(long, value_name = "PATH")]
+    pub oci_bundle: Option<String>,
+    /// Mount the root directory read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Run the system in volatile mode
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
+    pub volatile: Option<String>,
+    /// Specify verity root hash for root disk image
+    #[arg(long, value_name = "HASH")]
+    pub root_hash: Option<String>,
+    /// Specify pkcs7 signature of root hash for verity
+    #[arg(long, value_name = "SIG")]
+    pub root_hash_sig: Option<String>,
+    /// Specify hash device for verity
+    #[arg(long, value_name = "PATH")]
+    pub verity_data: Option<String>,
+    /// Pivot root to given directory in the container
+    #[arg(long, value_name = "PATH[:PATH]")]
+    pub pivot_root: Option<String>,
+
+    // Execution
+    /// Maintain a stub init as PID1, invoke binary as PID2
+    #[arg(short = 'a', long)]
+    pub as_pid2: bool,
+    /// Boot up full system (i.e. invoke init)
+    #[arg(short = 'b', long)]
+    pub boot: bool,
+    /// Set working directory in the container
+    #[arg(long, value_name = "PATH")]
+    pub chdir: Option<String>,
+    /// Pass an environment variable to PID 1
+    #[arg(short = 'E', long, value_name = "NAME[=VALUE]")]
+    pub setenv: Vec<String>,
+    /// Run the command under specified user or UID
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Select signal to use for shutting down PID 1
+    #[arg(long, value_name = "SIGNAL")]
+    pub kill_signal: Option<String>,
+    /// Receive notifications from the child init process
+    #[arg(long, value_name = "BOOLEAN")]
+    pub notify_ready: Option<String>,
+    /// Suppress any form of disk data synchronization
+    #[arg(long, value_name = "BOOLEAN")]
+    pub suppress_sync: Option<String>,
+
+    // System identity
+    /// Set the machine name for the container
+    #[arg(short = 'M', long, value_name = "NAME")]
+    pub machine: Option<String>,
+    /// Override the hostname for the container
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Set a specific machine UUID for the container
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+
+    // Properties
+    /// Place the container in the specified slice
+    #[arg(short = 'S', long, value_name = "SLICE")]
+    pub slice: Option<String>,
+    /// Set scope unit property
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub property: Vec<String>,
+    /// Register container as machine
+    #[arg(long, value_name = "BOOLEAN")]
+    pub register: Option<String>,
+    /// Do not register a scope for the machine (accepted: ns-run never creates units)
+    #[arg(long)]
+    pub keep_unit: bool,
+
+    // User namespacing
+    /// Run within user namespace (no|yes|pick|identity|UIDBASE[:NUIDS])
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
+    pub private_users: Option<String>,
+    /// Adjust ('chown') or map ('map') OS tree ownership to private UID/GID range
+    #[arg(long, value_name = "MODE")]
+    pub private_users_ownership: Option<String>,
+    /// Obsolete alias of --private-users-ownership=chown
+    #[arg(long, hide = true, value_name = "BOOLEAN", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
+    pub private_users_chown: Option<String>,
+    /// Equivalent to --private-users=pick and --private-users-ownership=auto
+    #[arg(short = 'U')]
+    pub userns_pick: bool,
+
+    // Networking
+    /// Disable network in container
+    #[arg(long)]
+    pub private_network: bool,
+    /// Assign an existing network interface to the container
+    #[arg(long, value_name = "INTERFACE")]
+    pub network_interface: Vec<String>,
+    /// Create a macvlan network interface based on an existing network interface
+    #[arg(long, value_name = "INTERFACE")]
+    pub network_macvlan: Vec<String>,
+    /// Create an ipvlan network interface based on an existing network interface
+    #[arg(long, value_name = "INTERFACE")]
+    pub network_ipvlan: Vec<String>,
+    /// Add a virtual Ethernet connection between host and container
+    #[arg(short = 'n', long)]
+    pub network_veth: bool,
+    /// Add an additional virtual Ethernet link between host and container
+    #[arg(long, value_name = "HOSTIF[:CONTAINERIF]")]
+    pub network_veth_extra: Vec<String>,
+    /// Add a virtual Ethernet connection attached to an existing bridge on the host
+    #[arg(long, value_name = "INTERFACE")]
+    pub network_bridge: Option<String>,
+    /// Similar, but attach the new interface to an automatically managed bridge
+    #[arg(long, value_name = "NAME")]
+    pub network_zone: Option<String>,
+    /// Set network namespace to the one represented by the specified kernel namespace file
+    #[arg(long, value_name = "PATH")]
+    pub network_namespace_path: Option<String>,
+    /// Expose a container IP port on the host
+    #[arg(short = 'p', long, value_name = "[PROTOCOL:]HOSTPORT[:CONTAINERPORT]")]
+    pub port: Vec<String>,
+
+    // Security
+    /// In addition to the default, retain specified capability
+    #[arg(long, value_name = "CAP")]
+    pub capability: Vec<String>,
+    /// Drop the specified capability from the default set
+    #[arg(long, value_name = "CAP")]
+    pub drop_capability: Vec<String>,
+    /// Sets the specified capability for the started process
+    #[arg(long, value_name = "CAP")]
+    pub ambient_capability: Vec<String>,
+    /// Set PR_SET_NO_NEW_PRIVS flag for container payload
+    #[arg(long, value_name = "BOOLEAN")]
+    pub no_new_privileges: Option<String>,
+    /// Permit/prohibit specific system calls
+    #[arg(long, value_name = "LIST|~LIST")]
+    pub system_call_filter: Vec<String>,
+    /// Set the SELinux security context to be used by processes in the container
+    #[arg(short = 'Z', long, value_name = "SECLABEL")]
+    pub selinux_context: Option<String>,
+    /// Set the SELinux security context to be used by API/tmpfs file systems
+    #[arg(short = 'L', long, value_name = "SECLABEL")]
+    pub selinux_apifs_context: Option<String>,
+
+    // Resources
+    /// Set a resource limit for the payload
+    #[arg(long, value_name = "NAME=LIMIT")]
+    pub rlimit: Vec<String>,
+    /// Adjust the OOM score value for the payload
+    #[arg(long, value_name = "VALUE")]
+    pub oom_score_adjust: Option<String>,
+    /// Adjust the CPU affinity of the container
+    #[arg(long, value_name = "CPUS")]
+    pub cpu_affinity: Option<String>,
+    /// Pick personality for this container
+    #[arg(long, value_name = "ARCH")]
+    pub personality: Option<String>,
+
+    // Integration
+    /// Select mode of /etc/resolv.conf initialization
+    #[arg(long, value_name = "MODE")]
+    pub resolv_conf: Option<String>,
+    /// Select mode of /etc/localtime initialization
+    #[arg(long, value_name = "MODE")]
+    pub timezone: Option<String>,
+    /// Link up guest journal, one of no, auto, guest, host, try-guest, try-host
+    #[arg(long, value_name = "MODE")]
+    pub link_journal: Option<String>,
+    /// Equivalent to --link-journal=try-guest
+    #[arg(short = 'j')]
+    pub link_journal_try_guest: bool,
+
+    // Mounts
+    /// Bind mount a file or directory from the host into the container
+    #[arg(long, value_name = "PATH[:PATH[:OPTIONS]]")]
+    pub bind: Vec<String>,
+    /// Similar, but creates a read-only bind mount
+    #[arg(long, value_name = "PATH[:PATH[:OPTIONS]]")]
+    pub bind_ro: Vec<String>,
+    /// Over-mount file node with inaccessible node to mask it
+    #[arg(long, value_name = "PATH")]
+    pub inaccessible: Vec<String>,
+    /// Mount an empty tmpfs to the specified directory
+    #[arg(long, value_name = "PATH:[OPTIONS]")]
+    pub tmpfs: Vec<String>,
+    /// Create an overlay mount from the host to the container
+    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
+    pub overlay: Vec<String>,
+    /// Similar, but creates a read-only overlay mount
+    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
+    pub overlay_ro: Vec<String>,
+    /// Bind user from host to container
+    #[arg(long, value_name = "NAME")]
+    pub bind_user: Vec<String>,
+
+    // Input/Output
+    /// Select how stdin/stdout/stderr and /dev/console are set up for the container
+    #[arg(long, value_name = "MODE")]
+    pub console: Option<String>,
+    /// Equivalent to --console=pipe
+    #[arg(short = 'P', long)]
+    pub pipe: bool,
+
+    // Credentials
+    /// Pass a credential with literal value to container
+    #[arg(long, value_name = "ID:VALUE")]
+    pub set_credential: Vec<String>,
+    /// Load credential to pass to container from file or AF_UNIX stream socket
+    #[arg(long, value_name = "ID:PATH")]
+    pub load_credential: Vec<String>,
+
+    /// Obsolete nspawn option (refused)
+    #[arg(long, hide = true)]
+    pub share_system: bool,
+
+    // ns-run's own
+    /// Print the JSON state that would be passed to the stages, and exit
+    #[arg(long)]
+    pub print_state: bool,
+    /// Print the equivalent shell chain of ns-* stages, and exit
+    #[arg(long)]
+    pub print_chain: bool,
+
+    /// The command to run (default: the user's login shell)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}

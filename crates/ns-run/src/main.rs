@@ -1,0 +1,33 @@
+//! ns-run: systemd-nspawn's command line, composed from the ns-* stages.
+//!
+//! Parses nspawn's options into one state (plan.rs), then either prints it (`--print-state`),
+//! prints the equivalent chain of stages (`--print-chain`), or becomes the monitor and runs
+//! the chain ns-enter → ns-mount → ns-caps [→ ns-init] → payload (monitor.rs).
+#![forbid(unsafe_code)]
+
+mod cli;
+mod monitor;
+mod plan;
+
+use ns_core::exec::args_utf8;
+use ns_core::stage::{parse_matches, run};
+
+const STAGE: &str = "ns-run";
+
+fn main() {
+    run(STAGE, || {
+        let argv = args_utf8()?;
+        let (cli, matches): (cli::Cli, _) = parse_matches(STAGE, &argv);
+        let state = plan::build(&cli, &matches)?;
+        if cli.print_state {
+            println!("{}", state.to_json_pretty());
+            std::process::exit(0);
+        }
+        if cli.print_chain {
+            println!("{}", plan::chain(&state));
+            std::process::exit(0);
+        }
+        let code = monitor::run(&state)?;
+        std::process::exit(code)
+    })
+}

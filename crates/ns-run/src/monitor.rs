@@ -1,0 +1,190 @@
+//! The monitor: the one process that stays on the host for the container's lifetime. It
+//! starts the chain, answers the sync protocol, relays termination requests, reaps, and
+//! returns the payload's exit status.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use ns_core::exec::{exec_stage, state_argv, StageFds};
+use ns_core::stage::{debug, exit_code_of, fail};
+use ns_core::state::State;
+use ns_core::sync::{Msg, SyncSocket};
+use ns_core::sys::{fork, kill_raw, Forked};
+use ns_core::{Context, Error, Result};
+
+const STAGE: &str = "ns-run";
+
+/// Run the container described by `state`; returns the exit code for ns-run.
+pub fn run(state: &State) -> Result<i32> {
+    let mut stages = vec!["ns-enter", "ns-mount", "ns-caps"];
+    if state.exec.as_pid2 {
+        stages.push("ns-init");
+    }
+    let mut fds = StageFds::default();
+    fds.open_missing(&stages)?;
+    let state_fd = state.to_sealed_memfd()?;
+    let (sync, chain_end) = SyncSocket::pair()?;
+
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    let old = mask
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .ctx(|| "cannot block signals".into())?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .ctx(|| "cannot create signalfd".into())?;
+
+    let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
+    match fork().ctx(|| "cannot fork".into())? {
+        Forked::Child => {
+            let r = old
+                .thread_set_mask()
+                .ctx(|| "cannot restore the signal mask".into());
+            let e = match r.and_then(|_| chain_end.set_inheritable()) {
+                Ok(()) => exec_stage("ns-enter", &argv, &fds),
+                Err(e) => e,
+            };
+            fail(STAGE, &e)
+        }
+        Forked::Parent(enter) => {
+            drop(chain_end);
+            drop(state_fd);
+            fds.close_all();
+            Monitor {
+                enter,
+                pid1: None,
+                kill_signal: state.monitor.kill_signal,
+                requests: 0,
+                failed: None,
+                enter_status: None,
+            }
+            .supervise(&sync, &signals)
+        }
+    }
+}
+
+struct Monitor {
+    enter: Pid,
+    pid1: Option<Pid>,
+    kill_signal: Option<i32>,
+    /// Termination requests received (SIGTERM/SIGINT/SIGHUP).
+    requests: u32,
+    /// Exit code a stage reported with `Failed` (SYNC-3).
+    failed: Option<i32>,
+    enter_status: Option<i32>,
+}
+
+impl Monitor {
+    fn supervise(mut self, sync: &SyncSocket, signals: &SignalFd) -> Result<i32> {
+        let mut sync_open = true;
+        loop {
+            let mut pfds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            if sync_open {
+                pfds.push(PollFd::new(sync.fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut pfds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => r.ctx(|| "poll".into())?,
+            };
+            let sync_ready = sync_open && pfds[1].revents().is_some_and(|r| !r.is_empty());
+            if sync_ready {
+                sync_open = self.on_message(sync)?;
+            }
+            while let Some(si) = signals
+                .read_signal()
+                .ctx(|| "cannot read signalfd".into())?
+            {
+                let sig = si.ssi_signo as i32;
+                if sig == libc::SIGCHLD {
+                    if let Some(code) = self.reap()? {
+                        return Ok(code);
+                    }
+                } else {
+                    self.on_termination_request(sig);
+                }
+            }
+            // ns-enter failed before it could start PID 1.
+            if let (Some(code), None, false) = (self.enter_status, self.pid1, sync_open) {
+                return Ok(if code != 0 {
+                    code
+                } else {
+                    self.failed.unwrap_or(ns_core::error::EXIT_SETUP)
+                });
+            }
+        }
+    }
+
+    /// Returns whether the sync socket is still open.
+    fn on_message(&mut self, sync: &SyncSocket) -> Result<bool> {
+        match sync.recv()? {
+            Some(Msg::Pid(p)) => {
+                // SYNC-1 received. Host-side setup for PID 1 goes here; then SYNC-2.
+                let pid = Pid::from_raw(p);
+                self.pid1 = Some(pid);
+                debug(STAGE, || format!("container PID 1 is {p}"));
+                if self.requests > 0 {
+                    let _ = kill(pid, Signal::SIGKILL);
+                } else {
+                    sync.send(&Msg::Go)?;
+                }
+                Ok(true)
+            }
+            Some(Msg::Failed { stage, code, .. }) => {
+                debug(STAGE, || format!("{stage} failed with {code}"));
+                self.failed = Some(code);
+                Ok(true)
+            }
+            Some(Msg::Go) => Err(Error::setup("unexpected Go from the chain".into())),
+            // EOF: the payload's exec succeeded, or the chain is gone.
+            None => Ok(false),
+        }
+    }
+
+    /// Reap every exited child; returns the exit code once PID 1 is gone.
+    fn reap(&mut self) -> Result<Option<i32>> {
+        loop {
+            let st = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
+                r => r.ctx(|| "cannot wait for the container".into())?,
+            };
+            let Some(code) = exit_code_of(st) else {
+                continue;
+            };
+            if st.pid() == Some(self.enter) {
+                self.enter_status = Some(code);
+            } else if st.pid().is_some() && st.pid() == self.pid1 {
+                return Ok(Some(code));
+            }
+        }
+    }
+
+    /// nspawn's rules: without --kill-signal, the container is killed at once; with it, the
+    /// first request sends that signal to PID 1 and a second one kills.
+    fn on_termination_request(&mut self, sig: i32) {
+        self.requests += 1;
+        debug(STAGE, || {
+            format!("signal {sig}: termination request {}", self.requests)
+        });
+        match (self.pid1, self.kill_signal) {
+            (None, _) => {
+                let _ = kill(self.enter, Signal::SIGKILL);
+            }
+            (Some(p), Some(ks)) if self.requests == 1 => {
+                let _ = kill_raw(p, ks);
+            }
+            (Some(p), _) => {
+                let _ = kill(p, Signal::SIGKILL);
+            }
+        }
+    }
+}

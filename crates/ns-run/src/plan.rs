@@ -1,0 +1,550 @@
+//! Policy: turn nspawn's options into the state the stages execute. Every decision is made
+//! here, before anything is created, so bad input fails with nothing to clean up.
+
+use ns_caps::caps_spec;
+use ns_caps::identity;
+use ns_core::state::{EnterPlan, ExecPlan, MonitorPlan, MountPlan, State, STATE_VERSION};
+use ns_core::{Error, Result};
+
+use crate::cli::Cli;
+
+/// Options recognised from nspawn 252 that later work will implement. Each one used fails
+/// with "not supported yet" instead of being silently ignored.
+fn unsupported(c: &Cli) -> Option<&'static str> {
+    let checks: [(&'static str, bool); 43] = [
+        ("--template", c.template.is_some()),
+        ("--ephemeral", c.ephemeral),
+        ("--image", c.image.is_some()),
+        ("--oci-bundle", c.oci_bundle.is_some()),
+        (
+            "--volatile",
+            c.volatile.as_deref().is_some_and(|v| !is_false(v)),
+        ),
+        ("--root-hash", c.root_hash.is_some()),
+        ("--root-hash-sig", c.root_hash_sig.is_some()),
+        ("--verity-data", c.verity_data.is_some()),
+        ("--pivot-root", c.pivot_root.is_some()),
+        ("--boot", c.boot),
+        (
+            "--notify-ready",
+            c.notify_ready.as_deref().is_some_and(|v| !is_false(v)),
+        ),
+        (
+            "--suppress-sync",
+            c.suppress_sync.as_deref().is_some_and(|v| !is_false(v)),
+        ),
+        ("--slice", c.slice.is_some()),
+        ("--property", !c.property.is_empty()),
+        (
+            "--private-users",
+            c.private_users.as_deref().is_some_and(|v| !is_false(v)),
+        ),
+        (
+            "--private-users-ownership",
+            c.private_users_ownership
+                .as_deref()
+                .is_some_and(|v| v != "off"),
+        ),
+        ("--private-users-chown", c.private_users_chown.is_some()),
+        ("-U", c.userns_pick),
+        ("--network-interface", !c.network_interface.is_empty()),
+        ("--network-macvlan", !c.network_macvlan.is_empty()),
+        ("--network-ipvlan", !c.network_ipvlan.is_empty()),
+        ("--network-veth", c.network_veth),
+        ("--network-veth-extra", !c.network_veth_extra.is_empty()),
+        ("--network-bridge", c.network_bridge.is_some()),
+        ("--network-zone", c.network_zone.is_some()),
+        (
+            "--network-namespace-path",
+            c.network_namespace_path.is_some(),
+        ),
+        ("--port", !c.port.is_empty()),
+        ("--system-call-filter", !c.system_call_filter.is_empty()),
+        ("--selinux-context", c.selinux_context.is_some()),
+        ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
+        ("--rlimit", !c.rlimit.is_empty()),
+        ("--oom-score-adjust", c.oom_score_adjust.is_some()),
+        ("--cpu-affinity", c.cpu_affinity.is_some()),
+        ("--personality", c.personality.is_some()),
+        (
+            "--resolv-conf",
+            c.resolv_conf.as_deref().is_some_and(|v| v != "off"),
+        ),
+        (
+            "--timezone",
+            c.timezone.as_deref().is_some_and(|v| v != "off"),
+        ),
+        (
+            "--link-journal",
+            c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
+        ),
+        ("--inaccessible", !c.inaccessible.is_empty()),
+        ("--overlay", !c.overlay.is_empty()),
+        ("--overlay-ro", !c.overlay_ro.is_empty()),
+        ("--bind-user", !c.bind_user.is_empty()),
+        ("--set-credential", !c.set_credential.is_empty()),
+        ("--load-credential", !c.load_credential.is_empty()),
+    ];
+    checks.iter().find(|(_, used)| *used).map(|(name, _)| *name)
+}
+
+fn is_false(v: &str) -> bool {
+    ns_caps::parse_boolean(v) == Some(false)
+}
+
+fn boolean(option: &str, v: &str) -> Result<bool> {
+    ns_caps::parse_boolean(v).ok_or_else(|| Error::invalid(option, v, "not a boolean"))
+}
+
+/// How stdio reaches the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// stdin/stdout/stderr passed as they are.
+    Pipe,
+}
+
+/// `--console=`/`-P`, and the autopipe default. Until the pty console exists, autopipe on a
+/// terminal passes the terminal through as it is (as bwrap does).
+pub fn console(c: &Cli) -> Result<Console> {
+    let mode = if c.pipe {
+        "pipe"
+    } else {
+        c.console.as_deref().unwrap_or("autopipe")
+    };
+    match mode {
+        "pipe" | "autopipe" => Ok(Console::Pipe),
+        "interactive" | "read-only" | "passive" => Err(Error::invalid(
+            "--console",
+            mode,
+            "not supported yet (only pipe and autopipe)",
+        )),
+        _ => Err(Error::invalid(
+            "--console",
+            mode,
+            "unknown console mode (autopipe, interactive, passive, pipe, read-only)",
+        )),
+    }
+}
+
+/// systemd's hostname_is_valid(s, 0): letters, digits and `-`, dot-separated labels, no
+/// leading or trailing dot or hyphen, at most 64 characters.
+pub fn hostname_is_valid(s: &str) -> bool {
+    if s.is_empty() || s.len() > 64 {
+        return false;
+    }
+    let (mut dot, mut hyphen) = (true, true);
+    for c in s.chars() {
+        match c {
+            '.' if dot || hyphen => return false,
+            '.' => (dot, hyphen) = (true, false),
+            '-' if dot => return false,
+            '-' => (dot, hyphen) = (false, true),
+            c if c.is_ascii_alphanumeric() => (dot, hyphen) = (false, false),
+            _ => return false,
+        }
+    }
+    !dot && !hyphen
+}
+
+/// systemd's hostname_cleanup: drop what is not allowed, then one trailing `.` or `-`.
+pub fn hostname_cleanup(s: &str) -> String {
+    let mut out = String::new();
+    let (mut dot, mut hyphen) = (true, true);
+    for c in s.chars() {
+        if out.len() >= 64 {
+            break;
+        }
+        match c {
+            '.' if dot || hyphen => continue,
+            '.' => (dot, hyphen) = (true, false),
+            '-' if dot => continue,
+            '-' => (dot, hyphen) = (false, true),
+            c if c.is_ascii_alphanumeric() => (dot, hyphen) = (false, false),
+            _ => continue,
+        }
+        out.push(c);
+    }
+    if out.ends_with(['.', '-']) {
+        out.pop();
+    }
+    out
+}
+
+/// systemd's signal_from_string: `SIGTERM`, `TERM`, a number, `RTMIN+N`, `RTMAX-N`.
+pub fn parse_signal(v: &str) -> Result<i32> {
+    let bad = || Error::invalid("--kill-signal", v, "cannot parse signal");
+    if let Ok(n) = v.parse::<i32>() {
+        return if (1..65).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let s = v.strip_prefix("SIG").unwrap_or(v);
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let rt = |base: i32, rest: &str, sign: i32| -> Result<i32> {
+        if rest.is_empty() {
+            return Ok(base);
+        }
+        let n: i32 = rest.parse().map_err(|_| bad())?;
+        let r = base + sign * n;
+        if (0..=rtmax - rtmin).contains(&n) && (rtmin..=rtmax).contains(&r) {
+            Ok(r)
+        } else {
+            Err(bad())
+        }
+    };
+    if let Some(rest) = s.strip_prefix("RTMIN") {
+        return rt(
+            rtmin,
+            rest.strip_prefix('+')
+                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
+            1,
+        );
+    }
+    if let Some(rest) = s.strip_prefix("RTMAX") {
+        return rt(
+            rtmax,
+            rest.strip_prefix('-')
+                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
+            -1,
+        );
+    }
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    NAMES
+        .iter()
+        .position(|n| *n == s)
+        .map(|i| i as i32 + 1)
+        .ok_or_else(bad)
+}
+
+/// Build the state from the command line, checking everything that can be checked here.
+pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
+    if c.share_system {
+        return Err(Error::setup("--share-system is no longer supported".into()));
+    }
+    if c.boot && c.as_pid2 {
+        return Err(Error::setup(
+            "--boot and --as-pid2 may not be combined".into(),
+        ));
+    }
+    if let Some(opt) = unsupported(c) {
+        return Err(Error::setup(format!("{opt}: not supported yet")));
+    }
+    if let Some(s) = &c.settings {
+        if !is_false(s)
+            && !matches!(s.as_str(), "trusted" | "override")
+            && ns_caps::parse_boolean(s).is_none()
+        {
+            return Err(Error::invalid(
+                "--settings",
+                s,
+                "not a boolean, 'trusted' or 'override'",
+            ));
+        }
+        // .nspawn files are not read yet; any --settings value behaves as --settings=no.
+    }
+    if let Some(r) = &c.register {
+        boolean("--register", r)?;
+    }
+    console(c)?;
+
+    let dir = match (&c.directory, &c.machine) {
+        (Some(d), _) => d.clone(),
+        (None, Some(_)) => {
+            return Err(Error::setup(
+                "-M without -D: image lookup in /var/lib/machines is not supported yet".into(),
+            ))
+        }
+        (None, None) => std::env::current_dir()
+            .map_err(|e| Error::setup(format!("cannot determine the current directory: {e}")))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let root = ns_mount::check_root(&dir)?;
+
+    let machine = match &c.machine {
+        Some(m) if !hostname_is_valid(m) => {
+            return Err(Error::invalid("--machine", m, "invalid machine name"))
+        }
+        Some(m) => m.clone(),
+        None => {
+            let base = root
+                .file_name()
+                .map(|b| b.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let m = hostname_cleanup(&base);
+            if !hostname_is_valid(&m) {
+                return Err(Error::invalid(
+                    "--directory",
+                    &dir,
+                    "cannot derive a machine name from the directory name, use -M",
+                ));
+            }
+            m
+        }
+    };
+    let hostname = match &c.hostname {
+        Some(h) if !hostname_is_valid(h) => {
+            return Err(Error::invalid("--hostname", h, "invalid hostname"))
+        }
+        Some(h) => h.clone(),
+        None => machine.clone(),
+    };
+
+    let retained = caps_spec::retained(&c.capability, &c.drop_capability, c.private_network)?;
+    let ambient = caps_spec::parse_list("--ambient-capability", &c.ambient_capability)?;
+    caps_spec::check_ambient(ambient, retained, c.boot)?;
+    let no_new_privileges = match &c.no_new_privileges {
+        Some(v) => boolean("--no-new-privileges", v)?,
+        None => false,
+    };
+    if let Some(d) = &c.chdir {
+        ns_caps::check_chdir(d)?;
+    }
+    if let Some(u) = &c.user {
+        if u.is_empty() {
+            return Err(Error::invalid("--user", u, "empty user name"));
+        }
+    }
+    let setenv = c
+        .setenv
+        .iter()
+        .map(|e| identity::parse_setenv(e))
+        .collect::<Result<Vec<_>>>()?;
+    let uuid = match &c.uuid {
+        Some(u) => identity::parse_uuid(u)?,
+        None => identity::machine_uuid(&root),
+    };
+    let kill_signal = c.kill_signal.as_deref().map(parse_signal).transpose()?;
+    let (host_id, host_version_id) = identity::host_os_release();
+
+    Ok(State {
+        version: STATE_VERSION,
+        machine,
+        enter: EnterPlan {
+            namespaces: ns_enter::default_namespaces(c.private_network),
+            hostname: Some(hostname),
+        },
+        mount: MountPlan {
+            root,
+            read_only: c.read_only,
+            private_network: c.private_network,
+            ops: ns_mount::ops_from_matches(matches)?,
+        },
+        exec: ExecPlan {
+            argv: c.command.clone(),
+            user: c.user.clone(),
+            chdir: c.chdir.clone(),
+            setenv,
+            uuid,
+            container: identity::container_manager(),
+            host_id,
+            host_version_id,
+            capabilities: caps_spec::names(retained),
+            ambient: caps_spec::names(ambient),
+            no_new_privileges,
+            as_pid2: c.as_pid2,
+        },
+        monitor: MonitorPlan {
+            kill_signal,
+            quiet: c.quiet || c.pipe,
+        },
+    })
+}
+
+/// Quote for a POSIX shell only where needed.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The shell chain of stages equivalent to `state` (`--print-chain`). Alone, ns-enter also
+/// plays the monitor; container_host_* come as -E because ns-caps alone runs after
+/// pivot_root, where the host's os-release is out of reach.
+pub fn chain(state: &State) -> String {
+    let mut argv: Vec<String> = vec!["ns-enter".into()];
+    argv.extend(ns_enter::plan_to_flags(&state.enter));
+    argv.extend(["--".into(), "ns-mount".into()]);
+    argv.extend(ns_mount::plan_to_flags(&state.mount));
+    argv.extend(["--".into(), "ns-caps".into()]);
+    let mut exec = state.exec.clone();
+    let mut host = Vec::new();
+    if let Some(v) = exec.host_version_id.take() {
+        host.push(format!("container_host_version_id={v}"));
+    }
+    if let Some(v) = exec.host_id.take() {
+        host.push(format!("container_host_id={v}"));
+    }
+    exec.setenv.splice(0..0, host);
+    argv.extend(ns_caps::plan_to_flags(&exec));
+    if !state.exec.argv.is_empty() {
+        argv.push("--".into());
+        argv.extend(state.exec.argv.iter().cloned());
+    }
+    let quoted: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+    quoted.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn hostnames_like_systemd() {
+        assert_eq!(hostname_cleanup("My_Root.v2"), "MyRoot.v2");
+        assert_eq!(hostname_cleanup("..a..b-"), "a.b");
+        assert_eq!(hostname_cleanup("a--"), "a-");
+        assert!(hostname_is_valid("a-b.c"));
+        assert!(hostname_is_valid("a--b"));
+        for bad in [
+            "bad_name!",
+            "",
+            ".a",
+            "a.",
+            "-a",
+            "a-",
+            "a..b",
+            "a-.b",
+            &"x".repeat(65),
+        ] {
+            assert!(!hostname_is_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signals_like_systemd() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("TERM").unwrap(), 15);
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("SIGRTMIN+3").unwrap(), libc::SIGRTMIN() + 3);
+        assert_eq!(parse_signal("RTMAX-1").unwrap(), libc::SIGRTMAX() - 1);
+        assert_eq!(parse_signal("RTMIN").unwrap(), libc::SIGRTMIN());
+        for bad in ["SIGFOO", "sigterm", "0", "65", "RTMIN3", "RTMIN+99"] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn cli(a: &[&str]) -> (Cli, clap::ArgMatches) {
+        use clap::{CommandFactory, FromArgMatches};
+        let argv: Vec<String> = std::iter::once("ns-run")
+            .chain(a.iter().copied())
+            .map(String::from)
+            .collect();
+        let m = Cli::command().try_get_matches_from(&argv).unwrap();
+        (Cli::from_arg_matches(&m).unwrap(), m)
+    }
+
+    fn usr_tree(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ns-run-plan-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(d.join("usr")).unwrap();
+        d
+    }
+
+    #[test]
+    fn state_from_a_typical_command_line() {
+        let d = usr_tree("My_Root.v2");
+        let ds = d.to_str().unwrap();
+        let (c, argv) = cli(&[
+            "-D",
+            ds,
+            "--private-network",
+            "-E",
+            "A=1",
+            "--bind-ro=/etc:/x",
+            "ls",
+            "-la",
+            "--bind=/y",
+        ]);
+        let s = build(&c, &argv).unwrap();
+        assert_eq!(
+            s.machine,
+            format!("ns-run-plan-{}-MyRoot.v2", std::process::id())
+        );
+        assert_eq!(s.enter.hostname.as_deref(), Some(s.machine.as_str()));
+        assert!(s.enter.namespaces.contains(&ns_core::state::Namespace::Net));
+        assert!(s.exec.capabilities.contains(&"net_admin".to_string()));
+        assert_eq!(s.exec.argv, vec!["ls", "-la", "--bind=/y"]);
+        assert_eq!(s.exec.setenv, vec!["A=1"]);
+        assert_eq!(s.mount.ops.len(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_option_named() {
+        let d = usr_tree("bad");
+        let ds = d.to_str().unwrap();
+        let cases: [(&[&str], &str); 9] = [
+            (
+                &["-M", "bad_name!"],
+                "--machine=bad_name!: invalid machine name",
+            ),
+            (
+                &["--kill-signal=SIGFOO"],
+                "--kill-signal=SIGFOO: cannot parse signal",
+            ),
+            (
+                &["--capability=CAP_FOO"],
+                "--capability=CAP_FOO: unknown capability CAP_FOO",
+            ),
+            (&["--chdir=etc"], "--chdir=etc: not an absolute path"),
+            (
+                &["-E", "1BAD=x"],
+                "--setenv=1BAD=x: invalid environment variable name",
+            ),
+            (
+                &["--no-new-privileges=maybe"],
+                "--no-new-privileges=maybe: not a boolean",
+            ),
+            (&["--network-veth"], "--network-veth: not supported yet"),
+            (&["-b", "-a"], "--boot and --as-pid2 may not be combined"),
+            (
+                &["--console=bogus"],
+                "--console=bogus: unknown console mode",
+            ),
+        ];
+        for (args, want) in cases {
+            let mut a = vec!["-D", ds];
+            a.extend_from_slice(args);
+            let (c, argv) = cli(&a);
+            let e = build(&c, &argv).unwrap_err();
+            assert!(e.msg.starts_with(want), "{args:?}: {}", e.msg);
+            assert_eq!(e.code, 125);
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn chain_quotes_and_carries_the_command() {
+        let d = usr_tree("chain");
+        let (c, argv) = cli(&[
+            "-D",
+            d.to_str().unwrap(),
+            "-u",
+            "daemon",
+            "sh",
+            "-c",
+            "echo 'hi there'",
+        ]);
+        let s = build(&c, &argv).unwrap();
+        let ch = chain(&s);
+        assert!(
+            ch.starts_with("ns-enter --mount --uts --ipc --cgroup --pid --hostname="),
+            "{ch}"
+        );
+        assert!(ch.contains(" -- ns-caps --user=daemon "), "{ch}");
+        assert!(ch.ends_with(" -- sh -c 'echo '\\''hi there'\\'''"), "{ch}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
