@@ -282,6 +282,11 @@ mod tests {
         assert!(parse_tmpfs("rel").is_err());
     }
 
+    fn ops_of(argv: &[String]) -> Vec<MountOp> {
+        use clap::CommandFactory;
+        ops_from_matches(&Args::command().try_get_matches_from(argv).unwrap()).unwrap()
+    }
+
     #[test]
     fn ops_keep_command_line_order_and_round_trip() {
         let argv: Vec<String> = [
@@ -296,9 +301,16 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let ops = ops_in_order(&argv).unwrap();
+        let ops = ops_of(&argv);
         assert_eq!(ops.len(), 3);
         assert!(matches!(ops[0], MountOp::Tmpfs { .. }));
+        assert!(matches!(
+            ops[1],
+            MountOp::Bind {
+                read_only: true,
+                ..
+            }
+        ));
         let plan = MountPlan {
             root: "/r".into(),
             ops,
@@ -306,7 +318,7 @@ mod tests {
         };
         let mut again = vec!["ns-mount".to_string()];
         again.extend(plan_to_flags(&plan).into_iter().skip(1));
-        assert_eq!(ops_in_order(&again).unwrap(), plan.ops);
+        assert_eq!(ops_of(&again), plan.ops);
     }
 
     #[test]
