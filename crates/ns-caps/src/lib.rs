@@ -77,38 +77,81 @@ pub fn parse_boolean(v: &str) -> Option<bool> {
     }
 }
 
+/// The options that decide the exec plan, shared by ns-caps's flags and ns-run's nspawn
+/// command line so that the two cannot drift apart.
+#[derive(Debug)]
+pub struct ExecOptions<'a> {
+    pub argv: &'a [String],
+    pub user: Option<&'a str>,
+    pub chdir: Option<&'a str>,
+    pub setenv: &'a [String],
+    pub uuid: Option<&'a str>,
+    /// Where to look for etc/machine-id when no uuid is given.
+    pub root: &'a std::path::Path,
+    pub capability: &'a [String],
+    pub drop_capability: &'a [String],
+    pub ambient_capability: &'a [String],
+    pub private_network: bool,
+    pub boot: bool,
+    pub no_new_privileges: bool,
+    pub as_pid2: bool,
+}
+
+/// Check the options and compute the plan (nspawn's capability arithmetic, environment
+/// rules and uuid choice).
+pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
+    let retained = caps_spec::retained(o.capability, o.drop_capability, o.private_network)?;
+    let ambient = caps_spec::parse_list("--ambient-capability", o.ambient_capability)?;
+    caps_spec::check_ambient(ambient, retained, o.boot)?;
+    if let Some(d) = o.chdir {
+        check_chdir(d)?;
+    }
+    if o.user == Some("") {
+        return Err(Error::invalid("--user", "", "empty user name"));
+    }
+    let setenv = o
+        .setenv
+        .iter()
+        .map(|e| identity::parse_setenv(e))
+        .collect::<Result<Vec<_>>>()?;
+    let uuid = match o.uuid {
+        Some(u) => identity::parse_uuid(u)?,
+        None => identity::machine_uuid(o.root),
+    };
+    let (host_id, host_version_id) = identity::host_os_release();
+    Ok(ExecPlan {
+        argv: o.argv.to_vec(),
+        user: o.user.map(str::to_string),
+        chdir: o.chdir.map(str::to_string),
+        setenv,
+        uuid,
+        container: identity::container_manager(),
+        host_id,
+        host_version_id,
+        capabilities: caps_spec::names(retained),
+        ambient: caps_spec::names(ambient),
+        no_new_privileges: o.no_new_privileges,
+        as_pid2: o.as_pid2,
+    })
+}
+
 impl Args {
     /// The plan these flags describe; relative to nspawn's defaults, as ns-run computes it.
     pub fn to_plan(&self) -> Result<ExecPlan> {
-        let retained = caps_spec::retained(&self.capability, &self.drop_capability, false)?;
-        let ambient = caps_spec::parse_list("--ambient-capability", &self.ambient_capability)?;
-        caps_spec::check_ambient(ambient, retained, false)?;
-        if let Some(d) = &self.chdir {
-            check_chdir(d)?;
-        }
-        let setenv = self
-            .setenv
-            .iter()
-            .map(|e| identity::parse_setenv(e))
-            .collect::<Result<Vec<_>>>()?;
-        let uuid = match &self.uuid {
-            Some(u) => identity::parse_uuid(u)?,
-            None => identity::machine_uuid(std::path::Path::new("/")),
-        };
-        let (host_id, host_version_id) = identity::host_os_release();
-        Ok(ExecPlan {
-            argv: self.rest.clone(),
-            user: self.user.clone(),
-            chdir: self.chdir.clone(),
-            setenv,
-            uuid,
-            container: identity::container_manager(),
-            host_id,
-            host_version_id,
-            capabilities: caps_spec::names(retained),
-            ambient: caps_spec::names(ambient),
+        exec_plan(&ExecOptions {
+            argv: &self.rest,
+            user: self.user.as_deref(),
+            chdir: self.chdir.as_deref(),
+            setenv: &self.setenv,
+            uuid: self.uuid.as_deref(),
+            root: std::path::Path::new("/"),
+            capability: &self.capability,
+            drop_capability: &self.drop_capability,
+            ambient_capability: &self.ambient_capability,
             no_new_privileges: self.no_new_privileges.unwrap_or(false),
             as_pid2: self.as_pid2,
+            private_network: false,
+            boot: false,
         })
     }
 }

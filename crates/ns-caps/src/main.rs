@@ -8,7 +8,7 @@ use ns_caps::caps_spec::{mask_of_names, names, to_set, upper};
 use ns_caps::identity::{build_env, login_shells, lookup_user, User};
 use ns_caps::Args;
 use ns_core::exec::{args_utf8, exec_last_stage, exec_payload, exec_program, StageFds};
-use ns_core::stage::{debug, parse_args, report_to, run};
+use ns_core::stage::{adopt_sync, debug, parse_args, run};
 use ns_core::state::{ExecPlan, State};
 use ns_core::sync::SyncSocket;
 use ns_core::{Context, Error, Result};
@@ -18,10 +18,7 @@ const STAGE: &str = "ns-caps";
 fn main() {
     run(STAGE, || {
         let args: Args = parse_args(STAGE, &args_utf8()?);
-        let sync = args.sync_fd.map(SyncSocket::from_raw).transpose()?;
-        if let Some(s) = &sync {
-            report_to(s.raw());
-        }
+        let sync = adopt_sync(args.sync_fd)?;
         let plan = match args.state_fd {
             Some(fd) => {
                 let mut plan = State::from_state_fd(fd)?.exec;

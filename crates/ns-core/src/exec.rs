@@ -55,6 +55,21 @@ pub fn state_argv(stage: &str, state_fd: RawFd, sync_fd: Option<RawFd>) -> Vec<S
     v
 }
 
+/// The program a stage execs next: the rest of its argv, else (in state mode) the `next`
+/// stage reading the same state.
+pub fn next_program(
+    rest: &[String],
+    state_fd: Option<RawFd>,
+    sync_fd: Option<RawFd>,
+    next: &str,
+) -> Result<Vec<String>> {
+    match (rest.is_empty(), state_fd) {
+        (false, _) => Ok(rest.to_vec()),
+        (true, Some(fd)) => Ok(state_argv(next, fd, sync_fd)),
+        (true, None) => Err(Error::setup("no program to run: give one after --".into())),
+    }
+}
+
 /// Stage name → fd of its binary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StageFds(Vec<(&'static str, RawFd)>);

@@ -15,6 +15,15 @@ pub fn report_to(fd: i32) {
     REPORT_FD.store(fd, Ordering::Relaxed);
 }
 
+/// Adopt the `--sync-fd` a stage was given, and report failures on it from now on.
+pub fn adopt_sync(fd: Option<i32>) -> Result<Option<crate::sync::SyncSocket>> {
+    let sync = fd.map(crate::sync::SyncSocket::from_raw).transpose()?;
+    if let Some(s) = &sync {
+        report_to(s.raw());
+    }
+    Ok(sync)
+}
+
 /// Run a stage's job; it returns only with an error (on success it has exec'd).
 pub fn run(stage: &str, job: impl FnOnce() -> Result<Infallible>) -> ! {
     // Executed through an fd, our comm would be the fd number; name ourselves for ps.

@@ -6,8 +6,8 @@ use std::os::fd::AsFd;
 
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::waitpid;
-use ns_core::exec::{chain_stages, exec_next, state_argv, StageFds};
-use ns_core::stage::{debug, exit_code_of, parse_args, report_to, run};
+use ns_core::exec::{chain_stages, exec_next, next_program, StageFds};
+use ns_core::stage::{adopt_sync, debug, exit_code_of, parse_args, run};
 use ns_core::state::{Namespace, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{clone_parent, fork, loopback_up, Forked};
@@ -19,25 +19,12 @@ const STAGE: &str = "ns-enter";
 fn main() {
     run(STAGE, || {
         let args: Args = parse_args(STAGE, &ns_core::exec::args_utf8()?);
-        let sync = args.sync_fd.map(SyncSocket::from_raw).transpose()?;
-        if let Some(s) = &sync {
-            report_to(s.raw());
-        }
-        let (plan, rest) = match args.state_fd {
-            Some(fd) => {
-                let state = State::from_state_fd(fd)?;
-                let rest = if args.rest.is_empty() {
-                    state_argv("ns-mount", fd, args.sync_fd)
-                } else {
-                    args.rest.clone()
-                };
-                (state.enter, rest)
-            }
-            None => (args.to_plan(), args.rest.clone()),
+        let sync = adopt_sync(args.sync_fd)?;
+        let plan = match args.state_fd {
+            Some(fd) => State::from_state_fd(fd)?.enter,
+            None => args.to_plan(),
         };
-        if rest.is_empty() {
-            return Err(Error::setup("no program to run: give one after --".into()));
-        }
+        let rest = next_program(&args.rest, args.state_fd, args.sync_fd, "ns-mount")?;
         if plan.namespaces.contains(&Namespace::User) {
             return Err(Error::setup(
                 "--user: user namespaces are not supported yet".into(),

@@ -1,9 +1,7 @@
 //! Policy: turn nspawn's options into the state the stages execute. Every decision is made
 //! here, before anything is created, so bad input fails with nothing to clean up.
 
-use ns_caps::caps_spec;
-use ns_caps::identity;
-use ns_core::state::{EnterPlan, ExecPlan, MonitorPlan, MountPlan, State, STATE_VERSION};
+use ns_core::state::{EnterPlan, MonitorPlan, MountPlan, State, STATE_VERSION};
 use ns_core::{Error, Result};
 
 use crate::cli::Cli;
@@ -296,32 +294,26 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         None => machine.clone(),
     };
 
-    let retained = caps_spec::retained(&c.capability, &c.drop_capability, c.private_network)?;
-    let ambient = caps_spec::parse_list("--ambient-capability", &c.ambient_capability)?;
-    caps_spec::check_ambient(ambient, retained, c.boot)?;
     let no_new_privileges = match &c.no_new_privileges {
         Some(v) => boolean("--no-new-privileges", v)?,
         None => false,
     };
-    if let Some(d) = &c.chdir {
-        ns_caps::check_chdir(d)?;
-    }
-    if let Some(u) = &c.user {
-        if u.is_empty() {
-            return Err(Error::invalid("--user", u, "empty user name"));
-        }
-    }
-    let setenv = c
-        .setenv
-        .iter()
-        .map(|e| identity::parse_setenv(e))
-        .collect::<Result<Vec<_>>>()?;
-    let uuid = match &c.uuid {
-        Some(u) => identity::parse_uuid(u)?,
-        None => identity::machine_uuid(&root),
-    };
+    let exec = ns_caps::exec_plan(&ns_caps::ExecOptions {
+        argv: &c.command,
+        user: c.user.as_deref(),
+        chdir: c.chdir.as_deref(),
+        setenv: &c.setenv,
+        uuid: c.uuid.as_deref(),
+        root: &root,
+        capability: &c.capability,
+        drop_capability: &c.drop_capability,
+        ambient_capability: &c.ambient_capability,
+        private_network: c.private_network,
+        boot: c.boot,
+        no_new_privileges,
+        as_pid2: c.as_pid2,
+    })?;
     let kill_signal = c.kill_signal.as_deref().map(parse_signal).transpose()?;
-    let (host_id, host_version_id) = identity::host_os_release();
 
     Ok(State {
         version: STATE_VERSION,
@@ -336,20 +328,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             private_network: c.private_network,
             ops: ns_mount::ops_from_matches(matches)?,
         },
-        exec: ExecPlan {
-            argv: c.command.clone(),
-            user: c.user.clone(),
-            chdir: c.chdir.clone(),
-            setenv,
-            uuid,
-            container: identity::container_manager(),
-            host_id,
-            host_version_id,
-            capabilities: caps_spec::names(retained),
-            ambient: caps_spec::names(ambient),
-            no_new_privileges,
-            as_pid2: c.as_pid2,
-        },
+        exec,
         monitor: MonitorPlan {
             kill_signal,
             quiet: c.quiet || c.pipe,
@@ -399,7 +378,6 @@ pub fn chain(state: &State) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[test]
     fn hostnames_like_systemd() {
