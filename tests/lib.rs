@@ -1,1 +1,742 @@
+//! Helpers for the end-to-end tests: the built binaries, a busybox root file system, a
+//! runner with a timeout, and leak checks (host mount table, processes left in a rootfs).
+//!
+//! Tests need root and real namespaces. Containers run on a busybox tree built from the
+//! host's /usr/bin/busybox (busybox-static): [`fixture`] is one shared, read-only tree per
+//! test process; [`Tree`] is a private one for tests that need their own (special names,
+//! mount points created in the image, process leak checks that must not see the containers
+//! of tests running in parallel).
 
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long any single command may run before it is killed and the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// nspawn's default retained capability set (26 capabilities).
+pub const NSPAWN_DEFAULT_CAPS: u64 = 0xfdec_afff;
+/// CAP_NET_ADMIN, added by `--private-network`.
+pub const CAP_NET_ADMIN: u64 = 1 << 12;
+/// CAP_NET_RAW.
+pub const CAP_NET_RAW: u64 = 1 << 13;
+/// CAP_SYS_ADMIN.
+pub const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// nspawn's PATH for the payload.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+const PREFIX: &str = "ns-tests-";
+const FIXTURE_PREFIX: &str = "ns-tests-rootfs-";
+
+// ---------------------------------------------------------------------------------------
+// Binaries
+
+/// Directory of the built binaries: the test executable is target/<triple>/debug/deps/xxx,
+/// the binaries are in target/<triple>/debug.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot find the test executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable is not in target/<triple>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace (ns-run, ns-enter, ns-mount, ns-caps, ns-init).
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    if !p.is_file() {
+        panic!(
+            "{} does not exist: run cargo build --workspace first",
+            p.display()
+        );
+    }
+    p
+}
+
+/// `ns-run` as a Command, without debug or chain variables inherited from our environment.
+pub fn ns_run() -> Command {
+    stage("ns-run")
+}
+
+/// A stage binary as a Command (see [`ns_run`]).
+pub fn stage(name: &str) -> Command {
+    let mut c = Command::new(bin(name));
+    c.env_remove("NS_DEBUG").env_remove("NS_STAGE_FDS");
+    c
+}
+
+// ---------------------------------------------------------------------------------------
+// Root file systems
+
+/// Write a busybox root file system into `dir` (created if needed): the usual top-level
+/// directories, /bin/busybox and one symlink per applet, /etc/passwd and /etc/group.
+pub fn build_rootfs(dir: &Path) {
+    let bb = Path::new(BUSYBOX);
+    if !bb.is_file() {
+        panic!("{BUSYBOX} is missing: install busybox-static (apt-get install busybox-static)");
+    }
+    if has_interpreter(bb) {
+        panic!(
+            "{BUSYBOX} is dynamically linked and cannot run in a bare rootfs: install \
+             busybox-static (apt-get install busybox-static)"
+        );
+    }
+    for d in [
+        "bin", "usr/bin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "mnt",
+    ] {
+        fs::create_dir_all(dir.join(d)).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+    }
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(dir.join("root"), fs::Permissions::from_mode(0o700)).unwrap();
+    let dst = dir.join("bin/busybox");
+    fs::copy(bb, &dst).unwrap_or_else(|e| panic!("cannot copy {BUSYBOX}: {e}"));
+    fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
+    let list = Command::new(bb)
+        .arg("--list")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BUSYBOX} --list: {e}"));
+    assert!(list.status.success(), "{BUSYBOX} --list failed");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        match std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("cannot link applet {applet}: {e}"),
+        }
+    }
+    fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n\
+         daemon:x:1:1:daemon:/usr/sbin:/bin/sh\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\ndaemon:x:1:\nwheel:x:10:daemon\nnobody:x:65534:\n",
+    )
+    .unwrap();
+}
+
+/// Does this ELF file ask for a program interpreter (i.e. is it dynamically linked)?
+fn has_interpreter(path: &Path) -> bool {
+    let Ok(data) = fs::read(path) else {
+        return false;
+    };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return false; // not a 64-bit ELF: let the container run tell
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        o + 4 <= data.len() && u32::from_le_bytes(data[o..o + 4].try_into().unwrap()) == 3
+    })
+}
+
+static FIXTURE: OnceLock<PathBuf> = OnceLock::new();
+
+/// The shared busybox rootfs of this test process, built once under
+/// `$TMPDIR/ns-tests-rootfs-<pid>`. Tests must not change it (use a [`Tree`] for that).
+/// Trees of earlier test processes that are gone are removed first.
+pub fn fixture() -> &'static Path {
+    FIXTURE.get_or_init(|| {
+        remove_stale_trees();
+        let dir = std::env::temp_dir().join(format!("{FIXTURE_PREFIX}{}", std::process::id()));
+        if dir.exists() {
+            remove_tree(&dir);
+        }
+        build_rootfs(&dir);
+        dir
+    })
+}
+
+/// The pid a tree directory name of ours carries, if it is one.
+fn tree_owner(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix(FIXTURE_PREFIX)
+        .or_else(|| name.strip_prefix(PREFIX))?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let after = &rest[digits.len()..];
+    if digits.is_empty() || !(after.is_empty() || after.starts_with('-')) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Remove `ns-tests-*` trees left by test processes that no longer exist.
+fn remove_stale_trees() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = tree_owner(&name) {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                remove_tree(&e.path());
+            }
+        }
+    }
+}
+
+/// remove_dir_all, unless something is mounted at or below `dir` on the host: removing
+/// through a leaked bind mount could delete host files.
+pub fn remove_tree(dir: &Path) {
+    let mounted: Vec<String> = mount_points()
+        .into_iter()
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    if !mounted.is_empty() {
+        eprintln!(
+            "ns-tests: not removing {}: mounts below it on the host: {mounted:?}",
+            dir.display()
+        );
+        return;
+    }
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("ns-tests: cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+static TREE_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A private directory tree `$TMPDIR/ns-tests-<pid>-<n>/<name>`, removed on drop.
+pub struct Tree {
+    base: PathBuf,
+    root: PathBuf,
+}
+
+impl Tree {
+    /// An empty directory named `name` (create what the test needs in it).
+    pub fn empty(name: &str) -> Tree {
+        remove_stale_trees_once();
+        let n = TREE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("{PREFIX}{}-{n}", std::process::id()));
+        if base.exists() {
+            remove_tree(&base);
+        }
+        let root = base.join(name);
+        fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+        Tree { base, root }
+    }
+
+    /// A full busybox rootfs named `name`.
+    pub fn rootfs(name: &str) -> Tree {
+        let t = Tree::empty(name);
+        build_rootfs(&t.root);
+        t
+    }
+
+    /// A tree that passes the checks on the root directory but has no programs: only usr/.
+    pub fn bare(name: &str) -> Tree {
+        let t = Tree::empty(name);
+        fs::create_dir_all(t.root.join("usr")).unwrap();
+        t
+    }
+
+    /// The tree's root (pass it to -D).
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The root as a &str for argument lists.
+    pub fn arg(&self) -> &str {
+        self.root.to_str().expect("temp dir path is UTF-8")
+    }
+
+    /// Mark `cmd` as working on this tree: the stages inherit the variable, so
+    /// [`procs_in`] finds them by their environment even before they enter the tree.
+    pub fn tag<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("NS_TESTS_TREE", &self.root)
+    }
+
+    /// A scratch directory beside the root, for host-side files (bind sources, files
+    /// that must not be a tree). Removed with the tree.
+    pub fn host_dir(&self, name: &str) -> PathBuf {
+        let d = self.base.join(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        remove_tree(&self.base);
+    }
+}
+
+fn remove_stale_trees_once() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(remove_stale_trees);
+}
+
+/// A path as &str (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("path is UTF-8")
+}
+
+// ---------------------------------------------------------------------------------------
+// Running
+
+/// What a finished command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// The exit code, or 128+N when killed by signal N.
+    pub code: i32,
+    /// The signal that killed the process, if any.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The lines of stderr.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr.lines().collect()
+    }
+
+    /// Fail unless the command exited 0 with an empty stderr; returns stdout.
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.code == 0 && self.stderr.is_empty(),
+            "command failed: {self}"
+        );
+        &self.stdout
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {} (signal {:?})\n--- stdout ---\n{}--- stderr ---\n{}---",
+            self.code, self.signal, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `ns-run ARGS` with stdin from /dev/null; fails the test if it runs longer than
+/// [`TIMEOUT`].
+pub fn run(args: &[&str]) -> Output {
+    let mut c = ns_run();
+    c.args(args);
+    run_cmd(c, None)
+}
+
+/// `ns-run ARGS` with `input` on stdin.
+pub fn run_stdin(args: &[&str], input: &str) -> Output {
+    let mut c = ns_run();
+    c.args(args);
+    run_cmd(c, Some(input.as_bytes()))
+}
+
+/// Run any command (stdin from `input`, else /dev/null) with the timeout.
+pub fn run_cmd(cmd: Command, input: Option<&[u8]>) -> Output {
+    spawn(cmd, input).wait()
+}
+
+enum Chunk {
+    Out(Vec<u8>),
+    Err(Vec<u8>),
+    OutEof,
+    ErrEof,
+}
+
+/// A command running in the background, its output collected as it comes.
+pub struct Running {
+    child: Option<Child>,
+    rx: Receiver<Chunk>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    open: u8,
+    cmdline: String,
+}
+
+/// Start `cmd` with stdout and stderr piped (stdin from `input`, else /dev/null).
+pub fn spawn(mut cmd: Command, input: Option<&[u8]>) -> Running {
+    let cmdline = format!("{cmd:?}");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmdline}: {e}"));
+    if let (Some(data), Some(mut w)) = (input, child.stdin.take()) {
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    let (tx, rx) = channel();
+    let mut out = child.stdout.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx2.send(Chunk::Out(buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+        let _ = tx2.send(Chunk::OutEof);
+    });
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 || tx.send(Chunk::Err(buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(Chunk::ErrEof);
+    });
+    Running {
+        child: Some(child),
+        rx,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        open: 2,
+        cmdline,
+    }
+}
+
+fn code_of(st: ExitStatus) -> (i32, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => (c, None),
+        (None, Some(s)) => (128 + s, Some(s)),
+        (None, None) => (-1, None),
+    }
+}
+
+impl Running {
+    /// Host pid of the command.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("still running").id() as i32
+    }
+
+    /// Send signal `sig` to the command.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill takes plain integers; the pid is our unreaped child.
+        let r = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(r, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    fn pump(&mut self, wait: Duration) {
+        match self.rx.recv_timeout(wait) {
+            Ok(c) => self.take(c),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(c) = self.rx.try_recv() {
+            self.take(c);
+        }
+    }
+
+    fn take(&mut self, c: Chunk) {
+        match c {
+            Chunk::Out(b) => self.stdout.extend(b),
+            Chunk::Err(b) => self.stderr.extend(b),
+            Chunk::OutEof | Chunk::ErrEof => self.open -= 1,
+        }
+    }
+
+    /// Stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Wait until stdout contains `needle`; false after `timeout` or at end of output.
+    pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if String::from_utf8_lossy(&self.stdout).contains(needle) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= end || self.open == 0 {
+                return false;
+            }
+            self.pump((end - now).min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Is the command still running (not yet exited)?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Wait for the exit; after `timeout`, kill the command (SIGKILL) and return what it
+    /// wrote as `Err`. Output still held open by leftover processes is not waited for
+    /// beyond two seconds after the exit.
+    pub fn wait_for(mut self, timeout: Duration) -> Result<Output, Output> {
+        let end = Instant::now() + timeout;
+        let mut child = self.child.take().expect("waited once");
+        let (status, timed_out) = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break (st, false);
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                break (child.wait().expect("wait"), true);
+            }
+            self.pump(Duration::from_millis(5));
+        };
+        let grace = Instant::now() + Duration::from_secs(2);
+        while self.open > 0 && Instant::now() < grace {
+            self.pump(Duration::from_millis(20));
+        }
+        let (code, signal) = code_of(status);
+        let out = Output {
+            code,
+            signal,
+            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+        };
+        if timed_out {
+            Err(out)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// Wait for the exit; a command running longer than [`TIMEOUT`] fails the test.
+    pub fn wait(self) -> Output {
+        let cmdline = self.cmdline.clone();
+        match self.wait_for(TIMEOUT) {
+            Ok(o) => o,
+            Err(o) => panic!("timed out after {TIMEOUT:?} (killed): {cmdline}\n{o}"),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Leak checks and host facts
+
+/// Mount points of the host (this process's mount namespace), from
+/// /proc/self/mountinfo, sorted.
+pub fn mount_points() -> Vec<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_octal))
+        .collect();
+    v.sort();
+    v
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(oct, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Processes (other than us) whose root directory is `root`, or whose command line or
+/// environment names it: "PID: cmdline" for each.
+pub fn procs_in(root: &Path) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let id = fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
+    let needle = root.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|c| c.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let p = e.path();
+        let cmdline = fs::read(p.join("cmdline")).unwrap_or_default();
+        let environ = fs::read(p.join("environ")).unwrap_or_default();
+        let rooted = id.is_some()
+            && fs::metadata(p.join("root"))
+                .map(|m| Some((m.dev(), m.ino())) == id)
+                .unwrap_or(false);
+        let named = contains(&cmdline, needle) || contains(&environ, needle);
+        if rooted || named {
+            let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push(format!("{name}: {cmd}"));
+        }
+    }
+    found
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Wait up to `timeout` for no process to be left in `root`; returns those still there.
+pub fn wait_no_procs_in(root: &Path, timeout: Duration) -> Vec<String> {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = procs_in(root);
+        if left.is_empty() || Instant::now() >= end {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Assert that nothing of a container is left: no process in `root` (after a short grace
+/// period) and the host mount table equal to `mounts_before`.
+pub fn assert_no_leak(root: &Path, mounts_before: &[String]) {
+    let left = wait_no_procs_in(root, Duration::from_secs(3));
+    assert!(
+        left.is_empty(),
+        "processes left in {}: {left:#?}",
+        root.display()
+    );
+    assert_mounts_unchanged(mounts_before);
+}
+
+/// Assert the host mount table is what it was.
+pub fn assert_mounts_unchanged(before: &[String]) {
+    let after = mount_points();
+    let added: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
+    let removed: Vec<&String> = before.iter().filter(|m| !after.contains(m)).collect();
+    assert!(
+        after == before,
+        "host mount table changed: added {added:?}, removed {removed:?}"
+    );
+}
+
+/// A hexadecimal field of /proc/PID/status text (`CapEff`, `CapBnd`...).
+pub fn status_hex(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix(field)?.strip_prefix(':')?;
+        u64::from_str_radix(v.trim(), 16).ok()
+    })
+}
+
+/// A decimal field of /proc/PID/status text (`NoNewPrivs`...).
+pub fn status_dec(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix(field)?.strip_prefix(':')?;
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The bounding set of this (host) process: what a container can keep at most.
+pub fn host_cap_bnd() -> u64 {
+    let st = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status_hex(&st, "CapBnd").expect("CapBnd in /proc/self/status")
+}
+
+/// `ID` and `VERSION_ID` of the host's os-release, as the runtime reads them.
+pub fn host_os_release() -> (Option<String>, Option<String>) {
+    let text = fs::read_to_string("/etc/os-release")
+        .or_else(|_| fs::read_to_string("/usr/lib/os-release"))
+        .unwrap_or_default();
+    let get = |key: &str| {
+        text.lines().find_map(|l| {
+            let v = l.strip_prefix(key)?.strip_prefix('=')?;
+            Some(v.trim_matches(|c| c == '"' || c == '\'').to_string())
+        })
+    };
+    (get("ID"), get("VERSION_ID"))
+}
+
+/// Is `s` a UUID as 8-4-4-4-12 lower-case hex digits?
+pub fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts.iter().all(|p| {
+            p.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
+}
+
+/// Make `fd` (of this process) fd number `target` in the child, open across its exec.
+pub fn pass_fd(cmd: &mut Command, fd: std::os::fd::RawFd, target: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only the child's fd table.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, target)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// PATH with the built binaries first (to run a printed chain of stages).
+pub fn path_with_bins() -> std::ffi::OsString {
+    let mut dirs = vec![bin_dir()];
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(dirs).expect("PATH")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_owner_parses_our_names() {
+        assert_eq!(tree_owner("ns-tests-rootfs-123"), Some(123));
+        assert_eq!(tree_owner("ns-tests-45-7"), Some(45));
+        assert_eq!(tree_owner("ns-tests-x"), None);
+        assert_eq!(tree_owner("ns-tests-12x"), None);
+        assert_eq!(tree_owner("other"), None);
+    }
+
+    #[test]
+    fn octal_escapes() {
+        assert_eq!(unescape_octal(r"/a\040b"), "/a b");
+        assert_eq!(unescape_octal("/plain"), "/plain");
+    }
+
+    #[test]
+    fn status_fields() {
+        let st = "CapEff:\t00000000fdecafff\nNoNewPrivs:\t1\n";
+        assert_eq!(status_hex(st, "CapEff"), Some(0xfdecafff));
+        assert_eq!(status_dec(st, "NoNewPrivs"), Some(1));
+        assert_eq!(status_hex(st, "CapBnd"), None);
+    }
+}

@@ -147,7 +147,7 @@ fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Result<
                     code: ns_core::error::EXIT_NOT_FOUND,
                     msg: "no login shell found".into(),
                 })?;
-            argv.extend(["--argv0".into(), argv0, "--".into(), path]);
+            argv.extend([format!("--argv0={argv0}"), "--".into(), path]);
         } else {
             argv.push("--".into());
             argv.extend(plan.argv.iter().cloned());

@@ -70,13 +70,27 @@ impl SyncSocket {
         Ok(())
     }
 
-    /// The next message, or `None` on EOF (every peer copy closed).
+    /// The next message, or `None` on EOF (every peer copy closed, or the peer died with
+    /// our message unread: ECONNRESET).
     pub fn recv(&self) -> Result<Option<Msg>> {
+        self.recv_flags(nix::sys::socket::MsgFlags::empty())
+    }
+
+    /// A message already waiting, without blocking: `Ok(None)` when there is none.
+    pub fn try_recv(&self) -> Result<Option<Msg>> {
+        match self.recv_flags(nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+            Err(e) if e.msg.ends_with(nix::errno::Errno::EAGAIN.desc()) => Ok(None),
+            r => r,
+        }
+    }
+
+    fn recv_flags(&self, flags: nix::sys::socket::MsgFlags) -> Result<Option<Msg>> {
+        use nix::errno::Errno;
         let mut buf = [0u8; 4096];
         let n = loop {
-            match nix::sys::socket::recv(self.raw(), &mut buf, nix::sys::socket::MsgFlags::empty())
-            {
-                Err(nix::errno::Errno::EINTR) => continue,
+            match nix::sys::socket::recv(self.raw(), &mut buf, flags) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECONNRESET) => return Ok(None),
                 r => break r.ctx(|| "cannot read sync socket".into())?,
             }
         };

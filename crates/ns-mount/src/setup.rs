@@ -87,21 +87,45 @@ fn fd_path(fd: &OwnedFd) -> String {
 }
 
 /// Open `path` (absolute, inside the container) without leaving the root; create it, and its
-/// missing parents as directories, when `create` says what it should be.
+/// missing parents as directories, when `create` says what it should be. A dangling symlink
+/// on the way is followed inside the image, as nspawn does, and its target created.
 pub fn open_in_root(root: &OwnedFd, path: &Path, create: Option<Kind>) -> Result<OwnedFd> {
+    open_in_root_depth(root, path, create, 0)
+}
+
+fn open_in_root_depth(
+    root: &OwnedFd,
+    path: &Path,
+    create: Option<Kind>,
+    depth: u32,
+) -> Result<OwnedFd> {
     let rel = relative(path);
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let cannot = |e: Errno| {
+        Error::setup(format!(
+            "cannot open {} in the container: {}",
+            path.display(),
+            e.desc()
+        ))
+    };
     match nix::fcntl::openat2(root.as_fd(), &rel, how) {
         Ok(fd) => Ok(fd),
-        Err(Errno::ENOENT) if create.is_some() && rel != Path::new(".") => {
-            let parent = open_in_root(
-                root,
-                path.parent().unwrap_or(Path::new("/")),
-                Some(Kind::Dir),
-            )?;
+        Err(Errno::ENOENT) if create.is_some() && rel != Path::new(".") && depth < 40 => {
+            let parent_path = path.parent().unwrap_or(Path::new("/"));
+            let parent = open_in_root_depth(root, parent_path, Some(Kind::Dir), depth + 1)?;
             let name = rel.file_name().expect("non-root path has a name");
+            if let Ok(target) = nix::fcntl::readlinkat(parent.as_fd(), name) {
+                // A dangling symlink: create what it points to, inside the image.
+                let target = Path::new(&target);
+                let next = if target.is_absolute() {
+                    target.to_path_buf()
+                } else {
+                    parent_path.join(target)
+                };
+                return open_in_root_depth(root, &next, create, depth + 1);
+            }
             let r = match create {
                 Some(Kind::Dir) => {
                     nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
@@ -124,13 +148,9 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, create: Option<Kind>) -> Result
                     )))
                 }
             }
-            open_in_root(root, path, None)
+            nix::fcntl::openat2(root.as_fd(), &rel, how).map_err(cannot)
         }
-        Err(e) => Err(Error::setup(format!(
-            "cannot open {} in the container: {}",
-            path.display(),
-            e.desc()
-        ))),
+        Err(e) => Err(cannot(e)),
     }
 }
 

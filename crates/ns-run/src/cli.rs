@@ -269,3 +269,80 @@ pub struct Cli {
     )]
     pub command: Vec<String>,
 }
+
+/// getopt's "+" rule, which clap cannot express next to a free-form trailing command:
+/// options end at the first non-option argument (or `--`), and an unknown option before that
+/// point is an error rather than the start of the command.
+pub fn reject_unknown_options(argv: &[String]) -> ns_core::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let takes_value = |a: &clap::Arg| a.get_action().takes_values();
+    let mut i = 1;
+    while i < argv.len() {
+        let a = argv[i].as_str();
+        if a == "--" || a == "-" || !a.starts_with('-') {
+            return Ok(());
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, has_value) = match long.split_once('=') {
+                Some((n, _)) => (n, true),
+                None => (long, false),
+            };
+            let arg = cmd
+                .get_arguments()
+                .find(|x| x.get_long() == Some(name))
+                .ok_or_else(|| ns_core::Error::setup(format!("unrecognized option '--{name}'")))?;
+            if takes_value(arg) && !has_value && !arg.is_require_equals_set() {
+                i += 1;
+            }
+        } else {
+            let shorts: Vec<char> = a[1..].chars().collect();
+            for (j, c) in shorts.iter().enumerate() {
+                let arg = cmd
+                    .get_arguments()
+                    .find(|x| x.get_short() == Some(*c))
+                    .ok_or_else(|| ns_core::Error::setup(format!("invalid option -- '{c}'")))?;
+                if takes_value(arg) {
+                    if j == shorts.len() - 1 {
+                        i += 1;
+                    }
+                    break;
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(a: &[&str]) -> Result<(), String> {
+        let argv: Vec<String> = std::iter::once("ns-run")
+            .chain(a.iter().copied())
+            .map(String::from)
+            .collect();
+        reject_unknown_options(&argv).map_err(|e| e.msg)
+    }
+
+    #[test]
+    fn options_stop_at_the_command_like_getopt_plus() {
+        assert!(check(&["-D", "/r", "ls", "--frobnicate"]).is_ok());
+        assert!(check(&["-qD", "/r", "-E", "A=1", "--volatile", "sh"]).is_ok());
+        assert!(check(&["-D/r", "--", "--frobnicate"]).is_ok());
+        assert_eq!(
+            check(&["-D", "/r", "--frobnicate", "true"]),
+            Err("unrecognized option '--frobnicate'".into())
+        );
+        assert_eq!(
+            check(&["--frobnicate", "-D", "/r"]),
+            Err("unrecognized option '--frobnicate'".into())
+        );
+        assert_eq!(check(&["-qK", "x"]), Err("invalid option -- 'K'".into()));
+        // A value that looks like an option is still a value.
+        assert!(check(&["--setenv", "--x", "true"]).is_ok());
+    }
+}

@@ -17,6 +17,7 @@ const STAGE: &str = "ns-run";
 fn main() {
     run(STAGE, || {
         let argv = args_utf8()?;
+        cli::reject_unknown_options(&argv)?;
         let (cli, matches): (cli::Cli, _) = parse_matches(STAGE, &argv);
         let state = plan::build(&cli, &matches)?;
         if cli.print_state {

@@ -98,7 +98,7 @@ impl Monitor {
             };
             let sync_ready = sync_open && pfds[1].revents().is_some_and(|r| !r.is_empty());
             if sync_ready {
-                sync_open = self.on_message(sync)?;
+                sync_open = self.on_message(sync.recv()?, sync)?;
             }
             while let Some(si) = signals
                 .read_signal()
@@ -113,20 +113,31 @@ impl Monitor {
                     self.on_termination_request(sig);
                 }
             }
-            // ns-enter failed before it could start PID 1.
-            if let (Some(code), None, false) = (self.enter_status, self.pid1, sync_open) {
-                return Ok(if code != 0 {
-                    code
-                } else {
-                    self.failed.unwrap_or(ns_core::error::EXIT_SETUP)
-                });
+            // ns-enter is gone without having reported PID 1 (it failed, or was killed). What
+            // it sent before exiting is already queued: drain it. If there is still no PID 1,
+            // stop; a PID 1 it may have cloned dies with us (parent-death signal, or EOF while
+            // it waits for Go).
+            if let (Some(code), None) = (self.enter_status, self.pid1) {
+                while sync_open && self.pid1.is_none() {
+                    match sync.try_recv()? {
+                        Some(m) => sync_open = self.on_message(Some(m), sync)?,
+                        None => break,
+                    }
+                }
+                if self.pid1.is_none() {
+                    return Ok(match (code, self.failed) {
+                        (0, Some(f)) => f,
+                        (0, None) => ns_core::error::EXIT_SETUP,
+                        (c, _) => c,
+                    });
+                }
             }
         }
     }
 
     /// Returns whether the sync socket is still open.
-    fn on_message(&mut self, sync: &SyncSocket) -> Result<bool> {
-        match sync.recv()? {
+    fn on_message(&mut self, msg: Option<Msg>, sync: &SyncSocket) -> Result<bool> {
+        match msg {
             Some(Msg::Pid(p)) => {
                 // SYNC-1 received. Host-side setup for PID 1 goes here; then SYNC-2.
                 let pid = Pid::from_raw(p);
@@ -176,9 +187,8 @@ impl Monitor {
             format!("signal {sig}: termination request {}", self.requests)
         });
         match (self.pid1, self.kill_signal) {
-            (None, _) => {
-                let _ = kill(self.enter, Signal::SIGKILL);
-            }
+            // Not started yet: PID 1 is killed as soon as ns-enter reports it (SYNC-1).
+            (None, _) => {}
             (Some(p), Some(ks)) if self.requests == 1 => {
                 let _ = kill_raw(p, ks);
             }

@@ -1,0 +1,731 @@
+//! Real containers on the busybox fixture: PID 1, identity, mounts, /dev, capabilities,
+//! environment, exit statuses, stdio and fds, read-only root and user mounts.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ns_tests::{
+    assert_mounts_unchanged, fixture, host_cap_bnd, host_os_release, is_uuid, mount_points, ns_run,
+    run, run_cmd, run_stdin, s, status_dec, status_hex, Output, Tree, CAP_NET_ADMIN, CAP_NET_RAW,
+    DEFAULT_PATH, NSPAWN_DEFAULT_CAPS,
+};
+
+fn d() -> &'static str {
+    s(fixture())
+}
+
+/// `ns-run -D <fixture> OPTS... sh -c SCRIPT`, checking the host mount table is unchanged.
+fn sh_with(opts: &[&str], script: &str) -> Output {
+    let before = mount_points();
+    let mut args = vec!["-D", d()];
+    args.extend_from_slice(opts);
+    args.extend(["sh", "-c", script]);
+    let out = run(&args);
+    assert_mounts_unchanged(&before);
+    out
+}
+
+/// [`sh_with`] that must succeed silently on stderr; returns stdout.
+fn sh_ok(opts: &[&str], script: &str) -> String {
+    let out = sh_with(opts, script);
+    assert!(
+        out.code == 0 && out.stderr.is_empty(),
+        "ns-run {opts:?} sh -c {script:?} failed\n{out}"
+    );
+    out.stdout
+}
+
+/// /proc/self/status of the payload itself (`cat` is the payload, exec'd directly).
+fn payload_status(opts: &[&str]) -> String {
+    let mut args = vec!["-D", d()];
+    args.extend_from_slice(opts);
+    args.extend(["cat", "/proc/self/status"]);
+    let out = run(&args);
+    out.ok().to_string()
+}
+
+fn cap(status: &str, field: &str) -> u64 {
+    status_hex(status, field).unwrap_or_else(|| panic!("no {field} in\n{status}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// PID, identity
+
+#[test]
+fn payload_is_pid_1() {
+    assert_eq!(sh_ok(&[], "echo $$"), "1\n");
+}
+
+#[test]
+fn hostname_is_the_directory_name() {
+    let name = fixture().file_name().unwrap().to_str().unwrap();
+    assert_eq!(sh_ok(&[], "hostname"), format!("{name}\n"));
+    // The container has its own UTS namespace: the host's name is untouched.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(host.trim(), name);
+}
+
+#[test]
+fn hostname_is_cleaned_up_like_nspawn() {
+    let t = Tree::rootfs("My_Root.v2");
+    let out = run(&["-D", t.arg(), "hostname"]);
+    assert_eq!(out.ok(), "MyRoot.v2\n");
+    let state = run(&["-D", t.arg(), "--print-state"]);
+    let v: serde_json::Value = serde_json::from_str(state.ok()).unwrap();
+    assert_eq!(v["machine"], "MyRoot.v2");
+}
+
+#[test]
+fn machine_name_and_hostname_options() {
+    assert_eq!(sh_ok(&["-M", "box"], "hostname"), "box\n");
+    assert_eq!(sh_ok(&["--hostname=other"], "hostname"), "other\n");
+    assert_eq!(
+        sh_ok(&["-M", "box", "--hostname=other"], "hostname"),
+        "other\n"
+    );
+    assert_eq!(
+        sh_ok(&["--machine=box.example"], "cat /proc/sys/kernel/hostname"),
+        "box.example\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Mounts and /dev
+
+struct MountEntry {
+    source: String,
+    target: String,
+    fstype: String,
+    options: Vec<String>,
+}
+
+fn container_mounts(opts: &[&str]) -> Vec<MountEntry> {
+    sh_ok(opts, "cat /proc/mounts")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            MountEntry {
+                source: f[0].into(),
+                target: f[1].into(),
+                fstype: f[2].into(),
+                options: f[3].split(',').map(String::from).collect(),
+            }
+        })
+        .collect()
+}
+
+fn find<'a>(m: &'a [MountEntry], target: &str) -> &'a MountEntry {
+    // The last mount on a path is the visible one.
+    m.iter()
+        .rev()
+        .find(|e| e.target == target)
+        .unwrap_or_else(|| panic!("nothing mounted on {target}"))
+}
+
+#[test]
+fn api_file_systems_are_mounted() {
+    let m = container_mounts(&[]);
+    let expect: [(&str, &str, Option<&str>); 9] = [
+        ("/proc", "proc", Some("rw")),
+        ("/proc/sys", "proc", Some("ro")),
+        ("/sys", "sysfs", Some("ro")),
+        ("/dev", "tmpfs", None),
+        ("/dev/pts", "devpts", None),
+        ("/dev/shm", "tmpfs", None),
+        ("/dev/mqueue", "mqueue", None),
+        ("/run", "tmpfs", Some("rw")),
+        ("/tmp", "tmpfs", Some("rw")),
+    ];
+    for (target, fstype, mode) in expect {
+        let e = find(&m, target);
+        assert_eq!(e.fstype, fstype, "{target}");
+        if let Some(mode) = mode {
+            assert_eq!(e.options[0], mode, "{target}: {:?}", e.options);
+        }
+    }
+    let root = find(&m, "/");
+    assert_eq!(root.options[0], "rw", "root: {:?}", root.options);
+    for t in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+        assert!(
+            find(&m, t).options.iter().any(|o| o == "nosuid"),
+            "{t} is not nosuid"
+        );
+    }
+    assert!(find(&m, "/proc").options.iter().any(|o| o == "noexec"));
+    // No host mount is visible: only the root, the API file systems and proc's read-only
+    // sub-directories.
+    let allowed = [
+        "/",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/run",
+        "/tmp",
+    ];
+    for e in &m {
+        assert!(
+            allowed.contains(&e.target.as_str())
+                || (e.target.starts_with("/proc/") && e.source == "proc"),
+            "unexpected mount in the container: {} on {} ({})",
+            e.source,
+            e.target,
+            e.fstype
+        );
+    }
+}
+
+#[test]
+fn proc_sys_is_read_only() {
+    let out = sh_with(&[], "echo x > /proc/sys/kernel/hostname");
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+}
+
+#[test]
+fn dev_holds_only_the_safe_nodes() {
+    let got: BTreeSet<String> = sh_ok(&[], "ls -A /dev").lines().map(String::from).collect();
+    let want: BTreeSet<String> = [
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue", "fd",
+        "stdin", "stdout", "stderr", "char",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(got, want);
+    // The nodes work and are what they claim to be.
+    let out = sh_ok(
+        &[],
+        "echo x > /dev/null && head -c 5 /dev/zero | wc -c && head -c 8 /dev/urandom | wc -c; \
+         stat -c '%F %t:%T %a' /dev/null /dev/zero /dev/tty; readlink /dev/ptmx; readlink /dev/fd",
+    );
+    assert_eq!(
+        out,
+        "5\n8\ncharacter special file 1:3 666\ncharacter special file 1:5 666\n\
+         character special file 5:0 666\npts/ptmx\n/proc/self/fd\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Capabilities and privileges
+
+#[test]
+fn default_capabilities_are_nspawns_within_the_host_bounding_set() {
+    let want = NSPAWN_DEFAULT_CAPS & host_cap_bnd();
+    let st = payload_status(&[]);
+    for f in ["CapBnd", "CapEff", "CapPrm"] {
+        assert_eq!(cap(&st, f), want, "{f}: {:#x} != {want:#x}", cap(&st, f));
+    }
+    assert_eq!(cap(&st, "CapAmb"), 0);
+    assert_eq!(status_dec(&st, "NoNewPrivs"), Some(0));
+}
+
+#[test]
+fn private_network_adds_net_admin_and_only_lo() {
+    let want = (NSPAWN_DEFAULT_CAPS | CAP_NET_ADMIN) & host_cap_bnd();
+    let st = payload_status(&["--private-network"]);
+    assert_eq!(cap(&st, "CapBnd"), want);
+    assert_eq!(cap(&st, "CapEff"), want);
+
+    let out = sh_ok(&["--private-network"], "cat /proc/net/dev");
+    let ifaces: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{out}");
+    let link = sh_ok(&["--private-network"], "ip link show");
+    let heads: Vec<&str> = link.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(heads.len(), 1, "{link}");
+    assert!(heads[0].starts_with("1: lo: <"), "{link}");
+    let flags = heads[0].split(['<', '>']).nth(1).unwrap();
+    assert!(flags.split(',').any(|f| f == "UP"), "lo is not up: {link}");
+    // 127.0.0.1 answers.
+    let ping = sh_with(
+        &["--private-network"],
+        "ping -c 1 -W 2 127.0.0.1 >/dev/null",
+    );
+    assert_eq!(ping.code, 0, "{ping}");
+}
+
+#[test]
+fn shared_network_sees_the_host_interfaces() {
+    let host: BTreeSet<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|s| s.trim().to_string())
+        .collect();
+    let inside: BTreeSet<String> = sh_ok(&[], "cat /proc/net/dev")
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert_eq!(inside, host);
+    let st = payload_status(&[]);
+    assert_eq!(cap(&st, "CapEff") & CAP_NET_ADMIN, 0);
+}
+
+#[test]
+fn drop_all_capabilities() {
+    let st = payload_status(&["--drop-capability=all"]);
+    for f in ["CapBnd", "CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(cap(&st, f), 0, "{f}");
+    }
+}
+
+#[test]
+fn capability_options_adjust_the_set() {
+    let host = host_cap_bnd();
+    let st = payload_status(&["--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD"]);
+    let want = NSPAWN_DEFAULT_CAPS & host & !(1 << 21) & !(1 << 27);
+    assert_eq!(cap(&st, "CapBnd"), want);
+    assert_eq!(cap(&st, "CapEff"), want);
+    // CAP_SYS_TIME (25) is not in the default set; --capability adds it when the host has it.
+    let st = payload_status(&["--capability=CAP_SYS_TIME"]);
+    assert_eq!(cap(&st, "CapEff"), (NSPAWN_DEFAULT_CAPS | 1 << 25) & host);
+}
+
+#[test]
+fn user_daemon_has_no_capabilities() {
+    let st = payload_status(&["-u", "daemon"]);
+    assert_eq!(cap(&st, "CapEff"), 0);
+    assert_eq!(cap(&st, "CapPrm"), 0);
+    assert_eq!(cap(&st, "CapAmb"), 0);
+    assert_eq!(cap(&st, "CapBnd"), NSPAWN_DEFAULT_CAPS & host_cap_bnd());
+    let uid = st.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["1"; 4]);
+    let gid = st.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    assert_eq!(gid.split_whitespace().skip(1).collect::<Vec<_>>(), ["1"; 4]);
+    let groups = st.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(
+        groups.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["10"]
+    );
+    assert_eq!(sh_ok(&["-u", "daemon"], "id -u; id -g"), "1\n1\n");
+    assert_eq!(sh_ok(&["-u", "1"], "id -un"), "daemon\n");
+}
+
+#[test]
+fn ambient_capability_for_a_user() {
+    let st = payload_status(&["-u", "daemon", "--ambient-capability=CAP_NET_RAW"]);
+    assert_eq!(cap(&st, "CapAmb"), CAP_NET_RAW);
+    assert_eq!(cap(&st, "CapEff"), CAP_NET_RAW);
+    assert_eq!(cap(&st, "CapPrm"), CAP_NET_RAW);
+}
+
+#[test]
+fn no_new_privileges() {
+    let st = payload_status(&["--no-new-privileges=yes"]);
+    assert_eq!(status_dec(&st, "NoNewPrivs"), Some(1));
+    let st = payload_status(&["--no-new-privileges=no"]);
+    assert_eq!(status_dec(&st, "NoNewPrivs"), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Environment
+
+/// The payload's environment (`env` exec'd directly), ns-run started with exactly `host`.
+fn payload_env(host: &[(&str, &str)], opts: &[&str]) -> Vec<String> {
+    let mut c = ns_run();
+    c.env_clear();
+    for (k, v) in host {
+        c.env(k, v);
+    }
+    c.args(["-D", d()]).args(opts).arg("env");
+    let out = run_cmd(c, None);
+    out.ok().lines().map(String::from).collect()
+}
+
+fn host_env_lines() -> Vec<String> {
+    let (id, version) = host_os_release();
+    let mut v = Vec::new();
+    if let Some(x) = version {
+        v.push(format!("container_host_version_id={x}"));
+    }
+    if let Some(x) = id {
+        v.push(format!("container_host_id={x}"));
+    }
+    v
+}
+
+#[test]
+fn environment_is_nspawns() {
+    let env = payload_env(&[("TERM", "vt100"), ("FOO_LEAK", "1")], &[]);
+    let uuid = env
+        .iter()
+        .find_map(|l| l.strip_prefix("container_uuid="))
+        .unwrap_or_else(|| panic!("no container_uuid in {env:?}"));
+    assert!(is_uuid(uuid), "{uuid}");
+    let mut want: Vec<String> = [
+        format!("PATH={DEFAULT_PATH}"),
+        "container=systemd-nspawn".into(),
+        "TERM=vt100".into(),
+        "HOME=/root".into(),
+        "USER=root".into(),
+        "LOGNAME=root".into(),
+        format!("container_uuid={uuid}"),
+        "LANG=C.UTF-8".into(),
+    ]
+    .to_vec();
+    want.extend(host_env_lines());
+    assert_eq!(env, want);
+    assert!(!env.iter().any(|l| l.contains("FOO_LEAK")));
+
+    // No TERM on our side: none inside.
+    let env = payload_env(&[], &[]);
+    assert!(!env.iter().any(|l| l.starts_with("TERM=")), "{env:?}");
+    assert_eq!(env.len(), want.len() - 1, "{env:?}");
+}
+
+#[test]
+fn environment_of_a_user() {
+    let env = payload_env(&[], &["-u", "daemon"]);
+    for kv in ["HOME=/usr/sbin", "USER=daemon", "LOGNAME=daemon"] {
+        assert!(env.iter().any(|l| l == kv), "{kv} missing: {env:?}");
+    }
+}
+
+#[test]
+fn setenv_overrides_and_adds() {
+    let env = payload_env(
+        &[("FOO_COPY", "from-host")],
+        &[
+            "-E",
+            "A=1",
+            "-E",
+            "PATH=/bin",
+            "--setenv=B=x=y",
+            "-E",
+            "FOO_COPY",
+        ],
+    );
+    for kv in ["A=1", "PATH=/bin", "B=x=y", "FOO_COPY=from-host"] {
+        assert!(env.iter().any(|l| l == kv), "{kv} missing: {env:?}");
+    }
+    assert_eq!(env.iter().filter(|l| l.starts_with("PATH=")).count(), 1);
+    // PATH is where the payload is looked up.
+    let out = sh_ok(&["-E", "PATH=/bin"], "echo $PATH; which cat");
+    assert_eq!(out, "/bin\n/bin/cat\n");
+}
+
+#[test]
+fn uuid_option_and_machine_id() {
+    let env = payload_env(&[], &["--uuid=0123456789ABCDEF0123456789ABCDEF"]);
+    assert!(
+        env.iter()
+            .any(|l| l == "container_uuid=01234567-89ab-cdef-0123-456789abcdef"),
+        "{env:?}"
+    );
+    // Without --uuid, the image's /etc/machine-id.
+    let t = Tree::rootfs("mid");
+    std::fs::write(
+        t.path().join("etc/machine-id"),
+        "fedcba9876543210fedcba9876543210\n",
+    )
+    .unwrap();
+    let out = run(&["-D", t.arg(), "sh", "-c", "echo $container_uuid"]);
+    assert_eq!(out.ok(), "fedcba98-7654-3210-fedc-ba9876543210\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// Working directory and the login shell
+
+#[test]
+fn working_directory() {
+    assert_eq!(sh_ok(&[], "pwd"), "/\n");
+    assert_eq!(sh_ok(&["--chdir=/tmp"], "pwd"), "/tmp\n");
+    assert_eq!(sh_ok(&["--chdir=/proc/sys"], "pwd"), "/proc/sys\n");
+}
+
+#[test]
+fn no_command_runs_a_login_shell_in_home() {
+    let out = run_stdin(&["-D", d()], "echo $0; pwd; echo $$\n");
+    assert_eq!(out.ok(), "-sh\n/root\n1\n");
+    // An empty command after `--` is the same.
+    let out = run_stdin(&["-D", d(), "--"], "echo $0; pwd\n");
+    assert_eq!(out.ok(), "-sh\n/root\n");
+}
+
+#[test]
+fn no_command_under_as_pid2_runs_a_login_shell() {
+    let out = run_stdin(&["-D", d(), "-a"], "echo $0; pwd; echo $$\n");
+    assert_eq!(out.ok(), "-sh\n/root\n2\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// --as-pid2 and exit statuses
+
+#[test]
+fn as_pid2_runs_ns_init_from_a_memfd() {
+    let out = sh_ok(
+        &["-a"],
+        "echo $$; readlink /proc/1/exe; cat /proc/1/comm; exit 0",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], "2");
+    assert!(lines[1].contains("memfd:"), "/proc/1/exe is {}", lines[1]);
+    assert_eq!(lines[2], "ns-init");
+}
+
+#[test]
+fn exit_status_is_relayed() {
+    assert_eq!(sh_with(&[], "exit 3").code, 3);
+    assert_eq!(sh_with(&[], "exit 200").code, 200);
+    assert_eq!(sh_with(&["-a"], "exit 7").code, 7);
+    let out = sh_with(&["-a"], "kill -9 $$");
+    assert_eq!((out.code, out.signal), (137, None), "{out}");
+    let out = sh_with(&["-a"], "kill -TERM $$");
+    assert_eq!((out.code, out.signal), (143, None), "{out}");
+    assert_eq!(sh_with(&["-u", "daemon"], "exit 4").code, 4);
+}
+
+#[test]
+fn as_pid2_reaps_orphans() {
+    // A grandchild orphaned to PID 1 exits; PID 1 here never waits for it unless it is
+    // ns-init (the payload execs sleep, which reaps nothing). Count zombies meanwhile.
+    let script = "(sleep 0.5; ps -o stat,comm | grep -c '^Z'; true) & \
+                  sh -c 'sleep 0.1 & exit 0'; exec sleep 1.5";
+    // Control: with sleep as PID 1, the orphan stays a zombie.
+    assert_eq!(sh_ok(&[], script), "1\n");
+    assert_eq!(sh_ok(&["-a"], script), "0\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// Stdio and fds
+
+#[test]
+fn stdin_is_piped_through() {
+    let out = run_stdin(&["-D", d(), "cat"], "hi\n");
+    assert_eq!(out.ok(), "hi\n");
+    let out = run_stdin(&["-D", d(), "-a", "cat"], "hi\nthere\n");
+    assert_eq!(out.ok(), "hi\nthere\n");
+    let out = run_stdin(&["-D", d(), "-u", "daemon", "wc", "-c"], "12345");
+    assert_eq!(out.ok().trim(), "5");
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate() {
+    let out = sh_with(&[], "echo out; echo err >&2; echo out2");
+    assert_eq!(out.code, 0);
+    assert_eq!(out.stdout, "out\nout2\n");
+    assert_eq!(out.stderr, "err\n");
+    assert!(!out.stdout.contains('\r') && !out.stderr.contains('\r'));
+}
+
+#[test]
+fn payload_gets_only_stdin_stdout_stderr() {
+    // The shell's own fds (`; true` keeps it from exec'ing ls in its place).
+    assert_eq!(sh_ok(&[], "ls /proc/$$/fd; true"), "0\n1\n2\n");
+    // ls of its own fds also sees the directory it reads.
+    let out = sh_ok(&[], "ls /proc/self/fd");
+    let fds: Vec<&str> = out.lines().collect();
+    assert!(
+        fds.len() <= 4 && fds[..3] == ["0", "1", "2"],
+        "payload fds: {fds:?}"
+    );
+    // Under -a: PID 1 (ns-init) and the payload alike.
+    assert_eq!(
+        sh_ok(&["-a"], "ls /proc/1/fd /proc/$$/fd; true"),
+        "/proc/1/fd:\n0\n1\n2\n\n/proc/2/fd:\n0\n1\n2\n"
+    );
+}
+
+#[test]
+fn inherited_host_fds_do_not_reach_the_payload() {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open("/proc/self/mountinfo").unwrap();
+    // Control: on the host, the fd does arrive.
+    let mut c = std::process::Command::new("/bin/sh");
+    c.args(["-c", "ls /proc/$$/fd; true"]);
+    ns_tests::pass_fd(&mut c, f.as_raw_fd(), 7);
+    assert!(run_cmd(c, None).ok().lines().any(|l| l == "7"));
+    for opts in [&[][..], &["-a"][..]] {
+        let mut c = ns_run();
+        c.args(["-D", d()])
+            .args(opts)
+            .args(["sh", "-c", "ls /proc/$$/fd; true"]);
+        ns_tests::pass_fd(&mut c, f.as_raw_fd(), 7);
+        let out = run_cmd(c, None);
+        assert_eq!(out.ok(), "0\n1\n2\n", "with {opts:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Read-only root and user mounts
+
+#[test]
+fn read_only_root() {
+    let out = sh_with(
+        &["--read-only"],
+        "touch /x; echo rc=$?; touch /tmp/y && echo tmp-ok; touch /run/z && echo run-ok",
+    );
+    assert_eq!(out.stdout, "rc=1\ntmp-ok\nrun-ok\n", "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    assert!(!fixture().join("x").exists());
+    let m = container_mounts(&["--read-only"]);
+    assert_eq!(find(&m, "/").options[0], "ro");
+    assert_eq!(find(&m, "/tmp").options[0], "rw");
+}
+
+#[test]
+fn bind_and_bind_ro() {
+    let t = Tree::rootfs("binds");
+    let rw = t.host_dir("rw");
+    let ro = t.host_dir("ro");
+    std::fs::write(rw.join("f"), "rw-file\n").unwrap();
+    std::fs::write(ro.join("f"), "ro-file\n").unwrap();
+    let before = mount_points();
+    let out = run(&[
+        "-D",
+        t.arg(),
+        &format!("--bind={}:/mnt/rw", s(&rw)),
+        &format!("--bind-ro={}:/mnt/ro", s(&ro)),
+        "sh",
+        "-c",
+        "cat /mnt/rw/f /mnt/ro/f; echo new > /mnt/rw/new && echo rw-ok; \
+         echo bad > /mnt/ro/bad; echo ro-rc=$?",
+    ]);
+    assert_eq!(out.stdout, "rw-file\nro-file\nrw-ok\nro-rc=1\n", "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "new\n");
+    assert!(!ro.join("bad").exists());
+    assert_mounts_unchanged(&before);
+    // Without a destination, the source path is used inside too.
+    let out = run(&[
+        "-D",
+        t.arg(),
+        &format!("--bind-ro={}", s(&ro)),
+        "cat",
+        &format!("{}/f", s(&ro)),
+    ]);
+    assert_eq!(out.ok(), "ro-file\n");
+    // A file on a file.
+    let file = t.host_dir("files").join("single");
+    std::fs::write(&file, "single\n").unwrap();
+    let out = run(&[
+        "-D",
+        t.arg(),
+        &format!("--bind-ro={}:/etc/single", s(&file)),
+        "cat",
+        "/etc/single",
+    ]);
+    assert_eq!(out.ok(), "single\n");
+    assert_mounts_unchanged(&before);
+}
+
+#[test]
+fn tmpfs_option() {
+    let t = Tree::rootfs("tmpfs");
+    let before = mount_points();
+    let out = run(&[
+        "-D",
+        t.arg(),
+        "--tmpfs=/mnt/t",
+        "--tmpfs=/mnt/p:mode=0700",
+        "sh",
+        "-c",
+        "grep -E ' /mnt/(t|p) ' /proc/mounts | cut -d' ' -f1-3; stat -c %a /mnt/t /mnt/p; \
+         echo x > /mnt/t/x && echo ok",
+    ]);
+    assert_eq!(
+        out.ok(),
+        "tmpfs /mnt/t tmpfs\ntmpfs /mnt/p tmpfs\n755\n700\nok\n"
+    );
+    // The file went to the tmpfs, not into the image.
+    assert!(t.path().join("mnt/t").is_dir());
+    assert!(!t.path().join("mnt/t/x").exists());
+    assert_mounts_unchanged(&before);
+}
+
+#[test]
+fn user_mounts_apply_in_command_line_order() {
+    let t = Tree::rootfs("order");
+    let src = t.host_dir("src");
+    std::fs::write(src.join("f"), "bound\n").unwrap();
+    let bind = format!("--bind={}:/mnt/o", s(&src));
+    // tmpfs, then the bind on top: the bind is visible.
+    let out = run(&["-D", t.arg(), "--tmpfs=/mnt/o", &bind, "ls", "/mnt/o"]);
+    assert_eq!(out.ok(), "f\n");
+    // bind, then the tmpfs on top: an empty tmpfs.
+    let out = run(&["-D", t.arg(), &bind, "--tmpfs=/mnt/o", "ls", "-A", "/mnt/o"]);
+    assert_eq!(out.ok(), "");
+}
+
+#[test]
+fn symlinks_in_the_image_cannot_redirect_mounts_to_the_host() {
+    let t = Tree::rootfs("escape");
+    // A host directory, and an absolute link in the image naming it. Followed on the host,
+    // the link leads out of the image; resolved in the image, to the same path inside.
+    // (Not under /tmp: the container has its own tmpfs there.)
+    let victim = Path::new("/var/tmp").join(format!("ns-tests-victim-{}", std::process::id()));
+    std::fs::create_dir_all(&victim).unwrap();
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&victim);
+    let inside = t.path().join(victim.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inside).unwrap();
+    std::os::unix::fs::symlink(&victim, t.path().join("mnt/esc")).unwrap();
+    // A relative link climbing above the image's root.
+    std::os::unix::fs::symlink("../../../../../../..", t.path().join("mnt/up")).unwrap();
+    let src = t.host_dir("src");
+    std::fs::write(src.join("f"), "bound\n").unwrap();
+    let escaped = format!("ns-tests-escaped-{}", std::process::id());
+    let before = mount_points();
+    let out = run(&[
+        "-D",
+        t.arg(),
+        "--tmpfs=/mnt/esc/sub",
+        &format!("--bind={}:/mnt/up/{escaped}", s(&src)),
+        "sh",
+        "-c",
+        &format!("echo x > /mnt/esc/sub/x && cat /{escaped}/f"),
+    ]);
+    let on_host = Path::new("/").join(&escaped);
+    let leaked = on_host.exists();
+    let _ = std::fs::remove_dir(&on_host);
+    assert!(!leaked, "{} was created on the host", on_host.display());
+    assert_eq!(out.ok(), "bound\n");
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "a mount point was created outside the image"
+    );
+    assert!(
+        inside.join("sub").is_dir(),
+        "the link was not resolved in the image"
+    );
+    assert!(!inside.join("sub/x").exists(), "the tmpfs was not mounted");
+    assert!(
+        t.path().join(&escaped).is_dir(),
+        "the link was not clamped to the image"
+    );
+    assert_mounts_unchanged(&before);
+}
+
+#[test]
+fn dangling_symlink_mount_point_is_created_inside_the_image() {
+    let t = Tree::rootfs("dangling");
+    std::os::unix::fs::symlink("/srv/data", t.path().join("mnt/dangling")).unwrap();
+    let out = run(&["-D", t.arg(), "--tmpfs=/mnt/dangling/sub", "true"]);
+    assert_eq!(out.ok(), "");
+    assert!(t.path().join("srv/data/sub").is_dir());
+    assert!(!Path::new("/srv/data/sub").exists());
+}
+
+#[test]
+fn quiet_and_pipe_are_accepted() {
+    assert_eq!(sh_ok(&["-q"], "echo a"), "a\n");
+    assert_eq!(sh_ok(&["-P"], "echo b"), "b\n");
+    assert_eq!(sh_ok(&["--console=pipe"], "echo c"), "c\n");
+}
