@@ -68,14 +68,7 @@ fn parse_bool_flag(v: &str) -> std::result::Result<bool, String> {
     parse_boolean(v).ok_or_else(|| format!("not a boolean: {v}"))
 }
 
-/// systemd's parse_boolean: 1/yes/y/true/t/on and 0/no/n/false/f/off, any case.
-pub fn parse_boolean(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
-        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
-        _ => None,
-    }
-}
+pub use ns_core::parse_boolean;
 
 /// The options that decide the exec plan, shared by ns-caps's flags and ns-run's nspawn
 /// command line so that the two cannot drift apart.

@@ -24,6 +24,29 @@ pub fn adopt_sync(fd: Option<i32>) -> Result<Option<crate::sync::SyncSocket>> {
     Ok(sync)
 }
 
+/// SYNC-4: tell the monitor, if there is one, that `path` is about to be created on the host
+/// and must be removed after the container is gone.
+pub fn report_created(path: &std::path::Path, recursive: bool) -> Result<()> {
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return Ok(());
+    }
+    let msg = Msg::Created {
+        path: path.to_path_buf(),
+        recursive,
+    };
+    let bytes = serde_json::to_vec(&msg).expect("message serializes");
+    nix::sys::socket::send(fd, &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+        .map(drop)
+        .map_err(|e| {
+            Error::setup(format!(
+                "cannot report {} to the monitor: {}",
+                path.display(),
+                e.desc()
+            ))
+        })
+}
+
 /// Run a stage's job; it returns only with an error (on success it has exec'd).
 pub fn run(stage: &str, job: impl FnOnce() -> Result<Infallible>) -> ! {
     // Executed through an fd, our comm would be the fd number; name ourselves for ps.

@@ -79,27 +79,99 @@ pub struct EnterPlan {
 pub struct MountPlan {
     /// Absolute host path of the container's root directory.
     pub root: PathBuf,
+    /// How the root is assembled from `root`.
+    pub root_mode: RootMode,
     /// Mount the root read-only.
     pub read_only: bool,
     /// The container has its own network namespace: /proc/sys/net stays writable.
     pub private_network: bool,
+    /// `--pivot-root`: which directory of the image becomes `/`, and where the image's own
+    /// root goes (unmounted when none).
+    pub pivot_root: Option<PivotRoot>,
     /// User mounts, applied in order after the API file systems.
     pub ops: Vec<MountOp>,
+    /// `--resolv-conf` and `--timezone`, resolved to what to do.
+    pub resolv_conf: EtcFile,
+    pub timezone: EtcFile,
+}
+
+/// How ns-mount assembles the root.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RootMode {
+    /// The directory itself (bound on itself).
+    #[default]
+    Directory,
+    /// An overlay: the directory as the lower layer, a tmpfs that lives and dies with the
+    /// container's mount namespace as the upper (`-x`, `--volatile=overlay`).
+    Overlay,
+    /// A tmpfs root holding only the directory's /usr, read-only (`--volatile=yes`).
+    Volatile,
+    /// The directory read-only with a tmpfs /var (`--volatile=state`).
+    State,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PivotRoot {
+    pub new: PathBuf,
+    pub old: Option<PathBuf>,
+}
+
+/// Where the content of a mount comes from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A host path (absolute).
+    Host(PathBuf),
+    /// A path inside the image (nspawn's `+` prefix).
+    Image(PathBuf),
+    /// A new empty directory that disappears with the container.
+    Temp,
 }
 
 /// One user-requested mount, in command-line order.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MountOp {
-    /// `--bind` / `--bind-ro`: host `source` on container `dest`.
+    /// `--bind` / `--bind-ro`.
     Bind {
-        source: PathBuf,
+        source: Source,
         dest: PathBuf,
         read_only: bool,
         recursive: bool,
     },
     /// `--tmpfs`: a tmpfs on `dest` with kernel mount options.
     Tmpfs { dest: PathBuf, options: String },
+    /// `--overlay` / `--overlay-ro`: `lower` bottom first; `upper` receives writes (with
+    /// `read_only` it is only the top layer).
+    Overlay {
+        lower: Vec<Source>,
+        upper: Source,
+        dest: PathBuf,
+        read_only: bool,
+    },
+    /// `--inaccessible`: cover `dest` with an inaccessible node of the same type.
+    Inaccessible { dest: PathBuf },
+}
+
+/// What to do with /etc/resolv.conf or /etc/localtime in the container.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EtcFile {
+    /// Leave the image's file alone.
+    #[default]
+    Off,
+    /// Bind this host file read-only over the image's. With `create` false (`auto`), only
+    /// over a file the image already has: nothing is created or written in the image.
+    Bind { source: PathBuf, create: bool },
+    /// Write a copy of this host file into the image (persistent; `replace` also replaces a
+    /// symlink or a file that is not a regular one).
+    Copy { source: PathBuf, replace: bool },
+    /// Make the image's file a symlink to this target (persistent).
+    Symlink(PathBuf),
+    /// Remove the image's file (persistent).
+    Delete,
 }
 
 /// Read by ns-caps (identity, environment, capabilities) and, for `as_pid2`, by ns-init.
@@ -216,10 +288,22 @@ mod tests {
             },
             mount: MountPlan {
                 root: "/r".into(),
-                ops: vec![MountOp::Tmpfs {
-                    dest: "/x".into(),
-                    options: "mode=755".into(),
-                }],
+                ops: vec![
+                    MountOp::Tmpfs {
+                        dest: "/x".into(),
+                        options: "mode=755".into(),
+                    },
+                    MountOp::Overlay {
+                        lower: vec![Source::Host("/l".into()), Source::Image("/i".into())],
+                        upper: Source::Temp,
+                        dest: "/o".into(),
+                        read_only: false,
+                    },
+                ],
+                resolv_conf: EtcFile::Bind {
+                    source: "/etc/resolv.conf".into(),
+                    create: false,
+                },
                 ..Default::default()
             },
             exec: ExecPlan::default(),

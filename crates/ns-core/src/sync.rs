@@ -7,6 +7,8 @@
 //!   SYNC-1  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid)
 //!   SYNC-2  monitor → PID 1      `Go`    host-side setup done, continue the chain
 //!   SYNC-3  any stage → monitor  `Failed` before the stage exits non-zero
+//!   SYNC-4  ns-mount → monitor   `Created` before it creates a host-visible path (a mount
+//!           point in the image, an overlay workdir) that the monitor removes after exit
 
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -22,6 +24,11 @@ pub enum Msg {
         stage: String,
         code: i32,
         message: String,
+    },
+    Created {
+        path: std::path::PathBuf,
+        /// Remove with its content (a workdir), not only when empty (a mount point).
+        recursive: bool,
     },
 }
 

@@ -1,22 +1,34 @@
 //! ns-mount: build the container's root and pivot into it.
 //!
 //! Reads `mount` of the state (or its flags). In order: cut mount propagation to the host
-//! (rslave /), bind the root directory on itself, mount the API file systems (/proc with
-//! nspawn's read-only sub-paths, /sys read-only, a minimal /dev, /run, /tmp), apply the user
-//! mounts in command-line order, make the root read-only if asked, pivot_root into it and
-//! detach the old root, then exec the next program (looked up inside the new root unless it
-//! is a stage opened before).
+//! (rslave /), mount a private scratch tmpfs (temporary sources, overlay uppers, inaccessible
+//! nodes: all gone with the mount namespace), assemble the root (the directory, an overlay
+//! for `-x`, or a volatile tmpfs), `--pivot-root`, mount the API file systems (/proc with
+//! nspawn's read-only sub-paths, /sys read-only, a minimal /dev, /run, /tmp), /etc/resolv.conf
+//! and /etc/localtime, the user mounts in command-line order, make the root read-only if
+//! asked, pivot_root into it and detach the old root, then exec the next program.
+//!
+//! Mount points it has to create in the image are announced on the sync socket first
+//! (`created`), so that the monitor removes them after the container is gone.
 #![forbid(unsafe_code)]
 
+pub mod ops;
+pub mod root;
+pub mod scratch;
 pub mod setup;
+pub mod spec;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use ns_core::state::{MountOp, MountPlan};
+use ns_core::state::{MountOp, MountPlan, RootMode};
 use ns_core::{Error, Result};
 
-/// ns-mount -D ROOT [--read-only] [--bind SRC[:DST[:OPTS]]]... [--tmpfs PATH[:OPTS]]... -- PROGRAM
+pub use spec::{parse_bind, parse_overlay, parse_tmpfs};
+
+/// ns-mount -D ROOT [--read-only] [-x] [--volatile[=MODE]] [--bind SRC[:DST[:OPTS]]]...
+///          [--tmpfs PATH[:OPTS]]... [--overlay …] [--inaccessible PATH]... -- PROGRAM
 ///
 /// Must run as PID 1 of a new PID namespace inside a new mount namespace (see ns-enter).
 /// With --state-fd N, reads `mount` from the state, and the next stage (ns-caps) from the
@@ -29,9 +41,9 @@ use ns_core::{Error, Result};
 )]
 pub struct Args {
     /// Read the plan from this state fd (ns-run sets it).
-    #[arg(long, value_name = "FD", conflicts_with_all = ["directory", "read_only", "private_network", "bind", "bind_ro", "tmpfs"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["directory", "read_only", "private_network", "ephemeral", "volatile", "pivot_root", "bind", "bind_ro", "tmpfs", "overlay", "overlay_ro", "inaccessible", "resolv_conf", "timezone"])]
     pub state_fd: Option<i32>,
-    /// Report failures to a monitor on this sync socket.
+    /// Report failures and created mount points to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
     pub sync_fd: Option<i32>,
     /// Root directory of the container (must contain /usr).
@@ -43,7 +55,16 @@ pub struct Args {
     /// The container has its own network namespace (keeps /proc/sys/net writable).
     #[arg(long)]
     pub private_network: bool,
-    /// Bind mount SRC (host) on DST (container), OPTS rbind|norbind.
+    /// Run on an overlay of ROOT whose changes vanish with the container.
+    #[arg(short = 'x', long)]
+    pub ephemeral: bool,
+    /// no, yes (tmpfs root with ROOT's /usr), state (tmpfs /var), overlay.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
+    pub volatile: Option<String>,
+    /// Make NEW (inside ROOT) the root; put ROOT at OLD, or unmount it.
+    #[arg(long, value_name = "NEW[:OLD]")]
+    pub pivot_root: Option<String>,
+    /// Bind mount SRC (host; +PATH in the image; empty: temporary) on DST.
     #[arg(long, value_name = "SRC[:DST[:OPTS]]")]
     pub bind: Vec<String>,
     /// Same, read-only (submounts too).
@@ -52,9 +73,67 @@ pub struct Args {
     /// Mount a tmpfs on PATH with kernel options OPTS.
     #[arg(long, value_name = "PATH[:OPTS]")]
     pub tmpfs: Vec<String>,
+    /// Overlay LOWER…:UPPER:DEST (or LOWER:UPPER).
+    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
+    pub overlay: Vec<String>,
+    /// Same, read-only.
+    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
+    pub overlay_ro: Vec<String>,
+    /// Cover PATH with an inaccessible node.
+    #[arg(long, value_name = "PATH")]
+    pub inaccessible: Vec<String>,
+    /// /etc/resolv.conf handling (nspawn's modes; auto never writes the image).
+    #[arg(long, value_name = "MODE")]
+    pub resolv_conf: Option<String>,
+    /// /etc/localtime handling (nspawn's modes; auto never writes the image).
+    #[arg(long, value_name = "MODE")]
+    pub timezone: Option<String>,
     /// The next program: another stage or the payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,
+}
+
+/// The options that decide the mount plan, shared by ns-mount's flags and ns-run's nspawn
+/// command line so that the two cannot drift apart.
+#[derive(Debug)]
+pub struct MountOptions<'a> {
+    pub directory: &'a str,
+    pub read_only: bool,
+    pub private_network: bool,
+    pub ephemeral: bool,
+    pub volatile: Option<&'a str>,
+    pub pivot_root: Option<&'a str>,
+    pub resolv_conf: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+    /// Where `--bind`, `--bind-ro`, `--tmpfs`, `--overlay*`, `--inaccessible` stood.
+    pub matches: &'a clap::ArgMatches,
+}
+
+/// Check the options and compute the plan.
+pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
+    let mut root_mode = match o.volatile {
+        Some(v) => spec::parse_volatile(v)?,
+        None => RootMode::Directory,
+    };
+    if o.ephemeral {
+        if root_mode != RootMode::Directory {
+            return Err(Error::setup(
+                "--ephemeral and --volatile= may not be combined".into(),
+            ));
+        }
+        root_mode = RootMode::Overlay;
+    }
+    let root = check_root(o.directory, root_mode)?;
+    Ok(MountPlan {
+        root,
+        root_mode,
+        read_only: o.read_only,
+        private_network: o.private_network,
+        pivot_root: o.pivot_root.map(spec::parse_pivot_root).transpose()?,
+        ops: ops_from_matches(o.matches)?,
+        resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
+        timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
+    })
 }
 
 impl Args {
@@ -64,20 +143,32 @@ impl Args {
             .directory
             .as_deref()
             .ok_or_else(|| Error::setup("-D/--directory is required".into()))?;
-        Ok(MountPlan {
-            root: check_root(dir)?,
+        mount_plan(&MountOptions {
+            directory: dir,
             read_only: self.read_only,
             private_network: self.private_network,
-            ops: ops_from_matches(m)?,
+            ephemeral: self.ephemeral,
+            volatile: self.volatile.as_deref(),
+            pivot_root: self.pivot_root.as_deref(),
+            resolv_conf: self.resolv_conf.as_deref(),
+            timezone: self.timezone.as_deref(),
+            matches: m,
         })
     }
 }
 
-/// The user mount options (`--bind`, `--bind-ro`, `--tmpfs`), parsed, in command-line order
-/// across the three (clap reports where each value stood).
+/// The user mount options, parsed, in command-line order across all of them (clap reports
+/// where each value stood).
 pub fn ops_from_matches(m: &clap::ArgMatches) -> Result<Vec<MountOp>> {
     let mut found: Vec<(usize, &str, String)> = Vec::new();
-    for id in ["bind", "bind_ro", "tmpfs"] {
+    for id in [
+        "bind",
+        "bind_ro",
+        "tmpfs",
+        "overlay",
+        "overlay_ro",
+        "inaccessible",
+    ] {
         if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
             found.extend(idx.zip(vals).map(|(i, v)| (i, id, v.clone())));
         }
@@ -87,21 +178,24 @@ pub fn ops_from_matches(m: &clap::ArgMatches) -> Result<Vec<MountOp>> {
         .into_iter()
         .map(|(_, id, v)| match id {
             "tmpfs" => parse_tmpfs(&v),
+            "overlay" | "overlay_ro" => parse_overlay(&v, id == "overlay_ro"),
+            "inaccessible" => spec::parse_inaccessible(&v),
             _ => parse_bind(&v, id == "bind_ro"),
         })
         .collect()
 }
 
-/// Resolve and check a root directory as nspawn does: it must exist, be a directory holding
-/// /usr, and not be the host's root.
-pub fn check_root(dir: &str) -> Result<PathBuf> {
+/// Resolve and check a root directory as nspawn does: it must exist and be a directory
+/// holding /usr; the host's root only for modes that never write to it; `--volatile=yes`
+/// only for a merged-/usr tree.
+pub fn check_root(dir: &str, mode: RootMode) -> Result<PathBuf> {
     let p = std::fs::canonicalize(dir)
         .map_err(|e| Error::invalid("--directory", dir, &ns_core::error::io_desc(&e)))?;
-    if p == Path::new("/") {
+    if p == Path::new("/") && mode == RootMode::Directory {
         return Err(Error::invalid(
             "--directory",
             dir,
-            "spawning a container on the root directory is not supported (use --ephemeral)",
+            "spawning a container on the root directory is not supported (use --ephemeral, --volatile=yes or --volatile=state)",
         ));
     }
     if !p.join("usr").is_dir() {
@@ -111,179 +205,89 @@ pub fn check_root(dir: &str) -> Result<PathBuf> {
             "does not look like an OS tree (/usr/ directory is missing)",
         ));
     }
-    Ok(p)
-}
-
-/// Split on unescaped `:`; `\:` is a literal colon.
-fn split_colons(s: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&':') => {
-                out.last_mut().unwrap().push(':');
-                chars.next();
+    if mode == RootMode::Volatile {
+        for d in ["bin", "sbin", "lib", "lib64"] {
+            let m = std::fs::symlink_metadata(p.join(d));
+            if m.is_ok_and(|m| !m.file_type().is_symlink()) {
+                return Err(Error::invalid(
+                    "--volatile",
+                    "yes",
+                    &format!("needs an image with /{d} merged into /usr (a symlink)"),
+                ));
             }
-            ':' => out.push(String::new()),
-            c => out.last_mut().unwrap().push(c),
         }
     }
-    out
-}
-
-/// `--bind`/`--bind-ro`: SRC[:DST[:OPTS]] as nspawn reads it. SRC is made absolute against
-/// the current directory; DST must be absolute; OPTS is rbind (default) or norbind.
-pub fn parse_bind(v: &str, read_only: bool) -> Result<MountOp> {
-    let opt = if read_only { "--bind-ro" } else { "--bind" };
-    let parts = split_colons(v);
-    if parts.len() > 3 {
-        return Err(Error::invalid(opt, v, "too many colon-separated fields"));
-    }
-    let src = &parts[0];
-    if src.is_empty() || src.starts_with('+') {
-        return Err(Error::invalid(
-            opt,
-            v,
-            "temporary and image-relative sources are not supported yet",
-        ));
-    }
-    let source = std::path::absolute(src).map_err(|e| Error::invalid(opt, v, &e.to_string()))?;
-    let dest = match parts.get(1) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => source.clone(),
-    };
-    if !dest.is_absolute() {
-        return Err(Error::invalid(
-            opt,
-            v,
-            "destination is not an absolute path",
-        ));
-    }
-    let recursive = match parts.get(2).map(String::as_str) {
-        None | Some("") | Some("rbind") => true,
-        Some("norbind") => false,
-        Some("idmap") | Some("rootidmap") | Some("noidmap") => {
-            return Err(Error::invalid(
-                opt,
-                v,
-                "idmap options need user namespaces, not supported yet",
-            ))
-        }
-        Some(o) => {
-            return Err(Error::invalid(
-                opt,
-                v,
-                &format!("invalid bind mount option: {o}"),
-            ))
-        }
-    };
-    Ok(MountOp::Bind {
-        source,
-        dest,
-        read_only,
-        recursive,
-    })
-}
-
-/// `--tmpfs=PATH[:OPTS]`; without OPTS nspawn's default `mode=0755`.
-pub fn parse_tmpfs(v: &str) -> Result<MountOp> {
-    let (path, opts) = match v.split_once(':') {
-        Some((p, o)) => (p, o.to_string()),
-        None => (v, "mode=0755".to_string()),
-    };
-    if !path.starts_with('/') {
-        return Err(Error::invalid("--tmpfs", v, "path is not absolute"));
-    }
-    Ok(MountOp::Tmpfs {
-        dest: PathBuf::from(path),
-        options: opts,
-    })
-}
-
-fn escape(p: &Path) -> String {
-    p.to_string_lossy().replace(':', "\\:")
+    Ok(p)
 }
 
 /// The flags that reproduce `plan` (for `ns-run --print-chain`).
 pub fn plan_to_flags(plan: &MountPlan) -> Vec<String> {
+    use ns_core::state::EtcFile;
     let mut out = vec![format!("--directory={}", plan.root.display())];
+    match plan.root_mode {
+        RootMode::Directory => {}
+        RootMode::Overlay => out.push("--volatile=overlay".into()),
+        RootMode::Volatile => out.push("--volatile=yes".into()),
+        RootMode::State => out.push("--volatile=state".into()),
+    }
     if plan.read_only {
         out.push("--read-only".into());
     }
     if plan.private_network {
         out.push("--private-network".into());
     }
-    for op in &plan.ops {
-        out.push(match op {
-            MountOp::Bind {
-                source,
-                dest,
-                read_only,
-                recursive,
-            } => format!(
-                "--bind{}={}:{}:{}",
-                if *read_only { "-ro" } else { "" },
-                escape(source),
-                escape(dest),
-                if *recursive { "rbind" } else { "norbind" }
-            ),
-            MountOp::Tmpfs { dest, options } => format!("--tmpfs={}:{options}", dest.display()),
-        });
+    if let Some(p) = &plan.pivot_root {
+        let old = p
+            .old
+            .as_ref()
+            .map(|o| format!(":{}", o.display()))
+            .unwrap_or_default();
+        out.push(format!("--pivot-root={}{old}", p.new.display()));
     }
+    out.extend(plan.ops.iter().map(spec::op_to_flag));
+    // The resolved modes; ns-mount resolves them again against the same host.
+    let etc = |f: &EtcFile| match f {
+        EtcFile::Off => "off",
+        EtcFile::Bind { create: false, .. } => "auto",
+        EtcFile::Bind { .. } => "bind",
+        EtcFile::Copy { replace: false, .. } => "copy",
+        EtcFile::Copy { replace: true, .. } => "replace",
+        EtcFile::Symlink(_) => "symlink",
+        EtcFile::Delete => "delete",
+    };
+    let resolv = match (&plan.resolv_conf, etc(&plan.resolv_conf)) {
+        (EtcFile::Bind { create: false, .. }, how) => how.to_string(),
+        (EtcFile::Bind { source: s, .. } | EtcFile::Copy { source: s, .. }, how) => {
+            format!("{how}-{}", resolv_source_name(s))
+        }
+        (_, how) => how.to_string(),
+    };
+    out.push(format!("--resolv-conf={resolv}"));
+    out.push(format!("--timezone={}", etc(&plan.timezone)));
     out
+}
+
+/// Which of nspawn's resolv.conf sources a resolved path is (host, static, uplink, stub).
+fn resolv_source_name(p: &Path) -> &'static str {
+    let same = |q: &str| std::fs::canonicalize(q).is_ok_and(|c| c == p);
+    if same("/run/systemd/resolve/stub-resolv.conf") {
+        "stub"
+    } else if same("/run/systemd/resolve/resolv.conf") {
+        "uplink"
+    } else if same("/usr/lib/systemd/resolv.conf") {
+        "static"
+    } else {
+        "host"
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bind_syntax_matches_nspawn() {
-        assert_eq!(
-            parse_bind("/a", false).unwrap(),
-            MountOp::Bind {
-                source: "/a".into(),
-                dest: "/a".into(),
-                read_only: false,
-                recursive: true
-            }
-        );
-        assert_eq!(
-            parse_bind("/a\\:b:/c:norbind", true).unwrap(),
-            MountOp::Bind {
-                source: "/a:b".into(),
-                dest: "/c".into(),
-                read_only: true,
-                recursive: false
-            }
-        );
-        let e = parse_bind("/a:relative", false).unwrap_err();
-        assert_eq!(
-            e.msg,
-            "--bind=/a:relative: destination is not an absolute path"
-        );
-        let e = parse_bind("/a:/b:bogus", true).unwrap_err();
-        assert_eq!(
-            e.msg,
-            "--bind-ro=/a:/b:bogus: invalid bind mount option: bogus"
-        );
-        assert!(parse_bind("/a:/b:rbind:extra", false).is_err());
-    }
-
-    #[test]
-    fn tmpfs_syntax() {
-        assert_eq!(
-            parse_tmpfs("/x").unwrap(),
-            MountOp::Tmpfs {
-                dest: "/x".into(),
-                options: "mode=0755".into()
-            }
-        );
-        assert!(parse_tmpfs("rel").is_err());
-    }
+    use clap::CommandFactory;
+    use ns_core::state::Source;
 
     fn ops_of(argv: &[String]) -> Vec<MountOp> {
-        use clap::CommandFactory;
         ops_from_matches(&Args::command().try_get_matches_from(argv).unwrap()).unwrap()
     }
 
@@ -294,6 +298,8 @@ mod tests {
             "--tmpfs=/t",
             "--bind-ro",
             "/a:/b",
+            "--overlay=/l::/o",
+            "--inaccessible=/i",
             "--bind=/c",
             "--",
             "--bind=/no",
@@ -302,7 +308,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let ops = ops_of(&argv);
-        assert_eq!(ops.len(), 3);
+        assert_eq!(ops.len(), 5);
         assert!(matches!(ops[0], MountOp::Tmpfs { .. }));
         assert!(matches!(
             ops[1],
@@ -311,6 +317,14 @@ mod tests {
                 ..
             }
         ));
+        assert!(matches!(
+            &ops[2],
+            MountOp::Overlay {
+                upper: Source::Temp,
+                ..
+            }
+        ));
+        assert!(matches!(ops[3], MountOp::Inaccessible { .. }));
         let plan = MountPlan {
             root: "/r".into(),
             ops,
@@ -323,15 +337,17 @@ mod tests {
 
     #[test]
     fn root_checks() {
-        assert!(check_root("/")
+        let d = RootMode::Directory;
+        assert!(check_root("/", d)
             .unwrap_err()
             .msg
             .contains("root directory is not supported"));
-        assert!(check_root("/nonexistent/dir")
+        assert!(check_root("/", RootMode::Overlay).is_ok());
+        assert!(check_root("/nonexistent/dir", d)
             .unwrap_err()
             .msg
             .contains("No such file"));
-        assert!(check_root("/etc")
+        assert!(check_root("/etc", d)
             .unwrap_err()
             .msg
             .contains("/usr/ directory is missing"));

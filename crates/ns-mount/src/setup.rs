@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
-use ns_core::state::{MountOp, MountPlan};
+use ns_core::state::{MountPlan, RootMode};
 use ns_core::{Context, Error, Result};
 
 /// What to create when a mount point is missing.
@@ -24,7 +24,11 @@ pub enum Kind {
 /// Build the whole root and pivot into it. On return the process's root is the container.
 pub fn build_root(plan: &MountPlan) -> Result<()> {
     make_rslave()?;
-    let root = bind_root(&plan.root)?;
+    let scratch = crate::scratch::Scratch::mount()?;
+    let mut root = crate::root::assemble(plan, &scratch)?;
+    if let Some(p) = &plan.pivot_root {
+        root = crate::root::pivot_inside(root, p)?;
+    }
     mount_proc(&root, plan.private_network)?;
     mount_sys(&root)?;
     mount_dev(&root)?;
@@ -40,13 +44,13 @@ pub fn build_root(plan: &MountPlan) -> Result<()> {
         "mode=01777",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
+    let writable = !plan.read_only && plan.root_mode != RootMode::State;
+    crate::ops::etc_file(&root, "/etc/resolv.conf", &plan.resolv_conf, true, writable)?;
+    crate::ops::etc_file(&root, "/etc/localtime", &plan.timezone, false, writable)?;
     for op in &plan.ops {
-        apply(&root, op)?;
+        crate::ops::apply(&root, &scratch, op)?;
     }
-    if plan.read_only {
-        ns_core::sys::mount_setattr_rdonly(root.as_fd(), false)
-            .ctx(|| "cannot make the root read-only".into())?;
-    }
+    crate::root::finish(&root, plan)?;
     pivot_into(&root)
 }
 
@@ -82,7 +86,7 @@ pub fn bind_root(dir: &Path) -> Result<OwnedFd> {
     .ctx(|| format!("cannot open {}", dir.display()))
 }
 
-fn fd_path(fd: &OwnedFd) -> String {
+pub(crate) fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
@@ -126,6 +130,7 @@ fn open_in_root_depth(
                 };
                 return open_in_root_depth(root, &next, create, depth + 1);
             }
+            report_creation(&parent, name.as_ref())?;
             let r = match create {
                 Some(Kind::Dir) => {
                     nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
@@ -154,6 +159,19 @@ fn open_in_root_depth(
     }
 }
 
+/// SYNC-4: a node is about to be created in `parent`. Unless that is our own scratch tmpfs
+/// (gone with the container anyway), tell the monitor its host path, so that it removes it
+/// after the container is gone (nspawn leaves such mount points behind, systemd#17536).
+fn report_creation(parent: &OwnedFd, name: &Path) -> Result<()> {
+    let dir = nix::fcntl::readlink(fd_path(parent).as_str())
+        .ctx(|| "cannot resolve a mount point's parent".into())?;
+    let path = Path::new(&dir).join(name);
+    if path.starts_with(crate::scratch::SCRATCH_DIR) {
+        return Ok(());
+    }
+    ns_core::stage::report_created(&path, false)
+}
+
 /// `/a/b` → `a/b`, `/` → `.`; `..` components are kept for RESOLVE_IN_ROOT to clamp.
 fn relative(path: &Path) -> PathBuf {
     let rel: PathBuf = path
@@ -167,7 +185,7 @@ fn relative(path: &Path) -> PathBuf {
     }
 }
 
-fn mount_fs(
+pub(crate) fn mount_fs(
     root: &OwnedFd,
     dest: &str,
     fstype: &str,
@@ -186,7 +204,7 @@ fn mount_fs(
 }
 
 /// Make the mount at `dest` (and below, if `recursive`) read-only.
-fn make_read_only(root: &OwnedFd, dest: &Path, recursive: bool) -> Result<()> {
+pub(crate) fn make_read_only(root: &OwnedFd, dest: &Path, recursive: bool) -> Result<()> {
     // Re-open after mounting: the path walk now ends in the new mount, not the one below.
     let fd = open_in_root(root, dest, None)?;
     ns_core::sys::mount_setattr_rdonly(fd.as_fd(), recursive)
@@ -340,59 +358,6 @@ fn make_device(dev: &OwnedFd, devp: &str, name: &str, major: u64, minor: u64) ->
             "cannot create /dev/{name}: {}",
             e.desc()
         ))),
-    }
-}
-
-/// One user mount.
-pub fn apply(root: &OwnedFd, op: &MountOp) -> Result<()> {
-    match op {
-        MountOp::Bind {
-            source,
-            dest,
-            read_only,
-            recursive,
-        } => {
-            let st =
-                nix::sys::stat::stat(source).ctx(|| format!("cannot bind {}", source.display()))?;
-            let kind = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                Kind::Dir
-            } else {
-                Kind::File
-            };
-            let target = open_in_root(root, dest, Some(kind))?;
-            let mut flags = MsFlags::MS_BIND;
-            if *recursive {
-                flags |= MsFlags::MS_REC;
-            }
-            mount(
-                Some(source.as_path()),
-                fd_path(&target).as_str(),
-                None::<&str>,
-                flags,
-                None::<&str>,
-            )
-            .ctx(|| format!("cannot bind {} on {}", source.display(), dest.display()))?;
-            if *read_only {
-                make_read_only(root, dest, true)?;
-            }
-            Ok(())
-        }
-        MountOp::Tmpfs { dest, options } => {
-            let target = open_in_root(root, dest, Some(Kind::Dir))?;
-            mount(
-                Some("tmpfs"),
-                fd_path(&target).as_str(),
-                Some("tmpfs"),
-                MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
-                Some(options.as_str()),
-            )
-            .ctx(|| {
-                format!(
-                    "cannot mount tmpfs on {} with \"{options}\"",
-                    dest.display()
-                )
-            })
-        }
     }
 }
 

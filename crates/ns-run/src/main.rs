@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod host;
 mod monitor;
 mod plan;
 
@@ -27,6 +28,10 @@ fn main() {
         if cli.print_chain {
             println!("{}", plan::chain(&state));
             std::process::exit(0);
+        }
+        if let Some(t) = &cli.template {
+            // nspawn: a missing -D directory is created from the template (checked by build).
+            ns_mount::template::instantiate(std::path::Path::new(t), &state.mount.root)?;
         }
         let code = monitor::run(&state)?;
         std::process::exit(code)

@@ -11,7 +11,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::stage::{debug, exit_code_of, fail};
-use ns_core::state::State;
+use ns_core::state::{RootMode, State};
+
+use crate::host;
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, kill_raw, Forked};
 use ns_core::{Context, Error, Result};
@@ -20,6 +22,10 @@ const STAGE: &str = "ns-run";
 
 /// Run the container described by `state`; returns the exit code for ns-run.
 pub fn run(state: &State) -> Result<i32> {
+    host::collect_stale();
+    let m = &state.mount;
+    let shared = m.read_only || m.root_mode != RootMode::Directory;
+    let lock = host::ImageLock::acquire(&m.root, shared)?;
     let mut stages = vec!["ns-enter", "ns-mount", "ns-caps"];
     if state.exec.as_pid2 {
         stages.push("ns-init");
@@ -60,15 +66,18 @@ pub fn run(state: &State) -> Result<i32> {
             drop(chain_end);
             drop(state_fd);
             fds.close_all();
-            Monitor {
+            let mut monitor = Monitor {
                 enter,
                 pid1: None,
                 kill_signal: state.monitor.kill_signal,
                 requests: 0,
                 failed: None,
                 enter_status: None,
-            }
-            .supervise(&sync, &signals)
+                cleanup: host::Cleanup::new(&m.root),
+            };
+            let code = monitor.supervise(&sync, &signals);
+            monitor.cleanup.run(Some(&lock));
+            code
         }
     }
 }
@@ -82,10 +91,12 @@ struct Monitor {
     /// Exit code a stage reported with `Failed` (SYNC-3).
     failed: Option<i32>,
     enter_status: Option<i32>,
+    /// Host paths the chain created (SYNC-4).
+    cleanup: host::Cleanup,
 }
 
 impl Monitor {
-    fn supervise(mut self, sync: &SyncSocket, signals: &SignalFd) -> Result<i32> {
+    fn supervise(&mut self, sync: &SyncSocket, signals: &SignalFd) -> Result<i32> {
         let mut sync_open = true;
         loop {
             let mut pfds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
@@ -153,6 +164,10 @@ impl Monitor {
             Some(Msg::Failed { stage, code, .. }) => {
                 debug(STAGE, || format!("{stage} failed with {code}"));
                 self.failed = Some(code);
+                Ok(true)
+            }
+            Some(Msg::Created { path, recursive }) => {
+                self.cleanup.add(path, recursive)?;
                 Ok(true)
             }
             Some(Msg::Go) => Err(Error::setup("unexpected Go from the chain".into())),

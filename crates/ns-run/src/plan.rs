@@ -1,7 +1,7 @@
 //! Policy: turn nspawn's options into the state the stages execute. Every decision is made
 //! here, before anything is created, so bad input fails with nothing to clean up.
 
-use ns_core::state::{EnterPlan, MonitorPlan, MountPlan, State, STATE_VERSION};
+use ns_core::state::{EnterPlan, MonitorPlan, State, STATE_VERSION};
 use ns_core::{Error, Result};
 
 use crate::cli::Cli;
@@ -9,19 +9,12 @@ use crate::cli::Cli;
 /// Options recognised from nspawn 252 that later work will implement. Each one used fails
 /// with "not supported yet" instead of being silently ignored.
 fn unsupported(c: &Cli) -> Option<&'static str> {
-    let checks: [(&'static str, bool); 43] = [
-        ("--template", c.template.is_some()),
-        ("--ephemeral", c.ephemeral),
+    let checks = [
         ("--image", c.image.is_some()),
         ("--oci-bundle", c.oci_bundle.is_some()),
-        (
-            "--volatile",
-            c.volatile.as_deref().is_some_and(|v| !is_false(v)),
-        ),
         ("--root-hash", c.root_hash.is_some()),
         ("--root-hash-sig", c.root_hash_sig.is_some()),
         ("--verity-data", c.verity_data.is_some()),
-        ("--pivot-root", c.pivot_root.is_some()),
         ("--boot", c.boot),
         (
             "--notify-ready",
@@ -65,20 +58,9 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ("--cpu-affinity", c.cpu_affinity.is_some()),
         ("--personality", c.personality.is_some()),
         (
-            "--resolv-conf",
-            c.resolv_conf.as_deref().is_some_and(|v| v != "off"),
-        ),
-        (
-            "--timezone",
-            c.timezone.as_deref().is_some_and(|v| v != "off"),
-        ),
-        (
             "--link-journal",
             c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
         ),
-        ("--inaccessible", !c.inaccessible.is_empty()),
-        ("--overlay", !c.overlay.is_empty()),
-        ("--overlay-ro", !c.overlay_ro.is_empty()),
         ("--bind-user", !c.bind_user.is_empty()),
         ("--set-credential", !c.set_credential.is_empty()),
         ("--load-credential", !c.load_credential.is_empty()),
@@ -263,18 +245,47 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             .to_string_lossy()
             .into_owned(),
     };
-    let root = ns_mount::check_root(&dir)?;
+    if c.ephemeral && c.template.is_some() {
+        return Err(Error::setup(
+            "--ephemeral and --template= may not be combined".into(),
+        ));
+    }
+    // With --template and a missing directory, everything is checked against the template,
+    // which ns-run copies only once the whole command line has proven good.
+    let from_template = c
+        .template
+        .as_ref()
+        .filter(|_| std::fs::symlink_metadata(&dir).is_err());
+    let mut mount = ns_mount::mount_plan(&ns_mount::MountOptions {
+        directory: from_template.map_or(&dir, |t| t),
+        read_only: c.read_only,
+        private_network: c.private_network,
+        ephemeral: c.ephemeral,
+        volatile: c.volatile.as_deref(),
+        pivot_root: c.pivot_root.as_deref(),
+        resolv_conf: c.resolv_conf.as_deref(),
+        timezone: c.timezone.as_deref(),
+        matches,
+    })?;
+    if from_template.is_some() {
+        mount.root = std::path::absolute(&dir)
+            .map_err(|e| Error::invalid("--directory", &dir, &e.to_string()))?;
+    }
+    let root = mount.root.clone();
 
-    let machine = match &c.machine {
+    let mut machine = match &c.machine {
         Some(m) if !hostname_is_valid(m) => {
             return Err(Error::invalid("--machine", m, "invalid machine name"))
         }
         Some(m) => m.clone(),
         None => {
-            let base = root
-                .file_name()
-                .map(|b| b.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            // nspawn: the host's hostname for `/`, else the directory's name.
+            let base = match root.file_name() {
+                Some(b) => b.to_string_lossy().into_owned(),
+                None => nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            };
             let m = hostname_cleanup(&base);
             if !hostname_is_valid(&m) {
                 return Err(Error::invalid(
@@ -286,6 +297,15 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             m
         }
     };
+    if c.ephemeral {
+        // nspawn names an ephemeral container NAME-<16 hex>.
+        let hex: String = ns_core::random_bytes::<8>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        machine.truncate(64 - 17);
+        machine = format!("{}-{hex}", machine.trim_end_matches(['-', '.']));
+    }
     let hostname = match &c.hostname {
         Some(h) if !hostname_is_valid(h) => {
             return Err(Error::invalid("--hostname", h, "invalid hostname"))
@@ -322,12 +342,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             namespaces: ns_enter::default_namespaces(c.private_network),
             hostname: Some(hostname),
         },
-        mount: MountPlan {
-            root,
-            read_only: c.read_only,
-            private_network: c.private_network,
-            ops: ns_mount::ops_from_matches(matches)?,
-        },
+        mount,
         exec,
         monitor: MonitorPlan {
             kill_signal,

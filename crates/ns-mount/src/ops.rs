@@ -1,0 +1,297 @@
+//! The user mounts (`MountOp`, applied in command-line order) and /etc/resolv.conf and
+//! /etc/localtime (`EtcFile`).
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+use ns_core::state::{EtcFile, MountOp, Source};
+use ns_core::{Context, Error, Result};
+
+use crate::root::ovl_escape;
+use crate::scratch::Scratch;
+use crate::setup::{fd_path, make_read_only, open_in_root, Kind};
+
+/// A source, opened: its path usable in mount(2) and options while the fd lives.
+struct Opened {
+    _fd: Option<OwnedFd>,
+    path: String,
+    kind: SFlag,
+}
+
+fn file_kind(st: &nix::sys::stat::FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT)
+}
+
+/// Resolve a source: host paths as they are, image paths inside the root (never leaving
+/// it), temporary ones as a fresh directory on the scratch tmpfs.
+fn open_source(root: &OwnedFd, scratch: &Scratch, s: &Source, what: &str) -> Result<Opened> {
+    match s {
+        Source::Host(p) => {
+            let st = nix::sys::stat::stat(p).ctx(|| format!("cannot {what} {}", p.display()))?;
+            Ok(Opened {
+                _fd: None,
+                path: p.to_string_lossy().into_owned(),
+                kind: file_kind(&st),
+            })
+        }
+        Source::Image(p) => {
+            let fd = open_in_root(root, p, None)?;
+            let st = nix::sys::stat::fstat(fd.as_fd())
+                .ctx(|| format!("cannot {what} +{}", p.display()))?;
+            Ok(Opened {
+                path: fd_path(&fd),
+                kind: file_kind(&st),
+                _fd: Some(fd),
+            })
+        }
+        Source::Temp => Ok(Opened {
+            _fd: None,
+            path: scratch.dir("temp")?.to_string_lossy().into_owned(),
+            kind: SFlag::S_IFDIR,
+        }),
+    }
+}
+
+/// One user mount.
+pub fn apply(root: &OwnedFd, scratch: &Scratch, op: &MountOp) -> Result<()> {
+    match op {
+        MountOp::Bind {
+            source,
+            dest,
+            read_only,
+            recursive,
+        } => {
+            let src = open_source(root, scratch, source, "bind")?;
+            let kind = if src.kind == SFlag::S_IFDIR {
+                Kind::Dir
+            } else {
+                Kind::File
+            };
+            let target = open_in_root(root, dest, Some(kind))?;
+            let mut flags = MsFlags::MS_BIND;
+            if *recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            mount(
+                Some(src.path.as_str()),
+                fd_path(&target).as_str(),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .ctx(|| format!("cannot bind {} on {}", src.path, dest.display()))?;
+            if *read_only {
+                make_read_only(root, dest, true)?;
+            }
+            Ok(())
+        }
+        MountOp::Tmpfs { dest, options } => {
+            let target = open_in_root(root, dest, Some(Kind::Dir))?;
+            mount(
+                Some("tmpfs"),
+                fd_path(&target).as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+                Some(options.as_str()),
+            )
+            .ctx(|| {
+                format!(
+                    "cannot mount tmpfs on {} with \"{options}\"",
+                    dest.display()
+                )
+            })
+        }
+        MountOp::Overlay {
+            lower,
+            upper,
+            dest,
+            read_only,
+        } => overlay(root, scratch, lower, upper, dest, *read_only),
+        MountOp::Inaccessible { dest } => {
+            let target = open_in_root(root, dest, None)?;
+            let st = nix::sys::stat::fstat(target.as_fd())
+                .ctx(|| format!("cannot stat {}", dest.display()))?;
+            let node = scratch.inaccessible(file_kind(&st))?;
+            mount(
+                Some(&node),
+                fd_path(&target).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| format!("cannot make {} inaccessible", dest.display()))?;
+            make_read_only(root, dest, false)
+        }
+    }
+}
+
+/// An overlay on `dest`. overlayfs lists lowers top first; ours are bottom first. A host
+/// upper gets a work directory beside it (announced to the monitor, which removes it after
+/// exit); a temporary upper lives on the scratch tmpfs.
+fn overlay(
+    root: &OwnedFd,
+    scratch: &Scratch,
+    lower: &[Source],
+    upper: &Source,
+    dest: &Path,
+    read_only: bool,
+) -> Result<()> {
+    let mut layers = Vec::new();
+    for l in lower {
+        let o = open_source(root, scratch, l, "use as overlay layer")?;
+        if o.kind != SFlag::S_IFDIR {
+            return Err(Error::setup(format!(
+                "overlay layer {} is not a directory",
+                o.path
+            )));
+        }
+        layers.push(o);
+    }
+    let up = open_source(root, scratch, upper, "use as overlay upper")?;
+    if up.kind != SFlag::S_IFDIR {
+        return Err(Error::setup(format!(
+            "overlay upper {} is not a directory",
+            up.path
+        )));
+    }
+    let mut tops: Vec<String> = layers.iter().rev().map(|o| ovl_escape(&o.path)).collect();
+    let opts = if read_only {
+        tops.insert(0, ovl_escape(&up.path));
+        format!("lowerdir={}", tops.join(":"))
+    } else {
+        let work = match upper {
+            Source::Temp => scratch.dir("work")?,
+            _ => host_workdir(&up.path)?,
+        };
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            tops.join(":"),
+            ovl_escape(&up.path),
+            ovl_escape(&work.to_string_lossy())
+        )
+    };
+    let target = open_in_root(root, dest, Some(Kind::Dir))?;
+    let flags = if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some("overlay"),
+        fd_path(&target).as_str(),
+        Some("overlay"),
+        flags,
+        Some(opts.as_str()),
+    )
+    .ctx(|| format!("cannot mount overlay on {}", dest.display()))
+}
+
+/// `.#<name><16 hex>` beside the upper directory, as nspawn names it; the monitor removes it.
+fn host_workdir(upper: &str) -> Result<PathBuf> {
+    let up = std::fs::canonicalize(upper).ctx(|| format!("cannot resolve {upper}"))?;
+    let name = up
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let hex: String = ns_core::random_bytes::<8>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let work = up.with_file_name(format!(".#{name}{hex}"));
+    ns_core::stage::report_created(&work, true)?;
+    nix::unistd::mkdir(&work, Mode::from_bits_truncate(0o700))
+        .ctx(|| format!("cannot create overlay workdir {}", work.display()))?;
+    Ok(work)
+}
+
+/// /etc/resolv.conf or /etc/localtime. Images without /etc are left alone, as by nspawn; a
+/// missing file is created only for an explicit mode on a writable root.
+/// `follow`: a symlink in the image is followed (resolv.conf usually points into /run, our
+/// tmpfs); otherwise a symlink means the image manages the file itself and is left alone.
+/// A read-only root gets a bind instead of a copy, as with nspawn.
+pub fn etc_file(
+    root: &OwnedFd,
+    path: &str,
+    what: &EtcFile,
+    follow: bool,
+    writable: bool,
+) -> Result<()> {
+    if *what == EtcFile::Off {
+        return Ok(());
+    }
+    let Ok(etc) = open_in_root(root, Path::new("/etc"), None) else {
+        return Ok(());
+    };
+    let name = Path::new(path).file_name().expect("a file name");
+    let current =
+        nix::sys::stat::fstatat(etc.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+    let is_link = current.is_some_and(|st| file_kind(&st) == SFlag::S_IFLNK);
+    let bind = |src: &Path, create: bool| -> Result<()> {
+        if (is_link && !follow) || (current.is_none() && (!create || !writable)) {
+            return Ok(());
+        }
+        let target = open_in_root(root, Path::new(path), Some(Kind::File))?;
+        mount(
+            Some(src),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| format!("cannot bind {} on {path}", src.display()))?;
+        make_read_only(root, Path::new(path), false)
+    };
+    match what {
+        EtcFile::Off => Ok(()),
+        EtcFile::Bind { source, create } => bind(source, *create),
+        EtcFile::Copy { source, .. } if !writable => bind(source, false),
+        EtcFile::Copy { source, replace } => {
+            let regular = current.is_some_and(|st| file_kind(&st) == SFlag::S_IFREG);
+            if current.is_some() && !regular {
+                if !replace {
+                    return Ok(()); // copy-* leaves a symlink or special file alone
+                }
+                unlink(&etc, name, path)?;
+            }
+            let data = std::fs::read(source).ctx(|| format!("cannot read {}", source.display()))?;
+            let fd = nix::fcntl::openat(
+                etc.as_fd(),
+                name,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_TRUNC
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .ctx(|| format!("cannot write {path}"))?;
+            std::fs::File::from(fd)
+                .write_all(&data)
+                .ctx(|| format!("cannot write {path}"))
+        }
+        EtcFile::Symlink(_) | EtcFile::Delete if !writable => Ok(()),
+        EtcFile::Symlink(to) => {
+            if current.is_some() {
+                unlink(&etc, name, path)?;
+            }
+            nix::unistd::symlinkat(to.as_path(), etc.as_fd(), name)
+                .ctx(|| format!("cannot create {path}"))
+        }
+        EtcFile::Delete => match current {
+            Some(_) => unlink(&etc, name, path),
+            None => Ok(()),
+        },
+    }
+}
+
+fn unlink(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str) -> Result<()> {
+    match nix::unistd::unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::setup(format!("cannot remove {path}: {}", e.desc()))),
+    }
+}

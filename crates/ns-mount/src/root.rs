@@ -1,0 +1,149 @@
+//! Assembling the root from the directory, by mode (`MountPlan::root_mode`), and what is done
+//! to it last (read-only).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+use ns_core::state::{MountPlan, PivotRoot, RootMode};
+use ns_core::{Context, Result};
+
+use crate::scratch::Scratch;
+use crate::setup::{bind_root, fd_path, make_read_only, mount_tmpfs, open_in_root, Kind};
+
+/// Escape a path for overlayfs's option string (`:` separates layers, `,` options).
+pub fn ovl_escape(p: &str) -> String {
+    p.replace('\\', "\\\\")
+        .replace(':', "\\:")
+        .replace(',', "\\,")
+}
+
+fn open_dir(p: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        p,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {}", p.display()))
+}
+
+/// The root mount, by mode; returns an fd of its top.
+pub fn assemble(plan: &MountPlan, scratch: &Scratch) -> Result<OwnedFd> {
+    let dir = &plan.root;
+    match plan.root_mode {
+        RootMode::Directory => bind_root(dir),
+        RootMode::Overlay => {
+            // `-x`: the directory is only read; every write lands on the scratch tmpfs, so
+            // start-up costs the same whatever the tree's size, and nothing survives the
+            // container, not even after SIGKILL.
+            let (upper, work, top) = (
+                scratch.dir("root-upper")?,
+                scratch.dir("root-work")?,
+                scratch.dir("root")?,
+            );
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                ovl_escape(&dir.to_string_lossy()),
+                upper.display(),
+                work.display()
+            );
+            mount(
+                Some("overlay"),
+                &top,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+            .ctx(|| format!("cannot mount an overlay of {}", dir.display()))?;
+            open_dir(&top)
+        }
+        RootMode::Volatile => {
+            // `--volatile=yes`: a tmpfs root with only the image's /usr, read-only.
+            let top = scratch.dir("root")?;
+            mount(
+                Some("tmpfs"),
+                &top,
+                Some("tmpfs"),
+                MsFlags::MS_STRICTATIME,
+                Some("mode=0755"),
+            )
+            .ctx(|| "cannot mount the volatile root tmpfs".into())?;
+            let root = open_dir(&top)?;
+            let usr = open_in_root(&root, Path::new("/usr"), Some(Kind::Dir))?;
+            mount(
+                Some(&dir.join("usr")),
+                fd_path(&usr).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .ctx(|| format!("cannot bind {}/usr", dir.display()))?;
+            make_read_only(&root, Path::new("/usr"), true)?;
+            for link in ["bin", "sbin", "lib", "lib64"] {
+                if dir.join("usr").join(link).is_dir() {
+                    nix::unistd::symlinkat(format!("usr/{link}").as_str(), root.as_fd(), link)
+                        .ctx(|| format!("cannot create /{link}"))?;
+                }
+            }
+            Ok(root)
+        }
+        RootMode::State => {
+            // `--volatile=state`: the image read-only, a tmpfs /var.
+            let root = bind_root(dir)?;
+            mount_tmpfs(
+                &root,
+                "/var",
+                "mode=0755",
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            )?;
+            ns_core::sys::mount_setattr_rdonly(root.as_fd(), false)
+                .ctx(|| "cannot make the root read-only".into())?;
+            Ok(root)
+        }
+    }
+}
+
+/// `--pivot-root=NEW[:OLD]`: NEW (inside the image) becomes the root; the image's own root is
+/// bound at OLD inside it, or left out.
+pub fn pivot_inside(root: OwnedFd, p: &PivotRoot) -> Result<OwnedFd> {
+    let new = open_in_root(&root, &p.new, None)?;
+    let newp = fd_path(&new);
+    mount(
+        Some(newp.as_str()),
+        newp.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("--pivot-root: cannot bind {} on itself", p.new.display()))?;
+    // Re-open: the path now ends in the new mount.
+    let new_root = open_in_root(&root, &p.new, None)?;
+    if let Some(old) = &p.old {
+        let target = open_in_root(&new_root, old, Some(Kind::Dir))?;
+        mount(
+            Some(fd_path(&root).as_str()),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| {
+            format!(
+                "--pivot-root: cannot bind the old root on {}",
+                old.display()
+            )
+        })?;
+    }
+    Ok(new_root)
+}
+
+/// Last touches before pivot_root: `--read-only`.
+pub fn finish(root: &OwnedFd, plan: &MountPlan) -> Result<()> {
+    if plan.read_only && plan.root_mode != RootMode::State {
+        ns_core::sys::mount_setattr_rdonly(root.as_fd(), false)
+            .ctx(|| "cannot make the root read-only".into())?;
+    }
+    Ok(())
+}

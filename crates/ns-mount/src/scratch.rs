@@ -1,0 +1,97 @@
+//! The scratch tmpfs: a private tmpfs mounted in the container's own mount namespace, holding
+//! what must not outlive the container (temporary bind sources, overlay upper and work dirs,
+//! the `-x` upper layer, inaccessible nodes). It needs no cleanup: it is freed with the mount
+//! namespace, also when everything is killed with SIGKILL.
+
+use std::cell::Cell;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+use ns_core::{Context, Result};
+
+/// Where the scratch tmpfs is mounted (inside the container's mount namespace only; on the
+/// host this stays an empty directory).
+pub const SCRATCH_DIR: &str = "/run/ns-run/scratch";
+
+pub struct Scratch {
+    counter: Cell<u32>,
+}
+
+impl Scratch {
+    pub fn mount() -> Result<Scratch> {
+        std::fs::create_dir_all(SCRATCH_DIR).ctx(|| format!("cannot create {SCRATCH_DIR}"))?;
+        mount(
+            Some("tmpfs"),
+            SCRATCH_DIR,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0700"),
+        )
+        .ctx(|| format!("cannot mount the scratch tmpfs on {SCRATCH_DIR}"))?;
+        Ok(Scratch {
+            counter: Cell::new(0),
+        })
+    }
+
+    /// A new, empty directory on the scratch tmpfs, named after its use.
+    pub fn dir(&self, what: &str) -> Result<PathBuf> {
+        let n = self.counter.get();
+        self.counter.set(n + 1);
+        let p = Path::new(SCRATCH_DIR).join(format!("{what}-{n}"));
+        nix::unistd::mkdir(&p, Mode::from_bits_truncate(0o755))
+            .ctx(|| format!("cannot create {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// An inaccessible node of the given file type (mode 0000, nothing behind it), created on
+    /// first use. Hosts without systemd have no /run/systemd/inaccessible; we bring our own.
+    pub fn inaccessible(&self, kind: SFlag) -> Result<PathBuf> {
+        let dir = Path::new(SCRATCH_DIR).join("inaccessible");
+        if !dir.exists() {
+            nix::unistd::mkdir(&dir, Mode::from_bits_truncate(0o755))
+                .ctx(|| "cannot create inaccessible nodes".into())?;
+        }
+        let name = match kind {
+            SFlag::S_IFDIR => "dir",
+            SFlag::S_IFCHR => "chr",
+            SFlag::S_IFBLK => "blk",
+            SFlag::S_IFIFO => "fifo",
+            SFlag::S_IFSOCK => "sock",
+            _ => "reg",
+        };
+        let p = dir.join(name);
+        if p.symlink_metadata().is_err() {
+            let none = Mode::empty();
+            match kind {
+                SFlag::S_IFDIR => nix::unistd::mkdir(&p, none),
+                SFlag::S_IFREG => nix::fcntl::open(
+                    &p,
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    none,
+                )
+                .map(drop),
+                k => nix::sys::stat::mknod(&p, k, none, 0),
+            }
+            .ctx(|| format!("cannot create {}", p.display()))?;
+            // mkdir and open honour the umask; mode 0000 is the point.
+            nix::sys::stat::fchmodat(
+                nix::fcntl::open(&dir, OFlag::O_PATH | OFlag::O_DIRECTORY, none)
+                    .ctx(|| "cannot open inaccessible nodes".into())?
+                    .as_fd(),
+                name,
+                none,
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )
+            .ctx(|| format!("cannot chmod {}", p.display()))?;
+        }
+        Ok(p)
+    }
+}
+
+/// An fd-backed path usable in mount options while `fd` stays open.
+pub fn fd_option_path(fd: &OwnedFd) -> String {
+    crate::setup::fd_path(fd)
+}

@@ -1,0 +1,154 @@
+//! Host-side objects the monitor owns: the image lock, and the paths the chain created on the
+//! host (SYNC-4) that it removes once the container is gone. Both survive a killed monitor
+//! gracefully: the lock is a flock (released by the kernel), and the cleanup list is journaled
+//! under /run/ns-run/cleanup, collected by the next ns-run.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use ns_core::{Context, Error, Result};
+use serde::{Deserialize, Serialize};
+
+pub const CLEANUP_DIR: &str = "/run/ns-run/cleanup";
+
+/// One container per tree, as nspawn: an exclusive flock on the root directory, shared for
+/// containers that never write to it (read-only, ephemeral, volatile). No lock file is left
+/// anywhere; the kernel drops the lock with the monitor.
+pub struct ImageLock(Flock<File>);
+
+impl ImageLock {
+    pub fn acquire(root: &Path, shared: bool) -> Result<ImageLock> {
+        let f = File::open(root).ctx(|| format!("cannot open {} to lock it", root.display()))?;
+        let arg = if shared {
+            FlockArg::LockSharedNonblock
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        Flock::lock(f, arg).map(ImageLock).map_err(|(_, e)| match e {
+            nix::errno::Errno::EWOULDBLOCK => Error::invalid(
+                "--directory",
+                &root.to_string_lossy(),
+                "directory tree is currently busy (another container uses it; -x or --read-only can share it)",
+            ),
+            e => Error::setup(format!("cannot lock {}: {}", root.display(), e.desc())),
+        })
+    }
+
+    /// Is this monitor now the tree's only user?
+    pub fn sole_user(&self) -> bool {
+        self.0.relock(FlockArg::LockExclusiveNonblock).is_ok()
+    }
+}
+
+fn sole_user_of(root: &Path) -> bool {
+    File::open(root).is_ok_and(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok())
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    /// The tree whose container created it (removal waits until nobody uses the tree).
+    root: PathBuf,
+    path: PathBuf,
+    recursive: bool,
+}
+
+/// Paths to remove after the container, journaled as they are announced.
+pub struct Cleanup {
+    root: PathBuf,
+    journal: Option<(PathBuf, File)>,
+    entries: Vec<Entry>,
+}
+
+impl Cleanup {
+    pub fn new(root: &Path) -> Cleanup {
+        Cleanup {
+            root: root.to_path_buf(),
+            journal: None,
+            entries: Vec::new(),
+        }
+    }
+
+    /// SYNC-4 received: remember and journal before the stage creates it.
+    pub fn add(&mut self, path: PathBuf, recursive: bool) -> Result<()> {
+        if self.journal.is_none() {
+            std::fs::create_dir_all(CLEANUP_DIR).ctx(|| format!("cannot create {CLEANUP_DIR}"))?;
+            let p = Path::new(CLEANUP_DIR).join(std::process::id().to_string());
+            let f = File::options()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .ctx(|| format!("cannot open {}", p.display()))?;
+            self.journal = Some((p, f));
+        }
+        let e = Entry {
+            root: self.root.clone(),
+            path,
+            recursive,
+        };
+        let (p, f) = self.journal.as_mut().expect("journal opened");
+        let mut line = serde_json::to_vec(&e).expect("entry serializes");
+        line.push(b'\n');
+        f.write_all(&line)
+            .ctx(|| format!("cannot write {}", p.display()))?;
+        self.entries.push(e);
+        Ok(())
+    }
+
+    /// The container is gone: remove what it created, unless another container still uses
+    /// the tree (then the journal stays for a later ns-run to collect).
+    pub fn run(self, lock: Option<&ImageLock>) {
+        let Some((journal, _)) = self.journal else {
+            return;
+        };
+        if lock.is_some_and(|l| !l.sole_user()) {
+            return;
+        }
+        remove_all(&self.entries);
+        let _ = std::fs::remove_file(journal);
+    }
+}
+
+fn remove_all(entries: &[Entry]) {
+    for e in entries.iter().rev() {
+        let r = if e.recursive {
+            std::fs::remove_dir_all(&e.path)
+        } else {
+            match std::fs::symlink_metadata(&e.path) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir(&e.path),
+                // A mount point file we created empty; anything written to it stays.
+                Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&e.path),
+                _ => Ok(()),
+            }
+        };
+        let _ = r; // best effort: a non-empty directory is no longer only ours
+    }
+}
+
+/// Remove what dead monitors left behind (killed before they could clean up).
+pub fn collect_stale() {
+    let Ok(dir) = std::fs::read_dir(CLEANUP_DIR) else {
+        return;
+    };
+    for f in dir.flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "ns-run" {
+            continue; // its monitor is alive
+        }
+        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+        let entries: Vec<Entry> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if entries.iter().any(|e| !sole_user_of(&e.root)) {
+            continue; // a container still runs on that tree
+        }
+        remove_all(&entries);
+        let _ = std::fs::remove_file(f.path());
+    }
+}
