@@ -4,7 +4,7 @@
 //! namespace, also when everything is killed with SIGKILL.
 
 use std::cell::Cell;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -16,12 +16,23 @@ use ns_core::{Context, Result};
 /// host this stays an empty directory).
 pub const SCRATCH_DIR: &str = "/run/ns-run/scratch";
 
+/// Mounted on first use only: a plain container never pays for it.
+#[derive(Default)]
 pub struct Scratch {
+    mounted: Cell<bool>,
     counter: Cell<u32>,
 }
 
 impl Scratch {
-    pub fn mount() -> Result<Scratch> {
+    /// Must be created inside the container's mount namespace, after make_rslave.
+    pub fn new() -> Scratch {
+        Scratch::default()
+    }
+
+    fn ensure_mounted(&self) -> Result<()> {
+        if self.mounted.get() {
+            return Ok(());
+        }
         std::fs::create_dir_all(SCRATCH_DIR).ctx(|| format!("cannot create {SCRATCH_DIR}"))?;
         mount(
             Some("tmpfs"),
@@ -31,13 +42,13 @@ impl Scratch {
             Some("mode=0700"),
         )
         .ctx(|| format!("cannot mount the scratch tmpfs on {SCRATCH_DIR}"))?;
-        Ok(Scratch {
-            counter: Cell::new(0),
-        })
+        self.mounted.set(true);
+        Ok(())
     }
 
     /// A new, empty directory on the scratch tmpfs, named after its use.
     pub fn dir(&self, what: &str) -> Result<PathBuf> {
+        self.ensure_mounted()?;
         let n = self.counter.get();
         self.counter.set(n + 1);
         let p = Path::new(SCRATCH_DIR).join(format!("{what}-{n}"));
@@ -49,6 +60,7 @@ impl Scratch {
     /// An inaccessible node of the given file type (mode 0000, nothing behind it), created on
     /// first use. Hosts without systemd have no /run/systemd/inaccessible; we bring our own.
     pub fn inaccessible(&self, kind: SFlag) -> Result<PathBuf> {
+        self.ensure_mounted()?;
         let dir = Path::new(SCRATCH_DIR).join("inaccessible");
         if !dir.exists() {
             nix::unistd::mkdir(&dir, Mode::from_bits_truncate(0o755))
@@ -89,9 +101,4 @@ impl Scratch {
         }
         Ok(p)
     }
-}
-
-/// An fd-backed path usable in mount options while `fd` stays open.
-pub fn fd_option_path(fd: &OwnedFd) -> String {
-    crate::setup::fd_path(fd)
 }

@@ -24,7 +24,7 @@ pub enum Kind {
 /// Build the whole root and pivot into it. On return the process's root is the container.
 pub fn build_root(plan: &MountPlan) -> Result<()> {
     make_rslave()?;
-    let scratch = crate::scratch::Scratch::mount()?;
+    let scratch = crate::scratch::Scratch::new();
     let mut root = crate::root::assemble(plan, &scratch)?;
     if let Some(p) = &plan.pivot_root {
         root = crate::root::pivot_inside(root, p)?;
