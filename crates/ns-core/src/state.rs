@@ -21,6 +21,7 @@ pub struct State {
     /// The machine name (nspawn's `-M`, or derived from the directory).
     pub machine: String,
     pub enter: EnterPlan,
+    pub net: NetPlan,
     pub mount: MountPlan,
     pub exec: ExecPlan,
     pub monitor: MonitorPlan,
@@ -71,6 +72,61 @@ pub struct EnterPlan {
     pub namespaces: Vec<Namespace>,
     /// Kernel hostname to set in the new UTS namespace.
     pub hostname: Option<String>,
+    /// Join this network namespace instead of creating one (`--network-namespace-path`).
+    pub netns_path: Option<PathBuf>,
+}
+
+/// Read by ns-net, which the monitor runs on the host against the container's network
+/// namespace once PID 1 exists (between SYNC-1 and SYNC-2).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetPlan {
+    /// `-n`, `--network-bridge`, `--network-zone`: the main veth pair.
+    pub veth: Option<Veth>,
+    /// `--network-zone`: the bridge `vz-ZONE`, created on demand.
+    pub zone: Option<String>,
+    /// `--network-veth-extra`.
+    pub veth_extra: Vec<Veth>,
+    /// `--network-interface`: host links moved in, and given back at exit.
+    pub interfaces: Vec<String>,
+    /// `--network-macvlan`, `--network-ipvlan`: created on a host link, inside.
+    pub macvlan: Vec<Vlan>,
+    pub ipvlan: Vec<Vlan>,
+    /// ns-run extensions: addresses (CIDR) for the container end (host0) and the host end,
+    /// and a default route in the container. Any of them brings both ends up.
+    pub address: Vec<String>,
+    pub host_address: Vec<String>,
+    pub gateway: Option<String>,
+}
+
+impl NetPlan {
+    pub fn is_empty(&self) -> bool {
+        *self == NetPlan::default()
+    }
+}
+
+/// A veth pair: the host end (`ve-NAME`, `vb-NAME` when bridged), the container end.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Veth {
+    pub host: String,
+    /// The unshortened host name, set as altname when `host` had to be shortened.
+    pub host_altname: Option<String>,
+    pub container: String,
+    pub host_mac: Option<[u8; 6]>,
+    pub container_mac: Option<[u8; 6]>,
+    /// Enslave the host end to this bridge (and bring it up).
+    pub bridge: Option<String>,
+}
+
+/// A macvlan or ipvlan link on `parent`, named `name` in the container.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Vlan {
+    pub parent: String,
+    pub name: String,
+    pub altname: Option<String>,
+    pub mac: Option<[u8; 6]>,
 }
 
 /// Read by ns-mount.
@@ -285,7 +341,9 @@ mod tests {
             enter: EnterPlan {
                 namespaces: vec![Namespace::Mount, Namespace::Pid],
                 hostname: Some("m".into()),
+                netns_path: None,
             },
+            net: NetPlan::default(),
             mount: MountPlan {
                 root: "/r".into(),
                 ops: vec![

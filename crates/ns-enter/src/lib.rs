@@ -27,7 +27,7 @@ use ns_core::state::{EnterPlan, Namespace};
 )]
 pub struct Args {
     /// Read the plan from this state fd (ns-run sets it).
-    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "mount", "uts", "ipc", "net", "cgroup", "pid", "hostname"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "mount", "uts", "ipc", "net", "netns", "cgroup", "pid", "hostname"])]
     pub state_fd: Option<i32>,
     /// Report to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
@@ -53,6 +53,9 @@ pub struct Args {
     /// New PID namespace; PROGRAM becomes its PID 1.
     #[arg(long)]
     pub pid: bool,
+    /// Join this network namespace (e.g. /run/netns/NAME) instead of creating one.
+    #[arg(long, value_name = "PATH", conflicts_with = "net")]
+    pub netns: Option<String>,
     /// Hostname to set in the new UTS namespace (implies --uts).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
@@ -95,6 +98,7 @@ impl Args {
         EnterPlan {
             namespaces,
             hostname: self.hostname.clone(),
+            netns_path: self.netns.as_ref().map(std::path::PathBuf::from),
         }
     }
 }
@@ -118,6 +122,9 @@ pub fn plan_to_flags(plan: &EnterPlan) -> Vec<String> {
         .collect();
     if let Some(h) = &plan.hostname {
         out.push(format!("--hostname={h}"));
+    }
+    if let Some(p) = &plan.netns_path {
+        out.push(format!("--netns={}", p.display()));
     }
     out
 }

@@ -34,6 +34,12 @@ fn main() {
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
 
+        if let Some(p) = &plan.netns_path {
+            let f = std::fs::File::open(p)
+                .ctx(|| format!("--network-namespace-path={}", p.display()))?;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .ctx(|| format!("cannot join network namespace {}", p.display()))?;
+        }
         let flags = clone_flags(&plan.namespaces);
         debug(STAGE, || format!("unshare {:?}", plan.namespaces));
         nix::sched::unshare(flags)

@@ -155,6 +155,15 @@ pub struct Cli {
     /// Set network namespace to the one represented by the specified kernel namespace file
     #[arg(long, value_name = "PATH")]
     pub network_namespace_path: Option<String>,
+    /// (ns-run) Address ADDR/LEN for the container end of the veth (host0); brings it up
+    #[arg(long, value_name = "ADDR/LEN")]
+    pub network_address: Vec<String>,
+    /// (ns-run) Address ADDR/LEN for the host end of the veth; brings it up
+    #[arg(long, value_name = "ADDR/LEN")]
+    pub network_host_address: Vec<String>,
+    /// (ns-run) Default route in the container via ADDR
+    #[arg(long, value_name = "ADDR")]
+    pub network_gateway: Option<String>,
     /// Expose a container IP port on the host
     #[arg(short = 'p', long, value_name = "[PROTOCOL:]HOSTPORT[:CONTAINERPORT]")]
     pub port: Vec<String>,

@@ -152,3 +152,55 @@ pub fn collect_stale() {
         let _ = std::fs::remove_file(f.path());
     }
 }
+
+pub const ZONES_DIR: &str = "/run/ns-run/zones";
+
+/// Membership of a network zone: every container of zone Z holds a shared flock on
+/// /run/ns-run/zones/Z for its lifetime. The one that can upgrade it to exclusive at exit was
+/// the last: it deletes the bridge, then the lock file. A container joining meanwhile blocks
+/// on its shared lock until then, and re-checks that it locked the current file.
+pub struct ZoneLock {
+    lock: Flock<File>,
+    path: PathBuf,
+    pub zone: String,
+}
+
+impl ZoneLock {
+    pub fn acquire(zone: &str) -> Result<ZoneLock> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::create_dir_all(ZONES_DIR).ctx(|| format!("cannot create {ZONES_DIR}"))?;
+        let path = Path::new(ZONES_DIR).join(zone);
+        loop {
+            let f = File::options()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .ctx(|| format!("cannot open {}", path.display()))?;
+            let lock = Flock::lock(f, FlockArg::LockShared).map_err(|(_, e)| {
+                Error::setup(format!("cannot lock {}: {}", path.display(), e.desc()))
+            })?;
+            let held = lock.metadata().map(|m| m.ino()).ok();
+            let current = std::fs::metadata(&path).map(|m| m.ino()).ok();
+            if held.is_some() && held == current {
+                return Ok(ZoneLock {
+                    lock,
+                    path,
+                    zone: zone.to_string(),
+                });
+            }
+            // The last member removed that file while we waited: take the new one.
+        }
+    }
+
+    /// Was this the zone's last container? Then the lock is now exclusive.
+    pub fn last_member(&self) -> bool {
+        self.lock.relock(FlockArg::LockExclusiveNonblock).is_ok()
+    }
+
+    /// After the bridge is gone: remove the lock file while still holding it.
+    pub fn retire(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

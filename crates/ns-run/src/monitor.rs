@@ -2,6 +2,7 @@
 //! starts the chain, answers the sync protocol, relays termination requests, reaps, and
 //! returns the payload's exit status.
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -11,7 +12,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::stage::{debug, exit_code_of, fail};
-use ns_core::state::{RootMode, State};
+use ns_core::state::{NetPlan, RootMode, State};
 
 use crate::host;
 use ns_core::sync::{Msg, SyncSocket};
@@ -26,6 +27,12 @@ pub fn run(state: &State) -> Result<i32> {
     let m = &state.mount;
     let shared = m.read_only || m.root_mode != RootMode::Directory;
     let lock = host::ImageLock::acquire(&m.root, shared)?;
+    let zone = state
+        .net
+        .zone
+        .as_deref()
+        .map(host::ZoneLock::acquire)
+        .transpose()?;
     let mut stages = vec!["ns-enter", "ns-mount", "ns-caps"];
     if state.exec.as_pid2 {
         stages.push("ns-init");
@@ -74,15 +81,19 @@ pub fn run(state: &State) -> Result<i32> {
                 failed: None,
                 enter_status: None,
                 cleanup: host::Cleanup::new(&m.root),
+                net: &state.net,
+                netns: None,
+                net_failed: false,
             };
             let code = monitor.supervise(&sync, &signals);
+            monitor.release_network(zone);
             monitor.cleanup.run(Some(&lock));
             code
         }
     }
 }
 
-struct Monitor {
+struct Monitor<'a> {
     enter: Pid,
     pid1: Option<Pid>,
     kill_signal: Option<i32>,
@@ -93,9 +104,14 @@ struct Monitor {
     enter_status: Option<i32>,
     /// Host paths the chain created (SYNC-4).
     cleanup: host::Cleanup,
+    net: &'a NetPlan,
+    /// The container's network namespace, kept to give moved links back at exit.
+    netns: Option<File>,
+    /// ns-net failed: PID 1 was killed before it started.
+    net_failed: bool,
 }
 
-impl Monitor {
+impl Monitor<'_> {
     fn supervise(&mut self, sync: &SyncSocket, signals: &SignalFd) -> Result<i32> {
         let mut sync_open = true;
         loop {
@@ -156,8 +172,11 @@ impl Monitor {
                 debug(STAGE, || format!("container PID 1 is {p}"));
                 if self.requests > 0 {
                     let _ = kill(pid, Signal::SIGKILL);
+                } else if !self.wire_network(pid)? {
+                    self.net_failed = true;
+                    let _ = kill(pid, Signal::SIGKILL);
                 } else {
-                    sync.send(&Msg::Go)?;
+                    sync.send(&Msg::Go)?; // SYNC-2
                 }
                 Ok(true)
             }
@@ -189,7 +208,43 @@ impl Monitor {
             if st.pid() == Some(self.enter) {
                 self.enter_status = Some(code);
             } else if st.pid().is_some() && st.pid() == self.pid1 {
-                return Ok(Some(code));
+                return Ok(Some(if self.net_failed {
+                    ns_core::error::EXIT_SETUP
+                } else {
+                    code
+                }));
+            }
+        }
+    }
+
+    /// ns-net's work, in a forked helper (the monitor itself never starts the executor):
+    /// returns false when it failed (it printed why).
+    fn wire_network(&mut self, pid: Pid) -> Result<bool> {
+        if self.net.is_empty() {
+            return Ok(true);
+        }
+        let path = format!("/proc/{pid}/ns/net");
+        let netns = File::open(&path).ctx(|| format!("cannot open {path}"))?;
+        let net = self.net;
+        let ok = helper(|| ns_net::wire::setup(net, netns.as_fd()))?;
+        if !net.interfaces.is_empty() {
+            self.netns = Some(netns);
+        }
+        Ok(ok)
+    }
+
+    /// After the container: give moved links back; the last container of a zone deletes
+    /// its bridge. (veths need nothing: they go with the network namespace.)
+    fn release_network(&mut self, zone: Option<host::ZoneLock>) {
+        if let Some(netns) = self.netns.take() {
+            let names = &self.net.interfaces;
+            let _ = helper(|| ns_net::wire::return_interfaces(names, netns.as_fd()));
+        }
+        if let Some(z) = zone {
+            if z.last_member() {
+                let name = z.zone.clone();
+                let _ = helper(|| ns_net::wire::remove_zone(&name));
+                z.retire();
             }
         }
     }
@@ -211,5 +266,35 @@ impl Monitor {
                 let _ = kill(p, Signal::SIGKILL);
             }
         }
+    }
+}
+
+/// Run `job` in a forked child (ns-net's netlink work needs an executor, which must never
+/// live in the monitor) and wait for it. Returns whether it succeeded; on failure the child
+/// printed the one error line.
+fn helper(job: impl FnOnce() -> Result<()>) -> Result<bool> {
+    match fork().ctx(|| "cannot fork the network helper".into())? {
+        Forked::Child => {
+            let code = match job() {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("ns-net: {}", e.msg);
+                    e.code
+                }
+            };
+            std::process::exit(code)
+        }
+        Forked::Parent(child) => loop {
+            match waitpid(child, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(st) => return Ok(exit_code_of(st) == Some(0)),
+                Err(e) => {
+                    return Err(Error::setup(format!(
+                        "cannot wait for the network helper: {}",
+                        e.desc()
+                    )))
+                }
+            }
+        },
     }
 }

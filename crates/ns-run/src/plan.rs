@@ -38,17 +38,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ),
         ("--private-users-chown", c.private_users_chown.is_some()),
         ("-U", c.userns_pick),
-        ("--network-interface", !c.network_interface.is_empty()),
-        ("--network-macvlan", !c.network_macvlan.is_empty()),
-        ("--network-ipvlan", !c.network_ipvlan.is_empty()),
-        ("--network-veth", c.network_veth),
-        ("--network-veth-extra", !c.network_veth_extra.is_empty()),
-        ("--network-bridge", c.network_bridge.is_some()),
-        ("--network-zone", c.network_zone.is_some()),
-        (
-            "--network-namespace-path",
-            c.network_namespace_path.is_some(),
-        ),
         ("--port", !c.port.is_empty()),
         ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
@@ -245,6 +234,27 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             .to_string_lossy()
             .into_owned(),
     };
+    let net_opts = ns_net::NetOptions {
+        machine: "",
+        veth: c.network_veth,
+        bridge: c.network_bridge.as_deref(),
+        zone: c.network_zone.as_deref(),
+        veth_extra: &c.network_veth_extra,
+        interfaces: &c.network_interface,
+        macvlan: &c.network_macvlan,
+        ipvlan: &c.network_ipvlan,
+        address: &c.network_address,
+        host_address: &c.network_host_address,
+        gateway: c.network_gateway.as_deref(),
+    };
+    if c.network_namespace_path.is_some() && net_opts.private() {
+        return Err(Error::setup(
+            "--network-namespace-path= cannot be combined with other network options".into(),
+        ));
+    }
+    // nspawn: every veth/bridge/zone/interface option implies --private-network.
+    let private_network =
+        c.private_network || net_opts.private() || c.network_namespace_path.is_some();
     if c.ephemeral && c.template.is_some() {
         return Err(Error::setup(
             "--ephemeral and --template= may not be combined".into(),
@@ -259,7 +269,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     let mut mount = ns_mount::mount_plan(&ns_mount::MountOptions {
         directory: from_template.map_or(&dir, |t| t),
         read_only: c.read_only,
-        private_network: c.private_network,
+        private_network,
         ephemeral: c.ephemeral,
         volatile: c.volatile.as_deref(),
         pivot_root: c.pivot_root.as_deref(),
@@ -328,20 +338,36 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         capability: &c.capability,
         drop_capability: &c.drop_capability,
         ambient_capability: &c.ambient_capability,
-        private_network: c.private_network,
+        private_network,
         boot: c.boot,
         no_new_privileges,
         as_pid2: c.as_pid2,
     })?;
     let kill_signal = c.kill_signal.as_deref().map(parse_signal).transpose()?;
+    let net = ns_net::net_plan(&ns_net::NetOptions {
+        machine: &machine,
+        ..net_opts
+    })?;
+    let netns_path = match &c.network_namespace_path {
+        Some(p) => Some(std::fs::canonicalize(p).map_err(|e| {
+            Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
+        })?),
+        None => None,
+    };
+    let mut namespaces = ns_enter::default_namespaces(private_network);
+    if netns_path.is_some() {
+        namespaces.retain(|n| *n != ns_core::state::Namespace::Net);
+    }
 
     Ok(State {
         version: STATE_VERSION,
         machine,
         enter: EnterPlan {
-            namespaces: ns_enter::default_namespaces(c.private_network),
+            namespaces,
             hostname: Some(hostname),
+            netns_path,
         },
+        net,
         mount,
         exec,
         monitor: MonitorPlan {
@@ -387,7 +413,19 @@ pub fn chain(state: &State) -> String {
         argv.extend(state.exec.argv.iter().cloned());
     }
     let quoted: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
-    quoted.join(" ")
+    let mut out = quoted.join(" ");
+    if !state.net.is_empty() {
+        // The host side runs in parallel, not in the chain: ns-run's monitor holds PID 1
+        // until it is done; by hand, run it from another shell.
+        let mut net = vec!["ns-net".to_string(), "--pid".into(), "PID1".into()];
+        net.extend(ns_net::plan_to_flags(&state.machine, &state.net));
+        let q: Vec<String> = net.iter().map(|a| shell_quote(a)).collect();
+        out.push_str(&format!(
+            "\n# and from the host, against the container's PID 1: {}",
+            q.join(" ")
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
