@@ -111,14 +111,31 @@ async fn add_veth(
     if let Some(mac) = v.host_mac {
         msg = msg.address(mac.to_vec());
     }
-    h.link()
-        .add(msg.build())
-        .execute()
-        .await
-        .map_err(nl_err(format!(
-            "cannot create veth {} ↔ {}",
-            v.host, v.container
-        )))?;
+    let msg = msg.build();
+    // The host end of a container that just ended goes away with its network namespace,
+    // which the kernel tears down asynchronously: a quick restart of the same machine can
+    // still find the old name. Wait for it a little (at most 2 s) rather than paying a
+    // synchronous delete on every container's exit; a name held by a running container
+    // still fails, after the wait.
+    let mut delay = std::time::Duration::from_millis(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match h.link().add(msg.clone()).execute().await {
+            Ok(()) => break,
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.raw_code() == -libc::EEXIST && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(nl_err(format!(
+                    "cannot create veth {} ↔ {}",
+                    v.host, v.container
+                ))(e))
+            }
+        }
+    }
     created.push(v.host.clone());
     let index = index_of(h, "veth", &v.host).await?;
     if let Some(alt) = &v.host_altname {
