@@ -97,6 +97,18 @@ pub struct NetPlan {
     pub address: Vec<String>,
     pub host_address: Vec<String>,
     pub gateway: Option<String>,
+    /// `-p`: forwarded ports (nftables DNAT to the container's address).
+    pub ports: Vec<Port>,
+}
+
+/// `-p [PROTO:]HOSTPORT[:CONTAINERPORT]`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// "tcp" or "udp".
+    pub proto: String,
+    pub host: u16,
+    pub container: u16,
 }
 
 impl NetPlan {

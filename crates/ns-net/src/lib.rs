@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod names;
+pub mod ports;
 pub mod wire;
 
 use clap::Parser;
@@ -71,6 +72,9 @@ pub struct Args {
     /// Default route in the container via this address.
     #[arg(long, value_name = "ADDR")]
     pub network_gateway: Option<String>,
+    /// Forward a host port to the container: [PROTO:]HOSTPORT[:CONTAINERPORT].
+    #[arg(short = 'p', long, value_name = "[PROTO:]HOSTPORT[:CONTAINERPORT]")]
+    pub port: Vec<String>,
     /// Delete the zone bridge vz-ZONE and exit.
     #[arg(long, value_name = "ZONE")]
     pub remove_zone: Option<String>,
@@ -90,6 +94,7 @@ pub struct NetOptions<'a> {
     pub address: &'a [String],
     pub host_address: &'a [String],
     pub gateway: Option<&'a str>,
+    pub ports: &'a [String],
 }
 
 impl<'a> NetOptions<'a> {
@@ -196,6 +201,17 @@ pub fn net_plan(o: &NetOptions) -> Result<NetPlan> {
         g.parse::<std::net::IpAddr>()
             .map_err(|_| Error::invalid("--network-gateway", g, "not an IP address"))?;
     }
+    let ports = o
+        .ports
+        .iter()
+        .map(|p| ports::parse_port(p))
+        .collect::<Result<Vec<_>>>()?;
+    if !ports.is_empty() && (veth.is_none() || o.address.is_empty()) {
+        return Err(Error::setup(
+            "--port needs a veth with a container address (-n and --network-address) to forward to"
+                .into(),
+        ));
+    }
     let mut veth_extra = Vec::new();
     for (i, v) in o.veth_extra.iter().enumerate() {
         let (h, c) = v.split_once(':').unwrap_or((v, v));
@@ -242,6 +258,7 @@ pub fn net_plan(o: &NetOptions) -> Result<NetPlan> {
         address: o.address.to_vec(),
         host_address: o.host_address.to_vec(),
         gateway: o.gateway.map(str::to_string),
+        ports,
     })
 }
 
@@ -286,6 +303,11 @@ pub fn plan_to_flags(machine: &str, plan: &NetPlan) -> Vec<String> {
     if let Some(g) = &plan.gateway {
         out.push(format!("--network-gateway={g}"));
     }
+    out.extend(
+        plan.ports
+            .iter()
+            .map(|p| format!("--port={}:{}:{}", p.proto, p.host, p.container)),
+    );
     out
 }
 
@@ -303,6 +325,7 @@ impl Args {
             address: &self.network_address,
             host_address: &self.network_host_address,
             gateway: self.network_gateway.as_deref(),
+            ports: &self.port,
         })
     }
 }

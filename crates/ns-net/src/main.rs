@@ -22,6 +22,11 @@ fn main() {
             Some(fd) => State::from_state_fd(fd)?.net,
             None => args.to_plan()?,
         };
+        if !plan.ports.is_empty() {
+            return Err(Error::setup(
+                "--port: only ns-run forwards ports (its monitor removes the rules at exit)".into(),
+            ));
+        }
         let path = match (&args.pid, &args.netns) {
             (Some(pid), _) => format!("/proc/{pid}/ns/net"),
             (None, Some(p)) => p.clone(),

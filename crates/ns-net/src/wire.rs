@@ -80,7 +80,7 @@ pub fn setup(plan: &NetPlan, netns: BorrowedFd<'_>) -> Result<()> {
         let mut created: Vec<String> = Vec::new();
         let r = setup_host(&host, plan, netns, &mut created).await;
         let r = match r {
-            Ok(()) => setup_inside(plan, netns).await,
+            Ok(()) => inside(plan, netns).await,
             e => e,
         };
         if r.is_err() {
@@ -279,6 +279,16 @@ fn cidr(a: &str) -> Result<(IpAddr, u8)> {
         .parse()
         .map_err(|_| Error::invalid("address", a, "bad prefix length"))?;
     Ok((ip, len))
+}
+
+/// [`setup_inside`], then back to the host's namespace (port forwarding follows there).
+async fn inside(plan: &NetPlan, netns: BorrowedFd<'_>) -> Result<()> {
+    let home = std::fs::File::open("/proc/self/ns/net")
+        .ctx(|| "cannot open our network namespace".into())?;
+    let r = setup_inside(plan, netns).await;
+    nix::sched::setns(home.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .ctx(|| "cannot return to the host's network namespace".into())?;
+    r
 }
 
 /// Inside the container's namespace: addresses and links up, default route; altnames of

@@ -24,6 +24,12 @@ const STAGE: &str = "ns-run";
 /// Run the container described by `state`; returns the exit code for ns-run.
 pub fn run(state: &State) -> Result<i32> {
     host::collect_stale();
+    if !state.net.ports.is_empty() {
+        // Port-forwarding tables of monitors that were killed.
+        for pid in ns_net::ports::stale_monitors() {
+            let _ = ns_net::ports::remove(pid);
+        }
+    }
     let m = &state.mount;
     let shared = m.read_only || m.root_mode != RootMode::Directory;
     let lock = host::ImageLock::acquire(&m.root, shared)?;
@@ -226,7 +232,11 @@ impl Monitor<'_> {
         let path = format!("/proc/{pid}/ns/net");
         let netns = File::open(&path).ctx(|| format!("cannot open {path}"))?;
         let net = self.net;
-        let ok = helper(|| ns_net::wire::setup(net, netns.as_fd()))?;
+        let monitor = std::process::id();
+        let ok = helper(|| {
+            ns_net::wire::setup(net, netns.as_fd())?;
+            ns_net::ports::apply(net, monitor)
+        })?;
         if !net.interfaces.is_empty() {
             self.netns = Some(netns);
         }
@@ -239,6 +249,10 @@ impl Monitor<'_> {
         if let Some(netns) = self.netns.take() {
             let names = &self.net.interfaces;
             let _ = helper(|| ns_net::wire::return_interfaces(names, netns.as_fd()));
+        }
+        if !self.net.ports.is_empty() {
+            let monitor = std::process::id();
+            let _ = helper(|| ns_net::ports::remove(monitor));
         }
         if let Some(z) = zone {
             if z.last_member() {

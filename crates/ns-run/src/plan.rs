@@ -38,7 +38,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ),
         ("--private-users-chown", c.private_users_chown.is_some()),
         ("-U", c.userns_pick),
-        ("--port", !c.port.is_empty()),
         ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
@@ -246,6 +245,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         address: &c.network_address,
         host_address: &c.network_host_address,
         gateway: c.network_gateway.as_deref(),
+        ports: &c.port,
     };
     if c.network_namespace_path.is_some() && net_opts.private() {
         return Err(Error::setup(

@@ -1,0 +1,230 @@
+//! `-p/--port`: forward host ports to the container with nftables (the `nft` tool reads one
+//! ruleset per container, so a table is added and removed atomically).
+//!
+//! Unlike nspawn (systemd#6106, #30475), connections the host makes to its own addresses are
+//! forwarded too, 127.0.0.1 included: the output chain has no loopback exception, and the
+//! veth's host end gets `route_localnet`, so that a DNATed packet with a loopback source may
+//! leave through it (it is then masqueraded to the host end's address). IPv6 has no such
+//! switch: ::1 stays local, other IPv6 host addresses are forwarded.
+//!
+//! Each container's rules live in their own tables, `ip ns-run-<monitor pid>` and `ip6 …`;
+//! the monitor deletes them at exit, and a later ns-run deletes those of a dead monitor.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ns_core::state::{NetPlan, Port};
+use ns_core::{Context, Error, Result};
+
+/// `[PROTO:]HOSTPORT[:CONTAINERPORT]`, as nspawn.
+pub fn parse_port(v: &str) -> Result<Port> {
+    let bad = |why: &str| Error::invalid("--port", v, why);
+    let (proto, rest) = match v.split_once(':') {
+        Some((p @ ("tcp" | "udp"), r)) => (p, r),
+        _ => ("tcp", v),
+    };
+    let (h, c) = rest.split_once(':').unwrap_or((rest, rest));
+    let port = |s: &str| {
+        s.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("ports are numbers from 1 to 65535"))
+    };
+    Ok(Port {
+        proto: proto.into(),
+        host: port(h)?,
+        container: port(c)?,
+    })
+}
+
+pub fn table_name(monitor: u32) -> String {
+    format!("ns-run-{monitor}")
+}
+
+fn first_addr(list: &[String], v6: bool) -> Option<String> {
+    list.iter()
+        .filter_map(|a| a.split_once('/').map(|(ip, _)| ip.to_string()))
+        .find(|ip| ip.contains(':') == v6)
+}
+
+/// The ruleset for one family: DNAT in prerouting (traffic from elsewhere) and output (the
+/// host's own connections, to any local address), masquerade of loopback sources.
+fn ruleset(family: &str, table: &str, dest: &str, host_if: &str, ports: &[Port]) -> String {
+    let d = if family == "ip6" {
+        format!("[{dest}]")
+    } else {
+        dest.to_string()
+    };
+    let mut rules = String::new();
+    for p in ports {
+        rules.push_str(&format!(
+            "    fib daddr type local {} dport {} dnat to {d}:{}\n",
+            p.proto, p.host, p.container
+        ));
+    }
+    let lo = if family == "ip6" {
+        "ip6 saddr ::1"
+    } else {
+        "ip saddr 127.0.0.0/8"
+    };
+    format!(
+        "table {family} {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority -99;\n{rules}  }}\n  \
+         chain output {{\n    type nat hook output priority -99;\n{rules}  }}\n  \
+         chain postrouting {{\n    type nat hook postrouting priority 101;\n    oifname \"{host_if}\" {lo} masquerade\n  }}\n}}\n"
+    )
+}
+
+fn nft(input: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ctx(|| "--port needs nftables: cannot run nft".into())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .ctx(|| "cannot write to nft".into())?;
+    let out = child
+        .wait_with_output()
+        .ctx(|| "cannot wait for nft".into())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(Error::setup(format!(
+            "nft failed: {}",
+            err.lines().next().unwrap_or("").trim()
+        )))
+    }
+}
+
+/// Install the forwarding rules for `plan.ports` under tables named after `monitor`.
+pub fn apply(plan: &NetPlan, monitor: u32) -> Result<()> {
+    if plan.ports.is_empty() {
+        return Ok(());
+    }
+    let host_if = &plan.veth.as_ref().expect("checked by net_plan").host;
+    let table = table_name(monitor);
+    let mut input = String::new();
+    if let Some(a) = first_addr(&plan.address, false) {
+        input.push_str(&ruleset("ip", &table, &a, host_if, &plan.ports));
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{host_if}/route_localnet"),
+            "1",
+        )
+        .ctx(|| format!("cannot set route_localnet on {host_if}"))?;
+    }
+    if let Some(a) = first_addr(&plan.address, true) {
+        input.push_str(&ruleset("ip6", &table, &a, host_if, &plan.ports));
+    }
+    nft(&input)
+}
+
+/// Remove the tables of `monitor` (missing ones are fine).
+pub fn remove(monitor: u32) -> Result<()> {
+    let table = table_name(monitor);
+    let listing = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .ctx(|| "cannot run nft".into())?;
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let mut input = String::new();
+    for fam in ["ip", "ip6"] {
+        if text
+            .lines()
+            .any(|l| l.trim() == format!("table {fam} {table}"))
+        {
+            input.push_str(&format!("delete table {fam} {table}\n"));
+        }
+    }
+    if input.is_empty() {
+        Ok(())
+    } else {
+        nft(&input)
+    }
+}
+
+/// Tables of monitors that are gone (killed before they could remove them).
+pub fn stale_monitors() -> Vec<u32> {
+    let Ok(out) = Command::new("nft")
+        .args(["list", "tables"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .rsplit_once(" ns-run-")
+                .and_then(|(_, p)| p.parse().ok())
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map_or(true, |c| c.trim() != "ns-run")
+        })
+        .collect();
+    pids.dedup();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_syntax() {
+        assert_eq!(
+            parse_port("8080").unwrap(),
+            Port {
+                proto: "tcp".into(),
+                host: 8080,
+                container: 8080
+            }
+        );
+        assert_eq!(
+            parse_port("udp:53:5353").unwrap(),
+            Port {
+                proto: "udp".into(),
+                host: 53,
+                container: 5353
+            }
+        );
+        assert_eq!(
+            parse_port("8080:80").unwrap(),
+            Port {
+                proto: "tcp".into(),
+                host: 8080,
+                container: 80
+            }
+        );
+        for bad in ["0", "x", "tcp:", "sctp:1:2", "70000", "1:2:3"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ruleset_shape() {
+        let p = [Port {
+            proto: "tcp".into(),
+            host: 8080,
+            container: 80,
+        }];
+        let r = ruleset("ip", "ns-run-1", "10.0.0.2", "ve-x", &p);
+        assert!(
+            r.contains("fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80"),
+            "{r}"
+        );
+        assert!(
+            r.contains("oifname \"ve-x\" ip saddr 127.0.0.0/8 masquerade"),
+            "{r}"
+        );
+        let r6 = ruleset("ip6", "t", "fd00::2", "ve-x", &p);
+        assert!(r6.contains("dnat to [fd00::2]:80"), "{r6}");
+    }
+}
