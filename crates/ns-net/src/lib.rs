@@ -42,7 +42,18 @@ pub struct Args {
     /// Machine name: names and MAC addresses derive from it.
     #[arg(short = 'M', long, value_name = "NAME", default_value = "container")]
     pub machine: String,
-    /// A veth pair ve-NAME ↔ host0.
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Delete the zone bridge vz-ZONE and exit.
+    #[arg(long, value_name = "ZONE")]
+    pub remove_zone: Option<String>,
+}
+
+/// nspawn's network options (plus ns-run's address extensions), shared by ns-net's and
+/// ns-run's command lines.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct NetArgs {
+    /// Add a virtual Ethernet connection between host and container (ve-NAME ↔ host0)
     #[arg(short = 'n', long)]
     pub network_veth: bool,
     /// Attach the host end (vb-NAME) to this bridge.
@@ -75,9 +86,26 @@ pub struct Args {
     /// Forward a host port to the container: [PROTO:]HOSTPORT[:CONTAINERPORT].
     #[arg(short = 'p', long, value_name = "[PROTO:]HOSTPORT[:CONTAINERPORT]")]
     pub port: Vec<String>,
-    /// Delete the zone bridge vz-ZONE and exit.
-    #[arg(long, value_name = "ZONE")]
-    pub remove_zone: Option<String>,
+}
+
+impl NetArgs {
+    /// These options for machine `machine`.
+    pub fn options<'a>(&'a self, machine: &'a str) -> NetOptions<'a> {
+        NetOptions {
+            machine,
+            veth: self.network_veth,
+            bridge: self.network_bridge.as_deref(),
+            zone: self.network_zone.as_deref(),
+            veth_extra: &self.network_veth_extra,
+            interfaces: &self.network_interface,
+            macvlan: &self.network_macvlan,
+            ipvlan: &self.network_ipvlan,
+            address: &self.network_address,
+            host_address: &self.network_host_address,
+            gateway: self.network_gateway.as_deref(),
+            ports: &self.port,
+        }
+    }
 }
 
 /// The options that decide the network plan, shared by ns-net's flags and ns-run.
@@ -313,20 +341,7 @@ pub fn plan_to_flags(machine: &str, plan: &NetPlan) -> Vec<String> {
 
 impl Args {
     pub fn to_plan(&self) -> Result<NetPlan> {
-        net_plan(&NetOptions {
-            machine: &self.machine,
-            veth: self.network_veth,
-            bridge: self.network_bridge.as_deref(),
-            zone: self.network_zone.as_deref(),
-            veth_extra: &self.network_veth_extra,
-            interfaces: &self.network_interface,
-            macvlan: &self.network_macvlan,
-            ipvlan: &self.network_ipvlan,
-            address: &self.network_address,
-            host_address: &self.network_host_address,
-            gateway: self.network_gateway.as_deref(),
-            ports: &self.port,
-        })
+        net_plan(&self.net.options(&self.machine))
     }
 }
 

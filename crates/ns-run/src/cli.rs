@@ -131,42 +131,12 @@ pub struct Cli {
     /// Disable network in container
     #[arg(long)]
     pub private_network: bool,
-    /// Assign an existing network interface to the container
-    #[arg(long, value_name = "INTERFACE")]
-    pub network_interface: Vec<String>,
-    /// Create a macvlan network interface based on an existing network interface
-    #[arg(long, value_name = "INTERFACE")]
-    pub network_macvlan: Vec<String>,
-    /// Create an ipvlan network interface based on an existing network interface
-    #[arg(long, value_name = "INTERFACE")]
-    pub network_ipvlan: Vec<String>,
-    /// Add a virtual Ethernet connection between host and container
-    #[arg(short = 'n', long)]
-    pub network_veth: bool,
-    /// Add an additional virtual Ethernet link between host and container
-    #[arg(long, value_name = "HOSTIF[:CONTAINERIF]")]
-    pub network_veth_extra: Vec<String>,
-    /// Add a virtual Ethernet connection attached to an existing bridge on the host
-    #[arg(long, value_name = "INTERFACE")]
-    pub network_bridge: Option<String>,
-    /// Similar, but attach the new interface to an automatically managed bridge
-    #[arg(long, value_name = "NAME")]
-    pub network_zone: Option<String>,
     /// Set network namespace to the one represented by the specified kernel namespace file
     #[arg(long, value_name = "PATH")]
     pub network_namespace_path: Option<String>,
-    /// (ns-run) Address ADDR/LEN for the container end of the veth (host0); brings it up
-    #[arg(long, value_name = "ADDR/LEN")]
-    pub network_address: Vec<String>,
-    /// (ns-run) Address ADDR/LEN for the host end of the veth; brings it up
-    #[arg(long, value_name = "ADDR/LEN")]
-    pub network_host_address: Vec<String>,
-    /// (ns-run) Default route in the container via ADDR
-    #[arg(long, value_name = "ADDR")]
-    pub network_gateway: Option<String>,
-    /// Expose a container IP port on the host
-    #[arg(short = 'p', long, value_name = "[PROTOCOL:]HOSTPORT[:CONTAINERPORT]")]
-    pub port: Vec<String>,
+    /// -n, --network-bridge, --network-zone, ... (shared with ns-net)
+    #[command(flatten)]
+    pub net: ns_net::NetArgs,
 
     // Security
     /// In addition to the default, retain specified capability

@@ -233,20 +233,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             .to_string_lossy()
             .into_owned(),
     };
-    let net_opts = ns_net::NetOptions {
-        machine: "",
-        veth: c.network_veth,
-        bridge: c.network_bridge.as_deref(),
-        zone: c.network_zone.as_deref(),
-        veth_extra: &c.network_veth_extra,
-        interfaces: &c.network_interface,
-        macvlan: &c.network_macvlan,
-        ipvlan: &c.network_ipvlan,
-        address: &c.network_address,
-        host_address: &c.network_host_address,
-        gateway: c.network_gateway.as_deref(),
-        ports: &c.port,
-    };
+    let net_opts = c.net.options("");
     if c.network_namespace_path.is_some() && net_opts.private() {
         return Err(Error::setup(
             "--network-namespace-path= cannot be combined with other network options".into(),
@@ -538,7 +525,7 @@ mod tests {
                 &["--no-new-privileges=maybe"],
                 "--no-new-privileges=maybe: not a boolean",
             ),
-            (&["--network-veth"], "--network-veth: not supported yet"),
+            (&["--personality=x86"], "--personality: not supported yet"),
             (&["-b", "-a"], "--boot and --as-pid2 may not be combined"),
             (
                 &["--console=bogus"],
