@@ -70,11 +70,19 @@ pub fn parse_list(option: &str, values: &[String]) -> Result<u64> {
     Ok(m)
 }
 
-/// (defaults | --capability | NET_ADMIN with a private network) & !--drop-capability.
-pub fn retained(add: &[String], drop: &[String], private_network: bool) -> Result<u64> {
+/// (defaults | --capability | NET_ADMIN with a private network) & !--drop-capability; with
+/// a user namespace but the host's network, nspawn also drops NET_BIND_SERVICE.
+pub fn retained(
+    add: &[String],
+    drop: &[String],
+    private_network: bool,
+    userns: bool,
+) -> Result<u64> {
     let mut m = DEFAULT_RETAINED | parse_list("--capability", add)?;
     if private_network {
         m |= bit(Capability::CAP_NET_ADMIN);
+    } else if userns {
+        m &= !bit(Capability::CAP_NET_BIND_SERVICE);
     }
     Ok(m & !parse_list("--drop-capability", drop)?)
 }
@@ -191,12 +199,15 @@ mod tests {
 
     #[test]
     fn retained_sets_match_the_reference() {
-        assert_eq!(retained(&[], &[], true).unwrap(), 0xfdecbfff);
+        assert_eq!(retained(&[], &[], true, false).unwrap(), 0xfdecbfff);
         assert_eq!(
-            retained(&[], &s(&["CAP_SYS_ADMIN,CAP_MKNOD"]), false).unwrap(),
+            retained(&[], &s(&["CAP_SYS_ADMIN,CAP_MKNOD"]), false, false).unwrap(),
             0xfdecafff & !(1 << 21) & !(1 << 27)
         );
-        assert_eq!(retained(&[], &s(&["all"]), false).unwrap(), 0);
+        assert_eq!(retained(&[], &s(&["all"]), false, false).unwrap(), 0);
+        // -U: NET_BIND_SERVICE dropped without a private network (nspawn's 0xfdecabff).
+        assert_eq!(retained(&[], &[], false, true).unwrap(), 0xfdecabff);
+        assert_eq!(retained(&[], &[], true, true).unwrap(), 0xfdecbfff);
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub struct ExecOptions<'a> {
     pub drop_capability: &'a [String],
     pub ambient_capability: &'a [String],
     pub private_network: bool,
+    /// The container has its own user namespace.
+    pub userns: bool,
     pub boot: bool,
     pub no_new_privileges: bool,
     pub as_pid2: bool,
@@ -93,7 +95,8 @@ pub struct ExecOptions<'a> {
 /// Check the options and compute the plan (nspawn's capability arithmetic, environment
 /// rules and uuid choice).
 pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
-    let retained = caps_spec::retained(o.capability, o.drop_capability, o.private_network)?;
+    let retained =
+        caps_spec::retained(o.capability, o.drop_capability, o.private_network, o.userns)?;
     let ambient = caps_spec::parse_list("--ambient-capability", o.ambient_capability)?;
     caps_spec::check_ambient(ambient, retained, o.boot)?;
     if let Some(d) = o.chdir {
@@ -144,6 +147,7 @@ impl Args {
             no_new_privileges: self.no_new_privileges.unwrap_or(false),
             as_pid2: self.as_pid2,
             private_network: false,
+            userns: false,
             boot: false,
         })
     }

@@ -74,6 +74,36 @@ pub struct EnterPlan {
     pub hostname: Option<String>,
     /// Join this network namespace instead of creating one (`--network-namespace-path`).
     pub netns_path: Option<PathBuf>,
+    /// A user namespace, created first; the monitor writes its maps (SYNC-0).
+    pub userns: Option<UserNs>,
+}
+
+/// `--private-users`: container ids 0..count map to host ids base..base+count.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserNs {
+    pub base: IdBase,
+    pub count: u32,
+    pub ownership: Ownership,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IdBase {
+    /// Chosen by the monitor at start (`pick`, `-U`): a free 64K-aligned range.
+    Pick,
+    Fixed(u32),
+}
+
+/// How the image's ownership meets the id range (`--private-users-ownership`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Ownership {
+    /// Files keep their ids: host root's files are nobody's inside.
+    Off,
+    /// The root is an idmapped mount: container 0 sees host 0's files as its own; the
+    /// image stays owned by 0 on disk.
+    Map,
 }
 
 /// Read by ns-net, which the monitor runs on the host against the container's network
@@ -149,6 +179,9 @@ pub struct MountPlan {
     pub root: PathBuf,
     /// How the root is assembled from `root`.
     pub root_mode: RootMode,
+    /// Use `root` through an idmapped mount for the user namespace (made by the monitor on the
+    /// host, SYNC-5), so that its files keep their ids on disk.
+    pub idmapped_root: bool,
     /// Mount the root read-only.
     pub read_only: bool,
     /// The container has its own network namespace: /proc/sys/net stays writable.
@@ -354,6 +387,11 @@ mod tests {
                 namespaces: vec![Namespace::Mount, Namespace::Pid],
                 hostname: Some("m".into()),
                 netns_path: None,
+                userns: Some(UserNs {
+                    base: IdBase::Pick,
+                    count: 65536,
+                    ownership: Ownership::Map,
+                }),
             },
             net: NetPlan::default(),
             mount: MountPlan {

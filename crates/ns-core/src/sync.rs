@@ -4,6 +4,10 @@
 //! succeeded.
 //!
 //! Sync points (grep for `SYNC-n` to find both halves):
+//!   SYNC-0  ns-enter → monitor   `UserNs` its user namespace exists: write the id maps;
+//!           monitor → ns-enter   `Mapped`
+//!   SYNC-5  ns-mount → monitor   `NeedRoot` send the idmapped root (made on the host, where
+//!           idmapping is allowed); monitor → ns-mount `Root` with the mount fd attached
 //!   SYNC-1  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid)
 //!   SYNC-2  monitor → PID 1      `Go`    host-side setup done, continue the chain
 //!   SYNC-3  any stage → monitor  `Failed` before the stage exits non-zero
@@ -25,6 +29,10 @@ pub enum Msg {
         code: i32,
         message: String,
     },
+    UserNs,
+    Mapped,
+    NeedRoot,
+    Root,
     Created {
         path: std::path::PathBuf,
         /// Remove with its content (a workdir), not only when empty (a mount point).
@@ -107,6 +115,52 @@ impl SyncSocket {
         serde_json::from_slice(&buf[..n])
             .map(Some)
             .map_err(|e| Error::setup(format!("bad message on sync socket: {e}")))
+    }
+
+    /// Send a message with an fd attached (SCM_RIGHTS).
+    pub fn send_fd(&self, msg: &Msg, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let bytes = serde_json::to_vec(msg).expect("message serializes");
+        let iov = [std::io::IoSlice::new(&bytes)];
+        let fds = [fd.as_raw_fd()];
+        sendmsg::<()>(
+            self.raw(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .ctx(|| "cannot send an fd on the sync socket".into())?;
+        Ok(())
+    }
+
+    /// Receive a message that carries an fd.
+    pub fn recv_fd(&self) -> Result<(Msg, OwnedFd)> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let r = recvmsg::<()>(
+            self.raw(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .ctx(|| "cannot read sync socket".into())?;
+        let mut fd = None;
+        for c in r
+            .cmsgs()
+            .ctx(|| "bad control message on sync socket".into())?
+        {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                fd = v.first().copied();
+            }
+        }
+        let n = r.bytes;
+        let msg = serde_json::from_slice(&buf[..n])
+            .map_err(|e| Error::setup(format!("bad message on sync socket: {e}")))?;
+        let fd = fd.ok_or_else(|| Error::setup("expected an fd on the sync socket".into()))?;
+        Ok((msg, crate::sys::own_fd(fd)))
     }
 
     /// Keep this end open across exec (it travels down the chain).

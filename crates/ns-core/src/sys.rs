@@ -209,3 +209,75 @@ pub fn reset_signals_for_exec() -> nix::Result<()> {
     }?;
     SignalSet::new(&[]).set_mask()
 }
+
+/// open_tree(path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC): a detached copy of the mount at
+/// `path` (not its submounts), to be changed and attached elsewhere.
+pub fn open_tree_clone(path: &std::path::Path) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `p` is a valid C string for the call; the returned fd is new and ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    Errno::result(r).map(|fd| own_fd(fd as std::os::fd::RawFd))
+}
+
+/// mount_setattr(fd, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP with `userns`): make the detached
+/// mount `fd` show files through the id mapping of that user namespace.
+pub fn mount_setattr_idmap(
+    fd: std::os::fd::BorrowedFd<'_>,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: as in `mount_setattr_rdonly`: a valid struct mount_attr and its size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// move_mount(fd, "", AT_FDCWD, to, MOVE_MOUNT_F_EMPTY_PATH): attach a detached mount.
+pub fn move_mount_to(fd: std::os::fd::BorrowedFd<'_>, to: &str) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let to = std::ffi::CString::new(to).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: both paths are valid C strings for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(r).map(drop)
+}

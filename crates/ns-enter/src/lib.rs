@@ -10,6 +10,8 @@
 //! with its status (128+N for a signal).
 #![forbid(unsafe_code)]
 
+pub mod userns;
+
 use clap::Parser;
 use ns_core::state::{EnterPlan, Namespace};
 
@@ -99,6 +101,7 @@ impl Args {
             namespaces,
             hostname: self.hostname.clone(),
             netns_path: self.netns.as_ref().map(std::path::PathBuf::from),
+            userns: None,
         }
     }
 }

@@ -25,11 +25,6 @@ fn main() {
             None => args.to_plan(),
         };
         let rest = next_program(&args.rest, args.state_fd, args.sync_fd, "ns-mount")?;
-        if plan.namespaces.contains(&Namespace::User) {
-            return Err(Error::setup(
-                "--user: user namespaces are not supported yet".into(),
-            ));
-        }
         // Stage binaries are opened now, before any namespace or root change.
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
@@ -40,7 +35,16 @@ fn main() {
             nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .ctx(|| format!("cannot join network namespace {}", p.display()))?;
         }
-        let flags = clone_flags(&plan.namespaces);
+        if plan.namespaces.contains(&Namespace::User) {
+            enter_user_namespace(plan.userns.is_some(), sync.as_ref())?;
+        }
+        let others: Vec<Namespace> = plan
+            .namespaces
+            .iter()
+            .copied()
+            .filter(|n| *n != Namespace::User)
+            .collect();
+        let flags = clone_flags(&others);
         debug(STAGE, || format!("unshare {:?}", plan.namespaces));
         nix::sched::unshare(flags)
             .ctx(|| format!("cannot unshare namespaces {:?}", names(&plan.namespaces)))?;
@@ -62,6 +66,50 @@ fn main() {
             None => start_and_wait(&rest, &fds),
         }
     })
+}
+
+/// Create the user namespace first (it must own every other one), have its maps written,
+/// and become its root: uid and gid 0 inside, with a full capability set there.
+fn enter_user_namespace(ranged: bool, sync: Option<&SyncSocket>) -> Result<()> {
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .ctx(|| "cannot create a user namespace".into())?;
+    match (ranged, sync) {
+        (true, Some(s)) => {
+            s.send(&Msg::UserNs)?; // SYNC-0
+            match s.recv()? {
+                Some(Msg::Mapped) => {}
+                m => {
+                    return Err(Error::setup(format!(
+                        "the monitor did not map the user namespace: {m:?}"
+                    )))
+                }
+            }
+        }
+        (true, None) => {
+            return Err(Error::setup(
+                "an id range for the user namespace needs a monitor (ns-run)".into(),
+            ))
+        }
+        (false, _) => {
+            // Alone: map our own ids only, the one mapping a process may write itself.
+            std::fs::write("/proc/self/setgroups", "deny")
+                .ctx(|| "cannot write /proc/self/setgroups".into())?;
+            std::fs::write("/proc/self/uid_map", format!("0 {uid} 1\n"))
+                .ctx(|| "cannot write uid_map".into())?;
+            std::fs::write("/proc/self/gid_map", format!("0 {gid} 1\n"))
+                .ctx(|| "cannot write gid_map".into())?;
+        }
+    }
+    let root_gid = nix::unistd::Gid::from_raw(0);
+    let root_uid = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_gid, root_gid, root_gid)
+        .ctx(|| "cannot become gid 0 in the user namespace".into())?;
+    if ranged {
+        nix::unistd::setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
+    }
+    nix::unistd::setresuid(root_uid, root_uid, root_uid)
+        .ctx(|| "cannot become uid 0 in the user namespace".into())
 }
 
 fn names(ns: &[Namespace]) -> Vec<&'static str> {

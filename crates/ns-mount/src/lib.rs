@@ -105,6 +105,8 @@ pub struct MountOptions<'a> {
     pub pivot_root: Option<&'a str>,
     pub resolv_conf: Option<&'a str>,
     pub timezone: Option<&'a str>,
+    /// The root is seen through an idmapped mount (user namespaces, ownership `map`).
+    pub idmapped_root: bool,
     /// Where `--bind`, `--bind-ro`, `--tmpfs`, `--overlay*`, `--inaccessible` stood.
     pub matches: &'a clap::ArgMatches,
 }
@@ -127,6 +129,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
     Ok(MountPlan {
         root,
         root_mode,
+        idmapped_root: o.idmapped_root,
         read_only: o.read_only,
         private_network: o.private_network,
         pivot_root: o.pivot_root.map(spec::parse_pivot_root).transpose()?,
@@ -152,6 +155,7 @@ impl Args {
             pivot_root: self.pivot_root.as_deref(),
             resolv_conf: self.resolv_conf.as_deref(),
             timezone: self.timezone.as_deref(),
+            idmapped_root: false,
             matches: m,
         })
     }

@@ -13,7 +13,7 @@ fn main() {
         let argv = args_utf8()?;
         let (args, matches): (Args, _) = parse_matches(STAGE, &argv);
         // Kept open (not dropped) for ns-caps, the next stage.
-        let _sync = adopt_sync(args.sync_fd)?;
+        let sync = adopt_sync(args.sync_fd)?;
         let plan = match args.state_fd {
             Some(fd) => State::from_state_fd(fd)?.mount,
             None => args.to_plan(&matches)?,
@@ -23,7 +23,7 @@ fn main() {
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
         debug(STAGE, || format!("building root {}", plan.root.display()));
-        ns_mount::setup::build_root(&plan)?;
+        ns_mount::setup::build_root(&plan, sync.as_ref())?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         Err(exec_next(&rest, &fds))
     })

@@ -2,7 +2,7 @@
 //! to it last (read-only).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
@@ -29,9 +29,31 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
     .ctx(|| format!("cannot open {}", p.display()))
 }
 
-/// The root mount, by mode; returns an fd of its top.
-pub fn assemble(plan: &MountPlan, scratch: &Scratch) -> Result<OwnedFd> {
-    let dir = &plan.root;
+/// SYNC-5: get the image as an idmapped mount from the monitor (only a process in the
+/// host's user namespace may idmap a host file system) and attach it on the scratch tmpfs.
+/// Returns where it is attached.
+pub fn attach_idmapped(
+    image: &Path,
+    scratch: &Scratch,
+    sync: &ns_core::sync::SyncSocket,
+) -> Result<PathBuf> {
+    sync.send(&ns_core::sync::Msg::NeedRoot)?;
+    let (msg, fd) = sync.recv_fd()?;
+    if msg != ns_core::sync::Msg::Root {
+        return Err(ns_core::Error::setup(format!(
+            "unexpected message from the monitor: {msg:?}"
+        )));
+    }
+    let at = scratch.dir("image")?;
+    ns_core::sys::move_mount_to(fd.as_fd(), &at.to_string_lossy())
+        .ctx(|| format!("cannot attach the idmapped {}", image.display()))?;
+    crate::scratch::set_host_alias(&at, image);
+    Ok(at)
+}
+
+/// The root mount, by mode, from `dir` (the image, or its idmapped mount); returns an fd of
+/// its top.
+pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<OwnedFd> {
     match plan.root_mode {
         RootMode::Directory => bind_root(dir),
         RootMode::Overlay => {

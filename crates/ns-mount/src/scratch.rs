@@ -102,3 +102,22 @@ impl Scratch {
         Ok(p)
     }
 }
+
+static HOST_ALIAS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+
+/// The image is attached on the scratch tmpfs (an idmapped mount): paths below `at` are the
+/// image's `host` paths, for what ns-mount reports to the monitor.
+pub fn set_host_alias(at: &Path, host: &Path) {
+    let _ = HOST_ALIAS.set((at.to_path_buf(), host.to_path_buf()));
+}
+
+/// Where `p` (as seen in our mount namespace) is on the host, or None when it is on the
+/// scratch tmpfs and goes away by itself.
+pub fn host_path(p: &Path) -> Option<PathBuf> {
+    if let Some((at, host)) = HOST_ALIAS.get() {
+        if let Ok(rest) = p.strip_prefix(at) {
+            return Some(host.join(rest));
+        }
+    }
+    (!p.starts_with(SCRATCH_DIR)).then(|| p.to_path_buf())
+}

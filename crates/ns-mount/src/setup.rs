@@ -22,10 +22,19 @@ pub enum Kind {
 }
 
 /// Build the whole root and pivot into it. On return the process's root is the container.
-pub fn build_root(plan: &MountPlan) -> Result<()> {
+pub fn build_root(plan: &MountPlan, sync: Option<&ns_core::sync::SyncSocket>) -> Result<()> {
     make_rslave()?;
     let scratch = crate::scratch::Scratch::new();
-    let mut root = crate::root::assemble(plan, &scratch)?;
+    let image = match (plan.idmapped_root, sync) {
+        (true, Some(s)) => crate::root::attach_idmapped(&plan.root, &scratch, s)?,
+        (true, None) => {
+            return Err(Error::setup(
+                "an idmapped root needs a monitor (ns-run)".into(),
+            ))
+        }
+        (false, _) => plan.root.clone(),
+    };
+    let mut root = crate::root::assemble(plan, &image, &scratch)?;
     if let Some(p) = &plan.pivot_root {
         root = crate::root::pivot_inside(root, p)?;
     }
@@ -165,11 +174,10 @@ fn open_in_root_depth(
 fn report_creation(parent: &OwnedFd, name: &Path) -> Result<()> {
     let dir = nix::fcntl::readlink(fd_path(parent).as_str())
         .ctx(|| "cannot resolve a mount point's parent".into())?;
-    let path = Path::new(&dir).join(name);
-    if path.starts_with(crate::scratch::SCRATCH_DIR) {
-        return Ok(());
+    match crate::scratch::host_path(&Path::new(&dir).join(name)) {
+        Some(path) => ns_core::stage::report_created(&path, false),
+        None => Ok(()),
     }
-    ns_core::stage::report_created(&path, false)
 }
 
 /// `/a/b` → `a/b`, `/` → `.`; `..` components are kept for RESOLVE_IN_ROOT to clamp.
@@ -257,7 +265,33 @@ pub fn mount_proc(root: &OwnedFd, private_network: bool) -> Result<()> {
 /// sysfs, read-only.
 pub fn mount_sys(root: &OwnedFd) -> Result<()> {
     let f = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs(root, "/sys", "sysfs", f, None)
+    let target = open_in_root(root, Path::new("/sys"), Some(Kind::Dir))?;
+    match mount(
+        Some("sysfs"),
+        fd_path(&target).as_str(),
+        Some("sysfs"),
+        f,
+        None::<&str>,
+    ) {
+        Ok(()) => Ok(()),
+        // In a user namespace without its own network namespace the kernel refuses a new
+        // sysfs (it belongs to the host's network namespace): show the host's, read-only.
+        Err(Errno::EPERM) => {
+            mount(
+                Some("/sys"),
+                fd_path(&target).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .ctx(|| "cannot bind /sys".into())?;
+            make_read_only(root, Path::new("/sys"), true)
+        }
+        Err(e) => Err(Error::setup(format!(
+            "cannot mount sysfs on /sys: {}",
+            e.desc()
+        ))),
+    }
 }
 
 pub fn mount_tmpfs(root: &OwnedFd, dest: &str, opts: &str, flags: MsFlags) -> Result<()> {

@@ -12,7 +12,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::stage::{debug, exit_code_of, fail};
-use ns_core::state::{NetPlan, RootMode, State};
+use ns_core::state::{IdBase, NetPlan, RootMode, State, UserNs};
 
 use crate::host;
 use ns_core::sync::{Msg, SyncSocket};
@@ -45,6 +45,17 @@ pub fn run(state: &State) -> Result<i32> {
     }
     let mut fds = StageFds::default();
     fds.open_missing(&stages)?;
+    // -U: reserve the id range (held until we exit) and put the chosen base in the state.
+    let mut state = state.clone();
+    let range = match &mut state.enter.userns {
+        Some(u) => {
+            let r = ns_enter::userns::reserve(u.base, u.count, &state.machine)?;
+            u.base = IdBase::Fixed(r.base);
+            Some(r)
+        }
+        None => None,
+    };
+    let state = &state;
     let state_fd = state.to_sealed_memfd()?;
     let (sync, chain_end) = SyncSocket::pair()?;
 
@@ -88,12 +99,15 @@ pub fn run(state: &State) -> Result<i32> {
                 enter_status: None,
                 cleanup: host::Cleanup::new(&m.root),
                 net: &state.net,
+                userns: state.enter.userns.clone(),
+                root: m.root.clone(),
                 netns: None,
                 net_failed: false,
             };
             let code = monitor.supervise(&sync, &signals);
             monitor.release_network(zone);
             monitor.cleanup.run(Some(&lock));
+            drop(range);
             code
         }
     }
@@ -115,6 +129,8 @@ struct Monitor<'a> {
     netns: Option<File>,
     /// ns-net failed: PID 1 was killed before it started.
     net_failed: bool,
+    userns: Option<UserNs>,
+    root: std::path::PathBuf,
 }
 
 impl Monitor<'_> {
@@ -195,7 +211,40 @@ impl Monitor<'_> {
                 self.cleanup.add(path, recursive)?;
                 Ok(true)
             }
-            Some(Msg::Go) => Err(Error::setup("unexpected Go from the chain".into())),
+            Some(Msg::UserNs) => {
+                // SYNC-0: ns-enter's user namespace exists.
+                let u = self
+                    .userns
+                    .as_ref()
+                    .ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
+                let IdBase::Fixed(base) = u.base else {
+                    return Err(Error::setup("id range not reserved".into()));
+                };
+                ns_enter::userns::write_maps(self.enter.as_raw(), base, u.count)?;
+                sync.send(&Msg::Mapped)?;
+                Ok(true)
+            }
+            Some(Msg::NeedRoot) => {
+                // SYNC-5: the image as an idmapped mount, for the container's user namespace.
+                let pid1 = self
+                    .pid1
+                    .ok_or_else(|| Error::setup("NeedRoot before PID 1".into()))?;
+                let userns = File::open(format!("/proc/{pid1}/ns/user"))
+                    .ctx(|| "cannot open the container's user namespace".into())?;
+                let tree = ns_core::sys::open_tree_clone(&self.root)
+                    .ctx(|| format!("cannot clone the mount of {}", self.root.display()))?;
+                ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
+                    format!(
+                        "cannot idmap {} (does its file system support idmapped mounts?)",
+                        self.root.display()
+                    )
+                })?;
+                sync.send_fd(&Msg::Root, tree.as_fd())?;
+                Ok(true)
+            }
+            Some(m @ (Msg::Go | Msg::Mapped | Msg::Root)) => {
+                Err(Error::setup(format!("unexpected {m:?} from the chain")))
+            }
             // EOF: the payload's exec succeeded, or the chain is gone.
             None => Ok(false),
         }

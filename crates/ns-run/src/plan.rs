@@ -26,18 +26,7 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ),
         ("--slice", c.slice.is_some()),
         ("--property", !c.property.is_empty()),
-        (
-            "--private-users",
-            c.private_users.as_deref().is_some_and(|v| !is_false(v)),
-        ),
-        (
-            "--private-users-ownership",
-            c.private_users_ownership
-                .as_deref()
-                .is_some_and(|v| v != "off"),
-        ),
         ("--private-users-chown", c.private_users_chown.is_some()),
-        ("-U", c.userns_pick),
         ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
@@ -253,6 +242,21 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         .template
         .as_ref()
         .filter(|_| std::fs::symlink_metadata(&dir).is_err());
+    // -U is --private-users=pick with ownership auto; an explicit --private-users wins.
+    let users_value = match (&c.private_users, c.userns_pick) {
+        (Some(v), _) => Some(v.as_str()),
+        (None, true) => Some("pick"),
+        (None, false) => None,
+    };
+    let users_root =
+        std::fs::canonicalize(from_template_dir(c, &dir)).unwrap_or_else(|_| dir.clone().into());
+    let userns = match users_value {
+        Some(v) => ns_enter::userns::parse(v, c.private_users_ownership.as_deref(), &users_root)?,
+        None => None,
+    };
+    let idmapped_root = userns
+        .as_ref()
+        .is_some_and(|u| u.ownership == ns_core::state::Ownership::Map);
     let mut mount = ns_mount::mount_plan(&ns_mount::MountOptions {
         directory: from_template.map_or(&dir, |t| t),
         read_only: c.read_only,
@@ -262,6 +266,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         pivot_root: c.pivot_root.as_deref(),
         resolv_conf: c.resolv_conf.as_deref(),
         timezone: c.timezone.as_deref(),
+        idmapped_root,
         matches,
     })?;
     if from_template.is_some() {
@@ -326,6 +331,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         drop_capability: &c.drop_capability,
         ambient_capability: &c.ambient_capability,
         private_network,
+        userns: userns.is_some(),
         boot: c.boot,
         no_new_privileges,
         as_pid2: c.as_pid2,
@@ -345,6 +351,9 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     if netns_path.is_some() {
         namespaces.retain(|n| *n != ns_core::state::Namespace::Net);
     }
+    if userns.is_some() {
+        namespaces.insert(0, ns_core::state::Namespace::User);
+    }
 
     Ok(State {
         version: STATE_VERSION,
@@ -353,6 +362,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             namespaces,
             hostname: Some(hostname),
             netns_path,
+            userns,
         },
         net,
         mount,
@@ -362,6 +372,14 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             quiet: c.quiet || c.pipe,
         },
     })
+}
+
+/// The directory the checks run against: the template when -D is still to be created.
+fn from_template_dir<'a>(c: &'a Cli, dir: &'a str) -> &'a str {
+    match &c.template {
+        Some(t) if std::fs::symlink_metadata(dir).is_err() => t,
+        _ => dir,
+    }
 }
 
 /// Quote for a POSIX shell only where needed.

@@ -1,0 +1,202 @@
+//! User namespaces: nspawn's `--private-users` values, picking a free id range, and the maps.
+//! ns-enter creates the namespace first and asks the monitor, still in the host's namespaces,
+//! to write the maps (SYNC-0): only a process outside may map more than its own id.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use ns_core::state::{IdBase, Ownership, UserNs};
+use ns_core::{Context, Error, Result};
+
+/// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
+pub const PICK_FIRST: u32 = 0x0008_0000;
+pub const PICK_LAST: u32 = 0x6FFF_0000;
+pub const RANGE: u32 = 0x10000;
+pub const UID_LOCK_DIR: &str = "/run/ns-run/uid";
+
+/// `--private-users=VALUE` (`yes` needs the root directory, whose owner becomes the base) and
+/// `--private-users-ownership=`; `-U` is `pick` with ownership `auto`.
+pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option<UserNs>> {
+    const OPT: &str = "--private-users";
+    let (base, count) = match (ns_core::parse_boolean(value), value) {
+        (Some(false), _) => return Ok(None),
+        (Some(true), _) => {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(root)
+                .ctx(|| format!("cannot stat {}", root.display()))?
+                .uid();
+            (IdBase::Fixed(owner), RANGE)
+        }
+        (None, "pick") => (IdBase::Pick, RANGE),
+        (None, "identity") => (IdBase::Fixed(0), RANGE),
+        (None, v) => {
+            let (b, c) = v.split_once(':').unwrap_or((v, "65536"));
+            let bad = |why: &str| Error::invalid(OPT, v, why);
+            let b: u32 = b
+                .parse()
+                .map_err(|_| bad("not no, yes, pick, identity or UID[:COUNT]"))?;
+            let c: u32 = c.parse().map_err(|_| bad("the count is not a number"))?;
+            if c == 0 {
+                return Err(bad("the count must not be 0"));
+            }
+            if b.checked_add(c).is_none_or(|end| end > u32::MAX - 1) {
+                return Err(bad("the range goes past the largest id"));
+            }
+            (IdBase::Fixed(b), c)
+        }
+    };
+    let ownership = match ownership.unwrap_or(if value == "pick" { "auto" } else { "off" }) {
+        "off" => Ownership::Off,
+        "map" | "auto" => Ownership::Map,
+        "chown" => {
+            return Err(Error::invalid(
+                "--private-users-ownership",
+                "chown",
+                "not supported yet (use map: the image stays owned by 0 on disk)",
+            ))
+        }
+        o => {
+            return Err(Error::invalid(
+                "--private-users-ownership",
+                o,
+                "not one of off, chown, map, auto",
+            ))
+        }
+    };
+    Ok(Some(UserNs {
+        base,
+        count,
+        ownership,
+    }))
+}
+
+/// A held id range: its lock file is removed when the range is given back.
+pub struct RangeLock {
+    _lock: Flock<File>,
+    path: PathBuf,
+    pub base: u32,
+}
+
+impl Drop for RangeLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn ids_in_use(base: u32, count: u32) -> bool {
+    let end = base as u64 + count as u64;
+    ["/etc/passwd", "/etc/group"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.split(':')
+                    .nth(2)
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .is_some_and(|id| id >= base as u64 && id < end)
+            })
+    })
+}
+
+/// Reserve a range: for `pick`, the first free 64K slot from a start derived from the machine
+/// name; a fixed base is locked too, so that two containers never share one by accident.
+pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
+    std::fs::create_dir_all(UID_LOCK_DIR).ctx(|| format!("cannot create {UID_LOCK_DIR}"))?;
+    let try_lock = |b: u32| -> Option<RangeLock> {
+        let path = Path::new(UID_LOCK_DIR).join(b.to_string());
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ok()?;
+        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).ok()?;
+        Some(RangeLock {
+            _lock: lock,
+            path,
+            base: b,
+        })
+    };
+    match base {
+        IdBase::Fixed(b) => try_lock(b).ok_or_else(|| {
+            Error::invalid(
+                "--private-users",
+                &b.to_string(),
+                "this id range is used by another container",
+            )
+        }),
+        IdBase::Pick => {
+            let slots = (PICK_LAST - PICK_FIRST) / RANGE + 1;
+            let h = machine.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            let start = (h % slots as u64) as u32;
+            (0..slots)
+                .map(|i| PICK_FIRST + ((start + i) % slots) * RANGE)
+                .filter(|b| !ids_in_use(*b, count))
+                .find_map(try_lock)
+                .ok_or_else(|| Error::setup("--private-users=pick: no free id range".into()))
+        }
+    }
+}
+
+/// Write `pid`'s uid and gid maps: container 0..count = host base..base+count.
+pub fn write_maps(pid: i32, base: u32, count: u32) -> Result<()> {
+    let line = format!("0 {base} {count}\n");
+    for f in ["uid_map", "gid_map"] {
+        let p = format!("/proc/{pid}/{f}");
+        std::fs::write(&p, &line).ctx(|| format!("cannot write {p}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_like_nspawn() {
+        let r = Path::new("/");
+        assert_eq!(parse("no", None, r).unwrap(), None);
+        let u = parse("pick", None, r).unwrap().unwrap();
+        assert_eq!(
+            (u.base, u.count, u.ownership),
+            (IdBase::Pick, 65536, Ownership::Map)
+        );
+        let u = parse("identity", None, r).unwrap().unwrap();
+        assert_eq!((u.base, u.ownership), (IdBase::Fixed(0), Ownership::Off));
+        let u = parse("1048576:1000", Some("map"), r).unwrap().unwrap();
+        assert_eq!((u.base, u.count), (IdBase::Fixed(1048576), 1000));
+        assert_eq!(
+            parse("yes", None, r).unwrap().unwrap().base,
+            IdBase::Fixed(0)
+        );
+        for bad in ["bogus", "1:0", "4294967295:2", "x:1"] {
+            assert!(
+                parse(bad, None, r)
+                    .unwrap_err()
+                    .msg
+                    .starts_with("--private-users="),
+                "{bad}"
+            );
+        }
+        assert!(parse("pick", Some("chown"), r)
+            .unwrap_err()
+            .msg
+            .contains("not supported yet"));
+        assert!(parse("pick", Some("bogus"), r).is_err());
+    }
+
+    #[test]
+    fn picked_ranges_are_aligned_and_disjoint() {
+        let a = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
+        let b = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
+        assert_ne!(a.base, b.base);
+        for r in [&a, &b] {
+            assert_eq!(r.base % RANGE, 0);
+            assert!((PICK_FIRST..=PICK_LAST).contains(&r.base));
+        }
+        assert!(reserve(IdBase::Fixed(a.base), RANGE, "x").is_err());
+    }
+}
