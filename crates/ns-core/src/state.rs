@@ -241,6 +241,8 @@ pub enum MountOp {
         dest: PathBuf,
         read_only: bool,
         recursive: bool,
+        /// With a user namespace: show the source through an id mapping.
+        idmap: Idmap,
     },
     /// `--tmpfs`: a tmpfs on `dest` with kernel mount options.
     Tmpfs { dest: PathBuf, options: String },
@@ -254,6 +256,19 @@ pub enum MountOp {
     },
     /// `--inaccessible`: cover `dest` with an inaccessible node of the same type.
     Inaccessible { dest: PathBuf },
+}
+
+/// Bind options `idmap`, `rootidmap`, `noidmap` (nspawn's semantics).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Idmap {
+    /// `noidmap` (default): ids as they are on disk.
+    #[default]
+    No,
+    /// `idmap`: through the container's mapping (on-disk 0 is container root).
+    Container,
+    /// `rootidmap`: the source directory's owner is container root; other ids are nobody.
+    Root,
 }
 
 /// What to do with /etc/resolv.conf or /etc/localtime in the container.

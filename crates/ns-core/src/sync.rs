@@ -33,6 +33,10 @@ pub enum Msg {
     Mapped,
     NeedRoot,
     Root,
+    /// SYNC-5 for `--bind=…:idmap`: the source of user mount number `op`, idmapped.
+    NeedIdmap {
+        op: usize,
+    },
     Created {
         path: std::path::PathBuf,
         /// Remove with its content (a workdir), not only when empty (a mount point).

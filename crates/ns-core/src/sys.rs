@@ -210,9 +210,13 @@ pub fn reset_signals_for_exec() -> nix::Result<()> {
     SignalSet::new(&[]).set_mask()
 }
 
-/// open_tree(path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC): a detached copy of the mount at
-/// `path` (not its submounts), to be changed and attached elsewhere.
-pub fn open_tree_clone(path: &std::path::Path) -> nix::Result<std::os::fd::OwnedFd> {
+/// open_tree(path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE]): a detached copy of
+/// the mount at `path` (with its submounts if `recursive`), to be changed and attached
+/// elsewhere.
+pub fn open_tree_clone(
+    path: &std::path::Path,
+    recursive: bool,
+) -> nix::Result<std::os::fd::OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     let p = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
@@ -222,7 +226,7 @@ pub fn open_tree_clone(path: &std::path::Path) -> nix::Result<std::os::fd::Owned
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             p.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if recursive { 0x8000 } else { 0 },
         )
     };
     Errno::result(r).map(|fd| own_fd(fd as std::os::fd::RawFd))
@@ -263,20 +267,24 @@ pub fn mount_setattr_idmap(
     Errno::result(r).map(drop)
 }
 
-/// move_mount(fd, "", AT_FDCWD, to, MOVE_MOUNT_F_EMPTY_PATH): attach a detached mount.
-pub fn move_mount_to(fd: std::os::fd::BorrowedFd<'_>, to: &str) -> nix::Result<()> {
+/// move_mount(fd, "", to, "", F_EMPTY_PATH | T_EMPTY_PATH): attach the detached mount `fd`
+/// on the directory or file `to` is open on.
+pub fn move_mount_to(
+    fd: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
     use std::os::fd::AsRawFd;
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    let to = std::ffi::CString::new(to).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: both paths are valid C strings for the duration of the call.
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    // SAFETY: both paths are valid (empty) C strings; the fds are borrowed for the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             fd.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
         )
     };
     Errno::result(r).map(drop)

@@ -107,6 +107,8 @@ pub struct MountOptions<'a> {
     pub timezone: Option<&'a str>,
     /// The root is seen through an idmapped mount (user namespaces, ownership `map`).
     pub idmapped_root: bool,
+    /// The container has a user namespace (idmap bind options need one).
+    pub userns: bool,
     /// Where `--bind`, `--bind-ro`, `--tmpfs`, `--overlay*`, `--inaccessible` stood.
     pub matches: &'a clap::ArgMatches,
 }
@@ -126,6 +128,18 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         root_mode = RootMode::Overlay;
     }
     let root = check_root(o.directory, root_mode)?;
+    let ops = ops_from_matches(o.matches)?;
+    if !o.userns {
+        if let Some(MountOp::Bind { dest, .. }) = ops.iter().find(
+            |op| matches!(op, MountOp::Bind { idmap, .. } if *idmap != ns_core::state::Idmap::No),
+        ) {
+            return Err(Error::invalid(
+                "--bind",
+                &dest.to_string_lossy(),
+                "idmap and rootidmap need a user namespace (--private-users or -U)",
+            ));
+        }
+    }
     Ok(MountPlan {
         root,
         root_mode,
@@ -133,7 +147,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         read_only: o.read_only,
         private_network: o.private_network,
         pivot_root: o.pivot_root.map(spec::parse_pivot_root).transpose()?,
-        ops: ops_from_matches(o.matches)?,
+        ops,
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })
@@ -156,6 +170,7 @@ impl Args {
             resolv_conf: self.resolv_conf.as_deref(),
             timezone: self.timezone.as_deref(),
             idmapped_root: false,
+            userns: false,
             matches: m,
         })
     }

@@ -57,14 +57,21 @@ fn open_source(root: &OwnedFd, scratch: &Scratch, s: &Source, what: &str) -> Res
     }
 }
 
-/// One user mount.
-pub fn apply(root: &OwnedFd, scratch: &Scratch, op: &MountOp) -> Result<()> {
+/// User mount number `index`. `sync` reaches the monitor, for idmapped sources.
+pub fn apply(
+    root: &OwnedFd,
+    scratch: &Scratch,
+    op: &MountOp,
+    index: usize,
+    sync: Option<&ns_core::sync::SyncSocket>,
+) -> Result<()> {
     match op {
         MountOp::Bind {
             source,
             dest,
             read_only,
             recursive,
+            idmap,
         } => {
             let src = open_source(root, scratch, source, "bind")?;
             let kind = if src.kind == SFlag::S_IFDIR {
@@ -73,6 +80,29 @@ pub fn apply(root: &OwnedFd, scratch: &Scratch, op: &MountOp) -> Result<()> {
                 Kind::File
             };
             let target = open_in_root(root, dest, Some(kind))?;
+            if *idmap != ns_core::state::Idmap::No {
+                // SYNC-5: only the monitor, on the host, may idmap the source's file system.
+                let sync = sync
+                    .ok_or_else(|| Error::setup("idmapped binds need a monitor (ns-run)".into()))?;
+                sync.send(&ns_core::sync::Msg::NeedIdmap { op: index })?;
+                let (msg, tree) = sync.recv_fd()?;
+                if msg != ns_core::sync::Msg::Root {
+                    return Err(Error::setup(format!(
+                        "unexpected message from the monitor: {msg:?}"
+                    )));
+                }
+                ns_core::sys::move_mount_to(tree.as_fd(), target.as_fd()).ctx(|| {
+                    format!(
+                        "cannot attach the idmapped {} on {}",
+                        src.path,
+                        dest.display()
+                    )
+                })?;
+                if *read_only {
+                    make_read_only(root, dest, true)?;
+                }
+                return Ok(());
+            }
             let mut flags = MsFlags::MS_BIND;
             if *recursive {
                 flags |= MsFlags::MS_REC;

@@ -45,7 +45,7 @@ pub fn attach_idmapped(
         )));
     }
     let at = scratch.dir("image")?;
-    ns_core::sys::move_mount_to(fd.as_fd(), &at.to_string_lossy())
+    ns_core::sys::move_mount_to(fd.as_fd(), open_dir(&at)?.as_fd())
         .ctx(|| format!("cannot attach the idmapped {}", image.display()))?;
     crate::scratch::set_host_alias(&at, image);
     Ok(at)

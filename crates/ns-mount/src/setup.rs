@@ -56,8 +56,8 @@ pub fn build_root(plan: &MountPlan, sync: Option<&ns_core::sync::SyncSocket>) ->
     let writable = !plan.read_only && plan.root_mode != RootMode::State;
     crate::ops::etc_file(&root, "/etc/resolv.conf", &plan.resolv_conf, true, writable)?;
     crate::ops::etc_file(&root, "/etc/localtime", &plan.timezone, false, writable)?;
-    for op in &plan.ops {
-        crate::ops::apply(&root, &scratch, op)?;
+    for (i, op) in plan.ops.iter().enumerate() {
+        crate::ops::apply(&root, &scratch, op, i, sync)?;
     }
     crate::root::finish(&root, plan)?;
     pivot_into(&root)

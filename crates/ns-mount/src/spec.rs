@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ns_core::state::{EtcFile, MountOp, PivotRoot, RootMode, Source};
+use ns_core::state::{EtcFile, Idmap, MountOp, PivotRoot, RootMode, Source};
 use ns_core::{Error, Result};
 
 /// Split on unescaped `:`; `\:` is a literal colon.
@@ -81,6 +81,7 @@ pub fn parse_bind(v: &str, read_only: bool) -> Result<MountOp> {
             .ok_or_else(|| Error::invalid(opt, v, "a temporary source needs a destination"))?,
     };
     let mut recursive = true;
+    let mut idmap = Idmap::No;
     for o in parts
         .get(2)
         .map(String::as_str)
@@ -91,13 +92,9 @@ pub fn parse_bind(v: &str, read_only: bool) -> Result<MountOp> {
         match o {
             "rbind" => recursive = true,
             "norbind" => recursive = false,
-            "idmap" | "rootidmap" | "noidmap" => {
-                return Err(Error::invalid(
-                    opt,
-                    v,
-                    &format!("bind option {o} needs user namespaces, not supported yet"),
-                ))
-            }
+            "idmap" => idmap = Idmap::Container,
+            "rootidmap" => idmap = Idmap::Root,
+            "noidmap" => idmap = Idmap::No,
             _ => {
                 return Err(Error::invalid(
                     opt,
@@ -107,8 +104,12 @@ pub fn parse_bind(v: &str, read_only: bool) -> Result<MountOp> {
             }
         }
     }
+    if idmap != Idmap::No && !matches!(src, Source::Host(_)) {
+        return Err(Error::invalid(opt, v, "idmap options need a host source"));
+    }
     Ok(MountOp::Bind {
         source: src,
+        idmap,
         dest,
         read_only,
         recursive,
@@ -318,12 +319,18 @@ pub fn op_to_flag(op: &MountOp) -> String {
             dest,
             read_only,
             recursive,
+            idmap,
         } => format!(
-            "--bind{}={}:{}:{}",
+            "--bind{}={}:{}:{}{}",
             if *read_only { "-ro" } else { "" },
             src(source),
             escape(dest),
-            if *recursive { "rbind" } else { "norbind" }
+            if *recursive { "rbind" } else { "norbind" },
+            match idmap {
+                Idmap::No => "",
+                Idmap::Container => ",idmap",
+                Idmap::Root => ",rootidmap",
+            }
         ),
         MountOp::Tmpfs { dest, options } => format!("--tmpfs={}:{options}", dest.display()),
         MountOp::Overlay {
@@ -359,6 +366,7 @@ mod tests {
             dest: dest.into(),
             read_only,
             recursive,
+            idmap: Idmap::No,
         }
     }
 

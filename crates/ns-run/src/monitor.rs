@@ -100,6 +100,7 @@ pub fn run(state: &State) -> Result<i32> {
                 cleanup: host::Cleanup::new(&m.root),
                 net: &state.net,
                 userns: state.enter.userns.clone(),
+                ops: state.mount.ops.clone(),
                 root: m.root.clone(),
                 netns: None,
                 net_failed: false,
@@ -130,6 +131,8 @@ struct Monitor<'a> {
     /// ns-net failed: PID 1 was killed before it started.
     net_failed: bool,
     userns: Option<UserNs>,
+    /// The user mounts (an idmap request must name one of them).
+    ops: Vec<ns_core::state::MountOp>,
     root: std::path::PathBuf,
 }
 
@@ -231,7 +234,7 @@ impl Monitor<'_> {
                     .ok_or_else(|| Error::setup("NeedRoot before PID 1".into()))?;
                 let userns = File::open(format!("/proc/{pid1}/ns/user"))
                     .ctx(|| "cannot open the container's user namespace".into())?;
-                let tree = ns_core::sys::open_tree_clone(&self.root)
+                let tree = ns_core::sys::open_tree_clone(&self.root, false)
                     .ctx(|| format!("cannot clone the mount of {}", self.root.display()))?;
                 ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
                     format!(
@@ -239,6 +242,43 @@ impl Monitor<'_> {
                         self.root.display()
                     )
                 })?;
+                sync.send_fd(&Msg::Root, tree.as_fd())?;
+                Ok(true)
+            }
+            Some(Msg::NeedIdmap { op }) => {
+                // SYNC-5 for a bind: only what the plan says may be idmapped.
+                let (path, recursive, idmap) = match self.ops.get(op) {
+                    Some(ns_core::state::MountOp::Bind {
+                        source: ns_core::state::Source::Host(p),
+                        recursive,
+                        idmap,
+                        ..
+                    }) if *idmap != ns_core::state::Idmap::No => (p.clone(), *recursive, *idmap),
+                    _ => return Err(Error::setup(format!("mount {op} is not an idmapped bind"))),
+                };
+                let pid1 = self
+                    .pid1
+                    .ok_or_else(|| Error::setup("NeedIdmap before PID 1".into()))?;
+                let userns = match idmap {
+                    ns_core::state::Idmap::Root => {
+                        use std::os::unix::fs::MetadataExt;
+                        let md = std::fs::metadata(&path)
+                            .ctx(|| format!("cannot bind {}", path.display()))?;
+                        let base = match self.userns.as_ref().map(|u| u.base) {
+                            Some(IdBase::Fixed(b)) => b,
+                            _ => {
+                                return Err(Error::setup("rootidmap needs a user namespace".into()))
+                            }
+                        };
+                        host::mapping_userns(md.uid(), md.gid(), base)?
+                    }
+                    _ => File::open(format!("/proc/{pid1}/ns/user"))
+                        .ctx(|| "cannot open the container's user namespace".into())?,
+                };
+                let tree = ns_core::sys::open_tree_clone(&path, recursive)
+                    .ctx(|| format!("cannot clone the mount of {}", path.display()))?;
+                ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
+                    .ctx(|| format!("cannot idmap {}", path.display()))?;
                 sync.send_fd(&Msg::Root, tree.as_fd())?;
                 Ok(true)
             }

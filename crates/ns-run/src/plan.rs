@@ -267,6 +267,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         resolv_conf: c.resolv_conf.as_deref(),
         timezone: c.timezone.as_deref(),
         idmapped_root,
+        userns: userns.is_some(),
         matches,
     })?;
     if from_template.is_some() {
