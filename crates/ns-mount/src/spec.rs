@@ -400,10 +400,22 @@ mod tests {
         );
         assert!(parse_bind("/a:/b:rbind:extra", false).is_err());
         assert!(parse_bind(":", false).is_err());
-        assert!(parse_bind("/a:/b:idmap", false)
-            .unwrap_err()
-            .msg
-            .contains("user namespaces"));
+        assert!(matches!(
+            parse_bind("/a:/b:norbind,idmap", false).unwrap(),
+            MountOp::Bind {
+                idmap: Idmap::Container,
+                recursive: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_bind("/a:/b:rootidmap", false).unwrap(),
+            MountOp::Bind {
+                idmap: Idmap::Root,
+                ..
+            }
+        ));
+        assert!(parse_bind(":/b:idmap", false).is_err());
     }
 
     #[test]
