@@ -2,10 +2,14 @@
 //! runner with a timeout, and leak checks (host mount table, processes left in a rootfs).
 //!
 //! Tests need root and real namespaces. Containers run on a busybox tree built from the
-//! host's /usr/bin/busybox (busybox-static): [`fixture`] is one shared, read-only tree per
-//! test process; [`Tree`] is a private one for tests that need their own (special names,
-//! mount points created in the image, process leak checks that must not see the containers
-//! of tests running in parallel).
+//! host's /usr/bin/busybox (busybox-static).
+//!
+//! ns-run holds nspawn's image lock on a tree for a container's lifetime: exclusive, or
+//! shared with `--read-only`, `-x` and `--volatile`. Tests run in parallel, so every test
+//! that runs a container which may write to its tree uses its own [`Tree`] (cheap: busybox
+//! is hard-linked from the fixture). [`fixture`], one shared tree per test process, serves
+//! only tests that never start a container or that start it with `-x`/`--read-only`.
+//! Snapshots ([`snapshot`]) tell whether a tree was left exactly as it was.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -77,8 +81,17 @@ pub fn stage(name: &str) -> Command {
 // Root file systems
 
 /// Write a busybox root file system into `dir` (created if needed): the usual top-level
-/// directories, /bin/busybox and one symlink per applet, /etc/passwd and /etc/group.
+/// directories, /bin/busybox (a copy of the host's) and one symlink per applet, /etc/passwd
+/// and /etc/group.
 pub fn build_rootfs(dir: &Path) {
+    check_busybox();
+    populate_rootfs(dir, |dst| {
+        fs::copy(BUSYBOX, dst).unwrap_or_else(|e| panic!("cannot copy {BUSYBOX}: {e}"));
+    });
+}
+
+/// Fail with a clear message unless /usr/bin/busybox is a static binary.
+fn check_busybox() {
     let bb = Path::new(BUSYBOX);
     if !bb.is_file() {
         panic!("{BUSYBOX} is missing: install busybox-static (apt-get install busybox-static)");
@@ -89,32 +102,49 @@ pub fn build_rootfs(dir: &Path) {
              busybox-static (apt-get install busybox-static)"
         );
     }
-    for d in [
-        "bin", "usr/bin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "mnt",
-    ] {
-        fs::create_dir_all(dir.join(d)).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+}
+
+/// The applet names of the host's busybox (`busybox --list`, run once per test process).
+pub fn applets() -> &'static [String] {
+    static APPLETS: OnceLock<Vec<String>> = OnceLock::new();
+    APPLETS.get_or_init(|| {
+        check_busybox();
+        let list = Command::new(BUSYBOX)
+            .arg("--list")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {BUSYBOX} --list: {e}"));
+        assert!(list.status.success(), "{BUSYBOX} --list failed");
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+            .map(String::from)
+            .collect()
+    })
+}
+
+/// Put a busybox binary at `dst`: a hard link to the fixture's (no copy of 2 MB per tree;
+/// trees and the fixture share $TMPDIR), or a copy where linking is impossible.
+fn install_busybox(dst: &Path) {
+    let src = fixture().join("bin/busybox");
+    if fs::hard_link(&src, dst).is_err() {
+        fs::copy(&src, dst).unwrap_or_else(|e| panic!("cannot copy {}: {e}", src.display()));
     }
-    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-    fs::set_permissions(dir.join("root"), fs::Permissions::from_mode(0o700)).unwrap();
-    let dst = dir.join("bin/busybox");
-    fs::copy(bb, &dst).unwrap_or_else(|e| panic!("cannot copy {BUSYBOX}: {e}"));
-    fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
-    let list = Command::new(bb)
-        .arg("--list")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {BUSYBOX} --list: {e}"));
-    assert!(list.status.success(), "{BUSYBOX} --list failed");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
-            continue;
-        }
-        match std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)) {
+}
+
+/// One symlink `busybox` per applet in `bin`.
+fn link_applets(bin: &Path) {
+    for applet in applets() {
+        match std::os::unix::fs::symlink("busybox", bin.join(applet)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => panic!("cannot link applet {applet}: {e}"),
         }
     }
+}
+
+fn write_users(dir: &Path) {
+    fs::create_dir_all(dir.join("etc")).unwrap();
     fs::write(
         dir.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\n\
@@ -127,6 +157,39 @@ pub fn build_rootfs(dir: &Path) {
         "root:x:0:\ndaemon:x:1:\nwheel:x:10:daemon\nnobody:x:65534:\n",
     )
     .unwrap();
+}
+
+/// The busybox layout of [`build_rootfs`], with `busybox` putting the binary in place.
+fn populate_rootfs(dir: &Path, busybox: impl FnOnce(&Path)) {
+    for d in [
+        "bin", "usr/bin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "mnt",
+    ] {
+        fs::create_dir_all(dir.join(d)).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+    }
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(dir.join("root"), fs::Permissions::from_mode(0o700)).unwrap();
+    let dst = dir.join("bin/busybox");
+    busybox(&dst);
+    fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
+    link_applets(&dir.join("bin"));
+    write_users(dir);
+}
+
+/// A busybox rootfs like [`build_rootfs`], cheaply: busybox hard-linked from the fixture.
+pub fn build_rootfs_linked(dir: &Path) {
+    populate_rootfs(dir, install_busybox);
+}
+
+/// A merged-/usr tree: /usr/bin holds busybox and its applets, /bin is a symlink to usr/bin,
+/// /etc has passwd and group; nothing else (no API directories).
+pub fn build_merged_usr_rootfs(dir: &Path) {
+    let bin = dir.join("usr/bin");
+    fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("mkdir {}: {e}", bin.display()));
+    let dst = bin.join("busybox");
+    install_busybox(&dst);
+    link_applets(&bin);
+    std::os::unix::fs::symlink("usr/bin", dir.join("bin")).unwrap();
+    write_users(dir);
 }
 
 /// Does this ELF file ask for a program interpreter (i.e. is it dynamically linked)?
@@ -234,10 +297,17 @@ impl Tree {
         Tree { base, root }
     }
 
-    /// A full busybox rootfs named `name`.
+    /// A full busybox rootfs named `name` (busybox hard-linked from the fixture: cheap).
     pub fn rootfs(name: &str) -> Tree {
         let t = Tree::empty(name);
-        build_rootfs(&t.root);
+        build_rootfs_linked(&t.root);
+        t
+    }
+
+    /// A merged-/usr busybox tree named `name` (see [`build_merged_usr_rootfs`]).
+    pub fn merged_usr(name: &str) -> Tree {
+        let t = Tree::empty(name);
+        build_merged_usr_rootfs(&t.root);
         t
     }
 
@@ -270,6 +340,11 @@ impl Tree {
         let d = self.base.join(name);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// The directory holding the root and the host dirs (`$TMPDIR/ns-tests-<pid>-<n>`).
+    pub fn base(&self) -> &Path {
+        &self.base
     }
 }
 
@@ -628,15 +703,175 @@ pub fn assert_no_leak(root: &Path, mounts_before: &[String]) {
     assert_mounts_unchanged(mounts_before);
 }
 
-/// Assert the host mount table is what it was.
+/// Assert the host mount table is what it was. Mounts that tests make on the host on
+/// purpose ([`HostTmpfs`], possibly in a test running in parallel) do not count, nor do named
+/// network namespaces (`/run/netns/*`, made by `ip netns add`, e.g. by network tests running
+/// at the same time): no container of ours mounts anything there.
 pub fn assert_mounts_unchanged(before: &[String]) {
-    let after = mount_points();
+    let ours = HOST_MOUNTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let keep = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|m| !ours.iter().any(|o| Path::new(m) == o))
+            .filter(|m| !m.starts_with("/run/netns/"))
+            .cloned()
+            .collect()
+    };
+    let (before, after) = (keep(before), keep(&mount_points()));
     let added: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
     let removed: Vec<&String> = before.iter().filter(|m| !after.contains(m)).collect();
     assert!(
         after == before,
         "host mount table changed: added {added:?}, removed {removed:?}"
     );
+}
+
+/// What is in a tree, entry by entry (symlinks not followed): relative path → type, mode,
+/// owner, and size plus a content hash for files or the target for symlinks. Two equal
+/// snapshots mean nothing was added, removed or changed (times are left out).
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::hash::{Hash, Hasher};
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let md = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let head = format!("{:o} {}:{}", md.mode(), md.uid(), md.gid());
+            let desc = if md.file_type().is_symlink() {
+                format!("{head} -> {}", fs::read_link(&p).unwrap().display())
+            } else if md.is_file() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                fs::read(&p).unwrap_or_default().hash(&mut h);
+                format!("{head} {} {:016x}", md.len(), h.finish())
+            } else {
+                head
+            };
+            out.insert(rel, desc);
+            if md.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Assert that `dir` holds exactly what `before` recorded (see [`snapshot`]).
+pub fn assert_snapshot_unchanged(dir: &Path, before: &std::collections::BTreeMap<String, String>) {
+    let after = snapshot(dir);
+    if &after != before {
+        let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+        let removed: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+        let changed: Vec<_> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v))
+            .map(|(k, v)| format!("{k}: {} => {v}", before[k]))
+            .collect();
+        panic!(
+            "{} changed: added {added:?}, removed {removed:?}, changed {changed:?}",
+            dir.display()
+        );
+    }
+}
+
+/// Where tests of this process mount on the host on purpose (never forgotten, so that a
+/// parallel test's mount coming or going is no leak for the others).
+static HOST_MOUNTS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A tmpfs mounted on the host for the duration of a test (a submount of a bind source);
+/// unmounted (lazily) on drop, also when the test fails. The host mount table checks ignore
+/// it.
+pub struct HostTmpfs(PathBuf);
+
+impl HostTmpfs {
+    pub fn mount(at: &Path) -> HostTmpfs {
+        fs::create_dir_all(at).unwrap();
+        HOST_MOUNTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(at.to_path_buf());
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0755,size=1m", "ns-tests"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs on {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        HostTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for HostTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Where ns-run journals what the monitor with pid `pid` must remove after its container.
+pub fn cleanup_journal(pid: i32) -> PathBuf {
+    Path::new("/run/ns-run/cleanup").join(pid.to_string())
+}
+
+/// The cleanup journal of a monitor that a test killed, removed on drop: also when the test
+/// fails before an ns-run collected it (the tree it names goes with its [`Tree`]; declare the
+/// guard after the tree).
+pub struct ForgetJournal(pub i32);
+
+impl Drop for ForgetJournal {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(cleanup_journal(self.0));
+    }
+}
+
+/// After monitors were killed (SIGKILL): run one more container on `root`, whose ns-run
+/// collects what the dead monitors journaled, and assert that no journal of theirs is left.
+pub fn assert_journals_collected(root: &Path, pids: &[i32]) {
+    let out = run(&["-D", s(root), "true"]);
+    assert_eq!(out.code, 0, "{out}");
+    let left: Vec<PathBuf> = pids
+        .iter()
+        .map(|p| cleanup_journal(*p))
+        .filter(|j| j.exists())
+        .collect();
+    assert!(left.is_empty(), "cleanup journals left: {left:?}");
+}
+
+/// Start `cmd` and wait until its stdout contains `needle` (the container runs); fails the
+/// test after 10 s.
+pub fn spawn_until(cmd: Command, needle: &str) -> Running {
+    let mut r = spawn(cmd, None);
+    assert!(
+        r.wait_stdout(needle, Duration::from_secs(10)),
+        "container did not print {needle:?}: {}",
+        r.stdout_so_far()
+    );
+    r
+}
+
+/// Run `cmd`, whose payload prints `ready` once set up and then sleeps; call `check` while
+/// it runs (host-side checks), then stop the container with SIGTERM (ns-run exits 137 and
+/// cleans up as after any exit). The container is stopped also when `check` fails.
+pub fn while_running(cmd: Command, check: impl FnOnce()) -> Output {
+    let r = spawn_until(cmd, "ready");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+    r.signal(libc::SIGTERM);
+    let out = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!((out.code, out.signal), (137, None), "{out}");
+    out
 }
 
 /// A hexadecimal field of /proc/PID/status text (`CapEff`, `CapBnd`...).

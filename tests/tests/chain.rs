@@ -1,6 +1,9 @@
 //! The stages as a chain: `--print-state`, `--print-chain` (whose output, run by a shell,
 //! must behave as ns-run itself), hand-composed chains, a printed state run as is, and the
 //! stages' own error handling.
+//!
+//! Tests that run a container use their own tree (ns-run locks a tree a container may write
+//! to); the shared fixture serves only `--print-state` and stages that fail before running.
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -97,9 +100,10 @@ fn print_chain(args: &[&str]) -> String {
 
 #[test]
 fn print_chain_runs_like_ns_run() {
+    let t = Tree::rootfs("chained-box");
     let args = [
         "-D",
-        d(),
+        t.arg(),
         "-u",
         "daemon",
         "--",
@@ -114,8 +118,7 @@ fn print_chain_runs_like_ns_run() {
     let before = mount_points();
     let via_chain = run_chain_line(&line);
     let direct = run(&args);
-    let name = fixture().file_name().unwrap().to_str().unwrap();
-    assert_eq!(direct.ok(), format!("1\n{name}\n"));
+    assert_eq!(direct.ok(), "1\nchained-box\n");
     assert_eq!(via_chain, direct, "chain: {line}");
     assert_mounts_unchanged(&before);
 }
@@ -162,6 +165,7 @@ fn print_chain_carries_every_option() {
 
 #[test]
 fn hand_composed_chain() {
+    let t = Tree::rootfs("hand");
     let before = mount_points();
     let mut c = stage("ns-enter");
     c.args([
@@ -172,7 +176,7 @@ fn hand_composed_chain() {
         "--",
         "ns-mount",
         "-D",
-        d(),
+        t.arg(),
         "--",
         "ns-caps",
         "--drop-capability=CAP_SYS_ADMIN",
@@ -196,12 +200,13 @@ fn hand_composed_chain() {
 
 #[test]
 fn chain_with_ns_init() {
+    let t = Tree::rootfs("init");
     let mut c = stage("ns-enter");
     c.args([
         "--",
         "ns-mount",
         "-D",
-        d(),
+        t.arg(),
         "--",
         "ns-caps",
         "-a",
@@ -229,10 +234,11 @@ fn enter_with_state(json: &str) -> Output {
 
 #[test]
 fn a_printed_state_runs_as_is() {
+    let t = Tree::rootfs("state");
     let out = run(&[
         "--print-state",
         "-D",
-        d(),
+        t.arg(),
         "-u",
         "daemon",
         "-M",

@@ -1,5 +1,9 @@
-//! Real containers on the busybox fixture: PID 1, identity, mounts, /dev, capabilities,
+//! Real containers on busybox trees: PID 1, identity, mounts, /dev, capabilities,
 //! environment, exit statuses, stdio and fds, read-only root and user mounts.
+//!
+//! ns-run takes an exclusive lock on the tree of a container that may write to it, so every
+//! test that runs such a container has its own tree ([`tree`]); the shared fixture serves
+//! only `--read-only` runs, which share the lock.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,14 +14,15 @@ use ns_tests::{
     DEFAULT_PATH, NSPAWN_DEFAULT_CAPS,
 };
 
-fn d() -> &'static str {
-    s(fixture())
+/// A private busybox tree for one test.
+fn tree() -> Tree {
+    Tree::rootfs("box")
 }
 
-/// `ns-run -D <fixture> OPTS... sh -c SCRIPT`, checking the host mount table is unchanged.
-fn sh_with(opts: &[&str], script: &str) -> Output {
+/// `ns-run -D ROOT OPTS... sh -c SCRIPT`, checking the host mount table is unchanged.
+fn sh_with(root: &Path, opts: &[&str], script: &str) -> Output {
     let before = mount_points();
-    let mut args = vec!["-D", d()];
+    let mut args = vec!["-D", s(root)];
     args.extend_from_slice(opts);
     args.extend(["sh", "-c", script]);
     let out = run(&args);
@@ -26,8 +31,8 @@ fn sh_with(opts: &[&str], script: &str) -> Output {
 }
 
 /// [`sh_with`] that must succeed silently on stderr; returns stdout.
-fn sh_ok(opts: &[&str], script: &str) -> String {
-    let out = sh_with(opts, script);
+fn sh_ok(root: &Path, opts: &[&str], script: &str) -> String {
+    let out = sh_with(root, opts, script);
     assert!(
         out.code == 0 && out.stderr.is_empty(),
         "ns-run {opts:?} sh -c {script:?} failed\n{out}"
@@ -36,8 +41,8 @@ fn sh_ok(opts: &[&str], script: &str) -> String {
 }
 
 /// /proc/self/status of the payload itself (`cat` is the payload, exec'd directly).
-fn payload_status(opts: &[&str]) -> String {
-    let mut args = vec!["-D", d()];
+fn payload_status(root: &Path, opts: &[&str]) -> String {
+    let mut args = vec!["-D", s(root)];
     args.extend_from_slice(opts);
     args.extend(["cat", "/proc/self/status"]);
     let out = run(&args);
@@ -53,13 +58,15 @@ fn cap(status: &str, field: &str) -> u64 {
 
 #[test]
 fn payload_is_pid_1() {
-    assert_eq!(sh_ok(&[], "echo $$"), "1\n");
+    let t = tree();
+    assert_eq!(sh_ok(t.path(), &[], "echo $$"), "1\n");
 }
 
 #[test]
 fn hostname_is_the_directory_name() {
-    let name = fixture().file_name().unwrap().to_str().unwrap();
-    assert_eq!(sh_ok(&[], "hostname"), format!("{name}\n"));
+    let t = Tree::rootfs("named-box");
+    let name = "named-box";
+    assert_eq!(sh_ok(t.path(), &[], "hostname"), format!("{name}\n"));
     // The container has its own UTS namespace: the host's name is untouched.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_ne!(host.trim(), name);
@@ -77,14 +84,22 @@ fn hostname_is_cleaned_up_like_nspawn() {
 
 #[test]
 fn machine_name_and_hostname_options() {
-    assert_eq!(sh_ok(&["-M", "box"], "hostname"), "box\n");
-    assert_eq!(sh_ok(&["--hostname=other"], "hostname"), "other\n");
+    let t = tree();
+    assert_eq!(sh_ok(t.path(), &["-M", "box"], "hostname"), "box\n");
     assert_eq!(
-        sh_ok(&["-M", "box", "--hostname=other"], "hostname"),
+        sh_ok(t.path(), &["--hostname=other"], "hostname"),
         "other\n"
     );
     assert_eq!(
-        sh_ok(&["--machine=box.example"], "cat /proc/sys/kernel/hostname"),
+        sh_ok(t.path(), &["-M", "box", "--hostname=other"], "hostname"),
+        "other\n"
+    );
+    assert_eq!(
+        sh_ok(
+            t.path(),
+            &["--machine=box.example"],
+            "cat /proc/sys/kernel/hostname"
+        ),
         "box.example\n"
     );
 }
@@ -99,8 +114,8 @@ struct MountEntry {
     options: Vec<String>,
 }
 
-fn container_mounts(opts: &[&str]) -> Vec<MountEntry> {
-    sh_ok(opts, "cat /proc/mounts")
+fn container_mounts(root: &Path, opts: &[&str]) -> Vec<MountEntry> {
+    sh_ok(root, opts, "cat /proc/mounts")
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
@@ -124,7 +139,8 @@ fn find<'a>(m: &'a [MountEntry], target: &str) -> &'a MountEntry {
 
 #[test]
 fn api_file_systems_are_mounted() {
-    let m = container_mounts(&[]);
+    let t = tree();
+    let m = container_mounts(t.path(), &[]);
     let expect: [(&str, &str, Option<&str>); 9] = [
         ("/proc", "proc", Some("rw")),
         ("/proc/sys", "proc", Some("ro")),
@@ -179,14 +195,19 @@ fn api_file_systems_are_mounted() {
 
 #[test]
 fn proc_sys_is_read_only() {
-    let out = sh_with(&[], "echo x > /proc/sys/kernel/hostname");
+    let t = tree();
+    let out = sh_with(t.path(), &[], "echo x > /proc/sys/kernel/hostname");
     assert_ne!(out.code, 0, "{out}");
     assert!(out.stderr.contains("Read-only file system"), "{out}");
 }
 
 #[test]
 fn dev_holds_only_the_safe_nodes() {
-    let got: BTreeSet<String> = sh_ok(&[], "ls -A /dev").lines().map(String::from).collect();
+    let t = tree();
+    let got: BTreeSet<String> = sh_ok(t.path(), &[], "ls -A /dev")
+        .lines()
+        .map(String::from)
+        .collect();
     let want: BTreeSet<String> = [
         "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue", "fd",
         "stdin", "stdout", "stderr", "char",
@@ -197,6 +218,7 @@ fn dev_holds_only_the_safe_nodes() {
     assert_eq!(got, want);
     // The nodes work and are what they claim to be.
     let out = sh_ok(
+        t.path(),
         &[],
         "echo x > /dev/null && head -c 5 /dev/zero | wc -c && head -c 8 /dev/urandom | wc -c; \
          stat -c '%F %t:%T %a' /dev/null /dev/zero /dev/tty; readlink /dev/ptmx; readlink /dev/fd",
@@ -213,8 +235,9 @@ fn dev_holds_only_the_safe_nodes() {
 
 #[test]
 fn default_capabilities_are_nspawns_within_the_host_bounding_set() {
+    let t = tree();
     let want = NSPAWN_DEFAULT_CAPS & host_cap_bnd();
-    let st = payload_status(&[]);
+    let st = payload_status(t.path(), &[]);
     for f in ["CapBnd", "CapEff", "CapPrm"] {
         assert_eq!(cap(&st, f), want, "{f}: {:#x} != {want:#x}", cap(&st, f));
     }
@@ -224,12 +247,13 @@ fn default_capabilities_are_nspawns_within_the_host_bounding_set() {
 
 #[test]
 fn private_network_adds_net_admin_and_only_lo() {
+    let t = tree();
     let want = (NSPAWN_DEFAULT_CAPS | CAP_NET_ADMIN) & host_cap_bnd();
-    let st = payload_status(&["--private-network"]);
+    let st = payload_status(t.path(), &["--private-network"]);
     assert_eq!(cap(&st, "CapBnd"), want);
     assert_eq!(cap(&st, "CapEff"), want);
 
-    let out = sh_ok(&["--private-network"], "cat /proc/net/dev");
+    let out = sh_ok(t.path(), &["--private-network"], "cat /proc/net/dev");
     let ifaces: Vec<&str> = out
         .lines()
         .skip(2)
@@ -237,7 +261,7 @@ fn private_network_adds_net_admin_and_only_lo() {
         .map(str::trim)
         .collect();
     assert_eq!(ifaces, ["lo"], "{out}");
-    let link = sh_ok(&["--private-network"], "ip link show");
+    let link = sh_ok(t.path(), &["--private-network"], "ip link show");
     let heads: Vec<&str> = link.lines().filter(|l| !l.starts_with(' ')).collect();
     assert_eq!(heads.len(), 1, "{link}");
     assert!(heads[0].starts_with("1: lo: <"), "{link}");
@@ -245,6 +269,7 @@ fn private_network_adds_net_admin_and_only_lo() {
     assert!(flags.split(',').any(|f| f == "UP"), "lo is not up: {link}");
     // 127.0.0.1 answers.
     let ping = sh_with(
+        t.path(),
         &["--private-network"],
         "ping -c 1 -W 2 127.0.0.1 >/dev/null",
     );
@@ -253,6 +278,7 @@ fn private_network_adds_net_admin_and_only_lo() {
 
 #[test]
 fn shared_network_sees_the_host_interfaces() {
+    let t = tree();
     let host: BTreeSet<String> = std::fs::read_to_string("/proc/net/dev")
         .unwrap()
         .lines()
@@ -260,20 +286,21 @@ fn shared_network_sees_the_host_interfaces() {
         .filter_map(|l| l.split(':').next())
         .map(|s| s.trim().to_string())
         .collect();
-    let inside: BTreeSet<String> = sh_ok(&[], "cat /proc/net/dev")
+    let inside: BTreeSet<String> = sh_ok(t.path(), &[], "cat /proc/net/dev")
         .lines()
         .skip(2)
         .filter_map(|l| l.split(':').next())
         .map(|s| s.trim().to_string())
         .collect();
     assert_eq!(inside, host);
-    let st = payload_status(&[]);
+    let st = payload_status(t.path(), &[]);
     assert_eq!(cap(&st, "CapEff") & CAP_NET_ADMIN, 0);
 }
 
 #[test]
 fn drop_all_capabilities() {
-    let st = payload_status(&["--drop-capability=all"]);
+    let t = tree();
+    let st = payload_status(t.path(), &["--drop-capability=all"]);
     for f in ["CapBnd", "CapEff", "CapPrm", "CapInh", "CapAmb"] {
         assert_eq!(cap(&st, f), 0, "{f}");
     }
@@ -281,19 +308,21 @@ fn drop_all_capabilities() {
 
 #[test]
 fn capability_options_adjust_the_set() {
+    let t = tree();
     let host = host_cap_bnd();
-    let st = payload_status(&["--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD"]);
+    let st = payload_status(t.path(), &["--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD"]);
     let want = NSPAWN_DEFAULT_CAPS & host & !(1 << 21) & !(1 << 27);
     assert_eq!(cap(&st, "CapBnd"), want);
     assert_eq!(cap(&st, "CapEff"), want);
     // CAP_SYS_TIME (25) is not in the default set; --capability adds it when the host has it.
-    let st = payload_status(&["--capability=CAP_SYS_TIME"]);
+    let st = payload_status(t.path(), &["--capability=CAP_SYS_TIME"]);
     assert_eq!(cap(&st, "CapEff"), (NSPAWN_DEFAULT_CAPS | 1 << 25) & host);
 }
 
 #[test]
 fn user_daemon_has_no_capabilities() {
-    let st = payload_status(&["-u", "daemon"]);
+    let t = tree();
+    let st = payload_status(t.path(), &["-u", "daemon"]);
     assert_eq!(cap(&st, "CapEff"), 0);
     assert_eq!(cap(&st, "CapPrm"), 0);
     assert_eq!(cap(&st, "CapAmb"), 0);
@@ -307,13 +336,17 @@ fn user_daemon_has_no_capabilities() {
         groups.split_whitespace().skip(1).collect::<Vec<_>>(),
         ["10"]
     );
-    assert_eq!(sh_ok(&["-u", "daemon"], "id -u; id -g"), "1\n1\n");
-    assert_eq!(sh_ok(&["-u", "1"], "id -un"), "daemon\n");
+    assert_eq!(sh_ok(t.path(), &["-u", "daemon"], "id -u; id -g"), "1\n1\n");
+    assert_eq!(sh_ok(t.path(), &["-u", "1"], "id -un"), "daemon\n");
 }
 
 #[test]
 fn ambient_capability_for_a_user() {
-    let st = payload_status(&["-u", "daemon", "--ambient-capability=CAP_NET_RAW"]);
+    let t = tree();
+    let st = payload_status(
+        t.path(),
+        &["-u", "daemon", "--ambient-capability=CAP_NET_RAW"],
+    );
     assert_eq!(cap(&st, "CapAmb"), CAP_NET_RAW);
     assert_eq!(cap(&st, "CapEff"), CAP_NET_RAW);
     assert_eq!(cap(&st, "CapPrm"), CAP_NET_RAW);
@@ -321,9 +354,10 @@ fn ambient_capability_for_a_user() {
 
 #[test]
 fn no_new_privileges() {
-    let st = payload_status(&["--no-new-privileges=yes"]);
+    let t = tree();
+    let st = payload_status(t.path(), &["--no-new-privileges=yes"]);
     assert_eq!(status_dec(&st, "NoNewPrivs"), Some(1));
-    let st = payload_status(&["--no-new-privileges=no"]);
+    let st = payload_status(t.path(), &["--no-new-privileges=no"]);
     assert_eq!(status_dec(&st, "NoNewPrivs"), Some(0));
 }
 
@@ -331,13 +365,13 @@ fn no_new_privileges() {
 // Environment
 
 /// The payload's environment (`env` exec'd directly), ns-run started with exactly `host`.
-fn payload_env(host: &[(&str, &str)], opts: &[&str]) -> Vec<String> {
+fn payload_env(root: &Path, host: &[(&str, &str)], opts: &[&str]) -> Vec<String> {
     let mut c = ns_run();
     c.env_clear();
     for (k, v) in host {
         c.env(k, v);
     }
-    c.args(["-D", d()]).args(opts).arg("env");
+    c.args(["-D", s(root)]).args(opts).arg("env");
     let out = run_cmd(c, None);
     out.ok().lines().map(String::from).collect()
 }
@@ -356,7 +390,8 @@ fn host_env_lines() -> Vec<String> {
 
 #[test]
 fn environment_is_nspawns() {
-    let env = payload_env(&[("TERM", "vt100"), ("FOO_LEAK", "1")], &[]);
+    let t = tree();
+    let env = payload_env(t.path(), &[("TERM", "vt100"), ("FOO_LEAK", "1")], &[]);
     let uuid = env
         .iter()
         .find_map(|l| l.strip_prefix("container_uuid="))
@@ -378,14 +413,15 @@ fn environment_is_nspawns() {
     assert!(!env.iter().any(|l| l.contains("FOO_LEAK")));
 
     // No TERM on our side: none inside.
-    let env = payload_env(&[], &[]);
+    let env = payload_env(t.path(), &[], &[]);
     assert!(!env.iter().any(|l| l.starts_with("TERM=")), "{env:?}");
     assert_eq!(env.len(), want.len() - 1, "{env:?}");
 }
 
 #[test]
 fn environment_of_a_user() {
-    let env = payload_env(&[], &["-u", "daemon"]);
+    let t = tree();
+    let env = payload_env(t.path(), &[], &["-u", "daemon"]);
     for kv in ["HOME=/usr/sbin", "USER=daemon", "LOGNAME=daemon"] {
         assert!(env.iter().any(|l| l == kv), "{kv} missing: {env:?}");
     }
@@ -393,7 +429,9 @@ fn environment_of_a_user() {
 
 #[test]
 fn setenv_overrides_and_adds() {
+    let t = tree();
     let env = payload_env(
+        t.path(),
         &[("FOO_COPY", "from-host")],
         &[
             "-E",
@@ -410,13 +448,14 @@ fn setenv_overrides_and_adds() {
     }
     assert_eq!(env.iter().filter(|l| l.starts_with("PATH=")).count(), 1);
     // PATH is where the payload is looked up.
-    let out = sh_ok(&["-E", "PATH=/bin"], "echo $PATH; which cat");
+    let out = sh_ok(t.path(), &["-E", "PATH=/bin"], "echo $PATH; which cat");
     assert_eq!(out, "/bin\n/bin/cat\n");
 }
 
 #[test]
 fn uuid_option_and_machine_id() {
-    let env = payload_env(&[], &["--uuid=0123456789ABCDEF0123456789ABCDEF"]);
+    let t = tree();
+    let env = payload_env(t.path(), &[], &["--uuid=0123456789ABCDEF0123456789ABCDEF"]);
     assert!(
         env.iter()
             .any(|l| l == "container_uuid=01234567-89ab-cdef-0123-456789abcdef"),
@@ -438,23 +477,29 @@ fn uuid_option_and_machine_id() {
 
 #[test]
 fn working_directory() {
-    assert_eq!(sh_ok(&[], "pwd"), "/\n");
-    assert_eq!(sh_ok(&["--chdir=/tmp"], "pwd"), "/tmp\n");
-    assert_eq!(sh_ok(&["--chdir=/proc/sys"], "pwd"), "/proc/sys\n");
+    let t = tree();
+    assert_eq!(sh_ok(t.path(), &[], "pwd"), "/\n");
+    assert_eq!(sh_ok(t.path(), &["--chdir=/tmp"], "pwd"), "/tmp\n");
+    assert_eq!(
+        sh_ok(t.path(), &["--chdir=/proc/sys"], "pwd"),
+        "/proc/sys\n"
+    );
 }
 
 #[test]
 fn no_command_runs_a_login_shell_in_home() {
-    let out = run_stdin(&["-D", d()], "echo $0; pwd; echo $$\n");
+    let t = tree();
+    let out = run_stdin(&["-D", t.arg()], "echo $0; pwd; echo $$\n");
     assert_eq!(out.ok(), "-sh\n/root\n1\n");
     // An empty command after `--` is the same.
-    let out = run_stdin(&["-D", d(), "--"], "echo $0; pwd\n");
+    let out = run_stdin(&["-D", t.arg(), "--"], "echo $0; pwd\n");
     assert_eq!(out.ok(), "-sh\n/root\n");
 }
 
 #[test]
 fn no_command_under_as_pid2_runs_a_login_shell() {
-    let out = run_stdin(&["-D", d(), "-a"], "echo $0; pwd; echo $$\n");
+    let t = tree();
+    let out = run_stdin(&["-D", t.arg(), "-a"], "echo $0; pwd; echo $$\n");
     assert_eq!(out.ok(), "-sh\n/root\n2\n");
 }
 
@@ -463,7 +508,9 @@ fn no_command_under_as_pid2_runs_a_login_shell() {
 
 #[test]
 fn as_pid2_runs_ns_init_from_a_memfd() {
+    let t = tree();
     let out = sh_ok(
+        t.path(),
         &["-a"],
         "echo $$; readlink /proc/1/exe; cat /proc/1/comm; exit 0",
     );
@@ -476,25 +523,27 @@ fn as_pid2_runs_ns_init_from_a_memfd() {
 
 #[test]
 fn exit_status_is_relayed() {
-    assert_eq!(sh_with(&[], "exit 3").code, 3);
-    assert_eq!(sh_with(&[], "exit 200").code, 200);
-    assert_eq!(sh_with(&["-a"], "exit 7").code, 7);
-    let out = sh_with(&["-a"], "kill -9 $$");
+    let t = tree();
+    assert_eq!(sh_with(t.path(), &[], "exit 3").code, 3);
+    assert_eq!(sh_with(t.path(), &[], "exit 200").code, 200);
+    assert_eq!(sh_with(t.path(), &["-a"], "exit 7").code, 7);
+    let out = sh_with(t.path(), &["-a"], "kill -9 $$");
     assert_eq!((out.code, out.signal), (137, None), "{out}");
-    let out = sh_with(&["-a"], "kill -TERM $$");
+    let out = sh_with(t.path(), &["-a"], "kill -TERM $$");
     assert_eq!((out.code, out.signal), (143, None), "{out}");
-    assert_eq!(sh_with(&["-u", "daemon"], "exit 4").code, 4);
+    assert_eq!(sh_with(t.path(), &["-u", "daemon"], "exit 4").code, 4);
 }
 
 #[test]
 fn as_pid2_reaps_orphans() {
+    let t = tree();
     // A grandchild orphaned to PID 1 exits; PID 1 here never waits for it unless it is
     // ns-init (the payload execs sleep, which reaps nothing). Count zombies meanwhile.
     let script = "(sleep 0.5; ps -o stat,comm | grep -c '^Z'; true) & \
                   sh -c 'sleep 0.1 & exit 0'; exec sleep 1.5";
     // Control: with sleep as PID 1, the orphan stays a zombie.
-    assert_eq!(sh_ok(&[], script), "1\n");
-    assert_eq!(sh_ok(&["-a"], script), "0\n");
+    assert_eq!(sh_ok(t.path(), &[], script), "1\n");
+    assert_eq!(sh_ok(t.path(), &["-a"], script), "0\n");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -502,17 +551,19 @@ fn as_pid2_reaps_orphans() {
 
 #[test]
 fn stdin_is_piped_through() {
-    let out = run_stdin(&["-D", d(), "cat"], "hi\n");
+    let t = tree();
+    let out = run_stdin(&["-D", t.arg(), "cat"], "hi\n");
     assert_eq!(out.ok(), "hi\n");
-    let out = run_stdin(&["-D", d(), "-a", "cat"], "hi\nthere\n");
+    let out = run_stdin(&["-D", t.arg(), "-a", "cat"], "hi\nthere\n");
     assert_eq!(out.ok(), "hi\nthere\n");
-    let out = run_stdin(&["-D", d(), "-u", "daemon", "wc", "-c"], "12345");
+    let out = run_stdin(&["-D", t.arg(), "-u", "daemon", "wc", "-c"], "12345");
     assert_eq!(out.ok().trim(), "5");
 }
 
 #[test]
 fn stdout_and_stderr_stay_separate() {
-    let out = sh_with(&[], "echo out; echo err >&2; echo out2");
+    let t = tree();
+    let out = sh_with(t.path(), &[], "echo out; echo err >&2; echo out2");
     assert_eq!(out.code, 0);
     assert_eq!(out.stdout, "out\nout2\n");
     assert_eq!(out.stderr, "err\n");
@@ -521,10 +572,11 @@ fn stdout_and_stderr_stay_separate() {
 
 #[test]
 fn payload_gets_only_stdin_stdout_stderr() {
+    let t = tree();
     // The shell's own fds (`; true` keeps it from exec'ing ls in its place).
-    assert_eq!(sh_ok(&[], "ls /proc/$$/fd; true"), "0\n1\n2\n");
+    assert_eq!(sh_ok(t.path(), &[], "ls /proc/$$/fd; true"), "0\n1\n2\n");
     // ls of its own fds also sees the directory it reads.
-    let out = sh_ok(&[], "ls /proc/self/fd");
+    let out = sh_ok(t.path(), &[], "ls /proc/self/fd");
     let fds: Vec<&str> = out.lines().collect();
     assert!(
         fds.len() <= 4 && fds[..3] == ["0", "1", "2"],
@@ -532,13 +584,14 @@ fn payload_gets_only_stdin_stdout_stderr() {
     );
     // Under -a: PID 1 (ns-init) and the payload alike.
     assert_eq!(
-        sh_ok(&["-a"], "ls /proc/1/fd /proc/$$/fd; true"),
+        sh_ok(t.path(), &["-a"], "ls /proc/1/fd /proc/$$/fd; true"),
         "/proc/1/fd:\n0\n1\n2\n\n/proc/2/fd:\n0\n1\n2\n"
     );
 }
 
 #[test]
 fn inherited_host_fds_do_not_reach_the_payload() {
+    let t = tree();
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open("/proc/self/mountinfo").unwrap();
     // Control: on the host, the fd does arrive.
@@ -548,7 +601,7 @@ fn inherited_host_fds_do_not_reach_the_payload() {
     assert!(run_cmd(c, None).ok().lines().any(|l| l == "7"));
     for opts in [&[][..], &["-a"][..]] {
         let mut c = ns_run();
-        c.args(["-D", d()])
+        c.args(["-D", t.arg()])
             .args(opts)
             .args(["sh", "-c", "ls /proc/$$/fd; true"]);
         ns_tests::pass_fd(&mut c, f.as_raw_fd(), 7);
@@ -562,16 +615,47 @@ fn inherited_host_fds_do_not_reach_the_payload() {
 
 #[test]
 fn read_only_root() {
+    // --read-only shares the image lock: the shared fixture serves.
+    let before = ns_tests::snapshot(fixture());
     let out = sh_with(
+        fixture(),
         &["--read-only"],
-        "touch /x; echo rc=$?; touch /tmp/y && echo tmp-ok; touch /run/z && echo run-ok",
+        "touch /x; echo rc=$?; touch /etc/x; echo etc-rc=$?; touch /tmp/y && echo tmp-ok; \
+         touch /run/z && echo run-ok; touch /dev/shm/s && echo shm-ok",
     );
-    assert_eq!(out.stdout, "rc=1\ntmp-ok\nrun-ok\n", "{out}");
+    assert_eq!(
+        out.stdout, "rc=1\netc-rc=1\ntmp-ok\nrun-ok\nshm-ok\n",
+        "{out}"
+    );
     assert!(out.stderr.contains("Read-only file system"), "{out}");
-    assert!(!fixture().join("x").exists());
-    let m = container_mounts(&["--read-only"]);
+    ns_tests::assert_snapshot_unchanged(fixture(), &before);
+    let m = container_mounts(fixture(), &["--read-only"]);
     assert_eq!(find(&m, "/").options[0], "ro");
-    assert_eq!(find(&m, "/tmp").options[0], "rw");
+    for t in ["/tmp", "/run", "/dev/shm"] {
+        assert_eq!(find(&m, t).options[0], "rw", "{t}");
+    }
+}
+
+#[test]
+fn read_only_root_with_writable_user_mounts() {
+    // User mounts stay writable on a read-only root; their mount points are created before
+    // the root turns read-only, and removed after exit.
+    let t = tree();
+    let src = t.host_dir("src");
+    let before = ns_tests::snapshot(t.path());
+    let out = sh_with(
+        t.path(),
+        &[
+            "--read-only",
+            &format!("--bind={}:/srv/data", s(&src)),
+            "--tmpfs=/srv/scratch",
+        ],
+        "echo d > /srv/data/f && echo bind-ok; echo t > /srv/scratch/f && echo tmpfs-ok; \
+         touch /srv/x; echo rc=$?",
+    );
+    assert_eq!(out.stdout, "bind-ok\ntmpfs-ok\nrc=1\n", "{out}");
+    assert_eq!(std::fs::read_to_string(src.join("f")).unwrap(), "d\n");
+    ns_tests::assert_snapshot_unchanged(t.path(), &before);
 }
 
 #[test]
@@ -638,9 +722,14 @@ fn tmpfs_option() {
         out.ok(),
         "tmpfs /mnt/t tmpfs\ntmpfs /mnt/p tmpfs\n755\n700\nok\n"
     );
-    // The file went to the tmpfs, not into the image.
-    assert!(t.path().join("mnt/t").is_dir());
-    assert!(!t.path().join("mnt/t/x").exists());
+    // The file went to the tmpfs, not into the image; the mount points ns-mount created in
+    // the image are removed after exit.
+    assert!(!t.path().join("mnt/t").exists());
+    assert!(!t.path().join("mnt/p").exists());
+    assert!(
+        t.path().join("mnt").is_dir(),
+        "the image's own /mnt was removed"
+    );
     assert_mounts_unchanged(&before);
 }
 
@@ -682,34 +771,47 @@ fn symlinks_in_the_image_cannot_redirect_mounts_to_the_host() {
     std::fs::write(src.join("f"), "bound\n").unwrap();
     let escaped = format!("ns-tests-escaped-{}", std::process::id());
     let before = mount_points();
-    let out = run(&[
+    let mut c = ns_run();
+    t.tag(&mut c).args([
         "-D",
         t.arg(),
         "--tmpfs=/mnt/esc/sub",
         &format!("--bind={}:/mnt/up/{escaped}", s(&src)),
         "sh",
         "-c",
-        &format!("echo x > /mnt/esc/sub/x && cat /{escaped}/f"),
+        &format!("echo x > /mnt/esc/sub/x && cat /{escaped}/f && echo ready; sleep 100"),
     ]);
     let on_host = Path::new("/").join(&escaped);
+    let out = ns_tests::while_running(c, || {
+        assert!(
+            !on_host.exists(),
+            "{} was created on the host",
+            on_host.display()
+        );
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            0,
+            "a mount point was created outside the image"
+        );
+        assert!(
+            inside.join("sub").is_dir(),
+            "the link was not resolved in the image"
+        );
+        assert!(!inside.join("sub/x").exists(), "the tmpfs was not mounted");
+        assert!(
+            t.path().join(&escaped).is_dir(),
+            "the link was not clamped to the image"
+        );
+    });
     let leaked = on_host.exists();
     let _ = std::fs::remove_dir(&on_host);
     assert!(!leaked, "{} was created on the host", on_host.display());
-    assert_eq!(out.ok(), "bound\n");
-    assert_eq!(
-        std::fs::read_dir(&victim).unwrap().count(),
-        0,
-        "a mount point was created outside the image"
-    );
-    assert!(
-        inside.join("sub").is_dir(),
-        "the link was not resolved in the image"
-    );
-    assert!(!inside.join("sub/x").exists(), "the tmpfs was not mounted");
-    assert!(
-        t.path().join(&escaped).is_dir(),
-        "the link was not clamped to the image"
-    );
+    assert_eq!(out.stdout, "bound\nready\n", "{out}");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    // The mount points created in the image are gone after exit; the image's own are kept.
+    assert!(!inside.join("sub").exists());
+    assert!(inside.is_dir());
+    assert!(!t.path().join(&escaped).exists());
     assert_mounts_unchanged(&before);
 }
 
@@ -717,15 +819,31 @@ fn symlinks_in_the_image_cannot_redirect_mounts_to_the_host() {
 fn dangling_symlink_mount_point_is_created_inside_the_image() {
     let t = Tree::rootfs("dangling");
     std::os::unix::fs::symlink("/srv/data", t.path().join("mnt/dangling")).unwrap();
-    let out = run(&["-D", t.arg(), "--tmpfs=/mnt/dangling/sub", "true"]);
-    assert_eq!(out.ok(), "");
-    assert!(t.path().join("srv/data/sub").is_dir());
-    assert!(!Path::new("/srv/data/sub").exists());
+    let host_sub = Path::new("/srv/data/sub");
+    let host_had = host_sub.exists();
+    let mut c = ns_run();
+    t.tag(&mut c).args([
+        "-D",
+        t.arg(),
+        "--tmpfs=/mnt/dangling/sub",
+        "sh",
+        "-c",
+        "grep -q ' /srv/data/sub ' /proc/self/mountinfo && echo ready; sleep 100",
+    ]);
+    ns_tests::while_running(c, || {
+        assert!(t.path().join("srv/data/sub").is_dir());
+        assert_eq!(host_sub.exists(), host_had, "created on the host");
+    });
+    // Created mount points are removed after exit, the image's symlink stays.
+    assert!(!t.path().join("srv").exists());
+    assert!(t.path().join("mnt/dangling").is_symlink());
+    assert_eq!(host_sub.exists(), host_had);
 }
 
 #[test]
 fn quiet_and_pipe_are_accepted() {
-    assert_eq!(sh_ok(&["-q"], "echo a"), "a\n");
-    assert_eq!(sh_ok(&["-P"], "echo b"), "b\n");
-    assert_eq!(sh_ok(&["--console=pipe"], "echo c"), "c\n");
+    let t = tree();
+    assert_eq!(sh_ok(t.path(), &["-q"], "echo a"), "a\n");
+    assert_eq!(sh_ok(t.path(), &["-P"], "echo b"), "b\n");
+    assert_eq!(sh_ok(t.path(), &["--console=pipe"], "echo c"), "c\n");
 }

@@ -338,7 +338,7 @@ fn payload_not_executable() {
 #[test]
 fn not_supported_yet() {
     let t = Tree::rootfs("unsupported");
-    for opt in ["--network-veth", "--ephemeral", "--private-users=yes"] {
+    for opt in ["--boot", "--personality=x86", "--rlimit=NOFILE=1024"] {
         fails(
             &t,
             &["-D", "{D}", opt, "true"],

@@ -50,9 +50,12 @@ fn leak_check_sees_a_running_container() {
         seen.iter().any(|p| p.contains("sleep 100")),
         "payload not found by procs_in: {seen:?}"
     );
+    let monitor = r.pid();
+    let _journal = ns_tests::ForgetJournal(monitor);
     r.signal(libc::SIGKILL);
     let _ = r.wait_for(Duration::from_secs(5));
     assert!(wait_no_procs_in(t.path(), Duration::from_secs(5)).is_empty());
+    ns_tests::assert_journals_collected(t.path(), &[monitor]);
 }
 
 #[test]
@@ -168,6 +171,8 @@ fn kill_signal_rtmin3_is_a_poweroff_request() {
 #[test]
 fn killing_the_monitor_takes_the_container_down() {
     let t = Tree::rootfs("sigkill");
+    let mut monitors = Vec::new();
+    let mut _journals = Vec::new();
     for opts in [
         &[][..],
         &["-a"][..],
@@ -177,6 +182,8 @@ fn killing_the_monitor_takes_the_container_down() {
         let before = mount_points();
         let r = start_ready(ns_run_in(&t, opts, &["sh", "-c", "echo ready; sleep 100"]));
         assert!(!procs_in(t.path()).is_empty());
+        monitors.push(r.pid());
+        _journals.push(ns_tests::ForgetJournal(r.pid()));
         r.signal(libc::SIGKILL);
         let (out, _) = finish(r, Duration::from_secs(5));
         assert_eq!(out.signal, Some(libc::SIGKILL), "{opts:?}: {out}");
@@ -184,6 +191,8 @@ fn killing_the_monitor_takes_the_container_down() {
         assert!(left.is_empty(), "{opts:?}: processes left: {left:#?}");
         assert_no_leak(t.path(), &before);
     }
+    // What the killed monitors could not clean up, the next ns-run does.
+    ns_tests::assert_journals_collected(t.path(), &monitors);
 }
 
 #[test]

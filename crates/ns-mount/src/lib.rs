@@ -130,14 +130,25 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
     let root = check_root(o.directory, root_mode)?;
     let ops = ops_from_matches(o.matches)?;
     if !o.userns {
-        if let Some(MountOp::Bind { dest, .. }) = ops.iter().find(
-            |op| matches!(op, MountOp::Bind { idmap, .. } if *idmap != ns_core::state::Idmap::No),
-        ) {
-            return Err(Error::invalid(
-                "--bind",
-                &dest.to_string_lossy(),
-                "idmap and rootidmap need a user namespace (--private-users or -U)",
-            ));
+        for id in ["bind", "bind_ro"] {
+            for v in o.matches.get_many::<String>(id).into_iter().flatten() {
+                let idmapped = matches!(
+                    parse_bind(v, id == "bind_ro")?,
+                    MountOp::Bind { idmap, .. } if idmap != ns_core::state::Idmap::No
+                );
+                if idmapped {
+                    let opt = if id == "bind_ro" {
+                        "--bind-ro"
+                    } else {
+                        "--bind"
+                    };
+                    return Err(Error::invalid(
+                        opt,
+                        v,
+                        "idmap and rootidmap need a user namespace (--private-users or -U)",
+                    ));
+                }
+            }
         }
     }
     Ok(MountPlan {

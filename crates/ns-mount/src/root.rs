@@ -51,11 +51,26 @@ pub fn attach_idmapped(
     Ok(at)
 }
 
+/// The root directory as its own mount, to build on. The host's own root (`-D /` with
+/// `--volatile=state`) is cloned without its submounts and attached on the scratch tmpfs: a
+/// bind on `/` would leave our root and its /proc, /sys, /dev in the way.
+fn own_mount(dir: &Path, scratch: &Scratch) -> Result<OwnedFd> {
+    if dir != Path::new("/") {
+        return bind_root(dir);
+    }
+    let tree =
+        ns_core::sys::open_tree_clone(dir, false).ctx(|| "cannot clone the mount of /".into())?;
+    let at = scratch.dir("hostroot")?;
+    ns_core::sys::move_mount_to(tree.as_fd(), open_dir(&at)?.as_fd())
+        .ctx(|| "cannot attach the clone of /".into())?;
+    open_dir(&at)
+}
+
 /// The root mount, by mode, from `dir` (the image, or its idmapped mount); returns an fd of
 /// its top.
 pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<OwnedFd> {
     match plan.root_mode {
-        RootMode::Directory => bind_root(dir),
+        RootMode::Directory => own_mount(dir, scratch),
         RootMode::Overlay => {
             // `-x`: the directory is only read; every write lands on the scratch tmpfs, so
             // start-up costs the same whatever the tree's size, and nothing survives the
@@ -113,7 +128,7 @@ pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<Owned
         }
         RootMode::State => {
             // `--volatile=state`: the image read-only, a tmpfs /var.
-            let root = bind_root(dir)?;
+            let root = own_mount(dir, scratch)?;
             mount_tmpfs(
                 &root,
                 "/var",

@@ -121,3 +121,16 @@ pub fn host_path(p: &Path) -> Option<PathBuf> {
     }
     (!p.starts_with(SCRATCH_DIR)).then(|| p.to_path_buf())
 }
+
+static IMAGE_DEV: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The device of the image's file system: only nodes created there persist in the image.
+pub fn set_image_dev(dev: u64) {
+    let _ = IMAGE_DEV.set(dev);
+}
+
+/// Is a directory on device `dev` part of the image (and not one of the file systems mounted
+/// over it: our tmpfs /dev, /run, /tmp, user tmpfs, ...)?
+pub fn on_image(dev: u64) -> bool {
+    IMAGE_DEV.get() == Some(&dev)
+}

@@ -34,6 +34,11 @@ pub fn build_root(plan: &MountPlan, sync: Option<&ns_core::sync::SyncSocket>) ->
         }
         (false, _) => plan.root.clone(),
     };
+    crate::scratch::set_image_dev(
+        nix::sys::stat::stat(&image)
+            .ctx(|| format!("cannot stat {}", image.display()))?
+            .st_dev,
+    );
     let mut root = crate::root::assemble(plan, &image, &scratch)?;
     if let Some(p) = &plan.pivot_root {
         root = crate::root::pivot_inside(root, p)?;
@@ -172,6 +177,15 @@ fn open_in_root_depth(
 /// (gone with the container anyway), tell the monitor its host path, so that it removes it
 /// after the container is gone (nspawn leaves such mount points behind, systemd#17536).
 fn report_creation(parent: &OwnedFd, name: &Path) -> Result<()> {
+    // Only a node on the image's own file system persists; one on a file system mounted over
+    // it (our /dev, /run, /tmp tmpfs) goes away by itself, and reporting its path would make
+    // the monitor remove the image's entry of the same name.
+    let dev = nix::sys::stat::fstat(parent.as_fd())
+        .ctx(|| "cannot stat a mount point's parent".into())?
+        .st_dev;
+    if !crate::scratch::on_image(dev) {
+        return Ok(());
+    }
     let dir = nix::fcntl::readlink(fd_path(parent).as_str())
         .ctx(|| "cannot resolve a mount point's parent".into())?;
     match crate::scratch::host_path(&Path::new(&dir).join(name)) {

@@ -118,10 +118,25 @@ pub fn parse_bind(v: &str, read_only: bool) -> Result<MountOp> {
 
 /// `--tmpfs=PATH[:OPTS]`; without OPTS nspawn's default `mode=0755`.
 pub fn parse_tmpfs(v: &str) -> Result<MountOp> {
-    let (path, opts) = match v.split_once(':') {
-        Some((p, o)) => (p, o.to_string()),
-        None => (v, "mode=0755".to_string()),
-    };
+    // The path ends at the first unescaped colon; the options are passed on as they are.
+    let mut path = String::new();
+    let mut opts = None;
+    let mut chars = v.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' if chars.peek().map(|(_, n)| *n) == Some(':') => {
+                path.push(':');
+                chars.next();
+            }
+            ':' => {
+                opts = Some(v[i + 1..].to_string());
+                break;
+            }
+            c => path.push(c),
+        }
+    }
+    let opts = opts.unwrap_or_else(|| "mode=0755".to_string());
+    let path = path.as_str();
     Ok(MountOp::Tmpfs {
         dest: absolute_dest("--tmpfs", v, path)?,
         options: opts,

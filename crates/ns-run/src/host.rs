@@ -42,8 +42,12 @@ impl ImageLock {
     }
 }
 
+/// Does no container use this tree any more? (A tree that is gone has no users.)
 fn sole_user_of(root: &Path) -> bool {
-    File::open(root).is_ok_and(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok())
+    match File::open(root) {
+        Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -159,6 +159,14 @@ impl Monitor<'_> {
                 let sig = si.ssi_signo as i32;
                 if sig == libc::SIGCHLD {
                     if let Some(code) = self.reap()? {
+                        // What the chain announced before it ended is queued: take it all
+                        // (SYNC-4 paths must reach the cleanup list).
+                        while sync_open {
+                            match sync.try_recv()? {
+                                Some(m) => sync_open = self.on_message(Some(m), sync)?,
+                                None => break,
+                            }
+                        }
                         return Ok(code);
                     }
                 } else {

@@ -269,6 +269,10 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         idmapped_root,
         userns: userns.is_some(),
         matches,
+    })
+    .map_err(|e| match from_template {
+        Some(_) => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
+        None => e,
     })?;
     if from_template.is_some() {
         mount.root = std::path::absolute(&dir)
@@ -300,8 +304,8 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             m
         }
     };
-    if c.ephemeral {
-        // nspawn names an ephemeral container NAME-<16 hex>.
+    if c.ephemeral && c.machine.is_none() {
+        // nspawn names an ephemeral container NAME-<16 hex> (unless -M names it).
         let hex: String = ns_core::random_bytes::<8>()
             .iter()
             .map(|b| format!("{b:02x}"))
