@@ -335,7 +335,6 @@ fn bind_bad_options_fail_in_one_line() {
 }
 
 #[test]
-            (ns-run: --bind=/x: ...) instead of the value given (--bind=SRC:/x:idmap)"]
 fn bind_idmap_error_names_the_value_given() {
     let t = Tree::rootfs("idmapmsg");
     let src = t.host_dir("src");
@@ -397,7 +396,6 @@ fn tmpfs_bad_paths_and_options() {
 }
 
 #[test]
-            and ns-run's --bind and --overlay, honour them)"]
 fn tmpfs_path_with_escaped_colon() {
     let t = Tree::rootfs("tmpfscolon");
     let image = snapshot(t.path());
@@ -566,8 +564,6 @@ fn overlay_bad_arguments() {
 }
 
 #[test]
-            returns on PID 1's exit without reading the rest of the sync socket: the overlay \
-            workdir (or a created mount point) is neither removed nor journaled"]
 fn overlay_failure_in_ns_mount_removes_the_workdir() {
     // The work directory is created, then the mount point cannot be made under /proc and
     // ns-mount fails. The race is lost in about one run in a hundred (more under load): two
@@ -696,7 +692,6 @@ fn ephemeral_writes_do_not_reach_the_tree() {
 }
 
 #[test]
-            to a name derived from the directory)"]
 fn ephemeral_keeps_an_explicit_machine_name() {
     let t = Tree::rootfs("ephemname");
     assert_eq!(sh_ok(&t, &["-x", "-M", "box"], "hostname"), "box\n");
@@ -895,8 +890,6 @@ fn volatile_yes_on_the_host_root() {
 }
 
 #[test]
-            Device or resource busy): the recursive bind of / brings the host's /sys, and a \
-            second mount of the same sysfs on it is refused"]
 fn volatile_state_on_the_host_root() {
     let tag = Tree::empty("statehost");
     let var = PathBuf::from(format!("/var/ns-tests-state-{}", std::process::id()));
@@ -1037,8 +1030,6 @@ fn created_mount_points_are_removed_after_exit() {
 }
 
 #[test]
-            reported under the image's path, so the monitor deletes the image's own empty \
-            /dev/pts, /dev/shm, /run/* and /tmp/* entries after exit"]
 fn image_entries_shadowed_by_container_tmpfs_are_kept() {
     let t = Tree::rootfs("shadowed");
     for d in ["dev/pts", "dev/shm", "dev/mqueue", "run/keep", "tmp/keep"] {
@@ -1099,7 +1090,6 @@ fn after_a_killed_monitor_the_next_ns_run_removes_its_mount_points() {
 }
 
 #[test]
-            (collect_stale cannot lock the missing tree and skips the journal forever)"]
 fn journal_of_a_removed_tree_is_collected() {
     let t = Tree::rootfs("gone");
     let src = t.host_dir("src");
@@ -1212,7 +1202,6 @@ fn template_bad_options_create_nothing() {
 }
 
 #[test]
-            instead of --template=<path>"]
 fn template_that_is_no_os_tree_is_named_as_the_template() {
     let tpl = Tree::empty("notos");
     let new = tpl.host_dir("x").join("new");
