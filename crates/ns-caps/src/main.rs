@@ -90,8 +90,12 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
         .collect();
     let gid = nix::unistd::Gid::from_raw(user.gid);
     let uid = nix::unistd::Uid::from_raw(user.uid);
-    nix::unistd::setgroups(&groups)
-        .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))?;
+    // A rootless user namespace with one mapped id denies setgroups; there is nothing to
+    // clear then.
+    if !(groups.is_empty() && ns_core::sys::setgroups_denied()) {
+        nix::unistd::setgroups(&groups)
+            .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))?;
+    }
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", user.gid))?;
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", user.uid))?;
 

@@ -166,6 +166,14 @@ fn sealed_copy(path: &Path) -> Result<std::os::fd::OwnedFd> {
     Ok(memfd)
 }
 
+/// A program in PATH.
+pub fn locate_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Find a stage binary: beside our own executable, else in PATH.
 pub fn locate(name: &str) -> Option<PathBuf> {
     if let Ok(me) = std::env::current_exe() {

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod paths;
 pub mod stage;
 pub mod state;
 pub mod sync;

@@ -85,6 +85,9 @@ pub struct UserNs {
     pub base: IdBase,
     pub count: u32,
     pub ownership: Ownership,
+    /// Started without root: the monitor maps our own ids (and the subordinate ranges of
+    /// /etc/subuid and /etc/subgid through newuidmap/newgidmap where installed).
+    pub rootless: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +194,8 @@ pub struct MountPlan {
     pub pivot_root: Option<PivotRoot>,
     /// User mounts, applied in order after the API file systems.
     pub ops: Vec<MountOp>,
+    /// Where ns-mount mounts its scratch tmpfs (in the container's mount namespace only).
+    pub scratch: PathBuf,
     /// `--resolv-conf` and `--timezone`, resolved to what to do.
     pub resolv_conf: EtcFile,
     pub timezone: EtcFile,
@@ -406,6 +411,7 @@ mod tests {
                     base: IdBase::Pick,
                     count: 65536,
                     ownership: Ownership::Map,
+                    rootless: false,
                 }),
             },
             net: NetPlan::default(),

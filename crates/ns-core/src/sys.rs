@@ -289,3 +289,8 @@ pub fn move_mount_to(
     };
     Errno::result(r).map(drop)
 }
+
+/// Does /proc/self/setgroups say `deny` (a user namespace whose maps its own user wrote)?
+pub fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}

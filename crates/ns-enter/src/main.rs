@@ -105,7 +105,7 @@ fn enter_user_namespace(ranged: bool, sync: Option<&SyncSocket>) -> Result<()> {
     let root_uid = nix::unistd::Uid::from_raw(0);
     nix::unistd::setresgid(root_gid, root_gid, root_gid)
         .ctx(|| "cannot become gid 0 in the user namespace".into())?;
-    if ranged {
+    if ranged && !ns_core::sys::setgroups_denied() {
         nix::unistd::setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
     }
     nix::unistd::setresuid(root_uid, root_uid, root_uid)

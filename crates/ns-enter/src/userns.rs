@@ -13,11 +13,11 @@ use ns_core::{Context, Error, Result};
 pub const PICK_FIRST: u32 = 0x0008_0000;
 pub const PICK_LAST: u32 = 0x6FFF_0000;
 pub const RANGE: u32 = 0x10000;
-pub const UID_LOCK_DIR: &str = "/run/ns-run/uid";
 
 /// `--private-users=VALUE` (`yes` needs the root directory, whose owner becomes the base) and
 /// `--private-users-ownership=`; `-U` is `pick` with ownership `auto`.
 pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option<UserNs>> {
+    let ownership_opt = ownership;
     const OPT: &str = "--private-users";
     let (base, count) = match (ns_core::parse_boolean(value), value) {
         (Some(false), _) => return Ok(None),
@@ -64,10 +64,28 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
             ))
         }
     };
+    if !ns_core::paths::host_root() {
+        // Rootless: only our own ids (plus subordinate ranges) can be mapped, and only root
+        // may idmap a file system: the tree we own is container root's as it is.
+        if ownership_opt == Some("map") {
+            return Err(Error::invalid(
+                "--private-users-ownership",
+                "map",
+                "idmapped mounts need root",
+            ));
+        }
+        return Ok(Some(UserNs {
+            base: IdBase::Fixed(nix::unistd::geteuid().as_raw()),
+            count: 1,
+            ownership: Ownership::Off,
+            rootless: true,
+        }));
+    }
     Ok(Some(UserNs {
         base,
         count,
         ownership,
+        rootless: false,
     }))
 }
 
@@ -102,9 +120,10 @@ fn ids_in_use(base: u32, count: u32) -> bool {
 /// Reserve a range: for `pick`, the first free 64K slot from a start derived from the machine
 /// name; a fixed base is locked too, so that two containers never share one by accident.
 pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
-    std::fs::create_dir_all(UID_LOCK_DIR).ctx(|| format!("cannot create {UID_LOCK_DIR}"))?;
+    let lock_dir = ns_core::paths::runtime_dir()?.join("uid");
+    std::fs::create_dir_all(&lock_dir).ctx(|| format!("cannot create {}", lock_dir.display()))?;
     let try_lock = |b: u32| -> Option<RangeLock> {
-        let path = Path::new(UID_LOCK_DIR).join(b.to_string());
+        let path = lock_dir.join(b.to_string());
         let f = File::options()
             .create(true)
             .truncate(false)
@@ -199,4 +218,70 @@ mod tests {
         }
         assert!(reserve(IdBase::Fixed(a.base), RANGE, "x").is_err());
     }
+}
+
+/// A subordinate range of `name` (or `uid`) in /etc/subuid or /etc/subgid: (start, count).
+fn subordinate(file: &str, name: &str, id: u32) -> Option<(u32, u32)> {
+    std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() == 3 && (f[0] == name || f[0] == id.to_string()) {
+            Some((f[1].parse().ok()?, f[2].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+/// Rootless maps for `pid`: container 0 is us; with newuidmap/newgidmap and subordinate
+/// ranges, container 1..=65535 come from those ranges; otherwise only 0 is mapped (and
+/// setgroups is denied, as the kernel requires). Returns how many ids are mapped.
+pub fn write_rootless_maps(pid: i32) -> Result<u32> {
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let name = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+        })
+        .unwrap_or_default();
+    let tools = (
+        ns_core::exec::locate_in_path("newuidmap"),
+        ns_core::exec::locate_in_path("newgidmap"),
+    );
+    let subs = (
+        subordinate("/etc/subuid", &name, uid),
+        subordinate("/etc/subgid", &name, gid),
+    );
+    if let ((Some(nu), Some(ng)), (Some((us, uc)), Some((gs, gc)))) = (tools, subs) {
+        let n = uc.min(gc).min(65535);
+        for (tool, own, start) in [(nu, uid, us), (ng, gid, gs)] {
+            let st = std::process::Command::new(&tool)
+                .args([
+                    pid.to_string(),
+                    "0".into(),
+                    own.to_string(),
+                    "1".into(),
+                    "1".into(),
+                    start.to_string(),
+                    n.to_string(),
+                ])
+                .status()
+                .ctx(|| format!("cannot run {}", tool.display()))?;
+            if !st.success() {
+                return Err(Error::setup(format!("{} failed ({st})", tool.display())));
+            }
+        }
+        return Ok(n + 1);
+    }
+    std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
+        .ctx(|| "cannot write setgroups".into())?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))
+        .ctx(|| "cannot write uid_map".into())?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
+        .ctx(|| "cannot write gid_map".into())?;
+    Ok(1)
 }

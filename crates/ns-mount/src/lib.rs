@@ -159,6 +159,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         private_network: o.private_network,
         pivot_root: o.pivot_root.map(spec::parse_pivot_root).transpose()?,
         ops,
+        scratch: scratch::default_dir()?,
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })

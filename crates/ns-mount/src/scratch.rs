@@ -12,36 +12,46 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
 use ns_core::{Context, Result};
 
-/// Where the scratch tmpfs is mounted (inside the container's mount namespace only; on the
-/// host this stays an empty directory).
-pub const SCRATCH_DIR: &str = "/run/ns-run/scratch";
+/// Where the scratch tmpfs is mounted by default (inside the container's mount namespace
+/// only; on the host this stays an empty directory). Rootless: under the user's runtime dir.
+pub fn default_dir() -> ns_core::Result<PathBuf> {
+    Ok(ns_core::paths::runtime_dir()?.join("scratch"))
+}
+
+static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Mounted on first use only: a plain container never pays for it.
-#[derive(Default)]
 pub struct Scratch {
+    dir: PathBuf,
     mounted: Cell<bool>,
     counter: Cell<u32>,
 }
 
 impl Scratch {
     /// Must be created inside the container's mount namespace, after make_rslave.
-    pub fn new() -> Scratch {
-        Scratch::default()
+    pub fn new(dir: &Path) -> Scratch {
+        let _ = DIR.set(dir.to_path_buf());
+        Scratch {
+            dir: dir.to_path_buf(),
+            mounted: Cell::new(false),
+            counter: Cell::new(0),
+        }
     }
 
     fn ensure_mounted(&self) -> Result<()> {
         if self.mounted.get() {
             return Ok(());
         }
-        std::fs::create_dir_all(SCRATCH_DIR).ctx(|| format!("cannot create {SCRATCH_DIR}"))?;
+        let d = &self.dir;
+        std::fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
         mount(
             Some("tmpfs"),
-            SCRATCH_DIR,
+            d,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=0700"),
         )
-        .ctx(|| format!("cannot mount the scratch tmpfs on {SCRATCH_DIR}"))?;
+        .ctx(|| format!("cannot mount the scratch tmpfs on {}", d.display()))?;
         self.mounted.set(true);
         Ok(())
     }
@@ -51,7 +61,7 @@ impl Scratch {
         self.ensure_mounted()?;
         let n = self.counter.get();
         self.counter.set(n + 1);
-        let p = Path::new(SCRATCH_DIR).join(format!("{what}-{n}"));
+        let p = self.dir.join(format!("{what}-{n}"));
         nix::unistd::mkdir(&p, Mode::from_bits_truncate(0o755))
             .ctx(|| format!("cannot create {}", p.display()))?;
         Ok(p)
@@ -61,7 +71,7 @@ impl Scratch {
     /// first use. Hosts without systemd have no /run/systemd/inaccessible; we bring our own.
     pub fn inaccessible(&self, kind: SFlag) -> Result<PathBuf> {
         self.ensure_mounted()?;
-        let dir = Path::new(SCRATCH_DIR).join("inaccessible");
+        let dir = self.dir.join("inaccessible");
         if !dir.exists() {
             nix::unistd::mkdir(&dir, Mode::from_bits_truncate(0o755))
                 .ctx(|| "cannot create inaccessible nodes".into())?;
@@ -119,7 +129,11 @@ pub fn host_path(p: &Path) -> Option<PathBuf> {
             return Some(host.join(rest));
         }
     }
-    (!p.starts_with(SCRATCH_DIR)).then(|| p.to_path_buf())
+    let scratch = DIR
+        .get()
+        .map(PathBuf::as_path)
+        .unwrap_or(Path::new("/nonexistent"));
+    (!p.starts_with(scratch)).then(|| p.to_path_buf())
 }
 
 static IMAGE_DEV: std::sync::OnceLock<u64> = std::sync::OnceLock::new();

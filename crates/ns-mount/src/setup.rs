@@ -24,7 +24,7 @@ pub enum Kind {
 /// Build the whole root and pivot into it. On return the process's root is the container.
 pub fn build_root(plan: &MountPlan, sync: Option<&ns_core::sync::SyncSocket>) -> Result<()> {
     make_rslave()?;
-    let scratch = crate::scratch::Scratch::new();
+    let scratch = crate::scratch::Scratch::new(&plan.scratch);
     let image = match (plan.idmapped_root, sync) {
         (true, Some(s)) => crate::root::attach_idmapped(&plan.root, &scratch, s)?,
         (true, None) => {
@@ -352,13 +352,18 @@ pub fn mount_dev(root: &OwnedFd) -> Result<()> {
         nix::unistd::symlinkat(to, dev.as_fd(), link)
             .ctx(|| format!("cannot create /dev/{link}"))?;
     }
-    mount_fs(
-        root,
-        "/dev/pts",
-        "devpts",
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
-    )?;
+    let pts_flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let with_tty_group = "newinstance,ptmxmode=0666,mode=620,gid=5";
+    if mount_fs(root, "/dev/pts", "devpts", pts_flags, Some(with_tty_group)).is_err() {
+        // A user namespace that maps one id only (rootless) has no gid 5 (tty).
+        mount_fs(
+            root,
+            "/dev/pts",
+            "devpts",
+            pts_flags,
+            Some("newinstance,ptmxmode=0666,mode=620"),
+        )?;
+    }
     mount_tmpfs(
         root,
         "/dev/shm",

@@ -11,7 +11,9 @@ use nix::fcntl::{Flock, FlockArg};
 use ns_core::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 
-pub const CLEANUP_DIR: &str = "/run/ns-run/cleanup";
+fn cleanup_dir() -> Result<PathBuf> {
+    Ok(ns_core::paths::runtime_dir()?.join("cleanup"))
+}
 
 /// One container per tree, as nspawn: an exclusive flock on the root directory, shared for
 /// containers that never write to it (read-only, ephemeral, volatile). No lock file is left
@@ -77,8 +79,9 @@ impl Cleanup {
     /// SYNC-4 received: remember and journal before the stage creates it.
     pub fn add(&mut self, path: PathBuf, recursive: bool) -> Result<()> {
         if self.journal.is_none() {
-            std::fs::create_dir_all(CLEANUP_DIR).ctx(|| format!("cannot create {CLEANUP_DIR}"))?;
-            let p = Path::new(CLEANUP_DIR).join(std::process::id().to_string());
+            let dir = cleanup_dir()?;
+            std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+            let p = dir.join(std::process::id().to_string());
             let f = File::options()
                 .create(true)
                 .append(true)
@@ -132,7 +135,7 @@ fn remove_all(entries: &[Entry]) {
 
 /// Remove what dead monitors left behind (killed before they could clean up).
 pub fn collect_stale() {
-    let Ok(dir) = std::fs::read_dir(CLEANUP_DIR) else {
+    let Ok(dir) = cleanup_dir().and_then(|d| std::fs::read_dir(d).ctx(String::new)) else {
         return;
     };
     for f in dir.flatten() {
@@ -157,8 +160,6 @@ pub fn collect_stale() {
     }
 }
 
-pub const ZONES_DIR: &str = "/run/ns-run/zones";
-
 /// Membership of a network zone: every container of zone Z holds a shared flock on
 /// /run/ns-run/zones/Z for its lifetime. The one that can upgrade it to exclusive at exit was
 /// the last: it deletes the bridge, then the lock file. A container joining meanwhile blocks
@@ -172,8 +173,9 @@ pub struct ZoneLock {
 impl ZoneLock {
     pub fn acquire(zone: &str) -> Result<ZoneLock> {
         use std::os::unix::fs::MetadataExt;
-        std::fs::create_dir_all(ZONES_DIR).ctx(|| format!("cannot create {ZONES_DIR}"))?;
-        let path = Path::new(ZONES_DIR).join(zone);
+        let dir = ns_core::paths::runtime_dir()?.join("zones");
+        std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(zone);
         loop {
             let f = File::options()
                 .create(true)

@@ -48,12 +48,12 @@ pub fn run(state: &State) -> Result<i32> {
     // -U: reserve the id range (held until we exit) and put the chosen base in the state.
     let mut state = state.clone();
     let range = match &mut state.enter.userns {
-        Some(u) => {
+        Some(u) if !u.rootless => {
             let r = ns_enter::userns::reserve(u.base, u.count, &state.machine)?;
             u.base = IdBase::Fixed(r.base);
             Some(r)
         }
-        None => None,
+        _ => None,
     };
     let state = &state;
     let state_fd = state.to_sealed_memfd()?;
@@ -104,6 +104,7 @@ pub fn run(state: &State) -> Result<i32> {
                 root: m.root.clone(),
                 netns: None,
                 net_failed: false,
+                ports_installed: false,
             };
             let code = monitor.supervise(&sync, &signals);
             monitor.release_network(zone);
@@ -130,6 +131,8 @@ struct Monitor<'a> {
     netns: Option<File>,
     /// ns-net failed: PID 1 was killed before it started.
     net_failed: bool,
+    /// Port-forwarding tables to remove at exit.
+    ports_installed: bool,
     userns: Option<UserNs>,
     /// The user mounts (an idmap request must name one of them).
     ops: Vec<ns_core::state::MountOp>,
@@ -231,7 +234,11 @@ impl Monitor<'_> {
                 let IdBase::Fixed(base) = u.base else {
                     return Err(Error::setup("id range not reserved".into()));
                 };
-                ns_enter::userns::write_maps(self.enter.as_raw(), base, u.count)?;
+                if u.rootless {
+                    ns_enter::userns::write_rootless_maps(self.enter.as_raw())?;
+                } else {
+                    ns_enter::userns::write_maps(self.enter.as_raw(), base, u.count)?;
+                }
                 sync.send(&Msg::Mapped)?;
                 Ok(true)
             }
@@ -337,6 +344,7 @@ impl Monitor<'_> {
         if !net.interfaces.is_empty() {
             self.netns = Some(netns);
         }
+        self.ports_installed = ok && !net.ports.is_empty();
         Ok(ok)
     }
 
@@ -347,7 +355,7 @@ impl Monitor<'_> {
             let names = &self.net.interfaces;
             let _ = helper(|| ns_net::wire::return_interfaces(names, netns.as_fd()));
         }
-        if !self.net.ports.is_empty() {
+        if self.ports_installed {
             let monitor = std::process::id();
             let _ = helper(|| ns_net::ports::remove(monitor));
         }

@@ -254,6 +254,22 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         Some(v) => ns_enter::userns::parse(v, c.private_users_ownership.as_deref(), &users_root)?,
         None => None,
     };
+    if !ns_core::paths::host_root() {
+        // Without root only a user namespace gives the privileges a container needs, and
+        // host-side networking stays out of reach.
+        if userns.is_none() {
+            return Err(Error::setup(format!(
+                "running as uid {} without root needs a user namespace: add -U",
+                nix::unistd::geteuid()
+            )));
+        }
+        if net_opts.private() || !c.net.port.is_empty() {
+            return Err(Error::setup(
+                "veths, bridges, zones, moved links and --port need root (--private-network works)"
+                    .into(),
+            ));
+        }
+    }
     let idmapped_root = userns
         .as_ref()
         .is_some_and(|u| u.ownership == ns_core::state::Ownership::Map);

@@ -1,0 +1,44 @@
+//! Where the toolkit keeps its host-side state: /run/ns-run for root; for a user without
+//! root (rootless `-U`), `$XDG_RUNTIME_DIR/ns-run`, else /tmp/ns-run-UID (made 0700, and
+//! refused if someone else owns it).
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::PathBuf;
+
+use crate::error::{Context, Error, Result};
+
+/// Are we root on the host (not merely uid 0 in a user namespace)?
+pub fn host_root() -> bool {
+    nix::unistd::geteuid().is_root() && !in_user_namespace()
+}
+
+fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
+/// The state directory, created if needed.
+pub fn runtime_dir() -> Result<PathBuf> {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return Ok(PathBuf::from("/run/ns-run"));
+    }
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(x) if x.is_dir() => x.join("ns-run"),
+        _ => PathBuf::from(format!("/tmp/ns-run-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).ctx(|| format!("cannot create {}", dir.display())),
+    }
+    let md = std::fs::symlink_metadata(&dir).ctx(|| format!("cannot stat {}", dir.display()))?;
+    if !md.is_dir() || md.uid() != uid.as_raw() {
+        return Err(Error::setup(format!(
+            "{} is not a directory of ours",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
