@@ -170,56 +170,6 @@ pub fn write_maps(pid: i32, base: u32, count: u32) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_like_nspawn() {
-        let r = Path::new("/");
-        assert_eq!(parse("no", None, r).unwrap(), None);
-        let u = parse("pick", None, r).unwrap().unwrap();
-        assert_eq!(
-            (u.base, u.count, u.ownership),
-            (IdBase::Pick, 65536, Ownership::Map)
-        );
-        let u = parse("identity", None, r).unwrap().unwrap();
-        assert_eq!((u.base, u.ownership), (IdBase::Fixed(0), Ownership::Off));
-        let u = parse("1048576:1000", Some("map"), r).unwrap().unwrap();
-        assert_eq!((u.base, u.count), (IdBase::Fixed(1048576), 1000));
-        assert_eq!(
-            parse("yes", None, r).unwrap().unwrap().base,
-            IdBase::Fixed(0)
-        );
-        for bad in ["bogus", "1:0", "4294967295:2", "x:1"] {
-            assert!(
-                parse(bad, None, r)
-                    .unwrap_err()
-                    .msg
-                    .starts_with("--private-users="),
-                "{bad}"
-            );
-        }
-        assert!(parse("pick", Some("chown"), r)
-            .unwrap_err()
-            .msg
-            .contains("not supported yet"));
-        assert!(parse("pick", Some("bogus"), r).is_err());
-    }
-
-    #[test]
-    fn picked_ranges_are_aligned_and_disjoint() {
-        let a = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
-        let b = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
-        assert_ne!(a.base, b.base);
-        for r in [&a, &b] {
-            assert_eq!(r.base % RANGE, 0);
-            assert!((PICK_FIRST..=PICK_LAST).contains(&r.base));
-        }
-        assert!(reserve(IdBase::Fixed(a.base), RANGE, "x").is_err());
-    }
-}
-
 /// A subordinate range of `name` (or `uid`) in /etc/subuid or /etc/subgid: (start, count).
 fn subordinate(file: &str, name: &str, id: u32) -> Option<(u32, u32)> {
     std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
@@ -284,4 +234,54 @@ pub fn write_rootless_maps(pid: i32) -> Result<u32> {
     std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
         .ctx(|| "cannot write gid_map".into())?;
     Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_like_nspawn() {
+        let r = Path::new("/");
+        assert_eq!(parse("no", None, r).unwrap(), None);
+        let u = parse("pick", None, r).unwrap().unwrap();
+        assert_eq!(
+            (u.base, u.count, u.ownership),
+            (IdBase::Pick, 65536, Ownership::Map)
+        );
+        let u = parse("identity", None, r).unwrap().unwrap();
+        assert_eq!((u.base, u.ownership), (IdBase::Fixed(0), Ownership::Off));
+        let u = parse("1048576:1000", Some("map"), r).unwrap().unwrap();
+        assert_eq!((u.base, u.count), (IdBase::Fixed(1048576), 1000));
+        assert_eq!(
+            parse("yes", None, r).unwrap().unwrap().base,
+            IdBase::Fixed(0)
+        );
+        for bad in ["bogus", "1:0", "4294967295:2", "x:1"] {
+            assert!(
+                parse(bad, None, r)
+                    .unwrap_err()
+                    .msg
+                    .starts_with("--private-users="),
+                "{bad}"
+            );
+        }
+        assert!(parse("pick", Some("chown"), r)
+            .unwrap_err()
+            .msg
+            .contains("not supported yet"));
+        assert!(parse("pick", Some("bogus"), r).is_err());
+    }
+
+    #[test]
+    fn picked_ranges_are_aligned_and_disjoint() {
+        let a = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
+        let b = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
+        assert_ne!(a.base, b.base);
+        for r in [&a, &b] {
+            assert_eq!(r.base % RANGE, 0);
+            assert!((PICK_FIRST..=PICK_LAST).contains(&r.base));
+        }
+        assert!(reserve(IdBase::Fixed(a.base), RANGE, "x").is_err());
+    }
 }
