@@ -107,6 +107,9 @@ pub enum Ownership {
     /// The root is an idmapped mount: container 0 sees host 0's files as its own; the
     /// image stays owned by 0 on disk.
     Map,
+    /// The tree's ownership is shifted on disk into the range (undone by running with
+    /// `--private-users=0 --private-users-ownership=chown`).
+    Chown,
 }
 
 /// Read by ns-net, which the monitor runs on the host against the container's network

@@ -19,7 +19,13 @@ pub const RANGE: u32 = 0x10000;
 pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option<UserNs>> {
     let ownership_opt = ownership;
     const OPT: &str = "--private-users";
-    let (base, count) = match (ns_core::parse_boolean(value), value) {
+    // nspawn: a value made of digits is a UID, not a boolean (`0` is the identity base).
+    let boolean = if value.starts_with(|c: char| c.is_ascii_digit()) {
+        None
+    } else {
+        ns_core::parse_boolean(value)
+    };
+    let (base, count) = match (boolean, value) {
         (Some(false), _) => return Ok(None),
         (Some(true), _) => {
             use std::os::unix::fs::MetadataExt;
@@ -49,13 +55,7 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
     let ownership = match ownership.unwrap_or(if value == "pick" { "auto" } else { "off" }) {
         "off" => Ownership::Off,
         "map" | "auto" => Ownership::Map,
-        "chown" => {
-            return Err(Error::invalid(
-                "--private-users-ownership",
-                "chown",
-                "not supported yet (use map: the image stays owned by 0 on disk)",
-            ))
-        }
+        "chown" => Ownership::Chown,
         o => {
             return Err(Error::invalid(
                 "--private-users-ownership",
@@ -64,6 +64,15 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
             ))
         }
     };
+    if ownership == Ownership::Chown
+        && (count != RANGE || matches!(base, IdBase::Fixed(b) if b % RANGE != 0))
+    {
+        return Err(Error::invalid(
+            "--private-users-ownership",
+            "chown",
+            "only for ranges starting at a multiple of 65536 with 65536 ids",
+        ));
+    }
     if !ns_core::paths::host_root() {
         // Rootless: only our own ids (plus subordinate ranges) can be mapped, and only root
         // may idmap a file system: the tree we own is container root's as it is.
@@ -236,6 +245,74 @@ pub fn write_rootless_maps(pid: i32) -> Result<u32> {
     Ok(1)
 }
 
+/// `chown` ownership: shift the tree's ids on disk from the range it is in now (its root
+/// directory's owner, rounded down to 64K) to `to_base`, files, directories and links alike,
+/// without crossing into other file systems. A shift that fails half-way is undone.
+pub fn shift_tree(root: &Path, to_base: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(root).ctx(|| format!("cannot stat {}", root.display()))?;
+    let from_base = md.uid() & !(RANGE - 1);
+    if from_base == to_base {
+        return Ok(());
+    }
+    let dev = md.dev();
+    let mut done: Vec<PathBuf> = Vec::new();
+    let r = shift_walk(root, dev, from_base, to_base, &mut done);
+    if r.is_err() {
+        for p in &done {
+            let _ = shift_one(p, to_base, from_base);
+        }
+    }
+    r
+}
+
+fn shift_one(p: &Path, from: u32, to: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).ctx(|| format!("cannot stat {}", p.display()))?;
+    let map = |id: u32| {
+        if id >= from && id - from < RANGE {
+            to + (id - from)
+        } else {
+            id
+        }
+    };
+    let (uid, gid) = (map(md.uid()), map(md.gid()));
+    if (uid, gid) != (md.uid(), md.gid()) {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ctx(|| format!("cannot chown {}", p.display()))?;
+        // chown clears set-id bits; give them back.
+        if !md.file_type().is_symlink() && md.mode() & 0o6000 != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+                .ctx(|| format!("cannot chmod {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn shift_walk(p: &Path, dev: u64, from: u32, to: u32, done: &mut Vec<PathBuf>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).ctx(|| format!("cannot stat {}", p.display()))?;
+    if md.dev() != dev {
+        return Ok(());
+    }
+    if md.is_dir() {
+        for e in std::fs::read_dir(p).ctx(|| format!("cannot read {}", p.display()))? {
+            let e = e.ctx(|| format!("cannot read {}", p.display()))?;
+            shift_walk(&e.path(), dev, from, to, done)?;
+        }
+    }
+    shift_one(p, from, to)?;
+    done.push(p.to_path_buf());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +321,7 @@ mod tests {
     fn values_like_nspawn() {
         let r = Path::new("/");
         assert_eq!(parse("no", None, r).unwrap(), None);
+        assert_eq!(parse("0", None, r).unwrap().unwrap().base, IdBase::Fixed(0));
         let u = parse("pick", None, r).unwrap().unwrap();
         assert_eq!(
             (u.base, u.count, u.ownership),
@@ -266,10 +344,12 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(parse("pick", Some("chown"), r)
-            .unwrap_err()
-            .msg
-            .contains("not supported yet"));
+        assert_eq!(
+            parse("pick", Some("chown"), r).unwrap().unwrap().ownership,
+            Ownership::Chown
+        );
+        assert!(parse("1048577", Some("chown"), r).is_err());
+        assert!(parse("1048576:1000", Some("chown"), r).is_err());
         assert!(parse("pick", Some("bogus"), r).is_err());
     }
 
@@ -283,5 +363,42 @@ mod tests {
             assert!((PICK_FIRST..=PICK_LAST).contains(&r.base));
         }
         assert!(reserve(IdBase::Fixed(a.base), RANGE, "x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod shift_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn shift_and_undo() {
+        let d = std::env::temp_dir().join(format!("ns-shift-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        std::fs::write(d.join("a/b/f"), "x").unwrap();
+        std::os::unix::fs::symlink("a", d.join("l")).unwrap();
+        nix::unistd::chown(
+            &d.join("a/b/f"),
+            Some(nix::unistd::Uid::from_raw(1000)),
+            None,
+        )
+        .unwrap();
+        shift_tree(&d, 0x100000).unwrap();
+        assert_eq!(std::fs::symlink_metadata(&d).unwrap().uid(), 0x100000);
+        assert_eq!(
+            std::fs::symlink_metadata(d.join("a/b/f")).unwrap().uid(),
+            0x100000 + 1000
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(d.join("l")).unwrap().uid(),
+            0x100000
+        );
+        shift_tree(&d, 0).unwrap();
+        assert_eq!(
+            std::fs::symlink_metadata(d.join("a/b/f")).unwrap().uid(),
+            1000
+        );
+        assert_eq!(std::fs::symlink_metadata(&d).unwrap().uid(), 0);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -56,6 +56,17 @@ pub fn run(state: &State) -> Result<i32> {
         _ => None,
     };
     let state = &state;
+    if let Some(u) = state
+        .enter
+        .userns
+        .as_ref()
+        .filter(|u| u.ownership == ns_core::state::Ownership::Chown)
+    {
+        // `chown` ownership: shift the tree into the range now (under the image lock).
+        if let IdBase::Fixed(base) = u.base {
+            ns_enter::userns::shift_tree(&m.root, base)?;
+        }
+    }
     let state_fd = state.to_sealed_memfd()?;
     let (sync, chain_end) = SyncSocket::pair()?;
 
