@@ -26,7 +26,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ),
         ("--slice", c.slice.is_some()),
         ("--property", !c.property.is_empty()),
-        ("--private-users-chown", c.private_users_chown.is_some()),
         ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
@@ -251,7 +250,14 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     let users_root =
         std::fs::canonicalize(from_template_dir(c, &dir)).unwrap_or_else(|_| dir.clone().into());
     let userns = match users_value {
-        Some(v) => ns_enter::userns::parse(v, c.private_users_ownership.as_deref(), &users_root)?,
+        Some(v) => {
+            // --private-users-chown is nspawn's obsolete spelling of ownership chown.
+            let ownership = c
+                .private_users_ownership
+                .as_deref()
+                .or(c.private_users_chown.as_ref().map(|_| "chown"));
+            ns_enter::userns::parse(v, ownership, &users_root)?
+        }
         None => None,
     };
     if !ns_core::paths::host_root() {
