@@ -46,7 +46,8 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
             if c == 0 {
                 return Err(bad("the count must not be 0"));
             }
-            if b.checked_add(c).is_none_or(|end| end > u32::MAX - 1) {
+            // The last valid id is 4294967294: base + count may be 2^32 - 1 at most.
+            if b.checked_add(c).is_none() {
                 return Err(bad("the range goes past the largest id"));
             }
             (IdBase::Fixed(b), c)
@@ -98,16 +99,19 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
     }))
 }
 
-/// A held id range: its lock file is removed when the range is given back.
+/// A held id range: one lock per 64K slot it touches (so that overlapping ranges exclude
+/// each other, fixed or picked). Lock files are removed, while still held, when the range is
+/// given back; a taker re-checks that it locked the file that is still there.
 pub struct RangeLock {
-    _lock: Flock<File>,
-    path: PathBuf,
+    slots: Vec<(Flock<File>, PathBuf)>,
     pub base: u32,
 }
 
 impl Drop for RangeLock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        for (_, path) in &self.slots {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -126,13 +130,11 @@ fn ids_in_use(base: u32, count: u32) -> bool {
     })
 }
 
-/// Reserve a range: for `pick`, the first free 64K slot from a start derived from the machine
-/// name; a fixed base is locked too, so that two containers never share one by accident.
-pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
-    let lock_dir = ns_core::paths::runtime_dir()?.join("uid");
-    std::fs::create_dir_all(&lock_dir).ctx(|| format!("cannot create {}", lock_dir.display()))?;
-    let try_lock = |b: u32| -> Option<RangeLock> {
-        let path = lock_dir.join(b.to_string());
+/// Lock slot `slot` (a 64K-aligned base), or None when someone holds it.
+fn lock_slot(dir: &Path, slot: u32) -> Option<(Flock<File>, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(slot.to_string());
+    loop {
         let f = File::options()
             .create(true)
             .truncate(false)
@@ -140,17 +142,35 @@ pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
             .open(&path)
             .ok()?;
         let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).ok()?;
-        Some(RangeLock {
-            _lock: lock,
-            path,
-            base: b,
-        })
-    };
+        let held = lock.metadata().map(|m| m.ino()).ok();
+        if held.is_some() && held == std::fs::metadata(&path).map(|m| m.ino()).ok() {
+            return Some((lock, path));
+        }
+        // Its owner removed that file as we locked it: take the current one.
+    }
+}
+
+/// Lock every slot of [base, base+count), all or none.
+fn lock_range(dir: &Path, base: u32, count: u32) -> Option<RangeLock> {
+    let first = base / RANGE;
+    let last = ((base as u64 + count as u64 - 1) / RANGE as u64) as u32;
+    let mut slots = Vec::new();
+    for s in first..=last {
+        slots.push(lock_slot(dir, s * RANGE)?);
+    }
+    Some(RangeLock { slots, base })
+}
+
+/// Reserve a range: for `pick`, the first free 64K slot from a start derived from the machine
+/// name; a fixed range is locked too, so that two containers never share ids by accident.
+pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
+    let lock_dir = ns_core::paths::runtime_dir()?.join("uid");
+    std::fs::create_dir_all(&lock_dir).ctx(|| format!("cannot create {}", lock_dir.display()))?;
     match base {
-        IdBase::Fixed(b) => try_lock(b).ok_or_else(|| {
+        IdBase::Fixed(b) => lock_range(&lock_dir, b, count).ok_or_else(|| {
             Error::invalid(
                 "--private-users",
-                &b.to_string(),
+                &format!("{b}:{count}"),
                 "this id range is used by another container",
             )
         }),
@@ -163,7 +183,7 @@ pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
             (0..slots)
                 .map(|i| PICK_FIRST + ((start + i) % slots) * RANGE)
                 .filter(|b| !ids_in_use(*b, count))
-                .find_map(try_lock)
+                .find_map(|b| lock_range(&lock_dir, b, count))
                 .ok_or_else(|| Error::setup("--private-users=pick: no free id range".into()))
         }
     }

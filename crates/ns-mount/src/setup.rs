@@ -289,7 +289,8 @@ pub fn mount_sys(root: &OwnedFd) -> Result<()> {
     ) {
         Ok(()) => Ok(()),
         // In a user namespace without its own network namespace the kernel refuses a new
-        // sysfs (it belongs to the host's network namespace): show the host's, read-only.
+        // sysfs (it belongs to the host's network namespace): show the host's, read-only
+        // (recursively: a user namespace may not bind it without its locked submounts).
         Err(Errno::EPERM) => {
             mount(
                 Some("/sys"),
