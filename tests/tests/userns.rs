@@ -17,8 +17,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    assert_snapshot_unchanged, bin, fixture, mount_points, ns_run, procs_in, run_cmd, snapshot,
-    spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, Tree,
+    assert_snapshot_unchanged, bin, fixture, mount_points, ns_run, procs_in, run, run_cmd,
+    snapshot, spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, Tree,
 };
 
 /// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
@@ -1058,4 +1058,145 @@ fn pick_with_veth_gets_host0_and_a_fresh_sysfs() {
     assert_eq!(r.get("net").trim(), "host0 lo", "/sys/class/net");
     assert_eq!(r.hex("CapEff"), CAPS_USERNS_NET, "CapEff");
     assert_nothing_left(&t, &before);
+}
+
+/// A host user made for one test, removed again (with `userdel`) when dropped.
+struct HostUser {
+    name: String,
+    uid: u32,
+}
+
+impl HostUser {
+    fn new(tag: &str, home: &Path) -> HostUser {
+        let name = format!("ns{tag}{}", std::process::id() % 100_000);
+        let st = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", "-d"])
+            .arg(home)
+            .arg(&name)
+            .status()
+            .expect("run useradd");
+        assert!(st.success(), "useradd {name} failed");
+        let out = Command::new("id")
+            .args(["-u", &name])
+            .output()
+            .expect("run id");
+        let uid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("uid");
+        HostUser { name, uid }
+    }
+}
+
+impl Drop for HostUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+#[test]
+fn bind_user_maps_the_host_user_and_binds_its_home() {
+    let t = Tree::rootfs("ns-u-binduser");
+    let home = t.host_dir("home");
+    let user = HostUser::new("bu", &home);
+    chown(&home, user.uid, user.uid);
+    std::fs::write(home.join("mine"), "x").unwrap();
+    chown(&home.join("mine"), user.uid, user.uid);
+    let before = host_mounts();
+    let opt = format!("--bind-user={}", user.name);
+    let n = &user.name;
+    let r = sh_ok(
+        &t,
+        &["-U", &opt],
+        &format!(
+            "echo \"lines=$(grep -c . /proc/self/uid_map)\"\n\
+             echo \"hole=$(awk '$1 == 60514 {{print $2, $3}}' /proc/self/uid_map)\"\n\
+             echo \"home=$(stat -c %u:%g /run/host/home/{n})\"\n\
+             echo \"file=$(stat -c %u /run/host/home/{n}/mine)\"\n\
+             echo \"record=$(grep -o '\"uid\":60514' /run/host/userdb/{n}.user)\"\n\
+             echo \"link=$(readlink /run/host/userdb/60514.user)\""
+        ),
+    );
+    assert_eq!(r.get("lines"), "3");
+    assert_eq!(r.get("hole"), format!("{} 1", user.uid));
+    assert_eq!(r.get("home"), "60514:60514");
+    assert_eq!(r.get("file"), "60514");
+    assert_eq!(r.get("record"), "\"uid\":60514");
+    assert_eq!(r.get("link"), format!("{n}.user"));
+    assert!(
+        !t.path().join("run/host").exists(),
+        "written into the image"
+    );
+    assert_nothing_left(&t, &before);
+}
+
+#[test]
+fn bind_user_errors() {
+    let t = Tree::rootfs("ns-u-binduser-bad");
+    let out = run(&["-D", t.arg(), "--bind-user=root", "true"]);
+    assert_refused(&out, &["--bind-user=root", "--private-users"]);
+    let out = run(&["-D", t.arg(), "-U", "--bind-user=ns-no-such-user", "true"]);
+    assert_refused(&out, &["--bind-user=ns-no-such-user", "no such user"]);
+}
+
+#[test]
+fn rootless_user_runs_a_container_on_its_own_tree() {
+    let t = Tree::rootfs("ns-u-rootless");
+    // The binaries, where the unprivileged user can surely reach them.
+    let bins = t.host_dir("bins");
+    for b in ["ns-run", "ns-enter", "ns-mount", "ns-caps", "ns-init"] {
+        std::fs::copy(bin(b), bins.join(b)).unwrap();
+    }
+    for d in [t.path().parent().unwrap(), &bins] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let user = HostUser::new("rl", &t.host_dir("rlhome"));
+    let st = Command::new("chown")
+        .args(["-R", &format!("{0}:{0}", user.uid)])
+        .arg(t.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = host_mounts();
+    let run_as = |args: &[&str]| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &user.name, "--"])
+            .arg(bins.join("ns-run"))
+            .args(args);
+        c.env("XDG_RUNTIME_DIR", "/nonexistent").current_dir("/");
+        run_cmd(c, None)
+    };
+    let out = run_as(&[
+        "-D",
+        t.arg(),
+        "-U",
+        "--private-network",
+        "-a",
+        "sh",
+        "-c",
+        "id -u; head -1 /proc/self/uid_map; echo $$; ip link | grep -c LOOPBACK; touch /root/made",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "0", "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", &user.uid.to_string(), "1"],
+        "{out}"
+    );
+    assert_eq!(lines[2], "2", "payload is PID 2 under -a: {out}");
+    assert_eq!(lines[3], "1", "only lo: {out}");
+    assert_eq!(
+        owner(&t.path().join("root/made")).0,
+        user.uid,
+        "container root is the user"
+    );
+    // Without -U, and with host-side networking, one line and 125.
+    assert_refused(&run_as(&["-D", t.arg(), "true"]), &["-U"]);
+    assert_refused(
+        &run_as(&["-D", t.arg(), "-U", "-n", "true"]),
+        &["need root"],
+    );
+    assert_nothing_left(&t, &before);
+    let _ = std::fs::remove_dir_all(format!("/tmp/ns-run-{}", user.uid));
 }

@@ -199,9 +199,28 @@ pub struct MountPlan {
     pub ops: Vec<MountOp>,
     /// Where ns-mount mounts its scratch tmpfs (in the container's mount namespace only).
     pub scratch: PathBuf,
+    /// `--bind-user`: host users whose home and records appear in the container, each with
+    /// one extra id mapping (the monitor maps them; ns-mount binds homes, writes records).
+    pub bind_users: Vec<BoundUser>,
     /// `--resolv-conf` and `--timezone`, resolved to what to do.
     pub resolv_conf: EtcFile,
     pub timezone: EtcFile,
+}
+
+/// A host user bound into the container (`--bind-user`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BoundUser {
+    pub name: String,
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Its ids in the container (nspawn's 60514 and up).
+    pub uid: u32,
+    pub gid: u32,
+    /// Host home directory, bound at /run/host/home/NAME.
+    pub home: PathBuf,
+    pub shell: String,
+    pub real_name: String,
 }
 
 /// How ns-mount assembles the root.

@@ -189,14 +189,90 @@ pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
     }
 }
 
-/// Write `pid`'s uid and gid maps: container 0..count = host base..base+count.
-pub fn write_maps(pid: i32, base: u32, count: u32) -> Result<()> {
-    let line = format!("0 {base} {count}\n");
-    for f in ["uid_map", "gid_map"] {
+/// The lines of an id map: container 0..count = host base..base+count, except the ids in
+/// `extra` (container id, host id), which map one to one to their host ids.
+pub fn map_lines(base: u32, count: u32, extra: &[(u32, u32)]) -> String {
+    let mut extra = extra.to_vec();
+    extra.sort();
+    let mut out = String::new();
+    let mut next = 0u32;
+    for (cid, hid) in extra.iter().filter(|(c, _)| *c < count) {
+        if *cid > next {
+            out.push_str(&format!("{next} {} {}\n", base + next, cid - next));
+        }
+        out.push_str(&format!("{cid} {hid} 1\n"));
+        next = cid + 1;
+    }
+    if next < count {
+        out.push_str(&format!("{next} {} {}\n", base + next, count - next));
+    }
+    out
+}
+
+/// Write `pid`'s uid and gid maps: container 0..count = host base..base+count, with the
+/// `--bind-user` ids mapped to their host users.
+pub fn write_maps(
+    pid: i32,
+    base: u32,
+    count: u32,
+    users: &[ns_core::state::BoundUser],
+) -> Result<()> {
+    let uids: Vec<(u32, u32)> = users.iter().map(|u| (u.uid, u.host_uid)).collect();
+    let gids: Vec<(u32, u32)> = users.iter().map(|u| (u.gid, u.host_gid)).collect();
+    for (f, extra) in [("uid_map", uids), ("gid_map", gids)] {
         let p = format!("/proc/{pid}/{f}");
-        std::fs::write(&p, &line).ctx(|| format!("cannot write {p}"))?;
+        std::fs::write(&p, map_lines(base, count, &extra)).ctx(|| format!("cannot write {p}"))?;
     }
     Ok(())
+}
+
+/// nspawn's first container id for bound users.
+pub const BIND_USER_FIRST: u32 = 60514;
+
+/// `--bind-user=NAME`: the host user's record, with container ids from 60514 up.
+pub fn bind_users(names: &[String], userns: bool) -> Result<Vec<ns_core::state::BoundUser>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !userns {
+        return Err(Error::invalid(
+            "--bind-user",
+            &names[0],
+            "needs --private-users (or -U)",
+        ));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ctx(|| "cannot read /etc/passwd".into())?;
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let f: Vec<&str> = passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 7 && f[0] == name)
+                .ok_or_else(|| Error::invalid("--bind-user", name, "no such user on the host"))?;
+            let host_uid: u32 = f[2]
+                .parse()
+                .map_err(|_| Error::invalid("--bind-user", name, "bad uid in /etc/passwd"))?;
+            let host_gid: u32 = f[3]
+                .parse()
+                .map_err(|_| Error::invalid("--bind-user", name, "bad gid in /etc/passwd"))?;
+            if host_uid == 0 {
+                return Err(Error::invalid("--bind-user", name, "root cannot be bound"));
+            }
+            let id = BIND_USER_FIRST + i as u32;
+            Ok(ns_core::state::BoundUser {
+                name: name.clone(),
+                host_uid,
+                host_gid,
+                uid: id,
+                gid: id,
+                home: PathBuf::from(f[5]),
+                shell: f[6].to_string(),
+                real_name: f[4].split(',').next().unwrap_or("").to_string(),
+            })
+        })
+        .collect()
 }
 
 /// A subordinate range of `name` (or `uid`) in /etc/subuid or /etc/subgid: (start, count).
@@ -383,6 +459,16 @@ mod tests {
             assert!((PICK_FIRST..=PICK_LAST).contains(&r.base));
         }
         assert!(reserve(IdBase::Fixed(a.base), RANGE, "x").is_err());
+    }
+
+    #[test]
+    fn maps_with_bound_users() {
+        assert_eq!(map_lines(100000, 65536, &[]), "0 100000 65536\n");
+        assert_eq!(
+            map_lines(100000, 65536, &[(60514, 1000)]),
+            "0 100000 60514\n60514 1000 1\n60515 160515 5021\n"
+        );
+        assert_eq!(map_lines(0, 3, &[(1, 7), (0, 5)]), "0 5 1\n1 7 1\n2 2 1\n");
     }
 }
 

@@ -160,6 +160,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         pivot_root: o.pivot_root.map(spec::parse_pivot_root).transpose()?,
         ops,
         scratch: scratch::default_dir()?,
+        bind_users: Vec::new(),
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })

@@ -325,3 +325,65 @@ fn unlink(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str) -> Result<()> {
         Err(e) => Err(Error::setup(format!("cannot remove {path}: {}", e.desc()))),
     }
 }
+
+/// `--bind-user`: each user's host home at /run/host/home/NAME and its JSON user and group
+/// records in /run/host/userdb (what nss-systemd in the guest reads), all on the container's
+/// /run tmpfs, so nothing is written to the image.
+pub fn bind_users(root: &OwnedFd, users: &[ns_core::state::BoundUser]) -> Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let userdb = open_in_root(root, Path::new("/run/host/userdb"), Some(Kind::Dir))?;
+    for u in users {
+        let home = PathBuf::from("/run/host/home").join(&u.name);
+        let target = open_in_root(root, &home, Some(Kind::Dir))?;
+        if u.home.is_dir() {
+            mount(
+                Some(&u.home),
+                fd_path(&target).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .ctx(|| format!("--bind-user={}: cannot bind {}", u.name, u.home.display()))?;
+        }
+        let user = serde_json::json!({
+            "userName": u.name,
+            "uid": u.uid,
+            "gid": u.gid,
+            "realName": u.real_name,
+            "homeDirectory": home,
+            "shell": u.shell,
+            "disposition": "regular",
+            "service": "io.systemd.NSpawn",
+        });
+        let group = serde_json::json!({
+            "groupName": u.name,
+            "gid": u.gid,
+            "disposition": "regular",
+            "service": "io.systemd.NSpawn",
+        });
+        for (file, value, link) in [
+            (format!("{}.user", u.name), user, format!("{}.user", u.uid)),
+            (
+                format!("{}.group", u.name),
+                group,
+                format!("{}.group", u.gid),
+            ),
+        ] {
+            let fd = nix::fcntl::openat(
+                userdb.as_fd(),
+                file.as_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .ctx(|| format!("cannot write /run/host/userdb/{file}"))?;
+            std::fs::File::from(fd)
+                .write_all(format!("{value}\n").as_bytes())
+                .ctx(|| format!("cannot write /run/host/userdb/{file}"))?;
+            nix::unistd::symlinkat(file.as_str(), userdb.as_fd(), link.as_str())
+                .ctx(|| format!("cannot create /run/host/userdb/{link}"))?;
+        }
+    }
+    Ok(())
+}

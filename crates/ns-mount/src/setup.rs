@@ -58,6 +58,7 @@ pub fn build_root(plan: &MountPlan, sync: Option<&ns_core::sync::SyncSocket>) ->
         "mode=01777",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
+    crate::ops::bind_users(&root, &plan.bind_users)?;
     let writable = !plan.read_only && plan.root_mode != RootMode::State;
     crate::ops::etc_file(&root, "/etc/resolv.conf", &plan.resolv_conf, true, writable)?;
     crate::ops::etc_file(&root, "/etc/localtime", &plan.timezone, false, writable)?;

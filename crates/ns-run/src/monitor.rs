@@ -112,6 +112,7 @@ pub fn run(state: &State) -> Result<i32> {
                 net: &state.net,
                 userns: state.enter.userns.clone(),
                 ops: state.mount.ops.clone(),
+                bind_users: state.mount.bind_users.clone(),
                 root: m.root.clone(),
                 netns: None,
                 net_failed: false,
@@ -147,6 +148,7 @@ struct Monitor<'a> {
     userns: Option<UserNs>,
     /// The user mounts (an idmap request must name one of them).
     ops: Vec<ns_core::state::MountOp>,
+    bind_users: Vec<ns_core::state::BoundUser>,
     root: std::path::PathBuf,
 }
 
@@ -248,7 +250,12 @@ impl Monitor<'_> {
                 if u.rootless {
                     ns_enter::userns::write_rootless_maps(self.enter.as_raw())?;
                 } else {
-                    ns_enter::userns::write_maps(self.enter.as_raw(), base, u.count)?;
+                    ns_enter::userns::write_maps(
+                        self.enter.as_raw(),
+                        base,
+                        u.count,
+                        &self.bind_users,
+                    )?;
                 }
                 sync.send(&Msg::Mapped)?;
                 Ok(true)

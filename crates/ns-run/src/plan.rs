@@ -37,7 +37,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
             "--link-journal",
             c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
         ),
-        ("--bind-user", !c.bind_user.is_empty()),
         ("--set-credential", !c.set_credential.is_empty()),
         ("--load-credential", !c.load_credential.is_empty()),
     ];
@@ -299,6 +298,10 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     if from_template.is_some() {
         mount.root = std::path::absolute(&dir)
             .map_err(|e| Error::invalid("--directory", &dir, &e.to_string()))?;
+    }
+    mount.bind_users = ns_enter::userns::bind_users(&c.bind_user, userns.is_some())?;
+    if !mount.bind_users.is_empty() && !ns_core::paths::host_root() {
+        return Err(Error::invalid("--bind-user", &c.bind_user[0], "needs root"));
     }
     let root = mount.root.clone();
 
