@@ -26,7 +26,8 @@ import json, sys
 r = {x["command"]: x["mean"] * 1000 for x in json.load(open(sys.argv[1]))["results"]}
 for k, v in r.items():
     print(f"{k:12} {v:8.2f} ms")
-extra = r["ns-run -U"] - r["ns-run"]
-print(f"-U over a plain start: {extra:+.2f} ms (target < 0.5 ms: {'MET' if extra < 0.5 else 'MISSED'}); "
-      f"nspawn: {r['nspawn -U'] - r['nspawn']:+.2f} ms; nspawn -U / ns-run -U: {r['nspawn -U'] / r['ns-run -U']:.1f}x")
+print(f"nspawn: -U over a plain start {r['nspawn -U'] - r['nspawn']:+.2f} ms; nspawn -U / ns-run -U: {r['nspawn -U'] / r['ns-run -U']:.1f}x")
 PY
+# The difference that matters is small against this machine's drift: measure it interleaved.
+echo "ns-run, interleaved ($((RUNS * 5)) runs each); the target for -U is under +0.5 ms:"
+python3 "$REPO/bench/interleave.py" $((RUNS * 5)) "$BIN/ns-run -q -D $TMP/box /bin/true" "$BIN/ns-run -q -U -D $TMP/box /bin/true"

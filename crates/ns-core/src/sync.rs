@@ -5,9 +5,11 @@
 //!
 //! Sync points (grep for `SYNC-n` to find both halves):
 //!   SYNC-0  ns-enter → monitor   `UserNs` its user namespace exists: write the id maps;
-//!           monitor → ns-enter   `Mapped`
-//!   SYNC-5  ns-mount → monitor   `NeedRoot` send the idmapped root (made on the host, where
-//!           idmapping is allowed); monitor → ns-mount `Root` with the mount fd attached
+//!           monitor → ns-enter   `Mapped`, with the image as an idmapped mount attached when
+//!           the root is idmapped (only the host may idmap a host file system); ns-enter hands
+//!           it to ns-mount as `--root-fd`
+//!   SYNC-5  ns-mount → monitor   `NeedIdmap` for an idmapped bind; monitor → ns-mount `Root`
+//!           with the mount fd attached
 //!   SYNC-1  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid)
 //!   SYNC-2  monitor → PID 1      `Go`    host-side setup done, continue the chain
 //!   SYNC-3  any stage → monitor  `Failed` before the stage exits non-zero
@@ -31,7 +33,6 @@ pub enum Msg {
     },
     UserNs,
     Mapped,
-    NeedRoot,
     Root,
     /// SYNC-5 for `--bind=…:idmap`: the source of user mount number `op`, idmapped.
     NeedIdmap {

@@ -35,8 +35,25 @@ fn main() {
             nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .ctx(|| format!("cannot join network namespace {}", p.display()))?;
         }
+        let mut rest = rest;
         if plan.namespaces.contains(&Namespace::User) {
-            enter_user_namespace(plan.userns.is_some(), sync.as_ref())?;
+            let idmapped = plan
+                .userns
+                .as_ref()
+                .is_some_and(|u| u.ownership == ns_core::state::Ownership::Map);
+            if let Some(root) =
+                enter_user_namespace(plan.userns.is_some(), idmapped, sync.as_ref())?
+            {
+                // Hand the idmapped image to ns-mount, our next stage.
+                use std::os::fd::IntoRawFd;
+                let fd = root.into_raw_fd();
+                nix::fcntl::fcntl(
+                    ns_core::sys::borrow_fd(fd),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )
+                .ctx(|| "cannot pass the root mount on".into())?;
+                rest.extend(["--root-fd".into(), fd.to_string()]);
+            }
         }
         let others: Vec<Namespace> = plan
             .namespaces
@@ -70,21 +87,31 @@ fn main() {
 
 /// Create the user namespace first (it must own every other one), have its maps written,
 /// and become its root: uid and gid 0 inside, with a full capability set there.
-fn enter_user_namespace(ranged: bool, sync: Option<&SyncSocket>) -> Result<()> {
+/// Returns the idmapped root mount the monitor sent, when `idmapped`.
+fn enter_user_namespace(
+    ranged: bool,
+    idmapped: bool,
+    sync: Option<&SyncSocket>,
+) -> Result<Option<std::os::fd::OwnedFd>> {
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
         .ctx(|| "cannot create a user namespace".into())?;
     match (ranged, sync) {
         (true, Some(s)) => {
             s.send(&Msg::UserNs)?; // SYNC-0
-            match s.recv()? {
-                Some(Msg::Mapped) => {}
-                m => {
-                    return Err(Error::setup(format!(
-                        "the monitor did not map the user namespace: {m:?}"
-                    )))
-                }
+            let (msg, root) = if idmapped {
+                let (m, fd) = s.recv_fd()?;
+                (Some(m), Some(fd))
+            } else {
+                (s.recv()?, None)
+            };
+            if msg != Some(Msg::Mapped) {
+                return Err(Error::setup(format!(
+                    "the monitor did not map the user namespace: {msg:?}"
+                )));
             }
+            become_root(ranged)?;
+            return Ok(root);
         }
         (true, None) => {
             return Err(Error::setup(
@@ -101,6 +128,12 @@ fn enter_user_namespace(ranged: bool, sync: Option<&SyncSocket>) -> Result<()> {
                 .ctx(|| "cannot write gid_map".into())?;
         }
     }
+    become_root(ranged)?;
+    Ok(None)
+}
+
+/// uid and gid 0 inside the new user namespace (its maps are written).
+fn become_root(ranged: bool) -> Result<()> {
     let root_gid = nix::unistd::Gid::from_raw(0);
     let root_uid = nix::unistd::Uid::from_raw(0);
     nix::unistd::setresgid(root_gid, root_gid, root_gid)

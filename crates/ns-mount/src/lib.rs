@@ -46,6 +46,10 @@ pub struct Args {
     /// Report failures and created mount points to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
     pub sync_fd: Option<i32>,
+    /// The image as a detached (idmapped) mount, made by the monitor; used instead of
+    /// binding the directory.
+    #[arg(long, value_name = "FD")]
+    pub root_fd: Option<i32>,
     /// Root directory of the container (must contain /usr).
     #[arg(short = 'D', long, value_name = "PATH")]
     pub directory: Option<String>,

@@ -23,7 +23,8 @@ fn main() {
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
         debug(STAGE, || format!("building root {}", plan.root.display()));
-        ns_mount::setup::build_root(&plan, sync.as_ref())?;
+        let root_fd = args.root_fd.map(ns_core::sys::own_fd);
+        ns_mount::setup::build_root(&plan, sync.as_ref(), root_fd)?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         Err(exec_next(&rest, &fds))
     })

@@ -29,21 +29,9 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
     .ctx(|| format!("cannot open {}", p.display()))
 }
 
-/// SYNC-5: get the image as an idmapped mount from the monitor (only a process in the
-/// host's user namespace may idmap a host file system) and attach it on the scratch tmpfs.
-/// Returns where it is attached.
-pub fn attach_idmapped(
-    image: &Path,
-    scratch: &Scratch,
-    sync: &ns_core::sync::SyncSocket,
-) -> Result<PathBuf> {
-    sync.send(&ns_core::sync::Msg::NeedRoot)?;
-    let (msg, fd) = sync.recv_fd()?;
-    if msg != ns_core::sync::Msg::Root {
-        return Err(ns_core::Error::setup(format!(
-            "unexpected message from the monitor: {msg:?}"
-        )));
-    }
+/// Attach the image's idmapped mount (made by the monitor, SYNC-0: only a process in the
+/// host's user namespace may idmap a host file system) on the scratch tmpfs. Returns where.
+pub fn attach_idmapped(image: &Path, scratch: &Scratch, fd: OwnedFd) -> Result<PathBuf> {
     let at = scratch.dir("image")?;
     ns_core::sys::move_mount_to(fd.as_fd(), open_dir(&at)?.as_fd())
         .ctx(|| format!("cannot attach the idmapped {}", image.display()))?;

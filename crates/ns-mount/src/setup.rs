@@ -22,14 +22,21 @@ pub enum Kind {
 }
 
 /// Build the whole root and pivot into it. On return the process's root is the container.
-pub fn build_root(plan: &MountPlan, sync: Option<&ns_core::sync::SyncSocket>) -> Result<()> {
+pub fn build_root(
+    plan: &MountPlan,
+    sync: Option<&ns_core::sync::SyncSocket>,
+    root_fd: Option<OwnedFd>,
+) -> Result<()> {
+    // Modes below are meant as written (device nodes 0666, mount points 0755); ns-mount's
+    // main sets the payload's 0022 again before it execs.
+    nix::sys::stat::umask(Mode::empty());
     make_rslave()?;
     let scratch = crate::scratch::Scratch::new(&plan.scratch);
-    let image = match (plan.idmapped_root, sync) {
-        (true, Some(s)) => crate::root::attach_idmapped(&plan.root, &scratch, s)?,
+    let image = match (plan.idmapped_root, root_fd) {
+        (true, Some(fd)) => crate::root::attach_idmapped(&plan.root, &scratch, fd)?,
         (true, None) => {
             return Err(Error::setup(
-                "an idmapped root needs a monitor (ns-run)".into(),
+                "an idmapped root needs its mount from the monitor (--root-fd)".into(),
             ))
         }
         (false, _) => plan.root.clone(),
@@ -338,8 +345,9 @@ pub fn mount_dev(root: &OwnedFd) -> Result<()> {
     let devp = fd_path(&dev);
     nix::sys::stat::mkdirat(dev.as_fd(), "char", Mode::from_bits_truncate(0o755))
         .ctx(|| "cannot create /dev/char".into())?;
+    let mut try_mknod = true;
     for (name, major, minor) in DEVICES {
-        make_device(&dev, &devp, name, major, minor)?;
+        try_mknod = make_device(&dev, &devp, name, major, minor, try_mknod)?;
         let link = format!("char/{major}:{minor}");
         nix::unistd::symlinkat(format!("../{name}").as_str(), dev.as_fd(), link.as_str())
             .ctx(|| format!("cannot create /dev/{link}"))?;
@@ -381,21 +389,24 @@ pub fn mount_dev(root: &OwnedFd) -> Result<()> {
     )
 }
 
-/// mknod the node; where that is not allowed (user namespaces) bind the host's node instead.
-fn make_device(dev: &OwnedFd, devp: &str, name: &str, major: u64, minor: u64) -> Result<()> {
+/// mknod the node (the umask is 0 while ns-mount works); where that is not allowed (user
+/// namespaces) bind the host's node instead. Returns whether mknod may be tried next time.
+fn make_device(
+    dev: &OwnedFd,
+    devp: &str,
+    name: &str,
+    major: u64,
+    minor: u64,
+    try_mknod: bool,
+) -> Result<bool> {
     let mode = Mode::from_bits_truncate(0o666);
     let rdev = nix::sys::stat::makedev(major, minor);
-    match nix::sys::stat::mknodat(dev.as_fd(), name, SFlag::S_IFCHR, mode, rdev) {
-        Ok(()) => {
-            // mknod honours the umask; the nodes must be world-usable.
-            nix::sys::stat::fchmodat(
-                dev.as_fd(),
-                name,
-                mode,
-                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-            )
-            .ctx(|| format!("cannot chmod /dev/{name}"))
-        }
+    let made = match try_mknod {
+        true => nix::sys::stat::mknodat(dev.as_fd(), name, SFlag::S_IFCHR, mode, rdev),
+        false => Err(Errno::EPERM),
+    };
+    match made {
+        Ok(()) => Ok(true),
         Err(Errno::EPERM) => {
             nix::sys::stat::mknodat(dev.as_fd(), name, SFlag::S_IFREG, mode, 0)
                 .ctx(|| format!("cannot create /dev/{name}"))?;
@@ -407,7 +418,8 @@ fn make_device(dev: &OwnedFd, devp: &str, name: &str, major: u64, minor: u64) ->
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
-            .ctx(|| format!("cannot bind {host} into the container"))
+            .ctx(|| format!("cannot bind {host} into the container"))?;
+            Ok(false)
         }
         Err(e) => Err(Error::setup(format!(
             "cannot create /dev/{name}: {}",

@@ -113,6 +113,13 @@ pub fn run(state: &State) -> Result<i32> {
                 userns: state.enter.userns.clone(),
                 ops: state.mount.ops.clone(),
                 bind_users: state.mount.bind_users.clone(),
+                // Cloned now, while ns-enter execs on the other CPU.
+                root_clone: match &state.enter.userns {
+                    Some(u) if u.ownership == ns_core::state::Ownership::Map => {
+                        ns_core::sys::open_tree_clone(&m.root, false).ok()
+                    }
+                    _ => None,
+                },
                 root: m.root.clone(),
                 netns: None,
                 net_failed: false,
@@ -149,6 +156,8 @@ struct Monitor<'a> {
     /// The user mounts (an idmap request must name one of them).
     ops: Vec<ns_core::state::MountOp>,
     bind_users: Vec<ns_core::state::BoundUser>,
+    /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-0).
+    root_clone: Option<std::os::fd::OwnedFd>,
     root: std::path::PathBuf,
 }
 
@@ -257,25 +266,25 @@ impl Monitor<'_> {
                         &self.bind_users,
                     )?;
                 }
-                sync.send(&Msg::Mapped)?;
-                Ok(true)
-            }
-            Some(Msg::NeedRoot) => {
-                // SYNC-5: the image as an idmapped mount, for the container's user namespace.
-                let pid1 = self
-                    .pid1
-                    .ok_or_else(|| Error::setup("NeedRoot before PID 1".into()))?;
-                let userns = File::open(format!("/proc/{pid1}/ns/user"))
-                    .ctx(|| "cannot open the container's user namespace".into())?;
-                let tree = ns_core::sys::open_tree_clone(&self.root, false)
-                    .ctx(|| format!("cannot clone the mount of {}", self.root.display()))?;
-                ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
-                    format!(
-                        "cannot idmap {} (does its file system support idmapped mounts?)",
-                        self.root.display()
-                    )
-                })?;
-                sync.send_fd(&Msg::Root, tree.as_fd())?;
+                if u.ownership == ns_core::state::Ownership::Map {
+                    // The image as an idmapped mount, for ns-mount (via ns-enter).
+                    let userns = File::open(format!("/proc/{}/ns/user", self.enter))
+                        .ctx(|| "cannot open the container's user namespace".into())?;
+                    let tree = match self.root_clone.take() {
+                        Some(t) => t,
+                        None => ns_core::sys::open_tree_clone(&self.root, false)
+                            .ctx(|| format!("cannot clone the mount of {}", self.root.display()))?,
+                    };
+                    ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
+                        format!(
+                            "cannot idmap {} (does its file system support idmapped mounts?)",
+                            self.root.display()
+                        )
+                    })?;
+                    sync.send_fd(&Msg::Mapped, tree.as_fd())?;
+                } else {
+                    sync.send(&Msg::Mapped)?;
+                }
                 Ok(true)
             }
             Some(Msg::NeedIdmap { op }) => {
