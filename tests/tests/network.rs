@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    bin, mount_points, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Tree,
+    bin, host_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Tree,
 };
 
 /// How long a container may take to print `ready`.
@@ -277,30 +277,6 @@ fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The host mount table, without what other tests may mount meanwhile: network namespace
-/// files (`ip netns add` of tests running in parallel mounts them under /run/netns) and
-/// mounts below the trees of other test processes (tests of other files, run at the same
-/// time, mount on the host on purpose).
-fn host_mounts() -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    let ours = format!("ns-tests-{}-", std::process::id());
-    mount_points()
-        .into_iter()
-        .filter(|m| !m.starts_with("/run/netns/"))
-        .filter(|m| {
-            let Ok(rel) = Path::new(m).strip_prefix(&tmp) else {
-                return true;
-            };
-            let top = rel
-                .components()
-                .next()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            !top.starts_with("ns-tests-") || top.starts_with(&ours)
-        })
-        .collect()
 }
 
 /// Nothing of a container is left: no process in its tree, the host mount table unchanged.

@@ -17,8 +17,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    assert_snapshot_unchanged, bin, fixture, mount_points, ns_run, procs_in, run, run_cmd,
-    snapshot, spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, Tree,
+    assert_snapshot_unchanged, bin, fixture, host_mounts, ns_run, procs_in, run, run_cmd, snapshot,
+    spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, Tree,
 };
 
 /// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
@@ -251,28 +251,6 @@ fn picked_base(map: &[(u64, u64, u64)]) -> u64 {
 /// The base a started container printed (`uid_map=` before `ready`).
 fn base_of(r: &Running) -> u64 {
     picked_base(&Report::new(&r.stdout_so_far()).map("uid_map"))
-}
-
-/// The host mount table, without what others may mount meanwhile: named network namespaces
-/// (`ip netns add`) and mounts below the trees of other test processes.
-fn host_mounts() -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    let ours = format!("ns-tests-{}-", std::process::id());
-    mount_points()
-        .into_iter()
-        .filter(|m| !m.starts_with("/run/netns/"))
-        .filter(|m| {
-            let Ok(rel) = Path::new(m).strip_prefix(&tmp) else {
-                return true;
-            };
-            let top = rel
-                .components()
-                .next()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            !top.starts_with("ns-tests-") || top.starts_with(&ours)
-        })
-        .collect()
 }
 
 /// Nothing of a container is left: no process in its tree, the host mount table unchanged.

@@ -107,12 +107,15 @@ pub fn borrow_fd(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
-/// mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE]) setting MOUNT_ATTR_RDONLY: make the
-/// mount `fd` is the root of (and, if recursive, every mount below it) read-only, keeping
-/// its other flags.
-pub fn mount_setattr_rdonly(fd: std::os::fd::BorrowedFd<'_>, recursive: bool) -> nix::Result<()> {
+/// mount_setattr(2) on the mount `fd` is the root of (AT_EMPTY_PATH, plus AT_RECURSIVE for
+/// every mount below it): set `attr_set`, with `userns` for MOUNT_ATTR_IDMAP.
+fn mount_setattr(
+    fd: std::os::fd::BorrowedFd<'_>,
+    recursive: bool,
+    attr_set: u64,
+    userns: Option<std::os::fd::BorrowedFd<'_>>,
+) -> nix::Result<()> {
     use std::os::fd::AsRawFd;
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
     const AT_RECURSIVE: libc::c_uint = 0x8000;
     #[repr(C)]
     struct MountAttr {
@@ -122,10 +125,10 @@ pub fn mount_setattr_rdonly(fd: std::os::fd::BorrowedFd<'_>, recursive: bool) ->
         userns_fd: u64,
     }
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `attr` is a properly laid out struct mount_attr that outlives the call, its
@@ -141,6 +144,13 @@ pub fn mount_setattr_rdonly(fd: std::os::fd::BorrowedFd<'_>, recursive: bool) ->
         )
     };
     Errno::result(r).map(drop)
+}
+
+/// Make the mount `fd` is the root of (and, if recursive, every mount below it) read-only,
+/// keeping its other flags.
+pub fn mount_setattr_rdonly(fd: std::os::fd::BorrowedFd<'_>, recursive: bool) -> nix::Result<()> {
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    mount_setattr(fd, recursive, MOUNT_ATTR_RDONLY, None)
 }
 
 /// A signal set that can hold real-time signals too (nix's `Signal` cannot name them).
@@ -232,39 +242,14 @@ pub fn open_tree_clone(
     Errno::result(r).map(|fd| own_fd(fd as std::os::fd::RawFd))
 }
 
-/// mount_setattr(fd, "", AT_EMPTY_PATH, MOUNT_ATTR_IDMAP with `userns`): make the detached
-/// mount `fd` show files through the id mapping of that user namespace.
+/// Make the detached mount `fd` show files through the id mapping of `userns`
+/// (MOUNT_ATTR_IDMAP).
 pub fn mount_setattr_idmap(
     fd: std::os::fd::BorrowedFd<'_>,
     userns: std::os::fd::BorrowedFd<'_>,
 ) -> nix::Result<()> {
-    use std::os::fd::AsRawFd;
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: as in `mount_setattr_rdonly`: a valid struct mount_attr and its size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    Errno::result(r).map(drop)
+    mount_setattr(fd, false, MOUNT_ATTR_IDMAP, Some(userns))
 }
 
 /// move_mount(fd, "", to, "", F_EMPTY_PATH | T_EMPTY_PATH): attach the detached mount `fd`
