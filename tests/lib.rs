@@ -948,6 +948,29 @@ pub fn path_with_bins() -> std::ffi::OsString {
     std::env::join_paths(dirs).expect("PATH")
 }
 
+/// The host mount table, without what other tests may mount meanwhile: named network
+/// namespaces (`ip netns add` mounts them under /run/netns) and mounts below the trees of
+/// other test processes (tests of other files, run at the same time, mount on purpose).
+pub fn host_mounts() -> Vec<String> {
+    let tmp = std::env::temp_dir();
+    let ours = format!("ns-tests-{}-", std::process::id());
+    mount_points()
+        .into_iter()
+        .filter(|m| !m.starts_with("/run/netns/"))
+        .filter(|m| {
+            let Ok(rel) = Path::new(m).strip_prefix(&tmp) else {
+                return true;
+            };
+            let top = rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            !top.starts_with("ns-tests-") || top.starts_with(&ours)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -974,27 +997,4 @@ mod tests {
         assert_eq!(status_dec(st, "NoNewPrivs"), Some(1));
         assert_eq!(status_hex(st, "CapBnd"), None);
     }
-}
-
-/// The host mount table, without what other tests may mount meanwhile: named network
-/// namespaces (`ip netns add` mounts them under /run/netns) and mounts below the trees of
-/// other test processes (tests of other files, run at the same time, mount on purpose).
-pub fn host_mounts() -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    let ours = format!("ns-tests-{}-", std::process::id());
-    mount_points()
-        .into_iter()
-        .filter(|m| !m.starts_with("/run/netns/"))
-        .filter(|m| {
-            let Ok(rel) = Path::new(m).strip_prefix(&tmp) else {
-                return true;
-            };
-            let top = rel
-                .components()
-                .next()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            !top.starts_with("ns-tests-") || top.starts_with(&ours)
-        })
-        .collect()
 }
