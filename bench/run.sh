@@ -335,12 +335,12 @@ stop_all() { # $1 = label, rest = PIDs
 }
 
 # ---------------------------------------------------------------------------------------
-section "Memory: $N_NSRUN concurrent ns-run containers (/bin/sleep 60)"
+section "Memory: $N_NSRUN concurrent ns-run containers (--read-only: one tree takes many; /bin/sleep 60)"
 # ---------------------------------------------------------------------------------------
 ROOT_IDS=("$(root_id "$ROOT")")
 PIDS=()
 for ((i = 0; i < N_NSRUN; i++)); do
-    "$NSRUN" -q -D "$ROOT" /bin/sleep 60 </dev/null >/dev/null 2>"$TMP/nsrun.$i.err" &
+    "$NSRUN" -q --read-only -D "$ROOT" /bin/sleep 60 </dev/null >/dev/null 2>"$TMP/nsrun.$i.err" &
     PIDS+=("$!")
     LAUNCHED+=("$!")
 done
