@@ -847,6 +847,29 @@ fn plain_bind_of_a_host_directory_is_not_container_roots() {
 }
 
 #[test]
+fn file_created_in_a_plain_bind_is_owned_by_the_shifted_uid() {
+    let t = Tree::rootfs("ns-u-bindshift");
+    let src = t.host_dir("shared");
+    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let before = host_mounts();
+    let bind = format!("--bind={}:/s", src.display());
+    let r = sh_ok(
+        &t,
+        &["-U", &bind],
+        "echo \"base=$(awk 'NR == 1 {print $2}' /proc/self/uid_map)\"\n\
+         touch /s/made && echo \"inside=$(stat -c %u /s/made)\"",
+    );
+    let base: u32 = r.get("base").parse().expect("base");
+    assert_eq!(r.get("inside"), "0");
+    assert_eq!(
+        owner(&src.join("made")),
+        (base, base),
+        "on the host: container root is BASE"
+    );
+    assert_nothing_left(&t, &before);
+}
+
+#[test]
 fn idmap_bind_shows_the_source_through_the_container_mapping() {
     let t = Tree::rootfs("ns-u-bindidmap");
     let src = bind_source(&t);
