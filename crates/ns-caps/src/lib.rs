@@ -59,6 +59,9 @@ pub struct Args {
     /// Exec ns-init as PID 1, which runs PROGRAM as PID 2.
     #[arg(short = 'a', long)]
     pub as_pid2: bool,
+    /// Make /dev/console the payload's stdin, stdout, stderr and controlling terminal.
+    #[arg(long)]
+    pub console: bool,
     /// The payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,
@@ -90,6 +93,8 @@ pub struct ExecOptions<'a> {
     pub boot: bool,
     pub no_new_privileges: bool,
     pub as_pid2: bool,
+    /// Use /dev/console (a pty) as stdio and controlling terminal.
+    pub console: bool,
 }
 
 /// Check the options and compute the plan (nspawn's capability arithmetic, environment
@@ -128,6 +133,7 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
         ambient: caps_spec::names(ambient),
         no_new_privileges: o.no_new_privileges,
         as_pid2: o.as_pid2,
+        console: o.console,
     })
 }
 
@@ -146,6 +152,7 @@ impl Args {
             ambient_capability: &self.ambient_capability,
             no_new_privileges: self.no_new_privileges.unwrap_or(false),
             as_pid2: self.as_pid2,
+            console: self.console,
             private_network: false,
             userns: false,
             boot: false,
@@ -197,6 +204,9 @@ pub fn plan_to_flags(plan: &ExecPlan) -> Vec<String> {
     out.push(format!("--uuid={}", plan.uuid));
     if plan.as_pid2 {
         out.push("--as-pid2".into());
+    }
+    if plan.console {
+        out.push("--console".into());
     }
     out
 }

@@ -37,6 +37,9 @@ fn main() {
         }
         let user = lookup_user(plan.user.as_deref())?;
         let env = build_env(&plan, &user, std::env::var("TERM").ok());
+        if plan.console {
+            take_console(!plan.as_pid2)?;
+        }
         drop_privileges(&plan, &user, sync.as_ref())?;
         match &plan.chdir {
             Some(d) => nix::unistd::chdir(d.as_str()).ctx(|| format!("--chdir={d}"))?,
@@ -170,4 +173,27 @@ fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Result<
         last = Some(e);
     }
     Err(last.expect("at least one shell was tried"))
+}
+
+/// /dev/console (the container's pty) becomes stdin, stdout, stderr and the controlling
+/// terminal of a new session: Ctrl-C and Ctrl-Z then reach the payload's foreground job.
+/// (Under ns-init, its payload does this in its own session.)
+fn take_console(controlling: bool) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let tty = nix::fcntl::open(
+        "/dev/console",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| "cannot open /dev/console".into())?;
+    if controlling {
+        nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
+        ns_core::sys::set_controlling_tty(std::os::fd::AsFd::as_fd(&tty))
+            .ctx(|| "cannot make /dev/console the controlling terminal".into())?;
+    }
+    for target in 0..3 {
+        ns_core::sys::dup_to(tty.as_raw_fd(), target)
+            .ctx(|| format!("cannot make /dev/console fd {target}"))?;
+    }
+    Ok(())
 }

@@ -199,6 +199,9 @@ pub struct MountPlan {
     pub ops: Vec<MountOp>,
     /// Where ns-mount mounts its scratch tmpfs (in the container's mount namespace only).
     pub scratch: PathBuf,
+    /// Make a pty in the container's devpts, bind its slave on /dev/console, and send the
+    /// master to the monitor (SYNC-6); ns-caps then makes it the payload's terminal.
+    pub console: bool,
     /// `--bind-user`: host users whose home and records appear in the container, each with
     /// one extra id mapping (the monitor maps them; ns-mount binds homes, writes records).
     pub bind_users: Vec<BoundUser>,
@@ -344,6 +347,8 @@ pub struct ExecPlan {
     pub no_new_privileges: bool,
     /// Run ns-init as PID 1 and the payload as PID 2.
     pub as_pid2: bool,
+    /// stdin, stdout and stderr are /dev/console, the controlling terminal.
+    pub console: bool,
 }
 
 /// Read by the monitor in ns-run.
@@ -353,6 +358,23 @@ pub struct MonitorPlan {
     /// Signal sent to PID 1 on the first SIGTERM/SIGINT/SIGHUP; none means SIGKILL at once.
     pub kill_signal: Option<i32>,
     pub quiet: bool,
+    /// How the monitor relays the container's pty (`console` of the mount plan).
+    pub console: Console,
+}
+
+/// `--console=` resolved (autopipe becomes interactive or pipe).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Console {
+    /// stdin, stdout, stderr passed to the payload as they are; no /dev/console.
+    #[default]
+    Pipe,
+    /// A pty (also /dev/console): the host terminal in raw mode, both ways.
+    Interactive,
+    /// The pty's output to stdout; stdin not forwarded.
+    ReadOnly,
+    /// The pty's output shown only after the container ends.
+    Passive,
 }
 
 impl State {

@@ -10,6 +10,7 @@
 //!           it to ns-mount as `--root-fd`
 //!   SYNC-5  ns-mount → monitor   `NeedIdmap` for an idmapped bind; monitor → ns-mount `Root`
 //!           with the mount fd attached
+//!   SYNC-6  ns-mount → monitor   `Console` with the master of the container's pty attached
 //!   SYNC-1  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid)
 //!   SYNC-2  monitor → PID 1      `Go`    host-side setup done, continue the chain
 //!   SYNC-3  any stage → monitor  `Failed` before the stage exits non-zero
@@ -34,6 +35,8 @@ pub enum Msg {
     UserNs,
     Mapped,
     Root,
+    /// SYNC-6: the pty master (attached) of the container's /dev/console.
+    Console,
     /// SYNC-5 for `--bind=…:idmap`: the source of user mount number `op`, idmapped.
     NeedIdmap {
         op: usize,
@@ -91,35 +94,71 @@ impl SyncSocket {
     }
 
     /// The next message, or `None` on EOF (every peer copy closed, or the peer died with
-    /// our message unread: ECONNRESET).
+    /// our message unread: ECONNRESET). An attached fd is closed.
     pub fn recv(&self) -> Result<Option<Msg>> {
-        self.recv_flags(nix::sys::socket::MsgFlags::empty())
+        Ok(self
+            .recv_any(nix::sys::socket::MsgFlags::empty())?
+            .map(|(m, _)| m))
     }
 
     /// A message already waiting, without blocking: `Ok(None)` when there is none.
     pub fn try_recv(&self) -> Result<Option<Msg>> {
-        match self.recv_flags(nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+        Ok(self.try_recv_any()?.map(|(m, _)| m))
+    }
+
+    /// [`SyncSocket::try_recv`], keeping an attached fd.
+    pub fn try_recv_any(&self) -> Result<Option<(Msg, Option<OwnedFd>)>> {
+        match self.recv_any(nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
             Err(e) if e.msg.ends_with(nix::errno::Errno::EAGAIN.desc()) => Ok(None),
             r => r,
         }
     }
 
-    fn recv_flags(&self, flags: nix::sys::socket::MsgFlags) -> Result<Option<Msg>> {
+    /// The next message and the fd attached to it, if any; `None` on EOF.
+    pub fn recv_any(
+        &self,
+        flags: nix::sys::socket::MsgFlags,
+    ) -> Result<Option<(Msg, Option<OwnedFd>)>> {
         use nix::errno::Errno;
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         let mut buf = [0u8; 4096];
-        let n = loop {
-            match nix::sys::socket::recv(self.raw(), &mut buf, flags) {
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (n, fd) = loop {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                self.raw(),
+                &mut iov,
+                Some(&mut cmsg),
+                flags | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
                 Err(Errno::EINTR) => continue,
                 Err(Errno::ECONNRESET) => return Ok(None),
-                r => break r.ctx(|| "cannot read sync socket".into())?,
+                Err(e) => {
+                    return Err(Error::setup(format!(
+                        "cannot read sync socket: {}",
+                        e.desc()
+                    )))
+                }
+                Ok(r) => {
+                    let mut fd = None;
+                    for c in r
+                        .cmsgs()
+                        .ctx(|| "bad control message on sync socket".into())?
+                    {
+                        if let ControlMessageOwned::ScmRights(v) = c {
+                            fd = v.first().map(|f| crate::sys::own_fd(*f));
+                        }
+                    }
+                    break (r.bytes, fd);
+                }
             }
         };
         if n == 0 {
             return Ok(None);
         }
-        serde_json::from_slice(&buf[..n])
-            .map(Some)
-            .map_err(|e| Error::setup(format!("bad message on sync socket: {e}")))
+        let msg = serde_json::from_slice(&buf[..n])
+            .map_err(|e| Error::setup(format!("bad message on sync socket: {e}")))?;
+        Ok(Some((msg, fd)))
     }
 
     /// Send a message with an fd attached (SCM_RIGHTS).
@@ -141,31 +180,13 @@ impl SyncSocket {
 
     /// Receive a message that carries an fd.
     pub fn recv_fd(&self) -> Result<(Msg, OwnedFd)> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-        let mut buf = [0u8; 4096];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let r = recvmsg::<()>(
-            self.raw(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .ctx(|| "cannot read sync socket".into())?;
-        let mut fd = None;
-        for c in r
-            .cmsgs()
-            .ctx(|| "bad control message on sync socket".into())?
-        {
-            if let ControlMessageOwned::ScmRights(v) = c {
-                fd = v.first().copied();
-            }
+        match self.recv_any(nix::sys::socket::MsgFlags::empty())? {
+            Some((m, Some(fd))) => Ok((m, fd)),
+            Some((m, None)) => Err(Error::setup(format!(
+                "expected an fd with {m:?} on the sync socket"
+            ))),
+            None => Err(Error::setup("the sync socket closed".into())),
         }
-        let n = r.bytes;
-        let msg = serde_json::from_slice(&buf[..n])
-            .map_err(|e| Error::setup(format!("bad message on sync socket: {e}")))?;
-        let fd = fd.ok_or_else(|| Error::setup("expected an fd on the sync socket".into()))?;
-        Ok((msg, crate::sys::own_fd(fd)))
     }
 
     /// Keep this end open across exec (it travels down the chain).

@@ -279,3 +279,45 @@ pub fn move_mount_to(
 pub fn setgroups_denied() -> bool {
     std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
+
+/// Unlock a pty master (TIOCSPTLCK 0) and return its slave's number (TIOCGPTN).
+pub fn pty_unlock(master: std::os::fd::BorrowedFd<'_>) -> nix::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int to the pointer, valid for the call.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) })?;
+    Ok(n)
+}
+
+/// Make the terminal `fd` our controlling terminal (TIOCSCTTY; we must lead a session).
+pub fn set_controlling_tty(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSCTTY takes an int argument by value; no memory is passed.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// A terminal's window size (TIOCGWINSZ).
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<libc::winsize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is valid for the call.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) })?;
+    Ok(ws)
+}
+
+/// Set a terminal's window size (TIOCSWINSZ); its foreground job gets SIGWINCH.
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, ws: &libc::winsize) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSWINSZ reads the struct behind the pointer, valid for the call.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws) }).map(drop)
+}
+
+/// dup2(from, to): `to` becomes a copy of `from` (without close-on-exec).
+pub fn dup_to(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> nix::Result<()> {
+    // SAFETY: dup2 takes plain fd numbers; replacing `to` (stdin/out/err here) is the point.
+    Errno::result(unsafe { libc::dup2(from, to) }).map(drop)
+}

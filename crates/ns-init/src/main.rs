@@ -25,6 +25,12 @@ fn main() {
                 old.set_mask()
                     .ctx(|| "cannot restore the signal mask".into())?;
                 nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
+                // On a terminal (the container's console), make it ours: job control.
+                if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+                    let _ = ns_core::sys::set_controlling_tty(std::os::fd::AsFd::as_fd(
+                        &std::io::stdin(),
+                    ));
+                }
                 let mut argv = args.rest.clone();
                 if let Some(a0) = &args.argv0 {
                     argv[0] = a0.clone();

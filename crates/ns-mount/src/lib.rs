@@ -92,6 +92,9 @@ pub struct Args {
     /// /etc/localtime handling (nspawn's modes; auto never writes the image).
     #[arg(long, value_name = "MODE")]
     pub timezone: Option<String>,
+    /// Make a pty whose slave is /dev/console; its master goes to the monitor (--sync-fd).
+    #[arg(long)]
+    pub console: bool,
     /// The next program: another stage or the payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,
@@ -113,6 +116,8 @@ pub struct MountOptions<'a> {
     pub idmapped_root: bool,
     /// The container has a user namespace (idmap bind options need one).
     pub userns: bool,
+    /// Make a pty for /dev/console.
+    pub console: bool,
     /// Where `--bind`, `--bind-ro`, `--tmpfs`, `--overlay*`, `--inaccessible` stood.
     pub matches: &'a clap::ArgMatches,
 }
@@ -165,6 +170,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         ops,
         scratch: scratch::default_dir()?,
         bind_users: Vec::new(),
+        console: o.console,
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })
@@ -188,6 +194,7 @@ impl Args {
             timezone: self.timezone.as_deref(),
             idmapped_root: false,
             userns: false,
+            console: self.console,
             matches: m,
         })
     }

@@ -53,6 +53,9 @@ pub fn build_root(
     mount_proc(&root, plan.private_network)?;
     mount_sys(&root)?;
     mount_dev(&root)?;
+    if plan.console {
+        make_console(&root, sync)?;
+    }
     mount_tmpfs(
         &root,
         "/run",
@@ -435,4 +438,32 @@ pub fn pivot_into(root: &OwnedFd) -> Result<()> {
     nix::unistd::pivot_root(".", ".").ctx(|| "cannot pivot_root".into())?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the old root".into())?;
     nix::unistd::chdir("/").ctx(|| "cannot chdir to /".into())
+}
+
+/// SYNC-6: a pty from the container's own devpts instance, its slave bound on /dev/console
+/// (where ns-caps opens it), its master sent to the monitor, which relays it to the user's
+/// terminal.
+fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSocket>) -> Result<()> {
+    let sync =
+        sync.ok_or_else(|| Error::setup("a console needs a monitor to relay it (ns-run)".into()))?;
+    let ptmx = open_in_root(root, Path::new("/dev/pts/ptmx"), None)?;
+    let master = nix::fcntl::open(
+        fd_path(&ptmx).as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "cannot open /dev/pts/ptmx".into())?;
+    let n =
+        ns_core::sys::pty_unlock(master.as_fd()).ctx(|| "cannot unlock the console pty".into())?;
+    let slave = open_in_root(root, &Path::new("/dev/pts").join(n.to_string()), None)?;
+    let console = open_in_root(root, Path::new("/dev/console"), Some(Kind::File))?;
+    mount(
+        Some(fd_path(&slave).as_str()),
+        fd_path(&console).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx(|| "cannot bind the console pty on /dev/console".into())?;
+    sync.send_fd(&ns_core::sync::Msg::Console, master.as_fd())
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod console;
 mod host;
 mod monitor;
 mod plan;

@@ -14,7 +14,7 @@ use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::stage::{debug, exit_code_of, fail};
 use ns_core::state::{IdBase, NetPlan, RootMode, State, UserNs};
 
-use crate::host;
+use crate::{console, host};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, kill_raw, Forked};
 use ns_core::{Context, Error, Result};
@@ -76,6 +76,7 @@ pub fn run(state: &State) -> Result<i32> {
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGHUP,
+        Signal::SIGWINCH,
     ] {
         mask.add(s);
     }
@@ -124,6 +125,8 @@ pub fn run(state: &State) -> Result<i32> {
                 netns: None,
                 net_failed: false,
                 ports_installed: false,
+                console_mode: state.monitor.console,
+                console: None,
             };
             let code = monitor.supervise(&sync, &signals);
             monitor.release_network(zone);
@@ -152,6 +155,8 @@ struct Monitor<'a> {
     net_failed: bool,
     /// Port-forwarding tables to remove at exit.
     ports_installed: bool,
+    console_mode: ns_core::state::Console,
+    console: Option<console::Console>,
     userns: Option<UserNs>,
     /// The user mounts (an idmap request must name one of them).
     ops: Vec<ns_core::state::MountOp>,
@@ -169,13 +174,36 @@ impl Monitor<'_> {
             if sync_open {
                 pfds.push(PollFd::new(sync.fd(), PollFlags::POLLIN));
             }
+            let console_fds: Vec<std::os::fd::RawFd> = self
+                .console
+                .as_ref()
+                .map(|c| c.fds().iter().map(|f| f.as_raw_fd()).collect())
+                .unwrap_or_default();
+            for fd in &console_fds {
+                pfds.push(PollFd::new(ns_core::sys::borrow_fd(*fd), PollFlags::POLLIN));
+            }
             match poll(&mut pfds, PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.ctx(|| "poll".into())?,
             };
-            let sync_ready = sync_open && pfds[1].revents().is_some_and(|r| !r.is_empty());
+            let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+            let sync_ready = sync_open && ready(&pfds[1]);
+            let first_console = if sync_open { 2 } else { 1 };
+            let console_ready: Vec<std::os::fd::RawFd> = console_fds
+                .iter()
+                .zip(&pfds[first_console..])
+                .filter(|(_, p)| ready(p))
+                .map(|(fd, _)| *fd)
+                .collect();
+            drop(pfds);
             if sync_ready {
-                sync_open = self.on_message(sync.recv()?, sync)?;
+                sync_open = match sync.recv_any(nix::sys::socket::MsgFlags::empty())? {
+                    Some((m, fd)) => self.on_message(Some(m), fd, sync)?,
+                    None => self.on_message(None, None, sync)?,
+                };
+            }
+            for fd in console_ready {
+                self.on_console(fd);
             }
             while let Some(si) = signals
                 .read_signal()
@@ -187,12 +215,19 @@ impl Monitor<'_> {
                         // What the chain announced before it ended is queued: take it all
                         // (SYNC-4 paths must reach the cleanup list).
                         while sync_open {
-                            match sync.try_recv()? {
-                                Some(m) => sync_open = self.on_message(Some(m), sync)?,
+                            match sync.try_recv_any()? {
+                                Some((m, fd)) => sync_open = self.on_message(Some(m), fd, sync)?,
                                 None => break,
                             }
                         }
+                        if let Some(c) = self.console.as_mut() {
+                            c.finish();
+                        }
                         return Ok(code);
+                    }
+                } else if sig == libc::SIGWINCH {
+                    if let Some(c) = &self.console {
+                        c.sync_window_size();
                     }
                 } else {
                     self.on_termination_request(sig);
@@ -204,8 +239,8 @@ impl Monitor<'_> {
             // it waits for Go).
             if let (Some(code), None) = (self.enter_status, self.pid1) {
                 while sync_open && self.pid1.is_none() {
-                    match sync.try_recv()? {
-                        Some(m) => sync_open = self.on_message(Some(m), sync)?,
+                    match sync.try_recv_any()? {
+                        Some((m, fd)) => sync_open = self.on_message(Some(m), fd, sync)?,
                         None => break,
                     }
                 }
@@ -220,9 +255,35 @@ impl Monitor<'_> {
         }
     }
 
-    /// Returns whether the sync socket is still open.
-    fn on_message(&mut self, msg: Option<Msg>, sync: &SyncSocket) -> Result<bool> {
+    /// The console has something (container output, or the user's keystrokes).
+    fn on_console(&mut self, fd: std::os::fd::RawFd) {
+        let Some(c) = self.console.as_mut() else {
+            return;
+        };
+        if c.is_master(ns_core::sys::borrow_fd(fd)) {
+            c.on_master();
+        } else if let console::Action::Kill = c.on_stdin() {
+            // Ctrl-] three times within a second.
+            if let Some(p) = self.pid1 {
+                let _ = kill(p, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Returns whether the sync socket is still open. `fd`: one attached to the message.
+    fn on_message(
+        &mut self,
+        msg: Option<Msg>,
+        fd: Option<std::os::fd::OwnedFd>,
+        sync: &SyncSocket,
+    ) -> Result<bool> {
         match msg {
+            Some(Msg::Console) => {
+                // SYNC-6: the master of the container's /dev/console.
+                let master = fd.ok_or_else(|| Error::setup("Console without its pty".into()))?;
+                self.console = Some(console::Console::start(master, self.console_mode));
+                Ok(true)
+            }
             Some(Msg::Pid(p)) => {
                 // SYNC-1 received. Host-side setup for PID 1 goes here; then SYNC-2.
                 let pid = Pid::from_raw(p);

@@ -1,7 +1,7 @@
 //! Policy: turn nspawn's options into the state the stages execute. Every decision is made
 //! here, before anything is created, so bad input fails with nothing to clean up.
 
-use ns_core::state::{EnterPlan, MonitorPlan, State, STATE_VERSION};
+use ns_core::state::{Console, EnterPlan, MonitorPlan, State, STATE_VERSION};
 use ns_core::{Error, Result};
 
 use crate::cli::Cli;
@@ -51,28 +51,25 @@ fn boolean(option: &str, v: &str) -> Result<bool> {
     ns_caps::parse_boolean(v).ok_or_else(|| Error::invalid(option, v, "not a boolean"))
 }
 
-/// How stdio reaches the payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Console {
-    /// stdin/stdout/stderr passed as they are.
-    Pipe,
-}
-
-/// `--console=`/`-P`, and the autopipe default. Until the pty console exists, autopipe on a
-/// terminal passes the terminal through as it is (as bwrap does).
+/// `--console=`/`-P`, and the autopipe default: interactive when stdin and stdout are both
+/// terminals, pipe otherwise.
 pub fn console(c: &Cli) -> Result<Console> {
     let mode = if c.pipe {
         "pipe"
     } else {
         c.console.as_deref().unwrap_or("autopipe")
     };
+    let on_tty = || {
+        nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+            && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
+    };
     match mode {
-        "pipe" | "autopipe" => Ok(Console::Pipe),
-        "interactive" | "read-only" | "passive" => Err(Error::invalid(
-            "--console",
-            mode,
-            "not supported yet (only pipe and autopipe)",
-        )),
+        "pipe" => Ok(Console::Pipe),
+        "autopipe" if on_tty() => Ok(Console::Interactive),
+        "autopipe" => Ok(Console::Pipe),
+        "interactive" => Ok(Console::Interactive),
+        "read-only" => Ok(Console::ReadOnly),
+        "passive" => Ok(Console::Passive),
         _ => Err(Error::invalid(
             "--console",
             mode,
@@ -206,7 +203,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     if let Some(r) = &c.register {
         boolean("--register", r)?;
     }
-    console(c)?;
+    let console = console(c)?;
 
     let dir = match (&c.directory, &c.machine) {
         (Some(d), _) => d.clone(),
@@ -287,6 +284,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         pivot_root: c.pivot_root.as_deref(),
         resolv_conf: c.resolv_conf.as_deref(),
         timezone: c.timezone.as_deref(),
+        console: console != Console::Pipe,
         idmapped_root,
         userns: userns.is_some(),
         matches,
@@ -365,6 +363,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         boot: c.boot,
         no_new_privileges,
         as_pid2: c.as_pid2,
+        console: console != Console::Pipe,
     })?;
     let kill_signal = c.kill_signal.as_deref().map(parse_signal).transpose()?;
     let net = ns_net::net_plan(&ns_net::NetOptions {
@@ -400,6 +399,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         monitor: MonitorPlan {
             kill_signal,
             quiet: c.quiet || c.pipe,
+            console,
         },
     })
 }

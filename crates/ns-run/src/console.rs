@@ -1,0 +1,163 @@
+//! The container's console, relayed by the monitor: the master of the pty whose slave is the
+//! container's /dev/console (SYNC-6), and the user's terminal.
+//!
+//! `interactive`: the host terminal in raw mode (restored on every way out), keystrokes to
+//! the pty (so Ctrl-C and Ctrl-Z reach the container's foreground job, not ns-run), its output
+//! to stdout, window size passed on and kept in sync (SIGWINCH); Ctrl-] three times within a
+//! second kills the container. `read-only`: output only. `passive`: output only after the end.
+
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+use ns_core::state::Console as Mode;
+
+/// Ctrl-].
+const ESCAPE: u8 = 0x1d;
+
+pub struct Console {
+    master: OwnedFd,
+    mode: Mode,
+    /// The host terminal's settings before raw mode, to restore.
+    saved: Option<Termios>,
+    stdin_open: bool,
+    master_open: bool,
+    escapes: Vec<Instant>,
+}
+
+/// What the relay asks the monitor to do.
+pub enum Action {
+    None,
+    /// Ctrl-] three times: kill the container.
+    Kill,
+}
+
+impl Console {
+    pub fn start(master: OwnedFd, mode: Mode) -> Console {
+        let stdin = std::io::stdin();
+        let mut saved = None;
+        if mode == Mode::Interactive {
+            if let Ok(t) = tcgetattr(stdin.as_fd()) {
+                let mut raw = t.clone();
+                cfmakeraw(&mut raw);
+                if tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).is_ok() {
+                    saved = Some(t);
+                }
+            }
+        }
+        let c = Console {
+            master,
+            mode,
+            saved,
+            stdin_open: mode == Mode::Interactive,
+            master_open: true,
+            escapes: Vec::new(),
+        };
+        c.sync_window_size();
+        c
+    }
+
+    /// The fds to poll now: the master (unless passive), and stdin when it is relayed.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut v = Vec::new();
+        if self.master_open && self.mode != Mode::Passive {
+            v.push(self.master.as_fd());
+        }
+        if self.stdin_open {
+            // SAFETY-free: stdin's fd 0 lives as long as the process.
+            v.push(ns_core::sys::borrow_fd(0));
+        }
+        v
+    }
+
+    pub fn is_master(&self, fd: BorrowedFd<'_>) -> bool {
+        use std::os::fd::AsRawFd;
+        fd.as_raw_fd() == self.master.as_fd().as_raw_fd()
+    }
+
+    /// The terminal's size on the pty (at start and on SIGWINCH).
+    pub fn sync_window_size(&self) {
+        for fd in [0, 1] {
+            if let Ok(ws) = ns_core::sys::window_size(ns_core::sys::borrow_fd(fd)) {
+                let _ = ns_core::sys::set_window_size(self.master.as_fd(), &ws);
+                return;
+            }
+        }
+    }
+
+    /// Container output is ready: copy it to stdout.
+    pub fn on_master(&mut self) {
+        let mut buf = [0u8; 8192];
+        match nix::unistd::read(&self.master, &mut buf) {
+            Ok(0) | Err(_) => self.master_open = false, // EIO: every slave fd is closed
+            Ok(n) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+            }
+        }
+    }
+
+    /// Keystrokes are ready: pass them on, watching for Ctrl-] x3 within a second.
+    pub fn on_stdin(&mut self) -> Action {
+        let mut buf = [0u8; 4096];
+        let n = match nix::unistd::read(ns_core::sys::borrow_fd(0), &mut buf) {
+            Ok(0) | Err(_) => {
+                self.stdin_open = false;
+                return Action::None;
+            }
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        for b in &buf[..n] {
+            if *b == ESCAPE {
+                self.escapes
+                    .retain(|t| now.duration_since(*t) < Duration::from_secs(1));
+                self.escapes.push(now);
+                if self.escapes.len() >= 3 {
+                    return Action::Kill;
+                }
+            } else {
+                self.escapes.clear();
+            }
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            match nix::unistd::write(&self.master, rest) {
+                Ok(w) => rest = &rest[w..],
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        Action::None
+    }
+
+    /// The container is gone: copy what the pty still holds, and give the terminal back.
+    pub fn finish(&mut self) {
+        if self.mode != Mode::Passive && !self.master_open {
+            self.restore();
+            return;
+        }
+        let _ = nix::fcntl::fcntl(
+            self.master.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        while self.master_open {
+            self.on_master();
+        }
+        self.restore();
+    }
+
+    fn restore(&mut self) {
+        if let Some(t) = self.saved.take() {
+            let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &t);
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
