@@ -1,0 +1,166 @@
+//! The interactive console, driven as a person would: ns-run in a tmux pane, keys sent with
+//! `send-keys`, the screen read with `capture-pane`. Each test has its own tmux server
+//! (`-L`) and tree, and kills the server at the end, also on failure.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ns_tests::{bin, Tree};
+
+/// A private tmux server running one pane.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(tag: &str, cmd: &str) -> Tmux {
+        let socket = format!("ns-tests-{}-{tag}", std::process::id());
+        let t = Tmux { socket };
+        let st = t.tmux(&["new-session", "-d", "-s", "t", "-x", "100", "-y", "30", cmd]);
+        assert!(st, "tmux new-session failed (is tmux installed?)");
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut a = vec!["send-keys", "-t", "t"];
+        a.extend_from_slice(keys);
+        assert!(self.tmux(&a), "send-keys {keys:?}");
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait (bounded) until the screen shows `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.screen();
+            if s.contains(needle) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never saw {needle:?} on:\n{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+fn shell_line(tree: &Path, opts: &str) -> String {
+    format!(
+        "stty -g > {0}/stty.before; {1} -D {2} {opts}; echo EXIT=$?; stty -g > {0}/stty.after; sleep 60",
+        tree.parent().unwrap().display(),
+        bin("ns-run").display(),
+        tree.display()
+    )
+}
+
+#[test]
+fn interactive_shell_on_a_real_terminal() {
+    let t = Tree::rootfs("console");
+    let tm = Tmux::start("shell", &shell_line(t.path(), ""));
+    tm.wait_for("~ #");
+    tm.keys(&["echo hello $((6*7)); tty; stty size", "Enter"]);
+    let s = tm.wait_for("hello 42");
+    assert!(
+        s.contains("/dev/console"),
+        "the shell's terminal is the console:\n{s}"
+    );
+    assert!(s.contains("30 100"), "the window size is passed on:\n{s}");
+    // A resize reaches the container's terminal.
+    assert!(tm.tmux(&["resize-window", "-t", "t", "-x", "120", "-y", "40"]));
+    tm.keys(&["stty size", "Enter"]);
+    tm.wait_for("40 120");
+    // Ctrl-C goes to the container's foreground job, not to ns-run.
+    tm.keys(&["sleep 100; echo sleep-ended-$?", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tm.keys(&["C-c"]);
+    tm.keys(&["echo after-ctrl-c", "Enter"]);
+    tm.wait_for("after-ctrl-c\n");
+    tm.keys(&["exit 4", "Enter"]);
+    tm.wait_for("EXIT=4");
+    let dir = t.path().parent().unwrap();
+    let before = std::fs::read_to_string(dir.join("stty.before")).unwrap();
+    let wait_after = Instant::now() + Duration::from_secs(5);
+    let written = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    while !written(&dir.join("stty.after")) && Instant::now() < wait_after {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = std::fs::read_to_string(dir.join("stty.after")).unwrap();
+    assert_eq!(before, after, "the terminal was not restored");
+}
+
+#[test]
+fn ctrl_bracket_three_times_kills_the_container() {
+    let t = Tree::rootfs("console-kill");
+    let tm = Tmux::start("kill", &shell_line(t.path(), "-a"));
+    tm.wait_for("~ #");
+    tm.keys(&["echo pid=$$; sleep 100", "Enter"]);
+    tm.wait_for("pid=2");
+    tm.keys(&["C-z"]);
+    tm.wait_for("Stopped");
+    tm.keys(&["C-]", "C-]", "C-]"]);
+    tm.wait_for("EXIT=137");
+}
+
+#[test]
+fn read_only_console_shows_output_but_takes_no_input() {
+    let t = Tree::rootfs("console-ro");
+    let tm = Tmux::start(
+        "ro",
+        &shell_line(
+            t.path(),
+            "--console=read-only -- sh -c 'tty; read x; echo got-$x'",
+        ),
+    );
+    tm.wait_for("/dev/console");
+    tm.keys(&["typed", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !tm.screen().contains("got-typed"),
+        "input reached the container"
+    );
+    tm.keys(&["C-]", "C-]", "C-]"]);
+    // Read-only does not relay keys, so the escape does not work either: stop it from outside.
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in monitors_of(t.path()) {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    tm.wait_for("EXIT=137");
+}
+
+/// The ns-run processes working on `tree`.
+fn monitors_of(tree: &Path) -> Vec<u32> {
+    let want = tree.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            comm.trim() == "ns-run" && String::from_utf8_lossy(&cmd).split('\0').any(|a| a == want)
+        })
+        .collect()
+}
