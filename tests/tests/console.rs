@@ -82,7 +82,9 @@ fn interactive_shell_on_a_real_terminal() {
     let tm = Tmux::start("shell", &shell_line(t.path(), ""));
     tm.wait_for("~ #");
     tm.keys(&["echo hello $((6*7)); tty; stty size", "Enter"]);
-    let s = tm.wait_for("hello 42");
+    // The window size is printed last: once it shows, the lines before it are there.
+    let s = tm.wait_for("30 100");
+    assert!(s.contains("hello 42"), "{s}");
     assert!(
         s.contains("/dev/console"),
         "the shell's terminal is the console:\n{s}"

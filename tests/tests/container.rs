@@ -179,8 +179,11 @@ fn api_file_systems_are_mounted() {
         "/dev/shm",
         "/dev/mqueue",
         "/run",
+        "/run/host",
         "/tmp",
     ];
+    // systemd's container interface, as nspawn: /run/host read-only.
+    assert_eq!(find(&m, "/run/host").options[0], "ro");
     for e in &m {
         assert!(
             allowed.contains(&e.target.as_str())

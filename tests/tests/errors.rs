@@ -338,7 +338,11 @@ fn payload_not_executable() {
 #[test]
 fn not_supported_yet() {
     let t = Tree::rootfs("unsupported");
-    for opt in ["--boot", "--personality=x86", "--rlimit=NOFILE=1024"] {
+    for opt in [
+        "--personality=x86",
+        "--rlimit=NOFILE=1024",
+        "--system-call-filter=@basic-io",
+    ] {
         fails(
             &t,
             &["-D", "{D}", opt, "true"],

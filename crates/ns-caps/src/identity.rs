@@ -171,7 +171,10 @@ pub fn build_env(
         env.push(format!("LOGNAME={n}"));
     }
     env.push(format!("container_uuid={}", plan.uuid));
-    env.push("LANG=C.UTF-8".into());
+    if !plan.boot {
+        // nspawn sets LANG for a command, not for a booted init.
+        env.push("LANG=C.UTF-8".into());
+    }
     if let Some(v) = &plan.host_version_id {
         env.push(format!("container_host_version_id={v}"));
     }
@@ -253,6 +256,13 @@ pub fn random_uuid() -> String {
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format_uuid(&hex)
 }
+
+/// `-b`: the inits nspawn tries, in order.
+pub const INITS: [&str; 3] = [
+    "/usr/lib/systemd/systemd",
+    "/lib/systemd/systemd",
+    "/sbin/init",
+];
 
 /// The login shell to run when no command is given: the user's passwd shell, then nspawn's
 /// /bin/bash and /bin/sh; argv[0] is `-` and the shell's name.

@@ -62,6 +62,9 @@ pub struct Args {
     /// Make /dev/console the payload's stdin, stdout, stderr and controlling terminal.
     #[arg(long)]
     pub console: bool,
+    /// Exec the image's init (systemd, else /sbin/init); PROGRAM's words are its arguments.
+    #[arg(short = 'b', long)]
+    pub boot: bool,
     /// The payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,
@@ -107,6 +110,11 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
     if let Some(d) = o.chdir {
         check_chdir(d)?;
     }
+    if o.boot && o.as_pid2 {
+        return Err(Error::setup(
+            "--boot and --as-pid2 may not be combined".into(),
+        ));
+    }
     if o.user == Some("") {
         return Err(Error::invalid("--user", "", "empty user name"));
     }
@@ -134,6 +142,7 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
         no_new_privileges: o.no_new_privileges,
         as_pid2: o.as_pid2,
         console: o.console,
+        boot: o.boot,
     })
 }
 
@@ -155,7 +164,7 @@ impl Args {
             console: self.console,
             private_network: false,
             userns: false,
-            boot: false,
+            boot: self.boot,
         })
     }
 }
@@ -207,6 +216,9 @@ pub fn plan_to_flags(plan: &ExecPlan) -> Vec<String> {
     }
     if plan.console {
         out.push("--console".into());
+    }
+    if plan.boot {
+        out.push("--boot".into());
     }
     out
 }

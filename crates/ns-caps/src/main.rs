@@ -161,6 +161,24 @@ fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Result<
         }
         return Err(exec_last_stage("ns-init", &argv, fds, env));
     }
+    if plan.boot {
+        // The image's init, with the command line's words as its arguments.
+        for init in ns_caps::identity::INITS {
+            let mut argv = vec![init.to_string()];
+            argv.extend(plan.argv.iter().cloned());
+            let e = exec_program(init, &argv, env);
+            if e.code != ns_core::error::EXIT_NOT_FOUND {
+                return Err(e);
+            }
+        }
+        return Err(Error {
+            code: ns_core::error::EXIT_NOT_FOUND,
+            msg: format!(
+                "--boot: cannot execute {}: No such file or directory",
+                ns_caps::identity::INITS.join(", ")
+            ),
+        });
+    }
     if !plan.argv.is_empty() {
         return Err(exec_payload(&plan.argv, env));
     }

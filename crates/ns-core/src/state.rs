@@ -202,6 +202,10 @@ pub struct MountPlan {
     /// Make a pty in the container's devpts, bind its slave on /dev/console, and send the
     /// master to the monitor (SYNC-6); ns-caps then makes it the payload's terminal.
     pub console: bool,
+    /// systemd's container interface: /run/host/{os-release,container-manager,container-uuid}.
+    pub run_host: RunHost,
+    /// `-b`: a transient /etc/machine-id (from the uuid) when the image has none.
+    pub machine_id: Option<String>,
     /// `--bind-user`: host users whose home and records appear in the container, each with
     /// one extra id mapping (the monitor maps them; ns-mount binds homes, writes records).
     pub bind_users: Vec<BoundUser>,
@@ -224,6 +228,16 @@ pub struct BoundUser {
     pub home: PathBuf,
     pub shell: String,
     pub real_name: String,
+}
+
+/// What /run/host says about the container (systemd's container interface).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunHost {
+    /// `container-manager`: the value of `$container`.
+    pub manager: String,
+    /// `container-uuid`.
+    pub uuid: String,
 }
 
 /// How ns-mount assembles the root.
@@ -349,6 +363,8 @@ pub struct ExecPlan {
     pub as_pid2: bool,
     /// stdin, stdout and stderr are /dev/console, the controlling terminal.
     pub console: bool,
+    /// `-b`: exec the image's init (systemd, else /sbin/init) with `argv` as its arguments.
+    pub boot: bool,
 }
 
 /// Read by the monitor in ns-run.
@@ -360,6 +376,8 @@ pub struct MonitorPlan {
     pub quiet: bool,
     /// How the monitor relays the container's pty (`console` of the mount plan).
     pub console: Console,
+    /// `-b`: PID 1 killed by SIGHUP means reboot (exit 133), by SIGINT poweroff or halt (0).
+    pub boot: bool,
 }
 
 /// `--console=` resolved (autopipe becomes interactive or pipe).

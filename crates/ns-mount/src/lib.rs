@@ -171,6 +171,9 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         scratch: scratch::default_dir()?,
         bind_users: Vec::new(),
         console: o.console,
+        // ns-run fills these in (they come from the exec plan's uuid and manager).
+        run_host: ns_core::state::RunHost::default(),
+        machine_id: None,
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })

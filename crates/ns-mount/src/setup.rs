@@ -69,6 +69,10 @@ pub fn build_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     crate::ops::bind_users(&root, &plan.bind_users)?;
+    run_host(&root, &plan.run_host)?;
+    if let Some(id) = &plan.machine_id {
+        transient_machine_id(&root, id)?;
+    }
     let writable = !plan.read_only && plan.root_mode != RootMode::State;
     crate::ops::etc_file(&root, "/etc/resolv.conf", &plan.resolv_conf, true, writable)?;
     crate::ops::etc_file(&root, "/etc/localtime", &plan.timezone, false, writable)?;
@@ -466,4 +470,84 @@ fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSocket>) -> Res
     )
     .ctx(|| "cannot bind the console pty on /dev/console".into())?;
     sync.send_fd(&ns_core::sync::Msg::Console, master.as_fd())
+}
+
+/// systemd's container interface in /run/host (on the container's /run tmpfs): the host's
+/// os-release, the container manager and the container's uuid; then /run/host read-only.
+fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost) -> Result<()> {
+    if rh.manager.is_empty() {
+        return Ok(());
+    }
+    let dir = open_in_root(root, Path::new("/run/host"), Some(Kind::Dir))?;
+    let os = std::fs::read("/etc/os-release")
+        .or_else(|_| std::fs::read("/usr/lib/os-release"))
+        .unwrap_or_default();
+    for (name, data) in [
+        ("os-release", os),
+        (
+            "container-manager",
+            format!("{}\n", rh.manager).into_bytes(),
+        ),
+        ("container-uuid", format!("{}\n", rh.uuid).into_bytes()),
+    ] {
+        let fd = nix::fcntl::openat(
+            dir.as_fd(),
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o444),
+        )
+        .ctx(|| format!("cannot write /run/host/{name}"))?;
+        use std::io::Write;
+        std::fs::File::from(fd)
+            .write_all(&data)
+            .ctx(|| format!("cannot write /run/host/{name}"))?;
+    }
+    let p = fd_path(&dir);
+    mount(
+        Some(p.as_str()),
+        p.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| "cannot bind /run/host on itself".into())?;
+    make_read_only(root, Path::new("/run/host"), true)
+}
+
+/// `-b` on an image without a machine id: a transient one, read-only over /etc/machine-id
+/// (from the container's uuid), kept on the container's /run tmpfs: nothing is written to the
+/// image but a mount point when the file is missing (removed after exit).
+fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
+    let Ok(etc) = open_in_root(root, Path::new("/etc"), None) else {
+        return Ok(());
+    };
+    let has_id = nix::sys::stat::fstatat(etc.as_fd(), "machine-id", nix::fcntl::AtFlags::empty())
+        .is_ok_and(|st| st.st_size > 0);
+    if has_id {
+        return Ok(());
+    }
+    let run = open_in_root(root, Path::new("/run"), None)?;
+    let name = ".ns-machine-id";
+    let fd = nix::fcntl::openat(
+        run.as_fd(),
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o444),
+    )
+    .ctx(|| "cannot write the transient machine id".into())?;
+    use std::io::Write;
+    std::fs::File::from(fd)
+        .write_all(format!("{id}\n").as_bytes())
+        .ctx(|| "cannot write the transient machine id".into())?;
+    let target = open_in_root(root, Path::new("/etc/machine-id"), Some(Kind::File))?;
+    let src = open_in_root(root, &Path::new("/run").join(name), None)?;
+    mount(
+        Some(fd_path(&src).as_str()),
+        fd_path(&target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx(|| "cannot bind the transient machine id on /etc/machine-id".into())?;
+    make_read_only(root, Path::new("/etc/machine-id"), false)
 }

@@ -126,6 +126,7 @@ pub fn run(state: &State) -> Result<i32> {
                 net_failed: false,
                 ports_installed: false,
                 console_mode: state.monitor.console,
+                boot: state.monitor.boot,
                 console: None,
             };
             let code = monitor.supervise(&sync, &signals);
@@ -156,6 +157,7 @@ struct Monitor<'a> {
     /// Port-forwarding tables to remove at exit.
     ports_installed: bool,
     console_mode: ns_core::state::Console,
+    boot: bool,
     console: Option<console::Console>,
     userns: Option<UserNs>,
     /// The user mounts (an idmap request must name one of them).
@@ -252,6 +254,16 @@ impl Monitor<'_> {
                     });
                 }
             }
+        }
+    }
+
+    /// A booted init that called reboot(2) is killed by the kernel with SIGHUP (reboot: 133,
+    /// nspawn's convention, which its unit restarts on) or SIGINT (poweroff, halt: 0).
+    fn boot_exit_code(&self, st: WaitStatus) -> Option<i32> {
+        match st {
+            WaitStatus::Signaled(_, Signal::SIGHUP, _) if self.boot => Some(133),
+            WaitStatus::Signaled(_, Signal::SIGINT, _) if self.boot => Some(0),
+            _ => None,
         }
     }
 
@@ -409,7 +421,7 @@ impl Monitor<'_> {
                 return Ok(Some(if self.net_failed {
                     ns_core::error::EXIT_SETUP
                 } else {
-                    code
+                    self.boot_exit_code(st).unwrap_or(code)
                 }));
             }
         }

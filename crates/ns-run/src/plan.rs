@@ -15,7 +15,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ("--root-hash", c.root_hash.is_some()),
         ("--root-hash-sig", c.root_hash_sig.is_some()),
         ("--verity-data", c.verity_data.is_some()),
-        ("--boot", c.boot),
         (
             "--notify-ready",
             c.notify_ready.as_deref().is_some_and(|v| !is_false(v)),
@@ -365,7 +364,19 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         as_pid2: c.as_pid2,
         console: console != Console::Pipe,
     })?;
-    let kill_signal = c.kill_signal.as_deref().map(parse_signal).transpose()?;
+    // nspawn: a booted container is asked to power off (SIGRTMIN+3) unless told otherwise.
+    let kill_signal = match c.kill_signal.as_deref() {
+        Some(s) => Some(parse_signal(s)?),
+        None if c.boot => Some(libc::SIGRTMIN() + 3),
+        None => None,
+    };
+    mount.run_host = ns_core::state::RunHost {
+        manager: exec.container.clone(),
+        uuid: exec.uuid.clone(),
+    };
+    if c.boot {
+        mount.machine_id = Some(exec.uuid.replace('-', ""));
+    }
     let net = ns_net::net_plan(&ns_net::NetOptions {
         machine: &machine,
         ..net_opts
@@ -400,6 +411,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             kill_signal,
             quiet: c.quiet || c.pipe,
             console,
+            boot: c.boot,
         },
     })
 }
