@@ -206,6 +206,8 @@ pub struct MountPlan {
     pub run_host: RunHost,
     /// `-b`: a transient /etc/machine-id (from the uuid) when the image has none.
     pub machine_id: Option<String>,
+    /// `-b`: the cgroup file systems for the guest's init under /sys/fs/cgroup.
+    pub cgroups: Option<CgroupMounts>,
     /// `--bind-user`: host users whose home and records appear in the container, each with
     /// one extra id mapping (the monitor maps them; ns-mount binds homes, writes records).
     pub bind_users: Vec<BoundUser>,
@@ -228,6 +230,26 @@ pub struct BoundUser {
     pub home: PathBuf,
     pub shell: String,
     pub real_name: String,
+}
+
+/// The guest's cgroup layout, as nspawn chooses it for the host's.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupLayout {
+    /// cgroup2 only, writable, at /sys/fs/cgroup.
+    Unified,
+    /// v1 controllers read-only, name=systemd writable, cgroup2 writable at .../unified.
+    Hybrid,
+    /// v1 only: controllers read-only, name=systemd writable.
+    Legacy,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupMounts {
+    pub layout: CgroupLayout,
+    /// The host's v1 controller hierarchies (mount options such as `cpu` or `cpu,cpuacct`).
+    pub controllers: Vec<String>,
 }
 
 /// What /run/host says about the container (systemd's container interface).

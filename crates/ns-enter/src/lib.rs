@@ -10,6 +10,7 @@
 //! with its status (128+N for a signal).
 #![forbid(unsafe_code)]
 
+pub mod cgroups;
 pub mod userns;
 
 use clap::Parser;

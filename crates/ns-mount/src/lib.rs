@@ -174,6 +174,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         // ns-run fills these in (they come from the exec plan's uuid and manager).
         run_host: ns_core::state::RunHost::default(),
         machine_id: None,
+        cgroups: None,
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })

@@ -52,6 +52,9 @@ pub fn build_root(
     }
     mount_proc(&root, plan.private_network)?;
     mount_sys(&root)?;
+    if let Some(cg) = &plan.cgroups {
+        mount_cgroups(&root, cg)?;
+    }
     mount_dev(&root)?;
     if plan.console {
         make_console(&root, sync)?;
@@ -550,4 +553,48 @@ fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
     )
     .ctx(|| "cannot bind the transient machine id on /etc/machine-id".into())?;
     make_read_only(root, Path::new("/etc/machine-id"), false)
+}
+
+/// /sys/fs/cgroup for a booted init, as nspawn sets it for the layout. Mounted inside the
+/// cgroup namespace, each hierarchy shows the container's own cgroup as its root: the v1
+/// controllers read-only, the hierarchies systemd manages (name=systemd, cgroup2) writable.
+fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -> Result<()> {
+    use ns_core::state::CgroupLayout;
+    let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if cg.layout == CgroupLayout::Unified {
+        return mount_fs(root, "/sys/fs/cgroup", "cgroup2", f, None);
+    }
+    mount_tmpfs(root, "/sys/fs/cgroup", "mode=0755", f)?;
+    for c in &cg.controllers {
+        let dest = format!("/sys/fs/cgroup/{c}");
+        let target = open_in_root(root, Path::new(&dest), Some(Kind::Dir))?;
+        mount(
+            Some("cgroup"),
+            fd_path(&target).as_str(),
+            Some("cgroup"),
+            f | MsFlags::MS_RDONLY,
+            Some(c.as_str()),
+        )
+        .ctx(|| format!("cannot mount cgroup {c} on {dest}"))?;
+        // nspawn's links for co-mounted controllers: cpu -> cpu,cpuacct.
+        if c.contains(',') {
+            let cg_dir = open_in_root(root, Path::new("/sys/fs/cgroup"), None)?;
+            for part in c.split(',') {
+                let _ = nix::unistd::symlinkat(c.as_str(), cg_dir.as_fd(), part);
+            }
+        }
+    }
+    let target = open_in_root(root, Path::new("/sys/fs/cgroup/systemd"), Some(Kind::Dir))?;
+    mount(
+        Some("cgroup"),
+        fd_path(&target).as_str(),
+        Some("cgroup"),
+        f,
+        Some("none,name=systemd"),
+    )
+    .ctx(|| "cannot mount the name=systemd hierarchy".into())?;
+    if cg.layout == CgroupLayout::Hybrid {
+        mount_fs(root, "/sys/fs/cgroup/unified", "cgroup2", f, None)?;
+    }
+    make_read_only(root, Path::new("/sys/fs/cgroup"), false)
 }

@@ -58,6 +58,9 @@ struct Entry {
     root: PathBuf,
     path: PathBuf,
     recursive: bool,
+    /// A cgroup: removed with the cgroups below it, deepest first.
+    #[serde(default)]
+    cgroup: bool,
 }
 
 /// Paths to remove after the container, journaled as they are announced.
@@ -78,6 +81,25 @@ impl Cleanup {
 
     /// SYNC-4 received: remember and journal before the stage creates it.
     pub fn add(&mut self, path: PathBuf, recursive: bool) -> Result<()> {
+        self.journal(Entry {
+            root: self.root.clone(),
+            path,
+            recursive,
+            cgroup: false,
+        })
+    }
+
+    /// The container's own cgroup, made by the monitor.
+    pub fn add_cgroup(&mut self, path: PathBuf) -> Result<()> {
+        self.journal(Entry {
+            root: self.root.clone(),
+            path,
+            recursive: false,
+            cgroup: true,
+        })
+    }
+
+    fn journal(&mut self, e: Entry) -> Result<()> {
         if self.journal.is_none() {
             let dir = cleanup_dir()?;
             std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
@@ -89,11 +111,6 @@ impl Cleanup {
                 .ctx(|| format!("cannot open {}", p.display()))?;
             self.journal = Some((p, f));
         }
-        let e = Entry {
-            root: self.root.clone(),
-            path,
-            recursive,
-        };
         let (p, f) = self.journal.as_mut().expect("journal opened");
         let mut line = serde_json::to_vec(&e).expect("entry serializes");
         line.push(b'\n');
@@ -119,6 +136,10 @@ impl Cleanup {
 
 fn remove_all(entries: &[Entry]) {
     for e in entries.iter().rev() {
+        if e.cgroup {
+            ns_enter::cgroups::remove(&e.path);
+            continue;
+        }
         let r = if e.recursive {
             std::fs::remove_dir_all(&e.path)
         } else {

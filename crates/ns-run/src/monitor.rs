@@ -67,6 +67,19 @@ pub fn run(state: &State) -> Result<i32> {
             ns_enter::userns::shift_tree(&m.root, base)?;
         }
     }
+    // -b: the container's own cgroups, joined by the child before ns-enter creates the cgroup
+    // namespace, so that the guest's init finds a subtree of its own.
+    let mut cleanup = host::Cleanup::new(&m.root);
+    let cgroups = match &m.cgroups {
+        Some(cg) => ns_enter::cgroups::create(
+            cg.layout,
+            &format!("{}-{}", state.machine, std::process::id()),
+        )?,
+        None => Vec::new(),
+    };
+    for d in &cgroups {
+        cleanup.add_cgroup(d.clone())?;
+    }
     let state_fd = state.to_sealed_memfd()?;
     let (sync, chain_end) = SyncSocket::pair()?;
 
@@ -89,6 +102,9 @@ pub fn run(state: &State) -> Result<i32> {
     let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {
+            if let Err(e) = ns_enter::cgroups::join(&cgroups) {
+                fail(STAGE, &e)
+            }
             let r = old
                 .thread_set_mask()
                 .ctx(|| "cannot restore the signal mask".into());
@@ -109,7 +125,7 @@ pub fn run(state: &State) -> Result<i32> {
                 requests: 0,
                 failed: None,
                 enter_status: None,
-                cleanup: host::Cleanup::new(&m.root),
+                cleanup,
                 net: &state.net,
                 userns: state.enter.userns.clone(),
                 ops: state.mount.ops.clone(),

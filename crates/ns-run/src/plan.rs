@@ -376,6 +376,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     };
     if c.boot {
         mount.machine_id = Some(exec.uuid.replace('-', ""));
+        mount.cgroups = Some(ns_enter::cgroups::plan(&ns_enter::cgroups::hierarchies())?);
     }
     let net = ns_net::net_plan(&ns_net::NetOptions {
         machine: &machine,
