@@ -99,3 +99,147 @@ fn boot_without_an_init_and_bad_combinations() {
         "{out}"
     );
 }
+
+// ---- systemd as the guest's init -------------------------------------------------------
+
+/// Debian bookworm with systemd and dbus, made with debootstrap once and cached (outside the
+/// repository); containers run on it with -x, so it never changes.
+fn debian_tree() -> &'static Path {
+    static TREE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let dir = std::path::PathBuf::from("/var/cache/ns-run/debian-systemd");
+        if !dir.join("usr/lib/systemd/systemd").exists() {
+            let tmp = dir.with_extension("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+            let st = std::process::Command::new("debootstrap")
+                .args(["--variant=minbase", "--include=systemd,dbus", "bookworm"])
+                .arg(&tmp)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("run debootstrap (apt-get install debootstrap)");
+            assert!(st.success(), "debootstrap failed");
+            std::fs::rename(&tmp, &dir).unwrap();
+        }
+        dir
+    })
+}
+
+/// The container's PID 1 (host pid): the monitor's child.
+fn pid1_of(monitor: i32) -> Option<i32> {
+    let kids = std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
+    kids.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p: &i32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "systemd")
+        })
+}
+
+fn in_container(pid1: i32, cmd: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid1.to_string(), "-m", "-u", "-i", "-p", "-C", "--"])
+        .args(cmd)
+        .output()
+        .expect("nsenter");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Boot with `env`, wait (bounded) for systemd to report running; returns the monitor and
+/// PID 1. A degraded system fails the test with its failed units.
+fn boot(name: &str, env: &[(&str, &str)]) -> (ns_tests::Running, i32) {
+    let tree = debian_tree();
+    let mut c = ns_tests::ns_run();
+    c.args(["-q", "-x", "-b", "-M", name, "-D"]).arg(tree);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let r = ns_tests::spawn(c, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(p) = pid1_of(r.pid()) {
+            let state = in_container(p, &["systemctl", "is-system-running"]);
+            match state.as_str() {
+                "running" => return (r, p),
+                "degraded" => panic!(
+                    "degraded; failed units:\n{}",
+                    in_container(p, &["systemctl", "--failed", "--no-legend"])
+                ),
+                _ => {}
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "systemd never reached running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn no_cgroup_left(name: &str) {
+    for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] {
+        let left: Vec<String> = std::fs::read_dir(h)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("ns-run-{name}-")))
+            .collect();
+        assert!(left.is_empty(), "cgroups left in {h}: {left:?}");
+    }
+}
+
+#[test]
+fn systemd_boots_hybrid_and_sigterm_powers_off() {
+    let (r, pid1) = boot("sd-hybrid", &[]);
+    let mounts = in_container(pid1, &["cat", "/proc/mounts"]);
+    assert!(
+        mounts.contains("/sys/fs/cgroup/systemd cgroup rw"),
+        "{mounts}"
+    );
+    assert!(
+        mounts.contains("/sys/fs/cgroup/unified cgroup2 rw"),
+        "{mounts}"
+    );
+    assert!(
+        mounts.contains("/sys/fs/cgroup/memory cgroup ro"),
+        "{mounts}"
+    );
+    r.signal(libc::SIGTERM);
+    let out = r
+        .wait_for(std::time::Duration::from_secs(20))
+        .expect("no orderly poweroff");
+    assert_eq!(out.code, 0, "{out}");
+    no_cgroup_left("sd-hybrid");
+}
+
+#[test]
+fn systemd_boots_on_pure_cgroup2_and_poweroff_inside_exits_0() {
+    let (r, pid1) = boot("sd-unified", &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")]);
+    let mounts = in_container(pid1, &["cat", "/proc/mounts"]);
+    assert!(
+        mounts.contains("cgroup2 /sys/fs/cgroup cgroup2 rw"),
+        "{mounts}"
+    );
+    in_container(pid1, &["systemctl", "poweroff"]);
+    let out = r
+        .wait_for(std::time::Duration::from_secs(20))
+        .expect("poweroff");
+    assert_eq!(out.code, 0, "{out}");
+    no_cgroup_left("sd-unified");
+}
+
+#[test]
+fn systemd_boots_legacy_and_reboot_inside_gives_133() {
+    let (r, pid1) = boot("sd-legacy", &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "0")]);
+    let mounts = in_container(pid1, &["cat", "/proc/mounts"]);
+    assert!(
+        !mounts.contains("cgroup2"),
+        "legacy has no cgroup2: {mounts}"
+    );
+    in_container(pid1, &["systemctl", "reboot"]);
+    let out = r
+        .wait_for(std::time::Duration::from_secs(20))
+        .expect("reboot");
+    assert_eq!(out.code, 133, "{out}");
+    no_cgroup_left("sd-legacy");
+}

@@ -126,6 +126,10 @@ impl Cleanup {
         let Some((journal, _)) = self.journal else {
             return;
         };
+        // The container's cgroups are its alone: always removed now.
+        for e in self.entries.iter().filter(|e| e.cgroup) {
+            ns_enter::cgroups::remove(&e.path);
+        }
         if lock.is_some_and(|l| !l.sole_user()) {
             return;
         }
