@@ -243,3 +243,41 @@ fn systemd_boots_legacy_and_reboot_inside_gives_133() {
     assert_eq!(out.code, 133, "{out}");
     no_cgroup_left("sd-legacy");
 }
+
+#[test]
+fn notify_ready_passes_the_guests_readiness_on() {
+    let tree = debian_tree();
+    let dir = Tree::empty("boot-notify");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut c = ns_tests::ns_run();
+    c.args([
+        "-q",
+        "-x",
+        "-b",
+        "--notify-ready=yes",
+        "-M",
+        "sd-notify",
+        "-D",
+    ])
+    .arg(tree);
+    c.env("NOTIFY_SOCKET", &sock_path);
+    let r = ns_tests::spawn(c, None);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no READY=1 from ns-run");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    // By then systemd is up: the guest reported it through /run/host/notify.
+    let pid1 = pid1_of(r.pid()).expect("PID 1");
+    assert_eq!(
+        in_container(pid1, &["systemctl", "is-system-running"]),
+        "running"
+    );
+    r.signal(libc::SIGTERM);
+    let out = r
+        .wait_for(std::time::Duration::from_secs(20))
+        .expect("poweroff");
+    assert_eq!(out.code, 0, "{out}");
+    no_cgroup_left("sd-notify");
+}

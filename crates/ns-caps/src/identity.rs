@@ -171,6 +171,9 @@ pub fn build_env(
         env.push(format!("LOGNAME={n}"));
     }
     env.push(format!("container_uuid={}", plan.uuid));
+    if plan.notify {
+        env.push("NOTIFY_SOCKET=/run/host/notify".into());
+    }
     if !plan.boot {
         // nspawn sets LANG for a command, not for a booted init.
         env.push("LANG=C.UTF-8".into());

@@ -143,6 +143,7 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
         as_pid2: o.as_pid2,
         console: o.console,
         boot: o.boot,
+        notify: false,
     })
 }
 

@@ -208,6 +208,8 @@ pub struct MountPlan {
     pub machine_id: Option<String>,
     /// `-b`: the cgroup file systems for the guest's init under /sys/fs/cgroup.
     pub cgroups: Option<CgroupMounts>,
+    /// The monitor's notification socket (host path), bound on /run/host/notify.
+    pub notify_socket: Option<PathBuf>,
     /// `--bind-user`: host users whose home and records appear in the container, each with
     /// one extra id mapping (the monitor maps them; ns-mount binds homes, writes records).
     pub bind_users: Vec<BoundUser>,
@@ -387,6 +389,8 @@ pub struct ExecPlan {
     pub console: bool,
     /// `-b`: exec the image's init (systemd, else /sbin/init) with `argv` as its arguments.
     pub boot: bool,
+    /// `NOTIFY_SOCKET=/run/host/notify` in the payload's environment.
+    pub notify: bool,
 }
 
 /// Read by the monitor in ns-run.
@@ -400,6 +404,8 @@ pub struct MonitorPlan {
     pub console: Console,
     /// `-b`: PID 1 killed by SIGHUP means reboot (exit 133), by SIGINT poweroff or halt (0).
     pub boot: bool,
+    /// `--notify-ready=yes`: pass the guest's READY=1 on to our own NOTIFY_SOCKET.
+    pub notify_ready: bool,
 }
 
 /// `--console=` resolved (autopipe becomes interactive or pipe).

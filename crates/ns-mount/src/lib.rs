@@ -175,6 +175,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         run_host: ns_core::state::RunHost::default(),
         machine_id: None,
         cgroups: None,
+        notify_socket: None,
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })

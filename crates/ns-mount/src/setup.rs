@@ -72,7 +72,7 @@ pub fn build_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     crate::ops::bind_users(&root, &plan.bind_users)?;
-    run_host(&root, &plan.run_host)?;
+    run_host(&root, &plan.run_host, plan.notify_socket.as_ref())?;
     if let Some(id) = &plan.machine_id {
         transient_machine_id(&root, id)?;
     }
@@ -477,11 +477,23 @@ fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSocket>) -> Res
 
 /// systemd's container interface in /run/host (on the container's /run tmpfs): the host's
 /// os-release, the container manager and the container's uuid; then /run/host read-only.
-fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost) -> Result<()> {
+fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost, notify: Option<&PathBuf>) -> Result<()> {
     if rh.manager.is_empty() {
         return Ok(());
     }
     let dir = open_in_root(root, Path::new("/run/host"), Some(Kind::Dir))?;
+    if let Some(sock) = notify {
+        // The monitor's notification socket, where the guest's init reports READY=1.
+        let target = open_in_root(root, Path::new("/run/host/notify"), Some(Kind::File))?;
+        mount(
+            Some(sock.as_path()),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| "cannot bind the notification socket on /run/host/notify".into())?;
+    }
     let os = std::fs::read("/etc/os-release")
         .or_else(|_| std::fs::read("/usr/lib/os-release"))
         .unwrap_or_default();

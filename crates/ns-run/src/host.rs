@@ -280,3 +280,66 @@ pub fn mapping_userns(uid: u32, gid: u32, base: u32) -> Result<File> {
         }
     }
 }
+
+/// The guest's sd_notify socket (`/run/host/notify` inside): a datagram socket in our runtime
+/// dir, removed when dropped.
+pub struct NotifySocket {
+    pub socket: std::os::unix::net::UnixDatagram,
+    pub path: PathBuf,
+}
+
+impl NotifySocket {
+    pub fn bind() -> Result<NotifySocket> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = ns_core::paths::runtime_dir()?.join("notify");
+        std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(std::process::id().to_string());
+        let _ = std::fs::remove_file(&path); // a dead monitor's, with our pid
+        let socket = std::os::unix::net::UnixDatagram::bind(&path)
+            .ctx(|| format!("cannot bind {}", path.display()))?;
+        socket
+            .set_nonblocking(true)
+            .ctx(|| "cannot make the notify socket non-blocking".into())?;
+        // Container root may be another host user (user namespaces).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+            .ctx(|| format!("cannot chmod {}", path.display()))?;
+        Ok(NotifySocket { socket, path })
+    }
+
+    /// The guest said READY=1 (in what it sent now)?
+    pub fn ready(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut ready = false;
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            ready |= String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1");
+        }
+        ready
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// sd_notify(READY=1) to our own supervisor, if it gave us a NOTIFY_SOCKET.
+pub fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let addr = match target.strip_prefix('@') {
+        Some(abs) => std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes()),
+        None => std::os::unix::net::SocketAddr::from_pathname(&target),
+    };
+    if let Ok(a) = addr {
+        let _ = sock.send_to_addr(b"READY=1\n", &a);
+    }
+}

@@ -55,6 +55,15 @@ pub fn run(state: &State) -> Result<i32> {
         }
         _ => None,
     };
+    // The guest's init reports readiness on /run/host/notify (booted, or --notify-ready).
+    let notify = if state.monitor.boot || state.monitor.notify_ready {
+        let n = host::NotifySocket::bind()?;
+        state.mount.notify_socket = Some(n.path.clone());
+        state.exec.notify = true;
+        Some(n)
+    } else {
+        None
+    };
     let state = &state;
     if let Some(u) = state
         .enter
@@ -142,6 +151,8 @@ pub fn run(state: &State) -> Result<i32> {
                 net_failed: false,
                 ports_installed: false,
                 console_mode: state.monitor.console,
+                notify,
+                notify_ready: state.monitor.notify_ready,
                 boot: state.monitor.boot,
                 console: None,
             };
@@ -173,6 +184,8 @@ struct Monitor<'a> {
     /// Port-forwarding tables to remove at exit.
     ports_installed: bool,
     console_mode: ns_core::state::Console,
+    notify: Option<host::NotifySocket>,
+    notify_ready: bool,
     boot: bool,
     console: Option<console::Console>,
     userns: Option<UserNs>,
@@ -200,6 +213,10 @@ impl Monitor<'_> {
             for fd in &console_fds {
                 pfds.push(PollFd::new(ns_core::sys::borrow_fd(*fd), PollFlags::POLLIN));
             }
+            let notify_fd = self.notify.as_ref().map(|n| n.socket.as_raw_fd());
+            if let Some(fd) = notify_fd {
+                pfds.push(PollFd::new(ns_core::sys::borrow_fd(fd), PollFlags::POLLIN));
+            }
             match poll(&mut pfds, PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.ctx(|| "poll".into())?,
@@ -213,7 +230,15 @@ impl Monitor<'_> {
                 .filter(|(_, p)| ready(p))
                 .map(|(fd, _)| *fd)
                 .collect();
+            let notify_ready = notify_fd.is_some() && pfds.last().is_some_and(ready);
             drop(pfds);
+            if notify_ready {
+                let n = self.notify.as_ref().expect("polled");
+                if n.ready() && self.notify_ready {
+                    // --notify-ready=yes: we are ready when the guest is.
+                    host::notify_ready();
+                }
+            }
             if sync_ready {
                 sync_open = match sync.recv_any(nix::sys::socket::MsgFlags::empty())? {
                     Some((m, fd)) => self.on_message(Some(m), fd, sync)?,

@@ -16,10 +16,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ("--root-hash-sig", c.root_hash_sig.is_some()),
         ("--verity-data", c.verity_data.is_some()),
         (
-            "--notify-ready",
-            c.notify_ready.as_deref().is_some_and(|v| !is_false(v)),
-        ),
-        (
             "--suppress-sync",
             c.suppress_sync.as_deref().is_some_and(|v| !is_false(v)),
         ),
@@ -413,6 +409,10 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             quiet: c.quiet || c.pipe,
             console,
             boot: c.boot,
+            notify_ready: match &c.notify_ready {
+                Some(v) => boolean("--notify-ready", v)?,
+                None => false,
+            },
         },
     })
 }
