@@ -22,7 +22,10 @@ pub struct Console {
     /// The host terminal's settings before raw mode, to restore.
     saved: Option<Termios>,
     stdin_open: bool,
-    master_open: bool,
+    /// The container's side is hung up (vhangup, e.g. a getty starting, or no process has it
+    /// open): the master reads EIO until someone opens the console again. Polled on a timer
+    /// meanwhile, since poll would report the hang-up without end.
+    hung_up: bool,
     escapes: Vec<Instant>,
 }
 
@@ -46,12 +49,16 @@ impl Console {
                 }
             }
         }
+        let _ = nix::fcntl::fcntl(
+            master.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
         let c = Console {
             master,
             mode,
             saved,
             stdin_open: mode == Mode::Interactive,
-            master_open: true,
+            hung_up: false,
             escapes: Vec::new(),
         };
         c.sync_window_size();
@@ -61,7 +68,7 @@ impl Console {
     /// The fds to poll now: the master (unless passive), and stdin when it is relayed.
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut v = Vec::new();
-        if self.master_open && self.mode != Mode::Passive {
+        if !self.hung_up && self.mode != Mode::Passive {
             v.push(self.master.as_fd());
         }
         if self.stdin_open {
@@ -86,15 +93,40 @@ impl Console {
         }
     }
 
-    /// Container output is ready: copy it to stdout.
-    pub fn on_master(&mut self) {
+    /// How long poll may wait: while hung up, the master is retried every 100 ms.
+    pub fn poll_timeout(&self) -> nix::poll::PollTimeout {
+        if self.hung_up && self.mode != Mode::Passive {
+            nix::poll::PollTimeout::from(100u16)
+        } else {
+            nix::poll::PollTimeout::NONE
+        }
+    }
+
+    /// After each poll: retry a hung-up master.
+    pub fn tick(&mut self) {
+        if self.hung_up && self.mode != Mode::Passive {
+            self.on_master();
+        }
+    }
+
+    /// Container output is ready: copy it to stdout. Returns whether anything was read.
+    pub fn on_master(&mut self) -> bool {
         let mut buf = [0u8; 8192];
         match nix::unistd::read(&self.master, &mut buf) {
-            Ok(0) | Err(_) => self.master_open = false, // EIO: every slave fd is closed
+            Ok(0) | Err(nix::errno::Errno::EIO) => {
+                self.hung_up = true;
+                false
+            }
+            Err(_) => {
+                self.hung_up = false; // EAGAIN: open again, nothing to read
+                false
+            }
             Ok(n) => {
+                self.hung_up = false;
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&buf[..n]);
                 let _ = out.flush();
+                true
             }
         }
     }
@@ -135,17 +167,7 @@ impl Console {
 
     /// The container is gone: copy what the pty still holds, and give the terminal back.
     pub fn finish(&mut self) {
-        if self.mode != Mode::Passive && !self.master_open {
-            self.restore();
-            return;
-        }
-        let _ = nix::fcntl::fcntl(
-            self.master.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
-        while self.master_open {
-            self.on_master();
-        }
+        while self.on_master() {}
         self.restore();
     }
 

@@ -217,7 +217,11 @@ impl Monitor<'_> {
             if let Some(fd) = notify_fd {
                 pfds.push(PollFd::new(ns_core::sys::borrow_fd(fd), PollFlags::POLLIN));
             }
-            match poll(&mut pfds, PollTimeout::NONE) {
+            let timeout = self
+                .console
+                .as_ref()
+                .map_or(PollTimeout::NONE, |c| c.poll_timeout());
+            match poll(&mut pfds, timeout) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.ctx(|| "poll".into())?,
             };
@@ -247,6 +251,9 @@ impl Monitor<'_> {
             }
             for fd in console_ready {
                 self.on_console(fd);
+            }
+            if let Some(c) = self.console.as_mut() {
+                c.tick();
             }
             while let Some(si) = signals
                 .read_signal()
@@ -314,7 +321,7 @@ impl Monitor<'_> {
             return;
         };
         if c.is_master(ns_core::sys::borrow_fd(fd)) {
-            c.on_master();
+            let _ = c.on_master();
         } else if let console::Action::Kill = c.on_stdin() {
             // Ctrl-] three times within a second.
             if let Some(p) = self.pid1 {
