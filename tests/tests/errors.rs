@@ -396,6 +396,39 @@ fn bind_destination_relative() {
 }
 
 #[test]
+fn bind_destination_with_dotdot() {
+    // A destination may not climb: `..` is refused before anything is mounted.
+    let t = Tree::rootfs("binddotdot");
+    fails(
+        &t,
+        &["-D", "{D}", "--bind=/tmp:/mnt/../../etc", "true"],
+        125,
+        "ns-run: ",
+        &["--bind=/tmp:/mnt/../../etc", ".."],
+    );
+}
+
+#[test]
+fn chown_ownership_with_read_only() {
+    // chown rewrites the tree on disk: not with a tree that must stay untouched.
+    let t = Tree::rootfs("chownro");
+    fails(
+        &t,
+        &[
+            "-D",
+            "{D}",
+            "-U",
+            "--private-users-ownership=chown",
+            "--read-only",
+            "true",
+        ],
+        125,
+        "ns-run: ",
+        &["--private-users-ownership=chown"],
+    );
+}
+
+#[test]
 fn tmpfs_bad_options_fail_in_ns_mount() {
     let t = Tree::rootfs("tmpfs");
     fails(

@@ -114,23 +114,22 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     }
     if user.uid != 0 {
         nix::sys::prctl::set_keepcaps(false).ctx(|| "cannot reset keep-capabilities".into())?;
-        // A uid change cleared the parent-death signal: set it again, then make sure the
-        // monitor did not die in between (it holds the other end of the sync socket).
-        if let Some(sig) = pdeath {
-            nix::sys::prctl::set_pdeathsig(sig)
-                .ctx(|| "cannot set the parent-death signal".into())?;
-            if let Some(s) = sync {
-                let mut p = [nix::poll::PollFd::new(
-                    s.fd(),
-                    nix::poll::PollFlags::empty(),
-                )];
-                let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO);
-                if p[0]
-                    .revents()
-                    .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
-                {
-                    return Err(Error::setup("monitor went away".into()));
-                }
+    }
+    // Any change of uid or gid cleared the parent-death signal: set it again, then make sure
+    // the monitor did not die in between (it holds the other end of the sync socket).
+    if let Some(sig) = pdeath {
+        nix::sys::prctl::set_pdeathsig(sig).ctx(|| "cannot set the parent-death signal".into())?;
+        if let Some(s) = sync {
+            let mut p = [nix::poll::PollFd::new(
+                s.fd(),
+                nix::poll::PollFlags::empty(),
+            )];
+            let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO);
+            if p[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
+            {
+                return Err(Error::setup("monitor went away".into()));
             }
         }
     }

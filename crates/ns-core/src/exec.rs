@@ -304,7 +304,18 @@ fn try_exec(path: &Path, args: &[CString], env: &[CString]) -> Errno {
     let Ok(p) = CString::new(path.as_os_str().as_bytes()) else {
         return Errno::EINVAL;
     };
-    nix::unistd::execve(&p, args, env).unwrap_err()
+    match nix::unistd::execve(&p, args, env).unwrap_err() {
+        // As execvpe: an executable file without a #! line is a script for /bin/sh.
+        Errno::ENOEXEC => {
+            let mut sh = vec![c"/bin/sh".to_owned(), p];
+            sh.extend(args.iter().skip(1).cloned());
+            match nix::unistd::execve(c"/bin/sh", &sh, env).unwrap_err() {
+                Errno::ENOENT => Errno::ENOEXEC,
+                e => e,
+            }
+        }
+        e => e,
+    }
 }
 
 /// The error for a failed payload exec, with the exit code users can tell apart.

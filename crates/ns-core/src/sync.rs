@@ -121,7 +121,7 @@ impl SyncSocket {
     ) -> Result<Option<(Msg, Option<OwnedFd>)>> {
         use nix::errno::Errno;
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-        let mut buf = [0u8; 4096];
+        let mut buf = vec![0u8; 65536];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let (n, fd) = loop {
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -138,6 +138,11 @@ impl SyncSocket {
                         "cannot read sync socket: {}",
                         e.desc()
                     )))
+                }
+                Ok(r) if r.flags.contains(MsgFlags::MSG_TRUNC) => {
+                    return Err(Error::setup(
+                        "a message on the sync socket is too long".into(),
+                    ))
                 }
                 Ok(r) => {
                     let mut fd = None;

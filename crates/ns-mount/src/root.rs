@@ -97,8 +97,11 @@ pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<Owned
             .ctx(|| "cannot mount the volatile root tmpfs".into())?;
             let root = open_dir(&top)?;
             let usr = open_in_root(&root, Path::new("/usr"), Some(Kind::Dir))?;
+            // The image's /usr, resolved inside the image (a symlink there stays inside).
+            let image = open_dir(dir)?;
+            let image_usr = open_in_root(&image, Path::new("/usr"), None)?;
             mount(
-                Some(&dir.join("usr")),
+                Some(fd_path(&image_usr).as_str()),
                 fd_path(&usr).as_str(),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -107,7 +110,10 @@ pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<Owned
             .ctx(|| format!("cannot bind {}/usr", dir.display()))?;
             make_read_only(&root, Path::new("/usr"), true)?;
             for link in ["bin", "sbin", "lib", "lib64"] {
-                if dir.join("usr").join(link).is_dir() {
+                let is_dir =
+                    nix::sys::stat::fstatat(&image_usr, link, nix::fcntl::AtFlags::empty())
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                if is_dir {
                     nix::unistd::symlinkat(format!("usr/{link}").as_str(), root.as_fd(), link)
                         .ctx(|| format!("cannot create /{link}"))?;
                 }

@@ -151,7 +151,12 @@ fn open_in_root_depth(
         Err(Errno::ENOENT) if create.is_some() && rel != Path::new(".") && depth < 40 => {
             let parent_path = path.parent().unwrap_or(Path::new("/"));
             let parent = open_in_root_depth(root, parent_path, Some(Kind::Dir), depth + 1)?;
-            let name = rel.file_name().expect("non-root path has a name");
+            let Some(name) = rel.file_name() else {
+                return Err(Error::setup(format!(
+                    "cannot create mount point {}: not a plain path",
+                    path.display()
+                )));
+            };
             if let Ok(target) = nix::fcntl::readlinkat(parent.as_fd(), name) {
                 // A dangling symlink: create what it points to, inside the image.
                 let target = Path::new(&target);

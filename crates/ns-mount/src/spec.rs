@@ -46,6 +46,12 @@ fn source(opt: &str, v: &str, s: &str, temp_ok: bool) -> Result<Source> {
 }
 
 fn absolute_dest(opt: &str, v: &str, d: &str) -> Result<PathBuf> {
+    if Path::new(d)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::invalid(opt, v, "a path with .. is not allowed"));
+    }
     if d.starts_with('/') {
         Ok(PathBuf::from(d))
     } else {

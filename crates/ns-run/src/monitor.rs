@@ -157,6 +157,10 @@ pub fn run(state: &State) -> Result<i32> {
                 console: None,
             };
             let code = monitor.supervise(&sync, &signals);
+            if code.is_err() {
+                // The monitor cannot go on: the container must not outlive it.
+                monitor.kill_and_reap();
+            }
             monitor.release_network(zone);
             monitor.cleanup.run(Some(&lock));
             drop(range);
@@ -303,6 +307,21 @@ impl Monitor<'_> {
                 }
             }
         }
+    }
+
+    /// Kill the chain (ns-enter, PID 1) and wait for it, before cleaning up.
+    fn kill_and_reap(&mut self) {
+        // Every child: PID 1 may exist before ns-enter reported it (CLONE_PARENT).
+        let me = std::process::id();
+        let kids =
+            std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
+        for p in kids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        while waitpid(None, None).is_ok() {}
     }
 
     /// A booted init that called reboot(2) is killed by the kernel with SIGHUP (reboot: 133,

@@ -219,8 +219,9 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         ));
     }
     // nspawn: every veth/bridge/zone/interface option implies --private-network.
-    let private_network =
-        c.private_network || net_opts.private() || c.network_namespace_path.is_some();
+    // A joined namespace (--network-namespace-path) exists already and may be shared: it
+    // gets none of what an own one does (CAP_NET_ADMIN, a writable /proc/sys/net).
+    let private_network = c.private_network || net_opts.private();
     if c.ephemeral && c.template.is_some() {
         return Err(Error::setup(
             "--ephemeral and --template= may not be combined".into(),
@@ -266,6 +267,17 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
                     .into(),
             ));
         }
+    }
+    if userns
+        .as_ref()
+        .is_some_and(|u| u.ownership == ns_core::state::Ownership::Chown)
+        && (c.ephemeral || c.read_only || c.volatile.as_deref().is_some_and(|v| !is_false(v)))
+    {
+        return Err(Error::invalid(
+            "--private-users-ownership",
+            "chown",
+            "rewrites the tree, so not with -x, --read-only or --volatile (use map)",
+        ));
     }
     let idmapped_root = userns
         .as_ref()
