@@ -136,8 +136,13 @@ fn pid1_of(monitor: i32) -> Option<i32> {
 }
 
 fn in_container(pid1: i32, cmd: &[&str]) -> String {
+    // Joining one's own user namespace is EINVAL: -U only when the container has its own.
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    let userns = ns(&pid1.to_string()) != ns("self");
     let out = std::process::Command::new("nsenter")
-        .args(["-t", &pid1.to_string(), "-m", "-u", "-i", "-p", "-C", "--"])
+        .args(["-t", &pid1.to_string(), "-m", "-u", "-i", "-p", "-C"])
+        .args(userns.then_some("-U"))
+        .arg("--")
         .args(cmd)
         .output()
         .expect("nsenter");
@@ -246,23 +251,27 @@ fn systemd_boots_legacy_and_reboot_inside_gives_133() {
 
 #[test]
 fn notify_ready_passes_the_guests_readiness_on() {
+    notify_ready(&[], "sd-notify");
+}
+
+#[test]
+fn systemd_boots_in_a_user_namespace() {
+    // Under -U the container's cgroups and /run/host/notify belong to container root (the
+    // range's base on the host), as with nspawn: else systemd cannot make init.scope.
+    notify_ready(&["-U"], "sd-userns");
+}
+
+fn notify_ready(extra: &[&str], machine: &str) {
     let tree = debian_tree();
-    let dir = Tree::empty("boot-notify");
+    let dir = Tree::empty(machine);
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
     let mut c = ns_tests::ns_run();
-    c.args([
-        "-q",
-        "-x",
-        "-b",
-        "--notify-ready=yes",
-        "-M",
-        "sd-notify",
-        "-D",
-    ])
-    .arg(tree);
+    c.args(extra)
+        .args(["-q", "-x", "-b", "--notify-ready=yes", "-M", machine, "-D"])
+        .arg(tree);
     c.env("NOTIFY_SOCKET", &sock_path);
     let r = ns_tests::spawn(c, None);
     let mut buf = [0u8; 256];
@@ -279,5 +288,5 @@ fn notify_ready_passes_the_guests_readiness_on() {
         .wait_for(std::time::Duration::from_secs(20))
         .expect("poweroff");
     assert_eq!(out.code, 0, "{out}");
-    no_cgroup_left("sd-notify");
+    no_cgroup_left(machine);
 }

@@ -117,8 +117,10 @@ fn own_hierarchies(hs: &[Hierarchy], layout: CgroupLayout) -> Vec<&Hierarchy> {
 }
 
 /// Create the container's cgroups (`ns-run-NAME` beside the monitor's own); returns their
-/// paths, to join and to remove.
-pub fn create(layout: CgroupLayout, name: &str) -> Result<Vec<PathBuf>> {
+/// paths, to join and to remove. With `owner` (container root on the host, under -U), each is
+/// delegated to it as nspawn does: the directory and its control files are chowned, so that
+/// the guest's init may create and fill cgroups below.
+pub fn create(layout: CgroupLayout, name: &str, owner: Option<u32>) -> Result<Vec<PathBuf>> {
     let hs = hierarchies();
     let mut made = Vec::new();
     for h in own_hierarchies(&hs, layout) {
@@ -127,15 +129,41 @@ pub fn create(layout: CgroupLayout, name: &str) -> Result<Vec<PathBuf>> {
         if dir.exists() {
             remove(&dir); // left by a killed monitor of the same machine
         }
-        if let Err(e) =
-            std::fs::create_dir(&dir).ctx(|| format!("cannot create cgroup {}", dir.display()))
-        {
+        let r = std::fs::create_dir(&dir).ctx(|| format!("cannot create cgroup {}", dir.display()));
+        if r.is_ok() {
+            made.push(dir.clone());
+        }
+        if let Err(e) = r.and_then(|()| owner.map_or(Ok(()), |id| delegate(&dir, id))) {
             made.iter().for_each(|d: &PathBuf| remove(d));
             return Err(e);
         }
-        made.push(dir);
     }
     Ok(made)
+}
+
+/// The files of a cgroup its owner needs to write to manage it (those that exist here).
+const DELEGATED: &[&str] = &[
+    "cgroup.clone_children",
+    "cgroup.procs",
+    "cgroup.subtree_control",
+    "cgroup.threads",
+    "notify_on_release",
+    "tasks",
+];
+
+fn delegate(dir: &Path, id: u32) -> Result<()> {
+    let chown = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(id), Some(id))
+            .ctx(|| format!("cannot chown cgroup {} to {id}", p.display()))
+    };
+    chown(dir)?;
+    for f in DELEGATED {
+        let p = dir.join(f);
+        if p.exists() {
+            chown(&p)?;
+        }
+    }
+    Ok(())
 }
 
 /// Move ourselves into the cgroups (before the cgroup namespace is created).

@@ -308,14 +308,15 @@ pub fn mapping_userns(uid: u32, gid: u32, base: u32) -> Result<File> {
 }
 
 /// The guest's sd_notify socket (`/run/host/notify` inside): a datagram socket in our runtime
-/// dir, removed when dropped.
+/// dir, removed when dropped. Like nspawn's, only container root may send to it: the socket
+/// is mode 0600 and owned by `owner` (container root on the host, for user namespaces).
 pub struct NotifySocket {
     pub socket: std::os::unix::net::UnixDatagram,
     pub path: PathBuf,
 }
 
 impl NotifySocket {
-    pub fn bind() -> Result<NotifySocket> {
+    pub fn bind(owner: Option<u32>) -> Result<NotifySocket> {
         use std::os::unix::fs::PermissionsExt;
         let dir = ns_core::paths::runtime_dir()?.join("notify");
         std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
@@ -326,10 +327,14 @@ impl NotifySocket {
         socket
             .set_nonblocking(true)
             .ctx(|| "cannot make the notify socket non-blocking".into())?;
-        // Container root may be another host user (user namespaces).
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
-            .ctx(|| format!("cannot chmod {}", path.display()))?;
-        Ok(NotifySocket { socket, path })
+        let n = NotifySocket { socket, path };
+        std::fs::set_permissions(&n.path, std::fs::Permissions::from_mode(0o600))
+            .ctx(|| format!("cannot chmod {}", n.path.display()))?;
+        if let Some(id) = owner {
+            std::os::unix::fs::lchown(&n.path, Some(id), Some(id))
+                .ctx(|| format!("cannot chown {} to {id}", n.path.display()))?;
+        }
+        Ok(n)
     }
 
     /// The guest said READY=1 (in what it sent now)?

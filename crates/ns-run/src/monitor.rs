@@ -57,7 +57,7 @@ pub fn run(state: &State) -> Result<i32> {
     };
     // The guest's init reports readiness on /run/host/notify (booted, or --notify-ready).
     let notify = if state.monitor.boot || state.monitor.notify_ready {
-        let n = host::NotifySocket::bind()?;
+        let n = host::NotifySocket::bind(container_root(&state))?;
         state.mount.notify_socket = Some(n.path.clone());
         state.exec.notify = true;
         Some(n)
@@ -83,6 +83,7 @@ pub fn run(state: &State) -> Result<i32> {
         Some(cg) => ns_enter::cgroups::create(
             cg.layout,
             &format!("{}-{}", state.machine, std::process::id()),
+            container_root(state),
         )?,
         None => Vec::new(),
     };
@@ -582,5 +583,17 @@ fn helper(job: impl FnOnce() -> Result<()>) -> Result<bool> {
                 }
             }
         },
+    }
+}
+
+/// Container root's host uid (and gid) when it is not ours: the range's base under -U, once
+/// reserved. None without -U, and rootless (where container root is us).
+fn container_root(state: &State) -> Option<u32> {
+    match &state.enter.userns {
+        Some(u) if !u.rootless => match u.base {
+            IdBase::Fixed(b) => Some(b),
+            _ => None,
+        },
+        _ => None,
     }
 }
