@@ -184,15 +184,48 @@ fn api_file_systems_are_mounted() {
     ];
     // systemd's container interface, as nspawn: /run/host read-only.
     assert_eq!(find(&m, "/run/host").options[0], "ro");
+    // The kernel-internals files of /proc masked (those this kernel has).
+    let masked = ["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
     for e in &m {
+        let masked_proc_file = e
+            .target
+            .strip_prefix("/proc/")
+            .is_some_and(|f| masked.contains(&f))
+            && e.fstype == "tmpfs";
         assert!(
             allowed.contains(&e.target.as_str())
+                || masked_proc_file
                 || (e.target.starts_with("/proc/") && e.source == "proc"),
             "unexpected mount in the container: {} on {} ({})",
             e.source,
             e.target,
             e.fstype
         );
+    }
+}
+
+#[test]
+fn proc_kernel_internals_are_masked() {
+    use std::os::unix::fs::PermissionsExt;
+    // kallsyms, keys and timer_list exist on every kernel we run on; kcore and sysrq-trigger
+    // only with their config options: each that the host has is an empty, mode-0000,
+    // read-only node in the container (nspawn skips this on hosts without systemd).
+    let t = tree();
+    for f in ["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"] {
+        let p = format!("/proc/{f}");
+        if !std::path::Path::new(&p).exists() {
+            continue;
+        }
+        assert!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777 != 0,
+            "{p} is already masked on the host"
+        );
+        let out = sh_ok(
+            t.path(),
+            &[],
+            &format!("stat -c %a {p}; wc -c < {p}; echo x 2>/dev/null > {p} || echo refused"),
+        );
+        assert_eq!(out, "0\n0\nrefused\n", "{p}");
     }
 }
 

@@ -142,22 +142,25 @@ pub fn apply(
             dest,
             read_only,
         } => overlay(root, scratch, lower, upper, dest, *read_only),
-        MountOp::Inaccessible { dest } => {
-            let target = open_in_root(root, dest, None)?;
-            let st = nix::sys::stat::fstat(target.as_fd())
-                .ctx(|| format!("cannot stat {}", dest.display()))?;
-            let node = scratch.inaccessible(file_kind(&st))?;
-            mount(
-                Some(&node),
-                fd_path(&target).as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .ctx(|| format!("cannot make {} inaccessible", dest.display()))?;
-            make_read_only(root, dest, false)
-        }
+        MountOp::Inaccessible { dest } => inaccessible(root, scratch, dest),
     }
+}
+
+/// Cover `dest` with an inaccessible node of its own file type (mode 0000, read-only).
+pub(crate) fn inaccessible(root: &OwnedFd, scratch: &Scratch, dest: &Path) -> Result<()> {
+    let target = open_in_root(root, dest, None)?;
+    let st =
+        nix::sys::stat::fstat(target.as_fd()).ctx(|| format!("cannot stat {}", dest.display()))?;
+    let node = scratch.inaccessible(file_kind(&st))?;
+    mount(
+        Some(&node),
+        fd_path(&target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx(|| format!("cannot make {} inaccessible", dest.display()))?;
+    make_read_only(root, dest, false)
 }
 
 /// An overlay on `dest`. overlayfs lists lowers top first; ours are bottom first. A host

@@ -7,6 +7,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
+use crate::scratch::Scratch;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -50,7 +51,7 @@ pub fn build_root(
     if let Some(p) = &plan.pivot_root {
         root = crate::root::pivot_inside(root, p)?;
     }
-    mount_proc(&root, plan.private_network)?;
+    mount_proc(&root, &scratch, plan.private_network)?;
     mount_sys(&root)?;
     if let Some(cg) = &plan.cgroups {
         mount_cgroups(&root, cg)?;
@@ -272,8 +273,10 @@ fn bind_read_only(root: &OwnedFd, dest: &str) -> Result<()> {
 }
 
 /// A fresh proc for the new PID namespace; /proc/sys and hardware directories read-only as
-/// nspawn sets them, but /proc/sys/net writable when the network is private.
-pub fn mount_proc(root: &OwnedFd, private_network: bool) -> Result<()> {
+/// nspawn sets them, but /proc/sys/net writable when the network is private; the files that
+/// leak kernel memory, keys and timers or reach the host kernel (sysrq) masked with our own
+/// inaccessible nodes (nspawn skips these masks on hosts without /run/systemd/inaccessible).
+pub fn mount_proc(root: &OwnedFd, scratch: &Scratch, private_network: bool) -> Result<()> {
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs(root, "/proc", "proc", f, None)?;
     if private_network {
@@ -294,6 +297,12 @@ pub fn mount_proc(root: &OwnedFd, private_network: bool) -> Result<()> {
         match open_in_root(root, Path::new(&dest), None) {
             Ok(_) => bind_read_only(root, &dest)?,
             Err(_) => continue, // absent on this kernel
+        }
+    }
+    for f in ["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"] {
+        let dest = PathBuf::from(format!("/proc/{f}"));
+        if open_in_root(root, &dest, None).is_ok() {
+            crate::ops::inaccessible(root, scratch, &dest)?;
         }
     }
     Ok(())
