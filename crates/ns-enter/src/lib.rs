@@ -35,7 +35,7 @@ pub struct Args {
     /// Report to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
     pub sync_fd: Option<i32>,
-    /// New user namespace (ownership and maps come with user namespace support).
+    /// New user namespace mapping only your own uid (to root); -U id ranges are ns-run's.
     #[arg(long)]
     pub user: bool,
     /// New mount namespace.

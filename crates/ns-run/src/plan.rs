@@ -485,6 +485,25 @@ pub fn chain(state: &State) -> String {
             q.join(" ")
         ));
     }
+    // What only the monitor does has no stage flag: say so rather than print a chain that
+    // silently does less.
+    if let Some(u) = state.enter.userns.as_ref().filter(|u| !u.rootless) {
+        out.push_str(&format!(
+            "\n# not in this chain: ns-run reserves and maps the -U id range ({} ids, {}); \
+             alone, ns-enter --user maps only your own uid to root",
+            u.count,
+            match u.base {
+                ns_core::state::IdBase::Fixed(b) => format!("base {b}"),
+                _ => "base picked at start".into(),
+            }
+        ));
+    }
+    if state.mount.cgroups.is_some() {
+        out.push_str(
+            "\n# not in this chain: ns-run creates the container's own cgroups (-b) and its \
+             /run/host/notify socket",
+        );
+    }
     out
 }
 
@@ -636,6 +655,20 @@ mod tests {
         );
         assert!(ch.contains(" -- ns-caps --user=daemon "), "{ch}");
         assert!(ch.ends_with(" -- sh -c 'echo '\\''hi there'\\'''"), "{ch}");
+        assert!(!ch.contains('#'), "{ch}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn chain_names_what_only_the_monitor_does() {
+        let d = usr_tree("chainu");
+        let (c, argv) = cli(&["-D", d.to_str().unwrap(), "-U", "true"]);
+        let ch = chain(&build(&c, &argv).unwrap());
+        let note = ch.lines().nth(1).unwrap_or_default();
+        assert!(
+            note.starts_with("# not in this chain: ns-run reserves"),
+            "{ch}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
