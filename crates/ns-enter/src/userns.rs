@@ -309,7 +309,8 @@ pub fn write_rootless_maps(pid: i32) -> Result<u32> {
     );
     let subs = (
         subordinate("/etc/subuid", &name, uid),
-        subordinate("/etc/subgid", &name, gid),
+        // newgidmap looks the caller up by user name or uid in /etc/subgid, too.
+        subordinate("/etc/subgid", &name, uid),
     );
     if let ((Some(nu), Some(ng)), (Some((us, uc)), Some((gs, gc)))) = (tools, subs) {
         let n = uc.min(gc).min(65535);

@@ -320,6 +320,16 @@ impl NotifySocket {
         use std::os::unix::fs::PermissionsExt;
         let dir = ns_core::paths::runtime_dir()?.join("notify");
         std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        // Sockets of monitors that were killed (named by their pid): gone with them.
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let pid = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
+            if pid.is_some_and(|p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            }) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let path = dir.join(std::process::id().to_string());
         let _ = std::fs::remove_file(&path); // a dead monitor's, with our pid
         let socket = std::os::unix::net::UnixDatagram::bind(&path)
