@@ -373,7 +373,10 @@ pub fn remove_zone(zone: &str) -> Result<()> {
     })
 }
 
-/// Give moved host links back: from the namespace behind `netns` into ours.
+/// Give moved host links back: from the namespace behind `netns` into ours. Each is tried
+/// (one that fails does not keep the others); the first failure is returned. A link the
+/// guest renamed is not found here: the kernel still hands physical links back to the
+/// host's initial namespace when the container's namespace dies.
 pub fn return_interfaces(names: &[String], netns: BorrowedFd<'_>) -> Result<()> {
     let home = std::fs::File::open("/proc/self/ns/net")
         .ctx(|| "cannot open our network namespace".into())?;
@@ -381,19 +384,26 @@ pub fn return_interfaces(names: &[String], netns: BorrowedFd<'_>) -> Result<()> 
         .ctx(|| "cannot enter the container's network namespace".into())?;
     runtime()?.block_on(async {
         let h = connect()?;
+        let mut first_error = None;
         for name in names {
-            let index = index_of(&h, "--network-interface", name).await?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .down()
-                        .setns_by_fd(home.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl_err(format!("cannot give {name} back to the host")))?;
+            let r = match index_of(&h, "--network-interface", name).await {
+                Ok(index) => h
+                    .link()
+                    .set(
+                        LinkUnspec::new_with_index(index)
+                            .down()
+                            .setns_by_fd(home.as_raw_fd())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(nl_err(format!("cannot give {name} back to the host"))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     })
 }
