@@ -19,11 +19,48 @@ pub fn instantiate(template: &Path, dir: &Path) -> Result<bool> {
         ns_core::state::RootMode::Directory,
     )
     .map_err(|e| Error::setup(e.msg.replacen("--directory", "--template", 1)))?;
-    let r = copy_tree(template, dir);
+    // Copy beside `dir` and rename when complete, so that a copy cut short (even by SIGKILL)
+    // is never taken for the root directory by the next start.
+    let name = dir.file_name().ok_or_else(|| {
+        Error::invalid("--directory", &dir.to_string_lossy(), "names no directory")
+    })?;
+    let tmp = |pid: &str| dir.with_file_name(format!(".#{}.ns-run-{pid}", name.to_string_lossy()));
+    sweep_dead_copies(dir, &name.to_string_lossy());
+    let partial = tmp(&std::process::id().to_string());
+    let r = copy_tree(template, &partial).and_then(|()| {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &partial,
+            nix::fcntl::AT_FDCWD,
+            dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .ctx(|| format!("cannot rename the copy of --template to {}", dir.display()))
+    });
     if r.is_err() {
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(&partial);
     }
-    r.map(|_| true)
+    r.map(|()| true)
+}
+
+/// Remove copies of a template into `dir` left by runs that were killed (named by their pid).
+fn sweep_dead_copies(dir: &Path, name: &str) {
+    let prefix = format!(".#{name}.ns-run-");
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let entries = std::fs::read_dir(parent.unwrap_or(Path::new(".")));
+    for e in entries.into_iter().flatten().flatten() {
+        let file = e.file_name();
+        let pid = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                == Err(nix::errno::Errno::ESRCH)
+        }) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
@@ -110,6 +147,18 @@ mod tests {
         let e = instantiate(&base.join("nope"), &base.join("d2")).unwrap_err();
         assert!(e.msg.starts_with("--template="), "{}", e.msg);
         assert!(!base.join("d2").exists());
+        // A copy cut short by a killed run (its pid is gone) is swept, never taken as done.
+        let stale = base.join(format!(".#d3.ns-run-{}", i32::MAX));
+        std::fs::create_dir(&stale).unwrap();
+        assert!(instantiate(&t, &base.join("d3")).unwrap());
+        assert!(!stale.exists());
+        let left: Vec<_> = std::fs::read_dir(&base)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".#"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
