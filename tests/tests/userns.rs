@@ -492,6 +492,31 @@ fn concurrent_containers_get_disjoint_ranges_and_lock_files() {
 }
 
 #[test]
+fn overlay_inside_the_idmapped_root_leaves_no_workdir() {
+    // The upper is reached through the idmapped root's alias: its work directory must be
+    // named to the monitor as the host sees it, or it stays behind in the tree.
+    let t = Tree::rootfs("ns-u-ovl");
+    for d in ["lo", "up"] {
+        std::fs::create_dir(t.path().join(d)).unwrap();
+    }
+    let all = snapshot(t.path());
+    let before = host_mounts();
+    let out = sh(
+        &t,
+        &["-U", "--overlay=+/lo:+/up:/mnt"],
+        "echo hi > /mnt/f && cat /mnt/f",
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (0, "hi\n"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("up/f")).unwrap(),
+        "hi\n"
+    );
+    std::fs::remove_file(t.path().join("up/f")).unwrap();
+    assert_snapshot_unchanged(t.path(), &all);
+    assert_nothing_left(&t, &before);
+}
+
+#[test]
 fn identity_maps_ids_one_to_one() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-identity");

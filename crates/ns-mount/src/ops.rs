@@ -236,7 +236,11 @@ fn host_workdir(upper: &str) -> Result<PathBuf> {
         .map(|b| format!("{b:02x}"))
         .collect();
     let work = up.with_file_name(format!(".#{name}{hex}"));
-    ns_core::stage::report_created(&work, true)?;
+    // The monitor removes it on the host: name it as the host sees it (an upper inside an
+    // idmapped root is reached here through the root's alias on our scratch tmpfs).
+    if let Some(host) = crate::scratch::host_path(&work) {
+        ns_core::stage::report_created(&host, true)?;
+    }
     nix::unistd::mkdir(&work, Mode::from_bits_truncate(0o700))
         .ctx(|| format!("cannot create overlay workdir {}", work.display()))?;
     Ok(work)
