@@ -18,6 +18,14 @@ fn in_user_namespace() -> bool {
         .unwrap_or(false)
 }
 
+/// Is ns-run process `pid` still running? Host-side state named by a monitor's pid (cleanup
+/// journals, notify sockets, template copies) is stale once it is not. The name is checked
+/// too, so that a reused pid does not keep stale state alive (it is removed a start later).
+pub fn monitor_alive(pid: &str) -> bool {
+    pid.parse::<u32>().is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ns-run")
+}
+
 /// The state directory, created if needed.
 pub fn runtime_dir() -> Result<PathBuf> {
     let uid = nix::unistd::geteuid();

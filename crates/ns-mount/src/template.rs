@@ -43,21 +43,17 @@ pub fn instantiate(template: &Path, dir: &Path) -> Result<bool> {
     r.map(|()| true)
 }
 
-/// Remove copies of a template into `dir` left by runs that were killed (named by their pid).
+/// Remove copies of a template into `dir` left by ns-runs that were killed (named by pid).
 fn sweep_dead_copies(dir: &Path, name: &str) {
     let prefix = format!(".#{name}.ns-run-");
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     let entries = std::fs::read_dir(parent.unwrap_or(Path::new(".")));
     for e in entries.into_iter().flatten().flatten() {
-        let file = e.file_name();
-        let pid = file
-            .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(|p| {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
-                == Err(nix::errno::Errno::ESRCH)
-        }) {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if file
+            .strip_prefix(&prefix)
+            .is_some_and(|pid| pid.parse::<u32>().is_ok() && !ns_core::paths::monitor_alive(pid))
+        {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

@@ -184,19 +184,24 @@ fn remove_no_symlinks(path: &Path, recursive: bool) {
     }
 }
 
-/// Remove what dead monitors left behind (killed before they could clean up).
+/// Remove what dead monitors left behind (killed before they could clean up): what their
+/// cleanup journals list, and their notify sockets.
 pub fn collect_stale() {
+    if let Ok(dir) = ns_core::paths::runtime_dir().map(|d| d.join("notify")) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_ok() && !ns_core::paths::monitor_alive(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let Ok(dir) = cleanup_dir().and_then(|d| std::fs::read_dir(d).ctx(String::new)) else {
         return;
     };
     for f in dir.flatten() {
         let name = f.file_name().to_string_lossy().into_owned();
-        let Ok(pid) = name.parse::<u32>() else {
+        if name.parse::<u32>().is_err() || ns_core::paths::monitor_alive(&name) {
             continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "ns-run" {
-            continue; // its monitor is alive
         }
         let text = std::fs::read_to_string(f.path()).unwrap_or_default();
         let entries: Vec<Entry> = text
@@ -320,16 +325,6 @@ impl NotifySocket {
         use std::os::unix::fs::PermissionsExt;
         let dir = ns_core::paths::runtime_dir()?.join("notify");
         std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
-        // Sockets of monitors that were killed (named by their pid): gone with them.
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let pid = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
-            if pid.is_some_and(|p| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
-                    == Err(nix::errno::Errno::ESRCH)
-            }) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
         let path = dir.join(std::process::id().to_string());
         let _ = std::fs::remove_file(&path); // a dead monitor's, with our pid
         let socket = std::os::unix::net::UnixDatagram::bind(&path)
