@@ -883,3 +883,49 @@ fn quiet_and_pipe_are_accepted() {
     assert_eq!(sh_ok(t.path(), &["-P"], "echo b"), "b\n");
     assert_eq!(sh_ok(t.path(), &["--console=pipe"], "echo c"), "c\n");
 }
+
+#[test]
+fn rlimit_oom_cpu_affinity_and_personality_as_nspawn() {
+    // The values nspawn 252 gives for the same options (reference §2.10): limits in place,
+    // the OOM score, the last CPU only, and `uname -m` = i686 for --personality=x86. (Lowering
+    // the OOM score needs CAP_SYS_RESOURCE, which this VM's root does not have: a raise.)
+    let t = tree();
+    let last_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let affinity = format!("--cpu-affinity={last_cpu}");
+    let out = sh_ok(
+        t.path(),
+        &[
+            "--rlimit=NOFILE=100:200",
+            "--rlimit=RLIMIT_NPROC=50",
+            "--rlimit=CORE=0:infinity",
+            "--oom-score-adjust=500",
+            &affinity,
+            "--personality=x86",
+        ],
+        "ulimit -n; ulimit -Hn; ulimit -u; ulimit -Hc; cat /proc/self/oom_score_adj; \
+         sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status; uname -m",
+    );
+    assert_eq!(
+        out,
+        format!("100\n200\n50\nunlimited\n500\n{last_cpu}\ni686\n")
+    );
+    // Bad values: one line naming the option and value, before anything is set up.
+    for (opt, why) in [
+        (
+            "--rlimit=NOFILE=9:8",
+            "the soft limit is above the hard limit",
+        ),
+        ("--rlimit=BOGUS=1", "unknown resource"),
+        ("--oom-score-adjust=2000", "not a number from -1000 to 1000"),
+        ("--cpu-affinity=3-1", "empty range"),
+        ("--personality=arm", "unknown or unsupported personality"),
+    ] {
+        let out = sh_with(t.path(), &[opt], "true");
+        assert_eq!(out.code, 125, "{opt}: {out}");
+        assert!(
+            out.stderr.starts_with(&format!("ns-run: {opt}: ")) && out.stderr.contains(why),
+            "{opt}: {out}"
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{opt}: {out}");
+    }
+}

@@ -338,11 +338,7 @@ fn payload_not_executable() {
 #[test]
 fn not_supported_yet() {
     let t = Tree::rootfs("unsupported");
-    for opt in [
-        "--personality=x86",
-        "--rlimit=NOFILE=1024",
-        "--system-call-filter=@basic-io",
-    ] {
+    for opt in ["--system-call-filter=@basic-io", "--property=MemoryMax=1G"] {
         fails(
             &t,
             &["-D", "{D}", opt, "true"],

@@ -1,4 +1,5 @@
-//! ns-caps: the last privileged stage. Becomes the payload's user, builds its environment,
+//! ns-caps: the last privileged stage. Sets the process attributes (rlimits, OOM score, CPU
+//! affinity, personality), becomes the payload's user, builds its environment,
 //! drops capabilities, sets no_new_privs, changes directory, then execs the payload (or
 //! ns-init with `--as-pid2`).
 //!
@@ -9,6 +10,7 @@
 
 pub mod caps_spec;
 pub mod identity;
+pub mod limits;
 
 use clap::Parser;
 use ns_core::state::ExecPlan;
@@ -27,7 +29,7 @@ use ns_core::{Error, Result};
 )]
 pub struct Args {
     /// Read the plan from this state fd (ns-run sets it).
-    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "capability", "drop_capability", "ambient_capability", "no_new_privileges", "setenv", "chdir", "as_pid2", "uuid"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "capability", "drop_capability", "ambient_capability", "no_new_privileges", "setenv", "chdir", "as_pid2", "uuid", "rlimit", "oom_score_adjust", "cpu_affinity", "personality"])]
     pub state_fd: Option<i32>,
     /// Report failures to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
@@ -56,6 +58,18 @@ pub struct Args {
     /// container_uuid (default: /etc/machine-id, else random).
     #[arg(long, value_name = "UUID")]
     pub uuid: Option<String>,
+    /// Resource limit NAME=SOFT[:HARD] (`RLIMIT_` optional; a limit may be `infinity`).
+    #[arg(long, value_name = "NAME=LIMIT")]
+    pub rlimit: Vec<String>,
+    /// OOM score adjustment, -1000..1000.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub oom_score_adjust: Option<String>,
+    /// CPUs to run on: numbers and ranges, e.g. 0-3,6.
+    #[arg(long, value_name = "CPUS")]
+    pub cpu_affinity: Option<String>,
+    /// Execution domain: x86 or x86-64.
+    #[arg(long, value_name = "ARCH")]
+    pub personality: Option<String>,
     /// Exec ns-init as PID 1, which runs PROGRAM as PID 2.
     #[arg(short = 'a', long)]
     pub as_pid2: bool,
@@ -98,6 +112,10 @@ pub struct ExecOptions<'a> {
     pub as_pid2: bool,
     /// Use /dev/console (a pty) as stdio and controlling terminal.
     pub console: bool,
+    pub rlimit: &'a [String],
+    pub oom_score_adjust: Option<&'a str>,
+    pub cpu_affinity: Option<&'a str>,
+    pub personality: Option<&'a str>,
 }
 
 /// Check the options and compute the plan (nspawn's capability arithmetic, environment
@@ -144,6 +162,21 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
         console: o.console,
         boot: o.boot,
         notify: false,
+        rlimits: o
+            .rlimit
+            .iter()
+            .map(|r| limits::parse_rlimit(r))
+            .collect::<Result<_>>()?,
+        oom_score_adjust: o
+            .oom_score_adjust
+            .map(limits::parse_oom_score_adjust)
+            .transpose()?,
+        cpu_affinity: o
+            .cpu_affinity
+            .map(limits::parse_cpu_list)
+            .transpose()?
+            .unwrap_or_default(),
+        personality: o.personality.map(limits::parse_personality).transpose()?,
     })
 }
 
@@ -166,6 +199,10 @@ impl Args {
             private_network: false,
             userns: false,
             boot: self.boot,
+            rlimit: &self.rlimit,
+            oom_score_adjust: self.oom_score_adjust.as_deref(),
+            cpu_affinity: self.cpu_affinity.as_deref(),
+            personality: self.personality.as_deref(),
         })
     }
 }
@@ -211,6 +248,7 @@ pub fn plan_to_flags(plan: &ExecPlan) -> Vec<String> {
     if let Some(d) = &plan.chdir {
         out.push(format!("--chdir={d}"));
     }
+    out.extend(limits::to_flags(plan));
     out.push(format!("--uuid={}", plan.uuid));
     if plan.as_pid2 {
         out.push("--as-pid2".into());

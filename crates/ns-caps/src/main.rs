@@ -40,6 +40,7 @@ fn main() {
         if plan.console {
             take_console(!plan.as_pid2)?;
         }
+        ns_caps::limits::apply(&plan)?;
         drop_privileges(&plan, &user, sync.as_ref())?;
         match &plan.chdir {
             Some(d) => nix::unistd::chdir(d.as_str()).ctx(|| format!("--chdir={d}"))?,

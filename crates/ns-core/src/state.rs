@@ -391,6 +391,27 @@ pub struct ExecPlan {
     pub boot: bool,
     /// `NOTIFY_SOCKET=/run/host/notify` in the payload's environment.
     pub notify: bool,
+    /// `--rlimit=`, applied in order (the last one of a resource wins).
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// `--oom-score-adjust=` (-1000..=1000).
+    #[serde(default)]
+    pub oom_score_adjust: Option<i32>,
+    /// `--cpu-affinity=`: the CPUs the payload may run on; empty leaves it as it is.
+    #[serde(default)]
+    pub cpu_affinity: Vec<usize>,
+    /// `--personality=`: `x86` or `x86-64`.
+    #[serde(default)]
+    pub personality: Option<String>,
+}
+
+/// One `--rlimit=`: a resource by its name without `RLIMIT_`; None is infinity.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
 }
 
 /// Read by the monitor in ns-run.

@@ -166,7 +166,7 @@ pub struct Cli {
     #[arg(long, value_name = "NAME=LIMIT")]
     pub rlimit: Vec<String>,
     /// Adjust the OOM score value for the payload
-    #[arg(long, value_name = "VALUE")]
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
     pub oom_score_adjust: Option<String>,
     /// Adjust the CPU affinity of the container
     #[arg(long, value_name = "CPUS")]

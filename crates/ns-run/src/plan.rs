@@ -24,10 +24,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
-        ("--rlimit", !c.rlimit.is_empty()),
-        ("--oom-score-adjust", c.oom_score_adjust.is_some()),
-        ("--cpu-affinity", c.cpu_affinity.is_some()),
-        ("--personality", c.personality.is_some()),
         (
             "--link-journal",
             c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
@@ -371,6 +367,10 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         no_new_privileges,
         as_pid2: c.as_pid2,
         console: console != Console::Pipe,
+        rlimit: &c.rlimit,
+        oom_score_adjust: c.oom_score_adjust.as_deref(),
+        cpu_affinity: c.cpu_affinity.as_deref(),
+        personality: c.personality.as_deref(),
     })?;
     // nspawn: a booted container is asked to power off (SIGRTMIN+3) unless told otherwise.
     let kill_signal = match c.kill_signal.as_deref() {
@@ -595,7 +595,7 @@ mod tests {
     fn bad_input_is_refused_with_the_option_named() {
         let d = usr_tree("bad");
         let ds = d.to_str().unwrap();
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 10] = [
             (
                 &["-M", "bad_name!"],
                 "--machine=bad_name!: invalid machine name",
@@ -617,7 +617,14 @@ mod tests {
                 &["--no-new-privileges=maybe"],
                 "--no-new-privileges=maybe: not a boolean",
             ),
-            (&["--personality=x86"], "--personality: not supported yet"),
+            (
+                &["--personality=arm"],
+                "--personality=arm: unknown or unsupported personality",
+            ),
+            (
+                &["--rlimit=NOFILE=9:8"],
+                "--rlimit=NOFILE=9:8: the soft limit",
+            ),
             (&["-b", "-a"], "--boot and --as-pid2 may not be combined"),
             (
                 &["--console=bogus"],
