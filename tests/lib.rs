@@ -847,6 +847,17 @@ pub fn assert_journals_collected(root: &Path, pids: &[i32]) {
     assert!(left.is_empty(), "cleanup journals left: {left:?}");
 }
 
+/// The cgroups a monitor made (`ns-run-NAME-PID` in each hierarchy), from its journal.
+pub fn cgroups_of_monitor(pid: i32) -> Vec<PathBuf> {
+    fs::read_to_string(cleanup_journal(pid))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["cgroup"] == true)
+        .filter_map(|v| v["path"].as_str().map(PathBuf::from))
+        .collect()
+}
+
 /// Start `cmd` and wait until its stdout contains `needle` (the container runs); fails the
 /// test after 10 s.
 pub fn spawn_until(cmd: Command, needle: &str) -> Running {

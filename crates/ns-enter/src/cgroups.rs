@@ -1,7 +1,7 @@
-//! The container's own cgroup, for a booted init: created by the monitor on the host in the
-//! hierarchies systemd needs (name=systemd on a v1 or hybrid host, the unified one on a
-//! hybrid or pure cgroup2 host), joined by the chain's first process before ns-enter unshares
-//! the cgroup namespace (so the namespace is rooted there), and removed after exit.
+//! The container's own cgroup: created by the monitor on the host in every mounted hierarchy
+//! (each v1 controller, name=systemd, cgroup2), joined by the chain's first process before
+//! ns-enter unshares the cgroup namespace (so the namespace is rooted there), and removed
+//! after exit. A booted init gets the hierarchies systemd manages delegated under -U.
 
 use std::path::{Path, PathBuf};
 
@@ -116,29 +116,67 @@ fn own_hierarchies(hs: &[Hierarchy], layout: CgroupLayout) -> Vec<&Hierarchy> {
         .collect()
 }
 
-/// Create the container's cgroups (`ns-run-NAME` beside the monitor's own); returns their
-/// paths, to join and to remove. With `owner` (container root on the host, under -U), each is
+/// The container's cgroup in one hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub dir: PathBuf,
+    /// The hierarchy's v1 controllers (`memory`, `cpu,cpuacct`, `name=systemd`...); empty
+    /// for cgroup2.
+    pub options: String,
+    pub v2: bool,
+}
+
+/// Create the container's cgroups (`ns-run-NAME` beside the monitor's own) in every mounted
+/// hierarchy; returns them, to configure, join and remove. For a booted init (`layout`) with
+/// an `owner` (container root on the host, under -U), the hierarchies systemd manages are
 /// delegated to it as nspawn does: the directory and its control files are chowned, so that
 /// the guest's init may create and fill cgroups below.
-pub fn create(layout: CgroupLayout, name: &str, owner: Option<u32>) -> Result<Vec<PathBuf>> {
+pub fn create(layout: Option<CgroupLayout>, name: &str, owner: Option<u32>) -> Result<Vec<Cgroup>> {
     let hs = hierarchies();
-    let mut made = Vec::new();
-    for h in own_hierarchies(&hs, layout) {
+    let delegated = layout.map(|l| own_hierarchies(&hs, l)).unwrap_or_default();
+    let mut made: Vec<Cgroup> = Vec::new();
+    for h in &hs {
         let rel = h.own.strip_prefix("/").unwrap_or(&h.own);
-        let dir = h.mountpoint.join(rel).join(format!("ns-run-{name}"));
+        let parent = h.mountpoint.join(rel);
+        let dir = parent.join(format!("ns-run-{name}"));
         if dir.exists() {
             remove(&dir); // left by a killed monitor of the same machine
         }
         let r = std::fs::create_dir(&dir).ctx(|| format!("cannot create cgroup {}", dir.display()));
         if r.is_ok() {
-            made.push(dir.clone());
+            made.push(Cgroup {
+                dir: dir.clone(),
+                options: h.options.clone(),
+                v2: h.v2,
+            });
         }
-        if let Err(e) = r.and_then(|()| owner.map_or(Ok(()), |id| delegate(&dir, id))) {
-            made.iter().for_each(|d: &PathBuf| remove(d));
+        let r = r
+            .and_then(|()| inherit_cpuset(h, &parent, &dir))
+            .and_then(|()| match owner {
+                Some(id) if delegated.contains(&h) => delegate(&dir, id),
+                _ => Ok(()),
+            });
+        if let Err(e) = r {
+            made.iter().for_each(|c| remove(&c.dir));
             return Err(e);
         }
     }
     Ok(made)
+}
+
+/// A new v1 cpuset cgroup starts with no CPUs and no memory nodes (nothing could join it):
+/// give it its parent's.
+fn inherit_cpuset(h: &Hierarchy, parent: &Path, dir: &Path) -> Result<()> {
+    if h.v2 || !h.options.split(',').any(|o| o == "cpuset") {
+        return Ok(());
+    }
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let v = std::fs::read_to_string(parent.join(f))
+            .ctx(|| format!("cannot read {}", parent.join(f).display()))?;
+        std::fs::write(dir.join(f), v.trim())
+            .ctx(|| format!("cannot write {}", dir.join(f).display()))?;
+    }
+    Ok(())
 }
 
 /// The files of a cgroup its owner needs to write to manage it (those that exist here).
@@ -167,10 +205,10 @@ fn delegate(dir: &Path, id: u32) -> Result<()> {
 }
 
 /// Move ourselves into the cgroups (before the cgroup namespace is created).
-pub fn join(dirs: &[PathBuf]) -> Result<()> {
-    for d in dirs {
-        std::fs::write(d.join("cgroup.procs"), "0")
-            .ctx(|| format!("cannot join cgroup {}", d.display()))?;
+pub fn join(cgroups: &[Cgroup]) -> Result<()> {
+    for c in cgroups {
+        std::fs::write(c.dir.join("cgroup.procs"), "0")
+            .ctx(|| format!("cannot join cgroup {}", c.dir.display()))?;
     }
     Ok(())
 }

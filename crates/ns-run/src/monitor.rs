@@ -76,19 +76,21 @@ pub fn run(state: &State) -> Result<i32> {
             ns_enter::userns::shift_tree(&m.root, base)?;
         }
     }
-    // -b: the container's own cgroups, joined by the child before ns-enter creates the cgroup
-    // namespace, so that the guest's init finds a subtree of its own.
+    // The container's own cgroups, joined by the child before ns-enter creates the cgroup
+    // namespace, so that a booted init finds a subtree of its own. A user without root has
+    // none (it may not create cgroups), unless it boots, which needs them.
     let mut cleanup = host::Cleanup::new(&m.root);
-    let cgroups = match &m.cgroups {
-        Some(cg) => ns_enter::cgroups::create(
-            cg.layout,
+    let cgroups = if ns_core::paths::host_root() || m.cgroups.is_some() {
+        ns_enter::cgroups::create(
+            m.cgroups.as_ref().map(|c| c.layout),
             &format!("{}-{}", state.machine, std::process::id()),
             container_root(state),
-        )?,
-        None => Vec::new(),
+        )?
+    } else {
+        Vec::new()
     };
-    for d in &cgroups {
-        cleanup.add_cgroup(d.clone())?;
+    for c in &cgroups {
+        cleanup.add_cgroup(c.dir.clone())?;
     }
     let state_fd = state.to_sealed_memfd()?;
     let (sync, chain_end) = SyncSocket::pair()?;
