@@ -338,7 +338,7 @@ fn payload_not_executable() {
 #[test]
 fn not_supported_yet() {
     let t = Tree::rootfs("unsupported");
-    for opt in ["--system-call-filter=@basic-io", "--property=MemoryMax=1G"] {
+    for opt in ["--system-call-filter=@basic-io", "--slice=machine.slice"] {
         fails(
             &t,
             &["-D", "{D}", opt, "true"],

@@ -427,6 +427,27 @@ pub struct MonitorPlan {
     pub boot: bool,
     /// `--notify-ready=yes`: pass the guest's READY=1 on to our own NOTIFY_SOCKET.
     pub notify_ready: bool,
+    /// `--property=`: written into the container's cgroups before it starts.
+    #[serde(default)]
+    pub properties: Vec<Property>,
+}
+
+/// A `--property=` (systemd's names), parsed by ns-enter::resources. Limits: None is
+/// `infinity`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Property {
+    MemoryMax(Option<u64>),
+    MemoryHigh(Option<u64>),
+    MemorySwapMax(Option<u64>),
+    TasksMax(Option<u64>),
+    /// Percent of one CPU.
+    CpuQuota(u64),
+    CpuWeight(u64),
+    CpuShares(u64),
+    AllowedCpus(String),
+    AllowedMemoryNodes(String),
+    IoWeight(u64),
 }
 
 /// `--console=` resolved (autopipe becomes interactive or pipe).

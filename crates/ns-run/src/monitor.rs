@@ -92,6 +92,10 @@ pub fn run(state: &State) -> Result<i32> {
     for c in &cgroups {
         cleanup.add_cgroup(c.dir.clone())?;
     }
+    if let Err(e) = ns_enter::resources::apply(&state.monitor.properties, &cgroups) {
+        cleanup.run(Some(&lock));
+        return Err(e);
+    }
     let state_fd = state.to_sealed_memfd()?;
     let (sync, chain_end) = SyncSocket::pair()?;
 

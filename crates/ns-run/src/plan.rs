@@ -20,7 +20,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
             c.suppress_sync.as_deref().is_some_and(|v| !is_false(v)),
         ),
         ("--slice", c.slice.is_some()),
-        ("--property", !c.property.is_empty()),
         ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
@@ -347,6 +346,16 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         None => machine.clone(),
     };
 
+    let properties = c
+        .property
+        .iter()
+        .map(|p| ns_enter::resources::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    if !properties.is_empty() && !ns_core::paths::host_root() {
+        return Err(Error::setup(
+            "--property= needs root: a user without it has no cgroups of its own".into(),
+        ));
+    }
     let no_new_privileges = match &c.no_new_privileges {
         Some(v) => boolean("--no-new-privileges", v)?,
         None => false,
@@ -425,6 +434,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
                 Some(v) => boolean("--notify-ready", v)?,
                 None => false,
             },
+            properties,
         },
     })
 }

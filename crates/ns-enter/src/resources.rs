@@ -1,0 +1,282 @@
+//! `--property=NAME=VALUE`: resource limits with systemd's names, written by the monitor into
+//! the container's own cgroups before its first process joins them. Each property goes to
+//! cgroup2 when the container's cgroup2 directory has the controller, else to the v1
+//! hierarchy that has it (hosts like these: v1 controllers plus an empty cgroup2); one that
+//! neither offers is an error naming it, never dropped. Values are checked when the plan is
+//! made, so bad input fails before anything is created.
+
+use crate::cgroups::Cgroup;
+use ns_core::state::Property;
+use ns_core::{Context, Error, Result};
+
+/// Parse `NAME=VALUE` as systemd does for these names.
+pub fn parse(v: &str) -> Result<Property> {
+    let bad = |why: &str| Error::invalid("--property", v, why);
+    let (name, value) = v.split_once('=').ok_or_else(|| bad("not NAME=VALUE"))?;
+    let value = value.trim();
+    let ranged = |lo: u64, hi: u64| {
+        value
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(|| bad(&format!("not a number from {lo} to {hi}")))
+    };
+    Ok(match name {
+        "MemoryMax" | "MemoryLimit" => Property::MemoryMax(bytes(value).map_err(|w| bad(&w))?),
+        "MemoryHigh" => Property::MemoryHigh(bytes(value).map_err(|w| bad(&w))?),
+        "MemorySwapMax" => Property::MemorySwapMax(bytes(value).map_err(|w| bad(&w))?),
+        "TasksMax" => Property::TasksMax(match value {
+            "infinity" => None,
+            _ => Some(ranged(1, u64::from(u32::MAX))?),
+        }),
+        "CPUQuota" => {
+            let p = value
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<u64>().ok())
+                .filter(|&p| p >= 1)
+                .ok_or_else(|| bad("not a percentage of at least 1%"))?;
+            Property::CpuQuota(p)
+        }
+        "CPUWeight" => Property::CpuWeight(ranged(1, 10000)?),
+        "CPUShares" => Property::CpuShares(ranged(2, 262144)?),
+        "AllowedCPUs" => Property::AllowedCpus(cpu_list(value).map_err(|w| bad(&w))?),
+        "AllowedMemoryNodes" => Property::AllowedMemoryNodes(cpu_list(value).map_err(|w| bad(&w))?),
+        "IOWeight" => Property::IoWeight(ranged(1, 10000)?),
+        _ => return Err(bad("unknown or unsupported property")),
+    })
+}
+
+/// Bytes with an optional K, M, G, T suffix (base 1024), `infinity`, or a percentage of the
+/// host's memory.
+fn bytes(v: &str) -> std::result::Result<Option<u64>, String> {
+    if v == "infinity" {
+        return Ok(None);
+    }
+    if let Some(p) = v.strip_suffix('%') {
+        let p: u64 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or("not a percentage")?;
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|k| k.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .ok_or("cannot read MemTotal from /proc/meminfo")?;
+        return Ok(Some(total * 1024 / 100 * p));
+    }
+    let (num, mult) = match v.chars().last() {
+        Some('K') => (&v[..v.len() - 1], 1u64 << 10),
+        Some('M') => (&v[..v.len() - 1], 1 << 20),
+        Some('G') => (&v[..v.len() - 1], 1 << 30),
+        Some('T') => (&v[..v.len() - 1], 1 << 40),
+        _ => (v, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .map(Some)
+        .ok_or_else(|| "not a size (bytes, K, M, G, T, a percentage or infinity)".into())
+}
+
+/// A CPU or node list as the kernel takes it (`0-3,6`); spaces are separators too.
+fn cpu_list(v: &str) -> std::result::Result<String, String> {
+    let items: Vec<&str> = v.split([',', ' ']).filter(|s| !s.is_empty()).collect();
+    let ok = !items.is_empty()
+        && items.iter().all(|i| {
+            let (a, b) = i.split_once('-').unwrap_or((i, i));
+            matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if a <= b)
+        });
+    if ok {
+        Ok(items.join(","))
+    } else {
+        Err("not a list of numbers and ranges".into())
+    }
+}
+
+/// The property's name as the user wrote it (for errors).
+fn name(p: &Property) -> &'static str {
+    match p {
+        Property::MemoryMax(_) => "MemoryMax",
+        Property::MemoryHigh(_) => "MemoryHigh",
+        Property::MemorySwapMax(_) => "MemorySwapMax",
+        Property::TasksMax(_) => "TasksMax",
+        Property::CpuQuota(_) => "CPUQuota",
+        Property::CpuWeight(_) => "CPUWeight",
+        Property::CpuShares(_) => "CPUShares",
+        Property::AllowedCpus(_) => "AllowedCPUs",
+        Property::AllowedMemoryNodes(_) => "AllowedMemoryNodes",
+        Property::IoWeight(_) => "IOWeight",
+    }
+}
+
+fn controller(p: &Property) -> &'static str {
+    match p {
+        Property::MemoryMax(_) | Property::MemoryHigh(_) | Property::MemorySwapMax(_) => "memory",
+        Property::TasksMax(_) => "pids",
+        Property::CpuQuota(_) | Property::CpuWeight(_) | Property::CpuShares(_) => "cpu",
+        Property::AllowedCpus(_) | Property::AllowedMemoryNodes(_) => "cpuset",
+        Property::IoWeight(_) => "io",
+    }
+}
+
+/// The files to write for `p` in cgroup2 (`v2`) or v1, in order. `all` gives the context
+/// (v1 swap is memory+swap, so it needs MemoryMax).
+fn writes(p: &Property, v2: bool, all: &[Property]) -> Result<Vec<(&'static str, String)>> {
+    let lim = |l: &Option<u64>, inf: &str| l.map_or(inf.to_string(), |n| n.to_string());
+    let v1_only_v2 = || {
+        Error::setup(format!(
+            "--property={}: needs the cgroup2 {} controller, which this host does not offer",
+            name(p),
+            controller(p)
+        ))
+    };
+    Ok(match (p, v2) {
+        (Property::MemoryMax(l), true) => vec![("memory.max", lim(l, "max"))],
+        (Property::MemoryMax(l), false) => vec![("memory.limit_in_bytes", lim(l, "-1"))],
+        (Property::MemoryHigh(l), true) => vec![("memory.high", lim(l, "max"))],
+        (Property::MemoryHigh(_), false) => return Err(v1_only_v2()),
+        (Property::MemorySwapMax(l), true) => vec![("memory.swap.max", lim(l, "max"))],
+        (Property::MemorySwapMax(l), false) => {
+            let mem = all.iter().rev().find_map(|p| match p {
+                Property::MemoryMax(m) => Some(*m),
+                _ => None,
+            });
+            let total = match (mem.flatten(), l) {
+                (Some(m), Some(s)) => Some(m.saturating_add(*s)),
+                _ => None,
+            };
+            vec![("memory.memsw.limit_in_bytes", lim(&total, "-1"))]
+        }
+        (Property::TasksMax(l), _) => vec![("pids.max", lim(l, "max"))],
+        (Property::CpuQuota(pc), true) => vec![("cpu.max", format!("{} 100000", pc * 1000))],
+        (Property::CpuQuota(pc), false) => vec![
+            ("cpu.cfs_period_us", "100000".into()),
+            ("cpu.cfs_quota_us", (pc * 1000).to_string()),
+        ],
+        // systemd's conversions between weights (default 100) and shares (default 1024).
+        (Property::CpuWeight(w), true) => vec![("cpu.weight", w.to_string())],
+        (Property::CpuWeight(w), false) => {
+            vec![("cpu.shares", (w * 1024 / 100).clamp(2, 262144).to_string())]
+        }
+        (Property::CpuShares(s), true) => {
+            vec![("cpu.weight", (s * 100 / 1024).clamp(1, 10000).to_string())]
+        }
+        (Property::CpuShares(s), false) => vec![("cpu.shares", s.to_string())],
+        (Property::AllowedCpus(l), _) => vec![("cpuset.cpus", l.clone())],
+        (Property::AllowedMemoryNodes(l), _) => vec![("cpuset.mems", l.clone())],
+        (Property::IoWeight(w), true) => vec![("io.weight", format!("default {w}"))],
+        (Property::IoWeight(w), false) => {
+            vec![("blkio.weight", (w * 500 / 100).clamp(10, 1000).to_string())]
+        }
+    })
+}
+
+/// Write `props` into the container's cgroups (before anything joins them).
+pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
+    let v2 = cgroups.iter().find(|c| c.v2);
+    let v2_controllers = v2
+        .and_then(|c| std::fs::read_to_string(c.dir.join("cgroup.controllers")).ok())
+        .unwrap_or_default();
+    // v1 takes memory+swap only above the memory limit: the memory limit goes first.
+    let mut ordered: Vec<&Property> = props.iter().collect();
+    ordered.sort_by_key(|p| !matches!(p, Property::MemoryMax(_)));
+    for p in ordered {
+        let ctl = controller(p);
+        let v1_name = if ctl == "io" { "blkio" } else { ctl };
+        let target = match v2 {
+            Some(c) if v2_controllers.split_whitespace().any(|n| n == ctl) => Some(c),
+            _ => cgroups
+                .iter()
+                .find(|c| !c.v2 && c.options.split(',').any(|o| o == v1_name)),
+        };
+        let Some(cg) = target else {
+            return Err(Error::setup(format!(
+                "--property={}: this host offers no {ctl} controller",
+                name(p)
+            )));
+        };
+        for (file, value) in writes(p, cg.v2, props)? {
+            let path = cg.dir.join(file);
+            if !path.exists() {
+                // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
+                return Err(Error::setup(format!(
+                    "--property={}: this host's {} controller has no {file}",
+                    name(p),
+                    if cg.v2 { ctl } else { v1_name }
+                )));
+            }
+            std::fs::write(&path, &value).ctx(|| {
+                format!(
+                    "--property={}: cannot write {value} to {}",
+                    name(p),
+                    path.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_systemd_values() {
+        assert_eq!(
+            parse("MemoryMax=64M").unwrap(),
+            Property::MemoryMax(Some(64 << 20))
+        );
+        assert_eq!(
+            parse("MemoryMax=infinity").unwrap(),
+            Property::MemoryMax(None)
+        );
+        assert_eq!(parse("TasksMax=20").unwrap(), Property::TasksMax(Some(20)));
+        assert_eq!(parse("CPUQuota=50%").unwrap(), Property::CpuQuota(50));
+        assert_eq!(
+            parse("AllowedCPUs=0-1 3").unwrap(),
+            Property::AllowedCpus("0-1,3".into())
+        );
+        for bad in [
+            "MemoryMax=lots",
+            "CPUQuota=50",
+            "CPUWeight=0",
+            "CPUShares=1",
+            "AllowedCPUs=3-1",
+            "Bogus=1",
+            "MemoryMax",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(
+                e.msg.starts_with(&format!("--property={bad}: ")),
+                "{}",
+                e.msg
+            );
+        }
+    }
+
+    #[test]
+    fn v1_and_v2_files() {
+        let all = [
+            Property::MemoryMax(Some(100)),
+            Property::MemorySwapMax(Some(50)),
+        ];
+        assert_eq!(
+            writes(&all[1], false, &all).unwrap(),
+            vec![("memory.memsw.limit_in_bytes", "150".to_string())]
+        );
+        assert_eq!(
+            writes(&Property::CpuWeight(100), false, &[]).unwrap(),
+            vec![("cpu.shares", "1024".to_string())]
+        );
+        assert_eq!(
+            writes(&Property::CpuQuota(50), true, &[]).unwrap(),
+            vec![("cpu.max", "50000 100000".to_string())]
+        );
+        assert!(writes(&Property::MemoryHigh(None), false, &[]).is_err());
+    }
+}
