@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ns_tests::{assert_no_leak, cgroups_of_monitor, mount_points, ns_run, run_cmd, Tree};
+use ns_tests::{
+    assert_journals_collected, assert_no_leak, cgroups_of_monitor, mount_points, ns_run, run_cmd,
+    ForgetJournal, Tree,
+};
 
 fn cmd(t: &Tree, opts: &[&str], script: &str) -> Command {
     let mut c = ns_run();
@@ -205,4 +208,28 @@ fn walk_cgroups() -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn a_killed_monitors_cgroups_are_collected_by_the_next_run() {
+    let t = Tree::rootfs("res-killed");
+    let r = ns_tests::spawn_until(
+        cmd(
+            &t,
+            &["--property=TasksMax=50"],
+            "echo ready; exec sleep 100",
+        ),
+        "ready",
+    );
+    let monitor = r.pid();
+    let _journal = ForgetJournal(monitor);
+    let cgroups = cgroups_of_monitor(monitor);
+    assert!(!cgroups.is_empty(), "no cgroup journaled");
+    r.signal(libc::SIGKILL);
+    let _ = r.wait();
+    let left = ns_tests::wait_no_procs_in(t.path(), std::time::Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    assert_journals_collected(t.path(), &[monitor]);
+    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
 }

@@ -1,7 +1,8 @@
-//! The container's own cgroup: created by the monitor on the host in every mounted hierarchy
-//! (each v1 controller, name=systemd, cgroup2), joined by the chain's first process before
-//! ns-enter unshares the cgroup namespace (so the namespace is rooted there), and removed
-//! after exit. A booted init gets the hierarchies systemd manages delegated under -U.
+//! The container's own cgroup (-b, --property): created by the monitor on the host in every
+//! mounted hierarchy (each v1 controller, name=systemd, cgroup2), joined by the chain's first
+//! process before ns-enter unshares the cgroup namespace (so the namespace is rooted there),
+//! and removed after exit. A booted init gets the hierarchies systemd manages delegated
+//! under -U.
 
 use std::path::{Path, PathBuf};
 

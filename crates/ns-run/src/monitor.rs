@@ -76,11 +76,12 @@ pub fn run(state: &State) -> Result<i32> {
             ns_enter::userns::shift_tree(&m.root, base)?;
         }
     }
-    // The container's own cgroups, joined by the child before ns-enter creates the cgroup
-    // namespace, so that a booted init finds a subtree of its own. A user without root has
-    // none (it may not create cgroups), unless it boots, which needs them.
+    // The container's own cgroups (-b, --property), joined by the child before ns-enter
+    // creates the cgroup namespace, so that a booted init finds a subtree of its own. Not for
+    // every container: the first cgroup.procs write waits out an RCU grace period (~3.5 ms
+    // here, more than the rest of a start; see README "Resource control").
     let mut cleanup = host::Cleanup::new(&m.root);
-    let cgroups = if ns_core::paths::host_root() || m.cgroups.is_some() {
+    let cgroups = if m.cgroups.is_some() || !state.monitor.properties.is_empty() {
         ns_enter::cgroups::create(
             m.cgroups.as_ref().map(|c| c.layout),
             &format!("{}-{}", state.machine, std::process::id()),
