@@ -233,3 +233,23 @@ fn a_killed_monitors_cgroups_are_collected_by_the_next_run() {
     let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
+
+#[test]
+fn an_oom_killed_payload_is_reported_and_gives_137() {
+    let t = Tree::rootfs("res-oom1");
+    for extra in [&[][..], &["-a"][..]] {
+        let mut opts = vec!["--property=MemoryMax=32M", "--property=MemorySwapMax=0"];
+        opts.extend_from_slice(extra);
+        let mut c = ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg()])
+            .args(&opts)
+            .args(["tail", "/dev/zero"]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 137, "{extra:?}: {out}");
+        assert_eq!(
+            out.stderr, "ns-run: the container was killed by the OOM killer (its memory limit)\n",
+            "{extra:?}: {out}"
+        );
+    }
+}

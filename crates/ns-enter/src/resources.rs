@@ -5,6 +5,8 @@
 //! neither offers is an error naming it, never dropped. Values are checked when the plan is
 //! made, so bad input fails before anything is created.
 
+use std::path::PathBuf;
+
 use crate::cgroups::Cgroup;
 use ns_core::state::Property;
 use ns_core::{Context, Error, Result};
@@ -219,6 +221,30 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many processes the OOM killer killed in the container's memory cgroup (v2
+/// memory.events, v1 memory.oom_control; both count the whole subtree).
+pub fn oom_kills(cgroups: &[Cgroup]) -> u64 {
+    let count = |file: PathBuf| {
+        std::fs::read_to_string(file).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    cgroups
+        .iter()
+        .filter_map(|c| {
+            if c.v2 {
+                count(c.dir.join("memory.events"))
+            } else if c.options.split(',').any(|o| o == "memory") {
+                count(c.dir.join("memory.oom_control"))
+            } else {
+                None
+            }
+        })
+        .sum()
 }
 
 #[cfg(test)]

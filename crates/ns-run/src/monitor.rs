@@ -169,6 +169,13 @@ pub fn run(state: &State) -> Result<i32> {
                 // The monitor cannot go on: the container must not outlive it.
                 monitor.kill_and_reap();
             }
+            // Killed (137) while nobody asked for it, and the OOM killer was at work there.
+            if matches!(code, Ok(137))
+                && monitor.requests == 0
+                && ns_enter::resources::oom_kills(&cgroups) > 0
+            {
+                eprintln!("{STAGE}: the container was killed by the OOM killer (its memory limit)");
+            }
             monitor.release_network(zone);
             monitor.cleanup.run(Some(&lock));
             drop(range);
