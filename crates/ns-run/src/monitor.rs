@@ -78,7 +78,7 @@ pub fn run(state: &State) -> Result<i32> {
     }
     // The container's own cgroups (-b, --property), joined by the child before ns-enter
     // creates the cgroup namespace, so that a booted init finds a subtree of its own. Not for
-    // every container: the first cgroup.procs write waits out an RCU grace period (~3.5 ms
+    // every container: the first cgroup.procs write waits out an RCU grace period (~3 ms
     // here, more than the rest of a start; see README "Resource control").
     let mut cleanup = host::Cleanup::new(&m.root);
     let cgroups = if m.cgroups.is_some() || !state.monitor.properties.is_empty() {
