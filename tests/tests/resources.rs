@@ -253,3 +253,39 @@ fn an_oom_killed_payload_is_reported_and_gives_137() {
         );
     }
 }
+
+#[test]
+fn sigterm_during_startup_leaves_no_cgroup() {
+    // Stopped at every moment of its start (and so, sometimes, killed by SIGTERM before it
+    // blocks signals): what a monitor did not remove itself, the next run collects.
+    let t = Tree::rootfs("res-race");
+    for i in 0..60u64 {
+        let mut c = ns_run();
+        t.tag(&mut c).args([
+            "-q",
+            "-M",
+            "resrace",
+            "-D",
+            t.arg(),
+            "--property=TasksMax=50",
+            "sleep",
+            "100",
+        ]);
+        let r = ns_tests::spawn(c, None);
+        std::thread::sleep(std::time::Duration::from_micros((i % 30) * 200));
+        r.signal(libc::SIGTERM);
+        assert!(
+            r.wait_for(std::time::Duration::from_secs(5)).is_ok(),
+            "hung"
+        );
+    }
+    let left = ns_tests::wait_no_procs_in(t.path(), std::time::Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    let out = run_cmd(cmd(&t, &["-M", "resrace"], "true"), None);
+    assert_eq!(out.code, 0, "{out}");
+    let left: Vec<_> = walk_cgroups()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/ns-run-resrace-"))
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}

@@ -132,7 +132,12 @@ pub struct Cgroup {
 /// an `owner` (container root on the host, under -U), the hierarchies systemd manages are
 /// delegated to it as nspawn does: the directory and its control files are chowned, so that
 /// the guest's init may create and fill cgroups below.
-pub fn create(layout: Option<CgroupLayout>, name: &str, owner: Option<u32>) -> Result<Vec<Cgroup>> {
+pub fn create(
+    layout: Option<CgroupLayout>,
+    name: &str,
+    owner: Option<u32>,
+    journal: &mut dyn FnMut(&Path) -> Result<()>,
+) -> Result<Vec<Cgroup>> {
     let hs = hierarchies();
     let delegated = layout.map(|l| own_hierarchies(&hs, l)).unwrap_or_default();
     let mut made: Vec<Cgroup> = Vec::new();
@@ -143,7 +148,10 @@ pub fn create(layout: Option<CgroupLayout>, name: &str, owner: Option<u32>) -> R
         if dir.exists() {
             remove(&dir); // left by a killed monitor of the same machine
         }
-        let r = std::fs::create_dir(&dir).ctx(|| format!("cannot create cgroup {}", dir.display()));
+        // Journaled before it exists: a monitor killed right after still has it collected.
+        let r = journal(&dir).and_then(|()| {
+            std::fs::create_dir(&dir).ctx(|| format!("cannot create cgroup {}", dir.display()))
+        });
         if r.is_ok() {
             made.push(Cgroup {
                 dir: dir.clone(),
@@ -158,7 +166,9 @@ pub fn create(layout: Option<CgroupLayout>, name: &str, owner: Option<u32>) -> R
                 _ => Ok(()),
             });
         if let Err(e) = r {
-            made.iter().for_each(|c| remove(&c.dir));
+            made.iter().for_each(|c| {
+                remove(&c.dir);
+            });
             return Err(e);
         }
     }
@@ -215,7 +225,9 @@ pub fn join(cgroups: &[Cgroup]) -> Result<()> {
 }
 
 /// Remove a cgroup and the ones the guest made below it, deepest first.
-pub fn remove(dir: &Path) {
+/// Returns whether it is gone. Processes of a dying PID namespace may still be leaving it
+/// (EBUSY) after PID 1 was reaped: retried for up to a second.
+pub fn remove(dir: &Path) -> bool {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -223,5 +235,15 @@ pub fn remove(dir: &Path) {
             }
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    for _ in 0..100 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(_) => return false,
+        }
+    }
+    false
 }

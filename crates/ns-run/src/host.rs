@@ -127,25 +127,31 @@ impl Cleanup {
             return;
         };
         // The container's cgroups are its alone: always removed now.
+        let mut gone = true;
         for e in self.entries.iter().filter(|e| e.cgroup) {
-            ns_enter::cgroups::remove(&e.path);
+            gone &= ns_enter::cgroups::remove(&e.path);
         }
         if lock.is_some_and(|l| !l.sole_user()) {
             return;
         }
-        remove_all(&self.entries);
-        let _ = std::fs::remove_file(journal);
+        if remove_all(&self.entries) && gone {
+            let _ = std::fs::remove_file(journal);
+        }
     }
 }
 
-fn remove_all(entries: &[Entry]) {
+/// Remove what `entries` name, last first; returns false when a cgroup could not be removed
+/// (still busy), so that the journal stays for the next ns-run.
+fn remove_all(entries: &[Entry]) -> bool {
+    let mut done = true;
     for e in entries.iter().rev() {
         if e.cgroup {
-            ns_enter::cgroups::remove(&e.path);
+            done &= ns_enter::cgroups::remove(&e.path);
             continue;
         }
         remove_no_symlinks(&e.path, e.recursive);
     }
+    done
 }
 
 /// Remove `path` (a created mount point, or a work directory when `recursive`) only if no
@@ -211,8 +217,9 @@ pub fn collect_stale() {
         if entries.iter().any(|e| !sole_user_of(&e.root)) {
             continue; // a container still runs on that tree
         }
-        remove_all(&entries);
-        let _ = std::fs::remove_file(f.path());
+        if remove_all(&entries) {
+            let _ = std::fs::remove_file(f.path());
+        }
     }
 }
 

@@ -86,13 +86,11 @@ pub fn run(state: &State) -> Result<i32> {
             m.cgroups.as_ref().map(|c| c.layout),
             &format!("{}-{}", state.machine, std::process::id()),
             container_root(state),
+            &mut |dir| cleanup.add_cgroup(dir.to_path_buf()),
         )?
     } else {
         Vec::new()
     };
-    for c in &cgroups {
-        cleanup.add_cgroup(c.dir.clone())?;
-    }
     if let Err(e) = ns_enter::resources::apply(&state.monitor.properties, &cgroups) {
         cleanup.run(Some(&lock));
         return Err(e);
