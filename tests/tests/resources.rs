@@ -289,3 +289,45 @@ fn sigterm_during_startup_leaves_no_cgroup() {
         .collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
+
+#[test]
+fn device_policy_closed_refuses_device_nodes_and_device_allow_lets_one_through() {
+    // Nodes a container made while it had no policy (on the tree, so that they stay):
+    // loop-control (c 10:237) and loop0 (b 7:0), both harmless to open.
+    let t = Tree::rootfs("res-dev");
+    let made = run_cmd(cmd(&t, &[], "mknod /lc c 10 237 && mknod /blk b 7 0"), None);
+    assert_eq!(made.code, 0, "{made}");
+    let probe = "for n in lc blk; do \
+                   if cat /$n 2>&1 | grep -q 'not permitted'; then echo $n=denied; \
+                   else echo $n=open; fi; \
+                 done; \
+                 mknod /new c 10 237 2>/dev/null && echo mknod=ok || echo mknod=denied; \
+                 rm -f /new; (echo x > /dev/null) 2>/dev/null && echo null=ok || echo null=denied";
+    let probe_with = |opts: &[&str]| {
+        let out = run_cmd(cmd(&t, opts, probe), None);
+        assert_eq!(out.code, 0, "{opts:?}: {out}");
+        out.stdout
+    };
+    assert_eq!(
+        probe_with(&[]),
+        "lc=open\nblk=open\nmknod=ok\nnull=ok\n",
+        "no policy: what nspawn gives without its unit"
+    );
+    assert_eq!(
+        probe_with(&["--property=DevicePolicy=closed"]),
+        "lc=denied\nblk=denied\nmknod=denied\nnull=ok\n"
+    );
+    assert_eq!(
+        probe_with(&["--property=DeviceAllow=/dev/loop-control rwm"]),
+        "lc=open\nblk=denied\nmknod=ok\nnull=ok\n",
+        "DeviceAllow alone: auto, so closed plus the rule"
+    );
+    assert_eq!(
+        probe_with(&[
+            "--property=DeviceAllow=block-loop r",
+            "--property=DevicePolicy=strict"
+        ]),
+        "lc=denied\nblk=open\nmknod=denied\nnull=denied\n",
+        "strict: not even /dev/null"
+    );
+}

@@ -448,6 +448,10 @@ pub enum Property {
     AllowedCpus(String),
     AllowedMemoryNodes(String),
     IoWeight(u64),
+    /// `auto`, `closed` or `strict`.
+    DevicePolicy(String),
+    /// A rule as the v1 devices controller takes it: `c 136:* rw`.
+    DeviceAllow(String),
 }
 
 /// `--console=` resolved (autopipe becomes interactive or pipe).

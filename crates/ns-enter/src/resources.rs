@@ -44,6 +44,11 @@ pub fn parse(v: &str) -> Result<Property> {
         "AllowedCPUs" => Property::AllowedCpus(cpu_list(value).map_err(|w| bad(&w))?),
         "AllowedMemoryNodes" => Property::AllowedMemoryNodes(cpu_list(value).map_err(|w| bad(&w))?),
         "IOWeight" => Property::IoWeight(ranged(1, 10000)?),
+        "DevicePolicy" => match value {
+            "auto" | "closed" | "strict" => Property::DevicePolicy(value.into()),
+            _ => return Err(bad("not one of auto, closed, strict")),
+        },
+        "DeviceAllow" => Property::DeviceAllow(device_rule(value).map_err(|w| bad(&w))?),
         _ => return Err(bad("unknown or unsupported property")),
     })
 }
@@ -84,6 +89,63 @@ fn bytes(v: &str) -> std::result::Result<Option<u64>, String> {
         .ok_or_else(|| "not a size (bytes, K, M, G, T, a percentage or infinity)".into())
 }
 
+/// `DeviceAllow=` as systemd takes it: a device node path on the host, `char-NAME` or
+/// `block-NAME` (a driver of /proc/devices, all its minors), then access `rwm` (default all).
+fn device_rule(v: &str) -> std::result::Result<String, String> {
+    let (spec, access) = v.split_once(char::is_whitespace).unwrap_or((v, "rwm"));
+    let access = access.trim();
+    if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
+        return Err("access is some of r, w, m".into());
+    }
+    let node = if let Some(rest) = spec
+        .strip_prefix("char-")
+        .map(|n| ('c', n, "Character devices:"))
+        .or_else(|| {
+            spec.strip_prefix("block-")
+                .map(|n| ('b', n, "Block devices:"))
+        }) {
+        let (kind, name, section) = rest;
+        let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
+        let major = devices
+            .split("\n\n")
+            .filter(|s| s.starts_with(section))
+            .flat_map(|s| s.lines().skip(1))
+            .find_map(|l| {
+                let (maj, n) = l.trim().split_once(' ')?;
+                (n == name).then(|| maj.to_string())
+            })
+            .ok_or(format!("no {name} driver in /proc/devices"))?;
+        format!("{kind} {major}:*")
+    } else if spec.starts_with("/dev/") {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let md = std::fs::metadata(spec).map_err(|e| format!("{spec}: {e}"))?;
+        let kind = match md.file_type() {
+            t if t.is_char_device() => 'c',
+            t if t.is_block_device() => 'b',
+            _ => return Err(format!("{spec} is not a device node")),
+        };
+        let rdev = md.rdev();
+        format!("{kind} {}:{}", libc::major(rdev), libc::minor(rdev))
+    } else {
+        return Err("not a /dev path, char-NAME or block-NAME".into());
+    };
+    Ok(format!("{node} {access}"))
+}
+
+/// What `DevicePolicy=closed` (and `auto` once a `DeviceAllow=` is given) lets through: the
+/// standard pseudo devices, as systemd, plus what nspawn's unit adds (ptys, /dev/net/tun).
+const STANDARD_DEVICES: &[&str] = &[
+    "c 1:3 rwm",    // null
+    "c 1:5 rwm",    // zero
+    "c 1:7 rwm",    // full
+    "c 1:8 rwm",    // random
+    "c 1:9 rwm",    // urandom
+    "c 5:0 rwm",    // tty
+    "c 5:2 rwm",    // ptmx
+    "c 136:* rw",   // pts
+    "c 10:200 rwm", // net/tun
+];
+
 /// A CPU or node list as the kernel takes it (`0-3,6`); spaces are separators too.
 fn cpu_list(v: &str) -> std::result::Result<String, String> {
     let items: Vec<&str> = v.split([',', ' ']).filter(|s| !s.is_empty()).collect();
@@ -112,6 +174,8 @@ fn name(p: &Property) -> &'static str {
         Property::AllowedCpus(_) => "AllowedCPUs",
         Property::AllowedMemoryNodes(_) => "AllowedMemoryNodes",
         Property::IoWeight(_) => "IOWeight",
+        Property::DevicePolicy(_) => "DevicePolicy",
+        Property::DeviceAllow(_) => "DeviceAllow",
     }
 }
 
@@ -122,6 +186,7 @@ fn controller(p: &Property) -> &'static str {
         Property::CpuQuota(_) | Property::CpuWeight(_) | Property::CpuShares(_) => "cpu",
         Property::AllowedCpus(_) | Property::AllowedMemoryNodes(_) => "cpuset",
         Property::IoWeight(_) => "io",
+        Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
     }
 }
 
@@ -174,6 +239,33 @@ fn writes(p: &Property, v2: bool, all: &[Property]) -> Result<Vec<(&'static str,
         (Property::IoWeight(w), false) => {
             vec![("blkio.weight", (w * 500 / 100).clamp(10, 1000).to_string())]
         }
+        (Property::DevicePolicy(_) | Property::DeviceAllow(_), true) => {
+            return Err(Error::setup(format!(
+                "--property={}: cgroup2 filters devices with eBPF, which ns-run does not do yet",
+                name(p)
+            )))
+        }
+        // Only the last policy acts; `auto` restricts only once a DeviceAllow= is given.
+        (Property::DevicePolicy(policy), false) => {
+            let last = all.iter().rev().find_map(|p| match p {
+                Property::DevicePolicy(l) => Some(l),
+                _ => None,
+            });
+            let allows = all.iter().any(|p| matches!(p, Property::DeviceAllow(_)));
+            match policy.as_str() {
+                _ if last != Some(policy) => vec![],
+                "auto" if !allows => vec![],
+                "strict" => vec![("devices.deny", "a".into())],
+                _ => std::iter::once(("devices.deny", "a".to_string()))
+                    .chain(
+                        STANDARD_DEVICES
+                            .iter()
+                            .map(|r| ("devices.allow", r.to_string())),
+                    )
+                    .collect(),
+            }
+        }
+        (Property::DeviceAllow(rule), false) => vec![("devices.allow", rule.clone())],
     })
 }
 
@@ -183,9 +275,23 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
     let v2_controllers = v2
         .and_then(|c| std::fs::read_to_string(c.dir.join("cgroup.controllers")).ok())
         .unwrap_or_default();
-    // v1 takes memory+swap only above the memory limit: the memory limit goes first.
+    // v1 takes memory+swap only above the memory limit: the memory limit goes first. The
+    // device policy (deny all, then the standard set) goes before the rules it lets through;
+    // DeviceAllow= alone means `auto`.
+    let auto = Property::DevicePolicy("auto".into());
     let mut ordered: Vec<&Property> = props.iter().collect();
-    ordered.sort_by_key(|p| !matches!(p, Property::MemoryMax(_)));
+    if props.iter().any(|p| matches!(p, Property::DeviceAllow(_)))
+        && !props.iter().any(|p| matches!(p, Property::DevicePolicy(_)))
+    {
+        ordered.push(&auto);
+    }
+    ordered.sort_by_key(|p| match p {
+        Property::MemoryMax(_) => 0,
+        Property::DevicePolicy(_) => 1,
+        Property::DeviceAllow(_) => 2,
+        _ => 3,
+    });
+    let with_auto: Vec<Property> = ordered.iter().map(|p| (*p).clone()).collect();
     for p in ordered {
         let ctl = controller(p);
         let v1_name = if ctl == "io" { "blkio" } else { ctl };
@@ -201,7 +307,7 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
                 name(p)
             )));
         };
-        for (file, value) in writes(p, cg.v2, props)? {
+        for (file, value) in writes(p, cg.v2, &with_auto)? {
             let path = cg.dir.join(file);
             if !path.exists() {
                 // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
@@ -262,6 +368,10 @@ mod tests {
             Property::MemoryMax(None)
         );
         assert_eq!(parse("TasksMax=20").unwrap(), Property::TasksMax(Some(20)));
+        assert_eq!(
+            parse("DeviceAllow=/dev/null r").unwrap(),
+            Property::DeviceAllow("c 1:3 r".into())
+        );
         assert_eq!(parse("CPUQuota=50%").unwrap(), Property::CpuQuota(50));
         assert_eq!(
             parse("AllowedCPUs=0-1 3").unwrap(),
@@ -275,6 +385,10 @@ mod tests {
             "AllowedCPUs=3-1",
             "Bogus=1",
             "MemoryMax",
+            "DevicePolicy=open",
+            "DeviceAllow=/etc/passwd",
+            "DeviceAllow=/dev/null x",
+            "DeviceAllow=char-nosuchdriver",
         ] {
             let e = parse(bad).unwrap_err();
             assert!(
