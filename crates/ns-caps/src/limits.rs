@@ -66,31 +66,7 @@ pub fn parse_oom_score_adjust(v: &str) -> Result<i32> {
 
 /// A CPU list: numbers and ranges (`0-3`) separated by commas or spaces.
 pub fn parse_cpu_list(v: &str) -> Result<Vec<usize>> {
-    let bad = |why: &str| Error::invalid("--cpu-affinity", v, why);
-    let max = nix::sched::CpuSet::count();
-    let mut cpus = Vec::new();
-    for item in v.split([',', ' ']).filter(|s| !s.is_empty()) {
-        let num = |s: &str| {
-            s.parse::<usize>()
-                .ok()
-                .filter(|&n| n < max)
-                .ok_or_else(|| bad(&format!("{s} is not a CPU number below {max}")))
-        };
-        let (a, b) = match item.split_once('-') {
-            Some((a, b)) => (num(a)?, num(b)?),
-            None => (num(item)?, num(item)?),
-        };
-        if a > b {
-            return Err(bad(&format!("{item} is an empty range")));
-        }
-        cpus.extend(a..=b);
-    }
-    if cpus.is_empty() {
-        return Err(bad("no CPU given"));
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
+    ns_core::cpus::parse(v).map_err(|why| Error::invalid("--cpu-affinity", v, &why))
 }
 
 /// The personalities this (x86-64) host can run, by nspawn's names, and their
@@ -134,7 +110,7 @@ pub fn apply(plan: &ns_core::state::ExecPlan) -> Result<()> {
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).ctx(|| {
             format!(
                 "--cpu-affinity={}: cannot set the CPU affinity",
-                cpu_list(&plan.cpu_affinity)
+                ns_core::cpus::format(&plan.cpu_affinity)
             )
         })?;
     }
@@ -171,17 +147,15 @@ pub fn to_flags(plan: &ns_core::state::ExecPlan) -> Vec<String> {
         out.push(format!("--oom-score-adjust={n}"));
     }
     if !plan.cpu_affinity.is_empty() {
-        out.push(format!("--cpu-affinity={}", cpu_list(&plan.cpu_affinity)));
+        out.push(format!(
+            "--cpu-affinity={}",
+            ns_core::cpus::format(&plan.cpu_affinity)
+        ));
     }
     if let Some(p) = &plan.personality {
         out.push(format!("--personality={p}"));
     }
     out
-}
-
-fn cpu_list(cpus: &[usize]) -> String {
-    let v: Vec<String> = cpus.iter().map(usize::to_string).collect();
-    v.join(",")
 }
 
 #[cfg(test)]

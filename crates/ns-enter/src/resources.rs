@@ -146,19 +146,9 @@ const STANDARD_DEVICES: &[&str] = &[
     "c 10:200 rwm", // net/tun
 ];
 
-/// A CPU or node list as the kernel takes it (`0-3,6`); spaces are separators too.
+/// A CPU or node list, written back as the kernel takes it (`0-3,6`).
 fn cpu_list(v: &str) -> std::result::Result<String, String> {
-    let items: Vec<&str> = v.split([',', ' ']).filter(|s| !s.is_empty()).collect();
-    let ok = !items.is_empty()
-        && items.iter().all(|i| {
-            let (a, b) = i.split_once('-').unwrap_or((i, i));
-            matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if a <= b)
-        });
-    if ok {
-        Ok(items.join(","))
-    } else {
-        Err("not a list of numbers and ranges".into())
-    }
+    ns_core::cpus::parse(v).map(|ids| ns_core::cpus::format(&ids))
 }
 
 /// The property's name as the user wrote it (for errors).
