@@ -18,12 +18,25 @@ fn in_user_namespace() -> bool {
         .unwrap_or(false)
 }
 
-/// Is ns-run process `pid` still running? Host-side state named by a monitor's pid (cleanup
-/// journals, notify sockets, template copies) is stale once it is not. The name is checked
-/// too, so that a reused pid does not keep stale state alive (it is removed a start later).
-pub fn monitor_alive(pid: &str) -> bool {
-    pid.parse::<u32>().is_ok()
-        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ns-run")
+/// The entries of `dir` named `PREFIX<pid>` whose ns-run is gone: host-side state named by a
+/// monitor's pid (cleanup journals, notify sockets, template copies) is stale then. The
+/// process name is checked too, so that a reused pid does not keep stale state alive (it
+/// goes a start later).
+pub fn of_dead_monitors(dir: &std::path::Path, prefix: &str) -> Vec<PathBuf> {
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ns-run")
+    };
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(prefix)
+                .is_some_and(|pid| pid.parse::<u32>().is_ok() && !alive(pid))
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// The state directory, created if needed.

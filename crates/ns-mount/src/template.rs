@@ -45,17 +45,10 @@ pub fn instantiate(template: &Path, dir: &Path) -> Result<bool> {
 
 /// Remove copies of a template into `dir` left by ns-runs that were killed (named by pid).
 fn sweep_dead_copies(dir: &Path, name: &str) {
-    let prefix = format!(".#{name}.ns-run-");
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    let entries = std::fs::read_dir(parent.unwrap_or(Path::new(".")));
-    for e in entries.into_iter().flatten().flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        if file
-            .strip_prefix(&prefix)
-            .is_some_and(|pid| pid.parse::<u32>().is_ok() && !ns_core::paths::monitor_alive(pid))
-        {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
+    let prefix = format!(".#{name}.ns-run-");
+    for p in ns_core::paths::of_dead_monitors(parent.unwrap_or(Path::new(".")), &prefix) {
+        let _ = std::fs::remove_dir_all(p);
     }
 }
 

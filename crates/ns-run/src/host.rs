@@ -127,31 +127,34 @@ impl Cleanup {
             return;
         };
         // The container's cgroups are its alone: always removed now.
-        let mut gone = true;
-        for e in self.entries.iter().filter(|e| e.cgroup) {
-            gone &= ns_enter::cgroups::remove(&e.path);
-        }
+        let gone = remove_cgroups(&self.entries);
         if lock.is_some_and(|l| !l.sole_user()) {
             return;
         }
-        if remove_all(&self.entries) && gone {
+        remove_paths(&self.entries);
+        if gone {
             let _ = std::fs::remove_file(journal);
         }
     }
 }
 
-/// Remove what `entries` name, last first; returns false when a cgroup could not be removed
-/// (still busy), so that the journal stays for the next ns-run.
-fn remove_all(entries: &[Entry]) -> bool {
-    let mut done = true;
-    for e in entries.iter().rev() {
-        if e.cgroup {
-            done &= ns_enter::cgroups::remove(&e.path);
-            continue;
-        }
+/// Remove the cgroups `entries` name; false when one could not be removed (still busy), so
+/// that the journal stays for the next ns-run.
+fn remove_cgroups(entries: &[Entry]) -> bool {
+    entries
+        .iter()
+        .filter(|e| e.cgroup)
+        .map(|e| ns_enter::cgroups::remove(&e.path)) // every one tried
+        .filter(|gone| !gone)
+        .count()
+        == 0
+}
+
+/// Remove the paths `entries` name (not cgroups), last first.
+fn remove_paths(entries: &[Entry]) {
+    for e in entries.iter().rev().filter(|e| !e.cgroup) {
         remove_no_symlinks(&e.path, e.recursive);
     }
-    done
 }
 
 /// Remove `path` (a created mount point, or a work directory when `recursive`) only if no
@@ -191,25 +194,13 @@ fn remove_no_symlinks(path: &Path, recursive: bool) {
 }
 
 /// Remove what dead monitors left behind (killed before they could clean up): what their
-/// cleanup journals list, and their notify sockets.
+/// cleanup journals list. (Their notify sockets go when the next socket is bound.)
 pub fn collect_stale() {
-    if let Ok(dir) = ns_core::paths::runtime_dir().map(|d| d.join("notify")) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.parse::<u32>().is_ok() && !ns_core::paths::monitor_alive(&name) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    let Ok(dir) = cleanup_dir().and_then(|d| std::fs::read_dir(d).ctx(String::new)) else {
+    let Ok(dir) = cleanup_dir() else {
         return;
     };
-    for f in dir.flatten() {
-        let name = f.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() || ns_core::paths::monitor_alive(&name) {
-            continue;
-        }
-        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+    for journal in ns_core::paths::of_dead_monitors(&dir, "") {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
         let entries: Vec<Entry> = text
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -217,8 +208,10 @@ pub fn collect_stale() {
         if entries.iter().any(|e| !sole_user_of(&e.root)) {
             continue; // a container still runs on that tree
         }
-        if remove_all(&entries) {
-            let _ = std::fs::remove_file(f.path());
+        let gone = remove_cgroups(&entries);
+        remove_paths(&entries);
+        if gone {
+            let _ = std::fs::remove_file(&journal);
         }
     }
 }
@@ -332,6 +325,10 @@ impl NotifySocket {
         use std::os::unix::fs::PermissionsExt;
         let dir = ns_core::paths::runtime_dir()?.join("notify");
         std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        // Sockets of monitors that were killed: collected here, off the path of other starts.
+        for p in ns_core::paths::of_dead_monitors(&dir, "") {
+            let _ = std::fs::remove_file(p);
+        }
         let path = dir.join(std::process::id().to_string());
         let _ = std::fs::remove_file(&path); // a dead monitor's, with our pid
         let socket = std::os::unix::net::UnixDatagram::bind(&path)
