@@ -55,9 +55,14 @@ fn properties_land_in_the_containers_cgroups_and_go_with_it() {
         "--property=CPUWeight=50",
         "--property=AllowedCPUs=0",
     ];
-    let r = ns_tests::spawn_until(cmd(&t, &opts, "echo ready; exec sleep 100"), "ready");
-    let cgroups = cgroups_of_monitor(r.pid());
-    let check = std::panic::catch_unwind(|| {
+    let mut opts = opts.to_vec();
+    opts.extend(["-M", "resfiles"]);
+    let mut cgroups = Vec::new();
+    ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
+        cgroups = walk_cgroups()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/ns-run-resfiles-"))
+            .collect();
         if v1_host() {
             // systemd's v1 mapping: limit and memory+swap, pids, CFS quota of a 100 ms
             // period, shares = weight * 1024 / 100, the cpuset.
@@ -93,12 +98,6 @@ fn properties_land_in_the_containers_cgroups_and_go_with_it() {
             cgroups[0].display()
         );
     });
-    r.signal(libc::SIGTERM);
-    let out = r.wait();
-    if let Err(p) = check {
-        std::panic::resume_unwind(p);
-    }
-    assert_eq!(out.code, 137, "{out}");
     let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
     assert_no_leak(t.path(), &before);

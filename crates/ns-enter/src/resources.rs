@@ -182,7 +182,7 @@ fn controller(p: &Property) -> &'static str {
 
 /// The files to write for `p` in cgroup2 (`v2`) or v1, in order. `all` gives the context
 /// (v1 swap is memory+swap, so it needs MemoryMax).
-fn writes(p: &Property, v2: bool, all: &[Property]) -> Result<Vec<(&'static str, String)>> {
+fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'static str, String)>> {
     let lim = |l: &Option<u64>, inf: &str| l.map_or(inf.to_string(), |n| n.to_string());
     let v1_only_v2 = || {
         Error::setup(format!(
@@ -281,8 +281,7 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
         Property::DeviceAllow(_) => 2,
         _ => 3,
     });
-    let with_auto: Vec<Property> = ordered.iter().map(|p| (*p).clone()).collect();
-    for p in ordered {
+    for &p in &ordered {
         let ctl = controller(p);
         let v1_name = if ctl == "io" { "blkio" } else { ctl };
         let target = match v2 {
@@ -297,7 +296,7 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
                 name(p)
             )));
         };
-        for (file, value) in writes(p, cg.v2, &with_auto)? {
+        for (file, value) in writes(p, cg.v2, &ordered)? {
             let path = cg.dir.join(file);
             if !path.exists() {
                 // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
@@ -396,7 +395,7 @@ mod tests {
             Property::MemorySwapMax(Some(50)),
         ];
         assert_eq!(
-            writes(&all[1], false, &all).unwrap(),
+            writes(&all[1], false, &[&all[0], &all[1]]).unwrap(),
             vec![("memory.memsw.limit_in_bytes", "150".to_string())]
         );
         assert_eq!(
