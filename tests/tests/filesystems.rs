@@ -779,9 +779,19 @@ fn killed_ephemeral_container_leaves_nothing() {
     let left = wait_no_procs_in(t.path(), Duration::from_secs(5));
     assert!(left.is_empty(), "processes left: {left:#?}");
     assert_mounts_unchanged(&before);
-    // All of it was on the scratch tmpfs: nothing to clean up, nothing journaled.
+    // All of it was on the scratch tmpfs: nothing to clean up on disk; only the container's
+    // cgroups were journaled, and the next run collects them.
     assert_snapshot_unchanged(t.base(), &all);
-    assert!(!cleanup_journal(monitor).exists());
+    let journal = std::fs::read_to_string(cleanup_journal(monitor)).unwrap_or_default();
+    assert!(
+        journal.lines().all(|l| l.contains(r#""cgroup":true"#)),
+        "{journal}"
+    );
+    let cgroups = ns_tests::cgroups_of_monitor(monitor);
+    assert!(!cgroups.is_empty(), "no cgroup journaled: {journal}");
+    ns_tests::assert_journals_collected(t.path(), &[monitor]);
+    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 
 // ---------------------------------------------------------------------------------------

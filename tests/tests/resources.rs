@@ -290,11 +290,18 @@ fn sigterm_during_startup_leaves_no_cgroup() {
 }
 
 #[test]
-fn device_policy_closed_refuses_device_nodes_and_device_allow_lets_one_through() {
-    // Nodes a container made while it had no policy (on the tree, so that they stay):
-    // loop-control (c 10:237) and loop0 (b 7:0), both harmless to open.
+fn the_default_device_policy_refuses_device_nodes_and_device_allow_lets_one_through() {
+    // Nodes made in the tree by a container allowed to (so that they stay): loop-control
+    // (c 10:237) and loop0 (b 7:0), both harmless to open.
     let t = Tree::rootfs("res-dev");
-    let made = run_cmd(cmd(&t, &[], "mknod /lc c 10 237 && mknod /blk b 7 0"), None);
+    let anything = [
+        "--property=DeviceAllow=char-* rwm",
+        "--property=DeviceAllow=block-* rwm",
+    ];
+    let made = run_cmd(
+        cmd(&t, &anything, "mknod /lc c 10 237 && mknod /blk b 7 0"),
+        None,
+    );
     assert_eq!(made.code, 0, "{made}");
     let probe = "for n in lc blk; do \
                    if cat /$n 2>&1 | grep -q 'not permitted'; then echo $n=denied; \
@@ -302,31 +309,152 @@ fn device_policy_closed_refuses_device_nodes_and_device_allow_lets_one_through()
                  done; \
                  mknod /new c 10 237 2>/dev/null && echo mknod=ok || echo mknod=denied; \
                  rm -f /new; (echo x > /dev/null) 2>/dev/null && echo null=ok || echo null=denied";
-    let probe_with = |opts: &[&str]| {
-        let out = run_cmd(cmd(&t, opts, probe), None);
-        assert_eq!(out.code, 0, "{opts:?}: {out}");
-        out.stdout
-    };
-    assert_eq!(
-        probe_with(&[]),
-        "lc=open\nblk=open\nmknod=ok\nnull=ok\n",
-        "no policy: what nspawn gives without its unit"
+    // The v1 devices controller (used where it is mounted, as here), then the eBPF program
+    // that cgroup2-only hosts get, forced.
+    for filter in ["auto", "ebpf"] {
+        let probe_with = |opts: &[&str]| {
+            let mut c = cmd(&t, opts, probe);
+            c.env("NS_RUN_DEVICE_FILTER", filter);
+            let out = run_cmd(c, None);
+            assert_eq!(out.code, 0, "{filter} {opts:?}: {out}");
+            out.stdout
+        };
+        let cases: &[(&[&str], &str, &str)] = &[
+            (
+                &[],
+                "lc=denied\nblk=denied\nmknod=denied\nnull=ok\n",
+                "nspawn's unit policy by default",
+            ),
+            (
+                &["--property=DevicePolicy=closed"],
+                "lc=denied\nblk=denied\nmknod=denied\nnull=ok\n",
+                "closed",
+            ),
+            (
+                &["--property=DeviceAllow=/dev/loop-control rwm"],
+                "lc=open\nblk=denied\nmknod=ok\nnull=ok\n",
+                "one node allowed",
+            ),
+            (
+                &["--bind-ro=/dev/loop-control:/mnt/lc"],
+                "lc=open\nblk=denied\nmknod=denied\nnull=ok\n",
+                "a bound node: read, no mknod",
+            ),
+            (
+                &[
+                    "--property=DeviceAllow=block-loop r",
+                    "--property=DevicePolicy=strict",
+                ],
+                "lc=denied\nblk=open\nmknod=denied\nnull=denied\n",
+                "strict: not even /dev/null",
+            ),
+            (
+                &anything,
+                "lc=open\nblk=open\nmknod=ok\nnull=ok\n",
+                "everything: what nspawn gives without its unit",
+            ),
+        ];
+        for (opts, want, why) in cases {
+            assert_eq!(probe_with(opts), *want, "{filter}: {why}");
+        }
+    }
+}
+
+/// The directories of every mounted hierarchy (v1 controllers, name=systemd, cgroup2).
+fn hierarchies() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - cgroup ") || l.contains(" - cgroup2 "))
+        .map(|l| PathBuf::from(l.split_whitespace().nth(4).unwrap()))
+        .collect()
+}
+
+#[test]
+fn every_container_gets_its_own_cgroup_in_every_hierarchy() {
+    let t = Tree::rootfs("res-own");
+    let mut cgroups = Vec::new();
+    ns_tests::while_running(
+        cmd(&t, &["-M", "resown"], "echo ready; exec sleep 100"),
+        || {
+            cgroups = walk_cgroups()
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains("/ns-run-resown-"))
+                .collect();
+            for h in hierarchies() {
+                let mine: Vec<_> = cgroups.iter().filter(|c| c.starts_with(&h)).collect();
+                assert_eq!(mine.len(), 1, "{}: {cgroups:?}", h.display());
+                // The payload is in it (cgroup2 through clone3, v1 through `tasks`).
+                let procs = read(mine[0], "cgroup.procs");
+                assert!(!procs.is_empty(), "nothing in {}", mine[0].display());
+            }
+        },
     );
-    assert_eq!(
-        probe_with(&["--property=DevicePolicy=closed"]),
-        "lc=denied\nblk=denied\nmknod=denied\nnull=ok\n"
+    assert!(!cgroups.is_empty());
+    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+#[test]
+fn slice_puts_the_cgroup_under_systemds_path_and_its_last_container_removes_it() {
+    let t = Tree::rootfs("res-slice");
+    let h = hierarchies();
+    let pids = h
+        .iter()
+        .find(|p| {
+            p.ends_with("pids")
+                || std::fs::read_to_string(p.join("cgroup.controllers"))
+                    .is_ok_and(|c| c.contains("pids"))
+        })
+        .expect("a hierarchy with pids");
+    let slice = pids.join("nstest.slice/nstest-a.slice");
+    assert!(
+        !pids.join("nstest.slice").exists(),
+        "left by an earlier run"
     );
-    assert_eq!(
-        probe_with(&["--property=DeviceAllow=/dev/loop-control rwm"]),
-        "lc=open\nblk=denied\nmknod=ok\nnull=ok\n",
-        "DeviceAllow alone: auto, so closed plus the rule"
+    // Two containers in the slice: the first to leave keeps it for the second.
+    let inner = cmd(
+        &t,
+        &["-S", "nstest-a", "-M", "slice2", "--read-only"],
+        "echo ready; exec sleep 100",
     );
-    assert_eq!(
-        probe_with(&[
-            "--property=DeviceAllow=block-loop r",
-            "--property=DevicePolicy=strict"
-        ]),
-        "lc=denied\nblk=open\nmknod=denied\nnull=denied\n",
-        "strict: not even /dev/null"
+    ns_tests::while_running(inner, || {
+        let outer = run_cmd(
+            cmd(
+                &t,
+                &[
+                    "--slice=nstest-a.slice",
+                    "--property=TasksMax=33",
+                    "--read-only",
+                    "-M",
+                    "slice1",
+                ],
+                "cat /proc/self/cgroup",
+            ),
+            None,
+        );
+        assert_eq!(outer.code, 0, "{outer}");
+        let mine: Vec<_> = std::fs::read_dir(&slice)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ns-run-"))
+            .collect();
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert!(mine[0].starts_with("ns-run-slice2-"), "{mine:?}");
+    });
+    assert!(
+        !pids.join("nstest.slice").exists(),
+        "the slice outlived its containers"
     );
+    for bad in ["-a.slice", "a--b", "x/y", ""] {
+        let mut c = cmd(&t, &["-S", bad], "true");
+        c.env_remove("NS_DEBUG");
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 125, "{bad}: {out}");
+        assert!(
+            out.stderr.starts_with(&format!("ns-run: --slice={bad}: ")),
+            "{out}"
+        );
+    }
 }

@@ -430,6 +430,10 @@ pub struct MonitorPlan {
     /// `--property=`: written into the container's cgroups before it starts.
     #[serde(default)]
     pub properties: Vec<Property>,
+    /// `-S/--slice=`: the container's cgroup goes under this path (`a.slice/a-b.slice`) from
+    /// each hierarchy's root, instead of beside the monitor's cgroup.
+    #[serde(default)]
+    pub slice: Option<String>,
 }
 
 /// A `--property=` (systemd's names), parsed by ns-enter::resources. Limits: None is

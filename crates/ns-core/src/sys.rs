@@ -44,6 +44,144 @@ pub fn clone_parent() -> nix::Result<Forked> {
     }
 }
 
+/// clone3(CLONE_INTO_CGROUP): fork straight into the cgroup2 directory `cgroup`. Unlike a
+/// later write to cgroup.procs, this does not take the cgroup_threadgroup_rwsem for writing,
+/// whose RCU grace period costs milliseconds per start.
+pub fn fork_into_cgroup(cgroup: std::os::fd::BorrowedFd<'_>) -> nix::Result<Forked> {
+    use std::os::fd::AsRawFd;
+    /// struct clone_args (linux/sched.h), CLONE_ARGS_SIZE_VER2.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `args` lives across the call and its size is passed; no stack is given, so the
+    // child runs on a copy of ours, exactly as with fork; single-threaded as for `fork`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match Errno::result(r)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
+/// One eBPF instruction (struct bpf_insn): opcode, dst and src registers (4 bits each),
+/// offset, immediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct BpfInsn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+/// bpf(BPF_PROG_LOAD) of a BPF_PROG_TYPE_CGROUP_DEVICE program, then bpf(BPF_PROG_ATTACH) of
+/// it to the cgroup2 directory `cgroup` with BPF_F_ALLOW_MULTI (programs the guest attaches
+/// below also run). The attachment holds the program until the cgroup is removed; the
+/// returned error names which of the two calls failed.
+pub fn attach_device_program(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    insns: &[BpfInsn],
+) -> Result<(), (&'static str, Errno)> {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    /// The leading fields of union bpf_attr for BPF_PROG_LOAD (the rest stay zero).
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+    /// union bpf_attr for BPF_PROG_ATTACH.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgAttach {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+        replace_bpf_fd: u32,
+    }
+    let mut name = [0u8; 16];
+    name[..10].copy_from_slice(b"ns_devices");
+    let load = ProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: c"MIT OR Apache-2.0".as_ptr() as u64,
+        prog_name: name,
+        expected_attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    // SAFETY: `load` and what it points to (the instructions, the license string) live
+    // across the call, whose size argument is that of `load`; the result is a new fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &load as *const ProgLoad,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    let prog = own_fd(Errno::result(r).map_err(|e| ("BPF_PROG_LOAD", e))? as i32);
+    let attach = ProgAttach {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        ..Default::default()
+    };
+    // SAFETY: as above, for `attach`; both fds are open for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attach as *const ProgAttach,
+            std::mem::size_of::<ProgAttach>(),
+        )
+    };
+    Errno::result(r)
+        .map(drop)
+        .map_err(|e| ("BPF_PROG_ATTACH", e))
+}
+
 /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): every fd from `first` up closes at the next
 /// successful exec, and stays usable until then (so an exec failure can still be reported).
 pub fn cloexec_from(first: u32) -> nix::Result<()> {

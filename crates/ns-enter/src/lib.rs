@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroups;
+pub mod devices;
 pub mod resources;
 pub mod userns;
 

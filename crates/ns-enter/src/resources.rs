@@ -90,7 +90,8 @@ fn bytes(v: &str) -> std::result::Result<Option<u64>, String> {
 }
 
 /// `DeviceAllow=` as systemd takes it: a device node path on the host, `char-NAME` or
-/// `block-NAME` (a driver of /proc/devices, all its minors), then access `rwm` (default all).
+/// `block-NAME` (a driver of /proc/devices, all its minors; `*` for every driver), then
+/// access `rwm` (default all).
 fn device_rule(v: &str) -> std::result::Result<String, String> {
     let (spec, access) = v.split_once(char::is_whitespace).unwrap_or((v, "rwm"));
     let access = access.trim();
@@ -105,6 +106,9 @@ fn device_rule(v: &str) -> std::result::Result<String, String> {
                 .map(|n| ('b', n, "Block devices:"))
         }) {
         let (kind, name, section) = rest;
+        if name == "*" {
+            return Ok(format!("{kind} *:* {access}"));
+        }
         let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
         let major = devices
             .split("\n\n")
@@ -131,20 +135,6 @@ fn device_rule(v: &str) -> std::result::Result<String, String> {
     };
     Ok(format!("{node} {access}"))
 }
-
-/// What `DevicePolicy=closed` (and `auto` once a `DeviceAllow=` is given) lets through: the
-/// standard pseudo devices, as systemd, plus what nspawn's unit adds (ptys, /dev/net/tun).
-const STANDARD_DEVICES: &[&str] = &[
-    "c 1:3 rwm",    // null
-    "c 1:5 rwm",    // zero
-    "c 1:7 rwm",    // full
-    "c 1:8 rwm",    // random
-    "c 1:9 rwm",    // urandom
-    "c 5:0 rwm",    // tty
-    "c 5:2 rwm",    // ptmx
-    "c 136:* rw",   // pts
-    "c 10:200 rwm", // net/tun
-];
 
 /// A CPU or node list, written back as the kernel takes it (`0-3,6`).
 fn cpu_list(v: &str) -> std::result::Result<String, String> {
@@ -229,33 +219,8 @@ fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'static str
         (Property::IoWeight(w), false) => {
             vec![("blkio.weight", (w * 500 / 100).clamp(10, 1000).to_string())]
         }
-        (Property::DevicePolicy(_) | Property::DeviceAllow(_), true) => {
-            return Err(Error::setup(format!(
-                "--property={}: cgroup2 filters devices with eBPF, which ns-run does not do yet",
-                name(p)
-            )))
-        }
-        // Only the last policy acts; `auto` restricts only once a DeviceAllow= is given.
-        (Property::DevicePolicy(policy), false) => {
-            let last = all.iter().rev().find_map(|p| match p {
-                Property::DevicePolicy(l) => Some(l),
-                _ => None,
-            });
-            let allows = all.iter().any(|p| matches!(p, Property::DeviceAllow(_)));
-            match policy.as_str() {
-                _ if last != Some(policy) => vec![],
-                "auto" if !allows => vec![],
-                "strict" => vec![("devices.deny", "a".into())],
-                _ => std::iter::once(("devices.deny", "a".to_string()))
-                    .chain(
-                        STANDARD_DEVICES
-                            .iter()
-                            .map(|r| ("devices.allow", r.to_string())),
-                    )
-                    .collect(),
-            }
-        }
-        (Property::DeviceAllow(rule), false) => vec![("devices.allow", rule.clone())],
+        // Enforced as a whole by `devices::apply`.
+        (Property::DevicePolicy(_) | Property::DeviceAllow(_), _) => vec![],
     })
 }
 
@@ -266,21 +231,11 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
         .and_then(|c| std::fs::read_to_string(c.dir.join("cgroup.controllers")).ok())
         .unwrap_or_default();
     // v1 takes memory+swap only above the memory limit: the memory limit goes first. The
-    // device policy (deny all, then the standard set) goes before the rules it lets through;
-    // DeviceAllow= alone means `auto`.
-    let auto = Property::DevicePolicy("auto".into());
-    let mut ordered: Vec<&Property> = props.iter().collect();
-    if props.iter().any(|p| matches!(p, Property::DeviceAllow(_)))
-        && !props.iter().any(|p| matches!(p, Property::DevicePolicy(_)))
-    {
-        ordered.push(&auto);
-    }
-    ordered.sort_by_key(|p| match p {
-        Property::MemoryMax(_) => 0,
-        Property::DevicePolicy(_) => 1,
-        Property::DeviceAllow(_) => 2,
-        _ => 3,
-    });
+    // device properties act together, as one policy.
+    let (devices, mut ordered): (Vec<&Property>, Vec<&Property>) = props
+        .iter()
+        .partition(|p| matches!(p, Property::DevicePolicy(_) | Property::DeviceAllow(_)));
+    ordered.sort_by_key(|p| !matches!(p, Property::MemoryMax(_)));
     for &p in &ordered {
         let ctl = controller(p);
         let v1_name = if ctl == "io" { "blkio" } else { ctl };
@@ -315,7 +270,10 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
             })?;
         }
     }
-    Ok(())
+    match crate::devices::rules(&devices) {
+        Some(rules) => crate::devices::apply(&rules, cgroups),
+        None => Ok(()),
+    }
 }
 
 /// How many processes the OOM killer killed in the container's memory cgroup (v2

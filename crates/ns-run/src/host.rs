@@ -61,6 +61,10 @@ struct Entry {
     /// A cgroup: removed with the cgroups below it, deepest first.
     #[serde(default)]
     cgroup: bool,
+    /// A level of a `-S` slice this container made (shared with others): removed after the
+    /// cgroups, only while empty.
+    #[serde(default)]
+    slice: bool,
 }
 
 /// Paths to remove after the container, journaled as they are announced.
@@ -86,16 +90,18 @@ impl Cleanup {
             path,
             recursive,
             cgroup: false,
+            slice: false,
         })
     }
 
-    /// The container's own cgroup, made by the monitor.
-    pub fn add_cgroup(&mut self, path: PathBuf) -> Result<()> {
+    /// The container's own cgroup (or a level of its slice), made by the monitor.
+    pub fn add_cgroup(&mut self, path: PathBuf, slice: bool) -> Result<()> {
         self.journal(Entry {
             root: self.root.clone(),
             path,
             recursive: false,
             cgroup: true,
+            slice,
         })
     }
 
@@ -141,13 +147,18 @@ impl Cleanup {
 /// Remove the cgroups `entries` name; false when one could not be removed (still busy), so
 /// that the journal stays for the next ns-run.
 fn remove_cgroups(entries: &[Entry]) -> bool {
-    entries
+    let gone = entries
         .iter()
-        .filter(|e| e.cgroup)
+        .filter(|e| e.cgroup && !e.slice)
         .map(|e| ns_enter::cgroups::remove(&e.path)) // every one tried
         .filter(|gone| !gone)
         .count()
-        == 0
+        == 0;
+    // Slice levels, deepest first; one still holding another container's cgroup stays.
+    for e in entries.iter().rev().filter(|e| e.slice) {
+        let _ = std::fs::remove_dir(&e.path);
+    }
+    gone
 }
 
 /// Remove the paths `entries` name (not cgroups), last first.

@@ -16,7 +16,7 @@ use ns_core::state::{IdBase, NetPlan, RootMode, State, UserNs};
 
 use crate::{console, host};
 use ns_core::sync::{Msg, SyncSocket};
-use ns_core::sys::{fork, kill_raw, Forked};
+use ns_core::sys::{fork, fork_into_cgroup, kill_raw, Forked};
 use ns_core::{Context, Error, Result};
 
 const STAGE: &str = "ns-run";
@@ -76,48 +76,61 @@ pub fn run(state: &State) -> Result<i32> {
             ns_enter::userns::shift_tree(&m.root, base)?;
         }
     }
-    // The container's own cgroups (-b, --property), joined by the child before ns-enter
-    // creates the cgroup namespace, so that a booted init finds a subtree of its own. Not for
-    // every container: the first cgroup.procs write waits out an RCU grace period (~3 ms
-    // here, more than the rest of a start; see README "Resource control").
+    // The container's own cgroups (every container started by root: its device policy and
+    // --property limits live there), entered by the child before ns-enter creates the cgroup
+    // namespace, so that a booted init finds a subtree of its own. Anything failing from
+    // here to the fork removes what was made.
     let mut cleanup = host::Cleanup::new(&m.root);
-    let cgroups = if m.cgroups.is_some() || !state.monitor.properties.is_empty() {
-        ns_enter::cgroups::create(
-            m.cgroups.as_ref().map(|c| c.layout),
-            &format!("{}-{}", state.machine, std::process::id()),
-            container_root(state),
-            &mut |dir| cleanup.add_cgroup(dir.to_path_buf()),
-        )?
-    } else {
-        Vec::new()
+    let setup = (|| {
+        let cgroups = if m.cgroups.is_some() || !state.monitor.properties.is_empty() {
+            ns_enter::cgroups::create(
+                m.cgroups.as_ref().map(|c| c.layout),
+                &format!("{}-{}", state.machine, std::process::id()),
+                state.monitor.slice.as_deref(),
+                container_root(state),
+                &mut |dir, slice| cleanup.add_cgroup(dir.to_path_buf(), slice),
+            )?
+        } else {
+            Vec::new()
+        };
+        ns_enter::resources::apply(&state.monitor.properties, &cgroups)?;
+        let v2_dir = ns_enter::cgroups::v2_dir(&cgroups)?;
+        let state_fd = state.to_sealed_memfd()?;
+        let (sync, chain_end) = SyncSocket::pair()?;
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGWINCH,
+        ] {
+            mask.add(s);
+        }
+        let old = mask
+            .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+            .ctx(|| "cannot block signals".into())?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .ctx(|| "cannot create signalfd".into())?;
+        // Straight into cgroup2 (no cgroup.procs write); v1 is joined by the child.
+        let forked = match &v2_dir {
+            Some(dir) => fork_into_cgroup(dir.as_fd())
+                .ctx(|| "cannot fork into the container's cgroup2 directory".into())?,
+            None => fork().ctx(|| "cannot fork".into())?,
+        };
+        Ok((cgroups, state_fd, sync, chain_end, old, signals, forked))
+    })();
+    let (cgroups, state_fd, sync, chain_end, old, signals, forked) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            cleanup.run(Some(&lock));
+            return Err(e);
+        }
     };
-    if let Err(e) = ns_enter::resources::apply(&state.monitor.properties, &cgroups) {
-        cleanup.run(Some(&lock));
-        return Err(e);
-    }
-    let state_fd = state.to_sealed_memfd()?;
-    let (sync, chain_end) = SyncSocket::pair()?;
-
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGWINCH,
-    ] {
-        mask.add(s);
-    }
-    let old = mask
-        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
-        .ctx(|| "cannot block signals".into())?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .ctx(|| "cannot create signalfd".into())?;
-
     let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
-    match fork().ctx(|| "cannot fork".into())? {
+    match forked {
         Forked::Child => {
-            if let Err(e) = ns_enter::cgroups::join(&cgroups) {
+            if let Err(e) = ns_enter::cgroups::join_v1(&cgroups) {
                 fail(STAGE, &e)
             }
             let r = old

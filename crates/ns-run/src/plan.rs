@@ -1,7 +1,7 @@
 //! Policy: turn nspawn's options into the state the stages execute. Every decision is made
 //! here, before anything is created, so bad input fails with nothing to clean up.
 
-use ns_core::state::{Console, EnterPlan, MonitorPlan, State, STATE_VERSION};
+use ns_core::state::{Console, EnterPlan, MonitorPlan, MountOp, Source, State, STATE_VERSION};
 use ns_core::{Error, Result};
 
 use crate::cli::Cli;
@@ -19,7 +19,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
             "--suppress-sync",
             c.suppress_sync.as_deref().is_some_and(|v| !is_false(v)),
         ),
-        ("--slice", c.slice.is_some()),
         ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
@@ -66,6 +65,21 @@ pub fn console(c: &Cli) -> Result<Console> {
             "unknown console mode (autopipe, interactive, passive, pipe, read-only)",
         )),
     }
+}
+
+/// Device nodes bound in with `--bind`/`--bind-ro` and whether read-only: nspawn lets the
+/// container use them (r or rw, no mknod).
+fn bound_devices(ops: &[MountOp]) -> Vec<(std::path::PathBuf, bool)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            MountOp::Bind {
+                source: Source::Host(p),
+                read_only,
+                ..
+            } => Some((p.clone(), *read_only)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// systemd's hostname_is_valid(s, 0): letters, digits and `-`, dot-separated labels, no
@@ -346,16 +360,34 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         None => machine.clone(),
     };
 
-    let properties = c
+    let user_properties = c
         .property
         .iter()
         .map(|p| ns_enter::resources::parse(p))
         .collect::<Result<Vec<_>>>()?;
-    if !properties.is_empty() && !ns_core::paths::host_root() {
+    let slice = c
+        .slice
+        .as_deref()
+        .map(ns_enter::cgroups::slice_path)
+        .transpose()?;
+    if slice.is_some() && !ns_core::paths::host_root() {
+        return Err(Error::setup(
+            "--slice= needs root: a user without it has no cgroups of its own".into(),
+        ));
+    }
+    let properties = if ns_core::paths::host_root() {
+        // nspawn's unit properties first, then the user's, as nspawn sends them.
+        let mut p = ns_enter::devices::nspawn_policy(&bound_devices(&mount.ops));
+        p.extend(user_properties);
+        p
+    } else if !user_properties.is_empty() {
         return Err(Error::setup(
             "--property= needs root: a user without it has no cgroups of its own".into(),
         ));
-    }
+    } else {
+        // Nor can it create device nodes that would need a policy (no CAP_MKNOD on the host).
+        Vec::new()
+    };
     let no_new_privileges = match &c.no_new_privileges {
         Some(v) => boolean("--no-new-privileges", v)?,
         None => false,
@@ -435,6 +467,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
                 None => false,
             },
             properties,
+            slice,
         },
     })
 }
