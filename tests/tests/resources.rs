@@ -172,6 +172,12 @@ fn bad_or_unavailable_properties_fail_with_one_line_and_leave_nothing() {
             "--property=IOWeight: this host's blkio controller has no blkio.weight",
         ));
     }
+    if !Path::new("/sys/fs/cgroup/blkio/blkio.weight_device").exists() && v1_host() {
+        cases.push((
+            "--property=IODeviceWeight=/ 200",
+            "--property=IODeviceWeight: this host's blkio controller has no blkio.weight_device",
+        ));
+    }
     for (opt, want) in cases {
         let before = mount_points();
         let mut c = cmd(&t, &[opt, "-M", "resbad"], "true");
@@ -457,4 +463,82 @@ fn slice_puts_the_cgroup_under_systemds_path_and_its_last_container_removes_it()
             "{out}"
         );
     }
+}
+
+/// A loop device over a small file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn new(t: &Tree) -> Loop {
+        let file = t.base().with_extension("img");
+        std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        Loop(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn io_limits_land_on_the_whole_disk() {
+    use std::os::unix::fs::MetadataExt;
+    let t = Tree::rootfs("res-io");
+    let dev = Loop::new(&t);
+    let rdev = std::fs::metadata(&dev.0).unwrap().rdev();
+    let num = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let opts = [
+        format!("--property=IOReadBandwidthMax={} 1M", dev.0),
+        format!("--property=IOWriteIOPSMax={} 100", dev.0),
+        format!("--property=IOWriteBandwidthMax={} infinity", dev.0),
+        "-M".into(),
+        "resio".into(),
+    ];
+    let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
+    ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
+        let cgroups: Vec<_> = walk_cgroups()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/ns-run-resio-"))
+            .collect();
+        if Path::new("/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device").exists() {
+            let b = cgroup_of(&cgroups, "blkio");
+            assert_eq!(
+                read(&b, "blkio.throttle.read_bps_device"),
+                format!("{num} 1048576")
+            );
+            assert_eq!(
+                read(&b, "blkio.throttle.write_iops_device"),
+                format!("{num} 100")
+            );
+            assert_eq!(read(&b, "blkio.throttle.write_bps_device"), "");
+        } else {
+            let d = cgroups
+                .iter()
+                .find(|c| c.join("io.max").exists())
+                .expect("io.max");
+            assert_eq!(
+                read(d, "io.max"),
+                format!("{num} rbps=1048576 wbps=max riops=max wiops=100")
+            );
+        }
+    });
+    // A file means its file system's disk; a path on no block device is refused.
+    let mut c = cmd(&t, &["--property=IOReadIOPSMax=/proc/self 5"], "true");
+    c.env_remove("NS_DEBUG");
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(
+        out.stderr.starts_with(
+            "ns-run: --property=IOReadIOPSMax=/proc/self 5: /proc/self is not on a block device"
+        ),
+        "{out}"
+    );
 }

@@ -452,10 +452,25 @@ pub enum Property {
     AllowedCpus(String),
     AllowedMemoryNodes(String),
     IoWeight(u64),
+    /// `IODeviceWeight=`: a whole disk (`MAJ:MIN`) and its weight.
+    IoDeviceWeight(String, u64),
+    /// `IOReadBandwidthMax=` and friends: a whole disk (`MAJ:MIN`), the limit and its value
+    /// (`None`: no limit).
+    IoMax(String, IoLimit, Option<u64>),
     /// `auto`, `closed` or `strict`.
     DevicePolicy(String),
     /// A rule as the v1 devices controller takes it: `c 136:* rw`.
     DeviceAllow(String),
+}
+
+/// Which I/O limit an `IoMax` property sets.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoLimit {
+    ReadBytes,
+    WriteBytes,
+    ReadIops,
+    WriteIops,
 }
 
 /// `--console=` resolved (autopipe becomes interactive or pipe).

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use crate::cgroups::Cgroup;
-use ns_core::state::Property;
+use ns_core::state::{IoLimit, Property};
 use ns_core::{Context, Error, Result};
 
 /// Parse `NAME=VALUE` as systemd does for these names.
@@ -44,6 +44,34 @@ pub fn parse(v: &str) -> Result<Property> {
         "AllowedCPUs" => Property::AllowedCpus(cpu_list(value).map_err(|w| bad(&w))?),
         "AllowedMemoryNodes" => Property::AllowedMemoryNodes(cpu_list(value).map_err(|w| bad(&w))?),
         "IOWeight" => Property::IoWeight(ranged(1, 10000)?),
+        "IODeviceWeight" => {
+            let (dev, w) = device_and(value).map_err(|w| bad(&w))?;
+            let w = w
+                .parse::<u64>()
+                .ok()
+                .filter(|w| (1..=10000).contains(w))
+                .ok_or_else(|| bad("not a weight from 1 to 10000"))?;
+            Property::IoDeviceWeight(dev, w)
+        }
+        "IOReadBandwidthMax" | "IOWriteBandwidthMax" | "IOReadIOPSMax" | "IOWriteIOPSMax" => {
+            let (dev, v) = device_and(value).map_err(|w| bad(&w))?;
+            let (limit, n) = match name {
+                "IOReadBandwidthMax" => (IoLimit::ReadBytes, bytes(v)),
+                "IOWriteBandwidthMax" => (IoLimit::WriteBytes, bytes(v)),
+                _ if v == "infinity" => (IoLimit::ReadIops, Ok(None)),
+                _ => (
+                    IoLimit::ReadIops,
+                    v.parse::<u64>()
+                        .map(Some)
+                        .map_err(|_| "not a number or infinity".to_string()),
+                ),
+            };
+            let limit = match name {
+                "IOWriteIOPSMax" => IoLimit::WriteIops,
+                _ => limit,
+            };
+            Property::IoMax(dev, limit, n.map_err(|w| bad(&w))?.filter(|n| *n > 0))
+        }
         "DevicePolicy" => match value {
             "auto" | "closed" | "strict" => Property::DevicePolicy(value.into()),
             _ => return Err(bad("not one of auto, closed, strict")),
@@ -87,6 +115,33 @@ fn bytes(v: &str) -> std::result::Result<Option<u64>, String> {
         .and_then(|n| n.checked_mul(mult))
         .map(Some)
         .ok_or_else(|| "not a size (bytes, K, M, G, T, a percentage or infinity)".into())
+}
+
+/// `PATH VALUE` of the IO properties: PATH is a block device node or a file on one (its
+/// file system's device); limits apply to whole disks, so a partition means its disk.
+fn device_and(v: &str) -> std::result::Result<(String, &str), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (path, value) = v.rsplit_once(char::is_whitespace).ok_or("not PATH VALUE")?;
+    let md = std::fs::metadata(path.trim()).map_err(|e| format!("{}: {e}", path.trim()))?;
+    let dev = if md.file_type().is_block_device() {
+        md.rdev()
+    } else {
+        md.dev()
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if !sys.exists() {
+        return Err(format!("{} is not on a block device", path.trim()));
+    }
+    let disk = if sys.join("partition").exists() {
+        std::fs::read_to_string(sys.join("../dev"))
+            .map_err(|e| format!("cannot find the disk of partition {major}:{minor}: {e}"))?
+            .trim()
+            .to_string()
+    } else {
+        format!("{major}:{minor}")
+    };
+    Ok((disk, value.trim()))
 }
 
 /// `DeviceAllow=` as systemd takes it: a device node path on the host, `char-NAME` or
@@ -154,6 +209,11 @@ fn name(p: &Property) -> &'static str {
         Property::AllowedCpus(_) => "AllowedCPUs",
         Property::AllowedMemoryNodes(_) => "AllowedMemoryNodes",
         Property::IoWeight(_) => "IOWeight",
+        Property::IoDeviceWeight(..) => "IODeviceWeight",
+        Property::IoMax(_, IoLimit::ReadBytes, _) => "IOReadBandwidthMax",
+        Property::IoMax(_, IoLimit::WriteBytes, _) => "IOWriteBandwidthMax",
+        Property::IoMax(_, IoLimit::ReadIops, _) => "IOReadIOPSMax",
+        Property::IoMax(_, IoLimit::WriteIops, _) => "IOWriteIOPSMax",
         Property::DevicePolicy(_) => "DevicePolicy",
         Property::DeviceAllow(_) => "DeviceAllow",
     }
@@ -165,7 +225,7 @@ fn controller(p: &Property) -> &'static str {
         Property::TasksMax(_) => "pids",
         Property::CpuQuota(_) | Property::CpuWeight(_) | Property::CpuShares(_) => "cpu",
         Property::AllowedCpus(_) | Property::AllowedMemoryNodes(_) => "cpuset",
-        Property::IoWeight(_) => "io",
+        Property::IoWeight(_) | Property::IoDeviceWeight(..) | Property::IoMax(..) => "io",
         Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
     }
 }
@@ -218,6 +278,30 @@ fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'static str
         (Property::IoWeight(w), true) => vec![("io.weight", format!("default {w}"))],
         (Property::IoWeight(w), false) => {
             vec![("blkio.weight", (w * 500 / 100).clamp(10, 1000).to_string())]
+        }
+        (Property::IoDeviceWeight(d, w), true) => vec![("io.weight", format!("{d} {w}"))],
+        (Property::IoDeviceWeight(d, w), false) => vec![(
+            "blkio.weight_device",
+            format!("{d} {}", (w * 500 / 100).clamp(10, 1000)),
+        )],
+        (Property::IoMax(d, l, n), true) => {
+            let key = match l {
+                IoLimit::ReadBytes => "rbps",
+                IoLimit::WriteBytes => "wbps",
+                IoLimit::ReadIops => "riops",
+                IoLimit::WriteIops => "wiops",
+            };
+            vec![("io.max", format!("{d} {key}={}", lim(n, "max")))]
+        }
+        (Property::IoMax(d, l, n), false) => {
+            let file = match l {
+                IoLimit::ReadBytes => "blkio.throttle.read_bps_device",
+                IoLimit::WriteBytes => "blkio.throttle.write_bps_device",
+                IoLimit::ReadIops => "blkio.throttle.read_iops_device",
+                IoLimit::WriteIops => "blkio.throttle.write_iops_device",
+            };
+            // v1 takes 0 for no limit.
+            vec![(file, format!("{d} {}", lim(n, "0")))]
         }
         // Enforced as a whole by `devices::apply`.
         (Property::DevicePolicy(_) | Property::DeviceAllow(_), _) => vec![],
