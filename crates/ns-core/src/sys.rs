@@ -182,6 +182,13 @@ pub fn attach_device_program(
         .map_err(|e| ("BPF_PROG_ATTACH", e))
 }
 
+/// malloc_trim(0): give the heap's free memory back to the kernel (the monitor, once set
+/// up, keeps only a little of what start-up used, for the container's whole lifetime).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only returns free memory of the allocator to the kernel.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): every fd from `first` up closes at the next
 /// successful exec, and stays usable until then (so an exec failure can still be reported).
 pub fn cloexec_from(first: u32) -> nix::Result<()> {

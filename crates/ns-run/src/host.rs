@@ -216,10 +216,12 @@ pub fn collect_stale() {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if entries.iter().any(|e| !sole_user_of(&e.root)) {
-            continue; // a container still runs on that tree
-        }
+        // The cgroups were the dead container's alone; its paths wait until nobody runs on
+        // their tree.
         let gone = remove_cgroups(&entries);
+        if entries.iter().any(|e| !e.cgroup && !sole_user_of(&e.root)) {
+            continue;
+        }
         remove_paths(&entries);
         if gone {
             let _ = std::fs::remove_file(&journal);

@@ -146,6 +146,7 @@ pub fn run(state: &State) -> Result<i32> {
             drop(chain_end);
             drop(state_fd);
             fds.close_all();
+            ns_core::sys::trim_heap();
             let mut monitor = Monitor {
                 enter,
                 pid1: None,
