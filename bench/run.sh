@@ -340,7 +340,7 @@ section "Memory: $N_NSRUN concurrent ns-run containers (--read-only: one tree ta
 ROOT_IDS=("$(root_id "$ROOT")")
 PIDS=()
 for ((i = 0; i < N_NSRUN; i++)); do
-    "$NSRUN" -q --read-only -D "$ROOT" /bin/sleep 60 </dev/null >/dev/null 2>"$TMP/nsrun.$i.err" &
+    "$NSRUN" -q --read-only -M "bench-$i" -D "$ROOT" /bin/sleep 60 </dev/null >/dev/null 2>"$TMP/nsrun.$i.err" &
     PIDS+=("$!")
     LAUNCHED+=("$!")
 done

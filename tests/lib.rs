@@ -66,7 +66,17 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// `ns-run` as a Command, without debug or chain variables inherited from our environment.
+/// Not registered (`--register=no`): tests run many containers of one tree at once, and a
+/// registered name is taken while its container runs. `tests/tests/machines.rs` covers the
+/// registry with [`ns_run_registered`].
 pub fn ns_run() -> Command {
+    let mut c = stage("ns-run");
+    c.arg("--register=no");
+    c
+}
+
+/// ns-run as users run it: registered under its machine name.
+pub fn ns_run_registered() -> Command {
     stage("ns-run")
 }
 

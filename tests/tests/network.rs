@@ -75,6 +75,7 @@ impl Netns {
     fn ns_run(&self, tree: &Tree, opts: &[&str], payload: &[&str]) -> Command {
         let mut c = self.cmd(&[]);
         c.arg(bin("ns-run"))
+            .arg("--register=no") // as ns_tests::ns_run
             .env_remove("NS_DEBUG")
             .env_remove("NS_STAGE_FDS");
         tree.tag(&mut c)

@@ -6,6 +6,7 @@ pub mod cpus;
 pub mod error;
 pub mod exec;
 pub mod paths;
+pub mod registry;
 pub mod stage;
 pub mod state;
 pub mod sync;
@@ -30,4 +31,56 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
         let _ = f.read_exact(&mut b);
     }
     b
+}
+
+/// systemd's signal_from_string: `SIGTERM`, `TERM`, a number, `RTMIN+N`, `RTMAX-N`.
+pub fn parse_signal(option: &str, v: &str) -> Result<i32> {
+    let bad = || Error::invalid(option, v, "cannot parse signal");
+    if let Ok(n) = v.parse::<i32>() {
+        return if (1..65).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let s = v.strip_prefix("SIG").unwrap_or(v);
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let rt = |base: i32, rest: &str, sign: i32| -> Result<i32> {
+        if rest.is_empty() {
+            return Ok(base);
+        }
+        let n: i32 = rest.parse().map_err(|_| bad())?;
+        let r = base + sign * n;
+        if (0..=rtmax - rtmin).contains(&n) && (rtmin..=rtmax).contains(&r) {
+            Ok(r)
+        } else {
+            Err(bad())
+        }
+    };
+    if let Some(rest) = s.strip_prefix("RTMIN") {
+        return rt(
+            rtmin,
+            rest.strip_prefix('+')
+                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
+            1,
+        );
+    }
+    if let Some(rest) = s.strip_prefix("RTMAX") {
+        return rt(
+            rtmax,
+            rest.strip_prefix('-')
+                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
+            -1,
+        );
+    }
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    NAMES
+        .iter()
+        .position(|n| *n == s)
+        .map(|i| i as i32 + 1)
+        .ok_or_else(bad)
 }

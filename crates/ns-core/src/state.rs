@@ -434,6 +434,10 @@ pub struct MonitorPlan {
     /// each hierarchy's root, instead of beside the monitor's cgroup.
     #[serde(default)]
     pub slice: Option<String>,
+    /// `--register=` (default yes): list the machine in the registry for ns-ctl, and refuse a
+    /// second container of the same name.
+    #[serde(default)]
+    pub register: bool,
 }
 
 /// A `--property=` (systemd's names), parsed by ns-enter::resources. Limits: None is

@@ -11,6 +11,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
+use ns_core::registry::{Machine, Registration};
 use ns_core::stage::{debug, exit_code_of, fail};
 use ns_core::state::{IdBase, NetPlan, RootMode, State, UserNs};
 
@@ -32,6 +33,13 @@ pub fn run(state: &State) -> Result<i32> {
     }
     let m = &state.mount;
     let shared = m.read_only || m.root_mode != RootMode::Directory;
+    // The machine's name first: a second container of the same name is refused before
+    // anything is made.
+    let registration = state
+        .monitor
+        .register
+        .then(|| Registration::claim(&state.machine))
+        .transpose()?;
     let lock = host::ImageLock::acquire(&m.root, shared)?;
     let zone = state
         .net
@@ -159,6 +167,28 @@ pub fn run(state: &State) -> Result<i32> {
                 userns: state.enter.userns.clone(),
                 ops: state.mount.ops.clone(),
                 bind_users: state.mount.bind_users.clone(),
+                registration,
+                machine: Machine {
+                    name: state.machine.clone(),
+                    uuid: state.exec.uuid.replace('-', ""),
+                    class: "container".into(),
+                    service: "ns-run".into(),
+                    leader: 0,
+                    monitor: std::process::id() as i32,
+                    root: m.root.clone(),
+                    since_usec: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as u64),
+                    interfaces: state
+                        .net
+                        .veth
+                        .iter()
+                        .chain(&state.net.veth_extra)
+                        .map(|v| v.host.clone())
+                        .collect(),
+                    boot: state.monitor.boot,
+                    cgroups: cgroups.iter().map(|c| c.dir.clone()).collect(),
+                },
                 // Cloned now, while ns-enter execs on the other CPU.
                 root_clone: match &state.enter.userns {
                     Some(u) if u.ownership == ns_core::state::Ownership::Map => {
@@ -190,6 +220,9 @@ pub fn run(state: &State) -> Result<i32> {
             }
             monitor.release_network(zone);
             monitor.cleanup.run(Some(&lock));
+            if let Some(r) = monitor.registration.take() {
+                r.release();
+            }
             drop(range);
             code
         }
@@ -223,6 +256,9 @@ struct Monitor<'a> {
     /// The user mounts (an idmap request must name one of them).
     ops: Vec<ns_core::state::MountOp>,
     bind_users: Vec<ns_core::state::BoundUser>,
+    /// The registry entry, published once PID 1 exists.
+    registration: Option<Registration>,
+    machine: Machine,
     /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-0).
     root_clone: Option<std::os::fd::OwnedFd>,
     root: std::path::PathBuf,
@@ -401,6 +437,10 @@ impl Monitor<'_> {
                     self.net_failed = true;
                     let _ = kill(pid, Signal::SIGKILL);
                 } else {
+                    if let Some(r) = &self.registration {
+                        self.machine.leader = p;
+                        r.publish(&self.machine)?;
+                    }
                     sync.send(&Msg::Go)?; // SYNC-2
                 }
                 Ok(true)

@@ -126,58 +126,6 @@ pub fn hostname_cleanup(s: &str) -> String {
     out
 }
 
-/// systemd's signal_from_string: `SIGTERM`, `TERM`, a number, `RTMIN+N`, `RTMAX-N`.
-pub fn parse_signal(v: &str) -> Result<i32> {
-    let bad = || Error::invalid("--kill-signal", v, "cannot parse signal");
-    if let Ok(n) = v.parse::<i32>() {
-        return if (1..65).contains(&n) {
-            Ok(n)
-        } else {
-            Err(bad())
-        };
-    }
-    let s = v.strip_prefix("SIG").unwrap_or(v);
-    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
-    let rt = |base: i32, rest: &str, sign: i32| -> Result<i32> {
-        if rest.is_empty() {
-            return Ok(base);
-        }
-        let n: i32 = rest.parse().map_err(|_| bad())?;
-        let r = base + sign * n;
-        if (0..=rtmax - rtmin).contains(&n) && (rtmin..=rtmax).contains(&r) {
-            Ok(r)
-        } else {
-            Err(bad())
-        }
-    };
-    if let Some(rest) = s.strip_prefix("RTMIN") {
-        return rt(
-            rtmin,
-            rest.strip_prefix('+')
-                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
-            1,
-        );
-    }
-    if let Some(rest) = s.strip_prefix("RTMAX") {
-        return rt(
-            rtmax,
-            rest.strip_prefix('-')
-                .unwrap_or(if rest.is_empty() { "" } else { "x" }),
-            -1,
-        );
-    }
-    const NAMES: [&str; 31] = [
-        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
-        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
-        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
-    ];
-    NAMES
-        .iter()
-        .position(|n| *n == s)
-        .map(|i| i as i32 + 1)
-        .ok_or_else(bad)
-}
-
 /// Build the state from the command line, checking everything that can be checked here.
 pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     if c.share_system {
@@ -204,9 +152,10 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         }
         // .nspawn files are not read yet; any --settings value behaves as --settings=no.
     }
-    if let Some(r) = &c.register {
-        boolean("--register", r)?;
-    }
+    let register = match &c.register {
+        Some(r) => boolean("--register", r)?,
+        None => true,
+    };
     let console = console(c)?;
 
     let dir = match (&c.directory, &c.machine) {
@@ -415,7 +364,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     })?;
     // nspawn: a booted container is asked to power off (SIGRTMIN+3) unless told otherwise.
     let kill_signal = match c.kill_signal.as_deref() {
-        Some(s) => Some(parse_signal(s)?),
+        Some(s) => Some(ns_core::parse_signal("--kill-signal", s)?),
         None if c.boot => Some(libc::SIGRTMIN() + 3),
         None => None,
     };
@@ -468,6 +417,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             },
             properties,
             slice,
+            register,
         },
     })
 }
@@ -578,14 +528,29 @@ mod tests {
 
     #[test]
     fn signals_like_systemd() {
-        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
-        assert_eq!(parse_signal("TERM").unwrap(), 15);
-        assert_eq!(parse_signal("9").unwrap(), 9);
-        assert_eq!(parse_signal("SIGRTMIN+3").unwrap(), libc::SIGRTMIN() + 3);
-        assert_eq!(parse_signal("RTMAX-1").unwrap(), libc::SIGRTMAX() - 1);
-        assert_eq!(parse_signal("RTMIN").unwrap(), libc::SIGRTMIN());
+        assert_eq!(
+            ns_core::parse_signal("--kill-signal", "SIGTERM").unwrap(),
+            15
+        );
+        assert_eq!(ns_core::parse_signal("--kill-signal", "TERM").unwrap(), 15);
+        assert_eq!(ns_core::parse_signal("--kill-signal", "9").unwrap(), 9);
+        assert_eq!(
+            ns_core::parse_signal("--kill-signal", "SIGRTMIN+3").unwrap(),
+            libc::SIGRTMIN() + 3
+        );
+        assert_eq!(
+            ns_core::parse_signal("--kill-signal", "RTMAX-1").unwrap(),
+            libc::SIGRTMAX() - 1
+        );
+        assert_eq!(
+            ns_core::parse_signal("--kill-signal", "RTMIN").unwrap(),
+            libc::SIGRTMIN()
+        );
         for bad in ["SIGFOO", "sigterm", "0", "65", "RTMIN3", "RTMIN+99"] {
-            assert!(parse_signal(bad).is_err(), "{bad}");
+            assert!(
+                ns_core::parse_signal("--kill-signal", bad).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -1,0 +1,245 @@
+//! The machine registry and ns-ctl: containers started in the background are listed (text
+//! and JSON) and shown; `shell` runs commands inside with the container's PID namespace,
+//! hostname, root, capabilities and environment; poweroff, terminate and kill end them with
+//! ns-run's exit codes; a second container of a running name is refused; the entry of a
+//! SIGKILLed monitor is removed by the next reader.
+//!
+//! Containers with a veth run under `unshare --net`: a throwaway network namespace that
+//! disappears with them, so no host link is touched.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ns_tests::{bin, mount_points, ns_run_registered, run_cmd, spawn_until, Output, Running, Tree};
+
+fn ctl(args: &[&str]) -> Output {
+    let mut c = Command::new(bin("ns-ctl"));
+    c.args(args).env_remove("NS_DEBUG");
+    run_cmd(c, None)
+}
+
+fn start(t: &Tree, name: &str, opts: &[&str], script: &str) -> Running {
+    let mut c = ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "--read-only", "-M", name, "-D", t.arg()])
+        .args(opts)
+        .args(["sh", "-c", script]);
+    spawn_until(c, "ready")
+}
+
+fn entry(name: &str) -> std::path::PathBuf {
+    Path::new("/run/ns-run/machines").join(format!("{name}.json"))
+}
+
+#[test]
+fn list_status_and_shell_see_the_running_container() {
+    let t = Tree::rootfs("ctl-list");
+    let a = start(&t, "ctl-a", &[], "echo ready; exec sleep 100");
+    // With a veth, in a throwaway network namespace.
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--"]).arg(bin("ns-run"));
+    t.tag(&mut c).env_remove("NS_DEBUG").args([
+        "-q",
+        "--read-only",
+        "-M",
+        "ctl-b",
+        "-n",
+        "--network-address=10.231.7.2/24",
+        "-D",
+        t.arg(),
+        "sh",
+        "-c",
+        "echo ready; exec sleep 100",
+    ]);
+    let b = spawn_until(c, "ready");
+
+    let out = ctl(&["list"]);
+    assert_eq!(out.code, 0, "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("MACHINE CLASS     SERVICE"), "{out}");
+    let row = |n: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{n} ")))
+            .copied()
+    };
+    assert!(
+        row("ctl-a").is_some_and(|r| r.contains("container ns-run")),
+        "{out}"
+    );
+    assert!(
+        row("ctl-b").is_some_and(|r| r.ends_with("10.231.7.2")),
+        "{out}"
+    );
+    assert!(out.stdout.contains(" machines listed."), "{out}");
+
+    let out = ctl(&["list", "--output=json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
+    let b_json = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == "ctl-b")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(b_json["class"], "container");
+    assert_eq!(b_json["addresses"], "10.231.7.2");
+
+    let out = ctl(&["status", "ctl-b"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.starts_with("ctl-b("), "{out}");
+    for want in [
+        "Leader: ".to_string(),
+        format!("Root: {}", t.arg()),
+        "Iface: ve-ctl-b".into(),
+        "Address: 10.231.7.2".into(),
+        "sleep 100".into(),
+    ] {
+        assert!(out.stdout.contains(&want), "{want}: {out}");
+    }
+    let out = ctl(&["status", "ctl-a", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
+    let leader = v["leader"].as_i64().unwrap();
+    assert_eq!(v["root"], t.arg());
+    assert!(v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == leader));
+
+    // shell: inside the PID namespace (PID 1 is the container's sleep), the container's
+    // hostname, root and capability bounding set, not ours.
+    let out = ctl(&[
+        "shell",
+        "ctl-a",
+        "--",
+        "sh",
+        "-c",
+        "echo pid=$$; cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; \
+         grep CapBnd /proc/self/status; echo container=$container; \
+         test -e /etc/ctl-marker && echo marker; ls /proc/self/fd | wc -l",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    let leader_bnd = std::fs::read_to_string(format!("/proc/{leader}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapBnd"))
+        .unwrap()
+        .to_string();
+    let l: Vec<&str> = out.stdout.lines().collect();
+    let pid: u32 = l[0].strip_prefix("pid=").unwrap().parse().unwrap();
+    assert!(pid < 100, "not in the container's PID namespace: {out}");
+    assert_eq!(l[1].trim_end(), "sleep 100", "{out}");
+    assert_eq!(l[2], "ctl-a", "{out}");
+    assert_eq!(l[3], leader_bnd, "{out}");
+    assert_eq!(l[4], "container=systemd-nspawn", "{out}");
+    // stdin, stdout, stderr and ls's own directory fd: nothing of the toolkit's.
+    assert_eq!(l.last(), Some(&"4"), "{out}");
+    assert_eq!(ctl(&["shell", "ctl-a", "--", "sh", "-c", "exit 7"]).code, 7);
+    let out = ctl(&["shell", "ctl-a", "daemon", "--", "id", "-u"]);
+    assert_eq!(out.stdout.trim(), "1", "{out}");
+
+    // Ended by ns-ctl: poweroff of a container that was not booted stops it as SIGTERM to
+    // ns-run does (137); terminate kills it (137).
+    assert_eq!(ctl(&["poweroff", "ctl-a"]).code, 0);
+    assert_eq!(a.wait().code, 137);
+    assert_eq!(ctl(&["terminate", "ctl-b"]).code, 0);
+    assert_eq!(b.wait().code, 137);
+    assert!(!entry("ctl-a").exists() && !entry("ctl-b").exists());
+    let out = ctl(&["list"]);
+    assert!(
+        !out.stdout.contains("ctl-a") && !out.stdout.contains("ctl-b"),
+        "{out}"
+    );
+}
+
+#[test]
+fn kill_sends_the_signal_and_unknown_names_fail() {
+    let t = Tree::rootfs("ctl-kill");
+    let a = start(
+        &t,
+        "ctl-k",
+        &[],
+        "trap 'echo got-usr1' USR1; echo ready; while :; do sleep 0.1; done",
+    );
+    let out = ctl(&["kill", "--kill-whom=leader", "--signal=SIGUSR1", "ctl-k"]);
+    assert_eq!(out.code, 0, "{out}");
+    let mut a = a;
+    assert!(
+        a.wait_stdout("got-usr1", Duration::from_secs(5)),
+        "{}",
+        a.stdout_so_far()
+    );
+    assert_eq!(ctl(&["kill", "-s", "KILL", "ctl-k"]).code, 0);
+    assert_eq!(a.wait().code, 137);
+    for (args, want) in [
+        (
+            &["status", "nosuch"][..],
+            "ns-ctl: no machine called nosuch",
+        ),
+        (
+            &["kill", "--signal=SIGNOPE", "x"][..],
+            "ns-ctl: --signal=SIGNOPE: cannot parse signal",
+        ),
+        (
+            &["shell", "no/such"][..],
+            "ns-ctl: not a valid machine name: no/such",
+        ),
+        (
+            &["reboot", "nosuch"][..],
+            "ns-ctl: no machine called nosuch",
+        ),
+    ] {
+        let out = ctl(args);
+        assert_eq!(out.code, 125, "{args:?}: {out}");
+        assert_eq!(out.stderr.trim_end(), want, "{args:?}");
+    }
+}
+
+#[test]
+fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
+    let t = Tree::rootfs("ctl-dup");
+    let before = mount_points();
+    let a = start(&t, "ctl-dup", &[], "echo ready; exec sleep 100");
+    let mut c = ns_run_registered();
+    t.tag(&mut c).env_remove("NS_DEBUG").args([
+        "-q",
+        "--read-only",
+        "-M",
+        "ctl-dup",
+        "-D",
+        t.arg(),
+        "true",
+    ]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        "ns-run: machine ctl-dup is already running (choose another name with -M, or --register=no)"
+    );
+    // SIGKILL of the monitor: the entry stays until someone reads the registry.
+    let monitor = a.pid();
+    let _journal = ns_tests::ForgetJournal(monitor);
+    a.signal(libc::SIGKILL);
+    let _ = a.wait();
+    assert!(entry("ctl-dup").exists());
+    let out = ctl(&["list"]);
+    assert!(!out.stdout.contains("ctl-dup"), "{out}");
+    assert!(!entry("ctl-dup").exists());
+    assert!(!Path::new("/run/ns-run/machines/ctl-dup.lock").exists());
+    // And the name is free again.
+    let mut c = ns_run_registered();
+    t.tag(&mut c).env_remove("NS_DEBUG").args([
+        "-q",
+        "--read-only",
+        "-M",
+        "ctl-dup",
+        "-D",
+        t.arg(),
+        "true",
+    ]);
+    assert_eq!(run_cmd(c, None).code, 0);
+    let left = ns_tests::wait_no_procs_in(t.path(), Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+    ns_tests::assert_mounts_unchanged(&before);
+}
