@@ -152,12 +152,17 @@ fn in_container(pid1: i32, cmd: &[&str]) -> String {
 /// Boot with `env`, wait (bounded) for systemd to report running; returns the monitor and
 /// PID 1. A degraded system fails the test with its failed units.
 fn boot(name: &str, env: &[(&str, &str)]) -> (ns_tests::Running, i32) {
-    let tree = debian_tree();
     let mut c = ns_tests::ns_run();
-    c.args(["-q", "-x", "-b", "-M", name, "-D"]).arg(tree);
     for (k, v) in env {
         c.env(k, v);
     }
+    boot_with(c, name)
+}
+
+/// [`boot`] with `c` as ns-run (registered or not).
+fn boot_with(mut c: std::process::Command, name: &str) -> (ns_tests::Running, i32) {
+    c.args(["-q", "-x", "-b", "-M", name, "-D"])
+        .arg(debian_tree());
     let r = ns_tests::spawn(c, None);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -289,4 +294,25 @@ fn notify_ready(extra: &[&str], machine: &str) {
         .expect("poweroff");
     assert_eq!(out.code, 0, "{out}");
     no_cgroup_left(machine);
+}
+
+#[test]
+fn ns_ctl_shell_poweroff_and_reboot_a_booted_container() {
+    let ctl = |args: &[&str]| {
+        let mut c = std::process::Command::new(ns_tests::bin("ns-ctl"));
+        c.args(args);
+        ns_tests::run_cmd(c, None)
+    };
+    for (verb, code) in [("poweroff", 0), ("reboot", 133)] {
+        let name = format!("sd-ctl-{verb}");
+        let (r, _) = boot_with(ns_tests::ns_run_registered(), &name);
+        let out = ctl(&["shell", &name, "--", "systemctl", "is-system-running"]);
+        assert_eq!((out.code, out.stdout.trim()), (0, "running"), "{out}");
+        assert_eq!(ctl(&[verb, &name]).code, 0);
+        let out = r
+            .wait_for(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|o| panic!("no {verb}: {o}"));
+        assert_eq!(out.code, code, "{verb}: {out}");
+        no_cgroup_left(&name);
+    }
 }

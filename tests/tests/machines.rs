@@ -243,3 +243,69 @@ fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
     assert!(left.is_empty(), "{left:?}");
     ns_tests::assert_mounts_unchanged(&before);
 }
+
+/// A busybox image in /var/lib/machines, removed on drop.
+struct Image(std::path::PathBuf);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        ns_tests::remove_tree(&self.0);
+    }
+}
+
+#[test]
+fn images_are_found_by_name_and_start_boots_one_in_the_background() {
+    let name = format!("nst{}", std::process::id() % 100_000);
+    let img = Image(Path::new("/var/lib/machines").join(&name));
+    std::fs::create_dir_all(&img.0).unwrap();
+    ns_tests::build_rootfs(&img.0);
+    let _ = std::fs::create_dir_all(img.0.join("sbin"));
+    std::os::unix::fs::symlink("/bin/busybox", img.0.join("sbin/init")).unwrap();
+    // -M NAME without -D.
+    let mut c = ns_tests::ns_run();
+    c.args(["-q", "-M", &name, "sh", "-c", "hostname"]);
+    let out = run_cmd(c, None);
+    assert_eq!((out.code, out.stdout.trim()), (0, name.as_str()), "{out}");
+    let mut c = ns_tests::ns_run();
+    c.args(["-q", "-M", "nst-none", "true"]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(
+        out.stderr.starts_with(
+            "ns-run: -M nst-none without -D: no image nst-none in /var/lib/machines, "
+        ),
+        "{out}"
+    );
+
+    // start: booted (busybox init), -U, with a veth: in a throwaway network namespace.
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--"])
+        .arg(bin("ns-ctl"))
+        .args(["start", &name]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 0, "{out}");
+    let status = ctl(&["status", &name, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect(&status.stdout);
+    assert_eq!(v["boot"], true, "{status}");
+    assert_eq!(v["interfaces"][0], format!("ve-{name}"), "{status}");
+    let leader = v["leader"].as_i64().unwrap();
+    let uid_map = std::fs::read_to_string(format!("/proc/{leader}/uid_map")).unwrap();
+    assert!(
+        !uid_map.trim().starts_with("0 0 "),
+        "not in a user namespace: {uid_map}"
+    );
+    let out = ctl(&["shell", &name, "--", "sh", "-c", "cat /proc/1/comm"]);
+    assert_eq!(out.stdout.trim(), "init", "{out}");
+    assert_eq!(ctl(&["start", &name]).code, 125, "started twice");
+    assert_eq!(ctl(&["terminate", &name]).code, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while entry(&name).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} still registered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = ns_tests::wait_no_procs_in(&img.0, Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+}

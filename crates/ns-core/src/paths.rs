@@ -63,3 +63,22 @@ pub fn runtime_dir() -> Result<PathBuf> {
     }
     Ok(dir)
 }
+
+/// Where nspawn's `-M NAME` (without `-D`) and `machinectl start` find machine images.
+pub const IMAGE_DIRS: &[&str] = &[
+    "/var/lib/machines",
+    "/var/lib/container",
+    "/usr/local/lib/machines",
+    "/usr/lib/machines",
+];
+
+/// The directory image NAME in the first of [`IMAGE_DIRS`] that has it.
+pub fn find_image(name: &str) -> Option<PathBuf> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    IMAGE_DIRS
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_dir())
+}

@@ -168,16 +168,19 @@ fn join(m: &Machine, ns: &[(File, CloneFlags)]) -> Result<()> {
         nix::sched::setns(f.as_fd(), *flag)
             .ctx(|| format!("cannot join {}'s {flag:?} namespace", m.name))?;
     }
+    if ns.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER) {
+        // Our host ids mean nothing in there: become its root, or exec would drop every
+        // capability (ns-caps then becomes the user asked for).
+        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+        if !ns_core::sys::setgroups_denied() {
+            setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
+        }
+        let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+        setresgid(g, g, g).ctx(|| format!("cannot become root of {}", m.name))?;
+        setresuid(u, u, u).ctx(|| format!("cannot become root of {}", m.name))?;
+    }
     Ok(())
 }
-
-/// Where `machinectl start` and `-M NAME` without `-D` find images (nspawn's search path).
-pub const IMAGE_DIRS: &[&str] = &[
-    "/var/lib/machines",
-    "/var/lib/container",
-    "/usr/local/lib/machines",
-    "/usr/lib/machines",
-];
 
 /// Boot /var/lib/machines/NAME in the background as systemd-nspawn@NAME.service would
 /// (`--boot --network-veth -U --settings=override`, here without a unit), then wait until it
@@ -186,13 +189,10 @@ pub fn start(name: &str) -> Result<()> {
     if ns_core::registry::get(name).is_ok() {
         return Err(Error::setup(format!("machine {name} is already running")));
     }
-    if !IMAGE_DIRS
-        .iter()
-        .any(|d| std::path::Path::new(d).join(name).is_dir())
-    {
+    if ns_core::paths::find_image(name).is_none() {
         return Err(Error::setup(format!(
             "no image {name} in {}",
-            IMAGE_DIRS.join(", ")
+            ns_core::paths::IMAGE_DIRS.join(", ")
         )));
     }
     let ns_run = ns_core::exec::locate("ns-run")

@@ -10,8 +10,6 @@
 mod enter;
 mod show;
 
-use std::convert::Infallible;
-
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -144,9 +142,7 @@ fn main() {
                 0
             }
         };
-        std::process::exit(code);
-        #[allow(unreachable_code)]
-        Ok::<Infallible, Error>(unreachable!())
+        std::process::exit(code)
     })
 }
 

@@ -160,11 +160,15 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
 
     let dir = match (&c.directory, &c.machine) {
         (Some(d), _) => d.clone(),
-        (None, Some(_)) => {
-            return Err(Error::setup(
-                "-M without -D: image lookup in /var/lib/machines is not supported yet".into(),
-            ))
-        }
+        (None, Some(m)) => ns_core::paths::find_image(m)
+            .ok_or_else(|| {
+                Error::setup(format!(
+                    "-M {m} without -D: no image {m} in {}",
+                    ns_core::paths::IMAGE_DIRS.join(", ")
+                ))
+            })?
+            .to_string_lossy()
+            .into_owned(),
         (None, None) => std::env::current_dir()
             .map_err(|e| Error::setup(format!("cannot determine the current directory: {e}")))?
             .to_string_lossy()
