@@ -249,19 +249,33 @@ pub struct Cli {
     pub command: Vec<String>,
 }
 
+/// One option as given: clap's id of the argument and its tokens (`-D /r`, `--bind=x`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Given {
+    pub id: String,
+    pub tokens: Vec<String>,
+}
+
 /// getopt's "+" rule, which clap cannot express next to a free-form trailing command:
 /// options end at the first non-option argument (or `--`), and an unknown option before that
 /// point is an error rather than the start of the command.
 pub fn reject_unknown_options(argv: &[String]) -> ns_core::Result<()> {
+    split_options(argv).map(drop)
+}
+
+/// The options of `argv` (after argv[0]) one by one, bundles of short options split up, and
+/// the rest (the command, with its `--` if there was one).
+pub fn split_options(argv: &[String]) -> ns_core::Result<(Vec<Given>, Vec<String>)> {
     use clap::CommandFactory;
     let mut cmd = Cli::command();
     cmd.build();
     let takes_value = |a: &clap::Arg| a.get_action().takes_values();
+    let mut given = Vec::new();
     let mut i = 1;
     while i < argv.len() {
         let a = argv[i].as_str();
         if a == "--" || a == "-" || !a.starts_with('-') {
-            return Ok(());
+            break;
         }
         if let Some(long) = a.strip_prefix("--") {
             let (name, has_value) = match long.split_once('=') {
@@ -272,9 +286,15 @@ pub fn reject_unknown_options(argv: &[String]) -> ns_core::Result<()> {
                 .get_arguments()
                 .find(|x| x.get_long() == Some(name))
                 .ok_or_else(|| ns_core::Error::setup(format!("unrecognized option '--{name}'")))?;
+            let mut tokens = vec![a.to_string()];
             if takes_value(arg) && !has_value && !arg.is_require_equals_set() {
                 i += 1;
+                tokens.extend(argv.get(i).cloned());
             }
+            given.push(Given {
+                id: arg.get_id().to_string(),
+                tokens,
+            });
         } else {
             let shorts: Vec<char> = a[1..].chars().collect();
             for (j, c) in shorts.iter().enumerate() {
@@ -282,17 +302,30 @@ pub fn reject_unknown_options(argv: &[String]) -> ns_core::Result<()> {
                     .get_arguments()
                     .find(|x| x.get_short() == Some(*c))
                     .ok_or_else(|| ns_core::Error::setup(format!("invalid option -- '{c}'")))?;
+                let mut tokens = vec![format!("-{c}")];
                 if takes_value(arg) {
-                    if j == shorts.len() - 1 {
+                    let attached: String = shorts[j + 1..].iter().collect();
+                    if attached.is_empty() {
                         i += 1;
+                        tokens.extend(argv.get(i).cloned());
+                    } else {
+                        tokens[0].push_str(&attached);
                     }
+                    given.push(Given {
+                        id: arg.get_id().to_string(),
+                        tokens,
+                    });
                     break;
                 }
+                given.push(Given {
+                    id: arg.get_id().to_string(),
+                    tokens,
+                });
             }
         }
         i += 1;
     }
-    Ok(())
+    Ok((given, argv[i.min(argv.len())..].to_vec()))
 }
 
 #[cfg(test)]
@@ -323,5 +356,29 @@ mod tests {
         assert_eq!(check(&["-qK", "x"]), Err("invalid option -- 'K'".into()));
         // A value that looks like an option is still a value.
         assert!(check(&["--setenv", "--x", "true"]).is_ok());
+    }
+
+    #[test]
+    fn options_are_split_one_by_one() {
+        let argv: Vec<String> = [
+            "ns-run",
+            "-qD/r",
+            "--bind",
+            "a",
+            "-E",
+            "X=1",
+            "--volatile",
+            "sh",
+            "-c",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (given, rest) = split_options(&argv).unwrap();
+        let ids: Vec<&str> = given.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["quiet", "directory", "bind", "setenv", "volatile"]);
+        assert_eq!(given[1].tokens, ["-D/r"]);
+        assert_eq!(given[2].tokens, ["--bind", "a"]);
+        assert_eq!(rest, ["sh", "-c"]);
     }
 }

@@ -10,6 +10,7 @@ mod console;
 mod host;
 mod monitor;
 mod plan;
+mod settings;
 
 use ns_core::exec::args_utf8;
 use ns_core::stage::{parse_matches, run};
@@ -21,6 +22,14 @@ fn main() {
         let argv = args_utf8()?;
         cli::reject_unknown_options(&argv)?;
         let (cli, matches): (cli::Cli, _) = parse_matches(STAGE, &argv);
+        // A .nspawn file adds options (or replaces some): parse the merged line again.
+        let merged = settings::merge(&argv, &cli)?;
+        let (cli, matches): (cli::Cli, _) = if merged == argv {
+            (cli, matches)
+        } else {
+            ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
+            parse_matches(STAGE, &merged)
+        };
         let state = plan::build(&cli, &matches)?;
         if cli.print_state {
             println!("{}", state.to_json_pretty());

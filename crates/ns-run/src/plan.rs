@@ -150,7 +150,6 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
                 "not a boolean, 'trusted' or 'override'",
             ));
         }
-        // .nspawn files are not read yet; any --settings value behaves as --settings=no.
     }
     let register = match &c.register {
         Some(r) => boolean("--register", r)?,
