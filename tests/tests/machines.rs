@@ -57,7 +57,12 @@ fn list_status_and_shell_see_the_running_container() {
     let out = ctl(&["list"]);
     assert_eq!(out.code, 0, "{out}");
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert!(lines[0].starts_with("MACHINE CLASS     SERVICE"), "{out}");
+    let head: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        head,
+        ["MACHINE", "CLASS", "SERVICE", "OS", "VERSION", "ADDRESSES"],
+        "{out}"
+    );
     let row = |n: &str| {
         lines
             .iter()
@@ -244,11 +249,16 @@ fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
     ns_tests::assert_mounts_unchanged(&before);
 }
 
-/// A busybox image in /var/lib/machines, removed on drop.
+/// A busybox image in /var/lib/machines; on drop its machine is terminated (if a failed
+/// test left it running) and the image removed.
 struct Image(std::path::PathBuf);
 
 impl Drop for Image {
     fn drop(&mut self) {
+        let name = self.0.file_name().unwrap().to_string_lossy().into_owned();
+        if ctl(&["terminate", &name]).code == 0 {
+            let _ = ns_tests::wait_no_procs_in(&self.0, Duration::from_secs(5));
+        }
         ns_tests::remove_tree(&self.0);
     }
 }

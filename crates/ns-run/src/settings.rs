@@ -369,7 +369,7 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
             _ => args.extend(s.args.iter().cloned()),
         }
     }
-    let keep = |g: &Given| group_of(&g.id).map_or(true, |grp| !taken.contains(&grp));
+    let keep = |g: &Given| !matches!(group_of(&g.id), Some(grp) if taken.contains(&grp));
     args.extend(
         given
             .iter()
