@@ -166,3 +166,28 @@ fn monitors_of(tree: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+#[test]
+fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
+    let t = Tree::rootfs("console-ctl");
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", "console-ctl", "-D", t.arg()])
+        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    let container = ns_tests::spawn_until(c, "ready");
+    let line = format!(
+        "{} shell console-ctl; echo EXIT=$?; sleep 60",
+        ns_tests::bin("ns-ctl").display()
+    );
+    let tm = Tmux::start("ctl", &line);
+    tm.wait_for("~ #");
+    tm.keys(&["tty; echo pid=$$; stty size", "Enter"]);
+    let s = tm.wait_for("30 100");
+    // A pty of the container's own devpts, not our terminal; in its PID namespace.
+    assert!(s.contains("/dev/pts/0"), "{s}");
+    assert!(s.contains("pid=2") || s.contains("pid=3"), "{s}");
+    tm.keys(&["exit 5", "Enter"]);
+    tm.wait_for("EXIT=5");
+    container.signal(libc::SIGTERM);
+    assert_eq!(container.wait().code, 137);
+}

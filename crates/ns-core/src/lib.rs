@@ -2,6 +2,7 @@
 //! exec helpers. Stage logic lives in the stages; the only `unsafe` code of the toolkit is in
 //! [`sys`].
 
+pub mod console;
 pub mod cpus;
 pub mod error;
 pub mod exec;

@@ -15,13 +15,19 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 use ns_caps::caps_spec;
+use ns_core::console::Console;
 use ns_core::exec::{exec_stage, StageFds};
 use ns_core::registry::Machine;
 use ns_core::stage::{exit_code_of, fail};
+use ns_core::state::Console as Mode;
+use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
+use std::os::fd::AsRawFd;
 
 const STAGE: &str = "ns-ctl";
 
@@ -123,13 +129,46 @@ pub fn shell(
     argv.extend(ns_caps::plan_to_flags(&plan));
     argv.push("--".into());
     argv.extend(command.iter().cloned());
+    // On a terminal the command gets a pty of the container's own devpts, relayed here, so
+    // that it cannot reach our terminal (TIOCSTI); else our stdio as they are.
+    use std::io::IsTerminal;
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let (ours, theirs) = SyncSocket::pair()?;
+    // Blocked before the fork (no SIGCHLD or SIGWINCH lost; the terminal's ^C and ^\ are for
+    // the command, not for us); the command unblocks them.
+    let mut mask = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGWINCH,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+    ] {
+        mask.add(sig);
+    }
+    mask.thread_block().ctx(|| "cannot block signals".into())?;
+    let mut watched = SigSet::empty();
+    watched.add(Signal::SIGCHLD);
+    watched.add(Signal::SIGWINCH);
+    let signals = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .ctx(|| "cannot create signalfd".into())?;
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {
-            let e = match join(m, &ns) {
-                Ok(()) => match fork() {
+            drop(ours);
+            let e = match inside(m, &ns, tty, &theirs) {
+                Ok(pty) => match fork() {
                     Ok(Forked::Child) => {
-                        let _ = nix::unistd::chdir("/");
-                        exec_stage("ns-caps", &argv, &fds)
+                        let e = command_stdio(pty.as_ref())
+                            .and_then(|()| {
+                                ns_core::sys::reset_signals_for_exec()
+                                    .ctx(|| "cannot unblock signals".into())
+                            })
+                            .map(|()| {
+                                let _ = nix::unistd::chdir("/");
+                                exec_stage("ns-caps", &argv, &fds)
+                            });
+                        match e {
+                            Ok(e) | Err(e) => e,
+                        }
                     }
                     Ok(Forked::Parent(child)) => {
                         drop(fds);
@@ -144,12 +183,115 @@ pub fn shell(
         }
         Forked::Parent(child) => {
             drop(fds);
-            // The terminal's ^C and ^\ are for the command inside, not for us.
-            let _ = ns_core::sys::SignalSet::new(&[libc::SIGINT, libc::SIGQUIT]).block();
-            let status = waitpid(child, None).ctx(|| "cannot wait".into())?;
-            Ok(exit_code_of(status).unwrap_or(125))
+            drop(theirs);
+            let mut console = if tty {
+                match ours.recv_fd() {
+                    Ok((_, master)) => Some(Console::start(master, Mode::Interactive)),
+                    // The child failed before (and said why): its status tells.
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            relay(child, console.as_mut(), &signals)
         }
     }
+}
+
+/// Wait for the child, relaying the pty meanwhile; returns its exit code.
+fn relay(
+    child: nix::unistd::Pid,
+    mut console: Option<&mut Console>,
+    signals: &SignalFd,
+) -> Result<i32> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => {
+                if let Some(c) = console {
+                    c.finish();
+                }
+                return Ok(exit_code_of(status).unwrap_or(125));
+            }
+            Err(e) => return Err(Error::setup(format!("cannot wait: {}", e.desc()))),
+        }
+        let Some(c) = console.as_deref_mut() else {
+            let status = waitpid(child, None).ctx(|| "cannot wait".into())?;
+            return Ok(exit_code_of(status).unwrap_or(125));
+        };
+        let timeout = c.poll_timeout();
+        let ready: Vec<(std::os::fd::RawFd, bool)> = {
+            let fds = c.fds();
+            let mut pfds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            pfds.extend(fds.iter().map(|f| PollFd::new(*f, PollFlags::POLLIN)));
+            let _ = poll(&mut pfds, timeout);
+            let hit = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+            fds.iter()
+                .zip(&pfds[1..])
+                .filter(|(_, p)| hit(p))
+                .map(|(f, _)| (f.as_raw_fd(), c.is_master(*f)))
+                .collect()
+        };
+        for (_, master) in ready {
+            if master {
+                c.on_master();
+            } else {
+                let _ = c.on_stdin();
+            }
+        }
+        c.tick();
+        while let Ok(Some(info)) = signals.read_signal() {
+            if info.ssi_signo == libc::SIGWINCH as u32 {
+                c.sync_window_size();
+            }
+        }
+    }
+}
+
+/// In the child: into the container; on a terminal, open a pty in its devpts and hand the
+/// master to the parent. Returns the pty's slave number.
+fn inside(
+    m: &Machine,
+    ns: &[(File, CloneFlags)],
+    tty: bool,
+    sock: &SyncSocket,
+) -> Result<Option<u32>> {
+    join(m, ns)?;
+    if !tty {
+        return Ok(None);
+    }
+    let master = nix::fcntl::open(
+        "/dev/pts/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("cannot open a pty in {}", m.name))?;
+    let n = ns_core::sys::pty_unlock(master.as_fd())
+        .ctx(|| format!("cannot unlock a pty in {}", m.name))?;
+    sock.send_fd(&Msg::Console, master.as_fd())?;
+    Ok(Some(n))
+}
+
+/// In the command's process: a new session with the pty as controlling terminal and stdio.
+fn command_stdio(pty: Option<&u32>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let Some(n) = pty else { return Ok(()) };
+    nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
+    let slave = nix::fcntl::open(
+        format!("/dev/pts/{n}").as_str(),
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("cannot open /dev/pts/{n}"))?;
+    ns_core::sys::set_controlling_tty(slave.as_fd())
+        .ctx(|| "cannot take the pty as terminal".into())?;
+    for target in 0..3 {
+        ns_core::sys::dup_to(slave.as_raw_fd(), target)
+            .ctx(|| format!("cannot make the pty fd {target}"))?;
+    }
+    Ok(())
 }
 
 /// Into the container's cgroups (from the host's view, so before its cgroup namespace), then

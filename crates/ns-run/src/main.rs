@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 mod cli;
-mod console;
 mod host;
 mod monitor;
 mod plan;

@@ -15,7 +15,8 @@ use ns_core::registry::{Machine, Registration};
 use ns_core::stage::{debug, exit_code_of, fail};
 use ns_core::state::{IdBase, NetPlan, RootMode, State, UserNs};
 
-use crate::{console, host};
+use crate::host;
+use ns_core::console;
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, fork_into_cgroup, kill_raw, Forked};
 use ns_core::{Context, Error, Result};

@@ -1,5 +1,5 @@
-//! The container's console, relayed by the monitor: the master of the pty whose slave is the
-//! container's /dev/console (SYNC-6), and the user's terminal.
+//! A container's pty relayed to the user's terminal: by the monitor (the master of the pty
+//! whose slave is the container's /dev/console, SYNC-6), and by `ns-ctl shell`.
 //!
 //! `interactive`: the host terminal in raw mode (restored on every way out), keystrokes to
 //! the pty (so Ctrl-C and Ctrl-Z reach the container's foreground job, not ns-run), its output
@@ -10,8 +10,8 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::state::Console as Mode;
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
-use ns_core::state::Console as Mode;
 
 /// Ctrl-].
 const ESCAPE: u8 = 0x1d;
@@ -73,7 +73,7 @@ impl Console {
         }
         if self.stdin_open {
             // SAFETY-free: stdin's fd 0 lives as long as the process.
-            v.push(ns_core::sys::borrow_fd(0));
+            v.push(crate::sys::borrow_fd(0));
         }
         v
     }
@@ -86,8 +86,8 @@ impl Console {
     /// The terminal's size on the pty (at start and on SIGWINCH).
     pub fn sync_window_size(&self) {
         for fd in [0, 1] {
-            if let Ok(ws) = ns_core::sys::window_size(ns_core::sys::borrow_fd(fd)) {
-                let _ = ns_core::sys::set_window_size(self.master.as_fd(), &ws);
+            if let Ok(ws) = crate::sys::window_size(crate::sys::borrow_fd(fd)) {
+                let _ = crate::sys::set_window_size(self.master.as_fd(), &ws);
                 return;
             }
         }
@@ -134,7 +134,7 @@ impl Console {
     /// Keystrokes are ready: pass them on, watching for Ctrl-] x3 within a second.
     pub fn on_stdin(&mut self) -> Action {
         let mut buf = [0u8; 4096];
-        let n = match nix::unistd::read(ns_core::sys::borrow_fd(0), &mut buf) {
+        let n = match nix::unistd::read(crate::sys::borrow_fd(0), &mut buf) {
             Ok(0) | Err(_) => {
                 self.stdin_open = false;
                 return Action::None;
