@@ -773,15 +773,8 @@ fn killed_ephemeral_container_leaves_nothing() {
     );
     let monitor = r.pid();
     let _journal = ForgetJournal(monitor);
-    r.signal(libc::SIGKILL);
-    let out = r.wait();
-    assert_eq!(out.signal, Some(libc::SIGKILL), "{out}");
-    let left = wait_no_procs_in(t.path(), Duration::from_secs(5));
-    assert!(left.is_empty(), "processes left: {left:#?}");
-    assert_mounts_unchanged(&before);
-    // All of it was on the scratch tmpfs: nothing to clean up on disk; only the container's
-    // cgroups were journaled, and the next run collects them.
-    assert_snapshot_unchanged(t.base(), &all);
+    // All of it is on the scratch tmpfs: nothing to clean up on disk; only the container's
+    // cgroups are journaled (read now: any other start may collect them once we are dead).
     let journal = std::fs::read_to_string(cleanup_journal(monitor)).unwrap_or_default();
     assert!(
         journal.lines().all(|l| l.contains(r#""cgroup":true"#)),
@@ -789,6 +782,14 @@ fn killed_ephemeral_container_leaves_nothing() {
     );
     let cgroups = ns_tests::cgroups_of_monitor(monitor);
     assert!(!cgroups.is_empty(), "no cgroup journaled: {journal}");
+    r.signal(libc::SIGKILL);
+    let out = r.wait();
+    assert_eq!(out.signal, Some(libc::SIGKILL), "{out}");
+    let left = wait_no_procs_in(t.path(), Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    assert_mounts_unchanged(&before);
+    assert_snapshot_unchanged(t.base(), &all);
+    // The next run collects the cgroups.
     ns_tests::assert_journals_collected(t.path(), &[monitor]);
     let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");

@@ -76,6 +76,12 @@ pub struct EnterPlan {
     pub netns_path: Option<PathBuf>,
     /// A user namespace, created first; the monitor writes its maps (SYNC-0).
     pub userns: Option<UserNs>,
+    /// The container's v1 cgroups (possibly none), which the monitor creates, with every
+    /// limit and the device policy, while this stage starts: wait until it says they are
+    /// ready (`cgroups`, SYNC-7), then join them first thing (through `tasks`). None: no
+    /// cgroups of its own, nothing to wait for.
+    #[serde(default)]
+    pub cgroups: Option<Vec<PathBuf>>,
 }
 
 /// `--private-users`: container ids 0..count map to host ids base..base+count.
@@ -572,6 +578,7 @@ mod tests {
                     ownership: Ownership::Map,
                     rootless: false,
                 }),
+                cgroups: Some(vec!["/sys/fs/cgroup/pids/ns-run-m-1".into()]),
             },
             net: NetPlan::default(),
             mount: MountPlan {

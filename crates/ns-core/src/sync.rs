@@ -27,6 +27,8 @@ use crate::error::{Context, Error, Result};
 pub enum Msg {
     Pid(i32),
     Go,
+    /// SYNC-7: the container's v1 cgroups exist (monitor → ns-enter, before anything else).
+    Cgroups,
     Failed {
         stage: String,
         code: i32,

@@ -164,7 +164,8 @@ pub fn slice_path(name: &str) -> Result<String> {
 }
 
 /// Create the container's cgroups (`ns-run-NAME` beside the monitor's own, or under `slice`
-/// from the hierarchy's root) in every mounted hierarchy; returns them, to configure, join
+/// from the hierarchy's root) in every mounted hierarchy that is cgroup2 (`v2`) or v1 (not
+/// `v2`); returns them, to configure, join
 /// and remove. `journal` learns each directory before it is made, and whether it is a shared
 /// slice level (removed only while empty) rather than the container's own. For a booted init
 /// (`layout`) with an `owner` (container root on the host, under -U), the hierarchies systemd
@@ -175,18 +176,14 @@ pub fn create(
     name: &str,
     slice: Option<&str>,
     owner: Option<u32>,
+    v2: bool,
     journal: &mut dyn FnMut(&Path, bool) -> Result<()>,
 ) -> Result<Vec<Cgroup>> {
     let hs = hierarchies();
     let delegated = layout.map(|l| own_hierarchies(&hs, l)).unwrap_or_default();
     let mut made: Vec<Cgroup> = Vec::new();
-    for h in &hs {
-        let rel = match slice {
-            Some(s) => Path::new(s),
-            None => h.own.strip_prefix("/").unwrap_or(&h.own),
-        };
-        let parent = h.mountpoint.join(rel);
-        let dir = parent.join(format!("ns-run-{name}"));
+    for h in hs.iter().filter(|h| h.v2 == v2) {
+        let (parent, dir) = place(h, name, slice);
         if dir.exists() {
             remove(&dir); // left by a killed monitor of the same machine
         }
@@ -221,6 +218,26 @@ pub fn create(
         }
     }
     Ok(made)
+}
+
+/// Where the container's cgroup goes in `h`: its parent and itself.
+fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
+    let rel = match slice {
+        Some(s) => Path::new(s),
+        None => h.own.strip_prefix("/").unwrap_or(&h.own),
+    };
+    let parent = h.mountpoint.join(rel);
+    let dir = parent.join(format!("ns-run-{name}"));
+    (parent, dir)
+}
+
+/// The directories [`create`] makes with `v2`, without making them.
+pub fn planned(name: &str, slice: Option<&str>, v2: bool) -> Vec<PathBuf> {
+    hierarchies()
+        .iter()
+        .filter(|h| h.v2 == v2)
+        .map(|h| place(h, name, slice).1)
+        .collect()
 }
 
 /// The missing levels of `slice` in hierarchy `h`, top first (another container may make or
@@ -304,15 +321,15 @@ pub fn v2_dir(cgroups: &[Cgroup]) -> Result<Option<std::fs::File>> {
         .transpose()
 }
 
-/// Move ourselves into the v1 cgroups (before the cgroup namespace is created; cgroup2 was
-/// joined by forking into it). Through `tasks`, which moves only the writing thread: a
-/// `cgroup.procs` write locks the whole thread group with cgroup_threadgroup_rwsem and waits
-/// out an RCU grace period (3-13 ms measured here, per start). This process has one thread,
-/// so the two are the same move.
-pub fn join_v1(cgroups: &[Cgroup]) -> Result<()> {
-    for c in cgroups.iter().filter(|c| !c.v2) {
-        std::fs::write(c.dir.join("tasks"), "0")
-            .ctx(|| format!("cannot join cgroup {}", c.dir.display()))?;
+/// Move ourselves into the v1 cgroups `dirs` (before the cgroup namespace is created;
+/// cgroup2 was joined by forking into it). Through `tasks`, which moves only the writing
+/// thread: a `cgroup.procs` write locks the whole thread group with cgroup_threadgroup_rwsem
+/// and waits out an RCU grace period (3-13 ms measured here, per start). This process has
+/// one thread, so the two are the same move.
+pub fn join_v1(dirs: &[PathBuf]) -> Result<()> {
+    for d in dirs {
+        std::fs::write(d.join("tasks"), "0")
+            .ctx(|| format!("cannot join cgroup {}", d.display()))?;
     }
     Ok(())
 }

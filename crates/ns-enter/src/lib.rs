@@ -4,8 +4,9 @@
 //! hostname, brings `lo` up in a new network namespace, then forks: the child is PID 1 of the
 //! new PID namespace and execs the rest of the chain.
 //!
-//! Under a monitor (`--sync-fd`), the child is cloned with CLONE_PARENT so that it is the
-//! monitor's own child; ns-enter reports its pid (SYNC-1) and exits. Alone, ns-enter stays as
+//! Under a monitor (`--sync-fd`), it first waits for the container's cgroups when the state
+//! names them (SYNC-7) and joins the v1 ones; the child is cloned with CLONE_PARENT so that it
+//! is the monitor's own child; ns-enter reports its pid (SYNC-1) and exits. Alone, ns-enter stays as
 //! a minimal monitor: it waits for the child, kills it on SIGTERM/SIGINT/SIGHUP, and exits
 //! with its status (128+N for a signal).
 #![forbid(unsafe_code)]
@@ -105,6 +106,7 @@ impl Args {
             hostname: self.hostname.clone(),
             netns_path: self.netns.as_ref().map(std::path::PathBuf::from),
             userns: None,
+            cgroups: None,
         }
     }
 }

@@ -29,6 +29,18 @@ fn main() {
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
 
+        if let Some(cgroups) = &plan.cgroups {
+            // SYNC-7: the monitor made our v1 cgroups while we started; join them while we
+            // are still in the host's namespaces.
+            let s = sync
+                .as_ref()
+                .ok_or_else(|| Error::setup("joining cgroups needs a monitor (ns-run)".into()))?;
+            match s.recv()? {
+                Some(Msg::Cgroups) => ns_enter::cgroups::join_v1(cgroups)?,
+                // The monitor failed (and said why) or is gone.
+                _ => std::process::exit(125),
+            }
+        }
         if let Some(p) = &plan.netns_path {
             let f = std::fs::File::open(p)
                 .ctx(|| format!("--network-namespace-path={}", p.display()))?;

@@ -73,6 +73,19 @@ pub fn run(state: &State) -> Result<i32> {
     } else {
         None
     };
+    // The container's own cgroups (every container started by root: its device policy and
+    // --property limits live there). cgroup2's is made now, to fork straight into it; the v1
+    // ones while ns-enter starts, which joins them when told (SYNC-7), before it creates the
+    // cgroup namespace (so that a booted init finds a subtree of its own).
+    let cgroup_name = format!("{}-{}", state.machine, std::process::id());
+    let want_cgroups = m.cgroups.is_some() || !state.monitor.properties.is_empty();
+    if want_cgroups {
+        state.enter.cgroups = Some(ns_enter::cgroups::planned(
+            &cgroup_name,
+            state.monitor.slice.as_deref(),
+            false,
+        ));
+    }
     let state = &state;
     if let Some(u) = state
         .enter
@@ -85,24 +98,24 @@ pub fn run(state: &State) -> Result<i32> {
             ns_enter::userns::shift_tree(&m.root, base)?;
         }
     }
-    // The container's own cgroups (every container started by root: its device policy and
-    // --property limits live there), entered by the child before ns-enter creates the cgroup
-    // namespace, so that a booted init finds a subtree of its own. Anything failing from
-    // here to the fork removes what was made.
+    // Anything failing from here to the fork removes what was made.
     let mut cleanup = host::Cleanup::new(&m.root);
+    let create_cgroups = |v2: bool, cleanup: &mut host::Cleanup| {
+        ns_enter::cgroups::create(
+            m.cgroups.as_ref().map(|c| c.layout),
+            &cgroup_name,
+            state.monitor.slice.as_deref(),
+            container_root(state),
+            v2,
+            &mut |dir, slice| cleanup.add_cgroup(dir.to_path_buf(), slice),
+        )
+    };
     let setup = (|| {
-        let cgroups = if m.cgroups.is_some() || !state.monitor.properties.is_empty() {
-            ns_enter::cgroups::create(
-                m.cgroups.as_ref().map(|c| c.layout),
-                &format!("{}-{}", state.machine, std::process::id()),
-                state.monitor.slice.as_deref(),
-                container_root(state),
-                &mut |dir, slice| cleanup.add_cgroup(dir.to_path_buf(), slice),
-            )?
+        let cgroups = if want_cgroups {
+            create_cgroups(true, &mut cleanup)?
         } else {
             Vec::new()
         };
-        ns_enter::resources::apply(&state.monitor.properties, &cgroups)?;
         let v2_dir = ns_enter::cgroups::v2_dir(&cgroups)?;
         let state_fd = state.to_sealed_memfd()?;
         let (sync, chain_end) = SyncSocket::pair()?;
@@ -129,7 +142,7 @@ pub fn run(state: &State) -> Result<i32> {
         };
         Ok((cgroups, state_fd, sync, chain_end, old, signals, forked))
     })();
-    let (cgroups, state_fd, sync, chain_end, old, signals, forked) = match setup {
+    let (mut cgroups, state_fd, sync, chain_end, old, signals, forked) = match setup {
         Ok(s) => s,
         Err(e) => {
             cleanup.run(Some(&lock));
@@ -139,9 +152,6 @@ pub fn run(state: &State) -> Result<i32> {
     let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
     match forked {
         Forked::Child => {
-            if let Err(e) = ns_enter::cgroups::join_v1(&cgroups) {
-                fail(STAGE, &e)
-            }
             let r = old
                 .thread_set_mask()
                 .ctx(|| "cannot restore the signal mask".into());
@@ -155,6 +165,26 @@ pub fn run(state: &State) -> Result<i32> {
             drop(chain_end);
             drop(state_fd);
             fds.close_all();
+            // While ns-enter execs: the v1 cgroups, then every limit and the device policy,
+            // then SYNC-7. ns-enter waits for it before it does anything.
+            let made = if want_cgroups {
+                create_cgroups(false, &mut cleanup).and_then(|v1| {
+                    cgroups.extend(v1);
+                    ns_enter::resources::apply(&state.monitor.properties, &cgroups)?;
+                    sync.send(&Msg::Cgroups)
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(e) = made {
+                let _ = kill(enter, Signal::SIGKILL);
+                let _ = waitpid(enter, None);
+                cleanup.run(Some(&lock));
+                if let Some(r) = registration {
+                    r.release();
+                }
+                return Err(e);
+            }
             ns_core::sys::trim_heap();
             let mut monitor = Monitor {
                 enter,
@@ -532,7 +562,7 @@ impl Monitor<'_> {
                 sync.send_fd(&Msg::Root, tree.as_fd())?;
                 Ok(true)
             }
-            Some(m @ (Msg::Go | Msg::Mapped | Msg::Root)) => {
+            Some(m @ (Msg::Go | Msg::Mapped | Msg::Root | Msg::Cgroups)) => {
                 Err(Error::setup(format!("unexpected {m:?} from the chain")))
             }
             // EOF: the payload's exec succeeded, or the chain is gone.

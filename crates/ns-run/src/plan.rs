@@ -405,6 +405,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             hostname: Some(hostname),
             netns_path,
             userns,
+            cgroups: None, // named by the monitor
         },
         net,
         mount,
