@@ -11,6 +11,7 @@
 pub mod caps_spec;
 pub mod identity;
 pub mod limits;
+pub mod seccomp;
 
 use clap::Parser;
 use ns_core::state::ExecPlan;
@@ -29,7 +30,7 @@ use ns_core::{Error, Result};
 )]
 pub struct Args {
     /// Read the plan from this state fd (ns-run sets it).
-    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "capability", "drop_capability", "ambient_capability", "no_new_privileges", "setenv", "chdir", "as_pid2", "uuid", "rlimit", "oom_score_adjust", "cpu_affinity", "personality"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "capability", "drop_capability", "ambient_capability", "no_new_privileges", "setenv", "chdir", "as_pid2", "uuid", "rlimit", "oom_score_adjust", "cpu_affinity", "personality", "system_call_filter", "seccomp"])]
     pub state_fd: Option<i32>,
     /// Report failures to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
@@ -71,6 +72,12 @@ pub struct Args {
     #[arg(long, value_name = "ARCH")]
     pub personality: Option<String>,
     /// Exec ns-init as PID 1, which runs PROGRAM as PID 2.
+    /// Add (or, with ~, remove) system calls and @groups to the filter's allow-list
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    pub system_call_filter: Vec<String>,
+    /// The system call filter (default yes)
+    #[arg(long, value_name = "BOOL", value_parser = parse_bool_flag)]
+    pub seccomp: Option<bool>,
     #[arg(short = 'a', long)]
     pub as_pid2: bool,
     /// Make /dev/console the payload's stdin, stdout, stderr and controlling terminal.
@@ -116,6 +123,9 @@ pub struct ExecOptions<'a> {
     pub oom_score_adjust: Option<&'a str>,
     pub cpu_affinity: Option<&'a str>,
     pub personality: Option<&'a str>,
+    /// `--system-call-filter=` values; `seccomp` false: no filter at all.
+    pub system_call_filter: &'a [String],
+    pub seccomp: bool,
 }
 
 /// Check the options and compute the plan (nspawn's capability arithmetic, environment
@@ -177,6 +187,12 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
             .transpose()?
             .unwrap_or_default(),
         personality: o.personality.map(limits::parse_personality).transpose()?,
+        syscall_filter: if o.seccomp {
+            let (allow, deny) = seccomp::parse_filter(o.system_call_filter)?;
+            Some(ns_core::state::SyscallFilter { allow, deny })
+        } else {
+            None
+        },
     })
 }
 
@@ -203,6 +219,8 @@ impl Args {
             oom_score_adjust: self.oom_score_adjust.as_deref(),
             cpu_affinity: self.cpu_affinity.as_deref(),
             personality: self.personality.as_deref(),
+            system_call_filter: &self.system_call_filter,
+            seccomp: self.seccomp.unwrap_or(true),
         })
     }
 }
@@ -249,6 +267,17 @@ pub fn plan_to_flags(plan: &ExecPlan) -> Vec<String> {
         out.push(format!("--chdir={d}"));
     }
     out.extend(limits::to_flags(plan));
+    match &plan.syscall_filter {
+        None => out.push("--seccomp=no".into()),
+        Some(f) => {
+            if !f.allow.is_empty() {
+                out.push(format!("--system-call-filter={}", f.allow.join(" ")));
+            }
+            if !f.deny.is_empty() {
+                out.push(format!("--system-call-filter=~{}", f.deny.join(" ")));
+            }
+        }
+    }
     out.push(format!("--uuid={}", plan.uuid));
     if plan.as_pid2 {
         out.push("--as-pid2".into());

@@ -75,6 +75,11 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     debug(STAGE, || {
         format!("retain {retain:#x} ambient {ambient:#x} uid {}", user.uid)
     });
+    // The filter first, while we hold CAP_SYS_ADMIN (it needs that or no_new_privs); what
+    // follows here uses only calls it allows (@setuid, capset, prctl of @process).
+    if let Some(f) = &plan.syscall_filter {
+        ns_caps::seccomp::install(retain, &f.allow, &f.deny)?;
+    }
     for c in caps::all() {
         if bounding & c.bitmask() != 0 && retain & c.bitmask() == 0 {
             caps::drop(None, CapSet::Bounding, c)

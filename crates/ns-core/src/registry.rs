@@ -37,6 +37,8 @@ pub struct Machine {
     pub boot: bool,
     /// The container's own cgroups (one per hierarchy), to find all its processes.
     pub cgroups: Vec<PathBuf>,
+    /// Its system call filter, for commands run inside later (`ns-ctl shell`).
+    pub syscall_filter: Option<crate::state::SyscallFilter>,
 }
 
 fn dir() -> Result<PathBuf> {

@@ -409,6 +409,18 @@ pub struct ExecPlan {
     /// `--personality=`: `x86` or `x86-64`.
     #[serde(default)]
     pub personality: Option<String>,
+    /// The system call filter (nspawn's allow-list and `--system-call-filter=`); None: no
+    /// filter (`SYSTEMD_SECCOMP=0`).
+    #[serde(default)]
+    pub syscall_filter: Option<SyscallFilter>,
+}
+
+/// `--system-call-filter=`: calls and @groups added to nspawn's allow-list, and removed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SyscallFilter {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 /// One `--rlimit=`: a resource by its name without `RLIMIT_`; None is infinity.

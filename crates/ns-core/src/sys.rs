@@ -189,6 +189,42 @@ pub fn trim_heap() {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// One classic BPF instruction (struct sock_filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct SockFilter {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER): install `filter` for this process and everything it
+/// execs or forks. Needs CAP_SYS_ADMIN in our user namespace, or no_new_privs.
+pub fn seccomp_install(filter: &[SockFilter]) -> nix::Result<()> {
+    #[repr(C)]
+    struct SockFprog {
+        len: u16,
+        filter: *const SockFilter,
+    }
+    const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
+    let prog = SockFprog {
+        len: u16::try_from(filter.len()).map_err(|_| Errno::E2BIG)?,
+        filter: filter.as_ptr(),
+    };
+    // SAFETY: `prog` and the instructions it points to live across the call; the kernel
+    // copies them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const SockFprog,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): every fd from `first` up closes at the next
 /// successful exec, and stays usable until then (so an exec failure can still be reported).
 pub fn cloexec_from(first: u32) -> nix::Result<()> {

@@ -102,6 +102,17 @@ pub fn shell(
         .unwrap_or_default();
     env.extend(setenv.iter().cloned());
     let uuid = dashed(&m.uuid);
+    // The container's own filter, as --system-call-filter= values.
+    let filter: Vec<String> = match &m.syscall_filter {
+        Some(f) => [
+            (!f.allow.is_empty()).then(|| f.allow.join(" ")),
+            (!f.deny.is_empty()).then(|| format!("~{}", f.deny.join(" "))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        None => Vec::new(),
+    };
     let mut plan = ns_caps::exec_plan(&ns_caps::ExecOptions {
         argv: command,
         user,
@@ -122,6 +133,8 @@ pub fn shell(
         oom_score_adjust: None,
         cpu_affinity: None,
         personality: None,
+        system_call_filter: &filter,
+        seccomp: m.syscall_filter.is_some(),
     })?;
     // Exactly the container's bounding set (ns-caps computes the flags against its default).
     plan.capabilities = caps_spec::names(bounding & caps_spec::all_mask());

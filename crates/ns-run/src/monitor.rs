@@ -219,6 +219,7 @@ pub fn run(state: &State) -> Result<i32> {
                         .collect(),
                     boot: state.monitor.boot,
                     cgroups: cgroups.iter().map(|c| c.dir.clone()).collect(),
+                    syscall_filter: state.exec.syscall_filter.clone(),
                 },
                 // Cloned now, while ns-enter execs on the other CPU.
                 root_clone: match &state.enter.userns {

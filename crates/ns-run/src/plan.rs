@@ -19,7 +19,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
             "--suppress-sync",
             c.suppress_sync.as_deref().is_some_and(|v| !is_false(v)),
         ),
-        ("--system-call-filter", !c.system_call_filter.is_empty()),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
         (
@@ -364,6 +363,12 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         oom_score_adjust: c.oom_score_adjust.as_deref(),
         cpu_affinity: c.cpu_affinity.as_deref(),
         personality: c.personality.as_deref(),
+        system_call_filter: &c.system_call_filter,
+        // nspawn's knob: SYSTEMD_SECCOMP=0 turns the filter off.
+        seccomp: std::env::var("SYSTEMD_SECCOMP")
+            .ok()
+            .and_then(|v| ns_core::parse_boolean(&v))
+            .unwrap_or(true),
     })?;
     // nspawn: a booted container is asked to power off (SIGRTMIN+3) unless told otherwise.
     let kill_signal = match c.kill_signal.as_deref() {
