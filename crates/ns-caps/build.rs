@@ -1,14 +1,85 @@
-//! System call numbers of the three x86 ABIs, from the kernel headers of the build host
-//! (Debian's linux-libc-dev: /usr/include/x86_64-linux-gnu/asm/unistd_{64,32,x32}.h), as
-//! Rust tables for the seccomp filter (src/seccomp/mod.rs). Set NS_SYSCALL_HEADERS to use
-//! another directory.
+//! The seccomp filter's tables (src/seccomp/mod.rs), computed once here:
+//! - the system call numbers of the three x86 ABIs, from the kernel headers of the build host
+//!   (Debian's linux-libc-dev: /usr/include/x86_64-linux-gnu/asm/unistd_{64,32,x32}.h; set
+//!   NS_SYSCALL_HEADERS for another directory);
+//! - for each call, which items of nspawn's allow-list (src/seccomp/nspawn.txt, groups
+//!   expanded with src/seccomp/groups.txt) include it, as a bit mask.
+//!
+//! So that at start-up the filter is a pass over three arrays.
 
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
+/// The calls of `@group`, nested groups expanded.
+fn group(groups: &str, name: &str) -> BTreeSet<String> {
+    let line = groups
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("groups.txt has no {name}"));
+    let mut out = BTreeSet::new();
+    for item in line.split_whitespace().skip(1) {
+        if item.starts_with('@') {
+            out.extend(group(groups, item));
+        } else {
+            out.insert(item.to_string());
+        }
+    }
+    out
+}
+
 fn main() {
+    let src =
+        std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("src/seccomp");
+    let groups = std::fs::read_to_string(src.join("groups.txt")).unwrap();
+    let nspawn = std::fs::read_to_string(src.join("nspawn.txt")).unwrap();
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.join("groups.txt").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.join("nspawn.txt").display()
+    );
+    // nspawn's items: (capability or "", the calls they cover).
+    let items: Vec<(String, String, BTreeSet<String>)> = nspawn
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (cap, item) = l.split_once(' ').expect("CAP ITEM");
+            let calls = if item.starts_with('@') {
+                group(&groups, item)
+            } else {
+                BTreeSet::from([item.to_string()])
+            };
+            (
+                if cap == "-" {
+                    String::new()
+                } else {
+                    cap.to_string()
+                },
+                item.to_string(),
+                calls,
+            )
+        })
+        .collect();
+    assert!(
+        items.len() <= 128,
+        "nspawn.txt has more items than a u128 has bits"
+    );
+    let mut out = String::new();
+    writeln!(
+        out,
+        "/// nspawn's allow-list items: (capability needed, or \"\"; group or call)."
+    )
+    .unwrap();
+    writeln!(out, "pub const NSPAWN: &[(&str, &str)] = &[").unwrap();
+    for (cap, item, _) in &items {
+        writeln!(out, "    ({cap:?}, {item:?}),").unwrap();
+    }
+    writeln!(out, "];").unwrap();
+
     let dir = std::env::var("NS_SYSCALL_HEADERS")
         .unwrap_or_else(|_| "/usr/include/x86_64-linux-gnu/asm".into());
-    let mut out = String::new();
     for (abi, file) in [
         ("X86_64", "unistd_64.h"),
         ("X86", "unistd_32.h"),
@@ -19,7 +90,7 @@ fn main() {
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!("{path}: {e} (install linux-libc-dev, or set NS_SYSCALL_HEADERS)")
         });
-        writeln!(out, "pub const {abi}: &[(&str, u32)] = &[").unwrap();
+        let mut calls: Vec<(u32, String)> = Vec::new();
         for line in text.lines() {
             let Some(rest) = line.strip_prefix("#define __NR_") else {
                 continue;
@@ -36,11 +107,26 @@ fn main() {
             let Ok(n) = n.trim().parse::<u32>() else {
                 continue;
             };
-            writeln!(out, "    ({name:?}, {}),", bit | n).unwrap();
+            calls.push((bit | n, name.to_string()));
+        }
+        calls.sort();
+        writeln!(
+            out,
+            "/// (name, number, nspawn items that allow it), by number."
+        )
+        .unwrap();
+        writeln!(out, "pub const {abi}: &[(&str, u32, u128)] = &[").unwrap();
+        for (nr, name) in calls {
+            let mask = items
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, _, c))| c.contains(&name))
+                .fold(0u128, |m, (i, _)| m | 1 << i);
+            writeln!(out, "    ({name:?}, {nr}, {mask:#x}),").unwrap();
         }
         writeln!(out, "];").unwrap();
     }
     println!("cargo:rerun-if-env-changed=NS_SYSCALL_HEADERS");
-    let dest = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("syscalls.rs");
+    let dest = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("tables.rs");
     std::fs::write(dest, out).unwrap();
 }

@@ -8,11 +8,12 @@
 //! software falls back as it would on an older kernel. socket(AF_NETLINK, *, NETLINK_AUDIT)
 //! fails with EAFNOSUPPORT, which audit userspace takes for "no audit".
 //!
-//! The groups' contents come from systemd 252 (`groups.txt`, made by
-//! scripts/gen-syscall-groups) and the numbers from the kernel headers (build.rs), both at
-//! build time; at start-up the program is assembled from sorted tables in microseconds (no
-//! libseccomp, which costs nspawn some 40 ms per start). Classic BPF: for each ABI, a binary
-//! search over the ranges of numbers that share an outcome.
+//! Everything that can be is computed at build time (build.rs): the numbers from the kernel
+//! headers, and for each call which items of nspawn's list (`nspawn.txt`; groups from
+//! systemd 252 in `groups.txt`, made by scripts/gen-syscall-groups) allow it, as a bit mask.
+//! At start-up the program is assembled in one pass over those tables (no libseccomp, which
+//! costs nspawn some 40 ms per start). Classic BPF: for each ABI, a binary search over the
+//! ranges of numbers that share an outcome.
 
 use std::collections::BTreeSet;
 
@@ -20,94 +21,10 @@ use ns_core::sys::SockFilter;
 use ns_core::{Error, Result};
 
 mod tables {
-    include!(concat!(env!("OUT_DIR"), "/syscalls.rs"));
+    include!(concat!(env!("OUT_DIR"), "/tables.rs"));
 }
 
 const GROUPS: &str = include_str!("groups.txt");
-
-/// nspawn's allow-list: (capability needed, or none; a group or a call).
-const NSPAWN: &[(Option<caps::Capability>, &str)] = {
-    use caps::Capability::*;
-    &[
-        (None, "@aio"),
-        (None, "@basic-io"),
-        (None, "@chown"),
-        (None, "@default"),
-        (None, "@file-system"),
-        (None, "@io-event"),
-        (None, "@ipc"),
-        (None, "@mount"),
-        (None, "@network-io"),
-        (None, "@process"),
-        (None, "@resources"),
-        (None, "@setuid"),
-        (None, "@signal"),
-        (None, "@sync"),
-        (None, "@timer"),
-        (Some(CAP_SYS_TIME), "@clock"),
-        (Some(CAP_SYS_MODULE), "@module"),
-        (Some(CAP_SYS_RAWIO), "@raw-io"),
-        (Some(CAP_IPC_LOCK), "@memlock"),
-        (None, "brk"),
-        (None, "capget"),
-        (None, "capset"),
-        (None, "copy_file_range"),
-        (None, "fadvise64"),
-        (None, "fadvise64_64"),
-        (None, "flock"),
-        (None, "get_mempolicy"),
-        (None, "getcpu"),
-        (None, "getpriority"),
-        (None, "getrandom"),
-        (None, "ioctl"),
-        (None, "ioprio_get"),
-        (None, "kcmp"),
-        (None, "madvise"),
-        (None, "mincore"),
-        (None, "mprotect"),
-        (None, "mremap"),
-        (None, "name_to_handle_at"),
-        (None, "oldolduname"),
-        (None, "olduname"),
-        (None, "personality"),
-        (None, "readahead"),
-        (None, "readdir"),
-        (None, "remap_file_pages"),
-        (None, "sched_get_priority_max"),
-        (None, "sched_get_priority_min"),
-        (None, "sched_getaffinity"),
-        (None, "sched_getattr"),
-        (None, "sched_getparam"),
-        (None, "sched_getscheduler"),
-        (None, "sched_rr_get_interval"),
-        (None, "sched_yield"),
-        (None, "seccomp"),
-        (None, "sendfile"),
-        (None, "sendfile64"),
-        (None, "setdomainname"),
-        (None, "setfsgid"),
-        (None, "setfsgid32"),
-        (None, "setfsuid"),
-        (None, "setfsuid32"),
-        (None, "sethostname"),
-        (None, "setpgid"),
-        (None, "setsid"),
-        (None, "splice"),
-        (None, "sysinfo"),
-        (None, "tee"),
-        (None, "umask"),
-        (None, "uname"),
-        (None, "userfaultfd"),
-        (None, "vmsplice"),
-        (Some(CAP_SYS_PACCT), "acct"),
-        (Some(CAP_SYS_PTRACE), "process_vm_readv"),
-        (Some(CAP_SYS_PTRACE), "process_vm_writev"),
-        (Some(CAP_SYS_PTRACE), "ptrace"),
-        (Some(CAP_SYS_BOOT), "reboot"),
-        (Some(CAP_SYSLOG), "syslog"),
-        (Some(CAP_SYS_TTY_CONFIG), "vhangup"),
-    ]
-};
 
 /// The calls of `@group` (nested groups expanded), or None for an unknown group.
 fn group(name: &str) -> Option<BTreeSet<&'static str>> {
@@ -126,15 +43,8 @@ fn group(name: &str) -> Option<BTreeSet<&'static str>> {
     Some(out)
 }
 
-/// Is `name` a call of any of the three ABIs?
-fn known(name: &str) -> bool {
-    [tables::X86_64, tables::X86, tables::X32]
-        .iter()
-        .any(|t| t.iter().any(|(n, _)| *n == name))
-}
-
 /// `--system-call-filter=` items: calls or @groups, checked.
-fn items(option: &str, list: &[String]) -> Result<BTreeSet<&'static str>> {
+fn calls(option: &str, list: &[String]) -> Result<BTreeSet<&'static str>> {
     let mut out = BTreeSet::new();
     for item in list {
         if item.starts_with('@') {
@@ -148,7 +58,7 @@ fn items(option: &str, list: &[String]) -> Result<BTreeSet<&'static str>> {
                 .iter()
                 .chain(tables::X86)
                 .chain(tables::X32)
-                .map(|(n, _)| *n)
+                .map(|(n, _, _)| *n)
                 .find(|n| n == item)
                 .unwrap_or("");
             if !leaked.is_empty() {
@@ -182,26 +92,49 @@ pub fn parse_filter(values: &[String]) -> Result<(Vec<String>, Vec<String>)> {
     Ok((allow, deny))
 }
 
-/// The names allowed for a payload that retains the capabilities `retained` (a mask).
+/// What the filter lets through: nspawn's items (a mask over `tables::NSPAWN`) plus and
+/// minus the `--system-call-filter=` calls.
+pub struct Decision {
+    items: u128,
+    allow: BTreeSet<&'static str>,
+    deny: BTreeSet<&'static str>,
+}
+
+impl Decision {
+    /// For a payload that retains the capabilities `retained` (a mask).
+    pub fn new(retained: u64, allow: &[String], deny: &[String]) -> Result<Decision> {
+        let items = tables::NSPAWN
+            .iter()
+            .enumerate()
+            .filter(|(_, (cap, _))| {
+                cap.is_empty()
+                    || cap
+                        .parse::<caps::Capability>()
+                        .is_ok_and(|c| retained & c.bitmask() != 0)
+            })
+            .fold(0u128, |m, (i, _)| m | 1 << i);
+        Ok(Decision {
+            items,
+            allow: calls("--system-call-filter", allow)?,
+            deny: calls("--system-call-filter", deny)?,
+        })
+    }
+
+    fn allows(&self, name: &str, items: u128) -> bool {
+        (items & self.items != 0 || self.allow.contains(name)) && !self.deny.contains(name)
+    }
+}
+
+/// The names `d` allows, on any ABI (for tests and diagnostics).
 pub fn allowed(retained: u64, allow: &[String], deny: &[String]) -> Result<BTreeSet<&'static str>> {
-    let mut out = BTreeSet::new();
-    for (cap, item) in NSPAWN {
-        if cap.is_some_and(|c| retained & c.bitmask() == 0) {
-            continue;
-        }
-        match item.strip_prefix('@') {
-            Some(_) => out.extend(group(item).expect("nspawn's groups are in groups.txt")),
-            None => {
-                out.insert(*item);
-            }
-        }
-    }
-    out.extend(items("--system-call-filter", allow)?);
-    for d in items("--system-call-filter", deny)? {
-        out.remove(d);
-    }
-    debug_assert!(out.iter().all(|n| known(n) || !n.is_empty()));
-    Ok(out)
+    let d = Decision::new(retained, allow, deny)?;
+    Ok(tables::X86_64
+        .iter()
+        .chain(tables::X86)
+        .chain(tables::X32)
+        .filter(|(n, _, m)| d.allows(n, *m))
+        .map(|(n, _, _)| *n)
+        .collect())
 }
 
 // Classic BPF, as the kernel runs it on struct seccomp_data { int nr; u32 arch; u64 ip;
@@ -271,26 +204,21 @@ fn search(ranges: &[(u32, Outcome)]) -> Vec<SockFilter> {
     p
 }
 
-/// The outcome ranges of one ABI's `table` (numbers in `lo..hi`) for `allowed` names.
-fn ranges(
-    table: &[(&str, u32)],
-    allowed: &BTreeSet<&str>,
-    lo: u32,
-    hi: u32,
-) -> Vec<(u32, Outcome)> {
-    let mut nrs: Vec<(u32, Outcome)> = table
+/// The outcome ranges of one ABI's `table` (numbers in `lo..hi`, sorted) under `d`.
+fn ranges(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<(u32, Outcome)> {
+    let nrs = table
         .iter()
-        .filter(|(_, nr)| (lo..hi).contains(nr))
-        .map(|(n, nr)| {
-            let o = if allowed.contains(n) {
-                Outcome::Allow
-            } else {
-                Outcome::Eperm
-            };
-            (*nr, o)
-        })
-        .collect();
-    nrs.sort();
+        .filter(|(_, nr, _)| (lo..hi).contains(nr))
+        .map(|(n, nr, m)| {
+            (
+                *nr,
+                if d.allows(n, *m) {
+                    Outcome::Allow
+                } else {
+                    Outcome::Eperm
+                },
+            )
+        });
     let mut out = vec![(0, Outcome::Enosys)];
     let mut push = |start: u32, o: Outcome| {
         if out.last().map(|l| l.1) != Some(o) {
@@ -316,9 +244,9 @@ fn ranges(
 
 /// The section of one ABI: the NETLINK_AUDIT rule for its socket() (if it has one), then the
 /// search on the number.
-fn section(table: &[(&str, u32)], allowed: &BTreeSet<&str>, lo: u32, hi: u32) -> Vec<SockFilter> {
+fn section(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<SockFilter> {
     let mut p = Vec::new();
-    if let Some((_, socket)) = table.iter().find(|(n, _)| *n == "socket") {
+    if let Some((_, socket, _)) = table.iter().find(|(n, _, _)| *n == "socket") {
         // if nr == socket && arg0 == AF_NETLINK && arg2 == NETLINK_AUDIT: EAFNOSUPPORT;
         // another socket() reloads the number; anything else goes straight to the search.
         p.extend([
@@ -332,15 +260,15 @@ fn section(table: &[(&str, u32)], allowed: &BTreeSet<&str>, lo: u32, hi: u32) ->
             stmt(RET_K, RET_ERRNO | libc::EAFNOSUPPORT as u32), // 7
         ]);
     }
-    p.extend(search(&ranges(table, allowed, lo, hi)));
+    p.extend(search(&ranges(table, d, lo, hi)));
     p
 }
 
-/// The whole program for `allowed`.
-pub fn program(allowed: &BTreeSet<&str>) -> Vec<SockFilter> {
-    let x86_64 = section(tables::X86_64, allowed, 0, X32_BIT);
-    let x32 = section(tables::X32, allowed, X32_BIT, u32::MAX);
-    let x86 = section(tables::X86, allowed, 0, u32::MAX);
+/// The whole program for `d`.
+pub fn program(d: &Decision) -> Vec<SockFilter> {
+    let x86_64 = section(tables::X86_64, d, 0, X32_BIT);
+    let x32 = section(tables::X32, d, X32_BIT, u32::MAX);
+    let x86 = section(tables::X86, d, 0, u32::MAX);
     let mut p = vec![
         stmt(LD_W_ABS, OFF_ARCH),
         jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -364,7 +292,7 @@ pub fn program(allowed: &BTreeSet<&str>) -> Vec<SockFilter> {
 
 /// Install the filter for a payload retaining `retained`.
 pub fn install(retained: u64, allow: &[String], deny: &[String]) -> Result<()> {
-    let prog = program(&allowed(retained, allow, deny)?);
+    let prog = program(&Decision::new(retained, allow, deny)?);
     ns_core::sys::seccomp_install(&prog).map_err(|e| {
         Error::setup(format!(
             "cannot install the system call filter: {}",
@@ -402,14 +330,14 @@ mod tests {
         }
     }
 
-    fn nr(table: &[(&str, u32)], name: &str) -> u32 {
-        table.iter().find(|(n, _)| *n == name).unwrap().1
+    fn nr(table: &[(&str, u32, u128)], name: &str) -> u32 {
+        table.iter().find(|(n, _, _)| *n == name).unwrap().1
     }
 
     #[test]
     fn outcomes_on_every_abi() {
         let allowed = allowed(0, &[], &[]).unwrap();
-        let p = program(&allowed);
+        let p = program(&Decision::new(0, &[], &[]).unwrap());
         assert!(p.len() < 4096, "{}", p.len());
         let eperm = RET_ERRNO | libc::EPERM as u32;
         let enosys = RET_ERRNO | libc::ENOSYS as u32;
@@ -437,7 +365,7 @@ mod tests {
                 );
             }
             // Every number of the ABI, and the gaps between them.
-            for (name, n) in table {
+            for (name, n, _) in table {
                 let want = if allowed.contains(name) {
                     RET_ALLOW
                 } else {
@@ -446,7 +374,7 @@ mod tests {
                 if *name != "socket" {
                     assert_eq!(run(&p, arch, *n, [0; 3]), want, "{arch:#x} {name}");
                 }
-                if !table.iter().any(|(_, m)| *m == n + 1) {
+                if !table.iter().any(|(_, m, _)| *m == n + 1) {
                     assert_eq!(
                         run(&p, arch, n + 1, [0; 3]),
                         enosys,
@@ -455,7 +383,7 @@ mod tests {
                 }
             }
             // Beyond every known number: ENOSYS.
-            let top = table.iter().map(|(_, n)| *n).max().unwrap();
+            let top = table.iter().map(|(_, n, _)| *n).max().unwrap();
             assert_eq!(run(&p, arch, top + 1, [0; 3]), enosys, "{arch:#x}");
             // socket(AF_NETLINK, _, NETLINK_AUDIT) only.
             let socket = nr(table, "socket");
