@@ -8,6 +8,7 @@
 //!                                EINVAL or EBADF instead)
 //!   ns-probe nr N                the same by number (an unknown one)
 //!   ns-probe socket DOMAIN TYPE PROTOCOL
+//!   ns-probe tiocsti             push one character into stdin's terminal (TIOCSTI)
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -21,6 +22,7 @@ fn errno_name(e: i32) -> String {
         libc::ENOENT => "ENOENT".into(),
         libc::EROFS => "EROFS".into(),
         libc::EPROTONOSUPPORT => "EPROTONOSUPPORT".into(),
+        libc::ENOTTY => "ENOTTY".into(),
         n => format!("errno {n}"),
     }
 }
@@ -62,8 +64,15 @@ fn main() {
         Some("socket") => {
             unsafe { libc::socket(arg(1) as i32, arg(2) as i32, arg(3) as i32) }.into()
         }
+        Some("tiocsti") => {
+            let c = b'x';
+            // SAFETY: TIOCSTI reads one byte from the pointer, which points at `c`.
+            unsafe { libc::ioctl(0, libc::TIOCSTI, &c as *const u8) }.into()
+        }
         _ => {
-            eprintln!("usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL");
+            eprintln!(
+                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti"
+            );
             std::process::exit(2)
         }
     };

@@ -143,3 +143,101 @@ fn ns_ctl_shell_runs_under_the_containers_filter() {
     r.signal(libc::SIGTERM);
     assert_eq!(r.wait().code, 137);
 }
+
+/// Escape attempts from a container with default options and with `-U`: (what, shell test
+/// printing the outcome, outcome by default, outcome with -U). Each outcome is asserted here
+/// and listed in README's table.
+const ESCAPES: &[(&str, &str, &str, &str)] = &[
+    (
+        "mount a tmpfs (in its own mount namespace)",
+        "mkdir -p /tmp/m && mount -t tmpfs x /tmp/m && echo ok || echo denied",
+        "ok",
+        "ok",
+    ),
+    (
+        "remount /sys read-write",
+        "mount -o remount,rw /sys 2>/dev/null && echo ok || echo denied",
+        "ok", // CAP_SYS_ADMIN of the host's user namespace: see README
+        "denied",
+    ),
+    (
+        "write a sysctl of the host (its own value back to kernel.printk_ratelimit)",
+        "mount -o remount,rw /proc/sys 2>/dev/null; \
+         (v=$(cat /proc/sys/kernel/printk_ratelimit); echo $v > /proc/sys/kernel/printk_ratelimit) 2>/dev/null && echo ok || echo denied",
+        "ok", // likewise
+        "denied",
+    ),
+    (
+        "write /proc/sysrq-trigger",
+        "(echo h > /proc/sysrq-trigger) 2>/dev/null && echo ok || echo denied",
+        "denied",
+        "denied",
+    ),
+    (
+        "read /proc/kcore, kallsyms, keys, timer_list (bytes read)",
+        "for f in kcore kallsyms keys timer_list; do head -c 16 /proc/$f 2>/dev/null; done | wc -c | tr -d ' '",
+        "0", // empty inaccessible nodes (CAP_DAC_OVERRIDE may open them: nothing in them)
+        "0",
+    ),
+    (
+        "mknod and open the host's disk",
+        "mknod /tmp/disk b 254 0 2>/dev/null; head -c1 /tmp/disk >/dev/null 2>&1 && echo ok || echo denied",
+        "denied",
+        "denied",
+    ),
+    ("load a kernel module", "ns-probe syscall init_module", "EPERM", "EPERM"),
+    ("kexec", "ns-probe syscall kexec_load", "EPERM", "EPERM"),
+    ("open_by_handle_at", "ns-probe syscall open_by_handle_at", "EPERM", "EPERM"),
+    ("keyctl", "ns-probe syscall keyctl", "EPERM", "EPERM"),
+    ("bpf", "ns-probe syscall bpf", "EPERM", "EPERM"),
+    ("perf_event_open", "ns-probe syscall perf_event_open", "EPERM", "EPERM"),
+    ("TIOCSTI", "ns-probe tiocsti", "EPERM", "EPERM"),
+    (
+        "see a host process (ptrace needs one to see)",
+        "[ $(ls -d /proc/[0-9]* | wc -l) -lt 6 ] && echo only-its-own || echo host",
+        "only-its-own", // the shell (PID 1) and its pipeline
+        "only-its-own",
+    ),
+    (
+        "reach the host's root or network namespace through /proc/1",
+        "[ \"$(readlink /proc/1/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && \
+         [ \"$(stat -c %i /proc/1/root/)\" = \"$(stat -c %i /)\" ] && echo own || echo host",
+        "own",
+        "own",
+    ),
+];
+
+#[test]
+fn escape_attempts_fail_as_documented() {
+    let t = tree("sc-escape");
+    let before = ns_tests::mount_points();
+    for (userns, opts) in [(false, &[][..]), (true, &["-U"][..])] {
+        for (what, script, default, with_u) in ESCAPES {
+            let mut c = ns_run();
+            t.tag(&mut c)
+                .args(["-q", "-D", t.arg()])
+                .args(opts)
+                .args(["sh", "-c", script]);
+            let out = run_cmd(c, None);
+            let want = if userns { with_u } else { default };
+            assert_eq!(out.stdout.trim(), *want, "{what} {opts:?}: {out}");
+        }
+    }
+    // Without CAP_SYS_ADMIN, /sys and /proc/sys stay read-only even without -U.
+    let mut c = ns_run();
+    t.tag(&mut c)
+        .args([
+            "-q",
+            "-D",
+            t.arg(),
+            "--drop-capability=CAP_SYS_ADMIN",
+            "sh",
+            "-c",
+        ])
+        .arg(
+            "mount -o remount,rw /sys 2>/dev/null && echo sys-rw; \
+         mount -o remount,rw /proc/sys 2>/dev/null && echo procsys-rw; echo done",
+        );
+    assert_eq!(run_cmd(c, None).stdout, "done\n");
+    ns_tests::assert_mounts_unchanged(&before);
+}

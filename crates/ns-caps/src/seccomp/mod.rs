@@ -6,7 +6,8 @@
 //! `~`-prefixed ones removed). A call the build host's kernel headers know but that is not
 //! allowed fails with EPERM; a number they do not know (a newer call) with ENOSYS, so that
 //! software falls back as it would on an older kernel. socket(AF_NETLINK, *, NETLINK_AUDIT)
-//! fails with EAFNOSUPPORT, which audit userspace takes for "no audit".
+//! fails with EAFNOSUPPORT, which audit userspace takes for "no audit". Beyond nspawn,
+//! ioctl(TIOCSTI) fails with EPERM: no faking input on a terminal shared with the host.
 //!
 //! Everything that can be is computed at build time (build.rs): the numbers from the kernel
 //! headers, and for each call which items of nspawn's list (`nspawn.txt`; groups from
@@ -147,9 +148,8 @@ const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
-/// The low halves of args[0] and args[2] (little-endian).
+/// The low half of args[0] (little-endian); args[i] is 8 * i further.
 const OFF_ARG0: u32 = 16;
-const OFF_ARG2: u32 = 32;
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const AUDIT_ARCH_I386: u32 = 0x4000_0003;
@@ -242,23 +242,38 @@ fn ranges(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<(u
     out
 }
 
-/// The section of one ABI: the NETLINK_AUDIT rule for its socket() (if it has one), then the
-/// search on the number.
+/// Calls answered by their arguments, before the search: (call, [(argument, value)], errno).
+/// The audit socket as nspawn; TIOCSTI (pushing input into a terminal, which would reach the
+/// user's shell through a terminal passed with --console=pipe) beyond nspawn.
+const ARGUMENT_RULES: &[(&str, &[(u32, u32)], i32)] = &[
+    (
+        "socket",
+        &[
+            (0, libc::AF_NETLINK as u32),
+            (2, libc::NETLINK_AUDIT as u32),
+        ],
+        libc::EAFNOSUPPORT,
+    ),
+    ("ioctl", &[(1, libc::TIOCSTI as u32)], libc::EPERM),
+];
+
+/// The section of one ABI: the argument rules for its numbers, then the search on the number.
 fn section(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<SockFilter> {
     let mut p = Vec::new();
-    if let Some((_, socket, _)) = table.iter().find(|(n, _, _)| *n == "socket") {
-        // if nr == socket && arg0 == AF_NETLINK && arg2 == NETLINK_AUDIT: EAFNOSUPPORT;
-        // another socket() reloads the number; anything else goes straight to the search.
-        p.extend([
-            jump(JEQ_K, *socket, 0, 7),                         // 0: socket? else to 8
-            stmt(LD_W_ABS, OFF_ARG0),                           // 1
-            jump(JEQ_K, libc::AF_NETLINK as u32, 0, 2),         // 2: else to 5
-            stmt(LD_W_ABS, OFF_ARG2),                           // 3
-            jump(JEQ_K, libc::NETLINK_AUDIT as u32, 2, 0),      // 4: to 7, else 5
-            stmt(LD_W_ABS, OFF_NR),                             // 5
-            stmt(JA, 1),                                        // 6: to 8
-            stmt(RET_K, RET_ERRNO | libc::EAFNOSUPPORT as u32), // 7
-        ]);
+    for (call, conds, errno) in ARGUMENT_RULES {
+        let Some((_, nr, _)) = table.iter().find(|(n, _, _)| n == call) else {
+            continue;
+        };
+        // [0] jeq nr, else past the rule; per condition: ld arg, jeq value, else to the
+        // reload; ret errno; reload the number.
+        let k = conds.len() as u8;
+        p.push(jump(JEQ_K, *nr, 0, 2 * k + 2));
+        for (i, (arg, value)) in conds.iter().enumerate() {
+            p.push(stmt(LD_W_ABS, OFF_ARG0 + 8 * arg));
+            p.push(jump(JEQ_K, *value, 0, 2 * k - 2 * i as u8 - 1));
+        }
+        p.push(stmt(RET_K, RET_ERRNO | *errno as u32));
+        p.push(stmt(LD_W_ABS, OFF_NR));
     }
     p.extend(search(&ranges(table, d, lo, hi)));
     p
@@ -310,9 +325,9 @@ mod tests {
         let word = |k: u32| match k {
             OFF_NR => nr,
             OFF_ARCH => arch,
-            OFF_ARG0 => args[0],
+            16 => args[0],
             24 => args[1],
-            OFF_ARG2 => args[2],
+            32 => args[2],
             _ => panic!("load {k}"),
         };
         let (mut a, mut pc) = (0u32, 0usize);
@@ -371,7 +386,7 @@ mod tests {
                 } else {
                     eperm
                 };
-                if *name != "socket" {
+                if *name != "socket" && *name != "ioctl" {
                     assert_eq!(run(&p, arch, *n, [0; 3]), want, "{arch:#x} {name}");
                 }
                 if !table.iter().any(|(_, m, _)| *m == n + 1) {
