@@ -245,7 +245,10 @@ fn ranges(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<(u
 /// Calls answered by their arguments, before the search: (call, [(argument, value)], errno).
 /// The audit socket as nspawn; TIOCSTI (pushing input into a terminal, which would reach the
 /// user's shell through a terminal passed with --console=pipe) beyond nspawn.
-const ARGUMENT_RULES: &[(&str, &[(u32, u32)], i32)] = &[
+/// (call, the arguments it must have as (index, value), the errno it gets then).
+type ArgumentRule = (&'static str, &'static [(u32, u32)], i32);
+
+const ARGUMENT_RULES: &[ArgumentRule] = &[
     (
         "socket",
         &[
