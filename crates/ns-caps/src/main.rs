@@ -147,6 +147,7 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
 
 /// Exec the payload, its login shell, or ns-init in front of either.
 fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Result<Infallible> {
+    ns_core::stage::fault("ns-caps:before-exec");
     if plan.as_pid2 {
         let mut argv = vec!["ns-init".to_string()];
         if plan.argv.is_empty() {

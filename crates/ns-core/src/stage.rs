@@ -104,6 +104,18 @@ pub fn parse_matches<T: clap::Parser>(stage: &str, argv: &[String]) -> (T, clap:
     }
 }
 
+/// Fault injection for the tests: with `NS_FAULT=POINT` in the environment, the process
+/// kills itself with SIGKILL when it reaches POINT (`ns-mount:mid`...), as a crash or an
+/// OOM kill would. The payload never sees the variable (its environment is built anew).
+pub fn fault(point: &str) {
+    if std::env::var_os("NS_FAULT").is_some_and(|v| v == point) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        // Still here: we are a PID namespace's init, which ignores signals it sends itself.
+        // Crash instead (abort ends in a fault the kernel forces on us).
+        std::process::abort();
+    }
+}
+
 /// Per-stage traces on stderr when NS_DEBUG is set.
 pub fn debug(stage: &str, what: impl FnOnce() -> String) {
     if std::env::var_os("NS_DEBUG").is_some() {

@@ -27,8 +27,9 @@ struct Args {
     /// Output format of list and status: text or json
     #[arg(short = 'o', long, default_value = "text", global = true)]
     output: String,
+    /// The verb (default: list, as machinectl)
     #[command(subcommand)]
-    verb: Verb,
+    verb: Option<Verb>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,7 +85,7 @@ fn main() {
             "json" => true,
             o => return Err(Error::invalid("--output", o, "not text or json")),
         };
-        let code = match args.verb {
+        let code = match args.verb.unwrap_or(Verb::List) {
             Verb::List => show::list(json)?,
             Verb::Status { names } => {
                 needs_names(&names)?;

@@ -41,6 +41,7 @@ fn main() {
                 _ => std::process::exit(125),
             }
         }
+        ns_core::stage::fault("ns-enter:start");
         if let Some(p) = &plan.netns_path {
             let f = std::fs::File::open(p)
                 .ctx(|| format!("--network-namespace-path={}", p.display()))?;
@@ -74,6 +75,7 @@ fn main() {
             .filter(|n| *n != Namespace::User)
             .collect();
         let flags = clone_flags(&others);
+        ns_core::stage::fault("ns-enter:before-unshare");
         debug(STAGE, || format!("unshare {:?}", plan.namespaces));
         nix::sched::unshare(flags)
             .ctx(|| format!("cannot unshare namespaces {:?}", names(&plan.namespaces)))?;

@@ -51,6 +51,7 @@ pub fn build_root(
     if let Some(p) = &plan.pivot_root {
         root = crate::root::pivot_inside(root, p)?;
     }
+    ns_core::stage::fault("ns-mount:mid");
     mount_proc(&root, &scratch, plan.private_network)?;
     mount_sys(&root)?;
     if let Some(cg) = &plan.cgroups {
@@ -84,6 +85,7 @@ pub fn build_root(
         crate::ops::apply(&root, &scratch, op, i, sync)?;
     }
     crate::root::finish(&root, plan)?;
+    ns_core::stage::fault("ns-mount:before-pivot");
     pivot_into(&root)
 }
 

@@ -79,6 +79,7 @@ pub fn setup(plan: &NetPlan, netns: BorrowedFd<'_>) -> Result<()> {
         let host = connect()?;
         let mut created: Vec<String> = Vec::new();
         let r = setup_host(&host, plan, netns, &mut created).await;
+        ns_core::stage::fault("ns-net:mid");
         let r = match r {
             Ok(()) => inside(plan, netns).await,
             e => e,

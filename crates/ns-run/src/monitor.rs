@@ -170,6 +170,7 @@ pub fn run(state: &State) -> Result<i32> {
             let made = if want_cgroups {
                 create_cgroups(false, &mut cleanup).and_then(|v1| {
                     cgroups.extend(v1);
+                    ns_core::stage::fault("ns-run:cgroups");
                     ns_enter::resources::apply(&state.monitor.properties, &cgroups)?;
                     sync.send(&Msg::Cgroups)
                 })
@@ -472,6 +473,7 @@ impl Monitor<'_> {
                     if let Some(r) = &self.registration {
                         self.machine.leader = p;
                         r.publish(&self.machine)?;
+                        ns_core::stage::fault("ns-run:registered");
                     }
                     sync.send(&Msg::Go)?; // SYNC-2
                 }

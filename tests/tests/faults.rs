@@ -1,0 +1,154 @@
+//! Fault injection: a container with a veth, an overlay whose work directory and a bind whose
+//! mount point are made on the host, its cgroups and its registry entry, killed at each step
+//! of its start (`NS_FAULT=POINT`: the process at POINT kills itself, see
+//! `ns_core::stage::fault`): each stage at each step, ns-net mid-way, and the monitor. Then
+//! nothing may be left once the next ns-run has collected what a dead monitor journaled:
+//! no mount, process, link, cgroup, registry entry, lock, journal, work directory or mount
+//! point.
+//!
+//! The container runs in a throwaway network namespace of the test (`ip netns add`, entered
+//! with nsenter --net), so its veth never touches the host's links.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ns_tests::{bin, mount_points, run_cmd, Tree};
+
+const POINTS: &[&str] = &[
+    "ns-enter:start",
+    "ns-enter:before-unshare",
+    "ns-run:cgroups",
+    "ns-net:mid",
+    "ns-run:registered",
+    "ns-mount:mid",
+    "ns-mount:before-pivot",
+    "ns-caps:before-exec",
+];
+
+/// A network namespace for the test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("ns-f-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        Netns(name)
+    }
+
+    fn links(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.0, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn cgroups_named(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((d, depth)) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
+                    out.push(e.path().display().to_string());
+                }
+                if depth < 3 {
+                    todo.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn dir_entries(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn killed_at_every_step_leaves_nothing() {
+    let t = Tree::rootfs("faults");
+    let ns = Netns::new();
+    let lower = t.host_dir("lower");
+    let upper = t.host_dir("upper");
+    let beside = dir_entries(upper.parent().unwrap());
+    let before = mount_points();
+    for point in POINTS {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", ns.0))
+            .arg(bin("ns-run"));
+        t.tag(&mut c)
+            .env_remove("NS_DEBUG")
+            .env("NS_FAULT", point)
+            .args(["-q", "-M", "fault", "-n", "-D", t.arg()])
+            .arg(format!(
+                "--overlay={}:{}:/srv/ov",
+                lower.display(),
+                upper.display()
+            ))
+            .arg(format!("--bind={}:/new/point", lower.display()))
+            .args(["--property=TasksMax=50", "true"]);
+        let out = run_cmd(c, None);
+        assert_ne!(out.code, 0, "{point}: it was not killed: {out}");
+        let left = ns_tests::wait_no_procs_in(t.path(), Duration::from_secs(5));
+        assert!(left.is_empty(), "{point}: processes left: {left:?}");
+        ns_tests::assert_mounts_unchanged(&before);
+        // The next run collects what a dead monitor journaled; the next reader of the
+        // registry removes its entry.
+        let mut c = ns_tests::ns_run();
+        t.tag(&mut c).args(["-q", "-D", t.arg(), "true"]);
+        assert_eq!(run_cmd(c, None).code, 0, "{point}");
+        let list = run_cmd(Command::new(bin("ns-ctl")), None);
+        assert!(!list.stdout.contains("fault"), "{point}: {list}");
+        assert!(
+            !Path::new("/run/ns-run/machines/fault.lock").exists()
+                && !Path::new("/run/ns-run/machines/fault.json").exists(),
+            "{point}: registry entry left"
+        );
+        assert_eq!(
+            dir_entries(Path::new("/run/ns-run/cleanup")),
+            Vec::<String>::new(),
+            "{point}"
+        );
+        assert_eq!(
+            cgroups_named("ns-run-fault-"),
+            Vec::<String>::new(),
+            "{point}"
+        );
+        assert_eq!(
+            dir_entries(upper.parent().unwrap()),
+            beside,
+            "{point}: work directory left"
+        );
+        assert!(!t.path().join("new").exists(), "{point}: mount point left");
+        // The veth went with the container's network namespace.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while ns.links() != ["lo"] && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(ns.links(), ["lo"], "{point}: links left");
+    }
+}
