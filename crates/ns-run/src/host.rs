@@ -134,12 +134,18 @@ impl Cleanup {
         };
         // The container's cgroups are its alone: always removed now.
         let gone = remove_cgroups(&self.entries);
-        if lock.is_some_and(|l| !l.sole_user()) {
+        let paths = self.entries.iter().any(|e| !e.cgroup);
+        if paths && lock.is_some_and(|l| !l.sole_user()) {
+            // Paths on a tree others still use: left to the last of them (below).
             return;
         }
         remove_paths(&self.entries);
         if gone {
             let _ = std::fs::remove_file(journal);
+        }
+        if paths {
+            // The last user of a shared tree also removes what the earlier ones left.
+            collect_stale();
         }
     }
 }
