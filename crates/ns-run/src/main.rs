@@ -5,14 +5,12 @@
 //! the chain ns-enter → ns-mount → ns-caps [→ ns-init] → payload (monitor.rs).
 #![forbid(unsafe_code)]
 
-mod cli;
 mod host;
 mod monitor;
-mod plan;
-mod settings;
 
 use ns_core::exec::args_utf8;
 use ns_core::stage::{parse_matches, run};
+use ns_run::{cli, plan, settings};
 
 const STAGE: &str = "ns-run";
 
