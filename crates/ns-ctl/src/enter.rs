@@ -271,6 +271,11 @@ fn inside(
     tty: bool,
     sock: &SyncSocket,
 ) -> Result<Option<u32>> {
+    // This process stays in the container while the command runs: non-dumpable, so that the
+    // container's processes cannot ptrace it or reach our binary through /proc/PID/exe
+    // without CAP_SYS_PTRACE over it. (Under -U becoming the container's root below would
+    // make it so anyway; without -U the container's root has that capability, as nspawn's.)
+    nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-ctl non-dumpable".into())?;
     join(m, ns)?;
     if !tty {
         return Ok(None);
