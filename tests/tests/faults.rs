@@ -18,9 +18,11 @@ use ns_tests::{bin, mount_points, run_cmd, Tree};
 const POINTS: &[&str] = &[
     "ns-enter:start",
     "ns-enter:before-unshare",
+    "ns-enter:after-fork",
     "ns-run:cgroups",
     "ns-net:mid",
     "ns-run:registered",
+    "ns-enter:pid1",
     "ns-mount:mid",
     "ns-mount:before-pivot",
     "ns-caps:before-exec",

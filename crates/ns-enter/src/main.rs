@@ -185,9 +185,11 @@ fn start_under_monitor(sync: &SyncSocket, rest: &[String], fds: &StageFds) -> Re
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .ctx(|| "cannot set parent-death signal".into())?;
             wait_go(sync)?;
+            ns_core::stage::fault("ns-enter:pid1");
             Err(exec_next(rest, fds))
         }
         Forked::Parent(pid) => {
+            ns_core::stage::fault("ns-enter:after-fork");
             sync.send(&Msg::Pid(pid.as_raw()))?; // SYNC-1
             std::process::exit(0)
         }

@@ -240,8 +240,10 @@ pub fn run(state: &State) -> Result<i32> {
                 console: None,
             };
             let code = monitor.supervise(&sync, &signals);
-            if code.is_err() {
-                // The monitor cannot go on: the container must not outlive it.
+            if code.is_err() || monitor.pid1.is_none() {
+                // The monitor cannot go on, or ns-enter died without announcing a PID 1 it
+                // may have cloned (ours, by CLONE_PARENT): nothing may outlive us, nor keep
+                // the cgroups busy while they are removed.
                 monitor.kill_and_reap();
             }
             // Killed (137) while nobody asked for it, and the OOM killer was at work there.
