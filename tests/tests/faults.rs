@@ -62,21 +62,14 @@ impl Drop for Netns {
 }
 
 fn cgroups_named(prefix: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((d, depth)) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                if e.file_name().to_string_lossy().starts_with(prefix) {
-                    out.push(e.path().display().to_string());
-                }
-                if depth < 3 {
-                    todo.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
-    out
+    ns_tests::cgroup_dirs()
+        .iter()
+        .filter(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .map(|d| d.display().to_string())
+        .collect()
 }
 
 fn dir_entries(p: &Path) -> Vec<String> {

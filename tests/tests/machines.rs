@@ -206,17 +206,21 @@ fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
     let t = Tree::rootfs("ctl-dup");
     let before = mount_points();
     let a = start(&t, "ctl-dup", &[], "echo ready; exec sleep 100");
-    let mut c = ns_run_registered();
-    t.tag(&mut c).env_remove("NS_DEBUG").args([
-        "-q",
-        "--read-only",
-        "-M",
-        "ctl-dup",
-        "-D",
-        t.arg(),
-        "true",
-    ]);
-    let out = run_cmd(c, None);
+    // Another container under the same name, registered.
+    let another = || {
+        let mut c = ns_run_registered();
+        t.tag(&mut c).env_remove("NS_DEBUG").args([
+            "-q",
+            "--read-only",
+            "-M",
+            "ctl-dup",
+            "-D",
+            t.arg(),
+            "true",
+        ]);
+        run_cmd(c, None)
+    };
+    let out = another();
     assert_eq!(out.code, 125, "{out}");
     assert_eq!(
         out.stderr.trim_end(),
@@ -233,17 +237,7 @@ fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
     assert!(!entry("ctl-dup").exists());
     assert!(!Path::new("/run/ns-run/machines/ctl-dup.lock").exists());
     // And the name is free again.
-    let mut c = ns_run_registered();
-    t.tag(&mut c).env_remove("NS_DEBUG").args([
-        "-q",
-        "--read-only",
-        "-M",
-        "ctl-dup",
-        "-D",
-        t.arg(),
-        "true",
-    ]);
-    assert_eq!(run_cmd(c, None).code, 0);
+    assert_eq!(another().code, 0);
     let left = ns_tests::wait_no_procs_in(t.path(), Duration::from_secs(5));
     assert!(left.is_empty(), "{left:?}");
     ns_tests::assert_mounts_unchanged(&before);

@@ -59,7 +59,7 @@ fn properties_land_in_the_containers_cgroups_and_go_with_it() {
     opts.extend(["-M", "resfiles"]);
     let mut cgroups = Vec::new();
     ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
-        cgroups = walk_cgroups()
+        cgroups = ns_tests::cgroup_dirs()
             .into_iter()
             .filter(|p| p.to_string_lossy().contains("/ns-run-resfiles-"))
             .collect();
@@ -190,29 +190,12 @@ fn bad_or_unavailable_properties_fail_with_one_line_and_leave_nothing() {
             "{opt}: {out}"
         );
         assert_no_leak(t.path(), &before);
-        let left: Vec<_> = walk_cgroups()
+        let left: Vec<_> = ns_tests::cgroup_dirs()
             .into_iter()
             .filter(|p| p.to_string_lossy().contains("/ns-run-resbad-"))
             .collect();
         assert!(left.is_empty(), "{opt}: cgroups left: {left:?}");
     }
-}
-
-/// Every cgroup directory of the host, three levels deep (ours sit beside the tests').
-fn walk_cgroups() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((d, depth)) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(e.path());
-                if depth < 3 {
-                    todo.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -288,7 +271,7 @@ fn sigterm_during_startup_leaves_no_cgroup() {
     assert!(left.is_empty(), "processes left: {left:#?}");
     let out = run_cmd(cmd(&t, &["-M", "resrace"], "true"), None);
     assert_eq!(out.code, 0, "{out}");
-    let left: Vec<_> = walk_cgroups()
+    let left: Vec<_> = ns_tests::cgroup_dirs()
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("/ns-run-resrace-"))
         .collect();
@@ -383,7 +366,7 @@ fn every_container_gets_its_own_cgroup_in_every_hierarchy() {
     ns_tests::while_running(
         cmd(&t, &["-M", "resown"], "echo ready; exec sleep 100"),
         || {
-            cgroups = walk_cgroups()
+            cgroups = ns_tests::cgroup_dirs()
                 .into_iter()
                 .filter(|p| p.to_string_lossy().contains("/ns-run-resown-"))
                 .collect();
@@ -504,7 +487,7 @@ fn io_limits_land_on_the_whole_disk() {
     ];
     let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
     ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
-        let cgroups: Vec<_> = walk_cgroups()
+        let cgroups: Vec<_> = ns_tests::cgroup_dirs()
             .into_iter()
             .filter(|p| p.to_string_lossy().contains("/ns-run-resio-"))
             .collect();

@@ -23,16 +23,8 @@ fn host_state(netns: &str) -> BTreeSet<String> {
     for l in String::from_utf8_lossy(&links.stdout).lines() {
         s.insert(format!("link {}", l.split(": ").nth(1).unwrap_or(l)));
     }
-    let mut todo = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((d, depth)) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                s.insert(format!("cgroup {}", e.path().display()));
-                if depth < 3 {
-                    todo.push((e.path(), depth + 1));
-                }
-            }
-        }
+    for d in ns_tests::cgroup_dirs() {
+        s.insert(format!("cgroup {}", d.display()));
     }
     for e in std::fs::read_dir("/proc/self/fd")
         .into_iter()
