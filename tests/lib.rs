@@ -992,6 +992,24 @@ pub fn host_mounts() -> Vec<String> {
         .collect()
 }
 
+/// Every cgroup directory of the host, four levels deep (the containers' sit beside the
+/// tests' own, or under a slice).
+pub fn cgroup_dirs() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((d, depth)) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+                if depth < 3 {
+                    todo.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1018,22 +1036,4 @@ mod tests {
         assert_eq!(status_dec(st, "NoNewPrivs"), Some(1));
         assert_eq!(status_hex(st, "CapBnd"), None);
     }
-}
-
-/// Every cgroup directory of the host, four levels deep (the containers' sit beside the
-/// tests' own, or under a slice).
-pub fn cgroup_dirs() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((d, depth)) = todo.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(e.path());
-                if depth < 3 {
-                    todo.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
-    out
 }
