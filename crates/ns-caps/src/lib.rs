@@ -1,7 +1,7 @@
 //! ns-caps: the last privileged stage. Sets the process attributes (rlimits, OOM score, CPU
-//! affinity, personality), becomes the payload's user, builds its environment,
-//! drops capabilities, sets no_new_privs, changes directory, then execs the payload (or
-//! ns-init with `--as-pid2`).
+//! affinity, personality), installs the system call filter (seccomp/), becomes the payload's
+//! user, builds its environment, drops capabilities, sets no_new_privs, changes directory,
+//! then execs the payload (or ns-init with `--as-pid2`).
 //!
 //! Reads `exec` of the state (or its flags). Runs after pivot_root, so users and groups are
 //! resolved from the container's own /etc/passwd and /etc/group without running anything
