@@ -172,6 +172,7 @@ pub fn slice_path(name: &str) -> Result<String> {
 /// manages are delegated to it as nspawn does: the directory and its control files are
 /// chowned, so that the guest's init may create and fill cgroups below.
 pub fn create(
+    hs: &[Hierarchy],
     layout: Option<CgroupLayout>,
     name: &str,
     slice: Option<&str>,
@@ -179,8 +180,7 @@ pub fn create(
     v2: bool,
     journal: &mut dyn FnMut(&Path, bool) -> Result<()>,
 ) -> Result<Vec<Cgroup>> {
-    let hs = hierarchies();
-    let delegated = layout.map(|l| own_hierarchies(&hs, l)).unwrap_or_default();
+    let delegated = layout.map(|l| own_hierarchies(hs, l)).unwrap_or_default();
     let mut made: Vec<Cgroup> = Vec::new();
     for h in hs.iter().filter(|h| h.v2 == v2) {
         let (parent, dir) = place(h, name, slice);
@@ -231,10 +231,9 @@ fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
     (parent, dir)
 }
 
-/// The directories [`create`] makes with `v2`, without making them.
-pub fn planned(name: &str, slice: Option<&str>, v2: bool) -> Vec<PathBuf> {
-    hierarchies()
-        .iter()
+/// The directories [`create`] makes in `hs` with `v2`, without making them.
+pub fn planned(hs: &[Hierarchy], name: &str, slice: Option<&str>, v2: bool) -> Vec<PathBuf> {
+    hs.iter()
         .filter(|h| h.v2 == v2)
         .map(|h| place(h, name, slice).1)
         .collect()

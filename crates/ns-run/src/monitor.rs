@@ -79,8 +79,15 @@ pub fn run(state: &State) -> Result<i32> {
     // cgroup namespace (so that a booted init finds a subtree of its own).
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
     let want_cgroups = m.cgroups.is_some() || !state.monitor.properties.is_empty();
+    // Read once: the v1 cgroups are named now, made after the fork.
+    let hierarchies = if want_cgroups {
+        ns_enter::cgroups::hierarchies()
+    } else {
+        Vec::new()
+    };
     if want_cgroups {
         state.enter.cgroups = Some(ns_enter::cgroups::planned(
+            &hierarchies,
             &cgroup_name,
             state.monitor.slice.as_deref(),
             false,
@@ -102,6 +109,7 @@ pub fn run(state: &State) -> Result<i32> {
     let mut cleanup = host::Cleanup::new(&m.root);
     let create_cgroups = |v2: bool, cleanup: &mut host::Cleanup| {
         ns_enter::cgroups::create(
+            &hierarchies,
             m.cgroups.as_ref().map(|c| c.layout),
             &cgroup_name,
             state.monitor.slice.as_deref(),
