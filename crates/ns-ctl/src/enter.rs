@@ -69,21 +69,6 @@ fn status_field(pid: i32, key: &str) -> Result<String> {
         .ok_or_else(|| Error::setup(format!("{p} has no {key}")))
 }
 
-/// 32 hex digits as 8-4-4-4-12.
-fn dashed(uuid: &str) -> String {
-    if uuid.len() != 32 {
-        return uuid.to_string();
-    }
-    format!(
-        "{}-{}-{}-{}-{}",
-        &uuid[..8],
-        &uuid[8..12],
-        &uuid[12..16],
-        &uuid[16..20],
-        &uuid[20..]
-    )
-}
-
 /// Run `command` (empty: the user's login shell) in `m` as `user`; returns its exit code.
 pub fn shell(
     m: &Machine,
@@ -101,7 +86,6 @@ pub fn shell(
         .map(|t| vec![format!("TERM={t}")])
         .unwrap_or_default();
     env.extend(setenv.iter().cloned());
-    let uuid = dashed(&m.uuid);
     // The container's own filter, as --system-call-filter= values.
     let filter: Vec<String> = match &m.syscall_filter {
         Some(f) => [
@@ -118,7 +102,7 @@ pub fn shell(
         user,
         chdir: None,
         setenv: &env,
-        uuid: Some(&uuid),
+        uuid: Some(&m.uuid), // 32 hex digits; ns-caps formats them
         root: std::path::Path::new("/"),
         capability: &[],
         drop_capability: &[],
