@@ -27,22 +27,30 @@ const STANDARD: &[&str] = &[
 /// What nspawn's unit adds (nspawn-register.c): /dev/net/tun, and ptys without mknod.
 const NSPAWN_ALLOW: &[&str] = &["c 10:200 rwm", "c 136:* rw"];
 
+/// The device node at `path` in the v1 syntax without access (`c 1:3`): None when it is
+/// missing or not a character or block device.
+pub fn node(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = std::fs::metadata(path).ok()?;
+    let kind = match md.file_type() {
+        t if t.is_char_device() => 'c',
+        t if t.is_block_device() => 'b',
+        _ => return None,
+    };
+    Some(format!(
+        "{kind} {}:{}",
+        libc::major(md.rdev()),
+        libc::minor(md.rdev())
+    ))
+}
+
 /// nspawn's unit policy (`DevicePolicy=closed` plus `NSPAWN_ALLOW`) for a container with
 /// the host device nodes `bound` in (path, read-only); other paths are skipped.
 pub fn nspawn_policy(bound: &[(std::path::PathBuf, bool)]) -> Vec<Property> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let nodes = bound.iter().filter_map(|(p, ro)| {
-        let md = std::fs::metadata(p).ok()?;
-        let kind = match md.file_type() {
-            t if t.is_char_device() => 'c',
-            t if t.is_block_device() => 'b',
-            _ => return None,
-        };
-        let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+        let node = node(p)?;
         let access = if *ro { "r" } else { "rw" };
-        Some(Property::DeviceAllow(format!(
-            "{kind} {major}:{minor} {access}"
-        )))
+        Some(Property::DeviceAllow(format!("{node} {access}")))
     });
     std::iter::once(Property::DevicePolicy("closed".into()))
         .chain(

@@ -176,15 +176,9 @@ fn device_rule(v: &str) -> std::result::Result<String, String> {
             .ok_or(format!("no {name} driver in /proc/devices"))?;
         format!("{kind} {major}:*")
     } else if spec.starts_with("/dev/") {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let md = std::fs::metadata(spec).map_err(|e| format!("{spec}: {e}"))?;
-        let kind = match md.file_type() {
-            t if t.is_char_device() => 'c',
-            t if t.is_block_device() => 'b',
-            _ => return Err(format!("{spec} is not a device node")),
-        };
-        let rdev = md.rdev();
-        format!("{kind} {}:{}", libc::major(rdev), libc::minor(rdev))
+        std::fs::metadata(spec).map_err(|e| format!("{spec}: {e}"))?;
+        crate::devices::node(std::path::Path::new(spec))
+            .ok_or_else(|| format!("{spec} is not a device node"))?
     } else {
         return Err("not a /dev path, char-NAME or block-NAME".into());
     };
