@@ -2,8 +2,9 @@
 //! - the system call numbers of the three x86 ABIs, from the kernel headers of the build host
 //!   (Debian's linux-libc-dev: /usr/include/x86_64-linux-gnu/asm/unistd_{64,32,x32}.h; set
 //!   NS_SYSCALL_HEADERS for another directory);
-//! - for each call, which items of nspawn's allow-list (src/seccomp/nspawn.txt, groups
-//!   expanded with src/seccomp/groups.txt) include it, as a bit mask.
+//! - systemd's groups (src/seccomp/groups.txt), nested groups expanded;
+//! - for each call, which items of nspawn's allow-list (src/seccomp/nspawn.txt) include it,
+//!   as a bit mask.
 //!
 //! So that at start-up the filter is a pass over three arrays.
 
@@ -67,6 +68,21 @@ fn main() {
         "nspawn.txt has more items than a u128 has bits"
     );
     let mut out = String::new();
+    writeln!(
+        out,
+        "/// systemd's groups, nested ones expanded (for --system-call-filter=@...)."
+    )
+    .unwrap();
+    writeln!(out, "pub const GROUPS: &[(&str, &[&str])] = &[").unwrap();
+    for name in groups
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with('@'))
+    {
+        let calls: Vec<String> = group(&groups, name).into_iter().collect();
+        writeln!(out, "    ({name:?}, &{calls:?}),").unwrap();
+    }
+    writeln!(out, "];").unwrap();
     writeln!(
         out,
         "/// nspawn's allow-list items: (capability needed, or \"\"; group or call)."

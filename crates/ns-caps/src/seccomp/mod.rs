@@ -25,23 +25,12 @@ mod tables {
     include!(concat!(env!("OUT_DIR"), "/tables.rs"));
 }
 
-const GROUPS: &str = include_str!("groups.txt");
-
-/// The calls of `@group` (nested groups expanded), or None for an unknown group.
-fn group(name: &str) -> Option<BTreeSet<&'static str>> {
-    let line = GROUPS
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))?;
-    let mut out = BTreeSet::new();
-    for item in line.split_whitespace().skip(1) {
-        match item.strip_prefix('@') {
-            Some(_) => out.extend(group(item)?),
-            None => {
-                out.insert(item);
-            }
-        }
-    }
-    Some(out)
+/// The calls of `@group` (expanded by build.rs), or None for an unknown group.
+fn group(name: &str) -> Option<&'static [&'static str]> {
+    tables::GROUPS
+        .iter()
+        .find(|(g, _)| *g == name)
+        .map(|(_, calls)| *calls)
 }
 
 /// `--system-call-filter=` items: calls or @groups, checked.
