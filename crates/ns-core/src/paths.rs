@@ -82,3 +82,41 @@ pub fn find_image(name: &str) -> Option<PathBuf> {
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_dir())
 }
+
+/// Lock the file at `path` (created if missing) with `how`; None when a non-blocking lock
+/// is held by someone else. Re-checks that the file locked is still the one at `path`: whoever
+/// held it last may have unlinked it meanwhile (the last member of a zone, the remover of a
+/// stale registry entry), and a lock on an unlinked file guards nothing.
+pub fn lock_current(
+    path: &std::path::Path,
+    how: nix::fcntl::FlockArg,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use nix::fcntl::Flock;
+    use std::fs::File;
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .ctx(|| format!("cannot open {}", path.display()))?;
+        let lock = match Flock::lock(f, how) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => {
+                return Err(Error::setup(format!(
+                    "cannot lock {}: {}",
+                    path.display(),
+                    e.desc()
+                )))
+            }
+        };
+        let held = lock.metadata().map(|m| m.ino()).ok();
+        let current = std::fs::metadata(path).map(|m| m.ino()).ok();
+        if held.is_some() && held == current {
+            return Ok(Some(lock));
+        }
+    }
+}

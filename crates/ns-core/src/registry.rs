@@ -9,6 +9,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+
+use crate::paths::lock_current;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
@@ -69,44 +71,13 @@ pub struct Registration {
     json: PathBuf,
 }
 
-/// Take the lock file at `path` (creating it) if nobody holds it; re-checks that the file
-/// locked is still the one at `path` (a stale entry's remover may have unlinked it).
-fn try_lock(path: &Path) -> Result<Option<Flock<File>>> {
-    use std::os::unix::fs::MetadataExt;
-    loop {
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .ctx(|| format!("cannot open {}", path.display()))?;
-        let lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
-            Err((_, e)) => {
-                return Err(Error::setup(format!(
-                    "cannot lock {}: {}",
-                    path.display(),
-                    e.desc()
-                )))
-            }
-        };
-        let held = lock.metadata().map(|m| m.ino()).ok();
-        let current = std::fs::metadata(path).map(|m| m.ino()).ok();
-        if held.is_some() && held == current {
-            return Ok(Some(lock));
-        }
-    }
-}
-
 impl Registration {
     /// Claim `name`; refused while another container holds it. A stale entry is replaced.
     pub fn claim(name: &str) -> Result<Registration> {
         check_name(name)?;
         let d = dir()?;
         let lock_path = d.join(format!("{name}.lock"));
-        match try_lock(&lock_path)? {
+        match lock_current(&lock_path, FlockArg::LockExclusiveNonblock)? {
             Some(lock) => Ok(Registration {
                 lock,
                 lock_path,
@@ -169,7 +140,7 @@ fn lookup(d: &Path, name: &str) -> Option<Machine> {
     if !lock_path.exists() {
         return None;
     }
-    match try_lock(&lock_path) {
+    match lock_current(&lock_path, FlockArg::LockExclusiveNonblock) {
         Ok(Some(stale)) => {
             let _ = std::fs::remove_file(&json);
             let _ = std::fs::remove_file(&lock_path);

@@ -247,32 +247,17 @@ pub struct ZoneLock {
 
 impl ZoneLock {
     pub fn acquire(zone: &str) -> Result<ZoneLock> {
-        use std::os::unix::fs::MetadataExt;
         let dir = ns_core::paths::runtime_dir()?.join("zones");
         std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(zone);
-        loop {
-            let f = File::options()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .ctx(|| format!("cannot open {}", path.display()))?;
-            let lock = Flock::lock(f, FlockArg::LockShared).map_err(|(_, e)| {
-                Error::setup(format!("cannot lock {}: {}", path.display(), e.desc()))
-            })?;
-            let held = lock.metadata().map(|m| m.ino()).ok();
-            let current = std::fs::metadata(&path).map(|m| m.ino()).ok();
-            if held.is_some() && held == current {
-                return Ok(ZoneLock {
-                    lock,
-                    path,
-                    zone: zone.to_string(),
-                });
-            }
-            // The last member removed that file while we waited: take the new one.
-        }
+        // Blocking: the last member may be deleting the bridge; then we get the new file.
+        let lock = ns_core::paths::lock_current(&path, FlockArg::LockShared)?
+            .ok_or_else(|| Error::setup(format!("cannot lock {}", path.display())))?;
+        Ok(ZoneLock {
+            lock,
+            path,
+            zone: zone.to_string(),
+        })
     }
 
     /// Was this the zone's last container? Then the lock is now exclusive.
