@@ -184,10 +184,7 @@ pub fn locate(name: &str) -> Option<PathBuf> {
             }
         }
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    locate_in_path(name)
 }
 
 fn cstring(s: impl Into<Vec<u8>>) -> Result<CString> {
