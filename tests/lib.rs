@@ -1010,6 +1010,47 @@ pub fn cgroup_dirs() -> Vec<PathBuf> {
     out
 }
 
+/// A network namespace of a test (`ip netns add NAME`), deleted on drop; containers whose
+/// network is wired run in it (`nsenter --net=PATH ns-run ...`), never on the host's links.
+pub struct TestNetns(pub String);
+
+impl TestNetns {
+    /// `ns-TAG-<our pid>`, replacing one a killed run of ours left.
+    pub fn new(tag: &str) -> TestNetns {
+        let name = format!("ns-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let st = Command::new("ip").args(["netns", "add", &name]).status();
+        assert!(st.is_ok_and(|s| s.success()), "ip netns add {name}");
+        TestNetns(name)
+    }
+
+    /// `--net=/run/netns/NAME`, for nsenter.
+    pub fn nsenter_arg(&self) -> String {
+        format!("--net=/run/netns/{}", self.0)
+    }
+
+    /// The names of its links.
+    pub fn links(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.0, "-o", "link", "show"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,39 +28,6 @@ const POINTS: &[&str] = &[
     "ns-caps:before-exec",
 ];
 
-/// A network namespace for the test, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("ns-f-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        assert!(Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap()
-            .success());
-        Netns(name)
-    }
-
-    fn links(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-o", "link", "show"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn cgroups_named(prefix: &str) -> Vec<String> {
     ns_tests::cgroup_dirs()
         .iter()
@@ -86,15 +53,14 @@ fn dir_entries(p: &Path) -> Vec<String> {
 #[test]
 fn killed_at_every_step_leaves_nothing() {
     let t = Tree::rootfs("faults");
-    let ns = Netns::new();
+    let ns = ns_tests::TestNetns::new("f");
     let lower = t.host_dir("lower");
     let upper = t.host_dir("upper");
     let beside = dir_entries(upper.parent().unwrap());
     let before = mount_points();
     for point in POINTS {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", ns.0))
-            .arg(bin("ns-run"));
+        c.arg(ns.nsenter_arg()).arg(bin("ns-run"));
         t.tag(&mut c)
             .env_remove("NS_DEBUG")
             .env("NS_FAULT", point)

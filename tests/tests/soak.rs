@@ -8,20 +8,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ns_tests::{bin, mount_points, Tree};
+use ns_tests::{bin, mount_points, TestNetns, Tree};
 
 /// Everything a run could leave: mounts, links of `netns`, cgroups, our fds, /run/ns-run.
-fn host_state(netns: &str) -> BTreeSet<String> {
+fn host_state(netns: &TestNetns) -> BTreeSet<String> {
     let mut s: BTreeSet<String> = mount_points()
         .into_iter()
         .map(|m| format!("mount {m}"))
         .collect();
-    let links = Command::new("ip")
-        .args(["-n", netns, "-o", "link", "show"])
-        .output()
-        .unwrap();
-    for l in String::from_utf8_lossy(&links.stdout).lines() {
-        s.insert(format!("link {}", l.split(": ").nth(1).unwrap_or(l)));
+    for l in netns.links() {
+        s.insert(format!("link {l}"));
     }
     for d in ns_tests::cgroup_dirs() {
         s.insert(format!("cgroup {}", d.display()));
@@ -53,10 +49,9 @@ fn host_state(netns: &str) -> BTreeSet<String> {
     s
 }
 
-fn ns_run_in(netns: &str, t: &Tree, opts: &[&str]) -> Command {
+fn ns_run_in(netns: &TestNetns, t: &Tree, opts: &[&str]) -> Command {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{netns}"))
-        .arg(bin("ns-run"));
+    c.arg(netns.nsenter_arg()).arg(bin("ns-run"));
     t.tag(&mut c)
         .env_remove("NS_DEBUG")
         .args(["-q", "-D", t.arg()])
@@ -69,20 +64,7 @@ fn ns_run_in(netns: &str, t: &Tree, opts: &[&str]) -> Command {
 #[test]
 fn a_thousand_in_a_row_then_fifty_at_once_leave_nothing() {
     let t = Tree::rootfs("soak");
-    let netns = format!("ns-s-{}", std::process::id());
-    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
-    assert!(Command::new("ip")
-        .args(["netns", "add", &netns])
-        .status()
-        .unwrap()
-        .success());
-    struct Del(String);
-    impl Drop for Del {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _del = Del(netns.clone());
+    let netns = TestNetns::new("s");
     // One run first: /run/ns-run's directories exist from then on.
     assert!(ns_run_in(&netns, &t, &["--register=no", "true"])
         .status()
