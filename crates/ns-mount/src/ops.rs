@@ -14,7 +14,7 @@ use ns_core::{Context, Error, Result};
 
 use crate::root::ovl_escape;
 use crate::scratch::Scratch;
-use crate::setup::{fd_path, make_read_only, open_in_root, Kind};
+use crate::setup::{bind_mount, fd_path, make_read_only, open_in_root, Kind};
 
 /// A source, opened: its path usable in mount(2) and options while the fd lives.
 struct Opened {
@@ -152,14 +152,8 @@ pub(crate) fn inaccessible(root: &OwnedFd, scratch: &Scratch, dest: &Path) -> Re
     let st =
         nix::sys::stat::fstat(target.as_fd()).ctx(|| format!("cannot stat {}", dest.display()))?;
     let node = scratch.inaccessible(file_kind(&st))?;
-    mount(
-        Some(&node),
-        fd_path(&target).as_str(),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .ctx(|| format!("cannot make {} inaccessible", dest.display()))?;
+    bind_mount(&node, fd_path(&target).as_str())
+        .ctx(|| format!("cannot make {} inaccessible", dest.display()))?;
     make_read_only(root, dest, false)
 }
 
@@ -273,14 +267,8 @@ pub fn etc_file(
             return Ok(());
         }
         let target = open_in_root(root, Path::new(path), Some(Kind::File))?;
-        mount(
-            Some(src),
-            fd_path(&target).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .ctx(|| format!("cannot bind {} on {path}", src.display()))?;
+        bind_mount(src, fd_path(&target).as_str())
+            .ctx(|| format!("cannot bind {} on {path}", src.display()))?;
         make_read_only(root, Path::new(path), false)
     };
     match what {

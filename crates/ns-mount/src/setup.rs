@@ -121,6 +121,17 @@ pub fn bind_root(dir: &Path) -> Result<OwnedFd> {
     .ctx(|| format!("cannot open {}", dir.display()))
 }
 
+/// A plain (non-recursive) bind mount of `src` on `dst`.
+pub(crate) fn bind_mount(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> nix::Result<()> {
+    mount(
+        Some(src.as_ref()),
+        dst.as_ref(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+}
+
 pub(crate) fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
@@ -284,14 +295,7 @@ pub fn mount_proc(root: &OwnedFd, scratch: &Scratch, private_network: bool) -> R
     if private_network {
         let fd = open_in_root(root, Path::new("/proc/sys/net"), None)?;
         let p = fd_path(&fd);
-        mount(
-            Some(p.as_str()),
-            p.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .ctx(|| "cannot bind /proc/sys/net on itself".into())?;
+        bind_mount(p.as_str(), p.as_str()).ctx(|| "cannot bind /proc/sys/net on itself".into())?;
     }
     bind_read_only(root, "/proc/sys")?;
     for d in ["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"] {
@@ -437,14 +441,8 @@ fn make_device(
             nix::sys::stat::mknodat(dev.as_fd(), name, SFlag::S_IFREG, mode, 0)
                 .ctx(|| format!("cannot create /dev/{name}"))?;
             let host = format!("/dev/{name}");
-            mount(
-                Some(host.as_str()),
-                format!("{devp}/{name}").as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .ctx(|| format!("cannot bind {host} into the container"))?;
+            bind_mount(host.as_str(), format!("{devp}/{name}").as_str())
+                .ctx(|| format!("cannot bind {host} into the container"))?;
             Ok(false)
         }
         Err(e) => Err(Error::setup(format!(
@@ -480,14 +478,8 @@ fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSocket>) -> Res
         ns_core::sys::pty_unlock(master.as_fd()).ctx(|| "cannot unlock the console pty".into())?;
     let slave = open_in_root(root, &Path::new("/dev/pts").join(n.to_string()), None)?;
     let console = open_in_root(root, Path::new("/dev/console"), Some(Kind::File))?;
-    mount(
-        Some(fd_path(&slave).as_str()),
-        fd_path(&console).as_str(),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .ctx(|| "cannot bind the console pty on /dev/console".into())?;
+    bind_mount(fd_path(&slave).as_str(), fd_path(&console).as_str())
+        .ctx(|| "cannot bind the console pty on /dev/console".into())?;
     sync.send_fd(&ns_core::sync::Msg::Console, master.as_fd())
 }
 
@@ -501,14 +493,8 @@ fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost, notify: Option<&PathBu
     if let Some(sock) = notify {
         // The monitor's notification socket, where the guest's init reports READY=1.
         let target = open_in_root(root, Path::new("/run/host/notify"), Some(Kind::File))?;
-        mount(
-            Some(sock.as_path()),
-            fd_path(&target).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .ctx(|| "cannot bind the notification socket on /run/host/notify".into())?;
+        bind_mount(sock.as_path(), fd_path(&target).as_str())
+            .ctx(|| "cannot bind the notification socket on /run/host/notify".into())?;
     }
     let os = std::fs::read("/etc/os-release")
         .or_else(|_| std::fs::read("/usr/lib/os-release"))
@@ -572,14 +558,8 @@ fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
         .ctx(|| "cannot write the transient machine id".into())?;
     let target = open_in_root(root, Path::new("/etc/machine-id"), Some(Kind::File))?;
     let src = open_in_root(root, &Path::new("/run").join(name), None)?;
-    mount(
-        Some(fd_path(&src).as_str()),
-        fd_path(&target).as_str(),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .ctx(|| "cannot bind the transient machine id on /etc/machine-id".into())?;
+    bind_mount(fd_path(&src).as_str(), fd_path(&target).as_str())
+        .ctx(|| "cannot bind the transient machine id on /etc/machine-id".into())?;
     make_read_only(root, Path::new("/etc/machine-id"), false)
 }
 
