@@ -190,6 +190,16 @@ pub fn build_env(
     env
 }
 
+/// An OCI process's environment: exactly what it gives, with HOME from the user's entry
+/// when it gives none (as runc does).
+pub fn exact_env(given: &[String], user: &User) -> Vec<String> {
+    let mut env = given.to_vec();
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home.as_deref().unwrap_or("/")));
+    }
+    env
+}
+
 /// `$container`: nspawn's value, so that software in the guest (systemd's detect-virt, for
 /// one) treats us as it treats nspawn. `SYSTEMD_NSPAWN_CONTAINER_SERVICE` overrides it there.
 pub fn container_manager() -> String {

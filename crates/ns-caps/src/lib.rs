@@ -189,10 +189,15 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
         personality: o.personality.map(limits::parse_personality).transpose()?,
         syscall_filter: if o.seccomp {
             let (allow, deny) = seccomp::parse_filter(o.system_call_filter)?;
-            Some(ns_core::state::SyscallFilter { allow, deny })
+            Some(ns_core::state::SyscallFilter {
+                allow,
+                deny,
+                ..Default::default()
+            })
         } else {
             None
         },
+        ..Default::default()
     })
 }
 

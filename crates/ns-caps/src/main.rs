@@ -35,8 +35,15 @@ fn main() {
                 "--as-pid2: ns-init was not opened before pivot_root (start the chain with ns-enter or ns-mount)".into(),
             ));
         }
-        let user = lookup_user(plan.user.as_deref())?;
-        let env = build_env(&plan, &user, std::env::var("TERM").ok());
+        let user = match &plan.ids {
+            Some(ids) => with_ids(lookup_user(Some(&ids.uid.to_string()))?, ids),
+            None => lookup_user(plan.user.as_deref())?,
+        };
+        let env = if plan.exact_env {
+            ns_caps::identity::exact_env(&plan.setenv, &user)
+        } else {
+            build_env(&plan, &user, std::env::var("TERM").ok())
+        };
         if plan.console {
             take_console(!plan.as_pid2)?;
         }
@@ -48,6 +55,12 @@ fn main() {
                 let _ = nix::unistd::chdir(user.home.as_deref().unwrap_or("/root"));
             }
             None => {}
+        }
+        if let Some(m) = plan.umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+        }
+        if let Some(fd) = plan.start_fd {
+            wait_for_start(fd, sync)?;
         }
         exec(&plan, &user, &env, &fds)
     })
@@ -78,7 +91,7 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     // The filter first, while we hold CAP_SYS_ADMIN (it needs that or no_new_privs); what
     // follows here uses only calls it allows (@setuid, capset, prctl of @process).
     if let Some(f) = &plan.syscall_filter {
-        ns_caps::seccomp::install(retain, &f.allow, &f.deny)?;
+        ns_caps::seccomp::install(retain, f)?;
     }
     for c in caps::all() {
         if bounding & c.bitmask() != 0 && retain & c.bitmask() == 0 {
@@ -143,6 +156,30 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
         nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
     }
     Ok(())
+}
+
+/// OCI `process.user`: the numbers as given; name and home from the image when it has them.
+fn with_ids(mut user: User, ids: &ns_core::state::Ids) -> User {
+    user.uid = ids.uid;
+    user.gid = ids.gid;
+    user.groups = ids.groups.clone();
+    user
+}
+
+/// OCI create/start: everything is set up. Detach from the runtime's `create` (which
+/// returns when the sync socket closes, and whose exit must not kill us), then block until
+/// `start` opens the fifo for reading. The fifo was opened O_PATH on the host; it is reopened
+/// for writing through our own /proc (the host path is out of reach after pivot_root).
+fn wait_for_start(fd: i32, sync: Option<SyncSocket>) -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(None).ctx(|| "cannot clear the parent-death signal".into())?;
+    drop(sync);
+    let path = format!("/proc/self/fd/{fd}");
+    let fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .ctx(|| "cannot open the start fifo".into())?;
+    nix::unistd::close(fd).ctx(|| "cannot close the start fifo's path".into())?;
+    std::io::Write::write_all(&mut &fifo, b"0").ctx(|| "cannot write the start fifo".into())
 }
 
 /// Exec the payload, its login shell, or ns-init in front of either.

@@ -82,6 +82,18 @@ pub struct EnterPlan {
     /// cgroups of its own, nothing to wait for.
     #[serde(default)]
     pub cgroups: Option<Vec<PathBuf>>,
+    /// Namespaces to join (setns) instead of creating them, before the others are created:
+    /// an OCI container joining its pod's (`linux.namespaces[].path`).
+    #[serde(default)]
+    pub join: Vec<JoinNs>,
+}
+
+/// A namespace given by path (`/proc/PID/ns/net`, a bind-mounted nsfs file).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JoinNs {
+    pub ns: Namespace,
+    pub path: PathBuf,
 }
 
 /// `--private-users`: container ids 0..count map to host ids base..base+count.
@@ -413,6 +425,28 @@ pub struct ExecPlan {
     /// filter (`SYSTEMD_SECCOMP=0`).
     #[serde(default)]
     pub syscall_filter: Option<SyscallFilter>,
+    /// Numeric identity (OCI `process.user`): uid, gid and supplementary groups as given,
+    /// instead of resolving `user` in the container's /etc/passwd.
+    #[serde(default)]
+    pub ids: Option<Ids>,
+    /// The environment is exactly `setenv` (OCI `process.env`), not nspawn's.
+    #[serde(default)]
+    pub exact_env: bool,
+    #[serde(default)]
+    pub umask: Option<u32>,
+    /// OCI create/start: an fd (O_PATH) of the runtime's start fifo. The last stage closes
+    /// the sync socket (the runtime's `create` returns: the container is created), then
+    /// blocks opening the fifo for writing until `start` opens it for reading, and execs.
+    #[serde(default)]
+    pub start_fd: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 /// `--system-call-filter=`: calls and @groups added to nspawn's allow-list, and removed.
@@ -421,6 +455,20 @@ pub struct ExecPlan {
 pub struct SyscallFilter {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+    /// What `allow` and `deny` change: nspawn's allow-list, nothing, or everything.
+    #[serde(default)]
+    pub base: FilterBase,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterBase {
+    #[default]
+    Nspawn,
+    /// OCI profiles with a denying default action: only `allow` passes.
+    Nothing,
+    /// OCI profiles with an allowing default action: all but `deny` passes.
+    Everything,
 }
 
 /// One `--rlimit=`: a resource by its name without `RLIMIT_`; None is infinity.
@@ -591,6 +639,7 @@ mod tests {
                     rootless: false,
                 }),
                 cgroups: Some(vec!["/sys/fs/cgroup/pids/ns-run-m-1".into()]),
+                join: vec![],
             },
             net: NetPlan::default(),
             mount: MountPlan {

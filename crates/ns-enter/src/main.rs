@@ -42,6 +42,9 @@ fn main() {
             }
         }
         ns_core::stage::fault("ns-enter:start");
+        for j in &plan.join {
+            join(j)?;
+        }
         if let Some(p) = &plan.netns_path {
             let f = std::fs::File::open(p)
                 .ctx(|| format!("--network-namespace-path={}", p.display()))?;
@@ -85,7 +88,8 @@ fn main() {
         if plan.namespaces.contains(&Namespace::Net) {
             loopback_up().ctx(|| "cannot bring up lo in the new network namespace".into())?;
         }
-        if !plan.namespaces.contains(&Namespace::Pid) {
+        let joined_pid = plan.join.iter().any(|j| j.ns == Namespace::Pid);
+        if !plan.namespaces.contains(&Namespace::Pid) && !joined_pid {
             if let Some(s) = &sync {
                 s.send(&Msg::Pid(std::process::id() as i32))?;
                 wait_go(s)?;
@@ -157,6 +161,22 @@ fn become_root(ranged: bool) -> Result<()> {
     }
     nix::unistd::setresuid(root_uid, root_uid, root_uid)
         .ctx(|| "cannot become uid 0 in the user namespace".into())
+}
+
+/// Join a namespace given by path (a pod's, for an OCI container). A joined PID namespace
+/// takes effect for PID 1, which is forked after.
+fn join(j: &ns_core::state::JoinNs) -> Result<()> {
+    if j.ns == Namespace::User {
+        return Err(Error::invalid(
+            "join",
+            &j.path.display().to_string(),
+            "joining a user namespace is not supported",
+        ));
+    }
+    let f = std::fs::File::open(&j.path)
+        .ctx(|| format!("cannot open {} namespace {}", j.ns.name(), j.path.display()))?;
+    nix::sched::setns(f.as_fd(), clone_flags(&[j.ns]))
+        .ctx(|| format!("cannot join {} namespace {}", j.ns.name(), j.path.display()))
 }
 
 fn names(ns: &[Namespace]) -> Vec<&'static str> {

@@ -86,6 +86,7 @@ pub fn parse_filter(values: &[String]) -> Result<(Vec<String>, Vec<String>)> {
 /// minus the `--system-call-filter=` calls.
 pub struct Decision {
     items: u128,
+    everything: bool,
     allow: BTreeSet<&'static str>,
     deny: BTreeSet<&'static str>,
 }
@@ -105,13 +106,27 @@ impl Decision {
             .fold(0u128, |m, (i, _)| m | 1 << i);
         Ok(Decision {
             items,
+            everything: false,
             allow: calls("--system-call-filter", allow)?,
             deny: calls("--system-call-filter", deny)?,
         })
     }
 
+    /// For `f`, on its base: nspawn's list, nothing or everything.
+    pub fn of(retained: u64, f: &ns_core::state::SyscallFilter) -> Result<Decision> {
+        use ns_core::state::FilterBase;
+        let mut d = Decision::new(retained, &f.allow, &f.deny)?;
+        match f.base {
+            FilterBase::Nspawn => {}
+            FilterBase::Nothing => d.items = 0,
+            FilterBase::Everything => d.everything = true,
+        }
+        Ok(d)
+    }
+
     fn allows(&self, name: &str, items: u128) -> bool {
-        (items & self.items != 0 || self.allow.contains(name)) && !self.deny.contains(name)
+        (self.everything || items & self.items != 0 || self.allow.contains(name))
+            && !self.deny.contains(name)
     }
 }
 
@@ -298,8 +313,8 @@ pub fn program(d: &Decision) -> Vec<SockFilter> {
 }
 
 /// Install the filter for a payload retaining `retained`.
-pub fn install(retained: u64, allow: &[String], deny: &[String]) -> Result<()> {
-    let prog = program(&Decision::new(retained, allow, deny)?);
+pub fn install(retained: u64, f: &ns_core::state::SyscallFilter) -> Result<()> {
+    let prog = program(&Decision::of(retained, f)?);
     ns_core::sys::seccomp_install(&prog).map_err(|e| {
         Error::setup(format!(
             "cannot install the system call filter: {}",
