@@ -27,47 +27,10 @@ use ns_core::state::Console as Mode;
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
+use ns_enter::attach;
 use std::os::fd::AsRawFd;
 
 const STAGE: &str = "ns-ctl";
-
-/// The leader's namespaces that differ from ours, in the order to join them.
-fn namespaces(leader: i32) -> Result<Vec<(File, CloneFlags)>> {
-    use std::os::unix::fs::MetadataExt;
-    let kinds = [
-        ("user", CloneFlags::CLONE_NEWUSER),
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ];
-    let mut out = Vec::new();
-    for (kind, flag) in kinds {
-        let theirs = format!("/proc/{leader}/ns/{kind}");
-        let f = File::open(&theirs).ctx(|| format!("cannot open {theirs}"))?;
-        let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
-        if f.metadata().map(|m| m.ino()).ok() != ours.ok() {
-            out.push((f, flag));
-        }
-    }
-    Ok(out)
-}
-
-/// A hexadecimal field of /proc/PID/status (`CapBnd`), or a decimal one (`NoNewPrivs`).
-fn status_field(pid: i32, key: &str) -> Result<String> {
-    let p = format!("/proc/{pid}/status");
-    std::fs::read_to_string(&p)
-        .ctx(|| format!("cannot read {p}"))?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .strip_prefix(':')
-                .map(|v| v.trim().to_string())
-        })
-        .ok_or_else(|| Error::setup(format!("{p} has no {key}")))
-}
 
 /// Run `command` (empty: the user's login shell) in `m` as `user`; returns its exit code.
 pub fn shell(
@@ -78,10 +41,10 @@ pub fn shell(
 ) -> Result<i32> {
     let mut fds = StageFds::default();
     fds.open_missing(&["ns-caps"])?;
-    let ns = namespaces(m.leader)?;
-    let bounding = u64::from_str_radix(&status_field(m.leader, "CapBnd")?, 16)
+    let ns = attach::namespaces(m.leader)?;
+    let bounding = u64::from_str_radix(&attach::status_field(m.leader, "CapBnd")?, 16)
         .map_err(|_| Error::setup(format!("cannot read {}'s capabilities", m.leader)))?;
-    let nnp = status_field(m.leader, "NoNewPrivs")? == "1";
+    let nnp = attach::status_field(m.leader, "NoNewPrivs")? == "1";
     let mut env: Vec<String> = std::env::var("TERM")
         .map(|t| vec![format!("TERM={t}")])
         .unwrap_or_default();
@@ -154,7 +117,8 @@ pub fn shell(
             let e = match inside(m, &ns, tty, &theirs) {
                 Ok(pty) => match fork() {
                     Ok(Forked::Child) => {
-                        let e = command_stdio(pty.as_ref())
+                        let e = pty
+                            .map_or(Ok(()), attach::take_pty)
                             .and_then(|()| {
                                 ns_core::sys::reset_signals_for_exec()
                                     .ctx(|| "cannot unblock signals".into())
@@ -260,70 +224,13 @@ fn inside(
     // without CAP_SYS_PTRACE over it. (Under -U becoming the container's root below would
     // make it so anyway; without -U the container's root has that capability, as nspawn's.)
     nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-ctl non-dumpable".into())?;
-    join(m, ns)?;
+    attach::join(&m.name, &m.cgroups, ns)?;
     if !tty {
         return Ok(None);
     }
-    let master = nix::fcntl::open(
-        "/dev/pts/ptmx",
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ctx(|| format!("cannot open a pty in {}", m.name))?;
-    let n = ns_core::sys::pty_unlock(master.as_fd())
-        .ctx(|| format!("cannot unlock a pty in {}", m.name))?;
+    let (master, n) = attach::open_pty(&m.name)?;
     sock.send_fd(&Msg::Console, master.as_fd())?;
     Ok(Some(n))
-}
-
-/// In the command's process: a new session with the pty as controlling terminal and stdio.
-fn command_stdio(pty: Option<&u32>) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let Some(n) = pty else { return Ok(()) };
-    nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
-    let slave = nix::fcntl::open(
-        format!("/dev/pts/{n}").as_str(),
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ctx(|| format!("cannot open /dev/pts/{n}"))?;
-    ns_core::sys::set_controlling_tty(slave.as_fd())
-        .ctx(|| "cannot take the pty as terminal".into())?;
-    for target in 0..3 {
-        ns_core::sys::dup_to(slave.as_raw_fd(), target)
-            .ctx(|| format!("cannot make the pty fd {target}"))?;
-    }
-    Ok(())
-}
-
-/// Into the container's cgroups (from the host's view, so before its cgroup namespace), then
-/// its namespaces.
-fn join(m: &Machine, ns: &[(File, CloneFlags)]) -> Result<()> {
-    for dir in &m.cgroups {
-        // v1 through `tasks` (this process has one thread), cgroup2 through cgroup.procs.
-        let f = if dir.join("tasks").exists() {
-            dir.join("tasks")
-        } else {
-            dir.join("cgroup.procs")
-        };
-        std::fs::write(&f, "0").ctx(|| format!("cannot join cgroup {}", dir.display()))?;
-    }
-    for (f, flag) in ns {
-        nix::sched::setns(f.as_fd(), *flag)
-            .ctx(|| format!("cannot join {}'s {flag:?} namespace", m.name))?;
-    }
-    if ns.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER) {
-        // Our host ids mean nothing in there: become its root, or exec would drop every
-        // capability (ns-caps then becomes the user asked for).
-        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-        if !ns_core::sys::setgroups_denied() {
-            setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
-        }
-        let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
-        setresgid(g, g, g).ctx(|| format!("cannot become root of {}", m.name))?;
-        setresuid(u, u, u).ctx(|| format!("cannot become root of {}", m.name))?;
-    }
-    Ok(())
 }
 
 /// Boot /var/lib/machines/NAME in the background as systemd-nspawn@NAME.service would

@@ -220,6 +220,55 @@ pub fn create(
     Ok(made)
 }
 
+/// An OCI container's cgroups: `rel` (its cgroupsPath, from each hierarchy's root) in every
+/// hierarchy that is cgroup2 (`v2`) or v1. Missing levels are made (and left for others, as
+/// runc leaves them); the last one must be new: it is the container's own.
+pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<Vec<Cgroup>> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    if rel.as_os_str().is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::invalid(
+            "cgroupsPath",
+            &rel.display().to_string(),
+            "not a path below the hierarchy's root",
+        ));
+    }
+    let mut made: Vec<Cgroup> = Vec::new();
+    for h in hs.iter().filter(|h| h.v2 == v2) {
+        let dir = h.mountpoint.join(rel);
+        let r = (|| {
+            let mut level = h.mountpoint.clone();
+            for part in rel.iter() {
+                let parent = level.clone();
+                level.push(part);
+                match std::fs::create_dir(&level) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && level != dir => {
+                        continue
+                    }
+                    r => r.ctx(|| format!("cannot create cgroup {}", level.display()))?,
+                }
+                inherit_cpuset(h, &parent, &level)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            made.iter().for_each(|c| {
+                remove(&c.dir);
+            });
+            return Err(e);
+        }
+        made.push(Cgroup {
+            dir,
+            options: h.options.clone(),
+            v2: h.v2,
+        });
+    }
+    Ok(made)
+}
+
 /// Where the container's cgroup goes in `h`: its parent and itself.
 fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
     let rel = match slice {

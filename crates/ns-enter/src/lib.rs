@@ -11,6 +11,7 @@
 //! with its status (128+N for a signal).
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod cgroups;
 pub mod devices;
 pub mod resources;
@@ -107,6 +108,7 @@ impl Args {
             netns_path: self.netns.as_ref().map(std::path::PathBuf::from),
             userns: None,
             cgroups: None,
+            join: Vec::new(),
         }
     }
 }

@@ -1,0 +1,110 @@
+//! Joining a running container (ns-ctl's `shell`, ns-oci's `exec`): its cgroups, then its
+//! namespaces through the leader's /proc/PID/ns files (user first, so that it owns the rest;
+//! the mount namespace's root, which pivot_root made the container's, becomes ours). The
+//! caller forks once more so that its command is inside the PID namespace.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use ns_core::{Context, Error, Result};
+
+/// The leader's namespaces that differ from ours, in the order to join them.
+pub fn namespaces(leader: i32) -> Result<Vec<(File, CloneFlags)>> {
+    use std::os::unix::fs::MetadataExt;
+    let kinds = [
+        ("user", CloneFlags::CLONE_NEWUSER),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let mut out = Vec::new();
+    for (kind, flag) in kinds {
+        let theirs = format!("/proc/{leader}/ns/{kind}");
+        let f = File::open(&theirs).ctx(|| format!("cannot open {theirs}"))?;
+        let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
+        if f.metadata().map(|m| m.ino()).ok() != ours.ok() {
+            out.push((f, flag));
+        }
+    }
+    Ok(out)
+}
+
+/// A field of /proc/PID/status (`CapBnd` in hex, `NoNewPrivs` in decimal), as text.
+pub fn status_field(pid: i32, key: &str) -> Result<String> {
+    let p = format!("/proc/{pid}/status");
+    std::fs::read_to_string(&p)
+        .ctx(|| format!("cannot read {p}"))?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_string())
+        })
+        .ok_or_else(|| Error::setup(format!("{p} has no {key}")))
+}
+
+/// Into the container `name`'s cgroups (from the host's view, so before its cgroup
+/// namespace), then its namespaces `ns`; under a user namespace, become its root.
+pub fn join(name: &str, cgroups: &[PathBuf], ns: &[(File, CloneFlags)]) -> Result<()> {
+    for dir in cgroups {
+        // v1 through `tasks` (this process has one thread), cgroup2 through cgroup.procs.
+        let f = if dir.join("tasks").exists() {
+            dir.join("tasks")
+        } else {
+            dir.join("cgroup.procs")
+        };
+        std::fs::write(&f, "0").ctx(|| format!("cannot join cgroup {}", dir.display()))?;
+    }
+    for (f, flag) in ns {
+        nix::sched::setns(f.as_fd(), *flag)
+            .ctx(|| format!("cannot join {name}'s {flag:?} namespace"))?;
+    }
+    if ns.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER) {
+        // Our host ids mean nothing in there: become its root, or exec would drop every
+        // capability (ns-caps then becomes the user asked for).
+        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+        if !ns_core::sys::setgroups_denied() {
+            setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
+        }
+        let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+        setresgid(g, g, g).ctx(|| format!("cannot become root of {name}"))?;
+        setresuid(u, u, u).ctx(|| format!("cannot become root of {name}"))?;
+    }
+    Ok(())
+}
+
+/// Once joined: a new pty of the container's own devpts; its master and slave number.
+pub fn open_pty(name: &str) -> Result<(OwnedFd, u32)> {
+    let master = nix::fcntl::open(
+        "/dev/pts/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("cannot open a pty in {name}"))?;
+    let n = ns_core::sys::pty_unlock(master.as_fd())
+        .ctx(|| format!("cannot unlock a pty in {name}"))?;
+    Ok((master, n))
+}
+
+/// In the command's process: a new session with pty `n` as controlling terminal and stdio.
+pub fn take_pty(n: u32) -> Result<()> {
+    nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
+    let slave = nix::fcntl::open(
+        format!("/dev/pts/{n}").as_str(),
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("cannot open /dev/pts/{n}"))?;
+    ns_core::sys::set_controlling_tty(slave.as_fd())
+        .ctx(|| "cannot take the pty as terminal".into())?;
+    for target in 0..3 {
+        ns_core::sys::dup_to(slave.as_raw_fd(), target)
+            .ctx(|| format!("cannot make the pty fd {target}"))?;
+    }
+    Ok(())
+}
