@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod oci;
 pub mod plan;
 pub mod settings;

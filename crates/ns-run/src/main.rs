@@ -10,7 +10,7 @@ mod monitor;
 
 use ns_core::exec::args_utf8;
 use ns_core::stage::{parse_matches, run};
-use ns_run::{cli, plan, settings};
+use ns_run::{cli, oci, plan, settings};
 
 const STAGE: &str = "ns-run";
 
@@ -19,15 +19,32 @@ fn main() {
         let argv = args_utf8()?;
         cli::reject_unknown_options(&argv)?;
         let (cli, matches): (cli::Cli, _) = parse_matches(STAGE, &argv);
+        // An OCI bundle is options too (and what options cannot say, applied below).
+        let bundle = match &cli.oci_bundle {
+            Some(dir) => Some(oci::load("--oci-bundle", std::path::Path::new(dir))?),
+            None => None,
+        };
         // A .nspawn file adds options (or replaces some): parse the merged line again.
-        let merged = settings::merge(&argv, &cli)?;
+        let merged = match &bundle {
+            Some(b) => {
+                let name = cli.machine.clone().unwrap_or_else(|| {
+                    let base = b.dir.file_name().unwrap_or_default().to_string_lossy();
+                    plan::hostname_cleanup(&base)
+                });
+                oci::merge(&argv, b, &name)?
+            }
+            None => settings::merge(&argv, &cli)?,
+        };
         let (cli, matches): (cli::Cli, _) = if merged == argv {
             (cli, matches)
         } else {
             ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
             parse_matches(STAGE, &merged)
         };
-        let state = plan::build(&cli, &matches)?;
+        let mut state = plan::build(&cli, &matches)?;
+        if let Some(b) = &bundle {
+            oci::apply(b, &mut state, false)?;
+        }
         if cli.print_state {
             println!("{}", state.to_json_pretty());
             std::process::exit(0);

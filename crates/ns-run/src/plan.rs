@@ -11,7 +11,6 @@ use crate::cli::Cli;
 fn unsupported(c: &Cli) -> Option<&'static str> {
     let checks = [
         ("--image", c.image.is_some()),
-        ("--oci-bundle", c.oci_bundle.is_some()),
         ("--root-hash", c.root_hash.is_some()),
         ("--root-hash-sig", c.root_hash_sig.is_some()),
         ("--verity-data", c.verity_data.is_some()),
@@ -411,6 +410,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             netns_path,
             userns,
             cgroups: None, // named by the monitor
+            join: Vec::new(),
         },
         net,
         mount,

@@ -1,0 +1,598 @@
+//! OCI bundles (`--oci-bundle=DIR`, and the ns-oci runtime): config.json, read with the
+//! oci-spec crate, becomes nspawn options ([`options`], parsed by the same parser as a
+//! command line, so an option and its OCI field cannot drift apart) plus what no nspawn
+//! option can say ([`apply`]: the process exactly as given, joined namespaces, the seccomp
+//! profile, the cgroup resources).
+//!
+//! The API file systems stay nspawn's: config.json's own /proc, /sys, /dev, /dev/pts,
+//! /dev/shm, /dev/mqueue, /run and /sys/fs/cgroup mounts are what ns-mount mounts anyway.
+//! Every field this cannot honour fails with one line naming it; none is ignored.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxNamespaceType, LinuxResources, LinuxSeccomp, LinuxSeccompAction, Mount, Spec,
+};
+
+use ns_core::state::{FilterBase, Ids, JoinNs, Namespace, Property, Rlimit, State, SyscallFilter};
+use ns_core::{Error, Result};
+
+/// A bundle directory and its parsed config.json.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    /// The root file system, absolute.
+    pub root: PathBuf,
+}
+
+/// Read `dir`/config.json. `option` names the flag that gave `dir`, for errors.
+pub fn load(option: &str, dir: &Path) -> Result<Bundle> {
+    let shown = dir.display().to_string();
+    let dir =
+        std::path::absolute(dir).map_err(|e| Error::invalid(option, &shown, &e.to_string()))?;
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(Error::invalid(option, &shown, "no config.json in it"));
+    }
+    let spec = Spec::load(&config)
+        .map_err(|e| Error::invalid(option, &shown, &format!("bad config.json: {e}")))?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| Error::invalid(option, &shown, "config.json has no root"))?;
+    let root = dir.join(root.path());
+    if !root.is_dir() {
+        return Err(Error::invalid(
+            option,
+            &shown,
+            &format!("root {} is not a directory", root.display()),
+        ));
+    }
+    Ok(Bundle { dir, spec, root })
+}
+
+fn unsupported(field: &str) -> Error {
+    Error::setup(format!("config.json: {field}: not supported"))
+}
+
+/// `:` and `\` escaped for nspawn's colon-separated mount values.
+fn esc(p: &Path) -> String {
+    p.to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace(':', "\\:")
+}
+
+/// The mounts ns-mount makes anyway (nspawn's API file systems).
+fn is_api_mount(m: &Mount) -> bool {
+    let t = m.typ().as_deref().unwrap_or("");
+    let d = m.destination().to_string_lossy();
+    matches!(
+        (t, d.as_ref()),
+        ("proc", "/proc")
+            | ("sysfs", "/sys")
+            | ("tmpfs", "/dev")
+            | ("devpts", "/dev/pts")
+            | ("tmpfs" | "bind", "/dev/shm")
+            | ("mqueue", "/dev/mqueue")
+            | ("cgroup" | "cgroup2", "/sys/fs/cgroup")
+            | ("tmpfs", "/run")
+    )
+}
+
+/// One mount as an nspawn option.
+fn mount_option(i: usize, m: &Mount) -> Result<String> {
+    let opts = m.options().clone().unwrap_or_default();
+    let t = m.typ().as_deref().unwrap_or("");
+    let dest = m.destination();
+    let bind = t == "bind" || opts.iter().any(|o| o == "bind" || o == "rbind");
+    if bind {
+        let src = m
+            .source()
+            .as_ref()
+            .ok_or_else(|| unsupported(&format!("mounts[{i}]: a bind mount without source")))?;
+        let ro = opts.iter().any(|o| o == "ro");
+        let rec = if opts.iter().any(|o| o == "rbind") {
+            "rbind"
+        } else {
+            "norbind"
+        };
+        let flag = if ro { "--bind-ro" } else { "--bind" };
+        return Ok(format!("{flag}={}:{}:{rec}", esc(src), esc(dest)));
+    }
+    if t == "tmpfs" {
+        // Data options only; ns-mount sets nodev and strictatime itself.
+        let data: Vec<&str> = opts
+            .iter()
+            .map(String::as_str)
+            .filter(|o| {
+                ["size=", "mode=", "nr_inodes=", "uid=", "gid="]
+                    .iter()
+                    .any(|p| o.starts_with(p))
+            })
+            .collect();
+        return Ok(format!("--tmpfs={}:{}", esc(dest), data.join(",")));
+    }
+    Err(unsupported(&format!(
+        "mounts[{i}]: type {t:?} on {}",
+        dest.display()
+    )))
+}
+
+/// The bundle as nspawn options, for a machine called `name` (they go before the command
+/// line's own, which win). The process's arguments are not among them: see [`argv_of`].
+pub fn options(b: &Bundle, name: &str) -> Result<Vec<String>> {
+    let s = &b.spec;
+    let mut o = vec![
+        format!("--directory={}", b.root.display()),
+        format!("--machine={name}"),
+    ];
+    if s.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        o.push("--read-only".into());
+    }
+    if let Some(h) = s.hostname() {
+        o.push(format!("--hostname={h}"));
+    }
+    if let Some(p) = s.process() {
+        let cwd = p.cwd().to_string_lossy();
+        if cwd != "/" {
+            o.push(format!("--chdir={cwd}"));
+        }
+    }
+    let linux = s.linux().clone().unwrap_or_default();
+    for ns in linux.namespaces().clone().unwrap_or_default() {
+        match (ns.typ(), ns.path()) {
+            (LinuxNamespaceType::Network, None) => o.push("--private-network".into()),
+            (LinuxNamespaceType::Network, Some(p)) => {
+                o.push(format!("--network-namespace-path={}", p.display()))
+            }
+            (LinuxNamespaceType::User, None) => o.push(private_users(&linux)?),
+            (LinuxNamespaceType::User, Some(_)) => {
+                return Err(unsupported("linux.namespaces: joining a user namespace"))
+            }
+            (LinuxNamespaceType::Time, _) => return Err(unsupported("linux.namespaces: time")),
+            _ => {}
+        }
+    }
+    for (i, m) in s.mounts().clone().unwrap_or_default().iter().enumerate() {
+        if !is_api_mount(m) {
+            o.push(mount_option(i, m)?);
+        }
+    }
+    for p in linux.masked_paths().clone().unwrap_or_default() {
+        // Absent paths are skipped, as runc does: /proc and /sys paths are the kernel's, the
+        // same here as in the container; others are the image's.
+        if exists_for(b, &p) {
+            o.push(format!("--inaccessible={p}"));
+        }
+    }
+    for p in linux.readonly_paths().clone().unwrap_or_default() {
+        if exists_for(b, &p) {
+            let p = esc(Path::new(&p));
+            o.push(format!("--bind-ro=+{p}:{p}"));
+        }
+    }
+    Ok(o)
+}
+
+fn exists_for(b: &Bundle, p: &str) -> bool {
+    let kernel = p.starts_with("/proc/") || p.starts_with("/sys/");
+    if kernel {
+        Path::new(p).symlink_metadata().is_ok()
+    } else {
+        b.root
+            .join(p.trim_start_matches('/'))
+            .symlink_metadata()
+            .is_ok()
+    }
+}
+
+/// A user namespace: one mapping of container id 0, the same for uids and gids.
+fn private_users(linux: &oci_spec::runtime::Linux) -> Result<String> {
+    let one = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| match m.as_deref() {
+        Some([m]) if m.container_id() == 0 => Some((m.host_id(), m.size())),
+        _ => None,
+    };
+    match (one(linux.uid_mappings()), one(linux.gid_mappings())) {
+        (Some(u), Some(g)) if u == g => Ok(format!("--private-users={}:{}", u.0, u.1)),
+        _ => Err(unsupported(
+            "linux.uidMappings/gidMappings: only one mapping of container id 0, the same for uids and gids",
+        )),
+    }
+}
+
+/// `--oci-bundle=DIR` on ns-run's command line `argv`: the bundle's options first, then the
+/// command line's own (which win: a single-valued option given there replaces the bundle's),
+/// then the command line's command, or else the bundle's process arguments.
+pub fn merge(argv: &[String], b: &Bundle, name: &str) -> Result<Vec<String>> {
+    use clap::CommandFactory;
+    let (given, rest) = crate::cli::split_options(argv)?;
+    if given.iter().any(|g| g.id == "directory" || g.id == "image") {
+        return Err(Error::setup(
+            "--oci-bundle= may not be combined with --directory= or --image=".into(),
+        ));
+    }
+    let cmd = crate::cli::Cli::command();
+    let repeatable = |id: &str| {
+        cmd.get_arguments()
+            .find(|a| a.get_id() == id)
+            .is_some_and(|a| matches!(a.get_action(), clap::ArgAction::Append))
+    };
+    let mut bundle_argv = vec![argv[0].clone()];
+    bundle_argv.extend(options(b, name)?);
+    let (from_bundle, _) = crate::cli::split_options(&bundle_argv)?;
+    let mut out = vec![argv[0].clone()];
+    for g in from_bundle {
+        if repeatable(&g.id) || !given.iter().any(|u| u.id == g.id) {
+            out.extend(g.tokens);
+        }
+    }
+    for g in given.into_iter().filter(|g| g.id != "oci_bundle") {
+        out.extend(g.tokens);
+    }
+    if rest.is_empty() || rest == ["--"] {
+        out.push("--".into());
+        out.extend(argv_of(b));
+    } else {
+        out.extend(rest);
+    }
+    Ok(out)
+}
+
+/// The process's arguments.
+pub fn argv_of(b: &Bundle) -> Vec<String> {
+    b.spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default()
+}
+
+/// What no nspawn option says, applied to the state made from [`options`]: the process's
+/// identity, capabilities, limits and (with `exact_env`, as an OCI runtime gives it; else
+/// over nspawn's, as `--oci-bundle` does) environment; namespaces joined or not created; the
+/// seccomp profile; the resources as the cgroup's only properties (device policy included).
+pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
+    let s = &b.spec;
+    let linux = s.linux().clone().unwrap_or_default();
+    if let Some(p) = s.process() {
+        process_into(p, &mut state.exec, exact_env)?;
+    }
+    // Namespaces: exactly those listed; one with a path is joined.
+    let mut create = vec![Namespace::Mount];
+    let mut join = Vec::new();
+    for ns in linux.namespaces().clone().unwrap_or_default() {
+        let kind = match ns.typ() {
+            LinuxNamespaceType::Mount => Namespace::Mount,
+            LinuxNamespaceType::Uts => Namespace::Uts,
+            LinuxNamespaceType::Ipc => Namespace::Ipc,
+            LinuxNamespaceType::Pid => Namespace::Pid,
+            LinuxNamespaceType::Cgroup => Namespace::Cgroup,
+            // Network and user: made from the options (--private-network and its path, -U).
+            LinuxNamespaceType::Network | LinuxNamespaceType::User => continue,
+            LinuxNamespaceType::Time => return Err(unsupported("linux.namespaces: time")),
+        };
+        match ns.path() {
+            Some(p) if kind == Namespace::Mount => {
+                return Err(unsupported(&format!(
+                    "linux.namespaces: joining the mount namespace {}",
+                    p.display()
+                )))
+            }
+            Some(p) => join.push(JoinNs {
+                ns: kind,
+                path: p.clone(),
+            }),
+            None if !create.contains(&kind) => create.push(kind),
+            None => {}
+        }
+    }
+    let keep = |n: &Namespace| matches!(n, Namespace::User | Namespace::Net) || create.contains(n);
+    state.enter.namespaces.retain(keep);
+    for n in create {
+        if !state.enter.namespaces.contains(&n) {
+            state.enter.namespaces.push(n);
+        }
+    }
+    state.enter.namespaces.sort();
+    state.enter.join = join;
+    if !state.enter.namespaces.contains(&Namespace::Uts) {
+        state.enter.hostname = None;
+    }
+    if let Some(sc) = linux.seccomp() {
+        state.exec.syscall_filter = Some(seccomp(sc)?);
+    } else {
+        state.exec.syscall_filter = None;
+    }
+    state.monitor.properties = match linux.resources() {
+        Some(r) => properties(r)?,
+        None => Vec::new(),
+    };
+    if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(unsupported("linux.sysctl"));
+    }
+    if let Some(d) = linux.devices().as_ref().filter(|d| !d.is_empty()) {
+        // ns-mount's /dev has null zero full random urandom tty ptmx: those are fine.
+        const STANDARD: &[&str] = &[
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/tty",
+            "/dev/ptmx",
+        ];
+        if let Some(x) = d
+            .iter()
+            .find(|x| !STANDARD.iter().any(|s| Path::new(s) == x.path()))
+        {
+            return Err(unsupported(&format!(
+                "linux.devices: {}",
+                x.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An OCI process's identity, capabilities, limits and environment into `e` (with
+/// `exact_env` the environment is exactly its own; else it goes over nspawn's). Used for
+/// config.json's process and for `ns-oci exec --process`.
+pub fn process_into(
+    p: &oci_spec::runtime::Process,
+    e: &mut ns_core::state::ExecPlan,
+    exact_env: bool,
+) -> Result<()> {
+    let mut env = p.env().clone().unwrap_or_default();
+    env.append(&mut e.setenv); // ns-run's -E, over the bundle's
+    e.setenv = env;
+    e.exact_env = exact_env;
+    let u = p.user();
+    if e.user.is_none() {
+        // (ns-run's -u wins over the bundle's user.)
+        e.ids = Some(Ids {
+            uid: u.uid(),
+            gid: u.gid(),
+            groups: u.additional_gids().clone().unwrap_or_default(),
+        });
+    }
+    e.umask = u.umask();
+    if let Some(c) = p.capabilities() {
+        let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+            let mut v: Vec<String> = set
+                .iter()
+                .flatten()
+                .map(|c| c.to_string().to_ascii_lowercase())
+                .collect();
+            v.sort();
+            v
+        };
+        e.capabilities = names(c.bounding());
+        e.ambient = names(c.ambient());
+    } else {
+        e.capabilities = Vec::new();
+        e.ambient = Vec::new();
+    }
+    e.no_new_privileges = p.no_new_privileges().unwrap_or(false);
+    e.oom_score_adjust = p.oom_score_adj();
+    e.rlimits = p
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| Rlimit {
+            resource: r
+                .typ()
+                .to_string()
+                .trim_start_matches("RLIMIT_")
+                .to_string(),
+            soft: (r.soft() != u64::MAX).then_some(r.soft()),
+            hard: (r.hard() != u64::MAX).then_some(r.hard()),
+        })
+        .collect();
+    if p.apparmor_profile()
+        .as_deref()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(unsupported("process.apparmorProfile"));
+    }
+    if p.selinux_label().as_deref().is_some_and(|a| !a.is_empty()) {
+        return Err(unsupported("process.selinuxLabel"));
+    }
+    Ok(())
+}
+
+/// An OCI seccomp profile as our filter: the default action decides the base (nothing for a
+/// denying one, everything for SCMP_ACT_ALLOW), rules whose action differs from it list the
+/// exceptions. Argument conditions and actions other than allow/errno/kill are refused.
+pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
+    let denying = |a: LinuxSeccompAction| {
+        matches!(
+            a,
+            LinuxSeccompAction::ScmpActErrno
+                | LinuxSeccompAction::ScmpActKill
+                | LinuxSeccompAction::ScmpActKillProcess
+                | LinuxSeccompAction::ScmpActKillThread
+        )
+    };
+    let kind = |a: LinuxSeccompAction| match a {
+        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog => Ok(true),
+        a if denying(a) => Ok(false),
+        a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
+    };
+    let default_allows = kind(sc.default_action())?;
+    let mut f = SyscallFilter {
+        base: if default_allows {
+            FilterBase::Everything
+        } else {
+            FilterBase::Nothing
+        },
+        ..Default::default()
+    };
+    for (i, r) in sc.syscalls().iter().flatten().enumerate() {
+        let allows = kind(r.action())?;
+        if allows == default_allows {
+            continue;
+        }
+        if r.args().as_ref().is_some_and(|a| !a.is_empty()) {
+            return Err(unsupported(&format!(
+                "linux.seccomp.syscalls[{i}]: argument conditions"
+            )));
+        }
+        let list = if allows { &mut f.allow } else { &mut f.deny };
+        list.extend(r.names().iter().cloned());
+    }
+    Ok(f)
+}
+
+/// `linux.resources` as cgroup properties (the container's only ones: the device rules are
+/// its whole device policy). Used at create and by `update`.
+pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
+    let mut p = Vec::new();
+    let prop = |v: String| ns_enter::resources::parse(&v);
+    if let Some(m) = r.memory() {
+        if let Some(l) = m.limit().filter(|l| *l > 0) {
+            p.push(prop(format!("MemoryMax={l}"))?);
+            // swap is memory plus swap: only a part beyond the limit is a swap limit.
+            if let Some(sw) = m.swap().filter(|s| *s > l) {
+                p.push(prop(format!("MemorySwapMax={}", sw - l))?);
+            }
+        }
+        if m.reservation().is_some_and(|v| v > 0) {
+            return Err(unsupported("linux.resources.memory.reservation"));
+        }
+        if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
+            return Err(unsupported("linux.resources.memory.kernel"));
+        }
+    }
+    if let Some(c) = r.cpu() {
+        if let Some(s) = c.shares().filter(|s| *s > 0) {
+            p.push(prop(format!("CPUShares={}", s.clamp(2, 262144)))?);
+        }
+        if let Some(q) = c.quota().filter(|q| *q > 0) {
+            let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
+            let pct = ((q as u64) * 100).div_ceil(period).max(1);
+            p.push(prop(format!("CPUQuota={pct}%"))?);
+        }
+        if let Some(cpus) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
+            p.push(prop(format!("AllowedCPUs={cpus}"))?);
+        }
+        if let Some(mems) = c.mems().as_deref().filter(|v| !v.is_empty()) {
+            p.push(prop(format!("AllowedMemoryNodes={mems}"))?);
+        }
+        if c.realtime_runtime().is_some_and(|v| v > 0) {
+            return Err(unsupported("linux.resources.cpu.realtimeRuntime"));
+        }
+    }
+    if let Some(pids) = r.pids() {
+        let l = pids.limit();
+        p.push(prop(if l > 0 {
+            format!("TasksMax={l}")
+        } else {
+            "TasksMax=infinity".into()
+        })?);
+    }
+    if let Some(b) = r.block_io() {
+        if let Some(w) = b.weight() {
+            p.push(prop(format!("IOWeight={w}"))?);
+        }
+        let throttled = [
+            b.throttle_read_bps_device(),
+            b.throttle_write_bps_device(),
+            b.throttle_read_iops_device(),
+            b.throttle_write_iops_device(),
+        ]
+        .iter()
+        .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
+        if throttled || b.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(unsupported("linux.resources.blockIO devices"));
+        }
+    }
+    if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err(unsupported("linux.resources.hugepageLimits"));
+    }
+    if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        return Err(unsupported("linux.resources.unified"));
+    }
+    // Device rules, in order: a leading deny-all makes the policy strict (only what
+    // follows is allowed); without one, access is open and allow rules change nothing.
+    let rules = r.devices().clone().unwrap_or_default();
+    let deny_all = |d: &oci_spec::runtime::LinuxDeviceCgroup| {
+        !d.allow()
+            && matches!(d.typ(), None | Some(oci_spec::runtime::LinuxDeviceType::A))
+            && d.major().is_none()
+            && d.minor().is_none()
+    };
+    if let Some(first) = rules.iter().position(deny_all) {
+        p.push(Property::DevicePolicy("strict".into()));
+        for (i, d) in rules.iter().enumerate().skip(first + 1) {
+            let rule = d.to_string();
+            if !d.allow() || ns_enter::devices::Rule::parse(&rule).is_none() {
+                return Err(unsupported(&format!(
+                    "linux.resources.devices[{i}]: {} {rule}",
+                    if d.allow() { "allow" } else { "deny" }
+                )));
+            }
+            p.push(Property::DeviceAllow(rule));
+        }
+    } else if rules.iter().any(|d| !d.allow()) {
+        return Err(unsupported(
+            "linux.resources.devices: deny rules without a leading deny-all",
+        ));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_colons() {
+        assert_eq!(esc(Path::new("/a:b\\c")), "/a\\:b\\\\c");
+    }
+
+    #[test]
+    fn resources_become_properties() {
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":1048576,"swap":1048576},"pids":{"limit":10},
+                "cpu":{"shares":512,"quota":50000,"period":100000},
+                "devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"}]}"#,
+        )
+        .unwrap();
+        let p = properties(&r).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Property::MemoryMax(Some(1048576)),
+                Property::CpuShares(512),
+                Property::CpuQuota(50),
+                Property::TasksMax(Some(10)),
+                Property::DevicePolicy("strict".into()),
+                Property::DeviceAllow("c 1:3 rwm".into()),
+            ]
+        );
+        let bad: LinuxResources = serde_json::from_str(
+            r#"{"devices":[{"allow":false,"type":"c","major":1,"access":"r"}]}"#,
+        )
+        .unwrap();
+        assert!(properties(&bad).unwrap_err().msg.contains("deny rules"));
+    }
+
+    #[test]
+    fn seccomp_profiles_map_to_a_base_and_exceptions() {
+        let sc: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"}]}"#,
+        )
+        .unwrap();
+        let f = seccomp(&sc).unwrap();
+        assert_eq!(f.base, FilterBase::Nothing);
+        assert_eq!(f.allow, vec!["read", "write"]);
+        let sc: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mount"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        )
+        .unwrap();
+        assert!(seccomp(&sc)
+            .unwrap_err()
+            .msg
+            .contains("argument conditions"));
+    }
+}
