@@ -1,0 +1,71 @@
+//! OCI hooks that run on the host, in the runtime's namespaces: createRuntime and prestart
+//! (once the container's process exists, before its setup goes on), poststart (after
+//! `start`), poststop (at `delete`). Each gets the container's state on stdin; a failing
+//! hook fails the verb, except poststop ones, which are only reported (as runc does).
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ns_core::{Error, Result};
+use oci_spec::runtime::{Hook, Hooks};
+
+/// createContainer and startContainer run inside the container's namespaces: not supported
+/// (refused at create rather than skipped).
+pub fn refuse_in_container(hooks: &Option<Hooks>) -> Result<()> {
+    let Some(h) = hooks else { return Ok(()) };
+    for (name, list) in [
+        ("createContainer", h.create_container()),
+        ("startContainer", h.start_container()),
+    ] {
+        if list.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(Error::setup(format!(
+                "config.json: hooks.{name}: not supported"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Run the hooks of one kind in order; the first failure stops them.
+pub fn run(kind: &str, hooks: &Option<Vec<Hook>>, state: &serde_json::Value) -> Result<()> {
+    for (i, h) in hooks.iter().flatten().enumerate() {
+        run_one(h, state).map_err(|why| {
+            Error::setup(format!("hooks.{kind}[{i}] ({}): {why}", h.path().display()))
+        })?;
+    }
+    Ok(())
+}
+
+fn run_one(h: &Hook, state: &serde_json::Value) -> std::result::Result<(), String> {
+    let args = h.args().clone().unwrap_or_default();
+    let mut cmd = Command::new(h.path());
+    if let Some((argv0, rest)) = args.split_first() {
+        cmd.arg0(argv0).args(rest);
+    }
+    cmd.env_clear()
+        .envs(h.env().iter().flatten().filter_map(|kv| kv.split_once('=')))
+        .stdin(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A hook that does not read its state may close stdin early: not an error.
+        let _ = stdin.write_all(state.to_string().as_bytes());
+    }
+    let deadline = h
+        .timeout()
+        .filter(|t| *t > 0)
+        .map(|t| Instant::now() + Duration::from_secs(t as u64));
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(st) if st.success() => return Ok(()),
+            Some(st) => return Err(format!("exited with {st}")),
+            None if deadline.is_some_and(|d| Instant::now() > d) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("timed out".into());
+            }
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}

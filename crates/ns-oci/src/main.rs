@@ -1,0 +1,451 @@
+//! ns-oci: an OCI runtime with runc's command line, composed from the ns-* stages, for
+//! containerd (and so Kubernetes) to drive.
+//!
+//! `create` runs the chain ns-enter → ns-mount → ns-caps as ns-run does, from the state
+//! ns-run's OCI reader builds out of config.json, and returns when ns-caps waits on the start
+//! fifo (create.rs). `start` opens that fifo. The other verbs read `ROOT/ID/state.json` and
+//! act on the container's process and cgroups (container.rs); `exec` joins a running
+//! container (exec.rs). Errors are one line on stderr and, with `--log`, a line of the log
+//! (JSON with `--log-format json`, which containerd's shim reads); the exit code is then 1.
+#![forbid(unsafe_code)]
+
+mod container;
+mod create;
+mod exec;
+mod hooks;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use ns_core::{Context, Error, Result};
+
+use container::Status;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ns-oci",
+    version,
+    about = "OCI runtime (runc's command line) composed from the ns-* stages"
+)]
+struct Cli {
+    /// Directory of the containers' state
+    #[arg(long, default_value = "/run/ns-oci")]
+    root: PathBuf,
+    /// Append errors to this file
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// text or json
+    #[arg(long = "log-format", default_value = "text")]
+    log_format: String,
+    /// cgroupsPath is slice:prefix:name
+    #[arg(long = "systemd-cgroup")]
+    systemd_cgroup: bool,
+    /// Trace what the stages do on stderr (NS_DEBUG=1)
+    #[arg(long)]
+    debug: bool,
+    /// true, false or auto: without root, no cgroups
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    rootless: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a container from a bundle; it waits for `start`
+    Create {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Accepted: the root is always entered with pivot_root
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        /// Accepted: no session keyring is made
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        id: String,
+    },
+    /// Start a created container's process
+    Start { id: String },
+    /// Print a container's state as JSON
+    State { id: String },
+    /// Send a signal (default SIGTERM) to the container's process, or to all its processes
+    Kill {
+        #[arg(long, short = 'a')]
+        all: bool,
+        id: String,
+        signal: Option<String>,
+    },
+    /// Delete a stopped (or, with --force, any) container
+    Delete {
+        #[arg(long, short = 'f')]
+        force: bool,
+        id: String,
+    },
+    /// Run a process (described by --process) in a running container
+    Exec {
+        #[arg(long, short = 'p')]
+        process: PathBuf,
+        #[arg(long, short = 'd')]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        id: String,
+    },
+    /// List the container's processes
+    Ps {
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        id: String,
+    },
+    /// Freeze every process of the container
+    Pause { id: String },
+    /// Thaw a paused container
+    Resume { id: String },
+    /// Change the container's resources (linux.resources JSON, from a file or - for stdin)
+    Update {
+        #[arg(long, short = 'r')]
+        resources: String,
+        id: String,
+    },
+    /// Print what this runtime supports (JSON)
+    Features,
+    /// Write a default config.json
+    Spec {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+    },
+}
+
+/// The global options every verb sees.
+pub struct Global {
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+    rootless: Option<String>,
+}
+
+impl Global {
+    /// `--rootless` true, or auto (the default) without root.
+    pub fn rootless(&self) -> bool {
+        match self.rootless.as_deref() {
+            Some("true") => true,
+            Some("false") => false,
+            _ => !nix::unistd::geteuid().is_root(),
+        }
+    }
+}
+
+fn main() {
+    let argv = match ns_core::exec::args_utf8() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ns-oci: {}", e.msg);
+            std::process::exit(1)
+        }
+    };
+    let cli: Cli = ns_core::stage::parse_args("ns-oci", &argv);
+    if cli.debug {
+        std::env::set_var("NS_DEBUG", "1");
+    }
+    let g = Global {
+        root: cli.root.clone(),
+        systemd_cgroup: cli.systemd_cgroup,
+        rootless: cli.rootless.clone(),
+    };
+    match run(&g, &cli.cmd) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ns-oci: {}", e.msg);
+            if let Some(log) = &cli.log {
+                log_error(log, &cli.log_format, &e.msg);
+            }
+            std::process::exit(1)
+        }
+    }
+}
+
+/// One line in the log: `{"level":"error","msg":…,"time":…}` in JSON, else plain text.
+fn log_error(path: &Path, format: &str, msg: &str) {
+    let line = if format == "json" {
+        serde_json::json!({"level": "error", "msg": msg, "time": container::now_rfc3339()})
+            .to_string()
+    } else {
+        format!("{} error: {msg}", container::now_rfc3339())
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            preserve_fds,
+            id,
+            ..
+        } => {
+            refuse_preserved_fds(*preserve_fds)?;
+            create::create(
+                g,
+                &create::Request {
+                    id,
+                    bundle,
+                    pid_file: pid_file.as_deref(),
+                    console_socket: console_socket.as_deref(),
+                },
+            )?;
+            Ok(0)
+        }
+        Cmd::Start { id } => start(g, id).map(|()| 0),
+        Cmd::State { id } => {
+            let (dir, s) = container::load(&g.root, id)?;
+            let st = s.status(&dir);
+            let mut v = s.state_json(st.name());
+            if st == Status::Stopped {
+                v["pid"] = 0.into();
+            }
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            Ok(0)
+        }
+        Cmd::Kill { all, id, signal } => {
+            let sig = match signal {
+                Some(s) => ns_core::parse_signal("signal", s)?,
+                None => libc::SIGTERM,
+            };
+            let (dir, s) = container::load(&g.root, id)?;
+            if *all && s.status(&dir) == Status::Stopped {
+                return Ok(0); // nothing left: done, as often as asked
+            }
+            s.signal(sig, *all).map(|()| 0)
+        }
+        Cmd::Delete { force, id } => delete(g, id, *force).map(|()| 0),
+        Cmd::Exec {
+            process,
+            detach,
+            pid_file,
+            console_socket,
+            preserve_fds,
+            id,
+        } => {
+            refuse_preserved_fds(*preserve_fds)?;
+            exec::exec(
+                g,
+                &exec::Request {
+                    id,
+                    process,
+                    detach: *detach,
+                    pid_file: pid_file.as_deref(),
+                    console_socket: console_socket.as_deref(),
+                },
+            )
+        }
+        Cmd::Ps { format, id } => {
+            let (_, s) = container::load(&g.root, id)?;
+            let pids = s.pids();
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string(&pids).expect("json")),
+                "table" => {
+                    println!("PID CMD");
+                    for p in pids {
+                        let cmd =
+                            std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                        println!("{p} {}", cmd.trim());
+                    }
+                }
+                f => return Err(Error::invalid("--format", f, "not table or json")),
+            }
+            Ok(0)
+        }
+        Cmd::Pause { id } | Cmd::Resume { id } => {
+            let pause = matches!(cmd, Cmd::Pause { .. });
+            let (dir, s) = container::load(&g.root, id)?;
+            match (s.status(&dir), pause) {
+                (Status::Running | Status::Created, true) | (Status::Paused, false) => {
+                    s.set_frozen(pause).map(|()| 0)
+                }
+                (st, _) => Err(Error::setup(format!(
+                    "container {id} is {}: cannot {}",
+                    st.name(),
+                    if pause { "pause" } else { "resume" }
+                ))),
+            }
+        }
+        Cmd::Update { resources, id } => {
+            let (dir, s) = container::load(&g.root, id)?;
+            if s.status(&dir) == Status::Stopped {
+                return Err(Error::setup(format!("container {id} is not running")));
+            }
+            let text = if resources == "-" {
+                std::io::read_to_string(std::io::stdin()).ctx(|| "cannot read stdin".into())?
+            } else {
+                std::fs::read_to_string(resources).ctx(|| format!("--resources={resources}"))?
+            };
+            let r: oci_spec::runtime::LinuxResources = serde_json::from_str(&text)
+                .map_err(|e| Error::invalid("--resources", resources, &e.to_string()))?;
+            let props = ns_run::oci::properties(&r)?;
+            let cgroups: Vec<_> = s.cgroups.iter().map(|c| c.cgroup()).collect();
+            ns_enter::resources::apply(&props, &cgroups)?;
+            Ok(0)
+        }
+        Cmd::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&features()).expect("json")
+            );
+            Ok(0)
+        }
+        Cmd::Spec { bundle } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return Err(Error::setup(format!("{} exists already", path.display())));
+            }
+            let spec = oci_spec::runtime::Spec::default();
+            spec.save(&path)
+                .map_err(|e| Error::setup(format!("cannot write {}: {e}", path.display())))?;
+            Ok(0)
+        }
+    }
+}
+
+fn refuse_preserved_fds(n: u32) -> Result<()> {
+    if n > 0 {
+        return Err(Error::invalid(
+            "--preserve-fds",
+            &n.to_string(),
+            "passing extra fds is not supported",
+        ));
+    }
+    Ok(())
+}
+
+/// `start`: open the fifo the container waits on; it execs its process when it can write.
+fn start(g: &Global, id: &str) -> Result<()> {
+    use nix::fcntl::OFlag;
+    let (dir, s) = container::load(&g.root, id)?;
+    match s.status(&dir) {
+        Status::Created => {}
+        st => {
+            return Err(Error::setup(format!(
+                "container {id} is {}: cannot start it",
+                st.name()
+            )))
+        }
+    }
+    let fifo = container::fifo_of(&dir);
+    let f = nix::fcntl::open(
+        &fifo,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {}", fifo.display()))?;
+    // The container opens its end (it may still be on its way there), writes one byte and
+    // execs. Checked every 100 ms: a container that died meanwhile is an error, not a hang.
+    loop {
+        let mut p = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&f),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let n = match nix::poll::poll(&mut p, nix::poll::PollTimeout::from(100u16)) {
+            Err(nix::errno::Errno::EINTR) => 0,
+            r => r.ctx(|| "poll".into())?,
+        };
+        if n > 0 {
+            let mut b = [0u8; 1];
+            if nix::unistd::read(&f, &mut b).unwrap_or(0) == 1 {
+                break;
+            }
+        }
+        if !s.alive() {
+            return Err(Error::setup(format!(
+                "container {id} ended before it started"
+            )));
+        }
+    }
+    std::fs::remove_file(&fifo).ctx(|| format!("cannot remove {}", fifo.display()))?;
+    let hs = s.hooks.clone().unwrap_or_default();
+    hooks::run("poststart", hs.poststart(), &s.state_json("running"))
+}
+
+/// `delete`: a stopped container's cgroups, created paths and record go; a created one is
+/// killed first (runc's rule); any other needs --force. A container that does not exist is
+/// deleted already, for --force.
+fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
+    let (dir, s) = match container::load(&g.root, id) {
+        Ok(c) => c,
+        Err(_) if force && !container::dir_of(&g.root, id)?.join("state.json").exists() => {
+            // A create that died half-way leaves at most its directory.
+            let _ = std::fs::remove_dir_all(container::dir_of(&g.root, id)?);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    match s.status(&dir) {
+        Status::Stopped | Status::Created => {}
+        st if !force => {
+            return Err(Error::setup(format!(
+                "container {id} is {}: stop it first, or delete it with --force",
+                st.name()
+            )))
+        }
+        _ => {}
+    }
+    s.kill_all();
+    let hs = s.hooks.clone().unwrap_or_default();
+    if let Err(e) = hooks::run("poststop", hs.poststop(), &s.state_json("stopped")) {
+        eprintln!("ns-oci: {}", e.msg);
+    }
+    create::remove_created(&s.created_paths);
+    for c in s.cgroups.iter().rev() {
+        if !ns_enter::cgroups::remove(&c.dir) {
+            return Err(Error::setup(format!(
+                "cannot remove cgroup {} of container {id}",
+                c.dir.display()
+            )));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ctx(|| format!("cannot remove {}", dir.display()))
+}
+
+/// What `features` reports (the OCI runtime features document).
+fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.1.0",
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "mountOptions": ["bind", "rbind", "ro", "rw", "size", "mode", "nr_inodes", "uid", "gid"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                            "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG"],
+                "operators": [],
+                "archs": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {
+            "io.github.ns-run.stages": "ns-enter ns-mount ns-caps"
+        }
+    })
+}
