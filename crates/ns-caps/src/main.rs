@@ -172,6 +172,11 @@ fn with_ids(mut user: User, ids: &ns_core::state::Ids) -> User {
 /// for writing through our own /proc (the host path is out of reach after pivot_root).
 fn wait_for_start(fd: i32, sync: Option<SyncSocket>) -> Result<()> {
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "cannot clear the parent-death signal".into())?;
+    if let Some(s) = &sync {
+        s.send(&ns_core::sync::Msg::Waiting)?; // SYNC-8
+    }
+    // From here on a failure is ours alone: the runtime has returned.
+    ns_core::stage::stop_reporting();
     drop(sync);
     let path = format!("/proc/self/fd/{fd}");
     let fifo = std::fs::OpenOptions::new()

@@ -15,13 +15,27 @@ pub fn report_to(fd: i32) {
     REPORT_FD.store(fd, Ordering::Relaxed);
 }
 
-/// Adopt the `--sync-fd` a stage was given, and report failures on it from now on.
+/// Adopt the `--sync-fd` a stage was given, and report failures on it from now on: through
+/// a close-on-exec duplicate, so that a failure is still reported after the job dropped its
+/// socket (and the monitor reads EOF only after it), while the next stage inherits only the
+/// socket itself.
 pub fn adopt_sync(fd: Option<i32>) -> Result<Option<crate::sync::SyncSocket>> {
     let sync = fd.map(crate::sync::SyncSocket::from_raw).transpose()?;
     if let Some(s) = &sync {
-        report_to(s.raw());
+        let dup = nix::fcntl::fcntl(s.fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+            .map_err(|e| Error::setup(format!("cannot duplicate the sync socket: {}", e.desc())))?;
+        report_to(dup);
     }
     Ok(sync)
+}
+
+/// No more reports (the stage lets go of the sync socket while it lives on): close the
+/// duplicate [`adopt_sync`] made.
+pub fn stop_reporting() {
+    let fd = REPORT_FD.swap(-1, Ordering::Relaxed);
+    if fd >= 0 {
+        let _ = nix::unistd::close(fd);
+    }
 }
 
 /// SYNC-4: tell the monitor, if there is one, that `path` is about to be created on the host

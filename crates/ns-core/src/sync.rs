@@ -16,6 +16,8 @@
 //!   SYNC-3  any stage → monitor  `Failed` before the stage exits non-zero
 //!   SYNC-4  ns-mount → monitor   `Created` before it creates a host-visible path (a mount
 //!           point in the image, an overlay workdir) that the monitor removes after exit
+//!   SYNC-8  ns-caps → runtime    `Waiting` (OCI create only): set up, about to block on the
+//!           start fifo; the socket closes right after
 
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -48,6 +50,8 @@ pub enum Msg {
         /// Remove with its content (a workdir), not only when empty (a mount point).
         recursive: bool,
     },
+    /// SYNC-8: the container is created and waits for `start`.
+    Waiting,
 }
 
 /// One end of the sync socket.

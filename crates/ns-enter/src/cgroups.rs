@@ -221,9 +221,10 @@ pub fn create(
 }
 
 /// An OCI container's cgroups: `rel` (its cgroupsPath, from each hierarchy's root) in every
-/// hierarchy that is cgroup2 (`v2`) or v1. Missing levels are made (and left for others, as
-/// runc leaves them); the last one must be new: it is the container's own.
-pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<Vec<Cgroup>> {
+/// hierarchy that is cgroup2 (`v2`) or v1. Missing levels are made, and returned with the
+/// cgroups (to remove when they are empty again); the last one is the container's own, and
+/// must be new or empty.
+pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<(Vec<Cgroup>, Vec<PathBuf>)> {
     let rel = rel.strip_prefix("/").unwrap_or(rel);
     if rel.as_os_str().is_empty()
         || rel
@@ -237,27 +238,47 @@ pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<Vec<Cgroup>> 
         ));
     }
     let mut made: Vec<Cgroup> = Vec::new();
+    let mut levels: Vec<PathBuf> = Vec::new();
     for h in hs.iter().filter(|h| h.v2 == v2) {
         let dir = h.mountpoint.join(rel);
-        let r = (|| {
-            let mut level = h.mountpoint.clone();
-            for part in rel.iter() {
-                let parent = level.clone();
-                level.push(part);
-                match std::fs::create_dir(&level) {
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && level != dir => {
-                        continue
+        let mut attempts = 0;
+        let r = loop {
+            let r = (|| -> Result<()> {
+                let mut level = h.mountpoint.clone();
+                for part in rel.iter() {
+                    let parent = level.clone();
+                    level.push(part);
+                    match std::fs::create_dir(&level) {
+                        // An existing level is shared; an existing leaf is taken over only
+                        // when nothing is in it (left by a runtime killed before removing it).
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists
+                                && (level != dir || is_empty(&level)) =>
+                        {
+                            continue
+                        }
+                        r => r.ctx(|| format!("cannot create cgroup {}", level.display()))?,
                     }
-                    r => r.ctx(|| format!("cannot create cgroup {}", level.display()))?,
+                    if level != dir {
+                        levels.push(level.clone());
+                    }
+                    inherit_cpuset(h, &parent, &level)?;
                 }
-                inherit_cpuset(h, &parent, &level)?;
+                Ok(())
+            })();
+            match r {
+                // Another container's delete removed a shared level meanwhile: again.
+                Err(e) if e.msg.ends_with("No such file or directory") && attempts < 3 => {
+                    attempts += 1
+                }
+                r => break r,
             }
-            Ok(())
-        })();
+        };
         if let Err(e) = r {
             made.iter().for_each(|c| {
                 remove(&c.dir);
             });
+            remove_levels(&levels);
             return Err(e);
         }
         made.push(Cgroup {
@@ -266,7 +287,26 @@ pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<Vec<Cgroup>> 
             v2: h.v2,
         });
     }
-    Ok(made)
+    Ok((made, levels))
+}
+
+/// Remove the levels [`create_at`] made, deepest first, where they are empty.
+pub fn remove_levels(levels: &[PathBuf]) {
+    let mut v = levels.to_vec();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for l in v {
+        let _ = std::fs::remove_dir(l);
+    }
+}
+
+/// No process in cgroup `dir` (nor below it).
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+        && std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()) || is_empty(&e.path()))
 }
 
 /// Where the container's cgroup goes in `h`: its parent and itself.

@@ -24,6 +24,8 @@ pub struct Saved {
     /// RFC 3339.
     pub created: String,
     pub cgroups: Vec<SavedCgroup>,
+    /// Levels above them that `create` made: removed by `delete` when empty.
+    pub cgroup_levels: Vec<PathBuf>,
     pub annotations: BTreeMap<String, String>,
     /// Host paths ns-mount created (SYNC-4), removed by `delete`: (path, with content).
     pub created_paths: Vec<(PathBuf, bool)>,

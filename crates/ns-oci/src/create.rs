@@ -10,7 +10,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::stage::{debug, fail};
@@ -27,6 +27,9 @@ use crate::Global;
 
 const STAGE: &str = "ns-oci";
 
+/// Where a container without cgroupsPath goes, in every hierarchy: `ns-oci/ID`.
+const DEFAULT_PARENT: &str = "ns-oci";
+
 pub struct Request<'a> {
     pub id: &'a str,
     pub bundle: &'a Path,
@@ -38,6 +41,7 @@ pub struct Request<'a> {
 struct Undo {
     dir: Option<PathBuf>,
     cgroups: Vec<Cgroup>,
+    levels: Vec<PathBuf>,
     pids: Vec<Pid>,
     created: Vec<(PathBuf, bool)>,
 }
@@ -54,6 +58,7 @@ impl Undo {
         for c in self.cgroups.iter().rev() {
             ns_enter::cgroups::remove(&c.dir);
         }
+        ns_enter::cgroups::remove_levels(&self.levels);
         if let Some(d) = self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -100,8 +105,14 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     if state.exec.argv.is_empty() {
         return Err(Error::setup("config.json: process.args is empty".into()));
     }
-    // The hostname is config.json's, or the one inherited.
-    state.enter.hostname = b.spec.hostname().clone();
+    // The hostname is config.json's, or the one inherited; only set in a UTS namespace of
+    // its own (a pod's member joins the pod's, hostname and all).
+    state.enter.hostname = b.spec.hostname().clone().filter(|_| {
+        state
+            .enter
+            .namespaces
+            .contains(&ns_core::state::Namespace::Uts)
+    });
     state.mount.console = terminal;
     state.exec.console = terminal;
     state.monitor.console = ns_core::state::Console::Passive;
@@ -121,7 +132,7 @@ fn cgroup_path(b: &oci::Bundle, id: &str, systemd: bool) -> Result<PathBuf> {
         .as_ref()
         .and_then(|l| l.cgroups_path().clone());
     match (given, systemd) {
-        (None, _) => Ok(PathBuf::from("ns-oci").join(id)),
+        (None, _) => Ok(PathBuf::from(DEFAULT_PARENT).join(id)),
         (Some(p), false) => Ok(p),
         (Some(p), true) => {
             let text = p.to_string_lossy().into_owned();
@@ -169,6 +180,7 @@ pub fn create(g: &Global, r: &Request) -> Result<()> {
     let mut undo = Undo {
         dir: Some(dir.clone()),
         cgroups: Vec::new(),
+        levels: Vec::new(),
         pids: Vec::new(),
         created: Vec::new(),
     };
@@ -212,9 +224,24 @@ fn run_chain(
     if with_cgroups {
         let rel = cgroup_path(b, r.id, g.systemd_cgroup)?;
         let hs = ns_enter::cgroups::hierarchies();
-        undo.cgroups = ns_enter::cgroups::create_at(&hs, &rel, true)?;
-        undo.cgroups
-            .extend(ns_enter::cgroups::create_at(&hs, &rel, false)?);
+        for v2 in [true, false] {
+            let (made, levels) = ns_enter::cgroups::create_at(&hs, &rel, v2)?;
+            undo.cgroups.extend(made);
+            undo.levels.extend(levels);
+        }
+        if rel.starts_with(DEFAULT_PARENT) {
+            // Our own parent, shared by every container without a cgroupsPath: whoever
+            // deletes the last one removes it.
+            for c in &undo.cgroups {
+                if let Some(p) = c
+                    .dir
+                    .parent()
+                    .filter(|p| !undo.levels.iter().any(|l| l == p))
+                {
+                    undo.levels.push(p.to_path_buf());
+                }
+            }
+        }
         ns_enter::resources::apply(&state.monitor.properties, &undo.cgroups)?;
         state.enter.cgroups = Some(
             undo.cgroups
@@ -277,6 +304,7 @@ fn run_chain(
         start_time: 0,
         created: container::now_rfc3339(),
         cgroups: undo.cgroups.iter().map(SavedCgroup::of).collect(),
+        cgroup_levels: undo.levels.clone(),
         annotations: b
             .spec
             .annotations()
@@ -289,6 +317,7 @@ fn run_chain(
         hooks: b.spec.hooks().clone(),
     };
     let mut failed: Option<String> = None;
+    let mut waiting = false;
     loop {
         let (msg, fd) = match sync.recv_any(nix::sys::socket::MsgFlags::empty())? {
             Some(m) => m,
@@ -334,25 +363,30 @@ fn run_chain(
             Msg::Failed { stage, message, .. } => {
                 failed = Some(format!("{stage}: {message}"));
             }
+            Msg::Waiting => waiting = true, // SYNC-8
             m => return Err(Error::setup(format!("unexpected {m:?} from the chain"))),
         }
     }
     // ns-enter exits once PID 1 is reported.
     let _ = waitpid(enter, None);
     undo.pids.retain(|p| *p != enter);
-    if let Some(f) = failed {
-        return Err(Error::setup(f));
-    }
-    let pid1 = Pid::from_raw(saved.pid);
-    if saved.pid == 0
-        || !matches!(
-            waitpid(pid1, Some(WaitPidFlag::WNOHANG)),
-            Ok(WaitStatus::StillAlive)
-        )
-    {
-        return Err(Error::setup(
-            "the container's process ended before it was created".into(),
-        ));
+    if !waiting {
+        // The chain ended before it was set up: its own line says why (stderr), and so does
+        // its report when it made one; else its exit status.
+        let status = match saved.pid {
+            0 => None,
+            p => {
+                let st = waitpid(Pid::from_raw(p), None).ok();
+                undo.pids.retain(|q| q.as_raw() != p); // reaped: never signal its number
+                st.and_then(ns_core::stage::exit_code_of)
+            }
+        };
+        return Err(Error::setup(failed.unwrap_or_else(|| {
+            format!(
+                "the container's setup ended before it was created (exit {})",
+                status.map_or("unknown".into(), |c| c.to_string())
+            )
+        })));
     }
     Ok(saved)
 }

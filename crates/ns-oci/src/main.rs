@@ -299,7 +299,18 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             };
             let r: oci_spec::runtime::LinuxResources = serde_json::from_str(&text)
                 .map_err(|e| Error::invalid("--resources", resources, &e.to_string()))?;
-            let props = ns_run::oci::properties(&r)?;
+            // As runc: the device rules are set at create only (containerd sends its
+            // deny-all again with every update).
+            let props: Vec<_> = ns_run::oci::properties(&r)?
+                .into_iter()
+                .filter(|p| {
+                    !matches!(
+                        p,
+                        ns_core::state::Property::DevicePolicy(_)
+                            | ns_core::state::Property::DeviceAllow(_)
+                    )
+                })
+                .collect();
             let cgroups: Vec<_> = s.cgroups.iter().map(|c| c.cgroup()).collect();
             ns_enter::resources::apply(&props, &cgroups)?;
             Ok(0)
@@ -420,6 +431,7 @@ fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
             )));
         }
     }
+    ns_enter::cgroups::remove_levels(&s.cgroup_levels);
     std::fs::remove_dir_all(&dir).ctx(|| format!("cannot remove {}", dir.display()))
 }
 

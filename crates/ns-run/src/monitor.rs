@@ -575,7 +575,7 @@ impl Monitor<'_> {
                 sync.send_fd(&Msg::Root, tree.as_fd())?;
                 Ok(true)
             }
-            Some(m @ (Msg::Go | Msg::Mapped | Msg::Root | Msg::Cgroups)) => {
+            Some(m @ (Msg::Go | Msg::Mapped | Msg::Root | Msg::Cgroups | Msg::Waiting)) => {
                 Err(Error::setup(format!("unexpected {m:?} from the chain")))
             }
             // EOF: the payload's exec succeeded, or the chain is gone.

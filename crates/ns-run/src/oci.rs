@@ -72,7 +72,7 @@ fn is_api_mount(m: &Mount) -> bool {
             | ("sysfs", "/sys")
             | ("tmpfs", "/dev")
             | ("devpts", "/dev/pts")
-            | ("tmpfs" | "bind", "/dev/shm")
+            | ("tmpfs", "/dev/shm")
             | ("mqueue", "/dev/mqueue")
             | ("cgroup" | "cgroup2", "/sys/fs/cgroup")
             | ("tmpfs", "/run")

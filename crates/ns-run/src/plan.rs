@@ -388,9 +388,14 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         ..net_opts
     })?;
     let netns_path = match &c.network_namespace_path {
-        Some(p) => Some(std::fs::canonicalize(p).map_err(|e| {
-            Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
-        })?),
+        // Absolute, not resolved: /proc/PID/ns/net is a magic link to no path.
+        Some(p) => Some(
+            std::fs::metadata(p)
+                .and_then(|_| std::path::absolute(p))
+                .map_err(|e| {
+                    Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
+                })?,
+        ),
         None => None,
     };
     let mut namespaces = ns_enter::default_namespaces(private_network);
