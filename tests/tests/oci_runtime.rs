@@ -1,0 +1,508 @@
+//! ns-oci driven directly, as containerd's shim drives it (create, start, state, kill,
+//! delete, exec, ps, pause/resume, update), and `ns-run --oci-bundle`. The containerd and
+//! CRI runs are in oci.rs and tests/cri.
+//!
+//! A created container outlives `ns-oci create` and is reparented to the nearest subreaper,
+//! as under containerd's shim: this test process makes itself one, and reaps by pid.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ns_tests::{bin, build_rootfs_linked, cgroup_dirs, s, Tree};
+use serde_json::{json, Value};
+
+fn subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: prctl with integer arguments only.
+    ONCE.call_once(|| assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0));
+}
+
+/// A bundle: busybox in `rootfs`, config.json from `ns-oci spec` with `args`, a writable
+/// host directory bound at /out, then `edit`.
+struct Bundle {
+    tree: Tree,
+    out: PathBuf,
+    root: PathBuf,
+}
+
+impl Bundle {
+    fn new(name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Bundle {
+        subreaper();
+        let tree = Tree::empty(name);
+        build_rootfs_linked(&tree.path().join("rootfs"));
+        let out = tree.host_dir("out");
+        let root = tree.host_dir("oci-root");
+        let o = Command::new(bin("ns-oci"))
+            .args(["spec", "--bundle", tree.arg()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let path = tree.path().join("config.json");
+        let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        v["process"]["args"] = json!(args);
+        v["process"]["terminal"] = json!(false);
+        v["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw"]}));
+        edit(&mut v);
+        fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        Bundle { tree, out, root }
+    }
+
+    fn dir(&self) -> &str {
+        self.tree.arg()
+    }
+
+    /// `ns-oci --root R ARGS`, stdout and stderr collected (for verbs that return).
+    fn oci(&self, args: &[&str]) -> (i32, String, String) {
+        let o = Command::new(bin("ns-oci"))
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into(),
+            String::from_utf8_lossy(&o.stderr).into(),
+        )
+    }
+
+    /// `create`: the container's stdio goes to files (it outlives the command).
+    fn create(&self, id: &str) -> (i32, String) {
+        let pid_file = self.out.join(format!("{id}.pid"));
+        let log = |n: &str| fs::File::create(self.out.join(format!("{id}.{n}"))).unwrap();
+        let st = Command::new(bin("ns-oci"))
+            .arg("--root")
+            .arg(&self.root)
+            .args([
+                "create",
+                "--bundle",
+                self.dir(),
+                "--pid-file",
+                s(&pid_file),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .status()
+            .unwrap();
+        let err = fs::read_to_string(self.out.join(format!("{id}.stderr"))).unwrap();
+        (st.code().unwrap_or(-1), err)
+    }
+
+    fn pid(&self, id: &str) -> i32 {
+        fs::read_to_string(self.out.join(format!("{id}.pid")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn status(&self, id: &str) -> String {
+        let (code, out, err) = self.oci(&["state", id]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    }
+
+    fn stdout_of(&self, id: &str) -> String {
+        fs::read_to_string(self.out.join(format!("{id}.stdout"))).unwrap_or_default()
+    }
+}
+
+/// Reap our (adopted) child `pid`: its exit code, or 128+signal.
+fn reap(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: waitpid on a pid, with a valid status pointer.
+    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert_eq!(r, pid, "waitpid {pid}");
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    }
+}
+
+/// The container's cgroups on the host (v1 controllers and cgroup2), found by path.
+fn cgroups_named(rel: &str) -> Vec<PathBuf> {
+    cgroup_dirs()
+        .into_iter()
+        .filter(|d| d.to_string_lossy().ends_with(rel))
+        .collect()
+}
+
+#[test]
+fn create_waits_for_start_then_runs_with_stdio_passed_through() {
+    let b = Bundle::new(
+        "oci-life",
+        &["sh", "-c", "echo out; echo err >&2; touch /out/ran; exit 7"],
+        |_| {},
+    );
+    let (code, err) = b.create("life");
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid("life");
+    assert_eq!(b.status("life"), "created");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!b.out.join("ran").exists(), "the process ran before start");
+    assert!(!cgroups_named("ns-oci/life").is_empty(), "no cgroup");
+    let (code, _, err) = b.oci(&["start", "life"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(reap(pid), 7);
+    assert!(b.out.join("ran").exists());
+    assert_eq!(b.stdout_of("life"), "out\n");
+    assert!(fs::read_to_string(b.out.join("life.stderr"))
+        .unwrap()
+        .ends_with("err\n"));
+    assert_eq!(b.status("life"), "stopped");
+    let (code, _, err) = b.oci(&["start", "life"]);
+    assert_eq!(
+        (code, err.trim()),
+        (1, "ns-oci: container life is stopped: cannot start it")
+    );
+    let (code, _, err) = b.oci(&["delete", "life"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!b.root.join("life").exists());
+    assert!(cgroups_named("ns-oci/life").is_empty(), "cgroups left");
+}
+
+#[test]
+fn kill_exec_ps_pause_update_delete() {
+    let b = Bundle::new("oci-verbs", &["sleep", "1000"], |_| {});
+    let (code, err) = b.create("verbs");
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid("verbs");
+    let (code, _, err) = b.oci(&["start", "verbs"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(b.status("verbs"), "running");
+    // exec, waiting: its exit code; detached: its pid in the file.
+    let proc_file = b.out.join("p.json");
+    fs::write(
+        &proc_file,
+        json!({"user": {"uid": 0, "gid": 0}, "cwd": "/out", "env": ["PATH=/bin", "X=y"],
+               "args": ["sh", "-c", "echo $X $PWD; cat /proc/1/comm; exit 3"]})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), "verbs"]);
+    assert_eq!((code, out.as_str()), (3, "y /out\nsleep\n"), "{err}");
+    fs::write(
+        &proc_file,
+        json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["sleep", "1000"]}).to_string(),
+    )
+    .unwrap();
+    let epid_file = b.out.join("exec.pid");
+    // Detached, it keeps its stdio: not our pipes, or we would wait for it.
+    let st = Command::new(bin("ns-oci"))
+        .arg("--root")
+        .arg(&b.root)
+        .args([
+            "exec",
+            "--process",
+            s(&proc_file),
+            "--detach",
+            "--pid-file",
+            s(&epid_file),
+            "verbs",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let epid: i32 = fs::read_to_string(&epid_file).unwrap().parse().unwrap();
+    let (_, out, _) = b.oci(&["ps", "--format", "json", "verbs"]);
+    let mut pids: Vec<i32> = serde_json::from_str(&out).unwrap();
+    pids.sort();
+    assert_eq!(pids, {
+        let mut v = vec![pid, epid];
+        v.sort();
+        v
+    });
+    // pause/resume: the freezer.
+    assert_eq!(b.oci(&["pause", "verbs"]).0, 0);
+    assert_eq!(b.status("verbs"), "paused");
+    assert_eq!(b.oci(&["resume", "verbs"]).0, 0);
+    assert_eq!(b.status("verbs"), "running");
+    // update: a memory limit from stdin.
+    let mut c = Command::new(bin("ns-oci"));
+    c.arg("--root")
+        .arg(&b.root)
+        .args(["update", "--resources", "-", "verbs"]);
+    c.stdin(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"memory":{"limit":67108864},"pids":{"limit":50}}"#)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mem = cgroups_named("ns-oci/verbs")
+        .into_iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists())
+        .expect("memory cgroup");
+    let limit = fs::read_to_string(mem.join("memory.limit_in_bytes"))
+        .or_else(|_| fs::read_to_string(mem.join("memory.max")))
+        .unwrap();
+    assert_eq!(limit.trim(), "67108864");
+    // delete refuses a running container; kill --all kills everything; both are repeatable.
+    let (code, _, err) = b.oci(&["delete", "verbs"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "ns-oci: container verbs is running: stop it first, or delete it with --force"
+    );
+    assert_eq!(b.oci(&["kill", "--all", "verbs", "KILL"]).0, 0);
+    // The exec'd one first: a dying PID 1 waits until every process of its namespace is
+    // reaped (the shim reaps whatever comes first).
+    assert_eq!(reap(epid), 137);
+    assert_eq!(reap(pid), 137);
+    assert_eq!(b.oci(&["kill", "--all", "verbs", "9"]).0, 0);
+    let (code, _, err) = b.oci(&["kill", "verbs", "SIGTERM"]);
+    assert_eq!(
+        (code, err.trim()),
+        (1, "ns-oci: container verbs is not running")
+    );
+    assert_eq!(b.oci(&["delete", "--force", "verbs"]).0, 0);
+    assert_eq!(b.oci(&["delete", "--force", "verbs"]).0, 0);
+    let (code, _, err) = b.oci(&["delete", "verbs"]);
+    assert_eq!(
+        (code, err.trim()),
+        (1, "ns-oci: container verbs does not exist")
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_nothing() {
+    let b = Bundle::new("oci-bad", &["true"], |v| {
+        v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    });
+    let log = b.out.join("log.json");
+    let o = Command::new(bin("ns-oci"))
+        .arg("--root")
+        .arg(&b.root)
+        .args([
+            "--log",
+            s(&log),
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            b.dir(),
+            "bad",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err, "ns-oci: config.json: linux.sysctl: not supported\n");
+    let line: Value = serde_json::from_str(fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert_eq!(line["msg"], "config.json: linux.sysctl: not supported");
+    assert!(!b.root.join("bad").exists());
+    // A bundle without config.json; an id that is not a file name; a duplicate id.
+    let empty = b.tree.host_dir("empty");
+    let (code, _, err) = b.oci(&["create", "--bundle", s(&empty), "x"]);
+    assert_eq!(
+        (code, err.trim().to_string()),
+        (
+            1,
+            format!("ns-oci: --bundle={}: no config.json in it", empty.display())
+        )
+    );
+    let (code, _, err) = b.oci(&["create", "--bundle", b.dir(), "a/b"]);
+    assert_eq!(
+        (code, err.trim()),
+        (1, "ns-oci: container id=a/b: not a valid container id")
+    );
+    // A setup failure inside the chain (a bind source that does not exist): reported, and
+    // the cgroups and the record are gone.
+    let b2 = Bundle::new("oci-bad2", &["true"], |v| {
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/x", "type": "bind", "source": "/nonexistent-ns-oci", "options": ["rbind"]}),
+        );
+    });
+    let (code, err) = b2.create("bad2");
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent-ns-oci"), "{err}");
+    assert!(!b2.root.join("bad2").exists());
+    assert!(cgroups_named("ns-oci/bad2").is_empty(), "cgroups left");
+    let b3 = Bundle::new("oci-dup", &["sleep", "100"], |_| {});
+    let (code, err) = b3.create("dup");
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = b3.create("dup");
+    assert_eq!(
+        (code, err.trim()),
+        (1, "ns-oci: container dup already exists")
+    );
+    let pid = b3.pid("dup");
+    // Deleting a created container kills it (runc's rule).
+    assert_eq!(b3.oci(&["delete", "dup"]).0, 0);
+    assert_eq!(reap(pid), 137);
+}
+
+#[test]
+fn config_json_is_honoured() {
+    let hook_out = Tree::empty("oci-hook-out");
+    let hook_file = hook_out.path().join("prestart.json");
+    let b = Bundle::new(
+        "oci-config",
+        &["sh", "-c", "id; echo $FOO; hostname; cat /proc/self/status | grep -E '^(CapBnd|NoNewPrivs)'; \
+           cat /secret 2>/dev/null || echo masked; touch /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; ulimit -n"],
+        |v| {
+            v["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
+            v["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+            v["process"]["noNewPrivileges"] = json!(true);
+            v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+            v["hostname"] = json!("ocibox");
+            v["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
+            v["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret"));
+            v["linux"]["resources"] = json!({"pids": {"limit": 64}});
+            v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", hook_file.display())]}]});
+        },
+    );
+    fs::write(b.tree.path().join("rootfs/secret"), "s3cret").unwrap();
+    let (code, err) = b.create("cfg");
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid("cfg");
+    let hook: Value = serde_json::from_str(&fs::read_to_string(&hook_file).unwrap()).unwrap();
+    assert_eq!(
+        (hook["id"].as_str(), hook["pid"].as_i64()),
+        (Some("cfg"), Some(pid as i64))
+    );
+    let pids_max = cgroups_named("ns-oci/cfg")
+        .into_iter()
+        .find_map(|d| fs::read_to_string(d.join("pids.max")).ok())
+        .unwrap();
+    assert_eq!(pids_max.trim(), "64");
+    let (code, _, err) = b.oci(&["start", "cfg"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(reap(pid), 0);
+    let out = b.stdout_of("cfg");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "uid=1000 gid=1000 groups=5");
+    assert_eq!(lines[1..3], ["bar", "ocibox"]);
+    assert!(lines[3].starts_with("CapBnd:\t00000000"), "{out}");
+    assert_eq!(lines[4], "NoNewPrivs:\t1");
+    assert!(lines.contains(&"masked"), "{out}");
+    assert!(lines.contains(&"sys-ro"), "{out}");
+    assert_eq!(lines.last(), Some(&"256"));
+    assert_eq!(b.oci(&["delete", "cfg"]).0, 0);
+}
+
+#[test]
+fn a_container_joins_namespaces_given_by_path() {
+    let pod = Bundle::new("oci-pod", &["sleep", "1000"], |_| {});
+    let (code, err) = pod.create("pod");
+    assert_eq!(code, 0, "{err}");
+    let ppid = pod.pid("pod");
+    let (code, _, err) = pod.oci(&["start", "pod"]);
+    assert_eq!(code, 0, "{err}");
+    let ns = |pid: i32, kind: &str| fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let member = Bundle::new("oci-member", &["sleep", "1000"], |v| {
+        v["linux"]["namespaces"] = json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "network", "path": format!("/proc/{ppid}/ns/net")},
+            {"type": "ipc", "path": format!("/proc/{ppid}/ns/ipc")},
+            {"type": "uts", "path": format!("/proc/{ppid}/ns/uts")},
+        ]);
+        v["hostname"] = Value::Null;
+    });
+    let (code, err) = member.create("member");
+    assert_eq!(code, 0, "{err}");
+    let mpid = member.pid("member");
+    for kind in ["net", "ipc", "uts"] {
+        assert_eq!(ns(mpid, kind), ns(ppid, kind), "{kind}");
+    }
+    for kind in ["pid", "mnt"] {
+        assert_ne!(ns(mpid, kind), ns(ppid, kind), "{kind}");
+    }
+    for (b, id, pid) in [(&member, "member", mpid), (&pod, "pod", ppid)] {
+        assert_eq!(b.oci(&["delete", "--force", id]).0, 0);
+        assert_eq!(reap(pid), 137);
+    }
+}
+
+#[test]
+fn ns_run_runs_a_stock_bundle_in_the_foreground() {
+    // nspawn 252 fails on this one (reference §4): maskedPaths, readonlyPaths, resources and
+    // the cgroup mount of a stock spec.
+    let b = Bundle::new(
+        "oci-nsrun",
+        &["sh", "-c", "echo $FOO; hostname; exit 5"],
+        |v| {
+            v["process"]["env"] = json!(["PATH=/bin", "FOO=from-bundle"]);
+            v["hostname"] = json!("bundled");
+        },
+    );
+    let o = Command::new(bin("ns-run"))
+        .args(["--register=no", "--oci-bundle", b.dir()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from-bundle\nbundled\n");
+    // The command line wins: its command and options replace the bundle's.
+    let o = Command::new(bin("ns-run"))
+        .args([
+            "--register=no",
+            "--oci-bundle",
+            b.dir(),
+            "--hostname=cli",
+            "hostname",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "cli\n", "{o:?}");
+    let o = Command::new(bin("ns-run"))
+        .args(["--register=no", "--oci-bundle", b.dir(), "-D", "/"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "ns-run: --oci-bundle= may not be combined with --directory= or --image=\n"
+    );
+}
+
+#[test]
+fn features_and_spec() {
+    let t = Tree::empty("oci-spec");
+    let o = Command::new(bin("ns-oci"))
+        .arg("features")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ociVersionMin"], "1.0.0");
+    assert!(v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("pid")));
+    let spec = |dir: &Path| {
+        Command::new(bin("ns-oci"))
+            .args(["spec", "--bundle", s(dir)])
+            .output()
+            .unwrap()
+    };
+    assert!(spec(t.path()).status.success());
+    let v: Value =
+        serde_json::from_slice(&fs::read(t.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["root"]["path"], "rootfs");
+    let o = spec(t.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        format!(
+            "ns-oci: {} exists already",
+            t.path().join("config.json").display()
+        )
+    );
+}
