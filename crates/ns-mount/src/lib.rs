@@ -118,6 +118,8 @@ pub struct MountOptions<'a> {
     pub userns: bool,
     /// Make a pty for /dev/console.
     pub console: bool,
+    /// The root of an OCI bundle: any directory, not only an OS tree with /usr.
+    pub any_tree: bool,
     /// Where `--bind`, `--bind-ro`, `--tmpfs`, `--overlay*`, `--inaccessible` stood.
     pub matches: &'a clap::ArgMatches,
 }
@@ -136,7 +138,7 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         }
         root_mode = RootMode::Overlay;
     }
-    let root = check_root(o.directory, root_mode)?;
+    let root = check_root(o.directory, root_mode, !o.any_tree)?;
     let ops = ops_from_matches(o.matches)?;
     if !o.userns {
         for id in ["bind", "bind_ro"] {
@@ -200,6 +202,7 @@ impl Args {
             idmapped_root: false,
             userns: false,
             console: self.console,
+            any_tree: false,
             matches: m,
         })
     }
@@ -234,9 +237,9 @@ pub fn ops_from_matches(m: &clap::ArgMatches) -> Result<Vec<MountOp>> {
 }
 
 /// Resolve and check a root directory as nspawn does: it must exist and be a directory
-/// holding /usr; the host's root only for modes that never write to it; `--volatile=yes`
-/// only for a merged-/usr tree.
-pub fn check_root(dir: &str, mode: RootMode) -> Result<PathBuf> {
+/// holding /usr (with `os_tree`); the host's root only for modes that never write to it;
+/// `--volatile=yes` only for a merged-/usr tree.
+pub fn check_root(dir: &str, mode: RootMode, os_tree: bool) -> Result<PathBuf> {
     let p = std::fs::canonicalize(dir)
         .map_err(|e| Error::invalid("--directory", dir, &ns_core::error::io_desc(&e)))?;
     if p == Path::new("/") && mode == RootMode::Directory {
@@ -246,7 +249,7 @@ pub fn check_root(dir: &str, mode: RootMode) -> Result<PathBuf> {
             "spawning a container on the root directory is not supported (use --ephemeral, --volatile=yes or --volatile=state)",
         ));
     }
-    if !p.join("usr").is_dir() {
+    if os_tree && !p.join("usr").is_dir() {
         return Err(Error::invalid(
             "--directory",
             dir,
@@ -386,16 +389,16 @@ mod tests {
     #[test]
     fn root_checks() {
         let d = RootMode::Directory;
-        assert!(check_root("/", d)
+        assert!(check_root("/", d, true)
             .unwrap_err()
             .msg
             .contains("root directory is not supported"));
-        assert!(check_root("/", RootMode::Overlay).is_ok());
-        assert!(check_root("/nonexistent/dir", d)
+        assert!(check_root("/", RootMode::Overlay, true).is_ok());
+        assert!(check_root("/nonexistent/dir", d, true)
             .unwrap_err()
             .msg
             .contains("No such file"));
-        assert!(check_root("/etc", d)
+        assert!(check_root("/etc", d, true)
             .unwrap_err()
             .msg
             .contains("/usr/ directory is missing"));

@@ -17,6 +17,7 @@ pub fn instantiate(template: &Path, dir: &Path) -> Result<bool> {
     crate::check_root(
         &template.to_string_lossy(),
         ns_core::state::RootMode::Directory,
+        true,
     )
     .map_err(|e| Error::setup(e.msg.replacen("--directory", "--template", 1)))?;
     // Copy beside `dir` and rename when complete, so that a copy cut short (even by SIGKILL)

@@ -83,7 +83,10 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     } else {
         ns_run::plan::hostname_cleanup(id)
     };
-    let mut argv = vec![STAGE.to_string()];
+    let mut argv = vec![
+        STAGE.to_string(),
+        format!("--oci-bundle={}", b.dir.display()),
+    ];
     argv.extend(oci::options(b, &name)?);
     // Leave /etc alone (runc does not touch it), no registry entry (the runtime's root is
     // the registry), stdio passed through.

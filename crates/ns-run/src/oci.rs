@@ -226,8 +226,8 @@ pub fn merge(argv: &[String], b: &Bundle, name: &str) -> Result<Vec<String>> {
             out.extend(g.tokens);
         }
     }
-    for g in given.into_iter().filter(|g| g.id != "oci_bundle") {
-        out.extend(g.tokens);
+    for g in given {
+        out.extend(g.tokens); // --oci-bundle= stays: its root need not be an OS tree
     }
     if rest.is_empty() || rest == ["--"] {
         out.push("--".into());

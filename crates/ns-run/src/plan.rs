@@ -253,6 +253,8 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         console: console != Console::Pipe,
         idmapped_root,
         userns: userns.is_some(),
+        // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
+        any_tree: c.oci_bundle.is_some(),
         matches,
     })
     .map_err(|e| match from_template {
