@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# e2e.sh [RUNTIME]   CRI end-to-end check of an OCI runtime through containerd's CRI plugin.
+#
+# RUNTIME: the runc-compatible binary (path or name in PATH; default runc). It is the
+# BinaryName of the io.containerd.runc.v2 runtime handler "nsoci", behind a wrapper that logs
+# every command line the shim runs to $E2E_RUNTIME_LOG (default: inside the temp dir, shown
+# on failure).
+#
+# Starts a private containerd (config, root, state, sockets all in one temp dir; CRI with no
+# CNI: pods use the host network), imports two busybox images built by mkimage.sh
+# (localhost/pause:1 and localhost/busybox:1), then with ns-cri: runs a pod, creates and
+# starts containers in it, checks namespaces shared with the pause process, exec-sync output
+# and exit code, a memory limit update in the memory cgroup, stop/rm, stopp/rmp.
+# Exits non-zero at the first failing check; everything is cleaned up on exit.
+#
+# Needs root, containerd 1.6 (+ containerd-shim-runc-v2), ctr, busybox-static, and ns-cri
+# built (cargo build --release in tests/cri) or its path in $NS_CRI.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+say() { echo "e2e: $*" >&2; }
+fail() { say "FAIL: $*"; exit 1; }
+
+runtime=$(command -v "${1:-runc}") || fail "runtime ${1:-runc} not found"
+runtime=$(realpath "$runtime")
+ns_cri=${NS_CRI:-$here/target/x86_64-unknown-linux-gnu/release/ns-cri}
+[ -x "$ns_cri" ] || fail "$ns_cri missing: (cd $here && cargo build --release) or set NS_CRI"
+[ "$(id -u)" = 0 ] || fail "must run as root"
+for tool in containerd containerd-shim-runc-v2 ctr; do
+    command -v $tool >/dev/null || fail "$tool not found (apt-get install containerd)"
+done
+
+dir=$(mktemp -d /tmp/ns-cri-e2e.XXXXXX)
+sock=$dir/containerd.sock
+runc_root=$dir/runc-root
+cgroup_parent=/$(basename "$dir")
+runtime_log=${E2E_RUNTIME_LOG:-$dir/runtime.log}
+run_containerd_existed=$([ -e /run/containerd ] && echo 1 || echo 0)
+containerd_pid=
+
+# --- cleanup: CRI first (orderly), then force: containers, containerd, shims, mounts, dirs.
+cleanup() {
+    local rc=$? pid id m cg
+    set +e
+    if [ $rc -ne 0 ] && [ -f "$dir/containerd.log" ]; then
+        say "--- containerd.log (tail)"; tail -n 30 "$dir/containerd.log" >&2
+        [ -f "$runtime_log" ] && { say "--- runtime command lines"; cat "$runtime_log" >&2; }
+    fi
+    if [ -n "$containerd_pid" ] && kill -0 "$containerd_pid" 2>/dev/null; then
+        for id in $("$ns_cri" --address "$sock" pods 2>/dev/null | sed -n 's/^    "id": "\(.*\)",$/\1/p'); do
+            timeout 20 "$ns_cri" --address "$sock" stopp "$id"
+            timeout 20 "$ns_cri" --address "$sock" rmp "$id"
+        done
+        kill "$containerd_pid"
+        for _ in $(seq 50); do kill -0 "$containerd_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$containerd_pid" 2>/dev/null
+    fi
+    # Containers the CRI did not remove: kill and delete them with the runtime itself.
+    for id in $(ls "$runc_root/k8s.io" 2>/dev/null); do
+        # the shim's socket: /run/containerd/s/sha256(ADDRESS/NAMESPACE/ID), left if it was killed
+        rm -f "/run/containerd/s/$(printf %s "$sock/k8s.io/$id" | sha256sum | cut -d" " -f1)"
+        "$runtime" --root "$runc_root/k8s.io" kill -a "$id" KILL 2>/dev/null
+        "$runtime" --root "$runc_root/k8s.io" delete -f "$id" 2>/dev/null
+    done
+    # Shims started for this containerd (their command line names $dir).
+    for pid in $(pgrep -f containerd-shim); do
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/" && kill -9 "$pid"
+    done
+    # Mounts under $dir, deepest first.
+    for m in $(awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+        umount -l "$m"
+    done
+    rm -rf "$dir"
+    for cg in /sys/fs/cgroup/*"$cgroup_parent"; do
+        [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+    if [ "$run_containerd_existed" = 0 ]; then
+        rmdir /run/containerd/s /run/containerd 2>/dev/null
+    fi
+    [ $rc -eq 0 ] && say "PASS" || say "exit $rc"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# cri ARGS...: ns-cri against our containerd; fails the test with its message.
+cri() {
+    "$ns_cri" --address "$sock" "$@" || fail "ns-cri $* (exit $?)"
+}
+ns() { readlink "/proc/$1/ns/$2" || echo "unreadable /proc/$1/ns/$2"; }
+state() { cri inspect "$1" | sed -n 's/^  "state": "\(.*\)",$/\1/p'; }
+pstate() { cri inspectp "$1" | sed -n 's/^  "state": "\(.*\)",$/\1/p'; }
+expect() { # expect WHAT GOT WANT
+    [ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
+    say "ok: $1 = $3"
+}
+
+# --- runtime wrapper: log each command line, then exec the runtime.
+cat >"$dir/runtime-wrapper" <<EOF
+#!/bin/bash
+printf '%s\n' "\$*" >>'$runtime_log'
+exec '$runtime' "\$@"
+EOF
+chmod +x "$dir/runtime-wrapper"
+: >"$runtime_log"
+
+# --- containerd: everything under $dir; CRI with no CNI, local images only.
+cat >"$dir/config.toml" <<EOF
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$sock.ttrpc"
+[debug]
+  address = "$dir/debug.sock"
+  level = "info"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:1"
+  disable_apparmor = true
+  enable_selinux = false
+  # This host withholds CAP_SYS_RESOURCE even from root: the pause container's oomScoreAdj -998
+  # cannot be set. Keep every oom_score_adj at or above containerd's own.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$dir/cni/bin"
+    conf_dir = "$dir/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "nsoci"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nsoci]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nsoci.options]
+        BinaryName = "$dir/runtime-wrapper"
+        Root = "$runc_root"
+EOF
+containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+containerd_pid=$!
+for _ in $(seq 100); do
+    "$ns_cri" --address "$sock" version >/dev/null 2>&1 && break
+    kill -0 "$containerd_pid" 2>/dev/null || fail "containerd exited at start"
+    grep -q "failed to load plugin io.containerd.grpc.v1.cri" "$dir/containerd.log" && fail "CRI plugin did not load"
+    sleep 0.2
+done
+cri version >/dev/null
+say "containerd up (pid $containerd_pid, dir $dir, runtime $runtime)"
+
+# --- images
+"$here/mkimage.sh" "$dir/pause.tar" localhost/pause:1 /bin/sleep 2147483647
+"$here/mkimage.sh" "$dir/busybox.tar" localhost/busybox:1 /bin/sh
+for img in pause busybox; do
+    ctr --address "$sock" -n k8s.io images import "$dir/$img.tar" >/dev/null || fail "import $img"
+done
+
+# --- pod: host network (no CNI), a PID namespace for the pod
+pod=$(cri runp --handler nsoci --name e2e --host-network --pid-mode pod --cgroup-parent "$cgroup_parent")
+expect "pod state" "$(pstate "$pod")" SANDBOX_READY
+pause=$(cri inspectp "$pod" --pid)
+[ "$pause" -gt 0 ] || fail "no pause pid"
+
+# --- container 1: joins the pod's ipc, uts (host's: host network), net and pid namespaces
+c1=$(cri create "$pod" --image localhost/busybox:1 --name c1 --memory $((128 << 20)) -- /bin/sleep 1000)
+expect "c1 state after create" "$(state "$c1")" CONTAINER_CREATED
+cri start "$c1"
+expect "c1 state after start" "$(state "$c1")" CONTAINER_RUNNING
+p1=$(cri inspect "$c1" --pid)
+[ "$p1" -gt 0 ] && [ "$p1" != "$pause" ] || fail "bad c1 pid '$p1' (pause $pause)"
+for t in ipc uts net pid; do
+    expect "c1 $t ns == pause's" "$(ns "$p1" $t)" "$(ns "$pause" $t)"
+done
+[ "$(ns "$p1" ipc)" != "$(ns $$ ipc)" ] || fail "c1 ipc ns is the host's"
+[ "$(ns "$p1" pid)" != "$(ns $$ pid)" ] || fail "c1 pid ns is the host's"
+[ "$(ns "$p1" mnt)" != "$(ns "$pause" mnt)" ] || fail "c1 mnt ns is the pause's"
+expect "c1 net ns == host's" "$(ns "$p1" net)" "$(ns $$ net)"
+
+# --- exec-sync: stdout and exit code; pid 1 seen inside is the pause process
+out=$("$ns_cri" --address "$sock" exec-sync "$c1" -- sh -c 'echo hello; echo oops >&2; exit 3' 2>/dev/null) && rc=0 || rc=$?
+expect "exec-sync stdout" "$out" hello
+expect "exec-sync exit code" "$rc" 3
+expect "exec-sync uid:PATH" "$(cri exec-sync "$c1" -- sh -c 'echo $(id -u):$PATH')" "0:/bin"
+expect "pid 1 in c1" "$(cri exec-sync "$c1" -- cat /proc/1/cmdline | tr '\0' ' ')" "/bin/sleep 2147483647 "
+
+# --- update: memory limit in c1's memory cgroup (v1: memory.limit_in_bytes; v2: memory.max)
+memfile() {
+    local path
+    path=$(awk -F: '$2 == "memory" { print $3 }' "/proc/$1/cgroup")
+    if [ -n "$path" ]; then echo "/sys/fs/cgroup/memory$path/memory.limit_in_bytes"
+    else echo "/sys/fs/cgroup$(awk -F: '$1 == "0" { print $3 }' "/proc/$1/cgroup")/memory.max"; fi
+}
+# the container's cgroups are under the pod's cgroup parent (CreateContainer got the pod's config)
+cg1=$(awk -F: '$2 == "memory" || $1 == "0" { print $3; exit }' "/proc/$p1/cgroup")
+case $cg1 in "$cgroup_parent"/*) say "ok: c1 cgroup $cg1" ;; *) fail "c1 cgroup $cg1 not under $cgroup_parent" ;; esac
+mf=$(memfile "$p1")
+[ -f "$mf" ] || fail "no memory limit file $mf"
+expect "c1 memory limit at create" "$(cat "$mf")" $((128 << 20))
+cri update "$c1" --memory $((64 << 20))
+expect "c1 memory limit after update" "$(cat "$mf")" $((64 << 20))
+expect "c1 inspect memory limit" \
+    "$(cri inspect "$c1" | sed -n '/^  "status": {/,/^  }/s/^ *"memory_limit_in_bytes": \([0-9]*\),$/\1/p')" $((64 << 20))
+
+# --- container 2: its own PID namespace (pid mode CONTAINER), same ipc as the pod
+c2=$(cri create "$pod" --image localhost/busybox:1 --name c2 --pid-mode container -- /bin/sleep 1000)
+cri start "$c2"
+p2=$(cri inspect "$c2" --pid)
+[ "$p2" -gt 0 ] || fail "no c2 pid"
+expect "c2 ipc ns == pause's" "$(ns "$p2" ipc)" "$(ns "$pause" ipc)"
+[ "$(ns "$p2" pid)" != "$(ns "$pause" pid)" ] || fail "c2 pid ns is the pod's"
+expect "pid 1 in c2" "$(cri exec-sync "$c2" -- cat /proc/1/cmdline | tr '\0' ' ')" "/bin/sleep 1000 "
+
+# --- stop / rm containers (c2's sleep is PID 1 there and ignores SIGTERM: killed at timeout)
+cri stop "$c1" --timeout 5
+expect "c1 state after stop" "$(state "$c1")" CONTAINER_EXITED
+kill -0 "$p1" 2>/dev/null && fail "c1 process $p1 still alive"
+cri stop "$c2" --timeout 1
+expect "c2 state after stop" "$(state "$c2")" CONTAINER_EXITED
+for c in "$c1" "$c2"; do
+    cri rm "$c"
+    "$ns_cri" --address "$sock" inspect "$c" >/dev/null 2>&1 && fail "container $c still there after rm"
+done
+say "ok: containers stopped and removed"
+
+# --- stopp / rmp
+cri stopp "$pod"
+expect "pod state after stopp" "$(pstate "$pod")" SANDBOX_NOTREADY
+kill -0 "$pause" 2>/dev/null && fail "pause process $pause still alive"
+cri rmp "$pod"
+"$ns_cri" --address "$sock" inspectp "$pod" >/dev/null 2>&1 && fail "pod still there after rmp"
+[ -z "$(ls "$runc_root/k8s.io" 2>/dev/null)" ] || fail "runtime state left: $(ls "$runc_root/k8s.io")"
+say "ok: pod stopped and removed"
+
+grep -q -- ' create ' "$runtime_log" || fail "runtime log shows no create"
+say "runtime command lines (from the shim):"
+sed 's/^/    /' "$runtime_log" >&2
