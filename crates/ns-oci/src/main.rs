@@ -71,6 +71,14 @@ enum Cmd {
         preserve_fds: u32,
         id: String,
     },
+    /// Create and start a container, wait for its process, delete it; exit with its status
+    Run {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        id: String,
+    },
     /// Start a created container's process
     Start { id: String },
     /// Print a container's state as JSON
@@ -213,6 +221,11 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             )?;
             Ok(0)
         }
+        Cmd::Run {
+            bundle,
+            pid_file,
+            id,
+        } => run_foreground(g, id, bundle, pid_file.as_deref()),
         Cmd::Start { id } => start(g, id).map(|()| 0),
         Cmd::State { id } => {
             let (dir, s) = container::load(&g.root, id)?;
@@ -344,6 +357,57 @@ fn refuse_preserved_fds(n: u32) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `run`: create, start, wait, delete. The container's process is our child (ns-enter
+/// clones it as such), so we reap it and return its status (128+N for signal N). SIGTERM,
+/// SIGINT and SIGHUP to us are passed on to it meanwhile.
+fn run_foreground(g: &Global, id: &str, bundle: &Path, pid_file: Option<&Path>) -> Result<i32> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut relayed = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        relayed.add(s);
+    }
+    relayed
+        .thread_block()
+        .ctx(|| "cannot block signals".into())?;
+    create::create(
+        g,
+        &create::Request {
+            id,
+            bundle,
+            pid_file,
+            console_socket: None,
+        },
+    )?;
+    let (_, s) = container::load(&g.root, id)?;
+    let pid = nix::unistd::Pid::from_raw(s.pid);
+    if let Err(e) = start(g, id) {
+        let _ = delete(g, id, true);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(e);
+    }
+    let code = loop {
+        match relayed.wait().ctx(|| "cannot wait for signals".into())? {
+            Signal::SIGCHLD => {
+                let st = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                    .ctx(|| "cannot wait for the container".into())?;
+                if let Some(c) = ns_core::stage::exit_code_of(st) {
+                    break c;
+                }
+            }
+            sig => {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        }
+    };
+    delete(g, id, true)?;
+    Ok(code)
 }
 
 /// `start`: open the fifo the container waits on; it execs its process when it can write.
