@@ -506,3 +506,12 @@ fn features_and_spec() {
         )
     );
 }
+
+#[test]
+fn run_is_create_start_wait_delete() {
+    let b = Bundle::new("oci-run", &["sh", "-c", "echo ran; exit 9"], |_| {});
+    let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), "fg"]);
+    assert_eq!((code, out.as_str()), (9, "ran\n"), "{err}");
+    assert!(!b.root.join("fg").exists());
+    assert!(cgroups_named("ns-oci/fg").is_empty(), "cgroups left");
+}
