@@ -6,6 +6,7 @@
 //! as under containerd's shim: this test process makes itself one, and reaps by pid.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -355,7 +356,9 @@ fn config_json_is_honoured() {
     let b = Bundle::new(
         "oci-config",
         &["sh", "-c", "id; echo $FOO; hostname; cat /proc/self/status | grep -E '^(CapBnd|NoNewPrivs)'; \
-           cat /secret 2>/dev/null || echo masked; touch /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; ulimit -n"],
+           cat /secret 2>/dev/null || echo masked; touch /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; \
+           cat /proc/self/oom_score_adj; mkdir /tmp/d 2>/dev/null || echo mkdir-denied; \
+           echo > /dev/null && echo null-ok; head -c1 /dev/zero >/dev/null 2>&1 || echo zero-denied; ulimit -n"],
         |v| {
             v["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
             v["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
@@ -364,7 +367,12 @@ fn config_json_is_honoured() {
             v["hostname"] = json!("ocibox");
             v["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
             v["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret"));
-            v["linux"]["resources"] = json!({"pids": {"limit": 64}});
+            v["process"]["oomScoreAdj"] = json!(500);
+            v["linux"]["resources"] = json!({"pids": {"limit": 64}, "devices": [
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]});
+            v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]});
             v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", hook_file.display())]}]});
         },
     );
@@ -389,10 +397,14 @@ fn config_json_is_honoured() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "uid=1000 gid=1000 groups=5");
     assert_eq!(lines[1..3], ["bar", "ocibox"]);
-    assert!(lines[3].starts_with("CapBnd:\t00000000"), "{out}");
+    // ns-oci spec's default set: AUDIT_WRITE, KILL, NET_BIND_SERVICE.
+    assert_eq!(lines[3], "CapBnd:\t0000000020000420", "{out}");
     assert_eq!(lines[4], "NoNewPrivs:\t1");
     assert!(lines.contains(&"masked"), "{out}");
     assert!(lines.contains(&"sys-ro"), "{out}");
+    for want in ["500", "mkdir-denied", "null-ok", "zero-denied"] {
+        assert!(lines.contains(&want), "{want}: {out}");
+    }
     assert_eq!(lines.last(), Some(&"256"));
     assert_eq!(b.oci(&["delete", "cfg"]).0, 0);
 }
@@ -514,4 +526,111 @@ fn run_is_create_start_wait_delete() {
     assert_eq!((code, out.as_str()), (9, "ran\n"), "{err}");
     assert!(!b.root.join("fg").exists());
     assert!(cgroups_named("ns-oci/fg").is_empty(), "cgroups left");
+}
+
+/// A console socket: a thread accepts one connection and returns the fd that comes with it.
+fn console_socket(path: &Path) -> std::thread::JoinHandle<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (c, _) = l.accept().unwrap();
+        let mut buf = [0u8; 256];
+        let mut cbuf = [0u8; 64];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr pointing at our buffers; recvmsg fills them.
+        let fd = unsafe {
+            let mut m: libc::msghdr = std::mem::zeroed();
+            m.msg_iov = &mut iov;
+            m.msg_iovlen = 1;
+            m.msg_control = cbuf.as_mut_ptr().cast();
+            m.msg_controllen = cbuf.len();
+            assert!(libc::recvmsg(c.as_raw_fd(), &mut m, 0) > 0);
+            let cm = libc::CMSG_FIRSTHDR(&m);
+            assert!(!cm.is_null() && (*cm).cmsg_type == libc::SCM_RIGHTS);
+            std::ptr::read_unaligned(libc::CMSG_DATA(cm) as *const i32)
+        };
+        // SAFETY: the fd just received is ours.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    })
+}
+
+/// Read a pty master until `needle` shows (bounded).
+fn read_until(master: &std::os::fd::OwnedFd, needle: &str) -> String {
+    use std::io::Read;
+    let mut f = fs::File::from(master.try_clone().unwrap());
+    let mut out = String::new();
+    let mut buf = [0u8; 1024];
+    let t = std::time::Instant::now();
+    while !out.contains(needle) && t.elapsed() < Duration::from_secs(10) {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    out
+}
+
+#[test]
+fn terminal_mode_sends_the_pty_to_the_console_socket() {
+    let b = Bundle::new("oci-tty", &["sh", "-c", "tty; read x; echo got-$x"], |v| {
+        v["process"]["terminal"] = json!(true);
+    });
+    let sock = b.out.join("console.sock");
+    let listener = console_socket(&sock);
+    let pid_file = b.out.join("tty.pid");
+    let st = Command::new(bin("ns-oci"))
+        .arg("--root")
+        .arg(&b.root)
+        .args([
+            "create",
+            "--bundle",
+            b.dir(),
+            "--pid-file",
+            s(&pid_file),
+            "--console-socket",
+            s(&sock),
+            "tty",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let master = listener.join().unwrap();
+    let pid = b.pid("tty");
+    let (code, _, err) = b.oci(&["start", "tty"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(read_until(&master, "/dev/console").contains("/dev/console"));
+    // exec with its own pty of the container's devpts.
+    let sock2 = b.out.join("exec.sock");
+    let listener = console_socket(&sock2);
+    let p = b.out.join("p.json");
+    fs::write(
+        &p,
+        json!({"terminal": true, "user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["tty"]})
+            .to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = b.oci(&[
+        "exec",
+        "--process",
+        s(&p),
+        "--console-socket",
+        s(&sock2),
+        "tty",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let exec_master = listener.join().unwrap();
+    assert!(read_until(&exec_master, "/dev/pts/").contains("/dev/pts/"));
+    // Keystrokes reach the container's process through its console.
+    fs::File::from(master.try_clone().unwrap())
+        .write_all(b"abc\n")
+        .unwrap();
+    assert!(read_until(&master, "got-abc").contains("got-abc"));
+    assert_eq!(reap(pid), 0);
+    assert_eq!(b.oci(&["delete", "tty"]).0, 0);
 }

@@ -357,7 +357,7 @@ fn run_chain(
                 // SYNC-6: the master of the container's /dev/console, for the caller.
                 let master = fd.ok_or_else(|| Error::setup("Console without its pty".into()))?;
                 let socket = r.console_socket.expect("checked: terminal needs a socket");
-                send_console(socket, &master)?;
+                send_console(&connect_console(socket)?, &master)?;
             }
             Msg::Created { path, recursive } => {
                 undo.created.push((path.clone(), recursive));
@@ -394,12 +394,16 @@ fn run_chain(
     Ok(saved)
 }
 
+/// The console socket, connected (before any namespace is joined: it is a host path).
+pub fn connect_console(socket: &Path) -> Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(socket)
+        .ctx(|| format!("--console-socket={}", socket.display()))
+}
+
 /// Hand the pty master to whoever listens on the console socket (SCM_RIGHTS, with the
 /// terminal's name as payload, as runc sends it).
-pub fn send_console(socket: &Path, master: &OwnedFd) -> Result<()> {
+pub fn send_console(s: &std::os::unix::net::UnixStream, master: &OwnedFd) -> Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let s = std::os::unix::net::UnixStream::connect(socket)
-        .ctx(|| format!("--console-socket={}", socket.display()))?;
     let name = b"/dev/ptmx";
     let iov = [std::io::IoSlice::new(name)];
     let fds = [master.as_raw_fd()];
@@ -410,6 +414,6 @@ pub fn send_console(socket: &Path, master: &OwnedFd) -> Result<()> {
         MsgFlags::empty(),
         None,
     )
-    .ctx(|| format!("cannot send the console to {}", socket.display()))?;
+    .ctx(|| "cannot send the console to --console-socket".into())?;
     Ok(())
 }

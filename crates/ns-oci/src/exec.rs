@@ -65,7 +65,6 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
         }
     }
     let plan = plan_of(r, saved.syscall_filter.clone())?;
-    let tty = r.console_socket.is_some();
     let state = State {
         version: STATE_VERSION,
         machine: r.id.to_string(),
@@ -80,11 +79,15 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
     fds.open_missing(&["ns-caps"])?;
     let ns = attach::namespaces(saved.pid)?;
     let cgroups: Vec<_> = saved.cgroups.iter().map(|c| c.dir.clone()).collect();
+    let console = r
+        .console_socket
+        .map(crate::create::connect_console)
+        .transpose()?;
     let (ours, theirs) = SyncSocket::pair()?;
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {
             drop(ours);
-            let e = inside(r, &cgroups, &ns, tty, &theirs, &state_fd, &fds);
+            let e = inside(r, &cgroups, &ns, console.as_ref(), &theirs, &state_fd, &fds);
             fail("ns-oci", &e)
         }
         Forked::Parent(child) => {
@@ -118,7 +121,7 @@ fn inside(
     r: &Request,
     cgroups: &[std::path::PathBuf],
     ns: &[(std::fs::File, nix::sched::CloneFlags)],
-    tty: bool,
+    console: Option<&std::os::unix::net::UnixStream>,
     sock: &SyncSocket,
     state_fd: &OwnedFd,
     fds: &StageFds,
@@ -128,12 +131,13 @@ fn inside(
         // ptrace-able or reachable through /proc/PID/exe by its processes.
         nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-oci non-dumpable".into())?;
         attach::join(r.id, cgroups, ns)?;
-        let pty = if tty {
-            let (master, n) = attach::open_pty(r.id)?;
-            crate::create::send_console(r.console_socket.expect("tty"), &master)?;
-            Some(n)
-        } else {
-            None
+        let pty = match console {
+            Some(c) => {
+                let (master, n) = attach::open_pty(r.id)?;
+                crate::create::send_console(c, &master)?;
+                Some(n)
+            }
+            None => None,
         };
         match fork().ctx(|| "cannot fork in the container".into())? {
             Forked::Child => {
