@@ -6,18 +6,23 @@
 # every command line the shim runs to $E2E_RUNTIME_LOG (default: inside the temp dir, shown
 # on failure).
 #
-# Starts a private containerd (config, root, state, sockets all in one temp dir; CRI with no
-# CNI: pods use the host network), imports two busybox images built by mkimage.sh
-# (localhost/pause:1 and localhost/busybox:1), then with ns-cri: runs a pod, creates and
-# starts containers in it, checks namespaces shared with the pause process, exec-sync output
-# and exit code, a memory limit update in the memory cgroup, stop/rm, stopp/rmp.
-# Exits non-zero at the first failing check; everything is cleaned up on exit.
+# Starts a private containerd with tests/oci/containerd start DIR --cri (config, root, state,
+# sockets, runtime root all in one temp dir; CRI with no CNI: pods use the host network),
+# imports two busybox images built by tests/oci/mkimage (localhost/pause:1 and
+# localhost/busybox:1), then with ns-cri: runs a pod, creates and starts containers in it,
+# checks namespaces shared with the pause process, exec-sync output and exit code, a memory
+# limit update in the memory cgroup, stop/rm, stopp/rmp.
+# Exits non-zero at the first failing check. On exit everything is cleaned up (pods through
+# the CRI, then tests/oci/containerd stop DIR: containers, containerd, shims by pid, mounts,
+# shim sockets, DIR; then the pod cgroups), and checked: anything left is a failure.
 #
 # Needs root, containerd 1.6 (+ containerd-shim-runc-v2), ctr, busybox-static, and ns-cri
-# built (cargo build --release in tests/cri) or its path in $NS_CRI.
+# built (cargo build --release in tests/cri; its k8s-cri dependency needs protoc:
+# apt-get install protobuf-compiler) or its path in $NS_CRI.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+oci=$(cd "$here/../oci" && pwd)
 say() { echo "e2e: $*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
 
@@ -32,50 +37,63 @@ done
 
 dir=$(mktemp -d /tmp/ns-cri-e2e.XXXXXX)
 sock=$dir/containerd.sock
-runc_root=$dir/runc-root
+runtime_root=$dir/nsoci # the nsoci handler's Root (tests/oci/containerd --cri)
 cgroup_parent=/$(basename "$dir")
 runtime_log=${E2E_RUNTIME_LOG:-$dir/runtime.log}
 run_containerd_existed=$([ -e /run/containerd ] && echo 1 || echo 0)
-containerd_pid=
 
-# --- cleanup: CRI first (orderly), then force: containers, containerd, shims, mounts, dirs.
+# What is left of this run: shims or other processes naming $dir, mounts under it, $dir,
+# the pod cgroups, the shim sockets of the pods. Prints one line per thing.
+shim_sockets=
+# note_shim POD: the pod's shim (one per pod, id = pod id) listens on this socket.
+note_shim() {
+    shim_sockets+=" /run/containerd/s/$(printf %s "$sock/k8s.io/$1" | sha256sum | cut -d' ' -f1)"
+}
+leftovers() {
+    local f cg s
+    # (the pattern from a file: not in grep's own command line)
+    for f in $(grep -lasF -f <(echo "$dir/") /proc/[0-9]*/cmdline); do
+        echo "process ${f#/proc/}: $(tr '\0' ' ' <"$f" 2>/dev/null)"
+    done
+    awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print "mount " $5 }' /proc/self/mountinfo
+    [ -e "$dir" ] && echo "directory $dir"
+    for cg in /sys/fs/cgroup"$cgroup_parent" /sys/fs/cgroup/*"$cgroup_parent"; do
+        [ -d "$cg" ] && echo "cgroup $cg"
+    done
+    for s in $shim_sockets; do
+        [ -e "$s" ] && echo "shim socket $s"
+    done
+    return 0
+}
+
+# --- cleanup: CRI first (orderly), then tests/oci/containerd stop (force, by pid), cgroups.
 cleanup() {
-    local rc=$? pid id m cg
+    local rc=$? id cg left
     set +e
+    trap '' INT TERM # not to be cut short: a second ^C would leave things behind
     if [ $rc -ne 0 ] && [ -f "$dir/containerd.log" ]; then
         say "--- containerd.log (tail)"; tail -n 30 "$dir/containerd.log" >&2
         [ -f "$runtime_log" ] && { say "--- runtime command lines"; cat "$runtime_log" >&2; }
     fi
-    if [ -n "$containerd_pid" ] && kill -0 "$containerd_pid" 2>/dev/null; then
+    if [ -f "$dir/containerd.pid" ] && kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null; then
         for id in $("$ns_cri" --address "$sock" pods 2>/dev/null | sed -n 's/^    "id": "\(.*\)",$/\1/p'); do
+            note_shim "$id"
             timeout 20 "$ns_cri" --address "$sock" stopp "$id"
             timeout 20 "$ns_cri" --address "$sock" rmp "$id"
         done
-        kill "$containerd_pid"
-        for _ in $(seq 50); do kill -0 "$containerd_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$containerd_pid" 2>/dev/null
     fi
-    # Containers the CRI did not remove: kill and delete them with the runtime itself.
-    for id in $(ls "$runc_root/k8s.io" 2>/dev/null); do
-        # the shim's socket: /run/containerd/s/sha256(ADDRESS/NAMESPACE/ID), left if it was killed
-        rm -f "/run/containerd/s/$(printf %s "$sock/k8s.io/$id" | sha256sum | cut -d" " -f1)"
-        "$runtime" --root "$runc_root/k8s.io" kill -a "$id" KILL 2>/dev/null
-        "$runtime" --root "$runc_root/k8s.io" delete -f "$id" 2>/dev/null
-    done
-    # Shims started for this containerd (their command line names $dir).
-    for pid in $(pgrep -f containerd-shim); do
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/" && kill -9 "$pid"
-    done
-    # Mounts under $dir, deepest first.
-    for m in $(awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
-        umount -l "$m"
-    done
-    rm -rf "$dir"
-    for cg in /sys/fs/cgroup/*"$cgroup_parent"; do
+    # Containers, containerd, shims (by pid), mounts, shim sockets, $dir.
+    "$oci/containerd" stop "$dir" || say "tests/oci/containerd stop $dir failed"
+    for cg in /sys/fs/cgroup"$cgroup_parent" /sys/fs/cgroup/*"$cgroup_parent"; do
         [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
     done
     if [ "$run_containerd_existed" = 0 ]; then
         rmdir /run/containerd/s /run/containerd 2>/dev/null
+    fi
+    left=$(leftovers)
+    if [ -n "$left" ]; then
+        say "left behind:"; sed 's/^/    /' <<<"$left" >&2
+        [ $rc -eq 0 ] && rc=1
     fi
     [ $rc -eq 0 ] && say "PASS" || say "exit $rc"
     exit $rc
@@ -104,62 +122,27 @@ EOF
 chmod +x "$dir/runtime-wrapper"
 : >"$runtime_log"
 
-# --- containerd: everything under $dir; CRI with no CNI, local images only.
-cat >"$dir/config.toml" <<EOF
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-
-[grpc]
-  address = "$sock"
-[ttrpc]
-  address = "$sock.ttrpc"
-[debug]
-  address = "$dir/debug.sock"
-  level = "info"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$dir/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/pause:1"
-  disable_apparmor = true
-  enable_selinux = false
-  # This host withholds CAP_SYS_RESOURCE even from root: the pause container's oomScoreAdj -998
-  # cannot be set. Keep every oom_score_adj at or above containerd's own.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "$dir/cni/bin"
-    conf_dir = "$dir/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "nsoci"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nsoci]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nsoci.options]
-        BinaryName = "$dir/runtime-wrapper"
-        Root = "$runc_root"
-EOF
-containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
-containerd_pid=$!
+# --- containerd: everything under $dir; CRI with no CNI, local images only; handler nsoci.
+NS_OCI_BINARY=$dir/runtime-wrapper "$oci/containerd" start "$dir" --cri || fail "containerd start"
+# The CRI service may still be initializing after the gRPC server answers.
 for _ in $(seq 100); do
     "$ns_cri" --address "$sock" version >/dev/null 2>&1 && break
-    kill -0 "$containerd_pid" 2>/dev/null || fail "containerd exited at start"
-    grep -q "failed to load plugin io.containerd.grpc.v1.cri" "$dir/containerd.log" && fail "CRI plugin did not load"
-    sleep 0.2
+    sleep 0.1
 done
 cri version >/dev/null
-say "containerd up (pid $containerd_pid, dir $dir, runtime $runtime)"
+say "containerd up (pid $(cat "$dir/containerd.pid"), dir $dir, runtime $runtime)"
 
-# --- images
-"$here/mkimage.sh" "$dir/pause.tar" localhost/pause:1 /bin/sleep 2147483647
-"$here/mkimage.sh" "$dir/busybox.tar" localhost/busybox:1 /bin/sh
+# --- images (unpacked for the snapshotter the CRI uses)
+"$oci/mkimage" "$dir/pause.tar" localhost/pause:1 /bin/sleep 2147483647
+"$oci/mkimage" "$dir/busybox.tar" localhost/busybox:1 /bin/sh
 for img in pause busybox; do
-    ctr --address "$sock" -n k8s.io images import "$dir/$img.tar" >/dev/null || fail "import $img"
+    ctr --address "$sock" -n k8s.io images import --snapshotter "$(cat "$dir/snapshotter")" \
+        "$dir/$img.tar" >/dev/null || fail "import $img"
 done
 
 # --- pod: host network (no CNI), a PID namespace for the pod
 pod=$(cri runp --handler nsoci --name e2e --host-network --pid-mode pod --cgroup-parent "$cgroup_parent")
+note_shim "$pod"
 expect "pod state" "$(pstate "$pod")" SANDBOX_READY
 pause=$(cri inspectp "$pod" --pid)
 [ "$pause" -gt 0 ] || fail "no pause pid"
@@ -183,7 +166,7 @@ expect "c1 net ns == host's" "$(ns "$p1" net)" "$(ns $$ net)"
 out=$("$ns_cri" --address "$sock" exec-sync "$c1" -- sh -c 'echo hello; echo oops >&2; exit 3' 2>/dev/null) && rc=0 || rc=$?
 expect "exec-sync stdout" "$out" hello
 expect "exec-sync exit code" "$rc" 3
-expect "exec-sync uid:PATH" "$(cri exec-sync "$c1" -- sh -c 'echo $(id -u):$PATH')" "0:/bin"
+expect "exec-sync uid:PATH" "$(cri exec-sync "$c1" -- sh -c 'echo $(id -u):$PATH')" "0:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 expect "pid 1 in c1" "$(cri exec-sync "$c1" -- cat /proc/1/cmdline | tr '\0' ' ')" "/bin/sleep 2147483647 "
 
 # --- update: memory limit in c1's memory cgroup (v1: memory.limit_in_bytes; v2: memory.max)
@@ -231,7 +214,7 @@ expect "pod state after stopp" "$(pstate "$pod")" SANDBOX_NOTREADY
 kill -0 "$pause" 2>/dev/null && fail "pause process $pause still alive"
 cri rmp "$pod"
 "$ns_cri" --address "$sock" inspectp "$pod" >/dev/null 2>&1 && fail "pod still there after rmp"
-[ -z "$(ls "$runc_root/k8s.io" 2>/dev/null)" ] || fail "runtime state left: $(ls "$runc_root/k8s.io")"
+[ -z "$(ls "$runtime_root/k8s.io" 2>/dev/null)" ] || fail "runtime state left: $(ls "$runtime_root/k8s.io")"
 say "ok: pod stopped and removed"
 
 grep -q -- ' create ' "$runtime_log" || fail "runtime log shows no create"

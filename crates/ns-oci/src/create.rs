@@ -126,14 +126,9 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     Ok(state)
 }
 
-/// cgroupsPath, as a path below each hierarchy's root. With `--systemd-cgroup` it is
-/// `slice:prefix:name`, placed where systemd would put `prefix-name.scope`.
-fn cgroup_path(b: &oci::Bundle, id: &str, systemd: bool) -> Result<PathBuf> {
-    let given = b
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().clone());
+/// cgroupsPath (`given`), as a path below each hierarchy's root. With `--systemd-cgroup` it
+/// is `slice:prefix:name`, placed where systemd puts `prefix-name.scope`.
+fn cgroup_path(given: Option<PathBuf>, id: &str, systemd: bool) -> Result<PathBuf> {
     match (given, systemd) {
         (None, _) => Ok(PathBuf::from(DEFAULT_PARENT).join(id)),
         (Some(p), false) => Ok(p),
@@ -225,7 +220,12 @@ fn run_chain(
     // Cgroups: only root has any to give (rootless containers live in their caller's).
     let with_cgroups = nix::unistd::geteuid().is_root() && !g.rootless();
     if with_cgroups {
-        let rel = cgroup_path(b, r.id, g.systemd_cgroup)?;
+        let given = b
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone());
+        let rel = cgroup_path(given, r.id, g.systemd_cgroup)?;
         let hs = ns_enter::cgroups::hierarchies();
         for v2 in [true, false] {
             let (made, levels) = ns_enter::cgroups::create_at(&hs, &rel, v2)?;
@@ -416,4 +416,27 @@ pub fn send_console(s: &std::os::unix::net::UnixStream, master: &OwnedFd) -> Res
     )
     .ctx(|| "cannot send the console to --console-socket".into())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths() {
+        let p = |given: Option<&str>, systemd| cgroup_path(given.map(PathBuf::from), "c1", systemd);
+        assert_eq!(p(None, false).unwrap(), PathBuf::from("ns-oci/c1"));
+        assert_eq!(
+            p(Some("/default/c1"), false).unwrap(),
+            PathBuf::from("/default/c1")
+        );
+        assert_eq!(
+            p(Some("kubepods-besteffort.slice:cri-containerd:abc"), true).unwrap(),
+            PathBuf::from("kubepods.slice/kubepods-besteffort.slice/cri-containerd-abc.scope")
+        );
+        assert_eq!(
+            p(Some("a/b"), true).unwrap_err().msg,
+            "cgroupsPath=a/b: with --systemd-cgroup it is slice:prefix:name"
+        );
+    }
 }

@@ -13,19 +13,17 @@ use serde_json::{json, Value};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-#[allow(clippy::all)]
-mod cri {
-    tonic::include_proto!("runtime.v1");
-}
-
-use cri::runtime_service_client::RuntimeServiceClient;
-use cri::*;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
 
 type Client = RuntimeServiceClient<Channel>;
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 #[derive(Parser)]
-#[command(name = "ns-cri", about = "Minimal CRI runtime.v1 client (containerd over a unix socket)")]
+#[command(
+    name = "ns-cri",
+    about = "Minimal CRI runtime.v1 client (containerd over a unix socket)"
+)]
 struct Cli {
     /// containerd's gRPC unix socket
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
@@ -175,33 +173,56 @@ async fn connect(path: PathBuf) -> Result<Client> {
 
 fn ns_options(host_network: bool, pid: PidMode) -> NamespaceOption {
     NamespaceOption {
-        network: if host_network { NamespaceMode::Node } else { NamespaceMode::Pod } as i32,
+        network: if host_network {
+            NamespaceMode::Node
+        } else {
+            NamespaceMode::Pod
+        } as i32,
         pid: pid.cri() as i32,
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
 
-/// The PodSandboxConfig that CreateContainer wants: containerd's verbose PodSandboxStatus
-/// carries the one the pod was run with (info.config); else rebuilt from the pod's status.
+/// The PodSandboxConfig that CreateContainer wants (containerd 1.6 takes the pod's cgroup
+/// parent, hostname, log directory, metadata and annotations from it), rebuilt from the
+/// pod's verbose PodSandboxStatus: its info.config is the config the pod was run with, as
+/// Go JSON (snake_case names, empty fields omitted, so not deserializable as is).
 async fn sandbox_config(c: &mut Client, pod: &str) -> Result<PodSandboxConfig> {
     let r = c
-        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
         .await?
         .into_inner();
-    let info: Value = r.info.get("info").and_then(|i| serde_json::from_str(i).ok()).unwrap_or_default();
-    if let Some(config) = info.get("config").filter(|c| c.is_object()) {
-        return Ok(serde_json::from_value(config.clone())?);
-    }
+    let info: Value = r
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str(i).ok())
+        .unwrap_or_default();
+    let config = &info["config"];
+    let text = |p: &str| {
+        config
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let st = r.status.ok_or("PodSandboxStatus: no status")?;
     let ns = st.linux.and_then(|l| l.namespaces).and_then(|n| n.options);
     Ok(PodSandboxConfig {
         metadata: st.metadata,
+        hostname: text("/hostname"),
+        log_directory: text("/log_directory"),
         labels: st.labels,
         annotations: st.annotations,
         linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: text("/linux/cgroup_parent"),
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: ns,
+                privileged: config.pointer("/linux/security_context/privileged")
+                    == Some(&Value::Bool(true)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -219,7 +240,11 @@ fn with_info(id: &str, state: &str, status: Value, info: HashMap<String, String>
             (k, parsed)
         })
         .collect();
-    let pid = info.get("info").and_then(|i| i.get("pid")).and_then(Value::as_i64).unwrap_or(0);
+    let pid = info
+        .get("info")
+        .and_then(|i| i.get("pid"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     json!({ "id": id, "state": state, "pid": pid, "status": status, "info": info })
 }
 
@@ -231,10 +256,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let mut c = connect(cli.address).await?;
     match cli.cmd {
         Cmd::Version => {
-            let v = c.version(VersionRequest { version: "v1".into() }).await?.into_inner();
+            let v = c
+                .version(VersionRequest {
+                    version: "v1".into(),
+                })
+                .await?
+                .into_inner();
             print_json(&serde_json::to_value(v)?);
         }
-        Cmd::Runp { handler, name, namespace, uid, host_network, pid_mode, cgroup_parent } => {
+        Cmd::Runp {
+            handler,
+            name,
+            namespace,
+            uid,
+            host_network,
+            pid_mode,
+            cgroup_parent,
+        } => {
             let config = PodSandboxConfig {
                 metadata: Some(PodSandboxMetadata {
                     uid: uid.unwrap_or_else(|| format!("{name}-uid")),
@@ -243,7 +281,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     attempt: 0,
                 }),
                 // With the host network the pod has the host's UTS namespace: no hostname to set.
-                hostname: if host_network { String::new() } else { name.clone() },
+                hostname: if host_network {
+                    String::new()
+                } else {
+                    name.clone()
+                },
                 linux: Some(LinuxPodSandboxConfig {
                     cgroup_parent,
                     security_context: Some(LinuxSandboxSecurityContext {
@@ -255,14 +297,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ..Default::default()
             };
             let r = c
-                .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: handler })
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: handler,
+                })
                 .await?;
             println!("{}", r.into_inner().pod_sandbox_id);
         }
-        Cmd::Create { pod, image, name, pid_mode, log, env, privileged, memory, command } => {
+        Cmd::Create {
+            pod,
+            image,
+            name,
+            pid_mode,
+            log,
+            env,
+            privileged,
+            memory,
+            command,
+        } => {
             let sandbox = sandbox_config(&mut c, &pod).await?;
-            let sec = sandbox.linux.as_ref().and_then(|l| l.security_context.as_ref());
-            let mut ns = sec.and_then(|s| s.namespace_options.clone()).unwrap_or_default();
+            let sec = sandbox
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref());
+            let mut ns = sec
+                .and_then(|s| s.namespace_options.clone())
+                .unwrap_or_default();
             if let Some(p) = pid_mode {
                 ns.pid = p.cri() as i32;
             }
@@ -270,12 +330,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    KeyValue { key: k.into(), value: v.into() }
+                    KeyValue {
+                        key: k.into(),
+                        value: v.into(),
+                    }
                 })
                 .collect();
             let config = ContainerConfig {
                 metadata: Some(ContainerMetadata { name, attempt: 0 }),
-                image: Some(ImageSpec { image, ..Default::default() }),
+                image: Some(ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
                 command,
                 envs,
                 log_path: log.unwrap_or_default(),
@@ -302,11 +368,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", r.into_inner().container_id);
         }
         Cmd::Start { id } => {
-            c.start_container(StartContainerRequest { container_id: id }).await?;
+            c.start_container(StartContainerRequest { container_id: id })
+                .await?;
         }
-        Cmd::ExecSync { id, timeout, command } => {
+        Cmd::ExecSync {
+            id,
+            timeout,
+            command,
+        } => {
             let r = c
-                .exec_sync(ExecSyncRequest { container_id: id, cmd: command, timeout })
+                .exec_sync(ExecSyncRequest {
+                    container_id: id,
+                    cmd: command,
+                    timeout,
+                })
                 .await?
                 .into_inner();
             use std::io::Write;
@@ -315,7 +390,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             std::io::stdout().flush()?;
             return Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8));
         }
-        Cmd::Update { id, memory, cpu_quota, cpu_period, cpu_shares } => {
+        Cmd::Update {
+            id,
+            memory,
+            cpu_quota,
+            cpu_period,
+            cpu_shares,
+        } => {
             let resources = LinuxContainerResources {
                 memory_limit_in_bytes: memory.unwrap_or(0),
                 cpu_quota: cpu_quota.unwrap_or(0),
@@ -331,23 +412,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await?;
         }
         Cmd::Stop { id, timeout } => {
-            c.stop_container(StopContainerRequest { container_id: id, timeout }).await?;
+            c.stop_container(StopContainerRequest {
+                container_id: id,
+                timeout,
+            })
+            .await?;
         }
         Cmd::Rm { id } => {
-            c.remove_container(RemoveContainerRequest { container_id: id }).await?;
+            c.remove_container(RemoveContainerRequest { container_id: id })
+                .await?;
         }
         Cmd::Stopp { pod } => {
-            c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod }).await?;
+            c.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await?;
         }
         Cmd::Rmp { pod } => {
-            c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+            c.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await?;
         }
         Cmd::Inspect { id, pid } => {
             let r = c
-                .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: true })
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: true,
+                })
                 .await?
                 .into_inner();
-            let state = r.status.as_ref().and_then(|s| ContainerState::try_from(s.state).ok());
+            let state = r
+                .status
+                .as_ref()
+                .and_then(|s| ContainerState::try_from(s.state).ok());
             let state = state.map_or("", |s| s.as_str_name());
             let v = with_info(&id, state, serde_json::to_value(&r.status)?, r.info);
             if pid {
@@ -358,10 +456,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Inspectp { pod, pid } => {
             let r = c
-                .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: true,
+                })
                 .await?
                 .into_inner();
-            let state = r.status.as_ref().and_then(|s| PodSandboxState::try_from(s.state).ok());
+            let state = r
+                .status
+                .as_ref()
+                .and_then(|s| PodSandboxState::try_from(s.state).ok());
             let state = state.map_or("", |s| s.as_str_name());
             let v = with_info(&pod, state, serde_json::to_value(&r.status)?, r.info);
             if pid {
@@ -371,11 +475,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Ps => {
-            let r = c.list_containers(ListContainersRequest { filter: None }).await?.into_inner();
+            let r = c
+                .list_containers(ListContainersRequest { filter: None })
+                .await?
+                .into_inner();
             print_json(&serde_json::to_value(r.containers)?);
         }
         Cmd::Pods => {
-            let r = c.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner();
+            let r = c
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await?
+                .into_inner();
             print_json(&serde_json::to_value(r.items)?);
         }
     }
@@ -384,7 +494,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
