@@ -20,6 +20,7 @@ done
 TMP=$(mktemp -d /tmp/ns-bench-oci.XXXXXX)
 cleanup() {
     "$REPO/tests/oci/containerd" stop "$TMP/ctd" >/dev/null 2>&1 || true
+    find /sys/fs/cgroup -maxdepth 2 -type d -name ns-bench-oci -exec rmdir {} + 2>/dev/null || true
     for rt in runc crun; do "$rt" --root "$TMP/root-$rt" delete --force bench >/dev/null 2>&1 || true; done
     "$BIN/ns-oci" --root "$TMP/root-ns-oci" delete --force bench >/dev/null 2>&1 || true
     rm -rf --one-file-system -- "$TMP"
@@ -48,7 +49,8 @@ fi
 echo "== through containerd: ctr run --rm of /bin/true ($RUNS runs each, interleaved) =="
 "$REPO/tests/oci/containerd" start "$TMP/ctd" >/dev/null
 "$REPO/tests/oci/mkimage" "$TMP/img.tar" localhost/bench:1 >/dev/null
-CTR="ctr --address $TMP/ctd/containerd.sock"
+# A namespace of our own: its cgroups (/ns-bench-oci/ID) are removed with it.
+CTR="ctr --address $TMP/ctd/containerd.sock --namespace ns-bench-oci"
 $CTR images import "$TMP/img.tar" >/dev/null
 SNAP=$(cat "$TMP/ctd/snapshotter")
 cmds=()
