@@ -358,6 +358,8 @@ fn config_json_is_honoured() {
         &["sh", "-c", "id; echo $FOO; hostname; cat /proc/self/status | grep -E '^(CapBnd|NoNewPrivs)'; \
            cat /secret 2>/dev/null || echo masked; touch /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; \
            cat /proc/self/oom_score_adj; mkdir /tmp/d 2>/dev/null || echo mkdir-denied; \
+           (ulimit -n 100 2>&1) | grep -q 'Permission denied' && echo setting-nofile-eacces; \
+           (ulimit -s 100 2>&1) && echo setting-stack-ok; \
            echo > /dev/null && echo null-ok; head -c1 /dev/zero >/dev/null 2>&1 || echo zero-denied; ulimit -n"],
         |v| {
             v["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
@@ -372,7 +374,10 @@ fn config_json_is_honoured() {
                 {"allow": false, "access": "rwm"},
                 {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]});
             v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
-                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]});
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+                {"names": ["prlimit64"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13, "args": [
+                    {"index": 1, "value": 7, "op": "SCMP_CMP_EQ"},
+                    {"index": 2, "value": 0, "op": "SCMP_CMP_NE"}]}]});
             v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", hook_file.display())]}]});
         },
     );
@@ -402,7 +407,14 @@ fn config_json_is_honoured() {
     assert_eq!(lines[4], "NoNewPrivs:\t1");
     assert!(lines.contains(&"masked"), "{out}");
     assert!(lines.contains(&"sys-ro"), "{out}");
-    for want in ["500", "mkdir-denied", "null-ok", "zero-denied"] {
+    for want in [
+        "500",
+        "mkdir-denied",
+        "setting-nofile-eacces",
+        "setting-stack-ok",
+        "null-ok",
+        "zero-denied",
+    ] {
         assert!(lines.contains(&want), "{want}: {out}");
     }
     assert_eq!(lines.last(), Some(&"256"));

@@ -458,6 +458,55 @@ pub struct SyscallFilter {
     /// What `allow` and `deny` change: nspawn's allow-list, nothing, or everything.
     #[serde(default)]
     pub base: FilterBase,
+    /// What a denied call gets (OCI's default action): EPERM when None.
+    #[serde(default)]
+    pub denied: Option<SeccompAction>,
+    /// OCI rules that look at arguments, or give a call its own outcome: tried in order
+    /// before the call's number decides; the first whose arguments all match wins.
+    #[serde(default)]
+    pub rules: Vec<SeccompRule>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompAction {
+    Allow,
+    Errno(u32),
+    /// The whole process is killed.
+    Kill,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompRule {
+    pub names: Vec<String>,
+    /// All must hold.
+    pub args: Vec<ArgCmp>,
+    pub action: SeccompAction,
+}
+
+/// `args[index] OP value` on the whole 64-bit argument; `masked_eq` is
+/// `args[index] & value == value_two`, as OCI (libseccomp) spells it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ArgCmp {
+    pub index: u32,
+    pub op: CmpOp,
+    pub value: u64,
+    #[serde(default)]
+    pub value_two: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CmpOp {
+    Ne,
+    Lt,
+    Le,
+    Eq,
+    Ge,
+    Gt,
+    MaskedEq,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -400,45 +400,74 @@ pub fn process_into(
     Ok(())
 }
 
-/// An OCI seccomp profile as our filter: the default action decides the base (nothing for a
-/// denying one, everything for SCMP_ACT_ALLOW), rules whose action differs from it list the
-/// exceptions. Argument conditions and actions other than allow/errno/kill are refused.
+/// An OCI seccomp profile as our filter. The default action decides the base (everything
+/// for SCMP_ACT_ALLOW or LOG, else nothing) and what a denied call gets (its errno, or the
+/// process killed). Unconditional rules go into the allow or deny list (or, with an outcome
+/// of their own, such as containerd's ENOSYS for clone3, become rules); rules with argument
+/// conditions are checked on the arguments. Trap, trace and notify are refused.
 pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
-    let denying = |a: LinuxSeccompAction| {
-        matches!(
-            a,
-            LinuxSeccompAction::ScmpActErrno
-                | LinuxSeccompAction::ScmpActKill
-                | LinuxSeccompAction::ScmpActKillProcess
-                | LinuxSeccompAction::ScmpActKillThread
-        )
-    };
-    let kind = |a: LinuxSeccompAction| match a {
-        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog => Ok(true),
-        a if denying(a) => Ok(false),
+    use ns_core::state::{ArgCmp, CmpOp, SeccompAction, SeccompRule};
+    use oci_spec::runtime::LinuxSeccompOperator as Op;
+    let action = |a: LinuxSeccompAction, errno: Option<u32>| match a {
+        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog => {
+            Ok(SeccompAction::Allow)
+        }
+        LinuxSeccompAction::ScmpActErrno => {
+            Ok(SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)))
+        }
+        LinuxSeccompAction::ScmpActKill
+        | LinuxSeccompAction::ScmpActKillProcess
+        | LinuxSeccompAction::ScmpActKillThread => Ok(SeccompAction::Kill),
         a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
     };
-    let default_allows = kind(sc.default_action())?;
+    let default = action(sc.default_action(), sc.default_errno_ret())?;
+    let allows = default == SeccompAction::Allow;
+    let denied = if allows {
+        SeccompAction::Errno(libc::EPERM as u32)
+    } else {
+        default
+    };
     let mut f = SyscallFilter {
-        base: if default_allows {
+        base: if allows {
             FilterBase::Everything
         } else {
             FilterBase::Nothing
         },
+        denied: Some(denied),
         ..Default::default()
     };
-    for (i, r) in sc.syscalls().iter().flatten().enumerate() {
-        let allows = kind(r.action())?;
-        if allows == default_allows {
-            continue;
+    for r in sc.syscalls().iter().flatten() {
+        let a = action(r.action(), r.errno_ret())?;
+        let args: Vec<ArgCmp> = r
+            .args()
+            .iter()
+            .flatten()
+            .map(|c| ArgCmp {
+                index: c.index() as u32,
+                op: match c.op() {
+                    Op::ScmpCmpNe => CmpOp::Ne,
+                    Op::ScmpCmpLt => CmpOp::Lt,
+                    Op::ScmpCmpLe => CmpOp::Le,
+                    Op::ScmpCmpEq => CmpOp::Eq,
+                    Op::ScmpCmpGe => CmpOp::Ge,
+                    Op::ScmpCmpGt => CmpOp::Gt,
+                    Op::ScmpCmpMaskedEq => CmpOp::MaskedEq,
+                },
+                value: c.value(),
+                value_two: c.value_two().unwrap_or(0),
+            })
+            .collect();
+        let names = r.names().clone();
+        match (args.is_empty(), a) {
+            (true, a) if a == default => {}
+            (true, SeccompAction::Allow) => f.allow.extend(names),
+            (true, a) if a == denied => f.deny.extend(names),
+            (_, action) => f.rules.push(SeccompRule {
+                names,
+                args,
+                action,
+            }),
         }
-        if r.args().as_ref().is_some_and(|a| !a.is_empty()) {
-            return Err(unsupported(&format!(
-                "linux.seccomp.syscalls[{i}]: argument conditions"
-            )));
-        }
-        let list = if allows { &mut f.allow } else { &mut f.deny };
-        list.extend(r.names().iter().cloned());
     }
     Ok(f)
 }
@@ -587,12 +616,19 @@ mod tests {
         assert_eq!(f.base, FilterBase::Nothing);
         assert_eq!(f.allow, vec!["read", "write"]);
         let sc: LinuxSeccomp = serde_json::from_str(
-            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mount"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["mount"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]},
+                {"names":["umount2"],"action":"SCMP_ACT_ERRNO"},
+                {"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}"#,
         )
         .unwrap();
-        assert!(seccomp(&sc)
-            .unwrap_err()
-            .msg
-            .contains("argument conditions"));
+        let f = seccomp(&sc).unwrap();
+        assert_eq!(f.base, FilterBase::Everything);
+        assert_eq!(f.deny, vec!["umount2"]);
+        assert_eq!(f.rules.len(), 2);
+        assert_eq!(f.rules[1].action, ns_core::state::SeccompAction::Errno(38));
+        let sc: LinuxSeccomp =
+            serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_TRAP"}"#).unwrap();
+        assert!(seccomp(&sc).unwrap_err().msg.contains("ScmpActTrap"));
     }
 }

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 
+use ns_core::state::{ArgCmp, CmpOp, SeccompAction, SyscallFilter};
 use ns_core::sys::SockFilter;
 use ns_core::{Error, Result};
 
@@ -87,6 +88,10 @@ pub fn parse_filter(values: &[String]) -> Result<(Vec<String>, Vec<String>)> {
 pub struct Decision {
     items: u128,
     everything: bool,
+    /// What a denied call gets.
+    denied: Outcome,
+    /// Rules tried before the number decides (OCI profiles): calls, conditions, outcome.
+    rules: Vec<(Vec<&'static str>, Vec<ArgCmp>, Outcome)>,
     allow: BTreeSet<&'static str>,
     deny: BTreeSet<&'static str>,
 }
@@ -107,19 +112,34 @@ impl Decision {
         Ok(Decision {
             items,
             everything: false,
+            denied: Outcome::Errno(libc::EPERM as u16),
+            rules: Vec::new(),
             allow: calls("--system-call-filter", allow)?,
             deny: calls("--system-call-filter", deny)?,
         })
     }
 
     /// For `f`, on its base: nspawn's list, nothing or everything.
-    pub fn of(retained: u64, f: &ns_core::state::SyscallFilter) -> Result<Decision> {
+    pub fn of(retained: u64, f: &SyscallFilter) -> Result<Decision> {
         use ns_core::state::FilterBase;
         let mut d = Decision::new(retained, &f.allow, &f.deny)?;
         match f.base {
             FilterBase::Nspawn => {}
             FilterBase::Nothing => d.items = 0,
             FilterBase::Everything => d.everything = true,
+        }
+        if let Some(a) = f.denied {
+            d.denied = outcome(a);
+        }
+        for r in &f.rules {
+            let names: Vec<&'static str> = calls("linux.seccomp", &r.names)?.into_iter().collect();
+            if r.args.iter().any(|a| a.index > 5) {
+                return Err(Error::setup(format!(
+                    "linux.seccomp: {:?}: an argument index above 5",
+                    r.names
+                )));
+            }
+            d.rules.push((names, r.args.clone(), outcome(r.action)));
         }
         Ok(d)
     }
@@ -147,6 +167,8 @@ pub fn allowed(retained: u64, allow: &[String], deny: &[String]) -> Result<BTree
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS: A = data[k]
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K: A &= k
 const JA: u16 = 0x05; // BPF_JMP | BPF_JA: pc += k
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 
@@ -161,6 +183,7 @@ const X32_BIT: u32 = 0x4000_0000;
 
 const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
 
 fn stmt(code: u16, k: u32) -> SockFilter {
     SockFilter {
@@ -178,8 +201,18 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> SockFilter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
     Allow,
-    Eperm,
-    Enosys,
+    Errno(u16),
+    Kill,
+}
+
+const ENOSYS: Outcome = Outcome::Errno(libc::ENOSYS as u16);
+
+fn outcome(a: SeccompAction) -> Outcome {
+    match a {
+        SeccompAction::Allow => Outcome::Allow,
+        SeccompAction::Errno(e) => Outcome::Errno(e.min(4095) as u16),
+        SeccompAction::Kill => Outcome::Kill,
+    }
 }
 
 fn ret(o: Outcome) -> SockFilter {
@@ -187,8 +220,8 @@ fn ret(o: Outcome) -> SockFilter {
         RET_K,
         match o {
             Outcome::Allow => RET_ALLOW,
-            Outcome::Eperm => RET_ERRNO | libc::EPERM as u32,
-            Outcome::Enosys => RET_ERRNO | libc::ENOSYS as u32,
+            Outcome::Errno(e) => RET_ERRNO | u32::from(e),
+            Outcome::Kill => RET_KILL_PROCESS,
         },
     )
 }
@@ -219,11 +252,11 @@ fn ranges(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<(u
                 if d.allows(n, *m) {
                     Outcome::Allow
                 } else {
-                    Outcome::Eperm
+                    d.denied
                 },
             )
         });
-    let mut out = vec![(0, Outcome::Enosys)];
+    let mut out = vec![(0, ENOSYS)];
     let mut push = |start: u32, o: Outcome| {
         if out.last().map(|l| l.1) != Some(o) {
             if out.last().map(|l| l.0) == Some(start) {
@@ -237,12 +270,12 @@ fn ranges(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<(u
     let mut next = lo;
     for (nr, o) in nrs {
         if nr > next {
-            push(next, Outcome::Enosys); // a gap: numbers nobody defined
+            push(next, ENOSYS); // a gap: numbers nobody defined
         }
         push(nr, o);
         next = nr + 1;
     }
-    push(next, Outcome::Enosys);
+    push(next, ENOSYS);
     out
 }
 
@@ -282,7 +315,102 @@ fn section(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<S
         p.push(stmt(RET_K, RET_ERRNO | *errno as u32));
         p.push(stmt(LD_W_ABS, OFF_NR));
     }
+    for (names, conds, o) in &d.rules {
+        for name in names {
+            if let Some((_, nr, _)) = table.iter().find(|(n, _, _)| n == name) {
+                p.extend(rule_block(*nr, conds, *o));
+            }
+        }
+    }
+    if !d.rules.is_empty() {
+        p.push(stmt(LD_W_ABS, OFF_NR));
+    }
     p.extend(search(&ranges(table, d, lo, hi)));
+    p
+}
+
+/// A jump target while a rule block is assembled: the next instruction plus `n`, or the
+/// block's end (the rule does not apply).
+#[derive(Clone, Copy)]
+enum To {
+    Skip(u8),
+    Fail,
+}
+
+/// One rule for call `nr`: `ret o` when the number and every condition match; else on to
+/// what follows the block. Conditions compare whole 64-bit arguments (two 32-bit words).
+fn rule_block(nr: u32, conds: &[ArgCmp], o: Outcome) -> Vec<SockFilter> {
+    let ld = |k: u32| (LD_W_ABS, k, To::Skip(0), To::Skip(0));
+    let j = |code: u16, k: u32, jt: To, jf: To| (code, k, jt, jf);
+    let mut b = vec![ld(OFF_NR), j(JEQ_K, nr, To::Skip(0), To::Fail)];
+    for c in conds {
+        let (lo, hi) = (OFF_ARG0 + 8 * c.index, OFF_ARG0 + 8 * c.index + 4);
+        let (vlo, vhi) = (c.value as u32, (c.value >> 32) as u32);
+        match c.op {
+            CmpOp::Eq => b.extend([
+                ld(hi),
+                j(JEQ_K, vhi, To::Skip(0), To::Fail),
+                ld(lo),
+                j(JEQ_K, vlo, To::Skip(0), To::Fail),
+            ]),
+            CmpOp::Ne => b.extend([
+                ld(hi),
+                j(JEQ_K, vhi, To::Skip(0), To::Skip(2)),
+                ld(lo),
+                j(JEQ_K, vlo, To::Fail, To::Skip(0)),
+            ]),
+            CmpOp::MaskedEq => {
+                let (wlo, whi) = (c.value_two as u32, (c.value_two >> 32) as u32);
+                b.extend([
+                    ld(hi),
+                    (AND_K, vhi, To::Skip(0), To::Skip(0)),
+                    j(JEQ_K, whi, To::Skip(0), To::Fail),
+                    ld(lo),
+                    (AND_K, vlo, To::Skip(0), To::Skip(0)),
+                    j(JEQ_K, wlo, To::Skip(0), To::Fail),
+                ])
+            }
+            // Above: the high word decides unless equal, then the low one.
+            CmpOp::Gt | CmpOp::Ge => b.extend([
+                ld(hi),
+                j(JGT_K, vhi, To::Skip(3), To::Skip(0)),
+                j(JEQ_K, vhi, To::Skip(0), To::Fail),
+                ld(lo),
+                j(
+                    if c.op == CmpOp::Gt { JGT_K } else { JGE_K },
+                    vlo,
+                    To::Skip(0),
+                    To::Fail,
+                ),
+            ]),
+            CmpOp::Lt | CmpOp::Le => b.extend([
+                ld(hi),
+                j(JGE_K, vhi, To::Skip(0), To::Skip(3)),
+                j(JEQ_K, vhi, To::Skip(0), To::Fail),
+                ld(lo),
+                j(
+                    if c.op == CmpOp::Lt { JGE_K } else { JGT_K },
+                    vlo,
+                    To::Fail,
+                    To::Skip(0),
+                ),
+            ]),
+        }
+    }
+    b.push((RET_K, 0, To::Skip(0), To::Skip(0)));
+    let end = b.len();
+    let mut p: Vec<SockFilter> = b
+        .iter()
+        .enumerate()
+        .map(|(i, (code, k, jt, jf))| {
+            let t = |to: &To| match to {
+                To::Skip(n) => *n,
+                To::Fail => u8::try_from(end - i - 1).expect("a rule block is short"),
+            };
+            jump(*code, *k, t(jt), t(jf))
+        })
+        .collect();
+    p[end - 1] = ret(o);
     p
 }
 
@@ -305,7 +433,7 @@ pub fn program(d: &Decision) -> Vec<SockFilter> {
     p[2].k = to_x86 as u32;
     p.extend([
         jump(JEQ_K, AUDIT_ARCH_I386, 1, 0),
-        ret(Outcome::Enosys), // any other ABI
+        ret(ENOSYS), // any other ABI
         stmt(LD_W_ABS, OFF_NR),
     ]);
     p.extend(x86);
@@ -313,7 +441,7 @@ pub fn program(d: &Decision) -> Vec<SockFilter> {
 }
 
 /// Install the filter for a payload retaining `retained`.
-pub fn install(retained: u64, f: &ns_core::state::SyscallFilter) -> Result<()> {
+pub fn install(retained: u64, f: &SyscallFilter) -> Result<()> {
     let prog = program(&Decision::of(retained, f)?);
     ns_core::sys::seccomp_install(&prog).map_err(|e| {
         Error::setup(format!(
@@ -326,15 +454,30 @@ pub fn install(retained: u64, f: &ns_core::state::SyscallFilter) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ns_core::state::SeccompRule;
 
     /// Run `p` on (arch, nr, args) as the kernel would (only the opcodes we emit).
     fn run(p: &[SockFilter], arch: u32, nr: u32, args: [u32; 3]) -> u32 {
+        run64(
+            p,
+            arch,
+            nr,
+            [args[0].into(), args[1].into(), args[2].into(), 0, 0, 0],
+        )
+    }
+
+    fn run64(p: &[SockFilter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
         let word = |k: u32| match k {
             OFF_NR => nr,
             OFF_ARCH => arch,
-            16 => args[0],
-            24 => args[1],
-            32 => args[2],
+            16..=63 if k % 4 == 0 => {
+                let a = args[((k - 16) / 8) as usize];
+                if (k - 16) % 8 == 4 {
+                    (a >> 32) as u32
+                } else {
+                    a as u32
+                }
+            }
             _ => panic!("load {k}"),
         };
         let (mut a, mut pc) = (0u32, 0usize);
@@ -343,13 +486,99 @@ mod tests {
             pc += 1;
             match i.code {
                 LD_W_ABS => a = word(i.k),
+                AND_K => a &= i.k,
                 JEQ_K => pc += if a == i.k { i.jt } else { i.jf } as usize,
                 JGE_K => pc += if a >= i.k { i.jt } else { i.jf } as usize,
+                JGT_K => pc += if a > i.k { i.jt } else { i.jf } as usize,
                 JA => pc += i.k as usize,
                 RET_K => return i.k,
                 c => panic!("opcode {c:#x}"),
             }
         }
+    }
+
+    /// An OCI profile as containerd's default writes it: deny by default, an allow list,
+    /// calls allowed for some arguments only, one call with its own errno.
+    #[test]
+    fn oci_profiles_with_arguments_and_errnos() {
+        use ns_core::state::FilterBase;
+        let cmp = |index, op, value, value_two| ArgCmp {
+            index,
+            op,
+            value,
+            value_two,
+        };
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let f = SyscallFilter {
+            allow: v(&["read", "write", "exit_group"]),
+            base: FilterBase::Nothing,
+            denied: Some(SeccompAction::Errno(libc::EACCES as u32)),
+            rules: vec![
+                SeccompRule {
+                    names: v(&["personality"]),
+                    args: vec![cmp(0, CmpOp::Eq, 8, 0)],
+                    action: SeccompAction::Allow,
+                },
+                SeccompRule {
+                    names: v(&["clone"]),
+                    args: vec![cmp(0, CmpOp::MaskedEq, 0x7e02_0000, 0)],
+                    action: SeccompAction::Allow,
+                },
+                SeccompRule {
+                    names: v(&["clone3"]),
+                    args: vec![],
+                    action: SeccompAction::Errno(libc::ENOSYS as u32),
+                },
+                SeccompRule {
+                    names: v(&["socket"]),
+                    args: vec![cmp(0, CmpOp::Ne, 40, 0)],
+                    action: SeccompAction::Allow,
+                },
+                SeccompRule {
+                    names: v(&["mmap"]),
+                    args: vec![cmp(1, CmpOp::Gt, 0x1_0000_0000, 0), cmp(2, CmpOp::Le, 7, 0)],
+                    action: SeccompAction::Allow,
+                },
+                SeccompRule {
+                    names: v(&["kill"]),
+                    args: vec![cmp(1, CmpOp::Lt, 10, 0), cmp(0, CmpOp::Ge, 2, 0)],
+                    action: SeccompAction::Kill,
+                },
+            ],
+            ..Default::default()
+        };
+        let p = program(&Decision::of(0, &f).unwrap());
+        let t = tables::X86_64;
+        let x = |name, args: [u64; 6]| run64(&p, AUDIT_ARCH_X86_64, nr(t, name), args);
+        let eacces = RET_ERRNO | libc::EACCES as u32;
+        assert_eq!(x("read", [0; 6]), RET_ALLOW);
+        assert_eq!(x("open", [0; 6]), eacces);
+        assert_eq!(x("personality", [8, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(x("personality", [0x8 | 1 << 32, 0, 0, 0, 0, 0]), eacces);
+        assert_eq!(x("personality", [0, 0, 0, 0, 0, 0]), eacces);
+        assert_eq!(x("clone", [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), RET_ALLOW);
+        let newns = libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64;
+        assert_eq!(x("clone", [newns, 0, 0, 0, 0, 0]), eacces);
+        assert_eq!(x("clone3", [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
+        assert_eq!(x("socket", [2, 1, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(x("socket", [40, 1, 0, 0, 0, 0]), eacces);
+        assert_eq!(x("socket", [40 | 1 << 32, 1, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(x("mmap", [0, 0x1_0000_0001, 7, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(x("mmap", [0, 0x1_0000_0000, 7, 0, 0, 0]), eacces);
+        assert_eq!(x("mmap", [0, 0x2_0000_0000, 8, 0, 0, 0]), eacces);
+        assert_eq!(x("mmap", [0, 0xffff_ffff, 0, 0, 0, 0]), eacces);
+        assert_eq!(x("kill", [2, 9, 0, 0, 0, 0]), RET_KILL_PROCESS);
+        assert_eq!(x("kill", [1, 9, 0, 0, 0, 0]), eacces);
+        assert_eq!(x("kill", [2, 10, 0, 0, 0, 0]), eacces);
+        assert_eq!(x("kill", [2, 1 << 32, 0, 0, 0, 0]), eacces);
+        // The same on the 32-bit ABI, where the call has its own number.
+        let i386 = run64(
+            &p,
+            AUDIT_ARCH_I386,
+            nr(tables::X86, "personality"),
+            [8, 0, 0, 0, 0, 0],
+        );
+        assert_eq!(i386, RET_ALLOW);
     }
 
     fn nr(table: &[(&str, u32, u128)], name: &str) -> u32 {
