@@ -470,7 +470,7 @@ mod tests {
         let word = |k: u32| match k {
             OFF_NR => nr,
             OFF_ARCH => arch,
-            16..=63 if k % 4 == 0 => {
+            16..=63 if k.is_multiple_of(4) => {
                 let a = args[((k - 16) / 8) as usize];
                 if (k - 16) % 8 == 4 {
                     (a >> 32) as u32
