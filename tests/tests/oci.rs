@@ -997,3 +997,27 @@ fn update_resources() {
     d.delete_container("update");
     d.assert_clean();
 }
+
+#[test]
+fn containerds_default_seccomp_profile() {
+    let d = Containerd::start();
+    // `ctr run --seccomp`: containerd's own default profile (errno by default, an allow
+    // list, calls allowed by their arguments: clone without namespace flags).
+    let o = d.run(
+        &["--rm", "--seccomp"],
+        "seccomp",
+        &[
+            "sh",
+            "-c",
+            "grep ^Seccomp: /proc/self/status; unshare -U true 2>/dev/null || echo unshare-denied; \
+             echo forked $(echo child)",
+        ],
+        None,
+    );
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "Seccomp:\t2\nunshare-denied\nforked child\n"),
+        "{o}"
+    );
+    d.assert_clean();
+}
