@@ -15,6 +15,22 @@ pub mod sys;
 
 pub use error::{Context, Error, Result};
 
+/// The UTC calendar date (year, month, day) and time of day (hour, minute, second) of a
+/// Unix time, without a time zone database (Howard Hinnant's civil_from_days).
+pub fn utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// systemd's parse_boolean: 1/yes/y/true/t/on and 0/no/n/false/f/off, in any case.
 pub fn parse_boolean(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {

@@ -20,7 +20,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 use ns_caps::caps_spec;
 use ns_core::console::Console;
-use ns_core::exec::{exec_stage, StageFds};
+use ns_core::exec::StageFds;
 use ns_core::registry::Machine;
 use ns_core::stage::{exit_code_of, fail};
 use ns_core::state::Console as Mode;
@@ -116,21 +116,7 @@ pub fn shell(
             drop(ours);
             let e = match inside(m, &ns, tty, &theirs) {
                 Ok(pty) => match fork() {
-                    Ok(Forked::Child) => {
-                        let e = pty
-                            .map_or(Ok(()), attach::take_pty)
-                            .and_then(|()| {
-                                ns_core::sys::reset_signals_for_exec()
-                                    .ctx(|| "cannot unblock signals".into())
-                            })
-                            .map(|()| {
-                                let _ = nix::unistd::chdir("/");
-                                exec_stage("ns-caps", &argv, &fds)
-                            });
-                        match e {
-                            Ok(e) | Err(e) => e,
-                        }
-                    }
+                    Ok(Forked::Child) => attach::exec_command(pty, &argv, &fds),
                     Ok(Forked::Parent(child)) => {
                         drop(fds);
                         let code = waitpid(child, None).ok().and_then(exit_code_of);

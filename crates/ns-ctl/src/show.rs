@@ -87,26 +87,11 @@ fn collect(dir: &std::path::Path, pids: &mut Vec<i32>) {
 
 /// `Mon 2026-11-30 02:41:26 UTC` (UTC: no time zone database needed).
 fn format_time(usec: u64) -> String {
-    let secs = usec / 1_000_000;
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    format!(
-        "{wd} {y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = (usec / 1_000_000) as i64;
+    let (y, mo, d, h, mi, s) = ns_core::utc(secs);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
+        [secs.div_euclid(86400).rem_euclid(7) as usize];
+    format!("{wd} {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 fn ago(usec: u64) -> String {

@@ -108,3 +108,19 @@ pub fn take_pty(n: u32) -> Result<()> {
     }
     Ok(())
 }
+
+/// In the command's process, forked inside the container: its pty (if any) as terminal, the
+/// signal mask and handlers reset, then ns-caps (opened before any setns) with `argv`.
+/// Returns only on failure.
+pub fn exec_command(pty: Option<u32>, argv: &[String], fds: &ns_core::exec::StageFds) -> Error {
+    let r = pty.map_or(Ok(()), take_pty).and_then(|()| {
+        ns_core::sys::reset_signals_for_exec().ctx(|| "cannot unblock signals".into())
+    });
+    match r {
+        Ok(()) => {
+            let _ = nix::unistd::chdir("/");
+            ns_core::exec::exec_stage("ns-caps", argv, fds)
+        }
+        Err(e) => e,
+    }
+}

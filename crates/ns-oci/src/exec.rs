@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::sys::wait::waitpid;
-use ns_core::exec::{exec_stage, state_argv, StageFds};
+use ns_core::exec::{state_argv, StageFds};
 use ns_core::stage::{exit_code_of, fail};
 use ns_core::state::{ExecPlan, State, STATE_VERSION};
 use ns_core::sync::{Msg, SyncSocket};
@@ -140,21 +140,11 @@ fn inside(
             None => None,
         };
         match fork().ctx(|| "cannot fork in the container".into())? {
-            Forked::Child => {
-                let e = pty
-                    .map_or(Ok(()), attach::take_pty)
-                    .and_then(|()| {
-                        ns_core::sys::reset_signals_for_exec()
-                            .ctx(|| "cannot unblock signals".into())
-                    })
-                    .map(|()| {
-                        let argv = state_argv("ns-caps", state_fd.as_raw_fd(), None);
-                        exec_stage("ns-caps", &argv, fds)
-                    });
-                Err(match e {
-                    Ok(e) | Err(e) => e,
-                })
-            }
+            Forked::Child => Err(attach::exec_command(
+                pty,
+                &state_argv("ns-caps", state_fd.as_raw_fd(), None),
+                fds,
+            )),
             Forked::Parent(p) => {
                 sock.send(&Msg::Pid(p.as_raw()))?;
                 if r.detach {
