@@ -111,6 +111,13 @@ impl Bundle {
         v["status"].as_str().unwrap().to_string()
     }
 
+    /// The status, or None while there is no record.
+    fn status_if_any(&self, id: &str) -> Option<String> {
+        let (code, out, _) = self.oci(&["state", id]);
+        let v: Value = serde_json::from_str(&out).ok().filter(|_| code == 0)?;
+        v["status"].as_str().map(String::from)
+    }
+
     fn stdout_of(&self, id: &str) -> String {
         fs::read_to_string(self.out.join(format!("{id}.stdout"))).unwrap_or_default()
     }
@@ -267,9 +274,10 @@ fn kill_exec_ps_pause_update_delete() {
     assert_eq!(reap(pid), 137);
     assert_eq!(b.oci(&["kill", "--all", "verbs", "9"]).0, 0);
     let (code, _, err) = b.oci(&["kill", "verbs", "SIGTERM"]);
+    // runc's words, which containerd's shim looks for.
     assert_eq!(
         (code, err.trim()),
-        (1, "ns-oci: container verbs is not running")
+        (1, "ns-oci: cannot signal verbs: container not running")
     );
     assert_eq!(b.oci(&["delete", "--force", "verbs"]).0, 0);
     assert_eq!(b.oci(&["delete", "--force", "verbs"]).0, 0);
@@ -645,4 +653,90 @@ fn terminal_mode_sends_the_pty_to_the_console_socket() {
     assert!(read_until(&master, "got-abc").contains("got-abc"));
     assert_eq!(reap(pid), 0);
     assert_eq!(b.oci(&["delete", "tty"]).0, 0);
+}
+
+#[test]
+fn a_created_container_holds_nothing_of_the_host() {
+    let b = Bundle::new("oci-fds", &["true"], |_| {});
+    let (code, err) = b.create("fds");
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid("fds");
+    // While it waits for start: stdio and the start fifo only (no stage binary, state or
+    // socket that a process of the container could reopen through /proc/1/fd).
+    let mut fds: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = fs::read_link(e.path()).unwrap_or_default();
+            (
+                e.file_name().to_string_lossy().into(),
+                target.to_string_lossy().into(),
+            )
+        })
+        .collect();
+    fds.sort();
+    let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 4, "{fds:?}");
+    assert!(fds[3].1.ends_with("/fds/exec.fifo"), "{fds:?}");
+    assert_eq!(b.oci(&["delete", "fds"]).0, 0);
+    assert_eq!(reap(pid), 137);
+}
+
+#[test]
+fn missing_program_fails_create_and_no_pid_namespace_works() {
+    let b = Bundle::new("oci-noexec", &["/nonexistent-program"], |_| {});
+    let (code, err) = b.create("noexec");
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent-program"), "{err}");
+    assert!(!b.root.join("noexec").exists());
+    assert!(cgroups_named("ns-oci/noexec").is_empty(), "cgroups left");
+    // Without a PID namespace of its own (hostPID), the container is ns-enter's process.
+    let b = Bundle::new("oci-hostpid", &["sh", "-c", "echo $$ > /out/pid"], |v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    let (code, err) = b.create("hostpid");
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid("hostpid");
+    let (code, _, err) = b.oci(&["start", "hostpid"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(reap(pid), 0);
+    assert_eq!(
+        fs::read_to_string(b.out.join("pid")).unwrap().trim(),
+        pid.to_string()
+    );
+    assert_eq!(b.oci(&["delete", "hostpid"]).0, 0);
+}
+
+#[test]
+fn delete_force_cleans_up_after_a_killed_create() {
+    let b = Bundle::new("oci-killed", &["true"], |v| {
+        v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "sleep 1"]}]});
+    });
+    let mut create = Command::new(bin("ns-oci"))
+        .arg("--root")
+        .arg(&b.root)
+        .args(["create", "--bundle", b.dir(), "killed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(b.out.join("killed.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed while its prestart hook runs: the record is there, with its cgroups.
+    let t = std::time::Instant::now();
+    while b.status_if_any("killed").is_none() || cgroups_named("ns-oci/killed").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "create did not get going: {:?}",
+            fs::read_to_string(b.out.join("killed.stderr"))
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    create.kill().unwrap();
+    create.wait().unwrap();
+    let (code, _, err) = b.oci(&["delete", "--force", "killed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!b.root.join("killed").exists());
+    assert!(cgroups_named("ns-oci/killed").is_empty(), "cgroups left");
 }

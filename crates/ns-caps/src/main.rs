@@ -60,7 +60,12 @@ fn main() {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
         if let Some(fd) = plan.start_fd {
-            wait_for_start(fd, sync)?;
+            wait_for_start(&plan, &env, fd, sync)?;
+            if let (Some(f), true) = (&plan.syscall_filter, plan.no_new_privileges) {
+                // As runc: with no_new_privs the filter comes last, so that it need not allow
+                // what waiting for start takes.
+                ns_caps::seccomp::install(0, f)?;
+            }
         }
         exec(&plan, &user, &env, &fds)
     })
@@ -90,7 +95,11 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     });
     // The filter first, while we hold CAP_SYS_ADMIN (it needs that or no_new_privs); what
     // follows here uses only calls it allows (@setuid, capset, prctl of @process).
-    if let Some(f) = &plan.syscall_filter {
+    if let Some(f) = plan
+        .syscall_filter
+        .as_ref()
+        .filter(|_| plan.start_fd.is_none() || !plan.no_new_privileges)
+    {
         ns_caps::seccomp::install(retain, f)?;
     }
     for c in caps::all() {
@@ -166,11 +175,22 @@ fn with_ids(mut user: User, ids: &ns_core::state::Ids) -> User {
     user
 }
 
-/// OCI create/start: everything is set up. Detach from the runtime's `create` (which
-/// returns when the sync socket closes, and whose exit must not kill us), then block until
-/// `start` opens the fifo for reading. The fifo was opened O_PATH on the host; it is reopened
-/// for writing through our own /proc (the host path is out of reach after pivot_root).
-fn wait_for_start(fd: i32, sync: Option<SyncSocket>) -> Result<()> {
+/// OCI create/start: everything is set up. The payload must exist (checked as its user, from
+/// its directory: a missing one fails `create`, as with runc). Then detach from the runtime's
+/// `create` (it returns on SYNC-8 and the socket's EOF; its exit must not kill us), keep only
+/// stdio and the fifo, become non-dumpable (nothing in the container may reach our fds or
+/// memory while we wait; exec makes the payload dumpable again), and block until `start`
+/// opens the fifo for reading. The fifo was opened O_PATH on the host; it is reopened for
+/// writing through our own /proc (the host path is out of reach after pivot_root).
+fn wait_for_start(
+    plan: &ExecPlan,
+    env: &[String],
+    fd: i32,
+    sync: Option<SyncSocket>,
+) -> Result<()> {
+    if let Some(prog) = plan.argv.first() {
+        ns_core::exec::check_program(prog, env)?;
+    }
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "cannot clear the parent-death signal".into())?;
     if let Some(s) = &sync {
         s.send(&ns_core::sync::Msg::Waiting)?; // SYNC-8
@@ -178,6 +198,8 @@ fn wait_for_start(fd: i32, sync: Option<SyncSocket>) -> Result<()> {
     // From here on a failure is ours alone: the runtime has returned.
     ns_core::stage::stop_reporting();
     drop(sync);
+    ns_core::sys::close_from_except(3, &[fd]).ctx(|| "cannot close inherited fds".into())?;
+    nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-caps non-dumpable".into())?;
     let path = format!("/proc/self/fd/{fd}");
     let fifo = std::fs::OpenOptions::new()
         .write(true)

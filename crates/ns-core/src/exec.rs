@@ -264,37 +264,55 @@ pub fn exec_program(prog: &str, argv: &[String], env: &[String]) -> Error {
         (Ok(a), Ok(e)) => (a, e),
         (Err(e), _) | (_, Err(e)) => return e,
     };
-    let err = if prog.contains('/') {
-        try_exec(Path::new(prog), &args, &envc)
-    } else {
-        let path = env
-            .iter()
-            .find_map(|kv| kv.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        let mut seen_eacces = false;
-        let mut last = Errno::ENOENT;
-        for dir in std::env::split_paths(OsStr::new(path)) {
-            let dir = if dir.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                dir
-            };
-            match try_exec(&dir.join(prog), &args, &envc) {
-                Errno::ENOENT | Errno::ENOTDIR => {}
-                Errno::EACCES => seen_eacces = true,
-                e => {
-                    last = e;
-                    break;
-                }
+    exec_error(prog, search(prog, env, |p| try_exec(p, &args, &envc)))
+}
+
+/// Check that `prog` would be found and may be executed by [`exec_program`] (as we are, from
+/// here), without executing it: an OCI runtime's create fails on a missing program.
+pub fn check_program(prog: &str, env: &[String]) -> Result<()> {
+    let access = |p: &Path| match nix::unistd::access(p, nix::unistd::AccessFlags::X_OK) {
+        Ok(()) => Errno::UnknownErrno, // found: stop here
+        Err(e) => e,
+    };
+    match search(prog, env, access) {
+        Errno::UnknownErrno => Ok(()),
+        e => Err(exec_error(prog, e)),
+    }
+}
+
+/// execvpe's search: `prog` itself when it holds a `/`, else each PATH directory of `env`
+/// (the container's) in turn, trying `attempt` until it fails other than ENOENT/ENOTDIR;
+/// EACCES on the way wins over a final ENOENT. Returns the last errno.
+fn search(prog: &str, env: &[String], mut attempt: impl FnMut(&Path) -> Errno) -> Errno {
+    if prog.contains('/') {
+        return attempt(Path::new(prog));
+    }
+    let path = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let mut seen_eacces = false;
+    let mut last = Errno::ENOENT;
+    for dir in std::env::split_paths(OsStr::new(path)) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        match attempt(&dir.join(prog)) {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => seen_eacces = true,
+            e => {
+                last = e;
+                break;
             }
         }
-        if seen_eacces && last == Errno::ENOENT {
-            Errno::EACCES
-        } else {
-            last
-        }
-    };
-    exec_error(prog, err)
+    }
+    if seen_eacces && last == Errno::ENOENT {
+        Errno::EACCES
+    } else {
+        last
+    }
 }
 
 fn try_exec(path: &Path, args: &[CString], env: &[CString]) -> Errno {

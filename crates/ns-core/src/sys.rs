@@ -234,6 +234,31 @@ pub fn cloexec_from(first: u32) -> nix::Result<()> {
     Errno::result(r).map(drop)
 }
 
+/// Close every fd from `first` up except those in `keep` (close_range over the gaps).
+pub fn close_from_except(first: u32, keep: &[std::os::fd::RawFd]) -> nix::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|k| u32::try_from(*k).ok())
+        .filter(|k| *k >= first)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let close = |lo: u32, hi: u32| {
+        // SAFETY: close_range closes fds only; no memory is passed. Nothing of ours holds
+        // these numbers any more (the caller's contract).
+        let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
+        Errno::result(r).map(drop)
+    };
+    let mut lo = first;
+    for k in keep {
+        if k > lo {
+            close(lo, k - 1)?;
+        }
+        lo = k + 1;
+    }
+    close(lo, u32::MAX)
+}
+
 /// Bring the loopback interface of the current network namespace up (SIOCSIFFLAGS). The
 /// kernel then gives it 127.0.0.1/8 and ::1 by itself.
 pub fn loopback_up() -> nix::Result<()> {

@@ -255,7 +255,11 @@ pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<(Vec<Cgroup>,
                             if e.kind() == std::io::ErrorKind::AlreadyExists
                                 && (level != dir || is_empty(&level)) =>
                         {
-                            continue
+                            // Its maker may not have given it CPUs and memory nodes yet.
+                            if !cpuset_ready(h, &level) {
+                                inherit_cpuset(h, &parent, &level)?;
+                            }
+                            continue;
                         }
                         r => r.ctx(|| format!("cannot create cgroup {}", level.display()))?,
                     }
@@ -366,6 +370,12 @@ fn inherit_cpuset(h: &Hierarchy, parent: &Path, dir: &Path) -> Result<()> {
             .ctx(|| format!("cannot write {}", dir.join(f).display()))?;
     }
     Ok(())
+}
+
+/// A v1 cpuset cgroup that has CPUs (or any other cgroup).
+fn cpuset_ready(h: &Hierarchy, dir: &Path) -> bool {
+    h.v2 || !h.options.split(',').any(|o| o == "cpuset")
+        || std::fs::read_to_string(dir.join("cpuset.cpus")).is_ok_and(|c| !c.trim().is_empty())
 }
 
 /// The files of a cgroup its owner needs to write to manage it (those that exist here).

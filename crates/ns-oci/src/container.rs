@@ -98,6 +98,15 @@ pub fn load(root: &Path, id: &str) -> Result<(PathBuf, Saved)> {
     Ok((dir, saved))
 }
 
+/// Hold the container's lock until the returned file is dropped: `create` holds it while it
+/// sets the container up, `start` and `delete` wait for it (so that neither acts on a
+/// container half made, and two `start`s do not both wait on the fifo).
+pub fn lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::File::open(dir).ctx(|| format!("cannot open {}", dir.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::setup(format!("cannot lock {}: {}", dir.display(), e.desc())))
+}
+
 /// Write state.json atomically (a temporary file renamed over it).
 pub fn save(dir: &Path, s: &Saved) -> Result<()> {
     let tmp = dir.join(".state.json");
@@ -119,6 +128,8 @@ pub fn stat_of(pid: i32) -> Option<(u64, char)> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// `create` is at work (or was killed at work: `delete --force` cleans up).
+    Creating,
     Created,
     Running,
     Paused,
@@ -128,6 +139,7 @@ pub enum Status {
 impl Status {
     pub fn name(self) -> &'static str {
         match self {
+            Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
             Status::Paused => "paused",
@@ -143,7 +155,9 @@ impl Saved {
     }
 
     pub fn status(&self, dir: &Path) -> Status {
-        if !self.alive() {
+        if self.pid == 0 {
+            Status::Creating
+        } else if !self.alive() {
             Status::Stopped
         } else if self.frozen() {
             Status::Paused
@@ -255,8 +269,9 @@ impl Saved {
     pub fn signal(&self, sig: i32, all: bool) -> Result<()> {
         if !all {
             if !self.alive() {
+                // containerd's shim recognises runc's words: "container not running".
                 return Err(Error::setup(format!(
-                    "container {} is not running",
+                    "cannot signal {}: container not running",
                     self.id
                 )));
             }

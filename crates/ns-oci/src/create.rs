@@ -8,6 +8,7 @@
 //! shim), which reaps it.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::wait::waitpid;
@@ -154,7 +155,12 @@ fn cgroup_path(given: Option<PathBuf>, id: &str, systemd: bool) -> Result<PathBu
 
 pub fn create(g: &Global, r: &Request) -> Result<()> {
     let dir = container::dir_of(&g.root, r.id)?;
-    std::fs::create_dir_all(&g.root).ctx(|| format!("cannot create {}", g.root.display()))?;
+    // 0700, as runc: the records and the start fifo are root's business.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&g.root)
+        .ctx(|| format!("cannot create {}", g.root.display()))?;
     let b = oci::load("--bundle", r.bundle)?;
     let process = b
         .spec
@@ -169,12 +175,16 @@ pub fn create(g: &Global, r: &Request) -> Result<()> {
     }
     hooks::refuse_in_container(b.spec.hooks())?;
     let mut state = state_of(&b, r.id, terminal)?;
-    match std::fs::create_dir(&dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(Error::setup(format!("container {} already exists", r.id)))
         }
         r => r.ctx(|| format!("cannot create {}", dir.display()))?,
     }
+    // Held until we return: start and delete wait for a container being made.
+    let _lock = container::lock(&dir).inspect_err(|_| {
+        let _ = std::fs::remove_dir(&dir);
+    })?;
     let mut undo = Undo {
         dir: Some(dir.clone()),
         cgroups: Vec::new(),
@@ -182,19 +192,15 @@ pub fn create(g: &Global, r: &Request) -> Result<()> {
         pids: Vec::new(),
         created: Vec::new(),
     };
-    match run_chain(g, r, &b, &dir, &mut state, &mut undo) {
-        Ok(saved) => {
-            container::save(&dir, &saved)?;
-            if let Some(p) = r.pid_file {
-                write_pid_file(p, saved.pid)?;
-            }
-            Ok(())
+    let made = run_chain(g, r, &b, &dir, &mut state, &mut undo).and_then(|saved| {
+        container::save(&dir, &saved)?;
+        match r.pid_file {
+            Some(p) => write_pid_file(p, saved.pid),
+            None => Ok(()),
         }
-        Err(e) => {
-            undo.run();
-            Err(e)
-        }
-    }
+    });
+    // Anything failing, up to the pid file, takes the container down with it.
+    made.inspect_err(|_| undo.run())
 }
 
 /// The pid file, written atomically (containerd reads it as soon as we return).
@@ -217,6 +223,29 @@ fn run_chain(
 ) -> Result<Saved> {
     let mut fds = StageFds::default();
     fds.open_missing(&["ns-enter", "ns-mount", "ns-caps"])?;
+    // The record exists from the start (pid 0: creating), so that `delete --force` finds
+    // what a killed `create` made: written again as cgroups and the process appear.
+    let mut saved = Saved {
+        id: r.id.to_string(),
+        bundle: b.dir.clone(),
+        rootfs: b.root.clone(),
+        pid: 0,
+        start_time: 0,
+        created: container::now_rfc3339(),
+        cgroups: Vec::new(),
+        cgroup_levels: Vec::new(),
+        annotations: b
+            .spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        created_paths: Vec::new(),
+        syscall_filter: state.exec.syscall_filter.clone(),
+        hooks: b.spec.hooks().clone(),
+    };
+    container::save(dir, &saved)?;
     // Cgroups: only root has any to give (rootless containers live in their caller's).
     let with_cgroups = nix::unistd::geteuid().is_root() && !g.rootless();
     if with_cgroups {
@@ -232,6 +261,9 @@ fn run_chain(
             undo.cgroups.extend(made);
             undo.levels.extend(levels);
         }
+        saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
+        saved.cgroup_levels = undo.levels.clone();
+        container::save(dir, &saved)?;
         if rel.starts_with(DEFAULT_PARENT) {
             // Our own parent, shared by every container without a cgroupsPath: whoever
             // deletes the last one removes it.
@@ -299,26 +331,7 @@ fn run_chain(
     if state.enter.cgroups.is_some() {
         sync.send(&Msg::Cgroups)?; // SYNC-7: made before the fork
     }
-    let mut saved = Saved {
-        id: r.id.to_string(),
-        bundle: b.dir.clone(),
-        rootfs: b.root.clone(),
-        pid: 0,
-        start_time: 0,
-        created: container::now_rfc3339(),
-        cgroups: undo.cgroups.iter().map(SavedCgroup::of).collect(),
-        cgroup_levels: undo.levels.clone(),
-        annotations: b
-            .spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        created_paths: Vec::new(),
-        syscall_filter: state.exec.syscall_filter.clone(),
-        hooks: b.spec.hooks().clone(),
-    };
+    saved.cgroup_levels = undo.levels.clone();
     let mut failed: Option<String> = None;
     let mut waiting = false;
     loop {
@@ -333,6 +346,7 @@ fn run_chain(
                 undo.pids.push(pid);
                 saved.pid = p;
                 saved.start_time = container::stat_of(p).map_or(0, |(t, _)| t);
+                container::save(dir, &saved)?;
                 debug(STAGE, || format!("container process is {p}"));
                 let hs = b.spec.hooks().clone().unwrap_or_default();
                 let st = saved.state_json("creating");
@@ -370,9 +384,11 @@ fn run_chain(
             m => return Err(Error::setup(format!("unexpected {m:?} from the chain"))),
         }
     }
-    // ns-enter exits once PID 1 is reported.
-    let _ = waitpid(enter, None);
-    undo.pids.retain(|p| *p != enter);
+    // ns-enter exits once PID 1 is reported; without a PID namespace it is the container.
+    if saved.pid != enter.as_raw() {
+        let _ = waitpid(enter, None);
+        undo.pids.retain(|p| *p != enter);
+    }
     if !waiting {
         // The chain ended before it was set up: its own line says why (stderr), and so does
         // its report when it made one; else its exit status.

@@ -303,7 +303,9 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
         Cmd::Update { resources, id } => {
             let (dir, s) = container::load(&g.root, id)?;
             if s.status(&dir) == Status::Stopped {
-                return Err(Error::setup(format!("container {id} is not running")));
+                return Err(Error::setup(format!(
+                    "cannot update {id}: container not running"
+                )));
             }
             let text = if resources == "-" {
                 std::io::read_to_string(std::io::stdin()).ctx(|| "cannot read stdin".into())?
@@ -413,6 +415,12 @@ fn run_foreground(g: &Global, id: &str, bundle: &Path, pid_file: Option<&Path>) 
 /// `start`: open the fifo the container waits on; it execs its process when it can write.
 fn start(g: &Global, id: &str) -> Result<()> {
     use nix::fcntl::OFlag;
+    let dir = container::dir_of(&g.root, id)?;
+    let lock = if dir.is_dir() {
+        Some(container::lock(&dir)?)
+    } else {
+        None
+    };
     let (dir, s) = container::load(&g.root, id)?;
     match s.status(&dir) {
         Status::Created => {}
@@ -454,6 +462,7 @@ fn start(g: &Global, id: &str) -> Result<()> {
         }
     }
     std::fs::remove_file(&fifo).ctx(|| format!("cannot remove {}", fifo.display()))?;
+    drop(lock);
     let hs = s.hooks.clone().unwrap_or_default();
     hooks::run("poststart", hs.poststart(), &s.state_json("running"))
 }
@@ -462,17 +471,26 @@ fn start(g: &Global, id: &str) -> Result<()> {
 /// killed first (runc's rule); any other needs --force. A container that does not exist is
 /// deleted already, for --force.
 fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
-    let (dir, s) = match container::load(&g.root, id) {
-        Ok(c) => c,
-        Err(_) if force && !container::dir_of(&g.root, id)?.join("state.json").exists() => {
-            // A create that died half-way leaves at most its directory.
-            let _ = std::fs::remove_dir_all(container::dir_of(&g.root, id)?);
+    let dir = container::dir_of(&g.root, id)?;
+    if !dir.is_dir() {
+        return match force {
+            true => Ok(()),
+            false => Err(Error::setup(format!("container {id} does not exist"))),
+        };
+    }
+    // After a `create` at work is done (or dead: then its record says what it made).
+    let _lock = container::lock(&dir)?;
+    let s = match container::load(&g.root, id) {
+        Ok((_, s)) => s,
+        Err(_) if force || !dir.join("state.json").exists() => {
+            // Gone meanwhile, or a create killed before it recorded anything.
+            let _ = std::fs::remove_dir_all(&dir);
             return Ok(());
         }
         Err(e) => return Err(e),
     };
     match s.status(&dir) {
-        Status::Stopped | Status::Created => {}
+        Status::Stopped | Status::Created | Status::Creating => {}
         st if !force => {
             return Err(Error::setup(format!(
                 "container {id} is {}: stop it first, or delete it with --force",
