@@ -363,7 +363,7 @@ fn config_json_is_honoured() {
     let hook_file = hook_out.path().join("prestart.json");
     let b = Bundle::new(
         "oci-config",
-        &["sh", "-c", "id; echo $FOO; hostname; cat /proc/self/status | grep -E '^(CapBnd|NoNewPrivs)'; \
+        &["sh", "-c", "id; echo $FOO; hostname; cat /proc/self/status | grep -E '^(CapInh|CapPrm|CapEff|CapBnd|NoNewPrivs)'; \
            cat /secret 2>/dev/null || echo masked; touch /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; \
            cat /proc/self/oom_score_adj; mkdir /tmp/d 2>/dev/null || echo mkdir-denied; \
            (ulimit -n 100 2>&1) | grep -q 'Permission denied' && echo setting-nofile-eacces; \
@@ -373,6 +373,10 @@ fn config_json_is_honoured() {
             v["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
             v["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
             v["process"]["noNewPrivileges"] = json!(true);
+            v["process"]["capabilities"] = json!({
+                "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
+                "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+                "inheritable": [], "ambient": []});
             v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
             v["hostname"] = json!("ocibox");
             v["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
@@ -410,9 +414,19 @@ fn config_json_is_honoured() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "uid=1000 gid=1000 groups=5");
     assert_eq!(lines[1..3], ["bar", "ocibox"]);
-    // ns-oci spec's default set: AUDIT_WRITE, KILL, NET_BIND_SERVICE.
-    assert_eq!(lines[3], "CapBnd:\t0000000020000420", "{out}");
-    assert_eq!(lines[4], "NoNewPrivs:\t1");
+    // A user other than root keeps no capability across exec without ambient ones (as with
+    // runc); the bounding set is AUDIT_WRITE, KILL, NET_BIND_SERVICE.
+    assert_eq!(
+        lines[3..8],
+        [
+            "CapInh:\t0000000000000000",
+            "CapPrm:\t0000000000000000",
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000020000420",
+            "NoNewPrivs:\t1"
+        ],
+        "{out}"
+    );
     assert!(lines.contains(&"masked"), "{out}");
     assert!(lines.contains(&"sys-ro"), "{out}");
     for want in [
@@ -544,6 +558,24 @@ fn run_is_create_start_wait_delete() {
     let b = Bundle::new("oci-run", &["sh", "-c", "echo ran; exit 9"], |_| {});
     let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), "fg"]);
     assert_eq!((code, out.as_str()), (9, "ran\n"), "{err}");
+    // Root gets each capability set as given (what runc 1.1 gives for this config too).
+    let b = Bundle::new(
+        "oci-run-caps",
+        &["grep", "^Cap", "/proc/self/status"],
+        |v| {
+            v["process"]["capabilities"] = json!({
+            "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
+            "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+            "inheritable": [], "ambient": []});
+        },
+    );
+    let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), "caps"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "CapInh:\t0000000000000000\nCapPrm:\t0000000000000020\nCapEff:\t0000000000000020\n\
+         CapBnd:\t0000000020000420\nCapAmb:\t0000000000000000\n"
+    );
     assert!(!b.root.join("fg").exists());
     assert!(cgroups_named("ns-oci/fg").is_empty(), "cgroups left");
 }

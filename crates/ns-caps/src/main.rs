@@ -111,7 +111,19 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
 
     let pdeath =
         nix::sys::prctl::get_pdeathsig().ctx(|| "cannot read the parent-death signal".into())?;
-    if user.uid != 0 && ambient != 0 {
+    // The sets the payload ends with: OCI's as given, else nspawn's rule.
+    let (effective, permitted, inheritable) = match &plan.cap_sets {
+        Some(c) => (
+            mask_of_names(&c.effective),
+            mask_of_names(&c.permitted),
+            mask_of_names(&c.inheritable),
+        ),
+        None => {
+            let keep = if user.uid == 0 { retain } else { ambient };
+            (keep, keep, keep)
+        }
+    };
+    if user.uid != 0 && (ambient != 0 || permitted != 0) {
         nix::sys::prctl::set_keepcaps(true).ctx(|| "cannot keep capabilities".into())?;
     }
     let groups: Vec<nix::unistd::Gid> = user
@@ -130,12 +142,11 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", user.gid))?;
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", user.uid))?;
 
-    let keep = if user.uid == 0 { retain } else { ambient };
-    caps::set(None, CapSet::Inheritable, &to_set(keep))
+    caps::set(None, CapSet::Inheritable, &to_set(inheritable))
         .map_err(caps_err("set inheritable capabilities"))?;
-    caps::set(None, CapSet::Effective, &to_set(keep))
+    caps::set(None, CapSet::Effective, &to_set(effective))
         .map_err(caps_err("set effective capabilities"))?;
-    caps::set(None, CapSet::Permitted, &to_set(keep))
+    caps::set(None, CapSet::Permitted, &to_set(permitted))
         .map_err(caps_err("set permitted capabilities"))?;
     for c in to_set(ambient) {
         caps::raise(None, CapSet::Ambient, c).map_err(caps_err("raise ambient capabilities"))?;

@@ -439,6 +439,20 @@ pub struct ExecPlan {
     /// blocks opening the fifo for writing until `start` opens it for reading, and execs.
     #[serde(default)]
     pub start_fd: Option<i32>,
+    /// OCI `process.capabilities`: the effective, permitted and inheritable sets as given
+    /// (`capabilities` is then the bounding set), instead of nspawn's rule (all of the
+    /// bounding set for root, the ambient set for others).
+    #[serde(default)]
+    pub cap_sets: Option<CapSets>,
+}
+
+/// Capability names as in `ExecPlan::capabilities` (lower case, no `cap_`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CapSets {
+    pub effective: Vec<String>,
+    pub permitted: Vec<String>,
+    pub inheritable: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

@@ -368,9 +368,15 @@ pub fn process_into(
         };
         e.capabilities = names(c.bounding());
         e.ambient = names(c.ambient());
+        e.cap_sets = Some(ns_core::state::CapSets {
+            effective: names(c.effective()),
+            permitted: names(c.permitted()),
+            inheritable: names(c.inheritable()),
+        });
     } else {
         e.capabilities = Vec::new();
         e.ambient = Vec::new();
+        e.cap_sets = Some(Default::default());
     }
     e.no_new_privileges = p.no_new_privileges().unwrap_or(false);
     e.oom_score_adjust = p.oom_score_adj();
