@@ -244,7 +244,6 @@ fn kill_exec_ps_pause_update_delete() {
         .args(["update", "--resources", "-", "verbs"]);
     c.stdin(Stdio::piped());
     let mut child = c.spawn().unwrap();
-    use std::io::Write;
     child
         .stdin
         .take()
@@ -252,6 +251,17 @@ fn kill_exec_ps_pause_update_delete() {
         .write_all(br#"{"memory":{"limit":67108864},"pids":{"limit":50}}"#)
         .unwrap();
     assert!(child.wait().unwrap().success());
+    // As CRI sends it (swap = limit: no swap), up and back down.
+    let res = b.out.join("res.json");
+    for limit in [134217728, 67108864] {
+        fs::write(
+            &res,
+            json!({"memory": {"limit": limit, "swap": limit}}).to_string(),
+        )
+        .unwrap();
+        let (code, _, err) = b.oci(&["update", "--resources", s(&res), "verbs"]);
+        assert_eq!(code, 0, "{limit}: {err}");
+    }
     let mem = cgroups_named("ns-oci/verbs")
         .into_iter()
         .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists())
@@ -382,7 +392,8 @@ fn config_json_is_honoured() {
             v["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
             v["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret"));
             v["process"]["oomScoreAdj"] = json!(500);
-            v["linux"]["resources"] = json!({"pids": {"limit": 64}, "devices": [
+            v["linux"]["resources"] = json!({"pids": {"limit": 64},
+                "hugepageLimits": [{"pageSize": "2MB", "limit": 0}], "devices": [
                 {"allow": false, "access": "rwm"},
                 {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]});
             v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
@@ -407,6 +418,15 @@ fn config_json_is_honoured() {
         .find_map(|d| fs::read_to_string(d.join("pids.max")).ok())
         .unwrap();
     assert_eq!(pids_max.trim(), "64");
+    let huge = cgroups_named("ns-oci/cfg")
+        .into_iter()
+        .find_map(|d| {
+            fs::read_to_string(d.join("hugetlb.2MB.max"))
+                .or_else(|_| fs::read_to_string(d.join("hugetlb.2MB.limit_in_bytes")))
+                .ok()
+        })
+        .expect("a hugetlb limit");
+    assert_eq!(huge.trim(), "0");
     let (code, _, err) = b.oci(&["start", "cfg"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(reap(pid), 0);

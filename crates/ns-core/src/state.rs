@@ -594,6 +594,10 @@ pub enum Property {
     DevicePolicy(String),
     /// A rule as the v1 devices controller takes it: `c 136:* rw`.
     DeviceAllow(String),
+    /// OCI `hugepageLimits`: page size (`2MB`), bytes.
+    HugetlbMax(String, u64),
+    /// OCI `unified`: a cgroup2 file and its value, written as given.
+    Unified(String, String),
 }
 
 /// Which I/O limit an `IoMax` property sets.

@@ -372,6 +372,27 @@ fn inherit_cpuset(h: &Hierarchy, parent: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// cgroup2: make controller `ctl` available in `dir` by enabling it down the path from the
+/// hierarchy's root (as runc does for what a container's limits need). Returns whether `dir`
+/// has it now. Only called for a limit that needs it, so the host's tree changes only then.
+pub fn enable_v2_controller(dir: &Path, ctl: &str) -> bool {
+    let has = |d: &Path, f: &str| {
+        std::fs::read_to_string(d.join(f)).is_ok_and(|c| c.split_whitespace().any(|n| n == ctl))
+    };
+    let mut path: Vec<&Path> = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|d| d.join("cgroup.controllers").exists())
+        .collect();
+    path.reverse();
+    for d in path {
+        if has(d, "cgroup.controllers") && !has(d, "cgroup.subtree_control") {
+            let _ = std::fs::write(d.join("cgroup.subtree_control"), format!("+{ctl}"));
+        }
+    }
+    has(dir, "cgroup.controllers")
+}
+
 /// A v1 cpuset cgroup that has CPUs (or any other cgroup).
 fn cpuset_ready(h: &Hierarchy, dir: &Path) -> bool {
     h.v2 || !h.options.split(',').any(|o| o == "cpuset")

@@ -210,6 +210,8 @@ fn name(p: &Property) -> &'static str {
         Property::IoMax(_, IoLimit::WriteIops, _) => "IOWriteIOPSMax",
         Property::DevicePolicy(_) => "DevicePolicy",
         Property::DeviceAllow(_) => "DeviceAllow",
+        Property::HugetlbMax(..) => "hugepageLimits",
+        Property::Unified(..) => "unified",
     }
 }
 
@@ -221,12 +223,36 @@ fn controller(p: &Property) -> &'static str {
         Property::AllowedCpus(_) | Property::AllowedMemoryNodes(_) => "cpuset",
         Property::IoWeight(_) | Property::IoDeviceWeight(..) | Property::IoMax(..) => "io",
         Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
+        Property::HugetlbMax(..) => "hugetlb",
+        Property::Unified(..) => "unified",
     }
 }
 
 /// The files to write for `p` in cgroup2 (`v2`) or v1, in order. `all` gives the context
 /// (v1 swap is memory+swap, so it needs MemoryMax).
-fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'static str, String)>> {
+fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(String, String)>> {
+    Ok(match (p, v2) {
+        (Property::HugetlbMax(size, n), true) => {
+            vec![(format!("hugetlb.{size}.max"), n.to_string())]
+        }
+        (Property::HugetlbMax(size, n), false) => {
+            vec![(format!("hugetlb.{size}.limit_in_bytes"), n.to_string())]
+        }
+        (Property::Unified(file, value), true) => vec![(file.clone(), value.clone())],
+        (Property::Unified(file, _), false) => {
+            return Err(Error::setup(format!(
+                "linux.resources.unified: {file} needs a cgroup2 hierarchy"
+            )))
+        }
+        _ => fixed_writes(p, v2, all)?
+            .into_iter()
+            .map(|(f, v)| (f.to_string(), v))
+            .collect(),
+    })
+}
+
+/// [`writes`] for the properties whose file names are fixed.
+fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'static str, String)>> {
     let lim = |l: &Option<u64>, inf: &str| l.map_or(inf.to_string(), |n| n.to_string());
     let v1_only_v2 = || {
         Error::setup(format!(
@@ -297,8 +323,14 @@ fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'static str
             // v1 takes 0 for no limit.
             vec![(file, format!("{d} {}", lim(n, "0")))]
         }
-        // Enforced as a whole by `devices::apply`.
-        (Property::DevicePolicy(_) | Property::DeviceAllow(_), _) => vec![],
+        // Enforced as a whole by `devices::apply`; the others by `writes`.
+        (
+            Property::DevicePolicy(_)
+            | Property::DeviceAllow(_)
+            | Property::HugetlbMax(..)
+            | Property::Unified(..),
+            _,
+        ) => vec![],
     })
 }
 
@@ -314,11 +346,34 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
         .iter()
         .partition(|p| matches!(p, Property::DevicePolicy(_) | Property::DeviceAllow(_)));
     ordered.sort_by_key(|p| !matches!(p, Property::MemoryMax(_)));
+    // v1 refuses a memory limit above memory+swap's: lift that first when both change (an
+    // update that raises them both), the final value follows.
+    if ordered
+        .iter()
+        .any(|p| matches!(p, Property::MemorySwapMax(_)))
+    {
+        if let Some(cg) = cgroups
+            .iter()
+            .find(|c| !c.v2 && c.options.split(',').any(|o| o == "memory"))
+        {
+            let _ = std::fs::write(cg.dir.join("memory.memsw.limit_in_bytes"), "-1");
+        }
+    }
     for &p in &ordered {
         let ctl = controller(p);
         let v1_name = if ctl == "io" { "blkio" } else { ctl };
+        // A controller only the hierarchy's root has (hugetlb here, on a hybrid host): made
+        // available down to the container, as runc does.
+        let v2_has = |ctl: &str| {
+            v2_controllers.split_whitespace().any(|n| n == ctl)
+                || v2.is_some_and(|c| {
+                    matches!(p, Property::HugetlbMax(..))
+                        && crate::cgroups::enable_v2_controller(&c.dir, ctl)
+                })
+        };
         let target = match v2 {
-            Some(c) if v2_controllers.split_whitespace().any(|n| n == ctl) => Some(c),
+            Some(c) if matches!(p, Property::Unified(..)) => Some(c),
+            Some(c) if v2_has(ctl) => Some(c),
             _ => cgroups
                 .iter()
                 .find(|c| !c.v2 && c.options.split(',').any(|o| o == v1_name)),
@@ -330,7 +385,7 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
             )));
         };
         for (file, value) in writes(p, cg.v2, &ordered)? {
-            let path = cg.dir.join(file);
+            let path = cg.dir.join(&file);
             if !path.exists() {
                 // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
                 return Err(Error::setup(format!(
@@ -431,17 +486,23 @@ mod tests {
             Property::MemorySwapMax(Some(50)),
         ];
         assert_eq!(
-            writes(&all[1], false, &[&all[0], &all[1]]).unwrap(),
+            fixed_writes(&all[1], false, &[&all[0], &all[1]]).unwrap(),
             vec![("memory.memsw.limit_in_bytes", "150".to_string())]
         );
         assert_eq!(
-            writes(&Property::CpuWeight(100), false, &[]).unwrap(),
+            fixed_writes(&Property::CpuWeight(100), false, &[]).unwrap(),
             vec![("cpu.shares", "1024".to_string())]
         );
         assert_eq!(
-            writes(&Property::CpuQuota(50), true, &[]).unwrap(),
+            fixed_writes(&Property::CpuQuota(50), true, &[]).unwrap(),
             vec![("cpu.max", "50000 100000".to_string())]
         );
         assert!(writes(&Property::MemoryHigh(None), false, &[]).is_err());
+        assert_eq!(
+            writes(&Property::HugetlbMax("2MB".into(), 0), true, &[]).unwrap(),
+            vec![("hugetlb.2MB.max".to_string(), "0".to_string())]
+        );
+        let oom_group = Property::Unified("memory.oom.group".into(), "1".into());
+        assert!(writes(&oom_group, false, &[]).is_err());
     }
 }

@@ -478,6 +478,13 @@ pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
     Ok(f)
 }
 
+/// Whether the host's memory controller accounts swap (v1 memsw files; cgroup2 has it).
+fn swap_accounted() -> bool {
+    Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|n| n == "memory"))
+}
+
 /// `linux.resources` as cgroup properties (the container's only ones: the device rules are
 /// its whole device policy). Used at create and by `update`.
 pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
@@ -486,9 +493,12 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
     if let Some(m) = r.memory() {
         if let Some(l) = m.limit().filter(|l| *l > 0) {
             p.push(prop(format!("MemoryMax={l}"))?);
-            // swap is memory plus swap: only a part beyond the limit is a swap limit.
-            if let Some(sw) = m.swap().filter(|s| *s > l) {
-                p.push(prop(format!("MemorySwapMax={}", sw - l))?);
+            // swap is memory plus swap: the part beyond the limit is the swap limit (CRI's
+            // swap = limit: none), where the host accounts swap at all.
+            match m.swap() {
+                Some(sw) if sw > l => p.push(prop(format!("MemorySwapMax={}", sw - l))?),
+                Some(sw) if sw == l && swap_accounted() => p.push(prop("MemorySwapMax=0".into())?),
+                _ => {}
             }
         }
         if m.reservation().is_some_and(|v| v > 0) {
@@ -541,11 +551,17 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
             return Err(unsupported("linux.resources.blockIO devices"));
         }
     }
-    if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
-        return Err(unsupported("linux.resources.hugepageLimits"));
+    for h in r.hugepage_limits().iter().flatten() {
+        let limit = u64::try_from(h.limit()).unwrap_or(u64::MAX);
+        p.push(Property::HugetlbMax(h.page_size().clone(), limit));
     }
-    if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
-        return Err(unsupported("linux.resources.unified"));
+    let mut unified: Vec<_> = r.unified().iter().flatten().collect();
+    unified.sort();
+    for (k, v) in unified {
+        if k.contains('/') || !k.contains('.') {
+            return Err(unsupported(&format!("linux.resources.unified: {k}")));
+        }
+        p.push(Property::Unified(k.clone(), v.clone()));
     }
     // Device rules, in order: a leading deny-all makes the policy strict (only what
     // follows is allowed); without one, access is open and allow rules change nothing.
@@ -588,7 +604,7 @@ mod tests {
     #[test]
     fn resources_become_properties() {
         let r: LinuxResources = serde_json::from_str(
-            r#"{"memory":{"limit":1048576,"swap":1048576},"pids":{"limit":10},
+            r#"{"memory":{"limit":1048576,"swap":3145728},"pids":{"limit":10},
                 "cpu":{"shares":512,"quota":50000,"period":100000},
                 "devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"}]}"#,
         )
@@ -598,6 +614,7 @@ mod tests {
             p,
             vec![
                 Property::MemoryMax(Some(1048576)),
+                Property::MemorySwapMax(Some(2097152)),
                 Property::CpuShares(512),
                 Property::CpuQuota(50),
                 Property::TasksMax(Some(10)),
