@@ -178,11 +178,14 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     Ok(())
 }
 
-/// OCI `process.user`: the numbers as given; name and home from the image when it has them.
+/// OCI `process.user`: the numbers as given; name, home and the groups /etc/group gives the
+/// name from the image when it has them (as runc), then `additionalGids`.
 fn with_ids(mut user: User, ids: &ns_core::state::Ids) -> User {
     user.uid = ids.uid;
     user.gid = ids.gid;
-    user.groups = ids.groups.clone();
+    user.groups.extend(&ids.groups);
+    user.groups.sort_unstable();
+    user.groups.dedup();
     user
 }
 

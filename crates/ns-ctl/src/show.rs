@@ -68,21 +68,10 @@ pub fn processes(m: &Machine) -> Vec<i32> {
         .iter()
         .find_map(|d| {
             let mut pids = Vec::new();
-            collect(d, &mut pids);
+            pids.extend(ns_enter::cgroups::procs_below(d));
             (!pids.is_empty()).then_some(pids)
         })
         .unwrap_or_default()
-}
-
-fn collect(dir: &std::path::Path, pids: &mut Vec<i32>) {
-    if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        pids.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-    }
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            collect(&e.path(), pids);
-        }
-    }
 }
 
 /// `Mon 2026-11-30 02:41:26 UTC` (UTC: no time zone database needed).

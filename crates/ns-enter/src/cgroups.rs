@@ -453,6 +453,21 @@ pub fn join_v1(dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Every process in cgroup `dir` and the cgroups below it.
+pub fn procs_below(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            pids.extend(procs_below(&e.path()));
+        }
+    }
+    pids
+}
+
 /// Remove a cgroup and the ones the guest made below it, deepest first.
 /// Returns whether it is gone. Processes of a dying PID namespace may still be leaving it
 /// (EBUSY) after PID 1 was reaped: retried for up to a second.

@@ -197,11 +197,7 @@ impl Saved {
     /// its one process while it lives.
     pub fn pids(&self) -> Vec<i32> {
         match self.procs_dir() {
-            Some(d) => std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect(),
+            Some(d) => ns_enter::cgroups::procs_below(d),
             None if self.alive() => vec![self.pid],
             None => vec![],
         }
@@ -245,15 +241,18 @@ impl Saved {
         };
         std::fs::write(&file, value)
             .ctx(|| format!("cannot write {value} to {}", file.display()))?;
-        if v2 {
-            return Ok(());
-        }
-        // v1 goes through FREEZING: wait (bounded) until it says what we asked.
+        // v1 goes through FREEZING, cgroup2 says `frozen 1` in cgroup.events when done: wait
+        // (bounded) until it is what we asked.
+        let done = || match v2 {
+            false => std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == value),
+            true => std::fs::read_to_string(file.with_file_name("cgroup.events"))
+                .is_ok_and(|e| e.lines().any(|l| l == format!("frozen {value}"))),
+        };
         for _ in 0..1000 {
-            if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == value) {
+            if done() {
                 return Ok(());
             }
-            if freeze {
+            if freeze && !v2 {
                 let _ = std::fs::write(&file, value);
             }
             std::thread::sleep(std::time::Duration::from_millis(1));

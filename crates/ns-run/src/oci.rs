@@ -464,6 +464,19 @@ pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
             })
             .collect();
         let names = r.names().clone();
+        // Several conditions on one argument are alternatives (runc adds a rule for each).
+        let mut indexes: Vec<u32> = args.iter().map(|c| c.index).collect();
+        indexes.sort_unstable();
+        if indexes.windows(2).any(|w| w[0] == w[1]) {
+            for c in args {
+                f.rules.push(SeccompRule {
+                    names: names.clone(),
+                    args: vec![c],
+                    action: a,
+                });
+            }
+            continue;
+        }
         match (args.is_empty(), a) {
             (true, a) if a == default => {}
             (true, SeccompAction::Allow) => f.allow.extend(names),
@@ -650,6 +663,16 @@ mod tests {
         assert_eq!(f.deny, vec!["umount2"]);
         assert_eq!(f.rules.len(), 2);
         assert_eq!(f.rules[1].action, ns_core::state::SeccompAction::Errno(38));
+        // Two conditions on one argument: either will do (two rules), as runc reads them.
+        let sc: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["personality"],
+                "action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":0,"op":"SCMP_CMP_EQ"},
+                {"index":0,"value":8,"op":"SCMP_CMP_EQ"}]}]}"#,
+        )
+        .unwrap();
+        let f = seccomp(&sc).unwrap();
+        assert_eq!(f.rules.len(), 2);
+        assert_eq!(f.rules[1].args[0].value, 8);
         let sc: LinuxSeccomp =
             serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_TRAP"}"#).unwrap();
         assert!(seccomp(&sc).unwrap_err().msg.contains("ScmpActTrap"));
