@@ -393,6 +393,7 @@ fn config_json_is_honoured() {
             v["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret"));
             v["process"]["oomScoreAdj"] = json!(500);
             v["linux"]["resources"] = json!({"pids": {"limit": 64},
+                "cpu": {"quota": 12345, "period": 100000},
                 "hugepageLimits": [{"pageSize": "2MB", "limit": 0}], "devices": [
                 {"allow": false, "access": "rwm"},
                 {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]});
@@ -418,6 +419,15 @@ fn config_json_is_honoured() {
         .find_map(|d| fs::read_to_string(d.join("pids.max")).ok())
         .unwrap();
     assert_eq!(pids_max.trim(), "64");
+    let quota = cgroups_named("ns-oci/cfg")
+        .into_iter()
+        .find_map(|d| {
+            fs::read_to_string(d.join("cpu.cfs_quota_us"))
+                .or_else(|_| fs::read_to_string(d.join("cpu.max")))
+                .ok()
+        })
+        .expect("a cpu quota");
+    assert!(quota.starts_with("12345"), "{quota}");
     let huge = cgroups_named("ns-oci/cfg")
         .into_iter()
         .find_map(|d| {

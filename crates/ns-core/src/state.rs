@@ -594,6 +594,8 @@ pub enum Property {
     DevicePolicy(String),
     /// A rule as the v1 devices controller takes it: `c 136:* rw`.
     DeviceAllow(String),
+    /// OCI `cpu.quota` and `cpu.period`, in µs, exactly (CPUQuota= is in whole percent).
+    CpuMax(u64, u64),
     /// OCI `hugepageLimits`: page size (`2MB`), bytes.
     HugetlbMax(String, u64),
     /// OCI `unified`: a cgroup2 file and its value, written as given.

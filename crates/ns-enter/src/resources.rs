@@ -210,6 +210,7 @@ fn name(p: &Property) -> &'static str {
         Property::IoMax(_, IoLimit::WriteIops, _) => "IOWriteIOPSMax",
         Property::DevicePolicy(_) => "DevicePolicy",
         Property::DeviceAllow(_) => "DeviceAllow",
+        Property::CpuMax(..) => "cpu.quota",
         Property::HugetlbMax(..) => "hugepageLimits",
         Property::Unified(..) => "unified",
     }
@@ -219,7 +220,10 @@ fn controller(p: &Property) -> &'static str {
     match p {
         Property::MemoryMax(_) | Property::MemoryHigh(_) | Property::MemorySwapMax(_) => "memory",
         Property::TasksMax(_) => "pids",
-        Property::CpuQuota(_) | Property::CpuWeight(_) | Property::CpuShares(_) => "cpu",
+        Property::CpuQuota(_)
+        | Property::CpuMax(..)
+        | Property::CpuWeight(_)
+        | Property::CpuShares(_) => "cpu",
         Property::AllowedCpus(_) | Property::AllowedMemoryNodes(_) => "cpuset",
         Property::IoWeight(_) | Property::IoDeviceWeight(..) | Property::IoMax(..) => "io",
         Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
@@ -283,6 +287,11 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
         (Property::CpuQuota(pc), false) => vec![
             ("cpu.cfs_period_us", "100000".into()),
             ("cpu.cfs_quota_us", (pc * 1000).to_string()),
+        ],
+        (Property::CpuMax(q, p), true) => vec![("cpu.max", format!("{q} {p}"))],
+        (Property::CpuMax(q, p), false) => vec![
+            ("cpu.cfs_period_us", p.to_string()),
+            ("cpu.cfs_quota_us", q.to_string()),
         ],
         // systemd's conversions between weights (default 100) and shares (default 1024).
         (Property::CpuWeight(w), true) => vec![("cpu.weight", w.to_string())],

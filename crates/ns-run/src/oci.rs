@@ -527,8 +527,7 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         }
         if let Some(q) = c.quota().filter(|q| *q > 0) {
             let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
-            let pct = ((q as u64) * 100).div_ceil(period).max(1);
-            p.push(prop(format!("CPUQuota={pct}%"))?);
+            p.push(Property::CpuMax(q as u64, period));
         }
         if let Some(cpus) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
             p.push(prop(format!("AllowedCPUs={cpus}"))?);
@@ -629,7 +628,7 @@ mod tests {
                 Property::MemoryMax(Some(1048576)),
                 Property::MemorySwapMax(Some(2097152)),
                 Property::CpuShares(512),
-                Property::CpuQuota(50),
+                Property::CpuMax(50000, 100000),
                 Property::TasksMax(Some(10)),
                 Property::DevicePolicy("strict".into()),
                 Property::DeviceAllow("c 1:3 rwm".into()),
