@@ -1,11 +1,12 @@
 //! `create`: the bundle becomes the chain's state (through ns-run's OCI reader, so
 //! `ns-run --oci-bundle` and ns-oci build the same container), the cgroups are made at
 //! cgroupsPath with the resources, and the chain ns-enter → ns-mount → ns-caps runs up to
-//! the last step before the payload's exec. There ns-caps closes the sync socket (we return:
-//! the container is created, its pid file written) and blocks on `ROOT/ID/exec.fifo` until
-//! `start` opens it. Our own exit does not touch it: its parent-death signal is cleared
-//! before the sync socket closes, and it is reparented to the nearest subreaper (containerd's
-//! shim), which reaps it.
+//! the last step before the payload's exec. There ns-caps sends `waiting` (SYNC-8) and closes
+//! the sync socket (we return: the container is created, its pid file written), keeps only
+//! stdio and the fifo, and blocks on `ROOT/ID/exec.fifo` until `start` opens it. Our own exit
+//! does not touch it: its parent-death signal is cleared before, and it is reparented to the
+//! nearest subreaper (containerd's shim), which reaps it. We hold the lock on `ROOT/ID`
+//! meanwhile, and record what we make as we make it (for `delete --force` after a crash).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
