@@ -453,7 +453,9 @@ struct Loop(String);
 
 impl Loop {
     fn new(t: &Tree) -> Loop {
-        let file = t.base().with_extension("img");
+        // Inside the tree's directory, so that it goes with the tree (after the loop device,
+        // which is declared after the tree and so dropped first).
+        let file = t.host_dir("loop").join("disk.img");
         std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
         let out = Command::new("losetup")
             .args(["--find", "--show"])
