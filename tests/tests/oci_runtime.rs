@@ -57,15 +57,27 @@ impl Bundle {
         self.tree.arg()
     }
 
-    /// `ns-oci --root R ARGS`, stdout and stderr collected (for verbs that return).
-    fn oci(&self, args: &[&str]) -> (i32, String, String) {
-        let o = Command::new(bin("ns-oci"))
-            .arg("--root")
+    /// `ns-oci --root R ARGS`, stdin from /dev/null.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("ns-oci"));
+        c.arg("--root")
             .arg(&self.root)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// [`Bundle::cmd`] with no stdio of ours (for what outlives the command: it would hold
+    /// our pipes); whether it succeeded.
+    fn quiet(&self, args: &[&str]) -> bool {
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c.status().unwrap().success()
+    }
+
+    /// `ns-oci --root R ARGS`, stdout and stderr collected (for verbs that return).
+    fn oci(&self, args: &[&str]) -> (i32, String, String) {
+        let o = self.cmd(args).output().unwrap();
         (
             o.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&o.stdout).into(),
@@ -205,24 +217,15 @@ fn kill_exec_ps_pause_update_delete() {
     .unwrap();
     let epid_file = b.out.join("exec.pid");
     // Detached, it keeps its stdio: not our pipes, or we would wait for it.
-    let st = Command::new(bin("ns-oci"))
-        .arg("--root")
-        .arg(&b.root)
-        .args([
-            "exec",
-            "--process",
-            s(&proc_file),
-            "--detach",
-            "--pid-file",
-            s(&epid_file),
-            "verbs",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(b.quiet(&[
+        "exec",
+        "--process",
+        s(&proc_file),
+        "--detach",
+        "--pid-file",
+        s(&epid_file),
+        "verbs",
+    ]));
     let epid: i32 = fs::read_to_string(&epid_file).unwrap().parse().unwrap();
     let (_, out, _) = b.oci(&["ps", "--format", "json", "verbs"]);
     let mut pids: Vec<i32> = serde_json::from_str(&out).unwrap();
@@ -663,25 +666,16 @@ fn terminal_mode_sends_the_pty_to_the_console_socket() {
     let sock = b.out.join("console.sock");
     let listener = console_socket(&sock);
     let pid_file = b.out.join("tty.pid");
-    let st = Command::new(bin("ns-oci"))
-        .arg("--root")
-        .arg(&b.root)
-        .args([
-            "create",
-            "--bundle",
-            b.dir(),
-            "--pid-file",
-            s(&pid_file),
-            "--console-socket",
-            s(&sock),
-            "tty",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(b.quiet(&[
+        "create",
+        "--bundle",
+        b.dir(),
+        "--pid-file",
+        s(&pid_file),
+        "--console-socket",
+        s(&sock),
+        "tty",
+    ]));
     let master = listener.join().unwrap();
     let pid = b.pid("tty");
     let (code, _, err) = b.oci(&["start", "tty"]);
