@@ -289,6 +289,15 @@ impl Containerd {
     }
 
     /// `ctr container delete ID`, then check that the runtime kept no state of it.
+    /// SIGKILL the task `id`, wait until it is stopped, delete it and its container.
+    fn kill_and_remove(&self, id: &str) {
+        let o = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        assert_eq!(o.code, 0, "{o}");
+        self.wait_status(id, "STOPPED");
+        self.delete_task(id);
+        self.delete_container(id);
+    }
+
     fn delete_container(&self, id: &str) {
         let o = self.ctr(&["containers", "delete", id]);
         assert_eq!(o.code, 0, "ctr containers delete {id}: {o}");
@@ -810,11 +819,7 @@ fn exec_in_running_task() {
     assert_eq!(o.code, 137, "{o}");
     assert_eq!(d.task("exec").map(|t| t.1), Some("RUNNING".into()));
 
-    let o = d.ctr(&["tasks", "kill", "-s", "SIGKILL", "exec"]);
-    assert_eq!(o.code, 0, "{o}");
-    d.wait_status("exec", "STOPPED");
-    d.delete_task("exec");
-    d.delete_container("exec");
+    d.kill_and_remove("exec");
     d.assert_clean();
 }
 
@@ -903,11 +908,7 @@ fn pause_and_resume() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let o = d.ctr(&["tasks", "kill", "-s", "SIGKILL", "pause"]);
-    assert_eq!(o.code, 0, "{o}");
-    d.wait_status("pause", "STOPPED");
-    d.delete_task("pause");
-    d.delete_container("pause");
+    d.kill_and_remove("pause");
     d.assert_clean();
 }
 
@@ -990,11 +991,7 @@ fn update_resources() {
     );
     assert!(err.is_err(), "update of an unknown container: {err:?}");
 
-    let o = d.ctr(&["tasks", "kill", "-s", "SIGKILL", "update"]);
-    assert_eq!(o.code, 0, "{o}");
-    d.wait_status("update", "STOPPED");
-    d.delete_task("update");
-    d.delete_container("update");
+    d.kill_and_remove("update");
     d.assert_clean();
 }
 
