@@ -248,6 +248,15 @@ fn with_info(id: &str, state: &str, status: Value, info: HashMap<String, String>
     json!({ "id": id, "state": state, "pid": pid, "status": status, "info": info })
 }
 
+/// A status (`inspect`, `inspectp`): its pid alone, or all of it as JSON.
+fn show(v: &serde_json::Value, pid: bool) {
+    if pid {
+        println!("{}", v["pid"]);
+    } else {
+        print_json(v);
+    }
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap());
 }
@@ -447,12 +456,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .as_ref()
                 .and_then(|s| ContainerState::try_from(s.state).ok());
             let state = state.map_or("", |s| s.as_str_name());
-            let v = with_info(&id, state, serde_json::to_value(&r.status)?, r.info);
-            if pid {
-                println!("{}", v["pid"]);
-            } else {
-                print_json(&v);
-            }
+            show(
+                &with_info(&id, state, serde_json::to_value(&r.status)?, r.info),
+                pid,
+            );
         }
         Cmd::Inspectp { pod, pid } => {
             let r = c
@@ -467,12 +474,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .as_ref()
                 .and_then(|s| PodSandboxState::try_from(s.state).ok());
             let state = state.map_or("", |s| s.as_str_name());
-            let v = with_info(&pod, state, serde_json::to_value(&r.status)?, r.info);
-            if pid {
-                println!("{}", v["pid"]);
-            } else {
-                print_json(&v);
-            }
+            show(
+                &with_info(&pod, state, serde_json::to_value(&r.status)?, r.info),
+                pid,
+            );
         }
         Cmd::Ps => {
             let r = c
