@@ -262,9 +262,6 @@ fn run_chain(
             undo.cgroups.extend(made);
             undo.levels.extend(levels);
         }
-        saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
-        saved.cgroup_levels = undo.levels.clone();
-        container::save(dir, &saved)?;
         if rel.starts_with(DEFAULT_PARENT) {
             // Our own parent, shared by every container without a cgroupsPath: whoever
             // deletes the last one removes it.
@@ -278,6 +275,9 @@ fn run_chain(
                 }
             }
         }
+        saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
+        saved.cgroup_levels = undo.levels.clone();
+        container::save(dir, &saved)?;
         ns_enter::resources::apply(&state.monitor.properties, &undo.cgroups)?;
         state.enter.cgroups = Some(
             undo.cgroups
@@ -332,7 +332,6 @@ fn run_chain(
     if state.enter.cgroups.is_some() {
         sync.send(&Msg::Cgroups)?; // SYNC-7: made before the fork
     }
-    saved.cgroup_levels = undo.levels.clone();
     let mut failed: Option<String> = None;
     let mut waiting = false;
     loop {
