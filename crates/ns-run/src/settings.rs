@@ -1,7 +1,11 @@
 //! `.nspawn` settings files, as nspawn reads them (systemd.nspawn(5)): `NAME.nspawn` in
 //! /etc/systemd/nspawn or /run/systemd/nspawn (trusted), else next to the image directory
-//! (untrusted: `Capability=`, `AmbientCapability=`, the [Files] mounts and all of [Network]
-//! are ignored with a warning, unless `--settings=trusted`).
+//! (untrusted, unless `--settings=trusted`). From an untrusted file nspawn 252 ignores, with a
+//! warning, every key that could give the container more than the command line did:
+//! `Ephemeral=`, `Capability=`, `AmbientCapability=`, `MachineID=`, `PrivateUsers=`,
+//! `PrivateUsersChown=`/`PrivateUsersOwnership=`, `SystemCallFilter=` with an allow list (a
+//! deny-only `~...` list is kept), `Limit*=`, `OOMScoreAdjust=`, `CPUAffinity=`,
+//! `LinkJournal=`, the [Files] mounts, `BindUser=`, all of [Network] and `Port=`.
 //!
 //! Every setting becomes the command-line option that means the same, and the merged command
 //! line is parsed as usual, so a setting and its option cannot drift apart. Settings come in
@@ -89,12 +93,12 @@ fn group_of(id: &str) -> Option<&'static str> {
 }
 
 /// One setting turned into options: its group, the options, and whether an untrusted file
-/// may set it (else the warning to print).
+/// may set it (else what the warning names: "Ignoring {untrusted}, file F is not trusted.").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setting {
     pub group: &'static str,
     pub args: Vec<String>,
-    pub untrusted: Option<&'static str>,
+    pub untrusted: Option<String>,
 }
 
 /// Words as nspawn splits list values: whitespace-separated, with "" or '' quoting.
@@ -135,9 +139,14 @@ fn boolean(file: &str, key: &str, v: &str) -> Result<bool> {
 /// Parse the text of a settings file into settings, in file order. Unknown sections and keys
 /// are warned about and skipped, as nspawn does.
 pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
-    const NOT_TRUSTED_CAPS: &str = "Capability=";
-    const NOT_TRUSTED_MOUNTS: &str = "TemporaryFileSystem=, Bind= and BindReadOnly=";
-    const NOT_TRUSTED_NET: &str = "network";
+    // What nspawn 252 names when it ignores a key of an untrusted file.
+    const CAPS: &str = "Capability= setting";
+    const AMBIENT: &str = "AmbientCapability= setting";
+    const MOUNTS: &str = "TemporaryFileSystem=, Bind= and BindReadOnly= settings";
+    const NET: &str = "network settings";
+    const PORT: &str = "Port= setting";
+    const USERNS: &str = "PrivateUsers= and PrivateUsersChown= settings";
+    const SYSCALLS: &str = "SystemCallFilter= settings";
     let mut out = Vec::new();
     let mut section = String::new();
     let mut boot_or_pid2 = false;
@@ -174,6 +183,14 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                 untrusted: None,
             })
         };
+        // A setting that only a trusted file may make.
+        let t = |group, args, what: &str| {
+            Some(Setting {
+                group,
+                args,
+                untrusted: Some(what.to_string()),
+            })
+        };
         let setting = match (section.as_str(), key) {
             ("Exec", "Boot") => {
                 boot_or_pid2 = true;
@@ -187,43 +204,53 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                 parameters = Some(words(v));
                 None
             }
-            ("Exec", "Ephemeral") => s("ephemeral", flag("ephemeral")?),
+            ("Exec", "Ephemeral") => t("ephemeral", flag("ephemeral")?, "ephemeral setting"),
             ("Exec", "Environment") => s("environment", each("setenv")),
             ("Exec", "User") => s("user", opt("user")),
             ("Exec", "WorkingDirectory") => s("working-directory", opt("chdir")),
             ("Exec", "PivotRoot") => s("pivot-root", opt("pivot-root")),
-            ("Exec", "Capability") => Some(Setting {
-                group: "capability",
-                args: caps("capability"),
-                untrusted: Some(NOT_TRUSTED_CAPS),
-            }),
-            ("Exec", "AmbientCapability") => Some(Setting {
-                group: "capability",
-                args: caps("ambient-capability"),
-                untrusted: Some(NOT_TRUSTED_CAPS),
-            }),
+            ("Exec", "Capability") => t("capability", caps("capability"), CAPS),
+            ("Exec", "AmbientCapability") => t("capability", caps("ambient-capability"), AMBIENT),
             ("Exec", "DropCapability") => s("capability", caps("drop-capability")),
             ("Exec", "NoNewPrivileges") => s("no-new-privileges", opt("no-new-privileges")),
             ("Exec", "KillSignal") => s("kill-signal", opt("kill-signal")),
             ("Exec", "Personality") => s("personality", opt("personality")),
-            ("Exec", "MachineID") => s("machine-id", opt("uuid")),
-            ("Exec", "PrivateUsers") => s("userns", opt("private-users")),
+            ("Exec", "MachineID") => t("machine-id", opt("uuid"), "MachineID= setting"),
+            ("Exec", "PrivateUsers") => t("userns", opt("private-users"), USERNS),
             ("Exec", "NotifyReady") => s("notify-ready", opt("notify-ready")),
-            ("Exec", "SystemCallFilter") => s("syscall-filter", opt("system-call-filter")),
-            ("Exec", "OOMScoreAdjust") => s("oom-score-adjust", opt("oom-score-adjust")),
-            ("Exec", "CPUAffinity") => s("cpu-affinity", opt("cpu-affinity")),
+            // A deny list only takes away; an allow list may add what the default denies.
+            ("Exec", "SystemCallFilter") if v.starts_with('~') => {
+                s("syscall-filter", opt("system-call-filter"))
+            }
+            ("Exec", "SystemCallFilter") => {
+                t("syscall-filter", opt("system-call-filter"), SYSCALLS)
+            }
+            ("Exec", "OOMScoreAdjust") => t(
+                "oom-score-adjust",
+                opt("oom-score-adjust"),
+                "OOMScoreAdjust= setting",
+            ),
+            ("Exec", "CPUAffinity") => {
+                t("cpu-affinity", opt("cpu-affinity"), "CPUAffinity= setting")
+            }
             ("Exec", "Hostname") => s("hostname", opt("hostname")),
             ("Exec", "ResolvConf") => s("resolv-conf", opt("resolv-conf")),
             ("Exec", "Timezone") => s("timezone", opt("timezone")),
-            ("Exec", "LinkJournal") => s("link-journal", opt("link-journal")),
-            ("Exec", "SuppressSync") => s("suppress-sync", opt("suppress-sync")),
-            ("Exec", k) if k.starts_with("Limit") => {
-                s("rlimit", vec![format!("--rlimit={}={v}", &k[5..])])
+            ("Exec", "LinkJournal") => {
+                t("link-journal", opt("link-journal"), "journal link setting")
             }
+            ("Exec", "SuppressSync") => s("suppress-sync", opt("suppress-sync")),
+            ("Exec", k) if k.starts_with("Limit") => t(
+                "rlimit",
+                vec![format!("--rlimit={}={v}", &k[5..])],
+                &format!("{k}= setting"),
+            ),
             ("Files", "ReadOnly") => s("read-only", flag("read-only")?),
             ("Files", "Volatile") => s("volatile", opt("volatile")),
-            ("Files", "PrivateUsersOwnership") => s("userns", opt("private-users-ownership")),
-            ("Files", "PrivateUsersChown") => s(
+            ("Files", "PrivateUsersOwnership") => {
+                t("userns", opt("private-users-ownership"), USERNS)
+            }
+            ("Files", "PrivateUsersChown") => t(
                 "userns",
                 vec![format!(
                     "--private-users-ownership={}",
@@ -233,12 +260,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                         "off"
                     }
                 )],
+                USERNS,
             ),
-            ("Files", "BindUser") => Some(Setting {
-                group: "bind-user",
-                args: each("bind-user"),
-                untrusted: Some(NOT_TRUSTED_MOUNTS),
-            }),
+            ("Files", "BindUser") => t("bind-user", each("bind-user"), "bind user setting"),
             (
                 "Files",
                 k @ ("Bind"
@@ -256,12 +280,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                     "Overlay" => "overlay",
                     _ => "overlay-ro",
                 };
-                Some(Setting {
-                    group: "mounts",
-                    args: each(o),
-                    untrusted: Some(NOT_TRUSTED_MOUNTS),
-                })
+                t("mounts", each(o), MOUNTS)
             }
+            ("Network", "Port") => t("ports", opt("port"), PORT),
             ("Network", k) => {
                 let args = match k {
                     "Private" => flag("private-network")?,
@@ -272,17 +293,12 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                     "IPVLAN" => each("network-ipvlan"),
                     "Bridge" => opt("network-bridge"),
                     "Zone" => opt("network-zone"),
-                    "Port" => opt("port"),
                     _ => {
                         eprintln!("{file}:{}: unknown key {key} in [Network], ignoring", n + 1);
                         continue;
                     }
                 };
-                Some(Setting {
-                    group: if k == "Port" { "ports" } else { "network" },
-                    args,
-                    untrusted: Some(NOT_TRUSTED_NET),
-                })
+                t("network", args, NET)
             }
             (sec, _) => {
                 eprintln!("{file}:{}: unknown key {key} in [{sec}], ignoring", n + 1);
@@ -290,6 +306,16 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
             }
         };
         out.extend(setting);
+    }
+    // nspawn keeps one allow and one deny list and ignores both when the allow list is not
+    // empty: a deny line next to an allow line goes with it.
+    if out
+        .iter()
+        .any(|s| s.group == "syscall-filter" && s.untrusted.is_some())
+    {
+        for s in out.iter_mut().filter(|s| s.group == "syscall-filter") {
+            s.untrusted = Some(SYSCALLS.to_string());
+        }
     }
     if let Some(p) = parameters.filter(|_| boot_or_pid2) {
         out.push(Setting {
@@ -355,9 +381,13 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
     let mut taken: Vec<&str> = Vec::new();
     let mut args: Vec<String> = vec![argv[0].clone()];
     let mut params = Vec::new();
+    let mut warned: Vec<&str> = Vec::new();
     for s in &settings {
-        if let (Some(what), false) = (s.untrusted, trusted || trusted_mode) {
-            eprintln!("Ignoring {what} settings, file {shown} is not trusted.");
+        if let (Some(what), false) = (s.untrusted.as_deref(), trusted || trusted_mode) {
+            if !warned.contains(&what) {
+                eprintln!("Ignoring {what}, file {shown} is not trusted.");
+                warned.push(what);
+            }
             continue;
         }
         if !override_mode && on_cli.contains(&s.group) {

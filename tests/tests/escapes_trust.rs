@@ -1,0 +1,263 @@
+//! Escapes through what the container's owner or its image may choose (issue 15): an
+//! untrusted `.nspawn` file next to the image, huge user ids, forwarded ports reaching the
+//! host's loopback, TIOCLINUX on a host VT, unsized tmpfs.
+
+use std::path::PathBuf;
+
+use ns_tests::{bin, ns_run, run_cmd, Output, Tree};
+
+// ---------------------------------------------------------------------------------------
+// Untrusted .nspawn files (critical 4)
+
+const UUID: &str = "--uuid=0123456789abcdef0123456789abcdef";
+
+/// A settings file, removed on drop.
+struct SettingsFile(PathBuf);
+
+impl SettingsFile {
+    /// Next to the image: untrusted.
+    fn next_to(t: &Tree, machine: &str, text: &str) -> SettingsFile {
+        let p = t.path().parent().unwrap().join(format!("{machine}.nspawn"));
+        std::fs::write(&p, text).unwrap();
+        SettingsFile(p)
+    }
+
+    /// In /run/systemd/nspawn: trusted.
+    fn trusted(machine: &str, text: &str) -> SettingsFile {
+        std::fs::create_dir_all("/run/systemd/nspawn").unwrap();
+        let p = PathBuf::from(format!("/run/systemd/nspawn/{machine}.nspawn"));
+        std::fs::write(&p, text).unwrap();
+        SettingsFile(p)
+    }
+}
+
+impl Drop for SettingsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// ns-run on `t` as `machine`, `opts` first.
+fn ns(t: &Tree, machine: &str, opts: &[&str]) -> Output {
+    let mut c = ns_run();
+    t.tag(&mut c)
+        .args(["-D", t.arg(), "-M", machine])
+        .args(opts);
+    run_cmd(c, None)
+}
+
+/// The state ns-run would run with, and its warnings; or the failure.
+fn try_state(
+    t: &Tree,
+    machine: &str,
+    opts: &[&str],
+) -> Result<(serde_json::Value, String), String> {
+    let out = ns(t, machine, &[&["--print-state"][..], opts].concat());
+    if out.code != 0 {
+        return Err(format!("{opts:?}: {out}"));
+    }
+    Ok((serde_json::from_str(&out.stdout).unwrap(), out.stderr))
+}
+
+fn state(t: &Tree, machine: &str, opts: &[&str]) -> (serde_json::Value, String) {
+    try_state(t, machine, opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every key nspawn 252 ignores in an untrusted file (its merge_settings; checked against
+/// `systemd-nspawn` 252 on this host): (file text, what the warning names, options the case
+/// needs on the command line).
+const UNTRUSTED: &[(&str, &str, &[&str])] = &[
+    ("[Exec]\nEphemeral=yes\n", "ephemeral setting", &[]),
+    (
+        "[Exec]\nCapability=CAP_SYS_MODULE\n",
+        "Capability= setting",
+        &[],
+    ),
+    (
+        "[Exec]\nAmbientCapability=CAP_CHOWN\n",
+        "AmbientCapability= setting",
+        &[],
+    ),
+    (
+        "[Exec]\nMachineID=fedcba9876543210fedcba9876543210\n",
+        "MachineID= setting",
+        &[],
+    ),
+    (
+        "[Exec]\nPrivateUsers=no\n",
+        "PrivateUsers= and PrivateUsersChown= settings",
+        &[],
+    ),
+    (
+        "[Files]\nPrivateUsersChown=yes\n",
+        "PrivateUsers= and PrivateUsersChown= settings",
+        &[],
+    ),
+    (
+        "[Files]\nPrivateUsersOwnership=chown\n",
+        "PrivateUsers= and PrivateUsersChown= settings",
+        &[],
+    ),
+    (
+        "[Exec]\nSystemCallFilter=@keyring\n",
+        "SystemCallFilter= settings",
+        &[],
+    ),
+    // A deny line goes with the allow line next to it (nspawn keeps one pair of lists).
+    (
+        "[Exec]\nSystemCallFilter=@keyring\nSystemCallFilter=~@clock\n",
+        "SystemCallFilter= settings",
+        &[],
+    ),
+    ("[Exec]\nLimitNOFILE=100000\n", "LimitNOFILE= setting", &[]),
+    ("[Exec]\nLimitNPROC=infinity\n", "LimitNPROC= setting", &[]),
+    (
+        "[Exec]\nOOMScoreAdjust=-1000\n",
+        "OOMScoreAdjust= setting",
+        &[],
+    ),
+    ("[Exec]\nCPUAffinity=0\n", "CPUAffinity= setting", &[]),
+    ("[Exec]\nLinkJournal=host\n", "journal link setting", &[]),
+    ("[Files]\nBindUser=root\n", "bind user setting", &[]),
+    (
+        "[Files]\nBind=/etc:/mnt\n",
+        "TemporaryFileSystem=, Bind= and BindReadOnly= settings",
+        &[],
+    ),
+    (
+        "[Files]\nBindReadOnly=/etc:/mnt\n",
+        "TemporaryFileSystem=, Bind= and BindReadOnly= settings",
+        &[],
+    ),
+    (
+        "[Files]\nTemporaryFileSystem=/mnt\n",
+        "TemporaryFileSystem=, Bind= and BindReadOnly= settings",
+        &[],
+    ),
+    (
+        "[Files]\nInaccessible=/etc/hostname\n",
+        "TemporaryFileSystem=, Bind= and BindReadOnly= settings",
+        &[],
+    ),
+    (
+        "[Files]\nOverlay=/etc:/mnt\n",
+        "TemporaryFileSystem=, Bind= and BindReadOnly= settings",
+        &[],
+    ),
+    ("[Network]\nPrivate=yes\n", "network settings", &[]),
+    ("[Network]\nVirtualEthernet=yes\n", "network settings", &[]),
+    (
+        "[Network]\nPort=tcp:8080:80\n",
+        "Port= setting",
+        &["-n", "--network-address=10.231.9.2/24"],
+    ),
+];
+
+/// Each untrusted key is ignored with nspawn's warning, even with `--settings=override` and
+/// `-U` (what `ns-ctl start` passes), while the same file in /run/systemd/nspawn is obeyed.
+#[test]
+fn untrusted_settings_files_are_ignored_for_every_key_nspawn_ignores() {
+    let t = Tree::rootfs("trust-keys");
+    let mut failures = Vec::new();
+    for (i, (text, what, extra)) in UNTRUSTED.iter().enumerate() {
+        let m = format!("esc-trust-{}-{i}", std::process::id());
+        let opts = [&["-U", UUID][..], extra].concat();
+        let (plain, _) = state(&t, &m, &[&["--settings=no"][..], &opts].concat());
+        let opts = [&["--settings=override"][..], &opts].concat();
+        let from_untrusted = {
+            let _f = SettingsFile::next_to(&t, &m, text);
+            try_state(&t, &m, &opts)
+        };
+        let warning = format!("Ignoring {what}, file ");
+        match from_untrusted {
+            Err(e) => failures.push(format!("{text:?}: untrusted: {e}")),
+            Ok((s, _)) if s != plain => {
+                failures.push(format!("{text:?}: an untrusted file changed the state"))
+            }
+            Ok((_, w)) if !w.contains(&warning) => {
+                failures.push(format!("{text:?}: no warning {warning:?}: {w}"))
+            }
+            Ok(_) => {}
+        }
+        // A trusted file is obeyed: the state changes, or ns-run refuses the value as it
+        // refuses the option (LinkJournal=host: "--link-journal: not supported yet").
+        let _f = SettingsFile::trusted(&m, text);
+        match try_state(&t, &m, &opts) {
+            Ok((s, _)) if s == plain => {
+                failures.push(format!("{text:?}: a trusted file changed nothing"))
+            }
+            Err(e) if !e.contains("--") => failures.push(format!("{text:?}: trusted: {e}")),
+            _ => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What nspawn keeps from an untrusted file: a deny-only system call filter, and keys that
+/// cannot widen the container (hostname, environment, read-only...).
+#[test]
+fn untrusted_settings_files_keep_what_only_restricts() {
+    let t = Tree::rootfs("trust-kept");
+    let m = format!("esc-trust-kept-{}", std::process::id());
+    let (want, _) = state(
+        &t,
+        &m,
+        &[
+            &[UUID][..],
+            &[
+                "--settings=no",
+                "--system-call-filter=~@clock",
+                "--hostname=kept",
+                "--read-only",
+                "--drop-capability=CAP_CHOWN",
+            ],
+        ]
+        .concat(),
+    );
+    let _f = SettingsFile::next_to(
+        &t,
+        &m,
+        "[Exec]\nSystemCallFilter=~@clock\nHostname=kept\nDropCapability=CAP_CHOWN\n\
+         [Files]\nReadOnly=yes\n",
+    );
+    let (got, warnings) = state(&t, &m, &["--settings=override", UUID]);
+    assert_eq!(got, want);
+    assert!(!warnings.contains("not trusted"), "{warnings}");
+}
+
+/// The attack itself: `PrivateUsers=no` and `SystemCallFilter=@keyring` next to the image,
+/// started as `ns-ctl start` starts it (`-U --settings=override`). The container keeps its
+/// user namespace and keyctl stays denied.
+#[test]
+fn an_untrusted_file_cannot_drop_the_user_namespace_or_allow_keyctl() {
+    let t = Tree::rootfs("trust-run");
+    std::fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
+    let m = format!("esc-trust-run-{}", std::process::id());
+    let _f = SettingsFile::next_to(
+        &t,
+        &m,
+        "[Exec]\nPrivateUsers=no\nSystemCallFilter=@keyring\n",
+    );
+    let out = ns(
+        &t,
+        &m,
+        &[
+            "-q",
+            "-U",
+            "--settings=override",
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; ns-probe syscall keyctl",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let map: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(map[0], "0", "{out}");
+    assert_ne!(
+        map[1], "0",
+        "the container runs in the host's user namespace: {out}"
+    );
+    assert_ne!(map[2], "4294967295", "{out}");
+    assert_eq!(lines[1], "EPERM", "keyctl: {out}");
+}
