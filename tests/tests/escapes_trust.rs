@@ -261,3 +261,127 @@ fn an_untrusted_file_cannot_drop_the_user_namespace_or_allow_keyctl() {
     assert_ne!(map[2], "4294967295", "{out}");
     assert_eq!(lines[1], "EPERM", "keyctl: {out}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Huge user and group ids (medium 9): setresuid(-1) means "unchanged", so uid 4294967295
+// would leave the payload root with all its capabilities. Ids from 2^31 - 1 up are refused
+// before anything runs, wherever they come from.
+
+const HUGE: &[&str] = &["4294967295", "2147483647", "4294967296"];
+
+/// ns-run `-u ID` (and a name whose /etc/passwd or /etc/group entry has such an id): exit
+/// 125, one line naming the value, and the payload never runs.
+#[test]
+fn huge_user_ids_are_refused() {
+    let t = Tree::rootfs("trust-ids");
+    let etc = t.path().join("etc");
+    let mut passwd = std::fs::read_to_string(etc.join("passwd")).unwrap();
+    passwd.push_str("bigu:x:4294967295:100::/:/bin/sh\nbigg:x:1000:4294967295::/:/bin/sh\n");
+    passwd.push_str("member:x:1001:1001::/:/bin/sh\n");
+    std::fs::write(etc.join("passwd"), passwd).unwrap();
+    let mut group = std::fs::read_to_string(etc.join("group")).unwrap();
+    group.push_str("huge:x:4294967295:member\n");
+    std::fs::write(etc.join("group"), group).unwrap();
+    let mut cases: Vec<(String, &str)> = HUGE.iter().map(|u| (u.to_string(), *u)).collect();
+    cases.push(("bigu".into(), "4294967295"));
+    cases.push(("bigg".into(), "4294967295"));
+    cases.push(("member".into(), "4294967295"));
+    for opts in [&[][..], &["-U"][..]] {
+        for (user, shown) in &cases {
+            let mut c = ns_run();
+            t.tag(&mut c).args(["-q", "-D", t.arg()]).args(opts).args([
+                "-u",
+                user,
+                "sh",
+                "-c",
+                "echo RAN; id -u",
+            ]);
+            let out = run_cmd(c, None);
+            assert_eq!(out.code, 125, "{opts:?} -u {user}: {out}");
+            assert!(!out.stdout.contains("RAN"), "{opts:?} -u {user}: {out}");
+            let lines = out.stderr_lines();
+            assert_eq!(lines.len(), 1, "{opts:?} -u {user}: {out}");
+            assert!(lines[0].contains(shown), "{opts:?} -u {user}: {out}");
+        }
+    }
+    // --private-users=yes takes its base from the root directory's owner: a range that
+    // would run past the largest id is refused too.
+    let high = Tree::rootfs("trust-ids-yes");
+    std::os::unix::fs::lchown(high.path(), Some(4294967200), Some(4294967200)).unwrap();
+    let mut c = ns_run();
+    high.tag(&mut c)
+        .args(["-q", "-D", high.arg(), "--private-users=yes", "true"]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr,
+        "ns-run: --private-users=yes: the range goes past the largest id\n"
+    );
+    // The largest id that is still allowed runs as itself.
+    let mut c = ns_run();
+    t.tag(&mut c)
+        .args(["-q", "-D", t.arg(), "-u", "2147483646", "id", "-u"]);
+    let out = run_cmd(c, None);
+    assert_eq!((out.code, out.stdout.trim()), (0, "2147483646"), "{out}");
+}
+
+/// An OCI bundle in `t` (rootfs and config.json from `ns-oci spec`) running `args`, edited.
+fn oci_bundle(t: &Tree, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
+    ns_tests::build_rootfs_linked(&t.path().join("rootfs"));
+    let o = std::process::Command::new(bin("ns-oci"))
+        .args(["spec", "--bundle", t.arg()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let path = t.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["process"]["args"] = serde_json::json!(args);
+    v["process"]["terminal"] = serde_json::json!(false);
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// config.json's process.user (uid, gid, additionalGids) with a huge id: `ns-oci run` and
+/// `ns-run --oci-bundle` refuse it with one line naming it, and leave no state.
+#[test]
+fn huge_oci_user_ids_are_refused() {
+    for (field, value) in [
+        ("uid", serde_json::json!(4294967295u32)),
+        ("gid", serde_json::json!(4294967295u32)),
+        ("additionalGids", serde_json::json!([4294967295u32])),
+        ("uid", serde_json::json!(2147483647u32)),
+    ] {
+        let t = Tree::empty("trust-oci-ids");
+        let root = t.host_dir("oci-root");
+        oci_bundle(&t, &["sh", "-c", "echo RAN; id -u"], |v| {
+            v["process"]["user"][field] = value.clone();
+        });
+        let o = std::process::Command::new(bin("ns-oci"))
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "--bundle", t.arg(), "huge"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_ne!(o.status.code(), Some(0), "{field}={value}: {out} {err}");
+        assert!(!out.contains("RAN"), "{field}={value}: {out} {err}");
+        assert_eq!(err.lines().count(), 1, "{field}={value}: {err}");
+        assert!(
+            err.contains(&value.to_string().trim_matches(['[', ']'])),
+            "{err}"
+        );
+        assert!(
+            !root.join("huge").exists(),
+            "state left for {field}={value}"
+        );
+        let mut c = ns_run();
+        c.args(["-q", "--oci-bundle", t.arg()]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 125, "{field}={value}: {out}");
+        assert!(!out.stdout.contains("RAN"), "{field}={value}: {out}");
+    }
+}

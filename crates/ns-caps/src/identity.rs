@@ -33,21 +33,38 @@ impl User {
 
 /// Resolve `spec` (a name, or a number) from passwd and group text (the container's own
 /// files: minimal images have no getent to ask). A number without an entry runs with
-/// gid = uid and no HOME/USER/LOGNAME.
+/// gid = uid and no HOME/USER/LOGNAME. Every id must be one a payload may take
+/// ([`ns_core::check_id`]), from the number given or from the files.
 pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<User> {
-    let numeric = spec.parse::<u32>().ok();
+    let numeric = match spec.parse::<u64>() {
+        Ok(n) => Some(ns_core::check_id("--user", n)?),
+        Err(_) => None,
+    };
+    // An id from the files, checked: the error names the file and the entry.
+    let from_file = |file: &str, entry: &str, what: &str, id: u64| {
+        ns_core::check_id("", id).map_err(|_| {
+            Error::invalid(
+                "--user",
+                spec,
+                &format!(
+                    "{file}: {entry} has {what} {id}: uids and gids must be in range 0-{}",
+                    ns_core::MAX_ID
+                ),
+            )
+        })
+    };
     let entry = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         if f.len() < 7 {
             return None;
         }
-        let uid = f[2].parse::<u32>().ok()?;
-        let hit = f[0] == spec || numeric == Some(uid);
+        let uid = f[2].parse::<u64>().ok()?;
+        let hit = f[0] == spec || numeric.map(u64::from) == Some(uid);
         hit.then(|| {
             (
                 f[0].to_string(),
                 uid,
-                f[3].parse::<u32>().ok(),
+                f[3].parse::<u64>().ok(),
                 f[5].to_string(),
                 f[6].to_string(),
             )
@@ -70,15 +87,18 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<User> {
             )),
         };
     };
+    let uid = from_file("/etc/passwd", &name, "uid", uid)?;
     let gid = gid.ok_or_else(|| Error::invalid("--user", spec, "bad group id in /etc/passwd"))?;
+    let gid = from_file("/etc/passwd", &name, "gid", gid)?;
     let groups = group
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.len() >= 4 && f[3].split(',').any(|m| m == name))
-                .then(|| f[2].parse::<u32>().ok())?
+                .then(|| f[2].parse::<u64>().ok().map(|g| (f[0], g)))?
         })
-        .collect();
+        .map(|(g, id)| from_file("/etc/group", g, "gid", id))
+        .collect::<Result<Vec<u32>>>()?;
     Ok(User {
         name: Some(name),
         uid,
@@ -343,6 +363,34 @@ mod tests {
         assert_eq!(
             e.msg,
             "--user=nosuchuser: no such user in the container's /etc/passwd"
+        );
+    }
+
+    #[test]
+    fn ids_past_the_largest_are_refused() {
+        let msg = |spec: &str, passwd: &str, group: &str| {
+            resolve_user(spec, passwd, group).unwrap_err().msg
+        };
+        let range = "uids and gids must be in range 0-2147483646";
+        for n in ["4294967295", "2147483647", "99999999999"] {
+            assert_eq!(msg(n, PASSWD, GROUP), format!("--user={n}: {range}"));
+        }
+        assert_eq!(
+            resolve_user("2147483646", PASSWD, GROUP).unwrap().uid,
+            2147483646
+        );
+        let big = "big:x:4294967295:0::/:/bin/sh\nbigg:x:5:2147483647::/:/bin/sh\n";
+        assert_eq!(
+            msg("big", big, ""),
+            format!("--user=big: /etc/passwd: big has uid 4294967295: {range}")
+        );
+        assert_eq!(
+            msg("bigg", big, ""),
+            format!("--user=bigg: /etc/passwd: bigg has gid 2147483647: {range}")
+        );
+        assert_eq!(
+            msg("alice", PASSWD, "huge:x:4294967295:alice\n"),
+            format!("--user=alice: /etc/group: huge has gid 4294967295: {range}")
         );
     }
 

@@ -146,6 +146,11 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
     if o.user == Some("") {
         return Err(Error::invalid("--user", "", "empty user name"));
     }
+    // A number is checked now, before anything runs; names are checked by ns-caps, which
+    // reads the container's /etc/passwd.
+    if let Some(n) = o.user.and_then(|u| u.parse::<u64>().ok()) {
+        ns_core::check_id("--user", n)?;
+    }
     let setenv = o
         .setenv
         .iter()

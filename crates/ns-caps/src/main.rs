@@ -36,7 +36,10 @@ fn main() {
             ));
         }
         let user = match &plan.ids {
-            Some(ids) => with_ids(lookup_user(Some(&ids.uid.to_string()))?, ids),
+            Some(ids) => {
+                ids.check()?;
+                with_ids(lookup_user(Some(&ids.uid.to_string()))?, ids)
+            }
             None => lookup_user(plan.user.as_deref())?,
         };
         let env = if plan.exact_env {

@@ -40,6 +40,26 @@ pub fn parse_boolean(v: &str) -> Option<bool> {
     }
 }
 
+/// The largest uid or gid a container process may take. `(uid_t)-1` tells setresuid and
+/// friends "leave it unchanged" (uid 4294967295 would stay root), and ids from 2^31 are
+/// negative wherever they are read as a signed int; runc refuses ids past 2^31 - 1 and this
+/// toolkit refuses 2^31 - 1 as well (kept free, as nspawn keeps its -1 sentinels free).
+pub const MAX_ID: u32 = (1 << 31) - 2;
+
+/// `id` as a uid or gid a payload may run with, else the error naming `what=id`.
+pub fn check_id(what: &str, id: u64) -> Result<u32> {
+    u32::try_from(id)
+        .ok()
+        .filter(|i| *i <= MAX_ID)
+        .ok_or_else(|| {
+            Error::invalid(
+                what,
+                &id.to_string(),
+                &format!("uids and gids must be in range 0-{MAX_ID}"),
+            )
+        })
+}
+
 /// N random bytes from the kernel (getrandom via /dev/urandom's interface).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     use std::io::Read;

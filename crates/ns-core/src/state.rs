@@ -463,6 +463,18 @@ pub struct Ids {
     pub groups: Vec<u32>,
 }
 
+impl Ids {
+    /// Every id one a payload may take ([`crate::check_id`]); the error names the OCI field.
+    pub fn check(&self) -> crate::Result<()> {
+        crate::check_id("process.user.uid", self.uid.into())?;
+        crate::check_id("process.user.gid", self.gid.into())?;
+        for g in &self.groups {
+            crate::check_id("process.user.additionalGids", (*g).into())?;
+        }
+        Ok(())
+    }
+}
+
 /// `--system-call-filter=`: calls and @groups added to nspawn's allow-list, and removed.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]

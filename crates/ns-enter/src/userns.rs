@@ -46,13 +46,18 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
             if c == 0 {
                 return Err(bad("the count must not be 0"));
             }
-            // The last valid id is 4294967294: base + count may be 2^32 - 1 at most.
-            if b.checked_add(c).is_none() {
-                return Err(bad("the range goes past the largest id"));
-            }
             (IdBase::Fixed(b), c)
         }
     };
+    // The last valid id is 4294967294: base + count may be 2^32 - 1 at most (also for `yes`,
+    // whose base is the owner of the root directory).
+    if matches!(base, IdBase::Fixed(b) if b.checked_add(count).is_none()) {
+        return Err(Error::invalid(
+            OPT,
+            value,
+            "the range goes past the largest id",
+        ));
+    }
     let ownership = match ownership.unwrap_or(if value == "pick" { "auto" } else { "off" }) {
         "off" => Ownership::Off,
         "map" | "auto" => Ownership::Map,

@@ -349,11 +349,14 @@ pub fn process_into(
     let u = p.user();
     if e.user.is_none() {
         // (ns-run's -u wins over the bundle's user.)
-        e.ids = Some(Ids {
+        let ids = Ids {
             uid: u.uid(),
             gid: u.gid(),
             groups: u.additional_gids().clone().unwrap_or_default(),
-        });
+        };
+        ids.check()
+            .map_err(|e| Error::setup(format!("config.json: {e}")))?;
+        e.ids = Some(ids);
     }
     e.umask = u.umask();
     if let Some(c) = p.capabilities() {
