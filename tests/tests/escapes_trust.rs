@@ -371,7 +371,7 @@ fn huge_oci_user_ids_are_refused() {
         assert!(!out.contains("RAN"), "{field}={value}: {out} {err}");
         assert_eq!(err.lines().count(), 1, "{field}={value}: {err}");
         assert!(
-            err.contains(&value.to_string().trim_matches(['[', ']'])),
+            err.contains(value.to_string().trim_matches(['[', ']'])),
             "{err}"
         );
         assert!(
