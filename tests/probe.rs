@@ -9,6 +9,8 @@
 //!   ns-probe nr N                the same by number (an unknown one)
 //!   ns-probe socket DOMAIN TYPE PROTOCOL
 //!   ns-probe tiocsti             push one character into stdin's terminal (TIOCSTI)
+//!   ns-probe tioclinux           paste a VT's selection into stdin's terminal (TIOCLINUX,
+//!                                subcode TIOCL_PASTESEL)
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -69,9 +71,14 @@ fn main() {
             // SAFETY: TIOCSTI reads one byte from the pointer, which points at `c`.
             unsafe { libc::ioctl(0, libc::TIOCSTI, &c as *const u8) }.into()
         }
+        Some("tioclinux") => {
+            let subcode = 3u8; // TIOCL_PASTESEL
+                               // SAFETY: TIOCLINUX reads the subcode byte from the pointer, which points at it.
+            unsafe { libc::ioctl(0, libc::TIOCLINUX, &subcode as *const u8) }.into()
+        }
         _ => {
             eprintln!(
-                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti"
+                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti | tioclinux"
             );
             std::process::exit(2)
         }

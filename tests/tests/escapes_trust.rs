@@ -385,3 +385,26 @@ fn huge_oci_user_ids_are_refused() {
         assert!(!out.stdout.contains("RAN"), "{field}={value}: {out}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// TIOCLINUX (medium 11): a VT's select-and-paste types into the terminal, like TIOCSTI; a
+// host VT given as stdin would take the container's input as the host user's. The filter
+// answers EPERM before the terminal sees the request (without it: ENOTTY on a non-VT).
+
+#[test]
+fn tioclinux_is_denied_like_tiocsti() {
+    let t = Tree::rootfs("trust-tioclinux");
+    std::fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
+    for opts in [&[][..], &["-U"][..], &["--capability=all"][..]] {
+        for probe in ["tioclinux", "tiocsti"] {
+            let mut c = ns_run();
+            t.tag(&mut c)
+                .args(["-q", "-D", t.arg()])
+                .args(opts)
+                .args(["ns-probe", probe]);
+            let out = run_cmd(c, None);
+            assert_eq!(out.code, 0, "{opts:?} {probe}: {out}");
+            assert_eq!(out.stdout.trim(), "EPERM", "{opts:?} {probe}: {out}");
+        }
+    }
+}

@@ -7,7 +7,9 @@
 //! allowed fails with EPERM; a number they do not know (a newer call) with ENOSYS, so that
 //! software falls back as it would on an older kernel. socket(AF_NETLINK, *, NETLINK_AUDIT)
 //! fails with EAFNOSUPPORT, which audit userspace takes for "no audit". Beyond nspawn,
-//! ioctl(TIOCSTI) fails with EPERM: no faking input on a terminal shared with the host.
+//! ioctl(TIOCSTI) and ioctl(TIOCLINUX) fail with EPERM: no faking input on a terminal shared
+//! with the host (TIOCLINUX's select-and-paste types a selection into a host VT; its subcode
+//! is behind a pointer that a filter cannot read, so the whole request goes).
 //!
 //! Everything that can be is computed at build time (build.rs): the numbers from the kernel
 //! headers, and for each call which items of nspawn's list (`nspawn.txt`; groups from
@@ -281,7 +283,9 @@ fn ranges(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<(u
 
 /// Calls answered by their arguments, before the search: (call, [(argument, value)], errno).
 /// The audit socket as nspawn; TIOCSTI (pushing input into a terminal, which would reach the
-/// user's shell through a terminal passed with --console=pipe) beyond nspawn.
+/// user's shell through a terminal passed with --console=pipe) and TIOCLINUX (a VT's
+/// select-and-paste, the same through a host VT given as stdin) beyond nspawn. The kernel
+/// takes ioctl's request as an unsigned int: comparing the low word is exact.
 /// (call, the arguments it must have as (index, value), the errno it gets then).
 type ArgumentRule = (&'static str, &'static [(u32, u32)], i32);
 
@@ -295,6 +299,7 @@ const ARGUMENT_RULES: &[ArgumentRule] = &[
         libc::EAFNOSUPPORT,
     ),
     ("ioctl", &[(1, libc::TIOCSTI as u32)], libc::EPERM),
+    ("ioctl", &[(1, libc::TIOCLINUX as u32)], libc::EPERM),
 ];
 
 /// The section of one ABI: the argument rules for its numbers, then the search on the number.
