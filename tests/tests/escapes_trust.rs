@@ -408,3 +408,71 @@ fn tioclinux_is_denied_like_tiocsti() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// tmpfs sizes (medium 12): nspawn 252's limits (systemd's TMPFS_LIMITS_*): /tmp and /dev/shm
+// 10% of RAM and 400k inodes, /run 20% and 800k; the volatile root, volatile /var and the
+// scratch tmpfs holding -x's upper layer 25% and 1M inodes (nspawn's volatile limits). Read
+// with statfs inside the container (an overlay reports its upper layer's file system).
+
+/// The host's RAM in pages, as the kernel counts it for `size=N%` (MemTotal / page size).
+fn ram_pages() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    // SAFETY: sysconf takes an integer.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    kb * 1024 / page
+}
+
+/// `size=pct%` in blocks of a page, as the kernel rounds it.
+fn pct_blocks(pct: u64) -> u64 {
+    (ram_pages() * pct).div_ceil(100)
+}
+
+#[test]
+fn tmpfs_mounts_have_nspawns_limits() {
+    let t = Tree::rootfs("trust-tmpfs");
+    let merged = Tree::merged_usr("trust-tmpfs-usr");
+    // (options, path inside, blocks, inodes); --volatile=yes runs on a merged-/usr tree.
+    let cases: &[(&[&str], &str, u64, u64)] = &[
+        (&[], "/tmp", pct_blocks(10), 400 * 1024),
+        (&[], "/dev/shm", pct_blocks(10), 400 * 1024),
+        (&[], "/run", pct_blocks(20), 800 * 1024),
+        (&["-U"], "/tmp", pct_blocks(10), 400 * 1024),
+        (&["-U"], "/dev/shm", pct_blocks(10), 400 * 1024),
+        (&["-x"], "/", pct_blocks(25), 1024 * 1024),
+        (&["-x", "-U"], "/", pct_blocks(25), 1024 * 1024),
+        (&["--volatile=yes"], "/", pct_blocks(25), 1024 * 1024),
+        (&["--volatile=state"], "/var", pct_blocks(25), 1024 * 1024),
+    ];
+    let mut failures = Vec::new();
+    for (opts, path, blocks, inodes) in cases {
+        let t = if opts.contains(&"--volatile=yes") {
+            &merged
+        } else {
+            &t
+        };
+        let mut c = ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg()])
+            .args(*opts)
+            .args(["stat", "-f", "-c", "%b %c", path]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 0, "{opts:?} {path}: {out}");
+        let got: Vec<u64> = out
+            .stdout
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        if got != [*blocks, *inodes] {
+            failures.push(format!(
+                "{opts:?} {path}: {got:?} blocks and inodes, want [{blocks}, {inodes}]"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -11,7 +11,9 @@ use ns_core::state::{MountPlan, PivotRoot, RootMode};
 use ns_core::{Context, Result};
 
 use crate::scratch::Scratch;
-use crate::setup::{bind_root, fd_path, make_read_only, mount_tmpfs, open_in_root, Kind};
+use crate::setup::{
+    bind_root, fd_path, make_read_only, mount_tmpfs, open_in_root, Kind, TMPFS_ROOT,
+};
 
 /// Escape a path for overlayfs's option string (`:` separates layers, `,` options).
 pub fn ovl_escape(p: &str) -> String {
@@ -92,7 +94,7 @@ pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<Owned
                 &top,
                 Some("tmpfs"),
                 MsFlags::MS_STRICTATIME,
-                Some("mode=0755"),
+                Some(format!("mode=0755,{TMPFS_ROOT}").as_str()),
             )
             .ctx(|| "cannot mount the volatile root tmpfs".into())?;
             let root = open_dir(&top)?;
@@ -126,7 +128,7 @@ pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<Owned
             mount_tmpfs(
                 &root,
                 "/var",
-                "mode=0755",
+                &format!("mode=0755,{TMPFS_ROOT}"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             )?;
             ns_core::sys::mount_setattr_rdonly(root.as_fd(), false)

@@ -1,7 +1,8 @@
 //! The scratch tmpfs: a private tmpfs mounted in the container's own mount namespace, holding
 //! what must not outlive the container (temporary bind sources, overlay upper and work dirs,
 //! the `-x` upper layer, inaccessible nodes). It needs no cleanup: it is freed with the mount
-//! namespace, also when everything is killed with SIGKILL.
+//! namespace, also when everything is killed with SIGKILL. Its limits are those nspawn gives
+//! a volatile root (25% of RAM, 1M inodes): it holds the upper layer of `-x`.
 
 use std::cell::Cell;
 use std::os::fd::AsFd;
@@ -49,7 +50,7 @@ impl Scratch {
             d,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0700"),
+            Some(format!("mode=0700,{}", crate::setup::TMPFS_ROOT).as_str()),
         )
         .ctx(|| format!("cannot mount the scratch tmpfs on {}", d.display()))?;
         self.mounted.set(true);

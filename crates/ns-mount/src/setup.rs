@@ -64,13 +64,13 @@ pub fn build_root(
     mount_tmpfs(
         &root,
         "/run",
-        "mode=0755,size=20%,nr_inodes=800k",
+        &format!("mode=0755,{TMPFS_RUN}"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     mount_tmpfs(
         &root,
         "/tmp",
-        "mode=01777",
+        &format!("mode=01777,{TMPFS_NESTED}"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     crate::ops::bind_users(&root, &plan.bind_users)?;
@@ -347,6 +347,19 @@ pub fn mount_sys(root: &OwnedFd) -> Result<()> {
     }
 }
 
+/// The size and inode limits of our tmpfs mounts: nspawn 252's (systemd's TMPFS_LIMITS_*), so
+/// that no single one can take half the host's RAM (the kernel's default). /tmp and /dev/shm.
+pub const TMPFS_NESTED: &str = "size=10%,nr_inodes=400k";
+/// /run.
+pub const TMPFS_RUN: &str = "size=20%,nr_inodes=800k";
+/// What holds a container's writes to its root: the volatile root, volatile=state's /var and
+/// the scratch tmpfs (the upper layer of -x and of --volatile=overlay).
+pub const TMPFS_ROOT: &str = "size=25%,nr_inodes=1m";
+/// /dev (nodes and links only).
+pub const TMPFS_DEV: &str = "size=4m,nr_inodes=64k";
+/// /sys/fs/cgroup of a v1 layout (mount points only).
+pub const TMPFS_ALMOST_EMPTY: &str = "size=4m,nr_inodes=1k";
+
 pub fn mount_tmpfs(root: &OwnedFd, dest: &str, opts: &str, flags: MsFlags) -> Result<()> {
     mount_fs(
         root,
@@ -370,7 +383,12 @@ const DEVICES: [(&str, u64, u64); 6] = [
 /// A tmpfs /dev holding only the harmless nodes, its own devpts instance, shm, mqueue and
 /// the usual links. No host device node is reachable.
 pub fn mount_dev(root: &OwnedFd) -> Result<()> {
-    mount_tmpfs(root, "/dev", "mode=0755,size=4m", MsFlags::MS_NOSUID)?;
+    mount_tmpfs(
+        root,
+        "/dev",
+        &format!("mode=0755,{TMPFS_DEV}"),
+        MsFlags::MS_NOSUID,
+    )?;
     let dev = open_in_root(root, Path::new("/dev"), None)?;
     let devp = fd_path(&dev);
     nix::sys::stat::mkdirat(dev.as_fd(), "char", Mode::from_bits_truncate(0o755))
@@ -407,7 +425,7 @@ pub fn mount_dev(root: &OwnedFd) -> Result<()> {
     mount_tmpfs(
         root,
         "/dev/shm",
-        "mode=01777",
+        &format!("mode=01777,{TMPFS_NESTED}"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     mount_fs(
@@ -572,7 +590,12 @@ fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -> Result<()
     if cg.layout == CgroupLayout::Unified {
         return mount_fs(root, "/sys/fs/cgroup", "cgroup2", f, None);
     }
-    mount_tmpfs(root, "/sys/fs/cgroup", "mode=0755", f)?;
+    mount_tmpfs(
+        root,
+        "/sys/fs/cgroup",
+        &format!("mode=0755,{TMPFS_ALMOST_EMPTY}"),
+        f,
+    )?;
     for c in &cg.controllers {
         let dest = format!("/sys/fs/cgroup/{c}");
         let target = open_in_root(root, Path::new(&dest), Some(Kind::Dir))?;
