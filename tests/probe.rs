@@ -11,6 +11,11 @@
 //!   ns-probe tiocsti             push one character into stdin's terminal (TIOCSTI)
 //!   ns-probe tioclinux           paste a VT's selection into stdin's terminal (TIOCLINUX,
 //!                                subcode TIOCL_PASTESEL)
+//!   ns-probe udp-frame IFACE MAC SRC DST PORT TEXT
+//!                                one UDP datagram SRC -> DST:PORT carrying TEXT, built by
+//!                                hand and sent with a packet socket on IFACE to the
+//!                                Ethernet address MAC: the kernel's routing is bypassed, so
+//!                                any addresses go on the wire (127.0.0.1 included)
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -76,9 +81,10 @@ fn main() {
                                // SAFETY: TIOCLINUX reads the subcode byte from the pointer, which points at it.
             unsafe { libc::ioctl(0, libc::TIOCLINUX, &subcode as *const u8) }.into()
         }
+        Some("udp-frame") if a.len() == 7 => udp_frame(&a[1..]),
         _ => {
             eprintln!(
-                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti | tioclinux"
+                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti | tioclinux | udp-frame IFACE MAC SRC DST PORT TEXT"
             );
             std::process::exit(2)
         }
@@ -90,5 +96,80 @@ fn main() {
         );
     } else {
         println!("ok");
+    }
+}
+
+/// The one's-complement sum of 16-bit words (IPv4 header checksum).
+fn checksum(b: &[u8]) -> u16 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// `udp-frame IFACE MAC SRC DST PORT TEXT`: an IPv4 header and a UDP header (checksum 0: none,
+/// which IPv4 allows) in front of TEXT, sent on IFACE to MAC. Returns sendto's result.
+fn udp_frame(a: &[String]) -> i64 {
+    let bad = |what: &str| -> ! {
+        eprintln!("ns-probe: udp-frame: bad {what}");
+        std::process::exit(2)
+    };
+    let ifname = std::ffi::CString::new(a[0].as_str()).unwrap_or_else(|_| bad("interface"));
+    let mac: Vec<u8> = a[1]
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap_or_else(|_| bad("MAC")))
+        .collect();
+    if mac.len() != 6 {
+        bad("MAC")
+    }
+    let src: std::net::Ipv4Addr = a[2].parse().unwrap_or_else(|_| bad("source"));
+    let dst: std::net::Ipv4Addr = a[3].parse().unwrap_or_else(|_| bad("destination"));
+    let port: u16 = a[4].parse().unwrap_or_else(|_| bad("port"));
+    let text = a[5].as_bytes();
+    let udp_len = 8 + text.len() as u16;
+    let mut p = vec![0x45, 0];
+    p.extend((20 + udp_len).to_be_bytes());
+    p.extend([0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+    p.extend(src.octets());
+    p.extend(dst.octets());
+    let sum = checksum(&p);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend(40000u16.to_be_bytes());
+    p.extend(port.to_be_bytes());
+    p.extend(udp_len.to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(text);
+    // SAFETY: if_nametoindex reads the NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    if ifindex == 0 {
+        return -1;
+    }
+    let proto = (libc::ETH_P_IP as u16).to_be();
+    // SAFETY: socket() takes only integers.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+    if fd < 0 {
+        return -1;
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value to fill in.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = proto;
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&mac);
+    // SAFETY: the buffer and the address are valid for the lengths given; fd is ours.
+    unsafe {
+        libc::sendto(
+            fd,
+            p.as_ptr().cast(),
+            p.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) as i64
     }
 }

@@ -476,3 +476,131 @@ fn tmpfs_mounts_have_nspawns_limits() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------
+// -p and the host's loopback (medium 10): forwarding the host's own connections to
+// 127.0.0.1:PORT needs route_localnet on the veth's host end, which also lets the container
+// send to the host's 127.0.0.1 (and with a 127.0.0.1 source). Its frames, built by hand with
+// a packet socket (ns-probe udp-frame), must not reach the host; -p to localhost still works.
+// The "host" is a network namespace of the test.
+
+/// A UDP socket bound to 0.0.0.0:`port` in the network namespace `netns` (bound from a
+/// thread that entered it; the socket stays there).
+fn udp_socket_in(netns: &str, port: u16) -> std::net::UdpSocket {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on an fd we hold; it changes this thread's network namespace only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_container_cannot_reach_the_hosts_loopback_through_port_forwarding() {
+    let netns = ns_tests::TestNetns::new("lnet");
+    let ip = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &netns.0])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    ip(&["link", "set", "lo", "up"]);
+    let sock = udp_socket_in(&netns.0, 5999);
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .unwrap();
+    let t = Tree::rootfs("trust-lnet");
+    std::fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
+    let script = "i=0; while [ ! -s /mac ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+        M=$(cat /mac); \
+        ns-probe udp-frame host0 $M 10.231.41.2 10.231.41.1 5999 control; \
+        ns-probe udp-frame host0 $M 10.231.41.2 127.0.0.1 5999 to-loopback; \
+        ns-probe udp-frame host0 $M 127.0.0.2 10.231.41.1 5999 from-loopback; \
+        echo sent; while true; do echo hello-localnet | nc -l -p 80; done";
+    let mut c = std::process::Command::new("nsenter");
+    c.arg(netns.nsenter_arg()).arg(bin("ns-run"));
+    t.tag(&mut c).args([
+        "--register=no",
+        "-q",
+        "-D",
+        t.arg(),
+        "-M",
+        "esc-lnet",
+        "-n",
+        "--network-address=10.231.41.2/24",
+        "--network-host-address=10.231.41.1/24",
+        "-p",
+        "8080:80",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let mut r = ns_tests::spawn(c, None);
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // The host end's Ethernet address, for the container's frames.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mac = loop {
+            let links = std::process::Command::new("ip")
+                .args(["-n", &netns.0, "-o", "link", "show", "ve-esc-lnet"])
+                .output()
+                .unwrap();
+            let links = String::from_utf8_lossy(&links.stdout).to_string();
+            if let Some(m) = links
+                .split_whitespace()
+                .skip_while(|w| *w != "link/ether")
+                .nth(1)
+            {
+                break m.to_string();
+            }
+            assert!(std::time::Instant::now() < end, "no host end: {links}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        std::fs::write(t.path().join("mac"), &mac).unwrap();
+        assert!(
+            r.wait_stdout("sent", std::time::Duration::from_secs(20)),
+            "{}",
+            r.stdout_so_far()
+        );
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+        assert_eq!(got, ["control"], "{}", r.stdout_so_far());
+        // The host's own connection to 127.0.0.1:8080 still reaches the container.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let o = std::process::Command::new("nsenter")
+                .arg(netns.nsenter_arg())
+                .args([
+                    "timeout",
+                    "2",
+                    "busybox",
+                    "nc",
+                    "-w",
+                    "1",
+                    "127.0.0.1",
+                    "8080",
+                ])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&o.stdout).contains("hello-localnet") {
+                break;
+            }
+            assert!(std::time::Instant::now() < end, "-p to 127.0.0.1: {o:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }));
+    r.signal(libc::SIGTERM);
+    let out = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(out.code, 137, "{out}");
+}

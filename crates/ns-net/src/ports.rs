@@ -7,6 +7,13 @@
 //! leave through it (it is then masqueraded to the host end's address). IPv6 has no such
 //! switch: ::1 stays local, other IPv6 host addresses are forwarded.
 //!
+//! `route_localnet` also lifts the kernel's "martian" checks on what arrives through the host
+//! end: the container could send to the host's 127.0.0.0/8 services, or from a 127.0.0.0/8
+//! source. A filter chain (as Kubernetes' fix for CVE-2020-8558) drops, on that interface,
+//! every packet from 127.0.0.0/8 and every packet to 127.0.0.0/8 that is not a reply of a
+//! connection the host made (the de-masqueraded answers of forwarded localhost connections,
+//! whose destination is 127.0.0.1 again by then); a packet with no conntrack entry is dropped.
+//!
 //! Each container's rules live in their own tables, `ip ns-run-<monitor pid>` and `ip6 …`;
 //! the monitor deletes them at exit, and a later ns-run deletes those of a dead monitor.
 
@@ -67,10 +74,21 @@ fn ruleset(family: &str, table: &str, dest: &str, host_if: &str, ports: &[Port])
     } else {
         "ip saddr 127.0.0.0/8"
     };
+    // After the NAT of prerouting (-99): a reply's destination is 127.0.0.1 again there.
+    let localnet = if family == "ip" {
+        format!(
+            "  chain localnet {{\n    type filter hook prerouting priority 0;\n    \
+             iifname \"{host_if}\" ip saddr 127.0.0.0/8 drop\n    \
+             iifname \"{host_if}\" ip daddr 127.0.0.0/8 ct direction reply accept\n    \
+             iifname \"{host_if}\" ip daddr 127.0.0.0/8 drop\n  }}\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "table {family} {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority -99;\n{rules}  }}\n  \
          chain output {{\n    type nat hook output priority -99;\n{rules}  }}\n  \
-         chain postrouting {{\n    type nat hook postrouting priority 101;\n    oifname \"{host_if}\" {lo} masquerade\n  }}\n}}\n"
+         chain postrouting {{\n    type nat hook postrouting priority 101;\n    oifname \"{host_if}\" {lo} masquerade\n  }}\n{localnet}}}\n"
     )
 }
 
@@ -224,7 +242,12 @@ mod tests {
             r.contains("oifname \"ve-x\" ip saddr 127.0.0.0/8 masquerade"),
             "{r}"
         );
+        assert!(
+            r.contains("iifname \"ve-x\" ip daddr 127.0.0.0/8 ct direction reply accept\n    iifname \"ve-x\" ip daddr 127.0.0.0/8 drop"),
+            "{r}"
+        );
         let r6 = ruleset("ip6", "t", "fd00::2", "ve-x", &p);
         assert!(r6.contains("dnat to [fd00::2]:80"), "{r6}");
+        assert!(!r6.contains("localnet"), "{r6}");
     }
 }
