@@ -325,6 +325,45 @@ fn huge_user_ids_are_refused() {
     assert_eq!((out.code, out.stdout.trim()), (0, "2147483646"), "{out}");
 }
 
+/// `ns-ctl shell --uid=ID` into a running container: the same refusal, nothing run.
+#[test]
+fn huge_user_ids_are_refused_by_ns_ctl_shell() {
+    let t = Tree::rootfs("trust-ids-shell");
+    let etc = t.path().join("etc");
+    let mut passwd = std::fs::read_to_string(etc.join("passwd")).unwrap();
+    passwd.push_str("bigu:x:4294967295:100::/:/bin/sh\n");
+    std::fs::write(etc.join("passwd"), passwd).unwrap();
+    let m = format!("esc-trust-shell-{}", std::process::id());
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c).args(["-q", "-D", t.arg(), "-M", &m]).args([
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    ns_tests::while_running(c, || {
+        for (uid, shown) in [("4294967295", "4294967295"), ("bigu", "4294967295")] {
+            let mut c = std::process::Command::new(bin("ns-ctl"));
+            c.args([
+                "shell",
+                &format!("--uid={uid}"),
+                &m,
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo RAN",
+            ]);
+            let out = run_cmd(c, None);
+            assert_eq!(out.code, 125, "--uid={uid}: {out}");
+            assert!(!out.stdout.contains("RAN"), "--uid={uid}: {out}");
+            let lines = out.stderr_lines();
+            assert!(
+                lines.len() == 1 && lines[0].contains(shown),
+                "--uid={uid}: {out}"
+            );
+        }
+    });
+}
+
 /// An OCI bundle in `t` (rootfs and config.json from `ns-oci spec`) running `args`, edited.
 fn oci_bundle(t: &Tree, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
     ns_tests::build_rootfs_linked(&t.path().join("rootfs"));
