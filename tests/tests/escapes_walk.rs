@@ -282,7 +282,7 @@ fn deep_trees_are_copied_and_shifted_without_running_out_of_fds() {
     // the test starts ns-run with.
     const DEPTH: usize = 1000;
     let tmpl = Tree::rootfs("walk-tmpl-deep");
-    let rel: PathBuf = std::iter::repeat("d").take(DEPTH).collect();
+    let rel: PathBuf = std::iter::repeat_n("d", DEPTH).collect();
     fs::create_dir_all(tmpl.path().join(&rel)).unwrap();
     fs::write(tmpl.path().join(&rel).join("leaf"), "deep\n").unwrap();
     let t = Tree::empty("walk-deep-parent");

@@ -379,7 +379,7 @@ pub fn shift_tree(root: &Path, to_base: u32) -> Result<()> {
     if from_base == to_base {
         return Ok(());
     }
-    if to_base == BUSY_BASE || to_base % RANGE != 0 {
+    if to_base == BUSY_BASE || to_base & (RANGE - 1) != 0 {
         return Err(Error::invalid(
             "--private-users",
             &to_base.to_string(),
