@@ -313,6 +313,49 @@ fn deep_trees_are_copied_and_shifted_without_running_out_of_fds() {
     assert_eq!(leaf.uid(), top, "the deepest file was not shifted");
 }
 
+#[test]
+fn a_template_deeper_than_2048_levels_fails_and_leaves_nothing() {
+    // Walks are bounded (nspawn's copy stops at 2048 levels too): one line, 125, and the
+    // partial copy removed. The levels are made fd-relative (their path is past PATH_MAX).
+    let tmpl = Tree::rootfs("walk-tmpl-deeper");
+    let top = fs::File::open(tmpl.path()).unwrap();
+    let mut fds = vec![top];
+    for _ in 0..2049 {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let at = fds.last().unwrap().as_raw_fd();
+        // SAFETY: mkdirat and openat with a valid dir fd and a C string literal; the new
+        // fd is ours.
+        let fd = unsafe {
+            assert_eq!(libc::mkdirat(at, c"d".as_ptr(), 0o755), 0);
+            libc::openat(
+                at,
+                c"d".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: a new fd nothing else owns.
+        fds.push(unsafe { fs::File::from_raw_fd(fd) });
+        if fds.len() > 8 {
+            fds.remove(0);
+        }
+    }
+    drop(fds);
+    let t = Tree::empty("walk-deeper-parent");
+    let dir = t.base().join("ct");
+    let mut cmd = ns_run();
+    cmd.args(["-q", "--template", tmpl.arg(), "-D", s(&dir), "/bin/true"]);
+    let out = spawn(cmd, None).wait();
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert!(
+        out.stderr.contains("more than 2048 directories deep"),
+        "{out}"
+    );
+    assert!(!dir.exists());
+    assert_eq!(hidden_copies(t.base()), Vec::<String>::new());
+}
+
 /// A bundle: busybox in `rootfs`, config.json from `ns-oci spec` with `args`, then `edit`.
 fn bundle(t: &Tree, args: &[&str], edit: impl FnOnce(&mut Value)) {
     build_rootfs_linked(&t.path().join("rootfs"));
