@@ -132,11 +132,11 @@ impl Copy<'_> {
             }
             r => r.ctx(|| format!("cannot create {}", self.hidden().display()))?,
         }
-        // Ours only if it is the 0700 directory of our uid we just made (a racer who
-        // owns the parent can put one of theirs, or a symlink, under the name).
+        // Ours only if it is a directory of our uid that nobody else may enter, as we just
+        // made it (a racer who owns the parent can put one of theirs, or a symlink, there).
         let dst = walk::open_dir_at(self.parent, &self.tmp).map_err(|_| self.replaced())?;
         let st = nix::sys::stat::fstat(&dst).ctx(|| "cannot stat the copy".into())?;
-        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o7777 != 0o700 {
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
             return Err(self.replaced());
         }
         let r = self
