@@ -12,6 +12,7 @@ pub mod stage;
 pub mod state;
 pub mod sync;
 pub mod sys;
+pub mod walk;
 
 pub use error::{Context, Error, Result};
 

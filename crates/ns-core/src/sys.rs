@@ -406,6 +406,73 @@ impl SignalSet {
     }
 }
 
+impl SignalSet {
+    /// Take one of these (blocked) signals if one is pending, without waiting: a long job
+    /// that blocked them checks now and then whether to stop and clean up.
+    pub fn poll(&self) -> Option<i32> {
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the set and the timespec are valid for the call; a NULL siginfo pointer
+        // is allowed. A zero timeout makes sigtimedwait return at once.
+        let r = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &now) };
+        (r > 0).then_some(r)
+    }
+}
+
+/// Make `cmd`'s process start with no blocked signal and every signal at its default
+/// disposition: a child inherits its parent's mask and ignored signals across exec (the
+/// monitors block the signals they relay; a parent's posix_spawn leaves glibc's internal
+/// signals 32 and 33 ignored in its child, us, and so in ours).
+pub fn clean_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    /// The kernel's struct sigaction (x86-64 and arm64 layout), for the numbers glibc's
+    /// sigaction() refuses.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // sigaction, rt_sigaction and sigprocmask, which are async-signal-safe; it allocates
+    // nothing and touches no lock. Failures (SIGKILL, SIGSTOP) change nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut dfl.sa_mask);
+            let kdfl = KernelSigaction {
+                handler: libc::SIG_DFL,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            for sig in 1..=64 {
+                if libc::sigaction(sig, &dfl, std::ptr::null_mut()) != 0
+                    && cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+                {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        &kdfl as *const KernelSigaction,
+                        std::ptr::null_mut::<KernelSigaction>(),
+                        8usize,
+                    );
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
 /// kill(2) with any signal number, real-time ones included.
 pub fn kill_raw(pid: Pid, signo: i32) -> nix::Result<()> {
     // SAFETY: kill takes plain integers.

@@ -2,10 +2,13 @@
 //! ns-enter creates the namespace first and asks the monitor, still in the host's namespaces,
 //! to write the maps (SYNC-0): only a process outside may map more than its own id.
 
+use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::FileStat;
 use ns_core::state::{IdBase, Ownership, UserNs};
 use ns_core::{Context, Error, Result};
 
@@ -77,6 +80,13 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
             "--private-users-ownership",
             "chown",
             "only for ranges starting at a multiple of 65536 with 65536 ids",
+        ));
+    }
+    if ownership == Ownership::Chown && base == IdBase::Fixed(BUSY_BASE) {
+        return Err(Error::invalid(
+            "--private-users-ownership",
+            "chown",
+            &format!("the range at {BUSY_BASE} marks trees being shifted"),
         ));
     }
     if !ns_core::paths::host_root() {
@@ -347,72 +357,159 @@ pub fn write_rootless_maps(pid: i32) -> Result<u32> {
     Ok(1)
 }
 
-/// `chown` ownership: shift the tree's ids on disk from the range it is in now (its root
-/// directory's owner, rounded down to 64K) to `to_base`, files, directories and links alike,
-/// without crossing into other file systems. A shift that fails half-way is undone.
+/// What the top directory of a tree being shifted is owned by while the walk runs
+/// (nspawn's UID_BUSY_BASE, plus the low 16 bits): a shift cut short, even by SIGKILL, is
+/// recognised and done again by the next start. No range may start there.
+pub const BUSY_BASE: u32 = 0xFFFE_0000;
+
+/// `chown` ownership: shift the tree's ids on disk into the range at `to_base`, files,
+/// directories and links alike, as nspawn does: every id keeps its low 16 bits and takes
+/// the range's high ones, without crossing into other file systems. The walk is
+/// fd-relative (openat O_NOFOLLOW from directory fds we hold, chown through O_PATH fds of
+/// the very inodes looked at), so a directory swapped for a symlink mid-walk can only make
+/// it fail. The top is marked first and shifted last; a shift that fails half-way is
+/// undone (shifted back), and one that could not be is redone by the next start.
 pub fn shift_tree(root: &Path, to_base: u32) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::symlink_metadata(root).ctx(|| format!("cannot stat {}", root.display()))?;
-    let from_base = md.uid() & !(RANGE - 1);
+    let top = nix::fcntl::open(
+        root,
+        nix::fcntl::OFlag::O_RDONLY
+            | nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {}", root.display()))?;
+    let st = nix::sys::stat::fstat(&top).ctx(|| format!("cannot stat {}", root.display()))?;
+    let from_base = st.st_uid & !(RANGE - 1);
     if from_base == to_base {
         return Ok(());
     }
-    let dev = md.dev();
-    let mut done: Vec<PathBuf> = Vec::new();
-    let r = shift_walk(root, dev, from_base, to_base, &mut done);
-    if r.is_err() {
-        for p in &done {
-            let _ = shift_one(p, to_base, from_base);
-        }
+    if to_base == BUSY_BASE || to_base & (RANGE - 1) != 0 {
+        return Err(Error::invalid(
+            "--private-users",
+            &to_base.to_string(),
+            "cannot be the base of a chown shift",
+        ));
+    }
+    let _headroom = ns_core::walk::FdHeadroom::raise();
+    if from_base != BUSY_BASE {
+        let busy = |id: u32| BUSY_BASE | (id & (RANGE - 1));
+        nix::unistd::fchown(
+            &top,
+            Some(nix::unistd::Uid::from_raw(busy(st.st_uid))),
+            Some(nix::unistd::Gid::from_raw(busy(st.st_gid))),
+        )
+        .ctx(|| format!("cannot chown {}", root.display()))?;
+    }
+    let r = shift_walk(top.as_fd(), root, to_base);
+    if r.is_err() && from_base != BUSY_BASE {
+        let _ = shift_walk(top.as_fd(), root, from_base);
     }
     r
 }
 
-fn shift_one(p: &Path, from: u32, to: u32) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::symlink_metadata(p).ctx(|| format!("cannot stat {}", p.display()))?;
-    let map = |id: u32| {
-        if id >= from && id - from < RANGE {
-            to + (id - from)
-        } else {
-            id
-        }
-    };
-    let (uid, gid) = (map(md.uid()), map(md.gid()));
-    if (uid, gid) != (md.uid(), md.gid()) {
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            p,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+/// Give the inode `fd` is open on (stat `st`) the ids of the range at `to`; chown clears
+/// set-id bits, which are given back.
+fn shift_one(fd: BorrowedFd<'_>, st: &FileStat, to: u32, what: &dyn Fn() -> String) -> Result<()> {
+    use nix::sys::stat::SFlag;
+    let map = |id: u32| to | (id & (RANGE - 1));
+    let (uid, gid) = (map(st.st_uid), map(st.st_gid));
+    if (uid, gid) == (st.st_uid, st.st_gid) {
+        return Ok(());
+    }
+    // An O_PATH fd of a file or link, or a directory's fd: either way that inode.
+    nix::unistd::fchownat(
+        fd,
+        "",
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_EMPTY_PATH | nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ctx(|| format!("cannot chown {}", what()))?;
+    if ns_core::walk::kind(st) != SFlag::S_IFLNK && st.st_mode & 0o6000 != 0 {
+        // fchmod does not take O_PATH fds; its /proc/self/fd link is that inode.
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            std::fs::Permissions::from_mode(st.st_mode & 0o7777),
         )
-        .ctx(|| format!("cannot chown {}", p.display()))?;
-        // chown clears set-id bits; give them back.
-        if !md.file_type().is_symlink() && md.mode() & 0o6000 != 0 {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(md.mode() & 0o7777))
-                .ctx(|| format!("cannot chmod {}", p.display()))?;
-        }
+        .ctx(|| format!("cannot chmod {}", what()))?;
     }
     Ok(())
 }
 
-fn shift_walk(p: &Path, dev: u64, from: u32, to: u32, done: &mut Vec<PathBuf>) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::symlink_metadata(p).ctx(|| format!("cannot stat {}", p.display()))?;
-    if md.dev() != dev {
-        return Ok(());
-    }
-    if md.is_dir() {
-        for e in std::fs::read_dir(p).ctx(|| format!("cannot read {}", p.display()))? {
-            let e = e.ctx(|| format!("cannot read {}", p.display()))?;
-            shift_walk(&e.path(), dev, from, to, done)?;
+/// A directory being shifted: its fd and stat (it is shifted once its entries are), the
+/// names left, its path for messages.
+struct ShiftLevel {
+    fd: OwnedFd,
+    st: FileStat,
+    left: Vec<OsString>,
+    path: PathBuf,
+}
+
+/// A path for an error message, made only when one is.
+fn at(p: &Path) -> impl Fn() -> String + '_ {
+    move || p.display().to_string()
+}
+
+/// Shift everything below the directory `top` is open on, then `top` itself.
+fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
+    use ns_core::walk;
+    let st = nix::sys::stat::fstat(top).ctx(|| format!("cannot stat {}", root.display()))?;
+    let dev = st.st_dev;
+    let read = || format!("cannot read {}", root.display());
+    let mut stack = vec![ShiftLevel {
+        fd: walk::reopen_dir(top).ctx(read)?,
+        st,
+        left: walk::names(top).ctx(read)?,
+        path: root.to_path_buf(),
+    }];
+    loop {
+        let depth = stack.len();
+        let Some(level) = stack.last_mut() else {
+            return Ok(());
+        };
+        let Some(name) = level.left.pop() else {
+            // Its entries are done: the directory itself (the top comes last).
+            let done = stack.pop().expect("not empty");
+            shift_one(done.fd.as_fd(), &done.st, to, &at(&done.path))?;
+            continue;
+        };
+        let path = level.path.join(&name);
+        let what = at(&path);
+        let st = nix::sys::stat::fstatat(
+            level.fd.as_fd(),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ctx(|| format!("cannot stat {}", what()))?;
+        if st.st_dev != dev {
+            continue; // a mount point: another file system
+        }
+        if walk::is_dir(&st) {
+            if depth >= walk::MAX_DEPTH {
+                return Err(Error::setup(format!(
+                    "cannot shift {}: more than {} directories deep",
+                    root.display(),
+                    walk::MAX_DEPTH
+                )));
+            }
+            let fd = walk::open_dir_at(level.fd.as_fd(), &name)
+                .ctx(|| format!("cannot open {}", what()))?;
+            let st = nix::sys::stat::fstat(&fd).ctx(|| format!("cannot stat {}", what()))?;
+            let left = walk::names(fd.as_fd()).ctx(|| format!("cannot read {}", what()))?;
+            if st.st_dev == dev {
+                let path = path.clone();
+                stack.push(ShiftLevel { fd, st, left, path });
+            }
+        } else {
+            let fd = walk::open_entry_at(level.fd.as_fd(), &name)
+                .ctx(|| format!("cannot open {}", what()))?;
+            let st = nix::sys::stat::fstat(&fd).ctx(|| format!("cannot stat {}", what()))?;
+            shift_one(fd.as_fd(), &st, to, &what)?;
         }
     }
-    shift_one(p, from, to)?;
-    done.push(p.to_path_buf());
-    Ok(())
 }
 
 #[cfg(test)]
@@ -451,6 +548,7 @@ mod tests {
             Ownership::Chown
         );
         assert!(parse("1048577", Some("chown"), r).is_err());
+        assert!(parse(&BUSY_BASE.to_string(), Some("chown"), r).is_err());
         assert!(parse("1048576:1000", Some("chown"), r).is_err());
         assert!(parse("pick", Some("bogus"), r).is_err());
     }
@@ -483,34 +581,90 @@ mod shift_tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    fn owner(p: &Path) -> (u32, u32) {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid())
+    }
+
+    fn lchown(p: &Path, id: u32) {
+        std::os::unix::fs::lchown(p, Some(id), Some(id)).unwrap();
+    }
+
     #[test]
-    fn shift_and_undo() {
+    fn shift_and_back() {
         let d = std::env::temp_dir().join(format!("ns-shift-{}", std::process::id()));
         std::fs::create_dir_all(d.join("a/b")).unwrap();
         std::fs::write(d.join("a/b/f"), "x").unwrap();
         std::os::unix::fs::symlink("a", d.join("l")).unwrap();
-        nix::unistd::chown(
-            &d.join("a/b/f"),
-            Some(nix::unistd::Uid::from_raw(1000)),
-            None,
+        lchown(&d.join("a/b/f"), 1000);
+        std::fs::write(d.join("suid"), "x").unwrap();
+        std::fs::set_permissions(
+            d.join("suid"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4755),
         )
         .unwrap();
         shift_tree(&d, 0x100000).unwrap();
-        assert_eq!(std::fs::symlink_metadata(&d).unwrap().uid(), 0x100000);
-        assert_eq!(
-            std::fs::symlink_metadata(d.join("a/b/f")).unwrap().uid(),
-            0x100000 + 1000
-        );
-        assert_eq!(
-            std::fs::symlink_metadata(d.join("l")).unwrap().uid(),
-            0x100000
-        );
+        assert_eq!(owner(&d), (0x100000, 0x100000));
+        assert_eq!(owner(&d.join("a/b/f")), (0x100000 + 1000, 0x100000 + 1000));
+        assert_eq!(owner(&d.join("l")), (0x100000, 0x100000));
+        let mode = std::fs::metadata(d.join("suid")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o4755, "set-uid bit lost");
         shift_tree(&d, 0).unwrap();
-        assert_eq!(
-            std::fs::symlink_metadata(d.join("a/b/f")).unwrap().uid(),
-            1000
-        );
-        assert_eq!(std::fs::symlink_metadata(&d).unwrap().uid(), 0);
+        assert_eq!(owner(&d.join("a/b/f")), (1000, 1000));
+        assert_eq!(owner(&d), (0, 0));
+        // A shift cut short leaves the top marked busy: the next one is done in full.
+        lchown(&d, BUSY_BASE);
+        lchown(&d.join("a/b/f"), 0x100000 + 1000);
+        shift_tree(&d, 0).unwrap();
+        assert_eq!(owner(&d), (0, 0));
+        assert_eq!(owner(&d.join("a/b/f")), (1000, 1000));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_swapped_directory_is_never_followed_and_a_failed_shift_is_undone() {
+        // A thread swaps a directory of the tree with a symlink to a victim directory
+        // whose files have the same names, as fast as it can.
+        let base = std::env::temp_dir().join(format!("ns-shift-race-{}", std::process::id()));
+        let (d, victim) = (base.join("t"), base.join("victim"));
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        for i in 0..500 {
+            std::fs::write(d.join(format!("data/f{i}")), "").unwrap();
+            std::fs::write(victim.join(format!("f{i}")), "").unwrap();
+        }
+        std::os::unix::fs::symlink(&victim, d.join("other")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s2, a, b) = (stop.clone(), d.join("data"), d.join("other"));
+        let racer = std::thread::spawn(move || {
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &a,
+                    nix::fcntl::AT_FDCWD,
+                    &b,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                );
+            }
+        });
+        let mut failed = 0;
+        for _ in 0..20 {
+            match shift_tree(&d, 0x100000) {
+                Ok(()) => shift_tree(&d, 0).unwrap_or_else(|_| failed += 1),
+                Err(_) => failed += 1,
+            }
+            // Undone or shifted back: the top is the tree's base again.
+            if owner(&d) == (0, 0) {
+                continue;
+            }
+            assert_eq!(owner(&d).0 & !(RANGE - 1), BUSY_BASE);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        racer.join().unwrap();
+        for e in std::fs::read_dir(&victim).unwrap().flatten() {
+            assert_eq!(owner(&e.path()), (0, 0), "{}", e.path().display());
+        }
+        eprintln!("{failed} of 20 shifts failed under the racer");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

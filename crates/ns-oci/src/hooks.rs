@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use ns_core::{Error, Result};
 use oci_spec::runtime::{Hook, Hooks};
 
-/// createContainer and startContainer run inside the container's namespaces: not supported
-/// (refused at create rather than skipped).
-pub fn refuse_in_container(hooks: &Option<Hooks>) -> Result<()> {
+/// Refused at create, before anything is made: createContainer and startContainer hooks,
+/// which run inside the container's namespaces (not supported, rather than skipped), and a
+/// timeout of 0 or less (the OCI spec: "If set, timeout MUST be greater than zero"; runc
+/// arms a timer that fires at once, so such a hook is killed and the verb fails).
+pub fn check(hooks: &Option<Hooks>) -> Result<()> {
     let Some(h) = hooks else { return Ok(()) };
     for (name, list) in [
         ("createContainer", h.create_container()),
@@ -23,6 +25,22 @@ pub fn refuse_in_container(hooks: &Option<Hooks>) -> Result<()> {
             return Err(Error::setup(format!(
                 "config.json: hooks.{name}: not supported"
             )));
+        }
+    }
+    for (name, list) in [
+        ("createRuntime", h.create_runtime()),
+        ("prestart", h.prestart()),
+        ("poststart", h.poststart()),
+        ("poststop", h.poststop()),
+    ] {
+        for (i, hook) in list.iter().flatten().enumerate() {
+            if let Some(t) = hook.timeout().filter(|t| *t <= 0) {
+                return Err(Error::invalid(
+                    &format!("config.json: hooks.{name}[{i}].timeout"),
+                    &t.to_string(),
+                    "must be greater than zero",
+                ));
+            }
         }
     }
     Ok(())
@@ -47,15 +65,17 @@ fn run_one(h: &Hook, state: &serde_json::Value) -> std::result::Result<(), Strin
     cmd.env_clear()
         .envs(h.env().iter().flatten().filter_map(|kv| kv.split_once('=')))
         .stdin(Stdio::piped());
+    // Not the signals we block to relay them, nor any ignored ones: a hook starts clean.
+    ns_core::sys::clean_signals_on_exec(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its state may close stdin early: not an error.
         let _ = stdin.write_all(state.to_string().as_bytes());
     }
+    // Positive (checked at create); a timeout too far away to reckon is none.
     let deadline = h
         .timeout()
-        .filter(|t| *t > 0)
-        .map(|t| Instant::now() + Duration::from_secs(t as u64));
+        .and_then(|t| Instant::now().checked_add(Duration::from_secs(t.try_into().ok()?)));
     loop {
         match child.try_wait().map_err(|e| e.to_string())? {
             Some(st) if st.success() => return Ok(()),
