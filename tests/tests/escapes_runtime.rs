@@ -1,0 +1,183 @@
+//! Issue 15, the runtime directory and what is read from it or from a container: attacks by
+//! another host user through /run/ns-run (planted directories, cleanup journals, registry
+//! entries), a container's os-release and machine-id symlinks, lock files left behind, and
+//! tools that must die quietly on a closed pipe.
+//!
+//! "First run after boot" is simulated in a private mount namespace with a fresh tmpfs on
+//! /run (`unshare -m`): the real /run/ns-run, which parallel tests use, is never touched.
+
+use std::process::Command;
+
+use ns_tests::{bin, bin_dir, run_cmd, Output, Tree};
+
+/// `script` (sh -e) in a private mount namespace whose /run is a fresh, empty tmpfs, with
+/// $NS_RUN, $NS_CTL and the tree in $TREE, $BASE beside it.
+fn in_fresh_run(t: &Tree, script: &str) -> Output {
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-ec"])
+        .arg(format!(
+            "mount -t tmpfs -o mode=0755,size=8m ns-tests /run\n{script}"
+        ))
+        .env_remove("NS_DEBUG")
+        .env_remove("NS_STAGE_FDS")
+        .env("NS_RUN", bin("ns-run"))
+        .env("NS_CTL", bin("ns-ctl"))
+        .env("BIN", bin_dir())
+        .env("TREE", t.path())
+        .env("BASE", t.base());
+    run_cmd(c, None)
+}
+
+/// The one error line of a refused run (exit 125, nothing else on stderr).
+fn refused(out: &Output, what: &[&str]) {
+    assert_eq!(out.code, 125, "{out}");
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{out}");
+    for w in what {
+        assert!(lines[0].contains(w), "{w:?} not in the error: {out}");
+    }
+}
+
+/// ns-mount used to make /run/ns-run/scratch (and /run/ns-run with it) under umask 0: 0777
+/// when it was the first to need them. Every runtime directory gets an explicit mode now,
+/// whatever the caller's umask.
+#[test]
+fn runtime_dirs_of_a_first_run_are_not_writable_by_others() {
+    let t = Tree::rootfs("rt-modes");
+    let out = in_fresh_run(
+        &t,
+        r#"umask 0
+"$NS_RUN" --register=no -q -D "$TREE" --inaccessible=/etc/passwd true
+"$NS_RUN" -q -M rt-modes -D "$TREE" --read-only true
+echo "open: $(find /run/ns-run -perm /022 -printf '%p %m,')"
+echo "dirs: $(find /run/ns-run -type d -printf '%P,' | tr -d '\n')"
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("open: \n"), "{out}");
+    for d in ["scratch", "machines", "cleanup"] {
+        assert!(out.stdout.contains(&format!("{d},")), "{d} not made: {out}");
+    }
+}
+
+/// A directory of /run/ns-run that another user made, or that anyone may write, or that is a
+/// symlink, is refused in one line naming it, its owner and its mode; nothing it holds is
+/// obeyed (here: a cleanup journal naming a victim directory).
+#[test]
+fn planted_runtime_dirs_are_refused() {
+    let t = Tree::rootfs("rt-planted");
+    let plant_journal = r#"
+mkdir -p "$BASE/victim" /run/ns-run/cleanup
+touch "$BASE/victim/precious"
+printf '{"root":"%s","path":"%s/victim","recursive":true}\n' "$BASE" "$BASE" > /run/ns-run/cleanup/999999999
+"#;
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "chown 65534 /run/ns-run /run/ns-run/cleanup /run/ns-run/cleanup/999999999",
+            &["/run/ns-run", "uid 65534", "0755"],
+        ),
+        ("chmod 0777 /run/ns-run", &["/run/ns-run", "uid 0", "0777"]),
+        (
+            "chown -R 65534 /run/ns-run/cleanup",
+            &["/run/ns-run/cleanup", "uid 65534"],
+        ),
+        (
+            "mv /run/ns-run /run/elsewhere; ln -s /run/elsewhere /run/ns-run",
+            &["/run/ns-run", "symlink"],
+        ),
+    ];
+    for (how, what) in cases {
+        let script = format!(
+            "{plant_journal}{how}\n\
+             rc=0; \"$NS_RUN\" --register=no -q -D \"$TREE\" true || rc=$?\n\
+             test -e \"$BASE/victim/precious\" && echo victim-alive\n\
+             exit $rc\n"
+        );
+        let out = in_fresh_run(&t, &script);
+        refused(&out, what);
+        assert!(out.stdout.contains("victim-alive"), "{how}: {out}");
+    }
+}
+
+/// Even in a directory of ours, a journal is obeyed only if it is ours, a regular file (not a
+/// symlink), and only for what a monitor creates: a mount point inside its tree, an overlay
+/// work directory `.#…`, a cgroup.
+#[test]
+fn planted_or_forged_journals_are_not_obeyed() {
+    let t = Tree::rootfs("rt-journal");
+    let out = in_fresh_run(
+        &t,
+        r#"
+"$NS_RUN" --register=no -q -D "$TREE" true
+mkdir -p "$BASE/victim1" "$BASE/victim2" "$BASE/victim3"
+touch "$BASE/victim1/x" "$BASE/victim2/x" "$BASE/victim3/x"
+J=/run/ns-run/cleanup
+# Another user's journal.
+printf '{"root":"%s","path":"%s/victim1","recursive":true}\n' "$BASE" "$BASE" > $J/999999991
+chown 65534 $J/999999991
+# A symlink to a journal elsewhere.
+printf '{"root":"%s","path":"%s/victim2","recursive":true}\n' "$BASE" "$BASE" > "$BASE/j"
+ln -s "$BASE/j" $J/999999992
+# Ours, but naming a directory that no monitor creates: not a work directory, and outside
+# the tree it names as its root.
+printf '{"root":"%s","path":"%s/victim3","recursive":true}\n' "$TREE" "$BASE" > $J/999999993
+printf '{"root":"%s","path":"%s/victim3","recursive":false}\n' "$TREE" "$BASE" >> $J/999999993
+printf '{"root":"%s","path":"/sys/fs/cgroup/../../%s/victim3","cgroup":true}\n' "$TREE" "$BASE" >> $J/999999993
+"$NS_RUN" --register=no -q -D "$TREE" true
+for v in 1 2 3; do test -e "$BASE/victim$v/x" && echo "victim$v-alive"; done
+true
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    for v in 1..=3 {
+        assert!(
+            out.stdout.contains(&format!("victim{v}-alive")),
+            "victim{v}: {out}"
+        );
+    }
+}
+
+/// A registry entry that another user planted (held by a flock, naming an unrelated
+/// process as its leader and a "cgroup" whose cgroup.procs is a symlink to a host file) is
+/// refused by `ns-ctl terminate` and `ns-ctl shell`; so is an entry of ours whose cgroups
+/// are not cgroups.
+#[test]
+fn planted_registry_entries_are_refused() {
+    let t = Tree::rootfs("rt-registry");
+    let out = in_fresh_run(
+        &t,
+        r#"
+"$NS_CTL" list >/dev/null
+M=/run/ns-run/machines
+sleep 100 & victim=$!
+mkdir -p "$BASE/fakecg"
+echo precious > "$BASE/file"
+ln -s "$BASE/file" "$BASE/fakecg/cgroup.procs"
+cat > $M/evil.json <<EOF
+{"name":"evil","uuid":"0123456789abcdef0123456789abcdef","class":"container",
+ "service":"ns-run","leader":$victim,"monitor":$victim,"root":"/","since_usec":0,
+ "interfaces":[],"boot":false,"cgroups":["$BASE/fakecg"],"syscall_filter":null}
+EOF
+touch $M/evil.lock
+chown 65534 $M/evil.json $M/evil.lock
+flock $M/evil.lock sleep 100 & holder=$!
+sleep 0.3
+rc1=0; "$NS_CTL" shell evil -- /bin/true </dev/null || rc1=$?
+rc2=0; "$NS_CTL" terminate evil || rc2=$?
+# The same entry owned by root: its cgroup is no cgroup.
+chown 0 $M/evil.json $M/evil.lock
+rc3=0; "$NS_CTL" shell evil -- /bin/true </dev/null || rc3=$?
+rc4=0; "$NS_CTL" kill evil || rc4=$?
+kill -0 $victim && echo victim-alive
+echo "file: $(cat "$BASE/file")"
+echo "rc: $rc1 $rc2 $rc3 $rc4"
+kill $victim $holder 2>/dev/null || true
+wait 2>/dev/null || true
+"#,
+    );
+    assert!(out.stdout.contains("victim-alive"), "{out}");
+    assert!(out.stdout.contains("file: precious"), "{out}");
+    assert!(out.stdout.contains("rc: 125 125 125 125"), "{out}");
+    assert!(out.stderr.contains("uid 65534"), "{out}");
+    assert!(out.stderr.contains("not a cgroup"), "{out}");
+}
