@@ -126,11 +126,11 @@ pub fn list(json: bool) -> Result<i32> {
                        "version": r[4], "addresses": r[5]})
             })
             .collect();
-        println!("{}", serde_json::Value::Array(v));
+        ns_core::outln!("{}", serde_json::Value::Array(v));
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("No machines.");
+        ns_core::outln!("No machines.");
         return Ok(0);
     }
     let head = ["MACHINE", "CLASS", "SERVICE", "OS", "VERSION", "ADDRESSES"];
@@ -149,13 +149,13 @@ pub fn list(json: bool) -> Result<i32> {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = width[i]))
             .collect();
-        println!("{}", s.join(" ").trim_end());
+        ns_core::outln!("{}", s.join(" ").trim_end());
     };
     line(head.to_vec());
     for r in &rows {
         line(r.iter().map(|s| s.as_str()).collect());
     }
-    println!("\n{} machines listed.", rows.len());
+    ns_core::outln!("\n{} machines listed.", rows.len());
     Ok(0)
 }
 
@@ -170,11 +170,11 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
             "since": m.since_usec, "interfaces": m.interfaces, "addresses": addrs,
             "os": os, "version": version, "boot": m.boot, "processes": procs,
         });
-        println!("{v}");
+        ns_core::outln!("{v}");
         return Ok(());
     }
-    println!("{}({})", m.name, m.uuid);
-    let row = |k: &str, v: &str| println!("{k:>16}: {v}");
+    ns_core::outln!("{}({})", m.name, m.uuid);
+    let row = |k: &str, v: &str| ns_core::outln!("{k:>16}: {v}");
     row(
         "Since",
         &format!("{}; {}", format_time(m.since_usec), ago(m.since_usec)),
@@ -193,7 +193,7 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
     }
     row("Monitor", &format!("{} ({})", m.monitor, comm(m.monitor)));
     if !procs.is_empty() {
-        println!("{:>16}:", "Processes");
+        ns_core::outln!("{:>16}:", "Processes");
         for p in procs {
             let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
                 .map(|c| {
@@ -203,7 +203,7 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
                         .to_string()
                 })
                 .unwrap_or_default();
-            println!("{:>18}{p} {cmd}", "");
+            ns_core::outln!("{:>18}{p} {cmd}", "");
         }
     }
     Ok(())
