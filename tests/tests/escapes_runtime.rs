@@ -181,3 +181,79 @@ wait 2>/dev/null || true
     assert!(out.stderr.contains("uid 65534"), "{out}");
     assert!(out.stderr.contains("not a cgroup"), "{out}");
 }
+
+/// A start refused because the tree is busy leaves no `NAME.lock` in the registry (the
+/// claim is released on every exit path), and a `--private-users` range too large to lock
+/// leaves none of the lock files it made.
+#[test]
+fn refused_starts_leave_no_lock_files() {
+    let t = Tree::rootfs("rt-locks");
+    let out = in_fresh_run(
+        &t,
+        r#"
+"$NS_RUN" -q -M rt-busy1 -D "$TREE" sh -c 'sleep 100' & first=$!
+i=0; until [ -e /run/ns-run/machines/rt-busy1.json ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+rc=0; "$NS_RUN" -q -M rt-busy2 -D "$TREE" true 2>/dev/null || rc=$?
+echo "busy: $rc"
+ls /run/ns-run/machines | grep rt-busy2 || echo "no rt-busy2 entry"
+kill $first; wait $first || true
+rc=0; "$NS_RUN" --register=no -q --private-users=0:4294967295 -D "$TREE" true 2>/dev/null || rc=$?
+echo "huge: $rc"
+echo "uid locks: $(ls /run/ns-run/uid | wc -l)"
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("busy: 125"), "{out}");
+    assert!(out.stdout.contains("no rt-busy2 entry"), "{out}");
+    assert!(out.stdout.contains("uid locks: 0"), "{out}");
+}
+
+/// `ns-ctl status NAME | head -1` and the other printing verbs of our tools meet a closed
+/// pipe: they die of SIGPIPE, quietly, as coreutils do (no panic, no message).
+#[test]
+fn printing_into_a_closed_pipe_is_quiet() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = Tree::rootfs("rt-pipe");
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c).args([
+        "-q",
+        "--read-only",
+        "-M",
+        "rt-pipe",
+        "-D",
+        t.arg(),
+        "sh",
+        "-c",
+        "echo ready; exec sleep 100",
+    ]);
+    let running = ns_tests::spawn_until(c, "ready");
+    let cmds: Vec<(&str, Vec<&str>)> = vec![
+        ("ns-ctl", vec!["status", "rt-pipe"]),
+        ("ns-ctl", vec!["list"]),
+        ("ns-run", vec!["--print-state", "-D", t.arg(), "true"]),
+        ("ns-run", vec!["--print-chain", "-D", t.arg(), "true"]),
+        ("ns-oci", vec!["features"]),
+    ];
+    let mut bad = Vec::new();
+    for (tool, args) in &cmds {
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let out = ns_tests::stage(tool)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(w)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        if out.status.signal() != Some(libc::SIGPIPE) || !out.stderr.is_empty() {
+            bad.push(format!(
+                "{tool} {args:?}: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    running.signal(libc::SIGTERM);
+    let _ = running.wait();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
