@@ -196,6 +196,32 @@ pub fn read_ours(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A small regular file of a tree that is not ours (an image, a running container's root
+/// through /proc/PID/root), read without leaving it: openat2 RESOLVE_IN_ROOT (a symlink in
+/// there is resolved in there, never on the host), O_NONBLOCK (a FIFO does not hang us),
+/// regular files only, at most `max` bytes.
+pub fn read_in_root(root: &Path, rel: &str, max: u64) -> Option<Vec<u8>> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let rootfd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = nix::fcntl::openat2(&rootfd, rel, how).ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let mut buf = Vec::new();
+    std::fs::File::from(fd).take(max).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
 /// Is `path` a plain absolute path (no `.`, `..` or empty components, not `/`) strictly
 /// below `dir`?
 pub fn plainly_below(path: &Path, dir: &Path) -> bool {
