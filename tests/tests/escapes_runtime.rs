@@ -261,3 +261,113 @@ fn printing_into_a_closed_pipe_is_quiet() {
     let _ = running.wait();
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// `ns-ctl status` reads the container's os-release inside the container's root: a symlink
+/// there to a host path shows nothing of the host file, and a FIFO does not hang it.
+#[test]
+fn os_release_is_read_inside_the_container() {
+    let t = Tree::rootfs("rt-osrel");
+    let secret = t.host_dir("host").join("os-release");
+    std::fs::write(&secret, "PRETTY_NAME=\"HOST SECRET\"\nID=hostsecret\n").unwrap();
+    let os_release = t.path().join("etc/os-release");
+    let _ = std::fs::remove_file(&os_release);
+    std::os::unix::fs::symlink(&secret, &os_release).unwrap();
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c).args([
+        "-q",
+        "-M",
+        "rt-osrel",
+        "-D",
+        t.arg(),
+        "sh",
+        "-c",
+        "echo ready; exec sleep 100",
+    ]);
+    let running = ns_tests::spawn_until(c, "ready");
+    let status = || {
+        let mut ctl = ns_tests::stage("ns-ctl");
+        ctl.args(["status", "rt-osrel"]);
+        run_cmd(ctl, None)
+    };
+    let through_symlink = status();
+    // Now a FIFO that nobody writes (run_cmd fails the test if status hangs on it).
+    std::fs::remove_file(&os_release).unwrap();
+    let made = Command::new("mkfifo").arg(&os_release).status().unwrap();
+    let on_fifo = status();
+    running.signal(libc::SIGTERM);
+    let _ = running.wait();
+    assert!(made.success());
+    assert_eq!(through_symlink.code, 0, "{through_symlink}");
+    assert!(
+        !through_symlink.stdout.contains("HOST SECRET"),
+        "{through_symlink}"
+    );
+    assert_eq!(on_fifo.code, 0, "{on_fifo}");
+}
+
+/// `-b` on an image whose /etc/machine-id is a symlink to a host path: the answer (a
+/// transient machine id or not) must not depend on whether that host path exists.
+#[test]
+fn machine_id_symlink_does_not_probe_the_host() {
+    let mut seen = Vec::new();
+    for exists in [true, false] {
+        let t = Tree::rootfs("rt-mid");
+        std::fs::create_dir_all(t.path().join("sbin")).unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", t.path().join("sbin/init")).unwrap();
+        std::fs::write(
+            t.path().join("etc/inittab"),
+            "::sysinit:/bin/sh /etc/boot.sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("etc/boot.sh"),
+            "echo machine-id=$(cat /etc/machine-id 2>/dev/null || echo none)\npoweroff -f\n",
+        )
+        .unwrap();
+        let host = t.host_dir("host").join("machine-id");
+        if exists {
+            std::fs::write(&host, "fedcba9876543210fedcba9876543210\n").unwrap();
+        }
+        let _ = std::fs::remove_file(t.path().join("etc/machine-id"));
+        std::os::unix::fs::symlink(&host, t.path().join("etc/machine-id")).unwrap();
+        let out = ns_tests::run(&[
+            "-q",
+            "-D",
+            t.arg(),
+            "-b",
+            "--uuid=0123456789abcdef0123456789abcdef",
+        ]);
+        assert_eq!(out.code, 0, "{out}");
+        seen.push(out.stdout.clone());
+    }
+    assert_eq!(seen[0], seen[1], "the host path's existence shows");
+    assert!(
+        seen[0].contains("machine-id=0123456789abcdef0123456789abcdef"),
+        "{seen:?}"
+    );
+}
+
+/// A user's runtime directory that another user made first is refused, saying whose it is.
+#[test]
+fn squatted_rootless_runtime_dir_says_whose_it_is() {
+    let t = Tree::empty("rt-squat");
+    let xdg = t.host_dir("xdg");
+    let squatted = xdg.join("ns-run");
+    std::fs::create_dir(&squatted).unwrap();
+    let chown = |p: &std::path::Path, uid: &str| {
+        let st = Command::new("chown").arg(uid).arg(p).status().unwrap();
+        assert!(st.success());
+    };
+    chown(&squatted, "1");
+    chown(&xdg, "65534");
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("ns-ctl"))
+        .arg("list")
+        .env("XDG_RUNTIME_DIR", &xdg);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 125, "{out}");
+    let line = out.stderr.trim();
+    assert!(line.contains(squatted.to_str().unwrap()), "{out}");
+    assert!(line.contains("uid 1"), "{out}");
+}
