@@ -218,7 +218,10 @@ pub fn read_in_root(root: &Path, rel: &str, max: u64) -> Option<Vec<u8>> {
         return None;
     }
     let mut buf = Vec::new();
-    std::fs::File::from(fd).take(max).read_to_end(&mut buf).ok()?;
+    std::fs::File::from(fd)
+        .take(max)
+        .read_to_end(&mut buf)
+        .ok()?;
     Some(buf)
 }
 

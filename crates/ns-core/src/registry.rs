@@ -204,11 +204,7 @@ fn check_entry(json: &Path, name: &str, m: &Machine) -> Result<()> {
     if m.leader <= 1 || m.monitor <= 1 {
         return bad(format!("leader {} and monitor {}", m.leader, m.monitor));
     }
-    if let Some(c) = m
-        .cgroups
-        .iter()
-        .find(|c| !crate::paths::is_cgroup_dir(c))
-    {
+    if let Some(c) = m.cgroups.iter().find(|c| !crate::paths::is_cgroup_dir(c)) {
         return bad(format!("{} is not a cgroup", c.display()));
     }
     Ok(())

@@ -431,7 +431,8 @@ pub fn reset_signals_for_exec() -> nix::Result<()> {
 pub fn die_of_sigpipe() -> ! {
     use nix::sys::signal::{raise, SigSet, Signal};
     // SAFETY: installing SIG_DFL runs no handler code; the process is about to end.
-    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     let mut set = SigSet::empty();
     set.add(Signal::SIGPIPE);
     let _ = set.thread_unblock();

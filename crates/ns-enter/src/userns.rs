@@ -182,7 +182,9 @@ pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
                     return Ok(r);
                 }
             }
-            Err(Error::setup("--private-users=pick: no free id range".into()))
+            Err(Error::setup(
+                "--private-users=pick: no free id range".into(),
+            ))
         }
     }
 }

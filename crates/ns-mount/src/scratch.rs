@@ -4,8 +4,8 @@
 //! namespace, also when everything is killed with SIGKILL.
 
 use std::cell::Cell;
-use std::os::unix::fs::DirBuilderExt;
 use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;

@@ -540,8 +540,9 @@ fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
     }
     // Resolved inside the tree (a symlink there never tells whether a host path exists).
     // A machine id of its own, or something else than a file there: the image's business.
-    let current = open_in_root(root, Path::new("/etc/machine-id"), None)
-        .and_then(|f| nix::sys::stat::fstat(f.as_fd()).ctx(|| "cannot stat /etc/machine-id".into()));
+    let current = open_in_root(root, Path::new("/etc/machine-id"), None).and_then(|f| {
+        nix::sys::stat::fstat(f.as_fd()).ctx(|| "cannot stat /etc/machine-id".into())
+    });
     if current.is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size > 0) {
         return Ok(());
     }

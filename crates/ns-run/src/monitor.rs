@@ -259,7 +259,9 @@ pub fn run(state: &State) -> Result<i32> {
                 && monitor.requests == 0
                 && ns_enter::resources::oom_kills(&cgroups) > 0
             {
-                ns_core::errln!("{STAGE}: the container was killed by the OOM killer (its memory limit)");
+                ns_core::errln!(
+                    "{STAGE}: the container was killed by the OOM killer (its memory limit)"
+                );
             }
             monitor.release_network(zone);
             monitor.cleanup.run(Some(&lock));

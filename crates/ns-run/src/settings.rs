@@ -274,7 +274,10 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                     "Zone" => opt("network-zone"),
                     "Port" => opt("port"),
                     _ => {
-                        ns_core::errln!("{file}:{}: unknown key {key} in [Network], ignoring", n + 1);
+                        ns_core::errln!(
+                            "{file}:{}: unknown key {key} in [Network], ignoring",
+                            n + 1
+                        );
                         continue;
                     }
                 };
