@@ -320,3 +320,51 @@ pub fn lock_current(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plainly_below_wants_plain_absolute_paths_strictly_inside() {
+        let below = |p: &str, d: &str| plainly_below(Path::new(p), Path::new(d));
+        assert!(below("/srv/tree/mnt", "/srv/tree"));
+        assert!(below("/srv/tree/a/b", "/srv/tree"));
+        assert!(!below("/srv/tree", "/srv/tree"));
+        assert!(!below("/srv/treeX/a", "/srv/tree"));
+        assert!(!below("/srv/tree/../etc", "/srv/tree"));
+        assert!(!below("srv/tree/a", "srv/tree"));
+        assert!(below("/etc", "/"));
+        assert!(!below("/", "/"));
+        assert!(below("/sys/fs/cgroup/x", "/sys/fs/cgroup"));
+        assert!(!below("/sys/fs/cgroup/../../tmp", "/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn a_private_dir_is_made_with_its_mode_and_refused_when_open_to_others() {
+        let base = std::env::temp_dir().join(format!("ns-core-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let d = base.join("d");
+        let made = private_dir(&d, 0o700);
+        nix::sys::stat::umask(old);
+        assert!(made.is_ok(), "{made:?}");
+        let mode = |p: &Path| nix::sys::stat::lstat(p).unwrap().st_mode & 0o7777;
+        assert_eq!(mode(&d), 0o700);
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &d,
+            nix::sys::stat::Mode::from_bits_truncate(0o777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .unwrap();
+        let e = private_dir(&d, 0o700).unwrap_err();
+        assert!(e.msg.contains("with mode 0777"), "{}", e.msg);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        let e = private_dir(&link, 0o700).unwrap_err();
+        assert!(e.msg.contains("a symlink"), "{}", e.msg);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

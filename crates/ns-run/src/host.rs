@@ -423,3 +423,34 @@ pub fn notify_ready() {
         let _ = sock.send_to_addr(b"READY=1\n", &a);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, recursive: bool, cgroup: bool) -> Entry {
+        Entry {
+            root: PathBuf::from("/srv/tree"),
+            path: PathBuf::from(path),
+            recursive,
+            cgroup,
+            slice: false,
+        }
+    }
+
+    #[test]
+    fn only_what_a_monitor_creates_is_plausible() {
+        assert!(entry("/srv/tree/mnt", false, false).plausible());
+        assert!(!entry("/srv/other", false, false).plausible());
+        assert!(!entry("/srv/tree/../etc", false, false).plausible());
+        assert!(!entry("/srv/tree", false, false).plausible());
+        assert!(entry("/srv/.#upper0123456789abcdef", true, false).plausible());
+        assert!(!entry("/srv/tree/upper", true, false).plausible());
+        assert!(!entry("/home", true, false).plausible());
+        // A cgroup that no longer exists is plausible (nothing to do); a path outside the
+        // cgroup file system never is.
+        assert!(entry("/sys/fs/cgroup/ns-run-gone-4242424242", false, true).plausible());
+        assert!(!entry("/tmp/x", false, true).plausible());
+        assert!(!entry("/sys/fs/cgroup/../../tmp", false, true).plausible());
+    }
+}
