@@ -22,7 +22,7 @@ pub fn default_dir() -> ns_core::Result<PathBuf> {
     if nix::unistd::geteuid().is_root() && !ns_core::paths::host_root() {
         return Ok(PathBuf::from("/run/ns-run/scratch"));
     }
-    ns_core::paths::runtime_subdir("scratch")
+    ns_core::paths::private_dir(&ns_core::paths::runtime_dir()?.join("scratch"), 0o700)
 }
 
 static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
