@@ -146,9 +146,16 @@ fn lock_range(dir: &Path, base: u32, count: u32) -> Result<Option<RangeLock>> {
         base,
     };
     for s in first..=last {
-        match lock_slot(dir, s * RANGE)? {
+        // On every way out, `held` removes the files it made.
+        match lock_slot(dir, s * RANGE).map_err(|e| {
+            Error::setup(format!(
+                "cannot lock the {} slots of {RANGE} ids this range spans ({})",
+                last - first + 1,
+                e.msg
+            ))
+        })? {
             Some(slot) => held.slots.push(slot),
-            None => return Ok(None), // `held` removes its files
+            None => return Ok(None),
         }
     }
     Ok(Some(held))
