@@ -371,3 +371,31 @@ fn squatted_rootless_runtime_dir_says_whose_it_is() {
     assert!(line.contains(squatted.to_str().unwrap()), "{out}");
     assert!(line.contains("uid 1"), "{out}");
 }
+
+/// ns-oci's state root made by another user: its records (here one naming an unrelated
+/// process, with the right start time) are not believed.
+#[test]
+fn ns_oci_refuses_a_state_root_of_another_user() {
+    let t = Tree::empty("rt-oci-root");
+    let out = in_fresh_run(
+        &t,
+        r#"
+R="$BASE/oci-root"
+mkdir -p "$R/evil"
+sleep 100 & victim=$!
+start=$(awk '{print $22}' /proc/$victim/stat)
+printf '{"id":"evil","bundle":"/","rootfs":"/","pid":%s,"start_time":%s,' $victim $start > "$R/evil/state.json"
+printf '"created":"2026-01-01T00:00:00Z","cgroups":[],"cgroup_levels":[],"annotations":{},' >> "$R/evil/state.json"
+printf '"created_paths":[],"syscall_filter":null,"hooks":null}' >> "$R/evil/state.json"
+chown -R 65534 "$R"
+rc=0; "$BIN/ns-oci" --root "$R" kill evil KILL || rc=$?
+kill -0 $victim && echo victim-alive
+echo "rc: $rc"
+kill $victim 2>/dev/null || true
+wait 2>/dev/null || true
+"#,
+    );
+    assert!(out.stdout.contains("victim-alive"), "{out}");
+    assert!(out.stdout.contains("rc: 1"), "{out}");
+    assert!(out.stderr.contains("uid 65534"), "{out}");
+}

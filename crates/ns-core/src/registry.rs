@@ -114,7 +114,8 @@ impl Registration {
             })
     }
 
-    /// The container is gone: remove the entry, then the lock file while still holding it.
+    /// The container is gone: remove the entry, then the lock file while still holding it
+    /// (what dropping it does; named for the callers that mean it).
     pub fn release(self) {}
 }
 
@@ -166,7 +167,7 @@ const MAX_ENTRY: u64 = 1 << 20;
 /// An entry that is held, or None; a stale one (lock free) is removed. A held entry without
 /// its JSON yet is a container still starting: not listed. Its files must be ours (regular
 /// files, reached without a symlink, writable only by us) and what it names plausible: its
-/// name, live pids, cgroups that are cgroups; otherwise it is refused.
+/// name, pids above 1, cgroups that are cgroups; otherwise it is refused.
 fn lookup(d: &Path, name: &str) -> Result<Option<Machine>> {
     let lock_path = d.join(format!("{name}.lock"));
     let json = d.join(format!("{name}.json"));
