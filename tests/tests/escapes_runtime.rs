@@ -172,7 +172,7 @@ rc2=0; "$NS_CTL" terminate evil || rc2=$?
 chown 0 $M/evil.json $M/evil.lock
 rc3=0; "$NS_CTL" shell evil -- /bin/true </dev/null || rc3=$?
 rc4=0; "$NS_CTL" kill evil || rc4=$?
-kill -0 $victim && echo victim-alive
+grep -q "^State:.*[RS] (" /proc/$victim/status && echo victim-alive
 echo "file: $(cat "$BASE/file")"
 echo "rc: $rc1 $rc2 $rc3 $rc4"
 kill $victim $holder 2>/dev/null || true
@@ -389,7 +389,7 @@ printf '"created":"2026-01-01T00:00:00Z","cgroups":[],"cgroup_levels":[],"annota
 printf '"created_paths":[],"syscall_filter":null,"hooks":null}' >> "$R/evil/state.json"
 chown -R 65534 "$R"
 rc=0; "$BIN/ns-oci" --root "$R" kill evil KILL || rc=$?
-kill -0 $victim && echo victim-alive
+grep -q "^State:.*[RS] (" /proc/$victim/status && echo victim-alive
 echo "rc: $rc"
 kill $victim 2>/dev/null || true
 wait 2>/dev/null || true
