@@ -152,7 +152,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            ns_core::errln!("{file}:{}: line is not KEY=VALUE, ignoring", n + 1);
+            eprintln!("{file}:{}: line is not KEY=VALUE, ignoring", n + 1);
             continue;
         };
         let (key, v) = (key.trim(), value.trim());
@@ -274,10 +274,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                     "Zone" => opt("network-zone"),
                     "Port" => opt("port"),
                     _ => {
-                        ns_core::errln!(
-                            "{file}:{}: unknown key {key} in [Network], ignoring",
-                            n + 1
-                        );
+                        eprintln!("{file}:{}: unknown key {key} in [Network], ignoring", n + 1);
                         continue;
                     }
                 };
@@ -288,7 +285,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                 })
             }
             (sec, _) => {
-                ns_core::errln!("{file}:{}: unknown key {key} in [{sec}], ignoring", n + 1);
+                eprintln!("{file}:{}: unknown key {key} in [{sec}], ignoring", n + 1);
                 None
             }
         };
@@ -360,7 +357,7 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
     let mut params = Vec::new();
     for s in &settings {
         if let (Some(what), false) = (s.untrusted, trusted || trusted_mode) {
-            ns_core::errln!("Ignoring {what} settings, file {shown} is not trusted.");
+            eprintln!("Ignoring {what} settings, file {shown} is not trusted.");
             continue;
         }
         if !override_mode && on_cli.contains(&s.group) {
