@@ -3,7 +3,10 @@
 //! container's monitor holds an exclusive flock on for the container's whole life, and
 //! `NAME.json`, the facts, written once the container's PID 1 exists (to a temporary file,
 //! then renamed, so that a reader never sees half an entry). A lock nobody holds means the
-//! monitor is gone: any reader removes such a stale entry.
+//! monitor is gone: any reader removes such a stale entry. Only entries of ours are believed
+//! (the directory and both files ours and writable by nobody else, never reached through a
+//! symlink), and only when what they name fits (cgroups that are cgroup directories): a
+//! reader acts on them (signals, joins cgroups) as root.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
