@@ -310,7 +310,7 @@ fn os_release_is_read_inside_the_container() {
 #[test]
 fn machine_id_symlink_does_not_probe_the_host() {
     let mut seen = Vec::new();
-    for exists in [true, false] {
+    for (userns, exists) in [(false, true), (false, false), (true, true), (true, false)] {
         let t = Tree::rootfs("rt-mid");
         std::fs::create_dir_all(t.path().join("sbin")).unwrap();
         std::os::unix::fs::symlink("/bin/busybox", t.path().join("sbin/init")).unwrap();
@@ -330,21 +330,27 @@ fn machine_id_symlink_does_not_probe_the_host() {
         }
         let _ = std::fs::remove_file(t.path().join("etc/machine-id"));
         std::os::unix::fs::symlink(&host, t.path().join("etc/machine-id")).unwrap();
-        let out = ns_tests::run(&[
+        let mut args = vec![
             "-q",
             "-D",
             t.arg(),
             "-b",
             "--uuid=0123456789abcdef0123456789abcdef",
-        ]);
+        ];
+        if userns {
+            args.push("-U");
+        }
+        let out = ns_tests::run(&args);
         assert_eq!(out.code, 0, "{out}");
         seen.push(out.stdout.clone());
     }
-    assert_eq!(seen[0], seen[1], "the host path's existence shows");
-    assert!(
-        seen[0].contains("machine-id=0123456789abcdef0123456789abcdef"),
-        "{seen:?}"
-    );
+    // The same answer, whether the host path exists or not, with or without -U.
+    for s in &seen {
+        assert_eq!(
+            s, "machine-id=0123456789abcdef0123456789abcdef\n",
+            "{seen:?}"
+        );
+    }
 }
 
 /// A user's runtime directory that another user made first is refused, saying whose it is.
