@@ -275,31 +275,10 @@ pub fn machine_uuid(root: &Path) -> String {
         .unwrap_or_else(random_uuid)
 }
 
-/// A small regular file of the image, read without leaving it (openat2 RESOLVE_IN_ROOT: a
-/// symlink in the image cannot point at a host file) and at most `max` bytes of it.
+/// A small regular file of the image, read without leaving it (see
+/// [`ns_core::paths::read_in_root`]), at most `max` bytes of it.
 fn read_image_file(root: &Path, rel: &str, max: usize) -> Option<String> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-    use std::io::Read;
-    let rootfd = nix::fcntl::open(
-        root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ok()?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = nix::fcntl::openat2(&rootfd, rel, how).ok()?;
-    let st = nix::sys::stat::fstat(&fd).ok()?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return None;
-    }
-    let mut s = String::new();
-    std::fs::File::from(fd)
-        .take(max as u64)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
+    ns_core::paths::read_in_root(root, rel, max as u64).and_then(|b| String::from_utf8(b).ok())
 }
 
 pub fn random_uuid() -> String {

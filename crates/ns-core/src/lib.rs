@@ -16,6 +16,43 @@ pub mod walk;
 
 pub use error::{Context, Error, Result};
 
+/// `println!` that never panics: on a closed pipe (`ns-ctl status | head -1`) the process
+/// dies of SIGPIPE, quietly, as coreutils do; see [`write_stdout`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that never panics: an error line that cannot be written is dropped (a
+/// monitor whose stderr went away still cleans up after its container).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Write to stdout and flush; on EPIPE die of SIGPIPE (the disposition is changed only on
+/// the way out, so no stage hands it to a payload); other errors are ignored, as by
+/// `print!`'s callers that cannot do better.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            sys::die_of_sigpipe();
+        }
+    }
+}
+
+/// Write to stderr; errors are ignored.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
 /// The UTC calendar date (year, month, day) and time of day (hour, minute, second) of a
 /// Unix time, without a time zone database (Howard Hinnant's civil_from_days).
 pub fn utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {

@@ -1,9 +1,11 @@
 //! Where the toolkit keeps its host-side state: /run/ns-run for root; for a user without
-//! root (rootless `-U`), `$XDG_RUNTIME_DIR/ns-run`, else /tmp/ns-run-UID (made 0700, and
-//! refused if someone else owns it).
+//! root (rootless `-U`), `$XDG_RUNTIME_DIR/ns-run`, else /tmp/ns-run-UID. Every directory
+//! there is made with an explicit mode and checked (a directory of ours that nobody else can
+//! write, reached without a symlink) before anything in it is trusted; the files read from
+//! it are opened without following symlinks and checked the same way.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
 
@@ -22,7 +24,7 @@ fn in_user_namespace() -> bool {
 /// monitor's pid (cleanup journals, notify sockets, template copies) is stale then. The
 /// process name is checked too, so that a reused pid does not keep stale state alive (it
 /// goes a start later).
-pub fn of_dead_monitors(dir: &std::path::Path, prefix: &str) -> Vec<PathBuf> {
+pub fn of_dead_monitors(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let alive = |pid: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ns-run")
     };
@@ -39,29 +41,221 @@ pub fn of_dead_monitors(dir: &std::path::Path, prefix: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The state directory, created if needed.
+/// The state directory, created if needed (0755 for root, 0700 for a user) and checked
+/// before it is trusted (see [`private_dir`]).
 pub fn runtime_dir() -> Result<PathBuf> {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
-        return Ok(PathBuf::from("/run/ns-run"));
+        return private_dir(Path::new("/run/ns-run"), 0o755);
     }
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         Some(x) if x.is_dir() => x.join("ns-run"),
         _ => PathBuf::from(format!("/tmp/ns-run-{uid}")),
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).ctx(|| format!("cannot create {}", dir.display())),
+    private_dir(&dir, 0o700)
+}
+
+/// `name` in the state directory (machines, cleanup, zones, notify, uid, scratch), created
+/// and checked as the state directory itself.
+pub fn runtime_subdir(name: &str) -> Result<PathBuf> {
+    let mode = if nix::unistd::geteuid().is_root() {
+        0o755
+    } else {
+        0o700
+    };
+    private_dir(&runtime_dir()?.join(name), mode)
+}
+
+/// A directory of ours that nobody else can change: made with exactly `mode` when missing
+/// (whatever the umask), then checked through an fd opened without following a symlink. It
+/// must be a directory, owned by our effective uid, and writable by nobody else; anything
+/// else is refused, naming the path, its owner and its mode (another user may have made it
+/// first and planted entries in it).
+pub fn private_dir(path: &Path, mode: u32) -> Result<PathBuf> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let created = match nix::unistd::mkdir(path, Mode::from_bits_truncate(mode)) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EEXIST) => false,
+        Err(e) => {
+            return Err(Error::setup(format!(
+                "cannot create {}: {}",
+                path.display(),
+                e.desc()
+            )))
+        }
+    };
+    let fd = match nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
+            let st = nix::sys::stat::lstat(path).ok();
+            return Err(untrusted(
+                path,
+                st.map(|s| s.st_uid),
+                st.map(|s| s.st_mode),
+                if st.is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFLNK) {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                },
+            ));
+        }
+        Err(e) => {
+            return Err(Error::setup(format!(
+                "cannot open {}: {}",
+                path.display(),
+                e.desc()
+            )))
+        }
+    };
+    if created {
+        // mkdir honoured the umask: the mode is what we say.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
+            .ctx(|| format!("cannot chmod {}", path.display()))?;
     }
-    let md = std::fs::symlink_metadata(&dir).ctx(|| format!("cannot stat {}", dir.display()))?;
-    if !md.is_dir() || md.uid() != uid.as_raw() {
-        return Err(Error::setup(format!(
-            "{} is not a directory of ours",
-            dir.display()
-        )));
+    let st = nix::sys::stat::fstat(&fd).ctx(|| format!("cannot stat {}", path.display()))?;
+    check_ours(path, &st, "a directory")?;
+    Ok(path.to_path_buf())
+}
+
+/// Check that an object we opened (without following symlinks) is ours: owned by our
+/// effective uid and writable by nobody else. `what`: "a directory" or "a file".
+pub fn check_ours(path: &Path, st: &libc::stat, what: &str) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let kind = st.st_mode & libc::S_IFMT;
+    let want = if what == "a directory" {
+        libc::S_IFDIR
+    } else {
+        libc::S_IFREG
+    };
+    if kind != want {
+        return Err(untrusted(
+            path,
+            Some(st.st_uid),
+            Some(st.st_mode),
+            &format!("not {what}"),
+        ));
     }
-    Ok(dir)
+    if st.st_uid != me || st.st_mode & 0o022 != 0 {
+        return Err(untrusted(
+            path,
+            Some(st.st_uid),
+            Some(st.st_mode),
+            &format!("not {what} of uid {me} that only it can write"),
+        ));
+    }
+    Ok(())
+}
+
+/// "PATH is owned by uid N (NAME) with mode 0777: not ...; refusing to use it".
+fn untrusted(path: &Path, uid: Option<u32>, mode: Option<u32>, why: &str) -> Error {
+    let owner = match uid {
+        Some(u) => match user_name(u) {
+            Some(n) => format!("uid {u} ({n})"),
+            None => format!("uid {u}"),
+        },
+        None => "?".into(),
+    };
+    let mode = mode.map_or("?".into(), |m| format!("{:04o}", m & 0o7777));
+    Error::setup(format!(
+        "{} is owned by {owner} with mode {mode}: {why}; refusing to use it",
+        path.display()
+    ))
+}
+
+/// The name of host user `uid` in /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == uid.to_string())
+        .map(|f| f[0].to_string())
+}
+
+/// Open a file of a runtime directory of ours to read it: without following a symlink,
+/// without blocking on a FIFO, and only if it is a regular file of ours (see
+/// [`check_ours`]); at most `max` bytes are read.
+pub fn read_ours(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ctx(|| format!("cannot open {}", path.display()))?;
+    let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
+    check_ours(path, &st, "a file")?;
+    let mut buf = Vec::new();
+    f.take(max)
+        .read_to_end(&mut buf)
+        .ctx(|| format!("cannot read {}", path.display()))?;
+    Ok(buf)
+}
+
+/// A small regular file of a tree that is not ours (an image, a running container's root
+/// through /proc/PID/root), read without leaving it: openat2 RESOLVE_IN_ROOT (a symlink in
+/// there is resolved in there, never on the host), O_NONBLOCK (a FIFO does not hang us),
+/// regular files only, at most `max` bytes.
+pub fn read_in_root(root: &Path, rel: &str, max: u64) -> Option<Vec<u8>> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let rootfd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = nix::fcntl::openat2(&rootfd, rel, how).ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let mut buf = Vec::new();
+    std::fs::File::from(fd)
+        .take(max)
+        .read_to_end(&mut buf)
+        .ok()?;
+    Some(buf)
+}
+
+/// Is `path` a plain absolute path (no `.`, `..` or empty components, not `/`) strictly
+/// below `dir`?
+pub fn plainly_below(path: &Path, dir: &Path) -> bool {
+    use std::path::Component;
+    let plain = |p: &Path| {
+        p.is_absolute()
+            && p.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+    };
+    plain(path) && plain(dir) && path != dir && path.starts_with(dir)
+}
+
+/// Is `path` a cgroup directory: plainly below /sys/fs/cgroup, reached without a final
+/// symlink, on a cgroup file system? (What a registry entry or a journal names as a cgroup
+/// is written to or removed only then.)
+pub fn is_cgroup_dir(path: &Path) -> bool {
+    use nix::fcntl::OFlag;
+    use nix::sys::statfs::{fstatfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+    if !plainly_below(path, Path::new("/sys/fs/cgroup")) {
+        return false;
+    }
+    let Ok(fd) = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return false;
+    };
+    fstatfs(&fd).is_ok_and(|s| {
+        s.filesystem_type() == CGROUP_SUPER_MAGIC || s.filesystem_type() == CGROUP2_SUPER_MAGIC
+    })
 }
 
 /// Where nspawn's `-M NAME` (without `-D`) and `machinectl start` find machine images.
@@ -79,29 +273,35 @@ pub fn find_image(name: &str) -> Option<PathBuf> {
     }
     IMAGE_DIRS
         .iter()
-        .map(|d| std::path::Path::new(d).join(name))
+        .map(|d| Path::new(d).join(name))
         .find(|p| p.is_dir())
 }
 
-/// Lock the file at `path` (created if missing) with `how`; None when a non-blocking lock
-/// is held by someone else. Re-checks that the file locked is still the one at `path`: whoever
+/// Lock the file at `path` (created if missing, never through a symlink, refused unless it
+/// is ours: see [`check_ours`]) with `how`; None when a non-blocking lock is held by someone
+/// else. Re-checks that the file locked is still the one at `path`: whoever
 /// held it last may have unlinked it meanwhile (the last member of a zone, the remover of a
 /// stale registry entry), and a lock on an unlinked file guards nothing.
 pub fn lock_current(
-    path: &std::path::Path,
+    path: &Path,
     how: nix::fcntl::FlockArg,
 ) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
     use nix::fcntl::Flock;
     use std::fs::File;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::OpenOptionsExt;
     loop {
         let f = File::options()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .ctx(|| format!("cannot open {}", path.display()))?;
+        let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
+        check_ours(path, &st, "a file")?;
         let lock = match Flock::lock(f, how) {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
@@ -118,5 +318,53 @@ pub fn lock_current(
         if held.is_some() && held == current {
             return Ok(Some(lock));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plainly_below_wants_plain_absolute_paths_strictly_inside() {
+        let below = |p: &str, d: &str| plainly_below(Path::new(p), Path::new(d));
+        assert!(below("/srv/tree/mnt", "/srv/tree"));
+        assert!(below("/srv/tree/a/b", "/srv/tree"));
+        assert!(!below("/srv/tree", "/srv/tree"));
+        assert!(!below("/srv/treeX/a", "/srv/tree"));
+        assert!(!below("/srv/tree/../etc", "/srv/tree"));
+        assert!(!below("srv/tree/a", "srv/tree"));
+        assert!(below("/etc", "/"));
+        assert!(!below("/", "/"));
+        assert!(below("/sys/fs/cgroup/x", "/sys/fs/cgroup"));
+        assert!(!below("/sys/fs/cgroup/../../tmp", "/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn a_private_dir_is_made_with_its_mode_and_refused_when_open_to_others() {
+        let base = std::env::temp_dir().join(format!("ns-core-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let d = base.join("d");
+        let made = private_dir(&d, 0o700);
+        nix::sys::stat::umask(old);
+        assert!(made.is_ok(), "{made:?}");
+        let mode = |p: &Path| nix::sys::stat::lstat(p).unwrap().st_mode & 0o7777;
+        assert_eq!(mode(&d), 0o700);
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &d,
+            nix::sys::stat::Mode::from_bits_truncate(0o777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .unwrap();
+        let e = private_dir(&d, 0o700).unwrap_err();
+        assert!(e.msg.contains("with mode 0777"), "{}", e.msg);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        let e = private_dir(&link, 0o700).unwrap_err();
+        assert!(e.msg.contains("a symlink"), "{}", e.msg);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

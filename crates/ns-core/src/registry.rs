@@ -3,7 +3,10 @@
 //! container's monitor holds an exclusive flock on for the container's whole life, and
 //! `NAME.json`, the facts, written once the container's PID 1 exists (to a temporary file,
 //! then renamed, so that a reader never sees half an entry). A lock nobody holds means the
-//! monitor is gone: any reader removes such a stale entry.
+//! monitor is gone: any reader removes such a stale entry. Only entries of ours are believed
+//! (the directory and both files ours and writable by nobody else, never reached through a
+//! symlink), and only when what they name fits (cgroups that are cgroup directories): a
+//! reader acts on them (signals, joins cgroups) as root.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -44,9 +47,7 @@ pub struct Machine {
 }
 
 fn dir() -> Result<PathBuf> {
-    let d = crate::paths::runtime_dir()?.join("machines");
-    std::fs::create_dir_all(&d).ctx(|| format!("cannot create {}", d.display()))?;
-    Ok(d)
+    crate::paths::runtime_subdir("machines")
 }
 
 /// A valid machine name: a hostname (letters, digits, `-`, `.`, `_`), as nspawn requires.
@@ -64,11 +65,14 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// A claimed name: held by the monitor until the container is gone.
+/// A claimed name: held by the monitor until the container is gone. Dropped (also when the
+/// start fails after the claim, e.g. on a busy tree), the entry and its lock file go.
 pub struct Registration {
-    lock: Flock<File>,
+    lock: Option<Flock<File>>,
     lock_path: PathBuf,
     json: PathBuf,
+    /// The claiming process: a forked child that drops its copy removes nothing.
+    owner: u32,
 }
 
 impl Registration {
@@ -79,9 +83,10 @@ impl Registration {
         let lock_path = d.join(format!("{name}.lock"));
         match lock_current(&lock_path, FlockArg::LockExclusiveNonblock)? {
             Some(lock) => Ok(Registration {
-                lock,
+                lock: Some(lock),
                 lock_path,
                 json: d.join(format!("{name}.json")),
+                owner: std::process::id(),
             }),
             None => Err(Error::setup(format!(
                 "machine {name} is already running (choose another name with -M, or --register=no)"
@@ -89,13 +94,22 @@ impl Registration {
         }
     }
 
-    /// Publish the entry (atomically).
+    /// Publish the entry (atomically: a new file of ours, renamed over the entry).
     pub fn publish(&self, m: &Machine) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = self
             .json
             .with_extension(format!("json.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp); // a dead monitor's, with our pid
         let text = serde_json::to_vec_pretty(m).expect("machine serializes");
-        std::fs::write(&tmp, text)
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&text))
             .and_then(|()| std::fs::rename(&tmp, &self.json))
             .ctx(|| format!("cannot write {}", self.json.display()))
             .inspect_err(|_| {
@@ -103,15 +117,24 @@ impl Registration {
             })
     }
 
-    /// The container is gone: remove the entry, then the lock file while still holding it.
-    pub fn release(self) {
+    /// The container is gone: remove the entry, then the lock file while still holding it
+    /// (what dropping it does; named for the callers that mean it).
+    pub fn release(self) {}
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            return;
+        }
         let _ = std::fs::remove_file(&self.json);
         let _ = std::fs::remove_file(&self.lock_path);
-        drop(self.lock);
+        drop(self.lock.take());
     }
 }
 
-/// The running machines, by name; stale entries are removed on the way.
+/// The running machines, by name; stale entries are removed on the way, and entries that
+/// are not ours (see [`lookup`]) are left out with a warning.
 pub fn list() -> Result<Vec<Machine>> {
     let d = dir()?;
     let mut names: Vec<String> = std::fs::read_dir(&d)
@@ -121,35 +144,72 @@ pub fn list() -> Result<Vec<Machine>> {
             let n = e.file_name().to_string_lossy().into_owned();
             n.strip_suffix(".lock").map(str::to_string)
         })
+        .filter(|n| check_name(n).is_ok())
         .collect();
     names.sort();
-    Ok(names.iter().filter_map(|n| lookup(&d, n)).collect())
+    let mut out = Vec::new();
+    for n in &names {
+        match lookup(&d, n) {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => {}
+            Err(e) => crate::errln!("ns-ctl: ignoring machine {n}: {}", e.msg),
+        }
+    }
+    Ok(out)
 }
 
 /// The machine called `name`.
 pub fn get(name: &str) -> Result<Machine> {
     check_name(name)?;
-    lookup(&dir()?, name).ok_or_else(|| Error::setup(format!("no machine called {name}")))
+    lookup(&dir()?, name)?.ok_or_else(|| Error::setup(format!("no machine called {name}")))
 }
 
+/// Largest entry read.
+const MAX_ENTRY: u64 = 1 << 20;
+
 /// An entry that is held, or None; a stale one (lock free) is removed. A held entry without
-/// its JSON yet is a container still starting: not listed.
-fn lookup(d: &Path, name: &str) -> Option<Machine> {
+/// its JSON yet is a container still starting: not listed. Its files must be ours (regular
+/// files, reached without a symlink, writable only by us) and what it names plausible: its
+/// name, pids above 1, cgroups that are cgroups; otherwise it is refused.
+fn lookup(d: &Path, name: &str) -> Result<Option<Machine>> {
     let lock_path = d.join(format!("{name}.lock"));
     let json = d.join(format!("{name}.json"));
-    if !lock_path.exists() {
-        return None;
+    if std::fs::symlink_metadata(&lock_path).is_err() {
+        return Ok(None);
     }
-    match lock_current(&lock_path, FlockArg::LockExclusiveNonblock) {
-        Ok(Some(stale)) => {
+    match lock_current(&lock_path, FlockArg::LockExclusiveNonblock)? {
+        Some(stale) => {
             let _ = std::fs::remove_file(&json);
             let _ = std::fs::remove_file(&lock_path);
             drop(stale);
-            None
+            Ok(None)
         }
-        Ok(None) => std::fs::read(&json)
-            .ok()
-            .and_then(|t| serde_json::from_slice(&t).ok()),
-        Err(_) => None,
+        None => {
+            let text = match crate::paths::read_ours(&json, MAX_ENTRY) {
+                Ok(t) => t,
+                Err(_) if std::fs::symlink_metadata(&json).is_err() => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let m: Machine = serde_json::from_slice(&text)
+                .map_err(|e| Error::setup(format!("bad entry {}: {e}", json.display())))?;
+            check_entry(&json, name, &m)?;
+            Ok(Some(m))
+        }
     }
+}
+
+/// What an entry names must fit: its own name, pids of processes (not 0, 1 or negative),
+/// cgroups that are cgroup directories.
+fn check_entry(json: &Path, name: &str, m: &Machine) -> Result<()> {
+    let bad = |why: String| Err(Error::setup(format!("{}: {why}", json.display())));
+    if m.name != name {
+        return bad(format!("names machine {}", m.name));
+    }
+    if m.leader <= 1 || m.monitor <= 1 {
+        return bad(format!("leader {} and monitor {}", m.leader, m.monitor));
+    }
+    if let Some(c) = m.cgroups.iter().find(|c| !crate::paths::is_cgroup_dir(c)) {
+        return bad(format!("{} is not a cgroup", c.display()));
+    }
+    Ok(())
 }

@@ -63,6 +63,7 @@ pub fn report_created(path: &std::path::Path, recursive: bool) -> Result<()> {
 
 /// Run a stage's job; it returns only with an error (on success it has exec'd).
 pub fn run(stage: &str, job: impl FnOnce() -> Result<Infallible>) -> ! {
+    quiet_on_closed_pipe();
     // Executed through an fd, our comm would be the fd number; name ourselves for ps.
     if let Ok(name) = std::ffi::CString::new(stage) {
         let _ = nix::sys::prctl::set_name(&name);
@@ -74,9 +75,28 @@ pub fn run(stage: &str, job: impl FnOnce() -> Result<Infallible>) -> ! {
     fail(stage, &e)
 }
 
+/// A `println!` somewhere (ours use [`crate::outln!`]) that meets a closed pipe panics
+/// with "failed printing to stdout: Broken pipe": die of SIGPIPE instead, quietly, as
+/// coreutils do (exit 134 and a panic message are not what `| head -1` should give).
+pub fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            crate::sys::die_of_sigpipe();
+        }
+        default(info)
+    }));
+}
+
 /// Print the one error line, report it, exit.
 pub fn fail(stage: &str, e: &Error) -> ! {
-    eprintln!("{stage}: {}", e.msg);
+    crate::errln!("{stage}: {}", e.msg);
     let fd = REPORT_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         let msg = Msg::Failed {
@@ -133,7 +153,7 @@ pub fn fault(point: &str) {
 /// Per-stage traces on stderr when NS_DEBUG is set.
 pub fn debug(stage: &str, what: impl FnOnce() -> String) {
     if std::env::var_os("NS_DEBUG").is_some() {
-        eprintln!("{stage}[{}]: {}", std::process::id(), what());
+        crate::errln!("{stage}[{}]: {}", std::process::id(), what());
     }
 }
 

@@ -493,6 +493,20 @@ pub fn reset_signals_for_exec() -> nix::Result<()> {
     SignalSet::new(&[]).set_mask()
 }
 
+/// Die of SIGPIPE, as a program that never ignored it (coreutils) does when it writes to a
+/// closed pipe: the Rust runtime ignores SIGPIPE, so we put the default back and raise it.
+pub fn die_of_sigpipe() -> ! {
+    use nix::sys::signal::{raise, SigSet, Signal};
+    // SAFETY: installing SIG_DFL runs no handler code; the process is about to end.
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    let _ = set.thread_unblock();
+    let _ = raise(Signal::SIGPIPE);
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
 /// open_tree(path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE]): a detached copy of
 /// the mount at `path` (with its submounts if `recursive`), to be changed and attached
 /// elsewhere.

@@ -234,10 +234,19 @@ pub fn start(name: &str) -> Result<()> {
     }
     let ns_run = ns_core::exec::locate("ns-run")
         .ok_or_else(|| Error::setup("cannot find ns-run beside ns-ctl or on PATH".into()))?;
-    let log = ns_core::paths::runtime_dir()?
-        .join("machines")
-        .join(format!("{name}.log"));
-    let err = File::create(&log).ctx(|| format!("cannot create {}", log.display()))?;
+    let log = ns_core::paths::runtime_subdir("machines")?.join(format!("{name}.log"));
+    // A new file of ours (a leftover is replaced; a symlink is never followed).
+    let _ = std::fs::remove_file(&log);
+    let err = {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&log)
+            .ctx(|| format!("cannot create {}", log.display()))?
+    };
     let mut child = Command::new(ns_run)
         .args(["--quiet", "--keep-unit", "--boot", "--network-veth", "-U"])
         .args(["--settings=override", &format!("--machine={name}")])

@@ -5,11 +5,14 @@ use ns_core::Result;
 use serde_json::json;
 
 /// ID and VERSION_ID of the container's os-release, and PRETTY_NAME, read through the
-/// leader's root (what the container itself sees).
+/// leader's root (what the container itself sees), resolved inside it: a symlink there
+/// never reaches a host file, a FIFO does not hang us, and only 64 KiB are read.
 fn os_release(m: &Machine) -> (String, String, String) {
+    let root = std::path::PathBuf::from(format!("/proc/{}/root", m.leader));
     let text = ["etc/os-release", "usr/lib/os-release"]
         .iter()
-        .find_map(|p| std::fs::read_to_string(format!("/proc/{}/root/{p}", m.leader)).ok())
+        .find_map(|p| ns_core::paths::read_in_root(&root, p, 64 * 1024))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let get = |k: &str| {
         text.lines()
@@ -126,11 +129,11 @@ pub fn list(json: bool) -> Result<i32> {
                        "version": r[4], "addresses": r[5]})
             })
             .collect();
-        println!("{}", serde_json::Value::Array(v));
+        ns_core::outln!("{}", serde_json::Value::Array(v));
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("No machines.");
+        ns_core::outln!("No machines.");
         return Ok(0);
     }
     let head = ["MACHINE", "CLASS", "SERVICE", "OS", "VERSION", "ADDRESSES"];
@@ -149,13 +152,13 @@ pub fn list(json: bool) -> Result<i32> {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = width[i]))
             .collect();
-        println!("{}", s.join(" ").trim_end());
+        ns_core::outln!("{}", s.join(" ").trim_end());
     };
     line(head.to_vec());
     for r in &rows {
         line(r.iter().map(|s| s.as_str()).collect());
     }
-    println!("\n{} machines listed.", rows.len());
+    ns_core::outln!("\n{} machines listed.", rows.len());
     Ok(0)
 }
 
@@ -170,11 +173,11 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
             "since": m.since_usec, "interfaces": m.interfaces, "addresses": addrs,
             "os": os, "version": version, "boot": m.boot, "processes": procs,
         });
-        println!("{v}");
+        ns_core::outln!("{v}");
         return Ok(());
     }
-    println!("{}({})", m.name, m.uuid);
-    let row = |k: &str, v: &str| println!("{k:>16}: {v}");
+    ns_core::outln!("{}({})", m.name, m.uuid);
+    let row = |k: &str, v: &str| ns_core::outln!("{k:>16}: {v}");
     row(
         "Since",
         &format!("{}; {}", format_time(m.since_usec), ago(m.since_usec)),
@@ -193,7 +196,7 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
     }
     row("Monitor", &format!("{} ({})", m.monitor, comm(m.monitor)));
     if !procs.is_empty() {
-        println!("{:>16}:", "Processes");
+        ns_core::outln!("{:>16}:", "Processes");
         for p in procs {
             let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
                 .map(|c| {
@@ -203,7 +206,7 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
                         .to_string()
                 })
                 .unwrap_or_default();
-            println!("{:>18}{p} {cmd}", "");
+            ns_core::outln!("{:>18}{p} {cmd}", "");
         }
     }
     Ok(())

@@ -51,14 +51,28 @@ pub fn status_field(pid: i32, key: &str) -> Result<String> {
 /// Into the container `name`'s cgroups (from the host's view, so before its cgroup
 /// namespace), then its namespaces `ns`; under a user namespace, become its root.
 pub fn join(name: &str, cgroups: &[PathBuf], ns: &[(File, CloneFlags)]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     for dir in cgroups {
-        // v1 through `tasks` (this process has one thread), cgroup2 through cgroup.procs.
+        if !ns_core::paths::is_cgroup_dir(dir) {
+            return Err(Error::setup(format!(
+                "cannot join {name}'s cgroup {}: not a cgroup",
+                dir.display()
+            )));
+        }
+        // v1 through `tasks` (this process has one thread), cgroup2 through cgroup.procs;
+        // never through a symlink, never creating a file.
         let f = if dir.join("tasks").exists() {
             dir.join("tasks")
         } else {
             dir.join("cgroup.procs")
         };
-        std::fs::write(&f, "0").ctx(|| format!("cannot join cgroup {}", dir.display()))?;
+        std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&f)
+            .and_then(|mut w| w.write_all(b"0"))
+            .ctx(|| format!("cannot join cgroup {}", dir.display()))?;
     }
     for (f, flag) in ns {
         nix::sched::setns(f.as_fd(), *flag)

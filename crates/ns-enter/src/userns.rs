@@ -145,61 +145,68 @@ fn ids_in_use(base: u32, count: u32) -> bool {
     })
 }
 
-/// Lock slot `slot` (a 64K-aligned base), or None when someone holds it.
-fn lock_slot(dir: &Path, slot: u32) -> Option<(Flock<File>, PathBuf)> {
-    use std::os::unix::fs::MetadataExt;
+/// Lock slot `slot` (a 64K-aligned base): None when someone holds it.
+fn lock_slot(dir: &Path, slot: u32) -> Result<Option<(Flock<File>, PathBuf)>> {
     let path = dir.join(slot.to_string());
-    loop {
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ok()?;
-        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).ok()?;
-        let held = lock.metadata().map(|m| m.ino()).ok();
-        if held.is_some() && held == std::fs::metadata(&path).map(|m| m.ino()).ok() {
-            return Some((lock, path));
-        }
-        // Its owner removed that file as we locked it: take the current one.
-    }
+    Ok(ns_core::paths::lock_current(&path, FlockArg::LockExclusiveNonblock)?.map(|l| (l, path)))
 }
 
-/// Lock every slot of [base, base+count), all or none.
-fn lock_range(dir: &Path, base: u32, count: u32) -> Option<RangeLock> {
+/// Lock every slot of [base, base+count), all or none: None when one is held by another
+/// container. On the way out (either), the lock files made so far are removed.
+fn lock_range(dir: &Path, base: u32, count: u32) -> Result<Option<RangeLock>> {
     let first = base / RANGE;
     let last = ((base as u64 + count as u64 - 1) / RANGE as u64) as u32;
-    let mut slots = Vec::new();
+    let mut held = RangeLock {
+        slots: Vec::new(),
+        base,
+    };
     for s in first..=last {
-        slots.push(lock_slot(dir, s * RANGE)?);
+        // On every way out, `held` removes the files it made.
+        match lock_slot(dir, s * RANGE).map_err(|e| {
+            Error::setup(format!(
+                "cannot lock the {} slots of {RANGE} ids this range spans ({})",
+                last - first + 1,
+                e.msg
+            ))
+        })? {
+            Some(slot) => held.slots.push(slot),
+            None => return Ok(None),
+        }
     }
-    Some(RangeLock { slots, base })
+    Ok(Some(held))
 }
 
 /// Reserve a range: for `pick`, the first free 64K slot from a start derived from the machine
 /// name; a fixed range is locked too, so that two containers never share ids by accident.
 pub fn reserve(base: IdBase, count: u32, machine: &str) -> Result<RangeLock> {
-    let lock_dir = ns_core::paths::runtime_dir()?.join("uid");
-    std::fs::create_dir_all(&lock_dir).ctx(|| format!("cannot create {}", lock_dir.display()))?;
+    let lock_dir = ns_core::paths::runtime_subdir("uid")?;
     match base {
-        IdBase::Fixed(b) => lock_range(&lock_dir, b, count).ok_or_else(|| {
-            Error::invalid(
-                "--private-users",
-                &format!("{b}:{count}"),
-                "this id range is used by another container",
-            )
-        }),
+        IdBase::Fixed(b) => lock_range(&lock_dir, b, count)
+            .map_err(|e| Error::invalid("--private-users", &format!("{b}:{count}"), &e.msg))?
+            .ok_or_else(|| {
+                Error::invalid(
+                    "--private-users",
+                    &format!("{b}:{count}"),
+                    "this id range is used by another container",
+                )
+            }),
         IdBase::Pick => {
             let slots = (PICK_LAST - PICK_FIRST) / RANGE + 1;
             let h = machine.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
             });
             let start = (h % slots as u64) as u32;
-            (0..slots)
+            for b in (0..slots)
                 .map(|i| PICK_FIRST + ((start + i) % slots) * RANGE)
                 .filter(|b| !ids_in_use(*b, count))
-                .find_map(|b| lock_range(&lock_dir, b, count))
-                .ok_or_else(|| Error::setup("--private-users=pick: no free id range".into()))
+            {
+                if let Some(r) = lock_range(&lock_dir, b, count)? {
+                    return Ok(r);
+                }
+            }
+            Err(Error::setup(
+                "--private-users=pick: no free id range".into(),
+            ))
         }
     }
 }

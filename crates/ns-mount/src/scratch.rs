@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -14,9 +15,15 @@ use nix::sys::stat::{Mode, SFlag};
 use ns_core::{Context, Result};
 
 /// Where the scratch tmpfs is mounted by default (inside the container's mount namespace
-/// only; on the host this stays an empty directory). Rootless: under the user's runtime dir.
+/// only; on the host this stays an empty directory, 0700, made and checked here, on the
+/// host, with the rest of the runtime directory). Rootless: under the user's runtime dir.
+/// A stage run by hand inside a user namespace cannot check host ownership: it names the
+/// directory, made by whoever ran ns-run or ns-oci on the host before.
 pub fn default_dir() -> ns_core::Result<PathBuf> {
-    Ok(ns_core::paths::runtime_dir()?.join("scratch"))
+    if nix::unistd::geteuid().is_root() && !ns_core::paths::host_root() {
+        return Ok(PathBuf::from("/run/ns-run/scratch"));
+    }
+    ns_core::paths::private_dir(&ns_core::paths::runtime_dir()?.join("scratch"), 0o700)
 }
 
 static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -44,10 +51,29 @@ impl Scratch {
             return Ok(());
         }
         let d = &self.dir;
-        std::fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
+        // Normally made on the host already (default_dir); else made here with explicit modes
+        // (ns-mount works under umask 0): never writable by others.
+        if let Some(parent) = d.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .ctx(|| format!("cannot create {}", parent.display()))?;
+        }
+        match nix::unistd::mkdir(d, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e).ctx(|| format!("cannot create {}", d.display())),
+        }
+        // Mounted on what is there now, never through a symlink.
+        let at = nix::fcntl::open(
+            d,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| format!("cannot open {}", d.display()))?;
         mount(
             Some("tmpfs"),
-            d,
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&at)).as_str(),
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(format!("mode=0700,{}", crate::setup::TMPFS_ROOT).as_str()),

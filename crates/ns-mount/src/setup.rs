@@ -553,12 +553,15 @@ fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost, notify: Option<&PathBu
 /// (from the container's uuid), kept on the container's /run tmpfs: nothing is written to the
 /// image but a mount point when the file is missing (removed after exit).
 fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
-    let Ok(etc) = open_in_root(root, Path::new("/etc"), None) else {
+    if open_in_root(root, Path::new("/etc"), None).is_err() {
         return Ok(());
-    };
-    let has_id = nix::sys::stat::fstatat(etc.as_fd(), "machine-id", nix::fcntl::AtFlags::empty())
-        .is_ok_and(|st| st.st_size > 0);
-    if has_id {
+    }
+    // Resolved inside the tree (a symlink there never tells whether a host path exists).
+    // A machine id of its own, or something else than a file there: the image's business.
+    let current = open_in_root(root, Path::new("/etc/machine-id"), None).and_then(|f| {
+        nix::sys::stat::fstat(f.as_fd()).ctx(|| "cannot stat /etc/machine-id".into())
+    });
+    if current.is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size > 0) {
         return Ok(());
     }
     let run = open_in_root(root, Path::new("/run"), None)?;

@@ -86,6 +86,10 @@ pub fn fifo_of(dir: &Path) -> PathBuf {
 /// The container `id`, or the one-line error "container ID does not exist".
 pub fn load(root: &Path, id: &str) -> Result<(PathBuf, Saved)> {
     let dir = dir_of(root, id)?;
+    if std::fs::symlink_metadata(root).is_ok() {
+        // Records in a root that is not ours (or that others may write) are not believed.
+        ns_core::paths::private_dir(root, 0o700)?;
+    }
     let text = match std::fs::read(dir.join("state.json")) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

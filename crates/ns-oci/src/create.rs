@@ -156,12 +156,16 @@ fn cgroup_path(given: Option<PathBuf>, id: &str, systemd: bool) -> Result<PathBu
 
 pub fn create(g: &Global, r: &Request) -> Result<()> {
     let dir = container::dir_of(&g.root, r.id)?;
-    // 0700, as runc: the records and the start fifo are root's business.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&g.root)
-        .ctx(|| format!("cannot create {}", g.root.display()))?;
+    // 0700, as runc: the records and the start fifo are root's business. Checked like our
+    // other runtime directories: a root someone else made or may write is refused.
+    if let Some(parent) = g.root.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .ctx(|| format!("cannot create {}", parent.display()))?;
+    }
+    ns_core::paths::private_dir(&g.root, 0o700)?;
     let b = oci::load("--bundle", r.bundle)?;
     let process = b
         .spec

@@ -154,10 +154,11 @@ impl Global {
 }
 
 fn main() {
+    ns_core::stage::quiet_on_closed_pipe();
     let argv = match ns_core::exec::args_utf8() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("ns-oci: {}", e.msg);
+            ns_core::errln!("ns-oci: {}", e.msg);
             std::process::exit(1)
         }
     };
@@ -173,7 +174,7 @@ fn main() {
     match run(&g, &cli.cmd) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("ns-oci: {}", e.msg);
+            ns_core::errln!("ns-oci: {}", e.msg);
             if let Some(log) = &cli.log {
                 log_error(log, &cli.log_format, &e.msg);
             }
@@ -234,7 +235,7 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             if st == Status::Stopped {
                 v["pid"] = 0.into();
             }
-            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            ns_core::outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
             Ok(0)
         }
         Cmd::Kill { all, id, signal } => {
@@ -273,13 +274,13 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             let (_, s) = container::load(&g.root, id)?;
             let pids = s.pids();
             match format.as_str() {
-                "json" => println!("{}", serde_json::to_string(&pids).expect("json")),
+                "json" => ns_core::outln!("{}", serde_json::to_string(&pids).expect("json")),
                 "table" => {
-                    println!("PID CMD");
+                    ns_core::outln!("PID CMD");
                     for p in pids {
                         let cmd =
                             std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                        println!("{p} {}", cmd.trim());
+                        ns_core::outln!("{p} {}", cmd.trim());
                     }
                 }
                 f => return Err(Error::invalid("--format", f, "not table or json")),
@@ -331,7 +332,7 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             Ok(0)
         }
         Cmd::Features => {
-            println!(
+            ns_core::outln!(
                 "{}",
                 serde_json::to_string_pretty(&features()).expect("json")
             );
@@ -502,7 +503,7 @@ fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
     s.kill_all();
     let hs = s.hooks.clone().unwrap_or_default();
     if let Err(e) = hooks::run("poststop", hs.poststop(), &s.state_json("stopped")) {
-        eprintln!("ns-oci: {}", e.msg);
+        ns_core::errln!("ns-oci: {}", e.msg);
     }
     create::remove_created(&s.created_paths);
     for c in s.cgroups.iter().rev() {

@@ -12,8 +12,11 @@ use ns_core::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 
 fn cleanup_dir() -> Result<PathBuf> {
-    Ok(ns_core::paths::runtime_dir()?.join("cleanup"))
+    ns_core::paths::runtime_subdir("cleanup")
 }
+
+/// Largest journal read back.
+const MAX_JOURNAL: u64 = 1 << 20;
 
 /// One container per tree, as nspawn: an exclusive flock on the root directory, shared for
 /// containers that never write to it (read-only, ephemeral, volatile). No lock file is left
@@ -67,6 +70,27 @@ struct Entry {
     slice: bool,
 }
 
+impl Entry {
+    /// Only what a monitor creates may be removed: a cgroup (plainly below /sys/fs/cgroup,
+    /// and a cgroup directory while it exists), an overlay work directory (`.#…`, the only
+    /// thing removed with its content), or a mount point plainly inside the tree.
+    fn plausible(&self) -> bool {
+        use ns_core::paths::{is_cgroup_dir, plainly_below};
+        if self.cgroup {
+            return plainly_below(&self.path, Path::new("/sys/fs/cgroup"))
+                && (is_cgroup_dir(&self.path) || std::fs::symlink_metadata(&self.path).is_err());
+        }
+        if self.recursive {
+            return plainly_below(&self.path, Path::new("/"))
+                && self
+                    .path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".#"));
+        }
+        plainly_below(&self.path, &self.root)
+    }
+}
+
 /// Paths to remove after the container, journaled as they are announced.
 pub struct Cleanup {
     root: PathBuf,
@@ -106,15 +130,25 @@ impl Cleanup {
     }
 
     fn journal(&mut self, e: Entry) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !e.plausible() {
+            return Err(Error::setup(format!(
+                "refusing to remove {} after the container: not a path its setup creates",
+                e.path.display()
+            )));
+        }
         if self.journal.is_none() {
             let dir = cleanup_dir()?;
-            std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
             let p = dir.join(std::process::id().to_string());
+            // A dead monitor's journal with our pid: collected by now, or stale.
+            let _ = std::fs::remove_file(&p);
             let f = File::options()
-                .create(true)
                 .append(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&p)
-                .ctx(|| format!("cannot open {}", p.display()))?;
+                .ctx(|| format!("cannot create {}", p.display()))?;
             self.journal = Some((p, f));
         }
         let (p, f) = self.journal.as_mut().expect("journal opened");
@@ -145,7 +179,7 @@ impl Cleanup {
         }
         if paths {
             // The last user of a shared tree also removes what the earlier ones left.
-            collect_stale();
+            let _ = collect_stale();
         }
     }
 }
@@ -211,16 +245,19 @@ fn remove_no_symlinks(path: &Path, recursive: bool) {
 }
 
 /// Remove what dead monitors left behind (killed before they could clean up): what their
-/// cleanup journals list. (Their notify sockets go when the next socket is bound.)
-pub fn collect_stale() {
-    let Ok(dir) = cleanup_dir() else {
-        return;
-    };
+/// cleanup journals list. (Their notify sockets go when the next socket is bound.) A journal
+/// that is not ours (another owner, writable by others, a symlink, not a regular file) is
+/// left alone, and of the entries of ours only what a monitor creates is removed.
+pub fn collect_stale() -> Result<()> {
+    let dir = cleanup_dir()?;
     for journal in ns_core::paths::of_dead_monitors(&dir, "") {
-        let text = std::fs::read_to_string(&journal).unwrap_or_default();
-        let entries: Vec<Entry> = text
+        let Ok(text) = ns_core::paths::read_ours(&journal, MAX_JOURNAL) else {
+            continue;
+        };
+        let entries: Vec<Entry> = String::from_utf8_lossy(&text)
             .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter_map(|l| serde_json::from_str::<Entry>(l).ok())
+            .filter(Entry::plausible)
             .collect();
         // The cgroups were the dead container's alone; its paths wait until nobody runs on
         // their tree.
@@ -233,6 +270,7 @@ pub fn collect_stale() {
             let _ = std::fs::remove_file(&journal);
         }
     }
+    Ok(())
 }
 
 /// Membership of a network zone: every container of zone Z holds a shared flock on
@@ -247,8 +285,7 @@ pub struct ZoneLock {
 
 impl ZoneLock {
     pub fn acquire(zone: &str) -> Result<ZoneLock> {
-        let dir = ns_core::paths::runtime_dir()?.join("zones");
-        std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        let dir = ns_core::paths::runtime_subdir("zones")?;
         let path = dir.join(zone);
         // Blocking: the last member may be deleting the bridge; then we get the new file.
         let lock = ns_core::paths::lock_current(&path, FlockArg::LockShared)?
@@ -327,8 +364,7 @@ pub struct NotifySocket {
 impl NotifySocket {
     pub fn bind(owner: Option<u32>) -> Result<NotifySocket> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = ns_core::paths::runtime_dir()?.join("notify");
-        std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        let dir = ns_core::paths::runtime_subdir("notify")?;
         // Sockets of monitors that were killed: collected here, off the path of other starts.
         for p in ns_core::paths::of_dead_monitors(&dir, "") {
             let _ = std::fs::remove_file(p);
@@ -385,5 +421,36 @@ pub fn notify_ready() {
     };
     if let Ok(a) = addr {
         let _ = sock.send_to_addr(b"READY=1\n", &a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, recursive: bool, cgroup: bool) -> Entry {
+        Entry {
+            root: PathBuf::from("/srv/tree"),
+            path: PathBuf::from(path),
+            recursive,
+            cgroup,
+            slice: false,
+        }
+    }
+
+    #[test]
+    fn only_what_a_monitor_creates_is_plausible() {
+        assert!(entry("/srv/tree/mnt", false, false).plausible());
+        assert!(!entry("/srv/other", false, false).plausible());
+        assert!(!entry("/srv/tree/../etc", false, false).plausible());
+        assert!(!entry("/srv/tree", false, false).plausible());
+        assert!(entry("/srv/.#upper0123456789abcdef", true, false).plausible());
+        assert!(!entry("/srv/tree/upper", true, false).plausible());
+        assert!(!entry("/home", true, false).plausible());
+        // A cgroup that no longer exists is plausible (nothing to do); a path outside the
+        // cgroup file system never is.
+        assert!(entry("/sys/fs/cgroup/ns-run-gone-4242424242", false, true).plausible());
+        assert!(!entry("/tmp/x", false, true).plausible());
+        assert!(!entry("/sys/fs/cgroup/../../tmp", false, true).plausible());
     }
 }

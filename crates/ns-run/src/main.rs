@@ -46,11 +46,11 @@ fn main() {
             oci::apply(b, &mut state, false)?;
         }
         if cli.print_state {
-            println!("{}", state.to_json_pretty());
+            ns_core::outln!("{}", state.to_json_pretty());
             std::process::exit(0);
         }
         if cli.print_chain {
-            println!("{}", plan::chain(&state));
+            ns_core::outln!("{}", plan::chain(&state));
             std::process::exit(0);
         }
         if let Some(t) = &cli.template {

@@ -25,7 +25,7 @@ const STAGE: &str = "ns-run";
 
 /// Run the container described by `state`; returns the exit code for ns-run.
 pub fn run(state: &State) -> Result<i32> {
-    host::collect_stale();
+    host::collect_stale()?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
         for pid in ns_net::ports::stale_monitors() {
@@ -259,7 +259,9 @@ pub fn run(state: &State) -> Result<i32> {
                 && monitor.requests == 0
                 && ns_enter::resources::oom_kills(&cgroups) > 0
             {
-                eprintln!("{STAGE}: the container was killed by the OOM killer (its memory limit)");
+                ns_core::errln!(
+                    "{STAGE}: the container was killed by the OOM killer (its memory limit)"
+                );
             }
             monitor.release_network(zone);
             monitor.cleanup.run(Some(&lock));
@@ -675,7 +677,7 @@ fn helper(job: impl FnOnce() -> Result<()>) -> Result<bool> {
             let code = match job() {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("ns-net: {}", e.msg);
+                    ns_core::errln!("ns-net: {}", e.msg);
                     e.code
                 }
             };
