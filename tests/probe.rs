@@ -9,6 +9,11 @@
 //!   ns-probe nr N                the same by number (an unknown one)
 //!   ns-probe socket DOMAIN TYPE PROTOCOL
 //!   ns-probe tiocsti             push one character into stdin's terminal (TIOCSTI)
+//!   ns-probe bpf-detach-devices DIR
+//!                                detach every eBPF device program in force on cgroup2
+//!                                directory DIR (BPF_PROG_QUERY with the effective flag,
+//!                                BPF_PROG_GET_FD_BY_ID, BPF_PROG_DETACH): `ok` once one is
+//!                                detached, `none` when none is in force, else the errno
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -69,9 +74,14 @@ fn main() {
             // SAFETY: TIOCSTI reads one byte from the pointer, which points at `c`.
             unsafe { libc::ioctl(0, libc::TIOCSTI, &c as *const u8) }.into()
         }
+        Some("bpf-detach-devices") => match a.get(1) {
+            Some(dir) => bpf_detach_devices(dir),
+            None => -1,
+        },
         _ => {
             eprintln!(
-                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti"
+                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti \
+                 | bpf-detach-devices DIR"
             );
             std::process::exit(2)
         }
@@ -84,4 +94,56 @@ fn main() {
     } else {
         println!("ok");
     }
+}
+
+/// `bpf-detach-devices DIR` (see the header): returns what `main` prints, -1 with errno set
+/// on failure; prints `none` itself and exits when no program is in force.
+fn bpf_detach_devices(dir: &str) -> i64 {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+    const BPF_PROG_DETACH: i64 = 9;
+    const BPF_PROG_QUERY: i64 = 16;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    let Ok(cg) = std::fs::File::open(dir) else {
+        return -1;
+    };
+    let bpf = |cmd: i64, attr: &mut [u64; 8]| -> i64 {
+        // SAFETY: `attr` is a zeroed union bpf_attr of 64 bytes; the kernel reads and
+        // writes only within the size passed, and the pointers it holds live meanwhile.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 64) }
+    };
+    // BPF_PROG_QUERY: target_fd, attach_type, query_flags, attach_flags, prog_ids, prog_cnt.
+    let mut ids = [0u32; 64];
+    let mut q = [0u64; 8];
+    q[0] = cg.as_raw_fd() as u64 | (u64::from(BPF_CGROUP_DEVICE) << 32);
+    q[1] = u64::from(BPF_F_QUERY_EFFECTIVE);
+    q[2] = ids.as_mut_ptr() as u64;
+    q[3] = ids.len() as u64;
+    if bpf(BPF_PROG_QUERY, &mut q) < 0 {
+        return -1;
+    }
+    let count = (q[3] & 0xffff_ffff) as usize;
+    if count == 0 {
+        println!("none");
+        std::process::exit(0);
+    }
+    let mut last = -1;
+    for id in &ids[..count.min(ids.len())] {
+        let mut g = [0u64; 8];
+        g[0] = u64::from(*id);
+        let prog = bpf(BPF_PROG_GET_FD_BY_ID, &mut g);
+        if prog < 0 {
+            return -1;
+        }
+        // BPF_PROG_DETACH: target_fd, attach_bpf_fd, attach_type, attach_flags.
+        let mut d = [0u64; 8];
+        d[0] = cg.as_raw_fd() as u64 | ((prog as u64) << 32);
+        d[1] = u64::from(BPF_CGROUP_DEVICE);
+        last = bpf(BPF_PROG_DETACH, &mut d);
+        if last == 0 {
+            return 0;
+        }
+    }
+    last
 }

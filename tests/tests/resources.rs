@@ -8,7 +8,7 @@ use std::process::Command;
 
 use ns_tests::{
     assert_journals_collected, assert_no_leak, cgroups_of_monitor, mount_points, ns_run, run_cmd,
-    ForgetJournal, Tree,
+    ForgetJournal, LoopDevice, Tree,
 };
 
 fn cmd(t: &Tree, opts: &[&str], script: &str) -> Command {
@@ -448,36 +448,11 @@ fn slice_puts_the_cgroup_under_systemds_path_and_its_last_container_removes_it()
     }
 }
 
-/// A loop device over a small file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn new(t: &Tree) -> Loop {
-        // Inside the tree's directory, so that it goes with the tree (after the loop device,
-        // which is declared after the tree and so dropped first).
-        let file = t.host_dir("loop").join("disk.img");
-        std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "losetup: {out:?}");
-        Loop(String::from_utf8(out.stdout).unwrap().trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn io_limits_land_on_the_whole_disk() {
     use std::os::unix::fs::MetadataExt;
     let t = Tree::rootfs("res-io");
-    let dev = Loop::new(&t);
+    let dev = LoopDevice::new(&t);
     let rdev = std::fs::metadata(&dev.0).unwrap().rdev();
     let num = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
     let opts = [
