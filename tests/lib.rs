@@ -1036,6 +1036,19 @@ pub fn cgroup_dirs() -> Vec<PathBuf> {
     out
 }
 
+/// The levels of the running container `machine` (`ns-run-MACHINE-PID`, one per hierarchy):
+/// where its limits and device policy are; its processes are in `payload` below each.
+pub fn container_cgroups(machine: &str) -> Vec<PathBuf> {
+    let prefix = format!("ns-run-{machine}-");
+    cgroup_dirs()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect()
+}
+
 /// A network namespace of a test (`ip netns add NAME`), deleted on drop; containers whose
 /// network is wired run in it (`nsenter --net=PATH ns-run ...`), never on the host's links.
 pub struct TestNetns(pub String);

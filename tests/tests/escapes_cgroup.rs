@@ -172,19 +172,14 @@ fn pids_hierarchy() -> PathBuf {
 /// The container's level (`ns-run-MACHINE-PID`) in `hierarchy`: the one above its cgroup
 /// namespace's root.
 fn container_level(hierarchy: &Path, machine: &str) -> PathBuf {
-    let prefix = format!("ns-run-{machine}-");
-    let found: Vec<PathBuf> = ns_tests::cgroup_dirs()
+    let found: Vec<PathBuf> = ns_tests::container_cgroups(machine)
         .into_iter()
         .filter(|p| p.starts_with(hierarchy))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-        })
         .collect();
     assert_eq!(
         found.len(),
         1,
-        "{prefix} in {}: {found:?}",
+        "{machine} in {}: {found:?}",
         hierarchy.display()
     );
     found[0].clone()

@@ -578,6 +578,10 @@ pub enum Property {
     MemoryHigh(Option<u64>),
     MemorySwapMax(Option<u64>),
     TasksMax(Option<u64>),
+    /// nspawn's unit default `TasksMax=` (16384), which every container of ns-run gets:
+    /// written where the container's cgroups have a pids controller (skipped where none
+    /// has), unless a `TasksMax` is among the properties.
+    DefaultTasksMax(u64),
     /// Percent of one CPU.
     CpuQuota(u64),
     CpuWeight(u64),
