@@ -257,3 +257,94 @@ fn every_container_gets_tasks_max_16384_unless_told_otherwise() {
         });
     }
 }
+
+#[test]
+fn ns_ctl_shell_joins_the_containers_level_below_its_limits() {
+    // What reads the container's cgroup follows it: `ns-ctl shell` joins the payload level
+    // (the shell sees itself at the root of the container's cgroup namespace in every
+    // hierarchy), so the container's limits hold for it too; status lists its processes.
+    let t = Tree::rootfs("esc-shell");
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c).args([
+        "-q",
+        "--read-only",
+        "-M",
+        "escshell",
+        "-D",
+        t.arg(),
+        "--property=TasksMax=7",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 100",
+    ]);
+    ns_tests::while_running(c, || {
+        let ctl = |args: &[&str]| {
+            let mut c = Command::new(bin("ns-ctl"));
+            c.args(args).env_remove("NS_DEBUG");
+            run_cmd(c, None)
+        };
+        let out = ctl(&["shell", "escshell", "--", "/bin/cat", "/proc/self/cgroup"]);
+        assert_eq!(out.code, 0, "{out}");
+        for l in out.stdout.lines() {
+            assert!(
+                l.ends_with(":/"),
+                "not at its cgroup namespace's root: {out}"
+            );
+        }
+        let bomb = "(for i in $(seq 20); do sleep 5 & done) 2>/dev/null; \
+                    n=0; for d in /proc/[0-9]*; do n=$((n+1)); done; echo $n; \
+                    kill -9 $(jobs -p) 2>/dev/null; true";
+        let out = ctl(&["shell", "escshell", "--", "/bin/sh", "-c", bomb]);
+        assert_eq!(out.code, 0, "{out}");
+        let n: u32 = out
+            .stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{out}"));
+        assert!(
+            (2..=7).contains(&n),
+            "{n} processes under TasksMax=7: {out}"
+        );
+        let out = ctl(&["status", "escshell", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
+        let leader = v["leader"].as_i64().unwrap();
+        let procs = v["processes"].as_array().unwrap();
+        assert!(procs.iter().any(|p| p == leader), "{out}");
+    });
+}
+
+#[test]
+fn an_oci_bundle_run_by_ns_run_gets_the_default_unless_it_sets_a_pids_limit() {
+    // `ns-run --oci-bundle`: nspawn's unit keeps its TasksMax for a bundle too; the bundle's
+    // linux.resources.pids.limit overrides it. (ns-oci gives none of its own, as runc.)
+    let t = Tree::empty("esc-bundle");
+    ns_tests::build_rootfs_linked(&t.path().join("rootfs"));
+    let o = Command::new(bin("ns-oci"))
+        .args(["spec", "--bundle", t.arg()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let config = t.path().join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let h = pids_hierarchy();
+    for (limit, want) in [(None, "16384"), (Some(50), "50")] {
+        let mut v = spec.clone();
+        if let Some(n) = limit {
+            v["linux"]["resources"]["pids"] = serde_json::json!({ "limit": n });
+        }
+        std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        let mut c = ns_run();
+        c.args(["-q", "-M", "escbundle", "--oci-bundle", t.arg()])
+            .args(["sh", "-c", "echo ready; exec sleep 100"]);
+        ns_tests::while_running(c, || {
+            let level = container_level(&h, "escbundle");
+            let got = std::fs::read_to_string(level.join("pids.max")).unwrap();
+            assert_eq!(
+                got.trim(),
+                want,
+                "pids.limit {limit:?}: {}",
+                level.display()
+            );
+        });
+    }
+}
