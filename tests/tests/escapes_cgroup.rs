@@ -159,13 +159,17 @@ fn pids_hierarchy() -> PathBuf {
     if host_has_v1("pids") {
         return PathBuf::from("/sys/fs/cgroup/pids");
     }
-    let v2 = std::fs::read_to_string("/proc/self/mountinfo")
+    v2_hierarchy()
+}
+
+/// The cgroup2 mount point.
+fn v2_hierarchy() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .find(|l| l.contains(" - cgroup2 "))
         .map(|l| PathBuf::from(l.split_whitespace().nth(4).unwrap()))
-        .expect("a cgroup2 hierarchy");
-    v2
+        .expect("a cgroup2 hierarchy")
 }
 
 /// The container's level (`ns-run-MACHINE-PID`) in `hierarchy`: the one above its cgroup
@@ -204,6 +208,51 @@ fn container_root_cannot_raise_its_limits() {
             (2..=40).contains(&n),
             "{m}: {n} processes under TasksMax=40"
         );
+    }
+}
+
+/// The hierarchy that holds the memory limit (v1 `memory`, else cgroup2) and its file.
+fn memory_hierarchy() -> (PathBuf, &'static str) {
+    if host_has_v1("memory") {
+        return (
+            PathBuf::from("/sys/fs/cgroup/memory"),
+            "memory.limit_in_bytes",
+        );
+    }
+    (v2_hierarchy(), "memory.max")
+}
+
+#[test]
+fn the_limits_stay_where_the_container_wrote_over_them() {
+    // The same attack on the memory limit (not then used: a lifted limit would let a hog
+    // eat the host's memory), read from the host: the container's level keeps its limits.
+    let t = Tree::rootfs("esc-mem");
+    let (mem_h, mem_file) = memory_hierarchy();
+    let pids_h = pids_hierarchy();
+    let script = "for c in memory pids; do mkdir -p /tmp/$c; \
+                    mount -t cgroup -o $c none /tmp/$c 2>/dev/null \
+                      || mount -t cgroup2 none /tmp/$c 2>/dev/null; done; \
+                  for f in /tmp/memory/memory.limit_in_bytes /tmp/memory/memory.memsw.limit_in_bytes; do \
+                    [ -e $f ] && (echo -1 > $f) 2>/dev/null; done; \
+                  [ -e /tmp/memory/memory.max ] && (echo max > /tmp/memory/memory.max) 2>/dev/null; \
+                  (echo max > /tmp/pids/pids.max) 2>/dev/null; \
+                  echo ready; exec sleep 100";
+    for (i, m) in ["default", "-U"].iter().enumerate() {
+        let machine = format!("escmem{i}");
+        let mut c = ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg(), "-M", &machine])
+            .args(["--property=MemoryMax=64M", "--property=TasksMax=40"])
+            .args(mode(m))
+            .args(["sh", "-c", script]);
+        ns_tests::while_running(c, || {
+            let mem = container_level(&mem_h, &machine).join(mem_file);
+            let got = std::fs::read_to_string(&mem).unwrap();
+            assert_eq!(got.trim(), "67108864", "{m}: {}", mem.display());
+            let pids = container_level(&pids_h, &machine).join("pids.max");
+            let got = std::fs::read_to_string(&pids).unwrap();
+            assert_eq!(got.trim(), "40", "{m}: {}", pids.display());
+        });
     }
 }
 
