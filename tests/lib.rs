@@ -364,6 +364,32 @@ impl Drop for Tree {
     }
 }
 
+/// A loop device (`/dev/loopN`, its path) over a 1 MiB file of zeros in the tree's host
+/// directory `loop`, detached on drop.
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    pub fn new(t: &Tree) -> LoopDevice {
+        // Inside the tree's directory, so that it goes with the tree (after the loop device,
+        // which is declared after the tree and so dropped first).
+        let file = t.host_dir("loop").join("disk.img");
+        std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        LoopDevice(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
 fn remove_stale_trees_once() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(remove_stale_trees);
@@ -1008,6 +1034,19 @@ pub fn cgroup_dirs() -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The levels of the running container `machine` (`ns-run-MACHINE-PID`, one per hierarchy):
+/// where its limits and device policy are; its processes are in `payload` below each.
+pub fn container_cgroups(machine: &str) -> Vec<PathBuf> {
+    let prefix = format!("ns-run-{machine}-");
+    cgroup_dirs()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect()
 }
 
 /// A network namespace of a test (`ip netns add NAME`), deleted on drop; containers whose

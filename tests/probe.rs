@@ -16,6 +16,11 @@
 //!                                hand and sent with a packet socket on IFACE to the
 //!                                Ethernet address MAC: the kernel's routing is bypassed, so
 //!                                any addresses go on the wire (127.0.0.1 included)
+//!   ns-probe bpf-detach-devices DIR
+//!                                detach every eBPF device program in force on cgroup2
+//!                                directory DIR (BPF_PROG_QUERY with the effective flag,
+//!                                BPF_PROG_GET_FD_BY_ID, BPF_PROG_DETACH): `ok` once one is
+//!                                detached, `none` when none is in force, else the errno
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -82,9 +87,14 @@ fn main() {
             unsafe { libc::ioctl(0, libc::TIOCLINUX, &subcode as *const u8) }.into()
         }
         Some("udp-frame") if a.len() == 7 => udp_frame(&a[1..]),
+        Some("bpf-detach-devices") => match a.get(1) {
+            Some(dir) => bpf_detach_devices(dir),
+            None => -1,
+        },
         _ => {
             eprintln!(
-                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti | tioclinux | udp-frame IFACE MAC SRC DST PORT TEXT"
+                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti \
+                 | tioclinux | udp-frame IFACE MAC SRC DST PORT TEXT | bpf-detach-devices DIR"
             );
             std::process::exit(2)
         }
@@ -172,4 +182,56 @@ fn udp_frame(a: &[String]) -> i64 {
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         ) as i64
     }
+}
+
+/// `bpf-detach-devices DIR` (see the header): returns what `main` prints, -1 with errno set
+/// on failure; prints `none` itself and exits when no program is in force.
+fn bpf_detach_devices(dir: &str) -> i64 {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+    const BPF_PROG_DETACH: i64 = 9;
+    const BPF_PROG_QUERY: i64 = 16;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    let Ok(cg) = std::fs::File::open(dir) else {
+        return -1;
+    };
+    let bpf = |cmd: i64, attr: &mut [u64; 8]| -> i64 {
+        // SAFETY: `attr` is a zeroed union bpf_attr of 64 bytes; the kernel reads and
+        // writes only within the size passed, and the pointers it holds live meanwhile.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 64) }
+    };
+    // BPF_PROG_QUERY: target_fd, attach_type, query_flags, attach_flags, prog_ids, prog_cnt.
+    let mut ids = [0u32; 64];
+    let mut q = [0u64; 8];
+    q[0] = cg.as_raw_fd() as u64 | (u64::from(BPF_CGROUP_DEVICE) << 32);
+    q[1] = u64::from(BPF_F_QUERY_EFFECTIVE);
+    q[2] = ids.as_mut_ptr() as u64;
+    q[3] = ids.len() as u64;
+    if bpf(BPF_PROG_QUERY, &mut q) < 0 {
+        return -1;
+    }
+    let count = (q[3] & 0xffff_ffff) as usize;
+    if count == 0 {
+        println!("none");
+        std::process::exit(0);
+    }
+    let mut last = -1;
+    for id in &ids[..count.min(ids.len())] {
+        let mut g = [0u64; 8];
+        g[0] = u64::from(*id);
+        let prog = bpf(BPF_PROG_GET_FD_BY_ID, &mut g);
+        if prog < 0 {
+            return -1;
+        }
+        // BPF_PROG_DETACH: target_fd, attach_bpf_fd, attach_type, attach_flags.
+        let mut d = [0u64; 8];
+        d[0] = cg.as_raw_fd() as u64 | ((prog as u64) << 32);
+        d[1] = u64::from(BPF_CGROUP_DEVICE);
+        last = bpf(BPF_PROG_DETACH, &mut d);
+        if last == 0 {
+            return 0;
+        }
+    }
+    last
 }

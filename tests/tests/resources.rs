@@ -8,7 +8,7 @@ use std::process::Command;
 
 use ns_tests::{
     assert_journals_collected, assert_no_leak, cgroups_of_monitor, mount_points, ns_run, run_cmd,
-    ForgetJournal, Tree,
+    ForgetJournal, LoopDevice, Tree,
 };
 
 fn cmd(t: &Tree, opts: &[&str], script: &str) -> Command {
@@ -59,10 +59,7 @@ fn properties_land_in_the_containers_cgroups_and_go_with_it() {
     opts.extend(["-M", "resfiles"]);
     let mut cgroups = Vec::new();
     ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
-        cgroups = ns_tests::cgroup_dirs()
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("/ns-run-resfiles-"))
-            .collect();
+        cgroups = ns_tests::container_cgroups("resfiles");
         if v1_host() {
             // systemd's v1 mapping: limit and memory+swap, pids, CFS quota of a 100 ms
             // period, shares = weight * 1024 / 100, the cpuset.
@@ -90,13 +87,11 @@ fn properties_land_in_the_containers_cgroups_and_go_with_it() {
             assert_eq!(read(d, "cpu.weight"), "50");
             assert_eq!(read(d, "cpuset.cpus"), "0");
         }
-        // The payload is in them (its own view: the root of its cgroup namespace).
-        let pid1 = std::fs::read_to_string(cgroups[0].join("cgroup.procs")).unwrap();
-        assert!(
-            !pid1.trim().is_empty(),
-            "nothing in {}",
-            cgroups[0].display()
-        );
+        // The payload is in their payload level (its own view: the root of its cgroup
+        // namespace), below the limits.
+        let payload = cgroups[0].join("payload");
+        let pid1 = std::fs::read_to_string(payload.join("cgroup.procs")).unwrap();
+        assert!(!pid1.trim().is_empty(), "nothing in {}", payload.display());
     });
     let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
@@ -366,16 +361,19 @@ fn every_container_gets_its_own_cgroup_in_every_hierarchy() {
     ns_tests::while_running(
         cmd(&t, &["-M", "resown"], "echo ready; exec sleep 100"),
         || {
-            cgroups = ns_tests::cgroup_dirs()
-                .into_iter()
-                .filter(|p| p.to_string_lossy().contains("/ns-run-resown-"))
-                .collect();
+            cgroups = ns_tests::container_cgroups("resown");
             for h in hierarchies() {
                 let mine: Vec<_> = cgroups.iter().filter(|c| c.starts_with(&h)).collect();
                 assert_eq!(mine.len(), 1, "{}: {cgroups:?}", h.display());
-                // The payload is in it (cgroup2 through clone3, v1 through `tasks`).
-                let procs = read(mine[0], "cgroup.procs");
-                assert!(!procs.is_empty(), "nothing in {}", mine[0].display());
+                // The payload is in its payload level (cgroup2 through clone3, v1 through
+                // `tasks`), nothing in the level above.
+                let procs = read(&mine[0].join("payload"), "cgroup.procs");
+                assert!(
+                    !procs.is_empty(),
+                    "nothing in {}/payload",
+                    mine[0].display()
+                );
+                assert_eq!(read(mine[0], "cgroup.procs"), "", "{}", mine[0].display());
             }
         },
     );
@@ -448,36 +446,11 @@ fn slice_puts_the_cgroup_under_systemds_path_and_its_last_container_removes_it()
     }
 }
 
-/// A loop device over a small file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn new(t: &Tree) -> Loop {
-        // Inside the tree's directory, so that it goes with the tree (after the loop device,
-        // which is declared after the tree and so dropped first).
-        let file = t.host_dir("loop").join("disk.img");
-        std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "losetup: {out:?}");
-        Loop(String::from_utf8(out.stdout).unwrap().trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn io_limits_land_on_the_whole_disk() {
     use std::os::unix::fs::MetadataExt;
     let t = Tree::rootfs("res-io");
-    let dev = Loop::new(&t);
+    let dev = LoopDevice::new(&t);
     let rdev = std::fs::metadata(&dev.0).unwrap().rdev();
     let num = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
     let opts = [
@@ -489,10 +462,7 @@ fn io_limits_land_on_the_whole_disk() {
     ];
     let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
     ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
-        let cgroups: Vec<_> = ns_tests::cgroup_dirs()
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("/ns-run-resio-"))
-            .collect();
+        let cgroups = ns_tests::container_cgroups("resio");
         if Path::new("/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device").exists() {
             let b = cgroup_of(&cgroups, "blkio");
             assert_eq!(

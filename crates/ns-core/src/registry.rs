@@ -40,7 +40,8 @@ pub struct Machine {
     pub interfaces: Vec<String>,
     /// `-b`: an init that powers off on SIGRTMIN+4 and reboots on SIGINT.
     pub boot: bool,
-    /// The container's own cgroups (one per hierarchy), to find all its processes.
+    /// The container's own cgroups (one per hierarchy: the `payload` level, the root of its
+    /// cgroup namespace, below its limits), to find all its processes and to join.
     pub cgroups: Vec<PathBuf>,
     /// Its system call filter, for commands run inside later (`ns-ctl shell`).
     pub syscall_filter: Option<crate::state::SyscallFilter>,

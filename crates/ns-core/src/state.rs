@@ -76,10 +76,11 @@ pub struct EnterPlan {
     pub netns_path: Option<PathBuf>,
     /// A user namespace, created first; the monitor writes its maps (SYNC-0).
     pub userns: Option<UserNs>,
-    /// The container's v1 cgroups (possibly none), which the monitor creates, with every
-    /// limit and the device policy, while this stage starts: wait until it says they are
-    /// ready (`cgroups`, SYNC-7), then join them first thing (through `tasks`). None: no
-    /// cgroups of its own, nothing to wait for.
+    /// The container's v1 cgroups (possibly none): the `payload` levels that the monitor
+    /// creates below every limit and the device policy while this stage starts (ns-oci: the
+    /// container's cgroups themselves): wait until it says they are ready (`cgroups`,
+    /// SYNC-7), then join them first thing (through `tasks`). None: no cgroups of its own,
+    /// nothing to wait for.
     #[serde(default)]
     pub cgroups: Option<Vec<PathBuf>>,
     /// Namespaces to join (setns) instead of creating them, before the others are created:
@@ -590,6 +591,10 @@ pub enum Property {
     MemoryHigh(Option<u64>),
     MemorySwapMax(Option<u64>),
     TasksMax(Option<u64>),
+    /// nspawn's unit default `TasksMax=` (16384), which every container of ns-run gets:
+    /// written where the container's cgroups have a pids controller (skipped where none
+    /// has), unless a `TasksMax` is among the properties.
+    DefaultTasksMax(u64),
     /// Percent of one CPU.
     CpuQuota(u64),
     CpuWeight(u64),

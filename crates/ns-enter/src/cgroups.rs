@@ -1,8 +1,13 @@
 //! The container's own cgroup (-b, --property): created by the monitor on the host in every
-//! mounted hierarchy (each v1 controller, name=systemd, cgroup2), joined by the chain's first
-//! process before ns-enter unshares the cgroup namespace (so the namespace is rooted there),
-//! and removed after exit. A booted init gets the hierarchies systemd manages delegated
-//! under -U.
+//! mounted hierarchy (each v1 controller, name=systemd, cgroup2), in two levels as nspawn
+//! makes them on a unified host: `ns-run-NAME-PID` holds the device policy and the limits,
+//! and the container's processes live in its `payload` below, joined by the chain's first
+//! process before ns-enter unshares the cgroup namespace (so the namespace is rooted
+//! there). A container root that mounts a hierarchy sees `payload` as its root and may
+//! write there, but not the level above: the kernel keeps a child within its parent's
+//! device rules, pids.max, memory and CPU limits, and runs the eBPF device program of an
+//! ancestor whatever the child attaches or detaches. Both are removed after exit. A booted
+//! init gets `payload` in the hierarchies systemd manages delegated under -U.
 
 use std::path::{Path, PathBuf};
 
@@ -106,25 +111,43 @@ pub fn plan(hs: &[Hierarchy]) -> Result<CgroupMounts> {
     })
 }
 
-/// The hierarchies the container gets its own cgroup in, for `layout`.
-fn own_hierarchies(hs: &[Hierarchy], layout: CgroupLayout) -> Vec<&Hierarchy> {
-    hs.iter()
-        .filter(|h| match layout {
-            CgroupLayout::Unified => h.v2,
-            CgroupLayout::Hybrid => h.v2 || h.options == "name=systemd",
-            CgroupLayout::Legacy => h.options == "name=systemd",
-        })
-        .collect()
+/// Whether a booted init manages the hierarchy (cgroup2, `v2`, or v1 with `options`) in
+/// `layout`: its own cgroup there is delegated to it.
+fn managed_by_init(v2: bool, options: &str, layout: CgroupLayout) -> bool {
+    match layout {
+        CgroupLayout::Unified => v2,
+        CgroupLayout::Hybrid => v2 || options == "name=systemd",
+        CgroupLayout::Legacy => options == "name=systemd",
+    }
 }
+
+/// The container's level below its policy's (nspawn's name): the root of its cgroup
+/// namespace, where its processes live.
+pub const PAYLOAD: &str = "payload";
 
 /// The container's cgroup in one hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
+    /// Where the limits and the device policy are written.
     pub dir: PathBuf,
     /// The hierarchy's v1 controllers (`memory`, `cpu,cpuacct`, `name=systemd`...); empty
     /// for cgroup2.
     pub options: String,
     pub v2: bool,
+    /// The processes live in `dir/payload` (ns-run, as nspawn), not in `dir` itself (ns-oci,
+    /// as runc: the caller's cgroupsPath is the container's).
+    pub nested: bool,
+}
+
+impl Cgroup {
+    /// The cgroup the container's processes join: the root of its cgroup namespace.
+    pub fn procs_dir(&self) -> PathBuf {
+        if self.nested {
+            self.dir.join(PAYLOAD)
+        } else {
+            self.dir.clone()
+        }
+    }
 }
 
 /// A slice unit name (`-S`, `.slice` optional) as the path systemd gives it: each
@@ -165,22 +188,16 @@ pub fn slice_path(name: &str) -> Result<String> {
 
 /// Create the container's cgroups (`ns-run-NAME` beside the monitor's own, or under `slice`
 /// from the hierarchy's root) in every mounted hierarchy that is cgroup2 (`v2`) or v1 (not
-/// `v2`); returns them, to configure, join
-/// and remove. `journal` learns each directory before it is made, and whether it is a shared
-/// slice level (removed only while empty) rather than the container's own. For a booted init
-/// (`layout`) with an `owner` (container root on the host, under -U), the hierarchies systemd
-/// manages are delegated to it as nspawn does: the directory and its control files are
-/// chowned, so that the guest's init may create and fill cgroups below.
+/// `v2`); returns them, to configure, then give their [`PAYLOAD`] level ([`create_payloads`])
+/// and remove. `journal` learns each directory before it is made, and whether it is a
+/// shared slice level (removed only while empty) rather than the container's own.
 pub fn create(
     hs: &[Hierarchy],
-    layout: Option<CgroupLayout>,
     name: &str,
     slice: Option<&str>,
-    owner: Option<u32>,
     v2: bool,
     journal: &mut dyn FnMut(&Path, bool) -> Result<()>,
 ) -> Result<Vec<Cgroup>> {
-    let delegated = layout.map(|l| own_hierarchies(hs, l)).unwrap_or_default();
     let mut made: Vec<Cgroup> = Vec::new();
     for h in hs.iter().filter(|h| h.v2 == v2) {
         let (parent, dir) = place(h, name, slice);
@@ -202,14 +219,10 @@ pub fn create(
                 dir: dir.clone(),
                 options: h.options.clone(),
                 v2: h.v2,
+                nested: true,
             });
         }
-        let r = r
-            .and_then(|()| inherit_cpuset(h, &parent, &dir))
-            .and_then(|()| match owner {
-                Some(id) if delegated.contains(&h) => delegate(&dir, id),
-                _ => Ok(()),
-            });
+        let r = r.and_then(|()| inherit_cpuset(h.v2, &h.options, &parent, &dir));
         if let Err(e) = r {
             made.iter().for_each(|c| {
                 remove(&c.dir);
@@ -218,6 +231,43 @@ pub fn create(
         }
     }
     Ok(made)
+}
+
+/// The [`PAYLOAD`] level of each of `cgroups` (made by [`create`]), once their limits and
+/// device policy are written: a new v1 cgroup copies its parent's device rules and CPUs
+/// when it is made, and v1 refuses to close a parent's device policy over a child. For a
+/// booted init (`layout`) it is delegated as nspawn does: with an `owner` (container root
+/// on the host, under -U) the hierarchies systemd manages are chowned to it, and cgroup2's
+/// controllers are enabled for it below the policy's level. The caller removes `cgroups`
+/// (and so these) on failure.
+pub fn create_payloads(
+    cgroups: &[Cgroup],
+    layout: Option<CgroupLayout>,
+    owner: Option<u32>,
+) -> Result<()> {
+    for c in cgroups.iter().filter(|c| c.nested) {
+        let dir = c.procs_dir();
+        std::fs::create_dir(&dir).ctx(|| format!("cannot create cgroup {}", dir.display()))?;
+        inherit_cpuset(c.v2, &c.options, &c.dir, &dir)?;
+        let Some(layout) = layout else { continue };
+        if c.v2 {
+            enable_all_v2_controllers(&c.dir);
+        }
+        match owner {
+            Some(id) if managed_by_init(c.v2, &c.options, layout) => delegate(&dir, id)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// cgroup2: every controller `dir` has, enabled for the cgroups below it (nspawn does the
+/// same for its payload; what fails is left out, as there).
+fn enable_all_v2_controllers(dir: &Path) {
+    let have = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    for ctl in have.split_whitespace() {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{ctl}"));
+    }
 }
 
 /// An OCI container's cgroups: `rel` (its cgroupsPath, from each hierarchy's root) in every
@@ -257,7 +307,7 @@ pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<(Vec<Cgroup>,
                         {
                             // Its maker may not have given it CPUs and memory nodes yet.
                             if !cpuset_ready(h, &level) {
-                                inherit_cpuset(h, &parent, &level)?;
+                                inherit_cpuset(h.v2, &h.options, &parent, &level)?;
                             }
                             continue;
                         }
@@ -266,7 +316,7 @@ pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<(Vec<Cgroup>,
                     if level != dir {
                         levels.push(level.clone());
                     }
-                    inherit_cpuset(h, &parent, &level)?;
+                    inherit_cpuset(h.v2, &h.options, &parent, &level)?;
                 }
                 Ok(())
             })();
@@ -289,6 +339,7 @@ pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<(Vec<Cgroup>,
             dir,
             options: h.options.clone(),
             v2: h.v2,
+            nested: false,
         });
     }
     Ok((made, levels))
@@ -324,11 +375,12 @@ fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
     (parent, dir)
 }
 
-/// The directories [`create`] makes in `hs` with `v2`, without making them.
+/// The cgroups the container's processes join in `hs` with `v2` (the [`PAYLOAD`] level of
+/// what [`create`] makes), without making them.
 pub fn planned(hs: &[Hierarchy], name: &str, slice: Option<&str>, v2: bool) -> Vec<PathBuf> {
     hs.iter()
         .filter(|h| h.v2 == v2)
-        .map(|h| place(h, name, slice).1)
+        .map(|h| place(h, name, slice).1.join(PAYLOAD))
         .collect()
 }
 
@@ -351,16 +403,16 @@ fn make_slice(
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 return Err(e).ctx(|| format!("cannot create slice cgroup {}", level.display()))
             }
-            _ => inherit_cpuset(h, &parent, &level)?,
+            _ => inherit_cpuset(h.v2, &h.options, &parent, &level)?,
         }
     }
     Ok(())
 }
 
-/// A new v1 cpuset cgroup starts with no CPUs and no memory nodes (nothing could join it):
-/// give it its parent's.
-fn inherit_cpuset(h: &Hierarchy, parent: &Path, dir: &Path) -> Result<()> {
-    if h.v2 || !h.options.split(',').any(|o| o == "cpuset") {
+/// A new v1 cpuset cgroup (in a hierarchy that is not cgroup2, `v2`, with `options`)
+/// starts with no CPUs and no memory nodes (nothing could join it): give it its parent's.
+fn inherit_cpuset(v2: bool, options: &str, parent: &Path, dir: &Path) -> Result<()> {
+    if v2 || !options.split(',').any(|o| o == "cpuset") {
         return Ok(());
     }
     for f in ["cpuset.cpus", "cpuset.mems"] {
@@ -424,18 +476,20 @@ fn delegate(dir: &Path, id: u32) -> Result<()> {
     Ok(())
 }
 
-/// The cgroup2 directory to fork into with `sys::fork_into_cgroup` (O_PATH), if any.
+/// The cgroup2 directory to fork into with `sys::fork_into_cgroup` (O_PATH), if any: where
+/// the container's processes live.
 pub fn v2_dir(cgroups: &[Cgroup]) -> Result<Option<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     cgroups
         .iter()
         .find(|c| c.v2)
         .map(|c| {
+            let dir = c.procs_dir();
             std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(&c.dir)
-                .ctx(|| format!("cannot open cgroup {}", c.dir.display()))
+                .open(&dir)
+                .ctx(|| format!("cannot open cgroup {}", dir.display()))
         })
         .transpose()
 }

@@ -2,7 +2,11 @@
 //! processes may open or create. By default nspawn's unit policy, on any host: `closed` (the
 //! standard pseudo devices) plus /dev/net/tun, the ptys and device nodes bound in with
 //! `--bind`. Enforced by the v1 devices controller where it is mounted, else by an eBPF
-//! program (BPF_PROG_TYPE_CGROUP_DEVICE) attached to the container's cgroup2 directory.
+//! program (BPF_PROG_TYPE_CGROUP_DEVICE) attached to the container's cgroup2 directory;
+//! for ns-run that is the level above the container's cgroup namespace (see `cgroups`), so
+//! container root can neither widen the v1 rules (a child gets no more than its parent) nor
+//! detach the program (attached with BPF_F_ALLOW_MULTI, it runs for every cgroup below,
+//! along with whatever a booted guest attaches there).
 //! Rules use the v1 syntax throughout: `TYPE MAJOR:MINOR ACCESS`, `*` for any number.
 
 use std::io::Write;

@@ -5,11 +5,16 @@
 //! neither offers is an error naming it, never dropped. Values are checked when the plan is
 //! made, so bad input fails before anything is created.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cgroups::Cgroup;
 use ns_core::state::{IoLimit, Property};
 use ns_core::{Context, Error, Result};
+
+/// The task limit of nspawn's unit (its `TasksMax=`), which every container of ns-run
+/// gets unless told otherwise ([`Property::DefaultTasksMax`]): a fork bomb stops there, not
+/// at the host's pid_max.
+pub const NSPAWN_TASKS_MAX: u64 = 16384;
 
 /// Parse `NAME=VALUE` as systemd does for these names.
 pub fn parse(v: &str) -> Result<Property> {
@@ -196,7 +201,7 @@ fn name(p: &Property) -> &'static str {
         Property::MemoryMax(_) => "MemoryMax",
         Property::MemoryHigh(_) => "MemoryHigh",
         Property::MemorySwapMax(_) => "MemorySwapMax",
-        Property::TasksMax(_) => "TasksMax",
+        Property::TasksMax(_) | Property::DefaultTasksMax(_) => "TasksMax",
         Property::CpuQuota(_) => "CPUQuota",
         Property::CpuWeight(_) => "CPUWeight",
         Property::CpuShares(_) => "CPUShares",
@@ -219,7 +224,7 @@ fn name(p: &Property) -> &'static str {
 fn controller(p: &Property) -> &'static str {
     match p {
         Property::MemoryMax(_) | Property::MemoryHigh(_) | Property::MemorySwapMax(_) => "memory",
-        Property::TasksMax(_) => "pids",
+        Property::TasksMax(_) | Property::DefaultTasksMax(_) => "pids",
         Property::CpuQuota(_)
         | Property::CpuMax(..)
         | Property::CpuWeight(_)
@@ -283,6 +288,7 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
             vec![("memory.memsw.limit_in_bytes", lim(&total, "-1"))]
         }
         (Property::TasksMax(l), _) => vec![("pids.max", lim(l, "max"))],
+        (Property::DefaultTasksMax(n), _) => vec![("pids.max", n.to_string())],
         (Property::CpuQuota(pc), true) => vec![("cpu.max", format!("{} 100000", pc * 1000))],
         (Property::CpuQuota(pc), false) => vec![
             ("cpu.cfs_period_us", "100000".into()),
@@ -343,7 +349,8 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
     })
 }
 
-/// Write `props` into the container's cgroups (before anything joins them).
+/// Write `props` into the container's cgroups: the level above its processes, before they
+/// run anything of their own.
 pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
     let v2 = cgroups.iter().find(|c| c.v2);
     let v2_controllers = v2
@@ -355,6 +362,10 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
         .iter()
         .partition(|p| matches!(p, Property::DevicePolicy(_) | Property::DeviceAllow(_)));
     ordered.sort_by_key(|p| !matches!(p, Property::MemoryMax(_)));
+    // The default task limit yields to one given.
+    if ordered.iter().any(|p| matches!(p, Property::TasksMax(_))) {
+        ordered.retain(|p| !matches!(p, Property::DefaultTasksMax(_)));
+    }
     // v1 refuses a memory limit above memory+swap's: lift that first when both change (an
     // update that raises them both), the final value follows.
     if ordered
@@ -388,6 +399,11 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
                 .find(|c| !c.v2 && c.options.split(',').any(|o| o == v1_name)),
         };
         let Some(cg) = target else {
+            if matches!(p, Property::DefaultTasksMax(_)) {
+                // A default, not asked for: where no pids controller reaches the container
+                // (cgroup2 below a cgroup with processes), it goes without, as before.
+                continue;
+            }
             return Err(Error::setup(format!(
                 "--property={}: this host offers no {ctl} controller",
                 name(p)
@@ -418,8 +434,9 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
     }
 }
 
-/// How many processes the OOM killer killed in the container's memory cgroup (v2
-/// memory.events, v1 memory.oom_control; both count the whole subtree).
+/// How many processes the OOM killer killed in the container's memory cgroup: cgroup2's
+/// memory.events counts its whole subtree; v1's memory.oom_control counts the cgroup of the
+/// process killed only, so every cgroup below the container's level is read too.
 pub fn oom_kills(cgroups: &[Cgroup]) -> u64 {
     let count = |file: PathBuf| {
         std::fs::read_to_string(file).ok().and_then(|t| {
@@ -428,15 +445,25 @@ pub fn oom_kills(cgroups: &[Cgroup]) -> u64 {
                 .and_then(|n| n.trim().parse::<u64>().ok())
         })
     };
+    fn below(dir: &Path, each: &dyn Fn(&Path) -> u64) -> u64 {
+        let subdirs = std::fs::read_dir(dir).into_iter().flatten().flatten();
+        each(dir)
+            + subdirs
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| below(&e.path(), each))
+                .sum::<u64>()
+    }
     cgroups
         .iter()
-        .filter_map(|c| {
+        .map(|c| {
             if c.v2 {
-                count(c.dir.join("memory.events"))
+                count(c.dir.join("memory.events")).unwrap_or(0)
             } else if c.options.split(',').any(|o| o == "memory") {
-                count(c.dir.join("memory.oom_control"))
+                below(&c.dir, &|d| {
+                    count(d.join("memory.oom_control")).unwrap_or(0)
+                })
             } else {
-                None
+                0
             }
         })
         .sum()

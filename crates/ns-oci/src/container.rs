@@ -56,6 +56,7 @@ impl SavedCgroup {
             dir: self.dir.clone(),
             options: self.options.clone(),
             v2: self.v2,
+            nested: false,
         }
     }
 }

@@ -107,6 +107,12 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     let (cli, matches): (ns_run::cli::Cli, _) = ns_core::stage::parse_matches(STAGE, &argv);
     let mut state = ns_run::plan::build(&cli, &matches)?;
     oci::apply(b, &mut state, true)?;
+    // As runc (and crun, youki): no task limit that config.json does not set. The engine
+    // that writes it decides (docker's --pids-limit, the kubelet's pod pids limit).
+    state
+        .monitor
+        .properties
+        .retain(|p| !matches!(p, ns_core::state::Property::DefaultTasksMax(_)));
     if state.exec.argv.is_empty() {
         return Err(Error::setup("config.json: process.args is empty".into()));
     }
@@ -287,7 +293,7 @@ fn run_chain(
             undo.cgroups
                 .iter()
                 .filter(|c| !c.v2)
-                .map(|c| c.dir.clone())
+                .map(|c| c.procs_dir())
                 .collect(),
         );
     } else if !state.monitor.properties.is_empty() {

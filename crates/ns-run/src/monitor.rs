@@ -74,9 +74,11 @@ pub fn run(state: &State) -> Result<i32> {
         None
     };
     // The container's own cgroups (every container started by root: its device policy and
-    // --property limits live there). cgroup2's is made now, to fork straight into it; the v1
-    // ones while ns-enter starts, which joins them when told (SYNC-7), before it creates the
-    // cgroup namespace (so that a booted init finds a subtree of its own).
+    // --property limits live there, one level above its processes, which the cgroup
+    // namespace shows it as its root). cgroup2's are made now, to fork straight into its
+    // payload level; the v1 ones while ns-enter starts, which joins their payload levels when
+    // told (SYNC-7), before it creates the cgroup namespace (so that a booted init finds a
+    // subtree of its own).
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
     let want_cgroups = m.cgroups.is_some() || !state.monitor.properties.is_empty();
     // Read once: the v1 cgroups are named now, made after the fork.
@@ -110,17 +112,24 @@ pub fn run(state: &State) -> Result<i32> {
     let create_cgroups = |v2: bool, cleanup: &mut host::Cleanup| {
         ns_enter::cgroups::create(
             &hierarchies,
-            m.cgroups.as_ref().map(|c| c.layout),
             &cgroup_name,
             state.monitor.slice.as_deref(),
-            container_root(state),
             v2,
             &mut |dir, slice| cleanup.add_cgroup(dir.to_path_buf(), slice),
         )
     };
+    let create_payloads = |cgroups: &[ns_enter::cgroups::Cgroup]| {
+        ns_enter::cgroups::create_payloads(
+            cgroups,
+            m.cgroups.as_ref().map(|c| c.layout),
+            container_root(state),
+        )
+    };
     let setup = (|| {
         let cgroups = if want_cgroups {
-            create_cgroups(true, &mut cleanup)?
+            let v2 = create_cgroups(true, &mut cleanup)?;
+            create_payloads(&v2)?;
+            v2
         } else {
             Vec::new()
         };
@@ -174,12 +183,15 @@ pub fn run(state: &State) -> Result<i32> {
             drop(state_fd);
             fds.close_all();
             // While ns-enter execs: the v1 cgroups, then every limit and the device policy,
-            // then SYNC-7. ns-enter waits for it before it does anything.
+            // then their payload levels (which inherit the policy), then SYNC-7. ns-enter
+            // waits for it before it does anything.
             let made = if want_cgroups {
                 create_cgroups(false, &mut cleanup).and_then(|v1| {
+                    let first_v1 = cgroups.len();
                     cgroups.extend(v1);
                     ns_core::stage::fault("ns-run:cgroups");
                     ns_enter::resources::apply(&state.monitor.properties, &cgroups)?;
+                    create_payloads(&cgroups[first_v1..])?;
                     sync.send(&Msg::Cgroups)
                 })
             } else {
@@ -227,7 +239,7 @@ pub fn run(state: &State) -> Result<i32> {
                         .map(|v| v.host.clone())
                         .collect(),
                     boot: state.monitor.boot,
-                    cgroups: cgroups.iter().map(|c| c.dir.clone()).collect(),
+                    cgroups: cgroups.iter().map(|c| c.procs_dir()).collect(),
                     syscall_filter: state.exec.syscall_filter.clone(),
                 },
                 // Cloned now, while ns-enter execs on the other CPU.

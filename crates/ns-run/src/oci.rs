@@ -250,7 +250,8 @@ pub fn argv_of(b: &Bundle) -> Vec<String> {
 /// What no nspawn option says, applied to the state made from [`options`]: the process's
 /// identity, capabilities, limits and (with `exact_env`, as an OCI runtime gives it; else
 /// over nspawn's, as `--oci-bundle` does) environment; namespaces joined or not created; the
-/// seccomp profile; the resources as the cgroup's only properties (device policy included).
+/// seccomp profile; the resources as the cgroup's properties (device policy included; with
+/// nspawn's default task limit, which a pids limit overrides).
 pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
     let s = &b.spec;
     let linux = s.linux().clone().unwrap_or_default();
@@ -303,10 +304,15 @@ pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
     } else {
         state.exec.syscall_filter = None;
     }
-    state.monitor.properties = match linux.resources() {
-        Some(r) => properties(r)?,
-        None => Vec::new(),
-    };
+    // The resources replace nspawn's unit properties, but for its task limit (nspawn's
+    // unit keeps it for a bundle too); ns-oci leaves that out, as runc.
+    state
+        .monitor
+        .properties
+        .retain(|p| matches!(p, Property::DefaultTasksMax(_)));
+    if let Some(r) = linux.resources() {
+        state.monitor.properties.extend(properties(r)?);
+    }
     if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
         return Err(unsupported("linux.sysctl"));
     }

@@ -1,7 +1,9 @@
 //! Policy: turn nspawn's options into the state the stages execute. Every decision is made
 //! here, before anything is created, so bad input fails with nothing to clean up.
 
-use ns_core::state::{Console, EnterPlan, MonitorPlan, MountOp, Source, State, STATE_VERSION};
+use ns_core::state::{
+    Console, EnterPlan, MonitorPlan, MountOp, Property, Source, State, STATE_VERSION,
+};
 use ns_core::{Error, Result};
 
 use crate::cli::Cli;
@@ -328,8 +330,12 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         ));
     }
     let properties = if ns_core::paths::host_root() {
-        // nspawn's unit properties first, then the user's, as nspawn sends them.
+        // nspawn's unit properties first (its device policy, its task limit), then the
+        // user's, as nspawn sends them.
         let mut p = ns_enter::devices::nspawn_policy(&bound_devices(&mount.ops));
+        p.push(Property::DefaultTasksMax(
+            ns_enter::resources::NSPAWN_TASKS_MAX,
+        ));
         p.extend(user_properties);
         p
     } else if !user_properties.is_empty() {
