@@ -72,6 +72,19 @@ pub fn runtime_subdir(name: &str) -> Result<PathBuf> {
 /// else is refused, naming the path, its owner and its mode (another user may have made it
 /// first and planted entries in it).
 pub fn private_dir(path: &Path, mode: u32) -> Result<PathBuf> {
+    checked_dir(path, mode, false)
+}
+
+/// A directory that is only a mount point (its content never matters: something is
+/// mounted over it, through an fd opened without following a symlink), made and checked as
+/// [`private_dir`], except that one of ours with too open a mode gets `mode` again instead
+/// of being refused: older versions made the scratch directory under umask 0 (0777), and a
+/// host upgraded without a reboot must still start containers.
+pub fn mount_point_dir(path: &Path, mode: u32) -> Result<PathBuf> {
+    checked_dir(path, mode, true)
+}
+
+fn checked_dir(path: &Path, mode: u32, repair: bool) -> Result<PathBuf> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
     let created = match nix::unistd::mkdir(path, Mode::from_bits_truncate(mode)) {
@@ -112,7 +125,14 @@ pub fn private_dir(path: &Path, mode: u32) -> Result<PathBuf> {
             )))
         }
     };
-    if created {
+    let ours_too_open = || {
+        nix::sys::stat::fstat(&fd).is_ok_and(|st| {
+            st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                && st.st_uid == nix::unistd::geteuid().as_raw()
+                && st.st_mode & 0o7777 != mode
+        })
+    };
+    if created || (repair && ours_too_open()) {
         // mkdir honoured the umask: the mode is what we say.
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
             .ctx(|| format!("cannot chmod {}", path.display()))?;
