@@ -56,3 +56,41 @@ fn scratch_left_0777_by_an_older_version_is_repaired() {
     assert!(!out.stdout.contains("symlink-ok"), "{out}");
     assert!(out.stdout.contains("elsewhere=700\n"), "{out}");
 }
+
+/// ns-run's state for `opts` on `t` as machine `m` (--print-state), or the failure.
+fn print_state(t: &Tree, m: &str, opts: &[&str]) -> serde_json::Value {
+    let mut c = ns_tests::ns_run();
+    t.tag(&mut c)
+        .args(["-D", t.arg(), "-M", m, "--print-state"])
+        .args(["--uuid=0123456789abcdef0123456789abcdef"])
+        .args(opts);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 0, "{opts:?}: {out}");
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// `--settings=override` with an untrusted file's `DropCapability=` (which nspawn keeps):
+/// nspawn drops the file's capabilities from what the command line left
+/// (`arg_caps_retain &= ~settings->drop_capability`); the command line's own
+/// `--drop-capability` must not come back because the file also drops one. (`ns-ctl start`
+/// runs with --settings=override.)
+#[test]
+fn an_untrusted_drop_capability_does_not_undo_the_command_lines() {
+    let t = Tree::rootfs("rv-caps");
+    let m = format!("rv-caps-{}", std::process::id());
+    let want = print_state(
+        &t,
+        &m,
+        &["--settings=no", "--drop-capability=CAP_NET_RAW,CAP_CHOWN"],
+    );
+    let file = t.path().parent().unwrap().join(format!("{m}.nspawn"));
+    std::fs::write(&file, "[Exec]\nDropCapability=CAP_CHOWN\n").unwrap();
+    let got = print_state(
+        &t,
+        &m,
+        &["--settings=override", "--drop-capability=CAP_NET_RAW"],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(got["exec"], want["exec"]);
+    assert_eq!(got, want);
+}
