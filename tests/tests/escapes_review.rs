@@ -94,3 +94,37 @@ fn an_untrusted_drop_capability_does_not_undo_the_command_lines() {
     assert_eq!(got["exec"], want["exec"]);
     assert_eq!(got, want);
 }
+
+/// The registry's lock files were 0644: any local user could open one and flock it. A
+/// monitor killed with SIGKILL leaves its entry (its JSON names the old leader and
+/// monitor pids); a user holding the lock then keeps that dead entry "running" for
+/// `ns-ctl`, which would signal (`terminate`, `kill`) or enter (`shell`) whatever process
+/// gets those pids next. Likewise a user could hold the id-range slots (`-U` refused: "no
+/// free id range") or a zone's lock (`--network-zone` hangs). Lock files are for their owner only.
+#[test]
+fn another_user_cannot_hold_a_registry_lock() {
+    let t = Tree::rootfs("rv-lock");
+    let out = in_fresh_run(
+        &t,
+        r#"M=/run/ns-run/machines
+"$NS_RUN" -q -M rv-stale -D "$TREE" sh -c 'sleep 100' </dev/null & first=$!
+i=0; until [ -e $M/rv-stale.json ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+[ -e $M/rv-stale.json ] || { echo "never registered"; exit 1; }
+stat -c 'lock=%a' $M/rv-stale.lock
+kill -9 $first; wait $first 2>/dev/null || true
+i=0; while [ -n "$(cat /sys/fs/cgroup/ns-run-rv-stale*/cgroup.procs 2>/dev/null)" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+rc=0
+setpriv --reuid=65534 --regid=65534 --clear-groups flock -n -x $M/rv-stale.lock -c 'echo held; sleep 30' > "$BASE/held" 2>/dev/null & holder=$!
+i=0; until [ -s "$BASE/held" ] || ! kill -0 $holder 2>/dev/null || [ $i -ge 100 ]; do sleep 0.05; i=$((i+1)); done
+echo "holder: $(cat "$BASE/held")"
+"$NS_CTL" list 2>&1 | sed 's/^/list: /' || true
+kill $holder 2>/dev/null || true; wait $holder 2>/dev/null || true
+"$NS_CTL" list >/dev/null 2>&1 || true
+"$NS_RUN" --register=no -q -D "$TREE" true
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("lock=600"), "{out}");
+    assert!(!out.stdout.contains("holder: held"), "{out}");
+    assert!(!out.stdout.contains("list: rv-stale"), "{out}");
+}

@@ -299,7 +299,9 @@ pub fn find_image(name: &str) -> Option<PathBuf> {
 
 /// Lock the file at `path` (created if missing, never through a symlink, refused unless it
 /// is ours: see [`check_ours`]) with `how`; None when a non-blocking lock is held by someone
-/// else. Re-checks that the file locked is still the one at `path`: whoever
+/// else. Lock files are 0600 (an older version's 0644 ones are made so): flock needs only an
+/// fd, so a user who could open one could hold it (keep a dead container's registry entry
+/// "running", take every id range, hang a zone's next member). Re-checks that the file locked is still the one at `path`: whoever
 /// held it last may have unlinked it meanwhile (the last member of a zone, the remover of a
 /// stale registry entry), and a lock on an unlinked file guards nothing.
 pub fn lock_current(
@@ -316,12 +318,19 @@ pub fn lock_current(
             .truncate(false)
             .read(true)
             .write(true)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .ctx(|| format!("cannot open {}", path.display()))?;
         let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
         check_ours(path, &st, "a file")?;
+        if st.st_mode & 0o077 != 0 {
+            nix::sys::stat::fchmod(
+                &f,
+                nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+            )
+            .ctx(|| format!("cannot chmod {}", path.display()))?;
+        }
         let lock = match Flock::lock(f, how) {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
