@@ -128,3 +128,26 @@ kill $holder 2>/dev/null || true; wait $holder 2>/dev/null || true
     assert!(!out.stdout.contains("holder: held"), "{out}");
     assert!(!out.stdout.contains("list: rv-stale"), "{out}");
 }
+
+/// The "one container per tree" lock is a flock on the tree's root directory itself: any
+/// user who may open that directory (a 0755 tree) can hold it, and no container can start
+/// on the tree ("directory tree is currently busy"). nspawn locks 0600 files of its own
+/// (/run/systemd/nspawn/locks/inode-DEV:INO and .#NAME.lck). Not fixed here (a lock file
+/// scheme must also keep containers of an older version, which lock the directory, apart).
+#[test]
+#[ignore = "known: another user can hold a tree's lock (local denial of service)"]
+fn another_user_cannot_hold_a_trees_lock() {
+    let t = Tree::rootfs("rv-treelock");
+    let out = in_fresh_run(
+        &t,
+        r#"setpriv --reuid=65534 --regid=65534 --clear-groups flock -n -x "$TREE" -c 'echo held; sleep 30' > "$BASE/held" 2>/dev/null & holder=$!
+i=0; until [ -s "$BASE/held" ] || ! kill -0 $holder 2>/dev/null || [ $i -ge 100 ]; do sleep 0.05; i=$((i+1)); done
+echo "holder: $(cat "$BASE/held")"
+rc=0; "$NS_RUN" --register=no -q -D "$TREE" true || rc=$?
+echo "run: $rc"
+kill $holder 2>/dev/null || true; wait $holder 2>/dev/null || true
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("run: 0"), "{out}");
+}
