@@ -151,3 +151,64 @@ kill $holder 2>/dev/null || true; wait $holder 2>/dev/null || true
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stdout.contains("run: 0"), "{out}");
 }
+
+/// `--private-users-ownership=chown` that fails half-way is "undone" by shifting the whole
+/// tree back to the range it came from, every id keeping its low 16 bits. On a fresh tree
+/// (owned by root: range 0) that turns a set-uid file of any other range into a set-uid
+/// root file, its set-id bits given back: e.g. one an earlier `-U` container wrote with
+/// `--private-users-ownership=off` (its root is host uid 0x1D0000 on disk), which can also
+/// make the next shift fail (a chain deeper than 2048 directories). Before the fix, only
+/// ids of the two ranges were ever changed.
+#[test]
+fn a_failed_shift_never_makes_a_file_of_another_range_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = Tree::bare("rv-shift");
+    let planted = t.path().join("tmp/suid");
+    std::fs::create_dir_all(t.path().join("tmp")).unwrap();
+    std::fs::write(&planted, "#!/bin/sh\n").unwrap();
+    std::os::unix::fs::lchown(&planted, Some(0x1D0000), Some(0x1D0000)).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    // 2049 levels, made fd-relative (their path is past PATH_MAX).
+    let mut at = std::fs::File::open(t.path().join("tmp")).unwrap();
+    for _ in 0..2049 {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: mkdirat and openat on a valid dir fd with a C string literal; the new fd
+        // is ours.
+        let fd = unsafe {
+            assert_eq!(libc::mkdirat(at.as_raw_fd(), c"d".as_ptr(), 0o755), 0);
+            libc::openat(
+                at.as_raw_fd(),
+                c"d".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: a new fd nothing else owns.
+        at = unsafe { std::fs::File::from_raw_fd(fd) };
+    }
+    drop(at);
+    let mut c = ns_tests::ns_run();
+    t.tag(&mut c).args([
+        "-q",
+        "-D",
+        t.arg(),
+        "--private-users=1048576:65536",
+        "--private-users-ownership=chown",
+        "/bin/true",
+    ]);
+    let out = run_cmd(c, None);
+    let md = std::fs::symlink_metadata(&planted).unwrap();
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        !(md.uid() == 0 && md.mode() & 0o4000 != 0),
+        "a set-uid root file now: uid {} mode {:o}; {out}",
+        md.uid(),
+        md.mode()
+    );
+    assert!(
+        !(md.gid() == 0 && md.mode() & 0o2000 != 0),
+        "a set-gid root file now: gid {} mode {:o}; {out}",
+        md.gid(),
+        md.mode()
+    );
+}
