@@ -107,6 +107,8 @@ fn another_user_cannot_hold_a_registry_lock() {
     let out = in_fresh_run(
         &t,
         r#"M=/run/ns-run/machines
+# As an older version left it (its lock files were 0644, or 0666 under umask 0).
+mkdir -p -m 0755 /run/ns-run $M; touch $M/rv-stale.lock; chmod 0666 $M/rv-stale.lock
 "$NS_RUN" -q -M rv-stale -D "$TREE" sh -c 'sleep 100' </dev/null & first=$!
 i=0; until [ -e $M/rv-stale.json ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
 [ -e $M/rv-stale.json ] || { echo "never registered"; exit 1; }

@@ -322,15 +322,19 @@ pub fn lock_current(
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .ctx(|| format!("cannot open {}", path.display()))?;
-        let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
-        check_ours(path, &st, "a file")?;
-        if st.st_mode & 0o077 != 0 {
+        let mut st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
+        // A lock file's content is nothing: one of ours that others could open (an older
+        // version's, made under some umask) is only made 0600.
+        let ours = st.st_uid == nix::unistd::geteuid().as_raw();
+        if ours && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o077 != 0 {
             nix::sys::stat::fchmod(
                 &f,
                 nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
             )
             .ctx(|| format!("cannot chmod {}", path.display()))?;
+            st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
         }
+        check_ours(path, &st, "a file")?;
         let lock = match Flock::lock(f, how) {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
