@@ -214,3 +214,36 @@ fn a_failed_shift_never_makes_a_file_of_another_range_root() {
         md.mode()
     );
 }
+
+/// A monitor killed with SIGKILL leaves its cleanup journal, named by its pid. The next
+/// ns-run that gets the same pid took that journal for a live monitor's (its own pid is
+/// alive and called ns-run) and then replaced it with its own: the dead container's cgroups
+/// were never removed. Pids are made to repeat with two fresh pid namespaces (ns-run is
+/// pid 2 in each).
+#[test]
+fn a_dead_monitors_journal_with_our_pid_is_collected() {
+    let first = Tree::rootfs("rv-pidreuse");
+    let second = Tree::rootfs("rv-pidreuse-other");
+    let out = in_fresh_run(
+        &first,
+        &format!(
+            r#"unshare -p -f --mount-proc sh -c '"$NS_RUN" --register=no -q -D "$TREE" sleep 100 </dev/null & p=$!
+i=0; until [ -s /run/ns-run/cleanup/$p ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+sleep 0.3; kill -9 $p; wait $p || true; echo "first=$p"'
+sed -n 's/.*"path":"\([^"]*\)".*"cgroup":true.*/\1/p' /run/ns-run/cleanup/2 > "$BASE/cgroups"
+echo "cgroups: $(wc -l < "$BASE/cgroups")"
+unshare -p -f --mount-proc sh -c '"$NS_RUN" --register=no -q -D {second} true; echo "second=$$ rc=$?"'
+left=0
+for c in $(cat "$BASE/cgroups"); do
+  if [ -d "$c" ]; then echo "left: $c"; left=1; rmdir "$c" 2>/dev/null || true; fi
+done
+"#,
+            second = second.arg()
+        ),
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("first=2\n"), "{out}");
+    assert!(!out.stdout.contains("cgroups: 0"), "{out}");
+    assert!(out.stdout.contains("rc=0"), "{out}");
+    assert!(!out.stdout.contains("left: "), "{out}");
+}
