@@ -247,3 +247,61 @@ done
     assert!(out.stdout.contains("rc=0"), "{out}");
     assert!(!out.stdout.contains("left: "), "{out}");
 }
+
+/// An OCI hook gets the container's state on stdin, annotations included. A hook that does
+/// not read it, with a state larger than a pipe holds, blocked ns-oci in that write, before
+/// the timeout was ever looked at: `timeout: 1` did not stop a hook that slept 20 s (runc
+/// writes stdin beside its timer). The hook must be killed after its timeout.
+#[test]
+fn an_oci_hook_that_does_not_read_its_state_still_times_out() {
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+    let t = Tree::empty("rv-hook-stdin");
+    ns_tests::build_rootfs_linked(&t.path().join("rootfs"));
+    let o = Command::new(bin("ns-oci"))
+        .args(["spec", "--bundle", t.arg()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let path = t.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["process"]["args"] = json!(["true"]);
+    v["process"]["terminal"] = json!(false);
+    v["annotations"] = json!({"big": "x".repeat(256 * 1024)});
+    v["hooks"] = json!({"prestart": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "exec sleep 20"], "timeout": 1}]});
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let root = t.host_dir("oci-root");
+    let mut c = Command::new(bin("ns-oci"));
+    c.arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle", t.arg(), "rv-hook-stdin"])
+        .stdin(std::process::Stdio::null());
+    let t0 = Instant::now();
+    let out = ns_tests::spawn(c, None).wait();
+    let took = t0.elapsed();
+    let mut d = Command::new(bin("ns-oci"));
+    d.arg("--root")
+        .arg(&root)
+        .args(["delete", "--force", "rv-hook-stdin"]);
+    let _ = run_cmd(d, None);
+    assert!(took < Duration::from_secs(10), "took {took:?}: {out}");
+    assert_ne!(out.code, 0, "{out}");
+    // A hook that reads its state still gets all of it.
+    let got = t.host_dir("hook").join("state.json");
+    v["hooks"] = json!({"prestart": [{"path": "/bin/sh",
+        "args": ["sh", "-c", format!("cat > {}", got.display())], "timeout": 10}]});
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let mut c = Command::new(bin("ns-oci"));
+    c.arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle", t.arg(), "rv-hook-stdin2"])
+        .stdin(std::process::Stdio::null());
+    let out = ns_tests::spawn(c, None).wait();
+    assert_eq!(out.code, 0, "{out}");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&got).unwrap()).unwrap();
+    assert_eq!(
+        state["annotations"]["big"].as_str().map(str::len),
+        Some(256 * 1024)
+    );
+}
