@@ -305,3 +305,34 @@ fn an_oci_hook_that_does_not_read_its_state_still_times_out() {
         Some(256 * 1024)
     );
 }
+
+/// TIOCLINUX was filtered because a VT's select-and-paste types into a host VT given as
+/// stdin. The keyboard ioctls do the same, one key press later: KDSKBSENT gives a function
+/// key a string, KDSKBENT (or KDSETKEYCODE, or an accent table) makes a key send it. The
+/// keymap is the console's, shared by every VT: the next Enter the host user presses on
+/// any VT types the container's command. The kernel lets a task do it on a VT that is not
+/// its controlling terminal with CAP_SYS_TTY_CONFIG, which a container keeps by default
+/// (as nspawn's). The filter answers EPERM before the terminal sees the request (without
+/// it: ENOTTY on a non-VT stdin).
+#[test]
+fn keymap_ioctls_are_denied_like_tioclinux() {
+    let t = Tree::rootfs("rv-keymap");
+    std::fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
+    let mut bad = Vec::new();
+    for opts in [&[][..], &["-U"][..]] {
+        // KDSKBENT, KDSKBSENT, KDSKBDIACR, KDSKBDIACRUC, KDSETKEYCODE
+        for req in [0x4B47u32, 0x4B49, 0x4B4B, 0x4BFB, 0x4B4D] {
+            let mut c = ns_tests::ns_run();
+            t.tag(&mut c).args(["-q", "-D", t.arg()]).args(opts).args([
+                "ns-probe",
+                "ioctl",
+                &req.to_string(),
+            ]);
+            let out = run_cmd(c, None);
+            if out.code != 0 || out.stdout.trim() != "EPERM" {
+                bad.push(format!("{opts:?} {req:#x}: {out}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
