@@ -11,6 +11,8 @@
 //!   ns-probe tiocsti             push one character into stdin's terminal (TIOCSTI)
 //!   ns-probe tioclinux           paste a VT's selection into stdin's terminal (TIOCLINUX,
 //!                                subcode TIOCL_PASTESEL)
+//!   ns-probe ioctl REQ           ioctl(0, REQ, a zeroed buffer): what the filter says
+//!                                (on a non-terminal stdin the terminal says ENOTTY)
 //!   ns-probe udp-frame IFACE MAC SRC DST PORT TEXT
 //!                                one UDP datagram SRC -> DST:PORT carrying TEXT, built by
 //!                                hand and sent with a packet socket on IFACE to the
@@ -86,6 +88,12 @@ fn main() {
                                // SAFETY: TIOCLINUX reads the subcode byte from the pointer, which points at it.
             unsafe { libc::ioctl(0, libc::TIOCLINUX, &subcode as *const u8) }.into()
         }
+        Some("ioctl") => {
+            let buf = [0u8; 1024];
+            // SAFETY: stdin and a zeroed buffer larger than any request here reads (struct
+            // kbsentry: 513 bytes); the kernel only reads it.
+            unsafe { libc::ioctl(0, arg(1) as libc::Ioctl, buf.as_ptr()) }.into()
+        }
         Some("udp-frame") if a.len() == 7 => udp_frame(&a[1..]),
         Some("bpf-detach-devices") => match a.get(1) {
             Some(dir) => bpf_detach_devices(dir),
@@ -94,7 +102,8 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti \
-                 | tioclinux | udp-frame IFACE MAC SRC DST PORT TEXT | bpf-detach-devices DIR"
+                 | tioclinux | ioctl REQ | udp-frame IFACE MAC SRC DST PORT TEXT \
+                 | bpf-detach-devices DIR"
             );
             std::process::exit(2)
         }

@@ -72,6 +72,19 @@ pub fn runtime_subdir(name: &str) -> Result<PathBuf> {
 /// else is refused, naming the path, its owner and its mode (another user may have made it
 /// first and planted entries in it).
 pub fn private_dir(path: &Path, mode: u32) -> Result<PathBuf> {
+    checked_dir(path, mode, false)
+}
+
+/// A directory that is only a mount point (its content never matters: something is
+/// mounted over it, through an fd opened without following a symlink), made and checked as
+/// [`private_dir`], except that one of ours with too open a mode gets `mode` again instead
+/// of being refused: older versions made the scratch directory under umask 0 (0777), and a
+/// host upgraded without a reboot must still start containers.
+pub fn mount_point_dir(path: &Path, mode: u32) -> Result<PathBuf> {
+    checked_dir(path, mode, true)
+}
+
+fn checked_dir(path: &Path, mode: u32, repair: bool) -> Result<PathBuf> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
     let created = match nix::unistd::mkdir(path, Mode::from_bits_truncate(mode)) {
@@ -112,7 +125,14 @@ pub fn private_dir(path: &Path, mode: u32) -> Result<PathBuf> {
             )))
         }
     };
-    if created {
+    let ours_too_open = || {
+        nix::sys::stat::fstat(&fd).is_ok_and(|st| {
+            st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                && st.st_uid == nix::unistd::geteuid().as_raw()
+                && st.st_mode & 0o7777 != mode
+        })
+    };
+    if created || (repair && ours_too_open()) {
         // mkdir honoured the umask: the mode is what we say.
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
             .ctx(|| format!("cannot chmod {}", path.display()))?;
@@ -279,7 +299,9 @@ pub fn find_image(name: &str) -> Option<PathBuf> {
 
 /// Lock the file at `path` (created if missing, never through a symlink, refused unless it
 /// is ours: see [`check_ours`]) with `how`; None when a non-blocking lock is held by someone
-/// else. Re-checks that the file locked is still the one at `path`: whoever
+/// else. Lock files are 0600 (an older version's 0644 ones are made so): flock needs only an
+/// fd, so a user who could open one could hold it (keep a dead container's registry entry
+/// "running", take every id range, hang a zone's next member). Re-checks that the file locked is still the one at `path`: whoever
 /// held it last may have unlinked it meanwhile (the last member of a zone, the remover of a
 /// stale registry entry), and a lock on an unlinked file guards nothing.
 pub fn lock_current(
@@ -296,11 +318,22 @@ pub fn lock_current(
             .truncate(false)
             .read(true)
             .write(true)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .ctx(|| format!("cannot open {}", path.display()))?;
-        let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
+        let mut st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
+        // A lock file's content is nothing: one of ours that others could open (an older
+        // version's, made under some umask) is only made 0600.
+        let ours = st.st_uid == nix::unistd::geteuid().as_raw();
+        if ours && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o077 != 0 {
+            nix::sys::stat::fchmod(
+                &f,
+                nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+            )
+            .ctx(|| format!("cannot chmod {}", path.display()))?;
+            st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
+        }
         check_ours(path, &st, "a file")?;
         let lock = match Flock::lock(f, how) {
             Ok(l) => l,

@@ -374,8 +374,9 @@ pub const BUSY_BASE: u32 = 0xFFFE_0000;
 /// the range's high ones, without crossing into other file systems. The walk is
 /// fd-relative (openat O_NOFOLLOW from directory fds we hold, chown through O_PATH fds of
 /// the very inodes looked at), so a directory swapped for a symlink mid-walk can only make
-/// it fail. The top is marked first and shifted last; a shift that fails half-way is
-/// undone (shifted back), and one that could not be is redone by the next start.
+/// it fail. The top is marked first and shifted last; a shift that fails half-way gives the
+/// top its owner back (as nspawn: the tree stays half shifted until a chown start finishes
+/// it), and one cut short (SIGKILL) stays marked and is redone by the next start.
 pub fn shift_tree(root: &Path, to_base: u32) -> Result<()> {
     let top = nix::fcntl::open(
         root,
@@ -410,7 +411,16 @@ pub fn shift_tree(root: &Path, to_base: u32) -> Result<()> {
     }
     let r = shift_walk(top.as_fd(), root, to_base);
     if r.is_err() && from_base != BUSY_BASE {
-        let _ = shift_walk(top.as_fd(), root, from_base);
+        // As nspawn: the top gets its owner back and nothing is walked back. A walk back
+        // would give every id, of whatever range, the low 16 bits in `from_base`'s range: on
+        // a tree of range 0, a set-uid file of another range (an earlier -U container's
+        // root wrote it) would become a set-uid root file. The next chown start finishes
+        // the shift (every id is mapped, those shifted already too).
+        let _ = nix::unistd::fchown(
+            &top,
+            Some(nix::unistd::Uid::from_raw(st.st_uid)),
+            Some(nix::unistd::Gid::from_raw(st.st_gid)),
+        );
     }
     r
 }

@@ -23,7 +23,8 @@ pub fn default_dir() -> ns_core::Result<PathBuf> {
     if nix::unistd::geteuid().is_root() && !ns_core::paths::host_root() {
         return Ok(PathBuf::from("/run/ns-run/scratch"));
     }
-    ns_core::paths::private_dir(&ns_core::paths::runtime_dir()?.join("scratch"), 0o700)
+    // Only a mount point: an older version's 0777 one is made 0700 again, not refused.
+    ns_core::paths::mount_point_dir(&ns_core::paths::runtime_dir()?.join("scratch"), 0o700)
 }
 
 static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

@@ -68,15 +68,35 @@ fn run_one(h: &Hook, state: &serde_json::Value) -> std::result::Result<(), Strin
     // Not the signals we block to relay them, nor any ignored ones: a hook starts clean.
     ns_core::sys::clean_signals_on_exec(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its state may close stdin early: not an error.
-        let _ = stdin.write_all(state.to_string().as_bytes());
+    // The state is written as the hook takes it, between looks at its timeout (runc writes
+    // it beside its timer): a hook that does not read it must not block us in a write
+    // larger than the pipe holds. What it has not read when it is gone is dropped.
+    let mut stdin = child.stdin.take();
+    if let Some(s) = &stdin {
+        use std::os::fd::AsFd;
+        let _ = nix::fcntl::fcntl(
+            s.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
     }
+    let text = state.to_string().into_bytes();
+    let mut written = 0;
     // Positive (checked at create); a timeout too far away to reckon is none.
     let deadline = h
         .timeout()
         .and_then(|t| Instant::now().checked_add(Duration::from_secs(t.try_into().ok()?)));
     loop {
+        if let Some(s) = stdin.as_mut() {
+            match s.write(&text[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // A hook that does not read its state may close stdin early: not an error.
+                Err(_) => written = text.len(),
+            }
+            if written == text.len() {
+                stdin = None; // closed: EOF for the hook
+            }
+        }
         match child.try_wait().map_err(|e| e.to_string())? {
             Some(st) if st.success() => return Ok(()),
             Some(st) => return Err(format!("exited with {st}")),

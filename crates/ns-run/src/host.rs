@@ -96,6 +96,9 @@ pub struct Cleanup {
     root: PathBuf,
     journal: Option<(PathBuf, File)>,
     entries: Vec<Entry>,
+    /// Our journal is a dead monitor's that had our pid and still lists what could not be
+    /// removed yet: left for a later collection, not removed with our entries.
+    adopted: bool,
 }
 
 impl Cleanup {
@@ -104,6 +107,7 @@ impl Cleanup {
             root: root.to_path_buf(),
             journal: None,
             entries: Vec::new(),
+            adopted: false,
         }
     }
 
@@ -140,15 +144,19 @@ impl Cleanup {
         if self.journal.is_none() {
             let dir = cleanup_dir()?;
             let p = dir.join(std::process::id().to_string());
-            // A dead monitor's journal with our pid: collected by now, or stale.
-            let _ = std::fs::remove_file(&p);
+            // A dead monitor's journal with our pid was collected at our start
+            // (collect_stale(true)); one still there lists what was busy then: we append to
+            // it and leave it to be collected after us.
+            self.adopted = std::fs::symlink_metadata(&p).is_ok();
             let f = File::options()
                 .append(true)
-                .create_new(true)
+                .create_new(!self.adopted)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&p)
                 .ctx(|| format!("cannot create {}", p.display()))?;
+            let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", p.display()))?;
+            ns_core::paths::check_ours(&p, &st, "a file")?;
             self.journal = Some((p, f));
         }
         let (p, f) = self.journal.as_mut().expect("journal opened");
@@ -174,12 +182,12 @@ impl Cleanup {
             return;
         }
         remove_paths(&self.entries);
-        if gone {
+        if gone && !self.adopted {
             let _ = std::fs::remove_file(journal);
         }
         if paths {
             // The last user of a shared tree also removes what the earlier ones left.
-            let _ = collect_stale();
+            let _ = collect_stale(false);
         }
     }
 }
@@ -248,9 +256,16 @@ fn remove_no_symlinks(path: &Path, recursive: bool) {
 /// cleanup journals list. (Their notify sockets go when the next socket is bound.) A journal
 /// that is not ours (another owner, writable by others, a symlink, not a regular file) is
 /// left alone, and of the entries of ours only what a monitor creates is removed.
-pub fn collect_stale() -> Result<()> {
+/// `at_start`: a monitor that has no journal yet; one named with its pid is a dead
+/// monitor's (of_dead_monitors takes it for a live one: the pid is ours, and ns-run).
+pub fn collect_stale(at_start: bool) -> Result<()> {
     let dir = cleanup_dir()?;
-    for journal in ns_core::paths::of_dead_monitors(&dir, "") {
+    let mut journals = ns_core::paths::of_dead_monitors(&dir, "");
+    let own = dir.join(std::process::id().to_string());
+    if at_start && std::fs::symlink_metadata(&own).is_ok() {
+        journals.push(own);
+    }
+    for journal in journals {
         let Ok(text) = ns_core::paths::read_ours(&journal, MAX_JOURNAL) else {
             continue;
         };

@@ -399,7 +399,10 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
             _ => args.extend(s.args.iter().cloned()),
         }
     }
-    let keep = |g: &Given| !matches!(group_of(&g.id), Some(grp) if taken.contains(&grp));
+    // A taken group replaces the command line's options, but for capabilities: nspawn takes
+    // the file's away from (and, trusted, adds them to) what the command line left, so a
+    // file's DropCapability= never brings back what --drop-capability dropped.
+    let keep = |g: &Given| !matches!(group_of(&g.id), Some(grp) if taken.contains(&grp) && grp != "capability");
     args.extend(
         given
             .iter()

@@ -9,7 +9,8 @@
 //! fails with EAFNOSUPPORT, which audit userspace takes for "no audit". Beyond nspawn,
 //! ioctl(TIOCSTI) and ioctl(TIOCLINUX) fail with EPERM: no faking input on a terminal shared
 //! with the host (TIOCLINUX's select-and-paste types a selection into a host VT; its subcode
-//! is behind a pointer that a filter cannot read, so the whole request goes).
+//! is behind a pointer that a filter cannot read, so the whole request goes); so do the
+//! ioctls that set the console keyboard's tables (a remapped key types a string).
 //!
 //! Everything that can be is computed at build time (build.rs): the numbers from the kernel
 //! headers, and for each call which items of nspawn's list (`nspawn.txt`; groups from
@@ -300,7 +301,23 @@ const ARGUMENT_RULES: &[ArgumentRule] = &[
     ),
     ("ioctl", &[(1, libc::TIOCSTI as u32)], libc::EPERM),
     ("ioctl", &[(1, libc::TIOCLINUX as u32)], libc::EPERM),
+    // The console keyboard's tables (linux/kd.h), shared by every VT: a function key's
+    // string (KDSKBSENT) sent by a remapped key (KDSKBENT, KDSETKEYCODE, the accent tables)
+    // types the container's command at the host user's next key press. The kernel allows
+    // it with CAP_SYS_TTY_CONFIG, which containers keep by default.
+    ("ioctl", &[(1, KDSKBENT)], libc::EPERM),
+    ("ioctl", &[(1, KDSKBSENT)], libc::EPERM),
+    ("ioctl", &[(1, KDSKBDIACR)], libc::EPERM),
+    ("ioctl", &[(1, KDSKBDIACRUC)], libc::EPERM),
+    ("ioctl", &[(1, KDSETKEYCODE)], libc::EPERM),
 ];
+
+// linux/kd.h (not in the libc crate).
+const KDSKBENT: u32 = 0x4B47;
+const KDSKBSENT: u32 = 0x4B49;
+const KDSKBDIACR: u32 = 0x4B4B;
+const KDSKBDIACRUC: u32 = 0x4BFB;
+const KDSETKEYCODE: u32 = 0x4B4D;
 
 /// The section of one ABI: the argument rules for its numbers, then the search on the number.
 fn section(table: &[(&str, u32, u128)], d: &Decision, lo: u32, hi: u32) -> Vec<SockFilter> {
@@ -656,6 +673,24 @@ mod tests {
                 run(&p, arch, socket, [libc::AF_INET as u32, 1, 0]),
                 RET_ALLOW
             );
+            // The terminal requests that fake input, on every ABI; other requests pass.
+            let ioctl = nr(table, "ioctl");
+            for req in [
+                libc::TIOCSTI as u32,
+                libc::TIOCLINUX as u32,
+                KDSKBENT,
+                KDSKBSENT,
+                KDSKBDIACR,
+                KDSKBDIACRUC,
+                KDSETKEYCODE,
+            ] {
+                assert_eq!(
+                    run(&p, arch, ioctl, [0, req, 0]),
+                    eperm,
+                    "{arch:#x} {req:#x}"
+                );
+            }
+            assert_eq!(run(&p, arch, ioctl, [0, libc::TCGETS as u32, 0]), RET_ALLOW);
         }
         assert_eq!(
             run(&p, 0xc000_00b7, 0, [0; 3]),
