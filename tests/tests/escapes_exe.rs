@@ -1,0 +1,397 @@
+//! Design constraint 9: no process that a container can see ever has a host file of ours as
+//! its exe or in its fd table (runc's CVE-2019-5736). A container process runs the attack
+//! (`ns-probe grab`: every /proc/PID/exe and /proc/PID/fd/N opened O_PATH, reopened for
+//! writing through /proc/self/fd, again while the file is busy) while the host enters the
+//! container again and again: `ns-ctl shell` into ns-run containers (plain and `-a`, default
+//! and `-U`), `ns-oci exec` into a running container, and a created OCI container waiting for
+//! `start` (default and with a user namespace).
+//!
+//! On the code before the fix the attack writes into the binaries it grabs. So the binaries
+//! under test are copies in the test's own directory (never target/'s), and every test ends by
+//! checking that they are byte for byte what was built, that the loop wrote nothing, and that
+//! it did see a process of ours (or the test would prove nothing).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ns_tests::{bin, build_rootfs_linked, run_cmd, s, spawn_until, Tree};
+use serde_json::{json, Value};
+
+/// How many times at most the host enters the container: enough for the loop to see a
+/// process of ours (it usually does at the first).
+const MAX_ROUNDS: usize = 40;
+/// At least this many rounds, so that later processes (after the first seen) are tried too.
+const MIN_ROUNDS: usize = 4;
+
+/// Copies of the binaries under test, in the tree's directory.
+struct Copies {
+    dir: PathBuf,
+    names: Vec<&'static str>,
+}
+
+impl Copies {
+    fn new(t: &Tree, names: &[&'static str]) -> Copies {
+        let dir = t.host_dir("bin");
+        for n in names {
+            fs::copy(bin(n), dir.join(n)).unwrap();
+        }
+        Copies {
+            dir,
+            names: names.to_vec(),
+        }
+    }
+
+    fn cmd(&self, name: &str) -> Command {
+        let mut c = Command::new(self.dir.join(name));
+        c.env_remove("NS_DEBUG").env_remove("NS_STAGE_FDS");
+        c
+    }
+
+    /// Every copy is still what was built.
+    fn assert_unchanged(&self) {
+        for n in &self.names {
+            let copy = fs::read(self.dir.join(n)).unwrap();
+            assert!(
+                copy == fs::read(bin(n)).unwrap(),
+                "the container wrote into the host's {n}"
+            );
+        }
+    }
+}
+
+/// What the loop reported: no file of ours written, none even reachable; at least one
+/// process of ours seen.
+/// Files in `out` are the container's own (its bound directory, its stdio files).
+fn assert_attack_failed(report: &str, bins: &Copies, out: &Path) {
+    let theirs = format!("-> {}/", out.display());
+    let wrote: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("WROTE") && !l.contains(&theirs))
+        .collect();
+    assert!(wrote.is_empty(), "host files written: {wrote:?}\n{report}");
+    // Under a user namespace the container's root cannot write a file of host root's, but
+    // the rule is that it never reaches one.
+    let ours = format!("-> {}/", bins.dir.display());
+    let reached: Vec<&str> = report.lines().filter(|l| l.contains(&ours)).collect();
+    assert!(reached.is_empty(), "host files reached: {reached:?}\n{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("seen ")),
+        "the loop saw no process of ours: the test proves nothing\n{report}"
+    );
+    bins.assert_unchanged();
+}
+
+fn install_probe(root: &Path) {
+    fs::copy(bin("ns-probe"), root.join("bin/ns-probe")).unwrap();
+}
+
+/// Run `enter` (one host entry into the container) until `seen()` says the loop saw a process
+/// of ours, at least MIN_ROUNDS and at most MAX_ROUNDS times.
+fn rounds(mut enter: impl FnMut(), mut seen: impl FnMut() -> bool) {
+    for i in 0..MAX_ROUNDS {
+        enter();
+        if i + 1 >= MIN_ROUNDS && seen() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ns-run + ns-ctl shell
+
+fn ns_run_and_shell(tag: &str, opts: &[&str]) {
+    let t = Tree::rootfs(&format!("exe-{tag}"));
+    install_probe(t.path());
+    let bins = Copies::new(
+        &t,
+        &["ns-run", "ns-enter", "ns-mount", "ns-caps", "ns-init", "ns-ctl"],
+    );
+    let out = t.host_dir("out");
+    let name = format!("exe-{tag}-{}", std::process::id());
+    let mut c = bins.cmd("ns-run");
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .arg(format!("--bind={}:/out", out.display()))
+        .args(opts)
+        .args(["ns-probe", "grab", "/out/stop"]);
+    let mut r = spawn_until(c, "ready");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rounds(
+            || {
+                let mut sh = bins.cmd("ns-ctl");
+                sh.args(["shell", &name, "--", "/bin/true"]);
+                let o = run_cmd(sh, None);
+                assert_eq!(o.code, 0, "ns-ctl shell: {o}");
+            },
+            || r.wait_stdout("seen ", Duration::from_millis(50)),
+        );
+    }));
+    fs::write(out.join("stop"), "").unwrap();
+    let o = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert!(o.stdout.contains("done"), "{o}");
+    assert_attack_failed(&o.stdout, &bins, &out);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary() {
+    ns_run_and_shell("plain", &[]);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary_userns() {
+    ns_run_and_shell("plain-u", &["-U"]);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary_as_pid2() {
+    ns_run_and_shell("pid2", &["-a"]);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary_as_pid2_userns() {
+    ns_run_and_shell("pid2-u", &["-a", "-U"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// ns-oci
+
+fn subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: prctl with integer arguments only.
+    ONCE.call_once(|| assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0));
+}
+
+/// Reap our (adopted) child `pid`, and every other adopted child on the way: a process
+/// exec'd with --detach, reparented to us when PID 1 dies, which PID 1's exit waits for.
+fn reap(pid: i32) {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r == pid || r < 0 {
+            return;
+        }
+    }
+}
+
+/// A bundle (busybox and ns-probe, /out bound from the host) run by copies of ns-oci and its
+/// stages; with `userns`, in a user namespace of its own (host ids 200000-265535).
+struct Oci {
+    t: Tree,
+    bins: Copies,
+    out: PathBuf,
+    root: PathBuf,
+}
+
+/// The default capabilities of `ns-oci spec` plus CAP_SYS_PTRACE (as the attack).
+const CAPS: [&str; 4] = [
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_PTRACE",
+];
+
+impl Oci {
+    fn new(tag: &str, args: &[&str], userns: bool) -> Oci {
+        subreaper();
+        let t = Tree::empty(&format!("exe-{tag}"));
+        let rootfs = t.path().join("rootfs");
+        build_rootfs_linked(&rootfs);
+        install_probe(&rootfs);
+        // Made here: under a user namespace the container's root cannot create it in a
+        // tree of host root's.
+        fs::create_dir(rootfs.join("out")).unwrap();
+        let bins = Copies::new(
+            &t,
+            &["ns-oci", "ns-enter", "ns-mount", "ns-caps", "ns-init"],
+        );
+        let out = t.host_dir("out");
+        let root = t.host_dir("oci-root");
+        let o = bins
+            .cmd("ns-oci")
+            .args(["spec", "--bundle", t.arg()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let path = t.path().join("config.json");
+        let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        v["process"]["args"] = json!(args);
+        v["process"]["terminal"] = json!(false);
+        v["process"]["capabilities"] = caps();
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw"]}),
+        );
+        if userns {
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+            v["linux"]["uidMappings"] = map.clone();
+            v["linux"]["gidMappings"] = map;
+        }
+        fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        Oci {
+            t,
+            bins,
+            out,
+            root,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.bins.cmd("ns-oci");
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `create ID` (the container's stdout in out/ID.stdout); its pid.
+    fn create(&self, id: &str) -> i32 {
+        let pid_file = self.out.join(format!("{id}.pid"));
+        // Files, not pipes: the container outlives the command and keeps them.
+        let log = |n: &str| fs::File::create(self.out.join(format!("{id}.{n}"))).unwrap();
+        let st = self
+            .cmd(&["create", "--bundle", self.t.arg(), "--pid-file", s(&pid_file), id])
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "create: {}", self.report(&format!("{id}.stderr")));
+        fs::read_to_string(pid_file).unwrap().parse().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let o = self.cmd(args).stdout(Stdio::null()).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    }
+
+    /// A process.json for `exec`, written to out/NAME.json.
+    fn process(&self, name: &str, args: &[&str]) -> PathBuf {
+        let p = self.out.join(format!("{name}.json"));
+        let v = json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
+                       "args": args, "capabilities": caps()});
+        fs::write(&p, v.to_string()).unwrap();
+        p
+    }
+
+    fn report(&self, file: &str) -> String {
+        fs::read_to_string(self.out.join(file)).unwrap_or_default()
+    }
+
+    /// Wait until out/FILE has a line `needle` (at most 10 s).
+    fn wait_report(&self, file: &str, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if self.report(file).lines().any(|l| l.starts_with(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+fn caps() -> Value {
+    json!({"bounding": CAPS, "effective": CAPS, "permitted": CAPS})
+}
+
+fn oci_exec(tag: &str, userns: bool) {
+    let b = Oci::new(tag, &["ns-probe", "grab", "/out/stop"], userns);
+    let id = format!("exe-{tag}");
+    let pid = b.create(&id);
+    b.ok(&["start", &id]);
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(b.wait_report(&format!("{id}.stdout"), "ready"));
+        let p = b.process("true", &["/bin/true"]);
+        rounds(
+            || {
+                let o = b.cmd(&["exec", "--process", s(&p), &id]).output().unwrap();
+                assert!(o.status.success(), "exec: {o:?}");
+            },
+            || b.report(&format!("{id}.stdout")).contains("seen "),
+        );
+    }));
+    fs::write(b.out.join("stop"), "").unwrap();
+    reap(pid);
+    let _ = b.cmd(&["delete", "--force", &id]).output();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    let report = b.report(&format!("{id}.stdout"));
+    assert!(report.contains("done"), "{report}");
+    assert_attack_failed(&report, &b.bins, &b.out);
+}
+
+#[test]
+fn ns_oci_exec_exposes_no_host_binary() {
+    oci_exec("exec", false);
+}
+
+#[test]
+fn ns_oci_exec_exposes_no_host_binary_userns() {
+    oci_exec("exec-u", true);
+}
+
+/// A created container waits for `start` in PID 1: a process exec'd into it (with
+/// CAP_SYS_PTRACE) grabs /proc/1/exe, and writes once `start` has made PID 1 the payload.
+fn oci_created(tag: &str, userns: bool) {
+    let b = Oci::new(tag, &["sleep", "1000"], userns);
+    let id = format!("exe-{tag}");
+    let pid = b.create(&id);
+    let grab = b.process("grab", &["ns-probe", "grab", "/out/stop"]);
+    let log = "grab.stdout";
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let st = b
+            .cmd(&["exec", "--detach", "--process", s(&grab), &id])
+            .stdout(fs::File::create(b.out.join(log)).unwrap())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(b.wait_report(log, "ready"), "{}", b.report(log));
+        assert!(
+            b.wait_report(log, "seen /proc/1/exe"),
+            "PID 1 not seen: {}",
+            b.report(log)
+        );
+        b.ok(&["start", &id]);
+        // PID 1 is the payload now: what was grabbed of it is written or refused.
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end
+            && !b
+                .report(log)
+                .lines()
+                .any(|l| l.starts_with("WROTE /proc/1/exe") || l.starts_with("denied /proc/1/exe"))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }));
+    fs::write(b.out.join("stop"), "").unwrap();
+    let _ = b.wait_report(log, "done");
+    let _ = b.cmd(&["delete", "--force", &id]).output();
+    reap(pid);
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    let report = b.report(log);
+    assert!(report.contains("done"), "{report}");
+    assert_attack_failed(&report, &b.bins, &b.out);
+}
+
+#[test]
+fn a_created_oci_container_exposes_no_host_binary() {
+    oci_created("created", false);
+}
+
+#[test]
+fn a_created_oci_container_exposes_no_host_binary_userns() {
+    oci_created("created-u", true);
+}
