@@ -128,7 +128,10 @@ fn grab(stop: &str) -> ! {
             }
             let mut links = vec![format!("/proc/{pid}/exe")];
             if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-                links.extend(fds.flatten().map(|f| f.path().to_string_lossy().into_owned()));
+                links.extend(
+                    fds.flatten()
+                        .map(|f| f.path().to_string_lossy().into_owned()),
+                );
             }
             for l in links {
                 if let Some(h) = take(&l, &mut known) {
@@ -171,7 +174,10 @@ fn take(link: &str, known: &mut std::collections::HashSet<(u64, u64)>) -> Option
     if !md.is_file() || !known.insert((md.dev(), md.ino())) {
         return None;
     }
-    let name = std::fs::read_link(&mine).ok()?.to_string_lossy().into_owned();
+    let name = std::fs::read_link(&mine)
+        .ok()?
+        .to_string_lossy()
+        .into_owned();
     let ours = std::fs::metadata(&name).is_ok_and(|m| (m.dev(), m.ino()) == (md.dev(), md.ino()));
     (!ours).then(|| Held {
         fd,

@@ -75,7 +75,10 @@ fn assert_attack_failed(report: &str, bins: &Copies, out: &Path) {
     // the rule is that it never reaches one.
     let ours = format!("-> {}/", bins.dir.display());
     let reached: Vec<&str> = report.lines().filter(|l| l.contains(&ours)).collect();
-    assert!(reached.is_empty(), "host files reached: {reached:?}\n{report}");
+    assert!(
+        reached.is_empty(),
+        "host files reached: {reached:?}\n{report}"
+    );
     assert!(
         report.lines().any(|l| l.starts_with("seen ")),
         "the loop saw no process of ours: the test proves nothing\n{report}"
@@ -106,7 +109,9 @@ fn ns_run_and_shell(tag: &str, opts: &[&str]) {
     install_probe(t.path());
     let bins = Copies::new(
         &t,
-        &["ns-run", "ns-enter", "ns-mount", "ns-caps", "ns-init", "ns-ctl"],
+        &[
+            "ns-run", "ns-enter", "ns-mount", "ns-caps", "ns-init", "ns-ctl",
+        ],
     );
     let out = t.host_dir("out");
     let name = format!("exe-{tag}-{}", std::process::id());
@@ -236,12 +241,7 @@ impl Oci {
             v["linux"]["gidMappings"] = map;
         }
         fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-        Oci {
-            t,
-            bins,
-            out,
-            root,
-        }
+        Oci { t, bins, out, root }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -259,12 +259,23 @@ impl Oci {
         // Files, not pipes: the container outlives the command and keeps them.
         let log = |n: &str| fs::File::create(self.out.join(format!("{id}.{n}"))).unwrap();
         let st = self
-            .cmd(&["create", "--bundle", self.t.arg(), "--pid-file", s(&pid_file), id])
+            .cmd(&[
+                "create",
+                "--bundle",
+                self.t.arg(),
+                "--pid-file",
+                s(&pid_file),
+                id,
+            ])
             .stdout(log("stdout"))
             .stderr(log("stderr"))
             .status()
             .unwrap();
-        assert!(st.success(), "create: {}", self.report(&format!("{id}.stderr")));
+        assert!(
+            st.success(),
+            "create: {}",
+            self.report(&format!("{id}.stderr"))
+        );
         fs::read_to_string(pid_file).unwrap().parse().unwrap()
     }
 
