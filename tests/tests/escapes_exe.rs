@@ -406,3 +406,81 @@ fn a_created_oci_container_exposes_no_host_binary() {
 fn a_created_oci_container_exposes_no_host_binary_userns() {
     oci_created("created-u", true);
 }
+
+// ---------------------------------------------------------------------------------------
+// PID 1 leaving its namespaces
+
+/// PID 1 moves to new user and mount namespaces (`exec unshare -U -m`): `ns-ctl shell` still
+/// enters those the container started in, and says that PID 1 has left them.
+fn shell_after_unshare(tag: &str, opts: &[&str]) {
+    let t = Tree::rootfs(&format!("exe-{tag}"));
+    let name = format!("exe-{tag}-{}", std::process::id());
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args(opts)
+        .args([
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; echo ready; \
+             exec unshare -U -m sleep 100",
+        ]);
+    let r = spawn_until(c, "ready");
+    let started = r.stdout_so_far().replace("ready\n", "");
+    let res = std::panic::catch_unwind(|| {
+        let entry: Value =
+            serde_json::from_slice(&fs::read(format!("/run/ns-run/machines/{name}.json")).unwrap())
+                .unwrap();
+        let leader = entry["leader"].as_i64().unwrap();
+        // Until PID 1 runs `sleep` in its new namespaces.
+        let end = Instant::now() + Duration::from_secs(10);
+        while fs::read_link(format!("/proc/{leader}/exe"))
+            .is_ok_and(|e| !e.ends_with("busybox") || cmdline(leader) != "sleep100")
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(cmdline(leader), "sleep100");
+        let now = fs::read_link(format!("/proc/{leader}/ns/user")).unwrap();
+        assert_ne!(now.to_string_lossy(), started.lines().next().unwrap());
+        let mut sh = Command::new(bin("ns-ctl"));
+        sh.env_remove("NS_DEBUG").args([
+            "shell",
+            &name,
+            "--",
+            "/bin/sh",
+            "-c",
+            "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt",
+        ]);
+        let o = run_cmd(sh, None);
+        assert_eq!((o.code, o.stdout.as_str()), (0, started.as_str()), "{o}");
+        assert!(
+            o.stderr
+                .contains("PID 1 has left the user, mnt namespace(s) it started in"),
+            "{o}"
+        );
+    });
+    r.signal(libc::SIGTERM);
+    let o = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(o.code, 137, "{o}");
+}
+
+/// /proc/PID/cmdline without its NULs.
+fn cmdline(pid: i64) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .replace('\0', "")
+}
+
+#[test]
+fn ns_ctl_shell_enters_the_namespaces_pid1_started_in() {
+    shell_after_unshare("unshare", &[]);
+}
+
+#[test]
+fn ns_ctl_shell_enters_the_namespaces_pid1_started_in_userns() {
+    shell_after_unshare("unshare-u", &["-U"]);
+}
