@@ -486,6 +486,26 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_copy_cannot_be_written_even_reopened() {
+        use std::io::Write;
+        let me = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(!is_sealed(&me));
+        let len = me.metadata().unwrap().len();
+        let copy = std::fs::File::from(sealed_copy(me, "t", true, &|| "x".into()).unwrap());
+        assert!(is_sealed(&copy));
+        assert_eq!(copy.metadata().unwrap().len(), len);
+        // As the attack does it: reopened for writing through /proc/self/fd.
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
+        let wrote = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"x"));
+        assert!(wrote.is_err());
+        assert!(std::fs::File::create(&path).is_err(), "truncated");
+        assert_eq!(copy.metadata().unwrap().len(), len);
+    }
+
+    #[test]
     fn exec_errors_map_to_documented_codes() {
         assert_eq!(exec_error("x", Errno::ENOENT).code, 127);
         assert_eq!(exec_error("x", Errno::EACCES).code, 126);
