@@ -484,3 +484,48 @@ fn ns_ctl_shell_enters_the_namespaces_pid1_started_in() {
 fn ns_ctl_shell_enters_the_namespaces_pid1_started_in_userns() {
     shell_after_unshare("unshare-u", &["-U"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// ns-ctl shell during the container's setup
+
+/// While the entry says PID 1 still runs our stages (`starting`), `ns-ctl shell` waits: what
+/// it runs would see ns-mount or ns-caps (the host's files, on the plain ns-run path) and a
+/// root not yet built. The monitor clears `starting` when the payload runs; here the test
+/// sets and clears it on a running container's entry.
+#[test]
+fn ns_ctl_shell_waits_for_the_payload() {
+    let t = Tree::rootfs("exe-starting");
+    let name = format!("exe-starting-{}", std::process::id());
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    let r = spawn_until(c, "ready");
+    let res = std::panic::catch_unwind(|| {
+        let path = PathBuf::from(format!("/run/ns-run/machines/{name}.json"));
+        let set_starting = |on: bool| {
+            let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            assert_eq!(v["starting"], json!(!on), "{v}");
+            v["starting"] = json!(on);
+            let tmp = path.with_extension("test");
+            fs::write(&tmp, v.to_string()).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        };
+        set_starting(true);
+        let mut sh = Command::new(bin("ns-ctl"));
+        sh.env_remove("NS_DEBUG")
+            .args(["shell", &name, "--", "/bin/echo", "in"]);
+        let mut waiting = ns_tests::spawn(sh, None);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(waiting.is_running(), "ns-ctl did not wait");
+        set_starting(false);
+        let o = waiting.wait();
+        assert_eq!((o.code, o.stdout.as_str()), (0, "in\n"), "{o}");
+    });
+    r.signal(libc::SIGTERM);
+    let o = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(o.code, 137, "{o}");
+}
