@@ -10,8 +10,11 @@ use std::path::PathBuf;
 use nix::sched::CloneFlags;
 use ns_core::{Context, Error, Result};
 
+/// Namespaces to join, in order, with the kind of each.
+pub type Joinable = Vec<(File, CloneFlags)>;
+
 /// The leader's namespaces that differ from ours, in the order to join them.
-pub fn namespaces(leader: i32) -> Result<Vec<(File, CloneFlags)>> {
+pub fn namespaces(leader: i32) -> Result<Joinable> {
     use std::os::unix::fs::MetadataExt;
     let kinds = [
         ("user", CloneFlags::CLONE_NEWUSER),
@@ -42,7 +45,7 @@ pub fn recorded_namespaces(
     leader: i32,
     monitor: i32,
     recorded: &[(String, u64)],
-) -> Result<(Vec<(File, CloneFlags)>, Vec<&'static str>)> {
+) -> Result<(Joinable, Vec<&'static str>)> {
     use std::os::unix::fs::MetadataExt;
     let flag = |kind: &str| match kind {
         "user" => CloneFlags::CLONE_NEWUSER,
