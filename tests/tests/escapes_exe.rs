@@ -529,3 +529,51 @@ fn ns_ctl_shell_waits_for_the_payload() {
     }
     assert_eq!(o.code, 137, "{o}");
 }
+
+// ---------------------------------------------------------------------------------------
+// A pod: containers sharing a PID namespace
+
+/// The members of a pod see each other's processes: a member's whole chain (ns-enter's
+/// child, ns-mount, ns-caps waiting for start) runs in the pod's PID namespace, in view of
+/// the pod's first container, which runs the attack.
+#[test]
+fn a_pod_member_exposes_no_host_binary() {
+    let pod = Oci::new("pod", &["ns-probe", "grab", "/out/stop"], false);
+    let id = "exe-pod";
+    let ppid = pod.create(id);
+    pod.ok(&["start", id]);
+    let member = Oci::new("member", &["true"], false);
+    let path = member.t.path().join("config.json");
+    let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for ns in v["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "pid" {
+            ns["path"] = json!(format!("/proc/{ppid}/ns/pid"));
+        }
+    }
+    fs::write(&path, v.to_string()).unwrap();
+    let log = format!("{id}.stdout");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(pod.wait_report(&log, "ready"));
+        let mut n = 0;
+        rounds(
+            || {
+                n += 1;
+                let mid = format!("exe-member-{n}");
+                let mpid = member.create(&mid);
+                let _ = member.cmd(&["delete", "--force", &mid]).output();
+                reap(mpid);
+            },
+            || pod.report(&log).contains("seen "),
+        );
+    }));
+    fs::write(pod.out.join("stop"), "").unwrap();
+    reap(ppid);
+    let _ = pod.cmd(&["delete", "--force", id]).output();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    let report = pod.report(&log);
+    assert!(report.contains("done"), "{report}");
+    assert_attack_failed(&report, &member.bins, &member.out);
+    pod.bins.assert_unchanged();
+}
