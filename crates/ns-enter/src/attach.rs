@@ -16,25 +16,30 @@ pub type Joinable = Vec<(File, CloneFlags)>;
 /// The leader's namespaces that differ from ours, in the order to join them.
 pub fn namespaces(leader: i32) -> Result<Joinable> {
     use std::os::unix::fs::MetadataExt;
-    let kinds = [
-        ("user", CloneFlags::CLONE_NEWUSER),
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ];
     let mut out = Vec::new();
-    for (kind, flag) in kinds {
+    for kind in ns_core::registry::NAMESPACE_KINDS {
         let theirs = format!("/proc/{leader}/ns/{kind}");
         let f = File::open(&theirs).ctx(|| format!("cannot open {theirs}"))?;
         let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
         if f.metadata().map(|m| m.ino()).ok() != ours.ok() {
-            out.push((f, flag));
+            out.push((f, flag_of(kind)));
         }
     }
     Ok(out)
+}
+
+/// setns's flag for a namespace kind of [`ns_core::registry::NAMESPACE_KINDS`].
+fn flag_of(kind: &str) -> CloneFlags {
+    match kind {
+        "user" => CloneFlags::CLONE_NEWUSER,
+        "cgroup" => CloneFlags::CLONE_NEWCGROUP,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        "net" => CloneFlags::CLONE_NEWNET,
+        "pid" => CloneFlags::CLONE_NEWPID,
+        "mnt" => CloneFlags::CLONE_NEWNS,
+        _ => CloneFlags::empty(),
+    }
 }
 
 /// The namespaces `recorded` (kind, inode) when the container started, that differ from
@@ -47,15 +52,6 @@ pub fn recorded_namespaces(
     recorded: &[(String, u64)],
 ) -> Result<(Joinable, Vec<&'static str>)> {
     use std::os::unix::fs::MetadataExt;
-    let flag = |kind: &str| match kind {
-        "user" => CloneFlags::CLONE_NEWUSER,
-        "cgroup" => CloneFlags::CLONE_NEWCGROUP,
-        "ipc" => CloneFlags::CLONE_NEWIPC,
-        "uts" => CloneFlags::CLONE_NEWUTS,
-        "net" => CloneFlags::CLONE_NEWNET,
-        "pid" => CloneFlags::CLONE_NEWPID,
-        _ => CloneFlags::CLONE_NEWNS,
-    };
     let mut out = Vec::new();
     let mut left = Vec::new();
     for kind in ns_core::registry::NAMESPACE_KINDS {
@@ -79,7 +75,7 @@ pub fn recorded_namespaces(
         };
         let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
         if ours.ok() != Some(want) {
-            out.push((f, flag(kind)));
+            out.push((f, flag_of(kind)));
         }
     }
     Ok((out, left))
