@@ -9,13 +9,19 @@
 //!   ns-probe nr N                the same by number (an unknown one)
 //!   ns-probe socket DOMAIN TYPE PROTOCOL
 //!   ns-probe tiocsti             push one character into stdin's terminal (TIOCSTI)
-//!   ns-probe grab STOPFILE       the CVE-2019-5736 attack, until STOPFILE exists (at most
+//!   ns-probe grab STOPFILE [PREFIX]
+//!                                the CVE-2019-5736 attack, until STOPFILE exists (at most
 //!                                120 s): open every /proc/PID/exe and /proc/PID/fd/N of the
 //!                                others O_PATH, keep those that are regular files of
 //!                                nobody in here, and reopen them through /proc/self/fd for
-//!                                writing (again while the kernel says ETXTBSY) and append.
-//!                                One line per file: `seen LINK`, then `WROTE LINK` or
-//!                                `denied LINK ERRNO`; `ready` first, `done` last.
+//!                                writing (again while the kernel says ETXTBSY). Only a file
+//!                                whose name starts with PREFIX (the test's copies of our
+//!                                binaries) is written (a line appended): any other is only
+//!                                opened, so that a host file reached is never changed; a
+//!                                sealed memfd counts as refused (EPERM).
+//!                                One line per file: `seen LINK`, then `WROTE LINK`,
+//!                                `OPENED-RW LINK` or `denied LINK ERRNO`; `ready` first,
+//!                                `done` last.
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -72,7 +78,10 @@ fn main() {
         Some("socket") => {
             unsafe { libc::socket(arg(1) as i32, arg(2) as i32, arg(3) as i32) }.into()
         }
-        Some("grab") => grab(a.get(1).map(String::as_str).unwrap_or("/stop")),
+        Some("grab") => grab(
+            a.get(1).map(String::as_str).unwrap_or("/stop"),
+            a.get(2).map(String::as_str),
+        ),
         Some("tiocsti") => {
             let c = b'x';
             // SAFETY: TIOCSTI reads one byte from the pointer, which points at `c`.
@@ -80,7 +89,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti | grab STOPFILE"
+                "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti | grab STOPFILE [PREFIX]"
             );
             std::process::exit(2)
         }
@@ -100,10 +109,12 @@ fn main() {
 struct Held {
     fd: std::os::fd::OwnedFd,
     link: String,
+    /// What the link leads to.
+    name: String,
 }
 
 /// `ns-probe grab STOPFILE` (see the header). Exits 0; the lines tell.
-fn grab(stop: &str) -> ! {
+fn grab(stop: &str, writable: Option<&str>) -> ! {
     use std::collections::HashSet;
     use std::io::Write;
     let say = |line: String| {
@@ -140,9 +151,13 @@ fn grab(stop: &str) -> ! {
                 }
             }
         }
-        held.retain(|h| match reopen_and_write(h) {
-            Ok(()) => {
+        held.retain(|h| match reopen_for_writing(h, writable) {
+            Ok(true) => {
                 say(format!("WROTE {}", h.link));
+                false
+            }
+            Ok(false) => {
+                say(format!("OPENED-RW {}", h.link));
                 false
             }
             Err(libc::ETXTBSY) => true,
@@ -182,17 +197,28 @@ fn take(link: &str, known: &mut std::collections::HashSet<(u64, u64)>) -> Option
     (!ours).then(|| Held {
         fd,
         link: format!("{link} -> {name}"),
+        name,
     })
 }
 
-/// Reopen a held file for writing through /proc/self/fd and append a line: Err(errno).
-fn reopen_and_write(h: &Held) -> Result<(), i32> {
+/// Reopen a held file for writing through /proc/self/fd: Err(errno), else whether a line
+/// was appended (only to a file named under `writable`).
+fn reopen_for_writing(h: &Held, writable: Option<&str>) -> Result<bool, i32> {
     use std::io::Write;
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&h.fd));
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(0);
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(path)
-        .map_err(|e| e.raw_os_error().unwrap_or(0))?;
-    f.write_all(b"\ngrabbed by ns-probe\n")
-        .map_err(|e| e.raw_os_error().unwrap_or(0))
+        .map_err(errno)?;
+    // SAFETY: fcntl on an fd we own, with an integer command.
+    let seals = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GET_SEALS) };
+    if seals >= 0 && seals & libc::F_SEAL_WRITE != 0 {
+        return Err(libc::EPERM); // a sealed memfd: open, but never written
+    }
+    if !writable.is_some_and(|p| h.name.starts_with(p)) {
+        return Ok(false);
+    }
+    f.write_all(b"\ngrabbed by ns-probe\n").map_err(errno)?;
+    Ok(true)
 }

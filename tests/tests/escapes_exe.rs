@@ -61,23 +61,31 @@ impl Copies {
     }
 }
 
-/// What the loop reported: no file of ours written, none even reachable; at least one
-/// process of ours seen.
-/// Files in `out` are the container's own (its bound directory, its stdio files).
+/// What the loop reported: no host file opened for writing (out/ holds the container's own:
+/// its bound directory, its stdio files); see [`assert_no_binary_reached`].
 fn assert_attack_failed(report: &str, bins: &Copies, out: &Path) {
     let theirs = format!("-> {}/", out.display());
-    let wrote: Vec<&str> = report
+    let opened: Vec<&str> = report
         .lines()
-        .filter(|l| l.starts_with("WROTE") && !l.contains(&theirs))
+        .filter(|l| l.starts_with("WROTE") || l.starts_with("OPENED-RW"))
+        .filter(|l| !l.contains(&theirs))
         .collect();
-    assert!(wrote.is_empty(), "host files written: {wrote:?}\n{report}");
-    // Under a user namespace the container's root cannot write a file of host root's, but
-    // the rule is that it never reaches one.
+    assert!(
+        opened.is_empty(),
+        "host files opened for writing: {opened:?}\n{report}"
+    );
+    assert_no_binary_reached(report, bins);
+}
+
+/// No copy of our binaries reached at all (under a user namespace the container's root cannot
+/// write a file of host root's, but the rule is that it never reaches one) or changed; at
+/// least one process of ours seen, or the test proves nothing.
+fn assert_no_binary_reached(report: &str, bins: &Copies) {
     let ours = format!("-> {}/", bins.dir.display());
     let reached: Vec<&str> = report.lines().filter(|l| l.contains(&ours)).collect();
     assert!(
         reached.is_empty(),
-        "host files reached: {reached:?}\n{report}"
+        "host binaries reached: {reached:?}\n{report}"
     );
     assert!(
         report.lines().any(|l| l.starts_with("seen ")),
@@ -120,7 +128,8 @@ fn ns_run_and_shell(tag: &str, opts: &[&str]) {
         .args(["-q", "-M", &name, "-D", t.arg()])
         .arg(format!("--bind={}:/out", out.display()))
         .args(opts)
-        .args(["ns-probe", "grab", "/out/stop"]);
+        .args(["ns-probe", "grab", "/out/stop"])
+        .arg(&bins.dir);
     let mut r = spawn_until(c, "ready");
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rounds(
@@ -193,6 +202,9 @@ struct Oci {
     root: PathBuf,
 }
 
+/// In a process's args: the directory of the binaries under test (the probe writes only there).
+const BINS: &str = "@bins";
+
 /// The default capabilities of `ns-oci spec` plus CAP_SYS_PTRACE (as the issue's attack).
 const CAPS: [&str; 4] = [
     "CAP_KILL",
@@ -225,6 +237,13 @@ impl Oci {
         assert!(o.status.success(), "{o:?}");
         let path = t.path().join("config.json");
         let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match *a {
+                BINS => bins.dir.display().to_string(),
+                a => a.to_string(),
+            })
+            .collect();
         v["process"]["args"] = json!(args);
         v["process"]["terminal"] = json!(false);
         v["process"]["capabilities"] = caps();
@@ -315,7 +334,7 @@ fn caps() -> Value {
 }
 
 fn oci_exec(tag: &str, userns: bool) {
-    let b = Oci::new(tag, &["ns-probe", "grab", "/out/stop"], userns);
+    let b = Oci::new(tag, &["ns-probe", "grab", "/out/stop", BINS], userns);
     let id = format!("exe-{tag}");
     let pid = b.create(&id);
     b.ok(&["start", &id]);
@@ -357,7 +376,8 @@ fn oci_created(tag: &str, userns: bool) {
     let b = Oci::new(tag, &["sleep", "1000"], userns);
     let id = format!("exe-{tag}");
     let pid = b.create(&id);
-    let grab = b.process("grab", &["ns-probe", "grab", "/out/stop"]);
+    let bins = b.bins.dir.display().to_string();
+    let grab = b.process("grab", &["ns-probe", "grab", "/out/stop", &bins]);
     let log = "grab.stdout";
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let st = b
@@ -535,14 +555,21 @@ fn ns_ctl_shell_waits_for_the_payload() {
 
 /// The members of a pod see each other's processes: a member's whole chain (ns-enter's
 /// child, ns-mount, ns-caps waiting for start) runs in the pod's PID namespace, in view of
-/// the pod's first container, which runs the attack.
+/// the pod's first container, which runs the attack. Members started by ns-oci, then by
+/// `ns-run --oci-bundle`.
+///
+/// Only our binaries are checked here: until its pivot_root, a member's ns-mount works on
+/// the host's tree (its root, transient fds of host files such as /etc/os-release), which
+/// a neighbour holding CAP_SYS_PTRACE over the host's user namespace (as this one) can reach
+/// through /proc (runc's init has the same window; see the report of issue 15).
 #[test]
 fn a_pod_member_exposes_no_host_binary() {
-    let pod = Oci::new("pod", &["ns-probe", "grab", "/out/stop"], false);
+    let member = Oci::new("member", &["true"], false);
+    let bins = member.bins.dir.display().to_string();
+    let pod = Oci::new("pod", &["ns-probe", "grab", "/out/stop", &bins], false);
     let id = "exe-pod";
     let ppid = pod.create(id);
     pod.ok(&["start", id]);
-    let member = Oci::new("member", &["true"], false);
     let path = member.t.path().join("config.json");
     let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     for ns in v["linux"]["namespaces"].as_array_mut().unwrap() {
@@ -550,7 +577,9 @@ fn a_pod_member_exposes_no_host_binary() {
             ns["path"] = json!(format!("/proc/{ppid}/ns/pid"));
         }
     }
+    v["process"]["args"] = json!(["true"]);
     fs::write(&path, v.to_string()).unwrap();
+    let ns_run = Copies::new(&member.t, &["ns-run"]);
     let log = format!("{id}.stdout");
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         assert!(pod.wait_report(&log, "ready"));
@@ -565,6 +594,28 @@ fn a_pod_member_exposes_no_host_binary() {
             },
             || pod.report(&log).contains("seen "),
         );
+        let seen = pod
+            .report(&log)
+            .lines()
+            .filter(|l| l.starts_with("seen "))
+            .count();
+        rounds(
+            || {
+                let o = ns_run
+                    .cmd("ns-run")
+                    .args(["--register=no", "-q", "--oci-bundle", member.t.arg()])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "ns-run --oci-bundle: {o:?}");
+            },
+            || {
+                pod.report(&log)
+                    .lines()
+                    .filter(|l| l.starts_with("seen "))
+                    .count()
+                    > seen
+            },
+        );
     }));
     fs::write(pod.out.join("stop"), "").unwrap();
     reap(ppid);
@@ -574,6 +625,7 @@ fn a_pod_member_exposes_no_host_binary() {
     }
     let report = pod.report(&log);
     assert!(report.contains("done"), "{report}");
-    assert_attack_failed(&report, &member.bins, &member.out);
+    assert_no_binary_reached(&report, &member.bins);
+    ns_run.assert_unchanged();
     pod.bins.assert_unchanged();
 }
