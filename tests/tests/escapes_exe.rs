@@ -112,6 +112,14 @@ fn rounds(mut enter: impl FnMut(), mut seen: impl FnMut() -> bool) {
 // ---------------------------------------------------------------------------------------
 // ns-run + ns-ctl shell
 
+/// The loop saw a process other than PID 1 (with -a, ns-init's sealed copy): one that
+/// `ns-ctl shell` brought in.
+fn seen_entry(report: &str) -> bool {
+    report
+        .lines()
+        .any(|l| l.starts_with("seen ") && !l.starts_with("seen /proc/1/"))
+}
+
 fn ns_run_and_shell(tag: &str, opts: &[&str]) {
     let t = Tree::rootfs(&format!("exe-{tag}"));
     install_probe(t.path());
@@ -139,7 +147,11 @@ fn ns_run_and_shell(tag: &str, opts: &[&str]) {
                 let o = run_cmd(sh, None);
                 assert_eq!(o.code, 0, "ns-ctl shell: {o}");
             },
-            || r.wait_stdout("seen ", Duration::from_millis(50)),
+            || {
+                // Collects what came meanwhile (the loop never prints a NUL).
+                r.wait_stdout("\0", Duration::from_millis(50));
+                seen_entry(&r.stdout_so_far())
+            },
         );
     }));
     fs::write(out.join("stop"), "").unwrap();
@@ -148,6 +160,7 @@ fn ns_run_and_shell(tag: &str, opts: &[&str]) {
         std::panic::resume_unwind(p);
     }
     assert!(o.stdout.contains("done"), "{o}");
+    assert!(seen_entry(&o.stdout), "no process of ns-ctl seen: {o}");
     assert_attack_failed(&o.stdout, &bins, &out);
 }
 
