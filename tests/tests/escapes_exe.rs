@@ -536,6 +536,16 @@ fn ns_ctl_shell_waits_for_the_payload() {
     let r = spawn_until(c, "ready");
     let res = std::panic::catch_unwind(|| {
         let path = PathBuf::from(format!("/run/ns-run/machines/{name}.json"));
+        // The monitor clears it once the payload runs (it may print before that).
+        let end = Instant::now() + Duration::from_secs(10);
+        while fs::read(&path)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
+            .is_none_or(|v| v["starting"] != json!(false))
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let set_starting = |on: bool| {
             let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
             assert_eq!(v["starting"], json!(!on), "{v}");
