@@ -3,13 +3,16 @@
 //! (`ns-probe grab`: every /proc/PID/exe and /proc/PID/fd/N opened O_PATH, reopened for
 //! writing through /proc/self/fd, again while the file is busy) while the host enters the
 //! container again and again: `ns-ctl shell` into ns-run containers (plain and `-a`, default
-//! and `-U`), `ns-oci exec` into a running container, and a created OCI container waiting for
-//! `start` (default and with a user namespace).
+//! and `-U`), `ns-oci exec` into a running container, a created OCI container waiting for
+//! `start` (default and with a user namespace), and members joining a pod's PID namespace
+//! (ns-oci and `ns-run --oci-bundle`). Also here: `ns-ctl shell` waits for the payload
+//! (`starting`) and enters the namespaces PID 1 started in after it left them.
 //!
 //! On the code before the fix the attack writes into the binaries it grabs. So the binaries
-//! under test are copies in the test's own directory (never target/'s), and every test ends by
-//! checking that they are byte for byte what was built, that the loop wrote nothing, and that
-//! it did see a process of ours (or the test would prove nothing).
+//! under test are copies in the test's own directory (never target/'s), the probe writes only
+//! there (any other file it reaches is only opened, never changed), and every test ends by
+//! checking that the copies are byte for byte what was built, that nothing could be opened
+//! for writing, and that the loop did see a process of ours (or the test would prove nothing).
 
 use std::fs;
 use std::path::{Path, PathBuf};
