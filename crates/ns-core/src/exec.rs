@@ -6,15 +6,22 @@
 //! Those fds travel down the chain in `NS_STAGE_FDS=ns-mount=5,ns-caps=6`; the stage that
 //! execs the payload marks every fd above stderr close-on-exec, so the payload receives
 //! exactly stdin, stdout and stderr, and drops the variable from the payload's environment.
+//!
+//! A process that a container can see (same PID namespace) must never have a host file of
+//! ours as its exe or in its fd table (design constraint 9, runc's CVE-2019-5736): the
+//! container's root could reopen it through /proc/PID/exe or /proc/PID/fd/N and write it.
+//! So the stages such a process runs are opened as sealed memfd copies
+//! ([`StageFds::open_sealed`]), and a host tool that forks into a container's PID namespace
+//! first re-executes itself from one ([`reexec_sealed`]).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{IntoRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-use crate::error::{Error, Result, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP};
+use crate::error::{Context, Error, Result, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP};
 
 /// The stage binaries, in chain order.
 pub const STAGES: [&str; 4] = ["ns-enter", "ns-mount", "ns-caps", "ns-init"];
@@ -99,7 +106,21 @@ impl StageFds {
 
     /// Open each named stage binary that is not open yet. Must run before any namespace or
     /// root change. Binaries are found next to the running executable first, then in PATH.
+    /// ns-init, which stays resident in the container, is a sealed copy; the others are the
+    /// host's files, for chains that no container process can see while they run (PID 1 of
+    /// a new PID namespace: nothing else is in there before the payload).
     pub fn open_missing(&mut self, names: &[&'static str]) -> Result<()> {
+        self.open(names, false)
+    }
+
+    /// [`StageFds::open_missing`], every stage a sealed memfd copy: for chains that run where
+    /// container processes can see them (an exec into a running container, a created
+    /// container waiting for start, a PID namespace shared with others).
+    pub fn open_sealed(&mut self, names: &[&'static str]) -> Result<()> {
+        self.open(names, true)
+    }
+
+    fn open(&mut self, names: &[&'static str], sealed: bool) -> Result<()> {
         for &name in names {
             if self.get(name).is_some() {
                 continue;
@@ -110,8 +131,10 @@ impl StageFds {
                      (a stage running after pivot_root can only reach stages opened before it)"
                 ))
             })?;
-            let fd = if name == "ns-init" {
-                sealed_copy(&path)?
+            let fd = if sealed || name == "ns-init" {
+                let what = || format!("cannot copy {} into a sealed memfd", path.display());
+                let src = std::fs::File::open(&path).ctx(what)?;
+                sealed_copy(src, name, false, &what)?
             } else {
                 nix::fcntl::open(
                     &path,
@@ -140,19 +163,25 @@ impl StageFds {
     }
 }
 
-/// A sealed memfd holding a copy of the binary at `path`. ns-init stays resident as the
-/// container's PID 1; run from this copy, /proc/1/exe leads to no host file that could be
-/// written through it.
-fn sealed_copy(path: &Path) -> Result<std::os::fd::OwnedFd> {
+/// A sealed memfd holding a copy of `src` (a binary), named `name` (/proc/PID/exe shows
+/// `/memfd:NAME (deleted)`): run from it, a process leads to no host file that could be
+/// written through /proc/PID/exe or its fd. `cloexec` for a copy only we exec; a stage's
+/// copy travels down the chain.
+fn sealed_copy(
+    mut src: std::fs::File,
+    name: &str,
+    cloexec: bool,
+    what: &dyn Fn() -> String,
+) -> Result<std::os::fd::OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};
-    let what = || format!("cannot copy {} into a sealed memfd", path.display());
-    let memfd = memfd_create(c"ns-init", MFdFlags::MFD_ALLOW_SEALING)
-        .map_err(|e| Error::setup(format!("{}: {}", what(), e.desc())))?;
-    let mut src =
-        std::fs::File::open(path).map_err(|e| Error::setup(format!("{}: {e}", what())))?;
+    let mut flags = MFdFlags::MFD_ALLOW_SEALING;
+    if cloexec {
+        flags |= MFdFlags::MFD_CLOEXEC;
+    }
+    let memfd = memfd_create(cstring(name)?.as_c_str(), flags).ctx(what)?;
     let mut dst = std::fs::File::from(memfd);
-    std::io::copy(&mut src, &mut dst).map_err(|e| Error::setup(format!("{}: {e}", what())))?;
+    std::io::copy(&mut src, &mut dst).ctx(what)?;
     let memfd = std::os::fd::OwnedFd::from(dst);
     let seals = SealFlag::F_SEAL_SEAL
         | SealFlag::F_SEAL_SHRINK
@@ -162,8 +191,55 @@ fn sealed_copy(path: &Path) -> Result<std::os::fd::OwnedFd> {
         std::os::fd::AsFd::as_fd(&memfd),
         FcntlArg::F_ADD_SEALS(seals),
     )
-    .map_err(|e| Error::setup(format!("{}: {}", what(), e.desc())))?;
+    .ctx(what)?;
     Ok(memfd)
+}
+
+/// Whether `f` is a memfd sealed against writes.
+fn is_sealed(f: &std::fs::File) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    fcntl(std::os::fd::AsFd::as_fd(f), FcntlArg::F_GET_SEALS)
+        .is_ok_and(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_WRITE))
+}
+
+/// Where a sealed re-exec came from: its stages are beside that program, not the memfd.
+const SEALED_FROM_ENV: &str = "NS_SEALED_FROM";
+static SEALED_FROM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// For a host tool about to fork into a container's PID namespace (`ns-ctl shell`,
+/// `ns-oci exec`): unless it already runs from a sealed memfd copy of itself, make one and
+/// execute it with the same argv and environment (main starts again, from the copy). The
+/// child that joins the container is then a copy of the memfd, not of the host's binary
+/// (runc's cloned binary). Must run before any thread or namespace change; returns once
+/// running from the copy.
+pub fn reexec_sealed(name: &str) -> Result<()> {
+    let what = || "cannot re-execute from a sealed copy of this program".to_string();
+    let me = std::fs::File::open("/proc/self/exe").ctx(what)?;
+    if is_sealed(&me) {
+        if let Some(from) = std::env::var_os(SEALED_FROM_ENV) {
+            let _ = SEALED_FROM.set(PathBuf::from(from));
+            std::env::remove_var(SEALED_FROM_ENV);
+        }
+        return Ok(());
+    }
+    let from = std::env::current_exe().ctx(what)?;
+    let copy = sealed_copy(me, name, true, &what)?;
+    let args: Vec<CString> = std::env::args_os()
+        .map(|a| cstring(a.into_vec()))
+        .collect::<Result<_>>()?;
+    let from_var = [
+        SEALED_FROM_ENV.as_bytes(),
+        b"=",
+        from.as_os_str().as_bytes(),
+    ]
+    .concat();
+    let env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != SEALED_FROM_ENV)
+        .map(|(k, v)| cstring([k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .chain([cstring(from_var)])
+        .collect::<Result<_>>()?;
+    let e = crate::sys::exec_fd(std::os::fd::AsRawFd::as_raw_fd(&copy), &args, &env);
+    Err(Error::setup(format!("{}: {}", what(), e.desc())))
 }
 
 /// A program in PATH.
@@ -174,9 +250,14 @@ pub fn locate_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Find a stage binary: beside our own executable, else in PATH.
+/// Find a stage binary: beside our own executable (the one a sealed copy was made of),
+/// else in PATH.
 pub fn locate(name: &str) -> Option<PathBuf> {
-    if let Ok(me) = std::env::current_exe() {
+    let me = SEALED_FROM
+        .get()
+        .cloned()
+        .or_else(|| std::env::current_exe().ok());
+    if let Some(me) = me {
         if let Some(dir) = me.parent() {
             let p = dir.join(name);
             if p.is_file() {
@@ -402,6 +483,26 @@ mod tests {
         assert_eq!(f.to_env_value(), "ns-mount=5,ns-caps=6");
         assert!(StageFds::parse("ns-bogus=5").is_none());
         assert!(StageFds::parse("ns-mount=x").is_none());
+    }
+
+    #[test]
+    fn a_sealed_copy_cannot_be_written_even_reopened() {
+        use std::io::Write;
+        let me = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(!is_sealed(&me));
+        let len = me.metadata().unwrap().len();
+        let copy = std::fs::File::from(sealed_copy(me, "t", true, &|| "x".into()).unwrap());
+        assert!(is_sealed(&copy));
+        assert_eq!(copy.metadata().unwrap().len(), len);
+        // As the attack does it: reopened for writing through /proc/self/fd.
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
+        let wrote = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"x"));
+        assert!(wrote.is_err());
+        assert!(std::fs::File::create(&path).is_err(), "truncated");
+        assert_eq!(copy.metadata().unwrap().len(), len);
     }
 
     #[test]

@@ -45,7 +45,20 @@ pub struct Machine {
     pub cgroups: Vec<PathBuf>,
     /// Its system call filter, for commands run inside later (`ns-ctl shell`).
     pub syscall_filter: Option<crate::state::SyscallFilter>,
+    /// PID 1 still runs our stages (the entry is published before the payload starts):
+    /// `ns-ctl shell` waits until it does not, so that nothing it runs in there sees a stage
+    /// of ours or a root not yet built. Absent (false) in entries of older monitors.
+    #[serde(default)]
+    pub starting: bool,
+    /// PID 1's namespaces when it started, as (kind, inode): `ns-ctl shell` enters these even
+    /// after PID 1 left some of them (`exec unshare -U ...`), through the monitor's fds.
+    #[serde(default)]
+    pub namespaces: Vec<(String, u64)>,
 }
+
+/// The namespace kinds a container's processes are entered through, in the order to join
+/// them (user first, so that it owns the rest; mnt last, as it changes our root).
+pub const NAMESPACE_KINDS: [&str; 7] = ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"];
 
 fn dir() -> Result<PathBuf> {
     crate::paths::runtime_subdir("machines")

@@ -8,6 +8,10 @@
 //! no_new_privs, so the command gets the identity, capabilities and environment (`container=`,
 //! `container_uuid`, HOME, USER...) of the container's own processes. Not being PID 1's child
 //! does not matter: it is reaped by us, and killed when the container's PID 1 dies.
+//!
+//! The container's processes see that grandchild (/proc/PID/exe, /proc/PID/fd): it is a copy
+//! of a sealed memfd (ns-ctl re-executes itself from one first) and runs a sealed copy of
+//! ns-caps, so nothing there leads to a host file of ours (design constraint 9).
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -39,9 +43,27 @@ pub fn shell(
     setenv: &[String],
     command: &[String],
 ) -> Result<i32> {
+    // The process that runs the command is forked inside the container's PID namespace,
+    // where its processes see it: a copy of a sealed memfd (ours, re-executed now), which
+    // execs a sealed copy of ns-caps; no host file of ours is its exe or in its fd table.
+    ns_core::exec::reexec_sealed(STAGE)?;
+    let m = &wait_started(m)?;
     let mut fds = StageFds::default();
-    fds.open_missing(&["ns-caps"])?;
-    let ns = attach::namespaces(m.leader)?;
+    fds.open_sealed(&["ns-caps"])?;
+    // The namespaces PID 1 started in, even if it has left some since (`exec unshare -U`).
+    let ns = if m.namespaces.is_empty() {
+        attach::namespaces(m.leader)? // an entry of an older monitor
+    } else {
+        let (ns, left) = attach::recorded_namespaces(&m.name, m.leader, m.monitor, &m.namespaces)?;
+        if !left.is_empty() {
+            eprintln!(
+                "{STAGE}: {}'s PID 1 has left the {} namespace(s) it started in: entering those",
+                m.name,
+                left.join(", ")
+            );
+        }
+        ns
+    };
     let bounding = u64::from_str_radix(&attach::status_field(m.leader, "CapBnd")?, 16)
         .map_err(|_| Error::setup(format!("cannot read {}'s capabilities", m.leader)))?;
     let nnp = attach::status_field(m.leader, "NoNewPrivs")? == "1";
@@ -143,6 +165,23 @@ pub fn shell(
             relay(child, console.as_mut(), &signals)
         }
     }
+}
+
+/// `m` once its PID 1 has left our stages for the payload (at most 10 s): until then the
+/// container's root is not built, and what we ran in there would see our stages.
+fn wait_started(m: &Machine) -> Result<Machine> {
+    let mut m = m.clone();
+    for _ in 0..1000 {
+        if !m.starting {
+            return Ok(m);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        m = ns_core::registry::get(&m.name)?;
+    }
+    Err(Error::setup(format!(
+        "machine {} is still starting (its payload did not start within 10 s)",
+        m.name
+    )))
 }
 
 /// Wait for the child, relaying the pty meanwhile; returns its exit code.

@@ -10,28 +10,91 @@ use std::path::PathBuf;
 use nix::sched::CloneFlags;
 use ns_core::{Context, Error, Result};
 
+/// Namespaces to join, in order, with the kind of each.
+pub type Joinable = Vec<(File, CloneFlags)>;
+
 /// The leader's namespaces that differ from ours, in the order to join them.
-pub fn namespaces(leader: i32) -> Result<Vec<(File, CloneFlags)>> {
+pub fn namespaces(leader: i32) -> Result<Joinable> {
     use std::os::unix::fs::MetadataExt;
-    let kinds = [
-        ("user", CloneFlags::CLONE_NEWUSER),
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ];
     let mut out = Vec::new();
-    for (kind, flag) in kinds {
+    for kind in ns_core::registry::NAMESPACE_KINDS {
         let theirs = format!("/proc/{leader}/ns/{kind}");
         let f = File::open(&theirs).ctx(|| format!("cannot open {theirs}"))?;
         let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
         if f.metadata().map(|m| m.ino()).ok() != ours.ok() {
-            out.push((f, flag));
+            out.push((f, flag_of(kind)));
         }
     }
     Ok(out)
+}
+
+/// setns's flag for a namespace kind of [`ns_core::registry::NAMESPACE_KINDS`].
+fn flag_of(kind: &str) -> CloneFlags {
+    match kind {
+        "user" => CloneFlags::CLONE_NEWUSER,
+        "cgroup" => CloneFlags::CLONE_NEWCGROUP,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        "net" => CloneFlags::CLONE_NEWNET,
+        "pid" => CloneFlags::CLONE_NEWPID,
+        "mnt" => CloneFlags::CLONE_NEWNS,
+        _ => CloneFlags::empty(),
+    }
+}
+
+/// The namespaces `recorded` (kind, inode) when the container started, that differ from
+/// ours, in the order to join them: the leader's where it is still in them, else the one the
+/// monitor keeps open (found among /proc/MONITOR/fd). Also the kinds the leader has left.
+pub fn recorded_namespaces(
+    name: &str,
+    leader: i32,
+    monitor: i32,
+    recorded: &[(String, u64)],
+) -> Result<(Joinable, Vec<&'static str>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut left = Vec::new();
+    for kind in ns_core::registry::NAMESPACE_KINDS {
+        let Some(&(_, want)) = recorded.iter().find(|(k, _)| k == kind) else {
+            return Err(Error::setup(format!(
+                "{name}'s entry records no {kind} namespace"
+            )));
+        };
+        let theirs = format!("/proc/{leader}/ns/{kind}");
+        let f = File::open(&theirs).ctx(|| format!("cannot open {theirs}"))?;
+        let f = if f.metadata().map(|m| m.ino()).ok() == Some(want) {
+            f
+        } else {
+            left.push(kind);
+            held_namespace(monitor, kind, want).ok_or_else(|| {
+                Error::setup(format!(
+                    "{name}'s PID 1 has left the {kind} namespace it started in, and its \
+                     monitor ({monitor}) no longer holds that one"
+                ))
+            })?
+        };
+        let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
+        if ours.ok() != Some(want) {
+            out.push((f, flag_of(kind)));
+        }
+    }
+    Ok((out, left))
+}
+
+/// The namespace `kind:[ino]` among the monitor's open fds.
+fn held_namespace(monitor: i32, kind: &str, ino: u64) -> Option<File> {
+    let want = format!("{kind}:[{ino}]");
+    let dir = format!("/proc/{monitor}/fd");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+        .and_then(|e| File::open(e.path()).ok())
+        // The fd may have been closed and its number reused since it was read.
+        .filter(|f| {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().is_ok_and(|m| m.ino() == ino)
+        })
 }
 
 /// A field of /proc/PID/status (`CapBnd` in hex, `NoNewPrivs` in decimal), as text.

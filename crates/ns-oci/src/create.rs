@@ -232,8 +232,11 @@ fn run_chain(
     state: &mut State,
     undo: &mut Undo,
 ) -> Result<Saved> {
+    // Sealed copies: a created container's PID 1 (ns-caps, waiting for start) is seen by
+    // what `exec` runs in it, and the whole chain by the other members of a PID namespace it
+    // joins (a pod): no host file of ours may be reachable through /proc/PID/exe or fd.
     let mut fds = StageFds::default();
-    fds.open_missing(&["ns-enter", "ns-mount", "ns-caps"])?;
+    fds.open_sealed(&["ns-enter", "ns-mount", "ns-caps"])?;
     // The record exists from the start (pid 0: creating), so that `delete --force` finds
     // what a killed `create` made: written again as cgroups and the process appear.
     let mut saved = Saved {

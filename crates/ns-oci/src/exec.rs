@@ -4,7 +4,8 @@
 //! container's system call filter and the process's own identity, capabilities and
 //! environment. With `--detach` we return once its pid is known (its parent exits, so it is
 //! reparented to the nearest subreaper: containerd's shim); else we wait and return its
-//! exit code.
+//! exit code. Nothing the container's processes can reach leads to a host file of ours: we
+//! run from a sealed copy of ns-oci, the process from a sealed copy of ns-caps.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -53,6 +54,10 @@ fn plan_of(r: &Request, filter: Option<ns_core::state::SyscallFilter>) -> Result
 }
 
 pub fn exec(g: &Global, r: &Request) -> Result<i32> {
+    // The process forked inside the container's PID namespace is seen by its processes: a
+    // copy of a sealed memfd (we re-execute ourselves from one now, before anything else),
+    // which execs a sealed copy of ns-caps (design constraint 9, runc's CVE-2019-5736).
+    ns_core::exec::reexec_sealed("ns-oci")?;
     let (dir, saved) = container::load(&g.root, r.id)?;
     match saved.status(&dir) {
         Status::Running | Status::Created => {}
@@ -76,7 +81,7 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
     };
     let state_fd = state.to_sealed_memfd()?;
     let mut fds = StageFds::default();
-    fds.open_missing(&["ns-caps"])?;
+    fds.open_sealed(&["ns-caps"])?;
     let ns = attach::namespaces(saved.pid)?;
     let cgroups: Vec<_> = saved.cgroups.iter().map(|c| c.dir.clone()).collect();
     let console = r

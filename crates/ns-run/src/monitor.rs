@@ -52,8 +52,27 @@ pub fn run(state: &State) -> Result<i32> {
     if state.exec.as_pid2 {
         stages.push("ns-init");
     }
+    // Constraint 9: no process a container can see runs a host file of ours. In a PID
+    // namespace of its own, PID 1 is alone while it runs ns-enter's copy, ns-mount and
+    // ns-caps (the registry entry, through which `ns-ctl shell` comes in, is published before
+    // Go, but ns-ctl waits until PID 1 runs the payload), and ns-init is always a sealed
+    // copy: the host's files serve, with no copy to pay for. A PID namespace joined (an OCI
+    // pod member) or the host's own is seen by others from the start: sealed copies there.
     let mut fds = StageFds::default();
-    fds.open_missing(&stages)?;
+    let own_pid_ns = state
+        .enter
+        .namespaces
+        .contains(&ns_core::state::Namespace::Pid)
+        && !state
+            .enter
+            .join
+            .iter()
+            .any(|j| j.ns == ns_core::state::Namespace::Pid);
+    if own_pid_ns {
+        fds.open_missing(&stages)?;
+    } else {
+        fds.open_sealed(&stages)?;
+    }
     // -U: reserve the id range (held until we exit) and put the chosen base in the state.
     let mut state = state.clone();
     let range = match &mut state.enter.userns {
@@ -241,7 +260,10 @@ pub fn run(state: &State) -> Result<i32> {
                     boot: state.monitor.boot,
                     cgroups: cgroups.iter().map(|c| c.procs_dir()).collect(),
                     syscall_filter: state.exec.syscall_filter.clone(),
+                    starting: true,
+                    namespaces: Vec::new(),
                 },
+                held_namespaces: Vec::new(),
                 // Cloned now, while ns-enter execs on the other CPU.
                 root_clone: match &state.enter.userns {
                     Some(u) if u.ownership == ns_core::state::Ownership::Map => {
@@ -313,9 +335,12 @@ struct Monitor<'a> {
     /// The user mounts (an idmap request must name one of them).
     ops: Vec<ns_core::state::MountOp>,
     bind_users: Vec<ns_core::state::BoundUser>,
-    /// The registry entry, published once PID 1 exists.
+    /// The registry entry, published once PID 1 exists (`starting`), again once it runs the
+    /// payload.
     registration: Option<Registration>,
     machine: Machine,
+    /// PID 1's namespaces as it started, kept open for `ns-ctl shell` (registered only).
+    held_namespaces: Vec<File>,
     /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-0).
     root_clone: Option<std::os::fd::OwnedFd>,
     root: std::path::PathBuf,
@@ -494,8 +519,11 @@ impl Monitor<'_> {
                     self.net_failed = true;
                     let _ = kill(pid, Signal::SIGKILL);
                 } else {
-                    if let Some(r) = &self.registration {
+                    if self.registration.is_some() {
                         self.machine.leader = p;
+                        self.hold_namespaces(p)?;
+                    }
+                    if let Some(r) = &self.registration {
                         r.publish(&self.machine)?;
                         ns_core::stage::fault("ns-run:registered");
                     }
@@ -593,8 +621,28 @@ impl Monitor<'_> {
                 Err(Error::setup(format!("unexpected {m:?} from the chain")))
             }
             // EOF: the payload's exec succeeded, or the chain is gone.
-            None => Ok(false),
+            None => {
+                if let (Some(r), Some(_), None) = (&self.registration, self.pid1, self.failed) {
+                    self.machine.starting = false;
+                    r.publish(&self.machine)?;
+                }
+                Ok(false)
+            }
         }
+    }
+
+    /// Open and keep PID 1's namespaces, and record them in the entry (SYNC-1: ns-enter made
+    /// them all; no later stage makes another).
+    fn hold_namespaces(&mut self, pid1: i32) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        for kind in ns_core::registry::NAMESPACE_KINDS {
+            let path = format!("/proc/{pid1}/ns/{kind}");
+            let f = File::open(&path).ctx(|| format!("cannot open {path}"))?;
+            let ino = f.metadata().ctx(|| format!("cannot stat {path}"))?.ino();
+            self.machine.namespaces.push((kind.to_string(), ino));
+            self.held_namespaces.push(f);
+        }
+        Ok(())
     }
 
     /// Reap every exited child; returns the exit code once PID 1 is gone.

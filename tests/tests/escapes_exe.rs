@@ -1,0 +1,657 @@
+//! Design constraint 9: no process that a container can see ever has a host file of ours as
+//! its exe or in its fd table (runc's CVE-2019-5736). A container process runs the attack
+//! (`ns-probe grab`: every /proc/PID/exe and /proc/PID/fd/N opened O_PATH, reopened for
+//! writing through /proc/self/fd, again while the file is busy) while the host enters the
+//! container again and again: `ns-ctl shell` into ns-run containers (plain and `-a`, default
+//! and `-U`), `ns-oci exec` into a running container, a created OCI container waiting for
+//! `start` (default and with a user namespace), and members joining a pod's PID namespace
+//! (ns-oci and `ns-run --oci-bundle`). Also here: `ns-ctl shell` waits for the payload
+//! (`starting`) and enters the namespaces PID 1 started in after it left them.
+//!
+//! On the code before the fix the attack writes into the binaries it grabs. So the binaries
+//! under test are copies in the test's own directory (never target/'s), the probe writes only
+//! there (any other file it reaches is only opened, never changed), and every test ends by
+//! checking that the copies are byte for byte what was built, that nothing could be opened
+//! for writing, and that the loop did see a process of ours (or the test would prove nothing).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ns_tests::{bin, build_rootfs_linked, run_cmd, s, spawn_until, Tree};
+use serde_json::{json, Value};
+
+/// How many times at most the host enters the container: enough for the loop to see a
+/// process of ours (it usually does at the first).
+const MAX_ROUNDS: usize = 40;
+/// At least this many rounds, so that later processes (after the first seen) are tried too.
+const MIN_ROUNDS: usize = 4;
+
+/// Copies of the binaries under test, in the tree's directory.
+struct Copies {
+    dir: PathBuf,
+    names: Vec<&'static str>,
+}
+
+impl Copies {
+    fn new(t: &Tree, names: &[&'static str]) -> Copies {
+        let dir = t.host_dir("bin");
+        for n in names {
+            fs::copy(bin(n), dir.join(n)).unwrap();
+        }
+        Copies {
+            dir,
+            names: names.to_vec(),
+        }
+    }
+
+    fn cmd(&self, name: &str) -> Command {
+        let mut c = Command::new(self.dir.join(name));
+        c.env_remove("NS_DEBUG").env_remove("NS_STAGE_FDS");
+        c
+    }
+
+    /// Every copy is still what was built.
+    fn assert_unchanged(&self) {
+        for n in &self.names {
+            let copy = fs::read(self.dir.join(n)).unwrap();
+            assert!(
+                copy == fs::read(bin(n)).unwrap(),
+                "the container wrote into the host's {n}"
+            );
+        }
+    }
+}
+
+/// What the loop reported: no host file opened for writing (out/ holds the container's own:
+/// its bound directory, its stdio files); see [`assert_no_binary_reached`].
+fn assert_attack_failed(report: &str, bins: &Copies, out: &Path) {
+    let theirs = format!("-> {}/", out.display());
+    let opened: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("WROTE") || l.starts_with("OPENED-RW"))
+        .filter(|l| !l.contains(&theirs))
+        .collect();
+    assert!(
+        opened.is_empty(),
+        "host files opened for writing: {opened:?}\n{report}"
+    );
+    assert_no_binary_reached(report, bins);
+}
+
+/// No copy of our binaries reached at all (under a user namespace the container's root cannot
+/// write a file of host root's, but the rule is that it never reaches one) or changed; at
+/// least one process of ours seen, or the test proves nothing.
+fn assert_no_binary_reached(report: &str, bins: &Copies) {
+    let ours = format!("-> {}/", bins.dir.display());
+    let reached: Vec<&str> = report.lines().filter(|l| l.contains(&ours)).collect();
+    assert!(
+        reached.is_empty(),
+        "host binaries reached: {reached:?}\n{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.starts_with("seen ")),
+        "the loop saw no process of ours: the test proves nothing\n{report}"
+    );
+    bins.assert_unchanged();
+}
+
+fn install_probe(root: &Path) {
+    fs::copy(bin("ns-probe"), root.join("bin/ns-probe")).unwrap();
+}
+
+/// Run `enter` (one host entry into the container) until `seen()` says the loop saw a process
+/// of ours, at least MIN_ROUNDS and at most MAX_ROUNDS times.
+fn rounds(mut enter: impl FnMut(), mut seen: impl FnMut() -> bool) {
+    for i in 0..MAX_ROUNDS {
+        enter();
+        if i + 1 >= MIN_ROUNDS && seen() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ns-run + ns-ctl shell
+
+/// The loop saw a process other than PID 1 (with -a, ns-init's sealed copy): one that
+/// `ns-ctl shell` brought in.
+fn seen_entry(report: &str) -> bool {
+    report
+        .lines()
+        .any(|l| l.starts_with("seen ") && !l.starts_with("seen /proc/1/"))
+}
+
+fn ns_run_and_shell(tag: &str, opts: &[&str]) {
+    let t = Tree::rootfs(&format!("exe-{tag}"));
+    install_probe(t.path());
+    let bins = Copies::new(
+        &t,
+        &[
+            "ns-run", "ns-enter", "ns-mount", "ns-caps", "ns-init", "ns-ctl",
+        ],
+    );
+    let out = t.host_dir("out");
+    let name = format!("exe-{tag}-{}", std::process::id());
+    let mut c = bins.cmd("ns-run");
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .arg(format!("--bind={}:/out", out.display()))
+        .args(opts)
+        .args(["ns-probe", "grab", "/out/stop"])
+        .arg(&bins.dir);
+    let mut r = spawn_until(c, "ready");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rounds(
+            || {
+                let mut sh = bins.cmd("ns-ctl");
+                sh.args(["shell", &name, "--", "/bin/true"]);
+                let o = run_cmd(sh, None);
+                assert_eq!(o.code, 0, "ns-ctl shell: {o}");
+            },
+            || {
+                // Collects what came meanwhile (the loop never prints a NUL).
+                r.wait_stdout("\0", Duration::from_millis(50));
+                seen_entry(&r.stdout_so_far())
+            },
+        );
+    }));
+    fs::write(out.join("stop"), "").unwrap();
+    let o = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert!(o.stdout.contains("done"), "{o}");
+    assert!(seen_entry(&o.stdout), "no process of ns-ctl seen: {o}");
+    assert_attack_failed(&o.stdout, &bins, &out);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary() {
+    ns_run_and_shell("plain", &[]);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary_userns() {
+    ns_run_and_shell("plain-u", &["-U"]);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary_as_pid2() {
+    ns_run_and_shell("pid2", &["-a"]);
+}
+
+#[test]
+fn ns_ctl_shell_exposes_no_host_binary_as_pid2_userns() {
+    ns_run_and_shell("pid2-u", &["-a", "-U"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// ns-oci
+
+fn subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: prctl with integer arguments only.
+    ONCE.call_once(|| assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0));
+}
+
+/// Reap our (adopted) child `pid`, and every other adopted child on the way: a process
+/// exec'd with --detach, reparented to us when PID 1 dies, which PID 1's exit waits for.
+fn reap(pid: i32) {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r == pid || r < 0 {
+            return;
+        }
+    }
+}
+
+/// A bundle (busybox and ns-probe, /out bound from the host) run by copies of ns-oci and its
+/// stages; with `userns`, in a user namespace of its own (host ids 200000-265535).
+struct Oci {
+    t: Tree,
+    bins: Copies,
+    out: PathBuf,
+    root: PathBuf,
+}
+
+/// In a process's args: the directory of the binaries under test (the probe writes only there).
+const BINS: &str = "@bins";
+
+/// The default capabilities of `ns-oci spec` plus CAP_SYS_PTRACE (as the issue's attack).
+const CAPS: [&str; 4] = [
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_PTRACE",
+];
+
+impl Oci {
+    fn new(tag: &str, args: &[&str], userns: bool) -> Oci {
+        subreaper();
+        let t = Tree::empty(&format!("exe-{tag}"));
+        let rootfs = t.path().join("rootfs");
+        build_rootfs_linked(&rootfs);
+        install_probe(&rootfs);
+        // Made here: under a user namespace the container's root cannot create it in a
+        // tree of host root's.
+        fs::create_dir(rootfs.join("out")).unwrap();
+        let bins = Copies::new(
+            &t,
+            &["ns-oci", "ns-enter", "ns-mount", "ns-caps", "ns-init"],
+        );
+        let out = t.host_dir("out");
+        let root = t.host_dir("oci-root");
+        let o = bins
+            .cmd("ns-oci")
+            .args(["spec", "--bundle", t.arg()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let path = t.path().join("config.json");
+        let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match *a {
+                BINS => bins.dir.display().to_string(),
+                a => a.to_string(),
+            })
+            .collect();
+        v["process"]["args"] = json!(args);
+        v["process"]["terminal"] = json!(false);
+        v["process"]["capabilities"] = caps();
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw"]}),
+        );
+        if userns {
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+            v["linux"]["uidMappings"] = map.clone();
+            v["linux"]["gidMappings"] = map;
+        }
+        fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        Oci { t, bins, out, root }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.bins.cmd("ns-oci");
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `create ID` (the container's stdout in out/ID.stdout); its pid.
+    fn create(&self, id: &str) -> i32 {
+        let pid_file = self.out.join(format!("{id}.pid"));
+        // Files, not pipes: the container outlives the command and keeps them.
+        let log = |n: &str| fs::File::create(self.out.join(format!("{id}.{n}"))).unwrap();
+        let st = self
+            .cmd(&[
+                "create",
+                "--bundle",
+                self.t.arg(),
+                "--pid-file",
+                s(&pid_file),
+                id,
+            ])
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "create: {}",
+            self.report(&format!("{id}.stderr"))
+        );
+        fs::read_to_string(pid_file).unwrap().parse().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let o = self.cmd(args).stdout(Stdio::null()).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    }
+
+    /// A process.json for `exec`, written to out/NAME.json.
+    fn process(&self, name: &str, args: &[&str]) -> PathBuf {
+        let p = self.out.join(format!("{name}.json"));
+        let v = json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
+                       "args": args, "capabilities": caps()});
+        fs::write(&p, v.to_string()).unwrap();
+        p
+    }
+
+    fn report(&self, file: &str) -> String {
+        fs::read_to_string(self.out.join(file)).unwrap_or_default()
+    }
+
+    /// Wait until out/FILE has a line `needle` (at most 10 s).
+    fn wait_report(&self, file: &str, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if self.report(file).lines().any(|l| l.starts_with(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+fn caps() -> Value {
+    json!({"bounding": CAPS, "effective": CAPS, "permitted": CAPS})
+}
+
+fn oci_exec(tag: &str, userns: bool) {
+    let b = Oci::new(tag, &["ns-probe", "grab", "/out/stop", BINS], userns);
+    let id = format!("exe-{tag}");
+    let pid = b.create(&id);
+    b.ok(&["start", &id]);
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(b.wait_report(&format!("{id}.stdout"), "ready"));
+        let p = b.process("true", &["/bin/true"]);
+        rounds(
+            || {
+                let o = b.cmd(&["exec", "--process", s(&p), &id]).output().unwrap();
+                assert!(o.status.success(), "exec: {o:?}");
+            },
+            || b.report(&format!("{id}.stdout")).contains("seen "),
+        );
+    }));
+    fs::write(b.out.join("stop"), "").unwrap();
+    reap(pid);
+    let _ = b.cmd(&["delete", "--force", &id]).output();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    let report = b.report(&format!("{id}.stdout"));
+    assert!(report.contains("done"), "{report}");
+    assert_attack_failed(&report, &b.bins, &b.out);
+}
+
+#[test]
+fn ns_oci_exec_exposes_no_host_binary() {
+    oci_exec("exec", false);
+}
+
+#[test]
+fn ns_oci_exec_exposes_no_host_binary_userns() {
+    oci_exec("exec-u", true);
+}
+
+/// A created container waits for `start` in PID 1: a process exec'd into it (with
+/// CAP_SYS_PTRACE) grabs /proc/1/exe, and writes once `start` has made PID 1 the payload.
+fn oci_created(tag: &str, userns: bool) {
+    let b = Oci::new(tag, &["sleep", "1000"], userns);
+    let id = format!("exe-{tag}");
+    let pid = b.create(&id);
+    let bins = b.bins.dir.display().to_string();
+    let grab = b.process("grab", &["ns-probe", "grab", "/out/stop", &bins]);
+    let log = "grab.stdout";
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let st = b
+            .cmd(&["exec", "--detach", "--process", s(&grab), &id])
+            .stdout(fs::File::create(b.out.join(log)).unwrap())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(b.wait_report(log, "ready"), "{}", b.report(log));
+        assert!(
+            b.wait_report(log, "seen /proc/1/exe"),
+            "PID 1 not seen: {}",
+            b.report(log)
+        );
+        b.ok(&["start", &id]);
+        // PID 1 is the payload now: what was grabbed of it is written or refused.
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end
+            && !b
+                .report(log)
+                .lines()
+                .any(|l| l.starts_with("WROTE /proc/1/exe") || l.starts_with("denied /proc/1/exe"))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }));
+    fs::write(b.out.join("stop"), "").unwrap();
+    let _ = b.wait_report(log, "done");
+    let _ = b.cmd(&["delete", "--force", &id]).output();
+    reap(pid);
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    let report = b.report(log);
+    assert!(report.contains("done"), "{report}");
+    assert_attack_failed(&report, &b.bins, &b.out);
+}
+
+#[test]
+fn a_created_oci_container_exposes_no_host_binary() {
+    oci_created("created", false);
+}
+
+#[test]
+fn a_created_oci_container_exposes_no_host_binary_userns() {
+    oci_created("created-u", true);
+}
+
+// ---------------------------------------------------------------------------------------
+// PID 1 leaving its namespaces
+
+/// PID 1 moves to new user and mount namespaces (`exec unshare -U -m`): `ns-ctl shell` still
+/// enters those the container started in, and says that PID 1 has left them.
+fn shell_after_unshare(tag: &str, opts: &[&str]) {
+    let t = Tree::rootfs(&format!("exe-{tag}"));
+    let name = format!("exe-{tag}-{}", std::process::id());
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args(opts)
+        .args([
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; echo ready; \
+             exec unshare -U -m sleep 100",
+        ]);
+    let r = spawn_until(c, "ready");
+    let started = r.stdout_so_far().replace("ready\n", "");
+    let res = std::panic::catch_unwind(|| {
+        let entry: Value =
+            serde_json::from_slice(&fs::read(format!("/run/ns-run/machines/{name}.json")).unwrap())
+                .unwrap();
+        let leader = entry["leader"].as_i64().unwrap();
+        // Until PID 1 runs `sleep` in its new namespaces.
+        let end = Instant::now() + Duration::from_secs(10);
+        while fs::read_link(format!("/proc/{leader}/exe"))
+            .is_ok_and(|e| !e.ends_with("busybox") || cmdline(leader) != "sleep100")
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(cmdline(leader), "sleep100");
+        let now = fs::read_link(format!("/proc/{leader}/ns/user")).unwrap();
+        assert_ne!(now.to_string_lossy(), started.lines().next().unwrap());
+        let mut sh = Command::new(bin("ns-ctl"));
+        sh.env_remove("NS_DEBUG").args([
+            "shell",
+            &name,
+            "--",
+            "/bin/sh",
+            "-c",
+            "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt",
+        ]);
+        let o = run_cmd(sh, None);
+        assert_eq!((o.code, o.stdout.as_str()), (0, started.as_str()), "{o}");
+        assert!(
+            o.stderr
+                .contains("PID 1 has left the user, mnt namespace(s) it started in"),
+            "{o}"
+        );
+    });
+    r.signal(libc::SIGTERM);
+    let o = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(o.code, 137, "{o}");
+}
+
+/// /proc/PID/cmdline without its NULs.
+fn cmdline(pid: i64) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .replace('\0', "")
+}
+
+#[test]
+fn ns_ctl_shell_enters_the_namespaces_pid1_started_in() {
+    shell_after_unshare("unshare", &[]);
+}
+
+#[test]
+fn ns_ctl_shell_enters_the_namespaces_pid1_started_in_userns() {
+    shell_after_unshare("unshare-u", &["-U"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// ns-ctl shell during the container's setup
+
+/// While the entry says PID 1 still runs our stages (`starting`), `ns-ctl shell` waits: what
+/// it runs would see ns-mount or ns-caps (the host's files, on the plain ns-run path) and a
+/// root not yet built. The monitor clears `starting` when the payload runs; here the test
+/// sets and clears it on a running container's entry.
+#[test]
+fn ns_ctl_shell_waits_for_the_payload() {
+    let t = Tree::rootfs("exe-starting");
+    let name = format!("exe-starting-{}", std::process::id());
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    let r = spawn_until(c, "ready");
+    let res = std::panic::catch_unwind(|| {
+        let path = PathBuf::from(format!("/run/ns-run/machines/{name}.json"));
+        // The monitor clears it once the payload runs (it may print before that).
+        let end = Instant::now() + Duration::from_secs(10);
+        while fs::read(&path)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
+            .is_none_or(|v| v["starting"] != json!(false))
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let set_starting = |on: bool| {
+            let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            assert_eq!(v["starting"], json!(!on), "{v}");
+            v["starting"] = json!(on);
+            let tmp = path.with_extension("test");
+            fs::write(&tmp, v.to_string()).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        };
+        set_starting(true);
+        let mut sh = Command::new(bin("ns-ctl"));
+        sh.env_remove("NS_DEBUG")
+            .args(["shell", &name, "--", "/bin/echo", "in"]);
+        let mut waiting = ns_tests::spawn(sh, None);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(waiting.is_running(), "ns-ctl did not wait");
+        set_starting(false);
+        let o = waiting.wait();
+        assert_eq!((o.code, o.stdout.as_str()), (0, "in\n"), "{o}");
+    });
+    r.signal(libc::SIGTERM);
+    let o = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(o.code, 137, "{o}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A pod: containers sharing a PID namespace
+
+/// The members of a pod see each other's processes: a member's whole chain (ns-enter's
+/// child, ns-mount, ns-caps waiting for start) runs in the pod's PID namespace, in view of
+/// the pod's first container, which runs the attack. Members started by ns-oci, then by
+/// `ns-run --oci-bundle`.
+///
+/// Only our binaries are checked here: until its pivot_root, a member's ns-mount works on
+/// the host's tree (its root, transient fds of host files such as /etc/os-release), which
+/// a neighbour holding CAP_SYS_PTRACE over the host's user namespace (as this one) can reach
+/// through /proc (runc's init has the same window; see the report of issue 15).
+#[test]
+fn a_pod_member_exposes_no_host_binary() {
+    let member = Oci::new("member", &["true"], false);
+    let bins = member.bins.dir.display().to_string();
+    let pod = Oci::new("pod", &["ns-probe", "grab", "/out/stop", &bins], false);
+    let id = "exe-pod";
+    let ppid = pod.create(id);
+    pod.ok(&["start", id]);
+    let path = member.t.path().join("config.json");
+    let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for ns in v["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "pid" {
+            ns["path"] = json!(format!("/proc/{ppid}/ns/pid"));
+        }
+    }
+    v["process"]["args"] = json!(["true"]);
+    fs::write(&path, v.to_string()).unwrap();
+    let ns_run = Copies::new(&member.t, &["ns-run"]);
+    let log = format!("{id}.stdout");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(pod.wait_report(&log, "ready"));
+        let mut n = 0;
+        rounds(
+            || {
+                n += 1;
+                let mid = format!("exe-member-{n}");
+                let mpid = member.create(&mid);
+                let _ = member.cmd(&["delete", "--force", &mid]).output();
+                reap(mpid);
+            },
+            || pod.report(&log).contains("seen "),
+        );
+        let seen = pod
+            .report(&log)
+            .lines()
+            .filter(|l| l.starts_with("seen "))
+            .count();
+        rounds(
+            || {
+                let o = ns_run
+                    .cmd("ns-run")
+                    .args(["--register=no", "-q", "--oci-bundle", member.t.arg()])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "ns-run --oci-bundle: {o:?}");
+            },
+            || {
+                pod.report(&log)
+                    .lines()
+                    .filter(|l| l.starts_with("seen "))
+                    .count()
+                    > seen
+            },
+        );
+    }));
+    fs::write(pod.out.join("stop"), "").unwrap();
+    reap(ppid);
+    let _ = pod.cmd(&["delete", "--force", id]).output();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    let report = pod.report(&log);
+    assert!(report.contains("done"), "{report}");
+    assert_no_binary_reached(&report, &member.bins);
+    ns_run.assert_unchanged();
+    pod.bins.assert_unchanged();
+}
