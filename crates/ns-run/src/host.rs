@@ -1,7 +1,7 @@
 //! Host-side objects the monitor owns: the image lock, and the paths the chain created on the
 //! host (SYNC-4) that it removes once the container is gone. Both survive a killed monitor
-//! gracefully: the lock is a flock (released by the kernel), and the cleanup list is journaled
-//! under /run/ns-run/cleanup, collected by the next ns-run.
+//! gracefully: the lock is a flock (released by the kernel; its file is taken again), and
+//! the cleanup list is journaled under /run/ns-run/cleanup, collected by the next ns-run.
 
 use std::fs::File;
 use std::io::Write;
@@ -18,41 +18,81 @@ fn cleanup_dir() -> Result<PathBuf> {
 /// Largest journal read back.
 const MAX_JOURNAL: u64 = 1 << 20;
 
-/// One container per tree, as nspawn: an exclusive flock on the root directory, shared for
-/// containers that never write to it (read-only, ephemeral, volatile). No lock file is left
-/// anywhere; the kernel drops the lock with the monitor.
-pub struct ImageLock(Flock<File>);
+/// One container per tree, as nspawn: an exclusive lock for a container that writes to the
+/// tree, shared for those that never do (read-only, ephemeral, volatile), never waited for.
+/// The lock is a file of ours, `trees/DEV:INO` in the runtime directory (0600, like every
+/// lock file: see [`ns_core::paths::lock_current`]), named by the device and inode of the
+/// tree's root directory, so that the tree reached by another path (a symlink, after a
+/// rename) is the same tree. (A flock on the directory itself could be held by any user who
+/// may open the tree, keeping every container off it.) The last user removes the file while
+/// it holds it exclusively; a monitor killed with SIGKILL leaves it (empty, for the next
+/// container to take).
+pub struct ImageLock {
+    lock: Flock<File>,
+    path: PathBuf,
+    /// The monitor: a forked child that returns never removes the file.
+    owner: u32,
+}
+
+/// The lock file of the tree at `root` (see [`ImageLock`]).
+fn tree_lock_path(root: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let st =
+        std::fs::metadata(root).ctx(|| format!("cannot stat {} to lock it", root.display()))?;
+    let dir = ns_core::paths::runtime_subdir("trees")?;
+    Ok(dir.join(format!("{}:{}", st.dev(), st.ino())))
+}
 
 impl ImageLock {
     pub fn acquire(root: &Path, shared: bool) -> Result<ImageLock> {
-        let f = File::open(root).ctx(|| format!("cannot open {} to lock it", root.display()))?;
+        let path = tree_lock_path(root)?;
         let arg = if shared {
             FlockArg::LockSharedNonblock
         } else {
             FlockArg::LockExclusiveNonblock
         };
-        Flock::lock(f, arg).map(ImageLock).map_err(|(_, e)| match e {
-            nix::errno::Errno::EWOULDBLOCK => Error::invalid(
+        let lock = ns_core::paths::lock_current(&path, arg)?.ok_or_else(|| {
+            Error::invalid(
                 "--directory",
                 &root.to_string_lossy(),
                 "directory tree is currently busy (another container uses it; -x or --read-only can share it)",
-            ),
-            e => Error::setup(format!("cannot lock {}: {}", root.display(), e.desc())),
+            )
+        })?;
+        Ok(ImageLock {
+            lock,
+            path,
+            owner: std::process::id(),
         })
     }
 
-    /// Is this monitor now the tree's only user?
+    /// Is this monitor now the tree's only user? (Then the lock is now exclusive.)
     pub fn sole_user(&self) -> bool {
-        self.0.relock(FlockArg::LockExclusiveNonblock).is_ok()
+        self.lock.relock(FlockArg::LockExclusiveNonblock).is_ok()
     }
 }
 
-/// Does no container use this tree any more? (A tree that is gone has no users.)
-fn sole_user_of(root: &Path) -> bool {
-    match File::open(root) {
-        Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok(),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+impl Drop for ImageLock {
+    fn drop(&mut self) {
+        // Removed only while held exclusively: a container that opened the file meanwhile
+        // finds, once it has locked it, that it is no longer the file at the path
+        // (lock_current looks) and takes a new one.
+        if std::process::id() == self.owner && self.sole_user() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
+}
+
+/// Is the tree at `root` unused (no container runs on it)? Then Some: the lock that keeps
+/// containers off it while what the dead ones left is removed (None when the tree is
+/// gone, so has no users, or when `held` is already its lock, exclusive).
+fn unused_tree(root: &Path, held: Option<&ImageLock>) -> Option<Option<ImageLock>> {
+    if std::fs::metadata(root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Some(None);
+    }
+    if held.is_some_and(|h| tree_lock_path(root).is_ok_and(|p| p == h.path)) {
+        return Some(None);
+    }
+    ImageLock::acquire(root, false).ok().map(Some)
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -187,7 +227,7 @@ impl Cleanup {
         }
         if paths {
             // The last user of a shared tree also removes what the earlier ones left.
-            let _ = collect_stale(false);
+            let _ = collect_stale(false, lock);
         }
     }
 }
@@ -258,7 +298,8 @@ fn remove_no_symlinks(path: &Path, recursive: bool) {
 /// left alone, and of the entries of ours only what a monitor creates is removed.
 /// `at_start`: a monitor that has no journal yet; one named with its pid is a dead
 /// monitor's (of_dead_monitors takes it for a live one: the pid is ours, and ns-run).
-pub fn collect_stale(at_start: bool) -> Result<()> {
+/// `held`: our own tree's lock, now exclusive (its tree is unused but for us).
+pub fn collect_stale(at_start: bool, held: Option<&ImageLock>) -> Result<()> {
     let dir = cleanup_dir()?;
     let mut journals = ns_core::paths::of_dead_monitors(&dir, "");
     let own = dir.join(std::process::id().to_string());
@@ -277,9 +318,20 @@ pub fn collect_stale(at_start: bool) -> Result<()> {
         // The cgroups were the dead container's alone; its paths wait until nobody runs on
         // their tree.
         let gone = remove_cgroups(&entries);
-        if entries.iter().any(|e| !e.cgroup && !sole_user_of(&e.root)) {
-            continue;
+        // Their trees, locked while the paths go (a journal names one).
+        let mut roots: Vec<&Path> = Vec::new();
+        for e in entries.iter().filter(|e| !e.cgroup) {
+            if !roots.contains(&e.root.as_path()) {
+                roots.push(&e.root);
+            }
         }
+        let Some(_locks) = roots
+            .into_iter()
+            .map(|r| unused_tree(r, held))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
         remove_paths(&entries);
         if gone {
             let _ = std::fs::remove_file(&journal);
