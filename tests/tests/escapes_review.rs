@@ -178,6 +178,47 @@ echo "left: $(ls -A $L | wc -l)"
     assert!(out.stdout.contains("left: 0\n"), "{out}");
 }
 
+/// Containers of an older version, still running after an upgrade, lock the tree's root
+/// directory itself: that lock is still taken and respected, but only when an `ns-run` of our
+/// uid holds it (an `ns-run`-named flock(1) here). Held by another user, even under that
+/// name, or by another program, it is ignored. And a running container holds it, so that an
+/// older version's start is refused.
+#[test]
+fn an_older_versions_directory_lock_keeps_containers_apart() {
+    let t = Tree::rootfs("rv-oldlock");
+    let out = in_fresh_run(
+        &t,
+        r#"cp "$(command -v flock)" "$BASE/ns-run"; chmod 0755 "$BASE" "$BASE/ns-run"
+hold() { # NAME UID: a flock -x on the tree by program NAME as UID, then run a container
+    cp "$BASE/ns-run" "$BASE/$1" 2>/dev/null || true
+    rm -f "$BASE/held"
+    setsid setpriv --reuid=$2 --regid=$2 --clear-groups "$BASE/$1" -n -x "$TREE" -c 'echo held; sleep 30' > "$BASE/held" 2>/dev/null & holder=$!
+    i=0; until [ -s "$BASE/held" ] || ! kill -0 $holder 2>/dev/null || [ $i -ge 100 ]; do sleep 0.05; i=$((i+1)); done
+    rc=0; "$NS_RUN" --register=no -q -D "$TREE" true 2>"$BASE/err" || rc=$?
+    echo "$1 $2: $(cat "$BASE/held") $rc $(cat "$BASE/err")"
+    kill -- -$holder 2>/dev/null || true; wait $holder 2>/dev/null || true
+}
+hold ns-run 0
+hold ns-run 65534
+hold flock 0
+"$NS_RUN" --register=no -q -D "$TREE" sh -c 'touch /ready; i=0; while [ ! -e /stop ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done' </dev/null & first=$!
+i=0; until [ -e "$TREE/ready" ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+if flock -n -s "$TREE" true; then echo "old-started"; fi
+touch "$TREE/stop"; wait $first
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout
+            .contains("ns-run 0: held 125 ns-run: --directory=")
+            && out.stdout.contains("directory tree is currently busy"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("ns-run 65534: held 0 \n"), "{out}");
+    assert!(out.stdout.contains("flock 0: held 0 \n"), "{out}");
+    assert!(!out.stdout.contains("old-started"), "{out}");
+}
+
 /// `--private-users-ownership=chown` that fails half-way is "undone" by shifting the whole
 /// tree back to the range it came from, every id keeping its low 16 bits. On a fresh tree
 /// (owned by root: range 0) that turns a set-uid file of any other range into a set-uid

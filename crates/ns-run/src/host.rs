@@ -27,47 +27,71 @@ const MAX_JOURNAL: u64 = 1 << 20;
 /// may open the tree, keeping every container off it.) The last user removes the file while
 /// it holds it exclusively; a monitor killed with SIGKILL leaves it (empty, for the next
 /// container to take).
+///
+/// Older versions locked the directory itself: that lock is still taken, in the same mode,
+/// so that their containers, still running after an upgrade, and ours keep apart; when it is
+/// refused, the tree is busy only if an `ns-run` of our uid holds it (see
+/// [`older_version_holds`]), and otherwise used without it.
 pub struct ImageLock {
     lock: Flock<File>,
     path: PathBuf,
+    /// The tree's root directory, locked as older versions did (None: held by another user).
+    dir: Option<Flock<File>>,
+    /// The tree's device and inode.
+    id: (u64, u64),
     /// The monitor: a forked child that returns never removes the file.
     owner: u32,
 }
 
-/// The lock file of the tree at `root` (see [`ImageLock`]).
-fn tree_lock_path(root: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let st =
-        std::fs::metadata(root).ctx(|| format!("cannot stat {} to lock it", root.display()))?;
-    let dir = ns_core::paths::runtime_subdir("trees")?;
-    Ok(dir.join(format!("{}:{}", st.dev(), st.ino())))
+fn busy(root: &Path) -> Error {
+    Error::invalid(
+        "--directory",
+        &root.to_string_lossy(),
+        "directory tree is currently busy (another container uses it; -x or --read-only can share it)",
+    )
 }
 
 impl ImageLock {
     pub fn acquire(root: &Path, shared: bool) -> Result<ImageLock> {
-        let path = tree_lock_path(root)?;
+        let dir = File::open(root).ctx(|| format!("cannot open {} to lock it", root.display()))?;
+        let st = nix::sys::stat::fstat(&dir).ctx(|| format!("cannot stat {}", root.display()))?;
+        let id = (st.st_dev, st.st_ino);
+        let path = ns_core::paths::runtime_subdir("trees")?.join(format!("{}:{}", id.0, id.1));
         let arg = if shared {
             FlockArg::LockSharedNonblock
         } else {
             FlockArg::LockExclusiveNonblock
         };
-        let lock = ns_core::paths::lock_current(&path, arg)?.ok_or_else(|| {
-            Error::invalid(
-                "--directory",
-                &root.to_string_lossy(),
-                "directory tree is currently busy (another container uses it; -x or --read-only can share it)",
-            )
-        })?;
-        Ok(ImageLock {
+        let lock = ns_core::paths::lock_current(&path, arg)?.ok_or_else(|| busy(root))?;
+        let mut me = ImageLock {
             lock,
             path,
+            dir: None,
+            id,
             owner: std::process::id(),
-        })
+        };
+        match Flock::lock(dir, arg) {
+            Ok(d) => me.dir = Some(d),
+            // Dropping `me` removes the lock file when it was ours alone.
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if older_version_holds(id) => {
+                return Err(busy(root))
+            }
+            Err(_) => {}
+        }
+        Ok(me)
     }
 
     /// Is this monitor now the tree's only user? (Then the lock is now exclusive.)
     pub fn sole_user(&self) -> bool {
-        self.lock.relock(FlockArg::LockExclusiveNonblock).is_ok()
+        if self.lock.relock(FlockArg::LockExclusiveNonblock).is_err() {
+            return false;
+        }
+        match &self.dir {
+            Some(d) => {
+                d.relock(FlockArg::LockExclusiveNonblock).is_ok() || !older_version_holds(self.id)
+            }
+            None => !older_version_holds(self.id),
+        }
     }
 }
 
@@ -76,21 +100,53 @@ impl Drop for ImageLock {
         // Removed only while held exclusively: a container that opened the file meanwhile
         // finds, once it has locked it, that it is no longer the file at the path
         // (lock_current looks) and takes a new one.
-        if std::process::id() == self.owner && self.sole_user() {
+        if std::process::id() == self.owner
+            && self.lock.relock(FlockArg::LockExclusiveNonblock).is_ok()
+        {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Does an `ns-run` of our uid (an older version's monitor: ours hold the lock file as
+/// well), other than this process, hold a flock on the directory `id` (device, inode), as
+/// /proc/locks lists them? The holder's real and effective uids must both be ours: another
+/// user's process, even one that ran a set-uid program after locking, never counts.
+fn older_version_holds(id: (u64, u64)) -> bool {
+    use nix::sys::stat::{major, minor};
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let inode = format!("{:02x}:{:02x}:{}", major(id.0), minor(id.0), id.1);
+    let me = std::process::id().to_string();
+    let uid = nix::unistd::geteuid().as_raw().to_string();
+    locks.lines().any(|l| {
+        // "1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INO 0 EOF"; waiters have "->" after the id.
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" || f[5] != inode || f[4] == me {
+            return false;
+        }
+        let pid = f[4];
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ids = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|u| u.split_whitespace().take(2).collect::<Vec<_>>());
+        comm.trim() == "ns-run"
+            && ids.is_some_and(|ids| ids.len() == 2 && ids.iter().all(|u| *u == uid))
+    })
 }
 
 /// Is the tree at `root` unused (no container runs on it)? Then Some: the lock that keeps
 /// containers off it while what the dead ones left is removed (None when the tree is
 /// gone, so has no users, or when `held` is already its lock, exclusive).
 fn unused_tree(root: &Path, held: Option<&ImageLock>) -> Option<Option<ImageLock>> {
-    if std::fs::metadata(root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-        return Some(None);
-    }
-    if held.is_some_and(|h| tree_lock_path(root).is_ok_and(|p| p == h.path)) {
-        return Some(None);
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
+        Ok(st) if held.is_some_and(|h| h.id == (st.dev(), st.ino())) => return Some(None),
+        _ => {}
     }
     ImageLock::acquire(root, false).ok().map(Some)
 }
