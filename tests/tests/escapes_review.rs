@@ -219,6 +219,38 @@ touch "$TREE/stop"; wait $first
     assert!(!out.stdout.contains("old-started"), "{out}");
 }
 
+/// A rootless user's lock files are in its own runtime directory, out of reach of root's:
+/// the directory lock still keeps its containers off a tree that one of root's uses (an
+/// `ns-run` of uid 0 holds it, which no user can fake). (Root's are not kept off by a user's:
+/// see `an_older_versions_directory_lock_keeps_containers_apart`.)
+#[test]
+fn a_rootless_container_keeps_off_a_tree_roots_container_uses() {
+    let t = Tree::rootfs("rv-rllock");
+    let out = in_fresh_run(
+        &t,
+        r#"B="$BASE/bins"; mkdir -p "$B"; for b in ns-run ns-enter ns-mount ns-caps ns-init; do cp "$BIN/$b" "$B/"; done
+chmod 0755 "$BASE" "$B"
+as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups env -u XDG_RUNTIME_DIR "$B/ns-run" -q -U -D "$TREE" "$@" 2>"$BASE/err" </dev/null; }
+rc=0; as_user true || rc=$?; echo "user alone: $rc $(cat "$BASE/err")"
+"$NS_RUN" --register=no -q -D "$TREE" sh -c 'touch /ready; i=0; while [ ! -e /stop ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done' </dev/null & first=$!
+i=0; until [ -e "$TREE/ready" ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+rc=0; as_user true || rc=$?; echo "user next to root: $rc $(cat "$BASE/err")"
+rc=0; as_user -x true || rc=$?; echo "user -x next to root: $rc"
+touch "$TREE/stop"; wait $first
+rm -rf /tmp/ns-run-65534
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("user alone: 0 \n"), "{out}");
+    assert!(
+        out.stdout
+            .contains("user next to root: 125 ns-run: --directory=")
+            && out.stdout.contains("directory tree is currently busy"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("user -x next to root: 125\n"), "{out}");
+}
+
 /// `--private-users-ownership=chown` that fails half-way is "undone" by shifting the whole
 /// tree back to the range it came from, every id keeping its low 16 bits. On a fresh tree
 /// (owned by root: range 0) that turns a set-uid file of any other range into a set-uid

@@ -29,9 +29,10 @@ const MAX_JOURNAL: u64 = 1 << 20;
 /// container to take).
 ///
 /// Older versions locked the directory itself: that lock is still taken, in the same mode,
-/// so that their containers, still running after an upgrade, and ours keep apart; when it is
-/// refused, the tree is busy only if an `ns-run` of our uid holds it (see
-/// [`older_version_holds`]), and otherwise used without it.
+/// so that their containers, still running after an upgrade, and ours keep apart, and so
+/// that a rootless user's containers keep off a tree root's use; when it is refused, the
+/// tree is busy only if an `ns-run` of our uid or root's holds it (see [`ns_run_holds`]),
+/// and otherwise used without it.
 pub struct ImageLock {
     lock: Flock<File>,
     path: PathBuf,
@@ -73,9 +74,7 @@ impl ImageLock {
         match Flock::lock(dir, arg) {
             Ok(d) => me.dir = Some(d),
             // Dropping `me` removes the lock file when it was ours alone.
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if older_version_holds(id) => {
-                return Err(busy(root))
-            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if ns_run_holds(id) => return Err(busy(root)),
             Err(_) => {}
         }
         Ok(me)
@@ -87,10 +86,8 @@ impl ImageLock {
             return false;
         }
         match &self.dir {
-            Some(d) => {
-                d.relock(FlockArg::LockExclusiveNonblock).is_ok() || !older_version_holds(self.id)
-            }
-            None => !older_version_holds(self.id),
+            Some(d) => d.relock(FlockArg::LockExclusiveNonblock).is_ok() || !ns_run_holds(self.id),
+            None => !ns_run_holds(self.id),
         }
     }
 }
@@ -108,11 +105,13 @@ impl Drop for ImageLock {
     }
 }
 
-/// Does an `ns-run` of our uid (an older version's monitor: ours hold the lock file as
-/// well), other than this process, hold a flock on the directory `id` (device, inode), as
-/// /proc/locks lists them? The holder's real and effective uids must both be ours: another
-/// user's process, even one that ran a set-uid program after locking, never counts.
-fn older_version_holds(id: (u64, u64)) -> bool {
+/// Does an `ns-run` other than this process hold a flock on the directory `id` (device,
+/// inode), as /proc/locks lists them, with real and effective uid both ours or both root's?
+/// Such a holder is an older version's monitor (ours hold the lock file as well), or, for a
+/// rootless user, one of root's containers (root's lock files are out of its reach). Another
+/// user's process, even one named `ns-run` or one that ran a set-uid program after locking,
+/// never counts, so a user cannot keep root's containers off a tree.
+fn ns_run_holds(id: (u64, u64)) -> bool {
     use nix::sys::stat::{major, minor};
     let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
         return false;
@@ -129,12 +128,15 @@ fn older_version_holds(id: (u64, u64)) -> bool {
         let pid = f[4];
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let ids = status
+        let ids: Vec<&str> = status
             .lines()
             .find_map(|l| l.strip_prefix("Uid:"))
-            .map(|u| u.split_whitespace().take(2).collect::<Vec<_>>());
+            .map(|u| u.split_whitespace().take(2).collect())
+            .unwrap_or_default();
         comm.trim() == "ns-run"
-            && ids.is_some_and(|ids| ids.len() == 2 && ids.iter().all(|u| *u == uid))
+            && ids.len() == 2
+            && ids[0] == ids[1]
+            && (ids[0] == uid || ids[0] == "0")
     })
 }
 
