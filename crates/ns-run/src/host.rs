@@ -141,14 +141,11 @@ fn ns_run_holds(id: (u64, u64)) -> bool {
 }
 
 /// Is the tree at `root` unused (no container runs on it)? Then Some: the lock that keeps
-/// containers off it while what the dead ones left is removed (None when the tree is
-/// gone, so has no users, or when `held` is already its lock, exclusive).
-fn unused_tree(root: &Path, held: Option<&ImageLock>) -> Option<Option<ImageLock>> {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(root) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
-        Ok(st) if held.is_some_and(|h| h.id == (st.dev(), st.ino())) => return Some(None),
-        _ => {}
+/// containers off it while what the dead ones left is removed (None when the tree is gone,
+/// so has no users).
+fn unused_tree(root: &Path) -> Option<Option<ImageLock>> {
+    if std::fs::metadata(root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Some(None);
     }
     ImageLock::acquire(root, false).ok().map(Some)
 }
@@ -285,7 +282,7 @@ impl Cleanup {
         }
         if paths {
             // The last user of a shared tree also removes what the earlier ones left.
-            let _ = collect_stale(false, lock);
+            let _ = collect_stale(false);
         }
     }
 }
@@ -356,8 +353,7 @@ fn remove_no_symlinks(path: &Path, recursive: bool) {
 /// left alone, and of the entries of ours only what a monitor creates is removed.
 /// `at_start`: a monitor that has no journal yet; one named with its pid is a dead
 /// monitor's (of_dead_monitors takes it for a live one: the pid is ours, and ns-run).
-/// `held`: our own tree's lock, now exclusive (its tree is unused but for us).
-pub fn collect_stale(at_start: bool, held: Option<&ImageLock>) -> Result<()> {
+pub fn collect_stale(at_start: bool) -> Result<()> {
     let dir = cleanup_dir()?;
     let mut journals = ns_core::paths::of_dead_monitors(&dir, "");
     let own = dir.join(std::process::id().to_string());
@@ -385,7 +381,7 @@ pub fn collect_stale(at_start: bool, held: Option<&ImageLock>) -> Result<()> {
         }
         let Some(_locks) = roots
             .into_iter()
-            .map(|r| unused_tree(r, held))
+            .map(unused_tree)
             .collect::<Option<Vec<_>>>()
         else {
             continue;

@@ -25,7 +25,7 @@ const STAGE: &str = "ns-run";
 
 /// Run the container described by `state`; returns the exit code for ns-run.
 pub fn run(state: &State) -> Result<i32> {
-    host::collect_stale(true, None)?;
+    host::collect_stale(true)?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
         for pid in ns_net::ports::stale_monitors() {
