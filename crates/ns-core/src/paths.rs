@@ -55,7 +55,7 @@ pub fn runtime_dir() -> Result<PathBuf> {
     private_dir(&dir, 0o700)
 }
 
-/// `name` in the state directory (machines, cleanup, zones, notify, uid, scratch), created
+/// `name` in the state directory (machines, cleanup, zones, notify, uid, scratch, trees), created
 /// and checked as the state directory itself.
 pub fn runtime_subdir(name: &str) -> Result<PathBuf> {
     let mode = if nix::unistd::geteuid().is_root() {
