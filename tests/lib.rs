@@ -1090,6 +1090,49 @@ impl Drop for TestNetns {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// OCI bundles and a fresh /run
+
+/// An OCI bundle in `t`: busybox in `rootfs`, config.json from `ns-oci spec` running `args`
+/// without a terminal, then `edit`. Returns config.json's path.
+pub fn spec_bundle(t: &Tree, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    build_rootfs_linked(&t.path().join("rootfs"));
+    let o = Command::new(bin("ns-oci"))
+        .args(["spec", "--bundle", t.arg()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let path = t.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    v["process"]["args"] = serde_json::json!(args);
+    v["process"]["terminal"] = serde_json::json!(false);
+    edit(&mut v);
+    fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    path
+}
+
+/// `script` (sh -e) in a private mount namespace whose /run is a fresh, empty tmpfs (a
+/// first run after boot, without touching the host's /run/ns-run), with $NS_RUN, $NS_CTL,
+/// $BIN, the tree in $TREE and $BASE beside it. The script is a process group of its own:
+/// what a fooled tool signals as "process 0" (a planted registry entry) stays inside it.
+pub fn in_fresh_run(t: &Tree, script: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("unshare");
+    c.process_group(0);
+    c.args(["-m", "--propagation", "private", "sh", "-ec"])
+        .arg(format!(
+            "mount -t tmpfs -o mode=0755,size=8m ns-tests /run\n{script}"
+        ))
+        .env_remove("NS_DEBUG")
+        .env_remove("NS_STAGE_FDS")
+        .env("NS_RUN", bin("ns-run"))
+        .env("NS_CTL", bin("ns-ctl"))
+        .env("BIN", bin_dir())
+        .env("TREE", t.path())
+        .env("BASE", t.base());
+    run_cmd(c, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

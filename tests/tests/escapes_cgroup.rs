@@ -366,13 +366,7 @@ fn an_oci_bundle_run_by_ns_run_gets_the_default_unless_it_sets_a_pids_limit() {
     // `ns-run --oci-bundle`: nspawn's unit keeps its TasksMax for a bundle too; the bundle's
     // linux.resources.pids.limit overrides it. (ns-oci gives none of its own, as runc.)
     let t = Tree::empty("esc-bundle");
-    ns_tests::build_rootfs_linked(&t.path().join("rootfs"));
-    let o = Command::new(bin("ns-oci"))
-        .args(["spec", "--bundle", t.arg()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let config = t.path().join("config.json");
+    let config = ns_tests::spec_bundle(&t, &["sh", "-c", "echo ready; exec sleep 100"], |_| {});
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     let h = pids_hierarchy();
     for (limit, want) in [(None, "16384"), (Some(50), "50")] {

@@ -6,27 +6,7 @@
 
 use std::process::Command;
 
-use ns_tests::{bin, bin_dir, run_cmd, Output, Tree};
-
-/// `script` (sh -e) in a private mount namespace whose /run is a fresh, empty tmpfs, with
-/// $NS_RUN, $NS_CTL and the tree in $TREE, $BASE beside it.
-fn in_fresh_run(t: &Tree, script: &str) -> Output {
-    use std::os::unix::process::CommandExt;
-    let mut c = Command::new("unshare");
-    c.process_group(0);
-    c.args(["-m", "--propagation", "private", "sh", "-ec"])
-        .arg(format!(
-            "mount -t tmpfs -o mode=0755,size=8m ns-tests /run\n{script}"
-        ))
-        .env_remove("NS_DEBUG")
-        .env_remove("NS_STAGE_FDS")
-        .env("NS_RUN", bin("ns-run"))
-        .env("NS_CTL", bin("ns-ctl"))
-        .env("BIN", bin_dir())
-        .env("TREE", t.path())
-        .env("BASE", t.base());
-    run_cmd(c, None)
-}
+use ns_tests::{bin, in_fresh_run, run_cmd, Tree};
 
 /// An older ns-mount made /run/ns-run/scratch under umask 0: 0777, root's. After an upgrade
 /// (no reboot), ns-run must still start: the scratch directory is only a mount point (the
@@ -354,20 +334,11 @@ fn an_oci_hook_that_does_not_read_its_state_still_times_out() {
     use serde_json::json;
     use std::time::{Duration, Instant};
     let t = Tree::empty("rv-hook-stdin");
-    ns_tests::build_rootfs_linked(&t.path().join("rootfs"));
-    let o = Command::new(bin("ns-oci"))
-        .args(["spec", "--bundle", t.arg()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let path = t.path().join("config.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    v["process"]["args"] = json!(["true"]);
-    v["process"]["terminal"] = json!(false);
-    v["annotations"] = json!({"big": "x".repeat(256 * 1024)});
-    v["hooks"] = json!({"prestart": [
-        {"path": "/bin/sh", "args": ["sh", "-c", "exec sleep 20"], "timeout": 1}]});
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let path = ns_tests::spec_bundle(&t, &["true"], |v| {
+        v["annotations"] = json!({"big": "x".repeat(256 * 1024)});
+        v["hooks"] = json!({"prestart": [
+            {"path": "/bin/sh", "args": ["sh", "-c", "exec sleep 20"], "timeout": 1}]});
+    });
     let root = t.host_dir("oci-root");
     let mut c = Command::new(bin("ns-oci"));
     c.arg("--root")
@@ -386,6 +357,7 @@ fn an_oci_hook_that_does_not_read_its_state_still_times_out() {
     assert_ne!(out.code, 0, "{out}");
     // A hook that reads its state still gets all of it.
     let got = t.host_dir("hook").join("state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     v["hooks"] = json!({"prestart": [{"path": "/bin/sh",
         "args": ["sh", "-c", format!("cat > {}", got.display())], "timeout": 10}]});
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();

@@ -8,29 +8,7 @@
 
 use std::process::Command;
 
-use ns_tests::{bin, bin_dir, run_cmd, Output, Tree};
-
-/// `script` (sh -e) in a private mount namespace whose /run is a fresh, empty tmpfs, with
-/// $NS_RUN, $NS_CTL and the tree in $TREE, $BASE beside it.
-/// The script is a process group of its own: what a fooled tool signals as "process 0" (a
-/// planted registry entry) stays inside it.
-fn in_fresh_run(t: &Tree, script: &str) -> Output {
-    use std::os::unix::process::CommandExt;
-    let mut c = Command::new("unshare");
-    c.process_group(0);
-    c.args(["-m", "--propagation", "private", "sh", "-ec"])
-        .arg(format!(
-            "mount -t tmpfs -o mode=0755,size=8m ns-tests /run\n{script}"
-        ))
-        .env_remove("NS_DEBUG")
-        .env_remove("NS_STAGE_FDS")
-        .env("NS_RUN", bin("ns-run"))
-        .env("NS_CTL", bin("ns-ctl"))
-        .env("BIN", bin_dir())
-        .env("TREE", t.path())
-        .env("BASE", t.base());
-    run_cmd(c, None)
-}
+use ns_tests::{bin, in_fresh_run, run_cmd, Output, Tree};
 
 /// The one error line of a refused run (exit 125, nothing else on stderr).
 fn refused(out: &Output, what: &[&str]) {

@@ -364,22 +364,6 @@ fn huge_user_ids_are_refused_by_ns_ctl_shell() {
     });
 }
 
-/// An OCI bundle in `t` (rootfs and config.json from `ns-oci spec`) running `args`, edited.
-fn oci_bundle(t: &Tree, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
-    ns_tests::build_rootfs_linked(&t.path().join("rootfs"));
-    let o = std::process::Command::new(bin("ns-oci"))
-        .args(["spec", "--bundle", t.arg()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let path = t.path().join("config.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    v["process"]["args"] = serde_json::json!(args);
-    v["process"]["terminal"] = serde_json::json!(false);
-    edit(&mut v);
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-}
-
 /// config.json's process.user (uid, gid, additionalGids) with a huge id: `ns-oci run` and
 /// `ns-run --oci-bundle` refuse it with one line naming it, and leave no state.
 #[test]
@@ -392,7 +376,7 @@ fn huge_oci_user_ids_are_refused() {
     ] {
         let t = Tree::empty("trust-oci-ids");
         let root = t.host_dir("oci-root");
-        oci_bundle(&t, &["sh", "-c", "echo RAN; id -u"], |v| {
+        ns_tests::spec_bundle(&t, &["sh", "-c", "echo RAN; id -u"], |v| {
             v["process"]["user"][field] = value.clone();
         });
         let o = std::process::Command::new(bin("ns-oci"))

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ns_tests::{bin, build_rootfs_linked, cgroup_dirs, fixture, ns_run, s, snapshot, spawn, Tree};
-use serde_json::{json, Value};
+use ns_tests::{bin, cgroup_dirs, fixture, ns_run, s, snapshot, spawn, Tree};
+use serde_json::json;
 
 /// `n` files in `dir` (hard links of one file: quick to make, each copied on its own).
 fn many_files(dir: &Path, n: usize) {
@@ -356,22 +356,6 @@ fn a_template_deeper_than_2048_levels_fails_and_leaves_nothing() {
     assert_eq!(hidden_copies(t.base()), Vec::<String>::new());
 }
 
-/// A bundle: busybox in `rootfs`, config.json from `ns-oci spec` with `args`, then `edit`.
-fn bundle(t: &Tree, args: &[&str], edit: impl FnOnce(&mut Value)) {
-    build_rootfs_linked(&t.path().join("rootfs"));
-    let o = Command::new(bin("ns-oci"))
-        .args(["spec", "--bundle", t.arg()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let path = t.path().join("config.json");
-    let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    v["process"]["args"] = json!(args);
-    v["process"]["terminal"] = json!(false);
-    edit(&mut v);
-    fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-}
-
 fn oci(root: &Path, args: &[&str]) -> ns_tests::Output {
     let mut c = Command::new(bin("ns-oci"));
     c.arg("--root").arg(root).args(args).stdin(Stdio::null());
@@ -385,7 +369,7 @@ fn oci_hooks_start_with_clean_signals() {
     // ignored signals. grep runs as the hook itself (a shell would reset its mask) and
     // prints to ns-oci's stdout, which hooks share.
     let t = Tree::empty("walk-hook-sig");
-    bundle(&t, &["true"], |v| {
+    ns_tests::spec_bundle(&t, &["true"], |v| {
         v["hooks"] = json!({"prestart": [{"path": "/usr/bin/grep",
             "args": ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]}]});
     });
@@ -405,7 +389,7 @@ fn oci_hook_timeouts_must_be_positive() {
     // config up front, before anything is made. A negative timeout used to mean none.
     for timeout in [-1i64, 0] {
         let t = Tree::empty("walk-hook-timeout");
-        bundle(&t, &["true"], |v| {
+        ns_tests::spec_bundle(&t, &["true"], |v| {
             v["hooks"] = json!({"prestart": [
                 {"path": "/bin/true"},
                 {"path": "/bin/sh", "args": ["sh", "-c", "sleep 3"], "timeout": timeout}]});

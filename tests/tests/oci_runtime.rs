@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ns_tests::{bin, build_rootfs_linked, cgroup_dirs, s, Tree};
+use ns_tests::{bin, cgroup_dirs, s, Tree};
 use serde_json::{json, Value};
 
 fn subreaper() {
@@ -32,24 +32,14 @@ impl Bundle {
     fn new(name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Bundle {
         subreaper();
         let tree = Tree::empty(name);
-        build_rootfs_linked(&tree.path().join("rootfs"));
         let out = tree.host_dir("out");
         let root = tree.host_dir("oci-root");
-        let o = Command::new(bin("ns-oci"))
-            .args(["spec", "--bundle", tree.arg()])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
-        let path = tree.path().join("config.json");
-        let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        v["process"]["args"] = json!(args);
-        v["process"]["terminal"] = json!(false);
-        v["mounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw"]}));
-        edit(&mut v);
-        fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        ns_tests::spec_bundle(&tree, args, |v| {
+            v["mounts"].as_array_mut().unwrap().push(
+                json!({"destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw"]}),
+            );
+            edit(v);
+        });
         Bundle { tree, out, root }
     }
 
