@@ -1090,6 +1090,20 @@ impl Drop for TestNetns {
     }
 }
 
+/// A busybox tree whose /sbin/init runs `script` once at boot.
+pub fn booting_tree(name: &str, script: &str) -> Tree {
+    let t = Tree::rootfs(name);
+    std::fs::create_dir_all(t.path().join("sbin")).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", t.path().join("sbin/init")).unwrap();
+    std::fs::write(
+        t.path().join("etc/inittab"),
+        "::sysinit:/bin/sh /etc/boot.sh\n",
+    )
+    .unwrap();
+    std::fs::write(t.path().join("etc/boot.sh"), script).unwrap();
+    t
+}
+
 // ---------------------------------------------------------------------------------------
 // OCI bundles and a fresh /run
 

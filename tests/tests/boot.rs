@@ -4,21 +4,7 @@
 
 use std::path::Path;
 
-use ns_tests::{host_mounts, run, wait_no_procs_in, Tree};
-
-/// A busybox tree whose /sbin/init runs `script` once at boot.
-fn booting_tree(name: &str, script: &str) -> Tree {
-    let t = Tree::rootfs(name);
-    std::fs::create_dir_all(t.path().join("sbin")).unwrap();
-    std::os::unix::fs::symlink("/bin/busybox", t.path().join("sbin/init")).unwrap();
-    std::fs::write(
-        t.path().join("etc/inittab"),
-        "::sysinit:/bin/sh /etc/boot.sh\n",
-    )
-    .unwrap();
-    std::fs::write(t.path().join("etc/boot.sh"), script).unwrap();
-    t
-}
+use ns_tests::{booting_tree, host_mounts, run, wait_no_procs_in, Tree};
 
 fn assert_clean(t: &Tree, before: &[String]) {
     let left = wait_no_procs_in(t.path(), std::time::Duration::from_secs(3));

@@ -289,19 +289,10 @@ fn os_release_is_read_inside_the_container() {
 fn machine_id_symlink_does_not_probe_the_host() {
     let mut seen = Vec::new();
     for (userns, exists) in [(false, true), (false, false), (true, true), (true, false)] {
-        let t = Tree::rootfs("rt-mid");
-        std::fs::create_dir_all(t.path().join("sbin")).unwrap();
-        std::os::unix::fs::symlink("/bin/busybox", t.path().join("sbin/init")).unwrap();
-        std::fs::write(
-            t.path().join("etc/inittab"),
-            "::sysinit:/bin/sh /etc/boot.sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            t.path().join("etc/boot.sh"),
+        let t = ns_tests::booting_tree(
+            "rt-mid",
             "echo machine-id=$(cat /etc/machine-id 2>/dev/null || echo none)\npoweroff -f\n",
-        )
-        .unwrap();
+        );
         let host = t.host_dir("host").join("machine-id");
         if exists {
             std::fs::write(&host, "fedcba9876543210fedcba9876543210\n").unwrap();
