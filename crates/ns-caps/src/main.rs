@@ -47,15 +47,15 @@ fn main() {
         } else {
             build_env(&plan, &user, std::env::var("TERM").ok())
         };
-        if plan.console {
-            take_console(!plan.as_pid2)?;
-        }
         if args.fork && (plan.as_pid2 || plan.console || plan.start_fd.is_some()) {
             return Err(Error::setup(
                 "--fork: only for a process entering a running container (no --as-pid2, \
                  --console or start fifo)"
                     .into(),
             ));
+        }
+        if plan.console {
+            take_console(!plan.as_pid2)?;
         }
         ns_caps::limits::apply(&plan)?;
         drop_privileges(&plan, &user, sync.as_ref())?;
