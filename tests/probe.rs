@@ -36,6 +36,15 @@
 //!                                One line per file: `seen LINK`, then `WROTE LINK`,
 //!                                `OPENED-RW LINK` or `denied LINK ERRNO`; `ready` first,
 //!                                `done` last.
+//!   ns-probe ptrace STOPFILE     the attack on a process entering the container: until
+//!                                STOPFILE exists (at most 120 s), every process that
+//!                                appears (not us) is PTRACE_SEIZEd, stopped
+//!                                (PTRACE_INTERRUPT), looked at (/proc/PID/status, its fds)
+//!                                and detached, never changed. One line per process
+//!                                attached: `attached PID NAME CapEff=.. CapPrm=.. CapBnd=..
+//!                                Seccomp=N fds=[..]`, then `PRIVILEGED PID ...` when it held
+//!                                a capability beyond our own bounding set or a weaker
+//!                                system call filter than ours; `ready` first, `done` last.
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -96,6 +105,7 @@ fn main() {
             a.get(1).map(String::as_str).unwrap_or("/stop"),
             a.get(2).map(String::as_str),
         ),
+        Some("ptrace") => ptrace_watch(a.get(1).map(String::as_str).unwrap_or("/stop")),
         Some("tiocsti") => {
             let c = b'x';
             // SAFETY: TIOCSTI reads one byte from the pointer, which points at `c`.
@@ -121,7 +131,7 @@ fn main() {
             eprintln!(
                 "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti \
                  | tioclinux | ioctl REQ | udp-frame IFACE MAC SRC DST PORT TEXT \
-                 | bpf-detach-devices DIR | grab STOPFILE [PREFIX]"
+                 | bpf-detach-devices DIR | grab STOPFILE [PREFIX] | ptrace STOPFILE"
             );
             std::process::exit(2)
         }
@@ -380,4 +390,127 @@ fn reopen_for_writing(h: &Held, writable: Option<&str>) -> Result<bool, i32> {
     }
     f.write_all(b"\ngrabbed by ns-probe\n").map_err(errno)?;
     Ok(true)
+}
+
+/// A field of /proc/PID/status as text.
+fn status_of(pid: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| Some(l.strip_prefix(key)?.strip_prefix(':')?.trim().to_string()))
+}
+
+fn hex_status(pid: &str, key: &str) -> u64 {
+    status_of(pid, key)
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// `ns-probe ptrace STOPFILE` (see the header). Exits 0; the lines tell.
+fn ptrace_watch(stop: &str) -> ! {
+    use std::collections::HashSet;
+    use std::io::Write;
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let me = std::process::id().to_string();
+    let bound = hex_status("self", "CapBnd");
+    let filtered: u32 = status_of("self", "Seccomp")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // pid and start time of every process already tried: each is tried once.
+    let mut known: HashSet<(i32, String)> = HashSet::new();
+    say(format!("ready CapBnd={bound:x} Seccomp={filtered}"));
+    while std::path::Path::new(stop).symlink_metadata().is_err()
+        && std::time::Instant::now() < deadline
+    {
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = p.file_name().to_string_lossy().into_owned();
+            let Ok(n) = pid.parse::<i32>() else { continue };
+            if pid == me {
+                continue;
+            }
+            let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.to_string();
+                    after.split_whitespace().nth(19).map(str::to_string)
+                })
+                .unwrap_or_default();
+            if !known.insert((n, start)) {
+                continue;
+            }
+            if let Some(line) = inspect(n, bound, filtered) {
+                say(line);
+            }
+        }
+    }
+    say("done".into());
+    std::process::exit(0)
+}
+
+/// Seize `pid`, stop it, read its status and fds, detach: the lines to print, or None when
+/// it could not be stopped (gone, refused).
+fn inspect(pid: i32, bound: u64, filtered: u32) -> Option<String> {
+    // SAFETY: ptrace requests with integer arguments only; the tracee is left running
+    // (detached) on every path, and nothing in it is changed.
+    if unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) } != 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0) };
+    // Until it stops (or exits), at most 2 s.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut stopped = false;
+    while std::time::Instant::now() < end {
+        let mut st = 0;
+        // SAFETY: waitpid with a valid status pointer, on our tracee only.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL | libc::WNOHANG) };
+        if r == pid {
+            stopped = libc::WIFSTOPPED(st);
+            break;
+        }
+        if r < 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let out = stopped.then(|| {
+        let p = pid.to_string();
+        let name = status_of(&p, "Name").unwrap_or_default();
+        let (eff, prm, bnd) = (
+            hex_status(&p, "CapEff"),
+            hex_status(&p, "CapPrm"),
+            hex_status(&p, "CapBnd"),
+        );
+        let sec: u32 = status_of(&p, "Seccomp")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|f| {
+                let link = std::fs::read_link(f.path())
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("{}:{link}", f.file_name().to_string_lossy())
+            })
+            .collect();
+        let line = format!(
+            "{pid} {name} CapEff={eff:x} CapPrm={prm:x} CapBnd={bnd:x} Seccomp={sec} fds={fds:?}"
+        );
+        if (eff | prm | bnd) & !bound != 0 || sec < filtered {
+            format!("attached {line}\nPRIVILEGED {line}")
+        } else {
+            format!("attached {line}")
+        }
+    });
+    // SAFETY: as above; detaching a tracee that is not stopped fails harmlessly (our exit
+    // detaches it then).
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    out
 }

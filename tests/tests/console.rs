@@ -191,3 +191,52 @@ fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
     container.signal(libc::SIGTERM);
     assert_eq!(container.wait().code, 137);
 }
+
+/// Job control in `ns-ctl shell`'s shell: the command's process leads a session of its own
+/// in the container (ns-caps --setsid, after --fork), with its pty as controlling terminal,
+/// so the shell puts jobs in the foreground and back: ^C ends the foreground job only, ^Z
+/// stops it, `fg` brings it back.
+#[test]
+fn ns_ctl_shell_has_job_control() {
+    let t = Tree::rootfs("console-jobs");
+    let name = format!("console-jobs-{}", std::process::id());
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    let container = ns_tests::spawn_until(c, "ready");
+    let line = format!(
+        "{} shell {name}; echo EXIT=$?; sleep 60",
+        ns_tests::bin("ns-ctl").display()
+    );
+    let tm = Tmux::start("jobs", &line);
+    tm.wait_for("~ #");
+    // The shell leads its session; the terminal's foreground group is its own.
+    tm.keys(&["echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$", "Enter"]);
+    let s = tm.wait_for("sid=");
+    let ids: Vec<&str> = s
+        .lines()
+        .filter_map(|l| l.strip_prefix("sid="))
+        .flat_map(|l| l.split(" pid="))
+        .collect();
+    assert_eq!(ids.len(), 2, "{s}");
+    assert_eq!(ids[0], ids[1], "the shell does not lead its session: {s}");
+    tm.keys(&["sleep 50", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tm.keys(&["C-c"]);
+    tm.keys(&["echo after-int=$?", "Enter"]);
+    tm.wait_for("after-int=130");
+    tm.keys(&["sleep 51", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tm.keys(&["C-z"]);
+    tm.wait_for("Stopped");
+    tm.keys(&["jobs; fg", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tm.keys(&["C-c"]);
+    tm.keys(&["echo after-fg=$?", "Enter"]);
+    tm.wait_for("after-fg=130");
+    tm.keys(&["exit 7", "Enter"]);
+    tm.wait_for("EXIT=7");
+    container.signal(libc::SIGTERM);
+    assert_eq!(container.wait().code, 137);
+}

@@ -6,7 +6,10 @@
 //! and `-U`), `ns-oci exec` into a running container, a created OCI container waiting for
 //! `start` (default and with a user namespace), and members joining a pod's PID namespace
 //! (ns-oci and `ns-run --oci-bundle`). Also here: `ns-ctl shell` waits for the payload
-//! (`starting`) and enters the namespaces PID 1 started in after it left them.
+//! (`starting`) and enters the namespaces PID 1 started in after it left them; and no
+//! process of `ns-ctl shell` or `ns-oci exec` that the container can see (and ptrace, as
+//! container root can without -U) is ever more privileged than the container, or holds
+//! more than stdio (`ns-probe ptrace`: stop, look, detach; default and -U).
 //!
 //! On the code before the fix the attack writes into the binaries it grabs. So the binaries
 //! under test are copies in the test's own directory (never target/'s), the probe writes only
@@ -654,4 +657,153 @@ fn a_pod_member_exposes_no_host_binary() {
     assert_no_binary_reached(&report, &member.bins);
     ns_run.assert_unchanged();
     pod.bins.assert_unchanged();
+}
+
+// ---------------------------------------------------------------------------------------
+// ptrace: the process that enters the container is never more privileged than it
+//
+// Without -U the container's root holds CAP_SYS_PTRACE over the host's user namespace (as
+// under nspawn), so it may attach to any process it can see, non-dumpable or not. A process
+// of `ns-ctl shell` or `ns-oci exec` that it can see while that process still holds the
+// host's capabilities (or no system call filter) would be an escape: made to load a module,
+// mount the host's disk... The loop (`ns-probe ptrace`) seizes every process that appears,
+// stops it, reads its /proc/PID/status and detaches: it never changes anything, so the host
+// is safe on the code before the fix too. Every process it stopped must hold no capability
+// beyond the container's bounding set (the loop's own) and its system call filter.
+
+/// The loop's lines for processes it stopped, other than PID 1 (-a's ns-init).
+fn attached(report: &str) -> Vec<&str> {
+    report
+        .lines()
+        .filter(|l| l.starts_with("attached ") && !l.starts_with("attached 1 "))
+        .collect()
+}
+
+/// Enter until the loop has stopped a few processes of ours (or seen a privileged one): at
+/// least MIN_ROUNDS times, at most MAX_ROUNDS.
+fn ptrace_rounds(mut enter: impl FnMut(), mut report: impl FnMut() -> String) {
+    for i in 0..MAX_ROUNDS {
+        enter();
+        let r = report();
+        if r.contains("PRIVILEGED") || (i + 1 >= MIN_ROUNDS && attached(&r).len() >= 3) {
+            return;
+        }
+    }
+}
+
+fn assert_never_privileged(report: &str) {
+    let privileged: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("PRIVILEGED"))
+        .collect();
+    assert!(
+        privileged.is_empty(),
+        "the container stopped a process of ours holding more than its own privileges: \
+         {privileged:?}\n{report}"
+    );
+    assert!(
+        !attached(report).is_empty(),
+        "the loop stopped no process of ours: the test proves nothing\n{report}"
+    );
+}
+
+fn shell_ptrace(tag: &str, opts: &[&str]) {
+    let t = Tree::rootfs(&format!("exe-{tag}"));
+    install_probe(t.path());
+    let out = t.host_dir("out");
+    let name = format!("exe-{tag}-{}", std::process::id());
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .arg(format!("--bind={}:/out", out.display()))
+        .args(opts)
+        .args(["ns-probe", "ptrace", "/out/stop"]);
+    let mut r = spawn_until(c, "ready");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ptrace_rounds(
+            || {
+                let mut sh = Command::new(bin("ns-ctl"));
+                sh.env_remove("NS_DEBUG")
+                    .args(["shell", &name, "--", "/bin/true"]);
+                let o = run_cmd(sh, None);
+                assert_eq!(o.code, 0, "ns-ctl shell: {o}");
+            },
+            || {
+                r.wait_stdout("\0", Duration::from_millis(50));
+                r.stdout_so_far()
+            },
+        );
+    }));
+    fs::write(out.join("stop"), "").unwrap();
+    let o = r.wait();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    assert!(o.stdout.contains("done"), "{o}");
+    assert_never_privileged(&o.stdout);
+    assert_stdio_only(&o.stdout, false);
+}
+
+/// What a process of ours that the loop stopped held: stdio only, but (`sync`: ns-oci's)
+/// the sync socket, which the process closes first thing (ns-oci trusts no pid from it but
+/// its own child's).
+fn assert_stdio_only(report: &str, sync: bool) {
+    for l in attached(report) {
+        let fds = l.split_once("fds=").unwrap().1;
+        let beyond_stdio = fds
+            .split('"')
+            .filter_map(|f| f.split_once(':'))
+            .filter(|(n, _)| n.parse::<u32>().is_ok_and(|n| n > 2))
+            .any(|(_, link)| !(sync && link.starts_with("socket:")));
+        assert!(!beyond_stdio, "a process of ours held more than stdio: {l}");
+    }
+}
+
+#[test]
+fn ns_ctl_shell_is_never_more_privileged_than_the_container() {
+    shell_ptrace("ptrace", &[]);
+}
+
+#[test]
+fn ns_ctl_shell_is_never_more_privileged_than_the_container_userns() {
+    shell_ptrace("ptrace-u", &["-U"]);
+}
+
+fn oci_exec_ptrace(tag: &str, userns: bool) {
+    let b = Oci::new(tag, &["ns-probe", "ptrace", "/out/stop"], userns);
+    let id = format!("exe-{tag}");
+    let pid = b.create(&id);
+    b.ok(&["start", &id]);
+    let log = format!("{id}.stdout");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(b.wait_report(&log, "ready"));
+        let p = b.process("true", &["/bin/true"]);
+        ptrace_rounds(
+            || {
+                let o = b.cmd(&["exec", "--process", s(&p), &id]).output().unwrap();
+                assert!(o.status.success(), "exec: {o:?}");
+            },
+            || b.report(&log),
+        );
+    }));
+    fs::write(b.out.join("stop"), "").unwrap();
+    reap(pid);
+    let _ = b.cmd(&["delete", "--force", &id]).output();
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+    let report = b.report(&log);
+    assert!(report.contains("done"), "{report}");
+    assert_never_privileged(&report);
+    assert_stdio_only(&report, true);
+}
+
+#[test]
+fn ns_oci_exec_is_never_more_privileged_than_the_container() {
+    oci_exec_ptrace("ptrace-oci", false);
+}
+
+#[test]
+fn ns_oci_exec_is_never_more_privileged_than_the_container_userns() {
+    oci_exec_ptrace("ptrace-oci-u", true);
 }

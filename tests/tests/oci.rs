@@ -823,6 +823,54 @@ fn exec_in_running_task() {
     d.assert_clean();
 }
 
+/// `ctr task exec -t` (the shim runs `exec --detach --console-socket`, ctr here under
+/// `script` for a terminal of its own): the process gets a pty, leads a session of its own
+/// with it as controlling terminal, in the container's PID namespace; its exit code comes
+/// back through the shim, which reaps it.
+#[test]
+fn exec_with_a_terminal() {
+    let d = Containerd::start();
+    d.run_detached(
+        &[],
+        "exec-tty",
+        &format!("echo ready; exec {PAYLOAD_SLEEP}"),
+    );
+    let ctr = d.ctr_cmd(&[
+        "tasks",
+        "exec",
+        "-t",
+        "--exec-id",
+        "t1",
+        "exec-tty",
+        "sh",
+        "-c",
+        "tty; echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$ pgrp=$(cut -d' ' -f8 /proc/$$/stat); exit 3",
+    ]);
+    let line: Vec<String> = std::iter::once(ctr.get_program())
+        .chain(ctr.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+        .collect();
+    let mut c = Command::new("script");
+    c.args(["-qec", &line.join(" "), "/dev/null"]);
+    let o = run_cmd(c, None);
+    assert_eq!(o.code, 3, "ctr exec -t: {o}");
+    assert!(o.stdout.contains("/dev/pts/"), "{o}");
+    let ids = o
+        .stdout
+        .lines()
+        .find_map(|l| Some(l.split_once("sid=")?.1))
+        .unwrap_or_else(|| panic!("no ids: {o}"));
+    let ids: Vec<&str> = ids
+        .split(|c: char| c == '=' || c.is_whitespace())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(ids.len(), 3, "{o}");
+    assert!(ids.iter().all(|i| *i == ids[0]), "not its own session: {o}");
+    assert_ne!(ids[0], "1", "{o}");
+    d.kill_and_remove("exec-tty");
+    d.assert_clean();
+}
+
 /// `ctr task ps`: every process of the container, by host pid; `kill --all` ends them all.
 #[test]
 fn ps_and_kill_all() {

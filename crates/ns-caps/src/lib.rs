@@ -18,10 +18,23 @@ use ns_core::state::ExecPlan;
 use ns_core::{Error, Result};
 
 /// ns-caps [-u USER] [--capability=CAPS] [--drop-capability=CAPS] [--ambient-capability=CAPS]
-///         [--no-new-privileges=BOOL] [-E NAME=VALUE]... [--chdir DIR] [-a] [-- PROGRAM [ARGS...]]
+///         [--no-new-privileges=BOOL] [-E NAME=VALUE]... [--chdir DIR] [-a] [--fork] [--setsid]
+///         [-- PROGRAM [ARGS...]]
 ///
 /// Without PROGRAM, runs the user's login shell. With --state-fd N, reads `exec` from the
 /// state. fds: --state-fd, --sync-fd (the monitor sees EOF on it when the exec succeeds).
+///
+/// `--fork` is for entering a running container (`ns-ctl shell`, `ns-oci exec`) from a
+/// process that has joined its namespaces but is itself outside its PID namespace (setns
+/// affects only children), where the container's processes cannot see it. Once every
+/// privilege is dropped (rlimits, filter, bounding set, ids, capability sets,
+/// no_new_privs), every fd above stderr but --sync-fd is closed and ns-caps forks with
+/// CLONE_PARENT: the child, the first process the container can see, is born as
+/// unprivileged as the container's own, closes the sync fd and execs PROGRAM; being our
+/// parent's child, it is waited for (exit code, signals) by the tool that entered, and
+/// reparented to that tool's subreaper if the tool exits (`exec --detach`). ns-caps
+/// reports the child's host pid on --sync-fd (SYNC `Pid`) and exits 0. `--setsid`: PROGRAM
+/// starts a new session, the terminal on its stdin (if any) its controlling terminal.
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "ns-caps",
@@ -86,6 +99,13 @@ pub struct Args {
     /// Exec the image's init (systemd, else /sbin/init); PROGRAM's words are its arguments.
     #[arg(short = 'b', long)]
     pub boot: bool,
+    /// Drop privileges, then fork (CLONE_PARENT): the child runs PROGRAM; report its pid on
+    /// --sync-fd and exit 0.
+    #[arg(long, conflicts_with_all = ["as_pid2", "console"])]
+    pub fork: bool,
+    /// PROGRAM starts a new session; a terminal on its stdin becomes its controlling one.
+    #[arg(long)]
+    pub setsid: bool,
     /// The payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,

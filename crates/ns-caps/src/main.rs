@@ -47,11 +47,27 @@ fn main() {
         } else {
             build_env(&plan, &user, std::env::var("TERM").ok())
         };
+        if args.fork && (plan.as_pid2 || plan.console || plan.start_fd.is_some()) {
+            return Err(Error::setup(
+                "--fork: only for a process entering a running container (no --as-pid2, \
+                 --console or start fifo)"
+                    .into(),
+            ));
+        }
         if plan.console {
             take_console(!plan.as_pid2)?;
         }
         ns_caps::limits::apply(&plan)?;
         drop_privileges(&plan, &user, sync.as_ref())?;
+        let sync = if args.fork {
+            fork_payload(sync)?;
+            None
+        } else {
+            sync
+        };
+        if args.setsid {
+            new_session()?;
+        }
         match &plan.chdir {
             Some(d) => nix::unistd::chdir(d.as_str()).ctx(|| format!("--chdir={d}"))?,
             None if plan.argv.is_empty() => {
@@ -177,6 +193,42 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     }
     if plan.no_new_privileges {
         nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
+    }
+    Ok(())
+}
+
+/// `--fork` (see Args): returns in the child, which holds stdio only; the parent reports
+/// the child's pid and exits 0.
+fn fork_payload(sync: Option<SyncSocket>) -> Result<()> {
+    use ns_core::sys::{clone_parent, close_from_except, Forked};
+    let keep: Vec<i32> = sync
+        .iter()
+        .map(SyncSocket::raw)
+        .chain(ns_core::stage::report_fd())
+        .collect();
+    close_from_except(3, &keep).ctx(|| "cannot close inherited fds".into())?;
+    match clone_parent().ctx(|| "cannot fork the program's process".into())? {
+        Forked::Child => {
+            drop(sync);
+            ns_core::stage::stop_reporting();
+            Ok(())
+        }
+        Forked::Parent(child) => {
+            if let Some(s) = &sync {
+                s.send(&ns_core::sync::Msg::Pid(child.as_raw()))?;
+            }
+            std::process::exit(0)
+        }
+    }
+}
+
+/// `--setsid`: a new session; stdin, if a terminal, its controlling terminal.
+fn new_session() -> Result<()> {
+    nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
+    let stdin = std::io::stdin();
+    if std::io::IsTerminal::is_terminal(&stdin) {
+        ns_core::sys::set_controlling_tty(std::os::fd::AsFd::as_fd(&stdin))
+            .ctx(|| "cannot take the terminal on stdin as controlling terminal".into())?;
     }
     Ok(())
 }

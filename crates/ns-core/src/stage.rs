@@ -29,6 +29,11 @@ pub fn adopt_sync(fd: Option<i32>) -> Result<Option<crate::sync::SyncSocket>> {
     Ok(sync)
 }
 
+/// The fd failures are reported on, if any (a stage that closes its fds keeps it).
+pub fn report_fd() -> Option<i32> {
+    Some(REPORT_FD.load(Ordering::Relaxed)).filter(|fd| *fd >= 0)
+}
+
 /// No more reports (the stage lets go of the sync socket while it lives on): close the
 /// duplicate [`adopt_sync`] made.
 pub fn stop_reporting() {

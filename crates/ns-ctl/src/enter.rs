@@ -2,16 +2,22 @@
 //!
 //! shell: a child joins the container's cgroups, then its namespaces through the leader's
 //! /proc/PID/ns files (user first, so that it owns the rest; the mount namespace's root,
-//! which pivot_root made the container's, becomes ours), and forks once more so that the
-//! command is inside the PID namespace. That grandchild execs ns-caps (opened before any
-//! setns, like every stage) with flags for the user, the leader's capability bounding set and
-//! no_new_privs, so the command gets the identity, capabilities and environment (`container=`,
-//! `container_uuid`, HOME, USER...) of the container's own processes. Not being PID 1's child
-//! does not matter: it is reaped by us, and killed when the container's PID 1 dies.
+//! which pivot_root made the container's, becomes ours). It stays outside the container's
+//! PID namespace (setns affects only children), where no process of the container can see
+//! it, and execs ns-caps (opened before any setns) `--fork` with flags for the user, the
+//! leader's capability bounding set, its system call filter and no_new_privs: ns-caps drops
+//! every privilege there, then forks the command's process, the first one inside the PID
+//! namespace, as our child (CLONE_PARENT), so the command gets the identity, capabilities
+//! and environment (`container=`, `container_uuid`, HOME, USER...) of the container's own
+//! processes and is never seen holding more (container root holds CAP_SYS_PTRACE over the
+//! host's user namespace without -U: it could attach to anything it sees). Not being PID
+//! 1's child does not matter: it is reaped by us, and killed when the container's PID 1
+//! dies.
 //!
-//! The container's processes see that grandchild (/proc/PID/exe, /proc/PID/fd): it is a copy
-//! of a sealed memfd (ns-ctl re-executes itself from one first) and runs a sealed copy of
-//! ns-caps, so nothing there leads to a host file of ours (design constraint 9).
+//! The command's process, which the container's processes see (/proc/PID/exe,
+//! /proc/PID/fd), is a copy of a sealed copy of ns-caps holding stdio only, until it execs
+//! the command; nothing there leads to a host file of ours (design constraint 9). (ns-ctl
+//! also re-executes itself from a sealed memfd first.)
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -43,9 +49,8 @@ pub fn shell(
     setenv: &[String],
     command: &[String],
 ) -> Result<i32> {
-    // The process that runs the command is forked inside the container's PID namespace,
-    // where its processes see it: a copy of a sealed memfd (ours, re-executed now), which
-    // execs a sealed copy of ns-caps; no host file of ours is its exe or in its fd table.
+    // No host file of ours is in reach of the container's processes: ns-caps is a sealed
+    // copy, and so are we (re-executed now).
     ns_core::exec::reexec_sealed(STAGE)?;
     let m = &wait_started(m)?;
     let mut fds = StageFds::default();
@@ -137,15 +142,7 @@ pub fn shell(
         Forked::Child => {
             drop(ours);
             let e = match inside(m, &ns, tty, &theirs) {
-                Ok(pty) => match fork() {
-                    Ok(Forked::Child) => attach::exec_command(pty, &argv, &fds),
-                    Ok(Forked::Parent(child)) => {
-                        drop(fds);
-                        let code = waitpid(child, None).ok().and_then(exit_code_of);
-                        std::process::exit(code.unwrap_or(125))
-                    }
-                    Err(e) => Error::setup(format!("cannot fork inside {}: {}", m.name, e.desc())),
-                },
+                Ok(pty) => attach::exec_command(pty, &argv, &fds),
                 Err(e) => e,
             };
             fail(STAGE, &e)
@@ -184,28 +181,69 @@ fn wait_started(m: &Machine) -> Result<Machine> {
     )))
 }
 
-/// Wait for the child, relaying the pty meanwhile; returns its exit code.
+/// Our children: the entering process (`child`), which exits 0 once ns-caps has forked the
+/// command's process as our child too (CLONE_PARENT), or with its failure's code; and that
+/// process. Reaps whichever ends; returns the code to exit with once it is known.
+struct Children {
+    child: nix::unistd::Pid,
+    entered: Option<i32>,
+    command: Option<i32>,
+}
+
+impl Children {
+    /// Reap one child (`block`: wait for one); the final exit code once known.
+    fn reap(&mut self, block: bool) -> Result<Option<i32>> {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus};
+        let flags = (!block).then_some(WaitPidFlag::WNOHANG);
+        match waitpid(None, flags) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => {
+                let code = exit_code_of(status);
+                if status.pid() == Some(self.child) {
+                    self.entered = Some(code.unwrap_or(125));
+                } else if code.is_some() {
+                    self.command = code;
+                }
+            }
+            // No child left: the command's process is not ours (cannot be: it is forked
+            // only by an entering process that exits 0).
+            Err(nix::errno::Errno::ECHILD) => return Ok(Some(self.entered.unwrap_or(125))),
+            Err(e) => return Err(Error::setup(format!("cannot wait: {}", e.desc()))),
+        }
+        Ok(match (self.entered, self.command) {
+            (Some(0), Some(code)) => Some(code),
+            (Some(0), None) => None,
+            (Some(failed), _) => Some(failed),
+            (None, _) => None,
+        })
+    }
+}
+
+/// Wait for the command, relaying the pty meanwhile; returns its exit code.
 fn relay(
     child: nix::unistd::Pid,
     mut console: Option<&mut Console>,
     signals: &SignalFd,
 ) -> Result<i32> {
     use nix::poll::{poll, PollFd, PollFlags};
-    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+    let mut kids = Children {
+        child,
+        entered: None,
+        command: None,
+    };
     loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(status) => {
-                if let Some(c) = console {
-                    c.finish();
-                }
-                return Ok(exit_code_of(status).unwrap_or(125));
+        if let Some(code) = kids.reap(false)? {
+            if let Some(c) = console {
+                c.finish();
             }
-            Err(e) => return Err(Error::setup(format!("cannot wait: {}", e.desc()))),
+            return Ok(code);
         }
         let Some(c) = console.as_deref_mut() else {
-            let status = waitpid(child, None).ctx(|| "cannot wait".into())?;
-            return Ok(exit_code_of(status).unwrap_or(125));
+            loop {
+                if let Some(code) = kids.reap(true)? {
+                    return Ok(code);
+                }
+            }
         };
         let timeout = c.poll_timeout();
         let ready: Vec<(std::os::fd::RawFd, bool)> = {
@@ -244,10 +282,8 @@ fn inside(
     tty: bool,
     sock: &SyncSocket,
 ) -> Result<Option<u32>> {
-    // This process stays in the container while the command runs: non-dumpable, so that the
-    // container's processes cannot ptrace it or reach our binary through /proc/PID/exe
-    // without CAP_SYS_PTRACE over it. (Under -U becoming the container's root below would
-    // make it so anyway; without -U the container's root has that capability, as nspawn's.)
+    // Out of the container's sight (its PID namespace holds only our children); non-dumpable
+    // all the same, until it execs ns-caps.
     nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-ctl non-dumpable".into())?;
     attach::join(&m.name, &m.cgroups, ns)?;
     if !tty {

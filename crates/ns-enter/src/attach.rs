@@ -1,7 +1,11 @@
 //! Joining a running container (ns-ctl's `shell`, ns-oci's `exec`): its cgroups, then its
 //! namespaces through the leader's /proc/PID/ns files (user first, so that it owns the rest;
 //! the mount namespace's root, which pivot_root made the container's, becomes ours). The
-//! caller forks once more so that its command is inside the PID namespace.
+//! joined process stays outside the container's PID namespace (setns affects only
+//! children), out of sight of its processes while it holds the host's privileges; it execs
+//! ns-caps `--fork`, which drops them and only then forks the command's process into the
+//! PID namespace: no process the container can see is ever more privileged than the
+//! container (nor has a host file of ours as exe or fd: design constraint 9).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -168,17 +172,15 @@ pub fn open_pty(name: &str) -> Result<(OwnedFd, u32)> {
     Ok((master, n))
 }
 
-/// In the command's process: a new session with pty `n` as controlling terminal and stdio.
-pub fn take_pty(n: u32) -> Result<()> {
-    nix::unistd::setsid().ctx(|| "cannot start a session".into())?;
+/// In the entering process: pty `n` as stdin, stdout and stderr (the command, forked by
+/// ns-caps, makes it its controlling terminal in a session of its own: `--setsid`).
+pub fn pty_as_stdio(n: u32) -> Result<()> {
     let slave = nix::fcntl::open(
         format!("/dev/pts/{n}").as_str(),
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .ctx(|| format!("cannot open /dev/pts/{n}"))?;
-    ns_core::sys::set_controlling_tty(slave.as_fd())
-        .ctx(|| "cannot take the pty as terminal".into())?;
     for target in 0..3 {
         ns_core::sys::dup_to(slave.as_raw_fd(), target)
             .ctx(|| format!("cannot make the pty fd {target}"))?;
@@ -186,17 +188,26 @@ pub fn take_pty(n: u32) -> Result<()> {
     Ok(())
 }
 
-/// In the command's process, forked inside the container: its pty (if any) as terminal, the
-/// signal mask and handlers reset, then ns-caps (opened before any setns) with `argv`.
+/// In the entering process, once joined (still outside the container's PID namespace, so
+/// out of its processes' sight, with the host's privileges): its pty (if any) as stdio, the
+/// signal mask and handlers reset, then ns-caps (opened before any setns) with `argv` and
+/// `--fork`: ns-caps drops every privilege first, then forks the command's process, the
+/// first one inside the PID namespace, as the child of our parent (which waits for it).
 /// Returns only on failure.
 pub fn exec_command(pty: Option<u32>, argv: &[String], fds: &ns_core::exec::StageFds) -> Error {
-    let r = pty.map_or(Ok(()), take_pty).and_then(|()| {
+    let r = pty.map_or(Ok(()), pty_as_stdio).and_then(|()| {
         ns_core::sys::reset_signals_for_exec().ctx(|| "cannot unblock signals".into())
     });
     match r {
         Ok(()) => {
             let _ = nix::unistd::chdir("/");
-            ns_core::exec::exec_stage("ns-caps", argv, fds)
+            let mut argv = argv.to_vec();
+            let mut flags = vec!["--fork".to_string()];
+            if pty.is_some() {
+                flags.push("--setsid".into());
+            }
+            argv.splice(1.min(argv.len())..1.min(argv.len()), flags);
+            ns_core::exec::exec_stage("ns-caps", &argv, fds)
         }
         Err(e) => e,
     }

@@ -1,16 +1,22 @@
 //! `exec`: a process (config.json's process format, from `--process`) in a running
 //! container. A child joins its cgroups and namespaces (ns_enter::attach, as `ns-ctl shell`
-//! does) and forks the process inside its PID namespace, which execs ns-caps with the
-//! container's system call filter and the process's own identity, capabilities and
-//! environment. With `--detach` we return once its pid is known (its parent exits, so it is
-//! reparented to the nearest subreaper: containerd's shim); else we wait and return its
-//! exit code. Nothing the container's processes can reach leads to a host file of ours: we
-//! run from a sealed copy of ns-oci, the process from a sealed copy of ns-caps.
+//! does) but stays outside its PID namespace, out of its processes' sight, and execs ns-caps
+//! `--fork` with the container's system call filter and the process's own identity,
+//! capabilities and environment: ns-caps drops every privilege, then forks the process, the
+//! first one inside the PID namespace, as our child (CLONE_PARENT), reports its pid and
+//! exits. So nothing the container can see is ever more privileged than the process asked
+//! for (container root holds CAP_SYS_PTRACE over the host's user namespace without a user
+//! namespace: it could attach to anything it sees). With `--detach` we return once its pid
+//! is known and written: the process is reparented to the nearest subreaper (containerd's
+//! shim, which reaps it and reads its exit status, as with runc); else we wait and return
+//! its exit code. Nothing the container's processes can reach leads to a host file of ours:
+//! we run from a sealed copy of ns-oci, the process from a sealed copy of ns-caps, holding
+//! stdio only.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use nix::sys::wait::waitpid;
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use ns_core::exec::{state_argv, StageFds};
 use ns_core::stage::{exit_code_of, fail};
 use ns_core::state::{ExecPlan, State, STATE_VERSION};
@@ -89,6 +95,7 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
         .map(crate::create::connect_console)
         .transpose()?;
     let (ours, theirs) = SyncSocket::pair()?;
+    theirs.set_inheritable()?;
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {
             drop(ours);
@@ -99,29 +106,54 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
             drop(theirs);
             drop(fds);
             drop(state_fd);
-            // The process's host pid, or EOF when the child failed (it said why).
+            // The process's host pid (from ns-caps), or a failure or EOF when the child
+            // failed (it said why).
+            let failed = |code: Option<i32>| {
+                Error::setup(format!(
+                    "cannot exec in container {} (exit {})",
+                    r.id,
+                    code.unwrap_or(-1)
+                ))
+            };
             let pid = match ours.recv()? {
                 Some(Msg::Pid(p)) => p,
-                _ => {
-                    let code = waitpid(child, None).ok().and_then(exit_code_of);
-                    return Err(Error::setup(format!(
-                        "cannot exec in container {} (exit {})",
-                        r.id,
-                        code.unwrap_or(-1)
-                    )));
-                }
+                _ => return Err(failed(waitpid(child, None).ok().and_then(exit_code_of))),
             };
+            drop(ours);
+            // ns-caps exits once it has forked the process.
+            match waitpid(child, None).ok().and_then(exit_code_of) {
+                Some(0) => {}
+                code => return Err(failed(code)),
+            }
+            // Only a child of ours may be named: the process held the sync socket until its
+            // first step, and a pid from anyone else must not reach the pid file.
+            let ours_only = nix::sys::wait::waitid(
+                nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
+            if pid == child.as_raw() || ours_only.is_err() {
+                return Err(Error::setup(format!(
+                    "cannot exec in container {}: pid {pid} reported is not the process's",
+                    r.id
+                )));
+            }
             if let Some(f) = r.pid_file {
                 crate::create::write_pid_file(f, pid)?;
             }
-            let code = waitpid(child, None).ok().and_then(exit_code_of);
-            Ok(if r.detach { 0 } else { code.unwrap_or(1) })
+            if r.detach {
+                return Ok(0);
+            }
+            let code = waitpid(nix::unistd::Pid::from_raw(pid), None)
+                .ok()
+                .and_then(exit_code_of);
+            Ok(code.unwrap_or(1))
         }
     }
 }
 
 /// In the child: into the container, the pty to the console socket (with a terminal), then
-/// the process forked inside the PID namespace. Returns only on failure.
+/// ns-caps `--fork`, which forks the process inside the PID namespace once it has dropped
+/// every privilege. Returns only on failure.
 fn inside(
     r: &Request,
     cgroups: &[std::path::PathBuf],
@@ -131,37 +163,26 @@ fn inside(
     state_fd: &OwnedFd,
     fds: &StageFds,
 ) -> Error {
-    let run = || -> Result<std::convert::Infallible> {
-        // We stay in the container while the process runs (without --detach): not
-        // ptrace-able or reachable through /proc/PID/exe by its processes.
+    let run = || -> Result<Option<u32>> {
+        // Out of the container's sight (its PID namespace holds only our children);
+        // non-dumpable all the same, until it execs ns-caps.
         nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-oci non-dumpable".into())?;
         attach::join(r.id, cgroups, ns)?;
-        let pty = match console {
+        match console {
             Some(c) => {
                 let (master, n) = attach::open_pty(r.id)?;
                 crate::create::send_console(c, &master)?;
-                Some(n)
+                Ok(Some(n))
             }
-            None => None,
-        };
-        match fork().ctx(|| "cannot fork in the container".into())? {
-            Forked::Child => Err(attach::exec_command(
-                pty,
-                &state_argv("ns-caps", state_fd.as_raw_fd(), None),
-                fds,
-            )),
-            Forked::Parent(p) => {
-                sock.send(&Msg::Pid(p.as_raw()))?;
-                if r.detach {
-                    std::process::exit(0);
-                }
-                let code = waitpid(p, None).ok().and_then(exit_code_of);
-                std::process::exit(code.unwrap_or(1))
-            }
+            None => Ok(None),
         }
     };
     match run() {
+        Ok(pty) => attach::exec_command(
+            pty,
+            &state_argv("ns-caps", state_fd.as_raw_fd(), Some(sock.raw())),
+            fds,
+        ),
         Err(e) => e,
-        Ok(never) => match never {},
     }
 }
