@@ -199,16 +199,42 @@ fn subreaper() {
     ONCE.call_once(|| assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0));
 }
 
-/// Reap our (adopted) child `pid`, and every other adopted child on the way: a process
-/// exec'd with --detach, reparented to us when PID 1 dies, which PID 1's exit waits for.
+/// Reap our (adopted) child `pid`, and every other adopted child of a container on the way:
+/// a process exec'd with --detach, reparented to us when PID 1 dies, which PID 1's exit
+/// waits for. Only processes of another PID namespace (two ids in NSpid): tests run in
+/// parallel in this process, and waitpid(-1) would take the child another test's Command is
+/// waiting for (ECHILD there).
 fn reap(pid: i32) {
-    loop {
+    let me = std::process::id().to_string();
+    let end = Instant::now() + Duration::from_secs(20);
+    let wait = |p: i32| {
         let mut st = 0;
         // SAFETY: waitpid with a valid status pointer.
-        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        unsafe { libc::waitpid(p, &mut st, libc::WNOHANG) }
+    };
+    while Instant::now() < end {
+        let r = wait(pid);
         if r == pid || r < 0 {
             return;
         }
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let status = fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k).map(|v| v.split_whitespace().count()))
+            };
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().to_string()));
+            if ppid.as_deref() == Some(me.as_str()) && field("NSpid:").unwrap_or(0) > 1 {
+                wait(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
