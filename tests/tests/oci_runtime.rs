@@ -200,6 +200,19 @@ fn kill_exec_ps_pause_update_delete() {
     .unwrap();
     let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), "verbs"]);
     assert_eq!((code, out.as_str()), (3, "y /out\nsleep\n"), "{err}");
+    // oomScoreAdj, as containerd's CRI sends it with every exec (0 included): written before
+    // the process joins the container (its /proc has no /proc/self for the joining process).
+    for adj in [0, 321] {
+        fs::write(
+            &proc_file,
+            json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "oomScoreAdj": adj,
+                   "args": ["cat", "/proc/self/oom_score_adj"]})
+            .to_string(),
+        )
+        .unwrap();
+        let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), "verbs"]);
+        assert_eq!((code, out.trim()), (0, adj.to_string().as_str()), "{err}");
+    }
     fs::write(
         &proc_file,
         json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["sleep", "1000"]}).to_string(),

@@ -75,7 +75,11 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
             )))
         }
     }
-    let plan = plan_of(r, saved.syscall_filter.clone())?;
+    let mut plan = plan_of(r, saved.syscall_filter.clone())?;
+    // Written by the joining process before it enters the mount namespace, as runc does:
+    // ns-caps --fork runs outside the container's PID namespace, where the container's
+    // /proc has no /proc/self; the value is inherited by the process it forks.
+    let oom_score_adj = plan.oom_score_adjust.take();
     let state = State {
         version: STATE_VERSION,
         machine: r.id.to_string(),
@@ -99,7 +103,16 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {
             drop(ours);
-            let e = inside(r, &cgroups, &ns, console.as_ref(), &theirs, &state_fd, &fds);
+            let e = inside(
+                r,
+                oom_score_adj,
+                &cgroups,
+                &ns,
+                console.as_ref(),
+                &theirs,
+                &state_fd,
+                &fds,
+            );
             fail("ns-oci", &e)
         }
         Forked::Parent(child) => {
@@ -117,6 +130,14 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
             };
             let pid = match ours.recv()? {
                 Some(Msg::Pid(p)) => p,
+                // The stage's own words (containerd shows the last line of our log).
+                Some(Msg::Failed { message, .. }) => {
+                    let _ = waitpid(child, None);
+                    return Err(Error::setup(format!(
+                        "cannot exec in container {}: {message}",
+                        r.id
+                    )));
+                }
                 _ => return Err(failed(waitpid(child, None).ok().and_then(exit_code_of))),
             };
             drop(ours);
@@ -154,8 +175,10 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
 /// In the child: into the container, the pty to the console socket (with a terminal), then
 /// ns-caps `--fork`, which forks the process inside the PID namespace once it has dropped
 /// every privilege. Returns only on failure.
+#[allow(clippy::too_many_arguments)]
 fn inside(
     r: &Request,
+    oom_score_adj: Option<i32>,
     cgroups: &[std::path::PathBuf],
     ns: &[(std::fs::File, nix::sched::CloneFlags)],
     console: Option<&std::os::unix::net::UnixStream>,
@@ -167,6 +190,11 @@ fn inside(
         // Out of the container's sight (its PID namespace holds only our children);
         // non-dumpable all the same, until it execs ns-caps.
         nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-oci non-dumpable".into())?;
+        if let Some(n) = oom_score_adj {
+            std::fs::write("/proc/self/oom_score_adj", n.to_string()).ctx(|| {
+                format!("process.oomScoreAdj={n}: cannot write /proc/self/oom_score_adj")
+            })?;
+        }
         attach::join(r.id, cgroups, ns)?;
         match console {
             Some(c) => {
