@@ -84,7 +84,26 @@ pub fn mount_point_dir(path: &Path, mode: u32) -> Result<PathBuf> {
     checked_dir(path, mode, true)
 }
 
+/// Directories this process has already made or checked, with the euid that checked them:
+/// a monitor asks for /run/ns-run several times per start. Checked once is enough: their
+/// parents belong to the same user (or /run, /tmp's sticky bit), so nobody else can swap
+/// them afterwards.
+static CHECKED: std::sync::Mutex<Vec<(PathBuf, u32)>> = std::sync::Mutex::new(Vec::new());
+
 fn checked_dir(path: &Path, mode: u32, repair: bool) -> Result<PathBuf> {
+    let me = nix::unistd::geteuid().as_raw();
+    let seen = |c: &Vec<(PathBuf, u32)>| c.iter().any(|(p, u)| p == path && *u == me);
+    if CHECKED.lock().is_ok_and(|c| seen(&c)) {
+        return Ok(path.to_path_buf());
+    }
+    let dir = check_dir(path, mode, repair)?;
+    if let Ok(mut c) = CHECKED.lock() {
+        c.push((dir.clone(), me));
+    }
+    Ok(dir)
+}
+
+fn check_dir(path: &Path, mode: u32, repair: bool) -> Result<PathBuf> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
     let created = match nix::unistd::mkdir(path, Mode::from_bits_truncate(mode)) {
@@ -392,7 +411,9 @@ mod tests {
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
         .unwrap();
-        let e = private_dir(&d, 0o700).unwrap_err();
+        // Checked once per process: a new check (as the next process would make) refuses it.
+        assert!(private_dir(&d, 0o700).is_ok());
+        let e = check_dir(&d, 0o700, false).unwrap_err();
         assert!(e.msg.contains("with mode 0777"), "{}", e.msg);
         let link = base.join("link");
         std::os::unix::fs::symlink(&d, &link).unwrap();
