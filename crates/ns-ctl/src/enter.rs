@@ -200,14 +200,16 @@ impl Children {
             Ok(status) => {
                 let code = exit_code_of(status);
                 if status.pid() == Some(self.child) {
-                    self.entered = Some(code.unwrap_or(125));
+                    self.entered = Some(code.unwrap_or(ns_core::error::EXIT_SETUP));
                 } else if code.is_some() {
                     self.command = code;
                 }
             }
             // No child left: the command's process is not ours (cannot be: it is forked
             // only by an entering process that exits 0).
-            Err(nix::errno::Errno::ECHILD) => return Ok(Some(self.entered.unwrap_or(125))),
+            Err(nix::errno::Errno::ECHILD) => {
+                return Ok(Some(self.entered.unwrap_or(ns_core::error::EXIT_SETUP)))
+            }
             Err(e) => return Err(Error::setup(format!("cannot wait: {}", e.desc()))),
         }
         Ok(match (self.entered, self.command) {

@@ -38,7 +38,7 @@ fn main() {
             match s.recv()? {
                 Some(Msg::Cgroups) => ns_enter::cgroups::join_v1(cgroups)?,
                 // The monitor failed (and said why) or is gone.
-                _ => std::process::exit(125),
+                _ => std::process::exit(ns_core::error::EXIT_SETUP),
             }
         }
         ns_core::stage::fault("ns-enter:start");
