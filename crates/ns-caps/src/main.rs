@@ -153,8 +153,10 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     let gid = nix::unistd::Gid::from_raw(user.gid);
     let uid = nix::unistd::Uid::from_raw(user.uid);
     // A rootless user namespace with one mapped id denies setgroups; there is nothing to
-    // clear then.
-    if !(groups.is_empty() && ns_core::sys::setgroups_denied()) {
+    // clear then (never judged from /proc/self: under --fork it is the container's /proc).
+    if groups.is_empty() {
+        ns_core::sys::clear_groups().ctx(|| "cannot clear supplementary groups".into())?;
+    } else {
         nix::unistd::setgroups(&groups)
             .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))?;
     }

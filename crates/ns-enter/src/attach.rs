@@ -148,10 +148,9 @@ pub fn join(name: &str, cgroups: &[PathBuf], ns: &[(File, CloneFlags)]) -> Resul
     if ns.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER) {
         // Our host ids mean nothing in there: become its root, or exec would drop every
         // capability (ns-caps then becomes the user asked for).
-        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-        if !ns_core::sys::setgroups_denied() {
-            setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
-        }
+        use nix::unistd::{setresgid, setresuid, Gid, Uid};
+        // (Our /proc/self is gone: that /proc is the container's.)
+        ns_core::sys::clear_groups().ctx(|| "cannot clear supplementary groups".into())?;
         let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
         setresgid(g, g, g).ctx(|| format!("cannot become root of {name}"))?;
         setresuid(u, u, u).ctx(|| format!("cannot become root of {name}"))?;
