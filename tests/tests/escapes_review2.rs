@@ -49,3 +49,62 @@ fn a_fake_proc_self_setgroups_does_not_keep_the_callers_groups() {
         );
     }
 }
+
+/// The host's environment of whoever runs `ns-ctl shell` (tokens, agent sockets, proxy
+/// credentials...) must not reach the container: the command gets TERM and its `-E` only,
+/// and so must the process the container sees before the command's exec (ns-caps, forked
+/// inside), whose /proc/PID/environ container root can read (here: stopped with ptrace, as
+/// `ns-probe ptrace` does, and read). Default and -U.
+#[test]
+fn ns_ctl_shell_does_not_show_the_callers_environment() {
+    for (opts, tag) in [(&[][..], "d"), (&["-U"][..], "u")] {
+        let t = Tree::rootfs(&format!("rv2-env-{tag}"));
+        std::fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
+        let out = t.host_dir("out");
+        let name = format!("rv2-env-{tag}-{}", std::process::id());
+        let mut c = ns_run_registered();
+        t.tag(&mut c)
+            .args(["-q", "-M", &name, "-D", t.arg()])
+            .arg(format!("--bind={}:/out", out.display()))
+            .args(opts)
+            .args(["ns-probe", "ptrace", "/out/stop"]);
+        let mut r = spawn_until(c, "ready");
+        let mut report = String::new();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Until the loop has stopped a process of ours before its command's exec (its
+            // environment is then ns-caps's, not /bin/true's), at most 60 rounds.
+            for _ in 0..60 {
+                let mut sh = Command::new(bin("ns-ctl"));
+                sh.env_remove("NS_DEBUG")
+                    .env("RV2_HOST_SECRET", "hunter2")
+                    .args(["shell", &name, "--", "/bin/true"]);
+                let o = run_cmd(sh, None);
+                assert_eq!(o.code, 0, "ns-ctl shell: {o}");
+                r.wait_stdout("\0", std::time::Duration::from_millis(50));
+                report = r.stdout_so_far();
+                let before_exec = report
+                    .lines()
+                    .filter(|l| l.starts_with("environ ") && !l.starts_with("environ 1 "))
+                    .any(|l| l.split_whitespace().nth(2) != Some("true"));
+                if before_exec || report.contains("hunter2") {
+                    return;
+                }
+            }
+            panic!("the loop never stopped a process of ours before its exec:\n{report}");
+        }));
+        std::fs::write(out.join("stop"), "").unwrap();
+        let o = r.wait();
+        if let Err(p) = res {
+            std::panic::resume_unwind(p);
+        }
+        assert!(
+            !o.stdout.contains("hunter2"),
+            "{opts:?}: the container read the caller's environment: {}",
+            o.stdout
+                .lines()
+                .filter(|l| l.contains("hunter2"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

@@ -206,7 +206,9 @@ pub fn exec_command(pty: Option<u32>, argv: &[String], fds: &ns_core::exec::Stag
                 flags.push("--setsid".into());
             }
             argv.splice(1.min(argv.len())..1.min(argv.len()), flags);
-            ns_core::exec::exec_stage("ns-caps", &argv, fds)
+            // ns-caps's environ is in sight of the container's processes once it has
+            // forked (until the command's exec): none of the host's environment.
+            ns_core::exec::exec_stage_scrubbed("ns-caps", &argv, fds)
         }
         Err(e) => e,
     }
