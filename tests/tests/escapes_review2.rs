@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use ns_tests::{bin, ns_run_registered, run_cmd, spawn_until, Tree};
+use ns_tests::{bin, in_fresh_run, ns_run_registered, run_cmd, spawn_until, Tree};
 
 /// Container root puts a tmpfs over its /proc with `self/setgroups` saying `deny`, then the
 /// host's root runs `ns-ctl shell` with supplementary groups of its own (here 4242; a
@@ -107,4 +107,29 @@ fn ns_ctl_shell_does_not_show_the_callers_environment() {
                 .join("\n")
         );
     }
+}
+
+/// The same code path, rootless: a user's own container (its user namespace maps one id and
+/// denies setgroups). The entering process cannot read /proc/self/setgroups there (that
+/// /proc is the container's, without it), so it must not need to: `ns-ctl shell` of the
+/// user's container works, as the user.
+#[test]
+fn a_rootless_users_shell_enters_its_container() {
+    let t = Tree::rootfs("rv2-rlshell");
+    let out = in_fresh_run(
+        &t,
+        r#"B="$BASE/bins"; mkdir -p "$B"; for b in ns-run ns-enter ns-mount ns-caps ns-init ns-ctl; do cp "$BIN/$b" "$B/"; done
+chmod 0755 "$BASE" "$B"; chown -R 65534:65534 "$TREE"
+X="$BASE/xdg"; mkdir -m 0700 "$X"; chown 65534:65534 "$X"
+as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups env XDG_RUNTIME_DIR="$X" "$@"; }
+as_user "$B/ns-run" -q -U -M rv2rl -D "$TREE" sh -c 'touch /ready; i=0; while [ ! -e /stop ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done' </dev/null >"$BASE/out" 2>&1 & first=$!
+i=0; until [ -e "$TREE/ready" ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+rc=0; as_user "$B/ns-ctl" shell rv2rl -- sh -c 'echo inside-$(id -u)' </dev/null || rc=$?; echo "shell: $rc"
+touch "$TREE/stop"; wait $first || true
+cat "$BASE/out"
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("inside-0\n"), "{out}");
+    assert!(out.stdout.contains("shell: 0\n"), "{out}");
 }
