@@ -133,3 +133,47 @@ cat "$BASE/out"
     assert!(out.stdout.contains("inside-0\n"), "{out}");
     assert!(out.stdout.contains("shell: 0\n"), "{out}");
 }
+
+/// The fallback for older versions' directory lock counts a flock on the tree's directory
+/// when /proc/locks names an `ns-run` of root's as its holder. But /proc/locks names the
+/// process that *took* the lock, even once it has died (the lock lives on in whoever
+/// inherited the file), and pids are reused: another user flocks the tree directory, hands
+/// the file to a child and exits; once any root `ns-run` (any other container's monitor)
+/// gets that pid, root's containers on the tree are "busy". (A user who holds such stale
+/// locks over the whole pid range keeps root off the tree while any container runs.) Here
+/// the pid is given to a root process named ns-run through ns_last_pid.
+#[test]
+fn a_stale_pid_in_proc_locks_does_not_make_a_tree_busy() {
+    let t = Tree::rootfs("rv2-stalelock");
+    let out = in_fresh_run(
+        &t,
+        r#"chmod 0755 "$BASE" "$TREE"
+cleanup() { [ -n "$p" ] && kill "$p" 2>/dev/null; [ -s "$BASE/holder" ] && kill "$(cat "$BASE/holder")" 2>/dev/null; true; }
+trap cleanup EXIT
+p=
+setpriv --reuid=65534 --regid=65534 --clear-groups flock -s "$TREE" sh -c 'echo $$; exec sleep 120' </dev/null >"$BASE/holder" 2>/dev/null &
+locker=$!
+ino=$(stat -c %i "$TREE")
+i=0; until grep -q ":$ino " /proc/locks && [ -s "$BASE/holder" ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+kill -9 "$locker"; wait "$locker" 2>/dev/null || true
+grep ":$ino " /proc/locks | sed "s/^/lock: /"
+cp /bin/sleep "$BASE/ns-run"
+i=0
+while [ $i -lt 300 ]; do
+  echo $((locker - 1)) > /proc/sys/kernel/ns_last_pid
+  "$BASE/ns-run" 120 </dev/null >/dev/null 2>&1 & p=$!
+  [ "$p" = "$locker" ] && break
+  kill "$p"; wait "$p" 2>/dev/null || true; p=; i=$((i+1))
+done
+echo "reused: ${p:-no}"
+rc=0; "$NS_RUN" --register=no -q -D "$TREE" true </dev/null 2>"$BASE/err" || rc=$?
+echo "root: $rc $(cat "$BASE/err")"
+"#,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        !out.stdout.contains("reused: no"),
+        "the pid was never reused: {out}"
+    );
+    assert!(out.stdout.contains("root: 0 \n"), "{out}");
+}
