@@ -30,7 +30,7 @@ fn a_fake_proc_self_setgroups_does_not_keep_the_callers_groups() {
                 "mount -t tmpfs none /proc && mkdir /proc/self && \
                  echo deny > /proc/self/setgroups && echo ready; exec sleep 100",
             ]);
-        let mut running = spawn_until(c, "ready");
+        let running = spawn_until(c, "ready");
         let mut shell = Command::new("setpriv");
         shell
             .args(["--groups=4242", "--"])
