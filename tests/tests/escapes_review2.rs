@@ -177,3 +177,43 @@ echo "root: $rc $(cat "$BASE/err")"
     );
     assert!(out.stdout.contains("root: 0 \n"), "{out}");
 }
+
+/// The container's /etc/passwd is a FIFO when the host's root runs `ns-ctl shell NAME USER`
+/// (or `ns-oci exec` with a `process.user`, which always looks the user up): ns-caps reads
+/// it before forking the command, in a process outside the container's PID namespace that
+/// still holds the host's privileges: blocked there, nothing in the container can kill it,
+/// ns-ctl never returns, and the container's cgroups can never be removed. The FIFO (and
+/// /dev/zero, and a huge file) must be refused without blocking.
+#[test]
+fn a_fifo_as_etc_passwd_does_not_hang_the_entering_process() {
+    let t = Tree::rootfs("rv2-fifo");
+    let name = format!("rv2-fifo-{}", std::process::id());
+    let mut c = ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args([
+            "sh",
+            "-c",
+            "rm -f /etc/passwd && mkfifo /etc/passwd && echo ready; exec sleep 100",
+        ]);
+    let running = spawn_until(c, "ready");
+    let mut shell = Command::new(bin("ns-ctl"));
+    shell
+        .args(["shell", &name, "root", "--", "true"])
+        .env_remove("NS_DEBUG");
+    let res = ns_tests::spawn(shell, None).wait_for(std::time::Duration::from_secs(20));
+    // A reader still blocked in there is set free (a writer comes and goes), so that the
+    // container can end.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(t.path().join("etc/passwd"));
+    }
+    running.signal(libc::SIGKILL);
+    let _ = running.wait();
+    let out = res.unwrap_or_else(|o| panic!("ns-ctl shell hung on the FIFO: {o}"));
+    assert_eq!(out.code, 125, "{out}");
+    assert!(out.stderr.contains("--user=root"), "{out}");
+}
