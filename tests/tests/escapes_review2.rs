@@ -217,3 +217,41 @@ fn a_fifo_as_etc_passwd_does_not_hang_the_entering_process() {
     assert_eq!(out.code, 125, "{out}");
     assert!(out.stderr.contains("--user=root"), "{out}");
 }
+
+/// Container root mounts cgroup2 (its cgroup namespace's root is its payload cgroup) and
+/// makes a child cgroup called `tasks` there: the entering process must still join through
+/// cgroup.procs (a cgroup2 directory has no `tasks` file of its own), or `ns-ctl shell`
+/// fails for good ("cannot join cgroup"). Only where the host mounts cgroup2 (hybrid or
+/// unified).
+#[test]
+fn a_cgroup_named_tasks_does_not_keep_ns_ctl_shell_out() {
+    let has_v2 = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
+    if !has_v2 {
+        eprintln!("skipped: no cgroup2 hierarchy on this host");
+        return;
+    }
+    let t = Tree::rootfs("rv2-tasks");
+    let name = format!("rv2-tasks-{}", std::process::id());
+    let mut c = ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args([
+            "sh",
+            "-c",
+            "mkdir -p /tmp/u && mount -t cgroup2 none /tmp/u && mkdir /tmp/u/tasks && \
+             echo ready; exec sleep 100",
+        ]);
+    let running = spawn_until(c, "ready");
+    let mut shell = Command::new(bin("ns-ctl"));
+    shell
+        .args(["shell", &name, "--", "echo", "inside"])
+        .env_remove("NS_DEBUG");
+    let out = run_cmd(shell, None);
+    running.signal(libc::SIGKILL);
+    let _ = running.wait();
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout, "inside\n", "{out}");
+}

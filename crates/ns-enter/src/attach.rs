@@ -128,11 +128,14 @@ pub fn join(name: &str, cgroups: &[PathBuf], ns: &[(File, CloneFlags)]) -> Resul
             )));
         }
         // v1 through `tasks` (this process has one thread), cgroup2 through cgroup.procs;
-        // never through a symlink, never creating a file.
-        let f = if dir.join("tasks").exists() {
-            dir.join("tasks")
-        } else {
+        // never through a symlink, never creating a file. Which by the file system, not by
+        // what is there: in cgroup2 the container's root may make a child cgroup `tasks`.
+        let v2 = nix::sys::statfs::statfs(dir.as_path())
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+        let f = if v2 {
             dir.join("cgroup.procs")
+        } else {
+            dir.join("tasks")
         };
         std::fs::File::options()
             .write(true)
