@@ -255,3 +255,42 @@ fn a_cgroup_named_tasks_does_not_keep_ns_ctl_shell_out() {
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(out.stdout, "inside\n", "{out}");
 }
+
+/// What the command gets of the caller's environment is still what it asks for: `-E VAR`
+/// (its value from the caller), `-E VAR=VALUE`, and TERM, with the stage's environment
+/// scrubbed.
+#[test]
+fn ns_ctl_shell_passes_what_is_asked_of_the_callers_environment() {
+    let t = Tree::rootfs("rv2-envok");
+    let name = format!("rv2-envok-{}", std::process::id());
+    let mut c = ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    let running = spawn_until(c, "ready");
+    let mut shell = Command::new(bin("ns-ctl"));
+    shell
+        .env_remove("NS_DEBUG")
+        .env("RV2_ASKED", "from-caller")
+        .env("RV2_NOT_ASKED", "hidden")
+        .env("TERM", "vt220")
+        .args([
+            "shell",
+            &name,
+            "-E",
+            "RV2_ASKED",
+            "-E",
+            "RV2_SET=given",
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "echo $RV2_ASKED $RV2_SET $TERM x${RV2_NOT_ASKED}x",
+        ]);
+    let out = run_cmd(shell, None);
+    running.signal(libc::SIGKILL);
+    let _ = running.wait();
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout, "from-caller given vt220 xx\n", "{out}");
+}
