@@ -44,7 +44,9 @@
 //!                                attached: `attached PID NAME CapEff=.. CapPrm=.. CapBnd=..
 //!                                Seccomp=N fds=[..]`, then `PRIVILEGED PID ...` when it held
 //!                                a capability beyond our own bounding set or a weaker
-//!                                system call filter than ours; `ready` first, `done` last.
+//!                                system call filter than ours; after each, `environ PID
+//!                                NAME VAR=VALUE...` (its /proc/PID/environ); `ready`
+//!                                first, `done` last.
 
 fn errno_name(e: i32) -> String {
     match e {
@@ -503,10 +505,15 @@ fn inspect(pid: i32, bound: u64, filtered: u32) -> Option<String> {
         let line = format!(
             "{pid} {name} CapEff={eff:x} CapPrm={prm:x} CapBnd={bnd:x} Seccomp={sec} fds={fds:?}"
         );
+        // What its environment says (the host tool's, before the command's exec?).
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|e| String::from_utf8_lossy(&e).replace('\0', " "))
+            .unwrap_or_default();
+        let environ = format!("\nenviron {pid} {name} {}", environ.trim_end());
         if (eff | prm | bnd) & !bound != 0 || sec < filtered {
-            format!("attached {line}\nPRIVILEGED {line}")
+            format!("attached {line}\nPRIVILEGED {line}{environ}")
         } else {
-            format!("attached {line}")
+            format!("attached {line}{environ}")
         }
     });
     // SAFETY: as above; detaching a tracee that is not stopped fails harmlessly (our exit

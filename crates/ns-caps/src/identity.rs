@@ -114,11 +114,25 @@ pub fn lookup_user(spec: Option<&str>) -> Result<User> {
     match spec {
         None => Ok(User::root()),
         Some(s) => {
-            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            let passwd = read_accounts_file("etc/passwd").unwrap_or_default();
+            let group = read_accounts_file("etc/group").unwrap_or_default();
             resolve_user(s, &passwd, &group)
         }
     }
+}
+
+/// The largest passwd or group file read.
+const MAX_ACCOUNTS_FILE: u64 = 4 << 20;
+
+/// The container's passwd or group file, read by a process that may still hold the host's
+/// privileges outside the container's PID namespace (ns-caps --fork, which nothing in there
+/// can kill): only a regular file, opened without blocking (a FIFO would hold us forever),
+/// at most [`MAX_ACCOUNTS_FILE`] bytes (/dev/zero would fill memory); None otherwise.
+fn read_accounts_file(rel: &str) -> Option<String> {
+    let b = ns_core::paths::read_in_root(Path::new("/"), rel, MAX_ACCOUNTS_FILE + 1)?;
+    (b.len() as u64 <= MAX_ACCOUNTS_FILE)
+        .then(|| String::from_utf8(b).ok())
+        .flatten()
 }
 
 /// A valid environment name: not empty, no leading digit, only [A-Za-z0-9_].

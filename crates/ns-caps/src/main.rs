@@ -112,6 +112,20 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     debug(STAGE, || {
         format!("retain {retain:#x} ambient {ambient:#x} uid {}", user.uid)
     });
+    // Supplementary groups before the filter, so that only the user namespace can refuse
+    // them: a rootless one with one mapped id denies setgroups, and there is nothing to
+    // clear then (never judged from /proc/self: under --fork that is the container's /proc).
+    let groups: Vec<nix::unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    if groups.is_empty() {
+        ns_core::sys::clear_groups().ctx(|| "cannot clear supplementary groups".into())?;
+    } else {
+        nix::unistd::setgroups(&groups)
+            .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))?;
+    }
     // The filter first, while we hold CAP_SYS_ADMIN (it needs that or no_new_privs); what
     // follows here uses only calls it allows (@setuid, capset, prctl of @process).
     if let Some(f) = plan
@@ -145,19 +159,8 @@ fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> R
     if user.uid != 0 && (ambient != 0 || permitted != 0) {
         nix::sys::prctl::set_keepcaps(true).ctx(|| "cannot keep capabilities".into())?;
     }
-    let groups: Vec<nix::unistd::Gid> = user
-        .groups
-        .iter()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
     let gid = nix::unistd::Gid::from_raw(user.gid);
     let uid = nix::unistd::Uid::from_raw(user.uid);
-    // A rootless user namespace with one mapped id denies setgroups; there is nothing to
-    // clear then.
-    if !(groups.is_empty() && ns_core::sys::setgroups_denied()) {
-        nix::unistd::setgroups(&groups)
-            .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))?;
-    }
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("cannot set gid {}", user.gid))?;
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("cannot set uid {}", user.uid))?;
 

@@ -282,6 +282,26 @@ pub fn exec_stage(name: &str, argv: &[String], fds: &StageFds) -> Error {
     exec_stage_with(name, argv, fds, &env)
 }
 
+/// What a stage run where a container's processes can read /proc/PID/environ (ns-caps
+/// `--fork`) keeps of our environment: nothing of the host user's but our own switches.
+pub const STAGE_ENV_KEPT: &[&str] = &[
+    "NS_DEBUG",
+    "NS_FAULT",
+    "TERM",
+    "SYSTEMD_NSPAWN_CONTAINER_SERVICE",
+];
+
+/// [`exec_stage`] with only [`STAGE_ENV_KEPT`] of our environment (and the stage fds): for a
+/// stage whose process the container sees before it execs the command.
+pub fn exec_stage_scrubbed(name: &str, argv: &[String], fds: &StageFds) -> Error {
+    let mut env: Vec<String> = STAGE_ENV_KEPT
+        .iter()
+        .filter_map(|k| std::env::var_os(k).map(|v| format!("{k}={}", v.to_string_lossy())))
+        .collect();
+    env.push(format!("{STAGE_FDS_ENV}={}", fds.to_env_value()));
+    exec_stage_with(name, argv, fds, &env)
+}
+
 /// Exec stage `name` as the last one of the chain: with the payload's environment and only
 /// stdin, stdout and stderr open (ns-caps → ns-init).
 pub fn exec_last_stage(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {

@@ -567,6 +567,19 @@ pub fn setgroups_denied() -> bool {
     std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
 
+/// Drop every supplementary group, where the user namespace lets anyone: EPERM is taken as
+/// a namespace whose setgroups is denied (a rootless one, whose maps its own user wrote: the
+/// groups held are that user's, which all its processes hold too). Never decided by reading
+/// /proc/self/setgroups: a process that joined a container's mount namespace from outside
+/// its PID namespace has no /proc/self there, and the container's root can put a /proc of
+/// its own making there that says `deny`.
+pub fn clear_groups() -> nix::Result<()> {
+    match nix::unistd::setgroups(&[]) {
+        Err(Errno::EPERM) => Ok(()),
+        r => r,
+    }
+}
+
 /// Unlock a pty master (TIOCSPTLCK 0) and return its slave's number (TIOCGPTN).
 pub fn pty_unlock(master: std::os::fd::BorrowedFd<'_>) -> nix::Result<u32> {
     use std::os::fd::AsRawFd;

@@ -128,11 +128,14 @@ pub fn join(name: &str, cgroups: &[PathBuf], ns: &[(File, CloneFlags)]) -> Resul
             )));
         }
         // v1 through `tasks` (this process has one thread), cgroup2 through cgroup.procs;
-        // never through a symlink, never creating a file.
-        let f = if dir.join("tasks").exists() {
-            dir.join("tasks")
-        } else {
+        // never through a symlink, never creating a file. Which by the file system, not by
+        // what is there: in cgroup2 the container's root may make a child cgroup `tasks`.
+        let v2 = nix::sys::statfs::statfs(dir.as_path())
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+        let f = if v2 {
             dir.join("cgroup.procs")
+        } else {
+            dir.join("tasks")
         };
         std::fs::File::options()
             .write(true)
@@ -148,10 +151,9 @@ pub fn join(name: &str, cgroups: &[PathBuf], ns: &[(File, CloneFlags)]) -> Resul
     if ns.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER) {
         // Our host ids mean nothing in there: become its root, or exec would drop every
         // capability (ns-caps then becomes the user asked for).
-        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-        if !ns_core::sys::setgroups_denied() {
-            setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
-        }
+        use nix::unistd::{setresgid, setresuid, Gid, Uid};
+        // (Our /proc/self is gone: that /proc is the container's.)
+        ns_core::sys::clear_groups().ctx(|| "cannot clear supplementary groups".into())?;
         let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
         setresgid(g, g, g).ctx(|| format!("cannot become root of {name}"))?;
         setresuid(u, u, u).ctx(|| format!("cannot become root of {name}"))?;
@@ -207,7 +209,9 @@ pub fn exec_command(pty: Option<u32>, argv: &[String], fds: &ns_core::exec::Stag
                 flags.push("--setsid".into());
             }
             argv.splice(1.min(argv.len())..1.min(argv.len()), flags);
-            ns_core::exec::exec_stage("ns-caps", &argv, fds)
+            // ns-caps's environ is in sight of the container's processes once it has
+            // forked (until the command's exec): none of the host's environment.
+            ns_core::exec::exec_stage_scrubbed("ns-caps", &argv, fds)
         }
         Err(e) => e,
     }

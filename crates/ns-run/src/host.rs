@@ -137,7 +137,23 @@ fn ns_run_holds(id: (u64, u64)) -> bool {
             && ids.len() == 2
             && ids[0] == ids[1]
             && (ids[0] == uid || ids[0] == "0")
+            && has_open(pid, id)
     })
+}
+
+/// Has process `pid` the directory `id` (device, inode) open? /proc/locks names the process
+/// that took a flock even after it died (the lock lives on in whoever inherited the file),
+/// and pids are reused: a user's stale lock must not count for a later `ns-run` of root's
+/// given its pid. The holder of an older version's lock (its monitor) keeps the directory
+/// open. A process whose fds we may not read (root's, for a rootless user) still counts.
+fn has_open(pid: &str, id: (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(d) => d,
+        Err(e) => return e.kind() == std::io::ErrorKind::PermissionDenied,
+    };
+    fds.flatten()
+        .any(|f| std::fs::metadata(f.path()).is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == id))
 }
 
 /// Is the tree at `root` unused (no container runs on it)? Then Some: the lock that keeps
