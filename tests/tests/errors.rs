@@ -435,3 +435,18 @@ fn tmpfs_bad_options_fail_in_ns_mount() {
         &["/mnt/t", "bogus=1"],
     );
 }
+
+#[test]
+fn ns_caps_fork_misuse_is_refused() {
+    // --fork is for a process that joined a running container from outside its PID
+    // namespace: a start fifo, --as-pid2 or an OOM score (whose /proc/self is not there) is
+    // refused before anything is done.
+    for extra in [&["-a"][..], &["--oom-score-adjust=5"]] {
+        let mut c = ns_tests::stage("ns-caps");
+        c.arg("--fork").args(extra).args(["--", "/bin/true"]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 125, "{extra:?}\n{out}");
+        assert_one_line(&out, "ns-caps: ");
+        assert!(out.stderr.contains("--fork"), "{extra:?}\n{out}");
+    }
+}

@@ -54,6 +54,15 @@ fn main() {
                     .into(),
             ));
         }
+        if args.fork && plan.oom_score_adjust.is_some() {
+            // Outside the container's PID namespace its /proc has no /proc/self (and the
+            // container could put a file there): the caller writes it before joining.
+            return Err(Error::setup(
+                "--fork: --oom-score-adjust must be set by the caller before it joins the \
+                 container"
+                    .into(),
+            ));
+        }
         if plan.console {
             take_console(!plan.as_pid2)?;
         }
