@@ -37,7 +37,7 @@ use ns_core::state::Console as Mode;
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
-use ns_enter::attach;
+use ns_host::attach;
 use std::os::fd::AsRawFd;
 
 const STAGE: &str = "ns-ctl";

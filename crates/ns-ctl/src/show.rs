@@ -71,7 +71,7 @@ pub fn processes(m: &Machine) -> Vec<i32> {
         .iter()
         .find_map(|d| {
             let mut pids = Vec::new();
-            pids.extend(ns_enter::cgroups::procs_below(d));
+            pids.extend(ns_host::cgroups::procs_below(d));
             (!pids.is_empty()).then_some(pids)
         })
         .unwrap_or_default()

@@ -11,11 +11,7 @@
 //! with its status (128+N for a signal).
 #![forbid(unsafe_code)]
 
-pub mod attach;
 pub mod cgroups;
-pub mod devices;
-pub mod resources;
-pub mod userns;
 
 use clap::Parser;
 use ns_core::state::{EnterPlan, Namespace};

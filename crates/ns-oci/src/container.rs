@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ns_core::state::SyscallFilter;
 use ns_core::{Context, Error, Result};
-use ns_enter::cgroups::Cgroup;
+use ns_host::cgroups::Cgroup;
 use serde::{Deserialize, Serialize};
 
 /// What `create` records for the other verbs.
@@ -202,7 +202,7 @@ impl Saved {
     /// its one process while it lives.
     pub fn pids(&self) -> Vec<i32> {
         match self.procs_dir() {
-            Some(d) => ns_enter::cgroups::procs_below(d),
+            Some(d) => ns_host::cgroups::procs_below(d),
             None if self.alive() => vec![self.pid],
             None => vec![],
         }

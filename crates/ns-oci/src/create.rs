@@ -20,7 +20,7 @@ use ns_core::state::{IdBase, Ownership, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, fork_into_cgroup, Forked};
 use ns_core::{Context, Error, Result};
-use ns_enter::cgroups::Cgroup;
+use ns_host::cgroups::Cgroup;
 use ns_run::oci;
 
 use crate::container::{self, Saved, SavedCgroup};
@@ -58,9 +58,9 @@ impl Undo {
         }
         remove_created(&self.created);
         for c in self.cgroups.iter().rev() {
-            ns_enter::cgroups::remove(&c.dir);
+            ns_host::cgroups::remove(&c.dir);
         }
-        ns_enter::cgroups::remove_levels(&self.levels);
+        ns_host::cgroups::remove_levels(&self.levels);
         if let Some(d) = self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -153,7 +153,7 @@ fn cgroup_path(given: Option<PathBuf>, id: &str, systemd: bool) -> Result<PathBu
             let slice = if slice.is_empty() {
                 String::new()
             } else {
-                ns_enter::cgroups::slice_path(slice)?
+                ns_host::cgroups::slice_path(slice)?
             };
             Ok(PathBuf::from(slice).join(format!("{prefix}-{name}.scope")))
         }
@@ -269,9 +269,9 @@ fn run_chain(
             .as_ref()
             .and_then(|l| l.cgroups_path().clone());
         let rel = cgroup_path(given, r.id, g.systemd_cgroup)?;
-        let hs = ns_enter::cgroups::hierarchies();
+        let hs = ns_host::cgroups::hierarchies();
         for v2 in [true, false] {
-            let (made, levels) = ns_enter::cgroups::create_at(&hs, &rel, v2)?;
+            let (made, levels) = ns_host::cgroups::create_at(&hs, &rel, v2)?;
             undo.cgroups.extend(made);
             undo.levels.extend(levels);
         }
@@ -291,7 +291,7 @@ fn run_chain(
         saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
         saved.cgroup_levels = undo.levels.clone();
         container::save(dir, &saved)?;
-        ns_enter::resources::apply(&state.monitor.properties, &undo.cgroups)?;
+        ns_host::resources::apply(&state.monitor.properties, &undo.cgroups)?;
         state.enter.cgroups = Some(
             undo.cgroups
                 .iter()
@@ -320,7 +320,7 @@ fn run_chain(
     state.exec.start_fd = Some(fifo_fd.as_raw_fd());
     let state_fd = state.to_sealed_memfd()?;
     let (sync, chain_end) = SyncSocket::pair()?;
-    let v2_dir = ns_enter::cgroups::v2_dir(&undo.cgroups)?;
+    let v2_dir = ns_host::cgroups::v2_dir(&undo.cgroups)?;
     let forked = match &v2_dir {
         Some(d) => fork_into_cgroup(d.as_fd())
             .ctx(|| "cannot fork into the container's cgroup2 directory".into())?,
@@ -377,7 +377,7 @@ fn run_chain(
                 let IdBase::Fixed(base) = u.base else {
                     return Err(Error::setup("no id range for the user namespace".into()));
                 };
-                ns_enter::userns::write_maps(enter.as_raw(), base, u.count, &[])?;
+                ns_host::userns::write_maps(enter.as_raw(), base, u.count, &[])?;
                 sync.send(&Msg::Mapped)?;
             }
             Msg::Console => {

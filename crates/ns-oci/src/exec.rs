@@ -1,5 +1,5 @@
 //! `exec`: a process (config.json's process format, from `--process`) in a running
-//! container. A child joins its cgroups and namespaces (ns_enter::attach, as `ns-ctl shell`
+//! container. A child joins its cgroups and namespaces (ns_host::attach, as `ns-ctl shell`
 //! does) but stays outside its PID namespace, out of its processes' sight, and execs ns-caps
 //! `--fork` with the container's system call filter and the process's own identity,
 //! capabilities and environment: ns-caps drops every privilege, then forks the process, the
@@ -23,7 +23,7 @@ use ns_core::state::{ExecPlan, State, STATE_VERSION};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
-use ns_enter::attach;
+use ns_host::attach;
 
 use crate::container::{self, Status};
 use crate::Global;

@@ -328,7 +328,7 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
                 })
                 .collect();
             let cgroups: Vec<_> = s.cgroups.iter().map(|c| c.cgroup()).collect();
-            ns_enter::resources::apply(&props, &cgroups)?;
+            ns_host::resources::apply(&props, &cgroups)?;
             Ok(0)
         }
         Cmd::Features => {
@@ -507,14 +507,14 @@ fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
     }
     create::remove_created(&s.created_paths);
     for c in s.cgroups.iter().rev() {
-        if !ns_enter::cgroups::remove(&c.dir) {
+        if !ns_host::cgroups::remove(&c.dir) {
             return Err(Error::setup(format!(
                 "cannot remove cgroup {} of container {id}",
                 c.dir.display()
             )));
         }
     }
-    ns_enter::cgroups::remove_levels(&s.cgroup_levels);
+    ns_host::cgroups::remove_levels(&s.cgroup_levels);
     std::fs::remove_dir_all(&dir).ctx(|| format!("cannot remove {}", dir.display()))
 }
 

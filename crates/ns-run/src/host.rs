@@ -309,7 +309,7 @@ fn remove_cgroups(entries: &[Entry]) -> bool {
     let gone = entries
         .iter()
         .filter(|e| e.cgroup && !e.slice)
-        .map(|e| ns_enter::cgroups::remove(&e.path)) // every one tried
+        .map(|e| ns_host::cgroups::remove(&e.path)) // every one tried
         .filter(|gone| !gone)
         .count()
         == 0;

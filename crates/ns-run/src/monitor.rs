@@ -77,7 +77,7 @@ pub fn run(state: &State) -> Result<i32> {
     let mut state = state.clone();
     let range = match &mut state.enter.userns {
         Some(u) if !u.rootless => {
-            let r = ns_enter::userns::reserve(u.base, u.count, &state.machine)?;
+            let r = ns_host::userns::reserve(u.base, u.count, &state.machine)?;
             u.base = IdBase::Fixed(r.base);
             Some(r)
         }
@@ -102,12 +102,12 @@ pub fn run(state: &State) -> Result<i32> {
     let want_cgroups = m.cgroups.is_some() || !state.monitor.properties.is_empty();
     // Read once: the v1 cgroups are named now, made after the fork.
     let hierarchies = if want_cgroups {
-        ns_enter::cgroups::hierarchies()
+        ns_host::cgroups::hierarchies()
     } else {
         Vec::new()
     };
     if want_cgroups {
-        state.enter.cgroups = Some(ns_enter::cgroups::planned(
+        state.enter.cgroups = Some(ns_host::cgroups::planned(
             &hierarchies,
             &cgroup_name,
             state.monitor.slice.as_deref(),
@@ -123,13 +123,13 @@ pub fn run(state: &State) -> Result<i32> {
     {
         // `chown` ownership: shift the tree into the range now (under the image lock).
         if let IdBase::Fixed(base) = u.base {
-            ns_enter::userns::shift_tree(&m.root, base)?;
+            ns_host::userns::shift_tree(&m.root, base)?;
         }
     }
     // Anything failing from here to the fork removes what was made.
     let mut cleanup = host::Cleanup::new(&m.root);
     let create_cgroups = |v2: bool, cleanup: &mut host::Cleanup| {
-        ns_enter::cgroups::create(
+        ns_host::cgroups::create(
             &hierarchies,
             &cgroup_name,
             state.monitor.slice.as_deref(),
@@ -137,8 +137,8 @@ pub fn run(state: &State) -> Result<i32> {
             &mut |dir, slice| cleanup.add_cgroup(dir.to_path_buf(), slice),
         )
     };
-    let create_payloads = |cgroups: &[ns_enter::cgroups::Cgroup]| {
-        ns_enter::cgroups::create_payloads(
+    let create_payloads = |cgroups: &[ns_host::cgroups::Cgroup]| {
+        ns_host::cgroups::create_payloads(
             cgroups,
             m.cgroups.as_ref().map(|c| c.layout),
             container_root(state),
@@ -152,7 +152,7 @@ pub fn run(state: &State) -> Result<i32> {
         } else {
             Vec::new()
         };
-        let v2_dir = ns_enter::cgroups::v2_dir(&cgroups)?;
+        let v2_dir = ns_host::cgroups::v2_dir(&cgroups)?;
         let state_fd = state.to_sealed_memfd()?;
         let (sync, chain_end) = SyncSocket::pair()?;
         let mut mask = SigSet::empty();
@@ -209,7 +209,7 @@ pub fn run(state: &State) -> Result<i32> {
                     let first_v1 = cgroups.len();
                     cgroups.extend(v1);
                     ns_core::stage::fault("ns-run:cgroups");
-                    ns_enter::resources::apply(&state.monitor.properties, &cgroups)?;
+                    ns_host::resources::apply(&state.monitor.properties, &cgroups)?;
                     create_payloads(&cgroups[first_v1..])?;
                     sync.send(&Msg::Cgroups)
                 })
@@ -291,7 +291,7 @@ pub fn run(state: &State) -> Result<i32> {
             // Killed (137) while nobody asked for it, and the OOM killer was at work there.
             if matches!(code, Ok(137))
                 && monitor.requests == 0
-                && ns_enter::resources::oom_kills(&cgroups) > 0
+                && ns_host::resources::oom_kills(&cgroups) > 0
             {
                 ns_core::errln!(
                     "{STAGE}: the container was killed by the OOM killer (its memory limit)"
@@ -550,9 +550,9 @@ impl Monitor<'_> {
                     return Err(Error::setup("id range not reserved".into()));
                 };
                 if u.rootless {
-                    ns_enter::userns::write_rootless_maps(self.enter.as_raw())?;
+                    ns_host::userns::write_rootless_maps(self.enter.as_raw())?;
                 } else {
-                    ns_enter::userns::write_maps(
+                    ns_host::userns::write_maps(
                         self.enter.as_raw(),
                         base,
                         u.count,

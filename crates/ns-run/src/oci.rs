@@ -511,7 +511,7 @@ fn swap_accounted() -> bool {
 /// its whole device policy). Used at create and by `update`.
 pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
     let mut p = Vec::new();
-    let prop = |v: String| ns_enter::resources::parse(&v);
+    let prop = |v: String| ns_host::resources::parse(&v);
     if let Some(m) = r.memory() {
         if let Some(l) = m.limit().filter(|l| *l > 0) {
             p.push(prop(format!("MemoryMax={l}"))?);
@@ -597,7 +597,7 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         p.push(Property::DevicePolicy("strict".into()));
         for (i, d) in rules.iter().enumerate().skip(first + 1) {
             let rule = d.to_string();
-            if !d.allow() || ns_enter::devices::Rule::parse(&rule).is_none() {
+            if !d.allow() || ns_host::devices::Rule::parse(&rule).is_none() {
                 return Err(unsupported(&format!(
                     "linux.resources.devices[{i}]: {} {rule}",
                     if d.allow() { "allow" } else { "deny" }

@@ -209,7 +209,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
                 .private_users_ownership
                 .as_deref()
                 .or(c.private_users_chown.as_ref().map(|_| "chown"));
-            ns_enter::userns::parse(v, ownership, &users_root)?
+            ns_host::userns::parse(v, ownership, &users_root)?
         }
         None => None,
     };
@@ -267,7 +267,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         mount.root = std::path::absolute(&dir)
             .map_err(|e| Error::invalid("--directory", &dir, &e.to_string()))?;
     }
-    mount.bind_users = ns_enter::userns::bind_users(&c.bind_user, userns.is_some())?;
+    mount.bind_users = ns_host::userns::bind_users(&c.bind_user, userns.is_some())?;
     if !mount.bind_users.is_empty() && !ns_core::paths::host_root() {
         return Err(Error::invalid("--bind-user", &c.bind_user[0], "needs root"));
     }
@@ -317,12 +317,12 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     let user_properties = c
         .property
         .iter()
-        .map(|p| ns_enter::resources::parse(p))
+        .map(|p| ns_host::resources::parse(p))
         .collect::<Result<Vec<_>>>()?;
     let slice = c
         .slice
         .as_deref()
-        .map(ns_enter::cgroups::slice_path)
+        .map(ns_host::cgroups::slice_path)
         .transpose()?;
     if slice.is_some() && !ns_core::paths::host_root() {
         return Err(Error::setup(
@@ -332,9 +332,9 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     let properties = if ns_core::paths::host_root() {
         // nspawn's unit properties first (its device policy, its task limit), then the
         // user's, as nspawn sends them.
-        let mut p = ns_enter::devices::nspawn_policy(&bound_devices(&mount.ops));
+        let mut p = ns_host::devices::nspawn_policy(&bound_devices(&mount.ops));
         p.push(Property::DefaultTasksMax(
-            ns_enter::resources::NSPAWN_TASKS_MAX,
+            ns_host::resources::NSPAWN_TASKS_MAX,
         ));
         p.extend(user_properties);
         p
@@ -389,7 +389,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     };
     if c.boot {
         mount.machine_id = Some(exec.uuid.replace('-', ""));
-        mount.cgroups = Some(ns_enter::cgroups::plan(&ns_enter::cgroups::hierarchies())?);
+        mount.cgroups = Some(ns_host::cgroups::plan(&ns_host::cgroups::hierarchies())?);
     }
     let net = ns_net::net_plan(&ns_net::NetOptions {
         machine: &machine,

@@ -1,0 +1,534 @@
+//! The container's own cgroup (-b, --property): created by the monitor on the host in every
+//! mounted hierarchy (each v1 controller, name=systemd, cgroup2), in two levels as nspawn
+//! makes them on a unified host: `ns-run-NAME-PID` holds the device policy and the limits,
+//! and the container's processes live in its `payload` below, joined by the chain's first
+//! process before ns-enter unshares the cgroup namespace (so the namespace is rooted
+//! there). A container root that mounts a hierarchy sees `payload` as its root and may
+//! write there, but not the level above: the kernel keeps a child within its parent's
+//! device rules, pids.max, memory and CPU limits, and runs the eBPF device program of an
+//! ancestor whatever the child attaches or detaches. Both are removed after exit. A booted
+//! init gets `payload` in the hierarchies systemd manages delegated under -U.
+
+use std::path::{Path, PathBuf};
+
+use ns_core::state::{CgroupLayout, CgroupMounts};
+use ns_core::{Context, Error, Result};
+
+/// A mounted hierarchy of this host: where, what (v1 controllers or `name=…`; empty for
+/// cgroup2), and our own cgroup in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub mountpoint: PathBuf,
+    pub options: String,
+    pub v2: bool,
+    pub own: PathBuf,
+}
+
+/// The host's hierarchies, from /proc/self/mountinfo and /proc/self/cgroup.
+pub fn hierarchies() -> Vec<Hierarchy> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own_path = |key: &str| {
+        own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            (ctl == key).then(|| PathBuf::from(path))
+        })
+    };
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut r = right.split_whitespace();
+            let fstype = r.next()?;
+            let _source = r.next()?;
+            let super_opts = r.next().unwrap_or("");
+            let mountpoint = PathBuf::from(left.split_whitespace().nth(4)?);
+            match fstype {
+                "cgroup2" => Some(Hierarchy {
+                    mountpoint,
+                    options: String::new(),
+                    v2: true,
+                    own: own_path("")?,
+                }),
+                "cgroup" => {
+                    let opts: Vec<&str> = super_opts
+                        .split(',')
+                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
+                        .collect();
+                    let key = opts.join(",");
+                    Some(Hierarchy {
+                        mountpoint,
+                        options: key.clone(),
+                        v2: false,
+                        own: own_path(&key)?,
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// What the guest gets, as nspawn chooses it (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 for pure
+/// cgroup2, =0 for legacy): hybrid when the host has both v1 and a unified hierarchy.
+pub fn plan(hs: &[Hierarchy]) -> Result<CgroupMounts> {
+    let has_v2 = hs.iter().any(|h| h.v2);
+    let has_v1 = hs.iter().any(|h| !h.v2);
+    let knob = std::env::var("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let layout = match knob.as_deref().map(ns_core::parse_boolean) {
+        Some(Some(true)) => CgroupLayout::Unified,
+        Some(Some(false)) => CgroupLayout::Legacy,
+        Some(None) => {
+            return Err(Error::setup(
+                "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY is not a boolean".into(),
+            ))
+        }
+        None if has_v1 && has_v2 => CgroupLayout::Hybrid,
+        None if has_v2 => CgroupLayout::Unified,
+        None => CgroupLayout::Legacy,
+    };
+    if layout != CgroupLayout::Legacy && !has_v2 {
+        return Err(Error::setup(
+            "this host has no cgroup2 hierarchy for the guest".into(),
+        ));
+    }
+    if layout != CgroupLayout::Unified && !hs.iter().any(|h| h.options == "name=systemd") {
+        return Err(Error::setup(
+            "this host has no name=systemd hierarchy for the guest".into(),
+        ));
+    }
+    let controllers = hs
+        .iter()
+        .filter(|h| !h.v2 && h.options != "name=systemd")
+        .map(|h| h.options.clone())
+        .collect();
+    Ok(CgroupMounts {
+        layout,
+        controllers,
+    })
+}
+
+/// Whether a booted init manages the hierarchy (cgroup2, `v2`, or v1 with `options`) in
+/// `layout`: its own cgroup there is delegated to it.
+fn managed_by_init(v2: bool, options: &str, layout: CgroupLayout) -> bool {
+    match layout {
+        CgroupLayout::Unified => v2,
+        CgroupLayout::Hybrid => v2 || options == "name=systemd",
+        CgroupLayout::Legacy => options == "name=systemd",
+    }
+}
+
+/// The container's level below its policy's (nspawn's name): the root of its cgroup
+/// namespace, where its processes live.
+pub const PAYLOAD: &str = "payload";
+
+/// The container's cgroup in one hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Where the limits and the device policy are written.
+    pub dir: PathBuf,
+    /// The hierarchy's v1 controllers (`memory`, `cpu,cpuacct`, `name=systemd`...); empty
+    /// for cgroup2.
+    pub options: String,
+    pub v2: bool,
+    /// The processes live in `dir/payload` (ns-run, as nspawn), not in `dir` itself (ns-oci,
+    /// as runc: the caller's cgroupsPath is the container's).
+    pub nested: bool,
+}
+
+impl Cgroup {
+    /// The cgroup the container's processes join: the root of its cgroup namespace.
+    pub fn procs_dir(&self) -> PathBuf {
+        if self.nested {
+            self.dir.join(PAYLOAD)
+        } else {
+            self.dir.clone()
+        }
+    }
+}
+
+/// A slice unit name (`-S`, `.slice` optional) as the path systemd gives it: each
+/// dash-separated prefix is a level, `a-b.slice` is `a.slice/a-b.slice`; `-.slice` is the root.
+pub fn slice_path(name: &str) -> Result<String> {
+    let unit = if name.ends_with(".slice") {
+        name.to_string()
+    } else {
+        format!("{name}.slice")
+    };
+    let bad = |why: &str| Error::invalid("--slice", name, why);
+    let prefix = unit.strip_suffix(".slice").unwrap_or_default();
+    if prefix == "-" {
+        return Ok(String::new());
+    }
+    if unit.len() > 255
+        || prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.\\-".contains(c))
+    {
+        return Err(bad("not a valid slice unit name"));
+    }
+    if prefix.starts_with('-') || prefix.ends_with('-') || prefix.contains("--") {
+        return Err(bad(
+            "a slice name has no empty level (leading, trailing or double -)",
+        ));
+    }
+    let mut levels = Vec::new();
+    for (i, c) in prefix.char_indices() {
+        if c == '-' {
+            levels.push(format!("{}.slice", &prefix[..i]));
+        }
+    }
+    levels.push(unit);
+    Ok(levels.join("/"))
+}
+
+/// Create the container's cgroups (`ns-run-NAME` beside the monitor's own, or under `slice`
+/// from the hierarchy's root) in every mounted hierarchy that is cgroup2 (`v2`) or v1 (not
+/// `v2`); returns them, to configure, then give their [`PAYLOAD`] level ([`create_payloads`])
+/// and remove. `journal` learns each directory before it is made, and whether it is a
+/// shared slice level (removed only while empty) rather than the container's own.
+pub fn create(
+    hs: &[Hierarchy],
+    name: &str,
+    slice: Option<&str>,
+    v2: bool,
+    journal: &mut dyn FnMut(&Path, bool) -> Result<()>,
+) -> Result<Vec<Cgroup>> {
+    let mut made: Vec<Cgroup> = Vec::new();
+    for h in hs.iter().filter(|h| h.v2 == v2) {
+        let (parent, dir) = place(h, name, slice);
+        if dir.exists() {
+            remove(&dir); // left by a killed monitor of the same machine
+        }
+        // Journaled before it exists: a monitor killed right after still has it collected.
+        let mut attempts = 0;
+        let r = journal(&dir, false).and_then(|()| loop {
+            make_slice(h, slice, journal)?;
+            match std::fs::create_dir(&dir) {
+                // The last container of the slice removed a level meanwhile: again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                r => break r.ctx(|| format!("cannot create cgroup {}", dir.display())),
+            }
+        });
+        if r.is_ok() {
+            made.push(Cgroup {
+                dir: dir.clone(),
+                options: h.options.clone(),
+                v2: h.v2,
+                nested: true,
+            });
+        }
+        let r = r.and_then(|()| inherit_cpuset(h.v2, &h.options, &parent, &dir));
+        if let Err(e) = r {
+            made.iter().for_each(|c| {
+                remove(&c.dir);
+            });
+            return Err(e);
+        }
+    }
+    Ok(made)
+}
+
+/// The [`PAYLOAD`] level of each of `cgroups` (made by [`create`]), once their limits and
+/// device policy are written: a new v1 cgroup copies its parent's device rules and CPUs
+/// when it is made, and v1 refuses to close a parent's device policy over a child. For a
+/// booted init (`layout`) it is delegated as nspawn does: with an `owner` (container root
+/// on the host, under -U) the hierarchies systemd manages are chowned to it, and cgroup2's
+/// controllers are enabled for it below the policy's level. The caller removes `cgroups`
+/// (and so these) on failure.
+pub fn create_payloads(
+    cgroups: &[Cgroup],
+    layout: Option<CgroupLayout>,
+    owner: Option<u32>,
+) -> Result<()> {
+    for c in cgroups.iter().filter(|c| c.nested) {
+        let dir = c.procs_dir();
+        std::fs::create_dir(&dir).ctx(|| format!("cannot create cgroup {}", dir.display()))?;
+        inherit_cpuset(c.v2, &c.options, &c.dir, &dir)?;
+        let Some(layout) = layout else { continue };
+        if c.v2 {
+            enable_all_v2_controllers(&c.dir);
+        }
+        match owner {
+            Some(id) if managed_by_init(c.v2, &c.options, layout) => delegate(&dir, id)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// cgroup2: every controller `dir` has, enabled for the cgroups below it (nspawn does the
+/// same for its payload; what fails is left out, as there).
+fn enable_all_v2_controllers(dir: &Path) {
+    let have = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    for ctl in have.split_whitespace() {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{ctl}"));
+    }
+}
+
+/// An OCI container's cgroups: `rel` (its cgroupsPath, from each hierarchy's root) in every
+/// hierarchy that is cgroup2 (`v2`) or v1. Missing levels are made, and returned with the
+/// cgroups (to remove when they are empty again); the last one is the container's own, and
+/// must be new or empty.
+pub fn create_at(hs: &[Hierarchy], rel: &Path, v2: bool) -> Result<(Vec<Cgroup>, Vec<PathBuf>)> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    if rel.as_os_str().is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::invalid(
+            "cgroupsPath",
+            &rel.display().to_string(),
+            "not a path below the hierarchy's root",
+        ));
+    }
+    let mut made: Vec<Cgroup> = Vec::new();
+    let mut levels: Vec<PathBuf> = Vec::new();
+    for h in hs.iter().filter(|h| h.v2 == v2) {
+        let dir = h.mountpoint.join(rel);
+        let mut attempts = 0;
+        let r = loop {
+            let r = (|| -> Result<()> {
+                let mut level = h.mountpoint.clone();
+                for part in rel.iter() {
+                    let parent = level.clone();
+                    level.push(part);
+                    match std::fs::create_dir(&level) {
+                        // An existing level is shared; an existing leaf is taken over only
+                        // when nothing is in it (left by a runtime killed before removing it).
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists
+                                && (level != dir || is_empty(&level)) =>
+                        {
+                            // Its maker may not have given it CPUs and memory nodes yet.
+                            if !cpuset_ready(h, &level) {
+                                inherit_cpuset(h.v2, &h.options, &parent, &level)?;
+                            }
+                            continue;
+                        }
+                        r => r.ctx(|| format!("cannot create cgroup {}", level.display()))?,
+                    }
+                    if level != dir {
+                        levels.push(level.clone());
+                    }
+                    inherit_cpuset(h.v2, &h.options, &parent, &level)?;
+                }
+                Ok(())
+            })();
+            match r {
+                // Another container's delete removed a shared level meanwhile: again.
+                Err(e) if e.msg.ends_with("No such file or directory") && attempts < 3 => {
+                    attempts += 1
+                }
+                r => break r,
+            }
+        };
+        if let Err(e) = r {
+            made.iter().for_each(|c| {
+                remove(&c.dir);
+            });
+            remove_levels(&levels);
+            return Err(e);
+        }
+        made.push(Cgroup {
+            dir,
+            options: h.options.clone(),
+            v2: h.v2,
+            nested: false,
+        });
+    }
+    Ok((made, levels))
+}
+
+/// Remove the levels [`create_at`] made, deepest first, where they are empty.
+pub fn remove_levels(levels: &[PathBuf]) {
+    let mut v = levels.to_vec();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for l in v {
+        let _ = std::fs::remove_dir(l);
+    }
+}
+
+/// No process in cgroup `dir` (nor below it).
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+        && std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()) || is_empty(&e.path()))
+}
+
+/// Where the container's cgroup goes in `h`: its parent and itself.
+fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
+    let rel = match slice {
+        Some(s) => Path::new(s),
+        None => h.own.strip_prefix("/").unwrap_or(&h.own),
+    };
+    let parent = h.mountpoint.join(rel);
+    let dir = parent.join(format!("ns-run-{name}"));
+    (parent, dir)
+}
+
+/// The cgroups the container's processes join in `hs` with `v2` (the [`PAYLOAD`] level of
+/// what [`create`] makes), without making them.
+pub fn planned(hs: &[Hierarchy], name: &str, slice: Option<&str>, v2: bool) -> Vec<PathBuf> {
+    hs.iter()
+        .filter(|h| h.v2 == v2)
+        .map(|h| place(h, name, slice).1.join(PAYLOAD))
+        .collect()
+}
+
+/// The missing levels of `slice` in hierarchy `h`, top first (another container may make or
+/// remove them at the same time: EEXIST is fine).
+fn make_slice(
+    h: &Hierarchy,
+    slice: Option<&str>,
+    journal: &mut dyn FnMut(&Path, bool) -> Result<()>,
+) -> Result<()> {
+    let mut level = h.mountpoint.clone();
+    for part in Path::new(slice.unwrap_or_default()).iter() {
+        let parent = level.clone();
+        level.push(part);
+        if level.is_dir() {
+            continue;
+        }
+        journal(&level, true)?;
+        match std::fs::create_dir(&level) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).ctx(|| format!("cannot create slice cgroup {}", level.display()))
+            }
+            _ => inherit_cpuset(h.v2, &h.options, &parent, &level)?,
+        }
+    }
+    Ok(())
+}
+
+/// A new v1 cpuset cgroup (in a hierarchy that is not cgroup2, `v2`, with `options`)
+/// starts with no CPUs and no memory nodes (nothing could join it): give it its parent's.
+fn inherit_cpuset(v2: bool, options: &str, parent: &Path, dir: &Path) -> Result<()> {
+    if v2 || !options.split(',').any(|o| o == "cpuset") {
+        return Ok(());
+    }
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let v = std::fs::read_to_string(parent.join(f))
+            .ctx(|| format!("cannot read {}", parent.join(f).display()))?;
+        std::fs::write(dir.join(f), v.trim())
+            .ctx(|| format!("cannot write {}", dir.join(f).display()))?;
+    }
+    Ok(())
+}
+
+/// cgroup2: make controller `ctl` available in `dir` by enabling it down the path from the
+/// hierarchy's root (as runc does for what a container's limits need). Returns whether `dir`
+/// has it now. Only called for a limit that needs it, so the host's tree changes only then.
+pub fn enable_v2_controller(dir: &Path, ctl: &str) -> bool {
+    let has = |d: &Path, f: &str| {
+        std::fs::read_to_string(d.join(f)).is_ok_and(|c| c.split_whitespace().any(|n| n == ctl))
+    };
+    let mut path: Vec<&Path> = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|d| d.join("cgroup.controllers").exists())
+        .collect();
+    path.reverse();
+    for d in path {
+        if has(d, "cgroup.controllers") && !has(d, "cgroup.subtree_control") {
+            let _ = std::fs::write(d.join("cgroup.subtree_control"), format!("+{ctl}"));
+        }
+    }
+    has(dir, "cgroup.controllers")
+}
+
+/// A v1 cpuset cgroup that has CPUs (or any other cgroup).
+fn cpuset_ready(h: &Hierarchy, dir: &Path) -> bool {
+    h.v2 || !h.options.split(',').any(|o| o == "cpuset")
+        || std::fs::read_to_string(dir.join("cpuset.cpus")).is_ok_and(|c| !c.trim().is_empty())
+}
+
+/// The files of a cgroup its owner needs to write to manage it (those that exist here).
+const DELEGATED: &[&str] = &[
+    "cgroup.clone_children",
+    "cgroup.procs",
+    "cgroup.subtree_control",
+    "cgroup.threads",
+    "notify_on_release",
+    "tasks",
+];
+
+fn delegate(dir: &Path, id: u32) -> Result<()> {
+    let chown = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(id), Some(id))
+            .ctx(|| format!("cannot chown cgroup {} to {id}", p.display()))
+    };
+    chown(dir)?;
+    for f in DELEGATED {
+        let p = dir.join(f);
+        if p.exists() {
+            chown(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup2 directory to fork into with `sys::fork_into_cgroup` (O_PATH), if any: where
+/// the container's processes live.
+pub fn v2_dir(cgroups: &[Cgroup]) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    cgroups
+        .iter()
+        .find(|c| c.v2)
+        .map(|c| {
+            let dir = c.procs_dir();
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(&dir)
+                .ctx(|| format!("cannot open cgroup {}", dir.display()))
+        })
+        .transpose()
+}
+
+/// Every process in cgroup `dir` and the cgroups below it.
+pub fn procs_below(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            pids.extend(procs_below(&e.path()));
+        }
+    }
+    pids
+}
+
+/// Remove a cgroup and the ones the guest made below it, deepest first.
+/// Returns whether it is gone. Processes of a dying PID namespace may still be leaving it
+/// (EBUSY) after PID 1 was reaped: retried for up to a second.
+pub fn remove(dir: &Path) -> bool {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove(&e.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
