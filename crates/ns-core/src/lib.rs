@@ -7,7 +7,6 @@ pub mod cpus;
 pub mod error;
 pub mod exec;
 pub mod paths;
-pub mod registry;
 pub mod stage;
 pub mod state;
 pub mod sync;

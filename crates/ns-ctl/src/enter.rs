@@ -31,13 +31,13 @@ use nix::sys::wait::waitpid;
 use ns_caps::caps_spec;
 use ns_core::console::Console;
 use ns_core::exec::StageFds;
-use ns_core::registry::Machine;
 use ns_core::stage::{exit_code_of, fail};
 use ns_core::state::Console as Mode;
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
 use ns_host::attach;
+use ns_host::registry::Machine;
 use std::os::fd::AsRawFd;
 
 const STAGE: &str = "ns-ctl";
@@ -173,7 +173,7 @@ fn wait_started(m: &Machine) -> Result<Machine> {
             return Ok(m);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
-        m = ns_core::registry::get(&m.name)?;
+        m = ns_host::registry::get(&m.name)?;
     }
     Err(Error::setup(format!(
         "machine {} is still starting (its payload did not start within 10 s)",
@@ -300,7 +300,7 @@ fn inside(
 /// (`--boot --network-veth -U --settings=override`, here without a unit), then wait until it
 /// is registered (or has failed: its stderr is shown).
 pub fn start(name: &str) -> Result<()> {
-    if ns_core::registry::get(name).is_ok() {
+    if ns_host::registry::get(name).is_ok() {
         return Err(Error::setup(format!("machine {name} is already running")));
     }
     if ns_core::paths::find_image(name).is_none() {
@@ -334,7 +334,7 @@ pub fn start(name: &str) -> Result<()> {
         .spawn()
         .ctx(|| "cannot start ns-run".into())?;
     for _ in 0..200 {
-        if ns_core::registry::get(name).is_ok() {
+        if ns_host::registry::get(name).is_ok() {
             let _ = std::fs::remove_file(&log);
             return Ok(());
         }

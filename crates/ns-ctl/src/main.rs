@@ -1,5 +1,5 @@
 //! ns-ctl: machinectl without systemd. It reads the registry that every ns-run monitor writes
-//! (`/run/ns-run/machines`, see `ns_core::registry`) and acts on the containers there: list
+//! (`/run/ns-run/machines`, see `ns_host::registry`) and acts on the containers there: list
 //! and show them, run a shell or command inside one (all its namespaces, root, cgroups,
 //! capabilities and environment; booted or not), power off, reboot, terminate or signal them,
 //! and start an image of /var/lib/machines in the background as `machinectl start` does.
@@ -14,9 +14,9 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use ns_core::exec::args_utf8;
-use ns_core::registry::{self, Machine};
 use ns_core::stage::{parse_args, run};
 use ns_core::{Error, Result};
+use ns_host::registry::{self, Machine};
 
 const STAGE: &str = "ns-ctl";
 

@@ -1,7 +1,7 @@
 //! `list` and `status`, in machinectl's text layout or as JSON (`--output=json`).
 
-use ns_core::registry::{self, Machine};
 use ns_core::Result;
+use ns_host::registry::{self, Machine};
 use serde_json::json;
 
 /// ID and VERSION_ID of the container's os-release, and PRETTY_NAME, read through the

@@ -21,7 +21,7 @@ pub type Joinable = Vec<(File, CloneFlags)>;
 pub fn namespaces(leader: i32) -> Result<Joinable> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
-    for kind in ns_core::registry::NAMESPACE_KINDS {
+    for kind in crate::registry::NAMESPACE_KINDS {
         let theirs = format!("/proc/{leader}/ns/{kind}");
         let f = File::open(&theirs).ctx(|| format!("cannot open {theirs}"))?;
         let ours = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
@@ -32,7 +32,7 @@ pub fn namespaces(leader: i32) -> Result<Joinable> {
     Ok(out)
 }
 
-/// setns's flag for a namespace kind of [`ns_core::registry::NAMESPACE_KINDS`].
+/// setns's flag for a namespace kind of [`crate::registry::NAMESPACE_KINDS`].
 fn flag_of(kind: &str) -> CloneFlags {
     match kind {
         "user" => CloneFlags::CLONE_NEWUSER,
@@ -58,7 +58,7 @@ pub fn recorded_namespaces(
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut left = Vec::new();
-    for kind in ns_core::registry::NAMESPACE_KINDS {
+    for kind in crate::registry::NAMESPACE_KINDS {
         let Some(&(_, want)) = recorded.iter().find(|(k, _)| k == kind) else {
             return Err(Error::setup(format!(
                 "{name}'s entry records no {kind} namespace"

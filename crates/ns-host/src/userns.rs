@@ -529,6 +529,51 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
     }
 }
 
+/// A user namespace that maps only `uid`/`gid` (as ids inside it) to host id `base`: the id
+/// mapping of a `rootidmap` bind, where the source's owner is container root and every other
+/// id is nobody. A short-lived child creates it; we keep an fd and let the child go.
+pub fn mapping_userns(uid: u32, gid: u32, base: u32) -> Result<File> {
+    use ns_core::sys::{fork, Forked};
+    let (ready_r, ready_w) = nix::unistd::pipe().ctx(|| "cannot create a pipe".into())?;
+    match fork().ctx(|| "cannot fork".into())? {
+        Forked::Child => {
+            drop(ready_r);
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
+            // Wait to be killed (the parent holds the namespace by then).
+            loop {
+                nix::unistd::pause();
+            }
+        }
+        Forked::Parent(child) => {
+            drop(ready_w);
+            let mut b = [0u8; 1];
+            let r = nix::unistd::read(&ready_r, &mut b);
+            let result = if r == Ok(1) && b[0] == b'1' {
+                std::fs::write(
+                    format!("/proc/{child}/uid_map"),
+                    format!("{uid} {base} 1\n"),
+                )
+                .and_then(|_| {
+                    std::fs::write(
+                        format!("/proc/{child}/gid_map"),
+                        format!("{gid} {base} 1\n"),
+                    )
+                })
+                .and_then(|_| File::open(format!("/proc/{child}/ns/user")))
+                .ctx(|| "cannot set up the rootidmap mapping".into())
+            } else {
+                Err(Error::setup(
+                    "cannot create the rootidmap user namespace".into(),
+                ))
+            };
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+            result
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,6 @@
 //! the chain ns-enter → ns-mount → ns-caps [→ ns-init] → payload (monitor.rs).
 #![forbid(unsafe_code)]
 
-mod host;
 mod monitor;
 
 use ns_core::exec::args_utf8;

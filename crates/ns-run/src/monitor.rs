@@ -11,21 +11,21 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
-use ns_core::registry::{Machine, Registration};
 use ns_core::stage::{debug, exit_code_of, fail};
 use ns_core::state::{IdBase, NetPlan, RootMode, State, UserNs};
+use ns_host::registry::{Machine, Registration};
 
-use crate::host;
 use ns_core::console;
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, fork_into_cgroup, kill_raw, Forked};
 use ns_core::{Context, Error, Result};
+use ns_host::{journal, locks, notify};
 
 const STAGE: &str = "ns-run";
 
 /// Run the container described by `state`; returns the exit code for ns-run.
 pub fn run(state: &State) -> Result<i32> {
-    host::collect_stale(true)?;
+    journal::collect_stale(true)?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
         for pid in ns_net::ports::stale_monitors() {
@@ -41,12 +41,12 @@ pub fn run(state: &State) -> Result<i32> {
         .register
         .then(|| Registration::claim(&state.machine))
         .transpose()?;
-    let lock = host::ImageLock::acquire(&m.root, shared)?;
+    let lock = locks::ImageLock::acquire(&m.root, shared)?;
     let zone = state
         .net
         .zone
         .as_deref()
-        .map(host::ZoneLock::acquire)
+        .map(locks::ZoneLock::acquire)
         .transpose()?;
     let mut stages = vec!["ns-enter", "ns-mount", "ns-caps"];
     if state.exec.as_pid2 {
@@ -85,7 +85,7 @@ pub fn run(state: &State) -> Result<i32> {
     };
     // The guest's init reports readiness on /run/host/notify (booted, or --notify-ready).
     let notify = if state.monitor.boot || state.monitor.notify_ready {
-        let n = host::NotifySocket::bind(container_root(&state))?;
+        let n = notify::NotifySocket::bind(container_root(&state))?;
         state.mount.notify_socket = Some(n.path.clone());
         state.exec.notify = true;
         Some(n)
@@ -127,8 +127,8 @@ pub fn run(state: &State) -> Result<i32> {
         }
     }
     // Anything failing from here to the fork removes what was made.
-    let mut cleanup = host::Cleanup::new(&m.root);
-    let create_cgroups = |v2: bool, cleanup: &mut host::Cleanup| {
+    let mut cleanup = journal::Cleanup::new(&m.root);
+    let create_cgroups = |v2: bool, cleanup: &mut journal::Cleanup| {
         ns_host::cgroups::create(
             &hierarchies,
             &cgroup_name,
@@ -318,7 +318,7 @@ struct Monitor<'a> {
     failed: Option<i32>,
     enter_status: Option<i32>,
     /// Host paths the chain created (SYNC-4).
-    cleanup: host::Cleanup,
+    cleanup: journal::Cleanup,
     net: &'a NetPlan,
     /// The container's network namespace, kept to give moved links back at exit.
     netns: Option<File>,
@@ -327,7 +327,7 @@ struct Monitor<'a> {
     /// Port-forwarding tables to remove at exit.
     ports_installed: bool,
     console_mode: ns_core::state::Console,
-    notify: Option<host::NotifySocket>,
+    notify: Option<notify::NotifySocket>,
     notify_ready: bool,
     boot: bool,
     console: Option<console::Console>,
@@ -389,7 +389,7 @@ impl Monitor<'_> {
                 let n = self.notify.as_ref().expect("polled");
                 if n.ready() && self.notify_ready {
                     // --notify-ready=yes: we are ready when the guest is.
-                    host::notify_ready();
+                    notify::notify_ready();
                 }
             }
             if sync_ready {
@@ -605,7 +605,7 @@ impl Monitor<'_> {
                                 return Err(Error::setup("rootidmap needs a user namespace".into()))
                             }
                         };
-                        host::mapping_userns(md.uid(), md.gid(), base)?
+                        ns_host::userns::mapping_userns(md.uid(), md.gid(), base)?
                     }
                     _ => File::open(format!("/proc/{pid1}/ns/user"))
                         .ctx(|| "cannot open the container's user namespace".into())?,
@@ -635,7 +635,7 @@ impl Monitor<'_> {
     /// them all; no later stage makes another).
     fn hold_namespaces(&mut self, pid1: i32) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        for kind in ns_core::registry::NAMESPACE_KINDS {
+        for kind in ns_host::registry::NAMESPACE_KINDS {
             let path = format!("/proc/{pid1}/ns/{kind}");
             let f = File::open(&path).ctx(|| format!("cannot open {path}"))?;
             let ino = f.metadata().ctx(|| format!("cannot stat {path}"))?.ino();
@@ -690,7 +690,7 @@ impl Monitor<'_> {
 
     /// After the container: give moved links back; the last container of a zone deletes
     /// its bridge. (veths need nothing: they go with the network namespace.)
-    fn release_network(&mut self, zone: Option<host::ZoneLock>) {
+    fn release_network(&mut self, zone: Option<locks::ZoneLock>) {
         if let Some(netns) = self.netns.take() {
             let names = &self.net.interfaces;
             let _ = helper(|| ns_net::wire::return_interfaces(names, netns.as_fd()));

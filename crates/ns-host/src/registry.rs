@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::paths::lock_current;
+use ns_core::paths::lock_current;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Context, Error, Result};
+use ns_core::{Context, Error, Result};
 
 /// A running container, as `ns-ctl list` and `status` show it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub struct Machine {
     /// cgroup namespace, below its limits), to find all its processes and to join.
     pub cgroups: Vec<PathBuf>,
     /// Its system call filter, for commands run inside later (`ns-ctl shell`).
-    pub syscall_filter: Option<crate::state::SyscallFilter>,
+    pub syscall_filter: Option<ns_core::state::SyscallFilter>,
     /// PID 1 still runs our stages (the entry is published before the payload starts):
     /// `ns-ctl shell` waits until it does not, so that nothing it runs in there sees a stage
     /// of ours or a root not yet built. Absent (false) in entries of older monitors.
@@ -61,7 +61,7 @@ pub struct Machine {
 pub const NAMESPACE_KINDS: [&str; 7] = ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"];
 
 fn dir() -> Result<PathBuf> {
-    crate::paths::runtime_subdir("machines")
+    ns_core::paths::runtime_subdir("machines")
 }
 
 /// A valid machine name: a hostname (letters, digits, `-`, `.`, `_`), as nspawn requires.
@@ -166,7 +166,7 @@ pub fn list() -> Result<Vec<Machine>> {
         match lookup(&d, n) {
             Ok(Some(m)) => out.push(m),
             Ok(None) => {}
-            Err(e) => crate::errln!("ns-ctl: ignoring machine {n}: {}", e.msg),
+            Err(e) => ns_core::errln!("ns-ctl: ignoring machine {n}: {}", e.msg),
         }
     }
     Ok(out)
@@ -199,7 +199,7 @@ fn lookup(d: &Path, name: &str) -> Result<Option<Machine>> {
             Ok(None)
         }
         None => {
-            let text = match crate::paths::read_ours(&json, MAX_ENTRY) {
+            let text = match ns_core::paths::read_ours(&json, MAX_ENTRY) {
                 Ok(t) => t,
                 Err(_) if std::fs::symlink_metadata(&json).is_err() => return Ok(None),
                 Err(e) => return Err(e),
@@ -222,7 +222,7 @@ fn check_entry(json: &Path, name: &str, m: &Machine) -> Result<()> {
     if m.leader <= 1 || m.monitor <= 1 {
         return bad(format!("leader {} and monitor {}", m.leader, m.monitor));
     }
-    if let Some(c) = m.cgroups.iter().find(|c| !crate::paths::is_cgroup_dir(c)) {
+    if let Some(c) = m.cgroups.iter().find(|c| !ns_core::paths::is_cgroup_dir(c)) {
         return bad(format!("{} is not a cgroup", c.display()));
     }
     Ok(())
