@@ -258,7 +258,7 @@ fn with_ids(mut user: User, ids: &ns_core::state::Ids) -> User {
 
 /// OCI create/start: everything is set up. The payload must exist (checked as its user, from
 /// its directory: a missing one fails `create`, as with runc). Then detach from the runtime's
-/// `create` (it returns on SYNC-8 and the socket's EOF; its exit must not kill us), keep only
+/// `create` (it returns on SYNC-7 and the socket's EOF; its exit must not kill us), keep only
 /// stdio and the fifo, become non-dumpable (nothing in the container may reach our fds or
 /// memory while we wait; exec makes the payload dumpable again), and block until `start`
 /// opens the fifo for reading. The fifo was opened O_PATH on the host; it is reopened for
@@ -274,7 +274,7 @@ fn wait_for_start(
     }
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "cannot clear the parent-death signal".into())?;
     if let Some(s) = &sync {
-        s.send(&ns_core::sync::Msg::Waiting)?; // SYNC-8
+        s.send(&ns_core::sync::Msg::Waiting)?; // SYNC-7
     }
     // From here on a failure is ours alone: the runtime has returned.
     ns_core::stage::stop_reporting();

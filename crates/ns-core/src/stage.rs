@@ -10,7 +10,7 @@ use crate::sync::Msg;
 
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// Failures from now on are also sent as `Failed` on this sync socket (SYNC-3).
+/// Failures from now on are also sent as `Failed` on this sync socket (SYNC-8).
 pub fn report_to(fd: i32) {
     REPORT_FD.store(fd, Ordering::Relaxed);
 }

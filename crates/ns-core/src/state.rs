@@ -74,12 +74,12 @@ pub struct EnterPlan {
     pub hostname: Option<String>,
     /// Join this network namespace instead of creating one (`--network-namespace-path`).
     pub netns_path: Option<PathBuf>,
-    /// A user namespace, created first; the monitor writes its maps (SYNC-0).
+    /// A user namespace, created first; the monitor writes its maps (SYNC-1).
     pub userns: Option<UserNs>,
     /// The container's v1 cgroups (possibly none): the `payload` levels that the monitor
     /// creates below every limit and the device policy while this stage starts (ns-oci: the
     /// container's cgroups themselves): wait until it says they are ready (`cgroups`,
-    /// SYNC-7), then join them first thing (through `tasks`). None: no cgroups of its own,
+    /// SYNC-0), then join them first thing (through `tasks`). None: no cgroups of its own,
     /// nothing to wait for.
     #[serde(default)]
     pub cgroups: Option<Vec<PathBuf>>,
@@ -132,7 +132,7 @@ pub enum Ownership {
 }
 
 /// Read by ns-net, which the monitor runs on the host against the container's network
-/// namespace once PID 1 exists (between SYNC-1 and SYNC-2).
+/// namespace once PID 1 exists (between SYNC-2 and SYNC-3).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NetPlan {

@@ -3,21 +3,25 @@
 //! last stage marks it close-on-exec, so the monitor reads EOF exactly when the payload's exec
 //! succeeded.
 //!
-//! Sync points (grep for `SYNC-n` to find both halves):
-//!   SYNC-0  ns-enter → monitor   `UserNs` its user namespace exists: write the id maps;
+//! Sync points, numbered in the order they happen (grep for `SYNC-n` to find both halves):
+//!   SYNC-0  monitor → ns-enter   `Cgroups` the container's v1 cgroups, their limits and its
+//!           device policy are ready (root, v1 hierarchies only): ns-enter joins them first
+//!   SYNC-1  ns-enter → monitor   `UserNs` its user namespace exists: write the id maps;
 //!           monitor → ns-enter   `Mapped`, with the image as an idmapped mount attached when
 //!           the root is idmapped (only the host may idmap a host file system); ns-enter hands
 //!           it to ns-mount as `--root-fd`
+//!   SYNC-2  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid); also
+//!           ns-caps `--fork` → the entering tool: the host pid of the process it forked
+//!   SYNC-3  monitor → PID 1      `Go`    host-side setup done, continue the chain
+//!   then, while ns-mount builds the root, in the order of its mounts:
+//!   SYNC-4  ns-mount → monitor   `Created` before it creates a host-visible path (a mount
+//!           point in the image, an overlay workdir) that the monitor removes after exit
 //!   SYNC-5  ns-mount → monitor   `NeedIdmap` for an idmapped bind; monitor → ns-mount `Root`
 //!           with the mount fd attached
 //!   SYNC-6  ns-mount → monitor   `Console` with the master of the container's pty attached
-//!   SYNC-1  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid)
-//!   SYNC-2  monitor → PID 1      `Go`    host-side setup done, continue the chain
-//!   SYNC-3  any stage → monitor  `Failed` before the stage exits non-zero
-//!   SYNC-4  ns-mount → monitor   `Created` before it creates a host-visible path (a mount
-//!           point in the image, an overlay workdir) that the monitor removes after exit
-//!   SYNC-8  ns-caps → runtime    `Waiting` (OCI create only): set up, about to block on the
+//!   SYNC-7  ns-caps → runtime    `Waiting` (OCI create only): set up, about to block on the
 //!           start fifo; the socket closes right after
+//!   SYNC-8  any stage → monitor  `Failed` before the stage exits non-zero (at any point)
 
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -29,7 +33,7 @@ use crate::error::{Context, Error, Result};
 pub enum Msg {
     Pid(i32),
     Go,
-    /// SYNC-7: the container's v1 cgroups exist (monitor → ns-enter, before anything else).
+    /// SYNC-0: the container's v1 cgroups exist (monitor → ns-enter, before anything else).
     Cgroups,
     Failed {
         stage: String,
@@ -50,7 +54,7 @@ pub enum Msg {
         /// Remove with its content (a workdir), not only when empty (a mount point).
         recursive: bool,
     },
-    /// SYNC-8: the container is created and waits for `start`.
+    /// SYNC-7: the container is created and waits for `start`.
     Waiting,
 }
 

@@ -5,8 +5,8 @@
 //! new PID namespace and execs the rest of the chain.
 //!
 //! Under a monitor (`--sync-fd`), it first waits for the container's cgroups when the state
-//! names them (SYNC-7) and joins the v1 ones; the child is cloned with CLONE_PARENT so that it
-//! is the monitor's own child; ns-enter reports its pid (SYNC-1) and exits. Alone, ns-enter stays as
+//! names them (SYNC-0) and joins the v1 ones; the child is cloned with CLONE_PARENT so that it
+//! is the monitor's own child; ns-enter reports its pid (SYNC-2) and exits. Alone, ns-enter stays as
 //! a minimal monitor: it waits for the child, kills it on SIGTERM/SIGINT/SIGHUP, and exits
 //! with its status (128+N for a signal).
 #![forbid(unsafe_code)]

@@ -30,7 +30,7 @@ fn main() {
         fds.open_missing(&chain_stages(&rest))?;
 
         if let Some(cgroups) = &plan.cgroups {
-            // SYNC-7: the monitor made our v1 cgroups while we started; join them while we
+            // SYNC-0: the monitor made our v1 cgroups while we started; join them while we
             // are still in the host's namespaces.
             let s = sync
                 .as_ref()
@@ -116,7 +116,7 @@ fn enter_user_namespace(
         .ctx(|| "cannot create a user namespace".into())?;
     match (ranged, sync) {
         (true, Some(s)) => {
-            s.send(&Msg::UserNs)?; // SYNC-0
+            s.send(&Msg::UserNs)?; // SYNC-1
             let (msg, root) = if idmapped {
                 let (m, fd) = s.recv_fd()?;
                 (Some(m), Some(fd))
@@ -183,7 +183,7 @@ fn names(ns: &[Namespace]) -> Vec<&'static str> {
     ns.iter().map(|n| n.name()).collect()
 }
 
-/// SYNC-2: block until the monitor says go. EOF means the monitor died: stop here.
+/// SYNC-3: block until the monitor says go. EOF means the monitor died: stop here.
 fn wait_go(sync: &SyncSocket) -> Result<()> {
     match sync.recv()? {
         Some(Msg::Go) => Ok(()),
@@ -210,7 +210,7 @@ fn start_under_monitor(sync: &SyncSocket, rest: &[String], fds: &StageFds) -> Re
         }
         Forked::Parent(pid) => {
             ns_core::stage::fault("ns-enter:after-fork");
-            sync.send(&Msg::Pid(pid.as_raw()))?; // SYNC-1
+            sync.send(&Msg::Pid(pid.as_raw()))?; // SYNC-2
             std::process::exit(0)
         }
     }

@@ -1,6 +1,6 @@
 //! User namespaces: nspawn's `--private-users` values, picking a free id range, and the maps.
 //! ns-enter creates the namespace first and asks the monitor, still in the host's namespaces,
-//! to write the maps (SYNC-0): only a process outside may map more than its own id.
+//! to write the maps (SYNC-1): only a process outside may map more than its own id.
 
 use std::ffi::OsString;
 use std::fs::File;

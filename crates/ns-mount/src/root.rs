@@ -31,7 +31,7 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
     .ctx(|| format!("cannot open {}", p.display()))
 }
 
-/// Attach the image's idmapped mount (made by the monitor, SYNC-0: only a process in the
+/// Attach the image's idmapped mount (made by the monitor, SYNC-1: only a process in the
 /// host's user namespace may idmap a host file system) on the scratch tmpfs. Returns where.
 pub fn attach_idmapped(image: &Path, scratch: &Scratch, fd: OwnedFd) -> Result<PathBuf> {
     let at = scratch.dir("image")?;

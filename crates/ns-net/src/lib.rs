@@ -4,7 +4,7 @@
 //! default route, links up), which nspawn leaves to networkd in the guest.
 //!
 //! It never runs inside the chain: the monitor runs it on the host once the container's
-//! PID 1 exists (between SYNC-1 and SYNC-2), against that PID's network namespace. rtnetlink
+//! PID 1 exists (between SYNC-2 and SYNC-3), against that PID's network namespace. rtnetlink
 //! needs an executor; a current-thread tokio runtime starts no thread. The container's links
 //! need no removal: they go with its network namespace.
 #![forbid(unsafe_code)]

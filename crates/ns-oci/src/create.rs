@@ -1,7 +1,7 @@
 //! `create`: the bundle becomes the chain's state (through ns-run's OCI reader, so
 //! `ns-run --oci-bundle` and ns-oci build the same container), the cgroups are made at
 //! cgroupsPath with the resources, and the chain ns-enter → ns-mount → ns-caps runs up to
-//! the last step before the payload's exec. There ns-caps sends `waiting` (SYNC-8) and closes
+//! the last step before the payload's exec. There ns-caps sends `waiting` (SYNC-7) and closes
 //! the sync socket (we return: the container is created, its pid file written), keeps only
 //! stdio and the fifo, and blocks on `ROOT/ID/exec.fifo` until `start` opens it. Our own exit
 //! does not touch it: its parent-death signal is cleared before, and it is reparented to the
@@ -343,7 +343,7 @@ fn run_chain(
     drop(fifo_fd);
     fds.close_all();
     if state.enter.cgroups.is_some() {
-        sync.send(&Msg::Cgroups)?; // SYNC-7: made before the fork
+        sync.send(&Msg::Cgroups)?; // SYNC-0: made before the fork
     }
     let mut failed: Option<String> = None;
     let mut waiting = false;
@@ -354,7 +354,7 @@ fn run_chain(
         };
         match msg {
             Msg::Pid(p) => {
-                // SYNC-1: PID 1 exists (our child, by CLONE_PARENT).
+                // SYNC-2: PID 1 exists (our child, by CLONE_PARENT).
                 let pid = Pid::from_raw(p);
                 undo.pids.push(pid);
                 saved.pid = p;
@@ -365,10 +365,10 @@ fn run_chain(
                 let st = saved.state_json("creating");
                 hooks::run("createRuntime", hs.create_runtime(), &st)?;
                 hooks::run("prestart", hs.prestart(), &st)?;
-                sync.send(&Msg::Go)?; // SYNC-2
+                sync.send(&Msg::Go)?; // SYNC-3
             }
             Msg::UserNs => {
-                // SYNC-0: the id map config.json gives (one range, checked by oci::options).
+                // SYNC-1: the id map config.json gives (one range, checked by oci::options).
                 let u = state
                     .enter
                     .userns
@@ -393,7 +393,7 @@ fn run_chain(
             Msg::Failed { stage, message, .. } => {
                 failed = Some(format!("{stage}: {message}"));
             }
-            Msg::Waiting => waiting = true, // SYNC-8
+            Msg::Waiting => waiting = true, // SYNC-7
             m => return Err(Error::setup(format!("unexpected {m:?} from the chain"))),
         }
     }

@@ -96,7 +96,7 @@ pub fn run(state: &State) -> Result<i32> {
     // --property limits live there, one level above its processes, which the cgroup
     // namespace shows it as its root). cgroup2's are made now, to fork straight into its
     // payload level; the v1 ones while ns-enter starts, which joins their payload levels when
-    // told (SYNC-7), before it creates the cgroup namespace (so that a booted init finds a
+    // told (SYNC-0), before it creates the cgroup namespace (so that a booted init finds a
     // subtree of its own).
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
     let want_cgroups = m.cgroups.is_some() || !state.monitor.properties.is_empty();
@@ -202,7 +202,7 @@ pub fn run(state: &State) -> Result<i32> {
             drop(state_fd);
             fds.close_all();
             // While ns-enter execs: the v1 cgroups, then every limit and the device policy,
-            // then their payload levels (which inherit the policy), then SYNC-7. ns-enter
+            // then their payload levels (which inherit the policy), then SYNC-0. ns-enter
             // waits for it before it does anything.
             let made = if want_cgroups {
                 create_cgroups(false, &mut cleanup).and_then(|v1| {
@@ -314,7 +314,7 @@ struct Monitor<'a> {
     kill_signal: Option<i32>,
     /// Termination requests received (SIGTERM/SIGINT/SIGHUP).
     requests: u32,
-    /// Exit code a stage reported with `Failed` (SYNC-3).
+    /// Exit code a stage reported with `Failed` (SYNC-8).
     failed: Option<i32>,
     enter_status: Option<i32>,
     /// Host paths the chain created (SYNC-4).
@@ -341,7 +341,7 @@ struct Monitor<'a> {
     machine: Machine,
     /// PID 1's namespaces as it started, kept open for `ns-ctl shell` (registered only).
     held_namespaces: Vec<File>,
-    /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-0).
+    /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-1).
     root_clone: Option<std::os::fd::OwnedFd>,
     root: std::path::PathBuf,
 }
@@ -509,7 +509,7 @@ impl Monitor<'_> {
                 Ok(true)
             }
             Some(Msg::Pid(p)) => {
-                // SYNC-1 received. Host-side setup for PID 1 goes here; then SYNC-2.
+                // SYNC-2 received. Host-side setup for PID 1 goes here; then SYNC-3.
                 let pid = Pid::from_raw(p);
                 self.pid1 = Some(pid);
                 debug(STAGE, || format!("container PID 1 is {p}"));
@@ -527,7 +527,7 @@ impl Monitor<'_> {
                         r.publish(&self.machine)?;
                         ns_core::stage::fault("ns-run:registered");
                     }
-                    sync.send(&Msg::Go)?; // SYNC-2
+                    sync.send(&Msg::Go)?; // SYNC-3
                 }
                 Ok(true)
             }
@@ -541,7 +541,7 @@ impl Monitor<'_> {
                 Ok(true)
             }
             Some(Msg::UserNs) => {
-                // SYNC-0: ns-enter's user namespace exists.
+                // SYNC-1: ns-enter's user namespace exists.
                 let u = self
                     .userns
                     .as_ref()
@@ -631,7 +631,7 @@ impl Monitor<'_> {
         }
     }
 
-    /// Open and keep PID 1's namespaces, and record them in the entry (SYNC-1: ns-enter made
+    /// Open and keep PID 1's namespaces, and record them in the entry (SYNC-2: ns-enter made
     /// them all; no later stage makes another).
     fn hold_namespaces(&mut self, pid1: i32) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
@@ -716,7 +716,7 @@ impl Monitor<'_> {
             format!("signal {sig}: termination request {}", self.requests)
         });
         match (self.pid1, self.kill_signal) {
-            // Not started yet: PID 1 is killed as soon as ns-enter reports it (SYNC-1).
+            // Not started yet: PID 1 is killed as soon as ns-enter reports it (SYNC-2).
             (None, _) => {}
             (Some(p), Some(ks)) if self.requests == 1 => {
                 let _ = kill_raw(p, ks);
