@@ -11,7 +11,12 @@
 pub mod caps_spec;
 pub mod identity;
 pub mod limits;
+pub mod privileges;
+pub mod process;
 pub mod seccomp;
+
+/// The stage's name, in its error and debug lines.
+pub const STAGE: &str = "ns-caps";
 
 use clap::Parser;
 use ns_core::state::ExecPlan;
