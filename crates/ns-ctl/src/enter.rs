@@ -30,9 +30,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 use ns_caps::caps_spec;
 use ns_core::console::Console;
-use ns_core::exec::StageFds;
+use ns_core::exec::{state_argv, StageFds};
 use ns_core::stage::{exit_code_of, fail};
-use ns_core::state::Console as Mode;
+use ns_core::state::{Console as Mode, State, STATE_VERSION};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
@@ -110,12 +110,20 @@ pub fn shell(
         system_call_filter: &filter,
         seccomp: m.syscall_filter.is_some(),
     })?;
-    // Exactly the container's bounding set (ns-caps computes the flags against its default).
+    // Exactly the container's bounding set.
     plan.capabilities = caps_spec::names(bounding & caps_spec::all_mask());
-    let mut argv = vec!["ns-caps".to_string()];
-    argv.extend(ns_caps::plan_to_flags(&plan));
-    argv.push("--".into());
-    argv.extend(command.iter().cloned());
+    // ns-caps reads its section of the state, as in the chain (no flags round trip).
+    let state = State {
+        version: STATE_VERSION,
+        machine: m.name.clone(),
+        enter: Default::default(),
+        net: Default::default(),
+        mount: Default::default(),
+        exec: plan,
+        monitor: Default::default(),
+    };
+    let state_fd = state.to_sealed_memfd()?;
+    let argv = state_argv("ns-caps", state_fd.as_raw_fd(), None);
     // On a terminal the command gets a pty of the container's own devpts, relayed here, so
     // that it cannot reach our terminal (TIOCSTI); else our stdio as they are.
     use std::io::IsTerminal;
@@ -149,6 +157,7 @@ pub fn shell(
         }
         Forked::Parent(child) => {
             drop(fds);
+            drop(state_fd);
             drop(theirs);
             let mut console = if tty {
                 match ours.recv_fd() {
