@@ -136,17 +136,110 @@ fn boolean(file: &str, key: &str, v: &str) -> Result<bool> {
         .ok_or_else(|| Error::setup(format!("{file}: {key}={v}: not a boolean")))
 }
 
+/// How a key's value becomes options.
+#[derive(Clone, Copy)]
+enum Form {
+    /// `--OPT=VALUE`.
+    Value,
+    /// A boolean: `--OPT` when true, nothing when false.
+    Flag,
+    /// One `--OPT=WORD` per word of the value.
+    Each,
+    /// A capability list: space-separated in files, comma-separated on the command line.
+    Caps,
+}
+
+/// One key of nspawn's settings files: its section and name, its nspawn group (what a
+/// command line option of the same group overrides), the option it becomes and how, and,
+/// for a key only a trusted file may set, what nspawn 252 names when it ignores it.
+struct Key {
+    section: &'static str,
+    key: &'static str,
+    group: &'static str,
+    option: &'static str,
+    form: Form,
+    untrusted: Option<&'static str>,
+}
+
+const CAPS: &str = "Capability= setting";
+const MOUNTS: &str = "TemporaryFileSystem=, Bind= and BindReadOnly= settings";
+const NET: &str = "network settings";
+const USERNS: &str = "PrivateUsers= and PrivateUsersChown= settings";
+const SYSCALLS: &str = "SystemCallFilter= settings";
+
+const fn key(
+    section: &'static str,
+    key: &'static str,
+    group: &'static str,
+    option: &'static str,
+    form: Form,
+    untrusted: Option<&'static str>,
+) -> Key {
+    Key {
+        section,
+        key,
+        group,
+        option,
+        form,
+        untrusted,
+    }
+}
+
+use Form::{Caps, Each, Flag, Value};
+
+/// Every key but the few with rules of their own (Parameters=, Limit*=, PrivateUsersChown=;
+/// a SystemCallFilter= deny list is trusted from any file), see [`parse`].
+#[rustfmt::skip]
+const KEYS: &[Key] = &[
+    key("Exec", "Boot", "start", "boot", Flag, None),
+    key("Exec", "ProcessTwo", "start", "as-pid2", Flag, None),
+    key("Exec", "Ephemeral", "ephemeral", "ephemeral", Flag, Some("ephemeral setting")),
+    key("Exec", "Environment", "environment", "setenv", Each, None),
+    key("Exec", "User", "user", "user", Value, None),
+    key("Exec", "WorkingDirectory", "working-directory", "chdir", Value, None),
+    key("Exec", "PivotRoot", "pivot-root", "pivot-root", Value, None),
+    key("Exec", "Capability", "capability", "capability", Caps, Some(CAPS)),
+    key("Exec", "AmbientCapability", "capability", "ambient-capability", Caps, Some("AmbientCapability= setting")),
+    key("Exec", "DropCapability", "capability", "drop-capability", Caps, None),
+    key("Exec", "NoNewPrivileges", "no-new-privileges", "no-new-privileges", Value, None),
+    key("Exec", "KillSignal", "kill-signal", "kill-signal", Value, None),
+    key("Exec", "Personality", "personality", "personality", Value, None),
+    key("Exec", "MachineID", "machine-id", "uuid", Value, Some("MachineID= setting")),
+    key("Exec", "PrivateUsers", "userns", "private-users", Value, Some(USERNS)),
+    key("Exec", "NotifyReady", "notify-ready", "notify-ready", Value, None),
+    key("Exec", "SystemCallFilter", "syscall-filter", "system-call-filter", Value, Some(SYSCALLS)),
+    key("Exec", "OOMScoreAdjust", "oom-score-adjust", "oom-score-adjust", Value, Some("OOMScoreAdjust= setting")),
+    key("Exec", "CPUAffinity", "cpu-affinity", "cpu-affinity", Value, Some("CPUAffinity= setting")),
+    key("Exec", "Hostname", "hostname", "hostname", Value, None),
+    key("Exec", "ResolvConf", "resolv-conf", "resolv-conf", Value, None),
+    key("Exec", "Timezone", "timezone", "timezone", Value, None),
+    key("Exec", "LinkJournal", "link-journal", "link-journal", Value, Some("journal link setting")),
+    key("Exec", "SuppressSync", "suppress-sync", "suppress-sync", Value, None),
+    key("Files", "ReadOnly", "read-only", "read-only", Flag, None),
+    key("Files", "Volatile", "volatile", "volatile", Value, None),
+    key("Files", "PrivateUsersOwnership", "userns", "private-users-ownership", Value, Some(USERNS)),
+    key("Files", "BindUser", "bind-user", "bind-user", Each, Some("bind user setting")),
+    key("Files", "Bind", "mounts", "bind", Each, Some(MOUNTS)),
+    key("Files", "BindReadOnly", "mounts", "bind-ro", Each, Some(MOUNTS)),
+    key("Files", "TemporaryFileSystem", "mounts", "tmpfs", Each, Some(MOUNTS)),
+    key("Files", "Inaccessible", "mounts", "inaccessible", Each, Some(MOUNTS)),
+    key("Files", "Overlay", "mounts", "overlay", Each, Some(MOUNTS)),
+    key("Files", "OverlayReadOnly", "mounts", "overlay-ro", Each, Some(MOUNTS)),
+    key("Network", "Private", "network", "private-network", Flag, Some(NET)),
+    key("Network", "VirtualEthernet", "network", "network-veth", Flag, Some(NET)),
+    key("Network", "VirtualEthernetExtra", "network", "network-veth-extra", Value, Some(NET)),
+    key("Network", "Interface", "network", "network-interface", Each, Some(NET)),
+    key("Network", "MACVLAN", "network", "network-macvlan", Each, Some(NET)),
+    key("Network", "IPVLAN", "network", "network-ipvlan", Each, Some(NET)),
+    key("Network", "Bridge", "network", "network-bridge", Value, Some(NET)),
+    key("Network", "Zone", "network", "network-zone", Value, Some(NET)),
+    key("Network", "Port", "ports", "port", Value, Some("Port= setting")),
+];
+
 /// Parse the text of a settings file into settings, in file order. Unknown sections and keys
-/// are warned about and skipped, as nspawn does.
+/// are warned about and skipped, as nspawn does. Each key becomes the command-line options
+/// that mean the same ([`KEYS`]).
 pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
-    // What nspawn 252 names when it ignores a key of an untrusted file.
-    const CAPS: &str = "Capability= setting";
-    const AMBIENT: &str = "AmbientCapability= setting";
-    const MOUNTS: &str = "TemporaryFileSystem=, Bind= and BindReadOnly= settings";
-    const NET: &str = "network settings";
-    const PORT: &str = "Port= setting";
-    const USERNS: &str = "PrivateUsers= and PrivateUsersChown= settings";
-    const SYSCALLS: &str = "SystemCallFilter= settings";
     let mut out = Vec::new();
     let mut section = String::new();
     let mut boot_or_pid2 = false;
@@ -165,147 +258,54 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
             continue;
         };
         let (key, v) = (key.trim(), value.trim());
-        let opt = |o: &str| vec![format!("--{o}={v}")];
-        let flag = |o: &str| -> Result<Vec<String>> {
-            Ok(if boolean(file, key, v)? {
-                vec![format!("--{o}")]
-            } else {
-                vec![]
-            })
-        };
-        let each = |o: &str| words(v).iter().map(|w| format!("--{o}={w}")).collect();
-        // Capability lists: space-separated in files, comma-separated on the command line.
-        let caps = |o: &str| vec![format!("--{o}={}", words(v).join(","))];
-        let s = |group, args| {
-            Some(Setting {
-                group,
-                args,
-                untrusted: None,
-            })
-        };
-        // A setting that only a trusted file may make.
-        let t = |group, args, what: &str| {
-            Some(Setting {
-                group,
-                args,
-                untrusted: Some(what.to_string()),
-            })
+        let setting = |group, args, untrusted: Option<String>| Setting {
+            group,
+            args,
+            untrusted,
         };
         let setting = match (section.as_str(), key) {
-            ("Exec", "Boot") => {
-                boot_or_pid2 = true;
-                s("start", flag("boot")?)
-            }
-            ("Exec", "ProcessTwo") => {
-                boot_or_pid2 = true;
-                s("start", flag("as-pid2")?)
-            }
             ("Exec", "Parameters") => {
                 parameters = Some(words(v));
-                None
+                continue;
             }
-            ("Exec", "Ephemeral") => t("ephemeral", flag("ephemeral")?, "ephemeral setting"),
-            ("Exec", "Environment") => s("environment", each("setenv")),
-            ("Exec", "User") => s("user", opt("user")),
-            ("Exec", "WorkingDirectory") => s("working-directory", opt("chdir")),
-            ("Exec", "PivotRoot") => s("pivot-root", opt("pivot-root")),
-            ("Exec", "Capability") => t("capability", caps("capability"), CAPS),
-            ("Exec", "AmbientCapability") => t("capability", caps("ambient-capability"), AMBIENT),
-            ("Exec", "DropCapability") => s("capability", caps("drop-capability")),
-            ("Exec", "NoNewPrivileges") => s("no-new-privileges", opt("no-new-privileges")),
-            ("Exec", "KillSignal") => s("kill-signal", opt("kill-signal")),
-            ("Exec", "Personality") => s("personality", opt("personality")),
-            ("Exec", "MachineID") => t("machine-id", opt("uuid"), "MachineID= setting"),
-            ("Exec", "PrivateUsers") => t("userns", opt("private-users"), USERNS),
-            ("Exec", "NotifyReady") => s("notify-ready", opt("notify-ready")),
-            // A deny list only takes away; an allow list may add what the default denies.
-            ("Exec", "SystemCallFilter") if v.starts_with('~') => {
-                s("syscall-filter", opt("system-call-filter"))
-            }
-            ("Exec", "SystemCallFilter") => {
-                t("syscall-filter", opt("system-call-filter"), SYSCALLS)
-            }
-            ("Exec", "OOMScoreAdjust") => t(
-                "oom-score-adjust",
-                opt("oom-score-adjust"),
-                "OOMScoreAdjust= setting",
-            ),
-            ("Exec", "CPUAffinity") => {
-                t("cpu-affinity", opt("cpu-affinity"), "CPUAffinity= setting")
-            }
-            ("Exec", "Hostname") => s("hostname", opt("hostname")),
-            ("Exec", "ResolvConf") => s("resolv-conf", opt("resolv-conf")),
-            ("Exec", "Timezone") => s("timezone", opt("timezone")),
-            ("Exec", "LinkJournal") => {
-                t("link-journal", opt("link-journal"), "journal link setting")
-            }
-            ("Exec", "SuppressSync") => s("suppress-sync", opt("suppress-sync")),
-            ("Exec", k) if k.starts_with("Limit") => t(
+            ("Exec", k) if k.starts_with("Limit") => setting(
                 "rlimit",
                 vec![format!("--rlimit={}={v}", &k[5..])],
-                &format!("{k}= setting"),
+                Some(format!("{k}= setting")),
             ),
-            ("Files", "ReadOnly") => s("read-only", flag("read-only")?),
-            ("Files", "Volatile") => s("volatile", opt("volatile")),
-            ("Files", "PrivateUsersOwnership") => {
-                t("userns", opt("private-users-ownership"), USERNS)
-            }
-            ("Files", "PrivateUsersChown") => t(
-                "userns",
-                vec![format!(
-                    "--private-users-ownership={}",
-                    if boolean(file, key, v)? {
-                        "chown"
-                    } else {
-                        "off"
-                    }
-                )],
-                USERNS,
-            ),
-            ("Files", "BindUser") => t("bind-user", each("bind-user"), "bind user setting"),
-            (
-                "Files",
-                k @ ("Bind"
-                | "BindReadOnly"
-                | "TemporaryFileSystem"
-                | "Inaccessible"
-                | "Overlay"
-                | "OverlayReadOnly"),
-            ) => {
-                let o = match k {
-                    "Bind" => "bind",
-                    "BindReadOnly" => "bind-ro",
-                    "TemporaryFileSystem" => "tmpfs",
-                    "Inaccessible" => "inaccessible",
-                    "Overlay" => "overlay",
-                    _ => "overlay-ro",
+            ("Files", "PrivateUsersChown") => {
+                let mode = if boolean(file, key, v)? {
+                    "chown"
+                } else {
+                    "off"
                 };
-                t("mounts", each(o), MOUNTS)
+                setting(
+                    "userns",
+                    vec![format!("--private-users-ownership={mode}")],
+                    Some(USERNS.into()),
+                )
             }
-            ("Network", "Port") => t("ports", opt("port"), PORT),
-            ("Network", k) => {
-                let args = match k {
-                    "Private" => flag("private-network")?,
-                    "VirtualEthernet" => flag("network-veth")?,
-                    "VirtualEthernetExtra" => opt("network-veth-extra"),
-                    "Interface" => each("network-interface"),
-                    "MACVLAN" => each("network-macvlan"),
-                    "IPVLAN" => each("network-ipvlan"),
-                    "Bridge" => opt("network-bridge"),
-                    "Zone" => opt("network-zone"),
-                    _ => {
-                        eprintln!("{file}:{}: unknown key {key} in [Network], ignoring", n + 1);
-                        continue;
-                    }
+            (sec, k) => {
+                let Some(known) = KEYS.iter().find(|e| e.section == sec && e.key == k) else {
+                    eprintln!("{file}:{}: unknown key {key} in [{sec}], ignoring", n + 1);
+                    continue;
                 };
-                t("network", args, NET)
-            }
-            (sec, _) => {
-                eprintln!("{file}:{}: unknown key {key} in [{sec}], ignoring", n + 1);
-                None
+                boot_or_pid2 |= matches!(k, "Boot" | "ProcessTwo");
+                let o = known.option;
+                let args = match known.form {
+                    Value => vec![format!("--{o}={v}")],
+                    Flag if boolean(file, key, v)? => vec![format!("--{o}")],
+                    Flag => vec![],
+                    Each => words(v).iter().map(|w| format!("--{o}={w}")).collect(),
+                    Caps => vec![format!("--{o}={}", words(v).join(","))],
+                };
+                // A deny list only takes away; an allow list may add what the default denies.
+                let deny_list = k == "SystemCallFilter" && v.starts_with('~');
+                let untrusted = known.untrusted.filter(|_| !deny_list).map(String::from);
+                setting(known.group, args, untrusted)
             }
         };
-        out.extend(setting);
+        out.push(setting);
     }
     // nspawn keeps one allow and one deny list and ignores both when the allow list is not
     // empty: a deny line next to an allow line goes with it.
