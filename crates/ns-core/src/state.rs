@@ -645,6 +645,20 @@ pub enum Console {
 }
 
 impl State {
+    /// The state of a process entering a running container (`ns-ctl shell`, `ns-oci exec`):
+    /// ns-caps' section only.
+    pub fn exec_only(machine: &str, exec: ExecPlan) -> State {
+        State {
+            version: STATE_VERSION,
+            machine: machine.to_string(),
+            enter: Default::default(),
+            net: Default::default(),
+            mount: Default::default(),
+            exec,
+            monitor: Default::default(),
+        }
+    }
+
     /// Read and check the state behind `fd` (pread from offset 0; the fd is not consumed).
     pub fn read_fd(fd: BorrowedFd<'_>) -> Result<State> {
         let mut buf = Vec::new();

@@ -32,7 +32,7 @@ use ns_caps::caps_spec;
 use ns_core::console::Console;
 use ns_core::exec::{state_argv, StageFds};
 use ns_core::stage::{exit_code_of, fail};
-use ns_core::state::{Console as Mode, State, STATE_VERSION};
+use ns_core::state::{Console as Mode, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
@@ -113,15 +113,7 @@ pub fn shell(
     // Exactly the container's bounding set.
     plan.capabilities = caps_spec::names(bounding & caps_spec::all_mask());
     // ns-caps reads its section of the state, as in the chain (no flags round trip).
-    let state = State {
-        version: STATE_VERSION,
-        machine: m.name.clone(),
-        enter: Default::default(),
-        net: Default::default(),
-        mount: Default::default(),
-        exec: plan,
-        monitor: Default::default(),
-    };
+    let state = State::exec_only(&m.name, plan);
     let state_fd = state.to_sealed_memfd()?;
     let argv = state_argv("ns-caps", state_fd.as_raw_fd(), None);
     // On a terminal the command gets a pty of the container's own devpts, relayed here, so

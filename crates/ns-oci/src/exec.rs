@@ -19,7 +19,7 @@ use std::path::Path;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use ns_core::exec::{state_argv, StageFds};
 use ns_core::stage::{exit_code_of, fail};
-use ns_core::state::{ExecPlan, State, STATE_VERSION};
+use ns_core::state::{ExecPlan, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked};
 use ns_core::{Context, Error, Result};
@@ -80,15 +80,7 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
     // ns-caps --fork runs outside the container's PID namespace, where the container's
     // /proc has no /proc/self; the value is inherited by the process it forks.
     let oom_score_adj = plan.oom_score_adjust.take();
-    let state = State {
-        version: STATE_VERSION,
-        machine: r.id.to_string(),
-        enter: Default::default(),
-        net: Default::default(),
-        mount: Default::default(),
-        exec: plan,
-        monitor: Default::default(),
-    };
+    let state = State::exec_only(r.id, plan);
     let state_fd = state.to_sealed_memfd()?;
     let mut fds = StageFds::default();
     fds.open_sealed(&["ns-caps"])?;
