@@ -728,7 +728,8 @@ pub fn wait_no_procs_in(root: &Path, timeout: Duration) -> Vec<String> {
 }
 
 /// Assert that nothing of a container is left: no process in `root` (after a short grace
-/// period) and the host mount table equal to `mounts_before`.
+/// period) and none of the mounts a test can make or leak ([`our_mounts`]) other than those
+/// in `mounts_before` (taken with [`our_mounts`]).
 pub fn assert_no_leak(root: &Path, mounts_before: &[String]) {
     let left = wait_no_procs_in(root, Duration::from_secs(3));
     assert!(
@@ -739,29 +740,81 @@ pub fn assert_no_leak(root: &Path, mounts_before: &[String]) {
     assert_mounts_unchanged(mounts_before);
 }
 
-/// Assert the host mount table is what it was. Mounts that tests make on the host on
-/// purpose ([`HostTmpfs`], possibly in a test running in parallel) do not count, nor do named
-/// network namespaces (`/run/netns/*`, made by `ip netns add`, e.g. by network tests running
-/// at the same time): no container of ours mounts anything there.
+/// Assert that the mounts a test can make or leak ([`our_mounts`]) are what they were
+/// (`before`, taken with [`our_mounts`]). What the rest of the host mounts meanwhile (a
+/// container engine running beside the tests) does not count.
 pub fn assert_mounts_unchanged(before: &[String]) {
-    let ours = HOST_MOUNTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    diff_mounts("mounts of the tests' objects", before, &our_mounts());
+}
+
+/// Assert the whole host mount table is what it was (`before`, taken with
+/// [`mount_points`]): for the soak and fault tests, run where nothing else runs. Mounts
+/// that tests make on the host on purpose ([`HostTmpfs`], possibly in a test running in
+/// parallel) do not count, nor do named network namespaces (`/run/netns/*`, made by `ip
+/// netns add`, e.g. by network tests running at the same time): no container of ours mounts
+/// anything there.
+pub fn assert_host_mounts_unchanged(before: &[String]) {
     let keep = |v: &[String]| -> Vec<String> {
         v.iter()
-            .filter(|m| !ours.iter().any(|o| Path::new(m) == o))
+            .filter(|m| !on_purpose(m))
             .filter(|m| !m.starts_with("/run/netns/"))
             .cloned()
             .collect()
     };
-    let (before, after) = (keep(before), keep(&mount_points()));
+    diff_mounts("host mount table", &keep(before), &keep(&mount_points()));
+}
+
+fn diff_mounts(what: &str, before: &[String], after: &[String]) {
     let added: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
     let removed: Vec<&String> = before.iter().filter(|m| !after.contains(m)).collect();
     assert!(
         after == before,
-        "host mount table changed: added {added:?}, removed {removed:?}"
+        "{what} changed: added {added:?}, removed {removed:?}"
     );
+}
+
+/// Is `m` where a test of this process mounts a [`HostTmpfs`] on purpose?
+fn on_purpose(m: &str) -> bool {
+    HOST_MOUNTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|o| Path::new(m) == o)
+}
+
+/// The mounts (mount points, sorted) that a test of this process made or could leave on
+/// the host: those whose mount point, root (what a bind mount shows) or source names one of
+/// our trees (`$TMPDIR/ns-tests-<our pid>-*`, the roots and their host dirs) or the
+/// toolkit's own state (`/run/ns-run`, rootless `ns-run-UID`, ns-oci's). Not in it: what
+/// anything else mounts meanwhile (a container engine beside the tests, other test
+/// processes' trees), named network namespaces, [`HostTmpfs`]es (mounted on purpose, perhaps
+/// by a test running in parallel). The leak checks compare this; the soak and fault tests
+/// compare the whole table ([`assert_host_mounts_unchanged`]).
+pub fn our_mounts() -> Vec<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (root, target) = (unescape_octal(f.get(3)?), unescape_octal(f.get(4)?));
+            let sep = f.iter().position(|x| *x == "-")?;
+            let source = unescape_octal(f.get(sep + 2).unwrap_or(&""));
+            let named = [&root, &target, &source].iter().any(|x| names_ours(x));
+            (named && !on_purpose(&target) && !target.starts_with("/run/netns/")).then_some(target)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Does the path `p` name an object of this test process or of the toolkit?
+fn names_ours(p: &str) -> bool {
+    let tree = format!("/{PREFIX}{}-", std::process::id());
+    p.contains(&tree)
+        || Path::new(p).components().any(|c| {
+            let c = c.as_os_str().to_string_lossy();
+            c == "ns-run" || c == "ns-oci" || c.starts_with("ns-run-") || c.starts_with("ns-oci-")
+        })
 }
 
 /// What is in a tree, entry by entry (symlinks not followed): relative path → type, mode,
@@ -993,29 +1046,6 @@ pub fn path_with_bins() -> std::ffi::OsString {
         dirs.extend(std::env::split_paths(&p));
     }
     std::env::join_paths(dirs).expect("PATH")
-}
-
-/// The host mount table, without what other tests may mount meanwhile: named network
-/// namespaces (`ip netns add` mounts them under /run/netns) and mounts below the trees of
-/// other test processes (tests of other files, run at the same time, mount on purpose).
-pub fn host_mounts() -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    let ours = format!("ns-tests-{}-", std::process::id());
-    mount_points()
-        .into_iter()
-        .filter(|m| !m.starts_with("/run/netns/"))
-        .filter(|m| {
-            let Ok(rel) = Path::new(m).strip_prefix(&tmp) else {
-                return true;
-            };
-            let top = rel
-                .components()
-                .next()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            !top.starts_with("ns-tests-") || top.starts_with(&ours)
-        })
-        .collect()
 }
 
 /// Every cgroup directory of the host, four levels deep (the containers' sit beside the

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use ns_tests::{
-    assert_mounts_unchanged, fixture, host_cap_bnd, host_os_release, is_uuid, mount_points, ns_run,
+    assert_mounts_unchanged, fixture, host_cap_bnd, host_os_release, is_uuid, ns_run, our_mounts,
     run, run_cmd, run_stdin, s, status_dec, status_hex, Output, Tree, CAP_NET_ADMIN, CAP_NET_RAW,
     DEFAULT_PATH, NSPAWN_DEFAULT_CAPS,
 };
@@ -21,7 +21,7 @@ fn tree() -> Tree {
 
 /// `ns-run -D ROOT OPTS... sh -c SCRIPT`, checking the host mount table is unchanged.
 fn sh_with(root: &Path, opts: &[&str], script: &str) -> Output {
-    let before = mount_points();
+    let before = our_mounts();
     let mut args = vec!["-D", s(root)];
     args.extend_from_slice(opts);
     args.extend(["sh", "-c", script]);
@@ -701,7 +701,7 @@ fn bind_and_bind_ro() {
     let ro = t.host_dir("ro");
     std::fs::write(rw.join("f"), "rw-file\n").unwrap();
     std::fs::write(ro.join("f"), "ro-file\n").unwrap();
-    let before = mount_points();
+    let before = our_mounts();
     let out = run(&[
         "-D",
         t.arg(),
@@ -743,7 +743,7 @@ fn bind_and_bind_ro() {
 #[test]
 fn tmpfs_option() {
     let t = Tree::rootfs("tmpfs");
-    let before = mount_points();
+    let before = our_mounts();
     let out = run(&[
         "-D",
         t.arg(),
@@ -806,7 +806,7 @@ fn symlinks_in_the_image_cannot_redirect_mounts_to_the_host() {
     let src = t.host_dir("src");
     std::fs::write(src.join("f"), "bound\n").unwrap();
     let escaped = format!("ns-tests-escaped-{}", std::process::id());
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = ns_run();
     t.tag(&mut c).args([
         "-D",

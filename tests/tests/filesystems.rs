@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use ns_tests::{
     assert_journals_collected, assert_mounts_unchanged, assert_no_leak, assert_snapshot_unchanged,
-    build_rootfs_linked, cleanup_journal, mount_points, ns_run, procs_in, run, run_cmd, s,
-    snapshot, spawn_until, wait_no_procs_in, while_running, ForgetJournal, HostTmpfs, Output, Tree,
+    build_rootfs_linked, cleanup_journal, ns_run, our_mounts, procs_in, run, run_cmd, s, snapshot,
+    spawn_until, wait_no_procs_in, while_running, ForgetJournal, HostTmpfs, Output, Tree,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ fn cmd(t: &Tree, args: &[&str]) -> Command {
 
 /// Run `ns-run -D <t> ARGS...`; nothing may be left: no process, no host mount.
 fn run_in(t: &Tree, args: &[&str]) -> Output {
-    let before = mount_points();
+    let before = our_mounts();
     let out = run_cmd(cmd(t, args), None);
     assert_no_leak(t.path(), &before);
     out
@@ -173,7 +173,7 @@ fn bind_is_recursive_by_default_and_norbind_hides_submounts() {
     let _sub = HostTmpfs::mount(&src.join("sub"));
     write(&src.join("sub/f"), "submount\n");
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     let out = sh_ok(
         &t,
         &[
@@ -458,7 +458,7 @@ fn overlay_top_lower_wins_and_writes_land_in_the_upper() {
 fn overlay_workdir_exists_while_running_and_is_removed_after() {
     let t = Tree::rootfs("workdir");
     let (l1, _, up) = layers(&t);
-    let before = mount_points();
+    let before = our_mounts();
     let c = cmd(
         &t,
         &[
@@ -701,7 +701,7 @@ fn ephemeral_keeps_an_explicit_machine_name() {
 fn two_ephemeral_containers_share_a_tree() {
     let t = Tree::rootfs("ephemtwo");
     let all = snapshot(t.base());
-    let before = mount_points();
+    let before = our_mounts();
     let first = cmd(
         &t,
         &["-x", "sh", "-c", "echo first > /f && echo ready; sleep 100"],
@@ -728,7 +728,7 @@ fn ephemeral_on_the_host_root() {
         probe.display()
     );
     let _guard = RemoveOnDrop(probe.to_path_buf());
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = ns_run();
     tag.tag(&mut c).args([
         "-D",
@@ -757,7 +757,7 @@ fn ephemeral_on_the_host_root() {
 fn killed_ephemeral_container_leaves_nothing() {
     let t = Tree::rootfs("ephemkill");
     let all = snapshot(t.base());
-    let before = mount_points();
+    let before = our_mounts();
     let r = spawn_until(
         cmd(
             &t,
@@ -871,7 +871,7 @@ fn volatile_overlay_is_like_ephemeral() {
 /// A container on the host's root (`-D /`) with `opts`; processes are found by the tag
 /// tree's path in their environment.
 fn on_host_root(tag: &Tree, opts: &[&str], script: &str) -> Output {
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = ns_run();
     tag.tag(&mut c)
         .args(["-D", "/"])
@@ -939,7 +939,7 @@ fn volatile_bad_values() {
 #[test]
 fn image_lock_refuses_a_second_container_next_to_a_writer() {
     let t = Tree::rootfs("locked");
-    let before = mount_points();
+    let before = our_mounts();
     let first = cmd(&t, &["sh", "-c", "echo ready; sleep 100"]);
     while_running(first, || {
         // A writer holds the tree exclusively: no second writer, and (as with nspawn's
@@ -964,7 +964,7 @@ fn image_lock_refuses_a_second_container_next_to_a_writer() {
 fn image_lock_is_shared_by_read_only_and_ephemeral_containers() {
     let t = Tree::rootfs("shared");
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     for first_opt in ["-x", "--read-only"] {
         let first = cmd(&t, &[first_opt, "sh", "-c", "echo ready; sleep 100"]);
         while_running(first, || {
@@ -988,7 +988,7 @@ fn image_lock_is_shared_by_read_only_and_ephemeral_containers() {
 #[test]
 fn image_lock_dies_with_a_killed_monitor() {
     let t = Tree::rootfs("lockkill");
-    let before = mount_points();
+    let before = our_mounts();
     let r = spawn_until(cmd(&t, &["sh", "-c", "echo ready; sleep 100"]), "ready");
     let monitor = r.pid();
     let _journal = ForgetJournal(monitor);
@@ -1009,7 +1009,7 @@ fn created_mount_points_are_removed_after_exit() {
     let file = t.host_dir("files").join("conf");
     write(&file, "conf\n");
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     let c = cmd(
         &t,
         &[
@@ -1070,7 +1070,7 @@ fn after_a_killed_monitor_the_next_ns_run_removes_its_mount_points() {
     let src = t.host_dir("src");
     let (l1, _, up) = layers(&t);
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     let r = spawn_until(
         cmd(
             &t,
@@ -1152,7 +1152,7 @@ fn template_creates_a_missing_directory() {
     let tpl = template();
     let tpl_before = snapshot(tpl.path());
     let new = tpl.base().join("fromtpl");
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = ns_run();
     tpl.tag(&mut c)
         .arg(format!("--template={}", tpl.arg()))

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    bin, host_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Tree,
+    bin, our_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Tree,
 };
 
 /// How long a container may take to print `ready`.
@@ -284,7 +284,7 @@ fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn assert_nothing_left(tree: &Tree, mounts_before: &[String]) {
     let left = wait_no_procs_in(tree.path(), Duration::from_secs(3));
     assert!(left.is_empty(), "processes left: {left:#?}");
-    let after = host_mounts();
+    let after = our_mounts();
     assert_eq!(after, mounts_before, "host mount table changed");
 }
 
@@ -372,7 +372,7 @@ impl Drop for ZoneFile {
 fn private_network_has_only_lo_up() {
     let ns = Netns::new();
     let t = Tree::rootfs("privnet");
-    let before = host_mounts();
+    let before = our_mounts();
     // A link the container must not see.
     ns.ok(&[
         "ip", "link", "add", "pn0", "type", "veth", "peer", "name", "pn1",
@@ -471,7 +471,7 @@ fn assert_local_mac(mac: &str) {
 fn veth_pair_names_macs_and_lifetime() {
     let ns = Netns::new();
     let t = Tree::rootfs("veth");
-    let before = host_mounts();
+    let before = our_mounts();
     let (h1, c1) = veth_run(&ns, &t, "t-veth");
     assert_local_mac(&h1);
     assert_local_mac(&c1);
@@ -491,7 +491,7 @@ fn veth_pair_names_macs_and_lifetime() {
 fn veth_long_machine_name_is_shortened_with_an_altname() {
     let ns = Netns::new();
     let t = Tree::rootfs("longname");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = start(ns.ns_run(
         &t,
         &["-n", "-M", "abcdefghijklm"],
@@ -522,7 +522,7 @@ fn veth_long_machine_name_is_shortened_with_an_altname() {
 fn addresses_gateway_and_ping_both_ways() {
     let ns = Netns::new();
     let t = Tree::rootfs("addr");
-    let before = host_mounts();
+    let before = our_mounts();
     let payload = ready_then_sleep(
         "ip -o link show host0; ip -o -4 addr show host0; ip route\n\
          ping -c1 -W1 10.231.1.1 >/dev/null && echo PING-OK",
@@ -576,7 +576,7 @@ fn addresses_gateway_and_ping_both_ways() {
 fn bridge_enslaves_the_host_end() {
     let ns = Netns::new();
     let t = Tree::rootfs("bridge");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
     let r = start(ns.ns_run(
         &t,
@@ -608,7 +608,7 @@ fn bridge_enslaves_the_host_end() {
 fn bridge_missing_or_not_a_bridge_creates_nothing() {
     let ns = Netns::new();
     let t = Tree::rootfs("nobridge");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1",
     ]);
@@ -655,7 +655,7 @@ fn zone_bridge_is_shared_and_removed_by_the_last_container() {
     let br = format!("vz-{}", zone.0);
     let ta = Tree::rootfs("zone-a");
     let tb = Tree::rootfs("zone-b");
-    let before = host_mounts();
+    let before = our_mounts();
     let zopt = format!("--network-zone={}", zone.0);
     let pinger = |peer: &str| {
         vec![
@@ -731,7 +731,7 @@ fn zone_bridge_is_removed_when_its_containers_end_together() {
     let br = format!("vz-{}", zone.0);
     let ta = Tree::rootfs("zone2-a");
     let tb = Tree::rootfs("zone2-b");
-    let before = host_mounts();
+    let before = our_mounts();
     let zopt = format!("--network-zone={}", zone.0);
     for round in 0..3 {
         let a = start(ns.ns_run(&ta, &[&zopt, "-M", "t-zc"], &argv(&ready_then_sleep(""))));
@@ -767,7 +767,7 @@ fn zone_bridge_is_removed_when_its_containers_end_together() {
 fn veth_extra_and_moved_interface() {
     let ns = Netns::new();
     let t = Tree::rootfs("extra");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
     ]);
@@ -817,7 +817,7 @@ fn veth_extra_and_moved_interface() {
 fn macvlan_inside_and_ipvlan() {
     let ns = Netns::new();
     let t = Tree::rootfs("macvlan");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
     ]);
@@ -891,7 +891,7 @@ fn joins_an_existing_network_namespace() {
     let outer = Netns::new();
     let target = Netns::new();
     let t = Tree::rootfs("joinns");
-    let before = host_mounts();
+    let before = our_mounts();
     outer.ok(&[
         "ip", "link", "add", "oa0", "type", "veth", "peer", "name", "oa1",
     ]);
@@ -967,7 +967,7 @@ fn port_server() -> Vec<String> {
 fn port_forwarding_from_the_host_and_its_tables() {
     let ns = Netns::new();
     let t = Tree::rootfs("port");
-    let before = host_mounts();
+    let before = our_mounts();
     let mut opts = PORT_OPTS.to_vec();
     opts.extend(["-p", "8080:80"]);
     let server = port_server();
@@ -1024,7 +1024,7 @@ fn port_forwarding_from_the_host_and_its_tables() {
 fn port_needs_an_address_and_a_valid_port() {
     let ns = Netns::new();
     let t = Tree::rootfs("badport");
-    let before = host_mounts();
+    let before = our_mounts();
     let links = ns.names();
     let out = run_cmd(
         ns.ns_run(&t, &["-n", "-M", "t-badport", "-p", "8080:80"], &["true"]),
@@ -1047,7 +1047,7 @@ fn port_needs_an_address_and_a_valid_port() {
 fn network_failure_after_links_were_created_leaves_nothing() {
     let ns = Netns::new();
     let t = Tree::rootfs("netfail");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
@@ -1091,7 +1091,7 @@ fn network_failure_in_a_zone_removes_the_new_bridge() {
     let ns = Netns::new();
     let zone = ZoneFile::new("z3");
     let t = Tree::rootfs("zonefail");
-    let before = host_mounts();
+    let before = our_mounts();
     let links = ns.names();
     let zopt = format!("--network-zone={}", zone.0);
     let out = run_cmd(
@@ -1117,7 +1117,7 @@ fn network_failure_in_a_zone_removes_the_new_bridge() {
 fn port_without_nft_fails_with_one_line_and_leaves_nothing() {
     let ns = Netns::new();
     let t = Tree::rootfs("nonft");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
     ]);
@@ -1155,7 +1155,7 @@ fn payload_pid(tree: &Tree, tag: &str) -> i32 {
 fn killed_payload_or_monitor_leaves_no_link() {
     let ns = Netns::new();
     let t = Tree::rootfs("netkill");
-    let before = host_mounts();
+    let before = our_mounts();
     let payload = ["sh", "-c", "echo ready; exec sleep 4242"];
 
     // The payload killed.
@@ -1190,7 +1190,7 @@ fn veth_name_held_by_a_running_container_fails_and_keeps_it() {
     let ns = Netns::new();
     let ta = Tree::rootfs("held-a");
     let tb = Tree::rootfs("held-b");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = start(ns.ns_run(&ta, &["-n", "-M", "t-held"], &argv(&ready_then_sleep(""))));
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let first = ns.link("ve-t-held").expect("first container's host end");
@@ -1224,7 +1224,7 @@ fn veth_name_held_by_a_running_container_fails_and_keeps_it() {
 fn port_forwarding_over_ipv6() {
     let ns = Netns::new();
     let t = Tree::rootfs("port6");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = start(ns.ns_run(
         &t,
         &[

@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    assert_snapshot_unchanged, bin, fixture, host_mounts, ns_run, procs_in, run, run_cmd, snapshot,
+    assert_snapshot_unchanged, bin, fixture, ns_run, our_mounts, procs_in, run, run_cmd, snapshot,
     spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, Tree,
 };
 
@@ -257,7 +257,7 @@ fn base_of(r: &Running) -> u64 {
 fn assert_nothing_left(tree: &Tree, mounts_before: &[String]) {
     let left = wait_no_procs_in(tree.path(), Duration::from_secs(3));
     assert!(left.is_empty(), "processes left: {left:#?}");
-    assert_eq!(host_mounts(), mounts_before, "host mount table changed");
+    assert_eq!(our_mounts(), mounts_before, "host mount table changed");
 }
 
 fn owner(p: &Path) -> (u32, u32) {
@@ -297,7 +297,7 @@ fn refused(name: &str, opts: &[&str], needles: &[&str]) {
     let t = Tree::rootfs(name);
     let snap = snapshot(t.path());
     let locks = lock_files();
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(&t, opts, "echo payload ran");
     assert_refused(&out, needles);
     assert_nothing_left(&t, &before);
@@ -372,7 +372,7 @@ impl Drop for Netns {
 #[test]
 fn pick_maps_root_to_a_private_range_over_an_idmapped_root() {
     let t = Tree::rootfs("ns-u-pick");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n\
          {PRINT_MOUNTS}\n\
@@ -437,7 +437,7 @@ fn pick_maps_root_to_a_private_range_over_an_idmapped_root() {
 #[test]
 fn pick_with_private_network_keeps_net_bind_service_and_gets_a_fresh_sysfs() {
     let t = Tree::rootfs("ns-u-privnet");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!("{PRINT_IDS}\n{PRINT_MOUNTS}\necho \"net=$(ls /sys/class/net)\"");
     let r = sh_ok(&t, &["-U", "--private-network"], &script);
     picked_base(&r.map("uid_map"));
@@ -455,7 +455,7 @@ fn pick_with_private_network_keeps_net_bind_service_and_gets_a_fresh_sysfs() {
 #[test]
 fn concurrent_containers_get_disjoint_ranges_and_lock_files() {
     let (t1, t2) = (Tree::rootfs("ns-u-twin1"), Tree::rootfs("ns-u-twin2"));
-    let before = host_mounts();
+    let before = our_mounts();
     // The same machine name: both start looking at the same slot.
     let opts = ["-U", "-M", "ns-u-twin"];
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
@@ -500,7 +500,7 @@ fn overlay_inside_the_idmapped_root_leaves_no_workdir() {
         std::fs::create_dir(t.path().join(d)).unwrap();
     }
     let all = snapshot(t.path());
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(
         &t,
         &["-U", "--overlay=+/lo:+/up:/mnt"],
@@ -520,7 +520,7 @@ fn overlay_inside_the_idmapped_root_leaves_no_workdir() {
 fn identity_maps_ids_one_to_one() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-identity");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!("{PRINT_IDS}\necho \"passwd=$(stat -c %u:%g /etc/passwd)\"");
     let r = sh_ok(&t, &["--private-users=identity"], &script);
     assert_eq!(r.map("uid_map"), vec![(0, 0, RANGE)], "uid_map");
@@ -534,7 +534,7 @@ fn identity_maps_ids_one_to_one() {
 fn fixed_range_without_ownership_leaves_the_image_to_nobody() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-fixedoff");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n{PRINT_MOUNTS}\n\
          echo \"passwd=$(stat -c %u:%g /etc/passwd)\"\n\
@@ -562,7 +562,7 @@ fn fixed_range_without_ownership_leaves_the_image_to_nobody() {
 fn fixed_range_with_map_ownership_gives_the_image_to_container_root() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-fixedmap");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n{PRINT_MOUNTS}\n\
          echo \"passwd=$(stat -c %u:%g /etc/passwd)\"\n\
@@ -591,7 +591,7 @@ fn fixed_range_with_map_ownership_gives_the_image_to_container_root() {
 fn yes_uses_the_owner_of_the_tree_as_base() {
     let t = Tree::rootfs("ns-u-yes");
     chown(t.path(), 2097152, 2097152);
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!("{PRINT_IDS}\necho \"rootdir=$(stat -c %u:%g /)\"");
     let r = sh_ok(&t, &["--private-users=yes"], &script);
     assert_eq!(r.map("uid_map"), vec![(0, 2097152, RANGE)], "uid_map");
@@ -607,7 +607,7 @@ fn largest_valid_fixed_range_is_accepted() {
     // nspawn (userns_shift_range_valid): a range may end at the last valid id, 4294967294
     // (base + count == 4294967295 == UID_INVALID, which is not part of it).
     let t = Tree::rootfs("ns-u-toprange");
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(
         &t,
         &["--private-users=4294901759:65536"],
@@ -640,7 +640,7 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
     )
     .unwrap();
     let snap = snapshot(root);
-    let before = host_mounts();
+    let before = our_mounts();
 
     const BASE: u32 = 4194304;
     let base = format!("--private-users={BASE}");
@@ -686,7 +686,7 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
 fn no_disables_and_digits_are_a_base() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-digits");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = sh_ok(&t, &["--private-users=no"], PRINT_IDS);
     assert_eq!(
         r.map("uid_map"),
@@ -707,7 +707,7 @@ fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
 #[test]
 fn overlapping_fixed_range_is_refused() {
     let (t1, t2) = (Tree::rootfs("ns-u-over1"), Tree::rootfs("ns-u-over2"));
-    let before = host_mounts();
+    let before = our_mounts();
     let first = start(&t1, &["--private-users=5242880:65536"], "true");
     // Container ids 0-32767 of the second would be ids 32768-65535 of the first.
     let out = sh(
@@ -727,7 +727,7 @@ fn overlapping_fixed_range_is_refused() {
 #[test]
 fn pick_skips_a_slot_overlapping_a_fixed_range() {
     let (t1, t2) = (Tree::rootfs("ns-u-slot1"), Tree::rootfs("ns-u-slot2"));
-    let before = host_mounts();
+    let before = our_mounts();
     let opts = ["-U", "-M", "ns-u-slot"];
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
     // Where this machine name's pick lands while that slot is free.
@@ -821,7 +821,7 @@ fn idmap_bind_without_user_namespace_is_refused() {
 #[test]
 fn fixed_range_in_use_is_refused() {
     let (t1, t2) = (Tree::rootfs("ns-u-inuse1"), Tree::rootfs("ns-u-inuse2"));
-    let before = host_mounts();
+    let before = our_mounts();
     let opt = "--private-users=3145728:65536";
     let first = start(&t1, &[opt], "true");
     assert!(lock_file(3145728).is_file(), "no lock file while running");
@@ -855,7 +855,7 @@ fn fixed_range_in_use_is_refused() {
 fn plain_bind_of_a_host_directory_is_not_container_roots() {
     let t = Tree::rootfs("ns-u-bindplain");
     let src = bind_source(&t);
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/b", src.display());
     let r = sh_ok(
         &t,
@@ -876,7 +876,7 @@ fn file_created_in_a_plain_bind_is_owned_by_the_shifted_uid() {
     let t = Tree::rootfs("ns-u-bindshift");
     let src = t.host_dir("shared");
     std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/s", src.display());
     let r = sh_ok(
         &t,
@@ -898,7 +898,7 @@ fn file_created_in_a_plain_bind_is_owned_by_the_shifted_uid() {
 fn idmap_bind_shows_the_source_through_the_container_mapping() {
     let t = Tree::rootfs("ns-u-bindidmap");
     let src = bind_source(&t);
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/b:idmap", src.display());
     let r = sh_ok(
         &t,
@@ -921,7 +921,7 @@ fn idmap_bind_shows_the_source_through_the_container_mapping() {
 fn rootidmap_bind_makes_the_source_owner_container_root() {
     let t = Tree::rootfs("ns-u-bindroot");
     let src = bind_source(&t);
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/r:rootidmap", src.display());
     let r = sh_ok(
         &t,
@@ -947,7 +947,7 @@ fn container_root_cannot_write_a_host_root_file() {
     std::fs::write(&f, "host root only\n").unwrap();
     chown(&f, 0, 0);
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/f", f.display());
     let r = sh_ok(
         &t,
@@ -977,7 +977,7 @@ fn container_root_cannot_write_a_host_root_file() {
 fn ephemeral_writes_do_not_reach_the_tree() {
     let t = Tree::rootfs("ns-u-ephemeral");
     let snap = snapshot(t.path());
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n\
          touch /eph && echo touched=ok\n\
@@ -998,7 +998,7 @@ fn ephemeral_writes_do_not_reach_the_tree() {
 #[test]
 fn as_pid2_runs_under_ns_init_and_relays_the_exit_code() {
     let t = Tree::rootfs("ns-u-pid2");
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(
         &t,
         &["-U", "-a"],
@@ -1019,7 +1019,7 @@ fn as_pid2_runs_under_ns_init_and_relays_the_exit_code() {
 #[test]
 fn user_daemon_has_uid_1_and_no_capabilities() {
     let t = Tree::rootfs("ns-u-daemon");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = sh_ok(&t, &["-U", "-u", "daemon"], PRINT_IDS);
     picked_base(&r.map("uid_map"));
     assert_eq!((r.get("uid"), r.get("gid")), ("1", "1"));
@@ -1033,7 +1033,7 @@ fn user_daemon_has_uid_1_and_no_capabilities() {
 #[test]
 fn after_the_monitor_is_killed_a_new_container_still_starts() {
     let t = Tree::rootfs("ns-u-killed");
-    let before = host_mounts();
+    let before = our_mounts();
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
     let r = start(&t, &["-U"], print);
     let b1 = base_of(&r);
@@ -1063,7 +1063,7 @@ fn after_the_monitor_is_killed_a_new_container_still_starts() {
 fn pick_with_veth_gets_host0_and_a_fresh_sysfs() {
     let ns = Netns::new();
     let t = Tree::rootfs("ns-u-veth");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n{PRINT_MOUNTS}\n\
          echo \"net=$(ls /sys/class/net | tr '\\n' ' ')\"\n\
@@ -1128,7 +1128,7 @@ fn bind_user_maps_the_host_user_and_binds_its_home() {
     chown(&home, user.uid, user.uid);
     std::fs::write(home.join("mine"), "x").unwrap();
     chown(&home.join("mine"), user.uid, user.uid);
-    let before = host_mounts();
+    let before = our_mounts();
     let opt = format!("--bind-user={}", user.name);
     let n = &user.name;
     let r = sh_ok(
@@ -1183,7 +1183,7 @@ fn rootless_user_runs_a_container_on_its_own_tree() {
         .status()
         .unwrap();
     assert!(st.success());
-    let before = host_mounts();
+    let before = our_mounts();
     let run_as = |args: &[&str]| {
         let mut c = Command::new("runuser");
         c.args(["-u", &user.name, "--"])
