@@ -1079,32 +1079,84 @@ pub fn container_cgroups(machine: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A network namespace of a test (`ip netns add NAME`), deleted on drop; containers whose
-/// network is wired run in it (`nsenter --net=PATH ns-run ...`), never on the host's links.
-pub struct TestNetns(pub String);
+static NETNS_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace of a test (`ip netns add ns-TAG-<our pid>-<n>`), with `lo` up,
+/// deleted on drop (also when the test fails); containers whose network is wired run in it
+/// ([`TestNetns::ns_run`]), never on the host's links.
+pub struct TestNetns {
+    pub name: String,
+}
 
 impl TestNetns {
-    /// `ns-TAG-<our pid>`, replacing one a killed run of ours left.
+    /// A fresh namespace; those that killed test processes left are deleted first.
     pub fn new(tag: &str) -> TestNetns {
-        let name = format!("ns-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let st = Command::new("ip").args(["netns", "add", &name]).status();
-        assert!(st.is_ok_and(|s| s.success()), "ip netns add {name}");
-        TestNetns(name)
+        remove_stale_netns();
+        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ns-{tag}-{}-{n}", std::process::id());
+        let out = Command::new(which("ip"))
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = TestNetns { name };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `/run/netns/NAME`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
     }
 
     /// `--net=/run/netns/NAME`, for nsenter.
     pub fn nsenter_arg(&self) -> String {
-        format!("--net=/run/netns/{}", self.0)
+        format!("--net={}", self.path())
+    }
+
+    /// `ARGV` run inside the namespace (`nsenter --net=PATH ARGV`).
+    pub fn cmd(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new(which("nsenter"));
+        c.arg(self.nsenter_arg()).args(argv);
+        c
+    }
+
+    /// Run `ARGV` inside the namespace (with the tests' timeout).
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        run_cmd(self.cmd(argv), None)
+    }
+
+    /// Run `ARGV` inside the namespace; it must succeed. Returns stdout.
+    pub fn ok(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        assert_eq!(out.code, 0, "{argv:?} in {}: {out}", self.name);
+        out.stdout
+    }
+
+    /// `ns-run -D TREE OPTS -- PAYLOAD` inside the namespace, as [`ns_run`] (unregistered)
+    /// and tagged with the tree.
+    pub fn ns_run(&self, tree: &Tree, opts: &[&str], payload: &[&str]) -> Command {
+        let mut c = self.cmd(&[]);
+        c.arg(bin("ns-run"))
+            .arg("--register=no")
+            .env_remove("NS_DEBUG")
+            .env_remove("NS_STAGE_FDS");
+        tree.tag(&mut c)
+            .args(["-D", tree.arg()])
+            .args(opts)
+            .arg("--")
+            .args(payload);
+        c
     }
 
     /// The names of its links.
     pub fn links(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-o", "link", "show"])
+        let out = Command::new(which("ip"))
+            .args(["-n", &self.name, "-o", "link", "show"])
             .output()
             .expect("ip link");
         String::from_utf8_lossy(&out.stdout)
@@ -1116,8 +1168,62 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        match Command::new(which("ip"))
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "ns-tests: ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("ns-tests: ip netns del {}: {e}", self.name),
+        }
     }
+}
+
+/// Delete the namespaces of test processes that are gone (killed before their guards ran):
+/// `ns-TAG-<pid>-<n>` with no process `pid`. Once per test process.
+fn remove_stale_netns() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(dir) = fs::read_dir("/run/netns") else {
+            return;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.rsplitn(3, '-');
+            let (Some(n), Some(pid), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if tag.starts_with("ns-")
+                && numeric(pid)
+                && numeric(n)
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = Command::new(which("ip"))
+                    .args(["netns", "del", &name])
+                    .status();
+            }
+        }
+    });
+}
+
+/// A program of the host, by its absolute path (for commands run with another PATH).
+pub fn which(prog: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            "/usr/sbin".into(),
+            "/usr/bin".into(),
+            "/sbin".into(),
+            "/bin".into(),
+        ])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{prog} not found"))
 }
 
 /// A busybox tree whose /sbin/init runs `script` once at boot.

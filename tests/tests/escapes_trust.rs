@@ -527,7 +527,7 @@ fn a_container_cannot_reach_the_hosts_loopback_through_port_forwarding() {
     let netns = ns_tests::TestNetns::new("lnet");
     let ip = |args: &[&str]| {
         let o = std::process::Command::new("ip")
-            .args(["-n", &netns.0])
+            .args(["-n", &netns.name])
             .args(args)
             .output()
             .unwrap();
@@ -535,7 +535,7 @@ fn a_container_cannot_reach_the_hosts_loopback_through_port_forwarding() {
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     ip(&["link", "set", "lo", "up"]);
-    let sock = udp_socket_in(&netns.0, 5999);
+    let sock = udp_socket_in(&netns.name, 5999);
     sock.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
         .unwrap();
     let t = Tree::rootfs("trust-lnet");
@@ -570,7 +570,7 @@ fn a_container_cannot_reach_the_hosts_loopback_through_port_forwarding() {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mac = loop {
             let links = std::process::Command::new("ip")
-                .args(["-n", &netns.0, "-o", "link", "show", "ve-esc-lnet"])
+                .args(["-n", &netns.name, "-o", "link", "show", "ve-esc-lnet"])
                 .output()
                 .unwrap();
             let links = String::from_utf8_lossy(&links.stdout).to_string();

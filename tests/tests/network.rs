@@ -3,17 +3,16 @@
 //! address options and -p port forwarding, and what is left after failures and kills.
 //!
 //! Every container whose network is wired runs inside a throwaway network namespace of its
-//! test ([`Netns`], `ip netns add ns-t-…`, deleted on drop, also when the test fails), entered
+//! test ([`TestNetns`], `ip netns add ns-t-…`, deleted on drop, also when the test fails), entered
 //! with `nsenter --net=` in front of ns-run: the host's own links are never touched, and
 //! traffic only goes to addresses inside those namespaces (10.231.x.y), with bounded waits.
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    bin, our_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Tree,
+    our_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, TestNetns, Tree,
 };
 
 /// How long a container may take to print `ready`.
@@ -24,70 +23,23 @@ const GONE: Duration = Duration::from_secs(2);
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-static NETNS_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace of this test (`ip netns add`), with `lo` up; deleted on drop.
-struct Netns {
-    name: String,
-    path: String,
+/// What the network tests read in a namespace of theirs ([`TestNetns`], made with the tag
+/// `t`): its links in detail, addresses, nftables, and traffic from inside.
+trait NetnsExt {
+    fn link_list(&self) -> Vec<Link>;
+    fn names(&self) -> Vec<String>;
+    fn link(&self, name: &str) -> Option<Link>;
+    fn wait_gone(&self, name: &str) -> bool;
+    fn wait_names(&self, want: &[String]) -> Vec<String>;
+    fn addrs4(&self, name: &str) -> Vec<String>;
+    fn nft_tables(&self) -> Vec<String>;
+    fn ping(&self, addr: &str) -> Output;
+    fn fetch(&self, addr: &str, port: u16, want: &str) -> String;
 }
 
-impl Netns {
-    fn new() -> Netns {
-        remove_stale_netns();
-        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ns-t-{}-{n}", std::process::id());
-        let path = format!("/run/netns/{name}");
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns { name, path };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ARGV` run inside the namespace.
-    fn cmd(&self, argv: &[&str]) -> Command {
-        let mut c = Command::new(which("nsenter"));
-        c.arg(format!("--net={}", self.path)).args(argv);
-        c
-    }
-
-    /// Run `ARGV` inside the namespace (with the tests' timeout).
-    fn exec(&self, argv: &[&str]) -> Output {
-        run_cmd(self.cmd(argv), None)
-    }
-
-    /// Run `ARGV` inside the namespace; it must succeed. Returns stdout.
-    fn ok(&self, argv: &[&str]) -> String {
-        let out = self.exec(argv);
-        assert_eq!(out.code, 0, "{argv:?} in {}: {out}", self.name);
-        out.stdout
-    }
-
-    /// `ns-run -D TREE OPTS -- PAYLOAD` inside the namespace.
-    fn ns_run(&self, tree: &Tree, opts: &[&str], payload: &[&str]) -> Command {
-        let mut c = self.cmd(&[]);
-        c.arg(bin("ns-run"))
-            .arg("--register=no") // as ns_tests::ns_run
-            .env_remove("NS_DEBUG")
-            .env_remove("NS_STAGE_FDS");
-        tree.tag(&mut c)
-            .args(["-D", tree.arg()])
-            .args(opts)
-            .arg("--")
-            .args(payload);
-        c
-    }
-
+impl NetnsExt for TestNetns {
     /// The namespace's links (`ip -j -d link show`).
-    fn links(&self) -> Vec<Link> {
+    fn link_list(&self) -> Vec<Link> {
         let text = self.ok(&["ip", "-j", "-d", "link", "show"]);
         let v: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j link: {e}: {text}"));
@@ -120,13 +72,13 @@ impl Netns {
     }
 
     fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.links().into_iter().map(|l| l.name).collect();
+        let mut v: Vec<String> = self.link_list().into_iter().map(|l| l.name).collect();
         v.sort();
         v
     }
 
     fn link(&self, name: &str) -> Option<Link> {
-        self.links().into_iter().find(|l| l.name == name)
+        self.link_list().into_iter().find(|l| l.name == name)
     }
 
     /// Wait up to [`GONE`] for link `name` to disappear; true when it did.
@@ -195,44 +147,6 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "ns-tests: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("ns-tests: ip netns del {}: {e}", self.name),
-        }
-    }
-}
-
-/// Delete the namespaces of test processes that are gone (killed before their guards ran):
-/// `ns-t-<pid>-<n>` with no process `pid`. Once per test process.
-fn remove_stale_netns() {
-    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let Ok(dir) = std::fs::read_dir("/run/netns") else {
-            return;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some((pid, n)) = name.strip_prefix("ns-t-").and_then(|r| r.split_once('-')) else {
-                continue;
-            };
-            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            if numeric(pid) && numeric(n) && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            }
-        }
-    });
-}
-
 /// One link as `ip -j -d link` shows it.
 #[derive(Debug, Clone)]
 struct Link {
@@ -249,21 +163,6 @@ impl Link {
     fn up(&self) -> bool {
         self.flags.iter().any(|f| f == "UP")
     }
-}
-
-/// A program of the host, by its absolute path (for commands run with another PATH).
-fn which(prog: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([
-            "/usr/sbin".into(),
-            "/usr/bin".into(),
-            "/sbin".into(),
-            "/bin".into(),
-        ])
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{prog} not found"))
 }
 
 /// Call `f` until it is true or `timeout` passed; returns its last answer.
@@ -370,7 +269,7 @@ impl Drop for ZoneFile {
 
 #[test]
 fn private_network_has_only_lo_up() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("privnet");
     let before = our_mounts();
     // A link the container must not see.
@@ -407,7 +306,7 @@ fn private_network_has_only_lo_up() {
         "127.0.0.1 not pingable: {out}"
     );
     use std::os::unix::fs::MetadataExt;
-    let outer = std::fs::metadata(&ns.path).expect("stat netns").ino();
+    let outer = std::fs::metadata(ns.path()).expect("stat netns").ino();
     assert!(out.stdout.contains("NS=net:["), "{out}");
     assert!(
         !out.stdout.contains(&format!("NS=net:[{outer}]")),
@@ -422,7 +321,7 @@ fn private_network_has_only_lo_up() {
 // -n: veth pair
 
 /// MAC addresses of one `-n` run of machine `m`: (host end, container end).
-fn veth_run(ns: &Netns, t: &Tree, m: &str) -> (String, String) {
+fn veth_run(ns: &TestNetns, t: &Tree, m: &str) -> (String, String) {
     let host_if = format!("ve-{m}");
     let payload = ready_then_sleep("ip -o link; echo MAC=$(cat /sys/class/net/host0/address)");
     let r = start(ns.ns_run(t, &["-n", "-M", m], &argv(&payload)));
@@ -469,7 +368,7 @@ fn assert_local_mac(mac: &str) {
 
 #[test]
 fn veth_pair_names_macs_and_lifetime() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("veth");
     let before = our_mounts();
     let (h1, c1) = veth_run(&ns, &t, "t-veth");
@@ -489,7 +388,7 @@ fn veth_pair_names_macs_and_lifetime() {
 
 #[test]
 fn veth_long_machine_name_is_shortened_with_an_altname() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("longname");
     let before = our_mounts();
     let r = start(ns.ns_run(
@@ -500,7 +399,7 @@ fn veth_long_machine_name_is_shortened_with_an_altname() {
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let l = ns
             .link("ve-abcdefghyhe5")
-            .unwrap_or_else(|| panic!("no ve-abcdefghyhe5: {:?}", ns.links()));
+            .unwrap_or_else(|| panic!("no ve-abcdefghyhe5: {:?}", ns.link_list()));
         assert_eq!(l.altnames, vec!["ve-abcdefghijklm".to_string()], "{l:?}");
         // Also as ip shows it, looked up by the altname.
         let text = ns.ok(&["ip", "-d", "link", "show", "ve-abcdefghijklm"]);
@@ -520,7 +419,7 @@ fn veth_long_machine_name_is_shortened_with_an_altname() {
 
 #[test]
 fn addresses_gateway_and_ping_both_ways() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("addr");
     let before = our_mounts();
     let payload = ready_then_sleep(
@@ -574,7 +473,7 @@ fn addresses_gateway_and_ping_both_ways() {
 
 #[test]
 fn bridge_enslaves_the_host_end() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("bridge");
     let before = our_mounts();
     ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
@@ -606,7 +505,7 @@ fn bridge_enslaves_the_host_end() {
 
 #[test]
 fn bridge_missing_or_not_a_bridge_creates_nothing() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("nobridge");
     let before = our_mounts();
     ns.ok(&[
@@ -637,9 +536,9 @@ fn bridge_missing_or_not_a_bridge_creates_nothing() {
 // --network-zone
 
 /// Bridge ports: the links whose master is `bridge`, sorted.
-fn ports_of(ns: &Netns, bridge: &str) -> Vec<String> {
+fn ports_of(ns: &TestNetns, bridge: &str) -> Vec<String> {
     let mut v: Vec<String> = ns
-        .links()
+        .link_list()
         .into_iter()
         .filter(|l| l.master.as_deref() == Some(bridge))
         .map(|l| l.name)
@@ -650,7 +549,7 @@ fn ports_of(ns: &Netns, bridge: &str) -> Vec<String> {
 
 #[test]
 fn zone_bridge_is_shared_and_removed_by_the_last_container() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let zone = ZoneFile::new("z1");
     let br = format!("vz-{}", zone.0);
     let ta = Tree::rootfs("zone-a");
@@ -726,7 +625,7 @@ fn zone_bridge_is_shared_and_removed_by_the_last_container() {
 
 #[test]
 fn zone_bridge_is_removed_when_its_containers_end_together() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let zone = ZoneFile::new("z2");
     let br = format!("vz-{}", zone.0);
     let ta = Tree::rootfs("zone2-a");
@@ -765,7 +664,7 @@ fn zone_bridge_is_removed_when_its_containers_end_together() {
 
 #[test]
 fn veth_extra_and_moved_interface() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("extra");
     let before = our_mounts();
     ns.ok(&[
@@ -815,7 +714,7 @@ fn veth_extra_and_moved_interface() {
 
 #[test]
 fn macvlan_inside_and_ipvlan() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("macvlan");
     let before = our_mounts();
     ns.ok(&[
@@ -888,8 +787,8 @@ fn macvlan_inside_and_ipvlan() {
 
 #[test]
 fn joins_an_existing_network_namespace() {
-    let outer = Netns::new();
-    let target = Netns::new();
+    let outer = TestNetns::new("t");
+    let target = TestNetns::new("t");
     let t = Tree::rootfs("joinns");
     let before = our_mounts();
     outer.ok(&[
@@ -899,7 +798,7 @@ fn joins_an_existing_network_namespace() {
         "ip", "link", "add", "np0", "type", "veth", "peer", "name", "np1",
     ]);
     let (outer_links, target_links) = (outer.names(), target.names());
-    let nspath = format!("--network-namespace-path={}", target.path);
+    let nspath = format!("--network-namespace-path={}", target.path());
     let out = run_cmd(
         outer.ns_run(
             &t,
@@ -914,11 +813,11 @@ fn joins_an_existing_network_namespace() {
     );
     assert_eq!(out.code, 0, "{out}");
     use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(&target.path).expect("stat netns").ino();
+    let ino = std::fs::metadata(target.path()).expect("stat netns").ino();
     assert!(
         out.stdout.contains(&format!("NS=net:[{ino}]")),
         "not in {}: {out}",
-        target.path
+        target.path()
     );
     let links: Vec<&str> = out
         .stdout
@@ -965,7 +864,7 @@ fn port_server() -> Vec<String> {
 
 #[test]
 fn port_forwarding_from_the_host_and_its_tables() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("port");
     let before = our_mounts();
     let mut opts = PORT_OPTS.to_vec();
@@ -1022,7 +921,7 @@ fn port_forwarding_from_the_host_and_its_tables() {
 
 #[test]
 fn port_needs_an_address_and_a_valid_port() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("badport");
     let before = our_mounts();
     let links = ns.names();
@@ -1045,7 +944,7 @@ fn port_needs_an_address_and_a_valid_port() {
 
 #[test]
 fn network_failure_after_links_were_created_leaves_nothing() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("netfail");
     let before = our_mounts();
     ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
@@ -1088,7 +987,7 @@ fn network_failure_after_links_were_created_leaves_nothing() {
 
 #[test]
 fn network_failure_in_a_zone_removes_the_new_bridge() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let zone = ZoneFile::new("z3");
     let t = Tree::rootfs("zonefail");
     let before = our_mounts();
@@ -1115,7 +1014,7 @@ fn network_failure_in_a_zone_removes_the_new_bridge() {
 
 #[test]
 fn port_without_nft_fails_with_one_line_and_leaves_nothing() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("nonft");
     let before = our_mounts();
     ns.ok(&[
@@ -1153,7 +1052,7 @@ fn payload_pid(tree: &Tree, tag: &str) -> i32 {
 
 #[test]
 fn killed_payload_or_monitor_leaves_no_link() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("netkill");
     let before = our_mounts();
     let payload = ["sh", "-c", "echo ready; exec sleep 4242"];
@@ -1187,7 +1086,7 @@ fn killed_payload_or_monitor_leaves_no_link() {
 
 #[test]
 fn veth_name_held_by_a_running_container_fails_and_keeps_it() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let ta = Tree::rootfs("held-a");
     let tb = Tree::rootfs("held-b");
     let before = our_mounts();
@@ -1222,7 +1121,7 @@ fn veth_name_held_by_a_running_container_fails_and_keeps_it() {
 
 #[test]
 fn port_forwarding_over_ipv6() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("port6");
     let before = our_mounts();
     let r = start(ns.ns_run(

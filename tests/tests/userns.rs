@@ -12,13 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
     assert_snapshot_unchanged, bin, fixture, ns_run, our_mounts, procs_in, run, run_cmd, snapshot,
-    spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, Tree,
+    spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, TestNetns, Tree,
 };
 
 /// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
@@ -307,63 +306,6 @@ fn refused(name: &str, opts: &[&str], needles: &[&str]) {
         "lock files left in {UID_LOCK_DIR}: {leaked:?}"
     );
     assert_snapshot_unchanged(t.path(), &snap);
-}
-
-/// A program of the host, by its absolute path.
-fn which(prog: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{prog} not found"))
-}
-
-static NETNS_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A throwaway network namespace (`ip netns add ns-u-<pid>-<n>`), deleted on drop (also
-/// when the test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ns-u-{}-{n}", std::process::id());
-        let out = Command::new(which("ip"))
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns { name }
-    }
-
-    /// `nsenter --net=/run/netns/NAME ns-run -D TREE OPTS -- sh -c SCRIPT`.
-    fn ns_run(&self, tree: &Tree, opts: &[&str], script: &str) -> Command {
-        let mut c = Command::new(which("nsenter"));
-        c.arg(format!("--net=/run/netns/{}", self.name))
-            .arg(bin("ns-run"))
-            .env_remove("NS_DEBUG")
-            .env_remove("NS_STAGE_FDS");
-        tree.tag(&mut c)
-            .args(["-D", tree.arg()])
-            .args(opts)
-            .args(["--", "sh", "-c", script]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new(which("ip"))
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1061,7 +1003,7 @@ fn after_the_monitor_is_killed_a_new_container_still_starts() {
 
 #[test]
 fn pick_with_veth_gets_host0_and_a_fresh_sysfs() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("u");
     let t = Tree::rootfs("ns-u-veth");
     let before = our_mounts();
     let script = format!(
@@ -1070,7 +1012,7 @@ fn pick_with_veth_gets_host0_and_a_fresh_sysfs() {
          ip link show host0 >/dev/null && echo host0=ok"
     );
     let out = run_cmd(
-        ns.ns_run(&t, &["--private-users=pick", "-n"], &script),
+        ns.ns_run(&t, &["--private-users=pick", "-n"], &["sh", "-c", &script]),
         None,
     );
     assert!(out.code == 0 && out.stderr.is_empty(), "{out}");
