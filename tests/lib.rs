@@ -959,6 +959,30 @@ pub fn spawn_until(cmd: Command, needle: &str) -> Running {
     r
 }
 
+/// `ns-run -D TREE OPTS -- sh -c SCRIPT`, tagged with the tree, to its end; nothing of it
+/// may be left ([`assert_no_leak`]).
+pub fn sh_in(t: &Tree, opts: &[&str], script: &str) -> Output {
+    let before = our_mounts();
+    let mut c = ns_run();
+    t.tag(&mut c)
+        .args(["-D", t.arg()])
+        .args(opts)
+        .args(["--", "sh", "-c", script]);
+    let out = run_cmd(c, None);
+    assert_no_leak(t.path(), &before);
+    out
+}
+
+/// [`sh_in`] that must exit 0 with nothing on stderr; returns stdout.
+pub fn sh_ok(t: &Tree, opts: &[&str], script: &str) -> String {
+    let out = sh_in(t, opts, script);
+    assert!(
+        out.code == 0 && out.stderr.is_empty(),
+        "ns-run {opts:?} sh -c {script:?} failed\n{out}"
+    );
+    out.stdout
+}
+
 /// Run `cmd`, whose payload prints `ready` once set up and then sleeps; call `check` while
 /// it runs (host-side checks), then stop the container with SIGTERM (ns-run exits 137 and
 /// cleans up as after any exit). The container is stopped also when `check` fails.

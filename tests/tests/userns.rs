@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    assert_snapshot_unchanged, bin, fixture, ns_run, our_mounts, procs_in, run, run_cmd, snapshot,
-    spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, TestNetns, Tree,
+    assert_snapshot_unchanged, bin, fixture, ns_run, our_mounts, procs_in, run, run_cmd, sh_ok,
+    snapshot, spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, TestNetns, Tree,
 };
 
 /// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
@@ -117,16 +117,6 @@ fn cmd(tree: &Tree, opts: &[&str], script: &str) -> Command {
 /// Run `ns-run -D TREE OPTS -- sh -c SCRIPT` to its end.
 fn sh(tree: &Tree, opts: &[&str], script: &str) -> Output {
     run_cmd(cmd(tree, opts, script), None)
-}
-
-/// Run it; it must exit 0 with nothing on stderr. Returns what the script printed.
-fn sh_ok(tree: &Tree, opts: &[&str], script: &str) -> Report {
-    let out = sh(tree, opts, script);
-    assert!(
-        out.code == 0 && out.stderr.is_empty(),
-        "ns-run {opts:?} failed: {out}"
-    );
-    Report::new(&out.stdout)
 }
 
 /// Start `ns-run -D TREE OPTS -- sh -c 'SCRIPT; echo ready; exec sleep 1000'` and wait until
@@ -329,7 +319,7 @@ fn pick_maps_root_to_a_private_range_over_an_idmapped_root() {
          echo \"tmp_owner=$(stat -c %u:%g /tmp/f)\"\n\
          ls -a /dev/mqueue >/dev/null && echo mqueue=ok"
     );
-    let r = sh_ok(&t, &["-U"], &script);
+    let r = Report::new(&sh_ok(&t, &["-U"], &script));
 
     assert_eq!((r.get("uid"), r.get("gid")), ("0", "0"));
     let base = picked_base(&r.map("uid_map"));
@@ -381,7 +371,7 @@ fn pick_with_private_network_keeps_net_bind_service_and_gets_a_fresh_sysfs() {
     let t = Tree::rootfs("ns-u-privnet");
     let before = our_mounts();
     let script = format!("{PRINT_IDS}\n{PRINT_MOUNTS}\necho \"net=$(ls /sys/class/net)\"");
-    let r = sh_ok(&t, &["-U", "--private-network"], &script);
+    let r = Report::new(&sh_ok(&t, &["-U", "--private-network"], &script));
     picked_base(&r.map("uid_map"));
     assert_eq!(r.hex("CapEff"), CAPS_USERNS_NET, "CapEff");
     assert_eq!(r.hex("CapBnd"), CAPS_USERNS_NET, "CapBnd");
@@ -464,7 +454,7 @@ fn identity_maps_ids_one_to_one() {
     let t = Tree::rootfs("ns-u-identity");
     let before = our_mounts();
     let script = format!("{PRINT_IDS}\necho \"passwd=$(stat -c %u:%g /etc/passwd)\"");
-    let r = sh_ok(&t, &["--private-users=identity"], &script);
+    let r = Report::new(&sh_ok(&t, &["--private-users=identity"], &script));
     assert_eq!(r.map("uid_map"), vec![(0, 0, RANGE)], "uid_map");
     assert_eq!(r.map("gid_map"), vec![(0, 0, RANGE)], "gid_map");
     assert_eq!(r.get("uid"), "0");
@@ -483,7 +473,7 @@ fn fixed_range_without_ownership_leaves_the_image_to_nobody() {
          touch /etc/new 2>/dev/null && echo etc_write=ok || echo etc_write=refused\n\
          echo \"err=$(touch /etc/new 2>&1)\""
     );
-    let r = sh_ok(&t, &["--private-users=1048576:65536"], &script);
+    let r = Report::new(&sh_ok(&t, &["--private-users=1048576:65536"], &script));
     assert_eq!(r.map("uid_map"), vec![(0, 1048576, RANGE)], "uid_map");
     assert_eq!(r.map("gid_map"), vec![(0, 1048576, RANGE)], "gid_map");
     assert_eq!(r.get("uid"), "0");
@@ -511,14 +501,14 @@ fn fixed_range_with_map_ownership_gives_the_image_to_container_root() {
          touch /etc/new && echo etc_write=ok\n\
          echo \"new_owner=$(stat -c %u:%g /etc/new)\""
     );
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &[
             "--private-users=1048576:65536",
             "--private-users-ownership=map",
         ],
         &script,
-    );
+    ));
     assert_eq!(r.map("uid_map"), vec![(0, 1048576, RANGE)], "uid_map");
     let (_, root_opts) = r.mount("/");
     assert!(root_opts.contains(&"idmapped"), "/ is not idmapped: {r:?}");
@@ -535,7 +525,7 @@ fn yes_uses_the_owner_of_the_tree_as_base() {
     chown(t.path(), 2097152, 2097152);
     let before = our_mounts();
     let script = format!("{PRINT_IDS}\necho \"rootdir=$(stat -c %u:%g /)\"");
-    let r = sh_ok(&t, &["--private-users=yes"], &script);
+    let r = Report::new(&sh_ok(&t, &["--private-users=yes"], &script));
     assert_eq!(r.map("uid_map"), vec![(0, 2097152, RANGE)], "uid_map");
     assert_eq!(r.map("gid_map"), vec![(0, 2097152, RANGE)], "gid_map");
     assert_eq!(r.get("uid"), "0");
@@ -593,7 +583,11 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
          echo \"suid=$(stat -c %a /usr/bin/suid)\"\n\
          touch /etc/new && echo etc_write=ok"
     );
-    let r = sh_ok(&t, &[&base, "--private-users-ownership=chown"], &script);
+    let r = Report::new(&sh_ok(
+        &t,
+        &[&base, "--private-users-ownership=chown"],
+        &script,
+    ));
     assert_eq!(r.map("uid_map"), vec![(0, BASE as u64, RANGE)], "uid_map");
     let (_, root_opts) = r.mount("/");
     assert!(!root_opts.contains(&"idmapped"), "/ is idmapped: {r:?}");
@@ -612,11 +606,11 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
     assert_nothing_left(&t, &before);
 
     // Base 0 with chown shifts it back: as it was, but for the new file.
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["--private-users=0", "--private-users-ownership=chown"],
         PRINT_IDS,
-    );
+    ));
     assert_eq!(r.map("uid_map"), vec![(0, 0, RANGE)], "uid_map");
     assert_eq!(owner(&root.join("etc/new")), (0, 0));
     std::fs::remove_file(root.join("etc/new")).unwrap();
@@ -629,14 +623,14 @@ fn no_disables_and_digits_are_a_base() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-digits");
     let before = our_mounts();
-    let r = sh_ok(&t, &["--private-users=no"], PRINT_IDS);
+    let r = Report::new(&sh_ok(&t, &["--private-users=no"], PRINT_IDS));
     assert_eq!(
         r.map("uid_map"),
         vec![(0, 0, 4294967295)],
         "no user namespace"
     );
     // nspawn: a value of digits is a UID, not a boolean.
-    let r = sh_ok(&t, &["--private-users=0"], PRINT_IDS);
+    let r = Report::new(&sh_ok(&t, &["--private-users=0"], PRINT_IDS));
     assert_eq!(r.map("uid_map"), vec![(0, 0, RANGE)], "--private-users=0");
     assert_nothing_left(&t, &before);
 }
@@ -673,7 +667,7 @@ fn pick_skips_a_slot_overlapping_a_fixed_range() {
     let opts = ["-U", "-M", "ns-u-slot"];
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
     // Where this machine name's pick lands while that slot is free.
-    let slot = picked_base(&sh_ok(&t2, &opts, print).map("uid_map"));
+    let slot = picked_base(&Report::new(&sh_ok(&t2, &opts, print)).map("uid_map"));
     let fixed = (slot + 4096, RANGE);
     let first = start(
         &t1,
@@ -799,13 +793,13 @@ fn plain_bind_of_a_host_directory_is_not_container_roots() {
     let src = bind_source(&t);
     let before = our_mounts();
     let bind = format!("--bind={}:/b", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"dir=$(stat -c %u:%g /b)\"\n\
          echo \"file=$(stat -c %u:%g /b/rootfile)\"\n\
          echo \"err=$(touch /b/new 2>&1 && echo created)\"",
-    );
+    ));
     assert_eq!(r.get("dir"), "65534:65534");
     assert_eq!(r.get("file"), "65534:65534");
     assert!(r.get("err").contains("Permission denied"), "{r:?}");
@@ -820,12 +814,12 @@ fn file_created_in_a_plain_bind_is_owned_by_the_shifted_uid() {
     std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let before = our_mounts();
     let bind = format!("--bind={}:/s", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"base=$(awk 'NR == 1 {print $2}' /proc/self/uid_map)\"\n\
          touch /s/made && echo \"inside=$(stat -c %u /s/made)\"",
-    );
+    ));
     let base: u32 = r.get("base").parse().expect("base");
     assert_eq!(r.get("inside"), "0");
     assert_eq!(
@@ -842,14 +836,14 @@ fn idmap_bind_shows_the_source_through_the_container_mapping() {
     let src = bind_source(&t);
     let before = our_mounts();
     let bind = format!("--bind={}:/b:idmap", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"dir=$(stat -c %u:%g /b)\"\n\
          echo \"file=$(stat -c %u:%g /b/rootfile)\"\n\
          touch /b/new && echo created=ok\n\
          echo \"new=$(stat -c %u:%g /b/new)\"",
-    );
+    ));
     assert_eq!(r.get("dir"), "1000:1000");
     assert_eq!(r.get("file"), "0:0");
     assert_eq!(r.get("created"), "ok");
@@ -865,14 +859,14 @@ fn rootidmap_bind_makes_the_source_owner_container_root() {
     let src = bind_source(&t);
     let before = our_mounts();
     let bind = format!("--bind={}:/r:rootidmap", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"dir=$(stat -c %u:%g /r)\"\n\
          echo \"file=$(stat -c %u:%g /r/rootfile)\"\n\
          touch /r/new && echo created=ok\n\
          echo \"new=$(stat -c %u:%g /r/new)\"",
-    );
+    ));
     assert_eq!(r.get("dir"), "0:0");
     assert_eq!(r.get("file"), "65534:65534");
     assert_eq!(r.get("created"), "ok");
@@ -891,14 +885,14 @@ fn container_root_cannot_write_a_host_root_file() {
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let before = our_mounts();
     let bind = format!("--bind={}:/f", f.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"read=$(cat /f)\"\n\
          (echo pwned >> /f) 2>/dev/null && echo write=ok || echo write=refused\n\
          chmod 666 /f 2>/dev/null && echo chmod=ok || echo chmod=refused\n\
          echo \"err=$( (echo pwned > /f) 2>&1)\"",
-    );
+    ));
     assert_eq!(r.get("read"), "host root only");
     assert_eq!(r.get("write"), "refused");
     assert_eq!(r.get("chmod"), "refused");
@@ -927,7 +921,7 @@ fn ephemeral_writes_do_not_reach_the_tree() {
          rm /bin/cat && echo removed=ok\n\
          echo \"eph=$(stat -c %u:%g /eph)\""
     );
-    let r = sh_ok(&t, &["-U", "-x"], &script);
+    let r = Report::new(&sh_ok(&t, &["-U", "-x"], &script));
     picked_base(&r.map("uid_map"));
     assert_eq!(r.get("touched"), "ok");
     assert_eq!(r.get("appended"), "ok");
@@ -962,7 +956,7 @@ fn as_pid2_runs_under_ns_init_and_relays_the_exit_code() {
 fn user_daemon_has_uid_1_and_no_capabilities() {
     let t = Tree::rootfs("ns-u-daemon");
     let before = our_mounts();
-    let r = sh_ok(&t, &["-U", "-u", "daemon"], PRINT_IDS);
+    let r = Report::new(&sh_ok(&t, &["-U", "-u", "daemon"], PRINT_IDS));
     picked_base(&r.map("uid_map"));
     assert_eq!((r.get("uid"), r.get("gid")), ("1", "1"));
     assert_eq!(r.hex("CapEff"), 0, "CapEff");
@@ -1073,7 +1067,7 @@ fn bind_user_maps_the_host_user_and_binds_its_home() {
     let before = our_mounts();
     let opt = format!("--bind-user={}", user.name);
     let n = &user.name;
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &opt],
         &format!(
@@ -1084,7 +1078,7 @@ fn bind_user_maps_the_host_user_and_binds_its_home() {
              echo \"record=$(grep -o '\"uid\":60514' /run/host/userdb/{n}.user)\"\n\
              echo \"link=$(readlink /run/host/userdb/60514.user)\""
         ),
-    );
+    ));
     assert_eq!(r.get("lines"), "3");
     assert_eq!(r.get("hole"), format!("{} 1", user.uid));
     assert_eq!(r.get("home"), "60514:60514");
