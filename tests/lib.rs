@@ -983,17 +983,96 @@ pub fn sh_ok(t: &Tree, opts: &[&str], script: &str) -> String {
     out.stdout
 }
 
+/// A started container that is stopped when the guard goes, also when the test fails
+/// (SIGTERM by default, or what [`Stopping::with`] says), and waited for: ns-run cleans up
+/// as after any exit, where dropping the [`Running`] would SIGKILL the monitor and leave its
+/// cleanup to the next start. [`Stopping::stop`] stops it and returns what it printed.
+pub struct Stopping {
+    running: Option<Running>,
+    how: Box<dyn Fn(&Running)>,
+}
+
+impl Stopping {
+    /// Stopped with SIGTERM.
+    pub fn new(r: Running) -> Stopping {
+        Stopping::with(r, |r| {
+            // SAFETY: kill takes plain integers; the pid is our unreaped child.
+            unsafe { libc::kill(r.pid(), libc::SIGTERM) };
+        })
+    }
+
+    /// Stopped by `how` (e.g. writing the file its payload waits for). `how` must not
+    /// panic: it also runs while a failed test unwinds.
+    pub fn with(r: Running, how: impl Fn(&Running) + 'static) -> Stopping {
+        Stopping {
+            running: Some(r),
+            how: Box::new(how),
+        }
+    }
+
+    /// Stop it now and wait for its exit (longer than [`TIMEOUT`] fails the test).
+    pub fn stop(mut self) -> Output {
+        let r = self.running.take().expect("stopped once");
+        (self.how)(&r);
+        r.wait()
+    }
+}
+
+impl std::ops::Deref for Stopping {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        self.running.as_ref().expect("not stopped yet")
+    }
+}
+
+impl std::ops::DerefMut for Stopping {
+    fn deref_mut(&mut self) -> &mut Running {
+        self.running.as_mut().expect("not stopped yet")
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            (self.how)(&r);
+            let _ = r.wait_for(TIMEOUT);
+        }
+    }
+}
+
+/// Runs `F` when it goes, also when the test fails (cleanup of what a test started that is
+/// no [`Running`]: an OCI container to reap and delete); [`Defer::now`] runs it at once.
+/// `F` must not panic: it also runs while a failed test unwinds.
+pub struct Defer<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Defer<F> {
+    pub fn new(f: F) -> Defer<F> {
+        Defer(Some(f))
+    }
+
+    /// Run it now.
+    pub fn now(mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl<F: FnOnce()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// Run `cmd`, whose payload prints `ready` once set up and then sleeps; call `check` while
 /// it runs (host-side checks), then stop the container with SIGTERM (ns-run exits 137 and
 /// cleans up as after any exit). The container is stopped also when `check` fails.
 pub fn while_running(cmd: Command, check: impl FnOnce()) -> Output {
-    let r = spawn_until(cmd, "ready");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
-    r.signal(libc::SIGTERM);
-    let out = r.wait();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    let r = Stopping::new(spawn_until(cmd, "ready"));
+    check();
+    let out = r.stop();
     assert_eq!((out.code, out.signal), (137, None), "{out}");
     out
 }

@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    our_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, TestNetns, Tree,
+    our_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Stopping, TestNetns,
+    Tree,
 };
 
 /// How long a container may take to print `ready`.
@@ -198,9 +199,8 @@ fn start(cmd: Command) -> Running {
 }
 
 /// Stop a running container with SIGTERM (nspawn's rules: killed at once, ns-run exits 137).
-fn stop(r: Running) -> Output {
-    r.signal(libc::SIGTERM);
-    let out = r.wait();
+fn stop(r: Stopping) -> Output {
+    let out = r.stop();
     assert_eq!((out.code, out.signal), (137, None), "{out}");
     out
 }
@@ -326,7 +326,8 @@ fn veth_run(ns: &TestNetns, t: &Tree, m: &str) -> (String, String) {
     let payload = ready_then_sleep("ip -o link; echo MAC=$(cat /sys/class/net/host0/address)");
     let r = start(ns.ns_run(t, &["-n", "-M", m], &argv(&payload)));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let r = Stopping::new(r);
+    let macs = {
         let names = ip_o_names(
             &inside
                 .lines()
@@ -348,9 +349,8 @@ fn veth_run(ns: &TestNetns, t: &Tree, m: &str) -> (String, String) {
             .unwrap_or_default()
             .to_string();
         (l.mac, cmac)
-    }));
+    };
     stop(r);
-    let macs = res.unwrap_or_else(|p| std::panic::resume_unwind(p));
     assert!(
         ns.wait_gone(&host_if),
         "{host_if} still there {GONE:?} after exit: {:?}",
@@ -396,20 +396,16 @@ fn veth_long_machine_name_is_shortened_with_an_altname() {
         &["-n", "-M", "abcdefghijklm"],
         &argv(&ready_then_sleep("")),
     ));
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let l = ns
-            .link("ve-abcdefghyhe5")
-            .unwrap_or_else(|| panic!("no ve-abcdefghyhe5: {:?}", ns.link_list()));
-        assert_eq!(l.altnames, vec!["ve-abcdefghijklm".to_string()], "{l:?}");
-        // Also as ip shows it, looked up by the altname.
-        let text = ns.ok(&["ip", "-d", "link", "show", "ve-abcdefghijklm"]);
-        assert!(text.contains("ve-abcdefghyhe5"), "{text}");
-        assert!(text.contains("altname ve-abcdefghijklm"), "{text}");
-    }));
+    let r = Stopping::new(r);
+    let l = ns
+        .link("ve-abcdefghyhe5")
+        .unwrap_or_else(|| panic!("no ve-abcdefghyhe5: {:?}", ns.link_list()));
+    assert_eq!(l.altnames, vec!["ve-abcdefghijklm".to_string()], "{l:?}");
+    // Also as ip shows it, looked up by the altname.
+    let text = ns.ok(&["ip", "-d", "link", "show", "ve-abcdefghijklm"]);
+    assert!(text.contains("ve-abcdefghyhe5"), "{text}");
+    assert!(text.contains("altname ve-abcdefghijklm"), "{text}");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("ve-abcdefghyhe5"), "{:?}", ns.names());
     assert_nothing_left(&t, &before);
 }
@@ -439,31 +435,27 @@ fn addresses_gateway_and_ping_both_ways() {
         &argv(&payload),
     ));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let link_line = inside.lines().next().unwrap_or_default();
-        let flags = link_line.split(['<', '>']).nth(1).unwrap_or_default();
-        assert!(flags.split(',').any(|f| f == "UP"), "host0 down: {inside}");
-        assert!(inside.contains("inet 10.231.1.2/24"), "{inside}");
-        assert!(
-            inside
-                .lines()
-                .any(|l| l.starts_with("default via 10.231.1.1 dev host0")),
-            "no default route: {inside}"
-        );
-        assert!(
-            inside.contains("PING-OK"),
-            "container cannot ping the host end: {inside}"
-        );
-        let l = ns.link("ve-t-addr").expect("host end");
-        assert!(l.up(), "host end down: {l:?}");
-        assert_eq!(ns.addrs4("ve-t-addr"), vec!["10.231.1.1/24".to_string()]);
-        let p = ns.ping("10.231.1.2");
-        assert_eq!(p.code, 0, "host side cannot ping the container: {p}");
-    }));
+    let r = Stopping::new(r);
+    let link_line = inside.lines().next().unwrap_or_default();
+    let flags = link_line.split(['<', '>']).nth(1).unwrap_or_default();
+    assert!(flags.split(',').any(|f| f == "UP"), "host0 down: {inside}");
+    assert!(inside.contains("inet 10.231.1.2/24"), "{inside}");
+    assert!(
+        inside
+            .lines()
+            .any(|l| l.starts_with("default via 10.231.1.1 dev host0")),
+        "no default route: {inside}"
+    );
+    assert!(
+        inside.contains("PING-OK"),
+        "container cannot ping the host end: {inside}"
+    );
+    let l = ns.link("ve-t-addr").expect("host end");
+    assert!(l.up(), "host end down: {l:?}");
+    assert_eq!(ns.addrs4("ve-t-addr"), vec!["10.231.1.1/24".to_string()]);
+    let p = ns.ping("10.231.1.2");
+    assert_eq!(p.code, 0, "host side cannot ping the container: {p}");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("ve-t-addr"), "{:?}", ns.names());
     assert_nothing_left(&t, &before);
 }
@@ -482,22 +474,18 @@ fn bridge_enslaves_the_host_end() {
         &["--network-bridge=br0", "-M", "t-br"],
         &argv(&ready_then_sleep("")),
     ));
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let l = ns
-            .link("vb-t-br")
-            .unwrap_or_else(|| panic!("no vb-t-br: {:?}", ns.names()));
-        assert_eq!(l.master.as_deref(), Some("br0"), "{l:?}");
-        assert!(l.up(), "vb-t-br is not up: {l:?}");
-        assert!(
-            ns.link("ve-t-br").is_none(),
-            "a ve- link too: {:?}",
-            ns.names()
-        );
-    }));
+    let r = Stopping::new(r);
+    let l = ns
+        .link("vb-t-br")
+        .unwrap_or_else(|| panic!("no vb-t-br: {:?}", ns.names()));
+    assert_eq!(l.master.as_deref(), Some("br0"), "{l:?}");
+    assert!(l.up(), "vb-t-br is not up: {l:?}");
+    assert!(
+        ns.link("ve-t-br").is_none(),
+        "a ve- link too: {:?}",
+        ns.names()
+    );
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("vb-t-br"), "{:?}", ns.names());
     assert!(ns.link("br0").is_some(), "the user's bridge is gone");
     assert_nothing_left(&t, &before);
@@ -599,7 +587,7 @@ fn zone_bridge_is_shared_and_removed_by_the_last_container() {
         );
     }
     // The first one to leave keeps the bridge for the other.
-    stop(a);
+    stop(Stopping::new(a));
     assert!(ns.wait_gone("vb-t-za"), "{:?}", ns.names());
     assert!(
         ns.link(&br).is_some(),
@@ -607,7 +595,7 @@ fn zone_bridge_is_shared_and_removed_by_the_last_container() {
     );
     assert_eq!(ports_of(&ns, &br), vec!["vb-t-zb".to_string()]);
     assert!(Path::new(&zone.lock_path()).exists());
-    stop(b);
+    stop(Stopping::new(b));
     assert!(
         ns.wait_gone(&br),
         "{br} left after the last container: {:?}",
@@ -682,27 +670,23 @@ fn veth_extra_and_moved_interface() {
         &argv(&ready_then_sleep("ip -o link")),
     ));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let names = ip_o_names(&inside.replace("ready\n", ""));
-        assert_eq!(names, sorted(&["cx", "hy", "lo", "p1"]), "inside: {inside}");
-        let host = ns.names();
-        for n in ["hx", "hy", "p0"] {
-            assert!(
-                host.iter().any(|h| h == n),
-                "no {n} on the host side: {host:?}"
-            );
-        }
-        for n in ["cx", "p1"] {
-            assert!(
-                !host.iter().any(|h| h == n),
-                "{n} on the host side: {host:?}"
-            );
-        }
-    }));
-    stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+    let r = Stopping::new(r);
+    let names = ip_o_names(&inside.replace("ready\n", ""));
+    assert_eq!(names, sorted(&["cx", "hy", "lo", "p1"]), "inside: {inside}");
+    let host = ns.names();
+    for n in ["hx", "hy", "p0"] {
+        assert!(
+            host.iter().any(|h| h == n),
+            "no {n} on the host side: {host:?}"
+        );
     }
+    for n in ["cx", "p1"] {
+        assert!(
+            !host.iter().any(|h| h == n),
+            "{n} on the host side: {host:?}"
+        );
+    }
+    stop(r);
     // Given back before ns-run exits.
     let p1 = ns.link("p1");
     assert!(p1.is_some(), "p1 not given back: {:?}", ns.names());
@@ -727,33 +711,29 @@ fn macvlan_inside_and_ipvlan() {
         &argv(&ready_then_sleep("ip -o link")),
     ));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let names = ip_o_names(&inside.replace("ready\n", ""));
-        assert_eq!(names, sorted(&["lo", "mv-p0"]), "inside: {inside}");
-        // busybox ip has no -d: look at the container's namespace from the host.
-        let pid = payload_pid(&t, "1000");
-        let text = ns.ok(&[
-            "nsenter",
-            &format!("--net=/proc/{pid}/ns/net"),
-            "ip",
-            "-d",
-            "link",
-            "show",
-            "mv-p0",
-        ]);
-        assert!(text.contains("macvlan mode bridge"), "{text}");
-        let mac = text
-            .split("link/ether ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_default();
-        assert_local_mac(mac);
-        assert_eq!(ns.names(), links, "mv-p0 on the host side");
-    }));
+    let r = Stopping::new(r);
+    let names = ip_o_names(&inside.replace("ready\n", ""));
+    assert_eq!(names, sorted(&["lo", "mv-p0"]), "inside: {inside}");
+    // busybox ip has no -d: look at the container's namespace from the host.
+    let pid = payload_pid(&t, "1000");
+    let text = ns.ok(&[
+        "nsenter",
+        &format!("--net=/proc/{pid}/ns/net"),
+        "ip",
+        "-d",
+        "link",
+        "show",
+        "mv-p0",
+    ]);
+    assert!(text.contains("macvlan mode bridge"), "{text}");
+    let mac = text
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default();
+    assert_local_mac(mac);
+    assert_eq!(ns.names(), links, "mv-p0 on the host side");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert_eq!(ns.wait_names(&links), links, "links changed");
 
     // ipvlan: what the kernel supports decides what to expect.
@@ -873,16 +853,12 @@ fn port_forwarding_from_the_host_and_its_tables() {
     let r = start(ns.ns_run(&t, &opts, &argv(&server)));
     let monitor = r.pid();
     let table = format!("table ip ns-run-{monitor}");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let tables = ns.nft_tables();
-        assert!(tables.contains(&table), "no {table}: {tables:?}");
-        ns.fetch("127.0.0.1", 8080, "hello-from-t-port");
-        ns.fetch("10.231.3.1", 8080, "hello-from-t-port");
-    }));
+    let r = Stopping::new(r);
+    let tables = ns.nft_tables();
+    assert!(tables.contains(&table), "no {table}: {tables:?}");
+    ns.fetch("127.0.0.1", 8080, "hello-from-t-port");
+    ns.fetch("10.231.3.1", 8080, "hello-from-t-port");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     let tables = ns.nft_tables();
     assert!(
         !tables.iter().any(|l| l.contains("ns-run-")),
@@ -1091,30 +1067,26 @@ fn veth_name_held_by_a_running_container_fails_and_keeps_it() {
     let tb = Tree::rootfs("held-b");
     let before = our_mounts();
     let r = start(ns.ns_run(&ta, &["-n", "-M", "t-held"], &argv(&ready_then_sleep(""))));
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let first = ns.link("ve-t-held").expect("first container's host end");
-        // The same machine name on another tree: its host end name is taken (after
-        // ns-run's wait for a dying namespace's link, at most 2 s).
-        let t0 = Instant::now();
-        let out = run_cmd(
-            ns.ns_run(&tb, &["-n", "-M", "t-held"], &["echo", "payload-ran"]),
-            None,
-        );
-        assert_fails_one_line(&out, &["ve-t-held", "File exists"]);
-        assert_eq!(out.stdout, "", "{out}");
-        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-        assert_nothing_left(&tb, &before);
-        // The failed one did not delete the running container's link.
-        let l = ns
-            .link("ve-t-held")
-            .expect("the running container lost its link");
-        assert_eq!((l.index, &l.mac), (first.index, &first.mac));
-        assert_eq!(ns.names(), sorted(&["lo", "ve-t-held"]));
-    }));
+    let r = Stopping::new(r);
+    let first = ns.link("ve-t-held").expect("first container's host end");
+    // The same machine name on another tree: its host end name is taken (after
+    // ns-run's wait for a dying namespace's link, at most 2 s).
+    let t0 = Instant::now();
+    let out = run_cmd(
+        ns.ns_run(&tb, &["-n", "-M", "t-held"], &["echo", "payload-ran"]),
+        None,
+    );
+    assert_fails_one_line(&out, &["ve-t-held", "File exists"]);
+    assert_eq!(out.stdout, "", "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_nothing_left(&tb, &before);
+    // The failed one did not delete the running container's link.
+    let l = ns
+        .link("ve-t-held")
+        .expect("the running container lost its link");
+    assert_eq!((l.index, &l.mac), (first.index, &first.mac));
+    assert_eq!(ns.names(), sorted(&["lo", "ve-t-held"]));
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("ve-t-held"), "{:?}", ns.names());
     assert_nothing_left(&ta, &before);
 }
@@ -1140,21 +1112,17 @@ fn port_forwarding_over_ipv6() {
         &argv(&port_server()),
     ));
     let monitor = r.pid();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let tables = ns.nft_tables();
-        for fam in ["ip", "ip6"] {
-            let want = format!("table {fam} ns-run-{monitor}");
-            assert!(tables.contains(&want), "no {want}: {tables:?}");
-        }
-        // Duplicate address detection makes the addresses usable after a moment: fetch
-        // retries for 10 s.
-        ns.fetch("fd31:231:6::1", 8080, "hello-from-t-port");
-        ns.fetch("10.231.6.1", 8080, "hello-from-t-port");
-    }));
-    stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+    let r = Stopping::new(r);
+    let tables = ns.nft_tables();
+    for fam in ["ip", "ip6"] {
+        let want = format!("table {fam} ns-run-{monitor}");
+        assert!(tables.contains(&want), "no {want}: {tables:?}");
     }
+    // Duplicate address detection makes the addresses usable after a moment: fetch
+    // retries for 10 s.
+    ns.fetch("fd31:231:6::1", 8080, "hello-from-t-port");
+    ns.fetch("10.231.6.1", 8080, "hello-from-t-port");
+    stop(r);
     let tables = ns.nft_tables();
     assert!(
         !tables.iter().any(|l| l.contains("ns-run-")),
