@@ -728,7 +728,8 @@ pub fn wait_no_procs_in(root: &Path, timeout: Duration) -> Vec<String> {
 }
 
 /// Assert that nothing of a container is left: no process in `root` (after a short grace
-/// period) and the host mount table equal to `mounts_before`.
+/// period) and none of the mounts a test can make or leak ([`our_mounts`]) other than those
+/// in `mounts_before` (taken with [`our_mounts`]).
 pub fn assert_no_leak(root: &Path, mounts_before: &[String]) {
     let left = wait_no_procs_in(root, Duration::from_secs(3));
     assert!(
@@ -739,29 +740,81 @@ pub fn assert_no_leak(root: &Path, mounts_before: &[String]) {
     assert_mounts_unchanged(mounts_before);
 }
 
-/// Assert the host mount table is what it was. Mounts that tests make on the host on
-/// purpose ([`HostTmpfs`], possibly in a test running in parallel) do not count, nor do named
-/// network namespaces (`/run/netns/*`, made by `ip netns add`, e.g. by network tests running
-/// at the same time): no container of ours mounts anything there.
+/// Assert that the mounts a test can make or leak ([`our_mounts`]) are what they were
+/// (`before`, taken with [`our_mounts`]). What the rest of the host mounts meanwhile (a
+/// container engine running beside the tests) does not count.
 pub fn assert_mounts_unchanged(before: &[String]) {
-    let ours = HOST_MOUNTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    diff_mounts("mounts of the tests' objects", before, &our_mounts());
+}
+
+/// Assert the whole host mount table is what it was (`before`, taken with
+/// [`mount_points`]): for the soak and fault tests, run where nothing else runs. Mounts
+/// that tests make on the host on purpose ([`HostTmpfs`], possibly in a test running in
+/// parallel) do not count, nor do named network namespaces (`/run/netns/*`, made by `ip
+/// netns add`, e.g. by network tests running at the same time): no container of ours mounts
+/// anything there.
+pub fn assert_host_mounts_unchanged(before: &[String]) {
     let keep = |v: &[String]| -> Vec<String> {
         v.iter()
-            .filter(|m| !ours.iter().any(|o| Path::new(m) == o))
+            .filter(|m| !on_purpose(m))
             .filter(|m| !m.starts_with("/run/netns/"))
             .cloned()
             .collect()
     };
-    let (before, after) = (keep(before), keep(&mount_points()));
+    diff_mounts("host mount table", &keep(before), &keep(&mount_points()));
+}
+
+fn diff_mounts(what: &str, before: &[String], after: &[String]) {
     let added: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
     let removed: Vec<&String> = before.iter().filter(|m| !after.contains(m)).collect();
     assert!(
         after == before,
-        "host mount table changed: added {added:?}, removed {removed:?}"
+        "{what} changed: added {added:?}, removed {removed:?}"
     );
+}
+
+/// Is `m` where a test of this process mounts a [`HostTmpfs`] on purpose?
+fn on_purpose(m: &str) -> bool {
+    HOST_MOUNTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|o| Path::new(m) == o)
+}
+
+/// The mounts (mount points, sorted) that a test of this process made or could leave on
+/// the host: those whose mount point, root (what a bind mount shows) or source names one of
+/// our trees (`$TMPDIR/ns-tests-<our pid>-*`, the roots and their host dirs) or the
+/// toolkit's own state (`/run/ns-run`, rootless `ns-run-UID`, ns-oci's). Not in it: what
+/// anything else mounts meanwhile (a container engine beside the tests, other test
+/// processes' trees), named network namespaces, [`HostTmpfs`]es (mounted on purpose, perhaps
+/// by a test running in parallel). The leak checks compare this; the soak and fault tests
+/// compare the whole table ([`assert_host_mounts_unchanged`]).
+pub fn our_mounts() -> Vec<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (root, target) = (unescape_octal(f.get(3)?), unescape_octal(f.get(4)?));
+            let sep = f.iter().position(|x| *x == "-")?;
+            let source = unescape_octal(f.get(sep + 2).unwrap_or(&""));
+            let named = [&root, &target, &source].iter().any(|x| names_ours(x));
+            (named && !on_purpose(&target) && !target.starts_with("/run/netns/")).then_some(target)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Does the path `p` name an object of this test process or of the toolkit?
+fn names_ours(p: &str) -> bool {
+    let tree = format!("/{PREFIX}{}-", std::process::id());
+    p.contains(&tree)
+        || Path::new(p).components().any(|c| {
+            let c = c.as_os_str().to_string_lossy();
+            c == "ns-run" || c == "ns-oci" || c.starts_with("ns-run-") || c.starts_with("ns-oci-")
+        })
 }
 
 /// What is in a tree, entry by entry (symlinks not followed): relative path → type, mode,
@@ -906,17 +959,120 @@ pub fn spawn_until(cmd: Command, needle: &str) -> Running {
     r
 }
 
+/// `ns-run -D TREE OPTS -- sh -c SCRIPT`, tagged with the tree, to its end; nothing of it
+/// may be left ([`assert_no_leak`]).
+pub fn sh_in(t: &Tree, opts: &[&str], script: &str) -> Output {
+    let before = our_mounts();
+    let mut c = ns_run();
+    t.tag(&mut c)
+        .args(["-D", t.arg()])
+        .args(opts)
+        .args(["--", "sh", "-c", script]);
+    let out = run_cmd(c, None);
+    assert_no_leak(t.path(), &before);
+    out
+}
+
+/// [`sh_in`] that must exit 0 with nothing on stderr; returns stdout.
+pub fn sh_ok(t: &Tree, opts: &[&str], script: &str) -> String {
+    let out = sh_in(t, opts, script);
+    assert!(
+        out.code == 0 && out.stderr.is_empty(),
+        "ns-run {opts:?} sh -c {script:?} failed\n{out}"
+    );
+    out.stdout
+}
+
+/// A started container that is stopped when the guard goes, also when the test fails
+/// (SIGTERM by default, or what [`Stopping::with`] says), and waited for: ns-run cleans up
+/// as after any exit, where dropping the [`Running`] would SIGKILL the monitor and leave its
+/// cleanup to the next start. [`Stopping::stop`] stops it and returns what it printed.
+pub struct Stopping {
+    running: Option<Running>,
+    how: Box<dyn Fn(&Running)>,
+}
+
+impl Stopping {
+    /// Stopped with SIGTERM.
+    pub fn new(r: Running) -> Stopping {
+        Stopping::with(r, |r| {
+            // SAFETY: kill takes plain integers; the pid is our unreaped child.
+            unsafe { libc::kill(r.pid(), libc::SIGTERM) };
+        })
+    }
+
+    /// Stopped by `how` (e.g. writing the file its payload waits for). `how` must not
+    /// panic: it also runs while a failed test unwinds.
+    pub fn with(r: Running, how: impl Fn(&Running) + 'static) -> Stopping {
+        Stopping {
+            running: Some(r),
+            how: Box::new(how),
+        }
+    }
+
+    /// Stop it now and wait for its exit (longer than [`TIMEOUT`] fails the test).
+    pub fn stop(mut self) -> Output {
+        let r = self.running.take().expect("stopped once");
+        (self.how)(&r);
+        r.wait()
+    }
+}
+
+impl std::ops::Deref for Stopping {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        self.running.as_ref().expect("not stopped yet")
+    }
+}
+
+impl std::ops::DerefMut for Stopping {
+    fn deref_mut(&mut self) -> &mut Running {
+        self.running.as_mut().expect("not stopped yet")
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            (self.how)(&r);
+            let _ = r.wait_for(TIMEOUT);
+        }
+    }
+}
+
+/// Runs `F` when it goes, also when the test fails (cleanup of what a test started that is
+/// no [`Running`]: an OCI container to reap and delete); [`Defer::now`] runs it at once.
+/// `F` must not panic: it also runs while a failed test unwinds.
+pub struct Defer<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Defer<F> {
+    pub fn new(f: F) -> Defer<F> {
+        Defer(Some(f))
+    }
+
+    /// Run it now.
+    pub fn now(mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl<F: FnOnce()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// Run `cmd`, whose payload prints `ready` once set up and then sleeps; call `check` while
 /// it runs (host-side checks), then stop the container with SIGTERM (ns-run exits 137 and
 /// cleans up as after any exit). The container is stopped also when `check` fails.
 pub fn while_running(cmd: Command, check: impl FnOnce()) -> Output {
-    let r = spawn_until(cmd, "ready");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
-    r.signal(libc::SIGTERM);
-    let out = r.wait();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    let r = Stopping::new(spawn_until(cmd, "ready"));
+    check();
+    let out = r.stop();
     assert_eq!((out.code, out.signal), (137, None), "{out}");
     out
 }
@@ -995,29 +1151,6 @@ pub fn path_with_bins() -> std::ffi::OsString {
     std::env::join_paths(dirs).expect("PATH")
 }
 
-/// The host mount table, without what other tests may mount meanwhile: named network
-/// namespaces (`ip netns add` mounts them under /run/netns) and mounts below the trees of
-/// other test processes (tests of other files, run at the same time, mount on purpose).
-pub fn host_mounts() -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    let ours = format!("ns-tests-{}-", std::process::id());
-    mount_points()
-        .into_iter()
-        .filter(|m| !m.starts_with("/run/netns/"))
-        .filter(|m| {
-            let Ok(rel) = Path::new(m).strip_prefix(&tmp) else {
-                return true;
-            };
-            let top = rel
-                .components()
-                .next()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            !top.starts_with("ns-tests-") || top.starts_with(&ours)
-        })
-        .collect()
-}
-
 /// Every cgroup directory of the host, four levels deep (the containers' sit beside the
 /// tests' own, or under a slice).
 pub fn cgroup_dirs() -> Vec<PathBuf> {
@@ -1049,32 +1182,84 @@ pub fn container_cgroups(machine: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A network namespace of a test (`ip netns add NAME`), deleted on drop; containers whose
-/// network is wired run in it (`nsenter --net=PATH ns-run ...`), never on the host's links.
-pub struct TestNetns(pub String);
+static NETNS_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace of a test (`ip netns add ns-TAG-<our pid>-<n>`), with `lo` up,
+/// deleted on drop (also when the test fails); containers whose network is wired run in it
+/// ([`TestNetns::ns_run`]), never on the host's links.
+pub struct TestNetns {
+    pub name: String,
+}
 
 impl TestNetns {
-    /// `ns-TAG-<our pid>`, replacing one a killed run of ours left.
+    /// A fresh namespace; those that killed test processes left are deleted first.
     pub fn new(tag: &str) -> TestNetns {
-        let name = format!("ns-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let st = Command::new("ip").args(["netns", "add", &name]).status();
-        assert!(st.is_ok_and(|s| s.success()), "ip netns add {name}");
-        TestNetns(name)
+        remove_stale_netns();
+        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ns-{tag}-{}-{n}", std::process::id());
+        let out = Command::new(which("ip"))
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = TestNetns { name };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `/run/netns/NAME`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
     }
 
     /// `--net=/run/netns/NAME`, for nsenter.
     pub fn nsenter_arg(&self) -> String {
-        format!("--net=/run/netns/{}", self.0)
+        format!("--net={}", self.path())
+    }
+
+    /// `ARGV` run inside the namespace (`nsenter --net=PATH ARGV`).
+    pub fn cmd(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new(which("nsenter"));
+        c.arg(self.nsenter_arg()).args(argv);
+        c
+    }
+
+    /// Run `ARGV` inside the namespace (with the tests' timeout).
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        run_cmd(self.cmd(argv), None)
+    }
+
+    /// Run `ARGV` inside the namespace; it must succeed. Returns stdout.
+    pub fn ok(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        assert_eq!(out.code, 0, "{argv:?} in {}: {out}", self.name);
+        out.stdout
+    }
+
+    /// `ns-run -D TREE OPTS -- PAYLOAD` inside the namespace, as [`ns_run`] (unregistered)
+    /// and tagged with the tree.
+    pub fn ns_run(&self, tree: &Tree, opts: &[&str], payload: &[&str]) -> Command {
+        let mut c = self.cmd(&[]);
+        c.arg(bin("ns-run"))
+            .arg("--register=no")
+            .env_remove("NS_DEBUG")
+            .env_remove("NS_STAGE_FDS");
+        tree.tag(&mut c)
+            .args(["-D", tree.arg()])
+            .args(opts)
+            .arg("--")
+            .args(payload);
+        c
     }
 
     /// The names of its links.
     pub fn links(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-o", "link", "show"])
+        let out = Command::new(which("ip"))
+            .args(["-n", &self.name, "-o", "link", "show"])
             .output()
             .expect("ip link");
         String::from_utf8_lossy(&out.stdout)
@@ -1086,8 +1271,62 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        match Command::new(which("ip"))
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "ns-tests: ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("ns-tests: ip netns del {}: {e}", self.name),
+        }
     }
+}
+
+/// Delete the namespaces of test processes that are gone (killed before their guards ran):
+/// `ns-TAG-<pid>-<n>` with no process `pid`. Once per test process.
+fn remove_stale_netns() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(dir) = fs::read_dir("/run/netns") else {
+            return;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.rsplitn(3, '-');
+            let (Some(n), Some(pid), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if tag.starts_with("ns-")
+                && numeric(pid)
+                && numeric(n)
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = Command::new(which("ip"))
+                    .args(["netns", "del", &name])
+                    .status();
+            }
+        }
+    });
+}
+
+/// A program of the host, by its absolute path (for commands run with another PATH).
+pub fn which(prog: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            "/usr/sbin".into(),
+            "/usr/bin".into(),
+            "/sbin".into(),
+            "/bin".into(),
+        ])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{prog} not found"))
 }
 
 /// A busybox tree whose /sbin/init runs `script` once at boot.

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use ns_tests::{booting_tree, host_mounts, run, wait_no_procs_in, Tree};
+use ns_tests::{booting_tree, our_mounts, run, wait_no_procs_in, Tree};
 
 fn assert_clean(t: &Tree, before: &[String]) {
     let left = wait_no_procs_in(t.path(), std::time::Duration::from_secs(3));
     assert!(left.is_empty(), "processes left: {left:?}");
-    assert_eq!(host_mounts(), before, "host mount table changed");
+    assert_eq!(our_mounts(), before, "host mount table changed");
 }
 
 #[test]
@@ -25,7 +25,7 @@ fn reboot_inside_gives_133_and_the_container_interface_is_there() {
          tr '\\0' '\\n' < /proc/1/environ | grep -c ^LANG= || true\n\
          reboot -f\n",
     );
-    let before = host_mounts();
+    let before = our_mounts();
     let out = run(&[
         "-D",
         t.arg(),

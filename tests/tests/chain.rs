@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use ns_tests::{
-    assert_mounts_unchanged, fixture, host_cap_bnd, mount_points, pass_fd, path_with_bins, run,
+    assert_mounts_unchanged, fixture, host_cap_bnd, our_mounts, pass_fd, path_with_bins, run,
     run_cmd, s, stage, status_hex, Output, Tree, CAP_SYS_ADMIN, NSPAWN_DEFAULT_CAPS,
 };
 
@@ -34,7 +34,7 @@ fn assert_one_line(out: &Output, code: i32, prefix: &str) {
 #[test]
 fn print_state_prints_json_and_runs_nothing() {
     let name = fixture().file_name().unwrap().to_str().unwrap();
-    let before = mount_points();
+    let before = our_mounts();
     // Were the command run, `RAN` would follow the JSON and the parse would fail.
     let v = state(&["-D", d(), "--", "echo", "RAN"]);
     assert_eq!(v["version"], 1);
@@ -115,7 +115,7 @@ fn print_chain_runs_like_ns_run() {
     assert!(line.starts_with("ns-enter "), "{line}");
     assert!(line.contains(" -- ns-mount "), "{line}");
     assert!(line.contains(" -- ns-caps "), "{line}");
-    let before = mount_points();
+    let before = our_mounts();
     let via_chain = run_chain_line(&line);
     let direct = run(&args);
     assert_eq!(direct.ok(), "1\nchained-box\n");
@@ -166,7 +166,7 @@ fn print_chain_carries_every_option() {
 #[test]
 fn hand_composed_chain() {
     let t = Tree::rootfs("hand");
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = stage("ns-enter");
     c.args([
         "--pid",

@@ -3,14 +3,14 @@
 //! (125 setup, 126 cannot execute, 127 not found), and leaves nothing behind: the host mount
 //! table is unchanged and no process is left in the container's tree.
 
-use ns_tests::{assert_no_leak, mount_points, ns_run, run, run_cmd, Output, Tree};
+use ns_tests::{assert_no_leak, ns_run, our_mounts, run, run_cmd, Output, Tree};
 
 /// Run `ns-run ARGS` (with `{D}` in an argument replaced by the tree's path) in a private
 /// tree, check the failure shape and that nothing leaked; returns the output.
 fn fails(tree: &Tree, args: &[&str], code: i32, prefix: &str, needles: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|a| a.replace("{D}", tree.arg())).collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let before = mount_points();
+    let before = our_mounts();
     let mut cmd = ns_run();
     tree.tag(&mut cmd).args(&argv);
     let out = run_cmd(cmd, None);
@@ -44,7 +44,7 @@ fn assert_one_line(out: &Output, prefix: &str) {
 #[test]
 fn missing_directory() {
     let t = Tree::rootfs("missing");
-    let before = mount_points();
+    let before = our_mounts();
     let out = run(&["-D", "/nonexistent/dir", "true"]);
     assert_eq!(out.code, 125, "{out}");
     assert_one_line(&out, "ns-run: ");
@@ -79,7 +79,7 @@ fn tree_without_usr() {
 
 #[test]
 fn host_root_is_refused() {
-    let before = mount_points();
+    let before = our_mounts();
     let out = run(&["-D", "/", "true"]);
     assert_eq!(out.code, 125, "{out}");
     assert_one_line(&out, "ns-run: ");

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ns_tests::{bin, build_rootfs_linked, run_cmd, s, spawn_until, Tree};
+use ns_tests::{bin, build_rootfs_linked, run_cmd, s, spawn_until, Defer, Stopping, Tree};
 use serde_json::{json, Value};
 
 /// How many times at most the host enters the container: enough for the loop to see a
@@ -144,27 +144,25 @@ fn ns_run_and_shell(tag: &str, opts: &[&str]) {
         .args(opts)
         .args(["ns-probe", "grab", "/out/stop"])
         .arg(&bins.dir);
-    let mut r = spawn_until(c, "ready");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rounds(
-            || {
-                let mut sh = bins.cmd("ns-ctl");
-                sh.args(["shell", &name, "--", "/bin/true"]);
-                let o = run_cmd(sh, None);
-                assert_eq!(o.code, 0, "ns-ctl shell: {o}");
-            },
-            || {
-                // Collects what came meanwhile (the loop never prints a NUL).
-                r.wait_stdout("\0", Duration::from_millis(50));
-                seen_entry(&r.stdout_so_far())
-            },
-        );
-    }));
-    fs::write(out.join("stop"), "").unwrap();
-    let o = r.wait();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    let r = spawn_until(c, "ready");
+    let stop = out.join("stop");
+    let mut r = Stopping::with(r, move |_| {
+        let _ = fs::write(&stop, "");
+    });
+    rounds(
+        || {
+            let mut sh = bins.cmd("ns-ctl");
+            sh.args(["shell", &name, "--", "/bin/true"]);
+            let o = run_cmd(sh, None);
+            assert_eq!(o.code, 0, "ns-ctl shell: {o}");
+        },
+        || {
+            // Collects what came meanwhile (the loop never prints a NUL).
+            r.wait_stdout("\0", Duration::from_millis(50));
+            seen_entry(&r.stdout_so_far())
+        },
+    );
+    let o = r.stop();
     assert!(o.stdout.contains("done"), "{o}");
     assert!(seen_entry(&o.stdout), "no process of ns-ctl seen: {o}");
     assert_attack_failed(&o.stdout, &bins, &out);
@@ -383,23 +381,21 @@ fn oci_exec(tag: &str, userns: bool) {
     let id = format!("exe-{tag}");
     let pid = b.create(&id);
     b.ok(&["start", &id]);
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert!(b.wait_report(&format!("{id}.stdout"), "ready"));
-        let p = b.process("true", &["/bin/true"]);
-        rounds(
-            || {
-                let o = b.cmd(&["exec", "--process", s(&p), &id]).output().unwrap();
-                assert!(o.status.success(), "exec: {o:?}");
-            },
-            || b.report(&format!("{id}.stdout")).contains("seen "),
-        );
-    }));
-    fs::write(b.out.join("stop"), "").unwrap();
-    reap(pid);
-    let _ = b.cmd(&["delete", "--force", &id]).output();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    let cleanup = Defer::new(|| {
+        let _ = fs::write(b.out.join("stop"), "");
+        reap(pid);
+        let _ = b.cmd(&["delete", "--force", &id]).output();
+    });
+    assert!(b.wait_report(&format!("{id}.stdout"), "ready"));
+    let p = b.process("true", &["/bin/true"]);
+    rounds(
+        || {
+            let o = b.cmd(&["exec", "--process", s(&p), &id]).output().unwrap();
+            assert!(o.status.success(), "exec: {o:?}");
+        },
+        || b.report(&format!("{id}.stdout")).contains("seen "),
+    );
+    cleanup.now();
     let report = b.report(&format!("{id}.stdout"));
     assert!(report.contains("done"), "{report}");
     assert_attack_failed(&report, &b.bins, &b.out);
@@ -424,39 +420,37 @@ fn oci_created(tag: &str, userns: bool) {
     let bins = b.bins.dir.display().to_string();
     let grab = b.process("grab", &["ns-probe", "grab", "/out/stop", &bins]);
     let log = "grab.stdout";
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let st = b
-            .cmd(&["exec", "--detach", "--process", s(&grab), &id])
-            .stdout(fs::File::create(b.out.join(log)).unwrap())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        assert!(b.wait_report(log, "ready"), "{}", b.report(log));
-        assert!(
-            b.wait_report(log, "seen /proc/1/exe"),
-            "PID 1 not seen: {}",
-            b.report(log)
-        );
-        b.ok(&["start", &id]);
-        // PID 1 is the payload now: what was grabbed of it is written or refused.
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end
-            && !b
-                .report(log)
-                .lines()
-                .any(|l| l.starts_with("WROTE /proc/1/exe") || l.starts_with("denied /proc/1/exe"))
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }));
-    fs::write(b.out.join("stop"), "").unwrap();
-    let _ = b.wait_report(log, "done");
-    let _ = b.cmd(&["delete", "--force", &id]).output();
-    reap(pid);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+    let cleanup = Defer::new(|| {
+        let _ = fs::write(b.out.join("stop"), "");
+        let _ = b.wait_report(log, "done");
+        let _ = b.cmd(&["delete", "--force", &id]).output();
+        reap(pid);
+    });
+    let st = b
+        .cmd(&["exec", "--detach", "--process", s(&grab), &id])
+        .stdout(fs::File::create(b.out.join(log)).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(b.wait_report(log, "ready"), "{}", b.report(log));
+    assert!(
+        b.wait_report(log, "seen /proc/1/exe"),
+        "PID 1 not seen: {}",
+        b.report(log)
+    );
+    b.ok(&["start", &id]);
+    // PID 1 is the payload now: what was grabbed of it is written or refused.
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end
+        && !b
+            .report(log)
+            .lines()
+            .any(|l| l.starts_with("WROTE /proc/1/exe") || l.starts_with("denied /proc/1/exe"))
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    cleanup.now();
     let report = b.report(log);
     assert!(report.contains("done"), "{report}");
     assert_attack_failed(&report, &b.bins, &b.out);
@@ -492,44 +486,39 @@ fn shell_after_unshare(tag: &str, opts: &[&str]) {
         ]);
     let r = spawn_until(c, "ready");
     let started = r.stdout_so_far().replace("ready\n", "");
-    let res = std::panic::catch_unwind(|| {
-        let entry: Value =
-            serde_json::from_slice(&fs::read(format!("/run/ns-run/machines/{name}.json")).unwrap())
-                .unwrap();
-        let leader = entry["leader"].as_i64().unwrap();
-        // Until PID 1 runs `sleep` in its new namespaces.
-        let end = Instant::now() + Duration::from_secs(10);
-        while fs::read_link(format!("/proc/{leader}/exe"))
-            .is_ok_and(|e| !e.ends_with("busybox") || cmdline(leader) != "sleep100")
-            && Instant::now() < end
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(cmdline(leader), "sleep100");
-        let now = fs::read_link(format!("/proc/{leader}/ns/user")).unwrap();
-        assert_ne!(now.to_string_lossy(), started.lines().next().unwrap());
-        let mut sh = Command::new(bin("ns-ctl"));
-        sh.env_remove("NS_DEBUG").args([
-            "shell",
-            &name,
-            "--",
-            "/bin/sh",
-            "-c",
-            "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt",
-        ]);
-        let o = run_cmd(sh, None);
-        assert_eq!((o.code, o.stdout.as_str()), (0, started.as_str()), "{o}");
-        assert!(
-            o.stderr
-                .contains("PID 1 has left the user, mnt namespace(s) it started in"),
-            "{o}"
-        );
-    });
-    r.signal(libc::SIGTERM);
-    let o = r.wait();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+    let r = Stopping::new(r);
+    let entry: Value =
+        serde_json::from_slice(&fs::read(format!("/run/ns-run/machines/{name}.json")).unwrap())
+            .unwrap();
+    let leader = entry["leader"].as_i64().unwrap();
+    // Until PID 1 runs `sleep` in its new namespaces.
+    let end = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(format!("/proc/{leader}/exe"))
+        .is_ok_and(|e| !e.ends_with("busybox") || cmdline(leader) != "sleep100")
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(cmdline(leader), "sleep100");
+    let now = fs::read_link(format!("/proc/{leader}/ns/user")).unwrap();
+    assert_ne!(now.to_string_lossy(), started.lines().next().unwrap());
+    let mut sh = Command::new(bin("ns-ctl"));
+    sh.env_remove("NS_DEBUG").args([
+        "shell",
+        &name,
+        "--",
+        "/bin/sh",
+        "-c",
+        "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt",
+    ]);
+    let o = run_cmd(sh, None);
+    assert_eq!((o.code, o.stdout.as_str()), (0, started.as_str()), "{o}");
+    assert!(
+        o.stderr
+            .contains("PID 1 has left the user, mnt namespace(s) it started in"),
+        "{o}"
+    );
+    let o = r.stop();
     assert_eq!(o.code, 137, "{o}");
 }
 
@@ -566,42 +555,37 @@ fn ns_ctl_shell_waits_for_the_payload() {
         .args(["-q", "-M", &name, "-D", t.arg()])
         .args(["sh", "-c", "echo ready; exec sleep 100"]);
     let r = spawn_until(c, "ready");
-    let res = std::panic::catch_unwind(|| {
-        let path = PathBuf::from(format!("/run/ns-run/machines/{name}.json"));
-        // The monitor clears it once the payload runs (it may print before that).
-        let end = Instant::now() + Duration::from_secs(10);
-        while fs::read(&path)
-            .ok()
-            .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
-            .is_none_or(|v| v["starting"] != json!(false))
-            && Instant::now() < end
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let set_starting = |on: bool| {
-            let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-            assert_eq!(v["starting"], json!(!on), "{v}");
-            v["starting"] = json!(on);
-            let tmp = path.with_extension("test");
-            fs::write(&tmp, v.to_string()).unwrap();
-            fs::rename(&tmp, &path).unwrap();
-        };
-        set_starting(true);
-        let mut sh = Command::new(bin("ns-ctl"));
-        sh.env_remove("NS_DEBUG")
-            .args(["shell", &name, "--", "/bin/echo", "in"]);
-        let mut waiting = ns_tests::spawn(sh, None);
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(waiting.is_running(), "ns-ctl did not wait");
-        set_starting(false);
-        let o = waiting.wait();
-        assert_eq!((o.code, o.stdout.as_str()), (0, "in\n"), "{o}");
-    });
-    r.signal(libc::SIGTERM);
-    let o = r.wait();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+    let r = Stopping::new(r);
+    let path = PathBuf::from(format!("/run/ns-run/machines/{name}.json"));
+    // The monitor clears it once the payload runs (it may print before that).
+    let end = Instant::now() + Duration::from_secs(10);
+    while fs::read(&path)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
+        .is_none_or(|v| v["starting"] != json!(false))
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let set_starting = |on: bool| {
+        let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["starting"], json!(!on), "{v}");
+        v["starting"] = json!(on);
+        let tmp = path.with_extension("test");
+        fs::write(&tmp, v.to_string()).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+    };
+    set_starting(true);
+    let mut sh = Command::new(bin("ns-ctl"));
+    sh.env_remove("NS_DEBUG")
+        .args(["shell", &name, "--", "/bin/echo", "in"]);
+    let mut waiting = ns_tests::spawn(sh, None);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(waiting.is_running(), "ns-ctl did not wait");
+    set_starting(false);
+    let o = waiting.wait();
+    assert_eq!((o.code, o.stdout.as_str()), (0, "in\n"), "{o}");
+    let o = r.stop();
     assert_eq!(o.code, 137, "{o}");
 }
 
@@ -636,48 +620,46 @@ fn a_pod_member_exposes_no_host_binary() {
     fs::write(&path, v.to_string()).unwrap();
     let ns_run = Copies::new(&member.t, &["ns-run"]);
     let log = format!("{id}.stdout");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert!(pod.wait_report(&log, "ready"));
-        let mut n = 0;
-        rounds(
-            || {
-                n += 1;
-                let mid = format!("exe-member-{n}");
-                let mpid = member.create(&mid);
-                let _ = member.cmd(&["delete", "--force", &mid]).output();
-                reap(mpid);
-            },
-            || pod.report(&log).contains("seen "),
-        );
-        let seen = pod
-            .report(&log)
-            .lines()
-            .filter(|l| l.starts_with("seen "))
-            .count();
-        rounds(
-            || {
-                let o = ns_run
-                    .cmd("ns-run")
-                    .args(["--register=no", "-q", "--oci-bundle", member.t.arg()])
-                    .output()
-                    .unwrap();
-                assert!(o.status.success(), "ns-run --oci-bundle: {o:?}");
-            },
-            || {
-                pod.report(&log)
-                    .lines()
-                    .filter(|l| l.starts_with("seen "))
-                    .count()
-                    > seen
-            },
-        );
-    }));
-    fs::write(pod.out.join("stop"), "").unwrap();
-    reap(ppid);
-    let _ = pod.cmd(&["delete", "--force", id]).output();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    let cleanup = Defer::new(|| {
+        let _ = fs::write(pod.out.join("stop"), "");
+        reap(ppid);
+        let _ = pod.cmd(&["delete", "--force", id]).output();
+    });
+    assert!(pod.wait_report(&log, "ready"));
+    let mut n = 0;
+    rounds(
+        || {
+            n += 1;
+            let mid = format!("exe-member-{n}");
+            let mpid = member.create(&mid);
+            let _ = member.cmd(&["delete", "--force", &mid]).output();
+            reap(mpid);
+        },
+        || pod.report(&log).contains("seen "),
+    );
+    let seen = pod
+        .report(&log)
+        .lines()
+        .filter(|l| l.starts_with("seen "))
+        .count();
+    rounds(
+        || {
+            let o = ns_run
+                .cmd("ns-run")
+                .args(["--register=no", "-q", "--oci-bundle", member.t.arg()])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "ns-run --oci-bundle: {o:?}");
+        },
+        || {
+            pod.report(&log)
+                .lines()
+                .filter(|l| l.starts_with("seen "))
+                .count()
+                > seen
+        },
+    );
+    cleanup.now();
     let report = pod.report(&log);
     assert!(report.contains("done"), "{report}");
     assert_no_binary_reached(&report, &member.bins);
@@ -744,27 +726,25 @@ fn shell_ptrace(tag: &str, opts: &[&str]) {
         .arg(format!("--bind={}:/out", out.display()))
         .args(opts)
         .args(["ns-probe", "ptrace", "/out/stop"]);
-    let mut r = spawn_until(c, "ready");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ptrace_rounds(
-            || {
-                let mut sh = Command::new(bin("ns-ctl"));
-                sh.env_remove("NS_DEBUG")
-                    .args(["shell", &name, "--", "/bin/true"]);
-                let o = run_cmd(sh, None);
-                assert_eq!(o.code, 0, "ns-ctl shell: {o}");
-            },
-            || {
-                r.wait_stdout("\0", Duration::from_millis(50));
-                r.stdout_so_far()
-            },
-        );
-    }));
-    fs::write(out.join("stop"), "").unwrap();
-    let o = r.wait();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    let r = spawn_until(c, "ready");
+    let stop = out.join("stop");
+    let mut r = Stopping::with(r, move |_| {
+        let _ = fs::write(&stop, "");
+    });
+    ptrace_rounds(
+        || {
+            let mut sh = Command::new(bin("ns-ctl"));
+            sh.env_remove("NS_DEBUG")
+                .args(["shell", &name, "--", "/bin/true"]);
+            let o = run_cmd(sh, None);
+            assert_eq!(o.code, 0, "ns-ctl shell: {o}");
+        },
+        || {
+            r.wait_stdout("\0", Duration::from_millis(50));
+            r.stdout_so_far()
+        },
+    );
+    let o = r.stop();
     assert!(o.stdout.contains("done"), "{o}");
     assert_never_privileged(&o.stdout);
     assert_stdio_only(&o.stdout, false);
@@ -801,23 +781,21 @@ fn oci_exec_ptrace(tag: &str, userns: bool) {
     let pid = b.create(&id);
     b.ok(&["start", &id]);
     let log = format!("{id}.stdout");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert!(b.wait_report(&log, "ready"));
-        let p = b.process("true", &["/bin/true"]);
-        ptrace_rounds(
-            || {
-                let o = b.cmd(&["exec", "--process", s(&p), &id]).output().unwrap();
-                assert!(o.status.success(), "exec: {o:?}");
-            },
-            || b.report(&log),
-        );
-    }));
-    fs::write(b.out.join("stop"), "").unwrap();
-    reap(pid);
-    let _ = b.cmd(&["delete", "--force", &id]).output();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    let cleanup = Defer::new(|| {
+        let _ = fs::write(b.out.join("stop"), "");
+        reap(pid);
+        let _ = b.cmd(&["delete", "--force", &id]).output();
+    });
+    assert!(b.wait_report(&log, "ready"));
+    let p = b.process("true", &["/bin/true"]);
+    ptrace_rounds(
+        || {
+            let o = b.cmd(&["exec", "--process", s(&p), &id]).output().unwrap();
+            assert!(o.status.success(), "exec: {o:?}");
+        },
+        || b.report(&log),
+    );
+    cleanup.now();
     let report = b.report(&log);
     assert!(report.contains("done"), "{report}");
     assert_never_privileged(&report);

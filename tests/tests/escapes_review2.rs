@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use ns_tests::{bin, in_fresh_run, ns_run_registered, run_cmd, spawn_until, Tree};
+use ns_tests::{bin, in_fresh_run, ns_run_registered, run_cmd, spawn_until, Stopping, Tree};
 
 /// Container root puts a tmpfs over its /proc with `self/setgroups` saying `deny`, then the
 /// host's root runs `ns-ctl shell` with supplementary groups of its own (here 4242; a
@@ -68,35 +68,34 @@ fn ns_ctl_shell_does_not_show_the_callers_environment() {
             .arg(format!("--bind={}:/out", out.display()))
             .args(opts)
             .args(["ns-probe", "ptrace", "/out/stop"]);
-        let mut r = spawn_until(c, "ready");
+        let r = spawn_until(c, "ready");
+        let stop = out.join("stop");
+        let mut r = Stopping::with(r, move |_| {
+            let _ = std::fs::write(&stop, "");
+        });
         let mut report = String::new();
-        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // Until the loop has stopped a process of ours before its command's exec (its
-            // environment is then ns-caps's, not /bin/true's), at most 60 rounds.
-            for _ in 0..60 {
-                let mut sh = Command::new(bin("ns-ctl"));
-                sh.env_remove("NS_DEBUG")
-                    .env("RV2_HOST_SECRET", "hunter2")
-                    .args(["shell", &name, "--", "/bin/true"]);
-                let o = run_cmd(sh, None);
-                assert_eq!(o.code, 0, "ns-ctl shell: {o}");
-                r.wait_stdout("\0", std::time::Duration::from_millis(50));
-                report = r.stdout_so_far();
-                let before_exec = report
-                    .lines()
-                    .filter(|l| l.starts_with("environ ") && !l.starts_with("environ 1 "))
-                    .any(|l| l.split_whitespace().nth(2) != Some("true"));
-                if before_exec || report.contains("hunter2") {
-                    return;
-                }
-            }
-            panic!("the loop never stopped a process of ours before its exec:\n{report}");
-        }));
-        std::fs::write(out.join("stop"), "").unwrap();
-        let o = r.wait();
-        if let Err(p) = res {
-            std::panic::resume_unwind(p);
-        }
+        // Until the loop has stopped a process of ours before its command's exec (its
+        // environment is then ns-caps's, not /bin/true's), at most 60 rounds.
+        let stopped_one = (0..60).any(|_| {
+            let mut sh = Command::new(bin("ns-ctl"));
+            sh.env_remove("NS_DEBUG")
+                .env("RV2_HOST_SECRET", "hunter2")
+                .args(["shell", &name, "--", "/bin/true"]);
+            let o = run_cmd(sh, None);
+            assert_eq!(o.code, 0, "ns-ctl shell: {o}");
+            r.wait_stdout("\0", std::time::Duration::from_millis(50));
+            report = r.stdout_so_far();
+            let before_exec = report
+                .lines()
+                .filter(|l| l.starts_with("environ ") && !l.starts_with("environ 1 "))
+                .any(|l| l.split_whitespace().nth(2) != Some("true"));
+            before_exec || report.contains("hunter2")
+        });
+        assert!(
+            stopped_one,
+            "the loop never stopped a process of ours before its exec:\n{report}"
+        );
+        let o = r.stop();
         assert!(
             !o.stdout.contains("hunter2"),
             "{opts:?}: the container read the caller's environment: {}",

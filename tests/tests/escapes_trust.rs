@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use ns_tests::{bin, ns_run, run_cmd, Output, Tree};
+use ns_tests::{bin, ns_run, run_cmd, Output, Stopping, Tree};
 
 // ---------------------------------------------------------------------------------------
 // Untrusted .nspawn files (critical 4)
@@ -527,7 +527,7 @@ fn a_container_cannot_reach_the_hosts_loopback_through_port_forwarding() {
     let netns = ns_tests::TestNetns::new("lnet");
     let ip = |args: &[&str]| {
         let o = std::process::Command::new("ip")
-            .args(["-n", &netns.0])
+            .args(["-n", &netns.name])
             .args(args)
             .output()
             .unwrap();
@@ -535,7 +535,7 @@ fn a_container_cannot_reach_the_hosts_loopback_through_port_forwarding() {
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     ip(&["link", "set", "lo", "up"]);
-    let sock = udp_socket_in(&netns.0, 5999);
+    let sock = udp_socket_in(&netns.name, 5999);
     sock.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
         .unwrap();
     let t = Tree::rootfs("trust-lnet");
@@ -564,66 +564,60 @@ fn a_container_cannot_reach_the_hosts_loopback_through_port_forwarding() {
         "-c",
         script,
     ]);
-    let mut r = ns_tests::spawn(c, None);
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // The host end's Ethernet address, for the container's frames.
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mac = loop {
-            let links = std::process::Command::new("ip")
-                .args(["-n", &netns.0, "-o", "link", "show", "ve-esc-lnet"])
-                .output()
-                .unwrap();
-            let links = String::from_utf8_lossy(&links.stdout).to_string();
-            if let Some(m) = links
-                .split_whitespace()
-                .skip_while(|w| *w != "link/ether")
-                .nth(1)
-            {
-                break m.to_string();
-            }
-            assert!(std::time::Instant::now() < end, "no host end: {links}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        std::fs::write(t.path().join("mac"), &mac).unwrap();
-        assert!(
-            r.wait_stdout("sent", std::time::Duration::from_secs(20)),
-            "{}",
-            r.stdout_so_far()
-        );
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = sock.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    let mut r = Stopping::new(ns_tests::spawn(c, None));
+    // The host end's Ethernet address, for the container's frames.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mac = loop {
+        let links = std::process::Command::new("ip")
+            .args(["-n", &netns.name, "-o", "link", "show", "ve-esc-lnet"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).to_string();
+        if let Some(m) = links
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+        {
+            break m.to_string();
         }
-        assert_eq!(got, ["control"], "{}", r.stdout_so_far());
-        // The host's own connection to 127.0.0.1:8080 still reaches the container.
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let o = std::process::Command::new("nsenter")
-                .arg(netns.nsenter_arg())
-                .args([
-                    "timeout",
-                    "2",
-                    "busybox",
-                    "nc",
-                    "-w",
-                    "1",
-                    "127.0.0.1",
-                    "8080",
-                ])
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&o.stdout).contains("hello-localnet") {
-                break;
-            }
-            assert!(std::time::Instant::now() < end, "-p to 127.0.0.1: {o:?}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }));
-    r.signal(libc::SIGTERM);
-    let out = r.wait();
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+        assert!(std::time::Instant::now() < end, "no host end: {links}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::fs::write(t.path().join("mac"), &mac).unwrap();
+    assert!(
+        r.wait_stdout("sent", std::time::Duration::from_secs(20)),
+        "{}",
+        r.stdout_so_far()
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
     }
+    assert_eq!(got, ["control"], "{}", r.stdout_so_far());
+    // The host's own connection to 127.0.0.1:8080 still reaches the container.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let o = std::process::Command::new("nsenter")
+            .arg(netns.nsenter_arg())
+            .args([
+                "timeout",
+                "2",
+                "busybox",
+                "nc",
+                "-w",
+                "1",
+                "127.0.0.1",
+                "8080",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).contains("hello-localnet") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "-p to 127.0.0.1: {o:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = r.stop();
     assert_eq!(out.code, 137, "{out}");
 }

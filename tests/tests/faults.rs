@@ -76,7 +76,7 @@ fn killed_at_every_step_leaves_nothing() {
         assert_ne!(out.code, 0, "{point}: it was not killed: {out}");
         let left = ns_tests::wait_no_procs_in(t.path(), Duration::from_secs(5));
         assert!(left.is_empty(), "{point}: processes left: {left:?}");
-        ns_tests::assert_mounts_unchanged(&before);
+        ns_tests::assert_host_mounts_unchanged(&before);
         // The next run collects what a dead monitor journaled; the next reader of the
         // registry removes its entry.
         let mut c = ns_tests::ns_run();

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use ns_tests::{
     assert_journals_collected, assert_mounts_unchanged, assert_no_leak, assert_snapshot_unchanged,
-    build_rootfs_linked, cleanup_journal, mount_points, ns_run, procs_in, run, run_cmd, s,
-    snapshot, spawn_until, wait_no_procs_in, while_running, ForgetJournal, HostTmpfs, Output, Tree,
+    build_rootfs_linked, cleanup_journal, ns_run, our_mounts, procs_in, run, run_cmd, s, sh_in,
+    sh_ok, snapshot, spawn_until, wait_no_procs_in, while_running, ForgetJournal, HostTmpfs,
+    Output, Tree,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -32,27 +33,10 @@ fn cmd(t: &Tree, args: &[&str]) -> Command {
 
 /// Run `ns-run -D <t> ARGS...`; nothing may be left: no process, no host mount.
 fn run_in(t: &Tree, args: &[&str]) -> Output {
-    let before = mount_points();
+    let before = our_mounts();
     let out = run_cmd(cmd(t, args), None);
     assert_no_leak(t.path(), &before);
     out
-}
-
-/// `ns-run -D <t> OPTS... sh -c SCRIPT` (see [`run_in`]).
-fn sh(t: &Tree, opts: &[&str], script: &str) -> Output {
-    let mut args = opts.to_vec();
-    args.extend(["sh", "-c", script]);
-    run_in(t, &args)
-}
-
-/// [`sh`] that must exit 0 with nothing on stderr; returns stdout.
-fn sh_ok(t: &Tree, opts: &[&str], script: &str) -> String {
-    let out = sh(t, opts, script);
-    assert!(
-        out.code == 0 && out.stderr.is_empty(),
-        "ns-run {opts:?} sh -c {script:?} failed\n{out}"
-    );
-    out.stdout
 }
 
 /// The failure shape: exit 125, one line on stderr starting with `prefix` and containing
@@ -173,7 +157,7 @@ fn bind_is_recursive_by_default_and_norbind_hides_submounts() {
     let _sub = HostTmpfs::mount(&src.join("sub"));
     write(&src.join("sub/f"), "submount\n");
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     let out = sh_ok(
         &t,
         &[
@@ -201,7 +185,7 @@ fn bind_ro_is_read_only_recursively() {
     let _sub = HostTmpfs::mount(&src.join("sub"));
     write(&src.join("sub/g"), "g\n");
     let host = snapshot(&src);
-    let out = sh(
+    let out = sh_in(
         &t,
         &[&format!("--bind-ro={}:/srv/ro", s(&src))],
         "cat /srv/ro/f /srv/ro/sub/g; echo x > /srv/ro/x; echo rc=$?; \
@@ -458,7 +442,7 @@ fn overlay_top_lower_wins_and_writes_land_in_the_upper() {
 fn overlay_workdir_exists_while_running_and_is_removed_after() {
     let t = Tree::rootfs("workdir");
     let (l1, _, up) = layers(&t);
-    let before = mount_points();
+    let before = our_mounts();
     let c = cmd(
         &t,
         &[
@@ -517,7 +501,7 @@ fn overlay_ro_is_read_only() {
     let t = Tree::rootfs("overlayro");
     let (l1, l2, _) = layers(&t);
     let all = snapshot(t.base());
-    let out = sh(
+    let out = sh_in(
         &t,
         &[&format!("--overlay-ro={}:{}:/srv/ro", s(&l1), s(&l2))],
         "cat /srv/ro/f /srv/ro/only1 /srv/ro/only2; touch /srv/ro/x; echo rc=$?; \
@@ -599,7 +583,7 @@ fn overlay_failure_in_ns_mount_removes_the_workdir() {
 fn inaccessible_file() {
     let t = Tree::rootfs("inaccfile");
     let image = snapshot(t.path());
-    let out = sh(
+    let out = sh_in(
         &t,
         &["--inaccessible=/etc/passwd"],
         "stat -c '%a %s %F' /etc/passwd; cat /etc/passwd | wc -c; echo x > /etc/passwd; \
@@ -615,7 +599,7 @@ fn inaccessible_directory() {
     let t = Tree::rootfs("inaccdir");
     write(&t.path().join("srv/secret/f"), "secret\n");
     let image = snapshot(t.path());
-    let out = sh(
+    let out = sh_in(
         &t,
         &["--inaccessible=/srv/secret"],
         "stat -c '%a %F' /srv/secret; ls -A /srv/secret | wc -l; touch /srv/secret/x; \
@@ -624,7 +608,7 @@ fn inaccessible_directory() {
     assert_eq!(out.stdout, "0 directory\n0\nrc=1\n", "{out}");
     assert!(out.stderr.contains("Read-only file system"), "{out}");
     // Without CAP_DAC_OVERRIDE, not even a listing.
-    let out = sh(
+    let out = sh_in(
         &t,
         &["--inaccessible=/srv/secret", "-u", "daemon"],
         "cat /srv/secret/f; ls /srv/secret; echo done",
@@ -701,7 +685,7 @@ fn ephemeral_keeps_an_explicit_machine_name() {
 fn two_ephemeral_containers_share_a_tree() {
     let t = Tree::rootfs("ephemtwo");
     let all = snapshot(t.base());
-    let before = mount_points();
+    let before = our_mounts();
     let first = cmd(
         &t,
         &["-x", "sh", "-c", "echo first > /f && echo ready; sleep 100"],
@@ -728,7 +712,7 @@ fn ephemeral_on_the_host_root() {
         probe.display()
     );
     let _guard = RemoveOnDrop(probe.to_path_buf());
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = ns_run();
     tag.tag(&mut c).args([
         "-D",
@@ -757,7 +741,7 @@ fn ephemeral_on_the_host_root() {
 fn killed_ephemeral_container_leaves_nothing() {
     let t = Tree::rootfs("ephemkill");
     let all = snapshot(t.base());
-    let before = mount_points();
+    let before = our_mounts();
     let r = spawn_until(
         cmd(
             &t,
@@ -802,7 +786,7 @@ fn killed_ephemeral_container_leaves_nothing() {
 fn volatile_yes_on_a_merged_usr_tree() {
     let t = Tree::merged_usr("merged");
     let all = snapshot(t.base());
-    let out = sh(
+    let out = sh_in(
         &t,
         &["--volatile=yes"],
         "touch /x && echo root-rw; touch /usr/x; echo usr-rc=$?; readlink /bin; \
@@ -834,7 +818,7 @@ fn volatile_yes_needs_a_merged_usr_tree() {
 fn volatile_state_has_a_read_only_root_and_a_writable_var() {
     let t = Tree::rootfs("state");
     let all = snapshot(t.base());
-    let out = sh(
+    let out = sh_in(
         &t,
         &["--volatile=state"],
         "touch /x; echo rc=$?; touch /etc/x; echo etc-rc=$?; echo v > /var/v && cat /var/v; \
@@ -871,7 +855,7 @@ fn volatile_overlay_is_like_ephemeral() {
 /// A container on the host's root (`-D /`) with `opts`; processes are found by the tag
 /// tree's path in their environment.
 fn on_host_root(tag: &Tree, opts: &[&str], script: &str) -> Output {
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = ns_run();
     tag.tag(&mut c)
         .args(["-D", "/"])
@@ -939,7 +923,7 @@ fn volatile_bad_values() {
 #[test]
 fn image_lock_refuses_a_second_container_next_to_a_writer() {
     let t = Tree::rootfs("locked");
-    let before = mount_points();
+    let before = our_mounts();
     let first = cmd(&t, &["sh", "-c", "echo ready; sleep 100"]);
     while_running(first, || {
         // A writer holds the tree exclusively: no second writer, and (as with nspawn's
@@ -964,7 +948,7 @@ fn image_lock_refuses_a_second_container_next_to_a_writer() {
 fn image_lock_is_shared_by_read_only_and_ephemeral_containers() {
     let t = Tree::rootfs("shared");
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     for first_opt in ["-x", "--read-only"] {
         let first = cmd(&t, &[first_opt, "sh", "-c", "echo ready; sleep 100"]);
         while_running(first, || {
@@ -988,7 +972,7 @@ fn image_lock_is_shared_by_read_only_and_ephemeral_containers() {
 #[test]
 fn image_lock_dies_with_a_killed_monitor() {
     let t = Tree::rootfs("lockkill");
-    let before = mount_points();
+    let before = our_mounts();
     let r = spawn_until(cmd(&t, &["sh", "-c", "echo ready; sleep 100"]), "ready");
     let monitor = r.pid();
     let _journal = ForgetJournal(monitor);
@@ -1009,7 +993,7 @@ fn created_mount_points_are_removed_after_exit() {
     let file = t.host_dir("files").join("conf");
     write(&file, "conf\n");
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     let c = cmd(
         &t,
         &[
@@ -1070,7 +1054,7 @@ fn after_a_killed_monitor_the_next_ns_run_removes_its_mount_points() {
     let src = t.host_dir("src");
     let (l1, _, up) = layers(&t);
     let image = snapshot(t.path());
-    let before = mount_points();
+    let before = our_mounts();
     let r = spawn_until(
         cmd(
             &t,
@@ -1152,7 +1136,7 @@ fn template_creates_a_missing_directory() {
     let tpl = template();
     let tpl_before = snapshot(tpl.path());
     let new = tpl.base().join("fromtpl");
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = ns_run();
     tpl.tag(&mut c)
         .arg(format!("--template={}", tpl.arg()))
@@ -1303,7 +1287,7 @@ fn resolv_conf_auto_binds_the_hosts_file_over_the_images() {
     let t = with_resolv("resolvauto");
     let image = snapshot(t.path());
     for opts in [&[][..], &["--resolv-conf=auto"]] {
-        let out = sh(
+        let out = sh_in(
             &t,
             opts,
             "cat /etc/resolv.conf; echo x >> /etc/resolv.conf; echo rc=$?",
@@ -1452,7 +1436,7 @@ fn timezone_auto() {
     let lt = t.path().join("etc/localtime");
     write(&lt, "image-zone\n");
     let image = snapshot(t.path());
-    let out = sh(
+    let out = sh_in(
         &t,
         &[],
         "cat /etc/localtime; echo x >> /etc/localtime; echo rc=$?",

@@ -210,7 +210,7 @@ const ESCAPES: &[(&str, &str, &str, &str)] = &[
 #[test]
 fn escape_attempts_fail_as_documented() {
     let t = tree("sc-escape");
-    let before = ns_tests::mount_points();
+    let before = ns_tests::our_mounts();
     for (userns, opts) in [(false, &[][..]), (true, &["-U"][..])] {
         for (what, script, default, with_u) in ESCAPES {
             let mut c = ns_run();

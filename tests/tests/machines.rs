@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ns_tests::{bin, mount_points, ns_run_registered, run_cmd, spawn_until, Output, Running, Tree};
+use ns_tests::{bin, ns_run_registered, our_mounts, run_cmd, spawn_until, Output, Running, Tree};
 
 fn ctl(args: &[&str]) -> Output {
     let mut c = Command::new(bin("ns-ctl"));
@@ -204,7 +204,7 @@ fn kill_sends_the_signal_and_unknown_names_fail() {
 #[test]
 fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
     let t = Tree::rootfs("ctl-dup");
-    let before = mount_points();
+    let before = our_mounts();
     let a = start(&t, "ctl-dup", &[], "echo ready; exec sleep 100");
     // Another container under the same name, registered.
     let another = || {

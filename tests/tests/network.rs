@@ -3,17 +3,17 @@
 //! address options and -p port forwarding, and what is left after failures and kills.
 //!
 //! Every container whose network is wired runs inside a throwaway network namespace of its
-//! test ([`Netns`], `ip netns add ns-t-…`, deleted on drop, also when the test fails), entered
+//! test ([`TestNetns`], `ip netns add ns-t-…`, deleted on drop, also when the test fails), entered
 //! with `nsenter --net=` in front of ns-run: the host's own links are never touched, and
 //! traffic only goes to addresses inside those namespaces (10.231.x.y), with bounded waits.
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    bin, host_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Tree,
+    our_mounts, procs_in, run_cmd, spawn, wait_no_procs_in, Output, Running, Stopping, TestNetns,
+    Tree,
 };
 
 /// How long a container may take to print `ready`.
@@ -24,70 +24,23 @@ const GONE: Duration = Duration::from_secs(2);
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-static NETNS_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace of this test (`ip netns add`), with `lo` up; deleted on drop.
-struct Netns {
-    name: String,
-    path: String,
+/// What the network tests read in a namespace of theirs ([`TestNetns`], made with the tag
+/// `t`): its links in detail, addresses, nftables, and traffic from inside.
+trait NetnsExt {
+    fn link_list(&self) -> Vec<Link>;
+    fn names(&self) -> Vec<String>;
+    fn link(&self, name: &str) -> Option<Link>;
+    fn wait_gone(&self, name: &str) -> bool;
+    fn wait_names(&self, want: &[String]) -> Vec<String>;
+    fn addrs4(&self, name: &str) -> Vec<String>;
+    fn nft_tables(&self) -> Vec<String>;
+    fn ping(&self, addr: &str) -> Output;
+    fn fetch(&self, addr: &str, port: u16, want: &str) -> String;
 }
 
-impl Netns {
-    fn new() -> Netns {
-        remove_stale_netns();
-        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ns-t-{}-{n}", std::process::id());
-        let path = format!("/run/netns/{name}");
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns { name, path };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ARGV` run inside the namespace.
-    fn cmd(&self, argv: &[&str]) -> Command {
-        let mut c = Command::new(which("nsenter"));
-        c.arg(format!("--net={}", self.path)).args(argv);
-        c
-    }
-
-    /// Run `ARGV` inside the namespace (with the tests' timeout).
-    fn exec(&self, argv: &[&str]) -> Output {
-        run_cmd(self.cmd(argv), None)
-    }
-
-    /// Run `ARGV` inside the namespace; it must succeed. Returns stdout.
-    fn ok(&self, argv: &[&str]) -> String {
-        let out = self.exec(argv);
-        assert_eq!(out.code, 0, "{argv:?} in {}: {out}", self.name);
-        out.stdout
-    }
-
-    /// `ns-run -D TREE OPTS -- PAYLOAD` inside the namespace.
-    fn ns_run(&self, tree: &Tree, opts: &[&str], payload: &[&str]) -> Command {
-        let mut c = self.cmd(&[]);
-        c.arg(bin("ns-run"))
-            .arg("--register=no") // as ns_tests::ns_run
-            .env_remove("NS_DEBUG")
-            .env_remove("NS_STAGE_FDS");
-        tree.tag(&mut c)
-            .args(["-D", tree.arg()])
-            .args(opts)
-            .arg("--")
-            .args(payload);
-        c
-    }
-
+impl NetnsExt for TestNetns {
     /// The namespace's links (`ip -j -d link show`).
-    fn links(&self) -> Vec<Link> {
+    fn link_list(&self) -> Vec<Link> {
         let text = self.ok(&["ip", "-j", "-d", "link", "show"]);
         let v: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j link: {e}: {text}"));
@@ -120,13 +73,13 @@ impl Netns {
     }
 
     fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.links().into_iter().map(|l| l.name).collect();
+        let mut v: Vec<String> = self.link_list().into_iter().map(|l| l.name).collect();
         v.sort();
         v
     }
 
     fn link(&self, name: &str) -> Option<Link> {
-        self.links().into_iter().find(|l| l.name == name)
+        self.link_list().into_iter().find(|l| l.name == name)
     }
 
     /// Wait up to [`GONE`] for link `name` to disappear; true when it did.
@@ -195,44 +148,6 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "ns-tests: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("ns-tests: ip netns del {}: {e}", self.name),
-        }
-    }
-}
-
-/// Delete the namespaces of test processes that are gone (killed before their guards ran):
-/// `ns-t-<pid>-<n>` with no process `pid`. Once per test process.
-fn remove_stale_netns() {
-    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let Ok(dir) = std::fs::read_dir("/run/netns") else {
-            return;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some((pid, n)) = name.strip_prefix("ns-t-").and_then(|r| r.split_once('-')) else {
-                continue;
-            };
-            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            if numeric(pid) && numeric(n) && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            }
-        }
-    });
-}
-
 /// One link as `ip -j -d link` shows it.
 #[derive(Debug, Clone)]
 struct Link {
@@ -249,21 +164,6 @@ impl Link {
     fn up(&self) -> bool {
         self.flags.iter().any(|f| f == "UP")
     }
-}
-
-/// A program of the host, by its absolute path (for commands run with another PATH).
-fn which(prog: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([
-            "/usr/sbin".into(),
-            "/usr/bin".into(),
-            "/sbin".into(),
-            "/bin".into(),
-        ])
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{prog} not found"))
 }
 
 /// Call `f` until it is true or `timeout` passed; returns its last answer.
@@ -284,7 +184,7 @@ fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn assert_nothing_left(tree: &Tree, mounts_before: &[String]) {
     let left = wait_no_procs_in(tree.path(), Duration::from_secs(3));
     assert!(left.is_empty(), "processes left: {left:#?}");
-    let after = host_mounts();
+    let after = our_mounts();
     assert_eq!(after, mounts_before, "host mount table changed");
 }
 
@@ -299,9 +199,8 @@ fn start(cmd: Command) -> Running {
 }
 
 /// Stop a running container with SIGTERM (nspawn's rules: killed at once, ns-run exits 137).
-fn stop(r: Running) -> Output {
-    r.signal(libc::SIGTERM);
-    let out = r.wait();
+fn stop(r: Stopping) -> Output {
+    let out = r.stop();
     assert_eq!((out.code, out.signal), (137, None), "{out}");
     out
 }
@@ -370,9 +269,9 @@ impl Drop for ZoneFile {
 
 #[test]
 fn private_network_has_only_lo_up() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("privnet");
-    let before = host_mounts();
+    let before = our_mounts();
     // A link the container must not see.
     ns.ok(&[
         "ip", "link", "add", "pn0", "type", "veth", "peer", "name", "pn1",
@@ -407,7 +306,7 @@ fn private_network_has_only_lo_up() {
         "127.0.0.1 not pingable: {out}"
     );
     use std::os::unix::fs::MetadataExt;
-    let outer = std::fs::metadata(&ns.path).expect("stat netns").ino();
+    let outer = std::fs::metadata(ns.path()).expect("stat netns").ino();
     assert!(out.stdout.contains("NS=net:["), "{out}");
     assert!(
         !out.stdout.contains(&format!("NS=net:[{outer}]")),
@@ -422,12 +321,13 @@ fn private_network_has_only_lo_up() {
 // -n: veth pair
 
 /// MAC addresses of one `-n` run of machine `m`: (host end, container end).
-fn veth_run(ns: &Netns, t: &Tree, m: &str) -> (String, String) {
+fn veth_run(ns: &TestNetns, t: &Tree, m: &str) -> (String, String) {
     let host_if = format!("ve-{m}");
     let payload = ready_then_sleep("ip -o link; echo MAC=$(cat /sys/class/net/host0/address)");
     let r = start(ns.ns_run(t, &["-n", "-M", m], &argv(&payload)));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let r = Stopping::new(r);
+    let macs = {
         let names = ip_o_names(
             &inside
                 .lines()
@@ -449,9 +349,8 @@ fn veth_run(ns: &Netns, t: &Tree, m: &str) -> (String, String) {
             .unwrap_or_default()
             .to_string();
         (l.mac, cmac)
-    }));
+    };
     stop(r);
-    let macs = res.unwrap_or_else(|p| std::panic::resume_unwind(p));
     assert!(
         ns.wait_gone(&host_if),
         "{host_if} still there {GONE:?} after exit: {:?}",
@@ -469,9 +368,9 @@ fn assert_local_mac(mac: &str) {
 
 #[test]
 fn veth_pair_names_macs_and_lifetime() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("veth");
-    let before = host_mounts();
+    let before = our_mounts();
     let (h1, c1) = veth_run(&ns, &t, "t-veth");
     assert_local_mac(&h1);
     assert_local_mac(&c1);
@@ -489,28 +388,24 @@ fn veth_pair_names_macs_and_lifetime() {
 
 #[test]
 fn veth_long_machine_name_is_shortened_with_an_altname() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("longname");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = start(ns.ns_run(
         &t,
         &["-n", "-M", "abcdefghijklm"],
         &argv(&ready_then_sleep("")),
     ));
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let l = ns
-            .link("ve-abcdefghyhe5")
-            .unwrap_or_else(|| panic!("no ve-abcdefghyhe5: {:?}", ns.links()));
-        assert_eq!(l.altnames, vec!["ve-abcdefghijklm".to_string()], "{l:?}");
-        // Also as ip shows it, looked up by the altname.
-        let text = ns.ok(&["ip", "-d", "link", "show", "ve-abcdefghijklm"]);
-        assert!(text.contains("ve-abcdefghyhe5"), "{text}");
-        assert!(text.contains("altname ve-abcdefghijklm"), "{text}");
-    }));
+    let r = Stopping::new(r);
+    let l = ns
+        .link("ve-abcdefghyhe5")
+        .unwrap_or_else(|| panic!("no ve-abcdefghyhe5: {:?}", ns.link_list()));
+    assert_eq!(l.altnames, vec!["ve-abcdefghijklm".to_string()], "{l:?}");
+    // Also as ip shows it, looked up by the altname.
+    let text = ns.ok(&["ip", "-d", "link", "show", "ve-abcdefghijklm"]);
+    assert!(text.contains("ve-abcdefghyhe5"), "{text}");
+    assert!(text.contains("altname ve-abcdefghijklm"), "{text}");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("ve-abcdefghyhe5"), "{:?}", ns.names());
     assert_nothing_left(&t, &before);
 }
@@ -520,9 +415,9 @@ fn veth_long_machine_name_is_shortened_with_an_altname() {
 
 #[test]
 fn addresses_gateway_and_ping_both_ways() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("addr");
-    let before = host_mounts();
+    let before = our_mounts();
     let payload = ready_then_sleep(
         "ip -o link show host0; ip -o -4 addr show host0; ip route\n\
          ping -c1 -W1 10.231.1.1 >/dev/null && echo PING-OK",
@@ -540,31 +435,27 @@ fn addresses_gateway_and_ping_both_ways() {
         &argv(&payload),
     ));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let link_line = inside.lines().next().unwrap_or_default();
-        let flags = link_line.split(['<', '>']).nth(1).unwrap_or_default();
-        assert!(flags.split(',').any(|f| f == "UP"), "host0 down: {inside}");
-        assert!(inside.contains("inet 10.231.1.2/24"), "{inside}");
-        assert!(
-            inside
-                .lines()
-                .any(|l| l.starts_with("default via 10.231.1.1 dev host0")),
-            "no default route: {inside}"
-        );
-        assert!(
-            inside.contains("PING-OK"),
-            "container cannot ping the host end: {inside}"
-        );
-        let l = ns.link("ve-t-addr").expect("host end");
-        assert!(l.up(), "host end down: {l:?}");
-        assert_eq!(ns.addrs4("ve-t-addr"), vec!["10.231.1.1/24".to_string()]);
-        let p = ns.ping("10.231.1.2");
-        assert_eq!(p.code, 0, "host side cannot ping the container: {p}");
-    }));
+    let r = Stopping::new(r);
+    let link_line = inside.lines().next().unwrap_or_default();
+    let flags = link_line.split(['<', '>']).nth(1).unwrap_or_default();
+    assert!(flags.split(',').any(|f| f == "UP"), "host0 down: {inside}");
+    assert!(inside.contains("inet 10.231.1.2/24"), "{inside}");
+    assert!(
+        inside
+            .lines()
+            .any(|l| l.starts_with("default via 10.231.1.1 dev host0")),
+        "no default route: {inside}"
+    );
+    assert!(
+        inside.contains("PING-OK"),
+        "container cannot ping the host end: {inside}"
+    );
+    let l = ns.link("ve-t-addr").expect("host end");
+    assert!(l.up(), "host end down: {l:?}");
+    assert_eq!(ns.addrs4("ve-t-addr"), vec!["10.231.1.1/24".to_string()]);
+    let p = ns.ping("10.231.1.2");
+    assert_eq!(p.code, 0, "host side cannot ping the container: {p}");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("ve-t-addr"), "{:?}", ns.names());
     assert_nothing_left(&t, &before);
 }
@@ -574,31 +465,27 @@ fn addresses_gateway_and_ping_both_ways() {
 
 #[test]
 fn bridge_enslaves_the_host_end() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("bridge");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
     let r = start(ns.ns_run(
         &t,
         &["--network-bridge=br0", "-M", "t-br"],
         &argv(&ready_then_sleep("")),
     ));
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let l = ns
-            .link("vb-t-br")
-            .unwrap_or_else(|| panic!("no vb-t-br: {:?}", ns.names()));
-        assert_eq!(l.master.as_deref(), Some("br0"), "{l:?}");
-        assert!(l.up(), "vb-t-br is not up: {l:?}");
-        assert!(
-            ns.link("ve-t-br").is_none(),
-            "a ve- link too: {:?}",
-            ns.names()
-        );
-    }));
+    let r = Stopping::new(r);
+    let l = ns
+        .link("vb-t-br")
+        .unwrap_or_else(|| panic!("no vb-t-br: {:?}", ns.names()));
+    assert_eq!(l.master.as_deref(), Some("br0"), "{l:?}");
+    assert!(l.up(), "vb-t-br is not up: {l:?}");
+    assert!(
+        ns.link("ve-t-br").is_none(),
+        "a ve- link too: {:?}",
+        ns.names()
+    );
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("vb-t-br"), "{:?}", ns.names());
     assert!(ns.link("br0").is_some(), "the user's bridge is gone");
     assert_nothing_left(&t, &before);
@@ -606,9 +493,9 @@ fn bridge_enslaves_the_host_end() {
 
 #[test]
 fn bridge_missing_or_not_a_bridge_creates_nothing() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("nobridge");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1",
     ]);
@@ -637,9 +524,9 @@ fn bridge_missing_or_not_a_bridge_creates_nothing() {
 // --network-zone
 
 /// Bridge ports: the links whose master is `bridge`, sorted.
-fn ports_of(ns: &Netns, bridge: &str) -> Vec<String> {
+fn ports_of(ns: &TestNetns, bridge: &str) -> Vec<String> {
     let mut v: Vec<String> = ns
-        .links()
+        .link_list()
         .into_iter()
         .filter(|l| l.master.as_deref() == Some(bridge))
         .map(|l| l.name)
@@ -650,12 +537,12 @@ fn ports_of(ns: &Netns, bridge: &str) -> Vec<String> {
 
 #[test]
 fn zone_bridge_is_shared_and_removed_by_the_last_container() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let zone = ZoneFile::new("z1");
     let br = format!("vz-{}", zone.0);
     let ta = Tree::rootfs("zone-a");
     let tb = Tree::rootfs("zone-b");
-    let before = host_mounts();
+    let before = our_mounts();
     let zopt = format!("--network-zone={}", zone.0);
     let pinger = |peer: &str| {
         vec![
@@ -700,7 +587,7 @@ fn zone_bridge_is_shared_and_removed_by_the_last_container() {
         );
     }
     // The first one to leave keeps the bridge for the other.
-    stop(a);
+    stop(Stopping::new(a));
     assert!(ns.wait_gone("vb-t-za"), "{:?}", ns.names());
     assert!(
         ns.link(&br).is_some(),
@@ -708,7 +595,7 @@ fn zone_bridge_is_shared_and_removed_by_the_last_container() {
     );
     assert_eq!(ports_of(&ns, &br), vec!["vb-t-zb".to_string()]);
     assert!(Path::new(&zone.lock_path()).exists());
-    stop(b);
+    stop(Stopping::new(b));
     assert!(
         ns.wait_gone(&br),
         "{br} left after the last container: {:?}",
@@ -726,12 +613,12 @@ fn zone_bridge_is_shared_and_removed_by_the_last_container() {
 
 #[test]
 fn zone_bridge_is_removed_when_its_containers_end_together() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let zone = ZoneFile::new("z2");
     let br = format!("vz-{}", zone.0);
     let ta = Tree::rootfs("zone2-a");
     let tb = Tree::rootfs("zone2-b");
-    let before = host_mounts();
+    let before = our_mounts();
     let zopt = format!("--network-zone={}", zone.0);
     for round in 0..3 {
         let a = start(ns.ns_run(&ta, &[&zopt, "-M", "t-zc"], &argv(&ready_then_sleep(""))));
@@ -765,9 +652,9 @@ fn zone_bridge_is_removed_when_its_containers_end_together() {
 
 #[test]
 fn veth_extra_and_moved_interface() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("extra");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
     ]);
@@ -783,27 +670,23 @@ fn veth_extra_and_moved_interface() {
         &argv(&ready_then_sleep("ip -o link")),
     ));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let names = ip_o_names(&inside.replace("ready\n", ""));
-        assert_eq!(names, sorted(&["cx", "hy", "lo", "p1"]), "inside: {inside}");
-        let host = ns.names();
-        for n in ["hx", "hy", "p0"] {
-            assert!(
-                host.iter().any(|h| h == n),
-                "no {n} on the host side: {host:?}"
-            );
-        }
-        for n in ["cx", "p1"] {
-            assert!(
-                !host.iter().any(|h| h == n),
-                "{n} on the host side: {host:?}"
-            );
-        }
-    }));
-    stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+    let r = Stopping::new(r);
+    let names = ip_o_names(&inside.replace("ready\n", ""));
+    assert_eq!(names, sorted(&["cx", "hy", "lo", "p1"]), "inside: {inside}");
+    let host = ns.names();
+    for n in ["hx", "hy", "p0"] {
+        assert!(
+            host.iter().any(|h| h == n),
+            "no {n} on the host side: {host:?}"
+        );
     }
+    for n in ["cx", "p1"] {
+        assert!(
+            !host.iter().any(|h| h == n),
+            "{n} on the host side: {host:?}"
+        );
+    }
+    stop(r);
     // Given back before ns-run exits.
     let p1 = ns.link("p1");
     assert!(p1.is_some(), "p1 not given back: {:?}", ns.names());
@@ -815,9 +698,9 @@ fn veth_extra_and_moved_interface() {
 
 #[test]
 fn macvlan_inside_and_ipvlan() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("macvlan");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
     ]);
@@ -828,33 +711,29 @@ fn macvlan_inside_and_ipvlan() {
         &argv(&ready_then_sleep("ip -o link")),
     ));
     let inside = r.stdout_so_far();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let names = ip_o_names(&inside.replace("ready\n", ""));
-        assert_eq!(names, sorted(&["lo", "mv-p0"]), "inside: {inside}");
-        // busybox ip has no -d: look at the container's namespace from the host.
-        let pid = payload_pid(&t, "1000");
-        let text = ns.ok(&[
-            "nsenter",
-            &format!("--net=/proc/{pid}/ns/net"),
-            "ip",
-            "-d",
-            "link",
-            "show",
-            "mv-p0",
-        ]);
-        assert!(text.contains("macvlan mode bridge"), "{text}");
-        let mac = text
-            .split("link/ether ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_default();
-        assert_local_mac(mac);
-        assert_eq!(ns.names(), links, "mv-p0 on the host side");
-    }));
+    let r = Stopping::new(r);
+    let names = ip_o_names(&inside.replace("ready\n", ""));
+    assert_eq!(names, sorted(&["lo", "mv-p0"]), "inside: {inside}");
+    // busybox ip has no -d: look at the container's namespace from the host.
+    let pid = payload_pid(&t, "1000");
+    let text = ns.ok(&[
+        "nsenter",
+        &format!("--net=/proc/{pid}/ns/net"),
+        "ip",
+        "-d",
+        "link",
+        "show",
+        "mv-p0",
+    ]);
+    assert!(text.contains("macvlan mode bridge"), "{text}");
+    let mac = text
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default();
+    assert_local_mac(mac);
+    assert_eq!(ns.names(), links, "mv-p0 on the host side");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert_eq!(ns.wait_names(&links), links, "links changed");
 
     // ipvlan: what the kernel supports decides what to expect.
@@ -888,10 +767,10 @@ fn macvlan_inside_and_ipvlan() {
 
 #[test]
 fn joins_an_existing_network_namespace() {
-    let outer = Netns::new();
-    let target = Netns::new();
+    let outer = TestNetns::new("t");
+    let target = TestNetns::new("t");
     let t = Tree::rootfs("joinns");
-    let before = host_mounts();
+    let before = our_mounts();
     outer.ok(&[
         "ip", "link", "add", "oa0", "type", "veth", "peer", "name", "oa1",
     ]);
@@ -899,7 +778,7 @@ fn joins_an_existing_network_namespace() {
         "ip", "link", "add", "np0", "type", "veth", "peer", "name", "np1",
     ]);
     let (outer_links, target_links) = (outer.names(), target.names());
-    let nspath = format!("--network-namespace-path={}", target.path);
+    let nspath = format!("--network-namespace-path={}", target.path());
     let out = run_cmd(
         outer.ns_run(
             &t,
@@ -914,11 +793,11 @@ fn joins_an_existing_network_namespace() {
     );
     assert_eq!(out.code, 0, "{out}");
     use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(&target.path).expect("stat netns").ino();
+    let ino = std::fs::metadata(target.path()).expect("stat netns").ino();
     assert!(
         out.stdout.contains(&format!("NS=net:[{ino}]")),
         "not in {}: {out}",
-        target.path
+        target.path()
     );
     let links: Vec<&str> = out
         .stdout
@@ -965,25 +844,21 @@ fn port_server() -> Vec<String> {
 
 #[test]
 fn port_forwarding_from_the_host_and_its_tables() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("port");
-    let before = host_mounts();
+    let before = our_mounts();
     let mut opts = PORT_OPTS.to_vec();
     opts.extend(["-p", "8080:80"]);
     let server = port_server();
     let r = start(ns.ns_run(&t, &opts, &argv(&server)));
     let monitor = r.pid();
     let table = format!("table ip ns-run-{monitor}");
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let tables = ns.nft_tables();
-        assert!(tables.contains(&table), "no {table}: {tables:?}");
-        ns.fetch("127.0.0.1", 8080, "hello-from-t-port");
-        ns.fetch("10.231.3.1", 8080, "hello-from-t-port");
-    }));
+    let r = Stopping::new(r);
+    let tables = ns.nft_tables();
+    assert!(tables.contains(&table), "no {table}: {tables:?}");
+    ns.fetch("127.0.0.1", 8080, "hello-from-t-port");
+    ns.fetch("10.231.3.1", 8080, "hello-from-t-port");
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     let tables = ns.nft_tables();
     assert!(
         !tables.iter().any(|l| l.contains("ns-run-")),
@@ -1022,9 +897,9 @@ fn port_forwarding_from_the_host_and_its_tables() {
 
 #[test]
 fn port_needs_an_address_and_a_valid_port() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("badport");
-    let before = host_mounts();
+    let before = our_mounts();
     let links = ns.names();
     let out = run_cmd(
         ns.ns_run(&t, &["-n", "-M", "t-badport", "-p", "8080:80"], &["true"]),
@@ -1045,9 +920,9 @@ fn port_needs_an_address_and_a_valid_port() {
 
 #[test]
 fn network_failure_after_links_were_created_leaves_nothing() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("netfail");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
@@ -1088,10 +963,10 @@ fn network_failure_after_links_were_created_leaves_nothing() {
 
 #[test]
 fn network_failure_in_a_zone_removes_the_new_bridge() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let zone = ZoneFile::new("z3");
     let t = Tree::rootfs("zonefail");
-    let before = host_mounts();
+    let before = our_mounts();
     let links = ns.names();
     let zopt = format!("--network-zone={}", zone.0);
     let out = run_cmd(
@@ -1115,9 +990,9 @@ fn network_failure_in_a_zone_removes_the_new_bridge() {
 
 #[test]
 fn port_without_nft_fails_with_one_line_and_leaves_nothing() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("nonft");
-    let before = host_mounts();
+    let before = our_mounts();
     ns.ok(&[
         "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
     ]);
@@ -1153,9 +1028,9 @@ fn payload_pid(tree: &Tree, tag: &str) -> i32 {
 
 #[test]
 fn killed_payload_or_monitor_leaves_no_link() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("netkill");
-    let before = host_mounts();
+    let before = our_mounts();
     let payload = ["sh", "-c", "echo ready; exec sleep 4242"];
 
     // The payload killed.
@@ -1187,44 +1062,40 @@ fn killed_payload_or_monitor_leaves_no_link() {
 
 #[test]
 fn veth_name_held_by_a_running_container_fails_and_keeps_it() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let ta = Tree::rootfs("held-a");
     let tb = Tree::rootfs("held-b");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = start(ns.ns_run(&ta, &["-n", "-M", "t-held"], &argv(&ready_then_sleep(""))));
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let first = ns.link("ve-t-held").expect("first container's host end");
-        // The same machine name on another tree: its host end name is taken (after
-        // ns-run's wait for a dying namespace's link, at most 2 s).
-        let t0 = Instant::now();
-        let out = run_cmd(
-            ns.ns_run(&tb, &["-n", "-M", "t-held"], &["echo", "payload-ran"]),
-            None,
-        );
-        assert_fails_one_line(&out, &["ve-t-held", "File exists"]);
-        assert_eq!(out.stdout, "", "{out}");
-        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-        assert_nothing_left(&tb, &before);
-        // The failed one did not delete the running container's link.
-        let l = ns
-            .link("ve-t-held")
-            .expect("the running container lost its link");
-        assert_eq!((l.index, &l.mac), (first.index, &first.mac));
-        assert_eq!(ns.names(), sorted(&["lo", "ve-t-held"]));
-    }));
+    let r = Stopping::new(r);
+    let first = ns.link("ve-t-held").expect("first container's host end");
+    // The same machine name on another tree: its host end name is taken (after
+    // ns-run's wait for a dying namespace's link, at most 2 s).
+    let t0 = Instant::now();
+    let out = run_cmd(
+        ns.ns_run(&tb, &["-n", "-M", "t-held"], &["echo", "payload-ran"]),
+        None,
+    );
+    assert_fails_one_line(&out, &["ve-t-held", "File exists"]);
+    assert_eq!(out.stdout, "", "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_nothing_left(&tb, &before);
+    // The failed one did not delete the running container's link.
+    let l = ns
+        .link("ve-t-held")
+        .expect("the running container lost its link");
+    assert_eq!((l.index, &l.mac), (first.index, &first.mac));
+    assert_eq!(ns.names(), sorted(&["lo", "ve-t-held"]));
     stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
     assert!(ns.wait_gone("ve-t-held"), "{:?}", ns.names());
     assert_nothing_left(&ta, &before);
 }
 
 #[test]
 fn port_forwarding_over_ipv6() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("t");
     let t = Tree::rootfs("port6");
-    let before = host_mounts();
+    let before = our_mounts();
     let r = start(ns.ns_run(
         &t,
         &[
@@ -1241,21 +1112,17 @@ fn port_forwarding_over_ipv6() {
         &argv(&port_server()),
     ));
     let monitor = r.pid();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let tables = ns.nft_tables();
-        for fam in ["ip", "ip6"] {
-            let want = format!("table {fam} ns-run-{monitor}");
-            assert!(tables.contains(&want), "no {want}: {tables:?}");
-        }
-        // Duplicate address detection makes the addresses usable after a moment: fetch
-        // retries for 10 s.
-        ns.fetch("fd31:231:6::1", 8080, "hello-from-t-port");
-        ns.fetch("10.231.6.1", 8080, "hello-from-t-port");
-    }));
-    stop(r);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
+    let r = Stopping::new(r);
+    let tables = ns.nft_tables();
+    for fam in ["ip", "ip6"] {
+        let want = format!("table {fam} ns-run-{monitor}");
+        assert!(tables.contains(&want), "no {want}: {tables:?}");
     }
+    // Duplicate address detection makes the addresses usable after a moment: fetch
+    // retries for 10 s.
+    ns.fetch("fd31:231:6::1", 8080, "hello-from-t-port");
+    ns.fetch("10.231.6.1", 8080, "hello-from-t-port");
+    stop(r);
     let tables = ns.nft_tables();
     assert!(
         !tables.iter().any(|l| l.contains("ns-run-")),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ns_tests::{
-    assert_journals_collected, assert_no_leak, cgroups_of_monitor, mount_points, ns_run, run_cmd,
+    assert_journals_collected, assert_no_leak, cgroups_of_monitor, ns_run, our_mounts, run_cmd,
     ForgetJournal, LoopDevice, Tree,
 };
 
@@ -46,7 +46,7 @@ fn v1_host() -> bool {
 #[test]
 fn properties_land_in_the_containers_cgroups_and_go_with_it() {
     let t = Tree::rootfs("res-files");
-    let before = mount_points();
+    let before = our_mounts();
     let opts = [
         "--property=MemoryMax=64M",
         "--property=MemorySwapMax=0",
@@ -174,7 +174,7 @@ fn bad_or_unavailable_properties_fail_with_one_line_and_leave_nothing() {
         ));
     }
     for (opt, want) in cases {
-        let before = mount_points();
+        let before = our_mounts();
         let mut c = cmd(&t, &[opt, "-M", "resbad"], "true");
         c.env_remove("NS_DEBUG");
         let out = run_cmd(c, None);

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    assert_no_leak, mount_points, ns_run, procs_in, spawn, stage, wait_no_procs_in, Output,
-    Running, Tree,
+    assert_no_leak, ns_run, our_mounts, procs_in, spawn, stage, wait_no_procs_in, Output, Running,
+    Tree,
 };
 
 const READY: Duration = Duration::from_secs(10);
@@ -62,7 +62,7 @@ fn leak_check_sees_a_running_container() {
 fn sigterm_kills_the_container_at_once() {
     let t = Tree::rootfs("term");
     for opts in [&[][..], &["-a"][..], &["-u", "daemon"][..]] {
-        let before = mount_points();
+        let before = our_mounts();
         let r = start_ready(ns_run_in(&t, opts, &["sh", "-c", "echo ready; sleep 100"]));
         r.signal(libc::SIGTERM);
         let (out, took) = finish(r, Duration::from_secs(5));
@@ -77,7 +77,7 @@ fn sigterm_kills_the_container_at_once() {
 #[test]
 fn sigterm_kills_a_bare_sleep_payload() {
     let t = Tree::rootfs("sleep");
-    let before = mount_points();
+    let before = our_mounts();
     let r = spawn(ns_run_in(&t, &[], &["sleep", "100"]), None);
     // Wait for the payload to be running in the tree.
     let end = Instant::now() + READY;
@@ -99,7 +99,7 @@ fn sigterm_kills_a_bare_sleep_payload() {
 fn sigint_and_sighup_kill_too() {
     let t = Tree::rootfs("inthup");
     for sig in [libc::SIGINT, libc::SIGHUP] {
-        let before = mount_points();
+        let before = our_mounts();
         let r = start_ready(ns_run_in(&t, &[], &["sh", "-c", "echo ready; sleep 100"]));
         r.signal(sig);
         let (out, _) = finish(r, Duration::from_secs(5));
@@ -111,7 +111,7 @@ fn sigint_and_sighup_kill_too() {
 #[test]
 fn kill_signal_goes_to_ns_init_which_forwards_it() {
     let t = Tree::rootfs("killsig");
-    let before = mount_points();
+    let before = our_mounts();
     let r = start_ready(ns_run_in(
         &t,
         &["-a", "--kill-signal=SIGTERM"],
@@ -129,7 +129,7 @@ fn kill_signal_goes_to_ns_init_which_forwards_it() {
 #[test]
 fn kill_signal_then_a_second_request_kills() {
     let t = Tree::rootfs("twice");
-    let before = mount_points();
+    let before = our_mounts();
     let mut r = start_ready(ns_run_in(
         &t,
         &["-a", "--kill-signal=SIGTERM"],
@@ -156,7 +156,7 @@ fn kill_signal_then_a_second_request_kills() {
 #[test]
 fn kill_signal_rtmin3_is_a_poweroff_request() {
     let t = Tree::rootfs("poweroff");
-    let before = mount_points();
+    let before = our_mounts();
     let r = start_ready(ns_run_in(
         &t,
         &["-a", "--kill-signal=SIGRTMIN+3"],
@@ -179,7 +179,7 @@ fn killing_the_monitor_takes_the_container_down() {
         &["-u", "daemon"][..],
         &["-a", "-u", "daemon"][..],
     ] {
-        let before = mount_points();
+        let before = our_mounts();
         let r = start_ready(ns_run_in(&t, opts, &["sh", "-c", "echo ready; sleep 100"]));
         assert!(!procs_in(t.path()).is_empty());
         monitors.push(r.pid());
@@ -198,7 +198,7 @@ fn killing_the_monitor_takes_the_container_down() {
 #[test]
 fn ns_enter_alone_kills_on_sigterm() {
     let t = Tree::rootfs("enter");
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = stage("ns-enter");
     t.tag(&mut c).env("PATH", ns_tests::path_with_bins()).args([
         "--pid",
@@ -224,7 +224,7 @@ fn ns_enter_alone_kills_on_sigterm() {
 #[test]
 fn killing_ns_enter_alone_takes_the_container_down() {
     let t = Tree::rootfs("enterkill");
-    let before = mount_points();
+    let before = our_mounts();
     let mut c = stage("ns-enter");
     t.tag(&mut c).env("PATH", ns_tests::path_with_bins()).args([
         "--",
@@ -258,7 +258,7 @@ fn sigterm_during_startup(t: &Tree, n: u32) -> Vec<(Duration, Startup)> {
     let mut v = Vec::new();
     for i in 0..n {
         let delay = Duration::from_micros(u64::from(i % 60) * 100);
-        let before = mount_points();
+        let before = our_mounts();
         let r = spawn(ns_run_in(t, &[], &["sleep", "100"]), None);
         std::thread::sleep(delay);
         r.signal(libc::SIGTERM);

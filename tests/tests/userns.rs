@@ -12,13 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ns_tests::{
-    assert_snapshot_unchanged, bin, fixture, host_mounts, ns_run, procs_in, run, run_cmd, snapshot,
-    spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, Tree,
+    assert_snapshot_unchanged, bin, fixture, ns_run, our_mounts, procs_in, run, run_cmd, sh_ok,
+    snapshot, spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, TestNetns, Tree,
 };
 
 /// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
@@ -118,16 +117,6 @@ fn cmd(tree: &Tree, opts: &[&str], script: &str) -> Command {
 /// Run `ns-run -D TREE OPTS -- sh -c SCRIPT` to its end.
 fn sh(tree: &Tree, opts: &[&str], script: &str) -> Output {
     run_cmd(cmd(tree, opts, script), None)
-}
-
-/// Run it; it must exit 0 with nothing on stderr. Returns what the script printed.
-fn sh_ok(tree: &Tree, opts: &[&str], script: &str) -> Report {
-    let out = sh(tree, opts, script);
-    assert!(
-        out.code == 0 && out.stderr.is_empty(),
-        "ns-run {opts:?} failed: {out}"
-    );
-    Report::new(&out.stdout)
 }
 
 /// Start `ns-run -D TREE OPTS -- sh -c 'SCRIPT; echo ready; exec sleep 1000'` and wait until
@@ -257,7 +246,7 @@ fn base_of(r: &Running) -> u64 {
 fn assert_nothing_left(tree: &Tree, mounts_before: &[String]) {
     let left = wait_no_procs_in(tree.path(), Duration::from_secs(3));
     assert!(left.is_empty(), "processes left: {left:#?}");
-    assert_eq!(host_mounts(), mounts_before, "host mount table changed");
+    assert_eq!(our_mounts(), mounts_before, "host mount table changed");
 }
 
 fn owner(p: &Path) -> (u32, u32) {
@@ -297,7 +286,7 @@ fn refused(name: &str, opts: &[&str], needles: &[&str]) {
     let t = Tree::rootfs(name);
     let snap = snapshot(t.path());
     let locks = lock_files();
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(&t, opts, "echo payload ran");
     assert_refused(&out, needles);
     assert_nothing_left(&t, &before);
@@ -309,70 +298,13 @@ fn refused(name: &str, opts: &[&str], needles: &[&str]) {
     assert_snapshot_unchanged(t.path(), &snap);
 }
 
-/// A program of the host, by its absolute path.
-fn which(prog: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{prog} not found"))
-}
-
-static NETNS_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A throwaway network namespace (`ip netns add ns-u-<pid>-<n>`), deleted on drop (also
-/// when the test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ns-u-{}-{n}", std::process::id());
-        let out = Command::new(which("ip"))
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns { name }
-    }
-
-    /// `nsenter --net=/run/netns/NAME ns-run -D TREE OPTS -- sh -c SCRIPT`.
-    fn ns_run(&self, tree: &Tree, opts: &[&str], script: &str) -> Command {
-        let mut c = Command::new(which("nsenter"));
-        c.arg(format!("--net=/run/netns/{}", self.name))
-            .arg(bin("ns-run"))
-            .env_remove("NS_DEBUG")
-            .env_remove("NS_STAGE_FDS");
-        tree.tag(&mut c)
-            .args(["-D", tree.arg()])
-            .args(opts)
-            .args(["--", "sh", "-c", script]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new(which("ip"))
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // -U: a picked range, the idmapped root, capabilities, API file systems
 
 #[test]
 fn pick_maps_root_to_a_private_range_over_an_idmapped_root() {
     let t = Tree::rootfs("ns-u-pick");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n\
          {PRINT_MOUNTS}\n\
@@ -387,7 +319,7 @@ fn pick_maps_root_to_a_private_range_over_an_idmapped_root() {
          echo \"tmp_owner=$(stat -c %u:%g /tmp/f)\"\n\
          ls -a /dev/mqueue >/dev/null && echo mqueue=ok"
     );
-    let r = sh_ok(&t, &["-U"], &script);
+    let r = Report::new(&sh_ok(&t, &["-U"], &script));
 
     assert_eq!((r.get("uid"), r.get("gid")), ("0", "0"));
     let base = picked_base(&r.map("uid_map"));
@@ -437,9 +369,9 @@ fn pick_maps_root_to_a_private_range_over_an_idmapped_root() {
 #[test]
 fn pick_with_private_network_keeps_net_bind_service_and_gets_a_fresh_sysfs() {
     let t = Tree::rootfs("ns-u-privnet");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!("{PRINT_IDS}\n{PRINT_MOUNTS}\necho \"net=$(ls /sys/class/net)\"");
-    let r = sh_ok(&t, &["-U", "--private-network"], &script);
+    let r = Report::new(&sh_ok(&t, &["-U", "--private-network"], &script));
     picked_base(&r.map("uid_map"));
     assert_eq!(r.hex("CapEff"), CAPS_USERNS_NET, "CapEff");
     assert_eq!(r.hex("CapBnd"), CAPS_USERNS_NET, "CapBnd");
@@ -455,7 +387,7 @@ fn pick_with_private_network_keeps_net_bind_service_and_gets_a_fresh_sysfs() {
 #[test]
 fn concurrent_containers_get_disjoint_ranges_and_lock_files() {
     let (t1, t2) = (Tree::rootfs("ns-u-twin1"), Tree::rootfs("ns-u-twin2"));
-    let before = host_mounts();
+    let before = our_mounts();
     // The same machine name: both start looking at the same slot.
     let opts = ["-U", "-M", "ns-u-twin"];
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
@@ -500,7 +432,7 @@ fn overlay_inside_the_idmapped_root_leaves_no_workdir() {
         std::fs::create_dir(t.path().join(d)).unwrap();
     }
     let all = snapshot(t.path());
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(
         &t,
         &["-U", "--overlay=+/lo:+/up:/mnt"],
@@ -520,9 +452,9 @@ fn overlay_inside_the_idmapped_root_leaves_no_workdir() {
 fn identity_maps_ids_one_to_one() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-identity");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!("{PRINT_IDS}\necho \"passwd=$(stat -c %u:%g /etc/passwd)\"");
-    let r = sh_ok(&t, &["--private-users=identity"], &script);
+    let r = Report::new(&sh_ok(&t, &["--private-users=identity"], &script));
     assert_eq!(r.map("uid_map"), vec![(0, 0, RANGE)], "uid_map");
     assert_eq!(r.map("gid_map"), vec![(0, 0, RANGE)], "gid_map");
     assert_eq!(r.get("uid"), "0");
@@ -534,14 +466,14 @@ fn identity_maps_ids_one_to_one() {
 fn fixed_range_without_ownership_leaves_the_image_to_nobody() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-fixedoff");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n{PRINT_MOUNTS}\n\
          echo \"passwd=$(stat -c %u:%g /etc/passwd)\"\n\
          touch /etc/new 2>/dev/null && echo etc_write=ok || echo etc_write=refused\n\
          echo \"err=$(touch /etc/new 2>&1)\""
     );
-    let r = sh_ok(&t, &["--private-users=1048576:65536"], &script);
+    let r = Report::new(&sh_ok(&t, &["--private-users=1048576:65536"], &script));
     assert_eq!(r.map("uid_map"), vec![(0, 1048576, RANGE)], "uid_map");
     assert_eq!(r.map("gid_map"), vec![(0, 1048576, RANGE)], "gid_map");
     assert_eq!(r.get("uid"), "0");
@@ -562,21 +494,21 @@ fn fixed_range_without_ownership_leaves_the_image_to_nobody() {
 fn fixed_range_with_map_ownership_gives_the_image_to_container_root() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-fixedmap");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n{PRINT_MOUNTS}\n\
          echo \"passwd=$(stat -c %u:%g /etc/passwd)\"\n\
          touch /etc/new && echo etc_write=ok\n\
          echo \"new_owner=$(stat -c %u:%g /etc/new)\""
     );
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &[
             "--private-users=1048576:65536",
             "--private-users-ownership=map",
         ],
         &script,
-    );
+    ));
     assert_eq!(r.map("uid_map"), vec![(0, 1048576, RANGE)], "uid_map");
     let (_, root_opts) = r.mount("/");
     assert!(root_opts.contains(&"idmapped"), "/ is not idmapped: {r:?}");
@@ -591,9 +523,9 @@ fn fixed_range_with_map_ownership_gives_the_image_to_container_root() {
 fn yes_uses_the_owner_of_the_tree_as_base() {
     let t = Tree::rootfs("ns-u-yes");
     chown(t.path(), 2097152, 2097152);
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!("{PRINT_IDS}\necho \"rootdir=$(stat -c %u:%g /)\"");
-    let r = sh_ok(&t, &["--private-users=yes"], &script);
+    let r = Report::new(&sh_ok(&t, &["--private-users=yes"], &script));
     assert_eq!(r.map("uid_map"), vec![(0, 2097152, RANGE)], "uid_map");
     assert_eq!(r.map("gid_map"), vec![(0, 2097152, RANGE)], "gid_map");
     assert_eq!(r.get("uid"), "0");
@@ -607,7 +539,7 @@ fn largest_valid_fixed_range_is_accepted() {
     // nspawn (userns_shift_range_valid): a range may end at the last valid id, 4294967294
     // (base + count == 4294967295 == UID_INVALID, which is not part of it).
     let t = Tree::rootfs("ns-u-toprange");
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(
         &t,
         &["--private-users=4294901759:65536"],
@@ -640,7 +572,7 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
     )
     .unwrap();
     let snap = snapshot(root);
-    let before = host_mounts();
+    let before = our_mounts();
 
     const BASE: u32 = 4194304;
     let base = format!("--private-users={BASE}");
@@ -651,7 +583,11 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
          echo \"suid=$(stat -c %a /usr/bin/suid)\"\n\
          touch /etc/new && echo etc_write=ok"
     );
-    let r = sh_ok(&t, &[&base, "--private-users-ownership=chown"], &script);
+    let r = Report::new(&sh_ok(
+        &t,
+        &[&base, "--private-users-ownership=chown"],
+        &script,
+    ));
     assert_eq!(r.map("uid_map"), vec![(0, BASE as u64, RANGE)], "uid_map");
     let (_, root_opts) = r.mount("/");
     assert!(!root_opts.contains(&"idmapped"), "/ is idmapped: {r:?}");
@@ -670,11 +606,11 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
     assert_nothing_left(&t, &before);
 
     // Base 0 with chown shifts it back: as it was, but for the new file.
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["--private-users=0", "--private-users-ownership=chown"],
         PRINT_IDS,
-    );
+    ));
     assert_eq!(r.map("uid_map"), vec![(0, 0, RANGE)], "uid_map");
     assert_eq!(owner(&root.join("etc/new")), (0, 0));
     std::fs::remove_file(root.join("etc/new")).unwrap();
@@ -686,15 +622,15 @@ fn chown_shifts_the_tree_into_the_range_and_back() {
 fn no_disables_and_digits_are_a_base() {
     let _f = fixed_range();
     let t = Tree::rootfs("ns-u-digits");
-    let before = host_mounts();
-    let r = sh_ok(&t, &["--private-users=no"], PRINT_IDS);
+    let before = our_mounts();
+    let r = Report::new(&sh_ok(&t, &["--private-users=no"], PRINT_IDS));
     assert_eq!(
         r.map("uid_map"),
         vec![(0, 0, 4294967295)],
         "no user namespace"
     );
     // nspawn: a value of digits is a UID, not a boolean.
-    let r = sh_ok(&t, &["--private-users=0"], PRINT_IDS);
+    let r = Report::new(&sh_ok(&t, &["--private-users=0"], PRINT_IDS));
     assert_eq!(r.map("uid_map"), vec![(0, 0, RANGE)], "--private-users=0");
     assert_nothing_left(&t, &before);
 }
@@ -707,7 +643,7 @@ fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
 #[test]
 fn overlapping_fixed_range_is_refused() {
     let (t1, t2) = (Tree::rootfs("ns-u-over1"), Tree::rootfs("ns-u-over2"));
-    let before = host_mounts();
+    let before = our_mounts();
     let first = start(&t1, &["--private-users=5242880:65536"], "true");
     // Container ids 0-32767 of the second would be ids 32768-65535 of the first.
     let out = sh(
@@ -727,11 +663,11 @@ fn overlapping_fixed_range_is_refused() {
 #[test]
 fn pick_skips_a_slot_overlapping_a_fixed_range() {
     let (t1, t2) = (Tree::rootfs("ns-u-slot1"), Tree::rootfs("ns-u-slot2"));
-    let before = host_mounts();
+    let before = our_mounts();
     let opts = ["-U", "-M", "ns-u-slot"];
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
     // Where this machine name's pick lands while that slot is free.
-    let slot = picked_base(&sh_ok(&t2, &opts, print).map("uid_map"));
+    let slot = picked_base(&Report::new(&sh_ok(&t2, &opts, print)).map("uid_map"));
     let fixed = (slot + 4096, RANGE);
     let first = start(
         &t1,
@@ -821,7 +757,7 @@ fn idmap_bind_without_user_namespace_is_refused() {
 #[test]
 fn fixed_range_in_use_is_refused() {
     let (t1, t2) = (Tree::rootfs("ns-u-inuse1"), Tree::rootfs("ns-u-inuse2"));
-    let before = host_mounts();
+    let before = our_mounts();
     let opt = "--private-users=3145728:65536";
     let first = start(&t1, &[opt], "true");
     assert!(lock_file(3145728).is_file(), "no lock file while running");
@@ -855,15 +791,15 @@ fn fixed_range_in_use_is_refused() {
 fn plain_bind_of_a_host_directory_is_not_container_roots() {
     let t = Tree::rootfs("ns-u-bindplain");
     let src = bind_source(&t);
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/b", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"dir=$(stat -c %u:%g /b)\"\n\
          echo \"file=$(stat -c %u:%g /b/rootfile)\"\n\
          echo \"err=$(touch /b/new 2>&1 && echo created)\"",
-    );
+    ));
     assert_eq!(r.get("dir"), "65534:65534");
     assert_eq!(r.get("file"), "65534:65534");
     assert!(r.get("err").contains("Permission denied"), "{r:?}");
@@ -876,14 +812,14 @@ fn file_created_in_a_plain_bind_is_owned_by_the_shifted_uid() {
     let t = Tree::rootfs("ns-u-bindshift");
     let src = t.host_dir("shared");
     std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/s", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"base=$(awk 'NR == 1 {print $2}' /proc/self/uid_map)\"\n\
          touch /s/made && echo \"inside=$(stat -c %u /s/made)\"",
-    );
+    ));
     let base: u32 = r.get("base").parse().expect("base");
     assert_eq!(r.get("inside"), "0");
     assert_eq!(
@@ -898,16 +834,16 @@ fn file_created_in_a_plain_bind_is_owned_by_the_shifted_uid() {
 fn idmap_bind_shows_the_source_through_the_container_mapping() {
     let t = Tree::rootfs("ns-u-bindidmap");
     let src = bind_source(&t);
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/b:idmap", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"dir=$(stat -c %u:%g /b)\"\n\
          echo \"file=$(stat -c %u:%g /b/rootfile)\"\n\
          touch /b/new && echo created=ok\n\
          echo \"new=$(stat -c %u:%g /b/new)\"",
-    );
+    ));
     assert_eq!(r.get("dir"), "1000:1000");
     assert_eq!(r.get("file"), "0:0");
     assert_eq!(r.get("created"), "ok");
@@ -921,16 +857,16 @@ fn idmap_bind_shows_the_source_through_the_container_mapping() {
 fn rootidmap_bind_makes_the_source_owner_container_root() {
     let t = Tree::rootfs("ns-u-bindroot");
     let src = bind_source(&t);
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/r:rootidmap", src.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"dir=$(stat -c %u:%g /r)\"\n\
          echo \"file=$(stat -c %u:%g /r/rootfile)\"\n\
          touch /r/new && echo created=ok\n\
          echo \"new=$(stat -c %u:%g /r/new)\"",
-    );
+    ));
     assert_eq!(r.get("dir"), "0:0");
     assert_eq!(r.get("file"), "65534:65534");
     assert_eq!(r.get("created"), "ok");
@@ -947,16 +883,16 @@ fn container_root_cannot_write_a_host_root_file() {
     std::fs::write(&f, "host root only\n").unwrap();
     chown(&f, 0, 0);
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let before = host_mounts();
+    let before = our_mounts();
     let bind = format!("--bind={}:/f", f.display());
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &bind],
         "echo \"read=$(cat /f)\"\n\
          (echo pwned >> /f) 2>/dev/null && echo write=ok || echo write=refused\n\
          chmod 666 /f 2>/dev/null && echo chmod=ok || echo chmod=refused\n\
          echo \"err=$( (echo pwned > /f) 2>&1)\"",
-    );
+    ));
     assert_eq!(r.get("read"), "host root only");
     assert_eq!(r.get("write"), "refused");
     assert_eq!(r.get("chmod"), "refused");
@@ -977,7 +913,7 @@ fn container_root_cannot_write_a_host_root_file() {
 fn ephemeral_writes_do_not_reach_the_tree() {
     let t = Tree::rootfs("ns-u-ephemeral");
     let snap = snapshot(t.path());
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n\
          touch /eph && echo touched=ok\n\
@@ -985,7 +921,7 @@ fn ephemeral_writes_do_not_reach_the_tree() {
          rm /bin/cat && echo removed=ok\n\
          echo \"eph=$(stat -c %u:%g /eph)\""
     );
-    let r = sh_ok(&t, &["-U", "-x"], &script);
+    let r = Report::new(&sh_ok(&t, &["-U", "-x"], &script));
     picked_base(&r.map("uid_map"));
     assert_eq!(r.get("touched"), "ok");
     assert_eq!(r.get("appended"), "ok");
@@ -998,7 +934,7 @@ fn ephemeral_writes_do_not_reach_the_tree() {
 #[test]
 fn as_pid2_runs_under_ns_init_and_relays_the_exit_code() {
     let t = Tree::rootfs("ns-u-pid2");
-    let before = host_mounts();
+    let before = our_mounts();
     let out = sh(
         &t,
         &["-U", "-a"],
@@ -1019,8 +955,8 @@ fn as_pid2_runs_under_ns_init_and_relays_the_exit_code() {
 #[test]
 fn user_daemon_has_uid_1_and_no_capabilities() {
     let t = Tree::rootfs("ns-u-daemon");
-    let before = host_mounts();
-    let r = sh_ok(&t, &["-U", "-u", "daemon"], PRINT_IDS);
+    let before = our_mounts();
+    let r = Report::new(&sh_ok(&t, &["-U", "-u", "daemon"], PRINT_IDS));
     picked_base(&r.map("uid_map"));
     assert_eq!((r.get("uid"), r.get("gid")), ("1", "1"));
     assert_eq!(r.hex("CapEff"), 0, "CapEff");
@@ -1033,7 +969,7 @@ fn user_daemon_has_uid_1_and_no_capabilities() {
 #[test]
 fn after_the_monitor_is_killed_a_new_container_still_starts() {
     let t = Tree::rootfs("ns-u-killed");
-    let before = host_mounts();
+    let before = our_mounts();
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
     let r = start(&t, &["-U"], print);
     let b1 = base_of(&r);
@@ -1061,16 +997,16 @@ fn after_the_monitor_is_killed_a_new_container_still_starts() {
 
 #[test]
 fn pick_with_veth_gets_host0_and_a_fresh_sysfs() {
-    let ns = Netns::new();
+    let ns = TestNetns::new("u");
     let t = Tree::rootfs("ns-u-veth");
-    let before = host_mounts();
+    let before = our_mounts();
     let script = format!(
         "{PRINT_IDS}\n{PRINT_MOUNTS}\n\
          echo \"net=$(ls /sys/class/net | tr '\\n' ' ')\"\n\
          ip link show host0 >/dev/null && echo host0=ok"
     );
     let out = run_cmd(
-        ns.ns_run(&t, &["--private-users=pick", "-n"], &script),
+        ns.ns_run(&t, &["--private-users=pick", "-n"], &["sh", "-c", &script]),
         None,
     );
     assert!(out.code == 0 && out.stderr.is_empty(), "{out}");
@@ -1128,10 +1064,10 @@ fn bind_user_maps_the_host_user_and_binds_its_home() {
     chown(&home, user.uid, user.uid);
     std::fs::write(home.join("mine"), "x").unwrap();
     chown(&home.join("mine"), user.uid, user.uid);
-    let before = host_mounts();
+    let before = our_mounts();
     let opt = format!("--bind-user={}", user.name);
     let n = &user.name;
-    let r = sh_ok(
+    let r = Report::new(&sh_ok(
         &t,
         &["-U", &opt],
         &format!(
@@ -1142,7 +1078,7 @@ fn bind_user_maps_the_host_user_and_binds_its_home() {
              echo \"record=$(grep -o '\"uid\":60514' /run/host/userdb/{n}.user)\"\n\
              echo \"link=$(readlink /run/host/userdb/60514.user)\""
         ),
-    );
+    ));
     assert_eq!(r.get("lines"), "3");
     assert_eq!(r.get("hole"), format!("{} 1", user.uid));
     assert_eq!(r.get("home"), "60514:60514");
@@ -1183,7 +1119,7 @@ fn rootless_user_runs_a_container_on_its_own_tree() {
         .status()
         .unwrap();
     assert!(st.success());
-    let before = host_mounts();
+    let before = our_mounts();
     let run_as = |args: &[&str]| {
         let mut c = Command::new("runuser");
         c.args(["-u", &user.name, "--"])
