@@ -212,8 +212,9 @@ fn ns_ctl_shell_has_job_control() {
     let tm = Tmux::start("jobs", &line);
     tm.wait_for("~ #");
     // The shell leads its session; the terminal's foreground group is its own.
-    tm.keys(&["echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$", "Enter"]);
-    let s = tm.wait_for("sid=");
+    // The command as typed reads `sid''=`: only its output has `sid=` (no race with the echo).
+    tm.keys(&["echo sid''=$(cut -d' ' -f6 /proc/$$/stat) pid=$$", "Enter"]);
+    let s = tm.wait_for("\nsid=");
     let ids: Vec<&str> = s
         .lines()
         .filter_map(|l| l.strip_prefix("sid="))
