@@ -914,13 +914,37 @@ pub fn cleanup_journal(pid: i32) -> PathBuf {
 
 /// The cleanup journal of a monitor that a test killed, removed on drop: also when the test
 /// fails before an ns-run collected it (the tree it names goes with its [`Tree`]; declare the
-/// guard after the tree).
+/// guard after the tree). The (empty) cgroups it still names go with it, deepest first, so
+/// that a failed test leaves none behind.
 pub struct ForgetJournal(pub i32);
 
 impl Drop for ForgetJournal {
     fn drop(&mut self) {
-        let _ = fs::remove_file(cleanup_journal(self.0));
+        let path = cleanup_journal(self.0);
+        for line in fs::read_to_string(&path).unwrap_or_default().lines() {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if e["cgroup"] == true {
+                if let Some(dir) = e["path"].as_str() {
+                    remove_cgroup_tree(Path::new(dir));
+                }
+            }
+        }
+        let _ = fs::remove_file(path);
     }
+}
+
+/// rmdir a cgroup and the cgroups below it, deepest first (only empty ones go).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// After monitors were killed (SIGKILL): run one more container on `root`, whose ns-run
