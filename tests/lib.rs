@@ -1367,6 +1367,30 @@ pub fn booting_tree(name: &str, script: &str) -> Tree {
     t
 }
 
+/// A registered container `NAME` (returned; tagged `tag` and our pid) on a tree of its own
+/// with ns-probe installed and a host directory bound at /out, run with `opts` and running
+/// `ns-probe ptrace /out/stop`, up once it printed `ready`; stopped (the probe told to stop
+/// through /out/stop) by [`Stopping::stop`] or on drop. Return the tree too: it must outlive
+/// the container.
+pub fn ptrace_watcher(tag: &str, opts: &[&str]) -> (Tree, String, Stopping) {
+    let t = Tree::rootfs(tag);
+    fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
+    let out = t.host_dir("out");
+    let name = format!("{tag}-{}", std::process::id());
+    let mut c = ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "-D", t.arg()])
+        .arg(format!("--bind={}:/out", out.display()))
+        .args(opts)
+        .args(["ns-probe", "ptrace", "/out/stop"]);
+    let r = spawn_until(c, "ready");
+    let stop = out.join("stop");
+    let r = Stopping::with(r, move |_| {
+        let _ = fs::write(&stop, "");
+    });
+    (t, name, r)
+}
+
 // ---------------------------------------------------------------------------------------
 // OCI bundles and a fresh /run
 

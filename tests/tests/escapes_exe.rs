@@ -716,21 +716,7 @@ fn assert_never_privileged(report: &str) {
 }
 
 fn shell_ptrace(tag: &str, opts: &[&str]) {
-    let t = Tree::rootfs(&format!("exe-{tag}"));
-    install_probe(t.path());
-    let out = t.host_dir("out");
-    let name = format!("exe-{tag}-{}", std::process::id());
-    let mut c = ns_tests::ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .arg(format!("--bind={}:/out", out.display()))
-        .args(opts)
-        .args(["ns-probe", "ptrace", "/out/stop"]);
-    let r = spawn_until(c, "ready");
-    let stop = out.join("stop");
-    let mut r = Stopping::with(r, move |_| {
-        let _ = fs::write(&stop, "");
-    });
+    let (_t, name, mut r) = ns_tests::ptrace_watcher(&format!("exe-{tag}"), opts);
     ptrace_rounds(
         || {
             let mut sh = Command::new(bin("ns-ctl"));

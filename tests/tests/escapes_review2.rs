@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use ns_tests::{bin, in_fresh_run, ns_run_registered, run_cmd, spawn_until, Stopping, Tree};
+use ns_tests::{bin, in_fresh_run, ns_run_registered, run_cmd, spawn_until, Tree};
 
 /// Container root puts a tmpfs over its /proc with `self/setgroups` saying `deny`, then the
 /// host's root runs `ns-ctl shell` with supplementary groups of its own (here 4242; a
@@ -58,21 +58,7 @@ fn a_fake_proc_self_setgroups_does_not_keep_the_callers_groups() {
 #[test]
 fn ns_ctl_shell_does_not_show_the_callers_environment() {
     for (opts, tag) in [(&[][..], "d"), (&["-U"][..], "u")] {
-        let t = Tree::rootfs(&format!("rv2-env-{tag}"));
-        std::fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
-        let out = t.host_dir("out");
-        let name = format!("rv2-env-{tag}-{}", std::process::id());
-        let mut c = ns_run_registered();
-        t.tag(&mut c)
-            .args(["-q", "-M", &name, "-D", t.arg()])
-            .arg(format!("--bind={}:/out", out.display()))
-            .args(opts)
-            .args(["ns-probe", "ptrace", "/out/stop"]);
-        let r = spawn_until(c, "ready");
-        let stop = out.join("stop");
-        let mut r = Stopping::with(r, move |_| {
-            let _ = std::fs::write(&stop, "");
-        });
+        let (_t, name, mut r) = ns_tests::ptrace_watcher(&format!("rv2-env-{tag}"), opts);
         let mut report = String::new();
         // Until the loop has stopped a process of ours before its command's exec (its
         // environment is then ns-caps's, not /bin/true's), at most 60 rounds.
