@@ -7,6 +7,7 @@ pub mod cpus;
 pub mod error;
 pub mod exec;
 pub mod paths;
+pub mod reap;
 pub mod stage;
 pub mod state;
 pub mod sync;

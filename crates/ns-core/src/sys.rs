@@ -393,6 +393,15 @@ impl SignalSet {
         self.mask(libc::SIG_SETMASK).map(drop)
     }
 
+    /// A signalfd for these (blocked) signals, close-on-exec and non-blocking: for a process
+    /// that polls other fds too.
+    pub fn signalfd(&self) -> nix::Result<nix::sys::signalfd::SignalFd> {
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        // SAFETY: `self.0` was initialised by sigemptyset and filled by sigaddset.
+        let set = unsafe { nix::sys::signal::SigSet::from_sigset_t_unchecked(self.0) };
+        SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    }
+
     /// Wait for one of these (blocked) signals; returns its number.
     pub fn wait(&self) -> nix::Result<i32> {
         loop {

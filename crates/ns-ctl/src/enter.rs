@@ -25,8 +25,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::waitpid;
 use ns_caps::caps_spec;
 use ns_core::console::Console;
@@ -34,7 +33,7 @@ use ns_core::exec::{state_argv, StageFds};
 use ns_core::stage::{exit_code_of, fail};
 use ns_core::state::{Console as Mode, State};
 use ns_core::sync::{Msg, SyncSocket};
-use ns_core::sys::{fork, Forked};
+use ns_core::sys::{fork, Forked, SignalSet};
 use ns_core::{Context, Error, Result};
 use ns_host::attach;
 use ns_host::registry::Machine;
@@ -123,20 +122,12 @@ pub fn shell(
     let (ours, theirs) = SyncSocket::pair()?;
     // Blocked before the fork (no SIGCHLD or SIGWINCH lost; the terminal's ^C and ^\ are for
     // the command, not for us); the command unblocks them.
-    let mut mask = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGWINCH,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-    ] {
-        mask.add(sig);
-    }
-    mask.thread_block().ctx(|| "cannot block signals".into())?;
-    let mut watched = SigSet::empty();
-    watched.add(Signal::SIGCHLD);
-    watched.add(Signal::SIGWINCH);
-    let signals = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    let blocked = [libc::SIGCHLD, libc::SIGWINCH, libc::SIGINT, libc::SIGQUIT];
+    SignalSet::new(&blocked)
+        .block()
+        .ctx(|| "cannot block signals".into())?;
+    let signals = SignalSet::new(&blocked[..2])
+        .signalfd()
         .ctx(|| "cannot create signalfd".into())?;
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {

@@ -4,13 +4,12 @@
 use std::convert::Infallible;
 use std::os::fd::AsFd;
 
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::wait::waitpid;
+use nix::sys::signal::{kill, Signal};
 use ns_core::exec::{chain_stages, exec_next, next_program, StageFds};
-use ns_core::stage::{adopt_sync, debug, exit_code_of, parse_args, run};
+use ns_core::stage::{adopt_sync, debug, parse_args, run};
 use ns_core::state::{Namespace, State};
 use ns_core::sync::{Msg, SyncSocket};
-use ns_core::sys::{clone_parent, fork, loopback_up, Forked};
+use ns_core::sys::{clone_parent, fork, loopback_up, Forked, SignalSet};
 use ns_core::{Context, Error, Result};
 use ns_enter::{clone_flags, Args};
 
@@ -218,25 +217,14 @@ fn start_under_monitor(sync: &SyncSocket, rest: &[String], fds: &StageFds) -> Re
 
 /// Alone: fork PID 1 and stay as its minimal monitor.
 fn start_and_wait(rest: &[String], fds: &StageFds) -> Result<Infallible> {
-    let mut signals = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        signals.add(s);
-    }
-    let old = signals
-        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
-        .ctx(|| "cannot block signals".into())?;
+    let signals = SignalSet::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    let old = signals.block().ctx(|| "cannot block signals".into())?;
     // Our death is seen by the child as EOF on this pipe (closes the pdeathsig race).
     let (alive_r, alive_w) = nix::unistd::pipe().ctx(|| "cannot create pipe".into())?;
     match fork().ctx(|| "cannot fork PID 1".into())? {
         Forked::Child => {
             drop(alive_w);
-            old.thread_set_mask()
-                .ctx(|| "cannot restore signal mask".into())?;
+            old.set_mask().ctx(|| "cannot restore signal mask".into())?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .ctx(|| "cannot set parent-death signal".into())?;
             let mut pfd = [nix::poll::PollFd::new(
@@ -253,21 +241,12 @@ fn start_and_wait(rest: &[String], fds: &StageFds) -> Result<Infallible> {
         }
         Forked::Parent(child) => {
             drop(alive_r);
-            loop {
-                match signals.wait().ctx(|| "cannot wait for signals".into())? {
-                    Signal::SIGCHLD => {
-                        let st = waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-                            .ctx(|| "cannot wait for PID 1".into())?;
-                        if let Some(code) = exit_code_of(st) {
-                            std::process::exit(code);
-                        }
-                    }
-                    sig => {
-                        debug(STAGE, || format!("{sig} received: killing the container"));
-                        let _ = kill(child, Signal::SIGKILL);
-                    }
-                }
-            }
+            let code = ns_core::reap::until(child, &signals, |sig| {
+                let name = Signal::try_from(sig).map_or(sig.to_string(), |s| s.to_string());
+                debug(STAGE, || format!("{name} received: killing the container"));
+                let _ = kill(child, Signal::SIGKILL);
+            })?;
+            std::process::exit(code)
         }
     }
 }

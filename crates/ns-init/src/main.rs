@@ -3,10 +3,9 @@
 
 use std::convert::Infallible;
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use ns_core::exec::{args_utf8, exec_program};
-use ns_core::stage::{exit_code_of, parse_args, run};
+use ns_core::stage::{parse_args, run};
 use ns_core::sys::{fork, kill_raw, Forked, SignalSet};
 use ns_core::{Context, Result};
 use ns_init::{handled_signals, is_poweroff, Args};
@@ -44,25 +43,13 @@ fn main() {
 
 /// Reap until the payload exits; pass signals on.
 fn supervise(payload: Pid, set: &SignalSet) -> Result<Infallible> {
-    loop {
-        let sig = set.wait().ctx(|| "cannot wait for signals".into())?;
-        if sig == libc::SIGCHLD {
-            loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(st) if st.pid() == Some(payload) => {
-                        if let Some(code) = exit_code_of(st) {
-                            std::process::exit(code);
-                        }
-                    }
-                    Ok(_) => {} // an orphan, reaped
-                }
-            }
-        } else if is_poweroff(sig) {
+    let code = ns_core::reap::until(payload, set, |sig| {
+        if is_poweroff(sig) {
             let _ = kill_raw(payload, libc::SIGTERM);
             let _ = kill_raw(payload, libc::SIGHUP);
         } else {
             let _ = kill_raw(payload, sig);
         }
-    }
+    })?;
+    std::process::exit(code)
 }

@@ -366,19 +366,9 @@ fn refuse_preserved_fds(n: u32) -> Result<()> {
 /// clones it as such), so we reap it and return its status (128+N for signal N). SIGTERM,
 /// SIGINT and SIGHUP to us are passed on to it meanwhile.
 fn run_foreground(g: &Global, id: &str, bundle: &Path, pid_file: Option<&Path>) -> Result<i32> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut relayed = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        relayed.add(s);
-    }
-    relayed
-        .thread_block()
-        .ctx(|| "cannot block signals".into())?;
+    let relayed =
+        ns_core::sys::SignalSet::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
+    relayed.block().ctx(|| "cannot block signals".into())?;
     create::create(
         g,
         &create::Request {
@@ -395,20 +385,9 @@ fn run_foreground(g: &Global, id: &str, bundle: &Path, pid_file: Option<&Path>) 
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(e);
     }
-    let code = loop {
-        match relayed.wait().ctx(|| "cannot wait for signals".into())? {
-            Signal::SIGCHLD => {
-                let st = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-                    .ctx(|| "cannot wait for the container".into())?;
-                if let Some(c) = ns_core::stage::exit_code_of(st) {
-                    break c;
-                }
-            }
-            sig => {
-                let _ = nix::sys::signal::kill(pid, sig);
-            }
-        }
-    };
+    let code = ns_core::reap::until(pid, &relayed, |sig| {
+        let _ = ns_core::sys::kill_raw(pid, sig);
+    })?;
     delete(g, id, true)?;
     Ok(code)
 }
