@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod cgroups;
+pub mod chain;
 pub mod devices;
 pub mod journal;
 pub mod locks;

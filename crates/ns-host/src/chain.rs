@@ -1,0 +1,255 @@
+//! The chain, started and answered: fork (straight into the container's cgroup2 directory
+//! when there is one), exec ns-enter with the state and the chain's end of the sync socket,
+//! then the host's half of the sync protocol (see `ns_core::sync`) as intent-named methods.
+//! ns-run's monitor and `ns-oci create` both start their container through [`Chain::start`];
+//! what differs between them (hooks, pid file, start fifo, registration, network, console)
+//! stays with them.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+use ns_core::exec::{exec_stage, state_argv, StageFds};
+use ns_core::state::{BoundUser, IdBase, Idmap, MountOp, Ownership, Source, State, UserNs};
+use ns_core::sync::{Msg, SyncSocket};
+use ns_core::sys::{fork, fork_into_cgroup, Forked, SignalSet};
+use ns_core::{Context, Error, Result};
+
+/// The host's end of a started chain.
+pub struct Chain {
+    /// ns-enter's pid (our child).
+    pub enter: Pid,
+    sync: SyncSocket,
+}
+
+/// What the chain reports, in the order it may come (the SYNC numbers of `ns_core::sync`).
+#[derive(Debug)]
+pub enum Report {
+    /// SYNC-1: ns-enter's user namespace exists: write its maps ([`Chain::map_userns`]).
+    UserNs,
+    /// SYNC-2: the container's PID 1 exists (host pid): host-side setup, then [`Chain::go`].
+    Pid(Pid),
+    /// SYNC-4: a host-visible path the chain is about to create, to remove after exit.
+    Created { path: PathBuf, recursive: bool },
+    /// SYNC-5: user mount number `op` wants its source idmapped ([`Chain::idmap_bind`]).
+    NeedIdmap { op: usize },
+    /// SYNC-6: the master of the container's pty.
+    Console(OwnedFd),
+    /// SYNC-7: set up, waiting for `start` (OCI create only).
+    Waiting,
+    /// SYNC-8: a stage failed (it printed why, and exits with `code`).
+    Failed {
+        stage: String,
+        code: i32,
+        message: String,
+    },
+}
+
+impl Report {
+    fn of(msg: Msg, fd: Option<OwnedFd>) -> Result<Report> {
+        Ok(match msg {
+            Msg::UserNs => Report::UserNs,
+            Msg::Pid(p) => Report::Pid(Pid::from_raw(p)),
+            Msg::Created { path, recursive } => Report::Created { path, recursive },
+            Msg::NeedIdmap { op } => Report::NeedIdmap { op },
+            Msg::Console => {
+                Report::Console(fd.ok_or_else(|| Error::setup("Console without its pty".into()))?)
+            }
+            Msg::Waiting => Report::Waiting,
+            Msg::Failed {
+                stage,
+                code,
+                message,
+            } => Report::Failed {
+                stage,
+                code,
+                message,
+            },
+            m @ (Msg::Go | Msg::Mapped | Msg::Root | Msg::Cgroups) => {
+                return Err(Error::setup(format!("unexpected {m:?} from the chain")))
+            }
+        })
+    }
+}
+
+/// How the host maps the chain's user namespace (SYNC-1).
+pub enum Maps<'a> {
+    /// Started without root: our own ids (and our subordinate ranges where the tools are).
+    Rootless,
+    /// Container ids 0..count to host ids base.., bound users to their own host ids.
+    Range {
+        base: u32,
+        count: u32,
+        bound: &'a [BoundUser],
+    },
+}
+
+impl<'a> Maps<'a> {
+    /// The maps `u` asks for, with `bound` users mapped through.
+    pub fn of(u: &UserNs, bound: &'a [BoundUser]) -> Result<Maps<'a>> {
+        match (u.rootless, u.base) {
+            (true, _) => Ok(Maps::Rootless),
+            (false, IdBase::Fixed(base)) => Ok(Maps::Range {
+                base,
+                count: u.count,
+                bound,
+            }),
+            (false, IdBase::Pick) => Err(Error::setup("id range not reserved".into())),
+        }
+    }
+}
+
+impl Chain {
+    /// Fork and exec ns-enter (from `fds`, which are closed here once it runs) with `state`
+    /// and the chain's end of the sync socket; the child goes straight into `cgroup2` when
+    /// given (no cgroup.procs write) and takes `mask` as its signal mask when given. `who`
+    /// prefixes the child's error line when the exec fails.
+    pub fn start(
+        who: &str,
+        state: &State,
+        fds: StageFds,
+        cgroup2: Option<BorrowedFd<'_>>,
+        mask: Option<&SignalSet>,
+    ) -> Result<Chain> {
+        let state_fd = state.to_sealed_memfd()?;
+        let (sync, chain_end) = SyncSocket::pair()?;
+        let forked = match cgroup2 {
+            Some(dir) => fork_into_cgroup(dir)
+                .ctx(|| "cannot fork into the container's cgroup2 directory".into())?,
+            None => fork().ctx(|| "cannot fork".into())?,
+        };
+        match forked {
+            Forked::Child => {
+                let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
+                let ready = mask
+                    .map_or(Ok(()), |m| {
+                        m.set_mask().ctx(|| "cannot restore the signal mask".into())
+                    })
+                    .and_then(|()| chain_end.set_inheritable());
+                let e = match ready {
+                    Ok(()) => exec_stage("ns-enter", &argv, &fds),
+                    Err(e) => e,
+                };
+                ns_core::stage::fail(who, &e)
+            }
+            Forked::Parent(enter) => {
+                fds.close_all();
+                Ok(Chain { enter, sync })
+            }
+        }
+    }
+
+    /// The socket, to poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.sync.fd()
+    }
+
+    /// SYNC-0: the container's v1 cgroups are ready: ns-enter joins them and goes on.
+    pub fn cgroups_ready(&self) -> Result<()> {
+        self.sync.send(&Msg::Cgroups)
+    }
+
+    /// The next report, waiting for it; `None` at EOF (the payload's exec succeeded, ns-caps
+    /// waits for `start`, or the chain is gone).
+    pub fn next_report(&self) -> Result<Option<Report>> {
+        self.sync
+            .recv_any(nix::sys::socket::MsgFlags::empty())?
+            .map(|(m, fd)| Report::of(m, fd))
+            .transpose()
+    }
+
+    /// A report already queued, without waiting; `None` when there is none (now, or ever).
+    pub fn try_next_report(&self) -> Result<Option<Report>> {
+        self.sync
+            .try_recv_any()?
+            .map(|(m, fd)| Report::of(m, fd))
+            .transpose()
+    }
+
+    /// SYNC-1 answered: write the maps of ns-enter's user namespace; with `root`
+    /// (`--private-users-ownership=map`: the image, or a clone of its mount made earlier),
+    /// hand the image down as an idmapped mount through it. The one answer of ns-run and
+    /// ns-oci.
+    pub fn map_userns(&self, maps: &Maps, root: Option<(&Path, Option<OwnedFd>)>) -> Result<()> {
+        let pid = self.enter.as_raw();
+        match maps {
+            Maps::Rootless => drop(crate::userns::write_rootless_maps(pid)?),
+            Maps::Range { base, count, bound } => {
+                crate::userns::write_maps(pid, *base, *count, bound)?
+            }
+        }
+        let Some((path, clone)) = root else {
+            return self.sync.send(&Msg::Mapped);
+        };
+        let userns = File::open(format!("/proc/{pid}/ns/user"))
+            .ctx(|| "cannot open the container's user namespace".into())?;
+        let tree = match clone {
+            Some(t) => t,
+            None => clone_mount(path, false)?,
+        };
+        ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
+            format!(
+                "cannot idmap {} (does its file system support idmapped mounts?)",
+                path.display()
+            )
+        })?;
+        self.sync.send_fd(&Msg::Mapped, tree.as_fd())
+    }
+
+    /// SYNC-5 answered: the source of user mount `op` of `ops` (only a bind the plan marked
+    /// idmapped), idmapped through PID 1's user namespace, or for `rootidmap` through one
+    /// that maps its owner to container root (`userns`'s base).
+    pub fn idmap_bind(
+        &self,
+        op: usize,
+        ops: &[MountOp],
+        userns: Option<&UserNs>,
+        pid1: Option<Pid>,
+    ) -> Result<()> {
+        let (path, recursive, idmap) = match ops.get(op) {
+            Some(MountOp::Bind {
+                source: Source::Host(p),
+                recursive,
+                idmap,
+                ..
+            }) if *idmap != Idmap::No => (p, *recursive, *idmap),
+            _ => return Err(Error::setup(format!("mount {op} is not an idmapped bind"))),
+        };
+        let pid1 = pid1.ok_or_else(|| Error::setup("NeedIdmap before PID 1".into()))?;
+        let userns = match idmap {
+            Idmap::Root => {
+                use std::os::unix::fs::MetadataExt;
+                let md =
+                    std::fs::metadata(path).ctx(|| format!("cannot bind {}", path.display()))?;
+                let Some(IdBase::Fixed(base)) = userns.map(|u| u.base) else {
+                    return Err(Error::setup("rootidmap needs a user namespace".into()));
+                };
+                crate::userns::mapping_userns(md.uid(), md.gid(), base)?
+            }
+            _ => File::open(format!("/proc/{pid1}/ns/user"))
+                .ctx(|| "cannot open the container's user namespace".into())?,
+        };
+        let tree = clone_mount(path, recursive)?;
+        ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
+            .ctx(|| format!("cannot idmap {}", path.display()))?;
+        self.sync.send_fd(&Msg::Root, tree.as_fd())
+    }
+
+    /// SYNC-3: host-side setup for PID 1 is done: the chain goes on.
+    pub fn go(&self) -> Result<()> {
+        self.sync.send(&Msg::Go)
+    }
+}
+
+/// A detached clone of the mount at `path` (the image's, for an idmapped root: made while
+/// ns-enter starts, for [`Chain::map_userns`]).
+pub fn clone_mount(path: &Path, recursive: bool) -> Result<OwnedFd> {
+    ns_core::sys::open_tree_clone(path, recursive)
+        .ctx(|| format!("cannot clone the mount of {}", path.display()))
+}
+
+/// Whether `u` wants the image as an idmapped mount.
+pub fn idmapped_root(u: Option<&UserNs>) -> bool {
+    u.is_some_and(|u| u.ownership == Ownership::Map)
+}
