@@ -98,6 +98,19 @@ impl<'a> Maps<'a> {
             (false, IdBase::Pick) => Err(Error::setup("id range not reserved".into())),
         }
     }
+
+    /// The range `u` gives, as given, without bound users (ns-oci: config.json's one
+    /// mapping, whoever runs it).
+    pub fn given(u: &UserNs) -> Result<Maps<'a>> {
+        match u.base {
+            IdBase::Fixed(base) => Ok(Maps::Range {
+                base,
+                count: u.count,
+                bound: &[],
+            }),
+            IdBase::Pick => Err(Error::setup("no id range for the user namespace".into())),
+        }
+    }
 }
 
 impl Chain {

@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-use ns_core::exec::{exec_stage, state_argv, StageFds};
-use ns_core::stage::{debug, fail};
-use ns_core::state::{IdBase, Ownership, State};
-use ns_core::sync::{Msg, SyncSocket};
-use ns_core::sys::{fork, fork_into_cgroup, Forked};
+use ns_core::exec::StageFds;
+use ns_core::stage::debug;
+use ns_core::state::{Ownership, State};
 use ns_core::{Context, Error, Result};
 use ns_host::cgroups::Cgroup;
+use ns_host::chain::{Chain, Maps, Report};
 use ns_run::oci;
 
 use crate::container::{self, Saved, SavedCgroup};
@@ -239,7 +238,57 @@ fn run_chain(
     fds.open_sealed(&["ns-enter", "ns-mount", "ns-caps"])?;
     // The record exists from the start (pid 0: creating), so that `delete --force` finds
     // what a killed `create` made: written again as cgroups and the process appear.
-    let mut saved = Saved {
+    let mut saved = first_record(r, b, state);
+    container::save(dir, &saved)?;
+    // Cgroups: only root has any to give (rootless containers live in their caller's).
+    if nix::unistd::geteuid().is_root() && !g.rootless() {
+        make_cgroups(g, r, b, undo)?;
+        saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
+        saved.cgroup_levels = undo.levels.clone();
+        container::save(dir, &saved)?;
+        ns_host::resources::apply(&state.monitor.properties, &undo.cgroups)?;
+        state.enter.cgroups = Some(
+            undo.cgroups
+                .iter()
+                .filter(|c| !c.v2)
+                .map(|c| c.procs_dir())
+                .collect(),
+        );
+    } else if !state.monitor.properties.is_empty() {
+        return Err(Error::setup(
+            "linux.resources: a rootless container has no cgroup to limit".into(),
+        ));
+    }
+    let fifo_fd = start_fifo(dir)?;
+    state.exec.start_fd = Some(fifo_fd.as_raw_fd());
+    let v2_dir = ns_host::cgroups::v2_dir(&undo.cgroups)?;
+    let chain = Chain::start(STAGE, state, fds, v2_dir.as_ref().map(|d| d.as_fd()), None)?;
+    undo.pids.push(chain.enter);
+    drop(fifo_fd);
+    if state.enter.cgroups.is_some() {
+        chain.cgroups_ready()?; // SYNC-0: made before the fork
+    }
+    let mut c = Creating {
+        r,
+        b,
+        dir,
+        state,
+        chain: &chain,
+        saved,
+        undo,
+        failed: None,
+        waiting: false,
+    };
+    // Until EOF: ns-caps is waiting for start, or the chain is gone.
+    while let Some(report) = chain.next_report()? {
+        c.on_report(report)?;
+    }
+    c.created()
+}
+
+/// The container's record as `create` starts (pid 0: creating).
+fn first_record(r: &Request, b: &oci::Bundle, state: &State) -> Saved {
+    Saved {
         id: r.id.to_string(),
         bundle: b.dir.clone(),
         rootfs: b.root.clone(),
@@ -258,151 +307,131 @@ fn run_chain(
         created_paths: Vec::new(),
         syscall_filter: state.exec.syscall_filter.clone(),
         hooks: b.spec.hooks().clone(),
-    };
-    container::save(dir, &saved)?;
-    // Cgroups: only root has any to give (rootless containers live in their caller's).
-    let with_cgroups = nix::unistd::geteuid().is_root() && !g.rootless();
-    if with_cgroups {
-        let given = b
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().clone());
-        let rel = cgroup_path(given, r.id, g.systemd_cgroup)?;
-        let hs = ns_host::cgroups::hierarchies();
-        for v2 in [true, false] {
-            let (made, levels) = ns_host::cgroups::create_at(&hs, &rel, v2)?;
-            undo.cgroups.extend(made);
-            undo.levels.extend(levels);
-        }
-        if rel.starts_with(DEFAULT_PARENT) {
-            // Our own parent, shared by every container without a cgroupsPath: whoever
-            // deletes the last one removes it.
-            for c in &undo.cgroups {
-                if let Some(p) = c
-                    .dir
-                    .parent()
-                    .filter(|p| !undo.levels.iter().any(|l| l == p))
-                {
-                    undo.levels.push(p.to_path_buf());
-                }
+    }
+}
+
+/// The container's cgroups at cgroupsPath, in every hierarchy (recorded in `undo`).
+fn make_cgroups(g: &Global, r: &Request, b: &oci::Bundle, undo: &mut Undo) -> Result<()> {
+    let given = b
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone());
+    let rel = cgroup_path(given, r.id, g.systemd_cgroup)?;
+    let hs = ns_host::cgroups::hierarchies();
+    for v2 in [true, false] {
+        let (made, levels) = ns_host::cgroups::create_at(&hs, &rel, v2)?;
+        undo.cgroups.extend(made);
+        undo.levels.extend(levels);
+    }
+    if rel.starts_with(DEFAULT_PARENT) {
+        // Our own parent, shared by every container without a cgroupsPath: whoever
+        // deletes the last one removes it.
+        for c in &undo.cgroups {
+            if let Some(p) = c
+                .dir
+                .parent()
+                .filter(|p| !undo.levels.iter().any(|l| l == p))
+            {
+                undo.levels.push(p.to_path_buf());
             }
         }
-        saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
-        saved.cgroup_levels = undo.levels.clone();
-        container::save(dir, &saved)?;
-        ns_host::resources::apply(&state.monitor.properties, &undo.cgroups)?;
-        state.enter.cgroups = Some(
-            undo.cgroups
-                .iter()
-                .filter(|c| !c.v2)
-                .map(|c| c.procs_dir())
-                .collect(),
-        );
-    } else if !state.monitor.properties.is_empty() {
-        return Err(Error::setup(
-            "linux.resources: a rootless container has no cgroup to limit".into(),
-        ));
     }
-    // The start fifo: world-writable, as the payload's user (maybe not root, maybe in a
-    // user namespace) opens it; passed down the chain as an O_PATH fd.
+    Ok(())
+}
+
+/// The start fifo: world-writable, as the payload's user (maybe not root, maybe in a user
+/// namespace) opens it; passed down the chain as an O_PATH fd.
+fn start_fifo(dir: &Path) -> Result<OwnedFd> {
     let fifo = container::fifo_of(dir);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
         .ctx(|| format!("cannot create {}", fifo.display()))?;
     std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
         .ctx(|| format!("cannot set the mode of {}", fifo.display()))?;
-    let fifo_fd: OwnedFd = nix::fcntl::open(
+    nix::fcntl::open(
         &fifo,
         nix::fcntl::OFlag::O_PATH,
         nix::sys::stat::Mode::empty(),
     )
-    .ctx(|| format!("cannot open {}", fifo.display()))?;
-    state.exec.start_fd = Some(fifo_fd.as_raw_fd());
-    let state_fd = state.to_sealed_memfd()?;
-    let (sync, chain_end) = SyncSocket::pair()?;
-    let v2_dir = ns_host::cgroups::v2_dir(&undo.cgroups)?;
-    let forked = match &v2_dir {
-        Some(d) => fork_into_cgroup(d.as_fd())
-            .ctx(|| "cannot fork into the container's cgroup2 directory".into())?,
-        None => fork().ctx(|| "cannot fork".into())?,
-    };
-    let enter = match forked {
-        Forked::Child => {
-            let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
-            let e = match chain_end.set_inheritable() {
-                Ok(()) => exec_stage("ns-enter", &argv, &fds),
-                Err(e) => e,
-            };
-            fail("ns-oci", &e)
-        }
-        Forked::Parent(p) => p,
-    };
-    undo.pids.push(enter);
-    drop(chain_end);
-    drop(state_fd);
-    drop(fifo_fd);
-    fds.close_all();
-    if state.enter.cgroups.is_some() {
-        sync.send(&Msg::Cgroups)?; // SYNC-0: made before the fork
-    }
-    let mut failed: Option<String> = None;
-    let mut waiting = false;
-    loop {
-        let (msg, fd) = match sync.recv_any(nix::sys::socket::MsgFlags::empty())? {
-            Some(m) => m,
-            None => break, // EOF: ns-caps is waiting for start, or the chain is gone
-        };
-        match msg {
-            Msg::Pid(p) => {
-                // SYNC-2: PID 1 exists (our child, by CLONE_PARENT).
-                let pid = Pid::from_raw(p);
-                undo.pids.push(pid);
-                saved.pid = p;
-                saved.start_time = container::stat_of(p).map_or(0, |(t, _)| t);
-                container::save(dir, &saved)?;
-                debug(STAGE, || format!("container process is {p}"));
-                let hs = b.spec.hooks().clone().unwrap_or_default();
-                let st = saved.state_json("creating");
-                hooks::run("createRuntime", hs.create_runtime(), &st)?;
-                hooks::run("prestart", hs.prestart(), &st)?;
-                sync.send(&Msg::Go)?; // SYNC-3
+    .ctx(|| format!("cannot open {}", fifo.display()))
+}
+
+/// A container being created: the chain's reports answered until it waits for `start`.
+struct Creating<'a> {
+    r: &'a Request<'a>,
+    b: &'a oci::Bundle,
+    dir: &'a Path,
+    state: &'a State,
+    chain: &'a Chain,
+    saved: Saved,
+    undo: &'a mut Undo,
+    /// What a stage reported before it failed (SYNC-8).
+    failed: Option<String>,
+    /// SYNC-7 received.
+    waiting: bool,
+}
+
+impl Creating<'_> {
+    fn on_report(&mut self, report: Report) -> Result<()> {
+        match report {
+            Report::Pid(pid) => self.on_pid1(pid)?,
+            Report::UserNs => {
+                // SYNC-1: the id map config.json gives (one range, checked by oci::options),
+                // as given; the image's ownership as it is (no idmapped root).
+                let u = self.state.enter.userns.as_ref();
+                let u = u.ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
+                self.chain.map_userns(&Maps::given(u)?, None)?;
             }
-            Msg::UserNs => {
-                // SYNC-1: the id map config.json gives (one range, checked by oci::options).
-                let u = state
-                    .enter
-                    .userns
-                    .as_ref()
-                    .ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
-                let IdBase::Fixed(base) = u.base else {
-                    return Err(Error::setup("no id range for the user namespace".into()));
-                };
-                ns_host::userns::write_maps(enter.as_raw(), base, u.count, &[])?;
-                sync.send(&Msg::Mapped)?;
-            }
-            Msg::Console => {
+            Report::Console(master) => {
                 // SYNC-6: the master of the container's /dev/console, for the caller.
-                let master = fd.ok_or_else(|| Error::setup("Console without its pty".into()))?;
-                let socket = r.console_socket.expect("checked: terminal needs a socket");
+                let socket = self
+                    .r
+                    .console_socket
+                    .expect("checked: terminal needs a socket");
                 send_console(&connect_console(socket)?, &master)?;
             }
-            Msg::Created { path, recursive } => {
-                undo.created.push((path.clone(), recursive));
-                saved.created_paths.push((path, recursive));
+            Report::Created { path, recursive } => {
+                self.undo.created.push((path.clone(), recursive));
+                self.saved.created_paths.push((path, recursive));
             }
-            Msg::Failed { stage, message, .. } => {
-                failed = Some(format!("{stage}: {message}"));
+            Report::Failed { stage, message, .. } => {
+                self.failed = Some(format!("{stage}: {message}"));
             }
-            Msg::Waiting => waiting = true, // SYNC-7
-            m => return Err(Error::setup(format!("unexpected {m:?} from the chain"))),
+            Report::Waiting => self.waiting = true, // SYNC-7
+            Report::NeedIdmap { op } => {
+                let m = format!("unexpected NeedIdmap {{ op: {op} }} from the chain");
+                return Err(Error::setup(m));
+            }
         }
+        Ok(())
     }
-    // ns-enter exits once PID 1 is reported; without a PID namespace it is the container.
-    if saved.pid != enter.as_raw() {
-        let _ = waitpid(enter, None);
-        undo.pids.retain(|p| *p != enter);
+
+    /// SYNC-2: PID 1 exists (our child, by CLONE_PARENT): recorded, its hooks run, SYNC-3.
+    fn on_pid1(&mut self, pid: Pid) -> Result<()> {
+        let p = pid.as_raw();
+        self.undo.pids.push(pid);
+        self.saved.pid = p;
+        self.saved.start_time = container::stat_of(p).map_or(0, |(t, _)| t);
+        container::save(self.dir, &self.saved)?;
+        debug(STAGE, || format!("container process is {p}"));
+        let hs = self.b.spec.hooks().clone().unwrap_or_default();
+        let st = self.saved.state_json("creating");
+        hooks::run("createRuntime", hs.create_runtime(), &st)?;
+        hooks::run("prestart", hs.prestart(), &st)?;
+        self.chain.go() // SYNC-3
     }
-    if !waiting {
+
+    /// The chain's end: created (waiting for start), or failed before.
+    fn created(self) -> Result<Saved> {
+        let (saved, undo, enter) = (self.saved, self.undo, self.chain.enter);
+        // ns-enter exits once PID 1 is reported; without a PID namespace it is the container.
+        if saved.pid != enter.as_raw() {
+            let _ = waitpid(enter, None);
+            undo.pids.retain(|p| *p != enter);
+        }
+        if self.waiting {
+            return Ok(saved);
+        }
         // The chain ended before it was set up: its own line says why (stderr), and so does
         // its report when it made one; else its exit status.
         let status = match saved.pid {
@@ -413,14 +442,13 @@ fn run_chain(
                 st.and_then(ns_core::stage::exit_code_of)
             }
         };
-        return Err(Error::setup(failed.unwrap_or_else(|| {
+        Err(Error::setup(self.failed.unwrap_or_else(|| {
             format!(
                 "the container's setup ended before it was created (exit {})",
                 status.map_or("unknown".into(), |c| c.to_string())
             )
-        })));
+        })))
     }
-    Ok(saved)
 }
 
 /// The console socket, connected (before any namespace is joined: it is a host path).
