@@ -3,7 +3,8 @@
 //! ([`resources`]), the device policy ([`devices`]), user namespace id maps, ranges and the
 //! ownership shift ([`userns`]), joining a running container ([`attach`]), the image and zone
 //! locks ([`locks`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]) and the
-//! registry of running machines that ns-ctl reads ([`registry`]).
+//! registry of running machines that ns-ctl reads ([`registry`]); and the chain itself, started
+//! and answered through the sync protocol ([`chain`]).
 //! The monitor in ns-run, ns-oci and ns-ctl use it; no chain stage does (a stage crate holds
 //! only what its binary runs).
 #![forbid(unsafe_code)]

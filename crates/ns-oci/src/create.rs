@@ -240,25 +240,7 @@ fn run_chain(
     // what a killed `create` made: written again as cgroups and the process appear.
     let mut saved = first_record(r, b, state);
     container::save(dir, &saved)?;
-    // Cgroups: only root has any to give (rootless containers live in their caller's).
-    if nix::unistd::geteuid().is_root() && !g.rootless() {
-        make_cgroups(g, r, b, undo)?;
-        saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
-        saved.cgroup_levels = undo.levels.clone();
-        container::save(dir, &saved)?;
-        ns_host::resources::apply(&state.monitor.properties, &undo.cgroups)?;
-        state.enter.cgroups = Some(
-            undo.cgroups
-                .iter()
-                .filter(|c| !c.v2)
-                .map(|c| c.procs_dir())
-                .collect(),
-        );
-    } else if !state.monitor.properties.is_empty() {
-        return Err(Error::setup(
-            "linux.resources: a rootless container has no cgroup to limit".into(),
-        ));
-    }
+    own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
     let fifo_fd = start_fifo(dir)?;
     state.exec.start_fd = Some(fifo_fd.as_raw_fd());
     let v2_dir = ns_host::cgroups::v2_dir(&undo.cgroups)?;
@@ -308,6 +290,40 @@ fn first_record(r: &Request, b: &oci::Bundle, state: &State) -> Saved {
         syscall_filter: state.exec.syscall_filter.clone(),
         hooks: b.spec.hooks().clone(),
     }
+}
+
+/// Cgroups: only root has any to give (rootless containers live in their caller's). Made
+/// and recorded, with the resources written, before the fork.
+fn own_cgroups(
+    g: &Global,
+    r: &Request,
+    b: &oci::Bundle,
+    dir: &Path,
+    state: &mut State,
+    saved: &mut Saved,
+    undo: &mut Undo,
+) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() || g.rootless() {
+        if state.monitor.properties.is_empty() {
+            return Ok(());
+        }
+        return Err(Error::setup(
+            "linux.resources: a rootless container has no cgroup to limit".into(),
+        ));
+    }
+    make_cgroups(g, r, b, undo)?;
+    saved.cgroups = undo.cgroups.iter().map(SavedCgroup::of).collect();
+    saved.cgroup_levels = undo.levels.clone();
+    container::save(dir, saved)?;
+    ns_host::resources::apply(&state.monitor.properties, &undo.cgroups)?;
+    state.enter.cgroups = Some(
+        undo.cgroups
+            .iter()
+            .filter(|c| !c.v2)
+            .map(|c| c.procs_dir())
+            .collect(),
+    );
+    Ok(())
 }
 
 /// The container's cgroups at cgroupsPath, in every hierarchy (recorded in `undo`).
