@@ -184,9 +184,11 @@ fn env_set(env: &mut Vec<String>, kv: String) {
 }
 
 /// The payload's environment in nspawn's order: PATH, container, TERM (if ours is set),
-/// HOME/USER/LOGNAME, container_uuid, LANG, container_host_*, then -E over all of it.
+/// HOME/USER/LOGNAME, container_uuid, NOTIFY_SOCKET (when the host bound one: `runtime`),
+/// LANG, container_host_*, then -E over all of it.
 pub fn build_env(
     plan: &ns_core::state::ExecPlan,
+    runtime: &ns_core::state::Runtime,
     user: &User,
     term: Option<String>,
 ) -> Vec<String> {
@@ -205,7 +207,7 @@ pub fn build_env(
         env.push(format!("LOGNAME={n}"));
     }
     env.push(format!("container_uuid={}", plan.uuid));
-    if plan.notify {
+    if runtime.notify_socket.is_some() {
         env.push("NOTIFY_SOCKET=/run/host/notify".into());
     }
     if !plan.boot {
@@ -408,7 +410,12 @@ mod tests {
             setenv: vec!["PATH=/x".into(), "FOO=1".into()],
             ..Default::default()
         };
-        let env = build_env(&plan, &User::root(), Some("xterm".into()));
+        let env = build_env(
+            &plan,
+            &Default::default(),
+            &User::root(),
+            Some("xterm".into()),
+        );
         assert_eq!(
             env,
             vec![

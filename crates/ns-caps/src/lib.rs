@@ -3,9 +3,9 @@
 //! user, builds its environment, drops capabilities, sets no_new_privs, changes directory,
 //! then execs the payload (or ns-init with `--as-pid2`).
 //!
-//! Reads `exec` of the state (or its flags). Runs after pivot_root, so users and groups are
-//! resolved from the container's own /etc/passwd and /etc/group without running anything
-//! inside. Every fd above stderr is closed at its exec.
+//! Reads `exec` of the state (or its flags), and from its `runtime` the notify socket and the
+//! start fifo. Runs after pivot_root, so users and groups are resolved from the container's
+//! own /etc/passwd and /etc/group without running anything inside. Every fd above stderr is closed at its exec.
 #![forbid(unsafe_code)]
 
 pub mod caps_spec;
@@ -201,7 +201,6 @@ pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
         as_pid2: o.as_pid2,
         console: o.console,
         boot: o.boot,
-        notify: false,
         rlimits: o
             .rlimit
             .iter()

@@ -7,22 +7,23 @@ use ns_caps::process::{exec, fork_payload, new_session, take_console, wait_for_s
 use ns_caps::{Args, STAGE};
 use ns_core::exec::{args_utf8, StageFds};
 use ns_core::stage::{adopt_sync, parse_args, run};
-use ns_core::state::State;
+use ns_core::state::{Runtime, State};
 use ns_core::{Context, Error};
 
 fn main() {
     run(STAGE, || {
         let args: Args = parse_args(STAGE, &args_utf8()?);
         let sync = adopt_sync(args.sync_fd)?;
-        let plan = match args.state_fd {
+        let (plan, runtime) = match args.state_fd {
             Some(fd) => {
-                let mut plan = State::from_state_fd(fd)?.exec;
+                let state = State::from_state_fd(fd)?;
+                let mut plan = state.exec;
                 if !args.rest.is_empty() {
                     plan.argv = args.rest.clone();
                 }
-                plan
+                (plan, state.runtime)
             }
-            None => args.to_plan()?,
+            None => (args.to_plan()?, Runtime::default()),
         };
         let fds = StageFds::from_env()?;
         if plan.as_pid2 && fds.get("ns-init").is_none() {
@@ -40,9 +41,9 @@ fn main() {
         let env = if plan.exact_env {
             ns_caps::identity::exact_env(&plan.setenv, &user)
         } else {
-            build_env(&plan, &user, std::env::var("TERM").ok())
+            build_env(&plan, &runtime, &user, std::env::var("TERM").ok())
         };
-        if args.fork && (plan.as_pid2 || plan.console || plan.start_fd.is_some()) {
+        if args.fork && (plan.as_pid2 || plan.console || runtime.start_fd.is_some()) {
             return Err(Error::setup(
                 "--fork: only for a process entering a running container (no --as-pid2, \
                  --console or start fifo)"
@@ -62,7 +63,7 @@ fn main() {
             take_console(!plan.as_pid2)?;
         }
         ns_caps::limits::apply(&plan)?;
-        drop_privileges(&plan, &user, sync.as_ref())?;
+        drop_privileges(&plan, &runtime, &user, sync.as_ref())?;
         let sync = if args.fork {
             fork_payload(sync)?;
             None
@@ -82,7 +83,7 @@ fn main() {
         if let Some(m) = plan.umask {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
-        if let Some(fd) = plan.start_fd {
+        if let Some(fd) = runtime.start_fd {
             wait_for_start(&plan, &env, fd, sync)?;
             if let (Some(f), true) = (&plan.syscall_filter, plan.no_new_privileges) {
                 // As runc: with no_new_privs the filter comes last, so that it need not allow

@@ -3,7 +3,7 @@
 
 use caps::CapSet;
 use ns_core::stage::debug;
-use ns_core::state::ExecPlan;
+use ns_core::state::{ExecPlan, Runtime};
 use ns_core::sync::SyncSocket;
 use ns_core::{Context, Error, Result};
 
@@ -13,7 +13,13 @@ use crate::STAGE;
 
 /// Bounding set, identity, then the capability sets, in the only order the kernel allows:
 /// dropping from the bounding set and changing ids both need capabilities we give up last.
-pub fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) -> Result<()> {
+/// (`runtime`: whether a start fifo is waited on.)
+pub fn drop_privileges(
+    plan: &ExecPlan,
+    runtime: &Runtime,
+    user: &User,
+    sync: Option<&SyncSocket>,
+) -> Result<()> {
     let caps_err = |what: &str| {
         let what = what.to_string();
         move |e: caps::errors::CapsError| Error::setup(format!("cannot {what}: {e}"))
@@ -52,7 +58,7 @@ pub fn drop_privileges(plan: &ExecPlan, user: &User, sync: Option<&SyncSocket>) 
     if let Some(f) = plan
         .syscall_filter
         .as_ref()
-        .filter(|_| plan.start_fd.is_none() || !plan.no_new_privileges)
+        .filter(|_| runtime.start_fd.is_none() || !plan.no_new_privileges)
     {
         crate::seccomp::install(retain, f)?;
     }

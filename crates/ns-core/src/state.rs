@@ -25,6 +25,40 @@ pub struct State {
     pub mount: MountPlan,
     pub exec: ExecPlan,
     pub monitor: MonitorPlan,
+    /// Decided by the host at start (see [`Runtime`]): undecided in a plan.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// What only the host decides, at start, just before the fork (ns-run's monitor, `ns-oci
+/// create`): an id range reserved, cgroups made, a socket bound, a fifo opened. Written in
+/// one place, `ns_host::chain::Chain::start`, into the document the chain gets; a plan not
+/// started (`ns-run --print-state`, a stage used alone) has it undecided (`decided: false`,
+/// every field null), and the stages run it so: that document is the one they get, less
+/// these decisions.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Whether a host made these decisions (true in the document the chain starts with).
+    pub decided: bool,
+    /// The base of the -U id range the monitor reserved for `enter.userns` (which asks for
+    /// `pick` or a base). Read by the host only: the maps, the ownership, `rootidmap`.
+    pub userns_base: Option<u32>,
+    /// Read by ns-enter: the container's v1 cgroups (possibly none): the `payload` levels
+    /// that the monitor creates below every limit and the device policy while ns-enter
+    /// starts (ns-oci: the container's cgroups themselves): it waits until the host says
+    /// they are ready (`cgroups`, SYNC-0), then joins them first thing (through `tasks`).
+    /// None: no cgroups of its own, nothing to wait for.
+    pub cgroups: Option<Vec<PathBuf>>,
+    /// The monitor's notification socket (host path): ns-mount binds it on
+    /// /run/host/notify, ns-caps puts `NOTIFY_SOCKET=/run/host/notify` in the payload's
+    /// environment.
+    pub notify_socket: Option<PathBuf>,
+    /// Read by ns-caps. OCI create/start: an fd (O_PATH) of the runtime's start fifo. The
+    /// last stage closes the sync socket (the runtime's `create` returns: the container is
+    /// created), then blocks opening the fifo for writing until `start` opens it for
+    /// reading, and execs.
+    pub start_fd: Option<i32>,
 }
 
 /// Namespaces in the order they are created: user first, since it must own the others.
@@ -76,13 +110,6 @@ pub struct EnterPlan {
     pub netns_path: Option<PathBuf>,
     /// A user namespace, created first; the monitor writes its maps (SYNC-1).
     pub userns: Option<UserNs>,
-    /// The container's v1 cgroups (possibly none): the `payload` levels that the monitor
-    /// creates below every limit and the device policy while this stage starts (ns-oci: the
-    /// container's cgroups themselves): wait until it says they are ready (`cgroups`,
-    /// SYNC-0), then join them first thing (through `tasks`). None: no cgroups of its own,
-    /// nothing to wait for.
-    #[serde(default)]
-    pub cgroups: Option<Vec<PathBuf>>,
     /// Namespaces to join (setns) instead of creating them, before the others are created:
     /// an OCI container joining its pod's (`linux.namespaces[].path`).
     #[serde(default)]
@@ -112,7 +139,8 @@ pub struct UserNs {
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum IdBase {
-    /// Chosen by the monitor at start (`pick`, `-U`): a free 64K-aligned range.
+    /// Chosen by the monitor at start (`pick`, `-U`): a free 64K-aligned range, whose base
+    /// it records in `runtime.userns_base`.
     Pick,
     Fixed(u32),
 }
@@ -227,8 +255,6 @@ pub struct MountPlan {
     pub machine_id: Option<String>,
     /// `-b`: the cgroup file systems for the guest's init under /sys/fs/cgroup.
     pub cgroups: Option<CgroupMounts>,
-    /// The monitor's notification socket (host path), bound on /run/host/notify.
-    pub notify_socket: Option<PathBuf>,
     /// `--bind-user`: host users whose home and records appear in the container, each with
     /// one extra id mapping (the monitor maps them; ns-mount binds homes, writes records).
     pub bind_users: Vec<BoundUser>,
@@ -408,8 +434,6 @@ pub struct ExecPlan {
     pub console: bool,
     /// `-b`: exec the image's init (systemd, else /sbin/init) with `argv` as its arguments.
     pub boot: bool,
-    /// `NOTIFY_SOCKET=/run/host/notify` in the payload's environment.
-    pub notify: bool,
     /// `--rlimit=`, applied in order (the last one of a resource wins).
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,
@@ -435,11 +459,6 @@ pub struct ExecPlan {
     pub exact_env: bool,
     #[serde(default)]
     pub umask: Option<u32>,
-    /// OCI create/start: an fd (O_PATH) of the runtime's start fifo. The last stage closes
-    /// the sync socket (the runtime's `create` returns: the container is created), then
-    /// blocks opening the fifo for writing until `start` opens it for reading, and execs.
-    #[serde(default)]
-    pub start_fd: Option<i32>,
     /// OCI `process.capabilities`: the effective, permitted and inheritable sets as given
     /// (`capabilities` is then the bounding set), instead of nspawn's rule (all of the
     /// bounding set for root, the ambient set for others).
@@ -656,6 +675,7 @@ impl State {
             mount: Default::default(),
             exec,
             monitor: Default::default(),
+            runtime: Default::default(),
         }
     }
 
@@ -738,7 +758,6 @@ mod tests {
                     ownership: Ownership::Map,
                     rootless: false,
                 }),
-                cgroups: Some(vec!["/sys/fs/cgroup/pids/ns-run-m-1".into()]),
                 join: vec![],
             },
             net: NetPlan::default(),
@@ -764,6 +783,11 @@ mod tests {
             },
             exec: ExecPlan::default(),
             monitor: MonitorPlan::default(),
+            runtime: Runtime {
+                decided: true,
+                cgroups: Some(vec!["/sys/fs/cgroup/pids/ns-run-m-1".into()]),
+                ..Default::default()
+            },
         }
     }
 

@@ -1,11 +1,11 @@
 //! ns-enter: create the container's namespaces and start its PID 1.
 //!
-//! Reads `enter` of the state (or its flags). Creates the namespaces in one unshare, sets the
+//! Reads `enter` of the state (or its flags), and the v1 cgroups to join from its `runtime`. Creates the namespaces in one unshare, sets the
 //! hostname, brings `lo` up in a new network namespace, then forks: the child is PID 1 of the
 //! new PID namespace and execs the rest of the chain.
 //!
-//! Under a monitor (`--sync-fd`), it first waits for the container's cgroups when the state
-//! names them (SYNC-0) and joins the v1 ones; the child is cloned with CLONE_PARENT so that it
+//! Under a monitor (`--sync-fd`), it first waits for the container's cgroups when the state's
+//! `runtime` names them (SYNC-0) and joins the v1 ones; the child is cloned with CLONE_PARENT so that it
 //! is the monitor's own child; ns-enter reports its pid (SYNC-2) and exits. Alone, ns-enter stays as
 //! a minimal monitor: it waits for the child, kills it on SIGTERM/SIGINT/SIGHUP, and exits
 //! with its status (128+N for a signal).
@@ -103,7 +103,6 @@ impl Args {
             hostname: self.hostname.clone(),
             netns_path: self.netns.as_ref().map(std::path::PathBuf::from),
             userns: None,
-            cgroups: None,
             join: Vec::new(),
         }
     }

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use nix::sys::signal::{kill, Signal};
 use ns_core::exec::{chain_stages, exec_next, next_program, StageFds};
 use ns_core::stage::{adopt_sync, debug, parse_args, run};
-use ns_core::state::{Namespace, State};
+use ns_core::state::{Namespace, Runtime, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{clone_parent, fork, loopback_up, Forked, SignalSet};
 use ns_core::{Context, Error, Result};
@@ -19,16 +19,19 @@ fn main() {
     run(STAGE, || {
         let args: Args = parse_args(STAGE, &ns_core::exec::args_utf8()?);
         let sync = adopt_sync(args.sync_fd)?;
-        let plan = match args.state_fd {
-            Some(fd) => State::from_state_fd(fd)?.enter,
-            None => args.to_plan(),
+        let (plan, runtime) = match args.state_fd {
+            Some(fd) => {
+                let state = State::from_state_fd(fd)?;
+                (state.enter, state.runtime)
+            }
+            None => (args.to_plan(), Runtime::default()),
         };
         let rest = next_program(&args.rest, args.state_fd, args.sync_fd, "ns-mount")?;
         // Stage binaries are opened now, before any namespace or root change.
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
 
-        if let Some(cgroups) = &plan.cgroups {
+        if let Some(cgroups) = &runtime.cgroups {
             // SYNC-0: the monitor made our v1 cgroups while we started; join them while we
             // are still in the host's namespaces.
             let s = sync

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
-use ns_core::state::{BoundUser, IdBase, Idmap, MountOp, Ownership, Source, State, UserNs};
+use ns_core::state::{
+    BoundUser, IdBase, Idmap, MountOp, Ownership, Runtime, Source, State, UserNs,
+};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, fork_into_cgroup, Forked, SignalSet};
 use ns_core::{Context, Error, Result};
@@ -86,16 +88,17 @@ pub enum Maps<'a> {
 }
 
 impl<'a> Maps<'a> {
-    /// The maps `u` asks for, with `bound` users mapped through.
-    pub fn of(u: &UserNs, bound: &'a [BoundUser]) -> Result<Maps<'a>> {
-        match (u.rootless, u.base) {
+    /// The maps `u` asks for, in the range reserved at `base` (`Runtime::userns_base`), with
+    /// `bound` users mapped through.
+    pub fn of(u: &UserNs, base: Option<u32>, bound: &'a [BoundUser]) -> Result<Maps<'a>> {
+        match (u.rootless, base) {
             (true, _) => Ok(Maps::Rootless),
-            (false, IdBase::Fixed(base)) => Ok(Maps::Range {
+            (false, Some(base)) => Ok(Maps::Range {
                 base,
                 count: u.count,
                 bound,
             }),
-            (false, IdBase::Pick) => Err(Error::setup("id range not reserved".into())),
+            (false, None) => Err(Error::setup("id range not reserved".into())),
         }
     }
 
@@ -114,18 +117,27 @@ impl<'a> Maps<'a> {
 }
 
 impl Chain {
-    /// Fork and exec ns-enter (from `fds`, which are closed here once it runs) with `state`
-    /// and the chain's end of the sync socket; the child goes straight into `cgroup2` when
-    /// given (no cgroup.procs write) and takes `mask` as its signal mask when given. `who`
-    /// prefixes the child's error line when the exec fails.
+    /// Fork and exec ns-enter (from `fds`, which are closed here once it runs) with the
+    /// plan `state` and what the host decided at start (`runtime`: the one place it enters
+    /// the document) and the chain's end of the sync socket; the child goes straight into
+    /// `cgroup2` when given (no cgroup.procs write) and takes `mask` as its signal mask when
+    /// given. `who` prefixes the child's error line when the exec fails.
     pub fn start(
         who: &str,
         state: &State,
+        runtime: Runtime,
         fds: StageFds,
         cgroup2: Option<BorrowedFd<'_>>,
         mask: Option<&SignalSet>,
     ) -> Result<Chain> {
-        let state_fd = state.to_sealed_memfd()?;
+        let document = State {
+            runtime: Runtime {
+                decided: true,
+                ..runtime
+            },
+            ..state.clone()
+        };
+        let state_fd = document.to_sealed_memfd()?;
         let (sync, chain_end) = SyncSocket::pair()?;
         let forked = match cgroup2 {
             Some(dir) => fork_into_cgroup(dir)
@@ -212,12 +224,12 @@ impl Chain {
 
     /// SYNC-5 answered: the source of user mount `op` of `ops` (only a bind the plan marked
     /// idmapped), idmapped through PID 1's user namespace, or for `rootidmap` through one
-    /// that maps its owner to container root (`userns`'s base).
+    /// that maps its owner to container root (the id range's reserved `base`).
     pub fn idmap_bind(
         &self,
         op: usize,
         ops: &[MountOp],
-        userns: Option<&UserNs>,
+        base: Option<u32>,
         pid1: Option<Pid>,
     ) -> Result<()> {
         let (path, recursive, idmap) = match ops.get(op) {
@@ -235,7 +247,7 @@ impl Chain {
                 use std::os::unix::fs::MetadataExt;
                 let md =
                     std::fs::metadata(path).ctx(|| format!("cannot bind {}", path.display()))?;
-                let Some(IdBase::Fixed(base)) = userns.map(|u| u.base) else {
+                let Some(base) = base else {
                     return Err(Error::setup("rootidmap needs a user namespace".into()));
                 };
                 crate::userns::mapping_userns(md.uid(), md.gid(), base)?

@@ -1,12 +1,12 @@
 //! ns-mount: build the container's root and pivot into it.
 //!
-//! Reads `mount` of the state (or its flags). In order: cut mount propagation to the host
-//! (rslave /), mount a private scratch tmpfs (temporary sources, overlay uppers, inaccessible
-//! nodes: all gone with the mount namespace), assemble the root (the directory, an overlay
-//! for `-x`, or a volatile tmpfs), `--pivot-root`, mount the API file systems (/proc with
-//! nspawn's read-only sub-paths, /sys read-only, a minimal /dev, /run, /tmp), /etc/resolv.conf
-//! and /etc/localtime, the user mounts in command-line order, make the root read-only if
-//! asked, pivot_root into it and detach the old root, then exec the next program.
+//! Reads `mount` of the state (or its flags), and the notify socket from its `runtime`. In order:
+//! cut mount propagation to the host (rslave /), mount a private scratch tmpfs (temporary sources,
+//! overlay uppers, inaccessible nodes: all gone with the mount namespace), assemble the root (the
+//! directory, an overlay for `-x`, or a volatile tmpfs), `--pivot-root`, mount the API file systems
+//! (/proc with nspawn's read-only sub-paths, /sys read-only, a minimal /dev, /run, /tmp),
+//! /etc/resolv.conf and /etc/localtime, the user mounts in command-line order, make the root
+//! read-only if asked, pivot_root into it and detach the old root, then exec the next program.
 //!
 //! Mount points it has to create in the image are announced on the sync socket first
 //! (`created`), so that the monitor removes them after the container is gone.
@@ -177,7 +177,6 @@ pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
         run_host: ns_core::state::RunHost::default(),
         machine_id: None,
         cgroups: None,
-        notify_socket: None,
         resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
         timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
     })

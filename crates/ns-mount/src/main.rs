@@ -3,7 +3,7 @@
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, next_program, StageFds};
 use ns_core::stage::{adopt_sync, debug, parse_matches, run};
-use ns_core::state::State;
+use ns_core::state::{Runtime, State};
 use ns_mount::Args;
 
 const STAGE: &str = "ns-mount";
@@ -14,9 +14,12 @@ fn main() {
         let (args, matches): (Args, _) = parse_matches(STAGE, &argv);
         // Kept open (not dropped) for ns-caps, the next stage.
         let sync = adopt_sync(args.sync_fd)?;
-        let plan = match args.state_fd {
-            Some(fd) => State::from_state_fd(fd)?.mount,
-            None => args.to_plan(&matches)?,
+        let (plan, runtime) = match args.state_fd {
+            Some(fd) => {
+                let state = State::from_state_fd(fd)?;
+                (state.mount, state.runtime)
+            }
+            None => (args.to_plan(&matches)?, Runtime::default()),
         };
         let rest = next_program(&args.rest, args.state_fd, args.sync_fd, "ns-caps")?;
         // Open the stages still to come while our binaries are reachable.
@@ -40,7 +43,7 @@ fn main() {
             }
             None => None,
         };
-        ns_mount::setup::build_root(&plan, sync.as_ref(), root_fd)?;
+        ns_mount::setup::build_root(&plan, &runtime, sync.as_ref(), root_fd)?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         Err(exec_next(&rest, &fds))
     })

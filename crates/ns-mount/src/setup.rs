@@ -22,9 +22,11 @@ pub enum Kind {
     File,
 }
 
-/// Build the whole root and pivot into it. On return the process's root is the container.
+/// Build the whole root and pivot into it (with what the host decided at start:
+/// `runtime`). On return the process's root is the container.
 pub fn build_root(
     plan: &MountPlan,
+    runtime: &ns_core::state::Runtime,
     sync: Option<&ns_core::sync::SyncSocket>,
     root_fd: Option<OwnedFd>,
 ) -> Result<()> {
@@ -74,7 +76,7 @@ pub fn build_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     crate::ops::bind_users(&root, &plan.bind_users)?;
-    run_host(&root, &plan.run_host, plan.notify_socket.as_ref())?;
+    run_host(&root, &plan.run_host, runtime.notify_socket.as_ref())?;
     if let Some(id) = &plan.machine_id {
         transient_machine_id(&root, id)?;
     }

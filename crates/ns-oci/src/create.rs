@@ -16,7 +16,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use ns_core::exec::StageFds;
 use ns_core::stage::debug;
-use ns_core::state::{Ownership, State};
+use ns_core::state::{Ownership, Runtime, State};
 use ns_core::{Context, Error, Result};
 use ns_host::cgroups::Cgroup;
 use ns_host::chain::{Chain, Maps, Report};
@@ -184,7 +184,7 @@ pub fn create(g: &Global, r: &Request) -> Result<()> {
         ));
     }
     hooks::check(b.spec.hooks())?;
-    let mut state = state_of(&b, r.id, terminal)?;
+    let state = state_of(&b, r.id, terminal)?;
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(Error::setup(format!("container {} already exists", r.id)))
@@ -202,7 +202,7 @@ pub fn create(g: &Global, r: &Request) -> Result<()> {
         pids: Vec::new(),
         created: Vec::new(),
     };
-    let made = run_chain(g, r, &b, &dir, &mut state, &mut undo).and_then(|saved| {
+    let made = run_chain(g, r, &b, &dir, &state, &mut undo).and_then(|saved| {
         container::save(&dir, &saved)?;
         match r.pid_file {
             Some(p) => write_pid_file(p, saved.pid),
@@ -228,7 +228,7 @@ fn run_chain(
     r: &Request,
     b: &oci::Bundle,
     dir: &Path,
-    state: &mut State,
+    state: &State,
     undo: &mut Undo,
 ) -> Result<Saved> {
     // Sealed copies: a created container's PID 1 (ns-caps, waiting for start) is seen by
@@ -240,14 +240,21 @@ fn run_chain(
     // what a killed `create` made: written again as cgroups and the process appear.
     let mut saved = first_record(r, b, state);
     container::save(dir, &saved)?;
-    own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
+    // What only the host decides at start: the cgroups to join, the start fifo.
+    let cgroups = own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
     let fifo_fd = start_fifo(dir)?;
-    state.exec.start_fd = Some(fifo_fd.as_raw_fd());
+    let runtime = Runtime {
+        cgroups,
+        start_fd: Some(fifo_fd.as_raw_fd()),
+        ..Default::default()
+    };
+    let joined = runtime.cgroups.is_some();
     let v2_dir = ns_host::cgroups::v2_dir(&undo.cgroups)?;
-    let chain = Chain::start(STAGE, state, fds, v2_dir.as_ref().map(|d| d.as_fd()), None)?;
+    let v2_dir = v2_dir.as_ref().map(|d| d.as_fd());
+    let chain = Chain::start(STAGE, state, runtime, fds, v2_dir, None)?;
     undo.pids.push(chain.enter);
     drop(fifo_fd);
-    if state.enter.cgroups.is_some() {
+    if joined {
         chain.cgroups_ready()?; // SYNC-0: made before the fork
     }
     let mut c = Creating {
@@ -293,19 +300,20 @@ fn first_record(r: &Request, b: &oci::Bundle, state: &State) -> Saved {
 }
 
 /// Cgroups: only root has any to give (rootless containers live in their caller's). Made
-/// and recorded, with the resources written, before the fork.
+/// and recorded, with the resources written, before the fork; returns the v1 ones ns-enter
+/// joins (None: no cgroups).
 fn own_cgroups(
     g: &Global,
     r: &Request,
     b: &oci::Bundle,
     dir: &Path,
-    state: &mut State,
+    state: &State,
     saved: &mut Saved,
     undo: &mut Undo,
-) -> Result<()> {
+) -> Result<Option<Vec<PathBuf>>> {
     if !nix::unistd::geteuid().is_root() || g.rootless() {
         if state.monitor.properties.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         return Err(Error::setup(
             "linux.resources: a rootless container has no cgroup to limit".into(),
@@ -316,14 +324,13 @@ fn own_cgroups(
     saved.cgroup_levels = undo.levels.clone();
     container::save(dir, saved)?;
     ns_host::resources::apply(&state.monitor.properties, &undo.cgroups)?;
-    state.enter.cgroups = Some(
+    Ok(Some(
         undo.cgroups
             .iter()
             .filter(|c| !c.v2)
             .map(|c| c.procs_dir())
             .collect(),
-    );
-    Ok(())
+    ))
 }
 
 /// The container's cgroups at cgroupsPath, in every hierarchy (recorded in `undo`).

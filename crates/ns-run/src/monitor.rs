@@ -12,7 +12,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use ns_core::exec::StageFds;
 use ns_core::stage::{debug, exit_code_of};
-use ns_core::state::{IdBase, Namespace, Ownership, RootMode, State};
+use ns_core::state::{IdBase, Namespace, Ownership, RootMode, Runtime, State};
 use ns_host::cgroups::{Cgroup, Hierarchy};
 use ns_host::chain::{Chain, Maps, Report};
 use ns_host::registry::{Machine, Registration};
@@ -44,19 +44,11 @@ pub fn run(state: &State) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let mut state = state.clone();
-    let decided = decide(&mut state)?;
-    let state = &state;
-    if let Some(u) = state
-        .enter
-        .userns
-        .as_ref()
-        .filter(|u| u.ownership == Ownership::Chown)
-    {
+    let decided = decide(state)?;
+    let chown = state.enter.userns.as_ref().map(|u| u.ownership) == Some(Ownership::Chown);
+    if let (true, Some(base)) = (chown, decided.runtime.userns_base) {
         // `chown` ownership: shift the tree into the range now (under the image lock).
-        if let IdBase::Fixed(base) = u.base {
-            ns_host::userns::shift_tree(&state.mount.root, base)?;
-        }
+        ns_host::userns::shift_tree(&state.mount.root, base)?;
     }
     // Anything failing from here to the fork removes what was made.
     let mut cleanup = journal::Cleanup::new(&state.mount.root);
@@ -80,7 +72,9 @@ pub fn run(state: &State) -> Result<i32> {
         }
     };
     ns_core::sys::trim_heap();
-    let mut monitor = Monitor::new(state, chain, cleanup, held, decided.notify, &cgroups);
+    let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups);
+    monitor.userns_base = decided.runtime.userns_base;
+    monitor.notify = decided.notify;
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
@@ -149,6 +143,8 @@ fn stage_fds(state: &State) -> Result<StageFds> {
 
 /// What the host decided at start, and holds while the container runs.
 struct Decided {
+    /// The decisions the chain gets (the state's runtime section).
+    runtime: Runtime,
     /// The id range reserved under -U (held until we exit).
     range: Option<ns_host::userns::RangeLock>,
     /// The guest's notify socket (booted, or --notify-ready).
@@ -159,22 +155,24 @@ struct Decided {
     cgroup_name: String,
 }
 
-/// The decisions only the host makes at start, written into the state the stages get.
-fn decide(state: &mut State) -> Result<Decided> {
-    // -U: reserve the id range and put the chosen base in the state.
-    let range = match &mut state.enter.userns {
+/// The decisions only the host makes at start (the state's runtime section, which
+/// `Chain::start` writes into the document the chain gets), and what holds them.
+fn decide(state: &State) -> Result<Decided> {
+    let mut runtime = Runtime::default();
+    // -U: reserve the id range (held until we exit).
+    let range = match &state.enter.userns {
         Some(u) if !u.rootless => {
             let r = ns_host::userns::reserve(u.base, u.count, &state.machine)?;
-            u.base = IdBase::Fixed(r.base);
+            runtime.userns_base = Some(r.base);
             Some(r)
         }
         _ => None,
     };
-    // The guest's init reports readiness on /run/host/notify (booted, or --notify-ready).
+    // The guest's init reports readiness on /run/host/notify (booted, or --notify-ready),
+    // a socket owned by container root (the range's base under -U).
     let notify = if state.monitor.boot || state.monitor.notify_ready {
-        let n = notify::NotifySocket::bind(container_root(state))?;
-        state.mount.notify_socket = Some(n.path.clone());
-        state.exec.notify = true;
+        let n = notify::NotifySocket::bind(runtime.userns_base)?;
+        runtime.notify_socket = Some(n.path.clone());
         Some(n)
     } else {
         None
@@ -193,7 +191,7 @@ fn decide(state: &mut State) -> Result<Decided> {
         Vec::new()
     };
     if want_cgroups {
-        state.enter.cgroups = Some(ns_host::cgroups::planned(
+        runtime.cgroups = Some(ns_host::cgroups::planned(
             &hierarchies,
             &cgroup_name,
             state.monitor.slice.as_deref(),
@@ -201,6 +199,7 @@ fn decide(state: &mut State) -> Result<Decided> {
         ));
     }
     Ok(Decided {
+        runtime,
         range,
         notify,
         hierarchies,
@@ -237,7 +236,7 @@ impl<'a> CgroupMaker<'a> {
         ns_host::cgroups::create_payloads(
             cgroups,
             self.state.mount.cgroups.as_ref().map(|c| c.layout),
-            container_root(self.state),
+            self.decided.runtime.userns_base,
         )
     }
 
@@ -289,6 +288,7 @@ fn start_chain(
     let chain = Chain::start(
         STAGE,
         state,
+        cg.decided.runtime.clone(),
         fds,
         v2_dir.as_ref().map(|d| d.as_fd()),
         Some(&old),
@@ -351,6 +351,8 @@ struct Monitor<'a> {
     held_namespaces: Vec<File>,
     /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-1).
     root_clone: Option<OwnedFd>,
+    /// The -U id range's base, reserved at start.
+    userns_base: Option<u32>,
 }
 
 /// What a poll found ready.
@@ -366,7 +368,6 @@ impl<'a> Monitor<'a> {
         chain: Chain,
         cleanup: journal::Cleanup,
         held: Held,
-        notify: Option<notify::NotifySocket>,
         cgroups: &[Cgroup],
     ) -> Monitor<'a> {
         // Cloned now, while ns-enter execs on the other CPU.
@@ -384,12 +385,13 @@ impl<'a> Monitor<'a> {
             netns: None,
             net_failed: false,
             ports_installed: false,
-            notify,
+            notify: None,
             console: None,
             held,
             machine: machine_entry(state, cgroups),
             held_namespaces: Vec::new(),
             root_clone,
+            userns_base: None,
         }
     }
 
@@ -610,7 +612,7 @@ impl<'a> Monitor<'a> {
                 // SYNC-1: ns-enter's user namespace exists.
                 let u = state.enter.userns.as_ref();
                 let u = u.ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
-                let maps = Maps::of(u, &state.mount.bind_users)?;
+                let maps = Maps::of(u, self.userns_base, &state.mount.bind_users)?;
                 // The image as an idmapped mount, for ns-mount (via ns-enter).
                 let root = ns_host::chain::idmapped_root(Some(u))
                     .then(|| (state.mount.root.as_path(), self.root_clone.take()));
@@ -618,8 +620,15 @@ impl<'a> Monitor<'a> {
             }
             Some(Report::NeedIdmap { op }) => {
                 // SYNC-5 for a bind: only what the plan says may be idmapped.
-                let u = state.enter.userns.as_ref();
-                self.chain.idmap_bind(op, &state.mount.ops, u, self.pid1)?;
+                // `rootidmap` maps the source's owner to container root: the range's base,
+                // or (rootless) our own uid, the plan's.
+                let planned = match state.enter.userns.as_ref().map(|u| u.base) {
+                    Some(IdBase::Fixed(b)) => Some(b),
+                    _ => None,
+                };
+                let base = self.userns_base.or(planned);
+                self.chain
+                    .idmap_bind(op, &state.mount.ops, base, self.pid1)?;
             }
             Some(Report::Waiting) => {
                 return Err(Error::setup("unexpected Waiting from the chain".into()))
@@ -794,17 +803,5 @@ fn helper(job: impl FnOnce() -> Result<()>) -> Result<bool> {
                 }
             }
         },
-    }
-}
-
-/// Container root's host uid (and gid) when it is not ours: the range's base under -U, once
-/// reserved. None without -U, and rootless (where container root is us).
-fn container_root(state: &State) -> Option<u32> {
-    match &state.enter.userns {
-        Some(u) if !u.rootless => match u.base {
-            IdBase::Fixed(b) => Some(b),
-            _ => None,
-        },
-        _ => None,
     }
 }

@@ -422,7 +422,6 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             hostname: Some(hostname),
             netns_path,
             userns,
-            cgroups: None, // named by the monitor
             join: Vec::new(),
         },
         net,
@@ -441,6 +440,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             slice,
             register,
         },
+        runtime: Default::default(), // decided by the host at start
     })
 }
 
