@@ -1,6 +1,6 @@
-//! Shared by the ns-* stages: the state document, the sync protocol, the stage runner and
-//! exec helpers. Stage logic lives in the stages; the only `unsafe` code of the toolkit is in
-//! [`sys`].
+//! Shared by the ns-* stages: the state document, the sync protocol, the stage runner, the reap
+//! loop and exec helpers. Stage logic lives in the stages; the only `unsafe` code of the toolkit
+//! is in [`sys`].
 
 pub mod console;
 pub mod cpus;

@@ -809,6 +809,17 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_has_its_runtime_undecided() {
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v.as_object_mut().unwrap().remove("runtime");
+        let s = State::from_json(v.to_string().as_bytes()).unwrap();
+        assert_eq!(s.runtime, Runtime::default());
+        let printed = serde_json::to_value(&s).unwrap();
+        assert_eq!(printed["runtime"]["decided"], false);
+        assert!(printed["runtime"]["cgroups"].is_null());
+    }
+
+    #[test]
     fn rejects_unknown_fields() {
         let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
         v["bogus"] = 1.into();

@@ -278,3 +278,59 @@ pub fn clone_mount(path: &Path, recursive: bool) -> Result<OwnedFd> {
 pub fn idmapped_root(u: Option<&UserNs>) -> bool {
     u.is_some_and(|u| u.ownership == Ownership::Map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn userns(rootless: bool, base: IdBase) -> UserNs {
+        UserNs {
+            base,
+            count: 65536,
+            ownership: Ownership::Off,
+            rootless,
+        }
+    }
+
+    #[test]
+    fn maps_follow_the_reserved_range() {
+        let u = userns(false, IdBase::Pick);
+        assert!(matches!(
+            Maps::of(&u, Some(524288), &[]).unwrap(),
+            Maps::Range {
+                base: 524288,
+                count: 65536,
+                ..
+            }
+        ));
+        assert_eq!(
+            Maps::of(&u, None, &[]).err().unwrap().msg,
+            "id range not reserved"
+        );
+        let rootless = userns(true, IdBase::Fixed(1000));
+        assert!(matches!(
+            Maps::of(&rootless, None, &[]).unwrap(),
+            Maps::Rootless
+        ));
+        // ns-oci: the range as given, rootless or not.
+        assert!(matches!(
+            Maps::given(&rootless).unwrap(),
+            Maps::Range { base: 1000, .. }
+        ));
+        assert!(Maps::given(&u).is_err());
+    }
+
+    #[test]
+    fn reports_refuse_what_only_the_host_sends() {
+        for m in [Msg::Go, Msg::Mapped, Msg::Root, Msg::Cgroups] {
+            let e = Report::of(m.clone(), None).unwrap_err();
+            assert_eq!(e.msg, format!("unexpected {m:?} from the chain"));
+        }
+        let e = Report::of(Msg::Console, None).unwrap_err();
+        assert_eq!(e.msg, "Console without its pty");
+        assert!(matches!(
+            Report::of(Msg::Pid(7), None).unwrap(),
+            Report::Pid(p) if p.as_raw() == 7
+        ));
+    }
+}
