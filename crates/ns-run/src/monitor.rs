@@ -72,9 +72,11 @@ pub fn run(state: &State) -> Result<i32> {
         }
     };
     ns_core::sys::trim_heap();
-    let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups);
-    monitor.userns_base = decided.runtime.userns_base;
-    monitor.notify = decided.notify;
+    let mut monitor = Monitor {
+        userns_base: decided.runtime.userns_base,
+        notify: decided.notify,
+        ..Monitor::new(state, chain, cleanup, held, &cgroups)
+    };
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
