@@ -18,7 +18,7 @@ pub fn exited<T>(mut on_exit: impl FnMut(WaitStatus, i32) -> Option<T>) -> Resul
     loop {
         let st = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
-            r => r.ctx(|| "cannot wait for children".into())?,
+            r => r.ctx(|| "cannot wait for the container".into())?,
         };
         if let Some(t) = exit_code_of(st).and_then(|code| on_exit(st, code)) {
             return Ok(Some(t));

@@ -3,6 +3,9 @@
 //! last stage marks it close-on-exec, so the monitor reads EOF exactly when the payload's exec
 //! succeeded.
 //!
+//! The host's half (fork, exec ns-enter, answer) is `ns_host::chain`, used by ns-run's monitor
+//! and `ns-oci create` alike.
+//!
 //! Sync points, numbered in the order they happen (grep for `SYNC-n` to find both halves):
 //!   SYNC-0  monitor → ns-enter   `Cgroups` the container's v1 cgroups, their limits and its
 //!           device policy are ready (root, v1 hierarchies only): ns-enter joins them first
