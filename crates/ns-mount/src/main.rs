@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, next_program, StageFds};
-use ns_core::stage::{adopt_sync, debug, parse_matches, run};
+use ns_core::stage::{adopt_sync, debug, parse_args, run};
 use ns_core::state::State;
 use ns_mount::Args;
 
@@ -11,12 +11,12 @@ const STAGE: &str = "ns-mount";
 fn main() {
     run(STAGE, || {
         let argv = args_utf8()?;
-        let (args, matches): (Args, _) = parse_matches(STAGE, &argv);
+        let args: Args = parse_args(STAGE, &argv);
         // Kept open (not dropped) for ns-caps, the next stage.
         let sync = adopt_sync(args.sync_fd)?;
         let plan = match args.state_fd {
             Some(fd) => State::from_state_fd(fd)?.mount,
-            None => args.to_plan(&matches)?,
+            None => args.to_plan()?,
         };
         let rest = next_program(&args.rest, args.state_fd, args.sync_fd, "ns-caps")?;
         // Open the stages still to come while our binaries are reachable.

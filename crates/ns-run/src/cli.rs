@@ -27,28 +27,18 @@ pub struct Cli {
     #[arg(long, value_name = "BOOLEAN")]
     pub settings: Option<String>,
 
-    // Image
-    /// Root directory for the container
-    #[arg(short = 'D', long, value_name = "PATH")]
-    pub directory: Option<String>,
+    // Image (and the mount options: ns-mount's, shared)
+    #[command(flatten)]
+    pub mount: ns_mount::MountArgs,
     /// Initialize root directory from template directory, if missing
     #[arg(long, value_name = "PATH")]
     pub template: Option<String>,
-    /// Run container with snapshot of root directory, and remove it after exit
-    #[arg(short = 'x', long)]
-    pub ephemeral: bool,
     /// Root file system disk image (or device node) for the container
     #[arg(short = 'i', long, value_name = "PATH")]
     pub image: Option<String>,
     /// OCI bundle directory
     #[arg(long, value_name = "PATH")]
     pub oci_bundle: Option<String>,
-    /// Mount the root directory read-only
-    #[arg(long)]
-    pub read_only: bool,
-    /// Run the system in volatile mode
-    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
-    pub volatile: Option<String>,
     /// Specify verity root hash for root disk image
     #[arg(long, value_name = "HASH")]
     pub root_hash: Option<String>,
@@ -58,26 +48,11 @@ pub struct Cli {
     /// Specify hash device for verity
     #[arg(long, value_name = "PATH")]
     pub verity_data: Option<String>,
-    /// Pivot root to given directory in the container
-    #[arg(long, value_name = "PATH[:PATH]")]
-    pub pivot_root: Option<String>,
 
-    // Execution
-    /// Maintain a stub init as PID1, invoke binary as PID2
-    #[arg(short = 'a', long)]
-    pub as_pid2: bool,
-    /// Boot up full system (i.e. invoke init)
-    #[arg(short = 'b', long)]
-    pub boot: bool,
-    /// Set working directory in the container
-    #[arg(long, value_name = "PATH")]
-    pub chdir: Option<String>,
-    /// Pass an environment variable to PID 1
-    #[arg(short = 'E', long, value_name = "NAME[=VALUE]")]
-    pub setenv: Vec<String>,
-    /// Run the command under specified user or UID
-    #[arg(short = 'u', long, value_name = "USER")]
-    pub user: Option<String>,
+    // Execution (and --uuid, the capability, system call filter and resource options:
+    // ns-caps's, shared)
+    #[command(flatten)]
+    pub exec: ns_caps::ExecArgs,
     /// Select signal to use for shutting down PID 1
     #[arg(long, value_name = "SIGNAL")]
     pub kill_signal: Option<String>,
@@ -95,9 +70,6 @@ pub struct Cli {
     /// Override the hostname for the container
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
-    /// Set a specific machine UUID for the container
-    #[arg(long, value_name = "UUID")]
-    pub uuid: Option<String>,
 
     // Properties
     /// Place the container in the specified slice
@@ -139,21 +111,6 @@ pub struct Cli {
     pub net: ns_net::NetArgs,
 
     // Security
-    /// In addition to the default, retain specified capability
-    #[arg(long, value_name = "CAP")]
-    pub capability: Vec<String>,
-    /// Drop the specified capability from the default set
-    #[arg(long, value_name = "CAP")]
-    pub drop_capability: Vec<String>,
-    /// Sets the specified capability for the started process
-    #[arg(long, value_name = "CAP")]
-    pub ambient_capability: Vec<String>,
-    /// Set PR_SET_NO_NEW_PRIVS flag for container payload
-    #[arg(long, value_name = "BOOLEAN")]
-    pub no_new_privileges: Option<String>,
-    /// Permit/prohibit specific system calls
-    #[arg(long, value_name = "LIST|~LIST")]
-    pub system_call_filter: Vec<String>,
     /// Set the SELinux security context to be used by processes in the container
     #[arg(short = 'Z', long, value_name = "SECLABEL")]
     pub selinux_context: Option<String>,
@@ -162,26 +119,8 @@ pub struct Cli {
     pub selinux_apifs_context: Option<String>,
 
     // Resources
-    /// Set a resource limit for the payload
-    #[arg(long, value_name = "NAME=LIMIT")]
-    pub rlimit: Vec<String>,
-    /// Adjust the OOM score value for the payload
-    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
-    pub oom_score_adjust: Option<String>,
-    /// Adjust the CPU affinity of the container
-    #[arg(long, value_name = "CPUS")]
-    pub cpu_affinity: Option<String>,
-    /// Pick personality for this container
-    #[arg(long, value_name = "ARCH")]
-    pub personality: Option<String>,
 
     // Integration
-    /// Select mode of /etc/resolv.conf initialization
-    #[arg(long, value_name = "MODE")]
-    pub resolv_conf: Option<String>,
-    /// Select mode of /etc/localtime initialization
-    #[arg(long, value_name = "MODE")]
-    pub timezone: Option<String>,
     /// Link up guest journal, one of no, auto, guest, host, try-guest, try-host
     #[arg(long, value_name = "MODE")]
     pub link_journal: Option<String>,
@@ -190,24 +129,6 @@ pub struct Cli {
     pub link_journal_try_guest: bool,
 
     // Mounts
-    /// Bind mount a file or directory from the host into the container
-    #[arg(long, value_name = "PATH[:PATH[:OPTIONS]]")]
-    pub bind: Vec<String>,
-    /// Similar, but creates a read-only bind mount
-    #[arg(long, value_name = "PATH[:PATH[:OPTIONS]]")]
-    pub bind_ro: Vec<String>,
-    /// Over-mount file node with inaccessible node to mask it
-    #[arg(long, value_name = "PATH")]
-    pub inaccessible: Vec<String>,
-    /// Mount an empty tmpfs to the specified directory
-    #[arg(long, value_name = "PATH:[OPTIONS]")]
-    pub tmpfs: Vec<String>,
-    /// Create an overlay mount from the host to the container
-    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
-    pub overlay: Vec<String>,
-    /// Similar, but creates a read-only overlay mount
-    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
-    pub overlay_ro: Vec<String>,
     /// Bind user from host to container
     #[arg(long, value_name = "NAME")]
     pub bind_user: Vec<String>,

@@ -127,11 +127,11 @@ pub fn hostname_cleanup(s: &str) -> String {
 }
 
 /// Build the state from the command line, checking everything that can be checked here.
-pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
+pub fn build(c: &Cli) -> Result<State> {
     if c.share_system {
         return Err(Error::setup("--share-system is no longer supported".into()));
     }
-    if c.boot && c.as_pid2 {
+    if c.exec.boot && c.exec.as_pid2 {
         return Err(Error::setup(
             "--boot and --as-pid2 may not be combined".into(),
         ));
@@ -157,7 +157,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     };
     let console = console(c)?;
 
-    let dir = match (&c.directory, &c.machine) {
+    let dir = match (&c.mount.directory, &c.machine) {
         (Some(d), _) => d.clone(),
         (None, Some(m)) => ns_core::paths::find_image(m)
             .ok_or_else(|| {
@@ -183,7 +183,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     // A joined namespace (--network-namespace-path) exists already and may be shared: it
     // gets none of what an own one does (CAP_NET_ADMIN, a writable /proc/sys/net).
     let private_network = c.private_network || net_opts.private();
-    if c.ephemeral && c.template.is_some() {
+    if c.mount.ephemeral && c.template.is_some() {
         return Err(Error::setup(
             "--ephemeral and --template= may not be combined".into(),
         ));
@@ -232,7 +232,9 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     if userns
         .as_ref()
         .is_some_and(|u| u.ownership == ns_core::state::Ownership::Chown)
-        && (c.ephemeral || c.read_only || c.volatile.as_deref().is_some_and(|v| !is_false(v)))
+        && (c.mount.ephemeral
+            || c.mount.read_only
+            || c.mount.volatile.as_deref().is_some_and(|v| !is_false(v)))
     {
         return Err(Error::invalid(
             "--private-users-ownership",
@@ -243,26 +245,21 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
     let idmapped_root = userns
         .as_ref()
         .is_some_and(|u| u.ownership == ns_core::state::Ownership::Map);
-    let mut mount = ns_mount::mount_plan(&ns_mount::MountOptions {
-        directory: from_template.map_or(&dir, |t| t),
-        read_only: c.read_only,
-        private_network,
-        ephemeral: c.ephemeral,
-        volatile: c.volatile.as_deref(),
-        pivot_root: c.pivot_root.as_deref(),
-        resolv_conf: c.resolv_conf.as_deref(),
-        timezone: c.timezone.as_deref(),
-        console: console != Console::Pipe,
-        idmapped_root,
-        userns: userns.is_some(),
-        // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
-        any_tree: c.oci_bundle.is_some(),
-        matches,
-    })
-    .map_err(|e| match from_template {
-        Some(_) => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
-        None => e,
-    })?;
+    let mut mount = c
+        .mount
+        .plan(&ns_mount::MountContext {
+            directory: from_template.map_or(&dir, |t| t),
+            private_network,
+            console: console != Console::Pipe,
+            idmapped_root,
+            userns: userns.is_some(),
+            // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
+            any_tree: c.oci_bundle.is_some(),
+        })
+        .map_err(|e| match from_template {
+            Some(_) => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
+            None => e,
+        })?;
     if from_template.is_some() {
         mount.root = std::path::absolute(&dir)
             .map_err(|e| Error::invalid("--directory", &dir, &e.to_string()))?;
@@ -297,7 +294,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             m
         }
     };
-    if c.ephemeral && c.machine.is_none() {
+    if c.mount.ephemeral && c.machine.is_none() {
         // nspawn names an ephemeral container NAME-<16 hex> (unless -M names it).
         let hex: String = ns_core::random_bytes::<8>()
             .iter()
@@ -346,48 +343,29 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         // Nor can it create device nodes that would need a policy (no CAP_MKNOD on the host).
         Vec::new()
     };
-    let no_new_privileges = match &c.no_new_privileges {
-        Some(v) => boolean("--no-new-privileges", v)?,
-        None => false,
-    };
-    let exec = ns_caps::exec_plan(&ns_caps::ExecOptions {
-        argv: &c.command,
-        user: c.user.as_deref(),
-        chdir: c.chdir.as_deref(),
-        setenv: &c.setenv,
-        uuid: c.uuid.as_deref(),
-        root: &root,
-        capability: &c.capability,
-        drop_capability: &c.drop_capability,
-        ambient_capability: &c.ambient_capability,
+    let exec = c.exec.plan(&ns_caps::ExecContext {
+        argv: c.command.clone(),
         private_network,
         userns: userns.is_some(),
-        boot: c.boot,
-        no_new_privileges,
-        as_pid2: c.as_pid2,
         console: console != Console::Pipe,
-        rlimit: &c.rlimit,
-        oom_score_adjust: c.oom_score_adjust.as_deref(),
-        cpu_affinity: c.cpu_affinity.as_deref(),
-        personality: c.personality.as_deref(),
-        system_call_filter: &c.system_call_filter,
         // nspawn's knob: SYSTEMD_SECCOMP=0 turns the filter off.
         seccomp: std::env::var("SYSTEMD_SECCOMP")
             .ok()
             .and_then(|v| ns_core::parse_boolean(&v))
             .unwrap_or(true),
+        ..c.exec.facts(&root)
     })?;
     // nspawn: a booted container is asked to power off (SIGRTMIN+3) unless told otherwise.
     let kill_signal = match c.kill_signal.as_deref() {
         Some(s) => Some(ns_core::parse_signal("--kill-signal", s)?),
-        None if c.boot => Some(libc::SIGRTMIN() + 3),
+        None if c.exec.boot => Some(libc::SIGRTMIN() + 3),
         None => None,
     };
     mount.run_host = ns_core::state::RunHost {
         manager: exec.container.clone(),
         uuid: exec.uuid.clone(),
     };
-    if c.boot {
+    if c.exec.boot {
         mount.machine_id = Some(exec.uuid.replace('-', ""));
         mount.cgroups = Some(ns_host::cgroups::plan(&ns_host::cgroups::hierarchies())?);
     }
@@ -432,7 +410,7 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             kill_signal,
             quiet: c.quiet || c.pipe,
             console,
-            boot: c.boot,
+            boot: c.exec.boot,
             notify_ready: match &c.notify_ready {
                 Some(v) => boolean("--notify-ready", v)?,
                 None => false,
@@ -576,14 +554,9 @@ mod tests {
         }
     }
 
-    fn cli(a: &[&str]) -> (Cli, clap::ArgMatches) {
-        use clap::{CommandFactory, FromArgMatches};
-        let argv: Vec<String> = std::iter::once("ns-run")
-            .chain(a.iter().copied())
-            .map(String::from)
-            .collect();
-        let m = Cli::command().try_get_matches_from(&argv).unwrap();
-        (Cli::from_arg_matches(&m).unwrap(), m)
+    fn cli(a: &[&str]) -> Cli {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("ns-run").chain(a.iter().copied())).unwrap()
     }
 
     fn usr_tree(name: &str) -> std::path::PathBuf {
@@ -596,7 +569,7 @@ mod tests {
     fn state_from_a_typical_command_line() {
         let d = usr_tree("My_Root.v2");
         let ds = d.to_str().unwrap();
-        let (c, argv) = cli(&[
+        let c = cli(&[
             "-D",
             ds,
             "--private-network",
@@ -607,7 +580,7 @@ mod tests {
             "-la",
             "--bind=/y",
         ]);
-        let s = build(&c, &argv).unwrap();
+        let s = build(&c).unwrap();
         assert_eq!(
             s.machine,
             format!("ns-run-plan-{}-MyRoot.v2", std::process::id())
@@ -664,8 +637,8 @@ mod tests {
         for (args, want) in cases {
             let mut a = vec!["-D", ds];
             a.extend_from_slice(args);
-            let (c, argv) = cli(&a);
-            let e = build(&c, &argv).unwrap_err();
+            let c = cli(&a);
+            let e = build(&c).unwrap_err();
             assert!(e.msg.starts_with(want), "{args:?}: {}", e.msg);
             assert_eq!(e.code, 125);
         }
@@ -675,7 +648,7 @@ mod tests {
     #[test]
     fn chain_quotes_and_carries_the_command() {
         let d = usr_tree("chain");
-        let (c, argv) = cli(&[
+        let c = cli(&[
             "-D",
             d.to_str().unwrap(),
             "-u",
@@ -684,7 +657,7 @@ mod tests {
             "-c",
             "echo 'hi there'",
         ]);
-        let s = build(&c, &argv).unwrap();
+        let s = build(&c).unwrap();
         let ch = chain(&s);
         assert!(
             ch.starts_with("ns-enter --mount --uts --ipc --cgroup --pid --hostname="),
@@ -699,8 +672,8 @@ mod tests {
     #[test]
     fn chain_names_what_only_the_monitor_does() {
         let d = usr_tree("chainu");
-        let (c, argv) = cli(&["-D", d.to_str().unwrap(), "-U", "true"]);
-        let ch = chain(&build(&c, &argv).unwrap());
+        let c = cli(&["-D", d.to_str().unwrap(), "-U", "true"]);
+        let ch = chain(&build(&c).unwrap());
         let note = ch.lines().nth(1).unwrap_or_default();
         assert!(
             note.starts_with("# not in this chain: ns-run reserves"),

@@ -333,14 +333,14 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
             None => return Ok(argv.to_vec()), // refused with its message by plan::build
         },
     };
-    let directory = match (&cli.directory, &cli.machine) {
+    let directory = match (&cli.mount.directory, &cli.machine) {
         (Some(d), _) => std::path::absolute(d).ok(),
         (None, Some(m)) => ns_core::paths::find_image(m),
         (None, None) => std::env::current_dir().ok(),
     };
     let machine = match (&cli.machine, &directory) {
         (Some(m), _) => m.clone(),
-        (None, _) if cli.ephemeral => return Ok(argv.to_vec()),
+        (None, _) if cli.mount.ephemeral => return Ok(argv.to_vec()),
         (None, Some(d)) => match d.file_name() {
             Some(b) => crate::plan::hostname_cleanup(&b.to_string_lossy()),
             None => return Ok(argv.to_vec()),
