@@ -230,11 +230,14 @@ impl UserMounts {
     }
 }
 
-/// What the mount plan takes besides its own flags: what other stages' options decided.
-#[derive(Debug, Default)]
+/// What the mount plan takes besides its own flags: what other stages' options decided,
+/// and the host's facts (probed before planning, so that planning reads nothing).
+#[derive(Debug)]
 pub struct MountContext<'a> {
     /// The directory the checks run against (`-D`, or what ns-run chose without it).
-    pub directory: &'a str,
+    pub tree: &'a RootFacts,
+    /// Where the scratch tmpfs goes ([`scratch::default_dir`]).
+    pub scratch: PathBuf,
     pub private_network: bool,
     /// The root is seen through an idmapped mount (user namespaces, ownership `map`).
     pub idmapped_root: bool,
@@ -261,7 +264,7 @@ impl MountArgs {
             }
             root_mode = RootMode::Overlay;
         }
-        let root = check_root(cx.directory, root_mode, !cx.any_tree)?;
+        let root = check_root(cx.tree, root_mode, !cx.any_tree)?;
         let ops = self.mounts.ops()?;
         if !cx.userns {
             check_no_idmap(&self.mounts.0, &ops)?;
@@ -278,7 +281,7 @@ impl MountArgs {
                 .map(spec::parse_pivot_root)
                 .transpose()?,
             ops,
-            scratch: scratch::default_dir()?,
+            scratch: cx.scratch.clone(),
             console: cx.console,
             resolv_conf: spec::parse_resolv_conf(
                 self.resolv_conf.as_deref().unwrap_or("auto"),
@@ -316,20 +319,65 @@ impl Args {
             .as_deref()
             .ok_or_else(|| Error::setup("-D/--directory is required".into()))?;
         self.mount.plan(&MountContext {
-            directory: dir,
+            tree: &RootFacts::probe(dir, self.mount.volatile.is_some()),
+            scratch: scratch::default_dir()?,
             private_network: self.private_network,
             console: self.console,
-            ..Default::default()
+            idmapped_root: false,
+            userns: false,
+            any_tree: false,
         })
     }
 }
 
-/// Resolve and check a root directory as nspawn does: it must exist and be a directory
-/// holding /usr (with `os_tree`); the host's root only for modes that never write to it;
+/// What planning needs to know of a root directory, probed before planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFacts {
+    /// The directory as given (errors name it).
+    pub given: String,
+    /// Its canonical path, or why there is none.
+    pub canonical: Result<PathBuf>,
+    /// It holds a /usr directory.
+    pub has_usr: bool,
+    /// The first of /bin, /sbin, /lib, /lib64 that is there and not a symlink (probed only
+    /// when asked: `--volatile=yes` needs a merged /usr).
+    pub unmerged: Option<&'static str>,
+}
+
+impl RootFacts {
+    /// Probe `dir` (`merged`: also look for an unmerged /usr).
+    pub fn probe(dir: &str, merged: bool) -> Self {
+        let canonical = std::fs::canonicalize(dir)
+            .map_err(|e| Error::invalid("--directory", dir, &ns_core::error::io_desc(&e)));
+        let (has_usr, unmerged) = match &canonical {
+            Ok(p) => (
+                p.join("usr").is_dir(),
+                merged
+                    .then(|| {
+                        ["bin", "sbin", "lib", "lib64"].into_iter().find(|d| {
+                            std::fs::symlink_metadata(p.join(d))
+                                .is_ok_and(|m| !m.file_type().is_symlink())
+                        })
+                    })
+                    .flatten(),
+            ),
+            Err(_) => (false, None),
+        };
+        RootFacts {
+            given: dir.to_string(),
+            canonical,
+            has_usr,
+            unmerged,
+        }
+    }
+}
+
+/// Check a root directory as nspawn does: it must exist and be a directory holding /usr
+/// (with `os_tree`); the host's root only for modes that never write to it;
 /// `--volatile=yes` only for a merged-/usr tree.
-pub fn check_root(dir: &str, mode: RootMode, os_tree: bool) -> Result<PathBuf> {
-    let p = std::fs::canonicalize(dir)
-        .map_err(|e| Error::invalid("--directory", dir, &ns_core::error::io_desc(&e)))?;
+pub fn check_root(tree: &RootFacts, mode: RootMode, os_tree: bool) -> Result<PathBuf> {
+    let dir = &tree.given;
+    let p = tree.canonical.clone()?;
     if p == Path::new("/") && mode == RootMode::Directory {
         return Err(Error::invalid(
             "--directory",
@@ -337,24 +385,19 @@ pub fn check_root(dir: &str, mode: RootMode, os_tree: bool) -> Result<PathBuf> {
             "spawning a container on the root directory is not supported (use --ephemeral, --volatile=yes or --volatile=state)",
         ));
     }
-    if os_tree && !p.join("usr").is_dir() {
+    if os_tree && !tree.has_usr {
         return Err(Error::invalid(
             "--directory",
             dir,
             "does not look like an OS tree (/usr/ directory is missing)",
         ));
     }
-    if mode == RootMode::Volatile {
-        for d in ["bin", "sbin", "lib", "lib64"] {
-            let m = std::fs::symlink_metadata(p.join(d));
-            if m.is_ok_and(|m| !m.file_type().is_symlink()) {
-                return Err(Error::invalid(
-                    "--volatile",
-                    "yes",
-                    &format!("needs an image with /{d} merged into /usr (a symlink)"),
-                ));
-            }
-        }
+    if let (RootMode::Volatile, Some(d)) = (mode, tree.unmerged) {
+        return Err(Error::invalid(
+            "--volatile",
+            "yes",
+            &format!("needs an image with /{d} merged into /usr (a symlink)"),
+        ));
     }
     Ok(p)
 }
@@ -482,18 +525,30 @@ mod tests {
     #[test]
     fn root_checks() {
         let d = RootMode::Directory;
-        assert!(check_root("/", d, true)
+        let check = |dir: &str, mode| check_root(&RootFacts::probe(dir, false), mode, true);
+        assert!(check("/", d)
             .unwrap_err()
             .msg
             .contains("root directory is not supported"));
-        assert!(check_root("/", RootMode::Overlay, true).is_ok());
-        assert!(check_root("/nonexistent/dir", d, true)
+        assert!(check("/", RootMode::Overlay).is_ok());
+        assert!(check("/nonexistent/dir", d)
             .unwrap_err()
             .msg
             .contains("No such file"));
-        assert!(check_root("/etc", d, true)
+        assert!(check("/etc", d)
             .unwrap_err()
             .msg
             .contains("/usr/ directory is missing"));
+        let unmerged = RootFacts {
+            given: "/img".into(),
+            canonical: Ok("/img".into()),
+            has_usr: true,
+            unmerged: Some("lib"),
+        };
+        assert!(check_root(&unmerged, RootMode::Volatile, true)
+            .unwrap_err()
+            .msg
+            .contains("/lib merged into /usr"));
+        assert!(check_root(&unmerged, RootMode::State, true).is_ok());
     }
 }

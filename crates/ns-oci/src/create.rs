@@ -105,8 +105,12 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     argv.extend(oci::argv_of(b));
     ns_run::cli::reject_unknown_options(&argv)?;
     let cli: ns_run::cli::Cli = ns_core::stage::parse_args(STAGE, &argv);
-    let mut state = ns_run::plan::build(&cli)?;
-    oci::apply(b, &mut state, true)?;
+    let facts = ns_run::plan::HostFacts::gather(&cli);
+    let input = oci::OciInput {
+        bundle: b,
+        exact_env: true,
+    };
+    let mut state = ns_run::plan::build(&cli, &facts, Some(&input))?;
     // As runc (and crun, youki): no task limit that config.json does not set. The engine
     // that writes it decides (docker's --pids-limit, the kubelet's pod pids limit).
     state

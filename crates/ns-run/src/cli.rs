@@ -63,13 +63,12 @@ pub struct Cli {
     #[arg(long, value_name = "BOOLEAN")]
     pub suppress_sync: Option<String>,
 
-    // System identity
+    // System identity (and --hostname, --network-namespace-path: ns-enter's, shared)
+    #[command(flatten)]
+    pub enter: ns_enter::EnterArgs,
     /// Set the machine name for the container
     #[arg(short = 'M', long, value_name = "NAME")]
     pub machine: Option<String>,
-    /// Override the hostname for the container
-    #[arg(long, value_name = "NAME")]
-    pub hostname: Option<String>,
 
     // Properties
     /// Place the container in the specified slice
@@ -103,9 +102,6 @@ pub struct Cli {
     /// Disable network in container
     #[arg(long)]
     pub private_network: bool,
-    /// Set network namespace to the one represented by the specified kernel namespace file
-    #[arg(long, value_name = "PATH")]
-    pub network_namespace_path: Option<String>,
     /// -n, --network-bridge, --network-zone, ... (shared with ns-net)
     #[command(flatten)]
     pub net: ns_net::NetArgs,

@@ -40,10 +40,12 @@ fn main() {
             ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
             parse_args(STAGE, &merged)
         };
-        let mut state = plan::build(&cli)?;
-        if let Some(b) = &bundle {
-            oci::apply(b, &mut state, false)?;
-        }
+        let facts = plan::HostFacts::gather(&cli);
+        let oci = bundle.as_ref().map(|bundle| oci::OciInput {
+            bundle,
+            exact_env: false,
+        });
+        let state = plan::build(&cli, &facts, oci.as_ref())?;
         if cli.print_state {
             ns_core::outln!("{}", state.to_json_pretty());
             std::process::exit(0);

@@ -1,8 +1,8 @@
 //! OCI bundles (`--oci-bundle=DIR`, and the ns-oci runtime): config.json, read with the
 //! oci-spec crate, becomes nspawn options ([`options`], parsed by the same parser as a
 //! command line, so an option and its OCI field cannot drift apart) plus what no nspawn
-//! option can say ([`apply`]: the process exactly as given, joined namespaces, the seccomp
-//! profile, the cgroup resources).
+//! option can say ([`OciInput`], which the plan's section builders take: the process
+//! exactly as given, joined namespaces, the seccomp profile, the cgroup resources).
 //!
 //! The API file systems stay nspawn's: config.json's own /proc, /sys, /dev, /dev/pts,
 //! /dev/shm, /dev/mqueue, /run and /sys/fs/cgroup mounts are what ns-mount mounts anyway.
@@ -14,7 +14,9 @@ use oci_spec::runtime::{
     LinuxNamespaceType, LinuxResources, LinuxSeccomp, LinuxSeccompAction, Mount, Spec,
 };
 
-use ns_core::state::{FilterBase, Ids, JoinNs, Namespace, Property, Rlimit, State, SyscallFilter};
+use ns_core::state::{
+    EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit, SyscallFilter,
+};
 use ns_core::{Error, Result};
 
 /// A bundle directory and its parsed config.json.
@@ -247,18 +249,70 @@ pub fn argv_of(b: &Bundle) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// What no nspawn option says, applied to the state made from [`options`]: the process's
-/// identity, capabilities, limits and (with `exact_env`, as an OCI runtime gives it; else
-/// over nspawn's, as `--oci-bundle` does) environment; namespaces joined or not created; the
+/// A bundle as the plan takes it (what no nspawn option says): the process's identity,
+/// capabilities, limits and (with `exact_env`, as an OCI runtime gives it; else over
+/// nspawn's, as `--oci-bundle` does) environment; namespaces joined or not created; the
 /// seccomp profile; the resources as the cgroup's properties (device policy included; with
 /// nspawn's default task limit, which a pids limit overrides).
-pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
-    let s = &b.spec;
-    let linux = s.linux().clone().unwrap_or_default();
-    if let Some(p) = s.process() {
-        process_into(p, &mut state.exec, exact_env)?;
+pub struct OciInput<'a> {
+    pub bundle: &'a Bundle,
+    pub exact_env: bool,
+}
+
+impl OciInput<'_> {
+    fn linux(&self) -> oci_spec::runtime::Linux {
+        self.bundle.spec.linux().clone().unwrap_or_default()
     }
-    // Namespaces: exactly those listed; one with a path is joined.
+
+    /// The exec section from nspawn's options, `e`: the process as config.json gives it, and
+    /// its seccomp profile.
+    pub fn exec(&self, mut e: ExecPlan) -> Result<ExecPlan> {
+        if let Some(p) = self.bundle.spec.process() {
+            process_into(p, &mut e, self.exact_env)?;
+        }
+        e.syscall_filter = self.linux().seccomp().as_ref().map(seccomp).transpose()?;
+        Ok(e)
+    }
+
+    /// The enter section from nspawn's options, `enter`: exactly the namespaces listed (but
+    /// network and user, made from the options); one with a path is joined.
+    pub fn enter(&self, mut enter: EnterPlan) -> Result<EnterPlan> {
+        let (create, join) = namespaces(&self.linux())?;
+        let keep =
+            |n: &Namespace| matches!(n, Namespace::User | Namespace::Net) || create.contains(n);
+        enter.namespaces.retain(keep);
+        for n in create {
+            if !enter.namespaces.contains(&n) {
+                enter.namespaces.push(n);
+            }
+        }
+        enter.namespaces.sort();
+        enter.join = join;
+        if !enter.namespaces.contains(&Namespace::Uts) {
+            enter.hostname = None;
+        }
+        Ok(enter)
+    }
+
+    /// The cgroup properties from nspawn's, `props`: the resources replace them, but for its
+    /// task limit (nspawn's unit keeps it for a bundle too; ns-oci leaves that out, as runc).
+    pub fn properties(&self, mut props: Vec<Property>) -> Result<Vec<Property>> {
+        let linux = self.linux();
+        props.retain(|p| matches!(p, Property::DefaultTasksMax(_)));
+        if let Some(r) = linux.resources() {
+            props.extend(properties(r)?);
+        }
+        if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(unsupported("linux.sysctl"));
+        }
+        check_devices(&linux)?;
+        Ok(props)
+    }
+}
+
+/// The namespaces to create and those to join (network and user are left to the options:
+/// --private-network and its path, -U).
+fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<JoinNs>)> {
     let mut create = vec![Namespace::Mount];
     let mut join = Vec::new();
     for ns in linux.namespaces().clone().unwrap_or_default() {
@@ -268,7 +322,6 @@ pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
             LinuxNamespaceType::Ipc => Namespace::Ipc,
             LinuxNamespaceType::Pid => Namespace::Pid,
             LinuxNamespaceType::Cgroup => Namespace::Cgroup,
-            // Network and user: made from the options (--private-network and its path, -U).
             LinuxNamespaceType::Network | LinuxNamespaceType::User => continue,
             LinuxNamespaceType::Time => return Err(unsupported("linux.namespaces: time")),
         };
@@ -287,57 +340,31 @@ pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
             None => {}
         }
     }
-    let keep = |n: &Namespace| matches!(n, Namespace::User | Namespace::Net) || create.contains(n);
-    state.enter.namespaces.retain(keep);
-    for n in create {
-        if !state.enter.namespaces.contains(&n) {
-            state.enter.namespaces.push(n);
-        }
+    Ok((create, join))
+}
+
+/// ns-mount's /dev has null zero full random urandom tty ptmx: only those may be asked for.
+fn check_devices(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    const STANDARD: &[&str] = &[
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/ptmx",
+    ];
+    let devices = linux.devices().clone().unwrap_or_default();
+    match devices
+        .iter()
+        .find(|x| !STANDARD.iter().any(|s| Path::new(s) == x.path()))
+    {
+        Some(x) => Err(unsupported(&format!(
+            "linux.devices: {}",
+            x.path().display()
+        ))),
+        None => Ok(()),
     }
-    state.enter.namespaces.sort();
-    state.enter.join = join;
-    if !state.enter.namespaces.contains(&Namespace::Uts) {
-        state.enter.hostname = None;
-    }
-    if let Some(sc) = linux.seccomp() {
-        state.exec.syscall_filter = Some(seccomp(sc)?);
-    } else {
-        state.exec.syscall_filter = None;
-    }
-    // The resources replace nspawn's unit properties, but for its task limit (nspawn's
-    // unit keeps it for a bundle too); ns-oci leaves that out, as runc.
-    state
-        .monitor
-        .properties
-        .retain(|p| matches!(p, Property::DefaultTasksMax(_)));
-    if let Some(r) = linux.resources() {
-        state.monitor.properties.extend(properties(r)?);
-    }
-    if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(unsupported("linux.sysctl"));
-    }
-    if let Some(d) = linux.devices().as_ref().filter(|d| !d.is_empty()) {
-        // ns-mount's /dev has null zero full random urandom tty ptmx: those are fine.
-        const STANDARD: &[&str] = &[
-            "/dev/null",
-            "/dev/zero",
-            "/dev/full",
-            "/dev/random",
-            "/dev/urandom",
-            "/dev/tty",
-            "/dev/ptmx",
-        ];
-        if let Some(x) = d
-            .iter()
-            .find(|x| !STANDARD.iter().any(|s| Path::new(s) == x.path()))
-        {
-            return Err(unsupported(&format!(
-                "linux.devices: {}",
-                x.path().display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// An OCI process's identity, capabilities, limits and environment into `e` (with
