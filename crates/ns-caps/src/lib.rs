@@ -190,10 +190,7 @@ impl ExecArgs {
             .iter()
             .map(|e| identity::parse_setenv(e))
             .collect::<Result<Vec<_>>>()?;
-        let uuid = match &self.uuid {
-            Some(u) => identity::parse_uuid(u)?,
-            None => cx.machine_id.clone().unwrap_or_else(identity::random_uuid),
-        };
+        let uuid = self.uuid(cx)?;
         let (host_id, host_version_id) = cx.host_os_release.clone();
         let plan = self.limits_into(ExecPlan {
             argv: cx.argv.clone(),
@@ -216,6 +213,14 @@ impl ExecArgs {
             syscall_filter: self.syscall_filter(cx.seccomp)?,
             ..plan
         })
+    }
+
+    /// The container's uuid: `--uuid`, else the image's machine id, else a random one.
+    pub fn uuid(&self, cx: &ExecContext) -> Result<String> {
+        match &self.uuid {
+            Some(u) => identity::parse_uuid(u),
+            None => Ok(cx.machine_id.clone().unwrap_or_else(identity::random_uuid)),
+        }
     }
 
     /// The checks that need nothing but the options.

@@ -247,6 +247,15 @@ pub struct MountContext<'a> {
     pub console: bool,
     /// The root of an OCI bundle: any directory, not only an OS tree with /usr.
     pub any_tree: bool,
+    /// Where the tree will be, when not where it was checked (a template's copy).
+    pub root: Option<PathBuf>,
+    /// `--bind-user`'s users (the monitor maps them; ns-mount binds their homes).
+    pub bind_users: Vec<ns_core::state::BoundUser>,
+    /// systemd's container interface under /run/host.
+    pub run_host: ns_core::state::RunHost,
+    /// `-b`: a transient /etc/machine-id, and the cgroup file systems for the guest's init.
+    pub machine_id: Option<String>,
+    pub cgroups: Option<ns_core::state::CgroupMounts>,
 }
 
 impl MountArgs {
@@ -264,13 +273,13 @@ impl MountArgs {
             }
             root_mode = RootMode::Overlay;
         }
-        let root = check_root(cx.tree, root_mode, !cx.any_tree)?;
+        let checked = check_root(cx.tree, root_mode, !cx.any_tree)?;
         let ops = self.mounts.ops()?;
         if !cx.userns {
             check_no_idmap(&self.mounts.0, &ops)?;
         }
         Ok(MountPlan {
-            root,
+            root: cx.root.clone().unwrap_or(checked),
             root_mode,
             idmapped_root: cx.idmapped_root,
             read_only: self.read_only,
@@ -288,7 +297,12 @@ impl MountArgs {
                 cx.private_network,
             )?,
             timezone: spec::parse_timezone(self.timezone.as_deref().unwrap_or("auto"))?,
-            ..Default::default()
+            bind_users: cx.bind_users.clone(),
+            run_host: cx.run_host.clone(),
+            machine_id: cx.machine_id.clone(),
+            cgroups: cx.cgroups.clone(),
+            // The monitor's, made at start.
+            notify_socket: None,
         })
     }
 }
@@ -326,6 +340,11 @@ impl Args {
             idmapped_root: false,
             userns: false,
             any_tree: false,
+            root: None,
+            bind_users: Vec::new(),
+            run_host: Default::default(),
+            machine_id: None,
+            cgroups: None,
         })
     }
 }

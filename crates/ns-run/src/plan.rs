@@ -327,19 +327,6 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
     }
     let monitor = monitor(c, f, &mount.ops, console, register, oci)?;
     let exec = exec(c, f, &common, oci)?;
-    let mount = MountPlan {
-        run_host: ns_core::state::RunHost {
-            manager: exec.container.clone(),
-            uuid: exec.uuid.clone(),
-        },
-        machine_id: c.exec.boot.then(|| exec.uuid.replace('-', "")),
-        cgroups: c
-            .exec
-            .boot
-            .then(|| ns_host::cgroups::plan(&f.cgroups))
-            .transpose()?,
-        ..mount
-    };
     let net = c.net.plan(&machine)?;
     let enter = enter(c, f, &common, &machine, oci)?;
     Ok(State {
@@ -410,9 +397,14 @@ fn userns(c: &Cli, f: &HostFacts, dir: &str) -> Result<Option<UserNs>> {
     Ok(userns)
 }
 
-/// The mount section (but what comes of the exec plan: /run/host, -b's machine id and
-/// cgroup file systems).
+/// The mount section.
 fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
+    let uuid = c.exec.uuid(&f.exec)?;
+    let bind_users = ns_host::userns::bind_users(&c.bind_user, o.userns.is_some())?;
+    if !bind_users.is_empty() && !f.host_root {
+        return Err(Error::invalid("--bind-user", &c.bind_user[0], "needs root"));
+    }
+    let boot = c.exec.boot;
     let planned = c.mount.plan(&ns_mount::MountContext {
         tree: &f.tree,
         scratch: f.scratch.clone()?,
@@ -422,21 +414,21 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
         userns: o.userns.is_some(),
         // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
         any_tree: c.oci_bundle.is_some(),
+        root: f.new_root.clone(),
+        bind_users,
+        run_host: ns_core::state::RunHost {
+            manager: f.exec.manager.clone(),
+            uuid: uuid.clone(),
+        },
+        machine_id: boot.then(|| uuid.replace('-', "")),
+        cgroups: (boot.then(|| ns_host::cgroups::plan(&f.cgroups))).transpose()?,
     });
     // With --template and a missing directory, everything is checked against the template,
     // which ns-run copies only once the whole command line has proven good.
-    let mut mount = planned.map_err(|e| match f.from_template {
+    planned.map_err(|e| match f.from_template {
         true => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
         false => e,
-    })?;
-    if let Some(root) = &f.new_root {
-        mount.root = root.clone();
-    }
-    mount.bind_users = ns_host::userns::bind_users(&c.bind_user, o.userns.is_some())?;
-    if !mount.bind_users.is_empty() && !f.host_root {
-        return Err(Error::invalid("--bind-user", &c.bind_user[0], "needs root"));
-    }
-    Ok(mount)
+    })
 }
 
 /// The machine name: -M, else the directory's (the host's for `/`); -x adds a random part.
