@@ -538,42 +538,11 @@ fn swap_accounted() -> bool {
 /// its whole device policy). Used at create and by `update`.
 pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
     let mut p = Vec::new();
-    let prop = |v: String| ns_host::resources::parse(&v);
     if let Some(m) = r.memory() {
-        if let Some(l) = m.limit().filter(|l| *l > 0) {
-            p.push(prop(format!("MemoryMax={l}"))?);
-            // swap is memory plus swap: the part beyond the limit is the swap limit (CRI's
-            // swap = limit: none), where the host accounts swap at all.
-            match m.swap() {
-                Some(sw) if sw > l => p.push(prop(format!("MemorySwapMax={}", sw - l))?),
-                Some(sw) if sw == l && swap_accounted() => p.push(prop("MemorySwapMax=0".into())?),
-                _ => {}
-            }
-        }
-        if m.reservation().is_some_and(|v| v > 0) {
-            return Err(unsupported("linux.resources.memory.reservation"));
-        }
-        if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
-            return Err(unsupported("linux.resources.memory.kernel"));
-        }
+        p.extend(memory(m)?);
     }
     if let Some(c) = r.cpu() {
-        if let Some(s) = c.shares().filter(|s| *s > 0) {
-            p.push(prop(format!("CPUShares={}", s.clamp(2, 262144)))?);
-        }
-        if let Some(q) = c.quota().filter(|q| *q > 0) {
-            let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
-            p.push(Property::CpuMax(q as u64, period));
-        }
-        if let Some(cpus) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
-            p.push(prop(format!("AllowedCPUs={cpus}"))?);
-        }
-        if let Some(mems) = c.mems().as_deref().filter(|v| !v.is_empty()) {
-            p.push(prop(format!("AllowedMemoryNodes={mems}"))?);
-        }
-        if c.realtime_runtime().is_some_and(|v| v > 0) {
-            return Err(unsupported("linux.resources.cpu.realtimeRuntime"));
-        }
+        p.extend(cpu(c)?);
     }
     if let Some(pids) = r.pids() {
         let l = pids.limit();
@@ -584,20 +553,7 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         })?);
     }
     if let Some(b) = r.block_io() {
-        if let Some(w) = b.weight() {
-            p.push(prop(format!("IOWeight={w}"))?);
-        }
-        let throttled = [
-            b.throttle_read_bps_device(),
-            b.throttle_write_bps_device(),
-            b.throttle_read_iops_device(),
-            b.throttle_write_iops_device(),
-        ]
-        .iter()
-        .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
-        if throttled || b.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(unsupported("linux.resources.blockIO devices"));
-        }
+        p.extend(block_io(b)?);
     }
     for h in r.hugepage_limits().iter().flatten() {
         let limit = u64::try_from(h.limit()).unwrap_or(u64::MAX);
@@ -611,31 +567,103 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         }
         p.push(Property::Unified(k.clone(), v.clone()));
     }
-    // Device rules, in order: a leading deny-all makes the policy strict (only what
-    // follows is allowed); without one, access is open and allow rules change nothing.
-    let rules = r.devices().clone().unwrap_or_default();
+    p.extend(devices(&r.devices().clone().unwrap_or_default())?);
+    Ok(p)
+}
+
+/// A property as `--property=` would give it.
+fn prop(v: String) -> Result<Property> {
+    ns_host::resources::parse(&v)
+}
+
+fn memory(m: &oci_spec::runtime::LinuxMemory) -> Result<Vec<Property>> {
+    let mut p = Vec::new();
+    if let Some(l) = m.limit().filter(|l| *l > 0) {
+        p.push(prop(format!("MemoryMax={l}"))?);
+        // swap is memory plus swap: the part beyond the limit is the swap limit (CRI's
+        // swap = limit: none), where the host accounts swap at all.
+        match m.swap() {
+            Some(sw) if sw > l => p.push(prop(format!("MemorySwapMax={}", sw - l))?),
+            Some(sw) if sw == l && swap_accounted() => p.push(prop("MemorySwapMax=0".into())?),
+            _ => {}
+        }
+    }
+    if m.reservation().is_some_and(|v| v > 0) {
+        return Err(unsupported("linux.resources.memory.reservation"));
+    }
+    if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
+        return Err(unsupported("linux.resources.memory.kernel"));
+    }
+    Ok(p)
+}
+
+fn cpu(c: &oci_spec::runtime::LinuxCpu) -> Result<Vec<Property>> {
+    let mut p = Vec::new();
+    if let Some(s) = c.shares().filter(|s| *s > 0) {
+        p.push(prop(format!("CPUShares={}", s.clamp(2, 262144)))?);
+    }
+    if let Some(q) = c.quota().filter(|q| *q > 0) {
+        let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
+        p.push(Property::CpuMax(q as u64, period));
+    }
+    if let Some(cpus) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
+        p.push(prop(format!("AllowedCPUs={cpus}"))?);
+    }
+    if let Some(mems) = c.mems().as_deref().filter(|v| !v.is_empty()) {
+        p.push(prop(format!("AllowedMemoryNodes={mems}"))?);
+    }
+    if c.realtime_runtime().is_some_and(|v| v > 0) {
+        return Err(unsupported("linux.resources.cpu.realtimeRuntime"));
+    }
+    Ok(p)
+}
+
+fn block_io(b: &oci_spec::runtime::LinuxBlockIo) -> Result<Vec<Property>> {
+    let mut p = Vec::new();
+    if let Some(w) = b.weight() {
+        p.push(prop(format!("IOWeight={w}"))?);
+    }
+    let throttled = [
+        b.throttle_read_bps_device(),
+        b.throttle_write_bps_device(),
+        b.throttle_read_iops_device(),
+        b.throttle_write_iops_device(),
+    ]
+    .iter()
+    .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
+    if throttled || b.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(unsupported("linux.resources.blockIO devices"));
+    }
+    Ok(p)
+}
+
+/// Device rules, in order: a leading deny-all makes the policy strict (only what follows
+/// is allowed); without one, access is open and allow rules change nothing.
+fn devices(rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<Vec<Property>> {
     let deny_all = |d: &oci_spec::runtime::LinuxDeviceCgroup| {
         !d.allow()
             && matches!(d.typ(), None | Some(oci_spec::runtime::LinuxDeviceType::A))
             && d.major().is_none()
             && d.minor().is_none()
     };
-    if let Some(first) = rules.iter().position(deny_all) {
-        p.push(Property::DevicePolicy("strict".into()));
-        for (i, d) in rules.iter().enumerate().skip(first + 1) {
-            let rule = d.to_string();
-            if !d.allow() || ns_host::devices::Rule::parse(&rule).is_none() {
-                return Err(unsupported(&format!(
-                    "linux.resources.devices[{i}]: {} {rule}",
-                    if d.allow() { "allow" } else { "deny" }
-                )));
-            }
-            p.push(Property::DeviceAllow(rule));
+    let Some(first) = rules.iter().position(deny_all) else {
+        if rules.iter().any(|d| !d.allow()) {
+            return Err(unsupported(
+                "linux.resources.devices: deny rules without a leading deny-all",
+            ));
         }
-    } else if rules.iter().any(|d| !d.allow()) {
-        return Err(unsupported(
-            "linux.resources.devices: deny rules without a leading deny-all",
-        ));
+        return Ok(Vec::new());
+    };
+    let mut p = vec![Property::DevicePolicy("strict".into())];
+    for (i, d) in rules.iter().enumerate().skip(first + 1) {
+        let rule = d.to_string();
+        if !d.allow() || ns_host::devices::Rule::parse(&rule).is_none() {
+            return Err(unsupported(&format!(
+                "linux.resources.devices[{i}]: {} {rule}",
+                if d.allow() { "allow" } else { "deny" }
+            )));
+        }
+        p.push(Property::DeviceAllow(rule));
     }
     Ok(p)
 }
