@@ -1,5 +1,11 @@
 //! Policy: turn nspawn's options into the state the stages execute. Every decision is made
 //! here, before anything is created, so bad input fails with nothing to clean up.
+//!
+//! Two steps: [`HostFacts::gather`] reads what the options need to know of the host (and
+//! nothing else), then [`build`] decides from options and facts alone, one section builder
+//! per part of the state, each stage's own options planned by the stage's `plan()` (ns-caps'
+//! `ExecArgs`, ns-mount's `MountArgs`, ns-enter's `EnterArgs`, ns-net's `NetArgs`). What only
+//! the monitor can decide when it starts (id base, cgroup paths, notify socket) is not here.
 
 use std::path::PathBuf;
 
@@ -148,7 +154,7 @@ pub struct HostFacts {
     /// The tree the checks run against (the template's, with `from_template`).
     pub tree: ns_mount::RootFacts,
     /// Where the container's tree will be (`-D` made absolute, with `from_template`).
-    pub new_root: Option<PathBuf>,
+    pub new_root: Result<Option<PathBuf>>,
     /// Where ns-mount's scratch tmpfs goes.
     pub scratch: Result<PathBuf>,
     /// The host's name (a container of `/` is named after it).
@@ -223,7 +229,7 @@ impl HostFacts {
             exec: c.exec.facts(&image),
             scratch: ns_mount::scratch::default_dir(),
             tree,
-            new_root: new_root.unwrap_or_default(),
+            new_root,
         }
     }
 }
@@ -414,7 +420,7 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
         userns: o.userns.is_some(),
         // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
         any_tree: c.oci_bundle.is_some(),
-        root: f.new_root.clone(),
+        root: f.new_root.clone()?,
         bind_users,
         run_host: ns_core::state::RunHost {
             manager: f.exec.manager.clone(),
@@ -704,7 +710,7 @@ mod tests {
                 has_usr: true,
                 unmerged: None,
             },
-            new_root: None,
+            new_root: Ok(None),
             scratch: Ok("/run/ns-run/scratch".into()),
             hostname: "host".into(),
             random: [0; 8],
