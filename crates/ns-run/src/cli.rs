@@ -11,7 +11,8 @@ use clap::{ArgAction, Parser};
     name = "ns-run",
     version,
     about = "Run a command in a container: systemd-nspawn's options, composed from ns-* stages",
-    disable_help_flag = true
+    disable_help_flag = true,
+    mut_args(in_nspawn_order)
 )]
 pub struct Cli {
     /// Show this help
@@ -166,6 +167,31 @@ pub struct Cli {
     pub command: Vec<String>,
 }
 
+/// The options by clap id in the order `--help` lists them: nspawn's, whichever stage's
+/// flattened struct declares them.
+const HELP_ORDER: &str = "help quiet no_pager settings directory template ephemeral image \
+    oci_bundle read_only volatile root_hash root_hash_sig verity_data pivot_root as_pid2 boot \
+    chdir setenv user kill_signal notify_ready suppress_sync machine hostname uuid slice \
+    property register keep_unit private_users private_users_ownership private_users_chown \
+    userns_pick private_network network_namespace_path network_veth network_bridge \
+    network_zone network_veth_extra network_interface network_macvlan network_ipvlan \
+    network_address network_host_address network_gateway port capability drop_capability \
+    ambient_capability no_new_privileges system_call_filter selinux_context \
+    selinux_apifs_context rlimit oom_score_adjust cpu_affinity personality resolv_conf \
+    timezone link_journal link_journal_try_guest bind bind_ro inaccessible tmpfs overlay \
+    overlay_ro bind_user console pipe set_credential load_credential share_system \
+    print_state print_chain command";
+
+fn in_nspawn_order(a: clap::Arg) -> clap::Arg {
+    let place = HELP_ORDER
+        .split_whitespace()
+        .position(|id| a.get_id() == id);
+    match place {
+        Some(i) => a.display_order(i),
+        None => a,
+    }
+}
+
 /// One option as given: clap's id of the argument and its tokens (`-D /r`, `--bind=x`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Given {
@@ -273,6 +299,22 @@ mod tests {
         assert_eq!(check(&["-qK", "x"]), Err("invalid option -- 'K'".into()));
         // A value that looks like an option is still a value.
         assert!(check(&["--setenv", "--x", "true"]).is_ok());
+    }
+
+    #[test]
+    fn help_order_names_every_option_once() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let listed: Vec<&str> = HELP_ORDER.split_whitespace().collect();
+        let ids: Vec<&str> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .filter(|id| *id != "version")
+            .collect();
+        for id in &ids {
+            assert_eq!(listed.iter().filter(|l| *l == id).count(), 1, "{id}");
+        }
+        assert_eq!(listed.len(), ids.len());
     }
 
     #[test]
