@@ -19,7 +19,8 @@ use ns_core::state::{EnterPlan, Namespace};
 /// ns-enter [NAMESPACE FLAGS] [--hostname NAME] -- PROGRAM [ARGS...]
 ///
 /// Without namespace flags, creates nspawn's set: mount, uts, ipc, cgroup, pid.
-/// With --state-fd N, reads `enter` from the state instead, and the next stage (ns-mount)
+/// `--hostname` implies --uts. `--network-namespace-path` (or `--netns`) joins that network
+/// namespace (e.g. /run/netns/NAME) instead of creating one. With --state-fd N, reads `enter` from the state instead, and the next stage (ns-mount)
 /// from the state when no PROGRAM is given. fds: --state-fd (state memfd), --sync-fd (sync
 /// socket to the monitor).
 #[derive(Parser, Debug, Default)]
