@@ -16,7 +16,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::stage::{debug, fail};
-use ns_core::state::{IdBase, Ownership, State};
+use ns_core::state::{IdBase, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, fork_into_cgroup, Forked};
 use ns_core::{Context, Error, Result};
@@ -108,34 +108,9 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     let facts = ns_run::plan::HostFacts::gather(&cli);
     let input = oci::OciInput {
         bundle: b,
-        exact_env: true,
+        runtime: Some(oci::Runtime { terminal }),
     };
-    let mut state = ns_run::plan::build(&cli, &facts, Some(&input))?;
-    // As runc (and crun, youki): no task limit that config.json does not set. The engine
-    // that writes it decides (docker's --pids-limit, the kubelet's pod pids limit).
-    state
-        .monitor
-        .properties
-        .retain(|p| !matches!(p, ns_core::state::Property::DefaultTasksMax(_)));
-    if state.exec.argv.is_empty() {
-        return Err(Error::setup("config.json: process.args is empty".into()));
-    }
-    // The hostname is config.json's, or the one inherited; only set in a UTS namespace of
-    // its own (a pod's member joins the pod's, hostname and all).
-    state.enter.hostname = b.spec.hostname().clone().filter(|_| {
-        state
-            .enter
-            .namespaces
-            .contains(&ns_core::state::Namespace::Uts)
-    });
-    state.mount.console = terminal;
-    state.exec.console = terminal;
-    state.monitor.console = ns_core::state::Console::Passive;
-    if let Some(u) = &mut state.enter.userns {
-        // The mapping as given; the image's ownership as it is (as runc does).
-        u.ownership = Ownership::Off;
-    }
-    Ok(state)
+    ns_run::plan::build(&cli, &facts, Some(&input))
 }
 
 /// cgroupsPath (`given`), as a path below each hierarchy's root. With `--systemd-cgroup` it

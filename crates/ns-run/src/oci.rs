@@ -15,7 +15,8 @@ use oci_spec::runtime::{
 };
 
 use ns_core::state::{
-    EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit, SyscallFilter,
+    Console, EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit,
+    SyscallFilter,
 };
 use ns_core::{Error, Result};
 
@@ -256,7 +257,17 @@ pub fn argv_of(b: &Bundle) -> Vec<String> {
 /// nspawn's default task limit, which a pids limit overrides).
 pub struct OciInput<'a> {
     pub bundle: &'a Bundle,
-    pub exact_env: bool,
+    /// As an OCI runtime (ns-oci) runs it; `None`: `ns-run --oci-bundle`.
+    pub runtime: Option<Runtime>,
+}
+
+/// What changes when an OCI runtime runs the bundle: the environment exactly config.json's,
+/// the hostname config.json's (or the one inherited), no task limit it does not set, the
+/// id mapping as given with the image's ownership as it is, stdio passed through (a pty
+/// for `terminal`, whose master goes to the console socket).
+#[derive(Debug, Clone, Copy)]
+pub struct Runtime {
+    pub terminal: bool,
 }
 
 impl OciInput<'_> {
@@ -264,13 +275,24 @@ impl OciInput<'_> {
         self.bundle.spec.linux().clone().unwrap_or_default()
     }
 
+    /// The monitor's console mode, and whether the payload gets a pty, from nspawn's.
+    pub fn console(&self, console: Console) -> (Console, bool) {
+        match self.runtime {
+            Some(r) => (Console::Passive, r.terminal),
+            None => (console, console != Console::Pipe),
+        }
+    }
+
     /// The exec section from nspawn's options, `e`: the process as config.json gives it, and
     /// its seccomp profile.
     pub fn exec(&self, mut e: ExecPlan) -> Result<ExecPlan> {
         if let Some(p) = self.bundle.spec.process() {
-            process_into(p, &mut e, self.exact_env)?;
+            process_into(p, &mut e, self.runtime.is_some())?;
         }
         e.syscall_filter = self.linux().seccomp().as_ref().map(seccomp).transpose()?;
+        if self.runtime.is_some() && e.argv.is_empty() {
+            return Err(Error::setup("config.json: process.args is empty".into()));
+        }
         Ok(e)
     }
 
@@ -288,17 +310,28 @@ impl OciInput<'_> {
         }
         enter.namespaces.sort();
         enter.join = join;
-        if !enter.namespaces.contains(&Namespace::Uts) {
+        let uts = enter.namespaces.contains(&Namespace::Uts);
+        if self.runtime.is_some() {
+            // Only set in a UTS namespace of its own (a pod's member joins the pod's,
+            // hostname and all).
+            enter.hostname = self.bundle.spec.hostname().clone().filter(|_| uts);
+            if let Some(u) = &mut enter.userns {
+                u.ownership = ns_core::state::Ownership::Off;
+            }
+        } else if !uts {
             enter.hostname = None;
         }
         Ok(enter)
     }
 
     /// The cgroup properties from nspawn's, `props`: the resources replace them, but for its
-    /// task limit (nspawn's unit keeps it for a bundle too; ns-oci leaves that out, as runc).
+    /// task limit (nspawn's unit keeps it for a bundle too; a runtime leaves it out).
     pub fn properties(&self, mut props: Vec<Property>) -> Result<Vec<Property>> {
         let linux = self.linux();
-        props.retain(|p| matches!(p, Property::DefaultTasksMax(_)));
+        // As runc (and crun, youki), a runtime sets no task limit that config.json does
+        // not: the engine that writes it decides (docker's --pids-limit, the kubelet's).
+        let runtime = self.runtime.is_some();
+        props.retain(|p| matches!(p, Property::DefaultTasksMax(_)) && !runtime);
         if let Some(r) = linux.resources() {
             props.extend(properties(r)?);
         }

@@ -300,7 +300,8 @@ fn check_options(c: &Cli) -> Result<()> {
 /// What the sections share: decided first, from the options and the facts.
 struct Common {
     dir: String,
-    console: Console,
+    /// The payload gets a pty as /dev/console.
+    pty: bool,
     private_network: bool,
     userns: Option<UserNs>,
 }
@@ -314,6 +315,10 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
         None => true,
     };
     let console = console(c, f.on_tty)?;
+    let (console, pty) = match oci {
+        Some(o) => o.console(console),
+        None => (console, console != Console::Pipe),
+    };
     let dir = f.directory.clone()?;
     // nspawn: every veth/bridge/zone/interface option implies --private-network.
     // A joined namespace (--network-namespace-path) exists already and may be shared: it
@@ -322,7 +327,7 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
     let userns = userns(c, f, &dir)?;
     let common = Common {
         dir,
-        console,
+        pty,
         private_network,
         userns,
     };
@@ -415,7 +420,7 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
         tree: &f.tree,
         scratch: f.scratch.clone()?,
         private_network: o.private_network,
-        console: o.console != Console::Pipe,
+        console: o.pty,
         idmapped_root: (o.userns.as_ref()).is_some_and(|u| u.ownership == Ownership::Map),
         userns: o.userns.is_some(),
         // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
@@ -535,7 +540,7 @@ fn exec(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<Ex
         argv: c.command.clone(),
         private_network: o.private_network,
         userns: o.userns.is_some(),
-        console: o.console != Console::Pipe,
+        console: o.pty,
         seccomp: f.seccomp,
         ..f.exec.clone()
     })?;
