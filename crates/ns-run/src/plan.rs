@@ -735,6 +735,61 @@ mod tests {
     }
 
     #[test]
+    fn facts_decide_what_the_host_would() {
+        let c = cli(&["-D", "/srv/box", "true"]);
+        let user = HostFacts {
+            host_root: false,
+            euid: 1000,
+            ..facts("/srv/box")
+        };
+        let e = build(&c, &user, None).unwrap_err();
+        assert_eq!(
+            e.msg,
+            "running as uid 1000 without root needs a user namespace: add -U"
+        );
+        let c = cli(&["-D", "/srv/box", "-x", "true"]);
+        let eph = HostFacts {
+            random: [0xab; 8],
+            ..facts("/srv/box")
+        };
+        assert_eq!(
+            build(&c, &eph, None).unwrap().machine,
+            format!("box-{}", "ab".repeat(8))
+        );
+        // A container of `/` is named after the host.
+        let c = cli(&["-D", "/", "--volatile=state", "true"]);
+        assert_eq!(plan(&c).unwrap().machine, "host");
+        let tty = HostFacts {
+            on_tty: true,
+            ..facts("/srv/box")
+        };
+        let s = build(&cli(&["-D", "/srv/box"]), &tty, None).unwrap();
+        assert_eq!(s.monitor.console, Console::Interactive);
+        assert!(s.mount.console && s.exec.console);
+    }
+
+    #[test]
+    fn conflicts_are_refused_before_anything_else() {
+        for (args, want) in [
+            (
+                &["-b", "-a"][..],
+                "--boot and --as-pid2 may not be combined",
+            ),
+            (&["-x", "--template=/t"], "--ephemeral and --template="),
+            (
+                &["--network-namespace-path=/n", "-n"],
+                "--network-namespace-path= cannot be combined",
+            ),
+            (&["--share-system"], "--share-system is no longer supported"),
+        ] {
+            let mut a = vec!["-D", "/srv/box"];
+            a.extend_from_slice(args);
+            let e = plan(&cli(&a)).unwrap_err();
+            assert!(e.msg.starts_with(want), "{args:?}: {}", e.msg);
+        }
+    }
+
+    #[test]
     fn state_from_a_typical_command_line() {
         let ds = "/srv/My_Root.v2";
         let c = cli(&[
