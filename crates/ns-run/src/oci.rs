@@ -250,11 +250,11 @@ pub fn argv_of(b: &Bundle) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A bundle as the plan takes it (what no nspawn option says): the process's identity,
-/// capabilities, limits and (with `exact_env`, as an OCI runtime gives it; else over
-/// nspawn's, as `--oci-bundle` does) environment; namespaces joined or not created; the
-/// seccomp profile; the resources as the cgroup's properties (device policy included; with
-/// nspawn's default task limit, which a pids limit overrides).
+/// A bundle as the plan's section builders take it (what no nspawn option says): the
+/// process's identity, capabilities, limits and environment (exactly its own for a
+/// [`Runtime`]; else over nspawn's, as `--oci-bundle` does); namespaces joined or not
+/// created; the seccomp profile; the resources as the cgroup's properties (device policy
+/// included; with nspawn's default task limit, which a pids limit overrides).
 pub struct OciInput<'a> {
     pub bundle: &'a Bundle,
     /// As an OCI runtime (ns-oci) runs it; `None`: `ns-run --oci-bundle`.
