@@ -481,21 +481,8 @@ pub fn process_into(
 /// of their own, such as containerd's ENOSYS for clone3, become rules); rules with argument
 /// conditions are checked on the arguments. Trap, trace and notify are refused.
 pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
-    use ns_core::state::{ArgCmp, CmpOp, SeccompAction, SeccompRule};
-    use oci_spec::runtime::LinuxSeccompOperator as Op;
-    let action = |a: LinuxSeccompAction, errno: Option<u32>| match a {
-        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog => {
-            Ok(SeccompAction::Allow)
-        }
-        LinuxSeccompAction::ScmpActErrno => {
-            Ok(SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)))
-        }
-        LinuxSeccompAction::ScmpActKill
-        | LinuxSeccompAction::ScmpActKillProcess
-        | LinuxSeccompAction::ScmpActKillThread => Ok(SeccompAction::Kill),
-        a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
-    };
-    let default = action(sc.default_action(), sc.default_errno_ret())?;
+    use ns_core::state::{SeccompAction, SeccompRule};
+    let default = seccomp_action(sc.default_action(), sc.default_errno_ret())?;
     let allows = default == SeccompAction::Allow;
     let denied = if allows {
         SeccompAction::Errno(libc::EPERM as u32)
@@ -512,26 +499,8 @@ pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
         ..Default::default()
     };
     for r in sc.syscalls().iter().flatten() {
-        let a = action(r.action(), r.errno_ret())?;
-        let args: Vec<ArgCmp> = r
-            .args()
-            .iter()
-            .flatten()
-            .map(|c| ArgCmp {
-                index: c.index() as u32,
-                op: match c.op() {
-                    Op::ScmpCmpNe => CmpOp::Ne,
-                    Op::ScmpCmpLt => CmpOp::Lt,
-                    Op::ScmpCmpLe => CmpOp::Le,
-                    Op::ScmpCmpEq => CmpOp::Eq,
-                    Op::ScmpCmpGe => CmpOp::Ge,
-                    Op::ScmpCmpGt => CmpOp::Gt,
-                    Op::ScmpCmpMaskedEq => CmpOp::MaskedEq,
-                },
-                value: c.value(),
-                value_two: c.value_two().unwrap_or(0),
-            })
-            .collect();
+        let a = seccomp_action(r.action(), r.errno_ret())?;
+        let args = seccomp_conditions(r);
         let names = r.names().clone();
         // Several conditions on one argument are alternatives (runc adds a rule for each).
         let mut indexes: Vec<u32> = args.iter().map(|c| c.index).collect();
@@ -558,6 +527,50 @@ pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
         }
     }
     Ok(f)
+}
+
+/// An OCI seccomp action as ours (trap, trace and notify are refused).
+fn seccomp_action(
+    a: LinuxSeccompAction,
+    errno: Option<u32>,
+) -> Result<ns_core::state::SeccompAction> {
+    use ns_core::state::SeccompAction;
+    match a {
+        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog => {
+            Ok(SeccompAction::Allow)
+        }
+        LinuxSeccompAction::ScmpActErrno => {
+            Ok(SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)))
+        }
+        LinuxSeccompAction::ScmpActKill
+        | LinuxSeccompAction::ScmpActKillProcess
+        | LinuxSeccompAction::ScmpActKillThread => Ok(SeccompAction::Kill),
+        a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
+    }
+}
+
+/// A rule's argument conditions.
+fn seccomp_conditions(r: &oci_spec::runtime::LinuxSyscall) -> Vec<ns_core::state::ArgCmp> {
+    use ns_core::state::{ArgCmp, CmpOp};
+    use oci_spec::runtime::LinuxSeccompOperator as Op;
+    r.args()
+        .iter()
+        .flatten()
+        .map(|c| ArgCmp {
+            index: c.index() as u32,
+            op: match c.op() {
+                Op::ScmpCmpNe => CmpOp::Ne,
+                Op::ScmpCmpLt => CmpOp::Lt,
+                Op::ScmpCmpLe => CmpOp::Le,
+                Op::ScmpCmpEq => CmpOp::Eq,
+                Op::ScmpCmpGe => CmpOp::Ge,
+                Op::ScmpCmpGt => CmpOp::Gt,
+                Op::ScmpCmpMaskedEq => CmpOp::MaskedEq,
+            },
+            value: c.value(),
+            value_two: c.value_two().unwrap_or(0),
+        })
+        .collect()
 }
 
 /// Whether the host's memory controller accounts swap (v1 memsw files; cgroup2 has it).
