@@ -425,28 +425,7 @@ pub fn process_into(
         e.ids = Some(ids);
     }
     e.umask = u.umask();
-    if let Some(c) = p.capabilities() {
-        let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
-            let mut v: Vec<String> = set
-                .iter()
-                .flatten()
-                .map(|c| c.to_string().to_ascii_lowercase())
-                .collect();
-            v.sort();
-            v
-        };
-        e.capabilities = names(c.bounding());
-        e.ambient = names(c.ambient());
-        e.cap_sets = Some(ns_core::state::CapSets {
-            effective: names(c.effective()),
-            permitted: names(c.permitted()),
-            inheritable: names(c.inheritable()),
-        });
-    } else {
-        e.capabilities = Vec::new();
-        e.ambient = Vec::new();
-        e.cap_sets = Some(Default::default());
-    }
+    capabilities_into(p.capabilities().as_ref(), e);
     e.no_new_privileges = p.no_new_privileges().unwrap_or(false);
     e.oom_score_adjust = p.oom_score_adj();
     e.rlimits = p
@@ -473,6 +452,35 @@ pub fn process_into(
         return Err(unsupported("process.selinuxLabel"));
     }
     Ok(())
+}
+
+/// An OCI process's capability sets into `e` (none given: none at all).
+fn capabilities_into(
+    c: Option<&oci_spec::runtime::LinuxCapabilities>,
+    e: &mut ns_core::state::ExecPlan,
+) {
+    let Some(c) = c else {
+        e.capabilities = Vec::new();
+        e.ambient = Vec::new();
+        e.cap_sets = Some(Default::default());
+        return;
+    };
+    let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+        let mut v: Vec<String> = set
+            .iter()
+            .flatten()
+            .map(|c| c.to_string().to_ascii_lowercase())
+            .collect();
+        v.sort();
+        v
+    };
+    e.capabilities = names(c.bounding());
+    e.ambient = names(c.ambient());
+    e.cap_sets = Some(ns_core::state::CapSets {
+        effective: names(c.effective()),
+        permitted: names(c.permitted()),
+        inheritable: names(c.inheritable()),
+    });
 }
 
 /// An OCI seccomp profile as our filter. The default action decides the base (everything
