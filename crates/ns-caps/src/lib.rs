@@ -53,57 +53,14 @@ pub struct Args {
     /// Report failures to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
     pub sync_fd: Option<i32>,
-    /// Run as USER (name or number) from the container's /etc/passwd.
-    #[arg(short, long, value_name = "USER")]
-    pub user: Option<String>,
-    /// Retain these capabilities in addition to nspawn's default set.
-    #[arg(long, value_name = "CAPS")]
-    pub capability: Vec<String>,
-    /// Drop these capabilities from the set.
-    #[arg(long, value_name = "CAPS")]
-    pub drop_capability: Vec<String>,
-    /// Give a non-root payload these capabilities as ambient ones.
-    #[arg(long, value_name = "CAPS")]
-    pub ambient_capability: Vec<String>,
-    /// Set PR_SET_NO_NEW_PRIVS.
-    #[arg(long, value_name = "BOOL", value_parser = parse_bool_flag)]
-    pub no_new_privileges: Option<bool>,
-    /// Environment assignment over the defaults (NAME=VALUE, or NAME to copy ours).
-    #[arg(short = 'E', long, value_name = "NAME[=VALUE]")]
-    pub setenv: Vec<String>,
-    /// Working directory (absolute).
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<String>,
-    /// container_uuid (default: /etc/machine-id, else random).
-    #[arg(long, value_name = "UUID")]
-    pub uuid: Option<String>,
-    /// Resource limit NAME=SOFT[:HARD] (`RLIMIT_` optional; a limit may be `infinity`).
-    #[arg(long, value_name = "NAME=LIMIT")]
-    pub rlimit: Vec<String>,
-    /// OOM score adjustment, -1000..1000.
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub oom_score_adjust: Option<String>,
-    /// CPUs to run on: numbers and ranges, e.g. 0-3,6.
-    #[arg(long, value_name = "CPUS")]
-    pub cpu_affinity: Option<String>,
-    /// Execution domain: x86 or x86-64.
-    #[arg(long, value_name = "ARCH")]
-    pub personality: Option<String>,
-    /// Exec ns-init as PID 1, which runs PROGRAM as PID 2.
-    /// Add (or, with ~, remove) system calls and @groups to the filter's allow-list
-    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
-    pub system_call_filter: Vec<String>,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     /// The system call filter (default yes)
     #[arg(long, value_name = "BOOL", value_parser = parse_bool_flag)]
     pub seccomp: Option<bool>,
-    #[arg(short = 'a', long)]
-    pub as_pid2: bool,
     /// Make /dev/console the payload's stdin, stdout, stderr and controlling terminal.
     #[arg(long)]
     pub console: bool,
-    /// Exec the image's init (systemd, else /sbin/init); PROGRAM's words are its arguments.
-    #[arg(short = 'b', long)]
-    pub boot: bool,
     /// Drop privileges, then fork (CLONE_PARENT): the child runs PROGRAM; report its pid on
     /// --sync-fd and exit 0.
     #[arg(long, conflicts_with_all = ["as_pid2", "console"])]
@@ -116,145 +73,226 @@ pub struct Args {
     pub rest: Vec<String>,
 }
 
+/// nspawn's execution options (ns-caps's share of them), one declaration flattened into
+/// both ns-caps's and ns-run's command lines. [`ExecArgs::plan`] turns them into the
+/// state's `exec` section, [`plan_to_flags`] back.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ExecArgs {
+    /// Maintain a stub init as PID1, invoke binary as PID2
+    #[arg(short = 'a', long)]
+    pub as_pid2: bool,
+    /// Boot up full system (i.e. invoke init)
+    #[arg(short = 'b', long)]
+    pub boot: bool,
+    /// Set working directory in the container
+    #[arg(long, value_name = "PATH")]
+    pub chdir: Option<String>,
+    /// Pass an environment variable to PID 1
+    #[arg(short = 'E', long, value_name = "NAME[=VALUE]")]
+    pub setenv: Vec<String>,
+    /// Run the command under specified user or UID
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Set a specific machine UUID for the container
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+    /// In addition to the default, retain specified capability
+    #[arg(long, value_name = "CAP")]
+    pub capability: Vec<String>,
+    /// Drop the specified capability from the default set
+    #[arg(long, value_name = "CAP")]
+    pub drop_capability: Vec<String>,
+    /// Sets the specified capability for the started process
+    #[arg(long, value_name = "CAP")]
+    pub ambient_capability: Vec<String>,
+    /// Set PR_SET_NO_NEW_PRIVS flag for container payload
+    #[arg(long, value_name = "BOOLEAN")]
+    pub no_new_privileges: Option<String>,
+    /// Permit/prohibit specific system calls
+    #[arg(long, value_name = "LIST|~LIST")]
+    pub system_call_filter: Vec<String>,
+    /// Set a resource limit for the payload
+    #[arg(long, value_name = "NAME=LIMIT")]
+    pub rlimit: Vec<String>,
+    /// Adjust the OOM score value for the payload
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    pub oom_score_adjust: Option<String>,
+    /// Adjust the CPU affinity of the container
+    #[arg(long, value_name = "CPUS")]
+    pub cpu_affinity: Option<String>,
+    /// Pick personality for this container
+    #[arg(long, value_name = "ARCH")]
+    pub personality: Option<String>,
+}
+
 fn parse_bool_flag(v: &str) -> std::result::Result<bool, String> {
     parse_boolean(v).ok_or_else(|| format!("not a boolean: {v}"))
 }
 
 pub use ns_core::parse_boolean;
 
-/// The options that decide the exec plan, shared by ns-caps's flags and ns-run's nspawn
-/// command line so that the two cannot drift apart.
-#[derive(Debug)]
-pub struct ExecOptions<'a> {
-    pub argv: &'a [String],
-    pub user: Option<&'a str>,
-    pub chdir: Option<&'a str>,
-    pub setenv: &'a [String],
-    pub uuid: Option<&'a str>,
-    /// Where to look for etc/machine-id when no uuid is given.
-    pub root: &'a std::path::Path,
-    pub capability: &'a [String],
-    pub drop_capability: &'a [String],
-    pub ambient_capability: &'a [String],
+/// What the exec plan takes besides its own flags: the command, what other stages' options
+/// decided, and the host's facts (read before planning, so that planning reads nothing).
+#[derive(Debug, Clone, Default)]
+pub struct ExecContext {
+    pub argv: Vec<String>,
+    /// The container has its own network namespace.
     pub private_network: bool,
     /// The container has its own user namespace.
     pub userns: bool,
-    pub boot: bool,
-    pub no_new_privileges: bool,
-    pub as_pid2: bool,
     /// Use /dev/console (a pty) as stdio and controlling terminal.
     pub console: bool,
-    pub rlimit: &'a [String],
-    pub oom_score_adjust: Option<&'a str>,
-    pub cpu_affinity: Option<&'a str>,
-    pub personality: Option<&'a str>,
-    /// `--system-call-filter=` values; `seccomp` false: no filter at all.
-    pub system_call_filter: &'a [String],
+    /// `false`: no system call filter at all.
     pub seccomp: bool,
+    /// The image's machine id (read only when no `--uuid` is given; without one the uuid
+    /// is random).
+    pub machine_id: Option<String>,
+    /// The container manager's name (`container=`).
+    pub manager: String,
+    /// `ID` and `VERSION_ID` of the host's os-release.
+    pub host_os_release: (Option<String>, Option<String>),
 }
 
-/// Check the options and compute the plan (nspawn's capability arithmetic, environment
-/// rules and uuid choice).
-pub fn exec_plan(o: &ExecOptions) -> Result<ExecPlan> {
-    let retained =
-        caps_spec::retained(o.capability, o.drop_capability, o.private_network, o.userns)?;
-    let ambient = caps_spec::parse_list("--ambient-capability", o.ambient_capability)?;
-    caps_spec::check_ambient(ambient, retained, o.boot)?;
-    if let Some(d) = o.chdir {
-        check_chdir(d)?;
+impl ExecArgs {
+    /// The host facts the plan of these options needs, for a container whose tree is at
+    /// `root`.
+    pub fn facts(&self, root: &std::path::Path) -> ExecContext {
+        ExecContext {
+            machine_id: self.uuid.is_none().then(|| identity::machine_uuid(root)),
+            manager: identity::container_manager(),
+            host_os_release: identity::host_os_release(),
+            seccomp: true,
+            ..Default::default()
+        }
     }
-    if o.boot && o.as_pid2 {
-        return Err(Error::setup(
-            "--boot and --as-pid2 may not be combined".into(),
-        ));
-    }
-    if o.user == Some("") {
-        return Err(Error::invalid("--user", "", "empty user name"));
-    }
-    // A number is checked now, before anything runs; names are checked by ns-caps, which
-    // reads the container's /etc/passwd.
-    if let Some(n) = o.user.and_then(|u| u.parse::<u64>().ok()) {
-        ns_core::check_id("--user", n)?;
-    }
-    let setenv = o
-        .setenv
-        .iter()
-        .map(|e| identity::parse_setenv(e))
-        .collect::<Result<Vec<_>>>()?;
-    let uuid = match o.uuid {
-        Some(u) => identity::parse_uuid(u)?,
-        None => identity::machine_uuid(o.root),
-    };
-    let (host_id, host_version_id) = identity::host_os_release();
-    Ok(ExecPlan {
-        argv: o.argv.to_vec(),
-        user: o.user.map(str::to_string),
-        chdir: o.chdir.map(str::to_string),
-        setenv,
-        uuid,
-        container: identity::container_manager(),
-        host_id,
-        host_version_id,
-        capabilities: caps_spec::names(retained),
-        ambient: caps_spec::names(ambient),
-        no_new_privileges: o.no_new_privileges,
-        as_pid2: o.as_pid2,
-        console: o.console,
-        boot: o.boot,
-        rlimits: o
-            .rlimit
+}
+
+impl ExecArgs {
+    /// Check the options and compute the plan (nspawn's capability arithmetic, environment
+    /// rules and uuid choice).
+    pub fn plan(&self, cx: &ExecContext) -> Result<ExecPlan> {
+        let no_new_privileges = match &self.no_new_privileges {
+            Some(v) => parse_boolean(v)
+                .ok_or_else(|| Error::invalid("--no-new-privileges", v, "not a boolean"))?,
+            None => false,
+        };
+        let retained = caps_spec::retained(
+            &self.capability,
+            &self.drop_capability,
+            cx.private_network,
+            cx.userns,
+        )?;
+        let ambient = caps_spec::parse_list("--ambient-capability", &self.ambient_capability)?;
+        caps_spec::check_ambient(ambient, retained, self.boot)?;
+        self.check()?;
+        let setenv = self
+            .setenv
             .iter()
-            .map(|r| limits::parse_rlimit(r))
-            .collect::<Result<_>>()?,
-        oom_score_adjust: o
-            .oom_score_adjust
-            .map(limits::parse_oom_score_adjust)
-            .transpose()?,
-        cpu_affinity: o
-            .cpu_affinity
-            .map(limits::parse_cpu_list)
-            .transpose()?
-            .unwrap_or_default(),
-        personality: o.personality.map(limits::parse_personality).transpose()?,
-        syscall_filter: if o.seccomp {
-            let (allow, deny) = seccomp::parse_filter(o.system_call_filter)?;
-            Some(ns_core::state::SyscallFilter {
-                allow,
-                deny,
-                ..Default::default()
-            })
-        } else {
-            None
-        },
-        ..Default::default()
-    })
+            .map(|e| identity::parse_setenv(e))
+            .collect::<Result<Vec<_>>>()?;
+        let uuid = self.uuid(cx)?;
+        let (host_id, host_version_id) = cx.host_os_release.clone();
+        let plan = self.limits_into(ExecPlan {
+            argv: cx.argv.clone(),
+            user: self.user.clone(),
+            chdir: self.chdir.clone(),
+            setenv,
+            uuid,
+            container: cx.manager.clone(),
+            host_id,
+            host_version_id,
+            capabilities: caps_spec::names(retained),
+            ambient: caps_spec::names(ambient),
+            no_new_privileges,
+            as_pid2: self.as_pid2,
+            console: cx.console,
+            boot: self.boot,
+            ..Default::default()
+        })?;
+        Ok(ExecPlan {
+            syscall_filter: self.syscall_filter(cx.seccomp)?,
+            ..plan
+        })
+    }
+
+    /// The container's uuid: `--uuid`, else the image's machine id, else a random one.
+    pub fn uuid(&self, cx: &ExecContext) -> Result<String> {
+        match &self.uuid {
+            Some(u) => identity::parse_uuid(u),
+            None => Ok(cx.machine_id.clone().unwrap_or_else(identity::random_uuid)),
+        }
+    }
+
+    /// The checks that need nothing but the options.
+    fn check(&self) -> Result<()> {
+        if let Some(d) = &self.chdir {
+            check_chdir(d)?;
+        }
+        if self.boot && self.as_pid2 {
+            return Err(Error::setup(
+                "--boot and --as-pid2 may not be combined".into(),
+            ));
+        }
+        if self.user.as_deref() == Some("") {
+            return Err(Error::invalid("--user", "", "empty user name"));
+        }
+        // A number is checked now, before anything runs; names are checked by ns-caps, which
+        // reads the container's /etc/passwd.
+        if let Some(n) = self.user.as_ref().and_then(|u| u.parse::<u64>().ok()) {
+            ns_core::check_id("--user", n)?;
+        }
+        Ok(())
+    }
+
+    fn syscall_filter(&self, enabled: bool) -> Result<Option<ns_core::state::SyscallFilter>> {
+        if !enabled {
+            return Ok(None);
+        }
+        let (allow, deny) = seccomp::parse_filter(&self.system_call_filter)?;
+        Ok(Some(ns_core::state::SyscallFilter {
+            allow,
+            deny,
+            ..Default::default()
+        }))
+    }
+
+    /// `plan` with the process attributes (rlimits, OOM score, CPUs, personality).
+    fn limits_into(&self, plan: ExecPlan) -> Result<ExecPlan> {
+        Ok(ExecPlan {
+            rlimits: self
+                .rlimit
+                .iter()
+                .map(|r| limits::parse_rlimit(r))
+                .collect::<Result<_>>()?,
+            oom_score_adjust: self
+                .oom_score_adjust
+                .as_deref()
+                .map(limits::parse_oom_score_adjust)
+                .transpose()?,
+            cpu_affinity: self
+                .cpu_affinity
+                .as_deref()
+                .map(limits::parse_cpu_list)
+                .transpose()?
+                .unwrap_or_default(),
+            personality: self
+                .personality
+                .as_deref()
+                .map(limits::parse_personality)
+                .transpose()?,
+            ..plan
+        })
+    }
 }
 
 impl Args {
     /// The plan these flags describe; relative to nspawn's defaults, as ns-run computes it.
     pub fn to_plan(&self) -> Result<ExecPlan> {
-        exec_plan(&ExecOptions {
-            argv: &self.rest,
-            user: self.user.as_deref(),
-            chdir: self.chdir.as_deref(),
-            setenv: &self.setenv,
-            uuid: self.uuid.as_deref(),
-            root: std::path::Path::new("/"),
-            capability: &self.capability,
-            drop_capability: &self.drop_capability,
-            ambient_capability: &self.ambient_capability,
-            no_new_privileges: self.no_new_privileges.unwrap_or(false),
-            as_pid2: self.as_pid2,
+        self.exec.plan(&ExecContext {
+            argv: self.rest.clone(),
             console: self.console,
-            private_network: false,
-            userns: false,
-            boot: self.boot,
-            rlimit: &self.rlimit,
-            oom_score_adjust: self.oom_score_adjust.as_deref(),
-            cpu_affinity: self.cpu_affinity.as_deref(),
-            personality: self.personality.as_deref(),
-            system_call_filter: &self.system_call_filter,
             seccomp: self.seccomp.unwrap_or(true),
+            ..self.exec.facts(std::path::Path::new("/"))
         })
     }
 }

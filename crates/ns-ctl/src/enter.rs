@@ -86,28 +86,18 @@ pub fn shell(
         .collect(),
         None => Vec::new(),
     };
-    let mut plan = ns_caps::exec_plan(&ns_caps::ExecOptions {
-        argv: command,
-        user,
-        chdir: None,
-        setenv: &env,
-        uuid: Some(&m.uuid), // 32 hex digits; ns-caps formats them
-        root: std::path::Path::new("/"),
-        capability: &[],
-        drop_capability: &[],
-        ambient_capability: &[],
-        private_network: false,
-        userns: false,
-        boot: false,
-        no_new_privileges: nnp,
-        as_pid2: false,
-        console: false,
-        rlimit: &[],
-        oom_score_adjust: None,
-        cpu_affinity: None,
-        personality: None,
-        system_call_filter: &filter,
+    let args = ns_caps::ExecArgs {
+        user: user.map(str::to_string),
+        setenv: env,
+        uuid: Some(m.uuid.clone()), // 32 hex digits; ns-caps formats them
+        no_new_privileges: nnp.then(|| "yes".into()),
+        system_call_filter: filter,
+        ..Default::default()
+    };
+    let mut plan = args.plan(&ns_caps::ExecContext {
+        argv: command.to_vec(),
         seccomp: m.syscall_filter.is_some(),
+        ..args.facts(std::path::Path::new("/"))
     })?;
     // Exactly the container's bounding set.
     plan.capabilities = caps_spec::names(bounding & caps_spec::all_mask());

@@ -19,7 +19,8 @@ use ns_core::state::{EnterPlan, Namespace};
 /// ns-enter [NAMESPACE FLAGS] [--hostname NAME] -- PROGRAM [ARGS...]
 ///
 /// Without namespace flags, creates nspawn's set: mount, uts, ipc, cgroup, pid.
-/// With --state-fd N, reads `enter` from the state instead, and the next stage (ns-mount)
+/// `--hostname` implies --uts. `--network-namespace-path` (or `--netns`) joins that network
+/// namespace (e.g. /run/netns/NAME) instead of creating one. With --state-fd N, reads `enter` from the state instead, and the next stage (ns-mount)
 /// from the state when no PROGRAM is given. fds: --state-fd (state memfd), --sync-fd (sync
 /// socket to the monitor).
 #[derive(Parser, Debug, Default)]
@@ -30,7 +31,7 @@ use ns_core::state::{EnterPlan, Namespace};
 )]
 pub struct Args {
     /// Read the plan from this state fd (ns-run sets it).
-    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "mount", "uts", "ipc", "net", "netns", "cgroup", "pid", "hostname"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "mount", "uts", "ipc", "net", "network_namespace_path", "cgroup", "pid", "hostname"])]
     pub state_fd: Option<i32>,
     /// Report to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
@@ -48,7 +49,7 @@ pub struct Args {
     #[arg(long)]
     pub ipc: bool,
     /// New network namespace with only `lo`, up.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "network_namespace_path")]
     pub net: bool,
     /// New cgroup namespace rooted at the current cgroup.
     #[arg(long)]
@@ -56,15 +57,63 @@ pub struct Args {
     /// New PID namespace; PROGRAM becomes its PID 1.
     #[arg(long)]
     pub pid: bool,
-    /// Join this network namespace (e.g. /run/netns/NAME) instead of creating one.
-    #[arg(long, value_name = "PATH", conflicts_with = "net")]
-    pub netns: Option<String>,
-    /// Hostname to set in the new UTS namespace (implies --uts).
-    #[arg(long, value_name = "NAME")]
-    pub hostname: Option<String>,
+    #[command(flatten)]
+    pub enter: EnterArgs,
     /// The next program: another stage or the payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,
+}
+
+/// nspawn's options that ns-enter carries out (a hostname in the new UTS namespace, which
+/// implies --uts here; a network namespace to join, `--netns` for short), one declaration
+/// flattened into both ns-enter's and ns-run's command lines.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct EnterArgs {
+    /// Override the hostname for the container
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Set network namespace to the one represented by the specified kernel namespace file
+    #[arg(long, alias = "netns", value_name = "PATH")]
+    pub network_namespace_path: Option<String>,
+}
+
+/// What the enter plan takes besides its own flags.
+#[derive(Debug, Default, Clone)]
+pub struct EnterContext {
+    /// The namespaces to create (a joined network namespace is not created).
+    pub namespaces: Vec<Namespace>,
+    /// The hostname without `--hostname` (ns-run: the machine name).
+    pub hostname: Option<String>,
+    /// The `--network-namespace-path` as checked by the caller (ns-run: absolute, exists);
+    /// without it, the path as given.
+    pub netns_path: Option<std::path::PathBuf>,
+    /// -U's id range (ns-run's monitor maps it).
+    pub userns: Option<ns_core::state::UserNs>,
+}
+
+impl EnterArgs {
+    /// The plan of these options.
+    pub fn plan(&self, cx: EnterContext) -> EnterPlan {
+        let netns_path = cx.netns_path.or_else(|| {
+            self.network_namespace_path
+                .as_ref()
+                .map(std::path::PathBuf::from)
+        });
+        let mut namespaces = cx.namespaces;
+        if netns_path.is_some() {
+            namespaces.retain(|n| *n != Namespace::Net);
+        }
+        if cx.userns.is_some() && !namespaces.contains(&Namespace::User) {
+            namespaces.insert(0, Namespace::User);
+        }
+        EnterPlan {
+            namespaces,
+            hostname: self.hostname.clone().or(cx.hostname),
+            netns_path,
+            userns: cx.userns,
+            join: Vec::new(),
+        }
+    }
 }
 
 impl Args {
@@ -73,7 +122,7 @@ impl Args {
         let chosen = [
             (Namespace::User, self.user),
             (Namespace::Mount, self.mount),
-            (Namespace::Uts, self.uts || self.hostname.is_some()),
+            (Namespace::Uts, self.uts || self.enter.hostname.is_some()),
             (Namespace::Ipc, self.ipc),
             (Namespace::Net, self.net),
             (Namespace::Cgroup, self.cgroup),
@@ -98,13 +147,10 @@ impl Args {
         } else {
             default_namespaces(false)
         };
-        EnterPlan {
+        self.enter.plan(EnterContext {
             namespaces,
-            hostname: self.hostname.clone(),
-            netns_path: self.netns.as_ref().map(std::path::PathBuf::from),
-            userns: None,
-            join: Vec::new(),
-        }
+            ..Default::default()
+        })
     }
 }
 

@@ -50,48 +50,11 @@ pub struct Args {
     /// binding the directory.
     #[arg(long, value_name = "FD")]
     pub root_fd: Option<i32>,
-    /// Root directory of the container (must contain /usr).
-    #[arg(short = 'D', long, value_name = "PATH")]
-    pub directory: Option<String>,
-    /// Mount the root read-only.
-    #[arg(long)]
-    pub read_only: bool,
+    #[command(flatten)]
+    pub mount: MountArgs,
     /// The container has its own network namespace (keeps /proc/sys/net writable).
     #[arg(long)]
     pub private_network: bool,
-    /// Run on an overlay of ROOT whose changes vanish with the container.
-    #[arg(short = 'x', long)]
-    pub ephemeral: bool,
-    /// no, yes (tmpfs root with ROOT's /usr), state (tmpfs /var), overlay.
-    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
-    pub volatile: Option<String>,
-    /// Make NEW (inside ROOT) the root; put ROOT at OLD, or unmount it.
-    #[arg(long, value_name = "NEW[:OLD]")]
-    pub pivot_root: Option<String>,
-    /// Bind mount SRC (host; +PATH in the image; empty: temporary) on DST.
-    #[arg(long, value_name = "SRC[:DST[:OPTS]]")]
-    pub bind: Vec<String>,
-    /// Same, read-only (submounts too).
-    #[arg(long, value_name = "SRC[:DST[:OPTS]]")]
-    pub bind_ro: Vec<String>,
-    /// Mount a tmpfs on PATH with kernel options OPTS.
-    #[arg(long, value_name = "PATH[:OPTS]")]
-    pub tmpfs: Vec<String>,
-    /// Overlay LOWER…:UPPER:DEST (or LOWER:UPPER).
-    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
-    pub overlay: Vec<String>,
-    /// Same, read-only.
-    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
-    pub overlay_ro: Vec<String>,
-    /// Cover PATH with an inaccessible node.
-    #[arg(long, value_name = "PATH")]
-    pub inaccessible: Vec<String>,
-    /// /etc/resolv.conf handling (nspawn's modes; auto never writes the image).
-    #[arg(long, value_name = "MODE")]
-    pub resolv_conf: Option<String>,
-    /// /etc/localtime handling (nspawn's modes; auto never writes the image).
-    #[arg(long, value_name = "MODE")]
-    pub timezone: Option<String>,
     /// Make a pty whose slave is /dev/console; its master goes to the monitor (--sync-fd).
     #[arg(long)]
     pub console: bool,
@@ -100,18 +63,182 @@ pub struct Args {
     pub rest: Vec<String>,
 }
 
-/// The options that decide the mount plan, shared by ns-mount's flags and ns-run's nspawn
-/// command line so that the two cannot drift apart.
-#[derive(Debug)]
-pub struct MountOptions<'a> {
-    pub directory: &'a str,
-    pub read_only: bool,
-    pub private_network: bool,
+/// nspawn's image and mount options (ns-mount's share of them), one declaration flattened
+/// into both ns-mount's and ns-run's command lines. [`MountArgs::plan`] turns them into the
+/// state's `mount` section, [`plan_to_flags`] back.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct MountArgs {
+    /// Root directory for the container
+    #[arg(short = 'D', long, value_name = "PATH")]
+    pub directory: Option<String>,
+    /// Run container with snapshot of root directory, and remove it after exit
+    #[arg(short = 'x', long)]
     pub ephemeral: bool,
-    pub volatile: Option<&'a str>,
-    pub pivot_root: Option<&'a str>,
-    pub resolv_conf: Option<&'a str>,
-    pub timezone: Option<&'a str>,
+    /// Mount the root directory read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Run the system in volatile mode
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
+    pub volatile: Option<String>,
+    /// Pivot root to given directory in the container
+    #[arg(long, value_name = "PATH[:PATH]")]
+    pub pivot_root: Option<String>,
+    /// Select mode of /etc/resolv.conf initialization
+    #[arg(long, value_name = "MODE")]
+    pub resolv_conf: Option<String>,
+    /// Select mode of /etc/localtime initialization
+    #[arg(long, value_name = "MODE")]
+    pub timezone: Option<String>,
+    /// --bind, --bind-ro, --tmpfs, --overlay, --overlay-ro, --inaccessible, in order.
+    #[command(flatten)]
+    pub mounts: UserMounts,
+}
+
+/// One kind of user mount option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    Bind,
+    BindRo,
+    Inaccessible,
+    Tmpfs,
+    Overlay,
+    OverlayRo,
+}
+
+/// The user mount options: (kind, clap id, long name, value name, help).
+const USER_MOUNTS: [(MountKind, &str, &str, &str, &str); 6] = [
+    (
+        MountKind::Bind,
+        "bind",
+        "bind",
+        "PATH[:PATH[:OPTIONS]]",
+        "Bind mount a file or directory from the host into the container",
+    ),
+    (
+        MountKind::BindRo,
+        "bind_ro",
+        "bind-ro",
+        "PATH[:PATH[:OPTIONS]]",
+        "Similar, but creates a read-only bind mount",
+    ),
+    (
+        MountKind::Inaccessible,
+        "inaccessible",
+        "inaccessible",
+        "PATH",
+        "Over-mount file node with inaccessible node to mask it",
+    ),
+    (
+        MountKind::Tmpfs,
+        "tmpfs",
+        "tmpfs",
+        "PATH:[OPTIONS]",
+        "Mount an empty tmpfs to the specified directory",
+    ),
+    (
+        MountKind::Overlay,
+        "overlay",
+        "overlay",
+        "PATH[:PATH...]:PATH",
+        "Create an overlay mount from the host to the container",
+    ),
+    (
+        MountKind::OverlayRo,
+        "overlay_ro",
+        "overlay-ro",
+        "PATH[:PATH...]:PATH",
+        "Similar, but creates a read-only overlay mount",
+    ),
+];
+
+impl MountKind {
+    /// The option, as errors name it (`--bind-ro`).
+    pub fn option(self) -> String {
+        let (_, _, long, _, _) = USER_MOUNTS
+            .iter()
+            .find(|(k, ..)| *k == self)
+            .expect("listed");
+        format!("--{long}")
+    }
+
+    /// `value` parsed into its operation.
+    pub fn parse(self, value: &str) -> Result<MountOp> {
+        match self {
+            MountKind::Bind | MountKind::BindRo => parse_bind(value, self == MountKind::BindRo),
+            MountKind::Tmpfs => parse_tmpfs(value),
+            MountKind::Overlay | MountKind::OverlayRo => {
+                parse_overlay(value, self == MountKind::OverlayRo)
+            }
+            MountKind::Inaccessible => spec::parse_inaccessible(value),
+        }
+    }
+}
+
+/// The user mount options as given, in command-line order across all six (mounts stack:
+/// their order is their meaning). Declared by hand for clap, which reports where each
+/// value stood only through its matches.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UserMounts(pub Vec<(MountKind, String)>);
+
+impl clap::FromArgMatches for UserMounts {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let mut found: Vec<(usize, MountKind, String)> = Vec::new();
+        for (kind, id, ..) in USER_MOUNTS {
+            if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+                found.extend(idx.zip(vals).map(|(i, v)| (i, kind, v.clone())));
+            }
+        }
+        found.sort_by_key(|(i, _, _)| *i);
+        Ok(UserMounts(
+            found.into_iter().map(|(_, k, v)| (k, v)).collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        m: &clap::ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for UserMounts {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        USER_MOUNTS
+            .iter()
+            .fold(cmd, |cmd, (_, id, long, value, help)| {
+                cmd.arg(
+                    clap::Arg::new(*id)
+                        .long(*long)
+                        .value_name(*value)
+                        .help(*help)
+                        .action(clap::ArgAction::Append),
+                )
+            })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl UserMounts {
+    /// The operations, in order.
+    pub fn ops(&self) -> Result<Vec<MountOp>> {
+        self.0.iter().map(|(k, v)| k.parse(v)).collect()
+    }
+}
+
+/// What the mount plan takes besides its own flags: what other stages' options decided,
+/// and the host's facts (probed before planning, so that planning reads nothing).
+#[derive(Debug)]
+pub struct MountContext<'a> {
+    /// The directory the checks run against (`-D`, or what ns-run chose without it).
+    pub tree: &'a RootFacts,
+    /// Where the scratch tmpfs goes ([`scratch::default_dir`]).
+    pub scratch: PathBuf,
+    pub private_network: bool,
     /// The root is seen through an idmapped mount (user namespaces, ownership `map`).
     pub idmapped_root: bool,
     /// The container has a user namespace (idmap bind options need one).
@@ -120,127 +247,155 @@ pub struct MountOptions<'a> {
     pub console: bool,
     /// The root of an OCI bundle: any directory, not only an OS tree with /usr.
     pub any_tree: bool,
-    /// Where `--bind`, `--bind-ro`, `--tmpfs`, `--overlay*`, `--inaccessible` stood.
-    pub matches: &'a clap::ArgMatches,
+    /// Where the tree will be, when not where it was checked (a template's copy).
+    pub root: Option<PathBuf>,
+    /// `--bind-user`'s users (the monitor maps them; ns-mount binds their homes).
+    pub bind_users: Vec<ns_core::state::BoundUser>,
+    /// systemd's container interface under /run/host.
+    pub run_host: ns_core::state::RunHost,
+    /// `-b`: a transient /etc/machine-id, and the cgroup file systems for the guest's init.
+    pub machine_id: Option<String>,
+    pub cgroups: Option<ns_core::state::CgroupMounts>,
 }
 
-/// Check the options and compute the plan.
-pub fn mount_plan(o: &MountOptions) -> Result<MountPlan> {
-    let mut root_mode = match o.volatile {
-        Some(v) => spec::parse_volatile(v)?,
-        None => RootMode::Directory,
-    };
-    if o.ephemeral {
-        if root_mode != RootMode::Directory {
-            return Err(Error::setup(
-                "--ephemeral and --volatile= may not be combined".into(),
+impl MountArgs {
+    /// Check the options and compute the plan.
+    pub fn plan(&self, cx: &MountContext) -> Result<MountPlan> {
+        let mut root_mode = match &self.volatile {
+            Some(v) => spec::parse_volatile(v)?,
+            None => RootMode::Directory,
+        };
+        if self.ephemeral {
+            if root_mode != RootMode::Directory {
+                return Err(Error::setup(
+                    "--ephemeral and --volatile= may not be combined".into(),
+                ));
+            }
+            root_mode = RootMode::Overlay;
+        }
+        let checked = check_root(cx.tree, root_mode, !cx.any_tree)?;
+        let ops = self.mounts.ops()?;
+        if !cx.userns {
+            check_no_idmap(&self.mounts.0, &ops)?;
+        }
+        Ok(MountPlan {
+            root: cx.root.clone().unwrap_or(checked),
+            root_mode,
+            idmapped_root: cx.idmapped_root,
+            read_only: self.read_only,
+            private_network: cx.private_network,
+            pivot_root: self
+                .pivot_root
+                .as_deref()
+                .map(spec::parse_pivot_root)
+                .transpose()?,
+            ops,
+            scratch: cx.scratch.clone(),
+            console: cx.console,
+            resolv_conf: spec::parse_resolv_conf(
+                self.resolv_conf.as_deref().unwrap_or("auto"),
+                cx.private_network,
+            )?,
+            timezone: spec::parse_timezone(self.timezone.as_deref().unwrap_or("auto"))?,
+            bind_users: cx.bind_users.clone(),
+            run_host: cx.run_host.clone(),
+            machine_id: cx.machine_id.clone(),
+            cgroups: cx.cgroups.clone(),
+            // The monitor's, made at start.
+        })
+    }
+}
+
+/// idmap and rootidmap bind options need a user namespace.
+fn check_no_idmap(given: &[(MountKind, String)], ops: &[MountOp]) -> Result<()> {
+    let by_kind = [MountKind::Bind, MountKind::BindRo]
+        .into_iter()
+        .flat_map(|k| given.iter().zip(ops).filter(move |((g, _), _)| *g == k));
+    for ((kind, value), op) in by_kind {
+        if matches!(op, MountOp::Bind { idmap, .. } if *idmap != ns_core::state::Idmap::No) {
+            return Err(Error::invalid(
+                &kind.option(),
+                value,
+                "idmap and rootidmap need a user namespace (--private-users or -U)",
             ));
         }
-        root_mode = RootMode::Overlay;
     }
-    let root = check_root(o.directory, root_mode, !o.any_tree)?;
-    let ops = ops_from_matches(o.matches)?;
-    if !o.userns {
-        for id in ["bind", "bind_ro"] {
-            for v in o.matches.get_many::<String>(id).into_iter().flatten() {
-                let idmapped = matches!(
-                    parse_bind(v, id == "bind_ro")?,
-                    MountOp::Bind { idmap, .. } if idmap != ns_core::state::Idmap::No
-                );
-                if idmapped {
-                    let opt = if id == "bind_ro" {
-                        "--bind-ro"
-                    } else {
-                        "--bind"
-                    };
-                    return Err(Error::invalid(
-                        opt,
-                        v,
-                        "idmap and rootidmap need a user namespace (--private-users or -U)",
-                    ));
-                }
-            }
-        }
-    }
-    Ok(MountPlan {
-        root,
-        root_mode,
-        idmapped_root: o.idmapped_root,
-        read_only: o.read_only,
-        private_network: o.private_network,
-        pivot_root: o.pivot_root.map(spec::parse_pivot_root).transpose()?,
-        ops,
-        scratch: scratch::default_dir()?,
-        bind_users: Vec::new(),
-        console: o.console,
-        // ns-run fills these in (they come from the exec plan's uuid and manager).
-        run_host: ns_core::state::RunHost::default(),
-        machine_id: None,
-        cgroups: None,
-        resolv_conf: spec::parse_resolv_conf(o.resolv_conf.unwrap_or("auto"), o.private_network)?,
-        timezone: spec::parse_timezone(o.timezone.unwrap_or("auto"))?,
-    })
+    Ok(())
 }
 
 impl Args {
-    /// The plan these flags describe (`m`: the matches they came from, for mount order).
-    pub fn to_plan(&self, m: &clap::ArgMatches) -> Result<MountPlan> {
+    /// The plan these flags describe.
+    pub fn to_plan(&self) -> Result<MountPlan> {
         let dir = self
+            .mount
             .directory
             .as_deref()
             .ok_or_else(|| Error::setup("-D/--directory is required".into()))?;
-        mount_plan(&MountOptions {
-            directory: dir,
-            read_only: self.read_only,
+        self.mount.plan(&MountContext {
+            tree: &RootFacts::probe(dir, self.mount.volatile.is_some()),
+            scratch: scratch::default_dir()?,
             private_network: self.private_network,
-            ephemeral: self.ephemeral,
-            volatile: self.volatile.as_deref(),
-            pivot_root: self.pivot_root.as_deref(),
-            resolv_conf: self.resolv_conf.as_deref(),
-            timezone: self.timezone.as_deref(),
+            console: self.console,
             idmapped_root: false,
             userns: false,
-            console: self.console,
             any_tree: false,
-            matches: m,
+            root: None,
+            bind_users: Vec::new(),
+            run_host: Default::default(),
+            machine_id: None,
+            cgroups: None,
         })
     }
 }
 
-/// The user mount options, parsed, in command-line order across all of them (clap reports
-/// where each value stood).
-pub fn ops_from_matches(m: &clap::ArgMatches) -> Result<Vec<MountOp>> {
-    let mut found: Vec<(usize, &str, String)> = Vec::new();
-    for id in [
-        "bind",
-        "bind_ro",
-        "tmpfs",
-        "overlay",
-        "overlay_ro",
-        "inaccessible",
-    ] {
-        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
-            found.extend(idx.zip(vals).map(|(i, v)| (i, id, v.clone())));
+/// What planning needs to know of a root directory, probed before planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFacts {
+    /// The directory as given (errors name it).
+    pub given: String,
+    /// Its canonical path, or why there is none.
+    pub canonical: Result<PathBuf>,
+    /// It holds a /usr directory.
+    pub has_usr: bool,
+    /// The first of /bin, /sbin, /lib, /lib64 that is there and not a symlink (probed only
+    /// when asked: `--volatile=yes` needs a merged /usr).
+    pub unmerged: Option<&'static str>,
+}
+
+impl RootFacts {
+    /// Probe `dir` (`merged`: also look for an unmerged /usr).
+    pub fn probe(dir: &str, merged: bool) -> Self {
+        let canonical = std::fs::canonicalize(dir)
+            .map_err(|e| Error::invalid("--directory", dir, &ns_core::error::io_desc(&e)));
+        let (has_usr, unmerged) = match &canonical {
+            Ok(p) => (
+                p.join("usr").is_dir(),
+                merged
+                    .then(|| {
+                        ["bin", "sbin", "lib", "lib64"].into_iter().find(|d| {
+                            std::fs::symlink_metadata(p.join(d))
+                                .is_ok_and(|m| !m.file_type().is_symlink())
+                        })
+                    })
+                    .flatten(),
+            ),
+            Err(_) => (false, None),
+        };
+        RootFacts {
+            given: dir.to_string(),
+            canonical,
+            has_usr,
+            unmerged,
         }
     }
-    found.sort_by_key(|(i, _, _)| *i);
-    found
-        .into_iter()
-        .map(|(_, id, v)| match id {
-            "tmpfs" => parse_tmpfs(&v),
-            "overlay" | "overlay_ro" => parse_overlay(&v, id == "overlay_ro"),
-            "inaccessible" => spec::parse_inaccessible(&v),
-            _ => parse_bind(&v, id == "bind_ro"),
-        })
-        .collect()
 }
 
-/// Resolve and check a root directory as nspawn does: it must exist and be a directory
-/// holding /usr (with `os_tree`); the host's root only for modes that never write to it;
+/// Check a root directory as nspawn does: it must exist and be a directory holding /usr
+/// (with `os_tree`); the host's root only for modes that never write to it;
 /// `--volatile=yes` only for a merged-/usr tree.
-pub fn check_root(dir: &str, mode: RootMode, os_tree: bool) -> Result<PathBuf> {
-    let p = std::fs::canonicalize(dir)
-        .map_err(|e| Error::invalid("--directory", dir, &ns_core::error::io_desc(&e)))?;
+pub fn check_root(tree: &RootFacts, mode: RootMode, os_tree: bool) -> Result<PathBuf> {
+    let dir = &tree.given;
+    let p = tree.canonical.clone()?;
     if p == Path::new("/") && mode == RootMode::Directory {
         return Err(Error::invalid(
             "--directory",
@@ -248,24 +403,19 @@ pub fn check_root(dir: &str, mode: RootMode, os_tree: bool) -> Result<PathBuf> {
             "spawning a container on the root directory is not supported (use --ephemeral, --volatile=yes or --volatile=state)",
         ));
     }
-    if os_tree && !p.join("usr").is_dir() {
+    if os_tree && !tree.has_usr {
         return Err(Error::invalid(
             "--directory",
             dir,
             "does not look like an OS tree (/usr/ directory is missing)",
         ));
     }
-    if mode == RootMode::Volatile {
-        for d in ["bin", "sbin", "lib", "lib64"] {
-            let m = std::fs::symlink_metadata(p.join(d));
-            if m.is_ok_and(|m| !m.file_type().is_symlink()) {
-                return Err(Error::invalid(
-                    "--volatile",
-                    "yes",
-                    &format!("needs an image with /{d} merged into /usr (a symlink)"),
-                ));
-            }
-        }
+    if let (RootMode::Volatile, Some(d)) = (mode, tree.unmerged) {
+        return Err(Error::invalid(
+            "--volatile",
+            "yes",
+            &format!("needs an image with /{d} merged into /usr (a symlink)"),
+        ));
     }
     Ok(p)
 }
@@ -334,11 +484,16 @@ fn resolv_source_name(p: &Path) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
     use ns_core::state::Source;
 
     fn ops_of(argv: &[String]) -> Vec<MountOp> {
-        ops_from_matches(&Args::command().try_get_matches_from(argv).unwrap()).unwrap()
+        use clap::Parser;
+        Args::try_parse_from(argv)
+            .unwrap()
+            .mount
+            .mounts
+            .ops()
+            .unwrap()
     }
 
     #[test]
@@ -388,18 +543,30 @@ mod tests {
     #[test]
     fn root_checks() {
         let d = RootMode::Directory;
-        assert!(check_root("/", d, true)
+        let check = |dir: &str, mode| check_root(&RootFacts::probe(dir, false), mode, true);
+        assert!(check("/", d)
             .unwrap_err()
             .msg
             .contains("root directory is not supported"));
-        assert!(check_root("/", RootMode::Overlay, true).is_ok());
-        assert!(check_root("/nonexistent/dir", d, true)
+        assert!(check("/", RootMode::Overlay).is_ok());
+        assert!(check("/nonexistent/dir", d)
             .unwrap_err()
             .msg
             .contains("No such file"));
-        assert!(check_root("/etc", d, true)
+        assert!(check("/etc", d)
             .unwrap_err()
             .msg
             .contains("/usr/ directory is missing"));
+        let unmerged = RootFacts {
+            given: "/img".into(),
+            canonical: Ok("/img".into()),
+            has_usr: true,
+            unmerged: Some("lib"),
+        };
+        assert!(check_root(&unmerged, RootMode::Volatile, true)
+            .unwrap_err()
+            .msg
+            .contains("/lib merged into /usr"));
+        assert!(check_root(&unmerged, RootMode::State, true).is_ok());
     }
 }

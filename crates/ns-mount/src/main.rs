@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, next_program, StageFds};
-use ns_core::stage::{adopt_sync, debug, parse_matches, run};
+use ns_core::stage::{adopt_sync, debug, parse_args, run};
 use ns_core::state::{Runtime, State};
 use ns_mount::Args;
 
@@ -11,7 +11,7 @@ const STAGE: &str = "ns-mount";
 fn main() {
     run(STAGE, || {
         let argv = args_utf8()?;
-        let (args, matches): (Args, _) = parse_matches(STAGE, &argv);
+        let args: Args = parse_args(STAGE, &argv);
         // Kept open (not dropped) for ns-caps, the next stage.
         let sync = adopt_sync(args.sync_fd)?;
         let (plan, runtime) = match args.state_fd {
@@ -19,7 +19,7 @@ fn main() {
                 let state = State::from_state_fd(fd)?;
                 (state.mount, state.runtime)
             }
-            None => (args.to_plan(&matches)?, Runtime::default()),
+            None => (args.to_plan()?, Runtime::default()),
         };
         let rest = next_program(&args.rest, args.state_fd, args.sync_fd, "ns-caps")?;
         // Open the stages still to come while our binaries are reachable.

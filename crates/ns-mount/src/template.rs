@@ -30,7 +30,7 @@ pub fn instantiate(template: &Path, dir: &Path) -> Result<bool> {
         return Ok(false);
     }
     crate::check_root(
-        &template.to_string_lossy(),
+        &crate::RootFacts::probe(&template.to_string_lossy(), false),
         ns_core::state::RootMode::Directory,
         true,
     )

@@ -89,6 +89,12 @@ pub struct NetArgs {
 }
 
 impl NetArgs {
+    /// Check the options and compute the plan for machine `machine` (names and MAC
+    /// addresses derive from it).
+    pub fn plan(&self, machine: &str) -> Result<NetPlan> {
+        net_plan(&self.options(machine))
+    }
+
     /// These options for machine `machine`.
     pub fn options<'a>(&'a self, machine: &'a str) -> NetOptions<'a> {
         NetOptions {
@@ -176,6 +182,39 @@ fn named(prefix: &str, base: &str) -> (String, Option<String>) {
 
 /// Check the options and compute names and MAC addresses as nspawn does.
 pub fn net_plan(o: &NetOptions) -> Result<NetPlan> {
+    let veth = veth(o)?;
+    check_addresses(o, veth.is_some())?;
+    let ports = o
+        .ports
+        .iter()
+        .map(|p| ports::parse_port(p))
+        .collect::<Result<Vec<_>>>()?;
+    if !ports.is_empty() && (veth.is_none() || o.address.is_empty()) {
+        return Err(Error::setup(
+            "--port needs a veth with a container address (-n and --network-address) to forward to"
+                .into(),
+        ));
+    }
+    let veth_extra = veth_extra(o)?;
+    for i in o.interfaces {
+        check_ifname("--network-interface", i)?;
+    }
+    Ok(NetPlan {
+        veth,
+        zone: o.zone.map(str::to_string),
+        veth_extra,
+        interfaces: o.interfaces.to_vec(),
+        macvlan: vlans(o, "--network-macvlan", "mv-", o.macvlan, true)?,
+        ipvlan: vlans(o, "--network-ipvlan", "iv-", o.ipvlan, false)?,
+        address: o.address.to_vec(),
+        host_address: o.host_address.to_vec(),
+        gateway: o.gateway.map(str::to_string),
+        ports,
+    })
+}
+
+/// The main veth (-n, or bridged: --network-bridge, --network-zone), if any.
+fn veth(o: &NetOptions) -> Result<Option<Veth>> {
     if o.bridge.is_some() && o.zone.is_some() {
         return Err(Error::setup(
             "--network-bridge= and --network-zone= may not be combined".into(),
@@ -199,22 +238,23 @@ pub fn net_plan(o: &NetOptions) -> Result<NetPlan> {
         None => None,
     };
     let bridge = o.bridge.map(str::to_string).or(zone_bridge);
-    let veth = if o.veth || bridge.is_some() {
-        let (host, host_altname) = named(if bridge.is_some() { "vb-" } else { "ve-" }, o.machine);
-        Some(Veth {
-            host,
-            host_altname,
-            container: "host0".into(),
-            host_mac: generate_mac(o.machine, MacKey::Host, 0),
-            container_mac: generate_mac(o.machine, MacKey::Container, 0),
-            bridge,
-        })
-    } else {
-        None
-    };
-    if veth.is_none()
-        && (!o.address.is_empty() || !o.host_address.is_empty() || o.gateway.is_some())
-    {
+    if !o.veth && bridge.is_none() {
+        return Ok(None);
+    }
+    let (host, host_altname) = named(if bridge.is_some() { "vb-" } else { "ve-" }, o.machine);
+    Ok(Some(Veth {
+        host,
+        host_altname,
+        container: "host0".into(),
+        host_mac: generate_mac(o.machine, MacKey::Host, 0),
+        container_mac: generate_mac(o.machine, MacKey::Container, 0),
+        bridge,
+    }))
+}
+
+/// ns-run's address extensions: they need a veth, and well-formed values.
+fn check_addresses(o: &NetOptions, veth: bool) -> Result<()> {
+    if !veth && (!o.address.is_empty() || !o.host_address.is_empty() || o.gateway.is_some()) {
         return Err(Error::setup(
             "--network-address, --network-host-address and --network-gateway need a veth (-n, --network-bridge or --network-zone)".into(),
         ));
@@ -229,23 +269,17 @@ pub fn net_plan(o: &NetOptions) -> Result<NetPlan> {
         g.parse::<std::net::IpAddr>()
             .map_err(|_| Error::invalid("--network-gateway", g, "not an IP address"))?;
     }
-    let ports = o
-        .ports
-        .iter()
-        .map(|p| ports::parse_port(p))
-        .collect::<Result<Vec<_>>>()?;
-    if !ports.is_empty() && (veth.is_none() || o.address.is_empty()) {
-        return Err(Error::setup(
-            "--port needs a veth with a container address (-n and --network-address) to forward to"
-                .into(),
-        ));
-    }
-    let mut veth_extra = Vec::new();
+    Ok(())
+}
+
+/// `--network-veth-extra=HOST[:CONTAINER]` pairs.
+fn veth_extra(o: &NetOptions) -> Result<Vec<Veth>> {
+    let mut out = Vec::new();
     for (i, v) in o.veth_extra.iter().enumerate() {
         let (h, c) = v.split_once(':').unwrap_or((v, v));
         check_ifname("--network-veth-extra", h)?;
         check_ifname("--network-veth-extra", c)?;
-        veth_extra.push(Veth {
+        out.push(Veth {
             host: h.into(),
             host_altname: None,
             container: c.into(),
@@ -254,40 +288,32 @@ pub fn net_plan(o: &NetOptions) -> Result<NetPlan> {
             bridge: None,
         });
     }
-    for i in o.interfaces {
-        check_ifname("--network-interface", i)?;
-    }
-    let vlans = |option: &str, prefix: &str, list: &[String], mac: bool| -> Result<Vec<Vlan>> {
-        list.iter()
-            .enumerate()
-            .map(|(i, p)| {
-                check_ifname(option, p)?;
-                let (name, altname) = named(prefix, p);
-                Ok(Vlan {
-                    parent: p.clone(),
-                    name,
-                    altname,
-                    mac: if mac {
-                        generate_mac(o.machine, MacKey::Macvlan, i as u64)
-                    } else {
-                        None
-                    },
-                })
+    Ok(out)
+}
+
+/// macvlan (with a MAC address of its own) or ipvlan links on host links.
+fn vlans(
+    o: &NetOptions,
+    option: &str,
+    prefix: &str,
+    list: &[String],
+    mac: bool,
+) -> Result<Vec<Vlan>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            check_ifname(option, p)?;
+            let (name, altname) = named(prefix, p);
+            Ok(Vlan {
+                parent: p.clone(),
+                name,
+                altname,
+                mac: mac
+                    .then(|| generate_mac(o.machine, MacKey::Macvlan, i as u64))
+                    .flatten(),
             })
-            .collect()
-    };
-    Ok(NetPlan {
-        veth,
-        zone: o.zone.map(str::to_string),
-        veth_extra,
-        interfaces: o.interfaces.to_vec(),
-        macvlan: vlans("--network-macvlan", "mv-", o.macvlan, true)?,
-        ipvlan: vlans("--network-ipvlan", "iv-", o.ipvlan, false)?,
-        address: o.address.to_vec(),
-        host_address: o.host_address.to_vec(),
-        gateway: o.gateway.map(str::to_string),
-        ports,
-    })
+        })
+        .collect()
 }
 
 /// The flags that reproduce `plan` (for `ns-run --print-chain`).
@@ -341,7 +367,7 @@ pub fn plan_to_flags(machine: &str, plan: &NetPlan) -> Vec<String> {
 
 impl Args {
     pub fn to_plan(&self) -> Result<NetPlan> {
-        net_plan(&self.net.options(&self.machine))
+        self.net.plan(&self.machine)
     }
 }
 

@@ -16,7 +16,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use ns_core::exec::StageFds;
 use ns_core::stage::debug;
-use ns_core::state::{Ownership, Runtime, State};
+use ns_core::state::{Runtime, State};
 use ns_core::{Context, Error, Result};
 use ns_host::cgroups::Cgroup;
 use ns_host::chain::{Chain, Maps, Report};
@@ -103,34 +103,13 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     );
     argv.extend(oci::argv_of(b));
     ns_run::cli::reject_unknown_options(&argv)?;
-    let (cli, matches): (ns_run::cli::Cli, _) = ns_core::stage::parse_matches(STAGE, &argv);
-    let mut state = ns_run::plan::build(&cli, &matches)?;
-    oci::apply(b, &mut state, true)?;
-    // As runc (and crun, youki): no task limit that config.json does not set. The engine
-    // that writes it decides (docker's --pids-limit, the kubelet's pod pids limit).
-    state
-        .monitor
-        .properties
-        .retain(|p| !matches!(p, ns_core::state::Property::DefaultTasksMax(_)));
-    if state.exec.argv.is_empty() {
-        return Err(Error::setup("config.json: process.args is empty".into()));
-    }
-    // The hostname is config.json's, or the one inherited; only set in a UTS namespace of
-    // its own (a pod's member joins the pod's, hostname and all).
-    state.enter.hostname = b.spec.hostname().clone().filter(|_| {
-        state
-            .enter
-            .namespaces
-            .contains(&ns_core::state::Namespace::Uts)
-    });
-    state.mount.console = terminal;
-    state.exec.console = terminal;
-    state.monitor.console = ns_core::state::Console::Passive;
-    if let Some(u) = &mut state.enter.userns {
-        // The mapping as given; the image's ownership as it is (as runc does).
-        u.ownership = Ownership::Off;
-    }
-    Ok(state)
+    let cli: ns_run::cli::Cli = ns_core::stage::parse_args(STAGE, &argv);
+    let facts = ns_run::plan::HostFacts::gather(&cli);
+    let input = oci::OciInput {
+        bundle: b,
+        runtime: Some(oci::Runtime { terminal }),
+    };
+    ns_run::plan::build(&cli, &facts, Some(&input))
 }
 
 /// cgroupsPath (`given`), as a path below each hierarchy's root. With `--systemd-cgroup` it

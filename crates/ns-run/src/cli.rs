@@ -11,7 +11,8 @@ use clap::{ArgAction, Parser};
     name = "ns-run",
     version,
     about = "Run a command in a container: systemd-nspawn's options, composed from ns-* stages",
-    disable_help_flag = true
+    disable_help_flag = true,
+    mut_args(in_nspawn_order)
 )]
 pub struct Cli {
     /// Show this help
@@ -27,28 +28,18 @@ pub struct Cli {
     #[arg(long, value_name = "BOOLEAN")]
     pub settings: Option<String>,
 
-    // Image
-    /// Root directory for the container
-    #[arg(short = 'D', long, value_name = "PATH")]
-    pub directory: Option<String>,
+    // Image (and the mount options: ns-mount's, shared)
+    #[command(flatten)]
+    pub mount: ns_mount::MountArgs,
     /// Initialize root directory from template directory, if missing
     #[arg(long, value_name = "PATH")]
     pub template: Option<String>,
-    /// Run container with snapshot of root directory, and remove it after exit
-    #[arg(short = 'x', long)]
-    pub ephemeral: bool,
     /// Root file system disk image (or device node) for the container
     #[arg(short = 'i', long, value_name = "PATH")]
     pub image: Option<String>,
     /// OCI bundle directory
     #[arg(long, value_name = "PATH")]
     pub oci_bundle: Option<String>,
-    /// Mount the root directory read-only
-    #[arg(long)]
-    pub read_only: bool,
-    /// Run the system in volatile mode
-    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "yes")]
-    pub volatile: Option<String>,
     /// Specify verity root hash for root disk image
     #[arg(long, value_name = "HASH")]
     pub root_hash: Option<String>,
@@ -58,26 +49,11 @@ pub struct Cli {
     /// Specify hash device for verity
     #[arg(long, value_name = "PATH")]
     pub verity_data: Option<String>,
-    /// Pivot root to given directory in the container
-    #[arg(long, value_name = "PATH[:PATH]")]
-    pub pivot_root: Option<String>,
 
-    // Execution
-    /// Maintain a stub init as PID1, invoke binary as PID2
-    #[arg(short = 'a', long)]
-    pub as_pid2: bool,
-    /// Boot up full system (i.e. invoke init)
-    #[arg(short = 'b', long)]
-    pub boot: bool,
-    /// Set working directory in the container
-    #[arg(long, value_name = "PATH")]
-    pub chdir: Option<String>,
-    /// Pass an environment variable to PID 1
-    #[arg(short = 'E', long, value_name = "NAME[=VALUE]")]
-    pub setenv: Vec<String>,
-    /// Run the command under specified user or UID
-    #[arg(short = 'u', long, value_name = "USER")]
-    pub user: Option<String>,
+    // Execution (and --uuid, the capability, system call filter and resource options:
+    // ns-caps's, shared)
+    #[command(flatten)]
+    pub exec: ns_caps::ExecArgs,
     /// Select signal to use for shutting down PID 1
     #[arg(long, value_name = "SIGNAL")]
     pub kill_signal: Option<String>,
@@ -88,16 +64,12 @@ pub struct Cli {
     #[arg(long, value_name = "BOOLEAN")]
     pub suppress_sync: Option<String>,
 
-    // System identity
+    // System identity (and --hostname, --network-namespace-path: ns-enter's, shared)
+    #[command(flatten)]
+    pub enter: ns_enter::EnterArgs,
     /// Set the machine name for the container
     #[arg(short = 'M', long, value_name = "NAME")]
     pub machine: Option<String>,
-    /// Override the hostname for the container
-    #[arg(long, value_name = "NAME")]
-    pub hostname: Option<String>,
-    /// Set a specific machine UUID for the container
-    #[arg(long, value_name = "UUID")]
-    pub uuid: Option<String>,
 
     // Properties
     /// Place the container in the specified slice
@@ -131,29 +103,11 @@ pub struct Cli {
     /// Disable network in container
     #[arg(long)]
     pub private_network: bool,
-    /// Set network namespace to the one represented by the specified kernel namespace file
-    #[arg(long, value_name = "PATH")]
-    pub network_namespace_path: Option<String>,
     /// -n, --network-bridge, --network-zone, ... (shared with ns-net)
     #[command(flatten)]
     pub net: ns_net::NetArgs,
 
     // Security
-    /// In addition to the default, retain specified capability
-    #[arg(long, value_name = "CAP")]
-    pub capability: Vec<String>,
-    /// Drop the specified capability from the default set
-    #[arg(long, value_name = "CAP")]
-    pub drop_capability: Vec<String>,
-    /// Sets the specified capability for the started process
-    #[arg(long, value_name = "CAP")]
-    pub ambient_capability: Vec<String>,
-    /// Set PR_SET_NO_NEW_PRIVS flag for container payload
-    #[arg(long, value_name = "BOOLEAN")]
-    pub no_new_privileges: Option<String>,
-    /// Permit/prohibit specific system calls
-    #[arg(long, value_name = "LIST|~LIST")]
-    pub system_call_filter: Vec<String>,
     /// Set the SELinux security context to be used by processes in the container
     #[arg(short = 'Z', long, value_name = "SECLABEL")]
     pub selinux_context: Option<String>,
@@ -162,26 +116,8 @@ pub struct Cli {
     pub selinux_apifs_context: Option<String>,
 
     // Resources
-    /// Set a resource limit for the payload
-    #[arg(long, value_name = "NAME=LIMIT")]
-    pub rlimit: Vec<String>,
-    /// Adjust the OOM score value for the payload
-    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
-    pub oom_score_adjust: Option<String>,
-    /// Adjust the CPU affinity of the container
-    #[arg(long, value_name = "CPUS")]
-    pub cpu_affinity: Option<String>,
-    /// Pick personality for this container
-    #[arg(long, value_name = "ARCH")]
-    pub personality: Option<String>,
 
     // Integration
-    /// Select mode of /etc/resolv.conf initialization
-    #[arg(long, value_name = "MODE")]
-    pub resolv_conf: Option<String>,
-    /// Select mode of /etc/localtime initialization
-    #[arg(long, value_name = "MODE")]
-    pub timezone: Option<String>,
     /// Link up guest journal, one of no, auto, guest, host, try-guest, try-host
     #[arg(long, value_name = "MODE")]
     pub link_journal: Option<String>,
@@ -190,24 +126,6 @@ pub struct Cli {
     pub link_journal_try_guest: bool,
 
     // Mounts
-    /// Bind mount a file or directory from the host into the container
-    #[arg(long, value_name = "PATH[:PATH[:OPTIONS]]")]
-    pub bind: Vec<String>,
-    /// Similar, but creates a read-only bind mount
-    #[arg(long, value_name = "PATH[:PATH[:OPTIONS]]")]
-    pub bind_ro: Vec<String>,
-    /// Over-mount file node with inaccessible node to mask it
-    #[arg(long, value_name = "PATH")]
-    pub inaccessible: Vec<String>,
-    /// Mount an empty tmpfs to the specified directory
-    #[arg(long, value_name = "PATH:[OPTIONS]")]
-    pub tmpfs: Vec<String>,
-    /// Create an overlay mount from the host to the container
-    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
-    pub overlay: Vec<String>,
-    /// Similar, but creates a read-only overlay mount
-    #[arg(long, value_name = "PATH[:PATH...]:PATH")]
-    pub overlay_ro: Vec<String>,
     /// Bind user from host to container
     #[arg(long, value_name = "NAME")]
     pub bind_user: Vec<String>,
@@ -247,6 +165,31 @@ pub struct Cli {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
+}
+
+/// The options by clap id in the order `--help` lists them: nspawn's, whichever stage's
+/// flattened struct declares them.
+const HELP_ORDER: &str = "help quiet no_pager settings directory template ephemeral image \
+    oci_bundle read_only volatile root_hash root_hash_sig verity_data pivot_root as_pid2 boot \
+    chdir setenv user kill_signal notify_ready suppress_sync machine hostname uuid slice \
+    property register keep_unit private_users private_users_ownership private_users_chown \
+    userns_pick private_network network_namespace_path network_veth network_bridge \
+    network_zone network_veth_extra network_interface network_macvlan network_ipvlan \
+    network_address network_host_address network_gateway port capability drop_capability \
+    ambient_capability no_new_privileges system_call_filter selinux_context \
+    selinux_apifs_context rlimit oom_score_adjust cpu_affinity personality resolv_conf \
+    timezone link_journal link_journal_try_guest bind bind_ro inaccessible tmpfs overlay \
+    overlay_ro bind_user console pipe set_credential load_credential share_system \
+    print_state print_chain command";
+
+fn in_nspawn_order(a: clap::Arg) -> clap::Arg {
+    let place = HELP_ORDER
+        .split_whitespace()
+        .position(|id| a.get_id() == id);
+    match place {
+        Some(i) => a.display_order(i),
+        None => a,
+    }
 }
 
 /// One option as given: clap's id of the argument and its tokens (`-D /r`, `--bind=x`).
@@ -356,6 +299,22 @@ mod tests {
         assert_eq!(check(&["-qK", "x"]), Err("invalid option -- 'K'".into()));
         // A value that looks like an option is still a value.
         assert!(check(&["--setenv", "--x", "true"]).is_ok());
+    }
+
+    #[test]
+    fn help_order_names_every_option_once() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let listed: Vec<&str> = HELP_ORDER.split_whitespace().collect();
+        let ids: Vec<&str> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .filter(|id| *id != "version")
+            .collect();
+        for id in &ids {
+            assert_eq!(listed.iter().filter(|l| *l == id).count(), 1, "{id}");
+        }
+        assert_eq!(listed.len(), ids.len());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 mod monitor;
 
 use ns_core::exec::args_utf8;
-use ns_core::stage::{parse_matches, run};
+use ns_core::stage::{parse_args, run};
 use ns_run::{cli, oci, plan, settings};
 
 const STAGE: &str = "ns-run";
@@ -17,7 +17,7 @@ fn main() {
     run(STAGE, || {
         let argv = args_utf8()?;
         cli::reject_unknown_options(&argv)?;
-        let (cli, matches): (cli::Cli, _) = parse_matches(STAGE, &argv);
+        let cli: cli::Cli = parse_args(STAGE, &argv);
         // An OCI bundle is options too (and what options cannot say, applied below).
         let bundle = match &cli.oci_bundle {
             Some(dir) => Some(oci::load("--oci-bundle", std::path::Path::new(dir))?),
@@ -34,16 +34,18 @@ fn main() {
             }
             None => settings::merge(&argv, &cli)?,
         };
-        let (cli, matches): (cli::Cli, _) = if merged == argv {
-            (cli, matches)
+        let cli: cli::Cli = if merged == argv {
+            cli
         } else {
             ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
-            parse_matches(STAGE, &merged)
+            parse_args(STAGE, &merged)
         };
-        let mut state = plan::build(&cli, &matches)?;
-        if let Some(b) = &bundle {
-            oci::apply(b, &mut state, false)?;
-        }
+        let facts = plan::HostFacts::gather(&cli);
+        let oci = bundle.as_ref().map(|bundle| oci::OciInput {
+            bundle,
+            runtime: None,
+        });
+        let state = plan::build(&cli, &facts, oci.as_ref())?;
         if cli.print_state {
             ns_core::outln!("{}", state.to_json_pretty());
             std::process::exit(0);

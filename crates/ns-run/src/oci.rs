@@ -1,8 +1,8 @@
 //! OCI bundles (`--oci-bundle=DIR`, and the ns-oci runtime): config.json, read with the
 //! oci-spec crate, becomes nspawn options ([`options`], parsed by the same parser as a
 //! command line, so an option and its OCI field cannot drift apart) plus what no nspawn
-//! option can say ([`apply`]: the process exactly as given, joined namespaces, the seccomp
-//! profile, the cgroup resources).
+//! option can say ([`OciInput`], which the plan's section builders take: the process
+//! exactly as given, joined namespaces, the seccomp profile, the cgroup resources).
 //!
 //! The API file systems stay nspawn's: config.json's own /proc, /sys, /dev, /dev/pts,
 //! /dev/shm, /dev/mqueue, /run and /sys/fs/cgroup mounts are what ns-mount mounts anyway.
@@ -14,7 +14,10 @@ use oci_spec::runtime::{
     LinuxNamespaceType, LinuxResources, LinuxSeccomp, LinuxSeccompAction, Mount, Spec,
 };
 
-use ns_core::state::{FilterBase, Ids, JoinNs, Namespace, Property, Rlimit, State, SyscallFilter};
+use ns_core::state::{
+    Console, EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit,
+    SyscallFilter,
+};
 use ns_core::{Error, Result};
 
 /// A bundle directory and its parsed config.json.
@@ -247,18 +250,102 @@ pub fn argv_of(b: &Bundle) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// What no nspawn option says, applied to the state made from [`options`]: the process's
-/// identity, capabilities, limits and (with `exact_env`, as an OCI runtime gives it; else
-/// over nspawn's, as `--oci-bundle` does) environment; namespaces joined or not created; the
-/// seccomp profile; the resources as the cgroup's properties (device policy included; with
-/// nspawn's default task limit, which a pids limit overrides).
-pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
-    let s = &b.spec;
-    let linux = s.linux().clone().unwrap_or_default();
-    if let Some(p) = s.process() {
-        process_into(p, &mut state.exec, exact_env)?;
+/// A bundle as the plan's section builders take it (what no nspawn option says): the
+/// process's identity, capabilities, limits and environment (exactly its own for a
+/// [`Runtime`]; else over nspawn's, as `--oci-bundle` does); namespaces joined or not
+/// created; the seccomp profile; the resources as the cgroup's properties (device policy
+/// included; with nspawn's default task limit, which a pids limit overrides).
+pub struct OciInput<'a> {
+    pub bundle: &'a Bundle,
+    /// As an OCI runtime (ns-oci) runs it; `None`: `ns-run --oci-bundle`.
+    pub runtime: Option<Runtime>,
+}
+
+/// What changes when an OCI runtime runs the bundle: the environment exactly config.json's,
+/// the hostname config.json's (or the one inherited), no task limit it does not set, the
+/// id mapping as given with the image's ownership as it is, stdio passed through (a pty
+/// for `terminal`, whose master goes to the console socket).
+#[derive(Debug, Clone, Copy)]
+pub struct Runtime {
+    pub terminal: bool,
+}
+
+impl OciInput<'_> {
+    fn linux(&self) -> oci_spec::runtime::Linux {
+        self.bundle.spec.linux().clone().unwrap_or_default()
     }
-    // Namespaces: exactly those listed; one with a path is joined.
+
+    /// The monitor's console mode, and whether the payload gets a pty, from nspawn's.
+    pub fn console(&self, console: Console) -> (Console, bool) {
+        match self.runtime {
+            Some(r) => (Console::Passive, r.terminal),
+            None => (console, console != Console::Pipe),
+        }
+    }
+
+    /// The exec section from nspawn's options, `e`: the process as config.json gives it, and
+    /// its seccomp profile.
+    pub fn exec(&self, mut e: ExecPlan) -> Result<ExecPlan> {
+        if let Some(p) = self.bundle.spec.process() {
+            process_into(p, &mut e, self.runtime.is_some())?;
+        }
+        e.syscall_filter = self.linux().seccomp().as_ref().map(seccomp).transpose()?;
+        if self.runtime.is_some() && e.argv.is_empty() {
+            return Err(Error::setup("config.json: process.args is empty".into()));
+        }
+        Ok(e)
+    }
+
+    /// The enter section from nspawn's options, `enter`: exactly the namespaces listed (but
+    /// network and user, made from the options); one with a path is joined.
+    pub fn enter(&self, mut enter: EnterPlan) -> Result<EnterPlan> {
+        let (create, join) = namespaces(&self.linux())?;
+        let keep =
+            |n: &Namespace| matches!(n, Namespace::User | Namespace::Net) || create.contains(n);
+        enter.namespaces.retain(keep);
+        for n in create {
+            if !enter.namespaces.contains(&n) {
+                enter.namespaces.push(n);
+            }
+        }
+        enter.namespaces.sort();
+        enter.join = join;
+        let uts = enter.namespaces.contains(&Namespace::Uts);
+        if self.runtime.is_some() {
+            // Only set in a UTS namespace of its own (a pod's member joins the pod's,
+            // hostname and all).
+            enter.hostname = self.bundle.spec.hostname().clone().filter(|_| uts);
+            if let Some(u) = &mut enter.userns {
+                u.ownership = ns_core::state::Ownership::Off;
+            }
+        } else if !uts {
+            enter.hostname = None;
+        }
+        Ok(enter)
+    }
+
+    /// The cgroup properties from nspawn's, `props`: the resources replace them, but for its
+    /// task limit (nspawn's unit keeps it for a bundle too; a runtime leaves it out).
+    pub fn properties(&self, mut props: Vec<Property>) -> Result<Vec<Property>> {
+        let linux = self.linux();
+        // As runc (and crun, youki), a runtime sets no task limit that config.json does
+        // not: the engine that writes it decides (docker's --pids-limit, the kubelet's).
+        let runtime = self.runtime.is_some();
+        props.retain(|p| matches!(p, Property::DefaultTasksMax(_)) && !runtime);
+        if let Some(r) = linux.resources() {
+            props.extend(properties(r)?);
+        }
+        if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(unsupported("linux.sysctl"));
+        }
+        check_devices(&linux)?;
+        Ok(props)
+    }
+}
+
+/// The namespaces to create and those to join (network and user are left to the options:
+/// --private-network and its path, -U).
+fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<JoinNs>)> {
     let mut create = vec![Namespace::Mount];
     let mut join = Vec::new();
     for ns in linux.namespaces().clone().unwrap_or_default() {
@@ -268,7 +355,6 @@ pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
             LinuxNamespaceType::Ipc => Namespace::Ipc,
             LinuxNamespaceType::Pid => Namespace::Pid,
             LinuxNamespaceType::Cgroup => Namespace::Cgroup,
-            // Network and user: made from the options (--private-network and its path, -U).
             LinuxNamespaceType::Network | LinuxNamespaceType::User => continue,
             LinuxNamespaceType::Time => return Err(unsupported("linux.namespaces: time")),
         };
@@ -287,57 +373,31 @@ pub fn apply(b: &Bundle, state: &mut State, exact_env: bool) -> Result<()> {
             None => {}
         }
     }
-    let keep = |n: &Namespace| matches!(n, Namespace::User | Namespace::Net) || create.contains(n);
-    state.enter.namespaces.retain(keep);
-    for n in create {
-        if !state.enter.namespaces.contains(&n) {
-            state.enter.namespaces.push(n);
-        }
+    Ok((create, join))
+}
+
+/// ns-mount's /dev has null zero full random urandom tty ptmx: only those may be asked for.
+fn check_devices(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    const STANDARD: &[&str] = &[
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/ptmx",
+    ];
+    let devices = linux.devices().clone().unwrap_or_default();
+    match devices
+        .iter()
+        .find(|x| !STANDARD.iter().any(|s| Path::new(s) == x.path()))
+    {
+        Some(x) => Err(unsupported(&format!(
+            "linux.devices: {}",
+            x.path().display()
+        ))),
+        None => Ok(()),
     }
-    state.enter.namespaces.sort();
-    state.enter.join = join;
-    if !state.enter.namespaces.contains(&Namespace::Uts) {
-        state.enter.hostname = None;
-    }
-    if let Some(sc) = linux.seccomp() {
-        state.exec.syscall_filter = Some(seccomp(sc)?);
-    } else {
-        state.exec.syscall_filter = None;
-    }
-    // The resources replace nspawn's unit properties, but for its task limit (nspawn's
-    // unit keeps it for a bundle too); ns-oci leaves that out, as runc.
-    state
-        .monitor
-        .properties
-        .retain(|p| matches!(p, Property::DefaultTasksMax(_)));
-    if let Some(r) = linux.resources() {
-        state.monitor.properties.extend(properties(r)?);
-    }
-    if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(unsupported("linux.sysctl"));
-    }
-    if let Some(d) = linux.devices().as_ref().filter(|d| !d.is_empty()) {
-        // ns-mount's /dev has null zero full random urandom tty ptmx: those are fine.
-        const STANDARD: &[&str] = &[
-            "/dev/null",
-            "/dev/zero",
-            "/dev/full",
-            "/dev/random",
-            "/dev/urandom",
-            "/dev/tty",
-            "/dev/ptmx",
-        ];
-        if let Some(x) = d
-            .iter()
-            .find(|x| !STANDARD.iter().any(|s| Path::new(s) == x.path()))
-        {
-            return Err(unsupported(&format!(
-                "linux.devices: {}",
-                x.path().display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// An OCI process's identity, capabilities, limits and environment into `e` (with
@@ -365,28 +425,7 @@ pub fn process_into(
         e.ids = Some(ids);
     }
     e.umask = u.umask();
-    if let Some(c) = p.capabilities() {
-        let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
-            let mut v: Vec<String> = set
-                .iter()
-                .flatten()
-                .map(|c| c.to_string().to_ascii_lowercase())
-                .collect();
-            v.sort();
-            v
-        };
-        e.capabilities = names(c.bounding());
-        e.ambient = names(c.ambient());
-        e.cap_sets = Some(ns_core::state::CapSets {
-            effective: names(c.effective()),
-            permitted: names(c.permitted()),
-            inheritable: names(c.inheritable()),
-        });
-    } else {
-        e.capabilities = Vec::new();
-        e.ambient = Vec::new();
-        e.cap_sets = Some(Default::default());
-    }
+    capabilities_into(p.capabilities().as_ref(), e);
     e.no_new_privileges = p.no_new_privileges().unwrap_or(false);
     e.oom_score_adjust = p.oom_score_adj();
     e.rlimits = p
@@ -415,27 +454,43 @@ pub fn process_into(
     Ok(())
 }
 
+/// An OCI process's capability sets into `e` (none given: none at all).
+fn capabilities_into(
+    c: Option<&oci_spec::runtime::LinuxCapabilities>,
+    e: &mut ns_core::state::ExecPlan,
+) {
+    let Some(c) = c else {
+        e.capabilities = Vec::new();
+        e.ambient = Vec::new();
+        e.cap_sets = Some(Default::default());
+        return;
+    };
+    let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+        let mut v: Vec<String> = set
+            .iter()
+            .flatten()
+            .map(|c| c.to_string().to_ascii_lowercase())
+            .collect();
+        v.sort();
+        v
+    };
+    e.capabilities = names(c.bounding());
+    e.ambient = names(c.ambient());
+    e.cap_sets = Some(ns_core::state::CapSets {
+        effective: names(c.effective()),
+        permitted: names(c.permitted()),
+        inheritable: names(c.inheritable()),
+    });
+}
+
 /// An OCI seccomp profile as our filter. The default action decides the base (everything
 /// for SCMP_ACT_ALLOW or LOG, else nothing) and what a denied call gets (its errno, or the
 /// process killed). Unconditional rules go into the allow or deny list (or, with an outcome
 /// of their own, such as containerd's ENOSYS for clone3, become rules); rules with argument
 /// conditions are checked on the arguments. Trap, trace and notify are refused.
 pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
-    use ns_core::state::{ArgCmp, CmpOp, SeccompAction, SeccompRule};
-    use oci_spec::runtime::LinuxSeccompOperator as Op;
-    let action = |a: LinuxSeccompAction, errno: Option<u32>| match a {
-        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog => {
-            Ok(SeccompAction::Allow)
-        }
-        LinuxSeccompAction::ScmpActErrno => {
-            Ok(SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)))
-        }
-        LinuxSeccompAction::ScmpActKill
-        | LinuxSeccompAction::ScmpActKillProcess
-        | LinuxSeccompAction::ScmpActKillThread => Ok(SeccompAction::Kill),
-        a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
-    };
-    let default = action(sc.default_action(), sc.default_errno_ret())?;
+    use ns_core::state::{SeccompAction, SeccompRule};
+    let default = seccomp_action(sc.default_action(), sc.default_errno_ret())?;
     let allows = default == SeccompAction::Allow;
     let denied = if allows {
         SeccompAction::Errno(libc::EPERM as u32)
@@ -452,26 +507,8 @@ pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
         ..Default::default()
     };
     for r in sc.syscalls().iter().flatten() {
-        let a = action(r.action(), r.errno_ret())?;
-        let args: Vec<ArgCmp> = r
-            .args()
-            .iter()
-            .flatten()
-            .map(|c| ArgCmp {
-                index: c.index() as u32,
-                op: match c.op() {
-                    Op::ScmpCmpNe => CmpOp::Ne,
-                    Op::ScmpCmpLt => CmpOp::Lt,
-                    Op::ScmpCmpLe => CmpOp::Le,
-                    Op::ScmpCmpEq => CmpOp::Eq,
-                    Op::ScmpCmpGe => CmpOp::Ge,
-                    Op::ScmpCmpGt => CmpOp::Gt,
-                    Op::ScmpCmpMaskedEq => CmpOp::MaskedEq,
-                },
-                value: c.value(),
-                value_two: c.value_two().unwrap_or(0),
-            })
-            .collect();
+        let a = seccomp_action(r.action(), r.errno_ret())?;
+        let args = seccomp_conditions(r);
         let names = r.names().clone();
         // Several conditions on one argument are alternatives (runc adds a rule for each).
         let mut indexes: Vec<u32> = args.iter().map(|c| c.index).collect();
@@ -500,6 +537,50 @@ pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
     Ok(f)
 }
 
+/// An OCI seccomp action as ours (trap, trace and notify are refused).
+fn seccomp_action(
+    a: LinuxSeccompAction,
+    errno: Option<u32>,
+) -> Result<ns_core::state::SeccompAction> {
+    use ns_core::state::SeccompAction;
+    match a {
+        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog => {
+            Ok(SeccompAction::Allow)
+        }
+        LinuxSeccompAction::ScmpActErrno => {
+            Ok(SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)))
+        }
+        LinuxSeccompAction::ScmpActKill
+        | LinuxSeccompAction::ScmpActKillProcess
+        | LinuxSeccompAction::ScmpActKillThread => Ok(SeccompAction::Kill),
+        a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
+    }
+}
+
+/// A rule's argument conditions.
+fn seccomp_conditions(r: &oci_spec::runtime::LinuxSyscall) -> Vec<ns_core::state::ArgCmp> {
+    use ns_core::state::{ArgCmp, CmpOp};
+    use oci_spec::runtime::LinuxSeccompOperator as Op;
+    r.args()
+        .iter()
+        .flatten()
+        .map(|c| ArgCmp {
+            index: c.index() as u32,
+            op: match c.op() {
+                Op::ScmpCmpNe => CmpOp::Ne,
+                Op::ScmpCmpLt => CmpOp::Lt,
+                Op::ScmpCmpLe => CmpOp::Le,
+                Op::ScmpCmpEq => CmpOp::Eq,
+                Op::ScmpCmpGe => CmpOp::Ge,
+                Op::ScmpCmpGt => CmpOp::Gt,
+                Op::ScmpCmpMaskedEq => CmpOp::MaskedEq,
+            },
+            value: c.value(),
+            value_two: c.value_two().unwrap_or(0),
+        })
+        .collect()
+}
+
 /// Whether the host's memory controller accounts swap (v1 memsw files; cgroup2 has it).
 fn swap_accounted() -> bool {
     Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
@@ -511,42 +592,11 @@ fn swap_accounted() -> bool {
 /// its whole device policy). Used at create and by `update`.
 pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
     let mut p = Vec::new();
-    let prop = |v: String| ns_host::resources::parse(&v);
     if let Some(m) = r.memory() {
-        if let Some(l) = m.limit().filter(|l| *l > 0) {
-            p.push(prop(format!("MemoryMax={l}"))?);
-            // swap is memory plus swap: the part beyond the limit is the swap limit (CRI's
-            // swap = limit: none), where the host accounts swap at all.
-            match m.swap() {
-                Some(sw) if sw > l => p.push(prop(format!("MemorySwapMax={}", sw - l))?),
-                Some(sw) if sw == l && swap_accounted() => p.push(prop("MemorySwapMax=0".into())?),
-                _ => {}
-            }
-        }
-        if m.reservation().is_some_and(|v| v > 0) {
-            return Err(unsupported("linux.resources.memory.reservation"));
-        }
-        if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
-            return Err(unsupported("linux.resources.memory.kernel"));
-        }
+        p.extend(memory(m)?);
     }
     if let Some(c) = r.cpu() {
-        if let Some(s) = c.shares().filter(|s| *s > 0) {
-            p.push(prop(format!("CPUShares={}", s.clamp(2, 262144)))?);
-        }
-        if let Some(q) = c.quota().filter(|q| *q > 0) {
-            let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
-            p.push(Property::CpuMax(q as u64, period));
-        }
-        if let Some(cpus) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
-            p.push(prop(format!("AllowedCPUs={cpus}"))?);
-        }
-        if let Some(mems) = c.mems().as_deref().filter(|v| !v.is_empty()) {
-            p.push(prop(format!("AllowedMemoryNodes={mems}"))?);
-        }
-        if c.realtime_runtime().is_some_and(|v| v > 0) {
-            return Err(unsupported("linux.resources.cpu.realtimeRuntime"));
-        }
+        p.extend(cpu(c)?);
     }
     if let Some(pids) = r.pids() {
         let l = pids.limit();
@@ -557,20 +607,7 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         })?);
     }
     if let Some(b) = r.block_io() {
-        if let Some(w) = b.weight() {
-            p.push(prop(format!("IOWeight={w}"))?);
-        }
-        let throttled = [
-            b.throttle_read_bps_device(),
-            b.throttle_write_bps_device(),
-            b.throttle_read_iops_device(),
-            b.throttle_write_iops_device(),
-        ]
-        .iter()
-        .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
-        if throttled || b.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(unsupported("linux.resources.blockIO devices"));
-        }
+        p.extend(block_io(b)?);
     }
     for h in r.hugepage_limits().iter().flatten() {
         let limit = u64::try_from(h.limit()).unwrap_or(u64::MAX);
@@ -584,31 +621,103 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         }
         p.push(Property::Unified(k.clone(), v.clone()));
     }
-    // Device rules, in order: a leading deny-all makes the policy strict (only what
-    // follows is allowed); without one, access is open and allow rules change nothing.
-    let rules = r.devices().clone().unwrap_or_default();
+    p.extend(devices(&r.devices().clone().unwrap_or_default())?);
+    Ok(p)
+}
+
+/// A property as `--property=` would give it.
+fn prop(v: String) -> Result<Property> {
+    ns_host::resources::parse(&v)
+}
+
+fn memory(m: &oci_spec::runtime::LinuxMemory) -> Result<Vec<Property>> {
+    let mut p = Vec::new();
+    if let Some(l) = m.limit().filter(|l| *l > 0) {
+        p.push(prop(format!("MemoryMax={l}"))?);
+        // swap is memory plus swap: the part beyond the limit is the swap limit (CRI's
+        // swap = limit: none), where the host accounts swap at all.
+        match m.swap() {
+            Some(sw) if sw > l => p.push(prop(format!("MemorySwapMax={}", sw - l))?),
+            Some(sw) if sw == l && swap_accounted() => p.push(prop("MemorySwapMax=0".into())?),
+            _ => {}
+        }
+    }
+    if m.reservation().is_some_and(|v| v > 0) {
+        return Err(unsupported("linux.resources.memory.reservation"));
+    }
+    if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
+        return Err(unsupported("linux.resources.memory.kernel"));
+    }
+    Ok(p)
+}
+
+fn cpu(c: &oci_spec::runtime::LinuxCpu) -> Result<Vec<Property>> {
+    let mut p = Vec::new();
+    if let Some(s) = c.shares().filter(|s| *s > 0) {
+        p.push(prop(format!("CPUShares={}", s.clamp(2, 262144)))?);
+    }
+    if let Some(q) = c.quota().filter(|q| *q > 0) {
+        let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
+        p.push(Property::CpuMax(q as u64, period));
+    }
+    if let Some(cpus) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
+        p.push(prop(format!("AllowedCPUs={cpus}"))?);
+    }
+    if let Some(mems) = c.mems().as_deref().filter(|v| !v.is_empty()) {
+        p.push(prop(format!("AllowedMemoryNodes={mems}"))?);
+    }
+    if c.realtime_runtime().is_some_and(|v| v > 0) {
+        return Err(unsupported("linux.resources.cpu.realtimeRuntime"));
+    }
+    Ok(p)
+}
+
+fn block_io(b: &oci_spec::runtime::LinuxBlockIo) -> Result<Vec<Property>> {
+    let mut p = Vec::new();
+    if let Some(w) = b.weight() {
+        p.push(prop(format!("IOWeight={w}"))?);
+    }
+    let throttled = [
+        b.throttle_read_bps_device(),
+        b.throttle_write_bps_device(),
+        b.throttle_read_iops_device(),
+        b.throttle_write_iops_device(),
+    ]
+    .iter()
+    .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
+    if throttled || b.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(unsupported("linux.resources.blockIO devices"));
+    }
+    Ok(p)
+}
+
+/// Device rules, in order: a leading deny-all makes the policy strict (only what follows
+/// is allowed); without one, access is open and allow rules change nothing.
+fn devices(rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<Vec<Property>> {
     let deny_all = |d: &oci_spec::runtime::LinuxDeviceCgroup| {
         !d.allow()
             && matches!(d.typ(), None | Some(oci_spec::runtime::LinuxDeviceType::A))
             && d.major().is_none()
             && d.minor().is_none()
     };
-    if let Some(first) = rules.iter().position(deny_all) {
-        p.push(Property::DevicePolicy("strict".into()));
-        for (i, d) in rules.iter().enumerate().skip(first + 1) {
-            let rule = d.to_string();
-            if !d.allow() || ns_host::devices::Rule::parse(&rule).is_none() {
-                return Err(unsupported(&format!(
-                    "linux.resources.devices[{i}]: {} {rule}",
-                    if d.allow() { "allow" } else { "deny" }
-                )));
-            }
-            p.push(Property::DeviceAllow(rule));
+    let Some(first) = rules.iter().position(deny_all) else {
+        if rules.iter().any(|d| !d.allow()) {
+            return Err(unsupported(
+                "linux.resources.devices: deny rules without a leading deny-all",
+            ));
         }
-    } else if rules.iter().any(|d| !d.allow()) {
-        return Err(unsupported(
-            "linux.resources.devices: deny rules without a leading deny-all",
-        ));
+        return Ok(Vec::new());
+    };
+    let mut p = vec![Property::DevicePolicy("strict".into())];
+    for (i, d) in rules.iter().enumerate().skip(first + 1) {
+        let rule = d.to_string();
+        if !d.allow() || ns_host::devices::Rule::parse(&rule).is_none() {
+            return Err(unsupported(&format!(
+                "linux.resources.devices[{i}]: {} {rule}",
+                if d.allow() { "allow" } else { "deny" }
+            )));
+        }
+        p.push(Property::DeviceAllow(rule));
     }
     Ok(p)
 }

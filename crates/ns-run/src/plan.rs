@@ -1,12 +1,22 @@
 //! Policy: turn nspawn's options into the state the stages execute. Every decision is made
 //! here, before anything is created, so bad input fails with nothing to clean up.
+//!
+//! Two steps: [`HostFacts::gather`] reads what the options need to know of the host (and
+//! nothing else), then [`build`] decides from options and facts alone, one section builder
+//! per part of the state, each stage's own options planned by the stage's `plan()` (ns-caps'
+//! `ExecArgs`, ns-mount's `MountArgs`, ns-enter's `EnterArgs`, ns-net's `NetArgs`). What only
+//! the monitor can decide when it starts (id base, cgroup paths, notify socket) is not here.
+
+use std::path::PathBuf;
 
 use ns_core::state::{
-    Console, EnterPlan, MonitorPlan, MountOp, Property, Source, State, STATE_VERSION,
+    Console, EnterPlan, ExecPlan, MonitorPlan, MountOp, MountPlan, Ownership, Property, Source,
+    State, UserNs, STATE_VERSION,
 };
 use ns_core::{Error, Result};
 
 use crate::cli::Cli;
+use crate::oci::OciInput;
 
 /// Options recognised from nspawn 252 that later work will implement. Each one used fails
 /// with "not supported yet" instead of being silently ignored.
@@ -41,29 +51,28 @@ fn boolean(option: &str, v: &str) -> Result<bool> {
 }
 
 /// `--console=`/`-P`, and the autopipe default: interactive when stdin and stdout are both
-/// terminals, pipe otherwise.
-pub fn console(c: &Cli) -> Result<Console> {
-    let mode = if c.pipe {
-        "pipe"
-    } else {
-        c.console.as_deref().unwrap_or("autopipe")
-    };
-    let on_tty = || {
-        nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
-            && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
-    };
-    match mode {
+/// terminals (`on_tty`), pipe otherwise.
+pub fn console(c: &Cli, on_tty: bool) -> Result<Console> {
+    match console_mode(c) {
         "pipe" => Ok(Console::Pipe),
-        "autopipe" if on_tty() => Ok(Console::Interactive),
+        "autopipe" if on_tty => Ok(Console::Interactive),
         "autopipe" => Ok(Console::Pipe),
         "interactive" => Ok(Console::Interactive),
         "read-only" => Ok(Console::ReadOnly),
         "passive" => Ok(Console::Passive),
-        _ => Err(Error::invalid(
+        mode => Err(Error::invalid(
             "--console",
             mode,
             "unknown console mode (autopipe, interactive, passive, pipe, read-only)",
         )),
+    }
+}
+
+fn console_mode(c: &Cli) -> &str {
+    if c.pipe {
+        "pipe"
+    } else {
+        c.console.as_deref().unwrap_or("autopipe")
     }
 }
 
@@ -126,15 +135,149 @@ pub fn hostname_cleanup(s: &str) -> String {
     out
 }
 
-/// Build the state from the command line, checking everything that can be checked here.
-pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
-    if c.share_system {
-        return Err(Error::setup("--share-system is no longer supported".into()));
+/// What the plan needs to know about the host, read in one place before planning
+/// ([`HostFacts::gather`]), so that [`build`] decides from options and facts alone. Each
+/// fact is read only when the options need it, as before: plain `ns-run` reads no more.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// Root on the host: uid 0 outside any user namespace.
+    pub host_root: bool,
+    pub euid: u32,
+    /// stdin and stdout are terminals (asked for `--console=autopipe`, the default).
+    pub on_tty: bool,
+    /// nspawn's knob: SYSTEMD_SECCOMP=0 turns the filter off.
+    pub seccomp: bool,
+    /// The container's directory: `-D`, else `-M`'s image, else the working directory.
+    pub directory: Result<String>,
+    /// `--template` names the tree to check, `-D` being still to be made from it.
+    pub from_template: bool,
+    /// The tree the checks run against (the template's, with `from_template`).
+    pub tree: ns_mount::RootFacts,
+    /// Where the container's tree will be (`-D` made absolute, with `from_template`).
+    pub new_root: Result<Option<PathBuf>>,
+    /// Where ns-mount's scratch tmpfs goes.
+    pub scratch: Result<PathBuf>,
+    /// The host's name (a container of `/` is named after it).
+    pub hostname: String,
+    /// -x without -M: the random part of the machine name.
+    pub random: [u8; 8],
+    /// `--network-namespace-path`, absolute (not resolved: /proc/PID/ns/net is a magic link
+    /// to no path), once known to exist.
+    pub netns_path: Option<Result<PathBuf>>,
+    /// -b: the host's cgroup hierarchies.
+    pub cgroups: Vec<ns_host::cgroups::Hierarchy>,
+    /// What ns-caps' plan reads of the host and the image (machine id, os-release).
+    pub exec: ns_caps::ExecContext,
+}
+
+impl HostFacts {
+    /// Read the facts that the options `c` need.
+    pub fn gather(c: &Cli) -> HostFacts {
+        let directory = directory(c);
+        let dir = directory.clone().unwrap_or_default();
+        let template = c
+            .template
+            .as_ref()
+            .filter(|_| std::fs::symlink_metadata(&dir).is_err());
+        let tree =
+            ns_mount::RootFacts::probe(template.map_or(&dir, |t| t), c.mount.volatile.is_some());
+        let new_root = template
+            .map(|_| std::path::absolute(&dir))
+            .transpose()
+            .map_err(|e| Error::invalid("--directory", &dir, &e.to_string()));
+        let image = match &new_root {
+            Ok(Some(p)) => p.clone(),
+            _ => tree
+                .canonical
+                .clone()
+                .unwrap_or_else(|_| dir.clone().into()),
+        };
+        HostFacts {
+            host_root: ns_core::paths::host_root(),
+            euid: nix::unistd::geteuid().as_raw(),
+            on_tty: console_mode(c) == "autopipe"
+                && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+                && nix::unistd::isatty(std::io::stdout()).unwrap_or(false),
+            seccomp: std::env::var("SYSTEMD_SECCOMP")
+                .ok()
+                .and_then(|v| ns_core::parse_boolean(&v))
+                .unwrap_or(true),
+            directory,
+            from_template: template.is_some(),
+            hostname: (image.file_name().is_none())
+                .then(|| nix::unistd::gethostname().ok())
+                .flatten()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            random: if c.mount.ephemeral && c.machine.is_none() {
+                ns_core::random_bytes::<8>()
+            } else {
+                [0; 8]
+            },
+            netns_path: c.enter.network_namespace_path.as_ref().map(|p| {
+                std::fs::metadata(p)
+                    .and_then(|_| std::path::absolute(p))
+                    .map_err(|e| {
+                        Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
+                    })
+            }),
+            cgroups: if c.exec.boot {
+                ns_host::cgroups::hierarchies()
+            } else {
+                Vec::new()
+            },
+            exec: c.exec.facts(&image),
+            scratch: ns_mount::scratch::default_dir(),
+            tree,
+            new_root,
+        }
     }
-    if c.boot && c.as_pid2 {
-        return Err(Error::setup(
-            "--boot and --as-pid2 may not be combined".into(),
-        ));
+}
+
+/// `-D`, else `-M`'s image, else the working directory.
+fn directory(c: &Cli) -> Result<String> {
+    match (&c.mount.directory, &c.machine) {
+        (Some(d), _) => Ok(d.clone()),
+        (None, Some(m)) => Ok(ns_core::paths::find_image(m)
+            .ok_or_else(|| {
+                Error::setup(format!(
+                    "-M {m} without -D: no image {m} in {}",
+                    ns_core::paths::IMAGE_DIRS.join(", ")
+                ))
+            })?
+            .to_string_lossy()
+            .into_owned()),
+        (None, None) => Ok(std::env::current_dir()
+            .map_err(|e| Error::setup(format!("cannot determine the current directory: {e}")))?
+            .to_string_lossy()
+            .into_owned()),
+    }
+}
+
+/// Whether the options hold a conflict.
+type Given = fn(&Cli) -> bool;
+
+/// Options that may not be given together, and what nspawn says then.
+const CONFLICTS: &[(Given, &str)] = &[
+    (|c| c.share_system, "--share-system is no longer supported"),
+    (
+        |c| c.exec.boot && c.exec.as_pid2,
+        "--boot and --as-pid2 may not be combined",
+    ),
+    (
+        |c| c.mount.ephemeral && c.template.is_some(),
+        "--ephemeral and --template= may not be combined",
+    ),
+    (
+        |c| c.enter.network_namespace_path.is_some() && c.net.options("").private(),
+        "--network-namespace-path= cannot be combined with other network options",
+    ),
+];
+
+/// The checks that need the options alone.
+fn check_options(c: &Cli) -> Result<()> {
+    if let Some((_, msg)) = CONFLICTS.iter().find(|(given, _)| given(c)) {
+        return Err(Error::setup(msg.to_string()));
     }
     if let Some(opt) = unsupported(c) {
         return Err(Error::setup(format!("{opt}: not supported yet")));
@@ -151,88 +294,111 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             ));
         }
     }
+    Ok(())
+}
+
+/// What the sections share: decided first, from the options and the facts.
+struct Common {
+    dir: String,
+    /// The payload gets a pty as /dev/console.
+    pty: bool,
+    private_network: bool,
+    userns: Option<UserNs>,
+}
+
+/// Build the state from the command line `c` and the host's facts `f` (with `oci`, a
+/// bundle's own settings), checking everything that can be checked here.
+pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
+    check_options(c)?;
     let register = match &c.register {
         Some(r) => boolean("--register", r)?,
         None => true,
     };
-    let console = console(c)?;
-
-    let dir = match (&c.directory, &c.machine) {
-        (Some(d), _) => d.clone(),
-        (None, Some(m)) => ns_core::paths::find_image(m)
-            .ok_or_else(|| {
-                Error::setup(format!(
-                    "-M {m} without -D: no image {m} in {}",
-                    ns_core::paths::IMAGE_DIRS.join(", ")
-                ))
-            })?
-            .to_string_lossy()
-            .into_owned(),
-        (None, None) => std::env::current_dir()
-            .map_err(|e| Error::setup(format!("cannot determine the current directory: {e}")))?
-            .to_string_lossy()
-            .into_owned(),
+    let console = console(c, f.on_tty)?;
+    let (console, pty) = match oci {
+        Some(o) => o.console(console),
+        None => (console, console != Console::Pipe),
     };
-    let net_opts = c.net.options("");
-    if c.network_namespace_path.is_some() && net_opts.private() {
-        return Err(Error::setup(
-            "--network-namespace-path= cannot be combined with other network options".into(),
-        ));
-    }
+    let dir = f.directory.clone()?;
     // nspawn: every veth/bridge/zone/interface option implies --private-network.
     // A joined namespace (--network-namespace-path) exists already and may be shared: it
     // gets none of what an own one does (CAP_NET_ADMIN, a writable /proc/sys/net).
-    let private_network = c.private_network || net_opts.private();
-    if c.ephemeral && c.template.is_some() {
-        return Err(Error::setup(
-            "--ephemeral and --template= may not be combined".into(),
-        ));
+    let private_network = c.private_network || c.net.options("").private();
+    let userns = userns(c, f, &dir)?;
+    let common = Common {
+        dir,
+        pty,
+        private_network,
+        userns,
+    };
+    let mount = mount(c, f, &common)?;
+    let machine = machine(c, f, &common.dir, &mount.root)?;
+    if let Some(h) = c.enter.hostname.as_ref().filter(|h| !hostname_is_valid(h)) {
+        return Err(Error::invalid("--hostname", h, "invalid hostname"));
     }
-    // With --template and a missing directory, everything is checked against the template,
-    // which ns-run copies only once the whole command line has proven good.
-    let from_template = c
-        .template
-        .as_ref()
-        .filter(|_| std::fs::symlink_metadata(&dir).is_err());
+    let monitor = monitor(c, f, &mount.ops, console, register, oci)?;
+    let exec = exec(c, f, &common, oci)?;
+    let net = c.net.plan(&machine)?;
+    let enter = enter(c, f, &common, &machine, oci)?;
+    Ok(State {
+        version: STATE_VERSION,
+        machine,
+        enter,
+        net,
+        mount,
+        exec,
+        monitor: MonitorPlan {
+            notify_ready: match &c.notify_ready {
+                Some(v) => boolean("--notify-ready", v)?,
+                None => false,
+            },
+            ..monitor
+        },
+        runtime: Default::default(), // decided by the host at start
+    })
+}
+
+/// -U/--private-users, and what it allows: without root on the host only a user namespace
+/// gives the privileges a container needs.
+fn userns(c: &Cli, f: &HostFacts, dir: &str) -> Result<Option<UserNs>> {
     // -U is --private-users=pick with ownership auto; an explicit --private-users wins.
     let users_value = match (&c.private_users, c.userns_pick) {
         (Some(v), _) => Some(v.as_str()),
         (None, true) => Some("pick"),
         (None, false) => None,
     };
-    let users_root =
-        std::fs::canonicalize(from_template_dir(c, &dir)).unwrap_or_else(|_| dir.clone().into());
+    let users_root = f.tree.canonical.clone().unwrap_or_else(|_| dir.into());
     let userns = match users_value {
+        // --private-users-chown is nspawn's obsolete spelling of ownership chown.
         Some(v) => {
-            // --private-users-chown is nspawn's obsolete spelling of ownership chown.
-            let ownership = c
-                .private_users_ownership
-                .as_deref()
+            let ownership = (c.private_users_ownership.as_deref())
                 .or(c.private_users_chown.as_ref().map(|_| "chown"));
             ns_host::userns::parse(v, ownership, &users_root)?
         }
         None => None,
     };
-    if !ns_core::paths::host_root() {
-        // Without root only a user namespace gives the privileges a container needs, and
-        // host-side networking stays out of reach.
+    if !f.host_root {
+        // Without root, host-side networking stays out of reach.
         if userns.is_none() {
             return Err(Error::setup(format!(
                 "running as uid {} without root needs a user namespace: add -U",
-                nix::unistd::geteuid()
+                f.euid
             )));
         }
-        if net_opts.private() || !c.net.port.is_empty() {
+        if c.net.options("").private() || !c.net.port.is_empty() {
             return Err(Error::setup(
                 "veths, bridges, zones, moved links and --port need root (--private-network works)"
                     .into(),
             ));
         }
     }
+    let rewrites = c.mount.ephemeral
+        || c.mount.read_only
+        || c.mount.volatile.as_deref().is_some_and(|v| !is_false(v));
     if userns
         .as_ref()
-        .is_some_and(|u| u.ownership == ns_core::state::Ownership::Chown)
-        && (c.ephemeral || c.read_only || c.volatile.as_deref().is_some_and(|v| !is_false(v)))
+        .is_some_and(|u| u.ownership == Ownership::Chown)
+        && rewrites
     {
         return Err(Error::invalid(
             "--private-users-ownership",
@@ -240,99 +406,101 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
             "rewrites the tree, so not with -x, --read-only or --volatile (use map)",
         ));
     }
-    let idmapped_root = userns
-        .as_ref()
-        .is_some_and(|u| u.ownership == ns_core::state::Ownership::Map);
-    let mut mount = ns_mount::mount_plan(&ns_mount::MountOptions {
-        directory: from_template.map_or(&dir, |t| t),
-        read_only: c.read_only,
-        private_network,
-        ephemeral: c.ephemeral,
-        volatile: c.volatile.as_deref(),
-        pivot_root: c.pivot_root.as_deref(),
-        resolv_conf: c.resolv_conf.as_deref(),
-        timezone: c.timezone.as_deref(),
-        console: console != Console::Pipe,
-        idmapped_root,
-        userns: userns.is_some(),
-        // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
-        any_tree: c.oci_bundle.is_some(),
-        matches,
-    })
-    .map_err(|e| match from_template {
-        Some(_) => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
-        None => e,
-    })?;
-    if from_template.is_some() {
-        mount.root = std::path::absolute(&dir)
-            .map_err(|e| Error::invalid("--directory", &dir, &e.to_string()))?;
-    }
-    mount.bind_users = ns_host::userns::bind_users(&c.bind_user, userns.is_some())?;
-    if !mount.bind_users.is_empty() && !ns_core::paths::host_root() {
+    Ok(userns)
+}
+
+/// The mount section.
+fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
+    let uuid = c.exec.uuid(&f.exec)?;
+    let bind_users = ns_host::userns::bind_users(&c.bind_user, o.userns.is_some())?;
+    if !bind_users.is_empty() && !f.host_root {
         return Err(Error::invalid("--bind-user", &c.bind_user[0], "needs root"));
     }
-    let root = mount.root.clone();
+    let boot = c.exec.boot;
+    let planned = c.mount.plan(&ns_mount::MountContext {
+        tree: &f.tree,
+        scratch: f.scratch.clone()?,
+        private_network: o.private_network,
+        console: o.pty,
+        idmapped_root: (o.userns.as_ref()).is_some_and(|u| u.ownership == Ownership::Map),
+        userns: o.userns.is_some(),
+        // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
+        any_tree: c.oci_bundle.is_some(),
+        root: f.new_root.clone()?,
+        bind_users,
+        run_host: ns_core::state::RunHost {
+            manager: f.exec.manager.clone(),
+            uuid: uuid.clone(),
+        },
+        machine_id: boot.then(|| uuid.replace('-', "")),
+        cgroups: (boot.then(|| ns_host::cgroups::plan(&f.cgroups))).transpose()?,
+    });
+    // With --template and a missing directory, everything is checked against the template,
+    // which ns-run copies only once the whole command line has proven good.
+    planned.map_err(|e| match f.from_template {
+        true => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
+        false => e,
+    })
+}
 
+/// The machine name: -M, else the directory's (the host's for `/`); -x adds a random part.
+fn machine(c: &Cli, f: &HostFacts, dir: &str, root: &std::path::Path) -> Result<String> {
     let mut machine = match &c.machine {
         Some(m) if !hostname_is_valid(m) => {
             return Err(Error::invalid("--machine", m, "invalid machine name"))
         }
-        Some(m) => m.clone(),
+        Some(m) => return Ok(m.clone()),
         None => {
             // nspawn: the host's hostname for `/`, else the directory's name.
             let base = match root.file_name() {
                 Some(b) => b.to_string_lossy().into_owned(),
-                None => nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                None => f.hostname.clone(),
             };
             let m = hostname_cleanup(&base);
             if !hostname_is_valid(&m) {
                 return Err(Error::invalid(
                     "--directory",
-                    &dir,
+                    dir,
                     "cannot derive a machine name from the directory name, use -M",
                 ));
             }
             m
         }
     };
-    if c.ephemeral && c.machine.is_none() {
+    if c.mount.ephemeral {
         // nspawn names an ephemeral container NAME-<16 hex> (unless -M names it).
-        let hex: String = ns_core::random_bytes::<8>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex: String = f.random.iter().map(|b| format!("{b:02x}")).collect();
         machine.truncate(64 - 17);
         machine = format!("{}-{hex}", machine.trim_end_matches(['-', '.']));
     }
-    let hostname = match &c.hostname {
-        Some(h) if !hostname_is_valid(h) => {
-            return Err(Error::invalid("--hostname", h, "invalid hostname"))
-        }
-        Some(h) => h.clone(),
-        None => machine.clone(),
-    };
+    Ok(machine)
+}
 
-    let user_properties = c
-        .property
-        .iter()
+/// The monitor's section: the cgroup's properties (nspawn's unit's, then the user's, or a
+/// bundle's resources), the slice, the kill signal (but `--notify-ready`).
+fn monitor(
+    c: &Cli,
+    f: &HostFacts,
+    ops: &[MountOp],
+    console: Console,
+    register: bool,
+    oci: Option<&OciInput>,
+) -> Result<MonitorPlan> {
+    let user_properties = (c.property.iter())
         .map(|p| ns_host::resources::parse(p))
         .collect::<Result<Vec<_>>>()?;
-    let slice = c
-        .slice
-        .as_deref()
+    let slice = (c.slice.as_deref())
         .map(ns_host::cgroups::slice_path)
         .transpose()?;
-    if slice.is_some() && !ns_core::paths::host_root() {
+    if slice.is_some() && !f.host_root {
         return Err(Error::setup(
             "--slice= needs root: a user without it has no cgroups of its own".into(),
         ));
     }
-    let properties = if ns_core::paths::host_root() {
+    let properties = if f.host_root {
         // nspawn's unit properties first (its device policy, its task limit), then the
         // user's, as nspawn sends them.
-        let mut p = ns_host::devices::nspawn_policy(&bound_devices(&mount.ops));
+        let mut p = ns_host::devices::nspawn_policy(&bound_devices(ops));
         p.push(Property::DefaultTasksMax(
             ns_host::resources::NSPAWN_TASKS_MAX,
         ));
@@ -346,109 +514,61 @@ pub fn build(c: &Cli, matches: &clap::ArgMatches) -> Result<State> {
         // Nor can it create device nodes that would need a policy (no CAP_MKNOD on the host).
         Vec::new()
     };
-    let no_new_privileges = match &c.no_new_privileges {
-        Some(v) => boolean("--no-new-privileges", v)?,
-        None => false,
-    };
-    let exec = ns_caps::exec_plan(&ns_caps::ExecOptions {
-        argv: &c.command,
-        user: c.user.as_deref(),
-        chdir: c.chdir.as_deref(),
-        setenv: &c.setenv,
-        uuid: c.uuid.as_deref(),
-        root: &root,
-        capability: &c.capability,
-        drop_capability: &c.drop_capability,
-        ambient_capability: &c.ambient_capability,
-        private_network,
-        userns: userns.is_some(),
-        boot: c.boot,
-        no_new_privileges,
-        as_pid2: c.as_pid2,
-        console: console != Console::Pipe,
-        rlimit: &c.rlimit,
-        oom_score_adjust: c.oom_score_adjust.as_deref(),
-        cpu_affinity: c.cpu_affinity.as_deref(),
-        personality: c.personality.as_deref(),
-        system_call_filter: &c.system_call_filter,
-        // nspawn's knob: SYSTEMD_SECCOMP=0 turns the filter off.
-        seccomp: std::env::var("SYSTEMD_SECCOMP")
-            .ok()
-            .and_then(|v| ns_core::parse_boolean(&v))
-            .unwrap_or(true),
-    })?;
     // nspawn: a booted container is asked to power off (SIGRTMIN+3) unless told otherwise.
     let kill_signal = match c.kill_signal.as_deref() {
         Some(s) => Some(ns_core::parse_signal("--kill-signal", s)?),
-        None if c.boot => Some(libc::SIGRTMIN() + 3),
+        None if c.exec.boot => Some(libc::SIGRTMIN() + 3),
         None => None,
     };
-    mount.run_host = ns_core::state::RunHost {
-        manager: exec.container.clone(),
-        uuid: exec.uuid.clone(),
-    };
-    if c.boot {
-        mount.machine_id = Some(exec.uuid.replace('-', ""));
-        mount.cgroups = Some(ns_host::cgroups::plan(&ns_host::cgroups::hierarchies())?);
-    }
-    let net = ns_net::net_plan(&ns_net::NetOptions {
-        machine: &machine,
-        ..net_opts
-    })?;
-    let netns_path = match &c.network_namespace_path {
-        // Absolute, not resolved: /proc/PID/ns/net is a magic link to no path.
-        Some(p) => Some(
-            std::fs::metadata(p)
-                .and_then(|_| std::path::absolute(p))
-                .map_err(|e| {
-                    Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
-                })?,
-        ),
-        None => None,
-    };
-    let mut namespaces = ns_enter::default_namespaces(private_network);
-    if netns_path.is_some() {
-        namespaces.retain(|n| *n != ns_core::state::Namespace::Net);
-    }
-    if userns.is_some() {
-        namespaces.insert(0, ns_core::state::Namespace::User);
-    }
-
-    Ok(State {
-        version: STATE_VERSION,
-        machine,
-        enter: EnterPlan {
-            namespaces,
-            hostname: Some(hostname),
-            netns_path,
-            userns,
-            join: Vec::new(),
+    Ok(MonitorPlan {
+        kill_signal,
+        quiet: c.quiet || c.pipe,
+        console,
+        boot: c.exec.boot,
+        notify_ready: false,
+        properties: match oci {
+            Some(o) => o.properties(properties)?,
+            None => properties,
         },
-        net,
-        mount,
-        exec,
-        monitor: MonitorPlan {
-            kill_signal,
-            quiet: c.quiet || c.pipe,
-            console,
-            boot: c.boot,
-            notify_ready: match &c.notify_ready {
-                Some(v) => boolean("--notify-ready", v)?,
-                None => false,
-            },
-            properties,
-            slice,
-            register,
-        },
-        runtime: Default::default(), // decided by the host at start
+        slice,
+        register,
     })
 }
 
-/// The directory the checks run against: the template when -D is still to be created.
-fn from_template_dir<'a>(c: &'a Cli, dir: &'a str) -> &'a str {
-    match &c.template {
-        Some(t) if std::fs::symlink_metadata(dir).is_err() => t,
-        _ => dir,
+/// The exec section: ns-caps's plan (and a bundle's process over it).
+fn exec(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<ExecPlan> {
+    let exec = c.exec.plan(&ns_caps::ExecContext {
+        argv: c.command.clone(),
+        private_network: o.private_network,
+        userns: o.userns.is_some(),
+        console: o.pty,
+        seccomp: f.seccomp,
+        ..f.exec.clone()
+    })?;
+    match oci {
+        Some(b) => b.exec(exec),
+        None => Ok(exec),
+    }
+}
+
+/// The enter section: nspawn's namespaces (a joined network namespace instead of an own
+/// one; the user namespace first), or a bundle's.
+fn enter(
+    c: &Cli,
+    f: &HostFacts,
+    o: &Common,
+    machine: &str,
+    oci: Option<&OciInput>,
+) -> Result<EnterPlan> {
+    let enter = c.enter.plan(ns_enter::EnterContext {
+        namespaces: ns_enter::default_namespaces(o.private_network),
+        hostname: Some(machine.to_string()),
+        netns_path: f.netns_path.clone().transpose()?,
+        userns: o.userns.clone(),
+    });
+    match oci {
+        Some(b) => b.enter(enter),
+        None => Ok(enter),
     }
 }
 
@@ -576,27 +696,104 @@ mod tests {
         }
     }
 
-    fn cli(a: &[&str]) -> (Cli, clap::ArgMatches) {
-        use clap::{CommandFactory, FromArgMatches};
-        let argv: Vec<String> = std::iter::once("ns-run")
-            .chain(a.iter().copied())
-            .map(String::from)
-            .collect();
-        let m = Cli::command().try_get_matches_from(&argv).unwrap();
-        (Cli::from_arg_matches(&m).unwrap(), m)
+    fn cli(a: &[&str]) -> Cli {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("ns-run").chain(a.iter().copied())).unwrap()
     }
 
-    fn usr_tree(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("ns-run-plan-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(d.join("usr")).unwrap();
-        d
+    /// Facts of a root host and an OS tree at `dir`, none of it read: planning reads nothing.
+    fn facts(dir: &str) -> HostFacts {
+        HostFacts {
+            host_root: true,
+            euid: 0,
+            on_tty: false,
+            seccomp: true,
+            directory: Ok(dir.into()),
+            from_template: false,
+            tree: ns_mount::RootFacts {
+                given: dir.into(),
+                canonical: Ok(dir.into()),
+                has_usr: true,
+                unmerged: None,
+            },
+            new_root: Ok(None),
+            scratch: Ok("/run/ns-run/scratch".into()),
+            hostname: "host".into(),
+            random: [0; 8],
+            netns_path: None,
+            cgroups: Vec::new(),
+            exec: ns_caps::ExecContext {
+                machine_id: Some("01234567-89ab-cdef-0123-456789abcdef".into()),
+                manager: "systemd-nspawn".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn plan(c: &Cli) -> Result<State> {
+        let dir = c.mount.directory.as_deref().unwrap_or("/srv/box");
+        build(c, &facts(dir), None)
+    }
+
+    #[test]
+    fn facts_decide_what_the_host_would() {
+        let c = cli(&["-D", "/srv/box", "true"]);
+        let user = HostFacts {
+            host_root: false,
+            euid: 1000,
+            ..facts("/srv/box")
+        };
+        let e = build(&c, &user, None).unwrap_err();
+        assert_eq!(
+            e.msg,
+            "running as uid 1000 without root needs a user namespace: add -U"
+        );
+        let c = cli(&["-D", "/srv/box", "-x", "true"]);
+        let eph = HostFacts {
+            random: [0xab; 8],
+            ..facts("/srv/box")
+        };
+        assert_eq!(
+            build(&c, &eph, None).unwrap().machine,
+            format!("box-{}", "ab".repeat(8))
+        );
+        // A container of `/` is named after the host.
+        let c = cli(&["-D", "/", "--volatile=state", "true"]);
+        assert_eq!(plan(&c).unwrap().machine, "host");
+        let tty = HostFacts {
+            on_tty: true,
+            ..facts("/srv/box")
+        };
+        let s = build(&cli(&["-D", "/srv/box"]), &tty, None).unwrap();
+        assert_eq!(s.monitor.console, Console::Interactive);
+        assert!(s.mount.console && s.exec.console);
+    }
+
+    #[test]
+    fn conflicts_are_refused_before_anything_else() {
+        for (args, want) in [
+            (
+                &["-b", "-a"][..],
+                "--boot and --as-pid2 may not be combined",
+            ),
+            (&["-x", "--template=/t"], "--ephemeral and --template="),
+            (
+                &["--network-namespace-path=/n", "-n"],
+                "--network-namespace-path= cannot be combined",
+            ),
+            (&["--share-system"], "--share-system is no longer supported"),
+        ] {
+            let mut a = vec!["-D", "/srv/box"];
+            a.extend_from_slice(args);
+            let e = plan(&cli(&a)).unwrap_err();
+            assert!(e.msg.starts_with(want), "{args:?}: {}", e.msg);
+        }
     }
 
     #[test]
     fn state_from_a_typical_command_line() {
-        let d = usr_tree("My_Root.v2");
-        let ds = d.to_str().unwrap();
-        let (c, argv) = cli(&[
+        let ds = "/srv/My_Root.v2";
+        let c = cli(&[
             "-D",
             ds,
             "--private-network",
@@ -607,24 +804,19 @@ mod tests {
             "-la",
             "--bind=/y",
         ]);
-        let s = build(&c, &argv).unwrap();
-        assert_eq!(
-            s.machine,
-            format!("ns-run-plan-{}-MyRoot.v2", std::process::id())
-        );
+        let s = plan(&c).unwrap();
+        assert_eq!(s.machine, "MyRoot.v2");
         assert_eq!(s.enter.hostname.as_deref(), Some(s.machine.as_str()));
         assert!(s.enter.namespaces.contains(&ns_core::state::Namespace::Net));
         assert!(s.exec.capabilities.contains(&"net_admin".to_string()));
         assert_eq!(s.exec.argv, vec!["ls", "-la", "--bind=/y"]);
         assert_eq!(s.exec.setenv, vec!["A=1"]);
         assert_eq!(s.mount.ops.len(), 1);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn bad_input_is_refused_with_the_option_named() {
-        let d = usr_tree("bad");
-        let ds = d.to_str().unwrap();
+        let ds = "/srv/bad";
         let cases: [(&[&str], &str); 10] = [
             (
                 &["-M", "bad_name!"],
@@ -664,27 +856,25 @@ mod tests {
         for (args, want) in cases {
             let mut a = vec!["-D", ds];
             a.extend_from_slice(args);
-            let (c, argv) = cli(&a);
-            let e = build(&c, &argv).unwrap_err();
+            let c = cli(&a);
+            let e = plan(&c).unwrap_err();
             assert!(e.msg.starts_with(want), "{args:?}: {}", e.msg);
             assert_eq!(e.code, 125);
         }
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn chain_quotes_and_carries_the_command() {
-        let d = usr_tree("chain");
-        let (c, argv) = cli(&[
+        let c = cli(&[
             "-D",
-            d.to_str().unwrap(),
+            "/srv/chain",
             "-u",
             "daemon",
             "sh",
             "-c",
             "echo 'hi there'",
         ]);
-        let s = build(&c, &argv).unwrap();
+        let s = plan(&c).unwrap();
         let ch = chain(&s);
         assert!(
             ch.starts_with("ns-enter --mount --uts --ipc --cgroup --pid --hostname="),
@@ -693,19 +883,17 @@ mod tests {
         assert!(ch.contains(" -- ns-caps --user=daemon "), "{ch}");
         assert!(ch.ends_with(" -- sh -c 'echo '\\''hi there'\\'''"), "{ch}");
         assert!(!ch.contains('#'), "{ch}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn chain_names_what_only_the_monitor_does() {
-        let d = usr_tree("chainu");
-        let (c, argv) = cli(&["-D", d.to_str().unwrap(), "-U", "true"]);
-        let ch = chain(&build(&c, &argv).unwrap());
+        // -U looks at the tree's owner: the one tree that is there for sure.
+        let c = cli(&["-D", "/", "-x", "-U", "true"]);
+        let ch = chain(&plan(&c).unwrap());
         let note = ch.lines().nth(1).unwrap_or_default();
         assert!(
             note.starts_with("# not in this chain: ns-run reserves"),
             "{ch}"
         );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

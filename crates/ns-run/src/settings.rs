@@ -19,76 +19,56 @@ use std::path::{Path, PathBuf};
 use crate::cli::{split_options, Given};
 use ns_core::{Context, Error, Result};
 
-/// nspawn's setting groups (its SETTING_* mask), by the clap ids of our options.
-const GROUPS: &[(&str, &[&str])] = &[
-    ("start", &["boot", "as_pid2", "command"]),
-    ("ephemeral", &["ephemeral"]),
-    ("environment", &["setenv"]),
-    ("user", &["user"]),
+/// nspawn's setting groups (its SETTING_* mask): each with the clap ids of our options,
+/// space-separated.
+const GROUPS: &[(&str, &str)] = &[
+    ("start", "boot as_pid2 command"),
+    ("ephemeral", "ephemeral"),
+    ("environment", "setenv"),
+    ("user", "user"),
     (
         "capability",
-        &["capability", "drop_capability", "ambient_capability"],
+        "capability drop_capability ambient_capability",
     ),
-    ("kill-signal", &["kill_signal"]),
-    ("personality", &["personality"]),
-    ("machine-id", &["uuid"]),
+    ("kill-signal", "kill_signal"),
+    ("personality", "personality"),
+    ("machine-id", "uuid"),
     (
         "network",
-        &[
-            "private_network",
-            "network_namespace_path",
-            "network_veth",
-            "network_bridge",
-            "network_zone",
-            "network_veth_extra",
-            "network_interface",
-            "network_macvlan",
-            "network_ipvlan",
-        ],
+        "private_network network_namespace_path network_veth network_bridge network_zone \
+         network_veth_extra network_interface network_macvlan network_ipvlan",
     ),
-    ("ports", &["port"]),
-    ("read-only", &["read_only"]),
-    ("volatile", &["volatile"]),
+    ("ports", "port"),
+    ("read-only", "read_only"),
+    ("volatile", "volatile"),
     (
         "mounts",
-        &[
-            "bind",
-            "bind_ro",
-            "tmpfs",
-            "inaccessible",
-            "overlay",
-            "overlay_ro",
-        ],
+        "bind bind_ro tmpfs inaccessible overlay overlay_ro",
     ),
-    ("bind-user", &["bind_user"]),
-    ("working-directory", &["chdir"]),
+    ("bind-user", "bind_user"),
+    ("working-directory", "chdir"),
     (
         "userns",
-        &[
-            "private_users",
-            "private_users_ownership",
-            "private_users_chown",
-            "userns_pick",
-        ],
+        "private_users private_users_ownership private_users_chown userns_pick",
     ),
-    ("notify-ready", &["notify_ready"]),
-    ("pivot-root", &["pivot_root"]),
-    ("syscall-filter", &["system_call_filter"]),
-    ("hostname", &["hostname"]),
-    ("no-new-privileges", &["no_new_privileges"]),
-    ("oom-score-adjust", &["oom_score_adjust"]),
-    ("cpu-affinity", &["cpu_affinity"]),
-    ("resolv-conf", &["resolv_conf"]),
-    ("timezone", &["timezone"]),
-    ("link-journal", &["link_journal", "link_journal_try_guest"]),
-    ("suppress-sync", &["suppress_sync"]),
-    ("rlimit", &["rlimit"]),
+    ("notify-ready", "notify_ready"),
+    ("pivot-root", "pivot_root"),
+    ("syscall-filter", "system_call_filter"),
+    ("hostname", "hostname"),
+    ("no-new-privileges", "no_new_privileges"),
+    ("oom-score-adjust", "oom_score_adjust"),
+    ("cpu-affinity", "cpu_affinity"),
+    ("resolv-conf", "resolv_conf"),
+    ("timezone", "timezone"),
+    ("link-journal", "link_journal link_journal_try_guest"),
+    ("suppress-sync", "suppress_sync"),
+    ("rlimit", "rlimit"),
 ];
 
 fn group_of(id: &str) -> Option<&'static str> {
     GROUPS
         .iter()
-        .find(|(_, ids)| ids.contains(&id))
+        .find(|(_, ids)| ids.split_whitespace().any(|i| i == id))
         .map(|(g, _)| *g)
 }
 
@@ -353,14 +333,14 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
             None => return Ok(argv.to_vec()), // refused with its message by plan::build
         },
     };
-    let directory = match (&cli.directory, &cli.machine) {
+    let directory = match (&cli.mount.directory, &cli.machine) {
         (Some(d), _) => std::path::absolute(d).ok(),
         (None, Some(m)) => ns_core::paths::find_image(m),
         (None, None) => std::env::current_dir().ok(),
     };
     let machine = match (&cli.machine, &directory) {
         (Some(m), _) => m.clone(),
-        (None, _) if cli.ephemeral => return Ok(argv.to_vec()),
+        (None, _) if cli.mount.ephemeral => return Ok(argv.to_vec()),
         (None, Some(d)) => match d.file_name() {
             Some(b) => crate::plan::hostname_cleanup(&b.to_string_lossy()),
             None => return Ok(argv.to_vec()),
@@ -459,9 +439,9 @@ mod tests {
         use clap::CommandFactory;
         let cmd = crate::cli::Cli::command();
         for (g, ids) in GROUPS {
-            for id in *ids {
+            for id in ids.split_whitespace() {
                 assert!(
-                    cmd.get_arguments().any(|a| a.get_id() == *id),
+                    cmd.get_arguments().any(|a| a.get_id() == id),
                     "{g}: no option {id}"
                 );
             }
