@@ -24,7 +24,7 @@
 //!   SYNC-8  any stage → monitor  `Failed` before the stage exits non-zero (at any point)
 
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::error::{Context, Error, Result};
 
@@ -80,12 +80,14 @@ impl SyncSocket {
     /// Adopt an fd number given with `--sync-fd`. Refuses an fd that is not a socket, so a
     /// wrong number fails clearly instead of writing into someone else's file.
     pub fn from_raw(fd: RawFd) -> Result<SyncSocket> {
-        let st =
-            nix::sys::stat::fstat(crate::sys::borrow_fd(fd)).ctx(|| format!("--sync-fd={fd}"))?;
+        let owned = crate::sys::adopt_fd(fd, "--sync-fd")?;
+        let st = nix::sys::stat::fstat(&owned).ctx(|| format!("--sync-fd={fd}"))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            // Not ours after all: leave it open for whoever owns it.
+            let _ = owned.into_raw_fd();
             return Err(Error::invalid("--sync-fd", &fd.to_string(), "not a socket"));
         }
-        Ok(SyncSocket(crate::sys::own_fd(fd)))
+        Ok(SyncSocket(owned))
     }
 
     pub fn raw(&self) -> RawFd {
@@ -161,7 +163,10 @@ impl SyncSocket {
                         .ctx(|| "bad control message on sync socket".into())?
                     {
                         if let ControlMessageOwned::ScmRights(v) = c {
-                            fd = v.first().map(|f| crate::sys::own_fd(*f));
+                            fd = v
+                                .first()
+                                .map(|f| crate::sys::adopt_fd(*f, "a sync message's fd"))
+                                .transpose()?;
                         }
                     }
                     break (r.bytes, fd);

@@ -258,7 +258,7 @@ fn relay(
             fds.iter()
                 .zip(&pfds[1..])
                 .filter(|(_, p)| hit(p))
-                .map(|(f, _)| (f.as_raw_fd(), c.is_master(*f)))
+                .map(|(f, _)| (f.as_raw_fd(), c.is_master(f.as_raw_fd())))
                 .collect()
         };
         for (_, master) in ready {
