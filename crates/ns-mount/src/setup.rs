@@ -99,7 +99,13 @@ pub fn make_rslave() -> Result<()> {
 /// Bind `dest` on itself and make it read-only.
 fn bind_read_only(root: &OwnedFd, dest: &str) -> Result<()> {
     let fd = open_in_root(root, Path::new(dest), None)?;
-    let p = fd_path(&fd);
+    bind_self_read_only(root, &fd, dest, false)
+}
+
+/// Bind `dest` (open as `fd`) on itself, recursively, and make the new mount read-only (and
+/// those below it, if `recursive`).
+fn bind_self_read_only(root: &OwnedFd, fd: &OwnedFd, dest: &str, recursive: bool) -> Result<()> {
+    let p = fd_path(fd);
     mount(
         Some(p.as_str()),
         p.as_str(),
@@ -108,7 +114,7 @@ fn bind_read_only(root: &OwnedFd, dest: &str) -> Result<()> {
         None::<&str>,
     )
     .ctx(|| format!("cannot bind {dest} on itself"))?;
-    make_read_only(root, Path::new(dest), false)
+    make_read_only(root, Path::new(dest), recursive)
 }
 
 /// A fresh proc for the new PID namespace; /proc/sys and hardware directories read-only as
@@ -340,16 +346,7 @@ fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost, notify: Option<&PathBu
             .write_all(&data)
             .ctx(|| format!("cannot write /run/host/{name}"))?;
     }
-    let p = fd_path(&dir);
-    mount(
-        Some(p.as_str()),
-        p.as_str(),
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .ctx(|| "cannot bind /run/host on itself".into())?;
-    make_read_only(root, Path::new("/run/host"), true)
+    bind_self_read_only(root, &dir, "/run/host", true)
 }
 
 /// `-b` on an image without a machine id: a transient one, read-only over /etc/machine-id
