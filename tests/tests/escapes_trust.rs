@@ -382,7 +382,7 @@ fn huge_oci_user_ids_are_refused() {
         let o = std::process::Command::new(bin("ns-oci"))
             .arg("--root")
             .arg(&root)
-            .args(["run", "--bundle", t.arg(), "huge"])
+            .args(["run", "--bundle", t.arg(), &ns_tests::unique("huge")])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
