@@ -234,14 +234,17 @@ mod tests {
         b.send(&Msg::Pid(42)).unwrap();
         b.send(&Msg::Failed {
             stage: "ns-mount".into(),
-            code: 125,
+            code: crate::error::EXIT_SETUP,
             message: "x".into(),
         })
         .unwrap();
         assert_eq!(a.recv().unwrap(), Some(Msg::Pid(42)));
         assert!(matches!(
             a.recv().unwrap(),
-            Some(Msg::Failed { code: 125, .. })
+            Some(Msg::Failed {
+                code: crate::error::EXIT_SETUP,
+                ..
+            })
         ));
         drop(b);
         assert_eq!(a.recv().unwrap(), None);

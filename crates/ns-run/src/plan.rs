@@ -667,7 +667,7 @@ mod tests {
             let (c, argv) = cli(&a);
             let e = build(&c, &argv).unwrap_err();
             assert!(e.msg.starts_with(want), "{args:?}: {}", e.msg);
-            assert_eq!(e.code, 125);
+            assert_eq!(e.code, ns_core::error::EXIT_SETUP);
         }
         std::fs::remove_dir_all(&d).unwrap();
     }
