@@ -709,7 +709,7 @@ fn terminal_mode_sends_the_pty_to_the_console_socket() {
     });
     let sock = b.out.join("console.sock");
     let listener = console_socket(&sock);
-    let pid_file = b.out.join("tty.pid");
+    let pid_file = b.out.join(format!("{tty_id}.pid"));
     assert!(b.quiet(&[
         "create",
         "--bundle",
