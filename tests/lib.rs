@@ -1397,7 +1397,7 @@ pub fn ptrace_watcher(tag: &str, opts: &[&str]) -> (Tree, String, Stopping) {
     let t = Tree::rootfs(tag);
     fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
     let out = t.host_dir("out");
-    let name = format!("{tag}-{}", std::process::id());
+    let name = unique(tag);
     let mut c = ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])

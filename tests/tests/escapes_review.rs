@@ -57,7 +57,7 @@ fn print_state(t: &Tree, m: &str, opts: &[&str]) -> serde_json::Value {
 #[test]
 fn an_untrusted_drop_capability_does_not_undo_the_command_lines() {
     let t = Tree::rootfs("rv-caps");
-    let m = format!("rv-caps-{}", std::process::id());
+    let m = ns_tests::unique("rv-caps");
     let want = print_state(
         &t,
         &m,
