@@ -80,6 +80,14 @@ pub fn ns_run_registered() -> Command {
     stage("ns-run")
 }
 
+/// `TAG-<our pid>`: a name that is host-wide (a registered machine, an ns-oci id in the
+/// shared root, a zone, a slice, a settings file, a machine whose cgroups a test looks up by
+/// name), so that two suites on one host never share it. Keep `TAG` short where the name
+/// ends up in an interface name (15 bytes: `ve-NAME`, `vz-ZONE`).
+pub fn unique(tag: &str) -> String {
+    format!("{tag}-{}", std::process::id())
+}
+
 /// A stage binary as a Command (see [`ns_run`]).
 pub fn stage(name: &str) -> Command {
     let mut c = Command::new(bin(name));
@@ -222,8 +230,9 @@ fn has_interpreter(path: &Path) -> bool {
 static FIXTURE: OnceLock<PathBuf> = OnceLock::new();
 
 /// The shared busybox rootfs of this test process, built once under
-/// `$TMPDIR/ns-tests-rootfs-<pid>`. Tests must not change it (use a [`Tree`] for that).
-/// Trees of earlier test processes that are gone are removed first.
+/// `$TMPDIR/ns-tests-rootfs-<pid>` and removed when the process exits. Tests must not change
+/// it (use a [`Tree`] for that). Trees of earlier test processes that are gone (killed before
+/// they could remove theirs) are removed first.
 pub fn fixture() -> &'static Path {
     FIXTURE.get_or_init(|| {
         remove_stale_trees();
@@ -231,9 +240,21 @@ pub fn fixture() -> &'static Path {
         if dir.exists() {
             remove_tree(&dir);
         }
+        // SAFETY: registers a plain function, which touches only FIXTURE (set by then) and
+        // the file system; every test binary is single-process and exits through exit(3)
+        // (libtest returns from main or calls process::exit), which runs it once.
+        let registered = unsafe { libc::atexit(remove_fixture) } == 0;
+        assert!(registered, "atexit failed");
         build_rootfs(&dir);
         dir
     })
+}
+
+/// At exit: the fixture goes with the test process that built it (a statics' Drop never runs).
+extern "C" fn remove_fixture() {
+    if let Some(dir) = FIXTURE.get() {
+        remove_tree(dir);
+    }
 }
 
 /// The pid a tree directory name of ours carries, if it is one.
@@ -1376,7 +1397,7 @@ pub fn ptrace_watcher(tag: &str, opts: &[&str]) -> (Tree, String, Stopping) {
     let t = Tree::rootfs(tag);
     fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
     let out = t.host_dir("out");
-    let name = format!("{tag}-{}", std::process::id());
+    let name = unique(tag);
     let mut c = ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])

@@ -186,7 +186,8 @@ fn no_cgroup_left(name: &str) {
 
 #[test]
 fn systemd_boots_hybrid_and_sigterm_powers_off() {
-    let (r, pid1) = boot("sd-hybrid", &[]);
+    let name = ns_tests::unique("sd-hybrid");
+    let (r, pid1) = boot(&name, &[]);
     let mounts = in_container(pid1, &["cat", "/proc/mounts"]);
     assert!(
         mounts.contains("/sys/fs/cgroup/systemd cgroup rw"),
@@ -205,12 +206,13 @@ fn systemd_boots_hybrid_and_sigterm_powers_off() {
         .wait_for(std::time::Duration::from_secs(20))
         .expect("no orderly poweroff");
     assert_eq!(out.code, 0, "{out}");
-    no_cgroup_left("sd-hybrid");
+    no_cgroup_left(&name);
 }
 
 #[test]
 fn systemd_boots_on_pure_cgroup2_and_poweroff_inside_exits_0() {
-    let (r, pid1) = boot("sd-unified", &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")]);
+    let name = ns_tests::unique("sd-unified");
+    let (r, pid1) = boot(&name, &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")]);
     let mounts = in_container(pid1, &["cat", "/proc/mounts"]);
     assert!(
         mounts.contains("cgroup2 /sys/fs/cgroup cgroup2 rw"),
@@ -221,12 +223,13 @@ fn systemd_boots_on_pure_cgroup2_and_poweroff_inside_exits_0() {
         .wait_for(std::time::Duration::from_secs(20))
         .expect("poweroff");
     assert_eq!(out.code, 0, "{out}");
-    no_cgroup_left("sd-unified");
+    no_cgroup_left(&name);
 }
 
 #[test]
 fn systemd_boots_legacy_and_reboot_inside_gives_133() {
-    let (r, pid1) = boot("sd-legacy", &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "0")]);
+    let name = ns_tests::unique("sd-legacy");
+    let (r, pid1) = boot(&name, &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "0")]);
     let mounts = in_container(pid1, &["cat", "/proc/mounts"]);
     assert!(
         !mounts.contains("cgroup2"),
@@ -237,7 +240,7 @@ fn systemd_boots_legacy_and_reboot_inside_gives_133() {
         .wait_for(std::time::Duration::from_secs(20))
         .expect("reboot");
     assert_eq!(out.code, 133, "{out}");
-    no_cgroup_left("sd-legacy");
+    no_cgroup_left(&name);
 }
 
 #[test]
@@ -253,6 +256,7 @@ fn systemd_boots_in_a_user_namespace() {
 }
 
 fn notify_ready(extra: &[&str], machine: &str) {
+    let machine = &ns_tests::unique(machine);
     let tree = debian_tree();
     let dir = Tree::empty(machine);
     let sock_path = dir.path().join("notify.sock");
@@ -290,7 +294,7 @@ fn ns_ctl_shell_poweroff_and_reboot_a_booted_container() {
         ns_tests::run_cmd(c, None)
     };
     for (verb, code) in [("poweroff", 0), ("reboot", 133)] {
-        let name = format!("sd-ctl-{verb}");
+        let name = ns_tests::unique(&format!("sd-ctl-{verb}"));
         let (r, _) = boot_with(ns_tests::ns_run_registered(), &name);
         let out = ctl(&["shell", &name, "--", "systemctl", "is-system-running"]);
         assert_eq!((out.code, out.stdout.trim()), (0, "running"), "{out}");

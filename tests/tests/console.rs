@@ -67,12 +67,14 @@ impl Drop for Tmux {
     }
 }
 
+/// Registered, under a name of this test process (the tree's, with our pid).
 fn shell_line(tree: &Path, opts: &str) -> String {
     format!(
-        "stty -g > {0}/stty.before; {1} -D {2} {opts}; echo EXIT=$?; stty -g > {0}/stty.after; sleep 60",
+        "stty -g > {0}/stty.before; {1} -D {2} -M {3} {opts}; echo EXIT=$?; stty -g > {0}/stty.after; sleep 60",
         tree.parent().unwrap().display(),
         bin("ns-run").display(),
-        tree.display()
+        tree.display(),
+        ns_tests::unique(&tree.file_name().unwrap().to_string_lossy()),
     )
 }
 
@@ -170,13 +172,14 @@ fn monitors_of(tree: &Path) -> Vec<u32> {
 #[test]
 fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
     let t = Tree::rootfs("console-ctl");
+    let name = ns_tests::unique("console-ctl");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c)
-        .args(["-q", "-M", "console-ctl", "-D", t.arg()])
+        .args(["-q", "-M", &name, "-D", t.arg()])
         .args(["sh", "-c", "echo ready; exec sleep 100"]);
     let container = ns_tests::spawn_until(c, "ready");
     let line = format!(
-        "{} shell console-ctl; echo EXIT=$?; sleep 60",
+        "{} shell {name}; echo EXIT=$?; sleep 60",
         ns_tests::bin("ns-ctl").display()
     );
     let tm = Tmux::start("ctl", &line);
@@ -199,7 +202,7 @@ fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
 #[test]
 fn ns_ctl_shell_has_job_control() {
     let t = Tree::rootfs("console-jobs");
-    let name = format!("console-jobs-{}", std::process::id());
+    let name = ns_tests::unique("console-jobs");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])

@@ -774,7 +774,7 @@ fn symlinks_in_the_image_cannot_redirect_mounts_to_the_host() {
     // A host directory, and an absolute link in the image naming it. Followed on the host,
     // the link leads out of the image; resolved in the image, to the same path inside.
     // (Not under /tmp: the container has its own tmpfs there.)
-    let victim = Path::new("/var/tmp").join(format!("ns-tests-victim-{}", std::process::id()));
+    let victim = Path::new("/var/tmp").join(ns_tests::unique("ns-tests-victim"));
     std::fs::create_dir_all(&victim).unwrap();
     struct Cleanup<'a>(&'a Path);
     impl Drop for Cleanup<'_> {
@@ -790,7 +790,7 @@ fn symlinks_in_the_image_cannot_redirect_mounts_to_the_host() {
     std::os::unix::fs::symlink("../../../../../../..", t.path().join("mnt/up")).unwrap();
     let src = t.host_dir("src");
     std::fs::write(src.join("f"), "bound\n").unwrap();
-    let escaped = format!("ns-tests-escaped-{}", std::process::id());
+    let escaped = ns_tests::unique("ns-tests-escaped");
     let before = our_mounts();
     let mut c = ns_run();
     t.tag(&mut c).args([

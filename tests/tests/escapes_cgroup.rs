@@ -238,7 +238,7 @@ fn the_limits_stay_where_the_container_wrote_over_them() {
                   (echo max > /tmp/pids/pids.max) 2>/dev/null; \
                   echo ready; exec sleep 100";
     for (i, m) in ["default", "-U"].iter().enumerate() {
-        let machine = format!("escmem{i}");
+        let machine = ns_tests::unique(&format!("escmem{i}"));
         let mut c = ns_run();
         t.tag(&mut c)
             .args(["-q", "-D", t.arg(), "-M", &machine])
@@ -282,7 +282,7 @@ fn every_container_gets_tasks_max_16384_unless_told_otherwise() {
         (&["--property=TasksMax=infinity"], "max"),
     ];
     for (i, (opts, want)) in cases.iter().enumerate() {
-        let machine = format!("esctasks{i}");
+        let machine = ns_tests::unique(&format!("esctasks{i}"));
         let mut all = vec!["-M", &machine, "--read-only"];
         all.extend(opts.iter());
         let mut c = ns_run();
@@ -312,12 +312,13 @@ fn ns_ctl_shell_joins_the_containers_level_below_its_limits() {
     // (the shell sees itself at the root of the container's cgroup namespace in every
     // hierarchy), so the container's limits hold for it too; status lists its processes.
     let t = Tree::rootfs("esc-shell");
+    let name = ns_tests::unique("escshell");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c).args([
         "-q",
         "--read-only",
         "-M",
-        "escshell",
+        &name,
         "-D",
         t.arg(),
         "--property=TasksMax=7",
@@ -331,7 +332,7 @@ fn ns_ctl_shell_joins_the_containers_level_below_its_limits() {
             c.args(args).env_remove("NS_DEBUG");
             run_cmd(c, None)
         };
-        let out = ctl(&["shell", "escshell", "--", "/bin/cat", "/proc/self/cgroup"]);
+        let out = ctl(&["shell", &name, "--", "/bin/cat", "/proc/self/cgroup"]);
         assert_eq!(out.code, 0, "{out}");
         for l in out.stdout.lines() {
             assert!(
@@ -342,7 +343,7 @@ fn ns_ctl_shell_joins_the_containers_level_below_its_limits() {
         let bomb = "(for i in $(seq 20); do sleep 5 & done) 2>/dev/null; \
                     n=0; for d in /proc/[0-9]*; do n=$((n+1)); done; echo $n; \
                     kill -9 $(jobs -p) 2>/dev/null; true";
-        let out = ctl(&["shell", "escshell", "--", "/bin/sh", "-c", bomb]);
+        let out = ctl(&["shell", &name, "--", "/bin/sh", "-c", bomb]);
         assert_eq!(out.code, 0, "{out}");
         let n: u32 = out
             .stdout
@@ -353,7 +354,7 @@ fn ns_ctl_shell_joins_the_containers_level_below_its_limits() {
             (2..=7).contains(&n),
             "{n} processes under TasksMax=7: {out}"
         );
-        let out = ctl(&["status", "escshell", "-o", "json"]);
+        let out = ctl(&["status", &name, "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
         let leader = v["leader"].as_i64().unwrap();
         let procs = v["processes"].as_array().unwrap();
@@ -369,6 +370,7 @@ fn an_oci_bundle_run_by_ns_run_gets_the_default_unless_it_sets_a_pids_limit() {
     let config = ns_tests::spec_bundle(&t, &["sh", "-c", "echo ready; exec sleep 100"], |_| {});
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     let h = pids_hierarchy();
+    let name = ns_tests::unique("escbundle");
     for (limit, want) in [(None, "16384"), (Some(50), "50")] {
         let mut v = spec.clone();
         if let Some(n) = limit {
@@ -376,10 +378,13 @@ fn an_oci_bundle_run_by_ns_run_gets_the_default_unless_it_sets_a_pids_limit() {
         }
         std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
         let mut c = ns_run();
-        c.args(["-q", "-M", "escbundle", "--oci-bundle", t.arg()])
-            .args(["sh", "-c", "echo ready; exec sleep 100"]);
+        c.args(["-q", "-M", &name, "--oci-bundle", t.arg()]).args([
+            "sh",
+            "-c",
+            "echo ready; exec sleep 100",
+        ]);
         ns_tests::while_running(c, || {
-            let level = container_level(&h, "escbundle");
+            let level = container_level(&h, &name);
             let got = std::fs::read_to_string(level.join("pids.max")).unwrap();
             assert_eq!(
                 got.trim(),

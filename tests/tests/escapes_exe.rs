@@ -136,7 +136,7 @@ fn ns_run_and_shell(tag: &str, opts: &[&str]) {
         ],
     );
     let out = t.host_dir("out");
-    let name = format!("exe-{tag}-{}", std::process::id());
+    let name = ns_tests::unique(&format!("exe-{tag}"));
     let mut c = bins.cmd("ns-run");
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])
@@ -473,7 +473,7 @@ fn a_created_oci_container_exposes_no_host_binary_userns() {
 /// enters those the container started in, and says that PID 1 has left them.
 fn shell_after_unshare(tag: &str, opts: &[&str]) {
     let t = Tree::rootfs(&format!("exe-{tag}"));
-    let name = format!("exe-{tag}-{}", std::process::id());
+    let name = ns_tests::unique(&format!("exe-{tag}"));
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])
@@ -549,7 +549,7 @@ fn ns_ctl_shell_enters_the_namespaces_pid1_started_in_userns() {
 #[test]
 fn ns_ctl_shell_waits_for_the_payload() {
     let t = Tree::rootfs("exe-starting");
-    let name = format!("exe-starting-{}", std::process::id());
+    let name = ns_tests::unique("exe-starting");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])

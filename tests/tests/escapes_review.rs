@@ -57,7 +57,7 @@ fn print_state(t: &Tree, m: &str, opts: &[&str]) -> serde_json::Value {
 #[test]
 fn an_untrusted_drop_capability_does_not_undo_the_command_lines() {
     let t = Tree::rootfs("rv-caps");
-    let m = format!("rv-caps-{}", std::process::id());
+    let m = ns_tests::unique("rv-caps");
     let want = print_state(
         &t,
         &m,
@@ -340,18 +340,21 @@ fn an_oci_hook_that_does_not_read_its_state_still_times_out() {
             {"path": "/bin/sh", "args": ["sh", "-c", "exec sleep 20"], "timeout": 1}]});
     });
     let root = t.host_dir("oci-root");
+    // ns-oci's cgroups (ns-oci/ID) are host-wide: ids of this test process.
+    let (id, id2) = (
+        ns_tests::unique("rv-hook-stdin"),
+        ns_tests::unique("rv-hook-stdin2"),
+    );
     let mut c = Command::new(bin("ns-oci"));
     c.arg("--root")
         .arg(&root)
-        .args(["run", "--bundle", t.arg(), "rv-hook-stdin"])
+        .args(["run", "--bundle", t.arg(), &id])
         .stdin(std::process::Stdio::null());
     let t0 = Instant::now();
     let out = ns_tests::spawn(c, None).wait();
     let took = t0.elapsed();
     let mut d = Command::new(bin("ns-oci"));
-    d.arg("--root")
-        .arg(&root)
-        .args(["delete", "--force", "rv-hook-stdin"]);
+    d.arg("--root").arg(&root).args(["delete", "--force", &id]);
     let _ = run_cmd(d, None);
     assert!(took < Duration::from_secs(10), "took {took:?}: {out}");
     assert_ne!(out.code, 0, "{out}");
@@ -364,7 +367,7 @@ fn an_oci_hook_that_does_not_read_its_state_still_times_out() {
     let mut c = Command::new(bin("ns-oci"));
     c.arg("--root")
         .arg(&root)
-        .args(["run", "--bundle", t.arg(), "rv-hook-stdin2"])
+        .args(["run", "--bundle", t.arg(), &id2])
         .stdin(std::process::Stdio::null());
     let out = ns_tests::spawn(c, None).wait();
     assert_eq!(out.code, 0, "{out}");

@@ -19,7 +19,7 @@ use ns_tests::{bin, in_fresh_run, ns_run_registered, run_cmd, spawn_until, Tree}
 fn a_fake_proc_self_setgroups_does_not_keep_the_callers_groups() {
     for (opts, tag) in [(&["-U"][..], "u"), (&[][..], "d")] {
         let t = Tree::rootfs(&format!("rv2-groups-{tag}"));
-        let name = format!("rv2-groups-{tag}-{}", std::process::id());
+        let name = ns_tests::unique(&format!("rv2-groups-{tag}"));
         let mut c = ns_run_registered();
         t.tag(&mut c)
             .args(["-q", "-M", &name, "-D", t.arg()])
@@ -172,7 +172,7 @@ echo "root: $rc $(cat "$BASE/err")"
 #[test]
 fn a_fifo_as_etc_passwd_does_not_hang_the_entering_process() {
     let t = Tree::rootfs("rv2-fifo");
-    let name = format!("rv2-fifo-{}", std::process::id());
+    let name = ns_tests::unique("rv2-fifo");
     let mut c = ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])
@@ -219,7 +219,7 @@ fn a_cgroup_named_tasks_does_not_keep_ns_ctl_shell_out() {
         return;
     }
     let t = Tree::rootfs("rv2-tasks");
-    let name = format!("rv2-tasks-{}", std::process::id());
+    let name = ns_tests::unique("rv2-tasks");
     let mut c = ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])
@@ -247,7 +247,7 @@ fn a_cgroup_named_tasks_does_not_keep_ns_ctl_shell_out() {
 #[test]
 fn ns_ctl_shell_passes_what_is_asked_of_the_callers_environment() {
     let t = Tree::rootfs("rv2-envok");
-    let name = format!("rv2-envok-{}", std::process::id());
+    let name = ns_tests::unique("rv2-envok");
     let mut c = ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])

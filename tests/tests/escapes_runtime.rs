@@ -196,12 +196,13 @@ echo "uid locks: $(ls /run/ns-run/uid | wc -l)"
 fn printing_into_a_closed_pipe_is_quiet() {
     use std::os::unix::process::ExitStatusExt;
     let t = Tree::rootfs("rt-pipe");
+    let name = ns_tests::unique("rt-pipe");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c).args([
         "-q",
         "--read-only",
         "-M",
-        "rt-pipe",
+        &name,
         "-D",
         t.arg(),
         "sh",
@@ -210,7 +211,7 @@ fn printing_into_a_closed_pipe_is_quiet() {
     ]);
     let running = ns_tests::spawn_until(c, "ready");
     let cmds: Vec<(&str, Vec<&str>)> = vec![
-        ("ns-ctl", vec!["status", "rt-pipe"]),
+        ("ns-ctl", vec!["status", &name]),
         ("ns-ctl", vec!["list"]),
         ("ns-run", vec!["--print-state", "-D", t.arg(), "true"]),
         ("ns-run", vec!["--print-chain", "-D", t.arg(), "true"]),
@@ -250,11 +251,12 @@ fn os_release_is_read_inside_the_container() {
     let os_release = t.path().join("etc/os-release");
     let _ = std::fs::remove_file(&os_release);
     std::os::unix::fs::symlink(&secret, &os_release).unwrap();
+    let name = ns_tests::unique("rt-osrel");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c).args([
         "-q",
         "-M",
-        "rt-osrel",
+        &name,
         "-D",
         t.arg(),
         "sh",
@@ -264,7 +266,7 @@ fn os_release_is_read_inside_the_container() {
     let running = ns_tests::spawn_until(c, "ready");
     let status = || {
         let mut ctl = ns_tests::stage("ns-ctl");
-        ctl.args(["status", "rt-osrel"]);
+        ctl.args(["status", &name]);
         run_cmd(ctl, None)
     };
     let through_symlink = status();

@@ -198,7 +198,7 @@ fn untrusted_settings_files_are_ignored_for_every_key_nspawn_ignores() {
 #[test]
 fn untrusted_settings_files_keep_what_only_restricts() {
     let t = Tree::rootfs("trust-kept");
-    let m = format!("esc-trust-kept-{}", std::process::id());
+    let m = ns_tests::unique("esc-trust-kept");
     let (want, _) = state(
         &t,
         &m,
@@ -232,7 +232,7 @@ fn untrusted_settings_files_keep_what_only_restricts() {
 fn an_untrusted_file_cannot_drop_the_user_namespace_or_allow_keyctl() {
     let t = Tree::rootfs("trust-run");
     std::fs::copy(bin("ns-probe"), t.path().join("bin/ns-probe")).unwrap();
-    let m = format!("esc-trust-run-{}", std::process::id());
+    let m = ns_tests::unique("esc-trust-run");
     let _f = SettingsFile::next_to(
         &t,
         &m,
@@ -333,7 +333,7 @@ fn huge_user_ids_are_refused_by_ns_ctl_shell() {
     let mut passwd = std::fs::read_to_string(etc.join("passwd")).unwrap();
     passwd.push_str("bigu:x:4294967295:100::/:/bin/sh\n");
     std::fs::write(etc.join("passwd"), passwd).unwrap();
-    let m = format!("esc-trust-shell-{}", std::process::id());
+    let m = ns_tests::unique("esc-trust-shell");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c).args(["-q", "-D", t.arg(), "-M", &m]).args([
         "sh",
@@ -382,7 +382,7 @@ fn huge_oci_user_ids_are_refused() {
         let o = std::process::Command::new(bin("ns-oci"))
             .arg("--root")
             .arg(&root)
-            .args(["run", "--bundle", t.arg(), "huge"])
+            .args(["run", "--bundle", t.arg(), &ns_tests::unique("huge")])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();

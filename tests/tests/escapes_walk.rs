@@ -374,7 +374,15 @@ fn oci_hooks_start_with_clean_signals() {
             "args": ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]}]});
     });
     let root = t.host_dir("oci-root");
-    let out = oci(&root, &["run", "--bundle", t.arg(), "walk-hook-sig"]);
+    let out = oci(
+        &root,
+        &[
+            "run",
+            "--bundle",
+            t.arg(),
+            &ns_tests::unique("walk-hook-sig"),
+        ],
+    );
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(
         out.stdout,
@@ -395,7 +403,7 @@ fn oci_hook_timeouts_must_be_positive() {
                 {"path": "/bin/sh", "args": ["sh", "-c", "sleep 3"], "timeout": timeout}]});
         });
         let root = t.host_dir("oci-root");
-        let id = format!("walk-hook-t{}", timeout + 1);
+        let id = ns_tests::unique(&format!("walk-hook-t{}", timeout + 1));
         let t0 = Instant::now();
         let out = oci(&root, &["create", "--bundle", t.arg(), &id]);
         if out.code == 0 {

@@ -58,13 +58,15 @@ fn killed_at_every_step_leaves_nothing() {
     let upper = t.host_dir("upper");
     let beside = dir_entries(upper.parent().unwrap());
     let before = mount_points();
+    // Registered: a name of this test process, short enough for `ve-NAME`.
+    let name = ns_tests::unique("f");
     for point in POINTS {
         let mut c = Command::new("nsenter");
         c.arg(ns.nsenter_arg()).arg(bin("ns-run"));
         t.tag(&mut c)
             .env_remove("NS_DEBUG")
             .env("NS_FAULT", point)
-            .args(["-q", "-M", "fault", "-n", "-D", t.arg()])
+            .args(["-q", "-M", &name, "-n", "-D", t.arg()])
             .arg(format!(
                 "--overlay={}:{}:/srv/ov",
                 lower.display(),
@@ -83,10 +85,10 @@ fn killed_at_every_step_leaves_nothing() {
         t.tag(&mut c).args(["-q", "-D", t.arg(), "true"]);
         assert_eq!(run_cmd(c, None).code, 0, "{point}");
         let list = run_cmd(Command::new(bin("ns-ctl")), None);
-        assert!(!list.stdout.contains("fault"), "{point}: {list}");
+        assert!(!list.stdout.contains(&name), "{point}: {list}");
         assert!(
-            !Path::new("/run/ns-run/machines/fault.lock").exists()
-                && !Path::new("/run/ns-run/machines/fault.json").exists(),
+            !Path::new(&format!("/run/ns-run/machines/{name}.lock")).exists()
+                && !Path::new(&format!("/run/ns-run/machines/{name}.json")).exists(),
             "{point}: registry entry left"
         );
         assert_eq!(
@@ -95,7 +97,7 @@ fn killed_at_every_step_leaves_nothing() {
             "{point}"
         );
         assert_eq!(
-            cgroups_named("ns-run-fault-"),
+            cgroups_named(&format!("ns-run-{name}-")),
             Vec::<String>::new(),
             "{point}"
         );

@@ -116,11 +116,12 @@ fn capabilities_options_and_the_knob_change_the_filter() {
 #[test]
 fn ns_ctl_shell_runs_under_the_containers_filter() {
     let t = tree("sc-shell");
+    let name = ns_tests::unique("sc-shell");
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c).args([
         "-q",
         "-M",
-        "sc-shell",
+        &name,
         "--system-call-filter=~getpid",
         "-D",
         t.arg(),
@@ -132,7 +133,7 @@ fn ns_ctl_shell_runs_under_the_containers_filter() {
     let mut c = std::process::Command::new(bin("ns-ctl"));
     c.args([
         "shell",
-        "sc-shell",
+        &name,
         "--",
         "sh",
         "-c",

@@ -35,7 +35,9 @@ fn entry(name: &str) -> std::path::PathBuf {
 #[test]
 fn list_status_and_shell_see_the_running_container() {
     let t = Tree::rootfs("ctl-list");
-    let a = start(&t, "ctl-a", &[], "echo ready; exec sleep 100");
+    // Registered: names of this test process. b's is short: `ve-NAME` must fit 15 bytes.
+    let (na, nb) = (ns_tests::unique("ctl-a"), ns_tests::unique("cb"));
+    let a = start(&t, &na, &[], "echo ready; exec sleep 100");
     // With a veth, in a throwaway network namespace.
     let mut c = Command::new("unshare");
     c.args(["--net", "--"]).arg(bin("ns-run"));
@@ -43,7 +45,7 @@ fn list_status_and_shell_see_the_running_container() {
         "-q",
         "--read-only",
         "-M",
-        "ctl-b",
+        &nb,
         "-n",
         "--network-address=10.231.7.2/24",
         "-D",
@@ -70,13 +72,10 @@ fn list_status_and_shell_see_the_running_container() {
             .copied()
     };
     assert!(
-        row("ctl-a").is_some_and(|r| r.contains("container ns-run")),
+        row(&na).is_some_and(|r| r.contains("container ns-run")),
         "{out}"
     );
-    assert!(
-        row("ctl-b").is_some_and(|r| r.ends_with("10.231.7.2")),
-        "{out}"
-    );
+    assert!(row(&nb).is_some_and(|r| r.ends_with("10.231.7.2")), "{out}");
     assert!(out.stdout.contains(" machines listed."), "{out}");
 
     let out = ctl(&["list", "--output=json"]);
@@ -85,24 +84,24 @@ fn list_status_and_shell_see_the_running_container() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["machine"] == "ctl-b")
+        .find(|m| m["machine"] == nb.as_str())
         .unwrap_or_else(|| panic!("{out}"));
     assert_eq!(b_json["class"], "container");
     assert_eq!(b_json["addresses"], "10.231.7.2");
 
-    let out = ctl(&["status", "ctl-b"]);
+    let out = ctl(&["status", &nb]);
     assert_eq!(out.code, 0, "{out}");
-    assert!(out.stdout.starts_with("ctl-b("), "{out}");
+    assert!(out.stdout.starts_with(&format!("{nb}(")), "{out}");
     for want in [
         "Leader: ".to_string(),
         format!("Root: {}", t.arg()),
-        "Iface: ve-ctl-b".into(),
+        format!("Iface: ve-{nb}"),
         "Address: 10.231.7.2".into(),
         "sleep 100".into(),
     ] {
         assert!(out.stdout.contains(&want), "{want}: {out}");
     }
-    let out = ctl(&["status", "ctl-a", "-o", "json"]);
+    let out = ctl(&["status", &na, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
     let leader = v["leader"].as_i64().unwrap();
     assert_eq!(v["root"], t.arg());
@@ -116,7 +115,7 @@ fn list_status_and_shell_see_the_running_container() {
     // hostname, root and capability bounding set, not ours.
     let out = ctl(&[
         "shell",
-        "ctl-a",
+        &na,
         "--",
         "sh",
         "-c",
@@ -135,25 +134,25 @@ fn list_status_and_shell_see_the_running_container() {
     let pid: u32 = l[0].strip_prefix("pid=").unwrap().parse().unwrap();
     assert!(pid < 100, "not in the container's PID namespace: {out}");
     assert_eq!(l[1].trim_end(), "sleep 100", "{out}");
-    assert_eq!(l[2], "ctl-a", "{out}");
+    assert_eq!(l[2], na, "{out}");
     assert_eq!(l[3], leader_bnd, "{out}");
     assert_eq!(l[4], "container=systemd-nspawn", "{out}");
     // stdin, stdout, stderr and ls's own directory fd: nothing of the toolkit's.
     assert_eq!(l.last(), Some(&"4"), "{out}");
-    assert_eq!(ctl(&["shell", "ctl-a", "--", "sh", "-c", "exit 7"]).code, 7);
-    let out = ctl(&["shell", "ctl-a", "daemon", "--", "id", "-u"]);
+    assert_eq!(ctl(&["shell", &na, "--", "sh", "-c", "exit 7"]).code, 7);
+    let out = ctl(&["shell", &na, "daemon", "--", "id", "-u"]);
     assert_eq!(out.stdout.trim(), "1", "{out}");
 
     // Ended by ns-ctl: poweroff of a container that was not booted stops it as SIGTERM to
     // ns-run does (137); terminate kills it (137).
-    assert_eq!(ctl(&["poweroff", "ctl-a"]).code, 0);
+    assert_eq!(ctl(&["poweroff", &na]).code, 0);
     assert_eq!(a.wait().code, 137);
-    assert_eq!(ctl(&["terminate", "ctl-b"]).code, 0);
+    assert_eq!(ctl(&["terminate", &nb]).code, 0);
     assert_eq!(b.wait().code, 137);
-    assert!(!entry("ctl-a").exists() && !entry("ctl-b").exists());
+    assert!(!entry(&na).exists() && !entry(&nb).exists());
     let out = ctl(&["list"]);
     assert!(
-        !out.stdout.contains("ctl-a") && !out.stdout.contains("ctl-b"),
+        !out.stdout.contains(&na) && !out.stdout.contains(&nb),
         "{out}"
     );
 }
@@ -161,13 +160,14 @@ fn list_status_and_shell_see_the_running_container() {
 #[test]
 fn kill_sends_the_signal_and_unknown_names_fail() {
     let t = Tree::rootfs("ctl-kill");
+    let k = ns_tests::unique("ctl-k");
     let a = start(
         &t,
-        "ctl-k",
+        &k,
         &[],
         "trap 'echo got-usr1' USR1; echo ready; while :; do sleep 0.1; done",
     );
-    let out = ctl(&["kill", "--kill-whom=leader", "--signal=SIGUSR1", "ctl-k"]);
+    let out = ctl(&["kill", "--kill-whom=leader", "--signal=SIGUSR1", &k]);
     assert_eq!(out.code, 0, "{out}");
     let mut a = a;
     assert!(
@@ -175,7 +175,7 @@ fn kill_sends_the_signal_and_unknown_names_fail() {
         "{}",
         a.stdout_so_far()
     );
-    assert_eq!(ctl(&["kill", "-s", "KILL", "ctl-k"]).code, 0);
+    assert_eq!(ctl(&["kill", "-s", "KILL", &k]).code, 0);
     assert_eq!(a.wait().code, 137);
     for (args, want) in [
         (
@@ -205,7 +205,8 @@ fn kill_sends_the_signal_and_unknown_names_fail() {
 fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
     let t = Tree::rootfs("ctl-dup");
     let before = our_mounts();
-    let a = start(&t, "ctl-dup", &[], "echo ready; exec sleep 100");
+    let dup = ns_tests::unique("ctl-dup");
+    let a = start(&t, &dup, &[], "echo ready; exec sleep 100");
     // Another container under the same name, registered.
     let another = || {
         let mut c = ns_run_registered();
@@ -213,7 +214,7 @@ fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
             "-q",
             "--read-only",
             "-M",
-            "ctl-dup",
+            &dup,
             "-D",
             t.arg(),
             "true",
@@ -224,18 +225,18 @@ fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
     assert_eq!(out.code, 125, "{out}");
     assert_eq!(
         out.stderr.trim_end(),
-        "ns-run: machine ctl-dup is already running (choose another name with -M, or --register=no)"
+        format!("ns-run: machine {dup} is already running (choose another name with -M, or --register=no)")
     );
     // SIGKILL of the monitor: the entry stays until someone reads the registry.
     let monitor = a.pid();
     let _journal = ns_tests::ForgetJournal(monitor);
     a.signal(libc::SIGKILL);
     let _ = a.wait();
-    assert!(entry("ctl-dup").exists());
+    assert!(entry(&dup).exists());
     let out = ctl(&["list"]);
-    assert!(!out.stdout.contains("ctl-dup"), "{out}");
-    assert!(!entry("ctl-dup").exists());
-    assert!(!Path::new("/run/ns-run/machines/ctl-dup.lock").exists());
+    assert!(!out.stdout.contains(&dup), "{out}");
+    assert!(!entry(&dup).exists());
+    assert!(!Path::new(&format!("/run/ns-run/machines/{dup}.lock")).exists());
     // And the name is free again.
     assert_eq!(another().code, 0);
     let left = ns_tests::wait_no_procs_in(t.path(), Duration::from_secs(5));

@@ -250,7 +250,7 @@ struct ZoneFile(String);
 
 impl ZoneFile {
     fn new(prefix: &str) -> ZoneFile {
-        ZoneFile(format!("{prefix}-{}", std::process::id()))
+        ZoneFile(ns_tests::unique(prefix))
     }
 
     fn lock_path(&self) -> String {

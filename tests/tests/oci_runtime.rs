@@ -148,47 +148,58 @@ fn cgroups_named(rel: &str) -> Vec<PathBuf> {
 
 #[test]
 fn create_waits_for_start_then_runs_with_stdio_passed_through() {
+    let life_id = ns_tests::unique("life");
     let b = Bundle::new(
         "oci-life",
         &["sh", "-c", "echo out; echo err >&2; touch /out/ran; exit 7"],
         |_| {},
     );
-    let (code, err) = b.create("life");
+    let (code, err) = b.create(&life_id);
     assert_eq!(code, 0, "{err}");
-    let pid = b.pid("life");
-    assert_eq!(b.status("life"), "created");
+    let pid = b.pid(&life_id);
+    assert_eq!(b.status(&life_id), "created");
     std::thread::sleep(Duration::from_millis(200));
     assert!(!b.out.join("ran").exists(), "the process ran before start");
-    assert!(!cgroups_named("ns-oci/life").is_empty(), "no cgroup");
-    let (code, _, err) = b.oci(&["start", "life"]);
+    assert!(
+        !cgroups_named(&format!("ns-oci/{life_id}")).is_empty(),
+        "no cgroup"
+    );
+    let (code, _, err) = b.oci(&["start", &life_id]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(reap(pid), 7);
     assert!(b.out.join("ran").exists());
-    assert_eq!(b.stdout_of("life"), "out\n");
-    assert!(fs::read_to_string(b.out.join("life.stderr"))
+    assert_eq!(b.stdout_of(&life_id), "out\n");
+    assert!(fs::read_to_string(b.out.join(format!("{life_id}.stderr")))
         .unwrap()
         .ends_with("err\n"));
-    assert_eq!(b.status("life"), "stopped");
-    let (code, _, err) = b.oci(&["start", "life"]);
+    assert_eq!(b.status(&life_id), "stopped");
+    let (code, _, err) = b.oci(&["start", &life_id]);
     assert_eq!(
         (code, err.trim()),
-        (1, "ns-oci: container life is stopped: cannot start it")
+        (
+            1,
+            format!("ns-oci: container {life_id} is stopped: cannot start it").as_str()
+        )
     );
-    let (code, _, err) = b.oci(&["delete", "life"]);
+    let (code, _, err) = b.oci(&["delete", &life_id]);
     assert_eq!(code, 0, "{err}");
-    assert!(!b.root.join("life").exists());
-    assert!(cgroups_named("ns-oci/life").is_empty(), "cgroups left");
+    assert!(!b.root.join(&life_id).exists());
+    assert!(
+        cgroups_named(&format!("ns-oci/{life_id}")).is_empty(),
+        "cgroups left"
+    );
 }
 
 #[test]
 fn kill_exec_ps_pause_update_delete() {
+    let verbs_id = ns_tests::unique("verbs");
     let b = Bundle::new("oci-verbs", &["sleep", "1000"], |_| {});
-    let (code, err) = b.create("verbs");
+    let (code, err) = b.create(&verbs_id);
     assert_eq!(code, 0, "{err}");
-    let pid = b.pid("verbs");
-    let (code, _, err) = b.oci(&["start", "verbs"]);
+    let pid = b.pid(&verbs_id);
+    let (code, _, err) = b.oci(&["start", &verbs_id]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(b.status("verbs"), "running");
+    assert_eq!(b.status(&verbs_id), "running");
     // exec, waiting: its exit code; detached: its pid in the file.
     let proc_file = b.out.join("p.json");
     fs::write(
@@ -198,7 +209,7 @@ fn kill_exec_ps_pause_update_delete() {
         .to_string(),
     )
     .unwrap();
-    let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), "verbs"]);
+    let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), &verbs_id]);
     assert_eq!((code, out.as_str()), (3, "y /out\nsleep\n"), "{err}");
     // oomScoreAdj, as containerd's CRI sends it with every exec (0 included): written before
     // the process joins the container (its /proc has no /proc/self for the joining process).
@@ -210,7 +221,7 @@ fn kill_exec_ps_pause_update_delete() {
             .to_string(),
         )
         .unwrap();
-        let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), "verbs"]);
+        let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), &verbs_id]);
         assert_eq!((code, out.trim()), (0, adj.to_string().as_str()), "{err}");
     }
     fs::write(
@@ -227,10 +238,10 @@ fn kill_exec_ps_pause_update_delete() {
         "--detach",
         "--pid-file",
         s(&epid_file),
-        "verbs",
+        &verbs_id,
     ]));
     let epid: i32 = fs::read_to_string(&epid_file).unwrap().parse().unwrap();
-    let (_, out, _) = b.oci(&["ps", "--format", "json", "verbs"]);
+    let (_, out, _) = b.oci(&["ps", "--format", "json", &verbs_id]);
     let mut pids: Vec<i32> = serde_json::from_str(&out).unwrap();
     pids.sort();
     assert_eq!(pids, {
@@ -239,15 +250,15 @@ fn kill_exec_ps_pause_update_delete() {
         v
     });
     // pause/resume: the freezer.
-    assert_eq!(b.oci(&["pause", "verbs"]).0, 0);
-    assert_eq!(b.status("verbs"), "paused");
-    assert_eq!(b.oci(&["resume", "verbs"]).0, 0);
-    assert_eq!(b.status("verbs"), "running");
+    assert_eq!(b.oci(&["pause", &verbs_id]).0, 0);
+    assert_eq!(b.status(&verbs_id), "paused");
+    assert_eq!(b.oci(&["resume", &verbs_id]).0, 0);
+    assert_eq!(b.status(&verbs_id), "running");
     // update: a memory limit from stdin.
     let mut c = Command::new(bin("ns-oci"));
     c.arg("--root")
         .arg(&b.root)
-        .args(["update", "--resources", "-", "verbs"]);
+        .args(["update", "--resources", "-", &verbs_id]);
     c.stdin(Stdio::piped());
     let mut child = c.spawn().unwrap();
     child
@@ -265,10 +276,10 @@ fn kill_exec_ps_pause_update_delete() {
             json!({"memory": {"limit": limit, "swap": limit}}).to_string(),
         )
         .unwrap();
-        let (code, _, err) = b.oci(&["update", "--resources", s(&res), "verbs"]);
+        let (code, _, err) = b.oci(&["update", "--resources", s(&res), &verbs_id]);
         assert_eq!(code, 0, "{limit}: {err}");
     }
-    let mem = cgroups_named("ns-oci/verbs")
+    let mem = cgroups_named(&format!("ns-oci/{verbs_id}"))
         .into_iter()
         .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists())
         .expect("memory cgroup");
@@ -277,35 +288,47 @@ fn kill_exec_ps_pause_update_delete() {
         .unwrap();
     assert_eq!(limit.trim(), "67108864");
     // delete refuses a running container; kill --all kills everything; both are repeatable.
-    let (code, _, err) = b.oci(&["delete", "verbs"]);
+    let (code, _, err) = b.oci(&["delete", &verbs_id]);
     assert_eq!(code, 1);
     assert_eq!(
         err.trim(),
-        "ns-oci: container verbs is running: stop it first, or delete it with --force"
+        format!(
+            "ns-oci: container {verbs_id} is running: stop it first, or delete it with --force"
+        )
+        .as_str()
     );
-    assert_eq!(b.oci(&["kill", "--all", "verbs", "KILL"]).0, 0);
+    assert_eq!(b.oci(&["kill", "--all", &verbs_id, "KILL"]).0, 0);
     // The exec'd one first: a dying PID 1 waits until every process of its namespace is
     // reaped (the shim reaps whatever comes first).
     assert_eq!(reap(epid), 137);
     assert_eq!(reap(pid), 137);
-    assert_eq!(b.oci(&["kill", "--all", "verbs", "9"]).0, 0);
-    let (code, _, err) = b.oci(&["kill", "verbs", "SIGTERM"]);
+    assert_eq!(b.oci(&["kill", "--all", &verbs_id, "9"]).0, 0);
+    let (code, _, err) = b.oci(&["kill", &verbs_id, "SIGTERM"]);
     // runc's words, which containerd's shim looks for.
     assert_eq!(
         (code, err.trim()),
-        (1, "ns-oci: cannot signal verbs: container not running")
+        (
+            1,
+            format!("ns-oci: cannot signal {verbs_id}: container not running").as_str()
+        )
     );
-    assert_eq!(b.oci(&["delete", "--force", "verbs"]).0, 0);
-    assert_eq!(b.oci(&["delete", "--force", "verbs"]).0, 0);
-    let (code, _, err) = b.oci(&["delete", "verbs"]);
+    assert_eq!(b.oci(&["delete", "--force", &verbs_id]).0, 0);
+    assert_eq!(b.oci(&["delete", "--force", &verbs_id]).0, 0);
+    let (code, _, err) = b.oci(&["delete", &verbs_id]);
     assert_eq!(
         (code, err.trim()),
-        (1, "ns-oci: container verbs does not exist")
+        (
+            1,
+            format!("ns-oci: container {verbs_id} does not exist").as_str()
+        )
     );
 }
 
 #[test]
 fn bad_input_is_one_line_and_leaves_nothing() {
+    let bad_id = ns_tests::unique("bad");
+    let bad2_id = ns_tests::unique("bad2");
+    let dup_id = ns_tests::unique("dup");
     let b = Bundle::new("oci-bad", &["true"], |v| {
         v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
     });
@@ -321,7 +344,7 @@ fn bad_input_is_one_line_and_leaves_nothing() {
             "create",
             "--bundle",
             b.dir(),
-            "bad",
+            &bad_id,
         ])
         .output()
         .unwrap();
@@ -331,7 +354,7 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     let line: Value = serde_json::from_str(fs::read_to_string(&log).unwrap().trim()).unwrap();
     assert_eq!(line["level"], "error");
     assert_eq!(line["msg"], "config.json: linux.sysctl: not supported");
-    assert!(!b.root.join("bad").exists());
+    assert!(!b.root.join(&bad_id).exists());
     // A bundle without config.json; an id that is not a file name; a duplicate id.
     let empty = b.tree.host_dir("empty");
     let (code, _, err) = b.oci(&["create", "--bundle", s(&empty), "x"]);
@@ -354,27 +377,34 @@ fn bad_input_is_one_line_and_leaves_nothing() {
             json!({"destination": "/x", "type": "bind", "source": "/nonexistent-ns-oci", "options": ["rbind"]}),
         );
     });
-    let (code, err) = b2.create("bad2");
+    let (code, err) = b2.create(&bad2_id);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent-ns-oci"), "{err}");
-    assert!(!b2.root.join("bad2").exists());
-    assert!(cgroups_named("ns-oci/bad2").is_empty(), "cgroups left");
+    assert!(!b2.root.join(&bad2_id).exists());
+    assert!(
+        cgroups_named(&format!("ns-oci/{bad2_id}")).is_empty(),
+        "cgroups left"
+    );
     let b3 = Bundle::new("oci-dup", &["sleep", "100"], |_| {});
-    let (code, err) = b3.create("dup");
+    let (code, err) = b3.create(&dup_id);
     assert_eq!(code, 0, "{err}");
-    let (code, err) = b3.create("dup");
+    let (code, err) = b3.create(&dup_id);
     assert_eq!(
         (code, err.trim()),
-        (1, "ns-oci: container dup already exists")
+        (
+            1,
+            format!("ns-oci: container {dup_id} already exists").as_str()
+        )
     );
-    let pid = b3.pid("dup");
+    let pid = b3.pid(&dup_id);
     // Deleting a created container kills it (runc's rule).
-    assert_eq!(b3.oci(&["delete", "dup"]).0, 0);
+    assert_eq!(b3.oci(&["delete", &dup_id]).0, 0);
     assert_eq!(reap(pid), 137);
 }
 
 #[test]
 fn config_json_is_honoured() {
+    let cfg_id = ns_tests::unique("cfg");
     let hook_out = Tree::empty("oci-hook-out");
     let hook_file = hook_out.path().join("prestart.json");
     let b = Bundle::new(
@@ -412,20 +442,20 @@ fn config_json_is_honoured() {
         },
     );
     fs::write(b.tree.path().join("rootfs/secret"), "s3cret").unwrap();
-    let (code, err) = b.create("cfg");
+    let (code, err) = b.create(&cfg_id);
     assert_eq!(code, 0, "{err}");
-    let pid = b.pid("cfg");
+    let pid = b.pid(&cfg_id);
     let hook: Value = serde_json::from_str(&fs::read_to_string(&hook_file).unwrap()).unwrap();
     assert_eq!(
         (hook["id"].as_str(), hook["pid"].as_i64()),
-        (Some("cfg"), Some(pid as i64))
+        (Some(cfg_id.as_str()), Some(pid as i64))
     );
-    let pids_max = cgroups_named("ns-oci/cfg")
+    let pids_max = cgroups_named(&format!("ns-oci/{cfg_id}"))
         .into_iter()
         .find_map(|d| fs::read_to_string(d.join("pids.max")).ok())
         .unwrap();
     assert_eq!(pids_max.trim(), "64");
-    let quota = cgroups_named("ns-oci/cfg")
+    let quota = cgroups_named(&format!("ns-oci/{cfg_id}"))
         .into_iter()
         .find_map(|d| {
             fs::read_to_string(d.join("cpu.cfs_quota_us"))
@@ -434,7 +464,7 @@ fn config_json_is_honoured() {
         })
         .expect("a cpu quota");
     assert!(quota.starts_with("12345"), "{quota}");
-    let huge = cgroups_named("ns-oci/cfg")
+    let huge = cgroups_named(&format!("ns-oci/{cfg_id}"))
         .into_iter()
         .find_map(|d| {
             fs::read_to_string(d.join("hugetlb.2MB.max"))
@@ -443,10 +473,10 @@ fn config_json_is_honoured() {
         })
         .expect("a hugetlb limit");
     assert_eq!(huge.trim(), "0");
-    let (code, _, err) = b.oci(&["start", "cfg"]);
+    let (code, _, err) = b.oci(&["start", &cfg_id]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(reap(pid), 0);
-    let out = b.stdout_of("cfg");
+    let out = b.stdout_of(&cfg_id);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "uid=1000 gid=1000 groups=5");
     assert_eq!(lines[1..3], ["bar", "ocibox"]);
@@ -476,16 +506,18 @@ fn config_json_is_honoured() {
         assert!(lines.contains(&want), "{want}: {out}");
     }
     assert_eq!(lines.last(), Some(&"256"));
-    assert_eq!(b.oci(&["delete", "cfg"]).0, 0);
+    assert_eq!(b.oci(&["delete", &cfg_id]).0, 0);
 }
 
 #[test]
 fn a_container_joins_namespaces_given_by_path() {
+    let pod_id = ns_tests::unique("pod");
+    let member_id = ns_tests::unique("member");
     let pod = Bundle::new("oci-pod", &["sleep", "1000"], |_| {});
-    let (code, err) = pod.create("pod");
+    let (code, err) = pod.create(&pod_id);
     assert_eq!(code, 0, "{err}");
-    let ppid = pod.pid("pod");
-    let (code, _, err) = pod.oci(&["start", "pod"]);
+    let ppid = pod.pid(&pod_id);
+    let (code, _, err) = pod.oci(&["start", &pod_id]);
     assert_eq!(code, 0, "{err}");
     let ns = |pid: i32, kind: &str| fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
     let member = Bundle::new("oci-member", &["sleep", "1000"], |v| {
@@ -497,16 +529,19 @@ fn a_container_joins_namespaces_given_by_path() {
         ]);
         v["hostname"] = Value::Null;
     });
-    let (code, err) = member.create("member");
+    let (code, err) = member.create(&member_id);
     assert_eq!(code, 0, "{err}");
-    let mpid = member.pid("member");
+    let mpid = member.pid(&member_id);
     for kind in ["net", "ipc", "uts"] {
         assert_eq!(ns(mpid, kind), ns(ppid, kind), "{kind}");
     }
     for kind in ["pid", "mnt"] {
         assert_ne!(ns(mpid, kind), ns(ppid, kind), "{kind}");
     }
-    for (b, id, pid) in [(&member, "member", mpid), (&pod, "pod", ppid)] {
+    for (b, id, pid) in [
+        (&member, member_id.as_str(), mpid),
+        (&pod, pod_id.as_str(), ppid),
+    ] {
         assert_eq!(b.oci(&["delete", "--force", id]).0, 0);
         assert_eq!(reap(pid), 137);
     }
@@ -591,8 +626,10 @@ fn features_and_spec() {
 
 #[test]
 fn run_is_create_start_wait_delete() {
+    let fg_id = ns_tests::unique("fg");
+    let caps_id = ns_tests::unique("caps");
     let b = Bundle::new("oci-run", &["sh", "-c", "echo ran; exit 9"], |_| {});
-    let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), "fg"]);
+    let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), &fg_id]);
     assert_eq!((code, out.as_str()), (9, "ran\n"), "{err}");
     // Root gets each capability set as given (what runc 1.1 gives for this config too).
     let b = Bundle::new(
@@ -605,15 +642,18 @@ fn run_is_create_start_wait_delete() {
             "inheritable": [], "ambient": []});
         },
     );
-    let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), "caps"]);
+    let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), &caps_id]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
         "CapInh:\t0000000000000000\nCapPrm:\t0000000000000020\nCapEff:\t0000000000000020\n\
          CapBnd:\t0000000020000420\nCapAmb:\t0000000000000000\n"
     );
-    assert!(!b.root.join("fg").exists());
-    assert!(cgroups_named("ns-oci/fg").is_empty(), "cgroups left");
+    assert!(!b.root.join(&fg_id).exists());
+    assert!(
+        cgroups_named(&format!("ns-oci/{fg_id}")).is_empty(),
+        "cgroups left"
+    );
 }
 
 /// A console socket: a thread accepts one connection and returns the fd that comes with it.
@@ -663,12 +703,13 @@ fn read_until(master: &std::os::fd::OwnedFd, needle: &str) -> String {
 
 #[test]
 fn terminal_mode_sends_the_pty_to_the_console_socket() {
+    let tty_id = ns_tests::unique("tty");
     let b = Bundle::new("oci-tty", &["sh", "-c", "tty; read x; echo got-$x"], |v| {
         v["process"]["terminal"] = json!(true);
     });
     let sock = b.out.join("console.sock");
     let listener = console_socket(&sock);
-    let pid_file = b.out.join("tty.pid");
+    let pid_file = b.out.join(format!("{tty_id}.pid"));
     assert!(b.quiet(&[
         "create",
         "--bundle",
@@ -677,11 +718,11 @@ fn terminal_mode_sends_the_pty_to_the_console_socket() {
         s(&pid_file),
         "--console-socket",
         s(&sock),
-        "tty",
+        &tty_id,
     ]));
     let master = listener.join().unwrap();
-    let pid = b.pid("tty");
-    let (code, _, err) = b.oci(&["start", "tty"]);
+    let pid = b.pid(&tty_id);
+    let (code, _, err) = b.oci(&["start", &tty_id]);
     assert_eq!(code, 0, "{err}");
     assert!(read_until(&master, "/dev/console").contains("/dev/console"));
     // exec with its own pty of the container's devpts.
@@ -700,7 +741,7 @@ fn terminal_mode_sends_the_pty_to_the_console_socket() {
         s(&p),
         "--console-socket",
         s(&sock2),
-        "tty",
+        &tty_id,
     ]);
     assert_eq!(code, 0, "{err}");
     let exec_master = listener.join().unwrap();
@@ -711,15 +752,16 @@ fn terminal_mode_sends_the_pty_to_the_console_socket() {
         .unwrap();
     assert!(read_until(&master, "got-abc").contains("got-abc"));
     assert_eq!(reap(pid), 0);
-    assert_eq!(b.oci(&["delete", "tty"]).0, 0);
+    assert_eq!(b.oci(&["delete", &tty_id]).0, 0);
 }
 
 #[test]
 fn a_created_container_holds_nothing_of_the_host() {
+    let fds_id = ns_tests::unique("fds");
     let b = Bundle::new("oci-fds", &["true"], |_| {});
-    let (code, err) = b.create("fds");
+    let (code, err) = b.create(&fds_id);
     assert_eq!(code, 0, "{err}");
-    let pid = b.pid("fds");
+    let pid = b.pid(&fds_id);
     // While it waits for start: stdio and the start fifo only (no stage binary, state or
     // socket that a process of the container could reopen through /proc/1/fd).
     let mut fds: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
@@ -736,46 +778,55 @@ fn a_created_container_holds_nothing_of_the_host() {
     fds.sort();
     let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 4, "{fds:?}");
-    assert!(fds[3].1.ends_with("/fds/exec.fifo"), "{fds:?}");
-    assert_eq!(b.oci(&["delete", "fds"]).0, 0);
+    assert!(
+        fds[3].1.ends_with(&format!("/{fds_id}/exec.fifo")),
+        "{fds:?}"
+    );
+    assert_eq!(b.oci(&["delete", &fds_id]).0, 0);
     assert_eq!(reap(pid), 137);
 }
 
 #[test]
 fn missing_program_fails_create_and_no_pid_namespace_works() {
+    let noexec_id = ns_tests::unique("noexec");
+    let hostpid_id = ns_tests::unique("hostpid");
     let b = Bundle::new("oci-noexec", &["/nonexistent-program"], |_| {});
-    let (code, err) = b.create("noexec");
+    let (code, err) = b.create(&noexec_id);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent-program"), "{err}");
-    assert!(!b.root.join("noexec").exists());
-    assert!(cgroups_named("ns-oci/noexec").is_empty(), "cgroups left");
+    assert!(!b.root.join(&noexec_id).exists());
+    assert!(
+        cgroups_named(&format!("ns-oci/{noexec_id}")).is_empty(),
+        "cgroups left"
+    );
     // Without a PID namespace of its own (hostPID), the container is ns-enter's process.
     let b = Bundle::new("oci-hostpid", &["sh", "-c", "echo $$ > /out/pid"], |v| {
         let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
         ns.retain(|n| n["type"] != "pid");
     });
-    let (code, err) = b.create("hostpid");
+    let (code, err) = b.create(&hostpid_id);
     assert_eq!(code, 0, "{err}");
-    let pid = b.pid("hostpid");
-    let (code, _, err) = b.oci(&["start", "hostpid"]);
+    let pid = b.pid(&hostpid_id);
+    let (code, _, err) = b.oci(&["start", &hostpid_id]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(reap(pid), 0);
     assert_eq!(
         fs::read_to_string(b.out.join("pid")).unwrap().trim(),
         pid.to_string()
     );
-    assert_eq!(b.oci(&["delete", "hostpid"]).0, 0);
+    assert_eq!(b.oci(&["delete", &hostpid_id]).0, 0);
 }
 
 #[test]
 fn delete_force_cleans_up_after_a_killed_create() {
+    let killed_id = ns_tests::unique("killed");
     let b = Bundle::new("oci-killed", &["true"], |v| {
         v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "sleep 1"]}]});
     });
     let mut create = Command::new(bin("ns-oci"))
         .arg("--root")
         .arg(&b.root)
-        .args(["create", "--bundle", b.dir(), "killed"])
+        .args(["create", "--bundle", b.dir(), &killed_id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(b.out.join("killed.stderr")).unwrap())
@@ -783,7 +834,9 @@ fn delete_force_cleans_up_after_a_killed_create() {
         .unwrap();
     // Killed while its prestart hook runs: the record is there, with its cgroups.
     let t = std::time::Instant::now();
-    while b.status_if_any("killed").is_none() || cgroups_named("ns-oci/killed").is_empty() {
+    while b.status_if_any(&killed_id).is_none()
+        || cgroups_named(&format!("ns-oci/{killed_id}")).is_empty()
+    {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "create did not get going: {:?}",
@@ -794,8 +847,11 @@ fn delete_force_cleans_up_after_a_killed_create() {
     std::thread::sleep(Duration::from_millis(200));
     create.kill().unwrap();
     create.wait().unwrap();
-    let (code, _, err) = b.oci(&["delete", "--force", "killed"]);
+    let (code, _, err) = b.oci(&["delete", "--force", &killed_id]);
     assert_eq!(code, 0, "{err}");
-    assert!(!b.root.join("killed").exists());
-    assert!(cgroups_named("ns-oci/killed").is_empty(), "cgroups left");
+    assert!(!b.root.join(&killed_id).exists());
+    assert!(
+        cgroups_named(&format!("ns-oci/{killed_id}")).is_empty(),
+        "cgroups left"
+    );
 }

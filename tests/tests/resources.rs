@@ -56,10 +56,11 @@ fn properties_land_in_the_containers_cgroups_and_go_with_it() {
         "--property=AllowedCPUs=0",
     ];
     let mut opts = opts.to_vec();
-    opts.extend(["-M", "resfiles"]);
+    let name = ns_tests::unique("resfiles");
+    opts.extend(["-M", &name]);
     let mut cgroups = Vec::new();
     ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
-        cgroups = ns_tests::container_cgroups("resfiles");
+        cgroups = ns_tests::container_cgroups(&name);
         if v1_host() {
             // systemd's v1 mapping: limit and memory+swap, pids, CFS quota of a 100 ms
             // period, shares = weight * 1024 / 100, the cpuset.
@@ -242,12 +243,13 @@ fn sigterm_during_startup_leaves_no_cgroup() {
     // Stopped at every moment of its start (and so, sometimes, killed by SIGTERM before it
     // blocks signals): what a monitor did not remove itself, the next run collects.
     let t = Tree::rootfs("res-race");
+    let name = ns_tests::unique("resrace");
     for i in 0..60u64 {
         let mut c = ns_run();
         t.tag(&mut c).args([
             "-q",
             "-M",
-            "resrace",
+            &name,
             "-D",
             t.arg(),
             "--property=TasksMax=50",
@@ -264,11 +266,11 @@ fn sigterm_during_startup_leaves_no_cgroup() {
     }
     let left = ns_tests::wait_no_procs_in(t.path(), std::time::Duration::from_secs(5));
     assert!(left.is_empty(), "processes left: {left:#?}");
-    let out = run_cmd(cmd(&t, &["-M", "resrace"], "true"), None);
+    let out = run_cmd(cmd(&t, &["-M", &name], "true"), None);
     assert_eq!(out.code, 0, "{out}");
     let left: Vec<_> = ns_tests::cgroup_dirs()
         .into_iter()
-        .filter(|p| p.to_string_lossy().contains("/ns-run-resrace-"))
+        .filter(|p| p.to_string_lossy().contains(&format!("/ns-run-{name}-")))
         .collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
@@ -357,11 +359,12 @@ fn hierarchies() -> Vec<PathBuf> {
 #[test]
 fn every_container_gets_its_own_cgroup_in_every_hierarchy() {
     let t = Tree::rootfs("res-own");
+    let name = ns_tests::unique("resown");
     let mut cgroups = Vec::new();
     ns_tests::while_running(
-        cmd(&t, &["-M", "resown"], "echo ready; exec sleep 100"),
+        cmd(&t, &["-M", &name], "echo ready; exec sleep 100"),
         || {
-            cgroups = ns_tests::container_cgroups("resown");
+            cgroups = ns_tests::container_cgroups(&name);
             for h in hierarchies() {
                 let mine: Vec<_> = cgroups.iter().filter(|c| c.starts_with(&h)).collect();
                 assert_eq!(mine.len(), 1, "{}: {cgroups:?}", h.display());
@@ -394,15 +397,18 @@ fn slice_puts_the_cgroup_under_systemds_path_and_its_last_container_removes_it()
                     .is_ok_and(|c| c.contains("pids"))
         })
         .expect("a hierarchy with pids");
-    let slice = pids.join("nstest.slice/nstest-a.slice");
+    // nstPID.slice/nstPID-a.slice: this test process's.
+    let top = format!("nst{}", std::process::id());
+    let sub = format!("{top}-a");
+    let slice = pids.join(format!("{top}.slice/{sub}.slice"));
     assert!(
-        !pids.join("nstest.slice").exists(),
+        !pids.join(format!("{top}.slice")).exists(),
         "left by an earlier run"
     );
     // Two containers in the slice: the first to leave keeps it for the second.
     let inner = cmd(
         &t,
-        &["-S", "nstest-a", "-M", "slice2", "--read-only"],
+        &["-S", &sub, "-M", "slice2", "--read-only"],
         "echo ready; exec sleep 100",
     );
     ns_tests::while_running(inner, || {
@@ -410,7 +416,7 @@ fn slice_puts_the_cgroup_under_systemds_path_and_its_last_container_removes_it()
             cmd(
                 &t,
                 &[
-                    "--slice=nstest-a.slice",
+                    &format!("--slice={sub}.slice"),
                     "--property=TasksMax=33",
                     "--read-only",
                     "-M",
@@ -431,7 +437,7 @@ fn slice_puts_the_cgroup_under_systemds_path_and_its_last_container_removes_it()
         assert!(mine[0].starts_with("ns-run-slice2-"), "{mine:?}");
     });
     assert!(
-        !pids.join("nstest.slice").exists(),
+        !pids.join(format!("{top}.slice")).exists(),
         "the slice outlived its containers"
     );
     for bad in ["-a.slice", "a--b", "x/y", ""] {
@@ -458,11 +464,11 @@ fn io_limits_land_on_the_whole_disk() {
         format!("--property=IOWriteIOPSMax={} 100", dev.0),
         format!("--property=IOWriteBandwidthMax={} infinity", dev.0),
         "-M".into(),
-        "resio".into(),
+        ns_tests::unique("resio"),
     ];
     let opts: Vec<&str> = opts.iter().map(|s| s.as_str()).collect();
     ns_tests::while_running(cmd(&t, &opts, "echo ready; exec sleep 100"), || {
-        let cgroups = ns_tests::container_cgroups("resio");
+        let cgroups = ns_tests::container_cgroups(opts[4]);
         if Path::new("/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device").exists() {
             let b = cgroup_of(&cgroups, "blkio");
             assert_eq!(

@@ -65,7 +65,9 @@ fn same_as_options(t: &Tree, trusted: bool, cases: &[(&str, &[&str])]) {
 /// [`same_as_options`] with `common` options on every command line.
 fn same_with(t: &Tree, trusted: bool, common: &[&str], cases: &[(&str, &[&str])]) {
     for (i, (text, opts)) in cases.iter().enumerate() {
-        let mut machine = format!("st-{}-{i}", t.path().file_name().unwrap().to_string_lossy());
+        // Trusted files are host-wide (/run/systemd/nspawn): the name is this process's.
+        let tree = t.path().file_name().unwrap().to_string_lossy();
+        let mut machine = ns_tests::unique(&format!("st-{tree}-{i}"));
         if text.contains("MachineID=") {
             machine.push_str("-uuid");
         }

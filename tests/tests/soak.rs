@@ -90,7 +90,7 @@ fn a_thousand_in_a_row_then_fifty_at_once_leave_nothing() {
     // 50 at once, each with its veth and registered under its own name.
     let children: Vec<_> = (0..50)
         .map(|i| {
-            let name = format!("soak{i}");
+            let name = ns_tests::unique(&format!("s{i}")); // registered; `ve-NAME` fits
             ns_run_in(
                 &netns,
                 &t,

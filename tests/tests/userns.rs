@@ -389,7 +389,9 @@ fn concurrent_containers_get_disjoint_ranges_and_lock_files() {
     let (t1, t2) = (Tree::rootfs("ns-u-twin1"), Tree::rootfs("ns-u-twin2"));
     let before = our_mounts();
     // The same machine name: both start looking at the same slot.
-    let opts = ["-U", "-M", "ns-u-twin"];
+    // A name of this test process: another suite's containers do not take its slot.
+    let name = ns_tests::unique("ns-u-twin");
+    let opts = ["-U", "-M", &name];
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
     let first = start(&t1, &opts, print);
     let b1 = base_of(&first);
@@ -664,7 +666,8 @@ fn overlapping_fixed_range_is_refused() {
 fn pick_skips_a_slot_overlapping_a_fixed_range() {
     let (t1, t2) = (Tree::rootfs("ns-u-slot1"), Tree::rootfs("ns-u-slot2"));
     let before = our_mounts();
-    let opts = ["-U", "-M", "ns-u-slot"];
+    let name = ns_tests::unique("ns-u-slot");
+    let opts = ["-U", "-M", &name];
     let print = "echo \"uid_map=$(cat /proc/self/uid_map)\"";
     // Where this machine name's pick lands while that slot is free.
     let slot = picked_base(&Report::new(&sh_ok(&t2, &opts, print)).map("uid_map"));

@@ -11,6 +11,11 @@ use crate::caps_spec::{mask_of_names, names, to_set, upper};
 use crate::identity::User;
 use crate::STAGE;
 
+/// `cannot {what}: {e}` for a failed call of the caps crate.
+fn caps_err(what: &'static str) -> impl Fn(caps::errors::CapsError) -> Error {
+    move |e| Error::setup(format!("cannot {what}: {e}"))
+}
+
 /// Bounding set, identity, then the capability sets, in the only order the kernel allows:
 /// dropping from the bounding set and changing ids both need capabilities we give up last.
 /// (`runtime`: whether a start fifo is waited on.)
@@ -20,10 +25,6 @@ pub fn drop_privileges(
     user: &User,
     sync: Option<&SyncSocket>,
 ) -> Result<()> {
-    let caps_err = |what: &str| {
-        let what = what.to_string();
-        move |e: caps::errors::CapsError| Error::setup(format!("cannot {what}: {e}"))
-    };
     let bounding = caps::read(None, CapSet::Bounding).map_err(caps_err("read the bounding set"))?;
     let bounding = bounding.iter().fold(0u64, |m, c| m | c.bitmask());
     // nspawn: capabilities missing from the host's bounding set are silently not retained.
@@ -39,20 +40,7 @@ pub fn drop_privileges(
     debug(STAGE, || {
         format!("retain {retain:#x} ambient {ambient:#x} uid {}", user.uid)
     });
-    // Supplementary groups before the filter, so that only the user namespace can refuse
-    // them: a rootless one with one mapped id denies setgroups, and there is nothing to
-    // clear then (never judged from /proc/self: under --fork that is the container's /proc).
-    let groups: Vec<nix::unistd::Gid> = user
-        .groups
-        .iter()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
-    if groups.is_empty() {
-        ns_core::sys::clear_groups().ctx(|| "cannot clear supplementary groups".into())?;
-    } else {
-        nix::unistd::setgroups(&groups)
-            .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))?;
-    }
+    set_groups(user)?;
     // The filter first, while we hold CAP_SYS_ADMIN (it needs that or no_new_privs); what
     // follows here uses only calls it allows (@setuid, capset, prctl of @process).
     if let Some(f) = plan
@@ -68,10 +56,40 @@ pub fn drop_privileges(
                 .map_err(caps_err("drop from the bounding set"))?;
         }
     }
-
     let pdeath =
         nix::sys::prctl::get_pdeathsig().ctx(|| "cannot read the parent-death signal".into())?;
-    // The sets the payload ends with: OCI's as given, else nspawn's rule.
+    become_user(plan, user, retain, ambient)?;
+    // Any change of uid or gid cleared the parent-death signal: set it again.
+    if let Some(sig) = pdeath {
+        nix::sys::prctl::set_pdeathsig(sig).ctx(|| "cannot set the parent-death signal".into())?;
+        check_monitor(sync)?;
+    }
+    if plan.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
+    }
+    Ok(())
+}
+
+/// Supplementary groups before the filter, so that only the user namespace can refuse them: a
+/// rootless one with one mapped id denies setgroups, and there is nothing to clear then (never
+/// judged from /proc/self: under --fork that is the container's /proc).
+fn set_groups(user: &User) -> Result<()> {
+    let groups: Vec<nix::unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    if groups.is_empty() {
+        ns_core::sys::clear_groups().ctx(|| "cannot clear supplementary groups".into())
+    } else {
+        nix::unistd::setgroups(&groups)
+            .ctx(|| format!("cannot set supplementary groups {:?}", user.groups))
+    }
+}
+
+/// The ids, then the capability sets the payload ends with: OCI's as given, else nspawn's
+/// rule (root keeps `retain`, another user only `ambient`).
+fn become_user(plan: &ExecPlan, user: &User, retain: u64, ambient: u64) -> Result<()> {
     let (effective, permitted, inheritable) = match &plan.cap_sets {
         Some(c) => (
             mask_of_names(&c.effective),
@@ -103,26 +121,25 @@ pub fn drop_privileges(
     if user.uid != 0 {
         nix::sys::prctl::set_keepcaps(false).ctx(|| "cannot reset keep-capabilities".into())?;
     }
-    // Any change of uid or gid cleared the parent-death signal: set it again, then make sure
-    // the monitor did not die in between (it holds the other end of the sync socket).
-    if let Some(sig) = pdeath {
-        nix::sys::prctl::set_pdeathsig(sig).ctx(|| "cannot set the parent-death signal".into())?;
-        if let Some(s) = sync {
-            let mut p = [nix::poll::PollFd::new(
-                s.fd(),
-                nix::poll::PollFlags::empty(),
-            )];
-            let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO);
-            if p[0]
-                .revents()
-                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
-            {
-                return Err(Error::setup("monitor went away".into()));
-            }
-        }
-    }
-    if plan.no_new_privileges {
-        nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
+    Ok(())
+}
+
+/// After the parent-death signal is set again: make sure the monitor did not die in between
+/// (it holds the other end of the sync socket).
+fn check_monitor(sync: Option<&SyncSocket>) -> Result<()> {
+    let Some(s) = sync else {
+        return Ok(());
+    };
+    let mut p = [nix::poll::PollFd::new(
+        s.fd(),
+        nix::poll::PollFlags::empty(),
+    )];
+    let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO);
+    if p[0]
+        .revents()
+        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
+    {
+        return Err(Error::setup("monitor went away".into()));
     }
     Ok(())
 }

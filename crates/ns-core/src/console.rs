@@ -21,6 +21,7 @@ pub struct Console {
     mode: Mode,
     /// The host terminal's settings before raw mode, to restore.
     saved: Option<Termios>,
+    stdin: std::io::Stdin,
     stdin_open: bool,
     /// The container's side is hung up (vhangup, e.g. a getty starting, or no process has it
     /// open): the master reads EIO until someone opens the console again. Polled on a timer
@@ -57,6 +58,7 @@ impl Console {
             master,
             mode,
             saved,
+            stdin: std::io::stdin(),
             stdin_open: mode == Mode::Interactive,
             hung_up: false,
             escapes: Vec::new(),
@@ -72,21 +74,21 @@ impl Console {
             v.push(self.master.as_fd());
         }
         if self.stdin_open {
-            // SAFETY-free: stdin's fd 0 lives as long as the process.
-            v.push(crate::sys::borrow_fd(0));
+            v.push(self.stdin.as_fd());
         }
         v
     }
 
-    pub fn is_master(&self, fd: BorrowedFd<'_>) -> bool {
+    pub fn is_master(&self, fd: std::os::fd::RawFd) -> bool {
         use std::os::fd::AsRawFd;
-        fd.as_raw_fd() == self.master.as_fd().as_raw_fd()
+        fd == self.master.as_raw_fd()
     }
 
     /// The terminal's size on the pty (at start and on SIGWINCH).
     pub fn sync_window_size(&self) {
-        for fd in [0, 1] {
-            if let Ok(ws) = crate::sys::window_size(crate::sys::borrow_fd(fd)) {
+        let stdout = std::io::stdout();
+        for fd in [self.stdin.as_fd(), stdout.as_fd()] {
+            if let Ok(ws) = crate::sys::window_size(fd) {
                 let _ = crate::sys::set_window_size(self.master.as_fd(), &ws);
                 return;
             }
@@ -134,7 +136,7 @@ impl Console {
     /// Keystrokes are ready: pass them on, watching for Ctrl-] x3 within a second.
     pub fn on_stdin(&mut self) -> Action {
         let mut buf = [0u8; 4096];
-        let n = match nix::unistd::read(crate::sys::borrow_fd(0), &mut buf) {
+        let n = match nix::unistd::read(self.stdin.as_fd(), &mut buf) {
             Ok(0) | Err(_) => {
                 self.stdin_open = false;
                 return Action::None;

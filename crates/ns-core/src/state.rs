@@ -695,9 +695,14 @@ impl State {
     }
 
     /// Read the state from an fd number given with `--state-fd`.
+    /// The fd stays open: the next stage is handed the same number.
     pub fn from_state_fd(fd: std::os::fd::RawFd) -> Result<State> {
-        Self::read_fd(crate::sys::borrow_fd(fd))
-            .map_err(|e| Error::setup(format!("--state-fd={fd}: {}", e.msg)))
+        use std::os::fd::IntoRawFd;
+        let owned = crate::sys::adopt_fd(fd, "--state-fd")?;
+        let state = Self::read_fd(owned.as_fd())
+            .map_err(|e| Error::setup(format!("--state-fd={fd}: {}", e.msg)));
+        let _ = owned.into_raw_fd();
+        state
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<State> {

@@ -27,7 +27,7 @@
 //!   SYNC-8  any stage → monitor  `Failed` before the stage exits non-zero (at any point)
 
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::error::{Context, Error, Result};
 
@@ -83,12 +83,14 @@ impl SyncSocket {
     /// Adopt an fd number given with `--sync-fd`. Refuses an fd that is not a socket, so a
     /// wrong number fails clearly instead of writing into someone else's file.
     pub fn from_raw(fd: RawFd) -> Result<SyncSocket> {
-        let st =
-            nix::sys::stat::fstat(crate::sys::borrow_fd(fd)).ctx(|| format!("--sync-fd={fd}"))?;
+        let owned = crate::sys::adopt_fd(fd, "--sync-fd")?;
+        let st = nix::sys::stat::fstat(&owned).ctx(|| format!("--sync-fd={fd}"))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            // Not ours after all: leave it open for whoever owns it.
+            let _ = owned.into_raw_fd();
             return Err(Error::invalid("--sync-fd", &fd.to_string(), "not a socket"));
         }
-        Ok(SyncSocket(crate::sys::own_fd(fd)))
+        Ok(SyncSocket(owned))
     }
 
     pub fn raw(&self) -> RawFd {
@@ -164,7 +166,10 @@ impl SyncSocket {
                         .ctx(|| "bad control message on sync socket".into())?
                     {
                         if let ControlMessageOwned::ScmRights(v) = c {
-                            fd = v.first().map(|f| crate::sys::own_fd(*f));
+                            fd = v
+                                .first()
+                                .map(|f| crate::sys::adopt_fd(*f, "a sync message's fd"))
+                                .transpose()?;
                         }
                     }
                     break (r.bytes, fd);
@@ -232,14 +237,17 @@ mod tests {
         b.send(&Msg::Pid(42)).unwrap();
         b.send(&Msg::Failed {
             stage: "ns-mount".into(),
-            code: 125,
+            code: crate::error::EXIT_SETUP,
             message: "x".into(),
         })
         .unwrap();
         assert_eq!(a.recv().unwrap(), Some(Msg::Pid(42)));
         assert!(matches!(
             a.recv().unwrap(),
-            Some(Msg::Failed { code: 125, .. })
+            Some(Msg::Failed {
+                code: crate::error::EXIT_SETUP,
+                ..
+            })
         ));
         drop(b);
         assert_eq!(a.recv().unwrap(), None);

@@ -160,7 +160,7 @@ pub fn attach_device_program(
             std::mem::size_of::<ProgLoad>(),
         )
     };
-    let prog = own_fd(Errno::result(r).map_err(|e| ("BPF_PROG_LOAD", e))? as i32);
+    let prog = new_fd(Errno::result(r).map_err(|e| ("BPF_PROG_LOAD", e))? as i32);
     let attach = ProgAttach {
         target_fd: cgroup.as_raw_fd() as u32,
         attach_bpf_fd: prog.as_raw_fd() as u32,
@@ -283,12 +283,29 @@ pub fn loopback_up() -> nix::Result<()> {
     Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
-/// Take ownership of an fd number that was handed to this process (`--state-fd`,
-/// `--sync-fd`). Callers check first that it is open and of the expected kind.
-pub fn own_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+/// Take ownership of an fd number that was handed to this process (`--sync-fd`,
+/// `--root-fd`, `--state-fd`, or an fd received on the sync socket). `what` names where the
+/// number came from; the error names it when the number is not an open fd.
+pub fn adopt_fd(fd: std::os::fd::RawFd, what: &str) -> crate::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    // SAFETY: the fd was passed to us on the command line to own; nothing else in this
-    // process holds it, so closing it on drop cannot close an fd someone else uses.
+    // SAFETY: F_GETFD only reads the fd's flags; any number is acceptable to the kernel.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(crate::Error::invalid(
+            what,
+            &fd.to_string(),
+            "not an open file descriptor",
+        ));
+    }
+    // SAFETY: the fd is open (checked above) and was handed to this process to own: no
+    // object in it holds the number, so closing it on drop cannot close someone else's fd.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The fd a syscall of this file just returned: new, and ours alone.
+fn new_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass only the result of a successful fd-creating syscall, which nothing
+    // else in the process has seen.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
@@ -303,14 +320,6 @@ pub fn exec_fd(
     // open until the exec succeeds (the borrow does not outlive this call).
     let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     nix::unistd::execveat(bfd, c"", args, env, nix::fcntl::AtFlags::AT_EMPTY_PATH).unwrap_err()
-}
-
-/// Borrow an fd number handed down the chain that this process never closes (the state fd:
-/// every stage reads it and passes it on).
-pub fn borrow_fd(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: the state fd is open for the life of the process: no stage closes it; the last
-    // one only marks it close-on-exec. A bad number makes the following read fail with EBADF.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
 /// mount_setattr(2) on the mount `fd` is the root of (AT_EMPTY_PATH, plus AT_RECURSIVE for
@@ -535,7 +544,7 @@ pub fn open_tree_clone(
             OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if recursive { 0x8000 } else { 0 },
         )
     };
-    Errno::result(r).map(|fd| own_fd(fd as std::os::fd::RawFd))
+    Errno::result(r).map(|fd| new_fd(fd as std::os::fd::RawFd))
 }
 
 /// Make the detached mount `fd` show files through the id mapping of `userns`

@@ -54,53 +54,8 @@ pub fn shell(
     let m = &wait_started(m)?;
     let mut fds = StageFds::default();
     fds.open_sealed(&["ns-caps"])?;
-    // The namespaces PID 1 started in, even if it has left some since (`exec unshare -U`).
-    let ns = if m.namespaces.is_empty() {
-        attach::namespaces(m.leader)? // an entry of an older monitor
-    } else {
-        let (ns, left) = attach::recorded_namespaces(&m.name, m.leader, m.monitor, &m.namespaces)?;
-        if !left.is_empty() {
-            eprintln!(
-                "{STAGE}: {}'s PID 1 has left the {} namespace(s) it started in: entering those",
-                m.name,
-                left.join(", ")
-            );
-        }
-        ns
-    };
-    let bounding = u64::from_str_radix(&attach::status_field(m.leader, "CapBnd")?, 16)
-        .map_err(|_| Error::setup(format!("cannot read {}'s capabilities", m.leader)))?;
-    let nnp = attach::status_field(m.leader, "NoNewPrivs")? == "1";
-    let mut env: Vec<String> = std::env::var("TERM")
-        .map(|t| vec![format!("TERM={t}")])
-        .unwrap_or_default();
-    env.extend(setenv.iter().cloned());
-    // The container's own filter, as --system-call-filter= values.
-    let filter: Vec<String> = match &m.syscall_filter {
-        Some(f) => [
-            (!f.allow.is_empty()).then(|| f.allow.join(" ")),
-            (!f.deny.is_empty()).then(|| format!("~{}", f.deny.join(" "))),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-        None => Vec::new(),
-    };
-    let args = ns_caps::ExecArgs {
-        user: user.map(str::to_string),
-        setenv: env,
-        uuid: Some(m.uuid.clone()), // 32 hex digits; ns-caps formats them
-        no_new_privileges: nnp.then(|| "yes".into()),
-        system_call_filter: filter,
-        ..Default::default()
-    };
-    let mut plan = args.plan(&ns_caps::ExecContext {
-        argv: command.to_vec(),
-        seccomp: m.syscall_filter.is_some(),
-        ..args.facts(std::path::Path::new("/"))
-    })?;
-    // Exactly the container's bounding set.
-    plan.capabilities = caps_spec::names(bounding & caps_spec::all_mask());
+    let ns = namespaces_of(m)?;
+    let plan = exec_plan_of(m, user, setenv, command)?;
     // ns-caps reads its section of the state, as in the chain (no flags round trip).
     let state = State::exec_only(&m.name, plan);
     let state_fd = state.to_sealed_memfd()?;
@@ -144,6 +99,68 @@ pub fn shell(
             relay(child, console.as_mut(), &signals)
         }
     }
+}
+
+/// The namespaces of `m`'s PID 1 to join: those it started in, even if it has left some
+/// since (`exec unshare -U`).
+fn namespaces_of(m: &Machine) -> Result<Vec<(File, CloneFlags)>> {
+    if m.namespaces.is_empty() {
+        attach::namespaces(m.leader) // an entry of an older monitor
+    } else {
+        let (ns, left) = attach::recorded_namespaces(&m.name, m.leader, m.monitor, &m.namespaces)?;
+        if !left.is_empty() {
+            eprintln!(
+                "{STAGE}: {}'s PID 1 has left the {} namespace(s) it started in: entering those",
+                m.name,
+                left.join(", ")
+            );
+        }
+        Ok(ns)
+    }
+}
+
+/// ns-caps' plan for `command` in `m`: the user, the container's bounding set, system call
+/// filter and no_new_privs, TERM and `setenv`.
+fn exec_plan_of(
+    m: &Machine,
+    user: Option<&str>,
+    setenv: &[String],
+    command: &[String],
+) -> Result<ns_core::state::ExecPlan> {
+    let bounding = u64::from_str_radix(&attach::status_field(m.leader, "CapBnd")?, 16)
+        .map_err(|_| Error::setup(format!("cannot read {}'s capabilities", m.leader)))?;
+    let nnp = attach::status_field(m.leader, "NoNewPrivs")? == "1";
+    let mut env: Vec<String> = std::env::var("TERM")
+        .map(|t| vec![format!("TERM={t}")])
+        .unwrap_or_default();
+    env.extend(setenv.iter().cloned());
+    // The container's own filter, as --system-call-filter= values.
+    let filter: Vec<String> = match &m.syscall_filter {
+        Some(f) => [
+            (!f.allow.is_empty()).then(|| f.allow.join(" ")),
+            (!f.deny.is_empty()).then(|| format!("~{}", f.deny.join(" "))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        None => Vec::new(),
+    };
+    let args = ns_caps::ExecArgs {
+        user: user.map(str::to_string),
+        setenv: env,
+        uuid: Some(m.uuid.clone()), // 32 hex digits; ns-caps formats them
+        no_new_privileges: nnp.then(|| "yes".into()),
+        system_call_filter: filter,
+        ..Default::default()
+    };
+    let mut plan = args.plan(&ns_caps::ExecContext {
+        argv: command.to_vec(),
+        seccomp: m.syscall_filter.is_some(),
+        ..args.facts(std::path::Path::new("/"))
+    })?;
+    // Exactly the container's bounding set.
+    plan.capabilities = caps_spec::names(bounding & caps_spec::all_mask());
+    Ok(plan)
 }
 
 /// `m` once its PID 1 has left our stages for the payload (at most 10 s): until then the
@@ -239,7 +256,7 @@ fn relay(
             fds.iter()
                 .zip(&pfds[1..])
                 .filter(|(_, p)| hit(p))
-                .map(|(f, _)| (f.as_raw_fd(), c.is_master(*f)))
+                .map(|(f, _)| (f.as_raw_fd(), c.is_master(f.as_raw_fd())))
                 .collect()
         };
         for (_, master) in ready {

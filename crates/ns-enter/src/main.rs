@@ -64,12 +64,12 @@ fn main() {
             {
                 // Hand the idmapped image to ns-mount, our next stage.
                 use std::os::fd::IntoRawFd;
-                let fd = root.into_raw_fd();
                 nix::fcntl::fcntl(
-                    ns_core::sys::borrow_fd(fd),
+                    &root,
                     nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
                 )
                 .ctx(|| "cannot pass the root mount on".into())?;
+                let fd = root.into_raw_fd();
                 rest.extend(["--root-fd".into(), fd.to_string()]);
             }
         }

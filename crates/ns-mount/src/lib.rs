@@ -12,12 +12,15 @@
 //! (`created`), so that the monitor removes them after the container is gone.
 #![forbid(unsafe_code)]
 
+// Module graph (no cycles): setup → ops → root → inroot → scratch → tmpfs.
+pub mod inroot;
 pub mod ops;
 pub mod root;
 pub mod scratch;
 pub mod setup;
 pub mod spec;
 pub mod template;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 

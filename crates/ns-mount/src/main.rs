@@ -26,25 +26,28 @@ fn main() {
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
         debug(STAGE, || format!("building root {}", plan.root.display()));
-        let root_fd = match args.root_fd {
-            Some(fd)
-                if fd > 2
-                    && nix::sys::stat::fstat(ns_core::sys::borrow_fd(fd))
-                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) =>
-            {
-                Some(ns_core::sys::own_fd(fd))
-            }
-            Some(fd) => {
-                return Err(ns_core::Error::invalid(
-                    "--root-fd",
-                    &fd.to_string(),
-                    "not an open directory above stderr",
-                ))
-            }
-            None => None,
-        };
+        let root_fd = args.root_fd.map(adopt_root_fd).transpose()?;
         ns_mount::setup::build_root(&plan, &runtime, sync.as_ref(), root_fd)?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         Err(exec_next(&rest, &fds))
     })
+}
+
+/// `--root-fd`: the idmapped image ns-enter hands us, an open directory above stderr.
+fn adopt_root_fd(fd: std::os::fd::RawFd) -> ns_core::Result<std::os::fd::OwnedFd> {
+    let bad = || {
+        ns_core::Error::invalid(
+            "--root-fd",
+            &fd.to_string(),
+            "not an open directory above stderr",
+        )
+    };
+    let owned = match fd {
+        0..=2 => return Err(bad()),
+        _ => ns_core::sys::adopt_fd(fd, "--root-fd").map_err(|_| bad())?,
+    };
+    match nix::sys::stat::fstat(&owned) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(owned),
+        _ => Err(bad()),
+    }
 }

@@ -12,9 +12,9 @@ use nix::sys::stat::{Mode, SFlag};
 use ns_core::state::{EtcFile, MountOp, Source};
 use ns_core::{Context, Error, Result};
 
+use crate::inroot::{bind_mount, fd_path, make_read_only, open_in_root, Kind};
 use crate::root::ovl_escape;
 use crate::scratch::Scratch;
-use crate::setup::{bind_mount, fd_path, make_read_only, open_in_root, Kind};
 
 /// A source, opened: its path usable in mount(2) and options while the fd lives.
 struct Opened {

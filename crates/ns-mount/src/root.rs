@@ -10,10 +10,28 @@ use nix::sys::stat::Mode;
 use ns_core::state::{MountPlan, PivotRoot, RootMode};
 use ns_core::{Context, Result};
 
+use crate::inroot::{fd_path, make_read_only, mount_tmpfs, open_in_root, Kind};
 use crate::scratch::Scratch;
-use crate::setup::{
-    bind_root, fd_path, make_read_only, mount_tmpfs, open_in_root, Kind, TMPFS_ROOT,
-};
+use crate::tmpfs::TMPFS_ROOT;
+
+/// Bind the root directory on itself so that it is a mount point (pivot_root needs one);
+/// returns an fd of the new mount's root.
+pub fn bind_root(dir: &Path) -> Result<OwnedFd> {
+    mount(
+        Some(dir),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("cannot bind {} on itself", dir.display()))?;
+    nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {}", dir.display()))
+}
 
 /// Escape a path for overlayfs's option string (`:` separates layers, `,` options).
 pub fn ovl_escape(p: &str) -> String {

@@ -77,7 +77,7 @@ impl Scratch {
             format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&at)).as_str(),
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(format!("mode=0700,{}", crate::setup::TMPFS_ROOT).as_str()),
+            Some(format!("mode=0700,{}", crate::tmpfs::TMPFS_ROOT).as_str()),
         )
         .ctx(|| format!("cannot mount the scratch tmpfs on {}", d.display()))?;
         self.mounted.set(true);

@@ -1,26 +1,20 @@
 //! The mount sequence, one function per kernel effect, applied by [`build_root`] in order.
-//!
-//! Every target inside the image is opened with openat2(RESOLVE_IN_ROOT) and mounted on
-//! through its `/proc/self/fd/N` path, so a symlink in the image can never redirect a mount
-//! onto the host. A mount point that is missing in the image is created (as nspawn does).
+//! Targets inside the image are opened and mounted on through [`crate::inroot`].
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
+use crate::inroot::{
+    bind_mount, fd_path, make_read_only, mount_fs, mount_tmpfs, open_in_root, Kind,
+};
 use crate::scratch::Scratch;
+use crate::tmpfs::{TMPFS_ALMOST_EMPTY, TMPFS_DEV, TMPFS_NESTED, TMPFS_RUN};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
 use ns_core::state::{MountPlan, RootMode};
 use ns_core::{Context, Error, Result};
-
-/// What to create when a mount point is missing.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File,
-}
 
 /// Build the whole root and pivot into it (with what the host decided at start:
 /// `runtime`). On return the process's root is the container.
@@ -104,178 +98,16 @@ pub fn make_rslave() -> Result<()> {
     .ctx(|| "cannot make / a recursive slave mount".into())
 }
 
-/// Bind the root directory on itself so that it is a mount point (pivot_root needs one);
-/// returns an fd of the new mount's root.
-pub fn bind_root(dir: &Path) -> Result<OwnedFd> {
-    mount(
-        Some(dir),
-        dir,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .ctx(|| format!("cannot bind {} on itself", dir.display()))?;
-    nix::fcntl::open(
-        dir,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ctx(|| format!("cannot open {}", dir.display()))
-}
-
-/// A plain (non-recursive) bind mount of `src` on `dst`.
-pub(crate) fn bind_mount(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> nix::Result<()> {
-    mount(
-        Some(src.as_ref()),
-        dst.as_ref(),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-}
-
-pub(crate) fn fd_path(fd: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
-}
-
-/// Open `path` (absolute, inside the container) without leaving the root; create it, and its
-/// missing parents as directories, when `create` says what it should be. A dangling symlink
-/// on the way is followed inside the image, as nspawn does, and its target created.
-pub fn open_in_root(root: &OwnedFd, path: &Path, create: Option<Kind>) -> Result<OwnedFd> {
-    open_in_root_depth(root, path, create, 0)
-}
-
-fn open_in_root_depth(
-    root: &OwnedFd,
-    path: &Path,
-    create: Option<Kind>,
-    depth: u32,
-) -> Result<OwnedFd> {
-    let rel = relative(path);
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let cannot = |e: Errno| {
-        Error::setup(format!(
-            "cannot open {} in the container: {}",
-            path.display(),
-            e.desc()
-        ))
-    };
-    match nix::fcntl::openat2(root.as_fd(), &rel, how) {
-        Ok(fd) => Ok(fd),
-        Err(Errno::ENOENT) if create.is_some() && rel != Path::new(".") && depth < 40 => {
-            let parent_path = path.parent().unwrap_or(Path::new("/"));
-            let parent = open_in_root_depth(root, parent_path, Some(Kind::Dir), depth + 1)?;
-            let Some(name) = rel.file_name() else {
-                return Err(Error::setup(format!(
-                    "cannot create mount point {}: not a plain path",
-                    path.display()
-                )));
-            };
-            if let Ok(target) = nix::fcntl::readlinkat(parent.as_fd(), name) {
-                // A dangling symlink: create what it points to, inside the image.
-                let target = Path::new(&target);
-                let next = if target.is_absolute() {
-                    target.to_path_buf()
-                } else {
-                    parent_path.join(target)
-                };
-                return open_in_root_depth(root, &next, create, depth + 1);
-            }
-            report_creation(&parent, name.as_ref())?;
-            let r = match create {
-                Some(Kind::Dir) => {
-                    nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
-                }
-                _ => nix::sys::stat::mknodat(
-                    parent.as_fd(),
-                    name,
-                    SFlag::S_IFREG,
-                    Mode::from_bits_truncate(0o644),
-                    0,
-                ),
-            };
-            match r {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => {
-                    return Err(Error::setup(format!(
-                        "cannot create mount point {}: {}",
-                        path.display(),
-                        e.desc()
-                    )))
-                }
-            }
-            nix::fcntl::openat2(root.as_fd(), &rel, how).map_err(cannot)
-        }
-        Err(e) => Err(cannot(e)),
-    }
-}
-
-/// SYNC-4: a node is about to be created in `parent`. Unless that is our own scratch tmpfs
-/// (gone with the container anyway), tell the monitor its host path, so that it removes it
-/// after the container is gone (nspawn leaves such mount points behind, systemd#17536).
-fn report_creation(parent: &OwnedFd, name: &Path) -> Result<()> {
-    // Only a node on the image's own file system persists; one on a file system mounted over
-    // it (our /dev, /run, /tmp tmpfs) goes away by itself, and reporting its path would make
-    // the monitor remove the image's entry of the same name.
-    let dev = nix::sys::stat::fstat(parent.as_fd())
-        .ctx(|| "cannot stat a mount point's parent".into())?
-        .st_dev;
-    if !crate::scratch::on_image(dev) {
-        return Ok(());
-    }
-    let dir = nix::fcntl::readlink(fd_path(parent).as_str())
-        .ctx(|| "cannot resolve a mount point's parent".into())?;
-    match crate::scratch::host_path(&Path::new(&dir).join(name)) {
-        Some(path) => ns_core::stage::report_created(&path, false),
-        None => Ok(()),
-    }
-}
-
-/// `/a/b` → `a/b`, `/` → `.`; `..` components are kept for RESOLVE_IN_ROOT to clamp.
-fn relative(path: &Path) -> PathBuf {
-    let rel: PathBuf = path
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir))
-        .collect();
-    if rel.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        rel
-    }
-}
-
-pub(crate) fn mount_fs(
-    root: &OwnedFd,
-    dest: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<()> {
-    let target = open_in_root(root, Path::new(dest), Some(Kind::Dir))?;
-    mount(
-        Some(fstype),
-        fd_path(&target).as_str(),
-        Some(fstype),
-        flags,
-        data,
-    )
-    .ctx(|| format!("cannot mount {fstype} on {dest}"))
-}
-
-/// Make the mount at `dest` (and below, if `recursive`) read-only.
-pub(crate) fn make_read_only(root: &OwnedFd, dest: &Path, recursive: bool) -> Result<()> {
-    // Re-open after mounting: the path walk now ends in the new mount, not the one below.
-    let fd = open_in_root(root, dest, None)?;
-    ns_core::sys::mount_setattr_rdonly(fd.as_fd(), recursive)
-        .ctx(|| format!("cannot make {} read-only", dest.display()))
-}
-
 /// Bind `dest` on itself and make it read-only.
 fn bind_read_only(root: &OwnedFd, dest: &str) -> Result<()> {
     let fd = open_in_root(root, Path::new(dest), None)?;
-    let p = fd_path(&fd);
+    bind_self_read_only(root, &fd, dest, false)
+}
+
+/// Bind `dest` (open as `fd`) on itself, recursively, and make the new mount read-only (and
+/// those below it, if `recursive`).
+fn bind_self_read_only(root: &OwnedFd, fd: &OwnedFd, dest: &str, recursive: bool) -> Result<()> {
+    let p = fd_path(fd);
     mount(
         Some(p.as_str()),
         p.as_str(),
@@ -284,7 +116,7 @@ fn bind_read_only(root: &OwnedFd, dest: &str) -> Result<()> {
         None::<&str>,
     )
     .ctx(|| format!("cannot bind {dest} on itself"))?;
-    make_read_only(root, Path::new(dest), false)
+    make_read_only(root, Path::new(dest), recursive)
 }
 
 /// A fresh proc for the new PID namespace; /proc/sys and hardware directories read-only as
@@ -347,29 +179,6 @@ pub fn mount_sys(root: &OwnedFd) -> Result<()> {
             e.desc()
         ))),
     }
-}
-
-/// The size and inode limits of our tmpfs mounts: nspawn 252's (systemd's TMPFS_LIMITS_*), so
-/// that no single one can take half the host's RAM (the kernel's default). /tmp and /dev/shm.
-pub const TMPFS_NESTED: &str = "size=10%,nr_inodes=400k";
-/// /run.
-pub const TMPFS_RUN: &str = "size=20%,nr_inodes=800k";
-/// What holds a container's writes to its root: the volatile root, volatile=state's /var and
-/// the scratch tmpfs (the upper layer of -x and of --volatile=overlay).
-pub const TMPFS_ROOT: &str = "size=25%,nr_inodes=1m";
-/// /dev (nodes and links only).
-pub const TMPFS_DEV: &str = "size=4m,nr_inodes=64k";
-/// /sys/fs/cgroup of a v1 layout (mount points only).
-pub const TMPFS_ALMOST_EMPTY: &str = "size=4m,nr_inodes=1k";
-
-pub fn mount_tmpfs(root: &OwnedFd, dest: &str, opts: &str, flags: MsFlags) -> Result<()> {
-    mount_fs(
-        root,
-        dest,
-        "tmpfs",
-        flags | MsFlags::MS_STRICTATIME,
-        Some(opts),
-    )
 }
 
 /// Device nodes of the minimal /dev: (name, major, minor).
@@ -539,16 +348,7 @@ fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost, notify: Option<&PathBu
             .write_all(&data)
             .ctx(|| format!("cannot write /run/host/{name}"))?;
     }
-    let p = fd_path(&dir);
-    mount(
-        Some(p.as_str()),
-        p.as_str(),
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .ctx(|| "cannot bind /run/host on itself".into())?;
-    make_read_only(root, Path::new("/run/host"), true)
+    bind_self_read_only(root, &dir, "/run/host", true)
 }
 
 /// `-b` on an image without a machine id: a transient one, read-only over /etc/machine-id

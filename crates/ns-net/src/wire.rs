@@ -170,72 +170,96 @@ async fn setup_host(
             .map_err(nl_err(format!("cannot move {name} into the container")))?;
     }
     if let Some(zone) = &plan.zone {
-        let br = format!("vz-{zone}");
-        if link_by_name(h, &br).await?.is_none() {
-            match h
-                .link()
-                .add(LinkBridge::new(&br).up().build())
-                .execute()
-                .await
-            {
-                Ok(()) => {}
-                // Another container of the zone created it meanwhile.
-                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => {}
-                Err(e) => return Err(nl_err(format!("cannot create zone bridge {br}"))(e)),
-            }
-        }
+        zone_bridge(h, zone).await?;
     }
     if let Some(v) = &plan.veth {
-        // Check the bridge before creating anything.
-        let bridge = match &v.bridge {
-            Some(b) => {
-                let option = if plan.zone.is_some() {
-                    "--network-zone"
-                } else {
-                    "--network-bridge"
-                };
-                let m = link_by_name(h, b)
-                    .await?
-                    .ok_or_else(|| Error::invalid(option, b, "no such network interface"))?;
-                if !is_bridge(&m) {
-                    return Err(Error::invalid(option, b, "not a bridge"));
-                }
-                Some(m.header.index)
-            }
-            None => None,
-        };
-        let index = add_veth(h, v, netns, created).await?;
-        if let Some(br) = bridge {
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .controller(br)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl_err(format!(
-                    "cannot add {} to bridge {}",
-                    v.host,
-                    v.bridge.as_deref().unwrap_or("")
-                )))?;
-        }
-        if !plan.host_address.is_empty() || !plan.address.is_empty() || plan.gateway.is_some() {
-            for a in &plan.host_address {
-                let (ip, len) = cidr(a)?;
-                h.address()
-                    .add(index, ip, len)
-                    .execute()
-                    .await
-                    .map_err(nl_err(format!("cannot add {a} to {}", v.host)))?;
-            }
-            set_up(h, index, &v.host).await?;
-        }
+        host_veth(h, plan, v, netns, created).await?;
     }
     for v in &plan.veth_extra {
         add_veth(h, v, netns, created).await?;
     }
+    add_vlans(h, plan, netns).await
+}
+
+/// The bridge `vz-ZONE` of a network zone, created by its first container.
+async fn zone_bridge(h: &Handle, zone: &str) -> Result<()> {
+    let br = format!("vz-{zone}");
+    if link_by_name(h, &br).await?.is_none() {
+        match h
+            .link()
+            .add(LinkBridge::new(&br).up().build())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            // Another container of the zone created it meanwhile.
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => {}
+            Err(e) => return Err(nl_err(format!("cannot create zone bridge {br}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The main veth: checked bridge first, then the pair, its host end on the bridge, the host
+/// addresses and the link up.
+async fn host_veth(
+    h: &Handle,
+    plan: &NetPlan,
+    v: &Veth,
+    netns: BorrowedFd<'_>,
+    created: &mut Vec<String>,
+) -> Result<()> {
+    // Check the bridge before creating anything.
+    let bridge = match &v.bridge {
+        Some(b) => {
+            let option = if plan.zone.is_some() {
+                "--network-zone"
+            } else {
+                "--network-bridge"
+            };
+            let m = link_by_name(h, b)
+                .await?
+                .ok_or_else(|| Error::invalid(option, b, "no such network interface"))?;
+            if !is_bridge(&m) {
+                return Err(Error::invalid(option, b, "not a bridge"));
+            }
+            Some(m.header.index)
+        }
+        None => None,
+    };
+    let index = add_veth(h, v, netns, created).await?;
+    if let Some(br) = bridge {
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(br)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(format!(
+                "cannot add {} to bridge {}",
+                v.host,
+                v.bridge.as_deref().unwrap_or("")
+            )))?;
+    }
+    if !plan.host_address.is_empty() || !plan.address.is_empty() || plan.gateway.is_some() {
+        for a in &plan.host_address {
+            let (ip, len) = cidr(a)?;
+            h.address()
+                .add(index, ip, len)
+                .execute()
+                .await
+                .map_err(nl_err(format!("cannot add {a} to {}", v.host)))?;
+        }
+        set_up(h, index, &v.host).await?;
+    }
+    Ok(())
+}
+
+/// `--network-macvlan` and `--network-ipvlan` links, created straight in the container.
+async fn add_vlans(h: &Handle, plan: &NetPlan, netns: BorrowedFd<'_>) -> Result<()> {
     for m in &plan.macvlan {
         let parent = index_of(h, "--network-macvlan", &m.parent).await?;
         let mut b = LinkMacVlan::new(&m.name, parent, MacVlanMode::Bridge);

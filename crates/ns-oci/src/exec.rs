@@ -59,22 +59,24 @@ fn plan_of(r: &Request, filter: Option<ns_core::state::SyscallFilter>) -> Result
     Ok(plan)
 }
 
+/// The saved state of container `id`, which must be created or running.
+fn running(g: &Global, id: &str) -> Result<container::Saved> {
+    let (dir, saved) = container::load(&g.root, id)?;
+    match saved.status(&dir) {
+        Status::Running | Status::Created => Ok(saved),
+        st => Err(Error::setup(format!(
+            "container {id} is {}: cannot exec in it",
+            st.name()
+        ))),
+    }
+}
+
 pub fn exec(g: &Global, r: &Request) -> Result<i32> {
     // The process forked inside the container's PID namespace is seen by its processes: a
     // copy of a sealed memfd (we re-execute ourselves from one now, before anything else),
     // which execs a sealed copy of ns-caps (design constraint 9, runc's CVE-2019-5736).
     ns_core::exec::reexec_sealed("ns-oci")?;
-    let (dir, saved) = container::load(&g.root, r.id)?;
-    match saved.status(&dir) {
-        Status::Running | Status::Created => {}
-        st => {
-            return Err(Error::setup(format!(
-                "container {} is {}: cannot exec in it",
-                r.id,
-                st.name()
-            )))
-        }
-    }
+    let saved = running(g, r.id)?;
     let mut plan = plan_of(r, saved.syscall_filter.clone())?;
     // Written by the joining process before it enters the mount namespace, as runc does:
     // ns-caps --fork runs outside the container's PID namespace, where the container's
@@ -111,45 +113,7 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
             drop(theirs);
             drop(fds);
             drop(state_fd);
-            // The process's host pid (from ns-caps), or a failure or EOF when the child
-            // failed (it said why).
-            let failed = |code: Option<i32>| {
-                Error::setup(format!(
-                    "cannot exec in container {} (exit {})",
-                    r.id,
-                    code.unwrap_or(-1)
-                ))
-            };
-            let pid = match ours.recv()? {
-                Some(Msg::Pid(p)) => p,
-                // The stage's own words (containerd shows the last line of our log).
-                Some(Msg::Failed { message, .. }) => {
-                    let _ = waitpid(child, None);
-                    return Err(Error::setup(format!(
-                        "cannot exec in container {}: {message}",
-                        r.id
-                    )));
-                }
-                _ => return Err(failed(waitpid(child, None).ok().and_then(exit_code_of))),
-            };
-            drop(ours);
-            // ns-caps exits once it has forked the process.
-            match waitpid(child, None).ok().and_then(exit_code_of) {
-                Some(0) => {}
-                code => return Err(failed(code)),
-            }
-            // Only a child of ours may be named: the process held the sync socket until its
-            // first step, and a pid from anyone else must not reach the pid file.
-            let ours_only = nix::sys::wait::waitid(
-                nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-            );
-            if pid == child.as_raw() || ours_only.is_err() {
-                return Err(Error::setup(format!(
-                    "cannot exec in container {}: pid {pid} reported is not the process's",
-                    r.id
-                )));
-            }
+            let pid = process_pid(r, child, ours)?;
             if let Some(f) = r.pid_file {
                 crate::create::write_pid_file(f, pid)?;
             }
@@ -162,6 +126,49 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
             Ok(code.unwrap_or(1))
         }
     }
+}
+
+/// The process's host pid, as ns-caps reports it once it has forked the process (and exited:
+/// `child` is reaped here), or why the child failed (a failure message, or EOF: it said why).
+fn process_pid(r: &Request, child: nix::unistd::Pid, ours: SyncSocket) -> Result<i32> {
+    let failed = |code: Option<i32>| {
+        Error::setup(format!(
+            "cannot exec in container {} (exit {})",
+            r.id,
+            code.unwrap_or(-1)
+        ))
+    };
+    let pid = match ours.recv()? {
+        Some(Msg::Pid(p)) => p,
+        // The stage's own words (containerd shows the last line of our log).
+        Some(Msg::Failed { message, .. }) => {
+            let _ = waitpid(child, None);
+            return Err(Error::setup(format!(
+                "cannot exec in container {}: {message}",
+                r.id
+            )));
+        }
+        _ => return Err(failed(waitpid(child, None).ok().and_then(exit_code_of))),
+    };
+    drop(ours);
+    // ns-caps exits once it has forked the process.
+    match waitpid(child, None).ok().and_then(exit_code_of) {
+        Some(0) => {}
+        code => return Err(failed(code)),
+    }
+    // Only a child of ours may be named: the process held the sync socket until its first
+    // step, and a pid from anyone else must not reach the pid file.
+    let ours_only = nix::sys::wait::waitid(
+        nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    );
+    if pid == child.as_raw() || ours_only.is_err() {
+        return Err(Error::setup(format!(
+            "cannot exec in container {}: pid {pid} reported is not the process's",
+            r.id
+        )));
+    }
+    Ok(pid)
 }
 
 /// In the child: into the container, the pty to the console socket (with a terminal), then

@@ -57,18 +57,14 @@ enum Cmd {
     Create {
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
+        #[command(flatten)]
+        io: Handles,
         /// Accepted: the root is always entered with pivot_root
         #[arg(long = "no-pivot")]
         no_pivot: bool,
         /// Accepted: no session keyring is made
         #[arg(long = "no-new-keyring")]
         no_new_keyring: bool,
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
         id: String,
     },
     /// Create and start a container, wait for its process, delete it; exit with its status
@@ -102,12 +98,8 @@ enum Cmd {
         process: PathBuf,
         #[arg(long, short = 'd')]
         detach: bool,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
+        #[command(flatten)]
+        io: Handles,
         id: String,
     },
     /// List the container's processes
@@ -133,6 +125,32 @@ enum Cmd {
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
     },
+}
+
+/// What `create` and `exec` hand back to their caller: a pid file, the console's master on a
+/// socket; extra fds are refused.
+#[derive(clap::Args, Debug)]
+struct Handles {
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+}
+
+impl Handles {
+    /// The pid file and console socket, once no extra fd is asked for.
+    fn checked(&self) -> Result<(Option<&Path>, Option<&Path>)> {
+        if self.preserve_fds > 0 {
+            return Err(Error::invalid(
+                "--preserve-fds",
+                &self.preserve_fds.to_string(),
+                "passing extra fds is not supported",
+            ));
+        }
+        Ok((self.pid_file.as_deref(), self.console_socket.as_deref()))
+    }
 }
 
 /// The global options every verb sees.
@@ -202,25 +220,15 @@ fn log_error(path: &Path, format: &str, msg: &str) {
 
 fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
     match cmd {
-        Cmd::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            preserve_fds,
-            id,
-            ..
-        } => {
-            refuse_preserved_fds(*preserve_fds)?;
-            create::create(
-                g,
-                &create::Request {
-                    id,
-                    bundle,
-                    pid_file: pid_file.as_deref(),
-                    console_socket: console_socket.as_deref(),
-                },
-            )?;
-            Ok(0)
+        Cmd::Create { bundle, io, id, .. } => {
+            let (pid_file, console_socket) = io.checked()?;
+            let r = create::Request {
+                id,
+                bundle,
+                pid_file,
+                console_socket,
+            };
+            create::create(g, &r).map(|()| 0)
         }
         Cmd::Run {
             bundle,
@@ -228,109 +236,29 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             id,
         } => run_foreground(g, id, bundle, pid_file.as_deref()),
         Cmd::Start { id } => start(g, id).map(|()| 0),
-        Cmd::State { id } => {
-            let (dir, s) = container::load(&g.root, id)?;
-            let st = s.status(&dir);
-            let mut v = s.state_json(st.name());
-            if st == Status::Stopped {
-                v["pid"] = 0.into();
-            }
-            ns_core::outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
-            Ok(0)
-        }
-        Cmd::Kill { all, id, signal } => {
-            let sig = match signal {
-                Some(s) => ns_core::parse_signal("signal", s)?,
-                None => libc::SIGTERM,
-            };
-            let (dir, s) = container::load(&g.root, id)?;
-            if *all && s.status(&dir) == Status::Stopped {
-                return Ok(0); // nothing left: done, as often as asked
-            }
-            s.signal(sig, *all).map(|()| 0)
-        }
+        Cmd::State { id } => state(g, id).map(|()| 0),
+        Cmd::Kill { all, id, signal } => kill(g, id, *all, signal.as_deref()).map(|()| 0),
         Cmd::Delete { force, id } => delete(g, id, *force).map(|()| 0),
         Cmd::Exec {
             process,
             detach,
-            pid_file,
-            console_socket,
-            preserve_fds,
+            io,
             id,
         } => {
-            refuse_preserved_fds(*preserve_fds)?;
-            exec::exec(
-                g,
-                &exec::Request {
-                    id,
-                    process,
-                    detach: *detach,
-                    pid_file: pid_file.as_deref(),
-                    console_socket: console_socket.as_deref(),
-                },
-            )
-        }
-        Cmd::Ps { format, id } => {
-            let (_, s) = container::load(&g.root, id)?;
-            let pids = s.pids();
-            match format.as_str() {
-                "json" => ns_core::outln!("{}", serde_json::to_string(&pids).expect("json")),
-                "table" => {
-                    ns_core::outln!("PID CMD");
-                    for p in pids {
-                        let cmd =
-                            std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                        ns_core::outln!("{p} {}", cmd.trim());
-                    }
-                }
-                f => return Err(Error::invalid("--format", f, "not table or json")),
-            }
-            Ok(0)
-        }
-        Cmd::Pause { id } | Cmd::Resume { id } => {
-            let pause = matches!(cmd, Cmd::Pause { .. });
-            let (dir, s) = container::load(&g.root, id)?;
-            match (s.status(&dir), pause) {
-                (Status::Running | Status::Created, true) | (Status::Paused, false) => {
-                    s.set_frozen(pause).map(|()| 0)
-                }
-                (st, _) => Err(Error::setup(format!(
-                    "container {id} is {}: cannot {}",
-                    st.name(),
-                    if pause { "pause" } else { "resume" }
-                ))),
-            }
-        }
-        Cmd::Update { resources, id } => {
-            let (dir, s) = container::load(&g.root, id)?;
-            if s.status(&dir) == Status::Stopped {
-                return Err(Error::setup(format!(
-                    "cannot update {id}: container not running"
-                )));
-            }
-            let text = if resources == "-" {
-                std::io::read_to_string(std::io::stdin()).ctx(|| "cannot read stdin".into())?
-            } else {
-                std::fs::read_to_string(resources).ctx(|| format!("--resources={resources}"))?
+            let (pid_file, console_socket) = io.checked()?;
+            let r = exec::Request {
+                id,
+                process,
+                detach: *detach,
+                pid_file,
+                console_socket,
             };
-            let r: oci_spec::runtime::LinuxResources = serde_json::from_str(&text)
-                .map_err(|e| Error::invalid("--resources", resources, &e.to_string()))?;
-            // As runc: the device rules are set at create only (containerd sends its
-            // deny-all again with every update).
-            let props: Vec<_> = ns_run::oci::properties(&r)?
-                .into_iter()
-                .filter(|p| {
-                    !matches!(
-                        p,
-                        ns_core::state::Property::DevicePolicy(_)
-                            | ns_core::state::Property::DeviceAllow(_)
-                    )
-                })
-                .collect();
-            let cgroups: Vec<_> = s.cgroups.iter().map(|c| c.cgroup()).collect();
-            ns_host::resources::apply(&props, &cgroups)?;
-            Ok(0)
+            exec::exec(g, &r)
         }
+        Cmd::Ps { format, id } => ps(g, id, format).map(|()| 0),
+        Cmd::Pause { id } => set_frozen(g, id, true).map(|()| 0),
+        Cmd::Resume { id } => set_frozen(g, id, false).map(|()| 0),
+        Cmd::Update { resources, id } => update(g, id, resources).map(|()| 0),
         Cmd::Features => {
             ns_core::outln!(
                 "{}",
@@ -338,28 +266,106 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Spec { bundle } => {
-            let path = bundle.join("config.json");
-            if path.exists() {
-                return Err(Error::setup(format!("{} exists already", path.display())));
-            }
-            let spec = oci_spec::runtime::Spec::default();
-            spec.save(&path)
-                .map_err(|e| Error::setup(format!("cannot write {}: {e}", path.display())))?;
-            Ok(0)
-        }
+        Cmd::Spec { bundle } => spec(bundle).map(|()| 0),
     }
 }
 
-fn refuse_preserved_fds(n: u32) -> Result<()> {
-    if n > 0 {
-        return Err(Error::invalid(
-            "--preserve-fds",
-            &n.to_string(),
-            "passing extra fds is not supported",
-        ));
+/// `state ID`: the OCI state document (pid 0 once stopped).
+fn state(g: &Global, id: &str) -> Result<()> {
+    let (dir, s) = container::load(&g.root, id)?;
+    let st = s.status(&dir);
+    let mut v = s.state_json(st.name());
+    if st == Status::Stopped {
+        v["pid"] = 0.into();
+    }
+    ns_core::outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    Ok(())
+}
+
+/// `kill [--all] ID [SIGNAL]`.
+fn kill(g: &Global, id: &str, all: bool, signal: Option<&str>) -> Result<()> {
+    let sig = match signal {
+        Some(s) => ns_core::parse_signal("signal", s)?,
+        None => libc::SIGTERM,
+    };
+    let (dir, s) = container::load(&g.root, id)?;
+    if all && s.status(&dir) == Status::Stopped {
+        return Ok(()); // nothing left: done, as often as asked
+    }
+    s.signal(sig, all)
+}
+
+/// `ps --format table|json ID`.
+fn ps(g: &Global, id: &str, format: &str) -> Result<()> {
+    let (_, s) = container::load(&g.root, id)?;
+    let pids = s.pids();
+    match format {
+        "json" => ns_core::outln!("{}", serde_json::to_string(&pids).expect("json")),
+        "table" => {
+            ns_core::outln!("PID CMD");
+            for p in pids {
+                let cmd = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                ns_core::outln!("{p} {}", cmd.trim());
+            }
+        }
+        f => return Err(Error::invalid("--format", f, "not table or json")),
     }
     Ok(())
+}
+
+/// `pause ID` (`pause`) and `resume ID`.
+fn set_frozen(g: &Global, id: &str, pause: bool) -> Result<()> {
+    let (dir, s) = container::load(&g.root, id)?;
+    match (s.status(&dir), pause) {
+        (Status::Running | Status::Created, true) | (Status::Paused, false) => s.set_frozen(pause),
+        (st, _) => Err(Error::setup(format!(
+            "container {id} is {}: cannot {}",
+            st.name(),
+            if pause { "pause" } else { "resume" }
+        ))),
+    }
+}
+
+/// `update --resources FILE|- ID`: new limits on a running container's cgroups.
+fn update(g: &Global, id: &str, resources: &str) -> Result<()> {
+    let (dir, s) = container::load(&g.root, id)?;
+    if s.status(&dir) == Status::Stopped {
+        return Err(Error::setup(format!(
+            "cannot update {id}: container not running"
+        )));
+    }
+    let text = if resources == "-" {
+        std::io::read_to_string(std::io::stdin()).ctx(|| "cannot read stdin".into())?
+    } else {
+        std::fs::read_to_string(resources).ctx(|| format!("--resources={resources}"))?
+    };
+    let r: oci_spec::runtime::LinuxResources = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid("--resources", resources, &e.to_string()))?;
+    // As runc: the device rules are set at create only (containerd sends its
+    // deny-all again with every update).
+    let props: Vec<_> = ns_run::oci::properties(&r)?
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p,
+                ns_core::state::Property::DevicePolicy(_)
+                    | ns_core::state::Property::DeviceAllow(_)
+            )
+        })
+        .collect();
+    let cgroups: Vec<_> = s.cgroups.iter().map(|c| c.cgroup()).collect();
+    ns_host::resources::apply(&props, &cgroups)
+}
+
+/// `spec`: write a default config.json into the bundle, never over one.
+fn spec(bundle: &std::path::Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        return Err(Error::setup(format!("{} exists already", path.display())));
+    }
+    let spec = oci_spec::runtime::Spec::default();
+    spec.save(&path)
+        .map_err(|e| Error::setup(format!("cannot write {}: {e}", path.display())))
 }
 
 /// `run`: create, start, wait, delete. The container's process is our child (ns-enter

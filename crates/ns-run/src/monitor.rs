@@ -439,12 +439,12 @@ impl<'a> Monitor<'a> {
                 .as_ref()
                 .map(|c| c.fds().iter().map(|f| f.as_raw_fd()).collect())
                 .unwrap_or_default();
-            for fd in &console_fds {
-                pfds.push(PollFd::new(ns_core::sys::borrow_fd(*fd), PollFlags::POLLIN));
+            for fd in self.console.as_ref().map(|c| c.fds()).unwrap_or_default() {
+                pfds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
             let notify_fd = self.notify.as_ref().map(|n| n.socket.as_raw_fd());
-            if let Some(fd) = notify_fd {
-                pfds.push(PollFd::new(ns_core::sys::borrow_fd(fd), PollFlags::POLLIN));
+            if let Some(n) = &self.notify {
+                pfds.push(PollFd::new(n.socket.as_fd(), PollFlags::POLLIN));
             }
             let timeout = self
                 .console
@@ -586,7 +586,7 @@ impl<'a> Monitor<'a> {
         let Some(c) = self.console.as_mut() else {
             return;
         };
-        if c.is_master(ns_core::sys::borrow_fd(fd)) {
+        if c.is_master(fd) {
             let _ = c.on_master();
         } else if let console::Action::Kill = c.on_stdin() {
             // Ctrl-] three times within a second.

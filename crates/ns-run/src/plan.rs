@@ -859,7 +859,7 @@ mod tests {
             let c = cli(&a);
             let e = plan(&c).unwrap_err();
             assert!(e.msg.starts_with(want), "{args:?}: {}", e.msg);
-            assert_eq!(e.code, 125);
+            assert_eq!(e.code, ns_core::error::EXIT_SETUP);
         }
     }
 
