@@ -26,6 +26,15 @@ pub fn exited<T>(mut on_exit: impl FnMut(WaitStatus, i32) -> Option<T>) -> Resul
     }
 }
 
+/// Whether this process has any child left, ended or not (`waitid` without reaping).
+pub fn any_child() -> bool {
+    let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT | WaitPidFlag::WEXITED;
+    !matches!(
+        nix::sys::wait::waitid(nix::sys::wait::Id::All, flags),
+        Err(nix::errno::Errno::ECHILD)
+    )
+}
+
 /// Wait until `child` ends and return its exit code, reaping any other child on the way.
 /// `signals` (blocked by the caller) must hold SIGCHLD; every other one that arrives goes to
 /// `on_signal`.

@@ -119,15 +119,7 @@ pub fn fail(stage: &str, e: &Error) -> ! {
 /// Parse a stage's flags with clap, turning clap's multi-line errors into our one line and
 /// exit code 125. `--help` and `--version` print and exit 0.
 pub fn parse_args<T: clap::Parser>(stage: &str, argv: &[String]) -> T {
-    parse_matches(stage, argv).0
-}
-
-/// [`parse_args`], also returning clap's matches (for the order of repeated options).
-pub fn parse_matches<T: clap::Parser>(stage: &str, argv: &[String]) -> (T, clap::ArgMatches) {
-    let parsed = T::command()
-        .try_get_matches_from(argv)
-        .and_then(|m| T::from_arg_matches(&m).map(|t| (t, m)));
-    match parsed {
+    match T::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => {
             use clap::error::ErrorKind;

@@ -26,11 +26,10 @@ use std::process::{Command, Stdio};
 
 use nix::sched::CloneFlags;
 use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::waitpid;
 use ns_caps::caps_spec;
 use ns_core::console::Console;
 use ns_core::exec::{state_argv, StageFds};
-use ns_core::stage::{exit_code_of, fail};
+use ns_core::stage::fail;
 use ns_core::state::{Console as Mode, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, Forked, SignalSet};
@@ -190,33 +189,29 @@ struct Children {
 }
 
 impl Children {
-    /// Reap one child (`block`: wait for one); the final exit code once known.
-    fn reap(&mut self, block: bool) -> Result<Option<i32>> {
-        use nix::sys::wait::{WaitPidFlag, WaitStatus};
-        let flags = (!block).then_some(WaitPidFlag::WNOHANG);
-        match waitpid(None, flags) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(status) => {
-                let code = exit_code_of(status);
-                if status.pid() == Some(self.child) {
-                    self.entered = Some(code.unwrap_or(ns_core::error::EXIT_SETUP));
-                } else if code.is_some() {
-                    self.command = code;
-                }
-            }
-            // No child left: the command's process is not ours (cannot be: it is forked
-            // only by an entering process that exits 0).
-            Err(nix::errno::Errno::ECHILD) => {
-                return Ok(Some(self.entered.unwrap_or(ns_core::error::EXIT_SETUP)))
-            }
-            Err(e) => return Err(Error::setup(format!("cannot wait: {}", e.desc()))),
+    /// Reap what has ended (ns_core's one reap loop); the final exit code once known.
+    fn reap(&mut self) -> Result<Option<i32>> {
+        if let Some(code) = ns_core::reap::exited(|st, code| self.ended(st.pid(), code))? {
+            return Ok(Some(code));
         }
-        Ok(match (self.entered, self.command) {
-            (Some(0), Some(code)) => Some(code),
-            (Some(0), None) => None,
-            (Some(failed), _) => Some(failed),
-            (None, _) => None,
-        })
+        // No child left and no code: the command's process is not ours (cannot be: it is
+        // forked only by an entering process that exits 0).
+        if !ns_core::reap::any_child() {
+            return Ok(Some(self.entered.unwrap_or(ns_core::error::EXIT_SETUP)));
+        }
+        Ok(None)
+    }
+
+    fn ended(&mut self, pid: Option<nix::unistd::Pid>, code: i32) -> Option<i32> {
+        if pid == Some(self.child) {
+            self.entered = Some(code);
+        } else {
+            self.command = Some(code);
+        }
+        match (self.entered, self.command) {
+            (Some(0), command) => command,
+            (failed, _) => failed,
+        }
     }
 }
 
@@ -226,51 +221,56 @@ fn relay(
     mut console: Option<&mut Console>,
     signals: &SignalFd,
 ) -> Result<i32> {
-    use nix::poll::{poll, PollFd, PollFlags};
     let mut kids = Children {
         child,
         entered: None,
         command: None,
     };
     loop {
-        if let Some(code) = kids.reap(false)? {
+        if let Some(code) = kids.reap()? {
             if let Some(c) = console {
                 c.finish();
             }
             return Ok(code);
         }
-        let Some(c) = console.as_deref_mut() else {
-            loop {
-                if let Some(code) = kids.reap(true)? {
-                    return Ok(code);
-                }
-            }
-        };
-        let timeout = c.poll_timeout();
-        let ready: Vec<(std::os::fd::RawFd, bool)> = {
-            let fds = c.fds();
-            let mut pfds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            pfds.extend(fds.iter().map(|f| PollFd::new(*f, PollFlags::POLLIN)));
-            let _ = poll(&mut pfds, timeout);
-            let hit = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
-            fds.iter()
-                .zip(&pfds[1..])
-                .filter(|(_, p)| hit(p))
-                .map(|(f, _)| (f.as_raw_fd(), c.is_master(f.as_raw_fd())))
-                .collect()
-        };
-        for (_, master) in ready {
-            if master {
-                c.on_master();
-            } else {
-                let _ = c.on_stdin();
-            }
+        wait_and_relay(console.as_deref_mut(), signals);
+    }
+}
+
+/// Wait for a signal (SIGCHLD, SIGWINCH), relaying the pty meanwhile when there is one.
+fn wait_and_relay(console: Option<&mut Console>, signals: &SignalFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let timeout = console
+        .as_ref()
+        .map_or(PollTimeout::NONE, |c| c.poll_timeout());
+    let ready: Vec<bool> = {
+        let fds = console.as_ref().map(|c| c.fds()).unwrap_or_default();
+        let mut pfds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        pfds.extend(fds.iter().map(|f| PollFd::new(*f, PollFlags::POLLIN)));
+        let _ = poll(&mut pfds, timeout);
+        let hit = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        let c = console.as_ref();
+        fds.iter()
+            .zip(&pfds[1..])
+            .filter(|(_, p)| hit(p))
+            .map(|(f, _)| c.is_some_and(|c| c.is_master(f.as_raw_fd())))
+            .collect()
+    };
+    let Some(c) = console else {
+        while let Ok(Some(_)) = signals.read_signal() {}
+        return;
+    };
+    for master in ready {
+        if master {
+            c.on_master();
+        } else {
+            let _ = c.on_stdin();
         }
-        c.tick();
-        while let Ok(Some(info)) = signals.read_signal() {
-            if info.ssi_signo == libc::SIGWINCH as u32 {
-                c.sync_window_size();
-            }
+    }
+    c.tick();
+    while let Ok(Some(info)) = signals.read_signal() {
+        if info.ssi_signo == libc::SIGWINCH as u32 {
+            c.sync_window_size();
         }
     }
 }

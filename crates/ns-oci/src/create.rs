@@ -107,7 +107,7 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     let facts = ns_run::plan::HostFacts::gather(&cli);
     let input = oci::OciInput {
         bundle: b,
-        runtime: Some(oci::Runtime { terminal }),
+        oci_runtime: Some(oci::OciRuntime { terminal }),
     };
     ns_run::plan::build(&cli, &facts, Some(&input))
 }

@@ -43,7 +43,7 @@ fn main() {
         let facts = plan::HostFacts::gather(&cli);
         let oci = bundle.as_ref().map(|bundle| oci::OciInput {
             bundle,
-            runtime: None,
+            oci_runtime: None,
         });
         let state = plan::build(&cli, &facts, oci.as_ref())?;
         if cli.print_state {

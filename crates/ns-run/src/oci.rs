@@ -252,13 +252,13 @@ pub fn argv_of(b: &Bundle) -> Vec<String> {
 
 /// A bundle as the plan's section builders take it (what no nspawn option says): the
 /// process's identity, capabilities, limits and environment (exactly its own for a
-/// [`Runtime`]; else over nspawn's, as `--oci-bundle` does); namespaces joined or not
+/// [`OciRuntime`]; else over nspawn's, as `--oci-bundle` does); namespaces joined or not
 /// created; the seccomp profile; the resources as the cgroup's properties (device policy
 /// included; with nspawn's default task limit, which a pids limit overrides).
 pub struct OciInput<'a> {
     pub bundle: &'a Bundle,
     /// As an OCI runtime (ns-oci) runs it; `None`: `ns-run --oci-bundle`.
-    pub runtime: Option<Runtime>,
+    pub oci_runtime: Option<OciRuntime>,
 }
 
 /// What changes when an OCI runtime runs the bundle: the environment exactly config.json's,
@@ -266,7 +266,7 @@ pub struct OciInput<'a> {
 /// id mapping as given with the image's ownership as it is, stdio passed through (a pty
 /// for `terminal`, whose master goes to the console socket).
 #[derive(Debug, Clone, Copy)]
-pub struct Runtime {
+pub struct OciRuntime {
     pub terminal: bool,
 }
 
@@ -277,7 +277,7 @@ impl OciInput<'_> {
 
     /// The monitor's console mode, and whether the payload gets a pty, from nspawn's.
     pub fn console(&self, console: Console) -> (Console, bool) {
-        match self.runtime {
+        match self.oci_runtime {
             Some(r) => (Console::Passive, r.terminal),
             None => (console, console != Console::Pipe),
         }
@@ -287,10 +287,10 @@ impl OciInput<'_> {
     /// its seccomp profile.
     pub fn exec(&self, mut e: ExecPlan) -> Result<ExecPlan> {
         if let Some(p) = self.bundle.spec.process() {
-            process_into(p, &mut e, self.runtime.is_some())?;
+            process_into(p, &mut e, self.oci_runtime.is_some())?;
         }
         e.syscall_filter = self.linux().seccomp().as_ref().map(seccomp).transpose()?;
-        if self.runtime.is_some() && e.argv.is_empty() {
+        if self.oci_runtime.is_some() && e.argv.is_empty() {
             return Err(Error::setup("config.json: process.args is empty".into()));
         }
         Ok(e)
@@ -311,7 +311,7 @@ impl OciInput<'_> {
         enter.namespaces.sort();
         enter.join = join;
         let uts = enter.namespaces.contains(&Namespace::Uts);
-        if self.runtime.is_some() {
+        if self.oci_runtime.is_some() {
             // Only set in a UTS namespace of its own (a pod's member joins the pod's,
             // hostname and all).
             enter.hostname = self.bundle.spec.hostname().clone().filter(|_| uts);
@@ -330,7 +330,7 @@ impl OciInput<'_> {
         let linux = self.linux();
         // As runc (and crun, youki), a runtime sets no task limit that config.json does
         // not: the engine that writes it decides (docker's --pids-limit, the kubelet's).
-        let runtime = self.runtime.is_some();
+        let runtime = self.oci_runtime.is_some();
         props.retain(|p| matches!(p, Property::DefaultTasksMax(_)) && !runtime);
         if let Some(r) = linux.resources() {
             props.extend(properties(r)?);
