@@ -33,8 +33,10 @@ fn main() {
     })
 }
 
-/// `--root-fd`: the idmapped image ns-enter hands us, an open directory above stderr.
+/// `--root-fd`: the idmapped image ns-enter hands us, an open directory above stderr. A
+/// number that is not one is refused and left open: it may be another's (the sync socket).
 fn adopt_root_fd(fd: std::os::fd::RawFd) -> ns_core::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::IntoRawFd;
     let bad = || {
         ns_core::Error::invalid(
             "--root-fd",
@@ -48,6 +50,9 @@ fn adopt_root_fd(fd: std::os::fd::RawFd) -> ns_core::Result<std::os::fd::OwnedFd
     };
     match nix::sys::stat::fstat(&owned) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(owned),
-        _ => Err(bad()),
+        _ => {
+            let _ = owned.into_raw_fd();
+            Err(bad())
+        }
     }
 }
