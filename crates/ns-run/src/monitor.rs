@@ -220,8 +220,11 @@ impl<'a> CgroupMaker<'a> {
         CgroupMaker { state, decided }
     }
 
+    /// Whether the container has cgroups of its own: planned (`runtime.cgroups`, which
+    /// ns-enter waits for with SYNC-0) even where no hierarchy is mounted, so that their
+    /// making fails with its reason instead of leaving ns-enter waiting.
     fn wanted(&self) -> bool {
-        !self.decided.hierarchies.is_empty()
+        self.decided.runtime.cgroups.is_some()
     }
 
     fn create(&self, v2: bool, cleanup: &mut journal::Cleanup) -> Result<Vec<Cgroup>> {
