@@ -37,7 +37,7 @@ fn print_state_prints_json_and_runs_nothing() {
     let before = our_mounts();
     // Were the command run, `RAN` would follow the JSON and the parse would fail.
     let v = state(&["-D", d(), "--", "echo", "RAN"]);
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
     assert_eq!(v["machine"], name);
     assert_eq!(v["enter"]["hostname"], name);
     assert_eq!(v["mount"]["root"], d());
@@ -255,7 +255,7 @@ fn a_printed_state_runs_as_is() {
 #[test]
 fn stages_refuse_a_bad_state() {
     let json = run(&["--print-state", "-D", d(), "true"]).ok().to_string();
-    let v99 = json.replacen("\"version\": 1", "\"version\": 99", 1);
+    let v99 = json.replacen("\"version\": 2", "\"version\": 99", 1);
     assert_ne!(v99, json);
     let out = enter_with_state(&v99);
     assert_one_line(&out, 125, "ns-enter: --state-fd=3: ");

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crate::error::{Context, Error, Result};
 
 /// Bumped on every incompatible change of the schema; stages refuse any other version.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
