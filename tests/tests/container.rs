@@ -53,6 +53,23 @@ fn payload_is_pid_1() {
 }
 
 #[test]
+fn short_options_take_attached_values_as_getopt_does() {
+    // `-D/srv/box -udaemon` is `-D /srv/box -u daemon` to nspawn's getopt; clap alone read
+    // `-D/...` as the start of the command.
+    let t = tree();
+    let dir = format!("-D{}", t.arg());
+    let out = run(&[
+        &dir,
+        "-udaemon",
+        "-qMattached",
+        "--register=no",
+        "sh",
+        "-c",
+        "id -u; hostname",
+    ]);
+    assert_eq!(out.ok(), "1\nattached\n");
+}
+#[test]
 fn hostname_is_the_directory_name() {
     let t = Tree::rootfs("named-box");
     let name = "named-box";

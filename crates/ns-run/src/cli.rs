@@ -206,6 +206,19 @@ pub fn reject_unknown_options(argv: &[String]) -> ns_core::Result<()> {
     split_options(argv).map(drop)
 }
 
+/// `argv` as getopt reads it, spelled so that clap reads it the same: each option's tokens
+/// (a short option's attached value, `-D/srv/box` or `-udaemon`, as its own token: clap
+/// would take it for the start of the command), then the command. Unknown options refused.
+pub fn normalize(argv: &[String]) -> ns_core::Result<Vec<String>> {
+    let (given, rest) = split_options(argv)?;
+    Ok(argv[..1.min(argv.len())]
+        .iter()
+        .cloned()
+        .chain(given.into_iter().flat_map(|g| g.tokens))
+        .chain(rest)
+        .collect())
+}
+
 /// The options of `argv` (after argv[0]) one by one, bundles of short options split up, and
 /// the rest (the command, with its `--` if there was one).
 pub fn split_options(argv: &[String]) -> ns_core::Result<(Vec<Given>, Vec<String>)> {
@@ -252,7 +265,7 @@ pub fn split_options(argv: &[String]) -> ns_core::Result<(Vec<Given>, Vec<String
                         i += 1;
                         tokens.extend(argv.get(i).cloned());
                     } else {
-                        tokens[0].push_str(&attached);
+                        tokens.push(attached);
                     }
                     given.push(Given {
                         id: arg.get_id().to_string(),
@@ -336,8 +349,26 @@ mod tests {
         let (given, rest) = split_options(&argv).unwrap();
         let ids: Vec<&str> = given.iter().map(|g| g.id.as_str()).collect();
         assert_eq!(ids, ["quiet", "directory", "bind", "setenv", "volatile"]);
-        assert_eq!(given[1].tokens, ["-D/r"]);
+        assert_eq!(given[1].tokens, ["-D", "/r"]);
         assert_eq!(given[2].tokens, ["--bind", "a"]);
         assert_eq!(rest, ["sh", "-c"]);
+    }
+
+    #[test]
+    fn attached_short_values_are_read_as_getopt_reads_them() {
+        use clap::Parser;
+        let argv: Vec<String> = ["ns-run", "-D/r", "-udaemon", "-qM", "box", "sh", "-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let n = normalize(&argv).unwrap();
+        assert_eq!(
+            n,
+            ["ns-run", "-D", "/r", "-u", "daemon", "-q", "-M", "box", "sh", "-c"]
+        );
+        let c = Cli::try_parse_from(&n).unwrap();
+        assert_eq!(c.mount.directory.as_deref(), Some("/r"));
+        assert_eq!(c.exec.user.as_deref(), Some("daemon"));
+        assert_eq!(c.command, ["sh", "-c"]);
     }
 }

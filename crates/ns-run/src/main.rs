@@ -15,8 +15,7 @@ const STAGE: &str = "ns-run";
 
 fn main() {
     run(STAGE, || {
-        let argv = args_utf8()?;
-        cli::reject_unknown_options(&argv)?;
+        let argv = cli::normalize(&args_utf8()?)?;
         let cli: cli::Cli = parse_args(STAGE, &argv);
         // An OCI bundle is options too (and what options cannot say, applied below).
         let bundle = match &cli.oci_bundle {
