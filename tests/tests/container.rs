@@ -62,7 +62,6 @@ fn short_options_take_attached_values_as_getopt_does() {
         &dir,
         "-udaemon",
         "-qMattached",
-        "--register=no",
         "sh",
         "-c",
         "id -u; hostname",
