@@ -855,3 +855,62 @@ fn delete_force_cleans_up_after_a_killed_create() {
         "cgroups left"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// procs (issue 17): the filter as the last step before exec, namespaces not listed are
+// inherited, id maps as given.
+
+/// A profile that denies everything a static busybox `grep`/`sleep` does not need: no
+/// close_range, fcntl, prctl, capset, set*id, setsid, chdir, open of a fifo or socket call,
+/// so whatever the runtime still did after installing it would fail.
+fn strict_seccomp() -> Value {
+    json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"action": "SCMP_ACT_ALLOW", "names": [
+        "execve", "arch_prctl", "brk", "mmap", "munmap", "mprotect", "set_tid_address",
+        "set_robust_list", "rseq", "prlimit64", "getrandom", "getuid", "readlink", "openat",
+        "read", "write", "close", "newfstatat", "fstat", "clock_nanosleep", "exit_group",
+        "exit"]}]})
+}
+
+#[test]
+fn the_filter_is_the_last_step_before_exec() {
+    for nnp in [false, true] {
+        let id = ns_tests::unique(if nnp { "scnnp" } else { "sc" });
+        let b = Bundle::new("oci-seccomp-last", &["sleep", "1000"], |v| {
+            v["process"]["noNewPrivileges"] = json!(nnp);
+            v["linux"]["seccomp"] = strict_seccomp();
+        });
+        let (code, err) = b.create(&id);
+        assert_eq!(code, 0, "nnp {nnp}: {err}");
+        let pid = b.pid(&id);
+        assert_eq!(b.status(&id), "created");
+        let (code, _, err) = b.oci(&["start", &id]);
+        assert_eq!(code, 0, "{err}");
+        // (start returns once the fifo is read; the exec follows.)
+        let t = std::time::Instant::now();
+        let status = loop {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            if status.starts_with("Name:\tsleep") || t.elapsed() > Duration::from_secs(10) {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.contains("Seccomp:\t2\n"), "nnp {nnp}: {status}");
+        // A process exec'd into it runs under the same filter, installed just as late.
+        let proc_file = b.out.join("grep.json");
+        fs::write(
+            &proc_file,
+            json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": nnp,
+                   "args": ["grep", "^Seccomp:", "/proc/self/status"]})
+            .to_string(),
+        )
+        .unwrap();
+        let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), &id]);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "Seccomp:\t2\n"),
+            "nnp {nnp}: {err}"
+        );
+        assert_eq!(b.oci(&["delete", "--force", &id]).0, 0);
+        assert_eq!(reap(pid), 137);
+    }
+}

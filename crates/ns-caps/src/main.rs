@@ -63,16 +63,7 @@ fn main() {
             take_console(!plan.as_pid2)?;
         }
         ns_caps::limits::apply(&plan)?;
-        drop_privileges(&plan, &runtime, &user, sync.as_ref())?;
-        let sync = if args.fork {
-            fork_payload(sync)?;
-            None
-        } else {
-            sync
-        };
-        if args.setsid {
-            new_session()?;
-        }
+        let filter = drop_privileges(&plan, &user, sync.as_ref())?;
         match &plan.chdir {
             Some(d) => nix::unistd::chdir(d.as_str()).ctx(|| format!("--chdir={d}"))?,
             None if plan.argv.is_empty() => {
@@ -83,14 +74,18 @@ fn main() {
         if let Some(m) = plan.umask {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
+        let sync = if args.fork {
+            fork_payload(sync)?;
+            None
+        } else {
+            sync
+        };
+        if args.setsid {
+            new_session()?;
+        }
         if let Some(fd) = runtime.start_fd {
             wait_for_start(&plan, &env, fd, sync)?;
-            if let (Some(f), true) = (&plan.syscall_filter, plan.no_new_privileges) {
-                // As runc: with no_new_privs the filter comes last, so that it need not allow
-                // what waiting for start takes.
-                ns_caps::seccomp::install(0, f)?;
-            }
         }
-        exec(&plan, &user, &env, &fds)
+        exec(&plan, &user, &env, &fds, &filter)
     })
 }
