@@ -914,3 +914,82 @@ fn the_filter_is_the_last_step_before_exec() {
         assert_eq!(reap(pid), 137);
     }
 }
+
+/// A bundle with a user namespace of `uid` and `gid` maps (containerID, hostID, size).
+fn userns_bundle(name: &str, uid: &[(u32, u32, u32)], gid: &[(u32, u32, u32)]) -> Bundle {
+    let map = |m: &[(u32, u32, u32)]| -> Value {
+        m.iter()
+            .map(|(c, h, n)| json!({"containerID": c, "hostID": h, "size": n}))
+            .collect()
+    };
+    let b = Bundle::new(name, &["sleep", "1000"], |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        v["linux"]["uidMappings"] = map(uid);
+        v["linux"]["gidMappings"] = map(gid);
+    });
+    // (Container root may not create it in a tree host root owns.)
+    fs::create_dir_all(b.tree.path().join("rootfs/out")).unwrap();
+    b
+}
+
+#[test]
+fn id_maps_of_several_ranges_differing_for_uids_and_gids() {
+    let id = ns_tests::unique("maps");
+    let uid = [(0, 210000, 1000), (1000, 320000, 10), (5000, 330000, 1)];
+    let gid = [(0, 440000, 500), (500, 450000, 600)];
+    let b = userns_bundle("oci-maps", &uid, &gid);
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let lines = |f: &str| -> Vec<Vec<u32>> {
+        fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+            .collect()
+    };
+    let want = |m: &[(u32, u32, u32)]| -> Vec<Vec<u32>> {
+        m.iter().map(|(c, h, n)| vec![*c, *h, *n]).collect()
+    };
+    assert_eq!(lines("uid_map"), want(&uid));
+    assert_eq!(lines("gid_map"), want(&gid));
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert_eq!(reap(pid), 137);
+    // Maps the kernel would refuse, or that leave container root unmapped: one line each,
+    // nothing left behind.
+    let bad_id = ns_tests::unique("badmaps");
+    for (uid, gid, why) in [
+        (
+            vec![(0, 210000, 1000), (500, 320000, 10)],
+            vec![(0, 440000, 500)],
+            "linux.uidMappings: container ids 500-509 are mapped twice",
+        ),
+        (
+            vec![(0, 210000, 1000), (1000, 210500, 10)],
+            vec![(0, 440000, 500)],
+            "linux.uidMappings: host ids 210500-210509 are mapped twice",
+        ),
+        (
+            vec![(0, 210000, 1000)],
+            vec![(1, 440000, 500)],
+            "linux.gidMappings: container id 0 is not mapped",
+        ),
+        (
+            vec![(0, 210000, 0)],
+            vec![(0, 440000, 500)],
+            "linux.uidMappings[0]: size 0",
+        ),
+    ] {
+        let b = userns_bundle("oci-badmaps", &uid, &gid);
+        let (code, err) = b.create(&bad_id);
+        assert_eq!(
+            (code, err.as_str()),
+            (1, format!("ns-oci: config.json: {why}\n").as_str())
+        );
+        assert!(!b.root.join(&bad_id).exists());
+        assert!(cgroups_named(&format!("ns-oci/{bad_id}")).is_empty());
+    }
+}

@@ -15,8 +15,8 @@ use oci_spec::runtime::{
 };
 
 use ns_core::state::{
-    Console, EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit,
-    SyscallFilter,
+    Console, EnterPlan, ExecPlan, FilterBase, IdMaps, IdRange, Ids, JoinNs, Namespace, Property,
+    Rlimit, SyscallFilter,
 };
 use ns_core::{Error, Result};
 
@@ -189,18 +189,73 @@ fn exists_for(b: &Bundle, p: &str) -> bool {
     }
 }
 
-/// A user namespace: one mapping of container id 0, the same for uids and gids.
+/// A user namespace: `--private-users=` with container root's uid range (ns-oci then maps
+/// exactly config.json's ranges: [`OciInput::enter`]).
 fn private_users(linux: &oci_spec::runtime::Linux) -> Result<String> {
-    let one = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| match m.as_deref() {
-        Some([m]) if m.container_id() == 0 => Some((m.host_id(), m.size())),
-        _ => None,
+    let maps = id_maps(linux)?;
+    let root = maps.uid.iter().find(|r| r.container == 0).expect("checked");
+    Ok(format!("--private-users={}:{}", root.host, root.size))
+}
+
+/// config.json's uid and gid maps, checked as the kernel would (no empty range, no id
+/// mapped twice on either side, at most 340 lines) and with container root mapped, which
+/// the chain becomes in the user namespace.
+fn id_maps(linux: &oci_spec::runtime::Linux) -> Result<IdMaps> {
+    let ranges = |field: &str, m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        let v: Vec<IdRange> = m
+            .iter()
+            .flatten()
+            .map(|m| IdRange {
+                container: m.container_id(),
+                host: m.host_id(),
+                size: m.size(),
+            })
+            .collect();
+        check_ranges(field, &v).map(|()| v)
     };
-    match (one(linux.uid_mappings()), one(linux.gid_mappings())) {
-        (Some(u), Some(g)) if u == g => Ok(format!("--private-users={}:{}", u.0, u.1)),
-        _ => Err(unsupported(
-            "linux.uidMappings/gidMappings: only one mapping of container id 0, the same for uids and gids",
-        )),
+    Ok(IdMaps {
+        uid: ranges("linux.uidMappings", linux.uid_mappings())?,
+        gid: ranges("linux.gidMappings", linux.gid_mappings())?,
+    })
+}
+
+fn check_ranges(field: &str, v: &[IdRange]) -> Result<()> {
+    let bad = |why: String| Error::setup(format!("config.json: {why}"));
+    if v.len() > 340 {
+        return Err(bad(format!("{field}: {} ranges (at most 340)", v.len())));
     }
+    for (i, r) in v.iter().enumerate() {
+        if r.size == 0 {
+            return Err(bad(format!("{field}[{i}]: size 0")));
+        }
+        let last = |start: u32| start.checked_add(r.size - 1).filter(|l| *l < u32::MAX);
+        if last(r.container).is_none() || last(r.host).is_none() {
+            return Err(bad(format!("{field}[{i}]: past the largest id")));
+        }
+    }
+    for (side, start) in [
+        (
+            "container",
+            (|r: &IdRange| r.container) as fn(&IdRange) -> u32,
+        ),
+        ("host", |r: &IdRange| r.host),
+    ] {
+        let mut spans: Vec<(u32, u32)> = v
+            .iter()
+            .map(|r| (start(r), start(r) + r.size - 1))
+            .collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[1].0 <= w[0].1) {
+            let (lo, hi) = (w[1].0, w[0].1.min(w[1].1));
+            return Err(bad(format!(
+                "{field}: {side} ids {lo}-{hi} are mapped twice"
+            )));
+        }
+    }
+    if !v.iter().any(|r| r.container == 0) {
+        return Err(bad(format!("{field}: container id 0 is not mapped")));
+    }
+    Ok(())
 }
 
 /// `--oci-bundle=DIR` on ns-run's command line `argv`: the bundle's options first, then the
@@ -317,9 +372,13 @@ impl OciInput<'_> {
             enter.hostname = self.bundle.spec.hostname().clone().filter(|_| uts);
             if let Some(u) = &mut enter.userns {
                 u.ownership = ns_core::state::Ownership::Off;
+                u.maps = Some(id_maps(&self.linux())?);
             }
-        } else if !uts {
-            enter.hostname = None;
+        } else {
+            if !uts {
+                enter.hostname = None;
+            }
+            check_one_range(&self.linux())?;
         }
         Ok(enter)
     }
@@ -340,6 +399,25 @@ impl OciInput<'_> {
         }
         check_devices(&linux)?;
         Ok(props)
+    }
+}
+
+/// `ns-run --oci-bundle` keeps nspawn's id range: one mapping of container id 0, the same
+/// for uids and gids.
+fn check_one_range(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    let listed = linux.namespaces().iter().flatten();
+    if !listed
+        .into_iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+    {
+        return Ok(());
+    }
+    let m = id_maps(linux)?;
+    match (m.uid.as_slice(), m.gid.as_slice()) {
+        ([u], [g]) if u == g => Ok(()),
+        _ => Err(unsupported(
+            "linux.uidMappings/gidMappings: with ns-run, only one mapping of container id 0, the same for uids and gids",
+        )),
     }
 }
 
