@@ -993,3 +993,104 @@ fn id_maps_of_several_ranges_differing_for_uids_and_gids() {
         assert!(cgroups_named(&format!("ns-oci/{bad_id}")).is_empty());
     }
 }
+
+#[test]
+fn a_mount_namespace_given_by_path_is_joined() {
+    let id = ns_tests::unique("joinmnt");
+    /// The namespace's holder, killed however the test ends.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let hpid = holder.0.id();
+    let ns = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    let t = std::time::Instant::now();
+    while ns(hpid) == ns(std::process::id()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "unshare did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mounts_before = ns_tests::our_mounts();
+    let b = Bundle::new("oci-joinmnt", &["sleep", "1000"], |v| {
+        let list = v["linux"]["namespaces"].as_array_mut().unwrap();
+        list.retain(|n| n["type"] != "mount");
+        list.push(json!({"type": "mount", "path": format!("/proc/{hpid}/ns/mnt")}));
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(ns(pid as u32), ns(hpid));
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert_eq!(reap(pid), 137);
+    ns_tests::assert_mounts_unchanged(&mounts_before);
+    drop(holder);
+    // The runtime's own mount namespace is the host's: ns-mount would build the root there.
+    let own_id = ns_tests::unique("ownmnt");
+    let b = Bundle::new("oci-ownmnt", &["true"], |v| {
+        let list = v["linux"]["namespaces"].as_array_mut().unwrap();
+        list.retain(|n| n["type"] != "mount");
+        list.push(json!({"type": "mount", "path": "/proc/self/ns/mnt"}));
+    });
+    let (code, err) = b.create(&own_id);
+    assert_eq!(
+        (code, err.lines().last()),
+        (
+            1,
+            Some("ns-oci: ns-enter: cannot join mount namespace /proc/self/ns/mnt: it is the runtime's own (the host's mounts would be the container's)")
+        )
+    );
+    assert!(!b.root.join(&own_id).exists());
+    ns_tests::assert_mounts_unchanged(&mounts_before);
+}
+
+#[test]
+fn namespaces_not_listed_are_inherited() {
+    let id = ns_tests::unique("inherit");
+    let b = Bundle::new("oci-inherit", &["sleep", "1000"], |v| {
+        v["linux"]["namespaces"] = json!([{"type": "mount"}]);
+        v["hostname"] = Value::Null;
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let ns = |pid: u32, kind: &str| fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let me = std::process::id();
+    for kind in ["pid", "net", "ipc", "uts", "cgroup", "user"] {
+        assert_eq!(ns(pid as u32, kind), ns(me, kind), "{kind}");
+    }
+    assert_ne!(ns(pid as u32, "mnt"), ns(me, "mnt"));
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert_eq!(reap(pid), 137);
+    // Without a mount namespace of its own, the container's mounts would be made on the
+    // host (runc makes them there, and leaves them): refused, nothing left behind.
+    let nomnt_id = ns_tests::unique("nomnt");
+    let mounts_before = ns_tests::our_mounts();
+    let b = Bundle::new("oci-nomnt", &["true"], |v| {
+        v["linux"]["namespaces"] = json!([{"type": "pid"}]);
+    });
+    let (code, err) = b.create(&nomnt_id);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "ns-oci: config.json: linux.namespaces: no mount namespace (the container's mounts would be made on the host): not supported\n"
+        )
+    );
+    assert!(!b.root.join(&nomnt_id).exists());
+    assert!(cgroups_named(&format!("ns-oci/{nomnt_id}")).is_empty());
+    ns_tests::assert_mounts_unchanged(&mounts_before);
+}

@@ -354,7 +354,7 @@ impl OciInput<'_> {
     /// The enter section from nspawn's options, `enter`: exactly the namespaces listed (but
     /// network and user, made from the options); one with a path is joined.
     pub fn enter(&self, mut enter: EnterPlan) -> Result<EnterPlan> {
-        let (create, join) = namespaces(&self.linux())?;
+        let (create, join) = namespaces(&self.linux(), self.oci_runtime.is_some())?;
         let keep =
             |n: &Namespace| matches!(n, Namespace::User | Namespace::Net) || create.contains(n);
         enter.namespaces.retain(keep);
@@ -422,11 +422,16 @@ fn check_one_range(linux: &oci_spec::runtime::Linux) -> Result<()> {
 }
 
 /// The namespaces to create and those to join (network and user are left to the options:
-/// --private-network and its path, -U).
-fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<JoinNs>)> {
-    let mut create = vec![Namespace::Mount];
+/// --private-network and its path, -U); for an OCI `runtime`, exactly those listed (the
+/// rest are inherited), else with the mount namespace nspawn always makes.
+fn namespaces(
+    linux: &oci_spec::runtime::Linux,
+    runtime: bool,
+) -> Result<(Vec<Namespace>, Vec<JoinNs>)> {
+    let mut create = Vec::new();
     let mut join = Vec::new();
-    for ns in linux.namespaces().clone().unwrap_or_default() {
+    let listed = linux.namespaces().clone().unwrap_or_default();
+    for ns in &listed {
         let kind = match ns.typ() {
             LinuxNamespaceType::Mount => Namespace::Mount,
             LinuxNamespaceType::Uts => Namespace::Uts,
@@ -437,9 +442,9 @@ fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<J
             LinuxNamespaceType::Time => return Err(unsupported("linux.namespaces: time")),
         };
         match ns.path() {
-            Some(p) if kind == Namespace::Mount => {
+            Some(p) if kind == Namespace::Mount && !runtime => {
                 return Err(unsupported(&format!(
-                    "linux.namespaces: joining the mount namespace {}",
+                    "linux.namespaces: with ns-run, joining the mount namespace {}",
                     p.display()
                 )))
             }
@@ -450,6 +455,27 @@ fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<J
             None if !create.contains(&kind) => create.push(kind),
             None => {}
         }
+    }
+    let joins_mount = join.iter().any(|j| j.ns == Namespace::Mount);
+    let new_user = listed
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    if joins_mount && new_user {
+        // Our stages would be root of a user namespace that does not own the mount
+        // namespace they have to build the root in.
+        return Err(unsupported(
+            "linux.namespaces: joining a mount namespace with a new user namespace",
+        ));
+    }
+    if !create.contains(&Namespace::Mount) && !joins_mount {
+        if runtime {
+            // runc makes the config's mounts in its own (the host's) mount namespace and
+            // leaves them there.
+            return Err(unsupported(
+                "linux.namespaces: no mount namespace (the container's mounts would be made on the host)",
+            ));
+        }
+        create.push(Namespace::Mount);
     }
     Ok((create, join))
 }
