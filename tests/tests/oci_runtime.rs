@@ -877,6 +877,9 @@ fn the_filter_is_the_last_step_before_exec() {
         let id = ns_tests::unique(if nnp { "scnnp" } else { "sc" });
         let b = Bundle::new("oci-seccomp-last", &["sleep", "1000"], |v| {
             v["process"]["noNewPrivileges"] = json!(nnp);
+            v["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+            v["process"]["capabilities"] = json!({"bounding": ["CAP_KILL"],
+                "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
             v["linux"]["seccomp"] = strict_seccomp();
         });
         let (code, err) = b.create(&id);
@@ -895,6 +898,13 @@ fn the_filter_is_the_last_step_before_exec() {
             std::thread::sleep(Duration::from_millis(10));
         };
         assert!(status.contains("Seccomp:\t2\n"), "nnp {nnp}: {status}");
+        // What installing the filter took (CAP_SYS_ADMIN without no_new_privs) is gone.
+        for set in ["CapPrm", "CapEff"] {
+            assert!(
+                status.contains(&format!("{set}:\t0000000000000000\n")),
+                "nnp {nnp}: {status}"
+            );
+        }
         // A process exec'd into it runs under the same filter, installed just as late.
         let proc_file = b.out.join("grep.json");
         fs::write(
