@@ -2,7 +2,8 @@
 //! affinity, personality), becomes the payload's user, builds its environment, drops
 //! capabilities, sets no_new_privs, changes directory, then installs the system call filter
 //! (seccomp/) as the very last step and execs the payload (or ns-init with `--as-pid2`):
-//! after the filter come only the execve calls, so a profile need allow nothing of ours.
+//! after the filter come only the execve calls, so a profile need allow nothing of ours
+//! (but with `--fork`, whose child must be born under the filter: see [`Args`]).
 //!
 //! Reads `exec` of the state (or its flags), and from its `runtime` the notify socket and the
 //! start fifo. Runs after pivot_root, so users and groups are resolved from the container's
@@ -34,9 +35,9 @@ use ns_core::{Error, Result};
 /// process that has joined its namespaces but is itself outside its PID namespace (setns
 /// affects only children), where the container's processes cannot see it. Once every
 /// privilege is dropped (rlimits, bounding set, ids, capability sets, no_new_privs), every
-/// fd above stderr but --sync-fd is closed and ns-caps forks with CLONE_PARENT: the child,
-/// the first process the container can see, non-dumpable until its exec, closes the sync fd,
-/// installs the filter and execs PROGRAM; being our
+/// fd above stderr but --sync-fd is closed, the filter installed, and ns-caps forks with
+/// CLONE_PARENT: the child, the first process the container can see, is born as
+/// unprivileged as the container's own, closes the sync fd and execs PROGRAM; being our
 /// parent's child, it is waited for (exit code, signals) by the tool that entered, and
 /// reparented to that tool's subreaper if the tool exits (`exec --detach`). ns-caps
 /// reports the child's host pid on --sync-fd (SYNC `Pid`) and exits 0. `--setsid`: PROGRAM

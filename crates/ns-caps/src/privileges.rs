@@ -25,12 +25,20 @@ fn caps_err(what: &'static str) -> impl Fn(caps::errors::CapsError) -> Error {
 pub struct PendingFilter {
     filter: Option<crate::seccomp::Prepared>,
     raise_admin: bool,
+    /// The effective and permitted sets the plan asked for (without CAP_SYS_ADMIN kept).
+    sets: (u64, u64),
+    prepared: bool,
 }
 
 impl PendingFilter {
-    /// Install the filter (if any); the next call must be exec.
-    pub fn install(&self) -> Result<()> {
-        let Some(f) = &self.filter else {
+    /// Prepare the exec ([`ns_core::exec::prepare_exec`]: fds close-on-exec, signals), then
+    /// install the filter (if any); once. The next call must be exec (or `--fork`'s clone).
+    pub fn install(&mut self) -> Result<()> {
+        if !self.prepared {
+            ns_core::exec::prepare_exec()?;
+            self.prepared = true;
+        }
+        let Some(f) = self.filter.take() else {
             return Ok(());
         };
         if self.raise_admin {
@@ -38,6 +46,25 @@ impl PendingFilter {
                 .map_err(caps_err("raise CAP_SYS_ADMIN to install the filter"))?;
         }
         f.install()
+    }
+
+    /// `--fork`: install the filter now, then give back what installing it took, so that
+    /// the child, which the container can see (and, as root without a user namespace,
+    /// ptrace) before it execs, is born under the filter and as unprivileged as the
+    /// container's own processes. After the filter come the fork, the pid report and, with
+    /// `--setsid`, the new session: calls a profile that lets `exec` run at all allows
+    /// (runc's exec needs many more after its filter without no_new_privs).
+    pub fn install_before_fork(&mut self) -> Result<()> {
+        let restore = self.raise_admin && self.filter.is_some();
+        self.install()?;
+        if restore {
+            let (effective, permitted) = self.sets;
+            caps::set(None, CapSet::Effective, &to_set(effective))
+                .map_err(caps_err("set effective capabilities"))?;
+            caps::set(None, CapSet::Permitted, &to_set(permitted))
+                .map_err(caps_err("set permitted capabilities"))?;
+        }
+        Ok(())
     }
 }
 
@@ -84,7 +111,7 @@ pub fn drop_privileges(
     } else {
         0
     };
-    become_user(plan, user, (retain, ambient), keep)?;
+    let sets = become_user(plan, user, (retain, ambient), keep)?;
     // Any change of uid or gid cleared the parent-death signal: set it again.
     if let Some(sig) = pdeath {
         nix::sys::prctl::set_pdeathsig(sig).ctx(|| "cannot set the parent-death signal".into())?;
@@ -96,6 +123,8 @@ pub fn drop_privileges(
     Ok(PendingFilter {
         filter,
         raise_admin,
+        sets,
+        prepared: false,
     })
 }
 
@@ -118,13 +147,13 @@ fn set_groups(user: &User) -> Result<()> {
 
 /// The ids, then the capability sets the payload ends with: OCI's as given, else nspawn's
 /// rule (root keeps `retain`, another user only `ambient`); `keep` stays permitted too (for
-/// [`PendingFilter`]).
+/// [`PendingFilter`]). Returns the effective and permitted sets set (without `keep`).
 fn become_user(
     plan: &ExecPlan,
     user: &User,
     (retain, ambient): (u64, u64),
     keep: u64,
-) -> Result<()> {
+) -> Result<(u64, u64)> {
     let (effective, permitted, inheritable) = match &plan.cap_sets {
         Some(c) => (
             mask_of_names(&c.effective),
@@ -136,6 +165,7 @@ fn become_user(
             (k, k, k)
         }
     };
+    let sets = (effective, permitted);
     let permitted = permitted | keep;
     if user.uid != 0 && (ambient != 0 || permitted != 0) {
         nix::sys::prctl::set_keepcaps(true).ctx(|| "cannot keep capabilities".into())?;
@@ -157,7 +187,7 @@ fn become_user(
     if user.uid != 0 {
         nix::sys::prctl::set_keepcaps(false).ctx(|| "cannot reset keep-capabilities".into())?;
     }
-    Ok(())
+    Ok(sets)
 }
 
 /// After the parent-death signal is set again: make sure the monitor did not die in between

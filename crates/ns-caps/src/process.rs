@@ -11,9 +11,10 @@ use ns_core::{Context, Error, Result};
 use crate::identity::{login_shells, User};
 use crate::privileges::PendingFilter;
 
-/// `--fork` (see Args): returns in the child, which holds stdio only; the parent reports
-/// the child's pid and exits 0.
-pub fn fork_payload(sync: Option<SyncSocket>) -> Result<()> {
+/// `--fork` (see Args): installs the filter first (the child must be born under it), then
+/// returns in the child, which holds stdio only; the parent reports the child's pid and
+/// exits 0.
+pub fn fork_payload(sync: Option<SyncSocket>, filter: &mut PendingFilter) -> Result<()> {
     use ns_core::sys::{clone_parent, close_from_except, Forked};
     let keep: Vec<i32> = sync
         .iter()
@@ -21,9 +22,7 @@ pub fn fork_payload(sync: Option<SyncSocket>) -> Result<()> {
         .chain(ns_core::stage::report_fd())
         .collect();
     close_from_except(3, &keep).ctx(|| "cannot close inherited fds".into())?;
-    // The child is in the container's sight until it execs, its filter not yet installed
-    // (the last step before exec): out of reach of ptrace until then (exec resets this).
-    nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-caps non-dumpable".into())?;
+    filter.install_before_fork()?;
     match clone_parent().ctx(|| "cannot fork the program's process".into())? {
         Forked::Child => {
             drop(sync);
@@ -114,10 +113,9 @@ pub fn exec(
     user: &User,
     env: &[String],
     fds: &StageFds,
-    filter: &PendingFilter,
+    filter: &mut PendingFilter,
 ) -> Result<Infallible> {
     ns_core::stage::fault("ns-caps:before-exec");
-    ns_core::exec::prepare_exec()?;
     filter.install()?;
     if plan.as_pid2 {
         let mut argv = vec!["ns-init".to_string()];
