@@ -855,3 +855,283 @@ fn delete_force_cleans_up_after_a_killed_create() {
         "cgroups left"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// procs (issue 17): the filter as the last step before exec, namespaces not listed are
+// inherited, id maps as given.
+
+/// A profile that denies everything a static busybox `grep`/`sleep` does not need: no
+/// close_range, fcntl, prctl, capget/capset, set*id, setsid, chdir, clone or socket call,
+/// so whatever the runtime still did after installing it would fail; plus `extra`.
+fn strict_seccomp(extra: &[&str]) -> Value {
+    let mut names = vec![
+        "execve",
+        "arch_prctl",
+        "brk",
+        "mmap",
+        "munmap",
+        "mprotect",
+        "set_tid_address",
+        "set_robust_list",
+        "rseq",
+        "prlimit64",
+        "getrandom",
+        "getuid",
+        "readlink",
+        "openat",
+        "read",
+        "write",
+        "close",
+        "newfstatat",
+        "fstat",
+        "clock_nanosleep",
+        "exit_group",
+        "exit",
+    ];
+    names.extend(extra);
+    json!({"defaultAction": "SCMP_ACT_ERRNO",
+           "syscalls": [{"action": "SCMP_ACT_ALLOW", "names": names}]})
+}
+
+#[test]
+fn the_filter_is_the_last_step_before_exec() {
+    for nnp in [false, true] {
+        let id = ns_tests::unique(if nnp { "scnnp" } else { "sc" });
+        let b = Bundle::new("oci-seccomp-last", &["sleep", "1000"], |v| {
+            v["process"]["noNewPrivileges"] = json!(nnp);
+            v["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+            v["process"]["capabilities"] = json!({"bounding": ["CAP_KILL"],
+                "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
+            // `exec`'s process is forked by ns-caps under the filter (the container sees
+            // it), which then reports its pid and, without no_new_privs, gives back
+            // CAP_SYS_ADMIN: what the second round allows beyond the strict profile.
+            v["linux"]["seccomp"] = if nnp {
+                strict_seccomp(&["clone", "sendto", "capget", "capset"])
+            } else {
+                strict_seccomp(&[])
+            };
+        });
+        let (code, err) = b.create(&id);
+        assert_eq!(code, 0, "nnp {nnp}: {err}");
+        let pid = b.pid(&id);
+        assert_eq!(b.status(&id), "created");
+        let (code, _, err) = b.oci(&["start", &id]);
+        assert_eq!(code, 0, "{err}");
+        // (start returns once the fifo is read; the exec follows.)
+        let t = std::time::Instant::now();
+        let status = loop {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            if status.starts_with("Name:\tsleep") || t.elapsed() > Duration::from_secs(10) {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.contains("Seccomp:\t2\n"), "nnp {nnp}: {status}");
+        // What installing the filter took (CAP_SYS_ADMIN without no_new_privs) is gone.
+        for set in ["CapPrm", "CapEff"] {
+            assert!(
+                status.contains(&format!("{set}:\t0000000000000000\n")),
+                "nnp {nnp}: {status}"
+            );
+        }
+        if nnp {
+            // A process exec'd into it (without no_new_privs) runs under the same filter.
+            let proc_file = b.out.join("grep.json");
+            fs::write(
+                &proc_file,
+                json!({"user": {"uid": 1000, "gid": 1000}, "cwd": "/",
+                       "args": ["grep", "-E", "^(Seccomp|CapPrm):", "/proc/self/status"]})
+                .to_string(),
+            )
+            .unwrap();
+            let (code, out, err) = b.oci(&["exec", "--process", s(&proc_file), &id]);
+            assert_eq!(
+                (code, out.as_str()),
+                (0, "CapPrm:\t0000000000000000\nSeccomp:\t2\n"),
+                "{err}"
+            );
+        }
+        assert_eq!(b.oci(&["delete", "--force", &id]).0, 0);
+        assert_eq!(reap(pid), 137);
+    }
+}
+
+/// A bundle with a user namespace of `uid` and `gid` maps (containerID, hostID, size).
+fn userns_bundle(name: &str, uid: &[(u32, u32, u32)], gid: &[(u32, u32, u32)]) -> Bundle {
+    let map = |m: &[(u32, u32, u32)]| -> Value {
+        m.iter()
+            .map(|(c, h, n)| json!({"containerID": c, "hostID": h, "size": n}))
+            .collect()
+    };
+    let b = Bundle::new(name, &["sleep", "1000"], |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        v["linux"]["uidMappings"] = map(uid);
+        v["linux"]["gidMappings"] = map(gid);
+    });
+    // (Container root may not create it in a tree host root owns.)
+    fs::create_dir_all(b.tree.path().join("rootfs/out")).unwrap();
+    b
+}
+
+#[test]
+fn id_maps_of_several_ranges_differing_for_uids_and_gids() {
+    let id = ns_tests::unique("maps");
+    let uid = [(0, 210000, 1000), (1000, 320000, 10), (5000, 330000, 1)];
+    let gid = [(0, 440000, 500), (500, 450000, 600)];
+    let b = userns_bundle("oci-maps", &uid, &gid);
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let lines = |f: &str| -> Vec<Vec<u32>> {
+        fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+            .collect()
+    };
+    let want = |m: &[(u32, u32, u32)]| -> Vec<Vec<u32>> {
+        m.iter().map(|(c, h, n)| vec![*c, *h, *n]).collect()
+    };
+    assert_eq!(lines("uid_map"), want(&uid));
+    assert_eq!(lines("gid_map"), want(&gid));
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert_eq!(reap(pid), 137);
+    // Maps the kernel would refuse, or that leave container root unmapped: one line each,
+    // nothing left behind.
+    let bad_id = ns_tests::unique("badmaps");
+    for (uid, gid, why) in [
+        (
+            vec![(0, 210000, 1000), (500, 320000, 10)],
+            vec![(0, 440000, 500)],
+            "linux.uidMappings: container ids 500-509 are mapped twice",
+        ),
+        (
+            vec![(0, 210000, 1000), (1000, 210500, 10)],
+            vec![(0, 440000, 500)],
+            "linux.uidMappings: host ids 210500-210509 are mapped twice",
+        ),
+        (
+            vec![(0, 210000, 1000)],
+            vec![(1, 440000, 500)],
+            "linux.gidMappings: container id 0 is not mapped",
+        ),
+        (
+            vec![(0, 210000, 0)],
+            vec![(0, 440000, 500)],
+            "linux.uidMappings[0]: size 0",
+        ),
+    ] {
+        let b = userns_bundle("oci-badmaps", &uid, &gid);
+        let (code, err) = b.create(&bad_id);
+        assert_eq!(
+            (code, err.as_str()),
+            (1, format!("ns-oci: config.json: {why}\n").as_str())
+        );
+        assert!(!b.root.join(&bad_id).exists());
+        assert!(cgroups_named(&format!("ns-oci/{bad_id}")).is_empty());
+    }
+}
+
+#[test]
+fn a_mount_namespace_given_by_path_is_joined() {
+    let id = ns_tests::unique("joinmnt");
+    /// The namespace's holder, killed however the test ends.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let hpid = holder.0.id();
+    let ns = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    let t = std::time::Instant::now();
+    while ns(hpid) == ns(std::process::id()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "unshare did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mounts_before = ns_tests::our_mounts();
+    let b = Bundle::new("oci-joinmnt", &["sleep", "1000"], |v| {
+        let list = v["linux"]["namespaces"].as_array_mut().unwrap();
+        list.retain(|n| n["type"] != "mount");
+        list.push(json!({"type": "mount", "path": format!("/proc/{hpid}/ns/mnt")}));
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(ns(pid as u32), ns(hpid));
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert_eq!(reap(pid), 137);
+    ns_tests::assert_mounts_unchanged(&mounts_before);
+    drop(holder);
+    // The runtime's own mount namespace is the host's: ns-mount would build the root there.
+    let own_id = ns_tests::unique("ownmnt");
+    let b = Bundle::new("oci-ownmnt", &["true"], |v| {
+        let list = v["linux"]["namespaces"].as_array_mut().unwrap();
+        list.retain(|n| n["type"] != "mount");
+        list.push(json!({"type": "mount", "path": "/proc/self/ns/mnt"}));
+    });
+    let (code, err) = b.create(&own_id);
+    assert_eq!(
+        (code, err.lines().last()),
+        (
+            1,
+            Some("ns-oci: ns-enter: cannot join mount namespace /proc/self/ns/mnt: it is the runtime's own (the host's mounts would be the container's)")
+        )
+    );
+    assert!(!b.root.join(&own_id).exists());
+    ns_tests::assert_mounts_unchanged(&mounts_before);
+}
+
+#[test]
+fn namespaces_not_listed_are_inherited() {
+    let id = ns_tests::unique("inherit");
+    let b = Bundle::new("oci-inherit", &["sleep", "1000"], |v| {
+        v["linux"]["namespaces"] = json!([{"type": "mount"}]);
+        v["hostname"] = Value::Null;
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let ns = |pid: u32, kind: &str| fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let me = std::process::id();
+    for kind in ["pid", "net", "ipc", "uts", "cgroup", "user"] {
+        assert_eq!(ns(pid as u32, kind), ns(me, kind), "{kind}");
+    }
+    assert_ne!(ns(pid as u32, "mnt"), ns(me, "mnt"));
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert_eq!(reap(pid), 137);
+    // Without a mount namespace of its own, the container's mounts would be made on the
+    // host (runc makes them there, and leaves them): refused, nothing left behind.
+    let nomnt_id = ns_tests::unique("nomnt");
+    let mounts_before = ns_tests::our_mounts();
+    let b = Bundle::new("oci-nomnt", &["true"], |v| {
+        v["linux"]["namespaces"] = json!([{"type": "pid"}]);
+    });
+    let (code, err) = b.create(&nomnt_id);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "ns-oci: config.json: linux.namespaces: no mount namespace (the container's mounts would be made on the host): not supported\n"
+        )
+    );
+    assert!(!b.root.join(&nomnt_id).exists());
+    assert!(cgroups_named(&format!("ns-oci/{nomnt_id}")).is_empty());
+    ns_tests::assert_mounts_unchanged(&mounts_before);
+}

@@ -1,7 +1,9 @@
 //! ns-caps: the last privileged stage. Sets the process attributes (rlimits, OOM score, CPU
-//! affinity, personality), installs the system call filter (seccomp/), becomes the payload's
-//! user, builds its environment, drops capabilities, sets no_new_privs, changes directory,
-//! then execs the payload (or ns-init with `--as-pid2`).
+//! affinity, personality), becomes the payload's user, builds its environment, drops
+//! capabilities, sets no_new_privs, changes directory, then installs the system call filter
+//! (seccomp/) as the very last step and execs the payload (or ns-init with `--as-pid2`):
+//! after the filter come only the execve calls, so a profile need allow nothing of ours
+//! (but with `--fork`, whose child must be born under the filter: see [`Args`]).
 //!
 //! Reads `exec` of the state (or its flags), and from its `runtime` the notify socket and the
 //! start fifo. Runs after pivot_root, so users and groups are resolved from the container's
@@ -32,8 +34,8 @@ use ns_core::{Error, Result};
 /// `--fork` is for entering a running container (`ns-ctl shell`, `ns-oci exec`) from a
 /// process that has joined its namespaces but is itself outside its PID namespace (setns
 /// affects only children), where the container's processes cannot see it. Once every
-/// privilege is dropped (rlimits, filter, bounding set, ids, capability sets,
-/// no_new_privs), every fd above stderr but --sync-fd is closed and ns-caps forks with
+/// privilege is dropped (rlimits, bounding set, ids, capability sets, no_new_privs), every
+/// fd above stderr but --sync-fd is closed, the filter installed, and ns-caps forks with
 /// CLONE_PARENT: the child, the first process the container can see, is born as
 /// unprivileged as the container's own, closes the sync fd and execs PROGRAM; being our
 /// parent's child, it is waited for (exit code, signals) by the tool that entered, and

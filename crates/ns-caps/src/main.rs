@@ -1,14 +1,14 @@
 //! ns-caps: become the payload's user, drop capabilities, exec. See lib.rs for the contract.
 #![forbid(unsafe_code)]
 
-use ns_caps::identity::{build_env, lookup_user};
+use ns_caps::identity::{build_env, lookup_user, User};
 use ns_caps::privileges::{drop_privileges, with_ids};
 use ns_caps::process::{exec, fork_payload, new_session, take_console, wait_for_start};
 use ns_caps::{Args, STAGE};
 use ns_core::exec::{args_utf8, StageFds};
 use ns_core::stage::{adopt_sync, parse_args, run};
-use ns_core::state::{Runtime, State};
-use ns_core::{Context, Error};
+use ns_core::state::{ExecPlan, Runtime, State};
+use ns_core::{Context, Error, Result};
 
 fn main() {
     run(STAGE, || {
@@ -43,29 +43,17 @@ fn main() {
         } else {
             build_env(&plan, &runtime, &user, std::env::var("TERM").ok())
         };
-        if args.fork && (plan.as_pid2 || plan.console || runtime.start_fd.is_some()) {
-            return Err(Error::setup(
-                "--fork: only for a process entering a running container (no --as-pid2, \
-                 --console or start fifo)"
-                    .into(),
-            ));
-        }
-        if args.fork && plan.oom_score_adjust.is_some() {
-            // Outside the container's PID namespace its /proc has no /proc/self (and the
-            // container could put a file there): the caller writes it before joining.
-            return Err(Error::setup(
-                "--fork: --oom-score-adjust must be set by the caller before it joins the \
-                 container"
-                    .into(),
-            ));
+        if args.fork {
+            check_fork(&plan, &runtime)?;
         }
         if plan.console {
             take_console(!plan.as_pid2)?;
         }
         ns_caps::limits::apply(&plan)?;
-        drop_privileges(&plan, &runtime, &user, sync.as_ref())?;
+        let mut filter = drop_privileges(&plan, &user, sync.as_ref())?;
+        enter_directory(&plan, &user)?;
         let sync = if args.fork {
-            fork_payload(sync)?;
+            fork_payload(sync, &mut filter)?;
             None
         } else {
             sync
@@ -73,24 +61,45 @@ fn main() {
         if args.setsid {
             new_session()?;
         }
-        match &plan.chdir {
-            Some(d) => nix::unistd::chdir(d.as_str()).ctx(|| format!("--chdir={d}"))?,
-            None if plan.argv.is_empty() => {
-                let _ = nix::unistd::chdir(user.home.as_deref().unwrap_or("/root"));
-            }
-            None => {}
-        }
-        if let Some(m) = plan.umask {
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
-        }
         if let Some(fd) = runtime.start_fd {
             wait_for_start(&plan, &env, fd, sync)?;
-            if let (Some(f), true) = (&plan.syscall_filter, plan.no_new_privileges) {
-                // As runc: with no_new_privs the filter comes last, so that it need not allow
-                // what waiting for start takes.
-                ns_caps::seccomp::install(0, f)?;
-            }
         }
-        exec(&plan, &user, &env, &fds)
+        exec(&plan, &user, &env, &fds, &mut filter)
     })
+}
+
+/// `--fork` is for entering a running container only.
+fn check_fork(plan: &ExecPlan, runtime: &Runtime) -> Result<()> {
+    if plan.as_pid2 || plan.console || runtime.start_fd.is_some() {
+        return Err(Error::setup(
+            "--fork: only for a process entering a running container (no --as-pid2, \
+             --console or start fifo)"
+                .into(),
+        ));
+    }
+    if plan.oom_score_adjust.is_some() {
+        // Outside the container's PID namespace its /proc has no /proc/self (and the
+        // container could put a file there): the caller writes it before joining.
+        return Err(Error::setup(
+            "--fork: --oom-score-adjust must be set by the caller before it joins the \
+             container"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `--chdir` (or the user's home for a login shell), then the umask, as the payload's user.
+fn enter_directory(plan: &ExecPlan, user: &User) -> Result<()> {
+    match &plan.chdir {
+        Some(d) => nix::unistd::chdir(d.as_str()).ctx(|| format!("--chdir={d}"))?,
+        None if plan.argv.is_empty() => {
+            let _ = nix::unistd::chdir(user.home.as_deref().unwrap_or("/root"));
+        }
+        None => {}
+    }
+    if let Some(m) = plan.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+    }
+    Ok(())
 }

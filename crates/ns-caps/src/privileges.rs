@@ -3,7 +3,7 @@
 
 use caps::CapSet;
 use ns_core::stage::debug;
-use ns_core::state::{ExecPlan, Runtime};
+use ns_core::state::ExecPlan;
 use ns_core::sync::SyncSocket;
 use ns_core::{Context, Error, Result};
 
@@ -16,15 +16,66 @@ fn caps_err(what: &'static str) -> impl Fn(caps::errors::CapsError) -> Error {
     move |e| Error::setup(format!("cannot {what}: {e}"))
 }
 
+/// The system call filter, built while privileged and installed as the very last step
+/// before exec (as runc does with no_new_privs), so that nothing ns-caps does may need a call
+/// the filter denies: the payload's profile need not allow closing fds or waiting for start.
+/// Without no_new_privs installing it takes CAP_SYS_ADMIN, which is kept in the permitted set
+/// until then (and raised only to install): exec recomputes the payload's sets from the
+/// bounding, inheritable and ambient ones and the file, never from ours.
+pub struct PendingFilter {
+    filter: Option<crate::seccomp::Prepared>,
+    raise_admin: bool,
+    /// The effective and permitted sets the plan asked for (without CAP_SYS_ADMIN kept).
+    sets: (u64, u64),
+    prepared: bool,
+}
+
+impl PendingFilter {
+    /// Prepare the exec ([`ns_core::exec::prepare_exec`]: fds close-on-exec, signals), then
+    /// install the filter (if any); once. The next call must be exec (or `--fork`'s clone).
+    pub fn install(&mut self) -> Result<()> {
+        if !self.prepared {
+            ns_core::exec::prepare_exec()?;
+            self.prepared = true;
+        }
+        let Some(f) = self.filter.take() else {
+            return Ok(());
+        };
+        if self.raise_admin {
+            caps::raise(None, CapSet::Effective, caps::Capability::CAP_SYS_ADMIN)
+                .map_err(caps_err("raise CAP_SYS_ADMIN to install the filter"))?;
+        }
+        f.install()
+    }
+
+    /// `--fork`: install the filter now, then give back what installing it took, so that
+    /// the child, which the container can see (and, as root without a user namespace,
+    /// ptrace) before it execs, is born under the filter and as unprivileged as the
+    /// container's own processes. After the filter come the fork, the pid report and, with
+    /// `--setsid`, the new session: calls a profile that lets `exec` run at all allows
+    /// (runc's exec needs many more after its filter without no_new_privs).
+    pub fn install_before_fork(&mut self) -> Result<()> {
+        let restore = self.raise_admin && self.filter.is_some();
+        self.install()?;
+        if restore {
+            let (effective, permitted) = self.sets;
+            caps::set(None, CapSet::Effective, &to_set(effective))
+                .map_err(caps_err("set effective capabilities"))?;
+            caps::set(None, CapSet::Permitted, &to_set(permitted))
+                .map_err(caps_err("set permitted capabilities"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Bounding set, identity, then the capability sets, in the only order the kernel allows:
 /// dropping from the bounding set and changing ids both need capabilities we give up last.
-/// (`runtime`: whether a start fifo is waited on.)
+/// Returns the filter, to be installed right before exec.
 pub fn drop_privileges(
     plan: &ExecPlan,
-    runtime: &Runtime,
     user: &User,
     sync: Option<&SyncSocket>,
-) -> Result<()> {
+) -> Result<PendingFilter> {
     let bounding = caps::read(None, CapSet::Bounding).map_err(caps_err("read the bounding set"))?;
     let bounding = bounding.iter().fold(0u64, |m, c| m | c.bitmask());
     // nspawn: capabilities missing from the host's bounding set are silently not retained.
@@ -40,16 +91,13 @@ pub fn drop_privileges(
     debug(STAGE, || {
         format!("retain {retain:#x} ambient {ambient:#x} uid {}", user.uid)
     });
-    set_groups(user)?;
-    // The filter first, while we hold CAP_SYS_ADMIN (it needs that or no_new_privs); what
-    // follows here uses only calls it allows (@setuid, capset, prctl of @process).
-    if let Some(f) = plan
+    let filter = plan
         .syscall_filter
         .as_ref()
-        .filter(|_| runtime.start_fd.is_none() || !plan.no_new_privileges)
-    {
-        crate::seccomp::install(retain, f)?;
-    }
+        .map(|f| crate::seccomp::Prepared::new(retain, f))
+        .transpose()?;
+    let raise_admin = filter.is_some() && !plan.no_new_privileges;
+    set_groups(user)?;
     for c in caps::all() {
         if bounding & c.bitmask() != 0 && retain & c.bitmask() == 0 {
             caps::drop(None, CapSet::Bounding, c)
@@ -58,7 +106,12 @@ pub fn drop_privileges(
     }
     let pdeath =
         nix::sys::prctl::get_pdeathsig().ctx(|| "cannot read the parent-death signal".into())?;
-    become_user(plan, user, retain, ambient)?;
+    let keep = if raise_admin {
+        caps::Capability::CAP_SYS_ADMIN.bitmask()
+    } else {
+        0
+    };
+    let sets = become_user(plan, user, (retain, ambient), keep)?;
     // Any change of uid or gid cleared the parent-death signal: set it again.
     if let Some(sig) = pdeath {
         nix::sys::prctl::set_pdeathsig(sig).ctx(|| "cannot set the parent-death signal".into())?;
@@ -67,7 +120,12 @@ pub fn drop_privileges(
     if plan.no_new_privileges {
         nix::sys::prctl::set_no_new_privs().ctx(|| "cannot set no_new_privs".into())?;
     }
-    Ok(())
+    Ok(PendingFilter {
+        filter,
+        raise_admin,
+        sets,
+        prepared: false,
+    })
 }
 
 /// Supplementary groups before the filter, so that only the user namespace can refuse them: a
@@ -88,8 +146,14 @@ fn set_groups(user: &User) -> Result<()> {
 }
 
 /// The ids, then the capability sets the payload ends with: OCI's as given, else nspawn's
-/// rule (root keeps `retain`, another user only `ambient`).
-fn become_user(plan: &ExecPlan, user: &User, retain: u64, ambient: u64) -> Result<()> {
+/// rule (root keeps `retain`, another user only `ambient`); `keep` stays permitted too (for
+/// [`PendingFilter`]). Returns the effective and permitted sets set (without `keep`).
+fn become_user(
+    plan: &ExecPlan,
+    user: &User,
+    (retain, ambient): (u64, u64),
+    keep: u64,
+) -> Result<(u64, u64)> {
     let (effective, permitted, inheritable) = match &plan.cap_sets {
         Some(c) => (
             mask_of_names(&c.effective),
@@ -97,10 +161,12 @@ fn become_user(plan: &ExecPlan, user: &User, retain: u64, ambient: u64) -> Resul
             mask_of_names(&c.inheritable),
         ),
         None => {
-            let keep = if user.uid == 0 { retain } else { ambient };
-            (keep, keep, keep)
+            let k = if user.uid == 0 { retain } else { ambient };
+            (k, k, k)
         }
     };
+    let sets = (effective, permitted);
+    let permitted = permitted | keep;
     if user.uid != 0 && (ambient != 0 || permitted != 0) {
         nix::sys::prctl::set_keepcaps(true).ctx(|| "cannot keep capabilities".into())?;
     }
@@ -121,7 +187,7 @@ fn become_user(plan: &ExecPlan, user: &User, retain: u64, ambient: u64) -> Resul
     if user.uid != 0 {
         nix::sys::prctl::set_keepcaps(false).ctx(|| "cannot reset keep-capabilities".into())?;
     }
-    Ok(())
+    Ok(sets)
 }
 
 /// After the parent-death signal is set again: make sure the monitor did not die in between

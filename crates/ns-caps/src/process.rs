@@ -3,16 +3,18 @@
 
 use std::convert::Infallible;
 
-use ns_core::exec::{exec_last_stage, exec_payload, exec_program, StageFds};
+use ns_core::exec::{exec_prepared, exec_stage_with, StageFds};
 use ns_core::state::ExecPlan;
 use ns_core::sync::SyncSocket;
 use ns_core::{Context, Error, Result};
 
 use crate::identity::{login_shells, User};
+use crate::privileges::PendingFilter;
 
-/// `--fork` (see Args): returns in the child, which holds stdio only; the parent reports
-/// the child's pid and exits 0.
-pub fn fork_payload(sync: Option<SyncSocket>) -> Result<()> {
+/// `--fork` (see Args): installs the filter first (the child must be born under it), then
+/// returns in the child, which holds stdio only; the parent reports the child's pid and
+/// exits 0.
+pub fn fork_payload(sync: Option<SyncSocket>, filter: &mut PendingFilter) -> Result<()> {
     use ns_core::sys::{clone_parent, close_from_except, Forked};
     let keep: Vec<i32> = sync
         .iter()
@@ -20,6 +22,7 @@ pub fn fork_payload(sync: Option<SyncSocket>) -> Result<()> {
         .chain(ns_core::stage::report_fd())
         .collect();
     close_from_except(3, &keep).ctx(|| "cannot close inherited fds".into())?;
+    filter.install_before_fork()?;
     match clone_parent().ctx(|| "cannot fork the program's process".into())? {
         Forked::Child => {
             drop(sync);
@@ -103,9 +106,17 @@ pub fn wait_for_start(
     std::io::Write::write_all(&mut &fifo, b"0").ctx(|| "cannot write the start fifo".into())
 }
 
-/// Exec the payload, its login shell, or ns-init in front of either.
-pub fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Result<Infallible> {
+/// Exec the payload, its login shell, or ns-init in front of either, with `filter` installed
+/// as the last step before: after it come only the execve calls.
+pub fn exec(
+    plan: &ExecPlan,
+    user: &User,
+    env: &[String],
+    fds: &StageFds,
+    filter: &mut PendingFilter,
+) -> Result<Infallible> {
     ns_core::stage::fault("ns-caps:before-exec");
+    filter.install()?;
     if plan.as_pid2 {
         let mut argv = vec!["ns-init".to_string()];
         if plan.argv.is_empty() {
@@ -123,14 +134,14 @@ pub fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Res
             argv.push("--".into());
             argv.extend(plan.argv.iter().cloned());
         }
-        return Err(exec_last_stage("ns-init", &argv, fds, env));
+        return Err(exec_stage_with("ns-init", &argv, fds, env));
     }
     if plan.boot {
         // The image's init, with the command line's words as its arguments.
         for init in crate::identity::INITS {
             let mut argv = vec![init.to_string()];
             argv.extend(plan.argv.iter().cloned());
-            let e = exec_program(init, &argv, env);
+            let e = exec_prepared(init, &argv, env);
             if e.code != ns_core::error::EXIT_NOT_FOUND {
                 return Err(e);
             }
@@ -144,11 +155,11 @@ pub fn exec(plan: &ExecPlan, user: &User, env: &[String], fds: &StageFds) -> Res
         });
     }
     if !plan.argv.is_empty() {
-        return Err(exec_payload(&plan.argv, env));
+        return Err(exec_prepared(&plan.argv[0], &plan.argv, env));
     }
     let mut last = None;
     for (path, argv0) in login_shells(user) {
-        let e = exec_program(&path, &[argv0], env);
+        let e = exec_prepared(&path, &[argv0], env);
         if e.code != ns_core::error::EXIT_NOT_FOUND {
             return Err(e);
         }

@@ -311,7 +311,9 @@ pub fn exec_last_stage(name: &str, argv: &[String], fds: &StageFds, env: &[Strin
     exec_stage_with(name, argv, fds, env)
 }
 
-fn exec_stage_with(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {
+/// Exec stage `name` through its fd with exactly `env`, and nothing else first (for
+/// [`exec_last_stage`] after [`prepare_exec`]).
+pub fn exec_stage_with(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {
     let Some(fd) = fds.get(name) else {
         return Error::setup(format!("{name} was not opened before the chain started"));
     };
@@ -355,12 +357,24 @@ pub fn exec_payload(argv: &[String], env: &[String]) -> Error {
 
 /// [`exec_payload`] with a program distinct from argv[0] (a login shell's `-sh`).
 pub fn exec_program(prog: &str, argv: &[String], env: &[String]) -> Error {
-    if let Err(e) = crate::sys::cloexec_from(3) {
-        return Error::setup(format!("cannot mark fds close-on-exec: {}", e.desc()));
+    match prepare_exec() {
+        Ok(()) => exec_prepared(prog, argv, env),
+        Err(e) => e,
     }
-    if let Err(e) = crate::sys::reset_signals_for_exec() {
-        return Error::setup(format!("cannot reset signals: {}", e.desc()));
-    }
+}
+
+/// What [`exec_program`] does before it execs: every fd above stderr close-on-exec, SIGPIPE
+/// and the signal mask back to their defaults. For a caller with a step of its own between
+/// this and the exec (ns-caps's system call filter).
+pub fn prepare_exec() -> Result<()> {
+    crate::sys::cloexec_from(3)
+        .map_err(|e| Error::setup(format!("cannot mark fds close-on-exec: {}", e.desc())))?;
+    crate::sys::reset_signals_for_exec()
+        .map_err(|e| Error::setup(format!("cannot reset signals: {}", e.desc())))
+}
+
+/// [`exec_program`] after [`prepare_exec`]: nothing but the execve calls of the PATH search.
+pub fn exec_prepared(prog: &str, argv: &[String], env: &[String]) -> Error {
     let (args, envc) = match (cstrings(argv), cstrings(env)) {
         (Ok(a), Ok(e)) => (a, e),
         (Err(e), _) | (_, Err(e)) => return e,

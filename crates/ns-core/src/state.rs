@@ -134,6 +134,34 @@ pub struct UserNs {
     /// Started without root: the monitor maps our own ids (and the subordinate ranges of
     /// /etc/subuid and /etc/subgid through newuidmap/newgidmap where installed).
     pub rootless: bool,
+    /// The maps exactly as given (ns-oci: config.json's `uidMappings`/`gidMappings`), over
+    /// `base` and `count`, which then describe container root's range only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps: Option<IdMaps>,
+}
+
+/// A user namespace's uid and gid maps, each a list of ranges.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IdMaps {
+    pub uid: Vec<IdRange>,
+    pub gid: Vec<IdRange>,
+}
+
+/// Container ids `container..container+size` are host ids `host..host+size`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+impl IdRange {
+    /// The line of /proc/PID/uid_map (or gid_map) for this range.
+    pub fn line(&self) -> String {
+        format!("{} {} {}\n", self.container, self.host, self.size)
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -762,6 +790,7 @@ mod tests {
                     count: 65536,
                     ownership: Ownership::Map,
                     rootless: false,
+                    maps: None,
                 }),
                 join: vec![],
             },

@@ -177,8 +177,23 @@ fn join(j: &ns_core::state::JoinNs) -> Result<()> {
     }
     let f = std::fs::File::open(&j.path)
         .ctx(|| format!("cannot open {} namespace {}", j.ns.name(), j.path.display()))?;
+    if j.ns == Namespace::Mount && same_file(&f, "/proc/self/ns/mnt")? {
+        // ns-mount would make the host's / a slave and pivot the host into the image.
+        return Err(Error::setup(format!(
+            "cannot join mount namespace {}: it is the runtime's own (the host's mounts would be the container's)",
+            j.path.display()
+        )));
+    }
     nix::sched::setns(f.as_fd(), clone_flags(&[j.ns]))
         .ctx(|| format!("cannot join {} namespace {}", j.ns.name(), j.path.display()))
+}
+
+/// Is `f` the file at `path` (same device and inode)?
+fn same_file(f: &std::fs::File, path: &str) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let a = f.metadata().ctx(|| "cannot stat a namespace".into())?;
+    let b = std::fs::metadata(path).ctx(|| format!("cannot stat {path}"))?;
+    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
 }
 
 fn names(ns: &[Namespace]) -> Vec<&'static str> {

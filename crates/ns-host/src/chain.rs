@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::state::{
-    BoundUser, IdBase, Idmap, MountOp, Ownership, Runtime, Source, State, UserNs,
+    BoundUser, IdBase, IdMaps, Idmap, MountOp, Ownership, Runtime, Source, State, UserNs,
 };
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, fork_into_cgroup, Forked, SignalSet};
@@ -85,6 +85,8 @@ pub enum Maps<'a> {
         count: u32,
         bound: &'a [BoundUser],
     },
+    /// Exactly these ranges (ns-oci: config.json's).
+    Given(&'a IdMaps),
 }
 
 impl<'a> Maps<'a> {
@@ -102,9 +104,12 @@ impl<'a> Maps<'a> {
         }
     }
 
-    /// The range `u` gives, as given, without bound users (ns-oci: config.json's one
-    /// mapping, whoever runs it).
-    pub fn given(u: &UserNs) -> Result<Maps<'a>> {
+    /// The maps `u` gives, as given, without bound users (ns-oci: config.json's, whoever
+    /// runs it).
+    pub fn given(u: &'a UserNs) -> Result<Maps<'a>> {
+        if let Some(m) = &u.maps {
+            return Ok(Maps::Given(m));
+        }
         match u.base {
             IdBase::Fixed(base) => Ok(Maps::Range {
                 base,
@@ -203,6 +208,7 @@ impl Chain {
             Maps::Range { base, count, bound } => {
                 crate::userns::write_maps(pid, *base, *count, bound)?
             }
+            Maps::Given(m) => crate::userns::write_id_maps(pid, m)?,
         }
         let Some((path, clone)) = root else {
             return self.sync.send(&Msg::Mapped);
@@ -289,6 +295,7 @@ mod tests {
             count: 65536,
             ownership: Ownership::Off,
             rootless,
+            maps: None,
         }
     }
 

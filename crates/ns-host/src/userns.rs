@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::FileStat;
-use ns_core::state::{IdBase, Ownership, UserNs};
+use ns_core::state::{IdBase, IdMaps, IdRange, Ownership, UserNs};
 use ns_core::{Context, Error, Result};
 
 /// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
@@ -104,6 +104,7 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
             count: 1,
             ownership: Ownership::Off,
             rootless: true,
+            maps: None,
         }));
     }
     Ok(Some(UserNs {
@@ -111,6 +112,7 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
         count,
         ownership,
         rootless: false,
+        maps: None,
     }))
 }
 
@@ -336,32 +338,87 @@ pub fn write_rootless_maps(pid: i32) -> Result<u32> {
     );
     if let ((Some(nu), Some(ng)), (Some((us, uc)), Some((gs, gc)))) = (tools, subs) {
         let n = uc.min(gc).min(65535);
-        for (tool, own, start) in [(nu, uid, us), (ng, gid, gs)] {
-            let st = std::process::Command::new(&tool)
-                .args([
-                    pid.to_string(),
-                    "0".into(),
-                    own.to_string(),
-                    "1".into(),
-                    "1".into(),
-                    start.to_string(),
-                    n.to_string(),
-                ])
-                .status()
-                .ctx(|| format!("cannot run {}", tool.display()))?;
-            if !st.success() {
-                return Err(Error::setup(format!("{} failed ({st})", tool.display())));
-            }
-        }
+        let range = |own: u32, start: u32| {
+            [
+                IdRange {
+                    container: 0,
+                    host: own,
+                    size: 1,
+                },
+                IdRange {
+                    container: 1,
+                    host: start,
+                    size: n,
+                },
+            ]
+        };
+        run_map_tool(&nu, pid, &range(uid, us))?;
+        run_map_tool(&ng, pid, &range(gid, gs))?;
         return Ok(n + 1);
     }
+    write_own_maps(pid, uid, gid)?;
+    Ok(1)
+}
+
+/// newuidmap or newgidmap (set-id tools that check /etc/subuid, /etc/subgid): `pid`'s map.
+fn run_map_tool(tool: &Path, pid: i32, ranges: &[IdRange]) -> Result<()> {
+    let mut args = vec![pid.to_string()];
+    for r in ranges {
+        args.extend([r.container, r.host, r.size].map(|n| n.to_string()));
+    }
+    let st = std::process::Command::new(tool)
+        .args(&args)
+        .status()
+        .ctx(|| format!("cannot run {}", tool.display()))?;
+    if !st.success() {
+        return Err(Error::setup(format!("{} failed ({st})", tool.display())));
+    }
+    Ok(())
+}
+
+/// Without root or the tools: `pid`'s container root is our own uid and gid, nothing else
+/// (setgroups denied first, as the kernel requires of an unprivileged gid map).
+fn write_own_maps(pid: i32, uid: u32, gid: u32) -> Result<()> {
     std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
         .ctx(|| "cannot write setgroups".into())?;
     std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))
         .ctx(|| "cannot write uid_map".into())?;
     std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
-        .ctx(|| "cannot write gid_map".into())?;
-    Ok(1)
+        .ctx(|| "cannot write gid_map".into())
+}
+
+/// `pid`'s maps exactly as given (ns-oci: config.json's, checked when planned). Root writes
+/// them; another user maps only its own ids by itself, anything more through newuidmap and
+/// newgidmap (which check /etc/subuid and /etc/subgid), as runc does.
+pub fn write_id_maps(pid: i32, maps: &IdMaps) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        for (f, ranges) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+            let p = format!("/proc/{pid}/{f}");
+            let lines: String = ranges.iter().map(IdRange::line).collect();
+            std::fs::write(&p, lines).ctx(|| format!("cannot write {p}"))?;
+        }
+        return Ok(());
+    }
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let own = |v: &[IdRange], id: u32| matches!(v, [r] if r.size == 1 && r.host == id);
+    if own(&maps.uid, uid) && own(&maps.gid, gid) {
+        return write_own_maps(pid, uid, gid);
+    }
+    match (
+        ns_core::exec::locate_in_path("newuidmap"),
+        ns_core::exec::locate_in_path("newgidmap"),
+    ) {
+        (Some(nu), Some(ng)) => {
+            run_map_tool(&nu, pid, &maps.uid)?;
+            run_map_tool(&ng, pid, &maps.gid)
+        }
+        _ => Err(Error::setup(
+            "linux.uidMappings/gidMappings: without root, ids other than our own are mapped by newuidmap and newgidmap, which are not installed (package uidmap)".into(),
+        )),
+    }
 }
 
 /// What the top directory of a tree being shifted is owned by while the walk runs

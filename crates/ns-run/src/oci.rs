@@ -15,8 +15,8 @@ use oci_spec::runtime::{
 };
 
 use ns_core::state::{
-    Console, EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit,
-    SyscallFilter,
+    Console, EnterPlan, ExecPlan, FilterBase, IdMaps, IdRange, Ids, JoinNs, Namespace, Property,
+    Rlimit, SyscallFilter,
 };
 use ns_core::{Error, Result};
 
@@ -189,18 +189,73 @@ fn exists_for(b: &Bundle, p: &str) -> bool {
     }
 }
 
-/// A user namespace: one mapping of container id 0, the same for uids and gids.
+/// A user namespace: `--private-users=` with container root's uid range (ns-oci then maps
+/// exactly config.json's ranges: [`OciInput::enter`]).
 fn private_users(linux: &oci_spec::runtime::Linux) -> Result<String> {
-    let one = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| match m.as_deref() {
-        Some([m]) if m.container_id() == 0 => Some((m.host_id(), m.size())),
-        _ => None,
+    let maps = id_maps(linux)?;
+    let root = maps.uid.iter().find(|r| r.container == 0).expect("checked");
+    Ok(format!("--private-users={}:{}", root.host, root.size))
+}
+
+/// config.json's uid and gid maps, checked as the kernel would (no empty range, no id
+/// mapped twice on either side, at most 340 lines) and with container root mapped, which
+/// the chain becomes in the user namespace.
+fn id_maps(linux: &oci_spec::runtime::Linux) -> Result<IdMaps> {
+    let ranges = |field: &str, m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        let v: Vec<IdRange> = m
+            .iter()
+            .flatten()
+            .map(|m| IdRange {
+                container: m.container_id(),
+                host: m.host_id(),
+                size: m.size(),
+            })
+            .collect();
+        check_ranges(field, &v).map(|()| v)
     };
-    match (one(linux.uid_mappings()), one(linux.gid_mappings())) {
-        (Some(u), Some(g)) if u == g => Ok(format!("--private-users={}:{}", u.0, u.1)),
-        _ => Err(unsupported(
-            "linux.uidMappings/gidMappings: only one mapping of container id 0, the same for uids and gids",
-        )),
+    Ok(IdMaps {
+        uid: ranges("linux.uidMappings", linux.uid_mappings())?,
+        gid: ranges("linux.gidMappings", linux.gid_mappings())?,
+    })
+}
+
+fn check_ranges(field: &str, v: &[IdRange]) -> Result<()> {
+    let bad = |why: String| Error::setup(format!("config.json: {why}"));
+    if v.len() > 340 {
+        return Err(bad(format!("{field}: {} ranges (at most 340)", v.len())));
     }
+    for (i, r) in v.iter().enumerate() {
+        if r.size == 0 {
+            return Err(bad(format!("{field}[{i}]: size 0")));
+        }
+        let last = |start: u32| start.checked_add(r.size - 1).filter(|l| *l < u32::MAX);
+        if last(r.container).is_none() || last(r.host).is_none() {
+            return Err(bad(format!("{field}[{i}]: past the largest id")));
+        }
+    }
+    for (side, start) in [
+        (
+            "container",
+            (|r: &IdRange| r.container) as fn(&IdRange) -> u32,
+        ),
+        ("host", |r: &IdRange| r.host),
+    ] {
+        let mut spans: Vec<(u32, u32)> = v
+            .iter()
+            .map(|r| (start(r), start(r) + r.size - 1))
+            .collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[1].0 <= w[0].1) {
+            let (lo, hi) = (w[1].0, w[0].1.min(w[1].1));
+            return Err(bad(format!(
+                "{field}: {side} ids {lo}-{hi} are mapped twice"
+            )));
+        }
+    }
+    if !v.iter().any(|r| r.container == 0) {
+        return Err(bad(format!("{field}: container id 0 is not mapped")));
+    }
+    Ok(())
 }
 
 /// `--oci-bundle=DIR` on ns-run's command line `argv`: the bundle's options first, then the
@@ -299,7 +354,7 @@ impl OciInput<'_> {
     /// The enter section from nspawn's options, `enter`: exactly the namespaces listed (but
     /// network and user, made from the options); one with a path is joined.
     pub fn enter(&self, mut enter: EnterPlan) -> Result<EnterPlan> {
-        let (create, join) = namespaces(&self.linux())?;
+        let (create, join) = namespaces(&self.linux(), self.oci_runtime.is_some())?;
         let keep =
             |n: &Namespace| matches!(n, Namespace::User | Namespace::Net) || create.contains(n);
         enter.namespaces.retain(keep);
@@ -317,9 +372,13 @@ impl OciInput<'_> {
             enter.hostname = self.bundle.spec.hostname().clone().filter(|_| uts);
             if let Some(u) = &mut enter.userns {
                 u.ownership = ns_core::state::Ownership::Off;
+                u.maps = Some(id_maps(&self.linux())?);
             }
-        } else if !uts {
-            enter.hostname = None;
+        } else {
+            if !uts {
+                enter.hostname = None;
+            }
+            check_one_range(&self.linux())?;
         }
         Ok(enter)
     }
@@ -343,12 +402,36 @@ impl OciInput<'_> {
     }
 }
 
+/// `ns-run --oci-bundle` keeps nspawn's id range: one mapping of container id 0, the same
+/// for uids and gids.
+fn check_one_range(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    let listed = linux.namespaces().iter().flatten();
+    if !listed
+        .into_iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+    {
+        return Ok(());
+    }
+    let m = id_maps(linux)?;
+    match (m.uid.as_slice(), m.gid.as_slice()) {
+        ([u], [g]) if u == g => Ok(()),
+        _ => Err(unsupported(
+            "linux.uidMappings/gidMappings: with ns-run, only one mapping of container id 0, the same for uids and gids",
+        )),
+    }
+}
+
 /// The namespaces to create and those to join (network and user are left to the options:
-/// --private-network and its path, -U).
-fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<JoinNs>)> {
-    let mut create = vec![Namespace::Mount];
+/// --private-network and its path, -U); for an OCI `runtime`, exactly those listed (the
+/// rest are inherited), else with the mount namespace nspawn always makes.
+fn namespaces(
+    linux: &oci_spec::runtime::Linux,
+    runtime: bool,
+) -> Result<(Vec<Namespace>, Vec<JoinNs>)> {
+    let mut create = Vec::new();
     let mut join = Vec::new();
-    for ns in linux.namespaces().clone().unwrap_or_default() {
+    let listed = linux.namespaces().clone().unwrap_or_default();
+    for ns in &listed {
         let kind = match ns.typ() {
             LinuxNamespaceType::Mount => Namespace::Mount,
             LinuxNamespaceType::Uts => Namespace::Uts,
@@ -359,9 +442,9 @@ fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<J
             LinuxNamespaceType::Time => return Err(unsupported("linux.namespaces: time")),
         };
         match ns.path() {
-            Some(p) if kind == Namespace::Mount => {
+            Some(p) if kind == Namespace::Mount && !runtime => {
                 return Err(unsupported(&format!(
-                    "linux.namespaces: joining the mount namespace {}",
+                    "linux.namespaces: with ns-run, joining the mount namespace {}",
                     p.display()
                 )))
             }
@@ -372,6 +455,27 @@ fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<(Vec<Namespace>, Vec<J
             None if !create.contains(&kind) => create.push(kind),
             None => {}
         }
+    }
+    let joins_mount = join.iter().any(|j| j.ns == Namespace::Mount);
+    let new_user = listed
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    if joins_mount && new_user {
+        // Our stages would be root of a user namespace that does not own the mount
+        // namespace they have to build the root in.
+        return Err(unsupported(
+            "linux.namespaces: joining a mount namespace with a new user namespace",
+        ));
+    }
+    if !create.contains(&Namespace::Mount) && !joins_mount {
+        if runtime {
+            // runc makes the config's mounts in its own (the host's) mount namespace and
+            // leaves them there.
+            return Err(unsupported(
+                "linux.namespaces: no mount namespace (the container's mounts would be made on the host)",
+            ));
+        }
+        create.push(Namespace::Mount);
     }
     Ok((create, join))
 }

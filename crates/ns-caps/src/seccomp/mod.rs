@@ -462,15 +462,24 @@ pub fn program(d: &Decision) -> Vec<SockFilter> {
     p
 }
 
-/// Install the filter for a payload retaining `retained`.
-pub fn install(retained: u64, f: &SyscallFilter) -> Result<()> {
-    let prog = program(&Decision::of(retained, f)?);
-    ns_core::sys::seccomp_install(&prog).map_err(|e| {
-        Error::setup(format!(
-            "cannot install the system call filter: {}",
-            e.desc()
-        ))
-    })
+/// A filter built ahead, for a payload retaining `retained`: installing it is then one
+/// system call, the last before exec (nothing after it may need a call the filter denies).
+pub struct Prepared(Vec<SockFilter>);
+
+impl Prepared {
+    pub fn new(retained: u64, f: &SyscallFilter) -> Result<Prepared> {
+        Ok(Prepared(program(&Decision::of(retained, f)?)))
+    }
+
+    /// Install it (needs CAP_SYS_ADMIN in effect, or no_new_privs).
+    pub fn install(&self) -> Result<()> {
+        ns_core::sys::seccomp_install(&self.0).map_err(|e| {
+            Error::setup(format!(
+                "cannot install the system call filter: {}",
+                e.desc()
+            ))
+        })
+    }
 }
 
 #[cfg(test)]
