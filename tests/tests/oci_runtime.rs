@@ -501,10 +501,11 @@ fn config_json_is_honoured() {
         "setting-nofile-eacces",
         "setting-stack-ok",
         "null-ok",
-        "zero-denied",
     ] {
         assert!(lines.contains(&want), "{want}: {out}");
     }
+    // runc's default devices follow the config's deny-all.
+    assert!(!lines.contains(&"zero-denied"), "{out}");
     assert_eq!(lines.last(), Some(&"256"));
     assert_eq!(b.oci(&["delete", &cfg_id]).0, 0);
 }
@@ -854,4 +855,68 @@ fn delete_force_cleans_up_after_a_killed_create() {
         cgroups_named(&format!("ns-oci/{killed_id}")).is_empty(),
         "cgroups left"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Resources, the device cgroup and the hooks in the container (issue 17, "cgroups")
+
+/// A deny-all config, root with CAP_MKNOD: what the container may open.
+const DEVICES_SCRIPT: &str = "echo x > /dev/null && echo null-ok; \
+    head -c1 /dev/zero | wc -c; exec 3<>/dev/ptmx && echo ptmx-ok; exec 3<&-; \
+    mknod /dev/mem2 c 1 1 && echo mknod-ok; (: < /dev/mem2) 2>/dev/null || echo mem-denied";
+
+fn devices_bundle(name: &str) -> Bundle {
+    Bundle::new(name, &["sh", "-c", DEVICES_SCRIPT], |v| {
+        let mknod = json!(["CAP_MKNOD"]);
+        v["process"]["capabilities"] = json!({"bounding": mknod, "effective": mknod,
+            "permitted": mknod});
+        v["linux"]["resources"] = json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}]});
+    })
+}
+
+#[test]
+fn deny_all_devices_get_runc_defaults_after_the_rules() {
+    let want = ["null-ok", "1", "ptmx-ok", "mknod-ok", "mem-denied"];
+    // The v1 devices controller: the config's rules, then runc's, in order.
+    let id = ns_tests::unique("devdef");
+    let b = devices_bundle("oci-devdef");
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let list = cgroups_named(&format!("ns-oci/{id}"))
+        .into_iter()
+        .find_map(|d| fs::read_to_string(d.join("devices.list")).ok())
+        .expect("a v1 devices cgroup");
+    let mut expected = vec!["c 10:229 rwm"];
+    expected.extend([
+        "c *:* m",
+        "b *:* m",
+        "c 1:3 rwm",
+        "c 1:8 rwm",
+        "c 1:7 rwm",
+        "c 5:0 rwm",
+        "c 1:5 rwm",
+        "c 1:9 rwm",
+        "c 136:* rwm",
+        "c 5:2 rwm",
+        "c 10:200 rwm",
+    ]);
+    assert_eq!(list.lines().collect::<Vec<_>>(), expected);
+    let (code, _, err) = b.oci(&["start", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(reap(b.pid(&id)), 0);
+    assert_eq!(b.stdout_of(&id).lines().collect::<Vec<_>>(), want);
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    // The eBPF program allows the same.
+    let id = ns_tests::unique("devbpf");
+    let b = devices_bundle("oci-devbpf");
+    let o = b
+        .cmd(&["run", "--bundle", b.dir(), &id])
+        .env("NS_RUN_DEVICE_FILTER", "ebpf")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
 }

@@ -335,6 +335,9 @@ impl OciInput<'_> {
         if let Some(r) = linux.resources() {
             props.extend(properties(r)?);
         }
+        if props.iter().any(|p| matches!(p, Property::DevicePolicy(_))) {
+            props.extend(listed_devices(&linux));
+        }
         if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(unsupported("linux.sysctl"));
         }
@@ -719,7 +722,32 @@ fn devices(rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<Vec<Propert
         }
         p.push(Property::DeviceAllow(rule));
     }
+    p.extend(
+        ns_host::devices::RUNC_DEFAULT
+            .iter()
+            .map(|r| Property::DeviceAllow(r.to_string())),
+    );
     Ok(p)
+}
+
+/// Allow rules for the nodes `linux.devices` lists (they "MUST be available in the
+/// container"), after runc's defaults: a character device of type c or u, a block device;
+/// a fifo needs no rule.
+fn listed_devices(linux: &oci_spec::runtime::Linux) -> Vec<Property> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    let listed = linux.devices().clone().unwrap_or_default();
+    listed
+        .iter()
+        .filter_map(|d| {
+            let kind = match d.typ() {
+                T::C | T::U => 'c',
+                T::B => 'b',
+                T::P | T::A => return None,
+            };
+            let rule = format!("{kind} {}:{} rwm", d.major(), d.minor());
+            Some(Property::DeviceAllow(rule))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -751,12 +779,49 @@ mod tests {
                 Property::DevicePolicy("strict".into()),
                 Property::DeviceAllow("c 1:3 rwm".into()),
             ]
+            .into_iter()
+            .chain(
+                ns_host::devices::RUNC_DEFAULT
+                    .iter()
+                    .map(|r| Property::DeviceAllow(r.to_string()))
+            )
+            .collect::<Vec<_>>()
         );
         let bad: LinuxResources = serde_json::from_str(
             r#"{"devices":[{"allow":false,"type":"c","major":1,"access":"r"}]}"#,
         )
         .unwrap();
         assert!(properties(&bad).unwrap_err().msg.contains("deny rules"));
+    }
+
+    #[test]
+    fn runc_defaults_follow_the_rules_and_listed_devices_are_allowed() {
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"b","major":8,"minor":0,"access":"r"}]}"#,
+        )
+        .unwrap();
+        let rules: Vec<String> = properties(&r)
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| match p {
+                Property::DeviceAllow(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rules[0], "b 8:0 r");
+        assert_eq!(rules[1..], *ns_host::devices::RUNC_DEFAULT);
+        assert_eq!(rules[1..3], ["c *:* m", "b *:* m"]);
+        let linux: oci_spec::runtime::Linux = serde_json::from_str(
+            r#"{"devices":[{"path":"/dev/btrfs-control","type":"c","major":10,"minor":234},
+                {"path":"/dev/sda","type":"b","major":8,"minor":0},
+                {"path":"/dev/u","type":"u","major":4,"minor":1},
+                {"path":"/dev/fifo","type":"p"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            listed_devices(&linux),
+            ["c 10:234 rwm", "b 8:0 rwm", "c 4:1 rwm"].map(|r| Property::DeviceAllow(r.into()))
+        );
     }
 
     #[test]
