@@ -920,3 +920,82 @@ fn deny_all_devices_get_runc_defaults_after_the_rules() {
     assert!(o.status.success(), "{o:?}");
     assert_eq!(out.lines().collect::<Vec<_>>(), want);
 }
+
+/// A whole disk of this host (`MAJ:MIN`): one with a device behind it, else a loop device.
+fn a_disk() -> (i64, i64) {
+    let mut disks: Vec<_> = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    disks.sort_by_key(|d| !d.join("device").exists());
+    let dev = fs::read_to_string(disks[0].join("dev")).unwrap();
+    let (maj, min) = dev.trim().split_once(':').unwrap();
+    (maj.parse().unwrap(), min.parse().unwrap())
+}
+
+/// The first of `files` found in the container's cgroups.
+fn cgroup_file(id: &str, files: &[&str]) -> String {
+    cgroups_named(&format!("ns-oci/{id}"))
+        .into_iter()
+        .find_map(|d| {
+            files
+                .iter()
+                .find_map(|f| fs::read_to_string(d.join(f)).ok())
+        })
+        .unwrap_or_else(|| panic!("none of {files:?}"))
+}
+
+#[test]
+fn memory_reservation_and_blkio_throttles_are_written() {
+    let id = ns_tests::unique("blkio");
+    let (major, minor) = a_disk();
+    let b = Bundle::new("oci-blkio", &["true"], |v| {
+        v["linux"]["resources"] = json!({
+            "memory": {"limit": 67108864, "reservation": 33554432},
+            "blockIO": {
+                "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}],
+                "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}]}});
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let low = cgroup_file(&id, &["memory.low", "memory.soft_limit_in_bytes"]);
+    assert_eq!(low.trim(), "33554432");
+    let dev = format!("{major}:{minor}");
+    let rbps = cgroup_file(&id, &["io.max", "blkio.throttle.read_bps_device"]);
+    assert!(
+        rbps.lines().any(|l| l == format!("{dev} 1048576") || l.starts_with(&format!("{dev} rbps=1048576"))),
+        "{rbps}"
+    );
+    let wiops = cgroup_file(&id, &["io.max", "blkio.throttle.write_iops_device"]);
+    assert!(
+        wiops
+            .lines()
+            .any(|l| l == format!("{dev} 100") || l.contains("wiops=100")),
+        "{wiops}"
+    );
+    assert_eq!(b.oci(&["delete", "--force", &id]).0, 0);
+    // A weight: written where the host's scheduler has weights, else one line naming it.
+    let id = ns_tests::unique("blkiow");
+    let b = Bundle::new("oci-blkiow", &["true"], |v| {
+        v["linux"]["resources"] = json!({"blockIO": {"weight": 300}});
+    });
+    let weights = Path::new("/sys/fs/cgroup/blkio/blkio.weight").exists()
+        || Path::new("/sys/fs/cgroup/io.weight").exists();
+    let (code, err) = b.create(&id);
+    if weights {
+        assert_eq!(code, 0, "{err}");
+        let w = cgroup_file(&id, &["blkio.weight", "io.weight"]);
+        assert!(w.trim() == "300" || w.contains("default 2021"), "{w}");
+        assert_eq!(b.oci(&["delete", "--force", &id]).0, 0);
+    } else {
+        assert_eq!(code, 1, "{err}"); // ns-oci fails as runc does
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("blkio.weight") || err.contains("io.weight"),
+            "{err}"
+        );
+        assert!(cgroups_named(&format!("ns-oci/{id}")).is_empty());
+        assert!(!b.root.join(&id).exists());
+    }
+}

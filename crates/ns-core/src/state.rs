@@ -608,6 +608,8 @@ pub struct MonitorPlan {
 pub enum Property {
     MemoryMax(Option<u64>),
     MemoryHigh(Option<u64>),
+    /// `MemoryLow=`, OCI `memory.reservation`: cgroup2's memory.low, v1's soft limit.
+    MemoryLow(Option<u64>),
     MemorySwapMax(Option<u64>),
     TasksMax(Option<u64>),
     /// nspawn's unit default `TasksMax=` (16384), which every container of ns-run gets:
@@ -623,6 +625,11 @@ pub enum Property {
     IoWeight(u64),
     /// `IODeviceWeight=`: a whole disk (`MAJ:MIN`) and its weight.
     IoDeviceWeight(String, u64),
+    /// `BlockIOWeight=`, OCI `blockIO.weight`: the v1 blkio scale (10 to 1000), converted
+    /// for cgroup2's io.weight as runc does.
+    BlkioWeight(u64),
+    /// `BlockIODeviceWeight=`, OCI `blockIO.weightDevice`: a disk (`MAJ:MIN`), its weight.
+    BlkioDeviceWeight(String, u64),
     /// `IOReadBandwidthMax=` and friends: a whole disk (`MAJ:MIN`), the limit and its value
     /// (`None`: no limit).
     IoMax(String, IoLimit, Option<u64>),

@@ -645,8 +645,8 @@ fn memory(m: &oci_spec::runtime::LinuxMemory) -> Result<Vec<Property>> {
             _ => {}
         }
     }
-    if m.reservation().is_some_and(|v| v > 0) {
-        return Err(unsupported("linux.resources.memory.reservation"));
+    if let Some(r) = m.reservation().filter(|r| *r > 0) {
+        p.push(Property::MemoryLow(Some(r as u64)));
     }
     if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
         return Err(unsupported("linux.resources.memory.kernel"));
@@ -676,20 +676,47 @@ fn cpu(c: &oci_spec::runtime::LinuxCpu) -> Result<Vec<Property>> {
 }
 
 fn block_io(b: &oci_spec::runtime::LinuxBlockIo) -> Result<Vec<Property>> {
+    use ns_core::state::IoLimit;
+    // Leaf weights were CFQ's, which kernels since 5.0 no longer have.
+    if b.leaf_weight().is_some()
+        || b.weight_device()
+            .iter()
+            .flatten()
+            .any(|d| d.leaf_weight().is_some())
+    {
+        return Err(unsupported(
+            "linux.resources.blockIO leafWeight (no kernel since 5.0 has it)",
+        ));
+    }
     let mut p = Vec::new();
     if let Some(w) = b.weight() {
-        p.push(prop(format!("IOWeight={w}"))?);
+        p.push(prop(format!("BlockIOWeight={w}"))?);
     }
-    let throttled = [
-        b.throttle_read_bps_device(),
-        b.throttle_write_bps_device(),
-        b.throttle_read_iops_device(),
-        b.throttle_write_iops_device(),
-    ]
-    .iter()
-    .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
-    if throttled || b.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
-        return Err(unsupported("linux.resources.blockIO devices"));
+    for d in b.weight_device().iter().flatten() {
+        if let Some(w) = d.weight() {
+            let dev = format!("{}:{}", d.major(), d.minor());
+            if !(10..=1000).contains(&w) {
+                return Err(unsupported(&format!(
+                    "linux.resources.blockIO.weightDevice {dev}: weight {w} (10 to 1000)"
+                )));
+            }
+            p.push(Property::BlkioDeviceWeight(dev, u64::from(w)));
+        }
+    }
+    for (list, limit) in [
+        (b.throttle_read_bps_device(), IoLimit::ReadBytes),
+        (b.throttle_write_bps_device(), IoLimit::WriteBytes),
+        (b.throttle_read_iops_device(), IoLimit::ReadIops),
+        (b.throttle_write_iops_device(), IoLimit::WriteIops),
+    ] {
+        for d in list.iter().flatten() {
+            let dev = format!("{}:{}", d.major(), d.minor());
+            p.push(Property::IoMax(
+                dev,
+                limit,
+                Some(d.rate()).filter(|r| *r > 0),
+            ));
+        }
     }
     Ok(p)
 }
@@ -792,6 +819,9 @@ mod tests {
         )
         .unwrap();
         assert!(properties(&bad).unwrap_err().msg.contains("deny rules"));
+        let leaf: LinuxResources =
+            serde_json::from_str(r#"{"blockIO":{"weight":500,"leafWeight":300}}"#).unwrap();
+        assert!(properties(&leaf).unwrap_err().msg.contains("leafWeight"));
     }
 
     #[test]
