@@ -999,3 +999,59 @@ fn memory_reservation_and_blkio_throttles_are_written() {
         assert!(!b.root.join(&id).exists());
     }
 }
+
+#[test]
+fn network_class_and_priorities_go_to_net_cls_and_net_prio() {
+    let network = json!({"classID": 1048577, "priorities": [{"name": "lo", "priority": 7}]});
+    // This host mounts neither controller: one line, nothing left.
+    let id = ns_tests::unique("netcg");
+    let b = Bundle::new("oci-netcg", &["true"], |v| {
+        v["linux"]["resources"] = json!({ "network": network });
+    });
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" - cgroup ") && l.contains("net_cls"));
+    if !mounted {
+        let (code, err) = b.create(&id);
+        assert_eq!(code, 1, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("no net_cls controller"), "{err}");
+        assert!(cgroups_named(&format!("ns-oci/{id}")).is_empty());
+        assert!(!b.root.join(&id).exists());
+    }
+    // Where they are mounted (here in a mount namespace of our own), written: a prestart
+    // hook reads them from the container's cgroup.
+    let id = ns_tests::unique("netcg2");
+    let mnt = Tree::empty("oci-netcg-mnt");
+    let cg = mnt.path().join("cg");
+    let seen = mnt.path().join("net.txt");
+    let hook = format!(
+        "p=$(find {cg} -type d -name {id}); cat $p/net_cls.classid $p/net_prio.ifpriomap > {}",
+        seen.display(),
+        cg = cg.display()
+    );
+    let b = Bundle::new("oci-netcg2", &["true"], |v| {
+        v["linux"]["resources"] = json!({ "network": network });
+        v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", hook],
+            "env": ["PATH=/usr/bin:/bin"]}]});
+    });
+    let script = format!(
+        "mkdir -p {cg}; mount -t cgroup -o net_cls,net_prio ns-tests {cg}; \
+         {oci} --root {root} run --bundle {dir} {id}; rc=$?; umount {cg}; exit $rc",
+        cg = cg.display(),
+        oci = bin("ns-oci").display(),
+        root = b.root.display(),
+        dir = b.dir(),
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let seen = fs::read_to_string(&seen).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "1048577", "{seen}");
+    assert!(lines[1..].contains(&"lo 7"), "{seen}");
+}

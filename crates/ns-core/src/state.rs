@@ -643,6 +643,11 @@ pub enum Property {
     HugetlbMax(String, u64),
     /// OCI `unified`: a cgroup2 file and its value, written as given.
     Unified(String, String),
+    /// OCI `network.classID`: the v1 net_cls controller's class of the container's packets.
+    NetClassId(u32),
+    /// OCI `network.priorities`: an interface and the priority of the container's traffic
+    /// on it (the v1 net_prio controller).
+    NetPriority(String, u32),
 }
 
 /// Which I/O limit an `IoMax` property sets.

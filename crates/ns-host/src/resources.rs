@@ -232,6 +232,8 @@ fn name(p: &Property) -> &'static str {
         Property::CpuMax(..) => "cpu.quota",
         Property::HugetlbMax(..) => "hugepageLimits",
         Property::Unified(..) => "unified",
+        Property::NetClassId(_) => "network.classID",
+        Property::NetPriority(..) => "network.priorities",
     }
 }
 
@@ -255,6 +257,8 @@ fn controller(p: &Property) -> &'static str {
         Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
         Property::HugetlbMax(..) => "hugetlb",
         Property::Unified(..) => "unified",
+        Property::NetClassId(_) => "net_cls",
+        Property::NetPriority(..) => "net_prio",
     }
 }
 
@@ -331,6 +335,11 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
             vec![("cpu.weight", (s * 100 / 1024).clamp(1, 10000).to_string())]
         }
         (Property::CpuShares(s), false) => vec![("cpu.shares", s.to_string())],
+        // v1 only: cgroup2 has neither controller, so no cgroup2 directory is chosen.
+        (Property::NetClassId(id), _) => vec![("net_cls.classid", id.to_string())],
+        (Property::NetPriority(dev, prio), _) => {
+            vec![("net_prio.ifpriomap", format!("{dev} {prio}"))]
+        }
         (Property::AllowedCpus(l), _) => vec![("cpuset.cpus", l.clone())],
         (Property::AllowedMemoryNodes(l), _) => vec![("cpuset.mems", l.clone())],
         (

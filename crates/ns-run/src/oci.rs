@@ -624,6 +624,12 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         }
         p.push(Property::Unified(k.clone(), v.clone()));
     }
+    if let Some(n) = r.network() {
+        p.extend(n.class_id().map(Property::NetClassId));
+        for prio in n.priorities().iter().flatten() {
+            p.push(Property::NetPriority(prio.name().clone(), prio.priority()));
+        }
+    }
     p.extend(devices(&r.devices().clone().unwrap_or_default())?);
     Ok(p)
 }
