@@ -1055,3 +1055,76 @@ fn network_class_and_priorities_go_to_net_cls_and_net_prio() {
     assert_eq!(lines[0], "1048577", "{seen}");
     assert!(lines[1..].contains(&"lo 7"), "{seen}");
 }
+
+#[test]
+fn create_container_and_start_container_hooks_run_in_the_container() {
+    let id = ns_tests::unique("inhooks");
+    let host = Tree::empty("oci-inhooks-host");
+    let h = host.path().display().to_string();
+    // createContainer: a host path, in the container's mount namespace before pivot_root,
+    // after prestart. startContainer: a path of the image, once start comes, before the
+    // payload.
+    let create = format!(
+        "cat > {h}/create.json; readlink /proc/self/ns/mnt > {h}/create.ns; \
+         test -e {h}/prestart && echo after-prestart >> {h}/create.ns"
+    );
+    let prestart = format!("touch {h}/prestart");
+    let b = Bundle::new(
+        "oci-inhooks",
+        &[
+            "sh",
+            "-c",
+            "test -e /out/start.json && echo after-start-hook",
+        ],
+        |v| {
+            v["hooks"] = json!({
+                "prestart": [{"path": "/bin/sh", "args": ["sh", "-c", prestart]}],
+                "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", create],
+                    "env": ["PATH=/usr/bin:/bin"]}],
+                "startContainer": [{"path": "/bin/sh",
+                    "args": ["sh", "-c", "cat > /out/start.json"], "timeout": 5}]});
+        },
+    );
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let ns = fs::read_to_string(host.path().join("create.ns")).unwrap();
+    let own = fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_eq!(ns.lines().collect::<Vec<_>>(), [s(&own), "after-prestart"]);
+    assert_ne!(own, fs::read_link("/proc/self/ns/mnt").unwrap());
+    let state: Value =
+        serde_json::from_str(&fs::read_to_string(host.path().join("create.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (state["id"].as_str(), state["status"].as_str()),
+        (Some(id.as_str()), Some("creating"))
+    );
+    assert_eq!(state["bundle"].as_str(), Some(b.dir()));
+    assert!(
+        !b.out.join("start.json").exists(),
+        "startContainer before start"
+    );
+    let (code, _, err) = b.oci(&["start", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(reap(pid), 0);
+    assert_eq!(b.stdout_of(&id), "after-start-hook\n");
+    let state: Value =
+        serde_json::from_str(&fs::read_to_string(b.out.join("start.json")).unwrap()).unwrap();
+    assert_eq!(
+        (state["id"].as_str(), state["status"].as_str()),
+        (Some(id.as_str()), Some("created"))
+    );
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    // A failing startContainer hook: the payload never runs.
+    let id = ns_tests::unique("inhooks2");
+    let b = Bundle::new("oci-inhooks2", &["sh", "-c", "echo ran"], |v| {
+        v["hooks"] = json!({"startContainer": [{"path": "/bin/false"}]});
+    });
+    let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), &id]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("ran"), "{out}");
+    assert!(
+        err.contains("hooks.startContainer[0] (/bin/false)"),
+        "{err}"
+    );
+}

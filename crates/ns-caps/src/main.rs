@@ -85,6 +85,9 @@ fn main() {
         }
         if let Some(fd) = runtime.start_fd {
             wait_for_start(&plan, &env, fd, sync)?;
+            if let Some(h) = &plan.start_hooks {
+                ns_core::hook::run_in_stage("startContainer", h, "created")?;
+            }
             if let (Some(f), true) = (&plan.syscall_filter, plan.no_new_privileges) {
                 // As runc: with no_new_privs the filter comes last, so that it need not allow
                 // what waiting for start takes.

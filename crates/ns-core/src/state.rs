@@ -224,6 +224,29 @@ pub struct Vlan {
     pub mac: Option<[u8; 6]>,
 }
 
+/// An OCI hook: the program, its argv (argv\[0\] first) and environment, a timeout in
+/// seconds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// OCI hooks a stage runs inside the container, and the container's state they get on
+/// stdin (JSON; the stage puts in its pid and the status).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StageHooks {
+    pub hooks: Vec<Hook>,
+    pub state: String,
+}
+
 /// Read by ns-mount.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +284,9 @@ pub struct MountPlan {
     /// `--resolv-conf` and `--timezone`, resolved to what to do.
     pub resolv_conf: EtcFile,
     pub timezone: EtcFile,
+    /// OCI createContainer hooks: run once the mounts are made, before pivot_root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_hooks: Option<StageHooks>,
 }
 
 /// A host user bound into the container (`--bind-user`).
@@ -464,6 +490,10 @@ pub struct ExecPlan {
     /// bounding set for root, the ambient set for others).
     #[serde(default)]
     pub cap_sets: Option<CapSets>,
+    /// OCI startContainer hooks: run in the container once `start` comes, before the
+    /// payload (and its seccomp filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_hooks: Option<StageHooks>,
 }
 
 /// Capability names as in `ExecPlan::capabilities` (lower case, no `cap_`).

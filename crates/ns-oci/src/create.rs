@@ -107,7 +107,10 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     let facts = ns_run::plan::HostFacts::gather(&cli);
     let input = oci::OciInput {
         bundle: b,
-        oci_runtime: Some(oci::OciRuntime { terminal }),
+        oci_runtime: Some(oci::OciRuntime {
+            terminal,
+            id: id.to_string(),
+        }),
     };
     ns_run::plan::build(&cli, &facts, Some(&input))
 }

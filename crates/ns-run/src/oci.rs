@@ -15,7 +15,7 @@ use oci_spec::runtime::{
 };
 
 use ns_core::state::{
-    Console, EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit,
+    Console, EnterPlan, ExecPlan, FilterBase, Ids, JoinNs, Namespace, Property, Rlimit, StageHooks,
     SyscallFilter,
 };
 use ns_core::{Error, Result};
@@ -265,9 +265,11 @@ pub struct OciInput<'a> {
 /// the hostname config.json's (or the one inherited), no task limit it does not set, the
 /// id mapping as given with the image's ownership as it is, stdio passed through (a pty
 /// for `terminal`, whose master goes to the console socket).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OciRuntime {
     pub terminal: bool,
+    /// The container's id (for the state its hooks get).
+    pub id: String,
 }
 
 impl OciInput<'_> {
@@ -277,7 +279,7 @@ impl OciInput<'_> {
 
     /// The monitor's console mode, and whether the payload gets a pty, from nspawn's.
     pub fn console(&self, console: Console) -> (Console, bool) {
-        match self.oci_runtime {
+        match &self.oci_runtime {
             Some(r) => (Console::Passive, r.terminal),
             None => (console, console != Console::Pipe),
         }
@@ -290,10 +292,37 @@ impl OciInput<'_> {
             process_into(p, &mut e, self.oci_runtime.is_some())?;
         }
         e.syscall_filter = self.linux().seccomp().as_ref().map(seccomp).transpose()?;
+        e.start_hooks = self.stage_hooks(|h| h.start_container());
         if self.oci_runtime.is_some() && e.argv.is_empty() {
             return Err(Error::setup("config.json: process.args is empty".into()));
         }
         Ok(e)
+    }
+
+    /// The createContainer hooks, for the mount section.
+    pub fn create_hooks(&self) -> Option<StageHooks> {
+        self.stage_hooks(|h| h.create_container())
+    }
+
+    /// The hooks of one kind that a stage runs inside the container (an OCI runtime's
+    /// only), with the state they get: runc's for hooks (the stage adds pid and status).
+    fn stage_hooks(
+        &self,
+        kind: impl Fn(&oci_spec::runtime::Hooks) -> &Option<Vec<oci_spec::runtime::Hook>>,
+    ) -> Option<StageHooks> {
+        let r = self.oci_runtime.as_ref()?;
+        let spec = &self.bundle.spec;
+        let hooks = spec.hooks().as_ref().and_then(|h| kind(h).clone())?;
+        let state = serde_json::json!({
+            "ociVersion": spec.version(),
+            "id": r.id,
+            "bundle": self.bundle.dir,
+            "annotations": spec.annotations().clone().unwrap_or_default(),
+        });
+        (!hooks.is_empty()).then(|| StageHooks {
+            hooks: hooks_of(&hooks),
+            state: state.to_string(),
+        })
     }
 
     /// The enter section from nspawn's options, `enter`: exactly the namespaces listed (but
@@ -344,6 +373,19 @@ impl OciInput<'_> {
         check_devices(&linux)?;
         Ok(props)
     }
+}
+
+/// OCI hooks as the stages take them (a timeout of 0 or less is refused at create).
+pub fn hooks_of(hooks: &[oci_spec::runtime::Hook]) -> Vec<ns_core::state::Hook> {
+    hooks
+        .iter()
+        .map(|h| ns_core::state::Hook {
+            path: h.path().clone(),
+            args: h.args().clone().unwrap_or_default(),
+            env: h.env().clone().unwrap_or_default(),
+            timeout: h.timeout().and_then(|t| u64::try_from(t).ok()),
+        })
+        .collect()
 }
 
 /// The namespaces to create and those to join (network and user are left to the options:
