@@ -1115,6 +1115,11 @@ fn create_container_and_start_container_hooks_run_in_the_container() {
         (Some(id.as_str()), Some("created"))
     );
     assert_eq!(b.oci(&["delete", &id]).0, 0);
+    let (code, out, _) = b.oci(&["features"]);
+    assert_eq!(code, 0);
+    let features: Value = serde_json::from_str(&out).unwrap();
+    let kinds = features["hooks"].as_array().unwrap();
+    assert!(kinds.contains(&json!("createContainer")) && kinds.contains(&json!("startContainer")));
     // A failing startContainer hook: the payload never runs.
     let id = ns_tests::unique("inhooks2");
     let b = Bundle::new("oci-inhooks2", &["sh", "-c", "echo ran"], |v| {
