@@ -1133,3 +1133,54 @@ fn create_container_and_start_container_hooks_run_in_the_container() {
         "{err}"
     );
 }
+
+#[test]
+fn seccomp_notify_sends_the_listener_to_listener_path() {
+    // Installed after start (no_new_privs) or while created (without).
+    for nnp in [true, false] {
+        notify_once(nnp);
+    }
+    // Notify without a listenerPath: one line.
+    let b = Bundle::new("oci-notify2", &["true"], |v| {
+        v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]});
+    });
+    let (code, err) = b.create(&ns_tests::unique("notify2"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("without listenerPath"), "{err}");
+}
+
+/// A container whose mkdir goes to a seccomp agent (this test): the listener arrives at
+/// listenerPath; the agent leaves without answering.
+fn notify_once(nnp: bool) {
+    let id = ns_tests::unique(&format!("notify{nnp}"));
+    let agent = Tree::empty("oci-notify-agent");
+    let path = agent.path().join("agent.sock");
+    let b = Bundle::new(
+        "oci-notify",
+        &["sh", "-c", "mkdir /tmp/x 2>&1; echo done"],
+        |v| {
+            v["process"]["noNewPrivileges"] = json!(nnp);
+            v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "listenerPath": path, "listenerMetadata": "meta",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]});
+        },
+    );
+    let listener = console_socket(&path);
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let (code, _, err) = b.oci(&["start", &id]);
+    assert_eq!(code, 0, "{err}");
+    let fd = listener.join().unwrap();
+    use std::os::fd::AsRawFd;
+    let what = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    assert_eq!(s(&what), "anon_inode:seccomp notify");
+    // The agent goes away without answering: the calls it was to answer fail with ENOSYS.
+    drop(fd);
+    assert_eq!(reap(pid), 0);
+    let out = b.stdout_of(&id);
+    assert!(out.contains("Function not implemented"), "{out}");
+    assert!(out.ends_with("done\n"), "{out}");
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+}

@@ -84,14 +84,14 @@ fn main() {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
         if let Some(fd) = runtime.start_fd {
-            wait_for_start(&plan, &env, fd, sync)?;
+            wait_for_start(&plan, &env, fd, sync, runtime.seccomp_listener_fd)?;
             if let Some(h) = &plan.start_hooks {
                 ns_core::hook::run_in_stage("startContainer", h, "created")?;
             }
             if let (Some(f), true) = (&plan.syscall_filter, plan.no_new_privileges) {
                 // As runc: with no_new_privs the filter comes last, so that it need not allow
                 // what waiting for start takes.
-                ns_caps::seccomp::install(0, f)?;
+                ns_caps::seccomp::install(0, f, ns_caps::seccomp::Listener::of(&plan, &runtime))?;
             }
         }
         exec(&plan, &user, &env, &fds)

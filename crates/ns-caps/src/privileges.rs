@@ -48,7 +48,7 @@ pub fn drop_privileges(
         .as_ref()
         .filter(|_| runtime.start_fd.is_none() || !plan.no_new_privileges)
     {
-        crate::seccomp::install(retain, f)?;
+        crate::seccomp::install(retain, f, crate::seccomp::Listener::of(plan, runtime))?;
     }
     for c in caps::all() {
         if bounding & c.bitmask() != 0 && retain & c.bitmask() == 0 {

@@ -26,11 +26,18 @@ pub fn run(kind: &str, hooks: &[Hook], state: &serde_json::Value) -> Result<()> 
 /// A stage's hooks of `kind`: the state as planned, with this process's pid (in its PID
 /// namespace, as runc gives it) and `status`.
 pub fn run_in_stage(kind: &str, h: &StageHooks, status: &str) -> Result<()> {
-    let mut state: serde_json::Value = serde_json::from_str(&h.state)
-        .map_err(|e| Error::setup(format!("hooks.{kind}: bad state: {e}")))?;
-    state["pid"] = std::process::id().into();
+    let mut state = with_own_pid(&h.state, &format!("hooks.{kind}"))?;
     state["status"] = status.into();
     run(kind, &h.hooks, &state)
+}
+
+/// A state planned as JSON `text`, with this process's pid put in (`what` names it for
+/// errors).
+pub fn with_own_pid(text: &str, what: &str) -> Result<serde_json::Value> {
+    let mut state: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::setup(format!("{what}: bad state: {e}")))?;
+    state["pid"] = std::process::id().into();
+    Ok(state)
 }
 
 fn run_one(h: &Hook, state: &serde_json::Value) -> std::result::Result<(), String> {

@@ -59,6 +59,11 @@ pub struct Runtime {
     /// created), then blocks opening the fifo for writing until `start` opens it for
     /// reading, and execs.
     pub start_fd: Option<i32>,
+    /// Read by ns-caps. OCI `linux.seccomp.listenerPath`: a socket the runtime connected to
+    /// it on the host; ns-caps sends the filter's listener fd there with the container's
+    /// process state (`ExecPlan::seccomp_listener`), then closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_listener_fd: Option<i32>,
 }
 
 /// Namespaces in the order they are created: user first, since it must own the others.
@@ -494,6 +499,10 @@ pub struct ExecPlan {
     /// payload (and its seccomp filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_hooks: Option<StageHooks>,
+    /// OCI seccomp notify: the container process state (JSON) sent with the filter's
+    /// listener fd to `Runtime::seccomp_listener_fd` (ns-caps puts in its pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_listener: Option<String>,
 }
 
 /// Capability names as in `ExecPlan::capabilities` (lower case, no `cap_`).
@@ -550,6 +559,9 @@ pub enum SeccompAction {
     Errno(u32),
     /// The whole process is killed.
     Kill,
+    /// The call waits for the answer of the seccomp agent that holds the filter's listener
+    /// (OCI SCMP_ACT_NOTIFY; see `ExecPlan::seccomp_listener`).
+    Notify,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -225,9 +225,11 @@ fn run_chain(
     // What only the host decides at start: the cgroups to join, the start fifo.
     let cgroups = own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
     let fifo_fd = start_fifo(dir)?;
+    let listener = listener_socket(b)?;
     let runtime = Runtime {
         cgroups,
         start_fd: Some(fifo_fd.as_raw_fd()),
+        seccomp_listener_fd: listener.as_ref().map(|s| s.as_raw_fd()),
         ..Default::default()
     };
     let joined = runtime.cgroups.is_some();
@@ -235,7 +237,7 @@ fn run_chain(
     let v2_dir = v2_dir.as_ref().map(|d| d.as_fd());
     let chain = Chain::start(STAGE, state, runtime, fds, v2_dir, None)?;
     undo.pids.push(chain.enter);
-    drop(fifo_fd);
+    drop((fifo_fd, listener));
     if joined {
         chain.cgroups_ready()?; // SYNC-0: made before the fork
     }
@@ -343,6 +345,23 @@ fn make_cgroups(g: &Global, r: &Request, b: &oci::Bundle, undo: &mut Undo) -> Re
         }
     }
     Ok(())
+}
+
+/// OCI seccomp notify: a connection to `linux.seccomp.listenerPath` (a host path, so made
+/// here), inherited by the chain: ns-caps sends the filter's listener through it.
+fn listener_socket(b: &oci::Bundle) -> Result<Option<std::os::unix::net::UnixStream>> {
+    let linux = b.spec.linux().as_ref();
+    let Some(path) = linux.and_then(|l| l.seccomp().as_ref()?.listener_path().clone()) else {
+        return Ok(None);
+    };
+    let s = std::os::unix::net::UnixStream::connect(&path)
+        .ctx(|| format!("linux.seccomp.listenerPath {}", path.display()))?;
+    nix::fcntl::fcntl(
+        std::os::fd::AsFd::as_fd(&s),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .ctx(|| "cannot pass the seccomp listener socket on".into())?;
+    Ok(Some(s))
 }
 
 /// The start fifo: world-writable, as the payload's user (maybe not root, maybe in a user

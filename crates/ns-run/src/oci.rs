@@ -293,10 +293,51 @@ impl OciInput<'_> {
         }
         e.syscall_filter = self.linux().seccomp().as_ref().map(seccomp).transpose()?;
         e.start_hooks = self.stage_hooks(|h| h.start_container());
+        e.seccomp_listener = self.seccomp_listener(e.syscall_filter.as_ref())?;
         if self.oci_runtime.is_some() && e.argv.is_empty() {
             return Err(Error::setup("config.json: process.args is empty".into()));
         }
         Ok(e)
+    }
+
+    /// OCI seccomp notify: the container process state sent with the listener to
+    /// `linux.seccomp.listenerPath` (which ns-oci connects to on the host), where the
+    /// kernel has SECCOMP_RET_USER_NOTIF.
+    fn seccomp_listener(&self, f: Option<&SyscallFilter>) -> Result<Option<String>> {
+        use ns_core::state::SeccompAction;
+        let linux = self.linux();
+        let sc = linux.seccomp().clone().unwrap_or_default();
+        let notifies = f.is_some_and(|f| f.rules.iter().any(|r| r.action == SeccompAction::Notify));
+        let (r, path) = match (&self.oci_runtime, sc.listener_path()) {
+            (_, None) if notifies => {
+                return Err(unsupported(
+                    "linux.seccomp: SCMP_ACT_NOTIFY without listenerPath",
+                ))
+            }
+            (_, None) => return Ok(None),
+            (None, Some(_)) => return Err(unsupported("linux.seccomp.listenerPath (ns-oci only)")),
+            (Some(r), Some(p)) => (r, p),
+        };
+        if !ns_core::sys::seccomp_action_available(ns_core::sys::SECCOMP_RET_USER_NOTIF) {
+            return Err(Error::setup(format!(
+                "config.json: linux.seccomp.listenerPath {}: this kernel has no seccomp notify",
+                path.display()
+            )));
+        }
+        let spec = &self.bundle.spec;
+        let state = serde_json::json!({
+            "ociVersion": spec.version(),
+            "fds": ["seccompFd"],
+            "metadata": sc.listener_metadata().clone().unwrap_or_default(),
+            "state": {
+                "ociVersion": spec.version(),
+                "id": r.id,
+                "status": "creating",
+                "bundle": self.bundle.dir,
+                "annotations": spec.annotations().clone().unwrap_or_default(),
+            },
+        });
+        Ok(Some(state.to_string()))
     }
 
     /// The createContainer hooks, for the mount section.
@@ -536,6 +577,10 @@ fn capabilities_into(
 pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
     use ns_core::state::{SeccompAction, SeccompRule};
     let default = seccomp_action(sc.default_action(), sc.default_errno_ret())?;
+    if default == SeccompAction::Notify {
+        // As libseccomp: a filter that hands every call to the agent would hand it its own.
+        return Err(unsupported("linux.seccomp.defaultAction: SCMP_ACT_NOTIFY"));
+    }
     let allows = default == SeccompAction::Allow;
     let denied = if allows {
         SeccompAction::Errno(libc::EPERM as u32)
@@ -598,6 +643,7 @@ fn seccomp_action(
         LinuxSeccompAction::ScmpActKill
         | LinuxSeccompAction::ScmpActKillProcess
         | LinuxSeccompAction::ScmpActKillThread => Ok(SeccompAction::Kill),
+        LinuxSeccompAction::ScmpActNotify => Ok(SeccompAction::Notify),
         a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
     }
 }

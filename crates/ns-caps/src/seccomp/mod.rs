@@ -206,6 +206,7 @@ enum Outcome {
     Allow,
     Errno(u16),
     Kill,
+    Notify,
 }
 
 const ENOSYS: Outcome = Outcome::Errno(libc::ENOSYS as u16);
@@ -215,6 +216,7 @@ fn outcome(a: SeccompAction) -> Outcome {
         SeccompAction::Allow => Outcome::Allow,
         SeccompAction::Errno(e) => Outcome::Errno(e.min(4095) as u16),
         SeccompAction::Kill => Outcome::Kill,
+        SeccompAction::Notify => Outcome::Notify,
     }
 }
 
@@ -225,6 +227,7 @@ fn ret(o: Outcome) -> SockFilter {
             Outcome::Allow => RET_ALLOW,
             Outcome::Errno(e) => RET_ERRNO | u32::from(e),
             Outcome::Kill => RET_KILL_PROCESS,
+            Outcome::Notify => ns_core::sys::SECCOMP_RET_USER_NOTIF,
         },
     )
 }
@@ -462,15 +465,68 @@ pub fn program(d: &Decision) -> Vec<SockFilter> {
     p
 }
 
-/// Install the filter for a payload retaining `retained`.
-pub fn install(retained: u64, f: &SyscallFilter) -> Result<()> {
+/// Where a filter's listener goes (OCI seccomp notify): the socket the runtime connected
+/// to `linux.seccomp.listenerPath`, and the container process state sent with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listener<'a> {
+    pub socket: Option<i32>,
+    pub state: Option<&'a str>,
+}
+
+impl<'a> Listener<'a> {
+    pub fn of(plan: &'a ns_core::state::ExecPlan, runtime: &ns_core::state::Runtime) -> Self {
+        Listener {
+            socket: runtime.seccomp_listener_fd,
+            state: plan.seccomp_listener.as_deref(),
+        }
+    }
+}
+
+/// Install the filter for a payload retaining `retained`. One that notifies gets a
+/// listener, sent to the seccomp agent through `listener` (the socket is closed after; a
+/// process without one, such as `exec`'s, drops it: its notified calls fail with ENOSYS).
+pub fn install(retained: u64, f: &SyscallFilter, listener: Listener) -> Result<()> {
     let prog = program(&Decision::of(retained, f)?);
-    ns_core::sys::seccomp_install(&prog).map_err(|e| {
+    let err = |e: nix::errno::Errno| {
         Error::setup(format!(
             "cannot install the system call filter: {}",
             e.desc()
         ))
-    })
+    };
+    if !f.rules.iter().any(|r| r.action == SeccompAction::Notify) {
+        return ns_core::sys::seccomp_install(&prog).map_err(err);
+    }
+    let fd = ns_core::sys::seccomp_install_listener(&prog).map_err(err)?;
+    let (Some(socket), Some(state)) = (listener.socket, listener.state) else {
+        return Ok(());
+    };
+    send_listener(socket, state, fd)
+}
+
+/// The container process state (with our pid) and the listener fd, in one message, as the
+/// OCI spec has it; then the socket is closed.
+fn send_listener(socket: i32, state: &str, fd: std::os::fd::OwnedFd) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let text = ns_core::hook::with_own_pid(state, "linux.seccomp.listenerPath")?.to_string();
+    // Handed down for us alone: closed here.
+    let socket = ns_core::sys::adopt_fd(socket, "the seccomp listener socket")?;
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(text.as_bytes())];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| {
+        Error::setup(format!(
+            "cannot send the seccomp listener to linux.seccomp.listenerPath: {}",
+            e.desc()
+        ))
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
