@@ -952,7 +952,8 @@ fn memory_reservation_and_blkio_throttles_are_written() {
     let (major, minor) = a_disk();
     let b = Bundle::new("oci-blkio", &["true"], |v| {
         v["linux"]["resources"] = json!({
-            "memory": {"limit": 67108864, "reservation": 33554432},
+            "memory": {"limit": 67108864, "reservation": 33554432, "kernelTCP": 16777216,
+                "swappiness": 10, "disableOOMKiller": true},
             "blockIO": {
                 "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}],
                 "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}]}});
@@ -961,6 +962,11 @@ fn memory_reservation_and_blkio_throttles_are_written() {
     assert_eq!(code, 0, "{err}");
     let low = cgroup_file(&id, &["memory.low", "memory.soft_limit_in_bytes"]);
     assert_eq!(low.trim(), "33554432");
+    // What only v1 has (this host's memory controller is v1).
+    let v1 = |f: &str| cgroup_file(&id, &[f]);
+    assert_eq!(v1("memory.kmem.tcp.limit_in_bytes").trim(), "16777216");
+    assert_eq!(v1("memory.swappiness").trim(), "10");
+    assert!(v1("memory.oom_control").contains("oom_kill_disable 1"));
     let dev = format!("{major}:{minor}");
     let rbps = cgroup_file(&id, &["io.max", "blkio.throttle.read_bps_device"]);
     assert!(

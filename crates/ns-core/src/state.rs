@@ -685,6 +685,9 @@ pub enum Property {
     HugetlbMax(String, u64),
     /// OCI `unified`: a cgroup2 file and its value, written as given.
     Unified(String, String),
+    /// OCI memory settings only v1's memory controller has (kernel, kernelTCP, swappiness,
+    /// disableOOMKiller): its file and the value, written as given.
+    MemoryV1(String, String),
     /// OCI `network.classID`: the v1 net_cls controller's class of the container's packets.
     NetClassId(u32),
     /// OCI `network.priorities`: an interface and the priority of the container's traffic

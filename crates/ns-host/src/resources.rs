@@ -232,6 +232,7 @@ fn name(p: &Property) -> &'static str {
         Property::CpuMax(..) => "cpu.quota",
         Property::HugetlbMax(..) => "hugepageLimits",
         Property::Unified(..) => "unified",
+        Property::MemoryV1(..) => "linux.resources.memory",
         Property::NetClassId(_) => "network.classID",
         Property::NetPriority(..) => "network.priorities",
     }
@@ -240,6 +241,7 @@ fn name(p: &Property) -> &'static str {
 fn controller(p: &Property) -> &'static str {
     match p {
         Property::MemoryMax(_)
+        | Property::MemoryV1(..)
         | Property::MemoryHigh(_)
         | Property::MemoryLow(_)
         | Property::MemorySwapMax(_) => "memory",
@@ -273,6 +275,12 @@ fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(String, Stri
             vec![(format!("hugetlb.{size}.limit_in_bytes"), n.to_string())]
         }
         (Property::Unified(file, value), true) => vec![(file.clone(), value.clone())],
+        (Property::MemoryV1(file, value), false) => vec![(file.clone(), value.clone())],
+        (Property::MemoryV1(file, _), true) => {
+            return Err(Error::setup(format!(
+                "linux.resources.memory: {file} needs the v1 memory controller, which this host's cgroup2 has no equivalent of"
+            )))
+        }
         (Property::Unified(file, _), false) => {
             return Err(Error::setup(format!(
                 "linux.resources.unified: {file} needs a cgroup2 hierarchy"
@@ -355,6 +363,7 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
             Property::DevicePolicy(_)
             | Property::DeviceAllow(_)
             | Property::HugetlbMax(..)
+            | Property::MemoryV1(..)
             | Property::Unified(..),
             _,
         ) => vec![],

@@ -742,8 +742,22 @@ fn memory(m: &oci_spec::runtime::LinuxMemory) -> Result<Vec<Property>> {
     if let Some(r) = m.reservation().filter(|r| *r > 0) {
         p.push(Property::MemoryLow(Some(r as u64)));
     }
-    if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
+    // What only v1 has: written there, refused in one line on cgroup2.
+    let v1 = |file: &str, v: String| Property::MemoryV1(file.into(), v);
+    if m.kernel().is_some_and(|v| v > 0) {
+        // v1 memory.kmem.limit_in_bytes takes a value and ignores it on kernels since 6.1.
         return Err(unsupported("linux.resources.memory.kernel"));
+    }
+    p.extend(
+        m.kernel_tcp()
+            .map(|k| v1("memory.kmem.tcp.limit_in_bytes", k.to_string())),
+    );
+    p.extend(
+        m.swappiness()
+            .map(|s| v1("memory.swappiness", s.to_string())),
+    );
+    if m.disable_oom_killer() == Some(true) {
+        p.push(v1("memory.oom_control", "1".into()));
     }
     Ok(p)
 }
