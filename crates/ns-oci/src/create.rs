@@ -484,19 +484,8 @@ pub fn connect_console(socket: &Path) -> Result<std::os::unix::net::UnixStream> 
 /// Hand the pty master to whoever listens on the console socket (SCM_RIGHTS, with the
 /// terminal's name as payload, as runc sends it).
 pub fn send_console(s: &std::os::unix::net::UnixStream, master: &OwnedFd) -> Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let name = b"/dev/ptmx";
-    let iov = [std::io::IoSlice::new(name)];
-    let fds = [master.as_raw_fd()];
-    sendmsg::<()>(
-        s.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .ctx(|| "cannot send the console to --console-socket".into())?;
-    Ok(())
+    ns_core::sync::send_with_fd(s.as_raw_fd(), b"/dev/ptmx", master.as_fd())
+        .ctx(|| "cannot send the console to --console-socket".into())
 }
 
 #[cfg(test)]

@@ -506,27 +506,16 @@ pub fn install(retained: u64, f: &SyscallFilter, listener: Listener) -> Result<(
 /// The container process state (with our pid) and the listener fd, in one message, as the
 /// OCI spec has it; then the socket is closed.
 fn send_listener(socket: i32, state: &str, fd: std::os::fd::OwnedFd) -> Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let text = ns_core::hook::with_own_pid(state, "linux.seccomp.listenerPath")?.to_string();
     // Handed down for us alone: closed here.
     let socket = ns_core::sys::adopt_fd(socket, "the seccomp listener socket")?;
-    let fds = [fd.as_raw_fd()];
-    let iov = [std::io::IoSlice::new(text.as_bytes())];
-    sendmsg::<()>(
-        socket.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|e| {
+    ns_core::sync::send_with_fd(socket.as_raw_fd(), text.as_bytes(), fd.as_fd()).map_err(|e| {
         Error::setup(format!(
             "cannot send the seccomp listener to linux.seccomp.listenerPath: {}",
             e.desc()
         ))
-    })?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]
