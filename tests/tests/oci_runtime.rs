@@ -1164,7 +1164,7 @@ fn notify_once(nnp: bool) {
     let path = agent.path().join("agent.sock");
     let b = Bundle::new(
         "oci-notify",
-        &["sh", "-c", "mkdir /tmp/x 2>&1; echo done"],
+        &["sh", "-c", "mkdir /tmp/x 2>&1; echo done; exec sleep 30"],
         |v| {
             v["process"]["noNewPrivileges"] = json!(nnp);
             v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
@@ -1178,15 +1178,56 @@ fn notify_once(nnp: bool) {
     let pid = b.pid(&id);
     let (code, _, err) = b.oci(&["start", &id]);
     assert_eq!(code, 0, "{err}");
-    let fd = listener.join().unwrap();
+    let fd = join_within(listener);
     use std::os::fd::AsRawFd;
     let what = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
     assert_eq!(s(&what), "anon_inode:seccomp notify");
     // The agent goes away without answering: the calls it was to answer fail with ENOSYS.
     drop(fd);
-    assert_eq!(reap(pid), 0);
+    let t = std::time::Instant::now();
+    while !b.stdout_of(&id).ends_with("done\n") && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = b.stdout_of(&id);
     assert!(out.contains("Function not implemented"), "{out}");
-    assert!(out.ends_with("done\n"), "{out}");
+    // A process exec'd into the container: its own listener, to the same agent.
+    fs::remove_file(&path).unwrap();
+    let listener = console_socket(&path);
+    let process = b.out.join("process.json");
+    let script = "mkdir /tmp/y 2>&1; echo exec-done";
+    let p = json!({"args": ["sh", "-c", script], "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}});
+    fs::write(&process, p.to_string()).unwrap();
+    let exec = b
+        .cmd(&["exec", "--process", s(&process), &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fd = join_within(listener);
+    let what = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    assert_eq!(s(&what), "anon_inode:seccomp notify");
+    drop(fd);
+    let o = exec.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Function not implemented") && out.ends_with("exec-done\n"),
+        "{o:?}"
+    );
+    assert_eq!(b.oci(&["kill", &id, "KILL"]).0, 0);
+    assert_eq!(reap(pid), 128 + libc::SIGKILL);
     assert_eq!(b.oci(&["delete", &id]).0, 0);
+}
+
+/// The listener `h` received (a test that never gets one fails, rather than hangs).
+fn join_within(h: std::thread::JoinHandle<std::os::fd::OwnedFd>) -> std::os::fd::OwnedFd {
+    let t = std::time::Instant::now();
+    while !h.is_finished() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no seccomp listener came"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.join().unwrap()
 }

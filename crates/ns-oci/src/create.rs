@@ -225,7 +225,7 @@ fn run_chain(
     // What only the host decides at start: the cgroups to join, the start fifo.
     let cgroups = own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
     let fifo_fd = start_fifo(dir)?;
-    let listener = listener_socket(b)?;
+    let listener = listener_socket(&saved)?;
     let runtime = Runtime {
         cgroups,
         start_fd: Some(fifo_fd.as_raw_fd()),
@@ -280,6 +280,15 @@ fn first_record(r: &Request, b: &oci::Bundle, state: &State) -> Saved {
         created_paths: Vec::new(),
         syscall_filter: state.exec.syscall_filter.clone(),
         hooks: b.spec.hooks().clone(),
+        seccomp_listener: b
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .and_then(|sc| {
+                let meta = sc.listener_metadata().clone().unwrap_or_default();
+                Some((sc.listener_path().clone()?, meta))
+            }),
     }
 }
 
@@ -349,12 +358,11 @@ fn make_cgroups(g: &Global, r: &Request, b: &oci::Bundle, undo: &mut Undo) -> Re
 
 /// OCI seccomp notify: a connection to `linux.seccomp.listenerPath` (a host path, so made
 /// here), inherited by the chain: ns-caps sends the filter's listener through it.
-fn listener_socket(b: &oci::Bundle) -> Result<Option<std::os::unix::net::UnixStream>> {
-    let linux = b.spec.linux().as_ref();
-    let Some(path) = linux.and_then(|l| l.seccomp().as_ref()?.listener_path().clone()) else {
+pub fn listener_socket(saved: &Saved) -> Result<Option<std::os::unix::net::UnixStream>> {
+    let Some((path, _)) = &saved.seccomp_listener else {
         return Ok(None);
     };
-    let s = std::os::unix::net::UnixStream::connect(&path)
+    let s = std::os::unix::net::UnixStream::connect(path)
         .ctx(|| format!("linux.seccomp.listenerPath {}", path.display()))?;
     nix::fcntl::fcntl(
         std::os::fd::AsFd::as_fd(&s),
