@@ -52,22 +52,7 @@ pub fn parse(v: &str) -> Result<Property> {
         "IOWeight" => Property::IoWeight(ranged(1, 10000)?),
         "BlockIOWeight" => Property::BlkioWeight(ranged(10, 1000)?),
         "IODeviceWeight" | "BlockIODeviceWeight" => {
-            let (dev, w) = device_and(value).map_err(|w| bad(&w))?;
-            let (lo, hi) = if name == "IODeviceWeight" {
-                (1, 10000)
-            } else {
-                (10, 1000)
-            };
-            let w = w
-                .parse::<u64>()
-                .ok()
-                .filter(|w| (lo..=hi).contains(w))
-                .ok_or_else(|| bad(&format!("not a weight from {lo} to {hi}")))?;
-            if name == "IODeviceWeight" {
-                Property::IoDeviceWeight(dev, w)
-            } else {
-                Property::BlkioDeviceWeight(dev, w)
-            }
+            device_weight(name == "IODeviceWeight", value).map_err(|w| bad(&w))?
         }
         "IOReadBandwidthMax" | "IOWriteBandwidthMax" | "IOReadIOPSMax" | "IOWriteIOPSMax" => {
             let (dev, v) = device_and(value).map_err(|w| bad(&w))?;
@@ -158,6 +143,23 @@ fn device_and(v: &str) -> std::result::Result<(String, &str), String> {
         format!("{major}:{minor}")
     };
     Ok((disk, value.trim()))
+}
+
+/// `IODeviceWeight=` (`io`: 1 to 10000) or `BlockIODeviceWeight=` (10 to 1000): `PATH
+/// WEIGHT`.
+fn device_weight(io: bool, v: &str) -> std::result::Result<Property, String> {
+    let (dev, w) = device_and(v)?;
+    let (lo, hi) = if io { (1, 10000) } else { (10, 1000) };
+    let w = w
+        .parse::<u64>()
+        .ok()
+        .filter(|w| (lo..=hi).contains(w))
+        .ok_or_else(|| format!("not a weight from {lo} to {hi}"))?;
+    Ok(if io {
+        Property::IoDeviceWeight(dev, w)
+    } else {
+        Property::BlkioDeviceWeight(dev, w)
+    })
 }
 
 /// `DeviceAllow=` as systemd takes it: a device node path on the host, `char-NAME` or
