@@ -234,9 +234,23 @@ fn name(p: &Property) -> &'static str {
         Property::CpuMax(..) => "cpu.quota",
         Property::HugetlbMax(..) => "hugepageLimits",
         Property::Unified(..) => "unified",
-        Property::MemoryV1(..) => "linux.resources.memory",
+        Property::MemoryV1(..) => "memory",
         Property::NetClassId(_) => "network.classID",
         Property::NetPriority(..) => "network.priorities",
+    }
+}
+
+/// The property as its user gave it: `--property=NAME`, or config.json's field for what
+/// only an OCI bundle sets.
+fn label(p: &Property) -> String {
+    let n = name(p);
+    if n.starts_with(char::is_lowercase) {
+        format!(
+            "config.json: linux.resources.{}",
+            n.trim_start_matches("linux.resources.")
+        )
+    } else {
+        format!("--property={n}")
     }
 }
 
@@ -300,8 +314,8 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
     let lim = |l: &Option<u64>, inf: &str| l.map_or(inf.to_string(), |n| n.to_string());
     let v1_only_v2 = || {
         Error::setup(format!(
-            "--property={}: needs the cgroup2 {} controller, which this host does not offer",
-            name(p),
+            "{}: needs the cgroup2 {} controller, which this host does not offer",
+            label(p),
             controller(p)
         ))
     };
@@ -479,8 +493,8 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
                 continue;
             }
             return Err(Error::setup(format!(
-                "--property={}: this host offers no {ctl} controller",
-                name(p)
+                "{}: this host offers no {ctl} controller",
+                label(p)
             )));
         };
         for (file, value) in writes(p, cg.v2, &ordered)? {
@@ -488,18 +502,13 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
             if !path.exists() {
                 // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
                 return Err(Error::setup(format!(
-                    "--property={}: this host's {} controller has no {file}",
-                    name(p),
+                    "{}: this host's {} controller has no {file}",
+                    label(p),
                     if cg.v2 { ctl } else { v1_name }
                 )));
             }
-            std::fs::write(&path, &value).ctx(|| {
-                format!(
-                    "--property={}: cannot write {value} to {}",
-                    name(p),
-                    path.display()
-                )
-            })?;
+            std::fs::write(&path, &value)
+                .ctx(|| format!("{}: cannot write {value} to {}", label(p), path.display()))?;
         }
     }
     match crate::devices::rules(&devices) {
