@@ -50,7 +50,8 @@ fn main() {
             take_console(!plan.as_pid2)?;
         }
         ns_caps::limits::apply(&plan)?;
-        let mut filter = drop_privileges(&plan, &user, sync.as_ref())?;
+        let listener = ns_caps::seccomp::Listener::of(&plan, &runtime);
+        let mut filter = drop_privileges(&plan, &user, sync.as_ref(), listener)?;
         enter_directory(&plan, &user)?;
         let sync = if args.fork {
             fork_payload(sync, &mut filter)?;
@@ -62,7 +63,10 @@ fn main() {
             new_session()?;
         }
         if let Some(fd) = runtime.start_fd {
-            wait_for_start(&plan, &env, fd, sync)?;
+            wait_for_start(&plan, &env, fd, sync, runtime.seccomp_listener_fd)?;
+            if let Some(h) = &plan.start_hooks {
+                ns_core::hook::run_in_stage("startContainer", h, "created")?;
+            }
         }
         exec(&plan, &user, &env, &fds, &mut filter)
     })

@@ -24,6 +24,8 @@ fn caps_err(what: &'static str) -> impl Fn(caps::errors::CapsError) -> Error {
 /// bounding, inheritable and ambient ones and the file, never from ours.
 pub struct PendingFilter {
     filter: Option<crate::seccomp::Prepared>,
+    /// Where a notifying filter's listener goes.
+    listener: crate::seccomp::Listener,
     raise_admin: bool,
     /// The effective and permitted sets the plan asked for (without CAP_SYS_ADMIN kept).
     sets: (u64, u64),
@@ -45,7 +47,7 @@ impl PendingFilter {
             caps::raise(None, CapSet::Effective, caps::Capability::CAP_SYS_ADMIN)
                 .map_err(caps_err("raise CAP_SYS_ADMIN to install the filter"))?;
         }
-        f.install()
+        f.install(&self.listener)
     }
 
     /// `--fork`: install the filter now, then give back what installing it took, so that
@@ -70,11 +72,13 @@ impl PendingFilter {
 
 /// Bounding set, identity, then the capability sets, in the only order the kernel allows:
 /// dropping from the bounding set and changing ids both need capabilities we give up last.
-/// Returns the filter, to be installed right before exec.
+/// Returns the filter, to be installed right before exec (its listener, if it notifies, to
+/// `listener`).
 pub fn drop_privileges(
     plan: &ExecPlan,
     user: &User,
     sync: Option<&SyncSocket>,
+    listener: crate::seccomp::Listener,
 ) -> Result<PendingFilter> {
     let bounding = caps::read(None, CapSet::Bounding).map_err(caps_err("read the bounding set"))?;
     let bounding = bounding.iter().fold(0u64, |m, c| m | c.bitmask());
@@ -122,6 +126,7 @@ pub fn drop_privileges(
     }
     Ok(PendingFilter {
         filter,
+        listener,
         raise_admin,
         sets,
         prepared: false,

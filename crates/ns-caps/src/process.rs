@@ -84,6 +84,7 @@ pub fn wait_for_start(
     env: &[String],
     fd: i32,
     sync: Option<SyncSocket>,
+    listener: Option<i32>,
 ) -> Result<()> {
     if let Some(prog) = plan.argv.first() {
         ns_core::exec::check_program(prog, env)?;
@@ -95,7 +96,9 @@ pub fn wait_for_start(
     // From here on a failure is ours alone: the runtime has returned.
     ns_core::stage::stop_reporting();
     drop(sync);
-    ns_core::sys::close_from_except(3, &[fd]).ctx(|| "cannot close inherited fds".into())?;
+    // (The seccomp listener's socket stays for a filter installed after start.)
+    let keep: Vec<i32> = std::iter::once(fd).chain(listener).collect();
+    ns_core::sys::close_from_except(3, &keep).ctx(|| "cannot close inherited fds".into())?;
     nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-caps non-dumpable".into())?;
     let path = format!("/proc/self/fd/{fd}");
     let fifo = std::fs::OpenOptions::new()

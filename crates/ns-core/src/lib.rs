@@ -6,6 +6,7 @@ pub mod console;
 pub mod cpus;
 pub mod error;
 pub mod exec;
+pub mod hook;
 pub mod paths;
 pub mod reap;
 pub mod stage;

@@ -59,6 +59,11 @@ pub struct Runtime {
     /// created), then blocks opening the fifo for writing until `start` opens it for
     /// reading, and execs.
     pub start_fd: Option<i32>,
+    /// Read by ns-caps. OCI `linux.seccomp.listenerPath`: a socket the runtime connected to
+    /// it on the host; ns-caps sends the filter's listener fd there with the container's
+    /// process state (`ExecPlan::seccomp_listener`), then closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_listener_fd: Option<i32>,
 }
 
 /// Namespaces in the order they are created: user first, since it must own the others.
@@ -252,6 +257,29 @@ pub struct Vlan {
     pub mac: Option<[u8; 6]>,
 }
 
+/// An OCI hook: the program, its argv (argv\[0\] first) and environment, a timeout in
+/// seconds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// OCI hooks a stage runs inside the container, and the container's state they get on
+/// stdin (JSON; the stage puts in its pid and the status).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StageHooks {
+    pub hooks: Vec<Hook>,
+    pub state: String,
+}
+
 /// Read by ns-mount.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
@@ -289,6 +317,9 @@ pub struct MountPlan {
     /// `--resolv-conf` and `--timezone`, resolved to what to do.
     pub resolv_conf: EtcFile,
     pub timezone: EtcFile,
+    /// OCI createContainer hooks: run once the mounts are made, before pivot_root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_hooks: Option<StageHooks>,
 }
 
 /// A host user bound into the container (`--bind-user`).
@@ -492,6 +523,14 @@ pub struct ExecPlan {
     /// bounding set for root, the ambient set for others).
     #[serde(default)]
     pub cap_sets: Option<CapSets>,
+    /// OCI startContainer hooks: run in the container once `start` comes, before the
+    /// payload (and its seccomp filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_hooks: Option<StageHooks>,
+    /// OCI seccomp notify: the container process state (JSON) sent with the filter's
+    /// listener fd to `Runtime::seccomp_listener_fd` (ns-caps puts in its pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_listener: Option<String>,
 }
 
 /// Capability names as in `ExecPlan::capabilities` (lower case, no `cap_`).
@@ -548,6 +587,9 @@ pub enum SeccompAction {
     Errno(u32),
     /// The whole process is killed.
     Kill,
+    /// The call waits for the answer of the seccomp agent that holds the filter's listener
+    /// (OCI SCMP_ACT_NOTIFY; see `ExecPlan::seccomp_listener`).
+    Notify,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -636,6 +678,8 @@ pub struct MonitorPlan {
 pub enum Property {
     MemoryMax(Option<u64>),
     MemoryHigh(Option<u64>),
+    /// `MemoryLow=`, OCI `memory.reservation`: cgroup2's memory.low, v1's soft limit.
+    MemoryLow(Option<u64>),
     MemorySwapMax(Option<u64>),
     TasksMax(Option<u64>),
     /// nspawn's unit default `TasksMax=` (16384), which every container of ns-run gets:
@@ -651,6 +695,11 @@ pub enum Property {
     IoWeight(u64),
     /// `IODeviceWeight=`: a whole disk (`MAJ:MIN`) and its weight.
     IoDeviceWeight(String, u64),
+    /// `BlockIOWeight=`, OCI `blockIO.weight`: the v1 blkio scale (10 to 1000), converted
+    /// for cgroup2's io.weight as runc does.
+    BlkioWeight(u64),
+    /// `BlockIODeviceWeight=`, OCI `blockIO.weightDevice`: a disk (`MAJ:MIN`), its weight.
+    BlkioDeviceWeight(String, u64),
     /// `IOReadBandwidthMax=` and friends: a whole disk (`MAJ:MIN`), the limit and its value
     /// (`None`: no limit).
     IoMax(String, IoLimit, Option<u64>),
@@ -664,6 +713,14 @@ pub enum Property {
     HugetlbMax(String, u64),
     /// OCI `unified`: a cgroup2 file and its value, written as given.
     Unified(String, String),
+    /// OCI memory settings only v1's memory controller has (kernel, kernelTCP, swappiness,
+    /// disableOOMKiller): its file and the value, written as given.
+    MemoryV1(String, String),
+    /// OCI `network.classID`: the v1 net_cls controller's class of the container's packets.
+    NetClassId(u32),
+    /// OCI `network.priorities`: an interface and the priority of the container's traffic
+    /// on it (the v1 net_prio controller).
+    NetPriority(String, u32),
 }
 
 /// Which I/O limit an `IoMax` property sets.

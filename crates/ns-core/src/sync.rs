@@ -186,19 +186,8 @@ impl SyncSocket {
 
     /// Send a message with an fd attached (SCM_RIGHTS).
     pub fn send_fd(&self, msg: &Msg, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let bytes = serde_json::to_vec(msg).expect("message serializes");
-        let iov = [std::io::IoSlice::new(&bytes)];
-        let fds = [fd.as_raw_fd()];
-        sendmsg::<()>(
-            self.raw(),
-            &iov,
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .ctx(|| "cannot send an fd on the sync socket".into())?;
-        Ok(())
+        send_with_fd(self.raw(), &bytes, fd).ctx(|| "cannot send an fd on the sync socket".into())
     }
 
     /// Receive a message that carries an fd.
@@ -225,6 +214,19 @@ impl SyncSocket {
         use std::os::fd::IntoRawFd;
         self.0.into_raw_fd()
     }
+}
+
+/// `bytes` with `fd` attached (SCM_RIGHTS), in one message on the unix socket `socket`.
+pub fn send_with_fd(
+    socket: std::os::fd::RawFd,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(bytes)];
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map(drop)
 }
 
 #[cfg(test)]

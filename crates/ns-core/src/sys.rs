@@ -202,6 +202,11 @@ pub struct SockFilter {
 /// seccomp(SECCOMP_SET_MODE_FILTER): install `filter` for this process and everything it
 /// execs or forks. Needs CAP_SYS_ADMIN in our user namespace, or no_new_privs.
 pub fn seccomp_install(filter: &[SockFilter]) -> nix::Result<()> {
+    seccomp_set_filter(filter, 0).map(drop)
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, `flags`, `filter`): what the call returns.
+fn seccomp_set_filter(filter: &[SockFilter], flags: libc::c_uint) -> nix::Result<libc::c_long> {
     #[repr(C)]
     struct SockFprog {
         len: u16,
@@ -218,11 +223,40 @@ pub fn seccomp_install(filter: &[SockFilter]) -> nix::Result<()> {
         libc::syscall(
             libc::SYS_seccomp,
             SECCOMP_SET_MODE_FILTER,
-            0,
+            flags,
             &prog as *const SockFprog,
         )
     };
-    Errno::result(r).map(drop)
+    Errno::result(r)
+}
+
+/// seccomp's return value that hands a call to the listener's agent.
+pub const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+
+/// [`seccomp_install`] with SECCOMP_FILTER_FLAG_NEW_LISTENER: the filter's listener fd (for
+/// SECCOMP_RET_USER_NOTIF).
+pub fn seccomp_install_listener(filter: &[SockFilter]) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_uint = 1 << 3;
+    let fd = seccomp_set_filter(filter, SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: `fd` was just returned to us by the kernel and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether this kernel's seccomp knows `action` (SECCOMP_GET_ACTION_AVAIL).
+pub fn seccomp_action_available(action: u32) -> bool {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+    // SAFETY: the kernel reads one u32 from a pointer to a live local.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    r == 0
 }
 
 /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): every fd from `first` up closes at the next

@@ -31,6 +31,23 @@ const STANDARD: &[&str] = &[
 /// What nspawn's unit adds (nspawn-register.c): /dev/net/tun, and ptys without mknod.
 const NSPAWN_ALLOW: &[&str] = &["c 10:200 rwm", "c 136:* rw"];
 
+/// What runc allows every container after its config's own rules, in runc's order
+/// (libcontainer/specconv's AllowedDevices, runc 1.1): mknod of any node, the standard
+/// pseudo devices, the ptys, /dev/ptmx and /dev/net/tun.
+pub const RUNC_DEFAULT: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",    // null
+    "c 1:8 rwm",    // random
+    "c 1:7 rwm",    // full
+    "c 5:0 rwm",    // tty
+    "c 1:5 rwm",    // zero
+    "c 1:9 rwm",    // urandom
+    "c 136:* rwm",  // /dev/pts/*
+    "c 5:2 rwm",    // ptmx
+    "c 10:200 rwm", // /dev/net/tun
+];
+
 /// The device node at `path` in the v1 syntax without access (`c 1:3`): None when it is
 /// missing or not a character or block device.
 pub fn node(path: &std::path::Path) -> Option<String> {

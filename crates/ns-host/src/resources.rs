@@ -31,6 +31,7 @@ pub fn parse(v: &str) -> Result<Property> {
     Ok(match name {
         "MemoryMax" | "MemoryLimit" => Property::MemoryMax(bytes(value).map_err(|w| bad(&w))?),
         "MemoryHigh" => Property::MemoryHigh(bytes(value).map_err(|w| bad(&w))?),
+        "MemoryLow" => Property::MemoryLow(bytes(value).map_err(|w| bad(&w))?),
         "MemorySwapMax" => Property::MemorySwapMax(bytes(value).map_err(|w| bad(&w))?),
         "TasksMax" => Property::TasksMax(match value {
             "infinity" => None,
@@ -49,14 +50,9 @@ pub fn parse(v: &str) -> Result<Property> {
         "AllowedCPUs" => Property::AllowedCpus(cpu_list(value).map_err(|w| bad(&w))?),
         "AllowedMemoryNodes" => Property::AllowedMemoryNodes(cpu_list(value).map_err(|w| bad(&w))?),
         "IOWeight" => Property::IoWeight(ranged(1, 10000)?),
-        "IODeviceWeight" => {
-            let (dev, w) = device_and(value).map_err(|w| bad(&w))?;
-            let w = w
-                .parse::<u64>()
-                .ok()
-                .filter(|w| (1..=10000).contains(w))
-                .ok_or_else(|| bad("not a weight from 1 to 10000"))?;
-            Property::IoDeviceWeight(dev, w)
+        "BlockIOWeight" => Property::BlkioWeight(ranged(10, 1000)?),
+        "IODeviceWeight" | "BlockIODeviceWeight" => {
+            device_weight(name == "IODeviceWeight", value).map_err(|w| bad(&w))?
         }
         "IOReadBandwidthMax" | "IOWriteBandwidthMax" | "IOReadIOPSMax" | "IOWriteIOPSMax" => {
             let (dev, v) = device_and(value).map_err(|w| bad(&w))?;
@@ -149,6 +145,23 @@ fn device_and(v: &str) -> std::result::Result<(String, &str), String> {
     Ok((disk, value.trim()))
 }
 
+/// `IODeviceWeight=` (`io`: 1 to 10000) or `BlockIODeviceWeight=` (10 to 1000): `PATH
+/// WEIGHT`.
+fn device_weight(io: bool, v: &str) -> std::result::Result<Property, String> {
+    let (dev, w) = device_and(v)?;
+    let (lo, hi) = if io { (1, 10000) } else { (10, 1000) };
+    let w = w
+        .parse::<u64>()
+        .ok()
+        .filter(|w| (lo..=hi).contains(w))
+        .ok_or_else(|| format!("not a weight from {lo} to {hi}"))?;
+    Ok(if io {
+        Property::IoDeviceWeight(dev, w)
+    } else {
+        Property::BlkioDeviceWeight(dev, w)
+    })
+}
+
 /// `DeviceAllow=` as systemd takes it: a device node path on the host, `char-NAME` or
 /// `block-NAME` (a driver of /proc/devices, all its minors; `*` for every driver), then
 /// access `rwm` (default all).
@@ -200,6 +213,7 @@ fn name(p: &Property) -> &'static str {
     match p {
         Property::MemoryMax(_) => "MemoryMax",
         Property::MemoryHigh(_) => "MemoryHigh",
+        Property::MemoryLow(_) => "MemoryLow",
         Property::MemorySwapMax(_) => "MemorySwapMax",
         Property::TasksMax(_) | Property::DefaultTasksMax(_) => "TasksMax",
         Property::CpuQuota(_) => "CPUQuota",
@@ -209,6 +223,8 @@ fn name(p: &Property) -> &'static str {
         Property::AllowedMemoryNodes(_) => "AllowedMemoryNodes",
         Property::IoWeight(_) => "IOWeight",
         Property::IoDeviceWeight(..) => "IODeviceWeight",
+        Property::BlkioWeight(_) => "BlockIOWeight",
+        Property::BlkioDeviceWeight(..) => "BlockIODeviceWeight",
         Property::IoMax(_, IoLimit::ReadBytes, _) => "IOReadBandwidthMax",
         Property::IoMax(_, IoLimit::WriteBytes, _) => "IOWriteBandwidthMax",
         Property::IoMax(_, IoLimit::ReadIops, _) => "IOReadIOPSMax",
@@ -218,22 +234,49 @@ fn name(p: &Property) -> &'static str {
         Property::CpuMax(..) => "cpu.quota",
         Property::HugetlbMax(..) => "hugepageLimits",
         Property::Unified(..) => "unified",
+        Property::MemoryV1(..) => "memory",
+        Property::NetClassId(_) => "network.classID",
+        Property::NetPriority(..) => "network.priorities",
+    }
+}
+
+/// The property as its user gave it: `--property=NAME`, or config.json's field for what
+/// only an OCI bundle sets.
+fn label(p: &Property) -> String {
+    let n = name(p);
+    if n.starts_with(char::is_lowercase) {
+        format!(
+            "config.json: linux.resources.{}",
+            n.trim_start_matches("linux.resources.")
+        )
+    } else {
+        format!("--property={n}")
     }
 }
 
 fn controller(p: &Property) -> &'static str {
     match p {
-        Property::MemoryMax(_) | Property::MemoryHigh(_) | Property::MemorySwapMax(_) => "memory",
+        Property::MemoryMax(_)
+        | Property::MemoryV1(..)
+        | Property::MemoryHigh(_)
+        | Property::MemoryLow(_)
+        | Property::MemorySwapMax(_) => "memory",
         Property::TasksMax(_) | Property::DefaultTasksMax(_) => "pids",
         Property::CpuQuota(_)
         | Property::CpuMax(..)
         | Property::CpuWeight(_)
         | Property::CpuShares(_) => "cpu",
         Property::AllowedCpus(_) | Property::AllowedMemoryNodes(_) => "cpuset",
-        Property::IoWeight(_) | Property::IoDeviceWeight(..) | Property::IoMax(..) => "io",
+        Property::IoWeight(_)
+        | Property::IoDeviceWeight(..)
+        | Property::BlkioWeight(_)
+        | Property::BlkioDeviceWeight(..)
+        | Property::IoMax(..) => "io",
         Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
         Property::HugetlbMax(..) => "hugetlb",
         Property::Unified(..) => "unified",
+        Property::NetClassId(_) => "net_cls",
+        Property::NetPriority(..) => "net_prio",
     }
 }
 
@@ -248,6 +291,12 @@ fn writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(String, Stri
             vec![(format!("hugetlb.{size}.limit_in_bytes"), n.to_string())]
         }
         (Property::Unified(file, value), true) => vec![(file.clone(), value.clone())],
+        (Property::MemoryV1(file, value), false) => vec![(file.clone(), value.clone())],
+        (Property::MemoryV1(file, _), true) => {
+            return Err(Error::setup(format!(
+                "linux.resources.memory: {file} needs the v1 memory controller, which this host's cgroup2 has no equivalent of"
+            )))
+        }
         (Property::Unified(file, _), false) => {
             return Err(Error::setup(format!(
                 "linux.resources.unified: {file} needs a cgroup2 hierarchy"
@@ -265,8 +314,8 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
     let lim = |l: &Option<u64>, inf: &str| l.map_or(inf.to_string(), |n| n.to_string());
     let v1_only_v2 = || {
         Error::setup(format!(
-            "--property={}: needs the cgroup2 {} controller, which this host does not offer",
-            name(p),
+            "{}: needs the cgroup2 {} controller, which this host does not offer",
+            label(p),
             controller(p)
         ))
     };
@@ -275,6 +324,8 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
         (Property::MemoryMax(l), false) => vec![("memory.limit_in_bytes", lim(l, "-1"))],
         (Property::MemoryHigh(l), true) => vec![("memory.high", lim(l, "max"))],
         (Property::MemoryHigh(_), false) => return Err(v1_only_v2()),
+        (Property::MemoryLow(l), true) => vec![("memory.low", lim(l, "max"))],
+        (Property::MemoryLow(l), false) => vec![("memory.soft_limit_in_bytes", lim(l, "-1"))],
         (Property::MemorySwapMax(l), true) => vec![("memory.swap.max", lim(l, "max"))],
         (Property::MemorySwapMax(l), false) => {
             let mem = all.iter().rev().find_map(|p| match p {
@@ -308,8 +359,37 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
             vec![("cpu.weight", (s * 100 / 1024).clamp(1, 10000).to_string())]
         }
         (Property::CpuShares(s), false) => vec![("cpu.shares", s.to_string())],
+        // v1 only: cgroup2 has neither controller, so no cgroup2 directory is chosen.
+        (Property::NetClassId(id), _) => vec![("net_cls.classid", id.to_string())],
+        (Property::NetPriority(dev, prio), _) => {
+            vec![("net_prio.ifpriomap", format!("{dev} {prio}"))]
+        }
         (Property::AllowedCpus(l), _) => vec![("cpuset.cpus", l.clone())],
         (Property::AllowedMemoryNodes(l), _) => vec![("cpuset.mems", l.clone())],
+        (
+            Property::IoWeight(_)
+            | Property::IoDeviceWeight(..)
+            | Property::BlkioWeight(_)
+            | Property::BlkioDeviceWeight(..)
+            | Property::IoMax(..),
+            _,
+        ) => io_writes(p, v2),
+        // Enforced as a whole by `devices::apply`; the others by `writes`.
+        (
+            Property::DevicePolicy(_)
+            | Property::DeviceAllow(_)
+            | Property::HugetlbMax(..)
+            | Property::MemoryV1(..)
+            | Property::Unified(..),
+            _,
+        ) => vec![],
+    })
+}
+
+/// [`fixed_writes`] for the io (v1 blkio) properties.
+fn io_writes(p: &Property, v2: bool) -> Vec<(&'static str, String)> {
+    let lim = |l: &Option<u64>, inf: &str| l.map_or(inf.to_string(), |n| n.to_string());
+    match (p, v2) {
         (Property::IoWeight(w), true) => vec![("io.weight", format!("default {w}"))],
         (Property::IoWeight(w), false) => {
             vec![("blkio.weight", (w * 500 / 100).clamp(10, 1000).to_string())]
@@ -319,6 +399,16 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
             "blkio.weight_device",
             format!("{d} {}", (w * 500 / 100).clamp(10, 1000)),
         )],
+        (Property::BlkioWeight(w), true) => {
+            vec![("io.weight", format!("default {}", blkio_to_io(*w)))]
+        }
+        (Property::BlkioWeight(w), false) => vec![("blkio.weight", w.to_string())],
+        (Property::BlkioDeviceWeight(d, w), true) => {
+            vec![("io.weight", format!("{d} {}", blkio_to_io(*w)))]
+        }
+        (Property::BlkioDeviceWeight(d, w), false) => {
+            vec![("blkio.weight_device", format!("{d} {w}"))]
+        }
         (Property::IoMax(d, l, n), true) => {
             let key = match l {
                 IoLimit::ReadBytes => "rbps",
@@ -338,15 +428,13 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
             // v1 takes 0 for no limit.
             vec![(file, format!("{d} {}", lim(n, "0")))]
         }
-        // Enforced as a whole by `devices::apply`; the others by `writes`.
-        (
-            Property::DevicePolicy(_)
-            | Property::DeviceAllow(_)
-            | Property::HugetlbMax(..)
-            | Property::Unified(..),
-            _,
-        ) => vec![],
-    })
+        _ => vec![],
+    }
+}
+
+/// A blkio weight (10 to 1000) on cgroup2's io.weight scale (1 to 10000), as runc maps it.
+fn blkio_to_io(w: u64) -> u64 {
+    1 + (w.clamp(10, 1000) - 10) * 9999 / 990
 }
 
 /// Write `props` into the container's cgroups: the level above its processes, before they
@@ -405,8 +493,8 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
                 continue;
             }
             return Err(Error::setup(format!(
-                "--property={}: this host offers no {ctl} controller",
-                name(p)
+                "{}: this host offers no {ctl} controller",
+                label(p)
             )));
         };
         for (file, value) in writes(p, cg.v2, &ordered)? {
@@ -414,18 +502,13 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
             if !path.exists() {
                 // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
                 return Err(Error::setup(format!(
-                    "--property={}: this host's {} controller has no {file}",
-                    name(p),
+                    "{}: this host's {} controller has no {file}",
+                    label(p),
                     if cg.v2 { ctl } else { v1_name }
                 )));
             }
-            std::fs::write(&path, &value).ctx(|| {
-                format!(
-                    "--property={}: cannot write {value} to {}",
-                    name(p),
-                    path.display()
-                )
-            })?;
+            std::fs::write(&path, &value)
+                .ctx(|| format!("{}: cannot write {value} to {}", label(p), path.display()))?;
         }
     }
     match crate::devices::rules(&devices) {
@@ -538,6 +621,25 @@ mod tests {
             writes(&Property::HugetlbMax("2MB".into(), 0), true, &[]).unwrap(),
             vec![("hugetlb.2MB.max".to_string(), "0".to_string())]
         );
+        assert_eq!(
+            fixed_writes(&parse("MemoryLow=32M").unwrap(), false, &[]).unwrap(),
+            vec![("memory.soft_limit_in_bytes", "33554432".to_string())]
+        );
+        assert_eq!(
+            fixed_writes(&Property::MemoryLow(None), true, &[]).unwrap(),
+            vec![("memory.low", "max".to_string())]
+        );
+        assert_eq!(
+            fixed_writes(&parse("BlockIOWeight=500").unwrap(), false, &[]).unwrap(),
+            vec![("blkio.weight", "500".to_string())]
+        );
+        let dev = Property::BlkioDeviceWeight("8:0".into(), 1000);
+        assert_eq!(
+            fixed_writes(&dev, true, &[]).unwrap(),
+            vec![("io.weight", "8:0 10000".to_string())]
+        );
+        assert_eq!(blkio_to_io(10), 1);
+        assert!(parse("BlockIOWeight=5").is_err());
         let oom_group = Property::Unified("memory.oom.group".into(), "1".into());
         assert!(writes(&oom_group, false, &[]).is_err());
     }

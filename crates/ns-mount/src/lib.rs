@@ -304,7 +304,8 @@ impl MountArgs {
             run_host: cx.run_host.clone(),
             machine_id: cx.machine_id.clone(),
             cgroups: cx.cgroups.clone(),
-            // The monitor's, made at start.
+            create_hooks: None, // an OCI bundle's only
+                                // The monitor's, made at start.
         })
     }
 }

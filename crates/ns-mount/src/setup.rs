@@ -81,6 +81,9 @@ pub fn build_root(
         crate::ops::apply(&root, &scratch, op, i, sync)?;
     }
     crate::root::finish(&root, plan)?;
+    if let Some(h) = &plan.create_hooks {
+        ns_core::hook::run_in_stage("createContainer", h, "creating")?;
+    }
     ns_core::stage::fault("ns-mount:before-pivot");
     pivot_into(&root)
 }

@@ -32,6 +32,9 @@ pub struct Saved {
     /// For `exec`: the container's system call filter.
     pub syscall_filter: Option<SyscallFilter>,
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// For `exec`: linux.seccomp.listenerPath and listenerMetadata.
+    #[serde(default)]
+    pub seccomp_listener: Option<(PathBuf, String)>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

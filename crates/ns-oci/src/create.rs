@@ -107,7 +107,10 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
     let facts = ns_run::plan::HostFacts::gather(&cli);
     let input = oci::OciInput {
         bundle: b,
-        oci_runtime: Some(oci::OciRuntime { terminal }),
+        oci_runtime: Some(oci::OciRuntime {
+            terminal,
+            id: id.to_string(),
+        }),
     };
     ns_run::plan::build(&cli, &facts, Some(&input))
 }
@@ -222,9 +225,11 @@ fn run_chain(
     // What only the host decides at start: the cgroups to join, the start fifo.
     let cgroups = own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
     let fifo_fd = start_fifo(dir)?;
+    let listener = listener_socket(&saved)?;
     let runtime = Runtime {
         cgroups,
         start_fd: Some(fifo_fd.as_raw_fd()),
+        seccomp_listener_fd: listener.as_ref().map(|s| s.as_raw_fd()),
         ..Default::default()
     };
     let joined = runtime.cgroups.is_some();
@@ -232,7 +237,7 @@ fn run_chain(
     let v2_dir = v2_dir.as_ref().map(|d| d.as_fd());
     let chain = Chain::start(STAGE, state, runtime, fds, v2_dir, None)?;
     undo.pids.push(chain.enter);
-    drop(fifo_fd);
+    drop((fifo_fd, listener));
     if joined {
         chain.cgroups_ready()?; // SYNC-0: made before the fork
     }
@@ -275,6 +280,15 @@ fn first_record(r: &Request, b: &oci::Bundle, state: &State) -> Saved {
         created_paths: Vec::new(),
         syscall_filter: state.exec.syscall_filter.clone(),
         hooks: b.spec.hooks().clone(),
+        seccomp_listener: b
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .and_then(|sc| {
+                let meta = sc.listener_metadata().clone().unwrap_or_default();
+                Some((sc.listener_path().clone()?, meta))
+            }),
     }
 }
 
@@ -340,6 +354,22 @@ fn make_cgroups(g: &Global, r: &Request, b: &oci::Bundle, undo: &mut Undo) -> Re
         }
     }
     Ok(())
+}
+
+/// OCI seccomp notify: a connection to `linux.seccomp.listenerPath` (a host path, so made
+/// here), inherited by the chain: ns-caps sends the filter's listener through it.
+pub fn listener_socket(saved: &Saved) -> Result<Option<std::os::unix::net::UnixStream>> {
+    let Some((path, _)) = &saved.seccomp_listener else {
+        return Ok(None);
+    };
+    let s = std::os::unix::net::UnixStream::connect(path)
+        .ctx(|| format!("linux.seccomp.listenerPath {}", path.display()))?;
+    nix::fcntl::fcntl(
+        std::os::fd::AsFd::as_fd(&s),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .ctx(|| "cannot pass the seccomp listener socket on".into())?;
+    Ok(Some(s))
 }
 
 /// The start fifo: world-writable, as the payload's user (maybe not root, maybe in a user
@@ -462,19 +492,8 @@ pub fn connect_console(socket: &Path) -> Result<std::os::unix::net::UnixStream> 
 /// Hand the pty master to whoever listens on the console socket (SCM_RIGHTS, with the
 /// terminal's name as payload, as runc sends it).
 pub fn send_console(s: &std::os::unix::net::UnixStream, master: &OwnedFd) -> Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let name = b"/dev/ptmx";
-    let iov = [std::io::IoSlice::new(name)];
-    let fds = [master.as_raw_fd()];
-    sendmsg::<()>(
-        s.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .ctx(|| "cannot send the console to --console-socket".into())?;
-    Ok(())
+    ns_core::sync::send_with_fd(s.as_raw_fd(), b"/dev/ptmx", master.as_fd())
+        .ctx(|| "cannot send the console to --console-socket".into())
 }
 
 #[cfg(test)]

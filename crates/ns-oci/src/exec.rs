@@ -82,7 +82,15 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
     // ns-caps --fork runs outside the container's PID namespace, where the container's
     // /proc has no /proc/self; the value is inherited by the process it forks.
     let oom_score_adj = plan.oom_score_adjust.take();
-    let state = State::exec_only(r.id, plan);
+    // A seccomp agent gets this process's listener too, with the container's state.
+    plan.seccomp_listener = saved.seccomp_listener.as_ref().map(|(_, meta)| {
+        serde_json::json!({"ociVersion": "1.0.2", "fds": ["seccompFd"], "metadata": meta,
+            "state": saved.state_json("running")})
+        .to_string()
+    });
+    let listener = crate::create::listener_socket(&saved)?;
+    let mut state = State::exec_only(r.id, plan);
+    state.runtime.seccomp_listener_fd = listener.as_ref().map(|s| s.as_raw_fd());
     let state_fd = state.to_sealed_memfd()?;
     let mut fds = StageFds::default();
     fds.open_sealed(&["ns-caps"])?;
@@ -110,9 +118,7 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
             fail("ns-oci", &e)
         }
         Forked::Parent(child) => {
-            drop(theirs);
-            drop(fds);
-            drop(state_fd);
+            drop((theirs, fds, state_fd, listener));
             let pid = process_pid(r, child, ours)?;
             if let Some(f) = r.pid_file {
                 crate::create::write_pid_file(f, pid)?;

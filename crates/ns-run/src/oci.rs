@@ -16,7 +16,7 @@ use oci_spec::runtime::{
 
 use ns_core::state::{
     Console, EnterPlan, ExecPlan, FilterBase, IdMaps, IdRange, Ids, JoinNs, Namespace, Property,
-    Rlimit, SyscallFilter,
+    Rlimit, StageHooks, SyscallFilter,
 };
 use ns_core::{Error, Result};
 
@@ -320,9 +320,11 @@ pub struct OciInput<'a> {
 /// the hostname config.json's (or the one inherited), no task limit it does not set, the
 /// id mapping as given with the image's ownership as it is, stdio passed through (a pty
 /// for `terminal`, whose master goes to the console socket).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OciRuntime {
     pub terminal: bool,
+    /// The container's id (for the state its hooks get).
+    pub id: String,
 }
 
 impl OciInput<'_> {
@@ -332,7 +334,7 @@ impl OciInput<'_> {
 
     /// The monitor's console mode, and whether the payload gets a pty, from nspawn's.
     pub fn console(&self, console: Console) -> (Console, bool) {
-        match self.oci_runtime {
+        match &self.oci_runtime {
             Some(r) => (Console::Passive, r.terminal),
             None => (console, console != Console::Pipe),
         }
@@ -345,10 +347,78 @@ impl OciInput<'_> {
             process_into(p, &mut e, self.oci_runtime.is_some())?;
         }
         e.syscall_filter = self.linux().seccomp().as_ref().map(seccomp).transpose()?;
+        e.start_hooks = self.stage_hooks(|h| h.start_container());
+        e.seccomp_listener = self.seccomp_listener(e.syscall_filter.as_ref())?;
         if self.oci_runtime.is_some() && e.argv.is_empty() {
             return Err(Error::setup("config.json: process.args is empty".into()));
         }
         Ok(e)
+    }
+
+    /// OCI seccomp notify: the container process state sent with the listener to
+    /// `linux.seccomp.listenerPath` (which ns-oci connects to on the host), where the
+    /// kernel has SECCOMP_RET_USER_NOTIF.
+    fn seccomp_listener(&self, f: Option<&SyscallFilter>) -> Result<Option<String>> {
+        use ns_core::state::SeccompAction;
+        let linux = self.linux();
+        let sc = linux.seccomp().clone().unwrap_or_default();
+        let notifies = f.is_some_and(|f| f.rules.iter().any(|r| r.action == SeccompAction::Notify));
+        let (r, path) = match (&self.oci_runtime, sc.listener_path()) {
+            (_, None) if notifies => {
+                return Err(unsupported(
+                    "linux.seccomp: SCMP_ACT_NOTIFY without listenerPath",
+                ))
+            }
+            (_, None) => return Ok(None),
+            (None, Some(_)) => return Err(unsupported("linux.seccomp.listenerPath (ns-oci only)")),
+            (Some(r), Some(p)) => (r, p),
+        };
+        if !ns_core::sys::seccomp_action_available(ns_core::sys::SECCOMP_RET_USER_NOTIF) {
+            return Err(Error::setup(format!(
+                "config.json: linux.seccomp.listenerPath {}: this kernel has no seccomp notify",
+                path.display()
+            )));
+        }
+        let spec = &self.bundle.spec;
+        let state = serde_json::json!({
+            "ociVersion": spec.version(),
+            "fds": ["seccompFd"],
+            "metadata": sc.listener_metadata().clone().unwrap_or_default(),
+            "state": {
+                "ociVersion": spec.version(),
+                "id": r.id,
+                "status": "creating",
+                "bundle": self.bundle.dir,
+                "annotations": spec.annotations().clone().unwrap_or_default(),
+            },
+        });
+        Ok(Some(state.to_string()))
+    }
+
+    /// The createContainer hooks, for the mount section.
+    pub fn create_hooks(&self) -> Option<StageHooks> {
+        self.stage_hooks(|h| h.create_container())
+    }
+
+    /// The hooks of one kind that a stage runs inside the container (an OCI runtime's
+    /// only), with the state they get: runc's for hooks (the stage adds pid and status).
+    fn stage_hooks(
+        &self,
+        kind: impl Fn(&oci_spec::runtime::Hooks) -> &Option<Vec<oci_spec::runtime::Hook>>,
+    ) -> Option<StageHooks> {
+        let r = self.oci_runtime.as_ref()?;
+        let spec = &self.bundle.spec;
+        let hooks = spec.hooks().as_ref().and_then(|h| kind(h).clone())?;
+        let state = serde_json::json!({
+            "ociVersion": spec.version(),
+            "id": r.id,
+            "bundle": self.bundle.dir,
+            "annotations": spec.annotations().clone().unwrap_or_default(),
+        });
+        (!hooks.is_empty()).then(|| StageHooks {
+            hooks: hooks_of(&hooks),
+            state: state.to_string(),
+        })
     }
 
     /// The enter section from nspawn's options, `enter`: exactly the namespaces listed (but
@@ -394,6 +464,9 @@ impl OciInput<'_> {
         if let Some(r) = linux.resources() {
             props.extend(properties(r)?);
         }
+        if props.iter().any(|p| matches!(p, Property::DevicePolicy(_))) {
+            props.extend(listed_devices(&linux));
+        }
         if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(unsupported("linux.sysctl"));
         }
@@ -419,6 +492,19 @@ fn check_one_range(linux: &oci_spec::runtime::Linux) -> Result<()> {
             "linux.uidMappings/gidMappings: with ns-run, only one mapping of container id 0, the same for uids and gids",
         )),
     }
+}
+
+/// OCI hooks as the stages take them (a timeout of 0 or less is refused at create).
+pub fn hooks_of(hooks: &[oci_spec::runtime::Hook]) -> Vec<ns_core::state::Hook> {
+    hooks
+        .iter()
+        .map(|h| ns_core::state::Hook {
+            path: h.path().clone(),
+            args: h.args().clone().unwrap_or_default(),
+            env: h.env().clone().unwrap_or_default(),
+            timeout: h.timeout().and_then(|t| u64::try_from(t).ok()),
+        })
+        .collect()
 }
 
 /// The namespaces to create and those to join (network and user are left to the options:
@@ -595,6 +681,10 @@ fn capabilities_into(
 pub fn seccomp(sc: &LinuxSeccomp) -> Result<SyscallFilter> {
     use ns_core::state::{SeccompAction, SeccompRule};
     let default = seccomp_action(sc.default_action(), sc.default_errno_ret())?;
+    if default == SeccompAction::Notify {
+        // As libseccomp: a filter that hands every call to the agent would hand it its own.
+        return Err(unsupported("linux.seccomp.defaultAction: SCMP_ACT_NOTIFY"));
+    }
     let allows = default == SeccompAction::Allow;
     let denied = if allows {
         SeccompAction::Errno(libc::EPERM as u32)
@@ -657,6 +747,7 @@ fn seccomp_action(
         LinuxSeccompAction::ScmpActKill
         | LinuxSeccompAction::ScmpActKillProcess
         | LinuxSeccompAction::ScmpActKillThread => Ok(SeccompAction::Kill),
+        LinuxSeccompAction::ScmpActNotify => Ok(SeccompAction::Notify),
         a => Err(unsupported(&format!("linux.seccomp: action {a:?}"))),
     }
 }
@@ -725,6 +816,12 @@ pub fn properties(r: &LinuxResources) -> Result<Vec<Property>> {
         }
         p.push(Property::Unified(k.clone(), v.clone()));
     }
+    if let Some(n) = r.network() {
+        p.extend(n.class_id().map(Property::NetClassId));
+        for prio in n.priorities().iter().flatten() {
+            p.push(Property::NetPriority(prio.name().clone(), prio.priority()));
+        }
+    }
     p.extend(devices(&r.devices().clone().unwrap_or_default())?);
     Ok(p)
 }
@@ -746,11 +843,25 @@ fn memory(m: &oci_spec::runtime::LinuxMemory) -> Result<Vec<Property>> {
             _ => {}
         }
     }
-    if m.reservation().is_some_and(|v| v > 0) {
-        return Err(unsupported("linux.resources.memory.reservation"));
+    if let Some(r) = m.reservation().filter(|r| *r > 0) {
+        p.push(Property::MemoryLow(Some(r as u64)));
     }
-    if m.kernel().is_some_and(|v| v > 0) || m.kernel_tcp().is_some_and(|v| v > 0) {
+    // What only v1 has: written there, refused in one line on cgroup2.
+    let v1 = |file: &str, v: String| Property::MemoryV1(file.into(), v);
+    if m.kernel().is_some_and(|v| v > 0) {
+        // v1 memory.kmem.limit_in_bytes takes a value and ignores it on kernels since 6.1.
         return Err(unsupported("linux.resources.memory.kernel"));
+    }
+    p.extend(
+        m.kernel_tcp()
+            .map(|k| v1("memory.kmem.tcp.limit_in_bytes", k.to_string())),
+    );
+    p.extend(
+        m.swappiness()
+            .map(|s| v1("memory.swappiness", s.to_string())),
+    );
+    if m.disable_oom_killer() == Some(true) {
+        p.push(v1("memory.oom_control", "1".into()));
     }
     Ok(p)
 }
@@ -777,20 +888,47 @@ fn cpu(c: &oci_spec::runtime::LinuxCpu) -> Result<Vec<Property>> {
 }
 
 fn block_io(b: &oci_spec::runtime::LinuxBlockIo) -> Result<Vec<Property>> {
+    use ns_core::state::IoLimit;
+    // Leaf weights were CFQ's, which kernels since 5.0 no longer have.
+    if b.leaf_weight().is_some()
+        || b.weight_device()
+            .iter()
+            .flatten()
+            .any(|d| d.leaf_weight().is_some())
+    {
+        return Err(unsupported(
+            "linux.resources.blockIO leafWeight (no kernel since 5.0 has it)",
+        ));
+    }
     let mut p = Vec::new();
     if let Some(w) = b.weight() {
-        p.push(prop(format!("IOWeight={w}"))?);
+        p.push(prop(format!("BlockIOWeight={w}"))?);
     }
-    let throttled = [
-        b.throttle_read_bps_device(),
-        b.throttle_write_bps_device(),
-        b.throttle_read_iops_device(),
-        b.throttle_write_iops_device(),
-    ]
-    .iter()
-    .any(|d| d.as_ref().is_some_and(|d| !d.is_empty()));
-    if throttled || b.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
-        return Err(unsupported("linux.resources.blockIO devices"));
+    for d in b.weight_device().iter().flatten() {
+        if let Some(w) = d.weight() {
+            let dev = format!("{}:{}", d.major(), d.minor());
+            if !(10..=1000).contains(&w) {
+                return Err(unsupported(&format!(
+                    "linux.resources.blockIO.weightDevice {dev}: weight {w} (10 to 1000)"
+                )));
+            }
+            p.push(Property::BlkioDeviceWeight(dev, u64::from(w)));
+        }
+    }
+    for (list, limit) in [
+        (b.throttle_read_bps_device(), IoLimit::ReadBytes),
+        (b.throttle_write_bps_device(), IoLimit::WriteBytes),
+        (b.throttle_read_iops_device(), IoLimit::ReadIops),
+        (b.throttle_write_iops_device(), IoLimit::WriteIops),
+    ] {
+        for d in list.iter().flatten() {
+            let dev = format!("{}:{}", d.major(), d.minor());
+            p.push(Property::IoMax(
+                dev,
+                limit,
+                Some(d.rate()).filter(|r| *r > 0),
+            ));
+        }
     }
     Ok(p)
 }
@@ -823,7 +961,32 @@ fn devices(rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<Vec<Propert
         }
         p.push(Property::DeviceAllow(rule));
     }
+    p.extend(
+        ns_host::devices::RUNC_DEFAULT
+            .iter()
+            .map(|r| Property::DeviceAllow(r.to_string())),
+    );
     Ok(p)
+}
+
+/// Allow rules for the nodes `linux.devices` lists (they "MUST be available in the
+/// container"), after runc's defaults: a character device of type c or u, a block device;
+/// a fifo needs no rule.
+fn listed_devices(linux: &oci_spec::runtime::Linux) -> Vec<Property> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    let listed = linux.devices().clone().unwrap_or_default();
+    listed
+        .iter()
+        .filter_map(|d| {
+            let kind = match d.typ() {
+                T::C | T::U => 'c',
+                T::B => 'b',
+                T::P | T::A => return None,
+            };
+            let rule = format!("{kind} {}:{} rwm", d.major(), d.minor());
+            Some(Property::DeviceAllow(rule))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -855,12 +1018,52 @@ mod tests {
                 Property::DevicePolicy("strict".into()),
                 Property::DeviceAllow("c 1:3 rwm".into()),
             ]
+            .into_iter()
+            .chain(
+                ns_host::devices::RUNC_DEFAULT
+                    .iter()
+                    .map(|r| Property::DeviceAllow(r.to_string()))
+            )
+            .collect::<Vec<_>>()
         );
         let bad: LinuxResources = serde_json::from_str(
             r#"{"devices":[{"allow":false,"type":"c","major":1,"access":"r"}]}"#,
         )
         .unwrap();
         assert!(properties(&bad).unwrap_err().msg.contains("deny rules"));
+        let leaf: LinuxResources =
+            serde_json::from_str(r#"{"blockIO":{"weight":500,"leafWeight":300}}"#).unwrap();
+        assert!(properties(&leaf).unwrap_err().msg.contains("leafWeight"));
+    }
+
+    #[test]
+    fn runc_defaults_follow_the_rules_and_listed_devices_are_allowed() {
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"b","major":8,"minor":0,"access":"r"}]}"#,
+        )
+        .unwrap();
+        let rules: Vec<String> = properties(&r)
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| match p {
+                Property::DeviceAllow(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rules[0], "b 8:0 r");
+        assert_eq!(rules[1..], *ns_host::devices::RUNC_DEFAULT);
+        assert_eq!(rules[1..3], ["c *:* m", "b *:* m"]);
+        let linux: oci_spec::runtime::Linux = serde_json::from_str(
+            r#"{"devices":[{"path":"/dev/btrfs-control","type":"c","major":10,"minor":234},
+                {"path":"/dev/sda","type":"b","major":8,"minor":0},
+                {"path":"/dev/u","type":"u","major":4,"minor":1},
+                {"path":"/dev/fifo","type":"p"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            listed_devices(&linux),
+            ["c 10:234 rwm", "b 8:0 rwm", "c 4:1 rwm"].map(|r| Property::DeviceAllow(r.into()))
+        );
     }
 
     #[test]

@@ -331,7 +331,10 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
         private_network,
         userns,
     };
-    let mount = mount(c, f, &common)?;
+    let mount = MountPlan {
+        create_hooks: oci.and_then(|o| o.create_hooks()),
+        ..mount(c, f, &common)?
+    };
     let machine = machine(c, f, &common.dir, &mount.root)?;
     if let Some(h) = c.enter.hostname.as_ref().filter(|h| !hostname_is_valid(h)) {
         return Err(Error::invalid("--hostname", h, "invalid hostname"));

@@ -206,6 +206,7 @@ enum Outcome {
     Allow,
     Errno(u16),
     Kill,
+    Notify,
 }
 
 const ENOSYS: Outcome = Outcome::Errno(libc::ENOSYS as u16);
@@ -215,6 +216,7 @@ fn outcome(a: SeccompAction) -> Outcome {
         SeccompAction::Allow => Outcome::Allow,
         SeccompAction::Errno(e) => Outcome::Errno(e.min(4095) as u16),
         SeccompAction::Kill => Outcome::Kill,
+        SeccompAction::Notify => Outcome::Notify,
     }
 }
 
@@ -225,6 +227,7 @@ fn ret(o: Outcome) -> SockFilter {
             Outcome::Allow => RET_ALLOW,
             Outcome::Errno(e) => RET_ERRNO | u32::from(e),
             Outcome::Kill => RET_KILL_PROCESS,
+            Outcome::Notify => ns_core::sys::SECCOMP_RET_USER_NOTIF,
         },
     )
 }
@@ -464,22 +467,71 @@ pub fn program(d: &Decision) -> Vec<SockFilter> {
 
 /// A filter built ahead, for a payload retaining `retained`: installing it is then one
 /// system call, the last before exec (nothing after it may need a call the filter denies).
-pub struct Prepared(Vec<SockFilter>);
+pub struct Prepared {
+    program: Vec<SockFilter>,
+    /// Some rule notifies: the filter is installed with a listener.
+    notifies: bool,
+}
 
 impl Prepared {
     pub fn new(retained: u64, f: &SyscallFilter) -> Result<Prepared> {
-        Ok(Prepared(program(&Decision::of(retained, f)?)))
+        Ok(Prepared {
+            program: program(&Decision::of(retained, f)?),
+            notifies: f.rules.iter().any(|r| r.action == SeccompAction::Notify),
+        })
     }
 
-    /// Install it (needs CAP_SYS_ADMIN in effect, or no_new_privs).
-    pub fn install(&self) -> Result<()> {
-        ns_core::sys::seccomp_install(&self.0).map_err(|e| {
+    /// Install it (needs CAP_SYS_ADMIN in effect, or no_new_privs). One that notifies gets a
+    /// listener, sent to the seccomp agent through `listener` (the socket is closed after; a
+    /// process without one, such as `exec`'s, drops it: its notified calls fail with ENOSYS).
+    pub fn install(&self, listener: &Listener) -> Result<()> {
+        let err = |e: nix::errno::Errno| {
             Error::setup(format!(
                 "cannot install the system call filter: {}",
                 e.desc()
             ))
-        })
+        };
+        if !self.notifies {
+            return ns_core::sys::seccomp_install(&self.program).map_err(err);
+        }
+        let fd = ns_core::sys::seccomp_install_listener(&self.program).map_err(err)?;
+        let (Some(socket), Some(state)) = (listener.socket, listener.state.as_deref()) else {
+            return Ok(());
+        };
+        send_listener(socket, state, fd)
     }
+}
+
+/// Where a filter's listener goes (OCI seccomp notify): the socket the runtime connected
+/// to `linux.seccomp.listenerPath`, and the container process state sent with it.
+#[derive(Debug, Clone, Default)]
+pub struct Listener {
+    pub socket: Option<i32>,
+    pub state: Option<String>,
+}
+
+impl Listener {
+    pub fn of(plan: &ns_core::state::ExecPlan, runtime: &ns_core::state::Runtime) -> Self {
+        Listener {
+            socket: runtime.seccomp_listener_fd,
+            state: plan.seccomp_listener.clone(),
+        }
+    }
+}
+
+/// The container process state (with our pid) and the listener fd, in one message, as the
+/// OCI spec has it; then the socket is closed.
+fn send_listener(socket: i32, state: &str, fd: std::os::fd::OwnedFd) -> Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let text = ns_core::hook::with_own_pid(state, "linux.seccomp.listenerPath")?.to_string();
+    // Handed down for us alone: closed here.
+    let socket = ns_core::sys::adopt_fd(socket, "the seccomp listener socket")?;
+    ns_core::sync::send_with_fd(socket.as_raw_fd(), text.as_bytes(), fd.as_fd()).map_err(|e| {
+        Error::setup(format!(
+            "cannot send the seccomp listener to linux.seccomp.listenerPath: {}",
+            e.desc()
+        ))
+    })
 }
 
 #[cfg(test)]
