@@ -33,6 +33,11 @@ pub struct PendingFilter {
 }
 
 impl PendingFilter {
+    /// The socket a notifying filter's listener goes to (kept open until it is installed).
+    pub fn listener_socket(&self) -> Option<i32> {
+        self.listener.socket
+    }
+
     /// Prepare the exec ([`ns_core::exec::prepare_exec`]: fds close-on-exec, signals), then
     /// install the filter (if any); once. The next call must be exec (or `--fork`'s clone).
     pub fn install(&mut self) -> Result<()> {

@@ -16,10 +16,12 @@ use crate::privileges::PendingFilter;
 /// exits 0.
 pub fn fork_payload(sync: Option<SyncSocket>, filter: &mut PendingFilter) -> Result<()> {
     use ns_core::sys::{clone_parent, close_from_except, Forked};
+    // (The seccomp listener's socket, if any, stays for the filter installed below.)
     let keep: Vec<i32> = sync
         .iter()
         .map(SyncSocket::raw)
         .chain(ns_core::stage::report_fd())
+        .chain(filter.listener_socket())
         .collect();
     close_from_except(3, &keep).ctx(|| "cannot close inherited fds".into())?;
     filter.install_before_fork()?;
