@@ -855,3 +855,31 @@ fn delete_force_cleans_up_after_a_killed_create() {
         "cgroups left"
     );
 }
+
+// ---- Validation (issue 17): runc's default spec; small ns-oci fixes found by runtime-tools ----
+
+/// runc's default spec lists ambient capabilities but no inheritable ones: the kernel raises
+/// none of them and runc runs the container with the others; with CAP_KILL inheritable, that
+/// one is raised (what runc 1.1 gives for these configs).
+#[test]
+fn ambient_capabilities_not_inheritable_are_left_out() {
+    for (inheritable, want) in [
+        (json!([]), "0000000000000000"),
+        (json!(["CAP_KILL"]), "0000000000000020"),
+    ] {
+        let id = ns_tests::unique("ambient");
+        let b = Bundle::new(
+            "oci-ambient",
+            &["grep", "^CapAmb", "/proc/self/status"],
+            |v| {
+                v["process"]["capabilities"]["inheritable"] = inheritable.clone();
+            },
+        );
+        let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), &id]);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, format!("CapAmb:\t{want}\n").as_str()),
+            "{err}"
+        );
+    }
+}
