@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # e2e.sh [RUNTIME]   CRI end-to-end check of an OCI runtime through containerd's CRI plugin.
 #
-# RUNTIME: the runc-compatible binary (path or name in PATH; default runc). It is the
-# BinaryName of the io.containerd.runc.v2 runtime handler "nsoci", behind a wrapper that logs
-# every command line the shim runs to $E2E_RUNTIME_LOG (default: inside the temp dir, shown
-# on failure).
+# RUNTIME: the runc-compatible binary (path or name in PATH; default $CRI_RUNTIME, else runc:
+# `CRI_RUNTIME=runc e2e.sh` checks the checks). It is the BinaryName of the
+# io.containerd.runc.v2 runtime handler "nsoci", behind a wrapper that logs every command line
+# the shim runs to $E2E_RUNTIME_LOG (default: inside the temp dir, shown on failure).
 #
 # Starts a private containerd with tests/oci/containerd start DIR --cri (config, root, state,
 # sockets, runtime root all in one temp dir; CRI with no CNI: pods use the host network),
 # imports two busybox images built by tests/oci/mkimage (localhost/pause:1 and
 # localhost/busybox:1), then with ns-cri: runs a pod, creates and starts containers in it,
 # checks namespaces shared with the pause process, exec-sync output and exit code, a memory
-# limit update in the memory cgroup, stop/rm, stopp/rmp.
+# limit update in the memory cgroup, stop/rm, stopp/rmp. Then what Kubernetes does too, each
+# section named in $E2E_SECTIONS (default all: "tty devnull privileged sysctl"):
+#   tty         `exec -t -i` (kubectl exec -it): a shell on a pty, fed from stdin;
+#   devnull     a container whose command writes /dev/null, and an exec that does;
+#   privileged  a privileged pod and container: every host device, every capability;
+#   sysctl      a pod with safe sysctls (net.ipv4.ip_unprivileged_port_start,
+#               kernel.shm_rmid_forced) in its own network namespace; the host's stay.
+# That pod's network namespace comes from a test CNI plugin (in the temp dir): lo, and eth0
+# (a veth pair kept inside it).
 # Exits non-zero at the first failing check. On exit everything is cleaned up (pods through
 # the CRI, then tests/oci/containerd stop DIR: containers, containerd, shims by pid, mounts,
 # shim sockets, DIR; then the pod cgroups), and checked: anything left is a failure.
@@ -26,7 +34,8 @@ oci=$(cd "$here/../oci" && pwd)
 say() { echo "e2e: $*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
 
-runtime=$(command -v "${1:-runc}") || fail "runtime ${1:-runc} not found"
+runtime=${1:-${CRI_RUNTIME:-runc}}
+runtime=$(command -v "$runtime") || fail "runtime $runtime not found"
 runtime=$(realpath "$runtime")
 ns_cri=${NS_CRI:-$here/target/x86_64-unknown-linux-gnu/release/ns-cri}
 [ -x "$ns_cri" ] || fail "$ns_cri missing: (cd $here && cargo build --release) or set NS_CRI"
@@ -122,7 +131,39 @@ EOF
 chmod +x "$dir/runtime-wrapper"
 : >"$runtime_log"
 
-# --- containerd: everything under $dir; CRI with no CNI, local images only; handler nsoci.
+# --- a CNI plugin for pods with a network namespace of their own: "loopback" (containerd
+# always adds it) sets lo up; "e2e-netns" adds eth0 with 10.88.0.2/24, one end of a veth pair
+# whose other end stays in the namespace too (no dummy driver everywhere). Both answer in the
+# config's cniVersion; DEL is a no-op (the namespace goes with the pod).
+mkdir -p "$dir/cni/bin" "$dir/cni/net.d"
+cat >"$dir/cni/bin/e2e-netns" <<'PLUGIN'
+#!/bin/sh
+conf=$(cat)
+ver=$(printf '%s' "$conf" | sed -n 's/.*"cniVersion": *"\([^"]*\)".*/\1/p' | head -n 1)
+case $CNI_COMMAND in
+VERSION) echo '{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}'; exit 0 ;;
+ADD) ;;
+*) exit 0 ;;
+esac
+in_ns() { nsenter --net="$CNI_NETNS" "$@" >&2; }
+if [ "$(basename "$0")" = loopback ]; then
+    in_ns ip link set lo up || exit 1
+    addr=127.0.0.1/8
+else
+    in_ns ip link add "$CNI_IFNAME" type veth peer name e2e-peer &&
+        in_ns ip addr add 10.88.0.2/24 dev "$CNI_IFNAME" &&
+        in_ns ip link set "$CNI_IFNAME" up || exit 1
+    addr=10.88.0.2/24
+fi
+printf '{"cniVersion":"%s","interfaces":[{"name":"%s","sandbox":"%s"}],' \
+    "${ver:-0.4.0}" "$CNI_IFNAME" "$CNI_NETNS"
+printf '"ips":[{"version":"4","address":"%s","interface":0}]}\n' "$addr"
+PLUGIN
+chmod +x "$dir/cni/bin/e2e-netns"
+ln -s e2e-netns "$dir/cni/bin/loopback"
+echo '{"cniVersion": "0.4.0", "name": "e2e", "type": "e2e-netns"}' >"$dir/cni/net.d/10-e2e.conf"
+
+# --- containerd: everything under $dir; CRI with the test CNI, local images only; handler nsoci.
 NS_OCI_BINARY=$dir/runtime-wrapper "$oci/containerd" start "$dir" --cri || fail "containerd start"
 # The CRI service may still be initializing after the gRPC server answers.
 for _ in $(seq 100); do
@@ -168,6 +209,35 @@ expect "exec-sync stdout" "$out" hello
 expect "exec-sync exit code" "$rc" 3
 expect "exec-sync uid:PATH" "$(cri exec-sync "$c1" -- sh -c 'echo $(id -u):$PATH')" "0:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 expect "pid 1 in c1" "$(cri exec-sync "$c1" -- cat /proc/1/cmdline | tr '\0' ' ')" "/bin/sleep 2147483647 "
+
+sections=" ${E2E_SECTIONS:-tty devnull privileged sysctl} "
+for section in $sections; do
+    case $section in tty | devnull | privileged | sysctl) ;; *) fail "unknown section $section" ;; esac
+done
+want() { [[ $sections == *" $1 "* ]]; }
+
+# --- exec -t -i (kubectl exec -it): a shell on a pty of the container, fed from our stdin;
+# the pty echoes the input, so the checks look for what only the shell's work prints.
+if want tty; then
+    out=$(printf 'tty\necho sum-$((40 + 2))\nexit 7\n' |
+        timeout 30 "$ns_cri" --address "$sock" exec -t -i "$c1" -- sh) && rc=0 || rc=$?
+    expect "exec -t exit code" "$rc" 7
+    [[ $out == *sum-42* ]] || fail "exec -t: no sum-42 in: $out"
+    [[ $out == *$'\n'/dev/pts/* ]] || fail "exec -t: tty is not a /dev/pts pty: $out"
+    say "ok: exec -t -i ran a shell on $(grep -o '^/dev/pts/[0-9]*' <<<"$out" | head -n 1)"
+fi
+
+# --- /dev/null: an exec and a container's own command write it
+if want devnull; then
+    expect "exec writes /dev/null" "$(cri exec-sync "$c1" -- sh -c 'echo x >/dev/null && echo written')" written
+    c3=$(cri create "$pod" --image localhost/busybox:1 --name c3 -- \
+        sh -c 'echo x >/dev/null || exit 1; exec sleep 1000')
+    cri start "$c3"
+    sleep 1
+    expect "c3 (wrote /dev/null) state" "$(state "$c3")" CONTAINER_RUNNING
+    cri stop "$c3" --timeout 1
+    cri rm "$c3"
+fi
 
 # --- update: memory limit in c1's memory cgroup (v1: memory.limit_in_bytes; v2: memory.max)
 memfile() {
@@ -216,6 +286,59 @@ cri rmp "$pod"
 "$ns_cri" --address "$sock" inspectp "$pod" >/dev/null 2>&1 && fail "pod still there after rmp"
 [ -z "$(ls "$runtime_root/k8s.io" 2>/dev/null)" ] || fail "runtime state left: $(ls "$runtime_root/k8s.io")"
 say "ok: pod stopped and removed"
+
+# one_container POD NAME [CREATE OPTIONS] -- COMMAND: create and start it; prints its id.
+one_container() {
+    local pod=$1 name=$2 c
+    shift 2
+    c=$(cri create "$pod" --image localhost/busybox:1 --name "$name" "$@")
+    cri start "$c"
+    expect "$name state after start" "$(state "$c")" CONTAINER_RUNNING
+    echo "$c"
+}
+# remove_pod POD CONTAINER: both gone, and the runtime's state with them.
+remove_pod() {
+    cri stop "$2" --timeout 1
+    cri rm "$2"
+    cri stopp "$1"
+    cri rmp "$1"
+    [ -z "$(ls "$runtime_root/k8s.io" 2>/dev/null)" ] || fail "runtime state left: $(ls "$runtime_root/k8s.io")"
+}
+
+# --- privileged: the pod and its container; every host device (one the default set lacks,
+# with its numbers), every capability of ours.
+if want privileged; then
+    pp=$(cri runp --handler nsoci --name e2e-priv --host-network --privileged --cgroup-parent "$cgroup_parent")
+    note_shim "$pp"
+    pc=$(one_container "$pp" priv --privileged -- /bin/sleep 1000)
+    hostdev=
+    for d in /dev/btrfs-control /dev/loop-control /dev/fuse /dev/kmsg /dev/mem; do
+        [ -c "$d" ] && { hostdev=$d; break; }
+    done
+    [ -n "$hostdev" ] || fail "no host device to look for"
+    expect "privileged: $hostdev" "$(cri exec-sync "$pc" -- stat -c '%F %t:%T' "$hostdev")" \
+        "$(stat -c '%F %t:%T' "$hostdev")"
+    expect "privileged: capabilities" "$(cri exec-sync "$pc" -- grep CapEff /proc/self/status)" \
+        "$(sed -n 's/^CapBnd:/CapEff:/p' /proc/self/status)"
+    remove_pod "$pp" "$pc"
+    say "ok: privileged pod"
+fi
+
+# --- sysctls: set in the pod's namespaces (net: its own network namespace), the host's kept
+if want sysctl; then
+    port=/proc/sys/net/ipv4/ip_unprivileged_port_start rmid=/proc/sys/kernel/shm_rmid_forced
+    host_port=$(cat $port) host_rmid=$(cat $rmid)
+    sp=$(cri runp --handler nsoci --name e2e-sysctl --cgroup-parent "$cgroup_parent" \
+        --sysctl net.ipv4.ip_unprivileged_port_start=100 --sysctl kernel.shm_rmid_forced=1)
+    note_shim "$sp"
+    sc=$(one_container "$sp" sysctl -- /bin/sleep 1000)
+    expect "sysctl in the pod: $port" "$(cri exec-sync "$sc" -- cat $port)" 100
+    expect "sysctl in the pod: $rmid" "$(cri exec-sync "$sc" -- cat $rmid)" 1
+    expect "host's $port" "$(cat $port)" "$host_port"
+    expect "host's $rmid" "$(cat $rmid)" "$host_rmid"
+    remove_pod "$sp" "$sc"
+    say "ok: pod with sysctls"
+fi
 
 grep -q -- ' create ' "$runtime_log" || fail "runtime log shows no create"
 say "runtime command lines (from the shim):"

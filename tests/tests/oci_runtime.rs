@@ -1511,3 +1511,62 @@ fn join_within(h: std::thread::JoinHandle<std::os::fd::OwnedFd>) -> std::os::fd:
     }
     h.join().unwrap()
 }
+
+// ---- Validation (issue 17): runc's default spec; small ns-oci fixes found by runtime-tools ----
+
+/// `runc spec ARGS` and `ns-oci spec ARGS`, each in a fresh bundle: the two documents.
+fn runc_and_ns_oci_spec(args: &[&str]) -> (Value, Value) {
+    let t = Tree::empty("oci-spec-runc");
+    let write = |program: PathBuf, sub: &str| {
+        let dir = t.host_dir(sub);
+        let o = Command::new(program)
+            .args(["spec", "--bundle", s(&dir)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let text = fs::read(dir.join("config.json")).unwrap();
+        serde_json::from_slice::<Value>(&text).unwrap()
+    };
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("runc is needed (apt-get install runc)");
+    (write(runc, "runc"), write(bin("ns-oci"), "ns-oci"))
+}
+
+#[test]
+fn spec_is_runcs_spec() {
+    let (runc, ours) = runc_and_ns_oci_spec(&[]);
+    assert_eq!(ours["hostname"], "runc");
+    assert_eq!(ours, runc);
+    let (runc, ours) = runc_and_ns_oci_spec(&["--rootless"]);
+    assert_eq!(ours, runc);
+}
+
+/// runc's default spec lists ambient capabilities but no inheritable ones: the kernel raises
+/// none of them and runc runs the container with the others; with CAP_KILL inheritable, that
+/// one is raised (what runc 1.1 gives for these configs).
+#[test]
+fn ambient_capabilities_not_inheritable_are_left_out() {
+    for (inheritable, want) in [
+        (json!([]), "0000000000000000"),
+        (json!(["CAP_KILL"]), "0000000000000020"),
+    ] {
+        let id = ns_tests::unique("ambient");
+        let b = Bundle::new(
+            "oci-ambient",
+            &["grep", "^CapAmb", "/proc/self/status"],
+            |v| {
+                v["process"]["capabilities"]["inheritable"] = inheritable.clone();
+            },
+        );
+        let (code, out, err) = b.oci(&["run", "--bundle", b.dir(), &id]);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, format!("CapAmb:\t{want}\n").as_str()),
+            "{err}"
+        );
+    }
+}

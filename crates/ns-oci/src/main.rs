@@ -13,6 +13,7 @@ mod container;
 mod create;
 mod exec;
 mod hooks;
+mod spec;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -120,10 +121,13 @@ enum Cmd {
     },
     /// Print what this runtime supports (JSON)
     Features,
-    /// Write a default config.json
+    /// Write runc's default config.json
     Spec {
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
+        /// For a container run without root: a user namespace mapping root to the caller
+        #[arg(long)]
+        rootless: bool,
     },
 }
 
@@ -266,7 +270,7 @@ fn run(g: &Global, cmd: &Cmd) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Spec { bundle } => spec(bundle).map(|()| 0),
+        Cmd::Spec { bundle, rootless } => spec::write(bundle, *rootless).map(|()| 0),
     }
 }
 
@@ -355,17 +359,6 @@ fn update(g: &Global, id: &str, resources: &str) -> Result<()> {
         .collect();
     let cgroups: Vec<_> = s.cgroups.iter().map(|c| c.cgroup()).collect();
     ns_host::resources::apply(&props, &cgroups)
-}
-
-/// `spec`: write a default config.json into the bundle, never over one.
-fn spec(bundle: &std::path::Path) -> Result<()> {
-    let path = bundle.join("config.json");
-    if path.exists() {
-        return Err(Error::setup(format!("{} exists already", path.display())));
-    }
-    let spec = oci_spec::runtime::Spec::default();
-    spec.save(&path)
-        .map_err(|e| Error::setup(format!("cannot write {}: {e}", path.display())))
 }
 
 /// `run`: create, start, wait, delete. The container's process is our child (ns-enter

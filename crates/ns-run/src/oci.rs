@@ -664,12 +664,18 @@ fn capabilities_into(
         v.sort();
         v
     };
+    let (permitted, inheritable) = (names(c.permitted()), names(c.inheritable()));
     e.capabilities = names(c.bounding());
-    e.ambient = names(c.ambient());
+    // The kernel raises an ambient capability only when it is permitted and inheritable;
+    // runc leaves the others out (its default spec lists ambient ones with no inheritable).
+    e.ambient = names(c.ambient())
+        .into_iter()
+        .filter(|a| permitted.contains(a) && inheritable.contains(a))
+        .collect();
     e.cap_sets = Some(ns_core::state::CapSets {
         effective: names(c.effective()),
-        permitted: names(c.permitted()),
-        inheritable: names(c.inheritable()),
+        permitted,
+        inheritable,
     });
 }
 

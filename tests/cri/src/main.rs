@@ -1,7 +1,10 @@
 //! ns-cri: a small CRI (runtime.v1) client for scripting containerd's CRI plugin in tests.
 //!
 //! Every subcommand is one CRI call; output is a plain id, the command's own stdout
-//! (exec-sync) or JSON (inspect, inspectp, ps, pods, version). Errors go to stderr, exit 1.
+//! (exec-sync, exec) or JSON (inspect, inspectp, ps, pods, version). Errors go to stderr,
+//! exit 1.
+
+mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -77,6 +80,12 @@ enum Cmd {
         /// cgroup parent of the pod (cgroupfs path such as /ns-cri-test)
         #[arg(long, default_value = "")]
         cgroup_parent: String,
+        /// a privileged pod (its containers may be privileged)
+        #[arg(long)]
+        privileged: bool,
+        /// a sysctl of the pod, KEY=VALUE (repeatable)
+        #[arg(long = "sysctl")]
+        sysctls: Vec<String>,
     },
     /// CreateContainer in a pod (the pod's config is rebuilt from PodSandboxStatus); prints the container id
     Create {
@@ -111,6 +120,19 @@ enum Cmd {
         /// seconds, 0 = none
         #[arg(long, default_value_t = 0)]
         timeout: i64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Exec through the streaming server, as kubectl exec: prints the command's output,
+    /// exits with its exit code
+    Exec {
+        id: String,
+        /// a terminal (stderr then comes through stdout)
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// pass our stdin (the command must end by itself: the protocol has no end of input)
+        #[arg(long, short = 'i')]
+        stdin: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -209,6 +231,13 @@ async fn sandbox_config(c: &mut Client, pod: &str) -> Result<PodSandboxConfig> {
             .unwrap_or_default()
             .to_string()
     };
+    let sysctls = config
+        .pointer("/linux/sysctls")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
     let st = r.status.ok_or("PodSandboxStatus: no status")?;
     let ns = st.linux.and_then(|l| l.namespaces).and_then(|n| n.options);
     Ok(PodSandboxConfig {
@@ -219,6 +248,7 @@ async fn sandbox_config(c: &mut Client, pod: &str) -> Result<PodSandboxConfig> {
         annotations: st.annotations,
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: text("/linux/cgroup_parent"),
+            sysctls,
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: ns,
                 privileged: config.pointer("/linux/security_context/privileged")
@@ -257,6 +287,16 @@ fn show(v: &serde_json::Value, pid: bool) {
     }
 }
 
+/// KEY=VALUE arguments as pairs (a bare KEY: an empty value).
+fn key_values(args: &[String]) -> Vec<(String, String)> {
+    args.iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap());
 }
@@ -281,6 +321,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             host_network,
             pid_mode,
             cgroup_parent,
+            privileged,
+            sysctls,
         } => {
             let config = PodSandboxConfig {
                 metadata: Some(PodSandboxMetadata {
@@ -297,8 +339,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 linux: Some(LinuxPodSandboxConfig {
                     cgroup_parent,
+                    sysctls: key_values(&sysctls).into_iter().collect(),
                     security_context: Some(LinuxSandboxSecurityContext {
                         namespace_options: Some(ns_options(host_network, pid_mode)),
+                        privileged,
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -335,15 +379,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(p) = pid_mode {
                 ns.pid = p.cri() as i32;
             }
-            let envs = env
-                .iter()
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    KeyValue {
-                        key: k.into(),
-                        value: v.into(),
-                    }
-                })
+            let envs = key_values(&env)
+                .into_iter()
+                .map(|(key, value)| KeyValue { key, value })
                 .collect();
             let config = ContainerConfig {
                 metadata: Some(ContainerMetadata { name, attempt: 0 }),
@@ -398,6 +436,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             std::io::stderr().write_all(&r.stderr)?;
             std::io::stdout().flush()?;
             return Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8));
+        }
+        Cmd::Exec {
+            id,
+            tty,
+            stdin,
+            command,
+        } => {
+            let r = c
+                .exec(ExecRequest {
+                    container_id: id,
+                    cmd: command,
+                    tty,
+                    stdin,
+                    stdout: true,
+                    stderr: !tty,
+                })
+                .await?
+                .into_inner();
+            let code = stream::exec(&r.url, stdin, tty)?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
         Cmd::Update {
             id,
