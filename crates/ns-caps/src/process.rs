@@ -92,15 +92,20 @@ pub fn wait_for_start(
         ns_core::exec::check_program(prog, env)?;
     }
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "cannot clear the parent-death signal".into())?;
+    // Only stdio and the fifo are left when the runtime returns (the seccomp listener's
+    // socket stays too, for the filter installed after start).
+    let keep: Vec<i32> = std::iter::once(fd)
+        .chain(listener)
+        .chain(sync.as_ref().map(SyncSocket::raw))
+        .chain(ns_core::stage::report_fd())
+        .collect();
+    ns_core::sys::close_from_except(3, &keep).ctx(|| "cannot close inherited fds".into())?;
     if let Some(s) = &sync {
         s.send(&ns_core::sync::Msg::Waiting)?; // SYNC-7
     }
     // From here on a failure is ours alone: the runtime has returned.
     ns_core::stage::stop_reporting();
     drop(sync);
-    // (The seccomp listener's socket stays for a filter installed after start.)
-    let keep: Vec<i32> = std::iter::once(fd).chain(listener).collect();
-    ns_core::sys::close_from_except(3, &keep).ctx(|| "cannot close inherited fds".into())?;
     nix::sys::prctl::set_dumpable(false).ctx(|| "cannot make ns-caps non-dumpable".into())?;
     let path = format!("/proc/self/fd/{fd}");
     let fifo = std::fs::OpenOptions::new()
