@@ -221,7 +221,8 @@ impl HostFacts {
                         Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
                     })
             }),
-            cgroups: if c.exec.boot {
+            // (A bundle's config.json may mount cgroup file systems.)
+            cgroups: if c.exec.boot || c.oci_bundle.is_some() {
                 ns_host::cgroups::hierarchies()
             } else {
                 Vec::new()
@@ -331,7 +332,7 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
         private_network,
         userns,
     };
-    let mount = mount(c, f, &common)?;
+    let mount = mount(c, f, &common, oci)?;
     let machine = machine(c, f, &common.dir, &mount.root)?;
     if let Some(h) = c.enter.hostname.as_ref().filter(|h| !hostname_is_valid(h)) {
         return Err(Error::invalid("--hostname", h, "invalid hostname"));
@@ -409,8 +410,8 @@ fn userns(c: &Cli, f: &HostFacts, dir: &str) -> Result<Option<UserNs>> {
     Ok(userns)
 }
 
-/// The mount section.
-fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
+/// The mount section (a bundle's mounts instead, for an OCI runtime).
+fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<MountPlan> {
     let uuid = c.exec.uuid(&f.exec)?;
     let bind_users = ns_host::userns::bind_users(&c.bind_user, o.userns.is_some())?;
     if !bind_users.is_empty() && !f.host_root {
@@ -437,10 +438,14 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
     });
     // With --template and a missing directory, everything is checked against the template,
     // which ns-run copies only once the whole command line has proven good.
-    planned.map_err(|e| match f.from_template {
+    let planned = planned.map_err(|e| match f.from_template {
         true => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
         false => e,
-    })
+    })?;
+    match oci {
+        Some(b) => b.mount(planned, &f.cgroups),
+        None => Ok(planned),
+    }
 }
 
 /// The machine name: -M, else the directory's (the host's for `/`); -x adds a random part.
