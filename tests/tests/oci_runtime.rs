@@ -998,3 +998,28 @@ fn namespaced_sysctls_are_written_before_read_only_paths() {
     );
     assert_eq!((code, out.as_str()), (0, "1\n42\n"));
 }
+
+#[test]
+fn a_missing_mount_point_is_made_in_a_user_namespace_and_removed_after() {
+    let id = ns_tests::unique("mp-userns");
+    let b = Bundle::new("oci-mp-userns", &["sh", "-c", "ls -d /new-mp/sub"], |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        v["linux"]["uidMappings"] = map.clone();
+        v["linux"]["gidMappings"] = map;
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/new-mp/sub", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}),
+        );
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(b.stdout_of(&id), "/new-mp/sub\n");
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert!(!b.tree.path().join("rootfs/new-mp").exists(), "left behind");
+}
