@@ -1003,13 +1003,7 @@ fn namespaced_sysctls_are_written_before_read_only_paths() {
 fn a_missing_mount_point_is_made_in_a_user_namespace_and_removed_after() {
     let id = ns_tests::unique("mp-userns");
     let b = Bundle::new("oci-mp-userns", &["sh", "-c", "ls -d /new-mp/sub"], |v| {
-        v["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-        v["linux"]["uidMappings"] = map.clone();
-        v["linux"]["gidMappings"] = map;
+        ns_tests::oci_userns(v);
         v["mounts"].as_array_mut().unwrap().push(
             json!({"destination": "/new-mp/sub", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}),
         );

@@ -202,8 +202,8 @@ pub(crate) fn bind_host_read_only(
     make_read_only(root, dest, true)
 }
 
-/// Device nodes of the minimal /dev: (name, major, minor).
-const DEVICES: [(&str, u64, u64); 6] = [
+/// Device nodes of the minimal /dev: (name, major, minor); runc's default nodes too.
+pub const DEVICES: [(&str, u64, u64); 6] = [
     ("null", 1, 3),
     ("zero", 1, 5),
     ("full", 1, 7),

@@ -149,27 +149,19 @@ fn mount(i: usize, m: &Mount, bundle: &Path) -> Result<OciMount> {
     })
 }
 
-/// runc's default nodes, but those config.json lists itself.
-const DEFAULT_NODES: [(&str, i64, i64); 6] = [
-    ("/dev/null", 1, 3),
-    ("/dev/zero", 1, 5),
-    ("/dev/full", 1, 7),
-    ("/dev/tty", 5, 0),
-    ("/dev/urandom", 1, 9),
-    ("/dev/random", 1, 8),
-];
-
 /// The nodes to make: runc's defaults, then `linux.devices`.
 fn devices(linux: &Linux) -> Result<Vec<DeviceNode>> {
     let listed = linux.devices().clone().unwrap_or_default();
-    let mut out: Vec<DeviceNode> = DEFAULT_NODES
+    // (nspawn's minimal /dev has the same ones.) config.json's own win.
+    let mut out: Vec<DeviceNode> = ns_mount::setup::DEVICES
         .iter()
-        .filter(|(p, ..)| !listed.iter().any(|d| d.path() == Path::new(p)))
-        .map(|&(p, major, minor)| DeviceNode {
-            path: p.into(),
+        .map(|&(name, major, minor)| (Path::new("/dev").join(name), major, minor))
+        .filter(|(p, ..)| !listed.iter().any(|d| d.path() == p))
+        .map(|(path, major, minor)| DeviceNode {
+            path,
             kind: 'c',
-            major,
-            minor,
+            major: major as i64,
+            minor: minor as i64,
             mode: 0o666,
             uid: 0,
             gid: 0,
