@@ -86,3 +86,52 @@ fn make_one(root: &Path, dest: &Path, dir: bool, made: &mut Vec<(PathBuf, bool)>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_core::state::OciMount;
+
+    fn at(dest: &str, fstype: &str, source: &str) -> OciMount {
+        OciMount {
+            fstype: fstype.into(),
+            source: source.into(),
+            dest: dest.into(),
+            flags: 0,
+            propagation: Vec::new(),
+            data: String::new(),
+        }
+    }
+
+    #[test]
+    fn makes_what_is_missing_and_never_follows_the_image_s_symlinks() {
+        let root = std::env::temp_dir().join(format!("ns-mountpoints-{}", std::process::id()));
+        let outside = root.with_extension("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let oci = OciMounts {
+            mounts: vec![
+                at("/dev", "tmpfs", "tmpfs"),
+                at("/dev/pts", "devpts", "devpts"),
+                at("/a/b", "tmpfs", "tmpfs"),
+                at("/f", "bind", "/etc/hostname"),
+                at("/link/x", "tmpfs", "tmpfs"),
+                at("/../up", "tmpfs", "tmpfs"),
+            ],
+            ..Default::default()
+        };
+        let mut made = Vec::new();
+        make_missing(&root, &oci, &mut made).unwrap();
+        let names: Vec<_> = made
+            .iter()
+            .map(|(p, _)| p.strip_prefix(&root).unwrap())
+            .collect();
+        // /dev/pts is below an earlier mount: ns-mount makes it there.
+        assert_eq!(names, ["dev", "a", "a/b", "f"].map(Path::new));
+        assert!(root.join("f").is_file());
+        assert!(!outside.join("x").exists(), "followed the image's symlink");
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
+}
