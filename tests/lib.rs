@@ -1433,6 +1433,17 @@ pub fn spec_bundle(t: &Tree, args: &[&str], edit: impl FnOnce(&mut serde_json::V
     path
 }
 
+/// A user namespace in config.json `v`: container ids 0-65535 as host ids 200000 and up.
+pub fn oci_userns(v: &mut serde_json::Value) {
+    v["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    v["linux"]["uidMappings"] = map.clone();
+    v["linux"]["gidMappings"] = map;
+}
+
 /// `script` (sh -e) in a private mount namespace whose /run is a fresh, empty tmpfs (a
 /// first run after boot, without touching the host's /run/ns-run), with $NS_RUN, $NS_CTL,
 /// $BIN, the tree in $TREE and $BASE beside it. The script is a process group of its own:

@@ -294,13 +294,7 @@ impl Oci {
             json!({"destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw"]}),
         );
         if userns {
-            v["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"type": "user"}));
-            let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-            v["linux"]["uidMappings"] = map.clone();
-            v["linux"]["gidMappings"] = map;
+            ns_tests::oci_userns(&mut v);
         }
         fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
         Oci { t, bins, out, root }

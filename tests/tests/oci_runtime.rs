@@ -330,7 +330,8 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     let bad2_id = ns_tests::unique("bad2");
     let dup_id = ns_tests::unique("dup");
     let b = Bundle::new("oci-bad", &["true"], |v| {
-        v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        // Not namespaced: refused as runc refuses it.
+        v["linux"]["sysctl"] = json!({"vm.swappiness": "1"});
     });
     let log = b.out.join("log.json");
     let o = Command::new(bin("ns-oci"))
@@ -350,10 +351,11 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(err, "ns-oci: config.json: linux.sysctl: not supported\n");
+    let msg = "config.json: linux.sysctl: vm.swappiness: not in a separate kernel namespace";
+    assert_eq!(err, format!("ns-oci: {msg}\n"));
     let line: Value = serde_json::from_str(fs::read_to_string(&log).unwrap().trim()).unwrap();
     assert_eq!(line["level"], "error");
-    assert_eq!(line["msg"], "config.json: linux.sysctl: not supported");
+    assert_eq!(line["msg"], msg);
     assert!(!b.root.join(&bad_id).exists());
     // A bundle without config.json; an id that is not a file name; a duplicate id.
     let empty = b.tree.host_dir("empty");
@@ -410,7 +412,7 @@ fn config_json_is_honoured() {
     let b = Bundle::new(
         "oci-config",
         &["sh", "-c", "id; echo $FOO; hostname; cat /proc/self/status | grep -E '^(CapInh|CapPrm|CapEff|CapBnd|NoNewPrivs)'; \
-           cat /secret 2>/dev/null || echo masked; touch /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; \
+           (cat /secret 2>/dev/null | grep -q s3cret) || echo masked; touch /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; \
            cat /proc/self/oom_score_adj; mkdir /tmp/d 2>/dev/null || echo mkdir-denied; \
            (ulimit -n 100 2>&1) | grep -q 'Permission denied' && echo setting-nofile-eacces; \
            (ulimit -s 100 2>&1) && echo setting-stack-ok; \
@@ -1569,4 +1571,164 @@ fn ambient_capabilities_not_inheritable_are_left_out() {
             "{err}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mounts, device nodes and sysctls as config.json lists them (issue 17, items 2, 4, 5, 7)
+
+/// Run `args` in a bundle edited by `edit` (`prepare` gets the rootfs first): create, start,
+/// reap; its exit code and stdout.
+fn run_bundle(
+    tag: &str,
+    args: &[&str],
+    prepare: impl FnOnce(&Path),
+    edit: impl FnOnce(&mut Value),
+) -> (i32, String) {
+    let id = ns_tests::unique(tag);
+    let b = Bundle::new(&format!("oci-{tag}"), args, edit);
+    prepare(&b.tree.path().join("rootfs"));
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let (code, _, err) = b.oci(&["start", &id]);
+    assert_eq!(code, 0, "{err}");
+    let status = reap(pid);
+    let out = b.stdout_of(&id);
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    (status, out)
+}
+
+/// /proc/self/mountinfo's lines as (mount point, mount options, fs type, source, super
+/// options, optional fields), in order.
+fn mountinfo(text: &str) -> Vec<[String; 6]> {
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            Some([
+                f[4].into(),
+                f[5].into(),
+                r[0].into(),
+                r[1].into(),
+                r.get(2).copied().unwrap_or("").into(),
+                f[6..].join(" "),
+            ])
+        })
+        .collect()
+}
+
+#[test]
+fn mounts_are_config_json_s_in_its_order_and_nothing_else() {
+    let (code, out) = run_bundle(
+        "mounts",
+        &["cat", "/proc/self/mountinfo"],
+        |_| {},
+        |v| v["linux"]["rootfsPropagation"] = json!("rshared"),
+    );
+    assert_eq!(code, 0, "{out}");
+    let m = mountinfo(&out);
+    let at = |p: &str| m.iter().position(|l| l[0] == p);
+    let shm = &m[at("/dev/shm").expect("/dev/shm")];
+    assert_eq!(
+        (shm[2].as_str(), shm[3].as_str()),
+        ("tmpfs", "shm"),
+        "{out}"
+    );
+    assert!(shm[1].split(',').any(|o| o == "noexec"), "{out}");
+    assert!(shm[4].contains("size=65536k"), "{out}");
+    let dev = &m[at("/dev").expect("/dev")];
+    assert!(
+        dev[4].contains("size=65536k") && dev[4].contains("mode=755"),
+        "{out}"
+    );
+    // In config.json's order: /dev before /sys; nspawn's /run, /tmp, /run/host are not made.
+    assert!(at("/dev") < at("/sys"), "{out}");
+    for p in ["/run", "/tmp", "/run/host"] {
+        assert_eq!(at(p), None, "{p}: {out}");
+    }
+    // linux.rootfsPropagation.
+    assert!(m[at("/").expect("/")][5].contains("shared:"), "{out}");
+}
+
+#[test]
+fn a_masked_path_below_a_masked_directory_is_skipped() {
+    let (code, out) = run_bundle(
+        "masks",
+        &["sh", "-c", "ls -A /masked-dir; echo listed"],
+        |root| fs::create_dir_all(root.join("masked-dir/sub")).unwrap(),
+        |v| {
+            let masked = v["linux"]["maskedPaths"].as_array_mut().unwrap();
+            masked.extend([json!("/masked-dir"), json!("/masked-dir/sub")]);
+        },
+    );
+    assert_eq!((code, out.as_str()), (0, "listed\n"));
+}
+
+#[test]
+fn linux_devices_are_made_as_listed() {
+    let (code, out) = run_bundle(
+        "nodes",
+        &[
+            "stat",
+            "-c",
+            "%F %t:%T %a %u:%g",
+            "/dev/ns-null",
+            "/dev/sub/fifo",
+            "/dev/zero",
+        ],
+        |_| {},
+        |v| {
+            v["linux"]["devices"] = json!([
+                {"path": "/dev/ns-null", "type": "c", "major": 1, "minor": 3,
+                 "fileMode": 0o620, "uid": 7, "gid": 8},
+                {"path": "/dev/sub/fifo", "type": "p", "fileMode": 0o600}]);
+        },
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "character special file 1:3 620 7:8",
+            "fifo 0:0 600 0:0",
+            "character special file 1:5 666 0:0"
+        ]
+    );
+}
+
+#[test]
+fn namespaced_sysctls_are_written_before_read_only_paths() {
+    let (code, out) = run_bundle(
+        "sysctl",
+        &[
+            "cat",
+            "/proc/sys/kernel/shm_rmid_forced",
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+        ],
+        |_| {},
+        |v| {
+            v["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1",
+                "net.ipv4.ip_unprivileged_port_start": "42"});
+        },
+    );
+    assert_eq!((code, out.as_str()), (0, "1\n42\n"));
+}
+
+#[test]
+fn a_missing_mount_point_is_made_in_a_user_namespace_and_removed_after() {
+    let id = ns_tests::unique("mp-userns");
+    let b = Bundle::new("oci-mp-userns", &["sh", "-c", "ls -d /new-mp/sub"], |v| {
+        ns_tests::oci_userns(v);
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/new-mp/sub", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}),
+        );
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(b.stdout_of(&id), "/new-mp/sub\n");
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert!(!b.tree.path().join("rootfs/new-mp").exists(), "left behind");
 }

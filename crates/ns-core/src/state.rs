@@ -320,6 +320,64 @@ pub struct MountPlan {
     /// OCI createContainer hooks: run once the mounts are made, before pivot_root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_hooks: Option<StageHooks>,
+    /// An OCI runtime's mounts (ns-oci): config.json's, done instead of nspawn's API file
+    /// systems, /run, /tmp, /run/host and masks (`ops` and the rest above stay empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciMounts>,
+}
+
+/// config.json's mounts and what runc does around them, in runc's order: the root's
+/// propagation, the mounts as listed, /dev's nodes and links, (the console), the root
+/// read-only, then after pivot_root the sysctls, read-only paths and masked paths.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OciMounts {
+    /// `mounts`, in order.
+    pub mounts: Vec<OciMount>,
+    /// runc's default nodes (null zero full random urandom tty), /dev/ptmx and the
+    /// /dev/fd, stdin, stdout, stderr links (unless /dev is a bind mount).
+    pub setup_dev: bool,
+    /// `linux.devices` (and the default nodes with `setup_dev`), made in order.
+    pub devices: Vec<DeviceNode>,
+    /// `linux.rootfsPropagation` (MS_* bits), else rslave.
+    pub root_propagation: Option<u64>,
+    /// `linux.sysctl`, checked: key (dotted) and value.
+    pub sysctl: Vec<(String, String)>,
+    pub readonly_paths: Vec<PathBuf>,
+    pub masked_paths: Vec<PathBuf>,
+}
+
+/// One of config.json's mounts, its options parsed as runc parses them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OciMount {
+    /// The file system type (`bind` for a bind mount).
+    pub fstype: String,
+    /// The source as given (a host path, absolute, for a bind).
+    pub source: String,
+    pub dest: PathBuf,
+    /// MS_* bits (no propagation).
+    pub flags: u64,
+    /// Propagation changes after the mount (MS_* bits each).
+    pub propagation: Vec<u64>,
+    /// The file-system specific options.
+    pub data: String,
+}
+
+/// A device node to create (mknod; bound from the host's node of the same path in a user
+/// namespace, as runc does).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceNode {
+    pub path: PathBuf,
+    /// `c`, `b` or `p`.
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A host user bound into the container (`--bind-user`).

@@ -15,6 +15,7 @@ pub mod chain;
 pub mod devices;
 pub mod journal;
 pub mod locks;
+pub mod mountpoints;
 pub mod notify;
 pub mod registry;
 pub mod resources;

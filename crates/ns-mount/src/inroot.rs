@@ -42,6 +42,27 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, create: Option<Kind>) -> Result
     open_in_root_depth(root, path, create, 0)
 }
 
+/// Open `path` inside the root if it is there: `None` when it (or a directory on the way) is
+/// missing, or something on the way is not a directory.
+pub fn open_existing(root: &OwnedFd, path: &Path) -> Result<Option<OwnedFd>> {
+    match nix::fcntl::openat2(root.as_fd(), &relative(path), in_root()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+        Err(e) => Err(Error::setup(format!(
+            "cannot open {} in the container: {}",
+            path.display(),
+            e.desc()
+        ))),
+    }
+}
+
+/// An O_PATH open that never leaves the root.
+fn in_root() -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
 fn open_in_root_depth(
     root: &OwnedFd,
     path: &Path,
@@ -49,9 +70,7 @@ fn open_in_root_depth(
     depth: u32,
 ) -> Result<OwnedFd> {
     let rel = relative(path);
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let how = in_root();
     let cannot = |e: Errno| {
         Error::setup(format!(
             "cannot open {} in the container: {}",

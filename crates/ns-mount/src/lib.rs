@@ -8,12 +8,16 @@
 //! /etc/resolv.conf and /etc/localtime, the user mounts in command-line order, make the root
 //! read-only if asked, pivot_root into it and detach the old root, then exec the next program.
 //!
+//! For an OCI runtime (`mount.oci` in the state) it does config.json's mounts instead, as
+//! runc does them ([`oci`]).
+//!
 //! Mount points it has to create in the image are announced on the sync socket first
 //! (`created`), so that the monitor removes them after the container is gone.
 #![forbid(unsafe_code)]
 
-// Module graph (no cycles): setup → ops → root → inroot → scratch → tmpfs.
+// Module graph (no cycles): (build) → oci → setup → ops → root → inroot → scratch → tmpfs.
 pub mod inroot;
+pub mod oci;
 pub mod ops;
 pub mod root;
 pub mod scratch;
@@ -305,7 +309,7 @@ impl MountArgs {
             machine_id: cx.machine_id.clone(),
             cgroups: cx.cgroups.clone(),
             create_hooks: None, // an OCI bundle's only
-                                // The monitor's, made at start.
+            oci: None,          // an OCI runtime's: its plan builder's
         })
     }
 }
@@ -422,6 +426,20 @@ pub fn check_root(tree: &RootFacts, mode: RootMode, os_tree: bool) -> Result<Pat
         ));
     }
     Ok(p)
+}
+
+/// Build the root (nspawn's, or an OCI runtime's) and pivot into it, with what the host
+/// decided at start (`runtime`). On return the process's root is the container.
+pub fn build(
+    plan: &MountPlan,
+    runtime: &ns_core::state::Runtime,
+    sync: Option<&ns_core::sync::SyncSocket>,
+    root_fd: Option<std::os::fd::OwnedFd>,
+) -> Result<()> {
+    match &plan.oci {
+        Some(oci) => oci::build_root(plan, oci, sync, root_fd),
+        None => setup::build_root(plan, runtime, sync, root_fd),
+    }
 }
 
 /// The flags that reproduce `plan` (for `ns-run --print-chain`).

@@ -27,7 +27,7 @@ fn main() {
         fds.open_missing(&chain_stages(&rest))?;
         debug(STAGE, || format!("building root {}", plan.root.display()));
         let root_fd = args.root_fd.map(adopt_root_fd).transpose()?;
-        ns_mount::setup::build_root(&plan, &runtime, sync.as_ref(), root_fd)?;
+        ns_mount::build(&plan, &runtime, sync.as_ref(), root_fd)?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         Err(exec_next(&rest, &fds))
     })

@@ -16,16 +16,11 @@ use nix::sys::stat::{Mode, SFlag};
 use ns_core::state::{MountPlan, RootMode};
 use ns_core::{Context, Error, Result};
 
-/// Build the whole root and pivot into it (with what the host decided at start:
-/// `runtime`). On return the process's root is the container.
-pub fn build_root(
-    plan: &MountPlan,
-    runtime: &ns_core::state::Runtime,
-    sync: Option<&ns_core::sync::SyncSocket>,
-    root_fd: Option<OwnedFd>,
-) -> Result<()> {
-    // Modes below are meant as written (device nodes 0666, mount points 0755); ns-mount's
-    // main sets the payload's 0022 again before it execs.
+/// The root as a mount of its own (by `plan.root_mode`, after `--pivot-root`), in our
+/// mount namespace cut off from the host's (recursively slave); returns it and the scratch
+/// tmpfs. Modes below are meant as written (device nodes 0666, mount points 0755):
+/// ns-mount's main sets the payload's 0022 again before it execs.
+pub fn prepare(plan: &MountPlan, root_fd: Option<OwnedFd>) -> Result<(OwnedFd, Scratch)> {
     nix::sys::stat::umask(Mode::empty());
     make_rslave()?;
     let scratch = crate::scratch::Scratch::new(&plan.scratch);
@@ -47,6 +42,18 @@ pub fn build_root(
     if let Some(p) = &plan.pivot_root {
         root = crate::root::pivot_inside(root, p)?;
     }
+    Ok((root, scratch))
+}
+
+/// Build the whole root, nspawn's way, and pivot into it (with what the host decided at
+/// start: `runtime`). On return the process's root is the container.
+pub fn build_root(
+    plan: &MountPlan,
+    runtime: &ns_core::state::Runtime,
+    sync: Option<&ns_core::sync::SyncSocket>,
+    root_fd: Option<OwnedFd>,
+) -> Result<()> {
+    let (root, scratch) = prepare(plan, root_fd)?;
     ns_core::stage::fault("ns-mount:mid");
     mount_proc(&root, &scratch, plan.private_network)?;
     mount_sys(&root)?;
@@ -109,7 +116,12 @@ fn bind_read_only(root: &OwnedFd, dest: &str) -> Result<()> {
 
 /// Bind `dest` (open as `fd`) on itself, recursively, and make the new mount read-only (and
 /// those below it, if `recursive`).
-fn bind_self_read_only(root: &OwnedFd, fd: &OwnedFd, dest: &str, recursive: bool) -> Result<()> {
+pub(crate) fn bind_self_read_only(
+    root: &OwnedFd,
+    fd: &OwnedFd,
+    dest: &str,
+    recursive: bool,
+) -> Result<()> {
     let p = fd_path(fd);
     mount(
         Some(p.as_str()),
@@ -166,17 +178,7 @@ pub fn mount_sys(root: &OwnedFd) -> Result<()> {
         // In a user namespace without its own network namespace the kernel refuses a new
         // sysfs (it belongs to the host's network namespace): show the host's, read-only
         // (recursively: a user namespace may not bind it without its locked submounts).
-        Err(Errno::EPERM) => {
-            mount(
-                Some("/sys"),
-                fd_path(&target).as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .ctx(|| "cannot bind /sys".into())?;
-            make_read_only(root, Path::new("/sys"), true)
-        }
+        Err(Errno::EPERM) => bind_host_read_only(root, &target, "/sys", Path::new("/sys")),
         Err(e) => Err(Error::setup(format!(
             "cannot mount sysfs on /sys: {}",
             e.desc()
@@ -184,8 +186,27 @@ pub fn mount_sys(root: &OwnedFd) -> Result<()> {
     }
 }
 
-/// Device nodes of the minimal /dev: (name, major, minor).
-const DEVICES: [(&str, u64, u64); 6] = [
+/// The host's `host` (with what is mounted below it) bound on `target` (`dest` in the
+/// container), read-only: what a user namespace may show of /sys where it may not mount one.
+pub(crate) fn bind_host_read_only(
+    root: &OwnedFd,
+    target: &OwnedFd,
+    host: &str,
+    dest: &Path,
+) -> Result<()> {
+    mount(
+        Some(host),
+        fd_path(target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("cannot bind {host}"))?;
+    make_read_only(root, dest, true)
+}
+
+/// Device nodes of the minimal /dev: (name, major, minor); runc's default nodes too.
+pub const DEVICES: [(&str, u64, u64); 6] = [
     ("null", 1, 3),
     ("zero", 1, 5),
     ("full", 1, 7),
@@ -296,7 +317,7 @@ pub fn pivot_into(root: &OwnedFd) -> Result<()> {
 /// SYNC-6: a pty from the container's own devpts instance, its slave bound on /dev/console
 /// (where ns-caps opens it), its master sent to the monitor, which relays it to the user's
 /// terminal.
-fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSocket>) -> Result<()> {
+pub(crate) fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSocket>) -> Result<()> {
     let sync =
         sync.ok_or_else(|| Error::setup("a console needs a monitor to relay it (ns-run)".into()))?;
     let ptmx = open_in_root(root, Path::new("/dev/pts/ptmx"), None)?;
@@ -392,7 +413,7 @@ fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
 /// /sys/fs/cgroup for a booted init, as nspawn sets it for the layout. Mounted inside the
 /// cgroup namespace, each hierarchy shows the container's own cgroup as its root: the v1
 /// controllers read-only, the hierarchies systemd manages (name=systemd, cgroup2) writable.
-fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -> Result<()> {
+pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -> Result<()> {
     use ns_core::state::CgroupLayout;
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if cg.layout == CgroupLayout::Unified {

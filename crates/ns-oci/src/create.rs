@@ -224,6 +224,7 @@ fn run_chain(
     container::save(dir, &saved)?;
     // What only the host decides at start: the cgroups to join, the start fifo.
     let cgroups = own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
+    mount_points(b, dir, state, &mut saved, undo)?;
     let fifo_fd = start_fifo(dir)?;
     let listener = listener_socket(&saved)?;
     let runtime = Runtime {
@@ -257,6 +258,28 @@ fn run_chain(
         c.on_report(report)?;
     }
     c.created()
+}
+
+/// In a user namespace (the image's ownership as it is), the missing mount points of
+/// config.json's mounts, made by the host and recorded (removed with the container).
+fn mount_points(
+    b: &oci::Bundle,
+    dir: &Path,
+    state: &State,
+    saved: &mut Saved,
+    undo: &mut Undo,
+) -> Result<()> {
+    let Some(oci) = &state.mount.oci else {
+        return Ok(());
+    };
+    if state.enter.userns.is_none() || state.mount.idmapped_root {
+        return Ok(());
+    }
+    let mut made = Vec::new();
+    let done = ns_host::mountpoints::make_missing(&b.root, oci, &mut made);
+    undo.created.extend(made.iter().cloned());
+    saved.created_paths.extend(made);
+    done.and_then(|()| container::save(dir, saved))
 }
 
 /// The container's record as `create` starts (pid 0: creating).

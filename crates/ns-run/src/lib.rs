@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod oci;
+pub mod oci_mounts;
 pub mod plan;
 pub mod settings;

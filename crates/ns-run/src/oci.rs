@@ -4,9 +4,11 @@
 //! option can say ([`OciInput`], which the plan's section builders take: the process
 //! exactly as given, joined namespaces, the seccomp profile, the cgroup resources).
 //!
-//! The API file systems stay nspawn's: config.json's own /proc, /sys, /dev, /dev/pts,
-//! /dev/shm, /dev/mqueue, /run and /sys/fs/cgroup mounts are what ns-mount mounts anyway.
-//! Every field this cannot honour fails with one line naming it; none is ignored.
+//! Mounts: for an OCI runtime (ns-oci), config.json's own, as listed and nothing else
+//! ([`crate::oci_mounts`]). For `ns-run --oci-bundle` the API file systems stay nspawn's:
+//! config.json's own /proc, /sys, /dev, /dev/pts, /dev/shm, /dev/mqueue, /run and
+//! /sys/fs/cgroup mounts are what ns-mount mounts anyway; its other mounts become nspawn
+//! options. Every field this cannot honour fails with one line naming it; none is ignored.
 
 use std::path::{Path, PathBuf};
 
@@ -122,7 +124,8 @@ fn mount_option(i: usize, m: &Mount) -> Result<String> {
 }
 
 /// The bundle as nspawn options, for a machine called `name` (they go before the command
-/// line's own, which win). The process's arguments are not among them: see [`argv_of`].
+/// line's own, which win). The process's arguments are not among them: see [`argv_of`];
+/// nor are the mounts ([`nspawn_mounts`] for ns-run, [`OciInput::mount`] for a runtime).
 pub fn options(b: &Bundle, name: &str) -> Result<Vec<String>> {
     let s = &b.spec;
     let mut o = vec![
@@ -154,24 +157,6 @@ pub fn options(b: &Bundle, name: &str) -> Result<Vec<String>> {
             }
             (LinuxNamespaceType::Time, _) => return Err(unsupported("linux.namespaces: time")),
             _ => {}
-        }
-    }
-    for (i, m) in s.mounts().clone().unwrap_or_default().iter().enumerate() {
-        if !is_api_mount(m) {
-            o.push(mount_option(i, m)?);
-        }
-    }
-    for p in linux.masked_paths().clone().unwrap_or_default() {
-        // Absent paths are skipped, as runc does: /proc and /sys paths are the kernel's, the
-        // same here as in the container; others are the image's.
-        if exists_for(b, &p) {
-            o.push(format!("--inaccessible={p}"));
-        }
-    }
-    for p in linux.readonly_paths().clone().unwrap_or_default() {
-        if exists_for(b, &p) {
-            let p = esc(Path::new(&p));
-            o.push(format!("--bind-ro=+{p}:{p}"));
         }
     }
     Ok(o)
@@ -258,6 +243,34 @@ fn check_ranges(field: &str, v: &[IdRange]) -> Result<()> {
     Ok(())
 }
 
+/// The bundle's mounts, masked and read-only paths as nspawn options, for `ns-run
+/// --oci-bundle` (an OCI runtime does config.json's own: [`crate::oci_mounts`]). nspawn's
+/// API file systems win over config.json's.
+fn nspawn_mounts(b: &Bundle) -> Result<Vec<String>> {
+    let s = &b.spec;
+    let linux = s.linux().clone().unwrap_or_default();
+    let mut o = Vec::new();
+    for (i, m) in s.mounts().clone().unwrap_or_default().iter().enumerate() {
+        if !is_api_mount(m) {
+            o.push(mount_option(i, m)?);
+        }
+    }
+    for p in linux.masked_paths().clone().unwrap_or_default() {
+        // Absent paths are skipped, as runc does: /proc and /sys paths are the kernel's, the
+        // same here as in the container; others are the image's.
+        if exists_for(b, &p) {
+            o.push(format!("--inaccessible={p}"));
+        }
+    }
+    for p in linux.readonly_paths().clone().unwrap_or_default() {
+        if exists_for(b, &p) {
+            let p = esc(Path::new(&p));
+            o.push(format!("--bind-ro=+{p}:{p}"));
+        }
+    }
+    Ok(o)
+}
+
 /// `--oci-bundle=DIR` on ns-run's command line `argv`: the bundle's options first, then the
 /// command line's own (which win: a single-valued option given there replaces the bundle's),
 /// then the command line's command, or else the bundle's process arguments.
@@ -277,6 +290,7 @@ pub fn merge(argv: &[String], b: &Bundle, name: &str) -> Result<Vec<String>> {
     };
     let mut bundle_argv = vec![argv[0].clone()];
     bundle_argv.extend(options(b, name)?);
+    bundle_argv.extend(nspawn_mounts(b)?);
     let (from_bundle, _) = crate::cli::split_options(&bundle_argv)?;
     let mut out = vec![argv[0].clone()];
     for g in from_bundle {
@@ -467,11 +481,33 @@ impl OciInput<'_> {
         if props.iter().any(|p| matches!(p, Property::DevicePolicy(_))) {
             props.extend(listed_devices(&linux));
         }
-        if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(unsupported("linux.sysctl"));
+        if !runtime {
+            // ns-run's /dev and procfs are nspawn's (a runtime's: [`Self::mount`]).
+            if linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()) {
+                return Err(unsupported("linux.sysctl"));
+            }
+            check_devices(&linux)?;
         }
-        check_devices(&linux)?;
         Ok(props)
+    }
+
+    /// The mount section from nspawn's, `m`: for an OCI runtime, config.json's mounts and
+    /// what runc does around them, instead of nspawn's (`cgroups`: the host's hierarchies,
+    /// for a cgroup mount).
+    pub fn mount(
+        &self,
+        mut m: ns_core::state::MountPlan,
+        cgroups: &[ns_host::cgroups::Hierarchy],
+    ) -> Result<ns_core::state::MountPlan> {
+        if self.oci_runtime.is_none() {
+            return Ok(m);
+        }
+        let oci = crate::oci_mounts::plan(&self.bundle.spec, &self.bundle.dir)?;
+        m.cgroups = (crate::oci_mounts::has_cgroup_mount(&oci))
+            .then(|| ns_host::cgroups::plan(cgroups))
+            .transpose()?;
+        m.oci = Some(oci);
+        Ok(m)
     }
 }
 

@@ -221,7 +221,8 @@ impl HostFacts {
                         Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
                     })
             }),
-            cgroups: if c.exec.boot {
+            // (A bundle's config.json may mount cgroup file systems.)
+            cgroups: if c.exec.boot || c.oci_bundle.is_some() {
                 ns_host::cgroups::hierarchies()
             } else {
                 Vec::new()
@@ -333,7 +334,7 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
     };
     let mount = MountPlan {
         create_hooks: oci.and_then(|o| o.create_hooks()),
-        ..mount(c, f, &common)?
+        ..mount(c, f, &common, oci)?
     };
     let machine = machine(c, f, &common.dir, &mount.root)?;
     if let Some(h) = c.enter.hostname.as_ref().filter(|h| !hostname_is_valid(h)) {
@@ -412,8 +413,8 @@ fn userns(c: &Cli, f: &HostFacts, dir: &str) -> Result<Option<UserNs>> {
     Ok(userns)
 }
 
-/// The mount section.
-fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
+/// The mount section (a bundle's mounts instead, for an OCI runtime).
+fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<MountPlan> {
     let uuid = c.exec.uuid(&f.exec)?;
     let bind_users = ns_host::userns::bind_users(&c.bind_user, o.userns.is_some())?;
     if !bind_users.is_empty() && !f.host_root {
@@ -440,10 +441,14 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common) -> Result<MountPlan> {
     });
     // With --template and a missing directory, everything is checked against the template,
     // which ns-run copies only once the whole command line has proven good.
-    planned.map_err(|e| match f.from_template {
+    let planned = planned.map_err(|e| match f.from_template {
         true => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
         false => e,
-    })
+    })?;
+    match oci {
+        Some(b) => b.mount(planned, &f.cgroups),
+        None => Ok(planned),
+    }
 }
 
 /// The machine name: -M, else the directory's (the host's for `/`); -x adds a random part.
