@@ -43,8 +43,7 @@ pub fn build_root(
         make_read_only(&root, Path::new("/dev"), false)?;
     }
     crate::root::finish(&root, plan)?;
-    ns_core::stage::fault("ns-mount:before-pivot");
-    crate::setup::pivot_into(&root)?;
+    crate::setup::hooks_then_pivot(&root, plan)?;
     if let Some(p) = oci.root_propagation {
         mount(None::<&str>, "/", None::<&str>, ms(p), None::<&str>)
             .ctx(|| "cannot set the root's propagation (linux.rootfsPropagation)".into())?;

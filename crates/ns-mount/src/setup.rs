@@ -88,11 +88,17 @@ pub fn build_root(
         crate::ops::apply(&root, &scratch, op, i, sync)?;
     }
     crate::root::finish(&root, plan)?;
+    hooks_then_pivot(&root, plan)
+}
+
+/// The root is built: OCI createContainer hooks (in the container's namespaces, before
+/// pivot_root), then pivot into it.
+pub fn hooks_then_pivot(root: &std::os::fd::OwnedFd, plan: &MountPlan) -> Result<()> {
     if let Some(h) = &plan.create_hooks {
         ns_core::hook::run_in_stage("createContainer", h, "creating")?;
     }
     ns_core::stage::fault("ns-mount:before-pivot");
-    pivot_into(&root)
+    pivot_into(root)
 }
 
 /// Cut propagation: nothing mounted from here on reaches the host, while host mounts still
