@@ -28,6 +28,18 @@ struct Bundle {
     root: PathBuf,
 }
 
+/// A test that fails leaves no container behind: whatever its runtime root still knows is
+/// deleted with --force (the created one waiting for start, its cgroups, its state).
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let ids = fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for id in ids.filter(|e| e.path().is_dir()) {
+            let id = id.file_name().to_string_lossy().into_owned();
+            let _ = self.cmd(&["delete", "--force", &id]).output();
+        }
+    }
+}
+
 impl Bundle {
     fn new(name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Bundle {
         subreaper();
