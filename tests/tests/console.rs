@@ -97,8 +97,11 @@ fn interactive_shell_on_a_real_terminal() {
     tm.keys(&["stty size", "Enter"]);
     tm.wait_for("40 120");
     // Ctrl-C goes to the container's foreground job, not to ns-run.
-    tm.keys(&["sleep 100; echo sleep-ended-$?", "Enter"]);
-    std::thread::sleep(Duration::from_millis(300));
+    tm.keys(&[
+        "sh -c 'echo job-$((6*7)); exec sleep 100'; echo sleep-ended-$?",
+        "Enter",
+    ]);
+    tm.wait_for("job-42");
     tm.keys(&["C-c"]);
     tm.keys(&["echo after-ctrl-c", "Enter"]);
     tm.wait_for("after-ctrl-c\n");
@@ -120,8 +123,15 @@ fn ctrl_bracket_three_times_kills_the_container() {
     let t = Tree::rootfs("console-kill");
     let tm = Tmux::start("kill", &shell_line(t.path(), "-a"));
     tm.wait_for("~ #");
-    tm.keys(&["echo pid=$$; sleep 100", "Enter"]);
+    // The job prints once it runs as the terminal's foreground job (the shell made it so
+    // before it ran): ^Z then stops it, never the shell, which ignores it (a builtin echo
+    // followed by `sleep` raced: ^Z could come between them).
+    tm.keys(&[
+        "echo pid=$$; sh -c 'echo job-$((6*7)); exec sleep 100'",
+        "Enter",
+    ]);
     tm.wait_for("pid=2");
+    tm.wait_for("job-42");
     tm.keys(&["C-z"]);
     tm.wait_for("Stopped");
     tm.keys(&["C-]", "C-]", "C-]"]);
