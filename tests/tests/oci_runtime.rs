@@ -1828,3 +1828,22 @@ fn without_a_mount_namespace_masked_and_read_only_paths_are_refused() {
     );
     assert_eq!(b.status_if_any(&id), None);
 }
+
+#[test]
+fn without_a_mount_namespace_its_cgroup_mounts_are_not_taken_for_the_hosts() {
+    // Its cgroup file systems are mounted in our namespace while it lives: another
+    // container's cgroups are made in the host's hierarchies all the same.
+    let (a, b) = (ns_tests::unique("nomnt-a"), ns_tests::unique("nomnt-b"));
+    let ba = no_mount_ns_bundle("oci-nomnt-a", &["true"], |_| {});
+    let bb = Bundle::new("oci-nomnt-b", &["true"], |_| {});
+    assert_eq!(ba.create(&a).0, 0);
+    let (code, err) = bb.create(&b);
+    assert_eq!(code, 0, "{err}");
+    let (pa, pb) = (ba.pid(&a), bb.pid(&b));
+    let (code, _, err) = ba.oci(&["delete", &a]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = bb.oci(&["delete", &b]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((reap(pa), reap(pb)), (137, 137));
+    assert!(cgroups_named(&format!("ns-oci/{b}")).is_empty());
+}
