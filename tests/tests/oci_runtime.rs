@@ -1080,6 +1080,7 @@ fn a_mount_namespace_given_by_path_is_joined() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _no_host_mounts = host_mounts_lock(); // (their mounts are ours too)
     let mounts_before = ns_tests::our_mounts();
     let b = Bundle::new("oci-joinmnt", &["sleep", "1000"], |v| {
         let list = v["linux"]["namespaces"].as_array_mut().unwrap();
@@ -1740,6 +1741,13 @@ fn host_mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Held by a test whose containers mount on the host (no mount namespace) and by one that
+/// compares this process's mounts before and after: they run one at a time.
+fn host_mounts_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A bundle whose linux.namespaces lists no mount namespace (and none of what needs one).
 fn no_mount_ns_bundle(tag: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Bundle {
     Bundle::new(tag, args, |v| {
@@ -1754,6 +1762,7 @@ fn no_mount_ns_bundle(tag: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -
 
 #[test]
 fn without_a_mount_namespace_the_mounts_are_on_the_rootfs_and_gone_after_delete() {
+    let _host_mounts = host_mounts_lock();
     let id = ns_tests::unique("nomnt");
     let outside = ns_tests::Tree::empty("oci-nomnt-outside");
     let args = ["sh", "-c", "readlink /proc/self/ns/mnt; exec sleep 1000"];
@@ -1798,6 +1807,7 @@ fn without_a_mount_namespace_the_mounts_are_on_the_rootfs_and_gone_after_delete(
 
 #[test]
 fn without_a_mount_namespace_a_failed_create_leaves_no_mount() {
+    let _host_mounts = host_mounts_lock();
     let id = ns_tests::unique("nomnt-fail");
     let b = no_mount_ns_bundle("oci-nomnt-fail", &["true"], |v| {
         v["mounts"].as_array_mut().unwrap().push(
@@ -1814,6 +1824,7 @@ fn without_a_mount_namespace_a_failed_create_leaves_no_mount() {
 
 #[test]
 fn without_a_mount_namespace_masked_and_read_only_paths_are_refused() {
+    let _host_mounts = host_mounts_lock();
     let id = ns_tests::unique("nomnt-masked");
     let b = no_mount_ns_bundle("oci-nomnt-masked", &["true"], |v| {
         v["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
@@ -1831,6 +1842,7 @@ fn without_a_mount_namespace_masked_and_read_only_paths_are_refused() {
 
 #[test]
 fn without_a_mount_namespace_its_cgroup_mounts_are_not_taken_for_the_hosts() {
+    let _host_mounts = host_mounts_lock();
     // Its cgroup file systems are mounted in our namespace while it lives: another
     // container's cgroups are made in the host's hierarchies all the same.
     let (a, b) = (ns_tests::unique("nomnt-a"), ns_tests::unique("nomnt-b"));
