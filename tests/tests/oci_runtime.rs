@@ -1859,3 +1859,26 @@ fn without_a_mount_namespace_its_cgroup_mounts_are_not_taken_for_the_hosts() {
     assert_eq!((reap(pa), reap(pb)), (137, 137));
     assert!(cgroups_named(&format!("ns-oci/{b}")).is_empty());
 }
+
+#[test]
+fn without_a_mount_namespace_what_covers_its_mounts_goes_with_them() {
+    let _host_mounts = host_mounts_lock();
+    let id = ns_tests::unique("nomnt-cover");
+    let args = ["sh", "-c", "mount -t tmpfs cover /dev/shm && echo covered"];
+    let b = no_mount_ns_bundle("oci-nomnt-cover", &args, |v| {
+        for set in ["bounding", "effective", "permitted"] {
+            let caps = v["process"]["capabilities"][set].as_array_mut().unwrap();
+            caps.push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+    let rootfs = b.tree.path().join("rootfs");
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(b.stdout_of(&id), "covered\n");
+    let (code, _, err) = b.oci(&["delete", &id]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(host_mounts_under(&rootfs), Vec::<String>::new());
+}

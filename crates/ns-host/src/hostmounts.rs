@@ -60,9 +60,9 @@ fn unescape(s: &str) -> String {
 }
 
 /// Unmount `mounts` (as `under` listed them), last first. Each one still there (the same
-/// id, now at a path below `root`) is opened from `root` with no symlink followed, checked to
-/// be that mount, and detached through its fd. Tries them all; the first failure is
-/// returned.
+/// id, now at a path below `root`) is opened from `root` with no symlink followed and
+/// detached through its fd, with whatever the container mounted over it first. Tries them
+/// all; the first failure is returned.
 pub fn unmount(root: &Path, mounts: &[HostMount]) -> Result<()> {
     if mounts.is_empty() {
         return Ok(());
@@ -101,16 +101,22 @@ fn unmount_one(dir: &OwnedFd, root: &Path, id: u64, at: &Path) -> Result<()> {
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
-    let fd = nix::fcntl::openat2(dir.as_fd(), rel, how)
-        .ctx(|| format!("cannot open the mount point {}", at.display()))?;
-    if mount_id(&fd)? != id {
-        return Err(Error::setup(format!(
-            "{}: another mount is over the container's (id {id})",
-            at.display()
-        )));
+    // The top mount there, until ours is (a few covering ones at most).
+    for _ in 0..16 {
+        let fd = nix::fcntl::openat2(dir.as_fd(), rel, how)
+            .ctx(|| format!("cannot open the mount point {}", at.display()))?;
+        let top = mount_id(&fd)?;
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        umount2(path.as_str(), MntFlags::MNT_DETACH)
+            .ctx(|| format!("cannot unmount {}", at.display()))?;
+        if top == id {
+            return Ok(());
+        }
     }
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    umount2(path.as_str(), MntFlags::MNT_DETACH).ctx(|| format!("cannot unmount {}", at.display()))
+    Err(Error::setup(format!(
+        "cannot unmount {}: too many mounts over it",
+        at.display()
+    )))
 }
 
 /// The id of the mount `fd` is on (/proc/self/fdinfo).
