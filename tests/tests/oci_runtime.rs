@@ -1080,6 +1080,7 @@ fn a_mount_namespace_given_by_path_is_joined() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _no_host_mounts = host_mounts_lock(); // (their mounts are ours too)
     let mounts_before = ns_tests::our_mounts();
     let b = Bundle::new("oci-joinmnt", &["sleep", "1000"], |v| {
         let list = v["linux"]["namespaces"].as_array_mut().unwrap();
@@ -1131,24 +1132,6 @@ fn namespaces_not_listed_are_inherited() {
     assert_ne!(ns(pid as u32, "mnt"), ns(me, "mnt"));
     assert_eq!(b.oci(&["delete", &id]).0, 0);
     assert_eq!(reap(pid), 137);
-    // Without a mount namespace of its own, the container's mounts would be made on the
-    // host (runc makes them there, and leaves them): refused, nothing left behind.
-    let nomnt_id = ns_tests::unique("nomnt");
-    let mounts_before = ns_tests::our_mounts();
-    let b = Bundle::new("oci-nomnt", &["true"], |v| {
-        v["linux"]["namespaces"] = json!([{"type": "pid"}]);
-    });
-    let (code, err) = b.create(&nomnt_id);
-    assert_eq!(
-        (code, err.as_str()),
-        (
-            1,
-            "ns-oci: config.json: linux.namespaces: no mount namespace (the container's mounts would be made on the host): not supported\n"
-        )
-    );
-    assert!(!b.root.join(&nomnt_id).exists());
-    assert!(cgroups_named(&format!("ns-oci/{nomnt_id}")).is_empty());
-    ns_tests::assert_mounts_unchanged(&mounts_before);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1743,4 +1726,159 @@ fn a_missing_mount_point_is_made_in_a_user_namespace_and_removed_after() {
     assert_eq!(b.stdout_of(&id), "/new-mp/sub\n");
     assert_eq!(b.oci(&["delete", &id]).0, 0);
     assert!(!b.tree.path().join("rootfs/new-mp").exists(), "left behind");
+}
+
+// ---- No mount namespace (issue 17, item 6): runc's chroot, with the mounts undone ----
+
+/// The host's mount points on `dir` or below it (this test runs in the host's namespace).
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    let dir = fs::canonicalize(dir).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(&dir))
+        .map(String::from)
+        .collect()
+}
+
+/// Held by a test whose containers mount on the host (no mount namespace) and by one that
+/// compares this process's mounts before and after: they run one at a time.
+fn host_mounts_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A bundle whose linux.namespaces lists no mount namespace (and none of what needs one).
+fn no_mount_ns_bundle(tag: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Bundle {
+    Bundle::new(tag, args, |v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "mount");
+        v["linux"]["maskedPaths"] = json!([]);
+        v["linux"]["readonlyPaths"] = json!([]);
+        v["root"]["readonly"] = json!(false);
+        edit(v);
+    })
+}
+
+#[test]
+fn without_a_mount_namespace_the_mounts_are_on_the_rootfs_and_gone_after_delete() {
+    let _host_mounts = host_mounts_lock();
+    let id = ns_tests::unique("nomnt");
+    let outside = ns_tests::Tree::empty("oci-nomnt-outside");
+    let args = ["sh", "-c", "readlink /proc/self/ns/mnt; exec sleep 1000"];
+    let b = no_mount_ns_bundle("oci-nomnt", &args, |v| {
+        // Through the image's symlink to a host path: it stays inside the rootfs.
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/escape/t", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}),
+        );
+    });
+    let rootfs = b.tree.path().join("rootfs");
+    std::os::unix::fs::symlink(outside.path(), rootfs.join("escape")).unwrap();
+    fs::write(rootfs.join("nomnt-marker"), "inside\n").unwrap();
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    let mounted = host_mounts_under(&rootfs);
+    let moved = fs::canonicalize(outside.path()).unwrap().join("t");
+    assert!(mounted.iter().any(|p| p.ends_with("/proc")), "{mounted:?}");
+    assert!(
+        mounted
+            .iter()
+            .any(|p| Path::new(p).ends_with(moved.strip_prefix("/").unwrap())),
+        "{mounted:?}"
+    );
+    assert_eq!(host_mounts_under(outside.path()), Vec::<String>::new());
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    // exec chroots into the container's root too.
+    let p = b.out.join("p.json");
+    let process =
+        json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["cat", "/nomnt-marker"]});
+    fs::write(&p, process.to_string()).unwrap();
+    let (code, out, err) = b.oci(&["exec", "--process", s(&p), &id]);
+    assert_eq!((code, out.as_str()), (0, "inside\n"), "{err}");
+    assert_eq!(b.oci(&["kill", &id, "KILL"]).0, 0);
+    assert_eq!(reap(pid), 128 + libc::SIGKILL);
+    let ours = fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_eq!(b.stdout_of(&id).trim(), s(&ours));
+    let (code, _, err) = b.oci(&["delete", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(host_mounts_under(&rootfs), Vec::<String>::new());
+}
+
+#[test]
+fn without_a_mount_namespace_a_failed_create_leaves_no_mount() {
+    let _host_mounts = host_mounts_lock();
+    let id = ns_tests::unique("nomnt-fail");
+    let b = no_mount_ns_bundle("oci-nomnt-fail", &["true"], |v| {
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/late", "type": "bind", "source": "/nonexistent-ns-oci", "options": ["rbind"]}),
+        );
+    });
+    let rootfs = b.tree.path().join("rootfs");
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent-ns-oci"), "{err}");
+    assert_eq!(host_mounts_under(&rootfs), Vec::<String>::new());
+    assert_eq!(b.status_if_any(&id), None);
+}
+
+#[test]
+fn without_a_mount_namespace_masked_and_read_only_paths_are_refused() {
+    let _host_mounts = host_mounts_lock();
+    let id = ns_tests::unique("nomnt-masked");
+    let b = no_mount_ns_bundle("oci-nomnt-masked", &["true"], |v| {
+        v["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
+    });
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("linux.maskedPaths"), "{err}");
+    assert_eq!(
+        host_mounts_under(&b.tree.path().join("rootfs")),
+        Vec::<String>::new()
+    );
+    assert_eq!(b.status_if_any(&id), None);
+}
+
+#[test]
+fn without_a_mount_namespace_its_cgroup_mounts_are_not_taken_for_the_hosts() {
+    let _host_mounts = host_mounts_lock();
+    // Its cgroup file systems are mounted in our namespace while it lives: another
+    // container's cgroups are made in the host's hierarchies all the same.
+    let (a, b) = (ns_tests::unique("nomnt-a"), ns_tests::unique("nomnt-b"));
+    let ba = no_mount_ns_bundle("oci-nomnt-a", &["true"], |_| {});
+    let bb = Bundle::new("oci-nomnt-b", &["true"], |_| {});
+    assert_eq!(ba.create(&a).0, 0);
+    let (code, err) = bb.create(&b);
+    assert_eq!(code, 0, "{err}");
+    let (pa, pb) = (ba.pid(&a), bb.pid(&b));
+    let (code, _, err) = ba.oci(&["delete", &a]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = bb.oci(&["delete", &b]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((reap(pa), reap(pb)), (137, 137));
+    assert!(cgroups_named(&format!("ns-oci/{b}")).is_empty());
+}
+
+#[test]
+fn without_a_mount_namespace_what_covers_its_mounts_goes_with_them() {
+    let _host_mounts = host_mounts_lock();
+    let id = ns_tests::unique("nomnt-cover");
+    let args = ["sh", "-c", "mount -t tmpfs cover /dev/shm && echo covered"];
+    let b = no_mount_ns_bundle("oci-nomnt-cover", &args, |v| {
+        for set in ["bounding", "effective", "permitted"] {
+            let caps = v["process"]["capabilities"][set].as_array_mut().unwrap();
+            caps.push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+    let rootfs = b.tree.path().join("rootfs");
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(b.stdout_of(&id), "covered\n");
+    let (code, _, err) = b.oci(&["delete", &id]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(host_mounts_under(&rootfs), Vec::<String>::new());
 }

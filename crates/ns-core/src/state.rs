@@ -345,6 +345,10 @@ pub struct OciMounts {
     pub sysctl: Vec<(String, String)>,
     pub readonly_paths: Vec<PathBuf>,
     pub masked_paths: Vec<PathBuf>,
+    /// No mount namespace (`linux.namespaces` lists none): the mounts are made in the
+    /// caller's, on the rootfs, and the container chroots into it (as runc).
+    #[serde(default)]
+    pub chroot: bool,
 }
 
 /// One of config.json's mounts, its options parsed as runc parses them.

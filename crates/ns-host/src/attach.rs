@@ -32,6 +32,37 @@ pub fn namespaces(leader: i32) -> Result<Joinable> {
     Ok(out)
 }
 
+/// Where the leader's mount namespace is ours (an OCI container without one, which chroots
+/// into its rootfs): its root, to chroot into once joined ([`enter_root`]).
+pub fn root_of(leader: i32, ns: &Joinable) -> Result<Option<OwnedFd>> {
+    use nix::fcntl::OFlag;
+    if ns.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWNS) {
+        return Ok(None);
+    }
+    let p = format!("/proc/{leader}/root");
+    let fd = nix::fcntl::open(
+        p.as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {p}"))?;
+    let (theirs, ours) = (nix::sys::stat::fstat(fd.as_fd()), nix::sys::stat::stat("/"));
+    let same = |a: nix::sys::stat::FileStat, b: nix::sys::stat::FileStat| {
+        (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    };
+    match (theirs, ours) {
+        (Ok(a), Ok(b)) if same(a, b) => Ok(None),
+        _ => Ok(Some(fd)),
+    }
+}
+
+/// Into the root [`root_of`] found.
+pub fn enter_root(root: &OwnedFd) -> Result<()> {
+    nix::unistd::fchdir(root.as_fd()).ctx(|| "cannot enter the container's root".into())?;
+    nix::unistd::chroot(".").ctx(|| "cannot chroot into the container's root".into())?;
+    nix::unistd::chdir("/").ctx(|| "cannot chdir to /".into())
+}
+
 /// setns's flag for a namespace kind of [`crate::registry::NAMESPACE_KINDS`].
 fn flag_of(kind: &str) -> CloneFlags {
     match kind {

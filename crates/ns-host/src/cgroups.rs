@@ -24,8 +24,22 @@ pub struct Hierarchy {
     pub own: PathBuf,
 }
 
-/// The host's hierarchies, from /proc/self/mountinfo and /proc/self/cgroup.
+/// The host's hierarchies, from /proc/self/mountinfo and /proc/self/cgroup: each once, at
+/// its first mount (a later one may be a container's, on its rootfs in our namespace: an
+/// OCI container without a mount namespace, gone when it is deleted).
 pub fn hierarchies() -> Vec<Hierarchy> {
+    let mut seen = Vec::new();
+    let mut all = mounted_hierarchies();
+    all.retain(|h| {
+        let key = (h.v2, h.options.clone());
+        let first = !seen.contains(&key);
+        seen.push(key);
+        first
+    });
+    all
+}
+
+fn mounted_hierarchies() -> Vec<Hierarchy> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let own_path = |key: &str| {

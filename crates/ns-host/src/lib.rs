@@ -2,8 +2,9 @@
 //! nspawn-network.c…: the container's cgroups ([`cgroups`]), the limits written to them
 //! ([`resources`]), the device policy ([`devices`]), user namespace id maps, ranges and the
 //! ownership shift ([`userns`]), joining a running container ([`attach`]), the image and zone
-//! locks ([`locks`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]) and the
-//! registry of running machines that ns-ctl reads ([`registry`]); and the chain itself, started
+//! locks ([`locks`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]), the
+//! registry of running machines that ns-ctl reads ([`registry`]), the mounts of an OCI container
+//! without a mount namespace ([`hostmounts`]); and the chain itself, started
 //! and answered through the sync protocol ([`chain`]).
 //! The monitor in ns-run, ns-oci and ns-ctl use it; no chain stage does (a stage crate holds
 //! only what its binary runs).
@@ -13,6 +14,7 @@ pub mod attach;
 pub mod cgroups;
 pub mod chain;
 pub mod devices;
+pub mod hostmounts;
 pub mod journal;
 pub mod locks;
 pub mod mountpoints;

@@ -2,6 +2,12 @@
 //! else, in runc's order: the mounts, /dev's nodes, /dev/ptmx and links (unless /dev is a
 //! bind mount), the console, /dev and the root read-only, pivot_root, the root's
 //! propagation; then, inside, the sysctls, the read-only paths and the masked paths.
+//!
+//! Without a mount namespace (`OciMounts::chroot`), as runc: the mounts are made in the
+//! caller's namespace on the rootfs itself (each target opened inside it, so none lands
+//! outside), and the container chroots into it; nothing is done to the caller's other
+//! mounts (no rslave, no bind of the root, no propagation change). ns-oci unmounts them at
+//! delete.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -22,7 +28,10 @@ pub fn build_root(
     sync: Option<&ns_core::sync::SyncSocket>,
     root_fd: Option<OwnedFd>,
 ) -> Result<()> {
-    let (root, _scratch) = crate::setup::prepare(plan, root_fd)?;
+    let (root, _scratch) = match oci.chroot {
+        true => (chroot_root(plan)?, None),
+        false => crate::setup::prepare(plan, root_fd).map(|(r, s)| (r, Some(s)))?,
+    };
     ns_core::stage::fault("ns-mount:mid");
     for (i, m) in oci.mounts.iter().enumerate() {
         mount_one(&root, plan, m)
@@ -42,6 +51,12 @@ pub fn build_root(
     if oci.mounts.iter().any(dev_ro) {
         make_read_only(&root, Path::new("/dev"), false)?;
     }
+    if oci.chroot {
+        // (a read-only root, the root's propagation: refused by ns-run's plan)
+        crate::setup::create_hooks(plan)?;
+        chroot_into(&root)?;
+        return inside(oci);
+    }
     crate::root::finish(&root, plan)?;
     crate::setup::hooks_then_pivot(&root, plan)?;
     if let Some(p) = oci.root_propagation {
@@ -52,6 +67,28 @@ pub fn build_root(
 }
 
 use libc::MS_RDONLY;
+
+/// The rootfs itself, to mount on (no mount namespace: it stays the caller's).
+fn chroot_root(plan: &MountPlan) -> Result<OwnedFd> {
+    nix::sys::stat::umask(Mode::empty());
+    let root = nix::fcntl::open(
+        &plan.root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {}", plan.root.display()))?;
+    let st = nix::sys::stat::fstat(root.as_fd())
+        .ctx(|| format!("cannot stat {}", plan.root.display()))?;
+    crate::scratch::set_image_dev(st.st_dev);
+    Ok(root)
+}
+
+/// Enter the root by chroot (pivot_root needs a mount namespace of our own).
+fn chroot_into(root: &OwnedFd) -> Result<()> {
+    nix::unistd::fchdir(root.as_fd()).ctx(|| "cannot enter the new root".into())?;
+    nix::unistd::chroot(".").ctx(|| "cannot chroot".into())?;
+    nix::unistd::chdir("/").ctx(|| "cannot chdir to /".into())
+}
 
 fn ms(bits: u64) -> MsFlags {
     MsFlags::from_bits_truncate(bits as _)

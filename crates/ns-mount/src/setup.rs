@@ -94,11 +94,17 @@ pub fn build_root(
 /// The root is built: OCI createContainer hooks (in the container's namespaces, before
 /// pivot_root), then pivot into it.
 pub fn hooks_then_pivot(root: &std::os::fd::OwnedFd, plan: &MountPlan) -> Result<()> {
+    create_hooks(plan)?;
+    pivot_into(root)
+}
+
+/// The createContainer hooks, last before the root is entered.
+pub fn create_hooks(plan: &MountPlan) -> Result<()> {
     if let Some(h) = &plan.create_hooks {
         ns_core::hook::run_in_stage("createContainer", h, "creating")?;
     }
     ns_core::stage::fault("ns-mount:before-pivot");
-    pivot_into(root)
+    Ok(())
 }
 
 /// Cut propagation: nothing mounted from here on reaches the host, while host mounts still

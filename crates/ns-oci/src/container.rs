@@ -29,6 +29,10 @@ pub struct Saved {
     pub annotations: BTreeMap<String, String>,
     /// Host paths ns-mount created (SYNC-4), removed by `delete`: (path, with content).
     pub created_paths: Vec<(PathBuf, bool)>,
+    /// Without a mount namespace: the mounts made on the rootfs (in our mount namespace),
+    /// unmounted by `delete`.
+    #[serde(default)]
+    pub host_mounts: Vec<ns_host::hostmounts::HostMount>,
     /// For `exec`: the container's system call filter.
     pub syscall_filter: Option<SyscallFilter>,
     pub hooks: Option<oci_spec::runtime::Hooks>,

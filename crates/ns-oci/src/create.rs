@@ -20,6 +20,7 @@ use ns_core::state::{Runtime, State};
 use ns_core::{Context, Error, Result};
 use ns_host::cgroups::Cgroup;
 use ns_host::chain::{Chain, Maps, Report};
+use ns_host::hostmounts::{self, HostMount};
 use ns_run::oci;
 
 use crate::container::{self, Saved, SavedCgroup};
@@ -45,6 +46,8 @@ struct Undo {
     levels: Vec<PathBuf>,
     pids: Vec<Pid>,
     created: Vec<(PathBuf, bool)>,
+    /// Without a mount namespace: the rootfs and the mounts it had before.
+    mounts: Option<(PathBuf, Vec<HostMount>)>,
 }
 
 impl Undo {
@@ -54,6 +57,12 @@ impl Undo {
         }
         for p in &self.pids {
             let _ = waitpid(*p, None);
+        }
+        if let Some((root, before)) = &self.mounts {
+            let made = hostmounts::under(root).map(|now| hostmounts::made_since(before, now));
+            if let Err(e) = made.and_then(|m| hostmounts::unmount(root, &m)) {
+                ns_core::errln!("ns-oci: {}", e.msg);
+            }
         }
         remove_created(&self.created);
         for c in self.cgroups.iter().rev() {
@@ -183,6 +192,7 @@ pub fn create(g: &Global, r: &Request) -> Result<()> {
         levels: Vec::new(),
         pids: Vec::new(),
         created: Vec::new(),
+        mounts: None,
     };
     let made = run_chain(g, r, &b, &dir, &state, &mut undo).and_then(|saved| {
         container::save(&dir, &saved)?;
@@ -225,6 +235,9 @@ fn run_chain(
     // What only the host decides at start: the cgroups to join, the start fifo.
     let cgroups = own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
     mount_points(b, dir, state, &mut saved, undo)?;
+    if state.mount.oci.as_ref().is_some_and(|o| o.chroot) {
+        undo.mounts = Some((b.root.clone(), hostmounts::under(&b.root)?));
+    }
     let fifo_fd = start_fifo(dir)?;
     let listener = listener_socket(&saved)?;
     let runtime = Runtime {
@@ -257,7 +270,11 @@ fn run_chain(
     while let Some(report) = chain.next_report()? {
         c.on_report(report)?;
     }
-    c.created()
+    let mut saved = c.created()?;
+    if let Some((root, before)) = &undo.mounts {
+        saved.host_mounts = hostmounts::made_since(before, hostmounts::under(root)?);
+    }
+    Ok(saved)
 }
 
 /// In a user namespace (the image's ownership as it is), the missing mount points of
@@ -301,6 +318,7 @@ fn first_record(r: &Request, b: &oci::Bundle, state: &State) -> Saved {
             .into_iter()
             .collect(),
         created_paths: Vec::new(),
+        host_mounts: Vec::new(),
         syscall_filter: state.exec.syscall_filter.clone(),
         hooks: b.spec.hooks().clone(),
         seccomp_listener: b

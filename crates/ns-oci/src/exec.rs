@@ -95,6 +95,7 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
     let mut fds = StageFds::default();
     fds.open_sealed(&["ns-caps"])?;
     let ns = attach::namespaces(saved.pid)?;
+    let root = attach::root_of(saved.pid, &ns)?;
     let cgroups: Vec<_> = saved.cgroups.iter().map(|c| c.dir.clone()).collect();
     let console = r
         .console_socket
@@ -109,7 +110,7 @@ pub fn exec(g: &Global, r: &Request) -> Result<i32> {
                 r,
                 oom_score_adj,
                 &cgroups,
-                &ns,
+                (&ns, root.as_ref()),
                 console.as_ref(),
                 &theirs,
                 &state_fd,
@@ -185,7 +186,7 @@ fn inside(
     r: &Request,
     oom_score_adj: Option<i32>,
     cgroups: &[std::path::PathBuf],
-    ns: &[(std::fs::File, nix::sched::CloneFlags)],
+    (ns, root): (&[(std::fs::File, nix::sched::CloneFlags)], Option<&OwnedFd>),
     console: Option<&std::os::unix::net::UnixStream>,
     sock: &SyncSocket,
     state_fd: &OwnedFd,
@@ -201,6 +202,9 @@ fn inside(
             })?;
         }
         attach::join(r.id, cgroups, ns)?;
+        if let Some(root) = root {
+            attach::enter_root(root)?; // no mount namespace: its chroot
+        }
         match console {
             Some(c) => {
                 let (master, n) = attach::open_pty(r.id)?;

@@ -483,6 +483,10 @@ fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
     if let Err(e) = hooks::run("poststop", hs.poststop(), &s.state_json("stopped")) {
         ns_core::errln!("ns-oci: {}", e.msg);
     }
+    // Reported, not fatal: one its processes covered would keep it from being deleted.
+    if let Err(e) = ns_host::hostmounts::unmount(&s.rootfs, &s.host_mounts) {
+        ns_core::errln!("ns-oci: container {id}: {}", e.msg);
+    }
     create::remove_created(&s.created_paths);
     for c in s.cgroups.iter().rev() {
         if !ns_host::cgroups::remove(&c.dir) {

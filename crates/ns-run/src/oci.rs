@@ -502,12 +502,38 @@ impl OciInput<'_> {
         if self.oci_runtime.is_none() {
             return Ok(m);
         }
-        let oci = crate::oci_mounts::plan(&self.bundle.spec, &self.bundle.dir)?;
+        let mut oci = crate::oci_mounts::plan(&self.bundle.spec, &self.bundle.dir)?;
+        oci.chroot = !(self.linux().namespaces().iter().flatten())
+            .any(|n| n.typ() == LinuxNamespaceType::Mount);
+        if oci.chroot {
+            check_chroot(&m, &oci)?;
+        }
         m.cgroups = (crate::oci_mounts::has_cgroup_mount(&oci))
             .then(|| ns_host::cgroups::plan(cgroups))
             .transpose()?;
         m.oci = Some(oci);
         Ok(m)
+    }
+}
+
+/// Without a mount namespace, what would change the caller's mounts is refused: runc's
+/// rule for the masked and read-only paths, and (where runc would remount the host's `/`
+/// or ignore it) the root's propagation and a read-only root.
+fn check_chroot(m: &ns_core::state::MountPlan, oci: &ns_core::state::OciMounts) -> Result<()> {
+    let refused = if !oci.masked_paths.is_empty() || !oci.readonly_paths.is_empty() {
+        Some("linux.maskedPaths, linux.readonlyPaths")
+    } else if oci.root_propagation.is_some() {
+        Some("linux.rootfsPropagation")
+    } else if m.read_only {
+        Some("root.readonly")
+    } else {
+        None
+    };
+    match refused {
+        Some(what) => Err(Error::setup(format!(
+            "config.json: {what}: not possible without a mount namespace in linux.namespaces"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -589,14 +615,8 @@ fn namespaces(
             "linux.namespaces: joining a mount namespace with a new user namespace",
         ));
     }
-    if !create.contains(&Namespace::Mount) && !joins_mount {
-        if runtime {
-            // runc makes the config's mounts in its own (the host's) mount namespace and
-            // leaves them there.
-            return Err(unsupported(
-                "linux.namespaces: no mount namespace (the container's mounts would be made on the host)",
-            ));
-        }
+    // ns-oci without a mount namespace chroots (`OciMounts::chroot`); ns-run makes one.
+    if !create.contains(&Namespace::Mount) && !joins_mount && !runtime {
         create.push(Namespace::Mount);
     }
     Ok((create, join))

@@ -42,6 +42,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<OciMounts> {
         sysctl: sysctls(&linux)?,
         readonly_paths: paths(linux.readonly_paths()),
         masked_paths: paths(linux.masked_paths()),
+        chroot: false, // decided with the namespaces
         mounts,
     })
 }
