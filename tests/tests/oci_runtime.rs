@@ -1882,3 +1882,35 @@ fn without_a_mount_namespace_what_covers_its_mounts_goes_with_them() {
     assert_eq!((code, err.as_str()), (0, ""));
     assert_eq!(host_mounts_under(&rootfs), Vec::<String>::new());
 }
+
+#[test]
+fn without_a_mount_namespace_delete_force_after_a_killed_create_leaves_no_mount() {
+    let _host_mounts = host_mounts_lock();
+    let id = ns_tests::unique("nomnt-killed");
+    let marker = ns_tests::Tree::empty("oci-nomnt-killed-marker");
+    let ready = marker.path().join("ready");
+    // createContainer runs once the mounts are made: create is killed while it waits.
+    let hook = format!("touch {}; exec sleep 30", ready.display());
+    let b = no_mount_ns_bundle("oci-nomnt-killed", &["true"], |v| {
+        v["hooks"] = json!({"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", hook]}]});
+    });
+    let rootfs = b.tree.path().join("rootfs");
+    let mut create = b
+        .cmd(&["create", "--bundle", b.dir(), &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !ready.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ready.exists(), "the createContainer hook never ran");
+    assert!(!host_mounts_under(&rootfs).is_empty());
+    create.kill().unwrap();
+    create.wait().unwrap();
+    let (code, _, err) = b.oci(&["delete", "--force", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(host_mounts_under(&rootfs), Vec::<String>::new());
+    assert_eq!(b.status_if_any(&id), None);
+}

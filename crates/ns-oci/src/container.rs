@@ -33,6 +33,11 @@ pub struct Saved {
     /// unmounted by `delete`.
     #[serde(default)]
     pub host_mounts: Vec<ns_host::hostmounts::HostMount>,
+    /// Without a mount namespace, until `create` has recorded `host_mounts`: the rootfs's
+    /// mounts before the chain started, so that `delete --force` after a killed `create`
+    /// unmounts what appeared since.
+    #[serde(default)]
+    pub mounts_before: Option<Vec<ns_host::hostmounts::HostMount>>,
     /// For `exec`: the container's system call filter.
     pub syscall_filter: Option<SyscallFilter>,
     pub hooks: Option<oci_spec::runtime::Hooks>,

@@ -236,7 +236,10 @@ fn run_chain(
     let cgroups = own_cgroups(g, r, b, dir, state, &mut saved, undo)?;
     mount_points(b, dir, state, &mut saved, undo)?;
     if state.mount.oci.as_ref().is_some_and(|o| o.chroot) {
-        undo.mounts = Some((b.root.clone(), hostmounts::under(&b.root)?));
+        let before = hostmounts::under(&b.root)?;
+        saved.mounts_before = Some(before.clone());
+        container::save(dir, &saved)?;
+        undo.mounts = Some((b.root.clone(), before));
     }
     let fifo_fd = start_fifo(dir)?;
     let listener = listener_socket(&saved)?;
@@ -273,6 +276,7 @@ fn run_chain(
     let mut saved = c.created()?;
     if let Some((root, before)) = &undo.mounts {
         saved.host_mounts = hostmounts::made_since(before, hostmounts::under(root)?);
+        saved.mounts_before = None;
     }
     Ok(saved)
 }
@@ -319,6 +323,7 @@ fn first_record(r: &Request, b: &oci::Bundle, state: &State) -> Saved {
             .collect(),
         created_paths: Vec::new(),
         host_mounts: Vec::new(),
+        mounts_before: None,
         syscall_filter: state.exec.syscall_filter.clone(),
         hooks: b.spec.hooks().clone(),
         seccomp_listener: b

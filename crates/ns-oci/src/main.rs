@@ -484,7 +484,14 @@ fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
         ns_core::errln!("ns-oci: {}", e.msg);
     }
     // Reported, not fatal: one its processes covered would keep it from being deleted.
-    if let Err(e) = ns_host::hostmounts::unmount(&s.rootfs, &s.host_mounts) {
+    // (A killed `create` recorded only the mounts before it: what appeared since is its.)
+    let made = match &s.mounts_before {
+        Some(before) => ns_host::hostmounts::under(&s.rootfs)
+            .map(|now| ns_host::hostmounts::made_since(before, now))
+            .unwrap_or_default(),
+        None => s.host_mounts.clone(),
+    };
+    if let Err(e) = ns_host::hostmounts::unmount(&s.rootfs, &made) {
         ns_core::errln!("ns-oci: container {id}: {}", e.msg);
     }
     create::remove_created(&s.created_paths);
