@@ -3,7 +3,7 @@
 //! subordinate ids from /etc/subuid and /etc/subgid, added for the test with `usermod` and
 //! removed again, also when a test fails) go through newuidmap/newgidmap (package uidmap),
 //! found in PATH, as runc finds them. Ranges the user does not own, or no newuidmap: one
-//! line, exit 125, nothing left (no state, no process of the user).
+//! line, exit 1 (as runc), nothing left (no state, no process of the user).
 //!
 //! A created container outlives `ns-oci create`: this test process is a subreaper and reaps
 //! what ends up here.
@@ -194,11 +194,12 @@ impl Rootless {
         v["pid"].as_i64().unwrap() as i32
     }
 
-    /// `create` refused: one line naming `needle`, 125, nothing left.
+    /// `create` refused: one line naming `needle`, exit 1 (ns-oci's failure, as runc's),
+    /// nothing left.
     fn refused(&self, path: &str, needle: &str) {
         let id = ns_tests::unique("rl-bad");
         let (code, err) = self.oci(path, &["create", "--bundle", self.tree.arg(), &id]);
-        assert_eq!(code, 125, "{err}");
+        assert_eq!(code, 1, "{err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.contains(needle), "{needle} in: {err}");
         self.assert_nothing_left(&id);
@@ -214,6 +215,19 @@ impl Rootless {
             left = procs_of(self.user.uid);
         }
         assert!(left.is_empty(), "processes of the user left: {left:?}");
+    }
+}
+
+/// A test that fails leaves no container behind: whatever the runtime root still holds is
+/// deleted with --force (before the user goes).
+impl Drop for Rootless {
+    fn drop(&mut self) {
+        let ids = fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for id in ids.filter(|e| e.path().is_dir()) {
+            let id = id.file_name().to_string_lossy().into_owned();
+            let _ = self.oci(&self.path_with_tools(), &["delete", "--force", &id]);
+        }
+        let _ = procs_of(self.user.uid);
     }
 }
 
