@@ -196,13 +196,14 @@ impl Rootless {
 
     /// `create` refused: one line naming `needle`, exit 1 (ns-oci's failure, as runc's),
     /// nothing left.
-    fn refused(&self, path: &str, needle: &str) {
+    fn refused(&self, path: &str, needle: &str) -> String {
         let id = ns_tests::unique("rl-bad");
         let (code, err) = self.oci(path, &["create", "--bundle", self.tree.arg(), &id]);
         assert_eq!(code, 1, "{err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.contains(needle), "{needle} in: {err}");
         self.assert_nothing_left(&id);
+        err
     }
 
     /// No state for `id`, no process of the user (those reparented here are reaped first).
@@ -309,7 +310,12 @@ fn rootless_ranges_not_owned_are_refused() {
         &[(0, u, 1), (1, 1, 1000)],
         &[(0, g, 1), (1, sub.gids, 1000)],
     );
-    r.refused(&r.path_with_tools(), "newuidmap");
+    let err = r.refused(&r.path_with_tools(), "newuidmap");
+    // The ranges asked for and newuidmap's own reason, in ns-oci's one line.
+    assert!(
+        err.contains(&format!("0 {u} 1 1 1 1000")) && err.contains("not allowed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -321,5 +327,6 @@ fn rootless_ranges_without_newuidmap_are_refused() {
         &[(0, u, 1), (1, sub.uids, 1000)],
         &[(0, g, 1), (1, sub.gids, 1000)],
     );
-    r.refused(&r.bins.display().to_string(), "newuidmap");
+    let err = r.refused(&r.bins.display().to_string(), "newuidmap");
+    assert!(err.contains("not installed"), "{err}");
 }
