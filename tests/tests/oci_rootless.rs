@@ -101,10 +101,14 @@ impl Rootless {
             fs::copy(bin(b), bins.join(b)).unwrap();
         }
         let user = HostUser::new(tag, &tree.host_dir("home"));
-        let root = tree.host_dir("oci-root");
+        // The user's $XDG_RUNTIME_DIR, as a session has it, and ns-oci's root in it (where
+        // ns-oci keeps its state without root and without --root, as runc).
+        let xdg = tree.host_dir("xdg");
+        let root = xdg.join("ns-oci");
+        fs::create_dir(&root).unwrap();
         let chown = Command::new("chown")
             .args(["-R", &format!("{0}:{0}", user.uid)])
-            .args([tree.path(), &root])
+            .args([tree.path(), &xdg])
             .status()
             .unwrap();
         assert!(chown.success());
@@ -139,14 +143,18 @@ impl Rootless {
     /// `ns-oci --root R --rootless true ARGS` as the user, with `path` as PATH: exit code and
     /// stderr (stdout and stdin are /dev/null: a created container holds them).
     fn oci(&self, path: &str, args: &[&str]) -> (i32, String) {
+        let root = self.root.display().to_string();
+        let global = ["--root", &root, "--rootless", "true"];
+        self.as_user(&[&format!("PATH={path}")], &[&global, args].concat())
+    }
+
+    /// `env ENV ns-oci ARGS` as the user: exit code and stderr.
+    fn as_user(&self, env: &[&str], args: &[&str]) -> (i32, String) {
         let err = self.tree.path().join("stderr");
         let mut c = Command::new("runuser");
         c.args(["-u", &self.user.name, "--", "env"])
-            .arg(format!("PATH={path}"))
+            .args(env)
             .arg(self.bins.join("ns-oci"))
-            .arg("--root")
-            .arg(&self.root)
-            .args(["--rootless", "true"])
             .args(args)
             .current_dir("/")
             .stdin(Stdio::null())
@@ -329,4 +337,21 @@ fn rootless_ranges_without_newuidmap_are_refused() {
     );
     let err = r.refused(&r.bins.display().to_string(), "newuidmap");
     assert!(err.contains("not installed"), "{err}");
+}
+
+#[test]
+fn rootless_state_defaults_to_xdg_runtime_dir() {
+    let r = Rootless::new("ns-oci-rl-xdg", "rx");
+    r.maps(&[(0, r.user.uid, 1)], &[(0, r.gid, 1)]);
+    let env = format!("XDG_RUNTIME_DIR={}", r.root.parent().unwrap().display());
+    let id = ns_tests::unique("rl-xdg");
+    let (code, err) = r.as_user(&[&env], &["create", "--bundle", r.tree.arg(), &id]);
+    assert_eq!(code, 0, "create: {err}");
+    assert!(
+        r.root.join(&id).is_dir(),
+        "state not in $XDG_RUNTIME_DIR/ns-oci"
+    );
+    let (code, err) = r.as_user(&[&env], &["delete", "--force", &id]);
+    assert_eq!(code, 0, "delete: {err}");
+    r.assert_nothing_left(&id);
 }
