@@ -170,13 +170,18 @@ impl Rootless {
     }
 
     /// `create`, the maps of the created container's process, `start`, `delete --force`:
-    /// nothing left. Returns the uid and gid maps seen.
-    fn run(&self, path: &str) -> (IdMap, IdMap) {
+    /// nothing left. Returns the uid and gid maps seen, and /proc/PID/setgroups.
+    fn run(&self, path: &str) -> (IdMap, IdMap, String) {
         let id = ns_tests::unique("rl");
         let (code, err) = self.oci(path, &["create", "--bundle", self.tree.arg(), &id]);
         assert_eq!(code, 0, "create: {err}");
         let pid = self.state(&id, "created");
-        let maps = (proc_map(pid, "uid_map"), proc_map(pid, "gid_map"));
+        let setgroups = fs::read_to_string(format!("/proc/{pid}/setgroups")).unwrap();
+        let maps = (
+            proc_map(pid, "uid_map"),
+            proc_map(pid, "gid_map"),
+            setgroups.trim().to_string(),
+        );
         let (code, err) = self.oci(path, &["start", &id]);
         assert_eq!(code, 0, "start: {err}");
         assert_eq!(self.state(&id, "running"), pid);
@@ -290,9 +295,11 @@ fn rootless_own_ids_are_mapped_without_newuidmap() {
     let (u, g) = (r.user.uid, r.gid);
     r.maps(&[(0, u, 1)], &[(0, g, 1)]);
     // Only the binaries in PATH: no newuidmap, none needed.
-    let (uid_map, gid_map) = r.run(&r.bins.display().to_string());
+    let (uid_map, gid_map, setgroups) = r.run(&r.bins.display().to_string());
     assert_eq!(uid_map, [(0, u, 1)]);
     assert_eq!(gid_map, [(0, g, 1)]);
+    // The kernel lets a user map its own gid only with setgroups denied (so does runc).
+    assert_eq!(setgroups, "deny");
 }
 
 #[test]
@@ -303,9 +310,11 @@ fn rootless_several_ranges_go_through_newuidmap() {
     let uids = [(0, u, 1), (1, sub.uids, 1000), (5000, sub.uids + 2000, 10)];
     let gids = [(0, g, 1), (1, sub.gids + 500, 2000)];
     r.maps(&uids, &gids);
-    let (uid_map, gid_map) = r.run(&r.path_with_tools());
+    let (uid_map, gid_map, setgroups) = r.run(&r.path_with_tools());
     assert_eq!(uid_map, uids);
     assert_eq!(gid_map, gids);
+    // newgidmap's maps leave setgroups allowed, as under runc.
+    assert_eq!(setgroups, "allow");
 }
 
 #[test]
