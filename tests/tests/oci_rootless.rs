@@ -3,7 +3,8 @@
 //! subordinate ids from /etc/subuid and /etc/subgid, added for the test with `usermod` and
 //! removed again, also when a test fails) go through newuidmap/newgidmap (package uidmap),
 //! found in PATH, as runc finds them. Ranges the user does not own, or no newuidmap: one
-//! line, exit 1 (as runc), nothing left (no state, no process of the user).
+//! line, exit 1 (as runc), nothing left (no state, no process of the user). Without
+//! `--root` (and `--rootless`: auto), the state is in $XDG_RUNTIME_DIR/ns-oci, as runc's.
 //!
 //! A created container outlives `ns-oci create`: this test process is a subreaper and reaps
 //! what ends up here.
@@ -191,6 +192,21 @@ impl Rootless {
         maps
     }
 
+    /// [`Rootless::run`] with config.json's maps `uids` and `gids`: the container's process
+    /// has exactly those, and `setgroups`.
+    fn runs_with(
+        &self,
+        path: &str,
+        uids: &[(u32, u32, u32)],
+        gids: &[(u32, u32, u32)],
+        setgroups: &str,
+    ) {
+        self.maps(uids, gids);
+        let seen = self.run(path);
+        assert_eq!((&seen.0[..], &seen.1[..]), (uids, gids));
+        assert_eq!(seen.2, setgroups);
+    }
+
     /// `state ID`: its pid, once it has `status`.
     fn state(&self, id: &str, status: &str) -> i32 {
         let o = Command::new("runuser")
@@ -293,13 +309,10 @@ fn procs_of(uid: u32) -> Vec<String> {
 fn rootless_own_ids_are_mapped_without_newuidmap() {
     let r = Rootless::new("ns-oci-rl-own", "ro");
     let (u, g) = (r.user.uid, r.gid);
-    r.maps(&[(0, u, 1)], &[(0, g, 1)]);
-    // Only the binaries in PATH: no newuidmap, none needed.
-    let (uid_map, gid_map, setgroups) = r.run(&r.bins.display().to_string());
-    assert_eq!(uid_map, [(0, u, 1)]);
-    assert_eq!(gid_map, [(0, g, 1)]);
-    // The kernel lets a user map its own gid only with setgroups denied (so does runc).
-    assert_eq!(setgroups, "deny");
+    // Only the binaries in PATH: no newuidmap, none needed. The kernel lets a user map its
+    // own gid only with setgroups denied (so does runc).
+    let path = r.bins.display().to_string();
+    r.runs_with(&path, &[(0, u, 1)], &[(0, g, 1)], "deny");
 }
 
 #[test]
@@ -309,43 +322,31 @@ fn rootless_several_ranges_go_through_newuidmap() {
     let (u, g) = (r.user.uid, r.gid);
     let uids = [(0, u, 1), (1, sub.uids, 1000), (5000, sub.uids + 2000, 10)];
     let gids = [(0, g, 1), (1, sub.gids + 500, 2000)];
-    r.maps(&uids, &gids);
-    let (uid_map, gid_map, setgroups) = r.run(&r.path_with_tools());
-    assert_eq!(uid_map, uids);
-    assert_eq!(gid_map, gids);
     // newgidmap's maps leave setgroups allowed, as under runc.
-    assert_eq!(setgroups, "allow");
+    r.runs_with(&r.path_with_tools(), &uids, &gids, "allow");
 }
 
 #[test]
-fn rootless_ranges_not_owned_are_refused() {
-    let r = Rootless::new("ns-oci-rl-notours", "rn");
+fn rootless_ranges_without_newuidmap_or_not_owned_are_refused() {
+    let r = Rootless::new("ns-oci-rl-refused", "rf");
     let sub = SubIds::new(&r.user);
     let (u, g) = (r.user.uid, r.gid);
-    // Host uids 1..=1000 are nobody's to give; the gids are the user's own.
-    r.maps(
-        &[(0, u, 1), (1, 1, 1000)],
-        &[(0, g, 1), (1, sub.gids, 1000)],
-    );
-    let err = r.refused(&r.path_with_tools(), "newuidmap");
-    // The ranges asked for and newuidmap's own reason, in ns-oci's one line.
-    assert!(
-        err.contains(&format!("0 {u} 1 1 1 1000")) && err.contains("not allowed"),
-        "{err}"
-    );
-}
-
-#[test]
-fn rootless_ranges_without_newuidmap_are_refused() {
-    let r = Rootless::new("ns-oci-rl-notools", "rt");
-    let sub = SubIds::new(&r.user);
-    let (u, g) = (r.user.uid, r.gid);
+    // The user's own subordinate ids, but no newuidmap in PATH.
     r.maps(
         &[(0, u, 1), (1, sub.uids, 1000)],
         &[(0, g, 1), (1, sub.gids, 1000)],
     );
     let err = r.refused(&r.bins.display().to_string(), "newuidmap");
     assert!(err.contains("not installed"), "{err}");
+    // Host uids 1..=1000 are nobody's to give (the gids are the user's own): newuidmap
+    // refuses; the ranges asked for and its own reason are in ns-oci's one line.
+    r.maps(
+        &[(0, u, 1), (1, 1, 1000)],
+        &[(0, g, 1), (1, sub.gids, 1000)],
+    );
+    let err = r.refused(&r.path_with_tools(), "newuidmap");
+    let asked = format!("0 {u} 1 1 1 1000");
+    assert!(err.contains(&asked) && err.contains("not allowed"), "{err}");
 }
 
 #[test]
