@@ -278,8 +278,8 @@ fn proc_map(pid: i32, file: &str) -> IdMap {
     lines.map(|f| (n(f[0]), n(f[1]), n(f[2]))).collect()
 }
 
-/// Processes of `uid`, host-wide; a zombie child of ours (a container reparented to this
-/// subreaper) is reaped instead.
+/// Live processes of `uid`, host-wide; a zombie child of ours (a container reparented to
+/// this subreaper) is reaped.
 fn procs_of(uid: u32) -> Vec<String> {
     let me = std::process::id().to_string();
     let mut left = Vec::new();
@@ -295,9 +295,12 @@ fn procs_of(uid: u32) -> Vec<String> {
             continue;
         }
         let pid: i32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
-        if field("State:") == "Z" && field("PPid:") == me {
-            // SAFETY: waitpid on one pid, no status wanted.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        if field("State:") == "Z" {
+            // A zombie holds nothing but its pid; ours are reaped.
+            if field("PPid:") == me {
+                // SAFETY: waitpid on one pid, no status wanted.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
             continue;
         }
         left.push(format!("{pid} {}", field("Name:")));
