@@ -1466,6 +1466,43 @@ pub fn in_fresh_run(t: &Tree, script: &str) -> Output {
     run_cmd(c, None)
 }
 
+// ---------------------------------------------------------------------------------------
+// Host users
+
+/// A host user made for one test, removed again (with `userdel`) when dropped.
+pub struct HostUser {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl HostUser {
+    pub fn new(tag: &str, home: &Path) -> HostUser {
+        let name = format!("ns{tag}{}", std::process::id() % 100_000);
+        let st = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", "-d"])
+            .arg(home)
+            .arg(&name)
+            .status()
+            .expect("run useradd");
+        assert!(st.success(), "useradd {name} failed");
+        let out = Command::new("id")
+            .args(["-u", &name])
+            .output()
+            .expect("run id");
+        let uid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("uid");
+        HostUser { name, uid }
+    }
+}
+
+impl Drop for HostUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use ns_tests::{
     assert_snapshot_unchanged, bin, fixture, ns_run, our_mounts, procs_in, run, run_cmd, sh_ok,
-    snapshot, spawn, status_hex, wait_no_procs_in, ForgetJournal, Output, Running, TestNetns, Tree,
+    snapshot, spawn, status_hex, wait_no_procs_in, ForgetJournal, HostUser, Output, Running,
+    TestNetns, Tree,
 };
 
 /// nspawn's range for `pick`: 64K-aligned bases from 0x80000 to 0x6FFF0000.
@@ -1023,40 +1024,6 @@ fn pick_with_veth_gets_host0_and_a_fresh_sysfs() {
     assert_eq!(r.get("net").trim(), "host0 lo", "/sys/class/net");
     assert_eq!(r.hex("CapEff"), CAPS_USERNS_NET, "CapEff");
     assert_nothing_left(&t, &before);
-}
-
-/// A host user made for one test, removed again (with `userdel`) when dropped.
-struct HostUser {
-    name: String,
-    uid: u32,
-}
-
-impl HostUser {
-    fn new(tag: &str, home: &Path) -> HostUser {
-        let name = format!("ns{tag}{}", std::process::id() % 100_000);
-        let st = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", "-d"])
-            .arg(home)
-            .arg(&name)
-            .status()
-            .expect("run useradd");
-        assert!(st.success(), "useradd {name} failed");
-        let out = Command::new("id")
-            .args(["-u", &name])
-            .output()
-            .expect("run id");
-        let uid = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("uid");
-        HostUser { name, uid }
-    }
-}
-
-impl Drop for HostUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
 }
 
 #[test]

@@ -361,17 +361,27 @@ pub fn write_rootless_maps(pid: i32) -> Result<u32> {
 }
 
 /// newuidmap or newgidmap (set-id tools that check /etc/subuid, /etc/subgid): `pid`'s map.
+/// A refusal is one line: the tool, the ranges asked for and the tool's own reason.
 fn run_map_tool(tool: &Path, pid: i32, ranges: &[IdRange]) -> Result<()> {
     let mut args = vec![pid.to_string()];
     for r in ranges {
         args.extend([r.container, r.host, r.size].map(|n| n.to_string()));
     }
-    let st = std::process::Command::new(tool)
+    let out = std::process::Command::new(tool)
         .args(&args)
-        .status()
+        .stdin(std::process::Stdio::null())
+        .output()
         .ctx(|| format!("cannot run {}", tool.display()))?;
-    if !st.success() {
-        return Err(Error::setup(format!("{} failed ({st})", tool.display())));
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let why = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        return Err(Error::setup(format!(
+            "{} {} failed ({}): {}",
+            tool.display(),
+            args[1..].join(" "),
+            out.status,
+            why.trim()
+        )));
     }
     Ok(())
 }

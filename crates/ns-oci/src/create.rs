@@ -51,10 +51,15 @@ struct Undo {
 }
 
 impl Undo {
-    fn run(self) {
+    /// SIGKILL to the chain's processes (reaped by [`Undo::run`]).
+    fn kill(&self) {
         for p in &self.pids {
             let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGKILL);
         }
+    }
+
+    fn run(self) {
+        self.kill();
         for p in &self.pids {
             let _ = waitpid(*p, None);
         }
@@ -269,16 +274,23 @@ fn run_chain(
         failed: None,
         waiting: false,
     };
-    // Until EOF: ns-caps is waiting for start, or the chain is gone.
-    while let Some(report) = chain.next_report()? {
-        c.on_report(report)?;
-    }
+    // A failure of ours takes the chain down before its socket closes: no stage reads that
+    // EOF and says so in a second line.
+    answer(&chain, &mut c).inspect_err(|_| c.undo.kill())?;
     let mut saved = c.created()?;
     if let Some((root, before)) = &undo.mounts {
         saved.host_mounts = hostmounts::made_since(before, hostmounts::under(root)?);
         saved.mounts_before = None;
     }
     Ok(saved)
+}
+
+/// The chain's reports answered until EOF: ns-caps is waiting for start, or the chain is gone.
+fn answer(chain: &Chain, c: &mut Creating) -> Result<()> {
+    while let Some(report) = chain.next_report()? {
+        c.on_report(report)?;
+    }
+    Ok(())
 }
 
 /// In a user namespace (the image's ownership as it is), the missing mount points of
@@ -454,8 +466,8 @@ impl Creating<'_> {
         match report {
             Report::Pid(pid) => self.on_pid1(pid)?,
             Report::UserNs => {
-                // SYNC-1: the id map config.json gives (one range, checked by oci::options),
-                // as given; the image's ownership as it is (no idmapped root).
+                // SYNC-1: the id maps config.json gives (checked by oci::options), as
+                // given; the image's ownership as it is (no idmapped root).
                 let u = self.state.enter.userns.as_ref();
                 let u = u.ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
                 self.chain.map_userns(&Maps::given(u)?, None)?;

@@ -30,9 +30,10 @@ use container::Status;
     about = "OCI runtime (runc's command line) composed from the ns-* stages"
 )]
 struct Cli {
-    /// Directory of the containers' state
-    #[arg(long, default_value = "/run/ns-oci")]
-    root: PathBuf,
+    /// Directory of the containers' state [default: /run/ns-oci; without root,
+    /// $XDG_RUNTIME_DIR/ns-oci when set]
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Append errors to this file
     #[arg(long)]
     log: Option<PathBuf>,
@@ -189,7 +190,12 @@ fn main() {
         std::env::set_var("NS_DEBUG", "1");
     }
     let g = Global {
-        root: cli.root.clone(),
+        root: cli.root.clone().unwrap_or_else(|| {
+            default_root(
+                nix::unistd::geteuid().is_root(),
+                std::env::var_os("XDG_RUNTIME_DIR"),
+            )
+        }),
         systemd_cgroup: cli.systemd_cgroup,
         rootless: cli.rootless.clone(),
     };
@@ -202,6 +208,15 @@ fn main() {
             }
             std::process::exit(1)
         }
+    }
+}
+
+/// Where the state lives without `--root`, as runc decides it: a caller without root has
+/// no /run of its own, so its $XDG_RUNTIME_DIR (when set) holds an `ns-oci` directory.
+fn default_root(root: bool, xdg_runtime_dir: Option<std::ffi::OsString>) -> PathBuf {
+    match xdg_runtime_dir.filter(|d| !root && !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("ns-oci"),
+        None => PathBuf::from("/run/ns-oci"),
     }
 }
 
@@ -535,4 +550,24 @@ fn features() -> serde_json::Value {
             "io.github.ns-run.stages": "ns-enter ns-mount ns-caps"
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_root_is_xdg_runtime_dir_only_without_root() {
+        let xdg = || Some(std::ffi::OsString::from("/run/user/1000"));
+        assert_eq!(
+            default_root(false, xdg()),
+            Path::new("/run/user/1000/ns-oci")
+        );
+        assert_eq!(default_root(true, xdg()), Path::new("/run/ns-oci"));
+        assert_eq!(
+            default_root(false, Some("".into())),
+            Path::new("/run/ns-oci")
+        );
+        assert_eq!(default_root(false, None), Path::new("/run/ns-oci"));
+    }
 }
