@@ -369,6 +369,17 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     assert_eq!(line["level"], "error");
     assert_eq!(line["msg"], msg);
     assert!(!b.root.join(&bad_id).exists());
+    // An SELinux mount label on a host without SELinux: refused, never ignored.
+    let label_id = ns_tests::unique("label");
+    let bl = Bundle::new("oci-label", &["true"], |v| {
+        v["linux"]["mountLabel"] = json!("system_u:object_r:container_file_t:s0:c1,c2");
+    });
+    let (code, err) = bl.create(&label_id);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "ns-oci: config.json: linux.mountLabel: not supported\n")
+    );
+    assert!(!bl.root.join(&label_id).exists());
     // A bundle without config.json; an id that is not a file name; a duplicate id.
     let empty = b.tree.host_dir("empty");
     let (code, _, err) = b.oci(&["create", "--bundle", s(&empty), "x"]);

@@ -145,6 +145,14 @@ pub fn options(b: &Bundle, name: &str) -> Result<Vec<String>> {
         }
     }
     let linux = s.linux().clone().unwrap_or_default();
+    if linux
+        .mount_label()
+        .as_deref()
+        .is_some_and(|l| !l.is_empty())
+    {
+        // An SELinux context for the mounts: no SELinux here (as process.selinuxLabel).
+        return Err(unsupported("linux.mountLabel"));
+    }
     for ns in linux.namespaces().clone().unwrap_or_default() {
         match (ns.typ(), ns.path()) {
             (LinuxNamespaceType::Network, None) => o.push("--private-network".into()),
