@@ -46,6 +46,8 @@ struct Undo {
     levels: Vec<PathBuf>,
     pids: Vec<Pid>,
     created: Vec<(PathBuf, bool)>,
+    /// The bundle's rootfs: what was made below it is removed walking from it.
+    rootfs: PathBuf,
     /// Without a mount namespace: the rootfs and the mounts it had before.
     mounts: Option<(PathBuf, Vec<HostMount>)>,
 }
@@ -69,7 +71,7 @@ impl Undo {
                 ns_core::errln!("ns-oci: {}", e.msg);
             }
         }
-        remove_created(&self.created);
+        remove_created(&self.rootfs, &self.created);
         for c in self.cgroups.iter().rev() {
             ns_host::cgroups::remove(&c.dir);
         }
@@ -80,13 +82,46 @@ impl Undo {
     }
 }
 
-pub fn remove_created(paths: &[(PathBuf, bool)]) {
+/// Remove what the chain and the host made. A path under `rootfs` is walked from it
+/// fd-relative, never through a symlink: the container (or another sharing the image)
+/// may have renamed a directory we made and put a symlink to a host path in its place.
+pub fn remove_created(rootfs: &Path, paths: &[(PathBuf, bool)]) {
     for (p, recursive) in paths.iter().rev() {
-        let _ = if *recursive {
-            std::fs::remove_dir_all(p)
-        } else {
-            std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p))
+        let _ = match p.strip_prefix(rootfs) {
+            Ok(rel) => remove_below(rootfs, rel, *recursive).map_err(std::io::Error::from),
+            Err(_) if *recursive => std::fs::remove_dir_all(p),
+            Err(_) => std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p)),
         };
+    }
+}
+
+/// `rel` below `rootfs`, each component opened with O_NOFOLLOW from the root's fd.
+fn remove_below(rootfs: &Path, rel: &Path, recursive: bool) -> nix::Result<()> {
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    use ns_core::walk;
+    let names: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) => Ok(n),
+            _ => Err(nix::errno::Errno::EINVAL),
+        })
+        .collect::<nix::Result<_>>()?;
+    let Some((last, dirs)) = names.split_last() else {
+        return Err(nix::errno::Errno::EINVAL);
+    };
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY;
+    let mut fd = nix::fcntl::open(
+        rootfs,
+        flags | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    for name in dirs {
+        fd = walk::open_dir_at(fd.as_fd(), name)?;
+    }
+    match recursive {
+        true => walk::remove_at(fd.as_fd(), last),
+        false => unlinkat(&fd, *last, UnlinkatFlags::RemoveDir)
+            .or_else(|_| unlinkat(&fd, *last, UnlinkatFlags::NoRemoveDir)),
     }
 }
 
@@ -197,6 +232,7 @@ pub fn create(g: &Global, r: &Request) -> Result<()> {
         levels: Vec::new(),
         pids: Vec::new(),
         created: Vec::new(),
+        rootfs: b.root.clone(),
         mounts: None,
     };
     let made = run_chain(g, r, &b, &dir, &state, &mut undo).and_then(|saved| {

@@ -509,7 +509,7 @@ fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
     if let Err(e) = ns_host::hostmounts::unmount(&s.rootfs, &made) {
         ns_core::errln!("ns-oci: container {id}: {}", e.msg);
     }
-    create::remove_created(&s.created_paths);
+    create::remove_created(&s.rootfs, &s.created_paths);
     for c in s.cgroups.iter().rev() {
         if !ns_host::cgroups::remove(&c.dir) {
             return Err(Error::setup(format!(

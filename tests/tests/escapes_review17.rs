@@ -1,0 +1,142 @@
+//! Review of issue 17 (ns-oci follows config.json): what an image or a container process
+//! can do to the host through the new host-side code.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ns_tests::{bin, s, Tree};
+use serde_json::{json, Value};
+
+fn subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: prctl with integer arguments only.
+    ONCE.call_once(|| assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0));
+}
+
+/// A bundle as in oci_runtime.rs: busybox in `rootfs`, config.json from `ns-oci spec`
+/// running `args`, then `edit`.
+struct Bundle {
+    tree: Tree,
+    out: PathBuf,
+    root: PathBuf,
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let ids = fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for id in ids.filter(|e| e.path().is_dir()) {
+            let id = id.file_name().to_string_lossy().into_owned();
+            let _ = self.cmd(&["delete", "--force", &id]).output();
+        }
+    }
+}
+
+impl Bundle {
+    fn new(name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Bundle {
+        subreaper();
+        let tree = Tree::empty(name);
+        let out = tree.host_dir("out");
+        let root = tree.host_dir("oci-root");
+        ns_tests::spec_bundle(&tree, args, edit);
+        Bundle { tree, out, root }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("ns-oci"));
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn oci(&self, args: &[&str]) -> (i32, String, String) {
+        let o = self.cmd(args).output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into(),
+            String::from_utf8_lossy(&o.stderr).into(),
+        )
+    }
+
+    fn create(&self, id: &str) -> (i32, String) {
+        let pid_file = self.out.join(format!("{id}.pid"));
+        let log = |n: &str| fs::File::create(self.out.join(format!("{id}.{n}"))).unwrap();
+        let st = self
+            .cmd(&[
+                "create",
+                "--bundle",
+                s(self.tree.path()),
+                "--pid-file",
+                s(&pid_file),
+                id,
+            ])
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .status()
+            .unwrap();
+        let err = fs::read_to_string(self.out.join(format!("{id}.stderr"))).unwrap();
+        (st.code().unwrap_or(-1), err)
+    }
+
+    fn pid(&self, id: &str) -> i32 {
+        fs::read_to_string(self.out.join(format!("{id}.pid")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn reap(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: waitpid on a pid, with a valid status pointer.
+    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert_eq!(r, pid, "waitpid {pid}");
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    }
+}
+
+/// Finding 1: in a user namespace the host makes the missing mount points (/data/a and
+/// /data/a/victim) and `delete` removed them by path. A container root owning /data (an
+/// image chowned to its range) renames /data/a away and puts a symlink to a host directory
+/// in its place: delete then removed the host's file `victim` there.
+#[test]
+fn delete_never_removes_through_a_symlink_the_container_put_in_place_of_a_mount_point() {
+    let outside = Tree::empty("r17-mp-outside");
+    let target = outside.host_dir("etc");
+    fs::write(target.join("victim"), "host file\n").unwrap();
+    let script = format!(
+        "mv /data/a /data/a2 && ln -s {} /data/a && echo swapped",
+        target.display()
+    );
+    let b = Bundle::new("r17-mp", &["sh", "-c", &script], |v| {
+        ns_tests::oci_userns(v);
+        v["root"]["readonly"] = json!(false); // as docker and containerd give it
+        v["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/data/a/victim", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let rootfs = b.tree.path().join("rootfs");
+    fs::create_dir(rootfs.join("data")).unwrap();
+    // The image's /data belongs to the container's root (host id 200000).
+    std::os::unix::fs::chown(rootfs.join("data"), Some(200000), Some(200000)).unwrap();
+    let id = ns_tests::unique("r17-mp");
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    let status = reap(pid);
+    let out = fs::read_to_string(b.out.join(format!("{id}.stdout"))).unwrap();
+    let err = fs::read_to_string(b.out.join(format!("{id}.stderr"))).unwrap();
+    assert_eq!((status, out.as_str()), (0, "swapped\n"), "{err}");
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert!(
+        Path::new(&target.join("victim")).exists(),
+        "delete removed a host file through the container's symlink"
+    );
+}
