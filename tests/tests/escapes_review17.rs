@@ -140,3 +140,90 @@ fn delete_never_removes_through_a_symlink_the_container_put_in_place_of_a_mount_
         "delete removed a host file through the container's symlink"
     );
 }
+
+/// The capability sets of a payload run with a seccomp filter and no_new_privs off (the
+/// filter takes CAP_SYS_ADMIN, kept permitted until just before exec): a config that does
+/// not grant CAP_SYS_ADMIN never leaves it to the payload, root or not, nor to what it runs
+/// setuid-root (the bounding set).
+#[test]
+fn a_filter_without_no_new_privs_leaves_no_cap_sys_admin_to_the_payload() {
+    const ADMIN: u64 = 1 << 21;
+    for (uid, ambient) in [(0, false), (1000, false), (1000, true)] {
+        let args = ["sh", "-c", "grep ^Cap /proc/self/status"];
+        let b = Bundle::new("r17-caps", &args, |v| {
+            v["process"]["noNewPrivileges"] = json!(false);
+            v["process"]["user"] = json!({"uid": uid, "gid": uid});
+            if ambient {
+                let c = v["process"]["capabilities"]["bounding"].clone();
+                v["process"]["capabilities"]["ambient"] = c.clone();
+                v["process"]["capabilities"]["inheritable"] = c.clone();
+                v["process"]["capabilities"]["permitted"] = c.clone();
+                v["process"]["capabilities"]["effective"] = c;
+            }
+            v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"action": "SCMP_ACT_ERRNO", "names": ["acct"]}]});
+        });
+        let id = ns_tests::unique("r17-caps");
+        let (code, err) = b.create(&id);
+        assert_eq!(code, 0, "{err}");
+        let pid = b.pid(&id);
+        assert_eq!(b.oci(&["start", &id]).0, 0);
+        assert_eq!(reap(pid), 0);
+        let out = fs::read_to_string(b.out.join(format!("{id}.stdout"))).unwrap();
+        let sets: Vec<(String, u64)> = out
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.into(), u64::from_str_radix(v.trim(), 16).ok()?))
+            })
+            .collect();
+        assert_eq!(sets.len(), 5, "{out}");
+        let eff = sets.iter().find(|(k, _)| k == "CapEff").unwrap().1;
+        assert_eq!(
+            eff != 0,
+            uid == 0 || ambient,
+            "the config's own sets: {out}"
+        );
+        for (k, v) in &sets {
+            assert_eq!(v & ADMIN, 0, "uid {uid}: {k} has CAP_SYS_ADMIN: {out}");
+        }
+        assert_eq!(b.oci(&["delete", &id]).0, 0);
+    }
+}
+
+/// Finding 2: a createContainer hook (a host program, run in the container's namespaces
+/// before pivot_root) inherited ns-mount's fds: the sync socket to ns-oci, the state memfd,
+/// the sealed stage copies, the exec fifo. A hook that leaves a process behind (in the
+/// container's PID namespace) kept them, where a container process that may ptrace it
+/// reaches them. runc gives a hook its stdio only; so do we now, for every kind of hook.
+#[test]
+fn hooks_get_their_stdio_and_nothing_else() {
+    let b = Bundle::new("r17-hook", &["true"], |_| {});
+    let list = |f: &str| format!("ls -l /proc/self/fd/ > {}/{f}", b.out.display());
+    let cfg = b.tree.path().join("config.json");
+    let mut v: Value = serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["hooks"] = json!({
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", list("create")]}],
+        "prestart": [{"path": "/bin/sh", "args": ["sh", "-c", list("prestart")]}],
+        "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", list("poststart")]}],
+    });
+    fs::write(&cfg, v.to_string()).unwrap();
+    let id = ns_tests::unique("r17-hook");
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    assert_eq!(reap(pid), 0);
+    for kind in ["create", "prestart", "poststart"] {
+        let fds = fs::read_to_string(b.out.join(kind)).unwrap();
+        // (less ls's own fd of the directory it lists)
+        let fds: Vec<&str> = fds
+            .lines()
+            .filter_map(|l| l.split_once(" -> "))
+            .filter(|(_, to)| !to.ends_with("/fd"))
+            .filter_map(|(l, _)| l.split_whitespace().last())
+            .collect();
+        assert_eq!(fds, ["0", "1", "2"], "hooks.{kind} inherited more: {fds:?}");
+    }
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+}

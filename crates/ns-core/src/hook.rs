@@ -50,6 +50,13 @@ fn run_one(h: &Hook, state: &serde_json::Value) -> std::result::Result<(), Strin
         .stdin(Stdio::piped());
     // Not the signals we block to relay them, nor any ignored ones: a hook starts clean.
     crate::sys::clean_signals_on_exec(&mut cmd);
+    // Nor any fd of ours but stdio (as runc): a stage's sync socket, state memfd, stage
+    // copies, ns-oci's locks and fifo stay with us, not with a process the hook leaves.
+    // SAFETY: the closure runs between fork and exec and makes one syscall (close_range),
+    // which allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| crate::sys::cloexec_from(3).map_err(std::io::Error::from));
+    }
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     // The state is written as the hook takes it, between looks at its timeout (runc writes
     // it beside its timer): a hook that does not read it must not block us in a write
