@@ -100,45 +100,53 @@ fn reap(pid: i32) -> i32 {
     }
 }
 
-/// Finding 1: in a user namespace the host makes the missing mount points (/data/a and
-/// /data/a/victim) and `delete` removed them by path. A container root owning /data (an
-/// image chowned to its range) renames /data/a away and puts a symlink to a host directory
-/// in its place: delete then removed the host's file `victim` there.
+/// Finding 1: the missing mount points (/data/a and /data/a/victim) made for the
+/// container (by the host in a user namespace, by ns-mount and reported (SYNC-4) without
+/// one) were removed by `delete` by path. A container root owning /data (an image chowned to
+/// its range; any image root owns without a user namespace) renames /data/a away and puts a
+/// symlink to a host directory in its place: delete then removed the host's file `victim`
+/// there.
 #[test]
 fn delete_never_removes_through_a_symlink_the_container_put_in_place_of_a_mount_point() {
-    let outside = Tree::empty("r17-mp-outside");
-    let target = outside.host_dir("etc");
-    fs::write(target.join("victim"), "host file\n").unwrap();
-    let script = format!(
-        "mv /data/a /data/a2 && ln -s {} /data/a && echo swapped",
-        target.display()
-    );
-    let b = Bundle::new("r17-mp", &["sh", "-c", &script], |v| {
-        ns_tests::oci_userns(v);
-        v["root"]["readonly"] = json!(false); // as docker and containerd give it
-        v["mounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"destination": "/data/a/victim", "type": "tmpfs", "source": "tmpfs"}));
-    });
-    let rootfs = b.tree.path().join("rootfs");
-    fs::create_dir(rootfs.join("data")).unwrap();
-    // The image's /data belongs to the container's root (host id 200000).
-    std::os::unix::fs::chown(rootfs.join("data"), Some(200000), Some(200000)).unwrap();
-    let id = ns_tests::unique("r17-mp");
-    let (code, err) = b.create(&id);
-    assert_eq!(code, 0, "{err}");
-    let pid = b.pid(&id);
-    assert_eq!(b.oci(&["start", &id]).0, 0);
-    let status = reap(pid);
-    let out = fs::read_to_string(b.out.join(format!("{id}.stdout"))).unwrap();
-    let err = fs::read_to_string(b.out.join(format!("{id}.stderr"))).unwrap();
-    assert_eq!((status, out.as_str()), (0, "swapped\n"), "{err}");
-    assert_eq!(b.oci(&["delete", &id]).0, 0);
-    assert!(
-        Path::new(&target.join("victim")).exists(),
-        "delete removed a host file through the container's symlink"
-    );
+    for userns in [false, true] {
+        let outside = Tree::empty("r17-mp-outside");
+        let target = outside.host_dir("etc");
+        fs::write(target.join("victim"), "host file\n").unwrap();
+        let script = format!(
+            "mv /data/a /data/a2 && ln -s {} /data/a && echo swapped",
+            target.display()
+        );
+        let b = Bundle::new("r17-mp", &["sh", "-c", &script], |v| {
+            if userns {
+                ns_tests::oci_userns(v);
+            }
+            v["root"]["readonly"] = json!(false); // as docker and containerd give it
+            v["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/data/a/victim", "type": "tmpfs", "source": "tmpfs"}));
+        });
+        let rootfs = b.tree.path().join("rootfs");
+        fs::create_dir(rootfs.join("data")).unwrap();
+        if userns {
+            // The image's /data belongs to the container's root (host id 200000).
+            std::os::unix::fs::chown(rootfs.join("data"), Some(200000), Some(200000)).unwrap();
+        }
+        let id = ns_tests::unique("r17-mp");
+        let (code, err) = b.create(&id);
+        assert_eq!(code, 0, "{err}");
+        let pid = b.pid(&id);
+        assert_eq!(b.oci(&["start", &id]).0, 0);
+        let status = reap(pid);
+        let out = fs::read_to_string(b.out.join(format!("{id}.stdout"))).unwrap();
+        let err = fs::read_to_string(b.out.join(format!("{id}.stderr"))).unwrap();
+        assert_eq!((status, out.as_str()), (0, "swapped\n"), "{err}");
+        assert_eq!(b.oci(&["delete", &id]).0, 0);
+        assert!(
+            Path::new(&target.join("victim")).exists(),
+            "userns {userns}: delete removed a host file through the container's symlink"
+        );
+    }
 }
 
 /// The capability sets of a payload run with a seccomp filter and no_new_privs off (the

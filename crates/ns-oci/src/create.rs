@@ -118,10 +118,16 @@ fn remove_below(rootfs: &Path, rel: &Path, recursive: bool) -> nix::Result<()> {
     for name in dirs {
         fd = walk::open_dir_at(fd.as_fd(), name)?;
     }
-    match recursive {
-        true => walk::remove_at(fd.as_fd(), last),
-        false => unlinkat(&fd, *last, UnlinkatFlags::RemoveDir)
-            .or_else(|_| unlinkat(&fd, *last, UnlinkatFlags::NoRemoveDir)),
+    if recursive {
+        return walk::remove_at(fd.as_fd(), last);
+    }
+    // A mount point: an empty directory, or a file we made empty (as ns-run's journal: what
+    // was written to it stays).
+    let st = nix::sys::stat::fstatat(&fd, *last, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => unlinkat(&fd, *last, UnlinkatFlags::RemoveDir),
+        libc::S_IFREG if st.st_size == 0 => unlinkat(&fd, *last, UnlinkatFlags::NoRemoveDir),
+        _ => Ok(()),
     }
 }
 
