@@ -235,3 +235,63 @@ fn hooks_get_their_stdio_and_nothing_else() {
     }
     assert_eq!(b.oci(&["delete", &id]).0, 0);
 }
+
+/// The host's mount points on `dir` or below it.
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    let dir = fs::canonicalize(dir).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(&dir))
+        .map(String::from)
+        .collect()
+}
+
+/// Without a mount namespace the container's mounts are on its rootfs in our namespace. Its
+/// process renames the directory holding one and puts a symlink to a host directory with a
+/// mount of its own in its place: delete unmounts the container's (where it now is), and
+/// nothing of the host's.
+#[test]
+fn without_a_mount_namespace_delete_follows_no_swap_of_the_container() {
+    let outside = Tree::empty("r17-nomnt-outside");
+    let host = outside.host_dir("host");
+    fs::create_dir(host.join("a")).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "r17host", s(&host.join("a"))])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let script = format!(
+        "mv /data /data2 && ln -s {} /data && echo swapped",
+        host.display()
+    );
+    let b = Bundle::new("r17-nomnt", &["sh", "-c", &script], |v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "mount");
+        v["linux"]["maskedPaths"] = json!([]);
+        v["linux"]["readonlyPaths"] = json!([]);
+        v["root"]["readonly"] = json!(false);
+        v["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/data/a", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let rootfs = b.tree.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("data/a")).unwrap();
+    let id = ns_tests::unique("r17-nomnt");
+    let (code, err) = b.create(&id);
+    assert_eq!(code, 0, "{err}");
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    let status = reap(pid);
+    let out = fs::read_to_string(b.out.join(format!("{id}.stdout"))).unwrap();
+    let err = fs::read_to_string(b.out.join(format!("{id}.stderr"))).unwrap();
+    assert_eq!((status, out.as_str()), (0, "swapped\n"), "{err}");
+    let (code, _, err) = b.oci(&["delete", &id]);
+    let host_left = host_mounts_under(&host);
+    let ours_left = host_mounts_under(&rootfs);
+    let _ = Command::new("umount").arg(host.join("a")).status();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(host_left.len(), 1, "the host's mount was touched");
+    assert!(ours_left.is_empty(), "left behind: {ours_left:?}");
+}
