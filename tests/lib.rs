@@ -1503,6 +1503,186 @@ impl Drop for HostUser {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// OCI bundles driven through ns-oci (oci_runtime.rs, escapes_review17.rs)
+
+/// The mount points on `dir` or below it, in this process's mount namespace (an OCI
+/// container without a mount namespace makes its mounts there).
+pub fn host_mounts_under(dir: &Path) -> Vec<String> {
+    let dir = fs::canonicalize(dir).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(&dir))
+        .map(String::from)
+        .collect()
+}
+
+/// Reap our (adopted) child `pid`: its exit code, or 128+signal.
+pub fn reap(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: waitpid on a pid, with a valid status pointer.
+    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert_eq!(r, pid, "waitpid {pid}");
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    }
+}
+
+/// Make this test process a child subreaper (a created container outlives `ns-oci create`
+/// and is reparented to it, as under containerd's shim).
+pub fn subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: prctl with integer arguments only.
+    ONCE.call_once(|| assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0));
+}
+
+/// A bundle: busybox in `rootfs`, config.json from `ns-oci spec` with `args`, a writable
+/// host directory bound at /out, then `edit`.
+pub struct OciBundle {
+    pub tree: Tree,
+    /// A host directory for pid files and stdio (bound at /out, but by [`OciBundle::plain`]).
+    pub out: PathBuf,
+    /// The runtime's state root (`--root`).
+    pub root: PathBuf,
+}
+
+/// A test that fails leaves no container behind: whatever its runtime root still knows is
+/// deleted with --force (the created one waiting for start, its cgroups, its state).
+impl Drop for OciBundle {
+    fn drop(&mut self) {
+        let ids = fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for id in ids.filter(|e| e.path().is_dir()) {
+            let id = id.file_name().to_string_lossy().into_owned();
+            let _ = self.cmd(&["delete", "--force", &id]).output();
+        }
+    }
+}
+
+impl OciBundle {
+    pub fn new(name: &str, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> OciBundle {
+        subreaper();
+        let tree = Tree::empty(name);
+        let out = tree.host_dir("out");
+        let root = tree.host_dir("oci-root");
+        spec_bundle(&tree, args, |v| {
+            v["mounts"].as_array_mut().unwrap().push(
+                serde_json::json!({"destination": "/out", "type": "bind", "source": out, "options": ["rbind", "rw"]}),
+            );
+            edit(v);
+        });
+        OciBundle { tree, out, root }
+    }
+
+    /// Like [`OciBundle::new`], without the /out mount.
+    pub fn plain(
+        name: &str,
+        args: &[&str],
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> OciBundle {
+        subreaper();
+        let tree = Tree::empty(name);
+        let out = tree.host_dir("out");
+        let root = tree.host_dir("oci-root");
+        spec_bundle(&tree, args, edit);
+        OciBundle { tree, out, root }
+    }
+
+    pub fn dir(&self) -> &str {
+        self.tree.arg()
+    }
+
+    /// `ns-oci --root R ARGS`, stdin from /dev/null.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("ns-oci"));
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// [`Bundle::cmd`] with no stdio of ours (for what outlives the command: it would hold
+    /// our pipes); whether it succeeded.
+    pub fn quiet(&self, args: &[&str]) -> bool {
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c.status().unwrap().success()
+    }
+
+    /// `ns-oci --root R ARGS`, stdout and stderr collected (for verbs that return).
+    pub fn oci(&self, args: &[&str]) -> (i32, String, String) {
+        let o = self.cmd(args).output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into(),
+            String::from_utf8_lossy(&o.stderr).into(),
+        )
+    }
+
+    /// `create`: the container's stdio goes to files (it outlives the command).
+    pub fn create(&self, id: &str) -> (i32, String) {
+        let pid_file = self.out.join(format!("{id}.pid"));
+        let log = |n: &str| fs::File::create(self.out.join(format!("{id}.{n}"))).unwrap();
+        let st = Command::new(bin("ns-oci"))
+            .arg("--root")
+            .arg(&self.root)
+            .args([
+                "create",
+                "--bundle",
+                self.dir(),
+                "--pid-file",
+                s(&pid_file),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .status()
+            .unwrap();
+        let err = fs::read_to_string(self.out.join(format!("{id}.stderr"))).unwrap();
+        (st.code().unwrap_or(-1), err)
+    }
+
+    pub fn pid(&self, id: &str) -> i32 {
+        fs::read_to_string(self.out.join(format!("{id}.pid")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        let (code, out, err) = self.oci(&["state", id]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    }
+
+    /// The status, or None while there is no record.
+    pub fn status_if_any(&self, id: &str) -> Option<String> {
+        let (code, out, _) = self.oci(&["state", id]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| code == 0)?;
+        v["status"].as_str().map(String::from)
+    }
+
+    pub fn stdout_of(&self, id: &str) -> String {
+        fs::read_to_string(self.out.join(format!("{id}.stdout"))).unwrap_or_default()
+    }
+
+    /// Create, start and reap container `id`: its exit status, stdout and stderr.
+    pub fn run_to_end(&self, id: &str) -> (i32, String, String) {
+        let (code, err) = self.create(id);
+        assert_eq!(code, 0, "{err}");
+        let pid = self.pid(id);
+        assert_eq!(self.oci(&["start", id]).0, 0);
+        let status = reap(pid);
+        let err = fs::read_to_string(self.out.join(format!("{id}.stderr"))).unwrap_or_default();
+        (status, self.stdout_of(id), err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,103 +2,11 @@
 //! can do to the host through the new host-side code.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use ns_tests::{bin, s, Tree};
+use ns_tests::{host_mounts_under, reap, s, OciBundle, Tree};
 use serde_json::{json, Value};
-
-fn subreaper() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: prctl with integer arguments only.
-    ONCE.call_once(|| assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0));
-}
-
-/// A bundle as in oci_runtime.rs: busybox in `rootfs`, config.json from `ns-oci spec`
-/// running `args`, then `edit`.
-struct Bundle {
-    tree: Tree,
-    out: PathBuf,
-    root: PathBuf,
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        let ids = fs::read_dir(&self.root).into_iter().flatten().flatten();
-        for id in ids.filter(|e| e.path().is_dir()) {
-            let id = id.file_name().to_string_lossy().into_owned();
-            let _ = self.cmd(&["delete", "--force", &id]).output();
-        }
-    }
-}
-
-impl Bundle {
-    fn new(name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Bundle {
-        subreaper();
-        let tree = Tree::empty(name);
-        let out = tree.host_dir("out");
-        let root = tree.host_dir("oci-root");
-        ns_tests::spec_bundle(&tree, args, edit);
-        Bundle { tree, out, root }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("ns-oci"));
-        c.arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn oci(&self, args: &[&str]) -> (i32, String, String) {
-        let o = self.cmd(args).output().unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into(),
-            String::from_utf8_lossy(&o.stderr).into(),
-        )
-    }
-
-    fn create(&self, id: &str) -> (i32, String) {
-        let pid_file = self.out.join(format!("{id}.pid"));
-        let log = |n: &str| fs::File::create(self.out.join(format!("{id}.{n}"))).unwrap();
-        let st = self
-            .cmd(&[
-                "create",
-                "--bundle",
-                s(self.tree.path()),
-                "--pid-file",
-                s(&pid_file),
-                id,
-            ])
-            .stdout(log("stdout"))
-            .stderr(log("stderr"))
-            .status()
-            .unwrap();
-        let err = fs::read_to_string(self.out.join(format!("{id}.stderr"))).unwrap();
-        (st.code().unwrap_or(-1), err)
-    }
-
-    fn pid(&self, id: &str) -> i32 {
-        fs::read_to_string(self.out.join(format!("{id}.pid")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-}
-
-fn reap(pid: i32) -> i32 {
-    let mut st = 0;
-    // SAFETY: waitpid on a pid, with a valid status pointer.
-    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-    assert_eq!(r, pid, "waitpid {pid}");
-    if libc::WIFEXITED(st) {
-        libc::WEXITSTATUS(st)
-    } else {
-        128 + libc::WTERMSIG(st)
-    }
-}
 
 /// Finding 1: the missing mount points (/data/a and /data/a/victim) made for the
 /// container (by the host in a user namespace, by ns-mount and reported (SYNC-4) without
@@ -116,7 +24,7 @@ fn delete_never_removes_through_a_symlink_the_container_put_in_place_of_a_mount_
             "mv /data/a /data/a2 && ln -s {} /data/a && echo swapped",
             target.display()
         );
-        let b = Bundle::new("r17-mp", &["sh", "-c", &script], |v| {
+        let b = OciBundle::plain("r17-mp", &["sh", "-c", &script], |v| {
             if userns {
                 ns_tests::oci_userns(v);
             }
@@ -133,13 +41,7 @@ fn delete_never_removes_through_a_symlink_the_container_put_in_place_of_a_mount_
             std::os::unix::fs::chown(rootfs.join("data"), Some(200000), Some(200000)).unwrap();
         }
         let id = ns_tests::unique("r17-mp");
-        let (code, err) = b.create(&id);
-        assert_eq!(code, 0, "{err}");
-        let pid = b.pid(&id);
-        assert_eq!(b.oci(&["start", &id]).0, 0);
-        let status = reap(pid);
-        let out = fs::read_to_string(b.out.join(format!("{id}.stdout"))).unwrap();
-        let err = fs::read_to_string(b.out.join(format!("{id}.stderr"))).unwrap();
+        let (status, out, err) = b.run_to_end(&id);
         assert_eq!((status, out.as_str()), (0, "swapped\n"), "{err}");
         assert_eq!(b.oci(&["delete", &id]).0, 0);
         assert!(
@@ -158,7 +60,7 @@ fn a_filter_without_no_new_privs_leaves_no_cap_sys_admin_to_the_payload() {
     const ADMIN: u64 = 1 << 21;
     for (uid, ambient) in [(0, false), (1000, false), (1000, true)] {
         let args = ["sh", "-c", "grep ^Cap /proc/self/status"];
-        let b = Bundle::new("r17-caps", &args, |v| {
+        let b = OciBundle::plain("r17-caps", &args, |v| {
             v["process"]["noNewPrivileges"] = json!(false);
             v["process"]["user"] = json!({"uid": uid, "gid": uid});
             if ambient {
@@ -206,7 +108,7 @@ fn a_filter_without_no_new_privs_leaves_no_cap_sys_admin_to_the_payload() {
 /// reaches them. runc gives a hook its stdio only; so do we now, for every kind of hook.
 #[test]
 fn hooks_get_their_stdio_and_nothing_else() {
-    let b = Bundle::new("r17-hook", &["true"], |_| {});
+    let b = OciBundle::plain("r17-hook", &["true"], |_| {});
     let list = |f: &str| format!("ls -l /proc/self/fd/ > {}/{f}", b.out.display());
     let cfg = b.tree.path().join("config.json");
     let mut v: Value = serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
@@ -236,17 +138,6 @@ fn hooks_get_their_stdio_and_nothing_else() {
     assert_eq!(b.oci(&["delete", &id]).0, 0);
 }
 
-/// The host's mount points on `dir` or below it.
-fn host_mounts_under(dir: &Path) -> Vec<String> {
-    let dir = fs::canonicalize(dir).unwrap();
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| Path::new(p).starts_with(&dir))
-        .map(String::from)
-        .collect()
-}
-
 /// Without a mount namespace the container's mounts are on its rootfs in our namespace. Its
 /// process renames the directory holding one and puts a symlink to a host directory with a
 /// mount of its own in its place: delete unmounts the container's (where it now is), and
@@ -265,7 +156,7 @@ fn without_a_mount_namespace_delete_follows_no_swap_of_the_container() {
         "mv /data /data2 && ln -s {} /data && echo swapped",
         host.display()
     );
-    let b = Bundle::new("r17-nomnt", &["sh", "-c", &script], |v| {
+    let b = OciBundle::plain("r17-nomnt", &["sh", "-c", &script], |v| {
         let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
         ns.retain(|n| n["type"] != "mount");
         v["linux"]["maskedPaths"] = json!([]);
@@ -279,13 +170,7 @@ fn without_a_mount_namespace_delete_follows_no_swap_of_the_container() {
     let rootfs = b.tree.path().join("rootfs");
     fs::create_dir_all(rootfs.join("data/a")).unwrap();
     let id = ns_tests::unique("r17-nomnt");
-    let (code, err) = b.create(&id);
-    assert_eq!(code, 0, "{err}");
-    let pid = b.pid(&id);
-    assert_eq!(b.oci(&["start", &id]).0, 0);
-    let status = reap(pid);
-    let out = fs::read_to_string(b.out.join(format!("{id}.stdout"))).unwrap();
-    let err = fs::read_to_string(b.out.join(format!("{id}.stderr"))).unwrap();
+    let (status, out, err) = b.run_to_end(&id);
     assert_eq!((status, out.as_str()), (0, "swapped\n"), "{err}");
     let (code, _, err) = b.oci(&["delete", &id]);
     let host_left = host_mounts_under(&host);
