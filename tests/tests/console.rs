@@ -179,10 +179,11 @@ fn monitors_of(tree: &Path) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
-    let t = Tree::rootfs("console-ctl");
-    let name = ns_tests::unique("console-ctl");
+/// A registered container (tree and name from `tag`) waiting in `sleep`, and `ns-ctl shell`
+/// into it running in tmux session `tmux` (its exit code printed as `EXIT=N`).
+fn ns_ctl_shell_in_tmux(tag: &str, tmux: &str) -> (Tree, ns_tests::Running, Tmux) {
+    let t = Tree::rootfs(tag);
+    let name = ns_tests::unique(tag);
     let mut c = ns_tests::ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", &name, "-D", t.arg()])
@@ -192,7 +193,12 @@ fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
         "{} shell {name}; echo EXIT=$?; sleep 60",
         ns_tests::bin("ns-ctl").display()
     );
-    let tm = Tmux::start("ctl", &line);
+    (t, container, Tmux::start(tmux, &line))
+}
+
+#[test]
+fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
+    let (_t, container, tm) = ns_ctl_shell_in_tmux("console-ctl", "ctl");
     tm.wait_for("~ #");
     tm.keys(&["tty; echo pid=$$; stty size", "Enter"]);
     let s = tm.wait_for("30 100");
@@ -211,18 +217,7 @@ fn ns_ctl_shell_gets_its_own_pty_in_the_container() {
 /// stops it, `fg` brings it back.
 #[test]
 fn ns_ctl_shell_has_job_control() {
-    let t = Tree::rootfs("console-jobs");
-    let name = ns_tests::unique("console-jobs");
-    let mut c = ns_tests::ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .args(["sh", "-c", "echo ready; exec sleep 100"]);
-    let container = ns_tests::spawn_until(c, "ready");
-    let line = format!(
-        "{} shell {name}; echo EXIT=$?; sleep 60",
-        ns_tests::bin("ns-ctl").display()
-    );
-    let tm = Tmux::start("jobs", &line);
+    let (_t, container, tm) = ns_ctl_shell_in_tmux("console-jobs", "jobs");
     tm.wait_for("~ #");
     // The shell leads its session; the terminal's foreground group is its own.
     // The command as typed reads `sid''=`: only its output has `sid=` (no race with the echo).
