@@ -80,6 +80,17 @@ pub fn ns_run_registered() -> Command {
     stage("ns-run")
 }
 
+/// A registered container of tree `t` named `name`, with `opts`, that prints `ready` and
+/// sleeps (for [`spawn_until`] or [`while_running`] with "ready").
+pub fn registered_sleeper(t: &Tree, name: &str, opts: &[&str]) -> Command {
+    let mut c = ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", name, "-D", t.arg()])
+        .args(opts)
+        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    c
+}
+
 /// `TAG-<our pid>`: a name that is host-wide (a registered machine, an ns-oci id in the
 /// shared root, a zone, a slice, a settings file, a machine whose cgroups a test looks up by
 /// name), so that two suites on one host never share it. Keep `TAG` short where the name

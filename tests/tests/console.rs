@@ -184,11 +184,7 @@ fn monitors_of(tree: &Path) -> Vec<u32> {
 fn ns_ctl_shell_in_tmux(tag: &str, tmux: &str) -> (Tree, ns_tests::Running, Tmux) {
     let t = Tree::rootfs(tag);
     let name = ns_tests::unique(tag);
-    let mut c = ns_tests::ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .args(["sh", "-c", "echo ready; exec sleep 100"]);
-    let container = ns_tests::spawn_until(c, "ready");
+    let container = ns_tests::spawn_until(ns_tests::registered_sleeper(&t, &name, &[]), "ready");
     let line = format!(
         "{} shell {name}; echo EXIT=$?; sleep 60",
         ns_tests::bin("ns-ctl").display()

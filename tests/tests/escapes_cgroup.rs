@@ -313,19 +313,7 @@ fn ns_ctl_shell_joins_the_containers_level_below_its_limits() {
     // hierarchy), so the container's limits hold for it too; status lists its processes.
     let t = Tree::rootfs("esc-shell");
     let name = ns_tests::unique("escshell");
-    let mut c = ns_tests::ns_run_registered();
-    t.tag(&mut c).args([
-        "-q",
-        "--read-only",
-        "-M",
-        &name,
-        "-D",
-        t.arg(),
-        "--property=TasksMax=7",
-        "sh",
-        "-c",
-        "echo ready; exec sleep 100",
-    ]);
+    let c = ns_tests::registered_sleeper(&t, &name, &["--read-only", "--property=TasksMax=7"]);
     ns_tests::while_running(c, || {
         let ctl = |args: &[&str]| {
             let mut c = Command::new(bin("ns-ctl"));

@@ -197,19 +197,10 @@ fn printing_into_a_closed_pipe_is_quiet() {
     use std::os::unix::process::ExitStatusExt;
     let t = Tree::rootfs("rt-pipe");
     let name = ns_tests::unique("rt-pipe");
-    let mut c = ns_tests::ns_run_registered();
-    t.tag(&mut c).args([
-        "-q",
-        "--read-only",
-        "-M",
-        &name,
-        "-D",
-        t.arg(),
-        "sh",
-        "-c",
-        "echo ready; exec sleep 100",
-    ]);
-    let running = ns_tests::spawn_until(c, "ready");
+    let running = ns_tests::spawn_until(
+        ns_tests::registered_sleeper(&t, &name, &["--read-only"]),
+        "ready",
+    );
     let cmds: Vec<(&str, Vec<&str>)> = vec![
         ("ns-ctl", vec!["status", &name]),
         ("ns-ctl", vec!["list"]),
