@@ -80,15 +80,20 @@ pub fn ns_run_registered() -> Command {
     stage("ns-run")
 }
 
-/// A registered container of tree `t` named `name`, with `opts`, that prints `ready` and
-/// sleeps (for [`spawn_until`] or [`while_running`] with "ready").
-pub fn registered_sleeper(t: &Tree, name: &str, opts: &[&str]) -> Command {
+/// A registered container of tree `t` named `name`, with `opts`, running `sh -c script`.
+pub fn registered_sh(t: &Tree, name: &str, opts: &[&str], script: &str) -> Command {
     let mut c = ns_run_registered();
     t.tag(&mut c)
         .args(["-q", "-M", name, "-D", t.arg()])
         .args(opts)
-        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+        .args(["sh", "-c", script]);
     c
+}
+
+/// [`registered_sh`] of a container that prints `ready` and sleeps (for [`spawn_until`] or
+/// [`while_running`] with "ready").
+pub fn registered_sleeper(t: &Tree, name: &str, opts: &[&str]) -> Command {
+    registered_sh(t, name, opts, "echo ready; exec sleep 100")
 }
 
 /// `TAG-<our pid>`: a name that is host-wide (a registered machine, an ns-oci id in the

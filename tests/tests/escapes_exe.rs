@@ -468,16 +468,13 @@ fn a_created_oci_container_exposes_no_host_binary_userns() {
 fn shell_after_unshare(tag: &str, opts: &[&str]) {
     let t = Tree::rootfs(&format!("exe-{tag}"));
     let name = ns_tests::unique(&format!("exe-{tag}"));
-    let mut c = ns_tests::ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .args(opts)
-        .args([
-            "sh",
-            "-c",
-            "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; echo ready; \
+    let c = ns_tests::registered_sh(
+        &t,
+        &name,
+        opts,
+        "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; echo ready; \
              exec unshare -U -m sleep 100",
-        ]);
+    );
     let r = spawn_until(c, "ready");
     let started = r.stdout_so_far().replace("ready\n", "");
     let r = Stopping::new(r);
@@ -544,10 +541,7 @@ fn ns_ctl_shell_enters_the_namespaces_pid1_started_in_userns() {
 fn ns_ctl_shell_waits_for_the_payload() {
     let t = Tree::rootfs("exe-starting");
     let name = ns_tests::unique("exe-starting");
-    let mut c = ns_tests::ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    let c = ns_tests::registered_sleeper(&t, &name, &[]);
     let r = spawn_until(c, "ready");
     let r = Stopping::new(r);
     let path = PathBuf::from(format!("/run/ns-run/machines/{name}.json"));

@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use ns_tests::{bin, in_fresh_run, ns_run_registered, run_cmd, spawn_until, Tree};
+use ns_tests::{bin, in_fresh_run, run_cmd, spawn_until, Tree};
 
 /// Container root puts a tmpfs over its /proc with `self/setgroups` saying `deny`, then the
 /// host's root runs `ns-ctl shell` with supplementary groups of its own (here 4242; a
@@ -20,16 +20,13 @@ fn a_fake_proc_self_setgroups_does_not_keep_the_callers_groups() {
     for (opts, tag) in [(&["-U"][..], "u"), (&[][..], "d")] {
         let t = Tree::rootfs(&format!("rv2-groups-{tag}"));
         let name = ns_tests::unique(&format!("rv2-groups-{tag}"));
-        let mut c = ns_run_registered();
-        t.tag(&mut c)
-            .args(["-q", "-M", &name, "-D", t.arg()])
-            .args(opts)
-            .args([
-                "sh",
-                "-c",
-                "mount -t tmpfs none /proc && mkdir /proc/self && \
+        let c = ns_tests::registered_sh(
+            &t,
+            &name,
+            opts,
+            "mount -t tmpfs none /proc && mkdir /proc/self && \
                  echo deny > /proc/self/setgroups && echo ready; exec sleep 100",
-            ]);
+        );
         let running = spawn_until(c, "ready");
         let mut shell = Command::new("setpriv");
         shell
@@ -173,14 +170,12 @@ echo "root: $rc $(cat "$BASE/err")"
 fn a_fifo_as_etc_passwd_does_not_hang_the_entering_process() {
     let t = Tree::rootfs("rv2-fifo");
     let name = ns_tests::unique("rv2-fifo");
-    let mut c = ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .args([
-            "sh",
-            "-c",
-            "rm -f /etc/passwd && mkfifo /etc/passwd && echo ready; exec sleep 100",
-        ]);
+    let c = ns_tests::registered_sh(
+        &t,
+        &name,
+        &[],
+        "rm -f /etc/passwd && mkfifo /etc/passwd && echo ready; exec sleep 100",
+    );
     let running = spawn_until(c, "ready");
     let mut shell = Command::new(bin("ns-ctl"));
     shell
@@ -220,15 +215,13 @@ fn a_cgroup_named_tasks_does_not_keep_ns_ctl_shell_out() {
     }
     let t = Tree::rootfs("rv2-tasks");
     let name = ns_tests::unique("rv2-tasks");
-    let mut c = ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .args([
-            "sh",
-            "-c",
-            "mkdir -p /tmp/u && mount -t cgroup2 none /tmp/u && mkdir /tmp/u/tasks && \
+    let c = ns_tests::registered_sh(
+        &t,
+        &name,
+        &[],
+        "mkdir -p /tmp/u && mount -t cgroup2 none /tmp/u && mkdir /tmp/u/tasks && \
              echo ready; exec sleep 100",
-        ]);
+    );
     let running = spawn_until(c, "ready");
     let mut shell = Command::new(bin("ns-ctl"));
     shell
@@ -248,10 +241,7 @@ fn a_cgroup_named_tasks_does_not_keep_ns_ctl_shell_out() {
 fn ns_ctl_shell_passes_what_is_asked_of_the_callers_environment() {
     let t = Tree::rootfs("rv2-envok");
     let name = ns_tests::unique("rv2-envok");
-    let mut c = ns_run_registered();
-    t.tag(&mut c)
-        .args(["-q", "-M", &name, "-D", t.arg()])
-        .args(["sh", "-c", "echo ready; exec sleep 100"]);
+    let c = ns_tests::registered_sleeper(&t, &name, &[]);
     let running = spawn_until(c, "ready");
     let mut shell = Command::new(bin("ns-ctl"));
     shell
