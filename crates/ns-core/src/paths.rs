@@ -11,13 +11,7 @@ use crate::error::{Context, Error, Result};
 
 /// Are we root on the host (not merely uid 0 in a user namespace)?
 pub fn host_root() -> bool {
-    nix::unistd::geteuid().is_root() && !in_user_namespace()
-}
-
-fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
-        .unwrap_or(false)
+    nix::unistd::geteuid().is_root() && !crate::sys::in_user_namespace()
 }
 
 /// The entries of `dir` named `PREFIX<pid>` whose ns-run is gone: host-side state named by a

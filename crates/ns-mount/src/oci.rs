@@ -38,7 +38,7 @@ pub fn build_root(
             .map_err(|e| Error::setup(format!("mounts[{i}] ({}): {}", m.dest.display(), e.msg)))?;
     }
     if oci.setup_dev {
-        let userns = in_user_namespace();
+        let userns = ns_core::sys::in_user_namespace();
         for d in &oci.devices {
             make_node(&root, d, userns)?;
         }
@@ -294,12 +294,6 @@ fn cgroup(root: &OwnedFd, plan: &MountPlan, m: &OciMount) -> Result<()> {
         true => make_read_only(root, &m.dest, true),
         false => Ok(()),
     }
-}
-
-/// Whether we run in a user namespace (as runc tells: an id map other than the identity).
-fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
 /// A node as runc makes it: mknod (an existing one is kept) and chown; in a user namespace
