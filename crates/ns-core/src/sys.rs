@@ -620,11 +620,6 @@ pub fn in_user_namespace() -> bool {
         .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
-/// Does /proc/self/setgroups say `deny` (a user namespace whose maps its own user wrote)?
-pub fn setgroups_denied() -> bool {
-    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
-}
-
 /// Drop every supplementary group, where the user namespace lets anyone: EPERM is taken as
 /// a namespace whose setgroups is denied (a rootless one, whose maps its own user wrote: the
 /// groups held are that user's, which all its processes hold too). Never decided by reading
