@@ -113,16 +113,19 @@ fn inside(oci: &OciMounts) -> Result<()> {
             crate::setup::bind_self_read_only(&root, &fd, &p.to_string_lossy(), false)?;
         }
     }
+    // /dev/null, opened once, at the first file masked.
+    let mut null = None;
     for p in &oci.masked_paths {
         if let Some(fd) = open_existing(&root, p)? {
-            mask(&root, &fd, p)?;
+            mask(&root, &fd, p, &mut null)?;
         }
     }
     Ok(())
 }
 
-/// runc's mask: /dev/null over a file, an empty read-only tmpfs over a directory.
-fn mask(root: &OwnedFd, fd: &OwnedFd, p: &Path) -> Result<()> {
+/// runc's mask: /dev/null over a file, an empty read-only tmpfs over a directory. `null`:
+/// the container's /dev/null once opened (`Some(None)`: it has none).
+fn mask(root: &OwnedFd, fd: &OwnedFd, p: &Path, null: &mut Option<Option<OwnedFd>>) -> Result<()> {
     let st = nix::sys::stat::fstat(fd.as_fd()).ctx(|| format!("cannot stat {}", p.display()))?;
     let made = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
         mount(
@@ -133,8 +136,12 @@ fn mask(root: &OwnedFd, fd: &OwnedFd, p: &Path) -> Result<()> {
             None::<&str>,
         )
     } else {
-        match open_existing(root, Path::new("/dev/null"))? {
-            Some(null) => bind_mount(fd_path(&null), fd_path(fd)),
+        let null = match null {
+            Some(n) => n,
+            None => null.insert(open_existing(root, Path::new("/dev/null"))?),
+        };
+        match null {
+            Some(null) => bind_mount(fd_path(null), fd_path(fd)),
             None => return Ok(()), // as runc: nothing to mask with
         }
     };
