@@ -302,17 +302,9 @@ pub fn exec_stage_scrubbed(name: &str, argv: &[String], fds: &StageFds) -> Error
     exec_stage_with(name, argv, fds, &env)
 }
 
-/// Exec stage `name` as the last one of the chain: with the payload's environment and only
-/// stdin, stdout and stderr open (ns-caps → ns-init).
-pub fn exec_last_stage(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {
-    if let Err(e) = crate::sys::cloexec_from(3) {
-        return Error::setup(format!("cannot mark fds close-on-exec: {}", e.desc()));
-    }
-    exec_stage_with(name, argv, fds, env)
-}
-
-/// Exec stage `name` through its fd with exactly `env`, and nothing else first (for
-/// [`exec_last_stage`] after [`prepare_exec`]).
+/// Exec stage `name` through its fd with exactly `env`, and nothing else first: as the last
+/// stage of the chain (ns-caps → ns-init, with the payload's environment), call
+/// [`prepare_exec`] before.
 pub fn exec_stage_with(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {
     let Some(fd) = fds.get(name) else {
         return Error::setup(format!("{name} was not opened before the chain started"));

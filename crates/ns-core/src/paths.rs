@@ -11,13 +11,7 @@ use crate::error::{Context, Error, Result};
 
 /// Are we root on the host (not merely uid 0 in a user namespace)?
 pub fn host_root() -> bool {
-    nix::unistd::geteuid().is_root() && !in_user_namespace()
-}
-
-fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
-        .unwrap_or(false)
+    nix::unistd::geteuid().is_root() && !crate::sys::in_user_namespace()
 }
 
 /// The entries of `dir` named `PREFIX<pid>` whose ns-run is gone: host-side state named by a
@@ -84,21 +78,38 @@ pub fn mount_point_dir(path: &Path, mode: u32) -> Result<PathBuf> {
     checked_dir(path, mode, true)
 }
 
-/// Directories this process has already made or checked, with the euid that checked them:
-/// a monitor asks for /run/ns-run several times per start. Checked once is enough: their
-/// parents belong to the same user (or /run, /tmp's sticky bit), so nobody else can swap
-/// them afterwards.
-static CHECKED: std::sync::Mutex<Vec<(PathBuf, u32)>> = std::sync::Mutex::new(Vec::new());
+/// Directories this process has already made or checked, with the euid that checked them
+/// and what the check found (device, inode): a monitor asks for /run/ns-run several times per
+/// start. A second look is one lstat: the same directory, still ours. Their parents belong to
+/// the same user (or /run, /tmp's sticky bit), so nobody else can swap them, but their owner
+/// (or tmpfiles' ageing of /tmp) can remove one while a monitor runs, and another local user
+/// make it again: that one is checked afresh (and refused).
+static CHECKED: std::sync::Mutex<Vec<Checked>> = std::sync::Mutex::new(Vec::new());
+
+/// A directory checked, the euid that checked it, its (device, inode) then.
+type Checked = (PathBuf, u32, (u64, u64));
 
 fn checked_dir(path: &Path, mode: u32, repair: bool) -> Result<PathBuf> {
     let me = nix::unistd::geteuid().as_raw();
-    let seen = |c: &Vec<(PathBuf, u32)>| c.iter().any(|(p, u)| p == path && *u == me);
-    if CHECKED.lock().is_ok_and(|c| seen(&c)) {
-        return Ok(path.to_path_buf());
+    let now = || {
+        nix::sys::stat::lstat(path)
+            .ok()
+            .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_uid == me)
+    };
+    let seen = |c: &Vec<Checked>| {
+        c.iter()
+            .find(|(p, u, _)| p == path && *u == me)
+            .map(|(_, _, id)| *id)
+    };
+    if let Some(id) = CHECKED.lock().ok().and_then(|c| seen(&c)) {
+        if now().is_some_and(|st| (st.st_dev, st.st_ino) == id) {
+            return Ok(path.to_path_buf());
+        }
     }
     let dir = check_dir(path, mode, repair)?;
-    if let Ok(mut c) = CHECKED.lock() {
-        c.push((dir.clone(), me));
+    if let (Some(st), Ok(mut c)) = (now(), CHECKED.lock()) {
+        c.retain(|(p, u, _)| !(p == &dir && *u == me));
+        c.push((dir.clone(), me, (st.st_dev, st.st_ino)));
     }
     Ok(dir)
 }
@@ -419,6 +430,27 @@ mod tests {
         std::os::unix::fs::symlink(&d, &link).unwrap();
         let e = private_dir(&link, 0o700).unwrap_err();
         assert!(e.msg.contains("a symlink"), "{}", e.msg);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_checked_dir_removed_and_made_again_by_another_user_is_refused() {
+        // /tmp/ns-run-UID removed (its user, tmpfiles' ageing) while a monitor runs, and made
+        // again by another local user: the monitor's next look must not trust it from memory.
+        if !nix::unistd::geteuid().is_root() {
+            return; // making a directory of another user's takes root
+        }
+        let base = std::env::temp_dir().join(format!("ns-core-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let d = base.join("d");
+        assert!(private_dir(&d, 0o700).is_ok());
+        std::fs::remove_dir(&d).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        let other = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::chown(&d, Some(other), None).unwrap();
+        let e = private_dir(&d, 0o700).unwrap_err();
+        assert!(e.msg.contains("uid 65534"), "{}", e.msg);
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -614,9 +614,10 @@ pub fn move_mount_to(
     Errno::result(r).map(drop)
 }
 
-/// Does /proc/self/setgroups say `deny` (a user namespace whose maps its own user wrote)?
-pub fn setgroups_denied() -> bool {
-    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+/// Whether we run in a user namespace (as runc tells: a uid map other than the identity).
+pub fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
 /// Drop every supplementary group, where the user namespace lets anyone: EPERM is taken as

@@ -158,8 +158,8 @@ fn become_root(ranged: bool) -> Result<()> {
     let root_uid = nix::unistd::Uid::from_raw(0);
     nix::unistd::setresgid(root_gid, root_gid, root_gid)
         .ctx(|| "cannot become gid 0 in the user namespace".into())?;
-    if ranged && !ns_core::sys::setgroups_denied() {
-        nix::unistd::setgroups(&[]).ctx(|| "cannot clear supplementary groups".into())?;
+    if ranged {
+        ns_core::sys::clear_groups().ctx(|| "cannot clear supplementary groups".into())?;
     }
     nix::unistd::setresuid(root_uid, root_uid, root_uid)
         .ctx(|| "cannot become uid 0 in the user namespace".into())

@@ -38,7 +38,7 @@ pub fn build_root(
             .map_err(|e| Error::setup(format!("mounts[{i}] ({}): {}", m.dest.display(), e.msg)))?;
     }
     if oci.setup_dev {
-        let userns = in_user_namespace();
+        let userns = ns_core::sys::in_user_namespace();
         for d in &oci.devices {
             make_node(&root, d, userns)?;
         }
@@ -113,16 +113,19 @@ fn inside(oci: &OciMounts) -> Result<()> {
             crate::setup::bind_self_read_only(&root, &fd, &p.to_string_lossy(), false)?;
         }
     }
+    // /dev/null, opened once, at the first file masked.
+    let mut null = None;
     for p in &oci.masked_paths {
         if let Some(fd) = open_existing(&root, p)? {
-            mask(&root, &fd, p)?;
+            mask(&root, &fd, p, &mut null)?;
         }
     }
     Ok(())
 }
 
-/// runc's mask: /dev/null over a file, an empty read-only tmpfs over a directory.
-fn mask(root: &OwnedFd, fd: &OwnedFd, p: &Path) -> Result<()> {
+/// runc's mask: /dev/null over a file, an empty read-only tmpfs over a directory. `null`:
+/// the container's /dev/null once opened (`Some(None)`: it has none).
+fn mask(root: &OwnedFd, fd: &OwnedFd, p: &Path, null: &mut Option<Option<OwnedFd>>) -> Result<()> {
     let st = nix::sys::stat::fstat(fd.as_fd()).ctx(|| format!("cannot stat {}", p.display()))?;
     let made = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
         mount(
@@ -133,8 +136,12 @@ fn mask(root: &OwnedFd, fd: &OwnedFd, p: &Path) -> Result<()> {
             None::<&str>,
         )
     } else {
-        match open_existing(root, Path::new("/dev/null"))? {
-            Some(null) => bind_mount(fd_path(&null), fd_path(fd)),
+        let null = match null {
+            Some(n) => n,
+            None => null.insert(open_existing(root, Path::new("/dev/null"))?),
+        };
+        match null {
+            Some(null) => bind_mount(fd_path(null), fd_path(fd)),
             None => return Ok(()), // as runc: nothing to mask with
         }
     };
@@ -294,12 +301,6 @@ fn cgroup(root: &OwnedFd, plan: &MountPlan, m: &OciMount) -> Result<()> {
         true => make_read_only(root, &m.dest, true),
         false => Ok(()),
     }
-}
-
-/// Whether we run in a user namespace (as runc tells: an id map other than the identity).
-fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
 /// A node as runc makes it: mknod (an existing one is kept) and chown; in a user namespace
