@@ -66,8 +66,7 @@ impl Undo {
             let _ = waitpid(*p, None);
         }
         if let Some((root, before)) = &self.mounts {
-            let made = hostmounts::under(root).map(|now| hostmounts::made_since(before, now));
-            if let Err(e) = made.and_then(|m| hostmounts::unmount(root, &m)) {
+            if let Err(e) = hostmounts::unmount_since(root, before) {
                 ns_core::errln!("ns-oci: {}", e.msg);
             }
         }
