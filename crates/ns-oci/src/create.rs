@@ -351,6 +351,9 @@ fn mount_points(
     }
     let mut made = Vec::new();
     let done = ns_host::mountpoints::make_missing(&b.root, oci, &mut made);
+    if made.is_empty() {
+        return done; // nothing new to record
+    }
     undo.created.extend(made.iter().cloned());
     saved.created_paths.extend(made);
     done.and_then(|()| container::save(dir, saved))
