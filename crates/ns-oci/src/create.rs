@@ -81,16 +81,18 @@ impl Undo {
     }
 }
 
-/// Remove what the chain and the host made. A path under `rootfs` is walked from it
-/// fd-relative, never through a symlink: the container (or another sharing the image)
-/// may have renamed a directory we made and put a symlink to a host path in its place.
+/// Remove what the chain and the host made, never through a symlink: the container (or
+/// another sharing the image) may have renamed a directory we made and put a symlink to a
+/// host path in its place. A path under `rootfs` as named is walked from it fd-relative;
+/// any other (a stage names what it made by its resolved path, which a `--bundle` reached
+/// through a symlink does not prefix; an overlay work directory) as ns-run's cleanup
+/// removes it, with no symlink anywhere on its path.
 pub fn remove_created(rootfs: &Path, paths: &[(PathBuf, bool)]) {
     for (p, recursive) in paths.iter().rev() {
-        let _ = match p.strip_prefix(rootfs) {
-            Ok(rel) => remove_below(rootfs, rel, *recursive).map_err(std::io::Error::from),
-            Err(_) if *recursive => std::fs::remove_dir_all(p),
-            Err(_) => std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p)),
-        };
+        match p.strip_prefix(rootfs) {
+            Ok(rel) => drop(remove_below(rootfs, rel, *recursive)),
+            Err(_) => ns_host::mountpoints::remove_no_symlinks(p, *recursive),
+        }
     }
 }
 
