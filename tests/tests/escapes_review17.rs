@@ -51,6 +51,56 @@ fn delete_never_removes_through_a_symlink_the_container_put_in_place_of_a_mount_
     }
 }
 
+/// The same swap with the bundle named through a symlink (`--bundle` as the caller gives it,
+/// e.g. under a symlinked /var/run): ns-mount reports the mount points it made by their
+/// resolved host path, which is not below the rootfs as config.json names it, and delete
+/// removed those by path: through the container's symlink, the host's file `victim`.
+#[test]
+fn delete_never_removes_through_a_symlink_with_the_bundle_reached_through_one() {
+    let outside = Tree::empty("r17-mpl-outside");
+    let target = outside.host_dir("etc");
+    fs::write(target.join("victim"), "host file\n").unwrap();
+    let script = format!(
+        "mv /data/a /data/a2 && ln -s {} /data/a && echo swapped",
+        target.display()
+    );
+    let b = OciBundle::plain("r17-mpl", &["sh", "-c", &script], |v| {
+        v["root"]["readonly"] = json!(false);
+        v["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/data/a/victim", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    fs::create_dir(b.tree.path().join("rootfs/data")).unwrap();
+    let link = outside.path().join("bundle");
+    std::os::unix::fs::symlink(b.tree.path(), &link).unwrap();
+    let id = ns_tests::unique("r17-mpl");
+    let pid_file = b.out.join(format!("{id}.pid"));
+    let out = fs::File::create(b.out.join(format!("{id}.stdout"))).unwrap();
+    let st = b
+        .cmd(&[
+            "create",
+            "--bundle",
+            s(&link),
+            "--pid-file",
+            s(&pid_file),
+            &id,
+        ])
+        .stdout(out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pid = b.pid(&id);
+    assert_eq!(b.oci(&["start", &id]).0, 0);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(b.stdout_of(&id), "swapped\n");
+    assert_eq!(b.oci(&["delete", &id]).0, 0);
+    assert!(
+        target.join("victim").exists(),
+        "delete removed a host file through the container's symlink"
+    );
+}
+
 /// The capability sets of a payload run with a seccomp filter and no_new_privs off (the
 /// filter takes CAP_SYS_ADMIN, kept permitted until just before exec): a config that does
 /// not grant CAP_SYS_ADMIN never leaves it to the payload, root or not, nor to what it runs

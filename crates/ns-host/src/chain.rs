@@ -204,7 +204,7 @@ impl Chain {
     pub fn map_userns(&self, maps: &Maps, root: Option<(&Path, Option<OwnedFd>)>) -> Result<()> {
         let pid = self.enter.as_raw();
         match maps {
-            Maps::Rootless => drop(crate::userns::write_rootless_maps(pid)?),
+            Maps::Rootless => crate::userns::write_rootless_maps(pid)?,
             Maps::Range { base, count, bound } => {
                 crate::userns::write_maps(pid, *base, *count, bound)?
             }

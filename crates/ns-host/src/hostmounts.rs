@@ -17,7 +17,16 @@ pub type HostMount = (u64, PathBuf);
 
 /// The mounts on `root` or below it, in mountinfo's order (a mount after those it covers).
 pub fn under(root: &Path) -> Result<Vec<HostMount>> {
-    let root = std::fs::canonicalize(root).ctx(|| format!("cannot resolve {}", root.display()))?;
+    listed(&canonical(root)?)
+}
+
+/// `root` with no symlink left, as mountinfo names mount points.
+fn canonical(root: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(root).ctx(|| format!("cannot resolve {}", root.display()))
+}
+
+/// [`under`] for a root already [`canonical`].
+fn listed(root: &Path) -> Result<Vec<HostMount>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .ctx(|| "cannot read /proc/self/mountinfo".into())?;
     Ok(info
@@ -26,7 +35,7 @@ pub fn under(root: &Path) -> Result<Vec<HostMount>> {
             let mut f = l.split(' ');
             let id = f.next()?.parse().ok()?;
             let point = PathBuf::from(unescape(f.nth(3)?));
-            point.starts_with(&root).then_some((id, point))
+            point.starts_with(root).then_some((id, point))
         })
         .collect())
 }
@@ -67,10 +76,26 @@ pub fn unmount(root: &Path, mounts: &[HostMount]) -> Result<()> {
     if mounts.is_empty() {
         return Ok(());
     }
-    let current = under(root)?;
-    let root = std::fs::canonicalize(root).ctx(|| format!("cannot resolve {}", root.display()))?;
+    let root = canonical(root)?;
+    unmount_of(&root, &listed(&root)?, mounts)
+}
+
+/// [`unmount`] what is on `root` or below now and was not in `before` (as [`under`] listed
+/// it then): one read of mountinfo to find them and where they are.
+pub fn unmount_since(root: &Path, before: &[HostMount]) -> Result<()> {
+    let root = canonical(root)?;
+    let current = listed(&root)?;
+    let made = made_since(before, current.clone());
+    if made.is_empty() {
+        return Ok(());
+    }
+    unmount_of(&root, &current, &made)
+}
+
+/// [`unmount`] with `root` [`canonical`] and its mounts `current`ly there listed.
+fn unmount_of(root: &Path, current: &[HostMount], mounts: &[HostMount]) -> Result<()> {
     let dir = nix::fcntl::open(
-        &root,
+        root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
@@ -80,7 +105,7 @@ pub fn unmount(root: &Path, mounts: &[HostMount]) -> Result<()> {
         let Some((_, now)) = current.iter().find(|(i, _)| i == id) else {
             continue; // gone already
         };
-        if let Err(e) = unmount_one(&dir, &root, *id, now) {
+        if let Err(e) = unmount_one(&dir, root, *id, now) {
             first.get_or_insert(e);
         }
     }

@@ -178,43 +178,7 @@ fn remove_cgroups(entries: &[Entry]) -> bool {
 /// Remove the paths `entries` name (not cgroups), last first.
 fn remove_paths(entries: &[Entry]) {
     for e in entries.iter().rev().filter(|e| !e.cgroup) {
-        remove_no_symlinks(&e.path, e.recursive);
-    }
-}
-
-/// Remove `path` (a created mount point, or a work directory when `recursive`) only if no
-/// component of it is a symlink now: the container may have replaced a directory on the way
-/// with a link to somewhere else on the host. A mount point goes only while empty.
-fn remove_no_symlinks(path: &Path, recursive: bool) {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let Ok(dir) = nix::fcntl::openat2(nix::fcntl::AT_FDCWD, parent, how) else {
-        return;
-    };
-    let Ok(st) = nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-    else {
-        return;
-    };
-    let kind = st.st_mode & libc::S_IFMT;
-    if kind == libc::S_IFDIR {
-        if recursive {
-            // Our own uniquely named work directory; reached without symlinks.
-            let _ = std::fs::remove_dir_all(format!(
-                "/proc/self/fd/{}/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&dir),
-                name.to_string_lossy()
-            ));
-        } else {
-            let _ = nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::RemoveDir);
-        }
-    } else if kind == libc::S_IFREG && st.st_size == 0 && !recursive {
-        // A mount point file we created empty; anything written to it stays.
-        let _ = nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        crate::mountpoints::remove_no_symlinks(&e.path, e.recursive);
     }
 }
 

@@ -4,8 +4,9 @@
 //! ownership shift ([`userns`]), joining a running container ([`attach`]), the image and zone
 //! locks ([`locks`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]), the
 //! registry of running machines that ns-ctl reads ([`registry`]), the mounts of an OCI container
-//! without a mount namespace ([`hostmounts`]); and the chain itself, started
-//! and answered through the sync protocol ([`chain`]).
+//! without a mount namespace ([`hostmounts`]), the mount points the host makes for one and
+//! the removal of created paths ([`mountpoints`]); and the chain itself, started and
+//! answered through the sync protocol ([`chain`]).
 //! The monitor in ns-run, ns-oci and ns-ctl use it; no chain stage does (a stage crate holds
 //! only what its binary runs).
 #![forbid(unsafe_code)]

@@ -2,7 +2,8 @@
 //! container's root may not write to an image owned by ids it does not map, so the host
 //! makes the missing ones (walked fd-relative from the root, never through a symlink of the
 //! image: such a path is left to ns-mount, which resolves it inside the root) and returns
-//! them, to be removed after the container is gone.
+//! them, to be removed after the container is gone. Also the removal of what was made (by
+//! the host or by a stage, SYNC-4) once the container is gone, never through a symlink.
 
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
@@ -85,6 +86,42 @@ fn make_one(root: &Path, dest: &Path, dir: bool, made: &mut Vec<(PathBuf, bool)>
         }
     }
     Ok(())
+}
+
+/// Remove `path` (a created mount point, or a work directory when `recursive`) only if no
+/// component of it is a symlink now: the container may have replaced a directory on the way
+/// with a link to somewhere else on the host. A mount point goes only while empty.
+pub fn remove_no_symlinks(path: &Path, recursive: bool) {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let Ok(dir) = nix::fcntl::openat2(nix::fcntl::AT_FDCWD, parent, how) else {
+        return;
+    };
+    let Ok(st) = nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+    else {
+        return;
+    };
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFDIR {
+        if recursive {
+            // Our own uniquely named work directory; reached without symlinks.
+            let _ = std::fs::remove_dir_all(format!(
+                "/proc/self/fd/{}/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                name.to_string_lossy()
+            ));
+        } else {
+            let _ = nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::RemoveDir);
+        }
+    } else if kind == libc::S_IFREG && st.st_size == 0 && !recursive {
+        // A mount point file we created empty; anything written to it stays.
+        let _ = nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
 }
 
 #[cfg(test)]

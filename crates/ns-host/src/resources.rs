@@ -470,14 +470,13 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
     for &p in &ordered {
         let ctl = controller(p);
         let v1_name = if ctl == "io" { "blkio" } else { ctl };
-        // A controller only the hierarchy's root has (hugetlb here, on a hybrid host): made
-        // available down to the container, as runc does.
+        // A controller an ancestor has but does not pass down (hugetlb here, on a hybrid
+        // host; any of them below a level ns-oci made for a cgroupsPath on a pure cgroup2
+        // host, whose subtree_control starts empty): made available down to the container,
+        // as runc does. Not where v1 has it: then no cgroup2 level has it to pass on.
         let v2_has = |ctl: &str| {
             v2_controllers.split_whitespace().any(|n| n == ctl)
-                || v2.is_some_and(|c| {
-                    matches!(p, Property::HugetlbMax(..))
-                        && crate::cgroups::enable_v2_controller(&c.dir, ctl)
-                })
+                || v2.is_some_and(|c| crate::cgroups::enable_v2_controller(&c.dir, ctl))
         };
         let target = match v2 {
             Some(c) if matches!(p, Property::Unified(..)) => Some(c),

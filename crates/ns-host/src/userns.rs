@@ -313,8 +313,8 @@ fn subordinate(file: &str, name: &str, id: u32) -> Option<(u32, u32)> {
 
 /// Rootless maps for `pid`: container 0 is us; with newuidmap/newgidmap and subordinate
 /// ranges, container 1..=65535 come from those ranges; otherwise only 0 is mapped (and
-/// setgroups is denied, as the kernel requires). Returns how many ids are mapped.
-pub fn write_rootless_maps(pid: i32) -> Result<u32> {
+/// setgroups is denied, as the kernel requires).
+pub fn write_rootless_maps(pid: i32) -> Result<()> {
     let (uid, gid) = (
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
@@ -353,11 +353,9 @@ pub fn write_rootless_maps(pid: i32) -> Result<u32> {
             ]
         };
         run_map_tool(&nu, pid, &range(uid, us))?;
-        run_map_tool(&ng, pid, &range(gid, gs))?;
-        return Ok(n + 1);
+        return run_map_tool(&ng, pid, &range(gid, gs));
     }
-    write_own_maps(pid, uid, gid)?;
-    Ok(1)
+    write_own_maps(pid, uid, gid)
 }
 
 /// newuidmap or newgidmap (set-id tools that check /etc/subuid, /etc/subgid): `pid`'s map.

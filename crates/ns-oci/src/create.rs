@@ -66,8 +66,7 @@ impl Undo {
             let _ = waitpid(*p, None);
         }
         if let Some((root, before)) = &self.mounts {
-            let made = hostmounts::under(root).map(|now| hostmounts::made_since(before, now));
-            if let Err(e) = made.and_then(|m| hostmounts::unmount(root, &m)) {
+            if let Err(e) = hostmounts::unmount_since(root, before) {
                 ns_core::errln!("ns-oci: {}", e.msg);
             }
         }
@@ -82,16 +81,18 @@ impl Undo {
     }
 }
 
-/// Remove what the chain and the host made. A path under `rootfs` is walked from it
-/// fd-relative, never through a symlink: the container (or another sharing the image)
-/// may have renamed a directory we made and put a symlink to a host path in its place.
+/// Remove what the chain and the host made, never through a symlink: the container (or
+/// another sharing the image) may have renamed a directory we made and put a symlink to a
+/// host path in its place. A path under `rootfs` as named is walked from it fd-relative;
+/// any other (a stage names what it made by its resolved path, which a `--bundle` reached
+/// through a symlink does not prefix; an overlay work directory) as ns-run's cleanup
+/// removes it, with no symlink anywhere on its path.
 pub fn remove_created(rootfs: &Path, paths: &[(PathBuf, bool)]) {
     for (p, recursive) in paths.iter().rev() {
-        let _ = match p.strip_prefix(rootfs) {
-            Ok(rel) => remove_below(rootfs, rel, *recursive).map_err(std::io::Error::from),
-            Err(_) if *recursive => std::fs::remove_dir_all(p),
-            Err(_) => std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p)),
-        };
+        match p.strip_prefix(rootfs) {
+            Ok(rel) => drop(remove_below(rootfs, rel, *recursive)),
+            Err(_) => ns_host::mountpoints::remove_no_symlinks(p, *recursive),
+        }
     }
 }
 
@@ -352,6 +353,9 @@ fn mount_points(
     }
     let mut made = Vec::new();
     let done = ns_host::mountpoints::make_missing(&b.root, oci, &mut made);
+    if made.is_empty() {
+        return done; // nothing new to record
+    }
     undo.created.extend(made.iter().cloned());
     saved.created_paths.extend(made);
     done.and_then(|()| container::save(dir, saved))

@@ -500,13 +500,11 @@ fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
     }
     // Reported, not fatal: one its processes covered would keep it from being deleted.
     // (A killed `create` recorded only the mounts before it: what appeared since is its.)
-    let made = match &s.mounts_before {
-        Some(before) => ns_host::hostmounts::under(&s.rootfs)
-            .map(|now| ns_host::hostmounts::made_since(before, now))
-            .unwrap_or_default(),
-        None => s.host_mounts.clone(),
+    let unmounted = match &s.mounts_before {
+        Some(before) => ns_host::hostmounts::unmount_since(&s.rootfs, before),
+        None => ns_host::hostmounts::unmount(&s.rootfs, &s.host_mounts),
     };
-    if let Err(e) = ns_host::hostmounts::unmount(&s.rootfs, &made) {
+    if let Err(e) = unmounted {
         ns_core::errln!("ns-oci: container {id}: {}", e.msg);
     }
     create::remove_created(&s.rootfs, &s.created_paths);
