@@ -437,15 +437,13 @@ impl<'a> Monitor<'a> {
             if sync_open {
                 pfds.push(PollFd::new(self.chain.fd(), PollFlags::POLLIN));
             }
-            let console_fds: Vec<RawFd> = self
-                .console
-                .as_ref()
-                .map(|c| c.fds().iter().map(|f| f.as_raw_fd()).collect())
-                .unwrap_or_default();
-            for fd in self.console.as_ref().map(|c| c.fds()).unwrap_or_default() {
-                pfds.push(PollFd::new(fd, PollFlags::POLLIN));
-            }
-            let notify_fd = self.notify.as_ref().map(|n| n.socket.as_raw_fd());
+            let console = self.console.as_ref().map(|c| c.fds()).unwrap_or_default();
+            let console_fds: Vec<RawFd> = console.iter().map(|f| f.as_raw_fd()).collect();
+            pfds.extend(
+                console
+                    .into_iter()
+                    .map(|f| PollFd::new(f, PollFlags::POLLIN)),
+            );
             if let Some(n) = &self.notify {
                 pfds.push(PollFd::new(n.socket.as_fd(), PollFlags::POLLIN));
             }
@@ -467,7 +465,7 @@ impl<'a> Monitor<'a> {
                     .filter(|(_, p)| ready(p))
                     .map(|(fd, _)| *fd)
                     .collect(),
-                notify: notify_fd.is_some() && pfds.last().is_some_and(ready),
+                notify: self.notify.is_some() && pfds.last().is_some_and(ready),
             });
         }
     }
