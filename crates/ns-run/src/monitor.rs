@@ -44,7 +44,7 @@ pub fn run(state: &State) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let decided = decide(state)?;
+    let mut decided = decide(state)?;
     let chown = state.enter.userns.as_ref().map(|u| u.ownership) == Some(Ownership::Chown);
     if let (true, Some(base)) = (chown, decided.runtime.userns_base) {
         // `chown` ownership: shift the tree into the range now (under the image lock).
@@ -72,11 +72,7 @@ pub fn run(state: &State) -> Result<i32> {
         }
     };
     ns_core::sys::trim_heap();
-    let mut monitor = Monitor {
-        userns_base: decided.runtime.userns_base,
-        notify: decided.notify,
-        ..Monitor::new(state, chain, cleanup, held, &cgroups)
-    };
+    let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
@@ -374,6 +370,7 @@ impl<'a> Monitor<'a> {
         cleanup: journal::Cleanup,
         held: Held,
         cgroups: &[Cgroup],
+        decided: &mut Decided,
     ) -> Monitor<'a> {
         // Cloned now, while ns-enter execs on the other CPU.
         let root_clone = ns_host::chain::idmapped_root(state.enter.userns.as_ref())
@@ -390,13 +387,13 @@ impl<'a> Monitor<'a> {
             netns: None,
             net_failed: false,
             ports_installed: false,
-            notify: None,
+            notify: decided.notify.take(),
             console: None,
             held,
             machine: machine_entry(state, cgroups),
             held_namespaces: Vec::new(),
             root_clone,
-            userns_base: None,
+            userns_base: decided.runtime.userns_base,
         }
     }
 
