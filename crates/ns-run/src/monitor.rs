@@ -33,8 +33,9 @@ const SIGNALS: [i32; 5] = [
     libc::SIGWINCH,
 ];
 
-/// Run the container described by `state`; returns the exit code for ns-run.
-pub fn run(state: &State) -> Result<i32> {
+/// Run the container described by `state`; returns the exit code for ns-run. `hierarchies`:
+/// the host's cgroup hierarchies if planning read them (not read again).
+pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     journal::collect_stale(true)?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
@@ -44,7 +45,7 @@ pub fn run(state: &State) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let mut decided = decide(state)?;
+    let mut decided = decide(state, hierarchies)?;
     let chown = state.enter.userns.as_ref().map(|u| u.ownership) == Some(Ownership::Chown);
     if let (true, Some(base)) = (chown, decided.runtime.userns_base) {
         // `chown` ownership: shift the tree into the range now (under the image lock).
@@ -155,7 +156,7 @@ struct Decided {
 
 /// The decisions only the host makes at start (the state's runtime section, which
 /// `Chain::start` writes into the document the chain gets), and what holds them.
-fn decide(state: &State) -> Result<Decided> {
+fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided> {
     let mut runtime = Runtime::default();
     // -U: reserve the id range (held until we exit).
     let range = match &state.enter.userns {
@@ -183,10 +184,10 @@ fn decide(state: &State) -> Result<Decided> {
     // init finds a subtree of its own).
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
     let want_cgroups = state.mount.cgroups.is_some() || !state.monitor.properties.is_empty();
-    let hierarchies = if want_cgroups {
-        ns_host::cgroups::hierarchies()
-    } else {
-        Vec::new()
+    let hierarchies = match hierarchies {
+        _ if !want_cgroups => Vec::new(),
+        Some(known) => known,
+        None => ns_host::cgroups::hierarchies(),
     };
     if want_cgroups {
         runtime.cgroups = Some(ns_host::cgroups::planned(
