@@ -126,9 +126,10 @@ fn exec_plan_of(
     setenv: &[String],
     command: &[String],
 ) -> Result<ns_core::state::ExecPlan> {
-    let bounding = u64::from_str_radix(&attach::status_field(m.leader, "CapBnd")?, 16)
+    let [cap_bnd, no_new_privs] = attach::status_fields(m.leader, ["CapBnd", "NoNewPrivs"])?;
+    let bounding = u64::from_str_radix(&cap_bnd, 16)
         .map_err(|_| Error::setup(format!("cannot read {}'s capabilities", m.leader)))?;
-    let nnp = attach::status_field(m.leader, "NoNewPrivs")? == "1";
+    let nnp = no_new_privs == "1";
     let mut env: Vec<String> = std::env::var("TERM")
         .map(|t| vec![format!("TERM={t}")])
         .unwrap_or_default();
