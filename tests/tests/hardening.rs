@@ -145,6 +145,36 @@ fn ns_ctl_shell_runs_under_the_containers_filter() {
     assert_eq!(r.wait().code, 137);
 }
 
+#[test]
+fn ns_ctl_shell_runs_under_an_oci_bundles_profile() {
+    // `ns-run --oci-bundle` with a profile that allows everything but getpid: the shell's
+    // command answers as the payload does (keyctl passes the filter), not as nspawn's
+    // allow-list with getpid taken away would.
+    let t = Tree::empty("sc-bundle");
+    let script = "ns-probe syscall keyctl; ns-probe syscall getpid; echo ready; exec sleep 100";
+    ns_tests::spec_bundle(&t, &["sh", "-c", script], |v| {
+        v["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ERRNO"}],
+        });
+    });
+    std::fs::copy(bin("ns-probe"), t.path().join("rootfs/bin/ns-probe")).unwrap();
+    let name = ns_tests::unique("sc-bundle");
+    let mut c = ns_tests::ns_run_registered();
+    t.tag(&mut c)
+        .args(["-q", "-M", &name, "--oci-bundle", t.arg()]);
+    let r = ns_tests::spawn_until(c, "ready");
+    let payload = r.stdout_so_far().replace("ready\n", "");
+    assert_ne!(payload, "EPERM\nEPERM\n", "{payload}");
+    let mut c = std::process::Command::new(bin("ns-ctl"));
+    c.args(["shell", &name, "--", "sh", "-c"])
+        .arg("ns-probe syscall keyctl; ns-probe syscall getpid");
+    let out = run_cmd(c, None);
+    assert_eq!(out.stdout, payload, "{out}");
+    r.signal(libc::SIGTERM);
+    r.wait();
+}
+
 /// Escape attempts from a container with default options and with `-U`: (what, shell test
 /// printing the outcome, outcome by default, outcome with -U). Each outcome is asserted here
 /// and listed in README's table.

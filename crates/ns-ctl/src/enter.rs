@@ -126,39 +126,30 @@ fn exec_plan_of(
     setenv: &[String],
     command: &[String],
 ) -> Result<ns_core::state::ExecPlan> {
-    let bounding = u64::from_str_radix(&attach::status_field(m.leader, "CapBnd")?, 16)
+    let [cap_bnd, no_new_privs] = attach::status_fields(m.leader, ["CapBnd", "NoNewPrivs"])?;
+    let bounding = u64::from_str_radix(&cap_bnd, 16)
         .map_err(|_| Error::setup(format!("cannot read {}'s capabilities", m.leader)))?;
-    let nnp = attach::status_field(m.leader, "NoNewPrivs")? == "1";
+    let nnp = no_new_privs == "1";
     let mut env: Vec<String> = std::env::var("TERM")
         .map(|t| vec![format!("TERM={t}")])
         .unwrap_or_default();
     env.extend(setenv.iter().cloned());
-    // The container's own filter, as --system-call-filter= values.
-    let filter: Vec<String> = match &m.syscall_filter {
-        Some(f) => [
-            (!f.allow.is_empty()).then(|| f.allow.join(" ")),
-            (!f.deny.is_empty()).then(|| format!("~{}", f.deny.join(" "))),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-        None => Vec::new(),
-    };
     let args = ns_caps::ExecArgs {
         user: user.map(str::to_string),
         setenv: env,
         uuid: Some(m.uuid.clone()), // 32 hex digits; ns-caps formats them
         no_new_privileges: nnp.then(|| "yes".into()),
-        system_call_filter: filter,
         ..Default::default()
     };
     let mut plan = args.plan(&ns_caps::ExecContext {
         argv: command.to_vec(),
-        seccomp: m.syscall_filter.is_some(),
         ..args.facts(std::path::Path::new("/"))
     })?;
-    // Exactly the container's bounding set.
+    // Exactly the container's bounding set and system call filter (the registry's, as
+    // planned: no round trip through --system-call-filter= values, which would lose an OCI
+    // profile's base, default action and argument rules).
     plan.capabilities = caps_spec::names(bounding & caps_spec::all_mask());
+    plan.syscall_filter = m.syscall_filter.clone();
     Ok(plan)
 }
 

@@ -132,18 +132,26 @@ fn held_namespace(monitor: i32, kind: &str, ino: u64) -> Option<File> {
         })
 }
 
-/// A field of /proc/PID/status (`CapBnd` in hex, `NoNewPrivs` in decimal), as text.
-pub fn status_field(pid: i32, key: &str) -> Result<String> {
+/// Fields of /proc/PID/status (`CapBnd` in hex, `NoNewPrivs` in decimal), as text, from
+/// one read of the file.
+pub fn status_fields<const N: usize>(pid: i32, keys: [&str; N]) -> Result<[String; N]> {
     let p = format!("/proc/{pid}/status");
-    std::fs::read_to_string(&p)
-        .ctx(|| format!("cannot read {p}"))?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .strip_prefix(':')
-                .map(|v| v.trim().to_string())
-        })
-        .ok_or_else(|| Error::setup(format!("{p} has no {key}")))
+    let status = std::fs::read_to_string(&p).ctx(|| format!("cannot read {p}"))?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .strip_prefix(':')
+                    .map(|v| v.trim().to_string())
+            })
+            .ok_or_else(|| Error::setup(format!("{p} has no {key}")))
+    };
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (o, key) in out.iter_mut().zip(keys) {
+        *o = field(key)?;
+    }
+    Ok(out)
 }
 
 /// Into the container `name`'s cgroups (from the host's view, so before its cgroup

@@ -57,7 +57,7 @@ fn main() {
             // nspawn: a missing -D directory is created from the template (checked by build).
             ns_mount::template::instantiate(std::path::Path::new(t), &state.mount.root)?;
         }
-        let code = monitor::run(&state)?;
+        let code = monitor::run(&state, facts.cgroups)?;
         std::process::exit(code)
     })
 }

@@ -33,8 +33,9 @@ const SIGNALS: [i32; 5] = [
     libc::SIGWINCH,
 ];
 
-/// Run the container described by `state`; returns the exit code for ns-run.
-pub fn run(state: &State) -> Result<i32> {
+/// Run the container described by `state`; returns the exit code for ns-run. `hierarchies`:
+/// the host's cgroup hierarchies if planning read them (not read again).
+pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     journal::collect_stale(true)?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
@@ -44,7 +45,7 @@ pub fn run(state: &State) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let decided = decide(state)?;
+    let mut decided = decide(state, hierarchies)?;
     let chown = state.enter.userns.as_ref().map(|u| u.ownership) == Some(Ownership::Chown);
     if let (true, Some(base)) = (chown, decided.runtime.userns_base) {
         // `chown` ownership: shift the tree into the range now (under the image lock).
@@ -72,11 +73,7 @@ pub fn run(state: &State) -> Result<i32> {
         }
     };
     ns_core::sys::trim_heap();
-    let mut monitor = Monitor {
-        userns_base: decided.runtime.userns_base,
-        notify: decided.notify,
-        ..Monitor::new(state, chain, cleanup, held, &cgroups)
-    };
+    let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
@@ -159,7 +156,7 @@ struct Decided {
 
 /// The decisions only the host makes at start (the state's runtime section, which
 /// `Chain::start` writes into the document the chain gets), and what holds them.
-fn decide(state: &State) -> Result<Decided> {
+fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided> {
     let mut runtime = Runtime::default();
     // -U: reserve the id range (held until we exit).
     let range = match &state.enter.userns {
@@ -187,10 +184,10 @@ fn decide(state: &State) -> Result<Decided> {
     // init finds a subtree of its own).
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
     let want_cgroups = state.mount.cgroups.is_some() || !state.monitor.properties.is_empty();
-    let hierarchies = if want_cgroups {
-        ns_host::cgroups::hierarchies()
-    } else {
-        Vec::new()
+    let hierarchies = match hierarchies {
+        _ if !want_cgroups => Vec::new(),
+        Some(known) => known,
+        None => ns_host::cgroups::hierarchies(),
     };
     if want_cgroups {
         runtime.cgroups = Some(ns_host::cgroups::planned(
@@ -374,6 +371,7 @@ impl<'a> Monitor<'a> {
         cleanup: journal::Cleanup,
         held: Held,
         cgroups: &[Cgroup],
+        decided: &mut Decided,
     ) -> Monitor<'a> {
         // Cloned now, while ns-enter execs on the other CPU.
         let root_clone = ns_host::chain::idmapped_root(state.enter.userns.as_ref())
@@ -390,13 +388,13 @@ impl<'a> Monitor<'a> {
             netns: None,
             net_failed: false,
             ports_installed: false,
-            notify: None,
+            notify: decided.notify.take(),
             console: None,
             held,
             machine: machine_entry(state, cgroups),
             held_namespaces: Vec::new(),
             root_clone,
-            userns_base: None,
+            userns_base: decided.runtime.userns_base,
         }
     }
 
@@ -437,15 +435,13 @@ impl<'a> Monitor<'a> {
             if sync_open {
                 pfds.push(PollFd::new(self.chain.fd(), PollFlags::POLLIN));
             }
-            let console_fds: Vec<RawFd> = self
-                .console
-                .as_ref()
-                .map(|c| c.fds().iter().map(|f| f.as_raw_fd()).collect())
-                .unwrap_or_default();
-            for fd in self.console.as_ref().map(|c| c.fds()).unwrap_or_default() {
-                pfds.push(PollFd::new(fd, PollFlags::POLLIN));
-            }
-            let notify_fd = self.notify.as_ref().map(|n| n.socket.as_raw_fd());
+            let console = self.console.as_ref().map(|c| c.fds()).unwrap_or_default();
+            let console_fds: Vec<RawFd> = console.iter().map(|f| f.as_raw_fd()).collect();
+            pfds.extend(
+                console
+                    .into_iter()
+                    .map(|f| PollFd::new(f, PollFlags::POLLIN)),
+            );
             if let Some(n) = &self.notify {
                 pfds.push(PollFd::new(n.socket.as_fd(), PollFlags::POLLIN));
             }
@@ -467,7 +463,7 @@ impl<'a> Monitor<'a> {
                     .filter(|(_, p)| ready(p))
                     .map(|(fd, _)| *fd)
                     .collect(),
-                notify: notify_fd.is_some() && pfds.last().is_some_and(ready),
+                notify: self.notify.is_some() && pfds.last().is_some_and(ready),
             });
         }
     }

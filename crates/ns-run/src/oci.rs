@@ -350,8 +350,13 @@ pub struct OciRuntime {
 }
 
 impl OciInput<'_> {
-    fn linux(&self) -> oci_spec::runtime::Linux {
-        self.bundle.spec.linux().clone().unwrap_or_default()
+    /// config.json's `linux` section (an empty one without), borrowed: it holds the
+    /// seccomp profile, not to be copied for each field read.
+    fn linux(&self) -> std::borrow::Cow<'_, oci_spec::runtime::Linux> {
+        match self.bundle.spec.linux() {
+            Some(l) => std::borrow::Cow::Borrowed(l),
+            None => std::borrow::Cow::Owned(Default::default()),
+        }
     }
 
     /// The monitor's console mode, and whether the payload gets a pty, from nspawn's.
@@ -383,9 +388,12 @@ impl OciInput<'_> {
     fn seccomp_listener(&self, f: Option<&SyscallFilter>) -> Result<Option<String>> {
         use ns_core::state::SeccompAction;
         let linux = self.linux();
-        let sc = linux.seccomp().clone().unwrap_or_default();
+        let sc = linux.seccomp().as_ref();
         let notifies = f.is_some_and(|f| f.rules.iter().any(|r| r.action == SeccompAction::Notify));
-        let (r, path) = match (&self.oci_runtime, sc.listener_path()) {
+        let (r, path) = match (
+            &self.oci_runtime,
+            sc.and_then(|s| s.listener_path().as_ref()),
+        ) {
             (_, None) if notifies => {
                 return Err(unsupported(
                     "linux.seccomp: SCMP_ACT_NOTIFY without listenerPath",
@@ -405,7 +413,7 @@ impl OciInput<'_> {
         let state = serde_json::json!({
             "ociVersion": spec.version(),
             "fds": ["seccompFd"],
-            "metadata": sc.listener_metadata().clone().unwrap_or_default(),
+            "metadata": sc.and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
             "state": {
                 "ociVersion": spec.version(),
                 "id": r.id,

@@ -252,7 +252,8 @@ fn sysctls(linux: &Linux) -> Result<Vec<(String, String)>> {
 fn is_current_netns(p: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    id(p).is_some() && id(p) == id(Path::new("/proc/self/ns/net"))
+    let of_p = id(p);
+    of_p.is_some() && of_p == id(Path::new("/proc/self/ns/net"))
 }
 
 #[cfg(test)]

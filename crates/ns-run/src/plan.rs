@@ -164,13 +164,19 @@ pub struct HostFacts {
     /// `--network-namespace-path`, absolute (not resolved: /proc/PID/ns/net is a magic link
     /// to no path), once known to exist.
     pub netns_path: Option<Result<PathBuf>>,
-    /// -b: the host's cgroup hierarchies.
-    pub cgroups: Vec<ns_host::cgroups::Hierarchy>,
+    /// -b (or a bundle): the host's cgroup hierarchies (`None`: not read, nor needed to
+    /// plan; the monitor reads them if it makes cgroups).
+    pub cgroups: Option<Vec<ns_host::cgroups::Hierarchy>>,
     /// What ns-caps' plan reads of the host and the image (machine id, os-release).
     pub exec: ns_caps::ExecContext,
 }
 
 impl HostFacts {
+    /// The cgroup hierarchies read (none if not read).
+    fn hierarchies(&self) -> &[ns_host::cgroups::Hierarchy] {
+        self.cgroups.as_deref().unwrap_or_default()
+    }
+
     /// Read the facts that the options `c` need.
     pub fn gather(c: &Cli) -> HostFacts {
         let directory = directory(c);
@@ -222,11 +228,7 @@ impl HostFacts {
                     })
             }),
             // (A bundle's config.json may mount cgroup file systems.)
-            cgroups: if c.exec.boot || c.oci_bundle.is_some() {
-                ns_host::cgroups::hierarchies()
-            } else {
-                Vec::new()
-            },
+            cgroups: (c.exec.boot || c.oci_bundle.is_some()).then(ns_host::cgroups::hierarchies),
             exec: c.exec.facts(&image),
             scratch: ns_mount::scratch::default_dir(),
             tree,
@@ -437,7 +439,7 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<M
             uuid: uuid.clone(),
         },
         machine_id: boot.then(|| uuid.replace('-', "")),
-        cgroups: (boot.then(|| ns_host::cgroups::plan(&f.cgroups))).transpose()?,
+        cgroups: (boot.then(|| ns_host::cgroups::plan(f.hierarchies()))).transpose()?,
     });
     // With --template and a missing directory, everything is checked against the template,
     // which ns-run copies only once the whole command line has proven good.
@@ -446,7 +448,7 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<M
         false => e,
     })?;
     match oci {
-        Some(b) => b.mount(planned, &f.cgroups),
+        Some(b) => b.mount(planned, f.hierarchies()),
         None => Ok(planned),
     }
 }
@@ -729,7 +731,7 @@ mod tests {
             hostname: "host".into(),
             random: [0; 8],
             netns_path: None,
-            cgroups: Vec::new(),
+            cgroups: None,
             exec: ns_caps::ExecContext {
                 machine_id: Some("01234567-89ab-cdef-0123-456789abcdef".into()),
                 manager: "systemd-nspawn".into(),

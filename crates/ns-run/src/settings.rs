@@ -129,13 +129,12 @@ enum Form {
     Caps,
 }
 
-/// One key of nspawn's settings files: its section and name, its nspawn group (what a
-/// command line option of the same group overrides), the option it becomes and how, and,
-/// for a key only a trusted file may set, what nspawn 252 names when it ignores it.
+/// One key of nspawn's settings files: its section and name, the option it becomes (whose
+/// nspawn group, [`GROUPS`], is the key's) and how, and, for a key only a trusted file may
+/// set, what nspawn 252 names when it ignores it.
 struct Key {
     section: &'static str,
     key: &'static str,
-    group: &'static str,
     option: &'static str,
     form: Form,
     untrusted: Option<&'static str>,
@@ -150,7 +149,6 @@ const SYSCALLS: &str = "SystemCallFilter= settings";
 const fn key(
     section: &'static str,
     key: &'static str,
-    group: &'static str,
     option: &'static str,
     form: Form,
     untrusted: Option<&'static str>,
@@ -158,7 +156,6 @@ const fn key(
     Key {
         section,
         key,
-        group,
         option,
         form,
         untrusted,
@@ -167,53 +164,61 @@ const fn key(
 
 use Form::{Caps, Each, Flag, Value};
 
+impl Key {
+    /// nspawn's group of the key: its option's (what a command line option of the same
+    /// group overrides).
+    fn group(&self) -> &'static str {
+        group_of(&self.option.replace('-', "_")).expect("every key's option has a group")
+    }
+}
+
 /// Every key but the few with rules of their own (Parameters=, Limit*=, PrivateUsersChown=;
 /// a SystemCallFilter= deny list is trusted from any file), see [`parse`].
 #[rustfmt::skip]
 const KEYS: &[Key] = &[
-    key("Exec", "Boot", "start", "boot", Flag, None),
-    key("Exec", "ProcessTwo", "start", "as-pid2", Flag, None),
-    key("Exec", "Ephemeral", "ephemeral", "ephemeral", Flag, Some("ephemeral setting")),
-    key("Exec", "Environment", "environment", "setenv", Each, None),
-    key("Exec", "User", "user", "user", Value, None),
-    key("Exec", "WorkingDirectory", "working-directory", "chdir", Value, None),
-    key("Exec", "PivotRoot", "pivot-root", "pivot-root", Value, None),
-    key("Exec", "Capability", "capability", "capability", Caps, Some(CAPS)),
-    key("Exec", "AmbientCapability", "capability", "ambient-capability", Caps, Some("AmbientCapability= setting")),
-    key("Exec", "DropCapability", "capability", "drop-capability", Caps, None),
-    key("Exec", "NoNewPrivileges", "no-new-privileges", "no-new-privileges", Value, None),
-    key("Exec", "KillSignal", "kill-signal", "kill-signal", Value, None),
-    key("Exec", "Personality", "personality", "personality", Value, None),
-    key("Exec", "MachineID", "machine-id", "uuid", Value, Some("MachineID= setting")),
-    key("Exec", "PrivateUsers", "userns", "private-users", Value, Some(USERNS)),
-    key("Exec", "NotifyReady", "notify-ready", "notify-ready", Value, None),
-    key("Exec", "SystemCallFilter", "syscall-filter", "system-call-filter", Value, Some(SYSCALLS)),
-    key("Exec", "OOMScoreAdjust", "oom-score-adjust", "oom-score-adjust", Value, Some("OOMScoreAdjust= setting")),
-    key("Exec", "CPUAffinity", "cpu-affinity", "cpu-affinity", Value, Some("CPUAffinity= setting")),
-    key("Exec", "Hostname", "hostname", "hostname", Value, None),
-    key("Exec", "ResolvConf", "resolv-conf", "resolv-conf", Value, None),
-    key("Exec", "Timezone", "timezone", "timezone", Value, None),
-    key("Exec", "LinkJournal", "link-journal", "link-journal", Value, Some("journal link setting")),
-    key("Exec", "SuppressSync", "suppress-sync", "suppress-sync", Value, None),
-    key("Files", "ReadOnly", "read-only", "read-only", Flag, None),
-    key("Files", "Volatile", "volatile", "volatile", Value, None),
-    key("Files", "PrivateUsersOwnership", "userns", "private-users-ownership", Value, Some(USERNS)),
-    key("Files", "BindUser", "bind-user", "bind-user", Each, Some("bind user setting")),
-    key("Files", "Bind", "mounts", "bind", Each, Some(MOUNTS)),
-    key("Files", "BindReadOnly", "mounts", "bind-ro", Each, Some(MOUNTS)),
-    key("Files", "TemporaryFileSystem", "mounts", "tmpfs", Each, Some(MOUNTS)),
-    key("Files", "Inaccessible", "mounts", "inaccessible", Each, Some(MOUNTS)),
-    key("Files", "Overlay", "mounts", "overlay", Each, Some(MOUNTS)),
-    key("Files", "OverlayReadOnly", "mounts", "overlay-ro", Each, Some(MOUNTS)),
-    key("Network", "Private", "network", "private-network", Flag, Some(NET)),
-    key("Network", "VirtualEthernet", "network", "network-veth", Flag, Some(NET)),
-    key("Network", "VirtualEthernetExtra", "network", "network-veth-extra", Value, Some(NET)),
-    key("Network", "Interface", "network", "network-interface", Each, Some(NET)),
-    key("Network", "MACVLAN", "network", "network-macvlan", Each, Some(NET)),
-    key("Network", "IPVLAN", "network", "network-ipvlan", Each, Some(NET)),
-    key("Network", "Bridge", "network", "network-bridge", Value, Some(NET)),
-    key("Network", "Zone", "network", "network-zone", Value, Some(NET)),
-    key("Network", "Port", "ports", "port", Value, Some("Port= setting")),
+    key("Exec", "Boot", "boot", Flag, None),
+    key("Exec", "ProcessTwo", "as-pid2", Flag, None),
+    key("Exec", "Ephemeral", "ephemeral", Flag, Some("ephemeral setting")),
+    key("Exec", "Environment", "setenv", Each, None),
+    key("Exec", "User", "user", Value, None),
+    key("Exec", "WorkingDirectory", "chdir", Value, None),
+    key("Exec", "PivotRoot", "pivot-root", Value, None),
+    key("Exec", "Capability", "capability", Caps, Some(CAPS)),
+    key("Exec", "AmbientCapability", "ambient-capability", Caps, Some("AmbientCapability= setting")),
+    key("Exec", "DropCapability", "drop-capability", Caps, None),
+    key("Exec", "NoNewPrivileges", "no-new-privileges", Value, None),
+    key("Exec", "KillSignal", "kill-signal", Value, None),
+    key("Exec", "Personality", "personality", Value, None),
+    key("Exec", "MachineID", "uuid", Value, Some("MachineID= setting")),
+    key("Exec", "PrivateUsers", "private-users", Value, Some(USERNS)),
+    key("Exec", "NotifyReady", "notify-ready", Value, None),
+    key("Exec", "SystemCallFilter", "system-call-filter", Value, Some(SYSCALLS)),
+    key("Exec", "OOMScoreAdjust", "oom-score-adjust", Value, Some("OOMScoreAdjust= setting")),
+    key("Exec", "CPUAffinity", "cpu-affinity", Value, Some("CPUAffinity= setting")),
+    key("Exec", "Hostname", "hostname", Value, None),
+    key("Exec", "ResolvConf", "resolv-conf", Value, None),
+    key("Exec", "Timezone", "timezone", Value, None),
+    key("Exec", "LinkJournal", "link-journal", Value, Some("journal link setting")),
+    key("Exec", "SuppressSync", "suppress-sync", Value, None),
+    key("Files", "ReadOnly", "read-only", Flag, None),
+    key("Files", "Volatile", "volatile", Value, None),
+    key("Files", "PrivateUsersOwnership", "private-users-ownership", Value, Some(USERNS)),
+    key("Files", "BindUser", "bind-user", Each, Some("bind user setting")),
+    key("Files", "Bind", "bind", Each, Some(MOUNTS)),
+    key("Files", "BindReadOnly", "bind-ro", Each, Some(MOUNTS)),
+    key("Files", "TemporaryFileSystem", "tmpfs", Each, Some(MOUNTS)),
+    key("Files", "Inaccessible", "inaccessible", Each, Some(MOUNTS)),
+    key("Files", "Overlay", "overlay", Each, Some(MOUNTS)),
+    key("Files", "OverlayReadOnly", "overlay-ro", Each, Some(MOUNTS)),
+    key("Network", "Private", "private-network", Flag, Some(NET)),
+    key("Network", "VirtualEthernet", "network-veth", Flag, Some(NET)),
+    key("Network", "VirtualEthernetExtra", "network-veth-extra", Value, Some(NET)),
+    key("Network", "Interface", "network-interface", Each, Some(NET)),
+    key("Network", "MACVLAN", "network-macvlan", Each, Some(NET)),
+    key("Network", "IPVLAN", "network-ipvlan", Each, Some(NET)),
+    key("Network", "Bridge", "network-bridge", Value, Some(NET)),
+    key("Network", "Zone", "network-zone", Value, Some(NET)),
+    key("Network", "Port", "port", Value, Some("Port= setting")),
 ];
 
 /// Parse the text of a settings file into settings, in file order. Unknown sections and keys
@@ -282,7 +287,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Setting>> {
                 // A deny list only takes away; an allow list may add what the default denies.
                 let deny_list = k == "SystemCallFilter" && v.starts_with('~');
                 let untrusted = known.untrusted.filter(|_| !deny_list).map(String::from);
-                setting(known.group, args, untrusted)
+                setting(known.group(), args, untrusted)
             }
         };
         out.push(setting);
@@ -402,6 +407,13 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_has_its_options_group() {
+        for k in KEYS {
+            assert!(!k.group().is_empty(), "{}", k.key);
+        }
+    }
 
     #[test]
     fn keys_become_options() {
