@@ -1699,6 +1699,179 @@ impl OciBundle {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Nested guests: a booted Debian with systemd, D-Bus and machined, to run the toolkit inside
+
+/// A Debian bookworm tree (`--variant=minbase --include=INCLUDE`) made with debootstrap once
+/// and cached in /var/cache/ns-run/NAME (outside the repository). Containers run on it with
+/// -x, so it never changes.
+pub fn debian_cache(name: &str, include: &str) -> PathBuf {
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from("/var/cache/ns-run").join(name);
+    if !dir.join("usr/lib/systemd/systemd").exists() {
+        let tmp = dir.with_extension("tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        let st = Command::new("debootstrap")
+            .args([
+                "--variant=minbase",
+                &format!("--include={include}"),
+                "bookworm",
+            ])
+            .arg(&tmp)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run debootstrap (apt-get install debootstrap)");
+        assert!(st.success(), "debootstrap of {name} failed");
+        fs::rename(&tmp, &dir).unwrap();
+    }
+    dir
+}
+
+/// Debian with systemd, dbus and systemd-container (machined, machinectl).
+pub fn debian_machined() -> PathBuf {
+    debian_cache("debian-machined", "systemd,dbus,systemd-container")
+}
+
+/// Where a [`Guest`] finds the toolkit's binaries (bound read-only from [`bin_dir`]).
+pub const GUEST_BIN: &str = "/opt/ns/bin";
+
+/// The cgroup layout a [`Guest`] gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestCgroups {
+    /// As nspawn picks it for this host (hybrid here).
+    Host,
+    /// Pure cgroup2 (`SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1`).
+    Unified,
+}
+
+/// A booted Debian ([`debian_machined`], -x) under a registered `ns-run -b`: systemd as PID 1,
+/// the system bus and machined inside, the toolkit's binaries at [`GUEST_BIN`] (read-only).
+/// A host of another kind, for running the toolkit nested. Powered off on drop.
+pub struct Guest {
+    name: String,
+    monitor: Option<Running>,
+}
+
+impl Guest {
+    /// Boot a guest named `unique(tagN)` with `cgroups` and extra ns-run `args` (binds of the
+    /// trees the test needs, say), and wait (bounded) until systemd reports `running`. A
+    /// degraded guest fails the test with its failed units.
+    pub fn boot(tag: &str, cgroups: GuestCgroups, args: &[&str]) -> Guest {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = unique(&format!("{tag}{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let mut c = ns_run_registered();
+        match cgroups {
+            GuestCgroups::Host => c.env_remove("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"),
+            GuestCgroups::Unified => c.env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1"),
+        };
+        c.args(["-q", "-x", "-b", "-M", &name, "-D"])
+            .arg(debian_machined())
+            .arg(format!("--bind-ro={}:{GUEST_BIN}", bin_dir().display()))
+            .args(args);
+        let mut g = Guest {
+            name,
+            monitor: Some(spawn(c, None)),
+        };
+        g.wait_running(Duration::from_secs(90));
+        g
+    }
+
+    fn wait_running(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let state = self.sh("systemctl is-system-running 2>/dev/null");
+            match state.stdout.trim() {
+                "running" => return,
+                "degraded" => panic!(
+                    "guest {} degraded; failed units:\n{}",
+                    self.name,
+                    self.sh("systemctl --failed --no-legend").stdout
+                ),
+                _ => {}
+            }
+            let m = self.monitor.as_mut().expect("booting");
+            if !m.is_running() {
+                let out = self.monitor.take().unwrap().wait();
+                panic!("guest {} exited while booting: {out}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guest {} never reached running (last: {state})",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The machine name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Host pid of the guest's monitor (ns-run).
+    pub fn monitor_pid(&self) -> i32 {
+        self.monitor.as_ref().expect("running").pid()
+    }
+
+    /// `sh -c script` as root inside the guest (through `ns-ctl shell`), with the toolkit on
+    /// PATH; bounded by [`TIMEOUT`]·3.
+    pub fn sh(&self, script: &str) -> Output {
+        let mut c = stage("ns-ctl");
+        c.args(["shell", "-E"])
+            .arg(format!("PATH={GUEST_BIN}:{DEFAULT_PATH}"))
+            .args([&self.name, "--", "/bin/sh", "-c", script]);
+        match spawn(c, None).wait_for(TIMEOUT * 3) {
+            Ok(o) => o,
+            Err(o) => panic!("timed out in guest {}: {script}\n{o}", self.name),
+        }
+    }
+
+    /// [`Guest::sh`] that must exit 0; its stdout.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert_eq!(out.code, 0, "in guest {}: {script}\n{out}", self.name);
+        out.stdout
+    }
+
+    /// Power the guest off (as `ns-ctl poweroff`) and wait for its monitor: its output.
+    pub fn poweroff(mut self) -> Output {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Output {
+        let Some(m) = self.monitor.take() else {
+            return Output {
+                code: 0,
+                signal: None,
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+        };
+        let _ = stage("ns-ctl")
+            .args(["poweroff", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match m.wait_for(Duration::from_secs(60)) {
+            Ok(o) => o,
+            Err(o) => panic!("guest {} did not power off: {o}", self.name),
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if self.monitor.is_some() && !std::thread::panicking() {
+            self.stop();
+        } else if let Some(m) = self.monitor.take() {
+            let _ = stage("ns-ctl").args(["terminate", &self.name]).status();
+            let _ = m.wait_for(Duration::from_secs(30));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,27 +88,10 @@ fn boot_without_an_init_and_bad_combinations() {
 
 // ---- systemd as the guest's init -------------------------------------------------------
 
-/// Debian bookworm with systemd and dbus, made with debootstrap once and cached (outside the
-/// repository); containers run on it with -x, so it never changes.
+/// Debian bookworm with systemd and dbus (cached; containers run on it with -x).
 fn debian_tree() -> &'static Path {
     static TREE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    TREE.get_or_init(|| {
-        let dir = std::path::PathBuf::from("/var/cache/ns-run/debian-systemd");
-        if !dir.join("usr/lib/systemd/systemd").exists() {
-            let tmp = dir.with_extension("tmp");
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-            let st = std::process::Command::new("debootstrap")
-                .args(["--variant=minbase", "--include=systemd,dbus", "bookworm"])
-                .arg(&tmp)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .expect("run debootstrap (apt-get install debootstrap)");
-            assert!(st.success(), "debootstrap failed");
-            std::fs::rename(&tmp, &dir).unwrap();
-        }
-        dir
-    })
+    TREE.get_or_init(|| ns_tests::debian_cache("debian-systemd", "systemd,dbus"))
 }
 
 /// The container's PID 1 (host pid): the monitor's child.
