@@ -139,7 +139,8 @@ fn assert_no_workdir(dir: &Path) {
 // Bodies
 
 /// The tree itself, under every form that does not rewrite it: `-U` (ownership auto: map),
-/// `map`, a fixed range with ownership off, `-x`, `--volatile=state` and `=yes`.
+/// `map`, a fixed range with ownership off, `-x`, `--volatile=state` and `=yes`, and a new
+/// tree copied from it by `--template`.
 pub fn tree_under_every_form(p: &Private) {
     let off = format!("--private-users={}:65536", fixed_base());
     let script = format!("{PRINT_BASE}\necho \"root=$(stat -c %u /)\"\necho ok");
@@ -154,6 +155,11 @@ pub fn tree_under_every_form(p: &Private) {
         assert_ne!(get(&out, "base"), "0", "{opts:?}: not in a user namespace");
         assert_eq!(get(&out, "root"), root_owner, "{opts:?}: owner of /");
     }
+    // --template: copied on the host into a new tree in the 0700 directory.
+    let copy = p.dir.join("copy");
+    let template = format!("--template={}", p.root.display());
+    let out = sh_ok(&copy, &[off.as_str(), &template], &script);
+    assert_eq!(get(&out, "root"), "65534", "--template: owner of /");
     // --volatile=yes takes a merged-/usr tree: one beside the first.
     let merged = p.dir.join("merged");
     build_merged_usr_rootfs(&merged);
