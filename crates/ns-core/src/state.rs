@@ -289,7 +289,7 @@ pub struct MountPlan {
     /// How the root is assembled from `root`.
     pub root_mode: RootMode,
     /// Use `root` through an idmapped mount for the user namespace (made by the monitor on the
-    /// host, SYNC-5), so that its files keep their ids on disk.
+    /// host, SYNC-1), so that its files keep their ids on disk.
     pub idmapped_root: bool,
     /// Host paths arrive from the monitor as detached mounts instead of being resolved here:
     /// the root (SYNC-1), host-sourced binds and overlays (SYNC-5). A stage inside a user
