@@ -312,10 +312,13 @@ fn temp_uppers() -> Vec<PathBuf> {
 pub fn missing_sources(p: &Private) {
     let missing = p.dir.join("missing");
     let up = p.host("up", 0o755);
+    let (m, u) = (missing.display(), up.display());
     for opt in [
-        format!("--bind={}:/mnt", missing.display()),
-        format!("--bind-ro={}:/mnt:idmap", missing.display()),
-        format!("--overlay={}:{}:/o", missing.display(), up.display()),
+        format!("--bind={m}:/mnt"),
+        format!("--bind-ro={m}:/mnt:idmap"),
+        format!("--overlay={m}:{u}:/o"),
+        format!("--overlay={u}:{m}:/o"),
+        format!("--overlay-ro={u}:{m}:/o"),
     ] {
         let out = sh(&p.root, &["-U", &opt], "true");
         assert_eq!(out.code, 125, "{opt}: {out}");

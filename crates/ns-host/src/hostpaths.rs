@@ -75,9 +75,9 @@ fn random_name(prefix: &str) -> PathBuf {
     PathBuf::from(format!("{prefix}{hex}"))
 }
 
-/// Where a temporary upper goes: a fresh `.#ns-run-overlay-…` in /var/tmp, as nspawn's (overlayfs
-/// takes no upper from a detached tmpfs), its upper owned by container root (`root`: its
-/// host id), removed after exit (`announce`).
+/// Where a temporary upper goes: a fresh `.#ns-run-overlay-…` in /var/tmp, as nspawn's
+/// (overlayfs takes no upper from a detached tmpfs), its upper owned by container root
+/// (`root`: its host id), removed after exit (`announce`).
 fn temp_upper(
     root: Option<u32>,
     announce: &mut dyn FnMut(PathBuf) -> Result<()>,
@@ -88,10 +88,7 @@ fn temp_upper(
     announce(var_tmp.join(&dir))?;
     let what = || format!("cannot create {}", var_tmp.join(&dir).display());
     nix::sys::stat::mkdirat(vt.as_fd(), &dir, Mode::from_bits_truncate(0o700)).ctx(what)?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let fd = nix::fcntl::openat2(vt.as_fd(), &dir, how).ctx(what)?;
+    let fd = beneath(&vt, &dir).ctx(what)?;
     for (name, mode) in [("upper", 0o755), ("work", 0o700)] {
         nix::sys::stat::mkdirat(fd.as_fd(), name, Mode::from_bits_truncate(mode)).ctx(what)?;
     }
@@ -106,6 +103,14 @@ fn temp_upper(
     Ok(fd)
 }
 
+/// The directory `name` below `dir`, O_PATH, no symlink followed.
+fn beneath(dir: &OwnedFd, name: &Path) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    nix::fcntl::openat2(dir.as_fd(), name, how)
+}
+
 /// The upper directory and its work directory (both open). A host upper gets its work
 /// directory beside it, `.#<name><16 hex>` as nspawn names it, announced first (the caller
 /// removes it after exit); a temporary one is made by [`temp_upper`].
@@ -114,50 +119,34 @@ fn upper_and_work(
     root: Option<u32>,
     announce: &mut dyn FnMut(PathBuf) -> Result<()>,
 ) -> Result<(OwnedFd, OwnedFd)> {
-    let (dir, up, work) = match upper {
-        Source::Temp => (
-            temp_upper(root, announce)?,
-            PathBuf::from("upper"),
-            PathBuf::from("work"),
-        ),
-        Source::Host(p) => {
-            let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-                return Err(Error::setup(format!(
-                    "overlay upper {} has no parent",
-                    p.display()
-                )));
+    let p = match upper {
+        Source::Host(p) => p,
+        Source::Temp => {
+            let dir = temp_upper(root, announce)?;
+            let open = |n: &str| {
+                beneath(&dir, Path::new(n)).ctx(|| "cannot open the temporary overlay upper".into())
             };
-            let parent_fd = open_host(parent, "use as overlay upper")?;
-            let work = random_name(&format!(".#{}", name.to_string_lossy()));
-            announce(parent.join(&work))?;
-            nix::sys::stat::mkdirat(parent_fd.as_fd(), &work, Mode::from_bits_truncate(0o700))
-                .ctx(|| {
-                    format!(
-                        "cannot create overlay workdir {}",
-                        parent.join(&work).display()
-                    )
-                })?;
-            (parent_fd, PathBuf::from(name), work)
+            return Ok((open("upper")?, open("work")?));
         }
         Source::Image(p) => {
-            return Err(Error::setup(format!(
-                "overlay upper +{} is not on the host",
-                p.display()
-            )))
+            let m = format!("overlay upper +{} is not on the host", p.display());
+            return Err(Error::setup(m));
         }
     };
-    let open = |name: &Path| {
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        nix::fcntl::openat2(dir.as_fd(), name, how)
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        let m = format!("overlay upper {} has no parent", p.display());
+        return Err(Error::setup(m));
     };
-    let what = match upper {
-        Source::Host(p) => p.display().to_string(),
-        _ => "the temporary upper".into(),
-    };
-    let up = open(&up).map_err(|e| open_error("use as overlay upper", Path::new(&what), e))?;
-    let work = open(&work).ctx(|| format!("cannot open the overlay workdir of {what}"))?;
+    let parent_fd = open_host(parent, "use as overlay upper")?;
+    let up = beneath(&parent_fd, Path::new(name))
+        .map_err(|e| open_error("use as overlay upper", p, e))?;
+    let work = random_name(&format!(".#{}", name.to_string_lossy()));
+    let shown = parent.join(&work);
+    announce(shown.clone())?;
+    nix::sys::stat::mkdirat(parent_fd.as_fd(), &work, Mode::from_bits_truncate(0o700))
+        .ctx(|| format!("cannot create overlay workdir {}", shown.display()))?;
+    let work = beneath(&parent_fd, &work)
+        .ctx(|| format!("cannot open overlay workdir {}", shown.display()))?;
     Ok((up, work))
 }
 
