@@ -289,8 +289,13 @@ pub struct MountPlan {
     /// How the root is assembled from `root`.
     pub root_mode: RootMode,
     /// Use `root` through an idmapped mount for the user namespace (made by the monitor on the
-    /// host, SYNC-5), so that its files keep their ids on disk.
+    /// host, SYNC-1), so that its files keep their ids on disk.
     pub idmapped_root: bool,
+    /// Host paths arrive from the monitor as detached mounts instead of being resolved here:
+    /// the root (SYNC-1), host-sourced binds and overlays (SYNC-5). A stage inside a user
+    /// namespace cannot enter directories only host root may (-U, root on the host).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_by_fd: bool,
     /// Mount the root read-only.
     pub read_only: bool,
     /// The container has its own network namespace: /proc/sys/net stays writable.
@@ -490,6 +495,34 @@ pub enum MountOp {
     },
     /// `--inaccessible`: cover `dest` with an inaccessible node of the same type.
     Inaccessible { dest: PathBuf },
+}
+
+impl MountOp {
+    /// Whether the monitor makes this mount on the host and hands it down (SYNC-5): an
+    /// idmapped bind always; with `host_by_fd` every bind of a host path, and every overlay
+    /// of host layers (a temporary upper included; one with a layer inside the image stays
+    /// ns-mount's, which resolves it in the root).
+    pub fn made_on_host(&self, host_by_fd: bool) -> bool {
+        match self {
+            MountOp::Bind {
+                source: Source::Host(_),
+                idmap,
+                ..
+            } => host_by_fd || *idmap != Idmap::No,
+            MountOp::Overlay { lower, upper, .. } => {
+                host_by_fd
+                    && lower
+                        .iter()
+                        .chain([upper])
+                        .any(|s| matches!(s, Source::Host(_)))
+                    && !lower
+                        .iter()
+                        .chain([upper])
+                        .any(|s| matches!(s, Source::Image(_)))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Bind options `idmap`, `rootidmap`, `noidmap` (nspawn's semantics).

@@ -10,17 +10,19 @@
 //!   SYNC-0  monitor → ns-enter   `Cgroups` the container's v1 cgroups, their limits and its
 //!           device policy are ready (root, v1 hierarchies only): ns-enter joins them first
 //!   SYNC-1  ns-enter → monitor   `UserNs` its user namespace exists: write the id maps;
-//!           monitor → ns-enter   `Mapped`, with the image as an idmapped mount attached when
-//!           the root is idmapped (only the host may idmap a host file system); ns-enter hands
-//!           it to ns-mount as `--root-fd`
+//!           monitor → ns-enter   `Mapped`, with the image as a detached mount attached when
+//!           the root is idmapped (only the host may idmap a host file system) or the plan's
+//!           host paths come by fd (`host_by_fd`: only host root may enter a 0700 directory);
+//!           ns-enter hands it to ns-mount as `--root-fd`
 //!   SYNC-2  ns-enter → monitor   `Pid`   the container's PID 1 exists (host pid); also
 //!           ns-caps `--fork` → the entering tool: the host pid of the process it forked
 //!   SYNC-3  monitor → PID 1      `Go`    host-side setup done, continue the chain
 //!   then, while ns-mount builds the root, in the order of its mounts:
 //!   SYNC-4  ns-mount → monitor   `Created` before it creates a host-visible path (a mount
 //!           point in the image, an overlay workdir) that the monitor removes after exit
-//!   SYNC-5  ns-mount → monitor   `NeedIdmap` for an idmapped bind; monitor → ns-mount `Root`
-//!           with the mount fd attached
+//!   SYNC-5  ns-mount → monitor   `NeedMount` for a user mount the host makes (an idmapped
+//!           bind; with `host_by_fd` every host-sourced bind and overlay); monitor → ns-mount
+//!           `Mount` with the detached mount attached
 //!   SYNC-6  ns-mount → monitor   `Console` with the master of the container's pty attached
 //!   SYNC-7  ns-caps → runtime    `Waiting` (OCI create only): set up, about to block on the
 //!           start fifo; the socket closes right after
@@ -45,11 +47,13 @@ pub enum Msg {
     },
     UserNs,
     Mapped,
-    Root,
+    /// SYNC-5: the detached mount asked for (attached).
+    Mount,
     /// SYNC-6: the pty master (attached) of the container's /dev/console.
     Console,
-    /// SYNC-5 for `--bind=…:idmap`: the source of user mount number `op`, idmapped.
-    NeedIdmap {
+    /// SYNC-5: user mount number `op`, made on the host: its source opened there (idmapped
+    /// for `--bind=…:idmap`), or its overlay assembled there from its layers.
+    NeedMount {
         op: usize,
     },
     Created {

@@ -567,18 +567,101 @@ pub fn open_tree_clone(
     recursive: bool,
 ) -> nix::Result<std::os::fd::OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
     let p = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: `p` is a valid C string for the call; the returned fd is new and ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if recursive { 0x8000 } else { 0 },
-        )
-    };
+    open_tree(libc::AT_FDCWD, &p, 0, recursive)
+}
+
+/// The same for what `fd` is open on (an O_PATH fd opened without following symlinks):
+/// the file or directory itself, never a path resolved again.
+pub fn open_tree_clone_fd(
+    fd: std::os::fd::BorrowedFd<'_>,
+    recursive: bool,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    open_tree(
+        fd.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH as libc::c_uint,
+        recursive,
+    )
+}
+
+fn open_tree(
+    dirfd: std::os::fd::RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_uint,
+    recursive: bool,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags = flags
+        | OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | if recursive { 0x8000 } else { 0 };
+    // SAFETY: `path` is a valid C string for the call; the returned fd is new and ours.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
     Errno::result(r).map(|fd| new_fd(fd as std::os::fd::RawFd))
+}
+
+/// One parameter of a file system context ([`fs_mount`]).
+pub enum FsParam<'a> {
+    /// A flag option (`ro`).
+    Flag(&'a str),
+    /// `key=value`.
+    Str(&'a str, &'a str),
+}
+
+/// fsopen(`fstype`), the parameters, FSCONFIG_CMD_CREATE, fsmount: a new file system as a
+/// detached mount (read-only with `read_only`), to attach with [`move_mount_to`]. Made by
+/// the caller's credentials, in its namespaces (the monitor's: the host's).
+pub fn fs_mount(
+    fstype: &std::ffi::CStr,
+    params: &[FsParam<'_>],
+    read_only: bool,
+) -> crate::Result<std::os::fd::OwnedFd> {
+    use crate::error::Context;
+    use std::os::fd::AsRawFd;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const MOUNT_ATTR_RDONLY: libc::c_uint = 1;
+    let name = fstype.to_string_lossy();
+    // SAFETY: `fstype` is a valid C string; the returned fd is new and ours.
+    let r = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), 1 as libc::c_uint) };
+    let ctx = new_fd(Errno::result(r).ctx(|| format!("cannot open a {name} context"))? as i32);
+    let cstr = |s: &str| std::ffi::CString::new(s).map_err(|_| Errno::EINVAL);
+    let config = |cmd: libc::c_uint, key: Option<&str>, value: Option<&str>| -> nix::Result<()> {
+        let (k, v) = (key.map(cstr).transpose()?, value.map(cstr).transpose()?);
+        let ptr =
+            |c: &Option<std::ffi::CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: the context fd is ours; key and value are valid C strings or NULL, as
+        // `cmd` requires; the kernel copies them during the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                ctx.as_raw_fd(),
+                cmd,
+                ptr(&k),
+                ptr(&v),
+                0,
+            )
+        };
+        Errno::result(r).map(drop)
+    };
+    for p in params {
+        let (what, r) = match p {
+            FsParam::Flag(k) => (*k, config(FSCONFIG_SET_FLAG, Some(k), None)),
+            FsParam::Str(k, v) => (*k, config(FSCONFIG_SET_STRING, Some(k), Some(v))),
+        };
+        r.ctx(|| format!("{name}: cannot set {what}"))?;
+    }
+    config(FSCONFIG_CMD_CREATE, None, None)
+        .ctx(|| format!("cannot create the {name} file system"))?;
+    let attrs = if read_only { MOUNT_ATTR_RDONLY } else { 0 };
+    // SAFETY: the context fd is ours and created; the returned fd is new and ours.
+    let r = unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), 1 as libc::c_uint, attrs) };
+    Ok(new_fd(
+        Errno::result(r).ctx(|| format!("cannot mount the {name} file system"))? as i32,
+    ))
 }
 
 /// Make the detached mount `fd` show files through the id mapping of `userns`

@@ -55,14 +55,8 @@ fn main() {
         }
         let mut rest = rest;
         if plan.namespaces.contains(&Namespace::User) {
-            let idmapped = plan
-                .userns
-                .as_ref()
-                .is_some_and(|u| u.ownership == ns_core::state::Ownership::Map);
-            if let Some(root) =
-                enter_user_namespace(plan.userns.is_some(), idmapped, sync.as_ref())?
-            {
-                // Hand the idmapped image to ns-mount, our next stage.
+            if let Some(root) = enter_user_namespace(plan.userns.is_some(), sync.as_ref())? {
+                // Hand the image's mount (idmapped, or opened by the host) to ns-mount.
                 use std::os::fd::IntoRawFd;
                 nix::fcntl::fcntl(
                     &root,
@@ -107,10 +101,9 @@ fn main() {
 
 /// Create the user namespace first (it must own every other one), have its maps written,
 /// and become its root: uid and gid 0 inside, with a full capability set there.
-/// Returns the idmapped root mount the monitor sent, when `idmapped`.
+/// Returns the image's mount, when the monitor sent one with the maps (SYNC-1).
 fn enter_user_namespace(
     ranged: bool,
-    idmapped: bool,
     sync: Option<&SyncSocket>,
 ) -> Result<Option<std::os::fd::OwnedFd>> {
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
@@ -119,11 +112,9 @@ fn enter_user_namespace(
     match (ranged, sync) {
         (true, Some(s)) => {
             s.send(&Msg::UserNs)?; // SYNC-1
-            let (msg, root) = if idmapped {
-                let (m, fd) = s.recv_fd()?;
-                (Some(m), Some(fd))
-            } else {
-                (s.recv()?, None)
+            let (msg, root) = match s.recv_any(nix::sys::socket::MsgFlags::empty())? {
+                Some((m, fd)) => (Some(m), fd),
+                None => (None, None),
             };
             if msg != Some(Msg::Mapped) {
                 return Err(Error::setup(format!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::state::{
-    BoundUser, IdBase, IdMaps, Idmap, MountOp, Ownership, Runtime, Source, State, UserNs,
+    BoundUser, IdBase, IdMaps, Idmap, MountOp, MountPlan, Ownership, Runtime, Source, State, UserNs,
 };
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{fork, fork_into_cgroup, Forked, SignalSet};
@@ -34,8 +34,8 @@ pub enum Report {
     Pid(Pid),
     /// SYNC-4: a host-visible path the chain is about to create, to remove after exit.
     Created { path: PathBuf, recursive: bool },
-    /// SYNC-5: user mount number `op` wants its source idmapped ([`Chain::idmap_bind`]).
-    NeedIdmap { op: usize },
+    /// SYNC-5: user mount number `op` is made on the host ([`Chain::host_mount`]).
+    NeedMount { op: usize },
     /// SYNC-6: the master of the container's pty.
     Console(OwnedFd),
     /// SYNC-7: set up, waiting for `start` (OCI create only).
@@ -54,7 +54,7 @@ impl Report {
             Msg::UserNs => Report::UserNs,
             Msg::Pid(p) => Report::Pid(Pid::from_raw(p)),
             Msg::Created { path, recursive } => Report::Created { path, recursive },
-            Msg::NeedIdmap { op } => Report::NeedIdmap { op },
+            Msg::NeedMount { op } => Report::NeedMount { op },
             Msg::Console => {
                 Report::Console(fd.ok_or_else(|| Error::setup("Console without its pty".into()))?)
             }
@@ -68,7 +68,7 @@ impl Report {
                 code,
                 message,
             },
-            m @ (Msg::Go | Msg::Mapped | Msg::Root | Msg::Cgroups) => {
+            m @ (Msg::Go | Msg::Mapped | Msg::Mount | Msg::Cgroups) => {
                 return Err(Error::setup(format!("unexpected {m:?} from the chain")))
             }
         })
@@ -197,11 +197,15 @@ impl Chain {
             .transpose()
     }
 
-    /// SYNC-1 answered: write the maps of ns-enter's user namespace; with `root`
-    /// (`--private-users-ownership=map`: the image, or a clone of its mount made earlier),
-    /// hand the image down as an idmapped mount through it. The one answer of ns-run and
-    /// ns-oci.
-    pub fn map_userns(&self, maps: &Maps, root: Option<(&Path, Option<OwnedFd>)>) -> Result<()> {
+    /// SYNC-1 answered: write the maps of ns-enter's user namespace; with `root` (the
+    /// image, a clone of its mount made earlier if any, and whether to idmap it: ownership
+    /// `map`), hand the image down as a detached mount, idmapped through the new user
+    /// namespace or as it is (`MountPlan::host_by_fd`). The one answer of ns-run and ns-oci.
+    pub fn map_userns(
+        &self,
+        maps: &Maps,
+        root: Option<(&Path, Option<OwnedFd>, bool)>,
+    ) -> Result<()> {
         let pid = self.enter.as_raw();
         match maps {
             Maps::Rootless => crate::userns::write_rootless_maps(pid)?,
@@ -210,61 +214,61 @@ impl Chain {
             }
             Maps::Given(m) => crate::userns::write_id_maps(pid, m)?,
         }
-        let Some((path, clone)) = root else {
+        let Some((path, clone, idmap)) = root else {
             return self.sync.send(&Msg::Mapped);
         };
-        let userns = File::open(format!("/proc/{pid}/ns/user"))
-            .ctx(|| "cannot open the container's user namespace".into())?;
         let tree = match clone {
             Some(t) => t,
-            None => clone_mount(path, false)?,
+            None => clone_root(path, idmap)?,
         };
-        ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
-            format!(
-                "cannot idmap {} (does its file system support idmapped mounts?)",
-                path.display()
-            )
-        })?;
+        if idmap {
+            let userns = File::open(format!("/proc/{pid}/ns/user"))
+                .ctx(|| "cannot open the container's user namespace".into())?;
+            ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
+                format!(
+                    "cannot idmap {} (does its file system support idmapped mounts?)",
+                    path.display()
+                )
+            })?;
+        }
         self.sync.send_fd(&Msg::Mapped, tree.as_fd())
     }
 
-    /// SYNC-5 answered: the source of user mount `op` of `ops` (only a bind the plan marked
-    /// idmapped), idmapped through PID 1's user namespace, or for `rootidmap` through one
-    /// that maps its owner to container root (the id range's reserved `base`).
-    pub fn idmap_bind(
+    /// SYNC-5 answered: user mount `op` of `plan`, made on the host (only what the plan
+    /// says: [`MountOp::made_on_host`]) and sent as a detached mount. A bind's source is
+    /// cloned, idmapped through PID 1's user namespace for `idmap`, or for `rootidmap`
+    /// through one that maps its owner to container root (the id range's `base`); an
+    /// overlay is assembled from its layers ([`crate::hostpaths::overlay`]; `announce`:
+    /// its work directory, to remove after exit).
+    pub fn host_mount(
         &self,
         op: usize,
-        ops: &[MountOp],
+        plan: &MountPlan,
         base: Option<u32>,
         pid1: Option<Pid>,
+        announce: &mut dyn FnMut(PathBuf) -> Result<()>,
     ) -> Result<()> {
-        let (path, recursive, idmap) = match ops.get(op) {
+        let tree = match plan.ops.get(op) {
+            Some(m) if !m.made_on_host(plan.host_by_fd) => None,
             Some(MountOp::Bind {
                 source: Source::Host(p),
                 recursive,
                 idmap,
                 ..
-            }) if *idmap != Idmap::No => (p, *recursive, *idmap),
-            _ => return Err(Error::setup(format!("mount {op} is not an idmapped bind"))),
+            }) => Some(bind_source(p, *recursive, *idmap, base, pid1)?),
+            Some(MountOp::Overlay {
+                lower,
+                upper,
+                read_only,
+                ..
+            }) => Some(crate::hostpaths::overlay(
+                lower, upper, *read_only, base, announce,
+            )?),
+            _ => None,
         };
-        let pid1 = pid1.ok_or_else(|| Error::setup("NeedIdmap before PID 1".into()))?;
-        let userns = match idmap {
-            Idmap::Root => {
-                use std::os::unix::fs::MetadataExt;
-                let md =
-                    std::fs::metadata(path).ctx(|| format!("cannot bind {}", path.display()))?;
-                let Some(base) = base else {
-                    return Err(Error::setup("rootidmap needs a user namespace".into()));
-                };
-                crate::userns::mapping_userns(md.uid(), md.gid(), base)?
-            }
-            _ => File::open(format!("/proc/{pid1}/ns/user"))
-                .ctx(|| "cannot open the container's user namespace".into())?,
-        };
-        let tree = clone_mount(path, recursive)?;
-        ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
-            .ctx(|| format!("cannot idmap {}", path.display()))?;
-        self.sync.send_fd(&Msg::Root, tree.as_fd())
+        let tree =
+            tree.ok_or_else(|| Error::setup(format!("mount {op} is not made on the host")))?;
+        self.sync.send_fd(&Msg::Mount, tree.as_fd())
     }
 
     /// SYNC-3: host-side setup for PID 1 is done: the chain goes on.
@@ -273,11 +277,48 @@ impl Chain {
     }
 }
 
-/// A detached clone of the mount at `path` (the image's, for an idmapped root: made while
-/// ns-enter starts, for [`Chain::map_userns`]).
-pub fn clone_mount(path: &Path, recursive: bool) -> Result<OwnedFd> {
-    ns_core::sys::open_tree_clone(path, recursive)
-        .ctx(|| format!("cannot clone the mount of {}", path.display()))
+/// The source of a bind, opened on the host and cloned (see [`Chain::host_mount`]).
+fn bind_source(
+    path: &Path,
+    recursive: bool,
+    idmap: Idmap,
+    base: Option<u32>,
+    pid1: Option<Pid>,
+) -> Result<OwnedFd> {
+    let fd = crate::hostpaths::open_host(path, "bind")?;
+    let tree = ns_core::sys::open_tree_clone_fd(fd.as_fd(), recursive)
+        .ctx(|| format!("cannot bind {}", path.display()))?;
+    let userns = match idmap {
+        Idmap::No => return Ok(tree),
+        Idmap::Root => {
+            let st = nix::sys::stat::fstat(fd.as_fd())
+                .ctx(|| format!("cannot bind {}", path.display()))?;
+            let Some(base) = base else {
+                return Err(Error::setup("rootidmap needs a user namespace".into()));
+            };
+            crate::userns::mapping_userns(st.st_uid, st.st_gid, base)?
+        }
+        Idmap::Container => {
+            let pid1 = pid1.ok_or_else(|| Error::setup("NeedMount before PID 1".into()))?;
+            File::open(format!("/proc/{pid1}/ns/user"))
+                .ctx(|| "cannot open the container's user namespace".into())?
+        }
+    };
+    ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
+        .ctx(|| format!("cannot idmap {}", path.display()))?;
+    Ok(tree)
+}
+
+/// A detached clone of the image's mount, opened on the host (made while ns-enter starts,
+/// for [`Chain::map_userns`]): alone for `idmap` (an idmapped mount is set on one mount),
+/// else with its submounts, as ns-mount binds a directory root.
+pub fn clone_root(path: &Path, idmap: bool) -> Result<OwnedFd> {
+    crate::hostpaths::clone_host(path, !idmap, "clone the mount of")
+}
+
+/// Whether the monitor hands the image down at SYNC-1 (idmapped, or as it is).
+pub fn root_by_fd(state: &State) -> bool {
+    idmapped_root(state.enter.userns.as_ref()) || state.mount.host_by_fd
 }
 
 /// Whether `u` wants the image as an idmapped mount.
@@ -329,7 +370,7 @@ mod tests {
 
     #[test]
     fn reports_refuse_what_only_the_host_sends() {
-        for m in [Msg::Go, Msg::Mapped, Msg::Root, Msg::Cgroups] {
+        for m in [Msg::Go, Msg::Mapped, Msg::Mount, Msg::Cgroups] {
             let e = Report::of(m.clone(), None).unwrap_err();
             assert_eq!(e.msg, format!("unexpected {m:?} from the chain"));
         }

@@ -16,6 +16,7 @@ pub mod cgroups;
 pub mod chain;
 pub mod devices;
 pub mod hostmounts;
+pub mod hostpaths;
 pub mod journal;
 pub mod locks;
 pub mod mountpoints;

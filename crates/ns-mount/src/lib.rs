@@ -250,6 +250,8 @@ pub struct MountContext<'a> {
     pub idmapped_root: bool,
     /// The container has a user namespace (idmap bind options need one).
     pub userns: bool,
+    /// The monitor opens the host paths and hands them down (`MountPlan::host_by_fd`).
+    pub host_by_fd: bool,
     /// Make a pty for /dev/console.
     pub console: bool,
     /// The root of an OCI bundle: any directory, not only an OS tree with /usr.
@@ -289,6 +291,7 @@ impl MountArgs {
             root: cx.root.clone().unwrap_or(checked),
             root_mode,
             idmapped_root: cx.idmapped_root,
+            host_by_fd: cx.host_by_fd,
             read_only: self.read_only,
             private_network: cx.private_network,
             pivot_root: self
@@ -346,6 +349,7 @@ impl Args {
             console: self.console,
             idmapped_root: false,
             userns: false,
+            host_by_fd: false,
             any_tree: false,
             root: None,
             bind_users: Vec::new(),

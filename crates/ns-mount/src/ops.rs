@@ -57,21 +57,26 @@ fn open_source(root: &OwnedFd, scratch: &Scratch, s: &Source, what: &str) -> Res
     }
 }
 
-/// User mount number `index`. `sync` reaches the monitor, for idmapped sources.
+/// User mount number `index`. `sync` reaches the monitor, which makes the mounts the plan
+/// leaves to it (idmapped binds; with `host_by_fd` every host-sourced bind and overlay).
 pub fn apply(
     root: &OwnedFd,
     scratch: &Scratch,
     op: &MountOp,
     index: usize,
     sync: Option<&ns_core::sync::SyncSocket>,
+    host_by_fd: bool,
 ) -> Result<()> {
+    if op.made_on_host(host_by_fd) {
+        return attach_from_host(root, op, index, sync);
+    }
     match op {
         MountOp::Bind {
             source,
             dest,
             read_only,
             recursive,
-            idmap,
+            ..
         } => {
             let src = open_source(root, scratch, source, "bind")?;
             let kind = if src.kind == SFlag::S_IFDIR {
@@ -80,29 +85,6 @@ pub fn apply(
                 Kind::File
             };
             let target = open_in_root(root, dest, Some(kind))?;
-            if *idmap != ns_core::state::Idmap::No {
-                // SYNC-5: only the monitor, on the host, may idmap the source's file system.
-                let sync = sync
-                    .ok_or_else(|| Error::setup("idmapped binds need a monitor (ns-run)".into()))?;
-                sync.send(&ns_core::sync::Msg::NeedIdmap { op: index })?;
-                let (msg, tree) = sync.recv_fd()?;
-                if msg != ns_core::sync::Msg::Root {
-                    return Err(Error::setup(format!(
-                        "unexpected message from the monitor: {msg:?}"
-                    )));
-                }
-                ns_core::sys::move_mount_to(tree.as_fd(), target.as_fd()).ctx(|| {
-                    format!(
-                        "cannot attach the idmapped {} on {}",
-                        src.path,
-                        dest.display()
-                    )
-                })?;
-                if *read_only {
-                    make_read_only(root, dest, true)?;
-                }
-                return Ok(());
-            }
             let mut flags = MsFlags::MS_BIND;
             if *recursive {
                 flags |= MsFlags::MS_REC;
@@ -144,6 +126,54 @@ pub fn apply(
         } => overlay(root, scratch, lower, upper, dest, *read_only),
         MountOp::Inaccessible { dest } => inaccessible(root, scratch, dest),
     }
+}
+
+/// SYNC-5: user mount `index` (a bind or an overlay), made by the monitor on the host from
+/// host paths only it may reach, attached on its destination.
+fn attach_from_host(
+    root: &OwnedFd,
+    op: &MountOp,
+    index: usize,
+    sync: Option<&ns_core::sync::SyncSocket>,
+) -> Result<()> {
+    let (dest, read_only, what) = match op {
+        MountOp::Bind {
+            source: Source::Host(p),
+            dest,
+            read_only,
+            ..
+        } => (dest, *read_only, p.display().to_string()),
+        MountOp::Overlay { dest, .. } => (dest, false, "the overlay".to_string()),
+        _ => {
+            return Err(Error::setup(format!(
+                "mount {index} is not made on the host"
+            )))
+        }
+    };
+    let sync = sync.ok_or_else(|| {
+        Error::setup(format!(
+            "{what}: made on the host, so it needs a monitor (ns-run)"
+        ))
+    })?;
+    sync.send(&ns_core::sync::Msg::NeedMount { op: index })?;
+    let (msg, tree) = sync.recv_fd()?;
+    if msg != ns_core::sync::Msg::Mount {
+        return Err(Error::setup(format!(
+            "unexpected message from the monitor: {msg:?}"
+        )));
+    }
+    let st = nix::sys::stat::fstat(tree.as_fd()).ctx(|| format!("cannot stat {what}"))?;
+    let kind = match file_kind(&st) {
+        SFlag::S_IFDIR => Kind::Dir,
+        _ => Kind::File,
+    };
+    let target = open_in_root(root, dest, Some(kind))?;
+    ns_core::sys::move_mount_to(tree.as_fd(), target.as_fd())
+        .ctx(|| format!("cannot attach {what} on {}", dest.display()))?;
+    if read_only {
+        make_read_only(root, dest, true)?;
+    }
+    Ok(())
 }
 
 /// Cover `dest` with an inaccessible node of its own file type (mode 0000, read-only).

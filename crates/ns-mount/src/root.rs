@@ -49,12 +49,13 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
     .ctx(|| format!("cannot open {}", p.display()))
 }
 
-/// Attach the image's idmapped mount (made by the monitor, SYNC-1: only a process in the
-/// host's user namespace may idmap a host file system) on the scratch tmpfs. Returns where.
-pub fn attach_idmapped(image: &Path, scratch: &Scratch, fd: OwnedFd) -> Result<PathBuf> {
+/// Attach the image's mount made by the monitor (SYNC-1: only a process in the host's user
+/// namespace may idmap a host file system, or enter a directory only host root may) on the
+/// scratch tmpfs. Returns where.
+pub fn attach_image(image: &Path, scratch: &Scratch, fd: OwnedFd) -> Result<PathBuf> {
     let at = scratch.dir("image")?;
     ns_core::sys::move_mount_to(fd.as_fd(), open_dir(&at)?.as_fd())
-        .ctx(|| format!("cannot attach the idmapped {}", image.display()))?;
+        .ctx(|| format!("cannot attach the mount of {}", image.display()))?;
     crate::scratch::set_host_alias(&at, image);
     Ok(at)
 }

@@ -24,14 +24,14 @@ pub fn prepare(plan: &MountPlan, root_fd: Option<OwnedFd>) -> Result<(OwnedFd, S
     nix::sys::stat::umask(Mode::empty());
     make_rslave()?;
     let scratch = crate::scratch::Scratch::new(&plan.scratch);
-    let image = match (plan.idmapped_root, root_fd) {
-        (true, Some(fd)) => crate::root::attach_idmapped(&plan.root, &scratch, fd)?,
+    let image = match (plan.idmapped_root || plan.host_by_fd, root_fd) {
+        (_, Some(fd)) => crate::root::attach_image(&plan.root, &scratch, fd)?,
         (true, None) => {
             return Err(Error::setup(
-                "an idmapped root needs its mount from the monitor (--root-fd)".into(),
+                "this root needs its mount from the monitor (--root-fd)".into(),
             ))
         }
-        (false, _) => plan.root.clone(),
+        (false, None) => plan.root.clone(),
     };
     crate::scratch::set_image_dev(
         nix::sys::stat::stat(&image)
@@ -85,7 +85,7 @@ pub fn build_root(
     crate::ops::etc_file(&root, "/etc/resolv.conf", &plan.resolv_conf, true, writable)?;
     crate::ops::etc_file(&root, "/etc/localtime", &plan.timezone, false, writable)?;
     for (i, op) in plan.ops.iter().enumerate() {
-        crate::ops::apply(&root, &scratch, op, i, sync)?;
+        crate::ops::apply(&root, &scratch, op, i, sync, plan.host_by_fd)?;
     }
     crate::root::finish(&root, plan)?;
     hooks_then_pivot(&root, plan)

@@ -534,8 +534,8 @@ impl Creating<'_> {
                 self.failed = Some(format!("{stage}: {message}"));
             }
             Report::Waiting => self.waiting = true, // SYNC-7
-            Report::NeedIdmap { op } => {
-                let m = format!("unexpected NeedIdmap {{ op: {op} }} from the chain");
+            Report::NeedMount { op } => {
+                let m = format!("unexpected NeedMount {{ op: {op} }} from the chain");
                 return Err(Error::setup(m));
             }
         }

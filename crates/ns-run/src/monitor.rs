@@ -374,8 +374,9 @@ impl<'a> Monitor<'a> {
         decided: &mut Decided,
     ) -> Monitor<'a> {
         // Cloned now, while ns-enter execs on the other CPU.
-        let root_clone = ns_host::chain::idmapped_root(state.enter.userns.as_ref())
-            .then(|| ns_host::chain::clone_mount(&state.mount.root, false).ok())
+        let idmap = ns_host::chain::idmapped_root(state.enter.userns.as_ref());
+        let root_clone = ns_host::chain::root_by_fd(state)
+            .then(|| ns_host::chain::clone_root(&state.mount.root, idmap).ok())
             .flatten();
         Monitor {
             state,
@@ -614,13 +615,14 @@ impl<'a> Monitor<'a> {
                 let u = state.enter.userns.as_ref();
                 let u = u.ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
                 let maps = Maps::of(u, self.userns_base, &state.mount.bind_users)?;
-                // The image as an idmapped mount, for ns-mount (via ns-enter).
-                let root = ns_host::chain::idmapped_root(Some(u))
-                    .then(|| (state.mount.root.as_path(), self.root_clone.take()));
+                // The image as a detached (idmapped) mount, for ns-mount (via ns-enter).
+                let idmap = ns_host::chain::idmapped_root(Some(u));
+                let root = ns_host::chain::root_by_fd(state)
+                    .then(|| (state.mount.root.as_path(), self.root_clone.take(), idmap));
                 self.chain.map_userns(&maps, root)?;
             }
-            Some(Report::NeedIdmap { op }) => {
-                // SYNC-5 for a bind: only what the plan says may be idmapped.
+            Some(Report::NeedMount { op }) => {
+                // SYNC-5: only what the plan says is made here.
                 // `rootidmap` maps the source's owner to container root: the range's base,
                 // or (rootless) our own uid, the plan's.
                 let planned = match state.enter.userns.as_ref().map(|u| u.base) {
@@ -628,8 +630,10 @@ impl<'a> Monitor<'a> {
                     _ => None,
                 };
                 let base = self.userns_base.or(planned);
+                let cleanup = &mut self.cleanup;
+                let mut announce = |p: std::path::PathBuf| cleanup.add(p, true);
                 self.chain
-                    .idmap_bind(op, &state.mount.ops, base, self.pid1)?;
+                    .host_mount(op, &state.mount, base, self.pid1, &mut announce)?;
             }
             Some(Report::Waiting) => {
                 return Err(Error::setup("unexpected Waiting from the chain".into()))

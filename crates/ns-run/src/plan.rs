@@ -169,6 +169,9 @@ pub struct HostFacts {
     pub cgroups: Option<Vec<ns_host::cgroups::Hierarchy>>,
     /// What ns-caps' plan reads of the host and the image (machine id, os-release).
     pub exec: ns_caps::ExecContext,
+    /// With a user namespace: the host paths of user mounts as they resolve now (symlinks
+    /// the user gave followed), for the monitor, which opens them without following any.
+    pub resolved: std::collections::BTreeMap<PathBuf, PathBuf>,
 }
 
 impl HostFacts {
@@ -233,6 +236,53 @@ impl HostFacts {
             scratch: ns_mount::scratch::default_dir(),
             tree,
             new_root,
+            resolved: resolve_sources(c),
+        }
+    }
+}
+
+/// Host paths of the user mounts `c` asks for, each with what it resolves to now (only
+/// read with a user namespace).
+fn resolve_sources(c: &Cli) -> std::collections::BTreeMap<PathBuf, PathBuf> {
+    if !c.userns_pick && c.private_users.is_none() {
+        return Default::default();
+    }
+    let ops = c.mount.mounts.ops().unwrap_or_default();
+    host_sources(&ops)
+        .filter_map(|p| Some((p.clone(), std::fs::canonicalize(p).ok()?)))
+        .collect()
+}
+
+/// The host paths of `ops`' sources.
+fn host_sources(ops: &[MountOp]) -> impl Iterator<Item = &PathBuf> {
+    ops.iter()
+        .flat_map(|op| match op {
+            MountOp::Bind { source, .. } => vec![source],
+            MountOp::Overlay { lower, upper, .. } => lower.iter().chain([upper]).collect(),
+            _ => Vec::new(),
+        })
+        .filter_map(|s| match s {
+            ns_core::state::Source::Host(p) => Some(p),
+            _ => None,
+        })
+}
+
+/// The monitor opens host paths without following symlinks (`host_by_fd`): name them as
+/// they resolved when planned, so that only a symlink planted since is refused.
+fn name_resolved(plan: &mut MountPlan, resolved: &std::collections::BTreeMap<PathBuf, PathBuf>) {
+    use ns_core::state::Source;
+    let fix = |s: &mut Source| {
+        if let Source::Host(p) = s {
+            if let Some(r) = resolved.get(p) {
+                *p = r.clone();
+            }
+        }
+    };
+    for op in plan.ops.iter_mut() {
+        match op {
+            MountOp::Bind { source, .. } => fix(source),
+            MountOp::Overlay { lower, upper, .. } => lower.iter_mut().chain([upper]).for_each(fix),
+            _ => {}
         }
     }
 }
@@ -430,6 +480,9 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<M
         console: o.pty,
         idmapped_root: (o.userns.as_ref()).is_some_and(|u| u.ownership == Ownership::Map),
         userns: o.userns.is_some(),
+        // Root on the host, the container in a user namespace: the monitor opens the host
+        // paths (a stage in the user namespace cannot enter a 0700 directory).
+        host_by_fd: o.userns.as_ref().is_some_and(|u| !u.rootless) && oci.is_none(),
         // An OCI bundle's root need not be an OS tree (a pod's pause image is one binary).
         any_tree: c.oci_bundle.is_some(),
         root: f.new_root.clone()?,
@@ -443,10 +496,13 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<M
     });
     // With --template and a missing directory, everything is checked against the template,
     // which ns-run copies only once the whole command line has proven good.
-    let planned = planned.map_err(|e| match f.from_template {
+    let mut planned = planned.map_err(|e| match f.from_template {
         true => Error::setup(e.msg.replacen("--directory=", "--template=", 1)),
         false => e,
     })?;
+    if planned.host_by_fd {
+        name_resolved(&mut planned, &f.resolved);
+    }
     match oci {
         Some(b) => b.mount(planned, f.hierarchies()),
         None => Ok(planned),
@@ -643,6 +699,19 @@ pub fn chain(state: &State) -> String {
             }
         ));
     }
+    if state.mount.host_by_fd {
+        out.push_str(&format!(
+            "\n# not in this chain: ns-run opens on the host {}, and hands {} to ns-mount as \
+             mounts made there (with -U a stage cannot enter a directory only host root may); \
+             alone, ns-mount resolves them itself",
+            host_paths_named(&state.mount),
+            if state.mount.ops.iter().any(|o| o.made_on_host(true)) {
+                "them"
+            } else {
+                "it"
+            }
+        ));
+    }
     if state.mount.cgroups.is_some() {
         out.push_str(
             "\n# not in this chain: ns-run creates the container's own cgroups (-b) and its \
@@ -650,6 +719,19 @@ pub fn chain(state: &State) -> String {
         );
     }
     out
+}
+
+/// What the monitor opens for ns-mount, named for `--print-chain`: the tree, then each
+/// user mount it makes, by option and source.
+fn host_paths_named(m: &MountPlan) -> String {
+    let mut named = vec![format!("the tree {}", m.root.display())];
+    for op in m.ops.iter().filter(|o| o.made_on_host(true)) {
+        named.push(match op {
+            MountOp::Overlay { .. } => format!("the layers of {}", ns_mount::spec::op_to_flag(op)),
+            _ => format!("the source of {}", ns_mount::spec::op_to_flag(op)),
+        });
+    }
+    named.join(", ")
 }
 
 #[cfg(test)]
@@ -737,6 +819,7 @@ mod tests {
                 manager: "systemd-nspawn".into(),
                 ..Default::default()
             },
+            resolved: Default::default(),
         }
     }
 
@@ -905,5 +988,28 @@ mod tests {
             note.starts_with("# not in this chain: ns-run reserves"),
             "{ch}"
         );
+        // -U as root: the monitor opens the tree and the host sources, and says so.
+        let c = cli(&[
+            "-D",
+            "/",
+            "-x",
+            "-U",
+            "--bind=/srv/a:/a",
+            "--tmpfs=/t",
+            "true",
+        ]);
+        let ch = chain(&plan(&c).unwrap());
+        let note = ch.lines().nth(2).unwrap_or_default();
+        assert_eq!(
+            note,
+            "# not in this chain: ns-run opens on the host the tree /, the source of \
+             --bind=/srv/a:/a:rbind, and hands them to ns-mount as mounts made there (with -U a stage \
+             cannot enter a directory only host root may); alone, ns-mount resolves them \
+             itself",
+            "{ch}"
+        );
+        // Without -U, host root resolves its paths itself: nothing to say.
+        let c = cli(&["-D", "/", "-x", "--bind=/srv/a:/a", "true"]);
+        assert!(!chain(&plan(&c).unwrap()).contains("opens the tree"));
     }
 }

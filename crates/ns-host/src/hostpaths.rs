@@ -1,0 +1,210 @@
+//! Host paths of a container with a user namespace, opened by the host (design constraint
+//! 10): a stage inside the user namespace cannot enter a directory only host root may
+//! (/var/lib/machines is 0700 on systemd hosts). The monitor opens each path once, without
+//! following a symlink (the plan names it resolved, see ns-run's plan), and hands down only
+//! what it made of it: a detached clone of the tree or bind source, an overlay assembled here.
+//! Nothing is resolved by path again.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use ns_core::state::Source;
+use ns_core::sys::{fs_mount, FsParam};
+use ns_core::{Context, Error, Result};
+
+/// What a failure to open `path` for `what` says: the path and why (a symlink met on the
+/// way was not there when ns-run resolved the path at start).
+fn open_error(what: &str, path: &Path, e: Errno) -> Error {
+    let why = match e {
+        Errno::ELOOP | Errno::EXDEV => "a symlink is on the way (not followed)".to_string(),
+        e => e.desc().to_string(),
+    };
+    Error::setup(format!("cannot {what} {}: {why}", path.display()))
+}
+
+/// `path` (absolute), opened O_PATH by host root without following any symlink on the way.
+pub fn open_host(path: &Path, what: &str) -> Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how).map_err(|e| open_error(what, path, e))
+}
+
+/// A detached clone of the mount of what `path` names (with its submounts if `recursive`):
+/// the container's tree, or a bind source.
+pub fn clone_host(path: &Path, recursive: bool, what: &str) -> Result<OwnedFd> {
+    let fd = open_host(path, what)?;
+    ns_core::sys::open_tree_clone_fd(fd.as_fd(), recursive)
+        .ctx(|| format!("cannot {what} {}", path.display()))
+}
+
+/// `/proc/self/fd/N` of an fd we hold: how overlayfs's options name a layer we opened (the
+/// kernel follows the link to the open file; nothing is looked up by its path).
+fn fd_name(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// A directory layer, opened.
+fn layer(s: &Source) -> Result<OwnedFd> {
+    let Source::Host(p) = s else {
+        return Err(Error::setup(format!(
+            "overlay layer {s:?} is not on the host"
+        )));
+    };
+    let fd = open_host(p, "use as overlay layer")?;
+    let st = nix::sys::stat::fstat(fd.as_fd())
+        .ctx(|| format!("cannot use as overlay layer {}", p.display()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(Error::setup(format!(
+            "overlay layer {} is not a directory",
+            p.display()
+        )));
+    }
+    Ok(fd)
+}
+
+/// A random name: `<prefix><16 hex>`.
+fn random_name(prefix: &str) -> PathBuf {
+    let hex: String = ns_core::random_bytes::<8>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    PathBuf::from(format!("{prefix}{hex}"))
+}
+
+/// Where a temporary upper goes: a fresh `.#ns-run-overlay-…` in /var/tmp, as nspawn's
+/// (overlayfs takes no upper from a detached tmpfs), its upper owned by container root
+/// (`root`: its host id), removed after exit (`announce`).
+fn temp_upper(
+    root: Option<u32>,
+    announce: &mut dyn FnMut(PathBuf) -> Result<()>,
+) -> Result<OwnedFd> {
+    let var_tmp = Path::new("/var/tmp");
+    let vt = open_host(var_tmp, "use for a temporary overlay upper")?;
+    let dir = random_name(".#ns-run-overlay-");
+    announce(var_tmp.join(&dir))?;
+    let what = || format!("cannot create {}", var_tmp.join(&dir).display());
+    nix::sys::stat::mkdirat(vt.as_fd(), &dir, Mode::from_bits_truncate(0o700)).ctx(what)?;
+    let fd = beneath(&vt, &dir).ctx(what)?;
+    for (name, mode) in [("upper", 0o755), ("work", 0o700)] {
+        nix::sys::stat::mkdirat(fd.as_fd(), name, Mode::from_bits_truncate(mode)).ctx(what)?;
+    }
+    if let Some(id) = root {
+        let (uid, gid) = (
+            nix::unistd::Uid::from_raw(id),
+            nix::unistd::Gid::from_raw(id),
+        );
+        let nofollow = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+        nix::unistd::fchownat(fd.as_fd(), "upper", Some(uid), Some(gid), nofollow).ctx(what)?;
+    }
+    Ok(fd)
+}
+
+/// The directory `name` below `dir`, O_PATH, no symlink followed.
+fn beneath(dir: &OwnedFd, name: &Path) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    nix::fcntl::openat2(dir.as_fd(), name, how)
+}
+
+/// The upper directory and its work directory (both open). A host upper gets its work
+/// directory beside it, `.#<name><16 hex>` as nspawn names it, announced first (the caller
+/// removes it after exit); a temporary one is made by [`temp_upper`].
+fn upper_and_work(
+    upper: &Source,
+    root: Option<u32>,
+    announce: &mut dyn FnMut(PathBuf) -> Result<()>,
+) -> Result<(OwnedFd, OwnedFd)> {
+    let p = match upper {
+        Source::Host(p) => p,
+        Source::Temp => {
+            let dir = temp_upper(root, announce)?;
+            let open = |n: &str| {
+                beneath(&dir, Path::new(n)).ctx(|| "cannot open the temporary overlay upper".into())
+            };
+            return Ok((open("upper")?, open("work")?));
+        }
+        Source::Image(p) => {
+            let m = format!("overlay upper +{} is not on the host", p.display());
+            return Err(Error::setup(m));
+        }
+    };
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        let m = format!("overlay upper {} has no parent", p.display());
+        return Err(Error::setup(m));
+    };
+    let parent_fd = open_host(parent, "use as overlay upper")?;
+    let up = beneath(&parent_fd, Path::new(name))
+        .map_err(|e| open_error("use as overlay upper", p, e))?;
+    let work = random_name(&format!(".#{}", name.to_string_lossy()));
+    let shown = parent.join(&work);
+    announce(shown.clone())?;
+    nix::sys::stat::mkdirat(parent_fd.as_fd(), &work, Mode::from_bits_truncate(0o700))
+        .ctx(|| format!("cannot create overlay workdir {}", shown.display()))?;
+    let work = beneath(&parent_fd, &work)
+        .ctx(|| format!("cannot open overlay workdir {}", shown.display()))?;
+    Ok((up, work))
+}
+
+/// An overlay of host layers (`lower` bottom first, as the plan lists them), mounted by host
+/// root as a detached mount, as nspawn's outer child mounts it. `root`: container root's
+/// host id (owner of a temporary upper). `announce`: a work directory about to be created
+/// on the host.
+pub fn overlay(
+    lower: &[Source],
+    upper: &Source,
+    read_only: bool,
+    root: Option<u32>,
+    announce: &mut dyn FnMut(PathBuf) -> Result<()>,
+) -> Result<OwnedFd> {
+    // overlayfs lists lowers top first; ours are bottom first.
+    let mut tops = lower.iter().rev().map(layer).collect::<Result<Vec<_>>>()?;
+    let mut upper_work = Vec::new();
+    if read_only {
+        tops.insert(0, layer(upper)?);
+    } else {
+        let (up, work) = upper_and_work(upper, root, announce)?;
+        upper_work = vec![up, work];
+    }
+    let lowerdir = tops.iter().map(fd_name).collect::<Vec<_>>().join(":");
+    let names: Vec<String> = upper_work.iter().map(fd_name).collect();
+    let mut params = vec![FsParam::Str("lowerdir", &lowerdir)];
+    if let [up, work] = names.as_slice() {
+        params.extend([FsParam::Str("upperdir", up), FsParam::Str("workdir", work)]);
+    }
+    // The layers' fds (`tops`, `upper_work`) live until it is made.
+    fs_mount(c"overlay", &params, read_only)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_on_the_way_is_not_followed() {
+        let base = std::env::temp_dir().join(format!("ns-host-hostpaths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("real/dir")).unwrap();
+        std::os::unix::fs::symlink("real", base.join("link")).unwrap();
+        assert!(open_host(&base.join("real/dir"), "bind").is_ok());
+        let e = open_host(&base.join("link/dir"), "bind").unwrap_err();
+        assert_eq!(
+            e.msg,
+            format!(
+                "cannot bind {}: a symlink is on the way (not followed)",
+                base.join("link/dir").display()
+            )
+        );
+        let e = open_host(&base.join("none"), "bind").unwrap_err();
+        assert!(
+            e.msg.ends_with("none: No such file or directory"),
+            "{}",
+            e.msg
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
