@@ -52,3 +52,88 @@ fn boot_with_console_pipe_keeps_the_pipes() {
     );
     assert_clean(&t, &before);
 }
+
+// ---------------------------------------------------------------------------------------
+// 2. `NAME.nspawn` with `-x`: nspawn 252 looks it up by `-M`, else by the directory's name
+//    (before the random suffix), in /etc and /run/systemd/nspawn (trusted) and next to the
+//    image (untrusted); `-x` changes nothing else.
+
+/// A settings file, removed on drop (also when the test fails).
+struct SettingsFile(std::path::PathBuf);
+
+impl SettingsFile {
+    fn write(path: std::path::PathBuf, text: &str) -> SettingsFile {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        SettingsFile(path)
+    }
+}
+
+impl Drop for SettingsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const SHOW: &str = "echo FOO=$FOO; hostname; ls /mnt/marker 2>&1; true";
+
+fn settings_text(t: &Tree, value: &str) -> String {
+    let src = t.host_dir("bindsrc");
+    std::fs::write(src.join("marker"), "").unwrap();
+    format!(
+        "[Exec]\nEnvironment=FOO={value}\nHostname=h-{value}\n[Files]\nBind={}:/mnt\n",
+        src.display()
+    )
+}
+
+#[test]
+fn ephemeral_applies_the_settings_file_next_to_the_image() {
+    // The tree's directory is the name the file is looked up by.
+    let t = Tree::rootfs(&ns_tests::unique("behx"));
+    let name = t.path().file_name().unwrap().to_string_lossy().into_owned();
+    let _f = SettingsFile::write(
+        t.base().join(format!("{name}.nspawn")),
+        &settings_text(&t, "beside"),
+    );
+    let before = our_mounts();
+    for opts in [&["-x"][..], &["-x", "-M", &name], &[]] {
+        let out = run(&[&["-q", "-D", t.arg()], opts, &["sh", "-c", SHOW]].concat());
+        assert_eq!(out.code, 0, "{opts:?}: {out}");
+        // Untrusted: Environment= and Hostname= apply, Bind= is ignored with nspawn's line.
+        assert!(
+            out.stdout.starts_with("FOO=beside\nh-beside\n"),
+            "{opts:?}: {out}"
+        );
+        assert!(out.stdout.contains("No such file"), "{opts:?}: {out}");
+        assert!(
+            out.stderr
+                .contains("Ignoring TemporaryFileSystem=, Bind= and BindReadOnly="),
+            "{opts:?}: {out}"
+        );
+    }
+    assert_clean(&t, &before);
+}
+
+#[test]
+fn ephemeral_applies_a_trusted_settings_file() {
+    let t = Tree::rootfs(&ns_tests::unique("behxt"));
+    let name = t.path().file_name().unwrap().to_string_lossy().into_owned();
+    let _f = SettingsFile::write(
+        format!("/run/systemd/nspawn/{name}.nspawn").into(),
+        &settings_text(&t, "trusted"),
+    );
+    let before = our_mounts();
+    for opts in [&["-x"][..], &["-x", "-M", &name]] {
+        let out = run(&[&["-q", "-D", t.arg()], opts, &["sh", "-c", SHOW]].concat());
+        assert_eq!(out.code, 0, "{opts:?}: {out}");
+        // Trusted: Bind= applies too.
+        assert_eq!(
+            out.stdout, "FOO=trusted\nh-trusted\n/mnt/marker\n",
+            "{opts:?}: {out}"
+        );
+    }
+    // --settings=no ignores it, with -x as without.
+    let out = run(&["-q", "-x", "--settings=no", "-D", t.arg(), "sh", "-c", SHOW]);
+    assert!(out.stdout.starts_with("FOO=\n"), "{out}");
+    assert_clean(&t, &before);
+}
