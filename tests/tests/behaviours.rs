@@ -2,7 +2,11 @@
 //! terminal, `NAME.nspawn` with `-x -M NAME`, port forwards on every local address, and which
 //! process the OOM killer took.
 
-use ns_tests::{booting_tree, our_mounts, run, wait_no_procs_in, Tree};
+use std::time::{Duration, Instant};
+
+use ns_tests::{
+    booting_tree, our_mounts, run, spawn_until, wait_no_procs_in, Stopping, TestNetns, Tree,
+};
 
 fn assert_clean(t: &Tree, before: &[String]) {
     let left = wait_no_procs_in(t.path(), std::time::Duration::from_secs(3));
@@ -135,5 +139,73 @@ fn ephemeral_applies_a_trusted_settings_file() {
     // --settings=no ignores it, with -x as without.
     let out = run(&["-q", "-x", "--settings=no", "-D", t.arg(), "sh", "-c", SHOW]);
     assert!(out.stdout.starts_with("FOO=\n"), "{out}");
+    assert_clean(&t, &before);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. `-p`: the forward answers on every local address, for the host's own connections and
+//    for those from elsewhere, without --network-gateway.
+
+/// Connect to ADDR:PORT from inside `ns` and read what the server sends; retried (the
+/// container's server restarts between connections) for at most 10 s.
+fn answer_in(ns: &TestNetns, addr: &str, port: &str, want: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns.exec(&["timeout", "2", "busybox", "nc", "-w", "1", addr, port]);
+        if out.stdout.contains(want) || Instant::now() >= end {
+            return out.stdout;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn port_forward_answers_on_every_local_address() {
+    let ns = TestNetns::new("bp");
+    let peer = TestNetns::new("bq");
+    // A second address of the "host" (on lo: this kernel has no dummy links), and a peer
+    // machine on a veth whose default route is the host; the host forwards, as a router
+    // (networkd's IPForward=).
+    ns.ok(&["ip", "addr", "add", "10.232.72.1/32", "dev", "lo"]);
+    ns.ok(&[
+        "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
+    ]);
+    ns.ok(&["ip", "link", "set", "p1", "netns", &peer.path()]);
+    ns.ok(&["ip", "addr", "add", "10.232.73.1/24", "dev", "p0"]);
+    ns.ok(&["ip", "link", "set", "p0", "up"]);
+    peer.ok(&["ip", "addr", "add", "10.232.73.2/24", "dev", "p1"]);
+    peer.ok(&["ip", "link", "set", "p1", "up"]);
+    peer.ok(&["ip", "route", "add", "default", "via", "10.232.73.1"]);
+    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    let t = Tree::rootfs("beh-port");
+    let before = our_mounts();
+    let server = "echo ready\nwhile true; do echo hello-from-beh | nc -l -p 80; done";
+    let opts = [
+        "-n",
+        "-M",
+        "t-behport",
+        "--network-address=10.232.71.2/24",
+        "--network-host-address=10.232.71.1/24",
+        "-p",
+        "8080:80",
+    ];
+    let r = Stopping::new(spawn_until(
+        ns.ns_run(&t, &opts, &["sh", "-c", server]),
+        "ready",
+    ));
+    // From the host: loopback and the veth's host end (as before), and its other addresses.
+    for addr in ["127.0.0.1", "10.232.71.1", "10.232.72.1", "10.232.73.1"] {
+        let got = answer_in(&ns, addr, "8080", "hello-from-beh");
+        assert!(got.contains("hello-from-beh"), "host to {addr}: {got:?}");
+    }
+    // From the peer, to the host's addresses.
+    for addr in ["10.232.73.1", "10.232.72.1"] {
+        let got = answer_in(&peer, addr, "8080", "hello-from-beh");
+        assert!(got.contains("hello-from-beh"), "peer to {addr}: {got:?}");
+    }
+    let out = r.stop();
+    assert_eq!(out.code, 137, "{out}");
+    let tables = ns.ok(&["nft", "list", "tables"]);
+    assert!(!tables.contains("ns-run-"), "tables left: {tables}");
     assert_clean(&t, &before);
 }
