@@ -209,3 +209,57 @@ fn port_forward_answers_on_every_local_address() {
     assert!(!tables.contains("ns-run-"), "tables left: {tables}");
     assert_clean(&t, &before);
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. The OOM notice says whom the OOM killer took: the payload, or another process of the
+//    container (named as the kernel's log names it, when ns-run can read it: root here).
+
+const MEMORY: [&str; 2] = ["--property=MemoryMax=32M", "--property=MemorySwapMax=0"];
+
+fn oom_run(t: &Tree, extra: &[&str], payload: &[&str]) -> ns_tests::Output {
+    run(&[&["-q", "-D", t.arg()], &MEMORY[..], extra, payload].concat())
+}
+
+#[test]
+fn oom_notice_names_a_killed_child_not_the_payload() {
+    let t = Tree::rootfs("beh-oom");
+    let before = our_mounts();
+    // A child (`tail`, buffering an endless line) is killed; the shell carries on and exits
+    // 3, or exits 137 itself with the child's status (what a signal would give).
+    for (script, code) in [
+        ("tail /dev/zero; echo status=$?; exit 3", 3),
+        ("tail /dev/zero; exit $?", 137),
+    ] {
+        let out = oom_run(&t, &[], &["sh", "-c", script]);
+        assert_eq!(out.code, code, "{script}: {out}");
+        let line = "ns-run: a process of the container (not the payload) was killed by the OOM \
+                    killer (its memory limit): host pid ";
+        // (busybox sh says "Killed" first.)
+        let named: Vec<&str> = out
+            .stderr_lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix(line))
+            .collect();
+        assert_eq!(named.len(), 1, "{out}");
+        let (pid, name) = named[0].split_once(' ').unwrap_or_else(|| panic!("{out}"));
+        assert!(pid.parse::<u32>().is_ok(), "{out}");
+        assert_eq!(name, "(tail)", "{out}");
+    }
+    assert_clean(&t, &before);
+}
+
+#[test]
+fn oom_notice_says_when_the_payload_itself_was_killed() {
+    let t = Tree::rootfs("beh-oom1");
+    for extra in [&[][..], &["-a"]] {
+        let out = oom_run(&t, extra, &["tail", "/dev/zero"]);
+        assert_eq!(out.code, 137, "{extra:?}: {out}");
+        assert_eq!(
+            out.stderr, "ns-run: the payload was killed by the OOM killer (its memory limit)\n",
+            "{extra:?}: {out}"
+        );
+    }
+    // An exit with no OOM kill says nothing, with a limit or without.
+    let out = oom_run(&t, &[], &["sh", "-c", "exit 137"]);
+    assert_eq!((out.code, out.stderr.as_str()), (137, ""), "{out}");
+}
