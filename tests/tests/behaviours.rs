@@ -205,9 +205,42 @@ fn port_forward_answers_on_every_local_address() {
     }
     let out = r.stop();
     assert_eq!(out.code, 137, "{out}");
+    assert!(!out.stderr.contains("ip_forward"), "{out}");
     let tables = ns.ok(&["nft", "list", "tables"]);
     assert!(!tables.contains("ns-run-"), "tables left: {tables}");
     assert_clean(&t, &before);
+}
+
+#[test]
+fn port_forward_says_when_the_host_does_not_forward() {
+    // A fresh namespace does not forward: connections from elsewhere cannot reach the
+    // container, and ns-run says so (unless -q).
+    let ns = TestNetns::new("bf");
+    let t = Tree::rootfs("beh-portfw");
+    let opts = [
+        "-n",
+        "-M",
+        "t-behfw",
+        "--network-address=10.232.74.2/24",
+        "-p",
+        "8080:80",
+    ];
+    let out = ns_tests::run_cmd(ns.ns_run(&t, &opts, &["true"]), None);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.stderr,
+        "ns-run: --port: net.ipv4.ip_forward is 0 here: only connections made on this host \
+         reach the container\n",
+        "{out}"
+    );
+    let out = ns_tests::run_cmd(
+        ns.ns_run(&t, &[&["-q"][..], &opts].concat(), &["true"]),
+        None,
+    );
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
+    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    let out = ns_tests::run_cmd(ns.ns_run(&t, &opts, &["true"]), None);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------

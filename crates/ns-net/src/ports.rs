@@ -173,6 +173,41 @@ pub fn apply(plan: &NetPlan, monitor: u32) -> Result<()> {
     nft(&input)
 }
 
+/// The line to say when the host does not forward the families of `plan`'s ports: then only
+/// connections made on the host itself reach the container (nspawn's guests depend on
+/// networkd's IPForward= alike).
+pub fn forwarding_note(plan: &NetPlan) -> Option<String> {
+    if plan.ports.is_empty() {
+        return None;
+    }
+    let knobs = [
+        (
+            false,
+            "net.ipv4.ip_forward",
+            "/proc/sys/net/ipv4/ip_forward",
+        ),
+        (
+            true,
+            "net.ipv6.conf.all.forwarding",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ),
+    ];
+    let off: Vec<&str> = knobs
+        .iter()
+        .filter(|(v6, _, file)| {
+            first_addr(&plan.address, *v6).is_some()
+                && std::fs::read_to_string(file).is_ok_and(|v| v.trim() == "0")
+        })
+        .map(|(_, name, _)| *name)
+        .collect();
+    (!off.is_empty()).then(|| {
+        format!(
+            "--port: {} is 0 here: only connections made on this host reach the container",
+            off.join(" and ")
+        )
+    })
+}
+
 /// Remove the tables of `monitor` (missing ones are fine).
 pub fn remove(monitor: u32) -> Result<()> {
     let table = table_name(monitor);

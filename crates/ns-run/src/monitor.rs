@@ -735,6 +735,11 @@ impl<'a> Monitor<'a> {
             self.netns = Some(netns);
         }
         self.ports_installed = ok && !net.ports.is_empty();
+        if let Some(note) = ns_net::ports::forwarding_note(net).filter(|_| ok) {
+            if !self.state.monitor.quiet {
+                ns_core::errln!("{STAGE}: {note}");
+            }
+        }
         Ok(ok)
     }
 
