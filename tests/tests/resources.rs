@@ -232,7 +232,7 @@ fn an_oom_killed_payload_is_reported_and_gives_137() {
         let out = run_cmd(c, None);
         assert_eq!(out.code, 137, "{extra:?}: {out}");
         assert_eq!(
-            out.stderr, "ns-run: the container was killed by the OOM killer (its memory limit)\n",
+            out.stderr, "ns-run: the payload was killed by the OOM killer (its memory limit)\n",
             "{extra:?}: {out}"
         );
     }

@@ -1,6 +1,6 @@
 //! ns-host: the objects the host side owns, one module each, as nspawn has nspawn-cgroup.c,
 //! nspawn-network.c…: the container's cgroups ([`cgroups`]), the limits written to them
-//! ([`resources`]), the device policy ([`devices`]), user namespace id maps, ranges and the
+//! ([`resources`]) and what the OOM killer did there ([`oom`]), the device policy ([`devices`]), user namespace id maps, ranges and the
 //! ownership shift ([`userns`]), joining a running container ([`attach`]), the image and zone
 //! locks ([`locks`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]), the
 //! registry of running machines that ns-ctl reads ([`registry`]), the mounts of an OCI container
@@ -21,6 +21,7 @@ pub mod journal;
 pub mod locks;
 pub mod mountpoints;
 pub mod notify;
+pub mod oom;
 pub mod registry;
 pub mod resources;
 pub mod userns;

@@ -7,6 +7,13 @@
 //! leave through it (it is then masqueraded to the host end's address). IPv6 has no such
 //! switch: ::1 stays local, other IPv6 host addresses are forwarded.
 //!
+//! As nspawn's, the forward answers on every local address (`fib daddr type local`), for the
+//! host's own connections and for those arriving from elsewhere (when the host forwards:
+//! net.ipv4.ip_forward, as networkd's IPForward= sets it for nspawn). A container without a
+//! `--network-gateway` of the family has no route back to those sources (nspawn's guests get
+//! one from networkd's DHCP): then every forwarded connection is masqueraded to the host end's
+//! address; with a gateway only loopback sources are, and the container sees its clients.
+//!
 //! `route_localnet` also lifts the kernel's "martian" checks on what arrives through the host
 //! end: the container could send to the host's 127.0.0.0/8 services, or from a 127.0.0.0/8
 //! source. A filter chain (as Kubernetes' fix for CVE-2020-8558) drops, on that interface,
@@ -55,8 +62,17 @@ fn first_addr(list: &[String], v6: bool) -> Option<String> {
 }
 
 /// The ruleset for one family: DNAT in prerouting (traffic from elsewhere) and output (the
-/// host's own connections, to any local address), masquerade of loopback sources.
-fn ruleset(family: &str, table: &str, dest: &str, host_if: &str, ports: &[Port]) -> String {
+/// host's own connections, to any local address), and the masquerade of what the container
+/// could not answer: loopback sources, and, when it has no gateway of the family (no route
+/// back to other sources), every forwarded connection.
+fn ruleset(
+    family: &str,
+    table: &str,
+    dest: &str,
+    host_if: &str,
+    ports: &[Port],
+    gateway: bool,
+) -> String {
     let d = if family == "ip6" {
         format!("[{dest}]")
     } else {
@@ -69,10 +85,10 @@ fn ruleset(family: &str, table: &str, dest: &str, host_if: &str, ports: &[Port])
             p.proto, p.host, p.container
         ));
     }
-    let lo = if family == "ip6" {
-        "ip6 saddr ::1"
-    } else {
-        "ip saddr 127.0.0.0/8"
+    let masquerade = match (gateway, family) {
+        (true, "ip6") => format!("oifname \"{host_if}\" ip6 saddr ::1"),
+        (true, _) => format!("oifname \"{host_if}\" ip saddr 127.0.0.0/8"),
+        (false, _) => format!("{family} daddr {dest} ct status dnat"),
     };
     // After the NAT of prerouting (-99): a reply's destination is 127.0.0.1 again there.
     let localnet = if family == "ip" {
@@ -88,7 +104,7 @@ fn ruleset(family: &str, table: &str, dest: &str, host_if: &str, ports: &[Port])
     format!(
         "table {family} {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority -99;\n{rules}  }}\n  \
          chain output {{\n    type nat hook output priority -99;\n{rules}  }}\n  \
-         chain postrouting {{\n    type nat hook postrouting priority 101;\n    oifname \"{host_if}\" {lo} masquerade\n  }}\n{localnet}}}\n"
+         chain postrouting {{\n    type nat hook postrouting priority 101;\n    {masquerade} masquerade\n  }}\n{localnet}}}\n"
     )
 }
 
@@ -128,8 +144,16 @@ pub fn apply(plan: &NetPlan, monitor: u32) -> Result<()> {
     let host_if = &plan.veth.as_ref().expect("checked by net_plan").host;
     let table = table_name(monitor);
     let mut input = String::new();
+    let gateway = |v6: bool| plan.gateway.as_ref().is_some_and(|g| g.contains(':') == v6);
     if let Some(a) = first_addr(&plan.address, false) {
-        input.push_str(&ruleset("ip", &table, &a, host_if, &plan.ports));
+        input.push_str(&ruleset(
+            "ip",
+            &table,
+            &a,
+            host_if,
+            &plan.ports,
+            gateway(false),
+        ));
         std::fs::write(
             format!("/proc/sys/net/ipv4/conf/{host_if}/route_localnet"),
             "1",
@@ -137,9 +161,51 @@ pub fn apply(plan: &NetPlan, monitor: u32) -> Result<()> {
         .ctx(|| format!("cannot set route_localnet on {host_if}"))?;
     }
     if let Some(a) = first_addr(&plan.address, true) {
-        input.push_str(&ruleset("ip6", &table, &a, host_if, &plan.ports));
+        input.push_str(&ruleset(
+            "ip6",
+            &table,
+            &a,
+            host_if,
+            &plan.ports,
+            gateway(true),
+        ));
     }
     nft(&input)
+}
+
+/// The line to say when the host does not forward the families of `plan`'s ports: then only
+/// connections made on the host itself reach the container (nspawn's guests depend on
+/// networkd's IPForward= alike).
+pub fn forwarding_note(plan: &NetPlan) -> Option<String> {
+    if plan.ports.is_empty() {
+        return None;
+    }
+    let knobs = [
+        (
+            false,
+            "net.ipv4.ip_forward",
+            "/proc/sys/net/ipv4/ip_forward",
+        ),
+        (
+            true,
+            "net.ipv6.conf.all.forwarding",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ),
+    ];
+    let off: Vec<&str> = knobs
+        .iter()
+        .filter(|(v6, _, file)| {
+            first_addr(&plan.address, *v6).is_some()
+                && std::fs::read_to_string(file).is_ok_and(|v| v.trim() == "0")
+        })
+        .map(|(_, name, _)| *name)
+        .collect();
+    (!off.is_empty()).then(|| {
+        format!(
+            "--port: {} is 0 here: only connections made on this host reach the container",
+            off.join(" and ")
+        )
+    })
 }
 
 /// Remove the tables of `monitor` (missing ones are fine).
@@ -233,7 +299,7 @@ mod tests {
             host: 8080,
             container: 80,
         }];
-        let r = ruleset("ip", "ns-run-1", "10.0.0.2", "ve-x", &p);
+        let r = ruleset("ip", "ns-run-1", "10.0.0.2", "ve-x", &p, true);
         assert!(
             r.contains("fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80"),
             "{r}"
@@ -246,8 +312,20 @@ mod tests {
             r.contains("iifname \"ve-x\" ip daddr 127.0.0.0/8 ct direction reply accept\n    iifname \"ve-x\" ip daddr 127.0.0.0/8 drop"),
             "{r}"
         );
-        let r6 = ruleset("ip6", "t", "fd00::2", "ve-x", &p);
+        let r6 = ruleset("ip6", "t", "fd00::2", "ve-x", &p, true);
         assert!(r6.contains("dnat to [fd00::2]:80"), "{r6}");
         assert!(!r6.contains("localnet"), "{r6}");
+        // Without a gateway the container could not answer other sources: every forwarded
+        // connection is masqueraded.
+        let r = ruleset("ip", "t", "10.0.0.2", "ve-x", &p, false);
+        assert!(
+            r.contains("ip daddr 10.0.0.2 ct status dnat masquerade"),
+            "{r}"
+        );
+        let r6 = ruleset("ip6", "t", "fd00::2", "ve-x", &p, false);
+        assert!(
+            r6.contains("ip6 daddr fd00::2 ct status dnat masquerade"),
+            "{r6}"
+        );
     }
 }

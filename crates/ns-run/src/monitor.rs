@@ -330,6 +330,8 @@ struct Monitor<'a> {
     state: &'a State,
     chain: Chain,
     pid1: Option<Pid>,
+    /// PID 1 died of SIGKILL (the OOM killer's signal).
+    pid1_sigkill: bool,
     /// Termination requests received (SIGTERM/SIGINT/SIGHUP).
     requests: u32,
     /// Exit code a stage reported with `Failed` (SYNC-8).
@@ -382,6 +384,7 @@ impl<'a> Monitor<'a> {
             state,
             chain,
             pid1: None,
+            pid1_sigkill: false,
             requests: 0,
             failed: None,
             enter_status: None,
@@ -541,14 +544,19 @@ impl<'a> Monitor<'a> {
             // the cgroups busy while they are removed.
             self.kill_and_reap();
         }
-        // Killed (137) while nobody asked for it, and the OOM killer was at work there.
-        if matches!(code, Ok(137))
-            && self.requests == 0
-            && ns_host::resources::oom_kills(cgroups) > 0
-        {
-            ns_core::errln!(
-                "{STAGE}: the container was killed by the OOM killer (its memory limit)"
-            );
+        // The OOM killer was at work there: say whom it took.
+        if let Ok(c) = code {
+            let as_pid2 = self.state.exec.as_pid2;
+            let end = ns_host::oom::PayloadEnd {
+                // With the stub init, its 137 relays the payload's SIGKILL.
+                killed: self.pid1_sigkill || (as_pid2 && c == 137),
+                requested: self.requests > 0,
+                pid: self.pid1.filter(|_| !as_pid2).map(Pid::as_raw),
+                limited: ns_host::oom::memory_limited(&self.state.monitor.properties),
+            };
+            if let Some(line) = ns_host::oom::notice(cgroups, end) {
+                ns_core::errln!("{STAGE}: {line}");
+            }
         }
         let zone = self.held.zone.take();
         self.release_network(zone);
@@ -693,11 +701,13 @@ impl<'a> Monitor<'a> {
         let (enter, pid1) = (self.chain.enter, self.pid1);
         let (net_failed, boot) = (self.net_failed, self.state.monitor.boot);
         let mut enter_status = None;
+        let mut sigkill = false;
         let code = ns_core::reap::exited(|st, code| {
             if st.pid() == Some(enter) {
                 enter_status = Some(code);
                 None
             } else if st.pid().is_some() && st.pid() == pid1 {
+                sigkill = matches!(st, WaitStatus::Signaled(_, Signal::SIGKILL, _));
                 Some(match net_failed {
                     true => ns_core::error::EXIT_SETUP,
                     false => boot_exit_code(boot, st).unwrap_or(code),
@@ -707,6 +717,7 @@ impl<'a> Monitor<'a> {
             }
         })?;
         self.enter_status = enter_status.or(self.enter_status);
+        self.pid1_sigkill |= sigkill;
         Ok(code)
     }
 
@@ -728,6 +739,11 @@ impl<'a> Monitor<'a> {
             self.netns = Some(netns);
         }
         self.ports_installed = ok && !net.ports.is_empty();
+        if let Some(note) = ns_net::ports::forwarding_note(net).filter(|_| ok) {
+            if !self.state.monitor.quiet {
+                ns_core::errln!("{STAGE}: {note}");
+            }
+        }
         Ok(ok)
     }
 

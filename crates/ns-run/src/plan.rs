@@ -50,17 +50,18 @@ fn boolean(option: &str, v: &str) -> Result<bool> {
     ns_caps::parse_boolean(v).ok_or_else(|| Error::invalid(option, v, "not a boolean"))
 }
 
-/// `--console=`/`-P`, and the autopipe default: interactive when stdin and stdout are both
-/// terminals (`on_tty`), pipe otherwise.
+/// `--console=`/`-P`, and the defaults: interactive when stdin and stdout are both terminals
+/// (`on_tty`); otherwise pipe for a payload (our autopipe default) but, as nspawn does, a
+/// read-only console for a booted container, so its boot shows on stdout.
 pub fn console(c: &Cli, on_tty: bool) -> Result<Console> {
     match console_mode(c) {
-        "pipe" => Ok(Console::Pipe),
-        "autopipe" if on_tty => Ok(Console::Interactive),
-        "autopipe" => Ok(Console::Pipe),
-        "interactive" => Ok(Console::Interactive),
-        "read-only" => Ok(Console::ReadOnly),
-        "passive" => Ok(Console::Passive),
-        mode => Err(Error::invalid(
+        None | Some("autopipe") if on_tty => Ok(Console::Interactive),
+        None if c.exec.boot => Ok(Console::ReadOnly),
+        None | Some("autopipe") | Some("pipe") => Ok(Console::Pipe),
+        Some("interactive") => Ok(Console::Interactive),
+        Some("read-only") => Ok(Console::ReadOnly),
+        Some("passive") => Ok(Console::Passive),
+        Some(mode) => Err(Error::invalid(
             "--console",
             mode,
             "unknown console mode (autopipe, interactive, passive, pipe, read-only)",
@@ -68,11 +69,12 @@ pub fn console(c: &Cli, on_tty: bool) -> Result<Console> {
     }
 }
 
-fn console_mode(c: &Cli) -> &str {
+/// The console mode asked for (`-P` is `pipe`); None: the default.
+fn console_mode(c: &Cli) -> Option<&str> {
     if c.pipe {
-        "pipe"
+        Some("pipe")
     } else {
-        c.console.as_deref().unwrap_or("autopipe")
+        c.console.as_deref()
     }
 }
 
@@ -143,7 +145,7 @@ pub struct HostFacts {
     /// Root on the host: uid 0 outside any user namespace.
     pub host_root: bool,
     pub euid: u32,
-    /// stdin and stdout are terminals (asked for `--console=autopipe`, the default).
+    /// stdin and stdout are terminals (asked for by default or `--console=autopipe`).
     pub on_tty: bool,
     /// nspawn's knob: SYSTEMD_SECCOMP=0 turns the filter off.
     pub seccomp: bool,
@@ -204,7 +206,7 @@ impl HostFacts {
         HostFacts {
             host_root: ns_core::paths::host_root(),
             euid: nix::unistd::geteuid().as_raw(),
-            on_tty: console_mode(c) == "autopipe"
+            on_tty: matches!(console_mode(c), None | Some("autopipe"))
                 && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
                 && nix::unistd::isatty(std::io::stdout()).unwrap_or(false),
             seccomp: std::env::var("SYSTEMD_SECCOMP")
@@ -860,6 +862,19 @@ mod tests {
         let s = build(&cli(&["-D", "/srv/box"]), &tty, None).unwrap();
         assert_eq!(s.monitor.console, Console::Interactive);
         assert!(s.mount.console && s.exec.console);
+        // Without a terminal a payload gets pipes, a booted container nspawn's read-only
+        // console; an explicit mode wins.
+        for (args, on_tty, want) in [
+            (&["-b"][..], false, Console::ReadOnly),
+            (&["-b"][..], true, Console::Interactive),
+            (&["-b", "--console=pipe"][..], false, Console::Pipe),
+            (&["-b", "-P"][..], false, Console::Pipe),
+            (&["-b", "--console=autopipe"][..], false, Console::Pipe),
+            (&["true"][..], false, Console::Pipe),
+        ] {
+            let c = cli(&[&["-D", "/srv/box"][..], args].concat());
+            assert_eq!(console(&c, on_tty).unwrap(), want, "{args:?}");
+        }
     }
 
     #[test]

@@ -326,7 +326,8 @@ fn find(machine: &str, directory: Option<&Path>) -> Option<(PathBuf, bool)> {
 }
 
 /// `argv` with the settings file merged in (or unchanged: `--settings=no`, no file, or no
-/// machine name to look one up by, as for `-x` without `-M`).
+/// machine name to look one up by). As nspawn 252, `-x` without `-M` looks the file up by the
+/// directory's name, before the machine gets its random suffix.
 pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
     let mode = cli.settings.as_deref().unwrap_or("yes");
     let (trusted_mode, override_mode) = match mode {
@@ -345,7 +346,6 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
     };
     let machine = match (&cli.machine, &directory) {
         (Some(m), _) => m.clone(),
-        (None, _) if cli.mount.ephemeral => return Ok(argv.to_vec()),
         (None, Some(d)) => match d.file_name() {
             Some(b) => crate::plan::hostname_cleanup(&b.to_string_lossy()),
             None => return Ok(argv.to_vec()),
