@@ -229,7 +229,7 @@ fn name(p: &Property) -> &'static str {
         Property::IoMax(_, IoLimit::WriteBytes, _) => "IOWriteBandwidthMax",
         Property::IoMax(_, IoLimit::ReadIops, _) => "IOReadIOPSMax",
         Property::IoMax(_, IoLimit::WriteIops, _) => "IOWriteIOPSMax",
-        Property::DevicePolicy(_) => "DevicePolicy",
+        Property::DevicePolicy(_) | Property::DefaultDevices(_) => "DevicePolicy",
         Property::DeviceAllow(_) => "DeviceAllow",
         Property::CpuMax(..) => "cpu.quota",
         Property::HugetlbMax(..) => "hugepageLimits",
@@ -272,7 +272,9 @@ fn controller(p: &Property) -> &'static str {
         | Property::BlkioWeight(_)
         | Property::BlkioDeviceWeight(..)
         | Property::IoMax(..) => "io",
-        Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
+        Property::DevicePolicy(_) | Property::DeviceAllow(_) | Property::DefaultDevices(_) => {
+            "devices"
+        }
         Property::HugetlbMax(..) => "hugetlb",
         Property::Unified(..) => "unified",
         Property::NetClassId(_) => "net_cls",
@@ -378,6 +380,7 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
         (
             Property::DevicePolicy(_)
             | Property::DeviceAllow(_)
+            | Property::DefaultDevices(_)
             | Property::HugetlbMax(..)
             | Property::MemoryV1(..)
             | Property::Unified(..),
@@ -438,17 +441,22 @@ fn blkio_to_io(w: u64) -> u64 {
 }
 
 /// Write `props` into the container's cgroups: the level above its processes, before they
-/// run anything of their own.
-pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
+/// run anything of their own. `cgroups` are those we could make (writable hierarchies): a
+/// property whose controller none of them has is an error naming both, but for the
+/// defaults (the task limit, skipped; nspawn's device policy: returns the notice to give).
+pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<Option<String>> {
     let v2 = cgroups.iter().find(|c| c.v2);
     let v2_controllers = v2
         .and_then(|c| std::fs::read_to_string(c.dir.join("cgroup.controllers")).ok())
         .unwrap_or_default();
     // v1 takes memory+swap only above the memory limit: the memory limit goes first. The
     // device properties act together, as one policy.
-    let (devices, mut ordered): (Vec<&Property>, Vec<&Property>) = props
-        .iter()
-        .partition(|p| matches!(p, Property::DevicePolicy(_) | Property::DeviceAllow(_)));
+    let (devices, mut ordered): (Vec<&Property>, Vec<&Property>) = props.iter().partition(|p| {
+        matches!(
+            p,
+            Property::DevicePolicy(_) | Property::DeviceAllow(_) | Property::DefaultDevices(_)
+        )
+    });
     ordered.sort_by_key(|p| !matches!(p, Property::MemoryMax(_)));
     // The default task limit yields to one given.
     if ordered.iter().any(|p| matches!(p, Property::TasksMax(_))) {
@@ -492,7 +500,7 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
                 continue;
             }
             return Err(Error::setup(format!(
-                "{}: this host offers no {ctl} controller",
+                "{}: needs the {ctl} controller, and no hierarchy here offers it writable",
                 label(p)
             )));
         };
@@ -510,9 +518,10 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
                 .ctx(|| format!("{}: cannot write {value} to {}", label(p), path.display()))?;
         }
     }
+    let required = (devices.iter()).any(|p| !matches!(p, Property::DefaultDevices(_)));
     match crate::devices::rules(&devices) {
-        Some(rules) => crate::devices::apply(&rules, cgroups),
-        None => Ok(()),
+        Some(rules) => crate::devices::apply(&rules, cgroups, required),
+        None => Ok(None),
     }
 }
 

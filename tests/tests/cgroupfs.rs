@@ -1,0 +1,218 @@
+//! /sys/fs/cgroup where users run ns-run (issue 18, items 2 and 3): every container gets
+//! nspawn's cgroup file systems (so payloads read their limits, and ns-run runs inside a
+//! plain ns-run container), and ns-run makes its cgroups only where the hierarchies are
+//! writable: on a read-only cgroupfs (a container's, a CI runner's) it runs, says in one
+//! line that the container has no device policy of its own, and fails with one line only
+//! for a `--property=` whose controller is not writable.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use ns_tests::{bin, bin_dir, container_cgroups, s, spawn, unique, Output, Tree, TIMEOUT};
+
+/// `ns-run ARGS` in a mount namespace of its own where every cgroup hierarchy of the host
+/// is remounted read-only (as a container or a CI runner sees them).
+fn ns_run_on_read_only_cgroupfs(t: &Tree, args: &[&str]) -> Output {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "for m in $(awk '$9 ~ /^cgroup2?$/ {{print $5}}' /proc/self/mountinfo); do \
+           mount -o bind,remount,ro $m $m || exit 99; done; \
+         awk '$9 ~ /^cgroup2?$/ && $6 ~ /^rw/ {{exit 1}}' /proc/self/mountinfo || exit 98; \
+         exec {} --register=no {}",
+        s(&bin("ns-run")),
+        quoted.join(" ")
+    );
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    t.tag(&mut c);
+    match spawn(c, None).wait_for(TIMEOUT) {
+        Ok(o) => o,
+        Err(o) => panic!("ns-run hung on a read-only cgroupfs:\n{o}"),
+    }
+}
+
+const NO_POLICY: &str = "ns-run: no device policy of its own for the container";
+
+#[test]
+fn on_a_read_only_cgroupfs_the_payload_runs_without_a_policy_of_its_own() {
+    let t = Tree::rootfs("cgfs-ro");
+    let name = unique("cgfs-ro");
+    let out = ns_run_on_read_only_cgroupfs(&t, &["-M", &name, "-D", t.arg(), "/bin/echo", "RAN"]);
+    assert_eq!((out.code, out.stdout.as_str()), (0, "RAN\n"), "{out}");
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].starts_with(NO_POLICY), "{out}");
+    assert!(
+        lines[0].contains("neither a writable v1 devices controller nor cgroup2"),
+        "{out}"
+    );
+    // -q: not a word.
+    let quiet = ns_run_on_read_only_cgroupfs(&t, &["-q", "-D", t.arg(), "/bin/echo", "RAN"]);
+    assert_eq!(quiet.ok(), "RAN\n");
+    assert!(container_cgroups(&name).is_empty());
+}
+
+#[test]
+fn on_a_read_only_cgroupfs_a_property_fails_with_one_line_naming_its_controller() {
+    let t = Tree::rootfs("cgfs-prop");
+    let name = unique("cgfs-prop");
+    for (prop, ctl) in [("MemoryMax=64M", "memory"), ("TasksMax=20", "pids")] {
+        let p = format!("--property={prop}");
+        let out =
+            ns_run_on_read_only_cgroupfs(&t, &["-M", &name, &p, "-D", t.arg(), "/bin/echo", "RAN"]);
+        assert_eq!(out.code, 125, "{out}");
+        assert_eq!(out.stdout, "", "{out}");
+        let key = prop.split('=').next().unwrap();
+        assert_eq!(
+            out.stderr_lines(),
+            [format!(
+                "ns-run: --property={key}: needs the {ctl} controller, and no hierarchy here offers it writable"
+            )],
+            "{out}"
+        );
+    }
+    // A device policy asked for is not skipped either.
+    let out = ns_run_on_read_only_cgroupfs(
+        &t,
+        &[
+            "-M",
+            &name,
+            "--property=DevicePolicy=strict",
+            "-D",
+            t.arg(),
+            "/bin/true",
+        ],
+    );
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        ["ns-run: device policy: neither a writable v1 devices controller nor cgroup2 here"],
+        "{out}"
+    );
+    assert!(container_cgroups(&name).is_empty());
+}
+
+#[test]
+fn on_a_read_only_cgroupfs_boot_says_the_init_has_no_cgroup() {
+    let t = ns_tests::booting_tree("cgfs-boot", "poweroff -f\n");
+    let out = ns_run_on_read_only_cgroupfs(&t, &["-q", "-b", "-D", t.arg()]);
+    assert_eq!(out.code, 125, "{out}");
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with(
+            "ns-run: -b: the guest's init needs a cgroup of its own in the name=systemd hierarchy, and /sys/fs/cgroup/systemd"
+        ) && lines[0].ends_with("is not writable here"),
+        "{out}"
+    );
+}
+
+/// The cgroup file systems a process sees at /sys/fs/cgroup (those not hidden under
+/// another mount there), each as `mountpoint per-mount-rw fstype super-options` with the
+/// tmpfs's owner left out (the -U range's base, picked at random), sorted.
+fn visible_cgroupfs(mountinfo: &str) -> BTreeSet<String> {
+    let rows: Vec<Vec<&str>> = mountinfo
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() > 9)
+        .collect();
+    let at = |r: &Vec<&str>, p: &str| r[4] == p;
+    // The top mount on /sys/fs/cgroup: no other mount on it is mounted over it.
+    let tops: Vec<&Vec<&str>> = rows.iter().filter(|r| at(r, "/sys/fs/cgroup")).collect();
+    let Some(top) = tops.iter().find(|r| !tops.iter().any(|o| o[1] == r[0])) else {
+        return BTreeSet::new();
+    };
+    let mut ids = vec![top[0]];
+    let mut out = BTreeSet::new();
+    for r in &rows {
+        if r[0] == top[0] || ids.contains(&r[1]) {
+            ids.push(r[0]);
+            let sep = r.iter().position(|f| *f == "-").unwrap();
+            let per_mount = r[5].split(',').next().unwrap();
+            let sup: Vec<&str> = r[sep + 3]
+                .split(',')
+                .filter(|o| !o.starts_with("uid=") && !o.starts_with("gid="))
+                .collect();
+            out.insert(format!(
+                "{} {per_mount} {} {}",
+                r[4],
+                r[sep + 1],
+                sup.join(",")
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_plain_container_sees_the_cgroupfs_as_nspawns_does() {
+    let t = Tree::rootfs("cgfs-layout");
+    for userns in [false, true] {
+        let u: &[&str] = if userns { &["-U"] } else { &[] };
+        let mut ours = ns_tests::ns_run();
+        t.tag(&mut ours)
+            .args(["-q", "-D", t.arg()])
+            .args(u)
+            .args(["/bin/cat", "/proc/self/mountinfo"]);
+        let ours = ns_tests::run_cmd(ours, None);
+        assert_eq!(ours.code, 0, "{ours}");
+        let mut nspawn = Command::new("systemd-nspawn");
+        nspawn
+            .args(["-q", "--register=no", "--keep-unit", "-D", t.arg()])
+            .args(u)
+            .args(["/bin/cat", "/proc/self/mountinfo"]);
+        let theirs = ns_tests::run_cmd(nspawn, None);
+        assert_eq!(theirs.code, 0, "{theirs}");
+        let (ours, theirs) = (
+            visible_cgroupfs(&ours.stdout),
+            visible_cgroupfs(&theirs.stdout),
+        );
+        assert!(ours.len() > 1, "-U {userns}: {ours:#?}");
+        assert_eq!(ours, theirs, "-U {userns}");
+    }
+}
+
+#[test]
+fn ns_run_runs_inside_a_plain_ns_run_container() {
+    let outer = Tree::rootfs("cgfs-outer");
+    let inner = Tree::rootfs("cgfs-inner");
+    let name = unique("cgfs-outer");
+    let nested = |quiet: bool, inner_args: &str| {
+        let mut c = ns_tests::ns_run();
+        outer
+            .tag(&mut c)
+            .args(["-q", "-M", &name, "-D", outer.arg()])
+            .arg(format!("--bind-ro={}:/opt/ns/bin", bin_dir().display()))
+            .arg(format!("--bind-ro={}:/srv/bb", inner.arg()))
+            .args(["/bin/sh", "-c"])
+            .arg(format!(
+                "/opt/ns/bin/ns-run {} -D /srv/bb {inner_args}; echo rc=$?",
+                if quiet { "-q" } else { "" }
+            ));
+        let out = ns_tests::run_cmd(c, None);
+        assert_eq!(out.code, 0, "{out}");
+        out
+    };
+    let out = nested(
+        false,
+        "/bin/sh -c 'echo inner; cat /sys/fs/cgroup/pids/pids.max'",
+    );
+    assert_eq!(out.stdout, "inner\nmax\nrc=0\n", "{out}");
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].starts_with(NO_POLICY), "{out}");
+    let quiet = nested(true, "/bin/echo inner");
+    assert_eq!(
+        (quiet.stdout.as_str(), quiet.stderr.as_str()),
+        ("inner\nrc=0\n", "")
+    );
+    // The outer container's v1 memory controller is read-only to it: a memory limit is
+    // refused there, with its one line.
+    let out = nested(true, "--property=MemoryMax=64M /bin/true");
+    assert_eq!(out.stdout, "rc=125\n", "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        ["ns-run: --property=MemoryMax: needs the memory controller, and no hierarchy here offers it writable"]
+    );
+    assert!(container_cgroups(&name).is_empty());
+}
