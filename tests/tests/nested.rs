@@ -60,7 +60,7 @@ fn guest_property(g: &Guest, prop: &str, ctl: &str, file: &str, want: &str) {
         assert_eq!(
             out.stderr_lines(),
             [format!(
-                "ns-run: --property={key}: needs the {ctl} controller, and no hierarchy here offers it writable"
+                "ns-run: --property={key}: no {ctl} controller is writable here"
             )],
             "{out}"
         );

@@ -500,7 +500,7 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<Option<String>> {
                 continue;
             }
             return Err(Error::setup(format!(
-                "{}: needs the {ctl} controller, and no hierarchy here offers it writable",
+                "{}: no {ctl} controller is writable here",
                 label(p)
             )));
         };
