@@ -216,3 +216,50 @@ fn ns_run_runs_inside_a_plain_ns_run_container() {
     );
     assert!(container_cgroups(&name).is_empty());
 }
+
+/// The cgroup file system types mounted under /sys/fs/cgroup in a container of `t`.
+fn cgroup_mounts_in(t: &Tree) -> Vec<String> {
+    let mut c = ns_tests::ns_run();
+    t.tag(&mut c)
+        .args(["-q", "-D", t.arg(), "/bin/cat", "/proc/self/mountinfo"]);
+    let out = ns_tests::run_cmd(c, None);
+    assert_eq!(out.code, 0, "{out}");
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            f[4].starts_with("/sys/fs/cgroup/")
+                .then(|| format!("{} {}", f[4], f[sep + 1]))
+        })
+        .collect()
+}
+
+/// nspawn's choice on a hybrid host: a tree with systemd 233 or later gets hybrid (cgroup2
+/// at /sys/fs/cgroup/unified), others legacy. The tree's systemd is looked up inside the
+/// tree: a symlink there that leads to a host directory holding a newer libsystemd-shared
+/// is resolved in the tree (found nothing), not on the host.
+#[test]
+fn the_layout_follows_the_trees_systemd_looked_up_inside_it() {
+    let hybrid_host = std::path::Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists()
+        && std::path::Path::new("/sys/fs/cgroup/systemd").is_dir();
+    if !hybrid_host || std::env::var_os("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY").is_some() {
+        return; // pure cgroup2 or v1: no choice to make
+    }
+    let unified = "/sys/fs/cgroup/unified cgroup2".to_string();
+    let t = Tree::rootfs("cgfs-sd");
+    assert!(!cgroup_mounts_in(&t).contains(&unified));
+    let lib = t.path().join("usr/lib/x86_64-linux-gnu/systemd");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("libsystemd-shared-252.so"), "").unwrap();
+    assert!(cgroup_mounts_in(&t).contains(&unified));
+    // A planted symlink to a host directory with a newer systemd: not followed out.
+    let decoy = Tree::empty("cgfs-sd-decoy");
+    std::fs::create_dir_all(decoy.path().join("systemd")).unwrap();
+    std::fs::write(decoy.path().join("systemd/libsystemd-shared-999.so"), "").unwrap();
+    let t2 = Tree::rootfs("cgfs-sd2");
+    let _ = std::fs::remove_dir_all(t2.path().join("lib64"));
+    let _ = std::fs::remove_file(t2.path().join("lib64"));
+    std::os::unix::fs::symlink(decoy.path(), t2.path().join("lib64")).unwrap();
+    assert!(!cgroup_mounts_in(&t2).contains(&unified));
+}
