@@ -476,53 +476,68 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<Option<String>> {
         }
     }
     for &p in &ordered {
-        let ctl = controller(p);
-        let v1_name = if ctl == "io" { "blkio" } else { ctl };
-        // A controller an ancestor has but does not pass down (hugetlb here, on a hybrid
-        // host; any of them below a level ns-oci made for a cgroupsPath on a pure cgroup2
-        // host, whose subtree_control starts empty): made available down to the container,
-        // as runc does. Not where v1 has it: then no cgroup2 level has it to pass on.
-        let v2_has = |ctl: &str| {
-            v2_controllers.split_whitespace().any(|n| n == ctl)
-                || v2.is_some_and(|c| crate::cgroups::enable_v2_controller(&c.dir, ctl))
-        };
-        let target = match v2 {
-            Some(c) if matches!(p, Property::Unified(..)) => Some(c),
-            Some(c) if v2_has(ctl) => Some(c),
-            _ => cgroups
-                .iter()
-                .find(|c| !c.v2 && c.options.split(',').any(|o| o == v1_name)),
-        };
-        let Some(cg) = target else {
+        let Some(cg) = target(p, cgroups, &v2_controllers) else {
             if matches!(p, Property::DefaultTasksMax(_)) {
                 // A default, not asked for: where no pids controller reaches the container
-                // (cgroup2 below a cgroup with processes), it goes without, as before.
+                // (cgroup2 below a cgroup with processes, a read-only cgroupfs), it goes
+                // without.
                 continue;
             }
             return Err(Error::setup(format!(
-                "{}: no {ctl} controller is writable here",
-                label(p)
+                "{}: no {} controller is writable here",
+                label(p),
+                controller(p)
             )));
         };
-        for (file, value) in writes(p, cg.v2, &ordered)? {
-            let path = cg.dir.join(&file);
-            if !path.exists() {
-                // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
-                return Err(Error::setup(format!(
-                    "{}: this host's {} controller has no {file}",
-                    label(p),
-                    if cg.v2 { ctl } else { v1_name }
-                )));
-            }
-            std::fs::write(&path, &value)
-                .ctx(|| format!("{}: cannot write {value} to {}", label(p), path.display()))?;
-        }
+        write_files(p, cg, &ordered)?;
     }
     let required = (devices.iter()).any(|p| !matches!(p, Property::DefaultDevices(_)));
     match crate::devices::rules(&devices) {
         Some(rules) => crate::devices::apply(&rules, cgroups, required),
         None => Ok(None),
     }
+}
+
+/// The container's cgroup that takes `p`: cgroup2's where it has the controller (with
+/// `v2_controllers`, or once enabled down to it), else the v1 hierarchy's that has it.
+fn target<'a>(p: &Property, cgroups: &'a [Cgroup], v2_controllers: &str) -> Option<&'a Cgroup> {
+    let ctl = controller(p);
+    let v1_name = if ctl == "io" { "blkio" } else { ctl };
+    let v2 = cgroups.iter().find(|c| c.v2);
+    // A controller an ancestor has but does not pass down (hugetlb here, on a hybrid
+    // host; any of them below a level ns-oci made for a cgroupsPath on a pure cgroup2
+    // host, whose subtree_control starts empty): made available down to the container,
+    // as runc does. Not where v1 has it: then no cgroup2 level has it to pass on.
+    let v2_has = |ctl: &str| {
+        v2_controllers.split_whitespace().any(|n| n == ctl)
+            || v2.is_some_and(|c| crate::cgroups::enable_v2_controller(&c.dir, ctl))
+    };
+    match v2 {
+        Some(c) if matches!(p, Property::Unified(..)) => Some(c),
+        Some(c) if v2_has(ctl) => Some(c),
+        _ => cgroups
+            .iter()
+            .find(|c| !c.v2 && c.options.split(',').any(|o| o == v1_name)),
+    }
+}
+
+/// Write `p`'s files into `cg` (`all`: every property, for those that depend on others).
+fn write_files(p: &Property, cg: &Cgroup, all: &[&Property]) -> Result<()> {
+    for (file, value) in writes(p, cg.v2, all)? {
+        let path = cg.dir.join(&file);
+        if !path.exists() {
+            // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
+            let ctl = controller(p);
+            return Err(Error::setup(format!(
+                "{}: this host's {} controller has no {file}",
+                label(p),
+                if cg.v2 || ctl != "io" { ctl } else { "blkio" }
+            )));
+        }
+        std::fs::write(&path, &value)
+            .ctx(|| format!("{}: cannot write {value} to {}", label(p), path.display()))?;
+    }
+    Ok(())
 }
 
 /// How many processes the OOM killer killed in the container's memory cgroup: cgroup2's
