@@ -654,3 +654,49 @@ pub fn remove(dir: &Path) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(options: &str, writable: bool) -> Hierarchy {
+        Hierarchy {
+            mountpoint: PathBuf::from(format!("/sys/fs/cgroup/{options}")),
+            options: options.trim_start_matches("v2").to_string(),
+            v2: options == "v2",
+            own: PathBuf::from("/"),
+            writable,
+        }
+    }
+
+    /// nspawn's choice of layout (with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY unset, as the test
+    /// environment has it), and what a booted container needs.
+    #[test]
+    fn layouts_as_nspawn_chooses_them() {
+        if std::env::var_os("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY").is_some() {
+            return;
+        }
+        let hybrid = [h("memory", false), h("name=systemd", true), h("v2", true)];
+        let layout =
+            |hs: &[Hierarchy], systemd| plan(hs, systemd, false, false).unwrap().map(|c| c.layout);
+        assert_eq!(layout(&hybrid, Some(252)), Some(CgroupLayout::Hybrid));
+        assert_eq!(layout(&hybrid, Some(232)), Some(CgroupLayout::Legacy));
+        assert_eq!(layout(&hybrid, None), Some(CgroupLayout::Legacy));
+        assert_eq!(layout(&hybrid[2..], None), Some(CgroupLayout::Unified));
+        assert_eq!(layout(&hybrid[..2], Some(252)), Some(CgroupLayout::Legacy));
+        // Nothing mounted: nothing to show a plain container, an error for -b.
+        assert_eq!(layout(&[], None), None);
+        assert!(plan(&[], None, false, true).is_err());
+        // -U: the v1 controllers writable, as nspawn mounts them.
+        let u = plan(&hybrid, None, true, false).unwrap().unwrap();
+        assert_eq!(u.controllers, ["memory"]);
+        assert!(u.controllers_writable);
+        // -b needs its init's hierarchy writable: name=systemd (hybrid, legacy), cgroup2.
+        assert!(plan(&hybrid, Some(252), false, true).is_ok());
+        let ro = [h("name=systemd", false), h("v2", true)];
+        let e = plan(&ro, None, false, true).unwrap_err();
+        assert!(e.msg.contains("in the name=systemd hierarchy"), "{}", e.msg);
+        assert!(plan(&ro[1..], None, false, true).is_ok());
+        assert!(plan(&[h("v2", false)], None, false, true).is_err());
+    }
+}
