@@ -15,6 +15,7 @@ use ns_core::stage::{debug, exit_code_of};
 use ns_core::state::{IdBase, Namespace, Ownership, RootMode, Runtime, State};
 use ns_host::cgroups::{Cgroup, Hierarchy};
 use ns_host::chain::{Chain, Maps, Report};
+use ns_host::machined::Machined;
 use ns_host::registry::{Machine, Registration};
 
 use ns_core::console;
@@ -45,7 +46,13 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let mut decided = decide(state, hierarchies)?;
+    let machined = machined(state)?;
+    let hierarchies = match machined {
+        // In our unit now: the hierarchies as they are from there.
+        Some(_) => Some(ns_host::cgroups::supervise_in_unit()?),
+        None => hierarchies,
+    };
+    let mut decided = decide(state, hierarchies, machined.is_some())?;
     let chown = state.enter.userns.as_ref().map(|u| u.ownership) == Some(Ownership::Chown);
     if let (true, Some(base)) = (chown, decided.runtime.userns_base) {
         // `chown` ownership: shift the tree into the range now (under the image lock).
@@ -74,6 +81,7 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     };
     ns_core::sys::trim_heap();
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
+    monitor.machined = machined;
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
@@ -140,6 +148,26 @@ fn stage_fds(state: &State) -> Result<StageFds> {
     Ok(fds)
 }
 
+/// systemd-machined, when the system bus has it and the container registers (as root):
+/// reached, and the unit the container goes in made (a scope of its own, unless
+/// `--keep-unit`). None where there is no bus (one failed connect).
+fn machined(state: &State) -> Result<Option<Machined>> {
+    let m = &state.monitor;
+    if !m.register || !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let Some(mut machined) = Machined::reach(&state.machine)? else {
+        return Ok(None);
+    };
+    if !m.keep_unit {
+        let slice = (m.slice.as_deref()).map_or("machine.slice", |s| {
+            s.rsplit('/').next().unwrap_or("-.slice")
+        });
+        machined.own_scope(slice)?;
+    }
+    Ok(Some(machined))
+}
+
 /// What the host decided at start, and holds while the container runs.
 struct Decided {
     /// The decisions the chain gets (the state's runtime section).
@@ -152,11 +180,15 @@ struct Decided {
     /// empty without cgroups of the container's own.
     hierarchies: Vec<Hierarchy>,
     cgroup_name: String,
+    /// The slice the container's cgroups go under (`-S`), none in a unit of ours (which is
+    /// in the slice already).
+    slice: Option<String>,
 }
 
 /// The decisions only the host makes at start (the state's runtime section, which
-/// `Chain::start` writes into the document the chain gets), and what holds them.
-fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided> {
+/// `Chain::start` writes into the document the chain gets), and what holds them. `in_unit`:
+/// the monitor is in a systemd unit of its own (registered with machined).
+fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>, in_unit: bool) -> Result<Decided> {
     let mut runtime = Runtime::default();
     // -U: reserve the id range (held until we exit).
     let range = match &state.enter.userns {
@@ -183,6 +215,7 @@ fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided>
     // levels when told (SYNC-0), before it creates the cgroup namespace (so that a booted
     // init finds a subtree of its own).
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
+    let slice = state.monitor.slice.clone().filter(|_| !in_unit);
     let want_cgroups = state.mount.cgroups.is_some() || !state.monitor.properties.is_empty();
     let hierarchies = match hierarchies {
         _ if !want_cgroups => Vec::new(),
@@ -193,7 +226,7 @@ fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided>
         runtime.cgroups = Some(ns_host::cgroups::planned(
             &hierarchies,
             &cgroup_name,
-            state.monitor.slice.as_deref(),
+            slice.as_deref(),
             false,
         ));
     }
@@ -203,6 +236,7 @@ fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided>
         notify,
         hierarchies,
         cgroup_name,
+        slice,
     })
 }
 
@@ -228,7 +262,7 @@ impl<'a> CgroupMaker<'a> {
         ns_host::cgroups::create(
             &self.decided.hierarchies,
             &self.decided.cgroup_name,
-            self.state.monitor.slice.as_deref(),
+            self.decided.slice.as_deref(),
             v2,
             &mut |dir, slice| cleanup.add_cgroup(dir.to_path_buf(), slice),
         )
@@ -355,6 +389,10 @@ struct Monitor<'a> {
     root_clone: Option<OwnedFd>,
     /// The -U id range's base, reserved at start.
     userns_base: Option<u32>,
+    /// systemd-machined, reached at start: the container is registered with it at SYNC-2.
+    machined: Option<Machined>,
+    /// Registered with machined: unregistered at exit.
+    in_machined: bool,
 }
 
 /// What a poll found ready.
@@ -395,6 +433,8 @@ impl<'a> Monitor<'a> {
             held_namespaces: Vec::new(),
             root_clone,
             userns_base: decided.runtime.userns_base,
+            machined: None,
+            in_machined: false,
         }
     }
 
@@ -559,6 +599,9 @@ impl<'a> Monitor<'a> {
             ..
         } = self;
         cleanup.run(Some(&held.lock));
+        if self.in_machined {
+            ns_host::machined::unregister(&self.state.machine);
+        }
         held.release_registration();
         drop(range);
         drop((console, notify));
@@ -641,6 +684,10 @@ impl<'a> Monitor<'a> {
                     self.machine.starting = false;
                     r.publish(&self.machine)?;
                 }
+                if self.pid1.is_some() && self.failed.is_none() && !state.monitor.notify_ready {
+                    // As nspawn under Type=notify: ready once the payload runs.
+                    notify::notify_ready();
+                }
                 return Ok(false);
             }
         }
@@ -665,8 +712,26 @@ impl<'a> Monitor<'a> {
                 r.publish(&self.machine)?;
                 ns_core::stage::fault("ns-run:registered");
             }
+            self.register_with_machined(pid)?;
             self.chain.go()?; // SYNC-3
         }
+        Ok(())
+    }
+
+    /// Register PID 1 as the leader with machined, if reached (its root, uuid, and the
+    /// host side of its veths).
+    fn register_with_machined(&mut self, pid: Pid) -> Result<()> {
+        let Some(m) = self.machined.take() else {
+            return Ok(());
+        };
+        let net = &self.state.net;
+        let names: Vec<String> = (net.veth.iter().chain(&net.veth_extra))
+            .map(|v| v.host.clone())
+            .collect();
+        let root = self.state.mount.root.to_string_lossy();
+        let ifindices = ns_host::machined::ifindices(&names);
+        m.register(pid.as_raw(), &self.state.exec.uuid, &root, &ifindices)?;
+        self.in_machined = true;
         Ok(())
     }
 

@@ -542,6 +542,7 @@ fn monitor(
         },
         slice,
         register,
+        keep_unit: c.keep_unit,
     })
 }
 

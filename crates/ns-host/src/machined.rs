@@ -1,0 +1,265 @@
+//! Registration with systemd-machined, when the system bus has it (nspawn's `--register=yes`),
+//! so that `machinectl` lists and drives ns-run's containers. Over [`crate::dbus`], from the
+//! monitor only (it never unshares).
+//!
+//! How the container sits in systemd's tree: as nspawn with `--keep-unit`, always. With
+//! `--keep-unit` the unit is the one ns-run runs in (`ns-run@NAME.service`); otherwise the
+//! monitor first asks systemd for a scope of its own, `machine-NAME.scope` in machine.slice
+//! (or the `-S` slice), `Delegate=yes`, with itself in it. Either way the monitor then moves
+//! to the unit's `supervisor` sub-cgroup (cgroup2 allows no processes beside cgroups with
+//! controllers), the container's two levels go beside it in the unit, and the container's
+//! PID 1 is registered as the leader with `RegisterMachineWithNetwork` (machined finds the
+//! unit from the leader's cgroup). At exit `UnregisterMachine`; a monitor that is killed
+//! leaves an empty scope, which systemd collects with the machine.
+
+use crate::dbus::{Bus, Message, Value};
+use ns_core::{Error, Result};
+
+const MACHINED: &str = "org.freedesktop.machine1";
+const MACHINED_PATH: &str = "/org/freedesktop/machine1";
+const MACHINED_MANAGER: &str = "org.freedesktop.machine1.Manager";
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
+const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// D-Bus errors that mean "nobody provides machined here": registration is skipped.
+const ABSENT: &[&str] = &[
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.systemd1.NoSuchUnit",
+    "org.freedesktop.DBus.Error.Spawn.ChildExited",
+];
+
+/// A machined reachable on the system bus, with the machine's name checked as free.
+pub struct Machined {
+    bus: Bus,
+    name: String,
+}
+
+fn machined_call(member: &str, body: Vec<Value>) -> Message {
+    let mut m = Message::call(MACHINED, MACHINED_PATH, MACHINED_MANAGER, member);
+    m.body = body;
+    m
+}
+
+impl Machined {
+    /// machined, if the system bus has one (no bus: one failed connect, nothing else), and
+    /// the machine `name` is not registered there yet (else an error naming it).
+    pub fn reach(name: &str) -> Result<Option<Machined>> {
+        let Some(mut bus) = Bus::system()? else {
+            return Ok(None);
+        };
+        check_name(name)?;
+        let reply = bus.call(machined_call("GetMachine", vec![Value::Str(name.into())]))?;
+        match reply {
+            Ok(_) => Err(Error::setup(format!(
+                "machine {name} is already registered with systemd-machined (choose another \
+                 name with -M, or --register=no)"
+            ))),
+            Err(e) if e.name == "org.freedesktop.machine1.NoSuchMachine" => Ok(Some(Machined {
+                bus,
+                name: name.into(),
+            })),
+            Err(e) if ABSENT.contains(&e.name.as_str()) => Ok(None),
+            Err(e) => Err(Error::setup(format!("systemd-machined: {e}"))),
+        }
+    }
+
+    /// Move ourselves into a scope of our own (`machine-NAME.scope`, in `slice`, a unit
+    /// name), as systemd's other container managers get one, and wait until systemd has
+    /// started it.
+    pub fn own_scope(&mut self, slice: &str) -> Result<String> {
+        let unit = format!("machine-{}.scope", unit_escape(&self.name));
+        let rule = format!(
+            "type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',\
+             interface='{SYSTEMD_MANAGER}',member='JobRemoved'"
+        );
+        let mut m = Message::call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "AddMatch",
+        );
+        m.body = vec![Value::Str(rule)];
+        self.bus.call(m)?.map_err(|e| scope_error(&unit, &e))?;
+        let mut m = Message::call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StartTransientUnit");
+        let props = vec![
+            Value::property(
+                "Description",
+                Value::Str(format!("Container {}", self.name)),
+            ),
+            Value::property("Slice", Value::Str(slice.into())),
+            Value::property("Delegate", Value::Bool(true)),
+            Value::property("CollectMode", Value::Str("inactive-or-failed".into())),
+            Value::property(
+                "PIDs",
+                Value::Array("u".into(), vec![Value::U32(std::process::id())]),
+            ),
+        ];
+        m.body = vec![
+            Value::Str(unit.clone()),
+            Value::Str("fail".into()),
+            Value::Array("(sv)".into(), props),
+            Value::Array("(sa(sv))".into(), Vec::new()),
+        ];
+        let reply = self.bus.call(m)?.map_err(|e| scope_error(&unit, &e))?;
+        let job = reply
+            .first()
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        // JobRemoved(u id, o job, s unit, s result) for our job.
+        let done = self.bus.wait_signal(|s| {
+            s.member.as_deref() == Some("JobRemoved")
+                && s.body.get(1).and_then(Value::as_str) == Some(&job)
+        })?;
+        match done.body.get(3).and_then(Value::as_str) {
+            Some("done") => Ok(unit),
+            r => Err(Error::setup(format!(
+                "cannot start {unit}: its job ended {}",
+                r.unwrap_or("?")
+            ))),
+        }
+    }
+
+    /// Register the container: `leader` (its PID 1 on the host), `uuid` (hex, dashes
+    /// optional: machined wants its 16 bytes), its root directory and host-side interfaces.
+    /// machined finds the unit from the leader's cgroup.
+    pub fn register(
+        mut self,
+        leader: i32,
+        uuid: &str,
+        root: &str,
+        ifindices: &[i32],
+    ) -> Result<()> {
+        let id = uuid_bytes(uuid);
+        let body = vec![
+            Value::Str(self.name.clone()),
+            Value::Array("y".into(), id.into_iter().map(Value::Byte).collect()),
+            Value::Str("ns-run".into()),
+            Value::Str("container".into()),
+            Value::U32(leader as u32),
+            Value::Str(root.into()),
+            Value::Array(
+                "i".into(),
+                ifindices.iter().map(|i| Value::I32(*i)).collect(),
+            ),
+        ];
+        let m = machined_call("RegisterMachineWithNetwork", body);
+        self.bus.call(m)?.map_err(|e| {
+            Error::setup(format!(
+                "cannot register machine {} with systemd-machined: {e}",
+                self.name
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+fn scope_error(unit: &str, e: &crate::dbus::BusError) -> Error {
+    Error::setup(format!("cannot create {unit}: {e}"))
+}
+
+/// Drop machine `name` from machined, if it still has it (the monitor's last word; errors
+/// are of no use then).
+pub fn unregister(name: &str) {
+    if let Ok(Some(mut bus)) = Bus::system() {
+        let _ = bus.call(machined_call(
+            "UnregisterMachine",
+            vec![Value::Str(name.into())],
+        ));
+    }
+}
+
+/// machined's rule for a machine name (a valid hostname of at most 64 characters), checked
+/// before anything is made.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    match ok {
+        true => Ok(()),
+        false => Err(Error::setup(format!(
+            "machine name {name} is not one systemd-machined takes (a hostname of at most 64 \
+             characters; or --register=no)"
+        ))),
+    }
+}
+
+/// systemd's unit-name escaping of one path element: `-` and anything outside
+/// `[A-Za-z0-9:_.]` as `\xNN`, and a leading `.` too.
+pub fn unit_escape(s: &str) -> String {
+    let mut out = String::new();
+    for (i, b) in s.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b":_".contains(&b) || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// A uuid's 16 bytes (empty when it is not one: machined then picks none).
+fn uuid_bytes(uuid: &str) -> Vec<u8> {
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Vec::new();
+    }
+    (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The host-side ifindex of each named interface that exists.
+pub fn ifindices(names: &[String]) -> Vec<i32> {
+    names
+        .iter()
+        .filter_map(|n| {
+            std::fs::read_to_string(format!("/sys/class/net/{n}/ifindex"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_are_escaped_as_systemd_does() {
+        assert_eq!(unit_escape("inner"), "inner");
+        assert_eq!(unit_escape("ns-tests-1"), "ns\\x2dtests\\x2d1");
+        assert_eq!(unit_escape(".x.y"), "\\x2ex.y");
+    }
+
+    #[test]
+    fn uuids_become_16_bytes() {
+        let b = uuid_bytes("0a15e88c-54bc-4539-b79a-151f2128de24");
+        assert_eq!(b.len(), 16);
+        assert_eq!((b[0], b[15]), (0x0a, 0x24));
+        assert_eq!(uuid_bytes("0a15e88c54bc4539b79a151f2128de24"), b);
+        assert!(uuid_bytes("nope").is_empty());
+    }
+
+    #[test]
+    fn names_machined_refuses_are_refused_first() {
+        assert!(check_name("web-1.example").is_ok());
+        let long = "a".repeat(65);
+        let e = check_name(&long).unwrap_err();
+        assert!(
+            e.msg.starts_with(&format!("machine name {long} is not")),
+            "{e}"
+        );
+        assert!(check_name("a..b").is_err());
+    }
+}
