@@ -401,6 +401,28 @@ pub fn supervise_in_unit() -> Result<Vec<Hierarchy>> {
     Ok(hs)
 }
 
+/// Back to the cgroups of `before` (the monitor's, before it joined a scope of its own), once
+/// the container's processes hold the scope, and the `supervisor` cgroups left empty go: the
+/// scope holds the container alone, as nspawn's does, so that `machinectl kill` and a stop of
+/// the scope reach only the container.
+pub fn leave_unit(before: &[Hierarchy]) -> Result<()> {
+    let now = hierarchies();
+    for b in before {
+        let same = |n: &&Hierarchy| n.v2 == b.v2 && n.options == b.options;
+        let Some(n) = now.iter().find(same).filter(|n| n.own != b.own) else {
+            continue;
+        };
+        let dir = b.mountpoint.join(b.own.strip_prefix("/").unwrap_or(&b.own));
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .ctx(|| format!("cannot move the monitor back to {}", dir.display()))?;
+        if n.own.ends_with("supervisor") {
+            let _ =
+                std::fs::remove_dir(n.mountpoint.join(n.own.strip_prefix("/").unwrap_or(&n.own)));
+        }
+    }
+    Ok(())
+}
+
 /// Where the container's cgroup goes in `h`: its parent and itself.
 fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
     let rel = match slice {

@@ -566,6 +566,11 @@ impl Bus {
         Ok(self.serial)
     }
 
+    /// The connection's socket (to poll).
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
     /// The next message (bounded by the timeout).
     pub fn receive(&mut self) -> Result<Message> {
         let mut head = [0u8; 16];

@@ -34,6 +34,8 @@ const ABSENT: &[&str] = &[
 pub struct Machined {
     bus: Bus,
     name: String,
+    /// Our scope's object path, once made: systemd asks us (its controller) to stop it.
+    scope_path: Option<String>,
 }
 
 fn machined_call(member: &str, body: Vec<Value>) -> Message {
@@ -59,29 +61,48 @@ impl Machined {
             Err(e) if e.name == "org.freedesktop.machine1.NoSuchMachine" => Ok(Some(Machined {
                 bus,
                 name: name.into(),
+                scope_path: None,
             })),
             Err(e) if ABSENT.contains(&e.name.as_str()) => Ok(None),
             Err(e) => Err(Error::setup(format!("systemd-machined: {e}"))),
         }
     }
 
-    /// Move ourselves into a scope of our own (`machine-NAME.scope`, in `slice`, a unit
-    /// name), as systemd's other container managers get one, and wait until systemd has
-    /// started it.
-    pub fn own_scope(&mut self, slice: &str) -> Result<String> {
-        let unit = format!("machine-{}.scope", unit_escape(&self.name));
-        let rule = format!(
-            "type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',\
-             interface='{SYSTEMD_MANAGER}',member='JobRemoved'"
-        );
+    /// A match rule added (`add`) or removed on the bus.
+    fn match_rule(&mut self, add: bool, rule: String) -> Result<()> {
+        let member = if add { "AddMatch" } else { "RemoveMatch" };
         let mut m = Message::call(
             "org.freedesktop.DBus",
             "/org/freedesktop/DBus",
             "org.freedesktop.DBus",
-            "AddMatch",
+            member,
         );
         m.body = vec![Value::Str(rule)];
-        self.bus.call(m)?.map_err(|e| scope_error(&unit, &e))?;
+        self.bus
+            .call(m)?
+            .map_err(|e| Error::setup(format!("D-Bus {member}: {e}")))?;
+        Ok(())
+    }
+
+    /// Move ourselves into a scope of our own (`machine-NAME.scope`, in `slice`, a unit
+    /// name), as systemd's other container managers get one, with us as its controller
+    /// (systemd asks us to stop it: [`Machined::stop_requested`]), and wait until systemd
+    /// has started it.
+    pub fn own_scope(&mut self, slice: &str) -> Result<String> {
+        let unit = format!("machine-{}.scope", unit_escape(&self.name));
+        let path = format!("{SYSTEMD_PATH}/unit/{}", bus_path_escape(&unit));
+        let jobs = format!(
+            "type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',\
+             interface='{SYSTEMD_MANAGER}',member='JobRemoved'"
+        );
+        self.match_rule(true, jobs.clone())?;
+        self.match_rule(
+            true,
+            format!(
+                "type='signal',sender='{SYSTEMD}',path='{path}',\
+                 interface='org.freedesktop.systemd1.Scope',member='RequestStop'"
+            ),
+        )?;
         let mut m = Message::call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StartTransientUnit");
         let props = vec![
             Value::property(
@@ -91,6 +112,7 @@ impl Machined {
             Value::property("Slice", Value::Str(slice.into())),
             Value::property("Delegate", Value::Bool(true)),
             Value::property("CollectMode", Value::Str("inactive-or-failed".into())),
+            Value::property("Controller", Value::Str(self.bus.unique_name.clone())),
             Value::property(
                 "PIDs",
                 Value::Array("u".into(), vec![Value::U32(std::process::id())]),
@@ -113,8 +135,12 @@ impl Machined {
             s.member.as_deref() == Some("JobRemoved")
                 && s.body.get(1).and_then(Value::as_str) == Some(&job)
         })?;
+        self.match_rule(false, jobs)?;
         match done.body.get(3).and_then(Value::as_str) {
-            Some("done") => Ok(unit),
+            Some("done") => {
+                self.scope_path = Some(path);
+                Ok(unit)
+            }
             r => Err(Error::setup(format!(
                 "cannot start {unit}: its job ended {}",
                 r.unwrap_or("?")
@@ -126,7 +152,7 @@ impl Machined {
     /// optional: machined wants its 16 bytes), its root directory and host-side interfaces.
     /// machined finds the unit from the leader's cgroup.
     pub fn register(
-        mut self,
+        &mut self,
         leader: i32,
         uuid: &str,
         root: &str,
@@ -156,13 +182,47 @@ impl Machined {
     }
 }
 
+impl Machined {
+    /// The bus connection, to poll: [`Machined::stop_requested`] once it is readable.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.bus.stream())
+    }
+
+    /// Take the next message: whether it is systemd asking us to stop our scope
+    /// (`machinectl terminate`, a shutdown). An error: the bus is gone.
+    pub fn stop_requested(&mut self) -> Result<bool> {
+        let m = self.bus.receive()?;
+        Ok(m.kind == crate::dbus::SIGNAL
+            && m.member.as_deref() == Some("RequestStop")
+            && m.path.is_some()
+            && m.path == self.scope_path)
+    }
+
+    /// Drop the machine from machined now (the monitor's last word).
+    pub fn unregister(mut self) {
+        let m = machined_call("UnregisterMachine", vec![Value::Str(self.name.clone())]);
+        let _ = self.bus.call(m);
+    }
+}
+
+/// An object path element as sd-bus escapes it: `[A-Za-z0-9]` as they are, every other
+/// byte as `_XX` (lower-case hex).
+fn bus_path_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b.is_ascii_alphanumeric() {
+            true => (b as char).to_string(),
+            false => format!("_{b:02x}"),
+        })
+        .collect()
+}
+
 fn scope_error(unit: &str, e: &crate::dbus::BusError) -> Error {
     Error::setup(format!("cannot create {unit}: {e}"))
 }
 
-/// Drop machine `name` from machined, if it still has it (the monitor's last word; errors
-/// are of no use then).
-pub fn unregister(name: &str) {
+/// Drop machine `name` from machined, if it still has it, over a new connection (the
+/// monitor's last word when it lost its own; errors are of no use then).
+pub fn unregister_by_name(name: &str) {
     if let Ok(Some(mut bus)) = Bus::system() {
         let _ = bus.call(machined_call(
             "UnregisterMachine",
@@ -240,6 +300,15 @@ mod tests {
         assert_eq!(unit_escape("inner"), "inner");
         assert_eq!(unit_escape("ns-tests-1"), "ns\\x2dtests\\x2d1");
         assert_eq!(unit_escape(".x.y"), "\\x2ex.y");
+    }
+
+    #[test]
+    fn unit_paths_are_escaped_as_sd_bus_does() {
+        // busctl tree org.freedesktop.systemd1 in the guest.
+        assert_eq!(
+            bus_path_escape("machine-inner.scope"),
+            "machine_2dinner_2escope"
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let machined = machined(state)?;
+    let (machined, origin) = machined(state)?;
     let hierarchies = match machined {
         // In our unit now: the hierarchies as they are from there.
         Some(_) => Some(ns_host::cgroups::supervise_in_unit()?),
@@ -82,6 +82,7 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     ns_core::sys::trim_heap();
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     monitor.machined = machined;
+    monitor.origin = origin;
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
@@ -150,22 +151,25 @@ fn stage_fds(state: &State) -> Result<StageFds> {
 
 /// systemd-machined, when the system bus has it and the container registers (as root):
 /// reached, and the unit the container goes in made (a scope of its own, unless
-/// `--keep-unit`). None where there is no bus (one failed connect).
-fn machined(state: &State) -> Result<Option<Machined>> {
+/// `--keep-unit`; then also the monitor's cgroups before, to go back to once the container
+/// holds the scope). None where there is no bus (one failed connect).
+fn machined(state: &State) -> Result<(Option<Machined>, Option<Vec<Hierarchy>>)> {
     let m = &state.monitor;
     if !m.register || !nix::unistd::geteuid().is_root() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let Some(mut machined) = Machined::reach(&state.machine)? else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    if !m.keep_unit {
-        let slice = (m.slice.as_deref()).map_or("machine.slice", |s| {
-            s.rsplit('/').next().unwrap_or("-.slice")
-        });
-        machined.own_scope(slice)?;
+    if m.keep_unit {
+        return Ok((Some(machined), None));
     }
-    Ok(Some(machined))
+    let origin = ns_host::cgroups::hierarchies();
+    let slice = (m.slice.as_deref()).map_or("machine.slice", |s| {
+        s.rsplit('/').next().unwrap_or("-.slice")
+    });
+    machined.own_scope(slice)?;
+    Ok((Some(machined), Some(origin)))
 }
 
 /// What the host decided at start, and holds while the container runs.
@@ -389,8 +393,12 @@ struct Monitor<'a> {
     root_clone: Option<OwnedFd>,
     /// The -U id range's base, reserved at start.
     userns_base: Option<u32>,
-    /// systemd-machined, reached at start: the container is registered with it at SYNC-2.
+    /// systemd-machined, reached at start: the container is registered with it at SYNC-2;
+    /// then its connection is polled for systemd's stop requests.
     machined: Option<Machined>,
+    /// The monitor's cgroups before it made a scope of its own: it goes back there once
+    /// PID 1 holds the scope.
+    origin: Option<Vec<Hierarchy>>,
     /// Registered with machined: unregistered at exit.
     in_machined: bool,
 }
@@ -400,6 +408,8 @@ struct Ready {
     sync: bool,
     console: Vec<RawFd>,
     notify: bool,
+    /// systemd-machined's connection (a stop request).
+    bus: bool,
 }
 
 impl<'a> Monitor<'a> {
@@ -434,6 +444,7 @@ impl<'a> Monitor<'a> {
             root_clone,
             userns_base: decided.runtime.userns_base,
             machined: None,
+            origin: None,
             in_machined: false,
         }
     }
@@ -448,6 +459,9 @@ impl<'a> Monitor<'a> {
                     // --notify-ready=yes: we are ready when the guest is.
                     notify::notify_ready();
                 }
+            }
+            if ready.bus {
+                self.on_bus();
             }
             if ready.sync {
                 let report = self.chain.next_report()?;
@@ -485,6 +499,10 @@ impl<'a> Monitor<'a> {
             if let Some(n) = &self.notify {
                 pfds.push(PollFd::new(n.socket.as_fd(), PollFlags::POLLIN));
             }
+            let first_bus = pfds.len();
+            if let Some(m) = self.machined.as_ref().filter(|_| self.in_machined) {
+                pfds.push(PollFd::new(m.fd(), PollFlags::POLLIN));
+            }
             let timeout = self
                 .console
                 .as_ref()
@@ -503,7 +521,8 @@ impl<'a> Monitor<'a> {
                     .filter(|(_, p)| ready(p))
                     .map(|(fd, _)| *fd)
                     .collect(),
-                notify: self.notify.is_some() && pfds.last().is_some_and(ready),
+                notify: self.notify.is_some() && first_bus > 0 && ready(&pfds[first_bus - 1]),
+                bus: pfds.get(first_bus).is_some_and(ready),
             });
         }
     }
@@ -596,11 +615,14 @@ impl<'a> Monitor<'a> {
             cleanup,
             console,
             notify,
+            machined,
             ..
         } = self;
         cleanup.run(Some(&held.lock));
-        if self.in_machined {
-            ns_host::machined::unregister(&self.state.machine);
+        match machined {
+            Some(m) if self.in_machined => m.unregister(),
+            _ if self.in_machined => ns_host::machined::unregister_by_name(&self.state.machine),
+            _ => {}
         }
         held.release_registration();
         drop(range);
@@ -621,6 +643,19 @@ impl<'a> Monitor<'a> {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
         while waitpid(None, None).is_ok() {}
+    }
+
+    /// systemd-machined's connection has something: systemd asking us to stop our scope is a
+    /// termination request (as nspawn takes it); a connection gone is dropped.
+    fn on_bus(&mut self) {
+        let Some(m) = self.machined.as_mut() else {
+            return;
+        };
+        match m.stop_requested() {
+            Ok(true) => self.on_termination_request(libc::SIGTERM),
+            Ok(false) => {}
+            Err(_) => self.machined = None,
+        }
     }
 
     /// The console has something (container output, or the user's keystrokes).
@@ -721,7 +756,10 @@ impl<'a> Monitor<'a> {
     /// Register PID 1 as the leader with machined, if reached (its root, uuid, and the
     /// host side of its veths).
     fn register_with_machined(&mut self, pid: Pid) -> Result<()> {
-        let Some(m) = self.machined.take() else {
+        if let Some(origin) = self.origin.take() {
+            ns_host::cgroups::leave_unit(&origin)?;
+        }
+        let Some(m) = self.machined.as_mut() else {
             return Ok(());
         };
         let net = &self.state.net;
