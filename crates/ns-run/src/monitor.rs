@@ -401,6 +401,8 @@ struct Monitor<'a> {
     origin: Option<Vec<Hierarchy>>,
     /// Registered with machined: unregistered at exit.
     in_machined: bool,
+    /// Our supervisor's watchdog (`WatchdogSec=` of ns-run@.service), pinged from the loop.
+    watchdog: Option<notify::Watchdog>,
 }
 
 /// What a poll found ready.
@@ -446,6 +448,7 @@ impl<'a> Monitor<'a> {
             machined: None,
             origin: None,
             in_machined: false,
+            watchdog: notify::Watchdog::from_env(),
         }
     }
 
@@ -483,7 +486,7 @@ impl<'a> Monitor<'a> {
     }
 
     /// Wait for a signal, a report, the console or the notify socket.
-    fn poll(&self, signals: &SignalFd, sync_open: bool) -> Result<Ready> {
+    fn poll(&mut self, signals: &SignalFd, sync_open: bool) -> Result<Ready> {
         loop {
             let mut pfds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             if sync_open {
@@ -503,10 +506,17 @@ impl<'a> Monitor<'a> {
             if let Some(m) = self.machined.as_ref().filter(|_| self.in_machined) {
                 pfds.push(PollFd::new(m.fd(), PollFlags::POLLIN));
             }
-            let timeout = self
+            let mut timeout = self
                 .console
                 .as_ref()
                 .map_or(PollTimeout::NONE, |c| c.poll_timeout());
+            if let Some(w) = self.watchdog.as_mut() {
+                let due = PollTimeout::from(w.tick());
+                // NONE (-1) orders first: it means "no limit".
+                if timeout == PollTimeout::NONE || due < timeout {
+                    timeout = due;
+                }
+            }
             match poll(&mut pfds, timeout) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.ctx(|| "poll".into())?,
