@@ -172,8 +172,8 @@ fn api_file_systems_are_mounted() {
         );
     }
     assert!(find(&m, "/proc").options.iter().any(|o| o == "noexec"));
-    // No host mount is visible: only the root, the API file systems and proc's read-only
-    // sub-directories.
+    // No host mount is visible: only the root, the API file systems (with nspawn's cgroup
+    // file systems at /sys/fs/cgroup) and proc's read-only sub-directories.
     let allowed = [
         "/",
         "/proc",
@@ -199,7 +199,9 @@ fn api_file_systems_are_mounted() {
         assert!(
             allowed.contains(&e.target.as_str())
                 || masked_proc_file
-                || (e.target.starts_with("/proc/") && e.source == "proc"),
+                || (e.target.starts_with("/proc/") && e.source == "proc")
+                || (e.target.starts_with("/sys/fs/cgroup")
+                    && ["tmpfs", "cgroup", "cgroup2"].contains(&e.fstype.as_str())),
             "unexpected mount in the container: {} on {} ({})",
             e.source,
             e.target,

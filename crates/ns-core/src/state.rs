@@ -418,6 +418,10 @@ pub struct CgroupMounts {
     pub layout: CgroupLayout,
     /// The host's v1 controller hierarchies (mount options such as `cpu` or `cpu,cpuacct`).
     pub controllers: Vec<String>,
+    /// The v1 controllers and the tmpfs under them mounted writable (nspawn's choice in a
+    /// user namespace, where container root owns nothing there); else read-only.
+    #[serde(default)]
+    pub controllers_writable: bool,
 }
 
 /// What /run/host says about the container (systemd's container interface).
@@ -752,6 +756,11 @@ pub enum Property {
     /// written where the container's cgroups have a pids controller (skipped where none
     /// has), unless a `TasksMax` is among the properties.
     DefaultTasksMax(u64),
+    /// nspawn's unit device policy (`DevicePolicy=closed` plus these `DeviceAllow=` rules),
+    /// which every container root starts gets: applied where a device policy can be (v1
+    /// devices or cgroup2 writable here, eBPF allowed), else the container runs under the
+    /// policy of the container we run in (a notice says so), unlike one asked for.
+    DefaultDevices(Vec<String>),
     /// Percent of one CPU.
     CpuQuota(u64),
     CpuWeight(u64),

@@ -15,13 +15,18 @@ use ns_core::state::{CgroupLayout, CgroupMounts};
 use ns_core::{Context, Error, Result};
 
 /// A mounted hierarchy of this host: where, what (v1 controllers or `name=…`; empty for
-/// cgroup2), and our own cgroup in it.
+/// cgroup2), our own cgroup in it, and whether we may make cgroups beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hierarchy {
     pub mountpoint: PathBuf,
     pub options: String,
     pub v2: bool,
     pub own: PathBuf,
+    /// Our own cgroup's directory is writable to us: not on a read-only mount (a container's
+    /// v1 controllers, a CI runner's cgroupfs), nor refused (EACCES/EPERM: another user's, or
+    /// the host's seen from a user namespace). Where it is not, the container gets no cgroup
+    /// in this hierarchy.
+    pub writable: bool,
 }
 
 /// The host's hierarchies, from /proc/self/mountinfo and /proc/self/cgroup: each once, at
@@ -58,24 +63,34 @@ fn mounted_hierarchies() -> Vec<Hierarchy> {
             let _source = r.next()?;
             let super_opts = r.next().unwrap_or("");
             let mountpoint = PathBuf::from(left.split_whitespace().nth(4)?);
+            let writable = |own: &Path| {
+                let dir = mountpoint.join(own.strip_prefix("/").unwrap_or(own));
+                nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok()
+            };
             match fstype {
-                "cgroup2" => Some(Hierarchy {
-                    mountpoint,
-                    options: String::new(),
-                    v2: true,
-                    own: own_path("")?,
-                }),
+                "cgroup2" => {
+                    let own = own_path("")?;
+                    Some(Hierarchy {
+                        writable: writable(&own),
+                        mountpoint,
+                        options: String::new(),
+                        v2: true,
+                        own,
+                    })
+                }
                 "cgroup" => {
                     let opts: Vec<&str> = super_opts
                         .split(',')
                         .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
                         .collect();
                     let key = opts.join(",");
+                    let own = own_path(&key)?;
                     Some(Hierarchy {
+                        writable: writable(&own),
                         mountpoint,
-                        options: key.clone(),
+                        options: key,
                         v2: false,
-                        own: own_path(&key)?,
+                        own,
                     })
                 }
                 _ => None,
@@ -84,9 +99,22 @@ fn mounted_hierarchies() -> Vec<Hierarchy> {
         .collect()
 }
 
-/// What the guest gets, as nspawn chooses it (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 for pure
-/// cgroup2, =0 for legacy): hybrid when the host has both v1 and a unified hierarchy.
-pub fn plan(hs: &[Hierarchy]) -> Result<CgroupMounts> {
+/// What a container's /sys/fs/cgroup is made of, as nspawn 252 chooses it for the host's
+/// hierarchies `hs` and the tree (`systemd`: the version of the systemd it holds), under
+/// a user namespace or not (`userns`: the v1 controllers and the tmpfs writable).
+/// `SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1` forces pure cgroup2, `=0` legacy; otherwise a
+/// hybrid host gives hybrid to a tree with systemd 233 or later and legacy to others, a
+/// pure cgroup2 host gives cgroup2 (nspawn would make a new name=systemd v1 hierarchy for a
+/// tree without systemd 230: we do not add hierarchies to a host), a v1 host legacy.
+/// A booted container (`boot`) needs the hierarchy its init manages (name=systemd, or
+/// cgroup2 when unified) and needs it writable: an error otherwise. Other containers
+/// get nothing (None) where their layout's hierarchies are missing.
+pub fn plan(
+    hs: &[Hierarchy],
+    systemd: Option<u32>,
+    userns: bool,
+    boot: bool,
+) -> Result<Option<CgroupMounts>> {
     let has_v2 = hs.iter().any(|h| h.v2);
     let has_v1 = hs.iter().any(|h| !h.v2);
     let knob = std::env::var("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY")
@@ -100,29 +128,109 @@ pub fn plan(hs: &[Hierarchy]) -> Result<CgroupMounts> {
                 "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY is not a boolean".into(),
             ))
         }
-        None if has_v1 && has_v2 => CgroupLayout::Hybrid,
-        None if has_v2 => CgroupLayout::Unified,
+        None if has_v1 && has_v2 && systemd.is_some_and(|v| v >= 233) => CgroupLayout::Hybrid,
+        None if has_v2 && !has_v1 => CgroupLayout::Unified,
         None => CgroupLayout::Legacy,
     };
-    if layout != CgroupLayout::Legacy && !has_v2 {
-        return Err(Error::setup(
-            "this host has no cgroup2 hierarchy for the guest".into(),
-        ));
-    }
-    if layout != CgroupLayout::Unified && !hs.iter().any(|h| h.options == "name=systemd") {
-        return Err(Error::setup(
-            "this host has no name=systemd hierarchy for the guest".into(),
-        ));
+    let systemd_hierarchy = hs.iter().find(|h| h.options == "name=systemd");
+    let missing = if layout != CgroupLayout::Legacy && !has_v2 {
+        Some("this host has no cgroup2 hierarchy for the guest")
+    } else if layout != CgroupLayout::Unified && systemd_hierarchy.is_none() {
+        Some("this host has no name=systemd hierarchy for the guest")
+    } else {
+        None
+    };
+    match missing {
+        Some(why) if boot => return Err(Error::setup(why.into())),
+        Some(_) => return Ok(None),
+        None if boot => init_hierarchy_writable(hs, layout)?,
+        None => {}
     }
     let controllers = hs
         .iter()
         .filter(|h| !h.v2 && h.options != "name=systemd")
         .map(|h| h.options.clone())
         .collect();
-    Ok(CgroupMounts {
+    Ok(Some(CgroupMounts {
         layout,
         controllers,
-    })
+        controllers_writable: userns,
+    }))
+}
+
+/// -b: the hierarchy the guest's init manages in `layout` (name=systemd, or cgroup2 when
+/// unified) must be one we can make its cgroup in.
+fn init_hierarchy_writable(hs: &[Hierarchy], layout: CgroupLayout) -> Result<()> {
+    let unified = layout == CgroupLayout::Unified;
+    let managed = hs.iter().find(|h| {
+        if unified {
+            h.v2
+        } else {
+            h.options == "name=systemd"
+        }
+    });
+    match managed {
+        Some(h) if !h.writable => Err(Error::setup(format!(
+            "-b: the guest's init needs a cgroup of its own in the {} hierarchy, and {} is not writable here",
+            if unified { "cgroup2" } else { "name=systemd" },
+            h.mountpoint.join(h.own.strip_prefix("/").unwrap_or(&h.own)).display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The version of the systemd installed in the tree at `root` (nspawn's guess: the number
+/// in `libsystemd-shared-NNN.so` in lib/systemd, lib64/systemd, usr/lib/systemd,
+/// usr/lib64/systemd or Debian's usr/lib/TRIPLET/systemd). Resolved inside the tree (a
+/// symlink there never leads out of it), directories only.
+pub fn systemd_version(root: &Path) -> Option<u32> {
+    use nix::fcntl::OFlag;
+    let root = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let version = |dir: &str| -> Option<u32> {
+        let names = list_in_root(&root, dir)?;
+        names
+            .iter()
+            .filter_map(|n| {
+                n.to_str()?
+                    .strip_prefix("libsystemd-shared-")?
+                    .strip_suffix(".so")?
+                    .split(['.', '-', '~'])
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max()
+    };
+    let fixed = [
+        "lib/systemd",
+        "lib64/systemd",
+        "usr/lib/systemd",
+        "usr/lib64/systemd",
+    ];
+    if let Some(v) = fixed.iter().find_map(|d| version(d)) {
+        return Some(v);
+    }
+    let multiarch = list_in_root(&root, "usr/lib")?;
+    multiarch
+        .iter()
+        .filter_map(|n| n.to_str().filter(|n| n.contains("-linux-")))
+        .find_map(|n| version(&format!("usr/lib/{n}/systemd")))
+}
+
+/// The names in the directory `rel` of the tree `root` is open on, resolved inside it.
+fn list_in_root(root: &std::os::fd::OwnedFd, rel: &str) -> Option<Vec<std::ffi::OsString>> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let dir = nix::fcntl::openat2(root, rel, how).ok()?;
+    use std::os::fd::AsFd;
+    ns_core::walk::names(dir.as_fd()).ok()
 }
 
 /// Whether a booted init manages the hierarchy (cgroup2, `v2`, or v1 with `options`) in
@@ -590,4 +698,50 @@ pub fn remove(dir: &Path) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(options: &str, writable: bool) -> Hierarchy {
+        Hierarchy {
+            mountpoint: PathBuf::from(format!("/sys/fs/cgroup/{options}")),
+            options: options.trim_start_matches("v2").to_string(),
+            v2: options == "v2",
+            own: PathBuf::from("/"),
+            writable,
+        }
+    }
+
+    /// nspawn's choice of layout (with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY unset, as the test
+    /// environment has it), and what a booted container needs.
+    #[test]
+    fn layouts_as_nspawn_chooses_them() {
+        if std::env::var_os("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY").is_some() {
+            return;
+        }
+        let hybrid = [h("memory", false), h("name=systemd", true), h("v2", true)];
+        let layout =
+            |hs: &[Hierarchy], systemd| plan(hs, systemd, false, false).unwrap().map(|c| c.layout);
+        assert_eq!(layout(&hybrid, Some(252)), Some(CgroupLayout::Hybrid));
+        assert_eq!(layout(&hybrid, Some(232)), Some(CgroupLayout::Legacy));
+        assert_eq!(layout(&hybrid, None), Some(CgroupLayout::Legacy));
+        assert_eq!(layout(&hybrid[2..], None), Some(CgroupLayout::Unified));
+        assert_eq!(layout(&hybrid[..2], Some(252)), Some(CgroupLayout::Legacy));
+        // Nothing mounted: nothing to show a plain container, an error for -b.
+        assert_eq!(layout(&[], None), None);
+        assert!(plan(&[], None, false, true).is_err());
+        // -U: the v1 controllers writable, as nspawn mounts them.
+        let u = plan(&hybrid, None, true, false).unwrap().unwrap();
+        assert_eq!(u.controllers, ["memory"]);
+        assert!(u.controllers_writable);
+        // -b needs its init's hierarchy writable: name=systemd (hybrid, legacy), cgroup2.
+        assert!(plan(&hybrid, Some(252), false, true).is_ok());
+        let ro = [h("name=systemd", false), h("v2", true)];
+        let e = plan(&ro, None, false, true).unwrap_err();
+        assert!(e.msg.contains("in the name=systemd hierarchy"), "{}", e.msg);
+        assert!(plan(&ro[1..], None, false, true).is_ok());
+        assert!(plan(&[h("v2", false)], None, false, true).is_err());
+    }
 }

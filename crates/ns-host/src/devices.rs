@@ -13,6 +13,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 
 use crate::cgroups::Cgroup;
+use nix::errno::Errno;
 use ns_core::state::Property;
 use ns_core::sys::BpfInsn;
 use ns_core::{Context, Error, Result};
@@ -67,20 +68,14 @@ pub fn node(path: &std::path::Path) -> Option<String> {
 
 /// nspawn's unit policy (`DevicePolicy=closed` plus `NSPAWN_ALLOW`) for a container with
 /// the host device nodes `bound` in (path, read-only); other paths are skipped.
-pub fn nspawn_policy(bound: &[(std::path::PathBuf, bool)]) -> Vec<Property> {
+pub fn nspawn_policy(bound: &[(std::path::PathBuf, bool)]) -> Property {
     let nodes = bound.iter().filter_map(|(p, ro)| {
         let node = node(p)?;
         let access = if *ro { "r" } else { "rw" };
-        Some(Property::DeviceAllow(format!("{node} {access}")))
+        Some(format!("{node} {access}"))
     });
-    std::iter::once(Property::DevicePolicy("closed".into()))
-        .chain(
-            NSPAWN_ALLOW
-                .iter()
-                .map(|r| Property::DeviceAllow(r.to_string())),
-        )
-        .chain(nodes)
-        .collect()
+    let allow = NSPAWN_ALLOW.iter().map(|r| r.to_string()).chain(nodes);
+    Property::DefaultDevices(allow.collect())
 }
 
 /// Access bits, as the kernel's BPF_DEVCG_ACC_* (mknod 1, read 2, write 4).
@@ -131,15 +126,18 @@ pub fn rules(props: &[&Property]) -> Option<Vec<Rule>> {
         .rev()
         .find_map(|p| match p {
             Property::DevicePolicy(l) => Some(l.as_str()),
+            Property::DefaultDevices(_) => Some("closed"),
             _ => None,
         })
         .unwrap_or("auto");
     let allows: Vec<&str> = props
         .iter()
-        .filter_map(|p| match p {
-            Property::DeviceAllow(r) => Some(r.as_str()),
-            _ => None,
+        .flat_map(|p| match p {
+            Property::DeviceAllow(r) => std::slice::from_ref(r),
+            Property::DefaultDevices(rules) => rules.as_slice(),
+            _ => &[],
         })
+        .map(String::as_str)
         .collect();
     if policy == "auto" && allows.is_empty() {
         return None;
@@ -163,8 +161,12 @@ pub fn rules(props: &[&Property]) -> Option<Vec<Rule>> {
 /// cgroup2-only hosts), e.g. to test that path on a hybrid host.
 const FORCE_BPF: &str = "NS_RUN_DEVICE_FILTER";
 
-/// Enforce `rules` in the container's cgroups, before anything joins them.
-pub fn apply(rules: &[Rule], cgroups: &[Cgroup]) -> Result<()> {
+/// Enforce `rules` in the container's cgroups, before anything joins them: the v1 devices
+/// controller where we made a cgroup in it, else an eBPF program on the cgroup2 one. Where
+/// neither can be (no such cgroup, or `bpf()` refused, as by the system call filter of the
+/// container we run in), a policy asked for (`required`) is an error; nspawn's default is
+/// not, and the container runs under the policy of the one we are in: returns the notice.
+pub fn apply(rules: &[Rule], cgroups: &[Cgroup], required: bool) -> Result<Option<String>> {
     let forced = match std::env::var(FORCE_BPF).as_deref() {
         Ok("ebpf") => true,
         Ok("" | "auto") | Err(_) => false,
@@ -174,39 +176,52 @@ pub fn apply(rules: &[Rule], cgroups: &[Cgroup]) -> Result<()> {
         .iter()
         .find(|c| !c.v2 && c.options.split(',').any(|o| o == "devices"));
     let v2 = cgroups.iter().find(|c| c.v2);
-    match (v1, v2) {
-        (Some(c), _) if !forced => {
-            let deny = c.dir.join("devices.deny");
-            std::fs::write(&deny, "a").ctx(|| format!("cannot write a to {}", deny.display()))?;
-            // One rule per write(2), on one open file.
-            let allow = c.dir.join("devices.allow");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&allow)
-                .ctx(|| format!("cannot open {}", allow.display()))?;
-            for r in rules {
-                let line = v1_line(r);
-                f.write_all(line.as_bytes())
-                    .ctx(|| format!("cannot write {line} to {}", allow.display()))?;
-            }
-            Ok(())
-        }
+    let why = match (v1, v2) {
+        (Some(c), _) if !forced => return apply_v1(rules, c).map(|()| None),
         (_, Some(c)) => {
             let dir = std::fs::File::open(&c.dir)
                 .ctx(|| format!("cannot open cgroup {}", c.dir.display()))?;
-            ns_core::sys::attach_device_program(dir.as_fd(), &program(rules)).map_err(
-                |(call, e)| {
-                    Error::setup(format!(
-                        "device policy: {call} of the eBPF device filter for {} failed: {e}",
-                        c.dir.display()
-                    ))
-                },
-            )
+            match ns_core::sys::attach_device_program(dir.as_fd(), &program(rules)) {
+                Ok(()) => return Ok(None),
+                // Refused by a system call filter (nspawn's has no bpf) or not built in.
+                Err(("BPF_PROG_LOAD", e @ (Errno::EPERM | Errno::ENOSYS))) => {
+                    format!("BPF_PROG_LOAD of its eBPF filter: {}", e.desc())
+                }
+                Err((call, e)) => {
+                    return Err(Error::setup(format!(
+                        "device policy: {call} of the eBPF device filter for {} failed: {}",
+                        c.dir.display(),
+                        e.desc()
+                    )))
+                }
+            }
         }
-        _ => Err(Error::setup(
-            "device policy: this host has neither the v1 devices controller nor cgroup2".into(),
-        )),
+        _ => "neither a writable v1 devices controller nor cgroup2 here".to_string(),
+    };
+    match required {
+        true => Err(Error::setup(format!("device policy: {why}"))),
+        false => Ok(Some(format!(
+            "no device policy of its own for the container ({why}): it has the one ns-run runs under"
+        ))),
     }
+}
+
+/// The v1 devices controller's rules for cgroup `c`: all denied, then each allowed.
+fn apply_v1(rules: &[Rule], c: &Cgroup) -> Result<()> {
+    let deny = c.dir.join("devices.deny");
+    std::fs::write(&deny, "a").ctx(|| format!("cannot write a to {}", deny.display()))?;
+    // One rule per write(2), on one open file.
+    let allow = c.dir.join("devices.allow");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&allow)
+        .ctx(|| format!("cannot open {}", allow.display()))?;
+    for r in rules {
+        let line = v1_line(r);
+        f.write_all(line.as_bytes())
+            .ctx(|| format!("cannot write {line} to {}", allow.display()))?;
+    }
+    Ok(())
 }
 
 fn v1_line(r: &Rule) -> String {

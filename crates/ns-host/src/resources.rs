@@ -229,7 +229,7 @@ fn name(p: &Property) -> &'static str {
         Property::IoMax(_, IoLimit::WriteBytes, _) => "IOWriteBandwidthMax",
         Property::IoMax(_, IoLimit::ReadIops, _) => "IOReadIOPSMax",
         Property::IoMax(_, IoLimit::WriteIops, _) => "IOWriteIOPSMax",
-        Property::DevicePolicy(_) => "DevicePolicy",
+        Property::DevicePolicy(_) | Property::DefaultDevices(_) => "DevicePolicy",
         Property::DeviceAllow(_) => "DeviceAllow",
         Property::CpuMax(..) => "cpu.quota",
         Property::HugetlbMax(..) => "hugepageLimits",
@@ -272,7 +272,9 @@ fn controller(p: &Property) -> &'static str {
         | Property::BlkioWeight(_)
         | Property::BlkioDeviceWeight(..)
         | Property::IoMax(..) => "io",
-        Property::DevicePolicy(_) | Property::DeviceAllow(_) => "devices",
+        Property::DevicePolicy(_) | Property::DeviceAllow(_) | Property::DefaultDevices(_) => {
+            "devices"
+        }
         Property::HugetlbMax(..) => "hugetlb",
         Property::Unified(..) => "unified",
         Property::NetClassId(_) => "net_cls",
@@ -378,6 +380,7 @@ fn fixed_writes(p: &Property, v2: bool, all: &[&Property]) -> Result<Vec<(&'stat
         (
             Property::DevicePolicy(_)
             | Property::DeviceAllow(_)
+            | Property::DefaultDevices(_)
             | Property::HugetlbMax(..)
             | Property::MemoryV1(..)
             | Property::Unified(..),
@@ -438,17 +441,22 @@ fn blkio_to_io(w: u64) -> u64 {
 }
 
 /// Write `props` into the container's cgroups: the level above its processes, before they
-/// run anything of their own.
-pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
+/// run anything of their own. `cgroups` are those we could make (writable hierarchies): a
+/// property whose controller none of them has is an error naming both, but for the
+/// defaults (the task limit, skipped; nspawn's device policy: returns the notice to give).
+pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<Option<String>> {
     let v2 = cgroups.iter().find(|c| c.v2);
     let v2_controllers = v2
         .and_then(|c| std::fs::read_to_string(c.dir.join("cgroup.controllers")).ok())
         .unwrap_or_default();
     // v1 takes memory+swap only above the memory limit: the memory limit goes first. The
     // device properties act together, as one policy.
-    let (devices, mut ordered): (Vec<&Property>, Vec<&Property>) = props
-        .iter()
-        .partition(|p| matches!(p, Property::DevicePolicy(_) | Property::DeviceAllow(_)));
+    let (devices, mut ordered): (Vec<&Property>, Vec<&Property>) = props.iter().partition(|p| {
+        matches!(
+            p,
+            Property::DevicePolicy(_) | Property::DeviceAllow(_) | Property::DefaultDevices(_)
+        )
+    });
     ordered.sort_by_key(|p| !matches!(p, Property::MemoryMax(_)));
     // The default task limit yields to one given.
     if ordered.iter().any(|p| matches!(p, Property::TasksMax(_))) {
@@ -468,52 +476,68 @@ pub fn apply(props: &[Property], cgroups: &[Cgroup]) -> Result<()> {
         }
     }
     for &p in &ordered {
-        let ctl = controller(p);
-        let v1_name = if ctl == "io" { "blkio" } else { ctl };
-        // A controller an ancestor has but does not pass down (hugetlb here, on a hybrid
-        // host; any of them below a level ns-oci made for a cgroupsPath on a pure cgroup2
-        // host, whose subtree_control starts empty): made available down to the container,
-        // as runc does. Not where v1 has it: then no cgroup2 level has it to pass on.
-        let v2_has = |ctl: &str| {
-            v2_controllers.split_whitespace().any(|n| n == ctl)
-                || v2.is_some_and(|c| crate::cgroups::enable_v2_controller(&c.dir, ctl))
-        };
-        let target = match v2 {
-            Some(c) if matches!(p, Property::Unified(..)) => Some(c),
-            Some(c) if v2_has(ctl) => Some(c),
-            _ => cgroups
-                .iter()
-                .find(|c| !c.v2 && c.options.split(',').any(|o| o == v1_name)),
-        };
-        let Some(cg) = target else {
+        let Some(cg) = target(p, cgroups, &v2_controllers) else {
             if matches!(p, Property::DefaultTasksMax(_)) {
                 // A default, not asked for: where no pids controller reaches the container
-                // (cgroup2 below a cgroup with processes), it goes without, as before.
+                // (cgroup2 below a cgroup with processes, a read-only cgroupfs), it goes
+                // without.
                 continue;
             }
             return Err(Error::setup(format!(
-                "{}: this host offers no {ctl} controller",
-                label(p)
+                "{}: no {} controller is writable here",
+                label(p),
+                controller(p)
             )));
         };
-        for (file, value) in writes(p, cg.v2, &ordered)? {
-            let path = cg.dir.join(&file);
-            if !path.exists() {
-                // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
-                return Err(Error::setup(format!(
-                    "{}: this host's {} controller has no {file}",
-                    label(p),
-                    if cg.v2 { ctl } else { v1_name }
-                )));
-            }
-            std::fs::write(&path, &value)
-                .ctx(|| format!("{}: cannot write {value} to {}", label(p), path.display()))?;
-        }
+        write_files(p, cg, &ordered)?;
     }
+    let required = (devices.iter()).any(|p| !matches!(p, Property::DefaultDevices(_)));
     match crate::devices::rules(&devices) {
-        Some(rules) => crate::devices::apply(&rules, cgroups),
-        None => Ok(()),
+        Some(rules) => crate::devices::apply(&rules, cgroups, required),
+        None => Ok(None),
     }
+}
+
+/// The container's cgroup that takes `p`: cgroup2's where it has the controller (with
+/// `v2_controllers`, or once enabled down to it), else the v1 hierarchy's that has it.
+fn target<'a>(p: &Property, cgroups: &'a [Cgroup], v2_controllers: &str) -> Option<&'a Cgroup> {
+    let ctl = controller(p);
+    let v1_name = if ctl == "io" { "blkio" } else { ctl };
+    let v2 = cgroups.iter().find(|c| c.v2);
+    // A controller an ancestor has but does not pass down (hugetlb here, on a hybrid
+    // host; any of them below a level ns-oci made for a cgroupsPath on a pure cgroup2
+    // host, whose subtree_control starts empty): made available down to the container,
+    // as runc does. Not where v1 has it: then no cgroup2 level has it to pass on.
+    let v2_has = |ctl: &str| {
+        v2_controllers.split_whitespace().any(|n| n == ctl)
+            || v2.is_some_and(|c| crate::cgroups::enable_v2_controller(&c.dir, ctl))
+    };
+    match v2 {
+        Some(c) if matches!(p, Property::Unified(..)) => Some(c),
+        Some(c) if v2_has(ctl) => Some(c),
+        _ => cgroups
+            .iter()
+            .find(|c| !c.v2 && c.options.split(',').any(|o| o == v1_name)),
+    }
+}
+
+/// Write `p`'s files into `cg` (`all`: every property, for those that depend on others).
+fn write_files(p: &Property, cg: &Cgroup, all: &[&Property]) -> Result<()> {
+    for (file, value) in writes(p, cg.v2, all)? {
+        let path = cg.dir.join(&file);
+        if !path.exists() {
+            // E.g. blkio.weight without the BFQ/CFQ scheduler, memsw without swap accounting.
+            let ctl = controller(p);
+            return Err(Error::setup(format!(
+                "{}: this host's {} controller has no {file}",
+                label(p),
+                if cg.v2 || ctl != "io" { ctl } else { "blkio" }
+            )));
+        }
+        std::fs::write(&path, &value)
+            .ctx(|| format!("{}: cannot write {value} to {}", label(p), path.display()))?;
+    }
+    Ok(())
 }
 
 /// How many processes the OOM killer killed in the container's memory cgroup: cgroup2's

@@ -422,9 +422,10 @@ fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
     make_read_only(root, Path::new("/etc/machine-id"), false)
 }
 
-/// /sys/fs/cgroup for a booted init, as nspawn sets it for the layout. Mounted inside the
-/// cgroup namespace, each hierarchy shows the container's own cgroup as its root: the v1
-/// controllers read-only, the hierarchies systemd manages (name=systemd, cgroup2) writable.
+/// /sys/fs/cgroup, as nspawn sets it for the layout. Mounted inside the cgroup namespace,
+/// each hierarchy shows the container's own cgroup as its root: the v1 controllers and the
+/// tmpfs under them read-only (writable under -U, as nspawn: container root owns nothing
+/// there), the hierarchies systemd manages (name=systemd, cgroup2) writable.
 pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -> Result<()> {
     use ns_core::state::CgroupLayout;
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -437,6 +438,10 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
         &format!("mode=0755,{TMPFS_ALMOST_EMPTY}"),
         f,
     )?;
+    let ro = match cg.controllers_writable {
+        true => MsFlags::empty(),
+        false => MsFlags::MS_RDONLY,
+    };
     for c in &cg.controllers {
         let dest = format!("/sys/fs/cgroup/{c}");
         let target = open_in_root(root, Path::new(&dest), Some(Kind::Dir))?;
@@ -444,7 +449,7 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
             Some("cgroup"),
             fd_path(&target).as_str(),
             Some("cgroup"),
-            f | MsFlags::MS_RDONLY,
+            f | ro,
             Some(c.as_str()),
         )
         .ctx(|| format!("cannot mount cgroup {c} on {dest}"))?;
@@ -468,5 +473,17 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
     if cg.layout == CgroupLayout::Hybrid {
         mount_fs(root, "/sys/fs/cgroup/unified", "cgroup2", f, None)?;
     }
-    make_read_only(root, Path::new("/sys/fs/cgroup"), false)
+    if cg.controllers_writable {
+        return Ok(());
+    }
+    // The tmpfs's superblock read-only too, as nspawn remounts it.
+    let tmpfs = open_in_root(root, Path::new("/sys/fs/cgroup"), None)?;
+    mount(
+        None::<&str>,
+        fd_path(&tmpfs).as_str(),
+        None::<&str>,
+        f | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_STRICTATIME,
+        Some("mode=0755"),
+    )
+    .ctx(|| "cannot make /sys/fs/cgroup read-only".into())
 }

@@ -373,7 +373,8 @@ fn update(g: &Global, id: &str, resources: &str) -> Result<()> {
         })
         .collect();
     let cgroups: Vec<_> = s.cgroups.iter().map(|c| c.cgroup()).collect();
-    ns_host::resources::apply(&props, &cgroups)
+    // (No nspawn default among them: nothing to tell.)
+    ns_host::resources::apply(&props, &cgroups).map(|_| ())
 }
 
 /// `run`: create, start, wait, delete. The container's process is our child (ns-enter

@@ -218,14 +218,17 @@ fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>, in_unit: bool) -> 
     // into its payload level; the v1 ones while ns-enter starts, which joins their payload
     // levels when told (SYNC-0), before it creates the cgroup namespace (so that a booted
     // init finds a subtree of its own).
+    // Only where we may make them (not a read-only cgroupfs, as in a container or a CI
+    // runner): the properties say what they miss.
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
     let slice = state.monitor.slice.clone().filter(|_| !in_unit);
-    let want_cgroups = state.mount.cgroups.is_some() || !state.monitor.properties.is_empty();
-    let hierarchies = match hierarchies {
+    let want_cgroups = state.monitor.boot || !state.monitor.properties.is_empty();
+    let mut hierarchies = match hierarchies {
         _ if !want_cgroups => Vec::new(),
         Some(known) => known,
         None => ns_host::cgroups::hierarchies(),
     };
+    hierarchies.retain(|h| h.writable);
     if want_cgroups {
         runtime.cgroups = Some(ns_host::cgroups::planned(
             &hierarchies,
@@ -273,9 +276,15 @@ impl<'a> CgroupMaker<'a> {
     }
 
     fn create_payloads(&self, cgroups: &[Cgroup]) -> Result<()> {
+        let booted = self
+            .state
+            .mount
+            .cgroups
+            .as_ref()
+            .filter(|_| self.state.monitor.boot);
         ns_host::cgroups::create_payloads(
             cgroups,
-            self.state.mount.cgroups.as_ref().map(|c| c.layout),
+            booted.map(|c| c.layout),
             self.decided.runtime.userns_base,
         )
     }
@@ -305,7 +314,10 @@ impl<'a> CgroupMaker<'a> {
         let first_v1 = cgroups.len();
         cgroups.extend(self.create(false, cleanup)?);
         ns_core::stage::fault("ns-run:cgroups");
-        ns_host::resources::apply(&self.state.monitor.properties, &cgroups)?;
+        let notice = ns_host::resources::apply(&self.state.monitor.properties, &cgroups)?;
+        if let Some(n) = notice.filter(|_| !self.state.monitor.quiet) {
+            ns_core::errln!("{STAGE}: {n}");
+        }
         self.create_payloads(&cgroups[first_v1..])?;
         chain.cgroups_ready()?;
         Ok(cgroups)

@@ -524,9 +524,11 @@ impl OciInput<'_> {
         if oci.chroot {
             check_chroot(&m, &oci)?;
         }
-        m.cgroups = (crate::oci_mounts::has_cgroup_mount(&oci))
-            .then(|| ns_host::cgroups::plan(cgroups))
-            .transpose()?;
+        m.cgroups = match crate::oci_mounts::has_cgroup_mount(&oci) {
+            // The host's layout (a bundle's tree need not hold systemd to be given it).
+            true => ns_host::cgroups::plan(cgroups, Some(u32::MAX), false, false)?,
+            false => None,
+        };
         m.oci = Some(oci);
         Ok(m)
     }

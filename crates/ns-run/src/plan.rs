@@ -164,9 +164,12 @@ pub struct HostFacts {
     /// `--network-namespace-path`, absolute (not resolved: /proc/PID/ns/net is a magic link
     /// to no path), once known to exist.
     pub netns_path: Option<Result<PathBuf>>,
-    /// -b (or a bundle): the host's cgroup hierarchies (`None`: not read, nor needed to
-    /// plan; the monitor reads them if it makes cgroups).
+    /// The host's cgroup hierarchies (every container gets /sys/fs/cgroup; `None`: not
+    /// read, the monitor reads them if it makes cgroups).
     pub cgroups: Option<Vec<ns_host::cgroups::Hierarchy>>,
+    /// The version of systemd in the tree, where the cgroup layout depends on it (a hybrid
+    /// host, no SYSTEMD_NSPAWN_UNIFIED_HIERARCHY): not probed otherwise.
+    pub systemd: Option<u32>,
     /// What ns-caps' plan reads of the host and the image (machine id, os-release).
     pub exec: ns_caps::ExecContext,
 }
@@ -191,6 +194,7 @@ impl HostFacts {
             .map(|_| std::path::absolute(&dir))
             .transpose()
             .map_err(|e| Error::invalid("--directory", &dir, &e.to_string()));
+        let hierarchies = ns_host::cgroups::hierarchies();
         let image = match &new_root {
             Ok(Some(p)) => p.clone(),
             _ => tree
@@ -227,13 +231,24 @@ impl HostFacts {
                         Error::invalid("--network-namespace-path", p, &ns_core::error::io_desc(&e))
                     })
             }),
-            // (A bundle's config.json may mount cgroup file systems.)
-            cgroups: (c.exec.boot || c.oci_bundle.is_some()).then(ns_host::cgroups::hierarchies),
+            systemd: systemd_version(&hierarchies, &tree),
+            cgroups: Some(hierarchies),
             exec: c.exec.facts(&image),
             scratch: ns_mount::scratch::default_dir(),
             tree,
             new_root,
         }
+    }
+}
+
+/// The version of systemd in `tree` where the guest's cgroup layout depends on it: on a
+/// hybrid host (v1 and cgroup2) unless SYSTEMD_NSPAWN_UNIFIED_HIERARCHY decides.
+fn systemd_version(hs: &[ns_host::cgroups::Hierarchy], tree: &ns_mount::RootFacts) -> Option<u32> {
+    let hybrid = hs.iter().any(|h| h.v2) && hs.iter().any(|h| !h.v2);
+    let knob = std::env::var_os("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY").is_some_and(|v| !v.is_empty());
+    match (&tree.canonical, hybrid && !knob) {
+        (Ok(root), true) => ns_host::cgroups::systemd_version(root),
+        _ => None,
     }
 }
 
@@ -439,7 +454,7 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<M
             uuid: uuid.clone(),
         },
         machine_id: boot.then(|| uuid.replace('-', "")),
-        cgroups: (boot.then(|| ns_host::cgroups::plan(f.hierarchies()))).transpose()?,
+        cgroups: ns_host::cgroups::plan(f.hierarchies(), f.systemd, o.userns.is_some(), boot)?,
     });
     // With --template and a missing directory, everything is checked against the template,
     // which ns-run copies only once the whole command line has proven good.
@@ -510,7 +525,7 @@ fn monitor(
     let properties = if f.host_root {
         // nspawn's unit properties first (its device policy, its task limit), then the
         // user's, as nspawn sends them.
-        let mut p = ns_host::devices::nspawn_policy(&bound_devices(ops));
+        let mut p = vec![ns_host::devices::nspawn_policy(&bound_devices(ops))];
         p.push(Property::DefaultTasksMax(
             ns_host::resources::NSPAWN_TASKS_MAX,
         ));
@@ -644,7 +659,7 @@ pub fn chain(state: &State) -> String {
             }
         ));
     }
-    if state.mount.cgroups.is_some() {
+    if state.monitor.boot {
         out.push_str(
             "\n# not in this chain: ns-run creates the container's own cgroups (-b) and its \
              /run/host/notify socket",
@@ -733,6 +748,7 @@ mod tests {
             random: [0; 8],
             netns_path: None,
             cgroups: None,
+            systemd: None,
             exec: ns_caps::ExecContext {
                 machine_id: Some("01234567-89ab-cdef-0123-456789abcdef".into()),
                 manager: "systemd-nspawn".into(),
