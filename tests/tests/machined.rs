@@ -14,11 +14,6 @@ use ns_tests::{Guest, GuestCgroups};
 fn guest(tag: &str, cgroups: GuestCgroups, extra: &[&str]) -> Guest {
     let bb = format!("--bind-ro={}:/srv/bb", ns_tests::fixture().display());
     let mut args = vec!["--private-network", bb.as_str()];
-    if cgroups == GuestCgroups::Unified {
-        // The inner device policy's eBPF program needs bpf() through the guest's filter
-        // (nested ns-run without it is the cgroupfs work, not this file's).
-        args.push("--system-call-filter=bpf");
-    }
     args.extend(extra);
     Guest::boot(tag, cgroups, &args)
 }
@@ -29,6 +24,8 @@ image() {
     mkdir -p /var/lib/machines/$1 && mount -t tmpfs tmpfs /var/lib/machines/$1 &&
     cp -a /srv/bb/. /var/lib/machines/$1/ && echo 'ID=busybox' > /var/lib/machines/$1/etc/os-release
 }
+# The guest's cgroup2 hierarchy (pure cgroup2, or hybrid's unified).
+cg2=/sys/fs/cgroup; [ "$(stat -f -c %T $cg2)" = cgroup2fs ] || cg2=/sys/fs/cgroup/unified
 # wait_for CONDITION...: poll (bounded, 20 s) until it holds.
 wait_for() {
     i=0; until "$@"; do sleep 0.1; i=$((i+1)); [ $i -gt 200 ] && { echo "never: $*"; return 1; }; done
@@ -74,11 +71,11 @@ fn machinectl_drives_ns_run_as_nspawn(cgroups: GuestCgroups) {
         monitor=$(echo \"$reg\" | sed 's/.*\"monitor\":\\([0-9]*\\).*/\\1/')
         grep '^0::' /proc/$leader/cgroup | sed 's/-r1-[0-9]*/-r1-PID/'
         grep -c 'machine-r1.scope' /proc/$monitor/cgroup
-        ls /sys/fs/cgroup/machine.slice/machine-r1.scope | grep -v '^cgroup\\.\\|\\.' | sed 's/-r1-[0-9]*/-r1-PID/'
+        ls $cg2/machine.slice/machine-r1.scope | grep -v '^cgroup\\.\\|\\.' | sed 's/-r1-[0-9]*/-r1-PID/'
         ns-ctl terminate r1 >/dev/null; wait_for sh -c '! machinectl show r1 >/dev/null 2>&1'
         echo ==nspawn; verbs n1 systemd-nspawn -q -M n1 -D /var/lib/machines/bb sleep 1000
         echo ==ns-run; verbs r2 ns-run -q -M r2 -D /var/lib/machines/bb sleep 1000
-        ls /sys/fs/cgroup/machine.slice | grep -c scope; ls /run/ns-run/machines | wc -l"
+        ls $cg2/machine.slice | grep -c scope; ls /run/ns-run/machines | wc -l"
     );
     let out = g.sh_ok(&script);
     let (own, rest) = out.split_once("==nspawn\n").expect(&out);
@@ -123,6 +120,11 @@ fn machinectl_drives_ns_run_as_nspawn(cgroups: GuestCgroups) {
 #[test]
 fn machinectl_drives_ns_run_as_nspawn_in_pure_cgroup2() {
     machinectl_drives_ns_run_as_nspawn(GuestCgroups::Unified);
+}
+
+#[test]
+fn machinectl_drives_ns_run_as_nspawn_in_hybrid() {
+    machinectl_drives_ns_run_as_nspawn(GuestCgroups::Host);
 }
 
 /// A booted Debian under ns-run: machinectl shell and login reach it, as under nspawn;
@@ -214,16 +216,25 @@ fn units_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../systemd")
 }
 
+#[test]
+fn machinectl_start_boots_an_image_through_ns_run_at_service_in_pure_cgroup2() {
+    machinectl_start_boots_an_image_through_ns_run_at_service(GuestCgroups::Unified);
+}
+
+#[test]
+fn machinectl_start_boots_an_image_through_ns_run_at_service_in_hybrid() {
+    machinectl_start_boots_an_image_through_ns_run_at_service(GuestCgroups::Host);
+}
+
 /// `systemd/install` in the guest, then `machinectl start` of a busybox image that boots:
 /// through ns-run@.service (alias systemd-nspawn@.service), ready (Type=notify), listed, its
 /// NAME.nspawn honoured; reboot restarts it through the unit (exit 133), poweroff stops it,
 /// nothing left. Under -U (the unit's) the image cannot boot in this guest, with nspawn's
 /// unit as with ours: a user namespace nested in a container whose /proc has masked entries
 /// may not mount a new proc (the kernel's rule); the image's .nspawn file turns -U off.
-#[test]
-fn machinectl_start_boots_an_image_through_ns_run_at_service() {
+fn machinectl_start_boots_an_image_through_ns_run_at_service(cgroups: GuestCgroups) {
     let units = format!("--bind-ro={}:/srv/systemd", units_dir().display());
-    let g = guest("mds", GuestCgroups::Unified, &[&units]);
+    let g = guest("mds", cgroups, &[&units]);
     let init = r#"#!/bin/sh
 trap 'poweroff -f' 38
 trap 'reboot -f' INT
@@ -248,13 +259,15 @@ while :; do sleep 1 & wait $!; done
         machinectl status web --no-pager | grep -E 'Unit:|Iface:' | sed 's/^[[:space:]]*//'
         first=$(machinectl show -p Leader --value web)
         machinectl reboot web; echo \"reboot: rc=$?\"
-        wait_for sh -c \"[ \\\"\\$(machinectl show -p Leader --value web 2>/dev/null)\\\" != '' ] && [ \\\"\\$(machinectl show -p Leader --value web 2>/dev/null)\\\" != $first ]\" && echo back
-        systemctl show -p NRestarts --value ns-run@web
+        wait_for sh -c '[ \"$(systemctl show -p NRestarts --value ns-run@web)\" = 1 ] &&
+            [ \"$(machinectl show -p State --value web 2>/dev/null)\" = running ]' && echo back
+        leader=$(machinectl show -p Leader --value web)
+        [ \"$leader\" != 0 ] && [ \"$leader\" != \"$first\" ] && echo new-leader
         machinectl poweroff web; echo \"poweroff: rc=$?\"
         wait_for sh -c '! systemctl is-active -q ns-run@web' && systemctl show -p Result --value ns-run@web
         journalctl -u ns-run@web --no-pager -o cat | grep -c 'booted as fromfile'
         machinectl list --no-legend | wc -l; ls /run/ns-run/machines | wc -l
-        ls /sys/fs/cgroup/machine.slice | grep -c 'ns-run@'; ls /sys/class/net | grep -c ve-web; true"
+        ls $cg2/machine.slice | grep -c 'ns-run@'; ls /sys/class/net | grep -c ve-web; true"
     ));
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -269,7 +282,7 @@ while :; do sleep 1 & wait $!; done
             "Unit: ns-run@web.service",
             "reboot: rc=0",
             "back",
-            "1",
+            "new-leader",
             "poweroff: rc=0",
             "success",
             "2",
@@ -280,4 +293,73 @@ while :; do sleep 1 & wait $!; done
         ],
         "{out}"
     );
+}
+
+/// `--keep-unit` under a unit of Type=notify with a watchdog (as ns-run@.service): machined
+/// names that unit, the monitor sits in its `supervisor` beside the container, READY=1 comes
+/// once the payload runs and the watchdog is pinged; without `--keep-unit`, `-S` puts the
+/// scope in that slice.
+#[test]
+fn keep_unit_registers_the_unit_it_runs_in_is_ready_and_pings_the_watchdog() {
+    let g = guest("mdk", GuestCgroups::Unified, &[]);
+    let out = g.sh_ok(&format!(
+        "{IMAGE}
+        image bb >/dev/null
+        systemd-run -q -p Type=notify -p WatchdogSec=1s --unit=kept \
+            /opt/ns/bin/ns-run -q --keep-unit -M kept -D /var/lib/machines/bb sleep 4
+        echo \"run: rc=$?\"
+        machinectl status kept --no-pager | grep -E 'Unit:' | sed 's/^[[:space:]]*//'
+        ls $cg2/system.slice/kept.service | grep -v '^cgroup\\.\\|\\.' | sed 's/-kept-[0-9]*/-kept-PID/'
+        wait_for sh -c '! systemctl is-active -q kept' && systemctl show -p Result --value kept
+        (ns-run -q -S tenants.slice -M sliced -D /var/lib/machines/bb sleep 100 > /dev/null 2>&1 &)
+        wait_for machinectl show sliced >/dev/null 2>&1
+        systemctl show -p Slice --value machine-sliced.scope
+        machinectl terminate sliced"
+    ));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "run: rc=0",
+            "Unit: kept.service",
+            "ns-run-kept-PID",
+            "supervisor",
+            "success",
+            "tenants.slice",
+        ],
+        "{out}"
+    );
+}
+
+/// On a host without a system bus (this one), registration costs one failed connect and
+/// changes nothing; `--register=no` does not even try.
+#[test]
+fn without_a_bus_one_connect_is_tried_and_nothing_changes() {
+    let bus = format!("/nonexistent-ns-tests-{}/bus", std::process::id());
+    let connects = |register: &str| {
+        let log = std::env::temp_dir().join(format!("ns-tests-strace-{}", std::process::id()));
+        let mut c = std::process::Command::new("strace");
+        c.args(["-f", "-qq", "-e", "trace=connect", "-o"])
+            .arg(&log)
+            .arg(ns_tests::bin("ns-run"))
+            .args(["-q", register, "-D"])
+            .arg(ns_tests::fixture())
+            .args(["sh", "-c", "echo ran"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={bus}"));
+        let out = ns_tests::run_cmd(c, None);
+        assert_eq!((out.code, out.stdout.as_str()), (0, "ran\n"), "{out}");
+        let trace = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        trace
+            .lines()
+            .filter(|l| l.contains(&bus))
+            .map(|l| l.split_once("connect(").map_or(l, |(_, r)| r).to_string())
+            .collect::<Vec<_>>()
+    };
+    let tried = connects("--register=yes");
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert!(
+        tried[0].ends_with("= -1 ENOENT (No such file or directory)"),
+        "{tried:?}"
+    );
+    assert_eq!(connects("--register=no"), Vec::<String>::new());
 }
