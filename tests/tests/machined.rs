@@ -73,6 +73,8 @@ fn machinectl_drives_ns_run_as_nspawn(cgroups: GuestCgroups) {
         grep -c 'machine-r1.scope' /proc/$monitor/cgroup
         ls $cg2/machine.slice/machine-r1.scope | grep -v '^cgroup\\.\\|\\.' | sed 's/-r1-[0-9]*/-r1-PID/'
         ns-ctl terminate r1 >/dev/null; wait_for sh -c '! machinectl show r1 >/dev/null 2>&1'
+        ok=0; for i in 1 2 3 4 5; do ns-run -q -M again -D /var/lib/machines/bb true && ok=$((ok+1)); done
+        echo \"back to back: $ok\"
         echo ==nspawn; verbs n1 systemd-nspawn -q -M n1 -D /var/lib/machines/bb sleep 1000
         echo ==ns-run; verbs r2 ns-run -q -M r2 -D /var/lib/machines/bb sleep 1000
         ls $cg2/machine.slice | grep -c scope; ls /run/ns-run/machines | wc -l"
@@ -92,6 +94,7 @@ fn machinectl_drives_ns_run_as_nspawn(cgroups: GuestCgroups) {
             "0::/machine.slice/machine-r1.scope/ns-run-r1-PID/payload",
             "0",
             "ns-run-r1-PID",
+            "back to back: 5",
         ],
         "{out}"
     );

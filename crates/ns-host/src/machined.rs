@@ -34,8 +34,9 @@ const ABSENT: &[&str] = &[
 pub struct Machined {
     bus: Bus,
     name: String,
-    /// Our scope's object path, once made: systemd asks us (its controller) to stop it.
-    scope_path: Option<String>,
+    /// Our scope (unit name, object path), once made: systemd asks us (its controller) to
+    /// stop it; we stop it at exit.
+    scope: Option<(String, String)>,
 }
 
 fn machined_call(member: &str, body: Vec<Value>) -> Message {
@@ -61,7 +62,7 @@ impl Machined {
             Err(e) if e.name == "org.freedesktop.machine1.NoSuchMachine" => Ok(Some(Machined {
                 bus,
                 name: name.into(),
-                scope_path: None,
+                scope: None,
             })),
             Err(e) if ABSENT.contains(&e.name.as_str()) => Ok(None),
             Err(e) => Err(Error::setup(format!("systemd-machined: {e}"))),
@@ -91,11 +92,6 @@ impl Machined {
     pub fn own_scope(&mut self, slice: &str) -> Result<String> {
         let unit = format!("machine-{}.scope", unit_escape(&self.name));
         let path = format!("{SYSTEMD_PATH}/unit/{}", bus_path_escape(&unit));
-        let jobs = format!(
-            "type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',\
-             interface='{SYSTEMD_MANAGER}',member='JobRemoved'"
-        );
-        self.match_rule(true, jobs.clone())?;
         self.match_rule(
             true,
             format!(
@@ -124,7 +120,26 @@ impl Machined {
             Value::Array("(sv)".into(), props),
             Value::Array("(sa(sv))".into(), Vec::new()),
         ];
-        let reply = self.bus.call(m)?.map_err(|e| scope_error(&unit, &e))?;
+        match self.job(m, &format!("create {unit}"))?.as_str() {
+            "done" => {
+                self.scope = Some((unit.clone(), path));
+                Ok(unit)
+            }
+            r => Err(Error::setup(format!(
+                "cannot start {unit}: its job ended {r}"
+            ))),
+        }
+    }
+
+    /// Call `m` (a systemd method that queues a job: to `what`) and wait (bounded) until the
+    /// job is over: its result (`done`, `failed`...).
+    fn job(&mut self, m: Message, what: &str) -> Result<String> {
+        let jobs = format!(
+            "type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',\
+             interface='{SYSTEMD_MANAGER}',member='JobRemoved'"
+        );
+        self.match_rule(true, jobs.clone())?;
+        let reply = (self.bus.call(m)?).map_err(|e| Error::setup(format!("cannot {what}: {e}")))?;
         let job = reply
             .first()
             .and_then(Value::as_str)
@@ -136,16 +151,12 @@ impl Machined {
                 && s.body.get(1).and_then(Value::as_str) == Some(&job)
         })?;
         self.match_rule(false, jobs)?;
-        match done.body.get(3).and_then(Value::as_str) {
-            Some("done") => {
-                self.scope_path = Some(path);
-                Ok(unit)
-            }
-            r => Err(Error::setup(format!(
-                "cannot start {unit}: its job ended {}",
-                r.unwrap_or("?")
-            ))),
-        }
+        Ok(done
+            .body
+            .get(3)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .into())
     }
 
     /// Register the container: `leader` (its PID 1 on the host), `uuid` (hex, dashes
@@ -195,13 +206,22 @@ impl Machined {
         Ok(m.kind == crate::dbus::SIGNAL
             && m.member.as_deref() == Some("RequestStop")
             && m.path.is_some()
-            && m.path == self.scope_path)
+            && m.path.as_deref() == self.scope.as_ref().map(|s| s.1.as_str()))
     }
 
-    /// Drop the machine from machined now (the monitor's last word).
-    pub fn unregister(mut self) {
-        let m = machined_call("UnregisterMachine", vec![Value::Str(self.name.clone())]);
-        let _ = self.bus.call(m);
+    /// The monitor's last word: our scope stopped (it holds nothing by now) and waited for,
+    /// so that the name is free again at once for the next container, and the machine
+    /// dropped from machined if `registered` (errors are of no use then).
+    pub fn release(mut self, registered: bool) {
+        if let Some((unit, _)) = self.scope.take() {
+            let mut m = Message::call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StopUnit");
+            m.body = vec![Value::Str(unit.clone()), Value::Str("replace".into())];
+            let _ = self.job(m, &format!("stop {unit}"));
+        }
+        if registered {
+            let m = machined_call("UnregisterMachine", vec![Value::Str(self.name.clone())]);
+            let _ = self.bus.call(m);
+        }
     }
 }
 
@@ -214,10 +234,6 @@ fn bus_path_escape(s: &str) -> String {
             false => format!("_{b:02x}"),
         })
         .collect()
-}
-
-fn scope_error(unit: &str, e: &crate::dbus::BusError) -> Error {
-    Error::setup(format!("cannot create {unit}: {e}"))
 }
 
 /// Drop machine `name` from machined, if it still has it, over a new connection (the

@@ -642,9 +642,9 @@ impl<'a> Monitor<'a> {
         } = self;
         cleanup.run(Some(&held.lock));
         match machined {
-            Some(m) if self.in_machined => m.unregister(),
-            _ if self.in_machined => ns_host::machined::unregister_by_name(&self.state.machine),
-            _ => {}
+            Some(m) => m.release(self.in_machined),
+            None if self.in_machined => ns_host::machined::unregister_by_name(&self.state.machine),
+            None => {}
         }
         held.release_registration();
         drop(range);
