@@ -366,3 +366,39 @@ fn without_a_bus_one_connect_is_tried_and_nothing_changes() {
     );
     assert_eq!(connects("--register=no"), Vec::<String>::new());
 }
+
+/// Only systemd may stop a container's scope: a RequestStop signal sent straight to the
+/// monitor's bus connection by another client (any user may send signals on the system bus)
+/// is ignored, and the container keeps running until systemd itself asks.
+#[test]
+fn a_stop_request_not_from_systemd_is_ignored() {
+    let g = guest("mdr", GuestCgroups::Unified, &[]);
+    let out = g.sh_ok(&format!(
+        "{IMAGE}
+        image bb >/dev/null
+        (ns-run -q -M r1 -D /var/lib/machines/bb sleep 1000 > /dev/null 2>&1 &)
+        wait_for machinectl show r1 >/dev/null 2>&1 || exit 1
+        monitor=$(tr -d ' \\n' < /run/ns-run/machines/r1.json | sed 's/.*\"monitor\":\\([0-9]*\\).*/\\1/')
+        conn=$(busctl --system list --no-pager --no-legend | awk -v p=$monitor '$2 == p {{print $1; exit}}')
+        [ -n \"$conn\" ] && echo has-a-connection
+        for who in root nobody; do
+            setpriv --reuid=$who --regid=nogroup --clear-groups dbus-send --system --type=signal \
+                --dest=$conn /org/freedesktop/systemd1/unit/machine_2dr1_2escope \
+                org.freedesktop.systemd1.Scope.RequestStop && echo \"sent as $who\"
+        done
+        busctl --system call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus GetId >/dev/null
+        machinectl show -p State --value r1
+        machinectl terminate r1 && wait_for sh -c '! machinectl show r1 >/dev/null 2>&1' && echo terminated"
+    ));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "has-a-connection",
+            "sent as root",
+            "sent as nobody",
+            "running",
+            "terminated"
+        ],
+        "{out}"
+    );
+}

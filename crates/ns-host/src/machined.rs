@@ -37,6 +37,9 @@ pub struct Machined {
     /// Our scope (unit name, object path), once made: systemd asks us (its controller) to
     /// stop it; we stop it at exit.
     scope: Option<(String, String)>,
+    /// systemd's unique name on the bus: signals are believed only from it (any client may
+    /// send a signal straight to us).
+    systemd: String,
 }
 
 fn machined_call(member: &str, body: Vec<Value>) -> Message {
@@ -63,6 +66,7 @@ impl Machined {
                 bus,
                 name: name.into(),
                 scope: None,
+                systemd: String::new(),
             })),
             Err(e) if ABSENT.contains(&e.name.as_str()) => Ok(None),
             Err(e) => Err(Error::setup(format!("systemd-machined: {e}"))),
@@ -91,6 +95,15 @@ impl Machined {
     /// has started it.
     pub fn own_scope(&mut self, slice: &str) -> Result<String> {
         let unit = format!("machine-{}.scope", unit_escape(&self.name));
+        let mut m = Message::call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetNameOwner",
+        );
+        m.body = vec![Value::Str(SYSTEMD.into())];
+        let owner = (self.bus.call(m)?).map_err(|e| Error::setup(format!("systemd: {e}")))?;
+        self.systemd = owner.first().and_then(Value::as_str).unwrap_or("").into();
         let path = format!("{SYSTEMD_PATH}/unit/{}", bus_path_escape(&unit));
         self.match_rule(
             true,
@@ -146,8 +159,10 @@ impl Machined {
             .unwrap_or("")
             .to_string();
         // JobRemoved(u id, o job, s unit, s result) for our job.
+        let systemd = self.systemd.clone();
         let done = self.bus.wait_signal(|s| {
-            s.member.as_deref() == Some("JobRemoved")
+            s.sender.as_deref() == Some(systemd.as_str())
+                && s.member.as_deref() == Some("JobRemoved")
                 && s.body.get(1).and_then(Value::as_str) == Some(&job)
         })?;
         self.match_rule(false, jobs)?;
@@ -204,6 +219,7 @@ impl Machined {
     pub fn stop_requested(&mut self) -> Result<bool> {
         let m = self.bus.receive()?;
         Ok(m.kind == crate::dbus::SIGNAL
+            && m.sender.as_deref() == Some(self.systemd.as_str())
             && m.member.as_deref() == Some("RequestStop")
             && m.path.is_some()
             && m.path.as_deref() == self.scope.as_ref().map(|s| s.1.as_str()))
