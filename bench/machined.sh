@@ -24,16 +24,7 @@ loop() {
       e=\$(date +%s%N); echo \$(( (e - s) / $RUNS / 1000 ))"
 }
 
-boot() { # NAME LAYOUT(1: pure cgroup2, empty: the host's)
-    SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=$2 "$BIN/ns-run" -q -x -b -M "$1" -D "$GUEST" \
-        --bind-ro="$BIN":/opt/ns/bin --bind-ro="$TREE":/srv/bb >/dev/null 2>&1 &
-    n=0
-    until [ "$("$BIN/ns-ctl" shell "$1" -- /bin/systemctl is-system-running 2>/dev/null)" = running ]; do
-        n=$((n + 1))
-        [ $n -lt 300 ] || { echo "guest $1 did not boot" >&2; exit 1; }
-        sleep 0.2
-    done
-}
+. "$(dirname "$0")/guest.sh"
 in_guest() { "$BIN/ns-ctl" shell -E PATH=$GUEST_PATH "$1" -- /bin/sh -c "$(loop "$2")"; }
 stop() { "$BIN/ns-ctl" poweroff "$TAG-h" 2>/dev/null || true; "$BIN/ns-ctl" poweroff "$TAG-u" 2>/dev/null || true; wait; }
 trap stop EXIT
@@ -49,7 +40,6 @@ while [ $r -lt "$ROUNDS" ]; do
     uy="$uy $(in_guest "$TAG-u" yes)"
     r=$((r + 1))
 done
-median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 report() { # NAME REGISTERED-ROUNDS UNREGISTERED-ROUNDS
     awk -v n="$1" -v y="$(median $2)" -v no="$(median $3)" -v r="$ROUNDS" -v k="$RUNS" 'BEGIN {
         printf "%-19s registered %6.2f ms, --register=no %6.2f ms: %+.2f ms (median of %s rounds x %s runs)\n",
