@@ -787,69 +787,66 @@ mod tests {
         assert_eq!(d.first_str(), "No machine 'nosuch' known");
     }
 
+    /// What the bus played by [`fake_bus`] received: the auth line, BEGIN, Hello, the call.
+    type Received = (String, [u8; 7], Message, Message);
+
+    /// One message from `s`.
+    fn next(s: &mut UnixStream) -> Message {
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        let mut buf = head.to_vec();
+        buf.resize(message_len(&head).unwrap(), 0);
+        s.read_exact(&mut buf[16..]).unwrap();
+        Message::decode(&buf).unwrap()
+    }
+
+    /// A bus on `s`: takes the auth line and says OK, takes BEGIN, answers Hello with
+    /// `:1.42`, then answers the next call with machined's captured error reply, a signal
+    /// before it.
+    fn fake_bus(mut s: UnixStream) -> Received {
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\r\n") {
+            s.read_exact(&mut b).unwrap();
+            got.push(b[0]);
+        }
+        s.write_all(b"OK 0123456789abcdef\r\n").unwrap();
+        let mut begin = [0u8; 7];
+        s.read_exact(&mut begin).unwrap();
+        let hello = next(&mut s);
+        let reply = Message {
+            kind: METHOD_RETURN,
+            reply_serial: Some(hello.serial),
+            body: vec![Value::Str(":1.42".into())],
+            ..Message::default()
+        };
+        s.write_all(&reply.encode(1)).unwrap();
+        let call = next(&mut s);
+        let noise = Message {
+            kind: SIGNAL,
+            path: Some("/x".into()),
+            interface: Some("a.b".into()),
+            member: Some("Noise".into()),
+            ..Message::default()
+        };
+        s.write_all(&noise.encode(2)).unwrap();
+        let mut error = unhex(MACHINED_NO_SUCH_MACHINE);
+        error[20] = call.serial as u8; // reply_serial names the call
+        s.write_all(&error).unwrap();
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            begin,
+            hello,
+            call,
+        )
+    }
+
     /// The whole exchange against a bus played by a thread on a socket pair: EXTERNAL as our
     /// uid, BEGIN, Hello, a call answered by an error reply (signals before it dropped).
     #[test]
     fn authenticates_says_hello_and_calls() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let bus = std::thread::spawn(move || {
-            let mut s = theirs;
-            let mut got = Vec::new();
-            let mut b = [0u8; 1];
-            while !got.ends_with(b"\r\n") {
-                s.read_exact(&mut b).unwrap();
-                got.push(b[0]);
-            }
-            s.write_all(b"OK 0123456789abcdef\r\n").unwrap();
-            let mut begin = [0u8; 7];
-            s.read_exact(&mut begin).unwrap();
-            let next = |s: &mut UnixStream| {
-                let mut head = [0u8; 16];
-                s.read_exact(&mut head).unwrap();
-                let mut buf = head.to_vec();
-                buf.resize(message_len(&head).unwrap(), 0);
-                s.read_exact(&mut buf[16..]).unwrap();
-                Message::decode(&buf).unwrap()
-            };
-            let hello = next(&mut s);
-            let reply = Message {
-                kind: METHOD_RETURN,
-                reply_serial: Some(hello.serial),
-                body: vec![Value::Str(":1.42".into())],
-                ..Message::default()
-            };
-            s.write_all(&reply.encode(1)).unwrap();
-            let call = next(&mut s);
-            let noise = Message {
-                kind: SIGNAL,
-                path: Some("/x".into()),
-                interface: Some("a.b".into()),
-                member: Some("Noise".into()),
-                ..Message::default()
-            };
-            s.write_all(&noise.encode(2)).unwrap();
-            s.write_all(
-                &unhex(MACHINED_NO_SUCH_MACHINE)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        // reply_serial (offset 20) names the call.
-                        if i == 20 {
-                            call.serial as u8
-                        } else {
-                            *b
-                        }
-                    })
-                    .collect::<Vec<u8>>(),
-            )
-            .unwrap();
-            (
-                String::from_utf8_lossy(&got).into_owned(),
-                begin,
-                hello,
-                call,
-            )
-        });
+        let bus = std::thread::spawn(move || fake_bus(theirs));
         let mut b = Bus::open(ours).unwrap();
         assert_eq!(b.unique_name, ":1.42");
         let mut m = Message::call("org.freedesktop.machine1", "/o", "i.m", "GetMachine");
@@ -858,13 +855,9 @@ mod tests {
         assert_eq!(err.name, "org.freedesktop.machine1.NoSuchMachine");
         assert_eq!(err.to_string(), "No machine 'nosuch' known");
         let (auth, begin, hello, call) = bus.join().unwrap();
-        let uid: String = nix::unistd::geteuid()
-            .as_raw()
-            .to_string()
-            .bytes()
-            .map(|c| format!("{c:02x}"))
-            .collect();
-        assert_eq!(auth, format!("\0AUTH EXTERNAL {uid}\r\n"));
+        let uid = nix::unistd::geteuid().as_raw().to_string();
+        let hex: String = uid.bytes().map(|c| format!("{c:02x}")).collect();
+        assert_eq!(auth, format!("\0AUTH EXTERNAL {hex}\r\n"));
         assert_eq!(&begin, b"BEGIN\r\n");
         assert_eq!(hello.member.as_deref(), Some("Hello"));
         assert_eq!(call.body, vec![Value::Str("nosuch".into())]);
