@@ -130,15 +130,24 @@ fn machinectl_drives_ns_run_as_nspawn_in_hybrid() {
     machinectl_drives_ns_run_as_nspawn(GuestCgroups::Host);
 }
 
+#[test]
+fn a_booted_debian_has_machinectl_shell_login_poweroff_and_reboot_in_pure_cgroup2() {
+    a_booted_debian_has_machinectl_shell_login_poweroff_and_reboot(GuestCgroups::Unified);
+}
+
+#[test]
+fn a_booted_debian_has_machinectl_shell_login_poweroff_and_reboot_in_hybrid() {
+    a_booted_debian_has_machinectl_shell_login_poweroff_and_reboot(GuestCgroups::Host);
+}
+
 /// A booted Debian under ns-run: machinectl shell and login reach it, as under nspawn;
 /// poweroff stops it (0) and reboot ends ns-run with 133 (a unit restarts it).
-#[test]
-fn a_booted_debian_has_machinectl_shell_login_poweroff_and_reboot() {
+fn a_booted_debian_has_machinectl_shell_login_poweroff_and_reboot(cgroups: GuestCgroups) {
     let deb = format!(
         "--bind-ro={}:/var/lib/machines/deb",
         ns_tests::debian_machined().display()
     );
-    let g = guest("mdb", GuestCgroups::Unified, &[&deb]);
+    let g = guest("mdb", cgroups, &[&deb]);
     let boot = r#"
         boot() {
             n=$1; shift; rm -f /tmp/$n.rc
