@@ -190,7 +190,8 @@ fn a_booted_debian_has_machinectl_shell_login_poweroff_and_reboot(cgroups: Guest
 }
 
 /// A name machined already has (an nspawn container's): one line, 125, nothing made; with
-/// --register=no the same name runs (unregistered).
+/// --register=no the same name runs (unregistered). A start failing after its scope was made
+/// (a property this guest cannot apply) leaves no scope.
 #[test]
 fn a_name_machined_has_fails_with_one_line_and_leaves_nothing() {
     let g = guest("mdn", GuestCgroups::Unified, &[]);
@@ -203,6 +204,8 @@ fn a_name_machined_has_fails_with_one_line_and_leaves_nothing() {
         ns-run -q -M taken -D /var/lib/machines/bb2 true 2>/tmp/err; echo \"rc=$?\"; cat /tmp/err
         [ \"$(find /sys/fs/cgroup -name '*taken*' | sort)\" = \"$before\" ] && echo cgroups-unchanged
         ls /run/ns-run/machines | wc -l
+        ns-run -q -M bad --property=MemoryHigh=1M -D /var/lib/machines/bb2 true 2>/dev/null
+        echo \"rc=$? $(systemctl show -p LoadState --value machine-bad.scope)\"
         ns-run -q --register=no -M taken -D /var/lib/machines/bb2 sh -c 'echo ran'; echo \"rc=$?\"
         machinectl show -p Service --value taken
         machinectl terminate taken"
@@ -215,6 +218,7 @@ fn a_name_machined_has_fails_with_one_line_and_leaves_nothing() {
              name with -M, or --register=no)",
             "cgroups-unchanged",
             "0",
+            "rc=125 not-found",
             "ran",
             "rc=0",
             "systemd-nspawn",

@@ -46,13 +46,13 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let (machined, origin) = machined(state)?;
-    let hierarchies = match machined {
+    let mut systemd = Systemd::reach(state)?;
+    let hierarchies = match systemd.machined {
         // In our unit now: the hierarchies as they are from there.
         Some(_) => Some(ns_host::cgroups::supervise_in_unit()?),
         None => hierarchies,
     };
-    let mut decided = decide(state, hierarchies, machined.is_some())?;
+    let mut decided = decide(state, hierarchies, systemd.machined.is_some())?;
     let chown = state.enter.userns.as_ref().map(|u| u.ownership) == Some(Ownership::Chown);
     if let (true, Some(base)) = (chown, decided.runtime.userns_base) {
         // `chown` ownership: shift the tree into the range now (under the image lock).
@@ -81,8 +81,8 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     };
     ns_core::sys::trim_heap();
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
-    monitor.machined = machined;
-    monitor.origin = origin;
+    monitor.machined = systemd.machined.take();
+    monitor.origin = systemd.origin.take();
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
@@ -149,27 +149,51 @@ fn stage_fds(state: &State) -> Result<StageFds> {
     Ok(fds)
 }
 
-/// systemd-machined, when the system bus has it and the container registers (as root):
-/// reached, and the unit the container goes in made (a scope of its own, unless
-/// `--keep-unit`; then also the monitor's cgroups before, to go back to once the container
-/// holds the scope). None where there is no bus (one failed connect).
-fn machined(state: &State) -> Result<(Option<Machined>, Option<Vec<Hierarchy>>)> {
-    let m = &state.monitor;
-    if !m.register || !nix::unistd::geteuid().is_root() {
-        return Ok((None, None));
+/// systemd's side of a container: machined, and the monitor's cgroups before it made a
+/// scope of its own. Until the monitor takes them over, dropping it undoes what was done
+/// (back to those cgroups, the scope stopped), so that a start failing before the container
+/// runs leaves no scope behind.
+struct Systemd {
+    machined: Option<Machined>,
+    origin: Option<Vec<Hierarchy>>,
+}
+
+impl Systemd {
+    /// systemd-machined, when the system bus has it and the container registers (as root):
+    /// reached, and the unit the container goes in made (a scope of its own, unless
+    /// `--keep-unit`; then also the monitor's cgroups before, to go back to once the
+    /// container holds the scope). Nothing where there is no bus (one failed connect).
+    fn reach(state: &State) -> Result<Systemd> {
+        let m = &state.monitor;
+        let mut sd = Systemd {
+            machined: None,
+            origin: None,
+        };
+        if !m.register || !nix::unistd::geteuid().is_root() {
+            return Ok(sd);
+        }
+        sd.machined = Machined::reach(&state.machine)?;
+        let Some(machined) = sd.machined.as_mut().filter(|_| !m.keep_unit) else {
+            return Ok(sd);
+        };
+        sd.origin = Some(ns_host::cgroups::hierarchies());
+        let slice = (m.slice.as_deref()).map_or("machine.slice", |s| {
+            s.rsplit('/').next().unwrap_or("-.slice")
+        });
+        machined.own_scope(slice)?;
+        Ok(sd)
     }
-    let Some(mut machined) = Machined::reach(&state.machine)? else {
-        return Ok((None, None));
-    };
-    if m.keep_unit {
-        return Ok((Some(machined), None));
+}
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        if let Some(origin) = self.origin.take() {
+            let _ = ns_host::cgroups::leave_unit(&origin);
+        }
+        if let Some(m) = self.machined.take() {
+            m.release(false);
+        }
     }
-    let origin = ns_host::cgroups::hierarchies();
-    let slice = (m.slice.as_deref()).map_or("machine.slice", |s| {
-        s.rsplit('/').next().unwrap_or("-.slice")
-    });
-    machined.own_scope(slice)?;
-    Ok((Some(machined), Some(origin)))
 }
 
 /// What the host decided at start, and holds while the container runs.
