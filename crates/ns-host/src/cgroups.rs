@@ -1,5 +1,6 @@
 //! The container's own cgroup (-b, --property): created by the monitor on the host in every
-//! mounted hierarchy (each v1 controller, name=systemd, cgroup2), in two levels as nspawn
+//! mounted hierarchy it may write (each v1 controller, name=systemd, cgroup2; inside a
+//! container or a CI runner some are read-only, and skipped), in two levels as nspawn
 //! makes them on a unified host: `ns-run-NAME-PID` holds the device policy and the limits,
 //! and the container's processes live in its `payload` below, joined by the chain's first
 //! process before ns-enter unshares the cgroup namespace (so the namespace is rooted

@@ -6,7 +6,10 @@
 //! for ns-run that is the level above the container's cgroup namespace (see `cgroups`), so
 //! container root can neither widen the v1 rules (a child gets no more than its parent) nor
 //! detach the program (attached with BPF_F_ALLOW_MULTI, it runs for every cgroup below,
-//! along with whatever a booted guest attaches there).
+//! along with whatever a booted guest attaches there). Where neither can be applied (inside
+//! a container: its v1 devices controller read-only, bpf() refused by its system call
+//! filter), nspawn's default is skipped with a notice and the container keeps the policy
+//! ns-run runs under; a policy asked for with `--property=` is an error there.
 //! Rules use the v1 syntax throughout: `TYPE MAJOR:MINOR ACCESS`, `*` for any number.
 
 use std::io::Write;

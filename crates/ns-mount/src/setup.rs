@@ -438,52 +438,64 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
         &format!("mode=0755,{TMPFS_ALMOST_EMPTY}"),
         f,
     )?;
+    // Our fresh tmpfs, which nothing else sees yet: its mount points made fd-relative.
+    let dir = open_in_root(root, Path::new("/sys/fs/cgroup"), None)?;
     let ro = match cg.controllers_writable {
         true => MsFlags::empty(),
         false => MsFlags::MS_RDONLY,
     };
     for c in &cg.controllers {
-        let dest = format!("/sys/fs/cgroup/{c}");
-        let target = open_in_root(root, Path::new(&dest), Some(Kind::Dir))?;
-        mount(
-            Some("cgroup"),
-            fd_path(&target).as_str(),
-            Some("cgroup"),
-            f | ro,
-            Some(c.as_str()),
-        )
-        .ctx(|| format!("cannot mount cgroup {c} on {dest}"))?;
+        mount_hierarchy(&dir, c, "cgroup", f | ro, c)?;
         // nspawn's links for co-mounted controllers: cpu -> cpu,cpuacct.
         if c.contains(',') {
-            let cg_dir = open_in_root(root, Path::new("/sys/fs/cgroup"), None)?;
             for part in c.split(',') {
-                let _ = nix::unistd::symlinkat(c.as_str(), cg_dir.as_fd(), part);
+                let _ = nix::unistd::symlinkat(c.as_str(), dir.as_fd(), part);
             }
         }
     }
-    let target = open_in_root(root, Path::new("/sys/fs/cgroup/systemd"), Some(Kind::Dir))?;
-    mount(
-        Some("cgroup"),
-        fd_path(&target).as_str(),
-        Some("cgroup"),
-        f,
-        Some("none,name=systemd"),
-    )
-    .ctx(|| "cannot mount the name=systemd hierarchy".into())?;
+    mount_hierarchy(&dir, "systemd", "cgroup", f, "none,name=systemd")?;
     if cg.layout == CgroupLayout::Hybrid {
-        mount_fs(root, "/sys/fs/cgroup/unified", "cgroup2", f, None)?;
+        mount_hierarchy(&dir, "unified", "cgroup2", f, "")?;
     }
     if cg.controllers_writable {
         return Ok(());
     }
     // The tmpfs's superblock read-only too, as nspawn remounts it.
-    let tmpfs = open_in_root(root, Path::new("/sys/fs/cgroup"), None)?;
     mount(
         None::<&str>,
-        fd_path(&tmpfs).as_str(),
+        fd_path(&dir).as_str(),
         None::<&str>,
         f | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_STRICTATIME,
         Some("mode=0755"),
     )
     .ctx(|| "cannot make /sys/fs/cgroup read-only".into())
+}
+
+/// Mount the cgroup file system `fstype` (with `data`, the hierarchy's options) on a new
+/// directory `name` of the /sys/fs/cgroup tmpfs `dir` is open on.
+fn mount_hierarchy(
+    dir: &OwnedFd,
+    name: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: &str,
+) -> Result<()> {
+    let dest = || format!("/sys/fs/cgroup/{name}");
+    nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755))
+        .ctx(|| format!("cannot create {}", dest()))?;
+    let target = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("cannot open {}", dest()))?;
+    mount(
+        Some("cgroup"),
+        fd_path(&target).as_str(),
+        Some(fstype),
+        flags,
+        (!data.is_empty()).then_some(data),
+    )
+    .ctx(|| format!("cannot mount {fstype} {data} on {}", dest()))
 }
