@@ -245,7 +245,7 @@ fn machinectl_start_boots_an_image_through_ns_run_at_service_in_hybrid() {
 /// `systemd/install` in the guest, then `machinectl start` of a busybox image that boots:
 /// through ns-run@.service (alias systemd-nspawn@.service), ready (Type=notify), listed, its
 /// NAME.nspawn honoured; reboot restarts it through the unit (exit 133), poweroff stops it,
-/// nothing left. Under -U (the unit's) the image cannot boot in this guest, with nspawn's
+/// nothing left; `systemd/install --remove` gives systemd-nspawn@.service back. Under -U (the unit's) the image cannot boot in this guest, with nspawn's
 /// unit as with ours: a user namespace nested in a container whose /proc has masked entries
 /// may not mount a new proc (the kernel's rule); the image's .nspawn file turns -U off.
 fn machinectl_start_boots_an_image_through_ns_run_at_service(cgroups: GuestCgroups) {
@@ -283,7 +283,9 @@ while :; do sleep 1 & wait $!; done
         wait_for sh -c '! systemctl is-active -q ns-run@web' && systemctl show -p Result --value ns-run@web
         journalctl -u ns-run@web --no-pager -o cat | grep -c 'booted as fromfile'
         machinectl list --no-legend | wc -l; ls /run/ns-run/machines | wc -l
-        ls $cg2/machine.slice | grep -c 'ns-run@'; ls /sys/class/net | grep -c ve-web; true"
+        ls $cg2/machine.slice | grep -c 'ns-run@'; ls /sys/class/net | grep -c ve-web
+        sh /srv/systemd/install --remove
+        systemctl cat systemd-nspawn@web.service | grep -c '^ExecStart=systemd-nspawn '; true"
     ));
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -306,6 +308,7 @@ while :; do sleep 1 & wait $!; done
             "0",
             "0",
             "0",
+            "1",
         ],
         "{out}"
     );
