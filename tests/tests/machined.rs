@@ -68,6 +68,7 @@ fn machinectl_drives_ns_run_as_nspawn(cgroups: GuestCgroups) {
         leader=$(machinectl show -p Leader --value r1)
         reg=$(tr -d ' \n' < /run/ns-run/machines/r1.json)
         echo \"$reg\" | grep -q \"\\\"leader\\\":$leader,\" && echo leader-in-registry
+        echo \"$reg\" | grep -q \"\\\"uuid\\\":\\\"$(machinectl show -p Id --value r1)\\\"\" && echo id-in-registry
         monitor=$(echo \"$reg\" | sed 's/.*\"monitor\":\\([0-9]*\\).*/\\1/')
         grep '^0::' /proc/$leader/cgroup | sed 's/-r1-[0-9]*/-r1-PID/'
         grep -c 'machine-r1.scope' /proc/$monitor/cgroup
@@ -91,6 +92,7 @@ fn machinectl_drives_ns_run_as_nspawn(cgroups: GuestCgroups) {
             "Root: /var/lib/machines/bb",
             "Unit: machine-r1.scope",
             "leader-in-registry",
+            "id-in-registry",
             "0::/machine.slice/machine-r1.scope/ns-run-r1-PID/payload",
             "0",
             "ns-run-r1-PID",
