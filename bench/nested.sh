@@ -23,16 +23,7 @@ loop="i=0; s=\$(date +%s%N); while [ \$i -lt $RUNS ]; do \
   e=\$(date +%s%N); echo \$(( (e - s) / $RUNS / 1000 ))"
 host_loop=$(echo "$loop" | sed "s|ns-run|$BIN/ns-run|; s|/srv/bb|$TREE|")
 
-boot() { # NAME LAYOUT(1: pure cgroup2, empty: the host's)
-    SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=$2 "$BIN/ns-run" -q -x -b -M "$1" -D "$GUEST" \
-        --bind-ro="$BIN":/opt/ns/bin --bind-ro="$TREE":/srv/bb >/dev/null 2>&1 &
-    n=0
-    until [ "$("$BIN/ns-ctl" shell "$1" -- /bin/systemctl is-system-running 2>/dev/null)" = running ]; do
-        n=$((n + 1))
-        [ $n -lt 300 ] || { echo "guest $1 did not boot" >&2; exit 1; }
-        sleep 0.2
-    done
-}
+. "$(dirname "$0")/guest.sh"
 in_guest() { "$BIN/ns-ctl" shell -E PATH=$GUEST_PATH "$1" -- /bin/sh -c "$loop"; }
 stop() { "$BIN/ns-ctl" poweroff "$TAG-h" 2>/dev/null || true; "$BIN/ns-ctl" poweroff "$TAG-u" 2>/dev/null || true; wait; }
 trap stop EXIT
@@ -47,7 +38,6 @@ while [ $r -lt "$ROUNDS" ]; do
     unified="$unified $(in_guest "$TAG-u")"
     r=$((r + 1))
 done
-median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 h=$(median $host)
 for pair in "host:$host" "hybrid guest:$hybrid" "pure cgroup2 guest:$unified"; do
     name=${pair%%:*}

@@ -768,6 +768,10 @@ pub struct MonitorPlan {
     /// second container of the same name.
     #[serde(default)]
     pub register: bool,
+    /// `--keep-unit`: registered with systemd-machined, the container goes into the unit
+    /// ns-run runs in, instead of a scope of its own.
+    #[serde(default)]
+    pub keep_unit: bool,
 }
 
 /// A `--property=` (systemd's names), parsed by ns-enter::resources. Limits: None is

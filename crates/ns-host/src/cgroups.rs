@@ -487,6 +487,51 @@ fn is_empty(dir: &Path) -> bool {
             .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()) || is_empty(&e.path()))
 }
 
+/// In a systemd unit of ours (a delegated scope or service: registration with machined),
+/// the monitor leaves the unit's own cgroup for a `supervisor` cgroup below it, in the
+/// hierarchies systemd manages (cgroup2, name=systemd), as nspawn does: cgroup2 lets no
+/// process sit beside cgroups that have controllers, and the container's cgroups go beside
+/// it, in the unit. Returns the hierarchies, read again, with `own` the unit's cgroup (where
+/// [`create`] puts the container's, without a slice).
+pub fn supervise_in_unit() -> Result<Vec<Hierarchy>> {
+    let hs = hierarchies();
+    for h in hs.iter().filter(|h| h.v2 || h.options == "name=systemd") {
+        let rel = h.own.strip_prefix("/").unwrap_or(&h.own);
+        let dir = h.mountpoint.join(rel).join("supervisor");
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).ctx(|| format!("cannot create cgroup {}", dir.display()))
+            }
+            _ => {}
+        }
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .ctx(|| format!("cannot move the monitor into {}", dir.display()))?;
+    }
+    Ok(hs)
+}
+
+/// Back to the cgroups of `before` (the monitor's, before it joined a scope of its own), once
+/// the container's processes hold the scope, and the `supervisor` cgroups left empty go: the
+/// scope holds the container alone, as nspawn's does, so that `machinectl kill` and a stop of
+/// the scope reach only the container.
+pub fn leave_unit(before: &[Hierarchy]) -> Result<()> {
+    let now = hierarchies();
+    for b in before {
+        let same = |n: &&Hierarchy| n.v2 == b.v2 && n.options == b.options;
+        let Some(n) = now.iter().find(same).filter(|n| n.own != b.own) else {
+            continue;
+        };
+        let dir = b.mountpoint.join(b.own.strip_prefix("/").unwrap_or(&b.own));
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .ctx(|| format!("cannot move the monitor back to {}", dir.display()))?;
+        if n.own.ends_with("supervisor") {
+            let _ =
+                std::fs::remove_dir(n.mountpoint.join(n.own.strip_prefix("/").unwrap_or(&n.own)));
+        }
+    }
+    Ok(())
+}
+
 /// Where the container's cgroup goes in `h`: its parent and itself.
 fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
     let rel = match slice {

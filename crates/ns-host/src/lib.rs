@@ -2,7 +2,8 @@
 //! nspawn-network.c…: the container's cgroups ([`cgroups`]), the limits written to them
 //! ([`resources`]) and what the OOM killer did there ([`oom`]), the device policy ([`devices`]), user namespace id maps, ranges and the
 //! ownership shift ([`userns`]), joining a running container ([`attach`]), the image and zone
-//! locks ([`locks`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]), the
+//! locks ([`locks`]), registration with systemd-machined ([`machined`]) over a small D-Bus
+//! client ([`dbus`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]), the
 //! registry of running machines that ns-ctl reads ([`registry`]), the mounts of an OCI container
 //! without a mount namespace ([`hostmounts`]), the mount points the host makes for one and
 //! the removal of created paths ([`mountpoints`]); and the chain itself, started and
@@ -14,11 +15,13 @@
 pub mod attach;
 pub mod cgroups;
 pub mod chain;
+pub mod dbus;
 pub mod devices;
 pub mod hostmounts;
 pub mod hostpaths;
 pub mod journal;
 pub mod locks;
+pub mod machined;
 pub mod mountpoints;
 pub mod notify;
 pub mod oom;

@@ -59,6 +59,46 @@ impl Drop for NotifySocket {
 
 /// sd_notify(READY=1) to our own supervisor, if it gave us a NOTIFY_SOCKET.
 pub fn notify_ready() {
+    notify("READY=1\n");
+}
+
+/// Our supervisor's watchdog (systemd's `WatchdogSec=`: `WATCHDOG_USEC`, for us when
+/// `WATCHDOG_PID` is ours or unset): pinged with WATCHDOG=1 every half period, as
+/// nspawn's event loop does.
+pub struct Watchdog {
+    every: std::time::Duration,
+    next: std::time::Instant,
+}
+
+impl Watchdog {
+    /// The watchdog our supervisor asked for, if any.
+    pub fn from_env() -> Option<Watchdog> {
+        let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+        let pid = std::env::var("WATCHDOG_PID").ok();
+        if pid.is_some_and(|p| p != std::process::id().to_string()) || usec == 0 {
+            return None;
+        }
+        let every = std::time::Duration::from_micros(usec / 2);
+        Some(Watchdog {
+            every,
+            next: std::time::Instant::now(),
+        })
+    }
+
+    /// Ping if it is time; how long until the next ping is due (ms, for poll).
+    pub fn tick(&mut self) -> u16 {
+        let now = std::time::Instant::now();
+        if now >= self.next {
+            notify("WATCHDOG=1\n");
+            self.next = now + self.every;
+        }
+        let left = self.next.saturating_duration_since(now).as_millis();
+        left.clamp(1, u16::MAX as u128) as u16
+    }
+}
+
+/// Send `msg` to our supervisor's NOTIFY_SOCKET, if it gave us one.
+fn notify(msg: &str) {
     use std::os::linux::net::SocketAddrExt;
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
@@ -72,6 +112,6 @@ pub fn notify_ready() {
         None => std::os::unix::net::SocketAddr::from_pathname(&target),
     };
     if let Ok(a) = addr {
-        let _ = sock.send_to_addr(b"READY=1\n", &a);
+        let _ = sock.send_to_addr(msg.as_bytes(), &a);
     }
 }

@@ -81,7 +81,7 @@ pub struct Cli {
     /// Register container as machine
     #[arg(long, value_name = "BOOLEAN")]
     pub register: Option<String>,
-    /// Do not register a scope for the machine (accepted: ns-run never creates units)
+    /// Do not register a scope for the machine (with machined: use the unit ns-run runs in)
     #[arg(long)]
     pub keep_unit: bool,
 

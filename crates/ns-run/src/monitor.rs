@@ -15,6 +15,7 @@ use ns_core::stage::{debug, exit_code_of};
 use ns_core::state::{IdBase, Namespace, Ownership, RootMode, Runtime, State};
 use ns_host::cgroups::{Cgroup, Hierarchy};
 use ns_host::chain::{Chain, Maps, Report};
+use ns_host::machined::Machined;
 use ns_host::registry::{Machine, Registration};
 
 use ns_core::console;
@@ -45,7 +46,13 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     }
     let held = Held::take(state)?;
     let fds = stage_fds(state)?;
-    let mut decided = decide(state, hierarchies)?;
+    let mut systemd = Systemd::reach(state)?;
+    let hierarchies = match systemd.machined {
+        // In our unit now: the hierarchies as they are from there.
+        Some(_) => Some(ns_host::cgroups::supervise_in_unit()?),
+        None => hierarchies,
+    };
+    let mut decided = decide(state, hierarchies, systemd.machined.is_some())?;
     let chown = state.enter.userns.as_ref().map(|u| u.ownership) == Some(Ownership::Chown);
     if let (true, Some(base)) = (chown, decided.runtime.userns_base) {
         // `chown` ownership: shift the tree into the range now (under the image lock).
@@ -74,6 +81,8 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     };
     ns_core::sys::trim_heap();
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
+    monitor.machined = systemd.machined.take();
+    monitor.origin = systemd.origin.take();
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
 }
@@ -140,6 +149,53 @@ fn stage_fds(state: &State) -> Result<StageFds> {
     Ok(fds)
 }
 
+/// systemd's side of a container: machined, and the monitor's cgroups before it made a
+/// scope of its own. Until the monitor takes them over, dropping it undoes what was done
+/// (back to those cgroups, the scope stopped), so that a start failing before the container
+/// runs leaves no scope behind.
+struct Systemd {
+    machined: Option<Machined>,
+    origin: Option<Vec<Hierarchy>>,
+}
+
+impl Systemd {
+    /// systemd-machined, when the system bus has it and the container registers (as root):
+    /// reached, and the unit the container goes in made (a scope of its own, unless
+    /// `--keep-unit`; then also the monitor's cgroups before, to go back to once the
+    /// container holds the scope). Nothing where there is no bus (one failed connect).
+    fn reach(state: &State) -> Result<Systemd> {
+        let m = &state.monitor;
+        let mut sd = Systemd {
+            machined: None,
+            origin: None,
+        };
+        if !m.register || !nix::unistd::geteuid().is_root() {
+            return Ok(sd);
+        }
+        sd.machined = Machined::reach(&state.machine)?;
+        let Some(machined) = sd.machined.as_mut().filter(|_| !m.keep_unit) else {
+            return Ok(sd);
+        };
+        sd.origin = Some(ns_host::cgroups::hierarchies());
+        let slice = (m.slice.as_deref()).map_or("machine.slice", |s| {
+            s.rsplit('/').next().unwrap_or("-.slice")
+        });
+        machined.own_scope(slice)?;
+        Ok(sd)
+    }
+}
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        if let Some(origin) = self.origin.take() {
+            let _ = ns_host::cgroups::leave_unit(&origin);
+        }
+        if let Some(m) = self.machined.take() {
+            m.release(false);
+        }
+    }
+}
+
 /// What the host decided at start, and holds while the container runs.
 struct Decided {
     /// The decisions the chain gets (the state's runtime section).
@@ -152,11 +208,15 @@ struct Decided {
     /// empty without cgroups of the container's own.
     hierarchies: Vec<Hierarchy>,
     cgroup_name: String,
+    /// The slice the container's cgroups go under (`-S`), none in a unit of ours (which is
+    /// in the slice already).
+    slice: Option<String>,
 }
 
 /// The decisions only the host makes at start (the state's runtime section, which
-/// `Chain::start` writes into the document the chain gets), and what holds them.
-fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided> {
+/// `Chain::start` writes into the document the chain gets), and what holds them. `in_unit`:
+/// the monitor is in a systemd unit of its own (registered with machined).
+fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>, in_unit: bool) -> Result<Decided> {
     let mut runtime = Runtime::default();
     // -U: reserve the id range (held until we exit).
     let range = match &state.enter.userns {
@@ -185,6 +245,7 @@ fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided>
     // Only where we may make them (not a read-only cgroupfs, as in a container or a CI
     // runner): the properties say what they miss.
     let cgroup_name = format!("{}-{}", state.machine, std::process::id());
+    let slice = state.monitor.slice.clone().filter(|_| !in_unit);
     let want_cgroups = state.monitor.boot || !state.monitor.properties.is_empty();
     let mut hierarchies = match hierarchies {
         _ if !want_cgroups => Vec::new(),
@@ -196,7 +257,7 @@ fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided>
         runtime.cgroups = Some(ns_host::cgroups::planned(
             &hierarchies,
             &cgroup_name,
-            state.monitor.slice.as_deref(),
+            slice.as_deref(),
             false,
         ));
     }
@@ -206,6 +267,7 @@ fn decide(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Decided>
         notify,
         hierarchies,
         cgroup_name,
+        slice,
     })
 }
 
@@ -231,7 +293,7 @@ impl<'a> CgroupMaker<'a> {
         ns_host::cgroups::create(
             &self.decided.hierarchies,
             &self.decided.cgroup_name,
-            self.state.monitor.slice.as_deref(),
+            self.decided.slice.as_deref(),
             v2,
             &mut |dir, slice| cleanup.add_cgroup(dir.to_path_buf(), slice),
         )
@@ -369,6 +431,16 @@ struct Monitor<'a> {
     root_clone: Option<OwnedFd>,
     /// The -U id range's base, reserved at start.
     userns_base: Option<u32>,
+    /// systemd-machined, reached at start: the container is registered with it at SYNC-2;
+    /// then its connection is polled for systemd's stop requests.
+    machined: Option<Machined>,
+    /// The monitor's cgroups before it made a scope of its own: it goes back there once
+    /// PID 1 holds the scope.
+    origin: Option<Vec<Hierarchy>>,
+    /// Registered with machined: unregistered at exit.
+    in_machined: bool,
+    /// Our supervisor's watchdog (`WatchdogSec=` of ns-run@.service), pinged from the loop.
+    watchdog: Option<notify::Watchdog>,
 }
 
 /// What a poll found ready.
@@ -376,6 +448,8 @@ struct Ready {
     sync: bool,
     console: Vec<RawFd>,
     notify: bool,
+    /// systemd-machined's connection (a stop request).
+    bus: bool,
 }
 
 impl<'a> Monitor<'a> {
@@ -411,6 +485,10 @@ impl<'a> Monitor<'a> {
             held_namespaces: Vec::new(),
             root_clone,
             userns_base: decided.runtime.userns_base,
+            machined: None,
+            origin: None,
+            in_machined: false,
+            watchdog: notify::Watchdog::from_env(),
         }
     }
 
@@ -424,6 +502,9 @@ impl<'a> Monitor<'a> {
                     // --notify-ready=yes: we are ready when the guest is.
                     notify::notify_ready();
                 }
+            }
+            if ready.bus {
+                self.on_bus();
             }
             if ready.sync {
                 let report = self.chain.next_report()?;
@@ -445,7 +526,7 @@ impl<'a> Monitor<'a> {
     }
 
     /// Wait for a signal, a report, the console or the notify socket.
-    fn poll(&self, signals: &SignalFd, sync_open: bool) -> Result<Ready> {
+    fn poll(&mut self, signals: &SignalFd, sync_open: bool) -> Result<Ready> {
         loop {
             let mut pfds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             if sync_open {
@@ -461,10 +542,21 @@ impl<'a> Monitor<'a> {
             if let Some(n) = &self.notify {
                 pfds.push(PollFd::new(n.socket.as_fd(), PollFlags::POLLIN));
             }
-            let timeout = self
+            let first_bus = pfds.len();
+            if let Some(m) = self.machined.as_ref().filter(|_| self.in_machined) {
+                pfds.push(PollFd::new(m.fd(), PollFlags::POLLIN));
+            }
+            let mut timeout = self
                 .console
                 .as_ref()
                 .map_or(PollTimeout::NONE, |c| c.poll_timeout());
+            if let Some(w) = self.watchdog.as_mut() {
+                let due = PollTimeout::from(w.tick());
+                // NONE (-1) orders first: it means "no limit".
+                if timeout == PollTimeout::NONE || due < timeout {
+                    timeout = due;
+                }
+            }
             match poll(&mut pfds, timeout) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.ctx(|| "poll".into())?,
@@ -479,7 +571,8 @@ impl<'a> Monitor<'a> {
                     .filter(|(_, p)| ready(p))
                     .map(|(fd, _)| *fd)
                     .collect(),
-                notify: self.notify.is_some() && pfds.last().is_some_and(ready),
+                notify: self.notify.is_some() && first_bus > 0 && ready(&pfds[first_bus - 1]),
+                bus: pfds.get(first_bus).is_some_and(ready),
             });
         }
     }
@@ -577,9 +670,15 @@ impl<'a> Monitor<'a> {
             cleanup,
             console,
             notify,
+            machined,
             ..
         } = self;
         cleanup.run(Some(&held.lock));
+        match machined {
+            Some(m) => m.release(self.in_machined),
+            None if self.in_machined => ns_host::machined::unregister_by_name(&self.state.machine),
+            None => {}
+        }
         held.release_registration();
         drop(range);
         drop((console, notify));
@@ -599,6 +698,19 @@ impl<'a> Monitor<'a> {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
         while waitpid(None, None).is_ok() {}
+    }
+
+    /// systemd-machined's connection has something: systemd asking us to stop our scope is a
+    /// termination request (as nspawn takes it); a connection gone is dropped.
+    fn on_bus(&mut self) {
+        let Some(m) = self.machined.as_mut() else {
+            return;
+        };
+        match m.stop_requested() {
+            Ok(true) => self.on_termination_request(libc::SIGTERM),
+            Ok(false) => {}
+            Err(_) => self.machined = None,
+        }
     }
 
     /// The console has something (container output, or the user's keystrokes).
@@ -665,6 +777,10 @@ impl<'a> Monitor<'a> {
                     self.machine.starting = false;
                     r.publish(&self.machine)?;
                 }
+                if self.pid1.is_some() && self.failed.is_none() && !state.monitor.notify_ready {
+                    // As nspawn under Type=notify: ready once the payload runs.
+                    notify::notify_ready();
+                }
                 return Ok(false);
             }
         }
@@ -689,8 +805,29 @@ impl<'a> Monitor<'a> {
                 r.publish(&self.machine)?;
                 ns_core::stage::fault("ns-run:registered");
             }
+            self.register_with_machined(pid)?;
             self.chain.go()?; // SYNC-3
         }
+        Ok(())
+    }
+
+    /// Register PID 1 as the leader with machined, if reached (its root, uuid, and the
+    /// host side of its veths).
+    fn register_with_machined(&mut self, pid: Pid) -> Result<()> {
+        if let Some(origin) = self.origin.take() {
+            ns_host::cgroups::leave_unit(&origin)?;
+        }
+        let Some(m) = self.machined.as_mut() else {
+            return Ok(());
+        };
+        let net = &self.state.net;
+        let names: Vec<String> = (net.veth.iter().chain(&net.veth_extra))
+            .map(|v| v.host.clone())
+            .collect();
+        let root = self.state.mount.root.to_string_lossy();
+        let ifindices = ns_host::machined::ifindices(&names);
+        m.register(pid.as_raw(), &self.state.exec.uuid, &root, &ifindices)?;
+        self.in_machined = true;
         Ok(())
     }
 

@@ -615,6 +615,7 @@ fn monitor(
         },
         slice,
         register,
+        keep_unit: c.keep_unit,
     })
 }
 
