@@ -180,6 +180,75 @@ pub fn overlay(
     fs_mount(c"overlay", &params, read_only)
 }
 
+/// `tree` (a detached mount made here, by host root) as the container's own mount namespace
+/// would have it had it been there when that namespace was copied for its user namespace
+/// `userns`: every mount locked by the kernel (a submount cannot be unmounted to show what
+/// it covers; read-only, nosuid, nodev, noexec cannot be lifted), as ns-mount's binds in its
+/// own namespace are and as nspawn's are. A mount made by host root and attached as it is
+/// carries none of these locks: container root could undo them all.
+///
+/// A short-lived child stages `tree` in a private copy of our mount namespace, joins
+/// `userns` and copies that namespace again (the kernel locks every mount of a copy made
+/// for a less privileged user namespace), and sends back a clone of the locked tree.
+pub fn locked(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+    use ns_core::sync::{Msg, SyncSocket};
+    let (ours, theirs) = SyncSocket::pair()?;
+    match ns_core::sys::fork().ctx(|| "cannot fork".into())? {
+        ns_core::sys::Forked::Child => {
+            drop(ours);
+            let sent = match lock_in_child(tree, userns) {
+                Ok(t) => theirs.send_fd(&Msg::Mount, t.as_fd()),
+                Err(e) => theirs.send(&Msg::Failed {
+                    stage: "monitor".into(),
+                    code: ns_core::error::EXIT_SETUP,
+                    message: e.msg,
+                }),
+            };
+            std::process::exit(i32::from(sent.is_err()))
+        }
+        ns_core::sys::Forked::Parent(child) => {
+            drop((tree, theirs));
+            let got = ours.recv_any(nix::sys::socket::MsgFlags::empty());
+            let _ = nix::sys::wait::waitpid(child, None);
+            match got? {
+                Some((Msg::Mount, Some(fd))) => Ok(fd),
+                Some((Msg::Failed { message, .. }, _)) => Err(Error::setup(message)),
+                _ => Err(Error::setup("cannot lock a mount for the container".into())),
+            }
+        }
+    }
+}
+
+/// [`locked`]'s child: stage `tree` as `m` on a tmpfs over `/` of a private copy of our
+/// mount namespace (cwd: that tmpfs), copy the namespace for `userns`, clone `m` there.
+fn lock_in_child(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    let what = || "cannot lock a mount for the container".to_string();
+    unshare(CloneFlags::CLONE_NEWNS).ctx(what)?;
+    let private = nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE;
+    nix::mount::mount(None::<&str>, "/", None::<&str>, private, None::<&str>).ctx(what)?;
+    let stage = fs_mount(c"tmpfs", &[FsParam::Str("mode", "0755")], false)?;
+    ns_core::sys::move_mount_to(stage.as_fd(), open_host(Path::new("/"), "stage")?.as_fd())
+        .ctx(what)?;
+    let st = nix::sys::stat::fstat(tree.as_fd()).ctx(what)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        nix::sys::stat::mkdirat(stage.as_fd(), "m", Mode::from_bits_truncate(0o755)).ctx(what)?;
+    } else {
+        let kind = nix::sys::stat::SFlag::S_IFREG;
+        nix::sys::stat::mknodat(stage.as_fd(), "m", kind, Mode::from_bits_truncate(0o644), 0)
+            .ctx(what)?;
+    }
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let target = nix::fcntl::openat2(stage.as_fd(), "m", how).ctx(what)?;
+    ns_core::sys::move_mount_to(tree.as_fd(), target.as_fd()).ctx(what)?;
+    nix::unistd::fchdir(&stage).ctx(what)?;
+    setns(userns, CloneFlags::CLONE_NEWUSER).ctx(what)?;
+    unshare(CloneFlags::CLONE_NEWNS).ctx(what)?;
+    ns_core::sys::open_tree_clone(Path::new("m"), true).ctx(what)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
