@@ -133,3 +133,104 @@ fn the_tree_handed_down_under_userns_keeps_the_kernel_s_locks() {
         s(&ro)
     );
 }
+
+/// The paths a monitor journals for removal after its container (not cgroups).
+fn journaled_paths(monitor: i32) -> Vec<std::path::PathBuf> {
+    fs::read_to_string(ns_tests::cleanup_journal(monitor))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["cgroup"] != true)
+        .filter_map(|v| v["path"].as_str().map(std::path::PathBuf::from))
+        .collect()
+}
+
+/// Pinned: a monitor killed (SIGKILL) while its container runs with a temporary overlay
+/// upper (in /var/tmp) and a host upper (its work directory beside it) leaves both
+/// journaled, and the next ns-run removes them.
+#[test]
+fn a_killed_monitor_s_overlay_dirs_are_collected_by_the_next_run() {
+    let t = Tree::rootfs("r18-ovl-kill");
+    let low = t.host_dir("low");
+    fs::write(low.join("f"), "low\n").unwrap();
+    let up = t.host_dir("up");
+    let (l, u) = (low.display(), up.display());
+    let mut c = ns_tests::ns_run();
+    t.tag(&mut c)
+        .args(["-q", "-U", "-D", t.arg()])
+        .arg(format!("--overlay={l}::/t"))
+        .arg(format!("--overlay={l}:{u}:/o"))
+        .args(["sh", "-c", "cat /t/f /o/f; echo ready; sleep 100"]);
+    let r = ns_tests::spawn_until(c, "ready");
+    let monitor = r.pid();
+    let _journal = ns_tests::ForgetJournal(monitor);
+    let made = journaled_paths(monitor);
+    let temp: Vec<_> = made
+        .iter()
+        .filter(|p| p.starts_with("/var/tmp"))
+        .cloned()
+        .collect();
+    let work: Vec<_> = made
+        .iter()
+        .filter(|p| p.parent() == up.parent())
+        .cloned()
+        .collect();
+    assert_eq!((temp.len(), work.len()), (1, 1), "journaled: {made:?}");
+    assert!(temp[0].is_dir() && work[0].is_dir(), "{made:?}");
+    r.signal(libc::SIGKILL);
+    let out = r.wait();
+    assert_eq!(out.signal, Some(libc::SIGKILL), "{out}");
+    let left = ns_tests::wait_no_procs_in(t.path(), std::time::Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    ns_tests::assert_journals_collected(t.path(), &[monitor]);
+    let left: Vec<_> = made.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "left after the next run: {left:?}");
+}
+
+/// Pinned: a host upper's work directory (`.#…`, made by the monitor beside the upper, and
+/// removed with its content after exit) in a directory container root owns and sees (bound
+/// in): container root renames it away and puts a symlink to a host directory in its place.
+/// The removal after exit never follows it (design constraint 11).
+#[test]
+fn an_overlay_workdir_swapped_for_a_symlink_is_not_followed_at_removal() {
+    let t = Tree::rootfs("r18-ovl-swap");
+    let range = fixed_range();
+    let base: u32 = range["--private-users=".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let shared = t.host_dir("shared");
+    let up = shared.join("up");
+    fs::create_dir(&up).unwrap();
+    for d in [&shared, &up] {
+        std::os::unix::fs::chown(d, Some(base), Some(base)).unwrap();
+    }
+    let low = t.host_dir("low");
+    let victim = t.host_dir("victim");
+    fs::write(victim.join("file"), "host file\n").unwrap();
+    for d in ["d", "o"] {
+        fs::create_dir(t.path().join(d)).unwrap();
+    }
+    let script = format!(
+        "cd /d && w=$(ls -a | grep '^\\.#up') && mv \"$w\" moved && ln -s {} \"$w\" && \
+         echo swapped",
+        victim.display()
+    );
+    let out = sh_in(
+        &t,
+        &[
+            "-q",
+            &range,
+            &format!("--bind={}:/d", shared.display()),
+            &format!("--overlay={}:{}:/o", low.display(), up.display()),
+        ],
+        &script,
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (0, "swapped\n"), "{out}");
+    assert!(
+        victim.join("file").exists(),
+        "the removal of the work directory followed the container's symlink"
+    );
+}
