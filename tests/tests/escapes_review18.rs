@@ -145,6 +145,22 @@ fn journaled_paths(monitor: i32) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Runs containers on `root` until the dead `monitor`'s journal is gone (collected by one of
+/// ours, or by any other ns-run starting meanwhile: the tree is busy while it collects, and
+/// removing a temporary upper may take a while). Fails after 20 s.
+fn collected(root: &Path, monitor: i32) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ns_tests::cleanup_journal(monitor).exists() {
+        let out = ns_tests::run(&["-D", s(root), "true"]);
+        let busy = out.code == 125 && out.stderr.contains("currently busy");
+        assert!(out.code == 0 || busy, "{out}");
+        assert!(
+            std::time::Instant::now() < end,
+            "journal not collected: {out}"
+        );
+    }
+}
+
 /// Pinned: a monitor killed (SIGKILL) while its container runs with a temporary overlay
 /// upper (in /var/tmp) and a host upper (its work directory beside it) leaves both
 /// journaled, and the next ns-run removes them.
@@ -182,7 +198,7 @@ fn a_killed_monitor_s_overlay_dirs_are_collected_by_the_next_run() {
     assert_eq!(out.signal, Some(libc::SIGKILL), "{out}");
     let left = ns_tests::wait_no_procs_in(t.path(), std::time::Duration::from_secs(5));
     assert!(left.is_empty(), "processes left: {left:#?}");
-    ns_tests::assert_journals_collected(t.path(), &[monitor]);
+    collected(t.path(), monitor);
     let left: Vec<_> = made.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "left after the next run: {left:?}");
 }
