@@ -250,3 +250,29 @@ fn an_overlay_workdir_swapped_for_a_symlink_is_not_followed_at_removal() {
         "the removal of the work directory followed the container's symlink"
     );
 }
+
+/// Finding 2 (bad input): an overlay the kernel refuses once the monitor assembles it (here
+/// the same directory as lower and upper) failed with "cannot create the overlay file
+/// system: Too many symbolic links encountered", naming neither the option's paths nor its
+/// destination (nspawn names both). One line naming them, 125, nothing left.
+#[test]
+fn an_overlay_the_kernel_refuses_is_named() {
+    let t = Tree::rootfs("r18-ovl-bad");
+    let low = t.host_dir("low");
+    let opt = format!("--overlay={0}:{0}:/o", low.display());
+    let out = sh_in(&t, &["-q", "-U", &opt], "true");
+    assert_eq!(out.code, 125, "{out}");
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].contains(s(&low)) && lines[0].contains("/o"),
+        "names neither the layers nor the destination: {out}"
+    );
+    let left: Vec<_> = fs::read_dir(t.base())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".#"))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "work dirs left: {left:?}");
+}

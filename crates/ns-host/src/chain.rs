@@ -262,9 +262,9 @@ impl Chain {
                 lower,
                 upper,
                 read_only,
-                ..
+                dest,
             }) => Some(crate::hostpaths::overlay(
-                lower, upper, *read_only, base, announce,
+                lower, upper, dest, *read_only, base, announce,
             )?),
             _ => None,
         };

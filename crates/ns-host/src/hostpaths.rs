@@ -153,10 +153,11 @@ fn upper_and_work(
 /// An overlay of host layers (`lower` bottom first, as the plan lists them), mounted by host
 /// root as a detached mount, as nspawn's outer child mounts it. `root`: container root's
 /// host id (owner of a temporary upper). `announce`: a work directory about to be created
-/// on the host.
+/// on the host. `dest` names it in an error (with its layers, as the option gives them).
 pub fn overlay(
     lower: &[Source],
     upper: &Source,
+    dest: &Path,
     read_only: bool,
     root: Option<u32>,
     announce: &mut dyn FnMut(PathBuf) -> Result<()>,
@@ -177,7 +178,20 @@ pub fn overlay(
         params.extend([FsParam::Str("upperdir", up), FsParam::Str("workdir", work)]);
     }
     // The layers' fds (`tops`, `upper_work`) live until it is made.
-    fs_mount(c"overlay", &params, read_only)
+    fs_mount(c"overlay", &params, read_only).map_err(|e| {
+        let layers: Vec<String> = lower.iter().chain([upper]).map(shown).collect();
+        let (layers, dest) = (layers.join(":"), dest.display());
+        Error::setup(format!("overlay of {layers} on {dest}: {}", e.msg))
+    })
+}
+
+/// A layer as the option names it.
+fn shown(s: &Source) -> String {
+    match s {
+        Source::Host(p) => p.display().to_string(),
+        Source::Image(p) => format!("+{}", p.display()),
+        Source::Temp => String::new(),
+    }
 }
 
 /// `tree` (a detached mount made here, by host root) as the container's own mount namespace
