@@ -276,3 +276,34 @@ fn an_overlay_the_kernel_refuses_is_named() {
         .collect();
     assert!(left.is_empty(), "work dirs left: {left:?}");
 }
+
+/// Finding 3: with `-U`, ns-run resolves bind sources by name at start (the monitor then
+/// opens them without following any link): a source through a process's root
+/// (`/proc/PID/root/…`, another mount namespace's file) resolved to the *host's* path of
+/// that name, silently binding the host's file instead (here: what a tmpfs covers in the
+/// other namespace). Without `-U` ns-run, and nspawn, refuse such a source (EINVAL: a bind
+/// across mount namespaces); so must `-U`: one line naming it, 125.
+#[test]
+fn a_bind_source_through_another_namespace_s_root_is_never_the_host_s() {
+    let t = Tree::rootfs("r18-procroot");
+    let dir = t.host_dir("other");
+    fs::write(dir.join("which"), "host\n").unwrap();
+    let script = format!(
+        "mount -t tmpfs ns-tests {0} && echo ns > {0}/which && echo ready && exec sleep 100",
+        dir.display()
+    );
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let other = ns_tests::spawn_until(c, "ready");
+    let src = format!("/proc/{}/root{}", other.pid(), dir.display());
+    assert_eq!(fs::read_to_string(format!("{src}/which")).unwrap(), "ns\n");
+    let opt = format!("--bind-ro={src}:/b");
+    let out = sh_in(&t, &["-q", "-U", &opt], "cat /b/which");
+    assert!(
+        !out.stdout.contains("host"),
+        "the host's file was bound for {src}: {out}"
+    );
+    assert_eq!(out.code, 125, "{out}");
+    let lines = out.stderr_lines();
+    assert!(lines.len() == 1 && lines[0].contains(&src), "{out}");
+}
