@@ -9,6 +9,15 @@ use std::process::Command;
 
 use ns_tests::{run_cmd, s, sh_in, HostTmpfs, Output, Tree};
 
+/// The tests of this file check that the host's mounts of this process's trees are
+/// unchanged by their containers; the one that mounts on the host on purpose (shared binds)
+/// runs alone.
+static HOST_MOUNTING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    HOST_MOUNTING.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A tmpfs on the host at `at`, writable by anyone, then made read-only as a mount (the
 /// file system itself stays writable): a host mount whose read-only flag is all that keeps
 /// a container from writing there.
@@ -72,6 +81,7 @@ fn assert_still_locked(what: &str, out: &Output) {
 /// before its user namespace's mount namespace is copied: all locked.
 #[test]
 fn binds_handed_down_under_userns_keep_the_kernel_s_locks() {
+    let _others = beside_others();
     let t = Tree::rootfs("r18-lock-bind");
     let src = t.host_dir("src");
     fs::create_dir(src.join("sub")).unwrap();
@@ -112,6 +122,7 @@ fn binds_handed_down_under_userns_keep_the_kernel_s_locks() {
 /// read-only mount inside the tree could be made writable, or unmounted.
 #[test]
 fn the_tree_handed_down_under_userns_keeps_the_kernel_s_locks() {
+    let _others = beside_others();
     let t = Tree::rootfs("r18-lock-tree");
     let ro = t.path().join("srv/ro");
     let _ro = host_read_only_mount(&ro);
@@ -166,6 +177,7 @@ fn collected(root: &Path, monitor: i32) {
 /// journaled, and the next ns-run removes them.
 #[test]
 fn a_killed_monitor_s_overlay_dirs_are_collected_by_the_next_run() {
+    let _others = beside_others();
     let t = Tree::rootfs("r18-ovl-kill");
     let low = t.host_dir("low");
     fs::write(low.join("f"), "low\n").unwrap();
@@ -209,6 +221,7 @@ fn a_killed_monitor_s_overlay_dirs_are_collected_by_the_next_run() {
 /// The removal after exit never follows it (design constraint 11).
 #[test]
 fn an_overlay_workdir_swapped_for_a_symlink_is_not_followed_at_removal() {
+    let _others = beside_others();
     let t = Tree::rootfs("r18-ovl-swap");
     let range = fixed_range();
     let base: u32 = range["--private-users=".len()..]
@@ -257,6 +270,7 @@ fn an_overlay_workdir_swapped_for_a_symlink_is_not_followed_at_removal() {
 /// destination (nspawn names both). One line naming them, 125, nothing left.
 #[test]
 fn an_overlay_the_kernel_refuses_is_named() {
+    let _others = beside_others();
     let t = Tree::rootfs("r18-ovl-bad");
     let low = t.host_dir("low");
     let opt = format!("--overlay={0}:{0}:/o", low.display());
@@ -285,6 +299,7 @@ fn an_overlay_the_kernel_refuses_is_named() {
 /// across mount namespaces); so must `-U`: one line naming it, 125.
 #[test]
 fn a_bind_source_through_another_namespace_s_root_is_never_the_host_s() {
+    let _others = beside_others();
     let t = Tree::rootfs("r18-procroot");
     let dir = t.host_dir("other");
     fs::write(dir.join("which"), "host\n").unwrap();
@@ -306,4 +321,87 @@ fn a_bind_source_through_another_namespace_s_root_is_never_the_host_s() {
     assert_eq!(out.code, 125, "{out}");
     let lines = out.stderr_lines();
     assert!(lines.len() == 1 && lines[0].contains(&src), "{out}");
+}
+
+/// `dir` bound on itself and made a shared mount, as every mount is on a systemd host
+/// (this host's are private); unmounted (lazily, with anything below it) on drop.
+struct SharedBind(std::path::PathBuf);
+
+impl SharedBind {
+    fn new(dir: &Path) -> SharedBind {
+        let guard = SharedBind(dir.to_path_buf());
+        for args in [["--bind", s(dir), s(dir)], ["--make-shared", s(dir), ""]] {
+            let st = Command::new("mount")
+                .args(args.iter().filter(|a| !a.is_empty()))
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount {args:?}");
+        }
+        guard
+    }
+
+    /// Mount points below it on the host (with `at`: and at it).
+    fn mounts(&self, at: bool) -> Vec<String> {
+        let (top, prefix) = (
+            self.0.display().to_string(),
+            format!("{}/", self.0.display()),
+        );
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&prefix) || (at && *m == top))
+            .collect()
+    }
+
+    /// Mount points strictly below it on the host.
+    fn below(&self) -> Vec<String> {
+        self.mounts(false)
+    }
+}
+
+impl Drop for SharedBind {
+    /// Also what propagated below it (a failed test's): deepest first, a few rounds, as
+    /// stacked mounts on one path come off one at a time.
+    fn drop(&mut self) {
+        for _ in 0..32 {
+            let mut left = self.mounts(true);
+            if left.is_empty() {
+                break;
+            }
+            left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in left {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+    }
+}
+
+/// Finding 1b: on a host whose mounts are shared (systemd's default), the tree and a bind
+/// source handed down under `-U` were peers of the host's mounts: the root failed to pivot
+/// (pivot_root refuses a shared root) after every mount ns-mount made below it had
+/// propagated to the host (and stayed there), and a container root's mount below a bind
+/// appeared on the host, over the host's files. As nspawn's, they must be the host's
+/// slaves: the host's mounts reach the container, nothing of the container's reaches the
+/// host.
+#[test]
+fn on_shared_host_mounts_nothing_of_the_container_propagates_to_the_host() {
+    let _alone = HOST_MOUNTING.write().unwrap_or_else(|e| e.into_inner());
+    let t = Tree::rootfs("r18-shared");
+    let src = t.host_dir("src");
+    fs::create_dir(src.join("m")).unwrap();
+    fs::create_dir(t.path().join("b")).unwrap();
+    let (tree, source) = (SharedBind::new(t.path()), SharedBind::new(&src));
+    let bind = format!("--bind={}:/b", src.display());
+    let script = "mount -t tmpfs ns-tests /b/m && mount -t tmpfs ns-tests /mnt && echo mounted";
+    for range in ["-U".to_string(), fixed_range()] {
+        let out = sh_in(&t, &["-q", &range, &bind], script);
+        let leaked = [tree.below(), source.below()].concat();
+        assert!(leaked.is_empty(), "{range}: on the host: {leaked:?}\n{out}");
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (0, "mounted\n"),
+            "{range}: {out}"
+        );
+    }
 }

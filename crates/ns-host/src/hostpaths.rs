@@ -198,8 +198,10 @@ fn shown(s: &Source) -> String {
 /// would have it had it been there when that namespace was copied for its user namespace
 /// `userns`: every mount locked by the kernel (a submount cannot be unmounted to show what
 /// it covers; read-only, nosuid, nodev, noexec cannot be lifted), as ns-mount's binds in its
-/// own namespace are and as nspawn's are. A mount made by host root and attached as it is
-/// carries none of these locks: container root could undo them all.
+/// own namespace are and as nspawn's are; and a slave of the host's mount where that is
+/// shared (systemd's default), never its peer. A clone made by host root and attached as it
+/// is carries none of these locks (container root could undo them all) and is a peer of a
+/// shared source: every mount made below it in the container propagated to the host.
 ///
 /// A short-lived child stages `tree` in a private copy of our mount namespace, joins
 /// `userns` and copies that namespace again (the kernel locks every mount of a copy made
