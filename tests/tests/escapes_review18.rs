@@ -52,6 +52,8 @@ const TRY_UNLOCK: &str = "\
     touch /b/ro/x 2>/dev/null && echo hostro_written\n\
     mount -o remount,bind,rw /r 2>/dev/null && echo bindro_lifted\n\
     touch /r/w/x 2>/dev/null && echo bindro_written\n\
+    touch /r/sub/x 2>/dev/null && echo bindro_sub_written\n\
+    mount -o remount,bind,rw /r/sub 2>/dev/null && echo bindro_sub_lifted\n\
     echo done";
 
 fn assert_still_locked(what: &str, out: &Output) {
@@ -63,6 +65,8 @@ fn assert_still_locked(what: &str, out: &Output) {
         "hostro_written",
         "bindro_lifted",
         "bindro_written",
+        "bindro_sub_written",
+        "bindro_sub_lifted",
     ] {
         assert!(!out.stdout.contains(lifted), "{what}: {lifted}\n{out}");
     }
@@ -91,6 +95,7 @@ fn binds_handed_down_under_userns_keep_the_kernel_s_locks() {
     fs::set_permissions(&w, fs::Permissions::from_mode(0o1777)).unwrap();
     let _sub = HostTmpfs::mount(&src.join("sub"));
     fs::write(src.join("sub/shown"), "").unwrap();
+    fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o1777)).unwrap();
     let _ro = host_read_only_mount(&src.join("ro"));
     // Mount points made beforehand: with ownership off, container root may not create them
     // in a tree host root owns (nspawn's outer child does, as host root).
@@ -109,6 +114,10 @@ fn binds_handed_down_under_userns_keep_the_kernel_s_locks() {
             "{opts:?}: wrote below a host ro mount"
         );
         assert!(!w.join("x").exists(), "{opts:?}: wrote through --bind-ro");
+        assert!(
+            !src.join("sub/x").exists(),
+            "{opts:?}: wrote below a --bind-ro"
+        );
     }
     // nspawn: the same refusals.
     let mut c = Command::new("systemd-nspawn");
