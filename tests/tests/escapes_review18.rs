@@ -414,3 +414,40 @@ fn on_shared_host_mounts_nothing_of_the_container_propagates_to_the_host() {
         );
     }
 }
+
+/// Finding 1b on a whole host as systemd sets it up (every mount shared, "/" included),
+/// in a mount namespace of its own (`unshare --propagation shared`: nothing reaches this
+/// host): `-U` with a bind and an overlay runs, and leaves that namespace's mount table as
+/// it was (before the lock commit: pivot_root failed, after ns-mount's mounts had
+/// propagated there). The other user namespace forms, and none, likewise.
+#[test]
+fn on_a_host_whose_mounts_are_all_shared_userns_containers_run_and_leave_no_mount() {
+    let _others = beside_others();
+    let t = Tree::rootfs("r18-allshared");
+    let src = t.host_dir("src");
+    let low = t.host_dir("low");
+    for d in ["b", "o"] {
+        fs::create_dir(t.path().join(d)).unwrap(); // ownership off: container root may not
+    }
+    for opts in [
+        "-U".to_string(),
+        "-U --private-users-ownership=off".to_string(),
+        fixed_range(),
+        String::new(),
+    ] {
+        let script = format!(
+            "b=$(wc -l < /proc/self/mountinfo)\n\
+             {ns_run} --register=no -q {opts} -D {tree} --bind={src}:/b --overlay={low}::/o \
+             /bin/sh -c 'mount -t tmpfs ns-tests /mnt && echo ran'\n\
+             echo rc=$? mounts=$(( $(wc -l < /proc/self/mountinfo) - b ))",
+            ns_run = ns_tests::bin("ns-run").display(),
+            tree = t.arg(),
+            src = src.display(),
+            low = low.display(),
+        );
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "shared", "sh", "-c", &script]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.stdout, "ran\nrc=0 mounts=0\n", "{opts}: {out}");
+    }
+}
