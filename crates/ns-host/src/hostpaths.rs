@@ -2,8 +2,9 @@
 //! 10): a stage inside the user namespace cannot enter a directory only host root may
 //! (/var/lib/machines is 0700 on systemd hosts). The monitor opens each path once, without
 //! following a symlink (the plan names it resolved, see ns-run's plan), and hands down only
-//! what it made of it: a detached clone of the tree or bind source, an overlay assembled here.
-//! Nothing is resolved by path again.
+//! what it made of it: a detached clone of the tree or bind source, an overlay assembled here,
+//! each locked for the container's user namespace ([`locked`]) as a copied mount namespace
+//! would be. Nothing is resolved by path again.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
