@@ -182,7 +182,8 @@ pub fn overlay(
     fs_mount(c"overlay", &params, read_only).map_err(|e| {
         let layers: Vec<String> = lower.iter().chain([upper]).map(shown).collect();
         let (layers, dest) = (layers.join(":"), dest.display());
-        Error::setup(format!("overlay of {layers} on {dest}: {}", e.msg))
+        let ro = if read_only { "-ro" } else { "" };
+        Error::setup(format!("--overlay{ro}={layers}:{dest}: {}", e.msg))
     })
 }
 
