@@ -221,9 +221,9 @@ impl Chain {
             Some(t) => t,
             None => clone_root(path, idmap)?,
         };
+        let userns = File::open(format!("/proc/{pid}/ns/user"))
+            .ctx(|| "cannot open the container's user namespace".into())?;
         if idmap {
-            let userns = File::open(format!("/proc/{pid}/ns/user"))
-                .ctx(|| "cannot open the container's user namespace".into())?;
             ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
                 format!(
                     "cannot idmap {} (does its file system support idmapped mounts?)",
@@ -231,6 +231,7 @@ impl Chain {
                 )
             })?;
         }
+        let tree = crate::hostpaths::locked(tree, userns.as_fd())?;
         self.sync.send_fd(&Msg::Mapped, tree.as_fd())
     }
 
@@ -254,20 +255,22 @@ impl Chain {
                 source: Source::Host(p),
                 recursive,
                 idmap,
+                read_only,
                 ..
-            }) => Some(bind_source(p, *recursive, *idmap, base, pid1)?),
+            }) => Some(bind_source(p, *recursive, *idmap, *read_only, base, pid1)?),
             Some(MountOp::Overlay {
                 lower,
                 upper,
                 read_only,
-                ..
+                dest,
             }) => Some(crate::hostpaths::overlay(
-                lower, upper, *read_only, base, announce,
+                lower, upper, dest, *read_only, base, announce,
             )?),
             _ => None,
         };
         let tree =
             tree.ok_or_else(|| Error::setup(format!("mount {op} is not made on the host")))?;
+        let tree = crate::hostpaths::locked(tree, userns_of(pid1)?.as_fd())?;
         self.sync.send_fd(&Msg::Mount, tree.as_fd())
     }
 
@@ -278,16 +281,22 @@ impl Chain {
 }
 
 /// The source of a bind, opened on the host and cloned (see [`Chain::host_mount`]).
+/// A read-only bind is made read-only here, before [`crate::hostpaths::locked`] locks it.
 fn bind_source(
     path: &Path,
     recursive: bool,
     idmap: Idmap,
+    read_only: bool,
     base: Option<u32>,
     pid1: Option<Pid>,
 ) -> Result<OwnedFd> {
     let fd = crate::hostpaths::open_host(path, "bind")?;
     let tree = ns_core::sys::open_tree_clone_fd(fd.as_fd(), recursive)
         .ctx(|| format!("cannot bind {}", path.display()))?;
+    if read_only {
+        ns_core::sys::mount_setattr_rdonly(tree.as_fd(), true)
+            .ctx(|| format!("cannot make {} read-only", path.display()))?;
+    }
     let userns = match idmap {
         Idmap::No => return Ok(tree),
         Idmap::Root => {
@@ -298,15 +307,18 @@ fn bind_source(
             };
             crate::userns::mapping_userns(st.st_uid, st.st_gid, base)?
         }
-        Idmap::Container => {
-            let pid1 = pid1.ok_or_else(|| Error::setup("NeedMount before PID 1".into()))?;
-            File::open(format!("/proc/{pid1}/ns/user"))
-                .ctx(|| "cannot open the container's user namespace".into())?
-        }
+        Idmap::Container => userns_of(pid1)?,
     };
     ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
         .ctx(|| format!("cannot idmap {}", path.display()))?;
     Ok(tree)
+}
+
+/// The user namespace of the container's PID 1 (`pid1`: known once SYNC-2 came).
+fn userns_of(pid1: Option<Pid>) -> Result<File> {
+    let pid1 = pid1.ok_or_else(|| Error::setup("NeedMount before PID 1".into()))?;
+    File::open(format!("/proc/{pid1}/ns/user"))
+        .ctx(|| "cannot open the container's user namespace".into())
 }
 
 /// A detached clone of the image's mount, opened on the host (made while ns-enter starts,

@@ -2,8 +2,9 @@
 //! 10): a stage inside the user namespace cannot enter a directory only host root may
 //! (/var/lib/machines is 0700 on systemd hosts). The monitor opens each path once, without
 //! following a symlink (the plan names it resolved, see ns-run's plan), and hands down only
-//! what it made of it: a detached clone of the tree or bind source, an overlay assembled here.
-//! Nothing is resolved by path again.
+//! what it made of it: a detached clone of the tree or bind source, an overlay assembled here,
+//! each locked for the container's user namespace ([`locked`]) as a copied mount namespace
+//! would be. Nothing is resolved by path again.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -153,10 +154,11 @@ fn upper_and_work(
 /// An overlay of host layers (`lower` bottom first, as the plan lists them), mounted by host
 /// root as a detached mount, as nspawn's outer child mounts it. `root`: container root's
 /// host id (owner of a temporary upper). `announce`: a work directory about to be created
-/// on the host.
+/// on the host. `dest` names it in an error (with its layers, as the option gives them).
 pub fn overlay(
     lower: &[Source],
     upper: &Source,
+    dest: &Path,
     read_only: bool,
     root: Option<u32>,
     announce: &mut dyn FnMut(PathBuf) -> Result<()>,
@@ -177,7 +179,92 @@ pub fn overlay(
         params.extend([FsParam::Str("upperdir", up), FsParam::Str("workdir", work)]);
     }
     // The layers' fds (`tops`, `upper_work`) live until it is made.
-    fs_mount(c"overlay", &params, read_only)
+    fs_mount(c"overlay", &params, read_only).map_err(|e| {
+        let layers: Vec<String> = lower.iter().chain([upper]).map(shown).collect();
+        let (layers, dest) = (layers.join(":"), dest.display());
+        let ro = if read_only { "-ro" } else { "" };
+        Error::setup(format!("--overlay{ro}={layers}:{dest}: {}", e.msg))
+    })
+}
+
+/// A layer as the option names it.
+fn shown(s: &Source) -> String {
+    match s {
+        Source::Host(p) => p.display().to_string(),
+        Source::Image(p) => format!("+{}", p.display()),
+        Source::Temp => String::new(),
+    }
+}
+
+/// `tree` (a detached mount made here, by host root) as the container's own mount namespace
+/// would have it had it been there when that namespace was copied for its user namespace
+/// `userns`: every mount locked by the kernel (a submount cannot be unmounted to show what
+/// it covers; read-only, nosuid, nodev, noexec cannot be lifted), as ns-mount's binds in its
+/// own namespace are and as nspawn's are; and a slave of the host's mount where that is
+/// shared (systemd's default), never its peer. A clone made by host root and attached as it
+/// is carries none of these locks (container root could undo them all) and is a peer of a
+/// shared source: every mount made below it in the container propagated to the host.
+///
+/// A short-lived child stages `tree` in a private copy of our mount namespace, joins
+/// `userns` and copies that namespace again (the kernel locks every mount of a copy made
+/// for a less privileged user namespace), and sends back a clone of the locked tree.
+pub fn locked(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+    use ns_core::sync::{Msg, SyncSocket};
+    let (ours, theirs) = SyncSocket::pair()?;
+    match ns_core::sys::fork().ctx(|| "cannot fork".into())? {
+        ns_core::sys::Forked::Child => {
+            drop(ours);
+            let sent = match lock_in_child(tree, userns) {
+                Ok(t) => theirs.send_fd(&Msg::Mount, t.as_fd()),
+                Err(e) => theirs.send(&Msg::Failed {
+                    stage: "monitor".into(),
+                    code: ns_core::error::EXIT_SETUP,
+                    message: e.msg,
+                }),
+            };
+            std::process::exit(i32::from(sent.is_err()))
+        }
+        ns_core::sys::Forked::Parent(child) => {
+            drop((tree, theirs));
+            let got = ours.recv_any(nix::sys::socket::MsgFlags::empty());
+            let _ = nix::sys::wait::waitpid(child, None);
+            match got? {
+                Some((Msg::Mount, Some(fd))) => Ok(fd),
+                Some((Msg::Failed { message, .. }, _)) => Err(Error::setup(message)),
+                _ => Err(Error::setup("cannot lock a mount for the container".into())),
+            }
+        }
+    }
+}
+
+/// [`locked`]'s child: stage `tree` as `m` on a tmpfs over `/` of a private copy of our
+/// mount namespace (cwd: that tmpfs), copy the namespace for `userns`, clone `m` there.
+fn lock_in_child(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    let what = || "cannot lock a mount for the container".to_string();
+    unshare(CloneFlags::CLONE_NEWNS).ctx(what)?;
+    let private = nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE;
+    nix::mount::mount(None::<&str>, "/", None::<&str>, private, None::<&str>).ctx(what)?;
+    let stage = fs_mount(c"tmpfs", &[FsParam::Str("mode", "0755")], false)?;
+    ns_core::sys::move_mount_to(stage.as_fd(), open_host(Path::new("/"), "stage")?.as_fd())
+        .ctx(what)?;
+    let st = nix::sys::stat::fstat(tree.as_fd()).ctx(what)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        nix::sys::stat::mkdirat(stage.as_fd(), "m", Mode::from_bits_truncate(0o755)).ctx(what)?;
+    } else {
+        let kind = nix::sys::stat::SFlag::S_IFREG;
+        nix::sys::stat::mknodat(stage.as_fd(), "m", kind, Mode::from_bits_truncate(0o644), 0)
+            .ctx(what)?;
+    }
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let target = nix::fcntl::openat2(stage.as_fd(), "m", how).ctx(what)?;
+    ns_core::sys::move_mount_to(tree.as_fd(), target.as_fd()).ctx(what)?;
+    nix::unistd::fchdir(&stage).ctx(what)?;
+    setns(userns, CloneFlags::CLONE_NEWUSER).ctx(what)?;
+    unshare(CloneFlags::CLONE_NEWNS).ctx(what)?;
+    ns_core::sys::open_tree_clone(Path::new("m"), true).ctx(what)
 }
 
 #[cfg(test)]

@@ -248,14 +248,21 @@ impl HostFacts {
 }
 
 /// Host paths of the user mounts `c` asks for, each with what it resolves to now (only
-/// read with a user namespace).
+/// read with a user namespace). Only a name that is the same file: through a magic link
+/// (`/proc/PID/root/…`, `/proc/self/fd/N`) the name the kernel gives is another file (the
+/// host's of that name), so such a path stays as given, for the monitor to refuse.
 fn resolve_sources(c: &Cli) -> std::collections::BTreeMap<PathBuf, PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     if !c.userns_pick && c.private_users.is_none() {
         return Default::default();
     }
+    let id = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
     let ops = c.mount.mounts.ops().unwrap_or_default();
     host_sources(&ops)
-        .filter_map(|p| Some((p.clone(), std::fs::canonicalize(p).ok()?)))
+        .filter_map(|p| {
+            let r = std::fs::canonicalize(p).ok()?;
+            (id(p)? == id(&r)?).then(|| (p.clone(), r))
+        })
         .collect()
 }
 
