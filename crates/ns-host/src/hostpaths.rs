@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 use ns_core::state::Source;
-use ns_core::sys::{fs_mount, FsParam};
+use ns_core::sys::{fs_mount, FsParam, MOUNT_ATTR_RDONLY};
 use ns_core::{Context, Error, Result};
 
 /// What a failure to open `path` for `what` says: the path and why (a symlink met on the
@@ -177,7 +177,8 @@ pub fn overlay(
         params.extend([FsParam::Str("upperdir", up), FsParam::Str("workdir", work)]);
     }
     // The layers' fds (`tops`, `upper_work`) live until it is made.
-    fs_mount(c"overlay", &params, read_only)
+    let attrs = if read_only { MOUNT_ATTR_RDONLY } else { 0 };
+    fs_mount(c"overlay", &params, attrs)
 }
 
 #[cfg(test)]

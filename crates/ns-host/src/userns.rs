@@ -63,7 +63,8 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
     }
     let ownership = match ownership.unwrap_or(if value == "pick" { "auto" } else { "off" }) {
         "off" => Ownership::Off,
-        "map" | "auto" => Ownership::Map,
+        "map" => Ownership::Map,
+        "auto" => Ownership::Auto,
         "chown" => Ownership::Chown,
         o => {
             return Err(Error::invalid(
@@ -651,8 +652,10 @@ mod tests {
         let u = parse("pick", None, r).unwrap().unwrap();
         assert_eq!(
             (u.base, u.count, u.ownership),
-            (IdBase::Pick, 65536, Ownership::Map)
+            (IdBase::Pick, 65536, Ownership::Auto)
         );
+        let u = parse("pick", Some("map"), r).unwrap().unwrap();
+        assert_eq!(u.ownership, Ownership::Map);
         let u = parse("identity", None, r).unwrap().unwrap();
         assert_eq!((u.base, u.ownership), (IdBase::Fixed(0), Ownership::Off));
         let u = parse("1048576:1000", Some("map"), r).unwrap().unwrap();

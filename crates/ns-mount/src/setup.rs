@@ -55,7 +55,7 @@ pub fn build_root(
 ) -> Result<()> {
     let (root, scratch) = prepare(plan, root_fd)?;
     ns_core::stage::fault("ns-mount:mid");
-    mount_proc(&root, &scratch, plan.private_network)?;
+    mount_proc(&root, &scratch, plan.private_network, sync)?;
     mount_sys(&root)?;
     if let Some(cg) = &plan.cgroups {
         mount_cgroups(&root, cg)?;
@@ -150,9 +150,35 @@ pub(crate) fn bind_self_read_only(
 /// nspawn sets them, but /proc/sys/net writable when the network is private; the files that
 /// leak kernel memory, keys and timers or reach the host kernel (sysrq) masked with our own
 /// inaccessible nodes (nspawn skips these masks on hosts without /run/systemd/inaccessible).
-pub fn mount_proc(root: &OwnedFd, scratch: &Scratch, private_network: bool) -> Result<()> {
+pub fn mount_proc(
+    root: &OwnedFd,
+    scratch: &Scratch,
+    private_network: bool,
+    sync: Option<&ns_core::sync::SyncSocket>,
+) -> Result<()> {
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs(root, "/proc", "proc", f, None)?;
+    let target = open_in_root(root, Path::new("/proc"), Some(Kind::Dir))?;
+    let p = fd_path(&target);
+    match (
+        mount(Some("proc"), p.as_str(), Some("proc"), f, None::<&str>),
+        sync,
+    ) {
+        (Ok(()), _) => {}
+        // In a user namespace the kernel takes a new procfs only where the mount namespace
+        // shows one fully (inside another container, whose /proc has masked files, it does
+        // not): the monitor makes one for our PID namespace outside and hands it down.
+        (Err(Errno::EPERM), Some(sync)) if ns_core::sys::in_user_namespace() => {
+            let proc = crate::ops::from_host(sync, &ns_core::sync::Msg::NeedProc)?;
+            ns_core::sys::move_mount_to(proc.as_fd(), target.as_fd())
+                .ctx(|| "cannot attach proc on /proc".into())?;
+        }
+        (Err(e), _) => {
+            return Err(Error::setup(format!(
+                "cannot mount proc on /proc: {}",
+                e.desc()
+            )))
+        }
+    }
     if private_network {
         let fd = open_in_root(root, Path::new("/proc/sys/net"), None)?;
         let p = fd_path(&fd);
