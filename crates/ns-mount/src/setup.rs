@@ -456,7 +456,7 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
     use ns_core::state::CgroupLayout;
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if cg.layout == CgroupLayout::Unified {
-        return mount_fs(root, "/sys/fs/cgroup", "cgroup2", f, None);
+        return mount_cgroup2(root, f);
     }
     mount_tmpfs(
         root,
@@ -495,6 +495,32 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
         Some("mode=0755"),
     )
     .ctx(|| "cannot make /sys/fs/cgroup read-only".into())
+}
+
+/// cgroup2 on /sys/fs/cgroup. Where /sys is the host's, bound (in a user namespace without
+/// a network namespace of its own, see [`mount_sys`]), /sys/fs/cgroup is the host's cgroup2
+/// mount, on which the kernel refuses a mount of the same superblock (EBUSY): there the new
+/// one is made detached and moved on top.
+fn mount_cgroup2(root: &OwnedFd, f: MsFlags) -> Result<()> {
+    use ns_core::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
+    let target = open_in_root(root, Path::new("/sys/fs/cgroup"), Some(Kind::Dir))?;
+    let p = fd_path(&target);
+    let what = || "cannot mount cgroup2 on /sys/fs/cgroup".to_string();
+    match mount(
+        Some("cgroup2"),
+        p.as_str(),
+        Some("cgroup2"),
+        f,
+        None::<&str>,
+    ) {
+        Err(Errno::EBUSY) => {
+            let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+            let params = [ns_core::sys::FsParam::Str("source", "cgroup2")];
+            let fs = ns_core::sys::fs_mount(c"cgroup2", &params, attrs)?;
+            ns_core::sys::move_mount_to(fs.as_fd(), target.as_fd()).ctx(what)
+        }
+        r => r.ctx(what),
+    }
 }
 
 /// Mount the cgroup file system `fstype` (with `data`, the hierarchy's options) on a new
