@@ -430,16 +430,6 @@ fn auto_ownership_chowns_a_tree_that_takes_no_idmapped_mount() {
         d.display()
     );
     let run = |opts: &[&str], script: &str| in_own_ns(&m, &mount, opts, script, None);
-    // -U (ownership auto): the idmap is refused, so the tree is chowned, as nspawn does.
-    let script = format!("{PRINT_BASE}\necho \"root=$(stat -c %u /)\"\ntouch /made");
-    let out = run(&["-q", "-U"], &script);
-    assert!(out.code == 0 && out.stderr.is_empty(), "{out}");
-    let base: u32 = get(&out.stdout, "base").parse().unwrap();
-    assert_eq!(get(&out.stdout, "root"), "0");
-    // On disk (the overlay's writes): its root, its files, the file made.
-    assert_eq!(owner(&u), (base, base), "the tree on disk");
-    assert_eq!(owner(&u.join("bin/busybox")), (base, base));
-    assert_eq!(owner(&u.join("made")), (base, base));
     // An explicit map is refused in one line (nspawn: "ID mapped mounts are apparently not
     // available, sorry."), with nothing left.
     let out = run(&["-q", "-U", "--private-users-ownership=map"], "true");
@@ -452,9 +442,9 @@ fn auto_ownership_chowns_a_tree_that_takes_no_idmapped_mount() {
         )],
         "{out}"
     );
-    // -x leaves the tree as it is: its ids as they are, said in one line (without -q).
-    let script = format!("{PRINT_BASE}\necho \"bb=$(stat -c %u /bin/busybox)\"");
-    let out = run(&["-U", "-x"], &script);
+    // -x leaves the tree as it is: its ids as they are (host root's files are nobody's),
+    // said in one line (without -q).
+    let out = run(&["-U", "-x"], "echo \"bb=$(stat -c %u /bin/busybox)\"");
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(
         out.stderr_lines(),
@@ -464,12 +454,18 @@ fn auto_ownership_chowns_a_tree_that_takes_no_idmapped_mount() {
         )],
         "{out}"
     );
-    let seen = match get(&out.stdout, "base") == base.to_string() {
-        true => "0",
-        false => "65534",
-    };
-    assert_eq!(get(&out.stdout, "bb"), seen, "{out}");
-    assert_eq!(owner(&u), (base, base), "-x chowned the tree");
+    assert_eq!(get(&out.stdout, "bb"), "65534", "{out}");
+    assert_eq!(owner(&u), (0, 0), "-x chowned the tree");
+    // -U (ownership auto): the idmap is refused, so the tree is chowned, as nspawn does.
+    let script = format!("{PRINT_BASE}\necho \"root=$(stat -c %u /)\"\ntouch /made");
+    let out = run(&["-q", "-U"], &script);
+    assert!(out.code == 0 && out.stderr.is_empty(), "{out}");
+    let base: u32 = get(&out.stdout, "base").parse().unwrap();
+    assert_eq!(get(&out.stdout, "root"), "0");
+    // On disk (the overlay's writes): its root, its files, the file made.
+    assert_eq!(owner(&u), (base, base), "the tree on disk");
+    assert_eq!(owner(&u.join("bin/busybox")), (base, base));
+    assert_eq!(owner(&u.join("made")), (base, base));
 }
 
 #[test]
@@ -502,4 +498,44 @@ fn proc_is_made_by_the_monitor_only_where_the_kernel_refuses_one() {
             assert_eq!(t.matches("fsopen(\"proc\"").count(), want, "{what}: {t}");
         }
     }
+}
+
+#[test]
+fn pick_takes_the_range_a_tree_was_chowned_into() {
+    let p = Private::beside("ns-hp-shifted");
+    p.own_busybox();
+    let script = format!("{PRINT_BASE}\necho \"root=$(stat -c %u /)\"");
+    let out = sh_ok(&p.root, &["-U", "--private-users-ownership=chown"], &script);
+    let base = get(&out, "base").to_string();
+    let b: u32 = base.parse().unwrap();
+    // Started again (auto, off, chown): that range, the tree as it is (not shifted again),
+    // as nspawn's pick does.
+    for own in ["auto", "off", "chown"] {
+        let opt = format!("--private-users-ownership={own}");
+        let out = sh_ok(&p.root, &["-U", &opt], &script);
+        assert_eq!(get(&out, "base"), base, "{own}");
+        assert_eq!(get(&out, "root"), "0", "{own}");
+        assert_eq!(owner(&p.root), (b, b), "{own}");
+    }
+    // An idmapped mount of it would show its files as nobody's: refused in one line (nspawn:
+    // "UID base of … is not zero, UID mapping not supported.").
+    let out = sh(&p.root, &["-U", "--private-users-ownership=map"], "true");
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        [format!(
+            "ns-run: --private-users-ownership=map: {} is chowned into the range at {base}: an idmapped mount needs a tree owned by 0",
+            p.root.display()
+        )],
+        "{out}"
+    );
+    // Given back to 0: -U maps it again.
+    sh_ok(
+        &p.root,
+        &["--private-users=0", "--private-users-ownership=chown"],
+        "true",
+    );
+    let out = sh_ok(&p.root, &["-U"], &script);
+    assert_eq!(get(&out, "root"), "0");
+    assert_eq!(owner(&p.root), (0, 0));
 }

@@ -117,6 +117,44 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
     }))
 }
 
+/// nspawn's `pick` on a tree chowned into a range already (the owner of its top, 64K-aligned
+/// and the same for its group, neither 0 nor a shift cut short): that range, whose ids its
+/// files have, so that a tree is shifted once, not at every start. Ownership `auto` is
+/// `off` there (nspawn says `chown`, which finds nothing to shift); `map` is refused (an
+/// idmapped mount would show the files as nobody's).
+pub fn pick_shifted(u: UserNs, root: &Path) -> Result<UserNs> {
+    use std::os::unix::fs::MetadataExt;
+    if u.base != IdBase::Pick || u.rootless {
+        return Ok(u);
+    }
+    let Ok(md) = std::fs::metadata(root) else {
+        return Ok(u); // made later (--template): not shifted
+    };
+    let (uid_base, gid_base) = (md.uid() & !(RANGE - 1), md.gid() & !(RANGE - 1));
+    if uid_base != gid_base || uid_base == 0 || uid_base == BUSY_BASE {
+        return Ok(u);
+    }
+    let ownership = match u.ownership {
+        Ownership::Map => {
+            return Err(Error::invalid(
+                "--private-users-ownership",
+                "map",
+                &format!(
+                    "{} is chowned into the range at {uid_base}: an idmapped mount needs a tree owned by 0",
+                    root.display()
+                ),
+            ))
+        }
+        Ownership::Auto => Ownership::Off,
+        o => o,
+    };
+    Ok(UserNs {
+        base: IdBase::Fixed(uid_base),
+        ownership,
+        ..u
+    })
+}
+
 /// A held id range: one lock per 64K slot it touches (so that overlapping ranges exclude
 /// each other, fixed or picked). Lock files are removed, while still held, when the range is
 /// given back; a taker re-checks that it locked the file that is still there.

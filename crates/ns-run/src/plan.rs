@@ -447,6 +447,8 @@ fn userns(c: &Cli, f: &HostFacts, dir: &str) -> Result<Option<UserNs>> {
             let ownership = (c.private_users_ownership.as_deref())
                 .or(c.private_users_chown.as_ref().map(|_| "chown"));
             ns_host::userns::parse(v, ownership, &users_root)?
+                .map(|u| ns_host::userns::pick_shifted(u, &users_root))
+                .transpose()?
         }
         None => None,
     };
