@@ -182,6 +182,14 @@ fn user_namespaces_on_0700_paths_in_the_guest(cgroups: GuestCgroups) {
         );
         assert_eq!(shifted.get_or_insert(b.clone()), &b, "{own}: shifted again");
     }
+    // With a network namespace of its own: a fresh sysfs (which the kernel grants: the
+    // guest's /sys is fully visible), showing only its own interfaces.
+    let out = run("--private-network", "echo net=$(ls /sys/class/net)");
+    assert!(
+        out.code == 0 && out.stderr.is_empty(),
+        "--private-network: {out}"
+    );
+    assert_eq!(value(&out.stdout, "net"), "lo", "{out}");
     // A writable bind: the file lands owned by the range's base in the guest.
     let out = run("--bind=/var/lib/machines/src:/mnt", "echo hi > /mnt/f");
     assert!(out.code == 0 && out.stderr.is_empty(), "bind: {out}");

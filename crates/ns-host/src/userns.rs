@@ -118,10 +118,12 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
 }
 
 /// nspawn's `pick` on a tree chowned into a range already (the owner of its top, 64K-aligned
-/// and the same for its group, neither 0 nor a shift cut short): that range, whose ids its
-/// files have, so that a tree is shifted once, not at every start. Ownership `auto` is
-/// `off` there (nspawn says `chown`, which finds nothing to shift); `map` is refused (an
-/// idmapped mount would show the files as nobody's).
+/// and the same for its group): that range, whose ids its files have, so that a tree is
+/// shifted once, not at every start. Only a range `pick` could have given (unlike nspawn,
+/// which takes any: a tree owned by a host user whose uid is above 65535 would otherwise
+/// map container root next to that user's id). Ownership `auto` is `off` there (nspawn
+/// says `chown`, which finds nothing to shift); `map` is refused (an idmapped mount would
+/// show the files as nobody's).
 pub fn pick_shifted(u: UserNs, root: &Path) -> Result<UserNs> {
     use std::os::unix::fs::MetadataExt;
     if u.base != IdBase::Pick || u.rootless {
@@ -131,7 +133,8 @@ pub fn pick_shifted(u: UserNs, root: &Path) -> Result<UserNs> {
         return Ok(u); // made later (--template): not shifted
     };
     let (uid_base, gid_base) = (md.uid() & !(RANGE - 1), md.gid() & !(RANGE - 1));
-    if uid_base != gid_base || uid_base == 0 || uid_base == BUSY_BASE {
+    let pickable = (PICK_FIRST..=PICK_LAST).contains(&uid_base) && !ids_in_use(uid_base, RANGE);
+    if uid_base != gid_base || !pickable {
         return Ok(u);
     }
     let ownership = match u.ownership {
@@ -719,6 +722,34 @@ mod tests {
         assert!(parse(&BUSY_BASE.to_string(), Some("chown"), r).is_err());
         assert!(parse("1048576:1000", Some("chown"), r).is_err());
         assert!(parse("pick", Some("bogus"), r).is_err());
+    }
+
+    #[test]
+    fn pick_takes_a_shifted_trees_range_only_where_pick_could_have_given_it() {
+        let d = std::env::temp_dir().join(format!("ns-pick-shifted-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let u = |o: &str| parse("pick", Some(o), &d).unwrap().unwrap();
+        let at = |uid: u32, gid: u32, o: &str| {
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid)).unwrap();
+            pick_shifted(u(o), &d).map(|u| (u.base, u.ownership))
+        };
+        let shifted = PICK_FIRST + 7 * RANGE;
+        let fixed = Ok((IdBase::Fixed(shifted), Ownership::Off));
+        assert_eq!(at(shifted + 5, shifted + 9, "auto"), fixed);
+        let chown = Ok((IdBase::Fixed(shifted), Ownership::Chown));
+        assert_eq!(at(shifted, shifted, "chown"), chown);
+        assert!(at(shifted, shifted, "map").is_err());
+        // Not shifted by us: owned by 0, below the pick range, or its group elsewhere.
+        let pick = Ok((IdBase::Pick, Ownership::Auto));
+        for (uid, gid) in [
+            (0, 0),
+            (100000, 100000),
+            (shifted, 0),
+            (BUSY_BASE, BUSY_BASE),
+        ] {
+            assert_eq!(at(uid, gid, "auto"), pick, "{uid}:{gid}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
