@@ -380,3 +380,162 @@ fn overlays_from_a_0700_machines_dir() {
 fn missing_sources_in_a_0700_dir_are_named() {
     missing_sources(&Private::beside("ns-hp-missing"));
 }
+
+// ---------------------------------------------------------------------------------------
+// -U where a guest runs it (issue 18, item 1 in a guest; see nested.rs): a tree whose file
+// system takes no idmapped mount (a guest's root is an overlayfs), and a /proc that is not
+// fully visible (a guest's has masked files), made here with an overlayfs and a mount
+// namespace of the test's own.
+
+/// `ns-run OPTS -D ROOT -- sh -c SCRIPT` in a mount namespace of its own, after `setup`
+/// (shell) there: what it mounts is gone with it. With `trace`, the monitor (only: not the
+/// chain) is traced for fsopen(2) into that file. Nothing of it may be left.
+fn in_own_ns(
+    root: &Path,
+    setup: &str,
+    opts: &[&str],
+    script: &str,
+    trace: Option<&Path>,
+) -> Output {
+    let before = our_mounts();
+    let mut c = Command::new("unshare");
+    c.env("NS_TESTS_TREE", root)
+        .args(["-m", "--propagation", "slave", "sh", "-c"])
+        .arg(format!("{setup} && exec \"$@\""))
+        .arg("sh");
+    if let Some(t) = trace {
+        c.args(["strace", "-qq", "-e", "trace=fsopen", "-o", s(t)]);
+    }
+    c.arg(ns_tests::bin("ns-run"))
+        .args(["--register=no", "-D", s(root)])
+        .args(opts)
+        .args(["--", "/bin/sh", "-c", script]);
+    let out = run_cmd(c, None);
+    assert_no_leak(root, &before);
+    out
+}
+
+#[test]
+fn auto_ownership_chowns_a_tree_that_takes_no_idmapped_mount() {
+    // The tree: an overlayfs (of a busybox tree `l`, writes in `u`) at `m`.
+    let t = Tree::empty("ns-hp-noidmap");
+    let d = t.path();
+    build_rootfs_linked(&d.join("l"));
+    for sub in ["u", "w", "m"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let (m, u) = (d.join("m"), d.join("u"));
+    let mount = format!(
+        "mount -t overlay overlay -o lowerdir={0}/l,upperdir={0}/u,workdir={0}/w {0}/m",
+        d.display()
+    );
+    let run = |opts: &[&str], script: &str| in_own_ns(&m, &mount, opts, script, None);
+    // An explicit map is refused in one line (nspawn: "ID mapped mounts are apparently not
+    // available, sorry."), with nothing left.
+    let out = run(&["-q", "-U", "--private-users-ownership=map"], "true");
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        [format!(
+            "ns-run: cannot idmap {} (does its file system support idmapped mounts?): Invalid argument",
+            m.display()
+        )],
+        "{out}"
+    );
+    // -x leaves the tree as it is: its ids as they are (host root's files are nobody's),
+    // said in one line (without -q).
+    let out = run(&["-U", "-x"], "echo \"bb=$(stat -c %u /bin/busybox)\"");
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        [format!(
+            "ns-run: {} takes no idmapped mount here, and -x, --read-only and --volatile do not chown it: its files keep their ids (host root's are nobody's inside)",
+            m.display()
+        )],
+        "{out}"
+    );
+    assert_eq!(get(&out.stdout, "bb"), "65534", "{out}");
+    assert_eq!(owner(&u), (0, 0), "-x chowned the tree");
+    // -U (ownership auto): the idmap is refused, so the tree is chowned, as nspawn does.
+    let script = format!("{PRINT_BASE}\necho \"root=$(stat -c %u /)\"\ntouch /made");
+    let out = run(&["-q", "-U"], &script);
+    assert!(out.code == 0 && out.stderr.is_empty(), "{out}");
+    let base: u32 = get(&out.stdout, "base").parse().unwrap();
+    assert_eq!(get(&out.stdout, "root"), "0");
+    // On disk (the overlay's writes): its root, its files, the file made.
+    assert_eq!(owner(&u), (base, base), "the tree on disk");
+    assert_eq!(owner(&u.join("bin/busybox")), (base, base));
+    assert_eq!(owner(&u.join("made")), (base, base));
+}
+
+#[test]
+fn proc_is_made_by_the_monitor_only_where_the_kernel_refuses_one() {
+    let t = Tree::rootfs("ns-hp-proc");
+    let trace = t.base().join("trace");
+    let script = format!(
+        "{PRINT_BASE}\necho \"pid1=$(cat /proc/1/comm)\"\n\
+         echo 1 2>/dev/null >/proc/sys/kernel/ns_last_pid || echo sys=ro\n\
+         echo \"net=$(ls /sys/class/net | tr '\\n' ' ')\"\n{CHECK_NO_DIR_FDS}"
+    );
+    // As a container's /proc: a file covered (the kernel then refuses a new procfs in a
+    // user namespace), or not.
+    for setup in ["true", "mount --bind /dev/null /proc/uptime"] {
+        for opts in [vec!["-q", "-U"], vec!["-q", "-U", "--private-network"]] {
+            let out = in_own_ns(t.path(), setup, &opts, &script, Some(&trace));
+            let what = format!("{setup}, {opts:?}");
+            assert!(out.code == 0 && out.stderr.is_empty(), "{what}: {out}");
+            assert_ne!(get(&out.stdout, "base"), "0", "{what}");
+            // The container's own PID namespace: PID 1 is the payload.
+            assert_eq!(get(&out.stdout, "pid1"), "sh", "{what}");
+            assert_eq!(get(&out.stdout, "sys"), "ro", "{what}");
+            if opts.len() > 2 {
+                assert_eq!(get(&out.stdout, "net"), "lo ", "{what}");
+            }
+            assert_no_dir_fds(&out.stdout);
+            // The monitor makes a procfs only where ns-mount could not.
+            let t = std::fs::read_to_string(&trace).unwrap();
+            let want = usize::from(setup != "true");
+            assert_eq!(t.matches("fsopen(\"proc\"").count(), want, "{what}: {t}");
+        }
+    }
+}
+
+#[test]
+fn pick_takes_the_range_a_tree_was_chowned_into() {
+    let p = Private::beside("ns-hp-shifted");
+    p.own_busybox();
+    let script = format!("{PRINT_BASE}\necho \"root=$(stat -c %u /)\"");
+    let out = sh_ok(&p.root, &["-U", "--private-users-ownership=chown"], &script);
+    let base = get(&out, "base").to_string();
+    let b: u32 = base.parse().unwrap();
+    // Started again (auto, off, chown): that range, the tree as it is (not shifted again),
+    // as nspawn's pick does.
+    for own in ["auto", "off", "chown"] {
+        let opt = format!("--private-users-ownership={own}");
+        let out = sh_ok(&p.root, &["-U", &opt], &script);
+        assert_eq!(get(&out, "base"), base, "{own}");
+        assert_eq!(get(&out, "root"), "0", "{own}");
+        assert_eq!(owner(&p.root), (b, b), "{own}");
+    }
+    // An idmapped mount of it would show its files as nobody's: refused in one line (nspawn:
+    // "UID base of … is not zero, UID mapping not supported.").
+    let out = sh(&p.root, &["-U", "--private-users-ownership=map"], "true");
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        [format!(
+            "ns-run: --private-users-ownership=map: {} is chowned into the range at {base}: an idmapped mount needs a tree owned by 0",
+            p.root.display()
+        )],
+        "{out}"
+    );
+    // Given back to 0: -U maps it again.
+    sh_ok(
+        &p.root,
+        &["--private-users=0", "--private-users-ownership=chown"],
+        "true",
+    );
+    let out = sh_ok(&p.root, &["-U"], &script);
+    assert_eq!(get(&out, "root"), "0");
+    assert_eq!(owner(&p.root), (0, 0));
+}

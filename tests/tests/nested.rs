@@ -125,3 +125,127 @@ fn ns_run_works_in_a_hybrid_guest() {
 fn ns_run_works_in_a_pure_cgroup2_guest() {
     ns_run_works_in_the_guest(GuestCgroups::Unified);
 }
+
+// ---------------------------------------------------------------------------------------
+// Host paths under -U (issue 18, item 1) in the guest: its /var/lib/machines is 0700, as on
+// systemd hosts; the tree, a bind source and overlay layers live below it. The guest's root
+// is an overlayfs (-x), which takes no idmapped mount: ownership auto falls back to chown,
+// as nspawn's. Its /proc has masked files, so the kernel refuses a new procfs in a user
+// namespace: the monitor makes one for the container (nspawn fails there).
+
+/// `key=value` lines of a script's output, the value of `key`.
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {out:?}"))
+}
+
+fn user_namespaces_on_0700_paths_in_the_guest(cgroups: GuestCgroups) {
+    let bb = Tree::rootfs("nest-bb");
+    let g = Guest::boot(
+        "nest-u",
+        cgroups,
+        &[&format!("--bind-ro={}:/srv/bb", bb.arg())],
+    );
+    // The upper of an overlay cannot be on the guest's overlayfs root (the kernel refuses
+    // it, nspawn's as ours): a tmpfs in the 0700 directory holds it and its work directory.
+    g.sh_ok(
+        "M=/var/lib/machines; mkdir -p $M; chmod 0700 $M; cp -a /srv/bb $M/t; \
+         cp -a /srv/bb $M/t0; mkdir -p $M/src $M/lower $M/ovl; chmod 1777 $M/src; \
+         echo low > $M/lower/l; mount -t tmpfs tmpfs $M/ovl; mkdir -m 1777 $M/ovl/upper",
+    );
+    // (Inside single quotes: the first line of uid_map, its second field.)
+    let base = "set -- $(head -1 /proc/self/uid_map); echo base=$2";
+    let run = |opts: &str, script: &str| {
+        g.sh(&format!(
+            "ns-run -q -U {opts} -D /var/lib/machines/t /bin/sh -c '{base}; {script}'"
+        ))
+    };
+    let owner = |p: &str| g.sh_ok(&format!("stat -c %u {p}")).trim().to_string();
+    // The tree alone, under every ownership mode: auto shifts it into the range (chown);
+    // then off and chown start in that range, the tree as it is (nspawn's pick).
+    let mut shifted = None;
+    for own in ["auto", "off", "chown"] {
+        let out = run(
+            &format!("--private-users-ownership={own}"),
+            "echo root=$(stat -c %u /); test -x /bin/busybox && echo ran=yes",
+        );
+        assert!(out.code == 0 && out.stderr.is_empty(), "{own}: {out}");
+        assert_eq!(value(&out.stdout, "ran"), "yes", "{own}: {out}");
+        assert_eq!(value(&out.stdout, "root"), "0", "{own}: {out}");
+        let b = value(&out.stdout, "base").to_string();
+        assert_ne!(b, "0", "{own}: {out}");
+        assert_eq!(
+            owner("/var/lib/machines/t"),
+            b,
+            "{own}: the tree in the guest"
+        );
+        assert_eq!(shifted.get_or_insert(b.clone()), &b, "{own}: shifted again");
+    }
+    // With a network namespace of its own: a fresh sysfs (which the kernel grants: the
+    // guest's /sys is fully visible), showing only its own interfaces.
+    let out = run("--private-network", "echo net=$(ls /sys/class/net)");
+    assert!(
+        out.code == 0 && out.stderr.is_empty(),
+        "--private-network: {out}"
+    );
+    assert_eq!(value(&out.stdout, "net"), "lo", "{out}");
+    // A writable bind: the file lands owned by the range's base in the guest.
+    let out = run("--bind=/var/lib/machines/src:/mnt", "echo hi > /mnt/f");
+    assert!(out.code == 0 && out.stderr.is_empty(), "bind: {out}");
+    let b = value(&out.stdout, "base");
+    assert_eq!(owner("/var/lib/machines/src/f"), b, "bind: {out}");
+    // Overlay layers and -x.
+    let out = run(
+        "-x --overlay=/var/lib/machines/lower:/var/lib/machines/ovl/upper:/o",
+        "echo o=$(cat /o/l); echo up > /o/u",
+    );
+    assert!(out.code == 0 && out.stderr.is_empty(), "overlay: {out}");
+    assert_eq!(value(&out.stdout, "o"), "low", "{out}");
+    let b = value(&out.stdout, "base");
+    assert_eq!(g.sh_ok("cat /var/lib/machines/ovl/upper/u"), "up\n");
+    assert_eq!(owner("/var/lib/machines/ovl/upper/u"), b, "overlay upper");
+    assert_eq!(
+        g.sh_ok("ls -A /var/lib/machines/lower; ls -A /var/lib/machines/ovl"),
+        "l\nupper\n",
+        "lower unchanged, no work directory left"
+    );
+    // An explicit map: refused in one line, the tree as it was; nspawn refuses it too.
+    let out = g.sh("ns-run -q -U --private-users-ownership=map -D /var/lib/machines/t0 /bin/true");
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        ["ns-run: cannot idmap /var/lib/machines/t0 (does its file system support idmapped mounts?): Invalid argument"],
+        "{out}"
+    );
+    assert_eq!(owner("/var/lib/machines/t0"), "0");
+    let nspawn = "systemd-nspawn --register=no --keep-unit -q -U -D /var/lib/machines/t0";
+    let out = g.sh(&format!("{nspawn} --private-users-ownership=map /bin/true"));
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr
+            .contains("ID mapped mounts are apparently not available, sorry."),
+        "{out}"
+    );
+    // nspawn's auto chowns the tree too, then fails where we do better: proc.
+    let out = g.sh(&format!("{nspawn} /bin/true"));
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr
+            .contains("Failed to mount proc (type proc) on /proc (MS_NOSUID|MS_NODEV|MS_NOEXEC \"\"): Operation not permitted"),
+        "{out}"
+    );
+    assert_ne!(owner("/var/lib/machines/t0"), "0", "nspawn chowns");
+    let off = g.poweroff();
+    assert_eq!(off.code, 0, "{off}");
+}
+
+#[test]
+fn user_namespaces_on_0700_paths_in_a_hybrid_guest() {
+    user_namespaces_on_0700_paths_in_the_guest(GuestCgroups::Host);
+}
+
+#[test]
+fn user_namespaces_on_0700_paths_in_a_pure_cgroup2_guest() {
+    user_namespaces_on_0700_paths_in_the_guest(GuestCgroups::Unified);
+}

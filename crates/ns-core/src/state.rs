@@ -187,6 +187,10 @@ pub enum Ownership {
     /// The root is an idmapped mount: container 0 sees host 0's files as its own; the
     /// image stays owned by 0 on disk.
     Map,
+    /// `-U`'s (nspawn's `auto`): `map` where the tree's file system takes an idmapped mount,
+    /// else `chown` (or, for a tree that is not rewritten, [`MountPlan::rewrites_tree`],
+    /// its ids as they are). Decided by the monitor where it attempts the idmap (SYNC-1).
+    Auto,
     /// The tree's ownership is shifted on disk into the range (undone by running with
     /// `--private-users=0 --private-users-ownership=chown`).
     Chown,
@@ -288,8 +292,9 @@ pub struct MountPlan {
     pub root: PathBuf,
     /// How the root is assembled from `root`.
     pub root_mode: RootMode,
-    /// Use `root` through an idmapped mount for the user namespace (made by the monitor on the
-    /// host, SYNC-1), so that its files keep their ids on disk.
+    /// Use `root` through a mount the monitor idmaps for the user namespace on the host
+    /// (SYNC-1), so that its files keep their ids on disk: ownership `map`, and `auto`, where
+    /// the monitor may hand it down as it is (not idmapped) instead.
     pub idmapped_root: bool,
     /// Host paths arrive from the monitor as detached mounts instead of being resolved here:
     /// the root (SYNC-1), host-sourced binds and overlays (SYNC-5). A stage inside a user
@@ -329,6 +334,14 @@ pub struct MountPlan {
     /// systems, /run, /tmp, /run/host and masks (`ops` and the rest above stay empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<OciMounts>,
+}
+
+impl MountPlan {
+    /// Whether the container's tree is changed on disk as it runs (not `-x`, `--read-only`
+    /// or `--volatile`): only such a tree may have its ownership shifted (`chown`).
+    pub fn rewrites_tree(&self) -> bool {
+        self.root_mode == RootMode::Directory && !self.read_only
+    }
 }
 
 /// config.json's mounts and what runc does around them, in runc's order: the root's

@@ -21,8 +21,10 @@
 //!   SYNC-4  ns-mount → monitor   `Created` before it creates a host-visible path (a mount
 //!           point in the image, an overlay workdir) that the monitor removes after exit
 //!   SYNC-5  ns-mount → monitor   `NeedMount` for a user mount the host makes (an idmapped
-//!           bind; with `host_by_fd` every host-sourced bind and overlay); monitor → ns-mount
-//!           `Mount` with the detached mount attached
+//!           bind; with `host_by_fd` every host-sourced bind and overlay), or `NeedProc` for
+//!           a procfs of the container's PID namespace where the kernel refuses ns-mount
+//!           one (in a user namespace whose mount namespace shows no /proc fully, as inside
+//!           another container); monitor → ns-mount `Mount` with the detached mount attached
 //!   SYNC-6  ns-mount → monitor   `Console` with the master of the container's pty attached
 //!   SYNC-7  ns-caps → runtime    `Waiting` (OCI create only): set up, about to block on the
 //!           start fifo; the socket closes right after
@@ -56,6 +58,9 @@ pub enum Msg {
     NeedMount {
         op: usize,
     },
+    /// SYNC-5: a procfs of the container's PID namespace, made on the host (proc's `pidns`
+    /// option), as the kernel refuses ns-mount a new one.
+    NeedProc,
     Created {
         path: std::path::PathBuf,
         /// Remove with its content (a workdir), not only when empty (a mount point).

@@ -608,33 +608,46 @@ pub enum FsParam<'a> {
     Flag(&'a str),
     /// `key=value`.
     Str(&'a str, &'a str),
+    /// `key` set to an open file (FSCONFIG_SET_FD: proc's `pidns`).
+    Fd(&'a str, std::os::fd::BorrowedFd<'a>),
 }
 
+/// Attributes of a new mount ([`fs_mount`]), MOUNT_ATTR_*.
+pub const MOUNT_ATTR_RDONLY: u32 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u32 = 0x2;
+pub const MOUNT_ATTR_NODEV: u32 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u32 = 0x8;
+
 /// fsopen(`fstype`), the parameters, FSCONFIG_CMD_CREATE, fsmount: a new file system as a
-/// detached mount (read-only with `read_only`), to attach with [`move_mount_to`]. Made by
+/// detached mount with `attrs` (`MOUNT_ATTR_*`), to attach with [`move_mount_to`]. Made by
 /// the caller's credentials, in its namespaces (the monitor's: the host's).
 pub fn fs_mount(
     fstype: &std::ffi::CStr,
     params: &[FsParam<'_>],
-    read_only: bool,
+    attrs: u32,
 ) -> crate::Result<std::os::fd::OwnedFd> {
     use crate::error::Context;
     use std::os::fd::AsRawFd;
     const FSCONFIG_SET_FLAG: libc::c_uint = 0;
     const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_SET_FD: libc::c_uint = 5;
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const MOUNT_ATTR_RDONLY: libc::c_uint = 1;
     let name = fstype.to_string_lossy();
     // SAFETY: `fstype` is a valid C string; the returned fd is new and ours.
     let r = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), 1 as libc::c_uint) };
     let ctx = new_fd(Errno::result(r).ctx(|| format!("cannot open a {name} context"))? as i32);
     let cstr = |s: &str| std::ffi::CString::new(s).map_err(|_| Errno::EINVAL);
-    let config = |cmd: libc::c_uint, key: Option<&str>, value: Option<&str>| -> nix::Result<()> {
+    let config = |cmd: libc::c_uint,
+                  key: Option<&str>,
+                  value: Option<&str>,
+                  aux: libc::c_int|
+     -> nix::Result<()> {
         let (k, v) = (key.map(cstr).transpose()?, value.map(cstr).transpose()?);
         let ptr =
             |c: &Option<std::ffi::CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-        // SAFETY: the context fd is ours; key and value are valid C strings or NULL, as
-        // `cmd` requires; the kernel copies them during the call.
+        // SAFETY: the context fd is ours; key and value are valid C strings or NULL, and
+        // `aux` an fd we hold or 0, as `cmd` requires; the kernel copies them (or takes its
+        // own reference to the file) during the call.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
@@ -642,21 +655,21 @@ pub fn fs_mount(
                 cmd,
                 ptr(&k),
                 ptr(&v),
-                0,
+                aux,
             )
         };
         Errno::result(r).map(drop)
     };
     for p in params {
         let (what, r) = match p {
-            FsParam::Flag(k) => (*k, config(FSCONFIG_SET_FLAG, Some(k), None)),
-            FsParam::Str(k, v) => (*k, config(FSCONFIG_SET_STRING, Some(k), Some(v))),
+            FsParam::Flag(k) => (*k, config(FSCONFIG_SET_FLAG, Some(k), None, 0)),
+            FsParam::Str(k, v) => (*k, config(FSCONFIG_SET_STRING, Some(k), Some(v), 0)),
+            FsParam::Fd(k, fd) => (*k, config(FSCONFIG_SET_FD, Some(k), None, fd.as_raw_fd())),
         };
         r.ctx(|| format!("{name}: cannot set {what}"))?;
     }
-    config(FSCONFIG_CMD_CREATE, None, None)
+    config(FSCONFIG_CMD_CREATE, None, None, 0)
         .ctx(|| format!("cannot create the {name} file system"))?;
-    let attrs = if read_only { MOUNT_ATTR_RDONLY } else { 0 };
     // SAFETY: the context fd is ours and created; the returned fd is new and ours.
     let r = unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), 1 as libc::c_uint, attrs) };
     Ok(new_fd(

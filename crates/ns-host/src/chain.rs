@@ -9,6 +9,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::unistd::Pid;
 use ns_core::exec::{exec_stage, state_argv, StageFds};
 use ns_core::state::{
@@ -36,6 +37,8 @@ pub enum Report {
     Created { path: PathBuf, recursive: bool },
     /// SYNC-5: user mount number `op` is made on the host ([`Chain::host_mount`]).
     NeedMount { op: usize },
+    /// SYNC-5: the container's procfs is made on the host ([`Chain::host_proc`]).
+    NeedProc,
     /// SYNC-6: the master of the container's pty.
     Console(OwnedFd),
     /// SYNC-7: set up, waiting for `start` (OCI create only).
@@ -55,6 +58,7 @@ impl Report {
             Msg::Pid(p) => Report::Pid(Pid::from_raw(p)),
             Msg::Created { path, recursive } => Report::Created { path, recursive },
             Msg::NeedMount { op } => Report::NeedMount { op },
+            Msg::NeedProc => Report::NeedProc,
             Msg::Console => {
                 Report::Console(fd.ok_or_else(|| Error::setup("Console without its pty".into()))?)
             }
@@ -197,15 +201,11 @@ impl Chain {
             .transpose()
     }
 
-    /// SYNC-1 answered: write the maps of ns-enter's user namespace; with `root` (the
-    /// image, a clone of its mount made earlier if any, and whether to idmap it: ownership
-    /// `map`), hand the image down as a detached mount, idmapped through the new user
-    /// namespace or as it is (`MountPlan::host_by_fd`). The one answer of ns-run and ns-oci.
-    pub fn map_userns(
-        &self,
-        maps: &Maps,
-        root: Option<(&Path, Option<OwnedFd>, bool)>,
-    ) -> Result<()> {
+    /// SYNC-1 answered: write the maps of ns-enter's user namespace; with `root`, hand the
+    /// image down as a detached mount, idmapped through the new user namespace or as it is
+    /// (`MountPlan::host_by_fd`). The one answer of ns-run and ns-oci. Returns the ownership
+    /// in force with `root` (`auto` decided, see [`RootMount`]).
+    pub fn map_userns(&self, maps: &Maps, root: Option<RootMount>) -> Result<Option<Ownership>> {
         let pid = self.enter.as_raw();
         match maps {
             Maps::Rootless => crate::userns::write_rootless_maps(pid)?,
@@ -214,25 +214,16 @@ impl Chain {
             }
             Maps::Given(m) => crate::userns::write_id_maps(pid, m)?,
         }
-        let Some((path, clone, idmap)) = root else {
-            return self.sync.send(&Msg::Mapped);
+        let Some(root) = root else {
+            self.sync.send(&Msg::Mapped)?;
+            return Ok(None);
         };
-        let tree = match clone {
-            Some(t) => t,
-            None => clone_root(path, idmap)?,
-        };
+        let (tree, ownership) = root.make(pid)?;
         let userns = File::open(format!("/proc/{pid}/ns/user"))
             .ctx(|| "cannot open the container's user namespace".into())?;
-        if idmap {
-            ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).ctx(|| {
-                format!(
-                    "cannot idmap {} (does its file system support idmapped mounts?)",
-                    path.display()
-                )
-            })?;
-        }
         let tree = crate::hostpaths::locked(tree, userns.as_fd())?;
-        self.sync.send_fd(&Msg::Mapped, tree.as_fd())
+        self.sync.send_fd(&Msg::Mapped, tree.as_fd())?;
+        Ok(Some(ownership))
     }
 
     /// SYNC-5 answered: user mount `op` of `plan`, made on the host (only what the plan
@@ -274,9 +265,89 @@ impl Chain {
         self.sync.send_fd(&Msg::Mount, tree.as_fd())
     }
 
+    /// SYNC-5 answered (`NeedProc`): a procfs of PID 1's PID namespace, made here (proc's
+    /// `pidns` option, Linux 6.17), as the kernel refuses ns-mount one: in its user namespace
+    /// it takes a new procfs only where the mount namespace shows one fully, which a /proc
+    /// with masked files (as inside another container) is not. `pid1`: our child, as
+    /// ns-enter reported it (SYNC-2); its namespace is open only while the mount is made.
+    pub fn host_proc(&self, pid1: Option<Pid>) -> Result<()> {
+        use ns_core::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
+        let pid1 = pid1.ok_or_else(|| Error::setup("NeedProc before PID 1".into()))?;
+        let pidns = File::open(format!("/proc/{pid1}/ns/pid"))
+            .ctx(|| "cannot open the container's PID namespace".into())?;
+        let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        let params = [
+            ns_core::sys::FsParam::Str("source", "proc"),
+            ns_core::sys::FsParam::Fd("pidns", pidns.as_fd()),
+        ];
+        let proc = ns_core::sys::fs_mount(c"proc", &params, attrs).map_err(|e| {
+            Error::setup(format!(
+                "cannot mount proc on /proc: the kernel refuses it inside the user namespace \
+                 (this /proc is not fully visible), and on the host: {} (proc's pidns= needs \
+                 Linux 6.17)",
+                e.msg
+            ))
+        })?;
+        drop(pidns);
+        self.sync.send_fd(&Msg::Mount, proc.as_fd())
+    }
+
     /// SYNC-3: host-side setup for PID 1 is done: the chain goes on.
     pub fn go(&self) -> Result<()> {
         self.sync.send(&Msg::Go)
+    }
+}
+
+/// The image as the monitor hands it down at SYNC-1 ([`Chain::map_userns`]).
+pub struct RootMount<'a> {
+    /// The plan's root.
+    pub path: &'a Path,
+    /// A clone of its mount made earlier ([`clone_root`]), if any.
+    pub clone: Option<OwnedFd>,
+    /// `map` and `auto` idmap it through the container's user namespace; `auto`, where its
+    /// file system refuses that, shifts the tree into the range at `chown_base` instead (as
+    /// nspawn falls back to `chown`), or without one (a tree that is not rewritten,
+    /// `MountPlan::rewrites_tree`) hands it down as it is (`off`).
+    pub ownership: Ownership,
+    pub chown_base: Option<u32>,
+}
+
+impl RootMount<'_> {
+    /// The detached mount for the user namespace of `pid`, and the ownership in force.
+    fn make(self, pid: i32) -> Result<(OwnedFd, Ownership)> {
+        let idmap = idmaps(self.ownership);
+        let tree = match self.clone {
+            Some(t) => t,
+            None => clone_root(self.path, idmap)?,
+        };
+        if !idmap {
+            return Ok((tree, self.ownership));
+        }
+        let userns = File::open(format!("/proc/{pid}/ns/user"))
+            .ctx(|| "cannot open the container's user namespace".into())?;
+        let e = match ns_core::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()) {
+            Ok(()) => return Ok((tree, Ownership::Map)),
+            Err(e) => e,
+        };
+        // nspawn's test: the kernel, or the file system, cannot idmap (it says EINVAL for
+        // a file system that does not take idmapped mounts, as overlayfs).
+        let unsupported = matches!(e, Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS);
+        if self.ownership != Ownership::Auto || !unsupported {
+            return Err(Error::setup(format!(
+                "cannot idmap {} (does its file system support idmapped mounts?): {}",
+                self.path.display(),
+                e.desc()
+            )));
+        }
+        drop(tree);
+        let ownership = match self.chown_base {
+            Some(base) => {
+                crate::userns::shift_tree(self.path, base)?;
+                Ownership::Chown
+            }
+            None => Ownership::Off,
+        };
+        Ok((clone_root(self.path, false)?, ownership))
     }
 }
 
@@ -333,9 +404,13 @@ pub fn root_by_fd(state: &State) -> bool {
     idmapped_root(state.enter.userns.as_ref()) || state.mount.host_by_fd
 }
 
-/// Whether `u` wants the image as an idmapped mount.
+/// Whether `u` wants the image as an idmapped mount (`auto`: where it can be).
 pub fn idmapped_root(u: Option<&UserNs>) -> bool {
-    u.is_some_and(|u| u.ownership == Ownership::Map)
+    u.is_some_and(|u| idmaps(u.ownership))
+}
+
+fn idmaps(o: Ownership) -> bool {
+    matches!(o, Ownership::Map | Ownership::Auto)
 }
 
 #[cfg(test)]

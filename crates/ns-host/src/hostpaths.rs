@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 use ns_core::state::Source;
-use ns_core::sys::{fs_mount, FsParam};
+use ns_core::sys::{fs_mount, FsParam, MOUNT_ATTR_RDONLY};
 use ns_core::{Context, Error, Result};
 
 /// What a failure to open `path` for `what` says: the path and why (a symlink met on the
@@ -179,7 +179,8 @@ pub fn overlay(
         params.extend([FsParam::Str("upperdir", up), FsParam::Str("workdir", work)]);
     }
     // The layers' fds (`tops`, `upper_work`) live until it is made.
-    fs_mount(c"overlay", &params, read_only).map_err(|e| {
+    let attrs = if read_only { MOUNT_ATTR_RDONLY } else { 0 };
+    fs_mount(c"overlay", &params, attrs).map_err(|e| {
         let layers: Vec<String> = lower.iter().chain([upper]).map(shown).collect();
         let (layers, dest) = (layers.join(":"), dest.display());
         let ro = if read_only { "-ro" } else { "" };
@@ -245,7 +246,7 @@ fn lock_in_child(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<O
     unshare(CloneFlags::CLONE_NEWNS).ctx(what)?;
     let private = nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE;
     nix::mount::mount(None::<&str>, "/", None::<&str>, private, None::<&str>).ctx(what)?;
-    let stage = fs_mount(c"tmpfs", &[FsParam::Str("mode", "0755")], false)?;
+    let stage = fs_mount(c"tmpfs", &[FsParam::Str("mode", "0755")], 0)?;
     ns_core::sys::move_mount_to(stage.as_fd(), open_host(Path::new("/"), "stage")?.as_fd())
         .ctx(what)?;
     let st = nix::sys::stat::fstat(tree.as_fd()).ctx(what)?;

@@ -63,7 +63,8 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
     }
     let ownership = match ownership.unwrap_or(if value == "pick" { "auto" } else { "off" }) {
         "off" => Ownership::Off,
-        "map" | "auto" => Ownership::Map,
+        "map" => Ownership::Map,
+        "auto" => Ownership::Auto,
         "chown" => Ownership::Chown,
         o => {
             return Err(Error::invalid(
@@ -114,6 +115,47 @@ pub fn parse(value: &str, ownership: Option<&str>, root: &Path) -> Result<Option
         rootless: false,
         maps: None,
     }))
+}
+
+/// nspawn's `pick` on a tree chowned into a range already (the owner of its top, 64K-aligned
+/// and the same for its group): that range, whose ids its files have, so that a tree is
+/// shifted once, not at every start. Only a range `pick` could have given (unlike nspawn,
+/// which takes any: a tree owned by a host user whose uid is above 65535 would otherwise
+/// map container root next to that user's id). Ownership `auto` is `off` there (nspawn
+/// says `chown`, which finds nothing to shift); `map` is refused (an idmapped mount would
+/// show the files as nobody's).
+pub fn pick_shifted(u: UserNs, root: &Path) -> Result<UserNs> {
+    use std::os::unix::fs::MetadataExt;
+    if u.base != IdBase::Pick || u.rootless {
+        return Ok(u);
+    }
+    let Ok(md) = std::fs::metadata(root) else {
+        return Ok(u); // made later (--template): not shifted
+    };
+    let (uid_base, gid_base) = (md.uid() & !(RANGE - 1), md.gid() & !(RANGE - 1));
+    let pickable = (PICK_FIRST..=PICK_LAST).contains(&uid_base) && !ids_in_use(uid_base, RANGE);
+    if uid_base != gid_base || !pickable {
+        return Ok(u);
+    }
+    let ownership = match u.ownership {
+        Ownership::Map => {
+            return Err(Error::invalid(
+                "--private-users-ownership",
+                "map",
+                &format!(
+                    "{} is chowned into the range at {uid_base}: an idmapped mount needs a tree owned by 0",
+                    root.display()
+                ),
+            ))
+        }
+        Ownership::Auto => Ownership::Off,
+        o => o,
+    };
+    Ok(UserNs {
+        base: IdBase::Fixed(uid_base),
+        ownership,
+        ..u
+    })
 }
 
 /// A held id range: one lock per 64K slot it touches (so that overlapping ranges exclude
@@ -651,8 +693,10 @@ mod tests {
         let u = parse("pick", None, r).unwrap().unwrap();
         assert_eq!(
             (u.base, u.count, u.ownership),
-            (IdBase::Pick, 65536, Ownership::Map)
+            (IdBase::Pick, 65536, Ownership::Auto)
         );
+        let u = parse("pick", Some("map"), r).unwrap().unwrap();
+        assert_eq!(u.ownership, Ownership::Map);
         let u = parse("identity", None, r).unwrap().unwrap();
         assert_eq!((u.base, u.ownership), (IdBase::Fixed(0), Ownership::Off));
         let u = parse("1048576:1000", Some("map"), r).unwrap().unwrap();
@@ -678,6 +722,34 @@ mod tests {
         assert!(parse(&BUSY_BASE.to_string(), Some("chown"), r).is_err());
         assert!(parse("1048576:1000", Some("chown"), r).is_err());
         assert!(parse("pick", Some("bogus"), r).is_err());
+    }
+
+    #[test]
+    fn pick_takes_a_shifted_trees_range_only_where_pick_could_have_given_it() {
+        let d = std::env::temp_dir().join(format!("ns-pick-shifted-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let u = |o: &str| parse("pick", Some(o), &d).unwrap().unwrap();
+        let at = |uid: u32, gid: u32, o: &str| {
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid)).unwrap();
+            pick_shifted(u(o), &d).map(|u| (u.base, u.ownership))
+        };
+        let shifted = PICK_FIRST + 7 * RANGE;
+        let fixed = Ok((IdBase::Fixed(shifted), Ownership::Off));
+        assert_eq!(at(shifted + 5, shifted + 9, "auto"), fixed);
+        let chown = Ok((IdBase::Fixed(shifted), Ownership::Chown));
+        assert_eq!(at(shifted, shifted, "chown"), chown);
+        assert!(at(shifted, shifted, "map").is_err());
+        // Not shifted by us: owned by 0, below the pick range, or its group elsewhere.
+        let pick = Ok((IdBase::Pick, Ownership::Auto));
+        for (uid, gid) in [
+            (0, 0),
+            (100000, 100000),
+            (shifted, 0),
+            (BUSY_BASE, BUSY_BASE),
+        ] {
+            assert_eq!(at(uid, gid, "auto"), pick, "{uid}:{gid}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

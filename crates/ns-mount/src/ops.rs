@@ -155,13 +155,7 @@ fn attach_from_host(
             "{what}: made on the host, so it needs a monitor (ns-run)"
         ))
     })?;
-    sync.send(&ns_core::sync::Msg::NeedMount { op: index })?;
-    let (msg, tree) = sync.recv_fd()?;
-    if msg != ns_core::sync::Msg::Mount {
-        return Err(Error::setup(format!(
-            "unexpected message from the monitor: {msg:?}"
-        )));
-    }
+    let tree = from_host(sync, &ns_core::sync::Msg::NeedMount { op: index })?;
     let st = nix::sys::stat::fstat(tree.as_fd()).ctx(|| format!("cannot stat {what}"))?;
     let kind = match file_kind(&st) {
         SFlag::S_IFDIR => Kind::Dir,
@@ -174,6 +168,21 @@ fn attach_from_host(
         make_read_only(root, dest, true)?;
     }
     Ok(())
+}
+
+/// SYNC-5: ask the monitor for a mount made on the host (`request`); returns it, detached.
+pub(crate) fn from_host(
+    sync: &ns_core::sync::SyncSocket,
+    request: &ns_core::sync::Msg,
+) -> Result<OwnedFd> {
+    sync.send(request)?;
+    let (msg, tree) = sync.recv_fd()?;
+    if msg != ns_core::sync::Msg::Mount {
+        return Err(Error::setup(format!(
+            "unexpected message from the monitor: {msg:?}"
+        )));
+    }
+    Ok(tree)
 }
 
 /// Cover `dest` with an inaccessible node of its own file type (mode 0000, read-only).

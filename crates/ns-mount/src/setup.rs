@@ -55,7 +55,7 @@ pub fn build_root(
 ) -> Result<()> {
     let (root, scratch) = prepare(plan, root_fd)?;
     ns_core::stage::fault("ns-mount:mid");
-    mount_proc(&root, &scratch, plan.private_network)?;
+    mount_proc(&root, &scratch, plan.private_network, sync)?;
     mount_sys(&root)?;
     if let Some(cg) = &plan.cgroups {
         mount_cgroups(&root, cg)?;
@@ -150,9 +150,35 @@ pub(crate) fn bind_self_read_only(
 /// nspawn sets them, but /proc/sys/net writable when the network is private; the files that
 /// leak kernel memory, keys and timers or reach the host kernel (sysrq) masked with our own
 /// inaccessible nodes (nspawn skips these masks on hosts without /run/systemd/inaccessible).
-pub fn mount_proc(root: &OwnedFd, scratch: &Scratch, private_network: bool) -> Result<()> {
+pub fn mount_proc(
+    root: &OwnedFd,
+    scratch: &Scratch,
+    private_network: bool,
+    sync: Option<&ns_core::sync::SyncSocket>,
+) -> Result<()> {
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs(root, "/proc", "proc", f, None)?;
+    let target = open_in_root(root, Path::new("/proc"), Some(Kind::Dir))?;
+    let p = fd_path(&target);
+    match (
+        mount(Some("proc"), p.as_str(), Some("proc"), f, None::<&str>),
+        sync,
+    ) {
+        (Ok(()), _) => {}
+        // In a user namespace the kernel takes a new procfs only where the mount namespace
+        // shows one fully (inside another container, whose /proc has masked files, it does
+        // not): the monitor makes one for our PID namespace outside and hands it down.
+        (Err(Errno::EPERM), Some(sync)) if ns_core::sys::in_user_namespace() => {
+            let proc = crate::ops::from_host(sync, &ns_core::sync::Msg::NeedProc)?;
+            ns_core::sys::move_mount_to(proc.as_fd(), target.as_fd())
+                .ctx(|| "cannot attach proc on /proc".into())?;
+        }
+        (Err(e), _) => {
+            return Err(Error::setup(format!(
+                "cannot mount proc on /proc: {}",
+                e.desc()
+            )))
+        }
+    }
     if private_network {
         let fd = open_in_root(root, Path::new("/proc/sys/net"), None)?;
         let p = fd_path(&fd);
@@ -430,7 +456,7 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
     use ns_core::state::CgroupLayout;
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if cg.layout == CgroupLayout::Unified {
-        return mount_fs(root, "/sys/fs/cgroup", "cgroup2", f, None);
+        return mount_cgroup2(root, f);
     }
     mount_tmpfs(
         root,
@@ -469,6 +495,32 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
         Some("mode=0755"),
     )
     .ctx(|| "cannot make /sys/fs/cgroup read-only".into())
+}
+
+/// cgroup2 on /sys/fs/cgroup. Where /sys is the host's, bound (in a user namespace without
+/// a network namespace of its own, see [`mount_sys`]), /sys/fs/cgroup is the host's cgroup2
+/// mount, on which the kernel refuses a mount of the same superblock (EBUSY): there the new
+/// one is made detached and moved on top.
+fn mount_cgroup2(root: &OwnedFd, f: MsFlags) -> Result<()> {
+    use ns_core::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
+    let target = open_in_root(root, Path::new("/sys/fs/cgroup"), Some(Kind::Dir))?;
+    let p = fd_path(&target);
+    let what = || "cannot mount cgroup2 on /sys/fs/cgroup".to_string();
+    match mount(
+        Some("cgroup2"),
+        p.as_str(),
+        Some("cgroup2"),
+        f,
+        None::<&str>,
+    ) {
+        Err(Errno::EBUSY) => {
+            let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+            let params = [ns_core::sys::FsParam::Str("source", "cgroup2")];
+            let fs = ns_core::sys::fs_mount(c"cgroup2", &params, attrs)?;
+            ns_core::sys::move_mount_to(fs.as_fd(), target.as_fd()).ctx(what)
+        }
+        r => r.ctx(what),
+    }
 }
 
 /// Mount the cgroup file system `fstype` (with `data`, the hierarchy's options) on a new

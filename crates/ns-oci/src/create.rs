@@ -534,9 +534,8 @@ impl Creating<'_> {
                 self.failed = Some(format!("{stage}: {message}"));
             }
             Report::Waiting => self.waiting = true, // SYNC-7
-            Report::NeedMount { op } => {
-                let m = format!("unexpected NeedMount {{ op: {op} }} from the chain");
-                return Err(Error::setup(m));
+            r @ (Report::NeedMount { .. } | Report::NeedProc) => {
+                return Err(Error::setup(format!("unexpected {r:?} from the chain")));
             }
         }
         Ok(())

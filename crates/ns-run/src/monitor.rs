@@ -14,7 +14,7 @@ use ns_core::exec::StageFds;
 use ns_core::stage::{debug, exit_code_of};
 use ns_core::state::{IdBase, Namespace, Ownership, RootMode, Runtime, State};
 use ns_host::cgroups::{Cgroup, Hierarchy};
-use ns_host::chain::{Chain, Maps, Report};
+use ns_host::chain::{Chain, Maps, Report, RootMount};
 use ns_host::machined::Machined;
 use ns_host::registry::{Machine, Registration};
 
@@ -748,10 +748,16 @@ impl<'a> Monitor<'a> {
                 let u = u.ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
                 let maps = Maps::of(u, self.userns_base, &state.mount.bind_users)?;
                 // The image as a detached (idmapped) mount, for ns-mount (via ns-enter).
-                let idmap = ns_host::chain::idmapped_root(Some(u));
-                let root = ns_host::chain::root_by_fd(state)
-                    .then(|| (state.mount.root.as_path(), self.root_clone.take(), idmap));
-                self.chain.map_userns(&maps, root)?;
+                let root = ns_host::chain::root_by_fd(state).then(|| RootMount {
+                    path: &state.mount.root,
+                    clone: self.root_clone.take(),
+                    ownership: u.ownership,
+                    chown_base: self.userns_base.filter(|_| state.mount.rewrites_tree()),
+                });
+                let ownership = self.chain.map_userns(&maps, root)?;
+                if u.ownership == Ownership::Auto {
+                    self.on_auto_ownership(ownership);
+                }
             }
             Some(Report::NeedMount { op }) => {
                 // SYNC-5: only what the plan says is made here.
@@ -767,6 +773,8 @@ impl<'a> Monitor<'a> {
                 self.chain
                     .host_mount(op, &state.mount, base, self.pid1, &mut announce)?;
             }
+            // SYNC-5: the kernel refuses ns-mount a procfs in its user namespace.
+            Some(Report::NeedProc) => self.chain.host_proc(self.pid1)?,
             Some(Report::Waiting) => {
                 return Err(Error::setup("unexpected Waiting from the chain".into()))
             }
@@ -785,6 +793,20 @@ impl<'a> Monitor<'a> {
             }
         }
         Ok(true)
+    }
+
+    /// What `-U`'s ownership `auto` came to at SYNC-1: `map`, else (the tree's file system
+    /// takes no idmapped mount) `chown`, as nspawn; or, for a tree that is not rewritten, its
+    /// ids as they are, which the container sees unlike nspawn's (it chowns a copy for -x):
+    /// said in one line.
+    fn on_auto_ownership(&self, ownership: Option<Ownership>) {
+        debug(STAGE, || format!("ownership auto: {ownership:?}"));
+        if ownership == Some(Ownership::Off) && !self.state.monitor.quiet {
+            ns_core::errln!(
+                "{STAGE}: {} takes no idmapped mount here, and -x, --read-only and --volatile do not chown it: its files keep their ids (host root's are nobody's inside)",
+                self.state.mount.root.display()
+            );
+        }
     }
 
     /// SYNC-2 received: host-side setup for PID 1 (network, registration); then SYNC-3.

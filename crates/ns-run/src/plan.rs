@@ -454,6 +454,8 @@ fn userns(c: &Cli, f: &HostFacts, dir: &str) -> Result<Option<UserNs>> {
             let ownership = (c.private_users_ownership.as_deref())
                 .or(c.private_users_chown.as_ref().map(|_| "chown"));
             ns_host::userns::parse(v, ownership, &users_root)?
+                .map(|u| ns_host::userns::pick_shifted(u, &users_root))
+                .transpose()?
         }
         None => None,
     };
@@ -502,7 +504,7 @@ fn mount(c: &Cli, f: &HostFacts, o: &Common, oci: Option<&OciInput>) -> Result<M
         scratch: f.scratch.clone()?,
         private_network: o.private_network,
         console: o.pty,
-        idmapped_root: (o.userns.as_ref()).is_some_and(|u| u.ownership == Ownership::Map),
+        idmapped_root: ns_host::chain::idmapped_root(o.userns.as_ref()),
         userns: o.userns.is_some(),
         // Root on the host, the container in a user namespace: the monitor opens the host
         // paths (a stage in the user namespace cannot enter a 0700 directory).
@@ -715,13 +717,14 @@ pub fn chain(state: &State) -> String {
     // silently does less.
     if let Some(u) = state.enter.userns.as_ref().filter(|u| !u.rootless) {
         out.push_str(&format!(
-            "\n# not in this chain: ns-run reserves and maps the -U id range ({} ids, {}); \
+            "\n# not in this chain: ns-run reserves and maps the -U id range ({} ids, {}){}; \
              alone, ns-enter --user maps only your own uid to root",
             u.count,
             match u.base {
                 ns_core::state::IdBase::Fixed(b) => format!("base {b}"),
                 _ => "base picked at start".into(),
-            }
+            },
+            ownership_named(u.ownership, &state.mount)
         ));
     }
     if state.mount.host_by_fd {
@@ -744,6 +747,23 @@ pub fn chain(state: &State) -> String {
         );
     }
     out
+}
+
+/// What the monitor does to the tree for `ownership`, named for `--print-chain`.
+fn ownership_named(ownership: Ownership, m: &MountPlan) -> &'static str {
+    match ownership {
+        Ownership::Off => "",
+        Ownership::Map => ", and idmaps the tree (ownership map)",
+        Ownership::Chown => ", and chowns the tree into it (ownership chown)",
+        Ownership::Auto if m.rewrites_tree() => {
+            ", and idmaps the tree, or chowns it into the range where its file system takes \
+             no idmapped mount (ownership auto)"
+        }
+        Ownership::Auto => {
+            ", and idmaps the tree, or leaves its ids as they are where its file system takes \
+             no idmapped mount (ownership auto)"
+        }
+    }
 }
 
 /// What the monitor opens for ns-mount, named for `--print-chain`: the tree, then each
