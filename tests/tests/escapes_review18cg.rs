@@ -89,3 +89,111 @@ fn the_oom_notice_believes_the_kernel_only_not_a_writer_of_dev_kmsg() {
     let left = wait_no_procs_in(t.path(), Duration::from_secs(3));
     assert!(left.is_empty(), "processes left: {left:?}");
 }
+
+/// The cgroup2 mount point of the host.
+fn v2_mount() -> PathBuf {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .map(|l| PathBuf::from(l.split_whitespace().nth(4).unwrap()))
+        .expect("a cgroup2 hierarchy")
+}
+
+/// Finding 2: ns-run made the container's cgroup2 level (where its eBPF device policy and
+/// its limits live) inside the monitor's own cgroup whoever owned it. `sudo ns-run` from a
+/// desktop's terminal runs in a cgroup systemd delegated to the user (user@UID.service's
+/// subtree): cgroup2 lets the owner of a common ancestor move any process between its
+/// cgroups, so that user moved the container's processes out of the policy's level (and
+/// could have dropped its controllers from the subtree_control above it): the container
+/// (here with the eBPF policy, what pure cgroup2 hosts have) then opened a host disk.
+#[test]
+fn a_user_owning_the_monitors_cgroup_cannot_take_the_container_out_of_its_policy() {
+    let t = Tree::rootfs("r18cg-deleg");
+    let dev = ns_tests::LoopDevice::new(&t);
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&fs::metadata(&dev.0).unwrap());
+    let node = t.path().join("blk");
+    let out = std::process::Command::new("mknod")
+        .arg(&node)
+        .args([
+            "b",
+            &libc::major(rdev).to_string(),
+            &libc::minor(rdev).to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mknod: {out:?}");
+    // A cgroup delegated to a user (nobody), as systemd delegates user@UID.service's.
+    let deleg = v2_mount().join(ns_tests::unique("r18cg-deleg"));
+    fs::create_dir(&deleg).unwrap();
+    let _gone = ns_tests::Defer::new({
+        let d = deleg.clone();
+        move || {
+            let _ = fs::remove_dir(&d);
+        }
+    });
+    for f in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        std::os::unix::fs::chown(deleg.join(f), Some(65534), Some(65534)).unwrap();
+    }
+    let payload = "echo ready; i=0; while [ ! -e /go ] && [ $i -lt 300 ]; do sleep 0.1; \
+                   i=$((i+1)); done; \
+                   if dd if=/blk of=/dev/null bs=512 count=1 2>/dev/null; then echo open=ok; \
+                   else echo open=refused; fi";
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "d=$1; shift; echo $$ > \"$d\"/cgroup.procs && exec \"$@\"",
+        "sh",
+        deleg.to_str().unwrap(),
+    ]);
+    cmd.arg(ns_tests::bin("ns-run"))
+        .args([
+            "--register=no",
+            "-q",
+            "-D",
+            t.arg(),
+            "--",
+            "sh",
+            "-c",
+            payload,
+        ])
+        .env("NS_RUN_DEVICE_FILTER", "ebpf");
+    t.tag(&mut cmd);
+    let go = t.path().join("go");
+    let r = Stopping::with(spawn_until(cmd, "ready"), move |_| {
+        let _ = fs::write(&go, "");
+    });
+    // The user moves every process of the container into its own cgroup.
+    let v2 = ns_tests::cgroups_of_monitor(r.pid())
+        .into_iter()
+        .find(|d| d.starts_with(v2_mount()))
+        .expect("the container's cgroup2 level");
+    let procs = fs::read_to_string(v2.join("payload/cgroup.procs")).unwrap();
+    assert!(!procs.trim().is_empty(), "{}", v2.display());
+    for pid in procs.split_whitespace() {
+        let _ = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(format!("echo {pid} > {}/cgroup.procs", deleg.display()))
+            .output()
+            .unwrap();
+    }
+    let out = r.stop();
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.stdout, "ready\nopen=refused\n",
+        "the user took the container out of its device policy"
+    );
+    let left = wait_no_procs_in(t.path(), Duration::from_secs(3));
+    assert!(left.is_empty(), "processes left: {left:?}");
+}

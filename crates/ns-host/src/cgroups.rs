@@ -534,13 +534,41 @@ pub fn leave_unit(before: &[Hierarchy]) -> Result<()> {
 
 /// Where the container's cgroup goes in `h`: its parent and itself.
 fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
-    let rel = match slice {
-        Some(s) => Path::new(s),
-        None => h.own.strip_prefix("/").unwrap_or(&h.own),
+    let parent = match slice {
+        Some(s) => h.mountpoint.join(s),
+        None if h.v2 => ours_at_or_above(&h.mountpoint, &h.own),
+        None => h.mountpoint.join(h.own.strip_prefix("/").unwrap_or(&h.own)),
     };
-    let parent = h.mountpoint.join(rel);
     let dir = parent.join(format!("ns-run-{name}"));
     (parent, dir)
+}
+
+/// cgroup2: the cgroup `own` (below the hierarchy's `mountpoint`) if no one else may change
+/// what is below it, else its nearest ancestor that qualifies (`own` itself when none
+/// does). cgroup2 lets whoever may write a common ancestor's cgroup.procs move any process
+/// between the cgroups below it, and its cgroup.subtree_control decides their controllers:
+/// in a subtree delegated to a user (`sudo ns-run` from a desktop's terminal runs in
+/// user@UID.service's), that user could take the container out of the level holding its
+/// device policy and limits. Qualifies: the directory, its cgroup.procs and
+/// cgroup.subtree_control are ours (our effective uid), and writable by no group or other.
+fn ours_at_or_above(mountpoint: &Path, own: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let ours = |dir: &Path| {
+        ["", "cgroup.procs", "cgroup.subtree_control"]
+            .iter()
+            .all(|f| {
+                std::fs::symlink_metadata(dir.join(f))
+                    .is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0)
+            })
+    };
+    let start = mountpoint.join(own.strip_prefix("/").unwrap_or(own));
+    start
+        .ancestors()
+        .take_while(|d| d.starts_with(mountpoint))
+        .find(|d| ours(d))
+        .unwrap_or(&start)
+        .to_path_buf()
 }
 
 /// The cgroups the container's processes join in `hs` with `v2` (the [`PAYLOAD`] level of
