@@ -197,3 +197,52 @@ fn a_user_owning_the_monitors_cgroup_cannot_take_the_container_out_of_its_policy
     let left = wait_no_procs_in(t.path(), Duration::from_secs(3));
     assert!(left.is_empty(), "processes left: {left:?}");
 }
+
+/// The directory of the monitor's own cgroup in the v1 hierarchy `name=NAME` (ours: the
+/// monitor is our child).
+fn own_v1(name: &str) -> PathBuf {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = own
+        .lines()
+        .find_map(|l| {
+            l.split_once(&format!(":name={name}:"))
+                .map(|(_, p)| p.to_string())
+        })
+        .expect("a name= hierarchy");
+    PathBuf::from(format!("/sys/fs/cgroup/{name}")).join(rel.trim_start_matches('/'))
+}
+
+/// Finding 3: a booted container under -U owns the cgroup its init manages (name=systemd,
+/// delegated as nspawn does). There it made a chain of cgroups deeper than a path can
+/// name (a `cd` into each new one), and the monitor, removing them by path, left them
+/// behind, with the container's own level, on the host at every exit.
+#[test]
+fn a_booted_containers_deep_cgroup_tree_is_removed_at_exit() {
+    let boot = "cd /sys/fs/cgroup/systemd || exit 1\n\
+                i=0; while [ $i -lt 2200 ]; do mkdir a && cd a || break; i=$((i+1)); done\n\
+                echo depth=$i > /dev/console\n\
+                poweroff -f\n";
+    let t = ns_tests::booting_tree("r18cg-deep", boot);
+    let name = ns_tests::unique("r18cg-deep");
+    let mut cmd = ns_run();
+    t.tag(&mut cmd)
+        .args(["-q", "-U", "-b", "-M", &name, "-D", t.arg()]);
+    let r = ns_tests::spawn(cmd, None);
+    let pid = r.pid();
+    let out = r.wait();
+    assert_eq!(out.code, 0, "{out}");
+    // (busybox's `cd` stops where the container's own path would be too long: the host's,
+    // longer by the levels above the container's, is too long by then.)
+    let depth = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("depth="))
+        .and_then(|d| d.trim().parse::<u32>().ok());
+    assert!(depth.is_some_and(|d| d > 2000), "{out}");
+    let level = own_v1("systemd").join(format!("ns-run-{name}-{pid}"));
+    assert!(
+        !level.exists(),
+        "the container's cgroups are left: {}",
+        level.display()
+    );
+}

@@ -705,28 +705,92 @@ pub fn procs_below(dir: &Path) -> Vec<i32> {
     pids
 }
 
-/// Remove a cgroup and the ones the guest made below it, deepest first.
-/// Returns whether it is gone. Processes of a dying PID namespace may still be leaving it
-/// (EBUSY) after PID 1 was reaped: retried for up to a second.
+/// Remove a cgroup and the ones the guest made below it, deepest first. Fd-relative, one
+/// directory open at a time: a guest that owns a cgroup may nest them deeper than a path
+/// can name (a `cd` into each new one). Returns whether it is gone. Processes of a dying PID
+/// namespace may still be leaving it (EBUSY) after PID 1 was reaped: retried for up to a
+/// second in all (not at every level: a guest's deep tree would make that hours).
 pub fn remove(dir: &Path) -> bool {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove(&e.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return false;
+    };
+    match nix::fcntl::open(
+        parent,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(top) => remove_at(top, name, deadline).is_ok(),
+        Err(nix::errno::Errno::ENOENT) => true,
+        Err(_) => false,
+    }
+}
+
+/// [`remove`] of the cgroup `name` of the directory `top` is open on. The levels being
+/// removed are a stack of (name, inode, subdirectories left); going back up is `..`, checked
+/// to be the level we came from.
+fn remove_at(
+    top: std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    deadline: std::time::Instant,
+) -> nix::Result<()> {
+    use nix::errno::Errno;
+    use std::os::fd::AsFd;
+    let ino = |fd: &std::os::fd::OwnedFd| nix::sys::stat::fstat(fd.as_fd()).map(|s| s.st_ino);
+    let mut stack = vec![(name.to_os_string(), ino(&top)?, vec![name.to_os_string()])];
+    let mut cur = top;
+    while let Some((_, _, left)) = stack.last_mut() {
+        if let Some(n) = left.pop() {
+            match ns_core::walk::open_dir_at(cur.as_fd(), &n) {
+                Ok(fd) => {
+                    stack.push((n, ino(&fd)?, subdirs(&fd)?));
+                    cur = fd;
+                }
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let (n, _, _) = stack.pop().expect("not empty");
+        let Some((_, above, _)) = stack.last() else {
+            return Ok(());
+        };
+        let up = ns_core::walk::open_dir_at(cur.as_fd(), std::ffi::OsStr::new(".."))?;
+        if ino(&up)? != *above {
+            return Err(Errno::ESTALE);
+        }
+        cur = up;
+        loop {
+            match nix::unistd::unlinkat(
+                cur.as_fd(),
+                n.as_os_str(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => break,
+                Err(Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => return Err(e),
             }
         }
     }
-    for _ in 0..100 {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            Err(_) => return false,
+    Ok(())
+}
+
+/// The cgroups directly below the one `dir` is open on (its subdirectories).
+fn subdirs(dir: &std::os::fd::OwnedFd) -> nix::Result<Vec<std::ffi::OsString>> {
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    let mut d = nix::dir::Dir::from_fd(ns_core::walk::reopen_dir(dir.as_fd())?)?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if e.file_type() == Some(nix::dir::Type::Directory) && n != b"." && n != b".." {
+            out.push(std::ffi::OsStr::from_bytes(n).to_os_string());
         }
     }
-    false
+    Ok(out)
 }
 
 #[cfg(test)]
