@@ -837,4 +837,49 @@ mod tests {
         assert!(plan(&ro[1..], None, false, true).is_ok());
         assert!(plan(&[h("v2", false)], None, false, true).is_err());
     }
+
+    /// The container's cgroup2 level goes below the nearest of the monitor's cgroups no one
+    /// else may change (a directory tree standing in for cgroupfs; run as root).
+    #[test]
+    fn the_policy_level_goes_where_no_one_else_may_write() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("ns-host-ours-{}", std::process::id()));
+        let own = Path::new("/user.slice/user@1000.service/app.slice/term.scope");
+        for d in Path::new("/").join(own).ancestors() {
+            let dir = base.join(d.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(&dir).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::from_mode;
+            std::fs::set_permissions(&dir, mode(0o755)).unwrap();
+            for f in ["cgroup.procs", "cgroup.subtree_control"] {
+                std::fs::write(dir.join(f), "").unwrap();
+                std::fs::set_permissions(dir.join(f), mode(0o644)).unwrap();
+            }
+        }
+        let at = |rel: &str| base.join(rel);
+        assert_eq!(
+            ours_at_or_above(&base, own),
+            at(&own.display().to_string()[1..])
+        );
+        // user@1000.service and below delegated to the user: the slice above it.
+        for d in [
+            "user.slice/user@1000.service",
+            "user.slice/user@1000.service/app.slice",
+        ] {
+            std::os::unix::fs::chown(at(d), Some(1000), None).unwrap();
+        }
+        std::os::unix::fs::chown(
+            at(&own.display().to_string()[1..]).join("cgroup.procs"),
+            Some(1000),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ours_at_or_above(&base, own), at("user.slice"));
+        // A group-writable cgroup.subtree_control is not ours either.
+        let sc = at("user.slice/cgroup.subtree_control");
+        std::fs::set_permissions(&sc, std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+        assert_eq!(ours_at_or_above(&base, own), base);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
