@@ -102,6 +102,56 @@ fn v2_mount() -> PathBuf {
         .expect("a cgroup2 hierarchy")
 }
 
+/// A cgroup2 cgroup delegated to a user (nobody), as systemd delegates user@UID.service's;
+/// removed on drop.
+struct Delegated(PathBuf);
+
+impl Delegated {
+    fn new() -> Delegated {
+        let d = v2_mount().join(ns_tests::unique("r18cg-deleg"));
+        fs::create_dir(&d).unwrap();
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "cgroup.threads",
+        ] {
+            std::os::unix::fs::chown(d.join(f), Some(65534), Some(65534)).unwrap();
+        }
+        Delegated(d)
+    }
+
+    /// As that user, move `pid` into it.
+    fn take(&self, pid: &str) {
+        let _ = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["sh", "-c"])
+            .arg(format!("echo {pid} > {}/cgroup.procs", self.0.display()))
+            .output()
+            .unwrap();
+    }
+}
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A node `/blk` in `t` for the block device of a loop device (returned: detached on drop).
+fn block_node(t: &Tree) -> ns_tests::LoopDevice {
+    let dev = ns_tests::LoopDevice::new(t);
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&fs::metadata(&dev.0).unwrap());
+    let (major, minor) = (libc::major(rdev).to_string(), libc::minor(rdev).to_string());
+    let out = std::process::Command::new("mknod")
+        .arg(t.path().join("blk"))
+        .args(["b", &major, &minor])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mknod: {out:?}");
+    dev
+}
+
 /// Finding 2: ns-run made the container's cgroup2 level (where its eBPF device policy and
 /// its limits live) inside the monitor's own cgroup whoever owned it. `sudo ns-run` from a
 /// desktop's terminal runs in a cgroup systemd delegated to the user (user@UID.service's
@@ -112,59 +162,31 @@ fn v2_mount() -> PathBuf {
 #[test]
 fn a_user_owning_the_monitors_cgroup_cannot_take_the_container_out_of_its_policy() {
     let t = Tree::rootfs("r18cg-deleg");
-    let dev = ns_tests::LoopDevice::new(&t);
-    let rdev = std::os::unix::fs::MetadataExt::rdev(&fs::metadata(&dev.0).unwrap());
-    let node = t.path().join("blk");
-    let out = std::process::Command::new("mknod")
-        .arg(&node)
-        .args([
-            "b",
-            &libc::major(rdev).to_string(),
-            &libc::minor(rdev).to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mknod: {out:?}");
-    // A cgroup delegated to a user (nobody), as systemd delegates user@UID.service's.
-    let deleg = v2_mount().join(ns_tests::unique("r18cg-deleg"));
-    fs::create_dir(&deleg).unwrap();
-    let _gone = ns_tests::Defer::new({
-        let d = deleg.clone();
-        move || {
-            let _ = fs::remove_dir(&d);
-        }
-    });
-    for f in [
-        "",
-        "cgroup.procs",
-        "cgroup.subtree_control",
-        "cgroup.threads",
-    ] {
-        std::os::unix::fs::chown(deleg.join(f), Some(65534), Some(65534)).unwrap();
-    }
+    let _dev = block_node(&t);
+    let deleg = Delegated::new();
     let payload = "echo ready; i=0; while [ ! -e /go ] && [ $i -lt 300 ]; do sleep 0.1; \
                    i=$((i+1)); done; \
                    if dd if=/blk of=/dev/null bs=512 count=1 2>/dev/null; then echo open=ok; \
                    else echo open=refused; fi";
+    // The monitor starts in the user's cgroup.
     let mut cmd = std::process::Command::new("sh");
     cmd.args([
         "-c",
         "d=$1; shift; echo $$ > \"$d\"/cgroup.procs && exec \"$@\"",
+    ])
+    .args(["sh", deleg.0.to_str().unwrap()])
+    .arg(ns_tests::bin("ns-run"))
+    .args([
+        "--register=no",
+        "-q",
+        "-D",
+        t.arg(),
+        "--",
         "sh",
-        deleg.to_str().unwrap(),
-    ]);
-    cmd.arg(ns_tests::bin("ns-run"))
-        .args([
-            "--register=no",
-            "-q",
-            "-D",
-            t.arg(),
-            "--",
-            "sh",
-            "-c",
-            payload,
-        ])
-        .env("NS_RUN_DEVICE_FILTER", "ebpf");
+        "-c",
+        payload,
+    ])
+    .env("NS_RUN_DEVICE_FILTER", "ebpf");
     t.tag(&mut cmd);
     let go = t.path().join("go");
     let r = Stopping::with(spawn_until(cmd, "ready"), move |_| {
@@ -177,19 +199,7 @@ fn a_user_owning_the_monitors_cgroup_cannot_take_the_container_out_of_its_policy
         .expect("the container's cgroup2 level");
     let procs = fs::read_to_string(v2.join("payload/cgroup.procs")).unwrap();
     assert!(!procs.trim().is_empty(), "{}", v2.display());
-    for pid in procs.split_whitespace() {
-        let _ = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-            ])
-            .arg(format!("echo {pid} > {}/cgroup.procs", deleg.display()))
-            .output()
-            .unwrap();
-    }
+    procs.split_whitespace().for_each(|pid| deleg.take(pid));
     let out = r.stop();
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(
