@@ -309,9 +309,10 @@ pub fn slice_path(name: &str) -> Result<String> {
     Ok(levels.join("/"))
 }
 
-/// Create the container's cgroups (`ns-run-NAME` beside the monitor's own, or under `slice`
-/// from the hierarchy's root) in every mounted hierarchy that is cgroup2 (`v2`) or v1 (not
-/// `v2`); returns them, to configure, then give their [`PAYLOAD`] level ([`create_payloads`])
+/// Create the container's cgroups (`ns-run-NAME` in the monitor's own cgroup, in cgroup2 in
+/// the nearest one at or above it that no one else may change, or under `slice` from the
+/// hierarchy's root) in every mounted hierarchy that is cgroup2 (`v2`) or v1 (not `v2`);
+/// returns them, to configure, then give their [`PAYLOAD`] level ([`create_payloads`])
 /// and remove. `journal` learns each directory before it is made, and whether it is a
 /// shared slice level (removed only while empty) rather than the container's own.
 pub fn create(
