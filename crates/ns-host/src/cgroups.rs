@@ -309,9 +309,10 @@ pub fn slice_path(name: &str) -> Result<String> {
     Ok(levels.join("/"))
 }
 
-/// Create the container's cgroups (`ns-run-NAME` beside the monitor's own, or under `slice`
-/// from the hierarchy's root) in every mounted hierarchy that is cgroup2 (`v2`) or v1 (not
-/// `v2`); returns them, to configure, then give their [`PAYLOAD`] level ([`create_payloads`])
+/// Create the container's cgroups (`ns-run-NAME` in the monitor's own cgroup, in cgroup2 in
+/// the nearest one at or above it that no one else may change, or under `slice` from the
+/// hierarchy's root) in every mounted hierarchy that is cgroup2 (`v2`) or v1 (not `v2`);
+/// returns them, to configure, then give their [`PAYLOAD`] level ([`create_payloads`])
 /// and remove. `journal` learns each directory before it is made, and whether it is a
 /// shared slice level (removed only while empty) rather than the container's own.
 pub fn create(
@@ -534,13 +535,41 @@ pub fn leave_unit(before: &[Hierarchy]) -> Result<()> {
 
 /// Where the container's cgroup goes in `h`: its parent and itself.
 fn place(h: &Hierarchy, name: &str, slice: Option<&str>) -> (PathBuf, PathBuf) {
-    let rel = match slice {
-        Some(s) => Path::new(s),
-        None => h.own.strip_prefix("/").unwrap_or(&h.own),
+    let parent = match slice {
+        Some(s) => h.mountpoint.join(s),
+        None if h.v2 => ours_at_or_above(&h.mountpoint, &h.own),
+        None => h.mountpoint.join(h.own.strip_prefix("/").unwrap_or(&h.own)),
     };
-    let parent = h.mountpoint.join(rel);
     let dir = parent.join(format!("ns-run-{name}"));
     (parent, dir)
+}
+
+/// cgroup2: the cgroup `own` (below the hierarchy's `mountpoint`) if no one else may change
+/// what is below it, else its nearest ancestor that qualifies (`own` itself when none
+/// does). cgroup2 lets whoever may write a common ancestor's cgroup.procs move any process
+/// between the cgroups below it, and its cgroup.subtree_control decides their controllers:
+/// in a subtree delegated to a user (`sudo ns-run` from a desktop's terminal runs in
+/// user@UID.service's), that user could take the container out of the level holding its
+/// device policy and limits. Qualifies: the directory, its cgroup.procs and
+/// cgroup.subtree_control are ours (our effective uid), and writable by no group or other.
+fn ours_at_or_above(mountpoint: &Path, own: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let ours = |dir: &Path| {
+        ["", "cgroup.procs", "cgroup.subtree_control"]
+            .iter()
+            .all(|f| {
+                std::fs::symlink_metadata(dir.join(f))
+                    .is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0)
+            })
+    };
+    let start = mountpoint.join(own.strip_prefix("/").unwrap_or(own));
+    start
+        .ancestors()
+        .take_while(|d| d.starts_with(mountpoint))
+        .find(|d| ours(d))
+        .unwrap_or(&start)
+        .to_path_buf()
 }
 
 /// The cgroups the container's processes join in `hs` with `v2` (the [`PAYLOAD`] level of
@@ -677,28 +706,92 @@ pub fn procs_below(dir: &Path) -> Vec<i32> {
     pids
 }
 
-/// Remove a cgroup and the ones the guest made below it, deepest first.
-/// Returns whether it is gone. Processes of a dying PID namespace may still be leaving it
-/// (EBUSY) after PID 1 was reaped: retried for up to a second.
+/// Remove a cgroup and the ones the guest made below it, deepest first. Fd-relative, one
+/// directory open at a time: a guest that owns a cgroup may nest them deeper than a path
+/// can name (a `cd` into each new one). Returns whether it is gone. Processes of a dying PID
+/// namespace may still be leaving it (EBUSY) after PID 1 was reaped: retried for up to a
+/// second in all (not at every level: a guest's deep tree would make that hours).
 pub fn remove(dir: &Path) -> bool {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove(&e.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return false;
+    };
+    match nix::fcntl::open(
+        parent,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(top) => remove_at(top, name, deadline).is_ok(),
+        Err(nix::errno::Errno::ENOENT) => true,
+        Err(_) => false,
+    }
+}
+
+/// [`remove`] of the cgroup `name` of the directory `top` is open on. The levels being
+/// removed are a stack of (name, inode, subdirectories left); going back up is `..`, checked
+/// to be the level we came from.
+fn remove_at(
+    top: std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    deadline: std::time::Instant,
+) -> nix::Result<()> {
+    use nix::errno::Errno;
+    use std::os::fd::AsFd;
+    let ino = |fd: &std::os::fd::OwnedFd| nix::sys::stat::fstat(fd.as_fd()).map(|s| s.st_ino);
+    let mut stack = vec![(name.to_os_string(), ino(&top)?, vec![name.to_os_string()])];
+    let mut cur = top;
+    while let Some((_, _, left)) = stack.last_mut() {
+        if let Some(n) = left.pop() {
+            match ns_core::walk::open_dir_at(cur.as_fd(), &n) {
+                Ok(fd) => {
+                    stack.push((n, ino(&fd)?, subdirs(&fd)?));
+                    cur = fd;
+                }
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let (n, _, _) = stack.pop().expect("not empty");
+        let Some((_, above, _)) = stack.last() else {
+            return Ok(());
+        };
+        let up = ns_core::walk::open_dir_at(cur.as_fd(), std::ffi::OsStr::new(".."))?;
+        if ino(&up)? != *above {
+            return Err(Errno::ESTALE);
+        }
+        cur = up;
+        loop {
+            match nix::unistd::unlinkat(
+                cur.as_fd(),
+                n.as_os_str(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => break,
+                Err(Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => return Err(e),
             }
         }
     }
-    for _ in 0..100 {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            Err(_) => return false,
+    Ok(())
+}
+
+/// The cgroups directly below the one `dir` is open on (its subdirectories).
+fn subdirs(dir: &std::os::fd::OwnedFd) -> nix::Result<Vec<std::ffi::OsString>> {
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    let mut d = nix::dir::Dir::from_fd(ns_core::walk::reopen_dir(dir.as_fd())?)?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if e.file_type() == Some(nix::dir::Type::Directory) && n != b"." && n != b".." {
+            out.push(std::ffi::OsStr::from_bytes(n).to_os_string());
         }
     }
-    false
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -744,5 +837,50 @@ mod tests {
         assert!(e.msg.contains("in the name=systemd hierarchy"), "{}", e.msg);
         assert!(plan(&ro[1..], None, false, true).is_ok());
         assert!(plan(&[h("v2", false)], None, false, true).is_err());
+    }
+
+    /// The container's cgroup2 level goes below the nearest of the monitor's cgroups no one
+    /// else may change (a directory tree standing in for cgroupfs; run as root).
+    #[test]
+    fn the_policy_level_goes_where_no_one_else_may_write() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("ns-host-ours-{}", std::process::id()));
+        let own = Path::new("/user.slice/user@1000.service/app.slice/term.scope");
+        for d in Path::new("/").join(own).ancestors() {
+            let dir = base.join(d.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(&dir).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::from_mode;
+            std::fs::set_permissions(&dir, mode(0o755)).unwrap();
+            for f in ["cgroup.procs", "cgroup.subtree_control"] {
+                std::fs::write(dir.join(f), "").unwrap();
+                std::fs::set_permissions(dir.join(f), mode(0o644)).unwrap();
+            }
+        }
+        let at = |rel: &str| base.join(rel);
+        assert_eq!(
+            ours_at_or_above(&base, own),
+            at(&own.display().to_string()[1..])
+        );
+        // user@1000.service and below delegated to the user: the slice above it.
+        for d in [
+            "user.slice/user@1000.service",
+            "user.slice/user@1000.service/app.slice",
+        ] {
+            std::os::unix::fs::chown(at(d), Some(1000), None).unwrap();
+        }
+        std::os::unix::fs::chown(
+            at(&own.display().to_string()[1..]).join("cgroup.procs"),
+            Some(1000),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ours_at_or_above(&base, own), at("user.slice"));
+        // A group-writable cgroup.subtree_control is not ours either.
+        let sc = at("user.slice/cgroup.subtree_control");
+        std::fs::set_permissions(&sc, std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+        assert_eq!(ours_at_or_above(&base, own), base);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -6,6 +6,8 @@
 //! `oom-kill:constraint=…,cpuset=NAME,…,oom_memcg=PATH,task_memcg=PATH,task=COMM,pid=PID,uid=UID`
 //! (pid as the host sees it). It is read from /dev/kmsg only after an OOM kill (nothing at
 //! start), and trusted only when it is plainly about this container:
+//! - the kernel wrote it, not a process (any writer of /dev/kmsg may add lines, but not
+//!   with the kernel's facility);
 //! - its `task_memcg=` is the container's memory cgroup or below it (the victim was ours);
 //! - `,task_memcg=` occurs exactly once: cgroup names (a cpuset name, a nested limit's path)
 //!   are chosen by containers, and one of another container that spelt a fake
@@ -169,25 +171,44 @@ fn parse(msg: &str, path: &str) -> Option<Victim> {
     })
 }
 
-/// The kernel log's messages still in its buffer (their first line), oldest first; none
-/// when /dev/kmsg cannot be read.
+/// The kernel's own `oom-kill:` records still in its log buffer, oldest first; none when
+/// /dev/kmsg cannot be read.
 fn kmsg() -> Vec<String> {
-    let Ok(mut f) = std::fs::OpenOptions::new()
+    match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")
-    else {
-        return Vec::new();
-    };
+    {
+        Ok(mut f) => oom_records(&mut f, MAX_RECORDS),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// How many records [`oom_records`] reads at most: more than a full log buffer holds (at
+/// least 16 bytes each), so that a writer adding records as fast as they are read cannot
+/// keep the monitor reading.
+const MAX_RECORDS: usize = 1 << 20;
+
+/// The `oom-kill:` messages of the kernel among the first `limit` /dev/kmsg records `src`
+/// gives (one per read). A process may write records too (anyone /dev/kmsg is open to for
+/// writing, a container it is bound into): the kernel gives those a facility of its users
+/// (LOG_USER when none is said), never its own (0), which is what the record's priority
+/// (`PRI,SEQ,TIME,FLAGS;MESSAGE`, PRI = facility * 8 + level) tells.
+fn oom_records(src: &mut impl Read, limit: usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match f.read(&mut buf) {
+    for _ in 0..limit {
+        match src.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 let rec = String::from_utf8_lossy(&buf[..n]);
-                if let Some((_, msg)) = rec.split_once(';') {
-                    out.push(msg.lines().next().unwrap_or("").to_string());
+                let Some((prefix, msg)) = rec.split_once(';') else {
+                    continue;
+                };
+                let pri = prefix.split(',').next().and_then(|p| p.parse::<u32>().ok());
+                let msg = msg.lines().next().unwrap_or("");
+                if pri.is_some_and(|p| p >> 3 == 0) && msg.starts_with("oom-kill:") {
+                    out.push(msg.to_string());
                 }
             }
             // Overwritten while we read: the next record follows.
@@ -260,6 +281,30 @@ mod tests {
              mems_allowed=0,oom_memcg={other}/x,task_memcg={OURS},task=evil,pid=1,uid=0"
         );
         assert!(parse(&cut, OURS).is_none());
+    }
+
+    /// /dev/kmsg as a reader sees it: one record per read, forever (a writer keeping up).
+    struct Endless(u64);
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0 += 1;
+            let (pri, msg) = match self.0 % 3 {
+                0 => (6, record("p", OURS, OURS, "tail", 5)),
+                1 => (12, record("p", OURS, OURS, "forged", 1)),
+                _ => (4, "eth0: link up".to_string()),
+            };
+            let rec = format!("{pri},{},1000,-;{msg}\n", self.0);
+            buf[..rec.len()].copy_from_slice(rec.as_bytes());
+            Ok(rec.len())
+        }
+    }
+
+    #[test]
+    fn the_kernel_log_is_read_boundedly_and_only_the_kernel_is_believed() {
+        let got = oom_records(&mut Endless(0), 30);
+        assert_eq!(got.len(), 10, "{got:?}");
+        assert!(got.iter().all(|m| m.contains("task=tail,")), "{got:?}");
     }
 
     #[test]
