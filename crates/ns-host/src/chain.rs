@@ -310,11 +310,31 @@ pub struct RootMount<'a> {
     /// `MountPlan::rewrites_tree`) hands it down as it is (`off`).
     pub ownership: Ownership,
     pub chown_base: Option<u32>,
+    /// The tree is seen read-only (`MountPlan::read_only_tree`): these mount points are
+    /// made in it first (each announced to `announce`, removed after exit), and the mount
+    /// is made read-only here, before [`crate::hostpaths::locked`] locks the flag (as
+    /// nspawn's outer child makes it read-only before the user namespace's copy).
+    pub read_only: Option<&'a [&'a str]>,
+    pub announce: &'a mut dyn FnMut(PathBuf) -> Result<()>,
 }
 
 impl RootMount<'_> {
     /// The detached mount for the user namespace of `pid`, and the ownership in force.
     fn make(self, pid: i32) -> Result<(OwnedFd, Ownership)> {
+        let (path, read_only) = (self.path, self.read_only);
+        if let Some(points) = read_only {
+            crate::hostpaths::make_mount_points(path, points, self.announce)?;
+        }
+        let (tree, ownership) = self.tree(pid)?;
+        if read_only.is_some() {
+            ns_core::sys::mount_setattr_rdonly(tree.as_fd(), true)
+                .ctx(|| format!("cannot make {} read-only", path.display()))?;
+        }
+        Ok((tree, ownership))
+    }
+
+    /// [`RootMount::make`]'s mount, idmapped (or shifted) as `ownership` says.
+    fn tree(self, pid: i32) -> Result<(OwnedFd, Ownership)> {
         let idmap = idmaps(self.ownership);
         let tree = match self.clone {
             Some(t) => t,
