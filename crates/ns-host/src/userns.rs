@@ -478,22 +478,18 @@ pub const BUSY_BASE: u32 = 0xFFFE_0000;
 
 /// `chown` ownership: shift the tree's ids on disk into the range at `to_base`, files,
 /// directories and links alike, as nspawn does: every id keeps its low 16 bits and takes
-/// the range's high ones, without crossing into other file systems. The walk is
-/// fd-relative (openat O_NOFOLLOW from directory fds we hold, chown through O_PATH fds of
-/// the very inodes looked at), so a directory swapped for a symlink mid-walk can only make
-/// it fail. The top is marked first and shifted last; a shift that fails half-way gives the
+/// the range's high ones, without crossing into other file systems. The tree is opened
+/// without following a symlink on the way, and the walk is fd-relative (openat O_NOFOLLOW
+/// from directory fds we hold, chown through O_PATH fds of the very inodes looked at), so
+/// a directory swapped for a symlink mid-walk can only make it fail. The top is marked first and shifted last; a shift that fails half-way gives the
 /// top its owner back (as nspawn: the tree stays half shifted until a chown start finishes
 /// it), and one cut short (SIGKILL) stays marked and is redone by the next start.
 pub fn shift_tree(root: &Path, to_base: u32) -> Result<()> {
-    let top = nix::fcntl::open(
-        root,
-        nix::fcntl::OFlag::O_RDONLY
-            | nix::fcntl::OFlag::O_DIRECTORY
-            | nix::fcntl::OFlag::O_NOFOLLOW
-            | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ctx(|| format!("cannot open {}", root.display()))?;
+    // No symlink followed on the way either (the plan named the tree resolved): one swapped
+    // in since would shift the tree of that name elsewhere.
+    let way = crate::hostpaths::open_host(root, "shift")?;
+    let top =
+        ns_core::walk::reopen_dir(way.as_fd()).ctx(|| format!("cannot open {}", root.display()))?;
     let st = nix::sys::stat::fstat(&top).ctx(|| format!("cannot stat {}", root.display()))?;
     let from_base = st.st_uid & !(RANGE - 1);
     if from_base == to_base {
@@ -818,6 +814,29 @@ mod shift_tests {
         assert_eq!(owner(&d), (0, 0));
         assert_eq!(owner(&d.join("a/b/f")), (1000, 1000));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_to_the_tree_is_not_followed() {
+        // The plan names the tree resolved; a directory on the way swapped for a symlink
+        // since (by whoever owns it) would make the shift chown the tree of that name
+        // elsewhere: the victim below.
+        let base = std::env::temp_dir().join(format!("ns-shift-way-{}", std::process::id()));
+        let victim = base.join("elsewhere/t");
+        std::fs::create_dir_all(victim.join("etc")).unwrap();
+        std::fs::write(victim.join("etc/f"), "x").unwrap();
+        std::os::unix::fs::symlink(base.join("elsewhere"), base.join("way")).unwrap();
+        let e = shift_tree(&base.join("way/t"), 0x100000).unwrap_err();
+        assert_eq!(
+            e.msg,
+            format!(
+                "cannot shift {}: a symlink is on the way (not followed)",
+                base.join("way/t").display()
+            )
+        );
+        assert_eq!(owner(&victim), (0, 0));
+        assert_eq!(owner(&victim.join("etc/f")), (0, 0));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
