@@ -92,3 +92,92 @@ fn read_only_without_userns_is_not_a_boundary_as_with_nspawn() {
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stdout.contains("root_lifted"), "{out}");
 }
+
+/// Container root (under `-U`) tries to get around /proc's masks and read-only parts: unmount
+/// the masks over kcore and sysrq-trigger and use them, lift /proc/sys's read-only flag,
+/// write a global sysctl (its own value back: harmless if it worked); and lists the sockets
+/// it holds (the chain's sync socket must be gone at the payload's exec: no NeedProc after
+/// setup). Prints what worked.
+const TRY_PROC: &str = "\
+    umount /proc/kcore 2>/dev/null; head -c 1 /proc/kcore >/dev/null 2>&1 && echo kcore_read\n\
+    umount /proc/sysrq-trigger 2>/dev/null; echo h 2>/dev/null >/proc/sysrq-trigger && echo sysrq_written\n\
+    mount -o remount,bind,rw /proc/sys 2>/dev/null && echo sys_lifted\n\
+    umount /proc/sys 2>/dev/null\n\
+    v=$(cat /proc/sys/kernel/printk_ratelimit)\n\
+    echo \"$v\" 2>/dev/null >/proc/sys/kernel/printk_ratelimit && echo sysctl_written\n\
+    for f in /proc/self/fd/*; do case $(readlink $f) in socket:*) echo \"socket=$f\";; esac; done\n\
+    echo \"pid1=$(cat /proc/1/comm)\"\n\
+    echo done";
+
+/// `ns-run -q -U -D ROOT -- sh -c SCRIPT` in a mount namespace of its own where `setup`
+/// (shell) ran first.
+fn userns_in_own_ns(root: &Path, setup: &str, script: &str) -> Output {
+    let before = ns_tests::our_mounts();
+    let mut c = std::process::Command::new("unshare");
+    c.env("NS_TESTS_TREE", root)
+        .args(["-m", "--propagation", "slave", "sh", "-c"])
+        .arg(format!("{setup} && exec \"$@\""))
+        .arg("sh")
+        .arg(ns_tests::bin("ns-run"))
+        .args(["--register=no", "-q", "-U", "-D", ns_tests::s(root)])
+        .args(["--", "/bin/sh", "-c", script]);
+    let out = ns_tests::run_cmd(c, None);
+    ns_tests::assert_no_leak(root, &before);
+    out
+}
+
+/// NeedProc: the procfs the monitor makes (proc's pidns=, where the kernel refuses ns-mount
+/// one: a /proc with a covered file, as inside another container) gives container root
+/// nothing a procfs of its own does not: the same masks and read-only /proc/sys, and what
+/// is under them stays out of reach (kcore, sysrq-trigger and global sysctls are host
+/// root's). Both ways, the payload holds no socket of the chain.
+#[test]
+fn the_monitors_procfs_is_no_stronger_than_the_containers_own() {
+    let t = Tree::rootfs("pcgu");
+    let mut seen = Vec::new();
+    for setup in ["true", "mount --bind /dev/null /proc/uptime"] {
+        let out = userns_in_own_ns(t.path(), setup, TRY_PROC);
+        assert_none_of(
+            setup,
+            &out,
+            &["kcore_read", "sysrq_written", "sysctl_written", "socket="],
+        );
+        assert!(out.stdout.contains("pid1=sh"), "{setup}: {out}");
+        seen.push(out.stdout);
+    }
+    // The same either way (/proc/sys's read-only flag is lifted in both, as under nspawn
+    // -U: the bind is made inside the user namespace; what is under it stays host root's).
+    assert_eq!(seen[0], seen[1]);
+}
+
+/// `pick` takes the range a tree's top is owned by (a tree chowned before): whoever owns a
+/// tree's top (host root, or container root of an earlier container that could chown it
+/// within its own range) steers a start into that range. While another container holds
+/// the range, the start fails in one line and runs nothing: the range's lock is taken as
+/// for any fixed range, never shared.
+#[test]
+fn a_tree_owned_into_a_running_containers_range_does_not_share_it() {
+    let base = 0x6800_0000 + (std::process::id() % 0x200) * 0x10000;
+    let a = Tree::rootfs("lkagu");
+    let mut c = ns_tests::ns_run();
+    a.tag(&mut c)
+        .args([
+            "-q",
+            "-D",
+            a.arg(),
+            &format!("--private-users={base}:65536"),
+        ])
+        .args(["--", "sh", "-c", "echo ready; exec sleep 100"]);
+    let b = Tree::rootfs("lkbgu");
+    std::os::unix::fs::chown(b.path(), Some(base + 7), Some(base + 7)).unwrap();
+    ns_tests::while_running(c, || {
+        let out = sh_in(&b, &["-q", "-U"], "echo ran; cat /proc/self/uid_map");
+        assert_eq!(out.code, 125, "{out}");
+        assert!(!out.stdout.contains("ran"), "{out}");
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out}");
+        assert!(lines[0].contains("used by another container"), "{out}");
+    });
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(b.path()).unwrap().uid(), base + 7);
+}
