@@ -181,3 +181,44 @@ fn a_tree_owned_into_a_running_containers_range_does_not_share_it() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(fs::metadata(b.path()).unwrap().uid(), base + 7);
 }
+
+/// `-U`'s chown (ownership `chown`, or `auto` where the file system takes no idmapped
+/// mount) rewrote every inode met in the tree, hard links too: a file of the tree hard
+/// linked from outside it (a host file linked in by whoever could, a `cp -al` clone's, an
+/// ostree checkout's) took container root's ids outside the tree as well (nspawn's shift
+/// does the same). Now such a file is left alone and the start fails in one line naming it;
+/// the host file keeps its owner.
+#[test]
+fn chown_leaves_a_file_hard_linked_from_outside_the_tree() {
+    use std::os::unix::fs::MetadataExt;
+    let t = Tree::rootfs("hlgu");
+    // The tree's busybox is a hard link to the shared fixture's: a copy of its own.
+    let bb = t.path().join("bin/busybox");
+    let copy = t.host_dir("bb").join("busybox");
+    fs::copy(&bb, &copy).unwrap();
+    fs::remove_file(&bb).unwrap();
+    fs::rename(&copy, &bb).unwrap();
+    let host_file = t.host_dir("host").join("secret");
+    fs::write(&host_file, "host").unwrap();
+    fs::hard_link(&host_file, t.path().join("etc/linked")).unwrap();
+    let out = sh_in(
+        &t,
+        &["-q", "-U", "--private-users-ownership=chown"],
+        "echo ran",
+    );
+    assert_eq!(out.code, 125, "{out}");
+    assert!(!out.stdout.contains("ran"), "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        [format!(
+            "ns-run: cannot shift {}: {} has hard links outside the tree (1 of 2 inside): \
+             shifting it would change the owner of those too",
+            t.arg(),
+            t.path().join("etc/linked").display()
+        )],
+        "{out}"
+    );
+    let md = fs::metadata(&host_file).unwrap();
+    assert_eq!((md.uid(), md.gid()), (0, 0), "the host file was chowned");
+    assert_eq!(fs::metadata(t.path()).unwrap().uid(), 0);
+}

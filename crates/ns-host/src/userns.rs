@@ -573,6 +573,60 @@ fn at(p: &Path) -> impl Fn() -> String + '_ {
     move || p.display().to_string()
 }
 
+/// Files with more than one link met by a shift, by inode: the links met, the link count
+/// last seen, the first link's path. One is shifted when its last link is met; one left at
+/// the end has links outside the tree, whose owner a shift would change too (nspawn's
+/// shift does): an error. Not on an overlayfs (a guest's root): its chown copies a lower
+/// file up, whose links elsewhere in the lower layer it shows but never changes.
+struct HardLinks {
+    seen: std::collections::HashMap<u64, (u64, u64, PathBuf)>,
+    overlay: bool,
+}
+
+impl HardLinks {
+    /// For the tree whose top `top` is open on.
+    fn of(top: BorrowedFd<'_>) -> HardLinks {
+        use nix::sys::statfs::{fstatfs, OVERLAYFS_SUPER_MAGIC};
+        HardLinks {
+            seen: Default::default(),
+            overlay: fstatfs(top).is_ok_and(|f| f.filesystem_type() == OVERLAYFS_SUPER_MAGIC),
+        }
+    }
+
+    /// Whether the inode of `st` (met at `path`) is to be shifted now: a single link, or
+    /// the last of its links to be met.
+    fn last(&mut self, st: &FileStat, path: &Path) -> bool {
+        if st.st_nlink <= 1 || self.overlay {
+            return true;
+        }
+        let e = self
+            .seen
+            .entry(st.st_ino)
+            .or_insert((0, 0, path.to_path_buf()));
+        e.0 += 1;
+        e.1 = st.st_nlink;
+        if e.0 < e.1 {
+            return false;
+        }
+        self.seen.remove(&st.st_ino);
+        true
+    }
+
+    /// The error for a file of the tree `root` whose links were not all met in it (the
+    /// first by path, when there are several).
+    fn check(&self, root: &Path) -> Result<()> {
+        let Some((seen, nlink, path)) = self.seen.values().min_by(|a, b| a.2.cmp(&b.2)) else {
+            return Ok(());
+        };
+        Err(Error::setup(format!(
+            "cannot shift {}: {} has hard links outside the tree ({seen} of {nlink} inside): \
+             shifting it would change the owner of those too",
+            root.display(),
+            path.display()
+        )))
+    }
+}
+
 /// Shift everything below the directory `top` is open on, then `top` itself.
 fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
     use ns_core::walk;
@@ -585,10 +639,11 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
         left: walk::names(top).ctx(read)?,
         path: root.to_path_buf(),
     }];
+    let mut links = HardLinks::of(top);
     loop {
         let depth = stack.len();
         let Some(level) = stack.last_mut() else {
-            return Ok(());
+            return links.check(root);
         };
         let Some(name) = level.left.pop() else {
             // Its entries are done: the directory itself (the top comes last).
@@ -627,7 +682,9 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
             let fd = walk::open_entry_at(level.fd.as_fd(), &name)
                 .ctx(|| format!("cannot open {}", what()))?;
             let st = nix::sys::stat::fstat(&fd).ctx(|| format!("cannot stat {}", what()))?;
-            shift_one(fd.as_fd(), &st, to, &what)?;
+            if links.last(&st, &path) {
+                shift_one(fd.as_fd(), &st, to, &what)?;
+            }
         }
     }
 }
@@ -814,6 +871,36 @@ mod shift_tests {
         assert_eq!(owner(&d), (0, 0));
         assert_eq!(owner(&d.join("a/b/f")), (1000, 1000));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_hard_links_outside_the_tree_is_not_shifted() {
+        let base = std::env::temp_dir().join(format!("ns-shift-links-{}", std::process::id()));
+        let d = base.join("t");
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(base.join("host-file"), "x").unwrap();
+        std::fs::hard_link(base.join("host-file"), d.join("etc/linked")).unwrap();
+        // Hard links inside the tree only: shifted.
+        std::fs::write(d.join("etc/a"), "x").unwrap();
+        std::fs::hard_link(d.join("etc/a"), d.join("b")).unwrap();
+        let e = shift_tree(&d, 0x100000).unwrap_err();
+        assert_eq!(
+            e.msg,
+            format!(
+                "cannot shift {}: {} has hard links outside the tree (1 of 2 inside): shifting it would change the owner of those too",
+                d.display(),
+                d.join("etc/linked").display()
+            )
+        );
+        assert_eq!(owner(&base.join("host-file")), (0, 0));
+        assert_eq!(owner(&d), (0, 0), "the top gets its owner back");
+        assert_eq!(owner(&d.join("b")), (0x100000, 0x100000));
+        // With the outside link gone, the next shift finishes.
+        std::fs::remove_file(base.join("host-file")).unwrap();
+        shift_tree(&d, 0x100000).unwrap();
+        assert_eq!(owner(&d.join("etc/linked")), (0x100000, 0x100000));
+        assert_eq!(owner(&d), (0x100000, 0x100000));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
