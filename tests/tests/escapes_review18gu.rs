@@ -222,3 +222,26 @@ fn chown_leaves_a_file_hard_linked_from_outside_the_tree() {
     assert_eq!((md.uid(), md.gid()), (0, 0), "the host file was chowned");
     assert_eq!(fs::metadata(t.path()).unwrap().uid(), 0);
 }
+
+/// `-U --read-only` with a mount point the tree lacks (a bind's destination): the tree is
+/// read-only from the start, so it is not made: one line naming it, exit 125, and the API
+/// mount points the monitor made for the start are gone again (nspawn 252 says "Failed to
+/// create mount point …: Read-only file system", with or without -U).
+#[test]
+fn read_only_tree_without_a_binds_mount_point_fails_in_one_line_under_userns() {
+    let t = Tree::rootfs("bdgu");
+    for d in ["proc", "sys", "dev", "run", "tmp"] {
+        fs::remove_dir(t.path().join(d)).unwrap();
+    }
+    let src = t.host_dir("src");
+    let before = snapshot(t.path());
+    let bind = format!("--bind={}:/newdir", src.display());
+    let out = sh_in(&t, &["-q", "-U", "--read-only", &bind], "echo ran");
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        ["ns-mount: cannot create mount point /newdir: Read-only file system"],
+        "{out}"
+    );
+    ns_tests::assert_snapshot_unchanged(t.path(), &before);
+}
