@@ -68,15 +68,13 @@ pub fn make_mount_points(
         }
         let path = root.join(name);
         announce(path.clone())?;
-        match nix::sys::stat::mkdirat(top.as_fd(), *name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => {
-                return Err(Error::setup(format!(
-                    "cannot create mount point {}: {}",
-                    path.display(),
-                    e.desc()
-                )))
-            }
+        let made = nix::sys::stat::mkdirat(top.as_fd(), *name, Mode::from_bits_truncate(0o755));
+        if let Err(e) = made.or_else(|e| if e == Errno::EEXIST { Ok(()) } else { Err(e) }) {
+            let why = e.desc();
+            return Err(Error::setup(format!(
+                "cannot create mount point {}: {why}",
+                path.display()
+            )));
         }
     }
     Ok(())
