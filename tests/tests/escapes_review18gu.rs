@@ -245,3 +245,32 @@ fn read_only_tree_without_a_binds_mount_point_fails_in_one_line_under_userns() {
     );
     ns_tests::assert_snapshot_unchanged(t.path(), &before);
 }
+
+/// `-U` without a network namespace of its own: the kernel refuses ns-mount a sysfs (it
+/// belongs to the host's network namespace), and ns-mount bound the host's /sys instead,
+/// read-only but not locked (made inside the user namespace) and with the host's mounts
+/// below it: container root lifted the read-only flag and, unmounting its own
+/// /sys/fs/cgroup, saw the host's cgroup hierarchies (other containers' cgroups and their
+/// processes). nspawn mounts a sysfs of its own outside the user namespace, read-only:
+/// locked, nothing below it. The monitor now makes that sysfs (SYNC-5 NeedSys).
+#[test]
+fn sys_under_userns_without_a_network_namespace_is_locked_and_hides_the_hosts_cgroups() {
+    let t = Tree::rootfs("sygu");
+    let out = sh_in(
+        &t,
+        &["-q", "-U"],
+        "mount -o remount,bind,rw /sys 2>/dev/null && echo sys_lifted\n\
+         touch /sys/x 2>/dev/null && echo sys_written\n\
+         ls /sys/class/net | grep -q . && echo net_shown\n\
+         umount -l /sys/fs/cgroup 2>/dev/null && echo cgroup_unmounted\n\
+         echo \"below=$(ls /sys/fs/cgroup | tr '\\n' ' ')\"\n\
+         echo done",
+    );
+    assert_none_of("-U", &out, &["sys_lifted", "sys_written"]);
+    assert!(out.stdout.contains("net_shown"), "{out}");
+    assert!(out.stdout.contains("cgroup_unmounted"), "{out}");
+    assert!(
+        out.stdout.contains("below=\n"),
+        "the host's cgroups are shown: {out}"
+    );
+}

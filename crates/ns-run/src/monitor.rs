@@ -779,6 +779,8 @@ impl<'a> Monitor<'a> {
             }
             // SYNC-5: the kernel refuses ns-mount a procfs in its user namespace.
             Some(Report::NeedProc) => self.chain.host_proc(self.pid1)?,
+            // SYNC-5: the kernel refuses ns-mount a sysfs (no network namespace of its own).
+            Some(Report::NeedSys) => self.chain.host_sys(self.pid1)?,
             Some(Report::Waiting) => {
                 return Err(Error::setup("unexpected Waiting from the chain".into()))
             }
