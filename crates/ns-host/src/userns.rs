@@ -174,19 +174,29 @@ impl Drop for RangeLock {
     }
 }
 
+/// Whether a host user or group has an id in [base, base+count), or a subordinate range
+/// (/etc/subuid, /etc/subgid: the ids of users' own user namespaces, rootless containers')
+/// overlaps it: `pick` never gives container root a host user's ids, nor takes a tree's
+/// range that whoever owns such ids could have chowned it into.
 fn ids_in_use(base: u32, count: u32) -> bool {
-    let end = base as u64 + count as u64;
-    ["/etc/passwd", "/etc/group"].iter().any(|f| {
-        std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| {
-                l.split(':')
-                    .nth(2)
-                    .and_then(|id| id.parse::<u64>().ok())
-                    .is_some_and(|id| id >= base as u64 && id < end)
-            })
-    })
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
+    let (subuid, subgid) = (read("/etc/subuid"), read("/etc/subgid"));
+    ids_in_use_in([&passwd, &group], [&subuid, &subgid], base, count)
+}
+
+/// [`ids_in_use`] of these files' texts: `users` as /etc/passwd and /etc/group (the id is
+/// the third field), `subordinate` as /etc/subuid and /etc/subgid (NAME:START:COUNT).
+fn ids_in_use_in(users: [&str; 2], subordinate: [&str; 2], base: u32, count: u32) -> bool {
+    let (base, end) = (base as u64, base as u64 + count as u64);
+    let field = |l: &str, n: usize| l.split(':').nth(n).and_then(|v| v.parse::<u64>().ok());
+    let user = users
+        .iter()
+        .flat_map(|t| t.lines())
+        .any(|l| field(l, 2).is_some_and(|id| id >= base && id < end));
+    user || subordinate.iter().flat_map(|t| t.lines()).any(
+        |l| matches!((field(l, 1), field(l, 2)), (Some(s), Some(c)) if s < end && base < s + c),
+    )
 }
 
 /// Lock slot `slot` (a 64K-aligned base): None when someone holds it.
@@ -803,6 +813,26 @@ mod tests {
             assert_eq!(at(uid, gid, "auto"), pick, "{uid}:{gid}");
         }
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn ranges_of_host_users_and_their_subordinate_ids_are_in_use() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nbig:x:720901:100::/:/bin/sh\n";
+        let group = "root:x:0:\n";
+        let subuid = "alice:589824:65536\nbob:100000:65536\n";
+        let subgid = "carol:720000:10\n";
+        let in_use = |base| ids_in_use_in([passwd, group], [subuid, subgid], base, RANGE);
+        assert!(
+            !in_use(0x80000),
+            "alice's subordinate ids start in the next slot"
+        );
+        assert!(in_use(0x90000), "alice's subordinate uids");
+        assert!(in_use(0xA0000), "carol's subordinate gids");
+        assert!(in_use(0xB0000), "a user's id");
+        assert!(!in_use(0xC0000));
+        // One past the end of a range is free; its last id is not.
+        assert!(!ids_in_use_in(["", ""], ["a:10:10\n", ""], 20, 5));
+        assert!(ids_in_use_in(["", ""], ["a:10:10\n", ""], 19, 5));
     }
 
     #[test]
