@@ -342,6 +342,21 @@ impl MountPlan {
     pub fn rewrites_tree(&self) -> bool {
         self.root_mode == RootMode::Directory && !self.read_only
     }
+
+    /// Where the container sees the tree read-only (`--read-only`, `--volatile=state`, the
+    /// /usr of `--volatile=yes`), the mount points ns-mount mounts on in it (made on the
+    /// host before the tree is handed down read-only: ns-mount cannot create them there).
+    /// `None`: the tree is seen writable, or only through an overlay (`-x`).
+    pub fn read_only_tree(&self) -> Option<&'static [&'static str]> {
+        const API: [&str; 5] = ["dev", "proc", "run", "sys", "tmp"];
+        const STATE: [&str; 6] = ["dev", "proc", "run", "sys", "tmp", "var"];
+        match self.root_mode {
+            RootMode::Directory if self.read_only => Some(&API),
+            RootMode::State => Some(&STATE),
+            RootMode::Volatile => Some(&[]),
+            RootMode::Directory | RootMode::Overlay => None,
+        }
+    }
 }
 
 /// config.json's mounts and what runc does around them, in runc's order: the root's

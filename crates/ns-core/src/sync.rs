@@ -24,7 +24,10 @@
 //!           bind; with `host_by_fd` every host-sourced bind and overlay), or `NeedProc` for
 //!           a procfs of the container's PID namespace where the kernel refuses ns-mount
 //!           one (in a user namespace whose mount namespace shows no /proc fully, as inside
-//!           another container); monitor → ns-mount `Mount` with the detached mount attached
+//!           another container), or `NeedSys` for a sysfs of the network namespace it shares
+//!           with the monitor (the kernel refuses ns-mount one); monitor → ns-mount `Mount`
+//!           with the detached mount attached (`NoMount` where the host cannot make a sysfs
+//!           either)
 //!   SYNC-6  ns-mount → monitor   `Console` with the master of the container's pty attached
 //!   SYNC-7  ns-caps → runtime    `Waiting` (OCI create only): set up, about to block on the
 //!           start fifo; the socket closes right after
@@ -61,6 +64,11 @@ pub enum Msg {
     /// SYNC-5: a procfs of the container's PID namespace, made on the host (proc's `pidns`
     /// option), as the kernel refuses ns-mount a new one.
     NeedProc,
+    /// SYNC-5: a sysfs of the network namespace the container shares with the monitor,
+    /// made on the host (read-only, locked), as the kernel refuses ns-mount one.
+    NeedSys,
+    /// SYNC-5: the host cannot make what was asked either (`NeedSys`).
+    NoMount,
     Created {
         path: std::path::PathBuf,
         /// Remove with its content (a workdir), not only when empty (a mount point).

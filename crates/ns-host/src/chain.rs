@@ -39,6 +39,8 @@ pub enum Report {
     NeedMount { op: usize },
     /// SYNC-5: the container's procfs is made on the host ([`Chain::host_proc`]).
     NeedProc,
+    /// SYNC-5: the container's sysfs is made on the host ([`Chain::host_sys`]).
+    NeedSys,
     /// SYNC-6: the master of the container's pty.
     Console(OwnedFd),
     /// SYNC-7: set up, waiting for `start` (OCI create only).
@@ -59,6 +61,7 @@ impl Report {
             Msg::Created { path, recursive } => Report::Created { path, recursive },
             Msg::NeedMount { op } => Report::NeedMount { op },
             Msg::NeedProc => Report::NeedProc,
+            Msg::NeedSys => Report::NeedSys,
             Msg::Console => {
                 Report::Console(fd.ok_or_else(|| Error::setup("Console without its pty".into()))?)
             }
@@ -72,7 +75,7 @@ impl Report {
                 code,
                 message,
             },
-            m @ (Msg::Go | Msg::Mapped | Msg::Mount | Msg::Cgroups) => {
+            m @ (Msg::Go | Msg::Mapped | Msg::Mount | Msg::NoMount | Msg::Cgroups) => {
                 return Err(Error::setup(format!("unexpected {m:?} from the chain")))
             }
         })
@@ -292,6 +295,23 @@ impl Chain {
         self.sync.send_fd(&Msg::Mount, proc.as_fd())
     }
 
+    /// SYNC-5 answered (`NeedSys`): a sysfs of our network namespace (the container's: it
+    /// has none of its own, so the kernel refuses ns-mount one), read-only and locked for
+    /// PID 1's user namespace, with nothing mounted below it, as nspawn's outer child mounts
+    /// it. Where the kernel refuses us one too (inside a guest that shares its host's
+    /// network namespace), `NoMount`: ns-mount binds the /sys it sees, as before.
+    pub fn host_sys(&self, pid1: Option<Pid>) -> Result<()> {
+        use ns_core::sys::MOUNT_ATTR_RDONLY;
+        use ns_core::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
+        let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        let params = [ns_core::sys::FsParam::Str("source", "sysfs")];
+        let Ok(sys) = ns_core::sys::fs_mount(c"sysfs", &params, attrs) else {
+            return self.sync.send(&Msg::NoMount);
+        };
+        let sys = crate::hostpaths::locked(sys, userns_of(pid1)?.as_fd())?;
+        self.sync.send_fd(&Msg::Mount, sys.as_fd())
+    }
+
     /// SYNC-3: host-side setup for PID 1 is done: the chain goes on.
     pub fn go(&self) -> Result<()> {
         self.sync.send(&Msg::Go)
@@ -310,11 +330,31 @@ pub struct RootMount<'a> {
     /// `MountPlan::rewrites_tree`) hands it down as it is (`off`).
     pub ownership: Ownership,
     pub chown_base: Option<u32>,
+    /// The tree is seen read-only (`MountPlan::read_only_tree`): these mount points are
+    /// made in it first (each announced to `announce`, removed after exit), and the mount
+    /// is made read-only here, before [`crate::hostpaths::locked`] locks the flag (as
+    /// nspawn's outer child makes it read-only before the user namespace's copy).
+    pub read_only: Option<&'a [&'a str]>,
+    pub announce: &'a mut dyn FnMut(PathBuf) -> Result<()>,
 }
 
 impl RootMount<'_> {
     /// The detached mount for the user namespace of `pid`, and the ownership in force.
     fn make(self, pid: i32) -> Result<(OwnedFd, Ownership)> {
+        let (path, read_only) = (self.path, self.read_only);
+        if let Some(points) = read_only {
+            crate::hostpaths::make_mount_points(path, points, self.announce)?;
+        }
+        let (tree, ownership) = self.tree(pid)?;
+        if read_only.is_some() {
+            ns_core::sys::mount_setattr_rdonly(tree.as_fd(), true)
+                .ctx(|| format!("cannot make {} read-only", path.display()))?;
+        }
+        Ok((tree, ownership))
+    }
+
+    /// [`RootMount::make`]'s mount, idmapped (or shifted) as `ownership` says.
+    fn tree(self, pid: i32) -> Result<(OwnedFd, Ownership)> {
         let idmap = idmaps(self.ownership);
         let tree = match self.clone {
             Some(t) => t,
@@ -461,6 +501,7 @@ mod tests {
             let e = Report::of(m.clone(), None).unwrap_err();
             assert_eq!(e.msg, format!("unexpected {m:?} from the chain"));
         }
+        assert!(Report::of(Msg::NoMount, None).is_err());
         let e = Report::of(Msg::Console, None).unwrap_err();
         assert_eq!(e.msg, "Console without its pty");
         assert!(matches!(

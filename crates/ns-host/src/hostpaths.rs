@@ -48,6 +48,38 @@ fn fd_name(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// The mount points `names` that are missing at the top of the tree `root`, made by host
+/// root (0755, as nspawn's outer child makes them) before the tree is handed down
+/// read-only; each announced first (`announce`: removed after exit). A name that is there
+/// in any form (a symlink too, which ns-mount follows inside the tree) is left as it is.
+pub fn make_mount_points(
+    root: &Path,
+    names: &[&str],
+    announce: &mut dyn FnMut(PathBuf) -> Result<()>,
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let top = open_host(root, "create mount points in")?;
+    for name in names {
+        let nofollow = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+        if nix::sys::stat::fstatat(top.as_fd(), *name, nofollow).is_ok() {
+            continue;
+        }
+        let path = root.join(name);
+        announce(path.clone())?;
+        let made = nix::sys::stat::mkdirat(top.as_fd(), *name, Mode::from_bits_truncate(0o755));
+        if let Err(e) = made.or_else(|e| if e == Errno::EEXIST { Ok(()) } else { Err(e) }) {
+            let why = e.desc();
+            return Err(Error::setup(format!(
+                "cannot create mount point {}: {why}",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A directory layer, opened.
 fn layer(s: &Source) -> Result<OwnedFd> {
     let Source::Host(p) = s else {

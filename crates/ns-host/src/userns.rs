@@ -174,19 +174,29 @@ impl Drop for RangeLock {
     }
 }
 
+/// Whether a host user or group has an id in [base, base+count), or a subordinate range
+/// (/etc/subuid, /etc/subgid: the ids of users' own user namespaces, rootless containers')
+/// overlaps it: `pick` never gives container root a host user's ids, nor takes a tree's
+/// range that whoever owns such ids could have chowned it into.
 fn ids_in_use(base: u32, count: u32) -> bool {
-    let end = base as u64 + count as u64;
-    ["/etc/passwd", "/etc/group"].iter().any(|f| {
-        std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| {
-                l.split(':')
-                    .nth(2)
-                    .and_then(|id| id.parse::<u64>().ok())
-                    .is_some_and(|id| id >= base as u64 && id < end)
-            })
-    })
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
+    let (subuid, subgid) = (read("/etc/subuid"), read("/etc/subgid"));
+    ids_in_use_in([&passwd, &group], [&subuid, &subgid], base, count)
+}
+
+/// [`ids_in_use`] of these files' texts: `users` as /etc/passwd and /etc/group (the id is
+/// the third field), `subordinate` as /etc/subuid and /etc/subgid (NAME:START:COUNT).
+fn ids_in_use_in(users: [&str; 2], subordinate: [&str; 2], base: u32, count: u32) -> bool {
+    let (base, end) = (base as u64, base as u64 + count as u64);
+    let field = |l: &str, n: usize| l.split(':').nth(n).and_then(|v| v.parse::<u64>().ok());
+    let user = users
+        .iter()
+        .flat_map(|t| t.lines())
+        .any(|l| field(l, 2).is_some_and(|id| id >= base && id < end));
+    user || subordinate.iter().flat_map(|t| t.lines()).any(
+        |l| matches!((field(l, 1), field(l, 2)), (Some(s), Some(c)) if s < end && base < s + c),
+    )
 }
 
 /// Lock slot `slot` (a 64K-aligned base): None when someone holds it.
@@ -478,22 +488,18 @@ pub const BUSY_BASE: u32 = 0xFFFE_0000;
 
 /// `chown` ownership: shift the tree's ids on disk into the range at `to_base`, files,
 /// directories and links alike, as nspawn does: every id keeps its low 16 bits and takes
-/// the range's high ones, without crossing into other file systems. The walk is
-/// fd-relative (openat O_NOFOLLOW from directory fds we hold, chown through O_PATH fds of
-/// the very inodes looked at), so a directory swapped for a symlink mid-walk can only make
-/// it fail. The top is marked first and shifted last; a shift that fails half-way gives the
+/// the range's high ones, without crossing into other file systems. The tree is opened
+/// without following a symlink on the way, and the walk is fd-relative (openat O_NOFOLLOW
+/// from directory fds we hold, chown through O_PATH fds of the very inodes looked at), so
+/// a directory swapped for a symlink mid-walk can only make it fail. The top is marked first and shifted last; a shift that fails half-way gives the
 /// top its owner back (as nspawn: the tree stays half shifted until a chown start finishes
 /// it), and one cut short (SIGKILL) stays marked and is redone by the next start.
 pub fn shift_tree(root: &Path, to_base: u32) -> Result<()> {
-    let top = nix::fcntl::open(
-        root,
-        nix::fcntl::OFlag::O_RDONLY
-            | nix::fcntl::OFlag::O_DIRECTORY
-            | nix::fcntl::OFlag::O_NOFOLLOW
-            | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ctx(|| format!("cannot open {}", root.display()))?;
+    // No symlink followed on the way either (the plan named the tree resolved): one swapped
+    // in since would shift the tree of that name elsewhere.
+    let way = crate::hostpaths::open_host(root, "shift")?;
+    let top =
+        ns_core::walk::reopen_dir(way.as_fd()).ctx(|| format!("cannot open {}", root.display()))?;
     let st = nix::sys::stat::fstat(&top).ctx(|| format!("cannot stat {}", root.display()))?;
     let from_base = st.st_uid & !(RANGE - 1);
     if from_base == to_base {
@@ -577,6 +583,60 @@ fn at(p: &Path) -> impl Fn() -> String + '_ {
     move || p.display().to_string()
 }
 
+/// Files with more than one link met by a shift, by inode: the links met, the link count
+/// last seen, the first link's path. One is shifted when its last link is met; one left at
+/// the end has links outside the tree, whose owner a shift would change too (nspawn's
+/// shift does): an error. Not on an overlayfs (a guest's root): its chown copies a lower
+/// file up, whose links elsewhere in the lower layer it shows but never changes.
+struct HardLinks {
+    seen: std::collections::HashMap<u64, (u64, u64, PathBuf)>,
+    overlay: bool,
+}
+
+impl HardLinks {
+    /// For the tree whose top `top` is open on.
+    fn of(top: BorrowedFd<'_>) -> HardLinks {
+        use nix::sys::statfs::{fstatfs, OVERLAYFS_SUPER_MAGIC};
+        HardLinks {
+            seen: Default::default(),
+            overlay: fstatfs(top).is_ok_and(|f| f.filesystem_type() == OVERLAYFS_SUPER_MAGIC),
+        }
+    }
+
+    /// Whether the inode of `st` (met at `path`) is to be shifted now: a single link, or
+    /// the last of its links to be met.
+    fn last(&mut self, st: &FileStat, path: &Path) -> bool {
+        if st.st_nlink <= 1 || self.overlay {
+            return true;
+        }
+        let e = self
+            .seen
+            .entry(st.st_ino)
+            .or_insert((0, 0, path.to_path_buf()));
+        e.0 += 1;
+        e.1 = st.st_nlink;
+        if e.0 < e.1 {
+            return false;
+        }
+        self.seen.remove(&st.st_ino);
+        true
+    }
+
+    /// The error for a file of the tree `root` whose links were not all met in it (the
+    /// first by path, when there are several).
+    fn check(&self, root: &Path) -> Result<()> {
+        let Some((seen, nlink, path)) = self.seen.values().min_by(|a, b| a.2.cmp(&b.2)) else {
+            return Ok(());
+        };
+        Err(Error::setup(format!(
+            "cannot shift {}: {} has hard links outside the tree ({seen} of {nlink} inside): \
+             shifting it would change the owner of those too",
+            root.display(),
+            path.display()
+        )))
+    }
+}
+
 /// Shift everything below the directory `top` is open on, then `top` itself.
 fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
     use ns_core::walk;
@@ -589,10 +649,11 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
         left: walk::names(top).ctx(read)?,
         path: root.to_path_buf(),
     }];
+    let mut links = HardLinks::of(top);
     loop {
         let depth = stack.len();
         let Some(level) = stack.last_mut() else {
-            return Ok(());
+            return links.check(root);
         };
         let Some(name) = level.left.pop() else {
             // Its entries are done: the directory itself (the top comes last).
@@ -631,7 +692,9 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
             let fd = walk::open_entry_at(level.fd.as_fd(), &name)
                 .ctx(|| format!("cannot open {}", what()))?;
             let st = nix::sys::stat::fstat(&fd).ctx(|| format!("cannot stat {}", what()))?;
-            shift_one(fd.as_fd(), &st, to, &what)?;
+            if links.last(&st, &path) {
+                shift_one(fd.as_fd(), &st, to, &what)?;
+            }
         }
     }
 }
@@ -753,6 +816,26 @@ mod tests {
     }
 
     #[test]
+    fn ranges_of_host_users_and_their_subordinate_ids_are_in_use() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nbig:x:720901:100::/:/bin/sh\n";
+        let group = "root:x:0:\n";
+        let subuid = "alice:589824:65536\nbob:100000:65536\n";
+        let subgid = "carol:720000:10\n";
+        let in_use = |base| ids_in_use_in([passwd, group], [subuid, subgid], base, RANGE);
+        assert!(
+            !in_use(0x80000),
+            "alice's subordinate ids start in the next slot"
+        );
+        assert!(in_use(0x90000), "alice's subordinate uids");
+        assert!(in_use(0xA0000), "carol's subordinate gids");
+        assert!(in_use(0xB0000), "a user's id");
+        assert!(!in_use(0xC0000));
+        // One past the end of a range is free; its last id is not.
+        assert!(!ids_in_use_in(["", ""], ["a:10:10\n", ""], 20, 5));
+        assert!(ids_in_use_in(["", ""], ["a:10:10\n", ""], 19, 5));
+    }
+
+    #[test]
     fn picked_ranges_are_aligned_and_disjoint() {
         let a = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
         let b = reserve(IdBase::Pick, RANGE, "same-name").unwrap();
@@ -818,6 +901,59 @@ mod shift_tests {
         assert_eq!(owner(&d), (0, 0));
         assert_eq!(owner(&d.join("a/b/f")), (1000, 1000));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_hard_links_outside_the_tree_is_not_shifted() {
+        let base = std::env::temp_dir().join(format!("ns-shift-links-{}", std::process::id()));
+        let d = base.join("t");
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(base.join("host-file"), "x").unwrap();
+        std::fs::hard_link(base.join("host-file"), d.join("etc/linked")).unwrap();
+        // Hard links inside the tree only: shifted.
+        std::fs::write(d.join("etc/a"), "x").unwrap();
+        std::fs::hard_link(d.join("etc/a"), d.join("b")).unwrap();
+        let e = shift_tree(&d, 0x100000).unwrap_err();
+        assert_eq!(
+            e.msg,
+            format!(
+                "cannot shift {}: {} has hard links outside the tree (1 of 2 inside): shifting it would change the owner of those too",
+                d.display(),
+                d.join("etc/linked").display()
+            )
+        );
+        assert_eq!(owner(&base.join("host-file")), (0, 0));
+        assert_eq!(owner(&d), (0, 0), "the top gets its owner back");
+        assert_eq!(owner(&d.join("b")), (0x100000, 0x100000));
+        // With the outside link gone, the next shift finishes.
+        std::fs::remove_file(base.join("host-file")).unwrap();
+        shift_tree(&d, 0x100000).unwrap();
+        assert_eq!(owner(&d.join("etc/linked")), (0x100000, 0x100000));
+        assert_eq!(owner(&d), (0x100000, 0x100000));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_to_the_tree_is_not_followed() {
+        // The plan names the tree resolved; a directory on the way swapped for a symlink
+        // since (by whoever owns it) would make the shift chown the tree of that name
+        // elsewhere: the victim below.
+        let base = std::env::temp_dir().join(format!("ns-shift-way-{}", std::process::id()));
+        let victim = base.join("elsewhere/t");
+        std::fs::create_dir_all(victim.join("etc")).unwrap();
+        std::fs::write(victim.join("etc/f"), "x").unwrap();
+        std::os::unix::fs::symlink(base.join("elsewhere"), base.join("way")).unwrap();
+        let e = shift_tree(&base.join("way/t"), 0x100000).unwrap_err();
+        assert_eq!(
+            e.msg,
+            format!(
+                "cannot shift {}: a symlink is on the way (not followed)",
+                base.join("way/t").display()
+            )
+        );
+        assert_eq!(owner(&victim), (0, 0));
+        assert_eq!(owner(&victim.join("etc/f")), (0, 0));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

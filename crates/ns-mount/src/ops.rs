@@ -175,14 +175,25 @@ pub(crate) fn from_host(
     sync: &ns_core::sync::SyncSocket,
     request: &ns_core::sync::Msg,
 ) -> Result<OwnedFd> {
+    from_host_if_made(sync, request)?
+        .ok_or_else(|| Error::setup("unexpected message from the monitor: NoMount".into()))
+}
+
+/// [`from_host`], where the monitor may answer that it cannot make it either (`NoMount`).
+pub(crate) fn from_host_if_made(
+    sync: &ns_core::sync::SyncSocket,
+    request: &ns_core::sync::Msg,
+) -> Result<Option<OwnedFd>> {
+    use ns_core::sync::Msg;
     sync.send(request)?;
-    let (msg, tree) = sync.recv_fd()?;
-    if msg != ns_core::sync::Msg::Mount {
-        return Err(Error::setup(format!(
-            "unexpected message from the monitor: {msg:?}"
-        )));
+    match sync.recv_any(nix::sys::socket::MsgFlags::empty())? {
+        Some((Msg::Mount, Some(tree))) => Ok(Some(tree)),
+        Some((Msg::NoMount, _)) => Ok(None),
+        Some((m, _)) => Err(Error::setup(format!(
+            "unexpected message from the monitor: {m:?}"
+        ))),
+        None => Err(Error::setup("the sync socket closed".into())),
     }
-    Ok(tree)
 }
 
 /// Cover `dest` with an inaccessible node of its own file type (mode 0000, read-only).

@@ -56,7 +56,7 @@ pub fn build_root(
     let (root, scratch) = prepare(plan, root_fd)?;
     ns_core::stage::fault("ns-mount:mid");
     mount_proc(&root, &scratch, plan.private_network, sync)?;
-    mount_sys(&root)?;
+    mount_sys(&root, plan.private_network, sync)?;
     if let Some(cg) = &plan.cgroups {
         mount_cgroups(&root, cg)?;
     }
@@ -202,7 +202,11 @@ pub fn mount_proc(
 }
 
 /// sysfs, read-only.
-pub fn mount_sys(root: &OwnedFd) -> Result<()> {
+pub fn mount_sys(
+    root: &OwnedFd,
+    private_network: bool,
+    sync: Option<&ns_core::sync::SyncSocket>,
+) -> Result<()> {
     let f = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let target = open_in_root(root, Path::new("/sys"), Some(Kind::Dir))?;
     match mount(
@@ -214,9 +218,21 @@ pub fn mount_sys(root: &OwnedFd) -> Result<()> {
     ) {
         Ok(()) => Ok(()),
         // In a user namespace without its own network namespace the kernel refuses a new
-        // sysfs (it belongs to the host's network namespace): show the host's, read-only
-        // (recursively: a user namespace may not bind it without its locked submounts).
-        Err(Errno::EPERM) => bind_host_read_only(root, &target, "/sys", Path::new("/sys")),
+        // sysfs (it belongs to the host's network namespace): the monitor makes one outside,
+        // read-only and locked, as nspawn's. Where it cannot either (a guest sharing its
+        // host's network namespace), the host's is shown, read-only (recursively: a user
+        // namespace may not bind it without its locked submounts).
+        Err(Errno::EPERM) => {
+            if let (Some(sync), false) = (sync, private_network) {
+                if let Some(sys) =
+                    crate::ops::from_host_if_made(sync, &ns_core::sync::Msg::NeedSys)?
+                {
+                    return ns_core::sys::move_mount_to(sys.as_fd(), target.as_fd())
+                        .ctx(|| "cannot attach sysfs on /sys".into());
+                }
+            }
+            bind_host_read_only(root, &target, "/sys", Path::new("/sys"))
+        }
         Err(e) => Err(Error::setup(format!(
             "cannot mount sysfs on /sys: {}",
             e.desc()

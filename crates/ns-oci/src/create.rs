@@ -534,7 +534,7 @@ impl Creating<'_> {
                 self.failed = Some(format!("{stage}: {message}"));
             }
             Report::Waiting => self.waiting = true, // SYNC-7
-            r @ (Report::NeedMount { .. } | Report::NeedProc) => {
+            r @ (Report::NeedMount { .. } | Report::NeedProc | Report::NeedSys) => {
                 return Err(Error::setup(format!("unexpected {r:?} from the chain")));
             }
         }

@@ -748,11 +748,15 @@ impl<'a> Monitor<'a> {
                 let u = u.ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
                 let maps = Maps::of(u, self.userns_base, &state.mount.bind_users)?;
                 // The image as a detached (idmapped) mount, for ns-mount (via ns-enter).
+                let cleanup = &mut self.cleanup;
+                let mut announce = |p: std::path::PathBuf| cleanup.add(p, false);
                 let root = ns_host::chain::root_by_fd(state).then(|| RootMount {
                     path: &state.mount.root,
                     clone: self.root_clone.take(),
                     ownership: u.ownership,
                     chown_base: self.userns_base.filter(|_| state.mount.rewrites_tree()),
+                    read_only: state.mount.read_only_tree(),
+                    announce: &mut announce,
                 });
                 let ownership = self.chain.map_userns(&maps, root)?;
                 if u.ownership == Ownership::Auto {
@@ -775,6 +779,8 @@ impl<'a> Monitor<'a> {
             }
             // SYNC-5: the kernel refuses ns-mount a procfs in its user namespace.
             Some(Report::NeedProc) => self.chain.host_proc(self.pid1)?,
+            // SYNC-5: the kernel refuses ns-mount a sysfs (no network namespace of its own).
+            Some(Report::NeedSys) => self.chain.host_sys(self.pid1)?,
             Some(Report::Waiting) => {
                 return Err(Error::setup("unexpected Waiting from the chain".into()))
             }
