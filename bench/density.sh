@@ -36,7 +36,7 @@ import json, os, shutil, signal, subprocess, sys, tempfile, time
 
 N, ROOT, NSRUN, TOOLS = int(os.environ["N"]), os.environ["ROOT"], os.environ["NSRUN"], os.environ["TOOLS"].split()
 TAG = f"dens{os.getpid()}"
-DEADLINE = 60.0  # seconds for all N to run, and again for all N to stop
+DEADLINE = 30.0  # seconds for all N to run, and again for all N to stop
 
 
 def children(pid):
@@ -124,11 +124,12 @@ def start(tool, tmp):
     waiting = {p.pid for p in procs}
     while waiting and time.monotonic() - t0 < DEADLINE:
         waiting = {p for p in waiting if not sleeping(p)}
-        for p in procs:
+        for i, p in enumerate(procs):
             if p.pid in waiting and p.poll() is not None:
-                raise SystemExit(f"{tool} #{procs.index(p)} exited ({p.returncode}): "
-                                 + open(errs[procs.index(p)].name).read()[:300])
+                stop(tool, procs)
+                raise SystemExit(f"{tool} #{i} exited ({p.returncode}): " + open(errs[i].name).read()[:300])
     if waiting:
+        stop(tool, procs)
         raise SystemExit(f"{tool}: {len(waiting)} containers not running after {DEADLINE} s")
     return procs, time.monotonic() - t0
 
@@ -155,7 +156,10 @@ def stop(tool, procs):
             p.wait(max(0.1, end - time.monotonic()))
         except subprocess.TimeoutExpired:
             for q in reversed(tree(p.pid)):
-                os.kill(q, signal.SIGKILL)
+                try:
+                    os.kill(q, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             p.wait()
             print(f"  {tool}: pid {p.pid} SIGKILLed after {DEADLINE} s")
 
