@@ -79,12 +79,28 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
             return Err(e);
         }
     };
-    ns_core::sys::trim_heap();
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     monitor.machined = systemd.machined.take();
     monitor.origin = systemd.origin.take();
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, decided.range)
+}
+
+/// Once the payload runs (or the chain is gone), the monitor only waits: what start-up used
+/// and the loop will not goes back to the kernel, for the container's lifetime (issue 19's
+/// memory goal): the stack below the loop's frames, the heap's free pages.
+fn shed_startup_memory() {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let low = maps
+        .lines()
+        .find(|l| l.ends_with(" [stack]"))
+        .and_then(|l| l.split('-').next())
+        .and_then(|a| usize::from_str_radix(a, 16).ok());
+    drop(maps);
+    if let Some(low) = low {
+        let _ = ns_core::sys::discard_stack_below_here(low);
+    }
+    ns_core::sys::trim_heap();
 }
 
 /// What is held for the container's lifetime, taken before anything is made.
@@ -781,6 +797,7 @@ impl<'a> Monitor<'a> {
                     // As nspawn under Type=notify: ready once the payload runs.
                     notify::notify_ready();
                 }
+                shed_startup_memory();
                 return Ok(false);
             }
         }
