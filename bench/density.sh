@@ -13,6 +13,8 @@
 #                  locks its directory)
 #   TOOLS="..."    subset of: ns-run bwrap crun runc nspawn (default: those installed)
 #   NSRUN=PATH     the ns-run binary (default: this tree's release build)
+#   SETTLE=0.5     seconds between "all run" and the measurement (an ns-run monitor gives
+#                  back its start-up memory once idle for 100 ms after its payload started)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +36,7 @@ export TOOLS
 exec python3 - <<'PY'
 import json, os, shutil, signal, subprocess, sys, tempfile, time
 
+SETTLE = float(os.environ.get("SETTLE", "0.5"))
 N, ROOT, NSRUN, TOOLS = int(os.environ["N"]), os.environ["ROOT"], os.environ["NSRUN"], os.environ["TOOLS"].split()
 TAG = f"dens{os.getpid()}"
 DEADLINE = 30.0  # seconds for all N to run, and again for all N to stop
@@ -190,6 +193,7 @@ def main():
         detail = None
         for tool in TOOLS:
             procs, took = start(tool, tmp)
+            time.sleep(SETTLE)
             rows = measure(procs)
             if tool == "ns-run":
                 detail = (procs[0].pid, breakdown(procs[0].pid))

@@ -86,9 +86,9 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     monitor.finish(code, &cgroups, decided.range)
 }
 
-/// Once the payload runs (or the chain is gone), the monitor only waits: what start-up used
-/// and the loop will not goes back to the kernel, for the container's lifetime (issue 19's
-/// memory goal): the stack below the loop's frames, the heap's free pages.
+/// Once the payload runs (and the loop was idle a while), the monitor only waits: what
+/// start-up used and the loop will not goes back to the kernel, for the container's lifetime
+/// (issue 19's memory goal): the stack below the loop's frames, the heap's free pages.
 fn shed_startup_memory() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let low = maps
@@ -457,7 +457,13 @@ struct Monitor<'a> {
     in_machined: bool,
     /// Our supervisor's watchdog (`WatchdogSec=` of ns-run@.service), pinged from the loop.
     watchdog: Option<notify::Watchdog>,
+    /// The payload runs: start-up memory is given back once the loop has been idle for
+    /// [`SHED_AFTER_MS`] (a payload gone by then, as `/bin/true`, costs nothing).
+    shed: bool,
 }
+
+/// How long the monitor waits, idle, after the payload started before shedding.
+const SHED_AFTER_MS: u16 = 100;
 
 /// What a poll found ready.
 struct Ready {
@@ -505,6 +511,7 @@ impl<'a> Monitor<'a> {
             origin: None,
             in_machined: false,
             watchdog: notify::Watchdog::from_env(),
+            shed: false,
         }
     }
 
@@ -573,10 +580,16 @@ impl<'a> Monitor<'a> {
                     timeout = due;
                 }
             }
-            match poll(&mut pfds, timeout) {
+            if self.shed && (timeout == PollTimeout::NONE || timeout > SHED_AFTER_MS.into()) {
+                timeout = SHED_AFTER_MS.into();
+            }
+            let n = match poll(&mut pfds, timeout) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.ctx(|| "poll".into())?,
             };
+            if n == 0 && std::mem::take(&mut self.shed) {
+                shed_startup_memory();
+            }
             let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
             let first_console = if sync_open { 2 } else { 1 };
             return Ok(Ready {
@@ -797,7 +810,7 @@ impl<'a> Monitor<'a> {
                     // As nspawn under Type=notify: ready once the payload runs.
                     notify::notify_ready();
                 }
-                shed_startup_memory();
+                self.shed = true;
                 return Ok(false);
             }
         }
