@@ -9,8 +9,8 @@
 # Environment knobs:
 #   N=50           containers at once (each tool)
 #   ROOT=DIR       busybox tree (default /work/wt/benchroot); shared read-only by ns-run
-#                  (-x), bwrap and runc/crun; copied once per systemd-nspawn instance (it
-#                  locks its directory)
+#                  (-x), bwrap and runc/crun; copied (hard links) once per systemd-nspawn
+#                  instance (it locks its directory); so ROOT and /tmp share a file system
 #   TOOLS="..."    subset of: ns-run bwrap crun runc nspawn (default: those installed)
 #   NSRUN=PATH     the ns-run binary (default: this tree's release build)
 #   SETTLE=0.5     seconds between "all run" and the measurement (an ns-run monitor gives
@@ -110,7 +110,7 @@ def command(tool, i, tmp):
     if tool in ("runc", "crun"):
         return [tool, "run", "--bundle", os.path.join(tmp, tool), f"{TAG}-{i}"]
     r = os.path.join(tmp, f"nspawn-{i}")
-    shutil.copytree(ROOT, r, symlinks=True)
+    shutil.copytree(ROOT, r, symlinks=True, copy_function=os.link)  # hard links: no space
     return ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-D", r, "/bin/sleep", "600"]
 
 
@@ -165,6 +165,12 @@ def stop(tool, procs):
                     pass
             p.wait()
             print(f"  {tool}: pid {p.pid} SIGKILLed after {DEADLINE} s")
+    if tool == "nspawn":  # its propagation directories, when /run is no tmpfs (if empty)
+        for i in range(N):
+            try:
+                os.rmdir(f"/run/systemd/nspawn/propagate/nspawn-{i}")
+            except OSError:
+                pass
 
 
 def breakdown(pid):
