@@ -37,6 +37,30 @@ const SIGNALS: [i32; 5] = [
 /// Run the container described by `state`; returns the exit code for ns-run. `hierarchies`:
 /// the host's cgroup hierarchies if planning read them (not read again).
 pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
+    let Started {
+        mut monitor,
+        signals,
+        cgroups,
+        range,
+    } = start(state, hierarchies)?;
+    let code = monitor.supervise(&signals);
+    monitor.finish(code, &cgroups, range)
+}
+
+/// A container started: what the monitor's loop and its end need.
+struct Started<'a> {
+    monitor: Monitor<'a>,
+    signals: SignalFd,
+    cgroups: Vec<Cgroup>,
+    /// The id range reserved under -U (held until we exit).
+    range: Option<ns_host::userns::RangeLock>,
+}
+
+/// Start the container. Its own frame (not inlined into `run`), so that start-up's locals
+/// and what it decided are gone, not under the loop, for the container's lifetime (issue
+/// 19's memory goal: the stack the loop keeps, the heap).
+#[inline(never)]
+fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'_>> {
     journal::collect_stale(true)?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
@@ -82,8 +106,12 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     monitor.machined = systemd.machined.take();
     monitor.origin = systemd.origin.take();
-    let code = monitor.supervise(&signals);
-    monitor.finish(code, &cgroups, decided.range)
+    Ok(Started {
+        monitor,
+        signals,
+        cgroups,
+        range: decided.range,
+    })
 }
 
 /// Once the payload runs (and the loop was idle a while), the monitor only waits: what
