@@ -4,8 +4,9 @@
 
 use ns_tests::{registered_sleeper, spawn_until, unique, Stopping, Tree};
 
-/// One mapping of /proc/PID/smaps: (permissions, path, KiB by field).
+/// One mapping of /proc/PID/smaps: (address range, permissions, path, KiB by field).
 struct Mapping {
+    range: String,
     perms: String,
     path: String,
     fields: Vec<(String, u64)>,
@@ -33,6 +34,7 @@ fn smaps(pid: i32) -> Vec<Mapping> {
         let head = words.first().copied().unwrap_or_default();
         if head.contains('-') && !head.ends_with(':') {
             maps.push(Mapping {
+                range: head.to_string(),
                 perms: words.get(1).copied().unwrap_or_default().to_string(),
                 path: words.get(5).copied().unwrap_or_default().to_string(),
                 fields: Vec::new(),
@@ -135,4 +137,26 @@ fn the_monitor_gives_back_its_start_up_heap_and_stack_once_the_payload_runs() {
     assert!(out.stderr_lines().is_empty(), "{out}");
     assert!(heap <= LIMIT_KIB, "heap {heap} KiB kept:\n{all}");
     assert!(stack <= LIMIT_KIB, "stack {stack} KiB kept:\n{all}");
+}
+
+#[test]
+fn the_monitor_keeps_a_random_heap_and_stack() {
+    // Linked at a fixed address, the monitor's image has no ASLR; its heap (brk), stack and
+    // mmap areas must still move from one monitor to the next.
+    let t = Tree::rootfs("aslr");
+    let places = |tag: &str| {
+        let name = unique(tag);
+        let r = Stopping::new(spawn_until(registered_sleeper(&t, &name, &["-x"]), "ready"));
+        let maps = smaps(r.pid());
+        r.stop();
+        let at = |path: &str| {
+            maps.iter()
+                .find(|m| m.path == path)
+                .map(|m| m.range.clone())
+        };
+        (at("[heap]"), at("[stack]"), at("[vdso]"))
+    };
+    let (a, b) = (places("aslr1"), places("aslr2"));
+    assert!(a.0.is_some() && a.1.is_some() && a.2.is_some(), "{a:?}");
+    assert!(a.0 != b.0 && a.1 != b.1 && a.2 != b.2, "{a:?} {b:?}");
 }
