@@ -189,6 +189,25 @@ pub fn trim_heap() {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// madvise(MADV_DONTNEED) on the part of the main thread's stack from `low` (the lowest
+/// address of its mapping) up to a page below this function's frame: pages a deep start-up
+/// touched that a shallow loop no longer uses (they come back zeroed if touched again).
+#[inline(never)]
+pub fn discard_stack_below_here(low: usize) -> nix::Result<()> {
+    const PAGE: usize = 4096; // x86_64
+    let here = 0u8;
+    let here = std::hint::black_box(&here) as *const u8 as usize;
+    let end = (here & !(PAGE - 1)).saturating_sub(PAGE);
+    if low & (PAGE - 1) != 0 || end <= low {
+        return Ok(());
+    }
+    // SAFETY: [low, end) lies below the current stack frame (by at least a page) and inside
+    // the stack mapping: no live data is there (nothing runs on this stack below us; signals
+    // are taken through a signalfd, no handler runs on it), so zeroing it loses nothing.
+    let r = unsafe { libc::madvise(low as *mut libc::c_void, end - low, libc::MADV_DONTNEED) };
+    Errno::result(r).map(drop)
+}
+
 /// One classic BPF instruction (struct sock_filter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]

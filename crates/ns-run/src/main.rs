@@ -9,55 +9,68 @@ mod monitor;
 
 use ns_core::exec::args_utf8;
 use ns_core::stage::{parse_args, run};
+use ns_core::state::State;
+use ns_core::Result;
+use ns_host::cgroups::Hierarchy;
 use ns_run::{cli, oci, plan, settings};
 
 const STAGE: &str = "ns-run";
 
 fn main() {
     run(STAGE, || {
-        let argv = cli::normalize(&args_utf8()?)?;
-        let cli: cli::Cli = parse_args(STAGE, &argv);
-        // An OCI bundle is options too (and what options cannot say, applied below).
-        let bundle = match &cli.oci_bundle {
-            Some(dir) => Some(oci::load("--oci-bundle", std::path::Path::new(dir))?),
-            None => None,
-        };
-        // A .nspawn file adds options (or replaces some): parse the merged line again.
-        let merged = match &bundle {
-            Some(b) => {
-                let name = cli.machine.clone().unwrap_or_else(|| {
-                    let base = b.dir.file_name().unwrap_or_default().to_string_lossy();
-                    plan::hostname_cleanup(&base)
-                });
-                oci::merge(&argv, b, &name)?
-            }
-            None => settings::merge(&argv, &cli)?,
-        };
-        let cli: cli::Cli = if merged == argv {
-            cli
-        } else {
-            ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
-            parse_args(STAGE, &merged)
-        };
-        let facts = plan::HostFacts::gather(&cli);
-        let oci = bundle.as_ref().map(|bundle| oci::OciInput {
-            bundle,
-            oci_runtime: None,
-        });
-        let state = plan::build(&cli, &facts, oci.as_ref())?;
-        if cli.print_state {
-            ns_core::outln!("{}", state.to_json_pretty());
-            std::process::exit(0);
-        }
-        if cli.print_chain {
-            ns_core::outln!("{}", plan::chain(&state));
-            std::process::exit(0);
-        }
-        if let Some(t) = &cli.template {
-            // nspawn: a missing -D directory is created from the template (checked by build).
-            ns_mount::template::instantiate(std::path::Path::new(t), &state.mount.root)?;
-        }
-        let code = monitor::run(&state, facts.cgroups)?;
+        let (state, hierarchies) = plan_from_args()?;
+        let code = monitor::run(&state, hierarchies)?;
         std::process::exit(code)
     })
+}
+
+/// The state from the command line (and settings, an OCI bundle), what the plan read of
+/// the host's cgroups; `--print-state`, `--print-chain` and `--template` done. Its own frame
+/// (not inlined into main): parsing's and planning's locals and heap are gone, not under the
+/// monitor's loop, for the container's lifetime (issue 19's memory goal).
+#[inline(never)]
+fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
+    let argv = cli::normalize(&args_utf8()?)?;
+    let cli: cli::Cli = parse_args(STAGE, &argv);
+    // An OCI bundle is options too (and what options cannot say, applied below).
+    let bundle = match &cli.oci_bundle {
+        Some(dir) => Some(oci::load("--oci-bundle", std::path::Path::new(dir))?),
+        None => None,
+    };
+    // A .nspawn file adds options (or replaces some): parse the merged line again.
+    let merged = match &bundle {
+        Some(b) => {
+            let name = cli.machine.clone().unwrap_or_else(|| {
+                let base = b.dir.file_name().unwrap_or_default().to_string_lossy();
+                plan::hostname_cleanup(&base)
+            });
+            oci::merge(&argv, b, &name)?
+        }
+        None => settings::merge(&argv, &cli)?,
+    };
+    let cli: cli::Cli = if merged == argv {
+        cli
+    } else {
+        ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
+        parse_args(STAGE, &merged)
+    };
+    let facts = plan::HostFacts::gather(&cli);
+    let oci = bundle.as_ref().map(|bundle| oci::OciInput {
+        bundle,
+        oci_runtime: None,
+    });
+    let state = plan::build(&cli, &facts, oci.as_ref())?;
+    if cli.print_state {
+        ns_core::outln!("{}", state.to_json_pretty());
+        std::process::exit(0);
+    }
+    if cli.print_chain {
+        ns_core::outln!("{}", plan::chain(&state));
+        std::process::exit(0);
+    }
+    if let Some(t) = &cli.template {
+        // nspawn: a missing -D directory is created from the template (checked by build).
+        ns_mount::template::instantiate(std::path::Path::new(t), &state.mount.root)?;
+    }
+    Ok((Box::new(state), facts.cgroups))
 }

@@ -37,6 +37,30 @@ const SIGNALS: [i32; 5] = [
 /// Run the container described by `state`; returns the exit code for ns-run. `hierarchies`:
 /// the host's cgroup hierarchies if planning read them (not read again).
 pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
+    let Started {
+        mut monitor,
+        signals,
+        cgroups,
+        range,
+    } = start(state, hierarchies)?;
+    let code = monitor.supervise(&signals);
+    monitor.finish(code, &cgroups, range)
+}
+
+/// A container started: what the monitor's loop and its end need.
+struct Started<'a> {
+    monitor: Monitor<'a>,
+    signals: SignalFd,
+    cgroups: Vec<Cgroup>,
+    /// The id range reserved under -U (held until we exit).
+    range: Option<ns_host::userns::RangeLock>,
+}
+
+/// Start the container. Its own frame (not inlined into `run`), so that start-up's locals
+/// and what it decided are gone, not under the loop, for the container's lifetime (issue
+/// 19's memory goal: the stack the loop keeps, the heap).
+#[inline(never)]
+fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'_>> {
     journal::collect_stale(true)?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
@@ -79,12 +103,32 @@ pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
             return Err(e);
         }
     };
-    ns_core::sys::trim_heap();
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     monitor.machined = systemd.machined.take();
     monitor.origin = systemd.origin.take();
-    let code = monitor.supervise(&signals);
-    monitor.finish(code, &cgroups, decided.range)
+    Ok(Started {
+        monitor,
+        signals,
+        cgroups,
+        range: decided.range,
+    })
+}
+
+/// Once the payload runs (and the loop was idle a while), the monitor only waits: what
+/// start-up used and the loop will not goes back to the kernel, for the container's lifetime
+/// (issue 19's memory goal): the stack below the loop's frames, the heap's free pages.
+fn shed_startup_memory() {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let low = maps
+        .lines()
+        .find(|l| l.ends_with(" [stack]"))
+        .and_then(|l| l.split('-').next())
+        .and_then(|a| usize::from_str_radix(a, 16).ok());
+    drop(maps);
+    if let Some(low) = low {
+        let _ = ns_core::sys::discard_stack_below_here(low);
+    }
+    ns_core::sys::trim_heap();
 }
 
 /// What is held for the container's lifetime, taken before anything is made.
@@ -441,7 +485,13 @@ struct Monitor<'a> {
     in_machined: bool,
     /// Our supervisor's watchdog (`WatchdogSec=` of ns-run@.service), pinged from the loop.
     watchdog: Option<notify::Watchdog>,
+    /// The payload runs: start-up memory is given back once the loop has been idle for
+    /// [`SHED_AFTER_MS`] (a payload gone by then, as `/bin/true`, costs nothing).
+    shed: bool,
 }
+
+/// How long the monitor waits, idle, after the payload started before shedding.
+const SHED_AFTER_MS: u16 = 100;
 
 /// What a poll found ready.
 struct Ready {
@@ -489,6 +539,7 @@ impl<'a> Monitor<'a> {
             origin: None,
             in_machined: false,
             watchdog: notify::Watchdog::from_env(),
+            shed: false,
         }
     }
 
@@ -557,10 +608,16 @@ impl<'a> Monitor<'a> {
                     timeout = due;
                 }
             }
-            match poll(&mut pfds, timeout) {
+            if self.shed && (timeout == PollTimeout::NONE || timeout > SHED_AFTER_MS.into()) {
+                timeout = SHED_AFTER_MS.into();
+            }
+            let n = match poll(&mut pfds, timeout) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.ctx(|| "poll".into())?,
             };
+            if n == 0 && std::mem::take(&mut self.shed) {
+                shed_startup_memory();
+            }
             let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
             let first_console = if sync_open { 2 } else { 1 };
             return Ok(Ready {
@@ -795,6 +852,7 @@ impl<'a> Monitor<'a> {
                     // As nspawn under Type=notify: ready once the payload runs.
                     notify::notify_ready();
                 }
+                self.shed = true;
                 return Ok(false);
             }
         }
