@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use nix::sys::signal::{kill, Signal};
 use ns_core::exec::{chain_stages, exec_next, next_program, StageFds};
-use ns_core::stage::{adopt_sync, debug, parse_args, run};
+use ns_core::stage::{adopt_sync, debug, run, stage_args};
 use ns_core::state::{Namespace, Runtime, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{clone_parent, fork, loopback_up, Forked, SignalSet};
@@ -17,7 +17,7 @@ const STAGE: &str = "ns-enter";
 
 fn main() {
     run(STAGE, || {
-        let args: Args = parse_args(STAGE, &ns_core::exec::args_utf8()?);
+        let args: Args = stage_args(STAGE, &ns_core::exec::args_utf8()?, Args::set_fds);
         let sync = adopt_sync(args.sync_fd)?;
         let (plan, runtime) = match args.state_fd {
             Some(fd) => {

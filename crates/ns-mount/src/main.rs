@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, next_program, StageFds};
-use ns_core::stage::{adopt_sync, debug, parse_args, run};
+use ns_core::stage::{adopt_sync, debug, run, stage_args};
 use ns_core::state::{Runtime, State};
 use ns_mount::Args;
 
@@ -11,7 +11,7 @@ const STAGE: &str = "ns-mount";
 fn main() {
     run(STAGE, || {
         let argv = args_utf8()?;
-        let args: Args = parse_args(STAGE, &argv);
+        let args: Args = stage_args(STAGE, &argv, Args::set_fds);
         // Kept open (not dropped) for ns-caps, the next stage.
         let sync = adopt_sync(args.sync_fd)?;
         let (plan, runtime) = match args.state_fd {
