@@ -1,5 +1,6 @@
 //! ns-caps: become the payload's user, drop capabilities, exec. See lib.rs for the contract.
 #![forbid(unsafe_code)]
+#![no_main]
 
 use ns_caps::identity::{build_env, lookup_user, User};
 use ns_caps::privileges::{drop_privileges, with_ids};
@@ -10,7 +11,9 @@ use ns_core::stage::{adopt_sync, run, stage_args};
 use ns_core::state::{ExecPlan, Runtime, State};
 use ns_core::{Context, Error, Result};
 
-fn main() {
+ns_core::stage_main!(stage);
+
+fn stage() -> ! {
     run(STAGE, || {
         let args: Args = stage_args(STAGE, &args_utf8()?, Args::set_fds);
         let sync = adopt_sync(args.sync_fd)?;

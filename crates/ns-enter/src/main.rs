@@ -1,5 +1,6 @@
 //! ns-enter: unshare the container's namespaces and start PID 1. See lib.rs for the contract.
 #![forbid(unsafe_code)]
+#![no_main]
 
 use std::convert::Infallible;
 use std::os::fd::AsFd;
@@ -15,7 +16,9 @@ use ns_enter::{clone_flags, Args};
 
 const STAGE: &str = "ns-enter";
 
-fn main() {
+ns_core::stage_main!(stage);
+
+fn stage() -> ! {
     run(STAGE, || {
         let args: Args = stage_args(STAGE, &ns_core::exec::args_utf8()?, Args::set_fds);
         let sync = adopt_sync(args.sync_fd)?;

@@ -1,5 +1,6 @@
 //! ns-mount: build the container's root and pivot into it. See lib.rs for the contract.
 #![forbid(unsafe_code)]
+#![no_main]
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, next_program, StageFds};
 use ns_core::stage::{adopt_sync, debug, run, stage_args};
@@ -8,7 +9,9 @@ use ns_mount::Args;
 
 const STAGE: &str = "ns-mount";
 
-fn main() {
+ns_core::stage_main!(stage);
+
+fn stage() -> ! {
     run(STAGE, || {
         let argv = args_utf8()?;
         let args: Args = stage_args(STAGE, &argv, Args::set_fds);
