@@ -81,13 +81,19 @@ fn strace(name: &str, script: &str) -> String {
 }
 
 #[test]
-fn the_stages_start_without_the_rust_runtimes_stack_overflow_handler() {
+fn ns_run_and_the_stages_start_without_the_rust_runtimes_stack_overflow_handler() {
     // The Rust runtime's start-up reads and parses /proc/self/maps and maps a signal stack
     // (~17 system calls, half of a stage's instructions in user space once clap is skipped).
     // What the stages need of it stays: fds 0-2 open (a closed stderr becomes /dev/null
     // before anything else is opened) and SIGPIPE ignored.
-    for name in ["ns-enter", "ns-mount", "ns-caps"] {
-        let text = strace(name, r#"exec "$0" --state-fd 99 --sync-fd 98"#);
+    let missing = format!("/{}", ns_tests::unique("exec-cost-no-such-tree"));
+    for (name, args) in [
+        ("ns-run", format!("-D {missing} /bin/true")),
+        ("ns-enter", "--state-fd 99 --sync-fd 98".into()),
+        ("ns-mount", "--state-fd 99 --sync-fd 98".into()),
+        ("ns-caps", "--state-fd 99 --sync-fd 98".into()),
+    ] {
+        let text = strace(name, &format!(r#"exec "$0" {args}"#));
         for absent in ["/proc/self/maps", "sigaltstack(", "SIGSEGV"] {
             assert!(!text.contains(absent), "{name} calls {absent}:\n{text}");
         }
@@ -95,7 +101,7 @@ fn the_stages_start_without_the_rust_runtimes_stack_overflow_handler() {
             text.contains("SIGPIPE, {sa_handler=SIG_IGN"),
             "{name}:\n{text}"
         );
-        let text = strace(name, r#"exec "$0" --state-fd 99 --sync-fd 98 2>&-"#);
+        let text = strace(name, &format!(r#"exec "$0" {args} 2>&-"#));
         assert!(
             text.contains(r#""/dev/null", O_RDWR) = 2"#),
             "{name} with stderr closed:\n{text}"

@@ -790,11 +790,11 @@ pub fn dup_to(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> nix::Result<(
     Errno::result(unsafe { libc::dup2(from, to) }).map(drop)
 }
 
-/// The C `main` of a chain stage, in place of the Rust runtime's (the stage's crate is
-/// `#![no_main]`; `$run` never returns). The runtime's start-up costs each exec ~17 system
-/// calls and ~35k instructions, mostly for a stack-overflow handler: it reads and parses
-/// /proc/self/maps (glibc's pthread_getattr_np) and maps a signal stack. A stage keeps what
-/// the runtime gives that matters ([`runtime_start`]); a stack overflow is then a plain
+/// The C `main` of ns-run and the chain's stages, in place of the Rust runtime's (the
+/// binary's crate is `#![no_main]`; `$run` never returns). The runtime's start-up costs
+/// each exec ~17 system calls and ~35k instructions, mostly for a stack-overflow handler: it
+/// reads and parses /proc/self/maps (glibc's pthread_getattr_np) and maps a signal stack.
+/// What matters of the rest stays ([`runtime_start`]); a stack overflow is then a plain
 /// SIGSEGV instead of a message and SIGABRT. Arguments and environment are the runtime's
 /// as before (glibc hands them to the Rust runtime's initializer, not to `main`).
 #[macro_export]
@@ -810,7 +810,7 @@ macro_rules! stage_main {
     };
 }
 
-/// What the Rust runtime's start-up does that a stage relies on, for [`stage_main`]: fds 0-2
+/// What the Rust runtime's start-up does that our binaries rely on, for [`stage_main`]: fds 0-2
 /// open (a closed one becomes /dev/null, so that no file the stage opens takes its number and
 /// gets its error messages or its payload's output), and SIGPIPE ignored (a write to a closed
 /// pipe fails with EPIPE; see [`crate::stage::quiet_on_closed_pipe`]).
