@@ -3,10 +3,14 @@
 //! authentication, `Hello`, method calls, their replies and errors, signals waited for),
 //! blocking, thread-free and allocation-light. Only processes that never unshare use it.
 //!
-//! Messages are little-endian (what x86 and arm64 peers send); a big-endian one is refused
-//! with a one-line error. The values are those of the D-Bus specification that the calls
-//! here need: bytes, booleans, 32-bit integers, 64-bit unsigned integers, strings, object
-//! paths, signatures, arrays, structs and variants.
+//! Messages are sent little-endian and read in either order (any client may send the
+//! monitor a signal, in its own byte order). The values are those of the D-Bus specification
+//! that the calls here need: bytes, booleans, 32-bit integers, 64-bit unsigned integers,
+//! strings, object paths, signatures, arrays, structs and variants.
+//!
+//! What the bus sends is read with bounded cost: a message longer than [`KEEP`] is read past
+//! in pieces, one that cannot be read is skipped (the connection stays), a call or a wait has
+//! one deadline however many messages arrive meanwhile.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -19,6 +23,11 @@ pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
 /// How long one call (or the wait for a signal) may take before it fails.
 const TIMEOUT: Duration = Duration::from_secs(25);
+
+/// The longest message kept and decoded: the replies and signals the monitor waits for take
+/// a few hundred bytes, and any client may send it a signal up to the bus's limit (32 MiB),
+/// which decoded would cost some 50 times as much.
+pub const KEEP: usize = 64 << 10;
 
 /// A D-Bus value of the types the calls here use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +151,12 @@ impl Writer {
     }
 }
 
-/// Unmarshalling from a message buffer (offsets count from the message's start).
+/// Unmarshalling from a message buffer (offsets count from the message's start), in the
+/// message's byte order (`big`: big-endian).
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    big: bool,
 }
 
 fn malformed(what: &str) -> Error {
@@ -170,8 +181,11 @@ impl Reader<'_> {
 
     fn u32(&mut self) -> Result<u32> {
         self.align(4)?;
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let b: [u8; 4] = self.take(4)?.try_into().expect("4 bytes");
+        Ok(match self.big {
+            true => u32::from_be_bytes(b),
+            false => u32::from_le_bytes(b),
+        })
     }
 
     fn text(&mut self, len: usize) -> Result<String> {
@@ -202,8 +216,11 @@ impl Reader<'_> {
             b'u' => Value::U32(self.u32()?),
             b't' => {
                 self.align(8)?;
-                let b = self.take(8)?;
-                Value::U64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                let b: [u8; 8] = self.take(8)?.try_into().expect("8 bytes");
+                Value::U64(match self.big {
+                    true => u64::from_be_bytes(b),
+                    false => u64::from_le_bytes(b),
+                })
             }
             b's' => {
                 let n = self.u32()? as usize;
@@ -361,15 +378,10 @@ impl Message {
 
     /// The message in `buf` (exactly one, whole).
     pub fn decode(buf: &[u8]) -> Result<Message> {
-        if buf.len() < 16 {
-            return Err(malformed("short header"));
-        }
-        if buf[0] != b'l' {
-            return Err(Error::setup(
-                "D-Bus: a big-endian message (not handled)".into(),
-            ));
-        }
-        let mut r = Reader { buf, pos: 4 };
+        let head: &[u8; 16] = (buf.get(..16).and_then(|h| h.try_into().ok()))
+            .ok_or_else(|| malformed("short header"))?;
+        let big = big_endian(head)?;
+        let mut r = Reader { buf, pos: 4, big };
         let body_len = r.u32()? as usize;
         let mut m = Message {
             kind: buf[1],
@@ -412,6 +424,7 @@ impl Message {
         let mut body = Reader {
             buf: &buf[start..],
             pos: 0,
+            big,
         };
         m.body = body.values(&sig)?;
         Ok(m)
@@ -423,14 +436,26 @@ impl Message {
     }
 }
 
+/// Whether the message whose first 16 bytes are `head` is big-endian (`B`) rather than
+/// little-endian (`l`); anything else is no D-Bus message.
+fn big_endian(head: &[u8; 16]) -> Result<bool> {
+    match head[0] {
+        b'l' => Ok(false),
+        b'B' => Ok(true),
+        _ => Err(malformed("byte order")),
+    }
+}
+
 /// The length of the whole message whose first 16 bytes are `head`.
 fn message_len(head: &[u8; 16]) -> Result<usize> {
-    if head[0] != b'l' {
-        return Err(Error::setup(
-            "D-Bus: a big-endian message (not handled)".into(),
-        ));
-    }
-    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let big = big_endian(head)?;
+    let word = |i: usize| {
+        let w = [head[i], head[i + 1], head[i + 2], head[i + 3]];
+        match big {
+            true => u32::from_be_bytes(w),
+            false => u32::from_le_bytes(w),
+        }
+    };
     let (body, fields) = (word(4) as usize, word(12) as usize);
     let total = (16 + fields).div_ceil(8) * 8 + body;
     // The specification's limit on a message.
@@ -543,7 +568,7 @@ impl Bus {
     pub fn call(&mut self, m: Message) -> Result<Reply> {
         let serial = self.send(&m)?;
         loop {
-            let r = self.receive()?;
+            let Some(r) = self.receive()? else { continue };
             if r.reply_serial != Some(serial) {
                 continue;
             }
@@ -571,24 +596,38 @@ impl Bus {
         &self.stream
     }
 
-    /// The next message (bounded by the timeout).
-    pub fn receive(&mut self) -> Result<Message> {
+    /// The next message (bounded by the timeout); None for one that was skipped: longer
+    /// than [`KEEP`] (read past in pieces) or not readable (its frame was).
+    pub fn receive(&mut self) -> Result<Option<Message>> {
         let mut head = [0u8; 16];
         self.stream
             .read_exact(&mut head)
             .ctx(|| "D-Bus: no answer from the bus".into())?;
+        let len = message_len(&head)?;
+        if len > KEEP {
+            let mut piece = vec![0u8; 16 << 10];
+            let mut left = len - 16;
+            while left > 0 {
+                let n = left.min(piece.len());
+                self.stream
+                    .read_exact(&mut piece[..n])
+                    .ctx(|| "D-Bus: message cut short".into())?;
+                left -= n;
+            }
+            return Ok(None);
+        }
         let mut buf = head.to_vec();
-        buf.resize(message_len(&head)?, 0);
+        buf.resize(len, 0);
         self.stream
             .read_exact(&mut buf[16..])
             .ctx(|| "D-Bus: message cut short".into())?;
-        Message::decode(&buf)
+        Ok(Message::decode(&buf).ok())
     }
 
     /// Wait (bounded) for the signal `accept` takes (after an `AddMatch` for it).
     pub fn wait_signal(&mut self, accept: impl Fn(&Message) -> bool) -> Result<Message> {
         loop {
-            let m = self.receive()?;
+            let Some(m) = self.receive()? else { continue };
             if m.kind == SIGNAL && accept(&m) {
                 return Ok(m);
             }
@@ -711,9 +750,9 @@ mod tests {
         m.body = vec![Value::Str("x".into())];
         let b = m.encode(1);
         assert!(Message::decode(&b[..b.len() - 1]).is_err());
-        let mut big = b.clone();
-        big[0] = b'B';
-        assert!(Message::decode(&big).is_err());
+        let mut order = b.clone();
+        order[0] = b'X';
+        assert!(Message::decode(&order).is_err());
         let mut bad = b.clone();
         let n = bad.len();
         bad[n - 1] = b'!'; // the string's NUL
@@ -861,6 +900,67 @@ mod tests {
         assert_eq!(&begin, b"BEGIN\r\n");
         assert_eq!(hello.member.as_deref(), Some("Hello"));
         assert_eq!(call.body, vec![Value::Str("nosuch".into())]);
+    }
+
+    /// A signal in big-endian order (as perl wrote it in the guest, which the bus passed on
+    /// as sent): read as any other.
+    const BIG_ENDIAN_SIGNAL: &str = "4204000100000007000000070000005801016f00000000022f780000000000000201730000000003612e62000000000003017300000000054e6f69736500000006017300000000053a312e343200000007017300000000043a312e3700000000080167000261790000000003414141";
+
+    #[test]
+    fn a_big_endian_message_is_read() {
+        let b = unhex(BIG_ENDIAN_SIGNAL);
+        assert_eq!(message_len(b[..16].try_into().unwrap()).unwrap(), b.len());
+        let d = Message::decode(&b).unwrap();
+        assert_eq!((d.kind, d.serial), (SIGNAL, 7));
+        assert_eq!(d.path.as_deref(), Some("/x"));
+        assert_eq!(d.member.as_deref(), Some("Noise"));
+        assert_eq!(d.sender.as_deref(), Some(":1.7"));
+        let aaa = (0..3).map(|_| Value::Byte(b'A')).collect();
+        assert_eq!(d.body, vec![Value::Array("y".into(), aaa)]);
+    }
+
+    /// A connection on `ours` whose peer writes `messages` (from a thread: they may be more
+    /// than the socket holds).
+    fn bus_sent(messages: Vec<Vec<u8>>) -> Bus {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || messages.iter().for_each(|m| theirs.write_all(m).unwrap()));
+        ours.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Bus {
+            stream: ours,
+            serial: 0,
+            unique_name: String::new(),
+        }
+    }
+
+    fn signal(member: &str, body: Vec<Value>) -> Message {
+        Message {
+            kind: SIGNAL,
+            path: Some("/x".into()),
+            interface: Some("a.b".into()),
+            member: Some(member.into()),
+            body,
+            ..Message::default()
+        }
+    }
+
+    /// Any client may send the monitor a signal up to the bus's 32 MiB: one longer than KEEP
+    /// is read past (never decoded: 50 times its size), one that cannot be decoded is
+    /// skipped, and the connection goes on with the next message.
+    #[test]
+    fn long_and_unreadable_messages_are_skipped_and_the_next_read() {
+        let huge = signal(
+            "Huge",
+            vec![Value::Array("y".into(), vec![Value::Byte(1); 1 << 20])],
+        );
+        let mut bad = signal("Bad", vec![Value::Str("x".into())]).encode(2);
+        let n = bad.len();
+        bad[n - 1] = b'!'; // the string's NUL
+        let next = signal("Next", vec![Value::U32(7)]);
+        let mut b = bus_sent(vec![huge.encode(1), bad, next.encode(3)]);
+        assert_eq!(b.receive().unwrap(), None);
+        assert_eq!(b.receive().unwrap(), None);
+        let got = b.receive().unwrap().unwrap();
+        assert_eq!((got.member.as_deref(), got.body), (Some("Next"), next.body));
     }
 
     /// Nothing listens where the address points: no bus (one failed connect), no error.

@@ -217,7 +217,9 @@ impl Machined {
     /// Take the next message: whether it is systemd asking us to stop our scope
     /// (`machinectl terminate`, a shutdown). An error: the bus is gone.
     pub fn stop_requested(&mut self) -> Result<bool> {
-        let m = self.bus.receive()?;
+        let Some(m) = self.bus.receive()? else {
+            return Ok(false);
+        };
         Ok(m.kind == crate::dbus::SIGNAL
             && m.sender.as_deref() == Some(self.systemd.as_str())
             && m.member.as_deref() == Some("RequestStop")
