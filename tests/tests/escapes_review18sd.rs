@@ -131,3 +131,18 @@ fn a_big_endian_signal_from_any_user_leaves_machinectl_terminate_working() {
     assert_eq!(out[..3], ["sent", "asked", "connected"], "{out:?}");
     assert_eq!(out[4..], ["exit 137"], "{out:?}");
 }
+
+/// `systemctl daemon-reexec` (what an upgrade of systemd runs) gives systemd a new name on
+/// the bus, and the monitor believed stop requests only from the old one: `machinectl
+/// terminate` then waited for the scope's 90 s stop timeout. Now the monitor follows the
+/// owner of org.freedesktop.systemd1 as the bus announces it.
+#[test]
+fn machinectl_terminate_works_after_systemd_reexecutes() {
+    let out = attacked(
+        "sdx",
+        "attacked 'systemctl daemon-reexec &&
+         wait_for busctl --system status org.freedesktop.systemd1 >/dev/null 2>&1'",
+    );
+    assert_eq!(out[..2], ["asked", "connected"], "{out:?}");
+    assert_eq!(out[3..], ["exit 137"], "{out:?}");
+}

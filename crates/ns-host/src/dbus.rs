@@ -625,7 +625,7 @@ impl Bus {
     }
 
     /// Wait (bounded) for the signal `accept` takes (after an `AddMatch` for it).
-    pub fn wait_signal(&mut self, accept: impl Fn(&Message) -> bool) -> Result<Message> {
+    pub fn wait_signal(&mut self, mut accept: impl FnMut(&Message) -> bool) -> Result<Message> {
         loop {
             let Some(m) = self.receive()? else { continue };
             if m.kind == SIGNAL && accept(&m) {

@@ -15,6 +15,7 @@
 use crate::dbus::{Bus, Message, Value};
 use ns_core::{Error, Result};
 
+const BUS: &str = "org.freedesktop.DBus";
 const MACHINED: &str = "org.freedesktop.machine1";
 const MACHINED_PATH: &str = "/org/freedesktop/machine1";
 const MACHINED_MANAGER: &str = "org.freedesktop.machine1.Manager";
@@ -38,7 +39,8 @@ pub struct Machined {
     /// stop it; we stop it at exit.
     scope: Option<(String, String)>,
     /// systemd's unique name on the bus: signals are believed only from it (any client may
-    /// send a signal straight to us).
+    /// send a signal straight to us). It changes when systemd re-executes
+    /// ([`from_systemd`] follows it).
     systemd: String,
 }
 
@@ -76,12 +78,7 @@ impl Machined {
     /// A match rule added (`add`) or removed on the bus.
     fn match_rule(&mut self, add: bool, rule: String) -> Result<()> {
         let member = if add { "AddMatch" } else { "RemoveMatch" };
-        let mut m = Message::call(
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            member,
-        );
+        let mut m = Message::call(BUS, "/org/freedesktop/DBus", BUS, member);
         m.body = vec![Value::Str(rule)];
         self.bus
             .call(m)?
@@ -95,12 +92,14 @@ impl Machined {
     /// has started it.
     pub fn own_scope(&mut self, slice: &str) -> Result<String> {
         let unit = format!("machine-{}.scope", unit_escape(&self.name));
-        let mut m = Message::call(
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "GetNameOwner",
-        );
+        self.match_rule(
+            true,
+            format!(
+                "type='signal',sender='{BUS}',path='/org/freedesktop/DBus',interface='{BUS}',\
+                 member='NameOwnerChanged',arg0='{SYSTEMD}'"
+            ),
+        )?;
+        let mut m = Message::call(BUS, "/org/freedesktop/DBus", BUS, "GetNameOwner");
         m.body = vec![Value::Str(SYSTEMD.into())];
         let owner = (self.bus.call(m)?).map_err(|e| Error::setup(format!("systemd: {e}")))?;
         self.systemd = owner.first().and_then(Value::as_str).unwrap_or("").into();
@@ -159,9 +158,9 @@ impl Machined {
             .unwrap_or("")
             .to_string();
         // JobRemoved(u id, o job, s unit, s result) for our job.
-        let systemd = self.systemd.clone();
+        let systemd = &mut self.systemd;
         let done = self.bus.wait_signal(|s| {
-            s.sender.as_deref() == Some(systemd.as_str())
+            from_systemd(systemd, s)
                 && s.member.as_deref() == Some("JobRemoved")
                 && s.body.get(1).and_then(Value::as_str) == Some(&job)
         })?;
@@ -220,8 +219,8 @@ impl Machined {
         let Some(m) = self.bus.receive()? else {
             return Ok(false);
         };
-        Ok(m.kind == crate::dbus::SIGNAL
-            && m.sender.as_deref() == Some(self.systemd.as_str())
+        Ok(from_systemd(&mut self.systemd, &m)
+            && m.kind == crate::dbus::SIGNAL
             && m.member.as_deref() == Some("RequestStop")
             && m.path.is_some()
             && m.path.as_deref() == self.scope.as_ref().map(|s| s.1.as_str()))
@@ -241,6 +240,23 @@ impl Machined {
             let _ = self.bus.call(m);
         }
     }
+}
+
+/// Whether `m` comes from systemd, whose unique name is `systemd`: kept up to date from the
+/// bus's own NameOwnerChanged for org.freedesktop.systemd1 (`systemctl daemon-reexec`, as an
+/// upgrade of systemd runs, reconnects it under a new name: its stop requests came from a
+/// name not believed). Only the bus sends as `org.freedesktop.DBus`.
+fn from_systemd(systemd: &mut String, m: &Message) -> bool {
+    let arg = |i: usize| m.body.get(i).and_then(Value::as_str);
+    if m.kind == crate::dbus::SIGNAL
+        && m.sender.as_deref() == Some(BUS)
+        && m.member.as_deref() == Some("NameOwnerChanged")
+        && arg(0) == Some(SYSTEMD)
+    {
+        *systemd = arg(2).unwrap_or("").into();
+        return false;
+    }
+    !systemd.is_empty() && m.sender.as_deref() == Some(systemd.as_str())
 }
 
 /// An object path element as sd-bus escapes it: `[A-Za-z0-9]` as they are, every other
@@ -343,6 +359,37 @@ mod tests {
             bus_path_escape("machine-inner.scope"),
             "machine_2dinner_2escope"
         );
+    }
+
+    fn signal(sender: &str, member: &str, body: &[&str]) -> Message {
+        Message {
+            kind: crate::dbus::SIGNAL,
+            sender: Some(sender.into()),
+            member: Some(member.into()),
+            body: body.iter().map(|s| Value::Str(s.to_string())).collect(),
+            ..Message::default()
+        }
+    }
+
+    /// systemd re-executed: the bus says org.freedesktop.systemd1 has a new owner, whose
+    /// signals are believed from then on, the old one's no longer; the same news from any
+    /// other client changes nothing.
+    #[test]
+    fn systemds_new_name_is_followed_as_the_bus_says() {
+        let mut systemd = ":1.0".to_string();
+        let stop = |from: &str| signal(from, "RequestStop", &[]);
+        assert!(from_systemd(&mut systemd, &stop(":1.0")));
+        let moved = |from: &str| signal(from, "NameOwnerChanged", &[SYSTEMD, ":1.0", ":1.4"]);
+        assert!(!from_systemd(&mut systemd, &moved(":1.9")));
+        assert_eq!(systemd, ":1.0");
+        assert!(!from_systemd(&mut systemd, &moved(BUS)));
+        assert_eq!(systemd, ":1.4");
+        assert!(from_systemd(&mut systemd, &stop(":1.4")));
+        assert!(!from_systemd(&mut systemd, &stop(":1.0")));
+        // Gone (no owner): nothing is from systemd.
+        let gone = signal(BUS, "NameOwnerChanged", &[SYSTEMD, ":1.4", ""]);
+        assert!(!from_systemd(&mut systemd, &gone));
+        assert!(!from_systemd(&mut systemd, &signal("", "RequestStop", &[])));
     }
 
     #[test]
