@@ -14,7 +14,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ns_core::{Context, Error, Result};
 
@@ -489,6 +489,8 @@ pub struct Bus {
     stream: UnixStream,
     serial: u32,
     pub unique_name: String,
+    /// How long a call, a wait for a signal or the handshake may take.
+    timeout: Duration,
 }
 
 impl Bus {
@@ -513,21 +515,26 @@ impl Bus {
 
     /// Authenticate on `stream` (EXTERNAL, as our uid) and say Hello.
     pub fn open(stream: UnixStream) -> Result<Bus> {
+        Bus::open_within(stream, TIMEOUT)
+    }
+
+    /// [`Bus::open`], each step bounded by `timeout` (reads: [`Bus::read_by`]).
+    fn open_within(stream: UnixStream, timeout: Duration) -> Result<Bus> {
         let io =
             |e: std::io::Error| Error::setup(format!("D-Bus: {}", ns_core::error::io_desc(&e)));
-        stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-        stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
         let uid = nix::unistd::geteuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
         let mut bus = Bus {
             stream,
             serial: 0,
             unique_name: String::new(),
+            timeout,
         };
         bus.stream
             .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
             .map_err(io)?;
-        let line = bus.auth_line()?;
+        let line = bus.auth_line(Instant::now() + timeout)?;
         if !line.starts_with("OK ") {
             return Err(Error::setup(format!(
                 "D-Bus: the bus refused us: {}",
@@ -548,27 +555,54 @@ impl Bus {
         Ok(bus)
     }
 
-    /// One line of the authentication exchange (byte by byte: nothing after it is ours).
-    fn auth_line(&mut self) -> Result<String> {
+    /// One line of the authentication exchange, by `deadline` (byte by byte: nothing after
+    /// it is ours).
+    fn auth_line(&mut self, deadline: Instant) -> Result<String> {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
-        while !line.ends_with(b"\r\n") {
-            let n = self.stream.read(&mut b);
-            match n {
-                Ok(1) if line.len() < 512 => line.push(b[0]),
-                Ok(_) => return Err(Error::setup("D-Bus: authentication cut short".into())),
-                Err(e) => return Err(e).ctx(|| "D-Bus: authentication".into()),
-            }
+        while !line.ends_with(b"\r\n") && line.len() < 512 {
+            self.read_by(&mut b, deadline)
+                .ctx(|| "D-Bus: authentication".into())?;
+            line.push(b[0]);
         }
-        Ok(String::from_utf8_lossy(&line).into_owned())
+        match line.ends_with(b"\r\n") {
+            true => Ok(String::from_utf8_lossy(&line).into_owned()),
+            false => Err(Error::setup("D-Bus: authentication line too long".into())),
+        }
     }
 
-    /// Send `m` (a method call) and wait for its reply; other messages that arrive
-    /// meanwhile (signals) are dropped.
+    /// Fill `buf` from the bus by `deadline` (each read waits only for what is left of it,
+    /// however slowly the bytes come).
+    fn read_by(&mut self, mut buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+        use std::io::ErrorKind;
+        while !buf.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(buf) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => buf = &mut buf[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Err(ErrorKind::TimedOut.into())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send `m` (a method call) and wait (bounded, however many other messages arrive) for
+    /// its reply; other messages that arrive meanwhile (signals) are dropped.
     pub fn call(&mut self, m: Message) -> Result<Reply> {
         let serial = self.send(&m)?;
+        let deadline = Instant::now() + self.timeout;
         loop {
-            let Some(r) = self.receive()? else { continue };
+            let Some(r) = self.receive_by(deadline)? else {
+                continue;
+            };
             if r.reply_serial != Some(serial) {
                 continue;
             }
@@ -599,35 +633,40 @@ impl Bus {
     /// The next message (bounded by the timeout); None for one that was skipped: longer
     /// than [`KEEP`] (read past in pieces) or not readable (its frame was).
     pub fn receive(&mut self) -> Result<Option<Message>> {
+        self.receive_by(Instant::now() + self.timeout)
+    }
+
+    /// [`Bus::receive`] by `deadline`.
+    fn receive_by(&mut self, deadline: Instant) -> Result<Option<Message>> {
         let mut head = [0u8; 16];
-        self.stream
-            .read_exact(&mut head)
+        self.read_by(&mut head, deadline)
             .ctx(|| "D-Bus: no answer from the bus".into())?;
         let len = message_len(&head)?;
+        let cut = || "D-Bus: message cut short".to_string();
         if len > KEEP {
             let mut piece = vec![0u8; 16 << 10];
             let mut left = len - 16;
             while left > 0 {
                 let n = left.min(piece.len());
-                self.stream
-                    .read_exact(&mut piece[..n])
-                    .ctx(|| "D-Bus: message cut short".into())?;
+                self.read_by(&mut piece[..n], deadline).ctx(cut)?;
                 left -= n;
             }
             return Ok(None);
         }
         let mut buf = head.to_vec();
         buf.resize(len, 0);
-        self.stream
-            .read_exact(&mut buf[16..])
-            .ctx(|| "D-Bus: message cut short".into())?;
+        self.read_by(&mut buf[16..], deadline).ctx(cut)?;
         Ok(Message::decode(&buf).ok())
     }
 
-    /// Wait (bounded) for the signal `accept` takes (after an `AddMatch` for it).
+    /// Wait (bounded, however many other messages arrive) for the signal `accept` takes
+    /// (after an `AddMatch` for it).
     pub fn wait_signal(&mut self, mut accept: impl FnMut(&Message) -> bool) -> Result<Message> {
+        let deadline = Instant::now() + self.timeout;
         loop {
-            let Some(m) = self.receive()? else { continue };
+            let Some(m) = self.receive_by(deadline)? else {
+                continue;
+            };
             if m.kind == SIGNAL && accept(&m) {
                 return Ok(m);
             }
@@ -924,11 +963,11 @@ mod tests {
     fn bus_sent(messages: Vec<Vec<u8>>) -> Bus {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         std::thread::spawn(move || messages.iter().for_each(|m| theirs.write_all(m).unwrap()));
-        ours.set_read_timeout(Some(TIMEOUT)).unwrap();
         Bus {
             stream: ours,
             serial: 0,
             unique_name: String::new(),
+            timeout: TIMEOUT,
         }
     }
 
@@ -961,6 +1000,51 @@ mod tests {
         assert_eq!(b.receive().unwrap(), None);
         let got = b.receive().unwrap().unwrap();
         assert_eq!((got.member.as_deref(), got.body), (Some("Next"), next.body));
+    }
+
+    /// A peer that sends `chunk` every 50 ms for 3 s (reading nothing), then hangs up.
+    fn chatty_peer(chunk: Vec<u8>) -> UnixStream {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..60 {
+                if theirs.write_all(&chunk).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        ours
+    }
+
+    /// How long `f` took, in ms.
+    fn took(f: impl FnOnce()) -> u128 {
+        let t = std::time::Instant::now();
+        f();
+        t.elapsed().as_millis()
+    }
+
+    /// A bus that never answers but keeps sending (signals any client may send, or an
+    /// authentication line a byte at a time) does not keep a call, a wait for a signal or
+    /// the handshake going past the timeout (300 ms here; 25 s in use, as sd-bus's): each
+    /// read was bounded, not the whole (3 s here, for ever in use).
+    #[test]
+    fn a_bus_that_chatters_but_never_answers_is_given_up_in_time() {
+        let noise = signal("Noise", Vec::new()).encode(1);
+        let quick = Duration::from_millis(300);
+        let bus = |s: UnixStream| Bus {
+            stream: s,
+            serial: 0,
+            unique_name: String::new(),
+            timeout: quick,
+        };
+        let mut b = bus(chatty_peer(noise.clone()));
+        let ms = took(|| assert!(b.call(Message::call("d", "/p", "i", "M")).is_err()));
+        assert!(ms < 1500, "the call took {ms} ms");
+        let mut b = bus(chatty_peer(noise));
+        let ms = took(|| assert!(b.wait_signal(|_| false).is_err()));
+        assert!(ms < 1500, "the wait took {ms} ms");
+        let ms = took(|| assert!(Bus::open_within(chatty_peer(b"O".to_vec()), quick).is_err()));
+        assert!(ms < 1500, "the handshake took {ms} ms");
     }
 
     /// Nothing listens where the address points: no bus (one failed connect), no error.
