@@ -157,7 +157,13 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     big: bool,
+    /// How many arrays, structs and variants the value being read is inside.
+    depth: usize,
 }
+
+/// The deepest nesting of arrays, structs and variants read (the specification's: 32 arrays
+/// and 32 structs; the real bus refuses deeper messages, a bus of another's making may not).
+const MAX_DEPTH: usize = 64;
 
 fn malformed(what: &str) -> Error {
     Error::setup(format!("D-Bus: malformed message ({what})"))
@@ -208,7 +214,21 @@ impl Reader<'_> {
         Ok(out)
     }
 
+    /// One value of the single complete type `sig`, nested at most [`MAX_DEPTH`] deep.
     fn value(&mut self, sig: &str) -> Result<Value> {
+        let nests = matches!(sig.as_bytes()[0], b'a' | b'(' | b'v');
+        if nests {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(malformed("nested too deeply"));
+            }
+        }
+        let v = self.value_in(sig);
+        self.depth -= usize::from(nests);
+        v
+    }
+
+    fn value_in(&mut self, sig: &str) -> Result<Value> {
         Ok(match sig.as_bytes()[0] {
             b'y' => Value::Byte(self.take(1)?[0]),
             b'b' => Value::Bool(self.u32()? != 0),
@@ -259,7 +279,11 @@ impl Reader<'_> {
         let end = end.ok_or_else(|| malformed("array past the end"))?;
         let mut items = Vec::new();
         while self.pos < end {
+            let at = self.pos;
             items.push(self.value(elem)?);
+            if self.pos == at {
+                return Err(malformed("array of elements of no size"));
+            }
         }
         if self.pos != end {
             return Err(malformed("array length"));
@@ -381,7 +405,12 @@ impl Message {
         let head: &[u8; 16] = (buf.get(..16).and_then(|h| h.try_into().ok()))
             .ok_or_else(|| malformed("short header"))?;
         let big = big_endian(head)?;
-        let mut r = Reader { buf, pos: 4, big };
+        let mut r = Reader {
+            buf,
+            pos: 4,
+            big,
+            depth: 0,
+        };
         let body_len = r.u32()? as usize;
         let mut m = Message {
             kind: buf[1],
@@ -425,6 +454,7 @@ impl Message {
             buf: &buf[start..],
             pos: 0,
             big,
+            depth: 0,
         };
         m.body = body.values(&sig)?;
         Ok(m)
@@ -1045,6 +1075,32 @@ mod tests {
         assert!(ms < 1500, "the wait took {ms} ms");
         let ms = took(|| assert!(Bus::open_within(chatty_peer(b"O".to_vec()), quick).is_err()));
         assert!(ms < 1500, "the handshake took {ms} ms");
+    }
+
+    /// `m` with `body` in place of its own.
+    fn with_body(m: &Message, body: &[u8]) -> Vec<u8> {
+        let mut b = m.encode(1);
+        let own = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        b.truncate(b.len() - own);
+        b[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
+    /// What only a bus of another's making could send (the real one checks messages): a
+    /// variant in a variant... 100 000 deep, and an array of empty structs, are refused with
+    /// an error (they overflowed the stack, and grew the array for ever, before).
+    #[test]
+    fn deep_nesting_and_empty_elements_are_refused() {
+        let v = signal("V", vec![Value::Variant(Box::new(Value::Byte(5)))]);
+        let mut deep = b"\x01v\x00".repeat(100_000);
+        deep.extend_from_slice(b"\x01y\x00\x05");
+        assert!(Message::decode(&with_body(&v, b"\x01y\x00\x05")).is_ok());
+        assert!(Message::decode(&with_body(&v, &deep)).is_err(), "deep");
+        let a = signal("A", vec![Value::Array("()".into(), Vec::new())]);
+        let elements = [8, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert!(Message::decode(&with_body(&a, &[0; 8])).is_ok());
+        assert!(Message::decode(&with_body(&a, &elements)).is_err());
     }
 
     /// Nothing listens where the address points: no bus (one failed connect), no error.
