@@ -146,3 +146,44 @@ fn machinectl_terminate_works_after_systemd_reexecutes() {
     assert_eq!(out[..2], ["asked", "connected"], "{out:?}");
     assert_eq!(out[3..], ["exit 137"], "{out:?}");
 }
+
+/// A systemd-nspawn@.service of the user's own in /etc/systemd/system (what `systemctl edit
+/// --full systemd-nspawn@.service` writes) is theirs: `systemd/install` refuses with one line
+/// naming it, before writing anything (it left ns-run@.service behind, its `enable` failing),
+/// and `systemd/install --remove` keeps it (it deleted it: failed before). Without one, the
+/// alias is made and removed as before.
+#[test]
+fn install_leaves_a_users_own_systemd_nspawn_unit_alone() {
+    let units = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let bind = format!("--bind-ro={}:/srv/systemd", units.display());
+    let g = Guest::boot("sdi", GuestCgroups::Unified, &[&bind]);
+    let out = g.sh_ok(
+        "cd /etc/systemd/system
+        sed 's/^Description=.*/Description=mine %i/' /lib/systemd/system/systemd-nspawn@.service \
+            > systemd-nspawn@.service
+        systemctl daemon-reload
+        sh /srv/systemd/install /opt/ns/bin 2>&1; echo \"install: rc=$?\"
+        ls | grep -c '^ns-run@'
+        sh /srv/systemd/install --remove 2>&1; echo \"remove: rc=$?\"
+        grep -c '^Description=mine' systemd-nspawn@.service
+        rm systemd-nspawn@.service
+        sh /srv/systemd/install /opt/ns/bin >/dev/null 2>&1; echo \"install: rc=$?\"
+        readlink systemd-nspawn@.service
+        sh /srv/systemd/install --remove; ls | grep -c 'nspawn@\\|ns-run@'; true",
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "systemd/install: /etc/systemd/system/systemd-nspawn@.service is a unit of your own \
+             (move it away first: ns-run@.service takes its name)",
+            "install: rc=1",
+            "0",
+            "remove: rc=0",
+            "1",
+            "install: rc=0",
+            "/etc/systemd/system/ns-run@.service",
+            "0",
+        ],
+        "{out}"
+    );
+}
