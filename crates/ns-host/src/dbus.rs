@@ -381,6 +381,7 @@ impl Message {
                 ])
             }),
             str_field(6, &self.destination, false),
+            str_field(7, &self.sender, false),
         ]
         .into_iter()
         .flatten()
@@ -627,6 +628,12 @@ impl Bus {
     /// Send `m` (a method call) and wait (bounded, however many other messages arrive) for
     /// its reply; other messages that arrive meanwhile (signals) are dropped.
     pub fn call(&mut self, m: Message) -> Result<Reply> {
+        self.call_seeing(m, |_| {})
+    }
+
+    /// [`Bus::call`], showing `seen` each other message that arrives meanwhile (a signal the
+    /// caller must not lose).
+    pub fn call_seeing(&mut self, m: Message, mut seen: impl FnMut(&Message)) -> Result<Reply> {
         let serial = self.send(&m)?;
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -634,6 +641,7 @@ impl Bus {
                 continue;
             };
             if r.reply_serial != Some(serial) {
+                seen(&r);
                 continue;
             }
             return Ok(match r.kind {
@@ -704,6 +712,32 @@ impl Bus {
     }
 }
 
+/// Unit tests' side of a connection: the test plays the bus.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A connection on `stream` without the handshake, each call bounded by `timeout`.
+    pub(crate) fn bus_over(stream: UnixStream, timeout: Duration) -> Bus {
+        Bus {
+            stream,
+            serial: 0,
+            unique_name: String::new(),
+            timeout,
+        }
+    }
+
+    /// One message from the other side of a connection.
+    pub(crate) fn next(s: &mut UnixStream) -> Message {
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        let mut buf = head.to_vec();
+        buf.resize(message_len(&head).unwrap(), 0);
+        s.read_exact(&mut buf[16..]).unwrap();
+        Message::decode(&buf).unwrap()
+    }
+}
+
 /// The path of a `unix:path=P[,…]` bus address (the first such of `;`-separated ones).
 fn unix_path(address: &str) -> Option<String> {
     address.split(';').find_map(|a| {
@@ -716,6 +750,7 @@ fn unix_path(address: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{bus_over, next};
     use super::*;
 
     /// `Hello` as dbus-monitor in the guest shows it: serial 1, no body.
@@ -898,16 +933,6 @@ mod tests {
     /// What the bus played by [`fake_bus`] received: the auth line, BEGIN, Hello, the call.
     type Received = (String, [u8; 7], Message, Message);
 
-    /// One message from `s`.
-    fn next(s: &mut UnixStream) -> Message {
-        let mut head = [0u8; 16];
-        s.read_exact(&mut head).unwrap();
-        let mut buf = head.to_vec();
-        buf.resize(message_len(&head).unwrap(), 0);
-        s.read_exact(&mut buf[16..]).unwrap();
-        Message::decode(&buf).unwrap()
-    }
-
     /// A bus on `s`: takes the auth line and says OK, takes BEGIN, answers Hello with
     /// `:1.42`, then answers the next call with machined's captured error reply, a signal
     /// before it.
@@ -993,12 +1018,7 @@ mod tests {
     fn bus_sent(messages: Vec<Vec<u8>>) -> Bus {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         std::thread::spawn(move || messages.iter().for_each(|m| theirs.write_all(m).unwrap()));
-        Bus {
-            stream: ours,
-            serial: 0,
-            unique_name: String::new(),
-            timeout: TIMEOUT,
-        }
+        bus_over(ours, TIMEOUT)
     }
 
     fn signal(member: &str, body: Vec<Value>) -> Message {
@@ -1061,16 +1081,10 @@ mod tests {
     fn a_bus_that_chatters_but_never_answers_is_given_up_in_time() {
         let noise = signal("Noise", Vec::new()).encode(1);
         let quick = Duration::from_millis(300);
-        let bus = |s: UnixStream| Bus {
-            stream: s,
-            serial: 0,
-            unique_name: String::new(),
-            timeout: quick,
-        };
-        let mut b = bus(chatty_peer(noise.clone()));
+        let mut b = bus_over(chatty_peer(noise.clone()), quick);
         let ms = took(|| assert!(b.call(Message::call("d", "/p", "i", "M")).is_err()));
         assert!(ms < 1500, "the call took {ms} ms");
-        let mut b = bus(chatty_peer(noise));
+        let mut b = bus_over(chatty_peer(noise), quick);
         let ms = took(|| assert!(b.wait_signal(|_| false).is_err()));
         assert!(ms < 1500, "the wait took {ms} ms");
         let ms = took(|| assert!(Bus::open_within(chatty_peer(b"O".to_vec()), quick).is_err()));

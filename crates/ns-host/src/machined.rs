@@ -35,13 +35,38 @@ const ABSENT: &[&str] = &[
 pub struct Machined {
     bus: Bus,
     name: String,
-    /// Our scope (unit name, object path), once made: systemd asks us (its controller) to
-    /// stop it; we stop it at exit.
-    scope: Option<(String, String)>,
+    /// Our scope's unit, once made: we stop it at exit.
+    scope: Option<String>,
+    /// What the messages that came told.
+    watch: Watch,
+}
+
+/// What the monitor learns from the messages that come, whenever they come (while it waits
+/// for a reply too).
+#[derive(Default)]
+struct Watch {
     /// systemd's unique name on the bus: signals are believed only from it (any client may
     /// send a signal straight to us). It changes when systemd re-executes
     /// ([`from_systemd`] follows it).
     systemd: String,
+    /// Our scope's object path, once asked for: systemd asks us (its controller) to stop it.
+    scope_path: Option<String>,
+    /// systemd asked us to stop our scope (`machinectl terminate`, a shutdown), not yet
+    /// acted on.
+    stop: bool,
+}
+
+impl Watch {
+    /// Take note of `m`; whether it comes from systemd.
+    fn note(&mut self, m: &Message) -> bool {
+        let from = from_systemd(&mut self.systemd, m);
+        self.stop |= from
+            && m.kind == crate::dbus::SIGNAL
+            && m.member.as_deref() == Some("RequestStop")
+            && m.path.is_some()
+            && m.path == self.scope_path;
+        from
+    }
 }
 
 fn machined_call(member: &str, body: Vec<Value>) -> Message {
@@ -68,7 +93,7 @@ impl Machined {
                 bus,
                 name: name.into(),
                 scope: None,
-                systemd: String::new(),
+                watch: Watch::default(),
             })),
             Err(e) if ABSENT.contains(&e.name.as_str()) => Ok(None),
             Err(e) => Err(Error::setup(format!("systemd-machined: {e}"))),
@@ -80,10 +105,17 @@ impl Machined {
         let member = if add { "AddMatch" } else { "RemoveMatch" };
         let mut m = Message::call(BUS, "/org/freedesktop/DBus", BUS, member);
         m.body = vec![Value::Str(rule)];
-        self.bus
-            .call(m)?
+        self.call(m)?
             .map_err(|e| Error::setup(format!("D-Bus {member}: {e}")))?;
         Ok(())
+    }
+
+    /// Call `m` and wait (bounded) for its reply, noting the messages that come meanwhile.
+    fn call(&mut self, m: Message) -> Result<crate::dbus::Reply> {
+        let watch = &mut self.watch;
+        self.bus.call_seeing(m, |s| {
+            watch.note(s);
+        })
     }
 
     /// Move ourselves into a scope of our own (`machine-NAME.scope`, in `slice`, a unit
@@ -101,9 +133,10 @@ impl Machined {
         )?;
         let mut m = Message::call(BUS, "/org/freedesktop/DBus", BUS, "GetNameOwner");
         m.body = vec![Value::Str(SYSTEMD.into())];
-        let owner = (self.bus.call(m)?).map_err(|e| Error::setup(format!("systemd: {e}")))?;
-        self.systemd = owner.first().and_then(Value::as_str).unwrap_or("").into();
+        let owner = (self.call(m)?).map_err(|e| Error::setup(format!("systemd: {e}")))?;
+        self.watch.systemd = owner.first().and_then(Value::as_str).unwrap_or("").into();
         let path = format!("{SYSTEMD_PATH}/unit/{}", bus_path_escape(&unit));
+        self.watch.scope_path = Some(path.clone());
         self.match_rule(
             true,
             format!(
@@ -134,7 +167,7 @@ impl Machined {
         ];
         match self.job(m, &format!("create {unit}"))?.as_str() {
             "done" => {
-                self.scope = Some((unit.clone(), path));
+                self.scope = Some(unit.clone());
                 Ok(unit)
             }
             r => Err(Error::setup(format!(
@@ -151,16 +184,16 @@ impl Machined {
              interface='{SYSTEMD_MANAGER}',member='JobRemoved'"
         );
         self.match_rule(true, jobs.clone())?;
-        let reply = (self.bus.call(m)?).map_err(|e| Error::setup(format!("cannot {what}: {e}")))?;
+        let reply = (self.call(m)?).map_err(|e| Error::setup(format!("cannot {what}: {e}")))?;
         let job = reply
             .first()
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
         // JobRemoved(u id, o job, s unit, s result) for our job.
-        let systemd = &mut self.systemd;
+        let watch = &mut self.watch;
         let done = self.bus.wait_signal(|s| {
-            from_systemd(systemd, s)
+            watch.note(s)
                 && s.member.as_deref() == Some("JobRemoved")
                 && s.body.get(1).and_then(Value::as_str) == Some(&job)
         })?;
@@ -197,7 +230,7 @@ impl Machined {
             ),
         ];
         let m = machined_call("RegisterMachineWithNetwork", body);
-        self.bus.call(m)?.map_err(|e| {
+        self.call(m)?.map_err(|e| {
             Error::setup(format!(
                 "cannot register machine {} with systemd-machined: {e}",
                 self.name
@@ -213,24 +246,27 @@ impl Machined {
         std::os::fd::AsFd::as_fd(self.bus.stream())
     }
 
-    /// Take the next message: whether it is systemd asking us to stop our scope
-    /// (`machinectl terminate`, a shutdown). An error: the bus is gone.
+    /// Whether systemd asked us to stop our scope (`machinectl terminate`, a shutdown): seen
+    /// already (while a call was on), or the next message. An error: the bus is gone.
     pub fn stop_requested(&mut self) -> Result<bool> {
-        let Some(m) = self.bus.receive()? else {
-            return Ok(false);
-        };
-        Ok(from_systemd(&mut self.systemd, &m)
-            && m.kind == crate::dbus::SIGNAL
-            && m.member.as_deref() == Some("RequestStop")
-            && m.path.is_some()
-            && m.path.as_deref() == self.scope.as_ref().map(|s| s.1.as_str()))
+        if !self.watch.stop {
+            if let Some(m) = self.bus.receive()? {
+                self.watch.note(&m);
+            }
+        }
+        Ok(self.stop_pending())
+    }
+
+    /// Whether systemd asked us to stop our scope while a call was on (nothing is read).
+    pub fn stop_pending(&mut self) -> bool {
+        std::mem::take(&mut self.watch.stop)
     }
 
     /// The monitor's last word: our scope stopped (it holds nothing by now) and waited for,
     /// so that the name is free again at once for the next container, and the machine
     /// dropped from machined if `registered` (errors are of no use then).
     pub fn release(mut self, registered: bool) {
-        if let Some((unit, _)) = self.scope.take() {
+        if let Some(unit) = self.scope.take() {
             let mut m = Message::call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StopUnit");
             m.body = vec![Value::Str(unit.clone()), Value::Str("replace".into())];
             let _ = self.job(m, &format!("stop {unit}"));
@@ -390,6 +426,47 @@ mod tests {
         let gone = signal(BUS, "NameOwnerChanged", &[SYSTEMD, ":1.4", ""]);
         assert!(!from_systemd(&mut systemd, &gone));
         assert!(!from_systemd(&mut systemd, &signal("", "RequestStop", &[])));
+    }
+
+    /// systemd asks us to stop the scope (a shutdown, `systemctl stop`) while the monitor
+    /// waits for machined's answer to the registration: the request is kept, not dropped
+    /// with the other messages that came meanwhile (the scope then waited its 90 s stop
+    /// timeout, seen once in six starts with RuntimeMaxSec=1ms: failed before).
+    #[test]
+    fn a_stop_request_during_a_call_is_kept() {
+        use std::io::Write;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let path = "/org/freedesktop/systemd1/unit/machine_2dt_2escope";
+        let bus = std::thread::spawn(move || {
+            let call = crate::dbus::testing::next(&mut theirs);
+            let mut stop = signal(":1.0", "RequestStop", &[]);
+            stop.path = Some(path.into());
+            let reply = Message {
+                kind: crate::dbus::METHOD_RETURN,
+                reply_serial: Some(call.serial),
+                ..Message::default()
+            };
+            theirs.write_all(&stop.encode(7)).unwrap();
+            theirs.write_all(&reply.encode(8)).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            call.member
+        });
+        let mut m = Machined {
+            bus: crate::dbus::testing::bus_over(ours, std::time::Duration::from_secs(5)),
+            name: "t".into(),
+            scope: Some("machine-t.scope".into()),
+            watch: Watch {
+                systemd: ":1.0".into(),
+                scope_path: Some(path.into()),
+                stop: false,
+            },
+        };
+        m.register(7, "", "/", &[]).unwrap();
+        assert!(matches!(m.stop_requested(), Ok(true)));
+        assert_eq!(
+            bus.join().unwrap().as_deref(),
+            Some("RegisterMachineWithNetwork")
+        );
     }
 
     #[test]

@@ -806,7 +806,12 @@ impl<'a> Monitor<'a> {
                 ns_core::stage::fault("ns-run:registered");
             }
             self.register_with_machined(pid)?;
-            self.chain.go()?; // SYNC-3
+            if self.requests > 0 {
+                // systemd asked to stop the scope while it was being set up.
+                let _ = kill(pid, Signal::SIGKILL);
+            } else {
+                self.chain.go()?; // SYNC-3
+            }
         }
         Ok(())
     }
@@ -828,6 +833,9 @@ impl<'a> Monitor<'a> {
         let ifindices = ns_host::machined::ifindices(&names);
         m.register(pid.as_raw(), &self.state.exec.uuid, &root, &ifindices)?;
         self.in_machined = true;
+        if m.stop_pending() {
+            self.requests += 1;
+        }
         Ok(())
     }
 
