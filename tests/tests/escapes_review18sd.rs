@@ -94,6 +94,25 @@ fn attacked(tag: &str, attack: &str) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
+/// `attacked` by a signal from nobody to the monitor, in byte order `order` (`l`, `B`), its
+/// body `bytes` long: the output after `sent`, `asked` and `connected` (checked), and how
+/// much the monitor's peak memory grew (kB).
+fn signalled_by_nobody(tag: &str, order: &str, bytes: u32) -> (Vec<String>, u64) {
+    let out = attacked(
+        tag,
+        &format!(
+            "attacked 'setpriv --reuid=nobody --regid=nogroup --clear-groups \
+             perl /tmp/sig.pl {order} $conn /x a.b Noise {bytes}'"
+        ),
+    );
+    assert_eq!(out[..3], ["sent", "asked", "connected"], "{out:?}");
+    let grew: u64 = (out.get(3).and_then(|g| g.strip_prefix("grew ")))
+        .and_then(|g| g.strip_suffix(" kB"))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    (out[4..].to_vec(), grew)
+}
+
 /// Any user may send a signal to the monitor's connection (the system bus's policy), up to
 /// the bus's 32 MiB: one `ay` of 30 MB from nobody made the monitor's peak memory grow by
 /// 870 MB (every byte a decoded value) before. Now a message that big is read past in small
@@ -101,19 +120,9 @@ fn attacked(tag: &str, attack: &str) -> Vec<String> {
 /// still arrives.
 #[test]
 fn a_huge_signal_from_any_user_costs_the_monitor_no_memory() {
-    let out = attacked(
-        "sdh",
-        "attacked 'setpriv --reuid=nobody --regid=nogroup --clear-groups \
-         perl /tmp/sig.pl l $conn /x a.b Noise 30000000'",
-    );
-    assert_eq!(out[..3], ["sent", "asked", "connected"], "{out:?}");
-    let grew: u64 = out[3]
-        .strip_prefix("grew ")
-        .and_then(|g| g.strip_suffix(" kB"))
-        .and_then(|g| g.parse().ok())
-        .unwrap_or_else(|| panic!("{out:?}"));
-    assert!(grew < 16 * 1024, "{out:?}");
-    assert_eq!(out[4..], ["exit 137"], "{out:?}");
+    let (rest, grew) = signalled_by_nobody("sdh", "l", 30_000_000);
+    assert!(grew < 16 * 1024, "grew {grew} kB");
+    assert_eq!(rest, ["exit 137"]);
 }
 
 /// A message in big-endian order is valid D-Bus (the bus passes it on as sent), and any user
@@ -123,13 +132,8 @@ fn a_huge_signal_from_any_user_costs_the_monitor_no_memory() {
 /// scope waited its 90 s stop timeout, seen by hand). Now it reads it like any other message.
 #[test]
 fn a_big_endian_signal_from_any_user_leaves_machinectl_terminate_working() {
-    let out = attacked(
-        "sde",
-        "attacked 'setpriv --reuid=nobody --regid=nogroup --clear-groups \
-         perl /tmp/sig.pl B $conn /x a.b Noise 100'",
-    );
-    assert_eq!(out[..3], ["sent", "asked", "connected"], "{out:?}");
-    assert_eq!(out[4..], ["exit 137"], "{out:?}");
+    let (rest, _) = signalled_by_nobody("sde", "B", 100);
+    assert_eq!(rest, ["exit 137"]);
 }
 
 /// `systemctl daemon-reexec` (what an upgrade of systemd runs) gives systemd a new name on
