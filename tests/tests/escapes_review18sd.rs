@@ -191,3 +191,52 @@ fn install_leaves_a_users_own_systemd_nspawn_unit_alone() {
         "{out}"
     );
 }
+
+/// ns-run alone in a scope of the caller's (`systemd-run --scope ns-run ...`): once the
+/// monitor moves to the container's scope, systemd stops the caller's empty scope and
+/// removes its cgroup, so the monitor could not move back: `cannot move the monitor back to
+/// .../run-XXX.scope: No such file or directory`, 125, in most starts (failed before). It now
+/// stays in the container's scope, in `supervisor` (as with --keep-unit), and nothing is left.
+#[test]
+fn ns_run_alone_in_a_scope_of_its_own_runs() {
+    let g = guest("sds");
+    let out = g.sh_ok(
+        "mkdir -p /var/lib/machines/bb && mount -t tmpfs tmpfs /var/lib/machines/bb &&
+            cp -a /srv/bb/. /var/lib/machines/bb/ || exit 1
+        for i in 1 2 3 4 5; do
+            systemd-run -q --scope ns-run -q -M sc -D /var/lib/machines/bb sh -c 'echo ran' 2>&1
+            echo \"rc=$?\"
+        done
+        systemctl list-units --all --no-legend 'machine-*' | wc -l; ls /run/ns-run/machines | wc -l",
+    );
+    let mut expect = ["ran", "rc=0"].repeat(5);
+    expect.extend(["0", "0"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), expect, "{out}");
+}
+
+/// A start failing after the monitor joined its scope but before PID 1 was registered (here
+/// a --network-interface that does not exist) fails at once with its one line and leaves no
+/// scope: the monitor stopped its scope from inside it, and waited 25 s for a stop that
+/// could not end while it was there (failed before).
+#[test]
+fn a_start_failing_in_its_scope_fails_at_once() {
+    let g = guest("sdf");
+    let out = g.sh_ok(
+        "mkdir -p /var/lib/machines/bb && mount -t tmpfs tmpfs /var/lib/machines/bb &&
+            cp -a /srv/bb/. /var/lib/machines/bb/ || exit 1
+        s=$(date +%s)
+        ns-run -q -M nif --network-interface=nope0 -D /var/lib/machines/bb true 2>&1
+        echo \"rc=$? $(( $(date +%s) - s ))s\"
+        systemctl list-units --all --no-legend 'machine-*' | wc -l",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "ns-net: --network-interface=nope0: no such network interface",
+        "{out}"
+    );
+    let (rc, took) = lines[lines.len() - 2].split_once(' ').expect(&out);
+    let took: u64 = took.trim_end_matches('s').parse().expect(&out);
+    assert_eq!(rc, "rc=125", "{out}");
+    assert!(took < 10, "{out}");
+    assert_eq!(lines[lines.len() - 1], "0", "{out}");
+}

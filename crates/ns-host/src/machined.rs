@@ -257,6 +257,13 @@ impl Machined {
         Ok(self.stop_pending())
     }
 
+    /// The monitor stays in our scope (its cgroups before are gone): the scope is not stopped
+    /// at exit (it could not stop while the monitor is in it); systemd stops it once the
+    /// monitor is gone.
+    pub fn stay_in_scope(&mut self) {
+        self.scope = None;
+    }
+
     /// Whether systemd asked us to stop our scope while a call was on (nothing is read).
     pub fn stop_pending(&mut self) -> bool {
         std::mem::take(&mut self.watch.stop)
