@@ -11,6 +11,11 @@ fn guest(tag: &str) -> Guest {
     Guest::boot(tag, GuestCgroups::Unified, &["--private-network", &bb])
 }
 
+/// Shell: the busybox fixture copied to /var/lib/machines/bb (a tmpfs of its own).
+const BB: &str = "mkdir -p /var/lib/machines/bb && mount -t tmpfs tmpfs /var/lib/machines/bb &&
+    cp -a /srv/bb/. /var/lib/machines/bb/ || exit 1
+";
+
 /// Perl (the guest's perl-base): `perl /tmp/sig.pl l|B DEST PATH IFACE MEMBER [N]` connects
 /// to the system bus as the caller, and sends DEST one signal in that byte order (`l` little,
 /// `B` big-endian), its body an `ay` of N bytes (none without N); then a call to the bus, so
@@ -61,8 +66,7 @@ wait_for() {
     return 0
 }
 attacked() {
-    mkdir -p /var/lib/machines/bb && mount -t tmpfs tmpfs /var/lib/machines/bb &&
-        cp -a /srv/bb/. /var/lib/machines/bb/ || return 1
+    BB
     cat > /tmp/sig.pl <<'EOF'
 SIG_PL
 EOF
@@ -88,7 +92,7 @@ fn attacked(tag: &str, attack: &str) -> Vec<String> {
     let g = guest(tag);
     let script = format!(
         "{}\n{attack}",
-        ATTACKED.replace("SIG_PL\n", SIG_PL.trim_start())
+        (ATTACKED.replace("SIG_PL\n", SIG_PL.trim_start())).replace("BB\n", BB)
     );
     let out = g.sh_ok(&script);
     out.lines().map(str::to_string).collect()
@@ -200,15 +204,14 @@ fn install_leaves_a_users_own_systemd_nspawn_unit_alone() {
 #[test]
 fn ns_run_alone_in_a_scope_of_its_own_runs() {
     let g = guest("sds");
-    let out = g.sh_ok(
-        "mkdir -p /var/lib/machines/bb && mount -t tmpfs tmpfs /var/lib/machines/bb &&
-            cp -a /srv/bb/. /var/lib/machines/bb/ || exit 1
+    let out = g.sh_ok(&format!(
+        "{BB}
         for i in 1 2 3 4 5; do
             systemd-run -q --scope ns-run -q -M sc -D /var/lib/machines/bb sh -c 'echo ran' 2>&1
             echo \"rc=$?\"
         done
-        systemctl list-units --all --no-legend 'machine-*' | wc -l; ls /run/ns-run/machines | wc -l",
-    );
+        systemctl list-units --all --no-legend 'machine-*' | wc -l; ls /run/ns-run/machines | wc -l"
+    ));
     let mut expect = ["ran", "rc=0"].repeat(5);
     expect.extend(["0", "0"]);
     assert_eq!(out.lines().collect::<Vec<_>>(), expect, "{out}");
@@ -221,14 +224,13 @@ fn ns_run_alone_in_a_scope_of_its_own_runs() {
 #[test]
 fn a_start_failing_in_its_scope_fails_at_once() {
     let g = guest("sdf");
-    let out = g.sh_ok(
-        "mkdir -p /var/lib/machines/bb && mount -t tmpfs tmpfs /var/lib/machines/bb &&
-            cp -a /srv/bb/. /var/lib/machines/bb/ || exit 1
+    let out = g.sh_ok(&format!(
+        "{BB}
         s=$(date +%s)
         ns-run -q -M nif --network-interface=nope0 -D /var/lib/machines/bb true 2>&1
         echo \"rc=$? $(( $(date +%s) - s ))s\"
-        systemctl list-units --all --no-legend 'machine-*' | wc -l",
-    );
+        systemctl list-units --all --no-legend 'machine-*' | wc -l"
+    ));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0], "ns-net: --network-interface=nope0: no such network interface",
