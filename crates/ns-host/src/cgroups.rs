@@ -514,23 +514,31 @@ pub fn supervise_in_unit() -> Result<Vec<Hierarchy>> {
 /// Back to the cgroups of `before` (the monitor's, before it joined a scope of its own), once
 /// the container's processes hold the scope, and the `supervisor` cgroups left empty go: the
 /// scope holds the container alone, as nspawn's does, so that `machinectl kill` and a stop of
-/// the scope reach only the container.
-pub fn leave_unit(before: &[Hierarchy]) -> Result<()> {
+/// the scope reach only the container. False where such a cgroup is gone (a scope of the
+/// caller's that held only ns-run, which systemd removed once the monitor left it): the
+/// monitor stays in `supervisor` there.
+pub fn leave_unit(before: &[Hierarchy]) -> Result<bool> {
     let now = hierarchies();
+    let mut left = true;
     for b in before {
         let same = |n: &&Hierarchy| n.v2 == b.v2 && n.options == b.options;
         let Some(n) = now.iter().find(same).filter(|n| n.own != b.own) else {
             continue;
         };
         let dir = b.mountpoint.join(b.own.strip_prefix("/").unwrap_or(&b.own));
-        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-            .ctx(|| format!("cannot move the monitor back to {}", dir.display()))?;
+        match std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                left = false;
+                continue;
+            }
+            r => r.ctx(|| format!("cannot move the monitor back to {}", dir.display()))?,
+        }
         if n.own.ends_with("supervisor") {
             let _ =
                 std::fs::remove_dir(n.mountpoint.join(n.own.strip_prefix("/").unwrap_or(&n.own)));
         }
     }
-    Ok(())
+    Ok(left)
 }
 
 /// Where the container's cgroup goes in `h`: its parent and itself.
