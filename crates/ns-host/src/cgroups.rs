@@ -712,6 +712,9 @@ pub fn procs_below(dir: &Path) -> Vec<i32> {
 /// namespace may still be leaving it (EBUSY) after PID 1 was reaped: retried for up to a
 /// second in all (not at every level: a guest's deep tree would make that hours).
 pub fn remove(dir: &Path) -> bool {
+    if remove_plain(dir) {
+        return true;
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return false;
@@ -725,6 +728,19 @@ pub fn remove(dir: &Path) -> bool {
         Err(nix::errno::Errno::ENOENT) => true,
         Err(_) => false,
     }
+}
+
+/// [`remove`]'s usual case, two `rmdir`s instead of a walk (~30 system calls per
+/// hierarchy): a cgroup with no cgroup below it but its [`PAYLOAD`] level, which has none.
+/// Anything else (a guest's cgroups below, a process still leaving: ENOTEMPTY, EBUSY) is
+/// left to the walk. A path is safe here: cgroupfs has no symlinks to swap in, and `rmdir`
+/// follows none at its last component.
+fn remove_plain(dir: &Path) -> bool {
+    let gone = |p: &Path| match std::fs::remove_dir(p) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    gone(&dir.join(PAYLOAD)) && gone(dir)
 }
 
 /// [`remove`] of the cgroup `name` of the directory `top` is open on. The levels being

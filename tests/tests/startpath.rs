@@ -1,0 +1,86 @@
+//! The start path (issue 19's start-up goal): what the monitor does per start, counted in
+//! system calls under strace (deterministic, unlike timings on a shared machine). Figures for
+//! release builds come from bench/run.sh; these tests check the mechanisms that keep the
+//! counts small, and that doing less leaves nothing behind.
+
+use ns_tests::{bin, Tree};
+use std::path::Path;
+use std::process::Command;
+
+/// One system call of a trace: its name and the rest of the line.
+struct Call {
+    name: String,
+    line: String,
+}
+
+/// The monitor's system calls in a plain run of `/bin/true` in `t` with `opts` (strace
+/// -ff writes one file per process; the monitor's is the one that runs ns-run).
+fn monitor_calls(t: &Tree, opts: &[&str]) -> Vec<Call> {
+    let out = t.host_dir("strace");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-ff", "-qq", "-s", "200", "-o"])
+        .arg(out.join("t"))
+        .arg(bin("ns-run"))
+        .args(["--register=no", "-q"])
+        .args(opts)
+        .args(["-D", t.arg(), "/bin/true"])
+        .env_remove("NS_DEBUG")
+        .env_remove("NS_STAGE_FDS");
+    let r = ns_tests::run_cmd(c, None);
+    r.ok();
+    let monitor = std::fs::read_dir(&out)
+        .expect("strace output")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .find(|s| s.starts_with(&format!("execve(\"{}\"", bin("ns-run").display())))
+        .expect("a trace of the monitor");
+    monitor
+        .lines()
+        .filter_map(|l| {
+            let name = l.split('(').next()?;
+            (!name.is_empty() && !name.starts_with(['+', '-', ' ', '<'])).then(|| Call {
+                name: name.to_string(),
+                line: l.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The cgroups the monitor made (mkdir under /sys/fs/cgroup that succeeded).
+fn cgroups_made(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.name == "mkdir" && c.line.ends_with("= 0"))
+        .filter_map(|c| c.line.split('"').nth(1))
+        .filter(|p| p.starts_with("/sys/fs/cgroup/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn cgroups_are_removed_with_one_rmdir_each() {
+    let t = Tree::rootfs("startpath-rm");
+    let calls = monitor_calls(&t, &[]);
+    let made = cgroups_made(&calls);
+    assert!(!made.is_empty(), "no cgroup made: {}", made.len());
+    for d in &made {
+        assert!(!Path::new(d).exists(), "{d} left behind");
+    }
+    // From the payload's end (the last child reaped) to the monitor's exit: the removal of
+    // what the container left, one rmdir per cgroup, and the registry, journal and locks.
+    let last_wait = calls
+        .iter()
+        .rposition(|c| c.name == "wait4" && !c.line.ends_with("= 0"))
+        .expect("the payload reaped");
+    let tail = &calls[last_wait + 1..];
+    let walks = tail.iter().filter(|c| c.name == "getdents64").count();
+    assert_eq!(walks, 0, "directories read to remove cgroups: {walks}");
+    let bound = made.len() * 2 + 40;
+    assert!(
+        tail.len() <= bound,
+        "{} system calls after the payload's end for {} cgroups (bound {bound}): {:?}",
+        tail.len(),
+        made.len(),
+        tail.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()
+    );
+}
