@@ -84,3 +84,28 @@ fn cgroups_are_removed_with_one_rmdir_each() {
         tail.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_new_cgroup_is_looked_up_once_before_it_is_made() {
+    let t = Tree::rootfs("startpath-mk");
+    let calls = monitor_calls(&t, &[]);
+    let made = cgroups_made(&calls);
+    assert!(!made.is_empty(), "no cgroup made");
+    for d in made.iter().filter(|d| !d.ends_with("/payload")) {
+        let quoted = format!("\"{d}\"");
+        let mk = calls
+            .iter()
+            .position(|c| c.name == "mkdir" && c.line.contains(&quoted))
+            .expect("its mkdir");
+        let looks: Vec<&str> = calls[..mk]
+            .iter()
+            .filter(|c| c.line.contains(&quoted))
+            .map(|c| c.name.as_str())
+            .collect();
+        // The cleanup journal's check that it is a cgroup or not there yet: one lstat.
+        assert!(
+            looks.len() <= 1,
+            "{d} looked up before its mkdir: {looks:?}"
+        );
+    }
+}

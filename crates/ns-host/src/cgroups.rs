@@ -325,9 +325,6 @@ pub fn create(
     let mut made: Vec<Cgroup> = Vec::new();
     for h in hs.iter().filter(|h| h.v2 == v2) {
         let (parent, dir) = place(h, name, slice);
-        if dir.exists() {
-            remove(&dir); // left by a killed monitor of the same machine
-        }
         // Journaled before it exists: a monitor killed right after still has it collected.
         let mut attempts = 0;
         let r = journal(&dir, false).and_then(|()| loop {
@@ -335,6 +332,11 @@ pub fn create(
             match std::fs::create_dir(&dir) {
                 // The last container of the slice removed a level meanwhile: again.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                // Left by a killed monitor of the same machine: removed, then made again.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 3 => {
+                    remove(&dir);
+                    attempts += 1
+                }
                 r => break r.ctx(|| format!("cannot create cgroup {}", dir.display())),
             }
         });
