@@ -13,9 +13,9 @@ struct Call {
     line: String,
 }
 
-/// The monitor's system calls in a plain run of `/bin/true` in `t` with `opts` (strace
-/// -ff writes one file per process; the monitor's is the one that runs ns-run).
-fn monitor_calls(t: &Tree, opts: &[&str]) -> Vec<Call> {
+/// The trace of each process of a plain run of `/bin/true` in `t` with `opts` (strace -ff
+/// writes one file per process).
+fn traces(t: &Tree, opts: &[&str]) -> Vec<String> {
     let out = t.host_dir("strace");
     let mut c = Command::new("strace");
     c.args(["-f", "-ff", "-qq", "-s", "200", "-o"])
@@ -28,13 +28,15 @@ fn monitor_calls(t: &Tree, opts: &[&str]) -> Vec<Call> {
         .env_remove("NS_STAGE_FDS");
     let r = ns_tests::run_cmd(c, None);
     r.ok();
-    let monitor = std::fs::read_dir(&out)
+    std::fs::read_dir(&out)
         .expect("strace output")
         .flatten()
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .find(|s| s.starts_with(&format!("execve(\"{}\"", bin("ns-run").display())))
-        .expect("a trace of the monitor");
-    monitor
+        .collect()
+}
+
+fn parse(trace: &str) -> Vec<Call> {
+    trace
         .lines()
         .filter_map(|l| {
             let name = l.split('(').next()?;
@@ -44,6 +46,35 @@ fn monitor_calls(t: &Tree, opts: &[&str]) -> Vec<Call> {
             })
         })
         .collect()
+}
+
+/// The monitor's system calls (its trace is the one that runs ns-run).
+fn monitor_calls(t: &Tree, opts: &[&str]) -> Vec<Call> {
+    let exec = format!("execve(\"{}\"", bin("ns-run").display());
+    let monitor = traces(t, opts)
+        .into_iter()
+        .find(|s| s.starts_with(&exec))
+        .expect("a trace of the monitor");
+    parse(&monitor)
+}
+
+/// The system calls of stage `stage` (from its exec to the next one).
+fn stage_calls(t: &Tree, stage: &str) -> Vec<Call> {
+    let exec = format!("[\"{stage}\", ");
+    let trace = traces(t, &[])
+        .into_iter()
+        .find(|s| s.contains(&exec))
+        .expect("a trace of the stage");
+    let calls = parse(&trace);
+    let at = calls
+        .iter()
+        .position(|c| c.name.starts_with("execve") && c.line.contains(&exec))
+        .expect("its exec");
+    let mut rest: Vec<Call> = calls.into_iter().skip(at + 1).collect();
+    if let Some(end) = rest.iter().position(|c| c.name.starts_with("execve")) {
+        rest.truncate(end);
+    }
+    rest
 }
 
 /// The cgroups the monitor made (mkdir under /sys/fs/cgroup that succeeded).
@@ -107,5 +138,24 @@ fn a_new_cgroup_is_looked_up_once_before_it_is_made() {
             looks.len() <= 1,
             "{d} looked up before its mkdir: {looks:?}"
         );
+    }
+}
+
+#[test]
+fn ns_mount_opens_each_proc_entry_it_covers_twice_at_most() {
+    let t = Tree::rootfs("startpath-proc");
+    let calls = stage_calls(&t, "ns-mount");
+    let opened = |e: &str| {
+        let quoted = format!("\"proc/{e}\"");
+        calls
+            .iter()
+            .filter(|c| c.name == "openat2" && c.line.contains(&quoted))
+            .count()
+    };
+    assert_eq!(opened("sys"), 2, "the check of the trace itself");
+    // Existing ones: found (and bound through that fd), then the new mount made read-only.
+    for e in ["fs", "irq", "bus", "kallsyms", "keys", "timer_list"] {
+        let n = opened(e);
+        assert!(n <= 2, "/proc/{e} opened {n} times");
     }
 }
