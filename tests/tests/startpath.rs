@@ -159,3 +159,25 @@ fn ns_mount_opens_each_proc_entry_it_covers_twice_at_most() {
         assert!(n <= 2, "/proc/{e} opened {n} times");
     }
 }
+
+#[test]
+fn the_payload_level_gets_its_cpus_from_the_container_cgroup_unasked() {
+    let t = Tree::rootfs("startpath-cpuset");
+    let calls = monitor_calls(&t, &[]);
+    let made = cgroups_made(&calls);
+    let Some(payload) = made
+        .iter()
+        .find(|d| d.contains("/cpuset/") && d.ends_with("/payload"))
+    else {
+        eprintln!("no v1 cpuset hierarchy here: nothing to check");
+        return;
+    };
+    // The payload ran (a cpuset without CPUs takes no process), with no file of its own
+    // written: cgroup.clone_children on the container's level gave it its CPUs.
+    let touched: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.line.contains(&format!("\"{payload}/")))
+        .map(|c| c.line.as_str())
+        .collect();
+    assert!(touched.is_empty(), "payload's cpuset written: {touched:?}");
+}
