@@ -181,3 +181,45 @@ fn the_payload_level_gets_its_cpus_from_the_container_cgroup_unasked() {
         .collect();
     assert!(touched.is_empty(), "payload's cpuset written: {touched:?}");
 }
+
+/// Every start looks at the monitor of each running container (is its cleanup journal
+/// stale?): a few system calls each, as that is paid per start times containers running.
+#[test]
+fn a_running_containers_monitor_costs_a_start_three_system_calls() {
+    let t = Tree::rootfs("startpath-alive");
+    let name = ns_tests::unique("spalive");
+    let r = ns_tests::Stopping::new(ns_tests::spawn_until(
+        ns_tests::registered_sleeper(&t, &name, &[]),
+        "ready",
+    ));
+    let other = Tree::rootfs("startpath-alive2");
+    let calls = monitor_calls(&other, &[]);
+    let comm = format!("\"/proc/{}/comm\"", r.pid());
+    let open = calls
+        .iter()
+        .position(|c| c.name == "openat" && c.line.contains(&comm))
+        .expect("the running monitor looked at");
+    let fd = calls[open]
+        .line
+        .rsplit("= ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let close = calls[open..]
+        .iter()
+        .position(|c| c.name == "close" && c.line.starts_with(&format!("close({fd})")))
+        .expect("closed");
+    // A debug build's std checks an fd it closes (F_GETFD): not counted.
+    let made: Vec<&str> = calls[open..=open + close]
+        .iter()
+        .filter(|c| !c.line.starts_with(&format!("fcntl({fd}, F_GETFD)")))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        made.len() <= 3,
+        "{} system calls for it: {made:?}",
+        made.len()
+    );
+    drop(r);
+}
