@@ -100,8 +100,9 @@ fn attacked(tag: &str, attack: &str) -> Vec<String> {
 
 /// `attacked` by a signal from nobody to the monitor, in byte order `order` (`l`, `B`), its
 /// body `bytes` long: the output after `sent`, `asked` and `connected` (checked), and how
-/// much the monitor's peak memory grew (kB).
-fn signalled_by_nobody(tag: &str, order: &str, bytes: u32) -> (Vec<String>, u64) {
+/// much the monitor's peak memory grew (kB; it may read negative: the kernel syncs VmHWM
+/// lazily, and the monitor gives its start-up memory back once it is idle).
+fn signalled_by_nobody(tag: &str, order: &str, bytes: u32) -> (Vec<String>, i64) {
     let out = attacked(
         tag,
         &format!(
@@ -110,7 +111,7 @@ fn signalled_by_nobody(tag: &str, order: &str, bytes: u32) -> (Vec<String>, u64)
         ),
     );
     assert_eq!(out[..3], ["sent", "asked", "connected"], "{out:?}");
-    let grew: u64 = (out.get(3).and_then(|g| g.strip_prefix("grew ")))
+    let grew: i64 = (out.get(3).and_then(|g| g.strip_prefix("grew ")))
         .and_then(|g| g.strip_suffix(" kB"))
         .and_then(|g| g.parse().ok())
         .unwrap_or_else(|| panic!("{out:?}"));
