@@ -3,14 +3,18 @@
 //! authentication, `Hello`, method calls, their replies and errors, signals waited for),
 //! blocking, thread-free and allocation-light. Only processes that never unshare use it.
 //!
-//! Messages are little-endian (what x86 and arm64 peers send); a big-endian one is refused
-//! with a one-line error. The values are those of the D-Bus specification that the calls
-//! here need: bytes, booleans, 32-bit integers, 64-bit unsigned integers, strings, object
-//! paths, signatures, arrays, structs and variants.
+//! Messages are sent little-endian and read in either order (any client may send the
+//! monitor a signal, in its own byte order). The values are those of the D-Bus specification
+//! that the calls here need: bytes, booleans, 32-bit integers, 64-bit unsigned integers,
+//! strings, object paths, signatures, arrays, structs and variants.
+//!
+//! What the bus sends is read with bounded cost: a message longer than [`KEEP`] is read past
+//! in pieces, one that cannot be read is skipped (the connection stays), a call or a wait has
+//! one deadline however many messages arrive meanwhile.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ns_core::{Context, Error, Result};
 
@@ -19,6 +23,11 @@ pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
 /// How long one call (or the wait for a signal) may take before it fails.
 const TIMEOUT: Duration = Duration::from_secs(25);
+
+/// The longest message kept and decoded: the replies and signals the monitor waits for take
+/// a few hundred bytes, and any client may send it a signal up to the bus's limit (32 MiB),
+/// which decoded would cost some 50 times as much.
+pub const KEEP: usize = 64 << 10;
 
 /// A D-Bus value of the types the calls here use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,11 +151,19 @@ impl Writer {
     }
 }
 
-/// Unmarshalling from a message buffer (offsets count from the message's start).
+/// Unmarshalling from a message buffer (offsets count from the message's start), in the
+/// message's byte order (`big`: big-endian).
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    big: bool,
+    /// How many arrays, structs and variants the value being read is inside.
+    depth: usize,
 }
+
+/// The deepest nesting of arrays, structs and variants read (the specification's: 32 arrays
+/// and 32 structs; the real bus refuses deeper messages, a bus of another's making may not).
+const MAX_DEPTH: usize = 64;
 
 fn malformed(what: &str) -> Error {
     Error::setup(format!("D-Bus: malformed message ({what})"))
@@ -170,8 +187,11 @@ impl Reader<'_> {
 
     fn u32(&mut self) -> Result<u32> {
         self.align(4)?;
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let b: [u8; 4] = self.take(4)?.try_into().expect("4 bytes");
+        Ok(match self.big {
+            true => u32::from_be_bytes(b),
+            false => u32::from_le_bytes(b),
+        })
     }
 
     fn text(&mut self, len: usize) -> Result<String> {
@@ -194,7 +214,21 @@ impl Reader<'_> {
         Ok(out)
     }
 
+    /// One value of the single complete type `sig`, nested at most [`MAX_DEPTH`] deep.
     fn value(&mut self, sig: &str) -> Result<Value> {
+        let nests = matches!(sig.as_bytes()[0], b'a' | b'(' | b'v');
+        if nests {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(malformed("nested too deeply"));
+            }
+        }
+        let v = self.value_in(sig);
+        self.depth -= usize::from(nests);
+        v
+    }
+
+    fn value_in(&mut self, sig: &str) -> Result<Value> {
         Ok(match sig.as_bytes()[0] {
             b'y' => Value::Byte(self.take(1)?[0]),
             b'b' => Value::Bool(self.u32()? != 0),
@@ -202,8 +236,11 @@ impl Reader<'_> {
             b'u' => Value::U32(self.u32()?),
             b't' => {
                 self.align(8)?;
-                let b = self.take(8)?;
-                Value::U64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                let b: [u8; 8] = self.take(8)?.try_into().expect("8 bytes");
+                Value::U64(match self.big {
+                    true => u64::from_be_bytes(b),
+                    false => u64::from_le_bytes(b),
+                })
             }
             b's' => {
                 let n = self.u32()? as usize;
@@ -242,7 +279,11 @@ impl Reader<'_> {
         let end = end.ok_or_else(|| malformed("array past the end"))?;
         let mut items = Vec::new();
         while self.pos < end {
+            let at = self.pos;
             items.push(self.value(elem)?);
+            if self.pos == at {
+                return Err(malformed("array of elements of no size"));
+            }
         }
         if self.pos != end {
             return Err(malformed("array length"));
@@ -340,6 +381,7 @@ impl Message {
                 ])
             }),
             str_field(6, &self.destination, false),
+            str_field(7, &self.sender, false),
         ]
         .into_iter()
         .flatten()
@@ -361,15 +403,15 @@ impl Message {
 
     /// The message in `buf` (exactly one, whole).
     pub fn decode(buf: &[u8]) -> Result<Message> {
-        if buf.len() < 16 {
-            return Err(malformed("short header"));
-        }
-        if buf[0] != b'l' {
-            return Err(Error::setup(
-                "D-Bus: a big-endian message (not handled)".into(),
-            ));
-        }
-        let mut r = Reader { buf, pos: 4 };
+        let head: &[u8; 16] = (buf.get(..16).and_then(|h| h.try_into().ok()))
+            .ok_or_else(|| malformed("short header"))?;
+        let big = big_endian(head)?;
+        let mut r = Reader {
+            buf,
+            pos: 4,
+            big,
+            depth: 0,
+        };
         let body_len = r.u32()? as usize;
         let mut m = Message {
             kind: buf[1],
@@ -412,6 +454,8 @@ impl Message {
         let mut body = Reader {
             buf: &buf[start..],
             pos: 0,
+            big,
+            depth: 0,
         };
         m.body = body.values(&sig)?;
         Ok(m)
@@ -423,14 +467,26 @@ impl Message {
     }
 }
 
+/// Whether the message whose first 16 bytes are `head` is big-endian (`B`) rather than
+/// little-endian (`l`); anything else is no D-Bus message.
+fn big_endian(head: &[u8; 16]) -> Result<bool> {
+    match head[0] {
+        b'l' => Ok(false),
+        b'B' => Ok(true),
+        _ => Err(malformed("byte order")),
+    }
+}
+
 /// The length of the whole message whose first 16 bytes are `head`.
 fn message_len(head: &[u8; 16]) -> Result<usize> {
-    if head[0] != b'l' {
-        return Err(Error::setup(
-            "D-Bus: a big-endian message (not handled)".into(),
-        ));
-    }
-    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let big = big_endian(head)?;
+    let word = |i: usize| {
+        let w = [head[i], head[i + 1], head[i + 2], head[i + 3]];
+        match big {
+            true => u32::from_be_bytes(w),
+            false => u32::from_le_bytes(w),
+        }
+    };
     let (body, fields) = (word(4) as usize, word(12) as usize);
     let total = (16 + fields).div_ceil(8) * 8 + body;
     // The specification's limit on a message.
@@ -464,6 +520,8 @@ pub struct Bus {
     stream: UnixStream,
     serial: u32,
     pub unique_name: String,
+    /// How long a call, a wait for a signal or the handshake may take.
+    timeout: Duration,
 }
 
 impl Bus {
@@ -488,21 +546,26 @@ impl Bus {
 
     /// Authenticate on `stream` (EXTERNAL, as our uid) and say Hello.
     pub fn open(stream: UnixStream) -> Result<Bus> {
+        Bus::open_within(stream, TIMEOUT)
+    }
+
+    /// [`Bus::open`], each step bounded by `timeout` (reads: [`Bus::read_by`]).
+    fn open_within(stream: UnixStream, timeout: Duration) -> Result<Bus> {
         let io =
             |e: std::io::Error| Error::setup(format!("D-Bus: {}", ns_core::error::io_desc(&e)));
-        stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-        stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
         let uid = nix::unistd::geteuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
         let mut bus = Bus {
             stream,
             serial: 0,
             unique_name: String::new(),
+            timeout,
         };
         bus.stream
             .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
             .map_err(io)?;
-        let line = bus.auth_line()?;
+        let line = bus.auth_line(Instant::now() + timeout)?;
         if !line.starts_with("OK ") {
             return Err(Error::setup(format!(
                 "D-Bus: the bus refused us: {}",
@@ -523,28 +586,62 @@ impl Bus {
         Ok(bus)
     }
 
-    /// One line of the authentication exchange (byte by byte: nothing after it is ours).
-    fn auth_line(&mut self) -> Result<String> {
+    /// One line of the authentication exchange, by `deadline` (byte by byte: nothing after
+    /// it is ours).
+    fn auth_line(&mut self, deadline: Instant) -> Result<String> {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
-        while !line.ends_with(b"\r\n") {
-            let n = self.stream.read(&mut b);
-            match n {
-                Ok(1) if line.len() < 512 => line.push(b[0]),
-                Ok(_) => return Err(Error::setup("D-Bus: authentication cut short".into())),
-                Err(e) => return Err(e).ctx(|| "D-Bus: authentication".into()),
-            }
+        while !line.ends_with(b"\r\n") && line.len() < 512 {
+            self.read_by(&mut b, deadline)
+                .ctx(|| "D-Bus: authentication".into())?;
+            line.push(b[0]);
         }
-        Ok(String::from_utf8_lossy(&line).into_owned())
+        match line.ends_with(b"\r\n") {
+            true => Ok(String::from_utf8_lossy(&line).into_owned()),
+            false => Err(Error::setup("D-Bus: authentication line too long".into())),
+        }
     }
 
-    /// Send `m` (a method call) and wait for its reply; other messages that arrive
-    /// meanwhile (signals) are dropped.
+    /// Fill `buf` from the bus by `deadline` (each read waits only for what is left of it,
+    /// however slowly the bytes come).
+    fn read_by(&mut self, mut buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+        use std::io::ErrorKind;
+        while !buf.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(buf) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => buf = &mut buf[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Err(ErrorKind::TimedOut.into())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send `m` (a method call) and wait (bounded, however many other messages arrive) for
+    /// its reply; other messages that arrive meanwhile (signals) are dropped.
     pub fn call(&mut self, m: Message) -> Result<Reply> {
+        self.call_seeing(m, |_| {})
+    }
+
+    /// [`Bus::call`], showing `seen` each other message that arrives meanwhile (a signal the
+    /// caller must not lose).
+    pub fn call_seeing(&mut self, m: Message, mut seen: impl FnMut(&Message)) -> Result<Reply> {
         let serial = self.send(&m)?;
+        let deadline = Instant::now() + self.timeout;
         loop {
-            let r = self.receive()?;
+            let Some(r) = self.receive_by(deadline)? else {
+                continue;
+            };
             if r.reply_serial != Some(serial) {
+                seen(&r);
                 continue;
             }
             return Ok(match r.kind {
@@ -571,28 +668,73 @@ impl Bus {
         &self.stream
     }
 
-    /// The next message (bounded by the timeout).
-    pub fn receive(&mut self) -> Result<Message> {
-        let mut head = [0u8; 16];
-        self.stream
-            .read_exact(&mut head)
-            .ctx(|| "D-Bus: no answer from the bus".into())?;
-        let mut buf = head.to_vec();
-        buf.resize(message_len(&head)?, 0);
-        self.stream
-            .read_exact(&mut buf[16..])
-            .ctx(|| "D-Bus: message cut short".into())?;
-        Message::decode(&buf)
+    /// The next message (bounded by the timeout); None for one that was skipped: longer
+    /// than [`KEEP`] (read past in pieces) or not readable (its frame was).
+    pub fn receive(&mut self) -> Result<Option<Message>> {
+        self.receive_by(Instant::now() + self.timeout)
     }
 
-    /// Wait (bounded) for the signal `accept` takes (after an `AddMatch` for it).
-    pub fn wait_signal(&mut self, accept: impl Fn(&Message) -> bool) -> Result<Message> {
+    /// [`Bus::receive`] by `deadline`.
+    fn receive_by(&mut self, deadline: Instant) -> Result<Option<Message>> {
+        let mut head = [0u8; 16];
+        self.read_by(&mut head, deadline)
+            .ctx(|| "D-Bus: no answer from the bus".into())?;
+        let len = message_len(&head)?;
+        let cut = || "D-Bus: message cut short".to_string();
+        if len > KEEP {
+            let mut piece = vec![0u8; 16 << 10];
+            let mut left = len - 16;
+            while left > 0 {
+                let n = left.min(piece.len());
+                self.read_by(&mut piece[..n], deadline).ctx(cut)?;
+                left -= n;
+            }
+            return Ok(None);
+        }
+        let mut buf = head.to_vec();
+        buf.resize(len, 0);
+        self.read_by(&mut buf[16..], deadline).ctx(cut)?;
+        Ok(Message::decode(&buf).ok())
+    }
+
+    /// Wait (bounded, however many other messages arrive) for the signal `accept` takes
+    /// (after an `AddMatch` for it).
+    pub fn wait_signal(&mut self, mut accept: impl FnMut(&Message) -> bool) -> Result<Message> {
+        let deadline = Instant::now() + self.timeout;
         loop {
-            let m = self.receive()?;
+            let Some(m) = self.receive_by(deadline)? else {
+                continue;
+            };
             if m.kind == SIGNAL && accept(&m) {
                 return Ok(m);
             }
         }
+    }
+}
+
+/// Unit tests' side of a connection: the test plays the bus.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A connection on `stream` without the handshake, each call bounded by `timeout`.
+    pub(crate) fn bus_over(stream: UnixStream, timeout: Duration) -> Bus {
+        Bus {
+            stream,
+            serial: 0,
+            unique_name: String::new(),
+            timeout,
+        }
+    }
+
+    /// One message from the other side of a connection.
+    pub(crate) fn next(s: &mut UnixStream) -> Message {
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        let mut buf = head.to_vec();
+        buf.resize(message_len(&head).unwrap(), 0);
+        s.read_exact(&mut buf[16..]).unwrap();
+        Message::decode(&buf).unwrap()
     }
 }
 
@@ -608,6 +750,7 @@ fn unix_path(address: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{bus_over, next};
     use super::*;
 
     /// `Hello` as dbus-monitor in the guest shows it: serial 1, no body.
@@ -711,9 +854,9 @@ mod tests {
         m.body = vec![Value::Str("x".into())];
         let b = m.encode(1);
         assert!(Message::decode(&b[..b.len() - 1]).is_err());
-        let mut big = b.clone();
-        big[0] = b'B';
-        assert!(Message::decode(&big).is_err());
+        let mut order = b.clone();
+        order[0] = b'X';
+        assert!(Message::decode(&order).is_err());
         let mut bad = b.clone();
         let n = bad.len();
         bad[n - 1] = b'!'; // the string's NUL
@@ -790,16 +933,6 @@ mod tests {
     /// What the bus played by [`fake_bus`] received: the auth line, BEGIN, Hello, the call.
     type Received = (String, [u8; 7], Message, Message);
 
-    /// One message from `s`.
-    fn next(s: &mut UnixStream) -> Message {
-        let mut head = [0u8; 16];
-        s.read_exact(&mut head).unwrap();
-        let mut buf = head.to_vec();
-        buf.resize(message_len(&head).unwrap(), 0);
-        s.read_exact(&mut buf[16..]).unwrap();
-        Message::decode(&buf).unwrap()
-    }
-
     /// A bus on `s`: takes the auth line and says OK, takes BEGIN, answers Hello with
     /// `:1.42`, then answers the next call with machined's captured error reply, a signal
     /// before it.
@@ -861,6 +994,127 @@ mod tests {
         assert_eq!(&begin, b"BEGIN\r\n");
         assert_eq!(hello.member.as_deref(), Some("Hello"));
         assert_eq!(call.body, vec![Value::Str("nosuch".into())]);
+    }
+
+    /// A signal in big-endian order (as perl wrote it in the guest, which the bus passed on
+    /// as sent): read as any other.
+    const BIG_ENDIAN_SIGNAL: &str = "4204000100000007000000070000005801016f00000000022f780000000000000201730000000003612e62000000000003017300000000054e6f69736500000006017300000000053a312e343200000007017300000000043a312e3700000000080167000261790000000003414141";
+
+    #[test]
+    fn a_big_endian_message_is_read() {
+        let b = unhex(BIG_ENDIAN_SIGNAL);
+        assert_eq!(message_len(b[..16].try_into().unwrap()).unwrap(), b.len());
+        let d = Message::decode(&b).unwrap();
+        assert_eq!((d.kind, d.serial), (SIGNAL, 7));
+        assert_eq!(d.path.as_deref(), Some("/x"));
+        assert_eq!(d.member.as_deref(), Some("Noise"));
+        assert_eq!(d.sender.as_deref(), Some(":1.7"));
+        let aaa = (0..3).map(|_| Value::Byte(b'A')).collect();
+        assert_eq!(d.body, vec![Value::Array("y".into(), aaa)]);
+    }
+
+    /// A connection on `ours` whose peer writes `messages` (from a thread: they may be more
+    /// than the socket holds).
+    fn bus_sent(messages: Vec<Vec<u8>>) -> Bus {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || messages.iter().for_each(|m| theirs.write_all(m).unwrap()));
+        bus_over(ours, TIMEOUT)
+    }
+
+    fn signal(member: &str, body: Vec<Value>) -> Message {
+        Message {
+            kind: SIGNAL,
+            path: Some("/x".into()),
+            interface: Some("a.b".into()),
+            member: Some(member.into()),
+            body,
+            ..Message::default()
+        }
+    }
+
+    /// Any client may send the monitor a signal up to the bus's 32 MiB: one longer than KEEP
+    /// is read past (never decoded: 50 times its size), one that cannot be decoded is
+    /// skipped, and the connection goes on with the next message.
+    #[test]
+    fn long_and_unreadable_messages_are_skipped_and_the_next_read() {
+        let huge = signal(
+            "Huge",
+            vec![Value::Array("y".into(), vec![Value::Byte(1); 1 << 20])],
+        );
+        let mut bad = signal("Bad", vec![Value::Str("x".into())]).encode(2);
+        let n = bad.len();
+        bad[n - 1] = b'!'; // the string's NUL
+        let next = signal("Next", vec![Value::U32(7)]);
+        let mut b = bus_sent(vec![huge.encode(1), bad, next.encode(3)]);
+        assert_eq!(b.receive().unwrap(), None);
+        assert_eq!(b.receive().unwrap(), None);
+        let got = b.receive().unwrap().unwrap();
+        assert_eq!((got.member.as_deref(), got.body), (Some("Next"), next.body));
+    }
+
+    /// A peer that sends `chunk` every 50 ms for 3 s (reading nothing), then hangs up.
+    fn chatty_peer(chunk: Vec<u8>) -> UnixStream {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..60 {
+                if theirs.write_all(&chunk).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        ours
+    }
+
+    /// How long `f` took, in ms.
+    fn took(f: impl FnOnce()) -> u128 {
+        let t = std::time::Instant::now();
+        f();
+        t.elapsed().as_millis()
+    }
+
+    /// A bus that never answers but keeps sending (signals any client may send, or an
+    /// authentication line a byte at a time) does not keep a call, a wait for a signal or
+    /// the handshake going past the timeout (300 ms here; 25 s in use, as sd-bus's): each
+    /// read was bounded, not the whole (3 s here, for ever in use).
+    #[test]
+    fn a_bus_that_chatters_but_never_answers_is_given_up_in_time() {
+        let noise = signal("Noise", Vec::new()).encode(1);
+        let quick = Duration::from_millis(300);
+        let mut b = bus_over(chatty_peer(noise.clone()), quick);
+        let ms = took(|| assert!(b.call(Message::call("d", "/p", "i", "M")).is_err()));
+        assert!(ms < 1500, "the call took {ms} ms");
+        let mut b = bus_over(chatty_peer(noise), quick);
+        let ms = took(|| assert!(b.wait_signal(|_| false).is_err()));
+        assert!(ms < 1500, "the wait took {ms} ms");
+        let ms = took(|| assert!(Bus::open_within(chatty_peer(b"O".to_vec()), quick).is_err()));
+        assert!(ms < 1500, "the handshake took {ms} ms");
+    }
+
+    /// `m` with `body` in place of its own.
+    fn with_body(m: &Message, body: &[u8]) -> Vec<u8> {
+        let mut b = m.encode(1);
+        let own = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        b.truncate(b.len() - own);
+        b[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
+    /// What only a bus of another's making could send (the real one checks messages): a
+    /// variant in a variant... 100 000 deep, and an array of empty structs, are refused with
+    /// an error (they overflowed the stack, and grew the array for ever, before).
+    #[test]
+    fn deep_nesting_and_empty_elements_are_refused() {
+        let v = signal("V", vec![Value::Variant(Box::new(Value::Byte(5)))]);
+        let mut deep = b"\x01v\x00".repeat(100_000);
+        deep.extend_from_slice(b"\x01y\x00\x05");
+        assert!(Message::decode(&with_body(&v, b"\x01y\x00\x05")).is_ok());
+        assert!(Message::decode(&with_body(&v, &deep)).is_err(), "deep");
+        let a = signal("A", vec![Value::Array("()".into(), Vec::new())]);
+        let elements = [8, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert!(Message::decode(&with_body(&a, &[0; 8])).is_ok());
+        assert!(Message::decode(&with_body(&a, &elements)).is_err());
     }
 
     /// Nothing listens where the address points: no bus (one failed connect), no error.

@@ -44,7 +44,7 @@ impl Entry {
         use ns_core::paths::{is_cgroup_dir, plainly_below};
         if self.cgroup {
             return plainly_below(&self.path, Path::new("/sys/fs/cgroup"))
-                && (is_cgroup_dir(&self.path) || std::fs::symlink_metadata(&self.path).is_err());
+                && (std::fs::symlink_metadata(&self.path).is_err() || is_cgroup_dir(&self.path));
         }
         if self.recursive {
             return plainly_below(&self.path, Path::new("/"))

@@ -15,6 +15,7 @@
 use crate::dbus::{Bus, Message, Value};
 use ns_core::{Error, Result};
 
+const BUS: &str = "org.freedesktop.DBus";
 const MACHINED: &str = "org.freedesktop.machine1";
 const MACHINED_PATH: &str = "/org/freedesktop/machine1";
 const MACHINED_MANAGER: &str = "org.freedesktop.machine1.Manager";
@@ -34,12 +35,38 @@ const ABSENT: &[&str] = &[
 pub struct Machined {
     bus: Bus,
     name: String,
-    /// Our scope (unit name, object path), once made: systemd asks us (its controller) to
-    /// stop it; we stop it at exit.
-    scope: Option<(String, String)>,
+    /// Our scope's unit, once made: we stop it at exit.
+    scope: Option<String>,
+    /// What the messages that came told.
+    watch: Watch,
+}
+
+/// What the monitor learns from the messages that come, whenever they come (while it waits
+/// for a reply too).
+#[derive(Default)]
+struct Watch {
     /// systemd's unique name on the bus: signals are believed only from it (any client may
-    /// send a signal straight to us).
+    /// send a signal straight to us). It changes when systemd re-executes
+    /// ([`from_systemd`] follows it).
     systemd: String,
+    /// Our scope's object path, once asked for: systemd asks us (its controller) to stop it.
+    scope_path: Option<String>,
+    /// systemd asked us to stop our scope (`machinectl terminate`, a shutdown), not yet
+    /// acted on.
+    stop: bool,
+}
+
+impl Watch {
+    /// Take note of `m`; whether it comes from systemd.
+    fn note(&mut self, m: &Message) -> bool {
+        let from = from_systemd(&mut self.systemd, m);
+        self.stop |= from
+            && m.kind == crate::dbus::SIGNAL
+            && m.member.as_deref() == Some("RequestStop")
+            && m.path.is_some()
+            && m.path == self.scope_path;
+        from
+    }
 }
 
 fn machined_call(member: &str, body: Vec<Value>) -> Message {
@@ -66,7 +93,7 @@ impl Machined {
                 bus,
                 name: name.into(),
                 scope: None,
-                systemd: String::new(),
+                watch: Watch::default(),
             })),
             Err(e) if ABSENT.contains(&e.name.as_str()) => Ok(None),
             Err(e) => Err(Error::setup(format!("systemd-machined: {e}"))),
@@ -76,17 +103,19 @@ impl Machined {
     /// A match rule added (`add`) or removed on the bus.
     fn match_rule(&mut self, add: bool, rule: String) -> Result<()> {
         let member = if add { "AddMatch" } else { "RemoveMatch" };
-        let mut m = Message::call(
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            member,
-        );
+        let mut m = Message::call(BUS, "/org/freedesktop/DBus", BUS, member);
         m.body = vec![Value::Str(rule)];
-        self.bus
-            .call(m)?
+        self.call(m)?
             .map_err(|e| Error::setup(format!("D-Bus {member}: {e}")))?;
         Ok(())
+    }
+
+    /// Call `m` and wait (bounded) for its reply, noting the messages that come meanwhile.
+    fn call(&mut self, m: Message) -> Result<crate::dbus::Reply> {
+        let watch = &mut self.watch;
+        self.bus.call_seeing(m, |s| {
+            watch.note(s);
+        })
     }
 
     /// Move ourselves into a scope of our own (`machine-NAME.scope`, in `slice`, a unit
@@ -95,16 +124,19 @@ impl Machined {
     /// has started it.
     pub fn own_scope(&mut self, slice: &str) -> Result<String> {
         let unit = format!("machine-{}.scope", unit_escape(&self.name));
-        let mut m = Message::call(
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "GetNameOwner",
-        );
+        self.match_rule(
+            true,
+            format!(
+                "type='signal',sender='{BUS}',path='/org/freedesktop/DBus',interface='{BUS}',\
+                 member='NameOwnerChanged',arg0='{SYSTEMD}'"
+            ),
+        )?;
+        let mut m = Message::call(BUS, "/org/freedesktop/DBus", BUS, "GetNameOwner");
         m.body = vec![Value::Str(SYSTEMD.into())];
-        let owner = (self.bus.call(m)?).map_err(|e| Error::setup(format!("systemd: {e}")))?;
-        self.systemd = owner.first().and_then(Value::as_str).unwrap_or("").into();
+        let owner = (self.call(m)?).map_err(|e| Error::setup(format!("systemd: {e}")))?;
+        self.watch.systemd = owner.first().and_then(Value::as_str).unwrap_or("").into();
         let path = format!("{SYSTEMD_PATH}/unit/{}", bus_path_escape(&unit));
+        self.watch.scope_path = Some(path.clone());
         self.match_rule(
             true,
             format!(
@@ -135,7 +167,7 @@ impl Machined {
         ];
         match self.job(m, &format!("create {unit}"))?.as_str() {
             "done" => {
-                self.scope = Some((unit.clone(), path));
+                self.scope = Some(unit.clone());
                 Ok(unit)
             }
             r => Err(Error::setup(format!(
@@ -152,16 +184,16 @@ impl Machined {
              interface='{SYSTEMD_MANAGER}',member='JobRemoved'"
         );
         self.match_rule(true, jobs.clone())?;
-        let reply = (self.bus.call(m)?).map_err(|e| Error::setup(format!("cannot {what}: {e}")))?;
+        let reply = (self.call(m)?).map_err(|e| Error::setup(format!("cannot {what}: {e}")))?;
         let job = reply
             .first()
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
         // JobRemoved(u id, o job, s unit, s result) for our job.
-        let systemd = self.systemd.clone();
+        let watch = &mut self.watch;
         let done = self.bus.wait_signal(|s| {
-            s.sender.as_deref() == Some(systemd.as_str())
+            watch.note(s)
                 && s.member.as_deref() == Some("JobRemoved")
                 && s.body.get(1).and_then(Value::as_str) == Some(&job)
         })?;
@@ -198,7 +230,7 @@ impl Machined {
             ),
         ];
         let m = machined_call("RegisterMachineWithNetwork", body);
-        self.bus.call(m)?.map_err(|e| {
+        self.call(m)?.map_err(|e| {
             Error::setup(format!(
                 "cannot register machine {} with systemd-machined: {e}",
                 self.name
@@ -214,22 +246,34 @@ impl Machined {
         std::os::fd::AsFd::as_fd(self.bus.stream())
     }
 
-    /// Take the next message: whether it is systemd asking us to stop our scope
-    /// (`machinectl terminate`, a shutdown). An error: the bus is gone.
+    /// Whether systemd asked us to stop our scope (`machinectl terminate`, a shutdown): seen
+    /// already (while a call was on), or the next message. An error: the bus is gone.
     pub fn stop_requested(&mut self) -> Result<bool> {
-        let m = self.bus.receive()?;
-        Ok(m.kind == crate::dbus::SIGNAL
-            && m.sender.as_deref() == Some(self.systemd.as_str())
-            && m.member.as_deref() == Some("RequestStop")
-            && m.path.is_some()
-            && m.path.as_deref() == self.scope.as_ref().map(|s| s.1.as_str()))
+        if !self.watch.stop {
+            if let Some(m) = self.bus.receive()? {
+                self.watch.note(&m);
+            }
+        }
+        Ok(self.stop_pending())
+    }
+
+    /// The monitor stays in our scope (its cgroups before are gone): the scope is not stopped
+    /// at exit (it could not stop while the monitor is in it); systemd stops it once the
+    /// monitor is gone.
+    pub fn stay_in_scope(&mut self) {
+        self.scope = None;
+    }
+
+    /// Whether systemd asked us to stop our scope while a call was on (nothing is read).
+    pub fn stop_pending(&mut self) -> bool {
+        std::mem::take(&mut self.watch.stop)
     }
 
     /// The monitor's last word: our scope stopped (it holds nothing by now) and waited for,
     /// so that the name is free again at once for the next container, and the machine
     /// dropped from machined if `registered` (errors are of no use then).
     pub fn release(mut self, registered: bool) {
-        if let Some((unit, _)) = self.scope.take() {
+        if let Some(unit) = self.scope.take() {
             let mut m = Message::call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StopUnit");
             m.body = vec![Value::Str(unit.clone()), Value::Str("replace".into())];
             let _ = self.job(m, &format!("stop {unit}"));
@@ -239,6 +283,23 @@ impl Machined {
             let _ = self.bus.call(m);
         }
     }
+}
+
+/// Whether `m` comes from systemd, whose unique name is `systemd`: kept up to date from the
+/// bus's own NameOwnerChanged for org.freedesktop.systemd1 (`systemctl daemon-reexec`, as an
+/// upgrade of systemd runs, reconnects it under a new name: its stop requests came from a
+/// name not believed). Only the bus sends as `org.freedesktop.DBus`.
+fn from_systemd(systemd: &mut String, m: &Message) -> bool {
+    let arg = |i: usize| m.body.get(i).and_then(Value::as_str);
+    if m.kind == crate::dbus::SIGNAL
+        && m.sender.as_deref() == Some(BUS)
+        && m.member.as_deref() == Some("NameOwnerChanged")
+        && arg(0) == Some(SYSTEMD)
+    {
+        *systemd = arg(2).unwrap_or("").into();
+        return false;
+    }
+    !systemd.is_empty() && m.sender.as_deref() == Some(systemd.as_str())
 }
 
 /// An object path element as sd-bus escapes it: `[A-Za-z0-9]` as they are, every other
@@ -340,6 +401,78 @@ mod tests {
         assert_eq!(
             bus_path_escape("machine-inner.scope"),
             "machine_2dinner_2escope"
+        );
+    }
+
+    fn signal(sender: &str, member: &str, body: &[&str]) -> Message {
+        Message {
+            kind: crate::dbus::SIGNAL,
+            sender: Some(sender.into()),
+            member: Some(member.into()),
+            body: body.iter().map(|s| Value::Str(s.to_string())).collect(),
+            ..Message::default()
+        }
+    }
+
+    /// systemd re-executed: the bus says org.freedesktop.systemd1 has a new owner, whose
+    /// signals are believed from then on, the old one's no longer; the same news from any
+    /// other client changes nothing.
+    #[test]
+    fn systemds_new_name_is_followed_as_the_bus_says() {
+        let mut systemd = ":1.0".to_string();
+        let stop = |from: &str| signal(from, "RequestStop", &[]);
+        assert!(from_systemd(&mut systemd, &stop(":1.0")));
+        let moved = |from: &str| signal(from, "NameOwnerChanged", &[SYSTEMD, ":1.0", ":1.4"]);
+        assert!(!from_systemd(&mut systemd, &moved(":1.9")));
+        assert_eq!(systemd, ":1.0");
+        assert!(!from_systemd(&mut systemd, &moved(BUS)));
+        assert_eq!(systemd, ":1.4");
+        assert!(from_systemd(&mut systemd, &stop(":1.4")));
+        assert!(!from_systemd(&mut systemd, &stop(":1.0")));
+        // Gone (no owner): nothing is from systemd.
+        let gone = signal(BUS, "NameOwnerChanged", &[SYSTEMD, ":1.4", ""]);
+        assert!(!from_systemd(&mut systemd, &gone));
+        assert!(!from_systemd(&mut systemd, &signal("", "RequestStop", &[])));
+    }
+
+    /// systemd asks us to stop the scope (a shutdown, `systemctl stop`) while the monitor
+    /// waits for machined's answer to the registration: the request is kept, not dropped
+    /// with the other messages that came meanwhile (the scope then waited its 90 s stop
+    /// timeout, seen once in six starts with RuntimeMaxSec=1ms: failed before).
+    #[test]
+    fn a_stop_request_during_a_call_is_kept() {
+        use std::io::Write;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let path = "/org/freedesktop/systemd1/unit/machine_2dt_2escope";
+        let bus = std::thread::spawn(move || {
+            let call = crate::dbus::testing::next(&mut theirs);
+            let mut stop = signal(":1.0", "RequestStop", &[]);
+            stop.path = Some(path.into());
+            let reply = Message {
+                kind: crate::dbus::METHOD_RETURN,
+                reply_serial: Some(call.serial),
+                ..Message::default()
+            };
+            theirs.write_all(&stop.encode(7)).unwrap();
+            theirs.write_all(&reply.encode(8)).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            call.member
+        });
+        let mut m = Machined {
+            bus: crate::dbus::testing::bus_over(ours, std::time::Duration::from_secs(5)),
+            name: "t".into(),
+            scope: Some("machine-t.scope".into()),
+            watch: Watch {
+                systemd: ":1.0".into(),
+                scope_path: Some(path.into()),
+                stop: false,
+            },
+        };
+        m.register(7, "", "/", &[]).unwrap();
+        assert!(matches!(m.stop_requested(), Ok(true)));
+        assert_eq!(
+            bus.join().unwrap().as_deref(),
+            Some("RegisterMachineWithNetwork")
         );
     }
 

@@ -198,11 +198,20 @@ pub(crate) fn from_host_if_made(
 
 /// Cover `dest` with an inaccessible node of its own file type (mode 0000, read-only).
 pub(crate) fn inaccessible(root: &OwnedFd, scratch: &Scratch, dest: &Path) -> Result<()> {
-    let target = open_in_root(root, dest, None)?;
+    inaccessible_at(root, scratch, &open_in_root(root, dest, None)?, dest)
+}
+
+/// [`inaccessible`] of `dest`, already open as `target`.
+pub(crate) fn inaccessible_at(
+    root: &OwnedFd,
+    scratch: &Scratch,
+    target: &OwnedFd,
+    dest: &Path,
+) -> Result<()> {
     let st =
         nix::sys::stat::fstat(target.as_fd()).ctx(|| format!("cannot stat {}", dest.display()))?;
     let node = scratch.inaccessible(file_kind(&st))?;
-    bind_mount(&node, fd_path(&target).as_str())
+    bind_mount(&node, fd_path(target).as_str())
         .ctx(|| format!("cannot make {} inaccessible", dest.display()))?;
     make_read_only(root, dest, false)
 }

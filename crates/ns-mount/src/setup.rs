@@ -188,14 +188,14 @@ pub fn mount_proc(
     for d in ["acpi", "apm", "asound", "bus", "fs", "irq", "scsi"] {
         let dest = format!("/proc/{d}");
         match open_in_root(root, Path::new(&dest), None) {
-            Ok(_) => bind_read_only(root, &dest)?,
+            Ok(fd) => bind_self_read_only(root, &fd, &dest, false)?,
             Err(_) => continue, // absent on this kernel
         }
     }
     for f in ["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"] {
         let dest = PathBuf::from(format!("/proc/{f}"));
-        if open_in_root(root, &dest, None).is_ok() {
-            crate::ops::inaccessible(root, scratch, &dest)?;
+        if let Ok(fd) = open_in_root(root, &dest, None) {
+            crate::ops::inaccessible_at(root, scratch, &fd, &dest)?;
         }
     }
     Ok(())

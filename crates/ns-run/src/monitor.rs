@@ -232,12 +232,23 @@ impl Systemd {
 impl Drop for Systemd {
     fn drop(&mut self) {
         if let Some(origin) = self.origin.take() {
-            let _ = ns_host::cgroups::leave_unit(&origin);
+            let _ = leave_scope(&origin, self.machined.as_mut());
         }
         if let Some(m) = self.machined.take() {
             m.release(false);
         }
     }
+}
+
+/// Back to the monitor's cgroups of `origin`, out of its scope (before PID 1 runs, or before
+/// the scope is stopped at exit: it cannot stop while the monitor is in it). Where they are
+/// gone (ns-run alone in a scope of the caller's, which systemd removed once the monitor left
+/// it) the monitor stays in the scope's `supervisor`, as with --keep-unit.
+fn leave_scope(origin: &[Hierarchy], machined: Option<&mut Machined>) -> Result<()> {
+    if let (false, Some(m)) = (ns_host::cgroups::leave_unit(origin)?, machined) {
+        m.stay_in_scope();
+    }
+    Ok(())
 }
 
 /// What the host decided at start, and holds while the container runs.
@@ -727,10 +738,15 @@ impl<'a> Monitor<'a> {
             cleanup,
             console,
             notify,
-            machined,
+            mut machined,
+            origin,
             ..
         } = self;
         cleanup.run(Some(&held.lock));
+        if let Some(origin) = origin {
+            // Failed before PID 1 was registered: out of the scope before it is stopped.
+            let _ = leave_scope(&origin, machined.as_mut());
+        }
         match machined {
             Some(m) => m.release(self.in_machined),
             None if self.in_machined => ns_host::machined::unregister_by_name(&self.state.machine),
@@ -892,7 +908,12 @@ impl<'a> Monitor<'a> {
                 ns_core::stage::fault("ns-run:registered");
             }
             self.register_with_machined(pid)?;
-            self.chain.go()?; // SYNC-3
+            if self.requests > 0 {
+                // systemd asked to stop the scope while it was being set up.
+                let _ = kill(pid, Signal::SIGKILL);
+            } else {
+                self.chain.go()?; // SYNC-3
+            }
         }
         Ok(())
     }
@@ -901,7 +922,7 @@ impl<'a> Monitor<'a> {
     /// host side of its veths).
     fn register_with_machined(&mut self, pid: Pid) -> Result<()> {
         if let Some(origin) = self.origin.take() {
-            ns_host::cgroups::leave_unit(&origin)?;
+            leave_scope(&origin, self.machined.as_mut())?;
         }
         let Some(m) = self.machined.as_mut() else {
             return Ok(());
@@ -914,6 +935,9 @@ impl<'a> Monitor<'a> {
         let ifindices = ns_host::machined::ifindices(&names);
         m.register(pid.as_raw(), &self.state.exec.uuid, &root, &ifindices)?;
         self.in_machined = true;
+        if m.stop_pending() {
+            self.requests += 1;
+        }
         Ok(())
     }
 

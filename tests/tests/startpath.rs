@@ -1,0 +1,225 @@
+//! The start path (issue 19's start-up goal): what the monitor does per start, counted in
+//! system calls under strace (deterministic, unlike timings on a shared machine). Figures for
+//! release builds come from bench/run.sh; these tests check the mechanisms that keep the
+//! counts small, and that doing less leaves nothing behind.
+
+use ns_tests::{bin, Tree};
+use std::path::Path;
+use std::process::Command;
+
+/// One system call of a trace: its name and the rest of the line.
+struct Call {
+    name: String,
+    line: String,
+}
+
+/// The trace of each process of a plain run of `/bin/true` in `t` with `opts` (strace -ff
+/// writes one file per process).
+fn traces(t: &Tree, opts: &[&str]) -> Vec<String> {
+    let out = t.host_dir("strace");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-ff", "-qq", "-s", "200", "-o"])
+        .arg(out.join("t"))
+        .arg(bin("ns-run"))
+        .args(["--register=no", "-q"])
+        .args(opts)
+        .args(["-D", t.arg(), "/bin/true"])
+        .env_remove("NS_DEBUG")
+        .env_remove("NS_STAGE_FDS");
+    let r = ns_tests::run_cmd(c, None);
+    r.ok();
+    std::fs::read_dir(&out)
+        .expect("strace output")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect()
+}
+
+fn parse(trace: &str) -> Vec<Call> {
+    trace
+        .lines()
+        .filter_map(|l| {
+            let name = l.split('(').next()?;
+            (!name.is_empty() && !name.starts_with(['+', '-', ' ', '<'])).then(|| Call {
+                name: name.to_string(),
+                line: l.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The monitor's system calls (its trace is the one that runs ns-run).
+fn monitor_calls(t: &Tree, opts: &[&str]) -> Vec<Call> {
+    let exec = format!("execve(\"{}\"", bin("ns-run").display());
+    let monitor = traces(t, opts)
+        .into_iter()
+        .find(|s| s.starts_with(&exec))
+        .expect("a trace of the monitor");
+    parse(&monitor)
+}
+
+/// The system calls of stage `stage` (from its exec to the next one).
+fn stage_calls(t: &Tree, stage: &str) -> Vec<Call> {
+    let exec = format!("[\"{stage}\", ");
+    let trace = traces(t, &[])
+        .into_iter()
+        .find(|s| s.contains(&exec))
+        .expect("a trace of the stage");
+    let calls = parse(&trace);
+    let at = calls
+        .iter()
+        .position(|c| c.name.starts_with("execve") && c.line.contains(&exec))
+        .expect("its exec");
+    let mut rest: Vec<Call> = calls.into_iter().skip(at + 1).collect();
+    if let Some(end) = rest.iter().position(|c| c.name.starts_with("execve")) {
+        rest.truncate(end);
+    }
+    rest
+}
+
+/// The cgroups the monitor made (mkdir under /sys/fs/cgroup that succeeded).
+fn cgroups_made(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.name == "mkdir" && c.line.ends_with("= 0"))
+        .filter_map(|c| c.line.split('"').nth(1))
+        .filter(|p| p.starts_with("/sys/fs/cgroup/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn cgroups_are_removed_with_one_rmdir_each() {
+    let t = Tree::rootfs("startpath-rm");
+    let calls = monitor_calls(&t, &[]);
+    let made = cgroups_made(&calls);
+    assert!(!made.is_empty(), "no cgroup made: {}", made.len());
+    for d in &made {
+        assert!(!Path::new(d).exists(), "{d} left behind");
+    }
+    // From the payload's end (the last child reaped) to the monitor's exit: the removal of
+    // what the container left, one rmdir per cgroup, and the registry, journal and locks.
+    let last_wait = calls
+        .iter()
+        .rposition(|c| c.name == "wait4" && !c.line.ends_with("= 0"))
+        .expect("the payload reaped");
+    let tail = &calls[last_wait + 1..];
+    let walks = tail.iter().filter(|c| c.name == "getdents64").count();
+    assert_eq!(walks, 0, "directories read to remove cgroups: {walks}");
+    let bound = made.len() * 2 + 40;
+    assert!(
+        tail.len() <= bound,
+        "{} system calls after the payload's end for {} cgroups (bound {bound}): {:?}",
+        tail.len(),
+        made.len(),
+        tail.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_new_cgroup_is_looked_up_once_before_it_is_made() {
+    let t = Tree::rootfs("startpath-mk");
+    let calls = monitor_calls(&t, &[]);
+    let made = cgroups_made(&calls);
+    assert!(!made.is_empty(), "no cgroup made");
+    for d in made.iter().filter(|d| !d.ends_with("/payload")) {
+        let quoted = format!("\"{d}\"");
+        let mk = calls
+            .iter()
+            .position(|c| c.name == "mkdir" && c.line.contains(&quoted))
+            .expect("its mkdir");
+        let looks: Vec<&str> = calls[..mk]
+            .iter()
+            .filter(|c| c.line.contains(&quoted))
+            .map(|c| c.name.as_str())
+            .collect();
+        // The cleanup journal's check that it is a cgroup or not there yet: one lstat.
+        assert!(
+            looks.len() <= 1,
+            "{d} looked up before its mkdir: {looks:?}"
+        );
+    }
+}
+
+#[test]
+fn ns_mount_opens_each_proc_entry_it_covers_twice_at_most() {
+    let t = Tree::rootfs("startpath-proc");
+    let calls = stage_calls(&t, "ns-mount");
+    let opened = |e: &str| {
+        let quoted = format!("\"proc/{e}\"");
+        calls
+            .iter()
+            .filter(|c| c.name == "openat2" && c.line.contains(&quoted))
+            .count()
+    };
+    assert_eq!(opened("sys"), 2, "the check of the trace itself");
+    // Existing ones: found (and bound through that fd), then the new mount made read-only.
+    for e in ["fs", "irq", "bus", "kallsyms", "keys", "timer_list"] {
+        let n = opened(e);
+        assert!(n <= 2, "/proc/{e} opened {n} times");
+    }
+}
+
+#[test]
+fn the_payload_level_gets_its_cpus_from_the_container_cgroup_unasked() {
+    let t = Tree::rootfs("startpath-cpuset");
+    let calls = monitor_calls(&t, &[]);
+    let made = cgroups_made(&calls);
+    let Some(payload) = made
+        .iter()
+        .find(|d| d.contains("/cpuset/") && d.ends_with("/payload"))
+    else {
+        eprintln!("no v1 cpuset hierarchy here: nothing to check");
+        return;
+    };
+    // The payload ran (a cpuset without CPUs takes no process), with no file of its own
+    // written: cgroup.clone_children on the container's level gave it its CPUs.
+    let touched: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.line.contains(&format!("\"{payload}/")))
+        .map(|c| c.line.as_str())
+        .collect();
+    assert!(touched.is_empty(), "payload's cpuset written: {touched:?}");
+}
+
+/// Every start looks at the monitor of each running container (is its cleanup journal
+/// stale?): a few system calls each, as that is paid per start times containers running.
+#[test]
+fn a_running_containers_monitor_costs_a_start_three_system_calls() {
+    let t = Tree::rootfs("startpath-alive");
+    let name = ns_tests::unique("spalive");
+    let r = ns_tests::Stopping::new(ns_tests::spawn_until(
+        ns_tests::registered_sleeper(&t, &name, &[]),
+        "ready",
+    ));
+    let other = Tree::rootfs("startpath-alive2");
+    let calls = monitor_calls(&other, &[]);
+    let comm = format!("\"/proc/{}/comm\"", r.pid());
+    let open = calls
+        .iter()
+        .position(|c| c.name == "openat" && c.line.contains(&comm))
+        .expect("the running monitor looked at");
+    let fd = calls[open]
+        .line
+        .rsplit("= ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let close = calls[open..]
+        .iter()
+        .position(|c| c.name == "close" && c.line.starts_with(&format!("close({fd})")))
+        .expect("closed");
+    // A debug build's std checks an fd it closes (F_GETFD): not counted.
+    let made: Vec<&str> = calls[open..=open + close]
+        .iter()
+        .filter(|c| !c.line.starts_with(&format!("fcntl({fd}, F_GETFD)")))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        made.len() <= 3,
+        "{} system calls for it: {made:?}",
+        made.len()
+    );
+    drop(r);
+}
