@@ -288,6 +288,12 @@ impl ExecArgs {
 }
 
 impl Args {
+    /// The chain's command line, `--state-fd N [--sync-fd M]` ([`ns_core::stage::stage_args`]).
+    pub fn set_fds(&mut self, state_fd: i32, sync_fd: Option<i32>) {
+        self.state_fd = Some(state_fd);
+        self.sync_fd = sync_fd;
+    }
+
     /// The plan these flags describe; relative to nspawn's defaults, as ns-run computes it.
     pub fn to_plan(&self) -> Result<ExecPlan> {
         self.exec.plan(&ExecContext {

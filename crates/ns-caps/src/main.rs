@@ -1,18 +1,21 @@
 //! ns-caps: become the payload's user, drop capabilities, exec. See lib.rs for the contract.
 #![forbid(unsafe_code)]
+#![no_main]
 
 use ns_caps::identity::{build_env, lookup_user, User};
 use ns_caps::privileges::{drop_privileges, with_ids};
 use ns_caps::process::{exec, fork_payload, new_session, take_console, wait_for_start};
 use ns_caps::{Args, STAGE};
 use ns_core::exec::{args_utf8, StageFds};
-use ns_core::stage::{adopt_sync, parse_args, run};
+use ns_core::stage::{adopt_sync, run, stage_args};
 use ns_core::state::{ExecPlan, Runtime, State};
 use ns_core::{Context, Error, Result};
 
-fn main() {
+ns_core::stage_main!(stage);
+
+fn stage() -> ! {
     run(STAGE, || {
-        let args: Args = parse_args(STAGE, &args_utf8()?);
+        let args: Args = stage_args(STAGE, &args_utf8()?, Args::set_fds);
         let sync = adopt_sync(args.sync_fd)?;
         let (plan, runtime) = match args.state_fd {
             Some(fd) => {

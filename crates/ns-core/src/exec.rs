@@ -62,6 +62,22 @@ pub fn state_argv(stage: &str, state_fd: RawFd, sync_fd: Option<RawFd>) -> Vec<S
     v
 }
 
+/// The inverse of [`state_argv`]: (state fd, sync fd) when `argv` is exactly what it
+/// writes (fds in decimal digits), else None.
+pub fn parse_state_argv(argv: &[String]) -> Option<(RawFd, Option<RawFd>)> {
+    let fd = |s: &String| -> Option<RawFd> {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match argv {
+        [_, s, n] if s == "--state-fd" => Some((fd(n)?, None)),
+        [_, s, n, y, m] if s == "--state-fd" && y == "--sync-fd" => Some((fd(n)?, Some(fd(m)?))),
+        _ => None,
+    }
+}
+
 /// The program a stage execs next: the rest of its argv, else (in state mode) the `next`
 /// stage reading the same state.
 pub fn next_program(
@@ -539,5 +555,29 @@ mod tests {
             exec_error("/bin/nope", Errno::ENOENT).msg,
             "cannot execute /bin/nope: No such file or directory"
         );
+    }
+
+    #[test]
+    fn parse_state_argv_reads_exactly_what_state_argv_writes() {
+        assert_eq!(
+            parse_state_argv(&state_argv("s", 3, Some(4))),
+            Some((3, Some(4)))
+        );
+        assert_eq!(
+            parse_state_argv(&state_argv("s", 13, None)),
+            Some((13, None))
+        );
+        for other in [
+            &["s", "--sync-fd", "4", "--state-fd", "3"][..],
+            &["s", "--state-fd", "+3"],
+            &["s", "--state-fd", "-3"],
+            &["s", "--state-fd", ""],
+            &["s", "--state-fd", "99999999999"],
+            &["s", "--state-fd=3"],
+            &["s", "--state-fd", "3", "--sync-fd", "4", "--"],
+            &["s", "--state-fd", "3", "--root-fd", "4"],
+        ] {
+            assert_eq!(parse_state_argv(&v(other)), None, "{other:?}");
+        }
     }
 }

@@ -116,6 +116,26 @@ pub fn fail(stage: &str, e: &Error) -> ! {
     std::process::exit(e.code)
 }
 
+/// A chain stage's flags. The chain's own command line (`STAGE --state-fd N --sync-fd M`,
+/// [`crate::exec::state_argv`]) is read directly into `T::default()` by `set_fds`: clap
+/// would first build the stage's whole standalone Command (every flag, its help and
+/// conflicts), which costs more than the rest of the stage's start in user space. Any other
+/// command line goes to [`parse_args`], so the standalone CLI and its errors are unchanged.
+pub fn stage_args<T: clap::Parser + Default>(
+    stage: &str,
+    argv: &[String],
+    set_fds: impl FnOnce(&mut T, i32, Option<i32>),
+) -> T {
+    match crate::exec::parse_state_argv(argv) {
+        Some((state, sync)) => {
+            let mut args = T::default();
+            set_fds(&mut args, state, sync);
+            args
+        }
+        None => parse_args(stage, argv),
+    }
+}
+
 /// Parse a stage's flags with clap, turning clap's multi-line errors into our one line and
 /// exit code 125. `--help` and `--version` print and exit 0.
 pub fn parse_args<T: clap::Parser>(stage: &str, argv: &[String]) -> T {

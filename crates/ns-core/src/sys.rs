@@ -789,3 +789,62 @@ pub fn dup_to(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> nix::Result<(
     // SAFETY: dup2 takes plain fd numbers; replacing `to` (stdin/out/err here) is the point.
     Errno::result(unsafe { libc::dup2(from, to) }).map(drop)
 }
+
+/// The C `main` of ns-run and the chain's stages, in place of the Rust runtime's (the
+/// binary's crate is `#![no_main]`; `$run` never returns). The runtime's start-up costs
+/// each exec ~17 system calls and ~35k instructions, mostly for a stack-overflow handler: it
+/// reads and parses /proc/self/maps (glibc's pthread_getattr_np) and maps a signal stack.
+/// What matters of the rest stays ([`runtime_start`]); a stack overflow is then a plain
+/// SIGSEGV instead of a message and SIGABRT. Arguments and environment are the runtime's
+/// as before (glibc hands them to the Rust runtime's initializer, not to `main`).
+#[macro_export]
+macro_rules! stage_main {
+    ($run:path) => {
+        // SAFETY: the program's one `main` symbol (the crate is `#![no_main]`), with C's
+        // signature; it takes no pointer it reads.
+        #[no_mangle]
+        extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+            $crate::sys::runtime_start();
+            $run()
+        }
+    };
+}
+
+/// What the Rust runtime's start-up does that our binaries rely on, for [`stage_main`]: fds 0-2
+/// open (a closed one becomes /dev/null, so that no file the stage opens takes its number and
+/// gets its error messages or its payload's output), and SIGPIPE ignored (a write to a closed
+/// pipe fails with EPIPE; see [`crate::stage::quiet_on_closed_pipe`]).
+pub fn runtime_start() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: poll reads and writes only the three pollfds of `fds`, whose length it is given.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) };
+    for p in fds
+        .iter()
+        .filter(|p| r < 0 || p.revents & libc::POLLNVAL != 0)
+    {
+        // SAFETY: F_GETFD on a plain number reads no memory (poll failing is the rare case).
+        if unsafe { libc::fcntl(p.fd, libc::F_GETFD) } < 0 {
+            let null = nix::fcntl::open(
+                "/dev/null",
+                nix::fcntl::OFlag::O_RDWR,
+                nix::sys::stat::Mode::empty(),
+            );
+            // It takes the lowest free number, this one: kept open for good. Without
+            // /dev/null there is nothing better to do.
+            if let Ok(fd) = null {
+                std::mem::forget(fd);
+            }
+        }
+    }
+    // SAFETY: SIG_IGN runs no handler code; no thread exists yet.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    };
+}

@@ -117,6 +117,12 @@ impl EnterArgs {
 }
 
 impl Args {
+    /// The chain's command line, `--state-fd N [--sync-fd M]` ([`ns_core::stage::stage_args`]).
+    pub fn set_fds(&mut self, state_fd: i32, sync_fd: Option<i32>) {
+        self.state_fd = Some(state_fd);
+        self.sync_fd = sync_fd;
+    }
+
     /// The plan these flags describe.
     pub fn to_plan(&self) -> EnterPlan {
         let chosen = [

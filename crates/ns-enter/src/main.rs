@@ -1,12 +1,13 @@
 //! ns-enter: unshare the container's namespaces and start PID 1. See lib.rs for the contract.
 #![forbid(unsafe_code)]
+#![no_main]
 
 use std::convert::Infallible;
 use std::os::fd::AsFd;
 
 use nix::sys::signal::{kill, Signal};
 use ns_core::exec::{chain_stages, exec_next, next_program, StageFds};
-use ns_core::stage::{adopt_sync, debug, parse_args, run};
+use ns_core::stage::{adopt_sync, debug, run, stage_args};
 use ns_core::state::{Namespace, Runtime, State};
 use ns_core::sync::{Msg, SyncSocket};
 use ns_core::sys::{clone_parent, fork, loopback_up, Forked, SignalSet};
@@ -15,9 +16,11 @@ use ns_enter::{clone_flags, Args};
 
 const STAGE: &str = "ns-enter";
 
-fn main() {
+ns_core::stage_main!(stage);
+
+fn stage() -> ! {
     run(STAGE, || {
-        let args: Args = parse_args(STAGE, &ns_core::exec::args_utf8()?);
+        let args: Args = stage_args(STAGE, &ns_core::exec::args_utf8()?, Args::set_fds);
         let sync = adopt_sync(args.sync_fd)?;
         let (plan, runtime) = match args.state_fd {
             Some(fd) => {

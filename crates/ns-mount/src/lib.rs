@@ -335,6 +335,12 @@ fn check_no_idmap(given: &[(MountKind, String)], ops: &[MountOp]) -> Result<()> 
 }
 
 impl Args {
+    /// The chain's command line, `--state-fd N [--sync-fd M]` ([`ns_core::stage::stage_args`]).
+    pub fn set_fds(&mut self, state_fd: i32, sync_fd: Option<i32>) {
+        self.state_fd = Some(state_fd);
+        self.sync_fd = sync_fd;
+    }
+
     /// The plan these flags describe.
     pub fn to_plan(&self) -> Result<MountPlan> {
         let dir = self

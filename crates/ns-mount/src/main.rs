@@ -1,17 +1,20 @@
 //! ns-mount: build the container's root and pivot into it. See lib.rs for the contract.
 #![forbid(unsafe_code)]
+#![no_main]
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, next_program, StageFds};
-use ns_core::stage::{adopt_sync, debug, parse_args, run};
+use ns_core::stage::{adopt_sync, debug, run, stage_args};
 use ns_core::state::{Runtime, State};
 use ns_mount::Args;
 
 const STAGE: &str = "ns-mount";
 
-fn main() {
+ns_core::stage_main!(stage);
+
+fn stage() -> ! {
     run(STAGE, || {
         let argv = args_utf8()?;
-        let args: Args = parse_args(STAGE, &argv);
+        let args: Args = stage_args(STAGE, &argv, Args::set_fds);
         // Kept open (not dropped) for ns-caps, the next stage.
         let sync = adopt_sync(args.sync_fd)?;
         let (plan, runtime) = match args.state_fd {

@@ -4,6 +4,7 @@
 //! prints the equivalent chain of stages (`--print-chain`), or becomes the monitor and runs
 //! the chain ns-enter → ns-mount → ns-caps [→ ns-init] → payload (monitor.rs).
 #![forbid(unsafe_code)]
+#![no_main]
 
 mod monitor;
 
@@ -16,7 +17,9 @@ use ns_run::{cli, oci, plan, settings};
 
 const STAGE: &str = "ns-run";
 
-fn main() {
+ns_core::stage_main!(start);
+
+fn start() -> ! {
     run(STAGE, || {
         let (state, hierarchies) = plan_from_args()?;
         let code = monitor::run(&state, hierarchies)?;
