@@ -1,6 +1,6 @@
 //! ns-caps: become the payload's user, drop capabilities, exec. See lib.rs for the contract.
 #![forbid(unsafe_code)]
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use ns_caps::identity::{build_env, lookup_user, User};
 use ns_caps::privileges::{drop_privileges, with_ids};

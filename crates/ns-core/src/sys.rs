@@ -797,16 +797,22 @@ pub fn dup_to(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> nix::Result<(
 /// What matters of the rest stays ([`runtime_start`]); a stack overflow is then a plain
 /// SIGSEGV instead of a message and SIGABRT. Arguments and environment are the runtime's
 /// as before (glibc hands them to the Rust runtime's initializer, not to `main`).
+/// The binary's unit tests (`cargo test` builds it with the test harness's `main`) keep the
+/// runtime: there the crate is `#![cfg_attr(not(test), no_main)]` and this defines no `main`.
 #[macro_export]
 macro_rules! stage_main {
     ($run:path) => {
         // SAFETY: the program's one `main` symbol (the crate is `#![no_main]`), with C's
         // signature; it takes no pointer it reads.
+        #[cfg(not(test))]
         #[no_mangle]
         extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
             $crate::sys::runtime_start();
             $run()
         }
+        // Under the test harness the stage's entry is still compiled (and so still used).
+        #[cfg(test)]
+        const _: fn() -> ! = $run;
     };
 }
 

@@ -1,6 +1,6 @@
 //! ns-enter: unshare the container's namespaces and start PID 1. See lib.rs for the contract.
 #![forbid(unsafe_code)]
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use std::convert::Infallible;
 use std::os::fd::AsFd;

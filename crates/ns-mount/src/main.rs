@@ -1,6 +1,6 @@
 //! ns-mount: build the container's root and pivot into it. See lib.rs for the contract.
 #![forbid(unsafe_code)]
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use ns_core::exec::{args_utf8, chain_stages, exec_next, next_program, StageFds};
 use ns_core::stage::{adopt_sync, debug, run, stage_args};

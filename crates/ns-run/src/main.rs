@@ -4,7 +4,7 @@
 //! prints the equivalent chain of stages (`--print-chain`), or becomes the monitor and runs
 //! the chain ns-enter → ns-mount → ns-caps [→ ns-init] → payload (monitor.rs).
 #![forbid(unsafe_code)]
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 mod monitor;
 
