@@ -294,6 +294,11 @@ impl Reader<'_> {
 
 /// The first complete type of `sig`, and the rest.
 fn split_type(sig: &str) -> Result<(&str, &str)> {
+    // Type codes are ASCII; a signature read off the wire may hold any UTF-8, and splitting
+    // inside a multi-byte character would panic.
+    if !sig.is_ascii() {
+        return Err(malformed("signature not ASCII"));
+    }
     let b = sig.as_bytes();
     let mut i = 0;
     while b.get(i) == Some(&b'a') {
@@ -1115,6 +1120,17 @@ mod tests {
         let elements = [8, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
         assert!(Message::decode(&with_body(&a, &[0; 8])).is_ok());
         assert!(Message::decode(&with_body(&a, &elements)).is_err());
+    }
+
+    /// A variant whose signature is UTF-8 but not ASCII (found by the fuzzer: splitting the
+    /// signature inside a two-byte character panicked) is refused with an error.
+    #[test]
+    fn a_signature_that_is_not_ascii_is_refused() {
+        let v = signal("V", vec![Value::Variant(Box::new(Value::Byte(5)))]);
+        assert!(Message::decode(&with_body(&v, b"\x01y\x00\x05")).is_ok());
+        let body = "\x02\u{480}\x00\x05".as_bytes();
+        assert!(Message::decode(&with_body(&v, body)).is_err());
+        assert!(split_type("\u{480}y").is_err());
     }
 
     /// Nothing listens where the address points: no bus (one failed connect), no error.
