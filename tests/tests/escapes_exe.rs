@@ -785,3 +785,40 @@ fn ns_oci_exec_is_never_more_privileged_than_the_container() {
 fn ns_oci_exec_is_never_more_privileged_than_the_container_userns() {
     oci_exec_ptrace("ptrace-oci-u", true);
 }
+
+/// ns-run started with stdio closed where /dev/null cannot be opened (a daemonizer's closed
+/// fds, in a chroot without /dev or a /dev/null that is no device): a stage binary's O_PATH fd,
+/// which travels down the chain, would take number 0, 1 or 2 and reach the payload as its
+/// stdio, and container root could write our host binary through /proc/self/fd/N. The start
+/// aborts instead, before anything is made (as the Rust runtime's start-up did: the stages
+/// now start without it). Run in a private mount namespace whose /dev/null is a char device
+/// 0:0 (opening it fails with ENXIO).
+#[test]
+fn closed_stdio_without_dev_null_aborts_and_reaches_no_binary() {
+    let t = Tree::rootfs("stdio");
+    let bins = Copies::new(&t, &["ns-run", "ns-enter", "ns-mount", "ns-caps"]);
+    let out = t.host_dir("out");
+    let node = t.host_dir("node").join("null");
+    let status = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(
+            r#"mknod "$1" c 0 0 && mount --bind "$1" /dev/null || exit 99
+            "$2" --register=no -q -D "$3" --bind="$4":/out sh -c \
+                'readlink /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2 > /out/fds
+                 for n in 0 1 2; do printf x >> /proc/self/fd/$n && echo wrote $n >> /out/fds; done' \
+                0<&- 1>&- 2>&-"#,
+        )
+        .args(["sh", s(&node)])
+        .arg(bins.dir.join("ns-run"))
+        .args([s(t.path()), s(&out)])
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGABRT),
+        "ns-run without stdio and /dev/null: {status:?}; the payload saw: {:?}",
+        fs::read_to_string(out.join("fds")).ok()
+    );
+    assert!(!out.join("fds").exists(), "the payload ran");
+    bins.assert_unchanged();
+}

@@ -819,7 +819,11 @@ macro_rules! stage_main {
 /// What the Rust runtime's start-up does that our binaries rely on, for [`stage_main`]: fds 0-2
 /// open (a closed one becomes /dev/null, so that no file the stage opens takes its number and
 /// gets its error messages or its payload's output), and SIGPIPE ignored (a write to a closed
-/// pipe fails with EPIPE; see [`crate::stage::quiet_on_closed_pipe`]).
+/// pipe fails with EPIPE; see [`crate::stage::quiet_on_closed_pipe`]). Where a closed one
+/// cannot be filled (no /dev/null to open), the program aborts, as the Rust runtime does:
+/// left free, the number would go to the next fd opened, such as a stage binary's O_PATH fd
+/// that travels down the chain, and so reach the payload as its stdio (a container root could
+/// then write our host binary through /proc/self/fd).
 pub fn runtime_start() {
     let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
         fd,
@@ -839,10 +843,10 @@ pub fn runtime_start() {
                 nix::fcntl::OFlag::O_RDWR,
                 nix::sys::stat::Mode::empty(),
             );
-            // It takes the lowest free number, this one: kept open for good. Without
-            // /dev/null there is nothing better to do.
-            if let Ok(fd) = null {
-                std::mem::forget(fd);
+            // It takes the lowest free number, this one: kept open for good.
+            match null {
+                Ok(fd) if std::os::fd::AsRawFd::as_raw_fd(&fd) == p.fd => std::mem::forget(fd),
+                _ => std::process::abort(),
             }
         }
     }
