@@ -304,3 +304,58 @@ fn sigterm_during_startup_is_a_clean_kill() {
         .collect();
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// Signals the caller ignores (`nohup` ignores SIGHUP, a shell's `trap ''`) do not reach the
+/// payload ignored: an ignored disposition survives exec, and systemd-nspawn (as runc) puts
+/// every one back to its default. The payload's SigIgn is nspawn's for the same caller.
+#[test]
+fn signals_the_caller_ignored_are_not_ignored_in_the_payload() {
+    let t = Tree::rootfs("sigign");
+    let ignoring = |cmd: &[&str]| -> String {
+        let out = Command::new("sh")
+            .args(["-c", r#"trap '' HUP INT TERM USR1 PIPE; exec "$@""#, "sh"])
+            .args(cmd)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        text.lines()
+            .find(|l| l.starts_with("SigIgn:"))
+            .unwrap_or_else(|| panic!("{cmd:?} printed {text:?}"))
+            .to_string()
+    };
+    let script = "grep SigIgn /proc/self/status";
+    let ns_run = ns_tests::bin("ns-run");
+    let ours = ignoring(&[
+        ns_tests::s(&ns_run),
+        "--register=no",
+        "-q",
+        "-D",
+        t.arg(),
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    let mask = u64::from_str_radix(ours.trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGPIPE,
+    ] {
+        assert_eq!(mask & (1 << (sig - 1)), 0, "signal {sig} ignored: {ours}");
+    }
+    let nspawn = ignoring(&[
+        "systemd-nspawn",
+        "--register=no",
+        "--keep-unit",
+        "-q",
+        "-D",
+        t.arg(),
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(ours, nspawn);
+}

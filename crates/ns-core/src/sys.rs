@@ -550,17 +550,23 @@ pub fn kill_raw(pid: Pid, signo: i32) -> nix::Result<()> {
     Errno::result(unsafe { libc::kill(pid.as_raw(), signo) }).map(drop)
 }
 
-/// What a payload must start with: SIGPIPE at its default (the Rust runtime of every stage
-/// ignores it, and an ignored disposition survives exec) and no blocked signals.
+/// What a payload must start with: every signal at its default disposition and none
+/// blocked. An ignored disposition survives exec: SIGPIPE, which our stages ignore, and
+/// whatever the caller of ns-run ignored (`nohup` ignores SIGHUP, a shell's `trap ''`); as
+/// systemd-nspawn and runc do, none of it reaches the container.
 pub fn reset_signals_for_exec() -> nix::Result<()> {
-    // SAFETY: installing SIG_DFL runs no handler code; nothing else in this single-threaded
-    // process depends on SIGPIPE being ignored after this point (the next step is exec).
-    unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigDfl,
-        )
-    }?;
+    for signo in 1..libc::SIGRTMAX() {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no handler code; nothing else in this single-threaded
+        // process depends on a disposition after this point (the next step is exec). Numbers
+        // the C library keeps for itself are refused with EINVAL, and skipped.
+        let r = unsafe { libc::signal(signo, libc::SIG_DFL) };
+        if r == libc::SIG_ERR && Errno::last() != Errno::EINVAL {
+            return Err(Errno::last());
+        }
+    }
     SignalSet::new(&[]).set_mask()
 }
 
