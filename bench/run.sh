@@ -23,9 +23,8 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
 BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
 
-section() { printf '\n=== %s ===\n' "$*"; }
-note() { printf '  %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 [[ $(id -u) -eq 0 ]] || die "must run as root"
 
@@ -36,9 +35,6 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 TMP=""
 LAUNCHED=()
 
-mounts_under() { # print mount points below $1 (host mount namespace)
-    awk -v p="$1" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo
-}
 
 cleanup() {
     local rc=$? pid m i r left
@@ -68,12 +64,7 @@ cleanup() {
             [[ -z $left ]] || { echo "cleanup: killing leftover sleeps:" $left >&2; kill -KILL $left 2>/dev/null || true; }
         fi
         # deepest first
-        for m in $(mounts_under "$TMP" | sort -r); do umount -l "$m" 2>/dev/null || true; done
-        if [[ -n $(mounts_under "$TMP") ]]; then
-            echo "warning: mounts remain under $TMP; not removing it" >&2
-        else
-            rm -rf --one-file-system -- "$TMP"
-        fi
+        remove_tmp_dir "$TMP"
     fi
     exit "$rc"
 }
@@ -81,26 +72,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# ---------------------------------------------------------------------------------------
-section "Environment"
-# ---------------------------------------------------------------------------------------
-note "date:    $(date -Is)"
-note "kernel:  $(uname -r)"
-note "cpus:    $(nproc)"
-note "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other builds may be running)"
+print_environment
 
-PKGS=(busybox-static hyperfine bubblewrap systemd-container runc)
-missing=()
-for p in "${PKGS[@]}"; do
-    if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) != "install ok installed" ]]; then
-        missing+=("$p")
-    fi
-done
-if ((${#missing[@]})); then
-    note "installing: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+need_packages busybox-static hyperfine bubblewrap systemd-container runc
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     command -v cargo >/dev/null || PATH="$HOME/.cargo/bin:$PATH"

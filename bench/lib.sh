@@ -1,0 +1,45 @@
+# bench/lib.sh: what the benchmark scripts share (sourced, not run).
+
+section() { printf '\n=== %s ===\n' "$*"; }
+note() { printf '  %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+mounts_under() { # print mount points below $1 (host mount namespace)
+    awk -v p="$1" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo
+}
+
+# Unmount what is below the temp dir $1 (deepest first), then remove it; never across a
+# mount: with a mount left the dir stays and a warning says so.
+remove_tmp_dir() {
+    local m
+    [[ -n $1 && -d $1 ]] || return 0
+    for m in $(mounts_under "$1" | sort -r); do umount -l "$m" 2>/dev/null || true; done
+    if [[ -n $(mounts_under "$1") ]]; then
+        echo "warning: mounts remain under $1; not removing it" >&2
+    else
+        rm -rf --one-file-system -- "$1"
+    fi
+}
+
+# Install the Debian packages named that are missing.
+need_packages() {
+    local p missing=()
+    for p in "$@"; do
+        if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) != "install ok installed" ]]; then
+            missing+=("$p")
+        fi
+    done
+    if ((${#missing[@]})); then
+        note "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+print_environment() {
+    section "Environment"
+    note "date:    $(date -Is)"
+    note "kernel:  $(uname -r)"
+    note "cpus:    $(nproc)"
+    note "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other builds may be running)"
+}
