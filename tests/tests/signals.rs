@@ -324,18 +324,16 @@ fn signals_the_caller_ignored_are_not_ignored_in_the_payload() {
             .unwrap_or_else(|| panic!("{cmd:?} printed {text:?}"))
             .to_string()
     };
-    let script = "grep SigIgn /proc/self/status";
     let ns_run = ns_tests::bin("ns-run");
-    let ours = ignoring(&[
-        ns_tests::s(&ns_run),
-        "--register=no",
+    let payload = [
         "-q",
         "-D",
         t.arg(),
         "/bin/sh",
         "-c",
-        script,
-    ]);
+        "grep SigIgn /proc/self/status",
+    ];
+    let ours = ignoring(&[&[ns_tests::s(&ns_run), "--register=no"][..], &payload].concat());
     let mask = u64::from_str_radix(ours.trim_start_matches("SigIgn:").trim(), 16).unwrap();
     for sig in [
         libc::SIGHUP,
@@ -346,16 +344,12 @@ fn signals_the_caller_ignored_are_not_ignored_in_the_payload() {
     ] {
         assert_eq!(mask & (1 << (sig - 1)), 0, "signal {sig} ignored: {ours}");
     }
-    let nspawn = ignoring(&[
-        "systemd-nspawn",
-        "--register=no",
-        "--keep-unit",
-        "-q",
-        "-D",
-        t.arg(),
-        "/bin/sh",
-        "-c",
-        script,
-    ]);
+    let nspawn = ignoring(
+        &[
+            &["systemd-nspawn", "--register=no", "--keep-unit"][..],
+            &payload,
+        ]
+        .concat(),
+    );
     assert_eq!(ours, nspawn);
 }
