@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ns_tests::{bin, spawn_until, unique, Stopping, Tree};
+use ns_tests::{bin, spawn, spawn_until, unique, Running, Stopping, Tree};
 use serde_json::Value;
 
 fn entry_path(name: &str) -> PathBuf {
@@ -59,13 +59,25 @@ impl Sleeper {
 
     fn start_with(t: &Tree, build: &Build, tag: &str, script: &str) -> Sleeper {
         let name = unique(tag);
+        let c = Sleeper::command(t, build, &name, script);
+        Sleeper::started(name, spawn_until(c, "ready"))
+    }
+
+    fn command(t: &Tree, build: &Build, name: &str, script: &str) -> Command {
         let mut c = Command::new(build.0.join("ns-run"));
         c.env_remove("NS_DEBUG").env_remove("NS_STAGE_FDS");
         t.tag(&mut c)
-            .args(["-q", "-M", &name, "-D", t.arg(), "-a", "--read-only"])
+            .args(["-q", "-M", name, "-D", t.arg(), "-a", "--read-only"])
             .args(["sh", "-c", script]);
-        let run = Stopping::new(spawn_until(c, "ready"));
-        let s = Sleeper { name, run };
+        c
+    }
+
+    /// Once `run` printed `ready`.
+    fn started(name: String, run: Running) -> Sleeper {
+        let s = Sleeper {
+            name,
+            run: Stopping::new(run),
+        };
         s.wait_started();
         s
     }
@@ -152,6 +164,45 @@ fn containers_of_one_build_run_one_shared_copy_of_ns_init() {
     assert_eq!(c.monitor_copies(), vec![copy]);
     c.stop();
     b.stop();
+}
+
+#[test]
+fn a_burst_of_starts_makes_one_copy() {
+    // Started at once, before any of them shows its copy in the registry: one makes the
+    // copy, the others wait for its entry and take it.
+    const N: usize = 6;
+    let t = Tree::rootfs("burst");
+    let build = Build::new(&t, "bin");
+    let runs: Vec<(String, Running)> = (0..N)
+        .map(|i| {
+            let name = unique(&format!("bu{i}"));
+            let c = Sleeper::command(&t, &build, &name, "echo ready; exec sleep 100");
+            (name, spawn(c, None))
+        })
+        .collect();
+    let all: Vec<Sleeper> = runs
+        .into_iter()
+        .map(|(name, mut r)| {
+            let up = r.wait_stdout("ready", Duration::from_secs(10));
+            assert!(up, "{name} did not start: {}", r.stdout_so_far());
+            Sleeper::started(name, r)
+        })
+        .collect();
+    let copies: std::collections::BTreeSet<(u64, u64)> =
+        all.iter().map(Sleeper::init_exe).collect();
+    for s in all {
+        s.stop();
+    }
+    assert_eq!(copies.len(), 1, "{N} starts at once made copies {copies:?}");
+    // The lock the maker held is gone with it.
+    let ns_init = std::fs::metadata(build.0.join("ns-init")).unwrap();
+    let left: Vec<String> = std::fs::read_dir("/run/ns-run/init")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&format!("-{:x}-", ns_init.ino())))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Point the live entry of `s` somewhere else: `edit` changes its `init_copy` record.

@@ -8,6 +8,12 @@
 //! checking what it got ([`usable`]); anything else gives a fresh copy, silently, as does
 //! `--register=no` (no entry to find or record).
 //!
+//! An entry shows its copy only once its container's PID 1 exists: a burst of starts would
+//! each make a copy before any is shown (18 copies for 20 -a containers started at once,
+//! release build, 2 CPUs). So the start that makes a build's copy holds a lock of that
+//! build ([`Making`]) until its entry is published; the others wait for it (polling, at
+//! most [`WAIT_FOR_MAKER`]) and take its copy.
+//!
 //! Sharing gives no container a hold on another: the copy's content is sealed (write, grow,
 //! shrink, seal) and so are its exec bits (F_SEAL_EXEC, kernel 6.3); container root without
 //! -U owns the copy and may still change its other mode bits, owner or attributes (and an
@@ -15,8 +21,12 @@
 //! later start that finds it changed makes its own, and one that finds it changed between
 //! the check and its exec runs a private copy of it (`ns_core::exec::exec_stage_with`).
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Pid;
 use ns_core::exec::{stage_source, FileId, StageCopy, COPY_MODE, COPY_SEALS};
 use ns_core::Result;
@@ -45,18 +55,57 @@ pub struct HeldCopy {
     pub record: InitCopy,
     /// The machine whose monitor it was taken from (None: made here).
     pub from: Option<String>,
+    /// Made here for others to take: dropped once the entry shows it.
+    pub making: Option<Making>,
+}
+
+/// How long a start waits for another start of its build that is making a copy (from its
+/// copy to its entry published: ~10 ms) before it makes its own.
+pub const WAIT_FOR_MAKER: Duration = Duration::from_millis(500);
+
+/// Held by the start that makes the copy of a build, until its entry shows it (or the start
+/// failed): `<runtime dir>/init/<build>.lock`. Removed while held when dropped, so that the
+/// directory keeps no file per build ever run.
+pub struct Making {
+    lock: Option<Flock<File>>,
+    path: PathBuf,
+    /// The holder: a forked child that drops its copy removes nothing.
+    owner: u32,
+}
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        if std::process::id() == self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        drop(self.lock.take());
+    }
+}
+
+/// The lock of the build whose ns-init is `source`.
+fn maker_lock(source: &FileId) -> Option<PathBuf> {
+    let d = ns_core::paths::runtime_subdir("init").ok()?;
+    let FileId {
+        dev,
+        ino,
+        size,
+        mtime_sec,
+        mtime_nsec,
+    } = source;
+    Some(d.join(format!(
+        "ns-init-{dev:x}-{ino:x}-{size:x}-{mtime_sec:x}-{mtime_nsec:x}.lock"
+    )))
 }
 
 /// ns-init for a new container: with `look` (a registered container), the copy of a running
-/// registered container of the same ns-init build, when one passes every check; else a
-/// fresh copy.
+/// registered container of the same ns-init build, when one passes every check (waiting for
+/// one being made, see [`Making`]); else a fresh copy.
 pub fn obtain(look: bool) -> Result<HeldCopy> {
-    let taken = if look { take_shared() } else { None };
-    let (fd, source, from) = match taken {
-        Some((fd, source, from)) => (fd, source, Some(from)),
-        None => {
+    let (fd, source, from, making) = match look {
+        true => shared_or_made()?,
+        false => {
             let c = StageCopy::make("ns-init")?;
-            (c.fd, c.source, None)
+            (c.fd, c.source, None, None)
         }
     };
     let st = nix::sys::stat::fstat(&fd)
@@ -67,16 +116,59 @@ pub fn obtain(look: bool) -> Result<HeldCopy> {
         ino: st.st_ino,
         source,
     };
-    Ok(HeldCopy { fd, record, from })
+    Ok(HeldCopy {
+        fd,
+        record,
+        from,
+        making,
+    })
+}
+
+type Obtained = (OwnedFd, FileId, Option<String>, Option<Making>);
+
+/// A copy taken from a running container; else, while another start of this build makes
+/// one, that one once its entry shows it; else one made here, with the build's lock held
+/// (none when it cannot be had).
+fn shared_or_made() -> Result<Obtained> {
+    let (_, ours) = stage_source("ns-init")?;
+    let lock = maker_lock(&ours);
+    let deadline = Instant::now() + WAIT_FOR_MAKER;
+    let made = |making: Option<Making>| -> Result<Obtained> {
+        let c = StageCopy::make("ns-init")?;
+        Ok((c.fd, c.source, None, making))
+    };
+    loop {
+        if let Some((fd, from)) = take_shared(&ours) {
+            return Ok((fd, ours, Some(from), None));
+        }
+        let Some(path) = &lock else {
+            return made(None);
+        };
+        match ns_core::paths::lock_current(path, FlockArg::LockExclusiveNonblock) {
+            Ok(Some(l)) => {
+                let making = Making {
+                    lock: Some(l),
+                    path: path.clone(),
+                    owner: std::process::id(),
+                };
+                // Shown between our look and the lock: no copy to make.
+                if let Some((fd, from)) = take_shared(&ours) {
+                    return Ok((fd, ours, Some(from), None));
+                }
+                return made(Some(making));
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            _ => return made(None),
+        }
+    }
 }
 
 /// The copy of the first running registered container whose record names our own ns-init
 /// (the file [`ns_core::exec::locate`] finds, as it is now) and passes every check.
-fn take_shared() -> Option<(OwnedFd, FileId, String)> {
-    let (_, ours) = stage_source("ns-init").ok()?;
+fn take_shared(ours: &FileId) -> Option<(OwnedFd, String)> {
     registry::find_map(|m| {
-        let rec = m.init_copy.as_ref().filter(|c| c.source == ours)?;
-        take(m, rec).map(|fd| (fd, ours, m.name.clone()))
+        let rec = m.init_copy.as_ref().filter(|c| c.source == *ours)?;
+        take(m, rec).map(|fd| (fd, m.name.clone()))
     })
 }
 

@@ -108,6 +108,7 @@ fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'
     if let Some(c) = init_copy {
         monitor.machine.init_copy = Some(c.record);
         monitor.init_copy = Some(c.fd);
+        monitor.init_making = c.making;
     }
     monitor.machined = systemd.machined.take();
     monitor.origin = systemd.origin.take();
@@ -501,6 +502,9 @@ struct Monitor<'a> {
     /// `-a`: the sealed copy of ns-init PID 1 runs (close-on-exec), kept for later starts to
     /// share while the container runs (recorded in the entry).
     init_copy: Option<OwnedFd>,
+    /// Held from making that copy until the entry shows it: other starts of the build wait
+    /// for it rather than make copies of their own.
+    init_making: Option<ns_host::initcopy::Making>,
     /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-1).
     root_clone: Option<OwnedFd>,
     /// The -U id range's base, reserved at start.
@@ -564,6 +568,7 @@ impl<'a> Monitor<'a> {
             machine: machine_entry(state, cgroups),
             held_namespaces: Vec::new(),
             init_copy: None,
+            init_making: None,
             root_clone,
             userns_base: decided.runtime.userns_base,
             machined: None,
@@ -925,6 +930,8 @@ impl<'a> Monitor<'a> {
             }
             if let Some(r) = &self.held.registration {
                 r.publish(&self.machine)?;
+                // The entry shows ns-init's copy: the next starts take it.
+                drop(self.init_making.take());
                 ns_core::stage::fault("ns-run:registered");
             }
             self.register_with_machined(pid)?;
