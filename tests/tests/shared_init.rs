@@ -6,7 +6,9 @@
 //! got (the recorded inode, a memfd, sealed, its mode and owner untouched). Anything else (no
 //! entry, a forged or outdated record, a copy a container tampered with, another build) gives
 //! a fresh copy, silently. A container cannot change the shared copy for the others: not its
-//! content, not its mode.
+//! content, not its mode, times or attributes. Only containers with a user namespace of their
+//! own (-U) share: without one, container root could set the copy's attributes (a channel
+//! between containers), so they each get a copy of their own, as before, and record none.
 //!
 //! Each test runs a build of its own (ns-init copied, the other binaries linked beside it):
 //! the tests run at once, and a container of one would otherwise share another's copy.
@@ -64,10 +66,15 @@ impl Sleeper {
     }
 
     fn command(t: &Tree, build: &Build, name: &str, script: &str) -> Command {
+        Sleeper::command_with(t, build, name, &["-U"], script)
+    }
+
+    fn command_with(t: &Tree, build: &Build, name: &str, opts: &[&str], script: &str) -> Command {
         let mut c = Command::new(build.0.join("ns-run"));
         c.env_remove("NS_DEBUG").env_remove("NS_STAGE_FDS");
         t.tag(&mut c)
             .args(["-q", "-M", name, "-D", t.arg(), "-a", "--read-only"])
+            .args(opts)
             .args(["sh", "-c", script]);
         c
     }
@@ -164,6 +171,34 @@ fn containers_of_one_build_run_one_shared_copy_of_ns_init() {
     assert_eq!(c.monitor_copies(), vec![copy]);
     c.stop();
     b.stop();
+}
+
+#[test]
+fn without_a_user_namespace_no_copy_is_shared_or_offered() {
+    // Container root without -U is host root with CAP_FOWNER: it could set the copy's
+    // attributes and times for the other containers to read. So no sharing there.
+    let t = Tree::rootfs("nouserns");
+    let build = Build::new(&t, "bin");
+    let start = |tag: &str| {
+        let name = unique(tag);
+        let c = Sleeper::command_with(&t, &build, &name, &[], "echo ready; exec sleep 100");
+        Sleeper::started(name, spawn_until(c, "ready"))
+    };
+    let a = start("nu-a");
+    let b = start("nu-b");
+    assert_ne!(
+        a.init_exe(),
+        b.init_exe(),
+        "containers without -U share a copy"
+    );
+    assert!(entry(&a.name).get("init_copy").is_none_or(Value::is_null));
+    // Nor does a -U container take theirs.
+    let c = Sleeper::start(&t, &build, "nu-c");
+    assert_ne!(c.init_exe(), a.init_exe());
+    assert_ne!(c.init_exe(), b.init_exe());
+    c.stop();
+    b.stop();
+    a.stop();
 }
 
 #[test]
@@ -283,7 +318,7 @@ fn a_forged_or_outdated_record_or_a_tampered_copy_is_not_taken() {
     s.stop();
 
     // The copy itself changed: an ACL that strips its exec bits (the one way past
-    // F_SEAL_EXEC; container root without -U may set one through /proc/1/exe). The
+    // F_SEAL_EXEC; set here by host root, as container root without -U could). The
     // running container goes on; a new start does not take it.
     let exe = format!("/proc/{}/exe", a.init_pid());
     set_acl_read_only(&exe);
@@ -322,9 +357,9 @@ fn set_acl_read_only(path: &str) {
 
 #[test]
 fn a_container_cannot_change_the_shared_copy() {
-    // Container root (no -U: host uid 0 with CAP_FOWNER and CAP_SYS_PTRACE) attacks its
-    // PID 1's exe, which is the copy the other containers run: write it, reopen it for
-    // writing through an fd, truncate it, take its exec bits (F_SEAL_EXEC).
+    // Container root (-U: no power over host root's files) attacks its PID 1's exe, which is
+    // the copy the other containers run: write it, reopen it for writing through an fd,
+    // truncate it, take its exec bits, set its times, give it an attribute.
     let t = Tree::rootfs("attack");
     let build = Build::new(&t, "bin");
     let a = Sleeper::start(&t, &build, "at-a");
@@ -336,6 +371,8 @@ fn a_container_cannot_change_the_shared_copy() {
         try truncate -s 0 /proc/1/exe
         try chmod 0444 /proc/1/exe
         try chmod 0 /proc/1/exe
+        try touch -d 2001-01-01 /proc/1/exe
+        try touch /proc/1/exe
         echo mode $(stat -L -c %a /proc/1/exe)
         echo ready; exec sleep 100";
     let b = Sleeper::start_with(&t, &build, "at-b", script);
@@ -347,7 +384,7 @@ fn a_container_cannot_change_the_shared_copy() {
         done.is_empty(),
         "the container changed the shared copy: {out}"
     );
-    assert_eq!(out.lines().filter(|l| l.starts_with("refused")).count(), 6);
+    assert_eq!(out.lines().filter(|l| l.starts_with("refused")).count(), 8);
     assert!(out.contains("mode 555\n"), "{out}");
     // Byte for byte what was built, as a's PID 1 sees it.
     let content = std::fs::read(format!("/proc/{}/exe", a.init_pid())).unwrap();

@@ -15,11 +15,14 @@
 //! most [`WAIT_FOR_MAKER`]) and take its copy.
 //!
 //! Sharing gives no container a hold on another: the copy's content is sealed (write, grow,
-//! shrink, seal) and so are its exec bits (F_SEAL_EXEC, kernel 6.3); container root without
-//! -U owns the copy and may still change its other mode bits, owner or attributes (and an
-//! ACL can take its exec bits past the seal): a running container has exec'd it already, a
-//! later start that finds it changed makes its own, and one that finds it changed between
-//! the check and its exec runs a private copy of it (`ns_core::exec::exec_stage_with`).
+//! shrink, seal) and so are its exec bits (F_SEAL_EXEC, kernel 6.3), and only containers with
+//! a user namespace of their own share (the monitor decides, ns-run's `shares_init_copy`):
+//! their root has no power over a file of host root's. Container root without -U could
+//! change the copy's other mode bits, owner, times or attributes, a channel between the
+//! containers that share it; those containers each get a copy of their own. Should a copy be
+//! changed all the same (host root, an ACL past the exec seal), a later start that finds it
+//! changed makes its own, and one that finds it changed between the check and its exec runs
+//! a private copy of it (`ns_core::exec::exec_stage_with`).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -106,7 +106,9 @@ fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'
     };
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     if let Some(c) = init_copy {
-        monitor.machine.init_copy = Some(c.record);
+        if shares_init_copy(state) {
+            monitor.machine.init_copy = Some(c.record);
+        }
         monitor.init_copy = Some(c.fd);
         monitor.init_making = c.making;
     }
@@ -183,12 +185,13 @@ impl Held {
 /// a sealed copy: the host's files serve, with no copy to pay for. A PID namespace joined (an
 /// OCI pod member) or the host's own is seen by others from the start: sealed copies there.
 /// ns-init's copy is shared with the running registered containers of the same build
-/// (`ns_host::initcopy`): returned too, for the monitor to keep and record.
+/// (`ns_host::initcopy`) where [`shares_init_copy`]: returned too, for the monitor to keep
+/// and record.
 fn stage_fds(state: &State) -> Result<(StageFds, Option<HeldCopy>)> {
     let stages = ["ns-enter", "ns-mount", "ns-caps"];
     let mut fds = StageFds::default();
     let init_copy = match state.exec.as_pid2 {
-        true => Some(ns_host::initcopy::obtain(state.monitor.register)?),
+        true => Some(ns_host::initcopy::obtain(shares_init_copy(state))?),
         false => None,
     };
     if let Some(c) = &init_copy {
@@ -207,6 +210,14 @@ fn stage_fds(state: &State) -> Result<(StageFds, Option<HeldCopy>)> {
         fds.open_sealed(&stages)?;
     }
     Ok((fds, init_copy))
+}
+
+/// Whether this container takes and offers a shared ns-init copy: registered (others find
+/// it), and with a user namespace of its own (-U), where container root has no power over
+/// the copy, a file of host root's: without one it could set the copy's attributes (user
+/// xattrs, times, mode bits), a channel between containers that share it.
+fn shares_init_copy(state: &State) -> bool {
+    state.monitor.register && state.enter.userns.is_some()
 }
 
 /// systemd's side of a container: machined, and the monitor's cgroups before it made a
