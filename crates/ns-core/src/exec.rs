@@ -149,8 +149,8 @@ impl StageFds {
             })?;
             let fd = if sealed || name == "ns-init" {
                 let what = || format!("cannot copy {} into a sealed memfd", path.display());
-                let src = std::fs::File::open(&path).ctx(what)?;
-                sealed_copy(src, name, false, &what)?
+                let mut src = std::fs::File::open(&path).ctx(what)?;
+                sealed_copy(&mut src, name, false, &what)?
             } else {
                 nix::fcntl::open(
                     &path,
@@ -163,6 +163,15 @@ impl StageFds {
             };
             self.0.push((name, fd.into_raw_fd()));
         }
+        Ok(())
+    }
+
+    /// Hand `fd` (a copy the caller keeps, [`StageCopy`]) down the chain as stage `name`:
+    /// a duplicate that exec keeps open, closed with the others ([`StageFds::close_all`]).
+    pub fn add(&mut self, name: &'static str, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        let dup = nix::unistd::dup(fd).ctx(|| format!("cannot hand {name} down the chain"))?;
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, dup.into_raw_fd()));
         Ok(())
     }
 
@@ -179,12 +188,23 @@ impl StageFds {
     }
 }
 
+/// The seals every sealed copy carries: its content can never change again. A copy that is
+/// shared (`-a`'s ns-init, between containers) must carry at least these.
+pub const COPY_SEALS: i32 =
+    libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+
+/// The mode of a sealed copy: readable and executable by all, writable by none (so that a
+/// container whose root is not its owner cannot even set a `user.` attribute on it).
+pub const COPY_MODE: u32 = 0o555;
+
 /// A sealed memfd holding a copy of `src` (a binary), named `name` (/proc/PID/exe shows
 /// `/memfd:NAME (deleted)`): run from it, a process leads to no host file that could be
 /// written through /proc/PID/exe or its fd. `cloexec` for a copy only we exec; a stage's
-/// copy travels down the chain.
+/// copy travels down the chain. Mode [`COPY_MODE`], sealed with [`COPY_SEALS`] and, where
+/// the kernel has it (6.3), F_SEAL_EXEC: its exec bits cannot be taken either (a copy
+/// is shared between containers, whose root may be its owner).
 fn sealed_copy(
-    mut src: std::fs::File,
+    src: &mut dyn std::io::Read,
     name: &str,
     cloexec: bool,
     what: &dyn Fn() -> String,
@@ -197,18 +217,91 @@ fn sealed_copy(
     }
     let memfd = memfd_create(cstring(name)?.as_c_str(), flags).ctx(what)?;
     let mut dst = std::fs::File::from(memfd);
-    std::io::copy(&mut src, &mut dst).ctx(what)?;
+    std::io::copy(src, &mut dst).ctx(what)?;
     let memfd = std::os::fd::OwnedFd::from(dst);
-    let seals = SealFlag::F_SEAL_SEAL
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_WRITE;
-    fcntl(
-        std::os::fd::AsFd::as_fd(&memfd),
-        FcntlArg::F_ADD_SEALS(seals),
-    )
+    nix::sys::stat::fchmod(&memfd, nix::sys::stat::Mode::from_bits_truncate(COPY_MODE))
+        .ctx(what)?;
+    let seals = SealFlag::from_bits_retain(COPY_SEALS);
+    let add = |s: SealFlag| fcntl(std::os::fd::AsFd::as_fd(&memfd), FcntlArg::F_ADD_SEALS(s));
+    match add(seals | SealFlag::from_bits_retain(libc::F_SEAL_EXEC)) {
+        // A kernel before 6.3 knows no F_SEAL_EXEC.
+        Err(Errno::EINVAL) => add(seals),
+        r => r,
+    }
     .ctx(what)?;
     Ok(memfd)
+}
+
+/// Reads a file from its start with pread, leaving its offset alone (a copy's fd is shared
+/// with other processes: its offset is theirs too).
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// What a stage binary is on the host: a copy made of it is known by this, so that a copy
+/// of another build (the binary replaced or rewritten since) is never taken for it.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+impl FileId {
+    pub fn of(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_sec: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
+    }
+}
+
+/// Where stage `name` is ([`locate`]) and what it is now.
+pub fn stage_source(name: &str) -> Result<(PathBuf, FileId)> {
+    let path = locate(name).ok_or_else(|| {
+        Error::setup(format!(
+            "cannot find the {name} binary next to this program or in PATH \
+             (a stage running after pivot_root can only reach stages opened before it)"
+        ))
+    })?;
+    let m = std::fs::metadata(&path).ctx(|| format!("cannot stat {}", path.display()))?;
+    Ok((path, FileId::of(&m)))
+}
+
+/// A sealed memfd copy of a stage binary that the host keeps (close-on-exec), and the file
+/// it was made from.
+pub struct StageCopy {
+    pub fd: std::os::fd::OwnedFd,
+    pub source: FileId,
+}
+
+impl StageCopy {
+    /// Copy stage `name` ([`locate`]) into a sealed memfd; `source` is what was read (the
+    /// opened file, not a path looked at before).
+    pub fn make(name: &str) -> Result<StageCopy> {
+        let (path, _) = stage_source(name)?;
+        let what = || format!("cannot copy {} into a sealed memfd", path.display());
+        let mut src = std::fs::File::open(&path).ctx(what)?;
+        let source = FileId::of(&src.metadata().ctx(what)?);
+        let fd = sealed_copy(&mut src, name, true, &what)?;
+        Ok(StageCopy { fd, source })
+    }
 }
 
 /// Whether `f` is a memfd sealed against writes.
@@ -239,7 +332,7 @@ pub fn reexec_sealed(name: &str) -> Result<()> {
         return Ok(());
     }
     let from = std::env::current_exe().ctx(what)?;
-    let copy = sealed_copy(me, name, true, &what)?;
+    let copy = sealed_copy(&mut &me, name, true, &what)?;
     let args: Vec<CString> = std::env::args_os()
         .map(|a| cstring(a.into_vec()))
         .collect::<Result<_>>()?;
@@ -329,8 +422,30 @@ pub fn exec_stage_with(name: &str, argv: &[String], fds: &StageFds, env: &[Strin
         (Ok(a), Ok(e)) => (a, e),
         (Err(e), _) | (_, Err(e)) => return e,
     };
-    let e = crate::sys::exec_fd(fd, &args, &envc);
+    let mut e = crate::sys::exec_fd(fd, &args, &envc);
+    if e == Errno::EACCES {
+        // A sealed copy shared with other containers (`-a`'s ns-init) whose exec bits were
+        // taken since the host checked it: an ACL can, past F_SEAL_EXEC, and container root
+        // without -U owns the copy. Run a private copy of it instead.
+        if let Some(copy) = private_copy(fd, name) {
+            e = crate::sys::exec_fd(std::os::fd::AsRawFd::as_raw_fd(&copy), &args, &envc);
+        }
+    }
     Error::setup(format!("cannot execute {name} (fd {fd}): {}", e.desc()))
+}
+
+/// A private sealed copy (close-on-exec) of the sealed copy at `fd`, read with pread; None
+/// when `fd` is no sealed copy or the copy cannot be made.
+fn private_copy(fd: RawFd, name: &str) -> Option<std::os::fd::OwnedFd> {
+    let shared = std::fs::File::from(crate::sys::dup_cloexec(fd).ok()?);
+    if !is_sealed(&shared) {
+        return None;
+    }
+    let mut src = ReadAt {
+        file: &shared,
+        pos: 0,
+    };
+    sealed_copy(&mut src, name, true, &String::new).ok()
 }
 
 fn cstrings(v: &[String]) -> Result<Vec<CString>> {
@@ -530,10 +645,11 @@ mod tests {
     #[test]
     fn a_sealed_copy_cannot_be_written_even_reopened() {
         use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
         let me = std::fs::File::open("/proc/self/exe").unwrap();
         assert!(!is_sealed(&me));
         let len = me.metadata().unwrap().len();
-        let copy = std::fs::File::from(sealed_copy(me, "t", true, &|| "x".into()).unwrap());
+        let copy = std::fs::File::from(sealed_copy(&mut &me, "t", true, &|| "x".into()).unwrap());
         assert!(is_sealed(&copy));
         assert_eq!(copy.metadata().unwrap().len(), len);
         // As the attack does it: reopened for writing through /proc/self/fd.
@@ -545,6 +661,49 @@ mod tests {
         assert!(wrote.is_err());
         assert!(std::fs::File::create(&path).is_err(), "truncated");
         assert_eq!(copy.metadata().unwrap().len(), len);
+        // Its exec bits stay, where the kernel has F_SEAL_EXEC (6.3).
+        let mode = |f: &std::fs::File| f.metadata().unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&copy), COPY_MODE);
+        let seals = nix::fcntl::fcntl(&copy, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap();
+        if seals & libc::F_SEAL_EXEC != 0 {
+            let chmod = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444));
+            assert!(chmod.is_err(), "exec bits taken");
+            assert_eq!(mode(&copy), COPY_MODE);
+        }
+    }
+
+    #[test]
+    fn a_stage_copy_that_cannot_be_executed_is_run_from_a_private_copy() {
+        // A shared copy whose exec bits a container took (an ACL can, past F_SEAL_EXEC)
+        // after the host checked it: the stage execs a private copy of its content.
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use std::os::fd::AsRawFd;
+        let memfd = nix::sys::memfd::memfd_create(
+            c"ns-init",
+            nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING | nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .unwrap();
+        let mut dst = std::fs::File::from(memfd);
+        std::io::copy(&mut std::fs::File::open("/bin/true").unwrap(), &mut dst).unwrap();
+        nix::sys::stat::fchmod(&dst, nix::sys::stat::Mode::from_bits_truncate(0o444)).unwrap();
+        fcntl(
+            &dst,
+            FcntlArg::F_ADD_SEALS(SealFlag::from_bits_retain(COPY_SEALS)),
+        )
+        .unwrap();
+        // Its offset is at the end (as a copy's is, shared by every holder): left there.
+        let fds = StageFds(vec![("ns-init", dst.as_raw_fd())]);
+        let status = match crate::sys::fork().unwrap() {
+            crate::sys::Forked::Child => {
+                let e = exec_stage_with("ns-init", &["true".into()], &fds, &[]);
+                eprintln!("{}", e.msg);
+                std::process::exit(99)
+            }
+            crate::sys::Forked::Parent(child) => nix::sys::wait::waitpid(child, None).unwrap(),
+        };
+        assert_eq!(crate::stage::exit_code_of(status), Some(0), "{status:?}");
+        let end = nix::unistd::lseek(&dst, 0, nix::unistd::Whence::SeekCur).unwrap();
+        assert_eq!(end as u64, dst.metadata().unwrap().len());
     }
 
     #[test]

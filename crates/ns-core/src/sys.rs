@@ -362,6 +362,55 @@ fn new_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
+/// fcntl(F_DUPFD_CLOEXEC) of an fd number handed to this process (a stage fd): a duplicate
+/// of our own, closed on exec.
+pub fn dup_cloexec(fd: std::os::fd::RawFd) -> nix::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes any integer; the kernel returns a new fd or -1.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    Ok(new_fd(Errno::result(r)?))
+}
+
+/// pidfd_open(2): a pidfd (close-on-exec) for the process `pid` is now.
+pub fn pidfd_open(pid: Pid) -> nix::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain integer arguments; the kernel returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0 as libc::c_uint) };
+    Ok(new_fd(Errno::result(r)? as std::os::fd::RawFd))
+}
+
+/// pidfd_getfd(2): a duplicate, close-on-exec, of fd number `target` of the process
+/// `pidfd` refers to (needs ptrace access to it).
+pub fn pidfd_getfd(
+    pidfd: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::RawFd,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integer arguments (the pidfd is borrowed for the call); the kernel
+    // installs a new fd in our table or returns -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd.as_raw_fd(),
+            target,
+            0 as libc::c_uint,
+        )
+    };
+    Ok(new_fd(Errno::result(r)? as std::os::fd::RawFd))
+}
+
+/// Whether the file behind `fd` has the extended attribute `name` (fgetxattr(2) asked for
+/// its size only). No attribute, or none supported there, is false.
+pub fn has_xattr(fd: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr) -> nix::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a NUL-terminated name; a NULL buffer of size 0 asks for the value's size, so
+    // the kernel writes nothing.
+    let r = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    match Errno::result(r) {
+        Ok(_) => Ok(true),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// execveat(fd, "", AT_EMPTY_PATH): run the binary behind an fd opened before the root
 /// changed. Returns only on failure.
 pub fn exec_fd(

@@ -6,7 +6,8 @@
 //! client ([`dbus`]), the cleanup journal ([`journal`]), the notify socket ([`notify`]), the
 //! registry of running machines that ns-ctl reads ([`registry`]), the mounts of an OCI container
 //! without a mount namespace ([`hostmounts`]), the mount points the host makes for one and
-//! the removal of created paths ([`mountpoints`]); and the chain itself, started and
+//! the removal of created paths ([`mountpoints`]), `-a`'s ns-init copy shared between
+//! containers ([`initcopy`]); and the chain itself, started and
 //! answered through the sync protocol ([`chain`]).
 //! The monitor in ns-run, ns-oci and ns-ctl use it; no chain stage does (a stage crate holds
 //! only what its binary runs).
@@ -19,6 +20,7 @@ pub mod dbus;
 pub mod devices;
 pub mod hostmounts;
 pub mod hostpaths;
+pub mod initcopy;
 pub mod journal;
 pub mod locks;
 pub mod machined;

@@ -54,6 +54,10 @@ pub struct Machine {
     /// after PID 1 left some of them (`exec unshare -U ...`), through the monitor's fds.
     #[serde(default)]
     pub namespaces: Vec<(String, u64)>,
+    /// `-a`: the sealed copy of ns-init its monitor holds, for later starts of the same
+    /// build to share (see [`crate::initcopy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_copy: Option<crate::initcopy::InitCopy>,
 }
 
 /// The namespace kinds a container's processes are entered through, in the order to join
@@ -170,6 +174,21 @@ pub fn list() -> Result<Vec<Machine>> {
         }
     }
     Ok(out)
+}
+
+/// The first running machine for which `f` gives something, and that. Silent: an entry that
+/// cannot be read or is not ours is passed over (stale ones are removed on the way).
+pub fn find_map<T>(mut f: impl FnMut(&Machine) -> Option<T>) -> Option<T> {
+    let d = dir().ok()?;
+    std::fs::read_dir(&d)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".lock").map(str::to_string)
+        })
+        .filter(|n| check_name(n).is_ok())
+        .find_map(|n| f(&lookup(&d, &n).ok()??))
 }
 
 /// The machine called `name`.

@@ -15,6 +15,7 @@ use ns_core::stage::{debug, exit_code_of};
 use ns_core::state::{IdBase, Namespace, Ownership, RootMode, Runtime, State};
 use ns_host::cgroups::{Cgroup, Hierarchy};
 use ns_host::chain::{Chain, Maps, Report, RootMount};
+use ns_host::initcopy::HeldCopy;
 use ns_host::machined::Machined;
 use ns_host::registry::{Machine, Registration};
 
@@ -69,7 +70,7 @@ fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'
         }
     }
     let held = Held::take(state)?;
-    let fds = stage_fds(state)?;
+    let (fds, init_copy) = stage_fds(state)?;
     let mut systemd = Systemd::reach(state)?;
     let hierarchies = match systemd.machined {
         // In our unit now: the hierarchies as they are from there.
@@ -104,6 +105,13 @@ fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'
         }
     };
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
+    if let Some(c) = init_copy {
+        if shares_init_copy(state) {
+            monitor.machine.init_copy = Some(c.record);
+        }
+        monitor.init_copy = Some(c.fd);
+        monitor.init_making = c.making;
+    }
     monitor.machined = systemd.machined.take();
     monitor.origin = systemd.origin.take();
     Ok(Started {
@@ -176,12 +184,23 @@ impl Held {
 /// published before Go, but ns-ctl waits until PID 1 runs the payload), and ns-init is always
 /// a sealed copy: the host's files serve, with no copy to pay for. A PID namespace joined (an
 /// OCI pod member) or the host's own is seen by others from the start: sealed copies there.
-fn stage_fds(state: &State) -> Result<StageFds> {
-    let mut stages = vec!["ns-enter", "ns-mount", "ns-caps"];
-    if state.exec.as_pid2 {
-        stages.push("ns-init");
-    }
+/// ns-init's copy is shared with the running registered containers of the same build
+/// (`ns_host::initcopy`) where [`shares_init_copy`]: returned too, for the monitor to keep
+/// and record.
+fn stage_fds(state: &State) -> Result<(StageFds, Option<HeldCopy>)> {
+    let stages = ["ns-enter", "ns-mount", "ns-caps"];
     let mut fds = StageFds::default();
+    let init_copy = match state.exec.as_pid2 {
+        true => Some(ns_host::initcopy::obtain(shares_init_copy(state))?),
+        false => None,
+    };
+    if let Some(c) = &init_copy {
+        debug(STAGE, || match &c.from {
+            Some(m) => format!("ns-init: the copy of machine {m} ({})", c.record.ino),
+            None => format!("ns-init: a new copy ({})", c.record.ino),
+        });
+        fds.add("ns-init", c.fd.as_fd())?;
+    }
     let e = &state.enter;
     let own_pid_ns =
         e.namespaces.contains(&Namespace::Pid) && !e.join.iter().any(|j| j.ns == Namespace::Pid);
@@ -190,7 +209,15 @@ fn stage_fds(state: &State) -> Result<StageFds> {
     } else {
         fds.open_sealed(&stages)?;
     }
-    Ok(fds)
+    Ok((fds, init_copy))
+}
+
+/// Whether this container takes and offers a shared ns-init copy: registered (others find
+/// it), and with a user namespace of its own (-U), where container root has no power over
+/// the copy, a file of host root's: without one it could set the copy's attributes (user
+/// xattrs, times, mode bits), a channel between containers that share it.
+fn shares_init_copy(state: &State) -> bool {
+    state.monitor.register && state.enter.userns.is_some()
 }
 
 /// systemd's side of a container: machined, and the monitor's cgroups before it made a
@@ -452,6 +479,7 @@ fn machine_entry(state: &State, cgroups: &[Cgroup]) -> Machine {
         syscall_filter: state.exec.syscall_filter.clone(),
         starting: true,
         namespaces: Vec::new(),
+        init_copy: None,
     }
 }
 
@@ -482,6 +510,12 @@ struct Monitor<'a> {
     machine: Machine,
     /// PID 1's namespaces as it started, kept open for `ns-ctl shell` (registered only).
     held_namespaces: Vec<File>,
+    /// `-a`: the sealed copy of ns-init PID 1 runs (close-on-exec), kept for later starts to
+    /// share while the container runs (recorded in the entry).
+    init_copy: Option<OwnedFd>,
+    /// Held from making that copy until the entry shows it: other starts of the build wait
+    /// for it rather than make copies of their own.
+    init_making: Option<ns_host::initcopy::Making>,
     /// The image's mount, cloned while ns-enter starts (idmapped at SYNC-1).
     root_clone: Option<OwnedFd>,
     /// The -U id range's base, reserved at start.
@@ -544,6 +578,8 @@ impl<'a> Monitor<'a> {
             held,
             machine: machine_entry(state, cgroups),
             held_namespaces: Vec::new(),
+            init_copy: None,
+            init_making: None,
             root_clone,
             userns_base: decided.runtime.userns_base,
             machined: None,
@@ -905,6 +941,8 @@ impl<'a> Monitor<'a> {
             }
             if let Some(r) = &self.held.registration {
                 r.publish(&self.machine)?;
+                // The entry shows ns-init's copy: the next starts take it.
+                drop(self.init_making.take());
                 ns_core::stage::fault("ns-run:registered");
             }
             self.register_with_machined(pid)?;
