@@ -161,6 +161,7 @@ impl StageFds {
                     Error::setup(format!("cannot open {}: {}", path.display(), e.desc()))
                 })?
             };
+            let fd = crate::sys::above_stdio(fd).ctx(|| format!("cannot hand {name} down"))?;
             self.0.push((name, fd.into_raw_fd()));
         }
         Ok(())
@@ -169,7 +170,9 @@ impl StageFds {
     /// Hand `fd` (a copy the caller keeps, [`StageCopy`]) down the chain as stage `name`:
     /// a duplicate that exec keeps open, closed with the others ([`StageFds::close_all`]).
     pub fn add(&mut self, name: &'static str, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
-        let dup = nix::unistd::dup(fd).ctx(|| format!("cannot hand {name} down the chain"))?;
+        let dup = nix::unistd::dup(fd)
+            .and_then(crate::sys::above_stdio)
+            .ctx(|| format!("cannot hand {name} down the chain"))?;
         self.0.retain(|(n, _)| *n != name);
         self.0.push((name, dup.into_raw_fd()));
         Ok(())

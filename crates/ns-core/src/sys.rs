@@ -370,6 +370,23 @@ pub fn dup_cloexec(fd: std::os::fd::RawFd) -> nix::Result<std::os::fd::OwnedFd> 
     Ok(new_fd(Errno::result(r)?))
 }
 
+/// `fd` itself, or where it is 0, 1 or 2 a duplicate numbered 3 or more (with its
+/// close-on-exec flag): an fd that travels down the chain must never be a process's stdio.
+pub fn above_stdio(fd: std::os::fd::OwnedFd) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let cloexec = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD)? & libc::FD_CLOEXEC;
+    let cmd = match cloexec {
+        0 => libc::F_DUPFD,
+        _ => libc::F_DUPFD_CLOEXEC,
+    };
+    // SAFETY: F_DUPFD(_CLOEXEC) takes plain integers; the kernel returns a new fd or -1.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, 3) };
+    Ok(new_fd(Errno::result(r)?))
+}
+
 /// pidfd_open(2): a pidfd (close-on-exec) for the process `pid` is now.
 pub fn pidfd_open(pid: Pid) -> nix::Result<std::os::fd::OwnedFd> {
     // SAFETY: plain integer arguments; the kernel returns a new fd or -1.
@@ -912,4 +929,48 @@ pub fn runtime_start() {
             nix::sys::signal::SigHandler::SigIgn,
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+
+    /// An fd that would be stdout (fd 1 closed, the next open takes it) is moved to 3 or
+    /// more, keeps its close-on-exec flag, and number 1 stays free. In a forked child, so
+    /// that the test harness keeps its own stdio.
+    #[test]
+    fn a_stage_fd_never_takes_a_stdio_number() {
+        match fork().unwrap() {
+            Forked::Child => {
+                let ok = nix::unistd::close(1).is_ok()
+                    && [OFlag::O_RDONLY, OFlag::O_RDONLY | OFlag::O_CLOEXEC]
+                        .into_iter()
+                        .all(|flags| {
+                            let Ok(fd) = nix::fcntl::open("/dev/null", flags, Mode::empty()) else {
+                                return false;
+                            };
+                            let took_1 = fd.as_raw_fd() == 1;
+                            let cloexec = flags.contains(OFlag::O_CLOEXEC);
+                            let Ok(moved) = above_stdio(fd) else {
+                                return false;
+                            };
+                            let flag = nix::fcntl::fcntl(&moved, nix::fcntl::FcntlArg::F_GETFD);
+                            took_1
+                                && moved.as_raw_fd() > 2
+                                && flag.is_ok_and(|f| (f & libc::FD_CLOEXEC != 0) == cloexec)
+                                // SAFETY: F_GETFD on a plain number reads no memory.
+                                && unsafe { libc::fcntl(1, libc::F_GETFD) } < 0
+                        });
+                // SAFETY: _exit ends the forked child without running the harness's code.
+                unsafe { libc::_exit(i32::from(!ok)) }
+            }
+            Forked::Parent(child) => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
 }
