@@ -200,10 +200,25 @@ pub const COPY_SEALS: i32 =
 /// container whose root is not its owner cannot even set a `user.` attribute on it).
 pub const COPY_MODE: u32 = 0o555;
 
+/// The mode of ns-init's copies: executable only. One copy is shared by the containers of a
+/// build (`ns_host::initcopy`); a container root that is not its owner can then not even
+/// open it (nor readlink or stat /proc/1/exe: the kernel makes a process run from a file it
+/// may not read non-dumpable), so no lock, inotify watch or access time on the shared file
+/// reaches it to signal another container. Exec needs no read permission.
+pub const INIT_COPY_MODE: u32 = 0o111;
+
+/// The mode of a sealed copy of `name`.
+pub fn copy_mode(name: &str) -> u32 {
+    match name {
+        "ns-init" => INIT_COPY_MODE,
+        _ => COPY_MODE,
+    }
+}
+
 /// A sealed memfd holding a copy of `src` (a binary), named `name` (/proc/PID/exe shows
 /// `/memfd:NAME (deleted)`): run from it, a process leads to no host file that could be
 /// written through /proc/PID/exe or its fd. `cloexec` for a copy only we exec; a stage's
-/// copy travels down the chain. Mode [`COPY_MODE`], sealed with [`COPY_SEALS`] and, where
+/// copy travels down the chain. Mode [`copy_mode`], sealed with [`COPY_SEALS`] and, where
 /// the kernel has it (6.3), F_SEAL_EXEC: its exec bits cannot be taken either (a copy
 /// is shared between containers, whose root may be its owner).
 fn sealed_copy(
@@ -222,8 +237,11 @@ fn sealed_copy(
     let mut dst = std::fs::File::from(memfd);
     std::io::copy(src, &mut dst).ctx(what)?;
     let memfd = std::os::fd::OwnedFd::from(dst);
-    nix::sys::stat::fchmod(&memfd, nix::sys::stat::Mode::from_bits_truncate(COPY_MODE))
-        .ctx(what)?;
+    nix::sys::stat::fchmod(
+        &memfd,
+        nix::sys::stat::Mode::from_bits_truncate(copy_mode(name)),
+    )
+    .ctx(what)?;
     let seals = SealFlag::from_bits_retain(COPY_SEALS);
     let add = |s: SealFlag| fcntl(std::os::fd::AsFd::as_fd(&memfd), FcntlArg::F_ADD_SEALS(s));
     match add(seals | SealFlag::from_bits_retain(libc::F_SEAL_EXEC)) {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Pid;
-use ns_core::exec::{stage_source, FileId, StageCopy, COPY_MODE, COPY_SEALS};
+use ns_core::exec::{stage_source, FileId, StageCopy, COPY_SEALS, INIT_COPY_MODE};
 use ns_core::Result;
 use serde::{Deserialize, Serialize};
 
@@ -191,7 +191,7 @@ fn take(m: &Machine, rec: &InitCopy) -> Option<OwnedFd> {
 
 /// Whether `fd` is the copy `rec` describes, as it was made: that inode, a regular file
 /// named `ns-init` in memfd's file system, the source's size, sealed against any change of
-/// its content ([`COPY_SEALS`]), mode [`COPY_MODE`] and our owner (no container root
+/// its content ([`COPY_SEALS`]), mode [`INIT_COPY_MODE`] and our owner (no container root
 /// changed them), no access ACL (which could deny a user its execution).
 pub fn usable(fd: &OwnedFd, rec: &InitCopy) -> bool {
     let Ok(st) = nix::sys::stat::fstat(fd) else {
@@ -201,7 +201,7 @@ pub fn usable(fd: &OwnedFd, rec: &InitCopy) -> bool {
     let name = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     (st.st_dev, st.st_ino) == (rec.dev, rec.ino)
         && st.st_mode & libc::S_IFMT == libc::S_IFREG
-        && st.st_mode & 0o7777 == COPY_MODE
+        && st.st_mode & 0o7777 == INIT_COPY_MODE
         && (st.st_uid, st.st_gid)
             == (
                 nix::unistd::geteuid().as_raw(),

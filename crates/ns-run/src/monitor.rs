@@ -213,11 +213,21 @@ fn stage_fds(state: &State) -> Result<(StageFds, Option<HeldCopy>)> {
 }
 
 /// Whether this container takes and offers a shared ns-init copy: registered (others find
-/// it), and with a user namespace of its own (-U), where container root has no power over
-/// the copy, a file of host root's: without one it could set the copy's attributes (user
-/// xattrs, times, mode bits), a channel between containers that share it.
+/// it), and with a user namespace of its own whose ids leave out host root's (-U with a
+/// picked or given range above 0, not rootless, no maps given), where container root has no
+/// power over the copy, a file of host root's: where it owns it (no -U, `identity`, a range
+/// from 0, rootless) it could set the copy's attributes, times or mode bits, a channel
+/// between the containers that share it.
 fn shares_init_copy(state: &State) -> bool {
-    state.monitor.register && state.enter.userns.is_some()
+    let excludes_root = state.enter.userns.as_ref().is_some_and(|u| {
+        !u.rootless
+            && u.maps.is_none()
+            && match u.base {
+                IdBase::Pick => true,
+                IdBase::Fixed(b) => b > 0,
+            }
+    });
+    state.monitor.register && excludes_root
 }
 
 /// systemd's side of a container: machined, and the monitor's cgroups before it made a
