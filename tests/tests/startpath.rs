@@ -223,3 +223,30 @@ fn a_running_containers_monitor_costs_a_start_three_system_calls() {
     );
     drop(r);
 }
+
+/// Under -U without a network namespace of its own, the monitor hands down the image and a
+/// sysfs, each locked for the container's user namespace by a short-lived child (a fork and
+/// two copies of the mount namespace): one child locks both. Counted as the processes that
+/// unshare a mount namespace and then join the container's user namespace.
+#[test]
+fn one_child_locks_the_image_and_the_sysfs_under_userns() {
+    let t = Tree::rootfs("lockers");
+    let lockers: Vec<Vec<Call>> = traces(&t, &["-U"])
+        .iter()
+        .map(|s| parse(s))
+        .filter(|calls| {
+            calls
+                .iter()
+                .any(|c| c.name == "setns" && c.line.contains("CLONE_NEWUSER"))
+                && calls.iter().any(|c| c.name == "open_tree")
+        })
+        .collect();
+    assert_eq!(
+        lockers.len(),
+        1,
+        "children that lock mounts: {}",
+        lockers.len()
+    );
+    let clones = lockers[0].iter().filter(|c| c.name == "open_tree").count();
+    assert_eq!(clones, 2, "the image and the sysfs, locked together");
+}

@@ -24,6 +24,9 @@ pub struct Chain {
     /// ns-enter's pid (our child).
     pub enter: Pid,
     sync: SyncSocket,
+    /// [`Chain::expect_sys`]: a sysfs made and locked with the image at SYNC-1, for the
+    /// `NeedSys` to come ([`Chain::host_sys`]).
+    sys_ahead: std::cell::RefCell<Option<Option<OwnedFd>>>,
 }
 
 /// What the chain reports, in the order it may come (the SYNC numbers of `ns_core::sync`).
@@ -172,7 +175,11 @@ impl Chain {
             }
             Forked::Parent(enter) => {
                 fds.close_all();
-                Ok(Chain { enter, sync })
+                Ok(Chain {
+                    enter,
+                    sync,
+                    sys_ahead: std::cell::RefCell::new(None),
+                })
             }
         }
     }
@@ -224,9 +231,29 @@ impl Chain {
         let (tree, ownership) = root.make(pid)?;
         let userns = File::open(format!("/proc/{pid}/ns/user"))
             .ctx(|| "cannot open the container's user namespace".into())?;
-        let tree = crate::hostpaths::locked(tree, userns.as_fd())?;
+        // With the sysfs ns-mount will ask for, if one is expected: one child locks both.
+        let sys = match self.sys_ahead.borrow().is_some() {
+            true => new_sysfs(),
+            false => None,
+        };
+        let mut trees = std::iter::once(tree).chain(sys).collect::<Vec<_>>();
+        let n = trees.len();
+        trees = crate::hostpaths::locked_all(trees, userns.as_fd())?;
+        if n == 2 {
+            *self.sys_ahead.borrow_mut() = Some(trees.pop());
+        }
+        let tree = trees
+            .pop()
+            .ok_or_else(|| Error::setup("no tree locked".into()))?;
         self.sync.send_fd(&Msg::Mapped, tree.as_fd())?;
         Ok(Some(ownership))
+    }
+
+    /// ns-mount will ask for a sysfs (`NeedSys`: a user namespace without a network
+    /// namespace of its own): [`Chain::map_userns`] makes and locks it with the image, in
+    /// the same child, and [`Chain::host_sys`] hands it down.
+    pub fn expect_sys(&self) {
+        *self.sys_ahead.borrow_mut() = Some(None);
     }
 
     /// SYNC-5 answered: user mount `op` of `plan`, made on the host (only what the plan
@@ -301,11 +328,10 @@ impl Chain {
     /// it. Where the kernel refuses us one too (inside a guest that shares its host's
     /// network namespace), `NoMount`: ns-mount binds the /sys it sees, as before.
     pub fn host_sys(&self, pid1: Option<Pid>) -> Result<()> {
-        use ns_core::sys::MOUNT_ATTR_RDONLY;
-        use ns_core::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
-        let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
-        let params = [ns_core::sys::FsParam::Str("source", "sysfs")];
-        let Ok(sys) = ns_core::sys::fs_mount(c"sysfs", &params, attrs) else {
+        if let Some(Some(sys)) = self.sys_ahead.borrow_mut().take() {
+            return self.sync.send_fd(&Msg::Mount, sys.as_fd());
+        }
+        let Some(sys) = new_sysfs() else {
             return self.sync.send(&Msg::NoMount);
         };
         let sys = crate::hostpaths::locked(sys, userns_of(pid1)?.as_fd())?;
@@ -316,6 +342,14 @@ impl Chain {
     pub fn go(&self) -> Result<()> {
         self.sync.send(&Msg::Go)
     }
+}
+
+/// A sysfs of our network namespace, read-only, detached (None where the kernel refuses it).
+fn new_sysfs() -> Option<OwnedFd> {
+    use ns_core::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+    let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+    let params = [ns_core::sys::FsParam::Str("source", "sysfs")];
+    ns_core::sys::fs_mount(c"sysfs", &params, attrs).ok()
 }
 
 /// The image as the monitor hands it down at SYNC-1 ([`Chain::map_userns`]).

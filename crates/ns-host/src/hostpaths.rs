@@ -242,13 +242,27 @@ fn shown(s: &Source) -> String {
 /// `userns` and copies that namespace again (the kernel locks every mount of a copy made
 /// for a less privileged user namespace), and sends back a clone of the locked tree.
 pub fn locked(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+    let mut all = locked_all(vec![tree], userns)?;
+    all.pop()
+        .ok_or_else(|| Error::setup("cannot lock a mount for the container".into()))
+}
+
+/// [`locked`] for several trees at once, in order: one child and two copies of the mount
+/// namespace for all of them (each child costs a fork and two namespace copies).
+pub fn locked_all(
+    trees: Vec<OwnedFd>,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> Result<Vec<OwnedFd>> {
     use ns_core::sync::{Msg, SyncSocket};
     let (ours, theirs) = SyncSocket::pair()?;
+    let n = trees.len();
     match ns_core::sys::fork().ctx(|| "cannot fork".into())? {
         ns_core::sys::Forked::Child => {
             drop(ours);
-            let sent = match lock_in_child(tree, userns) {
-                Ok(t) => theirs.send_fd(&Msg::Mount, t.as_fd()),
+            let sent = match lock_in_child(trees, userns) {
+                Ok(ts) => ts
+                    .iter()
+                    .try_for_each(|t| theirs.send_fd(&Msg::Mount, t.as_fd())),
                 Err(e) => theirs.send(&Msg::Failed {
                     stage: "monitor".into(),
                     code: ns_core::error::EXIT_SETUP,
@@ -258,21 +272,37 @@ pub fn locked(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<Owne
             std::process::exit(i32::from(sent.is_err()))
         }
         ns_core::sys::Forked::Parent(child) => {
-            drop((tree, theirs));
-            let got = ours.recv_any(nix::sys::socket::MsgFlags::empty());
+            drop((trees, theirs));
+            let mut got = Vec::with_capacity(n);
+            let mut failed = None;
+            while got.len() < n {
+                match ours.recv_any(nix::sys::socket::MsgFlags::empty()) {
+                    Ok(Some((Msg::Mount, Some(fd)))) => got.push(fd),
+                    Ok(Some((Msg::Failed { message, .. }, _))) => {
+                        failed = Some(Error::setup(message));
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
             let _ = nix::sys::wait::waitpid(child, None);
-            match got? {
-                Some((Msg::Mount, Some(fd))) => Ok(fd),
-                Some((Msg::Failed { message, .. }, _)) => Err(Error::setup(message)),
-                _ => Err(Error::setup("cannot lock a mount for the container".into())),
+            match (failed, got.len() == n) {
+                (Some(e), _) => Err(e),
+                (None, true) => Ok(got),
+                (None, false) => Err(Error::setup("cannot lock a mount for the container".into())),
             }
         }
     }
 }
 
-/// [`locked`]'s child: stage `tree` as `m` on a tmpfs over `/` of a private copy of our
-/// mount namespace (cwd: that tmpfs), copy the namespace for `userns`, clone `m` there.
-fn lock_in_child(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+/// [`locked_all`]'s child: stage each tree as `mN` on a tmpfs over `/` of a private copy of
+/// our mount namespace (cwd: that tmpfs), copy the namespace for `userns`, clone each `mN`
+/// there.
+fn lock_in_child(trees: Vec<OwnedFd>, userns: std::os::fd::BorrowedFd<'_>) -> Result<Vec<OwnedFd>> {
     use nix::sched::{setns, unshare, CloneFlags};
     let what = || "cannot lock a mount for the container".to_string();
     unshare(CloneFlags::CLONE_NEWNS).ctx(what)?;
@@ -281,23 +311,34 @@ fn lock_in_child(tree: OwnedFd, userns: std::os::fd::BorrowedFd<'_>) -> Result<O
     let stage = fs_mount(c"tmpfs", &[FsParam::Str("mode", "0755")], 0)?;
     ns_core::sys::move_mount_to(stage.as_fd(), open_host(Path::new("/"), "stage")?.as_fd())
         .ctx(what)?;
-    let st = nix::sys::stat::fstat(tree.as_fd()).ctx(what)?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        nix::sys::stat::mkdirat(stage.as_fd(), "m", Mode::from_bits_truncate(0o755)).ctx(what)?;
-    } else {
-        let kind = nix::sys::stat::SFlag::S_IFREG;
-        nix::sys::stat::mknodat(stage.as_fd(), "m", kind, Mode::from_bits_truncate(0o644), 0)
+    let names: Vec<String> = (0..trees.len()).map(|i| format!("m{i}")).collect();
+    for (tree, name) in trees.iter().zip(&names) {
+        let st = nix::sys::stat::fstat(tree.as_fd()).ctx(what)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            nix::sys::stat::mkdirat(
+                stage.as_fd(),
+                name.as_str(),
+                Mode::from_bits_truncate(0o755),
+            )
             .ctx(what)?;
+        } else {
+            let kind = nix::sys::stat::SFlag::S_IFREG;
+            let mode = Mode::from_bits_truncate(0o644);
+            nix::sys::stat::mknodat(stage.as_fd(), name.as_str(), kind, mode, 0).ctx(what)?;
+        }
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let target = nix::fcntl::openat2(stage.as_fd(), name.as_str(), how).ctx(what)?;
+        ns_core::sys::move_mount_to(tree.as_fd(), target.as_fd()).ctx(what)?;
     }
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let target = nix::fcntl::openat2(stage.as_fd(), "m", how).ctx(what)?;
-    ns_core::sys::move_mount_to(tree.as_fd(), target.as_fd()).ctx(what)?;
     nix::unistd::fchdir(&stage).ctx(what)?;
     setns(userns, CloneFlags::CLONE_NEWUSER).ctx(what)?;
     unshare(CloneFlags::CLONE_NEWNS).ctx(what)?;
-    ns_core::sys::open_tree_clone(Path::new("m"), true).ctx(what)
+    names
+        .iter()
+        .map(|name| ns_core::sys::open_tree_clone(Path::new(name), true).ctx(what))
+        .collect()
 }
 
 #[cfg(test)]
