@@ -1,4 +1,9 @@
-# bench/lib.sh: what the benchmark scripts share (sourced, not run).
+# bench/lib.sh: what the benchmark scripts share (sourced, not run):
+#   source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+# sets REPO and BIN (the release binaries), stops unless root, and gives the helpers below.
+
+REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
 
 section() { printf '\n=== %s ===\n' "$*"; }
 note() { printf '  %s\n' "$*"; }
@@ -43,3 +48,28 @@ print_environment() {
     note "cpus:    $(nproc)"
     note "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other builds may be running)"
 }
+
+# The commands to time, filled by try: their names and command lines.
+NAMES=()
+CMDS=()
+# What each command runs under (variants.sh: nsenter into its network namespace).
+TRY_IN=()
+
+# try NAME COMMAND...: run it once (under TRY_IN); keep it for timing if it exits 0.
+try() {
+    local name=$1 out rc=0
+    shift
+    out=$("${TRY_IN[@]}" timeout 30 "$@" </dev/null 2>&1) || rc=$?
+    if ((rc == 0)); then
+        note "ok      $name: $*"
+        [[ -n $out ]] && note "        (its output: $(printf '%s' "$out" | head -c 300 | tr '\n' ' '))"
+        NAMES+=("$name")
+        CMDS+=("$*")
+        return 0
+    fi
+    note "FAILED  $name (exit $rc): $*"
+    [[ -n $out ]] && note "        $(printf '%s' "$out" | head -c 500 | tr '\n' ' ')"
+    return 1
+}
+
+[[ $(id -u) -eq 0 ]] || die "must run as root"

@@ -19,14 +19,8 @@ N_OTHER=${N_OTHER:-5}
 TARGET_RATIO=2.5        # ns-run startup at most 2.5x the unshare floor (issue 19)
 TARGET_PRIV_KIB=512     # ns-run monitor private memory per container
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
-BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
-
 # shellcheck source=bench/lib.sh
-source "$SCRIPT_DIR/lib.sh"
-
-[[ $(id -u) -eq 0 ]] || die "must run as root"
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------
 # Cleanup: everything we start is recorded in LAUNCHED; the temp dir is removed only
@@ -63,7 +57,6 @@ cleanup() {
             left=$(sleeps_in_roots)
             [[ -z $left ]] || { echo "cleanup: killing leftover sleeps:" $left >&2; kill -KILL $left 2>/dev/null || true; }
         fi
-        # deepest first
         remove_tmp_dir "$TMP"
     fi
     exit "$rc"
@@ -106,23 +99,6 @@ note "busybox rootfs: $ROOT ($(ls "$ROOT/bin" | wc -l) entries in /bin)"
 # ---------------------------------------------------------------------------------------
 section "Startup time: checking commands"
 # ---------------------------------------------------------------------------------------
-NAMES=()
-CMDS=()
-try() { # $1 = name, rest = command; runs it once, keeps it if it exits 0
-    local name=$1 out rc=0
-    shift
-    out=$(timeout 30 "$@" </dev/null 2>&1) || rc=$?
-    if ((rc == 0)); then
-        note "ok      $name: $*"
-        [[ -n $out ]] && note "        (its output: $(printf '%s' "$out" | head -c 300 | tr '\n' ' '))"
-        NAMES+=("$name")
-        CMDS+=("$*")
-        return 0
-    fi
-    note "FAILED  $name (exit $rc): $*"
-    [[ -n $out ]] && note "        $(printf '%s' "$out" | head -c 500 | tr '\n' ' ')"
-    return 1
-}
 
 try ns-run "$NSRUN" -q -D "$ROOT" /bin/true || die "ns-run does not work; nothing to benchmark"
 

@@ -16,14 +16,8 @@ MIN_RUNS=${MIN_RUNS:-100}
 WARMUP=${WARMUP:-10}
 TARGET_RATIO=1.5        # issue 19: each variant within 1.5x bwrap's or the floor's equivalent
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
-BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
-
 # shellcheck source=bench/lib.sh
-source "$SCRIPT_DIR/lib.sh"
-
-[[ $(id -u) -eq 0 ]] || die "must run as root"
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------
 # Cleanup: the network namespace (and with it every link left in it), mounts below the temp
@@ -80,23 +74,7 @@ note "network namespace: $NS; every command below runs in it (${IN[*]} ...)"
 # ---------------------------------------------------------------------------------------
 section "Checking commands (each run once, in the network namespace)"
 # ---------------------------------------------------------------------------------------
-NAMES=()
-CMDS=()
-try() { # $1 = name, rest = command; runs it once, keeps it if it exits 0
-    local name=$1 out rc=0
-    shift
-    out=$("${IN[@]}" timeout 30 "$@" </dev/null 2>&1) || rc=$?
-    if ((rc == 0)); then
-        note "ok      $name: $*"
-        [[ -n $out ]] && note "        (its output: $(printf '%s' "$out" | head -c 300 | tr '\n' ' '))"
-        NAMES+=("$name")
-        CMDS+=("$*")
-        return 0
-    fi
-    note "FAILED  $name (exit $rc): $*"
-    [[ -n $out ]] && note "        $(printf '%s' "$out" | head -c 500 | tr '\n' ' ')"
-    return 1
-}
+TRY_IN=("${IN[@]}")
 
 # The floor: unshare's namespaces, /proc mounted, chroot into the tree. Without --root
 # support for --mount-proc, ROOT/proc is named instead; failing that, no /proc at all.
