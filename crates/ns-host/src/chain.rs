@@ -24,9 +24,9 @@ pub struct Chain {
     /// ns-enter's pid (our child).
     pub enter: Pid,
     sync: SyncSocket,
-    /// [`Chain::expect_sys`]: a sysfs made and locked with the image at SYNC-1, for the
+    /// A sysfs made and locked with the image at SYNC-1 ([`Chain::map_userns`]), for the
     /// `NeedSys` to come ([`Chain::host_sys`]).
-    sys_ahead: std::cell::RefCell<Option<Option<OwnedFd>>>,
+    sys_ahead: std::cell::Cell<Option<OwnedFd>>,
 }
 
 /// What the chain reports, in the order it may come (the SYNC numbers of `ns_core::sync`).
@@ -178,7 +178,7 @@ impl Chain {
                 Ok(Chain {
                     enter,
                     sync,
-                    sys_ahead: std::cell::RefCell::new(None),
+                    sys_ahead: std::cell::Cell::new(None),
                 })
             }
         }
@@ -214,8 +214,15 @@ impl Chain {
     /// SYNC-1 answered: write the maps of ns-enter's user namespace; with `root`, hand the
     /// image down as a detached mount, idmapped through the new user namespace or as it is
     /// (`MountPlan::host_by_fd`). The one answer of ns-run and ns-oci. Returns the ownership
-    /// in force with `root` (`auto` decided, see [`RootMount`]).
-    pub fn map_userns(&self, maps: &Maps, root: Option<RootMount>) -> Result<Option<Ownership>> {
+    /// in force with `root` (`auto` decided, see [`RootMount`]). `sys_too`: ns-mount will
+    /// ask for a sysfs (`NeedSys`: the container shares our network namespace), made and
+    /// locked here with the image, one child for both, and handed down by [`Chain::host_sys`].
+    pub fn map_userns(
+        &self,
+        maps: &Maps,
+        root: Option<RootMount>,
+        sys_too: bool,
+    ) -> Result<Option<Ownership>> {
         let pid = self.enter.as_raw();
         match maps {
             Maps::Rootless => crate::userns::write_rootless_maps(pid)?,
@@ -231,29 +238,16 @@ impl Chain {
         let (tree, ownership) = root.make(pid)?;
         let userns = File::open(format!("/proc/{pid}/ns/user"))
             .ctx(|| "cannot open the container's user namespace".into())?;
-        // With the sysfs ns-mount will ask for, if one is expected: one child locks both.
-        let sys = match self.sys_ahead.borrow().is_some() {
-            true => new_sysfs(),
-            false => None,
-        };
-        let mut trees = std::iter::once(tree).chain(sys).collect::<Vec<_>>();
-        let n = trees.len();
-        trees = crate::hostpaths::locked_all(trees, userns.as_fd())?;
-        if n == 2 {
-            *self.sys_ahead.borrow_mut() = Some(trees.pop());
-        }
-        let tree = trees
-            .pop()
+        // With the sysfs ns-mount will ask for (`sys_too`): one child locks both.
+        let sys = sys_too.then(new_sysfs).flatten();
+        let trees = std::iter::once(tree).chain(sys).collect();
+        let mut locked = crate::hostpaths::locked_all(trees, userns.as_fd())?.into_iter();
+        let tree = locked
+            .next()
             .ok_or_else(|| Error::setup("no tree locked".into()))?;
+        self.sys_ahead.set(locked.next());
         self.sync.send_fd(&Msg::Mapped, tree.as_fd())?;
         Ok(Some(ownership))
-    }
-
-    /// ns-mount will ask for a sysfs (`NeedSys`: a user namespace without a network
-    /// namespace of its own): [`Chain::map_userns`] makes and locks it with the image, in
-    /// the same child, and [`Chain::host_sys`] hands it down.
-    pub fn expect_sys(&self) {
-        *self.sys_ahead.borrow_mut() = Some(None);
     }
 
     /// SYNC-5 answered: user mount `op` of `plan`, made on the host (only what the plan
@@ -328,7 +322,7 @@ impl Chain {
     /// it. Where the kernel refuses us one too (inside a guest that shares its host's
     /// network namespace), `NoMount`: ns-mount binds the /sys it sees, as before.
     pub fn host_sys(&self, pid1: Option<Pid>) -> Result<()> {
-        if let Some(Some(sys)) = self.sys_ahead.borrow_mut().take() {
+        if let Some(sys) = self.sys_ahead.take() {
             return self.sync.send_fd(&Msg::Mount, sys.as_fd());
         }
         let Some(sys) = new_sysfs() else {

@@ -273,28 +273,17 @@ pub fn locked_all(
         }
         ns_core::sys::Forked::Parent(child) => {
             drop((trees, theirs));
-            let mut got = Vec::with_capacity(n);
-            let mut failed = None;
-            while got.len() < n {
-                match ours.recv_any(nix::sys::socket::MsgFlags::empty()) {
-                    Ok(Some((Msg::Mount, Some(fd)))) => got.push(fd),
-                    Ok(Some((Msg::Failed { message, .. }, _))) => {
-                        failed = Some(Error::setup(message));
-                        break;
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                    _ => break,
-                }
-            }
+            let got = (0..n)
+                .map(
+                    |_| match ours.recv_any(nix::sys::socket::MsgFlags::empty())? {
+                        Some((Msg::Mount, Some(fd))) => Ok(fd),
+                        Some((Msg::Failed { message, .. }, _)) => Err(Error::setup(message)),
+                        _ => Err(Error::setup("cannot lock a mount for the container".into())),
+                    },
+                )
+                .collect();
             let _ = nix::sys::wait::waitpid(child, None);
-            match (failed, got.len() == n) {
-                (Some(e), _) => Err(e),
-                (None, true) => Ok(got),
-                (None, false) => Err(Error::setup("cannot lock a mount for the container".into())),
-            }
+            got
         }
     }
 }

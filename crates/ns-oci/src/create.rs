@@ -516,7 +516,7 @@ impl Creating<'_> {
                 // given; the image's ownership as it is (no idmapped root).
                 let u = self.state.enter.userns.as_ref();
                 let u = u.ok_or_else(|| Error::setup("unexpected user namespace".into()))?;
-                self.chain.map_userns(&Maps::given(u)?, None)?;
+                self.chain.map_userns(&Maps::given(u)?, None, false)?;
             }
             Report::Console(master) => {
                 // SYNC-6: the master of the container's /dev/console, for the caller.

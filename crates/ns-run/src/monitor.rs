@@ -877,12 +877,10 @@ impl<'a> Monitor<'a> {
                     read_only: state.mount.read_only_tree(),
                     announce: &mut announce,
                 });
-                // Without a network namespace of its own ns-mount will ask for a sysfs
-                // (NeedSys): made and locked with the image, one child for both.
-                if !state.enter.namespaces.contains(&Namespace::Net) {
-                    self.chain.expect_sys();
-                }
-                let ownership = self.chain.map_userns(&maps, root)?;
+                // Sharing our network namespace, ns-mount will ask for a sysfs (NeedSys):
+                // the fact it decides that on.
+                let sys_too = !state.mount.private_network;
+                let ownership = self.chain.map_userns(&maps, root, sys_too)?;
                 if u.ownership == Ownership::Auto {
                     self.on_auto_ownership(ownership);
                 }
