@@ -141,12 +141,7 @@ impl StageFds {
             if self.get(name).is_some() {
                 continue;
             }
-            let path = locate(name).ok_or_else(|| {
-                Error::setup(format!(
-                    "cannot find the {name} binary next to this program or in PATH \
-                     (a stage running after pivot_root can only reach stages opened before it)"
-                ))
-            })?;
+            let path = locate_stage(name)?;
             let fd = if sealed || name == "ns-init" {
                 let what = || format!("cannot copy {} into a sealed memfd", path.display());
                 let mut src = std::fs::File::open(&path).ctx(what)?;
@@ -293,14 +288,19 @@ impl FileId {
     }
 }
 
-/// Where stage `name` is ([`locate`]) and what it is now.
-pub fn stage_source(name: &str) -> Result<(PathBuf, FileId)> {
-    let path = locate(name).ok_or_else(|| {
+/// Where stage `name` is ([`locate`]), or the error that says it cannot be found.
+fn locate_stage(name: &str) -> Result<PathBuf> {
+    locate(name).ok_or_else(|| {
         Error::setup(format!(
             "cannot find the {name} binary next to this program or in PATH \
              (a stage running after pivot_root can only reach stages opened before it)"
         ))
-    })?;
+    })
+}
+
+/// Where stage `name` is ([`locate`]) and what it is now.
+pub fn stage_source(name: &str) -> Result<(PathBuf, FileId)> {
+    let path = locate_stage(name)?;
     let m = std::fs::metadata(&path).ctx(|| format!("cannot stat {}", path.display()))?;
     Ok((path, FileId::of(&m)))
 }
@@ -316,7 +316,7 @@ impl StageCopy {
     /// Copy stage `name` ([`locate`]) into a sealed memfd; `source` is what was read (the
     /// opened file, not a path looked at before).
     pub fn make(name: &str) -> Result<StageCopy> {
-        let (path, _) = stage_source(name)?;
+        let path = locate_stage(name)?;
         let what = || format!("cannot copy {} into a sealed memfd", path.display());
         let mut src = std::fs::File::open(&path).ctx(what)?;
         let source = FileId::of(&src.metadata().ctx(what)?);
@@ -446,8 +446,8 @@ pub fn exec_stage_with(name: &str, argv: &[String], fds: &StageFds, env: &[Strin
     let mut e = crate::sys::exec_fd(fd, &args, &envc);
     if e == Errno::EACCES {
         // A sealed copy shared with other containers (`-a`'s ns-init) whose exec bits were
-        // taken since the host checked it: an ACL can, past F_SEAL_EXEC, and container root
-        // without -U owns the copy. Run a private copy of it instead.
+        // taken since the host checked it (host root's ACL can, past F_SEAL_EXEC; no
+        // container that shares a copy owns it). Run a private copy of it instead.
         if let Some(copy) = private_copy(fd, name) {
             e = crate::sys::exec_fd(std::os::fd::AsRawFd::as_raw_fd(&copy), &args, &envc);
         }
