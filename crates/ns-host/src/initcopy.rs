@@ -54,8 +54,8 @@ pub struct InitCopy {
 pub struct HeldCopy {
     /// Close-on-exec: it reaches nothing the monitor execs (the chain gets a duplicate).
     pub fd: OwnedFd,
-    /// What to record in the registry entry.
-    pub record: InitCopy,
+    /// What to record in the registry entry, for later starts to take (shared copies only).
+    pub record: Option<InitCopy>,
     /// The machine whose monitor it was taken from (None: made here).
     pub from: Option<String>,
     /// Made here for others to take: dropped once the entry shows it.
@@ -100,25 +100,29 @@ fn maker_lock(source: &FileId) -> Option<PathBuf> {
     )))
 }
 
-/// ns-init for a new container: with `look` (a registered container), the copy of a running
-/// registered container of the same ns-init build, when one passes every check (waiting for
-/// one being made, see [`Making`]); else a fresh copy.
-pub fn obtain(look: bool) -> Result<HeldCopy> {
-    let (fd, source, from, making) = match look {
-        true => shared_or_made()?,
-        false => {
-            let c = StageCopy::make("ns-init")?;
-            (c.fd, c.source, None, None)
-        }
-    };
+/// ns-init for a new container: with `share` (see ns-run's `shares_init_copy`), the copy of
+/// a running registered container of the same ns-init build, when one passes every check
+/// (waiting for one being made, see [`Making`]), recorded for later starts; else a fresh
+/// copy of its own, recorded nowhere.
+pub fn obtain(share: bool) -> Result<HeldCopy> {
+    if !share {
+        let c = StageCopy::make("ns-init")?;
+        return Ok(HeldCopy {
+            fd: c.fd,
+            record: None,
+            from: None,
+            making: None,
+        });
+    }
+    let (fd, source, from, making) = shared_or_made()?;
     let st = nix::sys::stat::fstat(&fd)
         .map_err(|e| ns_core::Error::setup(format!("cannot stat ns-init's copy: {}", e.desc())))?;
-    let record = InitCopy {
+    let record = Some(InitCopy {
         fd: fd.as_raw_fd(),
         dev: st.st_dev,
         ino: st.st_ino,
         source,
-    };
+    });
     Ok(HeldCopy {
         fd,
         record,

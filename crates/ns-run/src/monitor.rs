@@ -106,9 +106,7 @@ fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'
     };
     let mut monitor = Monitor::new(state, chain, cleanup, held, &cgroups, &mut decided);
     if let Some(c) = init_copy {
-        if shares_init_copy(state) {
-            monitor.machine.init_copy = Some(c.record);
-        }
+        monitor.machine.init_copy = c.record;
         monitor.init_copy = Some(c.fd);
         monitor.init_making = c.making;
     }
@@ -195,9 +193,10 @@ fn stage_fds(state: &State) -> Result<(StageFds, Option<HeldCopy>)> {
         false => None,
     };
     if let Some(c) = &init_copy {
-        debug(STAGE, || match &c.from {
-            Some(m) => format!("ns-init: the copy of machine {m} ({})", c.record.ino),
-            None => format!("ns-init: a new copy ({})", c.record.ino),
+        debug(STAGE, || match (&c.from, &c.record) {
+            (Some(m), Some(r)) => format!("ns-init: the copy of machine {m} ({})", r.ino),
+            (None, Some(r)) => format!("ns-init: a new copy, shared ({})", r.ino),
+            _ => "ns-init: a copy of its own".into(),
         });
         fds.add("ns-init", c.fd.as_fd())?;
     }
