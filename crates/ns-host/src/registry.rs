@@ -155,14 +155,8 @@ impl Drop for Registration {
 /// are not ours (see [`lookup`]) are left out with a warning.
 pub fn list() -> Result<Vec<Machine>> {
     let d = dir()?;
-    let mut names: Vec<String> = std::fs::read_dir(&d)
+    let mut names: Vec<String> = names_in(&d)
         .ctx(|| format!("cannot read {}", d.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".lock").map(str::to_string)
-        })
-        .filter(|n| check_name(n).is_ok())
         .collect();
     names.sort();
     let mut out = Vec::new();
@@ -180,15 +174,18 @@ pub fn list() -> Result<Vec<Machine>> {
 /// cannot be read or is not ours is passed over (stale ones are removed on the way).
 pub fn find_map<T>(mut f: impl FnMut(&Machine) -> Option<T>) -> Option<T> {
     let d = dir().ok()?;
-    std::fs::read_dir(&d)
-        .ok()?
+    names_in(&d).ok()?.find_map(|n| f(&lookup(&d, &n).ok()??))
+}
+
+/// The machine names in the registry directory `d` (each has its lock file), unsorted.
+fn names_in(d: &Path) -> std::io::Result<impl Iterator<Item = String>> {
+    Ok(std::fs::read_dir(d)?
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
             n.strip_suffix(".lock").map(str::to_string)
         })
-        .filter(|n| check_name(n).is_ok())
-        .find_map(|n| f(&lookup(&d, &n).ok()??))
+        .filter(|n| check_name(n).is_ok()))
 }
 
 /// The machine called `name`.
