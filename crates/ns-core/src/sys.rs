@@ -365,8 +365,17 @@ fn new_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
 /// fcntl(F_DUPFD_CLOEXEC) of an fd number handed to this process (a stage fd): a duplicate
 /// of our own, closed on exec.
 pub fn dup_cloexec(fd: std::os::fd::RawFd) -> nix::Result<std::os::fd::OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC takes any integer; the kernel returns a new fd or -1.
-    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    dup_from(fd, libc::F_DUPFD_CLOEXEC, 0)
+}
+
+/// fcntl(`cmd`: F_DUPFD or F_DUPFD_CLOEXEC) of `fd`: a duplicate numbered `min` or more.
+fn dup_from(
+    fd: std::os::fd::RawFd,
+    cmd: libc::c_int,
+    min: libc::c_int,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_DUPFD(_CLOEXEC) takes plain integers; the kernel returns a new fd or -1.
+    let r = unsafe { libc::fcntl(fd, cmd, min) };
     Ok(new_fd(Errno::result(r)?))
 }
 
@@ -382,9 +391,7 @@ pub fn above_stdio(fd: std::os::fd::OwnedFd) -> nix::Result<std::os::fd::OwnedFd
         0 => libc::F_DUPFD,
         _ => libc::F_DUPFD_CLOEXEC,
     };
-    // SAFETY: F_DUPFD(_CLOEXEC) takes plain integers; the kernel returns a new fd or -1.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, 3) };
-    Ok(new_fd(Errno::result(r)?))
+    dup_from(fd.as_raw_fd(), cmd, 3)
 }
 
 /// pidfd_open(2): a pidfd (close-on-exec) for the process `pid` is now.
