@@ -20,4 +20,6 @@ fn link_no_pie(bin: &str) {
         println!("cargo:rustc-link-arg-bin={bin}=-static");
     }
     println!("cargo:rerun-if-env-changed=NS_RUN_PIE");
+    // Each includer is a crate of crates/: this file is two levels up from its manifest.
+    println!("cargo:rerun-if-changed=../../build/no_pie.rs");
 }

@@ -34,7 +34,6 @@ fn group(groups: &str, name: &str) -> BTreeSet<String> {
 
 fn main() {
     link_no_pie("ns-caps");
-    println!("cargo:rerun-if-changed=../../build/no_pie.rs");
     let src =
         std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("src/seccomp");
     let groups = std::fs::read_to_string(src.join("groups.txt")).unwrap();

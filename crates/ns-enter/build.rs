@@ -6,5 +6,4 @@ include!("../../build/no_pie.rs");
 fn main() {
     link_no_pie("ns-enter");
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=../../build/no_pie.rs");
 }
