@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use ns_tests::{bin, spawn, spawn_until, unique, Running, Stopping, Tree};
 use serde_json::Value;
 
+/// A container's script: say so once running, then sleep.
+const READY: &str = "echo ready; exec sleep 100";
+
 fn entry_path(name: &str) -> PathBuf {
     Path::new("/run/ns-run/machines").join(format!("{name}.json"))
 }
@@ -56,12 +59,17 @@ struct Sleeper {
 
 impl Sleeper {
     fn start(t: &Tree, build: &Build, tag: &str) -> Sleeper {
-        Sleeper::start_with(t, build, tag, "echo ready; exec sleep 100")
+        Sleeper::start_with(t, build, tag, READY)
     }
 
     fn start_with(t: &Tree, build: &Build, tag: &str, script: &str) -> Sleeper {
+        Sleeper::start_opts(t, build, tag, &["-U"], script)
+    }
+
+    /// With `opts` in place of `-U`.
+    fn start_opts(t: &Tree, build: &Build, tag: &str, opts: &[&str], script: &str) -> Sleeper {
         let name = unique(tag);
-        let c = Sleeper::command(t, build, &name, script);
+        let c = Sleeper::command_with(t, build, &name, opts, script);
         Sleeper::started(name, spawn_until(c, "ready"))
     }
 
@@ -179,11 +187,7 @@ fn without_a_user_namespace_no_copy_is_shared_or_offered() {
     // attributes and times for the other containers to read. So no sharing there.
     let t = Tree::rootfs("nouserns");
     let build = Build::new(&t, "bin");
-    let start = |tag: &str| {
-        let name = unique(tag);
-        let c = Sleeper::command_with(&t, &build, &name, &[], "echo ready; exec sleep 100");
-        Sleeper::started(name, spawn_until(c, "ready"))
-    };
+    let start = |tag: &str| Sleeper::start_opts(&t, &build, tag, &[], READY);
     let a = start("nu-a");
     let b = start("nu-b");
     assert_ne!(
@@ -208,10 +212,7 @@ fn a_user_namespace_that_maps_host_root_shares_nothing() {
     let t = Tree::rootfs("identity");
     let build = Build::new(&t, "bin");
     let a = Sleeper::start(&t, &build, "id-a");
-    let name = unique("id-b");
-    let opts = ["--private-users=identity"];
-    let c = Sleeper::command_with(&t, &build, &name, &opts, "echo ready; exec sleep 100");
-    let b = Sleeper::started(name, spawn_until(c, "ready"));
+    let b = Sleeper::start_opts(&t, &build, "id-b", &["--private-users=identity"], READY);
     assert_ne!(
         b.init_exe(),
         a.init_exe(),
@@ -232,7 +233,7 @@ fn a_burst_of_starts_makes_one_copy() {
     let runs: Vec<(String, Running)> = (0..N)
         .map(|i| {
             let name = unique(&format!("bu{i}"));
-            let c = Sleeper::command(&t, &build, &name, "echo ready; exec sleep 100");
+            let c = Sleeper::command(&t, &build, &name, READY);
             (name, spawn(c, None))
         })
         .collect();
