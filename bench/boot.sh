@@ -6,7 +6,7 @@
 set -euo pipefail
 RUNS=${RUNS:-5}
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
+BIN="$REPO/target/x86_64-unknown-linux-musl/release"
 CACHE=/var/cache/ns-run/debian-systemd
 [[ $(id -u) -eq 0 ]] || { echo "must run as root" >&2; exit 1; }
 for p in systemd-container debootstrap; do

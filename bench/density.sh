@@ -21,7 +21,7 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
 export N=${N:-50}
 export ROOT=${ROOT:-/work/wt/benchroot}
-export NSRUN=${NSRUN:-$REPO/target/x86_64-unknown-linux-gnu/release/ns-run}
+export NSRUN=${NSRUN:-$REPO/target/x86_64-unknown-linux-musl/release/ns-run}
 if [[ -z ${TOOLS:-} ]]; then
     TOOLS="ns-run"
     for t in bwrap crun runc; do command -v "$t" >/dev/null && TOOLS+=" $t"; done

@@ -14,7 +14,7 @@ set -euo pipefail
 
 RUNS=${RUNS:-20}
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
+BIN="$REPO/target/x86_64-unknown-linux-musl/release"
 DEBIAN=/var/cache/ns-run/debian-bookworm
 
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

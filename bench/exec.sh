@@ -11,7 +11,7 @@
 # Usage (as root or not): bench/exec.sh        SKIP_BUILD=1: use the release binaries as built.
 set -euo pipefail
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
+BIN="$REPO/target/x86_64-unknown-linux-musl/release"
 TMP=$(mktemp -d /tmp/ns-bench-exec.XXXXXX)
 trap 'rm -rf -- "$TMP"' EXIT
 [[ -n ${SKIP_BUILD:-} ]] || (cd "$REPO" && cargo build --release --workspace --quiet)

@@ -3,7 +3,7 @@
 # sets REPO and BIN (the release binaries), stops unless root, and gives the helpers below.
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
+BIN="$REPO/target/x86_64-unknown-linux-musl/release"
 
 section() { printf '\n=== %s ===\n' "$*"; }
 note() { printf '  %s\n' "$*"; }

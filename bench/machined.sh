@@ -8,10 +8,10 @@
 # systemd-nspawn 252 likewise in the pure cgroup2 guest, for comparison (it makes a scope
 # of its own with --register=no too).
 #
-#   BIN=target/x86_64-unknown-linux-gnu/release TREE=/work/wt/benchroot \
+#   BIN=target/x86_64-unknown-linux-musl/release TREE=/work/wt/benchroot \
 #   GUEST=/var/cache/ns-run/debian-machined ROUNDS=7 RUNS=20 bench/machined.sh
 set -eu
-BIN=$(realpath "${BIN:-target/x86_64-unknown-linux-gnu/release}")
+BIN=$(realpath "${BIN:-target/x86_64-unknown-linux-musl/release}")
 TREE=$(realpath "${TREE:-/work/wt/benchroot}")
 GUEST=${GUEST:-/var/cache/ns-run/debian-machined}
 ROUNDS=${ROUNDS:-7}

@@ -6,10 +6,10 @@
 # the host's. Inside a guest ns-run makes its cgroups where the guest's cgroupfs is writable
 # and runs under the guest's device policy (the guest's filter refuses bpf()).
 #
-#   BIN=target/x86_64-unknown-linux-gnu/release TREE=/work/wt/benchroot \
+#   BIN=target/x86_64-unknown-linux-musl/release TREE=/work/wt/benchroot \
 #   GUEST=/var/cache/ns-run/debian-machined ROUNDS=7 RUNS=30 bench/nested.sh
 set -eu
-BIN=$(realpath "${BIN:-target/x86_64-unknown-linux-gnu/release}")
+BIN=$(realpath "${BIN:-target/x86_64-unknown-linux-musl/release}")
 TREE=$(realpath "${TREE:-/work/wt/benchroot}")
 GUEST=${GUEST:-/var/cache/ns-run/debian-machined}
 ROUNDS=${ROUNDS:-7}

@@ -6,7 +6,7 @@
 set -euo pipefail
 RUNS=${RUNS:-40}
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$REPO/target/x86_64-unknown-linux-gnu/release"
+BIN="$REPO/target/x86_64-unknown-linux-musl/release"
 [[ $(id -u) -eq 0 ]] || { echo "must run as root" >&2; exit 1; }
 for p in busybox-static hyperfine systemd-container bubblewrap; do
     [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) == "install ok installed" ]] ||

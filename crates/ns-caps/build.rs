@@ -7,13 +7,9 @@
 //!   as a bit mask.
 //!
 //! So that at start-up the filter is a pass over three arrays.
-//!
-//! ns-caps is also linked static and position-dependent (non-PIE): see build/no_pie.rs.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
-
-include!("../../build/no_pie.rs");
 
 /// The calls of `@group`, nested groups expanded.
 fn group(groups: &str, name: &str) -> BTreeSet<String> {
@@ -33,7 +29,6 @@ fn group(groups: &str, name: &str) -> BTreeSet<String> {
 }
 
 fn main() {
-    link_no_pie("ns-caps");
     let src =
         std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("src/seccomp");
     let groups = std::fs::read_to_string(src.join("groups.txt")).unwrap();

@@ -37,7 +37,7 @@ fail() { say "FAIL: $*"; exit 1; }
 runtime=${1:-${CRI_RUNTIME:-runc}}
 runtime=$(command -v "$runtime") || fail "runtime $runtime not found"
 runtime=$(realpath "$runtime")
-ns_cri=${NS_CRI:-$here/target/x86_64-unknown-linux-gnu/release/ns-cri}
+ns_cri=${NS_CRI:-$here/target/x86_64-unknown-linux-musl/release/ns-cri}
 [ -x "$ns_cri" ] || fail "$ns_cri missing: (cd $here && cargo build --release) or set NS_CRI"
 [ "$(id -u)" = 0 ] || fail "must run as root"
 for tool in containerd containerd-shim-runc-v2 ctr; do

@@ -564,7 +564,7 @@ fn console_socket(path: &Path) -> std::thread::JoinHandle<std::os::fd::OwnedFd> 
             m.msg_iov = &mut iov;
             m.msg_iovlen = 1;
             m.msg_control = cbuf.as_mut_ptr().cast();
-            m.msg_controllen = cbuf.len();
+            m.msg_controllen = cbuf.len() as _;
             assert!(libc::recvmsg(c.as_raw_fd(), &mut m, 0) > 0);
             let cm = libc::CMSG_FIRSTHDR(&m);
             assert!(!cm.is_null() && (*cm).cmsg_type == libc::SCM_RIGHTS);

@@ -354,7 +354,8 @@ pub fn reexec_sealed(name: &str) -> Result<()> {
     }
     let from = std::env::current_exe().ctx(what)?;
     let copy = sealed_copy(&mut &me, name, true, &what)?;
-    let args: Vec<CString> = std::env::args_os()
+    let args: Vec<CString> = crate::sys::args_os()
+        .into_iter()
         .map(|a| cstring(a.into_vec()))
         .collect::<Result<_>>()?;
     let from_var = [
@@ -609,7 +610,8 @@ pub fn exec_error(prog: &str, e: Errno) -> Error {
 
 /// Our own argv as Strings (non-UTF-8 arguments are refused rather than mangled).
 pub fn args_utf8() -> Result<Vec<String>> {
-    std::env::args_os()
+    crate::sys::args_os()
+        .into_iter()
         .map(|a: OsString| {
             a.into_string().map_err(|a| {
                 Error::setup(format!("argument is not UTF-8: {}", a.to_string_lossy()))

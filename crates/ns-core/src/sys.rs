@@ -182,11 +182,36 @@ pub fn attach_device_program(
         .map_err(|e| ("BPF_PROG_ATTACH", e))
 }
 
-/// malloc_trim(0): give the heap's free memory back to the kernel (the monitor, once set
-/// up, keeps only a little of what start-up used, for the container's whole lifetime).
+/// renameat2(2) with `flags` (`libc::RENAME_NOREPLACE`, `RENAME_EXCHANGE`): nix offers it on
+/// glibc only, and the musl the toolchain bundles has no wrapper: the system call itself.
+pub fn renameat2<P: ?Sized + nix::NixPath, Q: ?Sized + nix::NixPath>(
+    olddir: impl std::os::fd::AsFd,
+    old: &P,
+    newdir: impl std::os::fd::AsFd,
+    new: &Q,
+    flags: libc::c_uint,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (od, nd) = (olddir.as_fd().as_raw_fd(), newdir.as_fd().as_raw_fd());
+    let r = old.with_nix_path(|o| {
+        new.with_nix_path(|n| {
+            // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+            unsafe { libc::syscall(libc::SYS_renameat2, od, o.as_ptr(), nd, n.as_ptr(), flags) }
+        })
+    })??;
+    Errno::result(r).map(drop)
+}
+
+/// Give the heap's free memory back to the kernel (the monitor, once set up, keeps only a
+/// little of what start-up used, for the container's whole lifetime). glibc needs
+/// malloc_trim(0) for that; musl's allocator unmaps freed groups by itself and has no such
+/// call.
 pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory of the allocator to the kernel.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 /// madvise(MADV_DONTNEED) on the part of the main thread's stack from `low` (the lowest
@@ -329,11 +354,11 @@ pub fn loopback_up() -> nix::Result<()> {
         *dst = *src as libc::c_char;
     }
     // SAFETY: SIOCGIFFLAGS reads into `req`, which lives for the whole call.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) })?;
     // SAFETY: the union's flags member is the one SIOCGIFFLAGS filled in.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: SIOCSIFFLAGS reads `req`, which lives for the whole call.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) }).map(drop)
 }
 
 /// Take ownership of an fd number that was handed to this process (`--sync-fd`,
@@ -874,8 +899,9 @@ pub fn dup_to(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> nix::Result<(
 /// each exec ~17 system calls and ~35k instructions, mostly for a stack-overflow handler: it
 /// reads and parses /proc/self/maps (glibc's pthread_getattr_np) and maps a signal stack.
 /// What matters of the rest stays ([`runtime_start`]); a stack overflow is then a plain
-/// SIGSEGV instead of a message and SIGABRT. Arguments and environment are the runtime's
-/// as before (glibc hands them to the Rust runtime's initializer, not to `main`).
+/// SIGSEGV instead of a message and SIGABRT. The arguments are kept for [`args_os`]
+/// (std::env::args is empty without the runtime's start-up on musl); the environment is
+/// the C library's, as before.
 /// The binary's unit tests (`cargo test` builds it with the test harness's `main`) keep the
 /// runtime: there the crate is `#![cfg_attr(not(test), no_main)]` and this defines no `main`.
 #[macro_export]
@@ -885,7 +911,9 @@ macro_rules! stage_main {
         // signature; it takes no pointer it reads.
         #[cfg(not(test))]
         #[no_mangle]
-        extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+        extern "C" fn main(argc: i32, argv: *const *const ::std::ffi::c_char) -> i32 {
+            // SAFETY: argc and argv are the C start-up's, valid for the whole program.
+            unsafe { $crate::sys::keep_args(argc, argv) };
             $crate::sys::runtime_start();
             $run()
         }
@@ -893,6 +921,41 @@ macro_rules! stage_main {
         #[cfg(test)]
         const _: fn() -> ! = $run;
     };
+}
+
+static ARGC: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static ARGV: std::sync::atomic::AtomicPtr<*const std::ffi::c_char> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Keep `main`'s arguments for [`args_os`] ([`stage_main`] calls it first thing).
+///
+/// # Safety
+/// `argv` must point to `argc` NUL-terminated strings that stay valid and unchanged for the
+/// rest of the program (the C start-up's arguments on the initial stack are).
+pub unsafe fn keep_args(argc: i32, argv: *const *const std::ffi::c_char) {
+    ARGV.store(argv.cast_mut(), std::sync::atomic::Ordering::Relaxed);
+    ARGC.store(
+        usize::try_from(argc).unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The program's arguments: those [`stage_main`]'s `main` was given, else (a normal Rust
+/// `main`, a test) std's.
+pub fn args_os() -> Vec<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let argv = ARGV.load(std::sync::atomic::Ordering::Relaxed);
+    if argv.is_null() {
+        return std::env::args_os().collect();
+    }
+    let argc = ARGC.load(std::sync::atomic::Ordering::Relaxed);
+    (0..argc)
+        .map(|i| {
+            // SAFETY: keep_args' contract: argc valid C strings at argv, for good.
+            let c = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+            std::ffi::OsStr::from_bytes(c.to_bytes()).to_owned()
+        })
+        .collect()
 }
 
 /// What the Rust runtime's start-up does that our binaries rely on, for [`stage_main`]: fds 0-2

@@ -973,13 +973,8 @@ mod shift_tests {
         let (s2, a, b) = (stop.clone(), d.join("data"), d.join("other"));
         let racer = std::thread::spawn(move || {
             while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = nix::fcntl::renameat2(
-                    nix::fcntl::AT_FDCWD,
-                    &a,
-                    nix::fcntl::AT_FDCWD,
-                    &b,
-                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-                );
+                let cwd = nix::fcntl::AT_FDCWD;
+                let _ = ns_core::sys::renameat2(cwd, &a, cwd, &b, libc::RENAME_EXCHANGE);
             }
         });
         let mut failed = 0;

@@ -276,7 +276,8 @@ fn locked_flags(fd: &OwnedFd) -> Result<MsFlags> {
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        // ST_RELATIME (nix names it on glibc only): the kernel's MNT_RELATIME, 1 << 12.
+        (FsFlags::from_bits_retain(1 << 12), MsFlags::MS_RELATIME),
     ] {
         if st.flags().contains(s) {
             f |= m;

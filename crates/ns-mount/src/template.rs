@@ -164,12 +164,12 @@ impl Copy<'_> {
     /// Rename the copy into place (never over something), then check that what is there
     /// now is our directory: a racer may have swapped the hidden name just before.
     fn rename(&self, ours: &FileStat) -> Result<()> {
-        nix::fcntl::renameat2(
+        ns_core::sys::renameat2(
             self.parent,
             self.tmp.as_os_str(),
             self.parent,
             self.name,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            libc::RENAME_NOREPLACE,
         )
         .ctx(|| {
             format!(
