@@ -96,7 +96,9 @@ fn exchange(a: &Path, b: &Path) -> bool {
     let b = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
     // SAFETY: both are valid C strings for the call.
     let r = unsafe {
-        libc::renameat2(
+        // The system call: the musl the toolchain bundles has no renameat2 wrapper.
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             a.as_ptr(),
             libc::AT_FDCWD,
