@@ -109,6 +109,14 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// The first real-time signal as systemd, nspawn and every other glibc program number it:
+/// the kernel's 32 plus the two that glibc keeps for itself. `SIGRTMIN+4` means 38 (systemd's
+/// power-off) to the init of any container image; musl, which the toolkit is built against,
+/// keeps three and would say 35, so the C library is never asked.
+pub const SIGRTMIN: i32 = 34;
+/// The last signal number (the kernel's, glibc's and musl's alike).
+pub const SIGRTMAX: i32 = 64;
+
 /// systemd's signal_from_string: `SIGTERM`, `TERM`, a number, `RTMIN+N`, `RTMAX-N`.
 pub fn parse_signal(option: &str, v: &str) -> Result<i32> {
     let bad = || Error::invalid(option, v, "cannot parse signal");
@@ -120,7 +128,7 @@ pub fn parse_signal(option: &str, v: &str) -> Result<i32> {
         };
     }
     let s = v.strip_prefix("SIG").unwrap_or(v);
-    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let (rtmin, rtmax) = (SIGRTMIN, SIGRTMAX);
     let rt = |base: i32, rest: &str, sign: i32| -> Result<i32> {
         if rest.is_empty() {
             return Ok(base);

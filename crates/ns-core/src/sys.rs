@@ -182,6 +182,23 @@ pub fn attach_device_program(
         .map_err(|e| ("BPF_PROG_ATTACH", e))
 }
 
+/// open(2) of `path` with O_CLOEXEC, as the openat system call alone: musl's `open`, which
+/// std's `File::open` and nix's `open` call, follows it with an fcntl(F_SETFD) for kernels
+/// older than 2.6.23. For the files every start opens.
+pub fn open_cloexec<P: ?Sized + nix::NixPath>(
+    path: &P,
+    flags: libc::c_int,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = path.with_nix_path(|p| {
+        // SAFETY: a NUL-terminated path that outlives the call; no mode is read without
+        // O_CREAT, which callers do not pass.
+        unsafe { libc::openat(libc::AT_FDCWD, p.as_ptr(), flags | libc::O_CLOEXEC) }
+    })?;
+    // SAFETY: a new fd that nothing else owns.
+    Errno::result(fd).map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// renameat2(2) with `flags` (`libc::RENAME_NOREPLACE`, `RENAME_EXCHANGE`): nix offers it on
 /// glibc only, and the musl the toolchain bundles has no wrapper: the system call itself.
 pub fn renameat2<P: ?Sized + nix::NixPath, Q: ?Sized + nix::NixPath>(
@@ -653,17 +670,39 @@ pub fn kill_raw(pid: Pid, signo: i32) -> nix::Result<()> {
 /// whatever the caller of ns-run ignored (`nohup` ignores SIGHUP, a shell's `trap ''`); as
 /// systemd-nspawn and runc do, none of it reaches the container.
 pub fn reset_signals_for_exec() -> nix::Result<()> {
-    for signo in 1..libc::SIGRTMAX() {
+    // The kernel's struct sigaction for rt_sigaction(2) (x86_64): handler, flags, restorer,
+    // mask. The system call itself: the C library refuses the numbers it keeps for its own
+    // use (glibc 32-33, musl 32-34), and a caller may have ignored those too.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signo in 1..=crate::SIGRTMAX {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
         }
         // SAFETY: installing SIG_DFL runs no handler code; nothing else in this single-threaded
-        // process depends on a disposition after this point (the next step is exec). Numbers
-        // the C library keeps for itself are refused with EINVAL, and skipped.
-        let r = unsafe { libc::signal(signo, libc::SIG_DFL) };
-        if r == libc::SIG_ERR && Errno::last() != Errno::EINVAL {
-            return Err(Errno::last());
-        }
+        // process depends on a disposition after this point (the next step is exec). `dfl` is
+        // a complete kernel sigaction of the size given.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signo,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+        Errno::result(r)?;
     }
     SignalSet::new(&[]).set_mask()
 }

@@ -196,7 +196,7 @@ fn signal_all(m: &Machine, sig: i32) -> Result<()> {
 /// on SIGTERM (their `--kill-signal`, else SIGKILL: exit 137).
 fn poweroff(m: &Machine) -> Result<()> {
     if m.boot {
-        signal_leader(m, libc::SIGRTMIN() + 4)
+        signal_leader(m, ns_core::SIGRTMIN + 4)
     } else {
         kill(Pid::from_raw(m.monitor), Signal::SIGTERM).map_err(|e| {
             Error::setup(format!(

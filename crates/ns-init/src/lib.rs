@@ -41,12 +41,12 @@ pub const FORWARDED: [i32; 6] = [
 pub fn handled_signals() -> Vec<i32> {
     let mut v = vec![libc::SIGCHLD];
     v.extend(FORWARDED);
-    v.extend([libc::SIGRTMIN() + 3, libc::SIGRTMIN() + 4]);
+    v.extend([ns_core::SIGRTMIN + 3, ns_core::SIGRTMIN + 4]);
     v
 }
 
 /// SIGRTMIN+3 / +4 (poweroff, halt: what `--kill-signal=SIGRTMIN+3` sends): like nspawn's
 /// stub, the payload gets SIGTERM then SIGHUP.
 pub fn is_poweroff(signo: i32) -> bool {
-    signo == libc::SIGRTMIN() + 3 || signo == libc::SIGRTMIN() + 4
+    signo == ns_core::SIGRTMIN + 3 || signo == ns_core::SIGRTMIN + 4
 }

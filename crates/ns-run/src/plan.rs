@@ -609,7 +609,7 @@ fn monitor(
     // nspawn: a booted container is asked to power off (SIGRTMIN+3) unless told otherwise.
     let kill_signal = match c.kill_signal.as_deref() {
         Some(s) => Some(ns_core::parse_signal("--kill-signal", s)?),
-        None if c.exec.boot => Some(libc::SIGRTMIN() + 3),
+        None if c.exec.boot => Some(ns_core::SIGRTMIN + 3),
         None => None,
     };
     Ok(MonitorPlan {
@@ -815,15 +815,15 @@ mod tests {
         assert_eq!(ns_core::parse_signal("--kill-signal", "9").unwrap(), 9);
         assert_eq!(
             ns_core::parse_signal("--kill-signal", "SIGRTMIN+3").unwrap(),
-            libc::SIGRTMIN() + 3
+            ns_core::SIGRTMIN + 3
         );
         assert_eq!(
             ns_core::parse_signal("--kill-signal", "RTMAX-1").unwrap(),
-            libc::SIGRTMAX() - 1
+            ns_core::SIGRTMAX - 1
         );
         assert_eq!(
             ns_core::parse_signal("--kill-signal", "RTMIN").unwrap(),
-            libc::SIGRTMIN()
+            ns_core::SIGRTMIN
         );
         for bad in ["SIGFOO", "sigterm", "0", "65", "RTMIN3", "RTMIN+99"] {
             assert!(
