@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # What one exec costs on this machine before a program does its own work (issue 19).
 #
-# Every start of ns-run runs five glibc programs (ns-run, ns-enter, ns-mount, ns-caps, the
-# payload) where the floor (`unshare ... /bin/true`) runs two. This times, in one hyperfine
-# run: a static program that only exits (no libc), an empty static and dynamic glibc
-# program, and each stage failing at once on the chain's command line (exec, glibc, our
-# start-up, one error line); and it times the CPUID instruction, which glibc's start-up
-# executes many times (x86 cache detection) and which a virtual machine may trap.
+# Every start of ns-run runs five programs (ns-run, ns-enter, ns-mount, ns-caps, the payload)
+# where the floor (`unshare ... /bin/true`) runs two. This times, in one hyperfine run: a
+# static program that only exits (no libc), an empty static and dynamic glibc program, an
+# empty static musl program (Rust, `main` as our stages have it, linked as they are), and
+# each stage failing at once on the chain's command line (exec, libc, our start-up, one
+# error line); and it times the CPUID instruction, which glibc's start-up executes many
+# times (x86 cache detection) and which a virtual machine may trap. The toolkit is built
+# against musl for that reason (.cargo/config.toml).
 #
 # Usage (as root or not): bench/exec.sh        SKIP_BUILD=1: use the release binaries as built.
 set -euo pipefail
@@ -23,6 +25,9 @@ gcc -nostdlib -static "$TMP/exit.S" -o "$TMP/no-libc"
 echo 'int main(void) { return 0; }' >"$TMP/empty.c"
 gcc -O2 -static "$TMP/empty.c" -o "$TMP/glibc-static"
 gcc -O2 "$TMP/empty.c" -o "$TMP/glibc-dynamic"
+printf '#![no_main]\n#[unsafe(no_mangle)]\nextern "C" fn main() -> i32 { 0 }\n' >"$TMP/empty.rs"
+rustc -O --target x86_64-unknown-linux-musl -C relocation-model=static -C panic=abort \
+    "$TMP/empty.rs" -o "$TMP/musl-static"
 cat >"$TMP/cpuid.c" <<'C'
 #include <cpuid.h>
 #include <stdio.h>
@@ -42,7 +47,7 @@ gcc -O2 "$TMP/cpuid.c" -o "$TMP/cpuid"
 "$TMP/cpuid"
 
 cmds=(-n no-libc "$TMP/no-libc" -n glibc-static "$TMP/glibc-static"
-    -n glibc-dynamic "$TMP/glibc-dynamic")
+    -n glibc-dynamic "$TMP/glibc-dynamic" -n musl-static "$TMP/musl-static")
 for s in ns-enter ns-mount ns-caps; do
     # fds 99/98 are not open: the stage reads its command line and fails with one line.
     cmds+=(-n "$s" "$BIN/$s --state-fd 99 --sync-fd 98")
@@ -57,6 +62,8 @@ print(f"  {'program':<18} {'median ms':>9} {'over no-libc':>13}")
 for name, x in r.items():
     print(f"  {name:<18} {x['median']*1e3:>9.3f} {(x['median']-base)*1e3:>12.3f}")
 glibc = (r["glibc-static"]["median"] - base) * 1e3
-print(f"\n  glibc's own start-up: {glibc:.3f} ms per program; a start of ns-run runs 5 glibc"
-      f" programs, the floor 2: {3*glibc:.2f} ms of the difference is glibc's start-up alone")
+musl = (r["musl-static"]["median"] - base) * 1e3
+print(f"\n  libc start-up per program: glibc {glibc:.3f} ms, musl {musl:.3f} ms; a start of"
+      f" ns-run runs 3 programs more than the floor: {3*glibc:.2f} ms if they were glibc's,"
+      f" {3*musl:.2f} ms as musl's")
 PY

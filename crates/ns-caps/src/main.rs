@@ -13,6 +13,12 @@ use ns_core::{Context, Error, Result};
 
 ns_core::stage_main!(stage);
 
+/// dlmalloc, not musl's allocator: fewer system calls for a program that runs once per start
+/// (see ns_core::sys::Heap).
+#[cfg(not(test))]
+#[global_allocator]
+static HEAP: ns_core::sys::Heap = ns_core::sys::Heap;
+
 fn stage() -> ! {
     run(STAGE, || {
         let args: Args = stage_args(STAGE, &args_utf8()?, Args::set_fds);

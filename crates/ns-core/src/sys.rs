@@ -219,6 +219,55 @@ pub fn renameat2<P: ?Sized + nix::NixPath, Q: ?Sized + nix::NixPath>(
     Errno::result(r).map(drop)
 }
 
+/// The global allocator of the chain's stages (ns-enter, ns-mount, ns-caps; each installs
+/// it): dlmalloc (the Rust port kept by the Rust project's own people, the allocator of
+/// Rust's wasm targets), in place of musl's. musl's allocator gives each size class groups
+/// of its own and unmaps a group as soon as it is empty: the three stages made ~100 mmap and
+/// munmap calls per start, and the page faults of fresh pages over and over; with dlmalloc
+/// 4, and a start takes 0.39 ms less (interleaved runs). dlmalloc takes memory from the
+/// kernel in 64 KiB segments and keeps freed chunks for reuse, which suits a program that
+/// runs for a millisecond. ns-run keeps musl's: as a resident monitor it gives its start-up
+/// memory back that way (66 KiB private per monitor against 327 on dlmalloc, whose
+/// segments stay pinned by a few live chunks each). A spin lock makes it safe to share;
+/// none of the stages starts a thread, so it is never contended, and no signal handler of
+/// theirs allocates.
+pub struct Heap;
+
+static HEAP_LOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static mut HEAP: dlmalloc::Dlmalloc = dlmalloc::Dlmalloc::new();
+
+/// Run `f` on the heap, holding the lock.
+fn with_heap<T>(f: impl FnOnce(&mut dlmalloc::Dlmalloc) -> T) -> T {
+    use std::sync::atomic::Ordering;
+    while HEAP_LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
+    // SAFETY: the lock is held: this is the only reference to HEAP until it is released.
+    let r = f(unsafe { &mut *std::ptr::addr_of_mut!(HEAP) });
+    HEAP_LOCK.store(false, Ordering::Release);
+    r
+}
+
+// SAFETY: each call is dlmalloc's own, with the layout's size and alignment as its contract
+// asks (the pointers given back are the ones it returned for the same layout).
+unsafe impl std::alloc::GlobalAlloc for Heap {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        with_heap(|h| unsafe { h.malloc(l.size(), l.align()) })
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        with_heap(|h| unsafe { h.calloc(l.size(), l.align()) })
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        with_heap(|h| unsafe { h.free(p, l.size(), l.align()) })
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        with_heap(|h| unsafe { h.realloc(p, l.size(), l.align(), new) })
+    }
+}
+
 /// Give the heap's free memory back to the kernel (the monitor, once set up, keeps only a
 /// little of what start-up used, for the container's whole lifetime). glibc needs
 /// malloc_trim(0) for that; musl's allocator unmaps freed groups by itself and has no such

@@ -18,6 +18,12 @@ const STAGE: &str = "ns-enter";
 
 ns_core::stage_main!(stage);
 
+/// dlmalloc, not musl's allocator: fewer system calls for a program that runs once per start
+/// (see ns_core::sys::Heap).
+#[cfg(not(test))]
+#[global_allocator]
+static HEAP: ns_core::sys::Heap = ns_core::sys::Heap;
+
 fn stage() -> ! {
     run(STAGE, || {
         let args: Args = stage_args(STAGE, &ns_core::exec::args_utf8()?, Args::set_fds);
