@@ -139,7 +139,20 @@ pub fn stage_args<T: clap::Parser + Default>(
 /// Parse a stage's flags with clap, turning clap's multi-line errors into our one line and
 /// exit code 125. `--help` and `--version` print and exit 0.
 pub fn parse_args<T: clap::Parser>(stage: &str, argv: &[String]) -> T {
-    match T::try_parse_from(argv) {
+    parse_args_with(stage, &mut T::command(), argv)
+}
+
+/// [`parse_args`] with a command line already built (`cmd`), for a caller that keeps one.
+pub fn parse_args_with<T: clap::FromArgMatches>(
+    stage: &str,
+    cmd: &mut clap::Command,
+    argv: &[String],
+) -> T {
+    let parsed = match cmd.try_get_matches_from_mut(argv) {
+        Ok(mut m) => T::from_arg_matches_mut(&mut m).map_err(|e| e.format(cmd)),
+        Err(e) => Err(e),
+    };
+    match parsed {
         Ok(a) => a,
         Err(e) => {
             use clap::error::ErrorKind;

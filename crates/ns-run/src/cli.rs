@@ -168,7 +168,10 @@ pub struct Cli {
 }
 
 /// The options by clap id in the order `--help` lists them: nspawn's, whichever stage's
-/// flattened struct declares them.
+/// flattened struct declares them. One space between names (the test below checks). Every
+/// start looks each option up: through a map made once (scanning this text for each option
+/// with `split_whitespace` was a third of ns-run's instructions before the container
+/// started).
 const HELP_ORDER: &str = "help quiet no_pager settings directory template ephemeral image \
     oci_bundle read_only volatile root_hash root_hash_sig verity_data pivot_root as_pid2 boot \
     chdir setenv user kill_signal notify_ready suppress_sync machine hostname uuid slice \
@@ -183,13 +186,32 @@ const HELP_ORDER: &str = "help quiet no_pager settings directory template epheme
     print_state print_chain command";
 
 fn in_nspawn_order(a: clap::Arg) -> clap::Arg {
-    let place = HELP_ORDER
-        .split_whitespace()
-        .position(|id| a.get_id() == id);
-    match place {
-        Some(i) => a.display_order(i),
+    static PLACE: std::sync::OnceLock<std::collections::BTreeMap<&str, usize>> =
+        std::sync::OnceLock::new();
+    let place = PLACE.get_or_init(|| HELP_ORDER.split(' ').zip(0..).collect());
+    match place.get(a.get_id().as_str()) {
+        Some(&i) => a.display_order(i),
         None => a,
     }
+}
+
+/// nspawn's command line as clap builds it (every option, built for lookups), once per
+/// process: building it is two thirds of the instructions ns-run runs before the container
+/// starts, and the options are read several times (split, .nspawn and bundle merges, the
+/// parse itself through a clone).
+pub fn command() -> &'static clap::Command {
+    static BUILT: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        cmd
+    })
+}
+
+/// `argv` parsed (after [`normalize`]); bad input ends the program with one line.
+pub fn parse(argv: &[String]) -> Cli {
+    ns_core::stage::parse_args_with("ns-run", &mut command().clone(), argv)
 }
 
 /// One option as given: clap's id of the argument and its tokens (`-D /r`, `--bind=x`).
@@ -222,9 +244,7 @@ pub fn normalize(argv: &[String]) -> ns_core::Result<Vec<String>> {
 /// The options of `argv` (after argv[0]) one by one, bundles of short options split up, and
 /// the rest (the command, with its `--` if there was one).
 pub fn split_options(argv: &[String]) -> ns_core::Result<(Vec<Given>, Vec<String>)> {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
-    cmd.build();
+    let cmd = command();
     let takes_value = |a: &clap::Arg| a.get_action().takes_values();
     let mut given = Vec::new();
     let mut i = 1;
@@ -318,7 +338,7 @@ mod tests {
     fn help_order_names_every_option_once() {
         use clap::CommandFactory;
         let cmd = Cli::command();
-        let listed: Vec<&str> = HELP_ORDER.split_whitespace().collect();
+        let listed: Vec<&str> = HELP_ORDER.split(' ').collect();
         let ids: Vec<&str> = cmd
             .get_arguments()
             .map(|a| a.get_id().as_str())

@@ -9,7 +9,7 @@
 mod monitor;
 
 use ns_core::exec::args_utf8;
-use ns_core::stage::{parse_args, run};
+use ns_core::stage::run;
 use ns_core::state::State;
 use ns_core::Result;
 use ns_host::cgroups::Hierarchy;
@@ -34,7 +34,7 @@ fn start() -> ! {
 #[inline(never)]
 fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
     let argv = cli::normalize(&args_utf8()?)?;
-    let cli: cli::Cli = parse_args(STAGE, &argv);
+    let cli = cli::parse(&argv);
     // An OCI bundle is options too (and what options cannot say, applied below).
     let bundle = match &cli.oci_bundle {
         Some(dir) => Some(oci::load("--oci-bundle", std::path::Path::new(dir))?),
@@ -55,7 +55,7 @@ fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
         cli
     } else {
         ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
-        parse_args(STAGE, &merged)
+        cli::parse(&merged)
     };
     let facts = plan::HostFacts::gather(&cli);
     let oci = bundle.as_ref().map(|bundle| oci::OciInput {

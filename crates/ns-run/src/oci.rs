@@ -283,14 +283,13 @@ fn nspawn_mounts(b: &Bundle) -> Result<Vec<String>> {
 /// command line's own (which win: a single-valued option given there replaces the bundle's),
 /// then the command line's command, or else the bundle's process arguments.
 pub fn merge(argv: &[String], b: &Bundle, name: &str) -> Result<Vec<String>> {
-    use clap::CommandFactory;
     let (given, rest) = crate::cli::split_options(argv)?;
     if given.iter().any(|g| g.id == "directory" || g.id == "image") {
         return Err(Error::setup(
             "--oci-bundle= may not be combined with --directory= or --image=".into(),
         ));
     }
-    let cmd = crate::cli::Cli::command();
+    let cmd = crate::cli::command();
     let repeatable = |id: &str| {
         cmd.get_arguments()
             .find(|a| a.get_id() == id)
