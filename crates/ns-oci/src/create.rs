@@ -158,8 +158,9 @@ pub fn state_of(b: &oci::Bundle, id: &str, terminal: bool) -> Result<State> {
         .map(String::from),
     );
     argv.extend(oci::argv_of(b));
-    ns_run::cli::reject_unknown_options(&argv)?;
-    let cli: ns_run::cli::Cli = ns_core::stage::parse_args(STAGE, &argv);
+    let mut cmd = ns_run::cli::command();
+    ns_run::cli::reject_unknown_options(&cmd, &argv)?;
+    let cli: ns_run::cli::Cli = ns_core::stage::parse_args_with(STAGE, &mut cmd, &argv);
     let facts = ns_run::plan::HostFacts::gather(&cli);
     let input = oci::OciInput {
         bundle: b,

@@ -195,23 +195,21 @@ fn in_nspawn_order(a: clap::Arg) -> clap::Arg {
     }
 }
 
-/// nspawn's command line as clap builds it (every option, built for lookups), once per
-/// process: building it is two thirds of the instructions ns-run runs before the container
-/// starts, and the options are read several times (split, .nspawn and bundle merges, the
-/// parse itself through a clone).
-pub fn command() -> &'static clap::Command {
-    static BUILT: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        use clap::CommandFactory;
-        let mut cmd = Cli::command();
-        cmd.build();
-        cmd
-    })
+/// nspawn's command line as clap builds it (every option, built for lookups). Building it
+/// is most of the instructions ns-run runs before the container starts: a plan builds it
+/// once and hands it to whatever reads options (the split, the .nspawn and bundle merges,
+/// the parses), then drops it, so that a resident monitor does not keep it (~84 KiB).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd
 }
 
-/// `argv` parsed (after [`normalize`]); bad input ends the program with one line.
-pub fn parse(argv: &[String]) -> Cli {
-    ns_core::stage::parse_args_with("ns-run", &mut command().clone(), argv)
+/// `argv` parsed (after [`normalize`]) with `cmd` from [`command`]; bad input ends the
+/// program with one line.
+pub fn parse(cmd: &mut clap::Command, argv: &[String]) -> Cli {
+    ns_core::stage::parse_args_with("ns-run", cmd, argv)
 }
 
 /// One option as given: clap's id of the argument and its tokens (`-D /r`, `--bind=x`).
@@ -224,15 +222,15 @@ pub struct Given {
 /// getopt's "+" rule, which clap cannot express next to a free-form trailing command:
 /// options end at the first non-option argument (or `--`), and an unknown option before that
 /// point is an error rather than the start of the command.
-pub fn reject_unknown_options(argv: &[String]) -> ns_core::Result<()> {
-    split_options(argv).map(drop)
+pub fn reject_unknown_options(cmd: &clap::Command, argv: &[String]) -> ns_core::Result<()> {
+    split_options(cmd, argv).map(drop)
 }
 
 /// `argv` as getopt reads it, spelled so that clap reads it the same: each option's tokens
 /// (a short option's attached value, `-D/srv/box` or `-udaemon`, as its own token: clap
 /// would take it for the start of the command), then the command. Unknown options refused.
-pub fn normalize(argv: &[String]) -> ns_core::Result<Vec<String>> {
-    let (given, rest) = split_options(argv)?;
+pub fn normalize(cmd: &clap::Command, argv: &[String]) -> ns_core::Result<Vec<String>> {
+    let (given, rest) = split_options(cmd, argv)?;
     Ok(argv[..1.min(argv.len())]
         .iter()
         .cloned()
@@ -243,8 +241,11 @@ pub fn normalize(argv: &[String]) -> ns_core::Result<Vec<String>> {
 
 /// The options of `argv` (after argv[0]) one by one, bundles of short options split up, and
 /// the rest (the command, with its `--` if there was one).
-pub fn split_options(argv: &[String]) -> ns_core::Result<(Vec<Given>, Vec<String>)> {
-    let cmd = command();
+/// `cmd` is [`command`]'s.
+pub fn split_options(
+    cmd: &clap::Command,
+    argv: &[String],
+) -> ns_core::Result<(Vec<Given>, Vec<String>)> {
     let takes_value = |a: &clap::Arg| a.get_action().takes_values();
     let mut given = Vec::new();
     let mut i = 1;
@@ -313,7 +314,7 @@ mod tests {
             .chain(a.iter().copied())
             .map(String::from)
             .collect();
-        reject_unknown_options(&argv).map_err(|e| e.msg)
+        reject_unknown_options(&command(), &argv).map_err(|e| e.msg)
     }
 
     #[test]
@@ -366,7 +367,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let (given, rest) = split_options(&argv).unwrap();
+        let (given, rest) = split_options(&command(), &argv).unwrap();
         let ids: Vec<&str> = given.iter().map(|g| g.id.as_str()).collect();
         assert_eq!(ids, ["quiet", "directory", "bind", "setenv", "volatile"]);
         assert_eq!(given[1].tokens, ["-D", "/r"]);
@@ -381,7 +382,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let n = normalize(&argv).unwrap();
+        let n = normalize(&command(), &argv).unwrap();
         assert_eq!(
             n,
             ["ns-run", "-D", "/r", "-u", "daemon", "-q", "-M", "box", "sh", "-c"]

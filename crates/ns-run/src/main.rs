@@ -33,8 +33,10 @@ fn start() -> ! {
 /// monitor's loop, for the container's lifetime (issue 19's memory goal).
 #[inline(never)]
 fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
-    let argv = cli::normalize(&args_utf8()?)?;
-    let cli = cli::parse(&argv);
+    // nspawn's command line, built once for everything below and dropped with the plan.
+    let mut cmd = cli::command();
+    let argv = cli::normalize(&cmd, &args_utf8()?)?;
+    let cli = cli::parse(&mut cmd, &argv);
     // An OCI bundle is options too (and what options cannot say, applied below).
     let bundle = match &cli.oci_bundle {
         Some(dir) => Some(oci::load("--oci-bundle", std::path::Path::new(dir))?),
@@ -47,16 +49,17 @@ fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
                 let base = b.dir.file_name().unwrap_or_default().to_string_lossy();
                 plan::hostname_cleanup(&base)
             });
-            oci::merge(&argv, b, &name)?
+            oci::merge(&cmd, &argv, b, &name)?
         }
-        None => settings::merge(&argv, &cli)?,
+        None => settings::merge(&cmd, &argv, &cli)?,
     };
     let cli: cli::Cli = if merged == argv {
         cli
     } else {
         ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
-        cli::parse(&merged)
+        cli::parse(&mut cmd, &merged)
     };
+    drop(cmd);
     let facts = plan::HostFacts::gather(&cli);
     let oci = bundle.as_ref().map(|bundle| oci::OciInput {
         bundle,

@@ -282,14 +282,14 @@ fn nspawn_mounts(b: &Bundle) -> Result<Vec<String>> {
 /// `--oci-bundle=DIR` on ns-run's command line `argv`: the bundle's options first, then the
 /// command line's own (which win: a single-valued option given there replaces the bundle's),
 /// then the command line's command, or else the bundle's process arguments.
-pub fn merge(argv: &[String], b: &Bundle, name: &str) -> Result<Vec<String>> {
-    let (given, rest) = crate::cli::split_options(argv)?;
+/// `cmd` is [`crate::cli::command`]'s.
+pub fn merge(cmd: &clap::Command, argv: &[String], b: &Bundle, name: &str) -> Result<Vec<String>> {
+    let (given, rest) = crate::cli::split_options(cmd, argv)?;
     if given.iter().any(|g| g.id == "directory" || g.id == "image") {
         return Err(Error::setup(
             "--oci-bundle= may not be combined with --directory= or --image=".into(),
         ));
     }
-    let cmd = crate::cli::command();
     let repeatable = |id: &str| {
         cmd.get_arguments()
             .find(|a| a.get_id() == id)
@@ -298,7 +298,7 @@ pub fn merge(argv: &[String], b: &Bundle, name: &str) -> Result<Vec<String>> {
     let mut bundle_argv = vec![argv[0].clone()];
     bundle_argv.extend(options(b, name)?);
     bundle_argv.extend(nspawn_mounts(b)?);
-    let (from_bundle, _) = crate::cli::split_options(&bundle_argv)?;
+    let (from_bundle, _) = crate::cli::split_options(cmd, &bundle_argv)?;
     let mut out = vec![argv[0].clone()];
     for g in from_bundle {
         if repeatable(&g.id) || !given.iter().any(|u| u.id == g.id) {

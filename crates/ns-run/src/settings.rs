@@ -328,7 +328,8 @@ fn find(machine: &str, directory: Option<&Path>) -> Option<(PathBuf, bool)> {
 /// `argv` with the settings file merged in (or unchanged: `--settings=no`, no file, or no
 /// machine name to look one up by). As nspawn 252, `-x` without `-M` looks the file up by the
 /// directory's name, before the machine gets its random suffix.
-pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
+/// `cmd` is [`crate::cli::command`]'s.
+pub fn merge(cmd: &clap::Command, argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
     let mode = cli.settings.as_deref().unwrap_or("yes");
     let (trusted_mode, override_mode) = match mode {
         "trusted" => (true, false),
@@ -358,7 +359,7 @@ pub fn merge(argv: &[String], cli: &crate::cli::Cli) -> Result<Vec<String>> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(&path).ctx(|| format!("cannot read {shown}"))?;
     let settings = parse(&shown, &text)?;
-    let (given, rest) = split_options(argv)?;
+    let (given, rest) = split_options(cmd, argv)?;
     let mut on_cli: Vec<&str> = given.iter().filter_map(|g| group_of(&g.id)).collect();
     if !rest.is_empty() && rest != ["--"] {
         on_cli.push("start");
