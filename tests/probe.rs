@@ -36,6 +36,11 @@
 //!                                One line per file: `seen LINK`, then `WROTE LINK`,
 //!                                `OPENED-RW LINK` or `denied LINK ERRNO`; `ready` first,
 //!                                `done` last.
+//!   ns-probe sync                the calls --suppress-sync changes, one line each (`NAME ok`
+//!                                or `NAME ERRNO`): fsync, fdatasync, syncfs and
+//!                                sync_file_range of a file in /tmp, msync of a shared map,
+//!                                fsync of a closed fd and msync of a bad address, then opens
+//!                                asking for O_SYNC and O_DSYNC (open, openat, openat2)
 //!   ns-probe ptrace STOPFILE     the attack on a process entering the container: until
 //!                                STOPFILE exists (at most 120 s), every process that
 //!                                appears (not us) is PTRACE_SEIZEd, stopped
@@ -125,6 +130,7 @@ fn main() {
             unsafe { libc::ioctl(0, arg(1) as libc::Ioctl, buf.as_ptr()) }.into()
         }
         Some("udp-frame") if a.len() == 7 => udp_frame(&a[1..]),
+        Some("sync") => sync_calls(),
         Some("bpf-detach-devices") => match a.get(1) {
             Some(dir) => bpf_detach_devices(dir),
             None => -1,
@@ -133,7 +139,7 @@ fn main() {
             eprintln!(
                 "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti \
                  | tioclinux | ioctl REQ | udp-frame IFACE MAC SRC DST PORT TEXT \
-                 | bpf-detach-devices DIR | grab STOPFILE [PREFIX] | ptrace STOPFILE"
+                 | bpf-detach-devices DIR | grab STOPFILE [PREFIX] | ptrace STOPFILE | sync"
             );
             std::process::exit(2)
         }
@@ -146,6 +152,72 @@ fn main() {
     } else {
         println!("ok");
     }
+}
+
+/// `ns-probe sync`: see the top of the file.
+fn sync_calls() -> i64 {
+    let show = |name: &str, r: i64| {
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        println!("{name} {}", if r < 0 { errno_name(e) } else { "ok".into() });
+    };
+    let path = |n: &str| std::ffi::CString::new(format!("/tmp/ns-probe-sync-{n}")).unwrap();
+    let file = path("a");
+    // SAFETY: plain calls on a file this program opens and maps; every pointer passed is a
+    // valid C string, a map of one page, or (msync's bad case) an address the kernel checks.
+    unsafe {
+        let fd = libc::open(file.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600);
+        libc::write(fd, b"x".as_ptr().cast(), 1);
+        show("fsync", libc::fsync(fd).into());
+        show("fdatasync", libc::fdatasync(fd).into());
+        show("syncfs", libc::syncfs(fd).into());
+        libc::sync();
+        let range = libc::syscall(libc::SYS_sync_file_range, fd, 0, 1, 2);
+        show("sync_file_range", range);
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let m = libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_SHARED, fd, 0);
+        show("msync", libc::msync(m, 4096, libc::MS_SYNC).into());
+        show(
+            "msync-bad-address",
+            // Address 1: not page-aligned, which the kernel refuses (EINVAL).
+            libc::msync(std::ptr::dangling_mut::<u8>().cast(), 4096, libc::MS_SYNC).into(),
+        );
+        show("fsync-closed-fd", libc::fsync(999).into());
+        let flags = libc::O_RDWR | libc::O_CREAT;
+        let o = libc::syscall(
+            libc::SYS_open,
+            path("b").as_ptr(),
+            flags | libc::O_SYNC,
+            0o600,
+        );
+        show("open-O_SYNC", o);
+        let at = libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path("c").as_ptr(),
+            flags | libc::O_DSYNC,
+            0o600,
+        );
+        show("openat-O_DSYNC", at);
+        let plain = libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path("d").as_ptr(),
+            flags,
+            0o600,
+        );
+        show("openat-plain", plain);
+        // struct open_how { u64 flags; u64 mode; u64 resolve; }
+        let how: [u64; 3] = [(flags | libc::O_SYNC) as u64, 0o600, 0];
+        let at2 = libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path("e").as_ptr(),
+            &how,
+            24,
+        );
+        show("openat2-O_SYNC", at2);
+    }
+    0
 }
 
 /// The one's-complement sum of 16-bit words (IPv4 header checksum).

@@ -113,6 +113,9 @@ pub struct ExecArgs {
     /// Permit/prohibit specific system calls
     #[arg(long, value_name = "LIST|~LIST")]
     pub system_call_filter: Vec<String>,
+    /// Suppress any form of disk data synchronization
+    #[arg(long, value_name = "BOOLEAN")]
+    pub suppress_sync: Option<String>,
     /// Set a resource limit for the payload
     #[arg(long, value_name = "NAME=LIMIT")]
     pub rlimit: Vec<String>,
@@ -247,6 +250,12 @@ impl ExecArgs {
     }
 
     fn syscall_filter(&self, enabled: bool) -> Result<Option<ns_core::state::SyscallFilter>> {
+        let suppress_sync = match self.suppress_sync.as_deref() {
+            Some(v) => parse_boolean(v)
+                .ok_or_else(|| Error::invalid("--suppress-sync", v, "not a boolean"))?,
+            None => false,
+        };
+        // Without a filter (SYSTEMD_SECCOMP=0), --suppress-sync=yes does nothing, as in nspawn.
         if !enabled {
             return Ok(None);
         }
@@ -254,6 +263,11 @@ impl ExecArgs {
         Ok(Some(ns_core::state::SyscallFilter {
             allow,
             deny,
+            rules: if suppress_sync {
+                seccomp::suppress_sync()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         }))
     }

@@ -60,9 +60,6 @@ pub struct Cli {
     /// Receive notifications from the child init process
     #[arg(long, value_name = "BOOLEAN")]
     pub notify_ready: Option<String>,
-    /// Suppress any form of disk data synchronization
-    #[arg(long, value_name = "BOOLEAN")]
-    pub suppress_sync: Option<String>,
 
     // System identity (and --hostname, --network-namespace-path: ns-enter's, shared)
     #[command(flatten)]

@@ -26,10 +26,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
         ("--root-hash", c.root_hash.is_some()),
         ("--root-hash-sig", c.root_hash_sig.is_some()),
         ("--verity-data", c.verity_data.is_some()),
-        (
-            "--suppress-sync",
-            c.suppress_sync.as_deref().is_some_and(|v| !is_false(v)),
-        ),
         ("--selinux-context", c.selinux_context.is_some()),
         ("--selinux-apifs-context", c.selinux_apifs_context.is_some()),
         (

@@ -11,6 +11,8 @@
 //! with the host (TIOCLINUX's select-and-paste types a selection into a host VT; its subcode
 //! is behind a pointer that a filter cannot read, so the whole request goes); so do the
 //! ioctls that set the console keyboard's tables (a remapped key types a string).
+//! `--suppress-sync=yes` adds nspawn's rules: the sync calls succeed without doing anything,
+//! and an open asking for synchronous writes fails (see [`suppress_sync`]).
 //!
 //! Everything that can be is computed at build time (build.rs): the numbers from the kernel
 //! headers, and for each call which items of nspawn's list (`nspawn.txt`; groups from
@@ -27,6 +29,52 @@ use ns_core::{Error, Result};
 
 mod tables {
     include!(concat!(env!("OUT_DIR"), "/tables.rs"));
+}
+
+/// `--suppress-sync=yes`, as nspawn 252 does it (checked against it in tests/tests/seccomp.rs):
+/// sync, syncfs, fsync, fdatasync, msync and sync_file_range return 0 at once, whatever
+/// their arguments (a bad fd included); open, openat and open_by_handle_at with O_SYNC or
+/// O_DSYNC in their flags fail with EINVAL; openat2, whose flags are behind a pointer a filter
+/// cannot read, fails with ENOSYS, so that the C library falls back to openat.
+pub fn suppress_sync() -> Vec<ns_core::state::SeccompRule> {
+    use ns_core::state::SeccompRule;
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let flags_ask_sync = |index: u32| ArgCmp {
+        index,
+        op: CmpOp::MaskedEq,
+        value: libc::O_DSYNC as u64, // O_SYNC is O_DSYNC and one more bit
+        value_two: libc::O_DSYNC as u64,
+    };
+    let einval = SeccompAction::Errno(libc::EINVAL as u32);
+    vec![
+        SeccompRule {
+            names: names(&[
+                "sync",
+                "syncfs",
+                "fsync",
+                "fdatasync",
+                "msync",
+                "sync_file_range",
+            ]),
+            args: Vec::new(),
+            action: SeccompAction::Errno(0),
+        },
+        SeccompRule {
+            names: names(&["open"]),
+            args: vec![flags_ask_sync(1)],
+            action: einval,
+        },
+        SeccompRule {
+            names: names(&["openat", "open_by_handle_at"]),
+            args: vec![flags_ask_sync(2)],
+            action: einval,
+        },
+        SeccompRule {
+            names: names(&["openat2"]),
+            args: Vec::new(),
+            action: SeccompAction::Errno(libc::ENOSYS as u32),
+        },
+    ]
 }
 
 /// The calls of `@group` (expanded by build.rs), or None for an unknown group.
