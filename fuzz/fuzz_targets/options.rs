@@ -11,13 +11,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         .chain(text.split('\0'))
         .map(str::to_string)
         .collect();
-    let split = ns_run::cli::split_options(&argv);
+    // Built once for all inputs (as ns-run builds it once per start).
+    static CMD: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
+    let cmd = CMD.get_or_init(ns_run::cli::command);
+    let split = ns_run::cli::split_options(cmd, &argv);
     let parsed = ns_run::cli::Cli::try_parse_from(&argv);
     if let (Ok((given, _)), Ok(_)) = (&split, &parsed) {
         // Every option the splitter found is one clap knows.
-        use clap::CommandFactory;
-        let mut cmd = ns_run::cli::Cli::command();
-        cmd.build(); // as split_options does: clap's own arguments exist only then
         for g in given {
             assert!(cmd.get_arguments().any(|a| a.get_id() == g.id.as_str()));
         }
