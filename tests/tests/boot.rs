@@ -294,3 +294,25 @@ fn ns_ctl_shell_poweroff_and_reboot_a_booted_container() {
         no_cgroup_left(&name);
     }
 }
+
+/// `--set-credential=`: a booted systemd imports the container's credentials as system
+/// credentials (`systemd-creds --system list`, and `cat` shows the value).
+#[test]
+fn a_booted_systemd_sees_the_credentials() {
+    let name = ns_tests::unique("sd-creds");
+    let mut c = ns_tests::ns_run();
+    c.arg("--set-credential=ns-test-cred:s3cr3t");
+    let (r, pid1) = boot_with(c, &name);
+    let list = in_container(pid1, &["systemd-creds", "--system", "list", "--no-legend"]);
+    let value = in_container(pid1, &["systemd-creds", "--system", "cat", "ns-test-cred"]);
+    r.signal(libc::SIGTERM);
+    let out = r
+        .wait_for(std::time::Duration::from_secs(20))
+        .expect("no orderly poweroff");
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        list.lines().any(|l| l.starts_with("ns-test-cred ")),
+        "{list}"
+    );
+    assert_eq!(value, "s3cr3t");
+}

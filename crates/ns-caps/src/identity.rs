@@ -185,7 +185,7 @@ fn env_set(env: &mut Vec<String>, kv: String) {
 
 /// The payload's environment in nspawn's order: PATH, container, TERM (if ours is set),
 /// HOME/USER/LOGNAME, container_uuid, NOTIFY_SOCKET (when the host bound one: `runtime`),
-/// LANG, container_host_*, then -E over all of it.
+/// CREDENTIALS_DIRECTORY (with credentials), LANG, container_host_*, then -E over all of it.
 pub fn build_env(
     plan: &ns_core::state::ExecPlan,
     runtime: &ns_core::state::Runtime,
@@ -209,6 +209,9 @@ pub fn build_env(
     env.push(format!("container_uuid={}", plan.uuid));
     if runtime.notify_socket.is_some() {
         env.push("NOTIFY_SOCKET=/run/host/notify".into());
+    }
+    if plan.credentials {
+        env.push("CREDENTIALS_DIRECTORY=/run/host/credentials".into());
     }
     if !plan.boot {
         // nspawn sets LANG for a command, not for a booted init.

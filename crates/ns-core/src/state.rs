@@ -327,6 +327,10 @@ pub struct MountPlan {
     /// `--resolv-conf` and `--timezone`, resolved to what to do.
     pub resolv_conf: EtcFile,
     pub timezone: EtcFile,
+    /// `--set-credential=`/`--load-credential=`: files in a read-only ramfs at
+    /// /run/host/credentials (ns-mount), named by `$CREDENTIALS_DIRECTORY` (ns-caps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<Credential>,
     /// OCI createContainer hooks: run once the mounts are made, before pivot_root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_hooks: Option<StageHooks>,
@@ -465,6 +469,13 @@ pub struct RunHost {
     pub manager: String,
     /// `container-uuid`.
     pub uuid: String,
+}
+
+/// One systemd credential handed to the container: its name and contents (any bytes).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub id: String,
+    pub value: Vec<u8>,
 }
 
 /// How ns-mount assembles the root.
@@ -620,6 +631,9 @@ pub struct ExecPlan {
     pub console: bool,
     /// `-b`: exec the image's init (systemd, else /sbin/init) with `argv` as its arguments.
     pub boot: bool,
+    /// Credentials are in /run/host/credentials: `$CREDENTIALS_DIRECTORY` names it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub credentials: bool,
     /// `--rlimit=`, applied in order (the last one of a resource wins).
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,

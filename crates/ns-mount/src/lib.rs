@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 // Module graph (no cycles): (build) → oci → setup → ops → root → inroot → scratch → tmpfs.
+pub mod credentials;
 pub mod inroot;
 pub mod oci;
 pub mod ops;
@@ -311,8 +312,9 @@ impl MountArgs {
             run_host: cx.run_host.clone(),
             machine_id: cx.machine_id.clone(),
             cgroups: cx.cgroups.clone(),
-            create_hooks: None, // an OCI bundle's only
-            oci: None,          // an OCI runtime's: its plan builder's
+            credentials: Vec::new(), // read by ns-run from its own options
+            create_hooks: None,      // an OCI bundle's only
+            oci: None,               // an OCI runtime's: its plan builder's
         })
     }
 }

@@ -77,7 +77,7 @@ pub fn build_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     crate::ops::bind_users(&root, &plan.bind_users)?;
-    run_host(&root, &plan.run_host, runtime.notify_socket.as_ref())?;
+    run_host(&root, plan, runtime.notify_socket.as_ref())?;
     if let Some(id) = &plan.machine_id {
         transient_machine_id(&root, id)?;
     }
@@ -391,8 +391,10 @@ pub(crate) fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSock
 }
 
 /// systemd's container interface in /run/host (on the container's /run tmpfs): the host's
-/// os-release, the container manager and the container's uuid; then /run/host read-only.
-fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost, notify: Option<&PathBuf>) -> Result<()> {
+/// os-release, the container manager and the container's uuid, the credentials; then
+/// /run/host read-only.
+fn run_host(root: &OwnedFd, plan: &MountPlan, notify: Option<&PathBuf>) -> Result<()> {
+    let rh = &plan.run_host;
     if rh.manager.is_empty() {
         return Ok(());
     }
@@ -426,6 +428,7 @@ fn run_host(root: &OwnedFd, rh: &ns_core::state::RunHost, notify: Option<&PathBu
             .write_all(&data)
             .ctx(|| format!("cannot write /run/host/{name}"))?;
     }
+    crate::credentials::mount(root, &plan.credentials)?;
     bind_self_read_only(root, &dir, "/run/host", true)
 }
 

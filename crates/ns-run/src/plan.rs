@@ -30,8 +30,6 @@ fn unsupported(c: &Cli) -> Option<&'static str> {
             "--link-journal",
             c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
         ),
-        ("--set-credential", !c.set_credential.is_empty()),
-        ("--load-credential", !c.load_credential.is_empty()),
     ];
     checks.iter().find(|(_, used)| *used).map(|(name, _)| *name)
 }
@@ -432,6 +430,7 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
     };
     let mount = MountPlan {
         create_hooks: oci.and_then(|o| o.create_hooks()),
+        credentials: ns_mount::credentials::parse(&c.set_credential, &c.load_credential)?,
         ..mount(c, f, &common, oci)?
     };
     let machine = machine(c, f, &common.dir, &mount.root)?;
@@ -439,7 +438,10 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
         return Err(Error::invalid("--hostname", h, "invalid hostname"));
     }
     let monitor = monitor(c, f, &mount.ops, console, register, oci)?;
-    let exec = exec(c, f, &common, oci)?;
+    let exec = ExecPlan {
+        credentials: !mount.credentials.is_empty(),
+        ..exec(c, f, &common, oci)?
+    };
     let net = c.net.plan(&machine)?;
     let enter = enter(c, f, &common, &machine, oci)?;
     Ok(State {
