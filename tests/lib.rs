@@ -75,6 +75,15 @@ pub fn ns_run() -> Command {
     c
 }
 
+/// systemd-nspawn on `tree`, for a comparison: quiet, output through pipes (no pty),
+/// unregistered, in our own cgroup; options and the command follow.
+pub fn nspawn_in(tree: &Tree) -> Command {
+    let mut c = Command::new("systemd-nspawn");
+    c.args(["-q", "--pipe", "--register=no", "--keep-unit", "-D"])
+        .arg(tree.path());
+    c
+}
+
 /// ns-run as users run it: registered under its machine name.
 pub fn ns_run_registered() -> Command {
     stage("ns-run")

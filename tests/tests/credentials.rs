@@ -4,7 +4,6 @@
 //! systemd importing them: boot.rs.)
 
 use ns_tests::{ns_run, run_cmd, Tree};
-use std::process::Command;
 
 const LOOK: &str = "echo $CREDENTIALS_DIRECTORY; cd /run/host/credentials && \
     for f in *; do echo \"$f $(stat -c '%a %u' $f) $(od -An -c $f | tr -s ' ')\"; done; \
@@ -38,15 +37,7 @@ fn the_payload_finds_them_as_under_nspawn() {
         .args(["/bin/sh", "-c", LOOK]);
     let ours = run_cmd(c, None);
     assert_eq!(ours.code, 0, "{ours}");
-    let nspawn = Command::new("systemd-nspawn")
-        .args([
-            "-q",
-            "--pipe",
-            "--register=no",
-            "--keep-unit",
-            "-D",
-            t.arg(),
-        ])
+    let nspawn = ns_tests::nspawn_in(&t)
         .args(&opts)
         .args(["/bin/sh", "-c", LOOK])
         .output()

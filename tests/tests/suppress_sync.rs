@@ -4,7 +4,6 @@
 //! nspawn runs the same probe on the same tree.
 
 use ns_tests::{bin, ns_run, run_cmd, Tree};
-use std::process::Command;
 
 fn tree(name: &str) -> Tree {
     let t = Tree::rootfs(name);
@@ -26,17 +25,8 @@ fn ours(t: &Tree, opts: &[&str]) -> String {
 
 /// The same under systemd-nspawn.
 fn nspawns(t: &Tree, opts: &[&str]) -> String {
-    let mut c = Command::new("systemd-nspawn");
-    c.args([
-        "-q",
-        "--pipe",
-        "--register=no",
-        "--keep-unit",
-        "-D",
-        t.arg(),
-    ])
-    .args(opts)
-    .args(["/bin/ns-probe", "sync"]);
+    let mut c = ns_tests::nspawn_in(t);
+    c.args(opts).args(["/bin/ns-probe", "sync"]);
     let out = run_cmd(c, None);
     assert_eq!(out.code, 0, "nspawn {opts:?}: {out}");
     out.stdout

@@ -658,46 +658,16 @@ impl SignalSet {
 
 /// Make `cmd`'s process start with no blocked signal and every signal at its default
 /// disposition: a child inherits its parent's mask and ignored signals across exec (the
-/// monitors block the signals they relay; a parent's posix_spawn leaves glibc's internal
-/// signals 32 and 33 ignored in its child, us, and so in ours).
+/// monitors block the signals they relay; a parent's posix_spawn leaves the C library's
+/// internal signals ignored in its child, us, and so in ours).
 pub fn clean_signals_on_exec(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    /// The kernel's struct sigaction (x86-64 and arm64 layout), for the numbers glibc's
-    /// sigaction() refuses.
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: usize,
-        flags: u64,
-        restorer: usize,
-        mask: u64,
-    }
-    // SAFETY: the closure runs in the child between fork and exec and calls only
-    // sigaction, rt_sigaction and sigprocmask, which are async-signal-safe; it allocates
-    // nothing and touches no lock. Failures (SIGKILL, SIGSTOP) change nothing.
+    // SAFETY: the closure runs in the child between fork and exec and makes only the
+    // rt_sigaction and sigprocmask system calls, which are async-signal-safe; it allocates
+    // nothing and touches no lock.
     unsafe {
         cmd.pre_exec(|| {
-            let mut dfl: libc::sigaction = std::mem::zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            libc::sigemptyset(&mut dfl.sa_mask);
-            let kdfl = KernelSigaction {
-                handler: libc::SIG_DFL,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            };
-            for sig in 1..=64 {
-                if libc::sigaction(sig, &dfl, std::ptr::null_mut()) != 0
-                    && cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
-                {
-                    libc::syscall(
-                        libc::SYS_rt_sigaction,
-                        sig,
-                        &kdfl as *const KernelSigaction,
-                        std::ptr::null_mut::<KernelSigaction>(),
-                        8usize,
-                    );
-                }
-            }
+            default_dispositions()?;
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
@@ -708,20 +678,13 @@ pub fn clean_signals_on_exec(cmd: &mut std::process::Command) {
     };
 }
 
-/// kill(2) with any signal number, real-time ones included.
-pub fn kill_raw(pid: Pid, signo: i32) -> nix::Result<()> {
-    // SAFETY: kill takes plain integers.
-    Errno::result(unsafe { libc::kill(pid.as_raw(), signo) }).map(drop)
-}
-
-/// What a payload must start with: every signal at its default disposition and none
-/// blocked. An ignored disposition survives exec: SIGPIPE, which our stages ignore, and
-/// whatever the caller of ns-run ignored (`nohup` ignores SIGHUP, a shell's `trap ''`); as
-/// systemd-nspawn and runc do, none of it reaches the container.
-pub fn reset_signals_for_exec() -> nix::Result<()> {
-    // The kernel's struct sigaction for rt_sigaction(2) (x86_64): handler, flags, restorer,
-    // mask. The system call itself: the C library refuses the numbers it keeps for its own
-    // use (glibc 32-33, musl 32-34), and a caller may have ignored those too.
+/// Every signal but SIGKILL and SIGSTOP (1 to 64) back to its default disposition, through
+/// rt_sigaction itself: the C library refuses the numbers it keeps for its own use (glibc
+/// 32-33, musl 32-34), and a caller may have ignored those too. Only system calls: safe
+/// between fork and exec.
+fn default_dispositions() -> std::io::Result<()> {
+    // The kernel's struct sigaction (x86-64 and arm64 layout): handler, flags, restorer,
+    // mask.
     #[repr(C)]
     struct KernelSigaction {
         handler: usize,
@@ -739,9 +702,8 @@ pub fn reset_signals_for_exec() -> nix::Result<()> {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: installing SIG_DFL runs no handler code; nothing else in this single-threaded
-        // process depends on a disposition after this point (the next step is exec). `dfl` is
-        // a complete kernel sigaction of the size given.
+        // SAFETY: installing SIG_DFL runs no handler code; `dfl` is a complete kernel
+        // sigaction of the size given.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,
@@ -751,8 +713,27 @@ pub fn reset_signals_for_exec() -> nix::Result<()> {
                 8usize,
             )
         };
-        Errno::result(r)?;
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
+    Ok(())
+}
+
+/// kill(2) with any signal number, real-time ones included.
+pub fn kill_raw(pid: Pid, signo: i32) -> nix::Result<()> {
+    // SAFETY: kill takes plain integers.
+    Errno::result(unsafe { libc::kill(pid.as_raw(), signo) }).map(drop)
+}
+
+/// What a payload must start with: every signal at its default disposition and none
+/// blocked. An ignored disposition survives exec: SIGPIPE, which our stages ignore, and
+/// whatever the caller of ns-run ignored (`nohup` ignores SIGHUP, a shell's `trap ''`); as
+/// systemd-nspawn and runc do, none of it reaches the container.
+pub fn reset_signals_for_exec() -> nix::Result<()> {
+    // Nothing else in this single-threaded process depends on a disposition after this
+    // point (the next step is exec).
+    default_dispositions().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
     SignalSet::new(&[]).set_mask()
 }
 
