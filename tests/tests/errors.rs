@@ -338,7 +338,7 @@ fn payload_not_executable() {
 #[test]
 fn not_supported_yet() {
     let t = Tree::rootfs("unsupported");
-    for opt in ["--set-credential=a:b", "--link-journal=try-guest"] {
+    for opt in ["--root-hash=00", "--link-journal=try-guest"] {
         fails(
             &t,
             &["-D", "{D}", opt, "true"],
