@@ -376,3 +376,26 @@ fn signals_the_caller_ignored_are_not_ignored_in_the_payload() {
         "{ours} against nspawn's {nspawn:x}"
     );
 }
+
+/// A caller that ignores SIGCHLD (`trap '' CHLD`, inherited across exec): the kernel would
+/// reap the monitor's children itself and send it no SIGCHLD, and ns-run waited forever.
+/// It gets the payload's status, with and without ns-init.
+#[test]
+fn a_caller_ignoring_sigchld_still_gets_the_status() {
+    use std::os::unix::process::CommandExt;
+    let t = Tree::rootfs("sigchld-ign");
+    for opts in [&[][..], &["-a"][..]] {
+        let mut c = ns_run_in(&t, opts, &["/bin/sh", "-c", "exit 7"]);
+        // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let out = ns_tests::spawn(c, None)
+            .wait_for(Duration::from_secs(20))
+            .unwrap_or_else(|o| panic!("{opts:?}: ns-run never returned: {o}"));
+        assert_eq!(out.code, 7, "{opts:?}: {out}");
+    }
+}

@@ -609,8 +609,17 @@ impl SignalSet {
         Errno::result(r).map(|_| old)
     }
 
-    /// Block these signals; returns the previous mask.
+    /// Block these signals, to take them from a signalfd or sigtimedwait; returns the
+    /// previous mask. SIGCHLD's disposition goes back to the default first: one ignored by
+    /// whoever started us (`trap '' CHLD`, inherited across exec) has the kernel reap our
+    /// children itself and send no SIGCHLD at all, and we would wait forever.
     pub fn block(&self) -> nix::Result<SignalSet> {
+        // SAFETY: sigismember reads the set; SIG_DFL runs no handler code.
+        if unsafe { libc::sigismember(&self.0, libc::SIGCHLD) } == 1
+            && unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR
+        {
+            return Err(Errno::last());
+        }
         self.mask(libc::SIG_BLOCK)
     }
 
