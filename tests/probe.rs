@@ -182,6 +182,7 @@ fn sync_calls() -> i64 {
             libc::msync(std::ptr::dangling_mut::<u8>().cast(), 4096, libc::MS_SYNC).into(),
         );
         show("fsync-closed-fd", libc::fsync(999).into());
+        show("fsync-minus-one", libc::fsync(-1).into());
         let flags = libc::O_RDWR | libc::O_CREAT;
         let o = libc::syscall(
             libc::SYS_open,

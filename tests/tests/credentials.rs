@@ -81,11 +81,11 @@ fn bad_credentials_are_one_line_each() {
     for (opts, line) in [
         (
             &["--set-credential=a:1", "--set-credential=a:2"][..],
-            "ns-run: --set-credential=a:2: duplicate credential 'a'",
+            "ns-run: --set-credential: duplicate credential 'a'",
         ),
         (
             &["--set-credential=a/b:1"][..],
-            "ns-run: --set-credential=a/b:1: not a valid credential name: \"a/b\"",
+            "ns-run: --set-credential: not a valid credential name: \"a/b\"",
         ),
         (
             &["--set-credential=novalue"][..],
@@ -93,7 +93,7 @@ fn bad_credentials_are_one_line_each() {
         ),
         (
             &[r"--set-credential=x:\q"][..],
-            r"ns-run: --set-credential=x:\q: bad escape in the value",
+            "ns-run: --set-credential: bad escape in the value of 'x'",
         ),
         (
             &["--load-credential=x:/nonexistent/file"][..],

@@ -471,11 +471,45 @@ pub struct RunHost {
     pub uuid: String,
 }
 
-/// One systemd credential handed to the container: its name and contents (any bytes).
+/// One systemd credential handed to the container: its name and contents (any bytes, in
+/// the state as a hex string: a JSON array of numbers took up to 4.6 bytes per byte, and
+/// every stage parses the state).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     pub id: String,
+    #[serde(with = "hex_bytes")]
     pub value: Vec<u8>,
+}
+
+/// Bytes as a string of hex digits, two per byte.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let hex: String = v
+            .iter()
+            .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+            .map(char::from)
+            .collect();
+        s.serialize_str(&hex)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom("not a string of hex digit pairs");
+        if s.len() % 2 != 0 {
+            return Err(bad());
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                s.get(i..i + 2)
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    .ok_or_else(bad)
+            })
+            .collect()
+    }
 }
 
 /// How ns-mount assembles the root.
@@ -1075,5 +1109,26 @@ mod tests {
         // Twice: pread does not move an offset.
         assert_eq!(State::read_fd(fd.as_fd()).unwrap(), s);
         assert!(nix::sys::uio::pwrite(fd.as_fd(), b"x", 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::Credential;
+
+    #[test]
+    fn credential_values_travel_as_hex() {
+        let c = Credential {
+            id: "a".into(),
+            value: vec![0, 0x41, 0xff, b'\n'],
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, r#"{"id":"a","value":"0041ff0a"}"#);
+        let back: Credential =
+            serde_json::from_value(serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(back, c);
+        for bad in [r#"{"id":"a","value":"0"}"#, r#"{"id":"a","value":"zz"}"#] {
+            assert!(serde_json::from_str::<Credential>(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -36,19 +36,28 @@ pub fn parse(set: &[String], load: &[String]) -> Result<Vec<Credential>> {
         let (id, rest) = v
             .split_once(':')
             .ok_or_else(|| bad("missing value (ID:VALUE)".into()))?;
+        // The name only: the value may be a secret (nspawn's messages name the credential).
         if !name_valid(id) {
-            return Err(bad(format!("not a valid credential name: {id:?}")));
+            return Err(Error::setup(format!(
+                "{option}: not a valid credential name: {id:?}"
+            )));
         }
         if out.iter().any(|c| c.id == id) {
-            return Err(bad(format!("duplicate credential '{id}'")));
+            return Err(Error::setup(format!(
+                "{option}: duplicate credential '{id}'"
+            )));
         }
         let value = if option == "--set-credential" {
-            unescape(rest).ok_or_else(|| bad("bad escape in the value".into()))?
+            unescape(rest).ok_or_else(|| {
+                Error::setup(format!("{option}: bad escape in the value of '{id}'"))
+            })?
         } else {
             read(rest).map_err(&bad)?
         };
         if value.len() > ONE_MAX {
-            return Err(bad(format!("larger than {ONE_MAX} bytes")));
+            return Err(Error::setup(format!(
+                "{option}: '{id}' is larger than {ONE_MAX} bytes"
+            )));
         }
         out.push(Credential {
             id: id.to_string(),
@@ -212,7 +221,7 @@ mod tests {
         let err = |set: &[&str]| parse(&v(set), &[]).unwrap_err().msg;
         assert_eq!(
             err(&["a:1", "a:2"]),
-            "--set-credential=a:2: duplicate credential 'a'"
+            "--set-credential: duplicate credential 'a'"
         );
         assert!(err(&["a/b:1"]).contains("not a valid credential name"));
         assert!(err(&["..:1"]).contains("not a valid credential name"));

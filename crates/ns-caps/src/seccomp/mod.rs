@@ -33,7 +33,7 @@ mod tables {
 
 /// `--suppress-sync=yes`, as nspawn 252 does it (checked against it in tests/tests/seccomp.rs):
 /// sync, syncfs, fsync, fdatasync, msync and sync_file_range return 0 at once, whatever
-/// their arguments (a bad fd included); open, openat and open_by_handle_at with O_SYNC or
+/// their arguments (a closed fd included; a negative one gets EBADF); open, openat and open_by_handle_at with O_SYNC or
 /// O_DSYNC in their flags fail with EINVAL; openat2, whose flags are behind a pointer a filter
 /// cannot read, fails with ENOSYS, so that the C library falls back to openat.
 pub fn suppress_sync() -> Vec<ns_core::state::SeccompRule> {
@@ -46,17 +46,23 @@ pub fn suppress_sync() -> Vec<ns_core::state::SeccompRule> {
         value_two: libc::O_DSYNC as u64,
     };
     let einval = SeccompAction::Errno(libc::EINVAL as u32);
+    // Calls on an fd: only for an fd number an int holds, as nspawn's rules say (a negative
+    // one still gets the kernel's EBADF).
+    let fd_in_range = ArgCmp {
+        index: 0,
+        op: CmpOp::Le,
+        value: i32::MAX as u64,
+        value_two: 0,
+    };
     vec![
         SeccompRule {
-            names: names(&[
-                "sync",
-                "syncfs",
-                "fsync",
-                "fdatasync",
-                "msync",
-                "sync_file_range",
-            ]),
+            names: names(&["sync", "msync"]),
             args: Vec::new(),
+            action: SeccompAction::Errno(0),
+        },
+        SeccompRule {
+            names: names(&["syncfs", "fsync", "fdatasync", "sync_file_range"]),
+            args: vec![fd_in_range],
             action: SeccompAction::Errno(0),
         },
         SeccompRule {
