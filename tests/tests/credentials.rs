@@ -117,3 +117,33 @@ fn bad_credentials_are_one_line_each() {
         assert_eq!(out.stderr_lines(), [line], "{opts:?}");
     }
 }
+
+/// `SYSTEMD_NSPAWN_CONTAINER_SERVICE=` (empty): nspawn still makes /run/host, with an empty
+/// container-manager, and the credentials in it; so does ns-run.
+#[test]
+fn an_empty_manager_name_still_gets_run_host_and_the_credentials() {
+    let t = Tree::rootfs("creds-nomanager");
+    let look =
+        "echo \"[$container]\"; ls /run/host/credentials; od -An -c /run/host/container-manager";
+    let mut c = ns_run();
+    t.tag(&mut c)
+        .env("SYSTEMD_NSPAWN_CONTAINER_SERVICE", "")
+        .args([
+            "-q",
+            "-D",
+            t.arg(),
+            "--set-credential=a:1",
+            "/bin/sh",
+            "-c",
+            look,
+        ]);
+    let ours = run_cmd(c, None);
+    assert_eq!(ours.code, 0, "{ours}");
+    let nspawn = ns_tests::nspawn_in(&t)
+        .env("SYSTEMD_NSPAWN_CONTAINER_SERVICE", "")
+        .args(["--set-credential=a:1", "/bin/sh", "-c", look])
+        .output()
+        .expect("systemd-nspawn runs");
+    assert_eq!(ours.stdout, String::from_utf8_lossy(&nspawn.stdout));
+    assert!(ours.stdout.starts_with("[]\na\n"), "{}", ours.stdout);
+}

@@ -461,7 +461,8 @@ pub struct CgroupMounts {
     pub controllers_writable: bool,
 }
 
-/// What /run/host says about the container (systemd's container interface).
+/// What /run/host says about the container (systemd's container interface); none is made
+/// when `uuid` is empty (an OCI container).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RunHost {

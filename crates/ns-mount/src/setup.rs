@@ -395,7 +395,9 @@ pub(crate) fn make_console(root: &OwnedFd, sync: Option<&ns_core::sync::SyncSock
 /// /run/host read-only.
 fn run_host(root: &OwnedFd, plan: &MountPlan, notify: Option<&PathBuf>) -> Result<()> {
     let rh = &plan.run_host;
-    if rh.manager.is_empty() {
+    // None planned (an OCI container's): no uuid. An empty manager name is a user's
+    // (SYSTEMD_NSPAWN_CONTAINER_SERVICE=), and nspawn still makes /run/host then.
+    if rh.uuid.is_empty() {
         return Ok(());
     }
     let dir = open_in_root(root, Path::new("/run/host"), Some(Kind::Dir))?;
