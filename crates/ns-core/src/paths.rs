@@ -23,10 +23,17 @@ pub fn of_dead_monitors(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     // monitor is looked at by every start, so this is 3 system calls, not read_to_string's 5
     // (openat: musl's open, which std's File::open calls, adds an fcntl for O_CLOEXEC).
     let alive = |pid: &str| {
+        use nix::fcntl::{openat, OFlag, AT_FDCWD};
         let mut b = [0u8; 32];
-        crate::sys::open_cloexec(format!("/proc/{pid}/comm").as_str(), libc::O_RDONLY)
-            .and_then(|f| nix::unistd::read(&f, &mut b))
-            .is_ok_and(|n| b[..n].trim_ascii() == b"ns-run")
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        openat(
+            AT_FDCWD,
+            format!("/proc/{pid}/comm").as_str(),
+            flags,
+            nix::sys::stat::Mode::empty(),
+        )
+        .and_then(|f| nix::unistd::read(&f, &mut b))
+        .is_ok_and(|n| b[..n].trim_ascii() == b"ns-run")
     };
     std::fs::read_dir(dir)
         .into_iter()

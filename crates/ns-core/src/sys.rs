@@ -182,23 +182,6 @@ pub fn attach_device_program(
         .map_err(|e| ("BPF_PROG_ATTACH", e))
 }
 
-/// open(2) of `path` with O_CLOEXEC, as the openat system call alone: musl's `open`, which
-/// std's `File::open` and nix's `open` call, follows it with an fcntl(F_SETFD) for kernels
-/// older than 2.6.23. For the files every start opens.
-pub fn open_cloexec<P: ?Sized + nix::NixPath>(
-    path: &P,
-    flags: libc::c_int,
-) -> nix::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let fd = path.with_nix_path(|p| {
-        // SAFETY: a NUL-terminated path that outlives the call; no mode is read without
-        // O_CREAT, which callers do not pass.
-        unsafe { libc::openat(libc::AT_FDCWD, p.as_ptr(), flags | libc::O_CLOEXEC) }
-    })?;
-    // SAFETY: a new fd that nothing else owns.
-    Errno::result(fd).map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
 /// renameat2(2) with `flags` (`libc::RENAME_NOREPLACE`, `RENAME_EXCHANGE`): nix offers it on
 /// glibc only, and the musl the toolchain bundles has no wrapper: the system call itself.
 pub fn renameat2<P: ?Sized + nix::NixPath, Q: ?Sized + nix::NixPath>(
