@@ -618,6 +618,11 @@ impl Running {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// Stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
     /// Wait until stdout contains `needle`; false after `timeout` or at end of output.
     pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
@@ -1023,8 +1028,9 @@ pub fn spawn_until(cmd: Command, needle: &str) -> Running {
     let mut r = spawn(cmd, None);
     assert!(
         r.wait_stdout(needle, Duration::from_secs(10)),
-        "container did not print {needle:?}: {}",
-        r.stdout_so_far()
+        "container did not print {needle:?}: {}; stderr: {}",
+        r.stdout_so_far(),
+        r.stderr_so_far()
     );
     r
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use ns_tests::{
     assert_journals_collected, assert_mounts_unchanged, assert_no_leak, assert_snapshot_unchanged,
     build_rootfs_linked, cleanup_journal, ns_run, our_mounts, procs_in, run, run_cmd, s, sh_in,
-    sh_ok, snapshot, spawn_until, wait_no_procs_in, while_running, ForgetJournal, HostTmpfs,
+    sh_ok, snapshot, spawn, spawn_until, wait_no_procs_in, while_running, ForgetJournal, HostTmpfs,
     Output, Tree,
 };
 
@@ -967,6 +967,47 @@ fn image_lock_is_shared_by_read_only_and_ephemeral_containers() {
     // in use (so left for later), has been collected by then.
     assert_eq!(run_in(&t, &["true"]).ok(), "");
     assert_snapshot_unchanged(t.path(), &image);
+}
+
+/// Every ns-run collects what dead monitors left, and locks their trees for that moment,
+/// whoever's they are: a container starting on such a tree then waits for the collector
+/// instead of being refused as busy (the race that made the test above fail now and then).
+/// The test plays the collector: it holds trees/.collect and the tree's lock file as one does.
+#[test]
+fn a_collector_holding_a_tree_delays_a_start_instead_of_refusing_it() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let t = Tree::rootfs("collected");
+    let before = our_mounts();
+    assert_eq!(run_in(&t, &["true"]).ok(), "", "makes /run/ns-run/trees");
+    let trees = Path::new("/run/ns-run/trees");
+    let st = std::fs::metadata(t.path()).unwrap();
+    let lock = |path: PathBuf| {
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path);
+        let f = f.unwrap();
+        // SAFETY: flock on an fd we own; released when the file is dropped.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(r, 0, "{} is held by nobody", path.display());
+        f
+    };
+    for opts in [&[][..], &["-x"], &["--read-only"]] {
+        let collector = lock(trees.join(".collect"));
+        let tree = lock(trees.join(format!("{}:{}", st.dev(), st.ino())));
+        let mut args = opts.to_vec();
+        args.extend(["sh", "-c", "echo started"]);
+        let mut r = spawn(cmd(&t, &args), None);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(r.is_running(), "{opts:?}: {}", r.stderr_so_far());
+        drop(tree);
+        drop(collector);
+        let out = r.wait_for(Duration::from_secs(10)).expect("ran");
+        assert_eq!(out.ok(), "started\n", "{opts:?}");
+    }
+    assert_no_leak(t.path(), &before);
 }
 
 #[test]

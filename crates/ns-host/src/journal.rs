@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ns_core::{Context, Error, Result};
 
-use crate::locks::{unused_tree, ImageLock};
+use crate::locks::{unused_tree, CollectorLock, ImageLock};
 
 fn cleanup_dir() -> Result<PathBuf> {
     ns_core::paths::runtime_subdir("cleanup")
@@ -195,6 +195,8 @@ pub fn collect_stale(at_start: bool) -> Result<()> {
     if at_start && std::fs::symlink_metadata(&own).is_ok() {
         journals.push(own);
     }
+    // Taken at the first journal that names a tree, held to the end.
+    let mut collector: Option<CollectorLock> = None;
     for journal in journals {
         let Ok(text) = ns_core::paths::read_ours(&journal, MAX_JOURNAL) else {
             continue;
@@ -214,9 +216,12 @@ pub fn collect_stale(at_start: bool) -> Result<()> {
                 roots.push(&e.root);
             }
         }
+        if !roots.is_empty() && collector.is_none() {
+            collector = Some(CollectorLock::acquire()?);
+        }
         let Some(_locks) = roots
             .into_iter()
-            .map(unused_tree)
+            .map(|root| unused_tree(collector.as_ref()?, root))
             .collect::<Option<Vec<_>>>()
         else {
             continue;

@@ -43,8 +43,41 @@ fn busy(root: &Path) -> Error {
     )
 }
 
+/// Collectors of what dead monitors left ([`crate::journal::collect_stale`], run by every
+/// ns-run) lock a tree exclusively for a moment, whoever's container it was. A container
+/// starting on that tree in that moment must not be told that it is busy: collectors hold
+/// `trees/.collect` exclusively while they hold trees, and a container refused its lock
+/// takes `.collect` shared (waiting for a collector to finish) and tries once more while it
+/// holds it, when no collector can hold a tree. So a refusal is a container's, never a
+/// collector's.
+pub struct CollectorLock(#[allow(dead_code)] Flock<File>);
+
+fn collect_lock(arg: FlockArg) -> Result<Flock<File>> {
+    let path = ns_core::paths::runtime_subdir("trees")?.join(".collect");
+    ns_core::paths::lock_current(&path, arg)?
+        .ok_or_else(|| Error::setup(format!("cannot lock {}", path.display())))
+}
+
+impl CollectorLock {
+    /// Wait until no other collector runs, and keep starting containers from mistaking this
+    /// one's tree locks for a container's.
+    pub(crate) fn acquire() -> Result<CollectorLock> {
+        collect_lock(FlockArg::LockExclusive).map(CollectorLock)
+    }
+}
+
 impl ImageLock {
     pub fn acquire(root: &Path, shared: bool) -> Result<ImageLock> {
+        if let Some(lock) = Self::try_acquire(root, shared)? {
+            return Ok(lock);
+        }
+        // Held: by a container, or by a collector for a moment (see CollectorLock).
+        let _no_collector = collect_lock(FlockArg::LockShared)?;
+        Self::try_acquire(root, shared)?.ok_or_else(|| busy(root))
+    }
+
+    /// The lock, or None when another holds it.
+    fn try_acquire(root: &Path, shared: bool) -> Result<Option<ImageLock>> {
         let dir = File::open(root).ctx(|| format!("cannot open {} to lock it", root.display()))?;
         let st = nix::sys::stat::fstat(&dir).ctx(|| format!("cannot stat {}", root.display()))?;
         let id = (st.st_dev, st.st_ino);
@@ -54,7 +87,9 @@ impl ImageLock {
         } else {
             FlockArg::LockExclusiveNonblock
         };
-        let lock = ns_core::paths::lock_current(&path, arg)?.ok_or_else(|| busy(root))?;
+        let Some(lock) = ns_core::paths::lock_current(&path, arg)? else {
+            return Ok(None);
+        };
         let mut me = ImageLock {
             lock,
             path,
@@ -65,10 +100,10 @@ impl ImageLock {
         match Flock::lock(dir, arg) {
             Ok(d) => me.dir = Some(d),
             // Dropping `me` removes the lock file when it was ours alone.
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if ns_run_holds(id) => return Err(busy(root)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if ns_run_holds(id) => return Ok(None),
             Err(_) => {}
         }
-        Ok(me)
+        Ok(Some(me))
     }
 
     /// Is this monitor now the tree's only user? (Then the lock is now exclusive.)
@@ -149,12 +184,12 @@ fn has_open(pid: &str, id: (u64, u64)) -> bool {
 
 /// Is the tree at `root` unused (no container runs on it)? Then Some: the lock that keeps
 /// containers off it while what the dead ones left is removed (None when the tree is gone,
-/// so has no users).
-pub(crate) fn unused_tree(root: &Path) -> Option<Option<ImageLock>> {
+/// so has no users). Only for a holder of the [`CollectorLock`].
+pub(crate) fn unused_tree(_collector: &CollectorLock, root: &Path) -> Option<Option<ImageLock>> {
     if std::fs::metadata(root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Some(None);
     }
-    ImageLock::acquire(root, false).ok().map(Some)
+    ImageLock::try_acquire(root, false).ok().flatten().map(Some)
 }
 
 /// Membership of a network zone: every container of zone Z holds a shared flock on
