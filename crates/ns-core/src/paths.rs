@@ -340,6 +340,18 @@ pub fn find_image(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_dir())
 }
 
+/// The disk image NAME.raw in the first of [`IMAGE_DIRS`] that has it (`-M NAME` without a
+/// directory image NAME, as nspawn finds one).
+pub fn find_raw_image(name: &str) -> Option<PathBuf> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    IMAGE_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(format!("{name}.raw")))
+        .find(|p| p.metadata().is_ok_and(|m| !m.is_dir()))
+}
+
 /// Lock the file at `path` (created if missing, never through a symlink, refused unless it
 /// is ours: see [`check_ours`]) with `how`; None when a non-blocking lock is held by someone
 /// else. Lock files are 0600 (an older version's 0644 ones are made so): flock needs only an

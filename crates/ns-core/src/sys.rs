@@ -1105,3 +1105,86 @@ mod tests {
         }
     }
 }
+
+/// struct loop_info64 (linux/loop.h).
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// struct loop_config (linux/loop.h, LOOP_CONFIGURE, Linux 5.8).
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// A free loop device number (LOOP_CTL_GET_FREE on /dev/loop-control, which makes one if
+/// none is free).
+pub fn loop_get_free(control: std::os::fd::BorrowedFd<'_>) -> nix::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
+    let r = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _, 0) };
+    Errno::result(r).map(|n| n as u32)
+}
+
+/// LOOP_CONFIGURE the loop device `dev` to serve `backing` from byte `offset` on, `size`
+/// bytes of it (0: to the end), read-only when asked, with autoclear: the device detaches
+/// itself once its last user (this fd, a mount of it) is gone, so no exit path leaves it
+/// attached. `name` is what losetup shows. EBUSY: another process took the device first.
+pub fn loop_configure(
+    dev: std::os::fd::BorrowedFd<'_>,
+    backing: std::os::fd::BorrowedFd<'_>,
+    offset: u64,
+    size: u64,
+    read_only: bool,
+    name: &[u8],
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut lo_file_name = [0u8; 64];
+    let n = name.len().min(63);
+    lo_file_name[..n].copy_from_slice(&name[..n]);
+    let config = LoopConfig {
+        fd: backing.as_raw_fd() as u32,
+        block_size: 0,
+        info: LoopInfo64 {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: offset,
+            lo_sizelimit: size,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 },
+            lo_file_name,
+            lo_crypt_name: [0; 64],
+            lo_encrypt_key: [0; 32],
+            lo_init: [0; 2],
+        },
+        reserved: [0; 8],
+    };
+    // SAFETY: `config` is a fully initialised struct loop_config that outlives the call;
+    // the kernel only reads it and takes its own reference to the backing file.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE as _, &config) };
+    Errno::result(r).map(drop)
+}

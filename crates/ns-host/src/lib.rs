@@ -20,6 +20,7 @@ pub mod dbus;
 pub mod devices;
 pub mod hostmounts;
 pub mod hostpaths;
+pub mod image;
 pub mod initcopy;
 pub mod journal;
 pub mod locks;

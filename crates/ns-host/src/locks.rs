@@ -35,11 +35,17 @@ pub struct ImageLock {
     owner: u32,
 }
 
-fn busy(root: &Path) -> Error {
+fn busy(option: &str, root: &Path) -> Error {
+    let what = match option {
+        "--image" => "disk image",
+        _ => "directory tree",
+    };
     Error::invalid(
-        "--directory",
+        option,
         &root.to_string_lossy(),
-        "directory tree is currently busy (another container uses it; -x or --read-only can share it)",
+        &format!(
+            "{what} is currently busy (another container uses it; -x or --read-only can share it)"
+        ),
     )
 }
 
@@ -68,12 +74,17 @@ impl CollectorLock {
 
 impl ImageLock {
     pub fn acquire(root: &Path, shared: bool) -> Result<ImageLock> {
+        Self::acquire_as("--directory", root, shared)
+    }
+
+    /// [`ImageLock::acquire`] of `root` given as `option` (`--image`: a disk image file).
+    pub fn acquire_as(option: &str, root: &Path, shared: bool) -> Result<ImageLock> {
         if let Some(lock) = Self::try_acquire(root, shared)? {
             return Ok(lock);
         }
         // Held: by a container, or by a collector for a moment (see CollectorLock).
         let _no_collector = collect_lock(FlockArg::LockShared)?;
-        Self::try_acquire(root, shared)?.ok_or_else(|| busy(root))
+        Self::try_acquire(root, shared)?.ok_or_else(|| busy(option, root))
     }
 
     /// The lock, or None when another holds it.

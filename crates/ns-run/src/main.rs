@@ -21,10 +21,52 @@ ns_core::stage_main!(start);
 
 fn start() -> ! {
     run(STAGE, || {
-        let (state, hierarchies) = plan_from_args()?;
+        let (state, hierarchies, image) = plan_from_args()?;
         let code = monitor::run(&state, hierarchies)?;
+        // The image's lock file goes with the last container on it.
+        drop(image);
         std::process::exit(code)
     })
+}
+
+/// `-i`, or `-M NAME` finding `NAME.raw` where no directory image NAME is: the disk image,
+/// locked and mounted in a mount namespace of our own (ns_host::image), and the options
+/// pointed at its tree as if it were `-D`. nspawn's conflicts are checked first, so that a
+/// bad command line mounts nothing.
+fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
+    let found = match (&cli.image, &cli.mount.directory, &cli.machine) {
+        (Some(i), _, _) => Some(std::path::PathBuf::from(i)),
+        (None, None, Some(m)) if ns_core::paths::find_image(m).is_none() => {
+            ns_core::paths::find_raw_image(m)
+        }
+        _ => None,
+    };
+    let Some(path) = found else {
+        return Ok(None);
+    };
+    plan::check_options(cli)?;
+    let shown = path.to_string_lossy().into_owned();
+    let verity = [
+        ("--root-hash", cli.root_hash.is_some()),
+        ("--root-hash-sig", cli.root_hash_sig.is_some()),
+        ("--verity-data", cli.verity_data.is_some()),
+    ];
+    if let Some(what) = ns_host::image::verity_given(&path, &verity) {
+        let why = ns_host::image::verity_unavailable();
+        return Err(ns_core::Error::invalid("--image", &shown, &format!("{what}: {why}")));
+    }
+    let m = &cli.mount;
+    let volatile = m.volatile.as_deref().is_some_and(|v| !plan::is_false(v));
+    let on_top = m.ephemeral || volatile;
+    // A container that never writes to the image gets it read-only, down to its loop
+    // devices (and shares it with others).
+    let never_writes = m.read_only || on_top;
+    let mounted = ns_host::image::mount_image(&path, never_writes, never_writes)?;
+    cli.image = None;
+    cli.mount.directory = Some(mounted.root.to_string_lossy().into_owned());
+    // An image that cannot be written is run read-only (unless an overlay takes writes).
+    cli.mount.read_only |= mounted.read_only && !on_top;
+    Ok(Some(mounted))
 }
 
 /// The state from the command line (and settings, an OCI bundle), what the plan read of
@@ -32,7 +74,11 @@ fn start() -> ! {
 /// (not inlined into main): parsing's and planning's locals and heap are gone, not under the
 /// monitor's loop, for the container's lifetime (issue 19's memory goal).
 #[inline(never)]
-fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
+fn plan_from_args() -> Result<(
+    Box<State>,
+    Option<Vec<Hierarchy>>,
+    Option<ns_host::image::Mounted>,
+)> {
     // nspawn's command line, built once for everything below and dropped with the plan.
     let mut cmd = cli::command();
     let argv = cli::normalize(&cmd, &args_utf8()?)?;
@@ -53,13 +99,14 @@ fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
         }
         None => settings::merge(&cmd, &argv, &cli)?,
     };
-    let cli: cli::Cli = if merged == argv {
+    let mut cli: cli::Cli = if merged == argv {
         cli
     } else {
         ns_core::stage::debug(STAGE, || format!("with settings: {merged:?}"));
         cli::parse(&mut cmd, &merged)
     };
     drop(cmd);
+    let image = mount_image(&mut cli)?;
     let facts = plan::HostFacts::gather(&cli);
     let oci = bundle.as_ref().map(|bundle| oci::OciInput {
         bundle,
@@ -78,5 +125,5 @@ fn plan_from_args() -> Result<(Box<State>, Option<Vec<Hierarchy>>)> {
         // nspawn: a missing -D directory is created from the template (checked by build).
         ns_mount::template::instantiate(std::path::Path::new(t), &state.mount.root)?;
     }
-    Ok((Box::new(state), facts.cgroups))
+    Ok((Box::new(state), facts.cgroups, image))
 }

@@ -22,16 +22,27 @@ use crate::oci::OciInput;
 /// with "not supported yet" instead of being silently ignored.
 fn unsupported(c: &Cli) -> Option<&'static str> {
     let checks = [
-        ("--image", c.image.is_some()),
-        ("--root-hash", c.root_hash.is_some()),
-        ("--root-hash-sig", c.root_hash_sig.is_some()),
-        ("--verity-data", c.verity_data.is_some()),
         (
             "--link-journal",
             c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
         ),
     ];
     checks.iter().find(|(_, used)| *used).map(|(name, _)| *name)
+}
+
+/// `--root-hash=`: hexadecimal, at least 128 bits (as nspawn parses it).
+fn root_hash(c: &Cli) -> Result<()> {
+    let Some(h) = &c.root_hash else {
+        return Ok(());
+    };
+    if h.len() < 32 || h.len() % 2 != 0 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid(
+            "--root-hash",
+            h,
+            "not a root hash (hexadecimal, at least 128 bits)",
+        ));
+    }
+    Ok(())
 }
 
 /// `-Z`/`--selinux-context=` and `-L`/`--selinux-apifs-context=`: labels only SELinux can
@@ -61,7 +72,7 @@ fn selinux(c: &Cli) -> Result<()> {
     ))
 }
 
-fn is_false(v: &str) -> bool {
+pub fn is_false(v: &str) -> bool {
     ns_caps::parse_boolean(v) == Some(false)
 }
 
@@ -365,16 +376,25 @@ const CONFLICTS: &[(Given, &str)] = &[
         "--ephemeral and --template= may not be combined",
     ),
     (
+        |c| c.image.is_some() && c.mount.directory.is_some(),
+        "--directory= and --image= may not be combined",
+    ),
+    (
+        |c| c.image.is_some() && c.template.is_some(),
+        "--template= and --image= may not be combined",
+    ),
+    (
         |c| c.enter.network_namespace_path.is_some() && c.net.options("").private(),
         "--network-namespace-path= cannot be combined with other network options",
     ),
 ];
 
-/// The checks that need the options alone.
-fn check_options(c: &Cli) -> Result<()> {
+/// The checks that need the options alone (also made before a disk image is mounted).
+pub fn check_options(c: &Cli) -> Result<()> {
     if let Some((_, msg)) = CONFLICTS.iter().find(|(given, _)| given(c)) {
         return Err(Error::setup(msg.to_string()));
     }
+    root_hash(c)?;
     if let Some(opt) = unsupported(c) {
         return Err(Error::setup(format!("{opt}: not supported yet")));
     }
