@@ -1062,50 +1062,6 @@ pub fn runtime_start() {
     };
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nix::fcntl::OFlag;
-    use nix::sys::stat::Mode;
-    use std::os::fd::AsRawFd;
-
-    /// An fd that would be stdout (fd 1 closed, the next open takes it) is moved to 3 or
-    /// more, keeps its close-on-exec flag, and number 1 stays free. In a forked child, so
-    /// that the test harness keeps its own stdio.
-    #[test]
-    fn a_stage_fd_never_takes_a_stdio_number() {
-        match fork().unwrap() {
-            Forked::Child => {
-                let ok = nix::unistd::close(1).is_ok()
-                    && [OFlag::O_RDONLY, OFlag::O_RDONLY | OFlag::O_CLOEXEC]
-                        .into_iter()
-                        .all(|flags| {
-                            let Ok(fd) = nix::fcntl::open("/dev/null", flags, Mode::empty()) else {
-                                return false;
-                            };
-                            let took_1 = fd.as_raw_fd() == 1;
-                            let cloexec = flags.contains(OFlag::O_CLOEXEC);
-                            let Ok(moved) = above_stdio(fd) else {
-                                return false;
-                            };
-                            let flag = nix::fcntl::fcntl(&moved, nix::fcntl::FcntlArg::F_GETFD);
-                            took_1
-                                && moved.as_raw_fd() > 2
-                                && flag.is_ok_and(|f| (f & libc::FD_CLOEXEC != 0) == cloexec)
-                                // SAFETY: F_GETFD on a plain number reads no memory.
-                                && unsafe { libc::fcntl(1, libc::F_GETFD) } < 0
-                        });
-                // SAFETY: _exit ends the forked child without running the harness's code.
-                unsafe { libc::_exit(i32::from(!ok)) }
-            }
-            Forked::Parent(child) => {
-                let st = nix::sys::wait::waitpid(child, None).unwrap();
-                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
-            }
-        }
-    }
-}
-
 /// struct loop_info64 (linux/loop.h).
 #[repr(C)]
 struct LoopInfo64 {
@@ -1187,4 +1143,48 @@ pub fn loop_configure(
     // the kernel only reads it and takes its own reference to the backing file.
     let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE as _, &config) };
     Errno::result(r).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+
+    /// An fd that would be stdout (fd 1 closed, the next open takes it) is moved to 3 or
+    /// more, keeps its close-on-exec flag, and number 1 stays free. In a forked child, so
+    /// that the test harness keeps its own stdio.
+    #[test]
+    fn a_stage_fd_never_takes_a_stdio_number() {
+        match fork().unwrap() {
+            Forked::Child => {
+                let ok = nix::unistd::close(1).is_ok()
+                    && [OFlag::O_RDONLY, OFlag::O_RDONLY | OFlag::O_CLOEXEC]
+                        .into_iter()
+                        .all(|flags| {
+                            let Ok(fd) = nix::fcntl::open("/dev/null", flags, Mode::empty()) else {
+                                return false;
+                            };
+                            let took_1 = fd.as_raw_fd() == 1;
+                            let cloexec = flags.contains(OFlag::O_CLOEXEC);
+                            let Ok(moved) = above_stdio(fd) else {
+                                return false;
+                            };
+                            let flag = nix::fcntl::fcntl(&moved, nix::fcntl::FcntlArg::F_GETFD);
+                            took_1
+                                && moved.as_raw_fd() > 2
+                                && flag.is_ok_and(|f| (f & libc::FD_CLOEXEC != 0) == cloexec)
+                                // SAFETY: F_GETFD on a plain number reads no memory.
+                                && unsafe { libc::fcntl(1, libc::F_GETFD) } < 0
+                        });
+                // SAFETY: _exit ends the forked child without running the harness's code.
+                unsafe { libc::_exit(i32::from(!ok)) }
+            }
+            Forked::Parent(child) => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
 }

@@ -130,7 +130,11 @@ pub fn dissect(img: &impl FileExt, size: u64) -> std::result::Result<Vec<Part>, 
             }
             None => continue,
         };
-        parts.push((part_of(img, e, role)?, e.attrs & FLAG_NO_AUTO != 0, e.label.clone()));
+        parts.push((
+            part_of(img, e, role)?,
+            e.attrs & FLAG_NO_AUTO != 0,
+            e.label.clone(),
+        ));
     }
     if !parts.iter().any(|(p, _, _)| p.role == Role::Root) {
         let data: Vec<&Entry> = gpt.iter().filter(|e| e.type_guid == LINUX_DATA).collect();
@@ -350,7 +354,10 @@ fn guid(b: &[u8]) -> String {
         u16::from_le_bytes([b[6], b[7]]),
         b[8],
         b[9],
-        b[10..16].iter().map(|x| format!("{x:02x}")).collect::<String>()
+        b[10..16]
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
     )
 }
 
@@ -457,7 +464,7 @@ pub fn mount_image(path: &Path, read_only: bool, shared: bool) -> Result<Mounted
     let root_read_only = parts
         .iter()
         .any(|p| p.role == Role::Root && p.always_read_only());
-    let lock = ImageLock::acquire_as("--image", path, shared || read_only || root_read_only)?;
+    let lock = ImageLock::acquire_image(path, &file, shared || read_only || root_read_only)?;
     private_mount_namespace()?;
     let dir = ns_core::paths::runtime_subdir("images")?;
     mount(
@@ -493,8 +500,17 @@ fn open_image(path: &Path, read_only: bool) -> std::result::Result<(File, bool),
     };
     let (file, ro) = match open(!read_only) {
         Ok(f) => (f, read_only),
-        Err(e) if !read_only && matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+        Err(e)
+            if !read_only
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                ) =>
+        {
             (open(false).map_err(|e| ns_core::error::io_desc(&e))?, true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            return Err("not a regular file or a block device (a directory: use -D)".into())
         }
         Err(e) => return Err(ns_core::error::io_desc(&e)),
     };
@@ -509,7 +525,8 @@ fn open_image(path: &Path, read_only: bool) -> std::result::Result<(File, bool),
 fn image_size(file: &File) -> std::result::Result<u64, String> {
     use std::io::{Seek, SeekFrom};
     let mut f = file;
-    f.seek(SeekFrom::End(0)).map_err(|e| ns_core::error::io_desc(&e))
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| ns_core::error::io_desc(&e))
 }
 
 /// The tree's directory name: the image's file name without `.raw` (the machine name
@@ -597,12 +614,17 @@ fn mount_part(
     mount(Some(dev.0.as_str()), &target, Some(p.fstype), flags, data)
         .or_else(|_| mount(Some(what.as_str()), &target, Some(p.fstype), flags, data))
         .map_err(|e| {
+            let why = match e {
+                nix::errno::Errno::ENODEV => {
+                    format!("this kernel has no {} file system", p.fstype)
+                }
+                e => e.desc().to_string(),
+            };
             format!(
-                "cannot mount its {} partition ({}, {}): {}",
+                "cannot mount its {} partition ({}, {}): {why}",
                 p.role.name(),
                 p.fstype,
                 part_label(p),
-                e.desc()
             )
         })?;
     Ok(())
@@ -611,7 +633,10 @@ fn mount_part(
 /// Whether an XBOOTLDR partition is mounted at the image's /boot.
 fn boot_taken(root: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(root), std::fs::metadata(root.join("boot"))) {
+    match (
+        std::fs::metadata(root),
+        std::fs::metadata(root.join("boot")),
+    ) {
         (Ok(r), Ok(b)) => r.dev() != b.dev(),
         _ => false,
     }
@@ -638,7 +663,12 @@ fn attach_loop(
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/loop-control")
-        .map_err(|e| format!("cannot open /dev/loop-control: {}", ns_core::error::io_desc(&e)))?;
+        .map_err(|e| {
+            format!(
+                "cannot open /dev/loop-control: {}",
+                ns_core::error::io_desc(&e)
+            )
+        })?;
     let name = path.as_os_str().as_encoded_bytes();
     for _ in 0..64 {
         let n = ns_core::sys::loop_get_free(control.as_fd())
@@ -650,8 +680,14 @@ fn attach_loop(
             .custom_flags(libc::O_CLOEXEC)
             .open(&dev)
             .map_err(|e| format!("cannot open {dev}: {}", ns_core::error::io_desc(&e)))?;
-        match ns_core::sys::loop_configure(fd.as_fd(), file.as_fd(), p.offset, p.size, read_only, name)
-        {
+        match ns_core::sys::loop_configure(
+            fd.as_fd(),
+            file.as_fd(),
+            p.offset,
+            p.size,
+            read_only,
+            name,
+        ) {
             Ok(()) => return Ok((dev, fd.into())),
             Err(nix::errno::Errno::EBUSY) => continue,
             Err(e) => return Err(format!("cannot attach {dev} to it: {}", e.desc())),

@@ -77,19 +77,39 @@ impl ImageLock {
         Self::acquire_as("--directory", root, shared)
     }
 
-    /// [`ImageLock::acquire`] of `root` given as `option` (`--image`: a disk image file).
-    pub fn acquire_as(option: &str, root: &Path, shared: bool) -> Result<ImageLock> {
-        if let Some(lock) = Self::try_acquire(root, shared)? {
+    /// [`ImageLock::acquire`] of `root` given as `option`.
+    fn acquire_as(option: &str, root: &Path, shared: bool) -> Result<ImageLock> {
+        let open = || File::open(root).ctx(|| format!("cannot open {} to lock it", root.display()));
+        Self::acquire_opened(option, root, &open, shared)
+    }
+
+    /// The lock of the disk image `file` (opened from `path`: the file locked is the one
+    /// the caller reads, whatever is at the path by now).
+    pub fn acquire_image(path: &Path, file: &File, shared: bool) -> Result<ImageLock> {
+        let open = || {
+            file.try_clone()
+                .ctx(|| format!("cannot lock {}", path.display()))
+        };
+        Self::acquire_opened("--image", path, &open, shared)
+    }
+
+    fn acquire_opened(
+        option: &str,
+        root: &Path,
+        open: &dyn Fn() -> Result<File>,
+        shared: bool,
+    ) -> Result<ImageLock> {
+        if let Some(lock) = Self::try_acquire(root, open()?, shared)? {
             return Ok(lock);
         }
         // Held: by a container, or by a collector for a moment (see CollectorLock).
         let _no_collector = collect_lock(FlockArg::LockShared)?;
-        Self::try_acquire(root, shared)?.ok_or_else(|| busy(option, root))
+        Self::try_acquire(root, open()?, shared)?.ok_or_else(|| busy(option, root))
     }
 
-    /// The lock, or None when another holds it.
-    fn try_acquire(root: &Path, shared: bool) -> Result<Option<ImageLock>> {
-        let dir = File::open(root).ctx(|| format!("cannot open {} to lock it", root.display()))?;
+    /// The lock of `dir` (the tree's root directory, or an image file, opened), or None
+    /// when another holds it.
+    fn try_acquire(root: &Path, dir: File, shared: bool) -> Result<Option<ImageLock>> {
         let st = nix::sys::stat::fstat(&dir).ctx(|| format!("cannot stat {}", root.display()))?;
         let id = (st.st_dev, st.st_ino);
         let path = ns_core::paths::runtime_subdir("trees")?.join(format!("{}:{}", id.0, id.1));
@@ -200,7 +220,11 @@ pub(crate) fn unused_tree(_collector: &CollectorLock, root: &Path) -> Option<Opt
     if std::fs::metadata(root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Some(None);
     }
-    ImageLock::try_acquire(root, false).ok().flatten().map(Some)
+    let dir = File::open(root).ok()?;
+    ImageLock::try_acquire(root, dir, false)
+        .ok()
+        .flatten()
+        .map(Some)
 }
 
 /// Membership of a network zone: every container of zone Z holds a shared flock on

@@ -53,7 +53,11 @@ fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
     ];
     if let Some(what) = ns_host::image::verity_given(&path, &verity) {
         let why = ns_host::image::verity_unavailable();
-        return Err(ns_core::Error::invalid("--image", &shown, &format!("{what}: {why}")));
+        return Err(ns_core::Error::invalid(
+            "--image",
+            &shown,
+            &format!("{what}: {why}"),
+        ));
     }
     let m = &cli.mount;
     let volatile = m.volatile.as_deref().is_some_and(|v| !plan::is_false(v));
@@ -69,16 +73,20 @@ fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
     Ok(Some(mounted))
 }
 
+/// What planning hands the monitor: the state, the host's cgroup hierarchies if read, the
+/// disk image mounted for `-i` (held until the container is gone).
+type Planned = (
+    Box<State>,
+    Option<Vec<Hierarchy>>,
+    Option<ns_host::image::Mounted>,
+);
+
 /// The state from the command line (and settings, an OCI bundle), what the plan read of
 /// the host's cgroups; `--print-state`, `--print-chain` and `--template` done. Its own frame
 /// (not inlined into main): parsing's and planning's locals and heap are gone, not under the
 /// monitor's loop, for the container's lifetime (issue 19's memory goal).
 #[inline(never)]
-fn plan_from_args() -> Result<(
-    Box<State>,
-    Option<Vec<Hierarchy>>,
-    Option<ns_host::image::Mounted>,
-)> {
+fn plan_from_args() -> Result<Planned> {
     // nspawn's command line, built once for everything below and dropped with the plan.
     let mut cmd = cli::command();
     let argv = cli::normalize(&cmd, &args_utf8()?)?;

@@ -21,12 +21,10 @@ use crate::oci::OciInput;
 /// Options recognised from nspawn 252 that later work will implement. Each one used fails
 /// with "not supported yet" instead of being silently ignored.
 fn unsupported(c: &Cli) -> Option<&'static str> {
-    let checks = [
-        (
-            "--link-journal",
-            c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
-        ),
-    ];
+    let checks = [(
+        "--link-journal",
+        c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
+    )];
     checks.iter().find(|(_, used)| *used).map(|(name, _)| *name)
 }
 
