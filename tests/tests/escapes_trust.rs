@@ -180,7 +180,7 @@ fn untrusted_settings_files_are_ignored_for_every_key_nspawn_ignores() {
             Ok(_) => {}
         }
         // A trusted file is obeyed: the state changes, or ns-run refuses the value as it
-        // refuses the option (LinkJournal=host: "--link-journal: not supported yet").
+        // refuses the option's value.
         let _f = SettingsFile::trusted(&m, text);
         match try_state(&t, &m, &opts) {
             Ok((s, _)) if s == plain => {

@@ -849,6 +849,29 @@ pub struct MonitorPlan {
     /// ns-run runs in, instead of a scope of its own.
     #[serde(default)]
     pub keep_unit: bool,
+    /// `--link-journal=`: what is set up on the host for the guest's journal before the
+    /// container starts (host mode's bind is an op of the mount plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_journal: Option<JournalLink>,
+}
+
+/// `--link-journal=`, decided: the guest's journal directory `/var/log/journal/ID` (ID: the
+/// container's machine id) linked with the host's of the same name, as nspawn does.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum JournalLink {
+    /// `guest`: the journal stays in the tree (`dir`, relative to the root, made if
+    /// missing); the host's `link` is a symlink to it. `try_`: a link that cannot be made is
+    /// skipped.
+    Guest {
+        link: PathBuf,
+        dir: PathBuf,
+        #[serde(rename = "try")]
+        try_: bool,
+    },
+    /// `host`: the journal lives on the host in `dir` (made if missing, its parent never),
+    /// bound over the guest's directory.
+    Host { dir: PathBuf },
 }
 
 /// A `--property=` (systemd's names), parsed by ns-enter::resources. Limits: None is

@@ -18,6 +18,7 @@ pub mod cgroups;
 pub mod chain;
 pub mod dbus;
 pub mod devices;
+pub mod guestjournal;
 pub mod hostmounts;
 pub mod hostpaths;
 pub mod image;

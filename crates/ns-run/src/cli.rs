@@ -37,6 +37,10 @@ pub struct Cli {
     /// Root file system disk image (or device node) for the container
     #[arg(short = 'i', long, value_name = "PATH")]
     pub image: Option<String>,
+    /// Not an option: `-i`'s image is mounted and `directory` is its tree (set by ns-run
+    /// before planning).
+    #[arg(skip)]
+    pub image_mounted: bool,
     /// OCI bundle directory
     #[arg(long, value_name = "PATH")]
     pub oci_bundle: Option<String>,

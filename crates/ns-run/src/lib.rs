@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod linkjournal;
 pub mod oci;
 pub mod oci_mounts;
 pub mod plan;

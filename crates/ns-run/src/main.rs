@@ -67,6 +67,7 @@ fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
     let never_writes = m.read_only || on_top;
     let mounted = ns_host::image::mount_image(&path, never_writes, never_writes)?;
     cli.image = None;
+    cli.image_mounted = true;
     cli.mount.directory = Some(mounted.root.to_string_lossy().into_owned());
     // An image that cannot be written is run read-only (unless an overlay takes writes).
     cli.mount.read_only |= mounted.read_only && !on_top;

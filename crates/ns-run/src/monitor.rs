@@ -70,6 +70,10 @@ fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'
         }
     }
     let held = Held::take(state)?;
+    if let Some(link) = &state.monitor.link_journal {
+        // --link-journal's host side, under the image lock (kept after exit, as nspawn's).
+        ns_host::guestjournal::prepare(link, &state.mount.root)?;
+    }
     let (fds, init_copy) = stage_fds(state)?;
     let mut systemd = Systemd::reach(state)?;
     let hierarchies = match systemd.machined {

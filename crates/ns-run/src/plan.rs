@@ -18,16 +18,6 @@ use ns_core::{Error, Result};
 use crate::cli::Cli;
 use crate::oci::OciInput;
 
-/// Options recognised from nspawn 252 that later work will implement. Each one used fails
-/// with "not supported yet" instead of being silently ignored.
-fn unsupported(c: &Cli) -> Option<&'static str> {
-    let checks = [(
-        "--link-journal",
-        c.link_journal.as_deref().is_some_and(|v| v != "no") || c.link_journal_try_guest,
-    )];
-    checks.iter().find(|(_, used)| *used).map(|(name, _)| *name)
-}
-
 /// `--root-hash=`: hexadecimal, at least 128 bits (as nspawn parses it).
 fn root_hash(c: &Cli) -> Result<()> {
     let Some(h) = &c.root_hash else {
@@ -393,9 +383,6 @@ pub fn check_options(c: &Cli) -> Result<()> {
         return Err(Error::setup(msg.to_string()));
     }
     root_hash(c)?;
-    if let Some(opt) = unsupported(c) {
-        return Err(Error::setup(format!("{opt}: not supported yet")));
-    }
     selinux(c)?;
     if let Some(s) = &c.settings {
         if !is_false(s)
@@ -446,11 +433,14 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
         private_network,
         userns,
     };
-    let mount = MountPlan {
+    let mut mount = MountPlan {
         create_hooks: oci.and_then(|o| o.create_hooks()),
         credentials: ns_mount::credentials::parse(&c.set_credential, &c.load_credential)?,
         ..mount(c, f, &common, oci)?
     };
+    let uuid = c.exec.uuid(&f.exec)?;
+    let (link_journal, journal_bind) = crate::linkjournal::plan(c, &uuid, &mount.root)?;
+    mount.ops.extend(journal_bind);
     let machine = machine(c, f, &common.dir, &mount.root)?;
     if let Some(h) = c.enter.hostname.as_ref().filter(|h| !hostname_is_valid(h)) {
         return Err(Error::invalid("--hostname", h, "invalid hostname"));
@@ -474,6 +464,7 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
                 Some(v) => boolean("--notify-ready", v)?,
                 None => false,
             },
+            link_journal,
             ..monitor
         },
         runtime: Default::default(), // decided by the host at start
@@ -667,6 +658,7 @@ fn monitor(
         slice,
         register,
         keep_unit: c.keep_unit,
+        link_journal: None,
     })
 }
 
