@@ -931,6 +931,23 @@ static HOST_MOUNTS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::
 pub struct HostTmpfs(PathBuf);
 
 impl HostTmpfs {
+    /// Not a tmpfs: `source` (a block device) mounted at `at` the same way, ignored by the
+    /// mount table checks and unmounted on drop.
+    pub fn mount_device(source: &str, at: &Path) -> HostTmpfs {
+        fs::create_dir_all(at).unwrap();
+        HOST_MOUNTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(at.to_path_buf());
+        let out = Command::new("mount")
+            .arg(source)
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount {source}: {out:?}");
+        HostTmpfs(at.to_path_buf())
+    }
+
     pub fn mount(at: &Path) -> HostTmpfs {
         fs::create_dir_all(at).unwrap();
         HOST_MOUNTS

@@ -1145,6 +1145,37 @@ pub fn loop_configure(
     Errno::result(r).map(drop)
 }
 
+/// EXT4_IOC_RESIZE_FS: grow the mounted ext4 file system whose directory `fd` is to
+/// `blocks` blocks (online resize).
+pub fn ext4_resize(fd: std::os::fd::BorrowedFd<'_>, blocks: u64) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610; // _IOW('f', 16, __u64)
+                                                           // SAFETY: the ioctl reads one u64 that outlives the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), EXT4_IOC_RESIZE_FS as _, &blocks) };
+    Errno::result(r).map(drop)
+}
+
+/// BTRFS_IOC_RESIZE to "max": grow the mounted btrfs whose directory `fd` is to its whole
+/// device.
+pub fn btrfs_resize_max(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    /// struct btrfs_ioctl_vol_args.
+    #[repr(C)]
+    struct VolArgs {
+        fd: i64,
+        name: [u8; 4088],
+    }
+    const BTRFS_IOC_RESIZE: libc::c_ulong = 0x5000_9403; // _IOW(0x94, 3, vol_args)
+    let mut args = VolArgs {
+        fd: 0,
+        name: [0; 4088],
+    };
+    args.name[..3].copy_from_slice(b"max");
+    // SAFETY: the ioctl reads the struct, which outlives the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), BTRFS_IOC_RESIZE as _, &args) };
+    Errno::result(r).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

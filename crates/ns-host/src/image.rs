@@ -36,6 +36,7 @@ const LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 /// GPT partition attribute bits (the specification's flags).
 const FLAG_READ_ONLY: u64 = 1 << 60;
 const FLAG_NO_AUTO: u64 = 1 << 63;
+const FLAG_GROW_FS: u64 = 1 << 59;
 
 /// Where a partition goes, in mount order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,6 +91,9 @@ pub struct Part {
     pub size: u64,
     /// The partition's read-only flag.
     pub read_only: bool,
+    /// The partition's grow-fs flag: its file system is grown to the partition's size when
+    /// mounted writable.
+    pub grow_fs: bool,
     pub fstype: &'static str,
 }
 
@@ -107,7 +111,7 @@ pub fn dissect(img: &impl FileExt, size: u64) -> std::result::Result<Vec<Part>, 
     let gpt = match gpt(img, size)? {
         Some(entries) => entries,
         None => {
-            let Some(fstype) = probe_fs(img, 0) else {
+            let Some(fstype) = probe_fs(img, 0, size) else {
                 return Err(no_layout(img));
             };
             return Ok(vec![Part {
@@ -116,6 +120,7 @@ pub fn dissect(img: &impl FileExt, size: u64) -> std::result::Result<Vec<Part>, 
                 offset: 0,
                 size: 0,
                 read_only: false,
+                grow_fs: false,
                 fstype,
             }]);
         }
@@ -209,7 +214,7 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 fn part_of(img: &impl FileExt, e: &Entry, role: Role) -> std::result::Result<Part, String> {
-    let fstype = probe_fs(img, e.offset).ok_or_else(|| {
+    let fstype = probe_fs(img, e.offset, e.size).ok_or_else(|| {
         format!(
             "partition {} ({}) holds no known file system (ext4, btrfs, xfs, erofs, \
              squashfs, vfat)",
@@ -223,6 +228,7 @@ fn part_of(img: &impl FileExt, e: &Entry, role: Role) -> std::result::Result<Par
         offset: e.offset,
         size: e.size,
         read_only: e.attrs & FLAG_READ_ONLY != 0,
+        grow_fs: e.attrs & FLAG_GROW_FS != 0,
         fstype,
     })
 }
@@ -318,16 +324,32 @@ fn table(
     if crc32(&raw) != le32(hdr, 88) {
         return Err(corrupt("entries checksum mismatch"));
     }
-    let mut out = Vec::new();
+    // Partitions lie between the first and last usable LBA (never over the table), inside
+    // the image, and apart from each other.
+    let (first_usable, last_usable) = (le64(hdr, 40), le64(hdr, 48));
+    let mut out: Vec<Entry> = Vec::new();
+    let mut spans: Vec<(u64, u64, usize)> = Vec::new();
     for (i, e) in raw.chunks(esize as usize).enumerate() {
         if e[..16].iter().all(|b| *b == 0) {
             continue;
         }
         let (first, last) = (le64(e, 32), le64(e, 40));
         let end = last.checked_add(1).and_then(|l| l.checked_mul(sector));
-        if first > last || end.is_none_or(|end| end > size) {
+        if first > last
+            || first < first_usable
+            || last > last_usable
+            || end.is_none_or(|end| end > size)
+        {
             return Err(corrupt(&format!("partition {} outside the image", i + 1)));
         }
+        if let Some((_, _, other)) = spans.iter().find(|(f, l, _)| first <= *l && *f <= last) {
+            return Err(corrupt(&format!(
+                "partitions {} and {} overlap",
+                other + 1,
+                i + 1
+            )));
+        }
+        spans.push((first, last, i));
         let label: Vec<u16> = e[56..128]
             .chunks(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -375,9 +397,9 @@ fn crc32(data: &[u8]) -> u32 {
 
 /// The file system starting at `offset`, by its superblock's magic (the kernel's type
 /// names); None for anything else.
-fn probe_fs(img: &impl FileExt, offset: u64) -> Option<&'static str> {
+fn probe_fs(img: &impl FileExt, offset: u64, limit: u64) -> Option<&'static str> {
     let mut b = vec![0u8; 0x10048];
-    let n = read_some(img, &mut b, offset);
+    let n = read_some(img, &mut b, offset).min(usize::try_from(limit).unwrap_or(usize::MAX));
     let has = |at: usize, magic: &[u8]| n >= at + magic.len() && &b[at..at + magic.len()] == magic;
     if has(0, b"hsqs") {
         Some("squashfs")
@@ -447,24 +469,47 @@ pub struct Mounted {
     pub root: PathBuf,
     /// The image was opened read-only (asked for, or not writable).
     pub read_only: bool,
-    pub lock: ImageLock,
+    /// None when only printing ([`Use::Print`]).
+    pub lock: Option<ImageLock>,
 }
 
-/// Lock the image at `path` (shared with `shared`: a container that never writes to it),
-/// read it, and mount its file systems in a mount namespace of this process's own.
-/// `read_only`: open and mount it read-only (else read-only only where it is not
-/// writable). Every error is one line naming the image; nothing is left: the loop devices
-/// are attached only once the layout is known, each detaches itself with its last user.
-pub fn mount_image(path: &Path, read_only: bool, shared: bool) -> Result<Mounted> {
+/// How a container uses its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// It may write to it (opened read-write where it can be, locked exclusively unless
+    /// everything mounted is read-only).
+    Write,
+    /// It never writes (`--read-only`, `-x`, `--volatile`): opened and mounted read-only,
+    /// the lock shared.
+    Read,
+    /// Only to print the state or the chain: read-only, not locked (a running container
+    /// keeps its image; printing takes nothing from it).
+    Print,
+}
+
+/// Lock the image at `path`, read it, and mount its file systems in a mount namespace of
+/// this process's own, as `how` says (read-only besides where the image cannot be
+/// written, a partition is flagged so or its file system is never written). Every error
+/// is one line naming the image; nothing is left: the loop devices are attached only once
+/// the layout is known, each detaches itself with its last user.
+pub fn mount_image(path: &Path, how: Use) -> Result<Mounted> {
     let shown = path.to_string_lossy();
     let bad = |why: &str| Error::invalid("--image", &shown, why);
-    let (file, read_only) = open_image(path, read_only).map_err(|e| bad(&e))?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(bad("needs root (loop devices and mounts are made for it)"));
+    }
+    let (file, read_only) = open_image(path, how != Use::Write).map_err(|e| bad(&e))?;
     let size = image_size(&file).map_err(|e| bad(&e))?;
     let parts = dissect(&file, size).map_err(|e| bad(&e))?;
     let root_read_only = parts
         .iter()
         .any(|p| p.role == Role::Root && p.always_read_only());
-    let lock = ImageLock::acquire_image(path, &file, shared || read_only || root_read_only)?;
+    // Shared only where nothing is written: every partition mounted read-only.
+    let never_written = read_only || parts.iter().all(Part::always_read_only);
+    let lock = match how {
+        Use::Print => None,
+        _ => Some(ImageLock::acquire_image(path, &file, never_written)?),
+    };
     private_mount_namespace()?;
     let dir = ns_core::paths::runtime_subdir("images")?;
     mount(
@@ -475,10 +520,14 @@ pub fn mount_image(path: &Path, read_only: bool, shared: bool) -> Result<Mounted
         Some("mode=0700,size=64k"),
     )
     .ctx(|| format!("cannot mount a tmpfs on {}", dir.display()))?;
-    let root = dir.join(tree_name(path));
+    // Named by our pid too: a cleanup journal naming a path in it can never name another
+    // container's image (each ns-run sees only its own tmpfs here).
+    let own = dir.join(std::process::id().to_string());
+    let root = own.join(tree_name(path));
+    std::fs::create_dir(&own).ctx(|| format!("cannot create {}", own.display()))?;
     std::fs::create_dir(&root).ctx(|| format!("cannot create {}", root.display()))?;
     for p in &parts {
-        mount_part(&file, path, p, &root, read_only).map_err(|e| bad(&e))?;
+        mount_part(&file, path, p, &root, read_only, how == Use::Print).map_err(|e| bad(&e))?;
     }
     Ok(Mounted {
         root,
@@ -491,11 +540,14 @@ pub fn mount_image(path: &Path, read_only: bool, shared: bool) -> Result<Mounted
 /// cannot be written (then read-only, as nspawn does).
 fn open_image(path: &Path, read_only: bool) -> std::result::Result<(File, bool), String> {
     use std::os::unix::fs::OpenOptionsExt;
+    // O_EXCL: a block device opened for writing is refused while it is mounted or claimed
+    // elsewhere (the host's disk behind a symlink, say); regular files ignore it.
     let open = |write: bool| {
+        let excl = if write { libc::O_EXCL } else { 0 };
         File::options()
             .read(true)
             .write(write)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | excl)
             .open(path)
     };
     let (file, ro) = match open(!read_only) {
@@ -565,6 +617,7 @@ fn mount_part(
     p: &Part,
     root: &Path,
     read_only: bool,
+    print: bool,
 ) -> std::result::Result<(), String> {
     let ro = read_only || p.always_read_only();
     let target = match p.role {
@@ -608,6 +661,9 @@ fn mount_part(
     }
     let data = match p.fstype {
         "vfat" => Some("fmask=0177,dmask=0077"),
+        // Printing only, next to a container that has the image mounted read-write (its
+        // journal not yet replayed): read it as it is.
+        "ext4" if print => Some("noload"),
         _ => None,
     };
     let what = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dev.1));
@@ -627,7 +683,36 @@ fn mount_part(
                 part_label(p),
             )
         })?;
+    if p.grow_fs && !ro {
+        // As nspawn: a file system that cannot grow is used as it is.
+        if let Err(e) = grow(&target, p) {
+            ns_core::stage::debug("ns-run", || {
+                format!("cannot grow the {} partition: {}", p.role.name(), e.desc())
+            });
+        }
+    }
     Ok(())
+}
+
+/// Grow the file system mounted at `target` to its partition's size (ext4, btrfs; xfs
+/// and others are left as they are).
+fn grow(target: &Path, p: &Part) -> nix::Result<()> {
+    let dir = nix::fcntl::open(
+        target,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    match p.fstype {
+        "ext4" => {
+            let bsize = nix::sys::statfs::fstatfs(&dir)?.block_size() as u64;
+            if bsize == 0 {
+                return Err(nix::errno::Errno::EINVAL);
+            }
+            ns_core::sys::ext4_resize(dir.as_fd(), p.size / bsize)
+        }
+        "btrfs" => ns_core::sys::btrfs_resize_max(dir.as_fd()),
+        _ => Ok(()),
+    }
 }
 
 /// Whether an XBOOTLDR partition is mounted at the image's /boot.

@@ -201,10 +201,15 @@ pub fn collect_stale(at_start: bool) -> Result<()> {
         let Ok(text) = ns_core::paths::read_ours(&journal, MAX_JOURNAL) else {
             continue;
         };
+        // A disk image's tree (`-i`) was in the dead monitor's own mount namespace, gone
+        // with it: nothing of it can be reached from here, and a path naming it here would
+        // name another container's image.
+        let images = ns_core::paths::runtime_dir().ok().map(|d| d.join("images"));
         let entries: Vec<Entry> = String::from_utf8_lossy(&text)
             .lines()
             .filter_map(|l| serde_json::from_str::<Entry>(l).ok())
             .filter(Entry::plausible)
+            .filter(|e| e.cgroup || images.as_ref().is_none_or(|i| !e.root.starts_with(i)))
             .collect();
         // The cgroups were the dead container's alone; its paths wait until nobody runs on
         // their tree.

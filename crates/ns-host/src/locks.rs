@@ -112,7 +112,16 @@ impl ImageLock {
     fn try_acquire(root: &Path, dir: File, shared: bool) -> Result<Option<ImageLock>> {
         let st = nix::sys::stat::fstat(&dir).ctx(|| format!("cannot stat {}", root.display()))?;
         let id = (st.st_dev, st.st_ino);
-        let path = ns_core::paths::runtime_subdir("trees")?.join(format!("{}:{}", id.0, id.1));
+        // A block device (`-i /dev/…`) is the device, whichever node names it.
+        let name = match st.st_mode & libc::S_IFMT == libc::S_IFBLK {
+            true => format!(
+                "blk-{}:{}",
+                nix::sys::stat::major(st.st_rdev),
+                nix::sys::stat::minor(st.st_rdev)
+            ),
+            false => format!("{}:{}", id.0, id.1),
+        };
+        let path = ns_core::paths::runtime_subdir("trees")?.join(name);
         let arg = if shared {
             FlockArg::LockSharedNonblock
         } else {

@@ -44,6 +44,8 @@ fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
     let Some(path) = found else {
         return Ok(None);
     };
+    // `-M NAME` finding NAME.raw is `-i` from here on (its conflicts too: --template).
+    cli.image = Some(path.to_string_lossy().into_owned());
     plan::check_options(cli)?;
     let shown = path.to_string_lossy().into_owned();
     let verity = [
@@ -64,9 +66,13 @@ fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
     let on_top = m.ephemeral || volatile;
     // A container that never writes to the image gets it read-only, down to its loop
     // devices (and shares it with others).
-    let never_writes = m.read_only || on_top;
-    let mounted = ns_host::image::mount_image(&path, never_writes, never_writes)?;
-    cli.image = None;
+    use ns_host::image::Use;
+    let how = match (cli.print_state || cli.print_chain, m.read_only || on_top) {
+        (true, _) => Use::Print,
+        (false, true) => Use::Read,
+        (false, false) => Use::Write,
+    };
+    let mounted = ns_host::image::mount_image(&path, how)?;
     cli.image_mounted = true;
     cli.mount.directory = Some(mounted.root.to_string_lossy().into_owned());
     // An image that cannot be written is run read-only (unless an overlay takes writes).

@@ -364,7 +364,7 @@ const CONFLICTS: &[(Given, &str)] = &[
         "--ephemeral and --template= may not be combined",
     ),
     (
-        |c| c.image.is_some() && c.mount.directory.is_some(),
+        |c| c.image.is_some() && c.mount.directory.is_some() && !c.image_mounted,
         "--directory= and --image= may not be combined",
     ),
     (
@@ -583,11 +583,18 @@ fn machine(c: &Cli, f: &HostFacts, dir: &str, root: &std::path::Path) -> Result<
             };
             let m = hostname_cleanup(&base);
             if !hostname_is_valid(&m) {
-                return Err(Error::invalid(
-                    "--directory",
-                    dir,
-                    "cannot derive a machine name from the directory name, use -M",
-                ));
+                return Err(match (&c.image, c.image_mounted) {
+                    (Some(i), true) => Error::invalid(
+                        "--image",
+                        i,
+                        "cannot derive a machine name from the image's name, use -M",
+                    ),
+                    _ => Error::invalid(
+                        "--directory",
+                        dir,
+                        "cannot derive a machine name from the directory name, use -M",
+                    ),
+                });
             }
             m
         }

@@ -340,15 +340,27 @@ pub fn merge(cmd: &clap::Command, argv: &[String], cli: &crate::cli::Cli) -> Res
             None => return Ok(argv.to_vec()), // refused with its message by plan::build
         },
     };
-    let directory = match (&cli.mount.directory, &cli.machine) {
-        (Some(d), _) => std::path::absolute(d).ok(),
-        (None, Some(m)) => ns_core::paths::find_image(m),
-        (None, None) => std::env::current_dir().ok(),
+    // The tree, or the disk image (`-i`, or `-M NAME` finding NAME.raw): the file is looked
+    // up beside it, by its name (an image's without `.raw`).
+    let directory = match (&cli.mount.directory, &cli.image, &cli.machine) {
+        (Some(d), _, _) => std::path::absolute(d).ok(),
+        (None, Some(i), _) => std::path::absolute(i).ok(),
+        (None, None, Some(m)) => {
+            ns_core::paths::find_image(m).or_else(|| ns_core::paths::find_raw_image(m))
+        }
+        (None, None, None) => std::env::current_dir().ok(),
     };
     let machine = match (&cli.machine, &directory) {
         (Some(m), _) => m.clone(),
         (None, Some(d)) => match d.file_name() {
-            Some(b) => crate::plan::hostname_cleanup(&b.to_string_lossy()),
+            Some(b) => {
+                let b = b.to_string_lossy();
+                let b = match cli.image.is_some() {
+                    true => b.strip_suffix(".raw").unwrap_or(&b),
+                    false => &b,
+                };
+                crate::plan::hostname_cleanup(b)
+            }
             None => return Ok(argv.to_vec()),
         },
         (None, None) => return Ok(argv.to_vec()),
