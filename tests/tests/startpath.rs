@@ -254,7 +254,8 @@ fn one_child_locks_the_image_and_the_sysfs_under_userns() {
 /// The chain's stages take heap memory from the kernel in segments and reuse what they free
 /// (ns_core::sys::Heap, dlmalloc): musl's own allocator maps and unmaps a group per size
 /// class as it fills and empties, ~100 mmap and munmap calls in the three (release). ns-run
-/// keeps musl's, which gives a resident monitor's memory back best.
+/// has dlmalloc over one arena while it starts (ns_core::sys::StartupHeap; see the next
+/// test).
 #[test]
 fn the_heap_is_mapped_in_segments_not_per_allocation() {
     let t = Tree::rootfs("startpath-heap");
@@ -275,5 +276,23 @@ fn the_heap_is_mapped_in_segments_not_per_allocation() {
     assert!(
         maps <= 20,
         "{maps} mmap, munmap and brk calls in the stages"
+    );
+}
+
+/// ns-run's start-up heap is dlmalloc over one arena (ns_core::sys::StartupHeap): on musl's
+/// allocator alone the monitor made ~75 mmap and munmap calls per start (release), most of
+/// them clap's command line growing and 64 KiB receive buffers; now 14 (the arena, musl's
+/// own start-up and what libc allocates inside itself, opendir's buffers).
+#[test]
+fn the_monitor_takes_its_start_up_heap_in_one_mapping() {
+    let t = Tree::rootfs("startpath-monheap");
+    let maps = monitor_calls(&t, &[])
+        .iter()
+        .filter(|c| c.name == "mmap" || c.name == "munmap" || c.name == "brk")
+        .count();
+    assert!(maps > 0, "the check of the trace itself");
+    assert!(
+        maps <= 24,
+        "{maps} mmap, munmap and brk calls in the monitor"
     );
 }

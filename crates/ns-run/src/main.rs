@@ -19,6 +19,12 @@ const STAGE: &str = "ns-run";
 
 ns_core::stage_main!(start);
 
+/// dlmalloc over one arena while a container starts, musl's allocator once the monitor only
+/// waits (see ns_core::sys::StartupHeap; the switch is in monitor.rs's shed_startup_memory).
+#[cfg(not(test))]
+#[global_allocator]
+static HEAP: ns_core::sys::StartupHeap = ns_core::sys::StartupHeap;
+
 fn start() -> ! {
     run(STAGE, || {
         let (state, hierarchies, image) = plan_from_args()?;

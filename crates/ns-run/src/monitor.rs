@@ -138,6 +138,7 @@ fn shed_startup_memory() {
     if let Some(low) = low {
         let _ = ns_core::sys::discard_stack_below_here(low);
     }
+    ns_core::sys::finish_startup_heap();
     ns_core::sys::trim_heap();
 }
 
