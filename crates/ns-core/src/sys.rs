@@ -237,19 +237,50 @@ fn with_heap<T>(f: impl FnOnce(&mut dlmalloc::Dlmalloc) -> T) -> T {
 
 // SAFETY: each call is dlmalloc's own, with the layout's size and alignment as its contract
 // asks (the pointers given back are the ones it returned for the same layout).
+// The work is out of line (as [`StartupHeap`]'s): inlined at every allocation site,
+// dlmalloc makes a stage's code larger, and a start pages more of it in.
 unsafe impl std::alloc::GlobalAlloc for Heap {
     unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        with_heap(|h| unsafe { h.malloc(l.size(), l.align()) })
+        heap_alloc(l, false)
     }
     unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
-        with_heap(|h| unsafe { h.calloc(l.size(), l.align()) })
+        heap_alloc(l, true)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        with_heap(|h| unsafe { h.free(p, l.size(), l.align()) })
+        // SAFETY: GlobalAlloc::dealloc's contract, passed on.
+        unsafe { heap_dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
-        with_heap(|h| unsafe { h.realloc(p, l.size(), l.align(), new) })
+        // SAFETY: GlobalAlloc::realloc's contract, passed on.
+        unsafe { heap_realloc(p, l, new) }
     }
+}
+
+#[inline(never)]
+fn heap_alloc(l: std::alloc::Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: dlmalloc's own calls with the layout's size and alignment.
+    with_heap(|h| unsafe {
+        match zeroed {
+            true => h.calloc(l.size(), l.align()),
+            false => h.malloc(l.size(), l.align()),
+        }
+    })
+}
+
+/// # Safety
+/// `p` came from [`Heap`] with layout `l`.
+#[inline(never)]
+unsafe fn heap_dealloc(p: *mut u8, l: std::alloc::Layout) {
+    // SAFETY: the caller's contract: `p` is dlmalloc's, allocated with `l`.
+    with_heap(|h| unsafe { h.free(p, l.size(), l.align()) })
+}
+
+/// # Safety
+/// `p` came from [`Heap`] with layout `l`; `new` is non-zero.
+#[inline(never)]
+unsafe fn heap_realloc(p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+    // SAFETY: the caller's contract: `p` is dlmalloc's, allocated with `l`.
+    with_heap(|h| unsafe { h.realloc(p, l.size(), l.align(), new) })
 }
 
 /// ns-run's global allocator: dlmalloc over one arena while it starts a container, musl's
