@@ -1522,6 +1522,168 @@ pub fn btrfs_resize_max(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
     Errno::result(r).map(drop)
 }
 
+/// struct dm_ioctl (linux/dm-ioctl.h), the header of every device-mapper request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DmIoctl {
+    version: [u32; 3],
+    data_size: u32,
+    data_start: u32,
+    target_count: u32,
+    open_count: i32,
+    flags: u32,
+    event_nr: u32,
+    padding: u32,
+    dev: u64,
+    name: [u8; 128],
+    uuid: [u8; 129],
+    data: [u8; 7],
+}
+
+/// struct dm_target_spec.
+#[repr(C)]
+struct DmTargetSpec {
+    sector_start: u64,
+    length: u64,
+    status: i32,
+    next: u32,
+    target_type: [u8; 16],
+}
+
+const DM_HEADER: usize = std::mem::size_of::<DmIoctl>();
+const DM_READONLY_FLAG: u32 = 1;
+const DM_DEFERRED_REMOVE: u32 = 1 << 17;
+
+/// _IOWR(0xfd, nr, struct dm_ioctl).
+const fn dm_cmd(nr: u64) -> u64 {
+    (3 << 30) | ((DM_HEADER as u64) << 16) | (0xfd << 8) | nr
+}
+
+/// One device-mapper request on /dev/mapper/control: header `h` and `payload` after it;
+/// returns the header as the kernel filled it in.
+fn dm_request(
+    control: std::os::fd::BorrowedFd<'_>,
+    nr: u64,
+    mut h: DmIoctl,
+    payload: &[u8],
+) -> nix::Result<DmIoctl> {
+    use std::os::fd::AsRawFd;
+    // Room for the kernel's answer too (DM_DEV_CREATE returns nothing beyond the header).
+    let mut buf = vec![0u8; DM_HEADER + payload.len() + 64];
+    h.version = [4, 0, 0];
+    h.data_size = buf.len() as u32;
+    h.data_start = DM_HEADER as u32;
+    // SAFETY: DmIoctl is plain old data; `buf` holds at least DM_HEADER bytes.
+    unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast::<DmIoctl>(), h) };
+    buf[DM_HEADER..DM_HEADER + payload.len()].copy_from_slice(payload);
+    // SAFETY: the request is a dm_ioctl header followed by its payload, `data_size` bytes
+    // in all, which the kernel reads and writes back within that size.
+    let r = unsafe { libc::ioctl(control.as_raw_fd(), dm_cmd(nr) as _, buf.as_mut_ptr()) };
+    Errno::result(r)?;
+    // SAFETY: as above; the kernel wrote a header back.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<DmIoctl>()) })
+}
+
+fn dm_header(name: &str) -> DmIoctl {
+    let mut h = DmIoctl {
+        version: [4, 0, 0],
+        data_size: 0,
+        data_start: 0,
+        target_count: 0,
+        open_count: 0,
+        flags: 0,
+        event_nr: 0,
+        padding: 0,
+        dev: 0,
+        name: [0; 128],
+        uuid: [0; 129],
+        data: [0; 7],
+    };
+    let n = name.len().min(127);
+    h.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    h
+}
+
+/// A read-only device-mapper device `name` with one target `target` (e.g. `verity`) of
+/// `sectors` 512-byte sectors and `params`, activated; returns its device number.
+/// On a failure after it was created it is removed again.
+pub fn dm_create_readonly(
+    control: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    target: &str,
+    sectors: u64,
+    params: &str,
+) -> nix::Result<u64> {
+    const DM_DEV_CREATE: u64 = 3;
+    const DM_DEV_SUSPEND: u64 = 6;
+    const DM_TABLE_LOAD: u64 = 9;
+    let created = dm_request(control, DM_DEV_CREATE, dm_header(name), &[])?;
+    let load = || -> nix::Result<()> {
+        let mut spec = DmTargetSpec {
+            sector_start: 0,
+            length: sectors,
+            status: 0,
+            next: 0,
+            target_type: [0; 16],
+        };
+        let t = target.len().min(15);
+        spec.target_type[..t].copy_from_slice(&target.as_bytes()[..t]);
+        let spec_len = std::mem::size_of::<DmTargetSpec>();
+        // The spec, its NUL-terminated parameters, padded to 8 bytes.
+        let mut payload = vec![0u8; (spec_len + params.len() + 1).div_ceil(8) * 8];
+        // SAFETY: DmTargetSpec is plain old data; `payload` holds at least its size.
+        unsafe { std::ptr::write_unaligned(payload.as_mut_ptr().cast::<DmTargetSpec>(), spec) };
+        payload[spec_len..spec_len + params.len()].copy_from_slice(params.as_bytes());
+        let mut h = dm_header(name);
+        h.target_count = 1;
+        h.flags = DM_READONLY_FLAG;
+        dm_request(control, DM_TABLE_LOAD, h, &payload)?;
+        // Resume (no DM_SUSPEND_FLAG): the loaded table goes live.
+        dm_request(control, DM_DEV_SUSPEND, dm_header(name), &[]).map(drop)
+    };
+    match load() {
+        Ok(()) => Ok(created.dev),
+        Err(e) => {
+            let _ = dm_remove(control, name, false);
+            Err(e)
+        }
+    }
+}
+
+/// Remove the device-mapper device `name`; `deferred`: once its last user (a mount) is
+/// gone, as a loop device's autoclear.
+pub fn dm_remove(
+    control: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    deferred: bool,
+) -> nix::Result<()> {
+    const DM_DEV_REMOVE: u64 = 4;
+    let mut h = dm_header(name);
+    if deferred {
+        h.flags = DM_DEFERRED_REMOVE;
+    }
+    dm_request(control, DM_DEV_REMOVE, h, &[]).map(drop)
+}
+
+/// add_key("user", `desc`, `payload`, the session keyring): a key for the kernel to read
+/// (a root hash signature that dm-verity checks); returns its serial.
+pub fn add_user_key(desc: &std::ffi::CStr, payload: &[u8]) -> nix::Result<i64> {
+    const KEY_SPEC_SESSION_KEYRING: i32 = -3;
+    // SAFETY: type and description are NUL-terminated; the payload slice is valid for its
+    // length; the kernel copies all of them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            desc.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            KEY_SPEC_SESSION_KEYRING,
+        )
+    };
+    Errno::result(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

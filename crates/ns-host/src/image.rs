@@ -19,6 +19,7 @@ use nix::mount::{mount, MsFlags};
 use ns_core::{Context, Error, Result};
 
 use crate::locks::ImageLock;
+pub use crate::verity::Verity;
 
 /// GPT partition type GUIDs of the Discoverable Partitions Specification (x86-64), as
 /// nspawn's dissection takes them.
@@ -32,6 +33,8 @@ const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 const XBOOTLDR: &str = "bc13c2ff-59e6-4262-a352-b275fd6f7172";
 /// "Linux filesystem data": the root where an image has no root partition but one of these.
 const LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+/// The root's verity hash tree (x86-64), used with a root hash.
+const ROOT_VERITY: &str = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5";
 
 /// GPT partition attribute bits (the specification's flags).
 const FLAG_READ_ONLY: u64 = 1 << 60;
@@ -430,39 +433,6 @@ fn read_some(img: &impl FileExt, buf: &mut [u8], offset: u64) -> usize {
     n
 }
 
-/// Verity data for the image (`--root-hash`, `--root-hash-sig`, `--verity-data`, or the
-/// sidecar files nspawn looks for beside it: `NAME.roothash`, `NAME.roothash.p7s`,
-/// `NAME.verity`, NAME being the image's name without `.raw`). None when there is none.
-pub fn verity_given(image: &Path, options: &[(&str, bool)]) -> Option<String> {
-    if let Some((o, _)) = options.iter().find(|(_, given)| *given) {
-        return Some(o.to_string());
-    }
-    let stem = image.to_string_lossy();
-    let stem = stem.strip_suffix(".raw").unwrap_or(&stem);
-    [".roothash", ".roothash.p7s", ".verity", ".usrhash"]
-        .iter()
-        .map(|s| PathBuf::from(format!("{stem}{s}")))
-        .find(|p| p.exists())
-        .map(|p| p.display().to_string())
-}
-
-/// Why verity cannot be set up here: dm-verity lives in device-mapper, which this kernel
-/// may not have at all (no /dev/mapper/control, no `device-mapper` in /proc/misc).
-pub fn verity_unavailable() -> String {
-    let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
-    let dm = misc.lines().any(|l| l.ends_with(" device-mapper"))
-        || Path::new("/dev/mapper/control").exists();
-    if dm {
-        "dm-verity images are not supported yet (device-mapper is there, but no host here \
-         had it to test against)"
-            .into()
-    } else {
-        "verity needs the kernel's device-mapper (dm-verity), which this kernel does not \
-         have (no device-mapper in /proc/misc)"
-            .into()
-    }
-}
-
 /// A mounted image: its tree's path (in this process's own mount namespace) and the lock
 /// that keeps other containers off the image while it runs.
 pub struct Mounted {
@@ -492,12 +462,24 @@ pub enum Use {
 /// written, a partition is flagged so or its file system is never written). Every error
 /// is one line naming the image; nothing is left: the loop devices are attached only once
 /// the layout is known, each detaches itself with its last user.
-pub fn mount_image(path: &Path, how: Use) -> Result<Mounted> {
+pub fn mount_image(path: &Path, how: Use, verity: Option<&Verity>) -> Result<Mounted> {
     let shown = path.to_string_lossy();
     let bad = |why: &str| Error::invalid("--image", &shown, why);
     if !nix::unistd::geteuid().is_root() {
         return Err(bad("needs root (loop devices and mounts are made for it)"));
     }
+    if let Some(v) = verity.filter(|_| !crate::verity::available()) {
+        return Err(bad(&format!(
+            "{}: verity needs the kernel's device-mapper (dm-verity), which this kernel does \
+             not have (no device-mapper in /proc/misc)",
+            v.source
+        )));
+    }
+    // Verity is read-only by nature.
+    let how = match (how, verity) {
+        (Use::Write, Some(_)) => Use::Read,
+        (h, _) => h,
+    };
     let (file, read_only) = open_image(path, how != Use::Write).map_err(|e| bad(&e))?;
     let size = image_size(&file).map_err(|e| bad(&e))?;
     let parts = dissect(&file, size).map_err(|e| bad(&e))?;
@@ -527,7 +509,14 @@ pub fn mount_image(path: &Path, how: Use) -> Result<Mounted> {
     std::fs::create_dir(&own).ctx(|| format!("cannot create {}", own.display()))?;
     std::fs::create_dir(&root).ctx(|| format!("cannot create {}", root.display()))?;
     for p in &parts {
-        mount_part(&file, path, p, &root, read_only, how == Use::Print).map_err(|e| bad(&e))?;
+        let verity = verity.filter(|_| p.role == Role::Root);
+        let at = Place {
+            file: &file,
+            size,
+            path,
+            root: &root,
+        };
+        mount_part(&at, p, read_only, how == Use::Print, verity).map_err(|e| bad(&e))?;
     }
     Ok(Mounted {
         root,
@@ -610,15 +599,24 @@ fn private_mount_namespace() -> Result<()> {
     .ctx(|| "cannot make the image's mount namespace a slave of the host's".into())
 }
 
-/// Attach partition `p` to a loop device and mount it at its place under `root`.
+/// The image being mounted: its file, size and path, and the tree's root.
+struct Place<'a> {
+    file: &'a File,
+    size: u64,
+    path: &'a Path,
+    root: &'a Path,
+}
+
+/// Attach partition `p` to a loop device (through dm-verity with `verity`) and mount it at
+/// its place under the tree's root.
 fn mount_part(
-    file: &File,
-    path: &Path,
+    at: &Place,
     p: &Part,
-    root: &Path,
     read_only: bool,
     print: bool,
+    verity: Option<&Verity>,
 ) -> std::result::Result<(), String> {
+    let (file, path, root) = (at.file, at.path, at.root);
     let ro = read_only || p.always_read_only();
     let target = match p.role {
         Role::Root => root.to_path_buf(),
@@ -655,9 +653,40 @@ fn mount_part(
         })?;
     }
     let dev = attach_loop(file, path, p, ro)?;
+    let checked = match verity {
+        Some(v) => Some(verity_device(at, p, &dev.0, v)?),
+        None => None,
+    };
     let mut flags = MsFlags::empty();
-    if ro {
+    if ro || checked.is_some() {
         flags |= MsFlags::MS_RDONLY;
+    }
+    if let Some(c) = &checked {
+        let node = c.node.to_string_lossy().into_owned();
+        let r = mount(
+            Some(node.as_str()),
+            &target,
+            Some(p.fstype),
+            flags,
+            None::<&str>,
+        );
+        // Mounted or not, the device goes with its last user.
+        crate::verity::remove(&c.name, r.is_ok());
+        return r.map_err(|e| {
+            let hint = match e {
+                nix::errno::Errno::EIO | nix::errno::Errno::EINVAL => {
+                    " (the data does not match the root hash)"
+                }
+                _ => "",
+            };
+            format!(
+                "cannot mount its {} partition through dm-verity ({}, {}): {}{hint}",
+                p.role.name(),
+                p.fstype,
+                part_label(p),
+                e.desc()
+            )
+        });
     }
     let data = match p.fstype {
         "vfat" => Some("fmask=0177,dmask=0077"),
@@ -713,6 +742,69 @@ fn grow(target: &Path, p: &Part) -> nix::Result<()> {
         "btrfs" => ns_core::sys::btrfs_resize_max(dir.as_fd()),
         _ => Ok(()),
     }
+}
+
+/// The dm-verity device over partition `p` (served by the loop device `data_dev`): the hash
+/// tree from `v.data`, else from the image's root-verity partition.
+fn verity_device(
+    at: &Place,
+    p: &Part,
+    data_dev: &str,
+    v: &Verity,
+) -> std::result::Result<crate::verity::Device, String> {
+    let (hash_file, hash_part) = match &v.data {
+        Some(d) => {
+            let f = File::open(d).map_err(|e| {
+                format!(
+                    "--verity-data={}: {}",
+                    d.display(),
+                    ns_core::error::io_desc(&e)
+                )
+            })?;
+            let len = image_size(&f)?;
+            let part = Part {
+                role: Role::Root,
+                number: 0,
+                offset: 0,
+                size: len,
+                read_only: true,
+                grow_fs: false,
+                fstype: "verity",
+            };
+            (f, part)
+        }
+        None => {
+            let e = gpt(at.file, at.size)?
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e.type_guid == ROOT_VERITY)
+                .ok_or(
+                    "a root hash, but no verity data: no root-verity partition in its GPT, \
+                        no --verity-data, no NAME.verity beside it",
+                )?;
+            let part = Part {
+                role: Role::Root,
+                number: e.number,
+                offset: e.offset,
+                size: e.size,
+                read_only: true,
+                grow_fs: false,
+                fstype: "verity",
+            };
+            (at.file.try_clone().map_err(|e| e.to_string())?, part)
+        }
+    };
+    let sb = crate::verity::superblock(&hash_file, hash_part.offset)?;
+    let data_bytes = sb.data_blocks.saturating_mul(sb.data_block_size as u64);
+    if p.size != 0 && data_bytes > p.size {
+        return Err("the verity data describes more blocks than the partition has".into());
+    }
+    let hash_dev = attach_loop(&hash_file, at.path, &hash_part, true)?;
+    let name = format!("ns-run-{}-verity-{}", std::process::id(), p.number);
+    // The loop devices stay while the verity device uses them (it holds them open).
+    let made = crate::verity::make(&name, data_dev, &hash_dev.0, &sb, v);
+    drop(hash_dev);
+    made
 }
 
 /// Whether an XBOOTLDR partition is mounted at the image's /boot.

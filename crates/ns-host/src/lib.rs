@@ -32,3 +32,4 @@ pub mod oom;
 pub mod registry;
 pub mod resources;
 pub mod userns;
+pub mod verity;

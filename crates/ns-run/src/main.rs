@@ -54,19 +54,13 @@ fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
     cli.image = Some(path.to_string_lossy().into_owned());
     plan::check_options(cli)?;
     let shown = path.to_string_lossy().into_owned();
-    let verity = [
-        ("--root-hash", cli.root_hash.is_some()),
-        ("--root-hash-sig", cli.root_hash_sig.is_some()),
-        ("--verity-data", cli.verity_data.is_some()),
-    ];
-    if let Some(what) = ns_host::image::verity_given(&path, &verity) {
-        let why = ns_host::image::verity_unavailable();
-        return Err(ns_core::Error::invalid(
-            "--image",
-            &shown,
-            &format!("{what}: {why}"),
-        ));
-    }
+    let verity = ns_host::verity::find(
+        &path,
+        cli.root_hash.as_deref(),
+        cli.root_hash_sig.as_deref(),
+        cli.verity_data.as_deref(),
+    )
+    .map_err(|why| ns_core::Error::invalid("--image", &shown, &why))?;
     let m = &cli.mount;
     let volatile = m.volatile.as_deref().is_some_and(|v| !plan::is_false(v));
     let on_top = m.ephemeral || volatile;
@@ -78,7 +72,7 @@ fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
         (false, true) => Use::Read,
         (false, false) => Use::Write,
     };
-    let mounted = ns_host::image::mount_image(&path, how)?;
+    let mounted = ns_host::image::mount_image(&path, how, verity.as_ref())?;
     cli.image_mounted = true;
     cli.mount.directory = Some(mounted.root.to_string_lossy().into_owned());
     // An image that cannot be written is run read-only (unless an overlay takes writes).

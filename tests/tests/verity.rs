@@ -1,0 +1,75 @@
+//! dm-verity (`-i` with `--root-hash=`, `--root-hash-sig=`, `--verity-data=` and the sidecar
+//! files) in a VM: the hosts CI runs on have no device-mapper, so `tests/vm/verity.sh`
+//! boots Debian's stock kernel under qemu with the toolkit's binaries and images it made,
+//! runs each case there and prints what happened; this reads it. On the host itself (no
+//! device-mapper) the same options fail with one line (`images.rs`).
+
+use ns_tests::bin_dir;
+
+/// The console's lines for case `name`: `CASE name rc=N`, the output, the leftovers.
+fn case<'a>(console: &'a str, name: &str) -> (i32, Vec<&'a str>, &'a str) {
+    let head = format!("CASE {name} rc=");
+    // (The console may hold terminal escapes before a line.)
+    let mut lines = console.lines().skip_while(|l| !l.contains(&head));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no case {name}:\n{console}"));
+    let after = &first[first.find(&head).expect("found") + head.len()..];
+    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let rc = digits.parse().unwrap_or_else(|_| panic!("{first:?}"));
+    let mut out = Vec::new();
+    let mut left = "";
+    for l in lines {
+        if let Some(o) = l.strip_prefix("  | ") {
+            out.push(o);
+        } else if let Some(d) = l.strip_prefix("  dm: ") {
+            left = d;
+            break;
+        }
+    }
+    (rc, out, left)
+}
+
+#[test]
+fn verity_images_run_checked_and_bad_ones_fail_in_a_vm() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/verity.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(bin_dir())
+        .output()
+        .expect("run tests/vm/verity.sh");
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && console.contains("VM-DONE"),
+        "the VM did not finish: {}\n{console}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok = |name: &str, want: &[&str]| {
+        let (rc, lines, left) = case(&console, name);
+        assert_eq!((rc, lines.as_slice()), (0, want), "{name}:\n{console}");
+        assert_eq!(left, "0 loop: 0", "{name}: left behind\n{console}");
+    };
+    let fails = |name: &str, rc: i32, needle: &str| {
+        let (got, lines, left) = case(&console, name);
+        assert_eq!(got, rc, "{name}:\n{console}");
+        assert_eq!(lines.len(), 1, "{name}: not one line\n{console}");
+        assert!(lines[0].contains(needle), "{name}: {lines:?}");
+        assert_eq!(left, "0 loop: 0", "{name}: left behind\n{console}");
+    };
+    // NAME.roothash and NAME.verity beside a plain squashfs image.
+    ok("sidecars", &["verified content"]);
+    // A GPT image: root and root-verity partitions, --root-hash= on the command line.
+    ok("gpt", &["verified content"]);
+    // -x puts a writable layer on top; the image itself stays read-only.
+    ok("ephemeral", &["x", "verified content"]);
+    fails("readonly", 1, "Read-only file system");
+    // A block changed after the hash tree was made: reading it fails, as dm-verity does.
+    fails("tampered", 125, "I/O error");
+    fails("wronghash", 125, "does not match the root hash");
+    fails(
+        "nohashdata",
+        125,
+        "--verity-data=/img/missing: No such file or directory",
+    );
+    fails("badsig", 125, "the kernel refuses the root hash signature");
+}

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# tests/vm/verity.sh BIN_DIR: run `ns-run -i` with dm-verity inside a throwaway VM.
+#
+# The kernels CI runs on have no device-mapper, so dm-verity is tested in a VM: Debian's
+# stock kernel (linux-image-amd64, unpacked from its package into /var/cache/ns-run/vm, not
+# installed) booted by qemu (TCG when there is no KVM) with an initramfs made here: busybox,
+# the toolkit's static binaries from BIN_DIR, the kernel modules dm-verity needs, and disk
+# images made here (mksquashfs, veritysetup format, sfdisk). Its /init runs each case and
+# prints `CASE <name> rc=<exit code>` and the case's output on the serial console; this
+# script prints that console. tests/tests/verity.rs reads it.
+set -euo pipefail
+BIN=$(realpath "$1")
+CACHE=/var/cache/ns-run/vm
+WORK=$(mktemp -d /tmp/ns-verity-vm.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+# The kernel, once.
+mkdir -p "$CACHE"
+if ! ls "$CACHE"/k/boot/vmlinuz-* >/dev/null 2>&1; then
+    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    (cd "$CACHE" && apt-get download "$pkg" >/dev/null 2>&1)
+    rm -rf "$CACHE/k.tmp" && mkdir "$CACHE/k.tmp"
+    dpkg-deb -x "$CACHE/$pkg"_*.deb "$CACHE/k.tmp"
+    mv "$CACHE/k.tmp" "$CACHE/k"
+fi
+KERNEL=$(ls "$CACHE"/k/boot/vmlinuz-* | head -1)
+MODS=$(ls -d "$CACHE"/k/lib/modules/*/kernel | head -1)
+
+R=$WORK/initramfs
+mkdir -p "$R"/{bin,proc,sys,dev,tmp,run,etc,mods,opt/ns/bin,img,tree}
+cp "$(command -v busybox)" "$R/bin/busybox"
+for a in $("$R/bin/busybox" --list); do [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"; done
+for m in drivers/block/loop fs/squashfs/squashfs fs/overlayfs/overlay drivers/md/dm-mod \
+    drivers/md/dm-bufio lib/reed_solomon/reed_solomon drivers/md/dm-verity; do
+    cp "$MODS/$m.ko" "$R/mods/"
+done
+for b in ns-run ns-enter ns-mount ns-caps ns-init; do cp "$BIN/$b" "$R/opt/ns/bin/"; done
+echo "ns-vm" > "$R/etc/hostname"
+printf 'ID=nsvm\nVERSION_ID=1\n' > "$R/etc/os-release"
+printf '0123456789abcdef0123456789abcdef\n' > "$R/etc/machine-id"
+
+# A busybox tree as the image's root, with a marker.
+T=$WORK/tree
+mkdir -p "$T"/{bin,etc,proc,sys,dev,run,tmp,var,usr}
+cp "$(command -v busybox)" "$T/bin/busybox"
+for a in sh cat echo ls true mount; do ln -s busybox "$T/bin/$a"; done
+printf 'ID=tree\n' > "$T/etc/os-release"
+echo "verified content" > "$T/etc/marker"
+mksquashfs "$T" "$WORK/root.sqfs" -quiet -noappend -no-progress -all-root
+roothash() { veritysetup format "$1" "$2" | awk '/^Root hash:/ {print $3}'; }
+# 1. A plain image with its hash tree beside it (NAME.verity, NAME.roothash).
+cp "$WORK/root.sqfs" "$R/img/plain.raw"
+roothash "$R/img/plain.raw" "$R/img/plain.verity" > "$R/img/plain.roothash"
+# 2. The same content, one block changed after the hash tree was made.
+cp "$R/img/plain.raw" "$R/img/tampered.raw"
+cp "$R/img/plain.verity" "$R/img/tampered.verity"
+cp "$R/img/plain.roothash" "$R/img/tampered.roothash"
+printf 'X' | dd of="$R/img/tampered.raw" bs=1 seek=$((4096 * 3 + 17)) conv=notrunc status=none
+# 3. A GPT image: root and root-verity partitions, the root hash given on the command line.
+veritysetup format "$WORK/root.sqfs" "$WORK/root.hash" > "$WORK/format.txt"
+awk '/^Root hash:/ {print $3}' "$WORK/format.txt" > "$R/img/gpt.hash"
+dsec=$(( ($(stat -c %s "$WORK/root.sqfs") + 511) / 512 ))
+hsec=$(( ($(stat -c %s "$WORK/root.hash") + 511) / 512 ))
+truncate -s $(( (2048 + dsec + 2048 + hsec + 2048) * 512 )) "$R/img/gpt.raw"
+printf 'label: gpt\nstart=2048, size=%s, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709\nstart=%s, size=%s, type=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5\n' \
+    "$dsec" $((2048 + dsec + 2048 - (2048 + dsec) % 2048)) "$hsec" | sfdisk -q "$R/img/gpt.raw"
+hstart=$(sfdisk -d "$R/img/gpt.raw" | awk -F'[=,]' '/type=2C7357ED/ {gsub(/ /,"",$2); print $2}')
+dd if="$WORK/root.sqfs" of="$R/img/gpt.raw" bs=512 seek=2048 conv=notrunc status=none
+dd if="$WORK/root.hash" of="$R/img/gpt.raw" bs=512 seek="$hstart" conv=notrunc status=none
+
+# The initramfs is rootfs, where pivot_root is refused: /init moves everything to a tmpfs
+# and switches to it (as a real init's initramfs does), then /init2 runs the cases.
+cat > "$R/init" <<'EOF'
+#!/bin/sh
+export PATH=/bin
+mkdir -p /mnt
+mount -t tmpfs -o size=400m root /mnt
+for d in bin etc mods opt img tree; do cp -a /$d /mnt/; done
+mkdir -p /mnt/proc /mnt/sys /mnt/dev /mnt/tmp /mnt/run
+cp /init2 /mnt/init2
+exec switch_root /mnt /init2
+EOF
+cat > "$R/init2" <<'EOF'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t cgroup2 cgroup2 /sys/fs/cgroup
+for m in loop squashfs overlay dm-mod dm-bufio reed_solomon dm-verity; do insmod /mods/$m.ko; done
+N="/opt/ns/bin/ns-run --register=no -q"
+case_() { name=$1; shift; out=$("$@" 2>&1); echo "CASE $name rc=$?"; echo "$out" | sed 's/^/  | /'; echo "  dm: $(ls /dev/mapper | grep -vc control) loop: $(losetup -a | grep -c img)"; }
+case_ sidecars $N -i /img/plain.raw cat /etc/marker
+case_ tampered $N -i /img/tampered.raw cat /etc/marker
+case_ gpt $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) cat /etc/marker
+case_ wronghash $N -i /img/gpt.raw --root-hash=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff cat /etc/marker
+case_ readonly $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) sh -c 'echo x > /x'
+case_ ephemeral $N -x -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) sh -c 'echo x > /x && cat /x /etc/marker'
+case_ nohashdata $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) --verity-data=/img/missing cat /etc/marker
+case_ badsig $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) --root-hash-sig=base64:MIIBbm90YXNpZw== cat /etc/marker
+echo "VM-DONE"
+poweroff -f
+EOF
+chmod +x "$R/init" "$R/init2"
+(cd "$R" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/initrd.gz"
+accel=tcg
+[ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo && accel=kvm
+timeout 300 qemu-system-x86_64 -accel "$accel" -nographic -m 768 -no-reboot \
+    -kernel "$KERNEL" -initrd "$WORK/initrd.gz" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" </dev/null 2>&1 | tr -d '\r'
