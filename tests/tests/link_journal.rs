@@ -40,6 +40,17 @@ fn cleanup(id: &str) -> Defer<impl FnOnce()> {
     })
 }
 
+/// `sh -c script` in `t` with `args`, under nspawn or ns-run.
+fn nspawn_or_ns_run(nspawn: bool, t: &Tree, args: &[&str], script: &str) -> ns_tests::Output {
+    if nspawn {
+        let mut c = nspawn_in(t);
+        c.args(args).args(["sh", "-c", script]);
+        run_cmd(c, None)
+    } else {
+        run(&[&["-D", t.arg()][..], args, &["sh", "-c", script]].concat())
+    }
+}
+
 fn journal_mounts(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| l.split_whitespace().nth(4))
@@ -57,13 +68,7 @@ fn guest_mode_links_the_hosts_directory_to_the_trees_as_nspawn() {
         let _gone = cleanup(&id);
         let args = [&format!("--uuid={id}"), "--link-journal=guest"];
         let script = "grep ' /var/log/journal' /proc/self/mountinfo; ls -d /var/log/journal/*";
-        let out = if nspawn {
-            let mut c = nspawn_in(&t);
-            c.args(args).args(["sh", "-c", script]);
-            run_cmd(c, None)
-        } else {
-            run(&[&["-D", t.arg()][..], &args, &["sh", "-c", script]].concat())
-        };
+        let out = nspawn_or_ns_run(nspawn, &t, &args, script);
         assert_eq!(out.code, 0, "nspawn {nspawn}: {out}");
         assert_eq!(
             out.stdout,
@@ -95,13 +100,7 @@ fn host_mode_binds_the_hosts_directory_as_nspawn() {
         // (busybox's sh expands no pattern in a redirection)
         let script = format!("cat /proc/self/mountinfo; echo x > /var/log/journal/{id}/written");
         let script = script.as_str();
-        let out = if nspawn {
-            let mut c = nspawn_in(&t);
-            c.args(args).args(["sh", "-c", script]);
-            run_cmd(c, None)
-        } else {
-            run(&[&["-D", t.arg()][..], &args, &["sh", "-c", script]].concat())
-        };
+        let out = nspawn_or_ns_run(nspawn, &t, &args, script);
         assert_eq!(out.code, 0, "nspawn {nspawn}: {out}");
         assert_eq!(
             journal_mounts(&out.stdout),

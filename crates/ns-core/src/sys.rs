@@ -1684,6 +1684,19 @@ pub fn add_user_key(desc: &std::ffi::CStr, payload: &[u8]) -> nix::Result<i64> {
     Errno::result(r)
 }
 
+/// mount --make-rslave /: nothing mounted in this mount namespace from now on reaches the
+/// one it was copied from, while that one's new mounts still propagate in.
+pub fn make_rslave() -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

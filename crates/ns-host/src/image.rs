@@ -589,14 +589,8 @@ fn tree_name(path: &Path) -> String {
 fn private_mount_namespace() -> Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot create a mount namespace for the image".into())?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .ctx(|| "cannot make the image's mount namespace a slave of the host's".into())
+    ns_core::sys::make_rslave()
+        .ctx(|| "cannot make the image's mount namespace a slave of the host's".into())
 }
 
 /// The image being mounted: its file, size and path, and the tree's root.

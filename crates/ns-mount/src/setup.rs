@@ -110,14 +110,7 @@ pub fn create_hooks(plan: &MountPlan) -> Result<()> {
 /// Cut propagation: nothing mounted from here on reaches the host, while host mounts still
 /// propagate in.
 pub fn make_rslave() -> Result<()> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .ctx(|| "cannot make / a recursive slave mount".into())
+    ns_core::sys::make_rslave().ctx(|| "cannot make / a recursive slave mount".into())
 }
 
 /// Bind `dest` on itself and make it read-only.
