@@ -610,42 +610,11 @@ fn mount_part(
     print: bool,
     verity: Option<&Verity>,
 ) -> std::result::Result<(), String> {
-    let (file, path, root) = (at.file, at.path, at.root);
+    let (file, path) = (at.file, at.path);
     let ro = read_only || p.always_read_only();
-    let target = match p.role {
-        Role::Root => root.to_path_buf(),
-        Role::Usr => root.join("usr"),
-        Role::Home => root.join("home"),
-        Role::Srv => root.join("srv"),
-        Role::Var => root.join("var"),
-        Role::Tmp => root.join("var/tmp"),
-        Role::Xbootldr => root.join("boot"),
-        Role::Esp => {
-            // /efi where the image has it, else /boot unless XBOOTLDR takes it.
-            let efi = root.join("efi");
-            let boot = root.join("boot");
-            if efi.is_dir() {
-                efi
-            } else if boot.is_dir() && !boot_taken(root) {
-                boot
-            } else {
-                return Ok(());
-            }
-        }
+    let Some(target) = target_of(at.root, p)? else {
+        return Ok(());
     };
-    if p.role != Role::Root && !target.is_dir() {
-        if matches!(p.role, Role::Esp | Role::Xbootldr) {
-            return Ok(());
-        }
-        std::fs::create_dir_all(&target).map_err(|e| {
-            format!(
-                "cannot create {} in the image for its {} partition: {}",
-                target.strip_prefix(root).unwrap_or(&target).display(),
-                p.role.name(),
-                ns_core::error::io_desc(&e)
-            )
-        })?;
-    }
     let dev = attach_loop(file, path, p, ro)?;
     let checked = match verity {
         Some(v) => Some(verity_device(at, p, &dev.0, v)?),
@@ -656,31 +625,7 @@ fn mount_part(
         flags |= MsFlags::MS_RDONLY;
     }
     if let Some(c) = &checked {
-        let node = c.node.to_string_lossy().into_owned();
-        let r = mount(
-            Some(node.as_str()),
-            &target,
-            Some(p.fstype),
-            flags,
-            None::<&str>,
-        );
-        // Mounted or not, the device goes with its last user.
-        crate::verity::remove(&c.name, r.is_ok());
-        return r.map_err(|e| {
-            let hint = match e {
-                nix::errno::Errno::EIO | nix::errno::Errno::EINVAL => {
-                    " (the data does not match the root hash)"
-                }
-                _ => "",
-            };
-            format!(
-                "cannot mount its {} partition through dm-verity ({}, {}): {}{hint}",
-                p.role.name(),
-                p.fstype,
-                part_label(p),
-                e.desc()
-            )
-        });
+        return mount_checked(c, &target, p, flags);
     }
     let data = match p.fstype {
         "vfat" => Some("fmask=0177,dmask=0077"),
@@ -715,6 +660,79 @@ fn mount_part(
         }
     }
     Ok(())
+}
+
+/// Where partition `p` goes under the tree's `root` (made if missing, but for the ESP and
+/// XBOOTLDR: None when their place is not there).
+fn target_of(root: &Path, p: &Part) -> std::result::Result<Option<PathBuf>, String> {
+    let target = match p.role {
+        Role::Root => return Ok(Some(root.to_path_buf())),
+        Role::Usr => root.join("usr"),
+        Role::Home => root.join("home"),
+        Role::Srv => root.join("srv"),
+        Role::Var => root.join("var"),
+        Role::Tmp => root.join("var/tmp"),
+        Role::Xbootldr => root.join("boot"),
+        Role::Esp => {
+            // /efi where the image has it, else /boot unless XBOOTLDR takes it.
+            let (efi, boot) = (root.join("efi"), root.join("boot"));
+            if efi.is_dir() {
+                efi
+            } else if boot.is_dir() && !boot_taken(root) {
+                boot
+            } else {
+                return Ok(None);
+            }
+        }
+    };
+    if !target.is_dir() {
+        if matches!(p.role, Role::Esp | Role::Xbootldr) {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(&target).map_err(|e| {
+            format!(
+                "cannot create {} in the image for its {} partition: {}",
+                target.strip_prefix(root).unwrap_or(&target).display(),
+                p.role.name(),
+                ns_core::error::io_desc(&e)
+            )
+        })?;
+    }
+    Ok(Some(target))
+}
+
+/// Mount partition `p` at `target` through its verity device `c`; the device is removed
+/// (deferred once mounted: it goes with its last user).
+fn mount_checked(
+    c: &crate::verity::Device,
+    target: &Path,
+    p: &Part,
+    flags: MsFlags,
+) -> std::result::Result<(), String> {
+    let node = c.node.to_string_lossy().into_owned();
+    let r = mount(
+        Some(node.as_str()),
+        target,
+        Some(p.fstype),
+        flags,
+        None::<&str>,
+    );
+    crate::verity::remove(&c.name, r.is_ok());
+    r.map_err(|e| {
+        let hint = match e {
+            nix::errno::Errno::EIO | nix::errno::Errno::EINVAL => {
+                " (the data does not match the root hash)"
+            }
+            _ => "",
+        };
+        format!(
+            "cannot mount its {} partition through dm-verity ({}, {}): {}{hint}",
+            p.role.name(),
+            p.fstype,
+            part_label(p),
+            e.desc()
+        )
+    })
 }
 
 /// Grow the file system mounted at `target` to its partition's size (ext4, btrfs; xfs
