@@ -515,11 +515,15 @@ fn userns(c: &Cli, f: &HostFacts, dir: &str) -> Result<Option<UserNs>> {
         .is_some_and(|u| u.ownership == Ownership::Chown)
         && rewrites
     {
-        return Err(Error::invalid(
-            "--private-users-ownership",
-            "chown",
-            "rewrites the tree, so not with -x, --read-only or --volatile (use map)",
-        ));
+        let why = match (
+            c.image_mounted,
+            c.mount.ephemeral || c.mount.volatile.is_some(),
+        ) {
+            // -i made it read-only: the image cannot be written.
+            (true, false) => "rewrites the tree, and the disk image is read-only (use map)",
+            _ => "rewrites the tree, so not with -x, --read-only or --volatile (use map)",
+        };
+        return Err(Error::invalid("--private-users-ownership", "chown", why));
     }
     Ok(userns)
 }
