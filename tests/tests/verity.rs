@@ -72,4 +72,8 @@ fn verity_images_run_checked_and_bad_ones_fail_in_a_vm() {
         "--verity-data=/img/missing: No such file or directory",
     );
     fails("badsig", 125, "the kernel refuses the root hash signature");
+    // A start killed with its verity device made but not yet mounted leaves it (and its
+    // loop devices); the next one removes it.
+    assert!(console.contains("after kill: dm 1"), "{console}");
+    ok("collected", &["verified content"]);
 }

@@ -87,7 +87,7 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t cgroup2 cgroup2 /sys/fs/cgroup
 for m in loop squashfs overlay dm-mod dm-bufio reed_solomon dm-verity; do insmod /mods/$m.ko; done
 N="/opt/ns/bin/ns-run --register=no -q"
-case_() { name=$1; shift; out=$("$@" 2>&1); echo "CASE $name rc=$?"; echo "$out" | sed 's/^/  | /'; echo "  dm: $(ls /dev/mapper | grep -vc control) loop: $(losetup -a | grep -c img)"; }
+case_() { name=$1; shift; out=$("$@" 2>&1); echo "CASE $name rc=$?"; echo "$out" | sed 's/^/  | /'; echo "  dm: $(ls -d /sys/block/dm-* 2>/dev/null | wc -l) loop: $(losetup -a | grep -c img)"; }
 case_ sidecars $N -i /img/plain.raw cat /etc/marker
 case_ tampered $N -i /img/tampered.raw cat /etc/marker
 case_ gpt $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) cat /etc/marker
@@ -96,6 +96,10 @@ case_ readonly $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) sh -c 'echo x
 case_ ephemeral $N -x -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) sh -c 'echo x > /x && cat /x /etc/marker'
 case_ nohashdata $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) --verity-data=/img/missing cat /etc/marker
 case_ badsig $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) --root-hash-sig=base64:MIIBbm90YXNpZw== cat /etc/marker
+# Killed between making its verity device and mounting it: the next ns-run removes it.
+NS_FAULT=ns-run:verity $N -i /img/plain.raw true
+echo "after kill: dm $(ls -d /sys/block/dm-* 2>/dev/null | wc -l)"
+case_ collected $N -i /img/plain.raw cat /etc/marker
 echo "VM-DONE"
 poweroff -f
 EOF

@@ -625,6 +625,7 @@ fn mount_part(
         flags |= MsFlags::MS_RDONLY;
     }
     if let Some(c) = &checked {
+        ns_core::stage::fault("ns-run:verity");
         return mount_checked(c, &target, p, flags);
     }
     let data = match p.fstype {
@@ -812,6 +813,7 @@ fn verity_device(
         return Err("the verity data describes more blocks than the partition has".into());
     }
     let hash_dev = attach_loop(&hash_file, at.path, &hash_part, true)?;
+    crate::verity::collect_stale();
     let name = format!("ns-run-{}-verity-{}", std::process::id(), p.number);
     // The loop devices stay while the verity device uses them (it holds them open).
     let made = crate::verity::make(&name, data_dev, &hash_dev.0, &sb, v);

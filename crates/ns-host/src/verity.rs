@@ -258,6 +258,30 @@ pub fn make(
     })
 }
 
+/// Remove the verity devices dead ns-runs left (`ns-run-PID-verity-N` of a PID that is no
+/// ns-run any more: killed between making the device and mounting it, when it is not yet
+/// removed deferred). Their loop devices then detach themselves.
+pub fn collect_stale() {
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = std::fs::read_to_string(e.path().join("dm/name")).unwrap_or_default();
+        let name = name.trim();
+        let Some(pid) = name
+            .strip_prefix("ns-run-")
+            .and_then(|r| r.split_once("-verity-"))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if pid != std::process::id() && comm.trim() != "ns-run" {
+            remove(name, true);
+        }
+    }
+}
+
 /// Remove the device `name`: now, or (`deferred`) once its last user is gone.
 pub fn remove(name: &str, deferred: bool) {
     if let Ok(control) = File::options()
