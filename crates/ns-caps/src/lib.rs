@@ -50,7 +50,7 @@ use ns_core::{Error, Result};
 )]
 pub struct Args {
     /// Read the plan from this state fd (ns-run sets it).
-    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "capability", "drop_capability", "ambient_capability", "no_new_privileges", "setenv", "chdir", "as_pid2", "uuid", "rlimit", "oom_score_adjust", "cpu_affinity", "personality", "system_call_filter", "seccomp"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["user", "capability", "drop_capability", "ambient_capability", "no_new_privileges", "setenv", "chdir", "as_pid2", "uuid", "rlimit", "oom_score_adjust", "cpu_affinity", "personality", "system_call_filter", "seccomp", "selinux_context"])]
     pub state_fd: Option<i32>,
     /// Report failures to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
@@ -70,6 +70,9 @@ pub struct Args {
     /// PROGRAM starts a new session; a terminal on its stdin becomes its controlling one.
     #[arg(long)]
     pub setsid: bool,
+    /// Execute PROGRAM with this SELinux context (ns-run's -Z).
+    #[arg(long, value_name = "SECLABEL")]
+    pub selinux_context: Option<String>,
     /// The payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,
@@ -310,11 +313,15 @@ impl Args {
 
     /// The plan these flags describe; relative to nspawn's defaults, as ns-run computes it.
     pub fn to_plan(&self) -> Result<ExecPlan> {
-        self.exec.plan(&ExecContext {
+        let plan = self.exec.plan(&ExecContext {
             argv: self.rest.clone(),
             console: self.console,
             seccomp: self.seccomp.unwrap_or(true),
             ..self.exec.facts(std::path::Path::new("/"))
+        })?;
+        Ok(ExecPlan {
+            selinux_context: self.selinux_context.clone(),
+            ..plan
         })
     }
 }
@@ -371,6 +378,9 @@ pub fn plan_to_flags(plan: &ExecPlan) -> Vec<String> {
                 out.push(format!("--system-call-filter=~{}", f.deny.join(" ")));
             }
         }
+    }
+    if let Some(l) = &plan.selinux_context {
+        out.push(format!("--selinux-context={l}"));
     }
     out.push(format!("--uuid={}", plan.uuid));
     if plan.as_pid2 {

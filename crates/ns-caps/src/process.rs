@@ -126,9 +126,21 @@ pub fn exec(
     filter: &mut PendingFilter,
 ) -> Result<Infallible> {
     ns_core::stage::fault("ns-caps:before-exec");
+    if let Some(label) = &plan.selinux_context {
+        // The payload is executed with it (nspawn's setexeccon() before its exec). With
+        // --as-pid2, ns-init (PID 1, like nspawn's stub init) keeps our context and labels
+        // the payload's exec: the label is checked here, then cleared.
+        ns_core::exec::set_exec_label(Some(label))?;
+        if plan.as_pid2 {
+            ns_core::exec::set_exec_label(None)?;
+        }
+    }
     filter.install()?;
     if plan.as_pid2 {
         let mut argv = vec!["ns-init".to_string()];
+        if let Some(label) = &plan.selinux_context {
+            argv.push(format!("--selinux-context={label}"));
+        }
         if plan.argv.is_empty() {
             let (path, argv0) = login_shells(user)
                 .into_iter()

@@ -620,6 +620,22 @@ pub fn args_utf8() -> Result<Vec<String>> {
         .collect()
 }
 
+/// `-Z`: the SELinux context of this thread's next execve (libselinux's setexeccon(), which
+/// nspawn calls right before it execs the payload). The kernel checks the label (EINVAL when
+/// the policy has no such context) and forgets it at the exec; a fork inherits it. `None`
+/// clears it. The error names the label (`--selinux-context=LABEL: ...`).
+pub fn set_exec_label(label: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let name = label.unwrap_or_default();
+    let what = || format!("--selinux-context={name}: cannot set the exec label");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/thread-self/attr/exec")
+        .ctx(what)?;
+    // A lone newline resets it to the default (no label).
+    f.write_all(label.unwrap_or("\n").as_bytes()).ctx(what)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

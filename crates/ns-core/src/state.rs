@@ -707,6 +707,11 @@ pub struct ExecPlan {
     /// listener fd to `Runtime::seccomp_listener_fd` (ns-caps puts in its pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp_listener: Option<String>,
+    /// `-Z`/`--selinux-context=`: the SELinux context the payload (or the init, or ns-init
+    /// with `--as-pid2`) is executed with: ns-caps writes it to
+    /// /proc/thread-self/attr/exec right before the exec (nspawn's setexeccon()).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux_context: Option<String>,
 }
 
 /// Capability names as in `ExecPlan::capabilities` (lower case, no `cap_`).

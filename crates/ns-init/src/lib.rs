@@ -9,7 +9,7 @@
 
 use clap::Parser;
 
-/// ns-init [--argv0 NAME] -- PROGRAM [ARGS...]
+/// ns-init [--argv0 NAME] [--selinux-context LABEL] -- PROGRAM [ARGS...]
 ///
 /// Reads no state and no fds: it gets only stdin, stdout and stderr.
 #[derive(Parser, Debug)]
@@ -22,6 +22,9 @@ pub struct Args {
     /// argv[0] for PROGRAM (e.g. `-sh` for a login shell).
     #[arg(long, value_name = "NAME")]
     pub argv0: Option<String>,
+    /// Execute PROGRAM with this SELinux context (ns-run's -Z with --as-pid2).
+    #[arg(long, value_name = "SECLABEL")]
+    pub selinux_context: Option<String>,
     /// The payload.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,

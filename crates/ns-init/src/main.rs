@@ -30,6 +30,9 @@ fn main() {
                         &std::io::stdin(),
                     ));
                 }
+                if let Some(label) = &args.selinux_context {
+                    ns_core::exec::set_exec_label(Some(label))?;
+                }
                 let mut argv = args.rest.clone();
                 if let Some(a0) = &args.argv0 {
                     argv[0] = a0.clone();
