@@ -338,6 +338,10 @@ pub struct MountPlan {
     /// systems, /run, /tmp, /run/host and masks (`ops` and the rest above stay empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<OciMounts>,
+    /// `-L`/`--selinux-apifs-context=`: the SELinux context of the API file systems ns-mount
+    /// makes (the tmpfs mounts and devpts get `context="LABEL"`, as nspawn's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux_apifs_context: Option<String>,
 }
 
 impl MountPlan {

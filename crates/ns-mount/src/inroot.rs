@@ -177,7 +177,13 @@ pub(crate) fn mount_fs(
         flags,
         data,
     )
-    .ctx(|| format!("cannot mount {fstype} on {dest}"))
+    .ctx(|| {
+        // -L's label is the likeliest reason a labelled mount is refused: name it.
+        match data.and_then(|d| d.find("context=").map(|i| &d[i..])) {
+            Some(label) => format!("cannot mount {fstype} on {dest} with {label}"),
+            None => format!("cannot mount {fstype} on {dest}"),
+        }
+    })
 }
 
 /// Make the mount at `dest` (and below, if `recursive`) read-only.

@@ -49,7 +49,7 @@ pub use spec::{parse_bind, parse_overlay, parse_tmpfs};
 )]
 pub struct Args {
     /// Read the plan from this state fd (ns-run sets it).
-    #[arg(long, value_name = "FD", conflicts_with_all = ["directory", "read_only", "private_network", "ephemeral", "volatile", "pivot_root", "bind", "bind_ro", "tmpfs", "overlay", "overlay_ro", "inaccessible", "resolv_conf", "timezone"])]
+    #[arg(long, value_name = "FD", conflicts_with_all = ["directory", "read_only", "private_network", "ephemeral", "volatile", "pivot_root", "bind", "bind_ro", "tmpfs", "overlay", "overlay_ro", "inaccessible", "resolv_conf", "timezone", "selinux_apifs_context"])]
     pub state_fd: Option<i32>,
     /// Report failures and created mount points to a monitor on this sync socket.
     #[arg(long, value_name = "FD")]
@@ -66,6 +66,9 @@ pub struct Args {
     /// Make a pty whose slave is /dev/console; its master goes to the monitor (--sync-fd).
     #[arg(long)]
     pub console: bool,
+    /// Mount the API file systems (tmpfs, devpts) with this SELinux context (ns-run's -L).
+    #[arg(long, value_name = "SECLABEL")]
+    pub selinux_apifs_context: Option<String>,
     /// The next program: another stage or the payload.
     #[arg(last = true, value_name = "PROGRAM")]
     pub rest: Vec<String>,
@@ -315,6 +318,7 @@ impl MountArgs {
             credentials: Vec::new(), // read by ns-run from its own options
             create_hooks: None,      // an OCI bundle's only
             oci: None,               // an OCI runtime's: its plan builder's
+            selinux_apifs_context: None, // ns-run's -L, planned with -Z
         })
     }
 }
@@ -350,7 +354,7 @@ impl Args {
             .directory
             .as_deref()
             .ok_or_else(|| Error::setup("-D/--directory is required".into()))?;
-        self.mount.plan(&MountContext {
+        let plan = self.mount.plan(&MountContext {
             tree: &RootFacts::probe(dir, self.mount.volatile.is_some()),
             scratch: scratch::default_dir()?,
             private_network: self.private_network,
@@ -364,6 +368,10 @@ impl Args {
             run_host: Default::default(),
             machine_id: None,
             cgroups: None,
+        })?;
+        Ok(MountPlan {
+            selinux_apifs_context: self.selinux_apifs_context.clone(),
+            ..plan
         })
     }
 }
@@ -498,6 +506,9 @@ pub fn plan_to_flags(plan: &MountPlan) -> Vec<String> {
     };
     out.push(format!("--resolv-conf={resolv}"));
     out.push(format!("--timezone={}", etc(&plan.timezone)));
+    if let Some(l) = &plan.selinux_apifs_context {
+        out.push(format!("--selinux-apifs-context={l}"));
+    }
     out
 }
 

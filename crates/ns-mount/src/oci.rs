@@ -291,7 +291,7 @@ fn locked_flags(fd: &OwnedFd) -> Result<MsFlags> {
 /// refuses that (a user namespace without a cgroup namespace), the host's, read-only.
 fn cgroup(root: &OwnedFd, plan: &MountPlan, m: &OciMount) -> Result<()> {
     let made = match &plan.cgroups {
-        Some(cg) => crate::setup::mount_cgroups(root, cg),
+        Some(cg) => crate::setup::mount_cgroups(root, cg, None),
         None => Err(Error::setup("no cgroup layout was planned".into())),
     };
     if made.is_err() {

@@ -147,7 +147,10 @@ pub fn assemble(plan: &MountPlan, dir: &Path, scratch: &Scratch) -> Result<Owned
             mount_tmpfs(
                 &root,
                 "/var",
-                &format!("mode=0755,{TMPFS_ROOT}"),
+                &crate::tmpfs::with_context(
+                    &format!("mode=0755,{TMPFS_ROOT}"),
+                    plan.selinux_apifs_context.as_deref(),
+                ),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             )?;
             ns_core::sys::mount_setattr_rdonly(root.as_fd(), false)

@@ -8,7 +8,7 @@ use crate::inroot::{
     bind_mount, fd_path, make_read_only, mount_fs, mount_tmpfs, open_in_root, Kind,
 };
 use crate::scratch::Scratch;
-use crate::tmpfs::{TMPFS_ALMOST_EMPTY, TMPFS_DEV, TMPFS_NESTED, TMPFS_RUN};
+use crate::tmpfs::{with_context, TMPFS_ALMOST_EMPTY, TMPFS_DEV, TMPFS_NESTED, TMPFS_RUN};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -54,26 +54,27 @@ pub fn build_root(
     root_fd: Option<OwnedFd>,
 ) -> Result<()> {
     let (root, scratch) = prepare(plan, root_fd)?;
+    let label = plan.selinux_apifs_context.as_deref();
     ns_core::stage::fault("ns-mount:mid");
     mount_proc(&root, &scratch, plan.private_network, sync)?;
     mount_sys(&root, plan.private_network, sync)?;
     if let Some(cg) = &plan.cgroups {
-        mount_cgroups(&root, cg)?;
+        mount_cgroups(&root, cg, label)?;
     }
-    mount_dev(&root)?;
+    mount_dev(&root, label)?;
     if plan.console {
         make_console(&root, sync)?;
     }
     mount_tmpfs(
         &root,
         "/run",
-        &format!("mode=0755,{TMPFS_RUN}"),
+        &with_context(&format!("mode=0755,{TMPFS_RUN}"), label),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     mount_tmpfs(
         &root,
         "/tmp",
-        &format!("mode=01777,{TMPFS_NESTED}"),
+        &with_context(&format!("mode=01777,{TMPFS_NESTED}"), label),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     crate::ops::bind_users(&root, &plan.bind_users)?;
@@ -263,12 +264,13 @@ pub const DEVICES: [(&str, u64, u64); 6] = [
 ];
 
 /// A tmpfs /dev holding only the harmless nodes, its own devpts instance, shm, mqueue and
-/// the usual links. No host device node is reachable.
-pub fn mount_dev(root: &OwnedFd) -> Result<()> {
+/// the usual links. No host device node is reachable. `label`: `-L`'s SELinux context for
+/// the tmpfs mounts and devpts (not mqueue, as nspawn).
+pub fn mount_dev(root: &OwnedFd, label: Option<&str>) -> Result<()> {
     mount_tmpfs(
         root,
         "/dev",
-        &format!("mode=0755,{TMPFS_DEV}"),
+        &with_context(&format!("mode=0755,{TMPFS_DEV}"), label),
         MsFlags::MS_NOSUID,
     )?;
     let dev = open_in_root(root, Path::new("/dev"), None)?;
@@ -293,21 +295,21 @@ pub fn mount_dev(root: &OwnedFd) -> Result<()> {
             .ctx(|| format!("cannot create /dev/{link}"))?;
     }
     let pts_flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    let with_tty_group = "newinstance,ptmxmode=0666,mode=620,gid=5";
-    if mount_fs(root, "/dev/pts", "devpts", pts_flags, Some(with_tty_group)).is_err() {
+    let with_tty_group = with_context("newinstance,ptmxmode=0666,mode=620,gid=5", label);
+    if mount_fs(root, "/dev/pts", "devpts", pts_flags, Some(&with_tty_group)).is_err() {
         // A user namespace that maps one id only (rootless) has no gid 5 (tty).
         mount_fs(
             root,
             "/dev/pts",
             "devpts",
             pts_flags,
-            Some("newinstance,ptmxmode=0666,mode=620"),
+            Some(&with_context("newinstance,ptmxmode=0666,mode=620", label)),
         )?;
     }
     mount_tmpfs(
         root,
         "/dev/shm",
-        &format!("mode=01777,{TMPFS_NESTED}"),
+        &with_context(&format!("mode=01777,{TMPFS_NESTED}"), label),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     mount_fs(
@@ -466,7 +468,11 @@ fn transient_machine_id(root: &OwnedFd, id: &str) -> Result<()> {
 /// each hierarchy shows the container's own cgroup as its root: the v1 controllers and the
 /// tmpfs under them read-only (writable under -U, as nspawn: container root owns nothing
 /// there), the hierarchies systemd manages (name=systemd, cgroup2) writable.
-pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -> Result<()> {
+pub(crate) fn mount_cgroups(
+    root: &OwnedFd,
+    cg: &ns_core::state::CgroupMounts,
+    label: Option<&str>,
+) -> Result<()> {
     use ns_core::state::CgroupLayout;
     let f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if cg.layout == CgroupLayout::Unified {
@@ -475,7 +481,7 @@ pub(crate) fn mount_cgroups(root: &OwnedFd, cg: &ns_core::state::CgroupMounts) -
     mount_tmpfs(
         root,
         "/sys/fs/cgroup",
-        &format!("mode=0755,{TMPFS_ALMOST_EMPTY}"),
+        &with_context(&format!("mode=0755,{TMPFS_ALMOST_EMPTY}"), label),
         f,
     )?;
     // Our fresh tmpfs, which nothing else sees yet: its mount points made fd-relative.
