@@ -36,8 +36,9 @@ fn root_hash(c: &Cli) -> Result<()> {
 /// `-Z`/`--selinux-context=` and `-L`/`--selinux-apifs-context=`: labels only SELinux can
 /// apply. Where it is not enabled (no selinuxfs, as on these hosts) nspawn fails at the
 /// first label it applies (`setexeccon(...) failed: Invalid argument`, or the tmpfs mount
-/// refusing `context=`); ns-run says why before it starts anything. Applying labels on an
-/// SELinux host is not implemented: no host here runs SELinux to test it on.
+/// refusing `context=`); ns-run says why before it starts anything. Where it is, the labels
+/// go into the plan (`exec.selinux_context`, `mount.selinux_apifs_context`) and the kernel
+/// judges them when they are applied: ns-caps's exec label, ns-mount's `context=` options.
 fn selinux(c: &Cli) -> Result<()> {
     let given = [
         ("--selinux-context", &c.selinux_context),
@@ -53,11 +54,7 @@ fn selinux(c: &Cli) -> Result<()> {
             "SELinux is not enabled on this host (no /sys/fs/selinux)",
         ));
     }
-    Err(Error::invalid(
-        option,
-        label,
-        "applying SELinux labels is not supported yet",
-    ))
+    Ok(())
 }
 
 pub fn is_false(v: &str) -> bool {
@@ -436,6 +433,7 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
     let mut mount = MountPlan {
         create_hooks: oci.and_then(|o| o.create_hooks()),
         credentials: ns_mount::credentials::parse(&c.set_credential, &c.load_credential)?,
+        selinux_apifs_context: c.selinux_apifs_context.clone(),
         ..mount(c, f, &common, oci)?
     };
     let uuid = c.exec.uuid(&f.exec)?;
@@ -448,6 +446,7 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
     let monitor = monitor(c, f, &mount.ops, console, register, oci)?;
     let exec = ExecPlan {
         credentials: !mount.credentials.is_empty(),
+        selinux_context: c.selinux_context.clone(),
         ..exec(c, f, &common, oci)?
     };
     let net = c.net.plan(&machine)?;
