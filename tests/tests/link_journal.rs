@@ -279,3 +279,28 @@ fn a_booted_debians_journal_is_read_on_the_host() {
         }
     }
 }
+
+/// The container put a symlink where its journal directory was: a try mode (`-j`, `auto`)
+/// runs without linking (as nspawn warns and goes on), `guest` fails with one line, and
+/// nothing on the host follows the symlink.
+#[test]
+fn a_symlink_in_the_trees_journal_path_is_skipped_or_refused() {
+    fs::create_dir_all("/var/log/journal").unwrap();
+    let t = Tree::rootfs("lj-swapped");
+    let id = new_id();
+    let _gone = cleanup(&id);
+    let victim = t.host_dir("victim");
+    fs::create_dir_all(t.path().join("var/log/journal")).unwrap();
+    std::os::unix::fs::symlink(&victim, t.path().join("var/log/journal").join(&id)).unwrap();
+    let uuid = format!("--uuid={id}");
+    assert_eq!(run(&["-D", t.arg(), &uuid, "-j", "true"]).ok(), "");
+    let out = run(&["-D", t.arg(), &uuid, "--link-journal=guest", "true"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert!(
+        out.stderr.contains("--link-journal: cannot create"),
+        "{out}"
+    );
+    assert!(fs::symlink_metadata(host_link(&id)).is_err());
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 0);
+}

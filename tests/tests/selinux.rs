@@ -46,3 +46,22 @@ fn selinux_labels_fail_with_one_line_where_selinux_is_off() {
         assert!(!nspawn.status.success(), "nspawn {opt}: {nspawn:?}");
     }
 }
+
+/// A label that would end the quoted mount option or the line it is written as is refused
+/// before anything else (on any host).
+#[test]
+fn labels_with_quotes_or_control_characters_are_refused() {
+    let t = Tree::rootfs("selinux-bad");
+    for (opt, label) in [
+        ("--selinux-apifs-context", "x\",mode=777"),
+        ("--selinux-context", "a:b:c:s0\nx"),
+        ("--selinux-context", ""),
+    ] {
+        let mut c = ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg(), &format!("{opt}={label}"), "/bin/true"]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 125, "{opt}: {out}");
+        assert!(out.stderr.contains("not an SELinux label"), "{opt}: {out}");
+    }
+}

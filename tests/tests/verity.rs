@@ -72,6 +72,18 @@ fn verity_images_run_checked_and_bad_ones_fail_in_a_vm() {
         "--verity-data=/img/missing: No such file or directory",
     );
     fails("badsig", 125, "the kernel refuses the root hash signature");
+    // Partitions verity does not cover, a superblock that overflows, a FIFO for the data.
+    fails(
+        "withusr",
+        125,
+        "only the root partition is verified, and its /usr partition",
+    );
+    fails("huge", 125, "describes more blocks than the partition has");
+    fails(
+        "fifo",
+        125,
+        "/img/fifo: not a regular file or a block device",
+    );
     // A start killed with its verity device made but not yet mounted leaves it (and its
     // loop devices); the next one removes it.
     assert!(console.contains("after kill: dm 1"), "{console}");

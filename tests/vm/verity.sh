@@ -70,6 +70,24 @@ dd if="$WORK/root.hash" of="$R/img/gpt.raw" bs=512 seek="$hstart" conv=notrunc s
 
 # The initramfs is rootfs, where pivot_root is refused: /init moves everything to a tmpfs
 # and switches to it (as a real init's initramfs does), then /init2 runs the cases.
+# 4. A GPT image with a /usr partition beside root and root-verity: refused (/usr would not
+#    be verified).
+mkdir -p "$WORK/usrsrc" && echo unverified > "$WORK/usrsrc/marker"
+mksquashfs "$WORK/usrsrc" "$WORK/usr.sqfs" -quiet -noappend -no-progress
+usec=$(( ($(stat -c %s "$WORK/usr.sqfs") + 511) / 512 ))
+truncate -s $(( (2048 + dsec + 2048 + hsec + 2048 + usec + 4096) * 512 )) "$R/img/withusr.raw"
+printf 'label: gpt\nsize=%s, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709\nsize=%s, type=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5\nsize=%s, type=8484680c-9521-48c6-9c11-b0720656f69e\n' \
+    "$dsec" "$hsec" "$usec" | sfdisk -q "$R/img/withusr.raw"
+starts=($(sfdisk -d "$R/img/withusr.raw" | awk -F'[=,]' '/start=/ {gsub(/ /,"",$2); print $2}'))
+dd if="$WORK/root.sqfs" of="$R/img/withusr.raw" bs=512 seek="${starts[0]}" conv=notrunc status=none
+dd if="$WORK/root.hash" of="$R/img/withusr.raw" bs=512 seek="${starts[1]}" conv=notrunc status=none
+dd if="$WORK/usr.sqfs" of="$R/img/withusr.raw" bs=512 seek="${starts[2]}" conv=notrunc status=none
+# 5. A hash tree whose superblock claims 2^61+1 data blocks.
+cp "$R/img/plain.raw" "$R/img/huge.raw"
+cp "$R/img/plain.roothash" "$R/img/huge.roothash"
+cp "$R/img/plain.verity" "$R/img/huge.verity"
+printf '\001\000\000\000\000\000\000\040' | dd of="$R/img/huge.verity" bs=1 seek=72 conv=notrunc status=none
+
 cat > "$R/init" <<'EOF'
 #!/bin/sh
 export PATH=/bin
@@ -96,6 +114,10 @@ case_ readonly $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) sh -c 'echo x
 case_ ephemeral $N -x -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) sh -c 'echo x > /x && cat /x /etc/marker'
 case_ nohashdata $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) --verity-data=/img/missing cat /etc/marker
 case_ badsig $N -i /img/gpt.raw --root-hash=$(cat /img/gpt.hash) --root-hash-sig=base64:MIIBbm90YXNpZw== cat /etc/marker
+case_ withusr $N -i /img/withusr.raw --root-hash=$(cat /img/gpt.hash) cat /usr/marker
+case_ huge $N -i /img/huge.raw cat /etc/marker
+mkfifo /img/fifo
+case_ fifo timeout 20 $N -i /img/plain.raw --verity-data=/img/fifo cat /etc/marker
 # Killed between making its verity device and mounting it: the next ns-run removes it.
 NS_FAULT=ns-run:verity $N -i /img/plain.raw true
 echo "after kill: dm $(ls -d /sys/block/dm-* 2>/dev/null | wc -l)"

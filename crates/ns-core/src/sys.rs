@@ -1665,6 +1665,14 @@ pub fn dm_remove(
     dm_request(control, DM_DEV_REMOVE, h, &[]).map(drop)
 }
 
+/// keyctl(KEYCTL_INVALIDATE, `serial`): the key is gone for everyone at once.
+pub fn invalidate_key(serial: i64) -> nix::Result<()> {
+    const KEYCTL_INVALIDATE: libc::c_long = 21;
+    // SAFETY: plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, serial) };
+    Errno::result(r).map(drop)
+}
+
 /// add_key("user", `desc`, `payload`, the session keyring): a key for the kernel to read
 /// (a root hash signature that dm-verity checks); returns its serial.
 pub fn add_user_key(desc: &std::ffi::CStr, payload: &[u8]) -> nix::Result<i64> {

@@ -23,8 +23,10 @@ pub fn prepare(link: &JournalLink, root: &Path) -> Result<()> {
     match link {
         JournalLink::Guest { link, dir, try_ } => {
             let in_tree = root.join(dir);
-            make_in_tree(root, dir)?;
-            match replace_with_symlink(link, &in_tree) {
+            // A try mode (`-j`, `auto`) skips what cannot be linked: a tree whose journal
+            // directory cannot be made (a symlink the container put there, say) runs as it
+            // is, as nspawn's warns and goes on.
+            match make_in_tree(root, dir).and_then(|()| replace_with_symlink(link, &in_tree)) {
                 Err(_) if *try_ => Ok(()),
                 r => r,
             }

@@ -483,6 +483,16 @@ pub fn mount_image(path: &Path, how: Use, verity: Option<&Verity>) -> Result<Mou
     let (file, read_only) = open_image(path, how != Use::Write).map_err(|e| bad(&e))?;
     let size = image_size(&file).map_err(|e| bad(&e))?;
     let parts = dissect(&file, size).map_err(|e| bad(&e))?;
+    // Only the root is verified: another partition of the image (a /usr, /var…) would put
+    // unchecked content over it, which is what verity is there to prevent.
+    if let (Some(_), Some(other)) = (verity, parts.iter().find(|p| p.role != Role::Root)) {
+        return Err(bad(&format!(
+            "with a root hash only the root partition is verified, and its {} partition ({}) \
+             would not be: refused",
+            other.role.name(),
+            part_label(other)
+        )));
+    }
     let root_read_only = parts
         .iter()
         .any(|p| p.role == Role::Root && p.always_read_only());
@@ -767,13 +777,7 @@ fn verity_device(
 ) -> std::result::Result<crate::verity::Device, String> {
     let (hash_file, hash_part) = match &v.data {
         Some(d) => {
-            let f = File::open(d).map_err(|e| {
-                format!(
-                    "--verity-data={}: {}",
-                    d.display(),
-                    ns_core::error::io_desc(&e)
-                )
-            })?;
+            let f = crate::verity::open_input(d).map_err(|e| format!("--verity-data={e}"))?;
             let len = image_size(&f)?;
             let part = Part {
                 role: Role::Root,
@@ -809,7 +813,12 @@ fn verity_device(
     };
     let sb = crate::verity::superblock(&hash_file, hash_part.offset)?;
     let data_bytes = sb.data_blocks.saturating_mul(sb.data_block_size as u64);
-    if p.size != 0 && data_bytes > p.size {
+    // A plain image's root is the whole image.
+    let room = match p.size {
+        0 => at.size.saturating_sub(p.offset),
+        n => n,
+    };
+    if data_bytes > room {
         return Err("the verity data describes more blocks than the partition has".into());
     }
     let hash_dev = attach_loop(&hash_file, at.path, &hash_part, true)?;

@@ -26,6 +26,42 @@ pub struct Verity {
     pub source: String,
 }
 
+/// A verity input file (a sidecar, `--verity-data=`, a signature): opened without waiting
+/// (a FIFO there would hang the start) and only if it is a regular file or a block device.
+pub fn open_input(p: &Path) -> Result<File, String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(p)
+        .map_err(|e| format!("{}: {}", p.display(), ns_core::error::io_desc(&e)))?;
+    let t = f.metadata().map_err(|e| e.to_string())?.file_type();
+    if !(t.is_file() || t.is_block_device()) {
+        return Err(format!(
+            "{}: not a regular file or a block device",
+            p.display()
+        ));
+    }
+    Ok(f)
+}
+
+/// The content of the small verity input file `p` (at most 64 KiB).
+fn read_input(p: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    open_input(p)?
+        .take(64 << 10)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {}",
+                p.display(),
+                ns_core::error::io_desc(&e)
+            )
+        })?;
+    Ok(out)
+}
+
 /// The verity inputs for `image`: `--root-hash=` (`root_hash`), `--root-hash-sig=`
 /// (`base64:…` or a file), `--verity-data=`, else `NAME.roothash`, `NAME.roothash.p7s`,
 /// `NAME.verity` beside it (NAME: the image's path without `.raw`). None without a root
@@ -44,32 +80,20 @@ pub fn find(
     let root_hash = match root_hash {
         Some(h) => Some(h.to_string()),
         None => match beside(".roothash") {
-            Some(p) => Some({
+            Some(p) => {
                 source = p.display().to_string();
-                std::fs::read_to_string(&p)
-                    .map_err(|e| {
-                        format!(
-                            "cannot read {}: {}",
-                            p.display(),
-                            ns_core::error::io_desc(&e)
-                        )
-                    })?
-                    .trim()
-                    .to_string()
-            }),
+                Some(String::from_utf8_lossy(&read_input(&p)?).trim().to_string())
+            }
             None => None,
         },
     };
     let signature = match signature {
         Some(s) => Some(match s.strip_prefix("base64:") {
             Some(b) => base64(b).ok_or("--root-hash-sig: not valid base64")?,
-            None => std::fs::read(s)
-                .map_err(|e| format!("--root-hash-sig={s}: {}", ns_core::error::io_desc(&e)))?,
+            None => read_input(Path::new(s)).map_err(|e| format!("--root-hash-sig: {e}"))?,
         }),
         None => match beside(".roothash.p7s") {
-            Some(p) => {
-                Some(std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?)
-            }
+            Some(p) => Some(read_input(&p)?),
             None => None,
         },
     };
@@ -226,21 +250,32 @@ pub fn make(
         sb.algorithm,
         v.root_hash
     );
+    let mut key_serial = None;
     if let Some(sig) = &v.signature {
         // The kernel reads the signature from a key of ours (user type), named here.
         let desc = format!("ns-run:{name}");
         let c = std::ffi::CString::new(desc.clone()).map_err(|_| "bad key name".to_string())?;
-        ns_core::sys::add_user_key(&c, sig).map_err(|e| {
+        let key = ns_core::sys::add_user_key(&c, sig).map_err(|e| {
             format!(
                 "cannot hand the root hash signature to the kernel: {}",
                 e.desc()
             )
         })?;
         params += &format!(" 2 root_hash_sig_key_desc {desc}");
+        key_serial = Some(key);
     }
-    let sectors = sb.data_blocks * sb.data_block_size as u64 / 512;
-    let dev = ns_core::sys::dm_create_readonly(control.as_fd(), name, "verity", sectors, &params)
-        .map_err(|e| match e {
+    let sectors = sb
+        .data_blocks
+        .checked_mul(sb.data_block_size as u64)
+        .ok_or("the verity superblock's data size overflows")?
+        / 512;
+    let made = ns_core::sys::dm_create_readonly(control.as_fd(), name, "verity", sectors, &params);
+    // The kernel checked the signature when the table was loaded: the key goes (it would
+    // stay in the caller's session keyring otherwise).
+    if let Some(k) = key_serial {
+        let _ = ns_core::sys::invalidate_key(k);
+    }
+    let dev = made.map_err(|e| match e {
         nix::errno::Errno::EKEYREJECTED
         | nix::errno::Errno::ENOKEY
         | nix::errno::Errno::EBADMSG

@@ -47,6 +47,14 @@ fn selinux(c: &Cli) -> Result<()> {
     let Some((option, Some(label))) = given.iter().find(|(_, v)| v.is_some()) else {
         return Ok(());
     };
+    // A label goes into mount options (`context="…"`, quoted: MLS ranges hold commas) and
+    // /proc/…/attr/exec: nothing in it may end the quote or the line.
+    if let Some((o, Some(l))) = given.iter().find(|(_, v)| {
+        v.as_deref()
+            .is_some_and(|l| l.is_empty() || l.contains('"') || l.chars().any(char::is_control))
+    }) {
+        return Err(Error::invalid(o, l, "not an SELinux label"));
+    }
     if !std::path::Path::new("/sys/fs/selinux/enforce").exists() {
         return Err(Error::invalid(
             option,
