@@ -1904,6 +1904,55 @@ impl Drop for Guest {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// VM tests: what these kernels lack (device-mapper, SELinux), in Debian's kernel under qemu
+
+/// Run `tests/vm/SCRIPT` (it boots a VM with the toolkit's binaries, runs its cases and
+/// prints the serial console) and return the console; fails the test unless the VM got to
+/// `VM-DONE`.
+pub fn vm_console(script: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("vm")
+        .join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .arg(bin_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && console.contains("VM-DONE"),
+        "the VM did not finish: {}\n{console}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    console
+}
+
+/// Case `name` of a VM console: its exit code (`CASE name rc=N`), its output lines (`  | `)
+/// and what the line starting with `left` said after them (what the case left behind).
+pub fn vm_case<'a>(console: &'a str, name: &str, left: &str) -> (i32, Vec<&'a str>, &'a str) {
+    let head = format!("CASE {name} rc=");
+    // (The console may hold terminal escapes before a line.)
+    let mut lines = console.lines().skip_while(|l| !l.contains(&head));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no case {name}:\n{console}"));
+    let after = &first[first.find(&head).expect("found") + head.len()..];
+    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let rc = digits.parse().unwrap_or_else(|_| panic!("{first:?}"));
+    let mut out = Vec::new();
+    let mut rest = "";
+    for l in lines {
+        if let Some(o) = l.strip_prefix("  | ") {
+            out.push(o);
+        } else if let Some(d) = l.strip_prefix(left) {
+            rest = d;
+            break;
+        }
+    }
+    (rc, out, rest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

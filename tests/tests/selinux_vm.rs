@@ -5,48 +5,16 @@
 //! reads it. On the host itself (no SELinux) the same options fail with one line
 //! (`selinux.rs`).
 
-use ns_tests::bin_dir;
-
-/// The console's lines for case `name`: `CASE name rc=N`, the output, what was left.
+/// Case `name` of the VM's console (see [`ns_tests::vm_case`]).
 fn case<'a>(console: &'a str, name: &str) -> (i32, Vec<&'a str>, &'a str) {
-    let head = format!("CASE {name} rc=");
-    // (The console may hold terminal escapes before a line.)
-    let mut lines = console.lines().skip_while(|l| !l.contains(&head));
-    let first = lines
-        .next()
-        .unwrap_or_else(|| panic!("no case {name}:\n{console}"));
-    let after = &first[first.find(&head).expect("found") + head.len()..];
-    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let rc = digits.parse().unwrap_or_else(|_| panic!("{first:?}"));
-    let mut out = Vec::new();
-    let mut left = "";
-    for l in lines {
-        if let Some(o) = l.strip_prefix("  | ") {
-            out.push(o);
-        } else if let Some(d) = l.strip_prefix("  left: ") {
-            left = d;
-            break;
-        }
-    }
-    (rc, out, left)
+    ns_tests::vm_case(console, name, "  left: ")
 }
 
 const CONTEXT: &str = "system_u:system_r:container_t:s0:c1,c2";
 
 #[test]
 fn selinux_labels_apply_and_bad_ones_fail_in_a_vm() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/selinux.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(bin_dir())
-        .output()
-        .expect("run tests/vm/selinux.sh");
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && console.contains("VM-DONE"),
-        "the VM did not finish: {}\n{console}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let console = ns_tests::vm_console("selinux.sh");
     assert!(
         console.contains("POLICY loaded enforce=0"),
         "SELinux did not start with the policy:\n{console}"

@@ -4,46 +4,14 @@
 //! runs each case there and prints what happened; this reads it. On the host itself (no
 //! device-mapper) the same options fail with one line (`images.rs`).
 
-use ns_tests::bin_dir;
-
-/// The console's lines for case `name`: `CASE name rc=N`, the output, the leftovers.
+/// Case `name` of the VM's console (see [`ns_tests::vm_case`]).
 fn case<'a>(console: &'a str, name: &str) -> (i32, Vec<&'a str>, &'a str) {
-    let head = format!("CASE {name} rc=");
-    // (The console may hold terminal escapes before a line.)
-    let mut lines = console.lines().skip_while(|l| !l.contains(&head));
-    let first = lines
-        .next()
-        .unwrap_or_else(|| panic!("no case {name}:\n{console}"));
-    let after = &first[first.find(&head).expect("found") + head.len()..];
-    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let rc = digits.parse().unwrap_or_else(|_| panic!("{first:?}"));
-    let mut out = Vec::new();
-    let mut left = "";
-    for l in lines {
-        if let Some(o) = l.strip_prefix("  | ") {
-            out.push(o);
-        } else if let Some(d) = l.strip_prefix("  dm: ") {
-            left = d;
-            break;
-        }
-    }
-    (rc, out, left)
+    ns_tests::vm_case(console, name, "  dm: ")
 }
 
 #[test]
 fn verity_images_run_checked_and_bad_ones_fail_in_a_vm() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/verity.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(bin_dir())
-        .output()
-        .expect("run tests/vm/verity.sh");
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && console.contains("VM-DONE"),
-        "the VM did not finish: {}\n{console}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let console = ns_tests::vm_console("verity.sh");
     let ok = |name: &str, want: &[&str]| {
         let (rc, lines, left) = case(&console, name);
         assert_eq!((rc, lines.as_slice()), (0, want), "{name}:\n{console}");

@@ -13,29 +13,15 @@
 set -euo pipefail
 BIN=$(realpath "$1")
 HERE=$(dirname "$(realpath "$0")")
-CACHE=/var/cache/ns-run/vm
 WORK=$(mktemp -d /tmp/ns-selinux-vm.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-# The kernel, once (shared with verity.sh).
-mkdir -p "$CACHE"
-if ! ls "$CACHE"/k/boot/vmlinuz-* >/dev/null 2>&1; then
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    (cd "$CACHE" && apt-get download "$pkg" >/dev/null 2>&1)
-    rm -rf "$CACHE/k.tmp" && mkdir "$CACHE/k.tmp"
-    dpkg-deb -x "$CACHE/$pkg"_*.deb "$CACHE/k.tmp"
-    mv "$CACHE/k.tmp" "$CACHE/k"
-fi
-KERNEL=$(ls "$CACHE"/k/boot/vmlinuz-* | head -1)
+source "$(dirname "$(realpath "$0")")/lib.sh"
+vm_kernel
 
 R=$WORK/initramfs
-mkdir -p "$R"/{bin,proc,sys,dev,tmp,run,etc,opt/ns/bin,tree}
-cp "$(command -v busybox)" "$R/bin/busybox"
-for a in $("$R/bin/busybox" --list); do [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"; done
-for b in ns-run ns-enter ns-mount ns-caps ns-init; do cp "$BIN/$b" "$R/opt/ns/bin/"; done
-echo "ns-vm" > "$R/etc/hostname"
-printf 'ID=nsvm\nVERSION_ID=1\n' > "$R/etc/os-release"
-printf '0123456789abcdef0123456789abcdef\n' > "$R/etc/machine-id"
+vm_base "$R" "$BIN"
+mkdir -p "$R"/{mods,img,tree}
 secilc -M true -c 31 -o "$R/etc/policy.31" -f /dev/null "$HERE/selinux.cil"
 
 # A busybox tree as the container's root.
@@ -93,9 +79,4 @@ echo "VM-DONE"
 poweroff -f
 INIT
 chmod +x "$R/init" "$R/init2"
-(cd "$R" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/initrd.gz"
-accel=tcg
-[ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo && accel=kvm
-timeout 300 qemu-system-x86_64 -accel "$accel" -nographic -m 768 -no-reboot \
-    -kernel "$KERNEL" -initrd "$WORK/initrd.gz" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init security=selinux" </dev/null 2>&1 | tr -d '\r'
+vm_boot "$R" security=selinux

@@ -10,34 +10,19 @@
 # script prints that console. tests/tests/verity.rs reads it.
 set -euo pipefail
 BIN=$(realpath "$1")
-CACHE=/var/cache/ns-run/vm
 WORK=$(mktemp -d /tmp/ns-verity-vm.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-# The kernel, once.
-mkdir -p "$CACHE"
-if ! ls "$CACHE"/k/boot/vmlinuz-* >/dev/null 2>&1; then
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    (cd "$CACHE" && apt-get download "$pkg" >/dev/null 2>&1)
-    rm -rf "$CACHE/k.tmp" && mkdir "$CACHE/k.tmp"
-    dpkg-deb -x "$CACHE/$pkg"_*.deb "$CACHE/k.tmp"
-    mv "$CACHE/k.tmp" "$CACHE/k"
-fi
-KERNEL=$(ls "$CACHE"/k/boot/vmlinuz-* | head -1)
-MODS=$(ls -d "$CACHE"/k/lib/modules/*/kernel | head -1)
+source "$(dirname "$(realpath "$0")")/lib.sh"
+vm_kernel
 
 R=$WORK/initramfs
-mkdir -p "$R"/{bin,proc,sys,dev,tmp,run,etc,mods,opt/ns/bin,img,tree}
-cp "$(command -v busybox)" "$R/bin/busybox"
-for a in $("$R/bin/busybox" --list); do [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"; done
+vm_base "$R" "$BIN"
+mkdir -p "$R"/{mods,img,tree}
 for m in drivers/block/loop fs/squashfs/squashfs fs/overlayfs/overlay drivers/md/dm-mod \
     drivers/md/dm-bufio lib/reed_solomon/reed_solomon drivers/md/dm-verity; do
     cp "$MODS/$m.ko" "$R/mods/"
 done
-for b in ns-run ns-enter ns-mount ns-caps ns-init; do cp "$BIN/$b" "$R/opt/ns/bin/"; done
-echo "ns-vm" > "$R/etc/hostname"
-printf 'ID=nsvm\nVERSION_ID=1\n' > "$R/etc/os-release"
-printf '0123456789abcdef0123456789abcdef\n' > "$R/etc/machine-id"
 
 # A busybox tree as the image's root, with a marker.
 T=$WORK/tree
@@ -126,9 +111,4 @@ echo "VM-DONE"
 poweroff -f
 EOF
 chmod +x "$R/init" "$R/init2"
-(cd "$R" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/initrd.gz"
-accel=tcg
-[ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo && accel=kvm
-timeout 300 qemu-system-x86_64 -accel "$accel" -nographic -m 768 -no-reboot \
-    -kernel "$KERNEL" -initrd "$WORK/initrd.gz" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" </dev/null 2>&1 | tr -d '\r'
+vm_boot "$R"
