@@ -934,34 +934,28 @@ impl HostTmpfs {
     /// Not a tmpfs: `source` (a block device) mounted at `at` the same way, ignored by the
     /// mount table checks and unmounted on drop.
     pub fn mount_device(source: &str, at: &Path) -> HostTmpfs {
-        fs::create_dir_all(at).unwrap();
-        HOST_MOUNTS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(at.to_path_buf());
-        let out = Command::new("mount")
-            .arg(source)
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(out.status.success(), "mount {source}: {out:?}");
-        HostTmpfs(at.to_path_buf())
+        HostTmpfs::mount_with(&[source], at)
     }
 
     pub fn mount(at: &Path) -> HostTmpfs {
+        HostTmpfs::mount_with(&["-t", "tmpfs", "-o", "mode=0755,size=1m", "ns-tests"], at)
+    }
+
+    /// `mount ARGS AT`, registered first as made on purpose.
+    fn mount_with(args: &[&str], at: &Path) -> HostTmpfs {
         fs::create_dir_all(at).unwrap();
         HOST_MOUNTS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(at.to_path_buf());
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "mode=0755,size=1m", "ns-tests"])
+            .args(args)
             .arg(at)
             .output()
             .expect("run mount");
         assert!(
             out.status.success(),
-            "mount tmpfs on {}: {}",
+            "mount {args:?} on {}: {}",
             at.display(),
             String::from_utf8_lossy(&out.stderr)
         );
