@@ -13,7 +13,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 use ns_core::state::JournalLink;
 use ns_core::{Context, Error, Result};
@@ -70,10 +69,7 @@ fn make_in_tree(root: &Path, rel: &Path) -> Result<()> {
             Err(Errno::EEXIST) => {}
             Err(e) => return Err(Error::setup(format!("{}: {}", shown(&walked), e.desc()))),
         }
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH);
-        at = nix::fcntl::openat2(at.as_fd(), part, how).map_err(|e| {
+        at = ns_core::walk::open_dir_at(at.as_fd(), part).map_err(|e| {
             Error::setup(format!(
                 "{}: {} (a symlink or not a directory)",
                 shown(&walked),

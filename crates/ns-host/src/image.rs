@@ -518,14 +518,16 @@ pub fn mount_image(path: &Path, how: Use, verity: Option<&Verity>) -> Result<Mou
     let root = own.join(tree_name(path));
     std::fs::create_dir(&own).ctx(|| format!("cannot create {}", own.display()))?;
     std::fs::create_dir(&root).ctx(|| format!("cannot create {}", root.display()))?;
+    let control = loop_control().map_err(|e| bad(&e))?;
+    let at = Place {
+        file: &file,
+        size,
+        path,
+        root: &root,
+        control: &control,
+    };
     for p in &parts {
         let verity = verity.filter(|_| p.role == Role::Root);
-        let at = Place {
-            file: &file,
-            size,
-            path,
-            root: &root,
-        };
         mount_part(&at, p, read_only, how == Use::Print, verity).map_err(|e| bad(&e))?;
     }
     Ok(Mounted {
@@ -609,6 +611,8 @@ struct Place<'a> {
     size: u64,
     path: &'a Path,
     root: &'a Path,
+    /// /dev/loop-control, opened once for all the loop devices.
+    control: &'a File,
 }
 
 /// Attach partition `p` to a loop device (through dm-verity with `verity`) and mount it at
@@ -625,7 +629,7 @@ fn mount_part(
     let Some(target) = target_of(at.root, p)? else {
         return Ok(());
     };
-    let dev = attach_loop(file, path, p, ro)?;
+    let dev = attach_loop(at.control, file, path, p, ro)?;
     let checked = match verity {
         Some(v) => Some(verity_device(at, p, &dev.0, v)?),
         None => None,
@@ -821,7 +825,7 @@ fn verity_device(
     if data_bytes > room {
         return Err("the verity data describes more blocks than the partition has".into());
     }
-    let hash_dev = attach_loop(&hash_file, at.path, &hash_part, true)?;
+    let hash_dev = attach_loop(at.control, &hash_file, at.path, &hash_part, true)?;
     crate::verity::collect_stale();
     let name = format!("ns-run-{}-verity-{}", std::process::id(), p.number);
     // The loop devices stay while the verity device uses them (it holds them open).
@@ -849,16 +853,10 @@ fn part_label(p: &Part) -> String {
     }
 }
 
-/// A loop device serving partition `p` of the image (autoclear): its path and open fd.
-/// Another process may take the free device first (EBUSY): then the next one is tried.
-fn attach_loop(
-    file: &File,
-    path: &Path,
-    p: &Part,
-    read_only: bool,
-) -> std::result::Result<(String, std::os::fd::OwnedFd), String> {
+/// /dev/loop-control.
+fn loop_control() -> std::result::Result<File, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let control = File::options()
+    File::options()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
@@ -868,7 +866,19 @@ fn attach_loop(
                 "cannot open /dev/loop-control: {}",
                 ns_core::error::io_desc(&e)
             )
-        })?;
+        })
+}
+
+/// A loop device serving partition `p` of the image (autoclear): its path and open fd.
+/// Another process may take the free device first (EBUSY): then the next one is tried.
+fn attach_loop(
+    control: &File,
+    file: &File,
+    path: &Path,
+    p: &Part,
+    read_only: bool,
+) -> std::result::Result<(String, std::os::fd::OwnedFd), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path.as_os_str().as_encoded_bytes();
     for _ in 0..64 {
         let n = ns_core::sys::loop_get_free(control.as_fd())

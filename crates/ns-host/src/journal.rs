@@ -195,16 +195,16 @@ pub fn collect_stale(at_start: bool) -> Result<()> {
     if at_start && std::fs::symlink_metadata(&own).is_ok() {
         journals.push(own);
     }
+    // A disk image's tree (`-i`) was in the dead monitor's own mount namespace, gone with
+    // it: nothing of it can be reached from here, and a path naming it here would name
+    // another container's image.
+    let images = dir.parent().map(|run| run.join("images"));
     // Taken at the first journal that names a tree, held to the end.
     let mut collector: Option<CollectorLock> = None;
     for journal in journals {
         let Ok(text) = ns_core::paths::read_ours(&journal, MAX_JOURNAL) else {
             continue;
         };
-        // A disk image's tree (`-i`) was in the dead monitor's own mount namespace, gone
-        // with it: nothing of it can be reached from here, and a path naming it here would
-        // name another container's image.
-        let images = ns_core::paths::runtime_dir().ok().map(|d| d.join("images"));
         let entries: Vec<Entry> = String::from_utf8_lossy(&text)
             .lines()
             .filter_map(|l| serde_json::from_str::<Entry>(l).ok())

@@ -28,9 +28,8 @@ static HEAP: ns_core::sys::StartupHeap = ns_core::sys::StartupHeap;
 fn start() -> ! {
     run(STAGE, || {
         let (state, hierarchies, image) = plan_from_args()?;
-        let code = monitor::run(&state, hierarchies)?;
-        // The image's lock file goes with the last container on it.
-        drop(image);
+        // `-i`: the image's lock is the container's (the monitor drops it at its end).
+        let code = monitor::run(&state, hierarchies, image.and_then(|i| i.lock))?;
         std::process::exit(code)
     })
 }

@@ -36,14 +36,20 @@ const SIGNALS: [i32; 5] = [
 ];
 
 /// Run the container described by `state`; returns the exit code for ns-run. `hierarchies`:
-/// the host's cgroup hierarchies if planning read them (not read again).
-pub fn run(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<i32> {
+/// the host's cgroup hierarchies if planning read them (not read again). `image_lock`: the
+/// lock of `-i`'s disk image, taken when it was mounted: the container's lock (its tree is
+/// that image's, in our own mount namespace).
+pub fn run(
+    state: &State,
+    hierarchies: Option<Vec<Hierarchy>>,
+    image_lock: Option<locks::ImageLock>,
+) -> Result<i32> {
     let Started {
         mut monitor,
         signals,
         cgroups,
         range,
-    } = start(state, hierarchies)?;
+    } = start(state, hierarchies, image_lock)?;
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, range)
 }
@@ -61,7 +67,11 @@ struct Started<'a> {
 /// and what it decided are gone, not under the loop, for the container's lifetime (issue
 /// 19's memory goal: the stack the loop keeps, the heap).
 #[inline(never)]
-fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'_>> {
+fn start(
+    state: &State,
+    hierarchies: Option<Vec<Hierarchy>>,
+    image_lock: Option<locks::ImageLock>,
+) -> Result<Started<'_>> {
     journal::collect_stale(true)?;
     if !state.net.ports.is_empty() {
         // Port-forwarding tables of monitors that were killed.
@@ -69,7 +79,7 @@ fn start(state: &State, hierarchies: Option<Vec<Hierarchy>>) -> Result<Started<'
             let _ = ns_net::ports::remove(pid);
         }
     }
-    let held = Held::take(state)?;
+    let held = Held::take(state, image_lock)?;
     if let Some(link) = &state.monitor.link_journal {
         // --link-journal's host side, under the image lock (kept after exit, as nspawn's).
         ns_host::guestjournal::prepare(link, &state.mount.root)?;
@@ -150,7 +160,8 @@ struct Held {
 }
 
 impl Held {
-    fn take(state: &State) -> Result<Held> {
+    /// `image_lock`: the tree's lock, already held (`-i`'s image's); else it is taken here.
+    fn take(state: &State, image_lock: Option<locks::ImageLock>) -> Result<Held> {
         let m = &state.mount;
         let shared = m.read_only || m.root_mode != RootMode::Directory;
         // The machine's name first: a second container of the same name is refused before
@@ -160,7 +171,10 @@ impl Held {
             .register
             .then(|| Registration::claim(&state.machine))
             .transpose()?;
-        let lock = locks::ImageLock::acquire(&m.root, shared)?;
+        let lock = match image_lock {
+            Some(l) => l,
+            None => locks::ImageLock::acquire(&m.root, shared)?,
+        };
         let zone = state
             .net
             .zone
