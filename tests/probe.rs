@@ -191,22 +191,17 @@ fn sync_calls() -> i64 {
             0o600,
         );
         show("open-O_SYNC", o);
-        let at = libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path("c").as_ptr(),
-            flags | libc::O_DSYNC,
-            0o600,
-        );
-        show("openat-O_DSYNC", at);
-        let plain = libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path("d").as_ptr(),
-            flags,
-            0o600,
-        );
-        show("openat-plain", plain);
+        let openat = |name: &str, flags: i32| {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                path(name).as_ptr(),
+                flags,
+                0o600,
+            )
+        };
+        show("openat-O_DSYNC", openat("c", flags | libc::O_DSYNC));
+        show("openat-plain", openat("d", flags));
         // struct open_how { u64 flags; u64 mode; u64 resolve; }
         let how: [u64; 3] = [(flags | libc::O_SYNC) as u64, 0o600, 0];
         let at2 = libc::syscall(

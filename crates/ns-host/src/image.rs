@@ -110,14 +110,14 @@ impl Part {
 
 /// The image's layout: what to mount, or why it cannot be run (one line, without the
 /// image's name). `size`: the image's size in bytes.
-pub fn dissect(img: &impl FileExt, size: u64) -> std::result::Result<Vec<Part>, String> {
+pub fn dissect(img: &impl FileExt, size: u64) -> std::result::Result<Layout, String> {
     let gpt = match gpt(img, size)? {
         Some(entries) => entries,
         None => {
             let Some(fstype) = probe_fs(img, 0, size) else {
                 return Err(no_layout(img));
             };
-            return Ok(vec![Part {
+            let root = Part {
                 role: Role::Root,
                 number: 0,
                 offset: 0,
@@ -125,18 +125,18 @@ pub fn dissect(img: &impl FileExt, size: u64) -> std::result::Result<Vec<Part>, 
                 read_only: false,
                 grow_fs: false,
                 fstype,
-            }]);
+            };
+            return Ok(Layout {
+                parts: vec![root],
+                root_verity: None,
+            });
         }
     };
     let mut parts: Vec<(Part, bool, String)> = Vec::new();
     for e in &gpt {
-        let role = match Role::of(&e.type_guid) {
-            Some(r) => r,
-            None if e.type_guid == LINUX_DATA => {
-                // Taken as the root only where nothing else is (below).
-                continue;
-            }
-            None => continue,
+        // (A Linux data partition is taken as the root only where nothing else is: below.)
+        let Some(role) = Role::of(&e.type_guid) else {
+            continue;
         };
         parts.push((
             part_of(img, e, role)?,
@@ -158,7 +158,30 @@ pub fn dissect(img: &impl FileExt, size: u64) -> std::result::Result<Vec<Part>, 
             }
         }
     }
-    Ok(choose(parts))
+    // The root's hash tree, for a root hash (the first, as nspawn's dissection takes it).
+    let root_verity = gpt
+        .iter()
+        .find(|e| e.type_guid == ROOT_VERITY)
+        .map(|e| Part {
+            role: Role::Root,
+            number: e.number,
+            offset: e.offset,
+            size: e.size,
+            read_only: true,
+            grow_fs: false,
+            fstype: "verity",
+        });
+    Ok(Layout {
+        parts: choose(parts),
+        root_verity,
+    })
+}
+
+/// What [`dissect`] found: the file systems to mount, and the root's verity hash tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub parts: Vec<Part>,
+    pub root_verity: Option<Part>,
 }
 
 /// One partition per role: for root and /usr the one whose label has the highest version
@@ -482,7 +505,7 @@ pub fn mount_image(path: &Path, how: Use, verity: Option<&Verity>) -> Result<Mou
     };
     let (file, read_only) = open_image(path, how != Use::Write).map_err(|e| bad(&e))?;
     let size = image_size(&file).map_err(|e| bad(&e))?;
-    let parts = dissect(&file, size).map_err(|e| bad(&e))?;
+    let Layout { parts, root_verity } = dissect(&file, size).map_err(|e| bad(&e))?;
     // Only the root is verified: another partition of the image (a /usr, /var…) would put
     // unchecked content over it, which is what verity is there to prevent.
     if let (Some(_), Some(other)) = (verity, parts.iter().find(|p| p.role != Role::Root)) {
@@ -525,6 +548,7 @@ pub fn mount_image(path: &Path, how: Use, verity: Option<&Verity>) -> Result<Mou
         path,
         root: &root,
         control: &control,
+        root_verity: root_verity.as_ref(),
     };
     for p in &parts {
         let verity = verity.filter(|_| p.role == Role::Root);
@@ -613,6 +637,8 @@ struct Place<'a> {
     root: &'a Path,
     /// /dev/loop-control, opened once for all the loop devices.
     control: &'a File,
+    /// The GPT's root-verity partition.
+    root_verity: Option<&'a Part>,
 }
 
 /// Attach partition `p` to a loop device (through dm-verity with `verity`) and mount it at
@@ -795,23 +821,10 @@ fn verity_device(
             (f, part)
         }
         None => {
-            let e = gpt(at.file, at.size)?
-                .unwrap_or_default()
-                .into_iter()
-                .find(|e| e.type_guid == ROOT_VERITY)
-                .ok_or(
-                    "a root hash, but no verity data: no root-verity partition in its GPT, \
-                        no --verity-data, no NAME.verity beside it",
-                )?;
-            let part = Part {
-                role: Role::Root,
-                number: e.number,
-                offset: e.offset,
-                size: e.size,
-                read_only: true,
-                grow_fs: false,
-                fstype: "verity",
-            };
+            let part = at.root_verity.cloned().ok_or(
+                "a root hash, but no verity data: no root-verity partition in its GPT, \
+                 no --verity-data, no NAME.verity beside it",
+            )?;
             (at.file.try_clone().map_err(|e| e.to_string())?, part)
         }
     };

@@ -444,7 +444,8 @@ pub fn build(c: &Cli, f: &HostFacts, oci: Option<&OciInput>) -> Result<State> {
         selinux_apifs_context: c.selinux_apifs_context.clone(),
         ..mount(c, f, &common, oci)?
     };
-    let uuid = c.exec.uuid(&f.exec)?;
+    // The container's machine id, as /run/host/container-uuid carries it.
+    let uuid = mount.run_host.uuid.clone();
     let (link_journal, journal_bind) = crate::linkjournal::plan(c, &uuid, &mount.root)?;
     mount.ops.extend(journal_bind);
     let machine = machine(c, f, &common.dir, &mount.root)?;
