@@ -1022,6 +1022,20 @@ pub fn assert_journals_collected(root: &Path, pids: &[i32]) {
     assert!(left.is_empty(), "cleanup journals left: {left:?}");
 }
 
+/// `left()` once it is empty, else what it still gives after 5 s: what a container leaves
+/// to be removed after ns-run exits (its cgroups, which a child of ns-run's removes once the
+/// caller has the exit status, with their cleanup journal) goes soon after, not at once.
+pub fn settled<T>(mut left: impl FnMut() -> Vec<T>) -> Vec<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let l = left();
+        if l.is_empty() || std::time::Instant::now() > deadline {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The cgroups a monitor made (`ns-run-NAME-PID` in each hierarchy), from its journal.
 pub fn cgroups_of_monitor(pid: i32) -> Vec<PathBuf> {
     fs::read_to_string(cleanup_journal(pid))

@@ -161,13 +161,15 @@ fn boot_with(mut c: std::process::Command, name: &str) -> (ns_tests::Running, i3
 
 fn no_cgroup_left(name: &str) {
     for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] {
-        let left: Vec<String> = std::fs::read_dir(h)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&format!("ns-run-{name}-")))
-            .collect();
+        let left: Vec<String> = ns_tests::settled(|| {
+            std::fs::read_dir(h)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("ns-run-{name}-")))
+                .collect()
+        });
         assert!(left.is_empty(), "cgroups left in {h}: {left:?}");
     }
 }

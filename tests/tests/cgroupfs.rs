@@ -49,7 +49,7 @@ fn on_a_read_only_cgroupfs_the_payload_runs_without_a_policy_of_its_own() {
     // -q: not a word.
     let quiet = ns_run_on_read_only_cgroupfs(&t, &["-q", "-D", t.arg(), "/bin/echo", "RAN"]);
     assert_eq!(quiet.ok(), "RAN\n");
-    assert!(container_cgroups(&name).is_empty());
+    assert!(ns_tests::settled(|| container_cgroups(&name)).is_empty());
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn on_a_read_only_cgroupfs_a_property_fails_with_one_line_naming_its_controller(
         ["ns-run: device policy: neither a writable v1 devices controller nor cgroup2 here"],
         "{out}"
     );
-    assert!(container_cgroups(&name).is_empty());
+    assert!(ns_tests::settled(|| container_cgroups(&name)).is_empty());
 }
 
 #[test]
@@ -222,7 +222,7 @@ fn ns_run_runs_inside_a_plain_ns_run_container() {
         out.stderr_lines(),
         ["ns-run: --property=MemoryMax: no memory controller is writable here"]
     );
-    assert!(container_cgroups(&name).is_empty());
+    assert!(ns_tests::settled(|| container_cgroups(&name)).is_empty());
 }
 
 /// The cgroup file system types mounted under /sys/fs/cgroup in a container of `t`.

@@ -775,7 +775,7 @@ fn killed_ephemeral_container_leaves_nothing() {
     assert_snapshot_unchanged(t.base(), &all);
     // The next run collects the cgroups.
     ns_tests::assert_journals_collected(t.path(), &[monitor]);
-    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    let left = ns_tests::settled(|| cgroups.iter().filter(|c| c.exists()).collect::<Vec<_>>());
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 

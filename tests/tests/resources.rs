@@ -94,7 +94,7 @@ fn properties_land_in_the_containers_cgroups_and_go_with_it() {
         let pid1 = std::fs::read_to_string(payload.join("cgroup.procs")).unwrap();
         assert!(!pid1.trim().is_empty(), "nothing in {}", payload.display());
     });
-    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    let left = ns_tests::settled(|| cgroups.iter().filter(|c| c.exists()).collect::<Vec<_>>());
     assert!(left.is_empty(), "cgroups left: {left:?}");
     assert_no_leak(t.path(), &before);
 }
@@ -186,10 +186,12 @@ fn bad_or_unavailable_properties_fail_with_one_line_and_leave_nothing() {
             "{opt}: {out}"
         );
         assert_no_leak(t.path(), &before);
-        let left: Vec<_> = ns_tests::cgroup_dirs()
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("/ns-run-resbad-"))
-            .collect();
+        let left = ns_tests::settled(|| {
+            ns_tests::cgroup_dirs()
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains("/ns-run-resbad-"))
+                .collect::<Vec<_>>()
+        });
         assert!(left.is_empty(), "{opt}: cgroups left: {left:?}");
     }
 }
@@ -214,7 +216,75 @@ fn a_killed_monitors_cgroups_are_collected_by_the_next_run() {
     let left = ns_tests::wait_no_procs_in(t.path(), std::time::Duration::from_secs(5));
     assert!(left.is_empty(), "processes left: {left:#?}");
     assert_journals_collected(t.path(), &[monitor]);
-    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    let left = ns_tests::settled(|| cgroups.iter().filter(|c| c.exists()).collect::<Vec<_>>());
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+/// The processes named ns-run whose command line names `tree`, but `not`.
+fn ns_runs_on(tree: &str, not: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != not)
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "ns-run")
+                && std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == tree.as_bytes()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_exit_status_comes_before_the_cgroups_go_and_a_killed_remover_leaves_them_to_the_next_run() {
+    let t = Tree::rootfs("res-remover");
+    let go = t.path().join("go");
+    let r = ns_tests::spawn_until(
+        cmd(
+            &t,
+            &[],
+            "echo ready; while [ ! -e /go ]; do sleep 0.05; done",
+        ),
+        "ready",
+    );
+    let monitor = r.pid();
+    let _journal = ForgetJournal(monitor);
+    let cgroups = cgroups_of_monitor(monitor);
+    // A process of ours (not the container's) in a cgroup below the container's keeps it
+    // busy: its removal retries for a second, then gives up, leaving the journal.
+    let cg = cgroups
+        .iter()
+        .find(|c| !c.starts_with("/sys/fs/cgroup/unified") && c.join("payload").is_dir())
+        .or_else(|| cgroups.first())
+        .expect("a cgroup journaled")
+        .join("payload/hold");
+    std::fs::create_dir(&cg).unwrap();
+    let mut holder = Command::new("sleep").arg("100").spawn().unwrap();
+    let holder_pid = holder.id().to_string();
+    let _holder = ns_tests::Defer::new(move || {
+        let _ = holder.kill();
+        let _ = holder.wait();
+    });
+    std::fs::write(cg.join("cgroup.procs"), &holder_pid).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = r.wait();
+    assert_eq!(out.code, 0, "{out}");
+    // The caller has the status; the cgroups are still being removed, by a child of the
+    // monitor's, which we kill: what it did not remove is journaled still.
+    let removers = ns_runs_on(t.arg(), monitor);
+    assert_eq!(removers.len(), 1, "one remover running: {removers:?}");
+    assert!(cg.is_dir(), "{} removed", cg.display());
+    // SAFETY: kill(2) on a pid of ours; no memory is passed.
+    assert_eq!(unsafe { libc::kill(removers[0], libc::SIGKILL) }, 0);
+    assert!(ns_tests::settled(|| ns_runs_on(t.arg(), monitor)).is_empty());
+    assert!(
+        ns_tests::cleanup_journal(monitor).exists(),
+        "journal removed"
+    );
+    drop(_holder);
+    assert_journals_collected(t.path(), &[monitor]);
+    let left = ns_tests::settled(|| cgroups.iter().filter(|c| c.exists()).collect::<Vec<_>>());
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 
@@ -268,10 +338,12 @@ fn sigterm_during_startup_leaves_no_cgroup() {
     assert!(left.is_empty(), "processes left: {left:#?}");
     let out = run_cmd(cmd(&t, &["-M", &name], "true"), None);
     assert_eq!(out.code, 0, "{out}");
-    let left: Vec<_> = ns_tests::cgroup_dirs()
-        .into_iter()
-        .filter(|p| p.to_string_lossy().contains(&format!("/ns-run-{name}-")))
-        .collect();
+    let left = ns_tests::settled(|| {
+        ns_tests::cgroup_dirs()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(&format!("/ns-run-{name}-")))
+            .collect::<Vec<_>>()
+    });
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 
@@ -381,7 +453,7 @@ fn every_container_gets_its_own_cgroup_in_every_hierarchy() {
         },
     );
     assert!(!cgroups.is_empty());
-    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    let left = ns_tests::settled(|| cgroups.iter().filter(|c| c.exists()).collect::<Vec<_>>());
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 

@@ -78,7 +78,13 @@ fn a_thousand_in_a_row_then_fifty_at_once_leave_nothing() {
             .unwrap();
         assert!(st.success(), "run {i}: {st}");
     }
-    let after_sequential = host_state(&netns);
+    // (The last run's cgroups go just after it exits.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut after_sequential = host_state(&netns);
+    while after_sequential != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        after_sequential = host_state(&netns);
+    }
     assert_eq!(
         before
             .symmetric_difference(&after_sequential)
@@ -104,7 +110,8 @@ fn a_thousand_in_a_row_then_fifty_at_once_leave_nothing() {
         let st = c.wait().unwrap();
         assert!(st.success(), "{st}");
     }
-    // Veths go with their namespaces, which the kernel tears down in the background.
+    // Veths go with their namespaces, which the kernel tears down in the background (and
+    // the cgroups just after each ns-run exits).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut after = host_state(&netns);
     while after != before && std::time::Instant::now() < deadline {

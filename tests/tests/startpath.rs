@@ -89,30 +89,56 @@ fn cgroups_made(calls: &[Call]) -> Vec<String> {
 }
 
 #[test]
-fn cgroups_are_removed_with_one_rmdir_each() {
+fn cgroups_are_removed_after_the_caller_has_the_status_with_one_rmdir_each() {
     let t = Tree::rootfs("startpath-rm");
-    let calls = monitor_calls(&t, &[]);
+    let exec = format!("execve(\"{}\"", bin("ns-run").display());
+    let all = traces(&t, &[]);
+    let calls = parse(
+        all.iter()
+            .find(|s| s.starts_with(&exec))
+            .expect("the monitor"),
+    );
     let made = cgroups_made(&calls);
     assert!(!made.is_empty(), "no cgroup made: {}", made.len());
+    // strace waits for every process it follows: the remover too.
     for d in &made {
         assert!(!Path::new(d).exists(), "{d} left behind");
     }
-    // From the payload's end (the last child reaped) to the monitor's exit: the removal of
-    // what the container left, one rmdir per cgroup, and the registry, journal and locks.
+    // From the payload's end (the last child reaped) to the monitor's exit: the registry,
+    // journal and locks, and a fork; no cgroup removed while the caller waits.
     let last_wait = calls
         .iter()
         .rposition(|c| c.name == "wait4" && !c.line.ends_with("= 0"))
         .expect("the payload reaped");
     let tail = &calls[last_wait + 1..];
-    let walks = tail.iter().filter(|c| c.name == "getdents64").count();
-    assert_eq!(walks, 0, "directories read to remove cgroups: {walks}");
-    let bound = made.len() * 2 + 40;
+    let rmdirs = tail.iter().filter(|c| c.name == "rmdir").count();
+    assert_eq!(rmdirs, 0, "cgroups removed before the exit: {rmdirs}");
     assert!(
-        tail.len() <= bound,
-        "{} system calls after the payload's end for {} cgroups (bound {bound}): {:?}",
+        tail.len() <= 40,
+        "{} system calls after the payload's end: {:?}",
         tail.len(),
-        made.len(),
         tail.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()
+    );
+    assert!(
+        tail.iter().any(|c| c.name == "fork" || c.name == "clone"),
+        "no remover forked"
+    );
+    // The remover (a child of the monitor, its own trace): one rmdir per cgroup, no walk.
+    let remover = all
+        .iter()
+        .map(|s| parse(s))
+        .find(|c| {
+            c.iter()
+                .any(|c| c.name == "rmdir" && c.line.contains(made[0].as_str()))
+        })
+        .expect("the remover's trace");
+    let walks = remover.iter().filter(|c| c.name == "getdents64").count();
+    assert_eq!(walks, 0, "directories read to remove cgroups: {walks}");
+    let rmdirs = remover.iter().filter(|c| c.name == "rmdir").count();
+    assert_eq!(rmdirs, made.len(), "rmdirs for {} cgroups", made.len());
+    assert!(
+        remover.iter().any(|c| c.name == "setsid"),
+        "the remover stays in the caller's session"
     );
 }
 

@@ -137,23 +137,51 @@ impl Cleanup {
     /// The container is gone: remove what it created, unless another container still uses
     /// the tree (then the journal stays for a later ns-run to collect).
     pub fn run(self, lock: Option<&ImageLock>) {
-        let Some((journal, _)) = self.journal else {
-            return;
-        };
-        // The container's cgroups are its alone: always removed now.
-        let gone = remove_cgroups(&self.entries);
+        if let Some(left) = self.run_but_cgroups(lock) {
+            left.remove();
+        }
+    }
+
+    /// [`Cleanup::run`] but for the container's cgroups, returned to be removed once the
+    /// caller has the exit status ([`CgroupsLeft::remove`]): the paths on the tree go now,
+    /// under its lock, as before any exit (a start on the same tree must not meet them).
+    pub fn run_but_cgroups(self, lock: Option<&ImageLock>) -> Option<CgroupsLeft> {
+        let (journal, _) = self.journal?;
         let paths = self.entries.iter().any(|e| !e.cgroup);
-        if paths && lock.is_some_and(|l| !l.sole_user()) {
-            // Paths on a tree others still use: left to the last of them (below).
-            return;
+        // Paths on a tree others still use are left to the last of them (below): the
+        // journal that names them stays.
+        let shared = paths && lock.is_some_and(|l| !l.sole_user());
+        if !shared {
+            remove_paths(&self.entries);
+            if paths {
+                // The last user of a shared tree also removes what the earlier ones left.
+                let _ = collect_stale(false);
+            }
         }
-        remove_paths(&self.entries);
-        if gone && !self.adopted {
-            let _ = std::fs::remove_file(journal);
-        }
-        if paths {
-            // The last user of a shared tree also removes what the earlier ones left.
-            let _ = collect_stale(false);
+        Some(CgroupsLeft {
+            keep_journal: shared || self.adopted,
+            journal,
+            entries: self.entries,
+        })
+    }
+}
+
+/// A container's cgroups after it: its alone (named for its monitor), empty of processes
+/// but those a dying PID namespace is still letting go, invisible to the container's name
+/// and tree. Removing them (~20 rmdirs on a v1 host, each retried while busy) need not
+/// delay the caller; their journal goes with them, or stays, naming them, for the next
+/// ns-run to collect if they cannot be removed (or the remover is killed).
+pub struct CgroupsLeft {
+    journal: PathBuf,
+    entries: Vec<Entry>,
+    keep_journal: bool,
+}
+
+impl CgroupsLeft {
+    pub fn remove(self) {
+        let gone = remove_cgroups(&self.entries);
+        if gone && !self.keep_journal {
+            let _ = std::fs::remove_file(&self.journal);
         }
     }
 }

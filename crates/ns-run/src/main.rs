@@ -28,9 +28,11 @@ static HEAP: ns_core::sys::StartupHeap = ns_core::sys::StartupHeap;
 fn start() -> ! {
     run(STAGE, || {
         let (state, hierarchies, image) = plan_from_args()?;
+        // `-i`: mounted in our own mount namespace, which must be gone when we exit.
+        let in_background = image.is_none();
         // `-i`: the image's lock is the container's (the monitor drops it at its end).
-        let code = monitor::run(&state, hierarchies, image.and_then(|i| i.lock))?;
-        std::process::exit(code)
+        let ended = monitor::run(&state, hierarchies, image.and_then(|i| i.lock))?;
+        ended.exit(in_background)
     })
 }
 

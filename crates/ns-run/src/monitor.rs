@@ -43,7 +43,7 @@ pub fn run(
     state: &State,
     hierarchies: Option<Vec<Hierarchy>>,
     image_lock: Option<locks::ImageLock>,
-) -> Result<i32> {
+) -> Result<Ended> {
     let Started {
         mut monitor,
         signals,
@@ -52,6 +52,43 @@ pub fn run(
     } = start(state, hierarchies, image_lock)?;
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, range)
+}
+
+/// The container's end: its exit status, and its cgroups, still to be removed.
+pub struct Ended {
+    pub code: i32,
+    cgroups: Option<journal::CgroupsLeft>,
+}
+
+impl Ended {
+    /// Exit with the container's status. Its cgroups are removed by a child of ours after
+    /// we exit (`in_background`), the caller does not wait for their rmdirs (issue 19): all
+    /// that names the container (registry entry, machined's machine, locks, paths on its
+    /// tree) and its mount namespace are gone by now, the cgroups (named for this monitor)
+    /// are nobody else's, and their journal stays until they are gone, so that a child
+    /// killed (or failing) leaves them to the next ns-run, as a monitor killed would. Not
+    /// `in_background` (a disk image mounted in our own mount namespace, which the child
+    /// would keep mounted): removed first.
+    pub fn exit(self, in_background: bool) -> ! {
+        let Some(left) = self.cgroups else {
+            std::process::exit(self.code)
+        };
+        if in_background {
+            if let Ok(ns_core::sys::Forked::Parent(_)) | Err(_) = ns_core::sys::fork() {
+                // (A failed fork removes them here.)
+                std::process::exit(self.code)
+            }
+            // The child: nothing of the caller's (its terminal, pipes) nor ours held; out
+            // of the caller's session and process group (its terminal's signals, a kill of
+            // the group), the monitor's termination signals still blocked (signalfd).
+            let _ = nix::unistd::setsid();
+            let _ = ns_core::sys::close_from_except(0, &[]);
+            left.remove();
+            std::process::exit(0)
+        }
+        left.remove();
+        std::process::exit(self.code)
+    }
 }
 
 /// A container started: what the monitor's loop and its end need.
@@ -774,7 +811,7 @@ impl<'a> Monitor<'a> {
         code: Result<i32>,
         cgroups: &[Cgroup],
         range: Option<ns_host::userns::RangeLock>,
-    ) -> Result<i32> {
+    ) -> Result<Ended> {
         if code.is_err() || self.pid1.is_none() {
             // The monitor cannot go on, or ns-enter died without announcing a PID 1 it
             // may have cloned (ours, by CLONE_PARENT): nothing may outlive us, nor keep
@@ -806,7 +843,7 @@ impl<'a> Monitor<'a> {
             origin,
             ..
         } = self;
-        cleanup.run(Some(&held.lock));
+        let left = cleanup.run_but_cgroups(Some(&held.lock));
         if let Some(origin) = origin {
             // Failed before PID 1 was registered: out of the scope before it is stopped.
             let _ = leave_scope(&origin, machined.as_mut());
@@ -819,7 +856,19 @@ impl<'a> Monitor<'a> {
         held.release_registration();
         drop(range);
         drop((console, notify));
-        code
+        let code = match code {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(l) = left {
+                    l.remove();
+                }
+                return Err(e);
+            }
+        };
+        Ok(Ended {
+            code,
+            cgroups: left,
+        })
     }
 
     /// Kill the chain (ns-enter, PID 1) and wait for it, before cleaning up.
