@@ -321,8 +321,12 @@ pub fn is_cgroup_dir(path: &Path) -> bool {
     })
 }
 
-/// Where nspawn's `-M NAME` (without `-D`) and `machinectl start` find machine images.
+/// Where nspawn's `-M NAME` (without `-D`), `machinectl start` and `machinectl list-images`
+/// find machine images, in their order (/etc/machines and /run/machines are meant for
+/// symlinks to images kept elsewhere).
 pub const IMAGE_DIRS: &[&str] = &[
+    "/etc/machines",
+    "/run/machines",
     "/var/lib/machines",
     "/var/lib/container",
     "/usr/local/lib/machines",

@@ -1705,6 +1705,39 @@ pub fn make_rslave() -> nix::Result<()> {
     )
 }
 
+/// FS_IOC_GETFLAGS: the inode flags (`FS_IMMUTABLE_FL`...) of the file `fd` is open on.
+pub fn inode_flags(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601; // _IOR('f', 1, long)
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the kernel writes one int (the flags are an int whatever the ioctl's number
+    // says) into `flags`, which outlives the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
+    Errno::result(r).map(|_| flags)
+}
+
+/// FS_IOC_SETFLAGS: set the inode flags of the file `fd` is open on.
+pub fn set_inode_flags(fd: std::os::fd::BorrowedFd<'_>, flags: libc::c_int) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602; // _IOW('f', 2, long)
+                                                        // SAFETY: the kernel reads one int from `flags`, which outlives the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_SETFLAGS as _, &flags) };
+    Errno::result(r).map(drop)
+}
+
+/// FICLONE: make the file `dst` is open on share all of `src`'s extents (a reflink: btrfs,
+/// xfs; EOPNOTSUPP or EXDEV elsewhere).
+pub fn reflink(
+    dst: std::os::fd::BorrowedFd<'_>,
+    src: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const FICLONE: libc::c_ulong = 0x4004_9409; // _IOW(0x94, 9, int)
+                                                // SAFETY: the argument is an fd number, passed by value.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    Errno::result(r).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

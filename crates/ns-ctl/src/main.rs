@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod enter;
+mod images;
 mod show;
 
 use clap::{Parser, Subcommand};
@@ -75,6 +76,8 @@ enum Verb {
     },
     /// Boot an image of /var/lib/machines in the background
     Start { names: Vec<String> },
+    #[command(flatten)]
+    Image(images::ImageVerb),
 }
 
 fn main() {
@@ -142,6 +145,7 @@ fn main() {
                 }
                 0
             }
+            Verb::Image(v) => v.run(json)?,
         };
         std::process::exit(code)
     })
