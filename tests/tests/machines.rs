@@ -277,7 +277,7 @@ fn images_are_found_by_name_and_start_boots_one_in_the_background() {
     assert_eq!(out.code, 125, "{out}");
     assert!(
         out.stderr.starts_with(
-            "ns-run: -M nst-none without -D: no image nst-none in /var/lib/machines, "
+            "ns-run: -M nst-none without -D: no image nst-none in /etc/machines, /run/machines, /var/lib/machines, "
         ),
         "{out}"
     );

@@ -356,6 +356,33 @@ pub fn find_raw_image(name: &str) -> Option<PathBuf> {
         .find(|p| p.metadata().is_ok_and(|m| !m.is_dir()))
 }
 
+/// Is the image at `path` (found by [`find_image`] or [`find_raw_image`]) read-only as
+/// machinectl marks it: under /usr, a directory with the immutable flag on its top
+/// (`machinectl read-only`, `ns-ctl read-only`), a file without write bits. nspawn runs
+/// such an image `-M NAME` read-only; so does ns-run.
+pub fn image_read_only(path: &Path) -> bool {
+    use nix::fcntl::OFlag;
+    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+    if path.starts_with("/usr") {
+        return true;
+    }
+    let Ok(fd) = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(&fd) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+            use std::os::fd::AsFd;
+            crate::sys::inode_flags(fd.as_fd()).is_ok_and(|f| f & FS_IMMUTABLE_FL != 0)
+        }
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => st.st_mode & 0o222 == 0,
+        _ => false,
+    }
+}
+
 /// Lock the file at `path` (created if missing, never through a symlink, refused unless it
 /// is ours: see [`check_ours`]) with `how`; None when a non-blocking lock is held by someone
 /// else. Lock files are 0600 (an older version's 0644 ones are made so): flock needs only an

@@ -41,6 +41,11 @@ fn start() -> ! {
 /// pointed at its tree as if it were `-D`. nspawn's conflicts are checked first, so that a
 /// bad command line mounts nothing.
 fn mount_image(cli: &mut cli::Cli) -> Result<Option<ns_host::image::Mounted>> {
+    // `-M NAME` of an image made read-only (`ns-ctl read-only`) runs read-only, as nspawn's.
+    if let (None, None, Some(m)) = (&cli.image, &cli.mount.directory, &cli.machine) {
+        let found = ns_core::paths::find_image(m).or_else(|| ns_core::paths::find_raw_image(m));
+        cli.mount.read_only |= found.is_some_and(|p| ns_core::paths::image_read_only(&p));
+    }
     let found = match (&cli.image, &cli.mount.directory, &cli.machine) {
         (Some(i), _, _) => Some(std::path::PathBuf::from(i)),
         (None, None, Some(m)) if ns_core::paths::find_image(m).is_none() => {
