@@ -261,3 +261,20 @@ pub fn reopen(fd: std::os::fd::BorrowedFd<'_>, flags: OFlag) -> nix::Result<Owne
         Mode::empty(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_as_machinectl_takes_them() {
+        assert!(check_name("NAME", "debian-12").is_ok());
+        assert!(check_name("NAME", "web_1.v2").is_ok());
+        for bad in ["", ".hidden", ".#x", "a/b", "a b", "a\nb", "x~"] {
+            assert!(check_name("NAME", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("NAME", &"x".repeat(201)).is_err());
+        assert!(temp_name("web").starts_with(".#web."));
+        assert_eq!(temp_name("web").len(), ".#web.".len() + 8);
+    }
+}

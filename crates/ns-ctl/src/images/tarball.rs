@@ -86,7 +86,10 @@ fn set_xattrs(fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)]) {
 /// Unpack the tar stream `r` into the empty directory `top`. Errors name the entry.
 pub fn unpack(r: impl Read, top: BorrowedFd<'_>) -> Result<(), String> {
     let _headroom = walk::FdHeadroom::raise();
-    let mut ar = tar::Archive::new(r);
+    let mut ar = tar::Archive::new(EndSeen {
+        inner: r,
+        end: false,
+    });
     let mut dirs: Vec<(Vec<u8>, Attrs, Xattrs)> = Vec::new();
     let entries = ar
         .entries()
@@ -111,6 +114,11 @@ pub fn unpack(r: impl Read, top: BorrowedFd<'_>) -> Result<(), String> {
         }
         unpack_one(&mut e, top, &path, &xattrs).map_err(|m| format!("entry {shown}: {m}"))?;
     }
+    // The tar crate ends quietly at the end of the stream as at the zero block that ends an
+    // archive; only the latter is a whole archive (one cut at an entry's boundary is not).
+    if ar.into_inner().end {
+        return Err("the archive ends before its end-of-archive block: truncated".into());
+    }
     // Directories last, deepest first: their modes may forbid what came inside them, and
     // every entry made inside changed their times.
     for (path, a, x) in dirs.iter().rev() {
@@ -121,6 +129,20 @@ pub fn unpack(r: impl Read, top: BorrowedFd<'_>) -> Result<(), String> {
         apply(d.as_fd(), None, a).map_err(|e| format!("entry {shown}: {}", e.desc()))?;
     }
     Ok(())
+}
+
+/// A reader that remembers whether its end was reached.
+struct EndSeen<R> {
+    inner: R,
+    end: bool,
+}
+
+impl<R: Read> Read for EndSeen<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.end |= k == 0 && !buf.is_empty();
+        Ok(k)
+    }
 }
 
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -384,4 +406,20 @@ fn put_xattrs<W: Write>(b: &mut tar::Builder<W>, fd: BorrowedFd<'_>) -> std::io:
         return Ok(());
     }
     b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::components;
+
+    #[test]
+    fn entry_paths_stay_below_the_top() {
+        let c = |p: &str| components(p.as_bytes()).map(|v| v.len());
+        assert_eq!(c("./etc/passwd"), Ok(2));
+        assert_eq!(c("/etc//passwd"), Ok(2));
+        assert_eq!(c("./"), Ok(0));
+        assert!(c("../x").is_err());
+        assert!(c("a/../../x").is_err());
+        assert!(c("a/..").is_err());
+    }
 }

@@ -369,3 +369,34 @@ fn write_image<W: Write>(format: Format, img: &super::Image, w: Compressor<W>) -
     p.finish();
     w.finish().ctx(|| format!("cannot export {shown}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_by_suffix_and_by_magic() {
+        assert_eq!(Compression::by_suffix("a.tar.gz"), Compression::Gzip);
+        assert_eq!(Compression::by_suffix("a.raw.xz"), Compression::Xz);
+        assert_eq!(Compression::by_suffix("a.tar.zst"), Compression::Zstd);
+        assert_eq!(Compression::by_suffix("a.tar"), Compression::None);
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Xz,
+            Compression::Zstd,
+        ] {
+            let mut w = Compressor::new(Vec::new(), c).unwrap();
+            w.write_all(b"hello image").unwrap();
+            let bytes = w.finish().unwrap();
+            let mut out = String::new();
+            decompress(&bytes[..], "test")
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            assert_eq!(out, "hello image", "{c:?}");
+        }
+        let e = decompress(&b"BZh91AY"[..], "x.bz2").err().unwrap();
+        assert!(e.msg.contains("bzip2"), "{}", e.msg);
+    }
+}
