@@ -394,10 +394,18 @@ fn hostile_archives_write_nothing_outside_and_leave_nothing() {
             "{tag}"
         );
     }
-    // An absolute path is made relative to the image, as GNU tar does.
+    // An absolute path is made relative to the image, as GNU tar does; a killed import's
+    // leftover of the name goes with the next import; a top without a `./` entry is 0755.
     let a = t.host_dir("archives").join("abs.tar");
     evil_tar(&a, &[("/abs-file", "f", "in")]);
+    let leftover = Path::new(POOL).join(format!(".#{name}.0badf00d"));
+    fs::create_dir_all(leftover.join("etc")).unwrap();
     ok(&["import-tar", a.to_str().unwrap(), &name]);
+    assert!(!leftover.exists());
+    assert_eq!(
+        fs::metadata(Path::new(POOL).join(&name)).unwrap().mode() & 0o7777,
+        0o755
+    );
     assert_eq!(
         fs::read_to_string(Path::new(POOL).join(&name).join("abs-file")).unwrap(),
         "in"

@@ -43,6 +43,8 @@ pub fn copy_tree(
 ) -> Result<Copied, (PathBuf, Errno)> {
     let _headroom = walk::FdHeadroom::raise();
     let top = nix::sys::stat::fstat(src).map_err(|e| (PathBuf::new(), e))?;
+    // The copy itself, when it is made inside what it copies (import-fs of /): skipped.
+    let me = nix::sys::stat::fstat(dst).map_err(|e| (PathBuf::new(), e))?;
     let level = |src: OwnedFd, dst: OwnedFd, st: FileStat, rel: PathBuf| {
         let left = walk::names(src.as_fd()).map_err(|e| (rel.clone(), e))?;
         Ok::<_, (PathBuf, Errno)>(Level {
@@ -79,6 +81,9 @@ pub fn copy_tree(
             r => r.map_err(|e| (rel.clone(), e))?,
         };
         if walk::is_dir(&st) {
+            if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino) {
+                continue;
+            }
             if stack.len() >= walk::MAX_DEPTH {
                 return Err((rel, Errno::ENAMETOOLONG));
             }

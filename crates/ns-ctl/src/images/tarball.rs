@@ -119,6 +119,14 @@ pub fn unpack(r: impl Read, top: BorrowedFd<'_>) -> Result<(), String> {
     if ar.into_inner().end {
         return Err("the archive ends before its end-of-archive block: truncated".into());
     }
+    // An archive without a `./` entry: the top gets what importd gives it.
+    if !dirs
+        .iter()
+        .any(|(p, _, _)| components(p).is_ok_and(|c| c.is_empty()))
+    {
+        nix::sys::stat::fchmod(top, Mode::from_bits_truncate(0o755))
+            .map_err(|e| e.desc().to_string())?;
+    }
     // Directories last, deepest first: their modes may forbid what came inside them, and
     // every entry made inside changed their times.
     for (path, a, x) in dirs.iter().rev() {
