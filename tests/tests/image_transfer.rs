@@ -654,3 +654,32 @@ fn pulls_from_a_local_server_run_and_bad_ones_leave_nothing() {
         "not an http",
     );
 }
+
+#[test]
+fn progress_is_one_line_rewritten_on_a_terminal_only() {
+    let name = unique("it-prog");
+    let _gone = Images(vec![name.clone()]);
+    // Under script(1) stderr is a pty; the input takes more than a second.
+    let cmd = format!(
+        "(head -c 8M /dev/urandom; sleep 1.5; head -c 8M /dev/urandom) | {} import-raw - {name}",
+        bin("ns-ctl").display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("\rImporting {name}: ")),
+        "no progress line: {out:?}"
+    );
+    assert!(out.contains("\r\x1b[K"), "not erased: {out:?}");
+    assert!(!out.contains('\n'), "more than one line: {out:?}");
+    assert_eq!(
+        fs::metadata(Path::new(POOL).join(format!("{name}.raw")))
+            .unwrap()
+            .len(),
+        16 << 20
+    );
+}
