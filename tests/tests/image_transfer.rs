@@ -683,3 +683,64 @@ fn progress_is_one_line_rewritten_on_a_terminal_only() {
         16 << 20
     );
 }
+
+#[test]
+fn a_full_disk_or_a_killed_import_leaves_nothing_under_the_name() {
+    let name = unique("it-full");
+    let _gone = Images(vec![name.clone()]);
+    let t = Tree::rootfs("full-src");
+    sh(&format!("head -c 8M /dev/urandom > {}/big", t.arg()));
+    let f = raw_fs(&t);
+    // A 4 MiB tmpfs over /var/lib/machines in a mount namespace of its own: the 32 MiB
+    // image (8 MiB of it data) does not fit.
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs -o size=4M,mode=0700 tmpfs {POOL} && \
+         {ctl} import-raw {img} {name}; echo rc=$?; \
+         {ctl} import-tar {tar} {name}; echo rc=$?; ls -A {POOL}",
+        ctl = bin("ns-ctl").display(),
+        img = f.display(),
+        tar = {
+            let tar = t.host_dir("out").join("a.tar");
+            sh(&format!("tar -C {} -cf {} .", t.arg(), tar.display()));
+            tar
+        }
+        .display(),
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(out, "rc=125\nrc=125\n", "{out} / {err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // Killed mid-import: only the hidden entry is left, and clean takes it.
+    let mut child = Command::new(bin("ns-ctl"))
+        .args(["import-raw", "-", &name])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&vec![1u8; 1 << 20]).unwrap();
+    let hidden = || {
+        fs::read_dir(POOL)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!(".#{name}.")))
+            .collect::<Vec<_>>()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while hidden().is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    assert_eq!(hidden().len(), 1);
+    assert!(!Path::new(POOL).join(format!("{name}.raw")).exists());
+    let cleaned = ok(&["clean"]);
+    assert!(cleaned.contains(&format!(".#{name}.")), "{cleaned}");
+    nothing_of(&name);
+}
