@@ -70,9 +70,36 @@ pub fn default_name(url: &str, format: Format) -> Result<String> {
     Ok(n.to_string())
 }
 
+/// The host's trust store (as importd's curl uses it): `SSL_CERT_FILE`, else the usual
+/// bundle of Debian, Fedora or Alpine; None (ureq's bundled Mozilla roots) without one.
+fn system_roots() -> Option<ureq::tls::RootCerts> {
+    let env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    let bundles = [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ];
+    let pem = env
+        .into_iter()
+        .chain(bundles.iter().map(std::path::PathBuf::from))
+        .find_map(|p| std::fs::read(p).ok())?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+            _ => None,
+        })
+        .collect();
+    (!certs.is_empty()).then(|| ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
 fn agent() -> ureq::Agent {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(roots) = system_roots() {
+        tls = tls.root_certs(roots);
+    }
     ureq::Agent::config_builder()
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .tls_config(tls.build())
         .build()
         .into()
 }
