@@ -3,6 +3,8 @@
 //! and show them, run a shell or command inside one (all its namespaces, root, cgroups,
 //! capabilities and environment; booted or not), power off, reboot, terminate or signal them,
 //! and start an image of /var/lib/machines in the background as `machinectl start` does.
+//! It also manages the images themselves, as machinectl does through machined and importd
+//! (list, clone, rename, read-only, remove, import, export, pull: see [`images`]).
 //! Errors are one line on stderr with exit code 125, as in the rest of the toolkit; `shell`
 //! exits with the status of what it ran.
 #![forbid(unsafe_code)]
@@ -21,7 +23,7 @@ use ns_host::registry::{self, Machine};
 
 const STAGE: &str = "ns-ctl";
 
-/// Manage running ns-run containers (machinectl's verbs, without systemd)
+/// Manage running ns-run containers and machine images (machinectl's verbs, without systemd)
 #[derive(Parser, Debug)]
 #[command(name = "ns-ctl", version)]
 struct Args {
