@@ -4,13 +4,14 @@
 //! capabilities and environment; booted or not), power off, reboot, terminate or signal them,
 //! and start an image of /var/lib/machines in the background as `machinectl start` does.
 //! It also manages the images themselves, as machinectl does through machined and importd
-//! (list, clone, rename, read-only, remove, import, export, pull: see [`images`]).
+//! (list, clone, rename, read-only, remove, import, export, pull), through ns-ctl-images.
 //! Errors are one line on stderr with exit code 125, as in the rest of the toolkit; `shell`
 //! exits with the status of what it ran.
 #![forbid(unsafe_code)]
 
 mod enter;
-mod images;
+#[path = "images/cli.rs"]
+mod image_cli;
 mod show;
 
 use clap::{Parser, Subcommand};
@@ -79,7 +80,7 @@ enum Verb {
     /// Boot an image of /var/lib/machines in the background
     Start { names: Vec<String> },
     #[command(flatten)]
-    Image(images::ImageVerb),
+    Image(image_cli::ImageVerb),
 }
 
 fn main() {
@@ -147,10 +148,23 @@ fn main() {
                 }
                 0
             }
-            Verb::Image(v) => v.run(json)?,
+            Verb::Image(_) => return Err(exec_images()),
         };
         std::process::exit(code)
     })
+}
+
+/// The image verbs run in ns-ctl-images (beside us, else in PATH), with our arguments.
+fn exec_images() -> Error {
+    use std::os::unix::process::CommandExt;
+    let Some(helper) = ns_core::exec::locate("ns-ctl-images") else {
+        return Error::setup("cannot find ns-ctl-images beside ns-ctl or in PATH".into());
+    };
+    let args = ns_core::sys::args_os();
+    let e = std::process::Command::new(&helper)
+        .args(args.iter().skip(1))
+        .exec();
+    Error::setup(format!("cannot execute {}: {e}", helper.display()))
 }
 
 fn needs_names(names: &[String]) -> Result<()> {

@@ -78,7 +78,7 @@ pub fn processes(m: &Machine) -> Vec<i32> {
 }
 
 /// `Mon 2026-11-30 02:41:26 UTC` (UTC: no time zone database needed).
-pub(crate) fn format_time(usec: u64) -> String {
+fn format_time(usec: u64) -> String {
     let secs = (usec / 1_000_000) as i64;
     let (y, mo, d, h, mi, s) = ns_core::utc(secs);
     let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]

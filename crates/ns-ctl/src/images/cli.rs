@@ -1,10 +1,8 @@
-//! The image verbs on ns-ctl's command line (flattened into its verbs).
+//! The image verbs on ns-ctl's command line (flattened into its verbs): clap's definitions
+//! only, shared by ns-ctl (which parses them, then executes ns-ctl-images) and
+//! ns-ctl-images (which runs them).
 
 use clap::Subcommand;
-use ns_core::{Error, Result};
-
-use super::transfer::Compression;
-use super::{Format, Verify};
 
 #[derive(Subcommand, Debug)]
 pub enum ImageVerb {
@@ -91,96 +89,4 @@ pub enum ImageVerb {
         #[arg(long)]
         read_only: bool,
     },
-}
-
-fn needs(names: &[String]) -> Result<()> {
-    if names.is_empty() {
-        return Err(Error::setup("name an image".into()));
-    }
-    Ok(())
-}
-
-fn format(f: Option<String>) -> Result<Option<Compression>> {
-    f.map(|f| Compression::parse(&f)).transpose()
-}
-
-impl ImageVerb {
-    pub fn run(self, json: bool) -> Result<i32> {
-        use ImageVerb as V;
-        match self {
-            V::ListImages { all } => super::list(json, all),
-            V::ImageStatus { names } => needs(&names).and_then(|()| super::status(&names, json)),
-            V::ShowImage { names } => needs(&names).and_then(|()| super::show(&names)),
-            V::Clone {
-                name,
-                new,
-                read_only,
-            } => super::clone(&name, &new, read_only),
-            V::Rename { name, new } => super::rename(&name, &new),
-            V::ReadOnly { name, value } => {
-                let on = match value {
-                    None => true,
-                    Some(v) => ns_core::parse_boolean(&v)
-                        .ok_or_else(|| Error::invalid("BOOL", &v, "not a boolean"))?,
-                };
-                super::read_only(&name, on)
-            }
-            V::Remove { names } => needs(&names).and_then(|()| super::remove(&names)),
-            V::Clean => super::clean(),
-            V::SetLimit { args } => match args.as_slice() {
-                [bytes] => super::set_limit(None, bytes),
-                [name, bytes] => super::set_limit(Some(name), bytes),
-                _ => Err(Error::setup("set-limit takes [NAME] BYTES".into())),
-            },
-            V::ImportTar {
-                file,
-                name,
-                read_only,
-            } => super::import(Format::Tar, &file, &name, read_only),
-            V::ImportRaw {
-                file,
-                name,
-                read_only,
-            } => super::import(Format::Raw, &file, &name, read_only),
-            V::ImportFs {
-                dir,
-                name,
-                read_only,
-            } => super::import_fs(&dir, &name, read_only),
-            V::ExportTar {
-                name,
-                file,
-                format: f,
-            } => super::export(Format::Tar, &name, &file, format(f)?),
-            V::ExportRaw {
-                name,
-                file,
-                format: f,
-            } => super::export(Format::Raw, &name, &file, format(f)?),
-            V::PullTar {
-                url,
-                name,
-                verify,
-                read_only,
-            } => super::pull(
-                Format::Tar,
-                &url,
-                name.as_deref(),
-                Verify::parse(&verify)?,
-                read_only,
-            ),
-            V::PullRaw {
-                url,
-                name,
-                verify,
-                read_only,
-            } => super::pull(
-                Format::Raw,
-                &url,
-                name.as_deref(),
-                Verify::parse(&verify)?,
-                read_only,
-            ),
-        }
-    }
 }

@@ -4,6 +4,10 @@
 //! pull) go to /var/lib/machines. Everything is made under a hidden `.#NAME.XXXXXXXX` name
 //! that its maker holds a flock on, and renamed into place (RENAME_NOREPLACE) only when
 //! complete; `clean` (and every import) removes such leftovers nobody holds.
+//!
+//! These verbs run in a binary of their own, ns-ctl-images (src/bin), which ns-ctl executes
+//! for them: their crates (tar, compression, HTTP with TLS) would triple ns-ctl, and
+//! `ns-ctl shell` copies ns-ctl whole into a sealed memfd at every call.
 
 mod cli;
 mod copy;
@@ -27,6 +31,7 @@ pub use cli::ImageVerb;
 pub use ops::{clean, clone, read_only, remove, rename, set_limit};
 pub use pull::{pull, Verify};
 pub use show::{list, show, status};
+use transfer::Compression;
 pub use transfer::{export, import, import_fs, Format};
 
 /// Where new images go (machinectl's pool).
@@ -260,6 +265,97 @@ pub fn reopen(fd: std::os::fd::BorrowedFd<'_>, flags: OFlag) -> nix::Result<Owne
         flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
         Mode::empty(),
     )
+}
+
+fn needs(names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Err(Error::setup("name an image".into()));
+    }
+    Ok(())
+}
+
+fn format(f: Option<String>) -> Result<Option<Compression>> {
+    f.map(|f| Compression::parse(&f)).transpose()
+}
+
+/// Run an image verb.
+pub fn run(verb: ImageVerb, json: bool) -> Result<i32> {
+    use ImageVerb as V;
+    match verb {
+        V::ListImages { all } => list(json, all),
+        V::ImageStatus { names } => needs(&names).and_then(|()| status(&names, json)),
+        V::ShowImage { names } => needs(&names).and_then(|()| show(&names)),
+        V::Clone {
+            name,
+            new,
+            read_only,
+        } => clone(&name, &new, read_only),
+        V::Rename { name, new } => rename(&name, &new),
+        V::ReadOnly { name, value } => {
+            let on = match value {
+                None => true,
+                Some(v) => ns_core::parse_boolean(&v)
+                    .ok_or_else(|| Error::invalid("BOOL", &v, "not a boolean"))?,
+            };
+            read_only(&name, on)
+        }
+        V::Remove { names } => needs(&names).and_then(|()| remove(&names)),
+        V::Clean => clean(),
+        V::SetLimit { args } => match args.as_slice() {
+            [bytes] => set_limit(None, bytes),
+            [name, bytes] => set_limit(Some(name), bytes),
+            _ => Err(Error::setup("set-limit takes [NAME] BYTES".into())),
+        },
+        V::ImportTar {
+            file,
+            name,
+            read_only,
+        } => import(Format::Tar, &file, &name, read_only),
+        V::ImportRaw {
+            file,
+            name,
+            read_only,
+        } => import(Format::Raw, &file, &name, read_only),
+        V::ImportFs {
+            dir,
+            name,
+            read_only,
+        } => import_fs(&dir, &name, read_only),
+        V::ExportTar {
+            name,
+            file,
+            format: f,
+        } => export(Format::Tar, &name, &file, format(f)?),
+        V::ExportRaw {
+            name,
+            file,
+            format: f,
+        } => export(Format::Raw, &name, &file, format(f)?),
+        V::PullTar {
+            url,
+            name,
+            verify,
+            read_only,
+        } => pull(
+            Format::Tar,
+            &url,
+            name.as_deref(),
+            Verify::parse(&verify)?,
+            read_only,
+        ),
+        V::PullRaw {
+            url,
+            name,
+            verify,
+            read_only,
+        } => pull(
+            Format::Raw,
+            &url,
+            name.as_deref(),
+            Verify::parse(&verify)?,
+            read_only,
+        ),
+    }
 }
 
 #[cfg(test)]

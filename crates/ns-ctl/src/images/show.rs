@@ -7,7 +7,6 @@ use serde_json::json;
 
 use super::progress::bytes;
 use super::{discover, find, Image, Kind};
-use crate::show::format_time;
 
 fn ro(i: &Image) -> &'static str {
     if i.read_only {
@@ -198,4 +197,13 @@ pub fn show(names: &[String]) -> Result<i32> {
     }
     ns_core::write_stdout(format_args!("{out}"));
     Ok(0)
+}
+
+/// `Mon 2026-11-30 02:41:26 UTC`, as ns-ctl's machine verbs print times.
+fn format_time(usec: u64) -> String {
+    let secs = (usec / 1_000_000) as i64;
+    let (y, mo, d, h, mi, s) = ns_core::utc(secs);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
+        [secs.div_euclid(86400).rem_euclid(7) as usize];
+    format!("{wd} {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
