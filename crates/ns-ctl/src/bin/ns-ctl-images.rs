@@ -1,5 +1,6 @@
 //! ns-ctl-images: ns-ctl's image verbs (list-images, image-status, show-image, clone, rename,
-//! read-only, remove, clean, set-limit, import-*, export-*, pull-*), which ns-ctl executes with
+//! read-only, remove, clean, set-limit, import-*, export-*, pull-*, pull-oci, import-oci), which
+//! ns-ctl executes with
 //! its own arguments. A binary of their own, so that ns-ctl, which `shell` copies whole into a
 //! sealed memfd at every call, does not carry their crates. Errors are ns-ctl's: one line,
 //! exit code 125.
@@ -7,6 +8,8 @@
 
 #[path = "../images/mod.rs"]
 mod images;
+#[path = "../oci/mod.rs"]
+mod oci;
 
 use clap::Parser;
 use ns_core::exec::args_utf8;

@@ -89,4 +89,20 @@ pub enum ImageVerb {
         #[arg(long)]
         read_only: bool,
     },
+    /// Pull an image from an OCI registry into /var/lib/machines/NAME (with NAME.nspawn)
+    PullOci {
+        /// [REGISTRY/]REPO[:TAG][@sha256:DIGEST] (Docker Hub by default)
+        reference: String,
+        /// The image's name (default: the repository's last component)
+        name: Option<String>,
+        /// Check the registry's TLS certificate (yes, no)
+        #[arg(long, default_value = "yes")]
+        tls_verify: String,
+    },
+    /// Import an OCI image layout (a directory, or a tar of one) as /var/lib/machines/NAME
+    ImportOci {
+        /// DIR or ARCHIVE, or DIR:REF / ARCHIVE:REF for one of several images
+        path: String,
+        name: String,
+    },
 }

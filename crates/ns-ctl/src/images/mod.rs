@@ -301,6 +301,16 @@ pub fn run(verb: ImageVerb, json: bool) -> Result<i32> {
         }
         V::Remove { names } => needs(&names).and_then(|()| remove(&names)),
         V::Clean => clean(),
+        V::PullOci {
+            reference,
+            name,
+            tls_verify,
+        } => {
+            let verify = ns_core::parse_boolean(&tls_verify)
+                .ok_or_else(|| Error::invalid("--tls-verify", &tls_verify, "not a boolean"))?;
+            crate::oci::pull(&reference, name.as_deref(), verify).map(|()| 0)
+        }
+        V::ImportOci { path, name } => crate::oci::import(&path, &name).map(|()| 0),
         V::SetLimit { args } => match args.as_slice() {
             [bytes] => set_limit(None, bytes),
             [name, bytes] => set_limit(Some(name), bytes),

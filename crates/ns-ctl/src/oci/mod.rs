@@ -1,0 +1,147 @@
+//! `pull-oci` and `import-oci`: an OCI image (from a registry, or an image layout on disk)
+//! made into a directory image in /var/lib/machines, with its config as a `.nspawn` file
+//! beside it, so that `ns-run -M NAME` runs it as the config says. Every blob is checked
+//! against its digest as it streams; the image is built in a hidden directory and renamed
+//! into place only when complete ([`staging`]); a layer is applied without ever writing
+//! outside it ([`apply`]). These verbs may start a thread (the signal watcher); no other
+//! verb of ns-ctl does.
+
+mod apply;
+mod image;
+mod layout;
+mod nspawn;
+mod progress;
+mod reference;
+mod registry;
+mod staging;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use ns_core::{Error, Result};
+
+use image::{Descriptor, Source, Verified};
+use progress::Progress;
+
+/// `ns-ctl pull-oci REF [NAME]`.
+pub fn pull(reference: &str, name: Option<&str>, tls_verify: bool) -> Result<()> {
+    let r = reference::Reference::parse(reference)?;
+    let name = name.unwrap_or(r.default_name()).to_string();
+    let mut src = registry::Registry::new(r, tls_verify);
+    install(&mut src, &name).map_err(signal_code)
+}
+
+/// `ns-ctl import-oci DIR|ARCHIVE NAME`.
+pub fn import(path: &str, name: &str) -> Result<()> {
+    staging::check_name(name)?;
+    let mut src = layout::Layout::open(std::path::Path::new(path))?;
+    install(&mut src, name).map_err(signal_code)
+}
+
+/// A job stopped by a signal exits 128+N, as the signal's thread does when it has to.
+fn signal_code(e: Error) -> Error {
+    match SIGNALLED.load(Ordering::Relaxed) {
+        0 => e,
+        s => Error { code: 128 + s, ..e },
+    }
+}
+
+/// The signal that interrupted us, 0 if none.
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+/// An error once SIGINT, SIGTERM or SIGHUP has come: every read and every tar entry asks.
+pub fn interrupted() -> std::io::Result<()> {
+    match SIGNALLED.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        s => Err(std::io::Error::other(format!(
+            "interrupted by {}",
+            nix::sys::signal::Signal::try_from(s).map_or("a signal", |s| s.as_str())
+        ))),
+    }
+}
+
+/// Take SIGINT, SIGTERM and SIGHUP on a thread of their own: the job stops at its next
+/// read and cleans up; if it has not within two seconds, the thread does and exits.
+fn watch_signals() -> Result<()> {
+    let set = ns_core::sys::SignalSet::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    set.block()
+        .map_err(|e| Error::setup(format!("cannot block signals: {}", e.desc())))?;
+    std::thread::spawn(move || {
+        let Ok(sig) = set.wait() else { return };
+        SIGNALLED.store(sig, Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        staging::abandon(128 + sig);
+    });
+    Ok(())
+}
+
+/// Build the image NAME from `src`: manifest, config, layers, settings; then put it in
+/// place.
+fn install(src: &mut dyn Source, name: &str) -> Result<()> {
+    watch_signals()?;
+    let stage = staging::Staging::new(name)?;
+    let progress = Progress::on_tty();
+    let what = src.what();
+    progress.step(format!("{what}: manifest"));
+    let m = image::resolve(src)?;
+    let config = image::read_config(src, &m.config, &progress)?;
+    let n = m.layers.len();
+    for (i, layer) in m.layers.iter().enumerate() {
+        let label = format!("{what}: layer {}/{n} {}", i + 1, layer.short());
+        progress.step(label.clone());
+        if !image::is_layer(&layer.media_type) {
+            return Err(Error::setup(format!(
+                "{label}: not a layer we can apply ({})",
+                layer.media_type
+            )));
+        }
+        apply_blob(src, layer, &label, &progress, &stage)?;
+    }
+    progress.clear();
+    if let Some(w) = config["config"]["WorkingDir"]
+        .as_str()
+        .filter(|w| !w.is_empty())
+    {
+        let comps: Vec<&[u8]> = w
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::as_bytes)
+            .collect();
+        if !comps.contains(&&b".."[..]) {
+            apply::make_dirs(stage.root.as_fd(), &comps)
+                .map_err(|e| Error::setup(format!("{what}: working directory {w}: {e}")))?;
+        }
+    }
+    let settings = nspawn::settings(&config, &what, &m.digest)
+        .map_err(|e| Error::setup(format!("{what}: {e}")))?;
+    stage.commit(&settings)
+}
+
+/// Stream the layer blob `d` through its digest check and decompression (gzip, zstd or
+/// none, told by its first bytes) into the image.
+fn apply_blob(
+    src: &mut dyn Source,
+    d: &Descriptor,
+    label: &str,
+    progress: &Progress,
+    stage: &staging::Staging,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::setup(format!("{label}: {}", ns_core::error::io_desc(&e)));
+    let mut verified = Verified::new(src.blob(d)?, d, label.to_string(), progress);
+    {
+        let mut buf = BufReader::with_capacity(1 << 16, &mut verified);
+        let magic = buf.fill_buf().map_err(io)?.to_vec();
+        let mut tar: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(buf))
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buf).map_err(io)?)
+        } else {
+            Box::new(buf)
+        };
+        apply::apply_layer(stage.root.as_fd(), &mut tar, label)?;
+        // What the tar reader left: its end blocks, the compressed stream's trailer.
+        std::io::copy(&mut tar, &mut std::io::sink()).map_err(io)?;
+    }
+    verified.finish()
+}
