@@ -134,6 +134,28 @@ enum E<'a> {
     File(&'a str, &'a [u8]),
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
+    /// A file with cap_net_raw (effective) in its pax `SCHILY.xattr.security.capability`.
+    Capped(&'a str),
+}
+
+/// VFS capability data, revision 2 (magic 0x02000000 | effective, then permitted and
+/// inheritable words, little-endian): cap_net_raw (bit 13) permitted and effective.
+#[rustfmt::skip]
+const CAP_NET_RAW_XATTR: [u8; 20] = [
+    0x01, 0, 0, 0x02,   0, 0x20, 0, 0,   0, 0, 0, 0,   0, 0, 0, 0,   0, 0, 0, 0,
+];
+
+/// A pax record `LEN KEY=VALUE\n` (LEN counts itself).
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while (rest + len.to_string().len()) != len {
+        len = rest + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
 }
 
 fn header(kind: tar::EntryType, path: &str, mode: u32, size: u64) -> tar::Header {
@@ -163,6 +185,15 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
                 let mut h = header(tar::EntryType::Regular, p, 0o644, data.len() as u64);
                 h.set_cksum();
                 b.append(&h, *data).unwrap();
+            }
+            E::Capped(p) => {
+                let rec = pax_record("SCHILY.xattr.security.capability", &CAP_NET_RAW_XATTR);
+                let mut h = header(tar::EntryType::XHeader, "pax", 0o644, rec.len() as u64);
+                h.set_cksum();
+                b.append(&h, &rec[..]).unwrap();
+                let mut h = header(tar::EntryType::Regular, p, 0o755, 1);
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
             }
             E::Symlink(p, t) | E::Hardlink(p, t) => {
                 let kind = match e {
@@ -217,6 +248,7 @@ fn build_image(dir: &Path, scratch: &Path) -> Vec<String> {
     let base = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&tar_tree(&rootfs)));
     let second = tar_of(&[
         E::File(".wh.gone", b""),
+        E::File("nodir/.wh.x", b""),
         E::Dir("opq/"),
         E::File("opq/new", b"new"),
         E::File("opq/.wh..wh..opq", b""),
@@ -224,7 +256,8 @@ fn build_image(dir: &Path, scratch: &Path) -> Vec<String> {
         E::File("app/hello", b"hello\n"),
     ]);
     let second = l.blob(&format!("{OCI_LAYER}+zstd"), &zstd(&second));
-    let third = l.blob(OCI_LAYER, &tar_of(&[E::File("etc/motd", b"layer3\n")]));
+    let third = tar_of(&[E::File("etc/motd", b"layer3\n"), E::Capped("bin/capped")]);
+    let third = l.blob(OCI_LAYER, &third);
     let script = "echo args=$0,$1; echo cwd=$(pwd); echo foo=$FOO; echo uid=$(id -u); \
                   cat /app/hello; ls /opq; test -e /gone || echo gone is gone; cat /etc/motd";
     let config = json!({"architecture": "amd64", "os": "linux",
@@ -472,6 +505,23 @@ fn serve_one(
 // ---------------------------------------------------------------------------------------
 // Tests
 
+/// The file's security.capability attribute.
+fn security_capability(p: &Path) -> Vec<u8> {
+    let path = std::ffi::CString::new(s(p)).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated; buf is valid for its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "{}: no security.capability", p.display());
+    buf[..n as usize].to_vec()
+}
+
 /// Run the image `n` as its settings say; its output.
 fn run_image(n: &str) -> Output {
     let mut c = ns_tests::ns_run();
@@ -510,6 +560,14 @@ fn pull_from_a_registry_runs_as_the_config_says_and_import_gives_the_same_tree()
     let root = Path::new(MACHINES).join(&a);
     assert!(!root.join("gone").exists() && !root.join("opq/sub").exists());
     assert!(!root.join("opq/lower").exists() && root.join("opq/new").exists());
+    assert!(
+        !root.join("nodir").exists(),
+        "a whiteout made its directory"
+    );
+    assert_eq!(
+        security_capability(&root.join("bin/capped")),
+        CAP_NET_RAW_XATTR
+    );
     let mode = std::fs::metadata(&root).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
@@ -743,4 +801,48 @@ fn layers_never_write_outside_the_image() {
     assert_eq!(std::fs::read(root.join("passwd")).unwrap(), b"pwned\n");
     assert!(root.join("etc").is_symlink());
     assert_eq!(std::fs::read(root.join("pwned")).unwrap(), b"x");
+}
+
+#[test]
+fn an_image_whose_command_is_an_init_boots_with_ns_ctl_start() {
+    let t = Tree::empty("init");
+    let rootfs = t.host_dir("rootfs");
+    ns_tests::build_rootfs(&rootfs);
+    std::fs::create_dir_all(rootfs.join("sbin")).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", rootfs.join("sbin/init")).unwrap();
+    let dir = t.host_dir("layout");
+    let l = Layout::new(&dir);
+    let layer = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&tar_tree(&rootfs)));
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/sbin/init"]}, "rootfs": {"type": "layers"}});
+    let m = l.image(config, &[layer]);
+    l.finish(m);
+    let n = name("i");
+    let _images = Images(vec![n.clone()]);
+    let out = ctl(&["import-oci", s(&dir), &n]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
+    let settings = std::fs::read_to_string(format!("{MACHINES}/{n}.nspawn")).unwrap();
+    assert!(settings.contains("\nBoot=yes\n"), "{settings}");
+
+    // In a network namespace of its own: start gives it a veth.
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--"])
+        .arg(ns_tests::bin("ns-ctl"))
+        .args(["start", &n]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 0, "{out}");
+    let status = ctl(&["status", &n, "-o", "json"]);
+    let v: Value = serde_json::from_str(&status.stdout).expect(&status.stdout);
+    assert_eq!(v["boot"], true, "{status}");
+    let out = ctl(&["shell", &n, "--", "sh", "-c", "cat /proc/1/comm"]);
+    assert_eq!(out.stdout.trim(), "init", "{out}");
+    assert_eq!(ctl(&["terminate", &n]).code, 0);
+    let root = Path::new(MACHINES).join(&n);
+    let left = ns_tests::wait_no_procs_in(&root, Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/run/ns-run/machines/{n}.json")).exists() {
+        assert!(Instant::now() < deadline, "{n} still registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -122,8 +122,6 @@ fn apply_entry<R: Read>(
     let Some((&base, parent)) = comps.split_last() else {
         return Ok(()); // the image's root itself: its mode is set when it is complete
     };
-    let dir = make_dirs(root, parent)?;
-    let name = OsStr::from_bytes(base);
     if base == b".wh..wh..opq" {
         l.opaque.push(join(parent));
         return Ok(());
@@ -135,13 +133,19 @@ fn apply_entry<R: Read>(
         }
         let mut full = parent.to_vec();
         full.push(hidden);
-        // A whiteout hides only what the layers below have.
+        // A whiteout hides only what the layers below have (in a directory they have).
+        let dir = match open_in_root(root, &join(parent)) {
+            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(()),
+            r => r.ctx(|| "cannot open its directory".into())?,
+        };
         if !l.written.contains(&join(&full)) {
             walk::remove_at(dir.as_fd(), OsStr::from_bytes(hidden))
                 .ctx(|| "cannot remove what it hides".into())?;
         }
         return Ok(());
     }
+    let dir = make_dirs(root, parent)?;
+    let name = OsStr::from_bytes(base);
     let kind = e.header().entry_type();
     let existing = nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW);
     match existing {
@@ -188,6 +192,7 @@ fn make_entry<R: Read>(
             nix::unistd::fchown(&f, Some(uid_of(uid)?), Some(gid_of(gid)?))
                 .ctx(|| "cannot chown it".into())?;
             nix::sys::stat::fchmod(&f, perm).ctx(|| "cannot chmod it".into())?;
+            set_xattrs(&f, e)?;
             return set_time(dir, name, mtime);
         }
         T::Directory => match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
@@ -245,6 +250,27 @@ fn make_entry<R: Read>(
         .ctx(|| "cannot chmod it".into())?;
     }
     set_time(dir, name, mtime)
+}
+
+/// The file's extended attributes from its pax header (`SCHILY.xattr.NAME`): file
+/// capabilities (`security.capability`: ping's cap_net_raw) and `user.*`. Others are left
+/// out: an SELinux label of the build host means nothing here, and `trusted.overlay.*`
+/// would change what an overlay mount of the image shows.
+fn set_xattrs<R: Read>(f: &std::fs::File, e: &mut tar::Entry<'_, R>) -> Result<()> {
+    use xattr::FileExt;
+    let Ok(Some(exts)) = e.pax_extensions() else {
+        return Ok(());
+    };
+    for ext in exts.flatten() {
+        let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+            continue;
+        };
+        if name == b"security.capability" || name.starts_with(b"user.") {
+            f.set_xattr(OsStr::from_bytes(name), ext.value_bytes())
+                .ctx(|| format!("cannot set its {}", String::from_utf8_lossy(name)))?;
+        }
+    }
+    Ok(())
 }
 
 fn link_name<R: Read>(e: &tar::Entry<'_, R>) -> Result<Vec<u8>> {
