@@ -290,7 +290,9 @@ impl<R: Read> Read for Verified<'_, R> {
             )));
         }
         self.hasher.update(&buf[..n]);
-        self.progress.bytes(self.read, self.want.size);
+        if n > 0 {
+            self.progress.bytes(self.read, self.want.size);
+        }
         Ok(n)
     }
 }

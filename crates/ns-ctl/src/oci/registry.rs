@@ -160,6 +160,7 @@ impl Registry {
         let e = &v["errors"][0];
         let msg = match (e["code"].as_str(), e["message"].as_str()) {
             (Some(c), Some(m)) => format!("{} ({c})", m.replace('\n', " ")),
+            _ if status == 404 => "not found (HTTP 404)".to_string(),
             _ => format!("HTTP {status}"),
         };
         Err(Error::setup(format!("{}: {thing}: {msg}", self.what())))

@@ -100,6 +100,9 @@ impl Staging {
         }
         nix::sys::stat::fchmod(&self.root, Mode::from_bits_truncate(0o755))
             .ctx(|| format!("cannot chmod {MACHINES}/{}", self.hidden))?;
+        // On disk before it has its name: a crash after the rename must not leave an image
+        // of empty files (systemd's pulls sync too).
+        nix::unistd::syncfs(&self.root).ctx(|| format!("cannot sync {MACHINES}"))?;
         let tmp = format!("{MACHINES}/{}", self.settings_tmp);
         let mut f = std::fs::File::options()
             .write(true)
@@ -109,7 +112,7 @@ impl Staging {
             .open(&tmp)
             .ctx(|| format!("cannot create {tmp}"))?;
         f.write_all(settings.as_bytes())
-            .and_then(|()| f.sync_all())
+            .and_then(|()| f.sync_data())
             .ctx(|| format!("cannot write {tmp}"))?;
         let file = format!("{}.nspawn", self.name);
         rename(&self.machines, &self.settings_tmp, &file)?;
