@@ -846,3 +846,76 @@ fn an_image_whose_command_is_an_init_boots_with_ns_ctl_start() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn other_registries_are_spoken_to_over_https_their_certificate_checked() {
+    let t = Tree::empty("tls");
+    let layout = t.host_dir("layout");
+    build_image(&layout, &t.host_dir("scratch"));
+    let d = t.host_dir("registry");
+    // A self-signed certificate for 10.0.0.1, an address of a network namespace's own lo.
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=10.0.0.1",
+            "-addext",
+            "subjectAltName=IP:10.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(d.join("key.pem"))
+        .arg("-out")
+        .arg(d.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {out:?}");
+    std::fs::write(
+        d.join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {0}/storage\n\
+             http:\n  addr: 10.0.0.1:5000\n  tls:\n    certificate: {0}/cert.pem\n    key: {0}/key.pem\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("policy.json"),
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let (a, b) = (name("s"), name("n"));
+    let _images = Images(vec![a.clone(), b.clone()]);
+    let ctl = ns_tests::bin("ns-ctl");
+    let script = format!(
+        "ip link set lo up && ip addr add 10.0.0.1/32 dev lo || exit 1
+         docker-registry serve {d}/config.yml >/dev/null 2>&1 & r=$!
+         trap 'kill $r' EXIT
+         for i in $(seq 100); do
+             skopeo --policy {d}/policy.json copy -q --all --preserve-digests \
+                 --dest-tls-verify=false oci:{layout}:latest docker://10.0.0.1:5000/test/app:v1 \
+                 2>/dev/null && break
+             sleep 0.1
+         done
+         {ctl} pull-oci 10.0.0.1:5000/test/app:v1 {a}; echo verified=$?
+         {ctl} pull-oci --tls-verify=no 10.0.0.1:5000/test/app:v1 {b}; echo unverified=$?",
+        d = d.display(),
+        layout = layout.display(),
+        ctl = ctl.display(),
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--", "sh", "-c", &script]);
+    let out = run_cmd(c, None);
+    assert!(out.stdout.contains("verified=125\n"), "{out}");
+    assert!(out.stdout.contains("unverified=0\n"), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert!(
+        out.stderr
+            .starts_with("ns-ctl: cannot fetch https://10.0.0.1:5000/v2/test/app/manifests/v1: ")
+            && out.stderr.contains("certificate"),
+        "{out}"
+    );
+    assert!(leftovers(&a).is_empty(), "{:?}", leftovers(&a));
+    assert_eq!(run_image(&b).stdout, EXPECTED);
+}
