@@ -667,8 +667,13 @@ fn bearer_token_flow_and_a_server_gone_mid_blob() {
     let n = name("f");
     let _images = Images(vec![n.clone()]);
 
+    // (A proxy in the environment is not used for a registry on this host.)
     let (port, log) = fake_registry(&layout, Fake::Token, None);
-    let out = ctl(&["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n]);
+    let mut c = ns_tests::stage("ns-ctl");
+    c.args(["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n])
+        .env("ALL_PROXY", "http://192.0.2.1:9")
+        .env("HTTP_PROXY", "http://192.0.2.1:9");
+    let out = run_cmd(c, None);
     assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
     let log = log.lock().unwrap().clone();
     assert!(

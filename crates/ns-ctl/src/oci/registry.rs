@@ -27,7 +27,12 @@ impl Registry {
         let tls = ureq::tls::TlsConfig::builder()
             .disable_verification(!tls_verify)
             .build();
-        let agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder();
+        if r.is_local() {
+            // Never through a proxy from the environment (Go's, and so Docker's, rule).
+            config = config.proxy(None);
+        }
+        let agent = config
             .http_status_as_error(false)
             .tls_config(tls)
             .accept_encoding("identity")
