@@ -382,8 +382,9 @@ impl Drop for Registry {
 /// How the fake registry misbehaves.
 #[derive(Clone, Copy)]
 enum Fake {
-    /// Every request needs the token from /token (a 401 with a Bearer challenge first).
-    Token,
+    /// Every request needs the latest token from /token (a 401 with a Bearer challenge
+    /// first), which serves this many requests at most, if given (then it has expired).
+    Token(Option<usize>),
     /// The body of this blob stops half way and the connection closes.
     CutBlob(usize),
     /// The body of this blob stops half way and the connection stays open, silent.
@@ -438,9 +439,19 @@ fn serve_one(
         conn.write_all(head.as_bytes())?;
         conn.write_all(body)
     };
+    // Tokens are tok-1, tok-2...: the latest one is good (for its first uses if they expire).
+    let (issued, uses) = {
+        let log = log.lock().unwrap();
+        let issued = log.iter().filter(|l| l.starts_with("/token?")).count();
+        let tail = format!("[bearer tok-{issued}]");
+        (issued, log.iter().filter(|l| l.ends_with(&tail)).count())
+    };
     if path.starts_with("/token?") {
         let ok = path.contains("service=fake") && path.contains("scope=repository");
-        let body = if ok { r#"{"token":"tok-123"}"# } else { "{}" };
+        let body = match ok {
+            true => format!(r#"{{"token":"tok-{issued}"}}"#),
+            false => "{}".to_string(),
+        };
         return send(
             &mut conn,
             "200 OK",
@@ -448,7 +459,9 @@ fn serve_one(
             body.as_bytes(),
         );
     }
-    if matches!(mode, Fake::Token) && auth != "bearer tok-123" {
+    let good = auth == format!("bearer tok-{issued}")
+        && !matches!(mode, Fake::Token(Some(max)) if uses > max);
+    if matches!(mode, Fake::Token(_)) && !good {
         let challenge = format!(
             "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\",\
              scope=\"repository:test/app:pull\"\r\n"
@@ -668,7 +681,7 @@ fn bearer_token_flow_and_a_server_gone_mid_blob() {
     let _images = Images(vec![n.clone()]);
 
     // (A proxy in the environment is not used for a registry on this host.)
-    let (port, log) = fake_registry(&layout, Fake::Token, None);
+    let (port, log) = fake_registry(&layout, Fake::Token(None), None);
     let mut c = ns_tests::stage("ns-ctl");
     c.args(["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n])
         .env("ALL_PROXY", "http://192.0.2.1:9")
@@ -682,12 +695,28 @@ fn bearer_token_flow_and_a_server_gone_mid_blob() {
     );
     assert!(log[1].starts_with("/token?"), "{log:?}");
     assert!(
-        log[2..].iter().all(|l| l.ends_with("[bearer tok-123]")),
+        log[2..].iter().all(|l| l.ends_with("[bearer tok-1]")),
         "{log:?}"
     );
     assert_eq!(run_image(&n).stdout, EXPECTED);
-    ns_tests::remove_tree(&Path::new(MACHINES).join(&n));
-    std::fs::remove_file(format!("{MACHINES}/{n}.nspawn")).unwrap();
+    let remove = || {
+        ns_tests::remove_tree(&Path::new(MACHINES).join(&n));
+        std::fs::remove_file(format!("{MACHINES}/{n}.nspawn")).unwrap();
+    };
+    remove();
+
+    // Tokens that expire after two requests: a 401 on the way gets a new one.
+    let (port, log) = fake_registry(&layout, Fake::Token(Some(2)), None);
+    let out = ctl(&["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
+    let tokens = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("/token?"))
+        .count();
+    assert!(tokens >= 3, "{:?}", log.lock().unwrap());
+    remove();
 
     // The busybox layer's body stops half way: the connection closes under the pull.
     let size = std::fs::metadata(

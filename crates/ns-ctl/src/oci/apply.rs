@@ -186,8 +186,14 @@ fn make_entry<R: Read>(
                 Mode::from_bits_truncate(0o600),
             )
             .ctx(|| "cannot create it".into())?;
-            let mut f = std::fs::File::from(fd);
-            std::io::copy(e, &mut f).ctx(|| "cannot write it".into())?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 17, std::fs::File::from(fd));
+            std::io::copy(e, &mut w).ctx(|| "cannot write it".into())?;
+            let f = w.into_inner().map_err(|e| {
+                Error::setup(format!(
+                    "cannot write it: {}",
+                    ns_core::error::io_desc(e.error())
+                ))
+            })?;
             // chown before chmod: chown clears the set-id bits.
             nix::unistd::fchown(&f, Some(uid_of(uid)?), Some(gid_of(gid)?))
                 .ctx(|| "cannot chown it".into())?;

@@ -50,8 +50,10 @@ impl Registry {
         }
     }
 
-    /// GET `url`, with the token once the registry has asked for one.
+    /// GET `url`, with the token once the registry has asked for one; a 401 gets a (new)
+    /// token once: tokens expire (Docker Hub's after 5 minutes) during a long pull.
     fn get(&mut self, url: &str, accept: Option<&str>) -> Result<Response<Body>> {
+        let mut asked = false;
         loop {
             let mut req = self.agent.get(url);
             if let Some(a) = accept {
@@ -61,9 +63,10 @@ impl Registry {
                 req = req.header("Authorization", format!("Bearer {t}"));
             }
             let resp = req.call().map_err(|e| net_error(url, &e))?;
-            if resp.status() != 401 || self.token.is_some() {
+            if resp.status() != 401 || asked {
                 return Ok(resp);
             }
+            asked = true;
             let challenge = resp
                 .headers()
                 .get("www-authenticate")
