@@ -742,6 +742,15 @@ fn bearer_token_flow_and_a_server_gone_mid_blob() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
+    // The hidden directory is held (flock) while it is built: `ns-ctl clean` leaves it.
+    let hidden = leftovers(&n);
+    let held = Command::new("flock")
+        .args(["-n", "-E", "99"])
+        .arg(&hidden[0])
+        .arg("true")
+        .status()
+        .unwrap();
+    assert_eq!(held.code(), Some(99), "{hidden:?} not held");
     running.signal(libc::SIGINT);
     let started = Instant::now();
     let out = running.wait();

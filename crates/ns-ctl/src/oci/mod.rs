@@ -16,7 +16,6 @@ mod registry;
 mod staging;
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use ns_core::{Error, Result};
@@ -109,7 +108,7 @@ fn install(src: &mut dyn Source, name: &str) -> Result<()> {
             .map(str::as_bytes)
             .collect();
         if !comps.contains(&&b".."[..]) {
-            apply::make_dirs(stage.root.as_fd(), &comps)
+            apply::make_dirs(stage.root(), &comps)
                 .map_err(|e| Error::setup(format!("{what}: working directory {w}: {e}")))?;
         }
     }
@@ -139,7 +138,7 @@ fn apply_blob(
         } else {
             Box::new(buf)
         };
-        apply::apply_layer(stage.root.as_fd(), &mut tar, label)?;
+        apply::apply_layer(stage.root(), &mut tar, label)?;
         // What the tar reader left: its end blocks, the compressed stream's trailer.
         std::io::copy(&mut tar, &mut std::io::sink()).map_err(io)?;
     }

@@ -1,15 +1,17 @@
 //! Where an image is built: a hidden directory `.#NAME.XXXXXXXX` (0700) in
-//! /var/lib/machines, renamed into place (RENAME_NOREPLACE) with its settings file only
-//! when complete. Dropped before that, on any error, it is removed; a SIGINT, SIGTERM or
+//! /var/lib/machines, held with a flock while it is built (the mark `ns-ctl clean` leaves
+//! alone, as importd's and ns-ctl's other imports), renamed into place (RENAME_NOREPLACE)
+//! with its settings file only when complete. Dropped before that, on any error, it is removed; a SIGINT, SIGTERM or
 //! SIGHUP makes the job fail at its next read, and if it has not finished within two
 //! seconds (a stalled connection), the signal's thread removes the directory itself and
 //! exits.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 use ns_core::{Context, Error, Result};
 
@@ -24,7 +26,7 @@ pub struct Staging {
     name: String,
     hidden: String,
     settings_tmp: String,
-    pub root: OwnedFd,
+    root: Flock<File>,
 }
 
 impl Staging {
@@ -78,6 +80,10 @@ impl Staging {
         drop(building);
         let root = ns_core::walk::open_dir_at(machines.as_fd(), OsStr::new(&hidden))
             .ctx(|| format!("cannot open {MACHINES}/{hidden}"))?;
+        let root =
+            Flock::lock(File::from(root), FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+                Error::setup(format!("cannot lock {MACHINES}/{hidden}: {}", e.desc()))
+            })?;
         Ok(Staging {
             machines,
             name: name.to_string(),
@@ -85,6 +91,11 @@ impl Staging {
             settings_tmp,
             root,
         })
+    }
+
+    /// The image's directory.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
     }
 
     /// Put the image in place as NAME with its settings file `settings`: the file first (an
@@ -98,19 +109,21 @@ impl Staging {
         if super::interrupted().is_err() {
             return Err(Error::setup("interrupted".into()));
         }
-        nix::sys::stat::fchmod(&self.root, Mode::from_bits_truncate(0o755))
+        nix::sys::stat::fchmod(self.root(), Mode::from_bits_truncate(0o755))
             .ctx(|| format!("cannot chmod {MACHINES}/{}", self.hidden))?;
         // On disk before it has its name: a crash after the rename must not leave an image
         // of empty files (systemd's pulls sync too).
-        nix::unistd::syncfs(&self.root).ctx(|| format!("cannot sync {MACHINES}"))?;
+        nix::unistd::syncfs(self.root()).ctx(|| format!("cannot sync {MACHINES}"))?;
         let tmp = format!("{MACHINES}/{}", self.settings_tmp);
-        let mut f = std::fs::File::options()
+        let f = File::options()
             .write(true)
             .create_new(true)
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .ctx(|| format!("cannot create {tmp}"))?;
+        let mut f = Flock::lock(f, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| Error::setup(format!("cannot lock {tmp}: {}", e.desc())))?;
         f.write_all(settings.as_bytes())
             .and_then(|()| f.sync_data())
             .ctx(|| format!("cannot write {tmp}"))?;
