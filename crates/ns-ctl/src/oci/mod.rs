@@ -3,8 +3,8 @@
 //! beside it, so that `ns-run -M NAME` runs it as the config says. Every blob is checked
 //! against its digest as it streams; the image is built in a hidden directory and renamed
 //! into place only when complete ([`staging`]); a layer is applied without ever writing
-//! outside it ([`apply`]). These verbs may start a thread (the signal watcher); no other
-//! verb of ns-ctl does.
+//! outside it ([`apply`]). These verbs start a thread (the signal watcher): they never
+//! call setns, which `shell` and `login` do single-threaded.
 
 mod apply;
 mod image;

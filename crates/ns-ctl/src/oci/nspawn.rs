@@ -40,7 +40,11 @@ pub fn settings(config: &Value, origin: &str, digest: &str) -> Result<String> {
             out += &format!("Parameters={}\n", quoted(params)?);
         }
     }
-    let env = strings(&c["Env"]);
+    // (An entry without `=` is no variable: Docker drops it too.)
+    let env: Vec<String> = strings(&c["Env"])
+        .into_iter()
+        .filter(|e| e.contains('='))
+        .collect();
     if !env.is_empty() {
         out += &format!("Environment={}\n", quoted(&env)?);
     }
@@ -58,7 +62,11 @@ pub fn settings(config: &Value, origin: &str, digest: &str) -> Result<String> {
         }
     }
     if let Some(w) = c["WorkingDir"].as_str().filter(|w| !w.is_empty()) {
-        out += &format!("WorkingDirectory={}\n", one_word(w)?);
+        // Always absolute, as Docker makes it.
+        out += &format!(
+            "WorkingDirectory=/{}\n",
+            one_word(w.trim_start_matches('/'))?
+        );
     }
     if let Some(s) = c["StopSignal"].as_str().filter(|s| !s.is_empty()) {
         out += &format!("KillSignal={}\n", one_word(s)?);

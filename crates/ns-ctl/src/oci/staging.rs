@@ -1,10 +1,10 @@
 //! Where an image is built: a hidden directory `.#NAME.XXXXXXXX` (0700) in
-//! /var/lib/machines, held with a flock while it is built (the mark `ns-ctl clean` leaves
-//! alone, as importd's and ns-ctl's other imports), renamed into place (RENAME_NOREPLACE)
-//! with its settings file only when complete. Dropped before that, on any error, it is removed; a SIGINT, SIGTERM or
-//! SIGHUP makes the job fail at its next read, and if it has not finished within two
-//! seconds (a stalled connection), the signal's thread removes the directory itself and
-//! exits.
+//! /var/lib/machines, held with a flock while it is built (the mark by which `ns-ctl clean`
+//! tells a directory in the making from a leftover), renamed into place (RENAME_NOREPLACE)
+//! with its settings file only when complete. Dropped before that, on any error, it is
+//! removed; a SIGINT, SIGTERM or SIGHUP makes the job fail at its next read, and if it has
+//! not finished within two seconds (a stalled connection), the signal's thread removes the
+//! directory itself and exits.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -106,9 +106,7 @@ impl Staging {
         let mut building = BUILDING
             .lock()
             .map_err(|_| Error::setup("lock poisoned".into()))?;
-        if super::interrupted().is_err() {
-            return Err(Error::setup("interrupted".into()));
-        }
+        super::interrupted().map_err(|e| Error::setup(e.to_string()))?;
         nix::sys::stat::fchmod(self.root(), Mode::from_bits_truncate(0o755))
             .ctx(|| format!("cannot chmod {MACHINES}/{}", self.hidden))?;
         // On disk before it has its name: a crash after the rename must not leave an image
