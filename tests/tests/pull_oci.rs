@@ -245,7 +245,9 @@ fn build_image(dir: &Path, scratch: &Path) -> Vec<String> {
     std::fs::create_dir_all(rootfs.join("opq/sub")).unwrap();
     std::fs::write(rootfs.join("opq/lower"), "lower").unwrap();
     std::fs::write(rootfs.join("opq/sub/lower2"), "lower").unwrap();
-    let base = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&tar_tree(&rootfs)));
+    let base = tar_tree(&rootfs);
+    let mut diff_ids = vec![format!("sha256:{}", sha256(&base))];
+    let base = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&base));
     let second = tar_of(&[
         E::File(".wh.gone", b""),
         E::File("nodir/.wh.x", b""),
@@ -255,8 +257,10 @@ fn build_image(dir: &Path, scratch: &Path) -> Vec<String> {
         E::Dir("app/"),
         E::File("app/hello", b"hello\n"),
     ]);
+    diff_ids.push(format!("sha256:{}", sha256(&second)));
     let second = l.blob(&format!("{OCI_LAYER}+zstd"), &zstd(&second));
     let third = tar_of(&[E::File("etc/motd", b"layer3\n"), E::Capped("bin/capped")]);
+    diff_ids.push(format!("sha256:{}", sha256(&third)));
     let third = l.blob(OCI_LAYER, &third);
     let script = "echo args=$0,$1; echo cwd=$(pwd); echo foo=$FOO; echo uid=$(id -u); \
                   cat /app/hello; ls /opq; test -e /gone || echo gone is gone; cat /etc/motd";
@@ -265,7 +269,7 @@ fn build_image(dir: &Path, scratch: &Path) -> Vec<String> {
                    "Env": ["PATH=/usr/bin:/bin", "FOO=bar \"q\" 'x' baz"],
                    "WorkingDir": "/work/dir", "User": "1000",
                    "ExposedPorts": {"8080/tcp": {}}},
-        "rootfs": {"type": "layers", "diff_ids": []}});
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
     let mut amd = l.image(config, &[base.clone(), second.clone(), third.clone()]);
     amd["platform"] = json!({"os": "linux", "architecture": "amd64"});
     let other = json!({"architecture": "s390x", "os": "linux",
@@ -670,6 +674,19 @@ fn bad_pulls_fail_in_one_line_and_leave_nothing() {
     assert_failed_cleanly(&out, &n, "digest mismatch");
     let out = ctl(&["import-oci", "/nonexistent", &n]);
     assert_failed_cleanly(&out, &n, "cannot open /nonexistent");
+
+    // A layer whose tar is not what the config's diff_ids say (its blob's digest is right).
+    let dir = t.host_dir("layout-diff-id");
+    let l = Layout::new(&dir);
+    let tar = tar_of(&[E::File("a", b"a")]);
+    let layer = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&tar));
+    let wrong = format!("sha256:{}", sha256(b"another tar"));
+    let config = json!({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [wrong]}});
+    let m = l.image(config, &[layer]);
+    l.finish(m);
+    let out = ctl(&["import-oci", s(&dir), &n]);
+    assert_failed_cleanly(&out, &n, "its tar does not match the config's diff_id");
 }
 
 #[test]

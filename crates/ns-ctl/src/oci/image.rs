@@ -297,6 +297,57 @@ impl<R: Read> Read for Verified<'_, R> {
     }
 }
 
+/// The config's `rootfs.diff_ids` (each layer's tar digest), if it lists them: one per
+/// layer, each a sha256 digest.
+pub fn diff_ids(config: &Value, layers: usize) -> Result<Option<Vec<String>>> {
+    let Some(ids) = config["rootfs"]["diff_ids"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+    else {
+        return Ok(None);
+    };
+    if ids.len() != layers {
+        return Err(Error::setup(format!(
+            "the config lists {} diff_ids for {layers} layers",
+            ids.len()
+        )));
+    }
+    ids.iter()
+        .map(|d| {
+            let d = d.as_str().unwrap_or("");
+            check_digest(d).map(|_| Some(d.to_string()))
+        })
+        .collect::<Result<Option<Vec<_>>>>()
+}
+
+/// A reader that hashes what passes through it (a layer's tar, for its diff_id).
+pub struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Hashing<R> {
+    pub fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// `sha256:HEX` of all that was read.
+    pub fn digest(&mut self) -> String {
+        format!("sha256:{}", hex(&self.hasher.finalize_reset()))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Would `mt` be a layer we can apply (tar, gzip or zstd; Docker's and OCI's names,
 /// non-distributable ones too)?
 pub fn is_layer(mt: &str) -> bool {

@@ -86,6 +86,7 @@ fn install(src: &mut dyn Source, name: &str) -> Result<()> {
     let m = image::resolve(src)?;
     let config = image::read_config(src, &m.config, &progress)?;
     let n = m.layers.len();
+    let diff_ids = image::diff_ids(&config, n).map_err(|e| Error::setup(format!("{what}: {e}")))?;
     for (i, layer) in m.layers.iter().enumerate() {
         let label = format!("{what}: layer {}/{n} {}", i + 1, layer.short());
         progress.step(label.clone());
@@ -95,7 +96,8 @@ fn install(src: &mut dyn Source, name: &str) -> Result<()> {
                 layer.media_type
             )));
         }
-        apply_blob(src, layer, &label, &progress, &stage)?;
+        let diff_id = diff_ids.as_ref().map(|d| d[i].as_str());
+        apply_blob(src, layer, diff_id, &label, &progress, &stage)?;
     }
     progress.clear();
     if let Some(w) = config["config"]["WorkingDir"]
@@ -118,29 +120,40 @@ fn install(src: &mut dyn Source, name: &str) -> Result<()> {
 }
 
 /// Stream the layer blob `d` through its digest check and decompression (gzip, zstd or
-/// none, told by its first bytes) into the image.
+/// none, told by its first bytes) into the image; the tar itself must hash to `diff_id`,
+/// when the config gives one.
 fn apply_blob(
     src: &mut dyn Source,
     d: &Descriptor,
+    diff_id: Option<&str>,
     label: &str,
     progress: &Progress,
     stage: &staging::Staging,
 ) -> Result<()> {
     let io = |e: std::io::Error| Error::setup(format!("{label}: {}", ns_core::error::io_desc(&e)));
     let mut verified = Verified::new(src.blob(d)?, d, label.to_string(), progress);
-    {
+    let got = {
         let mut buf = BufReader::with_capacity(1 << 16, &mut verified);
         let magic = buf.fill_buf().map_err(io)?.to_vec();
-        let mut tar: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
+        let plain: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::bufread::MultiGzDecoder::new(buf))
         } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Box::new(zstd::stream::read::Decoder::with_buffer(buf).map_err(io)?)
         } else {
             Box::new(buf)
         };
+        let mut tar = image::Hashing::new(plain);
         apply::apply_layer(stage.root(), &mut tar, label)?;
         // What the tar reader left: its end blocks, the compressed stream's trailer.
         std::io::copy(&mut tar, &mut std::io::sink()).map_err(io)?;
+        tar.digest()
+    };
+    // The blob first (what the manifest names), then what it unpacked to.
+    verified.finish()?;
+    match diff_id {
+        Some(want) if want != got => Err(Error::setup(format!(
+            "{label}: its tar does not match the config's diff_id: expected {want}, got {got}"
+        ))),
+        _ => Ok(()),
     }
-    verified.finish()
 }
