@@ -863,41 +863,27 @@ fn layers_never_write_outside_the_image() {
     assert_eq!(std::fs::read(root.join("pwned")).unwrap(), b"x");
 }
 
-#[test]
-fn an_image_whose_command_is_an_init_boots_with_ns_ctl_start() {
-    let t = Tree::empty("init");
-    let rootfs = t.host_dir("rootfs");
-    ns_tests::build_rootfs(&rootfs);
-    std::fs::create_dir_all(rootfs.join("sbin")).unwrap();
-    std::os::unix::fs::symlink("/bin/busybox", rootfs.join("sbin/init")).unwrap();
-    let dir = t.host_dir("layout");
-    let l = Layout::new(&dir);
-    let layer = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&tar_tree(&rootfs)));
-    let config = json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/sbin/init"]}, "rootfs": {"type": "layers"}});
-    let m = l.image(config, &[layer]);
-    l.finish(m);
-    let n = name("i");
-    let _images = Images(vec![n.clone()]);
-    let out = ctl(&["import-oci", s(&dir), &n]);
-    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
-    let settings = std::fs::read_to_string(format!("{MACHINES}/{n}.nspawn")).unwrap();
-    assert!(settings.contains("\nBoot=yes\n"), "{settings}");
-
-    // In a network namespace of its own: start gives it a veth.
+/// Start the image `n` with `ns-ctl start` in a network namespace of its own (start gives
+/// it a veth); whether it booted and its PID 1's command line; then terminate it.
+fn start_and_look(n: &str) -> (bool, String) {
     let mut c = Command::new("unshare");
     c.args(["--net", "--"])
         .arg(ns_tests::bin("ns-ctl"))
-        .args(["start", &n]);
+        .args(["start", n]);
     let out = run_cmd(c, None);
     assert_eq!(out.code, 0, "{out}");
-    let status = ctl(&["status", &n, "-o", "json"]);
+    let status = ctl(&["status", n, "-o", "json"]);
     let v: Value = serde_json::from_str(&status.stdout).expect(&status.stdout);
-    assert_eq!(v["boot"], true, "{status}");
-    let out = ctl(&["shell", &n, "--", "sh", "-c", "cat /proc/1/comm"]);
-    assert_eq!(out.stdout.trim(), "init", "{out}");
-    assert_eq!(ctl(&["terminate", &n]).code, 0);
-    let root = Path::new(MACHINES).join(&n);
+    let out = ctl(&[
+        "shell",
+        n,
+        "--",
+        "sh",
+        "-c",
+        "tr '\\0' ' ' </proc/1/cmdline",
+    ]);
+    assert_eq!(ctl(&["terminate", n]).code, 0);
+    let root = Path::new(MACHINES).join(n);
     let left = ns_tests::wait_no_procs_in(&root, Duration::from_secs(10));
     assert!(left.is_empty(), "{left:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -905,6 +891,41 @@ fn an_image_whose_command_is_an_init_boots_with_ns_ctl_start() {
         assert!(Instant::now() < deadline, "{n} still registered");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (v["boot"] == true, out.stdout.trim().to_string())
+}
+
+#[test]
+fn ns_ctl_start_boots_an_image_whose_command_is_an_init_and_runs_another_s_command() {
+    let t = Tree::empty("init");
+    let rootfs = t.host_dir("rootfs");
+    ns_tests::build_rootfs(&rootfs);
+    std::fs::create_dir_all(rootfs.join("sbin")).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", rootfs.join("sbin/init")).unwrap();
+    let tar = gzip(&tar_tree(&rootfs));
+    let (a, b) = (name("i"), name("a"));
+    let _images = Images(vec![a.clone(), b.clone()]);
+    for (n, cmd, setting) in [
+        (&a, json!(["/sbin/init"]), "\nBoot=yes\n"),
+        (
+            &b,
+            json!(["/bin/sleep", "100"]),
+            "\nBoot=no\nParameters=\"/bin/sleep\" \"100\"\n",
+        ),
+    ] {
+        let dir = t.host_dir(&format!("layout-{n}"));
+        let l = Layout::new(&dir);
+        let layer = l.blob(&format!("{OCI_LAYER}+gzip"), &tar);
+        let config = json!({"architecture": "amd64", "os": "linux",
+            "config": {"Cmd": cmd}, "rootfs": {"type": "layers"}});
+        let m = l.image(config, &[layer]);
+        l.finish(m);
+        let out = ctl(&["import-oci", s(&dir), n]);
+        assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
+        let settings = std::fs::read_to_string(format!("{MACHINES}/{n}.nspawn")).unwrap();
+        assert!(settings.contains(setting), "{settings}");
+    }
+    assert_eq!(start_and_look(&a), (true, "init".to_string()));
+    assert_eq!(start_and_look(&b), (false, "/bin/sleep 100".to_string()));
 }
 
 #[test]
