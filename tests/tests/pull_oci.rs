@@ -268,12 +268,12 @@ fn build_image(dir: &Path, scratch: &Path) -> Vec<String> {
         "config": {"Entrypoint": ["/bin/sh", "-c", script], "Cmd": ["first", "sec ond"],
                    "Env": ["PATH=/usr/bin:/bin", "FOO=bar \"q\" 'x' baz"],
                    "WorkingDir": "/work/dir", "User": "1000",
-                   "ExposedPorts": {"8080/tcp": {}}},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+                   "ExposedPorts": {"8080/tcp": {} } },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids} });
     let mut amd = l.image(config, &[base.clone(), second.clone(), third.clone()]);
     amd["platform"] = json!({"os": "linux", "architecture": "amd64"});
     let other = json!({"architecture": "s390x", "os": "linux",
-        "config": {"Cmd": ["/bin/echo", "wrong platform"]}, "rootfs": {"type": "layers"}});
+        "config": {"Cmd": ["/bin/echo", "wrong platform"]}, "rootfs": {"type": "layers"} });
     let mut s390 = l.image(other, std::slice::from_ref(&base));
     s390["platform"] = json!({"os": "linux", "architecture": "s390x"});
     let index = l.json(
@@ -412,14 +412,8 @@ fn fake_registry(dir: &Path, mode: Fake, cut: Option<String>) -> (u16, Arc<Mutex
     (port, log)
 }
 
-fn serve_one(
-    mut conn: TcpStream,
-    dir: &Path,
-    port: u16,
-    mode: Fake,
-    cut: Option<&str>,
-    log: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
+/// A request's path and Authorization header (lower case).
+fn read_request(conn: &TcpStream) -> std::io::Result<(String, String)> {
     let mut r = BufReader::new(conn.try_clone()?);
     let mut first = String::new();
     r.read_line(&mut first)?;
@@ -433,7 +427,18 @@ fn serve_one(
             auth = v.trim().to_string();
         }
     }
-    let path = first.split(' ').nth(1).unwrap_or("").to_string();
+    Ok((first.split(' ').nth(1).unwrap_or("").to_string(), auth))
+}
+
+fn serve_one(
+    mut conn: TcpStream,
+    dir: &Path,
+    port: u16,
+    mode: Fake,
+    cut: Option<&str>,
+    log: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let (path, auth) = read_request(&conn)?;
     log.lock().unwrap().push(format!("{path} [{auth}]"));
     let send = |conn: &mut TcpStream, status: &str, extra: &str, body: &[u8]| {
         let head = format!(
@@ -682,7 +687,7 @@ fn bad_pulls_fail_in_one_line_and_leave_nothing() {
     let layer = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&tar));
     let wrong = format!("sha256:{}", sha256(b"another tar"));
     let config = json!({"architecture": "amd64", "os": "linux", "config": {},
-                        "rootfs": {"type": "layers", "diff_ids": [wrong]}});
+                        "rootfs": {"type": "layers", "diff_ids": [wrong]} });
     let m = l.image(config, &[layer]);
     l.finish(m);
     let out = ctl(&["import-oci", s(&dir), &n]);
@@ -781,7 +786,7 @@ fn layout_of(dir: &Path, layers: &[Vec<u8>]) {
     let l = Layout::new(dir);
     let descs: Vec<Value> = layers.iter().map(|t| l.blob(OCI_LAYER, t)).collect();
     let m = l.image(
-        json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers"}}),
+        json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers"} }),
         &descs,
     );
     l.finish(m);
@@ -916,7 +921,7 @@ fn ns_ctl_start_boots_an_image_whose_command_is_an_init_and_runs_another_s_comma
         let l = Layout::new(&dir);
         let layer = l.blob(&format!("{OCI_LAYER}+gzip"), &tar);
         let config = json!({"architecture": "amd64", "os": "linux",
-            "config": {"Cmd": cmd}, "rootfs": {"type": "layers"}});
+            "config": {"Cmd": cmd}, "rootfs": {"type": "layers"} });
         let m = l.image(config, &[layer]);
         l.finish(m);
         let out = ctl(&["import-oci", s(&dir), n]);
