@@ -393,6 +393,8 @@ enum Fake {
     CutBlob(usize),
     /// The body of this blob stops half way and the connection stays open, silent.
     StallBlob(usize),
+    /// Every manifest asked for is answered with the tag's (an index).
+    Lying,
 }
 
 /// A registry in a thread: serves the layout at `dir` (tag `latest` is its index.json's
@@ -477,7 +479,10 @@ fn serve_one(
         );
         return send(&mut conn, "401 Unauthorized", &challenge, b"{}");
     }
-    let digest = path.rsplit('/').next().unwrap_or("");
+    let digest = match mode {
+        Fake::Lying if path.contains("/manifests/") => "latest",
+        _ => path.rsplit('/').next().unwrap_or(""),
+    };
     let file = if digest == "latest" {
         let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?).unwrap();
         let d = index["manifests"][0]["digest"]
@@ -558,8 +563,8 @@ fn pull_from_a_registry_runs_as_the_config_says_and_import_gives_the_same_tree()
     build_image(&layout, &t.host_dir("scratch"));
     let reg = Registry::start(&t.host_dir("registry"));
     reg.push(&layout, "test/app:v1");
-    let (a, b, c) = (name("p"), name("d"), name("t"));
-    let _images = Images(vec![a.clone(), b.clone(), c.clone()]);
+    let (a, b, c, d) = (name("p"), name("d"), name("t"), name("g"));
+    let _images = Images(vec![a.clone(), b.clone(), c.clone(), d.clone()]);
 
     let out = ctl(&[
         "pull-oci",
@@ -610,6 +615,14 @@ fn pull_from_a_registry_runs_as_the_config_says_and_import_gives_the_same_tree()
     assert_eq!(pulled, ns_tests::snapshot(&Path::new(MACHINES).join(&b)));
     assert_eq!(pulled, ns_tests::snapshot(&Path::new(MACHINES).join(&c)));
     assert_eq!(run_image(&c).stdout, EXPECTED);
+    // By digest (the index's; with a tag too, which is then ignored).
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let r = format!("127.0.0.1:{}/test/app:nope@{digest}", reg.port);
+    let out = ctl(&["pull-oci", &r, &d]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
+    assert_eq!(pulled, ns_tests::snapshot(&Path::new(MACHINES).join(&d)));
 
     // A name already taken: refused, the image untouched.
     let before = ns_tests::snapshot(&root);
@@ -751,6 +764,25 @@ fn bearer_token_flow_and_a_server_gone_mid_blob() {
     let (port, _) = fake_registry(&layout, Fake::CutBlob(size / 2), Some(layers[0].clone()));
     let out = ctl(&["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n]);
     assert_failed_cleanly(&out, &n, "layer 1/3");
+
+    // A registry that answers a digest with another manifest.
+    let amd = {
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let top = index["manifests"][0]["digest"].as_str().unwrap();
+        let top: Value = serde_json::from_slice(
+            &std::fs::read(layout.join("blobs/sha256").join(&top[7..])).unwrap(),
+        )
+        .unwrap();
+        top["manifests"][1]["digest"].as_str().unwrap().to_string()
+    };
+    let (port, _) = fake_registry(&layout, Fake::Lying, None);
+    let out = ctl(&["pull-oci", &format!("127.0.0.1:{port}/test/app@{amd}"), &n]);
+    assert_failed_cleanly(
+        &out,
+        &n,
+        &format!("manifest: digest mismatch: expected {amd}"),
+    );
 
     // Interrupted (SIGINT) while the server is silent mid-blob: the pull gives up within
     // seconds and leaves nothing.
