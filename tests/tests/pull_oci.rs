@@ -764,53 +764,6 @@ fn bearer_token_flow_and_a_server_gone_mid_blob() {
     let (port, _) = fake_registry(&layout, Fake::CutBlob(size / 2), Some(layers[0].clone()));
     let out = ctl(&["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n]);
     assert_failed_cleanly(&out, &n, "layer 1/3");
-
-    // A registry that answers a digest with another manifest.
-    let amd = {
-        let index: Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let top = index["manifests"][0]["digest"].as_str().unwrap();
-        let top: Value = serde_json::from_slice(
-            &std::fs::read(layout.join("blobs/sha256").join(&top[7..])).unwrap(),
-        )
-        .unwrap();
-        top["manifests"][1]["digest"].as_str().unwrap().to_string()
-    };
-    let (port, _) = fake_registry(&layout, Fake::Lying, None);
-    let out = ctl(&["pull-oci", &format!("127.0.0.1:{port}/test/app@{amd}"), &n]);
-    assert_failed_cleanly(
-        &out,
-        &n,
-        &format!("manifest: digest mismatch: expected {amd}"),
-    );
-
-    // Interrupted (SIGINT) while the server is silent mid-blob: the pull gives up within
-    // seconds and leaves nothing.
-    let (port, _) = fake_registry(&layout, Fake::StallBlob(size / 2), Some(layers[0].clone()));
-    let mut c = ns_tests::stage("ns-ctl");
-    c.args(["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n]);
-    let running = ns_tests::spawn(c, None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while leftovers(&n).is_empty() {
-        assert!(Instant::now() < deadline, "no hidden directory appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    // The hidden directory is held (flock) while it is built: `ns-ctl clean` leaves it.
-    let hidden = leftovers(&n);
-    let held = Command::new("flock")
-        .args(["-n", "-E", "99"])
-        .arg(&hidden[0])
-        .arg("true")
-        .status()
-        .unwrap();
-    assert_eq!(held.code(), Some(99), "{hidden:?} not held");
-    running.signal(libc::SIGINT);
-    let started = Instant::now();
-    let out = running.wait();
-    assert_eq!(out.code, 130, "{out}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(leftovers(&n).is_empty(), "left: {:?}", leftovers(&n));
 }
 
 /// A layout of the layers given, its config running /bin/true.
@@ -1036,4 +989,67 @@ fn other_registries_are_spoken_to_over_https_their_certificate_checked() {
     );
     assert!(leftovers(&a).is_empty(), "{:?}", leftovers(&a));
     assert_eq!(run_image(&b).stdout, EXPECTED);
+}
+
+#[test]
+fn a_lying_registry_and_a_sigint_while_it_is_silent_leave_nothing() {
+    let t = Tree::empty("lying");
+    let layout = t.host_dir("layout");
+    let layers = build_image(&layout, &t.host_dir("scratch"));
+    let n = name("l");
+    let _images = Images(vec![n.clone()]);
+    let size = std::fs::metadata(
+        layout
+            .join("blobs/sha256")
+            .join(layers[0].strip_prefix("sha256:").unwrap()),
+    )
+    .unwrap()
+    .len() as usize;
+
+    // A registry that answers a digest with another manifest.
+    let amd = {
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let top = index["manifests"][0]["digest"].as_str().unwrap();
+        let top: Value = serde_json::from_slice(
+            &std::fs::read(layout.join("blobs/sha256").join(&top[7..])).unwrap(),
+        )
+        .unwrap();
+        top["manifests"][1]["digest"].as_str().unwrap().to_string()
+    };
+    let (port, _) = fake_registry(&layout, Fake::Lying, None);
+    let out = ctl(&["pull-oci", &format!("127.0.0.1:{port}/test/app@{amd}"), &n]);
+    assert_failed_cleanly(
+        &out,
+        &n,
+        &format!("manifest: digest mismatch: expected {amd}"),
+    );
+
+    // Interrupted (SIGINT) while the server is silent mid-blob: the pull gives up within
+    // seconds and leaves nothing.
+    let (port, _) = fake_registry(&layout, Fake::StallBlob(size / 2), Some(layers[0].clone()));
+    let mut c = ns_tests::stage("ns-ctl");
+    c.args(["pull-oci", &format!("127.0.0.1:{port}/test/app"), &n]);
+    let running = ns_tests::spawn(c, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leftovers(&n).is_empty() {
+        assert!(Instant::now() < deadline, "no hidden directory appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The hidden directory is held (flock) while it is built: `ns-ctl clean` leaves it.
+    let hidden = leftovers(&n);
+    let held = Command::new("flock")
+        .args(["-n", "-E", "99"])
+        .arg(&hidden[0])
+        .arg("true")
+        .status()
+        .unwrap();
+    assert_eq!(held.code(), Some(99), "{hidden:?} not held");
+    running.signal(libc::SIGINT);
+    let started = Instant::now();
+    let out = running.wait();
+    assert_eq!(out.code, 130, "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(leftovers(&n).is_empty(), "left: {:?}", leftovers(&n));
 }
