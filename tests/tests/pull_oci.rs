@@ -1053,3 +1053,43 @@ fn a_lying_registry_and_a_sigint_while_it_is_silent_leave_nothing() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(leftovers(&n).is_empty(), "left: {:?}", leftovers(&n));
 }
+
+#[test]
+fn import_oci_takes_one_of_several_images_by_its_ref_name() {
+    let t = Tree::empty("refs");
+    let rootfs = t.host_dir("rootfs");
+    ns_tests::build_rootfs(&rootfs);
+    let dir = t.host_dir("layout");
+    let l = Layout::new(&dir);
+    let layer = l.blob(&format!("{OCI_LAYER}+gzip"), &gzip(&tar_tree(&rootfs)));
+    let entries: Vec<Value> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            let config = json!({"architecture": "amd64", "os": "linux",
+                "config": {"Cmd": ["/bin/echo", n]}, "rootfs": {"type": "layers"} });
+            let mut m = l.image(config, std::slice::from_ref(&layer));
+            m["annotations"] = json!({"org.opencontainers.image.ref.name": n});
+            m
+        })
+        .collect();
+    let index = json!({"schemaVersion": 2, "manifests": entries});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    let n = name("r");
+    let _images = Images(vec![n.clone()]);
+    let d = s(&dir);
+    let out = ctl(&["import-oci", d, &n]);
+    assert_failed_cleanly(
+        &out,
+        &n,
+        &format!("{d} holds 2 images (one, two): name one as {d}:REF"),
+    );
+    let out = ctl(&["import-oci", &format!("{d}:three"), &n]);
+    assert_failed_cleanly(
+        &out,
+        &n,
+        &format!("{d} has no image three (it has: one, two)"),
+    );
+    let out = ctl(&["import-oci", &format!("{d}:two"), &n]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out}");
+    assert_eq!(run_image(&n).stdout, "two\n");
+}

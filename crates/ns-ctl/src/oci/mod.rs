@@ -34,7 +34,7 @@ pub fn pull(reference: &str, name: Option<&str>, tls_verify: bool) -> Result<()>
 /// `ns-ctl import-oci DIR|ARCHIVE NAME`.
 pub fn import(path: &str, name: &str) -> Result<()> {
     staging::check_name(name)?;
-    let mut src = layout::Layout::open(std::path::Path::new(path))?;
+    let mut src = layout::Layout::open(path)?;
     install(&mut src, name).map_err(signal_code)
 }
 
