@@ -79,11 +79,13 @@ impl Staging {
         ));
         drop(building);
         let root = ns_core::walk::open_dir_at(machines.as_fd(), OsStr::new(&hidden))
-            .ctx(|| format!("cannot open {MACHINES}/{hidden}"))?;
-        let root =
-            Flock::lock(File::from(root), FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-                Error::setup(format!("cannot lock {MACHINES}/{hidden}: {}", e.desc()))
-            })?;
+            .ctx(|| format!("cannot open {MACHINES}/{hidden}"))
+            .and_then(|fd| {
+                Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+                    Error::setup(format!("cannot lock {MACHINES}/{hidden}: {}", e.desc()))
+                })
+            })
+            .inspect_err(|_| remove_building())?;
         Ok(Staging {
             machines,
             name: name.to_string(),
