@@ -582,7 +582,8 @@ fn pull_from_a_registry_runs_as_the_config_says_and_import_gives_the_same_tree()
         "{settings}"
     );
     let out = run_image(&a);
-    assert_eq!((out.code, out.stdout.as_str()), (0, EXPECTED), "{out}");
+    // (No warning: every key written is one ns-run takes from an untrusted file.)
+    assert_eq!(out.ok(), EXPECTED);
     // The whiteouts: gone, and the lower layer's opq/sub with it.
     let root = Path::new(MACHINES).join(&a);
     assert!(!root.join("gone").exists() && !root.join("opq/sub").exists());
