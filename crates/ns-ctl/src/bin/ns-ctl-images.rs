@@ -1,9 +1,8 @@
 //! ns-ctl-images: ns-ctl's image verbs (list-images, image-status, show-image, clone, rename,
-//! read-only, remove, clean, set-limit, import-*, export-*, pull-*, pull-oci, import-oci), which
-//! ns-ctl executes with
-//! its own arguments. A binary of their own, so that ns-ctl, which `shell` copies whole into a
-//! sealed memfd at every call, does not carry their crates. Errors are ns-ctl's: one line,
-//! exit code 125.
+//! read-only, remove, clean, set-limit, import-*, export-*, pull-*, pull-oci, import-oci),
+//! which ns-ctl executes with its own arguments. A binary of their own, so that ns-ctl, which
+//! `shell` copies whole into a sealed memfd at every call, does not carry their crates (HTTP,
+//! TLS, archives, compression). Errors are ns-ctl's: one line, exit code 125.
 #![forbid(unsafe_code)]
 
 #[path = "../images/mod.rs"]
