@@ -8,7 +8,7 @@
 # Usage (as root):  bench/density.sh
 # Environment knobs:
 #   N=50           containers at once (each tool)
-#   ROOT=DIR       busybox tree (default /work/wt/benchroot); shared read-only by ns-run
+#   ROOT=DIR       busybox tree (default: one made in a temp dir in /tmp, removed after); shared read-only by ns-run
 #                  (-x), bwrap and runc/crun; copied (hard links) once per systemd-nspawn
 #                  instance (it locks its directory); so ROOT and /tmp share a file system
 #   TOOLS="..."    subset of: ns-run bwrap crun runc nspawn (default: those installed)
@@ -20,7 +20,13 @@ set -euo pipefail
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
 export N=${N:-50}
-export ROOT=${ROOT:-/work/wt/benchroot}
+if [[ -z ${ROOT:-} ]]; then
+    made=$(mktemp -d /tmp/ns-bench-density.XXXXXX)
+    trap 'rm -rf -- "$made"' EXIT
+    "$REPO/scripts/mkrootfs-busybox" "$made/root" >/dev/null
+    ROOT=$made/root
+fi
+export ROOT
 export NSRUN=${NSRUN:-$REPO/target/x86_64-unknown-linux-musl/release/ns-run}
 if [[ -z ${TOOLS:-} ]]; then
     TOOLS="ns-run"
@@ -33,7 +39,7 @@ export TOOLS
 [[ -x $NSRUN ]] || { echo "error: no ns-run at $NSRUN (cargo build --release)" >&2; exit 1; }
 [[ -x $ROOT/bin/sleep ]] || { echo "error: no busybox tree at $ROOT" >&2; exit 1; }
 
-exec python3 - <<'PY'
+python3 - <<'PY'
 import json, os, shutil, signal, subprocess, sys, tempfile, time
 
 SETTLE = float(os.environ.get("SETTLE", "0.5"))
