@@ -854,6 +854,28 @@ fn layers_never_write_outside_the_image() {
     assert_eq!(std::fs::read(root.join("pwned")).unwrap(), b"x");
 }
 
+/// Whiteouts naming `.` or `..` (`.wh..`, `.wh...`) hide nothing of a lower layer: they
+/// name the directory itself or its parent (outside the image at its top), and are
+/// refused; what the layers below wrote stays as it was until then.
+#[test]
+fn whiteouts_of_dot_and_dotdot_are_refused() {
+    let t = Tree::empty("whdot");
+    let n = name("w");
+    let _images = Images(vec![n.clone()]);
+    for (i, wh) in ["a/.wh...", "a/b/.wh...", "a/.wh.."].iter().enumerate() {
+        let dir = t.host_dir(&format!("layout{i}"));
+        layout_of(
+            &dir,
+            &[
+                tar_of(&[E::Dir("a"), E::Dir("a/b"), E::File("keep", b"k")]),
+                tar_of(&[E::File(wh, b"")]),
+            ],
+        );
+        let out = ctl(&["import-oci", s(&dir), &n]);
+        assert_failed_cleanly(&out, &n, "a whiteout of . or ..: refused");
+    }
+}
+
 /// Start the image `n` with `ns-ctl start` in a network namespace of its own (start gives
 /// it a veth); whether it booted and its PID 1's command line; then terminate it.
 fn start_and_look(n: &str) -> (bool, String) {
