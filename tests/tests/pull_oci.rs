@@ -861,8 +861,15 @@ fn layers_never_write_outside_the_image() {
 fn whiteouts_of_dot_and_dotdot_are_refused() {
     let t = Tree::empty("whdot");
     let n = name("w");
-    let _images = Images(vec![n.clone()]);
-    for (i, wh) in ["a/.wh...", "a/b/.wh...", "a/.wh.."].iter().enumerate() {
+    let canary = format!("{n}-canary");
+    let _images = Images(vec![n.clone(), canary.clone()]);
+    let keep = Path::new(MACHINES).join(&canary).join("keep");
+    std::fs::create_dir_all(keep.parent().unwrap()).unwrap();
+    std::fs::write(&keep, "k").unwrap();
+    for (i, wh) in ["a/.wh...", "a/b/.wh...", "a/.wh..", ".wh...", ".wh.."]
+        .iter()
+        .enumerate()
+    {
         let dir = t.host_dir(&format!("layout{i}"));
         layout_of(
             &dir,
@@ -873,6 +880,7 @@ fn whiteouts_of_dot_and_dotdot_are_refused() {
         );
         let out = ctl(&["import-oci", s(&dir), &n]);
         assert_failed_cleanly(&out, &n, "a whiteout of . or ..: refused");
+        assert!(keep.exists(), "{wh}: another image of the pool is gone");
     }
 }
 

@@ -131,6 +131,11 @@ fn apply_entry<R: Read>(
         if hidden.starts_with(b".wh.") || hidden.is_empty() {
             return Ok(());
         }
+        // `.wh..` and `.wh...` would remove the directory itself or its parent (at the
+        // top: the pool, /var/lib/machines).
+        if hidden == b"." || hidden == b".." {
+            return Err(Error::setup("a whiteout of . or ..: refused".into()));
+        }
         let mut full = parent.to_vec();
         full.push(hidden);
         // A whiteout hides only what the layers below have (in a directory they have).
