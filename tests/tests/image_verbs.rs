@@ -420,3 +420,91 @@ fn clean_removes_leftovers_but_not_a_running_import() {
     assert!(!Path::new(POOL).join(&live).exists());
     assert!(hidden(&live).is_empty());
 }
+
+/// A container that swaps a regular file of its image for a device node while the image
+/// is cloned or exported (RENAME_EXCHANGE in a loop, here from the host): ns-ctl opens
+/// what it found a regular file, and never copies a device's content (a loop device's,
+/// the host's disk for a container with CAP_MKNOD) into the clone or the archive.
+#[test]
+fn a_device_swapped_in_for_a_file_is_never_read_by_clone_or_export() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = Tree::empty("swap");
+    let lo = ns_tests::LoopDevice::new(&t);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&lo.0)
+        .unwrap()
+        .write_all(b"HOST-DISK-CONTENT")
+        .unwrap();
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&fs::metadata(&lo.0).unwrap());
+    let name = unique("iv-swap");
+    let copy = format!("{name}-c");
+    let _gone = Images(vec![name.clone(), copy.clone()]);
+    let src = t.host_dir("src");
+    for i in 0..64 {
+        fs::write(src.join(format!("f{i}")), "plain").unwrap();
+        let g = std::ffi::CString::new(src.join(format!("g{i}")).as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; mknod reads nothing else.
+        assert_eq!(
+            unsafe { libc::mknod(g.as_ptr(), libc::S_IFBLK | 0o600, rdev) },
+            0
+        );
+    }
+    ok(&["import-fs", src.to_str().unwrap(), &name]);
+    let img = Path::new(POOL).join(&name);
+    let stop = AtomicBool::new(false);
+    let leaked = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let c = |p: PathBuf| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+            let pairs: Vec<_> = (0..64)
+                .map(|i| (c(img.join(format!("f{i}"))), c(img.join(format!("g{i}")))))
+                .collect();
+            while !stop.load(Ordering::Relaxed) {
+                for (f, g) in &pairs {
+                    // SAFETY: NUL-terminated paths.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_renameat2,
+                            libc::AT_FDCWD,
+                            f.as_ptr(),
+                            libc::AT_FDCWD,
+                            g.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                }
+            }
+        });
+        let out = t.host_dir("out").join("x.tar");
+        let mut leaked = Vec::new();
+        for _ in 0..40 {
+            if ctl(&["clone", &name, &copy]).code == 0 {
+                for e in fs::read_dir(Path::new(POOL).join(&copy)).unwrap().flatten() {
+                    if e.file_type().unwrap().is_file()
+                        && fs::read(e.path()).unwrap().starts_with(b"HOST-DISK")
+                    {
+                        leaked.push(format!("clone: {:?}", e.file_name()));
+                    }
+                }
+                let _ = fs::remove_dir_all(Path::new(POOL).join(&copy));
+            }
+            if ctl(&["export-tar", &name, out.to_str().unwrap()]).code == 0 {
+                let data = fs::read(&out).unwrap();
+                if data.windows(9).any(|w| w == b"HOST-DISK") {
+                    leaked.push("export-tar".into());
+                }
+                let _ = fs::remove_file(&out);
+            }
+            if !leaked.is_empty() {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        leaked
+    });
+    assert!(leaked.is_empty(), "a device's content was read: {leaked:?}");
+    assert!(fs::symlink_metadata(img.join("g0"))
+        .is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_file()));
+}
