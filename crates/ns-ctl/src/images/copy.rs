@@ -145,12 +145,9 @@ fn copy_entry(
     let k = kind(st);
     match k {
         SFlag::S_IFREG => {
-            let from = nix::fcntl::openat(
-                src,
-                name,
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
+            let Some(from) = open_regular(src, name)? else {
+                return Ok(()); // not a file any more: changed meanwhile, as if gone
+            };
             let to = nix::fcntl::openat(
                 dst,
                 name,
@@ -186,6 +183,23 @@ fn copy_entry(
         }
         _ => Ok(()),
     }
+}
+
+/// Open the regular file `name` of `dir` for reading, or None when it is something else
+/// by now: a running tree can swap a device node in for a file between our stat and our
+/// open, and a device is never opened (its open alone can act), never read into a copy or
+/// an archive. Held with O_PATH first, then reopened once it is known to be a file.
+pub fn open_regular(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<Option<OwnedFd>> {
+    let path = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    if kind(&nix::sys::stat::fstat(path.as_fd())?) != SFlag::S_IFREG {
+        return Ok(None);
+    }
+    super::reopen(path.as_fd(), OFlag::O_RDONLY | OFlag::O_NONBLOCK).map(Some)
 }
 
 pub fn io_errno(e: std::io::Error) -> Errno {

@@ -344,13 +344,11 @@ fn pack_file<W: Write>(
     path: &std::path::Path,
     st: &FileStat,
 ) -> Result<(), String> {
-    let f = nix::fcntl::openat(
-        d,
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("{}: {}", path.display(), e.desc()))?;
+    let f = match super::copy::open_regular(d, name) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(()), // not a file any more: changed meanwhile, as if gone
+        Err(e) => return Err(format!("{}: {}", path.display(), e.desc())),
+    };
     put_xattrs(b, f.as_fd()).map_err(io(path))?;
     let mut h = header(st, EntryType::Regular);
     h.set_size(st.st_size as u64);
