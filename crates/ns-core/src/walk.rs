@@ -146,8 +146,14 @@ pub fn remove_contents(dir: BorrowedFd<'_>) -> nix::Result<()> {
 }
 
 /// Remove the entry `name` of `parent` (with all below it if it is a directory, as
-/// [`remove_contents`] does). Nothing there is no error.
+/// [`remove_contents`] does). Nothing there is no error. `name` is one entry: `.`, `..`,
+/// an empty name or one with a `/` is refused (EINVAL), never resolved to `parent` itself
+/// or a directory above it.
 pub fn remove_at(parent: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+    let b = name.as_encoded_bytes();
+    if matches!(b, b"" | b"." | b"..") || b.contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
     let st = match nix::sys::stat::fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => return Ok(()),
         r => r?,
@@ -199,6 +205,16 @@ mod tests {
         symlink(&keep, base.join("l")).unwrap();
         remove_at(parent.as_fd(), OsStr::new("l")).unwrap();
         remove_at(parent.as_fd(), OsStr::new("l")).unwrap();
+        assert!(keep.join("f").exists());
+        // Never the directory itself, one above it, or a path.
+        let kp = nix::fcntl::open(&keep, DIR_FLAGS, Mode::empty()).unwrap();
+        for n in ["..", ".", "", "f/"] {
+            assert_eq!(
+                remove_at(kp.as_fd(), OsStr::new(n)),
+                Err(Errno::EINVAL),
+                "{n}"
+            );
+        }
         assert!(keep.join("f").exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
