@@ -28,7 +28,7 @@ use nix::sys::stat::Mode;
 use ns_core::{Context, Error, Result};
 
 pub use cli::ImageVerb;
-pub use ops::{clean, clone, read_only, remove, rename, set_limit};
+pub use ops::{clean, clone, read_only, remove, rename, set_limit, Hidden};
 pub use pull::{pull, Verify};
 pub use show::{list, show, status};
 use transfer::Compression;

@@ -123,6 +123,11 @@ impl Hidden {
         Ok(h)
     }
 
+    /// The directory it is in (the pool).
+    pub fn parent(&self) -> BorrowedFd<'_> {
+        self.parent.as_fd()
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.held.as_ref().expect("held until dropped").as_fd()
     }

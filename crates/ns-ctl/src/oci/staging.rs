@@ -1,32 +1,42 @@
 //! Where an image is built: a hidden directory `.#NAME.XXXXXXXX` (0700) in
-//! /var/lib/machines, held with a flock while it is built (the mark by which `ns-ctl clean`
-//! tells a directory in the making from a leftover), renamed into place (RENAME_NOREPLACE)
-//! with its settings file only when complete. Dropped before that, on any error, it is
-//! removed; a SIGINT, SIGTERM or SIGHUP makes the job fail at its next read, and if it has
-//! not finished within two seconds (a stalled connection), the signal's thread removes the
-//! directory itself and exits.
+//! /var/lib/machines, held with a flock while it is built (the image verbs' [`Hidden`]: the
+//! mark by which `ns-ctl clean` tells a directory in the making from a leftover), renamed
+//! into place (RENAME_NOREPLACE) with its settings file only when complete. Dropped before
+//! that, on any error, it is removed; a SIGINT, SIGTERM or SIGHUP makes the job fail at its
+//! next read, and if it has not finished within two seconds (a stalled connection), the
+//! signal's thread removes the directory itself and exits.
 
 use std::ffi::OsStr;
-use std::fs::File;
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
-use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 use ns_core::{Context, Error, Result};
 
-pub const MACHINES: &str = "/var/lib/machines";
+use crate::images::Hidden;
 
-/// The hidden directory being built, for the signal thread: (dir fd of /var/lib/machines,
-/// its name, the settings file's temporary name).
-static BUILDING: Mutex<Option<(OwnedFd, String, String)>> = Mutex::new(None);
+pub const MACHINES: &str = crate::images::POOL;
+
+/// What is being built, for the signal thread: (dir fd of /var/lib/machines, the hidden
+/// directory's name, the settings file's temporary name once there is one).
+type Building = (OwnedFd, String, Option<String>);
+static BUILDING: Mutex<Option<Building>> = Mutex::new(None);
 
 pub struct Staging {
-    machines: OwnedFd,
     name: String,
-    hidden: String,
-    settings_tmp: String,
-    root: Flock<File>,
+    root: Hidden,
+    _registered: Registered,
+}
+
+/// The entry in [`BUILDING`], taken out when dropped (the hidden directory goes with the
+/// [`Hidden`]; the signal thread then has nothing left to do).
+struct Registered;
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        BUILDING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 impl Staging {
@@ -46,95 +56,61 @@ impl Staging {
         if std::path::Path::new(&settings).symlink_metadata().is_ok() {
             return Err(Error::setup(format!("{settings} already exists")));
         }
-        match nix::unistd::mkdir(MACHINES, Mode::from_bits_truncate(0o700)) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => {
-                return Err(Error::setup(format!(
-                    "cannot create {MACHINES}: {}",
-                    e.desc()
-                )))
-            }
-        }
-        let machines = nix::fcntl::open(
-            MACHINES,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ctx(|| format!("cannot open {MACHINES}"))?;
-        let tag: String = ns_core::random_bytes::<4>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let hidden = format!(".#{name}.{tag}");
-        let settings_tmp = format!(".#{name}.nspawn.{tag}");
         let mut building = BUILDING
             .lock()
             .map_err(|_| Error::setup("lock poisoned".into()))?;
-        nix::sys::stat::mkdirat(&machines, hidden.as_str(), Mode::from_bits_truncate(0o700))
-            .ctx(|| format!("cannot create {MACHINES}/{hidden}"))?;
-        *building = Some((
-            machines.try_clone().ctx(|| "cannot dup an fd".into())?,
-            hidden.clone(),
-            settings_tmp.clone(),
-        ));
-        drop(building);
-        let root = ns_core::walk::open_dir_at(machines.as_fd(), OsStr::new(&hidden))
-            .ctx(|| format!("cannot open {MACHINES}/{hidden}"))
-            .and_then(|fd| {
-                Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-                    Error::setup(format!("cannot lock {MACHINES}/{hidden}: {}", e.desc()))
-                })
-            })
-            .inspect_err(|_| remove_building())?;
+        let root = Hidden::dir(name)?;
+        let pool = root
+            .parent()
+            .try_clone_to_owned()
+            .ctx(|| "cannot dup an fd".into())?;
+        *building = Some((pool, root.name.clone(), None));
         Ok(Staging {
-            machines,
             name: name.to_string(),
-            hidden,
-            settings_tmp,
             root,
+            _registered: Registered,
         })
     }
 
     /// The image's directory.
     pub fn root(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
+        self.root.fd()
     }
 
     /// Put the image in place as NAME with its settings file `settings`: the file first (an
     /// image never runs without its settings), each renamed without replacing anything.
     pub fn commit(self, settings: &str) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let mut building = BUILDING
             .lock()
             .map_err(|_| Error::setup("lock poisoned".into()))?;
         super::interrupted().map_err(|e| Error::setup(e.to_string()))?;
+        let hidden = &self.root.name;
         nix::sys::stat::fchmod(self.root(), Mode::from_bits_truncate(0o755))
-            .ctx(|| format!("cannot chmod {MACHINES}/{}", self.hidden))?;
+            .ctx(|| format!("cannot chmod {MACHINES}/{hidden}"))?;
         // On disk before it has its name: a crash after the rename must not leave an image
         // of empty files (systemd's pulls sync too).
         nix::unistd::syncfs(self.root()).ctx(|| format!("cannot sync {MACHINES}"))?;
-        let tmp = format!("{MACHINES}/{}", self.settings_tmp);
-        let f = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .ctx(|| format!("cannot create {tmp}"))?;
-        let mut f = Flock::lock(f, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| Error::setup(format!("cannot lock {tmp}: {}", e.desc())))?;
+        let file = format!("{}.nspawn", self.name);
+        let mut tmp = Hidden::file(&file)?;
+        if let Some(b) = building.as_mut() {
+            b.2 = Some(tmp.name.clone());
+        }
+        let what = format!("cannot write {MACHINES}/{}", tmp.name);
+        nix::sys::stat::fchmod(tmp.fd(), Mode::from_bits_truncate(0o644)).ctx(|| what.clone())?;
+        let f = tmp.file_mut();
         f.write_all(settings.as_bytes())
             .and_then(|()| f.sync_data())
-            .ctx(|| format!("cannot write {tmp}"))?;
-        let file = format!("{}.nspawn", self.name);
-        rename(&self.machines, &self.settings_tmp, &file)?;
-        if let Err(e) = rename(&self.machines, &self.hidden, &self.name) {
-            let _ = nix::unistd::unlinkat(
-                &self.machines,
-                file.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            .ctx(|| what)?;
+        tmp.commit(&file)?;
+        if let Err(e) = self.root.commit(&self.name) {
+            let pool = building.as_ref().map(|b| b.0.as_fd());
+            if let Some(pool) = pool {
+                let _ = nix::unistd::unlinkat(
+                    pool,
+                    file.as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+            }
             return Err(e);
         }
         // Done: nothing for the drop (or a late signal) to remove.
@@ -143,31 +119,15 @@ impl Staging {
     }
 }
 
-fn rename(dir: &OwnedFd, from: &str, to: &str) -> Result<()> {
-    match ns_core::sys::renameat2(dir, from, dir, to, libc::RENAME_NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EEXIST) => {
-            Err(Error::setup(format!("{MACHINES}/{to} already exists")))
-        }
-        Err(e) => Err(Error::setup(format!(
-            "cannot rename {MACHINES}/{from} to {to}: {}",
-            e.desc()
-        ))),
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        remove_building();
-    }
-}
-
 /// Remove the hidden directory and temporary settings file, if any.
 pub fn remove_building() {
     let mut b = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((dir, hidden, tmp)) = b.take() {
         let _ = ns_core::walk::remove_at(dir.as_fd(), OsStr::new(&hidden));
-        let _ = nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        if let Some(tmp) = tmp {
+            let _ =
+                nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        }
     }
 }
 
