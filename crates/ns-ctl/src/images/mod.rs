@@ -29,6 +29,7 @@ use ns_core::{Context, Error, Result};
 
 pub use cli::ImageVerb;
 pub use ops::{clean, clone, read_only, remove, rename, set_limit, Hidden};
+pub use progress::Progress;
 pub use pull::{pull, Verify};
 pub use show::{list, show, status};
 use transfer::Compression;

@@ -181,7 +181,7 @@ pub fn clone(name: &str, new: &str, read_only: bool) -> Result<i32> {
         Kind::Directory | Kind::Subvolume => {
             let src = open_dir(&path).ctx(|| format!("cannot open {}", path.display()))?;
             let h = Hidden::dir(new)?;
-            let mut p = Progress::new(format!("Cloning {name}"), None);
+            let p = Progress::new(format!("Cloning {name}"), None);
             super::copy::copy_tree(src.as_fd(), h.fd(), &mut |n| p.update(n)).map_err(
                 |(rel, e)| {
                     Error::setup(format!(
@@ -203,8 +203,8 @@ pub fn clone(name: &str, new: &str, read_only: bool) -> Result<i32> {
             let st = nix::sys::stat::fstat(src.as_fd())
                 .ctx(|| format!("cannot stat {}", path.display()))?;
             if ns_core::sys::reflink(h.fd(), src.as_fd()).is_err() {
-                let mut p = Progress::new(format!("Cloning {name}"), Some(st.st_size as u64));
-                super::progress::copy(&mut src, h.file_mut(), &mut p)
+                let p = Progress::new(format!("Cloning {name}"), Some(st.st_size as u64));
+                super::progress::copy(&mut src, h.file_mut(), &p)
                     .ctx(|| format!("cannot copy {}", path.display()))?;
             }
             let mode = st.st_mode & 0o7777 & if read_only { !0o222 } else { !0 };

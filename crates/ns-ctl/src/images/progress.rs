@@ -1,56 +1,92 @@
 //! Progress of a transfer that takes more than a second, on a terminal only: one line on
 //! stderr, rewritten in place at most five times a second, erased at the end. Nothing at
-//! all when stderr is not a terminal.
+//! all when stderr is not a terminal. A job of several steps (pull-oci: manifest, config,
+//! each layer) names the current one and its size with [`Progress::step`].
 
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 pub struct Progress {
-    what: String,
-    total: Option<u64>,
+    what: RefCell<String>,
+    total: Cell<Option<u64>>,
+    /// The job's start: nothing is shown in its first second.
     start: Instant,
-    last: Option<Instant>,
+    /// The step's start, for its rate.
+    step_start: Cell<Instant>,
+    last: Cell<Option<Instant>>,
+    /// A line is on the terminal, to erase.
+    shown: Cell<bool>,
     tty: bool,
 }
 
 impl Progress {
     pub fn new(what: String, total: Option<u64>) -> Progress {
+        let tty = nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+        Progress::with(what, total, tty)
+    }
+
+    /// A progress that never shows.
+    #[cfg(test)]
+    pub fn none() -> Progress {
+        Progress::with(String::new(), None, false)
+    }
+
+    fn with(what: String, total: Option<u64>, tty: bool) -> Progress {
         Progress {
-            what,
-            total: total.filter(|t| *t > 0),
+            what: RefCell::new(what),
+            total: Cell::new(total.filter(|t| *t > 0)),
             start: Instant::now(),
-            last: None,
-            tty: nix::unistd::isatty(std::io::stderr()).unwrap_or(false),
+            step_start: Cell::new(Instant::now()),
+            last: Cell::new(None),
+            shown: Cell::new(false),
+            tty,
         }
     }
 
-    pub fn update(&mut self, done: u64) {
+    /// A new step: `what` is shown with the byte counts that follow, of `total`.
+    pub fn step(&self, what: String, total: Option<u64>) {
+        *self.what.borrow_mut() = what;
+        self.total.set(total.filter(|t| *t > 0));
+        self.step_start.set(Instant::now());
+        self.last.set(None);
+    }
+
+    /// `done` bytes of the current step, of `total` (the step's size from now on).
+    pub fn update_of(&self, done: u64, total: u64) {
+        self.total.set(Some(total).filter(|t| *t > 0));
+        self.update(done);
+    }
+
+    pub fn update(&self, done: u64) {
         if !self.tty || self.start.elapsed() < Duration::from_secs(1) {
             return;
         }
         if self
             .last
+            .get()
             .is_some_and(|l| l.elapsed() < Duration::from_millis(200))
         {
             return;
         }
-        self.last = Some(Instant::now());
-        let rate = done as f64 / self.start.elapsed().as_secs_f64();
-        let pct = match self.total {
+        self.last.set(Some(Instant::now()));
+        let rate = done as f64 / self.step_start.get().elapsed().as_secs_f64();
+        let pct = match self.total.get() {
             Some(t) => format!(" ({}%)", (done.min(t) * 100 / t)),
             None => String::new(),
         };
         ns_core::write_stderr(format_args!(
             "\r{}: {}{pct}, {}/s\x1b[K",
-            self.what,
+            self.what.borrow(),
             bytes(done),
             bytes(rate as u64)
         ));
+        self.shown.set(true);
     }
 
     /// Erase the line, if one was shown.
-    pub fn finish(&mut self) {
-        if self.last.take().is_some() {
+    pub fn finish(&self) {
+        if self.shown.replace(false) {
             ns_core::write_stderr(format_args!("\r\x1b[K"));
         }
     }
@@ -82,7 +118,7 @@ pub fn bytes(n: u64) -> String {
 pub struct Counting<'a, R> {
     pub inner: R,
     pub n: u64,
-    pub progress: &'a mut Progress,
+    pub progress: &'a Progress,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -95,7 +131,7 @@ impl<R: Read> Read for Counting<'_, R> {
 }
 
 /// Copy `from` to `to` in 128 KiB pieces, reporting.
-pub fn copy(from: &mut dyn Read, to: &mut dyn Write, p: &mut Progress) -> std::io::Result<u64> {
+pub fn copy(from: &mut dyn Read, to: &mut dyn Write, p: &Progress) -> std::io::Result<u64> {
     let mut c = Counting {
         inner: from,
         n: 0,

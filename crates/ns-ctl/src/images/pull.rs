@@ -172,12 +172,12 @@ pub fn pull(
     let resp = get(&agent, url)?;
     let total = resp.body().content_length();
     let mut dl = Hidden::file(&name)?;
-    let mut p = Progress::new(format!("Downloading {name}"), total);
+    let p = Progress::new(format!("Downloading {name}"), total);
     let mut r = Hashing {
         inner: Counting {
             inner: resp.into_body().into_reader(),
             n: 0,
-            progress: &mut p,
+            progress: &p,
         },
         hash: Sha256::new(),
     };

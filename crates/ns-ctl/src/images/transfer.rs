@@ -167,11 +167,11 @@ pub fn import(format: Format, input: &str, name: &str, read_only: bool) -> Resul
     prepare(name)?;
     let (r, size) = open_input(input)?;
     let shown = if input == "-" { "stdin" } else { input };
-    let mut p = Progress::new(format!("Importing {name}"), size);
+    let p = Progress::new(format!("Importing {name}"), size);
     let counted = Counting {
         inner: r,
         n: 0,
-        progress: &mut p,
+        progress: &p,
     };
     import_stream(format, counted, shown, name, read_only)
 }
@@ -250,7 +250,7 @@ pub fn import_fs(dir: &str, name: &str, read_only: bool) -> Result<i32> {
     prepare(name)?;
     let src = open_dir(Path::new(dir)).ctx(|| format!("cannot open directory {dir}"))?;
     let h = Hidden::dir(name)?;
-    let mut p = Progress::new(format!("Importing {name}"), None);
+    let p = Progress::new(format!("Importing {name}"), None);
     super::copy::copy_tree(src.as_fd(), h.fd(), &mut |n| p.update(n)).map_err(|(rel, e)| {
         Error::setup(format!(
             "cannot copy {}: {}",
@@ -351,7 +351,7 @@ pub fn export(
 fn write_image<W: Write>(format: Format, img: &super::Image, w: Compressor<W>) -> Result<W> {
     let path = img.path();
     let shown = path.display().to_string();
-    let mut p = Progress::new(format!("Exporting {}", img.name), img.usage);
+    let p = Progress::new(format!("Exporting {}", img.name), img.usage);
     let w = match format {
         Format::Tar => {
             let top = open_dir(&path).ctx(|| format!("cannot open {shown}"))?;
@@ -361,8 +361,7 @@ fn write_image<W: Write>(format: Format, img: &super::Image, w: Compressor<W>) -
         Format::Raw => {
             let mut w = w;
             let mut f = File::open(&path).ctx(|| format!("cannot open {shown}"))?;
-            super::progress::copy(&mut f, &mut w, &mut p)
-                .ctx(|| format!("cannot export {shown}"))?;
+            super::progress::copy(&mut f, &mut w, &p).ctx(|| format!("cannot export {shown}"))?;
             w
         }
     };

@@ -9,8 +9,8 @@ use ns_core::{Error, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::progress::Progress;
 use super::reference::check_digest;
+use crate::images::Progress;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -291,7 +291,7 @@ impl<R: Read> Read for Verified<'_, R> {
         }
         self.hasher.update(&buf[..n]);
         if n > 0 {
-            self.progress.bytes(self.read, self.want.size);
+            self.progress.update_of(self.read, self.want.size);
         }
         Ok(n)
     }

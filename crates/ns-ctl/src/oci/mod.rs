@@ -10,7 +10,6 @@ mod apply;
 mod image;
 mod layout;
 mod nspawn;
-mod progress;
 mod reference;
 mod registry;
 mod staging;
@@ -20,8 +19,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use ns_core::{Error, Result};
 
+use crate::images::Progress;
 use image::{Descriptor, Source, Verified};
-use progress::Progress;
 
 /// `ns-ctl pull-oci REF [NAME]`.
 pub fn pull(reference: &str, name: Option<&str>, tls_verify: bool) -> Result<()> {
@@ -80,16 +79,16 @@ fn watch_signals() -> Result<()> {
 fn install(src: &mut dyn Source, name: &str) -> Result<()> {
     watch_signals()?;
     let stage = staging::Staging::new(name)?;
-    let progress = Progress::on_tty();
+    let progress = Progress::new(String::new(), None);
     let what = src.what();
-    progress.step(format!("{what}: manifest"));
+    progress.step(format!("{what}: manifest"), None);
     let m = image::resolve(src)?;
     let config = image::read_config(src, &m.config, &progress)?;
     let n = m.layers.len();
     let diff_ids = image::diff_ids(&config, n).map_err(|e| Error::setup(format!("{what}: {e}")))?;
     for (i, layer) in m.layers.iter().enumerate() {
         let label = format!("{what}: layer {}/{n} {}", i + 1, layer.short());
-        progress.step(label.clone());
+        progress.step(label.clone(), Some(layer.size));
         if !image::is_layer(&layer.media_type) {
             return Err(Error::setup(format!(
                 "{label}: not a layer we can apply ({})",
@@ -99,7 +98,7 @@ fn install(src: &mut dyn Source, name: &str) -> Result<()> {
         let diff_id = diff_ids.as_ref().map(|d| d[i].as_str());
         apply_blob(src, layer, diff_id, &label, &progress, &stage)?;
     }
-    progress.clear();
+    progress.finish();
     if let Some(w) = config["config"]["WorkingDir"]
         .as_str()
         .filter(|w| !w.is_empty())
