@@ -744,3 +744,71 @@ fn a_full_disk_or_a_killed_import_leaves_nothing_under_the_name() {
     assert!(cleaned.contains(&format!(".#{name}.")), "{cleaned}");
     nothing_of(&name);
 }
+
+/// Ctrl-C (SIGINT), SIGTERM or SIGHUP while an import runs: it stops, exits 128+N with one
+/// line, and its hidden entry in the pool is gone (as pull-oci's); only a SIGKILL leaves
+/// one, for `clean`.
+#[test]
+fn an_interrupted_import_leaves_nothing() {
+    let name = unique("it-int");
+    let _gone = Images(vec![name.clone()]);
+    for (verb, sig) in [
+        ("import-raw", libc::SIGINT),
+        ("import-tar", libc::SIGTERM),
+        ("import-raw", libc::SIGHUP),
+    ] {
+        let mut child = Command::new(bin("ns-ctl"))
+            .args([verb, "-", &name])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // A tar's first entry (a 1 MiB file), then nothing more for now.
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_size(1 << 21);
+        h.set_mode(0o644);
+        h.set_cksum();
+        stdin.write_all(h.as_bytes()).unwrap();
+        stdin.write_all(&vec![1u8; 1 << 20]).unwrap();
+        let hidden = || {
+            fs::read_dir(POOL)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!(".#{name}.")))
+                .collect::<Vec<_>>()
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hidden().is_empty() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(hidden().len(), 1, "{verb}: no hidden entry made");
+        // SAFETY: a plain kill of our child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let start = std::time::Instant::now();
+        let status = child.wait().unwrap();
+        drop(stdin);
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{verb}: took {:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            status.code(),
+            Some(128 + sig),
+            "{verb} {sig}: {status:?} {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(hidden().is_empty(), "{verb} {sig}: left {:?}", hidden());
+        nothing_of(&name);
+    }
+}
