@@ -66,6 +66,9 @@ pub fn copy_tree(
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut done = Copied::default();
     while let Some(l) = stack.last_mut() {
+        if super::hidden::interrupted().is_err() {
+            return Err((l.rel.clone(), Errno::EINTR));
+        }
         let Some(name) = l.left.pop() else {
             let l = stack.pop().expect("not empty");
             finish_dir(&l).map_err(|e| (l.rel.clone(), e))?;

@@ -11,6 +11,7 @@
 
 mod cli;
 mod copy;
+pub mod hidden;
 mod ops;
 mod progress;
 mod pull;
@@ -28,7 +29,8 @@ use nix::sys::stat::Mode;
 use ns_core::{Context, Error, Result};
 
 pub use cli::ImageVerb;
-pub use ops::{clean, clone, read_only, remove, rename, set_limit, Hidden};
+pub use hidden::Hidden;
+pub use ops::{clean, clone, read_only, remove, rename, set_limit};
 pub use progress::Progress;
 pub use pull::{pull, Verify};
 pub use show::{list, show, status};
@@ -279,8 +281,28 @@ fn format(f: Option<String>) -> Result<Option<Compression>> {
     f.map(|f| Compression::parse(&f)).transpose()
 }
 
-/// Run an image verb.
+/// Run an image verb; one that makes something in the pool stops cleanly at a SIGINT,
+/// SIGTERM or SIGHUP, leaving nothing ([`hidden`]).
 pub fn run(verb: ImageVerb, json: bool) -> Result<i32> {
+    use ImageVerb as V;
+    let makes = matches!(
+        verb,
+        V::Clone { .. }
+            | V::PullOci { .. }
+            | V::ImportOci { .. }
+            | V::ImportTar { .. }
+            | V::ImportRaw { .. }
+            | V::ImportFs { .. }
+            | V::PullTar { .. }
+            | V::PullRaw { .. }
+    );
+    if makes {
+        hidden::watch_signals()?;
+    }
+    run_verb(verb, json).map_err(hidden::signal_code)
+}
+
+fn run_verb(verb: ImageVerb, json: bool) -> Result<i32> {
     use ImageVerb as V;
     match verb {
         V::ListImages { all } => list(json, all),

@@ -3,7 +3,7 @@
 //! on it ([`ns_host::locks::ImageLock`], exclusive), so none acts under a container.
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -12,8 +12,9 @@ use nix::sys::stat::Mode;
 use ns_core::{Context, Error, Result};
 use ns_host::locks::ImageLock;
 
+use super::hidden::Hidden;
 use super::progress::Progress;
-use super::{check_name, find, open_dir, open_pool, taken, Image, Kind, FS_IMMUTABLE_FL, POOL};
+use super::{check_name, find, open_dir, taken, Image, Kind, FS_IMMUTABLE_FL, POOL};
 
 /// Where machinectl looks for NAME.nspawn besides the image's own directory.
 const SETTINGS_DIRS: &[&str] = &["/etc/systemd/nspawn", "/run/systemd/nspawn"];
@@ -68,107 +69,6 @@ fn entry_for(name: &str, kind: Kind) -> String {
 
 fn sys(what: impl FnOnce() -> String) -> impl FnOnce(Errno) -> Error {
     move |e| Error::setup(format!("{}: {}", what(), e.desc()))
-}
-
-/// Something in the making under a hidden name, held (flock) until renamed into place;
-/// removed if dropped before that. A process killed meanwhile leaves it to `clean`.
-pub struct Hidden {
-    parent: OwnedFd,
-    dir: &'static str,
-    pub name: String,
-    held: Option<Flock<File>>,
-}
-
-impl Hidden {
-    /// A new directory `.#NAME.XXXXXXXX` in the pool (0700 until done).
-    pub fn dir(name: &str) -> Result<Hidden> {
-        let parent = open_pool()?;
-        let tmp = super::temp_name(name);
-        nix::sys::stat::mkdirat(
-            parent.as_fd(),
-            tmp.as_str(),
-            Mode::from_bits_truncate(0o700),
-        )
-        .map_err(sys(|| format!("cannot create {POOL}/{tmp}")))?;
-        let fd = ns_core::walk::open_dir_at(parent.as_fd(), tmp.as_ref());
-        Self::hold(parent, tmp, fd)
-    }
-
-    /// A new regular file `.#NAME.XXXXXXXX` in the pool (0600 until done).
-    pub fn file(name: &str) -> Result<Hidden> {
-        let parent = open_pool()?;
-        let tmp = super::temp_name(name);
-        let fd = nix::fcntl::openat(
-            parent.as_fd(),
-            tmp.as_str(),
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        );
-        Self::hold(parent, tmp, fd)
-    }
-
-    fn hold(parent: OwnedFd, tmp: String, fd: nix::Result<OwnedFd>) -> Result<Hidden> {
-        let mut h = Hidden {
-            parent,
-            dir: POOL,
-            name: tmp,
-            held: None,
-        };
-        let fd = fd.map_err(sys(|| format!("cannot open {POOL}/{}", h.name)))?;
-        let l =
-            Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-                Error::setup(format!("cannot lock {POOL}/{}: {}", h.name, e.desc()))
-            })?;
-        h.held = Some(l);
-        Ok(h)
-    }
-
-    /// The directory it is in (the pool).
-    pub fn parent(&self) -> BorrowedFd<'_> {
-        self.parent.as_fd()
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.held.as_ref().expect("held until dropped").as_fd()
-    }
-
-    pub fn file_mut(&mut self) -> &mut File {
-        self.held.as_mut().expect("held until dropped")
-    }
-
-    /// Rename it to `entry` (never over anything), then let go of it.
-    pub fn commit(mut self, entry: &str) -> Result<()> {
-        ns_core::sys::renameat2(
-            self.parent.as_fd(),
-            self.name.as_str(),
-            self.parent.as_fd(),
-            entry,
-            libc::RENAME_NOREPLACE,
-        )
-        .map_err(|e| match e {
-            Errno::EEXIST => Error::setup(format!(
-                "{}/{entry} appeared meanwhile: not replaced",
-                self.dir
-            )),
-            e => Error::setup(format!(
-                "cannot rename {}/{} to {entry}: {}",
-                self.dir,
-                self.name,
-                e.desc()
-            )),
-        })?;
-        self.held = None;
-        self.name.clear();
-        Ok(())
-    }
-}
-
-impl Drop for Hidden {
-    fn drop(&mut self) {
-        if !self.name.is_empty() {
-            let _ = ns_core::walk::remove_at(self.parent.as_fd(), self.name.as_ref());
-        }
-    }
 }
 
 /// `clone NAME NEW`: a copy in the pool (reflinked where the file system can), with the

@@ -123,6 +123,7 @@ pub struct Counting<'a, R> {
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        super::hidden::interrupted()?;
         let k = self.inner.read(buf)?;
         self.n += k as u64;
         self.progress.update(self.n);

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use ns_core::{Context, Error, Result};
 use sha2::{Digest, Sha256};
 
-use super::ops::Hidden;
+use super::hidden::Hidden;
 use super::progress::{Counting, Progress};
 use super::transfer::{import_stream, prepare, Format};
 

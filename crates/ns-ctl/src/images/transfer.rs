@@ -1,5 +1,5 @@
 //! import-tar, import-raw, import-fs, export-tar, export-raw. Imports are written under a
-//! hidden name in the pool and renamed into place when complete (see [`super::ops::Hidden`]);
+//! hidden name in the pool and renamed into place when complete (see [`super::hidden::Hidden`]);
 //! compression is found by magic on import, chosen by the file's suffix (or `--format`)
 //! on export: gzip, xz, zstd.
 
@@ -10,7 +10,8 @@ use std::path::Path;
 
 use ns_core::{Context, Error, Result};
 
-use super::ops::{sweep, Hidden};
+use super::hidden::Hidden;
+use super::ops::sweep;
 use super::progress::{Counting, Progress};
 use super::{check_name, find, open_dir, open_pool, taken, Kind};
 

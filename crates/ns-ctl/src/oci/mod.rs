@@ -15,7 +15,6 @@ mod registry;
 mod staging;
 
 use std::io::{BufRead, BufReader, Read};
-use std::sync::atomic::{AtomicI32, Ordering};
 
 use ns_core::{Error, Result};
 
@@ -27,57 +26,21 @@ pub fn pull(reference: &str, name: Option<&str>, tls_verify: bool) -> Result<()>
     let r = reference::Reference::parse(reference)?;
     let name = name.unwrap_or(r.default_name()).to_string();
     let mut src = registry::Registry::new(r, tls_verify);
-    install(&mut src, &name).map_err(signal_code)
+    install(&mut src, &name)
 }
 
 /// `ns-ctl import-oci DIR|ARCHIVE NAME`.
 pub fn import(path: &str, name: &str) -> Result<()> {
     staging::check_name(name)?;
     let mut src = layout::Layout::open(path)?;
-    install(&mut src, name).map_err(signal_code)
+    install(&mut src, name)
 }
 
-/// A job stopped by a signal exits 128+N, as the signal's thread does when it has to.
-fn signal_code(e: Error) -> Error {
-    match SIGNALLED.load(Ordering::Relaxed) {
-        0 => e,
-        s => Error { code: 128 + s, ..e },
-    }
-}
-
-/// The signal that interrupted us, 0 if none.
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
-
-/// An error once SIGINT, SIGTERM or SIGHUP has come: every read and every tar entry asks.
-pub fn interrupted() -> std::io::Result<()> {
-    match SIGNALLED.load(Ordering::Relaxed) {
-        0 => Ok(()),
-        s => Err(std::io::Error::other(format!(
-            "interrupted by {}",
-            nix::sys::signal::Signal::try_from(s).map_or("a signal", |s| s.as_str())
-        ))),
-    }
-}
-
-/// Take SIGINT, SIGTERM and SIGHUP on a thread of their own: the job stops at its next
-/// read and cleans up; if it has not within two seconds, the thread does and exits.
-fn watch_signals() -> Result<()> {
-    let set = ns_core::sys::SignalSet::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
-    set.block()
-        .map_err(|e| Error::setup(format!("cannot block signals: {}", e.desc())))?;
-    std::thread::spawn(move || {
-        let Ok(sig) = set.wait() else { return };
-        SIGNALLED.store(sig, Ordering::Relaxed);
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        staging::abandon(128 + sig);
-    });
-    Ok(())
-}
+pub use crate::images::hidden::interrupted;
 
 /// Build the image NAME from `src`: manifest, config, layers, settings; then put it in
 /// place.
 fn install(src: &mut dyn Source, name: &str) -> Result<()> {
-    watch_signals()?;
     let stage = staging::Staging::new(name)?;
     let progress = Progress::new(String::new(), None);
     let what = src.what();

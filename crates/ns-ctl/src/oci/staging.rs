@@ -1,15 +1,10 @@
 //! Where an image is built: a hidden directory `.#NAME.XXXXXXXX` (0700) in
-//! /var/lib/machines, held with a flock while it is built (the image verbs' [`Hidden`]: the
-//! mark by which `ns-ctl clean` tells a directory in the making from a leftover), renamed
-//! into place (RENAME_NOREPLACE) with its settings file only when complete. Dropped before
-//! that, on any error, it is removed; a SIGINT, SIGTERM or SIGHUP makes the job fail at its
-//! next read, and if it has not finished within two seconds (a stalled connection), the
-//! signal's thread removes the directory itself and exits.
+//! /var/lib/machines, the image verbs' [`Hidden`] (held with a flock while it is built,
+//! removed when dropped, and by the signal's thread at a SIGINT, SIGTERM or SIGHUP), renamed
+//! into place (RENAME_NOREPLACE) with its settings file only when complete.
 
-use std::ffi::OsStr;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
+use std::os::fd::BorrowedFd;
 
 use nix::sys::stat::Mode;
 use ns_core::{Context, Error, Result};
@@ -18,25 +13,9 @@ use crate::images::Hidden;
 
 pub const MACHINES: &str = crate::images::POOL;
 
-/// What is being built, for the signal thread: (dir fd of /var/lib/machines, the hidden
-/// directory's name, the settings file's temporary name once there is one).
-type Building = (OwnedFd, String, Option<String>);
-static BUILDING: Mutex<Option<Building>> = Mutex::new(None);
-
 pub struct Staging {
     name: String,
     root: Hidden,
-    _registered: Registered,
-}
-
-/// The entry in [`BUILDING`], taken out when dropped (the hidden directory goes with the
-/// [`Hidden`]; the signal thread then has nothing left to do).
-struct Registered;
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        BUILDING.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
 }
 
 impl Staging {
@@ -56,19 +35,9 @@ impl Staging {
         if std::path::Path::new(&settings).symlink_metadata().is_ok() {
             return Err(Error::setup(format!("{settings} already exists")));
         }
-        let mut building = BUILDING
-            .lock()
-            .map_err(|_| Error::setup("lock poisoned".into()))?;
-        let root = Hidden::dir(name)?;
-        let pool = root
-            .parent()
-            .try_clone_to_owned()
-            .ctx(|| "cannot dup an fd".into())?;
-        *building = Some((pool, root.name.clone(), None));
         Ok(Staging {
             name: name.to_string(),
-            root,
-            _registered: Registered,
+            root: Hidden::dir(name)?,
         })
     }
 
@@ -78,12 +47,9 @@ impl Staging {
     }
 
     /// Put the image in place as NAME with its settings file `settings`: the file first (an
-    /// image never runs without its settings), each renamed without replacing anything.
+    /// image never runs without its settings), each renamed without replacing anything,
+    /// both or neither.
     pub fn commit(self, settings: &str) -> Result<()> {
-        let mut building = BUILDING
-            .lock()
-            .map_err(|_| Error::setup("lock poisoned".into()))?;
-        super::interrupted().map_err(|e| Error::setup(e.to_string()))?;
         let hidden = &self.root.name;
         nix::sys::stat::fchmod(self.root(), Mode::from_bits_truncate(0o755))
             .ctx(|| format!("cannot chmod {MACHINES}/{hidden}"))?;
@@ -92,50 +58,14 @@ impl Staging {
         nix::unistd::syncfs(self.root()).ctx(|| format!("cannot sync {MACHINES}"))?;
         let file = format!("{}.nspawn", self.name);
         let mut tmp = Hidden::file(&file)?;
-        if let Some(b) = building.as_mut() {
-            b.2 = Some(tmp.name.clone());
-        }
         let what = format!("cannot write {MACHINES}/{}", tmp.name);
         nix::sys::stat::fchmod(tmp.fd(), Mode::from_bits_truncate(0o644)).ctx(|| what.clone())?;
         let f = tmp.file_mut();
         f.write_all(settings.as_bytes())
             .and_then(|()| f.sync_data())
             .ctx(|| what)?;
-        tmp.commit(&file)?;
-        if let Err(e) = self.root.commit(&self.name) {
-            let pool = building.as_ref().map(|b| b.0.as_fd());
-            if let Some(pool) = pool {
-                let _ = nix::unistd::unlinkat(
-                    pool,
-                    file.as_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
-            }
-            return Err(e);
-        }
-        // Done: nothing for the drop (or a late signal) to remove.
-        *building = None;
-        Ok(())
+        Hidden::commit_all(vec![(tmp, &file), (self.root, &self.name)])
     }
-}
-
-/// Remove the hidden directory and temporary settings file, if any.
-pub fn remove_building() {
-    let mut b = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((dir, hidden, tmp)) = b.take() {
-        let _ = ns_core::walk::remove_at(dir.as_fd(), OsStr::new(&hidden));
-        if let Some(tmp) = tmp {
-            let _ =
-                nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-        }
-    }
-}
-
-/// Remove the hidden directory and exit, the lock held (no commit can follow).
-pub fn abandon(code: i32) -> ! {
-    remove_building();
-    let _hold = BUILDING.lock();
-    std::process::exit(code)
 }
 
 /// systemd's rule for machine names (importctl's): a valid hostname, at most 64
