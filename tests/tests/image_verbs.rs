@@ -508,3 +508,105 @@ fn a_device_swapped_in_for_a_file_is_never_read_by_clone_or_export() {
     assert!(fs::symlink_metadata(img.join("g0"))
         .is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_file()));
 }
+
+/// Imports of one name at once, with `clean` running all the while: each round exactly one
+/// import makes the image, the others fail with one line naming the name.
+#[test]
+fn imports_of_one_name_at_once_and_clean_meanwhile() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let name = unique("iv-race");
+    let _gone = Images(vec![name.clone()]);
+    let t = Tree::empty("race-src");
+    fs::write(t.path().join("f"), "x").unwrap();
+    let tar = t.host_dir("out").join("a.tar");
+    let o = Command::new("tar")
+        .arg("-C")
+        .arg(t.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                ctl(&["clean"]);
+            }
+        });
+        for round in 0..15 {
+            let kids: Vec<_> = (0..3)
+                .map(|_| {
+                    Command::new(bin("ns-ctl"))
+                        .args(["import-tar", tar.to_str().unwrap(), &name])
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            let outs: Vec<_> = kids
+                .into_iter()
+                .map(|k| k.wait_with_output().unwrap())
+                .collect();
+            let made = outs.iter().filter(|o| o.status.success()).count();
+            for o in outs.iter().filter(|o| !o.status.success()) {
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    err.lines().count() == 1
+                        && (err.contains("already exists") || err.contains("appeared meanwhile")),
+                    "round {round}: {err}"
+                );
+            }
+            assert_eq!(made, 1, "round {round}");
+            ok(&["remove", &name]);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+/// `clean` in the moment between an import's mkdir of its hidden directory and its flock on
+/// it (made a second long by strace delaying every flock call): the directory is not taken
+/// for a leftover, the import completes.
+#[test]
+fn clean_between_an_imports_mkdir_and_its_flock_leaves_it() {
+    let name = unique("iv-gap");
+    let _gone = Images(vec![name.clone()]);
+    let t = Tree::empty("gap-src");
+    fs::write(t.path().join("f"), "x").unwrap();
+    let tar = t.host_dir("out").join("a.tar");
+    let o = Command::new("tar")
+        .arg("-C")
+        .arg(t.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let child = Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "-e", "trace=flock"])
+        .args(["-e", "inject=flock:delay_enter=1000000"])
+        .arg(bin("ns-ctl"))
+        .args(["import-tar", tar.to_str().unwrap(), &name])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hidden = || {
+        fs::read_dir(POOL).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!(".#{name}."))
+        })
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while !hidden() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(hidden(), "no hidden directory appeared");
+    let cleaned = ok(&["clean"]);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(!cleaned.contains(&format!(".#{name}.")), "{cleaned}");
+    assert!(Path::new(POOL).join(&name).join("f").exists());
+}
