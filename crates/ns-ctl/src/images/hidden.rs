@@ -85,6 +85,8 @@ impl Hidden {
             held: None,
         };
         drop(list);
+        // Made and locked within the pool's gate: a sweep never finds it unlocked.
+        let _gate = gate(h.parent.as_fd(), FlockArg::LockShared)?;
         let fd = make(h.parent.as_fd(), &h.name)
             .map_err(sys(|| format!("cannot create {POOL}/{}", h.name)))?;
         let l =
@@ -160,6 +162,17 @@ impl Drop for Hidden {
             making().retain(|(_, n)| *n != self.name);
         }
     }
+}
+
+/// The gate of the image directory `dir`: a flock on the directory itself, held shared by a
+/// maker from before its hidden entry exists until it holds the entry's own flock, and
+/// exclusive by [`super::ops::sweep`] while it tries an entry's flock. So a sweep (`clean`,
+/// another import of the name) never takes an entry for a leftover in the moment between
+/// its mkdir and its maker's flock.
+pub fn gate(dir: BorrowedFd<'_>, how: FlockArg) -> Result<Flock<File>> {
+    let d = ns_core::walk::reopen_dir(dir).map_err(sys(|| format!("cannot open {POOL}")))?;
+    Flock::lock(File::from(d), how)
+        .map_err(|(_, e)| Error::setup(format!("cannot lock {POOL}: {}", e.desc())))
 }
 
 /// An error once SIGINT, SIGTERM or SIGHUP has come: every read and every entry asks.

@@ -397,6 +397,9 @@ pub fn sweep(dir: BorrowedFd<'_>, only: Option<&str>) -> Vec<String> {
         };
         let fmt = st.st_mode & libc::S_IFMT;
         let held = if fmt == libc::S_IFDIR || fmt == libc::S_IFREG {
+            let Ok(_gate) = super::hidden::gate(dir, FlockArg::LockExclusive) else {
+                continue;
+            };
             let Ok(fd) = nix::fcntl::openat(
                 dir,
                 s,
