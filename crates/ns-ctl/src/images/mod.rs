@@ -16,7 +16,7 @@ mod ops;
 mod progress;
 mod pull;
 mod show;
-mod tarball;
+pub mod tarball;
 mod transfer;
 
 use std::ffi::{OsStr, OsString};

@@ -76,9 +76,18 @@ fn clear(dir: BorrowedFd<'_>, name: &OsStr) {
     let _ = nix::unistd::unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
 }
 
+/// Whether an archive's extended attribute `name` is set on import: file capabilities
+/// (`security.capability`: ping's cap_net_raw) and `user.*`, as importd's tar can set them
+/// (it runs without CAP_SYS_ADMIN) and as OCI layers are applied. Others are left out: an
+/// SELinux label of the build host means nothing here, and `trusted.*` is root's namespace
+/// (`trusted.overlay.*` would change what an overlay mount of the image shows).
+pub fn xattr_kept(name: &[u8]) -> bool {
+    name == b"security.capability" || name.starts_with(b"user.")
+}
+
 fn set_xattrs(fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)]) {
     let p = fd_path(fd);
-    for (k, v) in xattrs {
+    for (k, v) in xattrs.iter().filter(|(k, _)| xattr_kept(k)) {
         let _ = xattr::set_deref(&p, OsStr::from_bytes(k), v);
     }
 }

@@ -263,10 +263,8 @@ fn make_entry<R: Read>(
     set_time(dir, name, mtime)
 }
 
-/// The file's extended attributes from its pax header (`SCHILY.xattr.NAME`): file
-/// capabilities (`security.capability`: ping's cap_net_raw) and `user.*`. Others are left
-/// out: an SELinux label of the build host means nothing here, and `trusted.overlay.*`
-/// would change what an overlay mount of the image shows.
+/// The file's extended attributes from its pax header (`SCHILY.xattr.NAME`), those an
+/// archive's import keeps (`images::tarball::xattr_kept`).
 fn set_xattrs<R: Read>(f: &std::fs::File, e: &mut tar::Entry<'_, R>) -> Result<()> {
     use xattr::FileExt;
     let Ok(Some(exts)) = e.pax_extensions() else {
@@ -276,7 +274,7 @@ fn set_xattrs<R: Read>(f: &std::fs::File, e: &mut tar::Entry<'_, R>) -> Result<(
         let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
             continue;
         };
-        if name == b"security.capability" || name.starts_with(b"user.") {
+        if crate::images::tarball::xattr_kept(name) {
             f.set_xattr(OsStr::from_bytes(name), ext.value_bytes())
                 .ctx(|| format!("cannot set its {}", String::from_utf8_lossy(name)))?;
         }
