@@ -1,7 +1,7 @@
 //! systemd-nspawn 252's command line, option for option (same names, short forms, argument
 //! kinds), plus ns-run's own `--print-state` and `--print-chain`.
 
-use clap::{ArgAction, Parser};
+use clap::Parser;
 
 /// ns-run [OPTIONS...] [--] [COMMAND [ARGS...]]
 ///
@@ -16,8 +16,11 @@ use clap::{ArgAction, Parser};
 )]
 pub struct Cli {
     /// Show this help
-    #[arg(short = 'h', long, action = ArgAction::Help)]
-    pub help: Option<bool>,
+    #[arg(short = 'h', long)]
+    pub help: bool,
+    /// Show every option (--help shows the ones used most), grouped as nspawn's man page
+    #[arg(long)]
+    pub help_all: bool,
     /// Do not show status information
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -173,7 +176,8 @@ pub struct Cli {
 /// start looks each option up: through a map made once (scanning this text for each option
 /// with `split_whitespace` was a third of ns-run's instructions before the container
 /// started).
-const HELP_ORDER: &str = "help quiet no_pager settings directory template ephemeral image \
+const HELP_ORDER: &str =
+    "help help_all quiet no_pager settings directory template ephemeral image \
     oci_bundle read_only volatile root_hash root_hash_sig verity_data pivot_root as_pid2 boot \
     chdir setenv user kill_signal notify_ready suppress_sync machine hostname uuid slice \
     property register keep_unit private_users private_users_ownership private_users_chown \
@@ -194,6 +198,117 @@ fn in_nspawn_order(a: clap::Arg) -> clap::Arg {
         Some(&i) => a.display_order(i),
         None => a,
     }
+}
+
+/// systemd-nspawn(1)'s groups of options, in its order, for `--help`: each group's
+/// heading and its options (clap's ids).
+const HELP_GROUPS: &[(&str, &str)] = &[
+    ("Options", "help help_all quiet no_pager settings"),
+    (
+        "Image Options",
+        "directory template ephemeral image oci_bundle read_only volatile root_hash \
+         root_hash_sig verity_data pivot_root",
+    ),
+    (
+        "Execution Options",
+        "as_pid2 boot chdir setenv user kill_signal notify_ready suppress_sync",
+    ),
+    ("System Identity Options", "machine hostname uuid"),
+    ("Property Options", "slice property register keep_unit"),
+    (
+        "User Namespacing Options",
+        "private_users private_users_ownership userns_pick",
+    ),
+    (
+        "Networking Options",
+        "private_network network_namespace_path network_veth network_bridge network_zone \
+         network_veth_extra network_interface network_macvlan network_ipvlan network_address \
+         network_host_address network_gateway port",
+    ),
+    (
+        "Security Options",
+        "capability drop_capability ambient_capability no_new_privileges system_call_filter \
+         selinux_context selinux_apifs_context",
+    ),
+    (
+        "Resource Options",
+        "rlimit oom_score_adjust cpu_affinity personality",
+    ),
+    (
+        "Integration Options",
+        "resolv_conf timezone link_journal link_journal_try_guest",
+    ),
+    (
+        "Mount Options",
+        "bind bind_ro inaccessible tmpfs overlay overlay_ro bind_user",
+    ),
+    ("Input/Output Options", "console pipe"),
+    ("Credentials", "set_credential load_credential"),
+    ("ns-run's own", "print_state print_chain"),
+];
+
+/// What `--help` shows (`--help-all`: everything): the options of nspawn's man page's
+/// examples and of the README's tasks.
+const HELP_SHORT: &str = "help help_all quiet settings directory template ephemeral image \
+    read_only volatile boot chdir setenv user machine hostname property private_users \
+    userns_pick private_network network_veth network_bridge network_zone port capability \
+    drop_capability bind bind_ro tmpfs overlay console pipe print_state print_chain";
+
+/// Print `--help` (`all`: `--help-all`) on stdout: the options under systemd-nspawn(1)'s
+/// headings, in its order. Built only when asked, so that a start does not pay for it.
+pub fn print_help(all: bool) {
+    use clap::CommandFactory;
+    let short: std::collections::BTreeSet<&str> = HELP_SHORT.split_whitespace().collect();
+    let group = |id: &str| {
+        HELP_GROUPS
+            .iter()
+            .position(|(_, ids)| ids.split_whitespace().any(|i| i == id))
+    };
+    let base = Cli::command();
+    // clap shows headings in the order their first option was added: the options are
+    // added again, group by group.
+    let mut args: Vec<clap::Arg> = base.get_arguments().cloned().collect();
+    args.sort_by_key(|a| {
+        (
+            group(a.get_id().as_str()).unwrap_or(usize::MAX),
+            a.get_display_order(),
+        )
+    });
+    let mut hidden = 0;
+    let args = args.into_iter().map(|a| {
+        let id = a.get_id().as_str().to_string();
+        let a = match group(&id) {
+            Some(g) => a.help_heading(HELP_GROUPS[g].0),
+            None => a,
+        };
+        if !all && !a.is_hide_set() && !a.is_positional() && !short.contains(id.as_str()) {
+            hidden += 1;
+            return a.hide(true);
+        }
+        a
+    });
+    let version = clap::Arg::new("version")
+        .short('V')
+        .long("version")
+        .action(clap::ArgAction::Version)
+        .help("Print version")
+        .help_heading(HELP_GROUPS[0].0);
+    let mut cmd = clap::Command::new("ns-run")
+        .about(base.get_about().cloned().unwrap_or_default())
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .args(args)
+        .arg(version);
+    let more = if all {
+        "Every option of systemd-nspawn 252 is here (the README's table says how each behaves); \
+         ns-run --help shows the ones used most."
+            .to_string()
+    } else {
+        format!("{hidden} more options: ns-run --help-all, or man ns-run.")
+    };
+    cmd = cmd.after_help(more);
+    println!("{}", cmd.render_help());
 }
 
 /// nspawn's command line as clap builds it (every option, built for lookups). Building it
@@ -308,6 +423,26 @@ pub fn split_options(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_shown_option_has_an_nspawn_heading_and_the_short_help_names_real_ones() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let grouped: Vec<&str> = HELP_GROUPS
+            .iter()
+            .flat_map(|(_, ids)| ids.split_whitespace())
+            .collect();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if !a.is_hide_set() && !a.is_positional() {
+                assert!(grouped.contains(&id), "{id} has no heading in HELP_GROUPS");
+            }
+        }
+        let ids: Vec<&str> = cmd.get_arguments().map(|a| a.get_id().as_str()).collect();
+        for id in HELP_SHORT.split_whitespace().chain(grouped.iter().copied()) {
+            assert!(ids.contains(&id), "{id} is not an option");
+        }
+    }
+
     use super::*;
 
     fn check(a: &[&str]) -> Result<(), String> {

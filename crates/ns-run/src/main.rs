@@ -104,6 +104,10 @@ fn plan_from_args() -> Result<Planned> {
     let mut cmd = cli::command();
     let argv = cli::normalize(&cmd, &args_utf8()?)?;
     let cli = cli::parse(&mut cmd, &argv);
+    if cli.help || cli.help_all {
+        cli::print_help(cli.help_all);
+        std::process::exit(0);
+    }
     // An OCI bundle is options too (and what options cannot say, applied below).
     let bundle = match &cli.oci_bundle {
         Some(dir) => Some(oci::load("--oci-bundle", std::path::Path::new(dir))?),
