@@ -8,6 +8,7 @@ pub mod error;
 pub mod exec;
 pub mod hook;
 pub mod paths;
+pub mod progress;
 pub mod reap;
 pub mod stage;
 pub mod state;

@@ -650,11 +650,17 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
         path: root.to_path_buf(),
     }];
     let mut links = HardLinks::of(top);
+    let progress = ns_core::progress::Progress::new(
+        format!("-U: shifting the ownership of {}", root.display()),
+        None,
+    );
+    let mut entries = 0u64;
     loop {
         let depth = stack.len();
         let Some(level) = stack.last_mut() else {
             return links.check(root);
         };
+        progress.update_entries(entries, None);
         let Some(name) = level.left.pop() else {
             // Its entries are done: the directory itself (the top comes last).
             let done = stack.pop().expect("not empty");
@@ -662,6 +668,7 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
             continue;
         };
         let path = level.path.join(&name);
+        entries += 1;
         let what = at(&path);
         let st = nix::sys::stat::fstatat(
             level.fd.as_fd(),

@@ -64,6 +64,10 @@ pub fn instantiate(template: &Path, dir: &Path) -> Result<bool> {
         tmp: format!(".#{}.ns-run-{}", name.to_string_lossy(), std::process::id()).into(),
         name,
         stop: ns_core::sys::SignalSet::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]),
+        progress: ns_core::progress::Progress::new(
+            format!("--template: copying {}", template.display()),
+            None,
+        ),
     };
     // Held back while we copy, taken in the walk (then the copy is removed); one that
     // comes after is delivered when the old mask is back.
@@ -95,6 +99,8 @@ struct Copy<'a> {
     name: &'a OsStr,
     /// The signals that stop the copy.
     stop: ns_core::sys::SignalSet,
+    /// A line on a terminal while the copy takes more than a second.
+    progress: ns_core::progress::Progress,
 }
 
 /// A directory being copied: its source and copy, its source's stat (applied to the copy
@@ -221,18 +227,21 @@ impl Copy<'_> {
             left: walk::names(src).ctx(top)?,
             rel: PathBuf::new(),
         }];
+        let (mut entries, mut bytes) = (0u64, 0u64);
         loop {
             let depth = stack.len();
             let Some(level) = stack.last_mut() else {
                 break;
             };
             self.check_stop()?;
+            self.progress.update_entries(entries, Some(bytes));
             let Some(name) = level.left.pop() else {
                 let done = stack.pop().expect("not empty");
                 self.finish(done.dst.as_fd(), None, &done.st, &done.rel)?;
                 continue;
             };
             let rel = level.rel.join(&name);
+            entries += 1;
             let what = || {
                 format!(
                     "--template: cannot copy {} to {}",
@@ -293,7 +302,7 @@ impl Copy<'_> {
                     )
                     .ctx(what)?;
                     let (mut from, mut to) = (std::fs::File::from(s), std::fs::File::from(d));
-                    std::io::copy(&mut from, &mut to).ctx(what)?;
+                    bytes += std::io::copy(&mut from, &mut to).ctx(what)?;
                     self.finish(to.as_fd(), None, &sst, &rel)?;
                 }
                 SFlag::S_IFLNK => {
