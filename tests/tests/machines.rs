@@ -314,3 +314,105 @@ fn images_are_found_by_name_and_start_boots_one_in_the_background() {
     let left = ns_tests::wait_no_procs_in(&img.0, Duration::from_secs(5));
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Wait until `f` holds (10 s at most).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_started_machines_console_is_kept_bounded_and_shown_by_log_and_status() {
+    let name = format!("nsl{}", std::process::id() % 100_000);
+    let img = Image(Path::new("/var/lib/machines").join(&name));
+    std::fs::create_dir_all(&img.0).unwrap();
+    ns_tests::build_rootfs(&img.0);
+    std::fs::create_dir_all(img.0.join("sbin")).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", img.0.join("sbin/init")).unwrap();
+    // ~1.2 MiB of console output: two rotations (at 512 KiB), the first lines gone.
+    std::fs::write(
+        img.0.join("etc/inittab"),
+        "::sysinit:/bin/sh /etc/boot.sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        img.0.join("etc/boot.sh"),
+        "echo hello-from-the-console\n\
+         pad=$(printf '%090d' 0); i=0\n\
+         while [ $i -lt 12000 ]; do echo \"line $i $pad\"; i=$((i+1)); done\n\
+         echo done-writing\n\
+         exec sleep 1000\n",
+    )
+    .unwrap();
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--"])
+        .arg(bin("ns-ctl"))
+        .args(["start", &name]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 0, "{out}");
+    let log = Path::new("/run/ns-run/logs").join(format!("{name}.log"));
+    let older = Path::new("/run/ns-run/logs").join(format!("{name}.log.1"));
+    eventually("the boot script's end in the log", || {
+        ctl(&["log", &name]).stdout.contains("done-writing")
+    });
+    // Rotated once: the first lines are gone with the first file, the log stays bounded.
+    let shown = ctl(&["log", &name]);
+    assert_eq!(shown.code, 0, "{shown}");
+    assert!(
+        !shown.stdout.contains("hello-from-the-console"),
+        "not rotated"
+    );
+    assert!(
+        shown.stdout.contains("line 6999 "),
+        "{}",
+        shown.stdout.len()
+    );
+    let sizes = (
+        std::fs::metadata(&older).unwrap().len(),
+        std::fs::metadata(&log).unwrap().len(),
+    );
+    assert!(
+        sizes.0 <= 520 << 10 && sizes.0 + sizes.1 <= 1 << 20,
+        "{sizes:?}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // status ends with the console's last lines.
+    let status = ctl(&["status", &name]);
+    assert!(
+        status.stdout.trim_end().ends_with("done-writing"),
+        "{status}"
+    );
+    // -f follows what comes, and ends when the machine does.
+    let mut f = Command::new(bin("ns-ctl"));
+    f.args(["log", "-f", &name]);
+    let follower = ns_tests::spawn(f, None);
+    let said = ctl(&[
+        "shell",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo said-later > /dev/console",
+    ]);
+    assert_eq!(said.code, 0, "{said}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ctl(&["terminate", &name]).code, 0);
+    let out = follower.wait();
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.contains("said-later"),
+        "{}",
+        &out.stdout[out.stdout.len().saturating_sub(300)..]
+    );
+    // The log stays after the machine (until it is started again); unknown names: one line.
+    assert!(ctl(&["log", &name]).stdout.contains("done-writing"));
+    let none = ctl(&["log", "nsl-none"]);
+    assert_eq!((none.code, none.stderr.lines().count()), (125, 1), "{none}");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&older);
+}

@@ -28,6 +28,8 @@ pub struct Console {
     /// meanwhile, since poll would report the hang-up without end.
     hung_up: bool,
     escapes: Vec<Instant>,
+    /// `--log-file`: stdout is a log this relay keeps bounded.
+    log: Option<crate::logfile::LogFile>,
 }
 
 /// What the relay asks the monitor to do.
@@ -62,9 +64,16 @@ impl Console {
             stdin_open: mode == Mode::Interactive,
             hung_up: false,
             escapes: Vec::new(),
+            log: None,
         };
         c.sync_window_size();
         c
+    }
+
+    /// Keep stdout, the log `log`, bounded as the relay writes to it.
+    pub fn logging_to(mut self, log: Option<crate::logfile::LogFile>) -> Console {
+        self.log = log;
+        self
     }
 
     /// The fds to poll now: the master (unless passive), and stdin when it is relayed.
@@ -128,6 +137,9 @@ impl Console {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&buf[..n]);
                 let _ = out.flush();
+                if let Some(log) = self.log.as_mut() {
+                    log.wrote(n as u64);
+                }
                 true
             }
         }

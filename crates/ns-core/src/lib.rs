@@ -7,6 +7,7 @@ pub mod cpus;
 pub mod error;
 pub mod exec;
 pub mod hook;
+pub mod logfile;
 pub mod paths;
 pub mod progress;
 pub mod reap;

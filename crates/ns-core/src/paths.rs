@@ -440,6 +440,15 @@ pub fn lock_current(
     }
 }
 
+/// `value` of `option` as an absolute path (a relative one from the working directory), for
+/// a path used after the working directory may have changed; an empty one refused.
+pub fn absolute(option: &str, value: &str) -> Result<PathBuf> {
+    if value.is_empty() {
+        return Err(Error::invalid(option, value, "an empty path"));
+    }
+    std::path::absolute(value).map_err(|e| Error::invalid(option, value, &e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -862,6 +862,10 @@ pub struct MonitorPlan {
     /// container starts (host mode's bind is an op of the mount plan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_journal: Option<JournalLink>,
+    /// `--log-file`: where the console's output and the monitor's messages go (appended),
+    /// rotated to `PATH.1` at 512 KiB by the monitor's console relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 /// `--link-journal=`, decided: the guest's journal directory `/var/log/journal/ID` (ID: the

@@ -301,8 +301,10 @@ pub fn start(name: &str) -> Result<()> {
     }
     let ns_run = ns_core::exec::locate("ns-run")
         .ok_or_else(|| Error::setup("cannot find ns-run beside ns-ctl or on PATH".into()))?;
-    let log = ns_core::paths::runtime_subdir("machines")?.join(format!("{name}.log"));
-    // A new file of ours (a leftover is replaced; a symlink is never followed).
+    // The machine's console log (`ns-ctl log`), new at every start: a new file of ours (the
+    // last run's is replaced; a symlink is never followed).
+    let log = crate::log::path_for(name)?;
+    let _ = std::fs::remove_file(ns_core::logfile::older(&log));
     let _ = std::fs::remove_file(&log);
     let err = {
         use std::os::unix::fs::OpenOptionsExt;
@@ -314,23 +316,26 @@ pub fn start(name: &str) -> Result<()> {
             .open(&log)
             .ctx(|| format!("cannot create {}", log.display()))?
     };
+    let out = err
+        .try_clone()
+        .ctx(|| "cannot duplicate the log's fd".into())?;
     let mut child = Command::new(ns_run)
         .args(["--quiet", "--keep-unit", "--boot", "--network-veth", "-U"])
         .args(["--settings=override", &format!("--machine={name}")])
+        .arg(format!("--log-file={}", log.display()))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(out)
         .stderr(err)
         .process_group(0)
         .spawn()
         .ctx(|| "cannot start ns-run".into())?;
     for _ in 0..200 {
         if ns_host::registry::get(name).is_ok() {
-            let _ = std::fs::remove_file(&log);
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
+            // (The log stays, for ns-ctl log.)
             let msg = std::fs::read_to_string(&log).unwrap_or_default();
-            let _ = std::fs::remove_file(&log);
             return Err(Error::setup(format!(
                 "{name} did not start ({status}): {}",
                 msg.lines().last().unwrap_or("no message")
@@ -339,7 +344,7 @@ pub fn start(name: &str) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Err(Error::setup(format!(
-        "{name} did not register within 10 s (ns-run's stderr: {})",
+        "{name} did not register within 10 s (its log: {})",
         log.display()
     )))
 }

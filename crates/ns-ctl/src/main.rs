@@ -12,6 +12,7 @@
 mod enter;
 #[path = "images/cli.rs"]
 mod image_cli;
+mod log;
 mod show;
 
 use clap::{Parser, Subcommand};
@@ -79,6 +80,13 @@ enum Verb {
     },
     /// Boot an image of /var/lib/machines in the background
     Start { names: Vec<String> },
+    /// Show the console of a machine (started by start, or with --log-file)
+    Log {
+        name: String,
+        /// Keep showing what comes, until the machine is gone
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     #[command(flatten)]
     Image(image_cli::ImageVerb),
 }
@@ -148,6 +156,7 @@ fn main() {
                 }
                 0
             }
+            Verb::Log { name, follow } => log::show(&name, follow)?,
             Verb::Image(_) => return Err(exec_images()),
         };
         std::process::exit(code)

@@ -209,6 +209,14 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
             ns_core::outln!("{:>18}{p} {cmd}", "");
         }
     }
+    // The console's last lines, as machinectl shows the journal's.
+    let lines = crate::log::tail(m, 10);
+    if !lines.is_empty() {
+        ns_core::outln!("");
+        for l in lines {
+            ns_core::outln!("{l}");
+        }
+    }
     Ok(())
 }
 

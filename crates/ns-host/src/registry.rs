@@ -58,6 +58,9 @@ pub struct Machine {
     /// build to share (see [`crate::initcopy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_copy: Option<crate::initcopy::InitCopy>,
+    /// `--log-file`: where its console goes (`ns-ctl log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
 }
 
 /// The namespace kinds a container's processes are entered through, in the order to join

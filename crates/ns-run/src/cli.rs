@@ -161,6 +161,11 @@ pub struct Cli {
     /// Print the equivalent shell chain of ns-* stages, and exit
     #[arg(long)]
     pub print_chain: bool,
+    /// Write the console and ns-run's messages to PATH (appended), kept to 1 MiB: PATH and
+    /// PATH.1, rotated at 512 KiB; the console is read-only unless --console says otherwise
+    /// (how ns-ctl start keeps a machine's log for ns-ctl log)
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<String>,
 
     /// The command to run (default: the user's login shell)
     #[arg(
@@ -188,7 +193,7 @@ const HELP_ORDER: &str =
     selinux_apifs_context rlimit oom_score_adjust cpu_affinity personality resolv_conf \
     timezone link_journal link_journal_try_guest bind bind_ro inaccessible tmpfs overlay \
     overlay_ro bind_user console pipe set_credential load_credential share_system \
-    print_state print_chain command";
+    print_state print_chain log_file command";
 
 fn in_nspawn_order(a: clap::Arg) -> clap::Arg {
     static PLACE: std::sync::OnceLock<std::collections::BTreeMap<&str, usize>> =
@@ -244,7 +249,7 @@ const HELP_GROUPS: &[(&str, &str)] = &[
     ),
     ("Input/Output Options", "console pipe"),
     ("Credentials", "set_credential load_credential"),
-    ("ns-run's own", "print_state print_chain"),
+    ("ns-run's own", "print_state print_chain log_file"),
 ];
 
 /// What `--help` shows (`--help-all`: everything): the options of nspawn's man page's

@@ -31,6 +31,10 @@ fn start() -> ! {
         // `-i`: mounted in our own mount namespace, which must be gone when we exit.
         let in_background = image.is_none();
         // `-i`: the image's lock is the container's (the monitor drops it at its end).
+        if let Some(log) = &state.monitor.log_file {
+            // From here on, the console and our messages go to the log.
+            ns_core::logfile::redirect(log)?;
+        }
         let ended = monitor::run(&state, hierarchies, image.and_then(|i| i.lock))?;
         ended.exit(in_background)
     })

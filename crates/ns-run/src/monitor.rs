@@ -545,6 +545,7 @@ fn machine_entry(state: &State, cgroups: &[Cgroup]) -> Machine {
         starting: true,
         namespaces: Vec::new(),
         init_copy: None,
+        log: state.monitor.log_file.clone(),
     }
 }
 
@@ -920,7 +921,10 @@ impl<'a> Monitor<'a> {
         match report {
             Some(Report::Console(master)) => {
                 // SYNC-6: the master of the container's /dev/console.
-                self.console = Some(console::Console::start(master, state.monitor.console));
+                let log =
+                    (state.monitor.log_file.clone()).map(ns_core::logfile::LogFile::of_stdout);
+                self.console =
+                    Some(console::Console::start(master, state.monitor.console).logging_to(log));
             }
             Some(Report::Pid(pid)) => self.on_pid1(pid)?,
             Some(Report::Failed { stage, code, .. }) => {

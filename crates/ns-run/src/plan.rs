@@ -78,8 +78,10 @@ fn boolean(option: &str, v: &str) -> Result<bool> {
 /// read-only console for a booted container, so its boot shows on stdout.
 pub fn console(c: &Cli, on_tty: bool) -> Result<Console> {
     match console_mode(c) {
-        None | Some("autopipe") if on_tty => Ok(Console::Interactive),
-        None if c.exec.boot => Ok(Console::ReadOnly),
+        None | Some("autopipe") if on_tty && c.log_file.is_none() => Ok(Console::Interactive),
+        // A log file: the console relayed (so that the monitor bounds the log), never
+        // interactive (stdout is the file).
+        None if c.exec.boot || c.log_file.is_some() => Ok(Console::ReadOnly),
         None | Some("autopipe") | Some("pipe") => Ok(Console::Pipe),
         Some("interactive") => Ok(Console::Interactive),
         Some("read-only") => Ok(Console::ReadOnly),
@@ -678,6 +680,11 @@ fn monitor(
         register,
         keep_unit: c.keep_unit,
         link_journal: None,
+        log_file: c
+            .log_file
+            .as_deref()
+            .map(|l| ns_core::paths::absolute("--log-file", l))
+            .transpose()?,
     })
 }
 

@@ -1,0 +1,123 @@
+//! `ns-ctl log NAME [-f]`: the console of a machine that runs with `--log-file` (every one
+//! `ns-ctl start` starts: /run/ns-run/logs/NAME.log), which machinectl would read from the
+//! journal. The log is PATH.1 (before the last rotation) then PATH, both root's own files;
+//! `-f` follows it, across rotations (by the inode), until the machine is gone.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use ns_core::{Context, Error, Result};
+use ns_host::registry;
+
+/// Where `ns-ctl start` keeps machine NAME's log.
+pub fn path_for(name: &str) -> Result<PathBuf> {
+    Ok(ns_core::paths::runtime_subdir("logs")?.join(format!("{name}.log")))
+}
+
+/// The log of machine `name`: the running machine's `--log-file`, else where `ns-ctl start`
+/// keeps it (a machine that ended leaves its log there until it is started again).
+fn find(name: &str) -> Result<PathBuf> {
+    if let Ok(m) = registry::get(name) {
+        if let Some(log) = m.log {
+            return Ok(log);
+        }
+    }
+    let p = path_for(name)?;
+    if p.symlink_metadata().is_err() {
+        return Err(Error::setup(format!(
+            "no log of machine {name} ({} does not exist; machines started by ns-ctl start or with --log-file have one)",
+            p.display()
+        )));
+    }
+    Ok(p)
+}
+
+/// The log `path` (root's own, not writable by others), opened to read.
+fn open(path: &Path) -> Result<std::fs::File> {
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ctx(|| format!("cannot open {}", path.display()))?;
+    let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
+    ns_core::paths::check_ours(path, &st, "a file")?;
+    Ok(f)
+}
+
+/// Copy what `f` has from its position on to stdout.
+fn drain(f: &mut std::fs::File) -> Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut out = std::io::stdout().lock();
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).is_err() {
+                    ns_core::sys::die_of_sigpipe();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::setup(format!("cannot read the log: {e}"))),
+        }
+    }
+    let _ = out.flush();
+    Ok(())
+}
+
+/// Print the log of machine `name`; with `follow`, then what comes, until it is gone.
+pub fn show(name: &str, follow: bool) -> Result<i32> {
+    let path = find(name)?;
+    if let Ok(mut old) = open(&ns_core::logfile::older(&path)) {
+        drain(&mut old)?;
+    }
+    let mut f = open(&path)?;
+    drain(&mut f)?;
+    if !follow {
+        return Ok(0);
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drain(&mut f)?;
+        let now = std::fs::symlink_metadata(&path).ok().map(|m| m.ino());
+        let ours = f.metadata().ok().map(|m| m.ino());
+        if now.is_some() && now != ours {
+            // Rotated: the rest of the old file, then the new one from its start.
+            drain(&mut f)?;
+            f = open(&path)?;
+            f.seek(SeekFrom::Start(0))
+                .ctx(|| format!("cannot read {}", path.display()))?;
+            continue;
+        }
+        if registry::get(name).is_err() {
+            drain(&mut f)?;
+            return Ok(0);
+        }
+    }
+}
+
+/// The last `n` lines of machine `name`'s log, if it has one (for `status`).
+pub fn tail(m: &registry::Machine, n: usize) -> Vec<String> {
+    let Some(path) = &m.log else {
+        return Vec::new();
+    };
+    let Ok(mut f) = open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 << 10)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            l.replace('\r', "")
+                .chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .collect()
+        })
+        .filter(|l: &String| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
