@@ -416,3 +416,50 @@ fn a_started_machines_console_is_kept_bounded_and_shown_by_log_and_status() {
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&older);
 }
+
+#[test]
+fn a_log_file_is_never_a_hard_link_a_fifo_or_someone_elses() {
+    let t = Tree::rootfs("logfile-attacks");
+    let dir = t.host_dir("logs");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    let link = dir.join("hard.log");
+    std::fs::hard_link(&victim, &link).unwrap();
+    let fifo = dir.join("fifo.log");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let theirs = dir.join("theirs.log");
+    std::fs::write(&theirs, "").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    for log in [&link, &fifo, &theirs] {
+        let mut c = ns_tests::ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg()])
+            .arg(format!("--log-file={}", log.display()))
+            .args(["echo", "INJECTED"]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 125, "{}: {out}", log.display());
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert!(out.stderr.contains("--log-file: cannot open"), "{out}");
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "");
+    // A log of its own: the payload's output lands there, appended.
+    let ok = dir.join("ok.log");
+    std::fs::write(&ok, "before\n").unwrap();
+    let mut c = ns_tests::ns_run();
+    t.tag(&mut c)
+        .args(["-q", "-D", t.arg()])
+        .arg(format!("--log-file={}", ok.display()))
+        .args(["echo", "LOGGED"]);
+    let out = run_cmd(c, None);
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out}");
+    let text = std::fs::read_to_string(&ok).unwrap();
+    assert!(
+        text.starts_with("before\n") && text.contains("LOGGED"),
+        "{text:?}"
+    );
+}

@@ -18,27 +18,32 @@ pub fn older(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Open `path` for appending (made 0600 if missing; a symlink is never followed).
-fn open(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::options()
+/// Open `path` for appending (made 0600 if missing; `new`: made now, never one that is
+/// there). Never through a symlink, never a FIFO (that would hang the monitor), and only a
+/// regular file of ours with one link: in a directory others can write (`/tmp`), someone
+/// else's file, or a hard link to one (`/etc/shadow`), is not appended to.
+fn open(path: &Path, new: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::options()
         .append(true)
-        .create(true)
+        .create(!new)
+        .create_new(new)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.uid() != nix::unistd::geteuid().as_raw() || m.nlink() != 1 {
+        return Err(std::io::Error::other(
+            "not a regular file of ours with a single link",
+        ));
+    }
+    Ok(f)
 }
 
 /// Point stdout and stderr at `path` (appended).
 pub fn redirect(path: &Path) -> crate::Result<()> {
     use crate::Context;
-    let f = open(path).ctx(|| format!("--log-file: cannot open {}", path.display()))?;
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(crate::Error::invalid(
-            "--log-file",
-            &path.to_string_lossy(),
-            "not a regular file",
-        ));
-    }
+    let f = open(path, false).ctx(|| format!("--log-file: cannot open {}", path.display()))?;
     for to in [1, 2] {
         crate::sys::dup_to(f.as_raw_fd(), to)
             .ctx(|| format!("--log-file: cannot use {}", path.display()))?;
@@ -69,7 +74,9 @@ impl LogFile {
         if std::fs::rename(&self.path, older(&self.path)).is_err() {
             return;
         }
-        if let Ok(f) = open(&self.path) {
+        // A new file (someone's, put there since the rename, is not used: the log goes on
+        // in the old one, tried again at the next write).
+        if let Ok(f) = open(&self.path, true) {
             let _ = crate::sys::dup_to(f.as_raw_fd(), 1);
             let _ = crate::sys::dup_to(f.as_raw_fd(), 2);
             self.size = 0;

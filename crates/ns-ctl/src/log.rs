@@ -45,15 +45,52 @@ fn open(path: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Copy what `f` has from its position on to stdout.
+/// What of a console's output reaches a terminal: text, newlines, tabs, carriage returns and
+/// colours (CSI ... m); any other control character and escape sequence is the container's
+/// to send to whoever reads its log (a title, the clipboard: OSC 52), so its ESC is dropped
+/// and the rest shows as text.
+fn for_terminal(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == 0x1b {
+            let sgr = b[i + 1..].first() == Some(&b'[') && {
+                let end = b[i + 2..]
+                    .iter()
+                    .position(|x| !(x.is_ascii_digit() || *x == b';'));
+                end.is_some_and(|e| b[i + 2 + e] == b'm')
+            };
+            if sgr {
+                let e = b[i + 2..].iter().position(|x| *x == b'm').unwrap_or(0);
+                out.extend_from_slice(&b[i..i + 3 + e]);
+                i += 3 + e;
+                continue;
+            }
+        } else if (c >= 0x20 && c != 0x7f) || matches!(c, b'\n' | b'\t' | b'\r' | 0x08) {
+            out.push(c);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Copy what `f` has from its position on to stdout (through [`for_terminal`] on a
+/// terminal).
 fn drain(f: &mut std::fs::File) -> Result<()> {
     let mut buf = vec![0u8; 64 << 10];
+    let tty = nix::unistd::isatty(std::io::stdout()).unwrap_or(false);
     let mut out = std::io::stdout().lock();
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if out.write_all(&buf[..n]).is_err() {
+                let text = if tty {
+                    std::borrow::Cow::Owned(for_terminal(&buf[..n]))
+                } else {
+                    std::borrow::Cow::Borrowed(&buf[..n])
+                };
+                if out.write_all(&text).is_err() {
                     ns_core::sys::die_of_sigpipe();
                 }
             }
@@ -120,4 +157,18 @@ pub fn tail(m: &registry::Machine, n: usize) -> Vec<String> {
         .filter(|l: &String| !l.trim().is_empty())
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_terminal;
+
+    #[test]
+    fn a_terminal_gets_text_and_colours_not_the_containers_escapes() {
+        let got = for_terminal(b"ok \x1b[0;32mOK\x1b[0m\r\n\x1b]52;c;ZXZpbA==\x07x\x1b[2Jy\x00");
+        assert_eq!(
+            got,
+            b"ok \x1b[0;32mOK\x1b[0m\r\n]52;c;ZXZpbA==x[2Jy".to_vec()
+        );
+    }
 }
