@@ -1,0 +1,110 @@
+//! The README's "Five common tasks": every ```sh task``` block run, in order, each as one
+//! bash script (`set -euo pipefail`), with the toolkit first in PATH, inside a throwaway
+//! network namespace (the veths of `-n` and `ns-ctl start` land there). `debootstrap` of
+//! the block is the suite's cached run of the same command (ns_tests::debian_cache), copied,
+//! not a download. The machine `demo` in /var/lib/machines is the test's: refused if it is
+//! there before, removed after.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The ```sh task``` blocks of the README, in order.
+fn task_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```sh task") => current = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                current = None;
+            }
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(current.is_none(), "an unterminated task block");
+    blocks
+}
+
+struct Demo;
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = Command::new(ns_tests::bin("ns-ctl"))
+            .args(["terminate", "demo"])
+            .output();
+        let _ = ns_tests::wait_no_procs_in(
+            Path::new("/var/lib/machines/demo"),
+            std::time::Duration::from_secs(10),
+        );
+        ns_tests::remove_tree(Path::new("/var/lib/machines/demo"));
+        for f in ["demo.log", "demo.log.1"] {
+            let _ = std::fs::remove_file(Path::new("/run/ns-run/logs").join(f));
+        }
+    }
+}
+
+#[test]
+fn the_readmes_five_tasks_work_as_written() {
+    let blocks = task_blocks();
+    assert_eq!(blocks.len(), 4, "task blocks: {blocks:?}");
+    let image = Path::new("/var/lib/machines/demo");
+    assert!(
+        image.symlink_metadata().is_err(),
+        "{} exists: not the test's to use",
+        image.display()
+    );
+    let cache = ns_tests::debian_cache("debian-systemd", "systemd,dbus");
+    let _demo = Demo;
+    // `debootstrap --variant=minbase --include=systemd,dbus bookworm DIR`: the cache, copied.
+    let shims = tempdir("readme-shims");
+    let shim = shims.join("debootstrap");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$*\" = \"--variant=minbase --include=systemd,dbus bookworm $4\" ] || {{ echo \"unexpected debootstrap $*\" >&2; exit 2; }}\n\
+             exec cp -a {} \"$4\"\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut path = std::ffi::OsString::from(shims.as_os_str());
+    path.push(":");
+    path.push(ns_tests::path_with_bins());
+    let mut outputs = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let script = format!("set -euo pipefail\nip link set lo up\n{block}");
+        let mut c = Command::new("unshare");
+        c.args(["--net", "--", "bash", "-c", &script])
+            .env("PATH", &path);
+        let out = ns_tests::run_cmd(c, None);
+        assert_eq!(out.code, 0, "task block {i}:\n{block}\n{out}");
+        outputs.push(out.stdout);
+    }
+    let _ = std::fs::remove_dir_all(&shims);
+    // What each block shows.
+    assert!(outputs[0].trim().starts_with("12."), "{}", outputs[0]);
+    assert!(outputs[1].contains("Reached target"), "{}", outputs[1]);
+    assert!(
+        outputs[2].contains("host0") && outputs[2].contains("lo"),
+        "{}",
+        outputs[2]
+    );
+    assert_eq!(outputs[3].trim(), "exit 137", "{}", outputs[3]);
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ns-tests-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
