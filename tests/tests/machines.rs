@@ -248,6 +248,19 @@ fn a_running_name_is_refused_and_a_killed_monitors_entry_goes() {
 /// test left it running) and the image removed.
 struct Image(std::path::PathBuf);
 
+impl Image {
+    /// A busybox image `PREFIX<our pid>` whose init is busybox's: its name, and it.
+    fn booting(prefix: &str) -> (String, Image) {
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        let img = Image(Path::new("/var/lib/machines").join(&name));
+        std::fs::create_dir_all(&img.0).unwrap();
+        ns_tests::build_rootfs(&img.0);
+        let _ = std::fs::create_dir_all(img.0.join("sbin"));
+        std::os::unix::fs::symlink("/bin/busybox", img.0.join("sbin/init")).unwrap();
+        (name, img)
+    }
+}
+
 impl Drop for Image {
     fn drop(&mut self) {
         let name = self.0.file_name().unwrap().to_string_lossy().into_owned();
@@ -260,12 +273,7 @@ impl Drop for Image {
 
 #[test]
 fn images_are_found_by_name_and_start_boots_one_in_the_background() {
-    let name = format!("nst{}", std::process::id() % 100_000);
-    let img = Image(Path::new("/var/lib/machines").join(&name));
-    std::fs::create_dir_all(&img.0).unwrap();
-    ns_tests::build_rootfs(&img.0);
-    let _ = std::fs::create_dir_all(img.0.join("sbin"));
-    std::os::unix::fs::symlink("/bin/busybox", img.0.join("sbin/init")).unwrap();
+    let (name, img) = Image::booting("nst");
     // -M NAME without -D.
     let mut c = ns_tests::ns_run();
     c.args(["-q", "-M", &name, "sh", "-c", "hostname"]);
@@ -326,12 +334,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn a_started_machines_console_is_kept_bounded_and_shown_by_log_and_status() {
-    let name = format!("nsl{}", std::process::id() % 100_000);
-    let img = Image(Path::new("/var/lib/machines").join(&name));
-    std::fs::create_dir_all(&img.0).unwrap();
-    ns_tests::build_rootfs(&img.0);
-    std::fs::create_dir_all(img.0.join("sbin")).unwrap();
-    std::os::unix::fs::symlink("/bin/busybox", img.0.join("sbin/init")).unwrap();
+    let (name, img) = Image::booting("nsl");
     // ~1.2 MiB of console output: two rotations (at 512 KiB), the first lines gone.
     std::fs::write(
         img.0.join("etc/inittab"),

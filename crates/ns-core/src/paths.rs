@@ -240,11 +240,9 @@ fn user_name(uid: u32) -> Option<String> {
         .map(|f| f[0].to_string())
 }
 
-/// Open a file of a runtime directory of ours to read it: without following a symlink,
-/// without blocking on a FIFO, and only if it is a regular file of ours (see
-/// [`check_ours`]); at most `max` bytes are read.
-pub fn read_ours(path: &Path, max: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
+/// A file of a runtime directory of ours, opened to read: without following a symlink,
+/// without blocking on a FIFO, and only if it is a regular file of ours ([`check_ours`]).
+pub fn open_ours(path: &Path) -> Result<std::fs::File> {
     let f = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -252,6 +250,15 @@ pub fn read_ours(path: &Path, max: u64) -> Result<Vec<u8>> {
         .ctx(|| format!("cannot open {}", path.display()))?;
     let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
     check_ours(path, &st, "a file")?;
+    Ok(f)
+}
+
+/// Open a file of a runtime directory of ours to read it: without following a symlink,
+/// without blocking on a FIFO, and only if it is a regular file of ours (see
+/// [`check_ours`]); at most `max` bytes are read.
+pub fn read_ours(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_ours(path)?;
     let mut buf = Vec::new();
     f.take(max)
         .read_to_end(&mut buf)

@@ -4,7 +4,7 @@
 //! `-f` follows it, across rotations (by the inode), until the machine is gone.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ns_core::{Context, Error, Result};
@@ -35,14 +35,7 @@ fn find(name: &str) -> Result<PathBuf> {
 
 /// The log `path` (root's own, not writable by others), opened to read.
 fn open(path: &Path) -> Result<std::fs::File> {
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ctx(|| format!("cannot open {}", path.display()))?;
-    let st = nix::sys::stat::fstat(&f).ctx(|| format!("cannot stat {}", path.display()))?;
-    ns_core::paths::check_ours(path, &st, "a file")?;
-    Ok(f)
+    ns_core::paths::open_ours(path)
 }
 
 /// What of a console's output reaches a terminal: text, newlines, tabs, carriage returns and
