@@ -131,6 +131,15 @@ fn main() {
         }
         Some("udp-frame") if a.len() == 7 => udp_frame(&a[1..]),
         Some("sync") => sync_calls(),
+        Some("session-keyring") => {
+            // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): integers.
+            let id = unsafe { libc::syscall(libc::SYS_keyctl, 0, -3, 0) };
+            if id >= 0 {
+                println!("{id}");
+                return;
+            }
+            id
+        }
         Some("bpf-detach-devices") => match a.get(1) {
             Some(dir) => bpf_detach_devices(dir),
             None => -1,
@@ -139,7 +148,8 @@ fn main() {
             eprintln!(
                 "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti \
                  | tioclinux | ioctl REQ | udp-frame IFACE MAC SRC DST PORT TEXT \
-                 | bpf-detach-devices DIR | grab STOPFILE [PREFIX] | ptrace STOPFILE | sync"
+                 | bpf-detach-devices DIR | grab STOPFILE [PREFIX] | ptrace STOPFILE | sync \
+                 | session-keyring"
             );
             std::process::exit(2)
         }

@@ -13,6 +13,12 @@ fn tree(name: &str) -> Tree {
 }
 
 /// `ns-probe ARGS` in a container with `opts`; its one line of output.
+/// Our own session keyring's serial (made if we have none yet).
+fn own_session_keyring() -> i64 {
+    // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, create): integers.
+    unsafe { libc::syscall(libc::SYS_keyctl, 0, -3, 1) }
+}
+
 fn probe(t: &Tree, opts: &[&str], env: &[(&str, &str)], args: &[&str]) -> String {
     let mut c = ns_run();
     t.tag(&mut c)
@@ -91,6 +97,14 @@ fn capabilities_options_and_the_knob_change_the_filter() {
     ];
     assert_ne!(probe(&t, &opts, &[], &["syscall", "keyctl"]), "EPERM");
     assert_eq!(probe(&t, &opts, &[], &["syscall", "getpid"]), "EPERM");
+    // Where keyctl is let through, the payload's session keyring is a new one, not ours
+    // (nor another container's): nothing of the caller's session (a root login's keys) to read.
+    let mine = own_session_keyring();
+    let theirs = probe(&t, &opts[..1], &[], &["session-keyring"]);
+    let again = probe(&t, &opts[..1], &[], &["session-keyring"]);
+    assert!(theirs.parse::<i64>().is_ok(), "{theirs}");
+    assert_ne!(theirs, mine.to_string());
+    assert_ne!(theirs, again);
     // SYSTEMD_SECCOMP=0: no filter (perf_event_open(NULL) gets the kernel's EFAULT).
     assert_eq!(
         probe(

@@ -3,6 +3,7 @@
 //! naming the option and value) when the plan is made, applied by ns-caps before it gives up
 //! the capabilities that raising a hard limit or lowering the OOM score need.
 
+use nix::errno::Errno;
 use nix::sys::resource::Resource;
 use ns_core::state::Rlimit;
 use ns_core::{Context, Error, Result};
@@ -87,6 +88,18 @@ pub fn parse_personality(v: &str) -> Result<String> {
 
 /// Apply what the plan asks for, in the calling process (inherited through exec).
 pub fn apply(plan: &ns_core::state::ExecPlan) -> Result<()> {
+    // A session keyring of its own: the caller's (a root login's, sudo's) would otherwise be
+    // the payload's too, readable where the filter lets keyctl through (@keyring). Where
+    // keyrings are off, or a filter above us refuses keyctl, there is none to share.
+    match ns_core::sys::join_new_session_keyring() {
+        Ok(_) | Err(Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EPERM | Errno::EACCES) => {}
+        Err(e) => {
+            return Err(Error::setup(format!(
+                "cannot make a session keyring: {}",
+                e.desc()
+            )))
+        }
+    }
     for r in &plan.rlimits {
         let res = RESOURCES
             .iter()

@@ -1673,6 +1673,22 @@ pub fn invalidate_key(serial: i64) -> nix::Result<()> {
     Errno::result(r).map(drop)
 }
 
+/// keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new anonymous session keyring for this process
+/// (and what it execs), so that it does not share the caller's (nspawn's outer child and runc
+/// do the same). Returns the new keyring's serial.
+pub fn join_new_session_keyring() -> nix::Result<i64> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a null name asks for an anonymous keyring; no memory is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    Errno::result(r)
+}
+
 /// add_key("user", `desc`, `payload`, the session keyring): a key for the kernel to read
 /// (a root hash signature that dm-verity checks); returns its serial.
 pub fn add_user_key(desc: &std::ffi::CStr, payload: &[u8]) -> nix::Result<i64> {
