@@ -10,6 +10,12 @@ use std::process::Command;
 
 /// The ```sh task``` blocks of the README, in order.
 fn task_blocks() -> Vec<String> {
+    blocks_tagged("sh task")
+}
+
+/// The README's blocks whose fence says ```TAG```, in order.
+fn blocks_tagged(tag: &str) -> Vec<String> {
+    let fence = format!("```{tag}");
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
@@ -17,7 +23,7 @@ fn task_blocks() -> Vec<String> {
     let mut current: Option<String> = None;
     for line in readme.lines() {
         match (&mut current, line.trim_end()) {
-            (None, "```sh task") => current = Some(String::new()),
+            (None, l) if l == fence => current = Some(String::new()),
             (Some(b), "```") => {
                 blocks.push(std::mem::take(b));
                 current = None;
@@ -107,4 +113,34 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The README's ```sh example``` blocks (`./rootfs`: a busybox tree in the working
+/// directory), each run as one script: in a throwaway network and mount namespace, with a
+/// tmpfs on /srv holding /srv/data (a bind source an example names).
+#[test]
+fn the_readmes_examples_run_as_written() {
+    let blocks = blocks_tagged("sh example");
+    assert!(blocks.len() >= 3, "{blocks:?}");
+    let t = ns_tests::Tree::empty("readme-examples");
+    ns_tests::build_rootfs(&t.path().join("rootfs"));
+    for (i, block) in blocks.iter().enumerate() {
+        let script = format!(
+            "set -euo pipefail\nip link set lo up\nmount -t tmpfs tmpfs /srv\nmkdir /srv/data\n{block}"
+        );
+        let mut c = Command::new("unshare");
+        c.args([
+            "--net",
+            "--mount",
+            "--propagation=private",
+            "--",
+            "bash",
+            "-c",
+            &script,
+        ])
+        .current_dir(t.path())
+        .env("PATH", ns_tests::path_with_bins());
+        let out = ns_tests::run_cmd(c, None);
+        assert_eq!(out.code, 0, "example block {i}:\n{block}\n{out}");
+    }
 }
