@@ -216,6 +216,11 @@ fn completions_complete(prefix: &Path) {
     assert!(bash_complete(prefix, &["ns-ctl", "pow"]).contains(&"poweroff".into()));
     assert!(bash_complete(prefix, &["ns-ctl", "status", ""]).contains(&machine));
     assert!(bash_complete(prefix, &["ns-ctl", "-o", "json", "shell", ""]).contains(&machine));
+    let words = [
+        "ns-ctl", "--output", "=", "json", "kill", "-s", "=", "TERM", "",
+    ];
+    assert!(bash_complete(prefix, &words).contains(&machine));
+    assert!(!bash_complete(prefix, &["ns-ctl", "shell", "x", ""]).contains(&machine));
     assert!(bash_complete(prefix, &["ns-ctl", "remove", ""]).contains(&img));
     assert!(!bash_complete(prefix, &["ns-ctl", "remove", ""]).contains(&machine));
     assert!(bash_complete(prefix, &["ns-run", "-M", ""]).contains(&img));

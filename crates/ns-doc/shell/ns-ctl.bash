@@ -7,12 +7,19 @@ _ns_ctl_dynamic() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]} verb= what= i n=0
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-        -o | --output | -s | --signal | --kill-whom | -E | --setenv | --uid | --format | --verify | --tls-verify) ((i++)) ;;
+        # An option's value, after a space or an '=' (a word of its own in COMP_WORDS).
+        -o | --output | -s | --signal | --kill-whom | -E | --setenv | --uid | --format | --verify | --tls-verify)
+            [ "${COMP_WORDS[i + 1]}" = = ] && ((i++))
+            ((i++))
+            ;;
+        =) ((i++)) ;;
         -*) ;;
         *) if [ -z "$verb" ]; then verb=${COMP_WORDS[i]}; else ((n++)); fi ;;
         esac
     done
-    case $cur$prev in -* | *=*) verb= ;; esac
+    # An option, or an option's value: clap_complete's.
+    case $cur in -*) verb= ;; esac
+    case $prev in -* | =) verb= ;; esac
     case $verb in
     status | poweroff | stop | reboot | terminate | kill) what=list ;;
     shell | login) [ "$n" -eq 0 ] && what=list ;;
