@@ -99,7 +99,8 @@ fn the_readmes_five_tasks_work_as_written() {
     let _ = std::fs::remove_dir_all(&shims);
     // What each block shows.
     assert!(outputs[0].trim().starts_with("12."), "{}", outputs[0]);
-    assert!(outputs[1].contains("Reached target"), "{}", outputs[1]);
+    let state = outputs[1].trim();
+    assert!(state == "running" || state == "degraded", "{state}");
     assert!(
         outputs[2].contains("host0") && outputs[2].contains("lo"),
         "{}",

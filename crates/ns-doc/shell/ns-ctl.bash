@@ -21,7 +21,7 @@ _ns_ctl_dynamic() {
     case $cur in -*) verb= ;; esac
     case $prev in -* | =) verb= ;; esac
     case $verb in
-    status | poweroff | stop | reboot | terminate | kill) what=list ;;
+    status | poweroff | stop | reboot | terminate | kill | log) what=list ;;
     shell | login) [ "$n" -eq 0 ] && what=list ;;
     start | image-status | show-image | remove) what=list-images ;;
     clone | rename | read-only | export-tar | export-raw) [ "$n" -eq 0 ] && what=list-images ;;

@@ -12,7 +12,7 @@ _ns-ctl() {
     done
     [[ $words[CURRENT] == -* || $words[CURRENT-1] == -* ]] && verb=
     case $verb in
-    (status|poweroff|stop|reboot|terminate|kill) what=list ;;
+    (status|poweroff|stop|reboot|terminate|kill|log) what=list ;;
     (shell|login) (( n == 0 )) && what=list ;;
     (start|image-status|show-image|remove) what=list-images ;;
     (clone|rename|read-only|export-tar|export-raw) (( n == 0 )) && what=list-images ;;
