@@ -60,7 +60,7 @@ impl Drop for Demo {
 #[test]
 fn the_readmes_five_tasks_work_as_written() {
     let blocks = task_blocks();
-    assert_eq!(blocks.len(), 4, "task blocks: {blocks:?}");
+    assert_eq!(blocks.len(), 5, "task blocks: {blocks:?}");
     let image = Path::new("/var/lib/machines/demo");
     assert!(
         image.symlink_metadata().is_err(),
@@ -86,12 +86,18 @@ fn the_readmes_five_tasks_work_as_written() {
     let mut path = std::ffi::OsString::from(shims.as_os_str());
     path.push(":");
     path.push(ns_tests::path_with_bins());
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ctd = Containerd::start(&top);
     let mut outputs = Vec::new();
     for (i, block) in blocks.iter().enumerate() {
         let script = format!("set -euo pipefail\nip link set lo up\n{block}");
         let mut c = Command::new("unshare");
         c.args(["--net", "--", "bash", "-c", &script])
-            .env("PATH", &path);
+            .env("PATH", &path)
+            .current_dir(&top)
+            .env("CONTAINERD_ADDRESS", ctd.dir.join("containerd.sock"))
+            .env("CONTAINERD_SNAPSHOTTER", &ctd.snapshotter)
+            .env_remove("CONTAINERD_NAMESPACE");
         let out = ns_tests::run_cmd(c, None);
         assert_eq!(out.code, 0, "task block {i}:\n{block}\n{out}");
         outputs.push(out.stdout);
@@ -107,6 +113,13 @@ fn the_readmes_five_tasks_work_as_written() {
         outputs[2]
     );
     assert_eq!(outputs[3].trim(), "exit 137", "{}", outputs[3]);
+    assert_eq!(
+        outputs[4].lines().last(),
+        Some("hello from ns-oci"),
+        "{}",
+        outputs[4]
+    );
+    let _ = std::fs::remove_file("/tmp/busybox.tar");
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
@@ -143,5 +156,41 @@ fn the_readmes_examples_run_as_written() {
         .env("PATH", ns_tests::path_with_bins());
         let out = ns_tests::run_cmd(c, None);
         assert_eq!(out.code, 0, "example block {i}:\n{block}\n{out}");
+    }
+}
+
+/// A private containerd (tests/oci/containerd), stopped on drop.
+struct Containerd {
+    dir: std::path::PathBuf,
+    snapshotter: String,
+    harness: std::path::PathBuf,
+}
+
+impl Containerd {
+    fn start(top: &Path) -> Containerd {
+        let dir = tempdir("readme-containerd");
+        let harness = top.join("tests/oci/containerd");
+        let mut c = Command::new(&harness);
+        c.arg("start").arg(&dir);
+        let out = ns_tests::run_cmd(c, None);
+        assert_eq!(out.code, 0, "containerd start: {out}");
+        let snapshotter = std::fs::read_to_string(dir.join("snapshotter"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Containerd {
+            dir,
+            snapshotter,
+            harness,
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.harness)
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
     }
 }
