@@ -274,37 +274,7 @@ impl Copy<'_> {
                         rel,
                     });
                 }
-                SFlag::S_IFREG => {
-                    let s = nix::fcntl::openat(
-                        src,
-                        name.as_os_str(),
-                        OFlag::O_RDONLY
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_CLOEXEC
-                            | OFlag::O_NOCTTY
-                            | OFlag::O_NONBLOCK,
-                        Mode::empty(),
-                    )
-                    .ctx(what)?;
-                    let sst = nix::sys::stat::fstat(&s).ctx(what)?;
-                    if walk::kind(&sst) != SFlag::S_IFREG {
-                        return Err(Error::setup(format!("{}: changed while copied", what())));
-                    }
-                    let d = nix::fcntl::openat(
-                        dst,
-                        name.as_os_str(),
-                        OFlag::O_WRONLY
-                            | OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_CLOEXEC,
-                        Mode::S_IRUSR | Mode::S_IWUSR,
-                    )
-                    .ctx(what)?;
-                    let (mut from, mut to) = (std::fs::File::from(s), std::fs::File::from(d));
-                    bytes += std::io::copy(&mut from, &mut to).ctx(what)?;
-                    self.finish(to.as_fd(), None, &sst, &rel)?;
-                }
+                SFlag::S_IFREG => bytes += self.copy_file(src, dst, &name, &rel, &what)?,
                 SFlag::S_IFLNK => {
                     let target = nix::fcntl::readlinkat(src, name.as_os_str()).ctx(what)?;
                     nix::unistd::symlinkat(target.as_os_str(), dst, name.as_os_str()).ctx(what)?;
@@ -319,6 +289,44 @@ impl Copy<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Copy the regular file `name` of `src` into `dst` (given its source's owner, mode and
+    /// times); returns its size. `what` names it in an error.
+    fn copy_file(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        what: &dyn Fn() -> String,
+    ) -> Result<u64> {
+        let s = nix::fcntl::openat(
+            src,
+            name,
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY
+                | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .ctx(what)?;
+        let sst = nix::sys::stat::fstat(&s).ctx(what)?;
+        if walk::kind(&sst) != SFlag::S_IFREG {
+            return Err(Error::setup(format!("{}: changed while copied", what())));
+        }
+        let d = nix::fcntl::openat(
+            dst,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .ctx(what)?;
+        let (mut from, mut to) = (std::fs::File::from(s), std::fs::File::from(d));
+        let n = std::io::copy(&mut from, &mut to).ctx(what)?;
+        self.finish(to.as_fd(), None, &sst, rel)?;
+        Ok(n)
     }
 
     /// Give a copied entry its source's owner, mode and times: the inode `fd` is open on,
