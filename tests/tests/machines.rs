@@ -466,3 +466,51 @@ fn a_log_file_is_never_a_hard_link_a_fifo_or_someone_elses() {
         "{text:?}"
     );
 }
+
+/// The inodes (`dev:ino`) any process of the container has open, as seen inside it.
+const OPEN_INODES: &str =
+    "for f in /proc/[0-9]*/fd/*; do stat -L -c '%d:%i' \"$f\" 2>/dev/null; done; echo scanned";
+
+#[test]
+fn a_log_file_is_written_by_the_monitor_alone_never_the_containers_fd() {
+    use std::os::unix::fs::MetadataExt;
+    let t = Tree::rootfs("logfile-reach");
+    let log = t.host_dir("logs").join("c.log");
+    std::fs::write(&log, "").unwrap();
+    let m = std::fs::metadata(&log).unwrap();
+    let ours = format!("{}:{}", m.dev(), m.ino());
+    // The default with a log file (and autopipe, which would be a pipe without a terminal):
+    // the relayed read-only console; no process of the container holds the log.
+    for extra in [&[][..], &["--console=autopipe"][..]] {
+        let mut c = ns_tests::ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg()])
+            .arg(format!("--log-file={}", log.display()))
+            .args(extra)
+            .args(["sh", "-c", OPEN_INODES]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 0, "{extra:?}: {out}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("scanned"), "{extra:?}: {text:?}");
+        assert!(
+            !text.lines().any(|l| l.trim() == ours),
+            "{extra:?}: the container holds the log {ours}: {text:?}"
+        );
+        std::fs::write(&log, "").unwrap();
+    }
+    // A pipe would hand the payload the log itself (written unbounded, past the monitor's
+    // rotation, and reopened through /proc/self/fd): refused, nothing run or written.
+    for extra in [&["--console=pipe"][..], &["-P"][..]] {
+        let mut c = ns_tests::ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg()])
+            .arg(format!("--log-file={}", log.display()))
+            .args(extra)
+            .args(["sh", "-c", OPEN_INODES]);
+        let out = run_cmd(c, None);
+        assert_eq!(out.code, 125, "{extra:?}: {out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert!(out.stderr.contains("--log-file"), "{out}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "", "{extra:?}");
+    }
+}

@@ -80,8 +80,17 @@ pub fn console(c: &Cli, on_tty: bool) -> Result<Console> {
     match console_mode(c) {
         None | Some("autopipe") if on_tty && c.log_file.is_none() => Ok(Console::Interactive),
         // A log file: the console relayed (so that the monitor bounds the log), never
-        // interactive (stdout is the file).
-        None if c.exec.boot || c.log_file.is_some() => Ok(Console::ReadOnly),
+        // interactive (stdout is the file), nor a pipe (autopipe's without a terminal).
+        None | Some("autopipe") if c.log_file.is_some() => Ok(Console::ReadOnly),
+        // A pipe would give the payload the log itself as stdout: written past the
+        // monitor's rotation, unbounded, and reopened through /proc/self/fd.
+        Some("pipe") if c.log_file.is_some() => Err(Error::invalid(
+            "--console",
+            "pipe",
+            "not with --log-file (the payload would write the log itself, unbounded): \
+             read-only, interactive or passive",
+        )),
+        None if c.exec.boot => Ok(Console::ReadOnly),
         None | Some("autopipe") | Some("pipe") => Ok(Console::Pipe),
         Some("interactive") => Ok(Console::Interactive),
         Some("read-only") => Ok(Console::ReadOnly),
@@ -975,9 +984,24 @@ mod tests {
             (&["-b", "-P"][..], false, Console::Pipe),
             (&["-b", "--console=autopipe"][..], false, Console::Pipe),
             (&["true"][..], false, Console::Pipe),
+            (&["--log-file=l", "true"][..], true, Console::ReadOnly),
+            (
+                &["--log-file=l", "--console=autopipe", "true"][..],
+                false,
+                Console::ReadOnly,
+            ),
+            (
+                &["--log-file=l", "--console=passive", "true"][..],
+                false,
+                Console::Passive,
+            ),
         ] {
             let c = cli(&[&["-D", "/srv/box"][..], args].concat());
             assert_eq!(console(&c, on_tty).unwrap(), want, "{args:?}");
+        }
+        for pipe in [&["--console=pipe"][..], &["-P"][..]] {
+            let c = cli(&[&["-D", "/srv/box", "--log-file=l"][..], pipe, &["true"]].concat());
+            assert!(console(&c, false).is_err(), "{pipe:?}");
         }
     }
 
