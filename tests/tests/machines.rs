@@ -514,3 +514,21 @@ fn a_log_file_is_written_by_the_monitor_alone_never_the_containers_fd() {
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "", "{extra:?}");
     }
 }
+
+#[test]
+fn log_takes_a_machine_name_never_a_path() {
+    // A file of root's that is not a machine's log, reached by a name with `..` or `/`.
+    let name = ns_tests::unique("nsl-path");
+    let outside = Path::new("/run/ns-run").join(format!("{name}.log"));
+    std::fs::write(&outside, "NOT-A-MACHINES-LOG\n").unwrap();
+    let _gone = ns_tests::Defer::new(|| {
+        let _ = std::fs::remove_file(&outside);
+    });
+    for bad in [format!("../{name}"), format!("x/../../{name}")] {
+        let out = ctl(&["log", &bad]);
+        assert_eq!(out.code, 125, "{bad}: {out}");
+        assert!(!out.stdout.contains("NOT-A-MACHINES-LOG"), "{bad}: {out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert!(out.stderr.contains("not a valid machine name"), "{out}");
+    }
+}

@@ -12,6 +12,8 @@ use ns_host::registry;
 
 /// Where `ns-ctl start` keeps machine NAME's log.
 pub fn path_for(name: &str) -> Result<PathBuf> {
+    // A machine's name, never a path (`..`, `/`) to some other file of root's.
+    registry::check_name(name)?;
     Ok(ns_core::paths::runtime_subdir("logs")?.join(format!("{name}.log")))
 }
 

@@ -72,7 +72,7 @@ fn dir() -> Result<PathBuf> {
 }
 
 /// A valid machine name: a hostname (letters, digits, `-`, `.`, `_`), as nspawn requires.
-fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
