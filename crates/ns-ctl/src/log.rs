@@ -43,9 +43,19 @@ fn open(path: &Path) -> Result<std::fs::File> {
 /// What of a console's output reaches a terminal: text, newlines, tabs, carriage returns and
 /// colours (CSI ... m); any other control character and escape sequence is the container's
 /// to send to whoever reads its log (a title, the clipboard: OSC 52), so its ESC is dropped
-/// and the rest shows as text.
+/// and the rest shows as text. So are the C1 controls (U+0080..U+009F: CSI, OSC to a
+/// terminal that reads them in UTF-8) and bytes of no UTF-8 character (a lone 0x9b is CSI to
+/// a terminal that is not UTF-8; a character split across two reads is lost with them).
 fn for_terminal(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        text_for_terminal(chunk.valid().as_bytes(), &mut out);
+    }
+    out
+}
+
+/// [`for_terminal`] of valid UTF-8 `b`.
+fn text_for_terminal(b: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -62,12 +72,15 @@ fn for_terminal(b: &[u8]) -> Vec<u8> {
                 i += 3 + e;
                 continue;
             }
+        } else if c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)) {
+            // A C1 control (valid UTF-8: 0xc2 leads a character, always followed by it).
+            i += 2;
+            continue;
         } else if (c >= 0x20 && c != 0x7f) || matches!(c, b'\n' | b'\t' | b'\r' | 0x08) {
             out.push(c);
         }
         i += 1;
     }
-    out
 }
 
 /// Copy what `f` has from its position on to stdout (through [`for_terminal`] on a
@@ -165,5 +178,15 @@ mod tests {
             got,
             b"ok \x1b[0;32mOK\x1b[0m\r\n]52;c;ZXZpbA==x[2Jy".to_vec()
         );
+    }
+
+    #[test]
+    fn a_terminal_gets_no_c1_control_either() {
+        // U+009D (OSC) and U+009B (CSI) are escapes to a terminal that reads C1 controls in
+        // UTF-8 (xterm, VTE); a lone 0x9b byte is CSI to one that is not UTF-8. Other
+        // characters stay, whatever their length.
+        let got = for_terminal("é\u{9d}52;c;ZXZpbA==\x07 \u{9b}2J €".as_bytes());
+        assert_eq!(got, "é52;c;ZXZpbA== 2J €".as_bytes());
+        assert_eq!(for_terminal(b"a\x9b2Jb\x9d"), b"a2Jb".to_vec());
     }
 }
