@@ -85,3 +85,25 @@ fn a_template_copy_and_an_ownership_shift_show_one_line_on_a_terminal_only() {
     assert_eq!((o.code, o.stderr.as_str()), (0, ""), "{o}");
     assert!(std::fs::metadata(dir.join("bin")).is_ok());
 }
+
+#[test]
+fn any_progress_delay_from_the_environment_is_taken_or_ignored_never_a_crash() {
+    // 1e30 seconds is finite and not negative, but no Duration: the default second, as for
+    // any value that is not a delay.
+    let template = Tree::rootfs("progress-env");
+    let t = format!("--template={}", template.arg());
+    for (i, after) in ["1e30", "-1", "inf", "NaN", "x"].into_iter().enumerate() {
+        let dir = template.host_dir(&format!("copy{i}")).join("root");
+        let d = dir.to_str().unwrap();
+        let mut c = Command::new(bin("ns-run"));
+        c.args(["-q", "--register=no", &t, "-D", d])
+            .args([
+                "--private-users=3145728:65536",
+                "--private-users-ownership=chown",
+            ])
+            .arg("true")
+            .env("NS_PROGRESS_AFTER", after);
+        let o = run_cmd(c, None);
+        assert_eq!((o.code, o.stderr.as_str()), (0, ""), "{after}: {o}");
+    }
+}

@@ -46,8 +46,9 @@ impl Progress {
             after: std::env::var("NS_PROGRESS_AFTER")
                 .ok()
                 .and_then(|v| v.parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map_or(Duration::from_secs(1), Duration::from_secs_f64),
+                // (No Duration, e.g. 1e30: from_secs_f64 would panic, aborting the chain.)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .unwrap_or(Duration::from_secs(1)),
         }
     }
 
