@@ -575,3 +575,25 @@ fn io_limits_land_on_the_whole_disk() {
         "{out}"
     );
 }
+
+#[test]
+fn a_monitor_that_is_pid_1_of_its_namespace_removes_the_cgroups_before_it_exits() {
+    // Its exit kills every other process of its PID namespace: a remover forked then would
+    // die with it, leaving the cgroups (and a journal named 1) to some later ns-run.
+    let t = Tree::rootfs("res-pid1");
+    let name = ns_tests::unique("res-pid1");
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--kill-child"])
+        .arg(ns_tests::bin("ns-run"))
+        .args(["-q", "--register=no", "-M", &name, "-D", t.arg(), "true"]);
+    let _collect = ns_tests::Defer::new(|| {
+        // What a killed remover left: collected by the next ns-run.
+        let _ = run_cmd(cmd(&t, &["--register=no"], "true"), None);
+    });
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 0, "{out}");
+    // A remover that lived would be done in a moment; a killed one never is.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let left = ns_tests::container_cgroups(&name);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}

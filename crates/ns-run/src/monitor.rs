@@ -68,12 +68,14 @@ impl Ended {
     /// are nobody else's, and their journal stays until they are gone, so that a child
     /// killed (or failing) leaves them to the next ns-run, as a monitor killed would. Not
     /// `in_background` (a disk image mounted in our own mount namespace, which the child
-    /// would keep mounted): removed first.
+    /// would keep mounted), or PID 1 of a PID namespace: removed first.
     pub fn exit(self, in_background: bool) -> ! {
         let Some(left) = self.cgroups else {
             std::process::exit(self.code)
         };
-        if in_background {
+        // PID 1 of its PID namespace (`unshare -fp ns-run`, a container's entry point): our
+        // exit kills every other process in it, a remover forked now with them.
+        if in_background && std::process::id() != 1 {
             if let Ok(ns_core::sys::Forked::Parent(_)) | Err(_) = ns_core::sys::fork() {
                 // (A failed fork removes them here.)
                 std::process::exit(self.code)
