@@ -532,3 +532,37 @@ fn log_takes_a_machine_name_never_a_path() {
         assert!(out.stderr.contains("not a valid machine name"), "{out}");
     }
 }
+
+#[test]
+fn a_log_rotates_in_its_directory_even_when_the_container_swaps_the_path() {
+    // The log's directory is in a directory the container writes (bound in): it moves the
+    // directory away and puts a symlink to another (a machine's logs) in its place before
+    // the monitor rotates. The monitor rotates where the log is, never through the path.
+    let t = Tree::rootfs("logfile-swap");
+    let shared = t.host_dir("shared");
+    std::fs::create_dir_all(shared.join("sub")).unwrap();
+    let victim = t.host_dir("victim");
+    std::fs::write(victim.join("c.log"), "VICTIM\n").unwrap();
+    let script = format!(
+        "mv /shared/sub /shared/old && ln -s {} /shared/sub && \
+         head -c 700000 /dev/zero | tr '\\0' x; echo; echo end",
+        victim.display()
+    );
+    let mut c = ns_tests::ns_run();
+    t.tag(&mut c)
+        .args(["-q", "-D", t.arg()])
+        .arg(format!("--bind={}:/shared", shared.display()))
+        .arg(format!("--log-file={}", shared.join("sub/c.log").display()))
+        .args(["sh", "-c", &script]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 0, "{out}");
+    let theirs = std::fs::read_to_string(victim.join("c.log")).unwrap();
+    assert!(
+        theirs == "VICTIM\n",
+        "the victim's log replaced by the container's"
+    );
+    assert!(!victim.join("c.log.1").exists(), "rotated in the victim");
+    assert!(shared.join("old/c.log.1").exists(), "not rotated");
+    let now = std::fs::read_to_string(shared.join("old/c.log")).unwrap();
+    assert!(now.ends_with("end\r\n"), "the log went on elsewhere");
+}

@@ -5,7 +5,6 @@
 //! inode.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where a log is rotated.
@@ -18,19 +17,34 @@ pub fn older(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Open `path` for appending (made 0600 if missing; `new`: made now, never one that is
-/// there). Never through a symlink, never a FIFO (that would hang the monitor), and only a
-/// regular file of ours with one link: in a directory others can write (`/tmp`), someone
-/// else's file, or a hard link to one (`/etc/shadow`), is not appended to.
-fn open(path: &Path, new: bool) -> std::io::Result<std::fs::File> {
+/// The log's directory, held from [`redirect`] on (before the container starts), and its
+/// name in it: a rotation renames and creates there, never through the path again (a
+/// directory of the log's path that the container can write, bound in, could be made a
+/// symlink to another by then).
+static DIR: std::sync::OnceLock<(std::os::fd::OwnedFd, std::ffi::OsString)> =
+    std::sync::OnceLock::new();
+
+/// Open `name` in `dir` for appending (made 0600 if missing; `new`: made now, never one
+/// that is there). Never through a symlink, never a FIFO (that would hang the monitor), and
+/// only a regular file of ours with one link: in a directory others can write (`/tmp`),
+/// someone else's file, or a hard link to one (`/etc/shadow`), is not appended to.
+fn open_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    new: bool,
+) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
     use std::os::unix::fs::MetadataExt;
-    let f = std::fs::File::options()
-        .append(true)
-        .create(!new)
-        .create_new(new)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(path)?;
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_APPEND
+        | OFlag::O_CREAT
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOCTTY
+        | OFlag::O_NONBLOCK
+        | if new { OFlag::O_EXCL } else { OFlag::empty() };
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    let f = std::fs::File::from(nix::fcntl::openat(dir, name, flags, mode)?);
     let m = f.metadata()?;
     if !m.is_file() || m.uid() != nix::unistd::geteuid().as_raw() || m.nlink() != 1 {
         return Err(std::io::Error::other(
@@ -40,28 +54,40 @@ fn open(path: &Path, new: bool) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
-/// Point stdout and stderr at `path` (appended).
+/// Point stdout and stderr at `path` (appended); its directory is held for the rotations.
 pub fn redirect(path: &Path) -> crate::Result<()> {
     use crate::Context;
-    let f = open(path, false).ctx(|| format!("--log-file: cannot open {}", path.display()))?;
+    use nix::fcntl::OFlag;
+    let ctx = || format!("--log-file: cannot open {}", path.display());
+    let name = path.file_name().ok_or_else(|| {
+        crate::Error::invalid("--log-file", &path.to_string_lossy(), "no file name")
+    })?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = nix::fcntl::open(
+        parent.unwrap_or(Path::new(".")),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(ctx)?;
+    let f = open_at(std::os::fd::AsFd::as_fd(&dir), name, false).ctx(ctx)?;
     for to in [1, 2] {
         crate::sys::dup_to(f.as_raw_fd(), to)
             .ctx(|| format!("--log-file: cannot use {}", path.display()))?;
     }
+    let _ = DIR.set((dir, name.to_owned()));
     Ok(())
 }
 
-/// The log the console relay writes: its path and how much it holds.
+/// The log the console relay writes ([`redirect`]'s): how much it holds.
 pub struct LogFile {
-    path: PathBuf,
     size: u64,
 }
 
 impl LogFile {
-    /// The log at `path`, already stdout and stderr ([`redirect`]), as long as stdout is.
-    pub fn of_stdout(path: PathBuf) -> LogFile {
+    /// The log [`redirect`] made stdout and stderr, as long as stdout is.
+    pub fn of_stdout() -> LogFile {
         let size = nix::sys::stat::fstat(std::io::stdout()).map_or(0, |st| st.st_size as u64);
-        LogFile { path, size }
+        LogFile { size }
     }
 
     /// `n` bytes were written to stdout: rotate once the log holds [`ROTATE_AT`]. A rotation
@@ -71,12 +97,17 @@ impl LogFile {
         if self.size < ROTATE_AT {
             return;
         }
-        if std::fs::rename(&self.path, older(&self.path)).is_err() {
+        let Some((dir, name)) = DIR.get() else {
+            return;
+        };
+        let mut old = name.clone();
+        old.push(".1");
+        if nix::fcntl::renameat(dir, name.as_os_str(), dir, old.as_os_str()).is_err() {
             return;
         }
         // A new file (someone's, put there since the rename, is not used: the log goes on
         // in the old one, tried again at the next write).
-        if let Ok(f) = open(&self.path, true) {
+        if let Ok(f) = open_at(std::os::fd::AsFd::as_fd(dir), name, true) {
             let _ = crate::sys::dup_to(f.as_raw_fd(), 1);
             let _ = crate::sys::dup_to(f.as_raw_fd(), 2);
             self.size = 0;

@@ -923,8 +923,8 @@ impl<'a> Monitor<'a> {
         match report {
             Some(Report::Console(master)) => {
                 // SYNC-6: the master of the container's /dev/console.
-                let log =
-                    (state.monitor.log_file.clone()).map(ns_core::logfile::LogFile::of_stdout);
+                let log = (state.monitor.log_file.as_ref())
+                    .map(|_| ns_core::logfile::LogFile::of_stdout());
                 self.console =
                     Some(console::Console::start(master, state.monitor.console).logging_to(log));
             }
