@@ -597,3 +597,45 @@ fn a_monitor_that_is_pid_1_of_its_namespace_removes_the_cgroups_before_it_exits(
     let left = ns_tests::container_cgroups(&name);
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
+
+#[test]
+fn a_monitor_that_cannot_fork_its_remover_removes_the_cgroups_itself() {
+    // The caller's cgroup at its pids.max when the container ends (a unit's TasksMax): the
+    // fork fails, the cgroups are removed before the exit all the same.
+    let pids = Path::new("/sys/fs/cgroup/pids");
+    if !pids.join("cgroup.procs").exists() {
+        eprintln!("skipped: no cgroup v1 pids hierarchy");
+        return;
+    }
+    let cg = pids.join(ns_tests::unique("ns-tests-forkfail"));
+    std::fs::create_dir(&cg).unwrap();
+    let _cg = ns_tests::Defer::new({
+        let cg = cg.clone();
+        move || {
+            let _ = std::fs::remove_dir(&cg);
+        }
+    });
+    let t = Tree::rootfs("res-forkfail");
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            cg.display()
+        ))
+        .arg("sh")
+        .arg(ns_tests::bin("ns-run"));
+    t.tag(&mut c)
+        .args(["-q", "--register=no", "-D", t.arg()])
+        .args(["sh", "-c", "echo ready; exec sleep 1"]);
+    let r = ns_tests::spawn_until(c, "ready");
+    let monitor = r.pid();
+    let _journal = ForgetJournal(monitor);
+    let cgroups = cgroups_of_monitor(monitor);
+    assert!(!cgroups.is_empty());
+    std::fs::write(cg.join("pids.max"), "1").unwrap();
+    let out = r.wait();
+    assert_eq!(out.code, 0, "{out}");
+    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "cgroups left at the exit: {left:?}");
+    assert!(!ns_tests::cleanup_journal(monitor).exists(), "journal left");
+}

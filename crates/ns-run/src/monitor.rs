@@ -76,9 +76,15 @@ impl Ended {
         // PID 1 of its PID namespace (`unshare -fp ns-run`, a container's entry point): our
         // exit kills every other process in it, a remover forked now with them.
         if in_background && std::process::id() != 1 {
-            if let Ok(ns_core::sys::Forked::Parent(_)) | Err(_) = ns_core::sys::fork() {
-                // (A failed fork removes them here.)
-                std::process::exit(self.code)
+            match ns_core::sys::fork() {
+                Ok(ns_core::sys::Forked::Parent(_)) => std::process::exit(self.code),
+                // No remover (the caller's cgroup at its pids.max, RLIMIT_NPROC): removed
+                // here, before the exit.
+                Err(_) => {
+                    left.remove();
+                    std::process::exit(self.code)
+                }
+                Ok(ns_core::sys::Forked::Child) => {}
             }
             // The child: nothing of the caller's (its terminal, pipes) nor ours held; out
             // of the caller's session and process group (its terminal's signals, a kill of
