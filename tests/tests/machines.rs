@@ -566,3 +566,33 @@ fn a_log_rotates_in_its_directory_even_when_the_container_swaps_the_path() {
     let now = std::fs::read_to_string(shared.join("old/c.log")).unwrap();
     assert!(now.ends_with("end\r\n"), "the log went on elsewhere");
 }
+
+#[test]
+fn a_log_stays_bounded_when_its_rotation_is_blocked() {
+    use std::os::unix::fs::PermissionsExt;
+    // A log in a directory others write (/tmp): someone puts a directory where the rotation
+    // would rename the log to. The log must stay bounded all the same.
+    let t = Tree::rootfs("logfile-blocked");
+    let dir = t.host_dir("tmp");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let blocker = dir.join("c.log.1");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), "").unwrap();
+    std::os::unix::fs::chown(&blocker, Some(65534), Some(65534)).unwrap();
+    let log = dir.join("c.log");
+    let mut c = ns_tests::ns_run();
+    t.tag(&mut c)
+        .args(["-q", "-D", t.arg()])
+        .arg(format!("--log-file={}", log.display()))
+        .args([
+            "sh",
+            "-c",
+            "head -c 2000000 /dev/zero | tr '\\0' x; echo; echo end",
+        ]);
+    let out = run_cmd(c, None);
+    assert_eq!(out.code, 0, "{out}");
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(len <= 600 << 10, "the log grew to {len} bytes");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.ends_with("end\r\n"), "the log's end lost");
+}

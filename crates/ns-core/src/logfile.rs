@@ -91,7 +91,9 @@ impl LogFile {
     }
 
     /// `n` bytes were written to stdout: rotate once the log holds [`ROTATE_AT`]. A rotation
-    /// that fails leaves the log growing where it is (tried again at the next write).
+    /// that cannot be made (a directory at PATH.1, a file someone made at PATH since the
+    /// rename: in a directory others write) empties the log instead: bounded all the same
+    /// (growing where it is, it grew without end, or an unlinked PATH.1 did, out of sight).
     pub fn wrote(&mut self, n: u64) {
         self.size += n;
         if self.size < ROTATE_AT {
@@ -102,15 +104,17 @@ impl LogFile {
         };
         let mut old = name.clone();
         old.push(".1");
-        if nix::fcntl::renameat(dir, name.as_os_str(), dir, old.as_os_str()).is_err() {
-            return;
+        let _ = nix::fcntl::renameat(dir, name.as_os_str(), dir, old.as_os_str());
+        // A new file only (someone's, put there since the rename, is not used).
+        match open_at(std::os::fd::AsFd::as_fd(dir), name, true) {
+            Ok(f) => {
+                let _ = crate::sys::dup_to(f.as_raw_fd(), 1);
+                let _ = crate::sys::dup_to(f.as_raw_fd(), 2);
+            }
+            _ => {
+                let _ = nix::unistd::ftruncate(std::io::stdout(), 0);
+            }
         }
-        // A new file (someone's, put there since the rename, is not used: the log goes on
-        // in the old one, tried again at the next write).
-        if let Ok(f) = open_at(std::os::fd::AsFd::as_fd(dir), name, true) {
-            let _ = crate::sys::dup_to(f.as_raw_fd(), 1);
-            let _ = crate::sys::dup_to(f.as_raw_fd(), 2);
-            self.size = 0;
-        }
+        self.size = 0;
     }
 }
