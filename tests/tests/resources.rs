@@ -274,16 +274,39 @@ fn the_exit_status_comes_before_the_cgroups_go_and_a_killed_remover_leaves_them_
     // monitor's, which we kill: what it did not remove is journaled still.
     let removers = ns_runs_on(t.arg(), monitor);
     assert_eq!(removers.len(), 1, "one remover running: {removers:?}");
+    let remover = removers[0];
+    let _journal2 = ForgetJournal(remover);
     assert!(cg.is_dir(), "{} removed", cg.display());
-    // SAFETY: kill(2) on a pid of ours; no memory is passed.
-    assert_eq!(unsafe { libc::kill(removers[0], libc::SIGKILL) }, 0);
-    assert!(ns_tests::settled(|| ns_runs_on(t.arg(), monitor)).is_empty());
+    // The journal is the remover's while it works: named for the monitor (dead), every start
+    // would take it for a dead monitor's, and a monitor given the same pid would adopt it
+    // (its own entries removed with it by the remover).
+    let named_for_monitor = || ns_tests::cleanup_journal(monitor).exists();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while named_for_monitor() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert!(
-        ns_tests::cleanup_journal(monitor).exists(),
+        !named_for_monitor(),
+        "the journal is still named for the dead monitor"
+    );
+    assert!(
+        ns_tests::cleanup_journal(remover).exists(),
+        "no journal for the remover"
+    );
+    // SAFETY: kill(2) on a pid of ours; no memory is passed.
+    assert_eq!(unsafe { libc::kill(remover, libc::SIGKILL) }, 0);
+    assert!(ns_tests::settled(|| ns_runs_on(t.arg(), monitor)).is_empty());
+    // Reaped (by init: a zombie's pid still names an ns-run, whose journal is not collected).
+    let proc = format!("/proc/{remover}/comm");
+    assert!(
+        ns_tests::settled(|| std::fs::metadata(&proc).into_iter().collect::<Vec<_>>()).is_empty()
+    );
+    assert!(
+        ns_tests::cleanup_journal(remover).exists(),
         "journal removed"
     );
     drop(_holder);
-    assert_journals_collected(t.path(), &[monitor]);
+    assert_journals_collected(t.path(), &[monitor, remover]);
     let left = ns_tests::settled(|| cgroups.iter().filter(|c| c.exists()).collect::<Vec<_>>());
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }

@@ -91,6 +91,8 @@ impl Ended {
             // the group), the monitor's termination signals still blocked (signalfd).
             let _ = nix::unistd::setsid();
             let _ = ns_core::sys::close_from_except(0, &[]);
+            let mut left = left;
+            left.hand_to(std::process::id());
             left.remove();
             std::process::exit(0)
         }
