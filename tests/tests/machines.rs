@@ -599,3 +599,32 @@ fn a_log_stays_bounded_when_its_rotation_is_blocked() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.ends_with("end\r\n"), "the log's end lost");
 }
+
+#[test]
+fn a_booted_container_does_not_hold_its_log_either() {
+    use std::os::unix::fs::MetadataExt;
+    let t = ns_tests::booting_tree("logfile-boot", &format!("{OPEN_INODES}\npoweroff -f\n"));
+    let log = t.host_dir("logs").join("b.log");
+    std::fs::write(&log, "").unwrap();
+    let m = std::fs::metadata(&log).unwrap();
+    let d = std::fs::metadata(log.parent().unwrap()).unwrap();
+    let held = [
+        format!("{}:{}", m.dev(), m.ino()),
+        format!("{}:{}", d.dev(), d.ino()),
+    ];
+    for opts in [&["-b"][..], &["-b", "-U"][..]] {
+        let mut c = ns_tests::ns_run();
+        t.tag(&mut c)
+            .args(["-q", "-D", t.arg()])
+            .args(opts)
+            .arg(format!("--log-file={}", log.display()));
+        let out = run_cmd(c, None);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("scanned"), "{opts:?}: {out}\n{text:?}");
+        assert!(
+            !text.lines().any(|l| held.iter().any(|h| l.trim() == h)),
+            "{opts:?}: the container holds the log or its directory {held:?}: {text:?}"
+        );
+        std::fs::write(&log, "").unwrap();
+    }
+}
