@@ -181,8 +181,13 @@ impl CgroupsLeft {
     /// The journal becomes the remover's (`pid`, alive while it works, an ns-run): named for
     /// the monitor, dead once the caller has the status, every start would take it for a
     /// dead monitor's, and a monitor given the same pid meanwhile would adopt it, its own
-    /// entries then removed with it. Kept as it is if a journal has that name already.
+    /// entries then removed with it. Kept as it is if a journal has that name already, or
+    /// if it stays after the cgroups (paths on a tree still used: left to the last user,
+    /// which collects it as a dead monitor's, never removed by the remover).
     pub fn hand_to(&mut self, pid: u32) {
+        if self.keep_journal {
+            return;
+        }
         let to = self.journal.with_file_name(pid.to_string());
         let at = nix::fcntl::AT_FDCWD;
         if ns_core::sys::renameat2(at, &self.journal, at, &to, libc::RENAME_NOREPLACE).is_ok() {
