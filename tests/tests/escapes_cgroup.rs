@@ -175,10 +175,20 @@ fn v2_hierarchy() -> PathBuf {
 /// The container's level (`ns-run-MACHINE-PID`) in `hierarchy`: the one above its cgroup
 /// namespace's root.
 fn container_level(hierarchy: &Path, machine: &str) -> PathBuf {
-    let found: Vec<PathBuf> = ns_tests::container_cgroups(machine)
-        .into_iter()
-        .filter(|p| p.starts_with(hierarchy))
-        .collect();
+    // (A run of the same name just before may still have its level: its ns-run's child
+    // removes it after that run's exit.)
+    let mut found: Vec<PathBuf> = Vec::new();
+    let _ = ns_tests::settled(|| {
+        found = ns_tests::container_cgroups(machine)
+            .into_iter()
+            .filter(|p| p.starts_with(hierarchy))
+            .collect();
+        if found.len() > 1 {
+            vec![()]
+        } else {
+            vec![]
+        }
+    });
     assert_eq!(
         found.len(),
         1,
