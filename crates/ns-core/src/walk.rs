@@ -39,6 +39,17 @@ pub fn open_entry_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> 
     )
 }
 
+/// A new regular file `name` in `dir`, opened to write (0600 until its owner and mode are
+/// applied): O_EXCL, so never one that is there, nor through a symlink.
+pub fn create_new_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+}
+
 /// A second fd of the directory `dir` is open on, with its own read position.
 pub fn reopen_dir(dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
     nix::fcntl::openat(dir, ".", DIR_FLAGS, Mode::empty())

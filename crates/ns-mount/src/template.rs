@@ -316,13 +316,7 @@ impl Copy<'_> {
         if walk::kind(&sst) != SFlag::S_IFREG {
             return Err(Error::setup(format!("{}: changed while copied", what())));
         }
-        let d = nix::fcntl::openat(
-            dst,
-            name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::S_IRUSR | Mode::S_IWUSR,
-        )
-        .ctx(what)?;
+        let d = ns_core::walk::create_new_at(dst, name).ctx(what)?;
         let (mut from, mut to) = (std::fs::File::from(s), std::fs::File::from(d));
         let n = std::io::copy(&mut from, &mut to).ctx(what)?;
         self.finish(to.as_fd(), None, &sst, rel)?;

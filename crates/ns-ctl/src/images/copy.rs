@@ -151,16 +151,7 @@ fn copy_entry(
             let Some(from) = open_regular(src, name)? else {
                 return Ok(()); // not a file any more: changed meanwhile, as if gone
             };
-            let to = nix::fcntl::openat(
-                dst,
-                name,
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )?;
+            let to = ns_core::walk::create_new_at(dst, name)?;
             if ns_core::sys::reflink(to.as_fd(), from.as_fd()).is_ok() {
                 done.reflinked += 1;
             } else {

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use ns_core::walk::{self, kind};
@@ -195,17 +195,7 @@ fn unpack_one<R: Read>(
     match ty {
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
             clear(d, name);
-            let f = nix::fcntl::openat(
-                d,
-                *name,
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map_err(errno)?;
+            let f = ns_core::walk::create_new_at(d, name).map_err(errno)?;
             let mut file = std::fs::File::from(f);
             std::io::copy(e, &mut file).map_err(|e| format!("cannot read it: {e}"))?;
             apply(file.as_fd(), None, &attrs(&h, false)).map_err(errno)?;

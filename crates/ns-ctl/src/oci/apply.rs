@@ -180,17 +180,7 @@ fn make_entry<R: Read>(
     let perm = Mode::from_bits_truncate(mode);
     match kind {
         T::Regular | T::Continuous | T::GNUSparse => {
-            let fd = nix::fcntl::openat(
-                dir,
-                name,
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .ctx(|| "cannot create it".into())?;
+            let fd = ns_core::walk::create_new_at(dir, name).ctx(|| "cannot create it".into())?;
             let mut w = std::io::BufWriter::with_capacity(1 << 17, std::fs::File::from(fd));
             std::io::copy(e, &mut w).ctx(|| "cannot write it".into())?;
             let f = w.into_inner().map_err(|e| {
