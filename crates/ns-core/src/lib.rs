@@ -72,6 +72,25 @@ pub fn utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `Mon 2026-11-30 02:41:26 UTC` of a time in microseconds since the epoch (UTC: no time
+/// zone database needed), as ns-ctl prints times.
+pub fn format_utc(usec: u64) -> String {
+    let secs = (usec / 1_000_000) as i64;
+    let (y, mo, d, h, mi, s) = utc(secs);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
+        [secs.div_euclid(86400).rem_euclid(7) as usize];
+    format!("{wd} {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// ns-ctl's `-o/--output`: whether it asks for JSON (text or json; anything else refused).
+pub fn output_is_json(output: &str) -> Result<bool> {
+    match output {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        o => Err(Error::invalid("--output", o, "not text or json")),
+    }
+}
+
 /// systemd's parse_boolean: 1/yes/y/true/t/on and 0/no/n/false/f/off, in any case.
 pub fn parse_boolean(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {

@@ -32,11 +32,7 @@ include!("cli.rs");
 fn main() {
     run(STAGE, || {
         let args: Args = parse_args(STAGE, &args_utf8()?);
-        let json = match args.output.as_str() {
-            "text" => false,
-            "json" => true,
-            o => return Err(Error::invalid("--output", o, "not text or json")),
-        };
+        let json = ns_core::output_is_json(&args.output)?;
         let code = match args.verb.unwrap_or(Verb::List) {
             Verb::List => show::list(json)?,
             Verb::Status { names } => {

@@ -77,15 +77,6 @@ pub fn processes(m: &Machine) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// `Mon 2026-11-30 02:41:26 UTC` (UTC: no time zone database needed).
-fn format_time(usec: u64) -> String {
-    let secs = (usec / 1_000_000) as i64;
-    let (y, mo, d, h, mi, s) = ns_core::utc(secs);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
-        [secs.div_euclid(86400).rem_euclid(7) as usize];
-    format!("{wd} {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
-}
-
 fn ago(usec: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -180,7 +171,11 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
     let row = |k: &str, v: &str| ns_core::outln!("{k:>16}: {v}");
     row(
         "Since",
-        &format!("{}; {}", format_time(m.since_usec), ago(m.since_usec)),
+        &format!(
+            "{}; {}",
+            ns_core::format_utc(m.since_usec),
+            ago(m.since_usec)
+        ),
     );
     row("Leader", &format!("{} ({})", m.leader, comm(m.leader)));
     row("Service", &format!("{}; class {}", m.service, m.class));
@@ -224,9 +219,9 @@ pub fn status(m: &Machine, json: bool) -> Result<()> {
 mod tests {
     #[test]
     fn time_format() {
-        assert_eq!(super::format_time(0), "Thu 1970-01-01 00:00:00 UTC");
+        assert_eq!(ns_core::format_utc(0), "Thu 1970-01-01 00:00:00 UTC");
         assert_eq!(
-            super::format_time(1_796_006_486_000_000),
+            ns_core::format_utc(1_796_006_486_000_000),
             "Mon 2026-11-30 02:41:26 UTC"
         );
     }

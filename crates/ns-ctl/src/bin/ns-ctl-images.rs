@@ -13,7 +13,6 @@ mod oci;
 use clap::Parser;
 use ns_core::exec::args_utf8;
 use ns_core::stage::{parse_args, run};
-use ns_core::Error;
 
 const STAGE: &str = "ns-ctl";
 
@@ -31,11 +30,7 @@ struct Args {
 fn main() {
     run(STAGE, || {
         let args: Args = parse_args(STAGE, &args_utf8()?);
-        let json = match args.output.as_str() {
-            "text" => false,
-            "json" => true,
-            o => return Err(Error::invalid("--output", o, "not text or json")),
-        };
+        let json = ns_core::output_is_json(&args.output)?;
         let code = images::run(args.verb, json)?;
         std::process::exit(code)
     })

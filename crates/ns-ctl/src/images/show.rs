@@ -46,7 +46,7 @@ pub fn list(json: bool, all: bool) -> Result<i32> {
                 i.kind.as_str().into(),
                 ro(i).into(),
                 usage_text(i.usage),
-                format_time(i.mtime),
+                ns_core::format_utc(i.mtime),
             ]
         })
         .collect();
@@ -161,7 +161,7 @@ pub fn status(names: &[String], json: bool) -> Result<i32> {
             "\t      RO: {}\n\t   Usage: {}\n\tModified: {}\n",
             if i.read_only { "read-only" } else { "writable" },
             usage_text(i.usage),
-            format_time(i.mtime)
+            ns_core::format_utc(i.mtime)
         ));
         ns_core::write_stdout(format_args!("{out}"));
     }
@@ -188,7 +188,7 @@ pub fn show(names: &[String]) -> Result<i32> {
             i.name,
             i.path().display(),
             i.kind.as_str(),
-            format_time(i.mtime),
+            ns_core::format_utc(i.mtime),
             num(i.usage),
             num(i.usage),
             num(limit),
@@ -197,13 +197,4 @@ pub fn show(names: &[String]) -> Result<i32> {
     }
     ns_core::write_stdout(format_args!("{out}"));
     Ok(0)
-}
-
-/// `Mon 2026-11-30 02:41:26 UTC`, as ns-ctl's machine verbs print times.
-fn format_time(usec: u64) -> String {
-    let secs = (usec / 1_000_000) as i64;
-    let (y, mo, d, h, mi, s) = ns_core::utc(secs);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
-        [secs.div_euclid(86400).rem_euclid(7) as usize];
-    format!("{wd} {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
