@@ -12,6 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests that run `ns-ctl clean` (which sweeps every leftover of the pool) one at a
+/// time: one's sweep took the other's planted leftover first (failed once in CI).
+static CLEAN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_clean_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    CLEAN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use ns_tests::{bin, ns_run_registered, run_cmd, spawn_until, unique, Output, Running, Tree};
 
 const POOL: &str = "/var/lib/machines";
@@ -361,6 +369,7 @@ fn names_are_checked_and_taken_names_refused() {
 
 #[test]
 fn clean_removes_leftovers_but_not_a_running_import() {
+    let _one = one_clean_at_a_time();
     let (dead, live) = (unique("iv-clean-d"), unique("iv-clean-l"));
     let _gone = Images(vec![dead.clone(), live.clone()]);
     // A killed import's leftover: nobody holds it.
@@ -513,6 +522,7 @@ fn a_device_swapped_in_for_a_file_is_never_read_by_clone_or_export() {
 /// import makes the image, the others fail with one line naming the name.
 #[test]
 fn imports_of_one_name_at_once_and_clean_meanwhile() {
+    let _one = one_clean_at_a_time();
     use std::sync::atomic::{AtomicBool, Ordering};
     let name = unique("iv-race");
     let _gone = Images(vec![name.clone()]);
@@ -570,6 +580,7 @@ fn imports_of_one_name_at_once_and_clean_meanwhile() {
 /// for a leftover, the import completes.
 #[test]
 fn clean_between_an_imports_mkdir_and_its_flock_leaves_it() {
+    let _one = one_clean_at_a_time();
     let name = unique("iv-gap");
     let _gone = Images(vec![name.clone()]);
     let t = Tree::empty("gap-src");
