@@ -105,6 +105,44 @@ pub fn registered_sleeper(t: &Tree, name: &str, opts: &[&str]) -> Command {
     registered_sh(t, name, opts, "echo ready; exec sleep 100")
 }
 
+/// Whether the monitor of the registered machine `name` still holds its entry's `starting`:
+/// a write lock on the first byte of its lock file (an OFD lock, see the registry), which
+/// it drops once the payload runs. False when there is no entry.
+pub fn machine_starting(name: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(format!("/run/ns-run/machines/{name}.lock")) else {
+        return false;
+    };
+    let mut l = first_byte_lock(libc::F_RDLCK);
+    // SAFETY: F_OFD_GETLK on an open fd with a pointer to a live flock it writes.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut l) };
+    assert_eq!(r, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    l.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// Hold the registered machine `name`'s `starting` as its monitor does while its stages
+/// run (a write lock on its lock file's first byte), until the file is dropped.
+pub fn hold_machine_starting(name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/ns-run/machines/{name}.lock");
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    let l = first_byte_lock(libc::F_WRLCK);
+    // SAFETY: F_OFD_SETLK on an open fd with a pointer to a live flock it reads.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &l) };
+    assert_eq!(r, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
+    f
+}
+
+fn first_byte_lock(kind: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 1,
+        l_pid: 0,
+    }
+}
+
 /// `TAG-<our pid>`: a name that is host-wide (a registered machine, an ns-oci id in the
 /// shared root, a zone, a slice, a settings file, a machine whose cgroups a test looks up by
 /// name), so that two suites on one host never share it. Keep `TAG` short where the name

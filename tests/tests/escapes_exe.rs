@@ -535,8 +535,9 @@ fn ns_ctl_shell_enters_the_namespaces_pid1_started_in_userns() {
 
 /// While the entry says PID 1 still runs our stages (`starting`), `ns-ctl shell` waits: what
 /// it runs would see ns-mount or ns-caps (the host's files, on the plain ns-run path) and a
-/// root not yet built. The monitor clears `starting` when the payload runs; here the test
-/// sets and clears it on a running container's entry.
+/// root not yet built. The monitor holds `starting` as a lock on its lock file's first byte
+/// and drops it when the payload runs; here the test takes that lock on a running
+/// container's entry, then drops it.
 #[test]
 fn ns_ctl_shell_waits_for_the_payload() {
     let t = Tree::rootfs("exe-starting");
@@ -545,32 +546,26 @@ fn ns_ctl_shell_waits_for_the_payload() {
     let r = spawn_until(c, "ready");
     let r = Stopping::new(r);
     let path = PathBuf::from(format!("/run/ns-run/machines/{name}.json"));
-    // The monitor clears it once the payload runs (it may print before that).
+    // The monitor drops it once the payload runs (it may print before that).
     let end = Instant::now() + Duration::from_secs(10);
-    while fs::read(&path)
-        .ok()
-        .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
-        .is_none_or(|v| v["starting"] != json!(false))
-        && Instant::now() < end
-    {
+    while (!path.exists() || ns_tests::machine_starting(&name)) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let set_starting = |on: bool| {
-        let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        assert_eq!(v["starting"], json!(!on), "{v}");
-        v["starting"] = json!(on);
-        let tmp = path.with_extension("test");
-        fs::write(&tmp, v.to_string()).unwrap();
-        fs::rename(&tmp, &path).unwrap();
-    };
-    set_starting(true);
+    let v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    // Written once, at SYNC-2: the lock says whether it still holds.
+    assert_eq!(
+        (&v["starting"], &v["start_lock"]),
+        (&json!(true), &json!(true)),
+        "{v}"
+    );
+    let held = ns_tests::hold_machine_starting(&name);
     let mut sh = Command::new(bin("ns-ctl"));
     sh.env_remove("NS_DEBUG")
         .args(["shell", &name, "--", "/bin/echo", "in"]);
     let mut waiting = ns_tests::spawn(sh, None);
     std::thread::sleep(Duration::from_millis(300));
     assert!(waiting.is_running(), "ns-ctl did not wait");
-    set_starting(false);
+    drop(held);
     let o = waiting.wait();
     assert_eq!((o.code, o.stdout.as_str()), (0, "in\n"), "{o}");
     let o = r.stop();

@@ -97,11 +97,11 @@ impl Sleeper {
         s
     }
 
-    /// The entry is published again once the payload runs (`starting` false): after that,
-    /// an edit of it stays.
+    /// The payload runs (the monitor dropped its entry's `starting` lock): the entry is
+    /// published once, before, and never rewritten, so an edit of it stays.
     fn wait_started(&self) {
         let end = Instant::now() + Duration::from_secs(10);
-        while entry(&self.name)["starting"] != Value::Bool(false) {
+        while ns_tests::machine_starting(&self.name) || !entry_path(&self.name).exists() {
             assert!(
                 Instant::now() < end,
                 "entry of {} still starting",

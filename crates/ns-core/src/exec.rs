@@ -405,12 +405,32 @@ fn cstring(s: impl Into<Vec<u8>>) -> Result<CString> {
 
 /// Exec stage `name` through its fd, with our environment plus the updated stage fds.
 pub fn exec_stage(name: &str, argv: &[String], fds: &StageFds) -> Error {
+    exec_stage_with(name, argv, fds, &stage_env(fds))
+}
+
+/// Our environment, with the stage fds `fds` in it.
+fn stage_env(fds: &StageFds) -> Vec<String> {
     let mut env: Vec<String> = std::env::vars_os()
         .filter(|(k, _)| k != STAGE_FDS_ENV)
         .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
         .collect();
     env.push(format!("{STAGE_FDS_ENV}={}", fds.to_env_value()));
-    exec_stage_with(name, argv, fds, &env)
+    env
+}
+
+/// What [`exec_stage`] execs, made for a child that may not allocate
+/// ([`crate::sys::spawn`]).
+pub fn prepare_stage(name: &str, argv: &[String], fds: &StageFds) -> Result<crate::sys::Exec> {
+    let Some(fd) = fds.get(name) else {
+        return Err(Error::setup(format!(
+            "{name} was not opened before the chain started"
+        )));
+    };
+    Ok(crate::sys::Exec::new(
+        fd,
+        cstrings(argv)?,
+        cstrings(&stage_env(fds))?,
+    ))
 }
 
 /// What a stage run where a container's processes can read /proc/PID/environ (ns-caps

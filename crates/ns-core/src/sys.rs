@@ -87,6 +87,208 @@ pub fn fork_into_cgroup(cgroup: std::os::fd::BorrowedFd<'_>) -> nix::Result<Fork
     }
 }
 
+/// A program for [`spawn`] to exec: the fd of the file, and argv and envp as the C arrays
+/// execveat takes, all made here, so that the child, which shares our memory, allocates
+/// nothing.
+pub struct Exec {
+    fd: std::os::fd::RawFd,
+    _strings: Vec<std::ffi::CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    pub fn new(
+        fd: std::os::fd::RawFd,
+        argv: Vec<std::ffi::CString>,
+        env: Vec<std::ffi::CString>,
+    ) -> Exec {
+        let ptrs = |v: &[std::ffi::CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let (argv_p, envp) = (ptrs(&argv), ptrs(&env));
+        let mut strings = argv;
+        strings.extend(env);
+        Exec {
+            fd,
+            _strings: strings,
+            argv: argv_p,
+            envp,
+        }
+    }
+}
+
+/// What the child of [`spawn`] reads (our memory, shared) and writes back: its exec's
+/// errno when the exec fails.
+#[repr(C)]
+struct SpawnChild<'a> {
+    exec: &'a Exec,
+    mask: Option<&'a libc::sigset_t>,
+    inheritable: std::os::fd::RawFd,
+    errno: std::sync::atomic::AtomicI32,
+}
+
+/// The child of [`spawn`], on its own stack in our memory: raw system calls only (no
+/// allocation, no lock, nothing of ours changed but `errno`), then exec, or exit 127.
+extern "C" fn spawn_child(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` is the SpawnChild that `spawn` keeps alive (on its stack) until we
+    // exec or exit: vfork semantics, the parent waits until then.
+    let c = unsafe { &*(arg as *const SpawnChild) };
+    // SAFETY: raw system calls on plain data the parent prepared; none allocates.
+    unsafe {
+        let mut r = 0;
+        if let Some(m) = c.mask {
+            r = libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                m,
+                0usize,
+                8usize,
+            );
+        }
+        if r == 0 && c.inheritable >= 0 {
+            r = libc::syscall(libc::SYS_fcntl, c.inheritable, libc::F_SETFD, 0);
+        }
+        if r == 0 {
+            r = libc::syscall(
+                libc::SYS_execveat,
+                c.exec.fd,
+                c"".as_ptr(),
+                c.exec.argv.as_ptr(),
+                c.exec.envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+        }
+        // Only a failure returns here; errno is the caller's too (same memory).
+        let _ = r;
+        c.errno.store(
+            *libc::__errno_location(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        libc::syscall(libc::SYS_exit_group, 127);
+    }
+    unreachable!("exit returned")
+}
+
+/// Start `exec` in a new process as fork then exec would, but without copying our memory:
+/// clone3(CLONE_VM|CLONE_VFORK), straight into the cgroup2 directory `cgroup` when given
+/// (CLONE_INTO_CGROUP, as [`fork_into_cgroup`]). The child takes `mask` as its signal mask
+/// and clears close-on-exec on `inheritable`, then execs; we go on once it has (or has
+/// failed: its exec's errno, the child reaped). A fork copies the page tables of a process
+/// as large as ns-run's monitor, and every page either side writes after it faults (each a
+/// trap to the hypervisor on a VM that shadows page tables); the exec then tears that copy
+/// down again. On other architectures: fork, then exec.
+pub fn spawn(
+    exec: &Exec,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    mask: Option<&SignalSet>,
+    inheritable: Option<std::os::fd::RawFd>,
+) -> Result<Pid, SpawnError> {
+    let child = SpawnChild {
+        exec,
+        mask: mask.map(|m| &m.0),
+        inheritable: inheritable.unwrap_or(-1),
+        errno: std::sync::atomic::AtomicI32::new(0),
+    };
+    let pid = spawn_raw(&child, cgroup).map_err(SpawnError::Clone)?;
+    match child.errno.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => Ok(pid),
+        e => {
+            let _ = nix::sys::wait::waitpid(pid, None);
+            Err(SpawnError::Exec(Errno::from_raw(e)))
+        }
+    }
+}
+
+/// Why [`spawn`] failed: the clone (no child), or the child's exec (the child reaped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnError {
+    Clone(Errno),
+    Exec(Errno),
+}
+
+#[cfg(target_arch = "x86_64")]
+fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) -> nix::Result<Pid> {
+    use std::os::fd::AsRawFd;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    const STACK: usize = 16 * 1024;
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    // The child's stack, 16-byte aligned at its top (where clone3 starts it), not written
+    // here (the child touches a page or two); ours again once it has exec'd or exited.
+    let mut stack: Vec<u128> = Vec::with_capacity(STACK / 16);
+    let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: STACK as u64,
+        cgroup: cgroup.map_or(0, |c| c.as_raw_fd() as u64),
+        ..Default::default()
+    };
+    let f: extern "C" fn(*mut libc::c_void) -> ! = spawn_child;
+    let ret: i64;
+    // SAFETY: clone3 with CLONE_VM|CLONE_VFORK: the child runs `spawn_child(child)` on
+    // `stack` (r12 and r13 survive the system call; the child's frame pointer starts at
+    // 0, its stack aligned for the call) while we are suspended until it execs or exits;
+    // `args`, `stack` and `child` outlive that. In the parent the asm is a plain system
+    // call (rcx and r11 clobbered by `syscall`).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r13",
+            "call r12",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") f,
+            in("r13") child as *const SpawnChild as *mut libc::c_void,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    drop(stack);
+    Errno::result(ret).map(|pid| Pid::from_raw(pid as i32))
+}
+
+/// Elsewhere: fork (a copy of our memory, so the exec's errno stays in the child, whose exit
+/// code 127 says it failed), then the same child.
+#[cfg(not(target_arch = "x86_64"))]
+fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) -> nix::Result<Pid> {
+    let forked = match cgroup {
+        Some(c) => fork_into_cgroup(c)?,
+        None => fork()?,
+    };
+    match forked {
+        Forked::Parent(pid) => Ok(pid),
+        Forked::Child => spawn_child(child as *const SpawnChild as *mut libc::c_void),
+    }
+}
+
 /// One eBPF instruction (struct bpf_insn): opcode, dst and src registers (4 bits each),
 /// offset, immediate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
-use ns_core::exec::{exec_stage, state_argv, StageFds};
+use ns_core::exec::{state_argv, StageFds};
 use ns_core::state::{
     BoundUser, IdBase, IdMaps, Idmap, MountOp, MountPlan, Ownership, Runtime, Source, State, UserNs,
 };
 use ns_core::sync::{Msg, SyncSocket};
-use ns_core::sys::{fork, fork_into_cgroup, Forked, SignalSet};
+use ns_core::sys::{spawn, SignalSet, SpawnError};
 use ns_core::{Context, Error, Result};
 
 /// The host's end of a started chain.
@@ -132,13 +132,12 @@ impl<'a> Maps<'a> {
 }
 
 impl Chain {
-    /// Fork and exec ns-enter (from `fds`, which are closed here once it runs) with the
-    /// plan `state` and what the host decided at start (`runtime`: the one place it enters
-    /// the document) and the chain's end of the sync socket; the child goes straight into
-    /// `cgroup2` when given (no cgroup.procs write) and takes `mask` as its signal mask when
-    /// given. `who` prefixes the child's error line when the exec fails.
+    /// Start ns-enter (from `fds`, which are closed here once it runs) with the plan `state`
+    /// and what the host decided at start (`runtime`: the one place it enters the document)
+    /// and the chain's end of the sync socket; the child goes straight into `cgroup2` when
+    /// given (no cgroup.procs write) and takes `mask` as its signal mask when given. Its
+    /// exec failing fails this.
     pub fn start(
-        who: &str,
         state: &State,
         runtime: Runtime,
         fds: StageFds,
@@ -154,34 +153,23 @@ impl Chain {
         };
         let state_fd = document.to_sealed_memfd()?;
         let (sync, chain_end) = SyncSocket::pair()?;
-        let forked = match cgroup2 {
-            Some(dir) => fork_into_cgroup(dir)
-                .ctx(|| "cannot fork into the container's cgroup2 directory".into())?,
-            None => fork().ctx(|| "cannot fork".into())?,
-        };
-        match forked {
-            Forked::Child => {
-                let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
-                let ready = mask
-                    .map_or(Ok(()), |m| {
-                        m.set_mask().ctx(|| "cannot restore the signal mask".into())
-                    })
-                    .and_then(|()| chain_end.set_inheritable());
-                let e = match ready {
-                    Ok(()) => exec_stage("ns-enter", &argv, &fds),
-                    Err(e) => e,
-                };
-                ns_core::stage::fail(who, &e)
-            }
-            Forked::Parent(enter) => {
-                fds.close_all();
-                Ok(Chain {
-                    enter,
-                    sync,
-                    sys_ahead: std::cell::Cell::new(None),
-                })
-            }
-        }
+        let argv = state_argv("ns-enter", state_fd.as_raw_fd(), Some(chain_end.raw()));
+        let exec = ns_core::exec::prepare_stage("ns-enter", &argv, &fds)?;
+        // Not a fork: the child shares our memory until its exec (ns_core::sys::spawn).
+        let enter = spawn(&exec, cgroup2, mask, Some(chain_end.raw())).map_err(|e| match e {
+            SpawnError::Clone(e) if cgroup2.is_some() => Error::setup(format!(
+                "cannot fork into the container's cgroup2 directory: {}",
+                e.desc()
+            )),
+            SpawnError::Clone(e) => Error::setup(format!("cannot fork: {}", e.desc())),
+            SpawnError::Exec(e) => Error::setup(format!("cannot execute ns-enter: {}", e.desc())),
+        })?;
+        fds.close_all();
+        Ok(Chain {
+            enter,
+            sync,
+            sys_ahead: std::cell::Cell::new(None),
+        })
     }
 
     /// The socket, to poll.

@@ -301,7 +301,7 @@ fn run_chain(
     let joined = runtime.cgroups.is_some();
     let v2_dir = ns_host::cgroups::v2_dir(&undo.cgroups)?;
     let v2_dir = v2_dir.as_ref().map(|d| d.as_fd());
-    let chain = Chain::start(STAGE, state, runtime, fds, v2_dir, None)?;
+    let chain = Chain::start(state, runtime, fds, v2_dir, None)?;
     undo.pids.push(chain.enter);
     drop((fifo_fd, listener));
     if joined {

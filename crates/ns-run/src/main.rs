@@ -35,7 +35,12 @@ fn start() -> ! {
             // From here on, the console and our messages go to the log.
             ns_core::logfile::redirect(log)?;
         }
-        let ended = monitor::run(&state, hierarchies, image.and_then(|i| i.lock))?;
+        let ended = monitor::run(
+            &state,
+            hierarchies,
+            image.and_then(|i| i.lock),
+            in_background,
+        )?;
         ended.exit(in_background)
     })
 }

@@ -43,6 +43,7 @@ pub fn run(
     state: &State,
     hierarchies: Option<Vec<Hierarchy>>,
     image_lock: Option<locks::ImageLock>,
+    in_background: bool,
 ) -> Result<Ended> {
     let Started {
         mut monitor,
@@ -50,14 +51,19 @@ pub fn run(
         cgroups,
         range,
     } = start(state, hierarchies, image_lock)?;
+    // PID 1 of its PID namespace (`unshare -fp ns-run`, a container's entry point): our
+    // exit kills every other process in it, a remover with them.
+    monitor.background = in_background && std::process::id() != 1 && !cgroups.is_empty();
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, range)
 }
 
-/// The container's end: its exit status, and its cgroups, still to be removed.
+/// The container's end: its exit status, and its cgroups, still to be removed (by the
+/// remover forked while it ran, if there is one).
 pub struct Ended {
     pub code: i32,
     cgroups: Option<journal::CgroupsLeft>,
+    remover: Option<journal::Remover>,
 }
 
 impl Ended {
@@ -68,10 +74,23 @@ impl Ended {
     /// are nobody else's, and their journal stays until they are gone, so that a child
     /// killed (or failing) leaves them to the next ns-run, as a monitor killed would. Not
     /// `in_background` (a disk image mounted in our own mount namespace, which the child
-    /// would keep mounted), or PID 1 of a PID namespace: removed first.
+    /// would keep mounted), or PID 1 of a PID namespace: removed first. The remover is
+    /// the one forked while the container ran ([`journal::Remover`]), or one forked now
+    /// (the container ended before its payload ran).
     pub fn exit(self, in_background: bool) -> ! {
         let Some(left) = self.cgroups else {
             std::process::exit(self.code)
+        };
+        let left = match self.remover {
+            Some(r) => match r.hand(left) {
+                Ok(()) => std::process::exit(self.code),
+                // It died: removed here, before the exit.
+                Err(left) => {
+                    left.remove();
+                    std::process::exit(self.code)
+                }
+            },
+            None => left,
         };
         // PID 1 of its PID namespace (`unshare -fp ns-run`, a container's entry point): our
         // exit kills every other process in it, a remover forked now with them.
@@ -519,7 +538,6 @@ fn start_chain(
     let old = set.block().ctx(|| "cannot block signals".into())?;
     let signals = set.signalfd().ctx(|| "cannot create signalfd".into())?;
     let chain = Chain::start(
-        STAGE,
         state,
         cg.decided.runtime.clone(),
         fds,
@@ -553,6 +571,7 @@ fn machine_entry(state: &State, cgroups: &[Cgroup]) -> Machine {
         cgroups: cgroups.iter().map(|c| c.procs_dir()).collect(),
         syscall_filter: state.exec.syscall_filter.clone(),
         starting: true,
+        start_lock: true,
         namespaces: Vec::new(),
         init_copy: None,
         log: state.monitor.log_file.clone(),
@@ -580,12 +599,16 @@ struct Monitor<'a> {
     ports_installed: bool,
     notify: Option<notify::NotifySocket>,
     console: Option<console::Console>,
-    /// The registry entry (if registered), published once PID 1 exists (`starting`), again
-    /// once it runs the payload; the locks.
+    /// The registry entry (if registered), published once PID 1 exists (`starting` while
+    /// the entry's start lock is held, dropped once it runs the payload); the locks.
     held: Held,
     machine: Machine,
     /// PID 1's namespaces as it started, kept open for `ns-ctl shell` (registered only).
     held_namespaces: Vec<File>,
+    /// The container's cgroups are removed after our exit, by a child forked once the
+    /// payload runs (`remover`; gone if it died).
+    background: bool,
+    remover: Option<journal::Remover>,
     /// `-a`: the sealed copy of ns-init PID 1 runs (close-on-exec), kept for later starts to
     /// share while the container runs (recorded in the entry).
     init_copy: Option<OwnedFd>,
@@ -654,6 +677,8 @@ impl<'a> Monitor<'a> {
             held,
             machine: machine_entry(state, cgroups),
             held_namespaces: Vec::new(),
+            background: false,
+            remover: None,
             init_copy: None,
             init_making: None,
             root_clone,
@@ -845,6 +870,7 @@ impl<'a> Monitor<'a> {
         }
         let zone = self.held.zone.take();
         self.release_network(zone);
+        let remover = self.remover.take();
         let Monitor {
             held,
             cleanup,
@@ -879,6 +905,7 @@ impl<'a> Monitor<'a> {
         Ok(Ended {
             code,
             cgroups: left,
+            remover,
         })
     }
 
@@ -991,8 +1018,8 @@ impl<'a> Monitor<'a> {
             None => {
                 if let (Some(r), Some(_), None) = (&self.held.registration, self.pid1, self.failed)
                 {
-                    self.machine.starting = false;
-                    r.publish(&self.machine)?;
+                    // The entry stays as published (`starting`, `start_lock`).
+                    r.started()?;
                 }
                 if self.pid1.is_some() && self.failed.is_none() && !state.monitor.notify_ready {
                     // As nspawn under Type=notify: ready once the payload runs.
@@ -1034,6 +1061,7 @@ impl<'a> Monitor<'a> {
                 self.hold_namespaces(pid.as_raw())?;
             }
             if let Some(r) = &self.held.registration {
+                r.hold_starting()?;
                 r.publish(&self.machine)?;
                 // The entry shows ns-init's copy: the next starts take it.
                 drop(self.init_making.take());
@@ -1045,6 +1073,7 @@ impl<'a> Monitor<'a> {
                 let _ = kill(pid, Signal::SIGKILL);
             } else {
                 self.chain.go()?; // SYNC-3
+                self.fork_remover();
             }
         }
         Ok(())
@@ -1087,15 +1116,30 @@ impl<'a> Monitor<'a> {
         Ok(())
     }
 
+    /// PID 1 goes on (SYNC-3): fork the child that removes the container's cgroups after
+    /// our exit now, while the chain works on (a fork at the end would delay the caller's
+    /// exit status; one once the payload runs, a short payload's end). Failing, one is
+    /// forked at the end instead.
+    fn fork_remover(&mut self) {
+        if self.background && self.remover.is_none() && self.pid1.is_some() {
+            self.remover = journal::Remover::fork(shed_startup_memory).ok();
+        }
+    }
+
     /// Reap every exited child; returns the exit code once PID 1 is gone.
     fn reap(&mut self) -> Result<Option<i32>> {
         let (enter, pid1) = (self.chain.enter, self.pid1);
         let (net_failed, boot) = (self.net_failed, self.state.monitor.boot);
+        let remover = self.remover.as_ref().map(|r| r.pid);
         let mut enter_status = None;
         let mut sigkill = false;
+        let mut remover_gone = false;
         let code = ns_core::reap::exited(|st, code| {
             if st.pid() == Some(enter) {
                 enter_status = Some(code);
+                None
+            } else if st.pid().is_some() && st.pid() == remover {
+                remover_gone = true;
                 None
             } else if st.pid().is_some() && st.pid() == pid1 {
                 sigkill = matches!(st, WaitStatus::Signaled(_, Signal::SIGKILL, _));
@@ -1109,6 +1153,9 @@ impl<'a> Monitor<'a> {
         })?;
         self.enter_status = enter_status.or(self.enter_status);
         self.pid1_sigkill |= sigkill;
+        if remover_gone {
+            self.remover = None;
+        }
         Ok(code)
     }
 

@@ -1,0 +1,201 @@
+//! The child of ns-run's that removes the container's cgroups after ns-run exits (issue 19):
+//! forked while the container runs, it holds nothing of the monitor's or the caller's, and
+//! what becomes of the cgroups when it or the monitor is killed. And the chain's first
+//! process, started without a copy of ns-run's memory: its exec failing is ns-run's error.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ns_tests::{
+    bin, cgroups_of_monitor, registered_sh, settled, spawn_until, Running, Stopping, Tree,
+};
+
+/// A registered container of `t` that prints `ready`, then exits 7 once /go exists (at
+/// most 30 s).
+fn waiting_running(t: &Tree, tag: &str) -> Running {
+    let script =
+        "echo ready; i=0; while [ ! -e /go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; exit 7";
+    spawn_until(
+        registered_sh(t, &ns_tests::unique(tag), &[], script),
+        "ready",
+    )
+}
+
+/// [`waiting_running`], stopped (/go written) when it goes.
+fn waiting(t: &Tree, tag: &str) -> Stopping {
+    let go = t.path().join("go");
+    Stopping::with(waiting_running(t, tag), move |_| {
+        let _ = fs::write(&go, "");
+    })
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The monitor's remover: its child that is ns-run (the other is the container's PID 1).
+fn remover_of(r: &Running) -> i32 {
+    let found = settled(|| {
+        let v: Vec<i32> = children(r.pid())
+            .into_iter()
+            .filter(|p| comm(*p) == "ns-run")
+            .collect();
+        if v.is_empty() {
+            vec![()]
+        } else {
+            Vec::new()
+        }
+    });
+    assert!(found.is_empty(), "no remover among {:?}", children(r.pid()));
+    let v: Vec<i32> = children(r.pid())
+        .into_iter()
+        .filter(|p| comm(*p) == "ns-run")
+        .collect();
+    assert_eq!(v.len(), 1, "removers: {v:?}");
+    v[0]
+}
+
+fn existing(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter().filter(|d| d.exists()).cloned().collect()
+}
+
+fn stat_field(pid: i32, n: usize) -> i64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after
+        .split_whitespace()
+        .nth(n - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_remover_holds_nothing_but_its_pipe_and_removes_the_cgroups_after_the_exit() {
+    let t = Tree::rootfs("remover-holds");
+    let r = waiting(&t, "rm-holds");
+    let remover = remover_of(&r);
+    let cgroups = cgroups_of_monitor(r.pid());
+    assert!(!cgroups.is_empty(), "no cgroups journaled");
+    // Its fds: one pipe, nothing else (no stdio of the caller's, no lock, no namespace).
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{remover}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(fds.len(), 1, "remover fds: {fds:?}");
+    assert!(fds[0].starts_with("pipe:"), "remover fds: {fds:?}");
+    // Its own session and process group (field 6 session, 5 process group).
+    assert_eq!(
+        stat_field(remover, 6),
+        remover as i64,
+        "not a session leader"
+    );
+    assert_ne!(stat_field(remover, 5), stat_field(r.pid(), 5));
+    // Not in the container's cgroups (it would keep them busy).
+    let own = fs::read_to_string(format!("/proc/{remover}/cgroup")).unwrap();
+    assert!(!own.contains("ns-run-"), "remover in {own}");
+    let o = r.stop();
+    assert_eq!(o.code, 7, "{o}");
+    assert_eq!(settled(|| existing(&cgroups)), Vec::<PathBuf>::new());
+}
+
+/// A remover that dies while the container runs is replaced by one forked at the end (as
+/// when the container ends before its payload runs): the cgroups still go, with their
+/// journal.
+#[test]
+fn with_its_remover_killed_the_cgroups_still_go() {
+    let t = Tree::rootfs("remover-killed");
+    let r = waiting(&t, "rm-killed");
+    let monitor = r.pid();
+    let remover = remover_of(&r);
+    let cgroups = cgroups_of_monitor(monitor);
+    // SAFETY: kill takes plain integers.
+    assert_eq!(unsafe { libc::kill(remover, libc::SIGKILL) }, 0);
+    // The monitor reaps it (its child).
+    let left = settled(|| {
+        children(monitor)
+            .into_iter()
+            .filter(|p| *p == remover)
+            .collect()
+    });
+    assert!(left.is_empty(), "remover {remover} not reaped");
+    let o = r.stop();
+    assert_eq!(o.code, 7, "{o}");
+    assert_eq!(settled(|| existing(&cgroups)), Vec::<PathBuf>::new());
+    let journals = |p: i32| ns_tests::cleanup_journal(p).exists();
+    assert!(!journals(monitor) && !journals(remover), "journal left");
+}
+
+#[test]
+fn with_the_monitor_killed_the_remover_leaves_the_cgroups_to_the_next_start() {
+    let t = Tree::rootfs("remover-orphan");
+    let r = waiting_running(&t, "rm-orphan");
+    let monitor = r.pid();
+    let _forget = ns_tests::ForgetJournal(monitor);
+    let remover = remover_of(&r);
+    let cgroups = cgroups_of_monitor(monitor);
+    r.signal(libc::SIGKILL);
+    let o = r.wait();
+    assert_eq!(o.code, 137, "{o}");
+    // The remover ends without a word from the monitor, and touches nothing.
+    let alive = settled(|| {
+        if Path::new(&format!("/proc/{remover}")).exists() && comm(remover) == "ns-run" {
+            vec![remover]
+        } else {
+            Vec::new()
+        }
+    });
+    assert!(alive.is_empty(), "remover {remover} still runs");
+    assert!(ns_tests::cleanup_journal(monitor).exists(), "journal gone");
+    // The container died with its monitor; the next start collects its cgroups.
+    assert!(ns_tests::wait_no_procs_in(t.path(), Duration::from_secs(5)).is_empty());
+    ns_tests::assert_journals_collected(t.path(), &[monitor]);
+    assert_eq!(existing(&cgroups), Vec::<PathBuf>::new());
+}
+
+/// ns-enter that cannot be executed: one line naming it, exit 125, nothing left (no
+/// cgroup, journal, registry entry or process).
+#[test]
+fn ns_enter_that_cannot_be_executed_is_one_error_and_leaves_nothing() {
+    let t = Tree::rootfs("remover-noexec");
+    let dir = t.host_dir("bin");
+    for b in [
+        "ns-run", "ns-enter", "ns-mount", "ns-caps", "ns-init", "ns-net",
+    ] {
+        fs::copy(bin(b), dir.join(b)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.join("ns-enter"), fs::Permissions::from_mode(0o644)).unwrap();
+    let name = ns_tests::unique("rm-noexec");
+    let before = ns_tests::our_mounts();
+    let mut c = std::process::Command::new(dir.join("ns-run"));
+    c.env_remove("NS_DEBUG")
+        .args(["-q", "-M", &name, "-D", t.arg(), "true"]);
+    let o = ns_tests::run_cmd(c, None);
+    assert_eq!(o.code, 125, "{o}");
+    assert_eq!(
+        o.stderr, "ns-run: cannot execute ns-enter: Permission denied\n",
+        "{o}"
+    );
+    ns_tests::assert_no_leak(t.path(), &before);
+    assert!(!Path::new(&format!("/run/ns-run/machines/{name}.json")).exists());
+    assert!(ns_tests::container_cgroups(&name).is_empty());
+}
