@@ -140,6 +140,7 @@ fn main() {
             }
             id
         }
+        Some("no-clone3") if a.len() > 2 => no_clone3(&a[1], &a[2..]),
         Some("bpf-detach-devices") => match a.get(1) {
             Some(dir) => bpf_detach_devices(dir),
             None => -1,
@@ -149,7 +150,7 @@ fn main() {
                 "usage: ns-probe syscall NAME | nr N | socket DOMAIN TYPE PROTOCOL | tiocsti \
                  | tioclinux | ioctl REQ | udp-frame IFACE MAC SRC DST PORT TEXT \
                  | bpf-detach-devices DIR | grab STOPFILE [PREFIX] | ptrace STOPFILE | sync \
-                 | session-keyring"
+                 | session-keyring | no-clone3 ENOSYS|EPERM CMD..."
             );
             std::process::exit(2)
         }
@@ -162,6 +163,61 @@ fn main() {
     } else {
         println!("ok");
     }
+}
+
+/// `ns-probe no-clone3 ERRNO CMD...`: exec CMD under a seccomp filter that fails clone3 with
+/// ERRNO (ENOSYS, as containerd's default profile does, or EPERM), as a runtime nested in
+/// such a container meets it. Returns only on failure.
+fn no_clone3(errno: &str, cmd: &[String]) -> i64 {
+    let e = match errno {
+        "ENOSYS" => libc::ENOSYS,
+        _ => libc::EPERM,
+    } as u32;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let prog = [
+        stmt(ld, 4), // seccomp_data.arch
+        jeq(AUDIT_ARCH_X86_64, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(ld, 0), // seccomp_data.nr
+        jeq(libc::SYS_clone3 as u32, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | e),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integers, then with a pointer to `fprog`, which points at `prog`;
+    // both outlive the calls.
+    let r = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return r.into();
+    }
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    eprintln!("ns-probe: cannot execute {}: {err}", cmd[0]);
+    -1
 }
 
 /// `ns-probe sync`: see the top of the file.

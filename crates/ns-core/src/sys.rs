@@ -129,6 +129,12 @@ struct SpawnChild<'a> {
     mask: Option<&'a libc::sigset_t>,
     inheritable: std::os::fd::RawFd,
     errno: std::sync::atomic::AtomicI32,
+    /// A forked child (a copy of our memory): where it writes its errno (a close-on-exec
+    /// pipe, so that the parent reads EOF when the exec succeeds); -1 under CLONE_VM.
+    report: std::os::fd::RawFd,
+    /// A forked child where clone3 is refused: the cgroup2 directory it moves itself into
+    /// (`cgroup.procs`) before the exec; -1 for none.
+    join: std::os::fd::RawFd,
 }
 
 /// The child of [`spawn`], on its own stack in our memory: raw system calls only (no
@@ -152,6 +158,22 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> ! {
         if r == 0 && c.inheritable >= 0 {
             r = libc::syscall(libc::SYS_fcntl, c.inheritable, libc::F_SETFD, 0);
         }
+        if r == 0 && c.join >= 0 {
+            r = libc::syscall(
+                libc::SYS_openat,
+                c.join,
+                c"cgroup.procs".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if r >= 0 {
+                let fd = r;
+                r = match libc::syscall(libc::SYS_write, fd, c"0".as_ptr(), 1usize) {
+                    1 => 0,
+                    _ => -1,
+                };
+                libc::syscall(libc::SYS_close, fd);
+            }
+        }
         if r == 0 {
             r = libc::syscall(
                 libc::SYS_execveat,
@@ -164,10 +186,12 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> ! {
         }
         // Only a failure returns here; errno is the caller's too (same memory).
         let _ = r;
-        c.errno.store(
-            *libc::__errno_location(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        let errno = *libc::__errno_location();
+        c.errno.store(errno, std::sync::atomic::Ordering::SeqCst);
+        if c.report >= 0 {
+            let b = errno.to_ne_bytes();
+            libc::syscall(libc::SYS_write, c.report, b.as_ptr(), b.len());
+        }
         libc::syscall(libc::SYS_exit_group, 127);
     }
     unreachable!("exit returned")
@@ -180,20 +204,28 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> ! {
 /// failed: its exec's errno, the child reaped). A fork copies the page tables of a process
 /// as large as ns-run's monitor, and every page either side writes after it faults (each a
 /// trap to the hypervisor on a VM that shadows page tables); the exec then tears that copy
-/// down again. On other architectures: fork, then exec.
+/// down again. Where clone3 is refused (a seccomp profile), and on other architectures: fork
+/// then exec, as before.
 pub fn spawn(
     exec: &Exec,
     cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     mask: Option<&SignalSet>,
     inheritable: Option<std::os::fd::RawFd>,
 ) -> Result<Pid, SpawnError> {
-    let child = SpawnChild {
+    let mut child = SpawnChild {
         exec,
         mask: mask.map(|m| &m.0),
         inheritable: inheritable.unwrap_or(-1),
         errno: std::sync::atomic::AtomicI32::new(0),
+        report: -1,
+        join: -1,
     };
-    let pid = spawn_raw(&child, cgroup).map_err(SpawnError::Clone)?;
+    let pid = match spawn_raw(&child, cgroup) {
+        // clone3 refused (a seccomp profile's ENOSYS, as containerd's; an old kernel), or
+        // another architecture: fork.
+        Err(Errno::ENOSYS) | Err(Errno::EPERM) => return spawn_forked(&mut child, cgroup),
+        r => r.map_err(SpawnError::Clone)?,
+    };
     match child.errno.load(std::sync::atomic::Ordering::SeqCst) {
         0 => Ok(pid),
         e => {
@@ -201,6 +233,47 @@ pub fn spawn(
             Err(SpawnError::Exec(Errno::from_raw(e)))
         }
     }
+}
+
+/// [`spawn`] by fork (the child a copy of our memory): its exec's errno comes back through
+/// a close-on-exec pipe, read until EOF (the exec succeeded) or the errno.
+fn spawn_forked(
+    child: &mut SpawnChild,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Pid, SpawnError> {
+    use std::os::fd::AsRawFd;
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Clone)?;
+    child.report = tx.as_raw_fd();
+    let forked = match cgroup.map(fork_into_cgroup) {
+        // No clone3 at all: a plain fork, and the child joins the cgroup itself (which
+        // takes the cgroup's rwsem for writing: slower, see fork_into_cgroup).
+        Some(Err(Errno::ENOSYS)) | Some(Err(Errno::EPERM)) => {
+            child.join = cgroup.map_or(-1, |c| c.as_raw_fd());
+            fork()
+        }
+        Some(r) => r,
+        None => fork(),
+    };
+    let pid = match forked.map_err(SpawnError::Clone)? {
+        Forked::Parent(pid) => pid,
+        Forked::Child => spawn_child(child as *const SpawnChild as *mut libc::c_void),
+    };
+    drop(tx);
+    let mut b = [0u8; 4];
+    let mut got = 0;
+    while got < b.len() {
+        match nix::unistd::read(&rx, &mut b[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if got < b.len() {
+        return Ok(pid);
+    }
+    let _ = nix::sys::wait::waitpid(pid, None);
+    Err(SpawnError::Exec(Errno::from_raw(i32::from_ne_bytes(b))))
 }
 
 /// Why [`spawn`] failed: the clone (no child), or the child's exec (the child reaped).
@@ -272,21 +345,17 @@ fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) ->
         );
     }
     drop(stack);
-    Errno::result(ret).map(|pid| Pid::from_raw(pid as i32))
+    // The raw system call's result: the child's pid, or -errno (no libc wrapper set errno).
+    match ret {
+        r if r < 0 => Err(Errno::from_raw(-r as i32)),
+        pid => Ok(Pid::from_raw(pid as i32)),
+    }
 }
 
-/// Elsewhere: fork (a copy of our memory, so the exec's errno stays in the child, whose exit
-/// code 127 says it failed), then the same child.
+/// Elsewhere: no clone3 with a stack of its own here; [`spawn`] forks instead.
 #[cfg(not(target_arch = "x86_64"))]
-fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) -> nix::Result<Pid> {
-    let forked = match cgroup {
-        Some(c) => fork_into_cgroup(c)?,
-        None => fork()?,
-    };
-    match forked {
-        Forked::Parent(pid) => Ok(pid),
-        Forked::Child => spawn_child(child as *const SpawnChild as *mut libc::c_void),
-    }
+fn spawn_raw(_: &SpawnChild, _: Option<std::os::fd::BorrowedFd<'_>>) -> nix::Result<Pid> {
+    Err(Errno::ENOSYS)
 }
 
 /// One eBPF instruction (struct bpf_insn): opcode, dst and src registers (4 bits each),
