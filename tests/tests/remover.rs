@@ -89,6 +89,13 @@ fn the_remover_holds_nothing_but_its_pipe_and_removes_the_cgroups_after_the_exit
     let remover = remover_of(&r);
     let cgroups = cgroups_of_monitor(r.pid());
     assert!(!cgroups.is_empty(), "no cgroups journaled");
+    // Settled once it waits: the last thing it does first is to take the idle policy
+    // (SCHED_IDLE, 5: stat's field 41).
+    let policy = settled(|| match stat_field(remover, 41) {
+        5 => Vec::new(),
+        p => vec![p],
+    });
+    assert!(policy.is_empty(), "remover's scheduling policy: {policy:?}");
     // Its fds: one pipe, nothing else (no stdio of the caller's, no lock, no namespace).
     let fds: Vec<String> = fs::read_dir(format!("/proc/{remover}/fd"))
         .unwrap()

@@ -87,6 +87,19 @@ pub fn fork_into_cgroup(cgroup: std::os::fd::BorrowedFd<'_>) -> nix::Result<Fork
     }
 }
 
+/// Run this process only when a CPU would otherwise idle (SCHED_IDLE): for work that may
+/// wait, such as removing a container's cgroups after its caller has the status, so that it
+/// never competes with a container starting next.
+pub fn idle_priority() -> nix::Result<()> {
+    // SAFETY: sched_param is plain data (musl's has more fields than glibc's): all zero is
+    // priority 0, which SCHED_IDLE requires.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: the system call on ourselves (pid 0) with a pointer to a live sched_param
+    // (musl's sched_setscheduler only returns ENOSYS: it is per thread on Linux).
+    let r = unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_IDLE, &param) };
+    Errno::result(r).map(drop)
+}
+
 /// A program for [`spawn`] to exec: the fd of the file, and argv and envp as the C arrays
 /// execveat takes, all made here, so that the child, which shares our memory, allocates
 /// nothing.

@@ -234,6 +234,8 @@ impl Remover {
                 let _ = nix::unistd::setsid();
                 let _ = ns_core::sys::close_from_except(0, &[rx.as_raw_fd()]);
                 shed();
+                // Its work waits for idle CPUs: never in the way of the next container.
+                let _ = ns_core::sys::idle_priority();
                 let mut text = Vec::new();
                 let _ = std::io::Read::read_to_end(
                     &mut std::io::Read::take(File::from(rx), MAX_JOURNAL),
