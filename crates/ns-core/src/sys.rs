@@ -211,8 +211,8 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> ! {
 }
 
 /// Start `exec` in a new process as fork then exec would, but without copying our memory:
-/// clone3(CLONE_VM|CLONE_VFORK), straight into the cgroup2 directory `cgroup` when given
-/// (CLONE_INTO_CGROUP, as [`fork_into_cgroup`]). The child takes `mask` as its signal mask
+/// clone(CLONE_VM|CLONE_VFORK), or clone3 straight into the cgroup2 directory `cgroup` when
+/// given (CLONE_INTO_CGROUP, as [`fork_into_cgroup`]). The child takes `mask` as its signal mask
 /// and clears close-on-exec on `inheritable`, then execs; we go on once it has (or has
 /// failed: its exec's errno, the child reaped). A fork copies the page tables of a process
 /// as large as ns-run's monitor, and every page either side writes after it faults (each a
@@ -316,28 +316,43 @@ fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) ->
         set_tid_size: u64,
         cgroup: u64,
     }
-    // The child's stack, 16-byte aligned at its top (where clone3 starts it), not written
-    // here (the child touches a page or two); ours again once it has exec'd or exited.
+    // The child's stack, 16-byte aligned at its top (where the clone starts it), not
+    // written here (the child touches a page or two); ours again once it has exec'd or
+    // exited.
     let mut stack: Vec<u128> = Vec::with_capacity(STACK / 16);
-    let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
-    if cgroup.is_some() {
-        flags |= CLONE_INTO_CGROUP;
-    }
+    let vfork = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
     let args = CloneArgs {
-        flags,
+        flags: vfork | CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
         stack: stack.as_mut_ptr() as u64,
         stack_size: STACK as u64,
         cgroup: cgroup.map_or(0, |c| c.as_raw_fd() as u64),
         ..Default::default()
     };
+    // clone3 only for CLONE_INTO_CGROUP; else the classic clone, which every kernel and
+    // every seccomp profile that lets us fork has (Docker's default one fails clone3 with
+    // ENOSYS, so that the C library falls back to clone). clone3 takes its arguments in
+    // `args` (rdi, rsi); clone takes flags, the stack's top, then parent_tid, child_tid and
+    // tls (rdi, rsi, rdx, r10, r8: none here).
+    let (nr, a0, a1) = match cgroup {
+        Some(_) => (
+            libc::SYS_clone3,
+            &args as *const CloneArgs as u64,
+            std::mem::size_of::<CloneArgs>() as u64,
+        ),
+        None => (
+            libc::SYS_clone,
+            vfork | libc::SIGCHLD as u64,
+            stack.as_mut_ptr() as u64 + STACK as u64,
+        ),
+    };
     let f: extern "C" fn(*mut libc::c_void) -> ! = spawn_child;
     let ret: i64;
-    // SAFETY: clone3 with CLONE_VM|CLONE_VFORK: the child runs `spawn_child(child)` on
-    // `stack` (r12 and r13 survive the system call; the child's frame pointer starts at
-    // 0, its stack aligned for the call) while we are suspended until it execs or exits;
-    // `args`, `stack` and `child` outlive that. In the parent the asm is a plain system
-    // call (rcx and r11 clobbered by `syscall`).
+    // SAFETY: clone3 or clone with CLONE_VM|CLONE_VFORK: the child runs
+    // `spawn_child(child)` on `stack` (r12 and r13 survive the system call; the child's
+    // frame pointer starts at 0, its stack aligned for the call) while we are suspended
+    // until it execs or exits; `args`, `stack` and `child` outlive that. In the parent the
+    // asm is a plain system call (rcx and r11 clobbered by `syscall`).
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -348,9 +363,12 @@ fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) ->
             "call r12",
             "ud2",
             "2:",
-            inlateout("rax") libc::SYS_clone3 => ret,
-            in("rdi") &args as *const CloneArgs,
-            in("rsi") std::mem::size_of::<CloneArgs>(),
+            inlateout("rax") nr => ret,
+            in("rdi") a0,
+            in("rsi") a1,
+            in("rdx") 0u64,
+            in("r10") 0u64,
+            in("r8") 0u64,
             in("r12") f,
             in("r13") child as *const SpawnChild as *mut libc::c_void,
             lateout("rcx") _,
@@ -358,9 +376,11 @@ fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) ->
         );
     }
     drop(stack);
-    // The raw system call's result: the child's pid, or -errno (no libc wrapper set errno).
+    // A raw system call: -errno on failure (not -1 and errno, which Errno::result reads:
+    // it took -EAGAIN for pid -11, which the caller's clean-up then killed as a process
+    // group).
     match ret {
-        r if r < 0 => Err(Errno::from_raw(-r as i32)),
+        -4095..=-1 => Err(Errno::from_raw(-ret as i32)),
         pid => Ok(Pid::from_raw(pid as i32)),
     }
 }
