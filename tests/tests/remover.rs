@@ -118,6 +118,14 @@ fn the_remover_holds_nothing_but_its_pipe_and_removes_the_cgroups_after_the_exit
         .collect();
     assert_eq!(fds.len(), 1, "remover fds: {fds:?}");
     assert!(fds[0].starts_with("pipe:"), "remover fds: {fds:?}");
+    // Not the caller's working directory (ours, the package's): it outlives the caller's
+    // wait, and a mount it is on could not be unmounted meanwhile (EBUSY).
+    assert_eq!(
+        fs::read_link(format!("/proc/{remover}/cwd")).unwrap(),
+        Path::new("/"),
+        "remover's working directory"
+    );
+    assert_ne!(std::env::current_dir().unwrap(), Path::new("/"));
     // Its own session and process group (field 6 session, 5 process group).
     assert_eq!(
         stat_field(remover, 6),

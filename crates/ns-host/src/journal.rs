@@ -228,10 +228,13 @@ impl Remover {
             ns_core::sys::Forked::Parent(pid) => Ok(Remover { pid, tx }),
             ns_core::sys::Forked::Child => {
                 // Nothing of the caller's (its terminal, pipes: `$(ns-run ...)` waits for
-                // their EOF) nor of the monitor's (locks, the container's namespaces) held;
-                // out of the caller's session and process group (its terminal's signals, a
-                // kill of the group); the monitor's termination signals stay blocked.
+                // their EOF; its working directory: `cd MNT; ns-run ...; cd /; umount MNT`
+                // failed with EBUSY while we removed) nor of the monitor's (locks, the
+                // container's namespaces) held; out of the caller's session and process
+                // group (its terminal's signals, a kill of the group); the monitor's
+                // termination signals stay blocked.
                 let _ = nix::unistd::setsid();
+                let _ = nix::unistd::chdir("/");
                 let _ = ns_core::sys::close_from_except(0, &[rx.as_raw_fd()]);
                 shed();
                 // Its work waits for idle CPUs: never in the way of the next container.

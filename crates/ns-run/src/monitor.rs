@@ -105,10 +105,12 @@ impl Ended {
                 }
                 Ok(ns_core::sys::Forked::Child) => {}
             }
-            // The child: nothing of the caller's (its terminal, pipes) nor ours held; out
-            // of the caller's session and process group (its terminal's signals, a kill of
-            // the group), the monitor's termination signals still blocked (signalfd).
+            // The child: nothing of the caller's (its terminal, pipes, working directory)
+            // nor ours held; out of the caller's session and process group (its terminal's
+            // signals, a kill of the group), the monitor's termination signals still
+            // blocked (signalfd).
             let _ = nix::unistd::setsid();
+            let _ = nix::unistd::chdir("/");
             let _ = ns_core::sys::close_from_except(0, &[]);
             let mut left = left;
             left.hand_to(std::process::id());
