@@ -60,8 +60,13 @@ fn monitor_calls(t: &Tree, opts: &[&str]) -> Vec<Call> {
 
 /// The system calls of stage `stage` (from its exec to the next one).
 fn stage_calls(t: &Tree, stage: &str) -> Vec<Call> {
+    stage_calls_with(t, &[], stage)
+}
+
+/// [`stage_calls`] of a run with `opts`.
+fn stage_calls_with(t: &Tree, opts: &[&str], stage: &str) -> Vec<Call> {
     let exec = format!("[\"{stage}\", ");
-    let trace = traces(t, &[])
+    let trace = traces(t, opts)
         .into_iter()
         .find(|s| s.contains(&exec))
         .expect("a trace of the stage");
@@ -329,5 +334,55 @@ fn the_monitor_takes_its_start_up_heap_in_one_mapping() {
     assert!(
         maps <= 24,
         "{maps} mmap, munmap and brk calls in the monitor"
+    );
+}
+
+/// ns-enter makes the container's namespaces while the monitor makes its v1 cgroups: all
+/// but the cgroup namespace before SYNC-0 (`cgroups`), the cgroup namespace once it has
+/// joined them, rooted there. With a user namespace (which must be made after the join: the
+/// host's cgroup files are not its root's) everything waits, as before.
+#[test]
+fn ns_enter_unshares_while_the_v1_cgroups_are_made() {
+    let t = Tree::rootfs("startpath-early");
+    let v1 = ns_tests::cgroup_dirs()
+        .iter()
+        .any(|d| d.parent() == Some(Path::new("/sys/fs/cgroup")) && d.ends_with("pids"));
+    let at = |calls: &[Call], what: &dyn Fn(&Call) -> bool| calls.iter().position(what);
+    let sync0 = |c: &Call| c.name.starts_with("recv") && c.line.contains("cgroups");
+    let unshare = |c: &Call| c.name == "unshare";
+    let calls = stage_calls(&t, "ns-enter");
+    let unshares: Vec<&Call> = calls.iter().filter(|c| unshare(c)).collect();
+    if !v1 {
+        assert_eq!(unshares.len(), 1, "no v1 cgroups: one unshare");
+        return;
+    }
+    let (first, got) = (at(&calls, &unshare), at(&calls, &sync0));
+    assert!(first < got, "unshare after SYNC-0");
+    assert_eq!(
+        unshares.len(),
+        2,
+        "{:?}",
+        unshares.iter().map(|c| &c.line).collect::<Vec<_>>()
+    );
+    assert!(
+        !unshares[0].line.contains("CLONE_NEWCGROUP"),
+        "{}",
+        unshares[0].line
+    );
+    assert!(
+        unshares[1].line.contains("unshare(CLONE_NEWCGROUP)"),
+        "{}",
+        unshares[1].line
+    );
+    let last_join = calls.iter().rposition(|c| c.line.contains("/tasks"));
+    assert!(last_join < at(&calls, &|c: &Call| std::ptr::eq(c, unshares[1])));
+    // With -U: the join first (a tree of its own: traces go to the tree's directory).
+    let t = Tree::rootfs("startpath-early-u");
+    let calls = stage_calls_with(&t, &["-U"], "ns-enter");
+    let (first, got) = (at(&calls, &unshare), at(&calls, &sync0));
+    assert!(
+        got.is_some() && got < first,
+        "-U: unshare before SYNC-0: {:?}",
+        calls.iter().map(|c| &c.line).collect::<Vec<_>>()
     );
 }

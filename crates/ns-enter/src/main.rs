@@ -40,9 +40,27 @@ fn stage() -> ! {
         let mut fds = StageFds::from_env()?;
         fds.open_missing(&chain_stages(&rest))?;
 
+        // Without a user namespace or namespaces to join, the new namespaces but the cgroup
+        // one are made while the monitor still makes our v1 cgroups (SYNC-0): only the
+        // cgroup namespace must be rooted where we join them (issue 19: ~0.1 ms).
+        let early = runtime.cgroups.is_some()
+            && !plan.namespaces.contains(&Namespace::User)
+            && plan.join.is_empty()
+            && plan.netns_path.is_none();
+        let mut unshared = false;
+        if early {
+            let others: Vec<Namespace> = plan
+                .namespaces
+                .iter()
+                .copied()
+                .filter(|n| *n != Namespace::Cgroup)
+                .collect();
+            unshare_and_set_up(&plan, &others)?;
+            unshared = true;
+        }
         if let Some(cgroups) = &runtime.cgroups {
             // SYNC-0: the monitor made our v1 cgroups while we started; join them while we
-            // are still in the host's namespaces.
+            // are still in the host's cgroup namespace (and user namespace).
             let s = sync
                 .as_ref()
                 .ok_or_else(|| Error::setup("joining cgroups needs a monitor (ns-run)".into()))?;
@@ -81,17 +99,16 @@ fn stage() -> ! {
             .iter()
             .copied()
             .filter(|n| *n != Namespace::User)
+            .filter(|n| !unshared || *n == Namespace::Cgroup)
             .collect();
-        let flags = clone_flags(&others);
-        ns_core::stage::fault("ns-enter:before-unshare");
-        debug(STAGE, || format!("unshare {:?}", plan.namespaces));
-        nix::sched::unshare(flags)
-            .ctx(|| format!("cannot unshare namespaces {:?}", names(&plan.namespaces)))?;
-        if let Some(h) = &plan.hostname {
-            nix::unistd::sethostname(h).ctx(|| format!("cannot set hostname {h}"))?;
-        }
-        if plan.namespaces.contains(&Namespace::Net) {
-            loopback_up().ctx(|| "cannot bring up lo in the new network namespace".into())?;
+        if unshared {
+            // The cgroup namespace, rooted at the cgroups just joined.
+            if !others.is_empty() {
+                nix::sched::unshare(clone_flags(&others))
+                    .ctx(|| "cannot unshare the cgroup namespace".into())?;
+            }
+        } else {
+            unshare_and_set_up(&plan, &others)?;
         }
         let joined_pid = plan.join.iter().any(|j| j.ns == Namespace::Pid);
         if !plan.namespaces.contains(&Namespace::Pid) && !joined_pid {
@@ -106,6 +123,22 @@ fn stage() -> ! {
             None => start_and_wait(&rest, &fds),
         }
     })
+}
+
+/// Unshare the namespaces `ns` (the user namespace is made before), then set the hostname
+/// and bring `lo` up in a new network namespace.
+fn unshare_and_set_up(plan: &ns_core::state::EnterPlan, ns: &[Namespace]) -> Result<()> {
+    ns_core::stage::fault("ns-enter:before-unshare");
+    debug(STAGE, || format!("unshare {ns:?}"));
+    nix::sched::unshare(clone_flags(ns))
+        .ctx(|| format!("cannot unshare namespaces {:?}", names(&plan.namespaces)))?;
+    if let Some(h) = &plan.hostname {
+        nix::unistd::sethostname(h).ctx(|| format!("cannot set hostname {h}"))?;
+    }
+    if ns.contains(&Namespace::Net) {
+        loopback_up().ctx(|| "cannot bring up lo in the new network namespace".into())?;
+    }
+    Ok(())
 }
 
 /// Create the user namespace first (it must own every other one), have its maps written,

@@ -1060,14 +1060,11 @@ impl<'a> Monitor<'a> {
         } else {
             if self.held.registration.is_some() {
                 self.machine.leader = pid.as_raw();
+                // PID 1's namespaces before it goes on (the payload may leave them).
                 self.hold_namespaces(pid.as_raw())?;
             }
             if let Some(r) = &self.held.registration {
                 r.hold_starting()?;
-                r.publish(&self.machine)?;
-                // The entry shows ns-init's copy: the next starts take it.
-                drop(self.init_making.take());
-                ns_core::stage::fault("ns-run:registered");
             }
             self.register_with_machined(pid)?;
             if self.requests > 0 {
@@ -1075,6 +1072,14 @@ impl<'a> Monitor<'a> {
                 let _ = kill(pid, Signal::SIGKILL);
             } else {
                 self.chain.go()?; // SYNC-3
+                                  // Published while PID 1 goes on (a file written and renamed: not in its
+                                  // way), `starting` until the payload runs.
+                if let Some(r) = &self.held.registration {
+                    r.publish(&self.machine)?;
+                    // The entry shows ns-init's copy: the next starts take it.
+                    drop(self.init_making.take());
+                    ns_core::stage::fault("ns-run:registered");
+                }
                 self.fork_remover();
             }
         }
