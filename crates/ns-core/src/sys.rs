@@ -44,28 +44,30 @@ pub fn clone_parent() -> nix::Result<Forked> {
     }
 }
 
+/// struct clone_args (linux/sched.h), CLONE_ARGS_SIZE_VER2: clone3's arguments.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// clone3(CLONE_INTO_CGROUP): fork straight into the cgroup2 directory `cgroup`. Unlike a
 /// later write to cgroup.procs, this does not take the cgroup_threadgroup_rwsem for writing,
 /// whose RCU grace period costs milliseconds per start.
 pub fn fork_into_cgroup(cgroup: std::os::fd::BorrowedFd<'_>) -> nix::Result<Forked> {
     use std::os::fd::AsRawFd;
-    /// struct clone_args (linux/sched.h), CLONE_ARGS_SIZE_VER2.
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
@@ -299,23 +301,7 @@ pub enum SpawnError {
 #[cfg(target_arch = "x86_64")]
 fn spawn_raw(child: &SpawnChild, cgroup: Option<std::os::fd::BorrowedFd<'_>>) -> nix::Result<Pid> {
     use std::os::fd::AsRawFd;
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     const STACK: usize = 16 * 1024;
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
     // The child's stack, 16-byte aligned at its top (where the clone starts it), not
     // written here (the child touches a page or two); ours again once it has exec'd or
     // exited.
