@@ -386,3 +386,50 @@ fn ns_enter_unshares_while_the_v1_cgroups_are_made() {
         calls.iter().map(|c| &c.line).collect::<Vec<_>>()
     );
 }
+
+/// ns-enter failing in its early unshare (here ENOSPC, as at a full
+/// user.max_*_namespaces), while the monitor still makes the v1 cgroups (each mkdir slowed
+/// down, so that it does not send SYNC-0 first): one line, ns-enter's, and its exit code;
+/// the monitor finds ns-enter gone at SYNC-0 and says nothing of a broken pipe. Nothing is
+/// left: cgroups, journal, registry entry.
+#[test]
+fn ns_enter_failing_before_sync0_says_so_in_one_line() {
+    let t = Tree::rootfs("startpath-early-fail");
+    let name = ns_tests::unique("early");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null"])
+        .args(["-e", "trace=unshare,mkdir,mkdirat"])
+        .args(["-e", "inject=unshare:error=ENOSPC"])
+        .args(["-e", "inject=mkdir,mkdirat:delay_exit=20000"])
+        .arg(bin("ns-run"))
+        .args([
+            "-q",
+            "-M",
+            &name,
+            "--property=TasksMax=50",
+            "-D",
+            t.arg(),
+            "/bin/true",
+        ])
+        .env_remove("NS_DEBUG")
+        .env_remove("NS_STAGE_FDS");
+    t.tag(&mut c);
+    let out = ns_tests::run_cmd(c, None);
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(out.stderr_lines().len(), 1, "{out}");
+    assert!(
+        out.stderr
+            .starts_with("ns-enter: cannot unshare namespaces")
+            && out.stderr.contains("No space left on device"),
+        "{out}"
+    );
+    assert_eq!(
+        ns_tests::settled(|| ns_tests::container_cgroups(&name)),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(
+        !Path::new(&format!("/run/ns-run/machines/{name}.lock")).exists(),
+        "registry entry left"
+    );
+    assert!(ns_tests::procs_in(t.path()).is_empty());
+}

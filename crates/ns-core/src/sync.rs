@@ -125,6 +125,19 @@ impl SyncSocket {
         Ok(())
     }
 
+    /// [`SyncSocket::send`] to a peer that may be gone: `Ok(false)` when every copy of its
+    /// end is closed (EPIPE, or ECONNRESET), not an error of ours: what it sent before it
+    /// went is still queued for us (a stage's `Failed`, after its own line).
+    pub fn send_if_open(&self, msg: &Msg) -> Result<bool> {
+        use nix::errno::Errno;
+        let bytes = serde_json::to_vec(msg).expect("message serializes");
+        match nix::sys::socket::send(self.raw(), &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => Ok(true),
+            Err(Errno::EPIPE | Errno::ECONNRESET) => Ok(false),
+            Err(e) => Err(e).ctx(|| "cannot write to sync socket".into()),
+        }
+    }
+
     /// The next message, or `None` on EOF (every peer copy closed, or the peer died with
     /// our message unread: ECONNRESET). An attached fd is closed.
     pub fn recv(&self) -> Result<Option<Msg>> {

@@ -178,8 +178,11 @@ impl Chain {
     }
 
     /// SYNC-0: the container's v1 cgroups are ready: ns-enter joins them and goes on.
+    /// ns-enter already gone is not an error here: it may fail before SYNC-0 (it makes the
+    /// namespaces but the cgroup one while the v1 cgroups are made) and said so in its own
+    /// line; the caller's next report, its `Failed` or EOF, and its exit status tell the rest.
     pub fn cgroups_ready(&self) -> Result<()> {
-        self.sync.send(&Msg::Cgroups)
+        self.sync.send_if_open(&Msg::Cgroups).map(drop)
     }
 
     /// The next report, waiting for it; `None` at EOF (the payload's exec succeeded, ns-caps
