@@ -628,3 +628,89 @@ fn a_booted_container_does_not_hold_its_log_either() {
         std::fs::write(&log, "").unwrap();
     }
 }
+
+/// ns-run under strace, the monitor's renames (the registry entry's publication) slowed down
+/// by `delay` µs: a monitor descheduled there, as on a busy host. Only the monitor is traced.
+fn with_slow_publish(t: &Tree, name: &str, delay: u32, opts: &[&str], script: &str) -> Command {
+    let mut c = Command::new("strace");
+    c.args(["-qq", "-o", "/dev/null"])
+        .args(["-e", "trace=rename,renameat,renameat2"])
+        .arg("-e")
+        .arg(format!(
+            "inject=rename,renameat,renameat2:delay_enter={delay}"
+        ))
+        .arg(bin("ns-run"))
+        .args(["-q", "--read-only", "-M", name, "-D", t.arg()])
+        .args(opts)
+        .args(["sh", "-c", script])
+        .env_remove("NS_DEBUG")
+        .env_remove("NS_STAGE_FDS");
+    t.tag(&mut c);
+    c
+}
+
+/// Once the payload runs, its machine is listed: the entry is published before SYNC-3 (go),
+/// however long the monitor takes over it (issue 19 had it published after go, while PID 1
+/// went on: a payload that printed `ready` could find `ns-ctl status`, `list` and `shell`
+/// saying there is no such machine).
+#[test]
+fn a_running_payloads_machine_is_listed_however_slow_its_monitor() {
+    let t = Tree::rootfs("mach-slowpub");
+    let name = ns_tests::unique("slowpub");
+    let r = spawn_until(
+        with_slow_publish(&t, &name, 1_000_000, &[], "echo ready; exec sleep 100"),
+        "ready",
+    );
+    let status = ctl(&["status", &name]);
+    let list = ctl(&["list"]);
+    let shell = ctl(&["shell", &name, "--", "true"]);
+    // The monitor (strace would only detach on a signal of its own), once it is listed.
+    eventually("poweroff", || ctl(&["poweroff", &name]).code == 0);
+    let _ = r.wait();
+    assert_eq!(status.code, 0, "{status}");
+    assert!(list.stdout.contains(&name), "{list}");
+    assert_eq!(shell.code, 0, "{shell}");
+}
+
+/// The entry cannot be published (its path is a directory): one line, 125, nothing left,
+/// and the payload never ran (it did with the entry published after go).
+#[test]
+fn an_entry_that_cannot_be_published_stops_the_container_before_its_payload() {
+    let t = Tree::rootfs("mach-pubfail");
+    let name = ns_tests::unique("pubfail");
+    let marks = t.host_dir("marks");
+    std::fs::create_dir(t.path().join("marks")).unwrap();
+    std::fs::create_dir(entry(&name)).unwrap();
+    let _gone = ns_tests::Defer::new(|| {
+        let _ = std::fs::remove_dir(entry(&name));
+    });
+    let out = run_cmd(
+        with_slow_publish(
+            &t,
+            &name,
+            300_000,
+            &[&format!("--bind={}:/marks", marks.display())],
+            "touch /marks/ran",
+        ),
+        None,
+    );
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(
+        out.stderr_lines(),
+        [format!(
+            "ns-run: cannot write {}: Is a directory",
+            entry(&name).display()
+        )],
+        "{out}"
+    );
+    assert!(!marks.join("ran").exists(), "the payload ran");
+    assert!(
+        !Path::new(&format!("/run/ns-run/machines/{name}.lock")).exists(),
+        "lock file left"
+    );
+    assert_eq!(
+        ns_tests::settled(|| ns_tests::container_cgroups(&name)),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(ns_tests::wait_no_procs_in(t.path(), Duration::from_secs(5)).is_empty());
+}

@@ -1064,7 +1064,16 @@ impl<'a> Monitor<'a> {
                 self.hold_namespaces(pid.as_raw())?;
             }
             if let Some(r) = &self.held.registration {
+                // Published before go, `starting` until the payload runs: once the payload
+                // runs, its machine is listed, and a container that cannot be listed never
+                // runs its payload. (Published after go, while PID 1 went on, a descheduled
+                // monitor left a running payload unlisted: `ns-ctl shell NAME` said there
+                // was no such machine.)
                 r.hold_starting()?;
+                r.publish(&self.machine)?;
+                // The entry shows ns-init's copy: the next starts take it.
+                drop(self.init_making.take());
+                ns_core::stage::fault("ns-run:registered");
             }
             self.register_with_machined(pid)?;
             if self.requests > 0 {
@@ -1072,14 +1081,6 @@ impl<'a> Monitor<'a> {
                 let _ = kill(pid, Signal::SIGKILL);
             } else {
                 self.chain.go()?; // SYNC-3
-                                  // Published while PID 1 goes on (a file written and renamed: not in its
-                                  // way), `starting` until the payload runs.
-                if let Some(r) = &self.held.registration {
-                    r.publish(&self.machine)?;
-                    // The entry shows ns-init's copy: the next starts take it.
-                    drop(self.init_making.take());
-                    ns_core::stage::fault("ns-run:registered");
-                }
                 self.fork_remover();
             }
         }
