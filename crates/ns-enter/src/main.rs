@@ -131,7 +131,7 @@ fn unshare_and_set_up(plan: &ns_core::state::EnterPlan, ns: &[Namespace]) -> Res
     ns_core::stage::fault("ns-enter:before-unshare");
     debug(STAGE, || format!("unshare {ns:?}"));
     nix::sched::unshare(clone_flags(ns))
-        .ctx(|| format!("cannot unshare namespaces {:?}", names(&plan.namespaces)))?;
+        .ctx(|| format!("cannot unshare namespaces {:?}", names(ns)))?;
     if let Some(h) = &plan.hostname {
         nix::unistd::sethostname(h).ctx(|| format!("cannot set hostname {h}"))?;
     }
