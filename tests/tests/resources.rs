@@ -634,9 +634,8 @@ fn a_monitor_that_is_pid_1_of_its_namespace_removes_the_cgroups_before_it_exits(
 
 #[test]
 fn a_monitor_that_cannot_fork_its_remover_removes_the_cgroups_itself() {
-    // The remover forked while the container ran is gone (killed), and the caller's cgroup
-    // is at its pids.max when the container ends (a unit's TasksMax): the fork of another
-    // fails, the cgroups are removed before the exit all the same.
+    // The caller's cgroup at its pids.max when the container ends (a unit's TasksMax): the
+    // fork fails, the cgroups are removed before the exit all the same.
     let pids = Path::new("/sys/fs/cgroup/pids");
     if !pids.join("cgroup.procs").exists() {
         eprintln!("skipped: no cgroup v1 pids hierarchy");
@@ -667,21 +666,6 @@ fn a_monitor_that_cannot_fork_its_remover_removes_the_cgroups_itself() {
     let _journal = ForgetJournal(monitor);
     let cgroups = cgroups_of_monitor(monitor);
     assert!(!cgroups.is_empty());
-    let children = || {
-        std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default() == "ns-run\n"
-            })
-            .collect::<Vec<i32>>()
-    };
-    let removers = children();
-    assert_eq!(removers.len(), 1, "removers: {removers:?}");
-    // SAFETY: kill takes plain integers.
-    assert_eq!(unsafe { libc::kill(removers[0], libc::SIGKILL) }, 0);
-    assert!(ns_tests::settled(children).is_empty(), "remover not reaped");
     std::fs::write(cg.join("pids.max"), "1").unwrap();
     let out = r.wait();
     assert_eq!(out.code, 0, "{out}");

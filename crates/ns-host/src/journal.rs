@@ -171,7 +171,6 @@ impl Cleanup {
 /// and tree. Removing them (~20 rmdirs on a v1 host, each retried while busy) need not
 /// delay the caller; their journal goes with them, or stays, naming them, for the next
 /// ns-run to collect if they cannot be removed (or the remover is killed).
-#[derive(Serialize, Deserialize)]
 pub struct CgroupsLeft {
     journal: PathBuf,
     entries: Vec<Entry>,
@@ -200,69 +199,6 @@ impl CgroupsLeft {
         let gone = remove_cgroups(&self.entries);
         if gone && !self.keep_journal {
             let _ = std::fs::remove_file(&self.journal);
-        }
-    }
-}
-
-/// The child that removes a container's cgroups after the monitor exits, forked while the
-/// container runs (a fork at the end cost the caller ~0.3 ms on a VM where page-table work
-/// is slow: issue 19): it holds nothing of the monitor's (no fd but its end of a pipe, out
-/// of the caller's session) and waits for the monitor to write what is left
-/// ([`CgroupsLeft`]) and exit. A monitor killed writes nothing: its journal stays, named
-/// for it, for the next ns-run to collect, as before. The monitor reaps it if it dies
-/// first, and then removes its cgroups itself.
-pub struct Remover {
-    pub pid: nix::unistd::Pid,
-    tx: std::os::fd::OwnedFd,
-}
-
-impl Remover {
-    /// Fork the remover. The child first closes every fd but its end of the pipe and
-    /// calls `shed` (to give back the memory it shares with the monitor and will not use),
-    /// then waits; it never returns.
-    pub fn fork(shed: impl FnOnce()) -> Result<Remover> {
-        use std::os::fd::AsRawFd;
-        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .ctx(|| "cannot make the cgroup remover's pipe".into())?;
-        match ns_core::sys::fork().ctx(|| "cannot fork the cgroup remover".into())? {
-            ns_core::sys::Forked::Parent(pid) => Ok(Remover { pid, tx }),
-            ns_core::sys::Forked::Child => {
-                // Nothing of the caller's (its terminal, pipes: `$(ns-run ...)` waits for
-                // their EOF; its working directory: `cd MNT; ns-run ...; cd /; umount MNT`
-                // failed with EBUSY while we removed) nor of the monitor's (locks, the
-                // container's namespaces) held; out of the caller's session and process
-                // group (its terminal's signals, a kill of the group); the monitor's
-                // termination signals stay blocked.
-                let _ = nix::unistd::setsid();
-                let _ = nix::unistd::chdir("/");
-                let _ = ns_core::sys::close_from_except(0, &[rx.as_raw_fd()]);
-                shed();
-                // Its work waits for idle CPUs: never in the way of the next container.
-                let _ = ns_core::sys::idle_priority();
-                let mut text = Vec::new();
-                let _ = std::io::Read::read_to_end(
-                    &mut std::io::Read::take(File::from(rx), MAX_JOURNAL),
-                    &mut text,
-                );
-                // Nothing written: the monitor was killed (its journal is collected later).
-                if let Ok(left) = serde_json::from_slice::<CgroupsLeft>(&text) {
-                    left.remove();
-                }
-                std::process::exit(0)
-            }
-        }
-    }
-
-    /// Hand it `left` (its journal renamed for it first, so that no journal is ever named
-    /// for a dead process while it works); our exit then starts its work. `left` back if it
-    /// is gone (to remove here).
-    pub fn hand(self, mut left: CgroupsLeft) -> std::result::Result<(), CgroupsLeft> {
-        left.hand_to(self.pid.as_raw() as u32);
-        let text = serde_json::to_vec(&left).expect("cgroups serialize");
-        // Small (a pipe takes 64 KiB): never blocks. EPIPE (ignored SIGPIPE): it is gone.
-        match nix::unistd::write(&self.tx, &text) {
-            Ok(n) if n == text.len() => Ok(()),
-            _ => Err(left),
         }
     }
 }

@@ -35,12 +35,7 @@ fn start() -> ! {
             // From here on, the console and our messages go to the log.
             ns_core::logfile::redirect(log)?;
         }
-        let ended = monitor::run(
-            &state,
-            hierarchies,
-            image.and_then(|i| i.lock),
-            in_background,
-        )?;
+        let ended = monitor::run(&state, hierarchies, image.and_then(|i| i.lock))?;
         ended.exit(in_background)
     })
 }

@@ -43,7 +43,6 @@ pub fn run(
     state: &State,
     hierarchies: Option<Vec<Hierarchy>>,
     image_lock: Option<locks::ImageLock>,
-    in_background: bool,
 ) -> Result<Ended> {
     let Started {
         mut monitor,
@@ -51,19 +50,14 @@ pub fn run(
         cgroups,
         range,
     } = start(state, hierarchies, image_lock)?;
-    // PID 1 of its PID namespace (`unshare -fp ns-run`, a container's entry point): our
-    // exit kills every other process in it, a remover with them.
-    monitor.background = in_background && std::process::id() != 1 && !cgroups.is_empty();
     let code = monitor.supervise(&signals);
     monitor.finish(code, &cgroups, range)
 }
 
-/// The container's end: its exit status, and its cgroups, still to be removed (by the
-/// remover forked while it ran, if there is one).
+/// The container's end: its exit status, and its cgroups, still to be removed.
 pub struct Ended {
     pub code: i32,
     cgroups: Option<journal::CgroupsLeft>,
-    remover: Option<journal::Remover>,
 }
 
 impl Ended {
@@ -74,23 +68,10 @@ impl Ended {
     /// are nobody else's, and their journal stays until they are gone, so that a child
     /// killed (or failing) leaves them to the next ns-run, as a monitor killed would. Not
     /// `in_background` (a disk image mounted in our own mount namespace, which the child
-    /// would keep mounted), or PID 1 of a PID namespace: removed first. The remover is
-    /// the one forked while the container ran ([`journal::Remover`]), or one forked now
-    /// (the container ended before its payload ran).
+    /// would keep mounted), or PID 1 of a PID namespace: removed first.
     pub fn exit(self, in_background: bool) -> ! {
         let Some(left) = self.cgroups else {
             std::process::exit(self.code)
-        };
-        let left = match self.remover {
-            Some(r) => match r.hand(left) {
-                Ok(()) => std::process::exit(self.code),
-                // It died: removed here, before the exit.
-                Err(left) => {
-                    left.remove();
-                    std::process::exit(self.code)
-                }
-            },
-            None => left,
         };
         // PID 1 of its PID namespace (`unshare -fp ns-run`, a container's entry point): our
         // exit kills every other process in it, a remover forked now with them.
@@ -108,10 +89,12 @@ impl Ended {
             // The child: nothing of the caller's (its terminal, pipes, working directory)
             // nor ours held; out of the caller's session and process group (its terminal's
             // signals, a kill of the group), the monitor's termination signals still
-            // blocked (signalfd).
+            // blocked (signalfd). Its rmdirs wait for idle CPUs (SCHED_IDLE): never in the
+            // way of the next container's start.
             let _ = nix::unistd::setsid();
             let _ = nix::unistd::chdir("/");
             let _ = ns_core::sys::close_from_except(0, &[]);
+            let _ = ns_core::sys::idle_priority();
             let mut left = left;
             left.hand_to(std::process::id());
             left.remove();
@@ -607,10 +590,6 @@ struct Monitor<'a> {
     machine: Machine,
     /// PID 1's namespaces as it started, kept open for `ns-ctl shell` (registered only).
     held_namespaces: Vec<File>,
-    /// The container's cgroups are removed after our exit, by a child forked once the
-    /// payload runs (`remover`; gone if it died).
-    background: bool,
-    remover: Option<journal::Remover>,
     /// `-a`: the sealed copy of ns-init PID 1 runs (close-on-exec), kept for later starts to
     /// share while the container runs (recorded in the entry).
     init_copy: Option<OwnedFd>,
@@ -679,8 +658,6 @@ impl<'a> Monitor<'a> {
             held,
             machine: machine_entry(state, cgroups),
             held_namespaces: Vec::new(),
-            background: false,
-            remover: None,
             init_copy: None,
             init_making: None,
             root_clone,
@@ -872,7 +849,6 @@ impl<'a> Monitor<'a> {
         }
         let zone = self.held.zone.take();
         self.release_network(zone);
-        let remover = self.remover.take();
         let Monitor {
             held,
             cleanup,
@@ -907,7 +883,6 @@ impl<'a> Monitor<'a> {
         Ok(Ended {
             code,
             cgroups: left,
-            remover,
         })
     }
 
@@ -1081,7 +1056,6 @@ impl<'a> Monitor<'a> {
                 let _ = kill(pid, Signal::SIGKILL);
             } else {
                 self.chain.go()?; // SYNC-3
-                self.fork_remover();
             }
         }
         Ok(())
@@ -1124,30 +1098,15 @@ impl<'a> Monitor<'a> {
         Ok(())
     }
 
-    /// PID 1 goes on (SYNC-3): fork the child that removes the container's cgroups after
-    /// our exit now, while the chain works on (a fork at the end would delay the caller's
-    /// exit status; one once the payload runs, a short payload's end). Failing, one is
-    /// forked at the end instead.
-    fn fork_remover(&mut self) {
-        if self.background && self.remover.is_none() && self.pid1.is_some() {
-            self.remover = journal::Remover::fork(shed_startup_memory).ok();
-        }
-    }
-
     /// Reap every exited child; returns the exit code once PID 1 is gone.
     fn reap(&mut self) -> Result<Option<i32>> {
         let (enter, pid1) = (self.chain.enter, self.pid1);
         let (net_failed, boot) = (self.net_failed, self.state.monitor.boot);
-        let remover = self.remover.as_ref().map(|r| r.pid);
         let mut enter_status = None;
         let mut sigkill = false;
-        let mut remover_gone = false;
         let code = ns_core::reap::exited(|st, code| {
             if st.pid() == Some(enter) {
                 enter_status = Some(code);
-                None
-            } else if st.pid().is_some() && st.pid() == remover {
-                remover_gone = true;
                 None
             } else if st.pid().is_some() && st.pid() == pid1 {
                 sigkill = matches!(st, WaitStatus::Signaled(_, Signal::SIGKILL, _));
@@ -1161,9 +1120,6 @@ impl<'a> Monitor<'a> {
         })?;
         self.enter_status = enter_status.or(self.enter_status);
         self.pid1_sigkill |= sigkill;
-        if remover_gone {
-            self.remover = None;
-        }
         Ok(code)
     }
 
