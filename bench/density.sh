@@ -27,6 +27,12 @@ if [[ -z ${ROOT:-} ]]; then
     ROOT=$made/root
 fi
 export ROOT
+if [[ -z ${NSRUN:-} ]]; then
+    # This tree's build, freshly written first (bench/lib.sh says why).
+    # shellcheck source=bench/lib.sh
+    source "$SCRIPT_DIR/lib.sh"
+    fresh_binaries
+fi
 export NSRUN=${NSRUN:-$REPO/target/x86_64-unknown-linux-musl/release/ns-run}
 if [[ -z ${TOOLS:-} ]]; then
     TOOLS="ns-run"

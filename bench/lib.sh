@@ -5,6 +5,18 @@
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$REPO/target/x86_64-unknown-linux-musl/release"
 
+# Rewrite the release binaries in place (same bytes, same times) before timing them: on a VM
+# whose kernel pages cold page cache out (a DAMON kdamond here), a binary read back from disk
+# execs slower than one just written, by up to 0.5 ms per start (docs/design.md, issue 19),
+# and builds of different ages would not compare.
+fresh_binaries() {
+    local b
+    for b in ns-run ns-enter ns-mount ns-caps ns-init ns-net; do
+        [[ -f $BIN/$b ]] || continue
+        cp -a -- "$BIN/$b" "$BIN/.$b.fresh" && mv -f -- "$BIN/.$b.fresh" "$BIN/$b"
+    done
+}
+
 section() { printf '\n=== %s ===\n' "$*"; }
 note() { printf '  %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

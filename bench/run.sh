@@ -78,6 +78,7 @@ fi
 for b in ns-run ns-enter ns-mount ns-caps; do
     [[ -x $BIN/$b ]] || die "$BIN/$b missing (build failed?)"
 done
+fresh_binaries
 NSRUN="$BIN/ns-run"
 
 note "hyperfine:      $(hyperfine --version)"

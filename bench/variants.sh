@@ -48,6 +48,7 @@ print_environment
 
 need_packages busybox-static hyperfine bubblewrap iproute2 util-linux
 
+fresh_binaries
 NSRUN="$BIN/ns-run"
 [[ -x $NSRUN ]] || die "$NSRUN missing (cargo build --release --workspace first)"
 
