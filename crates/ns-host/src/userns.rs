@@ -712,18 +712,23 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
 pub fn mapping_userns(uid: u32, gid: u32, base: u32) -> Result<File> {
     use ns_core::sys::{fork, Forked};
     let (ready_r, ready_w) = nix::unistd::pipe().ctx(|| "cannot create a pipe".into())?;
+    // The child's end: EOF once we are done with it, or gone (SIGKILL: a child that only
+    // paused outlived a killed monitor, forever).
+    let (done_r, done_w) = nix::unistd::pipe().ctx(|| "cannot create a pipe".into())?;
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {
             drop(ready_r);
+            drop(done_w);
             let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
             let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
-            // Wait to be killed (the parent holds the namespace by then).
-            loop {
-                nix::unistd::pause();
-            }
+            // Wait until the parent holds the namespace, or is gone.
+            let mut b = [0u8; 1];
+            while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&done_r, &mut b) {}
+            std::process::exit(0)
         }
         Forked::Parent(child) => {
             drop(ready_w);
+            drop(done_r);
             let mut b = [0u8; 1];
             let r = nix::unistd::read(&ready_r, &mut b);
             let result = if r == Ok(1) && b[0] == b'1' {
@@ -744,6 +749,7 @@ pub fn mapping_userns(uid: u32, gid: u32, base: u32) -> Result<File> {
                     "cannot create the rootidmap user namespace".into(),
                 ))
             };
+            drop(done_w);
             let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(child, None);
             result
