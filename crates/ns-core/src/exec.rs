@@ -418,14 +418,16 @@ fn stage_env(fds: &StageFds) -> Vec<String> {
     env
 }
 
+/// Stage `name`'s fd, opened before the chain started.
+fn stage_fd(name: &str, fds: &StageFds) -> Result<RawFd> {
+    fds.get(name)
+        .ok_or_else(|| Error::setup(format!("{name} was not opened before the chain started")))
+}
+
 /// What [`exec_stage`] execs, made for a child that may not allocate
 /// ([`crate::sys::spawn`]).
 pub fn prepare_stage(name: &str, argv: &[String], fds: &StageFds) -> Result<crate::sys::Exec> {
-    let Some(fd) = fds.get(name) else {
-        return Err(Error::setup(format!(
-            "{name} was not opened before the chain started"
-        )));
-    };
+    let fd = stage_fd(name, fds)?;
     Ok(crate::sys::Exec::new(
         fd,
         cstrings(argv)?,
@@ -457,8 +459,9 @@ pub fn exec_stage_scrubbed(name: &str, argv: &[String], fds: &StageFds) -> Error
 /// stage of the chain (ns-caps → ns-init, with the payload's environment), call
 /// [`prepare_exec`] before.
 pub fn exec_stage_with(name: &str, argv: &[String], fds: &StageFds, env: &[String]) -> Error {
-    let Some(fd) = fds.get(name) else {
-        return Error::setup(format!("{name} was not opened before the chain started"));
+    let fd = match stage_fd(name, fds) {
+        Ok(fd) => fd,
+        Err(e) => return e,
     };
     let (args, envc) = match (cstrings(argv), cstrings(env)) {
         (Ok(a), Ok(e)) => (a, e),

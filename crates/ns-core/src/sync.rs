@@ -119,10 +119,14 @@ impl SyncSocket {
     }
 
     pub fn send(&self, msg: &Msg) -> Result<()> {
+        self.send_raw(msg)
+            .ctx(|| "cannot write to sync socket".into())
+    }
+
+    fn send_raw(&self, msg: &Msg) -> nix::Result<()> {
         let bytes = serde_json::to_vec(msg).expect("message serializes");
         nix::sys::socket::send(self.raw(), &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
-            .ctx(|| "cannot write to sync socket".into())?;
-        Ok(())
+            .map(drop)
     }
 
     /// [`SyncSocket::send`] to a peer that may be gone: `Ok(false)` when every copy of its
@@ -130,9 +134,8 @@ impl SyncSocket {
     /// went is still queued for us (a stage's `Failed`, after its own line).
     pub fn send_if_open(&self, msg: &Msg) -> Result<bool> {
         use nix::errno::Errno;
-        let bytes = serde_json::to_vec(msg).expect("message serializes");
-        match nix::sys::socket::send(self.raw(), &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
-            Ok(_) => Ok(true),
+        match self.send_raw(msg) {
+            Ok(()) => Ok(true),
             Err(Errno::EPIPE | Errno::ECONNRESET) => Ok(false),
             Err(e) => Err(e).ctx(|| "cannot write to sync socket".into()),
         }

@@ -47,7 +47,6 @@ fn stage() -> ! {
             && !plan.namespaces.contains(&Namespace::User)
             && plan.join.is_empty()
             && plan.netns_path.is_none();
-        let mut unshared = false;
         if early {
             let others: Vec<Namespace> = plan
                 .namespaces
@@ -56,7 +55,6 @@ fn stage() -> ! {
                 .filter(|n| *n != Namespace::Cgroup)
                 .collect();
             unshare_and_set_up(&plan, &others)?;
-            unshared = true;
         }
         if let Some(cgroups) = &runtime.cgroups {
             // SYNC-0: the monitor made our v1 cgroups while we started; join them while we
@@ -99,9 +97,9 @@ fn stage() -> ! {
             .iter()
             .copied()
             .filter(|n| *n != Namespace::User)
-            .filter(|n| !unshared || *n == Namespace::Cgroup)
+            .filter(|n| !early || *n == Namespace::Cgroup)
             .collect();
-        if unshared {
+        if early {
             // The cgroup namespace, rooted at the cgroups just joined.
             if !others.is_empty() {
                 nix::sched::unshare(clone_flags(&others))

@@ -711,10 +711,12 @@ fn shift_walk(top: BorrowedFd<'_>, root: &Path, to: u32) -> Result<()> {
 /// id is nobody. A short-lived child creates it; we keep an fd and let the child go.
 pub fn mapping_userns(uid: u32, gid: u32, base: u32) -> Result<File> {
     use ns_core::sys::{fork, Forked};
-    let (ready_r, ready_w) = nix::unistd::pipe().ctx(|| "cannot create a pipe".into())?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     // The child's end: EOF once we are done with it, or gone (SIGKILL: a child that only
     // paused outlived a killed monitor, forever).
-    let (done_r, done_w) = nix::unistd::pipe().ctx(|| "cannot create a pipe".into())?;
+    let (done_r, done_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     match fork().ctx(|| "cannot fork".into())? {
         Forked::Child => {
             drop(ready_r);
